@@ -1,0 +1,186 @@
+"""The one error tree of provisioner, with three outcomes.
+
+* ``UserError`` (and ``ValidationFailed``): the user can fix it. Message, location, hint, exit 1,
+  never a traceback.
+* ``ApiError`` and ``TransportError``: the API or the network said no. Shown with the instance name
+  and the API's requestId, exit 1.
+* Anything else is a bug: one line on stderr and the (redacted) traceback in a crash file.
+
+Every message that reaches a user goes through the redactor on its way out (see ``secret.py``), but
+no error here is ever built from a secret value in the first place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a problem is: a file and line, optionally the template file and line it came from,
+    the instance name and the configuration key or path inside the instance."""
+
+    file: str | None = None
+    line: int | None = None
+    template: str | None = None
+    template_line: int | None = None
+    instance: str | None = None
+    path: str | None = None
+
+    def format(self) -> str:
+        parts: list[str] = []
+        if self.file:
+            parts.append(f"{self.file}:{self.line}" if self.line else self.file)
+        if self.template:
+            where = f"{self.template}:{self.template_line}" if self.template_line else self.template
+            parts.append(f"(template {where})")
+        if self.instance:
+            parts.append(f"instance={self.instance}")
+        if self.path:
+            parts.append(self.path)
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the user's input. Validation collects these and reports them all."""
+
+    message: str
+    location: Location = field(default_factory=Location)
+    hint: str | None = None
+    severity: str = "error"  # or "warning"
+
+    def format(self) -> str:
+        where = self.location.format()
+        text = f"{where}: {self.message}" if where else self.message
+        if self.hint:
+            text += f" (hint: {self.hint})"
+        return text
+
+    def to_json(self) -> dict:
+        loc = self.location
+        return {
+            "severity": self.severity,
+            "message": self.message,
+            "hint": self.hint,
+            "file": loc.file,
+            "line": loc.line,
+            "template": loc.template,
+            "templateLine": loc.template_line,
+            "instance": loc.instance,
+            "path": loc.path,
+        }
+
+
+class ProvisionerError(Exception):
+    """Base of every error provisioner raises on purpose."""
+
+    exit_code = 1
+
+
+class UserError(ProvisionerError):
+    """Bad input or bad usage: message, location, hint. Never shown with a traceback."""
+
+    def __init__(self, message: str, location: Location | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.problem = Problem(message, location or Location(), hint)
+
+    def __str__(self) -> str:
+        return self.problem.format()
+
+
+class ValidationFailed(UserError):
+    """Several problems found at once, reported together."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        errors = [p for p in problems if p.severity == "error"]
+        super().__init__(f"{len(errors)} problem(s) found")
+
+    def __str__(self) -> str:
+        return "\n".join(p.format() for p in self.problems)
+
+
+class Interrupted(ProvisionerError):
+    """SIGINT or SIGTERM arrived: no new request starts."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class ApiError(ProvisionerError):
+    """The API answered with an error status. ``message`` is the API's own, already cut short."""
+
+    kind = "api error"
+
+    def __init__(self, status: int, message: str, request_id: str | None = None,
+                 method: str | None = None, path: str | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        text = f"{self.method} {self.path}: HTTP {self.status}: {self.message}" if self.method else (
+            f"HTTP {self.status}: {self.message}")
+        if self.request_id:
+            text += f" (requestId {self.request_id})"
+        return text
+
+
+class BadRequest(ApiError):
+    kind = "bad request"
+
+
+class Unauthorized(ApiError):
+    """401 or 403: the run stops; the message names the variables to check, never their values."""
+
+    kind = "unauthorized"
+
+
+class NotFound(ApiError):
+    kind = "not found"
+
+
+class Conflict(ApiError):
+    kind = "conflict"
+
+
+class RateLimited(ApiError):
+    kind = "rate limited"
+
+
+class ServerError(ApiError):
+    kind = "server error"
+
+
+class TransportError(ProvisionerError):
+    """No usable HTTP answer: connection refused or reset, timeout, response lost.
+
+    ``ambiguous`` is true when the request may have reached the server and been processed (a reset
+    or timeout after the request was sent); a create that fails that way must be looked up before
+    it is tried again.
+    """
+
+    def __init__(self, message: str, ambiguous: bool, method: str | None = None, path: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.ambiguous = ambiguous
+        self.method = method
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}: {self.message}" if self.method else self.message
+
+
+class AmbiguousCreate(ProvisionerError):
+    """A create may or may not have happened: the caller must look the instance up before retrying."""
+
+    def __init__(self, cause: Exception):
+        super().__init__(f"create outcome unknown: {cause}")
+        self.cause = cause

@@ -1,0 +1,509 @@
+"""The one module that talks HTTP to the Cloud Elements platform API.
+
+Everything the network can do wrong is decided here, once: timeouts on every request, which
+failures are retried and how long to back off, the rate budget shared by all worker threads, how
+an HTTP status maps onto the error tree of ``errors.py``, and the request statistics. The rest of
+provisioner calls typed methods (``list_instances``, ``create_instance``, ...) and sees either
+parsed JSON or a ``ProvisionerError``.
+
+Two rules come first:
+
+* Secrets never leave except on the wire. The Authorization header is built from ``Secret.reveal()``
+  in a requests auth hook, request bodies reveal ``Secret`` values only when serialised, and every
+  trace line and error message goes through ``REDACTOR.redact``; none of them ever contains headers
+  or bodies.
+* A create is never repeated blindly. ``POST /instances`` is retried only when the request certainly
+  did not reach the server (or it got 429); a 5xx or a lost response raises ``AmbiguousCreate`` so
+  the caller looks the instance up before creating it again.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http.client
+import json
+import random
+import re
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+import requests
+import requests.adapters
+import requests.auth
+import urllib3.exceptions
+
+from . import __version__
+from .errors import (
+    AmbiguousCreate,
+    ApiError,
+    BadRequest,
+    Conflict,
+    NotFound,
+    RateLimited,
+    ServerError,
+    TransportError,
+    Unauthorized,
+    UserError,
+)
+from .interrupt import StopFlag
+from .ratelimit import RateBudget
+from .secret import MASK, REDACTOR, Secret, json_default
+from .stats import RequestStats
+
+MAX_MESSAGE = 300
+NEXT_PAGE_HEADER = "elements-next-page-token"
+REQUEST_ID_HEADER = "elements-request-id"
+_EMPTY_LIST = re.compile(r"^No .* found")
+_STATUS_ERRORS: dict[int, type[ApiError]] = {
+    400: BadRequest, 401: Unauthorized, 403: Unauthorized, 404: NotFound, 409: Conflict, 429: RateLimited,
+}
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Network behaviour of one run; see the project documentation for each knob."""
+
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_attempts: int = 10          # per request, first try included
+    max_retry_time: float = 120.0   # total wall time per request across its retries
+    backoff_base: float = 0.2       # full jitter: uniform(0, min(cap, base * 2**retry)), >= Retry-After
+    backoff_cap: float = 10.0
+    parallelism: int = 8            # connection pool size (blocking pool, keep-alive)
+    page_size: int = 200
+    max_rate: float | None = None   # requests/second ceiling; None = none until the API throttles
+
+
+@dataclass
+class _Reply:
+    """A successful (2xx) answer, already read and parsed."""
+
+    status: int
+    headers: Any
+    data: Any
+
+
+class _TransportFailure(TransportError):
+    """A TransportError that also knows whether trying again can help (not for a bad certificate)."""
+
+    def __init__(self, message: str, ambiguous: bool, method: str, path: str, retryable: bool = True):
+        super().__init__(message, ambiguous, method, path)
+        self.retryable = retryable
+
+
+class _ElementsAuth(requests.auth.AuthBase):
+    """Sets ``Authorization: User <u>, Organization <o>`` on each request. Being an explicit auth
+    also stops requests from replacing the header with ~/.netrc credentials."""
+
+    def __init__(self, user_secret: Secret, organization_secret: Secret):
+        self._user = user_secret
+        self._organization = organization_secret
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = (
+            f"User {self._user.reveal()}, Organization {self._organization.reveal()}")
+        return request
+
+    def __repr__(self) -> str:
+        return f"_ElementsAuth({MASK})"
+
+
+class Client:
+    """Typed calls to the platform API with retries, backoff, a shared rate budget and statistics."""
+
+    def __init__(self, base_url: str, user_secret: Secret, organization_secret: Secret,
+                 settings: ClientSettings, *, budget: RateBudget | None = None,
+                 stats: RequestStats | None = None, trace: Callable[[str], None] | None = None,
+                 stop: StopFlag | None = None):
+        self._base = _check_base_url(base_url)
+        self.settings = settings
+        self.budget = budget if budget is not None else RateBudget(settings.max_rate)
+        self.stats = stats if stats is not None else RequestStats()
+        self._trace = trace
+        self._stop = stop
+        self._session = _make_session(settings, _ElementsAuth(Secret(user_secret), Secret(organization_secret)))
+
+    # -- context management -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the keep-alive connections. Safe to call twice."""
+        self._session.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- API calls --------------------------------------------------------------------------
+
+    def list_instances(self, tags: Sequence[str] = ()) -> list[dict]:
+        """Every instance (all pages), optionally only those carrying every tag in ``tags``."""
+        result: list[dict] = []
+        for page in self._pages("/instances", [("tags[]", t) for t in tags]):
+            result.extend(page)
+        _remember_tokens(result)
+        return result
+
+    def get_instance(self, instance_id: int | str) -> dict:
+        """``GET /instances/{id}``; NotFound if there is no such instance."""
+        return _remember_tokens(self._call("GET", f"/instances/{_segment(instance_id)}").data)
+
+    def create_instance(self, body: dict) -> dict:
+        """``POST /instances``. Raises AmbiguousCreate when the outcome cannot be known."""
+        return _remember_tokens(self._call("POST", "/instances", body=body, create=True).data)
+
+    def update_instance(self, instance_id: int | str, body: dict) -> dict:
+        """``PUT /instances/{id}`` with a full body."""
+        return _remember_tokens(self._call("PUT", f"/instances/{_segment(instance_id)}", body=body).data)
+
+    def patch_instance(self, instance_id: int | str, body: dict) -> dict:
+        """``PATCH /instances/{id}`` with a partial body."""
+        return _remember_tokens(self._call("PATCH", f"/instances/{_segment(instance_id)}", body=body).data)
+
+    def delete_instance(self, instance_id: int | str) -> bool:
+        """``DELETE /instances/{id}``: True if deleted now, False if it was already gone (404)."""
+        try:
+            self._call("DELETE", f"/instances/{_segment(instance_id)}")
+        except NotFound:
+            return False
+        return True
+
+    def get_element(self, key: str) -> dict:
+        """``GET /elements/{key}``: the element's metadata."""
+        return self._call("GET", f"/elements/{_segment(key)}").data
+
+    # -- paging -----------------------------------------------------------------------------
+
+    def _pages(self, path: str, params: list[tuple[str, str]]) -> Iterator[list]:
+        """Yield each page of a list endpoint, following ``elements-next-page-token``."""
+        seen: set[str] = set()
+        token: str | None = None
+        while True:
+            query = [("pageSize", str(self.settings.page_size)), *params]
+            if token:
+                query.append(("nextPage", token))
+            try:
+                reply = self._call("GET", path, params=query)
+            except NotFound as exc:
+                if _EMPTY_LIST.match(getattr(exc, "raw_message", "") or ""):
+                    return
+                raise
+            if not isinstance(reply.data, list):
+                raise ApiError(reply.status, f"expected a JSON list from GET {path}, got "
+                               f"{_json_kind(reply.data)}", method="GET", path=path)
+            yield reply.data
+            token = (reply.headers.get(NEXT_PAGE_HEADER) or "").strip()
+            if not token:
+                return
+            if token in seen:
+                raise ApiError(reply.status, f"the API repeated a page token after {len(seen) + 1} "
+                               "pages; stopped to avoid an endless loop", method="GET", path=path)
+            seen.add(token)
+
+    # -- one call, with retries -------------------------------------------------------------
+
+    def _call(self, method: str, path: str, *, params: list[tuple[str, str]] | None = None,
+              body: Any = None, create: bool = False) -> _Reply:
+        """Send one API call, retrying as the method allows; return the 2xx reply or raise."""
+        data = None if body is None else json.dumps(body, default=json_default).encode("utf-8")
+        shown = _display(path, params)
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            self._before_attempt()
+            outcome, elapsed_ms = self._attempt(method, path, params, data, shown)
+            self.stats.record(method, getattr(outcome, "status", None), retry=attempt > 1)
+            line = f"HTTP {method} {shown} -> {_outcome_text(outcome)} ({elapsed_ms} ms)"
+            if isinstance(outcome, _Reply):
+                self._emit(line)
+                return outcome
+            if create and _ambiguous(outcome):
+                self._emit(f"{line}; outcome unknown, not retried")
+                raise AmbiguousCreate(outcome) from outcome
+            delay, why = self._retry_delay(outcome, attempt, started)
+            if delay is None:
+                self._emit(f"{line}{why}")
+                raise outcome from outcome.__cause__
+            self._emit(f"{line}; retrying in {delay:.2f} s (attempt {attempt + 1}/{self.settings.max_attempts})")
+            self._pause(delay)
+
+    def _before_attempt(self) -> None:
+        """Stop if interrupted, then wait for the shared rate budget (a signal cuts the wait)."""
+        if self._stop is not None:
+            self._stop.check()
+            self.budget.acquire(wait=self._stop.wait)
+            self._stop.check()
+        else:
+            self.budget.acquire()
+
+    def _pause(self, seconds: float) -> None:
+        """Back off between attempts; a signal ends the pause and raises Interrupted."""
+        if self._stop is None:
+            time.sleep(seconds)
+        elif self._stop.wait(seconds):
+            self._stop.check()
+
+    def _attempt(self, method: str, path: str, params: list[tuple[str, str]] | None, data: bytes | None,
+                 shown: str) -> tuple[_Reply | ApiError | TransportError, int]:
+        """One HTTP exchange. Returns the reply or the error it maps to (not raised yet)."""
+        t0 = time.monotonic()
+        try:
+            response = self._session.request(
+                method, self._base + path, params=params, data=data, allow_redirects=False,
+                timeout=(self.settings.connect_timeout, self.settings.read_timeout))
+        except requests.exceptions.RequestException as exc:
+            failure = _transport_failure(exc, method, shown)
+            failure.__cause__ = exc
+            return failure, _ms_since(t0)
+        try:
+            outcome = self._read_response(response, method, shown)
+        finally:
+            response.close()
+        return outcome, _ms_since(t0)
+
+    def _read_response(self, response: requests.Response, method: str, shown: str) -> _Reply | ApiError:
+        """Map an HTTP answer onto a _Reply or an ApiError; feed the rate budget."""
+        status = response.status_code
+        if 200 <= status < 300:
+            self.budget.on_success()
+            try:
+                data = json.loads(response.content) if response.content.strip() else None
+            except ValueError:
+                return ApiError(status, "the API answered with something that is not JSON: "
+                                + _text_start(response.content), _header_request_id(response), method, shown)
+            return _Reply(status, response.headers, data)
+        error = _api_error(response, method, shown)
+        if status == 429:
+            self.budget.on_throttle(error.retry_after)
+        return error
+
+    def _retry_delay(self, error: Exception, attempt: int, started: float) -> tuple[float | None, str]:
+        """Seconds to wait before the next attempt, or (None, reason) to give up with ``error``."""
+        if not _retryable(error):
+            return None, ""
+        settings = self.settings
+        if attempt >= settings.max_attempts:
+            return None, f"; giving up after {attempt} attempts"
+        ceiling = min(settings.backoff_cap, settings.backoff_base * 2.0 ** min(attempt - 1, 60))
+        delay = max(random.uniform(0.0, ceiling), getattr(error, "retry_after", None) or 0.0)
+        if time.monotonic() - started + delay > settings.max_retry_time:
+            return None, f"; giving up, retry time budget of {settings.max_retry_time:g} s exhausted"
+        return delay, ""
+
+    def _emit(self, line: str) -> None:
+        if self._trace is not None:
+            self._trace(REDACTOR.redact(line))
+
+
+# -- helpers: session and URLs ------------------------------------------------------------------
+
+def _check_base_url(base_url: str) -> str:
+    """The base URL without its trailing slash; UserError if it is not an http(s) URL."""
+    url = (base_url or "").strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(f"the API base URL must be an http:// or https:// URL, got {REDACTOR.redact(url)!r}",
+                        hint="e.g. https://api.cloud-elements.com/elements/api-v2")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise UserError("the API base URL must not contain credentials, a query or a fragment")
+    return url
+
+
+def _make_session(settings: ClientSettings, auth: _ElementsAuth) -> requests.Session:
+    """One keep-alive session with a blocking pool of ``parallelism`` connections, no urllib3 retries."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(
+        pool_connections=1, pool_maxsize=max(1, settings.parallelism), pool_block=True, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.verify = True
+    session.auth = auth
+    session.headers.update({
+        "Accept": "application/json",
+        "Content-Type": "application/json",
+        "User-Agent": f"provisioner/{__version__}",
+    })
+    return session
+
+
+def _segment(value: int | str) -> str:
+    """One URL path segment, percent-encoded."""
+    text = str(value)
+    if not text:
+        raise ValueError("an empty id or key cannot be used in a URL path")
+    return quote(text, safe="")
+
+
+def _display(path: str, params: list[tuple[str, str]] | None) -> str:
+    """The path as shown in traces and errors: relative to base_url, page tokens masked."""
+    if not params:
+        return path
+    shown = [(k, MASK if k == "nextPage" else v) for k, v in params]
+    return f"{path}?{urlencode(shown, safe='[]*')}"
+
+
+def _ms_since(t0: float) -> int:
+    return int(round((time.monotonic() - t0) * 1000))
+
+
+def _outcome_text(outcome: _Reply | ApiError | TransportError) -> str:
+    if isinstance(outcome, TransportError):
+        return f"error: {outcome.message}"
+    return str(outcome.status)
+
+
+def _remember_tokens(data: Any) -> Any:
+    """Register instance tokens found in an answer with the redactor, so they never get printed."""
+    items = data if isinstance(data, list) else [data]
+    for item in items:
+        if isinstance(item, dict) and isinstance(item.get("token"), str):
+            REDACTOR.add(item["token"])
+    return data
+
+
+def _json_kind(value: Any) -> str:
+    return {dict: "an object", str: "a string", type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
+# -- helpers: HTTP errors -----------------------------------------------------------------------
+
+def _api_error(response: requests.Response, method: str, shown: str) -> ApiError:
+    """The ApiError subclass for a non-2xx answer, with the API's message and requestId."""
+    status = response.status_code
+    raw, message, request_id = _error_details(response)
+    cls = _STATUS_ERRORS.get(status) or (ServerError if status >= 500 else ApiError)
+    retry_after = _retry_after(response.headers.get("Retry-After")) if status == 429 or status >= 500 else None
+    error = cls(status, message, request_id or _header_request_id(response), method, shown, retry_after)
+    error.raw_message = raw  # unshortened API message, used to recognise "No ... found"
+    return error
+
+
+def _error_details(response: requests.Response) -> tuple[str, str, str | None]:
+    """(raw API message, shown message, requestId from the body) of an error answer."""
+    try:
+        body = json.loads(response.content) if response.content else None
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        raw = body["message"]
+        message = raw
+        if body.get("providerMessage"):
+            message += f" (provider: {body['providerMessage']})"
+        request_id = body.get("requestId") if isinstance(body.get("requestId"), str) else None
+    else:
+        raw, request_id = "", None
+        message = _text_start(response.content) or response.reason or "no message"
+        if 300 <= response.status_code < 400:
+            message = f"unexpected redirect to {response.headers.get('Location', '?')}"
+    return raw, REDACTOR.redact(_cut(message)), request_id
+
+
+def _header_request_id(response: requests.Response) -> str | None:
+    return response.headers.get(REQUEST_ID_HEADER) or None
+
+
+def _text_start(content: bytes) -> str:
+    text = " ".join(content.decode("utf-8", "replace").split())
+    return REDACTOR.redact(_cut(text))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (seconds, fractional allowed, or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when is None or when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - time.time()
+    if seconds != seconds or seconds == float("inf"):  # NaN or infinite
+        return None
+    return max(0.0, seconds)
+
+
+# -- helpers: transport errors ------------------------------------------------------------------
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception, what it wraps (args, urllib3 ``reason``) and its causes."""
+    found: list[BaseException] = []
+    todo = [exc]
+    while todo and len(found) < 20:
+        item = todo.pop()
+        if item in found:
+            continue
+        found.append(item)
+        todo.extend(a for a in getattr(item, "args", ()) if isinstance(a, BaseException))
+        for attr in ("reason", "__cause__"):
+            value = getattr(item, attr, None)
+            if isinstance(value, BaseException):
+                todo.append(value)
+    return found
+
+
+def _has(chain: list[BaseException], *types: type) -> bool:
+    return any(isinstance(e, types) for e in chain)
+
+
+def _classify(exc: requests.exceptions.RequestException) -> tuple[str, bool, bool]:
+    """(message, ambiguous, retryable) for a requests exception. Messages never quote the exception
+    text: it is kept as the chained cause instead."""
+    chain = _chain(exc)
+    if _has(chain, requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError):
+        return "read timeout", True, True
+    if _has(chain, ssl.SSLCertVerificationError):
+        return "TLS certificate verification failed", False, False
+    if _has(chain, socket.gaierror, urllib3.exceptions.NameResolutionError):
+        return "DNS lookup failed", False, True
+    if _has(chain, ConnectionRefusedError):
+        return "connection refused", False, True
+    if _has(chain, urllib3.exceptions.NewConnectionError):
+        return "could not connect", False, True
+    if _has(chain, requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError):
+        return "connect timeout", False, True
+    if _has(chain, ConnectionResetError):
+        return "connection reset", True, True
+    if _has(chain, http.client.RemoteDisconnected):
+        return "connection closed by the server without an answer", True, True
+    if _has(chain, requests.exceptions.ChunkedEncodingError, urllib3.exceptions.IncompleteRead,
+            http.client.IncompleteRead):
+        return "answer cut short", True, True
+    if _has(chain, requests.exceptions.SSLError):
+        return "TLS error", True, True
+    return f"connection error ({type(exc).__name__})", True, True
+
+
+def _transport_failure(exc: requests.exceptions.RequestException, method: str, shown: str) -> _TransportFailure:
+    message, ambiguous, retryable = _classify(exc)
+    return _TransportFailure(message, ambiguous, method, shown, retryable)
+
+
+def _ambiguous(error: Exception) -> bool:
+    """For a create: may the server have acted on a request that failed this way?"""
+    if isinstance(error, TransportError):
+        return error.ambiguous
+    return isinstance(error, ServerError)
+
+
+def _retryable(error: Exception) -> bool:
+    """Can trying again help? 429, 5xx and transport errors yes, other 4xx no."""
+    if isinstance(error, _TransportFailure):
+        return error.retryable
+    if isinstance(error, TransportError):
+        return True
+    return isinstance(error, (RateLimited, ServerError))

@@ -1,0 +1,248 @@
+"""Stage 2 and 3: render every declared instance and validate it against its element schema.
+
+The result is the list of ``DesiredInstance`` values the planner compares with the live state,
+plus every problem found, each at its file:line (and template file:line), with the instance name
+and configuration key. Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+
+from .elements import ElementRegistry, ElementSchema
+from .errors import Location, Problem
+from .manifest import DEFAULT_TARGET, Limits, Manifest
+from .ownership import TAG_PREFIX
+from .render import Renderer, RenderError
+from .schemacheck import problems_from_errors
+from .secret import Secret
+from .yamlload import YDict
+
+_MARKUP = re.compile(r"<[^>]*>")
+
+
+@dataclass(frozen=True)
+class DesiredInstance:
+    """One instance as the manifest declares it, rendered. Secret values are ``Secret``s."""
+
+    name: str
+    element: str
+    target: str
+    tags: tuple[str, ...]
+    configuration: Mapping[str, Any]
+    location: Location = field(compare=False)
+
+
+def build_desired(manifest: Manifest, registry: ElementRegistry, renderer: Renderer,
+                  limits: Limits) -> tuple[list[DesiredInstance], list[Problem]]:
+    """Render and validate every instance entry (forEach expanded); collect all problems."""
+    desired: list[DesiredInstance] = []
+    problems: list[Problem] = []
+    for index, entry in enumerate(manifest.instances):
+        if not isinstance(entry, dict):
+            continue  # reported by the structure check
+        where = Location(manifest.display, manifest.instances.line_of(index))
+        for item in _items(entry, renderer, limits, where, problems):
+            instance = _build_one(entry, item, manifest, registry, renderer, where, problems)
+            if instance is not None:
+                desired.append(instance)
+    problems.extend(_duplicates(desired))
+    return desired, problems
+
+
+_NO_ITEM = jinja2.utils.missing
+
+
+def _items(entry: YDict, renderer: Renderer, limits: Limits, where: Location, problems: list[Problem]) -> list:
+    if "forEach" not in entry:
+        return [_NO_ITEM]
+    at = Location(where.file, entry.line_of("forEach"), path="forEach")
+    try:
+        items = renderer.value(entry["forEach"], renderer.context(), at)
+    except RenderError as exc:
+        problems.append(exc.problem)
+        return []
+    if isinstance(items, Mapping):
+        items = [{"key": k, "value": v} for k, v in items.items()]
+    if not isinstance(items, list):
+        problems.append(Problem(f"forEach must give a list, got {type(items).__name__}", at,
+                                "point it at a list, e.g. forEach: \"{{ inputs.customers }}\""))
+        return []
+    if len(items) > limits.max_foreach:
+        problems.append(Problem(f"forEach gives {len(items)} items, over the limit of {limits.max_foreach}", at,
+                                "raise the limit with --max-foreach if this is intended"))
+        return []
+    return items
+
+
+def _build_one(entry: YDict, item: Any, manifest: Manifest, registry: ElementRegistry, renderer: Renderer,
+               where: Location, problems: list[Problem]) -> DesiredInstance | None:
+    scope = renderer.context(item)
+    before = len(problems)
+
+    def field_value(key: str, instance: str | None = None) -> Any:
+        at = Location(where.file, entry.line_of(key), instance=instance, path=key)
+        try:
+            return renderer.value(entry[key], scope, at)
+        except RenderError as exc:
+            problems.append(exc.problem)
+            return None
+
+    name = field_value("name")
+    if not isinstance(name, str) or not name.strip():
+        if len(problems) == before:
+            problems.append(Problem(f"name must render to a non-empty string, got {name!r}",
+                                    Location(where.file, entry.line_of("name"), path="name")))
+        return None
+    here = Location(where.file, where.line, instance=name)
+    body: dict[str, Any] = {}
+    template_name = entry.get("template")
+    if isinstance(template_name, str):
+        try:
+            body = dict(renderer.template_file(template_name, scope,
+                                               Location(where.file, entry.line_of("template"), instance=name)))
+        except RenderError as exc:
+            problems.append(exc.problem)
+            return None
+        unknown = sorted(set(body) - {"element", "tags", "configuration"})
+        if unknown:
+            problems.append(Problem(f"template renders unknown field(s): {', '.join(map(str, unknown))}",
+                                    Location(where.file, entry.line_of("template"), template_name, None, name),
+                                    "a template may render element, tags and configuration"))
+    for key in ("element", "target", "tags"):
+        if key in entry:
+            body[key] = field_value(key, name)
+    if "configuration" in entry:
+        inline = field_value("configuration", name)
+        if isinstance(inline, Mapping) and isinstance(body.get("configuration"), Mapping):
+            body["configuration"] = {**body["configuration"], **inline}
+        else:
+            body["configuration"] = inline
+    if len(problems) > before:
+        return None
+    return _checked(name, body, entry, template_name, manifest, registry, here, problems)
+
+
+def _checked(name: str, body: dict, entry: YDict, template_name: Any, manifest: Manifest,
+             registry: ElementRegistry, here: Location, problems: list[Problem]) -> DesiredInstance | None:
+    before = len(problems)
+    element_key = body.get("element")
+    target = body.get("target") or DEFAULT_TARGET
+    tags = body.get("tags") or []
+    configuration = body.get("configuration") or {}
+    line = entry.line_of("element") if "element" in entry else entry.line_of("template")
+    schema = _element(element_key, registry, Location(here.file, line, instance=name, path="element"), problems)
+    if not isinstance(target, str) or (manifest.targets and target not in manifest.targets) or (
+            not manifest.targets and target != DEFAULT_TARGET):
+        known = ", ".join(sorted(manifest.targets) or [DEFAULT_TARGET])
+        problems.append(Problem(f"unknown target {target!r}", Location(here.file, entry.line_of("target"), None,
+                                                                        None, name, "target"),
+                                f"targets declared: {known}"))
+    _check_tags(tags, name, here, entry, problems)
+    _check_name(name, here, entry, problems)
+    if not isinstance(configuration, Mapping):
+        problems.append(Problem(f"configuration must be a mapping, got {type(configuration).__name__}",
+                                Location(here.file, entry.line_of("configuration"), None, None, name, "configuration")))
+        return None
+    if schema is not None:
+        locate = _config_locator(entry, template_name, manifest, name, here)
+        errors = schema.validator.iter_errors(dict(configuration))
+        problems.extend(problems_from_errors(errors, locate, schema.secret_keys, prefix="configuration"))
+    if len(problems) > before or schema is None:
+        return None
+    config = {k: (Secret(v) if k in schema.secret_keys and isinstance(v, str) else v) for k, v in configuration.items()}
+    return DesiredInstance(name, schema.key, target, tuple(tags), config, here)
+
+
+def _element(key: Any, registry: ElementRegistry, at: Location, problems: list[Problem]) -> ElementSchema | None:
+    if not isinstance(key, str) or not key:
+        problems.append(Problem("no element given", at, "set element: (e.g. connectwisehd), or render it from the template"))
+        return None
+    schema = registry.get(key)
+    if schema is None:
+        problems.append(Problem(f"unknown element {key!r}", at,
+                                f"known elements: {', '.join(registry.keys())}; add one with --schemas DIR"))
+    return schema
+
+
+def _check_tags(tags: Any, name: str, here: Location, entry: YDict, problems: list[Problem]) -> None:
+    at = Location(here.file, entry.line_of("tags") if "tags" in entry else here.line, None, None, name, "tags")
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        problems.append(Problem("tags must be a list of strings", at))
+        return
+    for tag in tags:
+        if tag.startswith(TAG_PREFIX):
+            problems.append(Problem(f"tag {tag!r} uses the reserved prefix {TAG_PREFIX!r}", at,
+                                    "provisioner writes those tags itself; choose another tag"))
+        elif _MARKUP.search(tag) or not tag.strip():
+            problems.append(Problem(f"tag {tag!r} is empty or contains markup, which the API strips", at,
+                                    "remove <...> from the tag"))
+
+
+def _check_name(name: str, here: Location, entry: YDict, problems: list[Problem]) -> None:
+    if _MARKUP.search(name):
+        problems.append(Problem(f"name {name!r} contains markup, which the API strips",
+                                Location(here.file, entry.line_of("name"), None, None, name, "name"),
+                                "remove <...> from the name"))
+
+
+def _config_locator(entry: YDict, template_name: Any, manifest: Manifest, name: str, here: Location):
+    """Map a configuration key to the manifest line that declares it, or the template line."""
+    inline = entry.get("configuration") if isinstance(entry.get("configuration"), YDict) else None
+    template_source = _template_source(manifest, template_name) if isinstance(template_name, str) else None
+
+    def locate(path: tuple) -> Location:
+        key = path[0] if path else None
+        if inline is not None and key in inline:
+            return Location(here.file, inline.line_of(key), None, None, name)
+        if template_source is not None:
+            return Location(here.file, entry.line_of("template"), template_name,
+                            _line_in(template_source, key), name)
+        line = inline.line if inline is not None else entry.line_of("configuration") or here.line
+        return Location(here.file, line, None, None, name)
+
+    return locate
+
+
+_template_sources: dict[tuple[str, str], str | None] = {}
+
+
+def _template_source(manifest: Manifest, template_name: str) -> str | None:
+    cache_key = (manifest.base_dir, template_name)
+    if cache_key not in _template_sources:
+        try:
+            with open(f"{manifest.base_dir}/{template_name}", encoding="utf-8") as handle:
+                _template_sources[cache_key] = handle.read()
+        except (OSError, UnicodeDecodeError):
+            _template_sources[cache_key] = None
+    return _template_sources[cache_key]
+
+
+def _line_in(source: str, key: Any) -> int | None:
+    """The template line that writes ``key:``, or the line of ``configuration:``."""
+    lines = source.splitlines()
+    for wanted in ([f"{key}:", f'"{key}":', f"'{key}':"] if key else []) + ["configuration:"]:
+        for number, text in enumerate(lines, start=1):
+            if text.strip().startswith(wanted):
+                return number
+    return None
+
+
+def _duplicates(desired: list[DesiredInstance]) -> list[Problem]:
+    seen: dict[tuple[str, str], DesiredInstance] = {}
+    problems = []
+    for instance in desired:
+        key = (instance.target, instance.name)
+        first = seen.get(key)
+        if first is None:
+            seen[key] = instance
+            continue
+        problems.append(Problem(f"duplicate instance name {instance.name!r} (first declared at "
+                                f"{first.location.file}:{first.location.line})",
+                                instance.location, "names identify instances within a stack; make them unique"))
+    return problems

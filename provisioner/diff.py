@@ -1,0 +1,80 @@
+"""Diffs are data, over declared fields only.
+
+``diff_instance`` is a pure function from (desired, live) to a tuple of ``FieldDiff``. Only what the
+manifest declares is compared: keys only the server has are ignored; schema defaults apply to both
+sides; null equals absent; values compare by meaning ("false" equals false, "15" equals 15); the
+element may be reported under an alias. Secret values are compared through their fingerprint tags,
+and a secret diff shows ``(sensitive)`` on both sides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .elements import ElementSchema
+from .ownership import fingerprint, fingerprints_of, user_tags
+from .secret import SENSITIVE
+
+
+@dataclass(frozen=True)
+class FieldDiff:
+    op: str  # "add", "change" or "remove"
+    path: str
+    old: Any
+    new: Any
+    sensitive: bool = False
+
+    def to_json(self) -> dict:
+        return {"op": self.op, "path": self.path, "old": self.old, "new": self.new, "sensitive": self.sensitive}
+
+
+@dataclass(frozen=True)
+class FingerprintContext:
+    """What a fingerprint needs besides the value: the keyed HMAC key and the stack."""
+
+    key: bytes
+    stack: str
+
+
+def diff_configuration(desired: Mapping[str, Any], live: Mapping[str, Any] | None, schema: ElementSchema,
+                       live_fingerprints: Mapping[str, str], fp: FingerprintContext, name: str) -> list[FieldDiff]:
+    """Differences on declared configuration keys (and keys with schema defaults)."""
+    live = live or {}
+    diffs: list[FieldDiff] = []
+    for key in sorted(set(desired) | set(schema.defaults)):
+        path = f"configuration.{key}"
+        if key in schema.secret_keys:
+            if key in desired and desired[key] is not None:
+                want = fingerprint(fp.key, fp.stack, name, key, desired[key])
+                if live_fingerprints.get(key) != want:
+                    op = "change" if key in live_fingerprints or live.get(key) not in (None, "") else "add"
+                    diffs.append(FieldDiff(op, path, SENSITIVE if op == "change" else None, SENSITIVE, True))
+            continue
+        want = schema.normalize(key, desired.get(key, schema.defaults.get(key)))
+        have = schema.normalize(key, live.get(key))
+        if have is None:
+            have = schema.normalize(key, schema.defaults.get(key))
+        if want != have:
+            op = "add" if have is None else "remove" if want is None else "change"
+            diffs.append(FieldDiff(op, path, have, want))
+    return diffs
+
+
+def diff_tags(desired_tags: tuple[str, ...], live_tags: tuple[str, ...]) -> list[FieldDiff]:
+    """User tags compare as sets; provisioner's own tags are not the user's concern."""
+    want, have = sorted(set(desired_tags)), sorted(set(user_tags(live_tags)))
+    return [] if want == have else [FieldDiff("change", "tags", have, want)]
+
+
+def diff_instance(desired: Any, live: Any, schema: ElementSchema, fp: FingerprintContext) -> list[FieldDiff]:
+    """All field differences between a desired instance and the live instance it is matched to."""
+    diffs = diff_configuration(desired.configuration, live.configuration, schema, fingerprints_of(live.tags), fp,
+                               desired.name)
+    diffs.extend(diff_tags(desired.tags, live.tags))
+    return diffs
+
+
+def element_matches(schema: ElementSchema, live_element: str | None) -> bool:
+    return schema.accepts_key(live_element)

@@ -1,0 +1,139 @@
+"""The element registry: which elements exist, and what their configuration may hold.
+
+Each element is described by a JSON Schema (2020-12) file named after its key, in ``schemas/elements``
+(built in) or in a directory the user names with ``--schemas DIR`` or the manifest's ``schemas:``
+list (later directories win). The schema's ``x-provisioner`` object gives the element key and the
+keys the API may report back for an instance of it (``reportedKeys``: the API answers a create of
+``dynamicscrmadfs`` with element ``dynamicscrm``). ``writeOnly: true`` marks secret keys: their
+values are masked everywhere and compared through fingerprints, never read back.
+
+Validators are compiled once per element and reused for every instance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from .errors import Location, Problem
+
+
+def builtin_schemas() -> Any:
+    """The built-in schemas directory: packaged as provisioner.schemas, or schemas/ in a checkout."""
+    try:
+        return resources.files("provisioner.schemas")
+    except ModuleNotFoundError:
+        return resources.files("provisioner").joinpath("..", "schemas")
+
+
+@dataclass
+class ElementSchema:
+    """One element's configuration schema and what provisioner derives from it."""
+
+    key: str
+    schema: dict
+    source: str
+    reported_keys: frozenset[str] = field(default_factory=frozenset)
+
+    @cached_property
+    def validator(self) -> Draft202012Validator:
+        return Draft202012Validator(self.schema)
+
+    @cached_property
+    def properties(self) -> dict[str, dict]:
+        return dict(self.schema.get("properties", {}))
+
+    @cached_property
+    def secret_keys(self) -> frozenset[str]:
+        return frozenset(k for k, p in self.properties.items() if isinstance(p, dict) and p.get("writeOnly"))
+
+    @cached_property
+    def defaults(self) -> dict[str, Any]:
+        return {k: p["default"] for k, p in self.properties.items() if isinstance(p, dict) and "default" in p}
+
+    def accepts_key(self, reported: str | None) -> bool:
+        """Whether an instance the API reports with element key ``reported`` is of this element."""
+        return reported is None or reported == self.key or reported in self.reported_keys
+
+    def normalize(self, key: str, value: Any) -> Any:
+        """The comparable form of a configuration value: the API stores every value as a string
+        ("true", "15"), so a boolean or integer property compares by meaning, not spelling."""
+        if value is None or value == "":
+            return None
+        prop = self.properties.get(key) or {}
+        types = prop.get("type", [])
+        types = [types] if isinstance(types, str) else types
+        if "boolean" in types and isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if "integer" in types and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        if isinstance(value, bool) and "string" in types and "boolean" not in types:
+            return "true" if value else "false"
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and types == ["string"]:
+            return str(value)
+        return value
+
+
+class ElementRegistry:
+    """Element schemas by key, from the built-in directory then each extra directory in order."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, ElementSchema] = {}
+        self.problems: list[Problem] = []
+
+    @classmethod
+    def load(cls, extra_dirs: list[str] | tuple[str, ...] = ()) -> ElementRegistry:
+        registry = cls()
+        for entry in sorted(builtin_schemas().joinpath("elements").iterdir(), key=lambda e: e.name):
+            if entry.name.endswith(".json"):
+                registry._add_text(entry.read_text(encoding="utf-8"), f"(built in) {entry.name}")
+        for directory in extra_dirs:
+            registry.add_directory(directory)
+        return registry
+
+    def add_directory(self, directory: str) -> None:
+        if not os.path.isdir(directory):
+            self.problems.append(Problem(f"schema directory {directory} does not exist", Location(directory),
+                                         "--schemas takes a directory of <element>.json files"))
+            return
+        for name in sorted(os.listdir(directory)):
+            if name.endswith(".json"):
+                path = os.path.join(directory, name)
+                try:
+                    with open(path, encoding="utf-8") as handle:
+                        self._add_text(handle.read(), path)
+                except (OSError, UnicodeDecodeError) as exc:
+                    self.problems.append(Problem(f"cannot read element schema: {exc}", Location(path)))
+
+    def _add_text(self, text: str, source: str) -> None:
+        try:
+            schema = json.loads(text)
+        except json.JSONDecodeError as exc:
+            self.problems.append(Problem(f"element schema is not valid JSON: {exc.msg}", Location(source, exc.lineno)))
+            return
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as exc:
+            self.problems.append(Problem(f"element schema is not a valid JSON Schema: {exc.message}", Location(source)))
+            return
+        meta = schema.get("x-provisioner") if isinstance(schema, dict) else None
+        if not isinstance(meta, dict) or not isinstance(meta.get("element"), str):
+            self.problems.append(Problem("element schema has no x-provisioner.element key", Location(source),
+                                         'add "x-provisioner": {"element": "<key>", "reportedKeys": [...]}'))
+            return
+        key = meta["element"]
+        reported = frozenset(meta.get("reportedKeys", [])) | {key}
+        self._by_key[key] = ElementSchema(key, schema, source, reported)
+
+    def get(self, key: str) -> ElementSchema | None:
+        return self._by_key.get(key)
+
+    def keys(self) -> list[str]:
+        return sorted(self._by_key)

@@ -1,0 +1,214 @@
+"""The element catalog the emulator serves, and the configuration rules that come with it.
+
+Cloud Elements describes each element (connector) with configuration definitions: key, type,
+required flag, default value. The emulator needs them to answer ``GET /elements/...``, to reject a
+create that misses required entries, to fill defaults and to mask ``PASSWORD`` values in instance
+responses. The data lives in ``elements.json`` (a list of elements in Cloud Elements' own format) so
+it can be read and extended without touching code.
+
+Emulator-only fields start with ``x-`` and are never served:
+
+* ``x-reportedKey`` (element): instances of this element are reported with the element object of
+  that key (``dynamicscrmadfs`` instances come back as ``dynamicscrm``, as in the docs' sample).
+* ``x-requiredWhen`` (definition): ``{"other.key": ["value", ...]}``; a required key is only
+  required when the effective value (sent value, else default) of ``other.key`` is in the list.
+* ``x-allowedValues`` (definition): the values a key accepts; anything else is a 400.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG_TYPES = frozenset({"TEXTFIELD_32", "TEXTFIELD_64", "TEXTFIELD_100", "TEXTFIELD_128",
+                          "TEXTFIELD_1000", "TEXTAREA", "BOOLEAN", "PASSWORD"})
+MASK = "********"
+CATALOG_PATH = Path(__file__).with_name("elements.json")
+# An internal key that responses still list (as null until the platform sets it).
+SHOWN_INTERNAL_KEYS = frozenset({"event.notification.subscription.id"})
+# Config record ids of an instance are instance id * this + position (see ``Element.config_ids``).
+CONFIG_ID_FACTOR = 100000
+_UNKNOWN_KEY_OFFSET = 1000
+
+
+def strip_private(record: dict) -> dict:
+    """A copy of ``record`` without emulator-only ``x-`` fields."""
+    return {k: v for k, v in record.items() if not k.startswith("x-")}
+
+
+def is_blank(value: object) -> bool:
+    """True for values that count as "not given" for required entries: absent, null or ""."""
+    return value is None or value == ""
+
+
+@dataclass(frozen=True)
+class ConfigDefinition:
+    """One configuration definition of an element, with the fields the emulator acts on."""
+
+    key: str
+    type: str
+    required: bool
+    default: str | None
+    internal: bool
+    required_when: dict[str, tuple[str, ...]] | None
+    allowed: tuple[str, ...] | None
+    record: dict  # the public definition record, without x- fields
+
+    @classmethod
+    def from_record(cls, element_key: str, rec: dict) -> ConfigDefinition:
+        """Build and check a definition from its JSON record."""
+        where = f"elements.json: {element_key}: {rec.get('key')!r}"
+        if not isinstance(rec.get("key"), str) or not rec["key"]:
+            raise ValueError(f"{where}: a configuration definition needs a key")
+        if rec.get("type") not in CONFIG_TYPES:
+            raise ValueError(f"{where}: unknown type {rec.get('type')!r}")
+        default = rec.get("defaultValue")
+        if default is not None and not isinstance(default, str):
+            raise ValueError(f"{where}: defaultValue must be a string or null")
+        when = rec.get("x-requiredWhen")
+        if when is not None:
+            when = {k: tuple(v) for k, v in when.items()}
+        allowed = rec.get("x-allowedValues")
+        return cls(rec["key"], rec["type"], bool(rec.get("required")), default,
+                   bool(rec.get("internal")), when, tuple(allowed) if allowed else None,
+                   strip_private(rec))
+
+    @property
+    def secret(self) -> bool:
+        """PASSWORD values are masked in every response."""
+        return self.type == "PASSWORD"
+
+
+class Element:
+    """One element of the catalog: its public object and its configuration definitions."""
+
+    def __init__(self, raw: dict):
+        for name in ("id", "key", "name"):
+            if name not in raw:
+                raise ValueError(f"elements.json: an element has no {name!r}")
+        self.id: int = int(raw["id"])
+        self.key: str = raw["key"]
+        self.reported_key: str = raw.get("x-reportedKey") or self.key
+        self.definitions = [ConfigDefinition.from_record(self.key, r) for r in raw.get("configuration", [])]
+        keys = [d.key for d in self.definitions]
+        if len(keys) != len(set(keys)):
+            raise ValueError(f"elements.json: {self.key}: duplicate configuration keys")
+        self.by_key = {d.key: d for d in self.definitions}
+        self.public = {k: v for k, v in strip_private(raw).items() if k != "configuration"}
+        self.records = [d.record for d in self.definitions]
+        # Definition keys an instance response lists even without a stored value.
+        self._listed = {d.key for d in self.definitions if not d.internal or d.key in SHOWN_INTERNAL_KEYS}
+        self._positions = {d.key: i + 1 for i, d in enumerate(self.definitions)}
+
+    def with_configuration(self) -> dict:
+        """The element object as ``GET /elements/{keyOrId}`` serves it."""
+        return {**self.public, "configuration": self.records}
+
+    def effective(self, config: dict, key: str) -> str | None:
+        """The value ``key`` has for an instance: the stored one, else the default."""
+        value = config.get(key)
+        if is_blank(value):
+            definition = self.by_key.get(key)
+            return definition.default if definition else value
+        return value
+
+    def missing_required(self, config: dict) -> list[str]:
+        """Sorted keys that are required here (honouring x-requiredWhen) and not given."""
+        missing = []
+        for d in self.definitions:
+            if not d.required or d.default not in (None, "") or not is_blank(config.get(d.key)):
+                continue
+            if d.required_when and not all(self.effective(config, other) in values
+                                           for other, values in d.required_when.items()):
+                continue
+            missing.append(d.key)
+        return sorted(missing)
+
+    def invalid_values(self, config: dict) -> list[str]:
+        """Messages for values outside a definition's x-allowedValues."""
+        problems = []
+        for d in self.definitions:
+            value = config.get(d.key)
+            if d.allowed and not is_blank(value) and value not in d.allowed:
+                problems.append(f"Invalid value {value!r} for configuration entry {d.key}; "
+                                f"expected one of: {', '.join(d.allowed)}")
+        return problems
+
+    def listed_keys(self, config: dict) -> list[str]:
+        """Keys an instance response shows: listed definition keys, internal keys that hold a
+        stored value, then unknown keys in the order they were stored."""
+        keys = [d.key for d in self.definitions
+                if d.key in self._listed or config.get(d.key) is not None]
+        keys.extend(k for k in config if k not in self.by_key)
+        return keys
+
+    def shown_value(self, config: dict, key: str) -> str | None:
+        """The value a response shows for ``key``: stored (a stored null counts as no value), else
+        the default, else null; PASSWORD values masked."""
+        value = config.get(key)
+        definition = self.by_key.get(key)
+        if value is None and definition is not None:
+            value = definition.default
+        if definition is not None and definition.secret and value not in (None, ""):
+            return MASK
+        return value
+
+    def render_configuration(self, config: dict) -> dict:
+        """The ``configuration`` map of an instance response."""
+        return {key: self.shown_value(config, key) for key in self.listed_keys(config)}
+
+    def config_ids(self, instance_id: int, config: dict) -> list[tuple[int, str]]:
+        """(record id, key) for each listed key: stable ids derived from the instance id and the
+        key's position in the definitions (unknown keys: their position among stored keys)."""
+        base = instance_id * CONFIG_ID_FACTOR
+        result = []
+        unknown = 0
+        for key in self.listed_keys(config):
+            if key in self._positions:
+                result.append((base + self._positions[key], key))
+            else:
+                unknown += 1
+                result.append((base + _UNKNOWN_KEY_OFFSET + unknown, key))
+        return result
+
+
+class Catalog:
+    """All elements, addressable by key or numeric id."""
+
+    def __init__(self, elements: list[dict]):
+        self.elements = [Element(raw) for raw in elements]
+        self._by_key = {e.key: e for e in self.elements}
+        self._by_id = {str(e.id): e for e in self.elements}
+        if len(self._by_key) != len(self.elements) or len(self._by_id) != len(self.elements):
+            raise ValueError("elements.json: element keys and ids must be unique")
+        for e in self.elements:
+            if e.reported_key not in self._by_key:
+                raise ValueError(f"elements.json: {e.key}: x-reportedKey {e.reported_key!r} is not an element")
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Catalog:
+        """Load the packaged elements.json (or another file in the same format)."""
+        with open(path or CATALOG_PATH, encoding="utf-8") as fh:
+            data = json.load(fh)
+        if not isinstance(data, list):
+            raise ValueError("elements.json must hold a JSON list of elements")
+        return cls(data)
+
+    def find(self, key_or_id: object) -> Element | None:
+        """The element with that key or numeric id (int or digit string), else None."""
+        if isinstance(key_or_id, bool):
+            return None
+        if isinstance(key_or_id, int):
+            return self._by_id.get(str(key_or_id))
+        if isinstance(key_or_id, str):
+            return self._by_key.get(key_or_id) or self._by_id.get(key_or_id.strip())
+        return None
+
+    def reported(self, element: Element) -> Element:
+        """The element whose object is shown for instances of ``element``."""
+        return self._by_key[element.reported_key]
+
+    def keys(self) -> list[str]:
+        """All element keys, sorted."""
+        return sorted(self._by_key)

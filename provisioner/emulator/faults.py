@@ -1,0 +1,230 @@
+"""Fault injection for the emulator.
+
+A real Cloud Elements endpoint is slow now and then, throttles, fails with 5xx, drops connections
+before or after it did the work. The provisioner must survive all of that, and the only way to test
+it is an emulator that misbehaves on purpose, reproducibly. ``FaultConfig`` says how often each
+fault happens; ``FaultDecider`` turns it into one decision per request from a seeded random stream
+(fixed number of draws per request, in a fixed order), so the same seed and the same request
+sequence give the same faults.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+
+ENV_VAR = "PROVISIONER_EMULATOR_FAULTS"
+
+# The order faults are decided in; the first that hits wins.
+FAULT_ORDER = ("reset", "error", "throttle", "lost", "slow")
+ERROR_STATUSES = (500, 502, 503)
+
+_RATE_FIELDS = ("error_rate", "throttle_rate", "reset_rate", "lost_rate", "slow_rate")
+_DURATION_FIELDS = ("latency_ms", "jitter_ms", "slow_ms", "retry_after")
+
+# Short names used in the text syntax (and accepted by ``merged``) -> dataclass fields.
+ALIASES = {
+    "latency": "latency_ms",
+    "jitter": "jitter_ms",
+    "error": "error_rate",
+    "throttle": "throttle_rate",
+    "retry_after": "retry_after",
+    "reset": "reset_rate",
+    "lost": "lost_rate",
+    "slow": "slow_rate",
+    "slow_ms": "slow_ms",
+    "seed": "seed",
+}
+
+
+def _field_name(key: str) -> str:
+    """Map a short name or a field name to the dataclass field; ValueError for anything else."""
+    key = key.strip()
+    if key in ALIASES:
+        return ALIASES[key]
+    if key in ALIASES.values():
+        return key
+    known = ", ".join(ALIASES)
+    raise ValueError(f"unknown fault setting {key!r} (known: {known})")
+
+
+def _short_name(field_name: str) -> str:
+    """The short name of a field, for messages."""
+    for short, full in ALIASES.items():
+        if full == field_name:
+            return short
+    return field_name
+
+
+def _parse_value(field_name: str, text: str) -> float | int:
+    """Parse one value of the text syntax; rates may be written as percentages ("10%")."""
+    text = text.strip()
+    name = _short_name(field_name)
+    if field_name == "seed":
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"fault setting {name!r} must be an integer, got {text!r}") from None
+    scale = 1.0
+    if field_name in _RATE_FIELDS and text.endswith("%"):
+        text, scale = text[:-1].strip(), 0.01
+    try:
+        value = float(text) * scale
+    except ValueError:
+        raise ValueError(f"fault setting {name!r} must be a number, got {text!r}") from None
+    return value
+
+
+def _check(field_name: str, value: object) -> None:
+    """Raise ValueError unless ``value`` is acceptable for ``field_name``."""
+    name = _short_name(field_name)
+    if field_name == "seed":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"fault setting {name!r} must be an integer or None, got {value!r}")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"fault setting {name!r} must be a finite number, got {value!r}")
+    if field_name in _RATE_FIELDS and not 0.0 <= value <= 1.0:
+        raise ValueError(f"fault setting {name!r} is a rate and must be between 0 and 1, got {value!r}")
+    if value < 0:
+        raise ValueError(f"fault setting {name!r} must not be negative, got {value!r}")
+
+
+def _percent(rate: float) -> str:
+    """0.1 -> "10%", 0.025 -> "2.5%"."""
+    return f"{rate * 100:g}%"
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """How often the emulator misbehaves. Everything defaults to off.
+
+    Durations are milliseconds except ``retry_after`` (seconds, sent in the Retry-After header);
+    rates are probabilities in [0, 1] per request.
+    """
+
+    latency_ms: float = 0
+    jitter_ms: float = 0
+    error_rate: float = 0
+    throttle_rate: float = 0
+    retry_after: float = 1.0
+    reset_rate: float = 0
+    lost_rate: float = 0
+    slow_rate: float = 0
+    slow_ms: float = 3000
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check(f.name, getattr(self, f.name))
+
+    @classmethod
+    def parse(cls, text: str) -> FaultConfig:
+        """Parse "latency=20,jitter=5,error=0.1,...,seed=42". Empty text means no faults."""
+        if text is None:
+            return cls()
+        values: dict[str, float | int] = {}
+        for part in text.split(","):
+            if not part.strip():
+                continue
+            key, sep, raw = part.partition("=")
+            if not sep:
+                raise ValueError(f"fault setting {part.strip()!r} is not of the form key=value")
+            name = _field_name(key)
+            if name in values:
+                raise ValueError(f"fault setting {_short_name(name)!r} is given twice")
+            values[name] = _parse_value(name, raw)
+        return cls(**values)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> FaultConfig:
+        """Read PROVISIONER_EMULATOR_FAULTS (same syntax as ``parse``); unset or empty: no faults."""
+        text = environ.get(ENV_VAR, "") or ""
+        try:
+            return cls.parse(text)
+        except ValueError as exc:
+            raise ValueError(f"{ENV_VAR}: {exc}") from None
+
+    def merged(self, **overrides: object) -> FaultConfig:
+        """A copy with ``overrides`` applied (short or field names); None values are ignored, so
+        unset CLI flags can be passed through as they are."""
+        changes = {}
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            changes[_field_name(key)] = value
+        return replace(self, **changes)
+
+    @property
+    def active(self) -> bool:
+        """True if any fault or latency is switched on."""
+        return any(getattr(self, name) > 0 for name in _RATE_FIELDS + ("latency_ms", "jitter_ms"))
+
+    def describe(self) -> str:
+        """One line for humans, e.g. "latency 20 ms ± 5 ms, error 10%, seed 42" or "no faults"."""
+        parts = []
+        if self.latency_ms or self.jitter_ms:
+            text = f"latency {self.latency_ms:g} ms"
+            parts.append(text + (f" ± {self.jitter_ms:g} ms" if self.jitter_ms else ""))
+        if self.error_rate:
+            parts.append(f"error {_percent(self.error_rate)}")
+        if self.throttle_rate:
+            parts.append(f"throttle {_percent(self.throttle_rate)} (Retry-After {self.retry_after:g} s)")
+        if self.reset_rate:
+            parts.append(f"reset {_percent(self.reset_rate)}")
+        if self.lost_rate:
+            parts.append(f"lost {_percent(self.lost_rate)}")
+        if self.slow_rate:
+            parts.append(f"slow {_percent(self.slow_rate)} ({self.slow_ms:g} ms)")
+        if not parts:
+            return "no faults"
+        if self.seed is not None:
+            parts.append(f"seed {self.seed}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class FaultDecision:
+    """What happens to one request: a fault name (or None), the latency to add and, for "error",
+    the status to answer with."""
+
+    fault: str | None = None
+    delay_s: float = 0.0
+    status: int | None = None
+
+
+NO_FAULT = FaultDecision()
+
+
+class FaultDecider:
+    """Draws one ``FaultDecision`` per request from a ``random.Random(seed)``.
+
+    Every request takes exactly seven draws, in a fixed order, under a lock (jitter, reset, error,
+    throttle, lost, slow, error status), whatever the outcome, so a decision depends only on the
+    seed and on how many requests came before it.
+    """
+
+    def __init__(self, config: FaultConfig):
+        self.config = config
+        self._rng = random.Random(config.seed)
+        self._lock = threading.Lock()
+
+    def decide(self) -> FaultDecision:
+        """The decision for the next request."""
+        cfg = self.config
+        if not cfg.active:
+            return NO_FAULT
+        with self._lock:
+            r_jitter, r_reset, r_error, r_throttle, r_lost, r_slow, r_status = (
+                self._rng.random() for _ in range(7))
+        delay_ms = max(0.0, cfg.latency_ms + (2.0 * r_jitter - 1.0) * cfg.jitter_ms)
+        draws = {"reset": (r_reset, cfg.reset_rate), "error": (r_error, cfg.error_rate),
+                 "throttle": (r_throttle, cfg.throttle_rate), "lost": (r_lost, cfg.lost_rate),
+                 "slow": (r_slow, cfg.slow_rate)}
+        fault = next((name for name in FAULT_ORDER if draws[name][0] < draws[name][1]), None)
+        status = ERROR_STATUSES[min(int(r_status * len(ERROR_STATUSES)), len(ERROR_STATUSES) - 1)]
+        return FaultDecision(fault, delay_ms / 1000.0, status if fault == "error" else None)

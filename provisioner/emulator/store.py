@@ -1,0 +1,332 @@
+"""SQLite persistence of the emulator: element instances and a log of every request.
+
+Instances survive emulator restarts (a user's first runs keep their state), and tests read the
+database directly through ``EmulatorDB`` to see what really happened behind faults: whether a
+"lost" create was committed, what status each request got, raw secret values byte for byte.
+
+One connection in WAL mode, guarded by a lock, serves all handler threads; every statement is
+short and indexed (keyset paging, a tag table with a (tag, instance) key), so the lock is never
+held for long and never across a sleep.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    name_search TEXT NOT NULL,
+    element_key TEXT NOT NULL,
+    reported_key TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    configuration TEXT NOT NULL,
+    token TEXT NOT NULL UNIQUE,
+    created_date TEXT NOT NULL,
+    updated_date TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_element ON instances(element_key);
+CREATE INDEX IF NOT EXISTS instances_reported ON instances(reported_key);
+CREATE TABLE IF NOT EXISTS instance_tags (
+    tag TEXT NOT NULL,
+    instance_id INTEGER NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+    PRIMARY KEY (tag, instance_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS instance_tags_instance ON instance_tags(instance_id);
+CREATE TABLE IF NOT EXISTS issued_tokens (token TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    query TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    fault TEXT,
+    duration_ms REAL NOT NULL
+);
+"""
+
+_INSTANCE_COLUMNS = ("id, name, element_key, reported_key, tags, configuration, token, "
+                     "created_date, updated_date")
+
+
+class StoreClosed(RuntimeError):
+    """The store was closed (the emulator is stopping)."""
+
+
+def utc_now() -> str:
+    """Current time as the API prints it: 2017-08-07T18:46:38Z."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _utc_now_ms() -> str:
+    """Current time with milliseconds, for the request log."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+def new_token() -> str:
+    """An instance token: base64 of 32 random bytes (44 characters)."""
+    return base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+
+
+def _dumps(value: object) -> str:
+    """JSON for a column; ASCII-escaped so any Python string (even a lone surrogate) survives."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def connect(path: str | Path, create: bool) -> sqlite3.Connection:
+    """Open the database; ``create=False`` refuses to create a missing file."""
+    if str(path) == ":memory:":
+        return sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+    path = Path(path)
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return sqlite3.connect(str(path), timeout=10, check_same_thread=False, isolation_level=None)
+    if not path.exists():
+        raise FileNotFoundError(f"no emulator database at {path}")
+    return sqlite3.connect(path.resolve().as_uri() + "?mode=rw", uri=True, timeout=10,
+                           isolation_level=None)
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    """One stored instance; ``configuration`` holds raw values (secrets in clear)."""
+
+    id: int
+    name: str
+    element_key: str
+    reported_key: str
+    tags: list
+    configuration: dict
+    token: str
+    created_date: str
+    updated_date: str
+
+    @classmethod
+    def from_sql(cls, row: tuple) -> InstanceRow:
+        """Build from a SELECT of ``_INSTANCE_COLUMNS``."""
+        return cls(row[0], row[1], row[2], row[3], json.loads(row[4]), json.loads(row[5]),
+                   row[6], row[7], row[8])
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """Filters and position of one page of ``GET /instances``."""
+
+    element_key: str | None = None  # matches the instance's element key or its reported key
+    tags: tuple[str, ...] = ()  # instance must carry all of them
+    search: str | None = None  # lower-cased substring of name or element key
+    after_id: int = 0
+    limit: int = 200
+
+
+class Store:
+    """The emulator's database; every method is thread-safe."""
+
+    def __init__(self, path: str | Path):
+        self._conn = connect(path, create=True)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn.executescript(_SCHEMA)
+        self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        """Close the connection; later calls raise StoreClosed. Idempotent."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    @contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock, for reads."""
+        with self._lock:
+            if self._closed:
+                raise StoreClosed("the emulator store is closed")
+            yield self._conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock, inside BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
+        with self._locked() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # -- instances ------------------------------------------------------------------------------
+
+    def create_instance(self, name: str, element_key: str, reported_key: str, tags: list[str],
+                        configuration: dict) -> InstanceRow:
+        """Insert a new instance with a fresh, never reused token."""
+        now = utc_now()
+        with self._transaction() as conn:
+            token = self._issue_token(conn)
+            cur = conn.execute(
+                "INSERT INTO instances (name, name_search, element_key, reported_key, tags, configuration,"
+                " token, created_date, updated_date) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, name.lower(), element_key, reported_key, _dumps(tags), _dumps(configuration),
+                 token, now, now))
+            instance_id = cur.lastrowid
+            self._write_tags(conn, instance_id, tags)
+        return InstanceRow(instance_id, name, element_key, reported_key, list(tags), dict(configuration),
+                           token, now, now)
+
+    @staticmethod
+    def _issue_token(conn: sqlite3.Connection) -> str:
+        """A token never handed out before (recorded in issued_tokens)."""
+        while True:
+            token = new_token()
+            if conn.execute("INSERT OR IGNORE INTO issued_tokens (token) VALUES (?)", (token,)).rowcount:
+                return token
+
+    @staticmethod
+    def _write_tags(conn: sqlite3.Connection, instance_id: int, tags: list[str]) -> None:
+        """Replace the tag index rows of one instance."""
+        conn.execute("DELETE FROM instance_tags WHERE instance_id = ?", (instance_id,))
+        conn.executemany("INSERT OR IGNORE INTO instance_tags (tag, instance_id) VALUES (?, ?)",
+                         [(tag, instance_id) for tag in tags])
+
+    def get_instance(self, instance_id: int) -> InstanceRow | None:
+        """One instance, or None."""
+        with self._locked() as conn:
+            row = conn.execute(f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE id = ?",
+                               (instance_id,)).fetchone()
+        return InstanceRow.from_sql(row) if row else None
+
+    def update_instance(self, instance_id: int,
+                        change: Callable[[InstanceRow], InstanceRow]) -> InstanceRow | None:
+        """Read, ``change`` (may raise to abort) and write back one instance atomically.
+        Returns the new row, or None if there is no such instance."""
+        with self._transaction() as conn:
+            row = conn.execute(f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE id = ?",
+                               (instance_id,)).fetchone()
+            if row is None:
+                return None
+            old = InstanceRow.from_sql(row)
+            new = replace(change(old), updated_date=utc_now())
+            conn.execute(
+                "UPDATE instances SET name = ?, name_search = ?, tags = ?, configuration = ?,"
+                " updated_date = ? WHERE id = ?",
+                (new.name, new.name.lower(), _dumps(new.tags), _dumps(new.configuration),
+                 new.updated_date, instance_id))
+            if new.tags != old.tags:
+                self._write_tags(conn, instance_id, new.tags)
+        return new
+
+    def delete_instance(self, instance_id: int) -> bool:
+        """Delete one instance; False if it did not exist."""
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM instance_tags WHERE instance_id = ?", (instance_id,))
+            return conn.execute("DELETE FROM instances WHERE id = ?", (instance_id,)).rowcount > 0
+
+    def count_instances(self) -> int:
+        """How many instances exist."""
+        with self._locked() as conn:
+            return conn.execute("SELECT count(*) FROM instances").fetchone()[0]
+
+    def list_instances(self, query: ListQuery) -> tuple[list[InstanceRow], int, bool]:
+        """One page in id order after ``query.after_id``: (rows, total matching, more pages?)."""
+        where, params = _where(query)
+        sql_page = (f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE {where} AND id > ?"
+                    " ORDER BY id LIMIT ?")
+        with self._locked() as conn:
+            conn.execute("BEGIN")
+            try:
+                total = conn.execute(f"SELECT count(*) FROM instances WHERE {where}", params).fetchone()[0]
+                rows = conn.execute(sql_page, (*params, query.after_id, query.limit + 1)).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        more = len(rows) > query.limit
+        return [InstanceRow.from_sql(r) for r in rows[:query.limit]], total, more
+
+    # -- request log ----------------------------------------------------------------------------
+
+    def record_request(self, method: str, path: str, query: str, status: int, fault: str | None,
+                       duration_ms: float) -> int:
+        """Append one request to the log; returns its id."""
+        with self._locked() as conn:
+            cur = conn.execute(
+                "INSERT INTO requests (ts, method, path, query, status, fault, duration_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (_utc_now_ms(), method, path, query, status, fault, round(duration_ms, 2)))
+            return cur.lastrowid
+
+    def set_request_status(self, request_id: int, status: int) -> None:
+        """Correct the status of a logged request (0 when the response could not be sent)."""
+        with self._locked() as conn:
+            conn.execute("UPDATE requests SET status = ? WHERE id = ?", (status, request_id))
+
+
+def _where(query: ListQuery) -> tuple[str, list]:
+    """SQL condition and parameters for the filters of a ``ListQuery``."""
+    clauses, params = ["1 = 1"], []
+    if query.element_key is not None:
+        clauses.append("(element_key = ? OR reported_key = ?)")
+        params += [query.element_key, query.element_key]
+    if query.tags:
+        marks = ", ".join("?" for _ in query.tags)
+        clauses.append(f"id IN (SELECT instance_id FROM instance_tags WHERE tag IN ({marks})"
+                       " GROUP BY instance_id HAVING count(*) = ?)")
+        params += [*query.tags, len(query.tags)]
+    if query.search:
+        clauses.append("(instr(name_search, ?) > 0 OR instr(lower(element_key), ?) > 0"
+                       " OR instr(lower(reported_key), ?) > 0)")
+        params += [query.search] * 3
+    return " AND ".join(clauses), params
+
+
+class EmulatorDB:
+    """Read helper for tests: opens the database file on each call, so it works while the
+    emulator runs, from this process or another one."""
+
+    def __init__(self, db_path: str | Path):
+        self.path = Path(db_path)
+
+    def _connect(self) -> closing[sqlite3.Connection]:
+        """A short-lived connection, closed when the ``with`` block ends."""
+        return closing(connect(self.path, create=False))
+
+    def instances(self) -> list[dict]:
+        """Every stored instance, raw (secrets in clear), ordered by id."""
+        with self._connect() as conn:
+            rows = conn.execute(f"SELECT {_INSTANCE_COLUMNS} FROM instances ORDER BY id").fetchall()
+        result = []
+        for row in rows:
+            inst = InstanceRow.from_sql(row)
+            result.append({"id": inst.id, "name": inst.name, "element": inst.element_key,
+                           "tags": inst.tags, "configuration": inst.configuration, "token": inst.token,
+                           "createdDate": inst.created_date, "updatedDate": inst.updated_date})
+        return result
+
+    def requests(self) -> list[dict]:
+        """Every logged request, oldest first; status 0 means the connection was dropped."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT id, ts, method, path, query, status, fault, duration_ms"
+                                " FROM requests ORDER BY id").fetchall()
+        return [{"id": r[0], "ts": r[1], "method": r[2], "path": r[3], "query": r[4], "status": r[5],
+                 "fault": r[6], "durationMs": r[7]} for r in rows]
+
+    def clear_requests(self) -> None:
+        """Empty the request log."""
+        with self._connect() as conn:
+            conn.execute("DELETE FROM requests")

@@ -1,0 +1,75 @@
+"""What provisioner writes on the instances it owns: the stack marker and secret fingerprints.
+
+Cloud Elements does not make names unique, so ownership is a tag: every instance created for stack
+``S`` carries ``provisioner:stack=S``, and an instance's identity is that marker plus its name. An
+instance with a declared name but no marker belongs to someone else and is never touched.
+
+Secret values come back from the API masked (``********``), so they cannot be compared. Each secret
+configuration value is instead summarised in a tag ``provisioner:fp:<key>=<digest>``, where the
+digest is an HMAC-SHA256 keyed with a key derived from the target's organization secret (or from
+``PROVISIONER_FINGERPRINT_KEY`` when set), over the stack, instance name, key and value. Neither the
+secret nor an unkeyed hash of it ever leaves the machine; the same password on two instances gives
+two unrelated digests.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .secret import Secret, reveal
+
+TAG_PREFIX = "provisioner:"
+STACK_TAG = "provisioner:stack="
+FP_TAG = "provisioner:fp:"
+FINGERPRINT_KEY_ENV = "PROVISIONER_FINGERPRINT_KEY"
+
+
+def stack_marker(stack: str) -> str:
+    return f"{STACK_TAG}{stack}"
+
+
+def is_managed_tag(tag: str) -> bool:
+    """Tags provisioner writes itself, as opposed to the user's own tags."""
+    return isinstance(tag, str) and tag.startswith(TAG_PREFIX)
+
+
+def user_tags(tags: Iterable[Any]) -> list[str]:
+    return [t for t in tags if isinstance(t, str) and not is_managed_tag(t)]
+
+
+def fingerprint_key(organization_secret: Secret, override: str | None = None) -> bytes:
+    """The HMAC key for fingerprints: derived from the organization secret unless overridden."""
+    material = override if override else organization_secret.reveal()
+    return hmac.new(material.encode("utf-8"), b"provisioner fingerprint key v1", hashlib.sha256).digest()
+
+
+def fingerprint(key: bytes, stack: str, name: str, config_key: str, value: Any) -> str:
+    message = "\0".join((stack, name, config_key, str(reveal(value)))).encode("utf-8")
+    digest = hmac.new(key, message, hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+
+
+def fingerprint_tags(key: bytes, stack: str, name: str, configuration: Mapping[str, Any],
+                     secret_keys: Iterable[str]) -> list[str]:
+    """One tag per declared secret value, sorted by key."""
+    return [f"{FP_TAG}{k}={fingerprint(key, stack, name, k, configuration[k])}"
+            for k in sorted(secret_keys) if configuration.get(k) is not None]
+
+
+def fingerprints_of(tags: Iterable[Any]) -> dict[str, str]:
+    """The fingerprints recorded on a live instance, by configuration key."""
+    found = {}
+    for tag in tags:
+        if isinstance(tag, str) and tag.startswith(FP_TAG):
+            key, sep, digest = tag[len(FP_TAG):].rpartition("=")
+            if sep:
+                found[key] = digest
+    return found
+
+
+def managed_tags(stack: str, fp_tags: list[str]) -> list[str]:
+    return [stack_marker(stack), *fp_tags]

@@ -1,0 +1,187 @@
+"""Stage 5: the plan is a value.
+
+``make_plan`` compares the desired instances with the live ones of each target and returns an
+immutable ``Plan``: one ``Change`` per instance (create, update, replace, delete, noop, conflict),
+each with its reason and field diff. Every noop says why. It does no I/O; ``apply`` executes a plan
+and does nothing else.
+
+Identity is the stack marker plus the name. A live instance with a declared name but no marker
+belongs to someone else: a conflict, never touched. Two owned instances with one name are
+duplicates: the oldest is kept, the others are deleted by ``--prune`` and reported otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .desired import DesiredInstance
+from .diff import FieldDiff, FingerprintContext, diff_instance, element_matches
+from .elements import ElementRegistry
+from .errors import UserError
+from .live import LiveInstance
+from .secret import SENSITIVE, Secret
+
+ACTIONS = ("create", "update", "replace", "delete", "noop", "conflict")
+WRITES = ("create", "update", "replace", "delete")
+
+
+@dataclass(frozen=True)
+class Change:
+    action: str
+    name: str
+    target: str
+    element: str | None
+    reason: str
+    diff: tuple[FieldDiff, ...] = ()
+    id: Any = None
+    method: str | None = None  # for updates: "PUT" (configuration) or "PATCH" (tags only)
+    desired: DesiredInstance | None = field(default=None, compare=False)
+    live: LiveInstance | None = field(default=None, compare=False)
+    warning: str | None = None
+
+    @property
+    def is_write(self) -> bool:
+        return self.action in WRITES
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    prune: bool = False
+    allow_replace: bool = False
+    force: bool = False
+    destroy: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    stack: str
+    changes: tuple[Change, ...]
+    options: PlanOptions = PlanOptions()
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(ACTIONS, 0)
+        for change in self.changes:
+            counts[change.action] += 1
+        return counts
+
+    @property
+    def has_changes(self) -> bool:
+        return any(c.is_write for c in self.changes)
+
+    @property
+    def has_conflicts(self) -> bool:
+        return any(c.action == "conflict" for c in self.changes)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [f"{c.name}: {c.warning}" for c in self.changes if c.warning]
+
+
+def make_plan(stack: str, desired: Iterable[DesiredInstance], live_by_target: Mapping[str, list[LiveInstance]],
+              registry: ElementRegistry, fingerprints: Mapping[str, FingerprintContext],
+              options: PlanOptions = PlanOptions()) -> Plan:
+    """Compare desired with live, target by target, and decide what to do with each instance."""
+    desired = list(desired)
+    if options.prune and not desired and not options.force and not options.destroy:
+        raise UserError("--prune with a manifest that declares no instance would delete every instance of the stack",
+                        hint="declare the instances to keep, use destroy, or add --force if this is intended")
+    changes: list[Change] = []
+    by_target: dict[str, list[DesiredInstance]] = {}
+    for instance in desired:
+        by_target.setdefault(instance.target, []).append(instance)
+    for target in sorted(set(by_target) | set(live_by_target)):
+        changes.extend(_plan_target(stack, target, by_target.get(target, []), live_by_target.get(target, []),
+                                    registry, fingerprints.get(target), options))
+    return Plan(stack, tuple(changes), options)
+
+
+def _plan_target(stack: str, target: str, desired: list[DesiredInstance], live: list[LiveInstance],
+                 registry: ElementRegistry, fp: FingerprintContext | None, options: PlanOptions) -> list[Change]:
+    owned: dict[str, list[LiveInstance]] = {}
+    foreign: dict[str, LiveInstance] = {}
+    for instance in live:
+        if instance.owned_by(stack):
+            owned.setdefault(instance.name, []).append(instance)
+        else:
+            foreign.setdefault(instance.name, instance)
+    changes: list[Change] = []
+    declared = set()
+    for instance in ([] if options.destroy else desired):
+        declared.add(instance.name)
+        matches = sorted(owned.get(instance.name, []), key=lambda i: i.age_key)
+        if matches:
+            changes.append(_compare(instance, matches[0], registry, fp, options))
+            changes.extend(_duplicates(matches, target, options))
+        elif instance.name in foreign:
+            other = foreign[instance.name]
+            changes.append(Change(
+                "conflict", instance.name, target, instance.element,
+                f"an instance named {instance.name!r} (id {other.id}) exists without the marker of stack {stack!r}; "
+                "provisioner never touches instances it does not own",
+                id=other.id, desired=instance, live=other))
+        else:
+            changes.append(Change("create", instance.name, target, instance.element, "declared, not found",
+                                  _create_diff(instance), desired=instance))
+    for name in sorted(set(owned) - declared):
+        for instance in sorted(owned[name], key=lambda i: i.age_key):
+            changes.append(_undeclared(instance, target, options))
+    return changes
+
+
+def _compare(instance: DesiredInstance, live: LiveInstance, registry: ElementRegistry,
+             fp: FingerprintContext | None, options: PlanOptions) -> Change:
+    schema = registry.get(instance.element)
+    assert schema is not None and fp is not None  # validation guarantees the element; apply gives fp
+    common = {"name": instance.name, "target": instance.target, "element": instance.element, "id": live.id,
+              "desired": instance, "live": live}
+    if not element_matches(schema, live.element):
+        diff = (FieldDiff("change", "element", live.element, instance.element),)
+        if options.allow_replace:
+            return Change("replace", reason=f"element changes from {live.element} to {instance.element} "
+                          "(the application's token will change)", diff=diff, **common)
+        return Change("conflict", reason=f"element changes from {live.element} to {instance.element}, which needs "
+                      "a replace (and a new token); run with --allow-replace to allow it", diff=diff, **common)
+    diffs = tuple(diff_instance(instance, live, schema, fp))
+    if not diffs:
+        return Change("noop", reason="up to date", **common)
+    if any(d.path.startswith("configuration.") for d in diffs):
+        return Change("update", reason="configuration differs", diff=diffs, method="PUT", **common)
+    return Change("update", reason="tags differ", diff=diffs, method="PATCH", **common)
+
+
+def _duplicates(matches: list[LiveInstance], target: str, options: PlanOptions) -> list[Change]:
+    keep = matches[0]
+    changes = []
+    for extra in matches[1:]:
+        common = {"name": extra.name, "target": target, "element": extra.element, "id": extra.id, "live": extra}
+        reason = f"duplicate of id {keep.id} (the oldest is kept)"
+        if options.prune:
+            changes.append(Change("delete", reason=reason, **common))
+        else:
+            changes.append(Change("noop", reason=reason + "; apply --prune deletes it",
+                                  warning=f"duplicate instance id {extra.id} of id {keep.id}", **common))
+    return changes
+
+
+def _undeclared(instance: LiveInstance, target: str, options: PlanOptions) -> Change:
+    common = {"name": instance.name, "target": target, "element": instance.element, "id": instance.id,
+              "live": instance}
+    if options.destroy:
+        return Change("delete", reason="destroy deletes every instance the stack owns", **common)
+    if options.prune:
+        return Change("delete", reason="owned by the stack, no longer declared", **common)
+    return Change("noop", reason="owned by the stack but no longer declared; --prune deletes it",
+                  warning="owned but not declared (use --prune to delete it)", **common)
+
+
+def _create_diff(instance: DesiredInstance) -> tuple[FieldDiff, ...]:
+    diffs = [FieldDiff("add", "element", None, instance.element)]
+    if instance.tags:
+        diffs.append(FieldDiff("add", "tags", None, list(instance.tags)))
+    for key in sorted(instance.configuration):
+        value = instance.configuration[key]
+        secret = isinstance(value, Secret)
+        diffs.append(FieldDiff("add", f"configuration.{key}", None, SENSITIVE if secret else value, secret))
+    return tuple(diffs)

@@ -1,0 +1,317 @@
+"""Render manifest values and template files with Jinja, sandboxed and strict.
+
+In scope: ``env`` (the process environment), ``inputs`` and, inside a forEach, ``item``.
+
+* Undefined variables are errors that name what is missing (``environment variable CW_PASSWORD is
+  not set``); values are never printed.
+* A value that is a single expression keeps its type: ``"{{ inputs.tagging }}"`` with
+  ``tagging: false`` gives the boolean ``false``.
+* Data is never rendered twice. For template files, every ``{{ ... }}`` output is first replaced
+  by a random placeholder, the text is parsed as YAML, and the real values are put back into the
+  parsed structure. A password containing quotes, newlines or ``{{ 7*7 }}`` therefore reaches the
+  API byte for byte and can never change the structure of the body.
+* The sandbox refuses unsafe attribute access (``''.__class__``); template files are loaded only
+  from inside the manifest's directory.
+
+Compiled templates and expressions are cached by their source: a forEach over 10,000 items
+compiles each distinct string once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import traceback
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+from .errors import Location, Problem
+from .yamlload import DEFAULT_MAX_BYTES, YDict, YList, decode_text, load_yaml
+
+_SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
+_HAS_JINJA = ("{{", "{%", "{#")
+
+
+class RenderError(Exception):
+    """A value or template could not be rendered; carries the problem to report."""
+
+    def __init__(self, problem: Problem):
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+class EnvMapping(Mapping):
+    """The process environment as seen by templates. A missing variable is a named error."""
+
+    def __init__(self, environ: Mapping[str, str]):
+        self._environ = dict(environ)
+
+    def __getitem__(self, key: str) -> str:
+        return self._environ[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._environ)
+
+    def __len__(self) -> int:
+        return len(self._environ)
+
+    def __repr__(self) -> str:  # never list the values
+        return f"<environment: {len(self._environ)} variables>"
+
+
+class _Undefined(jinja2.StrictUndefined):
+    """StrictUndefined whose message says which environment variable or input is missing."""
+
+    __slots__ = ()
+
+    @property
+    def _undefined_message(self) -> str:
+        obj, name = self._undefined_obj, self._undefined_name
+        if self._undefined_hint:  # the sandbox's own explanation of a refused access
+            return self._undefined_hint
+        if isinstance(obj, EnvMapping):
+            return f"environment variable {name} is not set"
+        if obj is not jinja2.utils.missing and name is not None:
+            owner = "inputs" if isinstance(obj, (YDict, dict)) else type(obj).__name__
+            return f"{owner} has no key {name!r}"
+        if name is not None:
+            return f"{name!r} is undefined"
+        return super()._undefined_message
+
+
+class _ConfinedLoader(jinja2.BaseLoader):
+    """Loads template files only from inside one directory (symlinks resolved), as UTF-8 text."""
+
+    def __init__(self, root: str, max_bytes: int):
+        self.root = os.path.realpath(root)
+        self.max_bytes = max_bytes
+
+    def resolve(self, name: str) -> str:
+        path = os.path.realpath(os.path.join(self.root, name))
+        if os.path.isabs(name) or os.path.commonpath([path, self.root]) != self.root:
+            raise TemplateOutside(name)
+        return path
+
+    def get_source(self, environment: jinja2.Environment, template: str):
+        path = self.resolve(template)
+        if not os.path.isfile(path):
+            raise jinja2.TemplateNotFound(template)
+        if os.path.getsize(path) > self.max_bytes:
+            raise TemplateTooLarge(template)
+        with open(path, "rb") as handle:
+            text, problems = decode_text(handle.read(), template)
+        if text is None:
+            raise RenderError(problems[0])
+        mtime = os.path.getmtime(path)
+        return text, template, lambda: os.path.getmtime(path) == mtime
+
+
+class TemplateOutside(Exception):
+    pass
+
+
+class TemplateTooLarge(Exception):
+    pass
+
+
+@jinja2.pass_context
+def _placeholder_finalize(context: jinja2.runtime.Context, value: Any) -> Any:
+    """In template files, each output becomes a placeholder; the value is kept aside."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    collector = context.get("__provisioner_values")
+    if collector is None:
+        return value
+    collector.append(value)
+    return f"{context.get('__provisioner_nonce')}{len(collector) - 1}_"
+
+
+class Renderer:
+    """Renders inline manifest values and template files for one manifest."""
+
+    def __init__(self, base_dir: str, environ: Mapping[str, str], inputs: Mapping[str, Any],
+                 max_file_bytes: int = DEFAULT_MAX_BYTES):
+        self.base_dir = base_dir
+        self.env = EnvMapping(environ)
+        self.inputs = inputs
+        self._jinja = ImmutableSandboxedEnvironment(
+            undefined=_Undefined, autoescape=False, keep_trailing_newline=True,
+            loader=_ConfinedLoader(base_dir, max_file_bytes), finalize=_placeholder_finalize)
+        self._templates: dict[str, Any] = {}
+        self._expressions: dict[str, Any] = {}
+
+    def context(self, item: Any = jinja2.utils.missing) -> dict[str, Any]:
+        scope = {"env": self.env, "inputs": self.inputs}
+        if item is not jinja2.utils.missing:
+            scope["item"] = item
+        return scope
+
+    # -- inline values -------------------------------------------------------------------------
+
+    def value(self, raw: Any, scope: dict[str, Any], where: Location) -> Any:
+        """Render one manifest value: strings are templates, containers are rendered item by item."""
+        if isinstance(raw, str):
+            return self._string(raw, scope, where)
+        if isinstance(raw, dict):
+            return {key: self.value(v, scope, where) for key, v in raw.items()}
+        if isinstance(raw, list):
+            return [self.value(v, scope, where) for v in raw]
+        return raw
+
+    def _string(self, raw: str, scope: dict[str, Any], where: Location) -> Any:
+        if not any(marker in raw for marker in _HAS_JINJA):
+            return raw
+        match = _SINGLE_EXPRESSION.match(raw)
+        try:
+            if match and "{{" not in match["expr"] and "}}" not in match["expr"]:
+                result = self._expression(match["expr"])(**scope)
+                if isinstance(result, jinja2.Undefined):
+                    result._fail_with_undefined_error()
+                return result
+            return self._template(raw).render(scope)
+        except RenderError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every Jinja failure becomes a located problem
+            raise RenderError(_problem_from(exc, where, raw)) from None
+
+    def _expression(self, source: str) -> Any:
+        compiled = self._expressions.get(source)
+        if compiled is None:
+            compiled = self._jinja.compile_expression(source, undefined_to_none=False)
+            self._expressions[source] = compiled
+        return compiled
+
+    def _template(self, source: str) -> jinja2.Template:
+        compiled = self._templates.get(source)
+        if compiled is None:
+            compiled = self._jinja.from_string(source)
+            self._templates[source] = compiled
+        return compiled
+
+    # -- template files ------------------------------------------------------------------------
+
+    def template_file(self, name: str, scope: dict[str, Any], where: Location) -> dict:
+        """Render a template file into a mapping; values are substituted after YAML parsing."""
+        template = self._load_file(name, where)
+        nonce = f"__pv{secrets.token_hex(6)}_"
+        collected: list[Any] = []
+        try:
+            text = template.render({**scope, "__provisioner_values": collected, "__provisioner_nonce": nonce})
+        except RenderError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise RenderError(_problem_from(exc, where, None, template=name)) from None
+        loaded = load_yaml(text, name)
+        if loaded.problems:
+            first = loaded.problems[0]
+            raise RenderError(Problem(
+                f"template output is not valid YAML: {first.message}",
+                Location(where.file, where.line, name, first.location.line, where.instance),
+                "quote the value around this line, or emit structured values with a single {{ expression }}"))
+        data = _substitute(loaded.data, nonce, collected)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise RenderError(Problem(f"template must render a YAML mapping, got {type(data).__name__}",
+                                      Location(where.file, where.line, name, None, where.instance),
+                                      "render keys such as configuration: and tags:"))
+        return data
+
+    def _load_file(self, name: str, where: Location) -> jinja2.Template:
+        cached = self._templates.get("file:" + name)
+        if cached is not None:
+            return cached
+        try:
+            template = self._jinja.get_template(name)
+        except TemplateOutside:
+            raise RenderError(Problem(f"template path {name!r} is outside the manifest's directory",
+                                      where, "templates must live in the manifest's directory or below it")) from None
+        except jinja2.TemplateNotFound:
+            raise RenderError(Problem(f"template file {name!r} not found", where,
+                                      "paths are relative to the manifest's directory")) from None
+        except TemplateTooLarge:
+            raise RenderError(Problem(f"template file {name!r} is too large", where)) from None
+        except jinja2.TemplateSyntaxError as exc:
+            raise RenderError(Problem(f"template syntax error: {exc.message}",
+                                      Location(where.file, where.line, name, exc.lineno, where.instance),
+                                      _syntax_hint(exc.message))) from None
+        self._templates["file:" + name] = template
+        return template
+
+
+def _substitute(data: Any, nonce: str, values: list[Any]) -> Any:
+    """Put the collected values back where their placeholders landed in the parsed YAML."""
+    if isinstance(data, str):
+        if nonce not in data:
+            return data
+        pattern = re.compile(re.escape(nonce) + r"(\d+)_")
+        whole = pattern.fullmatch(data)
+        if whole:
+            return values[int(whole[1])]
+        return pattern.sub(lambda m: _as_text(values[int(m[1])]), data)
+    if isinstance(data, dict):
+        out = YDict((_substitute(k, nonce, values), _substitute(v, nonce, values)) for k, v in data.items())
+        out.line = getattr(data, "line", 0)
+        return out
+    if isinstance(data, list):
+        out_list = YList(_substitute(v, nonce, values) for v in data)
+        out_list.line = getattr(data, "line", 0)
+        return out_list
+    return data
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _problem_from(exc: Exception, where: Location, raw: str | None, template: str | None = None) -> Problem:
+    """Turn a Jinja failure into a located problem; never include rendered values."""
+    line = _template_line(exc, template) if template else None
+    location = Location(where.file, where.line, template, line, where.instance, where.path) if template else where
+    if isinstance(exc, jinja2.UndefinedError):
+        message = exc.message or "undefined variable"
+        if message.startswith("environment variable"):
+            hint = "set the variable in the environment"
+        elif message == "'item' is undefined":
+            hint = "item is defined only inside an instance with forEach"
+        else:
+            hint = "define it under inputs:, in an --inputs file, or with --set"
+        return Problem(message, location, hint)
+    if isinstance(exc, SecurityError):
+        return Problem(f"unsafe template expression refused: {exc}", location,
+                       "templates may only read env, inputs and item")
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        where_line = Location(location.file, location.line, template, exc.lineno, location.instance, location.path)
+        return Problem(f"template syntax error: {exc.message}", where_line if template else location,
+                       _syntax_hint(exc.message or ""))
+    if isinstance(exc, TemplateOutside):
+        return Problem(f"template path {str(exc)!r} is outside the manifest's directory", location,
+                       "templates may include only files in the manifest's directory or below it")
+    if isinstance(exc, jinja2.TemplateNotFound):
+        return Problem(f"template file {exc.name!r} not found", location,
+                       "paths are relative to the manifest's directory")
+    if isinstance(exc, RecursionError):
+        return Problem("template recursion is too deep", location)
+    return Problem(f"template error: {type(exc).__name__}: {exc}", location, None)
+
+
+def _template_line(exc: Exception, template: str | None) -> int | None:
+    line = getattr(exc, "lineno", None)
+    if line:
+        return line
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if template and frame.filename == template:
+            return frame.lineno
+    return None
+
+
+def _syntax_hint(message: str | None) -> str:
+    if message and any(q in message for q in "\u201c\u201d\u2018\u2019"):
+        return "replace curly quotes with straight ones (\" or ')"
+    return "check the {{ }} and {% %} delimiters and the expression inside"

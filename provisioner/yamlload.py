@@ -1,0 +1,266 @@
+"""Load YAML safely, and remember where every key and item came from.
+
+Only plain YAML is accepted (safe loading: no python/object tags). Input must be UTF-8 text under a
+size cap; aliases may not expand past a cap (billion laughs). Mappings come back as ``YDict`` and
+sequences as ``YList``, which carry the line of each key and item, so that an error found later
+(a JSON Schema path, a rendering error) can be reported at ``file:line``.
+
+Problems a user can fix (duplicate keys, curly quotes where straight ones are needed, syntax errors)
+are collected, not raised, so validation reports them all at once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .errors import Location, Problem
+
+try:  # libyaml is an order of magnitude faster on large inputs files
+    _BaseLoader: type = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - pure Python fallback
+    _BaseLoader = yaml.SafeLoader
+
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_ALIAS_NODES = 100_000
+CURLY_QUOTES = "\u201c\u201d\u2018\u2019"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class YDict(dict):
+    """A mapping that knows its own line and the line of each of its keys."""
+
+    line: int = 0
+    key_lines: dict
+
+    def line_of(self, key: Any) -> int:
+        return self.__dict__.get("key_lines", {}).get(key, self.line)
+
+
+class YList(list):
+    """A sequence that knows its own line and the line of each item."""
+
+    line: int = 0
+    item_lines: list
+
+    def line_of(self, index: int) -> int:
+        lines = self.__dict__.get("item_lines", [])
+        return lines[index] if 0 <= index < len(lines) else self.line
+
+
+def line_of(value: Any, default: int = 0) -> int:
+    """The line a loaded mapping or sequence started on (0 for scalars, which carry no position)."""
+    return getattr(value, "line", 0) or default
+
+
+@dataclass
+class Loaded:
+    """The result of loading one file: the data (None if unusable) and every problem found."""
+
+    data: Any
+    problems: list[Problem] = field(default_factory=list)
+    text: str = ""
+
+
+def read_text(path: str, display: str, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[str | None, list[Problem]]:
+    """Read a file as UTF-8 text, refusing what is too large, binary or not UTF-8."""
+    where = Location(file=display)
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        return None, [Problem(f"cannot read file: {exc.strerror or exc}", where, "check the path")]
+    if size > max_bytes:
+        return None, [Problem(f"file is {size} bytes, over the limit of {max_bytes} bytes", where,
+                              "split the file, or raise the limit with --max-file-bytes")]
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as exc:
+        return None, [Problem(f"cannot read file: {exc.strerror or exc}", where, "check the path")]
+    return decode_text(raw, display)
+
+
+def decode_text(raw: bytes, display: str) -> tuple[str | None, list[Problem]]:
+    """Decode bytes as UTF-8 (a BOM is allowed), rejecting binary content with its line."""
+    if b"\x00" in raw:
+        line = raw[: raw.index(b"\x00")].count(b"\n") + 1
+        return None, [Problem("this is binary data, not text (NUL byte found)", Location(display, line),
+                              "give a YAML text file")]
+    try:
+        return raw.decode("utf-8-sig"), []
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        return None, [Problem(f"not UTF-8 text (invalid byte 0x{raw[exc.start]:02x} at offset {exc.start})",
+                              Location(display, line), "save the file as UTF-8")]
+
+
+def load_yaml(text: str, display: str, max_alias_nodes: int = DEFAULT_MAX_ALIAS_NODES) -> Loaded:
+    """Parse one YAML document, keeping positions and collecting every problem found."""
+    loader = _PositionLoader(text)
+    loader.display = display
+    loader.problems = []
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return Loaded(None, loader.problems, text)
+        loader.problems.extend(_check_nodes(node, display, max_alias_nodes))
+        if any(p.message.startswith("YAML aliases") or p.message.startswith("recursive") for p in loader.problems):
+            return Loaded(None, loader.problems, text)
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        return Loaded(None, [*loader.problems, _syntax_problem(exc, display)], text)
+    except yaml.YAMLError as exc:
+        return Loaded(None, [*loader.problems, Problem(f"not valid YAML: {exc}", Location(display))], text)
+    except RecursionError:
+        return Loaded(None, [Problem("YAML nesting is too deep", Location(display))], text)
+    finally:
+        loader.dispose()
+    return Loaded(data, loader.problems, text)
+
+
+def _syntax_problem(exc: yaml.MarkedYAMLError, display: str) -> Problem:
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark else None
+    message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
+    hint = "check the indentation and quoting around this line"
+    if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in (exc.problem or ""):
+        message = f"unsupported YAML tag: {exc.problem}"
+        hint = "only plain YAML is accepted: remove the !tag"
+    elif any(q in (exc.problem or "") for q in CURLY_QUOTES):
+        hint = "replace curly quotes with straight ones (\" or ')"
+    return Problem(f"not valid YAML: {message}", Location(display, line), hint)
+
+
+class _PositionLoader(_BaseLoader):  # type: ignore[misc,valid-type]
+    display: str
+    problems: list[Problem]
+
+
+def _construct_mapping(loader: _PositionLoader, node: yaml.MappingNode):
+    data = YDict()
+    data.line = node.start_mark.line + 1
+    data.key_lines = {}
+    yield data
+    own_keys: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if _hashable(key) and key in own_keys:
+            loader.problems.append(Problem(
+                f"duplicate key {key!r} (first defined on line {own_keys[key]})",
+                Location(loader.display, line), "remove one of them: YAML keeps only the last"))
+        elif _hashable(key):
+            own_keys[key] = line
+    loader.flatten_mapping(node)
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not _hashable(key):
+            loader.problems.append(Problem("a mapping key must be a plain value",
+                                           Location(loader.display, key_node.start_mark.line + 1)))
+            continue
+        data[key] = loader.construct_object(value_node, deep=False)
+        data.key_lines[key] = key_node.start_mark.line + 1
+
+
+def _construct_sequence(loader: _PositionLoader, node: yaml.SequenceNode):
+    data = YList()
+    data.line = node.start_mark.line + 1
+    data.item_lines = [child.start_mark.line + 1 for child in node.value]
+    yield data
+    data.extend(loader.construct_object(child, deep=False) for child in node.value)
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+_PositionLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+_PositionLoader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
+
+
+def _check_nodes(root: yaml.Node, display: str, max_alias_nodes: int) -> list[Problem]:
+    """Walk the node graph once: alias expansion size, recursion, curly quotes in plain scalars."""
+    problems: list[Problem] = []
+    sizes: dict[int, int] = {}
+    in_progress: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in in_progress:
+            raise _Recursive(node)
+        in_progress.add(key)
+        total = 1
+        if isinstance(node, yaml.ScalarNode):
+            problem = _curly_problem(node, display)
+            if problem:
+                problems.append(problem)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        in_progress.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        expanded = size(root)
+    except _Recursive as exc:
+        return [Problem("recursive YAML alias", Location(display, exc.node.start_mark.line + 1),
+                        "an anchor may not refer to itself")]
+    except RecursionError:
+        return [Problem("YAML nesting is too deep", Location(display))]
+    if expanded - len(sizes) > max_alias_nodes:
+        problems.append(Problem(
+            f"YAML aliases expand to {expanded} nodes from {len(sizes)} (limit: {max_alias_nodes} added by aliases)",
+            Location(display, root.start_mark.line + 1),
+            "this looks like an alias bomb; write the data out instead of nesting aliases"))
+    return problems
+
+
+class _Recursive(Exception):
+    def __init__(self, node: yaml.Node):
+        super().__init__("recursive alias")
+        self.node = node
+
+
+def _curly_problem(node: yaml.ScalarNode, display: str) -> Problem | None:
+    value = node.value
+    if not any(q in value for q in CURLY_QUOTES):
+        return None
+    line = node.start_mark.line + 1
+    hint = "replace curly quotes (\u201c \u201d \u2018 \u2019) with straight ones (\" or '); " \
+           "they often come from pasting from a web page"
+    if not node.style and value[0] in CURLY_QUOTES and value[-1] in CURLY_QUOTES:  # plain (None or "")
+        return Problem(f"value {_short(value)} is wrapped in curly quotes, which YAML does not treat as quotes",
+                       Location(display, line), hint)
+    if _curly_inside_expression(value):
+        return Problem(f"curly quote inside a template expression in {_short(value)}",
+                       Location(display, line), hint)
+    return None
+
+
+def _curly_inside_expression(value: str) -> bool:
+    start = value.find("{{")
+    while start != -1:
+        end = value.find("}}", start)
+        if end == -1:
+            end = len(value)
+        if any(q in value[start:end] for q in CURLY_QUOTES):
+            return True
+        start = value.find("{{", end)
+    return False
+
+
+def _short(value: str, limit: int = 60) -> str:
+    return repr(value if len(value) <= limit else value[:limit] + "...")

@@ -1,0 +1,225 @@
+"""A small real HTTP server on 127.0.0.1 that answers from a per-test script.
+
+Client tests need real sockets: timeouts, connection resets, keep-alive and the exact number of
+requests that reached the server cannot be faked convincingly with a mocked session. Each test
+gives the server a script, a list of steps consumed one per request, in arrival order:
+
+* ``Reply(status, headers, body)``: answer; a dict or list body is sent as JSON, str as text.
+* ``RESET``: read the request, then abort the connection with a TCP RST (no answer).
+* ``CLOSE``: read the request, then close the connection cleanly without answering.
+* ``Hang(seconds)``: read the request, wait, then close without answering.
+* a callable ``step(received) -> step``: decide from the request (e.g. paging by token).
+
+When the script runs out the ``default`` step answers. Every request is recorded as a
+``Received`` (method, path, query, headers, body, arrival time), in ``server.requests``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Union
+from urllib.parse import parse_qs, urlsplit
+
+BASE_PATH = "/elements/api-v2"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP answer."""
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: Any = None
+
+
+@dataclass(frozen=True)
+class Hang:
+    """Read the request, wait ``seconds`` (cut short when the server closes), close, no answer."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Action:
+    name: str
+
+
+RESET = _Action("reset")
+CLOSE = _Action("close")
+
+Step = Union[Reply, Hang, _Action, Callable[["Received"], Any]]
+
+
+@dataclass
+class Received:
+    """One request as the server saw it; ``path`` is relative to ``BASE_PATH`` when under it."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]   # lower-case names
+    body: bytes
+    time: float               # time.monotonic() at arrival
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class ScriptedServer:
+    """Start with ``with ScriptedServer([...]) as server:``; ``server.base_url`` is the API root."""
+
+    def __init__(self, script: list[Step] = (), default: Step = Reply(500, body={"message": "script exhausted"})):
+        self._lock = threading.Lock()
+        self._script: deque[Step] = deque(script)
+        self._default = default
+        self._received: list[Received] = []
+        self._connections: set[socket.socket] = set()
+        self.closing = threading.Event()
+        self._httpd = _HTTPServer(("127.0.0.1", 0), _Handler, self)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="scripted-server", daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{BASE_PATH}"
+
+    @property
+    def requests(self) -> list[Received]:
+        with self._lock:
+            return list(self._received)
+
+    def add(self, *steps: Step) -> None:
+        """Append steps to the script."""
+        with self._lock:
+            self._script.extend(steps)
+
+    def close(self) -> None:
+        """Stop serving, abort open connections and join every thread."""
+        self.closing.set()
+        self._httpd.shutdown()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._httpd.server_close()
+        self._thread.join()
+
+    def __enter__(self) -> ScriptedServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- used by the handler ---------------------------------------------------------------
+
+    def _next_step(self, received: Received) -> Step:
+        with self._lock:
+            self._received.append(received)
+            step = self._script.popleft() if self._script else self._default
+        while callable(step) and not isinstance(step, (Reply, Hang, _Action)):
+            step = step(received)
+        return step
+
+    def _track(self, conn: socket.socket, add: bool) -> None:
+        with self._lock:
+            (self._connections.add if add else self._connections.discard)(conn)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = False   # joined by server_close()
+    block_on_close = True
+
+    def __init__(self, address: tuple[str, int], handler: type, owner: ScriptedServer):
+        self.owner = owner
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):  # noqa: D102 - socketserver hook
+        self.owner._track(request, True)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):  # noqa: D102 - socketserver hook
+        self.owner._track(request, False)
+        super().shutdown_request(request)
+
+    def handle_error(self, request, client_address):  # noqa: D102 - a client going away is normal here
+        pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output clean
+        pass
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        url = urlsplit(self.path)
+        path = url.path[len(BASE_PATH):] if url.path.startswith(BASE_PATH) else url.path
+        received = Received(self.command, path, parse_qs(url.query, keep_blank_values=True),
+                            {k.lower(): v for k, v in self.headers.items()}, body, time.monotonic())
+        step = self.server.owner._next_step(received)
+        if isinstance(step, Reply):
+            self._reply(step)
+        elif step is RESET:
+            self._reset()
+        elif isinstance(step, Hang):
+            self.server.owner.closing.wait(step.seconds)
+            self.close_connection = True
+        else:  # CLOSE
+            self.close_connection = True
+
+    def _reply(self, reply: Reply) -> None:
+        headers = dict(reply.headers)
+        if reply.body is None:
+            data = b""
+        elif isinstance(reply.body, bytes):
+            data = reply.body
+        elif isinstance(reply.body, str):
+            data = reply.body.encode("utf-8")
+            headers.setdefault("Content-Type", "text/plain; charset=utf-8")
+        else:
+            data = json.dumps(reply.body).encode("utf-8")
+            headers.setdefault("Content-Type", "application/json")
+        self.send_response(reply.status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _reset(self) -> None:
+        """Abort the connection: SO_LINGER 0 turns close() into a TCP RST."""
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.rfile.close()
+        self.connection.close()
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (connections to it are refused)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,421 @@
+"""Client against a real loopback server: retries, ambiguous creates, paging, errors, interruption,
+secrets and statistics."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import requests
+import urllib3.exceptions
+from scripted_server import CLOSE, RESET, Hang, Reply, ScriptedServer, closed_port
+
+from provisioner import __version__
+from provisioner.client import Client, ClientSettings, _classify
+from provisioner.errors import (
+    AmbiguousCreate,
+    ApiError,
+    BadRequest,
+    Conflict,
+    Interrupted,
+    NotFound,
+    RateLimited,
+    ServerError,
+    TransportError,
+    Unauthorized,
+    UserError,
+)
+from provisioner.interrupt import StopFlag
+from provisioner.ratelimit import RateBudget
+from provisioner.secret import Secret
+from provisioner.stats import RequestStats
+
+USER = "user-secret-7Hq2ZpX9"
+ORG = "org-secret-Lm4Kd81Q"
+FAST = ClientSettings(connect_timeout=0.5, read_timeout=0.5, max_attempts=5, max_retry_time=5.0,
+                      backoff_base=0.01, backoff_cap=0.05, parallelism=4, page_size=2)
+OK = Reply(200, body={"id": 7, "name": "crm"})
+
+
+@pytest.fixture
+def server():
+    with ScriptedServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def lines():
+    return []
+
+
+def make_client(base_url: str, lines: list[str] | None = None, settings: ClientSettings = FAST, **kwargs) -> Client:
+    trace = lines.append if lines is not None else None
+    return Client(base_url, Secret(USER), Secret(ORG), settings, trace=trace, **kwargs)
+
+
+@pytest.fixture
+def client(server, lines):
+    with make_client(server.base_url, lines) as cli:
+        yield cli
+
+
+def methods(server: ScriptedServer) -> list[str]:
+    return [r.method for r in server.requests]
+
+
+# -- retries --------------------------------------------------------------------------------
+
+def test_get_retries_503_then_succeeds(server, client, lines):
+    server.add(Reply(503), Reply(503), OK)
+    assert client.get_instance(7) == {"id": 7, "name": "crm"}
+    assert [r.path for r in server.requests] == ["/instances/7"] * 3
+    assert len(lines) == 3
+    assert lines[0].startswith("HTTP GET /instances/7 -> 503 (") and "retrying in" in lines[0]
+    assert "(attempt 2/5)" in lines[0] and "(attempt 3/5)" in lines[1]
+    assert lines[2].startswith("HTTP GET /instances/7 -> 200 (")
+
+
+def test_retry_after_is_honoured(server, client):
+    server.add(Reply(503, {"Retry-After": "0.3"}), OK)
+    client.get_instance(7)
+    first, second = server.requests
+    assert second.time - first.time >= 0.25
+
+
+def test_429_retry_after_and_exception_field(server, lines):
+    server.add(*[Reply(429, {"Retry-After": "0.05"}, {"message": "slow down"})] * 3)
+    settings = ClientSettings(**{**FAST.__dict__, "max_attempts": 3})
+    with make_client(server.base_url, lines, settings) as cli, pytest.raises(RateLimited) as info:
+        cli.get_element("sfdc")
+    assert info.value.retry_after == pytest.approx(0.05)
+    assert len(server.requests) == 3
+    assert "giving up after 3 attempts" in lines[-1]
+
+
+def test_429_pause_is_shared_across_threads(server, lines):
+    throttled = threading.Event()
+    trace_lock = threading.Lock()
+
+    def trace(line: str) -> None:
+        with trace_lock:
+            lines.append(line)
+        if "-> 429" in line:
+            throttled.set()
+
+    server.add(Reply(429, {"Retry-After": "0.3"}, {"message": "too many"}))
+    server._default = OK
+    with Client(server.base_url, Secret(USER), Secret(ORG), FAST, trace=trace) as cli:
+        results = []
+        first = threading.Thread(target=lambda: results.append(cli.get_instance(1)))
+        first.start()
+        assert throttled.wait(5)
+        t_429 = server.requests[0].time
+        results.append(cli.get_instance(2))  # another worker, not throttled itself
+        first.join(5)
+    assert len(results) == 2
+    later = [r.time for r in server.requests[1:]]
+    assert len(later) == 2 and min(later) - t_429 >= 0.25
+    assert cli.budget.throttle_count == 1
+
+
+def test_read_timeout_on_get_is_retried(server, client, lines):
+    server.add(Hang(3), OK)
+    assert client.get_instance(7)["id"] == 7
+    assert len(server.requests) == 2
+    assert lines[0].startswith("HTTP GET /instances/7 -> error: read timeout (")
+
+
+def test_connection_reset_on_put_is_retried(server, client):
+    server.add(RESET, OK)
+    client.update_instance(7, {"name": "crm"})
+    assert methods(server) == ["PUT", "PUT"]
+
+
+def test_max_attempts_respected(server, client):
+    server._default = Reply(502, body={"message": "bad gateway"})
+    with pytest.raises(ServerError) as info:
+        client.patch_instance(7, {"name": "x"})
+    assert len(server.requests) == FAST.max_attempts
+    assert info.value.status == 502 and info.value.message == "bad gateway"
+
+
+def test_retry_time_budget_respected(server, lines):
+    server._default = Reply(503, {"Retry-After": "0.3"})
+    settings = ClientSettings(**{**FAST.__dict__, "max_attempts": 10, "max_retry_time": 0.5})
+    with make_client(server.base_url, lines, settings) as cli, pytest.raises(ServerError):
+        cli.get_instance(7)
+    assert len(server.requests) == 2  # a third start would need 0.6 s > 0.5 s
+    assert "retry time budget" in lines[-1]
+
+
+@pytest.mark.parametrize("status, error", [(400, BadRequest), (404, NotFound), (409, Conflict), (422, ApiError)])
+def test_no_retry_on_other_4xx(server, client, status, error):
+    server.add(Reply(status, body={"message": "no", "requestId": "abc123"}))
+    with pytest.raises(error) as info:
+        client.update_instance(7, {"name": "x"})
+    assert type(info.value) is error
+    assert len(server.requests) == 1
+    assert info.value.request_id == "abc123"
+
+
+def test_401_is_unauthorized_with_request_id_and_message(server, client):
+    server.add(Reply(401, body={"requestId": "5f1e0c", "message": "Invalid Organization or User secret"}))
+    with pytest.raises(Unauthorized) as info:
+        client.get_instance(7)
+    assert info.value.status == 401
+    assert info.value.request_id == "5f1e0c"
+    assert info.value.message == "Invalid Organization or User secret"
+    assert str(info.value) == ("GET /instances/7: HTTP 401: Invalid Organization or User secret "
+                               "(requestId 5f1e0c)")
+
+
+def test_error_message_details(server, client):
+    server.add(Reply(403, {"elements-request-id": "hdr-1"}, {"message": "Forbidden", "providerMessage": "nope"}),
+               Reply(400, body="x" * 1000))
+    with pytest.raises(Unauthorized) as info:
+        client.get_instance(1)
+    assert info.value.message == "Forbidden (provider: nope)" and info.value.request_id == "hdr-1"
+    with pytest.raises(BadRequest) as info:
+        client.get_instance(1)
+    assert len(info.value.message) == 300
+
+
+# -- creates --------------------------------------------------------------------------------
+
+def test_post_500_is_ambiguous_after_one_request(server, client, lines):
+    server.add(Reply(500, body={"message": "boom"}))
+    with pytest.raises(AmbiguousCreate) as info:
+        client.create_instance({"name": "crm"})
+    assert len(server.requests) == 1
+    assert isinstance(info.value.cause, ServerError)
+    assert "not retried" in lines[-1]
+
+
+def test_post_reset_is_ambiguous(server, client):
+    server.add(RESET)
+    with pytest.raises(AmbiguousCreate) as info:
+        client.create_instance({"name": "crm"})
+    assert isinstance(info.value.cause, TransportError) and info.value.cause.ambiguous
+    assert len(server.requests) == 1
+
+
+def test_post_lost_answer_is_ambiguous(server, client):
+    server.add(CLOSE)
+    with pytest.raises(AmbiguousCreate):
+        client.create_instance({"name": "crm"})
+    assert len(server.requests) == 1
+
+
+def test_post_read_timeout_is_ambiguous(server, client):
+    server.add(Hang(3))
+    with pytest.raises(AmbiguousCreate):
+        client.create_instance({"name": "crm"})
+    assert len(server.requests) == 1
+
+
+def test_post_429_is_retried(server, client):
+    server.add(Reply(429, {"Retry-After": "0.05"}), Reply(200, body={"id": 9}))
+    assert client.create_instance({"name": "crm"}) == {"id": 9}
+    assert methods(server) == ["POST", "POST"]
+
+
+def test_post_400_is_not_retried(server, client):
+    server.add(Reply(400, body={"message": "missing configuration: username"}))
+    with pytest.raises(BadRequest):
+        client.create_instance({"name": "crm"})
+    assert len(server.requests) == 1
+
+
+def test_post_to_closed_port_is_retried_then_unambiguous(lines):
+    settings = ClientSettings(**{**FAST.__dict__, "max_attempts": 3})
+    with make_client(f"http://127.0.0.1:{closed_port()}/elements/api-v2", lines, settings) as cli:
+        with pytest.raises(TransportError) as info:
+            cli.create_instance({"name": "crm"})
+    assert info.value.ambiguous is False
+    assert info.value.message == "connection refused"
+    assert isinstance(info.value.__cause__, requests.exceptions.ConnectionError)
+    assert len(lines) == 3 and cli.stats.as_dict()["byStatus"] == {"error": 3}
+
+
+# -- deletes --------------------------------------------------------------------------------
+
+def test_delete(server, client):
+    server.add(Reply(200), Reply(404, body={"message": "No instance found with id 7"}))
+    assert client.delete_instance(7) is True
+    assert client.delete_instance(7) is False
+    assert methods(server) == ["DELETE", "DELETE"]
+
+
+def test_delete_lost_answer_then_404_counts_as_deleted(server, client):
+    server.add(RESET, Reply(404, body={"message": "not found"}))
+    assert client.delete_instance(7) is False
+    assert len(server.requests) == 2
+
+
+# -- listing --------------------------------------------------------------------------------
+
+def test_list_pages_with_tags(server, client, lines):
+    server.add(Reply(200, {"elements-next-page-token": "tok-A"}, [{"id": 1}, {"id": 2}]),
+               Reply(200, {"elements-next-page-token": "tok-B"}, [{"id": 3}, {"id": 4}]),
+               Reply(200, {"elements-next-page-token": ""}, [{"id": 5}]))
+    assert [i["id"] for i in client.list_instances(["owner:me", "env:prod"])] == [1, 2, 3, 4, 5]
+    got = server.requests
+    assert [r.path for r in got] == ["/instances"] * 3
+    for r in got:
+        assert r.query["tags[]"] == ["owner:me", "env:prod"]
+        assert r.query["pageSize"] == ["2"]
+    assert "nextPage" not in got[0].query
+    assert got[1].query["nextPage"] == ["tok-A"] and got[2].query["nextPage"] == ["tok-B"]
+    assert not any("tok-" in line for line in lines)
+
+
+def test_list_404_no_instances_found_is_empty(server, client):
+    server.add(Reply(404, body={"requestId": "r1", "message": "No instances found"}))
+    assert client.list_instances() == []
+
+
+def test_list_other_404_raises(server, client):
+    server.add(Reply(404, body={"message": "Resource not found"}))
+    with pytest.raises(NotFound):
+        client.list_instances()
+
+
+def test_list_repeated_page_token_is_an_error(server, client):
+    server._default = Reply(200, {"elements-next-page-token": "same"}, [{"id": 1}])
+    with pytest.raises(ApiError, match="repeated a page token"):
+        client.list_instances()
+    assert len(server.requests) == 2
+
+
+def test_list_non_list_answer_is_an_error(server, client):
+    server.add(Reply(200, body={"id": 1}))
+    with pytest.raises(ApiError, match="expected a JSON list"):
+        client.list_instances()
+
+
+# -- interruption ---------------------------------------------------------------------------
+
+def test_stop_flag_set_before_call(server, lines):
+    stop = StopFlag()
+    stop.set(15)
+    with make_client(server.base_url, lines, stop=stop) as cli, pytest.raises(Interrupted) as info:
+        cli.get_instance(7)
+    assert info.value.exit_code == 143
+    assert server.requests == [] and lines == []
+
+
+def test_stop_flag_cuts_backoff_short(server, lines):
+    stop = StopFlag()
+    server._default = Reply(503, {"Retry-After": "3"})
+    settings = ClientSettings(**{**FAST.__dict__, "max_retry_time": 30.0})
+    timer = threading.Timer(0.2, stop.set)
+    with make_client(server.base_url, lines, settings, stop=stop) as cli:
+        timer.start()
+        with pytest.raises(Interrupted):
+            cli.get_instance(7)
+        timer.join()
+    assert len(server.requests) == 1
+
+
+def test_stop_flag_cuts_rate_budget_pause_short(server, lines):
+    stop = StopFlag()
+    budget = RateBudget()
+    budget.on_throttle(3.0)
+    timer = threading.Timer(0.2, stop.set)
+    with make_client(server.base_url, lines, stop=stop, budget=budget) as cli:
+        timer.start()
+        with pytest.raises(Interrupted):
+            cli.get_instance(7)
+        timer.join()
+    assert server.requests == []
+
+
+# -- wire format and secrets ----------------------------------------------------------------
+
+def test_headers_and_revealed_body_on_the_wire(server, client):
+    server.add(Reply(200, body={"id": 1}))
+    client.create_instance({"name": "crm", "configuration": {"password": Secret("pw-Zx81-very-secret")}})
+    (req,) = server.requests
+    assert req.headers["authorization"] == f"User {USER}, Organization {ORG}"
+    assert req.headers["accept"] == "application/json"
+    assert req.headers["content-type"] == "application/json"
+    assert req.headers["user-agent"] == f"provisioner/{__version__}"
+    assert req.json() == {"name": "crm", "configuration": {"password": "pw-Zx81-very-secret"}}
+
+
+def test_secrets_absent_from_traces_and_errors(server, client, lines):
+    echo = f"bad header User {USER}, Organization {ORG}; token tok-Qw3rtyUi0p"
+    server.add(Reply(200, body={"id": 3, "token": "tok-Qw3rtyUi0p"}),
+               Reply(401, body={"message": echo}),
+               Reply(500, body=echo), Reply(500, body=echo))
+    client.get_instance(3)  # registers the instance token with the redactor
+    with pytest.raises(Unauthorized) as unauthorized:
+        client.get_instance(3)
+    settings = ClientSettings(**{**FAST.__dict__, "max_attempts": 2})
+    with make_client(server.base_url, lines, settings) as cli, pytest.raises(ServerError) as server_error:
+        cli.get_instance(3)
+    texts = lines + [str(unauthorized.value), repr(unauthorized.value), str(server_error.value), repr(client)]
+    for text in texts:
+        for secret in (USER, ORG, "tok-Qw3rtyUi0p"):
+            assert secret not in text
+    assert "********" in str(unauthorized.value)
+
+
+def test_body_secret_revealed_only_on_the_wire(server, client, lines):
+    server.add(Reply(400, body={"message": "bad"}))
+    with pytest.raises(BadRequest) as info:
+        client.create_instance({"configuration": {"password": Secret("pw-Kq77-hidden")}})
+    assert "pw-Kq77-hidden" in server.requests[0].body.decode()
+    assert "pw-Kq77-hidden" not in str(info.value) and not any("pw-Kq77" in line for line in lines)
+
+
+# -- statistics and misc --------------------------------------------------------------------
+
+def test_stats_counts(server, lines):
+    stats = RequestStats()
+    server.add(Reply(503), OK, Reply(200, body={"id": 2}), Reply(200, body={"id": 3}), Reply(404))
+    with make_client(server.base_url, lines, stats=stats) as cli:
+        cli.get_instance(1)
+        cli.create_instance({"name": "a"})
+        cli.create_instance({"name": "b"})
+        cli.delete_instance(4)
+    assert stats.as_dict() == {"requests": 5, "retries": 1, "byMethod": {"DELETE": 1, "GET": 2, "POST": 2},
+                               "byStatus": {"200": 3, "404": 1, "503": 1}}
+    assert stats.summary() == "5 requests (DELETE 1, GET 2, POST 2), 1 retry"
+    assert RequestStats().summary() == "0 requests, 0 retries"
+
+
+def test_paths_are_quoted_and_base_url_slash_stripped(server, lines):
+    server.add(Reply(200, body={"key": "a/b"}))
+    with make_client(server.base_url + "/", lines) as cli:
+        cli.get_element("a/b")
+    assert server.requests[0].path == "/elements/a%2Fb"
+
+
+def test_bad_base_url():
+    with pytest.raises(UserError):
+        make_client("ftp://example.com/api")
+
+
+def test_classify_never_sent_errors():
+    refused = urllib3.exceptions.NewConnectionError(None, "refused")
+    dns = urllib3.exceptions.NameResolutionError("nowhere.invalid", None, OSError("no name"))
+    timeout = requests.exceptions.ConnectTimeout(urllib3.exceptions.MaxRetryError(None, "/", None))
+    assert _classify(requests.exceptions.ConnectionError(
+        urllib3.exceptions.MaxRetryError(None, "/", dns))) == ("DNS lookup failed", False, True)
+    assert _classify(requests.exceptions.ConnectionError(
+        urllib3.exceptions.MaxRetryError(None, "/", refused)))[1] is False
+    assert _classify(timeout) == ("connect timeout", False, True)
+    assert _classify(requests.exceptions.ReadTimeout("x"))[:2] == ("read timeout", True)
+    assert _classify(requests.exceptions.ChunkedEncodingError("x"))[1] is True
+
+
+def test_no_warnings_or_leaks_with_many_threads(server):
+    server._default = OK
+    with make_client(server.base_url) as cli:
+        threads = [threading.Thread(target=cli.get_instance, args=(i,)) for i in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5)
+    assert len(server.requests) == 12

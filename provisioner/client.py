@@ -126,7 +126,8 @@ class Client:
         self.stats = stats if stats is not None else RequestStats()
         self._trace = trace
         self._stop = stop
-        self._session = _make_session(settings, _ElementsAuth(Secret(user_secret), Secret(organization_secret)))
+        auth = _ElementsAuth(Secret(user_secret), Secret(organization_secret))
+        self._session = _make_session(settings, auth)
 
     # -- context management -----------------------------------------------------------------
 
@@ -231,7 +232,8 @@ class Client:
             if delay is None:
                 self._emit(f"{line}{why}")
                 raise outcome from outcome.__cause__
-            self._emit(f"{line}; retrying in {delay:.2f} s (attempt {attempt + 1}/{self.settings.max_attempts})")
+            self._emit(f"{line}; retrying in {delay:.2f} s "
+                       f"(attempt {attempt + 1}/{self.settings.max_attempts})")
             self._pause(delay)
 
     def _before_attempt(self) -> None:
@@ -379,7 +381,9 @@ def _api_error(response: requests.Response, method: str, shown: str) -> ApiError
     status = response.status_code
     raw, message, request_id = _error_details(response)
     cls = _STATUS_ERRORS.get(status) or (ServerError if status >= 500 else ApiError)
-    retry_after = _retry_after(response.headers.get("Retry-After")) if status == 429 or status >= 500 else None
+    retry_after = None
+    if status == 429 or status >= 500:
+        retry_after = _retry_after(response.headers.get("Retry-After"))
     error = cls(status, message, request_id or _header_request_id(response), method, shown, retry_after)
     error.raw_message = raw  # unshortened API message, used to recognise "No ... found"
     return error
@@ -488,7 +492,8 @@ def _classify(exc: requests.exceptions.RequestException) -> tuple[str, bool, boo
     return f"connection error ({type(exc).__name__})", True, True
 
 
-def _transport_failure(exc: requests.exceptions.RequestException, method: str, shown: str) -> _TransportFailure:
+def _transport_failure(exc: requests.exceptions.RequestException, method: str,
+                       shown: str) -> _TransportFailure:
     message, ambiguous, retryable = _classify(exc)
     return _TransportFailure(message, ambiguous, method, shown, retryable)
 

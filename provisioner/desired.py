@@ -33,7 +33,7 @@ class DesiredInstance:
     name: str
     element: str
     target: str
-    tags: tuple[str, ...]
+    tags: tuple[str, ...] | None  # None: the manifest does not declare tags, so they are not compared
     configuration: Mapping[str, Any]
     location: Location = field(compare=False)
 
@@ -133,7 +133,7 @@ def _checked(name: str, body: dict, entry: YDict, template_name: Any, manifest: 
     before = len(problems)
     element_key = body.get("element")
     target = body.get("target") or DEFAULT_TARGET
-    tags = body.get("tags") or []
+    tags = body.get("tags")
     configuration = body.get("configuration") or {}
     line = entry.line_of("element") if "element" in entry else entry.line_of("template")
     schema = _element(element_key, registry, Location(here.file, line, instance=name, path="element"), problems)
@@ -143,7 +143,8 @@ def _checked(name: str, body: dict, entry: YDict, template_name: Any, manifest: 
         problems.append(Problem(f"unknown target {target!r}", Location(here.file, entry.line_of("target"), None,
                                                                         None, name, "target"),
                                 f"targets declared: {known}"))
-    _check_tags(tags, name, here, entry, problems)
+    if tags is not None:
+        _check_tags(tags, name, here, entry, problems)
     _check_name(name, here, entry, problems)
     if not isinstance(configuration, Mapping):
         problems.append(Problem(f"configuration must be a mapping, got {type(configuration).__name__}",
@@ -156,7 +157,7 @@ def _checked(name: str, body: dict, entry: YDict, template_name: Any, manifest: 
     if len(problems) > before or schema is None:
         return None
     config = {k: (Secret(v) if k in schema.secret_keys and isinstance(v, str) else v) for k, v in configuration.items()}
-    return DesiredInstance(name, schema.key, target, tuple(tags), config, here)
+    return DesiredInstance(name, schema.key, target, None if tags is None else tuple(tags), config, here)
 
 
 def _element(key: Any, registry: ElementRegistry, at: Location, problems: list[Problem]) -> ElementSchema | None:

@@ -62,8 +62,10 @@ def diff_configuration(desired: Mapping[str, Any], live: Mapping[str, Any] | Non
     return diffs
 
 
-def diff_tags(desired_tags: tuple[str, ...], live_tags: tuple[str, ...]) -> list[FieldDiff]:
-    """User tags compare as sets; provisioner's own tags are not the user's concern."""
+def diff_tags(desired_tags: tuple[str, ...] | None, live_tags: tuple[str, ...]) -> list[FieldDiff]:
+    """User tags compare as sets (when declared); provisioner's own tags are not the user's concern."""
+    if desired_tags is None:
+        return []
     want, have = sorted(set(desired_tags)), sorted(set(user_tags(live_tags)))
     return [] if want == have else [FieldDiff("change", "tags", have, want)]
 

@@ -184,3 +184,14 @@ class AmbiguousCreate(ProvisionerError):
     def __init__(self, cause: Exception):
         super().__init__(f"create outcome unknown: {cause}")
         self.cause = cause
+
+
+class CredentialsRefused(UserError):
+    """401/403 from the API: the run stops, naming the variables to check and never their values."""
+
+    def __init__(self, target: str, sources: str, cause: ApiError):
+        request = f", requestId {cause.request_id}" if cause.request_id else ""
+        super().__init__(
+            f"target {target!r}: the API refused the credentials (HTTP {cause.status}{request})",
+            hint=f"check {sources}")
+        self.cause = cause

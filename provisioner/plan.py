@@ -178,7 +178,7 @@ def _undeclared(instance: LiveInstance, target: str, options: PlanOptions) -> Ch
 
 def _create_diff(instance: DesiredInstance) -> tuple[FieldDiff, ...]:
     diffs = [FieldDiff("add", "element", None, instance.element)]
-    if instance.tags:
+    if instance.tags is not None:
         diffs.append(FieldDiff("add", "tags", None, list(instance.tags)))
     for key in sorted(instance.configuration):
         value = instance.configuration[key]

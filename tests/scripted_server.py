@@ -52,10 +52,11 @@ class _Action:
     name: str
 
 
+EXHAUSTED = Reply(500, body={"message": "script exhausted"})
 RESET = _Action("reset")
 CLOSE = _Action("close")
 
-Step = Union[Reply, Hang, _Action, Callable[["Received"], Any]]
+Step = Union[Reply, Hang, _Action, Callable[["Received"], Any]]  # noqa: UP007 - runtime alias, 3.10
 
 
 @dataclass
@@ -76,7 +77,7 @@ class Received:
 class ScriptedServer:
     """Start with ``with ScriptedServer([...]) as server:``; ``server.base_url`` is the API root."""
 
-    def __init__(self, script: list[Step] = (), default: Step = Reply(500, body={"message": "script exhausted"})):
+    def __init__(self, script: list[Step] = (), default: Step = EXHAUSTED):
         self._lock = threading.Lock()
         self._script: deque[Step] = deque(script)
         self._default = default

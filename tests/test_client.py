@@ -48,7 +48,8 @@ def lines():
     return []
 
 
-def make_client(base_url: str, lines: list[str] | None = None, settings: ClientSettings = FAST, **kwargs) -> Client:
+def make_client(base_url: str, lines: list[str] | None = None, settings: ClientSettings = FAST,
+                **kwargs) -> Client:
     trace = lines.append if lines is not None else None
     return Client(base_url, Secret(USER), Secret(ORG), settings, trace=trace, **kwargs)
 
@@ -148,7 +149,8 @@ def test_retry_time_budget_respected(server, lines):
     assert "retry time budget" in lines[-1]
 
 
-@pytest.mark.parametrize("status, error", [(400, BadRequest), (404, NotFound), (409, Conflict), (422, ApiError)])
+@pytest.mark.parametrize("status, error",
+                         [(400, BadRequest), (404, NotFound), (409, Conflict), (422, ApiError)])
 def test_no_retry_on_other_4xx(server, client, status, error):
     server.add(Reply(status, body={"message": "no", "requestId": "abc123"}))
     with pytest.raises(error) as info:
@@ -170,7 +172,8 @@ def test_401_is_unauthorized_with_request_id_and_message(server, client):
 
 
 def test_error_message_details(server, client):
-    server.add(Reply(403, {"elements-request-id": "hdr-1"}, {"message": "Forbidden", "providerMessage": "nope"}),
+    forbidden = {"message": "Forbidden", "providerMessage": "nope"}
+    server.add(Reply(403, {"elements-request-id": "hdr-1"}, forbidden),
                Reply(400, body="x" * 1000))
     with pytest.raises(Unauthorized) as info:
         client.get_instance(1)

@@ -195,7 +195,7 @@ def test_invalid_arguments():
 
 
 def test_pause_holds_back_other_threads():
-    budget = RateBudget()
+    budget = RateBudget(max_rate=1000)  # after the cut: 500/s, so only the pause shows
     budget.on_throttle(0.3)
     t0 = time.monotonic()
     started: list[float] = []

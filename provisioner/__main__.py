@@ -1,0 +1,5 @@
+"""python -m provisioner"""
+
+from .cli import main
+
+main()

@@ -1,0 +1,57 @@
+"""Request bodies for the API, built from a desired instance. Pure functions.
+
+``PUT /instances/{id}`` replaces the whole instance, so its body carries the name, the element, every
+tag (the user's, the stack marker and the secret fingerprints) and the full declared configuration.
+``PATCH`` is used only when tags alone differ. Secret values stay ``Secret`` objects in these
+bodies; the HTTP client reveals them only when it serialises the request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .desired import DesiredInstance
+from .diff import FieldDiff, FingerprintContext
+from .elements import ElementSchema
+from .ownership import fingerprint_tags, managed_tags, user_tags
+
+
+def all_tags(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext,
+             live_tags: tuple[str, ...] = ()) -> list[str]:
+    """User tags (declared, or kept from the live instance when the manifest declares none),
+    then the stack marker and one fingerprint per secret value."""
+    mine = list(desired.tags) if desired.tags is not None else user_tags(live_tags)
+    fps = fingerprint_tags(fp.key, fp.stack, desired.name, desired.configuration, schema.secret_keys)
+    return [*dict.fromkeys(mine), *managed_tags(fp.stack, fps)]
+
+
+def create_body(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext) -> dict[str, Any]:
+    return {
+        "name": desired.name,
+        "element": {"key": desired.element},
+        "tags": all_tags(desired, schema, fp),
+        "configuration": dict(desired.configuration),
+    }
+
+
+def put_body(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext,
+             live_tags: tuple[str, ...], diff: tuple[FieldDiff, ...]) -> dict[str, Any]:
+    """The full instance. A key the manifest leaves to its default but the server holds otherwise is
+    sent with the schema default, so the update really converges."""
+    configuration = dict(desired.configuration)
+    for change in diff:
+        key = change.path.removeprefix("configuration.")
+        if change.path.startswith("configuration.") and key not in configuration and key in schema.defaults:
+            configuration[key] = schema.defaults[key]
+    return {
+        "name": desired.name,
+        "element": {"key": desired.element},
+        "tags": all_tags(desired, schema, fp, live_tags),
+        "configuration": configuration,
+    }
+
+
+def patch_body(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext,
+               live_tags: tuple[str, ...]) -> dict[str, Any]:
+    """Tags only: PATCH replaces the whole tag list, so it carries the marker and fingerprints too."""
+    return {"tags": all_tags(desired, schema, fp, live_tags)}

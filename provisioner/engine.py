@@ -1,0 +1,180 @@
+"""The orchestrator: one short function per command, calling the stages in order.
+
+    load manifest -> render -> validate -> read live state -> plan -> apply -> report
+
+``validate`` stops after the third stage and never touches the network. Every other command
+validates first, so bad input is reported, with exit 1, before any request is sent.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from .apply import Applier, ApplyResult, ApplySettings, ChangeResult
+from .client import Client, ClientSettings
+from .desired import DesiredInstance, build_desired
+from .diff import FingerprintContext
+from .elements import ElementRegistry
+from .errors import CredentialsRefused, Problem, Unauthorized, UserError, ValidationFailed
+from .interrupt import StopFlag
+from .live import LiveInstance, read_live
+from .manifest import DEFAULT_TARGET, Limits, Manifest, load_manifest
+from .ownership import FINGERPRINT_KEY_ENV, fingerprint_key
+from .plan import Plan, PlanOptions, make_plan
+from .ratelimit import RateBudget
+from .render import Renderer
+from .stats import RequestStats
+from .targets import Target, local_target, resolve_targets
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything a command needs, parsed from the command line by the CLI."""
+
+    manifest: str
+    inputs: tuple[str, ...] = ()
+    sets: tuple[str, ...] = ()
+    schemas: tuple[str, ...] = ()
+    limits: Limits = Limits()
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    local: Any = None  # a local.LocalApi when --local
+    client: ClientSettings = ClientSettings()
+    apply: ApplySettings = ApplySettings()
+    plan: PlanOptions = PlanOptions()
+    trace: Callable[[str], None] | None = None
+
+
+@dataclass
+class Validated:
+    manifest: Manifest
+    registry: ElementRegistry
+    renderer: Renderer
+    desired: list[DesiredInstance]
+    problems: list[Problem]
+
+
+def validate(options: Options) -> Validated:
+    """Stages 1-3, offline. Raises ValidationFailed with every problem found."""
+    manifest, problems = load_manifest(options.manifest, options.inputs, options.sets, options.limits)
+    if manifest is None:
+        raise ValidationFailed(_sorted(problems))
+    registry = ElementRegistry.load([*manifest.schema_dirs, *options.schemas])
+    problems.extend(registry.problems)
+    renderer = Renderer(manifest.base_dir, options.environ, manifest.inputs, options.limits.max_file_bytes)
+    desired, render_problems = build_desired(manifest, registry, renderer, options.limits)
+    problems.extend(render_problems)
+    if any(p.severity == "error" for p in problems):
+        raise ValidationFailed(_sorted(problems))
+    return Validated(manifest, registry, renderer, desired, problems)
+
+
+def _sorted(problems: list[Problem]) -> list[Problem]:
+    return sorted(problems, key=lambda p: (p.location.file or "", p.location.line or 0))
+
+
+@dataclass
+class Connection:
+    """Clients for the targets of one run, sharing one rate budget and one set of statistics."""
+
+    targets: dict[str, Target]
+    clients: dict[str, Client]
+    stats: RequestStats
+    fingerprints: dict[str, FingerprintContext]
+
+
+@contextmanager
+def connect(validated: Validated, options: Options, stop: StopFlag) -> Iterator[Connection]:
+    """Resolve credentials and open one client per target (validation of targets happens here)."""
+    names = set(validated.manifest.targets) or {DEFAULT_TARGET}
+    if options.local is not None:
+        targets = {n: local_target(n, options.local.url, options.local.user_secret,
+                                   options.local.organization_secret) for n in names}
+    else:
+        targets, problems = resolve_targets(validated.manifest, validated.renderer, names)
+        if problems:
+            raise ValidationFailed(_sorted(problems))
+    stats = RequestStats()
+    budget = RateBudget(options.client.max_rate)
+    override = options.environ.get(FINGERPRINT_KEY_ENV) or None
+    with ExitStack() as stack:
+        clients = {name: stack.enter_context(Client(t.url, t.user_secret, t.organization_secret, options.client,
+                                                    budget=budget, stats=stats, trace=options.trace, stop=stop))
+                   for name, t in targets.items()}
+        fingerprints = {name: FingerprintContext(fingerprint_key(t.organization_secret, override),
+                                                 validated.manifest.stack) for name, t in targets.items()}
+        yield Connection(targets, clients, stats, fingerprints)
+
+
+def read_state(connection: Connection, stack: str, owned_only: bool) -> dict[str, list[LiveInstance]]:
+    """Stage 4: one paged listing per target. A 401/403 stops the run naming the variables."""
+    live = {}
+    for name, client in connection.clients.items():
+        try:
+            live[name] = read_live(client, stack, owned_only=owned_only)
+        except Unauthorized as exc:
+            raise CredentialsRefused(name, connection.targets[name].credential_sources, exc) from None
+    return live
+
+
+def plan(validated: Validated, connection: Connection, options: Options) -> Plan:
+    """Stages 4-5: read the live state and compare."""
+    owned_only = options.plan.destroy
+    live = read_state(connection, validated.manifest.stack, owned_only)
+    return make_plan(validated.manifest.stack, validated.desired, live, validated.registry,
+                     connection.fingerprints, options.plan)
+
+
+def apply(validated: Validated, connection: Connection, the_plan: Plan, options: Options, stop: StopFlag,
+          progress: Callable[[ChangeResult], None] | None = None) -> ApplyResult:
+    """Stage 6: execute the plan."""
+    applier = Applier(the_plan, connection.clients, connection.fingerprints, validated.registry, options.apply,
+                      stop, progress)
+    result = applier.run()
+    if result.aborted:
+        target = next((r.change.target for r in result.failed if r.http_status in (401, 403)), None)
+        if target is not None:
+            result.aborted += f": check {connection.targets[target].credential_sources}"
+    return result
+
+
+def instance_outputs(validated: Validated, result: ApplyResult | None, connection: Connection,
+                     live: Mapping[str, list[LiveInstance]] | None = None) -> dict[str, dict]:
+    """id, element and token of every declared instance that exists, new or existing."""
+    entries: dict[str, dict] = {}
+    declared = {(d.target, d.name): d for d in validated.desired}
+    if result is not None:
+        for r in result.results:
+            key = (r.change.target, r.change.name)
+            if key in declared and r.status == "ok" and r.change.action != "delete" and r.id is not None:
+                entries[r.change.name] = {"id": r.id, "element": declared[key].element, "token": r.token,
+                                          "_target": r.change.target}
+    if live is not None:
+        for target, instances in live.items():
+            for instance in sorted(instances, key=lambda i: i.age_key, reverse=True):
+                if (target, instance.name) in declared and instance.owned_by(validated.manifest.stack):
+                    entries[instance.name] = {"id": instance.id, "element": declared[(target, instance.name)].element,
+                                              "token": instance.token, "_target": target}
+    for name, entry in entries.items():
+        if entry["token"] is None:  # an API whose list leaves tokens out: read the one instance
+            data = connection.clients[entry["_target"]].get_instance(entry["id"])
+            entry["token"] = LiveInstance.from_api(data).token
+    return {name: {k: v for k, v in e.items() if k != "_target"} for name, e in entries.items()}
+
+
+def select_outputs(entries: dict[str, dict], validated: Validated, name: str | None) -> dict[str, dict]:
+    """Outputs for ``provisioner output``: all, or one declared name (an error if unknown or absent)."""
+    if name is None:
+        missing = sorted({d.name for d in validated.desired} - set(entries))
+        if missing:
+            raise UserError(f"not created yet: {', '.join(missing)}", hint="run apply first")
+        return entries
+    if name not in {d.name for d in validated.desired}:
+        raise UserError(f"no instance named {name!r} in {validated.manifest.display}",
+                        hint="declared: " + ", ".join(sorted(d.name for d in validated.desired)[:20]))
+    if name not in entries:
+        raise UserError(f"instance {name!r} does not exist yet", hint="run apply first")
+    return {name: entries[name]}

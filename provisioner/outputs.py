@@ -1,0 +1,80 @@
+"""Deliver instance tokens: the outputs file of ``apply --outputs`` and ``provisioner output``.
+
+The outputs document is ``{"instances": {NAME: {"id", "element", "token"}}}``. The file is written
+atomically (a temporary file in the same directory, fsync, rename) with mode 0600 from the start, so
+a reader never sees half a file and no other user can read the tokens. These are the only places
+where tokens are revealed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import UserError
+from .secret import Secret, reveal
+
+
+def outputs_document(entries: Mapping[str, Mapping[str, Any]]) -> dict:
+    """The JSON shape of outputs, tokens revealed (for writing to the user's chosen place only)."""
+    return {"instances": {name: {"id": e.get("id"), "element": e.get("element"), "token": reveal(e.get("token"))}
+                          for name, e in sorted(entries.items())}}
+
+
+def write_outputs(path: str, entries: Mapping[str, Mapping[str, Any]]) -> None:
+    """Write the outputs file atomically with mode 0600."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=".outputs-", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise UserError(f"cannot write outputs file {path}: {exc.strerror or exc}",
+                        hint="check that the directory exists and is writable") from None
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(outputs_document(entries), handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        _remove_quietly(temporary)
+        raise UserError(f"cannot write outputs file {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def env_name(name: str) -> str:
+    """PREFIX for an instance in --format env: upper case, anything else than A-Z0-9 becomes _."""
+    prefix = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").upper() or "INSTANCE"
+    return prefix if not prefix[0].isdigit() else f"_{prefix}"
+
+
+def format_env(entries: Mapping[str, Mapping[str, Any]]) -> str:
+    """Shell-quoted NAME_ID, NAME_ELEMENT and NAME_TOKEN lines, for eval or a dotenv file."""
+    lines = []
+    for name, entry in sorted(entries.items()):
+        prefix = env_name(name)
+        lines.append(f"{prefix}_ID={shlex.quote(str(entry.get('id')))}")
+        lines.append(f"{prefix}_ELEMENT={shlex.quote(str(entry.get('element')))}")
+        token = entry.get("token")
+        lines.append(f"{prefix}_TOKEN={shlex.quote(reveal(token) if isinstance(token, Secret) else str(token))}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def format_json(entries: Mapping[str, Mapping[str, Any]]) -> str:
+    return json.dumps(outputs_document(entries), indent=2, sort_keys=True) + "\n"

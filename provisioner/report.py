@@ -1,0 +1,231 @@
+"""Reporters, not prints: a text reporter and a JSON reporter, chosen by ``--output``.
+
+Each writes to the streams it is given: results on stdout, problems and logs on stderr. Every byte
+passes through the redactor on its way out. The JSON document is versioned (``formatVersion: 1``)
+and is the only thing on stdout in JSON mode.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable
+from typing import IO, Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from .apply import ApplyResult, ChangeResult
+from .diff import FieldDiff
+from .errors import Problem
+from .plan import Change, Plan
+from .secret import REDACTOR, SENSITIVE, masked
+
+FORMAT_VERSION = 1
+_SYMBOLS = {"create": ("+", "green"), "update": ("~", "yellow"), "replace": ("-/+", "magenta"),
+            "delete": ("-", "red"), "conflict": ("!", "red"), "noop": ("=", "dim")}
+_PAST = {"create": "created", "update": "updated", "replace": "replaced", "delete": "deleted"}
+LIST_LIMIT = 100  # successful changes listed one by one up to this many (all with --verbose)
+
+
+class RedactingWriter(io.TextIOBase):
+    """A text stream that masks every known secret before writing to the real stream."""
+
+    def __init__(self, stream: IO[str]):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(REDACTOR.redact(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return bool(getattr(self._stream, "isatty", lambda: False)())
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._stream, "encoding", "utf-8") or "utf-8"
+
+
+def change_json(change: Change) -> dict[str, Any]:
+    return {"action": change.action, "name": change.name, "target": change.target, "element": change.element,
+            "id": change.id, "reason": change.reason, "diff": [d.to_json() for d in change.diff]}
+
+
+def result_json(result: ChangeResult) -> dict[str, Any]:
+    data = change_json(result.change)
+    data["id"] = result.id if result.id is not None else data["id"]
+    data["status"] = result.status
+    data["error"] = None if result.error is None else {"message": result.error, "requestId": result.request_id,
+                                                       "httpStatus": result.http_status}
+    return data
+
+
+def summary_json(plan: Plan) -> dict[str, int]:
+    return plan.counts()
+
+
+class JsonReporter:
+    """One JSON document on stdout per command; nothing else there."""
+
+    def __init__(self, out: IO[str], err: IO[str]):
+        self.out = RedactingWriter(out)
+        self.err = RedactingWriter(err)
+
+    def _emit(self, document: dict[str, Any]) -> None:
+        self.out.write(json.dumps(masked({"formatVersion": FORMAT_VERSION, **document}), indent=2, default=str) + "\n")
+        self.out.flush()
+
+    def validated(self, manifest: str, count: int, problems: Iterable[Problem]) -> None:
+        self._emit({"command": "validate", "ok": True, "manifest": manifest, "instances": count,
+                    "problems": [p.to_json() for p in problems]})
+
+    def problems(self, command: str, problems: Iterable[Problem]) -> None:
+        self._emit({"command": command, "ok": False, "problems": [p.to_json() for p in problems]})
+
+    def plan(self, plan: Plan, command: str = "plan") -> None:
+        self._emit({"command": command, "ok": not plan.has_conflicts, "stack": plan.stack,
+                    "changes": [change_json(c) for c in plan.changes], "summary": summary_json(plan),
+                    "warnings": plan.warnings})
+
+    def applied(self, result: ApplyResult, stats: dict[str, Any], command: str = "apply",
+                outputs: str | None = None) -> None:
+        self._emit({"command": command, "ok": result.ok and not result.plan.has_conflicts,
+                    "stack": result.plan.stack,
+                    "changes": [result_json(r) for r in result.results], "summary": summary_json(result.plan),
+                    "status": _status_counts(result), "warnings": result.plan.warnings,
+                    "interrupted": result.interrupted, "aborted": result.aborted, "notes": result.notes,
+                    "outputs": outputs, "requests": stats})
+
+    def error(self, command: str, message: str, hint: str | None = None) -> None:
+        self._emit({"command": command, "ok": False, "error": {"message": message, "hint": hint}})
+
+    def info(self, text: str) -> None:
+        self.err.write(text + "\n")
+
+
+class TextReporter:
+    """Readable output: a diff per instance and a summary line; colour only on a terminal."""
+
+    def __init__(self, out: IO[str], err: IO[str], verbose: bool = False):
+        self.out = Console(file=RedactingWriter(out), highlight=False, soft_wrap=True)
+        self.err = Console(file=RedactingWriter(err), highlight=False, soft_wrap=True)
+        self.verbose = verbose
+
+    def validated(self, manifest: str, count: int, problems: Iterable[Problem]) -> None:
+        for problem in problems:
+            self.err.print(escape("warning: " + problem.format()))
+        self.out.print(escape(f"{manifest}: valid ({count} instance{'s' if count != 1 else ''})"))
+
+    def problems(self, command: str, problems: Iterable[Problem]) -> None:
+        problems = list(problems)
+        for problem in problems:
+            self.err.print(escape(f"{problem.severity}: {problem.format()}"), style="red" if
+                           problem.severity == "error" else "yellow")
+        errors = sum(1 for p in problems if p.severity == "error")
+        self.err.print(f"{errors} problem{'s' if errors != 1 else ''} found; nothing was sent to the API.")
+
+    def plan(self, plan: Plan, command: str = "plan") -> None:
+        for change in plan.changes:
+            if change.action != "noop" or change.warning or self.verbose:
+                self._change(change)
+        for warning in plan.warnings:
+            self.err.print(escape(f"warning: {warning}"), style="yellow")
+        counts = plan.counts()
+        line = (f"Plan: {counts['create']} to create, {counts['update']} to update, {counts['replace']} to replace, "
+                f"{counts['delete']} to delete")
+        extra = [f"{counts['noop']} unchanged"] + ([f"{counts['conflict']} conflict(s)"] if counts["conflict"] else [])
+        self.out.print(escape(f"{line} ({', '.join(extra)})."))
+        if not plan.has_changes and not plan.has_conflicts:
+            self.out.print("No changes: the instances match the manifest.")
+
+    def _change(self, change: Change, status: str = "") -> None:
+        symbol, style = _SYMBOLS[change.action]
+        ident = f" id {change.id}" if change.id is not None else ""
+        element = f" ({change.element})" if change.element else ""
+        self.out.print(f"[{style}]{escape(symbol)}[/] {escape(change.action)} [bold]{escape(change.name)}[/]"
+                       f"{escape(element + ident)}: {escape(change.reason)}{status}")
+        for diff in change.diff:
+            self.out.print("    " + escape(_diff_line(diff)))
+
+    def applied(self, result: ApplyResult, stats: dict[str, Any], command: str = "apply",
+                outputs: str | None = None) -> None:
+        writes = [r for r in result.results if r.change.is_write or r.change.action == "conflict"]
+        for r in writes:
+            if r.status != "ok" or self.verbose or len(writes) <= LIST_LIMIT:
+                self._result(r)
+        for warning in result.plan.warnings:
+            self.err.print(escape(f"warning: {warning}"), style="yellow")
+        for note in result.notes:
+            self.err.print(escape(f"note: {note}"))
+        self.out.print(escape(_apply_summary(result, stats, command)))
+        if outputs:
+            self.out.print(escape(f"Outputs written to {outputs} (mode 0600)."))
+        failed = [r for r in result.results if r.status == "failed"]
+        if failed:
+            self.err.print(f"{len(failed)} change(s) failed:", style="red")
+            for r in failed:
+                request = f" (requestId {r.request_id})" if r.request_id else ""
+                self.err.print(escape(f"  {r.change.name}: {r.error}{request}"))
+        if result.aborted:
+            self.err.print(escape(f"stopped: {result.aborted}"), style="red")
+        if result.interrupted:
+            self.err.print(f"interrupted by signal {result.interrupted}: no new request was started; "
+                           "run apply again to converge.", style="yellow")
+
+    def _result(self, r: ChangeResult) -> None:
+        change = r.change
+        symbol, style = _SYMBOLS[change.action]
+        ident = f" id {r.id}" if r.id is not None else ""
+        if r.status == "ok":
+            self.out.print(f"[{style}]{escape(symbol)}[/] {escape(_PAST.get(change.action, change.action))} "
+                           f"[bold]{escape(change.name)}[/]{escape(ident)}")
+        else:
+            request = f" (requestId {r.request_id})" if r.request_id else ""
+            self.out.print(f"[red]x[/] {escape(change.action)} [bold]{escape(change.name)}[/]{escape(ident)} "
+                           f"{escape(r.status)}: {escape(str(r.error))}{escape(request)}")
+
+    def error(self, command: str, message: str, hint: str | None = None) -> None:
+        self.err.print(escape(f"error: {message}" + (f" (hint: {hint})" if hint else "")), style="red")
+
+    def info(self, text: str) -> None:
+        self.err.print(escape(text))
+
+
+def _diff_line(diff: FieldDiff) -> str:
+    def show(value: Any) -> str:
+        return SENSITIVE if diff.sensitive and value is not None else json.dumps(value, default=str)
+
+    if diff.op == "add":
+        return f"+ {diff.path} = {show(diff.new)}"
+    if diff.op == "remove":
+        return f"- {diff.path} (was {show(diff.old)})"
+    return f"~ {diff.path}: {show(diff.old)} -> {show(diff.new)}"
+
+
+def _status_counts(result: ApplyResult) -> dict[str, int]:
+    counts = {"ok": 0, "failed": 0, "skipped": 0}
+    for r in result.results:
+        counts[r.status] += 1
+    return counts
+
+
+def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> str:
+    done = dict.fromkeys(_PAST, 0)
+    for r in result.results:
+        if r.status == "ok" and r.change.action in done:
+            done[r.change.action] += 1
+    status = _status_counts(result)
+    conflicts = sum(1 for r in result.results if r.change.action == "conflict")
+    parts = [f"{done[a]} {_PAST[a]}" for a in ("create", "update", "replace", "delete")]
+    parts.append(f"{status['failed']} failed")
+    parts.append(f"{status['skipped'] - conflicts} skipped")
+    if conflicts:
+        parts.append(f"{conflicts} conflict(s)")
+    requests = stats.get("requests", 0)
+    retries = stats.get("retries", 0)
+    title = "Apply" if command == "apply" else command.capitalize()
+    return f"{title}: {', '.join(parts)}. {requests} requests, {retries} retries."
+

@@ -2,7 +2,7 @@
 
 A target is a Cloud Elements environment: a base URL and the user and organization secrets. With no
 ``targets:`` the manifest has one target, ``default``, at the US production API with its secrets in
-``CE_USER_SECRET`` and ``CE_ORGANIZATION_SECRET``. Credentials are rendered only when a command
+``CE_USER_SECRET`` and ``CE_ORGANIZATION_SECRET``; ``CE_API_URL``, when set, replaces the default URL. Credentials are rendered only when a command
 needs the API (never by ``validate``), and only for the targets some instance uses.
 """
 
@@ -16,6 +16,7 @@ from .manifest import DEFAULT_TARGET, DEFAULT_URL, Manifest
 from .render import Renderer, RenderError
 from .secret import Secret
 
+DEFAULT_URL_EXPRESSION = "{{ env.CE_API_URL | default('" + DEFAULT_URL + "', true) }}"
 DEFAULT_USER_SECRET = "{{ env.CE_USER_SECRET }}"
 DEFAULT_ORGANIZATION_SECRET = "{{ env.CE_ORGANIZATION_SECRET }}"
 _ENV_REFERENCE = re.compile(r"env(?:\.([A-Za-z_][A-Za-z0-9_]*)|\[\s*['\"]([^'\"]+)['\"]\s*\])")
@@ -53,7 +54,7 @@ def _resolve_one(name: str, raw: dict, manifest: Manifest, renderer: Renderer,
                  problems: list[Problem]) -> Target | None:
     line_of = getattr(raw, "line_of", lambda _key: manifest.data.line_of("targets") if manifest.targets else None)
     values = {}
-    for key, default in (("url", DEFAULT_URL), ("userSecret", DEFAULT_USER_SECRET),
+    for key, default in (("url", DEFAULT_URL_EXPRESSION), ("userSecret", DEFAULT_USER_SECRET),
                          ("organizationSecret", DEFAULT_ORGANIZATION_SECRET)):
         at = Location(manifest.display, line_of(key), path=f"targets.{name}.{key}")
         try:

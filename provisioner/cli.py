@@ -62,8 +62,8 @@ def _api_options(f: Callable) -> Callable:
     options = [
         click.option("--local", is_flag=True,
                      help="Use an embedded emulator whose state persists in ./.provisioner/ (no account needed)."),
-        click.option("--parallelism", type=click.IntRange(1, 256), default=10, show_default=True,
-                     help="Requests in flight at once."),
+        click.option("--parallelism", type=click.IntRange(1, 256), default=16, show_default=True,
+                     help="Requests in flight at once (the shared rate budget still slows down on 429)."),
         click.option("--timeout", type=click.FloatRange(0.1), default=30.0, show_default=True,
                      help="Read timeout of each request, in seconds."),
         click.option("--connect-timeout", type=click.FloatRange(0.1), default=5.0, show_default=True,

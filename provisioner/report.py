@@ -226,6 +226,13 @@ def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> 
         parts.append(f"{conflicts} conflict(s)")
     requests = stats.get("requests", 0)
     retries = stats.get("retries", 0)
+    traffic = f"{_plural(requests, 'request')}, {_plural(retries, 'retry', 'retries')}."
     title = "Apply" if command == "apply" else command.capitalize()
-    return f"{title}: {', '.join(parts)}. {requests} requests, {retries} retries."
+    if not result.plan.has_changes and not result.plan.has_conflicts:
+        return f"{title}: no changes, the instances match the manifest. {traffic}"
+    return f"{title}: {', '.join(parts)}. {traffic}"
+
+
+def _plural(count: int, singular: str, plural: str | None = None) -> str:
+    return f"{count} {singular if count == 1 else plural or singular + 's'}"
 

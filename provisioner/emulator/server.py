@@ -24,6 +24,7 @@ import ipaddress
 import json
 import re
 import secrets
+import selectors
 import socket
 import socketserver
 import struct
@@ -778,6 +779,15 @@ class _Server(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         self.server_name, self.server_port = str(host), port
 
+    def serve_until(self, stopping: threading.Event) -> None:
+        """Accept connections until ``stopping`` is set; stop() wakes the wait by connecting once,
+        so stopping takes no poll interval."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            while not stopping.is_set():
+                if selector.select(0.5) and not stopping.is_set():
+                    self._handle_request_noblock()
+
     def process_request(self, request: socket.socket, client_address: tuple) -> None:
         """Remember the connection, then hand it to a thread."""
         with self._idle:
@@ -852,7 +862,8 @@ class Emulator:
         self.api: Api | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-        self._serving = False
+        self._loop_started = False
+        self._loop_done = threading.Event()
         self._stopped = False
         self._state_lock = threading.Lock()
 
@@ -896,12 +907,18 @@ class Emulator:
                 raise
             self.port = self._server.server_address[1]
 
+    def _loop(self) -> None:
+        """The accept loop; marks itself done however it ends."""
+        try:
+            self._server.serve_until(self.stopping)
+        finally:
+            self._loop_done.set()
+
     def start(self) -> str:
         """Serve in a daemon thread; return the base URL."""
         self._bind()
-        self._serving = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name=f"emulator:{self.port}", daemon=True)
+        self._loop_started = True
+        self._thread = threading.Thread(target=self._loop, name=f"emulator:{self.port}", daemon=True)
         self._thread.start()
         return self.url
 
@@ -909,14 +926,21 @@ class Emulator:
         """Serve in the calling thread until stop() or Ctrl-C; returns cleanly either way."""
         if self._server is None:
             self._bind()
-        self._serving = True
+        self._loop_started = True
         try:
-            self._server.serve_forever(poll_interval=0.2)
+            self._loop()
         except KeyboardInterrupt:
             pass
         finally:
-            self._serving = False
             self.stop()
+
+    def _wake_loop(self) -> None:
+        """Connect once to the listening socket so the accept loop sees the stop at once."""
+        try:
+            with socket.create_connection((self._bind_host, self.port), timeout=0.5):
+                pass
+        except OSError:
+            pass
 
     def stop(self) -> None:
         """Stop serving, end open connections, close sockets and the database. Idempotent."""
@@ -927,8 +951,9 @@ class Emulator:
         self.stopping.set()
         server = self._server
         if server is not None:
-            if self._serving:
-                server.shutdown()
+            if self._loop_started and not self._loop_done.is_set():
+                self._wake_loop()
+                self._loop_done.wait(STOP_GRACE_S)
             server.server_close()
             server.close_connections(STOP_GRACE_S)
         if self._thread is not None:

@@ -82,46 +82,91 @@ def masked(value: Any) -> Any:
     return value
 
 
+_WORD_CHARS = r"A-Za-z0-9+/=_\-.~"
+_WORD_SECRET = re.compile(f"[{_WORD_CHARS}]+")
+
+
 class Redactor:
-    """Knows every secret value of this process and masks them in text."""
+    """Knows every secret value of this process and masks them in text.
+
+    There can be many secrets (every instance token of a 10,000-instance organization), so the search
+    is linear in the text: secrets made only of word characters (tokens, most passwords) are found by
+    looking up the text's word runs in a set; the few others (with spaces, quotes, newlines) go
+    through one regular expression.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values: set[str] = set()
+        self._words: set[str] = set()
+        self._lengths: list[int] = []
+        self._others: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
 
     def add(self, value: Any) -> None:
+        """Register a secret, with the forms it may be printed in: JSON-escaped, and line by line."""
         if not isinstance(value, str) or len(value) < MIN_REDACT_LENGTH:
             return
+        forms = {value, json.dumps(value)[1:-1], *value.splitlines()}
         with self._lock:
-            if value in self._values:
-                return
-            self._values.add(value)
+            for form in forms:
+                self._add_locked(form)
+
+    def _add_locked(self, value: str) -> None:
+        if len(value) < MIN_REDACT_LENGTH or value in self._words or value in self._others:
+            return
+        if _WORD_SECRET.fullmatch(value):
+            self._words.add(value)
+            if len(value) not in self._lengths:
+                self._lengths = sorted({*self._lengths, len(value)}, reverse=True)
+        else:
+            self._others.add(value)
             self._pattern = None
-        # The same value may be printed JSON-escaped, or line by line: mask those forms too.
-        escaped = json.dumps(value)[1:-1]
-        if escaped != value:
-            self.add(escaped)
-        for part in value.splitlines():
-            if part != value:
-                self.add(part)
 
     def redact(self, text: str) -> str:
         if not text:
             return text
         with self._lock:
-            if not self._values:
-                return text
-            if self._pattern is None:
-                ordered = sorted(self._values, key=len, reverse=True)
+            if self._others and self._pattern is None:
+                ordered = sorted(self._others, key=len, reverse=True)
                 self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
-            pattern = self._pattern
-        return pattern.sub(MASK, text)
+            pattern, words, lengths = self._pattern, self._words, self._lengths
+        if pattern is not None:
+            text = pattern.sub(MASK, text)
+        if words:
+            shortest = lengths[-1]
+            text = _WORD_SECRET.sub(lambda m: _mask_run(m.group(), words, lengths, shortest), text)
+        return text
 
     def clear(self) -> None:
         with self._lock:
-            self._values.clear()
+            self._words.clear()
+            self._others.clear()
+            self._lengths = []
             self._pattern = None
+
+
+def _mask_run(run: str, words: set[str], lengths: list[int], shortest: int) -> str:
+    """Mask every secret inside one run of word characters (longest first, left to right)."""
+    if len(run) < shortest:
+        return run
+    if run in words:
+        return MASK
+    out: list[str] = []
+    start = index = 0
+    while index <= len(run) - shortest:
+        for length in lengths:
+            if run[index:index + length] in words:
+                out.append(run[start:index])
+                out.append(MASK)
+                index += length
+                start = index
+                break
+        else:
+            index += 1
+    if not out:
+        return run
+    out.append(run[start:])
+    return "".join(out)
 
 
 REDACTOR = Redactor()

@@ -14,6 +14,7 @@ result still holds every token obtained so far.
 from __future__ import annotations
 
 import concurrent.futures as futures
+import queue
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -108,17 +109,25 @@ class Applier:
 
     def _run_batch(self, pool: futures.Executor, writes: list[tuple[int, Change]],
                    results: dict[int, ChangeResult]) -> None:
-        pending = {pool.submit(self._execute, change): index for index, change in writes}
-        while pending:  # short waits keep the main thread free to receive signals
-            done, _ = futures.wait(pending, timeout=0.2, return_when=futures.FIRST_COMPLETED)
-            for future in done:
-                index = pending.pop(future)
-                result = future.result()
-                if result is not None:
-                    results[index] = result
-                    self.progress(result)
-                else:
-                    results.pop(index, None)
+        """Run changes in the pool; the main thread collects results from a completion queue (one
+        short wait at a time, so it stays free to receive signals)."""
+        finished: queue.SimpleQueue = queue.SimpleQueue()
+        for index, change in writes:
+            future = pool.submit(self._execute, change)
+            future.add_done_callback(lambda f, i=index: finished.put((i, f)))
+        for _ in range(len(writes)):
+            while True:
+                try:
+                    index, future = finished.get(timeout=0.2)
+                    break
+                except queue.Empty:
+                    continue
+            result = future.result()
+            if result is not None:
+                results[index] = result
+                self.progress(result)
+            else:
+                results.pop(index, None)
 
     def _execute(self, change: Change) -> ChangeResult | None:
         if self.stop.is_set():

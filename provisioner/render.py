@@ -34,6 +34,9 @@ from .yamlload import DEFAULT_MAX_BYTES, YDict, YList, decode_text, load_yaml
 
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
 _HAS_JINJA = ("{{", "{%", "{#")
+_PATH = r"(env|inputs|item)((?:\.[A-Za-z_][A-Za-z0-9_]*)*)"
+_PATH_OUTPUT = re.compile(r"\{\{\s*" + _PATH + r"\s*\}\}")
+_MISSING = object()
 
 
 class RenderError(Exception):
@@ -75,9 +78,11 @@ class _Undefined(jinja2.StrictUndefined):
             return self._undefined_hint
         if isinstance(obj, EnvMapping):
             return f"environment variable {name} is not set"
+        if isinstance(obj, Mapping) and name is not None:
+            known = ", ".join(sorted(map(str, obj))[:10]) or "none"
+            return f"key {name!r} is not defined (keys there: {known})"
         if obj is not jinja2.utils.missing and name is not None:
-            owner = "inputs" if isinstance(obj, (YDict, dict)) else type(obj).__name__
-            return f"{owner} has no key {name!r}"
+            return f"{type(obj).__name__} has no attribute {name!r}"
         if name is not None:
             return f"{name!r} is undefined"
         return super()._undefined_message
@@ -143,6 +148,7 @@ class Renderer:
             loader=_ConfinedLoader(base_dir, max_file_bytes), finalize=_placeholder_finalize)
         self._templates: dict[str, Any] = {}
         self._expressions: dict[str, Any] = {}
+        self._fast: dict[str, list | None] = {}
 
     def context(self, item: Any = jinja2.utils.missing) -> dict[str, Any]:
         scope = {"env": self.env, "inputs": self.inputs}
@@ -165,6 +171,9 @@ class Renderer:
     def _string(self, raw: str, scope: dict[str, Any], where: Location) -> Any:
         if not any(marker in raw for marker in _HAS_JINJA):
             return raw
+        fast = self._fast_value(raw, scope)
+        if fast is not _MISSING:
+            return fast
         match = _SINGLE_EXPRESSION.match(raw)
         try:
             if match and "{{" not in match["expr"] and "}}" not in match["expr"]:
@@ -177,6 +186,30 @@ class Renderer:
             raise
         except Exception as exc:  # noqa: BLE001 - every Jinja failure becomes a located problem
             raise RenderError(_problem_from(exc, where, raw)) from None
+
+    def _fast_value(self, raw: str, scope: dict[str, Any]) -> Any:
+        """Strings made only of text and ``{{ name.key.key }}`` outputs over mappings are resolved
+        without Jinja (a forEach over 10,000 items renders mostly these). Anything else, including a
+        missing key, returns _MISSING and goes through Jinja, which gives the same result and errors."""
+        segments = self._fast.get(raw, _MISSING)
+        if segments is _MISSING:
+            segments = _fast_segments(raw)
+            self._fast[raw] = segments
+        if segments is None:
+            return _MISSING
+        paths = [segment for segment in segments if isinstance(segment, tuple)]
+        if len(paths) == 1 and all(isinstance(x, tuple) or not x.strip() for x in segments):
+            return _resolve(scope, paths[0])  # a single expression keeps its type
+        parts = []
+        for segment in segments:
+            if isinstance(segment, tuple):
+                value = _resolve(scope, segment)
+                if value is _MISSING:
+                    return _MISSING
+                parts.append(str(value))
+            else:
+                parts.append(segment)
+        return "".join(parts)
 
     def _expression(self, source: str) -> Any:
         compiled = self._expressions.get(source)
@@ -241,6 +274,31 @@ class Renderer:
                                       _syntax_hint(exc.message))) from None
         self._templates["file:" + name] = template
         return template
+
+
+def _fast_segments(raw: str) -> list | None:
+    """Literal text and (root, key, key...) paths, or None if the string needs real Jinja."""
+    segments: list = []
+    position = 0
+    for match in _PATH_OUTPUT.finditer(raw):
+        segments.append(raw[position:match.start()])
+        segments.append((match[1], *[k for k in match[2].split(".") if k]))
+        position = match.end()
+    segments.append(raw[position:])
+    literal = "".join(s for s in segments if isinstance(s, str))
+    if any(marker in literal for marker in _HAS_JINJA) or "}}" in literal or "%}" in literal:
+        return None
+    return [s for s in segments if s != ""]
+
+
+def _resolve(scope: dict[str, Any], path: tuple) -> Any:
+    """Follow a key path through mappings exactly as Jinja would, or return _MISSING."""
+    value = scope.get(path[0], _MISSING)
+    for key in path[1:]:
+        if not isinstance(value, Mapping) or key not in value or hasattr(type(value), key):
+            return _MISSING
+        value = value[key]
+    return value
 
 
 def _substitute(data: Any, nonce: str, values: list[Any]) -> Any:

@@ -106,7 +106,8 @@ def load_yaml(text: str, display: str, max_alias_nodes: int = DEFAULT_MAX_ALIAS_
         node = loader.get_single_node()
         if node is None:
             return Loaded(None, loader.problems, text)
-        loader.problems.extend(_check_nodes(node, display, max_alias_nodes))
+        if "*" in text or any(q in text for q in CURLY_QUOTES):  # the walk is only needed then
+            loader.problems.extend(_check_nodes(node, display, max_alias_nodes))
         if any(p.message.startswith("YAML aliases") or p.message.startswith("recursive") for p in loader.problems):
             return Loaded(None, loader.problems, text)
         data = loader.construct_document(node)
@@ -144,6 +145,29 @@ def _construct_mapping(loader: _PositionLoader, node: yaml.MappingNode):
     data.line = node.start_mark.line + 1
     data.key_lines = {}
     yield data
+    if any(key_node.tag == _MERGE_TAG for key_node, _ in node.value):
+        _check_duplicates(loader, node)
+        loader.flatten_mapping(node)
+        duplicates_checked = True
+    else:
+        duplicates_checked = False
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if not _hashable(key):
+            loader.problems.append(Problem("a mapping key must be a plain value", Location(loader.display, line)))
+            continue
+        if not duplicates_checked and key in data:
+            loader.problems.append(Problem(
+                f"duplicate key {key!r} (first defined on line {data.key_lines[key]})",
+                Location(loader.display, line), "remove one of them: YAML keeps only the last"))
+        data[key] = loader.construct_object(value_node, deep=False)
+        if duplicates_checked or key not in data.key_lines:
+            data.key_lines[key] = line
+
+
+def _check_duplicates(loader: _PositionLoader, node: yaml.MappingNode) -> None:
+    """Duplicate keys among a mapping's own keys (keys brought in by a << merge may be overridden)."""
     own_keys: dict[Any, int] = {}
     for key_node, _ in node.value:
         if key_node.tag == _MERGE_TAG:
@@ -156,15 +180,6 @@ def _construct_mapping(loader: _PositionLoader, node: yaml.MappingNode):
                 Location(loader.display, line), "remove one of them: YAML keeps only the last"))
         elif _hashable(key):
             own_keys[key] = line
-    loader.flatten_mapping(node)
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if not _hashable(key):
-            loader.problems.append(Problem("a mapping key must be a plain value",
-                                           Location(loader.display, key_node.start_mark.line + 1)))
-            continue
-        data[key] = loader.construct_object(value_node, deep=False)
-        data.key_lines[key] = key_node.start_mark.line + 1
 
 
 def _construct_sequence(loader: _PositionLoader, node: yaml.SequenceNode):

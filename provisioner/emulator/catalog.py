@@ -100,6 +100,7 @@ class Element:
         # Definition keys an instance response lists even without a stored value.
         self._listed = {d.key for d in self.definitions if not d.internal or d.key in SHOWN_INTERNAL_KEYS}
         self._positions = {d.key: i + 1 for i, d in enumerate(self.definitions)}
+        self._plan = [(d.key, d.default, d.secret, d.key in self._listed) for d in self.definitions]
 
     def with_configuration(self) -> dict:
         """The element object as ``GET /elements/{keyOrId}`` serves it."""
@@ -155,8 +156,22 @@ class Element:
         return value
 
     def render_configuration(self, config: dict) -> dict:
-        """The ``configuration`` map of an instance response."""
-        return {key: self.shown_value(config, key) for key in self.listed_keys(config)}
+        """The ``configuration`` map of an instance response (same values as ``shown_value`` for
+        each of ``listed_keys``, in one pass: list responses render hundreds of these)."""
+        out = {}
+        for key, default, secret, listed in self._plan:
+            value = config.get(key)
+            if value is None:
+                if not listed:
+                    continue
+                value = default
+            if secret and value not in (None, ""):
+                value = MASK
+            out[key] = value
+        for key, value in config.items():
+            if key not in self.by_key:
+                out[key] = value
+        return out
 
     def config_ids(self, instance_id: int, config: dict) -> list[tuple[int, str]]:
         """(record id, key) for each listed key: stable ids derived from the instance id and the
@@ -184,7 +199,8 @@ class Catalog:
             raise ValueError("elements.json: element keys and ids must be unique")
         for e in self.elements:
             if e.reported_key not in self._by_key:
-                raise ValueError(f"elements.json: {e.key}: x-reportedKey {e.reported_key!r} is not an element")
+                raise ValueError(f"elements.json: {e.key}: x-reportedKey {e.reported_key!r} "
+                                 "is not an element")
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Catalog:

@@ -240,35 +240,47 @@ class Api:
 
     def _resolve(self, s: list[str]) -> Route | None:
         """Map path segments to {method: handler} and the handler's arguments."""
+        if s and s[0] == "elements":
+            return self._resolve_elements(s)
+        if s and s[0] == "instances":
+            return self._resolve_instances(s)
+        return None
+
+    def _instance_methods(self) -> dict[str, Callable[..., Response]]:
+        """Handlers of /instances/{id}."""
+        return {"GET": self._get_instance, "PUT": self._put_instance,
+                "PATCH": self._patch_instance, "DELETE": self._delete_instance}
+
+    def _resolve_elements(self, s: list[str]) -> Route | None:
+        """Routes under /elements."""
         n = len(s)
-        instance_methods = {"GET": self._get_instance, "PUT": self._put_instance,
-                            "PATCH": self._patch_instance, "DELETE": self._delete_instance}
-        if n >= 1 and s[0] == "elements":
-            if n == 1:
-                return {"GET": self._list_elements}, ()
-            if n == 2 and s[1] == "keys":
+        if n == 1:
+            return {"GET": self._list_elements}, ()
+        if n == 2:
+            if s[1] == "keys":
                 return {"GET": self._element_keys}, ()
-            if n == 2:
-                return {"GET": self._get_element}, (s[1],)
-            if n == 3 and s[2] == "configuration":
-                return {"GET": self._element_configuration}, (s[1],)
-            if n == 3 and s[2] == "instances":
-                return {"GET": self._list_element_instances, "POST": self._create_for_element}, (s[1],)
-            if n == 4 and s[2] == "instances":
-                scoped = {m: self._scoped(fn) for m, fn in instance_methods.items()}
-                return scoped, (s[1], s[3])
-            return None
-        if n >= 1 and s[0] == "instances":
-            if n == 1:
-                return {"GET": self._list_instances, "POST": self._create}, ()
-            if n == 2 and s[1] == "count":
+            return {"GET": self._get_element}, (s[1],)
+        if n == 3 and s[2] == "configuration":
+            return {"GET": self._element_configuration}, (s[1],)
+        if n == 3 and s[2] == "instances":
+            return {"GET": self._list_element_instances, "POST": self._create_for_element}, (s[1],)
+        if n == 4 and s[2] == "instances":
+            return {m: self._scoped(fn) for m, fn in self._instance_methods().items()}, (s[1], s[3])
+        return None
+
+    def _resolve_instances(self, s: list[str]) -> Route | None:
+        """Routes under /instances."""
+        n = len(s)
+        if n == 1:
+            return {"GET": self._list_instances, "POST": self._create}, ()
+        if n == 2:
+            if s[1] == "count":
                 return {"GET": self._count}, ()
-            if n == 2:
-                return instance_methods, (s[1],)
-            if n == 3 and s[2] == "configuration":
-                return {"GET": self._instance_configuration}, (s[1],)
-            if n == 4 and s[2] == "configuration":
-                return {"GET": self._get_config_record, "PATCH": self._patch_config_record}, (s[1], s[3])
+            return self._instance_methods(), (s[1],)
+        if n == 3 and s[2] == "configuration":
+            return {"GET": self._instance_configuration}, (s[1],)
+        if n == 4 and s[2] == "configuration":
+            return {"GET": self._get_config_record, "PATCH": self._patch_config_record}, (s[1], s[3])
         return None
 
     # -- elements -------------------------------------------------------------------------------

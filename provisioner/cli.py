@@ -69,11 +69,11 @@ def _api_options(f: Callable) -> Callable:
         click.option("--connect-timeout", type=click.FloatRange(0.1), default=5.0, show_default=True,
                      help="Connect timeout of each request, in seconds."),
         click.option("--max-attempts", type=click.IntRange(1), default=10, show_default=True,
-                     help="Attempts per request, first included (retries: GET, PUT, PATCH, DELETE on 429/5xx/network)."),
+                     help="Attempts per request, first included (GET, PUT, PATCH, DELETE retry on 429/5xx/network)."),
         click.option("--max-retry-time", type=click.FloatRange(0), default=120.0, show_default=True,
                      help="Give up retrying one request after this many seconds."),
         click.option("--max-rate", type=click.FloatRange(0.1), default=None,
-                     help="Never exceed this many requests per second (default: no ceiling until the API answers 429)."),
+                     help="Never exceed this many requests per second (default: no ceiling until a 429)."),
         click.option("--settle", type=click.FloatRange(0), default=None,
                      help="Seconds to wait before looking up a create whose response was lost (default: --timeout)."),
     ]
@@ -131,6 +131,14 @@ def _options(run: _Run, params: dict[str, Any], local: Any = None) -> engine.Opt
                           plan=plan, trace=run.trace if params.get("verbose") else None)
 
 
+def _validated(run: _Run, params: dict[str, Any]) -> engine.Validated:
+    """Stages 1-3; with --verbose, say in which order the inputs were layered."""
+    validated = engine.validate(_options(run, params))
+    if params.get("verbose"):
+        run.trace("inputs, later wins: " + " < ".join(validated.manifest.layers))
+    return validated
+
+
 def _local(params: dict[str, Any]) -> Any:
     if not params.get("local"):
         return nullcontext(None)
@@ -150,8 +158,8 @@ def _finish(run: _Run, func: Callable[[], int]) -> int:
         run.reporter.error(run.command, f"interrupted by signal {exc.signum}; no new request was started")
         return exc.exit_code
     except UserError as exc:
-        run.reporter.error(run.command, f"{exc.problem.location.format() + ': ' if exc.problem.location.format() else ''}"
-                           f"{exc.problem.message}", exc.problem.hint)
+        where = exc.problem.location.format()
+        run.reporter.error(run.command, f"{where + ': ' if where else ''}{exc.problem.message}", exc.problem.hint)
         return EXIT_ERROR
     except ProvisionerError as exc:
         run.reporter.error(run.command, str(exc))
@@ -171,7 +179,7 @@ def validate(**params: Any) -> None:
     run = _Run("validate", params["output"], params["verbose"])
 
     def body() -> int:
-        validated = engine.validate(_options(run, params))
+        validated = _validated(run, params)
         run.reporter.validated(validated.manifest.display, len(validated.desired), validated.problems)
         return EXIT_OK
 
@@ -188,7 +196,7 @@ def plan(**params: Any) -> None:
     run = _Run("plan", params["output"], params["verbose"])
 
     def body() -> int:
-        validated = engine.validate(_options(run, params))
+        validated = _validated(run, params)
         with _local(params) as local, stop_on_signals(run.stop):
             options = _options(run, params, local)
             with engine.connect(validated, options, run.stop) as connection:
@@ -226,7 +234,7 @@ def destroy(**params: Any) -> None:
 
 
 def _apply_like(run: _Run, params: dict[str, Any], destroy: bool) -> int:
-    validated = engine.validate(_options(run, params))
+    validated = _validated(run, params)
     with ExitStack() as stack:
         local = stack.enter_context(_local(params))
         stack.enter_context(stop_on_signals(run.stop))
@@ -278,7 +286,7 @@ def output(**params: Any) -> None:
     run = _Run("output", params["output"], params["verbose"])
 
     def body() -> int:
-        validated = engine.validate(_options(run, params))
+        validated = _validated(run, params)
         with _local(params) as local, stop_on_signals(run.stop):
             options = replace(_options(run, params, local), plan=PlanOptions(destroy=True))
             with engine.connect(validated, options, run.stop) as connection:
@@ -331,7 +339,8 @@ def emulator(**params: Any) -> None:
                               host=params["host"], port=params["port"], faults=faults,
                               log_stream=None if params["quiet"] else run.stderr)
         except (ValueError, OSError) as exc:
-            raise UserError(f"cannot start the emulator: {exc}", hint="choose a loopback host and a free port") from None
+            raise UserError(f"cannot start the emulator: {exc}",
+                            hint="choose a loopback host and a free port") from None
         url = server.start()
         sys.stdout.write(f"{url}\n")
         sys.stdout.flush()

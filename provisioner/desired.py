@@ -20,7 +20,7 @@ from .manifest import DEFAULT_TARGET, Limits, Manifest
 from .ownership import TAG_PREFIX
 from .render import Renderer, RenderError
 from .schemacheck import problems_from_errors
-from .secret import Secret
+from .secret import REDACTOR, Secret
 from .yamlload import YDict
 
 _MARKUP = re.compile(r"<[^>]*>")
@@ -38,14 +38,15 @@ class DesiredInstance:
     location: Location = field(compare=False)
 
 
-def build_desired(manifest: Manifest, registry: ElementRegistry, renderer: Renderer,
-                  limits: Limits) -> tuple[list[DesiredInstance], list[Problem]]:
-    """Render and validate every instance entry (forEach expanded); collect all problems."""
+def build_desired(manifest: Manifest, registry: ElementRegistry, renderer: Renderer, limits: Limits,
+                  skip: frozenset[int] = frozenset()) -> tuple[list[DesiredInstance], list[Problem]]:
+    """Render and validate every instance entry (forEach expanded); collect all problems.
+    Entries in ``skip`` already failed the structure check and are not reported twice."""
     desired: list[DesiredInstance] = []
     problems: list[Problem] = []
     for index, entry in enumerate(manifest.instances):
-        if not isinstance(entry, dict):
-            continue  # reported by the structure check
+        if not isinstance(entry, dict) or index in skip:
+            continue
         where = Location(manifest.display, manifest.instances.line_of(index))
         for item in _items(entry, renderer, limits, where, problems):
             instance = _build_one(entry, item, manifest, registry, renderer, where, problems)
@@ -100,36 +101,64 @@ def _build_one(entry: YDict, item: Any, manifest: Manifest, registry: ElementReg
                                     Location(where.file, entry.line_of("name"), path="name")))
         return None
     here = Location(where.file, where.line, instance=name)
-    body: dict[str, Any] = {}
     template_name = entry.get("template")
-    if isinstance(template_name, str):
-        try:
-            body = dict(renderer.template_file(template_name, scope,
-                                               Location(where.file, entry.line_of("template"), instance=name)))
-        except RenderError as exc:
-            problems.append(exc.problem)
-            return None
-        unknown = sorted(set(body) - {"element", "tags", "configuration"})
-        if unknown:
-            problems.append(Problem(f"template renders unknown field(s): {', '.join(map(str, unknown))}",
-                                    Location(where.file, entry.line_of("template"), template_name, None, name),
-                                    "a template may render element, tags and configuration"))
+    body = _template_body(entry, scope, renderer, Location(where.file, entry.line_of("template"), instance=name),
+                          problems) if isinstance(template_name, str) else {}
+    if body is None:
+        return None
     for key in ("element", "target", "tags"):
         if key in entry:
             body[key] = field_value(key, name)
     if "configuration" in entry:
-        inline = field_value("configuration", name)
+        inline = _configuration(entry, scope, renderer, Location(where.file, None, instance=name), problems)
         if isinstance(inline, Mapping) and isinstance(body.get("configuration"), Mapping):
             body["configuration"] = {**body["configuration"], **inline}
         else:
             body["configuration"] = inline
     if len(problems) > before:
         return None
-    return _checked(name, body, entry, template_name, manifest, registry, here, problems)
+    return _checked(name, body, entry, template_name, manifest, registry, renderer, here, problems)
 
 
-def _checked(name: str, body: dict, entry: YDict, template_name: Any, manifest: Manifest,
-             registry: ElementRegistry, here: Location, problems: list[Problem]) -> DesiredInstance | None:
+def _template_body(entry: YDict, scope: dict, renderer: Renderer, at: Location,
+                   problems: list[Problem]) -> dict | None:
+    """The mapping a template file renders (None if it failed)."""
+    name = entry["template"]
+    try:
+        body = dict(renderer.template_file(name, scope, at))
+    except RenderError as exc:
+        problems.append(exc.problem)
+        return None
+    unknown = sorted(set(body) - {"element", "tags", "configuration"})
+    if unknown:
+        problems.append(Problem(f"template renders unknown field(s): {', '.join(map(str, unknown))}",
+                                Location(at.file, at.line, name, None, at.instance),
+                                "a template may render element, tags and configuration"))
+    return body
+
+
+def _configuration(entry: YDict, scope: dict, renderer: Renderer, here: Location, problems: list[Problem]) -> Any:
+    """Render an inline configuration key by key, so each error has the key's own line and path."""
+    raw = entry["configuration"]
+    if not isinstance(raw, YDict):
+        try:
+            return renderer.value(raw, scope, Location(here.file, entry.line_of("configuration"), None, None,
+                                                       here.instance, "configuration"))
+        except RenderError as exc:
+            problems.append(exc.problem)
+            return None
+    rendered = {}
+    for key, value in raw.items():
+        at = Location(here.file, raw.line_of(key), None, None, here.instance, f"configuration.{key}")
+        try:
+            rendered[key] = renderer.value(value, scope, at)
+        except RenderError as exc:
+            problems.append(exc.problem)
+    return rendered
+
+
+def _checked(name: str, body: dict, entry: YDict, template_name: Any, manifest: Manifest, registry: ElementRegistry,
+             renderer: Renderer, here: Location, problems: list[Problem]) -> DesiredInstance | None:
     before = len(problems)
     element_key = body.get("element")
     target = body.get("target") or DEFAULT_TARGET
@@ -151,9 +180,12 @@ def _checked(name: str, body: dict, entry: YDict, template_name: Any, manifest: 
                                 Location(here.file, entry.line_of("configuration"), None, None, name, "configuration")))
         return None
     if schema is not None:
+        for key in schema.secret_keys & set(configuration):  # masked in any message from here on
+            REDACTOR.add(configuration[key])
         locate = _config_locator(entry, template_name, manifest, name, here)
         errors = schema.validator.iter_errors(dict(configuration))
-        problems.extend(problems_from_errors(errors, locate, schema.secret_keys, prefix="configuration"))
+        found = problems_from_errors(errors, locate, schema.secret_keys, prefix="configuration")
+        problems.extend(renderer.scrub(p) for p in found)  # values from the environment are never echoed
     if len(problems) > before or schema is None:
         return None
     config = {k: (Secret(v) if k in schema.secret_keys and isinstance(v, str) else v) for k, v in configuration.items()}
@@ -162,7 +194,8 @@ def _checked(name: str, body: dict, entry: YDict, template_name: Any, manifest: 
 
 def _element(key: Any, registry: ElementRegistry, at: Location, problems: list[Problem]) -> ElementSchema | None:
     if not isinstance(key, str) or not key:
-        problems.append(Problem("no element given", at, "set element: (e.g. connectwisehd), or render it from the template"))
+        problems.append(Problem("no element given", at,
+                                "set element: (e.g. connectwisehd), or render it from the template"))
         return None
     schema = registry.get(key)
     if schema is None:
@@ -204,7 +237,7 @@ def _config_locator(entry: YDict, template_name: Any, manifest: Manifest, name: 
         if template_source is not None:
             return Location(here.file, entry.line_of("template"), template_name,
                             _line_in(template_source, key), name)
-        line = inline.line if inline is not None else entry.line_of("configuration") or here.line
+        line = entry.line_of("configuration") if "configuration" in entry else here.line
         return Location(here.file, line, None, None, name)
 
     return locate

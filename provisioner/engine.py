@@ -9,6 +9,7 @@ validates first, so bad input is reported, with exit 1, before any request is se
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -65,11 +66,15 @@ def validate(options: Options) -> Validated:
     registry = ElementRegistry.load([*manifest.schema_dirs, *options.schemas])
     problems.extend(registry.problems)
     renderer = Renderer(manifest.base_dir, options.environ, manifest.inputs, options.limits.max_file_bytes)
-    desired, render_problems = build_desired(manifest, registry, renderer, options.limits)
+    broken = frozenset(int(m[1]) for p in problems if (m := _ENTRY.match(p.location.path or "")))
+    desired, render_problems = build_desired(manifest, registry, renderer, options.limits, broken)
     problems.extend(render_problems)
     if any(p.severity == "error" for p in problems):
         raise ValidationFailed(_sorted(problems))
     return Validated(manifest, registry, renderer, desired, problems)
+
+
+_ENTRY = re.compile(r"^instances\[(\d+)\]")
 
 
 def _sorted(problems: list[Problem]) -> list[Problem]:
@@ -158,7 +163,7 @@ def instance_outputs(validated: Validated, result: ApplyResult | None, connectio
                 if (target, instance.name) in declared and instance.owned_by(validated.manifest.stack):
                     entries[instance.name] = {"id": instance.id, "element": declared[(target, instance.name)].element,
                                               "token": instance.token, "_target": target}
-    for name, entry in entries.items():
+    for entry in entries.values():
         if entry["token"] is None:  # an API whose list leaves tokens out: read the one instance
             data = connection.clients[entry["_target"]].get_instance(entry["id"])
             entry["token"] = LiveInstance.from_api(data).token

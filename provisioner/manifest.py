@@ -90,7 +90,8 @@ def load_manifest(path: str, inputs_files: tuple[str, ...] = (), sets: tuple[str
     if data is None:
         return None, problems
     if not isinstance(data, dict):
-        problems.append(Problem(f"the manifest must be a mapping, got {type(data).__name__}", Location(display, 1),
+        kind = "a list" if isinstance(data, list) else f"a single value ({type(data).__name__})"
+        problems.append(Problem(f"the manifest must be a mapping of keys, got {kind}", Location(display, 1),
                                 f"start with apiVersion: {API_VERSION}"))
         return None, problems
     problems.extend(check_structure(data, display))

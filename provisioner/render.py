@@ -19,6 +19,7 @@ compiles each distinct string once.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import secrets
@@ -79,8 +80,10 @@ class _Undefined(jinja2.StrictUndefined):
         if isinstance(obj, EnvMapping):
             return f"environment variable {name} is not set"
         if isinstance(obj, Mapping) and name is not None:
-            known = ", ".join(sorted(map(str, obj))[:10]) or "none"
-            return f"key {name!r} is not defined (keys there: {known})"
+            keys = sorted(map(str, obj))
+            close = difflib.get_close_matches(str(name), keys, n=1, cutoff=0.6)
+            more = f"did you mean {close[0]!r}?" if close else f"keys there: {', '.join(keys[:10]) or 'none'}"
+            return f"key {name!r} is not defined ({more})"
         if obj is not jinja2.utils.missing and name is not None:
             return f"{type(obj).__name__} has no attribute {name!r}"
         if name is not None:
@@ -149,6 +152,7 @@ class Renderer:
         self._templates: dict[str, Any] = {}
         self._expressions: dict[str, Any] = {}
         self._fast: dict[str, list | None] = {}
+        self._scrub_values: list[str] | None = None
 
     def context(self, item: Any = jinja2.utils.missing) -> dict[str, Any]:
         scope = {"env": self.env, "inputs": self.inputs}
@@ -168,6 +172,22 @@ class Renderer:
             return [self.value(v, scope, where) for v in raw]
         return raw
 
+    def scrub(self, problem: Problem) -> Problem:
+        """Hide environment values in a rendering problem: an expression like
+        ``inputs.map[env.PASSWORD]`` would otherwise echo a secret as the missing key."""
+        message = problem.message
+        for value in self._env_values():
+            if value in message:
+                message = message.replace(value, "(value from the environment)")
+        return problem if message == problem.message else Problem(message, problem.location, problem.hint)
+
+    def _env_values(self) -> list[str]:
+        if self._scrub_values is None:
+            names = set(self.env)
+            self._scrub_values = sorted({v for v in self.env.values() if len(v) >= 4 and v not in names},
+                                        key=len, reverse=True)
+        return self._scrub_values
+
     def _string(self, raw: str, scope: dict[str, Any], where: Location) -> Any:
         if not any(marker in raw for marker in _HAS_JINJA):
             return raw
@@ -185,7 +205,7 @@ class Renderer:
         except RenderError:
             raise
         except Exception as exc:  # noqa: BLE001 - every Jinja failure becomes a located problem
-            raise RenderError(_problem_from(exc, where, raw)) from None
+            raise RenderError(self.scrub(_problem_from(exc, where, raw))) from None
 
     def _fast_value(self, raw: str, scope: dict[str, Any]) -> Any:
         """Strings made only of text and ``{{ name.key.key }}`` outputs over mappings are resolved
@@ -237,12 +257,12 @@ class Renderer:
         except RenderError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise RenderError(_problem_from(exc, where, None, template=name)) from None
+            raise RenderError(self.scrub(_problem_from(exc, where, None, template=name))) from None
         loaded = load_yaml(text, name)
         if loaded.problems:
             first = loaded.problems[0]
             raise RenderError(Problem(
-                f"template output is not valid YAML: {first.message}",
+                f"template output is not valid YAML: {first.message.removeprefix('not valid YAML: ')}",
                 Location(where.file, where.line, name, first.location.line, where.instance),
                 "quote the value around this line, or emit structured values with a single {{ expression }}"))
         data = _substitute(loaded.data, nonce, collected)

@@ -9,6 +9,7 @@ missing required keys of one object are reported together, as the API itself doe
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -39,8 +40,10 @@ def problems_from_errors(errors: Iterable[ValidationError], location_for: Locati
         where = location_for(path)
         where = Location(where.file, where.line, where.template, where.template_line, where.instance,
                          _dotted(prefix, path) or None)
+        place = "the configuration" if prefix == "configuration" else (
+            f"{_dotted('', path)}" if path else "the top of the manifest")
         problems.append(Problem(f"missing required {noun}: {', '.join(keys)}", where,
-                                "add " + ("it" if len(keys) == 1 else "them") + " to the configuration"))
+                                "add " + ("it" if len(keys) == 1 else "them") + f" to {place}"))
     return problems
 
 
@@ -114,8 +117,10 @@ def _describe(error: ValidationError, secret: bool) -> tuple[str, str | None]:
         wanted = [expected] if isinstance(expected, str) else list(expected)
         names = " or ".join(_TYPE_NAMES.get(t, t) for t in wanted)
         return f"expected {names}, got {_type_of(value)} {_shown(value, secret)}", _type_hint(wanted, value)
+    if kind == "enum" and set(map(repr, expected)) == {"True", "False", "'true'", "'false'"}:
+        return f"expected true or false, got {_shown(value, secret)}", "write true or false without quotes"
     if kind == "enum":
-        allowed = ", ".join(repr(v) for v in expected)
+        allowed = ", ".join(json.dumps(v) for v in expected)
         return f"{_shown(value, secret)} is not one of the allowed values: {allowed}", None
     if kind == "const":
         return f"{_shown(value, secret)} must be {expected!r}", None

@@ -2,7 +2,8 @@
 
 A target is a Cloud Elements environment: a base URL and the user and organization secrets. With no
 ``targets:`` the manifest has one target, ``default``, at the US production API with its secrets in
-``CE_USER_SECRET`` and ``CE_ORGANIZATION_SECRET``; ``CE_API_URL``, when set, replaces the default URL. Credentials are rendered only when a command
+``CE_USER_SECRET`` and ``CE_ORGANIZATION_SECRET``;
+``CE_API_URL``, when set, replaces the default URL. Credentials are rendered only when a command
 needs the API (never by ``validate``), and only for the targets some instance uses.
 """
 

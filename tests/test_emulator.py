@@ -337,7 +337,8 @@ def test_values_are_stored_byte_for_byte_and_secrets_masked(api: Client, db: Emu
 
 
 def test_name_and_tags_are_html_sanitised(api: Client, db: EmulatorDB):
-    inst = create(api, cw_body("<b>bold</b> me@x.com: a=b /c <i>", tags=["<script>t</script>ag", "k:v=w/x@y"]))
+    tags = ["<script>t</script>ag", "k:v=w/x@y"]
+    inst = create(api, cw_body("<b>bold</b> me@x.com: a=b /c <i>", tags=tags))
     assert inst["name"] == "bold me@x.com: a=b /c "
     assert inst["tags"] == ["tag", "k:v=w/x@y"]
     assert db.instances()[0]["name"] == "bold me@x.com: a=b /c "
@@ -401,7 +402,8 @@ def test_paging_filters_and_headers_over_450_instances(api: Client):
 
     search = api.get("/instances", params={"searchText": "inst-1"})
     assert search.headers["elements-total-count"] == "100"
-    assert api.get("/instances", params={"searchText": "CONNECTWISE"}).headers["elements-total-count"] == "450"
+    by_key = api.get("/instances", params={"searchText": "CONNECTWISE"})
+    assert by_key.headers["elements-total-count"] == "450"
     scoped = api.get("/elements/connectwisehd/instances", params={"pageSize": 200, "tags[]": "special"})
     assert scoped.headers["elements-total-count"] == "9"
     assert api.get("/instances/count").json() == {"count": 450}
@@ -527,8 +529,8 @@ def test_patch_is_partial(api: Client, db: EmulatorDB):
     assert patched["id"] == inst["id"] and patched["name"] == "renamed" and patched["tags"] == ["a", "b"]
     patched = api.patch(f"/instances/{inst['id']}", json={"tags": ["z"]}).json()
     assert patched["tags"] == ["z"] and patched["name"] == "renamed"
-    patched = api.patch(f"/instances/{inst['id']}",
-                        json={"configuration": {"helpdesk.connectwise.company": "c2", "new.key": True}}).json()
+    merge = {"configuration": {"helpdesk.connectwise.company": "c2", "new.key": True}}
+    patched = api.patch(f"/instances/{inst['id']}", json=merge).json()
     assert patched["configuration"]["helpdesk.connectwise.company"] == "c2"
     assert patched["configuration"]["new.key"] == "true"
     raw = db.instances()[0]["configuration"]
@@ -798,7 +800,8 @@ def test_seeded_faults_are_reproducible(api: Client, emulator: Emulator):
 
 def test_concurrent_clients_smoke(tmp_path: Path):
     """Not a timing assertion: 16 keep-alive clients, 512 requests with latency, all succeed."""
-    emu = Emulator(tmp_path / "load.db", USER_SECRET, ORG_SECRET, faults=FaultConfig(latency_ms=2, jitter_ms=1))
+    faults = FaultConfig(latency_ms=2, jitter_ms=1)
+    emu = Emulator(tmp_path / "load.db", USER_SECRET, ORG_SECRET, faults=faults)
     emu.start()
     failures: list[str] = []
 

@@ -1,0 +1,281 @@
+"""Reliability: the real CLI against a misbehaving emulator over loopback.
+
+Every test applies a manifest through ``python -m provisioner`` while the emulator injects faults,
+then turns the faults off and checks the emulator's database: exactly the declared instances exist,
+each once, each owned by the stack; every token delivered is the server's; and no secret (the API
+secrets, the instance passwords, the tokens) shows up in anything the runs printed or wrote.
+
+Set RELIABILITY_FIGURES=/path/file.jsonl to have each fault scenario append its figures (runs
+needed, requests, retries, wall time) to that file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import requests
+from reliability_helpers import FAST_FLAGS, REPO_SCHEMAS, Harness, names
+
+from provisioner.emulator import FaultConfig
+
+OUT = "out/tokens.json"
+COUNT = 200
+MAX_RUNS = 3  # a faulted apply that exits 1 is run again (still faulted), at most this many times in all
+REQUEST_ID = re.compile(r"^[0-9a-f]{24}$")
+
+# Throttling is kept low on purpose: the shared rate budget halves the request rate on every 429
+# (floor 1 request/s, +1 request/s per second to recover), so at 30% throttling 200 instances take
+# about 170 s whatever the Retry-After. See the report for the figures.
+SCENARIOS = [
+    pytest.param({"error_rate": 0.3}, id="error-30%"),
+    pytest.param({"throttle_rate": 0.03, "retry_after": 0.1}, id="throttle-3%"),
+    pytest.param({"reset_rate": 0.3}, id="reset-30%"),
+    pytest.param({"lost_rate": 0.3}, id="lost-30%"),
+    pytest.param({"slow_rate": 0.3, "slow_ms": 1500}, id="slow-30%"),
+    # commits land after the settle delay: the lookup misses them, the create is sent again, and the
+    # final listing must delete the extra copies
+    pytest.param({"slow_rate": 0.3, "slow_ms": 3000}, id="slow-30%-commit-after-settle"),
+    pytest.param({"error_rate": 0.15, "reset_rate": 0.15, "lost_rate": 0.15, "slow_rate": 0.15,
+                  "throttle_rate": 0.02, "retry_after": 0.1, "slow_ms": 1500}, id="mixed"),
+]
+
+
+@pytest.fixture
+def h(tmp_path):
+    harness = Harness(tmp_path).start()
+    yield harness
+    harness.stop()
+
+
+def duplicates(h: Harness) -> dict[str, int]:
+    return {n: c for n, c in Counter(r["name"] for r in h.instances()).items() if c > 1}
+
+
+def record_figures(scenario: str, faults: FaultConfig, runs: list, seconds: float, h: Harness) -> None:
+    path = os.environ.get("RELIABILITY_FIGURES")
+    if not path:
+        return
+    docs = [doc for _run, doc in runs]
+    figures = {"scenario": scenario, "faults": faults.describe(), "instances": COUNT, "runs": len(runs),
+               "convergedFirstRun": runs[0][0].returncode == 0,
+               "failedFirstRun": docs[0]["status"]["failed"],
+               "requests": sum(d["requests"]["requests"] for d in docs),
+               "retries": sum(d["requests"]["retries"] for d in docs),
+               "serverRequests": len(h.db.requests()),
+               "duplicates": sum(c - 1 for c in duplicates(h).values()),
+               "notes": sum(len(d["notes"]) for d in docs), "seconds": round(seconds, 1)}
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(figures) + "\n")
+
+
+@pytest.mark.parametrize("faults", SCENARIOS)
+def test_a_faulted_apply_converges_with_no_duplicate_and_no_lost_token(h, faults, request):
+    config = FaultConfig(seed=20240611, **faults)
+    h.write_manifest(COUNT)
+    h.faults(config)
+    runs = []
+    for _ in range(MAX_RUNS):
+        run = h.run("apply", *FAST_FLAGS, "--outputs", OUT, "--output", "json", "-v")
+        doc = run.json()
+        runs.append((run, doc))
+        assert run.returncode in (0, 1), run.stderr[-3000:]
+        assert duplicates(h) == {}, "a run left duplicates behind"
+        # every token the run obtained is delivered, and is the server's, even when the run failed
+        h.assert_tokens_match(h.outputs_document())
+        if run.returncode == 0:
+            assert doc["ok"] is True and doc["status"] == {"ok": COUNT, "failed": 0, "skipped": 0}
+            break
+        failed = [c for c in doc["changes"] if c["status"] == "failed"]
+        assert failed and all(c["error"]["message"] for c in failed), doc["status"]
+        assert sorted(h.outputs_document()["instances"]) == sorted(
+            c["name"] for c in doc["changes"] if c["status"] == "ok")
+    assert run.returncode == 0, f"apply did not converge in {MAX_RUNS} faulted runs"
+    seconds = sum(r.seconds for r, _ in runs)
+    h.faults(None)
+    record_figures(request.node.callspec.id, config, runs, seconds, h)
+    h.assert_converged(names(COUNT))
+    plan = h.run("plan", "--detailed-exitcode")
+    assert plan.returncode == 0, plan.stdout[-2000:] + plan.stderr[-2000:]
+    assert h.leaks() == []
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "bug: when a name's last create was committed but its answer lost after the 5th round, the run "
+    "reports 'create outcome still unknown after 5 rounds' and the final duplicate check then deletes "
+    "that only copy ('deleted duplicate id 1 left by a retried create'): _dedupe_after_retries keeps "
+    "nothing for a name without an ok result"))
+def test_a_create_found_by_the_final_listing_is_kept_not_deleted_as_a_duplicate(h):
+    # seed 5302 gives, for one instance at parallelism 1: five creates refused before processing
+    # (reset/5xx) and a sixth committed with its answer lost
+    h.write_manifest(1)
+    h.faults(FaultConfig(reset_rate=0.3, error_rate=0.3, lost_rate=0.3, seed=5302))
+    run = h.run("apply", "--timeout", "1", "--connect-timeout", "1", "--settle", "0.3", "--parallelism", "1",
+                "--outputs", OUT, "-v")
+    h.faults(None)
+    posts = [r["fault"] for r in h.db.requests() if r["method"] == "POST"]
+    if not (len(posts) == 6 and posts[-1] == "lost" and set(posts[:-1]) <= {"reset", "error"}):
+        raise RuntimeError(f"fault sequence changed, the scenario needs a new seed: POST faults {posts}")
+    assert h.leaks() == []
+    rows = [r for r in h.instances() if r["name"] == "hd-0"]
+    assert len(rows) == 1, f"the committed instance was deleted; exit {run.returncode}; {run.stderr[-600:]}"
+
+
+def test_one_instance_the_server_refuses_does_not_stop_the_others(h):
+    """Schema drift: a local schema (--schemas) that no longer requires a key the server requires.
+    The server answers 400 for those instances; every other instance is created and delivered."""
+    lenient = h.work / "lenient"
+    lenient.mkdir()
+    schema = json.loads((REPO_SCHEMAS / "connectwisehd.json").read_text(encoding="utf-8"))
+    schema["required"].remove("helpdesk.connectwise.company")
+    (lenient / "connectwisehd.json").write_text(json.dumps(schema), encoding="utf-8")
+    refused = ["drift-a", "drift-b", "drift-c"]
+    h.write_manifest(60, extra="""\
+  - forEach: [a, b, c]
+    name: "drift-{{ item }}"
+    element: connectwisehd
+    configuration:
+      helpdesk.connectwise.username: api1
+      helpdesk.connectwise.password: "{{ env.CANARY_PW }}-drift-{{ item }}"
+      helpdesk.connectwise.server.url: api-na.myconnectwise.net
+""")
+    assert h.run("validate", "--schemas", "lenient").returncode == 0
+    h.faults(FaultConfig(error_rate=0.2, seed=7))  # the others also meet 5xx on the way
+    run = h.run("apply", "--schemas", "lenient", *FAST_FLAGS, "--settle", "0.5", "--outputs", OUT)
+    h.faults(None)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert f"{len(refused)} change(s) failed:" in run.stderr
+    for name in refused:
+        line = next(line for line in run.stderr.splitlines() if line.startswith(f"  {name}: "))
+        assert "Missing required configuration entries: helpdesk.connectwise.company" in line, line
+        request_id = re.search(r"\(requestId ([^)]*)\)$", line)
+        assert request_id and REQUEST_ID.match(request_id[1]), line
+    assert "60 created" in run.stdout and "3 failed" in run.stdout
+    assert sorted(r["name"] for r in h.instances()) == sorted(names(60))
+    h.assert_tokens_match(h.outputs_document())
+    assert sorted(h.outputs_document()["instances"]) == sorted(names(60))
+    # the same in JSON: each failure with its message, requestId and status
+    again = h.run("apply", "--schemas", "lenient", *FAST_FLAGS, "--outputs", OUT, "--output", "json", "-v")
+    assert again.returncode == 1
+    doc = again.json()
+    failed = {c["name"]: c["error"] for c in doc["changes"] if c["status"] == "failed"}
+    assert sorted(failed) == refused
+    assert all(e["httpStatus"] == 400 and REQUEST_ID.match(e["requestId"]) for e in failed.values())
+    assert len({e["requestId"] for e in failed.values()}) == len(refused)
+    assert doc["status"] == {"ok": 60, "failed": 3, "skipped": 0}
+    h.assert_converged(names(60))
+    assert h.leaks() == []
+
+
+def test_duplicates_made_behind_the_back_are_reported_and_prune_keeps_the_oldest(h):
+    h.write_manifest(3)
+    session = requests.Session()
+    session.headers["Authorization"] = f"User {h.user_secret}, Organization {h.org_secret}"
+    marker = f"provisioner:stack={h.stack}"
+
+    def create(name: str, company: str) -> int:
+        body = {"name": name, "element": {"key": "connectwisehd"}, "tags": ["helpdesk", marker],
+                "configuration": {"helpdesk.connectwise.username": "api1",
+                                  "helpdesk.connectwise.password": h.password(name),
+                                  "helpdesk.connectwise.server.url": "api-na.myconnectwise.net",
+                                  "helpdesk.connectwise.company": company}}
+        answer = session.post(h.emulator.url + "/instances", json=body, timeout=10)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["id"]
+
+    try:
+        oldest = {"hd-1": create("hd-1", "old-company"), "hd-2": create("hd-2", "acme")}
+        extra = [create("hd-1", "acme"), create("hd-1", "acme"), create("hd-2", "acme")]
+    finally:
+        session.close()
+    plan = h.run("plan")
+    assert plan.returncode == 0
+    for copy in extra:
+        assert re.search(rf"warning: hd-\d: duplicate instance id {copy} of id \d+", plan.stderr), plan.stderr
+    doc = h.run("plan", "--prune", "--output", "json").json()
+    deletes = sorted(c["id"] for c in doc["changes"] if c["action"] == "delete")
+    assert deletes == sorted(extra)
+    kept = h.run("apply", "--outputs", OUT)  # without --prune: reported, nothing deleted
+    assert kept.returncode == 0 and "duplicate" in kept.stderr
+    assert len(h.instances()) == 3 + len(extra)
+    pruned = h.run("apply", "--prune", "--outputs", OUT)
+    assert pruned.returncode == 0, pruned.stderr
+    rows = h.assert_converged(names(3))
+    assert {n: rows[n]["id"] for n in oldest} == oldest
+    assert rows["hd-1"]["configuration"]["helpdesk.connectwise.company"] == "acme"  # the oldest, updated
+    assert h.run("plan", "--detailed-exitcode").returncode == 0
+    assert h.leaks() == []
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "bug: with duplicates present, apply's outputs file delivers the token of the newest copy (its noop "
+    "result comes after the kept one's in instance_outputs and overwrites it), the copy --prune deletes; "
+    "'provisioner output' delivers the oldest"))
+def test_with_duplicates_present_apply_delivers_the_token_of_the_copy_it_keeps(h):
+    h.write_manifest(1)
+    assert h.run("apply").returncode == 0
+    first = h.instances()[0]
+    session = requests.Session()
+    session.headers["Authorization"] = f"User {h.user_secret}, Organization {h.org_secret}"
+    body = {"name": "hd-0", "element": {"key": "connectwisehd"}, "tags": first["tags"],
+            "configuration": first["configuration"]}
+    try:
+        assert session.post(h.emulator.url + "/instances", json=body, timeout=10).status_code == 200
+    finally:
+        session.close()
+    assert h.run("apply", "--outputs", OUT).returncode == 0
+    output = h.run("output")
+    assert json.loads(output.stdout)["instances"]["hd-0"]["id"] == first["id"]
+    assert h.leaks() == []
+    assert h.outputs_document()["instances"]["hd-0"]["id"] == first["id"], "apply delivered the duplicate"
+    assert h.run("apply", "--prune").returncode == 0
+    h.assert_converged(names(1))
+
+
+def test_a_password_full_of_syntax_reaches_the_server_byte_for_byte_and_is_never_shown(h):
+    c = h.pw_canary  # on every line: a secret may be printed line by line
+    tricky = f"{c}-'\"\\ {{{{ 7*7 }}}} {{% raw %}}\n{c}: - # ünïcødé 💥\r\n{c}-end"
+    (h.work / "templates").mkdir()
+    (h.work / "templates" / "body.yaml.j2").write_text(
+        "configuration:\n  helpdesk.connectwise.password: {{ env.TRICKY }}\n", encoding="utf-8")
+    h.write_manifest(1, extra="""\
+  - name: templated
+    element: connectwisehd
+    template: templates/body.yaml.j2
+    configuration:
+      helpdesk.connectwise.username: api1
+      helpdesk.connectwise.server.url: api-na.myconnectwise.net
+      helpdesk.connectwise.company: acme
+  - name: inline
+    element: connectwisehd
+    configuration:
+      helpdesk.connectwise.username: api1
+      helpdesk.connectwise.password: "{{ env.TRICKY }}"
+      helpdesk.connectwise.server.url: api-na.myconnectwise.net
+      helpdesk.connectwise.company: acme
+""")
+    env = {"TRICKY": tricky}
+    assert h.run("apply", "-v", "--outputs", OUT, env=env).returncode == 0
+    stored = {r["name"]: r["configuration"]["helpdesk.connectwise.password"] for r in h.instances()}
+    assert stored == {"hd-0": h.password("hd-0"), "templated": tricky, "inline": tricky}
+    assert h.run("plan", "--detailed-exitcode", "-v", env=env).returncode == 0
+    assert h.run("plan", "--output", "json", env=env).returncode == 0
+    changed = h.run("plan", env={"TRICKY": tricky + "2"})
+    assert "(sensitive) -> (sensitive)" in changed.stdout
+    assert h.leaks() == []
+
+
+def test_the_leak_search_finds_a_canary_and_a_token(h):
+    """The leak search itself works: it finds what it looks for."""
+    h.write_manifest(1)
+    assert h.run("apply", "--outputs", OUT).returncode == 0
+    token = h.instances()[0]["token"]
+    shutil.copy(h.outputs, h.work / "copy-of-outputs.json")
+    (h.tmp / "crash.log").write_text(f"{h.pw_canary}-0", encoding="utf-8")
+    assert sorted(h.leaks()) == sorted([f"canary {h.pw_canary} in tmp/crash.log", "a token in work/copy-of-outputs.json"])
+    assert token in Path(h.outputs).read_text(encoding="utf-8")

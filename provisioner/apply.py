@@ -237,24 +237,44 @@ class Applier:
         return found
 
     def _dedupe_after_retries(self, results: dict[int, ChangeResult]) -> list[str]:
-        """After a create was sent more than once for a name, delete extra copies this run made."""
+        """After a create was sent more than once for a name, list the stack once more: keep one copy
+        (the one whose token this run holds, else the oldest; a create whose outcome stayed unknown
+        is adopted here), delete the extra copies this run made. If that listing fails, those
+        changes fail: success is never reported while a copy may be left behind."""
         twice = {key for key, count in self._posted.items() if count > 1}
-        if not twice or self.stop.is_set():
+        if not twice or self.stop.is_set() or self.stop.wait(self.settings.settle_seconds):
             return []
-        if self.stop.wait(self.settings.settle_seconds):
-            return []
-        notes = []
-        kept = {(r.change.target, r.change.name): r.id for r in results.values() if r.status == "ok"}
+        notes: list[str] = []
+        creates = {(r.change.target, r.change.name): i for i, r in results.items()
+                   if r.change.action in ("create", "replace")}
         for target in sorted({t for t, _ in twice}):
+            mine = sorted(name for t, name in twice if t == target)
             try:
                 live = read_live(self.clients[target], self.plan.stack, owned_only=True)
             except (ApiError, TransportError, Interrupted) as exc:
-                notes.append(f"could not check target {target!r} for duplicate creates: {exc}")
+                for name in mine:
+                    index = creates[(target, name)]
+                    results[index] = ChangeResult(results[index].change, "failed", error=(
+                        f"could not check for a copy left by a retried create ({exc}); "
+                        "run apply --prune to remove any"))
                 continue
-            for instance in live:
-                key = (target, instance.name)
-                if key in twice and (target, instance.id) not in self._known_ids and instance.id != kept.get(key):
-                    notes.append(self._delete_extra(target, instance))
+            copies: dict[str, list[LiveInstance]] = {}
+            for instance in sorted(live, key=lambda i: i.age_key):
+                if instance.name in mine and (target, instance.id) not in self._known_ids:
+                    copies.setdefault(instance.name, []).append(instance)
+            for name, found in copies.items():
+                notes.extend(self._keep_one(target, found, creates[(target, name)], results))
+        return notes
+
+    def _keep_one(self, target: str, found: list[LiveInstance], index: int,
+                  results: dict[int, ChangeResult]) -> list[str]:
+        result = results[index]
+        keep = next((c for c in found if result.status == "ok" and c.id == result.id), found[0])
+        notes = []
+        if result.status != "ok" or result.id != keep.id:
+            results[index] = ChangeResult(result.change, "ok", id=keep.id, token=keep.token)
+            notes.append(f"{keep.name}: the create was found by a final listing (id {keep.id})")
+        notes.extend(self._delete_extra(target, extra) for extra in found if extra is not keep)
         return notes
 
     def _delete_extra(self, target: str, instance: LiveInstance) -> str:

@@ -84,8 +84,7 @@ def _api_options(f: Callable) -> Callable:
 
 def _plan_options(f: Callable) -> Callable:
     options = [
-        click.option("--prune", is_flag=True, help="Delete instances the stack owns that are no longer declared, "
-                     "and extra copies of duplicated instances."),
+        click.option("--prune", is_flag=True, help="Delete instances the stack owns that are no longer declared."),
         click.option("--allow-replace", is_flag=True,
                      help="Allow replacing an instance whose element changed (its token changes)."),
         click.option("--force", is_flag=True, help="Allow --prune with a manifest that declares no instance."),

@@ -154,7 +154,8 @@ def instance_outputs(validated: Validated, result: ApplyResult | None, connectio
     if result is not None:
         for r in result.results:
             key = (r.change.target, r.change.name)
-            if key in declared and r.status == "ok" and r.change.action != "delete" and r.id is not None:
+            identity = r.change.desired is not None  # not an extra copy of a duplicated instance
+            if identity and key in declared and r.status == "ok" and r.change.action != "delete" and r.id is not None:
                 entries[r.change.name] = {"id": r.id, "element": declared[key].element, "token": r.token,
                                           "_target": r.change.target}
     if live is not None:

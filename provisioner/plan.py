@@ -6,8 +6,9 @@ each with its reason and field diff. Every noop says why. It does no I/O; ``appl
 and does nothing else.
 
 Identity is the stack marker plus the name. A live instance with a declared name but no marker
-belongs to someone else: a conflict, never touched. Two owned instances with one name are
-duplicates: the oldest is kept, the others are deleted by ``--prune`` and reported otherwise.
+belongs to someone else: a conflict, never touched. Two owned instances with a declared name are
+duplicates: the oldest is kept and the others are deleted. Owned instances the manifest no longer
+declares are deleted only with ``--prune``.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def _plan_target(stack: str, target: str, desired: list[DesiredInstance], live: 
         matches = sorted(owned.get(instance.name, []), key=lambda i: i.age_key)
         if matches:
             changes.append(_compare(instance, matches[0], registry, fp, options))
-            changes.extend(_duplicates(matches, target, options))
+            changes.extend(_duplicates(matches, target))
         elif instance.name in foreign:
             other = foreign[instance.name]
             changes.append(Change(
@@ -151,18 +152,14 @@ def _compare(instance: DesiredInstance, live: LiveInstance, registry: ElementReg
     return Change("update", reason="tags differ", diff=diffs, method="PATCH", **common)
 
 
-def _duplicates(matches: list[LiveInstance], target: str, options: PlanOptions) -> list[Change]:
+def _duplicates(matches: list[LiveInstance], target: str) -> list[Change]:
+    """Extra copies of a declared instance (left by a crash or another tool) are the same instance
+    by identity: the oldest is kept, and its token is the one delivered; the others are deleted, so
+    an interrupted run always converges to exactly one copy."""
     keep = matches[0]
-    changes = []
-    for extra in matches[1:]:
-        common = {"name": extra.name, "target": target, "element": extra.element, "id": extra.id, "live": extra}
-        reason = f"duplicate of id {keep.id} (the oldest is kept)"
-        if options.prune:
-            changes.append(Change("delete", reason=reason, **common))
-        else:
-            changes.append(Change("noop", reason=reason + "; apply --prune deletes it",
-                                  warning=f"duplicate instance id {extra.id} of id {keep.id}", **common))
-    return changes
+    return [Change("delete", extra.name, target, extra.element, f"duplicate of id {keep.id} (the oldest is kept)",
+                   id=extra.id, live=extra, warning=f"duplicate instance id {extra.id} of id {keep.id}")
+            for extra in matches[1:]]
 
 
 def _undeclared(instance: LiveInstance, target: str, options: PlanOptions) -> Change:

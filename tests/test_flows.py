@@ -162,17 +162,19 @@ def test_prune_with_no_declared_instance_is_refused_unless_forced(cli, db):
     assert db.instances() == []
 
 
-def test_duplicates_are_reported_and_prune_keeps_the_oldest(cli, db, api):
+def test_duplicates_of_a_declared_instance_are_deleted_keeping_the_oldest(cli, db, api):
     manifest = write(cli.cwd, "m.yaml", manifest_text(count=1))
     assert cli.run("apply", manifest).returncode == 0
     original = db.instances()[0]
     copy = {"name": original["name"], "element": {"key": "connectwisehd"}, "tags": original["tags"],
             "configuration": original["configuration"]}
     assert api("POST", "/instances", json=copy).status_code == 200
-    plan = cli.run("plan", manifest)
-    assert plan.returncode == 0 and "duplicate" in plan.stderr
-    assert cli.run("apply", manifest, "--prune").returncode == 0
+    plan = cli.run("plan", manifest, "--detailed-exitcode")
+    assert plan.returncode == 2 and "duplicate" in plan.stderr
+    assert "Plan: 0 to create, 0 to update, 0 to replace, 1 to delete" in plan.stdout
+    assert cli.run("apply", manifest, "--outputs", "out.json").returncode == 0
     assert [r["id"] for r in db.instances()] == [original["id"]]
+    assert json.loads((cli.cwd / "out.json").read_text())["instances"]["helpdesk-0"]["token"] == original["token"]
 
 
 def test_element_change_needs_allow_replace_and_then_rotates_the_token(cli, db, tmp_path):

@@ -183,7 +183,7 @@ def _checked(name: str, body: dict, entry: YDict, template_name: Any, manifest: 
         for key in schema.secret_keys & set(configuration):  # masked in any message from here on
             REDACTOR.add(configuration[key])
         locate = _config_locator(entry, template_name, manifest, name, here)
-        errors = schema.validator.iter_errors(dict(configuration))
+        errors = schema.iter_errors(dict(configuration))
         found = problems_from_errors(errors, locate, schema.secret_keys, prefix="configuration")
         problems.extend(renderer.scrub(p) for p in found)  # values from the environment are never echoed
     if len(problems) > before or schema is None:

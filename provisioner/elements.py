@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from typing import Any
 
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+from jsonschema.exceptions import SchemaError, ValidationError
 
 from .errors import Location, Problem
 
@@ -57,6 +58,50 @@ class ElementSchema:
     @cached_property
     def defaults(self) -> dict[str, Any]:
         return {k: p["default"] for k, p in self.properties.items() if isinstance(p, dict) and "default" in p}
+
+    def iter_errors(self, configuration: dict) -> Iterator[ValidationError]:
+        """Every schema error of one configuration.
+
+        Object-level rules (required keys, unknown keys, if/then/else) are checked on every call;
+        each property value is checked against its own subschema once per distinct value: across a
+        forEach most values repeat (a server URL, a company, a password), and jsonschema need not be
+        asked the same question 10,000 times."""
+        if not self.properties:
+            yield from self.validator.iter_errors(configuration)
+            return
+        yield from self._object_validator.iter_errors(configuration)
+        for key, value in configuration.items():
+            if key not in self.properties:
+                continue
+            memo = (key, value) if isinstance(value, (str, int, float, bool, type(None))) else None
+            if memo is not None and memo in self._valid_values:
+                continue
+            errors = list(self._property_validator(key).iter_errors(value))
+            for error in errors:
+                error.path.appendleft(key)
+                yield error
+            if not errors and memo is not None and len(self._valid_values) < 100_000:
+                self._valid_values.add(memo)
+
+    @cached_property
+    def _object_validator(self) -> Draft202012Validator:
+        object_only = {**self.schema, "properties": dict.fromkeys(self.properties, True)}
+        return Draft202012Validator(object_only)
+
+    def _property_validator(self, key: str) -> Draft202012Validator:
+        validator = self._property_validators.get(key)
+        if validator is None:
+            validator = self.validator.evolve(schema=self.properties[key])
+            self._property_validators[key] = validator
+        return validator
+
+    @cached_property
+    def _property_validators(self) -> dict[str, Draft202012Validator]:
+        return {}
+
+    @cached_property
+    def _valid_values(self) -> set[tuple]:
+        return set()
 
     def accepts_key(self, reported: str | None) -> bool:
         """Whether an instance the API reports with element key ``reported`` is of this element."""

@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .apply import Applier, ApplyResult, ApplySettings, ChangeResult
@@ -78,7 +78,17 @@ _ENTRY = re.compile(r"^instances\[(\d+)\]")
 
 
 def _sorted(problems: list[Problem]) -> list[Problem]:
-    return sorted(problems, key=lambda p: (p.location.file or "", p.location.line or 0))
+    """By file and line, and the same problem of many forEach items once, with a count."""
+    first: dict[tuple, Problem] = {}
+    count: dict[tuple, int] = {}
+    for problem in problems:
+        loc = problem.location
+        key = (loc.file, loc.line, loc.template, loc.template_line, loc.path, problem.message, problem.hint)
+        first.setdefault(key, problem)
+        count[key] = count.get(key, 0) + 1
+    merged = [p if count[k] == 1 else replace(p, message=f"{p.message} (and {count[k] - 1} more instances)")
+              for k, p in first.items()]
+    return sorted(merged, key=lambda p: (p.location.file or "", p.location.line or 0))
 
 
 @dataclass

@@ -153,6 +153,7 @@ class Renderer:
         self._expressions: dict[str, Any] = {}
         self._fast: dict[str, list | None] = {}
         self._scrub_values: list[str] | None = None
+        self._invariant: dict[str, Any] = {}
 
     def context(self, item: Any = jinja2.utils.missing) -> dict[str, Any]:
         scope = {"env": self.env, "inputs": self.inputs}
@@ -194,6 +195,15 @@ class Renderer:
         fast = self._fast_value(raw, scope)
         if fast is not _MISSING:
             return fast
+        if "item" not in raw:  # env and inputs are fixed for the run: same text, same value
+            cached = self._invariant.get(raw, _MISSING)
+            if cached is _MISSING:
+                cached = self._render_string(raw, scope, where)
+                self._invariant[raw] = cached
+            return cached
+        return self._render_string(raw, scope, where)
+
+    def _render_string(self, raw: str, scope: dict[str, Any], where: Location) -> Any:
         match = _SINGLE_EXPRESSION.match(raw)
         try:
             if match and "{{" not in match["expr"] and "}}" not in match["expr"]:

@@ -256,7 +256,7 @@ class Applier:
                     index = creates[(target, name)]
                     results[index] = ChangeResult(results[index].change, "failed", error=(
                         f"could not check for a copy left by a retried create ({exc}); "
-                        "run apply --prune to remove any"))
+                        "run apply again to remove any"))
                 continue
             copies: dict[str, list[LiveInstance]] = {}
             for instance in sorted(live, key=lambda i: i.age_key):

@@ -71,8 +71,11 @@ def _items(entry: YDict, renderer: Renderer, limits: Limits, where: Location, pr
     if isinstance(items, Mapping):
         items = [{"key": k, "value": v} for k, v in items.items()]
     if not isinstance(items, list):
-        problems.append(Problem(f"forEach must give a list, got {type(items).__name__}", at,
-                                "point it at a list, e.g. forEach: \"{{ inputs.customers }}\""))
+        hint = "point it at a list, e.g. forEach: \"{{ inputs.customers }}\""
+        if callable(items):  # inputs.items, inputs.keys ... are mapping methods in Jinja
+            hint = "that name is a method of the mapping; write it with brackets, e.g. inputs['items']"
+        kind = "a method" if callable(items) else type(items).__name__
+        problems.append(Problem(f"forEach must give a list, got {kind}", at, hint))
         return []
     if len(items) > limits.max_foreach:
         problems.append(Problem(f"forEach gives {len(items)} items, over the limit of {limits.max_foreach}", at,

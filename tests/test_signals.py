@@ -40,13 +40,21 @@ def wait_for_instances(h: Harness, proc, at_least: int, limit: float = 30) -> No
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize(("signum", "code", "output"), [
-    pytest.param(signal.SIGTERM, 143, "text", id="SIGTERM"),
-    pytest.param(signal.SIGINT, 130, "json", id="SIGINT"),
+QUIET = FaultConfig(latency_ms=50)
+# 5xx, resets and answers lost after the commit: a lost create in flight at the signal exists on the
+# server without the run knowing it, and the next apply must adopt it, not create it again
+FAULTY = FaultConfig(latency_ms=50, error_rate=0.15, reset_rate=0.15, lost_rate=0.15, seed=5)
+
+
+@pytest.mark.parametrize(("signum", "code", "output", "faults"), [
+    pytest.param(signal.SIGTERM, 143, "text", QUIET, id="SIGTERM"),
+    pytest.param(signal.SIGINT, 130, "json", QUIET, id="SIGINT"),
+    pytest.param(signal.SIGTERM, 143, "json", FAULTY, id="SIGTERM-faults"),
 ])
-def test_a_signal_stops_new_requests_delivers_what_was_done_and_the_next_apply_converges(h, signum, code, output):
+def test_a_signal_stops_new_requests_delivers_what_was_done_and_the_next_apply_converges(
+        h, signum, code, output, faults):
     h.write_manifest(COUNT)
-    h.faults(FaultConfig(latency_ms=50))
+    h.faults(faults)
     args = ("apply", *FLAGS, "-v", *(("--output", "json") if output == "json" else ()))
     started = time.monotonic()
     proc = h.popen(*args)
@@ -59,16 +67,18 @@ def test_a_signal_stops_new_requests_delivers_what_was_done_and_the_next_apply_c
     late = h.requests_started_after(moment)
     assert len(late) <= PARALLELISM, late
     assert all(r["start"] < moment + 0.5 for r in late), late
-    # everything that was created is delivered, with the server's token, and nothing more
+    # what the run created is delivered with the server's tokens (all of it, unless an answer was lost)
     created = sorted(r["name"] for r in h.instances())
     assert 20 <= len(created) < COUNT
     document = h.outputs_document()
-    assert sorted(document["instances"]) == created
     h.assert_tokens_match(document)
+    if faults is QUIET:
+        assert sorted(document["instances"]) == created
     if output == "json":
         doc = run.json()
         assert doc["interrupted"] == signum and doc["ok"] is False
-        assert doc["status"]["ok"] == len(created) and doc["status"]["skipped"] == COUNT - len(created)
+        assert doc["status"]["ok"] == len(document["instances"])
+        assert doc["status"]["skipped"] + doc["status"]["failed"] == COUNT - len(document["instances"])
     else:
         assert f"interrupted by signal {signum}" in run.stderr
     h.faults(None)
@@ -103,10 +113,6 @@ def test_sigkill_at_a_random_moment_then_apply_converges_and_every_token_is_retr
     assert h.leaks() == []
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug: SIGTERM while apply waits to check for extra copies of a retried create skips the check "
-    "(_dedupe_after_retries returns when the stop flag is set), and a later apply without --prune only "
-    "warns 'duplicate instance id 2 of id 1': the extra copy is never removed"))
 def test_an_apply_interrupted_before_its_duplicate_check_still_converges_with_no_duplicate(h):
     # seed 19, one instance, parallelism 1: listing ok; create slow (times out at 1 s, committed at
     # 3.5 s); lookup at 3 s finds nothing; the create is sent again and succeeds. The duplicate check
@@ -124,7 +130,9 @@ def test_an_apply_interrupted_before_its_duplicate_check_still_converges_with_no
     if run.returncode != 143 or len(h.instances()) != 2:
         raise RuntimeError(f"scenario not reproduced (exit {run.returncode}, {len(h.instances())} copies): "
                            f"{run.stderr[-1000:]}")
+    # the next apply deletes the copy the interrupted run could not check for, and keeps the oldest
+    oldest = min(r["id"] for r in h.instances())
     again = h.run("apply", "--outputs", OUT)
     assert again.returncode == 0, again.stderr
+    assert h.assert_converged(names(1))["hd-0"]["id"] == oldest
     assert h.leaks() == []
-    h.assert_converged(names(1))

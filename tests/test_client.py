@@ -236,7 +236,7 @@ def test_post_to_closed_port_is_retried_then_unambiguous(lines):
             cli.create_instance({"name": "crm"})
     assert info.value.ambiguous is False
     assert info.value.message == "connection refused"
-    assert isinstance(info.value.__cause__, requests.exceptions.ConnectionError)
+    assert isinstance(info.value.__cause__, urllib3.exceptions.NewConnectionError)
     assert len(lines) == 3 and cli.stats.as_dict()["byStatus"] == {"error": 3}
 
 

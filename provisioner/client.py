@@ -9,7 +9,7 @@ parsed JSON or a ``ProvisionerError``.
 Two rules come first:
 
 * Secrets never leave except on the wire. The Authorization header is built from ``Secret.reveal()``
-  in a requests auth hook, request bodies reveal ``Secret`` values only when serialised, and every
+  for each request, request bodies reveal ``Secret`` values only when serialised, and every
   trace line and error message goes through ``REDACTOR.redact``; none of them ever contains headers
   or bodies.
 * A create is never repeated blindly. ``POST /instances`` is retried only when the request certainly
@@ -35,8 +35,6 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import requests
-import requests.adapters
-import requests.auth
 import urllib3.exceptions
 
 from . import __version__
@@ -98,17 +96,13 @@ class _TransportFailure(TransportError):
         self.retryable = retryable
 
 
-class _ElementsAuth(requests.auth.AuthBase):
-    """Sets ``Authorization: User <u>, Organization <o>`` on each request. Being an explicit auth
-    also stops requests from replacing the header with ~/.netrc credentials."""
+class _ElementsAuth:
+    """Builds ``Authorization: User <u>, Organization <o>``; the secrets are revealed only here,
+    for the header of each request."""
 
     def __init__(self, user_secret: Secret, organization_secret: Secret):
         self._user = user_secret
         self._organization = organization_secret
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = self.header()
-        return request
 
     def header(self) -> str:
         return f"User {self._user.reveal()}, Organization {self._organization.reveal()}"
@@ -131,7 +125,7 @@ class Client:
         self._trace = trace
         self._stop = stop
         auth = _ElementsAuth(Secret(user_secret), Secret(organization_secret))
-        self._session = _make_session(settings, auth, self._base)
+        self._session = _Transport(settings, auth, self._base)
 
     # -- context management -----------------------------------------------------------------
 
@@ -276,7 +270,7 @@ class Client:
             return failure, _ms_since(t0)
         return self._read_response(response, method, shown, raw), _ms_since(t0)
 
-    def _read_response(self, response: requests.Response, method: str, shown: str,
+    def _read_response(self, response: _Answer, method: str, shown: str,
                        raw: bool = False) -> _Reply | ApiError:
         """Map an HTTP answer onto a _Reply or an ApiError; feed the rate budget."""
         status = response.status_code
@@ -327,13 +321,6 @@ def _check_base_url(base_url: str) -> str:
     return url
 
 
-def _make_session(settings: ClientSettings, auth: _ElementsAuth, base_url: str) -> _Transport:
-    """A keep-alive pool of ``parallelism`` connections (blocking when all are busy), no retries below
-    ours, redirects not followed, TLS verified. Proxy and CA-bundle settings from the environment
-    (as requests reads them) are resolved once here; ~/.netrc is never consulted."""
-    return _Transport(settings, auth, base_url)
-
-
 class _Answer:
     """The parts of an HTTP answer the client reads (the body is read in full)."""
 
@@ -348,7 +335,10 @@ class _Answer:
 
 class _Transport:
     """Sends one request with urllib3, requests' own transport, without requests' per-request
-    session merging (a third of the client's CPU per create at 1,000 creates)."""
+    session merging (a third of the client's CPU per create at 1,000 creates). A keep-alive pool of
+    ``parallelism`` connections (blocking when all are busy), no retries below ours, redirects not
+    followed, TLS verified. Proxy and CA-bundle settings from the environment (as requests reads
+    them) are resolved once here; ~/.netrc is never consulted."""
 
     def __init__(self, settings: ClientSettings, auth: _ElementsAuth, base_url: str):
         self._auth = auth
@@ -426,7 +416,7 @@ def _json_kind(value: Any) -> str:
 
 # -- helpers: HTTP errors -----------------------------------------------------------------------
 
-def _api_error(response: requests.Response, method: str, shown: str) -> ApiError:
+def _api_error(response: _Answer, method: str, shown: str) -> ApiError:
     """The ApiError subclass for a non-2xx answer, with the API's message and requestId."""
     status = response.status_code
     raw, message, request_id = _error_details(response)
@@ -439,7 +429,7 @@ def _api_error(response: requests.Response, method: str, shown: str) -> ApiError
     return error
 
 
-def _error_details(response: requests.Response) -> tuple[str, str, str | None]:
+def _error_details(response: _Answer) -> tuple[str, str, str | None]:
     """(raw API message, shown message, requestId from the body) of an error answer."""
     try:
         body = json.loads(response.content) if response.content else None
@@ -459,7 +449,7 @@ def _error_details(response: requests.Response) -> tuple[str, str, str | None]:
     return raw, REDACTOR.redact(_cut(message)), request_id
 
 
-def _header_request_id(response: requests.Response) -> str | None:
+def _header_request_id(response: _Answer) -> str | None:
     return response.headers.get(REQUEST_ID_HEADER) or None
 
 

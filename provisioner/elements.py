@@ -25,6 +25,10 @@ from jsonschema.exceptions import SchemaError, ValidationError
 
 from .errors import Location, Problem
 
+# Object-level keywords whose verdict depends only on which keys are present (x-* are annotations).
+_SHAPE_KEYWORDS = frozenset({"$schema", "$id", "$comment", "title", "description", "x-provisioner", "type",
+                             "properties", "required", "additionalProperties", "minProperties", "maxProperties"})
+
 
 def builtin_schemas() -> Any:
     """The built-in schemas directory: packaged as provisioner.schemas, or schemas/ in a checkout."""
@@ -69,7 +73,12 @@ class ElementSchema:
         if not self.properties:
             yield from self.validator.iter_errors(configuration)
             return
-        yield from self._object_validator.iter_errors(configuration)
+        shape = frozenset(configuration) if self._shape_only else None
+        if shape is None or shape not in self._valid_shapes:
+            errors = list(self._object_validator.iter_errors(configuration))
+            yield from errors
+            if not errors and shape is not None and len(self._valid_shapes) < 10_000:
+                self._valid_shapes.add(shape)
         for key, value in configuration.items():
             if key not in self.properties:
                 continue
@@ -82,6 +91,16 @@ class ElementSchema:
                 yield error
             if not errors and memo is not None and len(self._valid_values) < 100_000:
                 self._valid_values.add(memo)
+
+    @cached_property
+    def _shape_only(self) -> bool:
+        """Do the object-level rules look at the key set alone (required, additionalProperties: false,
+        ...), never at values (if/then/else, dependentSchemas, ...)? Then one answer per key set."""
+        return set(self.schema) <= _SHAPE_KEYWORDS and isinstance(self.schema.get("additionalProperties", True), bool)
+
+    @cached_property
+    def _valid_shapes(self) -> set[frozenset]:
+        return set()
 
     @cached_property
     def _object_validator(self) -> Draft202012Validator:

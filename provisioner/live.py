@@ -6,7 +6,7 @@ never sees raw JSON. Tokens become ``Secret``s the moment they are read.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -15,7 +15,7 @@ from .secret import Secret
 
 
 class InstanceReader(Protocol):
-    def list_instances(self, tags: tuple[str, ...] | list[str] = ()) -> list[dict]: ...
+    def instance_pages(self, tags: tuple[str, ...] | list[str] = ()) -> Iterator[list]: ...
 
     def get_instance(self, instance_id: int | str) -> dict: ...
 
@@ -67,8 +67,8 @@ def _numeric(value: Any) -> Any:
 def read_live(client: InstanceReader, stack: str, owned_only: bool = False) -> list[LiveInstance]:
     """All instances of the target (or only those the stack owns), with configuration filled in."""
     marker = stack_marker(stack)
-    raw = client.list_instances(tags=(marker,) if owned_only else ())
-    instances = [LiveInstance.from_api(item) for item in raw if isinstance(item, Mapping)]
+    instances = [LiveInstance.from_api(item) for page in client.instance_pages(tags=(marker,) if owned_only else ())
+                 for item in page if isinstance(item, Mapping)]
     if owned_only:  # the server's tag filter is trusted only as far as we check it
         instances = [i for i in instances if i.owned_by(stack)]
     return [_hydrated(client, i) if i.configuration is None and i.owned_by(stack) else i for i in instances]

@@ -9,9 +9,6 @@ from __future__ import annotations
 import time
 from typing import IO, Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
 
 class ProgressReporter:
     """Counts finished changes; shows them as a bar (terminal) or periodic lines (no terminal)."""
@@ -26,13 +23,23 @@ class ProgressReporter:
         self.errors = 0
         self.started = time.monotonic()
         self._last_line = self.started
-        self._bar: Progress | None = None
+        self._bar: Any = None  # a rich Progress, imported only when there is a terminal to draw on
         self._task: Any = None
         self.enabled = enabled and total > 0
         self.terminal = bool(getattr(stream, "isatty", lambda: False)())
 
     def __enter__(self) -> ProgressReporter:
         if self.enabled and self.terminal:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
             console = Console(file=self.stream, stderr=True)
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TaskProgressColumn(), TextColumn("{task.fields[rate]:.0f}/s"),

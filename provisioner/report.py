@@ -2,7 +2,8 @@
 
 Each writes to the streams it is given: results on stdout, problems and logs on stderr. Every byte
 passes through the redactor on its way out. The JSON document is versioned (``formatVersion: 1``)
-and is the only thing on stdout in JSON mode.
+and is the only thing on stdout in JSON mode. Colour comes from rich, on a terminal only; rich is not
+even imported otherwise (a pipeline's run starts faster), and text is never read as markup or emoji.
 """
 
 from __future__ import annotations
@@ -11,9 +12,6 @@ import io
 import json
 from collections.abc import Iterable
 from typing import IO, Any
-
-from rich.console import Console
-from rich.markup import escape
 
 from .apply import ApplyResult, ChangeResult
 from .diff import FieldDiff
@@ -47,6 +45,38 @@ class RedactingWriter(io.TextIOBase):
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return getattr(self._stream, "encoding", "utf-8") or "utf-8"
+
+
+class StyledStream:
+    """One output stream: rich styling on a terminal, plain redacted lines otherwise."""
+
+    def __init__(self, stream: IO[str]):
+        self.raw = RedactingWriter(stream)
+        self._console: Any = None
+        if self.raw.isatty():
+            from rich.console import Console
+
+            self._console = Console(file=self.raw, highlight=False, soft_wrap=True, markup=False, emoji=False)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self._console is not None
+
+    def print(self, text: str, style: str | None = None) -> None:
+        if self._console is not None:
+            self._console.print(text, style=style)
+        else:
+            self.raw.write(text + "\n")
+            self.raw.flush()
+
+    def lines(self, lines: list[tuple[str, str]]) -> None:
+        """Many (style, text) lines: styled on a terminal, else one write (a 10,000-line plan stays fast)."""
+        if self._console is not None:
+            for style, text in lines:
+                self._console.print(text, style=style or None)
+        elif lines:
+            self.raw.write("\n".join(text for _, text in lines) + "\n")
+            self.raw.flush()
 
 
 def change_json(change: Change) -> dict[str, Any]:
@@ -110,20 +140,19 @@ class TextReporter:
     """Readable output: a diff per instance and a summary line; colour only on a terminal."""
 
     def __init__(self, out: IO[str], err: IO[str], verbose: bool = False):
-        self._raw_out = RedactingWriter(out)
-        self.out = Console(file=self._raw_out, highlight=False, soft_wrap=True)
-        self.err = Console(file=RedactingWriter(err), highlight=False, soft_wrap=True)
+        self.out = StyledStream(out)
+        self.err = StyledStream(err)
         self.verbose = verbose
 
     def validated(self, manifest: str, count: int, problems: Iterable[Problem]) -> None:
         for problem in problems:
-            self.err.print(escape("warning: " + problem.format()))
-        self.out.print(escape(f"{manifest}: valid ({count} instance{'s' if count != 1 else ''})"))
+            self.err.print("warning: " + problem.format())
+        self.out.print(f"{manifest}: valid ({count} instance{'s' if count != 1 else ''})")
 
     def problems(self, command: str, problems: Iterable[Problem]) -> None:
         problems = list(problems)
         for problem in problems:
-            self.err.print(escape(f"{problem.severity}: {problem.format()}"), style="red" if
+            self.err.print(f"{problem.severity}: {problem.format()}", style="red" if
                            problem.severity == "error" else "yellow")
         errors = sum(1 for p in problems if p.severity == "error")
         self.err.print(f"{errors} problem{'s' if errors != 1 else ''} found; nothing was sent to the API.")
@@ -133,55 +162,46 @@ class TextReporter:
         for change in plan.changes:
             if change.action != "noop" or change.warning or self.verbose:
                 lines.extend(_change_lines(change))
-        self._lines(lines)
+        self.out.lines(lines)
         for warning in plan.warnings:
-            self.err.print(escape(f"warning: {warning}"), style="yellow")
+            self.err.print(f"warning: {warning}", style="yellow")
         counts = plan.counts()
         line = (f"Plan: {counts['create']} to create, {counts['update']} to update, {counts['replace']} to replace, "
                 f"{counts['delete']} to delete")
         extra = [f"{counts['noop']} unchanged"] + ([f"{counts['conflict']} conflict(s)"] if counts["conflict"] else [])
-        self.out.print(escape(f"{line} ({', '.join(extra)})."))
+        self.out.print(f"{line} ({', '.join(extra)}).")
         if not plan.has_changes and not plan.has_conflicts:
             self.out.print("No changes: the instances match the manifest.")
-
-    def _lines(self, lines: list[tuple[str, str]]) -> None:
-        """Styled lines on a terminal; otherwise one plain write (a 10,000-instance plan stays fast)."""
-        if self.out.is_terminal:
-            for style, text in lines:
-                self.out.print(escape(text), style=style or None)
-        elif lines:
-            self._raw_out.write("\n".join(text for _, text in lines) + "\n")
-            self._raw_out.flush()
 
     def applied(self, result: ApplyResult, stats: dict[str, Any], command: str = "apply",
                 outputs: str | None = None) -> None:
         writes = [r for r in result.results if r.change.is_write or r.change.action == "conflict"]
-        self._lines([_result_line(r) for r in writes
+        self.out.lines([_result_line(r) for r in writes
                      if r.status != "ok" or self.verbose or len(writes) <= LIST_LIMIT])
         for warning in result.plan.warnings:
-            self.err.print(escape(f"warning: {warning}"), style="yellow")
+            self.err.print(f"warning: {warning}", style="yellow")
         for note in result.notes:
-            self.err.print(escape(f"note: {note}"))
-        self.out.print(escape(_apply_summary(result, stats, command)))
+            self.err.print(f"note: {note}")
+        self.out.print(_apply_summary(result, stats, command))
         if outputs:
-            self.out.print(escape(f"Outputs written to {outputs} (mode 0600)."))
+            self.out.print(f"Outputs written to {outputs} (mode 0600).")
         failed = [r for r in result.results if r.status == "failed"]
         if failed:
             self.err.print(f"{len(failed)} change(s) failed:", style="red")
             for r in failed:
                 request = f" (requestId {r.request_id})" if r.request_id else ""
-                self.err.print(escape(f"  {r.change.name}: {r.error}{request}"))
+                self.err.print(f"  {r.change.name}: {r.error}{request}")
         if result.aborted:
-            self.err.print(escape(f"stopped: {result.aborted}"), style="red")
+            self.err.print(f"stopped: {result.aborted}", style="red")
         if result.interrupted:
             self.err.print(f"interrupted by signal {result.interrupted}: no new request was started; "
                            "run apply again to converge.", style="yellow")
 
     def error(self, command: str, message: str, hint: str | None = None) -> None:
-        self.err.print(escape(f"error: {message}" + (f" (hint: {hint})" if hint else "")), style="red")
+        self.err.print(f"error: {message}" + (f" (hint: {hint})" if hint else ""), style="red")
 
     def info(self, text: str) -> None:
-        self.err.print(escape(text))
+        self.err.print(text)
 
 
 def _change_lines(change: Change) -> list[tuple[str, str]]:

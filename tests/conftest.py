@@ -42,7 +42,8 @@ class Cli:
         try:
             return proc.returncode, json.loads(proc.stdout)
         except json.JSONDecodeError:
-            raise AssertionError(f"stdout is not JSON (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from None
+            raise AssertionError(
+                f"stdout is not JSON (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from None
 
 
 @pytest.fixture
@@ -69,7 +70,8 @@ def base_env() -> dict:
 def cli(emulator, tmp_path) -> Cli:
     work = tmp_path / "work"
     work.mkdir()
-    env = {**base_env(), "CE_API_URL": emulator.url, "CE_USER_SECRET": USER_SECRET, "CE_ORGANIZATION_SECRET": ORG_SECRET}
+    env = {**base_env(), "CE_API_URL": emulator.url, "CE_USER_SECRET": USER_SECRET,
+           "CE_ORGANIZATION_SECRET": ORG_SECRET}
     return Cli(work, env)
 
 

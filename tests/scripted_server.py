@@ -11,13 +11,17 @@ gives the server a script, a list of steps consumed one per request, in arrival 
 * a callable ``step(received) -> step``: decide from the request (e.g. paging by token).
 
 When the script runs out the ``default`` step answers. Every request is recorded as a
-``Received`` (method, path, query, headers, body, arrival time), in ``server.requests``.
+``Received`` (method, path, query, headers, body, arrival time, raw request target), in
+``server.requests``. ``ScriptedServer(tls=context)`` serves HTTPS (test certificates in ``tls/``).
+``TunnelProxy`` is a CONNECT proxy for testing HTTPS through a proxy.
 """
 
 from __future__ import annotations
 
 import json
+import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -69,6 +73,7 @@ class Received:
     headers: dict[str, str]   # lower-case names
     body: bytes
     time: float               # time.monotonic() at arrival
+    target: str = ""          # the request target as sent (an absolute URI through a forward proxy)
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -77,7 +82,7 @@ class Received:
 class ScriptedServer:
     """Start with ``with ScriptedServer([...]) as server:``; ``server.base_url`` is the API root."""
 
-    def __init__(self, script: list[Step] = (), default: Step = EXHAUSTED):
+    def __init__(self, script: list[Step] = (), default: Step = EXHAUSTED, tls: ssl.SSLContext | None = None):
         self._lock = threading.Lock()
         self._script: deque[Step] = deque(script)
         self._default = default
@@ -85,6 +90,9 @@ class ScriptedServer:
         self._connections: set[socket.socket] = set()
         self.closing = threading.Event()
         self._httpd = _HTTPServer(("127.0.0.1", 0), _Handler, self)
+        self.scheme = "https" if tls else "http"
+        if tls is not None:
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="scripted-server", daemon=True)
         self._thread.start()
@@ -95,7 +103,7 @@ class ScriptedServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{BASE_PATH}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{BASE_PATH}"
 
     @property
     def requests(self) -> list[Received]:
@@ -180,7 +188,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path = url.path[len(BASE_PATH):] if url.path.startswith(BASE_PATH) else url.path
         received = Received(self.command, path, parse_qs(url.query, keep_blank_values=True),
-                            {k.lower(): v for k, v in self.headers.items()}, body, time.monotonic())
+                            {k.lower(): v for k, v in self.headers.items()}, body, time.monotonic(), self.path)
         step = self.server.owner._next_step(received)
         if isinstance(step, Reply):
             self._reply(step)
@@ -224,3 +232,68 @@ def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class TunnelProxy:
+    """An HTTP CONNECT proxy on 127.0.0.1: records each CONNECT line and its headers, then pipes
+    bytes both ways (TLS stays end to end). ``with TunnelProxy() as proxy: proxy.url``."""
+
+    def __init__(self):
+        self.connects: list[tuple[str, dict[str, str]]] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._accepting = threading.Thread(target=self._accept, name="tunnel-proxy", daemon=True)
+        self._accepting.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            if not select.select([self._listener], [], [], 0.05)[0]:
+                continue
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=self._tunnel, args=(client,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _tunnel(self, client: socket.socket) -> None:
+        with client:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = client.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+            method, authority, _ = lines[0].split(" ", 2)
+            headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+            self.connects.append((f"{method} {authority}", {k.lower(): v for k, v in headers.items()}))
+            host, port = authority.rsplit(":", 1)
+            with socket.create_connection((host, int(port))) as upstream:
+                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                self._pipe(client, upstream)
+
+    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
+        while not self._stop.is_set():
+            ready = select.select([a, b], [], [], 0.05)[0]
+            for sock in ready:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                (b if sock is a else a).sendall(data)
+
+    def __enter__(self) -> TunnelProxy:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._accepting.join()
+        self._listener.close()
+        for thread in self._threads:
+            thread.join(2)

@@ -3,15 +3,20 @@ secrets and statistics."""
 
 from __future__ import annotations
 
+import base64
+import http.client
+import os
+import socket
+import ssl
 import threading
+import time
+from pathlib import Path
 
 import pytest
-import requests
-import urllib3.exceptions
-from scripted_server import CLOSE, RESET, Hang, Reply, ScriptedServer, closed_port
+from scripted_server import CLOSE, RESET, Hang, Reply, ScriptedServer, TunnelProxy, closed_port
 
 from provisioner import __version__
-from provisioner.client import Client, ClientSettings, _classify
+from provisioner.client import Client, ClientSettings, _classify, _ConnectError
 from provisioner.errors import (
     AmbiguousCreate,
     ApiError,
@@ -236,7 +241,8 @@ def test_post_to_closed_port_is_retried_then_unambiguous(lines):
             cli.create_instance({"name": "crm"})
     assert info.value.ambiguous is False
     assert info.value.message == "connection refused"
-    assert isinstance(info.value.__cause__, urllib3.exceptions.NewConnectionError)
+    assert isinstance(info.value.__cause__, _ConnectError)
+    assert isinstance(info.value.__cause__.__cause__, ConnectionRefusedError)
     assert len(lines) == 3 and cli.stats.as_dict()["byStatus"] == {"error": 3}
 
 
@@ -400,17 +406,29 @@ def test_bad_base_url():
         make_client("ftp://example.com/api")
 
 
+def _while_connecting(cause: BaseException) -> _ConnectError:
+    try:
+        raise _ConnectError("could not connect") from cause
+    except _ConnectError as exc:
+        return exc
+
+
 def test_classify_never_sent_errors():
-    refused = urllib3.exceptions.NewConnectionError(None, "refused")
-    dns = urllib3.exceptions.NameResolutionError("nowhere.invalid", None, OSError("no name"))
-    timeout = requests.exceptions.ConnectTimeout(urllib3.exceptions.MaxRetryError(None, "/", None))
-    assert _classify(requests.exceptions.ConnectionError(
-        urllib3.exceptions.MaxRetryError(None, "/", dns))) == ("DNS lookup failed", False, True)
-    assert _classify(requests.exceptions.ConnectionError(
-        urllib3.exceptions.MaxRetryError(None, "/", refused)))[1] is False
-    assert _classify(timeout) == ("connect timeout", False, True)
-    assert _classify(requests.exceptions.ReadTimeout("x"))[:2] == ("read timeout", True)
-    assert _classify(requests.exceptions.ChunkedEncodingError("x"))[1] is True
+    assert _classify(_while_connecting(socket.gaierror(-2, "no name"))) == ("DNS lookup failed", False, True)
+    assert _classify(_while_connecting(ConnectionRefusedError(111, "refused"))) == ("connection refused", False, True)
+    assert _classify(_while_connecting(TimeoutError("timed out"))) == ("connect timeout", False, True)
+    assert _classify(_while_connecting(OSError(113, "no route"))) == ("could not connect", False, True)
+    assert _classify(_while_connecting(ssl.SSLCertVerificationError("bad cert"))) == (
+        "TLS certificate verification failed", False, False)
+
+
+def test_classify_maybe_sent_errors():
+    assert _classify(TimeoutError("timed out")) == ("read timeout", True, True)
+    assert _classify(http.client.RemoteDisconnected("closed"))[:2] == (
+        "connection closed by the server without an answer", True)
+    assert _classify(ConnectionResetError(104, "reset"))[:2] == ("connection reset", True)
+    assert _classify(http.client.IncompleteRead(b"x", 10))[:2] == ("answer cut short", True)
+    assert _classify(BrokenPipeError(32, "pipe"))[1] is True
 
 
 def test_no_warnings_or_leaks_with_many_threads(server):
@@ -422,3 +440,103 @@ def test_no_warnings_or_leaks_with_many_threads(server):
         for thread in threads:
             thread.join(5)
     assert len(server.requests) == 12
+
+
+# -- TLS and proxies --------------------------------------------------------------------------
+
+TLS_DIR = Path(__file__).parent / "tls"
+
+
+@pytest.fixture
+def tls_server():
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(TLS_DIR / "server.pem", TLS_DIR / "server.key")
+    with ScriptedServer(default=OK, tls=context) as srv:
+        yield srv
+
+
+@pytest.fixture
+def clean_proxy_env(monkeypatch):
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy") or name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_https_verifies_against_the_named_ca_bundle(tls_server, clean_proxy_env):
+    clean_proxy_env.setenv("REQUESTS_CA_BUNDLE", str(TLS_DIR / "ca.pem"))
+    with make_client(f"https://localhost:{tls_server.port}/elements/api-v2") as cli:
+        assert cli.get_instance(7) == {"id": 7, "name": "crm"}
+        assert cli.get_instance(7) == {"id": 7, "name": "crm"}
+    assert [r.path for r in tls_server.requests] == ["/instances/7"] * 2
+    assert tls_server.requests[0].headers["host"] == f"localhost:{tls_server.port}"
+
+
+def test_https_untrusted_certificate_fails_at_once_and_sends_nothing(tls_server, clean_proxy_env, lines):
+    with make_client(tls_server.base_url, lines) as cli, pytest.raises(TransportError) as info:
+        cli.create_instance({"name": "crm"})
+    assert info.value.message == "TLS certificate verification failed"
+    assert info.value.ambiguous is False
+    assert len(lines) == 1 and tls_server.requests == []
+
+
+def test_missing_ca_bundle_is_a_user_error(clean_proxy_env, tmp_path):
+    clean_proxy_env.setenv("CURL_CA_BUNDLE", str(tmp_path / "nowhere.pem"))
+    with pytest.raises(UserError, match="cannot load the CA bundle"):
+        make_client("https://localhost:1/elements/api-v2")
+
+
+def test_http_through_a_forward_proxy_with_credentials(server, clean_proxy_env, lines):
+    proxy_secret = "pr0xy-Pa55-Zq81"
+    clean_proxy_env.setenv("HTTP_PROXY", f"http://ops:{proxy_secret}@127.0.0.1:{server.port}")
+    server.add(OK, Reply(500, body={"message": "boom"}), OK)
+    with make_client("http://api.example.invalid:8080/elements/api-v2", lines) as cli:
+        assert cli.get_instance(7)["id"] == 7
+        assert cli.get_instance(8)["id"] == 7
+    first = server.requests[0]
+    assert first.target == "http://api.example.invalid:8080/elements/api-v2/instances/7"
+    assert first.headers["host"] == "api.example.invalid:8080"
+    assert first.headers["proxy-authorization"] == "Basic " + base64.b64encode(
+        f"ops:{proxy_secret}".encode()).decode()
+    assert len(server.requests) == 3
+    assert all(proxy_secret not in line for line in lines)
+
+
+def test_no_proxy_sends_directly(server, clean_proxy_env):
+    clean_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port()}")
+    clean_proxy_env.setenv("NO_PROXY", "localhost,127.0.0.1")
+    server.add(OK)
+    with make_client(server.base_url) as cli:
+        assert cli.get_instance(7)["id"] == 7
+    assert server.requests[0].target == "/elements/api-v2/instances/7"
+
+
+def test_https_through_a_connect_tunnel(tls_server, clean_proxy_env):
+    clean_proxy_env.setenv("REQUESTS_CA_BUNDLE", str(TLS_DIR / "ca.pem"))
+    with TunnelProxy() as proxy:
+        clean_proxy_env.setenv("HTTPS_PROXY", proxy.url.replace("http://", "http://ops:s3cret@"))
+        with make_client(f"https://localhost:{tls_server.port}/elements/api-v2") as cli:
+            assert cli.get_instance(7)["id"] == 7
+            assert cli.get_instance(7)["id"] == 7
+    assert len(proxy.connects) == 1  # one tunnel, kept alive for both requests
+    line, headers = proxy.connects[0]
+    assert line == f"CONNECT localhost:{tls_server.port}"
+    assert headers["proxy-authorization"] == "Basic " + base64.b64encode(b"ops:s3cret").decode()
+    assert [r.target for r in tls_server.requests] == ["/elements/api-v2/instances/7"] * 2
+
+
+def test_unsupported_proxy_scheme_is_a_user_error(clean_proxy_env):
+    clean_proxy_env.setenv("HTTPS_PROXY", "socks5://127.0.0.1:1080")
+    with pytest.raises(UserError, match="unsupported proxy"):
+        make_client("https://localhost:1/elements/api-v2")
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_reused(server, client):
+    server.add(Reply(200, {"Connection": "keep-alive"}, {"id": 1}))
+    assert client.get_instance(1) == {"id": 1}
+    for conn in list(server._connections):  # the server side closes the idle connection
+        conn.shutdown(socket.SHUT_RDWR)
+    time.sleep(0.1)
+    server.add(Reply(201, body={"id": 2}))
+    assert client.create_instance({"name": "crm"}) == {"id": 2}  # not an ambiguous create
+    assert methods(server) == ["GET", "POST"]

@@ -131,7 +131,8 @@ def test_unmanaged_instance_with_a_declared_name_is_a_conflict_and_is_never_touc
     assert proc.returncode == 1
     assert [(r["method"], r["path"]) for r in writes(db)] == [("POST", "/elements/api-v2/instances")]
     rows = {r["id"]: r for r in db.instances()}
-    assert rows[theirs["id"]]["tags"] == ["theirs"] and rows[theirs["id"]]["configuration"]["helpdesk.connectwise.company"] == "c"
+    assert rows[theirs["id"]]["tags"] == ["theirs"]
+    assert rows[theirs["id"]]["configuration"]["helpdesk.connectwise.company"] == "c"
     assert sorted(r["name"] for r in rows.values()) == ["helpdesk-0", "helpdesk-1"]
 
 

@@ -13,6 +13,7 @@ Validators are compiled once per element and reused for every instance.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,10 @@ from .errors import Location, Problem
 # Object-level keywords whose verdict depends only on which keys are present (x-* are annotations).
 _SHAPE_KEYWORDS = frozenset({"$schema", "$id", "$comment", "title", "description", "x-provisioner", "type",
                              "properties", "required", "additionalProperties", "minProperties", "maxProperties"})
+
+# Keywords of a property schema that the string fast path fully understands (the rest are annotations).
+_STRING_KEYWORDS = frozenset({"type", "minLength", "maxLength", "title", "description", "default", "examples",
+                              "writeOnly", "readOnly", "deprecated", "$comment"})
 
 
 def builtin_schemas() -> Any:
@@ -85,6 +90,9 @@ class ElementSchema:
             memo = (key, value) if isinstance(value, (str, int, float, bool, type(None))) else None
             if memo is not None and memo in self._valid_values:
                 continue
+            bounds = self._string_bounds.get(key)
+            if bounds is not None and isinstance(value, str) and bounds[0] <= len(value) <= bounds[1]:
+                continue  # a plain length-bounded string: jsonschema would say the same
             errors = list(self._property_validator(key).iter_errors(value))
             for error in errors:
                 error.path.appendleft(key)
@@ -97,6 +105,19 @@ class ElementSchema:
         """Do the object-level rules look at the key set alone (required, additionalProperties: false,
         ...), never at values (if/then/else, dependentSchemas, ...)? Then one answer per key set."""
         return set(self.schema) <= _SHAPE_KEYWORDS and isinstance(self.schema.get("additionalProperties", True), bool)
+
+    @cached_property
+    def _string_bounds(self) -> dict[str, tuple[float, float]]:
+        """(minLength, maxLength) of each property whose schema is only a length-bounded string (most
+        are): checked in Python, jsonschema is asked only to describe a failure."""
+        bounds = {}
+        for key, prop in self.properties.items():
+            if isinstance(prop, dict) and prop.get("type") == "string" and all(
+                    k in _STRING_KEYWORDS or k.startswith("x-") for k in prop):
+                low, high = prop.get("minLength", 0), prop.get("maxLength", math.inf)
+                if all(isinstance(b, int) and not isinstance(b, bool) for b in (low, high) if b != math.inf):
+                    bounds[key] = (low, high)
+        return bounds
 
     @cached_property
     def _valid_shapes(self) -> set[frozenset]:

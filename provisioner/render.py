@@ -151,7 +151,7 @@ class Renderer:
             loader=_ConfinedLoader(base_dir, max_file_bytes), finalize=_placeholder_finalize)
         self._templates: dict[str, Any] = {}
         self._expressions: dict[str, Any] = {}
-        self._fast: dict[str, list | None] = {}
+        self._fast: dict[str, tuple[str, Any]] = {}  # per string: how to render it (see _fast_plan)
         self._scrub_values: list[str] | None = None
         self._invariant: dict[str, Any] = {}
 
@@ -190,11 +190,16 @@ class Renderer:
         return self._scrub_values
 
     def _string(self, raw: str, scope: dict[str, Any], where: Location) -> Any:
-        if not any(marker in raw for marker in _HAS_JINJA):
+        plan = self._fast.get(raw)
+        if plan is None:
+            plan = self._fast[raw] = _fast_plan(raw)
+        kind, data = plan
+        if kind is _TEXT:
             return raw
-        fast = self._fast_value(raw, scope)
-        if fast is not _MISSING:
-            return fast
+        if kind is not _JINJA:
+            value = _resolve(scope, data) if kind is _PATH else _concat(scope, data)
+            if value is not _MISSING:
+                return value
         if "item" not in raw:  # env and inputs are fixed for the run: same text, same value
             cached = self._invariant.get(raw, _MISSING)
             if cached is _MISSING:
@@ -216,30 +221,6 @@ class Renderer:
             raise
         except Exception as exc:  # noqa: BLE001 - every Jinja failure becomes a located problem
             raise RenderError(self.scrub(_problem_from(exc, where, raw))) from None
-
-    def _fast_value(self, raw: str, scope: dict[str, Any]) -> Any:
-        """Strings made only of text and ``{{ name.key.key }}`` outputs over mappings are resolved
-        without Jinja (a forEach over 10,000 items renders mostly these). Anything else, including a
-        missing key, returns _MISSING and goes through Jinja, which gives the same result and errors."""
-        segments = self._fast.get(raw, _MISSING)
-        if segments is _MISSING:
-            segments = _fast_segments(raw)
-            self._fast[raw] = segments
-        if segments is None:
-            return _MISSING
-        paths = [segment for segment in segments if isinstance(segment, tuple)]
-        if len(paths) == 1 and all(isinstance(x, tuple) or not x.strip() for x in segments):
-            return _resolve(scope, paths[0])  # a single expression keeps its type
-        parts = []
-        for segment in segments:
-            if isinstance(segment, tuple):
-                value = _resolve(scope, segment)
-                if value is _MISSING:
-                    return _MISSING
-                parts.append(str(value))
-            else:
-                parts.append(segment)
-        return "".join(parts)
 
     def _expression(self, source: str) -> Any:
         compiled = self._expressions.get(source)
@@ -319,6 +300,39 @@ def _fast_segments(raw: str) -> list | None:
     if any(marker in literal for marker in _HAS_JINJA) or "}}" in literal or "%}" in literal:
         return None
     return [s for s in segments if s != ""]
+
+
+_TEXT, _PATH, _CONCAT, _JINJA = "text", "path", "concat", "jinja"
+
+
+def _fast_plan(raw: str) -> tuple[str, Any]:
+    """How to render one string, decided once per distinct string. Text without Jinja is itself;
+    text and ``{{ name.key.key }}`` outputs over mappings are resolved without Jinja (a forEach over
+    10,000 items renders mostly these): a single expression keeps its type (_PATH), several are
+    joined as text (_CONCAT). Anything else, or a key that turns out missing, goes through Jinja,
+    which gives the same result and the errors."""
+    if not any(marker in raw for marker in _HAS_JINJA):
+        return _TEXT, None
+    segments = _fast_segments(raw)
+    if segments is None:
+        return _JINJA, None
+    paths = [segment for segment in segments if isinstance(segment, tuple)]
+    if len(paths) == 1 and all(isinstance(x, tuple) or not x.strip() for x in segments):
+        return _PATH, paths[0]
+    return _CONCAT, segments
+
+
+def _concat(scope: dict[str, Any], segments: list) -> Any:
+    parts = []
+    for segment in segments:
+        if isinstance(segment, tuple):
+            value = _resolve(scope, segment)
+            if value is _MISSING:
+                return _MISSING
+            parts.append(str(value))
+        else:
+            parts.append(segment)
+    return "".join(parts)
 
 
 def _resolve(scope: dict[str, Any], path: tuple) -> Any:

@@ -101,15 +101,17 @@ class Redactor:
         self._lengths: list[int] = []
         self._others: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
+        self._known: set[str] = set()  # values add() has registered with all their forms
 
     def add(self, value: Any) -> None:
         """Register a secret, with the forms it may be printed in: JSON-escaped, and line by line."""
-        if not isinstance(value, str) or len(value) < MIN_REDACT_LENGTH:
-            return
+        if not isinstance(value, str) or len(value) < MIN_REDACT_LENGTH or value in self._known:
+            return  # (a set read needs no lock; a value seen already changes nothing)
         forms = {value, json.dumps(value)[1:-1], *value.splitlines()}
         with self._lock:
             for form in forms:
                 self._add_locked(form)
+            self._known.add(value)
 
     def _add_locked(self, value: str) -> None:
         if len(value) < MIN_REDACT_LENGTH or value in self._words or value in self._others:
@@ -141,6 +143,7 @@ class Redactor:
         with self._lock:
             self._words.clear()
             self._others.clear()
+            self._known.clear()
             self._lengths = []
             self._pattern = None
 

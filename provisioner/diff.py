@@ -52,18 +52,12 @@ def diff_configuration(desired: Mapping[str, Any], live: Mapping[str, Any] | Non
                     op = "change" if key in live_fingerprints or live.get(key) not in (None, "") else "add"
                     diffs.append(FieldDiff(op, path, SENSITIVE if op == "change" else None, SENSITIVE, True))
             continue
-        want = _effective(schema, key, desired.get(key))
-        have = _effective(schema, key, live.get(key))
+        want = schema.effective(key, desired.get(key))
+        have = schema.effective(key, live.get(key))
         if want != have:
             op = "add" if have is None else "remove" if want is None else "change"
             diffs.append(FieldDiff(op, path, have, want))
     return diffs
-
-
-def _effective(schema: ElementSchema, key: str, value: Any) -> Any:
-    """The value that counts: null, empty and absent all mean the schema default (if any)."""
-    value = schema.normalize(key, value)
-    return schema.normalize(key, schema.defaults.get(key)) if value is None else value
 
 
 def diff_tags(desired_tags: tuple[str, ...] | None, live_tags: tuple[str, ...]) -> list[FieldDiff]:

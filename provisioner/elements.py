@@ -152,18 +152,35 @@ class ElementSchema:
         ("true", "15"), so a boolean or integer property compares by meaning, not spelling."""
         if value is None or value == "":
             return None
-        prop = self.properties.get(key) or {}
-        types = prop.get("type", [])
-        types = [types] if isinstance(types, str) else types
+        types = self._types.get(key, ())
+        if isinstance(value, str) and types == ("string",):
+            return value  # the common case: a string property holding a string
         if "boolean" in types and isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
         if "integer" in types and isinstance(value, str) and value.strip().lstrip("-").isdigit():
             return int(value)
         if isinstance(value, bool) and "string" in types and "boolean" not in types:
             return "true" if value else "false"
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and types == ["string"]:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and types == ("string",):
             return str(value)
         return value
+
+    def effective(self, key: str, value: Any) -> Any:
+        """The value that counts: null, empty and absent all mean the schema default (if any)."""
+        value = self.normalize(key, value)
+        return self._normal_defaults.get(key) if value is None else value
+
+    @cached_property
+    def _types(self) -> dict[str, tuple[str, ...]]:
+        types = {}
+        for key, prop in self.properties.items():
+            declared = prop.get("type", ()) if isinstance(prop, dict) else ()
+            types[key] = (declared,) if isinstance(declared, str) else tuple(declared)
+        return types
+
+    @cached_property
+    def _normal_defaults(self) -> dict[str, Any]:
+        return {key: self.normalize(key, value) for key, value in self.defaults.items()}
 
 
 class ElementRegistry:

@@ -71,6 +71,8 @@ instances:
 """
 
 PHASES = ("validate", "plan-empty", "apply-create", "plan-noop", "apply-noop")
+ANSIBLE_PHASES = ("ansible-create", "ansible-noop")  # the same reconciliation as an Ansible playbook (--ansible)
+ANSIBLE_DIR = REPO / "benchmarks" / "ansible"
 
 
 def log(message: str) -> None:
@@ -175,14 +177,19 @@ def classify(req: dict) -> str:
 def run_cli(args: list[str], cwd: Path, env: dict, expect: tuple[int, ...], emulator: EmulatorProcess | None,
             label: str) -> Sample:
     """Run one CLI child; wall time, rusage via wait4 on its pid, requests from the emulator log."""
+    return run_command([sys.executable, "-m", "provisioner", *args], cwd, env, expect, emulator, label)
+
+
+def run_command(command: list[str], cwd: Path, env: dict, expect: tuple[int, ...],
+                emulator: EmulatorProcess | None, label: str) -> Sample:
+    """Run one child (and its children: rusage covers the waited-for tree); measured as run_cli."""
     if emulator is not None:
         emulator.requests.clear_requests()
         emu_cpu0 = emulator.cpu_seconds()
     out_path, err_path = cwd / f"{label}.stdout", cwd / f"{label}.stderr"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "provisioner", *args], cwd=cwd, env=env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen does not wait again
@@ -208,7 +215,7 @@ def bound_seconds(phase: str, n: int, latency_s: float, parallelism: int) -> flo
         return None
     if phase == "plan-empty":
         return math.ceil(max(0, 1) / PAGE_SIZE) * latency_s  # one (empty) list page
-    if phase == "apply-create":
+    if phase in ("apply-create", "ansible-create"):
         return (math.ceil(n / parallelism) + 1) * latency_s  # N creates, P at a time, + the listing
     return math.ceil(max(n, 1) / PAGE_SIZE) * latency_s  # plan-noop, apply-noop: the paged listing
 
@@ -287,6 +294,34 @@ def bench_size(n: int, args: argparse.Namespace, work: Path) -> dict[str, list[S
     finally:
         for e in emulators:
             e.stop()
+    return samples
+
+
+def bench_ansible(n: int, args: argparse.Namespace, work: Path) -> dict[str, list[Sample]]:
+    """The same reconciliation with Ansible's uri module (benchmarks/ansible/reconcile.yml): list every
+    instance, create the missing ones, on a fresh emulator; then the no-op run. Uses bench_size's
+    workload directory for N."""
+    directory = work / f"n{n}"
+    inputs = directory / "customers.yaml"
+    samples: dict[str, list[Sample]] = {p: [] for p in ANSIBLE_PHASES}
+    playbook = Path(args.ansible)
+    python = playbook.parent / "python"  # the interpreter of ansible's own environment runs the modules
+    interpreter = str(python if python.exists() else sys.executable)
+    command = [str(playbook), "-i", "localhost,", "-c", "local", "-e", f"ansible_python_interpreter={interpreter}",
+               "-e", f"customers_file={inputs}", str(ANSIBLE_DIR / "reconcile.yml")]
+    emu = EmulatorProcess(directory / "ansible.db", args.latency_ms, directory / "emulator.log")
+    env = {**base_env(), "CW_PASSWORD": CW_PASSWORD, "CE_API_URL": emu.url, "ANSIBLE_LOCALHOST_WARNING": "false",
+           "ANSIBLE_NOCOLOR": "1"}
+    try:
+        for phase, repeats in (("ansible-create", 1), ("ansible-noop", args.repeats)):
+            for rep in range(repeats):
+                sample = run_command(command, directory, env, (0,), emu, f"{phase}-{rep}")
+                samples[phase].append(sample)
+                log(f"  N={n} {phase} #{rep + 1}: {sample.seconds:.3f} s, requests {sample.requests}")
+            if phase == "ansible-create" and emu.instance_count() != n:
+                raise RuntimeError(f"N={n}: the playbook left {emu.instance_count()} instances, expected {n}")
+    finally:
+        emu.stop()
     return samples
 
 
@@ -398,7 +433,7 @@ def summarize(all_samples: dict[int, dict[str, list[Sample]]], args: argparse.Na
     latency_s = args.latency_ms / 1000.0
     rows = []
     for n, phases in all_samples.items():
-        for phase in PHASES:
+        for phase in (*PHASES, *ANSIBLE_PHASES):
             samples = phases.get(phase) or []
             if not samples:
                 continue
@@ -521,6 +556,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--throughput-seconds", type=float, default=3.0,
                         help="duration of each emulator-alone load test (0 skips it)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="results directory")
+    parser.add_argument("--ansible", metavar="ANSIBLE_PLAYBOOK",
+                        help="also run benchmarks/ansible/reconcile.yml with this ansible-playbook executable")
+    parser.add_argument("--ansible-max-n", type=int, default=100,
+                        help="largest N the playbook runs for (its creates are sequential: ~0.5 s each)")
     parser.add_argument("--keep-tmp", action="store_true",
                         help="keep the work directory (manifests, DBs, logs)")
     args = parser.parse_args(argv)
@@ -547,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.sizes:
             log(f"N={n}")
             all_samples[n] = bench_size(n, args, work)
+            if args.ansible and n <= args.ansible_max_n:
+                all_samples[n].update(bench_ansible(n, args, work))
         throughput = {}
         if args.throughput_seconds > 0:
             log("emulator alone")

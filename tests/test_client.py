@@ -16,7 +16,7 @@ import pytest
 from scripted_server import CLOSE, RESET, Hang, Reply, ScriptedServer, TunnelProxy, closed_port
 
 from provisioner import __version__
-from provisioner.client import Client, ClientSettings, _classify, _ConnectError
+from provisioner.client import Client, ClientSettings, _classify, _ConnectError, _HTTPConnection
 from provisioner.errors import (
     AmbiguousCreate,
     ApiError,
@@ -540,3 +540,18 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused(server, client)
     server.add(Reply(201, body={"id": 2}))
     assert client.create_instance({"name": "crm"}) == {"id": 2}  # not an ambiguous create
     assert methods(server) == ["GET", "POST"]
+
+
+def test_request_head_and_body_go_out_in_one_write(server):
+    server.add(Reply(201, body={"id": 3}))
+    conn = _HTTPConnection("127.0.0.1", server.port, timeout=2)
+    writes: list[bytes] = []
+    real_send = conn.send
+    conn.send = lambda data: (writes.append(bytes(data)), real_send(data))[1]
+    conn.request("POST", "/elements/api-v2/instances", body=b'{"name": "crm"}',
+                 headers={"Content-Type": "application/json"})
+    assert conn.getresponse().status == 201
+    conn.close()
+    assert len(writes) == 1 and writes[0].startswith(b"POST /elements/api-v2/instances HTTP/1.1\r\n")
+    assert writes[0].endswith(b'\r\n\r\n{"name": "crm"}')
+    assert server.requests[0].json() == {"name": "crm"}

@@ -20,11 +20,11 @@ Two rules come first:
 from __future__ import annotations
 
 import base64
-import concurrent.futures as futures
 import email.utils
 import http.client
 import json
 import os
+import queue
 import random
 import re
 import select
@@ -184,23 +184,48 @@ class Client:
     def _pages(self, path: str, params: list[tuple[str, str]]) -> Iterator[list]:
         """Yield each page of a list endpoint, following ``elements-next-page-token``.
 
-        The next page is requested as soon as its token is known (it is a header), so parsing one
-        page overlaps with waiting for the next: a 10,000-instance listing costs the round trips,
-        not round trips plus parsing."""
-        seen: set[str] = set()
-        with futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pages") as fetcher:
-            pending = fetcher.submit(self._page, path, params, None)
-            while pending is not None:
-                reply = pending.result()
+        A fetcher thread walks the pages on its own, requesting the next one as soon as the token
+        (a header) of the last one is read, and hands the raw bodies over; the caller parses one page
+        while the next is on the wire. (Parsing holds the interpreter lock for milliseconds: if the
+        caller had to hand each token back, every page would wait for the previous parse.)"""
+        replies: queue.SimpleQueue = queue.SimpleQueue()
+        abandoned = threading.Event()
+        fetcher = threading.Thread(target=self._fetch_pages, args=(path, params, replies, abandoned),
+                                   name="pages", daemon=True)
+        fetcher.start()
+        try:
+            while True:
+                reply = replies.get()
                 if reply is None:
                     return
+                if isinstance(reply, BaseException):
+                    raise reply
+                yield _page_items(reply, path)
+        finally:
+            abandoned.set()
+            fetcher.join()
+
+    def _fetch_pages(self, path: str, params: list[tuple[str, str]], replies: queue.SimpleQueue,
+                     abandoned: threading.Event) -> None:
+        """The fetcher thread: every raw page in order, then None; or the error that stopped it."""
+        seen: set[str] = set()
+        token: str | None = None
+        try:
+            while not abandoned.is_set():
+                reply = self._page(path, params, token)
+                if reply is None:
+                    break
                 token = (reply.headers.get(NEXT_PAGE_HEADER) or "").strip()
                 if token in seen:
                     raise ApiError(reply.status, f"the API repeated a page token after {len(seen) + 1} "
                                    "pages; stopped to avoid an endless loop", method="GET", path=path)
                 seen.add(token)
-                pending = fetcher.submit(self._page, path, params, token) if token else None
-                yield _page_items(reply, path)
+                replies.put(reply)
+                if not token:
+                    break
+            replies.put(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread and raised there
+            replies.put(exc)
 
     def _page(self, path: str, params: list[tuple[str, str]], token: str | None) -> _Reply | None:
         """One raw page, or None for the API's 404 "No ... found" (an empty collection)."""

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -831,3 +832,292 @@ def test_concurrent_clients_smoke(tmp_path: Path):
         assert len(EmulatorDB(emu.db_path).requests()) == 16 * 32
     finally:
         emu.stop()
+
+
+# -- HTTP/1.1 framing over raw sockets --------------------------------------------------------------
+
+
+API = "/elements/api-v2"
+
+
+def raw_request(method: str, path: str, body: bytes = b"", headers: dict | None = None,
+                version: str = "HTTP/1.1") -> bytes:
+    """One request's bytes, with the secrets and (for a body) Content-Type and Content-Length."""
+    fields = {"Host": "localhost", "Authorization": AUTH, **(headers or {})}
+    if body and "Transfer-Encoding" not in fields:
+        fields.setdefault("Content-Type", "application/json")
+        fields.setdefault("Content-Length", str(len(body)))
+    head = f"{method} {path} {version}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n"
+    return head.encode("latin-1") + body
+
+
+class Raw:
+    """A raw TCP connection to the emulator, reading responses one by one."""
+
+    def __init__(self, emulator: Emulator, timeout: float = TIMEOUT):
+        self.sock = socket.create_connection(("127.0.0.1", emulator.port), timeout=timeout)
+        self.stream = self.sock.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def response(self, head: bool = False) -> tuple[int, dict, bytes]:
+        """(status, headers with lower-case names, body); ConnectionError if the server closed."""
+        line = self.stream.readline()
+        if not line:
+            raise ConnectionError("closed by the emulator")
+        status = int(line.split()[1])
+        headers = {}
+        while (field_line := self.stream.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = field_line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = b"" if head else self.stream.read(int(headers.get("content-length", "0")))
+        return status, headers, body
+
+    def closed_by_server(self) -> bool:
+        """True if the server closed the connection (EOF) with nothing more to read."""
+        return self.stream.read(1) == b""
+
+    def close(self) -> None:
+        self.stream.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def raw(emulator: Emulator):
+    connection = Raw(emulator)
+    yield connection
+    connection.close()
+
+
+def json_error(status_headers_body: tuple[int, dict, bytes], status: int, message: str | None = None) -> dict:
+    code, headers, body = status_headers_body
+    assert code == status, body
+    doc = json.loads(body)
+    assert set(doc) == {"requestId", "message"} and headers["elements-request-id"] == doc["requestId"]
+    assert headers["content-type"] == "application/json;charset=UTF-8"
+    if message is not None:
+        assert doc["message"] == message
+    return doc
+
+
+def test_pipelined_requests_are_answered_in_order(raw: Raw, db: EmulatorDB, emulator: Emulator):
+    emulator.faults = FaultConfig(latency_ms=40)
+    body = json.dumps(cw_body("piped")).encode()
+    started = time.monotonic()
+    raw.send(raw_request("GET", f"{API}/instances/count") + raw_request("POST", f"{API}/instances", body)
+             + raw_request("GET", f"{API}/instances/count") + raw_request("HEAD", f"{API}/elements/keys")
+             + raw_request("GET", f"{API}/elements/keys"))
+    answers = [raw.response(), raw.response(), raw.response(), raw.response(head=True), raw.response()]
+    assert time.monotonic() - started >= 5 * 0.04  # one at a time on a connection
+    assert [a[0] for a in answers] == [200, 200, 200, 405, 200]
+    assert json.loads(answers[0][2]) == {"count": 0} and json.loads(answers[2][2]) == {"count": 1}
+    assert json.loads(answers[1][2])["name"] == "piped"
+    assert sorted(json.loads(answers[4][2])) == ["connectwisehd", "dynamicscrm", "dynamicscrmadfs"]
+    assert len({a[1]["elements-request-id"] for a in answers}) == 5
+    assert [(r["method"], r["status"]) for r in db.requests()] == [
+        ("GET", 200), ("POST", 200), ("GET", 200), ("HEAD", 405), ("GET", 200)]
+
+
+def test_head_is_answered_without_a_body(raw: Raw):
+    raw.send(raw_request("HEAD", f"{API}/instances"))
+    status, headers, _ = raw.response(head=True)
+    assert status == 405 and int(headers["content-length"]) > 0 and "GET" in headers["allow"]
+    raw.send(raw_request("GET", f"{API}/elements/keys"))  # the stream is in step: no body was sent
+    assert raw.response()[0] == 200
+
+
+def test_chunked_body_with_extensions_and_trailer(raw: Raw, db: EmulatorDB):
+    payload = json.dumps(cw_body("chunked-raw")).encode()
+    chunks = b"".join(f"{len(payload[i:i + 7]):x};ext=1\r\n".encode() + payload[i:i + 7] + b"\r\n"
+                      for i in range(0, len(payload), 7))
+    request = raw_request("POST", f"{API}/instances", headers={"Transfer-Encoding": "chunked",
+                                                                "Content-Type": "application/json"})
+    raw.send(request + chunks[:100])
+    time.sleep(0.05)  # the rest arrives later, split inside a chunk-size line
+    raw.send(chunks[100:] + b"0\r\nX-Trailer: yes\r\n\r\n" + raw_request("GET", f"{API}/instances/count"))
+    status, _, body = raw.response()
+    assert status == 200 and json.loads(body)["name"] == "chunked-raw"
+    assert json.loads(raw.response()[2]) == {"count": 1}
+    assert [i["name"] for i in db.instances()] == ["chunked-raw"]
+
+
+def test_malformed_chunked_body_is_400_logged_and_closes(raw: Raw, db: EmulatorDB):
+    request = raw_request("POST", f"{API}/instances", headers={"Transfer-Encoding": "chunked",
+                                                                "Content-Type": "application/json"})
+    raw.send(request + b"zz\r\n{}\r\n0\r\n\r\n")
+    json_error(raw.response(), 400, "Malformed chunked request body")
+    assert raw.closed_by_server()
+    assert [(r["method"], r["status"]) for r in db.requests()] == [("POST", 400)]
+
+
+def test_bad_or_too_large_content_length_is_answered_logged_and_closes(emulator: Emulator, db: EmulatorDB):
+    for length, status in (("-1", 400), ("abc", 400), (str(10 * 1024 * 1024 + 1), 413)):
+        conn = Raw(emulator)
+        try:
+            conn.send(raw_request("POST", f"{API}/instances", headers={"Content-Length": length,
+                                                                        "Content-Type": "application/json"}))
+            code, headers, _ = conn.response()
+            json_error((code, headers, _), status)
+            assert headers["connection"] == "close" and conn.closed_by_server()
+        finally:
+            conn.close()
+    assert [r["status"] for r in db.requests()] == [400, 400, 413]
+    assert db.instances() == []
+
+
+def test_connection_close_and_http_1_0(emulator: Emulator):
+    cases = [({"Connection": "close"}, "HTTP/1.1", True), ({}, "HTTP/1.0", True),
+             ({"Connection": "keep-alive"}, "HTTP/1.0", False), ({"Connection": "Keep-Alive"}, "HTTP/1.1", False)]
+    for headers, version, closes in cases:
+        conn = Raw(emulator)
+        try:
+            conn.send(raw_request("GET", f"{API}/elements/keys", headers=headers, version=version))
+            status, response_headers, _ = conn.response()
+            assert status == 200
+            assert (response_headers.get("connection") == "close") is closes
+            if closes:
+                assert conn.closed_by_server()
+            else:
+                conn.send(raw_request("GET", f"{API}/elements/keys"))
+                assert conn.response()[0] == 200
+        finally:
+            conn.close()
+
+
+@pytest.mark.parametrize("data, status, message", [
+    (b"GARBAGE\r\n\r\n", 400, "Bad request syntax ('GARBAGE')"),
+    (b"GET /x HTTP/1.1 extra\r\n\r\n", 400, None),
+    (b"GET /x HTTX/1.1\r\n\r\n", 400, "Bad request version ('HTTX/1.1')"),
+    (b"GET /x HTTP/2.0\r\n\r\n", 505, "Invalid HTTP version (2.0)"),
+    (b"BREW /x HTTP/1.1\r\n\r\n", 501, "Unsupported method ('BREW')"),
+    (b"GET /x HTTP/1.1\r\nno colon here\r\n\r\n", 400, None),
+    (b"GET /x HTTP/1.1\r\nBad Name: x\r\n\r\n", 400, None),
+    (b"GET /x HTTP/1.1\r\n" + b"X-A: b\r\n" * 100 + b"\r\n", 431, "Too many headers"),
+    (b"GET /x HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n", 431, "Line too long"),
+    (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414, "Request-URI Too Long"),
+])
+def test_malformed_requests_get_a_json_error_and_are_closed(raw: Raw, db: EmulatorDB, data, status, message):
+    raw.send(data)
+    code, headers, body = raw.response()
+    json_error((code, headers, body), status, message)
+    assert headers["connection"] == "close" and raw.closed_by_server()
+    assert db.requests() == []  # refused before it was a request: not in the log (as http.server did)
+
+
+def test_blank_request_line_closes_silently(raw: Raw, db: EmulatorDB):
+    raw.send(b"\r\n\r\n")
+    assert raw.closed_by_server()
+    assert db.requests() == []
+
+
+def test_expect_100_continue(raw: Raw):
+    body = json.dumps(cw_body("expecting")).encode()
+    raw.send(raw_request("POST", f"{API}/instances", headers={"Expect": "100-continue",
+                                                               "Content-Length": str(len(body)),
+                                                               "Content-Type": "application/json"}))
+    assert raw.stream.readline() == b"HTTP/1.1 100 Continue\r\n" and raw.stream.readline() == b"\r\n"
+    raw.send(body)
+    status, _, answer = raw.response()
+    assert status == 200 and json.loads(answer)["name"] == "expecting"
+
+
+def test_half_closed_client_still_gets_its_delayed_answer(raw: Raw, emulator: Emulator):
+    emulator.faults = FaultConfig(latency_ms=100)
+    raw.send(raw_request("GET", f"{API}/elements/keys") + raw_request("GET", f"{API}/instances/count"))
+    raw.sock.shutdown(socket.SHUT_WR)
+    assert raw.response()[0] == 200 and raw.response()[0] == 200
+    assert raw.closed_by_server()
+
+
+def test_idle_connection_is_closed(emulator: Emulator, monkeypatch):
+    from provisioner.emulator import server
+
+    monkeypatch.setattr(server, "IDLE_TIMEOUT_S", 0.3)
+    emulator.faults = FaultConfig(latency_ms=600)  # a request waiting out its delay is not idle
+    busy, idle = Raw(emulator), Raw(emulator)
+    try:
+        started = time.monotonic()
+        busy.send(raw_request("GET", f"{API}/elements/keys"))
+        idle.send(b"GET /partial")
+        assert idle.closed_by_server() and 0.25 <= time.monotonic() - started < 3
+        assert busy.response()[0] == 200 and time.monotonic() - started >= 0.6
+        assert busy.closed_by_server() and time.monotonic() - started >= 0.85  # idle again, then closed
+    finally:
+        busy.close()
+        idle.close()
+
+
+def test_delays_of_different_connections_overlap(emulator: Emulator, db: EmulatorDB):
+    emulator.faults = FaultConfig(latency_ms=150)
+    connections = [Raw(emulator) for _ in range(16)]
+    try:
+        started = time.monotonic()
+        for _ in range(2):
+            for conn in connections:
+                conn.send(raw_request("GET", f"{API}/elements/keys"))
+            assert [conn.response()[0] for conn in connections] == [200] * 16
+        elapsed = time.monotonic() - started
+    finally:
+        for conn in connections:
+            conn.close()
+    assert 0.3 <= elapsed < 2.0, elapsed  # 32 requests one after another would take 4.8 s
+    assert len(db.requests()) == 32
+
+
+def test_answer_lost_to_a_reset_client_is_logged_as_status_0(emulator: Emulator, db: EmulatorDB):
+    emulator.faults = FaultConfig(latency_ms=300)
+    conn = Raw(emulator)
+    conn.send(raw_request("POST", f"{API}/instances", json.dumps(cw_body("orphan")).encode()))
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()  # RST: the emulator learns at once that nobody will read the answer
+    deadline = time.monotonic() + 5
+    while not db.requests() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [i["name"] for i in db.instances()] == ["orphan"]  # processed after its delay all the same
+    assert [(r["method"], r["status"]) for r in db.requests()] == [("POST", 0)]
+
+
+def test_stop_drops_requests_still_waiting_out_their_delay(tmp_path: Path):
+    emu = Emulator(tmp_path / "inflight.db", USER_SECRET, ORG_SECRET, faults=FaultConfig(latency_ms=3000))
+    emu.start()
+    outcomes: list[str] = []
+
+    def client(n: int) -> None:
+        try:
+            response = requests.post(emu.url + "/instances", json=cw_body(f"inflight-{n}"),
+                                     headers={"Authorization": AUTH}, timeout=TIMEOUT)
+            outcomes.append(f"answered {response.status_code}")
+        except requests.ConnectionError:
+            outcomes.append("dropped")
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # all three are waiting out their 3 s delay
+    started = time.monotonic()
+    emu.stop()
+    assert time.monotonic() - started < 1.5
+    for t in threads:
+        t.join(TIMEOUT)
+    assert outcomes == ["dropped"] * 3
+    db = EmulatorDB(tmp_path / "inflight.db")
+    assert db.instances() == [] and db.requests() == []
+    with pytest.raises(requests.ConnectionError):
+        requests.get(emu.url + "/elements/keys", timeout=1)
+
+
+def test_a_bug_is_one_log_line_and_a_500(raw: Raw, emulator: Emulator, log: io.StringIO, capfd, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(emulator.api, "handle", broken)
+    raw.send(raw_request("GET", f"{API}/elements/keys"))
+    status, headers, body = raw.response()
+    json_error((status, headers, body), 500, "Internal emulator error")
+    assert headers["connection"] == "close" and raw.closed_by_server()
+    assert "emulator internal error: RuntimeError: boom" in log.getvalue().splitlines()
+    monkeypatch.undo()
+    with requests.Session() as session:
+        assert session.get(emulator.url + "/elements/keys", headers={"Authorization": AUTH}).status_code == 200
+    assert capfd.readouterr().err == ""

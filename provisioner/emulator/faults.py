@@ -210,13 +210,14 @@ class FaultDecider:
 
     def __init__(self, config: FaultConfig):
         self.config = config
+        self._active = config.active
         self._rng = random.Random(config.seed)
         self._lock = threading.Lock()
 
     def decide(self) -> FaultDecision:
         """The decision for the next request."""
         cfg = self.config
-        if not cfg.active:
+        if not self._active:
             return NO_FAULT
         with self._lock:
             r_jitter, r_reset, r_error, r_throttle, r_lost, r_slow, r_status = (

@@ -9,37 +9,40 @@ lost after processing, and responses slower than the client's patience.
 Three layers, top to bottom:
 
 * ``Api``: the API rules, as a function of (method, path, query, headers, body) -> ``Response``.
-* ``_Handler`` / ``_Server``: HTTP plumbing on ``http.server``, fault injection, request logging.
-* ``Emulator``: lifecycle (start in a thread, serve in the foreground, stop).
+* ``_Connection``: one client connection, served by a single-threaded asyncio event loop: HTTP/1.1
+  framing (``http11.py``), fault injection (delays are loop timers, so the requests of all
+  connections wait out their latency together), request logging, one write per response.
+* ``Emulator``: lifecycle (serve the loop in a daemon thread or in the foreground, stop).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import email.utils
 import functools
 import hmac
-import io
 import ipaddress
 import json
 import re
 import secrets
+import select
 import selectors
 import socket
-import socketserver
 import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from .catalog import Catalog, Element
-from .faults import FaultConfig, FaultDecider
+from .faults import NO_FAULT, FaultConfig, FaultDecider, FaultDecision
+from .http11 import CONTINUE, BadRequest, BodyError, CloseSilently, Head, RequestReader
 from .store import InstanceRow, ListQuery, Store, StoreClosed
 
 BASE_PATH = "/elements/api-v2"
@@ -47,7 +50,7 @@ MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_PAGE_SIZE = 200
 MAX_PAGE_SIZE = 200
 IDLE_TIMEOUT_S = 120  # an idle keep-alive connection is closed after this
-STOP_GRACE_S = 3.0  # how long stop() waits for handler threads
+STOP_GRACE_S = 3.0  # how long stop() waits for the event loop to finish
 AUTH_MESSAGE = "Invalid Organization or User secret, or invalid Element token provided."
 USER = {"id": 1, "emailAddress": "emulator@localhost.invalid", "firstName": "Emulator", "lastName": "User"}
 _TAG_RE = re.compile(r"<[/!?]?[A-Za-z][^<>]*>|<!--.*?-->|<![^<>]*>", re.DOTALL)
@@ -237,7 +240,7 @@ class Api:
             scheme = pieces[0].lower()
             if len(pieces) != 2 or scheme not in ("user", "organization", "element") or scheme in parts:
                 return False
-            # http.server decodes headers as latin-1: get the bytes the client sent back.
+            # headers are decoded as latin-1 (http11.py): get the bytes the client sent back.
             parts[scheme] = pieces[1].strip().encode("latin-1", "replace")
         user_ok = hmac.compare_digest(parts.get("user", b""), self._user)
         org_ok = hmac.compare_digest(parts.get("organization", b""), self._org)
@@ -589,201 +592,15 @@ class Api:
 
 # -- HTTP plumbing ------------------------------------------------------------------------------
 
-
-class _DropConnection(Exception):
-    """Abandon the current request without an answer (the emulator is stopping)."""
-
-
-class _BodyError(Exception):
-    """The request body could not be read as HTTP says; answer ``status`` and close."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """One connection: reads requests, applies faults, calls the Api, writes responses."""
-
-    protocol_version = "HTTP/1.1"
-    server_version = "CloudElementsEmulator/1.0"
-    sys_version = ""
-    timeout = IDLE_TIMEOUT_S
-    disable_nagle_algorithm = True
-    server: _Server
-
-    # http.server's own logging goes to stderr: silence it, we log through the emulator.
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        """Silenced (http.server would write to stderr)."""
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Protocol-level errors (bad request line, unsupported method) as JSON, then close."""
-        self.close_connection = True
-        status = HTTPStatus(code) if code in HTTPStatus._value2member_map_ else HTTPStatus.BAD_REQUEST
-        request_id = new_request_id()
-        try:
-            self._write(error_response(status.value, message or status.phrase, request_id), request_id)
-        except OSError:
-            pass
-
-    def _dispatch(self) -> None:
-        """Handle one parsed request: body, faults, API, response, log."""
-        emulator = self.server.emulator
-        started = time.monotonic()
-        path, _, query = self.path.partition("?")
-        request_id = new_request_id()
-        try:
-            body = self._read_body()
-        except _BodyError as exc:
-            self.close_connection = True
-            self._finish(error_response(exc.status, exc.message, request_id), request_id, path, query,
-                         None, started)
-            return
-        fault = None
-        if path == BASE_PATH or path.startswith(BASE_PATH + "/"):
-            decider = emulator.decider  # one snapshot: faults may be reassigned meanwhile
-            decision = decider.decide()
-            fault = decision.fault
-            self._pause(decision.delay_s)
-            if fault == "reset":
-                self._record(path, query, 0, fault, started)
-                self._reset()
-                return
-            if fault == "error":
-                response = error_response(decision.status, _FAULT_MESSAGES[decision.status], request_id)
-                self._finish(response, request_id, path, query, fault, started)
-                return
-            if fault == "throttle":
-                retry = f"{decider.config.retry_after:g}"
-                response = error_response(429, f"Too many requests: retry after {retry} seconds",
-                                          request_id, {"Retry-After": retry})
-                self._finish(response, request_id, path, query, fault, started)
-                return
-            if fault == "slow":
-                self._pause(decider.config.slow_ms / 1000.0)
-        response = emulator.api.handle(self.command, path, query, self.headers, body, request_id)
-        if fault == "lost":
-            self._record(path, query, 0, fault, started)
-            self._reset()
-            return
-        self._finish(response, request_id, path, query, fault, started)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
-
-    def handle_one_request(self) -> None:
-        """http.server's loop step, with stop and unexpected errors turned into a quiet close."""
-        try:
-            super().handle_one_request()
-        except (_DropConnection, StoreClosed):
-            self.close_connection = True
-        except OSError:
-            self.close_connection = True
-        except Exception as exc:  # a bug: one line in the log, a 500 if still possible, no traceback
-            self.close_connection = True
-            self.server.emulator.log_line(f"emulator internal error: {type(exc).__name__}: {exc}")
-            self.send_error(500, "Internal emulator error")
-
-    def _pause(self, seconds: float) -> None:
-        """Sleep without holding any lock; wake up early (and drop the request) on stop."""
-        if seconds > 0 and self.server.emulator.stopping.wait(seconds):
-            raise _DropConnection()
-
-    def _read_body(self) -> bytes:
-        """The whole request body (Content-Length or chunked)."""
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            return self._read_chunked()
-        length_text = self.headers.get("Content-Length")
-        if length_text is None:
-            return b""
-        try:
-            length = int(length_text)
-            if length < 0:
-                raise ValueError(length_text)
-        except ValueError:
-            raise _BodyError(400, f"Invalid Content-Length '{length_text}'") from None
-        if length > MAX_BODY_BYTES:
-            raise _BodyError(413, f"Request body too large (limit {MAX_BODY_BYTES} bytes)")
-        body = self.rfile.read(length)
-        if len(body) < length:
-            raise _DropConnection()  # the client went away mid-body
-        return body
-
-    def _read_chunked(self) -> bytes:
-        """Decode a chunked request body."""
-        parts, total = [], 0
-        while True:
-            line = self.rfile.readline(1026)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise _BodyError(400, "Malformed chunked request body") from None
-            if size == 0:
-                while self.rfile.readline(1026) not in (b"\r\n", b"\n", b""):
-                    pass
-                return b"".join(parts)
-            total += size
-            if total > MAX_BODY_BYTES:
-                raise _BodyError(413, f"Request body too large (limit {MAX_BODY_BYTES} bytes)")
-            parts.append(self.rfile.read(size))
-            self.rfile.readline(3)
-
-    def _write(self, response: Response, request_id: str) -> None:
-        """Send status line, headers and body in one write (no Nagle/delayed-ACK stalls)."""
-        if isinstance(response.body, RawJson):
-            body = bytes(response.body)
-        else:
-            body = b"" if response.body is None else json.dumps(response.body, separators=(",", ":")).encode()
-        status = HTTPStatus(response.status)
-        lines = [f"{self.protocol_version} {status.value} {status.phrase}",
-                 f"Server: {self.server_version}", f"Date: {self.date_time_string()}",
-                 f"elements-request-id: {request_id}"]
-        if body:
-            lines.append(f"Content-Type: {_JSON_CONTENT_TYPE}")
-        lines.append(f"Content-Length: {len(body)}")
-        lines.extend(f"{name}: {value}" for name, value in response.headers.items())
-        if self.close_connection:
-            lines.append("Connection: close")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self.wfile.write(head if self.command == "HEAD" else head + body)
-
-    def _finish(self, response: Response, request_id: str, path: str, query: str, fault: str | None,
-                started: float) -> None:
-        """Log the request (before answering, so the DB is current when the client sees it) and
-        send the response; a failed send is logged as status 0."""
-        log_id = self._record(path, query, response.status, fault, started)
-        try:
-            self._write(response, request_id)
-        except OSError:
-            self.close_connection = True
-            if log_id is not None:
-                self.server.emulator.store.set_request_status(log_id, 0)
-
-    def _record(self, path: str, query: str, status: int, fault: str | None, started: float) -> int | None:
-        """Write the request log row and the log line."""
-        duration = (time.monotonic() - started) * 1000.0
-        emulator = self.server.emulator
-        log_id = emulator.store.record_request(self.command, path, query, status, fault, duration)
-        target = f"{path}?{query}" if query else path
-        emulator.log_line(f"{self.command} {target} -> {status} ({duration:.0f} ms)"
-                          + (f" [{fault}]" if fault else ""))
-        return log_id
-
-    def _reset(self) -> None:
-        """Close the connection abruptly: SO_LINGER {on, 0} makes close() send a TCP RST."""
-        self.close_connection = True
-        sock = self.connection
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-        try:
-            self.rfile.close()  # drops the makefile() reference, so close() really closes the fd
-        finally:
-            sock.close()
-        self.wfile = io.BytesIO()  # anything http.server still writes goes nowhere
-
-
+SERVER_NAME = "CloudElementsEmulator/1.0"
+LISTEN_BACKLOG = 128
+_API_PREFIX = BASE_PATH + "/"
+_READ_CHUNK = 1 << 16  # bytes taken from a socket per read
+_READ_PAUSE_BYTES = 1 << 20  # stop reading a client that keeps sending while its request waits
+_LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER {on, 0}: close() sends a TCP RST
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_DROPPED = ("reset", "lost")  # faults that end the connection with a TCP RST instead of an answer
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
 _FAULT_MESSAGES = {
     500: "Internal server error (injected by the emulator)",
     502: "Bad gateway (injected by the emulator)",
@@ -791,66 +608,416 @@ _FAULT_MESSAGES = {
 }
 
 
-class _Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer that tracks open connections so stop() can end them, and never prints
-    tracebacks."""
+def encode_response(response: Response, request_id: str, date: str, close: bool, head_only: bool) -> bytes:
+    """Status line, headers and body as one buffer, written at once (no Nagle/delayed-ACK stalls)."""
+    if isinstance(response.body, RawJson):
+        body = bytes(response.body)
+    else:
+        body = b"" if response.body is None else _ENCODER.encode(response.body).encode()
+    head = (f"HTTP/1.1 {response.status} {_PHRASES[response.status]}\r\nServer: {SERVER_NAME}\r\n"
+            f"Date: {date}\r\nelements-request-id: {request_id}\r\n")
+    if body:
+        head += f"Content-Type: {_JSON_CONTENT_TYPE}\r\n"
+    head += f"Content-Length: {len(body)}\r\n"
+    for name, value in response.headers.items():
+        head += f"{name}: {value}\r\n"
+    if close:
+        head += "Connection: close\r\n"
+    data = (head + "\r\n").encode("latin-1")
+    return data if head_only else data + body
 
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    request_queue_size = 128
 
-    def __init__(self, address: tuple, emulator: Emulator, family: int):
-        self.address_family = family
+@dataclass
+class _Call:
+    """One framed request on its way through faults, the Api and the log."""
+
+    head: Head
+    body: bytes
+    path: str
+    query: str
+    request_id: str
+    started: float
+
+
+class _Connection(asyncio.BufferedProtocol):
+    """One client connection on the event loop: frames requests (``http11``), applies faults, calls
+    the Api, logs each request, answers. Requests on a connection are answered in order; one that
+    must wait (latency, "slow") waits on a timer while the loop serves the other connections."""
+
+    def __init__(self, service: _Service):
+        self.service = service
+        self.emulator = service.emulator
+        self.loop = service.loop
+        self.reader = RequestReader(MAX_BODY_BYTES)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
+        self._head: Head | None = None  # parsed, its body still arriving
+        self._method: str | None = None  # of the request being handled, for error answers
+        self._started = 0.0
+        self._delayed: asyncio.TimerHandle | None = None  # a request waiting out its delay
+        self._idle: asyncio.TimerHandle | None = None
+        self._last_io = 0.0
+        self._eof = False
+        self._closing = False  # no further request is read
+        self._write_paused = False
+        self._read_paused = False
+
+    # -- asyncio callbacks --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.service.connections.add(self)
+        self._last_io = self.loop.time()
+        self._idle = self.loop.call_later(IDLE_TIMEOUT_S, self._check_idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The socket is closed. A delayed request still runs when its time comes (a "slow" create
+        commits although its client gave up); only its answer is lost (logged as status 0)."""
+        self._closing = True
+        self.service.connections.discard(self)
+        if self._idle is not None:
+            self._idle.cancel()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Where the transport receives into: the loop's scratch buffer (read at once by
+        ``buffer_updated``); asyncio's default of a fresh 256 KiB bytes object per read costs more
+        than the rest of a request's framing."""
+        return self.service.scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.reader.buffer += self.service.scratch[:nbytes]
+        self._last_io = self.loop.time()
+        if self._delayed is None and not self._write_paused:
+            self._serve()
+        elif len(self.reader.buffer) > _READ_PAUSE_BYTES and not self._read_paused:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        """The client sent everything: answer what is complete, then close. Keeping the transport
+        open lets a delayed answer still be written, as a blocking server would have."""
+        self._eof = True
+        if self._delayed is None and not self._write_paused:
+            self._serve()
+        return True
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._last_io = self.loop.time()
+        if self._delayed is None:
+            self._serve()
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        """Answer the complete requests in the buffer, in order, until one has to wait."""
+        if not self._run(self._serve_buffered):
+            return
+        if self._closing or self._delayed is not None or self._write_paused:
+            return
+        if self._eof:
+            self._close()
+        elif self._read_paused:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    def _serve_buffered(self) -> None:
+        while not self._closing and self._delayed is None and not self._write_paused and self._next():
+            pass
+
+    def _run(self, step: Callable[..., None], *args: Any) -> bool:
+        """Run one step; an exception ends the connection as http.server's handler did: quietly for
+        a stop or a socket error, with a log line and a 500 for a bug. True if the step returned."""
+        try:
+            step(*args)
+            return True
+        except BadRequest as exc:
+            self._refuse(exc.status, exc.message, exc.method)
+        except CloseSilently:
+            self._close()
+        except (StoreClosed, OSError):
+            self._close()
+        except Exception as exc:  # a bug: one line in the log, a 500 if still possible, no traceback
+            self.emulator.log_line(f"emulator internal error: {type(exc).__name__}: {exc}")
+            self._refuse(500, "Internal emulator error", self._method)
+        return False
+
+    def _next(self) -> bool:
+        """Take the next request out of the buffer and answer it (or start its delay); False if it
+        has not fully arrived, or the connection is to close after it."""
+        head = self._head
+        if head is None:
+            head = self.reader.read_head()
+            if head is None:
+                return False
+            self._head, self._method, self._started = head, head.method, time.monotonic()
+            if head.expect_continue:
+                self.transport.write(CONTINUE)
+        try:
+            body = self.reader.read_body(head)
+        except BodyError as exc:
+            self._head = None
+            self._refuse_body(head, exc)
+            return False
+        if body is None:
+            return False
+        self._head = None
+        self._dispatch(head, body)
+        return True
+
+    def _dispatch(self, head: Head, body: bytes) -> None:
+        """Decide the request's fault; answer now, or on a timer after its delay."""
+        path, _, query = head.target.partition("?")
+        call = _Call(head, body, path, query, new_request_id(), self._started)
+        if path != BASE_PATH and not path.startswith(_API_PREFIX):
+            self._answer(call, NO_FAULT, None)
+            return
+        decider = self.emulator.decider  # one snapshot: faults may be reassigned meanwhile
+        decision = decider.decide()
+        delay = decision.delay_s + (decider.config.slow_ms / 1000.0 if decision.fault == "slow" else 0.0)
+        if delay > 0:
+            self._delayed = self.loop.call_later(delay, self._resume, call, decision, decider.config)
+        else:
+            self._answer(call, decision, decider.config)
+
+    def _resume(self, call: _Call, decision: FaultDecision, config: FaultConfig) -> None:
+        """A delayed request's time has come: answer it, then go on with the buffer."""
+        self._delayed = None
+        self._last_io = self.loop.time()
+        if self._run(self._answer, call, decision, config):
+            self._serve()
+
+    def _answer(self, call: _Call, decision: FaultDecision, config: FaultConfig | None) -> None:
+        """Apply the fault or let the Api answer, and log the request in the same transaction,
+        committed before the client can see the answer; then send the answer, or drop it."""
+        fault = decision.fault
+        with self.emulator.store.request():
+            response = self._respond(call, decision, config)
+            log_id = self._record(call, 0 if fault in _DROPPED else response.status, fault)
+        if fault in _DROPPED:
+            self._reset()
+        else:
+            self._deliver(call, response, log_id, not call.head.keep_alive)
+
+    def _respond(self, call: _Call, decision: FaultDecision, config: FaultConfig | None) -> Response | None:
+        """The answer: an injected fault's, or the Api's (None for "reset": not processed at all;
+        "lost" is processed, its answer never sent)."""
+        if decision.fault == "reset":
+            return None
+        if decision.fault == "error":
+            return error_response(decision.status, _FAULT_MESSAGES[decision.status], call.request_id)
+        if decision.fault == "throttle":
+            retry = f"{config.retry_after:g}"
+            return error_response(429, f"Too many requests: retry after {retry} seconds", call.request_id,
+                                  {"Retry-After": retry})
+        return self.emulator.api.handle(call.head.method, call.path, call.query, call.head.headers, call.body,
+                                        call.request_id)
+
+    def _refuse_body(self, head: Head, error: BodyError) -> None:
+        """A body that cannot be read: answered and logged like any request, then the connection
+        closes (the rest of the body was never read)."""
+        path, _, query = head.target.partition("?")
+        call = _Call(head, b"", path, query, new_request_id(), self._started)
+        response = error_response(error.status, error.message, call.request_id)
+        self._deliver(call, response, self._record(call, response.status, None), True)
+        self._closing = True
+
+    def _deliver(self, call: _Call, response: Response, log_id: int | None, close: bool) -> None:
+        """Send the response of a logged request; a failed send is logged as status 0."""
+        if not self._send(response, call, close) and log_id is not None:
+            self.emulator.store.set_request_status(log_id, 0)
+
+    def _send(self, response: Response, call: _Call, close: bool) -> bool:
+        """Write the response; False if the connection is gone or the write failed."""
+        transport = self.transport
+        if transport.is_closing():
+            return False
+        transport.write(encode_response(response, call.request_id, self.service.date(), close,
+                                        call.head.method == "HEAD"))
+        if transport.is_closing():  # the write failed: the client is gone
+            return False
+        if close:
+            self._close()
+        return True
+
+    def _record(self, call: _Call, status: int, fault: str | None) -> int | None:
+        """Write the request log row and the log line."""
+        duration = (time.monotonic() - call.started) * 1000.0
+        emulator = self.emulator
+        log_id = emulator.store.record_request(call.head.method, call.path, call.query, status, fault, duration)
+        if emulator.log_stream is not None:
+            target = f"{call.path}?{call.query}" if call.query else call.path
+            emulator.log_line(f"{call.head.method} {target} -> {status} ({duration:.0f} ms)"
+                              + (f" [{fault}]" if fault else ""))
+        return log_id
+
+    # -- ending -------------------------------------------------------------------------------
+
+    def _refuse(self, status: int, message: str | None, method: str | None) -> None:
+        """A protocol-level error (bad request line or headers, unknown method, a bug) as JSON,
+        then close; not in the request log (as http.server's send_error)."""
+        self._closing = True
+        if not self.transport.is_closing():
+            status = status if status in _PHRASES else 400
+            request_id = new_request_id()
+            response = error_response(status, message or _PHRASES[status], request_id)
+            self.transport.write(encode_response(response, request_id, self.service.date(), True,
+                                                 method == "HEAD"))
+        self._close()
+
+    def _close(self) -> None:
+        """Close after what was written (a FIN)."""
+        self._closing = True
+        self.transport.close()
+
+    def _reset(self) -> None:
+        """Close abruptly: SO_LINGER {on, 0} makes the socket's close() send a TCP RST."""
+        self._closing = True
+        sock = self.transport.get_extra_info("socket")
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        except (OSError, AttributeError):
+            pass
+        self.transport.abort()
+
+    def _check_idle(self) -> None:
+        """Close a connection whose client sent nothing (or read nothing) for IDLE_TIMEOUT_S; a
+        request waiting out its delay does not count as idle. Runs until the connection is lost."""
+        now = self.loop.time()
+        due = now + IDLE_TIMEOUT_S if self._delayed is not None else self._last_io + IDLE_TIMEOUT_S
+        if due > now:
+            self._idle = self.loop.call_later(due - now, self._check_idle)
+        elif self.transport.get_write_buffer_size():
+            self._closing = True
+            self.transport.abort()  # the client does not read either: nothing to wait for
+        else:
+            self._close()
+
+    def abort(self) -> None:
+        """End the connection now (the emulator stops): a request still waiting is dropped."""
+        self._closing = True
+        for timer in (self._delayed, self._idle):
+            if timer is not None:
+                timer.cancel()
+        self._delayed = None
+        self.transport.abort()
+
+
+if hasattr(selectors, "EpollSelector"):
+    class _PreciseEpollSelector(selectors.EpollSelector):
+        """epoll waits in whole milliseconds, rounded up, so a 20 ms delay would end up to 1 ms late
+        and requests due less than 1 ms apart would queue up behind each other. select() on the
+        epoll descriptor itself waits in microseconds; the events are then collected at once."""
+
+        def select(self, timeout: float | None = None) -> list:
+            if timeout is not None and timeout > 0:
+                try:
+                    select.select([self._selector.fileno()], [], [], timeout)
+                    timeout = 0
+                except (ValueError, AttributeError):  # fd beyond select()'s range, or a CPython without
+                    pass                                # the private epoll object: plain epoll
+            return super().select(timeout)
+
+
+def _selector() -> selectors.BaseSelector:
+    """The event loop's selector: precise timeouts where epoll is the default."""
+    if hasattr(selectors, "EpollSelector") and selectors.DefaultSelector is selectors.EpollSelector:
+        return _PreciseEpollSelector()
+    return selectors.DefaultSelector()
+
+
+class _Service:
+    """The emulator's event loop with its listening socket and open connections. ``run`` serves
+    until ``request_stop`` (from any thread) or Ctrl-C, then ends every connection."""
+
+    def __init__(self, emulator: Emulator, listener: socket.socket):
         self.emulator = emulator
-        self._connections: set[socket.socket] = set()
-        self._idle = threading.Condition()
-        super().__init__(address, _Handler)
+        self.listener = listener
+        self.loop = asyncio.SelectorEventLoop(_selector())
+        self.loop.set_exception_handler(self._loop_error)
+        self.connections: set[_Connection] = set()
+        self.scratch = memoryview(bytearray(_READ_CHUNK))  # shared: one read at a time on this loop
+        self.done = threading.Event()
+        self.thread_id: int | None = None
+        self._stop = self.loop.create_future()
+        self._server: asyncio.AbstractServer | None = None
+        self._second, self._date = -1, ""
 
-    def server_bind(self) -> None:
-        """Bind without HTTPServer's getfqdn() (a reverse DNS lookup that can take seconds)."""
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), port
-
-    def serve_until(self, stopping: threading.Event) -> None:
-        """Accept connections until ``stopping`` is set; stop() wakes the wait by connecting once,
-        so stopping takes no poll interval."""
-        with selectors.DefaultSelector() as selector:
-            selector.register(self, selectors.EVENT_READ)
-            while not stopping.is_set():
-                if selector.select(0.5) and not stopping.is_set():
-                    self._handle_request_noblock()
-
-    def process_request(self, request: socket.socket, client_address: tuple) -> None:
-        """Remember the connection, then hand it to a thread."""
-        with self._idle:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: socket.socket) -> None:
-        """Close the connection and forget it."""
-        super().shutdown_request(request)
-        with self._idle:
-            self._connections.discard(request)
-            self._idle.notify_all()
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        """No tracebacks on stderr: connection errors are normal here."""
-
-    def close_connections(self, timeout: float) -> None:
-        """Shut every open connection down and wait up to ``timeout`` for their threads."""
-        with self._idle:
-            connections = list(self._connections)
-        for conn in connections:
+    def run(self) -> None:
+        """Serve in the calling thread until stopped; always leaves the loop closed."""
+        self.thread_id = threading.get_ident()
+        try:
+            self.loop.run_until_complete(self._main())
+        finally:
             try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._connections and time.monotonic() < deadline:
-                self._idle.wait(max(0.0, deadline - time.monotonic()))
+                self._shutdown()
+            finally:
+                self.done.set()
+
+    async def _main(self) -> None:
+        self._server = await self.loop.create_server(lambda: _Connection(self), sock=self.listener,
+                                                     backlog=LISTEN_BACKLOG)
+        await self._stop
+
+    def request_stop(self) -> None:
+        """Make ``run`` return (callable from any thread, before or while it runs)."""
+        try:
+            self.loop.call_soon_threadsafe(self._set_stop)
+        except RuntimeError:  # the loop is closed: it has stopped already
+            pass
+
+    def _set_stop(self) -> None:
+        if not self._stop.done():
+            self._stop.set_result(None)
+
+    def _shutdown(self) -> None:
+        """Close the listener, end every connection (delayed requests are dropped), close the loop."""
+        if self._server is not None:
+            self._server.close()
+        self.listener.close()
+        try:
+            self.loop.run_until_complete(self._end_all())
+        finally:
+            self.loop.close()
+
+    async def _end_all(self) -> None:
+        """Cancel what still runs (the serving task after Ctrl-C, connections being accepted), abort
+        every connection, and give the aborted transports a turn to close their sockets."""
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for connection in list(self.connections):
+            connection.abort()
+        await asyncio.sleep(0)
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        """asyncio's own error reports: one line in the emulator's log, never a traceback."""
+        exc = context.get("exception")
+        detail = f"{type(exc).__name__}: {exc}" if exc is not None else context.get("message", "")
+        self.emulator.log_line(f"emulator internal error: {detail}")
+
+    def date(self) -> str:
+        """The Date header, formatted once per second."""
+        second = int(time.time())
+        if second != self._second:
+            self._second, self._date = second, email.utils.formatdate(second, usegmt=True)
+        return self._date
+
+
+def _listen(host: str, port: int, family: int) -> socket.socket:
+    """A listening TCP socket (address reuse on, as socketserver did)."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 @functools.lru_cache(maxsize=1)
@@ -894,10 +1061,8 @@ class Emulator:
         self.catalog = default_catalog()
         self.store: Store | None = None
         self.api: Api | None = None
-        self._server: _Server | None = None
+        self._service: _Service | None = None
         self._thread: threading.Thread | None = None
-        self._loop_started = False
-        self._loop_done = threading.Event()
         self._stopped = False
         self._state_lock = threading.Lock()
 
@@ -920,83 +1085,74 @@ class Emulator:
     @property
     def url(self) -> str:
         """Base URL of the API, e.g. http://127.0.0.1:PORT/elements/api-v2 (after start())."""
-        if self._server is None:
+        if self._service is None:
             raise RuntimeError("the emulator is not started")
         host = f"[{self._bind_host}]" if self._family == socket.AF_INET6 else self._bind_host
         return f"http://{host}:{self.port}{BASE_PATH}"
 
-    def _bind(self) -> None:
-        """Open the store and bind the listening socket (once)."""
+    def _bind(self) -> _Service:
+        """Open the store, bind the listening socket and make the event loop (once)."""
         with self._state_lock:
             if self._stopped:
                 raise RuntimeError("the emulator was stopped; create a new one")
-            if self._server is not None:
+            if self._service is not None:
                 raise RuntimeError("the emulator is already running")
             self.store = Store(self.db_path)
             self.api = Api(self.catalog, self.store, self._user_secret, self._organization_secret)
+            listener = None
             try:
-                self._server = _Server((self._bind_host, self.port), self, self._family)
+                listener = _listen(self._bind_host, self.port, self._family)
+                self._service = _Service(self, listener)
             except BaseException:
+                if listener is not None:
+                    listener.close()
                 self.store.close()
                 raise
-            self.port = self._server.server_address[1]
-
-    def _loop(self) -> None:
-        """The accept loop; marks itself done however it ends."""
-        try:
-            self._server.serve_until(self.stopping)
-        finally:
-            self._loop_done.set()
+            self.port = listener.getsockname()[1]
+            return self._service
 
     def start(self) -> str:
         """Serve in a daemon thread; return the base URL."""
-        self._bind()
-        self._loop_started = True
-        self._thread = threading.Thread(target=self._loop, name=f"emulator:{self.port}", daemon=True)
+        service = self._bind()
+        self._thread = threading.Thread(target=service.run, name=f"emulator:{self.port}", daemon=True)
         self._thread.start()
         return self.url
 
     def serve_forever(self) -> None:
-        """Serve in the calling thread until stop() or Ctrl-C; returns cleanly either way."""
-        if self._server is None:
-            self._bind()
-        self._loop_started = True
+        """Serve in the calling thread until stop() or Ctrl-C; returns cleanly either way. (After
+        start(), it waits for the serving thread instead.)"""
+        service = self._bind() if self._service is None else None
         try:
-            self._loop()
+            if service is not None:
+                service.run()
+            else:
+                while not self._service.done.wait(0.5):
+                    pass
         except KeyboardInterrupt:
             pass
         finally:
             self.stop()
 
-    def _wake_loop(self) -> None:
-        """Connect once to the listening socket so the accept loop sees the stop at once."""
-        try:
-            with socket.create_connection((self._bind_host, self.port), timeout=0.5):
-                pass
-        except OSError:
-            pass
-
     def stop(self) -> None:
-        """Stop serving, end open connections, close sockets and the database. Idempotent."""
+        """Stop serving, end open connections (requests still waiting out a delay are dropped),
+        close sockets and the database. Idempotent."""
         with self._state_lock:
             if self._stopped:
                 return
             self._stopped = True
         self.stopping.set()
-        server = self._server
-        if server is not None:
-            if self._loop_started and not self._loop_done.is_set():
-                self._wake_loop()
-                self._loop_done.wait(STOP_GRACE_S)
-            server.server_close()
-            server.close_connections(STOP_GRACE_S)
-        if self._thread is not None:
+        service = self._service
+        if service is not None:
+            service.request_stop()
+            if service.thread_id != threading.get_ident():
+                service.done.wait(STOP_GRACE_S)
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(STOP_GRACE_S)
         if self.store is not None:
             self.store.close()
 
     def __enter__(self) -> Emulator:
-        if self._server is None:
+        if self._service is None:
             self.start()
         return self
 

@@ -4,14 +4,19 @@ Instances survive emulator restarts (a user's first runs keep their state), and 
 database directly through ``EmulatorDB`` to see what really happened behind faults: whether a
 "lost" create was committed, what status each request got, raw secret values byte for byte.
 
-One connection in WAL mode, guarded by a lock, serves all handler threads; every statement is
-short and indexed (keyset paging, a tag table with a (tag, instance) key), so the lock is never
-held for long and never across a sleep.
+One connection in WAL mode, guarded by a lock, serves the emulator's event loop; every statement
+is short and indexed (keyset paging, a tag table with a (tag, instance) key), so the lock is never
+held for long and never across a sleep. Writes are not synced to disk (``synchronous=OFF``): a
+commit is then a few page writes into the OS cache, and the loop never waits for a checkpoint's
+fsync, which took milliseconds and held up every connection. Other processes see each commit at
+once, and an emulator that crashes or is killed loses nothing; only an OS crash or a power loss
+could lose the latest writes or damage the file, a fair price for a test emulator's state.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import secrets
 import sqlite3
@@ -58,6 +63,8 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 """
 
+_TRANSACTION = ("BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",))
+_SAVEPOINT = ("SAVEPOINT change", "RELEASE change", ("ROLLBACK TO change", "RELEASE change"))
 _INSTANCE_COLUMNS = ("id, name, element_key, reported_key, tags, configuration, token, "
                      "created_date, updated_date")
 
@@ -66,15 +73,21 @@ class StoreClosed(RuntimeError):
     """The store was closed (the emulator is stopping)."""
 
 
+@functools.lru_cache(maxsize=2)
+def _utc_second(second: int) -> str:
+    """A second since the epoch as 2017-08-07T18:46:38 (no zone); formatted once per second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
 def utc_now() -> str:
     """Current time as the API prints it: 2017-08-07T18:46:38Z."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return _utc_second(int(time.time())) + "Z"
 
 
 def _utc_now_ms() -> str:
     """Current time with milliseconds, for the request log."""
     now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    return _utc_second(int(now)) + f".{int(now % 1 * 1000):03d}Z"
 
 
 def new_token() -> str:
@@ -82,9 +95,12 @@ def new_token() -> str:
     return base64.b64encode(secrets.token_bytes(32)).decode("ascii")
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def _dumps(value: object) -> str:
     """JSON for a column; ASCII-escaped so any Python string (even a lone surrogate) survives."""
-    return json.dumps(value, separators=(",", ":"))
+    return _ENCODER.encode(value)
 
 
 def connect(path: str | Path, create: bool) -> sqlite3.Connection:
@@ -138,10 +154,11 @@ class Store:
 
     def __init__(self, path: str | Path):
         self._conn = connect(path, create=True)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: a request's transaction holds it around the others
         self._closed = False
+        self._in_request = False
         self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA synchronous=OFF")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.executescript(_SCHEMA)
         self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -163,14 +180,33 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """The connection, under the lock, inside BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
+        """The connection, under the lock, inside BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error);
+        inside ``request()``, a savepoint of its transaction instead."""
         with self._locked() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+            begin, commit, rollback = _SAVEPOINT if self._in_request else _TRANSACTION
+            conn.execute(begin)
             try:
                 yield conn
             except BaseException:
+                for statement in rollback:
+                    conn.execute(statement)
+                raise
+            conn.execute(commit)
+
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """One transaction around everything a request writes, its log row included (one commit
+        per request instead of two); committed when the block ends, rolled back if it raises."""
+        with self._locked() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            self._in_request = True
+            try:
+                yield
+            except BaseException:
+                self._in_request = False
                 conn.execute("ROLLBACK")
                 raise
+            self._in_request = False
             conn.execute("COMMIT")
 
     # -- instances ------------------------------------------------------------------------------
@@ -250,12 +286,15 @@ class Store:
         sql_page = (f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE {where} AND id > ?"
                     " ORDER BY id LIMIT ?")
         with self._locked() as conn:
-            conn.execute("BEGIN")
+            own = not self._in_request  # one snapshot for both statements
+            if own:
+                conn.execute("BEGIN")
             try:
                 total = conn.execute(f"SELECT count(*) FROM instances WHERE {where}", params).fetchone()[0]
                 rows = conn.execute(sql_page, (*params, query.after_id, query.limit + 1)).fetchall()
             finally:
-                conn.execute("COMMIT")
+                if own:
+                    conn.execute("COMMIT")
         more = len(rows) > query.limit
         return [InstanceRow.from_sql(r) for r in rows[:query.limit]], total, more
 

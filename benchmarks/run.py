@@ -487,16 +487,17 @@ def plot(rows: list[dict], path: Path, args: argparse.Namespace) -> bool:
         log("matplotlib is not installed (pip install -e '.[bench]'): no plot written")
         return False
     fig, ax = plt.subplots(figsize=(9, 6))
-    colors = dict(zip(PHASES, ("tab:gray", "tab:blue", "tab:red", "tab:green", "tab:purple"), strict=True))
+    colors = dict(zip((*PHASES, *ANSIBLE_PHASES), ("tab:gray", "tab:blue", "tab:red", "tab:green", "tab:purple",
+                                                   "tab:orange", "tab:olive"), strict=True))
     sizes = sorted({r["n"] for r in rows})
-    for phase in PHASES:
+    for phase in (*PHASES, *ANSIBLE_PHASES):
         mine = sorted((r for r in rows if r["phase"] == phase), key=lambda r: r["n"])
         if not mine:
             continue
         ax.plot([r["n"] for r in mine], [r["median_s"] for r in mine], "o-", color=colors[phase],
                 label=f"{phase} (median)")
         bounded = [r for r in mine if r["bound_s"]]
-        if bounded and phase != "apply-noop":  # apply-noop has the same bound as plan-noop
+        if bounded and phase in PHASES and phase != "apply-noop":  # apply-noop has the same bound as plan-noop
             ax.plot([r["n"] for r in bounded], [r["bound_s"] for r in bounded], "--", color=colors[phase],
                     alpha=0.7, label=f"{phase} bound")
     ax.axhline(2.0, color=colors["validate"], linestyle=":", alpha=0.7, label="validate target 2 s @10k")
@@ -510,7 +511,7 @@ def plot(rows: list[dict], path: Path, args: argparse.Namespace) -> bool:
     ax.set_title(f"provisioner: time vs N (latency {args.latency_ms:g} ms, parallelism {args.parallelism}, "
                  f"{os.cpu_count()} CPUs)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -485,6 +485,8 @@ class _Transport:
 
 def _readable(sock: socket.socket) -> bool:
     """Has an idle connection something to read? Then it is closed (EOF) or out of step."""
+    if not hasattr(select, "poll"):  # Windows
+        return bool(select.select([sock], [], [], 0)[0])
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))

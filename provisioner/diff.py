@@ -43,20 +43,21 @@ def diff_configuration(desired: Mapping[str, Any], live: Mapping[str, Any] | Non
     """Differences on declared configuration keys (and keys with schema defaults)."""
     live = live or {}
     diffs: list[FieldDiff] = []
+    secret_keys = schema.secret_keys
     for key in sorted(set(desired) | set(schema.defaults)):
-        path = f"configuration.{key}"
-        if key in schema.secret_keys:
+        if key in secret_keys:
             if key in desired and desired[key] is not None:
                 want = fingerprint(fp.key, fp.stack, name, key, desired[key])
                 if live_fingerprints.get(key) != want:
                     op = "change" if key in live_fingerprints or live.get(key) not in (None, "") else "add"
-                    diffs.append(FieldDiff(op, path, SENSITIVE if op == "change" else None, SENSITIVE, True))
+                    diffs.append(FieldDiff(op, f"configuration.{key}", SENSITIVE if op == "change" else None,
+                                           SENSITIVE, True))
             continue
         want = schema.effective(key, desired.get(key))
         have = schema.effective(key, live.get(key))
         if want != have:
             op = "add" if have is None else "remove" if want is None else "change"
-            diffs.append(FieldDiff(op, path, have, want))
+            diffs.append(FieldDiff(op, f"configuration.{key}", have, want))
     return diffs
 
 

@@ -30,6 +30,8 @@ from .errors import Location, Problem
 _SHAPE_KEYWORDS = frozenset({"$schema", "$id", "$comment", "title", "description", "x-provisioner", "type",
                              "properties", "required", "additionalProperties", "minProperties", "maxProperties"})
 
+_UNSEEN = object()
+
 # Keywords of a property schema that the string fast path fully understands (the rest are annotations).
 _STRING_KEYWORDS = frozenset({"type", "minLength", "maxLength", "title", "description", "default", "examples",
                               "writeOnly", "readOnly", "deprecated", "$comment"})
@@ -166,9 +168,22 @@ class ElementSchema:
         return value
 
     def effective(self, key: str, value: Any) -> Any:
-        """The value that counts: null, empty and absent all mean the schema default (if any)."""
-        value = self.normalize(key, value)
-        return self._normal_defaults.get(key) if value is None else value
+        """The value that counts: null, empty and absent all mean the schema default (if any).
+        Memoised per (key, type, value): a plan compares the same few values thousands of times."""
+        memo = (key, type(value), value) if isinstance(value, (str, int, float, bool, type(None))) else None
+        if memo is not None:
+            known = self._effective_memo.get(memo, _UNSEEN)
+            if known is not _UNSEEN:
+                return known
+        normal = self.normalize(key, value)
+        result = self._normal_defaults.get(key) if normal is None else normal
+        if memo is not None and len(self._effective_memo) < 100_000:
+            self._effective_memo[memo] = result
+        return result
+
+    @cached_property
+    def _effective_memo(self) -> dict[tuple, Any]:
+        return {}
 
     @cached_property
     def _types(self) -> dict[str, tuple[str, ...]]:

@@ -257,3 +257,17 @@ def test_memoised_and_fast_validation_agrees_with_jsonschema(element, data):
         full = sorted(tuple(e.absolute_path) for e in schema.validator.iter_errors(dict(configuration)))
         assert bool(fast) == bool(full)
         assert {p for p in fast if p} == {p for p in full if p}
+
+
+@ELEMENTS
+@SETTINGS
+@given(data=st.data())
+def test_memoised_effective_values_match_a_fresh_computation(element, data):
+    """ElementSchema.effective memoises per (key, type, value): True, 1 and 1.0 must not share an entry."""
+    schema = ElementRegistry.load([]).get(element)
+    key = data.draw(st.sampled_from(sorted(schema.properties)))
+    values = data.draw(st.lists(st.one_of(st.sampled_from([True, 1, 1.0, False, 0, 0.0, "1", "true", "", None]),
+                                          CONFIG_VALUES), min_size=1, max_size=8))
+    for value in values + values:
+        assert schema.effective(key, value) == effective(schema, key, value)
+        assert type(schema.effective(key, value)) is type(effective(schema, key, value))

@@ -25,7 +25,7 @@ from .interrupt import StopFlag
 from .live import LiveInstance, read_live
 from .manifest import DEFAULT_TARGET, Limits, Manifest, load_manifest
 from .ownership import FINGERPRINT_KEY_ENV, fingerprint_key
-from .plan import Plan, PlanOptions, make_plan
+from .plan import EarlyDiffs, Plan, PlanOptions, make_plan
 from .ratelimit import RateBudget
 from .render import Renderer
 from .stats import RequestStats
@@ -124,12 +124,14 @@ def connect(validated: Validated, options: Options, stop: StopFlag) -> Iterator[
         yield Connection(targets, clients, stats, fingerprints)
 
 
-def read_state(connection: Connection, stack: str, owned_only: bool) -> dict[str, list[LiveInstance]]:
+def read_state(connection: Connection, stack: str, owned_only: bool,
+               early: EarlyDiffs | None = None) -> dict[str, list[LiveInstance]]:
     """Stage 4: one paged listing per target. A 401/403 stops the run naming the variables."""
     live = {}
     for name, client in connection.clients.items():
+        on_page = (lambda page, target=name: early.see(target, page)) if early is not None else None
         try:
-            live[name] = read_live(client, stack, owned_only=owned_only)
+            live[name] = read_live(client, stack, owned_only=owned_only, on_page=on_page)
         except Unauthorized as exc:
             raise CredentialsRefused(name, connection.targets[name].credential_sources, exc) from None
     return live
@@ -138,9 +140,10 @@ def read_state(connection: Connection, stack: str, owned_only: bool) -> dict[str
 def plan(validated: Validated, connection: Connection, options: Options) -> Plan:
     """Stages 4-5: read the live state and compare."""
     owned_only = options.plan.destroy
-    live = read_state(connection, validated.manifest.stack, owned_only)
-    return make_plan(validated.manifest.stack, validated.desired, live, validated.registry,
-                     connection.fingerprints, options.plan)
+    stack = validated.manifest.stack
+    early = None if owned_only else EarlyDiffs(stack, validated.desired, validated.registry, connection.fingerprints)
+    live = read_state(connection, stack, owned_only, early)
+    return make_plan(stack, validated.desired, live, validated.registry, connection.fingerprints, options.plan, early)
 
 
 def apply(validated: Validated, connection: Connection, the_plan: Plan, options: Options, stop: StopFlag,

@@ -6,7 +6,7 @@ never sees raw JSON. Tokens become ``Secret``s the moment they are read.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -64,11 +64,17 @@ def _numeric(value: Any) -> Any:
         return 0
 
 
-def read_live(client: InstanceReader, stack: str, owned_only: bool = False) -> list[LiveInstance]:
-    """All instances of the target (or only those the stack owns), with configuration filled in."""
+def read_live(client: InstanceReader, stack: str, owned_only: bool = False,
+              on_page: Callable[[list[LiveInstance]], object] | None = None) -> list[LiveInstance]:
+    """All instances of the target (or only those the stack owns), with configuration filled in.
+    ``on_page`` sees each page's instances as it arrives, while the next page is being fetched."""
     marker = stack_marker(stack)
-    instances = [LiveInstance.from_api(item) for page in client.instance_pages(tags=(marker,) if owned_only else ())
-                 for item in page if isinstance(item, Mapping)]
+    instances: list[LiveInstance] = []
+    for page in client.instance_pages(tags=(marker,) if owned_only else ()):
+        converted = [LiveInstance.from_api(item) for item in page if isinstance(item, Mapping)]
+        if on_page is not None:
+            on_page(converted)
+        instances.extend(converted)
     if owned_only:  # the server's tag filter is trusted only as far as we check it
         instances = [i for i in instances if i.owned_by(stack)]
     return [_hydrated(client, i) if i.configuration is None and i.owned_by(stack) else i for i in instances]

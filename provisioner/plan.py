@@ -80,9 +80,39 @@ class Plan:
         return [f"{c.name}: {c.warning}" for c in self.changes if c.warning]
 
 
+class EarlyDiffs:
+    """Field diffs of declared instances against their owned live namesakes, computed page by page
+    while the listing is still on the wire (the main thread is otherwise idle between pages).
+    ``make_plan`` takes them instead of comparing again. Only a cache of a pure function: a plan is
+    the same with or without it (an entry is used only for the very same desired and live objects)."""
+
+    def __init__(self, stack: str, desired: Iterable[DesiredInstance], registry: ElementRegistry,
+                 fingerprints: Mapping[str, FingerprintContext]):
+        self._stack = stack
+        self._registry = registry
+        self._fingerprints = fingerprints
+        self._declared = {(d.target, d.name): d for d in desired}
+        self._diffs: dict[int, tuple[DesiredInstance, LiveInstance, tuple[FieldDiff, ...]]] = {}
+
+    def see(self, target: str, page: Iterable[LiveInstance]) -> None:
+        """Compare the instances of one page that a declared instance may be matched to."""
+        fp = self._fingerprints.get(target)
+        for live in page:
+            desired = self._declared.get((target, live.name))
+            if desired is None or fp is None or live.configuration is None or not live.owned_by(self._stack):
+                continue
+            schema = self._registry.get(desired.element)
+            if schema is not None and element_matches(schema, live.element):
+                self._diffs[id(live)] = (desired, live, tuple(diff_instance(desired, live, schema, fp)))
+
+    def get(self, desired: DesiredInstance, live: LiveInstance) -> tuple[FieldDiff, ...] | None:
+        entry = self._diffs.get(id(live))
+        return entry[2] if entry is not None and entry[0] is desired and entry[1] is live else None
+
+
 def make_plan(stack: str, desired: Iterable[DesiredInstance], live_by_target: Mapping[str, list[LiveInstance]],
               registry: ElementRegistry, fingerprints: Mapping[str, FingerprintContext],
-              options: PlanOptions = PlanOptions()) -> Plan:
+              options: PlanOptions = PlanOptions(), early: EarlyDiffs | None = None) -> Plan:
     """Compare desired with live, target by target, and decide what to do with each instance."""
     desired = list(desired)
     if options.prune and not desired and not options.force and not options.destroy:
@@ -94,12 +124,13 @@ def make_plan(stack: str, desired: Iterable[DesiredInstance], live_by_target: Ma
         by_target.setdefault(instance.target, []).append(instance)
     for target in sorted(set(by_target) | set(live_by_target)):
         changes.extend(_plan_target(stack, target, by_target.get(target, []), live_by_target.get(target, []),
-                                    registry, fingerprints.get(target), options))
+                                    registry, fingerprints.get(target), options, early))
     return Plan(stack, tuple(changes), options)
 
 
 def _plan_target(stack: str, target: str, desired: list[DesiredInstance], live: list[LiveInstance],
-                 registry: ElementRegistry, fp: FingerprintContext | None, options: PlanOptions) -> list[Change]:
+                 registry: ElementRegistry, fp: FingerprintContext | None, options: PlanOptions,
+                 early: EarlyDiffs | None) -> list[Change]:
     owned: dict[str, list[LiveInstance]] = {}
     foreign: dict[str, LiveInstance] = {}
     for instance in live:
@@ -113,7 +144,7 @@ def _plan_target(stack: str, target: str, desired: list[DesiredInstance], live: 
         declared.add(instance.name)
         matches = sorted(owned.get(instance.name, []), key=lambda i: i.age_key)
         if matches:
-            changes.append(_compare(instance, matches[0], registry, fp, options))
+            changes.append(_compare(instance, matches[0], registry, fp, options, early))
             changes.extend(_duplicates(matches, target))
         elif instance.name in foreign:
             other = foreign[instance.name]
@@ -132,7 +163,7 @@ def _plan_target(stack: str, target: str, desired: list[DesiredInstance], live: 
 
 
 def _compare(instance: DesiredInstance, live: LiveInstance, registry: ElementRegistry,
-             fp: FingerprintContext | None, options: PlanOptions) -> Change:
+             fp: FingerprintContext | None, options: PlanOptions, early: EarlyDiffs | None = None) -> Change:
     schema = registry.get(instance.element)
     assert schema is not None and fp is not None  # validation guarantees the element; apply gives fp
     common = {"name": instance.name, "target": instance.target, "element": instance.element, "id": live.id,
@@ -144,7 +175,9 @@ def _compare(instance: DesiredInstance, live: LiveInstance, registry: ElementReg
                           "(the application's token will change)", diff=diff, **common)
         return Change("conflict", reason=f"element changes from {live.element} to {instance.element}, which needs "
                       "a replace (and a new token); run with --allow-replace to allow it", diff=diff, **common)
-    diffs = tuple(diff_instance(instance, live, schema, fp))
+    diffs = early.get(instance, live) if early is not None else None
+    if diffs is None:
+        diffs = tuple(diff_instance(instance, live, schema, fp))
     if not diffs:
         return Change("noop", reason="up to date", **common)
     if any(d.path.startswith("configuration.") for d in diffs):

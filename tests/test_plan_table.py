@@ -26,7 +26,7 @@ from provisioner.diff import FingerprintContext
 from provisioner.errors import UserError
 from provisioner.live import LiveInstance
 from provisioner.ownership import fingerprint_tags
-from provisioner.plan import PlanOptions, make_plan
+from provisioner.plan import EarlyDiffs, PlanOptions, make_plan
 
 CASES_DIR = Path(__file__).resolve().parent / "plan-cases"
 CASES = sorted(p.name for p in CASES_DIR.iterdir() if (p / "expected.json").is_file())
@@ -67,15 +67,26 @@ def matches(actual: dict, expected: dict) -> bool:
     return "warning" in expected or actual["warning"] is None  # an unexpected warning is a difference
 
 
-def build(case: str):
+def build(case: str, early_pages: int = 0):
+    """make_plan for the case; with ``early_pages``, diffs are first computed in that many pages
+    through EarlyDiffs, as engine.plan does while the listing arrives."""
     directory = CASES_DIR / case
     validated = engine.validate(engine.Options(manifest=str(directory / "manifest.yaml"), environ={}))
     stack = validated.manifest.stack
     live = live_instances(directory / "live.json", stack)
     options_path = directory / "options.json"
     options = PlanOptions(**json.loads(options_path.read_text())) if options_path.exists() else PlanOptions()
-    return lambda: make_plan(stack, validated.desired, {"default": live}, validated.registry,
-                             {"default": FingerprintContext(FP_KEY, stack)}, options)
+    fingerprints = {"default": FingerprintContext(FP_KEY, stack)}
+    early = None
+    if early_pages:
+        early = EarlyDiffs(stack, validated.desired, validated.registry, fingerprints)
+        for start in range(early_pages):
+            early.see("default", live[start::early_pages])
+    def plan():
+        return make_plan(stack, validated.desired, {"default": live}, validated.registry, fingerprints, options, early)
+
+    plan.early = early
+    return plan
 
 
 def test_every_case_is_complete():
@@ -102,6 +113,16 @@ def test_plan(case):
     ok = len(actual) == len(expected) and all(matches(a, e) for a, e in zip(actual, expected, strict=True))
     assert ok, (f"\ncase {case}\n--- expected ---\n{json.dumps(expected, indent=2)}\n"
                 f"--- actual ---\n{json.dumps(actual, indent=2, default=str)}")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_diffs_computed_while_the_listing_arrives_give_the_same_plan(case):
+    if isinstance(json.loads((CASES_DIR / case / "expected.json").read_text(encoding="utf-8")), dict):
+        return  # a refused plan: nothing to compare
+    early_plan = build(case, early_pages=2)
+    assert early_plan() == build(case)()
+    if case == "all-match-noop":  # the early path was really taken
+        assert len(early_plan.early._diffs) >= 2
 
 
 def test_fingerprint_placeholder_matches_what_apply_writes():

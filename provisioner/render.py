@@ -339,7 +339,7 @@ def _resolve(scope: dict[str, Any], path: tuple) -> Any:
     """Follow a key path through mappings exactly as Jinja would, or return _MISSING."""
     value = scope.get(path[0], _MISSING)
     for key in path[1:]:
-        if not isinstance(value, Mapping) or key not in value or hasattr(type(value), key):
+        if not isinstance(value, (dict, Mapping)) or key not in value or hasattr(type(value), key):
             return _MISSING
         value = value[key]
     return value

@@ -125,13 +125,13 @@ class Client:
         self._trace = trace
         self._stop = stop
         auth = _ElementsAuth(Secret(user_secret), Secret(organization_secret))
-        self._session = _Transport(settings, auth, self._base)
+        self._transport = _Transport(settings, auth, self._base)
 
     # -- context management -----------------------------------------------------------------
 
     def close(self) -> None:
         """Close the keep-alive connections. Safe to call twice."""
-        self._session.close()
+        self._transport.close()
 
     def __enter__(self) -> Client:
         return self
@@ -290,7 +290,7 @@ class Client:
         t0 = time.monotonic()
         target = path + (f"?{urlencode(params)}" if params else "")
         try:
-            response = self._session.send(method, target, data)
+            response = self._transport.send(method, target, data)
         except (http.client.HTTPException, OSError) as exc:
             failure = _transport_failure(exc, method, shown)
             failure.__cause__ = exc

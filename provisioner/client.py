@@ -111,8 +111,12 @@ class _ElementsAuth:
         return f"_ElementsAuth({MASK})"
 
 
-class Client:
-    """Typed calls to the platform API with retries, backoff, a shared rate budget and statistics."""
+class ReadOnlyClient:
+    """Typed read calls to the platform API (listings, one instance, element definitions) with
+    retries, backoff, a shared rate budget and statistics. It cannot write: ``drift`` and other
+    read-only commands are built on this class alone, and ``_call`` refuses any method but GET."""
+
+    _WRITES_ALLOWED = False
 
     def __init__(self, base_url: str, user_secret: Secret, organization_secret: Secret,
                  settings: ClientSettings, *, budget: RateBudget | None = None,
@@ -133,7 +137,7 @@ class Client:
         """Close the keep-alive connections. Safe to call twice."""
         self._transport.close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> ReadOnlyClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -154,26 +158,6 @@ class Client:
     def get_instance(self, instance_id: int | str) -> dict:
         """``GET /instances/{id}``; NotFound if there is no such instance."""
         return _remember_tokens(self._call("GET", f"/instances/{_segment(instance_id)}").data)
-
-    def create_instance(self, body: dict) -> dict:
-        """``POST /instances``. Raises AmbiguousCreate when the outcome cannot be known."""
-        return _remember_tokens(self._call("POST", "/instances", body=body, create=True).data)
-
-    def update_instance(self, instance_id: int | str, body: dict) -> dict:
-        """``PUT /instances/{id}`` with a full body."""
-        return _remember_tokens(self._call("PUT", f"/instances/{_segment(instance_id)}", body=body).data)
-
-    def patch_instance(self, instance_id: int | str, body: dict) -> dict:
-        """``PATCH /instances/{id}`` with a partial body."""
-        return _remember_tokens(self._call("PATCH", f"/instances/{_segment(instance_id)}", body=body).data)
-
-    def delete_instance(self, instance_id: int | str) -> bool:
-        """``DELETE /instances/{id}``: True if deleted now, False if it was already gone (404)."""
-        try:
-            self._call("DELETE", f"/instances/{_segment(instance_id)}")
-        except NotFound:
-            return False
-        return True
 
     def get_element(self, key: str) -> dict:
         """``GET /elements/{key}``: the element's metadata."""
@@ -244,6 +228,8 @@ class Client:
     def _call(self, method: str, path: str, *, params: list[tuple[str, str]] | None = None,
               body: Any = None, create: bool = False, raw: bool = False) -> _Reply:
         """Send one API call, retrying as the method allows; return the 2xx reply or raise."""
+        if method != "GET" and not self._WRITES_ALLOWED:
+            raise RuntimeError(f"a read-only client cannot send {method}")
         data = None if body is None else json.dumps(body, default=json_default).encode("utf-8")
         shown = _display(path, params)
         started = time.monotonic()
@@ -332,6 +318,33 @@ class Client:
     def _emit(self, line: str) -> None:
         if self._trace is not None:
             self._trace(REDACTOR.redact(line))
+
+
+class Client(ReadOnlyClient):
+    """The read calls plus the writes: create, update, patch and delete instances."""
+
+    _WRITES_ALLOWED = True
+
+    def create_instance(self, body: dict) -> dict:
+        """``POST /instances``. Raises AmbiguousCreate when the outcome cannot be known."""
+        return _remember_tokens(self._call("POST", "/instances", body=body, create=True).data)
+
+    def update_instance(self, instance_id: int | str, body: dict) -> dict:
+        """``PUT /instances/{id}`` with a full body."""
+        return _remember_tokens(self._call("PUT", f"/instances/{_segment(instance_id)}", body=body).data)
+
+    def patch_instance(self, instance_id: int | str, body: dict) -> dict:
+        """``PATCH /instances/{id}`` with a partial body."""
+        return _remember_tokens(self._call("PATCH", f"/instances/{_segment(instance_id)}", body=body).data)
+
+    def delete_instance(self, instance_id: int | str) -> bool:
+        """``DELETE /instances/{id}``: True if deleted now, False if it was already gone (404)."""
+        try:
+            self._call("DELETE", f"/instances/{_segment(instance_id)}")
+        except NotFound:
+            return False
+        return True
+
 
 
 # -- helpers: session and URLs ------------------------------------------------------------------

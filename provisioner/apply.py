@@ -2,19 +2,24 @@
 
 Writes run in a bounded pool (``parallelism`` workers, one rate budget shared by all). One failing
 instance does not stop the others. A create whose outcome is unknown (the response was lost, the
-server answered 5xx, the read timed out) is never simply sent again: after a settle delay the stack's
-instances are listed once, the ones that did get created are adopted, and only the rest are created
-again, for a bounded number of rounds. If any create was sent twice for one name, a last listing
-removes the extra copies this run made (a server may commit a request after the client gave up).
+server answered 5xx, the read timed out, a 2xx without an instance) is never simply sent again: the
+stack's instances are listed at once, the ones that did get created are adopted, and only the rest
+are created again, for a bounded number of rounds. Then a final listing settles every created name
+on one copy, the oldest, which every overlapping run agrees on; a run deletes only extra copies it
+made itself. It waits ``settle`` seconds first, once, only if a create that got no answer was sent
+again (a slow server may still commit it).
 
-SIGINT/SIGTERM set the stop flag: no new request starts, in-flight ones finish or time out, and the
-result still holds every token obtained so far.
+SIGINT/SIGTERM set the stop flag: no new request starts, in-flight ones get a second to finish, and
+the result still holds every token obtained so far.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as futures
+import math
 import queue
+import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,9 +28,18 @@ from typing import Any
 from .bodies import create_body, patch_body, put_body
 from .diff import FingerprintContext
 from .elements import ElementRegistry
-from .errors import AmbiguousCreate, ApiError, Interrupted, ProvisionerError, TransportError, Unauthorized
+from .errors import (
+    AmbiguousCreate,
+    ApiError,
+    InconsistentListing,
+    Interrupted,
+    ProvisionerError,
+    TransportError,
+    Unauthorized,
+)
 from .interrupt import StopFlag
 from .live import LiveInstance, read_live
+from .ownership import run_tag
 from .plan import Change, Plan
 from .secret import Secret
 
@@ -44,8 +58,8 @@ class ChangeResult:
 @dataclass(frozen=True)
 class ApplySettings:
     parallelism: int = 8
-    settle_seconds: float = 30.0  # wait before looking up a create whose outcome is unknown
-    max_create_rounds: int = 5
+    settle_seconds: float = 30.0  # how long a server may take to commit a create whose answer was lost
+    max_create_rounds: int = 12
 
 
 @dataclass
@@ -82,8 +96,14 @@ class Applier:
         self.stop = stop
         self.progress = progress or (lambda _result: None)
         self.aborted: str | None = None
-        self._ambiguous: list[tuple[Change, float]] = []
+        self._lock = threading.Lock()
+        self._ambiguous: list[Change] = []
         self._posted: dict[tuple[str, str], int] = {}
+        self._made: dict[tuple[str, str], set[str]] = {}  # ids of the copies this run was told it made
+        self._unanswered: set[tuple[str, str]] = set()  # names whose create got no answer at least once
+        self._resent_unanswered = False
+        self._last_unanswered = -math.inf
+        self.run_tag = run_tag(secrets.token_hex(6))
         self._known_ids = {(c.target, c.live.id) for c in plan.changes if c.live is not None}
 
     def run(self) -> ApplyResult:
@@ -100,7 +120,7 @@ class Applier:
                                         thread_name_prefix="apply") as pool:
             self._run_batch(pool, writes, results)
             self._resolve_ambiguous(pool, results)
-        notes = self._dedupe_after_retries(results)
+        notes = self._final_check(results)
         ordered = [results[i] for i in range(len(self.plan.changes))]
         return ApplyResult(self.plan, ordered, self.stop.signum if self.stop.is_set() and not self.aborted else None,
                            self.aborted, notes)
@@ -135,8 +155,12 @@ class Applier:
         client = self.clients[change.target]
         try:
             return self._dispatch(change, client)
-        except AmbiguousCreate:
-            self._ambiguous.append((change, time.monotonic()))
+        except AmbiguousCreate as exc:
+            with self._lock:
+                if not exc.answered:
+                    self._unanswered.add((change.target, change.name))
+                    self._last_unanswered = time.monotonic()
+                self._ambiguous.append(change)
             return None
         except Interrupted:
             return ChangeResult(change, "skipped", error=self._skip_reason())
@@ -174,9 +198,14 @@ class Applier:
         schema = self.registry.get(desired.element)
         assert schema is not None
         key = (change.target, change.name)
-        self._posted[key] = self._posted.get(key, 0) + 1
-        data = client.create_instance(create_body(desired, schema, self.fingerprints[change.target]))
-        return ChangeResult(change, "ok", id=data.get("id"), token=_token(data))
+        with self._lock:
+            self._posted[key] = self._posted.get(key, 0) + 1
+            if key in self._unanswered:
+                self._resent_unanswered = True
+        data = client.create_instance(create_body(desired, schema, self.fingerprints[change.target], self.run_tag))
+        with self._lock:
+            self._made.setdefault(key, set()).add(str(data["id"]))
+        return ChangeResult(change, "ok", id=data["id"], token=_token(data))
 
     def _skip_reason(self) -> str:
         return self.aborted or "not started: the run was interrupted"
@@ -184,23 +213,26 @@ class Applier:
     # -- creates whose outcome is unknown ------------------------------------------------------
 
     def _resolve_ambiguous(self, pool: futures.Executor, results: dict[int, ChangeResult]) -> None:
+        """Look up at once every create whose outcome is unknown; adopt what was made, create the rest
+        again; repeat while creates keep failing that way, for a bounded number of rounds. No settle
+        wait here: a server that answered (5xx) is done with the request, and a create that got no
+        answer but is still being processed is caught by the final check, which waits once."""
         index_of = {id(c): i for i, c in enumerate(self.plan.changes)}
         for _round in range(self.settings.max_create_rounds):
             if not self._ambiguous:
                 return
             batch, self._ambiguous = self._ambiguous, []
-            if self.stop.is_set() or self._settle(max(t for _, t in batch)):
-                for change, _ in batch:
+            if self.stop.is_set():
+                for change in batch:
                     results[index_of[id(change)]] = ChangeResult(change, "skipped", error=self._skip_reason())
                 return
             retry: list[tuple[int, Change]] = []
-            for target in sorted({c.target for c, _ in batch}):
-                found = self._owned_new(target, results, [c for c, _ in batch if c.target == target])
+            for target in sorted({c.target for c in batch}):
+                mine = [c for c in batch if c.target == target]
+                found = self._owned_new(target, results, mine)
                 if found is None:
-                    return
-                for change, _ in batch:
-                    if change.target != target:
-                        continue
+                    continue
+                for change in mine:
                     live = found.get(change.name)
                     if live is not None:
                         result = ChangeResult(change, "ok", id=live.id, token=live.token)
@@ -209,22 +241,17 @@ class Applier:
                     else:
                         retry.append((index_of[id(change)], change))
             self._run_batch(pool, retry, results)
-        for change, _ in self._ambiguous:
+        for change in self._ambiguous:
             results[index_of[id(change)]] = ChangeResult(
                 change, "failed", error=f"create outcome still unknown after {self.settings.max_create_rounds} rounds")
         self._ambiguous = []
-
-    def _settle(self, last_failure: float) -> bool:
-        """Give a slow server time to commit; True if a signal cut the wait short."""
-        remaining = last_failure + self.settings.settle_seconds - time.monotonic()
-        return remaining > 0 and self.stop.wait(remaining)
 
     def _owned_new(self, target: str, results: dict[int, ChangeResult],
                    changes: list[Change]) -> dict[str, LiveInstance] | None:
         """The oldest instance per name that the stack owns and that is new since the plan."""
         try:
             live = read_live(self.clients[target], self.plan.stack, owned_only=True)
-        except (ApiError, TransportError, Interrupted) as exc:
+        except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
             index_of = {id(c): i for i, c in enumerate(self.plan.changes)}
             for change in changes:
                 results[index_of[id(change)]] = _failed(change, exc)
@@ -236,53 +263,71 @@ class Applier:
                 found.setdefault(instance.name, instance)
         return found
 
-    def _dedupe_after_retries(self, results: dict[int, ChangeResult]) -> list[str]:
-        """After a create was sent more than once for a name, list the stack once more: keep one copy
-        (the one whose token this run holds, else the oldest; a create whose outcome stayed unknown
-        is adopted here), delete the extra copies this run made. If that listing fails, those
-        changes fail: success is never reported while a copy may be left behind."""
-        twice = {key for key, count in self._posted.items() if count > 1}
-        if not twice or self.stop.is_set() or self.stop.wait(self.settings.settle_seconds):
+    # -- the final check -----------------------------------------------------------------------
+
+    def _final_check(self, results: dict[int, ChangeResult]) -> list[str]:
+        """List the stack once more after creating, and settle every created name on one copy.
+
+        The rule every run follows without talking to the others: the oldest copy (creation date,
+        then id) wins. A run delivers the winner's token, whoever made it, and deletes only the other
+        copies it made itself (known by the id it was given, or by this run's tag when the answer was
+        lost). A create whose answer never came may still be committed by a slow server, so when one
+        was sent again the check first waits ``settle`` seconds, once. A name with no copy left was
+        deleted under the run (a concurrent destroy): that change fails. If the listing fails, the
+        created names fail too: success is never reported while a copy may be left behind."""
+        created = {(r.change.target, r.change.name): i for i, r in results.items()
+                   if r.change.action in ("create", "replace") and r.change.desired is not None
+                   and r.status in ("ok", "failed") and self._posted.get((r.change.target, r.change.name))}
+        if not created or self.stop.is_set():
+            return []
+        if self._resent_unanswered and self.stop.wait(
+                max(0.0, self._last_unanswered + self.settings.settle_seconds - time.monotonic())):
             return []
         notes: list[str] = []
-        creates = {(r.change.target, r.change.name): i for i, r in results.items()
-                   if r.change.action in ("create", "replace")}
-        for target in sorted({t for t, _ in twice}):
-            mine = sorted(name for t, name in twice if t == target)
+        for target in sorted({t for t, _ in created}):
+            names = {name: index for (t, name), index in created.items() if t == target}
             try:
                 live = read_live(self.clients[target], self.plan.stack, owned_only=True)
-            except (ApiError, TransportError, Interrupted) as exc:
-                for name in mine:
-                    index = creates[(target, name)]
+            except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
+                for index in names.values():
                     results[index] = ChangeResult(results[index].change, "failed", error=(
-                        f"could not check for a copy left by a retried create ({exc}); "
-                        "run apply again to remove any"))
+                        f"could not check the created instance with a final listing ({exc}); run apply again"))
                 continue
             copies: dict[str, list[LiveInstance]] = {}
             for instance in sorted(live, key=lambda i: i.age_key):
-                if instance.name in mine and (target, instance.id) not in self._known_ids:
+                if instance.name in names:
                     copies.setdefault(instance.name, []).append(instance)
-            for name, found in copies.items():
-                notes.extend(self._keep_one(target, found, creates[(target, name)], results))
+            for name, index in sorted(names.items()):
+                notes.extend(self._settle_name(target, copies.get(name, []), index, results))
         return notes
 
-    def _keep_one(self, target: str, found: list[LiveInstance], index: int,
-                  results: dict[int, ChangeResult]) -> list[str]:
+    def _settle_name(self, target: str, copies: list[LiveInstance], index: int,
+                     results: dict[int, ChangeResult]) -> list[str]:
         result = results[index]
-        keep = next((c for c in found if result.status == "ok" and c.id == result.id), found[0])
+        if not copies:
+            if result.status == "ok":
+                results[index] = ChangeResult(result.change, "failed", id=result.id, error=(
+                    f"instance id {result.id} was deleted while this run was applying (a concurrent destroy or "
+                    "prune?); its token is not delivered"))
+            return []
+        winner = copies[0]
         notes = []
-        if result.status != "ok" or result.id != keep.id:
-            results[index] = ChangeResult(result.change, "ok", id=keep.id, token=keep.token)
-            notes.append(f"{keep.name}: the create was found by a final listing (id {keep.id})")
-        notes.extend(self._delete_extra(target, extra) for extra in found if extra is not keep)
+        if result.status != "ok" or result.id != winner.id:
+            was = f" instead of this run's id {result.id}" if result.status == "ok" and result.id is not None else ""
+            results[index] = ChangeResult(result.change, "ok", id=winner.id, token=winner.token)
+            notes.append(f"{winner.name}: delivering the oldest copy, id {winner.id}{was}")
+        mine = self._made.get((target, result.change.name), set())
+        for extra in copies[1:]:
+            if str(extra.id) in mine or self.run_tag in extra.tags:
+                notes.append(self._delete_extra(target, extra))
         return notes
 
     def _delete_extra(self, target: str, instance: LiveInstance) -> str:
         try:
             self.clients[target].delete_instance(instance.id)
         except ProvisionerError as exc:
-            return f"{instance.name}: duplicate id {instance.id} from a retried create could not be deleted: {exc}"
-        return f"{instance.name}: deleted duplicate id {instance.id} left by a retried create"
+            return f"{instance.name}: extra copy id {instance.id} made by this run could not be deleted: {exc}"
+        return f"{instance.name}: deleted extra copy id {instance.id} made by this run"
 
 
 def _failed(change: Change, exc: Exception) -> ChangeResult:

@@ -25,11 +25,13 @@ def all_tags(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintCon
     return [*dict.fromkeys(mine), *managed_tags(fp.stack, fps)]
 
 
-def create_body(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext) -> dict[str, Any]:
+def create_body(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext,
+                run: str | None = None) -> dict[str, Any]:
+    """The create body; ``run`` is the creating run's tag (see ``ownership.run_tag``)."""
     return {
         "name": desired.name,
         "element": {"key": desired.element},
-        "tags": all_tags(desired, schema, fp),
+        "tags": all_tags(desired, schema, fp) + ([run] if run else []),
         "configuration": dict(desired.configuration),
     }
 

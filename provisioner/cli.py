@@ -69,6 +69,8 @@ def _api_options(f: Callable) -> Callable:
                      help="Read timeout of each request, in seconds."),
         click.option("--connect-timeout", type=click.FloatRange(0.1), default=5.0, show_default=True,
                      help="Connect timeout of each request, in seconds."),
+        click.option("--deadline", type=click.FloatRange(0.1), default=60.0, show_default=True,
+                     help="Whole-request bound (connect, send, complete answer), in seconds, per attempt."),
         click.option("--max-attempts", type=click.IntRange(1), default=10, show_default=True,
                      help="Attempts per request, first included (GET, PUT, PATCH, DELETE retry on 429/5xx/network)."),
         click.option("--max-retry-time", type=click.FloatRange(0), default=120.0, show_default=True,
@@ -121,14 +123,16 @@ def _options(run: _Run, params: dict[str, Any], local: Any = None) -> engine.Opt
     if "parallelism" not in params:
         return engine.Options(**common)
     client = ClientSettings(connect_timeout=params["connect_timeout"], read_timeout=params["timeout"],
-                            max_attempts=params["max_attempts"], max_retry_time=params["max_retry_time"],
+                            deadline=params["deadline"], max_attempts=params["max_attempts"],
+                            max_retry_time=params["max_retry_time"],
                             parallelism=params["parallelism"], max_rate=params["max_rate"])
     settle = params["settle"] if params["settle"] is not None else params["timeout"]
     plan = PlanOptions(prune=params.get("prune", False), allow_replace=params.get("allow_replace", False),
                        force=params.get("force", False))
     return engine.Options(**common, local=local, client=client,
                           apply=ApplySettings(parallelism=params["parallelism"], settle_seconds=settle),
-                          plan=plan, trace=run.trace if params.get("verbose") else None)
+                          plan=plan, trace=run.trace if params.get("verbose") else None,
+                          notice=None if params.get("verbose") else run.trace)
 
 
 def _validated(run: _Run, params: dict[str, Any]) -> engine.Validated:

@@ -1,48 +1,48 @@
 """The one module that talks HTTP to the Cloud Elements platform API.
 
-Everything the network can do wrong is decided here, once: timeouts on every request, which
+Everything the network can do wrong is decided here, once: a deadline on every request, which
 failures are retried and how long to back off, the rate budget shared by all worker threads, how
 an HTTP status maps onto the error tree of ``errors.py``, and the request statistics. The rest of
 provisioner calls typed methods (``list_instances``, ``create_instance``, ...) and sees either
-parsed JSON or a ``ProvisionerError``.
+parsed JSON or a ``ProvisionerError``. The transport is ``requests`` (``transport.py``), configured
+the supported way; this module adds provisioner's own policy on top of it.
 
-Two rules come first:
+Three rules come first:
 
 * Secrets never leave except on the wire. The Authorization header is built from ``Secret.reveal()``
   for each request, request bodies reveal ``Secret`` values only when serialised, and every
-  trace line and error message goes through ``REDACTOR.redact``; none of them ever contains headers
-  or bodies.
+  trace line and error message goes through ``REDACTOR.redact`` before it is cut short; none of them
+  ever contains headers or bodies. The body of a successful answer is never printed, and of an
+  error answer only its ``message``, cleaned of control characters.
 * A create is never repeated blindly. ``POST /instances`` is retried only when the request certainly
-  did not reach the server (or it got 429); a 5xx or a lost response raises ``AmbiguousCreate`` so
-  the caller looks the instance up before creating it again.
+  did not reach the server (or it got 429); a 5xx, a lost response or an answer without an id and a
+  token raises ``AmbiguousCreate`` so the caller looks the instance up before creating it again.
+* Nothing hangs. Every request ends within its deadline, a ``Retry-After`` longer than the request's
+  retry budget fails it at once, and paging is bounded by the announced total and a hard cap.
 """
 
 from __future__ import annotations
 
-import base64
 import email.utils
-import http.client
+import ipaddress
 import json
-import os
+import math
 import queue
 import random
 import re
-import select
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
-from . import __version__
 from .errors import (
     AmbiguousCreate,
     ApiError,
     BadRequest,
     Conflict,
+    InconsistentListing,
     NotFound,
     RateLimited,
     ServerError,
@@ -52,16 +52,23 @@ from .errors import (
 )
 from .interrupt import StopFlag
 from .ratelimit import RateBudget
-from .secret import MASK, REDACTOR, Secret, json_default
+from .secret import MASK, REDACTOR, Secret, json_default, sanitize
 from .stats import RequestStats
+from .transport import Answer, Transport, TransportFailure
 
 MAX_MESSAGE = 300
 NEXT_PAGE_HEADER = "elements-next-page-token"
+TOTAL_HEADER = "elements-total-count"
 REQUEST_ID_HEADER = "elements-request-id"
-_EMPTY_LIST = re.compile(r"^No .* found")
+MAX_PAGES = 5_000  # hard cap on one listing: 1,000,000 instances at 200 a page
+# Only the instance listing's own answer means an empty collection; any other 404 is an error.
+_EMPTY_LIST = re.compile(r"^No (element )?instances found", re.IGNORECASE)
 _STATUS_ERRORS: dict[int, type[ApiError]] = {
     400: BadRequest, 401: Unauthorized, 403: Unauthorized, 404: NotFound, 409: Conflict, 429: RateLimited,
 }
+NETWORK_HINT = ("check CE_API_URL (or the target's url), CE_USER_SECRET and CE_ORGANIZATION_SECRET, "
+                "the network and any HTTPS_PROXY; or try --local for the built-in emulator")
+NOTICE_INTERVAL = 5.0  # at most one "retrying" line on stderr this often (without -v)
 
 
 @dataclass(frozen=True)
@@ -70,30 +77,23 @@ class ClientSettings:
 
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    deadline: float = 60.0          # one whole request (connect, send, the complete answer), per attempt
     max_attempts: int = 10          # per request, first try included
     max_retry_time: float = 120.0   # total wall time per request across its retries
     backoff_base: float = 0.2       # full jitter: uniform(0, min(cap, base * 2**retry)), >= Retry-After
     backoff_cap: float = 10.0
-    parallelism: int = 8            # idle keep-alive connections kept (one per worker thread)
+    parallelism: int = 8            # connections kept alive (one per worker thread)
     page_size: int = 200
     max_rate: float | None = None   # requests/second ceiling; None = none until the API throttles
 
 
 @dataclass
 class _Reply:
-    """A successful (2xx) answer, already read and parsed."""
+    """A successful (2xx) answer, already read."""
 
     status: int
     headers: Any
     data: Any
-
-
-class _TransportFailure(TransportError):
-    """A TransportError that also knows whether trying again can help (not for a bad certificate)."""
-
-    def __init__(self, message: str, ambiguous: bool, method: str, path: str, retryable: bool = True):
-        super().__init__(message, ambiguous, method, path)
-        self.retryable = retryable
 
 
 class _ElementsAuth:
@@ -121,15 +121,17 @@ class ReadOnlyClient:
     def __init__(self, base_url: str, user_secret: Secret, organization_secret: Secret,
                  settings: ClientSettings, *, budget: RateBudget | None = None,
                  stats: RequestStats | None = None, trace: Callable[[str], None] | None = None,
-                 stop: StopFlag | None = None):
-        self._base = _check_base_url(base_url)
+                 stop: StopFlag | None = None, notice: Callable[[str], None] | None = None):
+        self._base = check_base_url(base_url)
         self.settings = settings
         self.budget = budget if budget is not None else RateBudget(settings.max_rate)
         self.stats = stats if stats is not None else RequestStats()
         self._trace = trace
+        self._notice = notice
+        self._last_notice = -math.inf
         self._stop = stop
-        auth = _ElementsAuth(Secret(user_secret), Secret(organization_secret))
-        self._transport = _Transport(settings, auth, self._base)
+        self._auth = _ElementsAuth(Secret(user_secret), Secret(organization_secret))
+        self._transport = Transport(self._base, settings.parallelism, stop)
 
     # -- context management -----------------------------------------------------------------
 
@@ -143,6 +145,10 @@ class ReadOnlyClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    @property
+    def base_url(self) -> str:
+        return self._base
+
     # -- API calls --------------------------------------------------------------------------
 
     def list_instances(self, tags: Sequence[str] = ()) -> list[dict]:
@@ -151,7 +157,8 @@ class ReadOnlyClient:
 
     def instance_pages(self, tags: Sequence[str] = ()) -> Iterator[list]:
         """The same listing, one page at a time, as it arrives: the caller's work on one page
-        overlaps the round trip of the next."""
+        overlaps the round trip of the next. Raises InconsistentListing when the pages cannot be
+        trusted (a repeated or endless page sequence, or fewer or more items than announced)."""
         for page in self._pages("/instances", [("tags[]", t) for t in tags]):
             yield _remember_tokens(page)
 
@@ -170,58 +177,80 @@ class ReadOnlyClient:
 
         A fetcher thread walks the pages on its own, requesting the next one as soon as the token
         (a header) of the last one is read, and hands the raw bodies over; the caller parses one page
-        while the next is on the wire. (Parsing holds the interpreter lock for milliseconds: if the
-        caller had to hand each token back, every page would wait for the previous parse.)"""
-        replies: queue.SimpleQueue = queue.SimpleQueue()
+        while the next is on the wire. At the end the number of items is checked against the
+        ``elements-total-count`` the API announced."""
+        replies: queue.Queue = queue.Queue(maxsize=4)  # bounded: a fast server cannot fill memory
         abandoned = threading.Event()
         fetcher = threading.Thread(target=self._fetch_pages, args=(path, params, replies, abandoned),
                                    name="pages", daemon=True)
         fetcher.start()
+        count = 0
+        totals: set[int] = set()
         try:
             while True:
                 reply = replies.get()
                 if reply is None:
-                    return
+                    break
                 if isinstance(reply, BaseException):
                     raise reply
-                yield _page_items(reply, path)
+                items = _page_items(reply, path)
+                count += len(items)
+                total = _total(reply)
+                if total is not None:
+                    totals.add(total)
+                yield items
         finally:
             abandoned.set()
+            _drain(replies)
             fetcher.join()
+        if totals and count not in totals:
+            raise InconsistentListing(f"GET {path} announced {' then '.join(map(str, sorted(totals)))} "
+                                      f"item(s) ({TOTAL_HEADER}) but {count} arrived")
 
-    def _fetch_pages(self, path: str, params: list[tuple[str, str]], replies: queue.SimpleQueue,
+    def _fetch_pages(self, path: str, params: list[tuple[str, str]], replies: queue.Queue,
                      abandoned: threading.Event) -> None:
         """The fetcher thread: every raw page in order, then None; or the error that stopped it."""
         seen: set[str] = set()
         token: str | None = None
+        pages = 0
+        limit = MAX_PAGES
         try:
             while not abandoned.is_set():
                 reply = self._page(path, params, token)
                 if reply is None:
                     break
+                pages += 1
+                total = _total(reply)
+                if total is not None:  # the announced total bounds the number of pages
+                    limit = min(limit, max(1, math.ceil(total / max(1, self.settings.page_size))) + 1)
                 token = (reply.headers.get(NEXT_PAGE_HEADER) or "").strip()
-                if token in seen:
-                    raise ApiError(reply.status, f"the API repeated a page token after {len(seen) + 1} "
-                                   "pages; stopped to avoid an endless loop", method="GET", path=path)
+                if token and token in seen:
+                    raise InconsistentListing(f"GET {path}: the API repeated a page token after {pages} pages")
+                if token and pages >= limit:
+                    bound = "the announced total allows" if total is not None else "the hard limit"
+                    raise InconsistentListing(f"GET {path}: still more pages after {pages} (more than {bound})")
                 seen.add(token)
-                replies.put(reply)
+                _put(replies, reply, abandoned)
                 if not token:
                     break
-            replies.put(None)
+            _put(replies, None, abandoned)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread and raised there
-            replies.put(exc)
+            _put(replies, exc, abandoned)
 
     def _page(self, path: str, params: list[tuple[str, str]], token: str | None) -> _Reply | None:
-        """One raw page, or None for the API's 404 "No ... found" (an empty collection)."""
+        """One raw page, or None for the API's 404 "No instances found" (an empty collection)."""
         query = [("pageSize", str(self.settings.page_size)), *params]
         if token:
             query.append(("nextPage", token))
         try:
             return self._call("GET", path, params=query, raw=True)
         except NotFound as exc:
-            if _EMPTY_LIST.match(getattr(exc, "raw_message", "") or ""):
+            if path == "/instances" and _EMPTY_LIST.match(exc.raw_message or ""):
                 return None
-            raise
+            raise ApiError(404, f"{exc.message}; {self._base}{path} is not an instance listing",
+                           exc.request_id, "GET", path,
+                           hint="the API base URL must end with /elements/api-v2, e.g. "
+                                "https://api.cloud-elements.com/elements/api-v2") from None
 
     # -- one call, with retries -------------------------------------------------------------
 
@@ -232,12 +261,12 @@ class ReadOnlyClient:
             raise RuntimeError(f"a read-only client cannot send {method}")
         data = None if body is None else json.dumps(body, default=json_default).encode("utf-8")
         shown = _display(path, params)
+        url = self._base + path + (f"?{urlencode(params)}" if params else "")
         started = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
-            self._before_attempt()
-            outcome, elapsed_ms = self._attempt(method, path, params, data, shown, raw)
+            outcome, elapsed_ms = self._attempt(method, url, data, shown, raw, started)
             self.stats.record(method, getattr(outcome, "status", None), retry=attempt > 1)
             line = f"HTTP {method} {shown} -> {_outcome_text(outcome)} ({elapsed_ms} ms)"
             if isinstance(outcome, _Reply):
@@ -245,23 +274,53 @@ class ReadOnlyClient:
                 return outcome
             if create and _ambiguous(outcome):
                 self._emit(f"{line}; outcome unknown, not retried")
-                raise AmbiguousCreate(outcome) from outcome
+                if self._stop is not None and self._stop.is_set():
+                    self._stop.check()
+                raise AmbiguousCreate(outcome, answered=isinstance(outcome, ApiError)) from outcome
+            if self._stop is not None:
+                self._stop.check()  # a request the interrupt ended is not retried
             delay, why = self._retry_delay(outcome, attempt, started)
             if delay is None:
                 self._emit(f"{line}{why}")
-                raise outcome from outcome.__cause__
-            self._emit(f"{line}; retrying in {delay:.2f} s "
-                       f"(attempt {attempt + 1}/{self.settings.max_attempts})")
+                raise self._final(outcome, attempt, started) from outcome.__cause__
+            self._emit(f"{line}; retrying in {delay:.2f} s (attempt {attempt + 1}/{self.settings.max_attempts})")
+            self._retrying(method, shown, outcome, attempt, started)
             self._pause(delay)
 
-    def _before_attempt(self) -> None:
-        """Stop if interrupted, then wait for the shared rate budget (a signal cuts the wait)."""
+    def _attempt(self, method: str, url: str, data: bytes | None, shown: str, raw: bool,
+                 started: float) -> tuple[_Reply | ApiError | TransportError, int]:
+        """Wait for the rate budget, then one HTTP exchange. Returns the reply or the error it maps to
+        (not raised yet)."""
+        t0 = time.monotonic()
+        late = self._before_attempt(started)
+        if late is not None:
+            return late, _ms_since(t0)
+        settings = self.settings
+        try:
+            answer = self._transport.send(method, url, data, self._auth.header(),
+                                          (settings.connect_timeout, settings.read_timeout), settings.deadline)
+        except TransportFailure as exc:
+            failure = TransportError(exc.message, exc.ambiguous, method, shown, retryable=exc.retryable,
+                                     url=self._base)
+            failure.__cause__ = exc.__cause__
+            return failure, _ms_since(t0)
+        return self._read_answer(answer, method, shown, raw), _ms_since(t0)
+
+    def _before_attempt(self, started: float) -> RateLimited | None:
+        """Stop if interrupted, then wait for the shared rate budget (a signal cuts the wait). A pause
+        that would outlast this request's retry budget fails the request now instead."""
+        deadline = started + self.settings.max_retry_time
         if self._stop is not None:
             self._stop.check()
-            self.budget.acquire(wait=self._stop.wait)
+        ok = self.budget.acquire(wait=self._stop.wait if self._stop is not None else None, deadline=deadline)
+        if self._stop is not None:
             self._stop.check()
-        else:
-            self.budget.acquire()
+        if ok:
+            return None
+        waited = max(0.0, self.budget.paused_until - time.monotonic())
+        return RateLimited(429, f"the API asked every request to wait {waited:.0f} s more (Retry-After), longer "
+                           f"than this request's retry budget of {self.settings.max_retry_time:g} s",
+                           retry_after=math.inf)
 
     def _pause(self, seconds: float) -> None:
         """Back off between attempts; a signal ends the pause and raises Interrupted."""
@@ -270,34 +329,22 @@ class ReadOnlyClient:
         elif self._stop.wait(seconds):
             self._stop.check()
 
-    def _attempt(self, method: str, path: str, params: list[tuple[str, str]] | None, data: bytes | None,
-                 shown: str, raw: bool = False) -> tuple[_Reply | ApiError | TransportError, int]:
-        """One HTTP exchange. Returns the reply or the error it maps to (not raised yet)."""
-        t0 = time.monotonic()
-        target = path + (f"?{urlencode(params)}" if params else "")
-        try:
-            response = self._transport.send(method, target, data)
-        except (http.client.HTTPException, OSError) as exc:
-            failure = _transport_failure(exc, method, shown)
-            failure.__cause__ = exc
-            return failure, _ms_since(t0)
-        return self._read_response(response, method, shown, raw), _ms_since(t0)
-
-    def _read_response(self, response: _Answer, method: str, shown: str,
-                       raw: bool = False) -> _Reply | ApiError:
+    def _read_answer(self, answer: Answer, method: str, shown: str, raw: bool = False) -> _Reply | ApiError:
         """Map an HTTP answer onto a _Reply or an ApiError; feed the rate budget."""
-        status = response.status_code
+        status = answer.status
         if 200 <= status < 300:
             self.budget.on_success()
             if raw:  # the caller parses (list pages: parsed while the next page is fetched)
-                return _Reply(status, response.headers, response.content)
+                return _Reply(status, answer.headers, answer.content)
             try:
-                data = json.loads(response.content) if response.content.strip() else None
+                data = json.loads(answer.content) if answer.content.strip() else None
             except ValueError:
-                return ApiError(status, "the API answered with something that is not JSON: "
-                                + _text_start(response.content), _header_request_id(response), method, shown)
-            return _Reply(status, response.headers, data)
-        error = _api_error(response, method, shown)
+                return ApiError(status, f"the API answered {status} with {len(answer.content)} bytes that are not "
+                                "JSON", _header_request_id(answer), method, shown)
+            return _Reply(status, answer.headers, data)
+        if status == 407:
+            return _proxy_refused(self._transport.proxy_display, method, shown)
+        error = _api_error(answer, method, shown)
         if status == 429:
             self.budget.on_throttle(error.retry_after)
         return error
@@ -315,6 +362,35 @@ class ReadOnlyClient:
             return None, f"; giving up, retry time budget of {settings.max_retry_time:g} s exhausted"
         return delay, ""
 
+    def _final(self, error: ApiError | TransportError, attempt: int, started: float) -> Exception:
+        """The error a request ends with: a network failure names the target, the attempts, the time."""
+        if isinstance(error, TransportError) and error.retryable:
+            spent = time.monotonic() - started
+            tries = f"{attempt} attempt{'s' if attempt != 1 else ''}"
+            final = TransportError(f"{error.message} ({tries} over {spent:.1f} s)", error.ambiguous, error.method,
+                                   error.path, retryable=True, url=self._base, hint=NETWORK_HINT)
+            final.__cause__ = error.__cause__
+            return final
+        retry_after = getattr(error, "retry_after", None)
+        if isinstance(error, ApiError) and retry_after and retry_after != math.inf and \
+                time.monotonic() - started + retry_after > self.settings.max_retry_time:
+            late = type(error)(error.status, f"{error.message} (the API asked to wait {retry_after:.0f} s, longer than "
+                               f"the retry budget of {self.settings.max_retry_time:g} s)", error.request_id,
+                               error.method, error.path, math.inf)
+            return late
+        return error
+
+    def _retrying(self, method: str, shown: str, error: Exception, attempt: int, started: float) -> None:
+        """Say on stderr, at most every few seconds and even without -v, that requests are being retried."""
+        now = time.monotonic()
+        if self._notice is None or now - self._last_notice < NOTICE_INTERVAL:
+            return
+        self._last_notice = now
+        what = error.message if isinstance(error, TransportError) else f"HTTP {getattr(error, 'status', '?')}"
+        self._notice(REDACTOR.redact(f"retrying: {method} {self._base}{shown}: {what} "
+                                     f"(attempt {attempt + 1}/{self.settings.max_attempts}, "
+                                     f"{now - started:.1f} s so far)"))
+
     def _emit(self, line: str) -> None:
         if self._trace is not None:
             self._trace(REDACTOR.redact(line))
@@ -326,8 +402,16 @@ class Client(ReadOnlyClient):
     _WRITES_ALLOWED = True
 
     def create_instance(self, body: dict) -> dict:
-        """``POST /instances``. Raises AmbiguousCreate when the outcome cannot be known."""
-        return _remember_tokens(self._call("POST", "/instances", body=body, create=True).data)
+        """``POST /instances``. Raises AmbiguousCreate when the outcome cannot be known, including a
+        2xx answer that is not an object with an id and a token."""
+        reply = self._call("POST", "/instances", body=body, create=True)
+        data = reply.data
+        if not isinstance(data, dict) or not _usable_id(data.get("id")) or not isinstance(data.get("token"), str) \
+                or not data["token"]:
+            problem = ApiError(reply.status, f"the API answered the create with {_json_kind(data)}, not an "
+                               "instance with an id and a token", _header_request_id_of(reply), "POST", "/instances")
+            raise AmbiguousCreate(problem, answered=True)
+        return _remember_tokens(data)
 
     def update_instance(self, instance_id: int | str, body: dict) -> dict:
         """``PUT /instances/{id}`` with a full body."""
@@ -346,201 +430,38 @@ class Client(ReadOnlyClient):
         return True
 
 
+# -- helpers: URLs -------------------------------------------------------------------------------
 
-# -- helpers: session and URLs ------------------------------------------------------------------
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 
-def _check_base_url(base_url: str) -> str:
-    """The base URL without its trailing slash; UserError if it is not an http(s) URL."""
+
+def is_loopback(host: str) -> bool:
+    """Is ``host`` this machine (localhost, 127.0.0.0/8, ::1)?"""
+    host = (host or "").strip("[]").lower()
+    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(base_url: str) -> str:
+    """The base URL without its trailing slash; UserError unless it is https://, or http:// to this
+    machine (the emulator): credentials are never sent in clear over a network."""
     url = (base_url or "").strip().rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UserError(f"the API base URL must be an http:// or https:// URL, got {REDACTOR.redact(url)!r}",
-                        hint="e.g. https://api.cloud-elements.com/elements/api-v2")
+        raise UserError(f"the API base URL must be an https:// URL, got {sanitize(REDACTOR.redact(url))!r}",
+                        hint="e.g. https://api.cloud-elements.com/elements/api-v2 (set CE_API_URL or the target's url)")
     if parts.username or parts.password or parts.query or parts.fragment:
-        raise UserError("the API base URL must not contain credentials, a query or a fragment")
+        raise UserError("the API base URL must not contain credentials, a query or a fragment",
+                        hint="put the secrets in CE_USER_SECRET and CE_ORGANIZATION_SECRET")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise UserError(f"refusing to send credentials in clear to {parts.hostname}: the API base URL must be "
+                        "https:// (http:// is accepted only for this machine, e.g. the emulator)",
+                        hint=f"use https://{parts.netloc}{parts.path}")
     return url
-
-
-class _Answer:
-    """The parts of an HTTP answer the client reads (the body is read in full)."""
-
-    __slots__ = ("status_code", "content", "headers", "reason")
-
-    def __init__(self, status: int, content: bytes, headers: http.client.HTTPMessage, reason: str):
-        self.status_code = status
-        self.content = content
-        self.headers = headers
-        self.reason = reason or ""
-
-
-class _ConnectError(OSError):
-    """Opening a connection failed, so the request was certainly not sent (the cause is chained)."""
-
-
-@dataclass(frozen=True)
-class _Proxy:
-    host: str
-    port: int
-    headers: dict[str, str]  # Proxy-Authorization when the proxy URL carries credentials
-
-
-class _OneWrite:
-    """Send the request head and a bytes body in one write. http.client writes them separately: two
-    system calls, two TCP segments with TCP_NODELAY, and a server woken twice per request."""
-
-    _buffer: list[bytes]
-
-    def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
-        if not isinstance(message_body, bytes) or encode_chunked:
-            super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
-            return
-        self._buffer.extend((b"", b""))
-        head = b"\r\n".join(self._buffer)
-        del self._buffer[:]
-        self.send(head + message_body)  # type: ignore[attr-defined]
-
-
-class _HTTPConnection(_OneWrite, http.client.HTTPConnection):
-    pass
-
-
-class _HTTPSConnection(_OneWrite, http.client.HTTPSConnection):
-    pass
-
-
-class _Transport:
-    """Sends one request over a keep-alive connection with the standard library's ``http.client``.
-
-    Idle connections wait in a LIFO pool (at most ``parallelism`` kept); one that the server closed
-    while idle is noticed before reuse (a zero-timeout poll) and replaced, so a create is never sent
-    on a dead connection. Connect timeout while connecting, read timeout afterwards; redirects are
-    not followed; TLS is verified against the CA bundle (``REQUESTS_CA_BUNDLE`` or
-    ``CURL_CA_BUNDLE``, else certifi's). ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` and ``NO_PROXY``
-    are read once, as curl and requests read them: HTTPS goes through a CONNECT tunnel, plain HTTP
-    to an absolute URI. ~/.netrc is never consulted. This layer costs about half the CPU per
-    request of urllib3's pool manager, which matters at 1,000 creates on two cores."""
-
-    def __init__(self, settings: ClientSettings, auth: _ElementsAuth, base_url: str):
-        parts = urlsplit(base_url)
-        self._auth = auth
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname or ""
-        self._port = parts.port or (443 if self._https else 80)
-        self._connect_timeout = settings.connect_timeout
-        self._read_timeout = settings.read_timeout
-        self._keep = max(1, settings.parallelism)
-        self._idle: list[http.client.HTTPConnection] = []
-        self._lock = threading.Lock()
-        self._context = _tls_context() if self._https else None
-        self._proxy = _environ_proxy(parts.scheme, self._host)
-        forward = self._proxy is not None and not self._https  # plain HTTP through a proxy
-        self._prefix = (f"{parts.scheme}://{parts.netloc}" if forward else "") + parts.path
-        self._headers = {"Accept": "application/json", "Content-Type": "application/json",
-                         "User-Agent": f"provisioner/{__version__}",
-                         **(self._proxy.headers if forward and self._proxy else {})}
-
-    def send(self, method: str, target: str, body: bytes | None) -> _Answer:
-        """One exchange; ``target`` is the path and query below the base URL."""
-        conn = self._checkout()
-        headers = {**self._headers, "Authorization": self._auth.header()}
-        try:
-            conn.request(method, self._prefix + target, body=body, headers=headers)
-            response = conn.getresponse()
-            content = response.read()
-        except BaseException:
-            conn.close()
-            raise
-        if response.will_close:
-            conn.close()
-        else:
-            with self._lock:
-                keep = len(self._idle) < self._keep
-                if keep:
-                    self._idle.append(conn)
-            if not keep:
-                conn.close()
-        return _Answer(response.status, content, response.headers, response.reason)
-
-    def _checkout(self) -> http.client.HTTPConnection:
-        """The most recently used idle connection that is still open, else a new one."""
-        while True:
-            with self._lock:
-                conn = self._idle.pop() if self._idle else None
-            if conn is None:
-                return self._connect()
-            if conn.sock is not None and not _readable(conn.sock):
-                return conn
-            conn.close()  # closed by the server while idle (or it sent something unasked)
-
-    def _connect(self) -> http.client.HTTPConnection:
-        host, port = (self._proxy.host, self._proxy.port) if self._proxy else (self._host, self._port)
-        conn: http.client.HTTPConnection
-        if self._https:
-            conn = _HTTPSConnection(host, port, timeout=self._connect_timeout, context=self._context)
-            if self._proxy is not None:
-                conn.set_tunnel(self._host, self._port, headers=self._proxy.headers)
-        else:
-            conn = _HTTPConnection(host, port, timeout=self._connect_timeout)
-        try:
-            conn.connect()
-            conn.sock.settimeout(self._read_timeout)
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise _ConnectError(f"could not connect to {host}:{port}") from exc
-        return conn
-
-    def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
-
-
-def _readable(sock: socket.socket) -> bool:
-    """Has an idle connection something to read? Then it is closed (EOF) or out of step."""
-    if not hasattr(select, "poll"):  # Windows
-        return bool(select.select([sock], [], [], 0)[0])
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
-
-
-def _tls_context() -> ssl.SSLContext:
-    """Certificate and host-name verification against the CA bundle the environment names, or
-    certifi's."""
-    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    if not bundle:
-        import certifi  # only for https: it costs start-up time
-
-        bundle = certifi.where()
-    try:
-        return ssl.create_default_context(cafile=bundle)
-    except (OSError, ssl.SSLError) as exc:
-        raise UserError(f"cannot load the CA bundle {bundle!r}: {exc.strerror or exc}",
-                        hint="check REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE") from None
-
-
-def _environ_proxy(scheme: str, host: str) -> _Proxy | None:
-    """The proxy for the API from the environment, or None (NO_PROXY honoured)."""
-    if not any(name.lower().endswith("_proxy") for name in os.environ):
-        return None
-    import urllib.request  # only when a proxy variable is set: it costs start-up time
-
-    proxies = urllib.request.getproxies_environment()
-    url = proxies.get(scheme) or proxies.get("all")
-    if not url or urllib.request.proxy_bypass_environment(host, proxies):
-        return None
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.password:
-        REDACTOR.add(parts.password)
-    if parts.scheme != "http" or not parts.hostname:
-        raise UserError(f"unsupported proxy for {scheme}:// in the environment ({parts.scheme}://{parts.hostname})",
-                        hint="use an http:// proxy URL in HTTPS_PROXY / HTTP_PROXY, or unset it")
-    headers = {}
-    if parts.username is not None:
-        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(credentials).decode("ascii")
-    return _Proxy(parts.hostname, parts.port or 80, headers)
 
 
 def _segment(value: int | str) -> str:
@@ -569,6 +490,17 @@ def _outcome_text(outcome: _Reply | ApiError | TransportError) -> str:
     return str(outcome.status)
 
 
+# -- helpers: answers ----------------------------------------------------------------------------
+
+def _usable_id(value: Any) -> bool:
+    """An id the API gave: a non-negative integer, or a non-empty string."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 0
+    return isinstance(value, str) and bool(value.strip()) and len(value) <= 200
+
+
 def _remember_tokens(data: Any) -> Any:
     """Register instance tokens found in an answer with the redactor, so they never get printed."""
     items = data if isinstance(data, list) else [data]
@@ -579,65 +511,102 @@ def _remember_tokens(data: Any) -> Any:
 
 
 def _page_items(reply: _Reply, path: str) -> list:
-    """Parse one raw page; it must be a JSON list."""
+    """Parse one raw page; it must be a JSON list. Its tokens are registered before anything can
+    print it."""
     content = reply.data or b""
     try:
         items = json.loads(content) if content.strip() else None
     except ValueError:
-        raise ApiError(reply.status, "the API answered with something that is not JSON: " + _text_start(content),
-                       method="GET", path=path) from None
+        raise InconsistentListing(f"GET {path}: the API answered {reply.status} with {len(content)} bytes that are "
+                                  "not JSON (cut short?)") from None
     if not isinstance(items, list):
-        raise ApiError(reply.status, f"expected a JSON list from GET {path}, got {_json_kind(items)}",
-                       method="GET", path=path)
+        _remember_tokens(items)
+        raise InconsistentListing(f"GET {path}: expected a JSON list, got {_json_kind(items)}")
     return items
 
 
+def _total(reply: _Reply) -> int | None:
+    value = (reply.headers.get(TOTAL_HEADER) or "").strip()
+    return int(value) if value.isdigit() and len(value) < 12 else None
+
+
+def _put(replies: queue.Queue, item: Any, abandoned: threading.Event) -> None:
+    """Hand an item to the caller, unless the caller has gone (then drop it)."""
+    while not abandoned.is_set():
+        try:
+            replies.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _drain(replies: queue.Queue) -> None:
+    while True:
+        try:
+            replies.get_nowait()
+        except queue.Empty:
+            return
+
+
 def _json_kind(value: Any) -> str:
-    return {dict: "an object", str: "a string", type(None): "nothing"}.get(type(value), type(value).__name__)
+    kinds = {dict: "an object", list: "a list", str: "a string", type(None): "nothing", bool: "a boolean"}
+    return kinds.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
 
 
 # -- helpers: HTTP errors -----------------------------------------------------------------------
 
-def _api_error(response: _Answer, method: str, shown: str) -> ApiError:
+def _api_error(answer: Answer, method: str, shown: str) -> ApiError:
     """The ApiError subclass for a non-2xx answer, with the API's message and requestId."""
-    status = response.status_code
-    raw, message, request_id = _error_details(response)
+    status = answer.status
+    raw, message, request_id = _error_details(answer)
     cls = _STATUS_ERRORS.get(status) or (ServerError if status >= 500 else ApiError)
     retry_after = None
     if status == 429 or status >= 500:
-        retry_after = _retry_after(response.headers.get("Retry-After"))
-    error = cls(status, message, request_id or _header_request_id(response), method, shown, retry_after)
-    error.raw_message = raw  # unshortened API message, used to recognise "No ... found"
+        retry_after = _retry_after(answer.headers.get("Retry-After"))
+    error = cls(status, message, request_id or _header_request_id(answer), method, shown, retry_after)
+    error.raw_message = raw  # the API's message, unshortened, to recognise "No instances found"
     return error
 
 
-def _error_details(response: _Answer) -> tuple[str, str, str | None]:
-    """(raw API message, shown message, requestId from the body) of an error answer."""
+def _error_details(answer: Answer) -> tuple[str, str, str | None]:
+    """(raw API message, shown message, requestId from the body) of an error answer. Only the
+    ``message`` (and ``providerMessage``) of a JSON error is ever shown: redacted first, then cleaned
+    of control characters, then cut short. A body that is not a JSON error is described, not shown."""
     try:
-        body = json.loads(response.content) if response.content else None
+        body = json.loads(answer.content) if answer.content else None
     except ValueError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("message"), str):
         raw = body["message"]
         message = raw
-        if body.get("providerMessage"):
+        if isinstance(body.get("providerMessage"), str) and body["providerMessage"]:
             message += f" (provider: {body['providerMessage']})"
         request_id = body.get("requestId") if isinstance(body.get("requestId"), str) else None
-    else:
-        raw, request_id = "", None
-        message = _text_start(response.content) or response.reason or "no message"
-        if 300 <= response.status_code < 400:
-            message = f"unexpected redirect to {response.headers.get('Location', '?')}"
-    return raw, REDACTOR.redact(_cut(message)), request_id
+        return raw, _cut(sanitize(REDACTOR.redact(message))), _short_id(request_id)
+    if 300 <= answer.status < 400:
+        return "", "unexpected redirect (not followed)", None
+    kind = (answer.headers.get("Content-Type") or "no content type").split(";")[0].strip()
+    reason = sanitize(answer.reason or "")[:60]
+    return "", f"{reason + ', ' if reason else ''}no JSON error message ({len(answer.content)} bytes of " \
+               f"{sanitize(kind)[:60]})", None
 
 
-def _header_request_id(response: _Answer) -> str | None:
-    return response.headers.get(REQUEST_ID_HEADER) or None
+def _short_id(value: str | None) -> str | None:
+    return _cut(sanitize(REDACTOR.redact(value)))[:64] if value else None
 
 
-def _text_start(content: bytes) -> str:
-    text = " ".join(content.decode("utf-8", "replace").split())
-    return REDACTOR.redact(_cut(text))
+def _proxy_refused(proxy: str, method: str, shown: str) -> TransportError:
+    return TransportError(f"the proxy {proxy} refused the request: 407 Proxy Authentication Required",
+                          False, method, shown, retryable=False,
+                          hint="check the user and password in HTTPS_PROXY / HTTP_PROXY")
+
+
+def _header_request_id(answer: Any) -> str | None:
+    return _short_id(answer.headers.get(REQUEST_ID_HEADER) or None)
+
+
+def _header_request_id_of(reply: _Reply) -> str | None:
+    return _short_id(reply.headers.get(REQUEST_ID_HEADER) or None)
 
 
 def _cut(text: str) -> str:
@@ -653,74 +622,14 @@ def _retry_after(value: str | None) -> float | None:
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
         if when is None or when.tzinfo is None:
             return None
         seconds = when.timestamp() - time.time()
-    if seconds != seconds or seconds == float("inf"):  # NaN or infinite
+    if seconds != seconds:  # NaN
         return None
     return max(0.0, seconds)
-
-
-# -- helpers: transport errors ------------------------------------------------------------------
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """The exception, what it wraps (args) and its causes."""
-    found: list[BaseException] = []
-    todo = [exc]
-    while todo and len(found) < 20:
-        item = todo.pop()
-        if item in found:
-            continue
-        found.append(item)
-        todo.extend(a for a in getattr(item, "args", ()) if isinstance(a, BaseException))
-        if isinstance(item.__cause__, BaseException):
-            todo.append(item.__cause__)
-    return found
-
-
-def _has(chain: list[BaseException], *types: type) -> bool:
-    return any(isinstance(e, types) for e in chain)
-
-
-def _classify(exc: BaseException) -> tuple[str, bool, bool]:
-    """(message, ambiguous, retryable) for a transport exception. Messages never quote the exception
-    text: it is kept as the chained cause instead. Anything that failed while connecting was not sent."""
-    chain = _chain(exc)
-    if _has(chain, ssl.SSLCertVerificationError):
-        return "TLS certificate verification failed", False, False
-    if _has(chain, _ConnectError):
-        return _connect_failure(chain), False, True
-    if _has(chain, TimeoutError):
-        return "read timeout", True, True
-    if _has(chain, http.client.RemoteDisconnected):
-        return "connection closed by the server without an answer", True, True
-    if _has(chain, ConnectionResetError):
-        return "connection reset", True, True
-    if _has(chain, http.client.IncompleteRead):
-        return "answer cut short", True, True
-    if _has(chain, ssl.SSLError):
-        return "TLS error", True, True
-    return f"connection error ({type(exc).__name__})", True, True
-
-
-def _connect_failure(chain: list[BaseException]) -> str:
-    if _has(chain, socket.gaierror):
-        return "DNS lookup failed"
-    if _has(chain, ConnectionRefusedError):
-        return "connection refused"
-    if _has(chain, TimeoutError):
-        return "connect timeout"
-    if _has(chain, ssl.SSLError):
-        return "TLS handshake failed"
-    return "could not connect"
-
-
-def _transport_failure(exc: Exception, method: str,
-                       shown: str) -> _TransportFailure:
-    message, ambiguous, retryable = _classify(exc)
-    return _TransportFailure(message, ambiguous, method, shown, retryable)
 
 
 def _ambiguous(error: Exception) -> bool:
@@ -731,9 +640,9 @@ def _ambiguous(error: Exception) -> bool:
 
 
 def _retryable(error: Exception) -> bool:
-    """Can trying again help? 429, 5xx and transport errors yes, other 4xx no."""
-    if isinstance(error, _TransportFailure):
-        return error.retryable
+    """Can trying again help? 429, 5xx and most transport errors yes, other 4xx no."""
     if isinstance(error, TransportError):
-        return True
+        return error.retryable
+    if isinstance(error, RateLimited) and error.retry_after == math.inf:
+        return False
     return isinstance(error, (RateLimited, ServerError))

@@ -47,6 +47,7 @@ class Options:
     apply: ApplySettings = ApplySettings()
     plan: PlanOptions = PlanOptions()
     trace: Callable[[str], None] | None = None
+    notice: Callable[[str], None] | None = None  # a line on stderr while requests are being retried
 
 
 @dataclass
@@ -117,7 +118,8 @@ def connect(validated: Validated, options: Options, stop: StopFlag) -> Iterator[
     override = options.environ.get(FINGERPRINT_KEY_ENV) or None
     with ExitStack() as stack:
         clients = {name: stack.enter_context(Client(t.url, t.user_secret, t.organization_secret, options.client,
-                                                    budget=budget, stats=stats, trace=options.trace, stop=stop))
+                                                    budget=budget, stats=stats, trace=options.trace, stop=stop,
+                                                    notice=options.notice))
                    for name, t in targets.items()}
         fingerprints = {name: FingerprintContext(fingerprint_key(t.organization_secret, override),
                                                  validated.manifest.stack) for name, t in targets.items()}

@@ -116,7 +116,8 @@ class ApiError(ProvisionerError):
     kind = "api error"
 
     def __init__(self, status: int, message: str, request_id: str | None = None,
-                 method: str | None = None, path: str | None = None, retry_after: float | None = None):
+                 method: str | None = None, path: str | None = None, retry_after: float | None = None,
+                 hint: str | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -124,12 +125,16 @@ class ApiError(ProvisionerError):
         self.method = method
         self.path = path
         self.retry_after = retry_after
+        self.hint = hint
+        self.raw_message = ""  # the API's own message, unshortened (for "No instances found")
 
     def __str__(self) -> str:
         text = f"{self.method} {self.path}: HTTP {self.status}: {self.message}" if self.method else (
             f"HTTP {self.status}: {self.message}")
         if self.request_id:
             text += f" (requestId {self.request_id})"
+        if self.hint:
+            text += f" (hint: {self.hint})"
         return text
 
 
@@ -167,23 +172,41 @@ class TransportError(ProvisionerError):
     it is tried again.
     """
 
-    def __init__(self, message: str, ambiguous: bool, method: str | None = None, path: str | None = None):
+    def __init__(self, message: str, ambiguous: bool, method: str | None = None, path: str | None = None, *,
+                 retryable: bool = True, url: str | None = None, hint: str | None = None):
         super().__init__(message)
         self.message = message
         self.ambiguous = ambiguous
         self.method = method
         self.path = path
+        self.retryable = retryable
+        self.url = url
+        self.hint = hint
 
     def __str__(self) -> str:
-        return f"{self.method} {self.path}: {self.message}" if self.method else self.message
+        where = f"{self.url or ''}{self.path or ''}"
+        text = f"{self.method} {where}: {self.message}" if self.method else self.message
+        return f"{text} (hint: {self.hint})" if self.hint else text
 
 
 class AmbiguousCreate(ProvisionerError):
     """A create may or may not have happened: the caller must look the instance up before retrying."""
 
-    def __init__(self, cause: Exception):
+    def __init__(self, cause: Exception, answered: bool = False):
         super().__init__(f"create outcome unknown: {cause}")
         self.cause = cause
+        # The server answered (a 5xx, or a 2xx without an instance): it is done with the request,
+        # so the instance can be looked up at once. Without an answer it may still be working on it.
+        self.answered = answered
+
+
+class InconsistentListing(ProvisionerError):
+    """A listing that cannot be trusted (repeated ids or pages, malformed items, fewer or more items
+    than announced): nothing may be created, replaced or deleted from it."""
+
+    def __init__(self, message: str):
+        super().__init__(f"the instance listing is inconsistent: {message}")
+        self.message = message
 
 
 class CredentialsRefused(UserError):

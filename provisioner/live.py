@@ -10,8 +10,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .errors import InconsistentListing
 from .ownership import stack_marker
 from .secret import Secret
+
+LISTING_TRIES = 3  # a listing read while other runs write may shift between pages: read it again
 
 
 class InstanceReader(Protocol):
@@ -67,17 +70,62 @@ def _numeric(value: Any) -> Any:
 def read_live(client: InstanceReader, stack: str, owned_only: bool = False,
               on_page: Callable[[list[LiveInstance]], object] | None = None) -> list[LiveInstance]:
     """All instances of the target (or only those the stack owns), with configuration filled in.
-    ``on_page`` sees each page's instances as it arrives, while the next page is being fetched."""
+    ``on_page`` sees each page's instances as it arrives, while the next page is being fetched.
+
+    Nothing is decided from a listing that cannot be trusted: a repeated id, an item without a
+    usable id or with fields of the wrong type, or pages the client found inconsistent raise
+    InconsistentListing (after reading it again, in case other writers shifted the pages)."""
+    for attempt in range(1, LISTING_TRIES + 1):
+        try:
+            return _read_once(client, stack, owned_only, on_page)
+        except InconsistentListing:
+            if attempt == LISTING_TRIES:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _read_once(client: InstanceReader, stack: str, owned_only: bool,
+               on_page: Callable[[list[LiveInstance]], object] | None) -> list[LiveInstance]:
     marker = stack_marker(stack)
     instances: list[LiveInstance] = []
+    seen: set[Any] = set()
     for page in client.instance_pages(tags=(marker,) if owned_only else ()):
-        converted = [LiveInstance.from_api(item) for item in page if isinstance(item, Mapping)]
+        converted = [_checked(item, len(instances) + n, seen) for n, item in enumerate(page)]
         if on_page is not None:
             on_page(converted)
         instances.extend(converted)
     if owned_only:  # the server's tag filter is trusted only as far as we check it
         instances = [i for i in instances if i.owned_by(stack)]
     return [_hydrated(client, i) if i.configuration is None and i.owned_by(stack) else i for i in instances]
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "tags": (list,), "configuration": (Mapping,), "token": (str,), "element": (Mapping, str),
+    "createdDate": (str,),
+}
+
+
+def _checked(item: Any, position: int, seen: set[Any]) -> LiveInstance:
+    """One listed item as a LiveInstance, or InconsistentListing if it cannot be trusted."""
+    if not isinstance(item, Mapping):
+        raise InconsistentListing(f"item {position} is {type(item).__name__}, not an instance object")
+    ident = item.get("id")
+    if isinstance(ident, bool) or not (isinstance(ident, int) and ident >= 0
+                                       or isinstance(ident, str) and ident.strip() and len(ident) <= 200):
+        raise InconsistentListing(f"item {position} has no usable id")
+    for key, types in _FIELD_TYPES.items():
+        value = item.get(key)
+        if value is not None and not isinstance(value, types):
+            raise InconsistentListing(f"instance id {ident}: {key!r} is {type(value).__name__}")
+    if not isinstance(item.get("name"), str):
+        raise InconsistentListing(f"instance id {ident} has no name")
+    if any(not isinstance(t, (str, Mapping)) for t in item.get("tags") or ()):
+        raise InconsistentListing(f"instance id {ident}: a tag is neither a string nor an object")
+    key = str(ident)
+    if key in seen:
+        raise InconsistentListing(f"instance id {ident} is listed twice (a repeated item is not a duplicate)")
+    seen.add(key)
+    return LiveInstance.from_api(item)
 
 
 def _hydrated(client: InstanceReader, instance: LiveInstance) -> LiveInstance:

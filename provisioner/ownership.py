@@ -25,11 +25,18 @@ from .secret import Secret, reveal
 TAG_PREFIX = "provisioner:"
 STACK_TAG = "provisioner:stack="
 FP_TAG = "provisioner:fp:"
+RUN_TAG = "provisioner:run="
 FINGERPRINT_KEY_ENV = "PROVISIONER_FINGERPRINT_KEY"
 
 
 def stack_marker(stack: str) -> str:
     return f"{STACK_TAG}{stack}"
+
+
+def run_tag(run_id: str) -> str:
+    """The tag a run puts on the instances it creates, so it can tell its own copies from another
+    run's even when the answer to a create was lost."""
+    return f"{RUN_TAG}{run_id}"
 
 
 def is_managed_tag(tag: str) -> bool:

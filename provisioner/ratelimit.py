@@ -70,17 +70,21 @@ class RateBudget:
 
     # -- what the client calls -------------------------------------------------------------
 
-    def acquire(self, wait: Callable[[float], object] | None = None) -> bool:
+    def acquire(self, wait: Callable[[float], object] | None = None, deadline: float | None = None) -> bool:
         """Block until a request may start, and count it as started.
 
         ``wait(seconds)`` replaces the budget's sleep for this call (the client passes
         ``StopFlag.wait``); if it returns a true value the wait was cut short and ``acquire``
-        returns False without starting anything. Otherwise it returns True.
+        returns False without starting anything. If the request could start only after
+        ``deadline`` (clock time; a long Retry-After), it returns False at once, without waiting.
+        Otherwise it returns True.
         """
         wait = wait or self._sleep
         while True:
             with self._lock:
                 now = self._clock()
+                if deadline is not None and self._paused_until > deadline:
+                    return False
                 start = self._reserve(now)
                 epoch = self._epoch
                 if start <= now:

@@ -8,12 +8,15 @@ gives the server a script, a list of steps consumed one per request, in arrival 
 * ``RESET``: read the request, then abort the connection with a TCP RST (no answer).
 * ``CLOSE``: read the request, then close the connection cleanly without answering.
 * ``Hang(seconds)``: read the request, wait, then close without answering.
+* ``Drip(interval, head)``: answer one byte every ``interval`` seconds (the head too if ``head``),
+  announcing a long body: a server that never finishes, but never goes quiet for a read timeout.
 * a callable ``step(received) -> step``: decide from the request (e.g. paging by token).
 
 When the script runs out the ``default`` step answers. Every request is recorded as a
 ``Received`` (method, path, query, headers, body, arrival time, raw request target), in
 ``server.requests``. ``ScriptedServer(tls=context)`` serves HTTPS (test certificates in ``tls/``).
-``TunnelProxy`` is a CONNECT proxy for testing HTTPS through a proxy.
+``TunnelProxy`` is a CONNECT proxy for testing HTTPS through a proxy (optionally itself served
+over TLS, or answering 407 to every CONNECT).
 """
 
 from __future__ import annotations
@@ -52,6 +55,15 @@ class Hang:
 
 
 @dataclass(frozen=True)
+class Drip:
+    """Answer one byte every ``interval`` seconds until the server closes (the status line and
+    headers too when ``head`` is true)."""
+
+    interval: float = 0.5
+    head: bool = False
+
+
+@dataclass(frozen=True)
 class _Action:
     name: str
 
@@ -60,7 +72,7 @@ EXHAUSTED = Reply(500, body={"message": "script exhausted"})
 RESET = _Action("reset")
 CLOSE = _Action("close")
 
-Step = Union[Reply, Hang, _Action, Callable[["Received"], Any]]  # noqa: UP007 - runtime alias, 3.10
+Step = Union[Reply, Hang, Drip, _Action, Callable[["Received"], Any]]  # noqa: UP007 - runtime alias, 3.10
 
 
 @dataclass
@@ -141,7 +153,7 @@ class ScriptedServer:
         with self._lock:
             self._received.append(received)
             step = self._script.popleft() if self._script else self._default
-        while callable(step) and not isinstance(step, (Reply, Hang, _Action)):
+        while callable(step) and not isinstance(step, (Reply, Hang, Drip, _Action)):
             step = step(received)
         return step
 
@@ -197,6 +209,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif isinstance(step, Hang):
             self.server.owner.closing.wait(step.seconds)
             self.close_connection = True
+        elif isinstance(step, Drip):
+            self._drip(step)
         else:  # CLOSE
             self.close_connection = True
 
@@ -219,6 +233,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _drip(self, step: Drip) -> None:
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+        data = (b"" if step.head else head) + b"[" + b" " * 100000
+        if not step.head:
+            self.wfile.write(head)
+            self.wfile.flush()
+        self.close_connection = True
+        for i in range(len(data)):
+            if self.server.owner.closing.wait(step.interval):
+                return
+            try:
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+            except OSError:
+                return
+
     def _reset(self) -> None:
         """Abort the connection: SO_LINGER 0 turns close() into a TCP RST."""
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -238,8 +268,10 @@ class TunnelProxy:
     """An HTTP CONNECT proxy on 127.0.0.1: records each CONNECT line and its headers, then pipes
     bytes both ways (TLS stays end to end). ``with TunnelProxy() as proxy: proxy.url``."""
 
-    def __init__(self):
+    def __init__(self, tls: ssl.SSLContext | None = None, refuse: bool = False):
         self.connects: list[tuple[str, dict[str, str]]] = []
+        self._tls = tls
+        self._refuse = refuse
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -248,7 +280,8 @@ class TunnelProxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        host = "localhost" if self._tls else "127.0.0.1"
+        return f"{'https' if self._tls else 'http'}://{host}:{self._listener.getsockname()[1]}"
 
     def _accept(self) -> None:
         while not self._stop.is_set():
@@ -263,6 +296,12 @@ class TunnelProxy:
             thread.start()
 
     def _tunnel(self, client: socket.socket) -> None:
+        if self._tls is not None:
+            try:
+                client = self._tls.wrap_socket(client, server_side=True)
+            except (OSError, ssl.SSLError):
+                client.close()
+                return
         with client:
             head = b""
             while b"\r\n\r\n" not in head:
@@ -274,14 +313,24 @@ class TunnelProxy:
             method, authority, _ = lines[0].split(" ", 2)
             headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
             self.connects.append((f"{method} {authority}", {k.lower(): v for k, v in headers.items()}))
+            if self._refuse:
+                client.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                               b"Proxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n\r\n")
+                return
             host, port = authority.rsplit(":", 1)
-            with socket.create_connection((host, int(port))) as upstream:
+            try:
+                upstream = socket.create_connection((host.strip("[]"), int(port)), timeout=2)
+            except OSError:
+                client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+                return
+            with upstream:
                 client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 self._pipe(client, upstream)
 
     def _pipe(self, a: socket.socket, b: socket.socket) -> None:
         while not self._stop.is_set():
-            ready = select.select([a, b], [], [], 0.05)[0]
+            pending = [s for s in (a, b) if isinstance(s, ssl.SSLSocket) and s.pending()]
+            ready = pending or select.select([a, b], [], [], 0.05)[0]
             for sock in ready:
                 data = sock.recv(65536)
                 if not data:

@@ -138,7 +138,7 @@ def test_apply_does_not_report_success_while_a_retried_create_may_have_left_a_co
     if len(h.instances()) != 2:
         raise RuntimeError(f"scenario not reproduced (exit {run.returncode}): {run.stderr[-1000:]}")
     assert run.returncode == 1, "success reported while an extra copy was left behind"
-    assert "hd-0: could not check for a copy left by a retried create" in run.stderr
+    assert "hd-0: could not check the created instance with a final listing" in run.stderr
     for _ in range(MAX_RUNS - 1):  # the contract: re-run until exit 0, then there is no duplicate
         if run.returncode == 0:
             break

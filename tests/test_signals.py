@@ -115,11 +115,11 @@ def test_sigkill_at_a_random_moment_then_apply_converges_and_every_token_is_retr
 
 def test_an_apply_interrupted_before_its_duplicate_check_still_converges_with_no_duplicate(h):
     # seed 19, one instance, parallelism 1: listing ok; create slow (times out at 1 s, committed at
-    # 3.5 s); lookup at 3 s finds nothing; the create is sent again and succeeds. The duplicate check
-    # would list at about 5 s: the signal arrives between the late commit and that listing.
+    # 3.5 s); the lookup at once finds nothing; the create is sent again and succeeds. The final check
+    # waits for the settle time (until about 5 s): the signal arrives between the late commit and it.
     h.write_manifest(1)
     h.faults(FaultConfig(slow_rate=0.5, slow_ms=3500, seed=19))
-    args = ("apply", "--timeout", "1", "--connect-timeout", "1", "--settle", "2", "--parallelism", "1",
+    args = ("apply", "--timeout", "1", "--connect-timeout", "1", "--settle", "4", "--parallelism", "1",
             "--outputs", OUT)
     started = time.monotonic()
     proc = h.popen(*args)

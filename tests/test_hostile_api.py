@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import USER_SECRET, ORG_SECRET, base_env, manifest_text, write
+from conftest import ORG_SECRET, USER_SECRET, base_env, manifest_text, write
 from scripted_server import Reply, ScriptedServer, closed_port
 
 STACK = "tests"
@@ -17,8 +17,8 @@ MARKER = f"provisioner:stack={STACK}"
 
 
 def item(ident, name: str, owned: bool = True, **extra) -> dict:
-    base = {"id": ident, "name": name, "element": {"key": "connectwisehd"}, "createdDate": f"2026-01-01T00:00:{ident:02d}Z"
-            if isinstance(ident, int) else "2026-01-01T00:00:00Z",
+    created = f"2026-01-01T00:00:{ident:02d}Z" if isinstance(ident, int) else "2026-01-01T00:00:00Z"
+    base = {"id": ident, "name": name, "element": {"key": "connectwisehd"}, "createdDate": created,
             "tags": [MARKER] if owned else [], "token": f"tok-{ident}-Qz81", "configuration": {}}
     base.update(extra)
     return base

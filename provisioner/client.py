@@ -80,8 +80,8 @@ class ClientSettings:
     deadline: float = 60.0          # one whole request (connect, send, the complete answer), per attempt
     max_attempts: int = 10          # per request, first try included
     max_retry_time: float = 120.0   # total wall time per request across its retries
-    backoff_base: float = 0.2       # full jitter: uniform(0, min(cap, base * 2**retry)), >= Retry-After
-    backoff_cap: float = 10.0
+    backoff_base: float = 0.1       # full jitter: uniform(0, min(cap, base * 2**retry)), >= Retry-After
+    backoff_cap: float = 1.0
     parallelism: int = 8            # connections kept alive (one per worker thread)
     page_size: int = 200
     max_rate: float | None = None   # requests/second ceiling; None = none until the API throttles

@@ -1,21 +1,24 @@
 """A request-rate budget shared by every worker thread of one run.
 
-Cloud Elements does not document a rate limit, but an API may still answer 429. When one worker is
-throttled, every worker must slow down, otherwise the others keep hammering the API and each of
-them gets its own 429. ``RateBudget`` is that shared brake, using AIMD (additive increase,
-multiplicative decrease):
+Cloud Elements does not document a rate limit, but an API may still answer 429, and real APIs
+throttle by rate (a token bucket per organization), not by dice. When one worker is throttled,
+every worker must slow down to what the server accepts, otherwise each of them gets its own 429.
+``RateBudget`` is that shared brake, using AIMD (additive increase, multiplicative decrease):
 
 * ``acquire()`` blocks until a request may start: never during a pause, and never closer than
-  ``1 / limit`` seconds after the previous start while a limit is in force.
-* ``on_throttle(retry_after)`` pauses everyone until ``now + (retry_after or 1 s)`` and halves the
-  allowed rate (half of the rate observed over the last few seconds, or of the current limit,
-  whichever is lower; floor 2 requests/s). Throttles that arrive while a pause is running, or
-  within ``CUT_INTERVAL`` of the last cut, come from requests sent before the brake took effect:
-  they extend the pause but do not cut again.
-* ``on_success()`` raises the limit by ``increase`` requests/s (default: a tenth of the rate to
-  recover to) per second since the pause ended;
-  once it passes ``max_rate`` (or, without one, twice the rate at which throttling began) the
-  budget is back to its unthrottled state.
+  ``1 / limit`` seconds after the previous start while a limit is in force. It gives up at once
+  when the pause outlasts the caller's deadline (a day-long Retry-After fails a request, it does
+  not freeze it).
+* ``on_throttle(retry_after)``: the first 429 pauses everyone for ``retry_after`` (1 s if absent),
+  and so does a later one asking for ``LONG_PAUSE`` or more; any other 429 delays only its own
+  request (the client honours its Retry-After). The rate is cut only when the share of requests
+  refused over the last second reaches ``CUT_THRESHOLD``, at most once per ``CUT_INTERVAL``, to
+  90% of the rate the server accepted over that second: what a token bucket lets through. If the
+  share stays the same right after a cut, the refusals do not depend on the rate (an API that
+  throttles at random): the cut is undone and the rate left alone while the share stays there.
+* ``on_success()`` raises the limit by ``RECOVERY_FRACTION`` of the rate at the last cut per
+  second; once it passes ``max_rate`` (or, without one, twice the rate at which throttling began)
+  the budget is back to its unthrottled state.
 
 The logic is pure: the clock and the sleep function are injectable, so tests drive it with a fake
 clock and no real waiting.
@@ -31,6 +34,21 @@ from collections.abc import Callable
 
 # How far back the observed request rate looks, in seconds.
 OBSERVATION_WINDOW = 5.0
+# How far back the accepted and refused shares look when deciding a cut.
+ACCEPTED_WINDOW = 1.0
+# Cut to this fraction of the accepted rate.
+CUT_FACTOR = 0.9
+# Cut only when at least this share of the requests of the last second were refused.
+CUT_THRESHOLD = 0.25
+# Once a cut has been shown to work (a real limit), a smaller share cuts again: the recovery has
+# gone past the limit.
+RECUT_THRESHOLD = 0.05
+# ... and at least this many requests were answered in it (a share of three is no evidence).
+MIN_EVIDENCE = 40
+# How long refusals found not to depend on the rate are ignored (while their share stays there).
+RANDOM_HOLD = 30.0
+# A Retry-After this long pauses every worker even while already throttled.
+LONG_PAUSE = 5.0
 # Shortest span the observed rate is computed over: 3 requests in 10 ms is not 300 requests/s.
 MIN_OBSERVED_SPAN = 1.0
 # Pause used when a 429 carries no Retry-After.
@@ -38,9 +56,9 @@ DEFAULT_PAUSE = 1.0
 # The rate is never cut below this (requests/second), unless max_rate itself is lower.
 MIN_RATE = 2.0
 # A burst of 429s cuts the rate once: another cut needs throttling to persist this long after it.
-CUT_INTERVAL = 5.0
-# Recovery per second, as a fraction of the rate to recover to (about ten seconds to full speed).
-RECOVERY_FRACTION = 0.1
+CUT_INTERVAL = 1.0
+# Recovery per second, as a fraction of the limit set by the last cut.
+RECOVERY_FRACTION = 0.03
 
 
 class RateBudget:
@@ -66,6 +84,12 @@ class RateBudget:
         self._epoch = 0                            # bumped by each throttle: reservations before it are void
         self._last_cut = -math.inf
         self._starts: deque[float] = deque()
+        self._answers: deque[tuple[float, bool]] = deque()  # (time, accepted) over ACCEPTED_WINDOW
+        self._cut_to: float | None = None          # the limit the last cut set
+        self._share_at_cut: float | None = None    # refused share that triggered the last cut
+        self._before_cuts: float | None = None     # the limit before this episode of cuts
+        self._random_until = -math.inf             # refusals found not to depend on the rate...
+        self._random_share = 0.0                   # ...at this share
         self._throttle_count = 0
 
     # -- what the client calls -------------------------------------------------------------
@@ -98,36 +122,45 @@ class RateBudget:
                     return True
 
     def on_throttle(self, retry_after: float | None = None) -> None:
-        """The API answered 429: pause everyone and cut the rate (once per pause)."""
+        """The API answered 429: pause everyone on the first one (or on a long Retry-After); cut the
+        rate when refusals are frequent and respond to the rate."""
         with self._lock:
             now = self._clock()
             pause = retry_after if retry_after is not None and retry_after > 0 else DEFAULT_PAUSE
-            already_paused = now < self._paused_until
-            self._paused_until = max(self._paused_until, now + pause)
-            self._next_slot = self._paused_until
-            self._last_increase = self._paused_until
-            self._epoch += 1
             self._throttle_count += 1
-            if not already_paused and now - self._last_cut >= CUT_INTERVAL:
-                self._cut_rate(now)
-                self._last_cut = now
+            self._answer(now, False)
+            random = now < self._random_until
+            if (not self._throttled and not random and self._throttle_count == 1) or (
+                    pause >= LONG_PAUSE and now + pause > self._paused_until):
+                self._pause(now, pause)
+            if now - self._last_cut < CUT_INTERVAL:
+                return
+            if self._share_at_cut is not None:  # judge the last cut first, once it has had time to work
+                if self._evidence_since_cut() < MIN_EVIDENCE:
+                    return
+                if self._rate_independent(now):
+                    self._undo_cuts(now)
+                    return
+            share, answered = self._refused_share()
+            threshold = RECUT_THRESHOLD if self._throttled else CUT_THRESHOLD
+            if answered < MIN_EVIDENCE or share < threshold or (random and share <= 2 * self._random_share):
+                return
+            self._cut_rate(now, share)
+            self._last_cut = now
 
     def on_success(self) -> None:
-        """A request succeeded: grow the limit additively, and lift it once it has recovered."""
+        """A request succeeded: remember when, grow the limit additively, and lift it once recovered."""
         with self._lock:
-            if not self._throttled:
-                return
             now = self._clock()
-            if now <= self._last_increase:
+            self._answer(now, True)
+            if not self._throttled or now <= self._last_increase:
                 return
             step = self._increase if self._increase is not None else max(
-                1.0, RECOVERY_FRACTION * (self._recover_to or MIN_RATE))
+                0.5, RECOVERY_FRACTION * (self._cut_to or MIN_RATE))
             self._limit += step * (now - self._last_increase)
             self._last_increase = now
             if self._limit > self._recover_to:
-                self._throttled = False
-                self._limit = self._max_rate
-                self._recover_to = None
+                self._leave_throttled()
 
     # -- state, for tests and the run summary ----------------------------------------------
 
@@ -180,12 +213,65 @@ class RateBudget:
             return None
         return len(self._starts) / max(now - self._starts[0], MIN_OBSERVED_SPAN)
 
-    def _cut_rate(self, now: float) -> None:
-        """Multiplicative decrease: half of min(observed rate, current limit)."""
-        candidates = [r for r in (self._observed_rate(now), self._limit) if r is not None]
-        base = min(candidates) if candidates else MIN_RATE
+    def _pause(self, now: float, pause: float) -> None:
+        self._paused_until = max(self._paused_until, now + pause)
+        self._next_slot = self._paused_until
+        self._last_increase = max(self._last_increase, self._paused_until)
+        self._epoch += 1
+
+    def _answer(self, now: float, accepted: bool) -> None:
+        self._answers.append((now, accepted))
+        while self._answers and self._answers[0][0] < now - OBSERVATION_WINDOW:
+            self._answers.popleft()
+
+    def _refused_share(self, since: float | None = None) -> tuple[float, int]:
+        """(share refused, number answered) over the last ``ACCEPTED_WINDOW``, or since ``since``."""
+        start = self._clock() - ACCEPTED_WINDOW if since is None else since
+        answers = [ok for t, ok in self._answers if t >= start]
+        refused = sum(1 for ok in answers if not ok)
+        return (refused / len(answers) if answers else 0.0), len(answers)
+
+    def _evidence_since_cut(self) -> int:
+        return self._refused_share(since=self._last_cut + CUT_INTERVAL / 2)[1]
+
+    def _rate_independent(self, now: float) -> bool:
+        """Right after a cut (no recovery yet), once the cut has had time to work, is the refused
+        share still about what it was at the cut? Then the rate is not why requests are refused."""
+        if self._share_at_cut is None or self._cut_to is None or self._limit is None:
+            return False
+        share, answered = self._refused_share(since=self._last_cut + CUT_INTERVAL / 2)
+        fresh = self._limit <= 1.1 * self._cut_to and answered >= MIN_EVIDENCE
+        return fresh and 0.6 * self._share_at_cut <= share <= 1.5 * self._share_at_cut
+
+    def _undo_cuts(self, now: float) -> None:
+        """The refusals do not depend on our rate: restore the rate from before the cuts."""
+        self._random_until = now + RANDOM_HOLD
+        self._random_share = self._refused_share(since=self._last_cut + CUT_INTERVAL / 2)[0]
+        if self._before_cuts is None:
+            self._leave_throttled()
+        else:
+            self._limit = self._before_cuts
+            self._share_at_cut = None
+
+    def _leave_throttled(self) -> None:
+        self._throttled = False
+        self._limit = self._max_rate
+        self._recover_to = None
+        self._cut_to = None
+        self._share_at_cut = None
+        self._before_cuts = None
+
+    def _cut_rate(self, now: float, share: float) -> None:
+        """Multiplicative decrease: 90% of what the server accepted over the last second."""
+        accepted = sum(1 for t, ok in self._answers if ok and t >= now - ACCEPTED_WINDOW) / ACCEPTED_WINDOW
+        base = CUT_FACTOR * (min(accepted, self._limit) if self._limit is not None else accepted)
         floor = MIN_RATE if self._max_rate is None else min(MIN_RATE, self._max_rate)
         if not self._throttled:
             self._throttled = True
-            self._recover_to = self._max_rate if self._max_rate is not None else 2.0 * base
-        self._limit = max(floor, base / 2.0)
+            self._before_cuts = self._limit
+            self._recover_to = self._max_rate if self._max_rate is not None else 2.0 * max(base, floor)
+        self._limit = max(floor, base)
+        self._cut_to = self._limit
+        self._share_at_cut = share
+        self._random_until = -math.inf  # refusals grew past the random share: they are about the rate
+        self._last_increase = max(self._last_increase, now)

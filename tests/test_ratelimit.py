@@ -3,6 +3,7 @@ plus one small real-thread check that a pause holds back other threads."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 
@@ -81,97 +82,102 @@ def test_throttle_without_retry_after_pauses_one_second():
     assert budget.paused_until == pytest.approx(clock.now + 1.0)
 
 
-def test_throttle_halves_the_observed_rate():
-    budget, clock = make()
-    burst(budget, clock, 20, 0.05)  # 20 requests/s for one second
-    budget.on_throttle(1.0)
-    assert budget.throttled
-    assert budget.limit == pytest.approx(10.0, rel=0.1)
+class Bucket:
+    """A token-bucket server: ``rate`` requests/s, ``burst`` tokens, refused requests take none."""
+
+    def __init__(self, clock: FakeClock, rate: float, burst: float):
+        self.clock, self.rate, self.tokens, self.burst, self.last = clock, rate, burst, burst, clock.now
+
+    def __call__(self) -> bool:
+        self.tokens = min(self.burst, self.tokens + (self.clock.now - self.last) * self.rate)
+        self.last = self.clock.now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
 
 
-def test_throttle_halves_the_limit_when_lower_than_observed():
-    budget, clock = make(max_rate=4)
-    burst(budget, clock, 8, 0.0)
-    budget.on_throttle(0.5)
-    assert budget.limit == pytest.approx(2.0)
-
-
-def test_rate_never_drops_below_two_per_second():
-    budget, clock = make()
-    for _ in range(8):
+def drive(budget: RateBudget, clock: FakeClock, accept, seconds: float, want: float = 200.0) -> dict:
+    """A client wanting ``want`` requests/s against a server deciding with ``accept()``; counts what
+    happened after the first second."""
+    start = clock.now
+    late = refused = accepted = 0
+    while clock.now < start + seconds:
         budget.acquire()
-        budget.on_throttle(0.1)
-        clock.advance(5.5)  # past the cut interval: every throttle cuts
-    assert budget.limit == pytest.approx(2.0)
+        ok = accept()
+        if clock.now > start + 1:
+            late += 1
+            refused += not ok
+            accepted += ok
+        budget.on_success() if ok else budget.on_throttle(1.0)
+        clock.advance(1 / want)
+    return {"refused_share": refused / max(1, late), "accepted_rate": accepted / (seconds - 1)}
+
+
+def test_only_the_first_429_or_a_long_retry_after_pauses_everyone():
+    budget, clock = make()
+    budget.on_throttle(1.0)
+    until = budget.paused_until
+    clock.advance(0.1)
+    budget.on_throttle(2.0)  # another in-flight request answered 429: it waits its own Retry-After
+    assert budget.paused_until == until
+    budget.on_throttle(60.0)  # the server asks everyone to go away for a minute
+    assert budget.paused_until == pytest.approx(clock.now + 60.0)
+    assert budget.throttle_count == 3
+
+
+def test_a_token_bucket_is_tracked_closely():
+    """A server accepting 50 requests/s (bucket of 50) and a client wanting 200/s: after the first
+    second, few requests are refused and most of the capacity is used."""
+    budget, clock = make()
+    seen = drive(budget, clock, Bucket(clock, 50, 50), 30)
+    assert seen["refused_share"] < 0.10
+    assert seen["accepted_rate"] > 0.8 * 50
+    assert budget.throttled and budget.limit < 70
+
+
+def test_random_refusals_do_not_collapse_the_rate():
+    """A server refusing 30% of requests whatever the rate: the cut is found useless and undone."""
+    budget, clock = make()
+    dice = random.Random(7)
+    seen = drive(budget, clock, lambda: dice.random() >= 0.3, 20)
+    assert seen["accepted_rate"] > 0.6 * 0.7 * 200
+    assert budget.limit is None
+
+
+def test_random_refusals_below_the_threshold_never_cut_or_pause_again():
+    budget, clock = make()
+    dice = random.Random(3)
+    drive(budget, clock, lambda: dice.random() >= 0.07, 3)
+    first_pause = budget.paused_until
+    seen = drive(budget, clock, lambda: dice.random() >= 0.07, 10)
+    assert budget.limit is None and not budget.throttled
+    assert budget.paused_until == first_pause
+    assert seen["accepted_rate"] > 0.9 * 0.93 * 200
+
+
+def test_the_rate_never_drops_below_two_per_second():
+    budget, clock = make()
+    drive(budget, clock, Bucket(clock, 0.5, 1), 20)
+    assert budget.limit is not None and budget.limit >= 2.0
 
 
 def test_a_burst_of_throttles_cuts_once_per_interval():
     budget, clock = make()
-    burst(budget, clock, 40, 0.025)  # 40 requests/s
-    budget.on_throttle(0.1)
-    first = budget.limit
-    for _ in range(5):  # more 429s, each after the previous pause ended, within 5 s of the cut
-        clock.advance(0.2)
-        budget.on_throttle(0.1)
-    assert budget.limit == first
-    clock.advance(4.0)
-    budget.on_throttle(0.1)  # throttling persists: cut again
-    assert budget.limit == pytest.approx(first / 2, rel=0.5)
-
-
-def test_throttles_during_a_pause_cut_only_once():
-    budget, clock = make()
-    burst(budget, clock, 40, 0.025)  # 40 requests/s
-    budget.on_throttle(1.0)
-    first = budget.limit
-    clock.advance(0.1)
-    budget.on_throttle(2.0)  # another in-flight request answered 429
-    assert budget.limit == first
-    assert budget.paused_until == pytest.approx(clock.now + 2.0)
-    assert budget.throttle_count == 2
-
-
-def test_paced_after_throttle():
-    budget, clock = make()
-    burst(budget, clock, 8, 0.25)  # 4 requests/s -> limit 2
-    budget.on_throttle(1.0)
-    resume = budget.paused_until
-    starts = []
-    for _ in range(3):
-        budget.acquire()
-        starts.append(clock.now)
-    assert starts == pytest.approx([resume, resume + 0.5, resume + 1.0])
-
-
-def test_additive_recovery_then_unthrottled_without_max_rate():
-    budget, clock = make()
-    burst(budget, clock, 10, 0.1)  # 10 requests/s
-    budget.on_throttle(1.0)        # limit 5, recover above 20
-    assert budget.limit == pytest.approx(5.0, rel=0.1)
-    start = budget.limit
-    budget.on_success()            # during the pause: no growth
-    assert budget.limit == start
-    clock.advance(1.0 + 3.0)       # pause over, then 3 s without throttling
-    budget.on_success()
-    assert budget.limit == pytest.approx(start + 3.0 * 2.0)  # a tenth of 20 requests/s per second
-    clock.advance(20.0)
-    budget.on_success()
-    assert not budget.throttled
-    assert budget.limit is None
+    bucket = Bucket(clock, 50, 50)
+    drive(budget, clock, bucket, 1.2)
+    cuts = budget.limit
+    for _ in range(30):  # many 429s within the interval: no further cut
+        budget.on_throttle(1.0)
+    assert budget.limit == cuts
 
 
 def test_recovery_returns_to_max_rate():
-    budget, clock = make(max_rate=6)
-    burst(budget, clock, 6, 1 / 6)
-    budget.on_throttle(0.5)
-    assert budget.limit == pytest.approx(3.0)
-    clock.advance(0.5 + 2.0)
-    budget.on_success()
-    assert budget.throttled and budget.limit == pytest.approx(5.0)
-    clock.advance(1.5)
-    budget.on_success()
-    assert not budget.throttled
-    assert budget.limit == 6
+    budget, clock = make(max_rate=100)
+    drive(budget, clock, Bucket(clock, 40, 40), 5, want=100)
+    assert budget.throttled and budget.limit < 60
+    drive(budget, clock, lambda: True, 60, want=100)  # the limit was lifted on the server
+    assert not budget.throttled and budget.limit == 100
 
 
 def test_wait_function_can_abandon_the_acquire():
@@ -195,10 +201,10 @@ def test_reservation_made_before_a_throttle_is_renewed():
     def wait_and_get_throttled_again(seconds: float) -> None:
         clock.sleep(seconds)
         if len(clock.sleeps) == 1:
-            budget.on_throttle(2.0)  # another worker got a 429 while we were waiting
+            budget.on_throttle(8.0)  # another worker was told to go away for 8 s while we waited
 
     budget.acquire(wait=wait_and_get_throttled_again)
-    assert clock.now == pytest.approx(t0 + 1.0 + 2.0)
+    assert clock.now == pytest.approx(t0 + 1.0 + 8.0)
 
 
 def test_invalid_arguments():

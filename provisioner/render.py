@@ -44,7 +44,7 @@ _MISSING = object()
 
 
 RENDER_SECONDS = 2.0  # wall-clock budget of one rendering (one value, or one template file)
-MAX_POWER_BITS = 100_000  # ** and * on integers: refuse results past this many bits
+MAX_POWER_BITS = 14_000  # ** and * on integers: refuse results past this many bits (4,300 digits: what Python prints)
 
 
 class BudgetExceeded(Exception):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,6 +161,8 @@ def load_yaml(text: str, display: str, max_alias_nodes: int = DEFAULT_MAX_ALIAS_
         return Loaded(None, [*loader.problems, Problem(f"not valid YAML: {exc}", Location(display))], text)
     except RecursionError:
         return Loaded(None, [Problem("YAML nesting is too deep", Location(display))], text)
+    except ValueError as exc:  # a too-long integer reached through a << merge or an explicit tag
+        return Loaded(None, [*loader.problems, too_long_number(exc, Location(display))], text)
     finally:
         loader.dispose()
         if collecting:
@@ -199,7 +202,7 @@ def _build(loader: _PositionLoader, node: yaml.Node, built: dict[int, Any]) -> A
     if key in built:  # an alias: the same object, as PyYAML gives
         return built[key]
     if isinstance(node, yaml.ScalarNode):
-        value = node.value if node.tag == _STR_TAG else loader.construct_object(node, deep=True)
+        value = node.value if node.tag == _STR_TAG else _scalar(loader, node)
     elif isinstance(node, yaml.SequenceNode) and node.tag == _SEQ_TAG:
         value = YList()
         value.line = node.start_mark.line + 1
@@ -217,6 +220,22 @@ def _build(loader: _PositionLoader, node: yaml.Node, built: dict[int, Any]) -> A
         value = loader.construct_object(node, deep=True)
     built[key] = value
     return value
+
+
+def _scalar(loader: _PositionLoader, node: yaml.ScalarNode) -> Any:
+    """A plain scalar through PyYAML's safe constructors; an integer too long for Python to read
+    (over 4,300 digits) is a located problem, not a crash."""
+    try:
+        return loader.construct_object(node, deep=True)
+    except ValueError as exc:
+        loader.problems.append(too_long_number(exc, Location(loader.display, node.start_mark.line + 1)))
+        return None
+
+
+def too_long_number(exc: ValueError, where: Location, hint: str = "quote it to keep it as a string") -> Problem:
+    digits = re.search(r"(\d+) digits", str(exc))
+    limit = f" (the limit is {digits[1]} digits)" if digits else ""
+    return Problem(f"this number is too long to read as an integer{limit}", where, hint)
 
 
 def _fill_mapping(loader: _PositionLoader, node: yaml.MappingNode, data: YDict, built: dict[int, Any]) -> None:

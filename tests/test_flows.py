@@ -39,7 +39,7 @@ def test_apply_creates_exactly_the_declared_instances_and_a_second_apply_writes_
     for row in rows:
         assert MARKER in row["tags"] and "helpdesk" in row["tags"]
         assert any(t.startswith("provisioner:fp:helpdesk.connectwise.password=") for t in row["tags"])
-        assert row["configuration"]["helpdesk.connectwise.password"].startswith("pw-")
+        assert row["configuration"]["helpdesk.connectwise.password"] == "pw-" + row["name"].rsplit("-", 1)[1]
     assert [r["method"] for r in writes(db)] == ["POST"] * 3
     db.clear_requests()
     second = cli.run("apply", manifest)

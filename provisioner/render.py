@@ -401,7 +401,13 @@ class Renderer:
                 Location(where.file, where.line, name, outputs.template_line(text, first.location.line),
                          where.instance),
                 "quote the value around this line, or emit structured values with a single {{ expression }}"))
-        data = _substitute(loaded.data, nonce, collected)
+        try:
+            data = _substitute(loaded.data, nonce, collected)
+        except _BadKey as exc:
+            raise RenderError(Problem(
+                f"key {outputs.described(str(exc.key))!r} {exc.reason}",
+                Location(where.file, where.line, name, outputs.template_line(text, _line_of_text(text, exc.key)),
+                         where.instance), "give each key of a mapping a distinct name")) from None
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -445,7 +451,10 @@ class _Outputs:
         line = self.lines[index] if 0 <= index < len(self.lines) else None
         text = self.source[line - 1] if line and 0 < line <= len(self.source) else ""
         found = re.findall(r"\{\{.*?\}\}", text)
-        return found[0] if len(found) == 1 else "{{ ... }}"
+        if not found:
+            return "{{ ... }}"
+        earlier = sum(1 for other in self.lines[:index] if other == line)  # outputs of this line before it
+        return found[earlier % len(found)]
 
     def described(self, message: str) -> str:
         return self.pattern.sub(lambda m: self.expression(int(m[1])), message)
@@ -467,6 +476,12 @@ class _Outputs:
             if match and self.lines[int(match[1])]:
                 return self.lines[int(match[1])]
         return line
+
+
+def _line_of_text(text: str, needle: Any) -> int | None:
+    """The line of the first occurrence of ``needle`` in ``text`` (1-based), if any."""
+    index = text.find(str(needle))
+    return text.count("\n", 0, index) + 1 if index >= 0 else None
 
 
 def _template_source(template: jinja2.Template) -> list[str]:
@@ -547,7 +562,16 @@ def _substitute(data: Any, nonce: str, values: list[Any]) -> Any:
             return values[int(whole[1])]
         return pattern.sub(lambda m: _as_text(values[int(m[1])]), data)
     if isinstance(data, dict):
-        out = YDict((_substitute(k, nonce, values), _substitute(v, nonce, values)) for k, v in data.items())
+        out = YDict()
+        for key, value in data.items():
+            real = _substitute(key, nonce, values)
+            try:
+                seen = real in out
+            except TypeError:  # an unhashable value rendered as a key
+                raise _BadKey(key, "renders to a value that cannot be a key") from None
+            if seen:
+                raise _BadKey(key, "renders to the same key as another key of this mapping")
+            out[real] = _substitute(value, nonce, values)
         out.line = getattr(data, "line", 0)
         return out
     if isinstance(data, list):
@@ -555,6 +579,15 @@ def _substitute(data: Any, nonce: str, values: list[Any]) -> Any:
         out_list.line = getattr(data, "line", 0)
         return out_list
     return data
+
+
+class _BadKey(Exception):
+    """A mapping key of a template file that is unusable once its outputs are put back."""
+
+    def __init__(self, key: Any, reason: str):
+        super().__init__(reason)
+        self.key = key
+        self.reason = reason
 
 
 def _as_text(value: Any) -> str:

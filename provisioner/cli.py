@@ -307,8 +307,9 @@ def _output_format(params: dict[str, Any]) -> str:
 @click.argument("name", required=False)
 def output(**params: Any) -> None:
     """Print id, element and token of the declared instances, read from the API."""
+    explicit = params["output"]
     params["output"] = fmt = _output_format(params)
-    run = _Run("output", fmt, params["verbose"])
+    run = _Run("output", "json" if explicit == "json" else "text", params["verbose"])  # errors: JSON only if asked
 
     def body() -> int:
         validated = _validated(run, params)

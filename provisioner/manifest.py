@@ -189,9 +189,9 @@ def parse_set(assignment: str) -> tuple[list[str], Any, Problem | None]:
     key = key.strip()
     where = Location("--set", path=_shown(key) if key else None)
     if not sep:
-        return [], None, Problem(f"{_shown(assignment)} is not KEY=VALUE (no '=')", Location("--set"), _SET_HINT)
+        return [], None, Problem(f"--set {_shown(assignment)} is not KEY=VALUE (no '=')", Location(), _SET_HINT)
     if not key:
-        return [], None, Problem(f"{_shown(assignment)} has an empty key", Location("--set"), _SET_HINT)
+        return [], None, Problem(f"--set {_shown(assignment)} has an empty key", Location(), _SET_HINT)
     if not all(_KEY_PART.fullmatch(part) for part in key.split(".")):
         return [], None, Problem(
             "every part of a dotted key must be a non-empty name without spaces or brackets", where,

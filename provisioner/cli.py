@@ -358,9 +358,8 @@ def emulator(**params: Any) -> None:
             raise UserError(f"bad fault specification: {exc}", hint="see provisioner emulator --help") from None
         overrides = {k: v for k, v in (("latency_ms", params["latency_ms"]), ("seed", params["seed"])) if v is not None}
         faults = faults.merged(**overrides) if overrides else faults
-        directory = os.path.dirname(os.path.abspath(params["db_path"]))
-        os.makedirs(directory, exist_ok=True)
         try:
+            _private_db(params["db_path"])
             server = Emulator(params["db_path"], params["user_secret"], params["organization_secret"],
                               host=params["host"], port=params["port"], faults=faults,
                               log_stream=None if params["quiet"] else run.stderr)
@@ -380,6 +379,15 @@ def emulator(**params: Any) -> None:
         return EXIT_OK
 
     sys.exit(_finish(run, body))
+
+
+def _private_db(db_path: str) -> None:
+    """A new database directory is made 0700 and the database file 0600 before SQLite opens it
+    (its journal files get the same mode): it may hold tokens."""
+    if db_path == ":memory:":
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(db_path)), mode=0o700, exist_ok=True)
+    os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 def _emulator_start_error(exc: Exception, params: dict[str, Any]) -> UserError:

@@ -117,7 +117,7 @@ class _BudgetedSandbox(ImmutableSandboxedEnvironment):
 def _check_binop(operator: str, left: Any, right: Any) -> None:
     _Budget.check()
     ints = isinstance(left, int) and isinstance(right, int)
-    if operator == "**" and ints and right > 0 and abs(left) > 1 and right * max(abs(left).bit_length(), 1) > MAX_POWER_BITS:
+    if operator == "**" and ints and right > 0 and abs(left) > 1 and right * abs(left).bit_length() > MAX_POWER_BITS:
         raise BudgetExceeded(f"the power {left} ** {right} is too large")
     if operator == "*":
         if ints and left.bit_length() + right.bit_length() > MAX_POWER_BITS:
@@ -374,8 +374,8 @@ class Renderer:
         """Render a template file into a mapping; values are substituted after YAML parsing."""
         known = self._exhausted.get("file:" + name)
         if known is not None:
-            raise RenderError(Problem(known.message, Location(where.file, where.line, name, known.location.template_line,
-                                                              where.instance), known.hint))
+            at = Location(where.file, where.line, name, known.location.template_line, where.instance)
+            raise RenderError(Problem(known.message, at, known.hint))
         template = self._load_file(name, where)
         nonce = f"__pv{secrets.token_hex(6)}_"
         collected: list[Any] = []
@@ -396,7 +396,8 @@ class Renderer:
         if loaded.problems:
             first = loaded.problems[0]
             raise RenderError(Problem(
-                f"template output is not valid YAML: {outputs.described(first.message.removeprefix('not valid YAML: '))}"
+                "template output is not valid YAML: "
+                + outputs.described(first.message.removeprefix("not valid YAML: "))
                 + outputs.quote_line(text, first.location.line),
                 Location(where.file, where.line, name, outputs.template_line(text, first.location.line),
                          where.instance),

@@ -15,7 +15,6 @@ import base64
 import html
 import json
 import re
-import urllib.parse
 import threading
 from typing import Any
 

@@ -114,13 +114,16 @@ def test_a_runaway_loop_in_a_manifest_string_fails_with_its_location(cli, db):
     _no_requests(db)
 
 
+EMIT = "{{ '' }}{% endfor %}{% endfor %}"
+
+
 def test_a_runaway_loop_in_a_template_file_names_the_template_line(cli, db):
     write(cli.cwd, "m.yaml", "apiVersion: provisioner/v1\nstack: tests\ninstances:\n"
                              "  - name: t\n    template: body.yaml\n")
     write(cli.cwd, "body.yaml", f"""
         element: connectwisehd
         configuration:
-          helpdesk.connectwise.username: "{NESTED.replace('{% endfor %}{% endfor %}', "{{ '' }}{% endfor %}{% endfor %}")}"
+          helpdesk.connectwise.username: "{NESTED.replace('{% endfor %}{% endfor %}', EMIT)}"
         """)
     stderr = _clean(cli.run("validate", "m.yaml", timeout=60))
     assert "m.yaml:5 (template body.yaml:3) instance=t: template exceeds its rendering budget" in stderr

@@ -8,8 +8,10 @@ changes are pending; 130/143 when SIGINT/SIGTERM interrupted an apply or destroy
 from __future__ import annotations
 
 import datetime
+import errno
 import gc
 import os
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -37,7 +39,12 @@ from .yamlload import DEFAULT_MAX_BYTES
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
 
-def _input_options(f: Callable) -> Callable:
+_OUTPUT_HELP = "Output format on stdout."
+
+
+def _input_options(f: Callable, output: Any = None) -> Callable:
+    output = output or click.option("-o", "--output", "output", type=click.Choice(["text", "json"]), default="text",
+                                    show_default=True, help=_OUTPUT_HELP)
     options = [
         click.argument("manifest", type=click.Path(dir_okay=False)),
         click.option("--inputs", "inputs", multiple=True, type=click.Path(dir_okay=False),
@@ -50,8 +57,7 @@ def _input_options(f: Callable) -> Callable:
                      help="Refuse a forEach that expands past this many items."),
         click.option("--max-file-bytes", type=click.IntRange(1), default=DEFAULT_MAX_BYTES, show_default=True,
                      help="Refuse manifest, inputs and template files larger than this."),
-        click.option("-o", "--output", "output", type=click.Choice(["text", "json"]), default="text",
-                     show_default=True, help="Output format on stdout."),
+        output,
         click.option("-v", "--verbose", is_flag=True, help="Trace every HTTP request on stderr (secrets redacted)."),
     ]
     for option in reversed(options):
@@ -279,15 +285,35 @@ def _confirmed(run: _Run, the_plan: Any, params: dict[str, Any]) -> bool:
     return True
 
 
+_OUTPUT_FORMATS = {"json": format_json, "env": format_env}
+
+
+def _output_format_options(f: Callable) -> Callable:
+    f = click.option("--format", "fmt", type=click.Choice(sorted(_OUTPUT_FORMATS)), default=None, hidden=True,
+                     help="Same as -o (kept for scripts written before -o env).")(f)
+    return _input_options(f, click.option(
+        "-o", "--output", "output", type=click.Choice(sorted(_OUTPUT_FORMATS)), default=None,
+        help="json (default): the outputs-file document; env: NAME_ID, NAME_ELEMENT, NAME_TOKEN shell lines."))
+
+
+def _output_format(params: dict[str, Any]) -> str:
+    """The one format of ``output``: -o, or the older --format; both at once must agree."""
+    chosen, older = params["output"], params.pop("fmt")
+    if chosen and older and chosen != older:
+        raise click.UsageError(f"-o {chosen} and --format {older} disagree; --format is the older spelling of -o: "
+                               "give only -o")
+    return chosen or older or "json"
+
+
 @cli.command()
-@_input_options
+@_output_format_options
 @_api_options
 @click.argument("name", required=False)
-@click.option("--format", "fmt", type=click.Choice(["json", "env"]), default="json", show_default=True,
-              help="json: the outputs-file document; env: NAME_ID, NAME_ELEMENT, NAME_TOKEN shell lines.")
 def output(**params: Any) -> None:
     """Print id, element and token of the declared instances, read from the API."""
-    run = _Run("output", params["output"], params["verbose"])
+    explicit = params["output"]
+    params["output"] = fmt = _output_format(params)
+    run = _Run("output", "json" if explicit == "json" else "text", params["verbose"])  # errors: JSON only if asked
 
     def body() -> int:
         validated = _validated(run, params)
@@ -297,7 +323,7 @@ def output(**params: Any) -> None:
                 live = engine.read_state(connection, validated.manifest.stack, owned_only=True)
                 entries = engine.instance_outputs(validated, None, connection, live)
         selected = engine.select_outputs(entries, validated, params["name"])
-        text = format_env(selected) if params["fmt"] == "env" else format_json(selected)
+        text = _OUTPUT_FORMATS[fmt](selected)
         sys.stdout.write(text)  # the one place tokens are printed: the user asked for them
         sys.stdout.flush()
         return EXIT_OK
@@ -336,16 +362,14 @@ def emulator(**params: Any) -> None:
             raise UserError(f"bad fault specification: {exc}", hint="see provisioner emulator --help") from None
         overrides = {k: v for k, v in (("latency_ms", params["latency_ms"]), ("seed", params["seed"])) if v is not None}
         faults = faults.merged(**overrides) if overrides else faults
-        directory = os.path.dirname(os.path.abspath(params["db_path"]))
-        os.makedirs(directory, exist_ok=True)
         try:
+            _private_db(params["db_path"])
             server = Emulator(params["db_path"], params["user_secret"], params["organization_secret"],
                               host=params["host"], port=params["port"], faults=faults,
                               log_stream=None if params["quiet"] else run.stderr)
-        except (ValueError, OSError) as exc:
-            raise UserError(f"cannot start the emulator: {exc}",
-                            hint="choose a loopback host and a free port") from None
-        url = server.start()
+            url = server.start()
+        except (ValueError, OSError, sqlite3.Error) as exc:
+            raise _emulator_start_error(exc, params) from None
         sys.stdout.write(f"{url}\n")
         sys.stdout.flush()
         run.reporter.info(f"emulator listening on {url} (db {params['db_path']}; faults: {faults.describe()}); "
@@ -359,6 +383,28 @@ def emulator(**params: Any) -> None:
         return EXIT_OK
 
     sys.exit(_finish(run, body))
+
+
+def _private_db(db_path: str) -> None:
+    """A new database directory is made 0700 and the database file 0600 before SQLite opens it
+    (its journal files get the same mode): it may hold tokens."""
+    if db_path == ":memory:":
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(db_path)), mode=0o700, exist_ok=True)
+    os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def _emulator_start_error(exc: Exception, params: dict[str, Any]) -> UserError:
+    """A located error for an emulator that cannot start: port in use, bad host, unusable db."""
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return UserError(f"cannot start the emulator: port {params['port']} on {params['host']} is already in use",
+                         hint="stop what listens there, choose another --port, or pass --port 0 to pick a free one")
+    if isinstance(exc, sqlite3.Error):
+        return UserError(f"cannot start the emulator: database {params['db_path']}: {exc}",
+                         hint="give a path to a writable SQLite file with --db")
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return UserError(f"cannot start the emulator on {params['host']}:{params['port']}: {reason}",
+                     hint="choose a loopback host and a free port (--port 0 picks one)")
 
 
 def main(argv: list[str] | None = None) -> None:

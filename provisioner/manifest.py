@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from jsonschema import Draft202012Validator
 from .elements import builtin_schemas
 from .errors import Location, Problem
 from .schemacheck import problems_from_errors
-from .yamlload import DEFAULT_MAX_ALIAS_NODES, DEFAULT_MAX_BYTES, YDict, YList, load_yaml, read_text
+from .yamlload import DEFAULT_MAX_ALIAS_NODES, DEFAULT_MAX_BYTES, YDict, YList, load_yaml, read_text, too_long_number
 
 API_VERSION = "provisioner/v1"
 DEFAULT_URL = "https://api.cloud-elements.com/elements/api-v2"
@@ -168,18 +169,47 @@ def layer_inputs(manifest_inputs: Any, files: tuple[str, ...], sets: tuple[str, 
         deep_merge(merged, loaded.data)
         layers.append(f"--inputs {path}")
     for assignment in sets:
-        key, sep, raw = assignment.partition("=")
-        if not sep or not key.strip():
-            problems.append(Problem(f"--set {assignment!r} is not KEY=VALUE", Location("--set"),
-                                    "for example --set environment=staging or --set customers.acme.plan=gold"))
+        keys, value, problem = parse_set(assignment)
+        if problem is not None:
+            problems.append(problem)
             continue
-        deep_merge(merged, _nested(key.strip().split("."), _scalar(raw)))
-        layers.append(f"--set {key.strip()}")
+        deep_merge(merged, _nested(keys, value))
+        layers.append(f"--set {'.'.join(keys)}")
     return merged, layers, problems
 
 
+_KEY_PART = re.compile(r"[^\s.\[\]=]+")
+_SET_HINT = "write --set KEY=VALUE, for example --set environment=staging or --set customers.acme.plan=gold"
+
+
+def parse_set(assignment: str) -> tuple[list[str], Any, Problem | None]:
+    """One ``--set KEY=VALUE``: the dotted key split in parts and the value read as a YAML scalar,
+    or the problem with it (no '=', an empty key or key part, brackets, a too-long number)."""
+    key, sep, raw = assignment.partition("=")
+    key = key.strip()
+    where = Location("--set", path=_shown(key) if key else None)
+    if not sep:
+        return [], None, Problem(f"--set {_shown(assignment)} is not KEY=VALUE (no '=')", Location(), _SET_HINT)
+    if not key:
+        return [], None, Problem(f"--set {_shown(assignment)} has an empty key", Location(), _SET_HINT)
+    if not all(_KEY_PART.fullmatch(part) for part in key.split(".")):
+        return [], None, Problem(
+            "every part of a dotted key must be a non-empty name without spaces or brackets", where,
+            "nest with dots (customers.acme.plan=gold); a list cannot be set one item at a time: "
+            "use an --inputs file")
+    try:
+        return key.split("."), _scalar(raw), None
+    except ValueError as exc:
+        return [], None, too_long_number(exc, where, f"quote it to keep it as a string: --set '{key}=\"...\"'")
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
 def _scalar(raw: str) -> Any:
-    """A --set value is read as a YAML scalar (true, 42, null); anything else stays a string."""
+    """A --set value is read as a YAML scalar (true, 42, null); anything else stays a string.
+    Raises ValueError for an integer too long to read."""
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:

@@ -13,7 +13,7 @@ import os
 import re
 import shlex
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .errors import UserError
@@ -64,8 +64,24 @@ def env_name(name: str) -> str:
     return prefix if not prefix[0].isdigit() else f"_{prefix}"
 
 
+def env_collisions(names: Iterable[str]) -> dict[str, list[str]]:
+    """Prefixes that more than one instance name maps to, with those names (sorted)."""
+    by_prefix: dict[str, list[str]] = {}
+    for name in sorted(names):
+        by_prefix.setdefault(env_name(name), []).append(name)
+    return {prefix: group for prefix, group in sorted(by_prefix.items()) if len(group) > 1}
+
+
 def format_env(entries: Mapping[str, Mapping[str, Any]]) -> str:
-    """Shell-quoted NAME_ID, NAME_ELEMENT and NAME_TOKEN lines, for eval or a dotenv file."""
+    """Shell-quoted NAME_ID, NAME_ELEMENT and NAME_TOKEN lines, for eval or a dotenv file. Refused
+    when two instance names map to the same variables (``crm-acme`` and ``crm.acme``): the shell
+    would keep only the last, and a script would use the wrong token."""
+    collisions = env_collisions(entries)
+    if collisions:
+        listed = "; ".join(f"{', '.join(group)} -> {prefix}_*" for prefix, group in collisions.items())
+        raise UserError(f"instance names collide as environment variables: {listed}",
+                        hint="rename the instances so that they differ in letters or digits, "
+                             "select one by name (provisioner output MANIFEST NAME -o env), or use -o json")
     lines = []
     for name, entry in sorted(entries.items()):
         prefix = env_name(name)

@@ -23,6 +23,9 @@ import difflib
 import os
 import re
 import secrets
+import sys
+import threading
+import time
 import traceback
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -31,13 +34,112 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from .errors import Location, Problem
-from .yamlload import DEFAULT_MAX_BYTES, YDict, YList, decode_text, load_yaml
+from .yamlload import DEFAULT_MAX_BYTES, FileRefused, YDict, YList, decode_text, load_yaml, read_capped
 
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
 _HAS_JINJA = ("{{", "{%", "{#")
 _PATH = r"(env|inputs|item)((?:\.[A-Za-z_][A-Za-z0-9_]*)*)"
 _PATH_OUTPUT = re.compile(r"\{\{\s*" + _PATH + r"\s*\}\}")
 _MISSING = object()
+
+
+RENDER_SECONDS = 2.0  # wall-clock budget of one rendering (one value, or one template file)
+MAX_POWER_BITS = 14_000  # ** and * on integers: refuse results past this many bits (4,300 digits: what Python prints)
+
+
+class BudgetExceeded(Exception):
+    """A rendering ran past its time or size budget (a runaway loop, a huge repetition).
+    ``lineno`` is the template line being rendered when it was found (as Jinja's errors have)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.lineno = _template_line_now()
+
+
+class _Budget:
+    """The budget of the rendering in progress on this thread: a deadline and an output size."""
+
+    _local = threading.local()
+
+    def __init__(self, seconds: float, max_bytes: int):
+        self.deadline = time.monotonic() + seconds
+        self.seconds = seconds
+        self.max_bytes = max_bytes
+
+    def __enter__(self) -> _Budget:
+        self._outer = getattr(self._local, "current", None)
+        self._local.current = self
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._local.current = self._outer
+
+    @classmethod
+    def check(cls) -> None:
+        budget = getattr(cls._local, "current", None)
+        if budget is not None and time.monotonic() > budget.deadline:
+            raise BudgetExceeded(f"rendering took longer than {budget.seconds:g} s")
+
+    @classmethod
+    def max_size(cls) -> int:
+        budget = getattr(cls._local, "current", None)
+        return budget.max_bytes if budget is not None else DEFAULT_MAX_BYTES
+
+
+class _BudgetedSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox, with a budget checked where rendering spends time.
+
+    Every loop's iterable is produced by an attribute or item lookup or a call (``range``), so
+    checking the deadline in ``getattr``, ``getitem`` and ``call`` bounds a loop nest's runaway time
+    by its innermost loop (``range`` gives at most 100,000 items). ``*`` and ``**`` are intercepted
+    (Jinja's documented ``intercepted_binops``) so a repetition or a power cannot build a huge value
+    in one step."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _Budget.check()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _Budget.check()
+        return super().getitem(obj, argument)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - Jinja's signature
+        _Budget.check()
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _check_binop(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+
+def _check_binop(operator: str, left: Any, right: Any) -> None:
+    _Budget.check()
+    ints = isinstance(left, int) and isinstance(right, int)
+    if operator == "**" and ints and right > 0 and abs(left) > 1 and right * abs(left).bit_length() > MAX_POWER_BITS:
+        raise BudgetExceeded(f"the power {left} ** {right} is too large")
+    if operator == "*":
+        if ints and left.bit_length() + right.bit_length() > MAX_POWER_BITS:
+            raise BudgetExceeded("the product of these numbers is too large")
+        for seq, count in ((left, right), (right, left)):
+            if isinstance(seq, (str, list, tuple)) and isinstance(count, int) and len(seq) * count > _Budget.max_size():
+                raise BudgetExceeded(f"repeating a value {count} times makes it larger than {_Budget.max_size()} bytes")
+
+
+def _generate_capped(template: jinja2.Template, scope: dict[str, Any]) -> str:
+    """Render through Jinja's streaming API, refusing output past the size budget."""
+    limit = _Budget.max_size()
+    parts: list[str] = []
+    size = 0
+    for chunk in template.generate(scope):
+        size += len(chunk)
+        if size > limit:
+            raise BudgetExceeded(f"the output is larger than {limit} bytes")
+        parts.append(chunk)
+        if len(parts) % 4096 == 0:
+            _Budget.check()
+    return "".join(parts)
 
 
 class RenderError(Exception):
@@ -106,12 +208,13 @@ class _ConfinedLoader(jinja2.BaseLoader):
 
     def get_source(self, environment: jinja2.Environment, template: str):
         path = self.resolve(template)
-        if not os.path.isfile(path):
+        if not os.path.lexists(path):
             raise jinja2.TemplateNotFound(template)
-        if os.path.getsize(path) > self.max_bytes:
-            raise TemplateTooLarge(template)
-        with open(path, "rb") as handle:
-            text, problems = decode_text(handle.read(), template)
+        try:
+            raw = read_capped(path, self.max_bytes)
+        except FileRefused as exc:
+            raise TemplateRefused(template, exc) from None
+        text, problems = decode_text(raw, template)
         if text is None:
             raise RenderError(problems[0])
         mtime = os.path.getmtime(path)
@@ -122,20 +225,40 @@ class TemplateOutside(Exception):
     pass
 
 
-class TemplateTooLarge(Exception):
-    pass
+class TemplateRefused(Exception):
+    """A template file that cannot be read (not a regular file, over the size cap)."""
+
+    def __init__(self, name: str, cause: FileRefused):
+        super().__init__(cause.message)
+        self.name = name
+        self.cause = cause
 
 
 @jinja2.pass_context
 def _placeholder_finalize(context: jinja2.runtime.Context, value: Any) -> Any:
-    """In template files, each output becomes a placeholder; the value is kept aside."""
+    """In template files, each output becomes a placeholder; the value is kept aside, with the
+    template line it came from (so that an error can show the user's text, never a placeholder)."""
     if isinstance(value, jinja2.Undefined):
         value._fail_with_undefined_error()
+    _Budget.check()
     collector = context.get("__provisioner_values")
     if collector is None:
         return value
     collector.append(value)
+    context.get("__provisioner_lines").append(_template_line_now())
     return f"{context.get('__provisioner_nonce')}{len(collector) - 1}_"
+
+
+def _template_line_now() -> int | None:
+    """The template line being rendered, read the way Jinja's own tracebacks are (from the frame of
+    the compiled template)."""
+    frame: Any = sys._getframe(1)
+    while frame is not None:
+        template = frame.f_globals.get("__jinja_template__")
+        if template is not None:
+            return template.get_corresponding_lineno(frame.f_lineno)
+        frame = frame.f_back
+    return None
 
 
 class Renderer:
@@ -144,9 +267,10 @@ class Renderer:
     def __init__(self, base_dir: str, environ: Mapping[str, str], inputs: Mapping[str, Any],
                  max_file_bytes: int = DEFAULT_MAX_BYTES):
         self.base_dir = base_dir
+        self.max_file_bytes = max_file_bytes
         self.env = EnvMapping(environ)
         self.inputs = inputs
-        self._jinja = ImmutableSandboxedEnvironment(
+        self._jinja = _BudgetedSandbox(
             undefined=_Undefined, autoescape=False, keep_trailing_newline=True,
             loader=_ConfinedLoader(base_dir, max_file_bytes), finalize=_placeholder_finalize)
         self._templates: dict[str, Any] = {}
@@ -154,6 +278,7 @@ class Renderer:
         self._fast: dict[str, tuple[str, Any]] = {}  # per string: how to render it (see _fast_plan)
         self._scrub_values: list[str] | None = None
         self._invariant: dict[str, Any] = {}
+        self._exhausted: dict[str, Problem] = {}  # sources that ran out of budget once: fail at once
 
     def context(self, item: Any = jinja2.utils.missing) -> dict[str, Any]:
         scope = {"env": self.env, "inputs": self.inputs}
@@ -209,18 +334,25 @@ class Renderer:
         return self._render_string(raw, scope, where)
 
     def _render_string(self, raw: str, scope: dict[str, Any], where: Location) -> Any:
+        known = self._exhausted.get(raw)
+        if known is not None:
+            raise RenderError(Problem(known.message, where, known.hint))
         match = _SINGLE_EXPRESSION.match(raw)
         try:
-            if match and "{{" not in match["expr"] and "}}" not in match["expr"]:
-                result = self._expression(match["expr"])(**scope)
-                if isinstance(result, jinja2.Undefined):
-                    result._fail_with_undefined_error()
-                return result
-            return self._template(raw).render(scope)
+            with _Budget(RENDER_SECONDS, self.max_file_bytes):
+                if match and "{{" not in match["expr"] and "}}" not in match["expr"]:
+                    result = self._expression(match["expr"])(**scope)
+                    if isinstance(result, jinja2.Undefined):
+                        result._fail_with_undefined_error()
+                    return result
+                return _generate_capped(self._template(raw), scope)
         except RenderError:
             raise
         except Exception as exc:  # noqa: BLE001 - every Jinja failure becomes a located problem
-            raise RenderError(self.scrub(_problem_from(exc, where, raw))) from None
+            problem = self.scrub(_problem_from(exc, where, raw))
+            if isinstance(exc, BudgetExceeded):
+                self._exhausted[raw] = problem
+            raise RenderError(problem) from None
 
     def _expression(self, source: str) -> Any:
         compiled = self._expressions.get(source)
@@ -240,23 +372,43 @@ class Renderer:
 
     def template_file(self, name: str, scope: dict[str, Any], where: Location) -> dict:
         """Render a template file into a mapping; values are substituted after YAML parsing."""
+        known = self._exhausted.get("file:" + name)
+        if known is not None:
+            at = Location(where.file, where.line, name, known.location.template_line, where.instance)
+            raise RenderError(Problem(known.message, at, known.hint))
         template = self._load_file(name, where)
         nonce = f"__pv{secrets.token_hex(6)}_"
         collected: list[Any] = []
+        lines: list[int | None] = []
         try:
-            text = template.render({**scope, "__provisioner_values": collected, "__provisioner_nonce": nonce})
+            with _Budget(RENDER_SECONDS, self.max_file_bytes):
+                text = _generate_capped(template, {**scope, "__provisioner_values": collected,
+                                                   "__provisioner_lines": lines, "__provisioner_nonce": nonce})
         except RenderError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise RenderError(self.scrub(_problem_from(exc, where, None, template=name))) from None
+            problem = self.scrub(_problem_from(exc, where, None, template=name))
+            if isinstance(exc, BudgetExceeded):
+                self._exhausted["file:" + name] = problem
+            raise RenderError(problem) from None
+        outputs = _Outputs(nonce, template, lines)
         loaded = load_yaml(text, name)
         if loaded.problems:
             first = loaded.problems[0]
             raise RenderError(Problem(
-                f"template output is not valid YAML: {first.message.removeprefix('not valid YAML: ')}",
-                Location(where.file, where.line, name, first.location.line, where.instance),
+                "template output is not valid YAML: "
+                + outputs.described(first.message.removeprefix("not valid YAML: "))
+                + outputs.quote_line(text, first.location.line),
+                Location(where.file, where.line, name, outputs.template_line(text, first.location.line),
+                         where.instance),
                 "quote the value around this line, or emit structured values with a single {{ expression }}"))
-        data = _substitute(loaded.data, nonce, collected)
+        try:
+            data = _substitute(loaded.data, nonce, collected)
+        except _BadKey as exc:
+            raise RenderError(Problem(
+                f"key {outputs.described(str(exc.key))!r} {exc.reason}",
+                Location(where.file, where.line, name, outputs.template_line(text, _line_of_text(text, exc.key)),
+                         where.instance), "give each key of a mapping a distinct name")) from None
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -277,14 +429,69 @@ class Renderer:
         except jinja2.TemplateNotFound:
             raise RenderError(Problem(f"template file {name!r} not found", where,
                                       "paths are relative to the manifest's directory")) from None
-        except TemplateTooLarge:
-            raise RenderError(Problem(f"template file {name!r} is too large", where)) from None
+        except TemplateRefused as exc:
+            raise RenderError(Problem(f"template file {name!r}: {exc.cause.message}", where, exc.cause.hint)) from None
         except jinja2.TemplateSyntaxError as exc:
             raise RenderError(Problem(f"template syntax error: {exc.message}",
                                       Location(where.file, where.line, name, exc.lineno, where.instance),
                                       _syntax_hint(exc.message))) from None
         self._templates["file:" + name] = template
         return template
+
+
+class _Outputs:
+    """Maps the placeholders of a rendered template file back to the user's own text: each
+    ``{{ ... }}`` output of the template, found on the template line it was rendered from."""
+
+    def __init__(self, nonce: str, template: jinja2.Template, lines: list[int | None]):
+        self.pattern = re.compile(re.escape(nonce) + r"(\d+)_")
+        self.lines = lines
+        self.source = _template_source(template)
+
+    def expression(self, index: int) -> str:
+        line = self.lines[index] if 0 <= index < len(self.lines) else None
+        text = self.source[line - 1] if line and 0 < line <= len(self.source) else ""
+        found = re.findall(r"\{\{.*?\}\}", text)
+        if not found:
+            return "{{ ... }}"
+        earlier = sum(1 for other in self.lines[:index] if other == line)  # outputs of this line before it
+        return found[earlier % len(found)]
+
+    def described(self, message: str) -> str:
+        return self.pattern.sub(lambda m: self.expression(int(m[1])), message)
+
+    def quote_line(self, text: str, line: int | None) -> str:
+        """The offending rendered line in the user's terms (outputs shown as their expressions)."""
+        rendered = text.splitlines()
+        if not line or not 0 < line <= len(rendered):
+            return ""
+        shown = self.described(rendered[line - 1]).strip()
+        return f" (in: {shown[:120]!r})" if shown else ""
+
+    def template_line(self, text: str, line: int | None) -> int | None:
+        """The template line of a rendered line: the line of an output rendered on it if any,
+        else the same number (true for a template without loops)."""
+        rendered = text.splitlines()
+        if line and 0 < line <= len(rendered):
+            match = self.pattern.search(rendered[line - 1])
+            if match and self.lines[int(match[1])]:
+                return self.lines[int(match[1])]
+        return line
+
+
+def _line_of_text(text: str, needle: Any) -> int | None:
+    """The line of the first occurrence of ``needle`` in ``text`` (1-based), if any."""
+    index = text.find(str(needle))
+    return text.count("\n", 0, index) + 1 if index >= 0 else None
+
+
+def _template_source(template: jinja2.Template) -> list[str]:
+    loader = template.environment.loader
+    try:
+        source = loader.get_source(template.environment, template.name)[0] if loader and template.name else ""
+    except Exception:  # noqa: BLE001 - only for messages
+        source = ""
+    return source.splitlines()
 
 
 def _fast_segments(raw: str) -> list | None:
@@ -356,7 +563,16 @@ def _substitute(data: Any, nonce: str, values: list[Any]) -> Any:
             return values[int(whole[1])]
         return pattern.sub(lambda m: _as_text(values[int(m[1])]), data)
     if isinstance(data, dict):
-        out = YDict((_substitute(k, nonce, values), _substitute(v, nonce, values)) for k, v in data.items())
+        out = YDict()
+        for key, value in data.items():
+            real = _substitute(key, nonce, values)
+            try:
+                seen = real in out
+            except TypeError:  # an unhashable value rendered as a key
+                raise _BadKey(key, "renders to a value that cannot be a key") from None
+            if seen:
+                raise _BadKey(key, "renders to the same key as another key of this mapping")
+            out[real] = _substitute(value, nonce, values)
         out.line = getattr(data, "line", 0)
         return out
     if isinstance(data, list):
@@ -364,6 +580,15 @@ def _substitute(data: Any, nonce: str, values: list[Any]) -> Any:
         out_list.line = getattr(data, "line", 0)
         return out_list
     return data
+
+
+class _BadKey(Exception):
+    """A mapping key of a template file that is unusable once its outputs are put back."""
+
+    def __init__(self, key: Any, reason: str):
+        super().__init__(reason)
+        self.key = key
+        self.reason = reason
 
 
 def _as_text(value: Any) -> str:
@@ -400,6 +625,13 @@ def _problem_from(exc: Exception, where: Location, raw: str | None, template: st
                        "paths are relative to the manifest's directory")
     if isinstance(exc, RecursionError):
         return Problem("template recursion is too deep", location)
+    if isinstance(exc, BudgetExceeded):
+        return Problem(f"template exceeds its rendering budget: {exc}", location,
+                       "a loop or a repetition in this template runs far too long; keep templates small "
+                       "and loop over inputs, not over large ranges")
+    if isinstance(exc, MemoryError):
+        return Problem("template exceeds its rendering budget: out of memory", location,
+                       "a repetition or a filter in this template builds a value far too large")
     return Problem(f"template error: {type(exc).__name__}: {exc}", location, None)
 
 

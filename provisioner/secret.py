@@ -11,6 +11,8 @@ passes its text through ``redact`` before writing it.
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import re
 import threading
@@ -82,47 +84,151 @@ def masked(value: Any) -> Any:
     return value
 
 
-_WORD_CHARS = r"A-Za-z0-9+/=_\-.~"
+# Characters of "word" forms: base64 (both alphabets), URL-encoding (% and +), JSON and repr escapes
+# (backslash) and common token punctuation. A form made only of these is found by looking up the
+# text's runs of them.
+_WORD_CHARS = r"A-Za-z0-9+/=_\-.~%\\"
 _WORD_SECRET = re.compile(f"[{_WORD_CHARS}]+")
+_PREFIX = MIN_REDACT_LENGTH  # forms are indexed by their first characters
+# Printable ASCII that HTML-escaping, repr and whitespace handling leave as it is.
+_PLAIN = re.compile(r"[A-Za-z0-9+/=_\-.~%!#$()*,:;?@\[\]^`{|}]*")
+
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+_URL_SAFE_SETS = ("", "/", "/:@!$&'()*+,;=")
+
+
+def _json_forms(value: str) -> set[str]:
+    escaped = json.dumps(value)[1:-1]
+    return {escaped, json.dumps(value, ensure_ascii=False)[1:-1], escaped.replace("/", "\\/")}
+
+
+def _html_forms(value: str) -> set[str]:
+    full = html.escape(value, quote=True)
+    return {html.escape(value, quote=False), full, full.replace("&#x27;", "&#39;"),
+            full.replace("&#x27;", "&apos;").replace("&quot;", "&#34;")}
+
+
+def _url_forms(value: str) -> set[str]:
+    """Percent-encoding of the UTF-8 bytes: %20 or + for spaces, upper or lower-case hex, with or
+    without the reserved characters that may stay as they are."""
+    octets = value.encode("utf-8", "surrogatepass").decode("latin-1")
+    special = set(octets) - _UNRESERVED
+    if not special:
+        return {octets}
+    forms = set()
+    for kept in {frozenset(special.intersection(safe)) for safe in _URL_SAFE_SETS}:
+        escaped = sorted(special - kept, key=lambda c: c != "%")  # % first: it is not escaped again
+        for plus in (False, True) if " " in escaped else (False,):
+            out = octets
+            for char in escaped:
+                out = out.replace(char, "+" if plus and char == " " else f"%{ord(char):02X}")
+            forms.add(out)
+    return forms
+
+
+def _repr_forms(value: str) -> set[str]:
+    """Python repr (and ascii, and repr of the UTF-8 bytes); repr escapes ' only in a string that
+    also holds ", which depends on the text around the secret: both spellings."""
+    forms = set()
+    for quoted in (value, value + "'\""):  # the second forces \' (cut off again below)
+        tail = 1 if quoted is value else 4
+        forms.add(repr(quoted)[1:-tail])
+        forms.add(ascii(quoted)[1:-tail])
+        forms.add(repr(quoted.encode("utf-8", "surrogatepass"))[2:-tail])
+    return forms
+
+
+def _base64_forms(data: bytes) -> set[str]:
+    """base64 of ``data``, whole and as it reads inside a longer encoded string: for each of the 3
+    alignments, the characters that depend only on ``data``. (The urlsafe alphabet and unpadded
+    forms are matched through ``_normalized``.)"""
+    b64encode, size = base64.b64encode, len(data)
+    whole = b64encode(data).decode("ascii")
+    return {whole, whole[:8 * size // 6], b64encode(b"\0" + data).decode("ascii")[2:8 * (1 + size) // 6],
+            b64encode(b"\0\0" + data).decode("ascii")[3:8 * (2 + size) // 6]}
+
+
+_LOWER_HEX = re.compile(r"%[0-9a-f][0-9a-fA-F]|%[0-9A-F][a-f]")
+_URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
+
+
+def _normalized(text: str) -> str:
+    """The same text with urlsafe base64 read as standard (- as +, _ as /) and percent-encoded
+    hex in upper case. Same length, so a match in it is a match at the same place in the text;
+    secret forms are registered normalized, so one form matches all these spellings."""
+    if "%" in text:
+        text = _LOWER_HEX.sub(lambda m: m.group().upper(), text)
+    return text.translate(_URLSAFE_TO_STANDARD) if "-" in text or "_" in text else text
+
+
+def _collapsed(value: str) -> str:
+    return " ".join(value.split())
+
+
+def encoded_forms(value: str) -> set[str]:
+    """Every form a secret may be printed in: raw, JSON-escaped, HTML-escaped, URL-encoded (%20 and
+    +, either case of hex), base64 (both alphabets, padded or not, at any alignment), Python repr,
+    with whitespace collapsed or sanitized, line by line, and the same encodings of its
+    JSON-escaped form (a request body echoed back)."""
+    plain = _PLAIN.fullmatch(value) is not None
+    escaped = json.dumps(value)[1:-1]
+    bases = {value, escaped} if plain else {value, _collapsed(value), sanitize(value), *value.splitlines(),
+                                            *_json_forms(value)}
+    forms = set(bases)
+    if plain:
+        forms.add(escaped.replace("/", "\\/"))
+    for base in bases:
+        forms.update(_url_forms(base))
+        forms.update(_base64_forms(base.encode("utf-8", "surrogatepass")))
+        if not plain:
+            forms.update(_html_forms(base))
+            forms.update(_repr_forms(base))
+    return {form for form in forms if len(form) >= MIN_REDACT_LENGTH}
 
 
 class Redactor:
-    """Knows every secret value of this process and masks them in text.
+    """Knows every secret value of this process and masks them, in all their encodings, in text.
 
     There can be many secrets (every instance token of a 10,000-instance organization), so the search
-    is linear in the text: secrets made only of word characters (tokens, most passwords) are found by
-    looking up the text's word runs in a set; the few others (with spaces, quotes, newlines) go
-    through one regular expression.
+    is linear in the text: forms made only of word characters (tokens, most passwords, their URL and
+    base64 encodings) are found by scanning the text's word runs once, looking up each position's
+    first characters in an index of forms; the few others (with spaces, quotes, escapes) go through
+    one regular expression.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._words: set[str] = set()
-        self._lengths: list[int] = []
+        self._by_prefix: dict[str, set[int]] = {}  # first characters -> lengths of the forms
+        self._shortest = 0
         self._others: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
         self._known: set[str] = set()  # values add() has registered with all their forms
 
     def add(self, value: Any) -> None:
-        """Register a secret, with the forms it may be printed in: JSON-escaped, and line by line."""
+        """Register a secret with every form it may be printed in (see ``encoded_forms``)."""
         if not isinstance(value, str) or len(value) < MIN_REDACT_LENGTH or value in self._known:
             return  # (a set read needs no lock; a value seen already changes nothing)
-        forms = {value, json.dumps(value)[1:-1], *value.splitlines()}
+        forms = encoded_forms(value)
         with self._lock:
+            words, by_prefix, others = self._words, self._by_prefix, self._others
+            shortest = self._shortest or 1 << 30
             for form in forms:
-                self._add_locked(form)
+                if _WORD_SECRET.fullmatch(form):
+                    form = _normalized(form)
+                    words.add(form)
+                    lengths = by_prefix.get(form[:_PREFIX])
+                    if lengths is None:
+                        by_prefix[form[:_PREFIX]] = {len(form)}
+                    else:
+                        lengths.add(len(form))
+                    shortest = min(shortest, len(form))
+                elif form not in others:
+                    others.add(form)
+                    self._pattern = None
+            self._shortest = shortest
             self._known.add(value)
-
-    def _add_locked(self, value: str) -> None:
-        if len(value) < MIN_REDACT_LENGTH or value in self._words or value in self._others:
-            return
-        if _WORD_SECRET.fullmatch(value):
-            self._words.add(value)
-            if len(value) not in self._lengths:
-                self._lengths = sorted({*self._lengths, len(value)}, reverse=True)
-        else:
-            self._others.add(value)
-            self._pattern = None
 
     def redact(self, text: str) -> str:
         if not text:
@@ -131,12 +237,11 @@ class Redactor:
             if self._others and self._pattern is None:
                 ordered = sorted(self._others, key=len, reverse=True)
                 self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
-            pattern, words, lengths = self._pattern, self._words, self._lengths
+            pattern, words, by_prefix, shortest = self._pattern, self._words, self._by_prefix, self._shortest
         if pattern is not None:
             text = pattern.sub(MASK, text)
         if words:
-            shortest = lengths[-1]
-            text = _WORD_SECRET.sub(lambda m: _mask_run(m.group(), words, lengths, shortest), text)
+            text = _WORD_SECRET.sub(lambda m: _mask_run(m.group(), words, by_prefix, shortest), text)
         return text
 
     def clear(self) -> None:
@@ -144,32 +249,61 @@ class Redactor:
             self._words.clear()
             self._others.clear()
             self._known.clear()
-            self._lengths = []
+            self._by_prefix = {}
+            self._shortest = 0
             self._pattern = None
 
 
-def _mask_run(run: str, words: set[str], lengths: list[int], shortest: int) -> str:
-    """Mask every secret inside one run of word characters (longest first, left to right)."""
+def _mask_run(run: str, words: set[str], by_prefix: dict[str, set[int]], shortest: int) -> str:
+    """Mask every secret form inside one run of word characters (longest first, left to right).
+    The run is searched in its normalized spelling; one index lookup per position: linear in the
+    run's length."""
     if len(run) < shortest:
         return run
-    if run in words:
+    view = _normalized(run)
+    if view in words:
         return MASK
     out: list[str] = []
     start = index = 0
-    while index <= len(run) - shortest:
-        for length in lengths:
-            if run[index:index + length] in words:
-                out.append(run[start:index])
-                out.append(MASK)
-                index += length
-                start = index
-                break
+    end = len(run) - shortest
+    while index <= end:
+        lengths = by_prefix.get(view[index:index + _PREFIX])
+        if lengths:
+            for length in sorted(lengths, reverse=True):
+                if view[index:index + length] in words:
+                    out.append(run[start:index])
+                    out.append(MASK)
+                    index += length
+                    start = index
+                    break
+            else:
+                index += 1
         else:
             index += 1
     if not out:
         return run
     out.append(run[start:])
     return "".join(out)
+
+
+# ANSI escape sequences: CSI (ESC [ ... final byte), OSC (ESC ] ... BEL or ST), other two-byte ESC
+# sequences, and their 8-bit C1 forms.
+_ANSI = re.compile(r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+                   r"|\x1b[@-Z\\-_]?")
+_LINE_BREAKS = re.compile(r"[\r\n\t\v\f\x85\u2028\u2029]+")
+# other C0 and C1 controls, DEL, and the invisible bidirectional overrides that reorder a line
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def sanitize(text: str) -> str:
+    """Text that came from a server, made safe to print on one line: ANSI escape sequences and
+    control characters removed, line breaks and tabs turned into single spaces. A server cannot
+    then forge a line of our output, clear the screen or recolour the terminal."""
+    if not text:
+        return text
+    text = _ANSI.sub("", text)
+    text = _LINE_BREAKS.sub(" ", text)
+    return _CONTROLS.sub("", text)
 
 
 REDACTOR = Redactor()

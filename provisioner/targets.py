@@ -20,6 +20,8 @@ from .secret import Secret
 DEFAULT_URL_EXPRESSION = "{{ env.CE_API_URL | default('" + DEFAULT_URL + "', true) }}"
 DEFAULT_USER_SECRET = "{{ env.CE_USER_SECRET }}"
 DEFAULT_ORGANIZATION_SECRET = "{{ env.CE_ORGANIZATION_SECRET }}"
+# C0 and C1 control characters, DEL and Unicode line separators: never valid in a URL or a header
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ENV_REFERENCE = re.compile(r"env(?:\.([A-Za-z_][A-Za-z0-9_]*)|\[\s*['\"]([^'\"]+)['\"]\s*\])")
 
 
@@ -66,6 +68,12 @@ def _resolve_one(name: str, raw: dict, manifest: Manifest, renderer: Renderer,
         if not isinstance(values[key], str) or not values[key]:
             problems.append(Problem(f"{key} of target {name!r} is empty", at,
                                     f"set it, or the variables it reads: {_sources(raw.get(key, default))}"))
+        elif _CONTROL.search(values[key]):
+            values[key] = None  # never used, never shown
+            problems.append(Problem(
+                f"{key} of target {name!r} contains a line break or another control character", at,
+                f"check {_sources(raw.get(key, default))}: a value pasted or read from a file often ends "
+                "with a newline (e.g. use \"$(cat file)\", which drops it)"))
     if len(values) < 3 or not all(isinstance(v, str) and v for v in values.values()):
         return None
     url = values["url"].rstrip("/")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import gc
 import os
+import re
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,21 +68,60 @@ class Loaded:
     text: str = ""
 
 
-def read_text(path: str, display: str, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[str | None, list[Problem]]:
-    """Read a file as UTF-8 text, refusing what is too large, binary or not UTF-8."""
-    where = Location(file=display)
+class FileRefused(Exception):
+    """A file that cannot be read as input: missing, not a regular file, or over the size cap."""
+
+    def __init__(self, message: str, hint: str):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def read_capped(path: str, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``, never waiting and never reading more
+    than ``max_bytes + 1``: the file is opened without blocking (a FIFO with no writer would wait
+    forever) and refused unless it is a regular file (/dev/zero, a pipe, a directory)."""
     try:
-        size = os.path.getsize(path)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except OSError as exc:
-        return None, [Problem(f"cannot read file: {exc.strerror or exc}", where, "check the path")]
+        raise FileRefused(f"cannot read file: {exc.strerror or exc}", "check the path") from None
+    try:
+        info = os.fstat(fd)
+        mode = info.st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+            raise FileRefused(f"cannot read file: it is {kind}, not a regular file",
+                              "give a regular file (save the output of a command to a file first)")
+        if info.st_size > max_bytes:
+            raise FileRefused(f"file is {info.st_size} bytes, over the limit of {max_bytes} bytes",
+                              "split the file, or raise the limit with --max-file-bytes")
+        chunks, size = [], 0
+        while size <= max_bytes:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise FileRefused(f"cannot read file: {exc.strerror or exc}", "check the path") from None
+    finally:
+        os.close(fd)
     if size > max_bytes:
-        return None, [Problem(f"file is {size} bytes, over the limit of {max_bytes} bytes", where,
-                              "split the file, or raise the limit with --max-file-bytes")]
+        raise FileRefused(f"file is over the limit of {max_bytes} bytes",
+                          "split the file, or raise the limit with --max-file-bytes")
+    return b"".join(chunks)
+
+
+def read_text(path: str, display: str, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[str | None, list[Problem]]:
+    """Read a file as UTF-8 text, refusing what is too large, binary, not UTF-8 or not a regular file."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except OSError as exc:
-        return None, [Problem(f"cannot read file: {exc.strerror or exc}", where, "check the path")]
+        raw = read_capped(path, max_bytes)
+    except FileRefused as exc:
+        return None, [Problem(exc.message, Location(file=display), exc.hint)]
     return decode_text(raw, display)
 
 
@@ -120,6 +161,8 @@ def load_yaml(text: str, display: str, max_alias_nodes: int = DEFAULT_MAX_ALIAS_
         return Loaded(None, [*loader.problems, Problem(f"not valid YAML: {exc}", Location(display))], text)
     except RecursionError:
         return Loaded(None, [Problem("YAML nesting is too deep", Location(display))], text)
+    except ValueError as exc:  # a too-long integer reached through a << merge or an explicit tag
+        return Loaded(None, [*loader.problems, too_long_number(exc, Location(display))], text)
     finally:
         loader.dispose()
         if collecting:
@@ -159,7 +202,7 @@ def _build(loader: _PositionLoader, node: yaml.Node, built: dict[int, Any]) -> A
     if key in built:  # an alias: the same object, as PyYAML gives
         return built[key]
     if isinstance(node, yaml.ScalarNode):
-        value = node.value if node.tag == _STR_TAG else loader.construct_object(node, deep=True)
+        value = node.value if node.tag == _STR_TAG else _scalar(loader, node)
     elif isinstance(node, yaml.SequenceNode) and node.tag == _SEQ_TAG:
         value = YList()
         value.line = node.start_mark.line + 1
@@ -177,6 +220,22 @@ def _build(loader: _PositionLoader, node: yaml.Node, built: dict[int, Any]) -> A
         value = loader.construct_object(node, deep=True)
     built[key] = value
     return value
+
+
+def _scalar(loader: _PositionLoader, node: yaml.ScalarNode) -> Any:
+    """A plain scalar through PyYAML's safe constructors; an integer too long for Python to read
+    (over 4,300 digits) is a located problem, not a crash."""
+    try:
+        return loader.construct_object(node, deep=True)
+    except ValueError as exc:
+        loader.problems.append(too_long_number(exc, Location(loader.display, node.start_mark.line + 1)))
+        return None
+
+
+def too_long_number(exc: ValueError, where: Location, hint: str = "quote it to keep it as a string") -> Problem:
+    digits = re.search(r"(\d+) digits", str(exc))
+    limit = f" (the limit is {digits[1]} digits)" if digits else ""
+    return Problem(f"this number is too long to read as an integer{limit}", where, hint)
 
 
 def _fill_mapping(loader: _PositionLoader, node: yaml.MappingNode, data: YDict, built: dict[int, Any]) -> None:

@@ -39,7 +39,7 @@ def test_apply_creates_exactly_the_declared_instances_and_a_second_apply_writes_
     for row in rows:
         assert MARKER in row["tags"] and "helpdesk" in row["tags"]
         assert any(t.startswith("provisioner:fp:helpdesk.connectwise.password=") for t in row["tags"])
-        assert row["configuration"]["helpdesk.connectwise.password"].startswith("pw-")
+        assert row["configuration"]["helpdesk.connectwise.password"] == "pw-" + row["name"].rsplit("-", 1)[1]
     assert [r["method"] for r in writes(db)] == ["POST"] * 3
     db.clear_requests()
     second = cli.run("apply", manifest)
@@ -63,7 +63,8 @@ def test_configuration_drift_is_detected_and_repaired_with_a_full_put(cli, db, a
     assert cli.run("apply", manifest).returncode == 0
     target = next(r for r in db.instances() if r["name"] == "helpdesk-1")
     body = {"name": "helpdesk-1", "element": {"key": "connectwisehd"}, "tags": target["tags"],
-            "configuration": {**target["configuration"], "helpdesk.connectwise.company": "someone-else"}}
+            "configuration": {**target["configuration"], "helpdesk.connectwise.password": "pw-1",  # stored sealed
+                              "helpdesk.connectwise.company": "someone-else"}}
     assert api("PUT", f"/instances/{target['id']}", json=body).status_code == 200
     code, plan = cli.json("plan", manifest)
     assert code == 0
@@ -168,7 +169,7 @@ def test_duplicates_of_a_declared_instance_are_deleted_keeping_the_oldest(cli, d
     assert cli.run("apply", manifest).returncode == 0
     original = db.instances()[0]
     copy = {"name": original["name"], "element": {"key": "connectwisehd"}, "tags": original["tags"],
-            "configuration": original["configuration"]}
+            "configuration": {**original["configuration"], "helpdesk.connectwise.password": "pw-0"}}  # stored sealed
     assert api("POST", "/instances", json=copy).status_code == 200
     plan = cli.run("plan", manifest, "--detailed-exitcode")
     assert plan.returncode == 2 and "duplicate" in plan.stderr

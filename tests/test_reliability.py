@@ -245,7 +245,7 @@ def test_with_duplicates_present_apply_delivers_the_token_of_the_copy_it_keeps(h
     session = requests.Session()
     session.headers["Authorization"] = f"User {h.user_secret}, Organization {h.org_secret}"
     body = {"name": "hd-0", "element": {"key": "connectwisehd"}, "tags": first["tags"],
-            "configuration": first["configuration"]}
+            "configuration": {**first["configuration"], "helpdesk.connectwise.password": h.password("hd-0")}}
     try:
         assert session.post(h.emulator.url + "/instances", json=body, timeout=10).status_code == 200
     finally:

@@ -1040,6 +1040,14 @@ def _loopback_bind_address(host: str) -> tuple[str, int]:
     return str(address), socket.AF_INET6 if address.version == 6 else socket.AF_INET
 
 
+def _masked_keys(catalog: Catalog) -> Callable[[str], frozenset[str]]:
+    """The keys whose values responses mask, per element: the store keeps only their digest."""
+    def keys(element_key: str) -> frozenset[str]:
+        element = catalog.find(element_key)
+        return frozenset(d.key for d in element.definitions if d.secret) if element else frozenset()
+    return keys
+
+
 class Emulator:
     """The emulator: an HTTP server on loopback with SQLite state and optional faults."""
 
@@ -1097,7 +1105,7 @@ class Emulator:
                 raise RuntimeError("the emulator was stopped; create a new one")
             if self._service is not None:
                 raise RuntimeError("the emulator is already running")
-            self.store = Store(self.db_path)
+            self.store = Store(self.db_path, secret_keys=_masked_keys(self.catalog))
             self.api = Api(self.catalog, self.store, self._user_secret, self._organization_secret)
             listener = None
             try:

@@ -2,7 +2,8 @@
 
 Instances survive emulator restarts (a user's first runs keep their state), and tests read the
 database directly through ``EmulatorDB`` to see what really happened behind faults: whether a
-"lost" create was committed, what status each request got, raw secret values byte for byte.
+"lost" create was committed, what status each request got, and whether a secret value is the
+one sent (secret values are stored as keyed digests, never in clear: ``Sealed``).
 
 One connection in WAL mode, guarded by a lock, serves the emulator's event loop; every statement
 is short and indexed (keyset paging, a tag table with a (tag, instance) key), so the lock is never
@@ -17,12 +18,14 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
+import hmac
 import json
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,6 +53,7 @@ CREATE TABLE IF NOT EXISTS instance_tags (
     PRIMARY KEY (tag, instance_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS instance_tags_instance ON instance_tags(instance_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS issued_tokens (token TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -95,12 +99,77 @@ def new_token() -> str:
     return base64.b64encode(secrets.token_bytes(32)).decode("ascii")
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
+class Sealed:
+    """A secret configuration value as the emulator keeps it: a keyed digest (HMAC-SHA256 with a
+    random key of this database), never the value. It answers the two questions the emulator has:
+    is there a value (to mask it as ``********``), and is it equal to this one (``==`` with a str
+    compares digests, so a test can still check what was stored)."""
+
+    __slots__ = ("digest", "_key")
+
+    def __init__(self, digest: str, key: bytes):
+        self.digest = digest
+        self._key = key
+
+    @classmethod
+    def of(cls, value: str, key: bytes) -> Sealed:
+        return cls(_digest(value, key), key)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sealed):
+            return hmac.compare_digest(self.digest, other.digest)
+        if isinstance(other, str):
+            return hmac.compare_digest(self.digest, _digest(other, self._key))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+    def __repr__(self) -> str:
+        return "Sealed(********)"
+
+
+def _digest(value: str, key: bytes) -> str:
+    return "hmac-sha256:" + hmac.new(key, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+
+_SEALED_FIELD = "$sealed"  # stored values are strings or null: an object is always a sealed value
+
+
+def _encode_default(value: object) -> object:
+    if isinstance(value, Sealed):
+        return {_SEALED_FIELD: value.digest}
+    raise TypeError(f"{type(value).__name__} cannot be stored")
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_encode_default)
 
 
 def _dumps(value: object) -> str:
     """JSON for a column; ASCII-escaped so any Python string (even a lone surrogate) survives."""
     return _ENCODER.encode(value)
+
+
+def _load_configuration(text: str, key: bytes) -> dict:
+    config = json.loads(text)
+    for name, value in config.items():
+        if isinstance(value, dict) and _SEALED_FIELD in value:
+            config[name] = Sealed(value[_SEALED_FIELD], key)
+    return config
+
+
+def seal(configuration: dict, secret_keys: Collection[str], key: bytes) -> dict:
+    """The configuration with the values of ``secret_keys`` sealed (blank values stay as they are)."""
+    if not secret_keys:
+        return configuration
+    return {name: Sealed.of(value, key) if name in secret_keys and isinstance(value, str) and value else value
+            for name, value in configuration.items()}
+
+
+def read_digest_key(conn: sqlite3.Connection) -> bytes:
+    """The random key of this database's digests, made on first use."""
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('digest_key', ?)", (secrets.token_bytes(32),))
+    return conn.execute("SELECT value FROM meta WHERE key = 'digest_key'").fetchone()[0]
 
 
 def connect(path: str | Path, create: bool) -> sqlite3.Connection:
@@ -119,7 +188,7 @@ def connect(path: str | Path, create: bool) -> sqlite3.Connection:
 
 @dataclass(frozen=True)
 class InstanceRow:
-    """One stored instance; ``configuration`` holds raw values (secrets in clear)."""
+    """One stored instance; ``configuration`` holds the values as sent, secret ones ``Sealed``."""
 
     id: int
     name: str
@@ -132,9 +201,9 @@ class InstanceRow:
     updated_date: str
 
     @classmethod
-    def from_sql(cls, row: tuple) -> InstanceRow:
+    def from_sql(cls, row: tuple, key: bytes) -> InstanceRow:
         """Build from a SELECT of ``_INSTANCE_COLUMNS``."""
-        return cls(row[0], row[1], row[2], row[3], json.loads(row[4]), json.loads(row[5]),
+        return cls(row[0], row[1], row[2], row[3], json.loads(row[4]), _load_configuration(row[5], key),
                    row[6], row[7], row[8])
 
 
@@ -150,9 +219,13 @@ class ListQuery:
 
 
 class Store:
-    """The emulator's database; every method is thread-safe."""
+    """The emulator's database; every method is thread-safe.
 
-    def __init__(self, path: str | Path):
+    ``secret_keys(element_key)`` names the configuration keys whose values are secret (masked in
+    responses): those are stored sealed (a keyed digest), never in clear."""
+
+    def __init__(self, path: str | Path, secret_keys: Callable[[str], Collection[str]] = lambda _element: ()):
+        self._secret_keys = secret_keys
         self._conn = connect(path, create=True)
         self._lock = threading.RLock()  # reentrant: a request's transaction holds it around the others
         self._closed = False
@@ -162,6 +235,7 @@ class Store:
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.executescript(_SCHEMA)
         self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._key = read_digest_key(self._conn)
 
     def close(self) -> None:
         """Close the connection; later calls raise StoreClosed. Idempotent."""
@@ -214,6 +288,7 @@ class Store:
     def create_instance(self, name: str, element_key: str, reported_key: str, tags: list[str],
                         configuration: dict) -> InstanceRow:
         """Insert a new instance with a fresh, never reused token."""
+        configuration = seal(configuration, self._secret_keys(element_key), self._key)
         now = utc_now()
         with self._transaction() as conn:
             token = self._issue_token(conn)
@@ -247,7 +322,7 @@ class Store:
         with self._locked() as conn:
             row = conn.execute(f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE id = ?",
                                (instance_id,)).fetchone()
-        return InstanceRow.from_sql(row) if row else None
+        return InstanceRow.from_sql(row, self._key) if row else None
 
     def update_instance(self, instance_id: int,
                         change: Callable[[InstanceRow], InstanceRow]) -> InstanceRow | None:
@@ -258,8 +333,9 @@ class Store:
                                (instance_id,)).fetchone()
             if row is None:
                 return None
-            old = InstanceRow.from_sql(row)
+            old = InstanceRow.from_sql(row, self._key)
             new = replace(change(old), updated_date=utc_now())
+            new = replace(new, configuration=seal(new.configuration, self._secret_keys(new.element_key), self._key))
             conn.execute(
                 "UPDATE instances SET name = ?, name_search = ?, tags = ?, configuration = ?,"
                 " updated_date = ? WHERE id = ?",
@@ -296,7 +372,7 @@ class Store:
                 if own:
                     conn.execute("COMMIT")
         more = len(rows) > query.limit
-        return [InstanceRow.from_sql(r) for r in rows[:query.limit]], total, more
+        return [InstanceRow.from_sql(r, self._key) for r in rows[:query.limit]], total, more
 
     # -- request log ----------------------------------------------------------------------------
 
@@ -346,12 +422,15 @@ class EmulatorDB:
         return closing(connect(self.path, create=False))
 
     def instances(self) -> list[dict]:
-        """Every stored instance, raw (secrets in clear), ordered by id."""
+        """Every stored instance, ordered by id, as stored: secret values are ``Sealed`` (compare
+        them with ``==`` to the value expected)."""
         with self._connect() as conn:
             rows = conn.execute(f"SELECT {_INSTANCE_COLUMNS} FROM instances ORDER BY id").fetchall()
+            found = conn.execute("SELECT value FROM meta WHERE key = 'digest_key'").fetchone()
+        key = found[0] if found else b""
         result = []
         for row in rows:
-            inst = InstanceRow.from_sql(row)
+            inst = InstanceRow.from_sql(row, key)
             result.append({"id": inst.id, "name": inst.name, "element": inst.element_key,
                            "tags": inst.tags, "configuration": inst.configuration, "token": inst.token,
                            "createdDate": inst.created_date, "updatedDate": inst.updated_date})

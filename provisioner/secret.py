@@ -307,14 +307,3 @@ def sanitize(text: str) -> str:
 
 
 REDACTOR = Redactor()
-
-
-_CONTROL = __import__("re").compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.?|[\x00-\x1f\x7f-\x9f]")
-
-
-def sanitize(text: str) -> str:
-    """Text from a server, made safe to print on one line: ANSI escape sequences and control
-    characters removed (CR, LF and tabs become spaces), so it can neither forge output nor clear a
-    screen."""
-    return _CONTROL.sub(lambda m: " " if m.group() in ("\r", "\n", "\t") else "", text)

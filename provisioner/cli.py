@@ -89,6 +89,9 @@ def _plan_options(f: Callable) -> Callable:
         click.option("--allow-replace", is_flag=True,
                      help="Allow replacing an instance whose element changed (its token changes)."),
         click.option("--force", is_flag=True, help="Allow --prune with a manifest that declares no instance."),
+        click.option("--adopt", is_flag=True,
+                     help="Take over unmanaged instances (no provisioner:stack= tag) with declared names, "
+                          "keeping their ids and tokens."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -125,7 +128,7 @@ def _options(run: _Run, params: dict[str, Any], local: Any = None) -> engine.Opt
                             parallelism=params["parallelism"], max_rate=params["max_rate"])
     settle = params["settle"] if params["settle"] is not None else params["timeout"]
     plan = PlanOptions(prune=params.get("prune", False), allow_replace=params.get("allow_replace", False),
-                       force=params.get("force", False))
+                       force=params.get("force", False), adopt=params.get("adopt", False))
     return engine.Options(**common, local=local, client=client,
                           apply=ApplySettings(parallelism=params["parallelism"], settle_seconds=settle),
                           plan=plan, trace=run.trace if params.get("verbose") else None)

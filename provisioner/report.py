@@ -21,8 +21,8 @@ from .secret import REDACTOR, SENSITIVE, masked
 
 FORMAT_VERSION = 1
 _SYMBOLS = {"create": ("+", "green"), "update": ("~", "yellow"), "replace": ("-/+", "magenta"),
-            "delete": ("-", "red"), "conflict": ("!", "red"), "noop": ("=", "dim")}
-_PAST = {"create": "created", "update": "updated", "replace": "replaced", "delete": "deleted"}
+            "delete": ("-", "red"), "conflict": ("!", "red"), "noop": ("=", "dim"), "adopt": ("<=", "cyan")}
+_PAST = {"create": "created", "update": "updated", "replace": "replaced", "delete": "deleted", "adopt": "adopted"}
 LIST_LIMIT = 100  # successful changes listed one by one up to this many (all with --verbose)
 
 
@@ -167,7 +167,7 @@ class TextReporter:
             self.err.print(f"warning: {warning}", style="yellow")
         counts = plan.counts()
         line = (f"Plan: {counts['create']} to create, {counts['update']} to update, {counts['replace']} to replace, "
-                f"{counts['delete']} to delete")
+                f"{counts['delete']} to delete" + (f", {counts['adopt']} to adopt" if counts["adopt"] else ""))
         extra = [f"{counts['noop']} unchanged"] + ([f"{counts['conflict']} conflict(s)"] if counts["conflict"] else [])
         self.out.print(f"{line} ({', '.join(extra)}).")
         if not plan.has_changes and not plan.has_conflicts:
@@ -249,6 +249,8 @@ def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> 
     status = _status_counts(result)
     conflicts = sum(1 for r in result.results if r.change.action == "conflict")
     parts = [f"{done[a]} {_PAST[a]}" for a in ("create", "update", "replace", "delete")]
+    if done["adopt"]:
+        parts.insert(0, f"{done['adopt']} adopted")
     parts.append(f"{status['failed']} failed")
     parts.append(f"{status['skipped'] - conflicts} skipped")
     if conflicts:

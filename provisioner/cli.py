@@ -304,6 +304,82 @@ def output(**params: Any) -> None:
     sys.exit(_finish(run, body))
 
 
+@cli.group()
+def schemas() -> None:
+    """Element schemas written from the API's own element definitions."""
+
+
+def _catalog_options(f: Callable) -> Callable:
+    options = [
+        click.option("--local", is_flag=True, help="Read the built-in emulator's catalog instead of the API."),
+        click.option("--schemas", "schemas", multiple=True, type=click.Path(file_okay=False),
+                     help="Directory of extra element schemas counted as local (repeatable)."),
+        click.option("-o", "--output", "output", type=click.Choice(["text", "json"]), default="text",
+                     show_default=True, help="Output format on stdout."),
+        click.option("-v", "--verbose", is_flag=True, help="Trace every HTTP request on stderr (secrets redacted)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _catalog_target(local: Any) -> Any:
+    from .pull import env_target
+    from .targets import local_target
+
+    if local is not None:
+        return local_target("default", local.url, local.user_secret, local.organization_secret)
+    return env_target(os.environ)
+
+
+@schemas.command("pull")
+@click.argument("keys", nargs=-1)
+@click.option("--all", "all_keys", is_flag=True, help="Pull every element the API offers (GET /elements/keys).")
+@click.option("--out", "out_dir", default="schemas", show_default=True, type=click.Path(file_okay=False),
+              help="Directory to write <key>.json into (use it with --schemas DIR).")
+@_catalog_options
+def schemas_pull(**params: Any) -> None:
+    """Write one JSON Schema per element KEY from the API's definitions (stable: a second pull changes nothing)."""
+    from . import pull
+
+    run = _Run("schemas pull", params["output"], params["verbose"])
+
+    def body() -> int:
+        with _local(params) as local:
+            with pull.reader(_catalog_target(local), run.trace if params["verbose"] else None) as client:
+                pulled = pull.pull(client, list(params["keys"]), params["all_keys"], params["out_dir"])
+        lines = [f"{'wrote' if p.changed else 'unchanged'} {p.path}" for p in pulled]
+        data = {"schemas": [{"element": p.key, "path": p.path, "changed": p.changed} for p in pulled]}
+        run.reporter.document(run.command, data, lines)
+        return EXIT_OK
+
+    sys.exit(_finish(run, body))
+
+
+@schemas.command("list")
+@_catalog_options
+def schemas_list(**params: Any) -> None:
+    """Print the element keys the API offers, and which have a local schema (built in or --schemas)."""
+    from . import pull
+    from .elements import ElementRegistry
+
+    run = _Run("schemas list", params["output"], params["verbose"])
+
+    def body() -> int:
+        registry = ElementRegistry.load(params["schemas"])
+        if registry.problems:
+            raise ValidationFailed(registry.problems)
+        with _local(params) as local:
+            with pull.reader(_catalog_target(local), run.trace if params["verbose"] else None) as client:
+                keys = pull.listing(client, registry.keys())
+        lines = [f"{key}{'  (local schema)' if local else ''}" for key, local in keys]
+        data = {"elements": [{"key": key, "localSchema": local} for key, local in keys]}
+        run.reporter.document(run.command, data, lines)
+        return EXIT_OK
+
+    sys.exit(_finish(run, body))
+
+
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,

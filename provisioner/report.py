@@ -132,6 +132,10 @@ class JsonReporter:
     def error(self, command: str, message: str, hint: str | None = None) -> None:
         self._emit({"command": command, "ok": False, "error": {"message": message, "hint": hint}})
 
+    def document(self, command: str, data: dict[str, Any], lines: list[str]) -> None:
+        """The result of a command that is neither a plan nor an apply (schemas, import, render)."""
+        self._emit({"command": command, "ok": True, **data})
+
     def info(self, text: str) -> None:
         self.err.write(text + "\n")
 
@@ -199,6 +203,9 @@ class TextReporter:
 
     def error(self, command: str, message: str, hint: str | None = None) -> None:
         self.err.print(f"error: {message}" + (f" (hint: {hint})" if hint else ""), style="red")
+
+    def document(self, command: str, data: dict[str, Any], lines: list[str]) -> None:
+        self.out.lines([("", line) for line in lines])
 
     def info(self, text: str) -> None:
         self.err.print(text)

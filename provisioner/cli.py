@@ -37,7 +37,7 @@ from .yamlload import DEFAULT_MAX_BYTES
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
 
-def _input_options(f: Callable) -> Callable:
+def _input_options(f: Callable, formats: tuple[str, ...] = ("text", "json")) -> Callable:
     options = [
         click.argument("manifest", type=click.Path(dir_okay=False)),
         click.option("--inputs", "inputs", multiple=True, type=click.Path(dir_okay=False),
@@ -50,7 +50,7 @@ def _input_options(f: Callable) -> Callable:
                      help="Refuse a forEach that expands past this many items."),
         click.option("--max-file-bytes", type=click.IntRange(1), default=DEFAULT_MAX_BYTES, show_default=True,
                      help="Refuse manifest, inputs and template files larger than this."),
-        click.option("-o", "--output", "output", type=click.Choice(["text", "json"]), default="text",
+        click.option("-o", "--output", "output", type=click.Choice(list(formats)), default=formats[0],
                      show_default=True, help="Output format on stdout."),
         click.option("-v", "--verbose", is_flag=True, help="Trace every HTTP request on stderr (secrets redacted)."),
     ]
@@ -299,6 +299,77 @@ def output(**params: Any) -> None:
         text = format_env(selected) if params["fmt"] == "env" else format_json(selected)
         sys.stdout.write(text)  # the one place tokens are printed: the user asked for them
         sys.stdout.flush()
+        return EXIT_OK
+
+    sys.exit(_finish(run, body))
+
+
+@cli.command("import")
+@_input_options
+@_api_options
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Manifest file to write (same apiVersion, stack and targets as MANIFEST).")
+@click.option("--element", "element", default=None, help="Only instances of this element key.")
+@click.option("--name", "name_glob", default=None, metavar="GLOB", help="Only instances whose name matches GLOB.")
+def import_(**params: Any) -> None:
+    """Write a manifest declaring the unmanaged instances the target already has (take them over with --adopt)."""
+    from .importer import import_manifest
+
+    run = _Run("import", params["output"], params["verbose"])
+
+    def body() -> int:
+        validated = _validated(run, params)
+        with _local(params) as local, stop_on_signals(run.stop):
+            options = _options(run, params, local)
+            with engine.connect(validated, options, run.stop) as connection:
+                live = engine.read_state(connection, validated.manifest.stack, owned_only=False)
+        imported = import_manifest(validated.manifest, validated.registry, live, params["out_path"],
+                                   params["element"], params["name_glob"])
+        _write_text(params["out_path"], imported.text)
+        for note in imported.skipped:
+            run.reporter.info(f"skipped: {note}")
+        if imported.variables:
+            run.reporter.info("set these variables to the secret values before plan --adopt (the API never "
+                              "returns them):")
+            for name, instance, key in imported.variables:
+                run.reporter.info(f"  {name}  ({instance}: {key})")
+        data = {"out": params["out_path"], "instances": imported.count,
+                "variables": [{"name": n, "instance": i, "key": k} for n, i, k in imported.variables],
+                "skipped": imported.skipped}
+        run.reporter.document(run.command, data, [f"wrote {params['out_path']}: {imported.count} instance(s)"])
+        return EXIT_OK
+
+    sys.exit(_finish(run, body))
+
+
+def _write_text(path: str, text: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(dir=directory, prefix=".import-", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(temp, 0o644)
+    os.replace(temp, path)
+
+
+@cli.command()
+@(lambda f: _input_options(f, ("yaml", "json")))
+def render(**params: Any) -> None:
+    """Print, offline, the request bodies apply would send for every instance (secrets as (sensitive))."""
+    import json
+
+    import yaml
+
+    from .preview import rendered
+
+    run = _Run("render", "json" if params["output"] == "json" else "text", params["verbose"])
+
+    def body() -> int:
+        validated = _validated(run, params)
+        requests = rendered(validated.manifest.stack, validated.desired, validated.registry)
+        text = (json.dumps(requests, indent=2, ensure_ascii=False) if params["output"] == "json" else
+                yaml.safe_dump(requests, sort_keys=False, allow_unicode=True, width=1000)).rstrip("\n")
+        run.reporter.document(run.command, {"stack": validated.manifest.stack, "requests": requests},
+                              text.split("\n") if requests else [])
         return EXIT_OK
 
     sys.exit(_finish(run, body))

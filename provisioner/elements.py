@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -157,7 +157,7 @@ class ElementSchema:
         meta = self.schema.get("x-provisioner")
         return meta.get("oauth") if isinstance(meta, dict) else None
 
-    def oauth_problem(self, configuration: dict, adopting: bool) -> tuple[str, str] | None:
+    def oauth_problem(self, configuration: Mapping[str, Any], adopting: bool) -> tuple[str, str] | None:
         """Why a new instance of this configuration cannot be created unattended (message, hint), if so:
         an OAuth element needs a code from a browser redirect, unless a refresh token is given or an
         existing instance is taken over (``adopt:``)."""
@@ -233,17 +233,18 @@ class ElementSchema:
 def _canonical_json(value: Any) -> Any:
     """A JSON-valued key (``event.poller.configuration``) compares by meaning: the API and the docs give
     it as an object or as an escaped JSON string (even a string of a string); both become the same
-    canonical text. A string that is not JSON stays as it is."""
+    canonical text. A string that is not the JSON of a mapping or list stays as it is."""
+    decoded = value
     for _ in range(3):
-        if not isinstance(value, str):
+        if not isinstance(decoded, str):
             break
         try:
-            value = json.loads(value)
+            decoded = json.loads(decoded)
         except ValueError:
             return value
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return value
+    if isinstance(decoded, (dict, list)):
+        return json.dumps(decoded, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return value  # JSON text of a number, NaN or a plain string: compared as written
 
 
 class ElementRegistry:

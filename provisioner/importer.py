@@ -104,7 +104,7 @@ def _entry(instance: LiveInstance, schema: ElementSchema, target: str,
         if key in schema.secret_keys or value == MASK:
             name = env_name(instance.name, key)
             variables.append((name, instance.name, key))
-            configuration[key] = "{{ env.%s }}" % name
+            configuration[key] = "{{ env." + name + " }}"
         else:
             configuration[key] = _typed(schema, key, value)
     entry["configuration"] = configuration

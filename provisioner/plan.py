@@ -137,11 +137,11 @@ def _plan_target(stack: str, target: str, desired: list[DesiredInstance], live: 
                  early: EarlyDiffs | None) -> list[Change]:
     owned: dict[str, list[LiveInstance]] = {}
     unmanaged: dict[str, list[LiveInstance]] = {}
-    for instance in live:
-        if instance.owned_by(stack):
-            owned.setdefault(instance.name, []).append(instance)
-        elif is_unmanaged(instance.tags):  # another stack's instances are invisible here
-            unmanaged.setdefault(instance.name, []).append(instance)
+    for item in live:
+        if item.owned_by(stack):
+            owned.setdefault(item.name, []).append(item)
+        elif is_unmanaged(item.tags):  # another stack's instances are invisible here
+            unmanaged.setdefault(item.name, []).append(item)
     changes: list[Change] = []
     declared = set()
     for instance in ([] if options.destroy else desired):
@@ -157,8 +157,8 @@ def _plan_target(stack: str, target: str, desired: list[DesiredInstance], live: 
             changes.append(Change("create", instance.name, target, instance.element, "declared, not found",
                                   _create_diff(instance), desired=instance))
     for name in sorted(set(owned) - declared):
-        for instance in sorted(owned[name], key=lambda i: i.age_key):
-            changes.append(_undeclared(instance, target, options))
+        for extra in sorted(owned[name], key=lambda i: i.age_key):
+            changes.append(_undeclared(extra, target, options))
     return changes
 
 

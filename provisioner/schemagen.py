@@ -152,7 +152,8 @@ def _default(value: Any, prop: Mapping[str, Any]) -> Any:
 def _meta(element: Mapping[str, Any], conditions: Mapping[str, Any]) -> dict[str, Any]:
     key = str(element["key"])
     reported = element.get("x-reportedKey")
-    meta: dict[str, Any] = {"element": key, "reportedKeys": list(dict.fromkeys([key, *([reported] if reported else [])]))}
+    reported_keys = list(dict.fromkeys([key, *([reported] if reported else [])]))
+    meta: dict[str, Any] = {"element": key, "reportedKeys": reported_keys}
     if element.get("typeOauth"):
         when = conditions.get("oauth.api.key")  # the OAuth path is the one that needs the app's key
         meta["oauth"] = {"when": when} if when else True

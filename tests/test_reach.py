@@ -198,7 +198,8 @@ def test_import_filters_by_element_and_name(cli, db, api):
     by_hand(api, "hd-b", "pw-2")
     by_hand(api, "crm", "pw-3", element="dynamicscrmadfs")
     write(cli.cwd, "base.yaml", "apiVersion: provisioner/v1\nstack: ops\ninstances: []\n")
-    assert cli.run("import", "base.yaml", "--out", "a.yaml", "--element", "connectwisehd", "--name", "*-b").returncode == 0
+    proc = cli.run("import", "base.yaml", "--out", "a.yaml", "--element", "connectwisehd", "--name", "*-b")
+    assert proc.returncode == 0, proc.stderr
     assert [i["name"] for i in yaml.safe_load((cli.cwd / "a.yaml").read_text())["instances"]] == ["hd-b"]
 
 
@@ -343,7 +344,8 @@ def test_oauth_element_is_refused_clearly_by_validate_and_plan(cli, db):
 
 def test_oauth_element_with_an_existing_refresh_token_is_created_without_a_redirect(cli, db):
     assert cli.run("schemas", "pull", "sfdc", "--out", "pulled").returncode == 0
-    manifest = write(cli.cwd, "sf.yaml", OAUTH_MANIFEST.rstrip(" ") + '          oauth.user.refresh_token: "{{ env.SF_REFRESH }}"\n')
+    refresh = '          oauth.user.refresh_token: "{{ env.SF_REFRESH }}"\n'
+    manifest = write(cli.cwd, "sf.yaml", OAUTH_MANIFEST.rstrip(" ") + refresh)
     env = {"SF_KEY": "key-1234", "SF_SECRET": "Canary-sf-secret-77", "SF_REFRESH": "Canary-refresh-31"}
     applied = cli.run("apply", manifest, env=env)
     assert applied.returncode == 0, applied.stdout + applied.stderr
@@ -432,7 +434,8 @@ def test_schema_mapping_reads_both_spellings_and_maps_every_type():
 @pytest.mark.parametrize("path", sorted((REPO / "schemas" / "elements").glob("*.json")), ids=lambda p: p.name)
 def test_shipped_schema_is_stable_text(path):
     text = path.read_text(encoding="utf-8")
-    assert text.endswith("}\n") and json.dumps(json.loads(text), indent=2, sort_keys=True, ensure_ascii=False) + "\n" == text
+    assert text.endswith("}\n")
+    assert json.dumps(json.loads(text), indent=2, sort_keys=True, ensure_ascii=False) + "\n" == text
 
 
 # -- 6. values compared by meaning, end to end ----------------------------------------------

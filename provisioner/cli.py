@@ -351,8 +351,12 @@ def _write_text(path: str, text: str) -> None:
     os.replace(temp, path)
 
 
+def _render_options(f: Callable) -> Callable:
+    return _input_options(f, ("yaml", "json"))
+
+
 @cli.command()
-@(lambda f: _input_options(f, ("yaml", "json")))
+@_render_options
 def render(**params: Any) -> None:
     """Print, offline, the request bodies apply would send for every instance (secrets as (sensitive))."""
     import json

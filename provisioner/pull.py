@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .client import ClientSettings, ReadOnlyClient
-from .errors import NotFound, Unauthorized, UserError
+from .errors import BadRequest, NotFound, Unauthorized, UserError
 from .manifest import DEFAULT_URL
 from .schemagen import element_schema, schema_text
 from .secret import Secret
@@ -67,9 +67,10 @@ _KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 def catalog_keys(client: ElementReader) -> list[str]:
     """Every element key the API offers, sorted."""
-    keys = client.element_keys()
-    if not isinstance(keys, list):
+    answer = client.element_keys()
+    if not isinstance(answer, list):
         raise UserError("GET /elements/keys did not answer a list of keys", hint="check CE_API_URL")
+    keys = (k.get("key") if isinstance(k, Mapping) else k for k in answer)  # plain keys, or {key: ...}
     return sorted({k for k in keys if isinstance(k, str) and _KEY.match(k)})
 
 
@@ -77,12 +78,15 @@ def fetch_schema(client: ElementReader, key: str) -> dict[str, Any]:
     """One element's schema, from its element object and its configuration definitions."""
     try:
         element = client.get_element(key)
-        answer = client.element_configuration(key)
     except NotFound:
         raise UserError(f"element {key!r} is not in the API's catalog",
                         hint="provisioner schemas list shows the keys it offers") from None
     if not isinstance(element, Mapping) or not element.get("key"):
         raise UserError(f"GET /elements/{key} did not answer an element", hint="check CE_API_URL")
+    try:
+        answer = client.element_configuration(key)
+    except (NotFound, BadRequest):  # no separate definitions: the element object carries them
+        answer = None
     records = answer.get("configuration") if isinstance(answer, Mapping) else answer
     if not isinstance(records, list) or not records:
         records = element.get("configuration") or []

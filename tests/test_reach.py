@@ -155,11 +155,13 @@ def test_without_adopt_nothing_changes_from_before(cli, db, api):
 
 def test_import_then_plan_adopt_shows_no_diff_and_apply_adopt_takes_all_over(cli, db, api):
     secrets = {"HD_A_HELPDESK_CONNECTWISE_PASSWORD": "Canary-hd-a-7781", "HD_B_HELPDESK_CONNECTWISE_PASSWORD":
-               "Canary-hd-b-9912", "CRM_USER_PASSWORD": "Canary-crm-5530"}
+               "Canary-hd-b-9912", "CRM_USER_PASSWORD": "Canary-crm-5530",
+               "HD_B_EVENT_NOTIFICATION_SIGNATURE_KEY": "Canary-sig-6612"}  # the API returns this one in clear
     poller = json.dumps({"contacts": {"url": "/hubs/helpdesk/contacts", "idField": "id"}})
     made = [by_hand(api, "hd-a", secrets["HD_A_HELPDESK_CONNECTWISE_PASSWORD"], tags=("team-a",),
                     **{"event.poller.configuration": poller, "event.notification.enabled": "true"}),
-            by_hand(api, "hd-b", secrets["HD_B_HELPDESK_CONNECTWISE_PASSWORD"], tags=()),
+            by_hand(api, "hd-b", secrets["HD_B_HELPDESK_CONNECTWISE_PASSWORD"], tags=(),
+                    **{"event.notification.signature.key": secrets["HD_B_EVENT_NOTIFICATION_SIGNATURE_KEY"]}),
             by_hand(api, "crm", secrets["CRM_USER_PASSWORD"], element="dynamicscrmadfs")]
     other_stack = by_hand(api, "hd-c", "pw-other", tags=("provisioner:stack=someone-else",))
     write(cli.cwd, "base.yaml", "apiVersion: provisioner/v1\nstack: ops\ninstances: []\n")
@@ -387,6 +389,48 @@ def test_create_body_of_an_oauth_instance_says_external_authentication_initial(t
     body = post.json()
     assert body["externalAuthentication"] == "initial"
     assert body["configuration"]["oauth.user.refresh_token"] == "r-123"
+
+
+def test_schemas_pull_reads_an_api_that_answers_differently(tmp_path):
+    """Another API: keys as objects, no /configuration endpoint (the element carries its definitions),
+    flags as text. The pull still gives a usable schema, and validation uses it."""
+    element = {"key": "acme", "name": "Acme", "typeOauth": False, "configuration": [
+        {"key": "acme.user", "name": "User", "type": "TEXTFIELD_32", "required": True},
+        {"key": "acme.pw", "type": "PASSWORD", "required": "true"},
+        {"key": "acme.debug", "type": "BOOLEAN", "required": False, "defaultValue": False}]}
+
+    def answer(received):
+        if received.path == "/elements/keys":
+            return Reply(200, body=[{"key": "acme"}])
+        if received.path == "/elements/acme":
+            return Reply(200, body=element)
+        return Reply(404, body={"message": "No resource found"})
+
+    with ScriptedServer(default=answer) as server:
+        env = base_env() | {"CE_API_URL": server.base_url, "CE_USER_SECRET": "u", "CE_ORGANIZATION_SECRET": "o"}
+        proc = subprocess.run([sys.executable, "-m", "provisioner", "schemas", "pull", "--all", "--out", "out"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert [r.method for r in server.requests] == ["GET"] * 3
+    schema = json.loads((tmp_path / "out" / "acme.json").read_text())
+    assert schema["required"] == ["acme.user", "acme.pw"]
+    assert schema["properties"]["acme.pw"]["writeOnly"] is True
+    assert schema["properties"]["acme.debug"]["default"] is False
+    write(tmp_path, "m.yaml", """
+        apiVersion: provisioner/v1
+        stack: tests
+        schemas: [out]
+        instances:
+          - name: a
+            element: acme
+            configuration:
+              acme.user: "this user name is longer than thirty-two characters"
+        """)
+    refused = subprocess.run([sys.executable, "-m", "provisioner", "validate", "m.yaml"], cwd=tmp_path,
+                             env=base_env(), capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1
+    assert "configuration.acme.user: is longer than 32 characters" in refused.stderr
+    assert "missing required key: acme.pw" in refused.stderr
 
 
 def test_schemas_list_prints_the_catalog_and_which_keys_are_local(cli, db):

@@ -25,7 +25,7 @@ from .elements import ElementRegistry
 from .errors import UserError
 from .live import LiveInstance
 from .ownership import is_unmanaged
-from .secret import SENSITIVE, Secret
+from .secret import MASK, SENSITIVE, Secret
 
 ACTIONS = ("create", "update", "replace", "delete", "noop", "conflict", "adopt")
 WRITES = ("create", "update", "replace", "delete", "adopt")
@@ -200,13 +200,14 @@ def _conflict(instance: DesiredInstance, live: LiveInstance | None, reason: str)
 def _adopt(instance: DesiredInstance, live: LiveInstance, registry: ElementRegistry,
            fp: FingerprintContext | None) -> Change:
     """Take over an unmanaged instance: one PATCH adds the marker and fingerprints and sets the declared
-    configuration. Secret values come back masked, so they are not compared (and always sent)."""
+    configuration. Secret values come back masked, so they are not compared (and always sent); neither is
+    any other value the API masks."""
     schema = registry.get(instance.element)
     assert schema is not None and fp is not None
     if not element_matches(schema, live.element):
         return _conflict(instance, live, f"unmanaged instance id {live.id} named {instance.name!r} is of element "
                                          f"{live.element}, not {instance.element}; it cannot be adopted")
-    diffs = tuple(d for d in diff_instance(instance, live, schema, fp) if not d.sensitive)
+    diffs = tuple(d for d in diff_instance(instance, live, schema, fp) if not d.sensitive and d.old != MASK)
     secrets = sorted(k for k in schema.secret_keys if instance.configuration.get(k) is not None)
     reason = (f"unmanaged instance id {live.id} is taken over: the stack's marker and fingerprints are added, "
               "its id and token are kept")

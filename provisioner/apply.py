@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bodies import create_body, patch_body, put_body
+from .bodies import adopt_body, create_body, patch_body, put_body
 from .diff import FingerprintContext
 from .elements import ElementRegistry
 from .errors import (
@@ -186,7 +186,9 @@ class Applier:
             client.delete_instance(change.id)
             return self._create(change, client)
         live_tags = change.live.tags if change.live else ()
-        if change.method == "PATCH":
+        if change.action == "adopt":  # one PATCH: marker, fingerprints, declared configuration
+            data = client.patch_instance(change.id, adopt_body(desired, schema, fp, live_tags, change.diff))
+        elif change.method == "PATCH":
             data = client.patch_instance(change.id, patch_body(desired, schema, fp, live_tags))
         else:
             data = client.update_instance(change.id, put_body(desired, schema, fp, live_tags, change.diff))

@@ -8,11 +8,12 @@ bodies; the HTTP client reveals them only when it serialises the request.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from .desired import DesiredInstance
 from .diff import FieldDiff, FingerprintContext
-from .elements import ElementSchema
+from .elements import OAUTH_REFRESH_TOKEN, ElementSchema
 from .ownership import fingerprint_tags, managed_tags, user_tags
 
 
@@ -25,22 +26,32 @@ def all_tags(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintCon
     return [*dict.fromkeys(mine), *managed_tags(fp.stack, fps)]
 
 
+def wire_configuration(configuration: Any) -> dict[str, Any]:
+    """Configuration values as the API stores them: a JSON-valued key given as a mapping or list
+    (``event.poller.configuration``) is sent as compact JSON text, as the API expects."""
+    return {k: json.dumps(v, separators=(",", ":"), ensure_ascii=False) if isinstance(v, (dict, list)) else v
+            for k, v in configuration.items()}
+
+
 def create_body(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext,
                 run: str | None = None) -> dict[str, Any]:
     """The create body; ``run`` is the creating run's tag (see ``ownership.run_tag``)."""
-    return {
+    body = {
         "name": desired.name,
         "element": {"key": desired.element},
         "tags": all_tags(desired, schema, fp) + ([run] if run else []),
-        "configuration": dict(desired.configuration),
+        "configuration": wire_configuration(desired.configuration),
     }
+    if schema.is_oauth and desired.configuration.get(OAUTH_REFRESH_TOKEN) not in (None, ""):
+        body["externalAuthentication"] = "initial"  # an existing refresh token: no browser redirect
+    return body
 
 
 def put_body(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext,
              live_tags: tuple[str, ...], diff: tuple[FieldDiff, ...]) -> dict[str, Any]:
     """The full instance. A key the manifest leaves to its default but the server holds otherwise is
     sent with the schema default, so the update really converges."""
-    configuration = dict(desired.configuration)
+    configuration = wire_configuration(desired.configuration)
     for change in diff:
         key = change.path.removeprefix("configuration.")
         if change.path.startswith("configuration.") and key not in configuration and key in schema.defaults:
@@ -57,3 +68,13 @@ def patch_body(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintC
                live_tags: tuple[str, ...]) -> dict[str, Any]:
     """Tags only: PATCH replaces the whole tag list, so it carries the marker and fingerprints too."""
     return {"tags": all_tags(desired, schema, fp, live_tags)}
+
+
+def adopt_body(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext,
+               live_tags: tuple[str, ...], diff: tuple[FieldDiff, ...]) -> dict[str, Any]:
+    """Taking over an unmanaged instance, in one PATCH: the stack's marker and fingerprints, and the
+    declared configuration (secrets included: they cannot be compared, so they are always sent). PATCH
+    merges configuration, so keys the manifest does not declare (an OAuth token the platform keeps)
+    stay as they are."""
+    body = put_body(desired, schema, fp, live_tags, diff)
+    return {"tags": body["tags"], "configuration": body["configuration"]}

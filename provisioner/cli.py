@@ -43,8 +43,12 @@ _OUTPUT_HELP = "Output format on stdout."
 
 
 def _input_options(f: Callable, output: Any = None) -> Callable:
-    output = output or click.option("-o", "--output", "output", type=click.Choice(["text", "json"]), default="text",
-                                    show_default=True, help=_OUTPUT_HELP)
+    """The options of every command that reads a manifest; ``output`` is the -o option, or the
+    tuple of formats it offers (text and json by default)."""
+    if output is None or isinstance(output, tuple):
+        formats = output or ("text", "json")
+        output = click.option("-o", "--output", "output", type=click.Choice(list(formats)), default=formats[0],
+                              show_default=True, help=_OUTPUT_HELP)
     options = [
         click.argument("manifest", type=click.Path(dir_okay=False)),
         click.option("--inputs", "inputs", multiple=True, type=click.Path(dir_okay=False),
@@ -97,6 +101,9 @@ def _plan_options(f: Callable) -> Callable:
         click.option("--allow-replace", is_flag=True,
                      help="Allow replacing an instance whose element changed (its token changes)."),
         click.option("--force", is_flag=True, help="Allow --prune with a manifest that declares no instance."),
+        click.option("--adopt", is_flag=True,
+                     help="Take over unmanaged instances (no provisioner:stack= tag) with declared names, "
+                          "keeping their ids and tokens."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -134,7 +141,7 @@ def _options(run: _Run, params: dict[str, Any], local: Any = None) -> engine.Opt
                             parallelism=params["parallelism"], max_rate=params["max_rate"])
     settle = params["settle"] if params["settle"] is not None else params["timeout"]
     plan = PlanOptions(prune=params.get("prune", False), allow_replace=params.get("allow_replace", False),
-                       force=params.get("force", False))
+                       force=params.get("force", False), adopt=params.get("adopt", False))
     return engine.Options(**common, local=local, client=client,
                           apply=ApplySettings(parallelism=params["parallelism"], settle_seconds=settle),
                           plan=plan, trace=run.trace if params.get("verbose") else None,
@@ -326,6 +333,157 @@ def output(**params: Any) -> None:
         text = _OUTPUT_FORMATS[fmt](selected)
         sys.stdout.write(text)  # the one place tokens are printed: the user asked for them
         sys.stdout.flush()
+        return EXIT_OK
+
+    sys.exit(_finish(run, body))
+
+
+@cli.command("import")
+@_input_options
+@_api_options
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Manifest file to write (same apiVersion, stack and targets as MANIFEST).")
+@click.option("--element", "element", default=None, help="Only instances of this element key.")
+@click.option("--name", "name_glob", default=None, metavar="GLOB", help="Only instances whose name matches GLOB.")
+def import_(**params: Any) -> None:
+    """Write a manifest declaring the unmanaged instances the target already has (take them over with --adopt)."""
+    from .importer import import_manifest
+
+    run = _Run("import", params["output"], params["verbose"])
+
+    def body() -> int:
+        validated = _validated(run, params)
+        with _local(params) as local, stop_on_signals(run.stop):
+            options = _options(run, params, local)
+            with engine.connect(validated, options, run.stop) as connection:
+                live = engine.read_state(connection, validated.manifest.stack, owned_only=False)
+        imported = import_manifest(validated.manifest, validated.registry, live, params["out_path"],
+                                   params["element"], params["name_glob"])
+        _write_text(params["out_path"], imported.text)
+        for note in imported.skipped:
+            run.reporter.info(f"skipped: {note}")
+        if imported.variables:
+            run.reporter.info("set these variables to the secret values before plan --adopt (the API never "
+                              "returns them):")
+            for name, instance, key in imported.variables:
+                run.reporter.info(f"  {name}  ({instance}: {key})")
+        data = {"out": params["out_path"], "instances": imported.count,
+                "variables": [{"name": n, "instance": i, "key": k} for n, i, k in imported.variables],
+                "skipped": imported.skipped}
+        run.reporter.document(run.command, data, [f"wrote {params['out_path']}: {imported.count} instance(s)"])
+        return EXIT_OK
+
+    sys.exit(_finish(run, body))
+
+
+def _write_text(path: str, text: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(dir=directory, prefix=".import-", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(temp, 0o644)
+    os.replace(temp, path)
+
+
+def _render_options(f: Callable) -> Callable:
+    return _input_options(f, ("yaml", "json"))
+
+
+@cli.command()
+@_render_options
+def render(**params: Any) -> None:
+    """Print, offline, the request bodies apply would send for every instance (secrets as (sensitive))."""
+    import json
+
+    import yaml
+
+    from .preview import rendered
+
+    run = _Run("render", "json" if params["output"] == "json" else "text", params["verbose"])
+
+    def body() -> int:
+        validated = _validated(run, params)
+        requests = rendered(validated.manifest.stack, validated.desired, validated.registry)
+        text = (json.dumps(requests, indent=2, ensure_ascii=False) if params["output"] == "json" else
+                yaml.safe_dump(requests, sort_keys=False, allow_unicode=True, width=1000)).rstrip("\n")
+        run.reporter.document(run.command, {"stack": validated.manifest.stack, "requests": requests},
+                              text.split("\n") if requests else [])
+        return EXIT_OK
+
+    sys.exit(_finish(run, body))
+
+
+@cli.group()
+def schemas() -> None:
+    """Element schemas written from the API's own element definitions."""
+
+
+def _catalog_options(f: Callable) -> Callable:
+    options = [
+        click.option("--local", is_flag=True, help="Read the built-in emulator's catalog instead of the API."),
+        click.option("--schemas", "schemas", multiple=True, type=click.Path(file_okay=False),
+                     help="Directory of extra element schemas counted as local (repeatable)."),
+        click.option("-o", "--output", "output", type=click.Choice(["text", "json"]), default="text",
+                     show_default=True, help="Output format on stdout."),
+        click.option("-v", "--verbose", is_flag=True, help="Trace every HTTP request on stderr (secrets redacted)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _catalog_target(local: Any) -> Any:
+    from .pull import env_target
+    from .targets import local_target
+
+    if local is not None:
+        return local_target("default", local.url, local.user_secret, local.organization_secret)
+    return env_target(os.environ)
+
+
+@schemas.command("pull")
+@click.argument("keys", nargs=-1)
+@click.option("--all", "all_keys", is_flag=True, help="Pull every element the API offers (GET /elements/keys).")
+@click.option("--out", "out_dir", default="schemas", show_default=True, type=click.Path(file_okay=False),
+              help="Directory to write <key>.json into (use it with --schemas DIR).")
+@_catalog_options
+def schemas_pull(**params: Any) -> None:
+    """Write one JSON Schema per element KEY from the API's definitions (stable: a second pull changes nothing)."""
+    from . import pull
+
+    run = _Run("schemas pull", params["output"], params["verbose"])
+
+    def body() -> int:
+        with _local(params) as local:
+            with pull.reader(_catalog_target(local), run.trace if params["verbose"] else None) as client:
+                pulled = pull.pull(client, list(params["keys"]), params["all_keys"], params["out_dir"])
+        lines = [f"{'wrote' if p.changed else 'unchanged'} {p.path}" for p in pulled]
+        data = {"schemas": [{"element": p.key, "path": p.path, "changed": p.changed} for p in pulled]}
+        run.reporter.document(run.command, data, lines)
+        return EXIT_OK
+
+    sys.exit(_finish(run, body))
+
+
+@schemas.command("list")
+@_catalog_options
+def schemas_list(**params: Any) -> None:
+    """Print the element keys the API offers, and which have a local schema (built in or --schemas)."""
+    from . import pull
+    from .elements import ElementRegistry
+
+    run = _Run("schemas list", params["output"], params["verbose"])
+
+    def body() -> int:
+        registry = ElementRegistry.load(params["schemas"])
+        if registry.problems:
+            raise ValidationFailed(registry.problems)
+        with _local(params) as local:
+            with pull.reader(_catalog_target(local), run.trace if params["verbose"] else None) as client:
+                keys = pull.listing(client, registry.keys())
+        lines = [f"{key}{'  (local schema)' if local else ''}" for key, local in keys]
+        data = {"elements": [{"key": key, "localSchema": local} for key, local in keys]}
+        run.reporter.document(run.command, data, lines)
         return EXIT_OK
 
     sys.exit(_finish(run, body))

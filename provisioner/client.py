@@ -170,6 +170,14 @@ class ReadOnlyClient:
         """``GET /elements/{key}``: the element's metadata."""
         return self._call("GET", f"/elements/{_segment(key)}").data
 
+    def element_keys(self) -> Any:
+        """``GET /elements/keys``: the keys of every element the catalog offers."""
+        return self._call("GET", "/elements/keys").data
+
+    def element_configuration(self, key: str) -> Any:
+        """``GET /elements/{key}/configuration``: the element's configuration definitions."""
+        return self._call("GET", f"/elements/{_segment(key)}/configuration").data
+
     # -- paging -----------------------------------------------------------------------------
 
     def _pages(self, path: str, params: list[tuple[str, str]]) -> Iterator[list]:

@@ -36,6 +36,7 @@ class DesiredInstance:
     tags: tuple[str, ...] | None  # None: the manifest does not declare tags, so they are not compared
     configuration: Mapping[str, Any]
     location: Location = field(compare=False)
+    adopt: int | str | None = None  # id of the unmanaged instance ``--adopt`` takes over
 
 
 def build_desired(manifest: Manifest, registry: ElementRegistry, renderer: Renderer, limits: Limits,
@@ -109,7 +110,7 @@ def _build_one(entry: YDict, item: Any, manifest: Manifest, registry: ElementReg
                           problems) if isinstance(template_name, str) else {}
     if body is None:
         return None
-    for key in ("element", "target", "tags"):
+    for key in ("element", "target", "tags", "adopt"):
         if key in entry:
             body[key] = field_value(key, name)
     if "configuration" in entry:
@@ -192,7 +193,25 @@ def _checked(name: str, body: dict, entry: YDict, template_name: Any, manifest: 
     if len(problems) > before or schema is None:
         return None
     config = {k: (Secret(v) if k in schema.secret_keys and isinstance(v, str) else v) for k, v in configuration.items()}
-    return DesiredInstance(name, schema.key, target, None if tags is None else tuple(tags), config, here)
+    adopt = _adopt_id(body.get("adopt"), entry, here, problems)
+    oauth = schema.oauth_problem(configuration, adopt is not None)
+    if oauth is not None:
+        problems.append(Problem(oauth[0], Location(here.file, line, None, None, name, "element"), oauth[1]))
+    if len(problems) > before:
+        return None
+    return DesiredInstance(name, schema.key, target, None if tags is None else tuple(tags), config, here, adopt)
+
+
+def _adopt_id(value: Any, entry: YDict, here: Location, problems: list[Problem]) -> int | str | None:
+    """``adopt: <id>``: which unmanaged instance ``--adopt`` takes over (an id, as the API gives it)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
+        problems.append(Problem(f"adopt must be an instance id, got {value!r}",
+                                Location(here.file, entry.line_of("adopt"), None, None, here.instance, "adopt"),
+                                "write the numeric id of the unmanaged instance to take over, e.g. adopt: 1234"))
+        return None
+    return int(str(value).strip())
 
 
 def _element(key: Any, registry: ElementRegistry, at: Location, problems: list[Problem]) -> ElementSchema | None:

@@ -5,7 +5,9 @@ Each element is described by a JSON Schema (2020-12) file named after its key, i
 list (later directories win). The schema's ``x-provisioner`` object gives the element key and the
 keys the API may report back for an instance of it (``reportedKeys``: the API answers a create of
 ``dynamicscrmadfs`` with element ``dynamicscrm``). ``writeOnly: true`` marks secret keys: their
-values are masked everywhere and compared through fingerprints, never read back.
+values are masked everywhere and compared through fingerprints, never read back. ``oauth`` marks an
+element whose new instances need an OAuth authorization code from a browser redirect (``true``, or
+``{"when": {"key": ["value", ...]}}`` when only some configurations take the OAuth path).
 
 Validators are compiled once per element and reused for every instance.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -31,6 +33,7 @@ _SHAPE_KEYWORDS = frozenset({"$schema", "$id", "$comment", "title", "description
                              "properties", "required", "additionalProperties", "minProperties", "maxProperties"})
 
 _UNSEEN = object()
+OAUTH_REFRESH_TOKEN = "oauth.user.refresh_token"
 
 # Keywords of a property schema that the string fast path fully understands (the rest are annotations).
 _STRING_KEYWORDS = frozenset({"type", "minLength", "maxLength", "title", "description", "default", "examples",
@@ -145,6 +148,31 @@ class ElementSchema:
     def _valid_values(self) -> set[tuple]:
         return set()
 
+    @property
+    def is_oauth(self) -> bool:
+        return bool(self._oauth)
+
+    @cached_property
+    def _oauth(self) -> Any:
+        meta = self.schema.get("x-provisioner")
+        return meta.get("oauth") if isinstance(meta, dict) else None
+
+    def oauth_problem(self, configuration: Mapping[str, Any], adopting: bool) -> tuple[str, str] | None:
+        """Why a new instance of this configuration cannot be created unattended (message, hint), if so:
+        an OAuth element needs a code from a browser redirect, unless a refresh token is given or an
+        existing instance is taken over (``adopt:``)."""
+        when = self._oauth.get("when", {}) if isinstance(self._oauth, dict) else {} if self._oauth else None
+        if when is None or adopting or configuration.get(OAUTH_REFRESH_TOKEN) not in (None, ""):
+            return None
+        for key, values in when.items():
+            if self.effective(key, configuration.get(key)) not in [self.normalize(key, v) for v in values]:
+                return None
+        return (f"element {self.key!r} authenticates with OAuth: a new instance needs an authorization code "
+                "from a browser redirect, which provisioner cannot obtain",
+                f"give a refresh token you already hold as configuration {OAUTH_REFRESH_TOKEN} (the instance is "
+                "then created with externalAuthentication: initial), or create the instance in the console and "
+                "take it over: provisioner import, then apply --adopt (README: OAuth elements)")
+
     def accepts_key(self, reported: str | None) -> bool:
         """Whether an instance the API reports with element key ``reported`` is of this element."""
         return reported is None or reported == self.key or reported in self.reported_keys
@@ -157,6 +185,10 @@ class ElementSchema:
         types = self._types.get(key, ())
         if isinstance(value, str) and types == ("string",):
             return value  # the common case: a string property holding a string
+        if "object" in types:
+            return _canonical_json(value)
+        if isinstance(value, float) and value.is_integer() and "integer" in types:
+            value = int(value)
         if "boolean" in types and isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
         if "integer" in types and isinstance(value, str) and value.strip().lstrip("-").isdigit():
@@ -196,6 +228,23 @@ class ElementSchema:
     @cached_property
     def _normal_defaults(self) -> dict[str, Any]:
         return {key: self.normalize(key, value) for key, value in self.defaults.items()}
+
+
+def _canonical_json(value: Any) -> Any:
+    """A JSON-valued key (``event.poller.configuration``) compares by meaning: the API and the docs give
+    it as an object or as an escaped JSON string (even a string of a string); both become the same
+    canonical text. A string that is not the JSON of a mapping or list stays as it is."""
+    decoded = value
+    for _ in range(3):
+        if not isinstance(decoded, str):
+            break
+        try:
+            decoded = json.loads(decoded)
+        except ValueError:
+            return value
+    if isinstance(decoded, (dict, list)):
+        return json.dumps(decoded, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return value  # JSON text of a number, NaN or a plain string: compared as written
 
 
 class ElementRegistry:

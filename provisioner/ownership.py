@@ -2,7 +2,8 @@
 
 Cloud Elements does not make names unique, so ownership is a tag: every instance created for stack
 ``S`` carries ``provisioner:stack=S``, and an instance's identity is that marker plus its name. An
-instance with a declared name but no marker belongs to someone else and is never touched.
+instance with another stack's marker is invisible to ``S``; one with no marker at all is unmanaged and
+is touched only when ``--adopt`` takes it over.
 
 Secret values come back from the API masked (``********``), so they cannot be compared. Each secret
 configuration value is instead summarised in a tag ``provisioner:fp:<key>=<digest>``, where the
@@ -37,6 +38,12 @@ def run_tag(run_id: str) -> str:
     """The tag a run puts on the instances it creates, so it can tell its own copies from another
     run's even when the answer to a create was lost."""
     return f"{RUN_TAG}{run_id}"
+
+
+def is_unmanaged(tags: Iterable[Any]) -> bool:
+    """No stack marker at all: made by hand (or another tool), and the only kind ``--adopt`` takes
+    over. An instance with another stack's marker is that stack's, and invisible to this one."""
+    return not any(isinstance(t, str) and t.startswith(STACK_TAG) for t in tags)
 
 
 def is_managed_tag(tag: str) -> bool:

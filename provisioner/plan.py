@@ -5,10 +5,12 @@ immutable ``Plan``: one ``Change`` per instance (create, update, replace, delete
 each with its reason and field diff. Every noop says why. It does no I/O; ``apply`` executes a plan
 and does nothing else.
 
-Identity is the stack marker plus the name. A live instance with a declared name but no marker
-belongs to someone else: a conflict, never touched. Two owned instances with a declared name are
-duplicates: the oldest is kept and the others are deleted. Owned instances the manifest no longer
-declares are deleted only with ``--prune``.
+Identity is the stack marker plus the name. Stacks are isolated: an instance carrying another
+stack's marker is invisible to this one (never a conflict, never touched), so two stacks may declare
+the same names in one organization. A live instance with a declared name and no marker at all is
+unmanaged: a conflict, never touched, unless ``--adopt`` takes it over (action ``adopt``). Two owned
+instances with a declared name are duplicates: the oldest is kept and the others are deleted. Owned
+instances the manifest no longer declares are deleted only with ``--prune``.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from .diff import FieldDiff, FingerprintContext, diff_instance, element_matches
 from .elements import ElementRegistry
 from .errors import UserError
 from .live import LiveInstance
-from .secret import SENSITIVE, Secret
+from .ownership import is_unmanaged
+from .secret import MASK, SENSITIVE, Secret
 
-ACTIONS = ("create", "update", "replace", "delete", "noop", "conflict")
-WRITES = ("create", "update", "replace", "delete")
+ACTIONS = ("create", "update", "replace", "delete", "noop", "conflict", "adopt")
+WRITES = ("create", "update", "replace", "delete", "adopt")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class PlanOptions:
     allow_replace: bool = False
     force: bool = False
     destroy: bool = False
+    adopt: bool = False  # take over unmanaged namesakes of declared instances
 
 
 @dataclass(frozen=True)
@@ -132,12 +136,12 @@ def _plan_target(stack: str, target: str, desired: list[DesiredInstance], live: 
                  registry: ElementRegistry, fp: FingerprintContext | None, options: PlanOptions,
                  early: EarlyDiffs | None) -> list[Change]:
     owned: dict[str, list[LiveInstance]] = {}
-    foreign: dict[str, LiveInstance] = {}
-    for instance in live:
-        if instance.owned_by(stack):
-            owned.setdefault(instance.name, []).append(instance)
-        else:
-            foreign.setdefault(instance.name, instance)
+    unmanaged: dict[str, list[LiveInstance]] = {}
+    for item in live:
+        if item.owned_by(stack):
+            owned.setdefault(item.name, []).append(item)
+        elif is_unmanaged(item.tags):  # another stack's instances are invisible here
+            unmanaged.setdefault(item.name, []).append(item)
     changes: list[Change] = []
     declared = set()
     for instance in ([] if options.destroy else desired):
@@ -146,20 +150,71 @@ def _plan_target(stack: str, target: str, desired: list[DesiredInstance], live: 
         if matches:
             changes.append(_compare(instance, matches[0], registry, fp, options, early))
             changes.extend(_duplicates(matches, target))
-        elif instance.name in foreign:
-            other = foreign[instance.name]
-            changes.append(Change(
-                "conflict", instance.name, target, instance.element,
-                f"an instance named {instance.name!r} (id {other.id}) exists without the marker of stack {stack!r}; "
-                "provisioner never touches instances it does not own",
-                id=other.id, desired=instance, live=other))
+        elif instance.name in unmanaged or instance.adopt is not None:
+            namesakes = sorted(unmanaged.get(instance.name, []), key=lambda i: i.age_key)
+            changes.append(_unmanaged(stack, instance, namesakes, registry, fp, options))
         else:
             changes.append(Change("create", instance.name, target, instance.element, "declared, not found",
                                   _create_diff(instance), desired=instance))
     for name in sorted(set(owned) - declared):
-        for instance in sorted(owned[name], key=lambda i: i.age_key):
-            changes.append(_undeclared(instance, target, options))
+        for extra in sorted(owned[name], key=lambda i: i.age_key):
+            changes.append(_undeclared(extra, target, options))
     return changes
+
+
+def _unmanaged(stack: str, instance: DesiredInstance, namesakes: list[LiveInstance], registry: ElementRegistry,
+               fp: FingerprintContext | None, options: PlanOptions) -> Change:
+    """A declared name held by unmanaged instance(s): a conflict, or with --adopt, one adopt action."""
+    chosen = _adoptable(instance, namesakes)
+    if isinstance(chosen, str):
+        return _conflict(instance, namesakes[0] if namesakes else None, chosen)
+    if not options.adopt:
+        return _conflict(instance, chosen, (
+            f"an instance named {instance.name!r} (id {chosen.id}) exists without the marker of stack {stack!r} "
+            "(unmanaged: it has no provisioner:stack= tag); provisioner never touches instances it does not own. "
+            f"To take it over, keeping its id and token, run plan/apply with --adopt"))
+    return _adopt(instance, chosen, registry, fp)
+
+
+def _adoptable(instance: DesiredInstance, namesakes: list[LiveInstance]) -> LiveInstance | str:
+    """The one unmanaged instance to take over, or why there is none."""
+    ids = ", ".join(str(i.id) for i in namesakes)
+    if instance.adopt is not None:
+        wanted = [i for i in namesakes if str(i.id) == str(instance.adopt)]
+        if wanted:
+            return wanted[0]
+        return (f"adopt: {instance.adopt} names no unmanaged instance called {instance.name!r}"
+                + (f" (unmanaged namesakes: id {ids})" if namesakes else "")
+                + "; fix the id, or remove adopt: to create a new instance")
+    if len(namesakes) > 1:
+        return (f"{len(namesakes)} unmanaged instances are named {instance.name!r} (ids {ids}); "
+                "declare which one to take over with adopt: <id> on the instance")
+    return namesakes[0]
+
+
+def _conflict(instance: DesiredInstance, live: LiveInstance | None, reason: str) -> Change:
+    return Change("conflict", instance.name, instance.target, instance.element, reason,
+                  id=live.id if live is not None else None, desired=instance, live=live)
+
+
+def _adopt(instance: DesiredInstance, live: LiveInstance, registry: ElementRegistry,
+           fp: FingerprintContext | None) -> Change:
+    """Take over an unmanaged instance: one PATCH adds the marker and fingerprints and sets the declared
+    configuration. Secret values come back masked, so they are not compared (and always sent); neither is
+    any other value the API masks."""
+    schema = registry.get(instance.element)
+    assert schema is not None and fp is not None
+    if not element_matches(schema, live.element):
+        return _conflict(instance, live, f"unmanaged instance id {live.id} named {instance.name!r} is of element "
+                                         f"{live.element}, not {instance.element}; it cannot be adopted")
+    diffs = tuple(d for d in diff_instance(instance, live, schema, fp) if not d.sensitive and d.old != MASK)
+    secrets = sorted(k for k in schema.secret_keys if instance.configuration.get(k) is not None)
+    reason = (f"unmanaged instance id {live.id} is taken over: the stack's marker and fingerprints are added, "
+              "its id and token are kept")
+    if secrets:
+        reason += f"; secret values ({', '.join(secrets)}) cannot be read back and are sent as declared"
+    return Change("adopt", instance.name, instance.target, instance.element, reason, diffs, id=live.id,
+                  method="PATCH", desired=instance, live=live)
 
 
 def _compare(instance: DesiredInstance, live: LiveInstance, registry: ElementRegistry,

@@ -21,8 +21,8 @@ from .secret import REDACTOR, SENSITIVE, masked
 
 FORMAT_VERSION = 1
 _SYMBOLS = {"create": ("+", "green"), "update": ("~", "yellow"), "replace": ("-/+", "magenta"),
-            "delete": ("-", "red"), "conflict": ("!", "red"), "noop": ("=", "dim")}
-_PAST = {"create": "created", "update": "updated", "replace": "replaced", "delete": "deleted"}
+            "delete": ("-", "red"), "conflict": ("!", "red"), "noop": ("=", "dim"), "adopt": ("<=", "cyan")}
+_PAST = {"create": "created", "update": "updated", "replace": "replaced", "delete": "deleted", "adopt": "adopted"}
 LIST_LIMIT = 100  # successful changes listed one by one up to this many (all with --verbose)
 
 
@@ -132,6 +132,10 @@ class JsonReporter:
     def error(self, command: str, message: str, hint: str | None = None) -> None:
         self._emit({"command": command, "ok": False, "error": {"message": message, "hint": hint}})
 
+    def document(self, command: str, data: dict[str, Any], lines: list[str]) -> None:
+        """The result of a command that is neither a plan nor an apply (schemas, import, render)."""
+        self._emit({"command": command, "ok": True, **data})
+
     def info(self, text: str) -> None:
         self.err.write(text + "\n")
 
@@ -167,7 +171,7 @@ class TextReporter:
             self.err.print(f"warning: {warning}", style="yellow")
         counts = plan.counts()
         line = (f"Plan: {counts['create']} to create, {counts['update']} to update, {counts['replace']} to replace, "
-                f"{counts['delete']} to delete")
+                f"{counts['delete']} to delete" + (f", {counts['adopt']} to adopt" if counts["adopt"] else ""))
         extra = [f"{counts['noop']} unchanged"] + ([f"{counts['conflict']} conflict(s)"] if counts["conflict"] else [])
         self.out.print(f"{line} ({', '.join(extra)}).")
         if not plan.has_changes and not plan.has_conflicts:
@@ -199,6 +203,9 @@ class TextReporter:
 
     def error(self, command: str, message: str, hint: str | None = None) -> None:
         self.err.print(f"error: {message}" + (f" (hint: {hint})" if hint else ""), style="red")
+
+    def document(self, command: str, data: dict[str, Any], lines: list[str]) -> None:
+        self.out.lines([("", line) for line in lines])
 
     def info(self, text: str) -> None:
         self.err.print(text)
@@ -249,6 +256,8 @@ def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> 
     status = _status_counts(result)
     conflicts = sum(1 for r in result.results if r.change.action == "conflict")
     parts = [f"{done[a]} {_PAST[a]}" for a in ("create", "update", "replace", "delete")]
+    if done["adopt"]:
+        parts.insert(0, f"{done['adopt']} adopted")
     parts.append(f"{status['failed']} failed")
     parts.append(f"{status['skipped'] - conflicts} skipped")
     if conflicts:

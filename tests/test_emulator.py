@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from provisioner.emulator import ENV_VAR, Emulator, EmulatorDB, FaultConfig
-from provisioner.emulator.catalog import Catalog
+from provisioner.emulator.catalog import CATALOG_PATH, Catalog
 
 USER_SECRET = "user-secret-1234"
 ORG_SECRET = "org-secret-5678"
@@ -125,12 +125,18 @@ def assert_error(response: requests.Response, status: int, message: str | None =
     return body
 
 
-def no_private_fields(value) -> bool:
-    """True if no dict inside ``value`` has a key starting with "x-"."""
+CATALOG_KEYS = ["box", "closeio", "connectwisehd", "dynamicscrm", "dynamicscrmadfs", "freshdeskv2", "hubspot",
+                "jira", "servicenow", "sfdc", "shopify", "zendesk"]
+SERVED_EXTENSIONS = {"x-reportedKey", "x-requiredWhen", "x-allowedValues"}
+
+
+def no_private_fields(value, allowed=frozenset()) -> bool:
+    """True if no dict inside ``value`` has a key starting with "x-" (other than ``allowed``)."""
     if isinstance(value, dict):
-        return all(not k.startswith("x-") and no_private_fields(v) for k, v in value.items())
+        return all((not k.startswith("x-") or k in allowed) and no_private_fields(v, allowed)
+                   for k, v in value.items())
     if isinstance(value, list):
-        return all(no_private_fields(v) for v in value)
+        return all(no_private_fields(v, allowed) for v in value)
     return True
 
 
@@ -140,9 +146,9 @@ def no_private_fields(value) -> bool:
 def test_element_catalog_endpoints(api: Client):
     listing = api.get("/elements")
     assert listing.status_code == 200
-    assert {e["key"] for e in listing.json()} == {"connectwisehd", "dynamicscrmadfs", "dynamicscrm"}
+    assert sorted(e["key"] for e in listing.json()) == CATALOG_KEYS
     assert all("configuration" not in e for e in listing.json())
-    assert sorted(api.get("/elements/keys").json()) == ["connectwisehd", "dynamicscrm", "dynamicscrmadfs"]
+    assert sorted(api.get("/elements/keys").json()) == CATALOG_KEYS
 
     by_key = api.get("/elements/connectwisehd").json()
     by_id = api.get("/elements/117").json()
@@ -160,13 +166,30 @@ def test_element_catalog_endpoints(api: Client):
         assert {"key", "name", "description", "type", "required", "defaultValue", "hideFromConsole",
                 "internal", "displayOrder", "active", "companyConfig", "resellerConfig",
                 "groupControl"} <= set(d)
-    assert api.get("/elements/connectwisehd/configuration").json() == by_key["configuration"]
+    # the platform's Swagger spells two fields differently on this endpoint (notes section 14)
+    spelled = [{{"required": "mandatory", "type": "configDataType"}.get(k, k): v for k, v in d.items()}
+               for d in by_key["configuration"]]
+    assert api.get("/elements/connectwisehd/configuration").json() == {"configuration": spelled, "providerData": []}
 
     adfs = api.get("/elements/dynamicscrmadfs").json()
     assert adfs["id"] == 361 and adfs["authentication"] == {"type": "custom"} and adfs["typeOauth"] is True
     assert api.get("/elements/dynamicscrm").json()["name"] == "Dynamics CRM Beta"
+    assert adfs["x-reportedKey"] == "dynamicscrm"  # rules the emulator enforces are served (schemas pull)
+    assert {d["key"]: d.get("x-requiredWhen") for d in adfs["configuration"]}["user.username"] == {
+        "authentication.type": ["custom"]}
     for path in ("/elements", "/elements/dynamicscrmadfs", "/elements/dynamicscrm/configuration"):
-        assert no_private_fields(api.get(path).json())
+        assert no_private_fields(api.get(path).json(), SERVED_EXTENSIONS)
+    assert no_private_fields(api.get("/elements").json())  # the catalog listing carries none of them
+
+
+def test_catalog_has_documented_elements_with_sources_and_oauth(api: Client):
+    """At least ten elements, OAuth ones among them, each citing the public page it comes from."""
+    raw = json.loads(CATALOG_PATH.read_text(encoding="utf-8"))
+    assert len(raw) >= 10 and all("devportal" in e["x-source"] for e in raw)
+    oauth = sorted(e["key"] for e in api.get("/elements").json() if e["typeOauth"])
+    assert {"sfdc", "zendesk", "hubspot", "box", "shopify"} <= set(oauth)
+    sfdc = {d["key"]: d for d in api.get("/elements/sfdc").json()["configuration"]}
+    assert sfdc["oauth.api.key"]["required"] is True and sfdc["oauth.user.refresh_token"]["internal"] is True
 
 
 def test_unknown_element_is_404(api: Client):
@@ -913,7 +936,7 @@ def test_pipelined_requests_are_answered_in_order(raw: Raw, db: EmulatorDB, emul
     assert [a[0] for a in answers] == [200, 200, 200, 405, 200]
     assert json.loads(answers[0][2]) == {"count": 0} and json.loads(answers[2][2]) == {"count": 1}
     assert json.loads(answers[1][2])["name"] == "piped"
-    assert sorted(json.loads(answers[4][2])) == ["connectwisehd", "dynamicscrm", "dynamicscrmadfs"]
+    assert sorted(json.loads(answers[4][2])) == CATALOG_KEYS
     assert len({a[1]["elements-request-id"] for a in answers}) == 5
     assert [(r["method"], r["status"]) for r in db.requests()] == [
         ("GET", 200), ("POST", 200), ("GET", 200), ("HEAD", 405), ("GET", 200)]

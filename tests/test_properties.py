@@ -128,6 +128,9 @@ def declared(draw, element: str) -> dict:
     desired state holds them)."""
     schema = REGISTRY.get(element)
     required = set(schema.schema.get("required", [])) | set(schema.schema.get("else", {}).get("required", []))
+    for rule in schema.schema.get("allOf", []):  # keys required only with authentication.type custom
+        if "custom" in rule["if"]["properties"].get("authentication.type", {}).get("enum", []):
+            required |= set(rule["then"]["required"])
     config = {}
     for key, prop in sorted(schema.properties.items()):
         if key == "authentication.type":  # oauth2 needs a different required set: keep "custom"

@@ -3,16 +3,24 @@
 Cloud Elements describes each element (connector) with configuration definitions: key, type,
 required flag, default value. The emulator needs them to answer ``GET /elements/...``, to reject a
 create that misses required entries, to fill defaults and to mask ``PASSWORD`` values in instance
-responses. The data lives in ``elements.json`` (a list of elements in Cloud Elements' own format) so
-it can be read and extended without touching code.
+responses. The data lives in ``elements.json`` (a list of elements in Cloud Elements' own format:
+the records ``GET /elements/{key}`` answers) so it can be read and extended without touching code. It
+is the one source of element definitions: ``provisioner schemas pull --local`` writes the shipped
+``schemas/elements/*.json`` from what the emulator serves, and a test keeps them equal.
 
-Emulator-only fields start with ``x-`` and are never served:
+Fields starting with ``x-`` are the emulator's own; the real API has none of them:
 
+* ``x-source`` (element): where the definitions come from (public Cloud Elements documentation).
+  Never served.
 * ``x-reportedKey`` (element): instances of this element are reported with the element object of
   that key (``dynamicscrmadfs`` instances come back as ``dynamicscrm``, as in the docs' sample).
 * ``x-requiredWhen`` (definition): ``{"other.key": ["value", ...]}``; a required key is only
   required when the effective value (sent value, else default) of ``other.key`` is in the list.
 * ``x-allowedValues`` (definition): the values a key accepts; anything else is a 400.
+
+The last three are rules the emulator enforces, and are served on the ``/elements`` endpoints (never
+inside instances) so that a schema pulled from the emulator states the same rules. A schema pulled
+from the real API has no such rules.
 """
 
 from __future__ import annotations
@@ -21,6 +29,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+SERVED_EXTENSIONS = frozenset({"x-reportedKey", "x-requiredWhen", "x-allowedValues"})
+# Keys whose values responses mask although their type is not PASSWORD (notes section 8: the OAuth
+# app credentials come back as ******** since 2017).
+MASKED_KEYS = frozenset({"oauth.api.key", "oauth.api.secret"})
 CONFIG_TYPES = frozenset({"TEXTFIELD_32", "TEXTFIELD_64", "TEXTFIELD_100", "TEXTFIELD_128",
                           "TEXTFIELD_1000", "TEXTAREA", "BOOLEAN", "PASSWORD"})
 MASK = "********"
@@ -35,6 +47,18 @@ _UNKNOWN_KEY_OFFSET = 1000
 def strip_private(record: dict) -> dict:
     """A copy of ``record`` without emulator-only ``x-`` fields."""
     return {k: v for k, v in record.items() if not k.startswith("x-")}
+
+
+def served(record: dict) -> dict:
+    """A copy of ``record`` as the ``/elements`` endpoints serve it: the rule extensions kept."""
+    return {k: v for k, v in record.items() if not k.startswith("x-") or k in SERVED_EXTENSIONS}
+
+
+def configuration_spelling(record: dict) -> dict:
+    """A definition as ``GET /elements/{key}/configuration`` names its fields (notes section 14):
+    ``mandatory`` and ``configDataType`` instead of ``required`` and ``type``."""
+    renamed = {"required": "mandatory", "type": "configDataType"}
+    return {renamed.get(k, k): v for k, v in record.items()}
 
 
 def is_blank(value: object) -> bool:
@@ -54,6 +78,7 @@ class ConfigDefinition:
     required_when: dict[str, tuple[str, ...]] | None
     allowed: tuple[str, ...] | None
     record: dict  # the public definition record, without x- fields
+    served: dict  # the record the /elements endpoints serve
 
     @classmethod
     def from_record(cls, element_key: str, rec: dict) -> ConfigDefinition:
@@ -72,12 +97,12 @@ class ConfigDefinition:
         allowed = rec.get("x-allowedValues")
         return cls(rec["key"], rec["type"], bool(rec.get("required")), default,
                    bool(rec.get("internal")), when, tuple(allowed) if allowed else None,
-                   strip_private(rec))
+                   strip_private(rec), served(rec))
 
     @property
     def secret(self) -> bool:
-        """PASSWORD values are masked in every response."""
-        return self.type == "PASSWORD"
+        """PASSWORD values (and the OAuth app credentials) are masked in every response."""
+        return self.type == "PASSWORD" or self.key in MASKED_KEYS
 
 
 class Element:
@@ -96,7 +121,8 @@ class Element:
             raise ValueError(f"elements.json: {self.key}: duplicate configuration keys")
         self.by_key = {d.key: d for d in self.definitions}
         self.public = {k: v for k, v in strip_private(raw).items() if k != "configuration"}
-        self.records = [d.record for d in self.definitions]
+        self.served = {k: v for k, v in served(raw).items() if k != "configuration"}
+        self.records = [d.served for d in self.definitions]
         # Definition keys an instance response lists even without a stored value.
         self._listed = {d.key for d in self.definitions if not d.internal or d.key in SHOWN_INTERNAL_KEYS}
         self._positions = {d.key: i + 1 for i, d in enumerate(self.definitions)}
@@ -104,7 +130,11 @@ class Element:
 
     def with_configuration(self) -> dict:
         """The element object as ``GET /elements/{keyOrId}`` serves it."""
-        return {**self.public, "configuration": self.records}
+        return {**self.served, "configuration": self.records}
+
+    def configuration_document(self) -> dict:
+        """``GET /elements/{keyOrId}/configuration``: ``{configuration, providerData}`` (notes section 14)."""
+        return {"configuration": [configuration_spelling(r) for r in self.records], "providerData": []}
 
     def effective(self, config: dict, key: str) -> str | None:
         """The value ``key`` has for an instance: the stored one, else the default."""

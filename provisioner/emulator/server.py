@@ -313,8 +313,9 @@ class Api:
         return Response(200, self._element(key_or_id).with_configuration())
 
     def _element_configuration(self, req: ApiRequest, key_or_id: str) -> Response:
-        """GET /elements/{keyOrId}/configuration: the definitions alone."""
-        return Response(200, self._element(key_or_id).records)
+        """GET /elements/{keyOrId}/configuration: the definitions alone, spelled as the platform's
+        Swagger spells them (``mandatory``, ``configDataType``), with the provider data."""
+        return Response(200, self._element(key_or_id).configuration_document())
 
     # -- instance bodies ------------------------------------------------------------------------
 

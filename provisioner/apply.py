@@ -163,7 +163,8 @@ class Applier:
             return self._create(change, client)
         live_tags = change.live.tags if change.live else ()
         if change.method == "PATCH":
-            data = client.patch_instance(change.id, patch_body(desired, schema, fp, live_tags))
+            rename = change.action == "rename"  # PATCH name and tags: id and token stay
+            data = client.patch_instance(change.id, patch_body(desired, schema, fp, live_tags, rename))
         else:
             data = client.update_instance(change.id, put_body(desired, schema, fp, live_tags, change.diff))
         return ChangeResult(change, "ok", id=change.id, token=_token(data) or _live_token(change))

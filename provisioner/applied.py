@@ -32,9 +32,24 @@ _RECORD_BYTES = 3
 
 def field_digest(key: bytes, path: str, value: Any, size: int = _RECORD_BYTES) -> str:
     """A keyed digest of one field's value (base64url, no padding)."""
-    text = json.dumps(reveal(value), sort_keys=True, default=str, separators=(",", ":"))
-    raw = hashlib.blake2b(f"{path}\0{text}".encode(), key=key[:64], digest_size=size).digest()
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+    message = f"{path}\0{_canonical(reveal(value))}"
+    memo = (key, size, message)
+    found = _MEMO.get(memo)
+    if found is None:
+        raw = hashlib.blake2b(message.encode(), key=key[:64], digest_size=size).digest()
+        found = base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+        if len(_MEMO) < 200_000:  # a forEach writes the same few values thousands of times
+            _MEMO[memo] = found
+    return found
+
+
+_MEMO: dict[tuple, str] = {}
+
+
+def _canonical(value: Any) -> str:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return json.dumps(value)
+    return json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
 
 
 def desired_fields(desired: Any, schema: ElementSchema) -> dict[str, Any]:
@@ -64,10 +79,18 @@ def live_value(live: Any, path: str, schema: ElementSchema | None) -> Any:
     return schema.effective(key, value) if schema is not None else value
 
 
-def applied_tag(desired: Any, schema: ElementSchema, key: bytes) -> str:
-    """The record tag for a desired instance as it is about to be written."""
-    digests = sorted(field_digest(key, path, value) for path, value in desired_fields(desired, schema).items())
-    return APPLIED_TAG + "".join(digests)
+def written_fields(desired: Any, schema: ElementSchema, tags: Iterable[str], protect: bool) -> dict[str, Any]:
+    """Every non-secret field as a write leaves it on the instance (see the module docstring)."""
+    fields: dict[str, Any] = {"element": desired.element, "tags": sorted(set(tags)), "protect": bool(protect)}
+    for key in sorted((set(schema.properties) | set(desired.configuration)) - schema.secret_keys):
+        fields[f"configuration.{key}"] = schema.effective(key, desired.configuration.get(key))
+    return fields
+
+
+def applied_tag(desired: Any, schema: ElementSchema, key: bytes, tags: Iterable[str], protect: bool) -> str:
+    """The record tag for a desired instance written with these user tags and protection."""
+    fields = written_fields(desired, schema, tags, protect)
+    return APPLIED_TAG + "".join(sorted(field_digest(key, path, value) for path, value in fields.items()))
 
 
 def applied_record(tags: Iterable[Any]) -> frozenset[str] | None:

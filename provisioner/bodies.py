@@ -25,7 +25,8 @@ def all_tags(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintCon
     mine = list(desired.tags) if desired.tags is not None else user_tags(live_tags)
     fps = fingerprint_tags(fp.key, fp.stack, desired.name, desired.configuration, schema.secret_keys)
     protect = desired.protect if desired.protect is not None else PROTECT_TAG in live_tags
-    return [*dict.fromkeys(mine), *managed_tags(fp.stack, fps, protect, applied_tag(desired, schema, fp.key))]
+    mine = list(dict.fromkeys(mine))
+    return [*mine, *managed_tags(fp.stack, fps, protect, applied_tag(desired, schema, fp.key, mine, protect))]
 
 
 def create_body(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from .apply import Applier, ApplyResult, ApplySettings, ChangeResult
 from .client import Client, ClientSettings, ReadOnlyClient
 from .desired import DesiredInstance, build_desired
 from .diff import FingerprintContext
+from .drift import DriftReport, detect
 from .elements import ElementRegistry
 from .errors import CredentialsRefused, Problem, Unauthorized, UserError, ValidationFailed
 from .interrupt import StopFlag
@@ -146,6 +147,14 @@ def plan(validated: Validated, connection: Connection, options: Options) -> Plan
     early = None if owned_only else EarlyDiffs(stack, validated.desired, validated.registry, connection.fingerprints)
     live = read_state(connection, stack, owned_only, early)
     return make_plan(stack, validated.desired, live, validated.registry, connection.fingerprints, options.plan, early)
+
+
+def drift(validated: Validated, connection: Connection) -> DriftReport:
+    """Read the live state (read-only clients) and report drift apart from pending changes."""
+    stack = validated.manifest.stack
+    live = read_state(connection, stack, owned_only=False)
+    the_plan = make_plan(stack, validated.desired, live, validated.registry, connection.fingerprints, PlanOptions())
+    return detect(the_plan, live, validated.registry, connection.fingerprints, len(validated.desired))
 
 
 def apply(validated: Validated, connection: Connection, the_plan: Plan, options: Options, stop: StopFlag,

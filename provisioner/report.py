@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from .apply import ApplyResult, ChangeResult
 from .diff import FieldDiff
+from .drift import DriftReport, summary_line, text_lines
 from .errors import Problem
 from .plan import Change, Plan
 from .secret import REDACTOR, SENSITIVE, masked
@@ -130,6 +131,9 @@ class JsonReporter:
                     "interrupted": result.interrupted, "aborted": result.aborted, "notes": result.notes,
                     "outputs": outputs, "requests": stats})
 
+    def drift(self, report: DriftReport, stats: dict[str, Any]) -> None:
+        self._emit({"command": "drift", "ok": True, **report.to_json(), "requests": stats})
+
     def error(self, command: str, message: str, hint: str | None = None) -> None:
         self._emit({"command": command, "ok": False, "error": {"message": message, "hint": hint}})
 
@@ -193,6 +197,10 @@ class TextReporter:
         if result.interrupted:
             self.err.print(f"interrupted by signal {result.interrupted}: no new request was started; "
                            "run apply again to converge.", style="yellow")
+
+    def drift(self, report: DriftReport, stats: dict[str, Any]) -> None:
+        self.out.lines(text_lines(report))
+        self.out.print(summary_line(report))
 
     def error(self, command: str, message: str, hint: str | None = None) -> None:
         self.err.print(f"error: {message}" + (f" (hint: {hint})" if hint else ""), style="red")

@@ -235,6 +235,8 @@ def _result_line(r: ChangeResult) -> tuple[str, str]:
     ident = f" id {r.id}" if r.id is not None else ""
     if r.status == "ok":
         return style, f"{symbol} {_PAST.get(change.action, change.action)} {change.name}{ident}"
+    if change.action == "protected":
+        return style, f"{symbol} protected {change.name}{ident}, not touched: {r.error}"
     request = f" (requestId {r.request_id})" if r.request_id else ""
     return "red", f"x {change.action} {change.name}{ident} {r.status}: {r.error}{request}"
 

@@ -123,9 +123,9 @@ def test_apply_file_refuses_a_write_the_reviewer_never_saw(cli, db, api):
 
 
 def test_apply_file_keeps_the_plans_options_and_needs_the_same_set_options(cli, db):
-    manifest = write(cli.cwd, "m.yaml", manifest_text(count=1, extra="inputs:\n  company: acme\n")
-                     .replace("company: acme\n  - ", "company: acme\n  - ")
-                     .replace("helpdesk.connectwise.company: acme", "helpdesk.connectwise.company: '{{ inputs.company }}'"))
+    text = manifest_text(count=1, extra="inputs:\n  company: acme\n")
+    text = text.replace("connectwise.company: acme", "connectwise.company: '{{ inputs.company }}'")
+    manifest = write(cli.cwd, "m.yaml", text)
     assert cli.run("plan", manifest, "--set", "company=initech", "--out", "plan.json").returncode == 0
     prune = cli.run("apply", "plan.json", "--prune")
     assert prune.returncode == 1 and "--prune cannot be given with a saved plan" in prune.stderr

@@ -38,7 +38,7 @@ def field_digest(key: bytes, path: str, value: Any, size: int = _RECORD_BYTES) -
     if found is None:
         raw = hashlib.blake2b(message.encode(), key=key[:64], digest_size=size).digest()
         found = base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-        if len(_MEMO) < 200_000:  # a forEach writes the same few values thousands of times
+        if len(_MEMO) < 50_000:  # a forEach writes the same few values (defaults) thousands of times
             _MEMO[memo] = found
     return found
 
@@ -47,9 +47,14 @@ _MEMO: dict[tuple, str] = {}
 
 
 def _canonical(value: Any) -> str:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return json.dumps(value)
-    return json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+    """An unambiguous text for a value: a type letter, then the value (JSON for containers)."""
+    if isinstance(value, str):
+        return "s" + value
+    if value is None or isinstance(value, bool):
+        return "n" if value is None else "b" + str(value)
+    if isinstance(value, (int, float)):
+        return "i" + repr(value)
+    return "j" + json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
 
 
 def desired_fields(desired: Any, schema: ElementSchema) -> dict[str, Any]:
@@ -82,9 +87,24 @@ def live_value(live: Any, path: str, schema: ElementSchema | None) -> Any:
 def written_fields(desired: Any, schema: ElementSchema, tags: Iterable[str], protect: bool) -> dict[str, Any]:
     """Every non-secret field as a write leaves it on the instance (see the module docstring)."""
     fields: dict[str, Any] = {"element": desired.element, "tags": sorted(set(tags)), "protect": bool(protect)}
-    for key in sorted((set(schema.properties) | set(desired.configuration)) - schema.secret_keys):
-        fields[f"configuration.{key}"] = schema.effective(key, desired.configuration.get(key))
+    configuration = desired.configuration
+    for key, path in _paths(schema, configuration):
+        fields[path] = schema.effective(key, configuration.get(key))
     return fields
+
+
+_PATHS: dict[int, tuple[ElementSchema, list[tuple[str, str]]]] = {}
+
+
+def _paths(schema: ElementSchema, configuration: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(key, path) of every non-secret schema property, plus any other declared non-secret key."""
+    cached = _PATHS.get(id(schema))
+    if cached is None or cached[0] is not schema:
+        cached = _PATHS[id(schema)] = (schema, [(k, f"configuration.{k}") for k in sorted(
+            set(schema.properties) - schema.secret_keys)])
+    known = cached[1]
+    extra = [k for k in configuration if k not in schema.properties and k not in schema.secret_keys]
+    return known + [(k, f"configuration.{k}") for k in extra] if extra else known
 
 
 def applied_tag(desired: Any, schema: ElementSchema, key: bytes, tags: Iterable[str], protect: bool) -> str:

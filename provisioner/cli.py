@@ -357,7 +357,7 @@ def output(**params: Any) -> None:
         validated = _validated(run, params)
         with _local(params) as local, stop_on_signals(run.stop):
             options = replace(_options(run, params, local), plan=PlanOptions(destroy=True))
-            with engine.connect(validated, options, run.stop) as connection:
+            with engine.connect(validated, options, run.stop, read_only=True) as connection:
                 live = engine.read_state(connection, validated.manifest.stack, owned_only=True)
                 entries = engine.instance_outputs(validated, None, connection, live)
         selected = engine.select_outputs(entries, validated, params["name"])

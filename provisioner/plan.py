@@ -99,6 +99,9 @@ class Plan:
     @property
     def warnings(self) -> list[str]:
         found = [f"{c.name}: {c.warning}" for c in self.changes if c.warning]
+        names = {c.name for c in self.changes} | {c.live.name for c in self.changes if c.live is not None}
+        found.extend(f"--allow-destroy {name}: no instance of this plan has that name"
+                     for name in self.options.allow_destroy if name not in names)
         if self.left_out:
             found.append(f"--target/--exclude left out {self.left_out} declared instance(s): they are not compared, "
                          "and prune and duplicate clean-up do not touch them")

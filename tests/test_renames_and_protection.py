@@ -101,6 +101,8 @@ def test_protected_instance_survives_prune_and_destroy_until_named(cli, db):
     assert destroyed.returncode == 1
     assert sorted(by_name(db)) == ["helpdesk-1"]  # helpdesk-0 deleted, the protected one kept
     db.clear_requests()
+    typo = cli.run("destroy", manifest, "--yes", "--allow-destroy", "helpdesk-9")
+    assert typo.returncode == 1 and "--allow-destroy helpdesk-9: no instance of this plan has that name" in typo.stderr
     allowed = cli.run("destroy", manifest, "--yes", "--allow-destroy", "helpdesk-1")
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
     assert db.instances() == [] and [m for m, _ in writes(db)] == ["DELETE"]

@@ -189,7 +189,8 @@ class Applier:
         if change.action == "adopt":  # one PATCH: marker, fingerprints, declared configuration
             data = client.patch_instance(change.id, adopt_body(desired, schema, fp, live_tags, change.diff))
         elif change.method == "PATCH":
-            data = client.patch_instance(change.id, patch_body(desired, schema, fp, live_tags))
+            rename = change.action == "rename"  # PATCH name and tags: id and token stay
+            data = client.patch_instance(change.id, patch_body(desired, schema, fp, live_tags, rename))
         else:
             data = client.update_instance(change.id, put_body(desired, schema, fp, live_tags, change.diff))
         return ChangeResult(change, "ok", id=change.id, token=_token(data) or _live_token(change))

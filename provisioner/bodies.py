@@ -11,19 +11,23 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .applied import applied_tag
 from .desired import DesiredInstance
 from .diff import FieldDiff, FingerprintContext
 from .elements import OAUTH_REFRESH_TOKEN, ElementSchema
-from .ownership import fingerprint_tags, managed_tags, user_tags
+from .ownership import PROTECT_TAG, fingerprint_tags, managed_tags, user_tags
 
 
 def all_tags(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext,
              live_tags: tuple[str, ...] = ()) -> list[str]:
-    """User tags (declared, or kept from the live instance when the manifest declares none),
-    then the stack marker and one fingerprint per secret value."""
+    """User tags (declared, or kept from the live instance when the manifest declares none), then
+    the stack marker, one fingerprint per secret value, the protection marker (declared, or kept
+    from the live instance when the manifest does not say) and the record of what is applied."""
     mine = list(desired.tags) if desired.tags is not None else user_tags(live_tags)
     fps = fingerprint_tags(fp.key, fp.stack, desired.name, desired.configuration, schema.secret_keys)
-    return [*dict.fromkeys(mine), *managed_tags(fp.stack, fps)]
+    protect = desired.protect if desired.protect is not None else PROTECT_TAG in live_tags
+    mine = list(dict.fromkeys(mine))
+    return [*mine, *managed_tags(fp.stack, fps, protect, applied_tag(desired, schema, fp.key, mine, protect))]
 
 
 def wire_configuration(configuration: Any) -> dict[str, Any]:
@@ -65,9 +69,12 @@ def put_body(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintCon
 
 
 def patch_body(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext,
-               live_tags: tuple[str, ...]) -> dict[str, Any]:
-    """Tags only: PATCH replaces the whole tag list, so it carries the marker and fingerprints too."""
-    return {"tags": all_tags(desired, schema, fp, live_tags)}
+               live_tags: tuple[str, ...], rename: bool = False) -> dict[str, Any]:
+    """Tags only: PATCH replaces the whole tag list, so it carries the marker and fingerprints too.
+    A rename also carries the new name (the instance keeps its id and token)."""
+    body: dict[str, Any] = {"name": desired.name} if rename else {}
+    body["tags"] = all_tags(desired, schema, fp, live_tags)
+    return body
 
 
 def adopt_body(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext,

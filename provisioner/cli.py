@@ -1,8 +1,9 @@
 """The command line: parse arguments, call the engine, turn the result into output and an exit code.
 
 Exit codes are a contract, the same for every command: 0 success; 1 error (bad input, API error,
-conflict, failed change, misuse of the command line); 2 only from ``plan --detailed-exitcode`` when
-changes are pending; 130/143 when SIGINT/SIGTERM interrupted an apply or destroy.
+conflict, protected instance refused, failed change, stale saved plan, misuse of the command line);
+2 only from ``plan --detailed-exitcode`` when changes are pending and from ``drift`` when something
+changed behind provisioner's back; 130/143 when SIGINT/SIGTERM interrupted an apply or destroy.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import click
 
-from . import __version__, engine
+from . import __version__, engine, savedplan
 from .apply import ApplySettings
 from .client import ClientSettings
 from .errors import Interrupted, ProvisionerError, UserError, ValidationFailed
@@ -34,6 +35,7 @@ from .plan import PlanOptions
 from .progress import ProgressReporter
 from .report import JsonReporter, RedactingWriter, TextReporter
 from .secret import REDACTOR
+from .targeting import Selection
 from .yamlload import DEFAULT_MAX_BYTES
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
@@ -104,10 +106,21 @@ def _plan_options(f: Callable) -> Callable:
         click.option("--adopt", is_flag=True,
                      help="Take over unmanaged instances (no provisioner:stack= tag) with declared names, "
                           "keeping their ids and tokens."),
+        click.option("--target", "targets", multiple=True, metavar="PATTERN",
+                     help="Only the declared instances matching PATTERN: a name glob, element=KEY or tag=T "
+                          "(repeatable). Prune and duplicate clean-up stay inside the selection."),
+        click.option("--exclude", "excludes", multiple=True, metavar="PATTERN",
+                     help="Leave out the declared instances matching PATTERN (same forms as --target; repeatable)."),
+        _allow_destroy_option(),
     ]
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def _allow_destroy_option() -> Callable:
+    return click.option("--allow-destroy", "allow_destroy", multiple=True, metavar="NAME",
+                        help="Lift the protection (protect: true) of instance NAME for this run (repeatable).")
 
 
 class _Run:
@@ -140,8 +153,11 @@ def _options(run: _Run, params: dict[str, Any], local: Any = None) -> engine.Opt
                             max_retry_time=params["max_retry_time"],
                             parallelism=params["parallelism"], max_rate=params["max_rate"])
     settle = params["settle"] if params["settle"] is not None else params["timeout"]
+    targets, excludes = tuple(params.get("targets", ())), tuple(params.get("excludes", ()))
+    Selection.of(targets, excludes)  # a malformed pattern is a usage error, before anything else
     plan = PlanOptions(prune=params.get("prune", False), allow_replace=params.get("allow_replace", False),
-                       force=params.get("force", False), adopt=params.get("adopt", False))
+                       force=params.get("force", False), adopt=params.get("adopt", False), targets=targets,
+                       excludes=excludes, allow_destroy=tuple(params.get("allow_destroy", ())))
     return engine.Options(**common, local=local, client=client,
                           apply=ApplySettings(parallelism=params["parallelism"], settle_seconds=settle),
                           plan=plan, trace=run.trace if params.get("verbose") else None,
@@ -208,6 +224,8 @@ def validate(**params: Any) -> None:
 @_api_options
 @_plan_options
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when changes are pending (0: none, 1: error).")
+@click.option("--out", "out", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Save the plan to FILE (no secret, mode 0600) for 'apply FILE', which executes exactly it.")
 def plan(**params: Any) -> None:
     """Show what apply would change, without changing anything."""
     run = _Run("plan", params["output"], params["verbose"])
@@ -216,11 +234,19 @@ def plan(**params: Any) -> None:
         validated = _validated(run, params)
         with _local(params) as local, stop_on_signals(run.stop):
             options = _options(run, params, local)
-            with engine.connect(validated, options, run.stop) as connection:
+            with engine.connect(validated, options, run.stop, read_only=True) as connection:
                 the_plan = engine.plan(validated, connection, options)
+                saved = savedplan.document(the_plan, validated, connection, _sources(params)) if params["out"] \
+                    and not the_plan.has_refusals else None
         run.reporter.plan(the_plan)
-        if the_plan.has_conflicts:
+        if the_plan.has_refusals:
+            if params["out"]:
+                run.reporter.info(f"no plan saved to {params['out']}: the plan has refused changes")
             return EXIT_ERROR
+        if saved is not None:
+            savedplan.write(params["out"], saved)
+            run.reporter.info(f"Plan saved to {params['out']} (mode 0600); apply it with: provisioner apply "
+                              f"{params['out']}")
         return EXIT_CHANGES if params["detailed_exitcode"] and the_plan.has_changes else EXIT_OK
 
     sys.exit(_finish(run, body))
@@ -234,15 +260,26 @@ def plan(**params: Any) -> None:
               help="Write id, element and token of every declared instance to FILE (JSON, mode 0600).")
 @click.option("--progress/--no-progress", default=True, help="Show progress on stderr for long runs.")
 def apply(**params: Any) -> None:
-    """Make the live instances match the manifest, and deliver their tokens."""
+    """Make the live instances match the manifest, and deliver their tokens.
+
+    MANIFEST may also be a plan saved with 'plan --out FILE': then exactly that plan is executed, or
+    nothing at all if the manifest, its inputs or a touched instance changed since."""
     run = _Run("apply", params["output"], params["verbose"])
-    sys.exit(_finish(run, lambda: _apply_like(run, params, destroy=False)))
+
+    def body() -> int:
+        saved = savedplan.load_if_plan(params["manifest"], params["max_file_bytes"])
+        if saved is None:
+            return _apply_like(run, params, destroy=False)
+        return _apply_like(run, savedplan.params_for(saved, params), destroy=False, saved=saved)
+
+    sys.exit(_finish(run, body))
 
 
 @cli.command()
 @_input_options
 @_api_options
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
+@_allow_destroy_option()
 @click.option("--progress/--no-progress", default=True, help="Show progress on stderr for long runs.")
 def destroy(**params: Any) -> None:
     """Delete every instance the manifest's stack owns (and nothing else)."""
@@ -250,16 +287,20 @@ def destroy(**params: Any) -> None:
     sys.exit(_finish(run, lambda: _apply_like(run, params, destroy=True)))
 
 
-def _apply_like(run: _Run, params: dict[str, Any], destroy: bool) -> int:
+def _apply_like(run: _Run, params: dict[str, Any], destroy: bool, saved: Any = None) -> int:
     validated = _validated(run, params)
     with ExitStack() as stack:
         local = stack.enter_context(_local(params))
         stack.enter_context(stop_on_signals(run.stop))
         options = _options(run, params, local)
         if destroy:
-            options = replace(options, plan=PlanOptions(destroy=True))
+            options = replace(options, plan=PlanOptions(destroy=True, allow_destroy=options.plan.allow_destroy))
         connection = stack.enter_context(engine.connect(validated, options, run.stop))
+        if saved is not None:
+            savedplan.check_before_reading(saved, validated, connection, local is not None)
         the_plan = engine.plan(validated, connection, options)
+        if saved is not None:
+            savedplan.check_plan(saved, the_plan, validated, connection)
         if destroy and the_plan.has_changes and not _confirmed(run, the_plan, params):
             return EXIT_ERROR
         writes = sum(1 for c in the_plan.changes if c.is_write)
@@ -273,7 +314,13 @@ def _apply_like(run: _Run, params: dict[str, Any], destroy: bool) -> int:
         run.reporter.applied(result, connection.stats.as_dict(), run.command, outputs_path)
         if result.interrupted:
             return 128 + result.interrupted
-        return EXIT_OK if result.ok and not the_plan.has_conflicts else EXIT_ERROR
+        return EXIT_OK if result.ok and not the_plan.has_refusals else EXIT_ERROR
+
+
+def _sources(params: dict[str, Any]) -> savedplan.Sources:
+    return savedplan.Sources(params["manifest"], tuple(params["inputs"]),
+                             tuple(sorted({s.partition("=")[0].strip() for s in params["sets"]})),
+                             tuple(params["schemas"]), bool(params.get("local")))
 
 
 def _confirmed(run: _Run, the_plan: Any, params: dict[str, Any]) -> bool:
@@ -315,6 +362,27 @@ def _output_format(params: dict[str, Any]) -> str:
 @cli.command()
 @_output_format_options
 @_api_options
+def drift(**params: Any) -> None:
+    """Report what changed behind provisioner's back, apart from pending manifest changes. Read-only.
+
+    Exit 0: no drift; 2: drift found; 1: error. Pending changes alone exit 0 (plan shows them)."""
+    run = _Run("drift", params["output"], params["verbose"])
+
+    def body() -> int:
+        validated = _validated(run, params)
+        with _local(params) as local, stop_on_signals(run.stop):
+            options = _options(run, params, local)
+            with engine.connect(validated, options, run.stop, read_only=True) as connection:
+                report = engine.drift(validated, connection)
+        run.reporter.drift(report, connection.stats.as_dict())
+        return EXIT_CHANGES if report.has_drift else EXIT_OK
+
+    sys.exit(_finish(run, body))
+
+
+@cli.command()
+@_input_options
+@_api_options
 @click.argument("name", required=False)
 def output(**params: Any) -> None:
     """Print id, element and token of the declared instances, read from the API."""
@@ -326,7 +394,7 @@ def output(**params: Any) -> None:
         validated = _validated(run, params)
         with _local(params) as local, stop_on_signals(run.stop):
             options = replace(_options(run, params, local), plan=PlanOptions(destroy=True))
-            with engine.connect(validated, options, run.stop) as connection:
+            with engine.connect(validated, options, run.stop, read_only=True) as connection:
                 live = engine.read_state(connection, validated.manifest.stack, owned_only=True)
                 entries = engine.instance_outputs(validated, None, connection, live)
         selected = engine.select_outputs(entries, validated, params["name"])

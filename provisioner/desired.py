@@ -37,6 +37,8 @@ class DesiredInstance:
     configuration: Mapping[str, Any]
     location: Location = field(compare=False)
     adopt: int | str | None = None  # id of the unmanaged instance ``--adopt`` takes over
+    protect: bool | None = None  # None: not declared, the live protection marker is kept as it is
+    previous_names: tuple[str, ...] = ()  # names it had before: a rename keeps the instance
 
 
 def build_desired(manifest: Manifest, registry: ElementRegistry, renderer: Renderer, limits: Limits,
@@ -110,7 +112,7 @@ def _build_one(entry: YDict, item: Any, manifest: Manifest, registry: ElementReg
                           problems) if isinstance(template_name, str) else {}
     if body is None:
         return None
-    for key in ("element", "target", "tags", "adopt"):
+    for key in ("element", "target", "tags", "adopt", "protect", "previousNames"):
         if key in entry:
             body[key] = field_value(key, name)
     if "configuration" in entry:
@@ -190,6 +192,7 @@ def _checked(name: str, body: dict, entry: YDict, template_name: Any, manifest: 
         errors = schema.iter_errors(dict(configuration))
         found = problems_from_errors(errors, locate, schema.secret_keys, prefix="configuration")
         problems.extend(renderer.scrub(p) for p in found)  # values from the environment are never echoed
+    protect, previous = _safety_fields(body, name, here, entry, problems)
     if len(problems) > before or schema is None:
         return None
     config = {k: (Secret(v) if k in schema.secret_keys and isinstance(v, str) else v) for k, v in configuration.items()}
@@ -199,7 +202,8 @@ def _checked(name: str, body: dict, entry: YDict, template_name: Any, manifest: 
         problems.append(Problem(oauth[0], Location(here.file, line, None, None, name, "element"), oauth[1]))
     if len(problems) > before:
         return None
-    return DesiredInstance(name, schema.key, target, None if tags is None else tuple(tags), config, here, adopt)
+    return DesiredInstance(name, schema.key, target, None if tags is None else tuple(tags), config, here,
+                           adopt, protect, previous)
 
 
 def _adopt_id(value: Any, entry: YDict, here: Location, problems: list[Problem]) -> int | str | None:
@@ -212,6 +216,29 @@ def _adopt_id(value: Any, entry: YDict, here: Location, problems: list[Problem])
                                 "write the numeric id of the unmanaged instance to take over, e.g. adopt: 1234"))
         return None
     return int(str(value).strip())
+
+
+def _safety_fields(body: dict, name: str, here: Location, entry: YDict,
+                   problems: list[Problem]) -> tuple[bool | None, tuple[str, ...]]:
+    """``protect`` (a boolean once rendered) and ``previousNames`` (names, not this one)."""
+    protect = body.get("protect")
+    if protect is not None and not isinstance(protect, bool):
+        problems.append(Problem(f"protect must be true or false, got {protect!r}",
+                                Location(here.file, entry.line_of("protect"), None, None, name, "protect"),
+                                "write protect: true, or an expression such as \"{{ inputs.environment == 'prod' }}\""))
+        protect = None
+    previous = body.get("previousNames")
+    if previous is None:
+        return protect, ()
+    at = Location(here.file, entry.line_of("previousNames"), None, None, name, "previousNames")
+    if not isinstance(previous, list) or not all(isinstance(n, str) and n.strip() for n in previous):
+        problems.append(Problem("previousNames must be a list of non-empty names", at,
+                                "list the names this instance had before, e.g. previousNames: [crm-old]"))
+        return protect, ()
+    if name in previous:
+        problems.append(Problem(f"previousNames lists the instance's own name {name!r}", at,
+                                "list only the names it had before"))
+    return protect, tuple(dict.fromkeys(previous))
 
 
 def _element(key: Any, registry: ElementRegistry, at: Location, problems: list[Problem]) -> ElementSchema | None:
@@ -291,7 +318,7 @@ def _line_in(source: str, key: Any) -> int | None:
 
 def _duplicates(desired: list[DesiredInstance]) -> list[Problem]:
     seen: dict[tuple[str, str], DesiredInstance] = {}
-    problems = []
+    problems = _previous_name_clashes(desired)
     for instance in desired:
         key = (instance.target, instance.name)
         first = seen.get(key)
@@ -301,4 +328,24 @@ def _duplicates(desired: list[DesiredInstance]) -> list[Problem]:
         problems.append(Problem(f"duplicate instance name {instance.name!r} (first declared at "
                                 f"{first.location.file}:{first.location.line})",
                                 instance.location, "names identify instances within a stack; make them unique"))
+    return problems
+
+
+def _previous_name_clashes(desired: list[DesiredInstance]) -> list[Problem]:
+    """A previous name must not be declared now, nor claimed by two instances of one target."""
+    declared = {(d.target, d.name) for d in desired}
+    claimed: dict[tuple[str, str], DesiredInstance] = {}
+    problems = []
+    for instance in desired:
+        for old in instance.previous_names:
+            key = (instance.target, old)
+            at = Location(instance.location.file, instance.location.line, instance=instance.name,
+                          path="previousNames")
+            if key in declared and old != instance.name:
+                problems.append(Problem(f"previous name {old!r} is declared by another instance", at,
+                                        "a rename needs the old name to be gone from the manifest"))
+            elif key in claimed:
+                problems.append(Problem(f"previous name {old!r} is also listed by {claimed[key].name!r}", at,
+                                        "one old instance can be renamed into one new name only"))
+            claimed.setdefault(key, instance)
     return problems

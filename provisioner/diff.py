@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .elements import ElementSchema
-from .ownership import fingerprint, fingerprints_of, user_tags
+from .ownership import PROTECT_TAG, fingerprint, fingerprints_of, user_tags
 from .secret import SENSITIVE
 
 
@@ -69,11 +69,18 @@ def diff_tags(desired_tags: tuple[str, ...] | None, live_tags: tuple[str, ...]) 
     return [] if want == have else [FieldDiff("change", "tags", have, want)]
 
 
+def diff_protect(protect: bool | None, live_tags: tuple[str, ...]) -> list[FieldDiff]:
+    """The protection marker, when the manifest says protect: true or false."""
+    have = PROTECT_TAG in live_tags
+    return [] if protect is None or protect == have else [FieldDiff("change", "protect", have, protect)]
+
+
 def diff_instance(desired: Any, live: Any, schema: ElementSchema, fp: FingerprintContext) -> list[FieldDiff]:
     """All field differences between a desired instance and the live instance it is matched to."""
     diffs = diff_configuration(desired.configuration, live.configuration, schema, fingerprints_of(live.tags), fp,
                                desired.name)
     diffs.extend(diff_tags(desired.tags, live.tags))
+    diffs.extend(diff_protect(desired.protect, live.tags))
     return diffs
 
 

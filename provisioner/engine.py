@@ -16,9 +16,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .apply import Applier, ApplyResult, ApplySettings, ChangeResult
-from .client import Client, ClientSettings
+from .client import Client, ClientSettings, ReadOnlyClient
 from .desired import DesiredInstance, build_desired
 from .diff import FingerprintContext
+from .drift import DriftReport, detect
 from .elements import ElementRegistry
 from .errors import CredentialsRefused, Problem, Unauthorized, UserError, ValidationFailed
 from .interrupt import StopFlag
@@ -97,14 +98,15 @@ class Connection:
     """Clients for the targets of one run, sharing one rate budget and one set of statistics."""
 
     targets: dict[str, Target]
-    clients: dict[str, Client]
+    clients: dict[str, Any]  # Client, or ReadOnlyClient for read-only commands
     stats: RequestStats
     fingerprints: dict[str, FingerprintContext]
 
 
 @contextmanager
-def connect(validated: Validated, options: Options, stop: StopFlag) -> Iterator[Connection]:
-    """Resolve credentials and open one client per target (validation of targets happens here)."""
+def connect(validated: Validated, options: Options, stop: StopFlag, read_only: bool = False) -> Iterator[Connection]:
+    """Resolve credentials and open one client per target (validation of targets happens here).
+    ``read_only`` opens clients that cannot write (``ReadOnlyClient``): plan and drift use it."""
     names = set(validated.manifest.targets) or {DEFAULT_TARGET}
     if options.local is not None:
         targets = {n: local_target(n, options.local.url, options.local.user_secret,
@@ -117,9 +119,10 @@ def connect(validated: Validated, options: Options, stop: StopFlag) -> Iterator[
     budget = RateBudget(options.client.max_rate)
     override = options.environ.get(FINGERPRINT_KEY_ENV) or None
     with ExitStack() as stack:
-        clients = {name: stack.enter_context(Client(t.url, t.user_secret, t.organization_secret, options.client,
-                                                    budget=budget, stats=stats, trace=options.trace, stop=stop,
-                                                    notice=options.notice))
+        kind = ReadOnlyClient if read_only else Client
+        clients = {name: stack.enter_context(kind(t.url, t.user_secret, t.organization_secret, options.client,
+                                                  budget=budget, stats=stats, trace=options.trace, stop=stop,
+                                                  notice=options.notice))
                    for name, t in targets.items()}
         fingerprints = {name: FingerprintContext(fingerprint_key(t.organization_secret, override),
                                                  validated.manifest.stack) for name, t in targets.items()}
@@ -148,17 +151,34 @@ def plan(validated: Validated, connection: Connection, options: Options) -> Plan
     return make_plan(stack, validated.desired, live, validated.registry, connection.fingerprints, options.plan, early)
 
 
+def drift(validated: Validated, connection: Connection) -> DriftReport:
+    """Read the live state (read-only clients) and report drift apart from pending changes."""
+    stack = validated.manifest.stack
+    live = read_state(connection, stack, owned_only=False)
+    the_plan = make_plan(stack, validated.desired, live, validated.registry, connection.fingerprints, PlanOptions())
+    return detect(the_plan, live, validated.registry, connection.fingerprints, len(validated.desired))
+
+
 def apply(validated: Validated, connection: Connection, the_plan: Plan, options: Options, stop: StopFlag,
           progress: Callable[[ChangeResult], None] | None = None) -> ApplyResult:
-    """Stage 6: execute the plan."""
-    applier = Applier(the_plan, connection.clients, connection.fingerprints, validated.registry, options.apply,
+    """Stage 6: execute the plan. Protected refusals are not given to the applier: they are
+    reported as skipped, in their place."""
+    runnable = replace(the_plan, changes=tuple(c for c in the_plan.changes if c.action != "protected"))
+    applier = Applier(runnable, connection.clients, connection.fingerprints, validated.registry, options.apply,
                       stop, progress)
-    result = applier.run()
+    result = _with_refusals(the_plan, applier.run())
     if result.aborted:
         target = next((r.change.target for r in result.failed if r.http_status in (401, 403)), None)
         if target is not None:
             result.aborted += f": check {connection.targets[target].credential_sources}"
     return result
+
+
+def _with_refusals(the_plan: Plan, result: ApplyResult) -> ApplyResult:
+    done = iter(result.results)
+    merged = [ChangeResult(c, "skipped", error=c.reason, id=c.id) if c.action == "protected" else next(done)
+              for c in the_plan.changes]
+    return ApplyResult(the_plan, merged, result.interrupted, result.aborted, result.notes)
 
 
 def instance_outputs(validated: Validated, result: ApplyResult | None, connection: Connection,

@@ -9,14 +9,13 @@ where tokens are revealed.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .errors import UserError
+from .privatefile import write_private
 from .secret import Secret, reveal
 
 
@@ -28,34 +27,7 @@ def outputs_document(entries: Mapping[str, Mapping[str, Any]]) -> dict:
 
 def write_outputs(path: str, entries: Mapping[str, Mapping[str, Any]]) -> None:
     """Write the outputs file atomically with mode 0600."""
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(directory, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=".outputs-", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise UserError(f"cannot write outputs file {path}: {exc.strerror or exc}",
-                        hint="check that the directory exists and is writable") from None
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(outputs_document(entries), handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except OSError as exc:
-        _remove_quietly(temporary)
-        raise UserError(f"cannot write outputs file {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        _remove_quietly(temporary)
-        raise
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+    write_private(path, json.dumps(outputs_document(entries), indent=2, sort_keys=True) + "\n", "outputs file")
 
 
 def env_name(name: str) -> str:

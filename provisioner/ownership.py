@@ -11,6 +11,11 @@ digest is an HMAC-SHA256 keyed with a key derived from the target's organization
 ``PROVISIONER_FINGERPRINT_KEY`` when set), over the stack, instance name, key and value. Neither the
 secret nor an unkeyed hash of it ever leaves the machine; the same password on two instances gives
 two unrelated digests.
+
+Two more markers serve changing a manifest safely over time: ``provisioner:protect`` on an instance
+that must never be deleted or replaced (see ``protection.py``), and ``provisioner:applied=<digests>``,
+the short keyed digests of every non-secret field as provisioner last wrote it (see ``applied.py``),
+which lets ``drift`` tell a change made on the server from a change made in the manifest.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ TAG_PREFIX = "provisioner:"
 STACK_TAG = "provisioner:stack="
 FP_TAG = "provisioner:fp:"
 RUN_TAG = "provisioner:run="
+PROTECT_TAG = "provisioner:protect"
+APPLIED_TAG = "provisioner:applied="
 FINGERPRINT_KEY_ENV = "PROVISIONER_FINGERPRINT_KEY"
 
 
@@ -85,5 +92,7 @@ def fingerprints_of(tags: Iterable[Any]) -> dict[str, str]:
     return found
 
 
-def managed_tags(stack: str, fp_tags: list[str]) -> list[str]:
-    return [stack_marker(stack), *fp_tags]
+def managed_tags(stack: str, fp_tags: list[str], protect: bool = False, applied: str | None = None) -> list[str]:
+    """The stack marker, the fingerprints, then the protection marker and the applied record."""
+    extra = ([PROTECT_TAG] if protect else []) + ([applied] if applied else [])
+    return [stack_marker(stack), *fp_tags, *extra]

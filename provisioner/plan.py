@@ -1,9 +1,9 @@
 """Stage 5: the plan is a value.
 
 ``make_plan`` compares the desired instances with the live ones of each target and returns an
-immutable ``Plan``: one ``Change`` per instance (create, update, replace, delete, noop, conflict),
-each with its reason and field diff. Every noop says why. It does no I/O; ``apply`` executes a plan
-and does nothing else.
+immutable ``Plan``: one ``Change`` per instance (create, update, rename, replace, delete, noop,
+conflict, protected), each with its reason and field diff. Every noop says why. It does no I/O;
+``apply`` executes a plan and does nothing else.
 
 Identity is the stack marker plus the name. Stacks are isolated: an instance carrying another
 stack's marker is invisible to this one (never a conflict, never touched), so two stacks may declare
@@ -11,12 +11,17 @@ the same names in one organization. A live instance with a declared name and no 
 unmanaged: a conflict, never touched, unless ``--adopt`` takes it over (action ``adopt``). Two owned
 instances with a declared name are duplicates: the oldest is kept and the others are deleted. Owned
 instances the manifest no longer declares are deleted only with ``--prune``.
+
+A declared instance with ``previousNames`` that the stack owns only under an old name is renamed in
+place (``rename``: same id, same token). A protected instance is never deleted or replaced: the plan
+shows a ``protected`` refusal instead (see ``protection.py``). ``--target``/``--exclude`` restrict the
+plan to some declared instances before anything is compared (see ``targeting.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .desired import DesiredInstance
@@ -25,10 +30,13 @@ from .elements import ElementRegistry
 from .errors import UserError
 from .live import LiveInstance
 from .ownership import is_unmanaged
+from .protection import is_protected, refusal
 from .secret import MASK, SENSITIVE, Secret
+from .targeting import Selection, restrict
 
-ACTIONS = ("create", "update", "replace", "delete", "noop", "conflict", "adopt")
-WRITES = ("create", "update", "replace", "delete", "adopt")
+ACTIONS = ("create", "update", "rename", "replace", "delete", "noop", "conflict", "protected", "adopt")
+WRITES = ("create", "update", "rename", "replace", "delete", "adopt")
+REFUSALS = ("conflict", "protected")  # shown, never executed; the command exits 1
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class Change:
     reason: str
     diff: tuple[FieldDiff, ...] = ()
     id: Any = None
-    method: str | None = None  # for updates: "PUT" (configuration) or "PATCH" (tags only)
+    method: str | None = None  # for updates and renames: "PUT" (configuration) or "PATCH" (name, tags)
     desired: DesiredInstance | None = field(default=None, compare=False)
     live: LiveInstance | None = field(default=None, compare=False)
     warning: str | None = None
@@ -57,6 +65,13 @@ class PlanOptions:
     force: bool = False
     destroy: bool = False
     adopt: bool = False  # take over unmanaged namesakes of declared instances
+    targets: tuple[str, ...] = ()  # --target patterns
+    excludes: tuple[str, ...] = ()  # --exclude patterns
+    allow_destroy: tuple[str, ...] = ()  # names whose protection is lifted for this run
+
+    @property
+    def selection(self) -> Selection:
+        return Selection.of(self.targets, self.excludes)
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,7 @@ class Plan:
     stack: str
     changes: tuple[Change, ...]
     options: PlanOptions = PlanOptions()
+    left_out: int = 0  # declared instances left out by --target/--exclude
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(ACTIONS, 0)
@@ -80,8 +96,20 @@ class Plan:
         return any(c.action == "conflict" for c in self.changes)
 
     @property
+    def has_refusals(self) -> bool:
+        """Conflicts and protected instances: shown, not executed, exit 1."""
+        return any(c.action in REFUSALS for c in self.changes)
+
+    @property
     def warnings(self) -> list[str]:
-        return [f"{c.name}: {c.warning}" for c in self.changes if c.warning]
+        found = [f"{c.name}: {c.warning}" for c in self.changes if c.warning]
+        names = {c.name for c in self.changes} | {c.live.name for c in self.changes if c.live is not None}
+        found.extend(f"--allow-destroy {name}: no instance of this plan has that name"
+                     for name in self.options.allow_destroy if name not in names)
+        if self.left_out:
+            found.append(f"--target/--exclude left out {self.left_out} declared instance(s): they are not compared, "
+                         "and prune and duplicate clean-up do not touch them")
+        return found
 
 
 class EarlyDiffs:
@@ -122,6 +150,10 @@ def make_plan(stack: str, desired: Iterable[DesiredInstance], live_by_target: Ma
     if options.prune and not desired and not options.force and not options.destroy:
         raise UserError("--prune with a manifest that declares no instance would delete every instance of the stack",
                         hint="declare the instances to keep, use destroy, or add --force if this is intended")
+    left_out = 0
+    selection = options.selection
+    if selection.active:
+        desired, live_by_target, left_out = restrict(selection, desired, live_by_target, _aliases(registry))
     changes: list[Change] = []
     by_target: dict[str, list[DesiredInstance]] = {}
     for instance in desired:
@@ -129,7 +161,17 @@ def make_plan(stack: str, desired: Iterable[DesiredInstance], live_by_target: Ma
     for target in sorted(set(by_target) | set(live_by_target)):
         changes.extend(_plan_target(stack, target, by_target.get(target, []), live_by_target.get(target, []),
                                     registry, fingerprints.get(target), options, early))
-    return Plan(stack, tuple(changes), options)
+    return Plan(stack, tuple(changes), options, left_out)
+
+
+def _aliases(registry: ElementRegistry) -> dict[str | None, frozenset[str]]:
+    """For each element key the API may report, the declared element keys it stands for."""
+    found: dict[str | None, set[str]] = {}
+    for key in registry.keys():
+        schema = registry.get(key)
+        for reported in (key, *(schema.reported_keys if schema is not None else ())):
+            found.setdefault(reported, set()).add(key)
+    return {k: frozenset(v) for k, v in found.items()}
 
 
 def _plan_target(stack: str, target: str, desired: list[DesiredInstance], live: list[LiveInstance],
@@ -143,20 +185,29 @@ def _plan_target(stack: str, target: str, desired: list[DesiredInstance], live: 
         elif is_unmanaged(item.tags):  # another stack's instances are invisible here
             unmanaged.setdefault(item.name, []).append(item)
     changes: list[Change] = []
-    declared = set()
+    declared = {d.name for d in desired}
+    claimed: set[str] = set()  # old names an instance is renamed from
     for instance in ([] if options.destroy else desired):
-        declared.add(instance.name)
         matches = sorted(owned.get(instance.name, []), key=lambda i: i.age_key)
         if matches:
             changes.append(_compare(instance, matches[0], registry, fp, options, early))
-            changes.extend(_duplicates(matches, target))
+            changes.extend(_duplicates(matches, target, options))
+            continue
+        old = next((n for n in instance.previous_names if n in owned and n not in declared), None)
+        if old is not None:
+            claimed.add(old)
+            matches = sorted(owned[old], key=lambda i: i.age_key)
+            changes.append(_rename(instance, matches[0], registry, fp, options))
+            changes.extend(_duplicates(matches, target, options))
         elif instance.name in unmanaged or instance.adopt is not None:
             namesakes = sorted(unmanaged.get(instance.name, []), key=lambda i: i.age_key)
             changes.append(_unmanaged(stack, instance, namesakes, registry, fp, options))
         else:
             changes.append(Change("create", instance.name, target, instance.element, "declared, not found",
                                   _create_diff(instance), desired=instance))
-    for name in sorted(set(owned) - declared):
+    if options.destroy:
+        declared = set()
+    for name in sorted(set(owned) - declared - claimed):
         for extra in sorted(owned[name], key=lambda i: i.age_key):
             changes.append(_undeclared(extra, target, options))
     return changes
@@ -225,6 +276,9 @@ def _compare(instance: DesiredInstance, live: LiveInstance, registry: ElementReg
               "desired": instance, "live": live}
     if not element_matches(schema, live.element):
         diff = (FieldDiff("change", "element", live.element, instance.element),)
+        if options.allow_replace and is_protected(live, instance, options.allow_destroy):
+            return Change("protected", reason=refusal(f"replacing it (element {live.element} -> {instance.element})"),
+                          diff=diff, **common)
         if options.allow_replace:
             return Change("replace", reason=f"element changes from {live.element} to {instance.element} "
                           "(the application's token will change)", diff=diff, **common)
@@ -240,19 +294,43 @@ def _compare(instance: DesiredInstance, live: LiveInstance, registry: ElementReg
     return Change("update", reason="tags differ", diff=diffs, method="PATCH", **common)
 
 
-def _duplicates(matches: list[LiveInstance], target: str) -> list[Change]:
+def _rename(instance: DesiredInstance, live: LiveInstance, registry: ElementRegistry,
+            fp: FingerprintContext | None, options: PlanOptions) -> Change:
+    """The instance under its old name is renamed in place: compared as if it kept the old name (so
+    its fingerprints still match), then the new name is one more field to change."""
+    compared = _compare(replace(instance, name=live.name), live, registry, fp, options)
+    moved = replace(compared, name=instance.name, desired=instance)
+    if compared.action not in ("noop", "update"):
+        return replace(moved, reason=f"{compared.reason} (declared as {instance.name!r}, was {live.name!r})")
+    diff = (FieldDiff("change", "name", live.name, instance.name), *compared.diff)
+    config = any(d.path.startswith("configuration.") for d in compared.diff)
+    what = "; configuration differs" if config else "; tags differ" if compared.diff else ""
+    return replace(moved, action="rename", diff=diff, method="PUT" if config else "PATCH",
+                   reason=f"renamed from {live.name!r} (id and token kept){what}")
+
+
+def _duplicates(matches: list[LiveInstance], target: str, options: PlanOptions) -> list[Change]:
     """Extra copies of a declared instance (left by a crash or another tool) are the same instance
     by identity: the oldest is kept, and its token is the one delivered; the others are deleted, so
-    an interrupted run always converges to exactly one copy."""
+    an interrupted run always converges to exactly one copy (unless a copy is protected)."""
     keep = matches[0]
-    return [Change("delete", extra.name, target, extra.element, f"duplicate of id {keep.id} (the oldest is kept)",
-                   id=extra.id, live=extra, warning=f"duplicate instance id {extra.id} of id {keep.id}")
-            for extra in matches[1:]]
+    changes = []
+    for extra in matches[1:]:
+        common = {"name": extra.name, "target": target, "element": extra.element, "id": extra.id, "live": extra,
+                  "warning": f"duplicate instance id {extra.id} of id {keep.id}"}
+        if is_protected(extra, None, options.allow_destroy):
+            changes.append(Change("protected", reason=refusal(f"deleting duplicate of id {keep.id}"), **common))
+        else:
+            changes.append(Change("delete", reason=f"duplicate of id {keep.id} (the oldest is kept)", **common))
+    return changes
 
 
 def _undeclared(instance: LiveInstance, target: str, options: PlanOptions) -> Change:
     common = {"name": instance.name, "target": target, "element": instance.element, "id": instance.id,
               "live": instance}
+    if (options.destroy or options.prune) and is_protected(instance, None, options.allow_destroy):
+        what = "destroy" if options.destroy else "--prune (no longer declared)"
+        return Change("protected", reason=refusal(f"deleting it by {what}"), **common)
     if options.destroy:
         return Change("delete", reason="destroy deletes every instance the stack owns", **common)
     if options.prune:
@@ -265,6 +343,8 @@ def _create_diff(instance: DesiredInstance) -> tuple[FieldDiff, ...]:
     diffs = [FieldDiff("add", "element", None, instance.element)]
     if instance.tags is not None:
         diffs.append(FieldDiff("add", "tags", None, list(instance.tags)))
+    if instance.protect:
+        diffs.append(FieldDiff("add", "protect", None, True))
     for key in sorted(instance.configuration):
         value = instance.configuration[key]
         secret = isinstance(value, Secret)

@@ -15,14 +15,17 @@ from typing import IO, Any
 
 from .apply import ApplyResult, ChangeResult
 from .diff import FieldDiff
+from .drift import DriftReport, summary_line, text_lines
 from .errors import Problem
 from .plan import Change, Plan
 from .secret import REDACTOR, SENSITIVE, masked
 
 FORMAT_VERSION = 1
-_SYMBOLS = {"create": ("+", "green"), "update": ("~", "yellow"), "replace": ("-/+", "magenta"),
-            "delete": ("-", "red"), "conflict": ("!", "red"), "noop": ("=", "dim"), "adopt": ("<=", "cyan")}
-_PAST = {"create": "created", "update": "updated", "replace": "replaced", "delete": "deleted", "adopt": "adopted"}
+_SYMBOLS = {"create": ("+", "green"), "update": ("~", "yellow"), "rename": (">", "yellow"),
+            "replace": ("-/+", "magenta"), "delete": ("-", "red"), "conflict": ("!", "red"), "noop": ("=", "dim"),
+            "protected": ("#", "red"), "adopt": ("<=", "cyan")}
+_PAST = {"create": "created", "update": "updated", "rename": "renamed", "replace": "replaced", "delete": "deleted",
+         "adopt": "adopted"}
 LIST_LIMIT = 100  # successful changes listed one by one up to this many (all with --verbose)
 
 
@@ -116,18 +119,21 @@ class JsonReporter:
         self._emit({"command": command, "ok": False, "problems": [p.to_json() for p in problems]})
 
     def plan(self, plan: Plan, command: str = "plan") -> None:
-        self._emit({"command": command, "ok": not plan.has_conflicts, "stack": plan.stack,
+        self._emit({"command": command, "ok": not plan.has_refusals, "stack": plan.stack,
                     "changes": [change_json(c) for c in plan.changes], "summary": summary_json(plan),
                     "warnings": plan.warnings})
 
     def applied(self, result: ApplyResult, stats: dict[str, Any], command: str = "apply",
                 outputs: str | None = None) -> None:
-        self._emit({"command": command, "ok": result.ok and not result.plan.has_conflicts,
+        self._emit({"command": command, "ok": result.ok and not result.plan.has_refusals,
                     "stack": result.plan.stack,
                     "changes": [result_json(r) for r in result.results], "summary": summary_json(result.plan),
                     "status": _status_counts(result), "warnings": result.plan.warnings,
                     "interrupted": result.interrupted, "aborted": result.aborted, "notes": result.notes,
                     "outputs": outputs, "requests": stats})
+
+    def drift(self, report: DriftReport, stats: dict[str, Any]) -> None:
+        self._emit({"command": "drift", "ok": True, **report.to_json(), "requests": stats})
 
     def error(self, command: str, message: str, hint: str | None = None) -> None:
         self._emit({"command": command, "ok": False, "error": {"message": message, "hint": hint}})
@@ -169,17 +175,13 @@ class TextReporter:
         self.out.lines(lines)
         for warning in plan.warnings:
             self.err.print(f"warning: {warning}", style="yellow")
-        counts = plan.counts()
-        line = (f"Plan: {counts['create']} to create, {counts['update']} to update, {counts['replace']} to replace, "
-                f"{counts['delete']} to delete" + (f", {counts['adopt']} to adopt" if counts["adopt"] else ""))
-        extra = [f"{counts['noop']} unchanged"] + ([f"{counts['conflict']} conflict(s)"] if counts["conflict"] else [])
-        self.out.print(f"{line} ({', '.join(extra)}).")
-        if not plan.has_changes and not plan.has_conflicts:
+        self.out.print(plan_summary(plan.counts()))
+        if not plan.has_changes and not plan.has_refusals:
             self.out.print("No changes: the instances match the manifest.")
 
     def applied(self, result: ApplyResult, stats: dict[str, Any], command: str = "apply",
                 outputs: str | None = None) -> None:
-        writes = [r for r in result.results if r.change.is_write or r.change.action == "conflict"]
+        writes = [r for r in result.results if r.change.is_write or r.change.action in ("conflict", "protected")]
         self.out.lines([_result_line(r) for r in writes
                      if r.status != "ok" or self.verbose or len(writes) <= LIST_LIMIT])
         for warning in result.plan.warnings:
@@ -201,6 +203,10 @@ class TextReporter:
             self.err.print(f"interrupted by signal {result.interrupted}: no new request was started; "
                            "run apply again to converge.", style="yellow")
 
+    def drift(self, report: DriftReport, stats: dict[str, Any]) -> None:
+        self.out.lines(text_lines(report))
+        self.out.print(summary_line(report))
+
     def error(self, command: str, message: str, hint: str | None = None) -> None:
         self.err.print(f"error: {message}" + (f" (hint: {hint})" if hint else ""), style="red")
 
@@ -209,6 +215,18 @@ class TextReporter:
 
     def info(self, text: str) -> None:
         self.err.print(text)
+
+
+def plan_summary(counts: dict[str, int]) -> str:
+    """``Plan: 1 to create, ... (3 unchanged).``; renames, conflicts and refusals only when there are some."""
+    rename = f"{counts['rename']} to rename, " if counts.get("rename") else ""
+    line = (f"Plan: {counts['create']} to create, {counts['update']} to update, {rename}"
+            f"{counts['replace']} to replace, {counts['delete']} to delete"
+            + (f", {counts['adopt']} to adopt" if counts.get("adopt") else ""))
+    extra = [f"{counts['noop']} unchanged"] + ([f"{counts['conflict']} conflict(s)"] if counts["conflict"] else [])
+    if counts.get("protected"):
+        extra.append(f"{counts['protected']} protected, refused")
+    return f"{line} ({', '.join(extra)})."
 
 
 def _change_lines(change: Change) -> list[tuple[str, str]]:
@@ -226,6 +244,8 @@ def _result_line(r: ChangeResult) -> tuple[str, str]:
     ident = f" id {r.id}" if r.id is not None else ""
     if r.status == "ok":
         return style, f"{symbol} {_PAST.get(change.action, change.action)} {change.name}{ident}"
+    if change.action == "protected":
+        return style, f"{symbol} protected {change.name}{ident}, not touched: {r.error}"
     request = f" (requestId {r.request_id})" if r.request_id else ""
     return "red", f"x {change.action} {change.name}{ident} {r.status}: {r.error}{request}"
 
@@ -255,18 +275,23 @@ def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> 
             done[r.change.action] += 1
     status = _status_counts(result)
     conflicts = sum(1 for r in result.results if r.change.action == "conflict")
+    protected = sum(1 for r in result.results if r.change.action == "protected")
     parts = [f"{done[a]} {_PAST[a]}" for a in ("create", "update", "replace", "delete")]
     if done["adopt"]:
         parts.insert(0, f"{done['adopt']} adopted")
+    if done["rename"]:
+        parts.insert(2, f"{done['rename']} renamed")
     parts.append(f"{status['failed']} failed")
-    parts.append(f"{status['skipped'] - conflicts} skipped")
+    parts.append(f"{status['skipped'] - conflicts - protected} skipped")
     if conflicts:
         parts.append(f"{conflicts} conflict(s)")
+    if protected:
+        parts.append(f"{protected} protected, refused")
     requests = stats.get("requests", 0)
     retries = stats.get("retries", 0)
     traffic = f"{_plural(requests, 'request')}, {_plural(retries, 'retry', 'retries')}."
     title = "Apply" if command == "apply" else command.capitalize()
-    if not result.plan.has_changes and not result.plan.has_conflicts:
+    if not result.plan.has_changes and not result.plan.has_refusals:
         return f"{title}: no changes, the instances match the manifest. {traffic}"
     return f"{title}: {', '.join(parts)}. {traffic}"
 

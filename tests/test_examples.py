@@ -77,31 +77,82 @@ def _pipeline_env(cli, tmp_path: Path) -> dict:
             "CW_PASSWORD": "pipeline-cw-password", "DYNAMICS_PASSWORD": "pipeline-dyn-password"}
 
 
-def test_github_actions_example_runs_validate_plan_apply(cli, db, tmp_path):
+def _change_behind_the_back(db, emulator_url: str) -> None:
+    """Someone edits an instance in the console: the nightly drift job must notice."""
+    import requests
+    from conftest import ORG_SECRET
+
+    row = next(r for r in db.instances() if r["name"] == "helpdesk-staging")
+    body = {"name": row["name"], "element": {"key": row["element"]}, "tags": row["tags"],
+            "configuration": {**row["configuration"], "helpdesk.connectwise.company": "edited-by-hand"}}
+    response = requests.put(f"{emulator_url}/instances/{row['id']}", json=body, timeout=10,
+                            headers={"Authorization": f"User {USER_SECRET}, Organization {ORG_SECRET}"})
+    assert response.status_code == 200
+
+
+def _steps(workflow: dict, job: str) -> list[str]:
+    return [s["run"] for s in workflow["jobs"][job]["steps"] if "run" in s and "pip install" not in s["run"]]
+
+
+def test_github_actions_example_runs_validate_plan_apply_and_drift(cli, db, tmp_path, emulator):
     workflow = yaml.safe_load((EXAMPLES / "pipelines" / "github-actions.yml").read_text())
+    assert "schedule" in workflow[True] and workflow["jobs"]["drift"]["if"] == "github.event_name == 'schedule'"
     env = _pipeline_env(cli, tmp_path)
     env["GITHUB_OUTPUT"] = str(tmp_path / "github_output")
     env["RUNNER_TEMP"] = str(tmp_path)
-    for job in ("plan", "apply"):
-        for step in workflow["jobs"][job]["steps"]:
-            if "run" in step and "pip install" not in step["run"]:
-                _run_script(step["run"], env, tmp_path)
-        if job == "plan":
-            assert (tmp_path / "github_output").read_text().strip() == "changes=true"
+    for script in _steps(workflow, "plan"):
+        _run_script(script, env, tmp_path)
+    assert (tmp_path / "github_output").read_text().strip() == "changes=true"
+    assert '"kind": "provisioner-plan"' in (tmp_path / "plan.json").read_text()  # the artifact to review
+    assert db.instances() == []
+    for script in _steps(workflow, "apply"):
+        _run_script(script, env, tmp_path)
     assert sorted(r["name"] for r in db.instances()) == ["crm-staging", "helpdesk-staging"]
     assert not (tmp_path / "tokens.json").exists()
     (tmp_path / "github_output").write_text("")
     plan_step = next(s for s in workflow["jobs"]["plan"]["steps"] if s.get("id") == "plan")
     _run_script(plan_step["run"], env, tmp_path)
     assert (tmp_path / "github_output").read_text().strip() == "changes=false"
+    [drift] = _steps(workflow, "drift")
+    assert "No drift" in _run_script(drift, env, tmp_path).stdout
+    _change_behind_the_back(db, emulator.url)
+    db.clear_requests()
+    found = _run_script(drift, env, tmp_path, allowed=(2,))
+    assert "edited-by-hand" in found.stdout
+    assert {r["method"] for r in db.requests()} == {"GET"}
 
 
-def test_gitlab_ci_example_runs_validate_plan_apply(cli, db, tmp_path):
+def test_github_actions_apply_refuses_a_plan_that_went_stale(cli, db, tmp_path, emulator):
+    workflow = yaml.safe_load((EXAMPLES / "pipelines" / "github-actions.yml").read_text())
+    env = _pipeline_env(cli, tmp_path)
+    env["GITHUB_OUTPUT"] = str(tmp_path / "github_output")
+    env["RUNNER_TEMP"] = str(tmp_path)
+    for job in ("plan", "apply"):
+        for script in _steps(workflow, job):
+            _run_script(script, env, tmp_path)
+    env["CW_PASSWORD"] = "a-new-password-after-review"
+    for script in _steps(workflow, "plan"):
+        _run_script(script, env, tmp_path)
+    _change_behind_the_back(db, emulator.url)  # after the review, before the apply
+    db.clear_requests()
+    [apply_step] = [s for s in _steps(workflow, "apply") if "apply" in s]
+    refused = _run_script(apply_step, env, tmp_path, allowed=(1,))
+    assert "changed on the server since the plan" in refused.stderr
+    assert {r["method"] for r in db.requests()} == {"GET"}
+
+
+def test_gitlab_ci_example_runs_validate_plan_apply_and_drift(cli, db, tmp_path, emulator):
     pipeline = yaml.safe_load((EXAMPLES / "pipelines" / "gitlab-ci.yml").read_text())
     env = _pipeline_env(cli, tmp_path)
     env["CI_PROJECT_DIR"] = str(tmp_path)
-    for job in pipeline["stages"]:
+    for job in ("validate", "plan", "apply"):
+        assert "schedule" in str(pipeline[job]["rules"])
         allowed = (0, *pipeline[job].get("allow_failure", {}).get("exit_codes", []))
         _run_script("\n".join(pipeline[job]["script"]), env, tmp_path, allowed)
     assert sorted(r["name"] for r in db.instances()) == ["crm-staging", "helpdesk-staging"]
     assert USER_SECRET not in (tmp_path / "plan.json").read_text()
+    assert pipeline["drift"]["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "schedule"'}]
+    drift = "\n".join(pipeline["drift"]["script"])
+    _run_script(drift, env, tmp_path)
+    _change_behind_the_back(db, emulator.url)
+    _run_script(drift, env, tmp_path, allowed=(2,))

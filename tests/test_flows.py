@@ -290,8 +290,8 @@ def test_json_output_is_a_versioned_document_alone_on_stdout(cli, db):
     manifest = write(cli.cwd, "m.yaml", manifest_text(count=2))
     code, plan = cli.json("plan", manifest)
     assert code == 0 and plan["formatVersion"] == 1 and plan["command"] == "plan"
-    assert plan["summary"] == {"create": 2, "update": 0, "replace": 0, "delete": 0, "noop": 0, "conflict": 0,
-                               "adopt": 0}
+    assert plan["summary"] == {"create": 2, "update": 0, "rename": 0, "replace": 0, "delete": 0, "noop": 0,
+                               "conflict": 0, "protected": 0, "adopt": 0}
     assert {c["action"] for c in plan["changes"]} == {"create"}
     password = next(d for d in plan["changes"][0]["diff"] if d["path"].endswith("password"))
     assert password == {"op": "add", "path": "configuration.helpdesk.connectwise.password", "old": None,

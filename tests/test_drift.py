@@ -1,0 +1,156 @@
+"""``provisioner drift``: changes made behind the tool's back, apart from pending manifest changes.
+
+Things are changed directly on the emulator (HTTP, as another tool would), then the real CLI runs;
+the emulator's request log must show that drift sent nothing but GET requests.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ORG_SECRET, USER_SECRET, manifest_text, write
+from safety_helpers import Api, by_name, methods
+
+from provisioner import engine
+from provisioner.client import Client
+from provisioner.interrupt import StopFlag
+
+
+@pytest.fixture
+def api(emulator):
+    return Api(emulator.url)
+
+
+def drift(cli, manifest, env=None) -> tuple[int, dict]:
+    return cli.json("drift", str(manifest), env=env)
+
+
+def findings(report: dict, category: str) -> list[dict]:
+    return [f for f in report["findings"] if f["category"] == category]
+
+
+def test_no_drift_after_apply_exits_0_with_only_gets(cli, db):
+    manifest = write(cli.cwd, "m.yaml", manifest_text(count=2))
+    assert cli.run("apply", manifest).returncode == 0
+    db.clear_requests()
+    proc = cli.run("drift", manifest)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "No drift: the 2 declared instance(s) match what provisioner applied." in proc.stdout
+    assert methods(db) == {"GET"}
+
+
+def test_fields_changed_behind_the_back_are_drift_field_by_field(cli, db, api):
+    manifest = write(cli.cwd, "m.yaml", manifest_text(count=2))
+    assert cli.run("apply", manifest).returncode == 0
+    api.put_changed(by_name(db)["helpdesk-1"], **{"helpdesk.connectwise.company": "someone-else",
+                                                   "event.poller.refresh_interval": "30"})
+    db.clear_requests()
+    code, report = drift(cli, manifest)
+    assert code == 2
+    assert report["command"] == "drift" and report["formatVersion"] == 1 and report["drift"] is True
+    [changed] = findings(report, "changed")
+    assert changed["kind"] == "drift" and changed["name"] == "helpdesk-1" and changed["id"] == 2
+    assert changed["fields"] == [
+        {"path": "configuration.event.poller.refresh_interval", "live": 30, "manifest": 15, "sensitive": False,
+         "kind": "drift"},
+        {"path": "configuration.helpdesk.connectwise.company", "live": "someone-else", "manifest": "acme",
+         "sensitive": False, "kind": "drift"}]
+    assert report["summary"]["drift"] == 1 and report["summary"]["inSync"] == 1
+    assert methods(db) == {"GET"}
+    text = cli.run("drift", manifest)
+    assert text.returncode == 2
+    assert "drift: changed helpdesk-1 (connectwisehd) id 2: changed on the server since provisioner applied it" \
+        in text.stdout
+    assert '~ configuration.helpdesk.connectwise.company: live "someone-else", manifest "acme"' in text.stdout
+
+
+def test_a_manifest_change_is_pending_not_drift(cli, db):
+    manifest = write(cli.cwd, "m.yaml", manifest_text(count=2))
+    assert cli.run("apply", manifest).returncode == 0
+    text = manifest_text(count=2).replace("company: acme", "company: globex").replace("tags: [helpdesk]",
+                                                                                     "tags: [helpdesk, new]")
+    write(cli.cwd, "m.yaml", text.replace("server.url: api-na", "server.url: api-eu") + "    protect: true\n")
+    db.clear_requests()
+    code, report = drift(cli, manifest)
+    assert code == 0, report
+    assert report["drift"] is False and report["pending"] is True
+    assert {f["kind"] for f in report["findings"]} == {"pending"}
+    paths = {field["path"] for f in findings(report, "changed") for field in f["fields"]}
+    assert paths == {"configuration.helpdesk.connectwise.company", "configuration.helpdesk.connectwise.server.url",
+                     "tags", "protect"}
+    assert methods(db) == {"GET"}
+
+
+def test_drift_and_pending_on_one_instance_are_kept_apart(cli, db, api):
+    manifest = write(cli.cwd, "m.yaml", manifest_text(count=1))
+    assert cli.run("apply", manifest).returncode == 0
+    api.put_changed(by_name(db)["helpdesk-0"], **{"helpdesk.connectwise.username": "intruder"})
+    write(cli.cwd, "m.yaml", manifest_text(count=1).replace("company: acme", "company: globex"))
+    code, report = drift(cli, manifest)
+    assert code == 2
+    kinds = {f["kind"]: [x["path"] for x in f["fields"]] for f in findings(report, "changed")}
+    assert kinds == {"drift": ["configuration.helpdesk.connectwise.username"],
+                     "pending": ["configuration.helpdesk.connectwise.company"]}
+
+
+def test_missing_extra_copies_namesakes_and_undeclared_are_reported(cli, db, api):
+    manifest = write(cli.cwd, "m.yaml", manifest_text(count=4))
+    assert cli.run("apply", manifest).returncode == 0
+    rows = by_name(db)
+    api("DELETE", f"/instances/{rows['helpdesk-0']['id']}")
+    copy = rows["helpdesk-1"]
+    api("POST", "/instances", json={"name": "helpdesk-1", "element": {"key": "connectwisehd"}, "tags": copy["tags"],
+                                    "configuration": copy["configuration"]})
+    api("POST", "/instances", json={"name": "helpdesk-2", "element": {"key": "connectwisehd"}, "tags": ["theirs"],
+                                    "configuration": copy["configuration"]})
+    write(cli.cwd, "m.yaml", manifest_text(count=3))  # helpdesk-3 no longer declared
+    db.clear_requests()
+    code, report = drift(cli, manifest)
+    assert code == 2
+    assert [(f["name"], f["kind"]) for f in findings(report, "missing")] == [("helpdesk-0", "drift")]
+    assert [(f["name"], f["kind"]) for f in findings(report, "extra-copy")] == [("helpdesk-1", "drift")]
+    assert [(f["name"], f["kind"]) for f in findings(report, "unmanaged-namesake")] == [("helpdesk-2", "drift")]
+    assert [(f["name"], f["kind"]) for f in findings(report, "undeclared")] == [("helpdesk-3", "pending")]
+    assert report["summary"]["byCategory"]["missing"] == 1
+    assert methods(db) == {"GET"}
+    assert len(db.instances()) == 5  # nothing was changed
+
+
+def test_secrets_whose_fingerprint_no_longer_matches(cli, db, api):
+    manifest = write(cli.cwd, "m.yaml", manifest_text(count=2))
+    assert cli.run("apply", manifest, env={"CW_PASSWORD": "applied-password-1"}).returncode == 0
+    row = by_name(db)["helpdesk-1"]
+    api.put_changed({**row, "tags": [t for t in row["tags"] if not t.startswith("provisioner:fp:")]})
+    proc = cli.run("drift", manifest, "--output", "json", env={"CW_PASSWORD": "rotated-password-2"})
+    assert proc.returncode == 2
+    assert "applied-password-1" not in proc.stdout + proc.stderr
+    assert "rotated-password-2" not in proc.stdout + proc.stderr
+    secrets = {f["name"]: f for f in findings(json.loads(proc.stdout), "secret")}
+    assert secrets["helpdesk-0"]["kind"] == "pending"  # the environment's secret changed since the apply
+    assert secrets["helpdesk-1"]["kind"] == "drift"  # its fingerprint tag was removed behind the back
+    assert secrets["helpdesk-0"]["fields"] == [{"path": "configuration.helpdesk.connectwise.password",
+                                                "live": "(sensitive)", "manifest": "(sensitive)",
+                                                "sensitive": True, "kind": "pending"}]
+    text = cli.run("drift", manifest, env={"CW_PASSWORD": "rotated-password-2"})
+    assert "live (sensitive), manifest (sensitive)" in text.stdout
+
+
+def test_drift_uses_only_read_only_clients(emulator, tmp_path):
+    """The drift path opens ReadOnlyClient, which has no write method at all."""
+    manifest = write(tmp_path, "m.yaml", manifest_text(count=1))
+    env = {"CE_API_URL": emulator.url, "CE_USER_SECRET": USER_SECRET, "CE_ORGANIZATION_SECRET": ORG_SECRET}
+    options = engine.Options(manifest=str(manifest), environ=env)
+    validated = engine.validate(options)
+    with engine.connect(validated, options, StopFlag(), read_only=True) as connection:
+        assert connection.clients and not any(isinstance(c, Client) for c in connection.clients.values())
+        assert not any(hasattr(c, "create_instance") or hasattr(c, "delete_instance")
+                       for c in connection.clients.values())
+        report = engine.drift(validated, connection)
+    assert [f.category for f in report.findings] == ["missing"]
+
+
+def test_drift_with_a_bad_manifest_exits_1_without_a_request(cli, db):
+    manifest = write(cli.cwd, "m.yaml", "apiVersion: provisioner/v1\nstack: tests\ninstances: [{name: x}]\n")
+    proc = cli.run("drift", manifest)
+    assert proc.returncode == 1 and db.requests() == []

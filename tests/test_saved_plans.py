@@ -1,0 +1,157 @@
+"""Reviewed plans: ``plan --out FILE`` then ``apply FILE`` executes exactly that plan, or nothing.
+
+Every test runs the real CLI against the emulator and asserts on what it holds and on its request log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+from conftest import ORG_SECRET, USER_SECRET, manifest_text, write
+from safety_helpers import Api, by_name, methods, writes
+
+PREFIX = "/elements/api-v2/instances"
+
+
+@pytest.fixture
+def api(emulator):
+    return Api(emulator.url)
+
+
+def test_saved_plan_holds_no_secret_is_private_and_apply_file_executes_it(cli, db):
+    manifest = write(cli.cwd, "m.yaml", manifest_text(count=2))
+    env = {"CW_PASSWORD": "saved-plan-password-1"}
+    proc = cli.run("plan", manifest, "--out", "plan.json", "--detailed-exitcode", env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "Plan saved to plan.json" in proc.stderr
+    path = cli.cwd / "plan.json"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    text = path.read_text()
+    for secret in ("saved-plan-password-1", USER_SECRET, ORG_SECRET):
+        assert secret not in text
+    saved = json.loads(text)
+    assert saved["kind"] == "provisioner-plan" and saved["formatVersion"] == 1
+    assert saved["manifest"]["path"] == str(manifest) and saved["manifest"]["digest"]
+    assert saved["inputs"]["digest"] and saved["stack"] == "tests"
+    assert [c["action"] for c in saved["changes"]] == ["create", "create"]
+    password = next(d for d in saved["changes"][0]["diff"] if d["path"].endswith("password"))
+    assert password == {"op": "add", "path": "configuration.helpdesk.connectwise.password", "old": None,
+                        "new": "(sensitive)", "sensitive": True}
+    assert set(saved["desired"]["default/helpdesk-0"]) >= {"element", "configuration.helpdesk.connectwise.password"}
+    assert methods(db) == {"GET"} and db.instances() == []  # plan wrote nothing
+
+    db.clear_requests()
+    applied = cli.run("apply", "plan.json", "--outputs", "tokens.json", env=env)
+    assert applied.returncode == 0, applied.stderr
+    assert "2 created" in applied.stdout
+    assert [m for m, _ in writes(db)] == ["POST", "POST"]
+    rows = by_name(db)
+    assert rows["helpdesk-0"]["configuration"]["helpdesk.connectwise.password"] == "saved-plan-password-1"
+    tokens = json.loads((cli.cwd / "tokens.json").read_text())["instances"]
+    assert tokens["helpdesk-1"]["token"] == rows["helpdesk-1"]["token"]
+
+
+def test_apply_file_refuses_when_a_touched_instance_changed_on_the_server(cli, db, api):
+    manifest = write(cli.cwd, "m.yaml", manifest_text(count=2))
+    assert cli.run("apply", manifest).returncode == 0
+    write(cli.cwd, "m.yaml", manifest_text(count=2).replace("company: acme", "company: globex"))
+    assert cli.run("plan", manifest, "--out", "plan.json").returncode == 0
+    api.put_changed(by_name(db)["helpdesk-1"], **{"helpdesk.connectwise.username": "someone-else"})
+    db.clear_requests()
+    proc = cli.run("apply", "plan.json")
+    assert proc.returncode == 1
+    assert "no longer matches" in proc.stderr
+    assert "helpdesk-1 (id 2): changed on the server since the plan: configuration.helpdesk.connectwise.username" \
+        in proc.stderr
+    assert "run plan --out again" in proc.stderr
+    assert methods(db) == {"GET"}  # refused after reading, before any write
+    assert {r["configuration"]["helpdesk.connectwise.company"] for r in db.instances()} == {"acme"}
+
+
+def test_apply_file_refuses_before_any_request_when_the_manifest_renders_differently(cli, db):
+    manifest = write(cli.cwd, "m.yaml", manifest_text(count=1))
+    assert cli.run("plan", manifest, "--out", "plan.json").returncode == 0
+    write(cli.cwd, "m.yaml", manifest_text(count=1).replace("company: acme", "company: globex"))
+    db.clear_requests()
+    proc = cli.run("apply", "plan.json")
+    assert proc.returncode == 1
+    assert "helpdesk-0: renders differently now: configuration.helpdesk.connectwise.company" in proc.stderr
+    assert f"the manifest file {manifest} changed since the plan" in proc.stderr
+    assert db.requests() == [] and db.instances() == []
+
+
+def test_apply_file_refuses_a_changed_secret_without_showing_it(cli, db):
+    manifest = write(cli.cwd, "m.yaml", manifest_text(count=1))
+    assert cli.run("plan", manifest, "--out", "plan.json", env={"CW_PASSWORD": "first-secret-1"}).returncode == 0
+    db.clear_requests()
+    proc = cli.run("apply", "plan.json", env={"CW_PASSWORD": "second-secret-2"})
+    assert proc.returncode == 1
+    assert "helpdesk-0: renders differently now: configuration.helpdesk.connectwise.password" in proc.stderr
+    assert "first-secret-1" not in proc.stderr + proc.stdout and "second-secret-2" not in proc.stderr + proc.stdout
+    assert db.requests() == []
+    same = cli.run("apply", "plan.json", env={"CW_PASSWORD": "first-secret-1"})
+    assert same.returncode == 0, same.stderr
+    assert db.instances()[0]["configuration"]["helpdesk.connectwise.password"] == "first-secret-1"
+
+
+def test_apply_file_refuses_when_an_instance_it_would_create_now_exists(cli, db):
+    manifest = write(cli.cwd, "m.yaml", manifest_text(count=1))
+    assert cli.run("plan", manifest, "--out", "plan.json").returncode == 0
+    assert cli.run("apply", manifest).returncode == 0  # someone applied in between
+    db.clear_requests()
+    proc = cli.run("apply", "plan.json", "--output", "json")
+    assert proc.returncode == 1
+    error = json.loads(proc.stdout)["error"]
+    assert "helpdesk-0: the plan creates it, but an instance named 'helpdesk-0' now exists (id 1)" in error["message"]
+    assert methods(db) == {"GET"} and len(db.instances()) == 1
+
+
+def test_apply_file_refuses_a_write_the_reviewer_never_saw(cli, db, api):
+    manifest = write(cli.cwd, "m.yaml", manifest_text(count=2))
+    assert cli.run("apply", manifest).returncode == 0
+    write(cli.cwd, "m.yaml", manifest_text(count=2).replace("pw-0", "pw-0b"))
+    assert cli.run("plan", manifest, "--out", "plan.json").returncode == 0
+    api.put_changed(by_name(db)["helpdesk-1"], **{"helpdesk.connectwise.company": "drifted"})  # an untouched one
+    db.clear_requests()
+    proc = cli.run("apply", "plan.json")
+    assert proc.returncode == 1
+    assert "helpdesk-1 (id 2): planned noop, now update (configuration differs)" in proc.stderr
+    assert methods(db) == {"GET"}
+
+
+def test_apply_file_keeps_the_plans_options_and_needs_the_same_set_options(cli, db):
+    text = manifest_text(count=1, extra="inputs:\n  company: acme\n")
+    text = text.replace("connectwise.company: acme", "connectwise.company: '{{ inputs.company }}'")
+    manifest = write(cli.cwd, "m.yaml", text)
+    assert cli.run("plan", manifest, "--set", "company=initech", "--out", "plan.json").returncode == 0
+    prune = cli.run("apply", "plan.json", "--prune")
+    assert prune.returncode == 1 and "--prune cannot be given with a saved plan" in prune.stderr
+    missing = cli.run("apply", "plan.json")
+    assert missing.returncode == 1 and "the plan was made with --set company" in missing.stderr
+    other = cli.run("apply", "plan.json", "--set", "company=globex")
+    assert other.returncode == 1 and "renders differently now: configuration.helpdesk.connectwise.company" \
+        in other.stderr
+    assert db.instances() == []
+    same = cli.run("apply", "plan.json", "--set", "company=initech")
+    assert same.returncode == 0, same.stderr
+    assert db.instances()[0]["configuration"]["helpdesk.connectwise.company"] == "initech"
+
+
+def test_a_plan_with_refusals_is_not_saved(cli, db, api):
+    body = {"name": "helpdesk-0", "element": {"key": "connectwisehd"}, "tags": ["theirs"],
+            "configuration": {"helpdesk.connectwise.username": "u", "helpdesk.connectwise.password": "p",
+                              "helpdesk.connectwise.server.url": "x", "helpdesk.connectwise.company": "c"}}
+    api("POST", "/instances", json=body)
+    manifest = write(cli.cwd, "m.yaml", manifest_text(count=1))
+    proc = cli.run("plan", manifest, "--out", "plan.json")
+    assert proc.returncode == 1 and "no plan saved to plan.json" in proc.stderr
+    assert not (cli.cwd / "plan.json").exists()
+
+
+def test_a_manifest_is_still_applied_directly(cli, db):
+    manifest = write(cli.cwd, "m.yaml", manifest_text(count=1))
+    assert cli.run("apply", manifest).returncode == 0
+    assert len(db.instances()) == 1

@@ -51,8 +51,8 @@ def tokens_in(document: str) -> list[str]:
 
 
 def mask(tokens: list[str]) -> None:
-    for token in tokens:
-        for form in {token, json.dumps(token)[1:-1]}:
+    for token in dict.fromkeys(tokens):
+        for form in dict.fromkeys((token, json.dumps(token)[1:-1])):
             sys.stdout.write(f"::add-mask::{form}\n")
     sys.stdout.flush()
 
@@ -85,7 +85,7 @@ def main() -> int:
             write_private(outputs_file, stdout)
         mask(tokens_in(stdout))
         stdout = ""
-    if command in WITH_OUTPUTS_FILE and os.path.exists(outputs_file):
+    elif command == "apply" and os.path.exists(outputs_file):
         mask(tokens_in(Path(outputs_file).read_text(encoding="utf-8")))
     sys.stdout.write(stdout)
     sys.stdout.flush()

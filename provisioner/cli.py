@@ -27,10 +27,10 @@ from .client import ClientSettings
 from .errors import Interrupted, ProvisionerError, UserError, ValidationFailed
 from .interrupt import StopFlag, stop_on_signals
 from .manifest import DEFAULT_MAX_FOREACH, Limits, manifest_schema_text
+from .markdown import MarkdownReporter
 from .outputs import format_env, format_json, write_outputs
 from .plan import PlanOptions
 from .progress import ProgressReporter
-from .markdown import MarkdownReporter
 from .report import JsonReporter, RedactingWriter, TextReporter
 from .secret import REDACTOR
 from .yamlload import DEFAULT_MAX_BYTES

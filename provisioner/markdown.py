@@ -118,8 +118,8 @@ def apply_markdown(result: ApplyResult, stats: dict[str, Any], command: str = "a
     writes = [(r.change, _status_text(r)) for r in result.results if r.change.is_write or r.change.action == "conflict"]
     traffic = f"{stats.get('requests', 0)} request(s), {stats.get('retries', 0)} retries."
     verdict = ("OK." if result.ok and not result.plan.has_conflicts else "**Failed.**") + " " + traffic
-    blocks = [f"### provisioner {command}: stack {code(result.plan.stack)}", verdict, table(("result", "instances"), rows),
-              *_warnings(result.plan.warnings, result.notes)]
+    blocks = [f"### provisioner {command}: stack {code(result.plan.stack)}", verdict,
+              table(("result", "instances"), rows), *_warnings(result.plan.warnings, result.notes)]
     if result.aborted:
         blocks.append(f"> **Stopped:** {cell(result.aborted)}")
     if result.interrupted:

@@ -12,7 +12,6 @@ Steps or script lines that install the package can be skipped, for tests that pu
 from __future__ import annotations
 
 import copy
-import os
 import re
 import subprocess
 from collections.abc import Callable

@@ -128,4 +128,5 @@ def test_every_pipeline_example_installs_a_pinned_version():
     refs = [s["uses"] for job in workflow["jobs"].values() for s in job["steps"] if "OWNER/REPO" in s.get("uses", "")]
     assert refs and all(ref == f"OWNER/REPO@v{__version__}" for ref in refs)
     include = load_gitlab(EXAMPLES / "pipelines" / "gitlab-ci.yml")["include"]
-    assert include == [{"project": "OWNER/REPO", "ref": f"v{__version__}", "file": "ci/gitlab/provisioner.gitlab-ci.yml"}]
+    assert include == [{"project": "OWNER/REPO", "ref": f"v{__version__}",
+                        "file": "ci/gitlab/provisioner.gitlab-ci.yml"}]

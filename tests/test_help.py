@@ -19,8 +19,8 @@ WIDTHS = (80, 95, 110)  # 80: the width click assumes without a terminal
 
 
 def _help(*args: str, columns: int = 80) -> str:
-    proc = subprocess.run([sys.executable, "-m", "provisioner", *args, "--help"], env={**base_env(), "COLUMNS": str(columns)},
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "provisioner", *args, "--help"],
+                          env={**base_env(), "COLUMNS": str(columns)}, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 

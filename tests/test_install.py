@@ -97,7 +97,8 @@ def test_the_documented_install_gives_a_working_command(installed):
     where = _run([str(bin_dir / "python"), "-c", "import provisioner; print(provisioner.__file__)"], env, home).stdout
     assert str(installed["venv"]) in where
     shutil.copy(REPO / "examples" / "quickstart.yaml", home / "quickstart.yaml")
-    assert "quickstart.yaml: valid (2 instances)" in _run(["provisioner", "validate", "quickstart.yaml"], env, home).stdout
+    validated = _run(["provisioner", "validate", "quickstart.yaml"], env, home)
+    assert "quickstart.yaml: valid (2 instances)" in validated.stdout
     first = _run(["provisioner", "apply", "quickstart.yaml", "--local"], env, home)
     assert "2 created" in first.stdout
     second = _run(["provisioner", "apply", "quickstart.yaml", "--local"], env, home)

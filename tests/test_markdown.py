@@ -76,8 +76,8 @@ def test_plan_markdown_has_a_summary_table_and_diffs_and_no_secret(cli, db):
     env = {"CW_PASSWORD": NEW_PASSWORD, "COMPANY": "globex"}
     text = cli.run("plan", "m.yaml", "--output", "markdown", env=env).stdout
     assert "| update | 2 |" in text
-    assert '- configuration.helpdesk.connectwise.company: "acme"\n+ configuration.helpdesk.connectwise.company: "globex"' \
-        in text
+    company = "configuration.helpdesk.connectwise.company"
+    assert f'- {company}: "acme"\n+ {company}: "globex"' in text
     assert "- configuration.helpdesk.connectwise.password: (sensitive)\n" \
            "+ configuration.helpdesk.connectwise.password: (sensitive)" in text
     for secret in (PASSWORD, NEW_PASSWORD, USER_SECRET, ORG_SECRET):

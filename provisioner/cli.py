@@ -29,7 +29,8 @@ from .apply import ApplySettings
 from .client import ClientSettings
 from .errors import Interrupted, ProvisionerError, UserError, ValidationFailed
 from .interrupt import StopFlag, stop_on_signals
-from .manifest import DEFAULT_MAX_FOREACH, Limits
+from .manifest import DEFAULT_MAX_FOREACH, Limits, manifest_schema_text
+from .markdown import MarkdownReporter
 from .outputs import format_env, format_json, write_outputs
 from .plan import PlanOptions
 from .progress import ProgressReporter
@@ -39,20 +40,43 @@ from .targeting import Selection
 from .yamlload import DEFAULT_MAX_BYTES
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+FORMATS = ("text", "json")
 
-
+# The environment each kind of command reads, named at the end of its --help (click keeps \b blocks as written;
+# their lines stay under 80 columns).
+ENV_RENDER = ("Environment: the variables the manifest reads as env.NAME (an unset one is an error that names it). "
+              "No credentials are needed.")
+ENV_API = ("Environment:\n\n\b\n"
+           "  CE_USER_SECRET          user secret of the default target\n"
+           "  CE_ORGANIZATION_SECRET  organization secret of the default target\n"
+           "  CE_API_URL              API base URL of the default target\n"
+           "  CE_CLIENT_CERT, CE_CLIENT_KEY  client certificate and key (PEM)\n"
+           "  PROVISIONER_FINGERPRINT_KEY  key of the secret fingerprints\n"
+           "  HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY  proxies, as requests reads them\n"
+           "  REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE  CA bundle (default: certifi's)\n"
+           "  NO_COLOR                no colour, even on a terminal\n"
+           "  and every variable the manifest reads as env.NAME")
+ENV_EMULATOR = ("Environment:\n\n\b\n"
+                "  CE_USER_SECRET, CE_ORGANIZATION_SECRET  the secrets to accept\n"
+                "  PROVISIONER_EMULATOR_FAULTS  fault specification (as --faults)")
 _OUTPUT_HELP = "Output format on stdout."
 
 
-def _input_options(f: Callable, output: Any = None) -> Callable:
+def _input_options(f: Callable | None = None, output: Any = None, *, api: bool = True,
+                   many: bool = False) -> Callable:
     """The options of every command that reads a manifest; ``output`` is the -o option, or the
-    tuple of formats it offers (text and json by default)."""
+    tuple of formats it offers (text and json by default). Without ``f``, a decorator with these
+    settings: ``@_input_options(api=False, many=True)``."""
+    if f is None:
+        return lambda g: _input_options(g, output, api=api, many=many)
     if output is None or isinstance(output, tuple):
-        formats = output or ("text", "json")
+        formats = output or FORMATS
         output = click.option("-o", "--output", "output", type=click.Choice(list(formats)), default=formats[0],
                               show_default=True, help=_OUTPUT_HELP)
+    verbose_help = ("Trace every HTTP request on stderr (secrets redacted), and the order the inputs were layered."
+                    if api else "Print on stderr the order in which the inputs were layered (later wins).")
     options = [
-        click.argument("manifest", type=click.Path(dir_okay=False)),
+        click.argument("manifest", type=click.Path(dir_okay=False), nargs=-1 if many else 1, required=True),
         click.option("--inputs", "inputs", multiple=True, type=click.Path(dir_okay=False),
                      help="YAML file of inputs, merged over the manifest's inputs (repeatable; later wins)."),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -64,7 +88,7 @@ def _input_options(f: Callable, output: Any = None) -> Callable:
         click.option("--max-file-bytes", type=click.IntRange(1), default=DEFAULT_MAX_BYTES, show_default=True,
                      help="Refuse manifest, inputs and template files larger than this."),
         output,
-        click.option("-v", "--verbose", is_flag=True, help="Trace every HTTP request on stderr (secrets redacted)."),
+        click.option("-v", "--verbose", is_flag=True, help=verbose_help),
     ]
     for option in reversed(options):
         f = option(f)
@@ -97,9 +121,14 @@ def _api_options(f: Callable) -> Callable:
     return f
 
 
-def _plan_options(f: Callable) -> Callable:
+def _plan_options(f: Callable | None = None, *, planning: bool = False) -> Callable:
+    """The options that shape a plan; ``planning``: worded for plan, which deletes nothing itself."""
+    if f is None:
+        return lambda g: _plan_options(g, planning=planning)
+    prune = ("Also plan the deletion of instances the stack owns that are no longer declared (apply --prune "
+             "deletes them)." if planning else "Delete instances the stack owns that are no longer declared.")
     options = [
-        click.option("--prune", is_flag=True, help="Delete instances the stack owns that are no longer declared."),
+        click.option("--prune", is_flag=True, help=prune),
         click.option("--allow-replace", is_flag=True,
                      help="Allow replacing an instance whose element changed (its token changes)."),
         click.option("--force", is_flag=True, help="Allow --prune with a manifest that declares no instance."),
@@ -131,6 +160,7 @@ class _Run:
         self.json = output == "json"
         self.verbose = verbose
         self.reporter: Any = (JsonReporter(sys.stdout, sys.stderr) if self.json
+                              else MarkdownReporter(sys.stdout, sys.stderr, verbose) if output == "markdown"
                               else TextReporter(sys.stdout, sys.stderr, verbose))
         self.stderr = RedactingWriter(sys.stderr)
         self._lock = threading.Lock()
@@ -199,35 +229,74 @@ def _finish(run: _Run, func: Callable[[], int]) -> int:
         return EXIT_ERROR
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class _Command(click.Command):
+    """A command whose line in the command list is its whole first sentence (click would cut it short)."""
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        if self.short_help or not self.help:
+            return super().get_short_help_str(limit)
+        paragraph = " ".join(self.help.split("\n\n")[0].split())
+        end = paragraph.find(". ")
+        return paragraph if end < 0 else paragraph[:end + 1]
+
+
+class _Group(click.Group):
+    command_class = _Command
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+             epilog="Each command's --help names the environment variables it reads. Shell completion: "
+                    "eval \"$(_PROVISIONER_COMPLETE=bash_source provisioner)\" (zsh_source, fish_source).")
 @click.version_option(__version__, prog_name="provisioner")
 def cli() -> None:
     """Declare Cloud Elements element instances in a YAML manifest; validate, plan, apply and destroy them."""
 
 
-@cli.command()
-@_input_options
+@cli.command(epilog=ENV_RENDER)
+@_input_options(api=False, many=True)
 def validate(**params: Any) -> None:
-    """Check a manifest offline: structure, rendering, element schemas. Makes no network call."""
+    """Check manifests offline: structure, rendering, element schemas; makes no network call.
+
+    Several MANIFEST files are checked one after the other (text output only); the exit code is 1 if
+    any of them has an error.
+    """
     run = _Run("validate", params["output"], params["verbose"])
+    manifests = params["manifest"]
+    if run.json and len(manifests) > 1:
+        sys.exit(_finish(run, _refuse(UserError("--output json takes one manifest",
+                                                hint="run validate once per manifest, or use the text output"))))
 
+    def one(manifest: str) -> Callable[[], int]:
+        def body() -> int:
+            validated = _validated(run, {**params, "manifest": manifest})
+            run.reporter.validated(validated.manifest.display, len(validated.desired), validated.problems)
+            return EXIT_OK
+
+        return body
+
+    sys.exit(max(_finish(run, one(manifest)) for manifest in manifests))
+
+
+def _refuse(error: UserError) -> Callable[[], int]:
     def body() -> int:
-        validated = _validated(run, params)
-        run.reporter.validated(validated.manifest.display, len(validated.desired), validated.problems)
-        return EXIT_OK
+        raise error
 
-    sys.exit(_finish(run, body))
+    return body
 
 
-@cli.command()
-@_input_options
+@cli.command(epilog=ENV_API)
+@_input_options(output=(*FORMATS, "markdown"))
 @_api_options
-@_plan_options
+@_plan_options(planning=True)
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when changes are pending (0: none, 1: error).")
 @click.option("--out", "out", type=click.Path(dir_okay=False), metavar="FILE",
               help="Save the plan to FILE (no secret, mode 0600) for 'apply FILE', which executes exactly it.")
 def plan(**params: Any) -> None:
-    """Show what apply would change, without changing anything."""
+    """Show what apply would change, without changing anything.
+
+    -o markdown prints a summary table and a diff per changed instance, for a pull request comment or a
+    CI step summary.
+    """
     run = _Run("plan", params["output"], params["verbose"])
 
     def body() -> int:
@@ -252,8 +321,8 @@ def plan(**params: Any) -> None:
     sys.exit(_finish(run, body))
 
 
-@cli.command()
-@_input_options
+@cli.command(epilog=ENV_API)
+@_input_options(output=(*FORMATS, "markdown"))
 @_api_options
 @_plan_options
 @click.option("--outputs", "outputs_path", type=click.Path(dir_okay=False),
@@ -263,7 +332,11 @@ def apply(**params: Any) -> None:
     """Make the live instances match the manifest, and deliver their tokens.
 
     MANIFEST may also be a plan saved with 'plan --out FILE': then exactly that plan is executed, or
-    nothing at all if the manifest, its inputs or a touched instance changed since."""
+    nothing at all if the manifest, its inputs or a touched instance changed since.
+
+    -o markdown prints a summary table and a diff per change made, for a CI step summary. Tokens are
+    written only to the --outputs file, never to stdout or stderr.
+    """
     run = _Run("apply", params["output"], params["verbose"])
 
     def body() -> int:
@@ -275,7 +348,7 @@ def apply(**params: Any) -> None:
     sys.exit(_finish(run, body))
 
 
-@cli.command()
+@cli.command(epilog=ENV_API)
 @_input_options
 @_api_options
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
@@ -359,8 +432,8 @@ def _output_format(params: dict[str, Any]) -> str:
     return chosen or older or "json"
 
 
-@cli.command()
-@_output_format_options
+@cli.command(epilog=ENV_API)
+@_input_options
 @_api_options
 def drift(**params: Any) -> None:
     """Report what changed behind provisioner's back, apart from pending manifest changes. Read-only.
@@ -380,8 +453,8 @@ def drift(**params: Any) -> None:
     sys.exit(_finish(run, body))
 
 
-@cli.command()
-@_input_options
+@cli.command(epilog=ENV_API)
+@_output_format_options
 @_api_options
 @click.argument("name", required=False)
 def output(**params: Any) -> None:
@@ -406,7 +479,7 @@ def output(**params: Any) -> None:
     sys.exit(_finish(run, body))
 
 
-@cli.command("import")
+@cli.command("import", epilog=ENV_API)
 @_input_options
 @_api_options
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
@@ -457,7 +530,7 @@ def _render_options(f: Callable) -> Callable:
     return _input_options(f, ("yaml", "json"))
 
 
-@cli.command()
+@cli.command(epilog=ENV_RENDER)
 @_render_options
 def render(**params: Any) -> None:
     """Print, offline, the request bodies apply would send for every instance (secrets as (sensitive))."""
@@ -481,7 +554,7 @@ def render(**params: Any) -> None:
     sys.exit(_finish(run, body))
 
 
-@cli.group()
+@cli.group(cls=_Group, epilog=ENV_API)
 def schemas() -> None:
     """Element schemas written from the API's own element definitions."""
 
@@ -557,17 +630,18 @@ def schemas_list(**params: Any) -> None:
     sys.exit(_finish(run, body))
 
 
-@cli.command()
+@cli.command(epilog=ENV_EMULATOR)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
               help="Port (0 picks a free one; the URL is printed on stdout).")
 @click.option("--db", "db_path", default=".provisioner/emulator.db", show_default=True, help="SQLite file.")
-@click.option("--user-secret", envvar="CE_USER_SECRET", help="User secret to accept [env CE_USER_SECRET].")
+@click.option("--user-secret", envvar="CE_USER_SECRET", help="User secret to accept (default: $CE_USER_SECRET).")
 @click.option("--organization-secret", envvar="CE_ORGANIZATION_SECRET",
-              help="Organization secret to accept [env CE_ORGANIZATION_SECRET].")
+              help="Organization secret to accept (default: $CE_ORGANIZATION_SECRET).")
 @click.option("--faults", "fault_text", default=None, metavar="SPEC",
-              help="Fault injection, e.g. latency=20,error=0.1,throttle=0.05,retry_after=0.5,reset=0.05,lost=0.05,"
-                   "slow=0.02,slow_ms=3000,seed=42 [env PROVISIONER_EMULATOR_FAULTS].")
+              help="Fault injection: comma-separated NAME=VALUE pairs, for example error=0.1,seed=42. Names: "
+                   "latency, jitter, error, throttle, retry_after, reset, lost, slow, slow_ms, ratelimit, burst, "
+                   "methods, seed (default: $PROVISIONER_EMULATOR_FAULTS).")
 @click.option("--latency-ms", type=click.FloatRange(0), default=None, help="Added latency on every request.")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible faults.")
 @click.option("--quiet", is_flag=True, help="Do not log requests on stderr.")
@@ -631,6 +705,22 @@ def _emulator_start_error(exc: Exception, params: dict[str, Any]) -> UserError:
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return UserError(f"cannot start the emulator on {params['host']}:{params['port']}: {reason}",
                      hint="choose a loopback host and a free port (--port 0 picks one)")
+
+
+@cli.command()
+@click.argument("name", type=click.Choice(["manifest"]))
+def schema(name: str) -> None:
+    """Print a JSON Schema shipped with provisioner: manifest, the manifest format.
+
+    Its $id is a stable identifier, not a download location. To point an editor at the schema,
+    save it and name it on a manifest's first line:
+
+    \b
+      provisioner schema manifest > manifest.schema.json
+      # yaml-language-server: $schema=manifest.schema.json
+    """
+    sys.stdout.write(manifest_schema_text())
+    sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -68,10 +68,15 @@ class Manifest:
 _MANIFEST_VALIDATOR: Draft202012Validator | None = None
 
 
+def manifest_schema_text() -> str:
+    """The manifest's JSON Schema as shipped in the package (``provisioner schema manifest`` prints it)."""
+    return builtin_schemas().joinpath("manifest.schema.json").read_text(encoding="utf-8")
+
+
 def manifest_validator() -> Draft202012Validator:
     global _MANIFEST_VALIDATOR
     if _MANIFEST_VALIDATOR is None:
-        schema = json.loads(builtin_schemas().joinpath("manifest.schema.json").read_text(encoding="utf-8"))
+        schema = json.loads(manifest_schema_text())
         _MANIFEST_VALIDATOR = Draft202012Validator(schema)
     return _MANIFEST_VALIDATOR
 

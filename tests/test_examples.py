@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import REPO, USER_SECRET
+from pipelines import GitHubRunner, gitlab_config, gitlab_job_script, gitlab_variables, load_gitlab, run_shell
+
+from provisioner import __version__
 
 EXAMPLES = REPO / "examples"
 MANIFESTS = {
@@ -60,99 +64,69 @@ def test_readme_main_command_works_twice_with_no_account(tmp_path):
     assert (tmp_path / ".provisioner" / "emulator.db").exists()
 
 
-def _run_script(script: str, env: dict, cwd: Path, allowed: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["bash", "-e", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode in allowed, f"{script}\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
 def _pipeline_env(cli, tmp_path: Path) -> dict:
+    """The checkout's provisioner on PATH (as the installed one would be), run from a repository's root."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     shim = bin_dir / "provisioner"
-    shim.write_text(f"#!/bin/sh\nexec {os.sys.executable} -m provisioner \"$@\"\n")
+    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m provisioner \"$@\"\n")
     shim.chmod(0o755)
-    (tmp_path / "examples").symlink_to(EXAMPLES)  # pipelines run from a checkout's root
-    return {**cli.env, "PATH": f"{bin_dir}{os.pathsep}{cli.env['PATH']}", "MANIFEST": "examples/quickstart.yaml",
-            "CW_PASSWORD": "pipeline-cw-password", "DYNAMICS_PASSWORD": "pipeline-dyn-password"}
+    (tmp_path / "examples").symlink_to(EXAMPLES)
+    return {**cli.env, "PATH": f"{bin_dir}{os.pathsep}{cli.env['PATH']}"}
 
 
-def _change_behind_the_back(db, emulator_url: str) -> None:
-    """Someone edits an instance in the console: the nightly drift job must notice."""
-    import requests
-    from conftest import ORG_SECRET
-
-    row = next(r for r in db.instances() if r["name"] == "helpdesk-staging")
-    body = {"name": row["name"], "element": {"key": row["element"]}, "tags": row["tags"],
-            "configuration": {**row["configuration"], "helpdesk.connectwise.company": "edited-by-hand"}}
-    response = requests.put(f"{emulator_url}/instances/{row['id']}", json=body, timeout=10,
-                            headers={"Authorization": f"User {USER_SECRET}, Organization {ORG_SECRET}"})
-    assert response.status_code == 200
+def _installs(text: str) -> bool:
+    return "pip install" in text
 
 
-def _steps(workflow: dict, job: str) -> list[str]:
-    return [s["run"] for s in workflow["jobs"][job]["steps"] if "run" in s and "pip install" not in s["run"]]
-
-
-def test_github_actions_example_runs_validate_plan_apply_and_drift(cli, db, tmp_path, emulator):
+def test_github_actions_example_runs_validate_plan_apply(cli, db, tmp_path):
+    """The workflow as GitHub runs it: its steps, and the action's own steps for `uses: OWNER/REPO@v...`.
+    Only the action's install step is left out here (tests/test_install.py runs it)."""
     workflow = yaml.safe_load((EXAMPLES / "pipelines" / "github-actions.yml").read_text())
-    assert "schedule" in workflow[True] and workflow["jobs"]["drift"]["if"] == "github.event_name == 'schedule'"
-    env = _pipeline_env(cli, tmp_path)
-    env["GITHUB_OUTPUT"] = str(tmp_path / "github_output")
-    env["RUNNER_TEMP"] = str(tmp_path)
-    for script in _steps(workflow, "plan"):
-        _run_script(script, env, tmp_path)
-    assert (tmp_path / "github_output").read_text().strip() == "changes=true"
-    assert '"kind": "provisioner-plan"' in (tmp_path / "plan.json").read_text()  # the artifact to review
-    assert db.instances() == []
-    for script in _steps(workflow, "apply"):
-        _run_script(script, env, tmp_path)
+    secrets = {"CE_USER_SECRET": cli.env["CE_USER_SECRET"], "CE_ORGANIZATION_SECRET": cli.env["CE_ORGANIZATION_SECRET"],
+               "CW_PASSWORD": "pipeline-cw-password", "DYNAMICS_PASSWORD": "pipeline-dyn-password"}
+    runner = GitHubRunner(_pipeline_env(cli, tmp_path), tmp_path, tmp_path, secrets,
+                          skip=lambda step: _installs(step.get("run", "")))
+    steps = runner.run_job(workflow, "plan")
+    assert steps["plan"]["outputs"] == {"exitcode": "2", "changes": "true", "outputs-file": ""}
+    assert "| create | 2 |" in runner.summary.read_text()
+    steps = runner.run_job(workflow, "apply")
+    assert steps["apply"]["outputs"]["exitcode"] == "0"
     assert sorted(r["name"] for r in db.instances()) == ["crm-staging", "helpdesk-staging"]
-    assert not (tmp_path / "tokens.json").exists()
-    (tmp_path / "github_output").write_text("")
-    plan_step = next(s for s in workflow["jobs"]["plan"]["steps"] if s.get("id") == "plan")
-    _run_script(plan_step["run"], env, tmp_path)
-    assert (tmp_path / "github_output").read_text().strip() == "changes=false"
-    [drift] = _steps(workflow, "drift")
-    assert "No drift" in _run_script(drift, env, tmp_path).stdout
-    _change_behind_the_back(db, emulator.url)
-    db.clear_requests()
-    found = _run_script(drift, env, tmp_path, allowed=(2,))
-    assert "edited-by-hand" in found.stdout
-    assert {r["method"] for r in db.requests()} == {"GET"}
+    assert not (tmp_path / "tokens.json").exists()  # delivered, then removed by the workflow's last step
+    log = "".join(p.stdout + p.stderr for p in runner.logs)
+    for row in db.instances():
+        assert f"::add-mask::{row['token']}" in log
+        assert log.count(row["token"]) == log.count(f"::add-mask::{row['token']}")
+    assert runner.run_job(workflow, "plan")["plan"]["outputs"]["changes"] == "false"
 
 
-def test_github_actions_apply_refuses_a_plan_that_went_stale(cli, db, tmp_path, emulator):
+def test_gitlab_ci_example_runs_validate_plan_apply(cli, db, tmp_path):
+    """The pipeline as GitLab resolves it (include, extends, !reference), each job's script in one shell."""
+    config = gitlab_config(EXAMPLES / "pipelines" / "gitlab-ci.yml")
+    env = {**_pipeline_env(cli, tmp_path), "CI_PROJECT_DIR": str(tmp_path),
+           "CW_PASSWORD": "pipeline-cw-password", "DYNAMICS_PASSWORD": "pipeline-dyn-password"}
+    logs = []
+    for job in config["stages"]:
+        allowed = (0, *config[job].get("allow_failure", {}).get("exit_codes", []))
+        proc = run_shell(gitlab_job_script(config[job], skip=_installs), gitlab_variables(config, config[job], env),
+                         tmp_path)
+        assert proc.returncode in allowed, f"{job}\n{proc.stdout}\n{proc.stderr}"
+        logs.append(proc.stdout + proc.stderr)
+    assert sorted(r["name"] for r in db.instances()) == ["crm-staging", "helpdesk-staging"]
+    plan_md = (tmp_path / "provisioner-plan.md").read_text()
+    assert "| create | 2 |" in plan_md and USER_SECRET not in plan_md
+    assert not (tmp_path / ".provisioner-outputs.json").exists()  # delivered, then removed
+    assert not any(row["token"] in "".join(logs) for row in db.instances())
+
+
+def test_every_pipeline_example_installs_a_pinned_version():
+    """No `pip install .` in a user's repository: the action and the template pin the released version."""
+    for path in (EXAMPLES / "pipelines").iterdir():
+        assert "pip install ." not in path.read_text()
     workflow = yaml.safe_load((EXAMPLES / "pipelines" / "github-actions.yml").read_text())
-    env = _pipeline_env(cli, tmp_path)
-    env["GITHUB_OUTPUT"] = str(tmp_path / "github_output")
-    env["RUNNER_TEMP"] = str(tmp_path)
-    for job in ("plan", "apply"):
-        for script in _steps(workflow, job):
-            _run_script(script, env, tmp_path)
-    env["CW_PASSWORD"] = "a-new-password-after-review"
-    for script in _steps(workflow, "plan"):
-        _run_script(script, env, tmp_path)
-    _change_behind_the_back(db, emulator.url)  # after the review, before the apply
-    db.clear_requests()
-    [apply_step] = [s for s in _steps(workflow, "apply") if "apply" in s]
-    refused = _run_script(apply_step, env, tmp_path, allowed=(1,))
-    assert "changed on the server since the plan" in refused.stderr
-    assert {r["method"] for r in db.requests()} == {"GET"}
-
-
-def test_gitlab_ci_example_runs_validate_plan_apply_and_drift(cli, db, tmp_path, emulator):
-    pipeline = yaml.safe_load((EXAMPLES / "pipelines" / "gitlab-ci.yml").read_text())
-    env = _pipeline_env(cli, tmp_path)
-    env["CI_PROJECT_DIR"] = str(tmp_path)
-    for job in ("validate", "plan", "apply"):
-        assert "schedule" in str(pipeline[job]["rules"])
-        allowed = (0, *pipeline[job].get("allow_failure", {}).get("exit_codes", []))
-        _run_script("\n".join(pipeline[job]["script"]), env, tmp_path, allowed)
-    assert sorted(r["name"] for r in db.instances()) == ["crm-staging", "helpdesk-staging"]
-    assert USER_SECRET not in (tmp_path / "plan.json").read_text()
-    assert pipeline["drift"]["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "schedule"'}]
-    drift = "\n".join(pipeline["drift"]["script"])
-    _run_script(drift, env, tmp_path)
-    _change_behind_the_back(db, emulator.url)
-    _run_script(drift, env, tmp_path, allowed=(2,))
+    refs = [s["uses"] for job in workflow["jobs"].values() for s in job["steps"] if "OWNER/REPO" in s.get("uses", "")]
+    assert refs and all(ref == f"OWNER/REPO@v{__version__}" for ref in refs)
+    include = load_gitlab(EXAMPLES / "pipelines" / "gitlab-ci.yml")["include"]
+    assert include == [{"project": "OWNER/REPO", "ref": f"v{__version__}",
+                        "file": "ci/gitlab/provisioner.gitlab-ci.yml"}]

@@ -907,17 +907,21 @@ class _Connection(asyncio.BufferedProtocol):
 
 if hasattr(selectors, "EpollSelector"):
     class _PreciseEpollSelector(selectors.EpollSelector):
-        """epoll waits in whole milliseconds, rounded up, so a 20 ms delay would end up to 1 ms late
-        and requests due less than 1 ms apart would queue up behind each other. select() on the
-        epoll descriptor itself waits in microseconds; the events are then collected at once."""
+        """Timers to the microsecond, through public interfaces only.
+
+        asyncio (3.11) hands its selector the exact time to the next timer, and ``EpollSelector``
+        rounds it up to a whole millisecond (epoll_wait's unit), so a 20 ms delay would end up to
+        1 ms late. An epoll descriptor is itself readable when one of its events is ready (epoll(7)),
+        so this waits on ``fileno()`` (documented) with select(), whose timeout is in microseconds,
+        then collects the events with a zero timeout."""
 
         def select(self, timeout: float | None = None) -> list:
             if timeout is not None and timeout > 0:
                 try:
-                    select.select([self._selector.fileno()], [], [], timeout)
+                    select.select([self.fileno()], [], [], timeout)
                     timeout = 0
-                except (ValueError, AttributeError):  # fd beyond select()'s range, or a CPython without
-                    pass                                # the private epoll object: plain epoll
+                except ValueError:  # a descriptor beyond select()'s range: plain epoll, to the millisecond
+                    pass
             return super().select(timeout)
 
 

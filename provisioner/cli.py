@@ -311,7 +311,8 @@ def output(**params: Any) -> None:
               help="Organization secret to accept [env CE_ORGANIZATION_SECRET].")
 @click.option("--faults", "fault_text", default=None, metavar="SPEC",
               help="Fault injection, e.g. latency=20,error=0.1,throttle=0.05,retry_after=0.5,reset=0.05,lost=0.05,"
-                   "slow=0.02,slow_ms=3000,seed=42 [env PROVISIONER_EMULATOR_FAULTS].")
+                   "slow=0.02,slow_ms=3000,methods=POST,ratelimit=100,burst=100,seed=42 "
+                   "[env PROVISIONER_EMULATOR_FAULTS].")
 @click.option("--latency-ms", type=click.FloatRange(0), default=None, help="Added latency on every request.")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible faults.")
 @click.option("--quiet", is_flag=True, help="Do not log requests on stderr.")

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 ENV_VAR = "PROVISIONER_EMULATOR_FAULTS"
 
@@ -159,7 +160,7 @@ class FaultConfig:
         """Parse "latency=20,jitter=5,error=0.1,...,seed=42". Empty text means no faults."""
         if text is None:
             return cls()
-        values: dict[str, float | int] = {}
+        values: dict[str, Any] = {}
         for part in text.split(","):
             if not part.strip():
                 continue
@@ -184,7 +185,7 @@ class FaultConfig:
     def merged(self, **overrides: object) -> FaultConfig:
         """A copy with ``overrides`` applied (short or field names); None values are ignored, so
         unset CLI flags can be passed through as they are."""
-        changes = {}
+        changes: dict[str, Any] = {}
         for key, value in overrides.items():
             if value is None:
                 continue

@@ -858,7 +858,7 @@ class _Connection(asyncio.BufferedProtocol):
             retry = f"{config.retry_after:g}"
             return error_response(429, f"Too many requests: retry after {retry} seconds", call.request_id,
                                   {"Retry-After": retry})
-        if decision.fault == "ratelimit":
+        if decision.fault == "ratelimit" and config is not None:
             return error_response(429, f"Rate limit exceeded: at most {config.ratelimit_rps:g} requests per second "
                                        f"for this organization; retry after {decision.retry_after} seconds",
                                   call.request_id, {"Retry-After": decision.retry_after})

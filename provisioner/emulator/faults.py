@@ -5,7 +5,8 @@ before or after it did the work. The provisioner must survive all of that, and t
 it is an emulator that misbehaves on purpose, reproducibly. ``FaultConfig`` says how often each
 fault happens; ``FaultDecider`` turns it into one decision per request from a seeded random stream
 (fixed number of draws per request, in a fixed order), so the same seed and the same request
-sequence give the same faults.
+sequence give the same faults. Real APIs also throttle by rate, not by dice: ``RateLimiter`` is a
+token bucket per organization that answers 429 once a client sends faster than the limit.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import math
 import os
 import random
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 ENV_VAR = "PROVISIONER_EMULATOR_FAULTS"
 
@@ -25,6 +28,8 @@ ERROR_STATUSES = (500, 502, 503)
 
 _RATE_FIELDS = ("error_rate", "throttle_rate", "reset_rate", "lost_rate", "slow_rate")
 _DURATION_FIELDS = ("latency_ms", "jitter_ms", "slow_ms", "retry_after")
+# The methods a request line may carry (http11.METHODS); ``methods=`` takes a "+"-joined subset.
+KNOWN_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 # Short names used in the text syntax (and accepted by ``merged``) -> dataclass fields.
 ALIASES = {
@@ -37,6 +42,9 @@ ALIASES = {
     "lost": "lost_rate",
     "slow": "slow_rate",
     "slow_ms": "slow_ms",
+    "methods": "methods",
+    "ratelimit": "ratelimit_rps",
+    "burst": "burst",
     "seed": "seed",
 }
 
@@ -60,10 +68,22 @@ def _short_name(field_name: str) -> str:
     return field_name
 
 
-def _parse_value(field_name: str, text: str) -> float | int:
+def _parse_methods(text: str) -> tuple[str, ...]:
+    """"POST+DELETE" -> ("POST", "DELETE"); ValueError for an unknown method."""
+    methods = tuple(dict.fromkeys(m.strip().upper() for m in text.split("+") if m.strip()))
+    unknown = [m for m in methods if m not in KNOWN_METHODS]
+    if unknown or not methods:
+        raise ValueError(f"fault setting 'methods' takes methods joined by '+' (e.g. POST+DELETE) from "
+                         f"{', '.join(KNOWN_METHODS)}, got {text.strip()!r}")
+    return methods
+
+
+def _parse_value(field_name: str, text: str) -> float | int | tuple[str, ...]:
     """Parse one value of the text syntax; rates may be written as percentages ("10%")."""
     text = text.strip()
     name = _short_name(field_name)
+    if field_name == "methods":
+        return _parse_methods(text)
     if field_name == "seed":
         try:
             return int(text)
@@ -82,6 +102,11 @@ def _parse_value(field_name: str, text: str) -> float | int:
 def _check(field_name: str, value: object) -> None:
     """Raise ValueError unless ``value`` is acceptable for ``field_name``."""
     name = _short_name(field_name)
+    if field_name == "methods":
+        if not isinstance(value, tuple) or any(m not in KNOWN_METHODS for m in value):
+            raise ValueError(f"fault setting {name!r} must be a tuple of methods from "
+                             f"{', '.join(KNOWN_METHODS)}, got {value!r}")
+        return
     if field_name == "seed":
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"fault setting {name!r} must be an integer or None, got {value!r}")
@@ -92,6 +117,8 @@ def _check(field_name: str, value: object) -> None:
         raise ValueError(f"fault setting {name!r} is a rate and must be between 0 and 1, got {value!r}")
     if value < 0:
         raise ValueError(f"fault setting {name!r} must not be negative, got {value!r}")
+    if field_name == "burst" and 0 < value < 1:
+        raise ValueError(f"fault setting {name!r} must be at least 1 (or 0 for the default), got {value!r}")
 
 
 def _percent(rate: float) -> str:
@@ -104,7 +131,10 @@ class FaultConfig:
     """How often the emulator misbehaves. Everything defaults to off.
 
     Durations are milliseconds except ``retry_after`` (seconds, sent in the Retry-After header);
-    rates are probabilities in [0, 1] per request.
+    rates are probabilities in [0, 1] per request. ``methods`` limits the random faults (not latency,
+    not the rate limit) to requests with those methods; empty means every method. ``ratelimit_rps``
+    is a token bucket per organization: that many requests per second, ``burst`` at once (0: one
+    second's worth, at least 1).
     """
 
     latency_ms: float = 0
@@ -116,6 +146,9 @@ class FaultConfig:
     lost_rate: float = 0
     slow_rate: float = 0
     slow_ms: float = 3000
+    methods: tuple[str, ...] = ()
+    ratelimit_rps: float = 0
+    burst: float = 0
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -127,7 +160,7 @@ class FaultConfig:
         """Parse "latency=20,jitter=5,error=0.1,...,seed=42". Empty text means no faults."""
         if text is None:
             return cls()
-        values: dict[str, float | int] = {}
+        values: dict[str, Any] = {}
         for part in text.split(","):
             if not part.strip():
                 continue
@@ -152,7 +185,7 @@ class FaultConfig:
     def merged(self, **overrides: object) -> FaultConfig:
         """A copy with ``overrides`` applied (short or field names); None values are ignored, so
         unset CLI flags can be passed through as they are."""
-        changes = {}
+        changes: dict[str, Any] = {}
         for key, value in overrides.items():
             if value is None:
                 continue
@@ -162,7 +195,12 @@ class FaultConfig:
     @property
     def active(self) -> bool:
         """True if any fault or latency is switched on."""
-        return any(getattr(self, name) > 0 for name in _RATE_FIELDS + ("latency_ms", "jitter_ms"))
+        return any(getattr(self, name) > 0 for name in _RATE_FIELDS + ("latency_ms", "jitter_ms", "ratelimit_rps"))
+
+    @property
+    def bucket_size(self) -> float:
+        """The rate limit's burst: ``burst``, or one second's worth of requests (at least 1)."""
+        return self.burst if self.burst else max(1.0, self.ratelimit_rps)
 
     def describe(self) -> str:
         """One line for humans, e.g. "latency 20 ms ± 5 ms, error 10%, seed 42" or "no faults"."""
@@ -180,6 +218,10 @@ class FaultConfig:
             parts.append(f"lost {_percent(self.lost_rate)}")
         if self.slow_rate:
             parts.append(f"slow {_percent(self.slow_rate)} ({self.slow_ms:g} ms)")
+        if self.methods and any(getattr(self, name) for name in _RATE_FIELDS):
+            parts.append(f"faults only on {'/'.join(self.methods)}")
+        if self.ratelimit_rps:
+            parts.append(f"rate limit {self.ratelimit_rps:g}/s per organization (burst {self.bucket_size:g})")
         if not parts:
             return "no faults"
         if self.seed is not None:
@@ -189,23 +231,57 @@ class FaultConfig:
 
 @dataclass(frozen=True)
 class FaultDecision:
-    """What happens to one request: a fault name (or None), the latency to add and, for "error",
-    the status to answer with."""
+    """What happens to one request: a fault name (or None), the latency to add and, for "error"
+    and "ratelimit", the status to answer with."""
 
     fault: str | None = None
     delay_s: float = 0.0
     status: int | None = None
+    retry_after: str | None = None  # the Retry-After header of a "ratelimit" answer
 
 
 NO_FAULT = FaultDecision()
+
+
+class RateLimiter:
+    """A token bucket per key (the organization secret): ``rate`` tokens a second, at most
+    ``size`` saved up, full at first. A request takes a token; without one it is refused, and takes
+    nothing (a refused request does not push the next token further away)."""
+
+    def __init__(self, rate: float, size: float, clock=time.monotonic):
+        self.rate = rate
+        self.size = size
+        self._clock = clock
+        self._buckets: dict[bytes, tuple[float, float]] = {}  # key -> (tokens, at)
+        self._lock = threading.Lock()
+
+    def take(self, key: bytes) -> float:
+        """Take a token for ``key``: 0.0 if there was one, else the seconds until there will be."""
+        with self._lock:
+            now = self._clock()
+            tokens, at = self._buckets.get(key, (self.size, now))
+            tokens = min(self.size, tokens + (now - at) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[key] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+
+
+def retry_after_header(wait_s: float) -> str:
+    """Retry-After for a wait: whole seconds, rounded up, at least 1. RFC 9110 allows only an
+    integer (delay-seconds) and real servers send one; a client that waits that long finds the
+    bucket refilled by then, as long as the burst holds at least one second's worth."""
+    return str(max(1, math.ceil(wait_s - 1e-9)))
 
 
 class FaultDecider:
     """Draws one ``FaultDecision`` per request from a ``random.Random(seed)``.
 
     Every request takes exactly seven draws, in a fixed order, under a lock (jitter, reset, error,
-    throttle, lost, slow, error status), whatever the outcome, so a decision depends only on the
-    seed and on how many requests came before it.
+    throttle, lost, slow, error status), whatever the outcome and whatever its method, so a decision
+    depends only on the seed and on how many requests came before it. The rate limiter, if any,
+    lives as long as the decider (a new fault configuration starts with full buckets).
     """
 
     def __init__(self, config: FaultConfig):
@@ -213,9 +289,10 @@ class FaultDecider:
         self._active = config.active
         self._rng = random.Random(config.seed)
         self._lock = threading.Lock()
+        self.limiter = RateLimiter(config.ratelimit_rps, config.bucket_size) if config.ratelimit_rps else None
 
-    def decide(self) -> FaultDecision:
-        """The decision for the next request."""
+    def decide(self, method: str | None = None) -> FaultDecision:
+        """The decision for the next request (random faults only for ``config.methods``, if set)."""
         cfg = self.config
         if not self._active:
             return NO_FAULT
@@ -223,6 +300,8 @@ class FaultDecider:
             r_jitter, r_reset, r_error, r_throttle, r_lost, r_slow, r_status = (
                 self._rng.random() for _ in range(7))
         delay_ms = max(0.0, cfg.latency_ms + (2.0 * r_jitter - 1.0) * cfg.jitter_ms)
+        if cfg.methods and method not in cfg.methods:
+            return FaultDecision(None, delay_ms / 1000.0, None)
         draws = {"reset": (r_reset, cfg.reset_rate), "error": (r_error, cfg.error_rate),
                  "throttle": (r_throttle, cfg.throttle_rate), "lost": (r_lost, cfg.lost_rate),
                  "slow": (r_slow, cfg.slow_rate)}

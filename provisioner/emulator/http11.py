@@ -120,6 +120,28 @@ def _tokens(value: str | None) -> set[str]:
     return {t.strip() for t in value.lower().split(",")} if value else set()
 
 
+def accepts_gzip(value: str | None) -> bool:
+    """True if an Accept-Encoding value accepts gzip: ``gzip`` (or ``x-gzip``) with a q-value above 0,
+    or ``*`` above 0 when gzip is not named (RFC 9110, 12.5.3)."""
+    if not value:
+        return False
+    weights: dict[str, float] = {}
+    for item in value.lower().split(","):
+        coding, *params = (piece.strip() for piece in item.split(";"))
+        weight = 1.0
+        for param in params:
+            name, _, number = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    weight = float(number)
+                except ValueError:
+                    weight = 0.0
+        weights.setdefault("gzip" if coding == "x-gzip" else coding, weight)
+    if "gzip" in weights:
+        return weights["gzip"] > 0
+    return weights.get("*", 0.0) > 0
+
+
 def make_head(method: str, target: str, version: tuple[int, int], headers: Headers) -> Head:
     """Keep-alive (HTTP/1.1 default, ``Connection`` overrides) and Expect: 100-continue."""
     if method not in METHODS:

@@ -65,6 +65,11 @@ CREATE TABLE IF NOT EXISTS requests (
     fault TEXT,
     duration_ms REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS instance_users (
+    instance_id INTEGER NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+    used_by TEXT NOT NULL,
+    PRIMARY KEY (instance_id, used_by)
+) WITHOUT ROWID;
 """
 
 _TRANSACTION = ("BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",))
@@ -351,6 +356,13 @@ class Store:
             conn.execute("DELETE FROM instance_tags WHERE instance_id = ?", (instance_id,))
             return conn.execute("DELETE FROM instances WHERE id = ?", (instance_id,)).rowcount > 0
 
+    def instance_users(self, instance_id: int) -> list[str]:
+        """What uses an instance (``EmulatorDB.mark_in_use``); a used instance cannot be deleted."""
+        with self._locked() as conn:
+            rows = conn.execute("SELECT used_by FROM instance_users WHERE instance_id = ? ORDER BY used_by",
+                                (instance_id,)).fetchall()
+        return [r[0] for r in rows]
+
     def count_instances(self) -> int:
         """How many instances exist."""
         with self._locked() as conn:
@@ -448,3 +460,19 @@ class EmulatorDB:
         """Empty the request log."""
         with self._connect() as conn:
             conn.execute("DELETE FROM requests")
+
+    def mark_in_use(self, instance_id: int, used_by: str = "formula instance 'emulated'") -> None:
+        """Make the instance used (as a formula instance uses it on the platform): its DELETE then
+        answers 409 until ``release``. KeyError if there is no such instance."""
+        with self._connect() as conn:
+            conn.execute("PRAGMA foreign_keys=ON")
+            try:
+                conn.execute("INSERT OR IGNORE INTO instance_users (instance_id, used_by) VALUES (?, ?)",
+                             (instance_id, used_by))
+            except sqlite3.IntegrityError:
+                raise KeyError(f"no instance with id {instance_id}") from None
+
+    def release(self, instance_id: int) -> None:
+        """Undo every ``mark_in_use`` of the instance."""
+        with self._connect() as conn:
+            conn.execute("DELETE FROM instance_users WHERE instance_id = ?", (instance_id,))

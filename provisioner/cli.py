@@ -52,7 +52,7 @@ ENV_API = ("Environment:\n\n\b\n"
            "  CE_API_URL              API base URL of the default target\n"
            "  CE_CLIENT_CERT, CE_CLIENT_KEY  client certificate and key (PEM)\n"
            "  PROVISIONER_FINGERPRINT_KEY  key of the secret fingerprints\n"
-           "  HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY  proxies, as requests reads them\n"
+           "  HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY  proxies\n"
            "  REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE  CA bundle (default: certifi's)\n"
            "  NO_COLOR                no colour, even on a terminal\n"
            "  and every variable the manifest reads as env.NAME")
@@ -436,7 +436,7 @@ def _output_format(params: dict[str, Any]) -> str:
 @_input_options
 @_api_options
 def drift(**params: Any) -> None:
-    """Report what changed behind provisioner's back, apart from pending manifest changes. Read-only.
+    """Report what changed behind provisioner's back, apart from pending manifest changes; it never writes.
 
     Exit 0: no drift; 2: drift found; 1: error. Pending changes alone exit 0 (plan shows them)."""
     run = _Run("drift", params["output"], params["verbose"])

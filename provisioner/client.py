@@ -54,7 +54,7 @@ from .interrupt import StopFlag
 from .ratelimit import RateBudget
 from .secret import MASK, REDACTOR, Secret, json_default, sanitize
 from .stats import RequestStats
-from .transport import Answer, Transport, TransportFailure
+from .wire import Answer, TransportFailure
 
 MAX_MESSAGE = 300
 NEXT_PAGE_HEADER = "elements-next-page-token"
@@ -131,6 +131,8 @@ class ReadOnlyClient:
         self._last_notice = -math.inf
         self._stop = stop
         self._auth = _ElementsAuth(Secret(user_secret), Secret(organization_secret))
+        from .transport import Transport  # imported here: validate and render never load requests
+
         self._transport = Transport(self._base, settings.parallelism, stop)
 
     # -- context management -----------------------------------------------------------------

@@ -24,7 +24,6 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,34 +39,12 @@ from . import __version__
 from .errors import UserError
 from .interrupt import StopFlag
 from .secret import REDACTOR
+from .wire import Answer, TransportFailure
 
 STOP_GRACE = 1.0  # seconds in-flight requests get to finish after SIGINT/SIGTERM
 CLIENT_CERT_ENV = "CE_CLIENT_CERT"
 CLIENT_KEY_ENV = "CE_CLIENT_KEY"
 _TUNNEL_STATUS = re.compile(r"Tunnel connection failed: (\d{3})")
-
-
-class Answer:
-    """The parts of an HTTP answer the client reads (the body is read in full, and decompressed)."""
-
-    __slots__ = ("status", "content", "headers", "reason")
-
-    def __init__(self, status: int, content: bytes, headers: Mapping[str, str], reason: str):
-        self.status = status
-        self.content = content
-        self.headers = headers
-        self.reason = reason or ""
-
-
-class TransportFailure(Exception):
-    """No usable answer. ``ambiguous``: the request may have reached the server; ``retryable``:
-    trying again can help (not for a refused certificate or proxy credentials)."""
-
-    def __init__(self, message: str, ambiguous: bool, retryable: bool = True):
-        super().__init__(message)
-        self.message = message
-        self.ambiguous = ambiguous
-        self.retryable = retryable
 
 
 class Transport:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import requests
 from conftest import ORG_SECRET, USER_SECRET
 
@@ -17,6 +19,9 @@ class Api:
         self.session.headers["Authorization"] = f"User {USER_SECRET}, Organization {ORG_SECRET}"
 
     def __call__(self, method: str, path: str, **kw):
+        if "json" in kw:  # a stored secret is only a digest (Sealed): send a stand-in value, as a person would
+            kw["data"] = json.dumps(kw.pop("json"), default=lambda v: "value-re-entered-by-hand")
+            kw["headers"] = {"Content-Type": "application/json"}
         response = self.session.request(method, self.url + path, timeout=10, **kw)
         assert response.status_code == 200, response.text
         return response.json() if response.content else None

@@ -1,14 +1,15 @@
-"""The Markdown reporter (``--output markdown``): a plan or an apply fit for a pull request comment or a
-CI step summary (GitHub's ``$GITHUB_STEP_SUMMARY``).
+"""The Markdown reporter (``--output markdown``): a plan, an apply or a drift report fit for a pull request
+comment or a CI step summary (GitHub's ``$GITHUB_STEP_SUMMARY``).
 
-It takes the same data as the text reporter: a summary table of action counts, then one section per
-changed instance with its reason and a fenced ``diff`` block. A drift report (``drift -o markdown``) gets a
-table of findings by category and kind (drift or pending), then per finding a table of its fields. Secret values show as ``(sensitive)``,
-and every byte still passes through the redactor. Text from the manifest (names, reasons, values) is
-escaped so that it cannot change the document's structure: table cells escape ``|`` and HTML, and a
-fence is always longer than any run of backticks inside it. Problems, warnings and errors go to
-stderr as plain text, as the text reporter writes them. The building blocks (``table``, ``fenced``,
-``change_section``, ``plan_markdown``, ``drift_markdown``) are public so that other commands (``drift``) can reuse them.
+It takes the same data as the text reporter. A plan or an apply: a summary table of action counts, then
+one section per changed instance with its reason and a fenced ``diff`` block. A drift report: a table of
+findings by category and kind (drift or pending), then one section per finding with a table of its
+fields. Secret values show as ``(sensitive)``, and every byte still passes through the redactor. Text
+from the manifest or the server (names, reasons, values) is escaped so that it cannot change the
+document's structure: table cells escape ``|`` and HTML, and a fence is always longer than any run of
+backticks inside it. Problems, warnings and errors go to stderr as plain text, as the text reporter
+writes them. The building blocks (``table``, ``fenced``, ``change_section``, ``plan_markdown``,
+``finding_section``, ``drift_markdown``) are public so that other commands can reuse them.
 """
 
 from __future__ import annotations

@@ -152,7 +152,7 @@ def test_action_saves_the_plan_and_applies_exactly_that_plan(cli, db, tmp_path):
     runner = _runner(cli, tmp_path)
     manifest = _manifest(cli)
     planned = _action(runner, command="plan", manifest=manifest, **{"plan-file": "reviewed/plan.json"})
-    assert planned["plan-file"] == "reviewed/plan.json" and planned["changes"] == "true"
+    assert planned["plan-file"] == str(cli.cwd / "reviewed" / "plan.json") and planned["changes"] == "true"
     saved = (cli.cwd / "reviewed" / "plan.json").read_text()
     assert '"kind": "provisioner-plan"' in saved and CANARY not in saved and USER_SECRET not in saved
     assert stat.S_IMODE((cli.cwd / "reviewed" / "plan.json").stat().st_mode) == 0o600

@@ -139,8 +139,8 @@ def test_github_actions_example_runs_validate_plan_apply_and_drift(cli, db, tmp_
     assert workflow[True]["schedule"] == [{"cron": "17 5 * * *"}]  # PyYAML reads the key `on` as True
     review = _github_run(cli, tmp_path, "pull-request", "pull_request")
     steps = _github_job(review, workflow, "plan")
-    assert steps["plan"]["outputs"] == {"exitcode": "2", "changes": "true", "drift": "", "plan-file": "plan.json",
-                                        "outputs-file": ""}
+    assert steps["plan"]["outputs"] == {"exitcode": "2", "changes": "true", "drift": "",
+                                        "plan-file": str(review.workdir / "plan.json"), "outputs-file": ""}
     assert "| create | 2 |" in review.summary.read_text()
     saved = (review.artifacts / "plan" / "plan.json").read_text()
     assert '"kind": "provisioner-plan"' in saved

@@ -3,8 +3,8 @@
 Inputs arrive in the environment: INPUT_COMMAND, INPUT_MANIFEST, INPUT_INPUTS (files separated by
 newlines or spaces), INPUT_ARGS (extra arguments, shell-quoted), INPUT_OUTPUTS_FILE, INPUT_PLAN_FILE.
 It writes the step outputs ``exitcode``, ``changes`` (plan), ``drift`` (drift), ``plan-file`` (plan, when
-saved) and ``outputs-file`` (apply, output) to ``$GITHUB_OUTPUT``, and the Markdown report of plan, apply
-and drift to ``$GITHUB_STEP_SUMMARY``.
+saved; an absolute path) and ``outputs-file`` (apply, output) to ``$GITHUB_OUTPUT``, and the Markdown
+report of plan, apply and drift to ``$GITHUB_STEP_SUMMARY``.
 
 The reviewed-plan flow: ``plan`` with a plan file runs ``plan --out FILE`` (the saved plan holds no secret
 and no token: safe as an artifact); ``apply`` with a plan file runs ``apply FILE``, which executes exactly
@@ -116,7 +116,8 @@ def step_outputs(command: str, code: int, outputs_file: str, plan_file: str) -> 
     results = {"exitcode": str(code)}
     if command == "plan":
         results["changes"] = "true" if code == 2 else "false"
-        results["plan-file"] = plan_file if plan_file and code in (0, 2) and os.path.isfile(plan_file) else ""
+        saved = plan_file and code in (0, 2) and os.path.isfile(plan_file)
+        results["plan-file"] = os.path.abspath(plan_file) if saved else ""  # absolute: for upload-artifact
     if command == "drift":
         results["drift"] = "true" if code == 2 else "false"
     if command in WITH_OUTPUTS_FILE:

@@ -342,7 +342,7 @@ def _failed(change: Change, exc: Exception) -> ChangeResult:
 
 def _token(data: Any) -> Secret | None:
     token = data.get("token") if isinstance(data, Mapping) else None
-    return Secret(token) if isinstance(token, str) and token else None
+    return Secret(token, token=True) if isinstance(token, str) and token else None
 
 
 def _live_token(change: Change) -> Secret | None:

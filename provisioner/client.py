@@ -516,7 +516,7 @@ def _remember_tokens(data: Any) -> Any:
     items = data if isinstance(data, list) else [data]
     for item in items:
         if isinstance(item, dict) and isinstance(item.get("token"), str):
-            REDACTOR.add(item["token"])
+            REDACTOR.add_token(item["token"])
     return data
 
 

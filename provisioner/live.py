@@ -47,7 +47,7 @@ class LiveInstance:
             element=key,
             tags=tuple(t for t in tag_names if isinstance(t, str)),
             configuration=config if isinstance(config, Mapping) else None,
-            token=Secret(token) if isinstance(token, str) and token else None,
+            token=Secret(token, token=True) if isinstance(token, str) and token else None,
             created=str(data.get("createdDate") or ""),
         )
 

@@ -27,15 +27,20 @@ MIN_REDACT_LENGTH = 4
 
 
 class Secret:
-    """A sensitive string. ``str()`` and ``repr()`` are masked; ``reveal()`` returns the value."""
+    """A sensitive string. ``str()`` and ``repr()`` are masked; ``reveal()`` returns the value.
+    ``token=True`` for an instance token: registered with the redactor in the forms a token is
+    printed in (see ``token_forms``), which is cheaper for the 10,000 tokens of a large listing."""
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: str):
+    def __init__(self, value: str, *, token: bool = False):
         if isinstance(value, Secret):
             value = value.reveal()
         self._value = value
-        REDACTOR.add(value)
+        if token:
+            REDACTOR.add_token(value)
+        else:
+            REDACTOR.add(value)
 
     def reveal(self) -> str:
         return self._value
@@ -94,6 +99,7 @@ _PREFIX = MIN_REDACT_LENGTH  # forms are indexed by their first characters
 _PLAIN = re.compile(r"[A-Za-z0-9+/=_\-.~%!#$()*,:;?@\[\]^`{|}]*")
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9+/=_\-]+")  # base64 (either alphabet): what the API's tokens are made of
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
 _URL_SAFE_SETS = ("", "/", "/:@!$&'()*+,;=")
 
@@ -187,6 +193,15 @@ def encoded_forms(value: str) -> set[str]:
     return {form for form in forms if len(form) >= MIN_REDACT_LENGTH}
 
 
+def token_forms(value: str) -> set[str]:
+    """The forms an instance token (base64 text the API generated) is printed in: raw, JSON-escaped,
+    URL-encoded, and base64-encoded whole. Its alphabet rules out the HTML, repr and whitespace forms
+    of ``encoded_forms``; the unaligned base64 variants are left to secrets a person chose."""
+    kept_slash = value.replace("%", "%25").replace("+", "%2B").replace("=", "%3D")
+    return {value, value.replace("/", "\\/"), kept_slash, kept_slash.replace("/", "%2F"),
+            base64.b64encode(value.encode("utf-8")).decode("ascii")}
+
+
 class Redactor:
     """Knows every secret value of this process and masks them, in all their encodings, in text.
 
@@ -210,7 +225,19 @@ class Redactor:
         """Register a secret with every form it may be printed in (see ``encoded_forms``)."""
         if not isinstance(value, str) or len(value) < MIN_REDACT_LENGTH or value in self._known:
             return  # (a set read needs no lock; a value seen already changes nothing)
-        forms = encoded_forms(value)
+        self._register(value, encoded_forms(value))
+
+    def add_token(self, value: Any) -> None:
+        """Register an instance token (see ``token_forms``); a value that is not token-like text is
+        registered as a secret."""
+        if not isinstance(value, str) or len(value) < MIN_REDACT_LENGTH or value in self._known:
+            return
+        if not _TOKEN.fullmatch(value):
+            self.add(value)
+            return
+        self._register(value, token_forms(value))
+
+    def _register(self, value: str, forms: set[str]) -> None:
         with self._lock:
             words, by_prefix, others = self._words, self._by_prefix, self._others
             shortest = self._shortest or 1 << 30

@@ -32,7 +32,7 @@ from .interrupt import StopFlag, stop_on_signals
 from .manifest import DEFAULT_MAX_FOREACH, Limits, manifest_schema_text
 from .markdown import MarkdownReporter
 from .outputs import format_env, format_json, write_outputs
-from .plan import PlanOptions
+from .plan import Action, PlanOptions
 from .progress import ProgressReporter
 from .report import JsonReporter, RedactingWriter, TextReporter
 from .secret import REDACTOR
@@ -399,7 +399,7 @@ def _sources(params: dict[str, Any]) -> savedplan.Sources:
 def _confirmed(run: _Run, the_plan: Any, params: dict[str, Any]) -> bool:
     if params["yes"]:
         return True
-    count = sum(1 for c in the_plan.changes if c.action == "delete")
+    count = sum(1 for c in the_plan.changes if c.action == Action.DELETE)
     if not sys.stdin.isatty():
         raise UserError(f"destroy would delete {count} instance(s) of stack {the_plan.stack!r} and needs confirmation",
                         hint="pass --yes to confirm when there is no terminal")

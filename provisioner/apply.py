@@ -140,17 +140,15 @@ class Applier:
                    results: dict[int, ChangeResult]) -> None:
         """Run changes in the pool; the main thread collects results from a completion queue (one
         short wait at a time, so it stays free to receive signals)."""
-        finished: queue.SimpleQueue = queue.SimpleQueue()
+        finished: queue.SimpleQueue[futures.Future[ChangeResult | None]] = queue.SimpleQueue()
+        index_of: dict[futures.Future[ChangeResult | None], int] = {}
         for index, change in writes:
             future = pool.submit(self._execute, change)
-            future.add_done_callback(lambda f, i=index: finished.put((i, f)))
+            index_of[future] = index
+            future.add_done_callback(finished.put)
         for _ in range(len(writes)):
-            while True:
-                try:
-                    index, future = finished.get(timeout=0.2)
-                    break
-                except queue.Empty:
-                    continue
+            future = _next_done(finished)
+            index = index_of.pop(future)
             result = future.result()
             if result is not None:
                 results[index] = result
@@ -353,6 +351,15 @@ class Applier:
         except ProvisionerError as exc:
             return f"{instance.name}: extra copy id {instance.id} made by this run could not be deleted: {exc}"
         return f"{instance.name}: deleted extra copy id {instance.id} made by this run"
+
+
+def _next_done(finished: queue.SimpleQueue[futures.Future[ChangeResult | None]]) -> futures.Future[ChangeResult | None]:
+    """The next finished change, waiting a short while at a time (the main thread stays free for signals)."""
+    while True:
+        try:
+            return finished.get(timeout=0.2)
+        except queue.Empty:
+            continue
 
 
 def _failed(change: Change, exc: Exception) -> ChangeResult:

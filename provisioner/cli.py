@@ -732,7 +732,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = cli.main(args=argv, prog_name="provisioner", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
-        click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
+        click.echo(exc.ctx.get_help(), err=True)
         code = EXIT_ERROR
     except click.UsageError as exc:
         hint = f" (hint: see '{exc.ctx.command_path} --help')" if exc.ctx else ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterable
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from .apply import ApplyResult, ChangeResult, Status
 from .closedsets import assert_never
@@ -72,7 +72,7 @@ class RedactingWriter(io.TextIOBase):
         return bool(getattr(self._stream, "isatty", lambda: False)())
 
     @property
-    def encoding(self) -> str:  # type: ignore[override]
+    def encoding(self) -> str:  # type: ignore[override]  # typeshed declares it a plain attribute
         return getattr(self._stream, "encoding", "utf-8") or "utf-8"
 
 
@@ -85,7 +85,9 @@ class StyledStream:
         if self.raw.isatty():
             from rich.console import Console
 
-            self._console = Console(file=self.raw, highlight=False, soft_wrap=True, markup=False, emoji=False)
+            # A TextIOBase is a text stream, though typeshed does not declare it an IO[str].
+            file = cast(IO[str], self.raw)
+            self._console = Console(file=file, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
     @property
     def is_terminal(self) -> bool:

@@ -16,7 +16,7 @@ import html
 import json
 import re
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 MASK = "********"
 SENSITIVE = "(sensitive)"
@@ -31,7 +31,7 @@ class Secret:
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: str):
+    def __init__(self, value: str | Secret):
         if isinstance(value, Secret):
             value = value.reveal()
         self._value = value
@@ -57,7 +57,7 @@ class Secret:
     def __bool__(self) -> bool:
         return bool(self._value)
 
-    def __reduce__(self):  # pickling would write the value somewhere: refuse
+    def __reduce__(self) -> NoReturn:  # pickling would write the value somewhere: refuse
         raise TypeError("a Secret cannot be pickled")
 
 

@@ -466,7 +466,7 @@ def output(**params: Any) -> None:
     def body() -> int:
         validated = _validated(run, params)
         with _local(params) as local, stop_on_signals(run.stop):
-            options = replace(_options(run, params, local), plan=PlanOptions(destroy=True))
+            options = _options(run, params, local)
             with engine.connect(validated, options, run.stop, read_only=True) as connection:
                 live = engine.read_state(connection, validated.manifest.stack, owned_only=True)
                 entries = engine.instance_outputs(validated, None, connection, live)

@@ -18,6 +18,8 @@ import re
 import threading
 from typing import Any, NoReturn
 
+# How a secret shows: the same eight stars the API answers in place of a secret value (plan and import
+# recognise them in live values; the emulator answers them).
 MASK = "********"
 SENSITIVE = "(sensitive)"
 

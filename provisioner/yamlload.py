@@ -58,11 +58,6 @@ class YList(list):
         return lines[index] if 0 <= index < len(lines) else self.line
 
 
-def line_of(value: Any, default: int = 0) -> int:
-    """The line a loaded mapping or sequence started on (0 for scalars, which carry no position)."""
-    return getattr(value, "line", 0) or default
-
-
 @dataclass
 class Loaded:
     """The result of loading one file: the data (None if unusable) and every problem found."""

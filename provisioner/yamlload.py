@@ -349,8 +349,9 @@ def _check_nodes(root: yaml.Node, display: str, max_alias_nodes: int) -> list[Pr
     except RecursionError:
         return [Problem("YAML nesting is too deep", Location(display))]
     if expanded - len(sizes) > max_alias_nodes:
+        limit = f"limit: {max_alias_nodes} added by aliases"
         problems.append(Problem(
-            f"YAML aliases expand to {expanded} nodes from {len(sizes)} (limit: {max_alias_nodes} added by aliases)",
+            f"YAML aliases expand to {expanded} nodes from {len(sizes)} ({limit})",
             Location(display, root.start_mark.line + 1),
             "this looks like an alias bomb; write the data out instead of nesting aliases"))
     return problems

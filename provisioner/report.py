@@ -190,8 +190,7 @@ class TextReporter:
     def problems(self, command: str, problems: Iterable[Problem]) -> None:
         problems = list(problems)
         for problem in problems:
-            self.err.print(f"{problem.severity}: {problem.format()}", style="red" if
-                           problem.severity == Severity.ERROR else "yellow")
+            self.err.print(f"{problem.severity}: {problem.format()}", style=_severity_style(problem.severity))
         errors = sum(1 for p in problems if p.severity == Severity.ERROR)
         self.err.print(f"{errors} problem{'s' if errors != 1 else ''} found; nothing was sent to the API.")
 
@@ -256,6 +255,16 @@ def plan_summary(counts: dict[Action, int]) -> str:
     if counts.get(Action.PROTECTED):
         extra.append(f"{counts[Action.PROTECTED]} protected, refused")
     return f"{line} ({', '.join(extra)})."
+
+
+def _severity_style(severity: Severity) -> str:
+    match severity:
+        case Severity.ERROR:
+            return "red"
+        case Severity.WARNING:
+            return "yellow"
+        case _:
+            assert_never(severity)
 
 
 def _change_lines(change: Change) -> list[tuple[str, str]]:

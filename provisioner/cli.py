@@ -433,12 +433,16 @@ def _output_format(params: dict[str, Any]) -> str:
 
 
 @cli.command(epilog=ENV_API)
-@_input_options
+@_input_options(output=(*FORMATS, "markdown"))
 @_api_options
 def drift(**params: Any) -> None:
     """Report what changed behind provisioner's back, apart from pending manifest changes; it never writes.
 
-    Exit 0: no drift; 2: drift found; 1: error. Pending changes alone exit 0 (plan shows them)."""
+    Exit 0: no drift; 2: drift found; 1: error. Pending changes alone exit 0 (plan shows them).
+
+    -o markdown prints a table of findings by category and a table of fields per finding, for a CI step
+    summary or an issue.
+    """
     run = _Run("drift", params["output"], params["verbose"])
 
     def body() -> int:

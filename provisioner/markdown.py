@@ -1,13 +1,15 @@
-"""The Markdown reporter (``--output markdown``): a plan or an apply fit for a pull request comment or a
-CI step summary (GitHub's ``$GITHUB_STEP_SUMMARY``).
+"""The Markdown reporter (``--output markdown``): a plan, an apply or a drift report fit for a pull request
+comment or a CI step summary (GitHub's ``$GITHUB_STEP_SUMMARY``).
 
-It takes the same data as the text reporter: a summary table of action counts, then one section per
-changed instance with its reason and a fenced ``diff`` block. Secret values show as ``(sensitive)``,
-and every byte still passes through the redactor. Text from the manifest (names, reasons, values) is
-escaped so that it cannot change the document's structure: table cells escape ``|`` and HTML, and a
-fence is always longer than any run of backticks inside it. Problems, warnings and errors go to
-stderr as plain text, as the text reporter writes them. The building blocks (``table``, ``fenced``,
-``change_section``, ``plan_markdown``) are public so that other commands (``drift``) can reuse them.
+It takes the same data as the text reporter. A plan or an apply: a summary table of action counts, then
+one section per changed instance with its reason and a fenced ``diff`` block. A drift report: a table of
+findings by category and kind (drift or pending), then one section per finding with a table of its
+fields. Secret values show as ``(sensitive)``, and every byte still passes through the redactor. Text
+from the manifest or the server (names, reasons, values) is escaped so that it cannot change the
+document's structure: table cells escape ``|`` and HTML, and a fence is always longer than any run of
+backticks inside it. Problems, warnings and errors go to stderr as plain text, as the text reporter
+writes them. The building blocks (``table``, ``fenced``, ``change_section``, ``plan_markdown``,
+``finding_section``, ``drift_markdown``) are public so that other commands can reuse them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import IO, Any
 from .apply import ApplyResult, ChangeResult
 from .closedsets import assert_never
 from .diff import DiffOp, FieldDiff
+from .drift import CATEGORIES, DriftReport, Finding, summary_line
 from .plan import ACTIONS, Action, Change, Plan
 from .report import _PAST, _SYMBOLS, LIST_LIMIT, RedactingWriter, TextReporter
 from .secret import SENSITIVE
@@ -144,8 +147,47 @@ def _status_text(r: ChangeResult) -> str:
     return f"{r.status}: {r.error}{request}" if r.error else r.status
 
 
+def finding_section(finding: Finding) -> str:
+    """One drift finding: heading (kind, category, name, element, id), its detail, and a table of fields."""
+    details = ", ".join(p for p in (finding.element and code(finding.element),
+                                    finding.id is not None and f"id {code(finding.id)}") if p)
+    heading = (f"#### {code(finding.kind)} {code(finding.category)} {code(finding.name)}"
+               + (f" ({details})" if details else ""))
+    parts = [heading, "", cell(finding.detail)]
+    if finding.fields:
+        rows = [(f.path, *_field_values(f.sensitive, f.live, f.manifest), f.kind) for f in finding.fields]
+        parts += ["", table(("field", "live", "manifest", "kind"), rows)]
+    return "\n".join(parts)
+
+
+def _field_values(sensitive: bool, live: Any, manifest: Any) -> tuple[str, str]:
+    if sensitive:
+        return SENSITIVE, SENSITIVE
+    return json.dumps(live, default=str), json.dumps(manifest, default=str)
+
+
+def drift_markdown(report: DriftReport, stats: dict[str, Any], verbose: bool = False) -> str:
+    """A drift report as Markdown: verdict, findings by category and kind, then a section per finding."""
+    counts = {category: {"drift": 0, "pending": 0} for category in CATEGORIES}
+    for finding in report.findings:
+        counts[finding.category][finding.kind] += 1
+    rows = [(category, n["drift"], n["pending"]) for category, n in counts.items()]
+    verdict = summary_line(report)
+    if report.has_drift:
+        verdict = f"**{verdict}**"
+    shown = report.findings if verbose else report.findings[:LIST_LIMIT]
+    sections = [finding_section(f) for f in shown]
+    if len(shown) < len(report.findings):
+        sections.append(f"_… and {len(report.findings) - len(shown)} more; `--output json` lists every finding._")
+    traffic = f"Read only: {stats.get('requests', 0)} request(s), {stats.get('retries', 0)} retries."
+    blocks = [f"### provisioner drift: stack {code(report.stack)}", verdict,
+              table(("category", "drift", "pending"), rows), *sections, traffic]
+    return "\n\n".join(blocks) + "\n"
+
+
 class MarkdownReporter(TextReporter):
-    """Plans and apply results as Markdown on stdout; everything else as the text reporter writes it."""
+    """Plans, apply results and drift reports as Markdown on stdout; everything else as the text reporter
+    writes it."""
 
     def __init__(self, out: IO[str], err: IO[str], verbose: bool = False):
         super().__init__(out, err, verbose)
@@ -164,3 +206,6 @@ class MarkdownReporter(TextReporter):
         failed = [r for r in result.results if r.status == "failed"]
         if failed:
             self.err.print(f"{len(failed)} change(s) failed; see the Markdown report.")
+
+    def drift(self, report: DriftReport, stats: dict[str, Any]) -> None:
+        self._write(drift_markdown(report, stats, self.verbose))

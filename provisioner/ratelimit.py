@@ -9,13 +9,14 @@ every worker must slow down to what the server accepts, otherwise each of them g
   ``1 / limit`` seconds after the previous start while a limit is in force. It gives up at once
   when the pause outlasts the caller's deadline (a day-long Retry-After fails a request, it does
   not freeze it).
-* ``on_throttle(retry_after)``: the first 429 pauses everyone for ``retry_after`` (1 s if absent),
-  and so does a later one asking for ``LONG_PAUSE`` or more; any other 429 delays only its own
-  request (the client honours its Retry-After). The rate is cut only when the share of requests
-  refused over the last second reaches ``CUT_THRESHOLD``, at most once per ``CUT_INTERVAL``, to
-  90% of the rate the server accepted over that second: what a token bucket lets through. If the
-  share stays the same right after a cut, the refusals do not depend on the rate (an API that
-  throttles at random): the cut is undone and the rate left alone while the share stays there.
+* ``on_throttle(retry_after)``: a 429 delays its own request (the client honours its Retry-After);
+  one asking for ``LONG_PAUSE`` or more pauses every worker (the server asks everyone to go away).
+  The rate is cut when the share of requests refused over the last second reaches ``CUT_THRESHOLD``
+  (``RECUT_THRESHOLD`` once a cut has shown the refusals follow the rate), at most once per
+  ``CUT_INTERVAL``, to 90% of the rate the server accepted over that second: what a token bucket lets
+  through. A short pause for everyone would only let the bucket refill and be drained again by a
+  burst. If the share stays the same right after a cut, the refusals do not depend on the rate (an
+  API that throttles at random): the cut is undone and the rate left alone while the share stays there.
 * ``on_success()`` raises the limit by ``RECOVERY_FRACTION`` of the rate at the last cut per
   second; once it passes ``max_rate`` (or, without one, twice the rate at which throttling began)
   the budget is back to its unthrottled state.
@@ -39,12 +40,12 @@ ACCEPTED_WINDOW = 1.0
 # Cut to this fraction of the accepted rate.
 CUT_FACTOR = 0.9
 # Cut only when at least this share of the requests of the last second were refused.
-CUT_THRESHOLD = 0.25
+CUT_THRESHOLD = 0.08
 # Once a cut has been shown to work (a real limit), a smaller share cuts again: the recovery has
 # gone past the limit.
 RECUT_THRESHOLD = 0.05
 # ... and at least this many requests were answered in it (a share of three is no evidence).
-MIN_EVIDENCE = 40
+MIN_EVIDENCE = 60
 # How long refusals found not to depend on the rate are ignored (while their share stays there).
 RANDOM_HOLD = 30.0
 # A Retry-After this long pauses every worker even while already throttled.
@@ -58,7 +59,7 @@ MIN_RATE = 2.0
 # A burst of 429s cuts the rate once: another cut needs throttling to persist this long after it.
 CUT_INTERVAL = 1.0
 # Recovery per second, as a fraction of the limit set by the last cut.
-RECOVERY_FRACTION = 0.03
+RECOVERY_FRACTION = 0.02
 
 
 class RateBudget:
@@ -130,8 +131,7 @@ class RateBudget:
             self._throttle_count += 1
             self._answer(now, False)
             random = now < self._random_until
-            if (not self._throttled and not random and self._throttle_count == 1) or (
-                    pause >= LONG_PAUSE and now + pause > self._paused_until):
+            if pause >= LONG_PAUSE and now + pause > self._paused_until:
                 self._pause(now, pause)
             if now - self._last_cut < CUT_INTERVAL:
                 return

@@ -1,10 +1,14 @@
 """Run GitHub Actions workflows and GitLab CI pipelines as their platforms would, for the subset we use.
 
-GitHub: ``${{ ... }}`` expressions (context lookups, string literals, ``==``, ``!=``, ``&&``), a
-composite action's steps with its inputs and defaults, ``$GITHUB_OUTPUT`` files turned into step
-outputs, the action's outputs mapped from its steps. GitLab: ``include: project/local`` read from this
-repository, ``extends:`` (hashes merge deeply, everything else is replaced), ``!reference`` tags,
-``variables:`` expanded, and a job's ``before_script`` and ``script`` run in one shell with errexit.
+GitHub: ``${{ ... }}`` expressions (context lookups, string literals, ``==``, ``!=``, ``&&``), a job's
+``if:`` for a given event (``github.event_name``) and the ``needs`` of earlier jobs, a composite action's
+steps with its inputs and defaults, ``$GITHUB_OUTPUT`` files turned into step outputs, the action's and
+the job's outputs mapped from their steps, and ``actions/upload-artifact`` / ``actions/download-artifact``
+as a copy through one artifact store (other ``actions/*`` steps, such as checkout, are left out).
+A failed step raises ``CalledProcessError``; the outputs it wrote are in ``last_outputs``.
+GitLab: ``include: project/local`` read from this repository, ``extends:`` (hashes merge deeply,
+everything else is replaced), ``!reference`` tags, ``variables:`` expanded, and a job's
+``before_script`` and ``script`` run in one shell with errexit.
 Steps or script lines that install the package can be skipped, for tests that put the checkout's
 ``provisioner`` on PATH instead.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -83,16 +88,27 @@ class GitHubRunner:
     """One job's steps, in order; ``uses: OWNER/REPO@v...`` runs this repository's action.yml."""
 
     def __init__(self, env: dict, workdir: Path, temp: Path, secrets: dict,
-                 skip: Callable[[dict], bool] = lambda step: False):
+                 skip: Callable[[dict], bool] = lambda step: False, event: str = "push"):
         self.env, self.workdir, self.temp, self.secrets, self.skip = env, workdir, temp, secrets, skip
+        self.event = event
         self.logs: list[subprocess.CompletedProcess] = []
         self.summary = temp / "step_summary.md"
+        self.artifacts = temp / "artifacts"  # one store for the workflow run: runners sharing ``temp`` share it
+        self.needs: dict[str, dict] = {}
+        self.last_outputs: dict[str, str] = {}
 
     def context(self, workflow_env: dict, steps: dict, inputs: dict | None = None) -> dict:
         return {"env": workflow_env, "secrets": self.secrets, "runner": {"temp": str(self.temp)},
-                "steps": steps, "inputs": inputs or {}, "github": {"action_path": str(REPO)}}
+                "steps": steps, "inputs": inputs or {}, "needs": self.needs,
+                "github": {"action_path": str(REPO), "event_name": self.event}}
+
+    def should_run(self, workflow: dict, job: str) -> bool:
+        """The job's ``if:`` for this runner's event and the outputs of the jobs run before."""
+        return condition(workflow["jobs"][job], self.context({}, {}))
 
     def run_job(self, workflow: dict, job: str) -> dict:
+        """Run the job's steps (whatever its ``if:`` says: ``should_run`` tells); keep its outputs for
+        the ``needs`` of later jobs."""
         base = self.context({}, {})
         workflow_env = {k: str(expand(v, base)) for k, v in (workflow.get("env") or {}).items()}
         steps: dict[str, dict] = {}
@@ -101,13 +117,36 @@ class GitHubRunner:
             if not condition(step, ctx):
                 continue
             uses = step.get("uses", "")
+            if uses.startswith(("actions/upload-artifact@", "actions/download-artifact@")):
+                self.transfer(step, ctx)
+                continue
             if uses.startswith("actions/"):
                 continue
             outputs = (self.run_action(step, ctx, workflow_env) if ACTION_REF.match(uses)
                        else self.run_step(step, ctx, workflow_env))
             if step.get("id"):
                 steps[step["id"]] = {"outputs": outputs}
+        final = self.context(workflow_env, steps)
+        declared = workflow["jobs"][job].get("outputs") or {}
+        self.needs[job] = {"outputs": {k: str(expand(v, final)) for k, v in declared.items()}}
         return steps
+
+    def transfer(self, step: dict, ctx: dict) -> None:
+        """upload-artifact copies ``path`` (one file) into the store; download-artifact copies it back
+        into the working directory (or ``path``). A missing file or artifact fails the step."""
+        given = {k: str(expand(v, ctx)) for k, v in (step.get("with") or {}).items()}
+        store = self.artifacts / given.get("name", "artifact")
+        if step["uses"].startswith("actions/upload-artifact@"):
+            source = self.workdir / given.get("path", "")
+            assert given.get("path") and source.is_file(), f"upload-artifact: no file at {given.get('path')!r}"
+            store.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, store / source.name)
+            return
+        assert store.is_dir(), f"download-artifact: no artifact named {store.name!r}"
+        destination = self.workdir / given.get("path", ".")
+        destination.mkdir(parents=True, exist_ok=True)
+        for item in store.iterdir():
+            shutil.copyfile(item, destination / item.name)
 
     def run_step(self, step: dict, ctx: dict, extra_env: dict, workdir: Path | None = None) -> dict:
         output_file = self.temp / f"github_output_{len(self.logs)}"
@@ -120,8 +159,9 @@ class GitHubRunner:
             cwd = cwd / expand(step["working-directory"], ctx)
         proc = run_shell(expand(step["run"], ctx), env, cwd)
         self.logs.append(proc)
+        self.last_outputs = read_github_output(output_file)
         proc.check_returncode()
-        return read_github_output(output_file)
+        return self.last_outputs
 
     def run_action(self, step: dict, ctx: dict, workflow_env: dict) -> dict:
         action = yaml.safe_load((REPO / "action.yml").read_text(encoding="utf-8"))
@@ -215,3 +255,68 @@ def gitlab_variables(config: dict, job: dict, env: dict) -> dict:
         variables[key] = re.sub(r"\$(\w+)|\$\{(\w+)\}", lambda m: variables.get(m.group(1) or m.group(2), ""),
                                 str(value))
     return variables
+
+
+_CLAUSE = re.compile(r"^(\S+)\s*(==|!=)\s*(\S+)$")
+
+
+def _operand(text: str, variables: dict) -> str | None:
+    if text.startswith("$"):
+        return variables.get(text[1:].strip("{}")) or None  # an unset or empty variable is null
+    return text.strip("\"'")
+
+
+def rule_when(job: dict, variables: dict) -> str | None:
+    """``rules:``: the ``when`` of the first rule whose ``if`` holds (``==``, ``!=``, ``&&`` over variables
+    and quoted strings); None when no rule matches (the job is not in the pipeline)."""
+    for rule in job.get("rules") or [{}]:
+        clauses = [_CLAUSE.match(part.strip()) for part in str(rule.get("if", "")).split("&&")] if "if" in rule else []
+        assert all(clauses), f"unsupported rule {rule!r}"
+        held = all((_operand(c.group(1), variables) == _operand(c.group(3), variables)) == (c.group(2) == "==")
+                   for c in clauses if c)
+        if held:
+            return rule.get("when", "on_success")
+    return None
+
+
+class GitLabRunner:
+    """Jobs of one pipeline, each in a fresh checkout (``checkout(dir)`` makes one), with the artifacts
+    (``artifacts: paths``) of its ``needs`` (or of every job run before it) copied in first, as GitLab's
+    runner does."""
+
+    def __init__(self, config: dict, env: dict, root: Path, checkout: Callable[[Path], None],
+                 skip: Callable[[str], bool] = lambda line: False):
+        self.config, self.env, self.root, self.checkout, self.skip = config, env, root, checkout, skip
+        self.artifacts: dict[str, Path] = {}
+        self.runs = 0
+
+    def jobs(self, variables: dict) -> dict[str, str]:
+        """The pipeline's jobs for these variables (``CI_PIPELINE_SOURCE`` ...), in stage order, with their
+        ``when``."""
+        jobs = {name: job for name, job in self.config.items()
+                if isinstance(job, dict) and "script" in job and not name.startswith(".")}
+        stages = self.config.get("stages", [])
+        ordered = sorted(jobs, key=lambda n: stages.index(jobs[n].get("stage", "test")))
+        chosen = {name: rule_when(jobs[name], {**self.env, **variables}) for name in ordered}
+        return {name: when for name, when in chosen.items() if when is not None}
+
+    def run_job(self, name: str, variables: dict | None = None) -> subprocess.CompletedProcess:
+        job = self.config[name]
+        self.runs += 1
+        workdir = self.root / f"job-{self.runs}-{name}"
+        workdir.mkdir(parents=True)
+        self.checkout(workdir)
+        for needed in job.get("needs", list(self.artifacts)):
+            for item in self.artifacts[needed].iterdir() if needed in self.artifacts else ():
+                shutil.copyfile(item, workdir / item.name)
+        env = gitlab_variables(self.config, job, {**self.env, **(variables or {}), "CI_PROJECT_DIR": str(workdir)})
+        proc = run_shell(gitlab_job_script(job, self.skip), env, workdir)
+        artifacts = job.get("artifacts") or {}
+        if artifacts.get("paths") and (proc.returncode == 0 or artifacts.get("when") == "always"):
+            store = self.root / "artifacts" / name
+            store.mkdir(parents=True, exist_ok=True)
+            for path in artifacts["paths"]:
+                if (workdir / path).is_file():
+                    shutil.copyfile(workdir / path, store / Path(path).name)
+            self.artifacts[name] = store
+        return proc

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from conftest import ORG_SECRET, REPO, USER_SECRET, manifest_text, write
 from pipelines import GitHubRunner, gitlab_config, gitlab_job_script, gitlab_variables, load_gitlab, run_shell
+from safety_helpers import Api
 
 from provisioner import __version__
 
@@ -60,8 +61,10 @@ def _log(runner: GitHubRunner) -> str:
 def test_action_yml_is_a_composite_action_with_the_documented_interface():
     action = yaml.safe_load(ACTION.read_text())
     assert {"name", "description", "inputs", "outputs", "runs"} <= set(action)
-    assert {"command", "manifest", "inputs", "version", "args", "outputs-file"} <= set(action["inputs"])
-    assert {"exitcode", "changes", "outputs-file"} <= set(action["outputs"])
+    assert {"command", "manifest", "plan-file", "inputs", "version", "args", "outputs-file"} <= set(action["inputs"])
+    assert {"exitcode", "changes", "drift", "plan-file", "outputs-file"} <= set(action["outputs"])
+    for command in ("validate", "plan", "apply", "destroy", "output", "drift"):
+        assert command in action["inputs"]["command"]["description"]
     assert all("description" in spec for spec in [*action["inputs"].values(), *action["outputs"].values()])
     assert action["inputs"]["version"]["default"] == __version__
     assert action["runs"]["using"] == "composite"
@@ -78,7 +81,7 @@ def test_action_yml_is_a_composite_action_with_the_documented_interface():
 def test_action_plan_writes_the_markdown_summary_and_exposes_the_exit_code(cli, db, tmp_path):
     runner = _runner(cli, tmp_path)
     outputs = _action(runner, command="plan", manifest=_manifest(cli))
-    assert outputs == {"exitcode": "2", "changes": "true", "outputs-file": ""}
+    assert outputs == {"exitcode": "2", "changes": "true", "drift": "", "plan-file": "", "outputs-file": ""}
     summary = runner.summary.read_text()
     assert summary.startswith("### provisioner plan: stack `tests`")
     assert "| create | 2 |" in summary and "(sensitive)" in summary
@@ -145,12 +148,67 @@ def test_action_passes_inputs_files_and_args_and_fails_on_errors(cli, db, tmp_pa
     assert "exitcode=1" in Path(sorted(tmp_path.glob("github_output_*"))[-1]).read_text()
 
 
+def test_action_saves_the_plan_and_applies_exactly_that_plan(cli, db, tmp_path):
+    runner = _runner(cli, tmp_path)
+    manifest = _manifest(cli)
+    planned = _action(runner, command="plan", manifest=manifest, **{"plan-file": "reviewed/plan.json"})
+    assert planned["plan-file"] == str(cli.cwd / "reviewed" / "plan.json") and planned["changes"] == "true"
+    saved = (cli.cwd / "reviewed" / "plan.json").read_text()
+    assert '"kind": "provisioner-plan"' in saved and CANARY not in saved and USER_SECRET not in saved
+    assert stat.S_IMODE((cli.cwd / "reviewed" / "plan.json").stat().st_mode) == 0o600
+    db.clear_requests()
+    applied = _action(runner, command="apply", **{"plan-file": "reviewed/plan.json"})
+    assert applied["exitcode"] == "0" and len(db.instances()) == 2
+    assert [r["method"] for r in db.requests()].count("POST") == 2
+    assert "| created | 2 |" in runner.summary.read_text()
+    for row in db.instances():
+        assert f"::add-mask::{row['token']}" in runner.logs[-1].stdout
+
+
+def test_action_refuses_a_missing_plan_file_and_a_plan_file_for_other_commands(cli, db, tmp_path):
+    runner = _runner(cli, tmp_path)
+    with pytest.raises(subprocess.CalledProcessError):
+        _action(runner, command="apply", **{"plan-file": "plan.json"})
+    assert "::error::plan-file 'plan.json' does not exist: download the plan job's artifact" in runner.logs[-1].stdout
+    with pytest.raises(subprocess.CalledProcessError):
+        _action(runner, command="drift", manifest=_manifest(cli), **{"plan-file": "plan.json"})
+    assert "plan-file is for plan (saves the plan) and apply (executes it), not drift" in runner.logs[-1].stdout
+    with pytest.raises(subprocess.CalledProcessError):
+        _action(runner, command="apply")
+    assert "manifest must be set for apply (or plan-file, the saved plan)" in runner.logs[-1].stdout
+    assert runner.last_outputs == {"exitcode": "1"} and db.requests() == []
+
+
+def test_action_drift_writes_the_markdown_report_and_fails_the_step_on_drift(cli, db, tmp_path, emulator):
+    runner = _runner(cli, tmp_path)
+    manifest = _manifest(cli)
+    _action(runner, command="apply", manifest=manifest)
+    runner.summary.write_text("")
+    assert _action(runner, command="drift", manifest=manifest)["drift"] == "false"
+    assert "No drift" in runner.summary.read_text()
+    runner.env["CW_PASSWORD"] = "rotated-" + CANARY  # only pending: exit 0, the step passes
+    outputs = _action(runner, command="drift", manifest=manifest)
+    assert outputs["exitcode"] == "0" and "| secret | 0 | 2 |" in runner.summary.read_text()
+    runner.env["CW_PASSWORD"] = CANARY
+    Api(emulator.url)("DELETE", f"/instances/{db.instances()[0]['id']}")  # behind the back: missing, drift
+    db.clear_requests()
+    with pytest.raises(subprocess.CalledProcessError):
+        _action(runner, command="drift", manifest=manifest)
+    assert runner.last_outputs == {"exitcode": "2", "drift": "true"}
+    assert "| missing | 1 | 0 |" in runner.summary.read_text()
+    assert {r["method"] for r in db.requests()} == {"GET"}
+    assert CANARY not in runner.summary.read_text() + _log(runner)
+
+
 # ------------------------------------------------------------------------------------- GitLab template
 def test_gitlab_template_defines_the_hidden_jobs_with_a_pinned_install():
     template = load_gitlab(TEMPLATE)
     assert template["variables"]["PROVISIONER_VERSION"] == __version__
-    for job in (".provisioner-validate", ".provisioner-plan", ".provisioner-apply"):
+    for job in (".provisioner-validate", ".provisioner-plan", ".provisioner-apply", ".provisioner-drift"):
         assert template[job]["extends"] == ".provisioner" and template[job]["script"]
+    assert template[".provisioner-plan"]["artifacts"]["paths"] == ["provisioner-plan.md", "plan.json"]
+    assert template[".provisioner-drift"]["artifacts"]["paths"] == ["provisioner-drift.md"]
+    assert "allow_failure" not in template[".provisioner-drift"]  # drift fails the job, which notifies
     assert '"cloud-elements-provisioner==${PROVISIONER_VERSION}"' in template[".provisioner"]["before_script"][0]
     assert template[".provisioner-plan"]["allow_failure"] == {"exit_codes": [2]}
     assert "artifacts" not in template[".provisioner-apply"]  # the tokens never become an artifact

@@ -99,7 +99,8 @@ def test_429_retry_after_and_exception_field(server, lines):
     assert "giving up after 3 attempts" in lines[-1]
 
 
-def test_429_pause_is_shared_across_threads(server, lines):
+def test_429_pause_is_shared_across_threads(server, lines, monkeypatch):
+    monkeypatch.setattr("provisioner.ratelimit.LONG_PAUSE", 0.2)  # a "long" Retry-After, kept short for the test
     throttled = threading.Event()
     trace_lock = threading.Lock()
 
@@ -335,9 +336,10 @@ def test_stop_flag_cuts_backoff_short(server, lines):
 def test_stop_flag_cuts_rate_budget_pause_short(server, lines):
     stop = StopFlag()
     budget = RateBudget()
-    budget.on_throttle(3.0)
+    budget.on_throttle(30.0)
     timer = threading.Timer(0.2, stop.set)
-    with make_client(server.base_url, lines, stop=stop, budget=budget) as cli:
+    patient = ClientSettings(**{**FAST.__dict__, "max_retry_time": 60.0})
+    with make_client(server.base_url, lines, patient, stop=stop, budget=budget) as cli:
         timer.start()
         with pytest.raises(Interrupted):
             cli.get_instance(7)

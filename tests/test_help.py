@@ -75,7 +75,7 @@ def test_plan_prune_says_what_would_be_deleted_and_apply_prune_deletes():
 
 
 def test_markdown_is_offered_only_where_it_means_something():
-    for command in ("plan", "apply"):
+    for command in ("plan", "apply", "drift"):
         assert "[text|json|markdown]" in _help(command)
     for command in ("validate", "destroy", "output"):
         assert "markdown" not in _help(command)

@@ -5,12 +5,14 @@ test asserts on the exit code, on what was printed, and on the requests the serv
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import ORG_SECRET, USER_SECRET, base_env, manifest_text, write
-from scripted_server import Reply, ScriptedServer, closed_port
+from scripted_server import Drip, Reply, ScriptedServer, closed_port
 
 STACK = "tests"
 MARKER = f"provisioner:stack={STACK}"
@@ -168,3 +170,32 @@ def test_a_delete_refused_as_in_use_is_reported_and_the_others_proceed(tmp_path)
     assert result.returncode == 1
     assert sorted(writes(srv)) == ["DELETE /instances/1", "DELETE /instances/2", "DELETE /instances/3"]
     assert "old-b" in result.stderr and "in use by formula instance 77" in result.stderr
+
+
+# -- point 5: a signal ends any run, whatever the server does ------------------------------------
+
+@pytest.mark.parametrize(("command", "signum", "code"), [("plan", signal.SIGTERM, 143), ("apply", signal.SIGINT, 130)])
+def test_a_signal_ends_the_run_even_while_the_server_drips(tmp_path, command, signum, code):
+    empty = Reply(404, body={"message": "No instances found"})
+    script = [] if command == "plan" else [empty]
+    with ScriptedServer(script, default=Drip(0.3)) as srv:
+        work = tmp_path / "work"
+        work.mkdir()
+        write(work, "m.yaml", manifest_text(STACK, 2))
+        env = {**base_env(), "CE_API_URL": srv.base_url, "CE_USER_SECRET": USER_SECRET,
+               "CE_ORGANIZATION_SECRET": ORG_SECRET}
+        proc = subprocess.Popen([sys.executable, "-m", "provisioner", command, "m.yaml", "--outputs", "o.json"]
+                                if command == "apply" else [sys.executable, "-m", "provisioner", command, "m.yaml"],
+                                cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while len([r for r in srv.requests if r.method == ("GET" if command == "plan" else "POST")]) == 0:
+            assert time.monotonic() < deadline and proc.poll() is None, "the run never reached the dripping request"
+            time.sleep(0.05)
+        time.sleep(0.5)  # the request is now hanging on the drip
+        signalled = time.monotonic()
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=30)
+        took = time.monotonic() - signalled
+    assert proc.returncode == code, stderr
+    assert took < 5, f"the run took {took:.1f} s to end after the signal (designed for 2 s)"
+    assert "Traceback" not in stderr

@@ -1,4 +1,4 @@
-"""`-o markdown` for plan and apply, through the real CLI against the emulator: a summary table, a diff per
+"""`-o markdown` for plan, apply and drift, through the real CLI against the emulator: a summary table, a diff per
 changed instance, secrets as (sensitive), nothing secret anywhere in the document."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import re
 from conftest import ORG_SECRET, USER_SECRET, write
 from hypothesis import given
 from hypothesis import strategies as st
+from safety_helpers import Api
 
 from provisioner.markdown import cell, code, fenced
 
@@ -117,3 +118,41 @@ def test_code_spans_and_fences_hold_any_backticks(text):
     block = fenced("diff", [text])
     fence = block.split("diff", 1)[0]
     assert block.endswith("\n" + fence) and fence not in block[len(fence):-len(fence)]
+
+
+def test_drift_markdown_has_findings_by_category_and_a_field_table_and_no_secret(cli, db, emulator):
+    write(cli.cwd, "m.yaml", MANIFEST)
+    env = {"CW_PASSWORD": PASSWORD}
+    assert cli.run("apply", "m.yaml", env=env).returncode == 0
+    db.clear_requests()
+    clean = cli.run("drift", "m.yaml", "-o", "markdown", env=env)
+    assert clean.returncode == 0, clean.stderr
+    assert clean.stdout.startswith("### provisioner drift: stack `md`\n\nNo drift: the 2 declared instance(s) match")
+    (summary,) = _tables(clean.stdout)
+    assert summary[0] == "| category | drift | pending |" and "| changed | 0 | 0 |" in summary
+
+    api, rows = Api(emulator.url), {r["name"]: r for r in db.instances()}
+    api.put_changed(rows["helpdesk-a"], **{"helpdesk.connectwise.company": "someone|else <b>x</b>"})
+    b = rows["helpdesk-b"]
+    api.put_changed({**b, "tags": [t for t in b["tags"] if not t.startswith("provisioner:fp:")]})
+    db.clear_requests()
+    proc = cli.run("drift", "m.yaml", "-o", "markdown", env={"CW_PASSWORD": NEW_PASSWORD})
+    assert proc.returncode == 2, proc.stderr
+    text = proc.stdout
+    assert {r["method"] for r in db.requests()} == {"GET"}
+    tables = _tables(text)
+    for table in tables:
+        _assert_table_shape(table)
+    summary = tables[0]
+    assert "| changed | 1 | 0 |" in summary and "| secret | 1 | 1 |" in summary and "| missing | 0 | 0 |" in summary
+    assert text.splitlines()[2].startswith("**Drift: 2 finding(s) changed behind provisioner's back")
+    assert "#### `drift` `changed` `helpdesk-a` (`connectwisehd`, id `1`)" in text
+    assert "| field | live | manifest | kind |" in tables[1]
+    assert ('| configuration.helpdesk.connectwise.company | "someone\\|else &lt;b&gt;x&lt;/b&gt;" | "acme" | drift |'
+            in tables[1])
+    assert "| configuration.helpdesk.connectwise.password | (sensitive) | (sensitive) | drift |" in text
+    assert "| configuration.helpdesk.connectwise.password | (sensitive) | (sensitive) | pending |" in text
+    assert text.rstrip().endswith("retries.") and "Read only: " in text
+    stand_in = "value-re-entered-by-hand"  # what Api sent for the sealed secrets
+    for secret in (PASSWORD, NEW_PASSWORD, USER_SECRET, ORG_SECRET, stand_in, *(r["token"] for r in rows.values())):
+        assert secret not in text + proc.stderr

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .bodies import adopt_body, create_body, patch_body, put_body
+from .closedsets import StrEnum, assert_never
 from .diff import FingerprintContext
 from .elements import ElementRegistry
 from .errors import (
@@ -40,14 +41,22 @@ from .errors import (
 from .interrupt import StopFlag
 from .live import LiveInstance, read_live
 from .ownership import run_tag
-from .plan import Change, Plan
+from .plan import Action, Change, Plan
 from .secret import Secret
+
+
+class Status(StrEnum):
+    """How one change of an apply ended. The order is the order of the JSON status counts."""
+
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
 
 
 @dataclass
 class ChangeResult:
     change: Change
-    status: str  # "ok", "failed" or "skipped"
+    status: Status
     error: str | None = None
     request_id: str | None = None
     http_status: int | None = None
@@ -72,7 +81,7 @@ class ApplyResult:
 
     @property
     def failed(self) -> list[ChangeResult]:
-        return [r for r in self.results if r.status == "failed"]
+        return [r for r in self.results if r.status == Status.FAILED]
 
     @property
     def ok(self) -> bool:
@@ -110,10 +119,10 @@ class Applier:
         results: dict[int, ChangeResult] = {}
         writes = []
         for index, change in enumerate(self.plan.changes):
-            if change.action == "noop":
-                results[index] = ChangeResult(change, "ok", id=change.id, token=_live_token(change))
-            elif change.action == "conflict":
-                results[index] = ChangeResult(change, "skipped", error=change.reason, id=change.id)
+            if change.action == Action.NOOP:
+                results[index] = ChangeResult(change, Status.OK, id=change.id, token=_live_token(change))
+            elif change.action == Action.CONFLICT:
+                results[index] = ChangeResult(change, Status.SKIPPED, error=change.reason, id=change.id)
             else:
                 writes.append((index, change))
         with futures.ThreadPoolExecutor(max_workers=max(1, self.settings.parallelism),
@@ -131,17 +140,15 @@ class Applier:
                    results: dict[int, ChangeResult]) -> None:
         """Run changes in the pool; the main thread collects results from a completion queue (one
         short wait at a time, so it stays free to receive signals)."""
-        finished: queue.SimpleQueue = queue.SimpleQueue()
+        finished: queue.SimpleQueue[futures.Future[ChangeResult | None]] = queue.SimpleQueue()
+        index_of: dict[futures.Future[ChangeResult | None], int] = {}
         for index, change in writes:
             future = pool.submit(self._execute, change)
-            future.add_done_callback(lambda f, i=index: finished.put((i, f)))
+            index_of[future] = index
+            future.add_done_callback(finished.put)
         for _ in range(len(writes)):
-            while True:
-                try:
-                    index, future = finished.get(timeout=0.2)
-                    break
-                except queue.Empty:
-                    continue
+            future = _next_done(finished)
+            index = index_of.pop(future)
             result = future.result()
             if result is not None:
                 results[index] = result
@@ -151,7 +158,7 @@ class Applier:
 
     def _execute(self, change: Change) -> ChangeResult | None:
         if self.stop.is_set():
-            return ChangeResult(change, "skipped", error=self._skip_reason())
+            return ChangeResult(change, Status.SKIPPED, error=self._skip_reason())
         client = self.clients[change.target]
         try:
             return self._dispatch(change, client)
@@ -163,7 +170,7 @@ class Applier:
                 self._ambiguous.append(change)
             return None
         except Interrupted:
-            return ChangeResult(change, "skipped", error=self._skip_reason())
+            return ChangeResult(change, Status.SKIPPED, error=self._skip_reason())
         except Unauthorized as exc:
             self.aborted = self.aborted or f"the API refused the credentials of target {change.target!r}"
             self.stop.set()
@@ -172,28 +179,39 @@ class Applier:
             return _failed(change, exc)
 
     def _dispatch(self, change: Change, client: Any) -> ChangeResult:
-        if change.action == "delete":
-            client.delete_instance(change.id)
-            return ChangeResult(change, "ok", id=change.id)
+        match change.action:
+            case Action.DELETE:
+                client.delete_instance(change.id)
+                return ChangeResult(change, Status.OK, id=change.id)
+            case Action.CREATE:
+                return self._create(change, client)
+            case Action.REPLACE:
+                assert change.desired is not None
+                client.delete_instance(change.id)
+                return self._create(change, client)
+            case Action.ADOPT | Action.UPDATE | Action.RENAME:
+                return self._modify(change, client)
+            case Action.NOOP | Action.CONFLICT | Action.PROTECTED:
+                raise AssertionError(f"{change.action} is not a write: apply never sends it")
+            case _:
+                assert_never(change.action)
+
+    def _modify(self, change: Change, client: Any) -> ChangeResult:
+        """Adopt, update or rename an instance in place: its id and token stay."""
         desired = change.desired
         assert desired is not None
         schema = self.registry.get(desired.element)
         fp = self.fingerprints[change.target]
         assert schema is not None
-        if change.action == "create":
-            return self._create(change, client)
-        if change.action == "replace":
-            client.delete_instance(change.id)
-            return self._create(change, client)
         live_tags = change.live.tags if change.live else ()
-        if change.action == "adopt":  # one PATCH: marker, fingerprints, declared configuration
+        if change.action == Action.ADOPT:  # one PATCH: marker, fingerprints, declared configuration
             data = client.patch_instance(change.id, adopt_body(desired, schema, fp, live_tags, change.diff))
         elif change.method == "PATCH":
-            rename = change.action == "rename"  # PATCH name and tags: id and token stay
+            rename = change.action == Action.RENAME  # PATCH name and tags: id and token stay
             data = client.patch_instance(change.id, patch_body(desired, schema, fp, live_tags, rename))
         else:
             data = client.update_instance(change.id, put_body(desired, schema, fp, live_tags, change.diff))
-        return ChangeResult(change, "ok", id=change.id, token=_token(data) or _live_token(change))
+        return ChangeResult(change, Status.OK, id=change.id, token=_token(data) or _live_token(change))
 
     def _create(self, change: Change, client: Any) -> ChangeResult:
         desired = change.desired
@@ -208,7 +226,7 @@ class Applier:
         data = client.create_instance(create_body(desired, schema, self.fingerprints[change.target], self.run_tag))
         with self._lock:
             self._made.setdefault(key, set()).add(str(data["id"]))
-        return ChangeResult(change, "ok", id=data["id"], token=_token(data))
+        return ChangeResult(change, Status.OK, id=data["id"], token=_token(data))
 
     def _skip_reason(self) -> str:
         return self.aborted or "not started: the run was interrupted"
@@ -227,7 +245,7 @@ class Applier:
             batch, self._ambiguous = self._ambiguous, []
             if self.stop.is_set():
                 for change in batch:
-                    results[index_of[id(change)]] = ChangeResult(change, "skipped", error=self._skip_reason())
+                    results[index_of[id(change)]] = ChangeResult(change, Status.SKIPPED, error=self._skip_reason())
                 return
             retry: list[tuple[int, Change]] = []
             for target in sorted({c.target for c in batch}):
@@ -238,15 +256,16 @@ class Applier:
                 for change in mine:
                     live = found.get(change.name)
                     if live is not None:
-                        result = ChangeResult(change, "ok", id=live.id, token=live.token)
+                        result = ChangeResult(change, Status.OK, id=live.id, token=live.token)
                         results[index_of[id(change)]] = result
                         self.progress(result)
                     else:
                         retry.append((index_of[id(change)], change))
             self._run_batch(pool, retry, results)
         for change in self._ambiguous:
+            rounds = self.settings.max_create_rounds
             results[index_of[id(change)]] = ChangeResult(
-                change, "failed", error=f"create outcome still unknown after {self.settings.max_create_rounds} rounds")
+                change, Status.FAILED, error=f"create outcome still unknown after {rounds} rounds")
         self._ambiguous = []
 
     def _owned_new(self, target: str, results: dict[int, ChangeResult],
@@ -279,8 +298,8 @@ class Applier:
         deleted under the run (a concurrent destroy): that change fails. If the listing fails, the
         created names fail too: success is never reported while a copy may be left behind."""
         created = {(r.change.target, r.change.name): i for i, r in results.items()
-                   if r.change.action in ("create", "replace") and r.change.desired is not None
-                   and r.status in ("ok", "failed") and self._posted.get((r.change.target, r.change.name))}
+                   if r.change.action in (Action.CREATE, Action.REPLACE) and r.change.desired is not None
+                   and r.status in (Status.OK, Status.FAILED) and self._posted.get((r.change.target, r.change.name))}
         if not created or self.stop.is_set():
             return []
         if self._resent_unanswered and self.stop.wait(
@@ -293,7 +312,7 @@ class Applier:
                 live = read_live(self.clients[target], self.plan.stack, owned_only=True)
             except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
                 for index in names.values():
-                    results[index] = ChangeResult(results[index].change, "failed", error=(
+                    results[index] = ChangeResult(results[index].change, Status.FAILED, error=(
                         f"could not check the created instance with a final listing ({exc}); run apply again"))
                 continue
             copies: dict[str, list[LiveInstance]] = {}
@@ -308,16 +327,17 @@ class Applier:
                      results: dict[int, ChangeResult]) -> list[str]:
         result = results[index]
         if not copies:
-            if result.status == "ok":
-                results[index] = ChangeResult(result.change, "failed", id=result.id, error=(
+            if result.status == Status.OK:
+                results[index] = ChangeResult(result.change, Status.FAILED, id=result.id, error=(
                     f"instance id {result.id} was deleted while this run was applying (a concurrent destroy or "
                     "prune?); its token is not delivered"))
             return []
         winner = copies[0]
         notes = []
-        if result.status != "ok" or result.id != winner.id:
-            was = f" instead of this run's id {result.id}" if result.status == "ok" and result.id is not None else ""
-            results[index] = ChangeResult(result.change, "ok", id=winner.id, token=winner.token)
+        if result.status != Status.OK or result.id != winner.id:
+            made = result.status == Status.OK and result.id is not None
+            was = f" instead of this run's id {result.id}" if made else ""
+            results[index] = ChangeResult(result.change, Status.OK, id=winner.id, token=winner.token)
             notes.append(f"{winner.name}: delivering the oldest copy, id {winner.id}{was}")
         mine = self._made.get((target, result.change.name), set())
         for extra in copies[1:]:
@@ -333,11 +353,20 @@ class Applier:
         return f"{instance.name}: deleted extra copy id {instance.id} made by this run"
 
 
+def _next_done(finished: queue.SimpleQueue[futures.Future[ChangeResult | None]]) -> futures.Future[ChangeResult | None]:
+    """The next finished change, waiting a short while at a time (the main thread stays free for signals)."""
+    while True:
+        try:
+            return finished.get(timeout=0.2)
+        except queue.Empty:
+            continue
+
+
 def _failed(change: Change, exc: Exception) -> ChangeResult:
     if isinstance(exc, ApiError):
-        return ChangeResult(change, "failed", error=str(exc.message), request_id=exc.request_id,
+        return ChangeResult(change, Status.FAILED, error=str(exc.message), request_id=exc.request_id,
                             http_status=exc.status, id=change.id)
-    return ChangeResult(change, "failed", error=str(exc), id=change.id)
+    return ChangeResult(change, Status.FAILED, error=str(exc), id=change.id)
 
 
 def _token(data: Any) -> Secret | None:

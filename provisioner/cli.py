@@ -32,7 +32,7 @@ from .interrupt import StopFlag, stop_on_signals
 from .manifest import DEFAULT_MAX_FOREACH, Limits, manifest_schema_text
 from .markdown import MarkdownReporter
 from .outputs import format_env, format_json, write_outputs
-from .plan import PlanOptions
+from .plan import Action, PlanOptions
 from .progress import ProgressReporter
 from .report import JsonReporter, RedactingWriter, TextReporter
 from .secret import REDACTOR
@@ -399,7 +399,7 @@ def _sources(params: dict[str, Any]) -> savedplan.Sources:
 def _confirmed(run: _Run, the_plan: Any, params: dict[str, Any]) -> bool:
     if params["yes"]:
         return True
-    count = sum(1 for c in the_plan.changes if c.action == "delete")
+    count = sum(1 for c in the_plan.changes if c.action == Action.DELETE)
     if not sys.stdin.isatty():
         raise UserError(f"destroy would delete {count} instance(s) of stack {the_plan.stack!r} and needs confirmation",
                         hint="pass --yes to confirm when there is no terminal")
@@ -470,7 +470,7 @@ def output(**params: Any) -> None:
     def body() -> int:
         validated = _validated(run, params)
         with _local(params) as local, stop_on_signals(run.stop):
-            options = replace(_options(run, params, local), plan=PlanOptions(destroy=True))
+            options = _options(run, params, local)
             with engine.connect(validated, options, run.stop, read_only=True) as connection:
                 live = engine.read_state(connection, validated.manifest.stack, owned_only=True)
                 entries = engine.instance_outputs(validated, None, connection, live)
@@ -736,7 +736,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = cli.main(args=argv, prog_name="provisioner", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
-        click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
+        click.echo(exc.ctx.get_help(), err=True)
         code = EXIT_ERROR
     except click.UsageError as exc:
         hint = f" (hint: see '{exc.ctx.command_path} --help')" if exc.ctx else ""

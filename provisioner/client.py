@@ -339,7 +339,8 @@ class ReadOnlyClient:
         elif self._stop.wait(seconds):
             self._stop.check()
 
-    def _read_answer(self, answer: Answer, method: str, shown: str, raw: bool = False) -> _Reply | ApiError:
+    def _read_answer(self, answer: Answer, method: str, shown: str,
+                     raw: bool = False) -> _Reply | ApiError | TransportError:
         """Map an HTTP answer onto a _Reply or an ApiError; feed the rate budget."""
         status = answer.status
         if 200 <= status < 300:
@@ -634,7 +635,7 @@ def _retry_after(value: str | None) -> float | None:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError, OverflowError):
             return None
-        if when is None or when.tzinfo is None:
+        if when.tzinfo is None:  # parsedate_to_datetime raises on what it cannot parse (Python 3.10+)
             return None
         seconds = when.timestamp() - time.time()
     if seconds != seconds:  # NaN

@@ -8,7 +8,7 @@ and configuration key. Nothing here touches the network.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +48,7 @@ def build_desired(manifest: Manifest, registry: ElementRegistry, renderer: Rende
     desired: list[DesiredInstance] = []
     problems: list[Problem] = []
     for index, entry in enumerate(manifest.instances):
-        if not isinstance(entry, dict) or index in skip:
+        if not isinstance(entry, YDict) or index in skip:  # the loader builds every mapping as a YDict
             continue
         where = Location(manifest.display, manifest.instances.line_of(index))
         for item in _items(entry, renderer, limits, where, problems):
@@ -274,7 +274,8 @@ def _check_name(name: str, here: Location, entry: YDict, problems: list[Problem]
                                 "remove <...> from the name"))
 
 
-def _config_locator(entry: YDict, template_name: Any, manifest: Manifest, name: str, here: Location):
+def _config_locator(entry: YDict, template_name: Any, manifest: Manifest, name: str,
+                    here: Location) -> Callable[[tuple], Location]:
     """Map a configuration key to the manifest line that declares it, or the template line."""
     inline = entry.get("configuration") if isinstance(entry.get("configuration"), YDict) else None
     template_source = _template_source(manifest, template_name) if isinstance(template_name, str) else None

@@ -13,14 +13,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .closedsets import StrEnum
 from .elements import ElementSchema
 from .ownership import PROTECT_TAG, fingerprint, fingerprints_of, user_tags
 from .secret import SENSITIVE
 
 
+class DiffOp(StrEnum):
+    """What happens to one field: it gets a value, its value changes, or its value goes."""
+
+    ADD = "add"
+    CHANGE = "change"
+    REMOVE = "remove"
+
+
 @dataclass(frozen=True)
 class FieldDiff:
-    op: str  # "add", "change" or "remove"
+    op: DiffOp
     path: str
     old: Any
     new: Any
@@ -49,14 +58,15 @@ def diff_configuration(desired: Mapping[str, Any], live: Mapping[str, Any] | Non
             if key in desired and desired[key] is not None:
                 want = fingerprint(fp.key, fp.stack, name, key, desired[key])
                 if live_fingerprints.get(key) != want:
-                    op = "change" if key in live_fingerprints or live.get(key) not in (None, "") else "add"
-                    diffs.append(FieldDiff(op, f"configuration.{key}", SENSITIVE if op == "change" else None,
+                    known = key in live_fingerprints or live.get(key) not in (None, "")
+                    op = DiffOp.CHANGE if known else DiffOp.ADD
+                    diffs.append(FieldDiff(op, f"configuration.{key}", SENSITIVE if op == DiffOp.CHANGE else None,
                                            SENSITIVE, True))
             continue
         want = schema.effective(key, desired.get(key))
         have = schema.effective(key, live.get(key))
         if want != have:
-            op = "add" if have is None else "remove" if want is None else "change"
+            op = DiffOp.ADD if have is None else DiffOp.REMOVE if want is None else DiffOp.CHANGE
             diffs.append(FieldDiff(op, f"configuration.{key}", have, want))
     return diffs
 
@@ -66,13 +76,13 @@ def diff_tags(desired_tags: tuple[str, ...] | None, live_tags: tuple[str, ...]) 
     if desired_tags is None:
         return []
     want, have = sorted(set(desired_tags)), sorted(set(user_tags(live_tags)))
-    return [] if want == have else [FieldDiff("change", "tags", have, want)]
+    return [] if want == have else [FieldDiff(DiffOp.CHANGE, "tags", have, want)]
 
 
 def diff_protect(protect: bool | None, live_tags: tuple[str, ...]) -> list[FieldDiff]:
     """The protection marker, when the manifest says protect: true or false."""
     have = PROTECT_TAG in live_tags
-    return [] if protect is None or protect == have else [FieldDiff("change", "protect", have, protect)]
+    return [] if protect is None or protect == have else [FieldDiff(DiffOp.CHANGE, "protect", have, protect)]
 
 
 def diff_instance(desired: Any, live: Any, schema: ElementSchema, fp: FingerprintContext) -> list[FieldDiff]:

@@ -24,18 +24,20 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from .applied import applied_record, live_value, was_applied
+from .closedsets import assert_never
 from .diff import FieldDiff, FingerprintContext
 from .elements import ElementRegistry
 from .live import LiveInstance
 from .ownership import fingerprints_of
-from .plan import Change, Plan
+from .plan import Action, Change, Plan
 from .secret import SENSITIVE
 
 Kind = Literal["drift", "pending"]
-CATEGORIES = ("changed", "secret", "missing", "extra-copy", "unmanaged-namesake", "undeclared", "renamed")
+Category = Literal["changed", "secret", "missing", "extra-copy", "unmanaged-namesake", "undeclared", "renamed"]
+CATEGORIES: tuple[Category, ...] = get_args(Category)  # in this order in the JSON summary
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class DriftField:
 
 @dataclass(frozen=True)
 class Finding:
-    category: str
+    category: Category
     kind: Kind
     name: str
     target: str
@@ -104,7 +106,7 @@ def detect(plan: Plan, live_by_target: Mapping[str, list[LiveInstance]], registr
     in_sync = 0
     for change in plan.changes:
         found = _findings(change, registry, fingerprints.get(change.target))
-        in_sync += 1 if change.action == "noop" and not found else 0
+        in_sync += 1 if change.action == Action.NOOP and not found else 0
         findings.extend(found)
     findings.extend(_namesakes(plan, live_by_target))
     return DriftReport(plan.stack, tuple(findings), declared, in_sync)
@@ -112,20 +114,25 @@ def detect(plan: Plan, live_by_target: Mapping[str, list[LiveInstance]], registr
 
 def _findings(change: Change, registry: ElementRegistry, fp: FingerprintContext | None) -> list[Finding]:
     common = {"name": change.name, "target": change.target, "element": change.element, "id": change.id}
-    if change.action == "create":
-        return [Finding("missing", "drift", detail="declared, not found among the stack's instances", **common)]
-    if change.action == "delete":  # with default options, only extra copies of a declared instance
-        return [Finding("extra-copy", "drift", detail=change.reason, **common)]
-    if change.action == "noop" and change.desired is None:
-        return [Finding("undeclared", "pending", detail=change.reason, **common)]
-    if change.action == "conflict" and change.live is not None and not change.live.owned_by(fp.stack if fp else ""):
-        return [Finding("unmanaged-namesake", "drift",
-                        detail=f"declared, but the only instance named {change.name!r} has no stack marker; "
-                        "provisioner never touches it", **common)]
     found = []
-    if change.action == "rename":
-        old = change.live.name if change.live is not None else "?"
-        found.append(Finding("renamed", "pending", detail=f"owned as {old!r}; apply renames it", **common))
+    match change.action:
+        case Action.CREATE:
+            return [Finding("missing", "drift", detail="declared, not found among the stack's instances", **common)]
+        case Action.DELETE:  # with default options, only extra copies of a declared instance
+            return [Finding("extra-copy", "drift", detail=change.reason, **common)]
+        case Action.NOOP if change.desired is None:
+            return [Finding("undeclared", "pending", detail=change.reason, **common)]
+        case Action.CONFLICT if change.live is not None and not change.live.owned_by(fp.stack if fp else ""):
+            return [Finding("unmanaged-namesake", "drift",
+                            detail=f"declared, but the only instance named {change.name!r} has no stack marker; "
+                            "provisioner never touches it", **common)]
+        case Action.RENAME:
+            old = change.live.name if change.live is not None else "?"
+            found.append(Finding("renamed", "pending", detail=f"owned as {old!r}; apply renames it", **common))
+        case Action.NOOP | Action.CONFLICT | Action.UPDATE | Action.REPLACE | Action.ADOPT | Action.PROTECTED:
+            pass  # only their fields can differ
+        case _:
+            assert_never(change.action)
     if change.live is not None and change.desired is not None and fp is not None:
         found.extend(_field_findings(change, registry, fp, common))
     return found
@@ -178,7 +185,7 @@ def _canonical_element(registry: ElementRegistry, reported: str | None) -> str |
 def _namesakes(plan: Plan, live_by_target: Mapping[str, list[LiveInstance]]) -> list[Finding]:
     """Unmanaged instances with a declared name, next to the owned one (the plan shows only those
     that stand in the way of a create)."""
-    declared = {(c.target, c.name) for c in plan.changes if c.desired is not None and c.action != "conflict"}
+    declared = {(c.target, c.name) for c in plan.changes if c.desired is not None and c.action != Action.CONFLICT}
     found = []
     for target, instances in sorted(live_by_target.items()):
         for live in instances:

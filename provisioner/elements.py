@@ -45,7 +45,7 @@ def builtin_schemas() -> Any:
     try:
         return resources.files("provisioner.schemas")
     except ModuleNotFoundError:
-        return resources.files("provisioner").joinpath("..", "schemas")
+        return resources.files("provisioner") / ".." / "schemas"
 
 
 @dataclass
@@ -62,7 +62,7 @@ class ElementSchema:
         return Draft202012Validator(self.schema)
 
     @cached_property
-    def properties(self) -> dict[str, dict]:
+    def properties(self) -> dict[str, Any]:  # a user's schema may hold anything under a key
         return dict(self.schema.get("properties", {}))
 
     @cached_property

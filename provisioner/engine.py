@@ -15,18 +15,18 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .apply import Applier, ApplyResult, ApplySettings, ChangeResult
+from .apply import Applier, ApplyResult, ApplySettings, ChangeResult, Status
 from .client import Client, ClientSettings, ReadOnlyClient
 from .desired import DesiredInstance, build_desired
 from .diff import FingerprintContext
 from .drift import DriftReport, detect
 from .elements import ElementRegistry
-from .errors import CredentialsRefused, Problem, Unauthorized, UserError, ValidationFailed
+from .errors import CredentialsRefused, Problem, Severity, Unauthorized, UserError, ValidationFailed
 from .interrupt import StopFlag
 from .live import LiveInstance, read_live
 from .manifest import DEFAULT_TARGET, Limits, Manifest, load_manifest
 from .ownership import FINGERPRINT_KEY_ENV, fingerprint_key
-from .plan import EarlyDiffs, Plan, PlanOptions, make_plan
+from .plan import Action, EarlyDiffs, Plan, PlanOptions, make_plan
 from .ratelimit import RateBudget
 from .render import Renderer
 from .stats import RequestStats
@@ -71,7 +71,7 @@ def validate(options: Options) -> Validated:
     broken = frozenset(int(m[1]) for p in problems if (m := _ENTRY.match(p.location.path or "")))
     desired, render_problems = build_desired(manifest, registry, renderer, options.limits, broken)
     problems.extend(render_problems)
-    if any(p.severity == "error" for p in problems):
+    if any(p.severity == Severity.ERROR for p in problems):
         raise ValidationFailed(_sorted(problems))
     return Validated(manifest, registry, renderer, desired, problems)
 
@@ -163,7 +163,7 @@ def apply(validated: Validated, connection: Connection, the_plan: Plan, options:
           progress: Callable[[ChangeResult], None] | None = None) -> ApplyResult:
     """Stage 6: execute the plan. Protected refusals are not given to the applier: they are
     reported as skipped, in their place."""
-    runnable = replace(the_plan, changes=tuple(c for c in the_plan.changes if c.action != "protected"))
+    runnable = replace(the_plan, changes=tuple(c for c in the_plan.changes if c.action != Action.PROTECTED))
     applier = Applier(runnable, connection.clients, connection.fingerprints, validated.registry, options.apply,
                       stop, progress)
     result = _with_refusals(the_plan, applier.run())
@@ -176,7 +176,7 @@ def apply(validated: Validated, connection: Connection, the_plan: Plan, options:
 
 def _with_refusals(the_plan: Plan, result: ApplyResult) -> ApplyResult:
     done = iter(result.results)
-    merged = [ChangeResult(c, "skipped", error=c.reason, id=c.id) if c.action == "protected" else next(done)
+    merged = [ChangeResult(c, Status.SKIPPED, error=c.reason, id=c.id) if c.action == Action.PROTECTED else next(done)
               for c in the_plan.changes]
     return ApplyResult(the_plan, merged, result.interrupted, result.aborted, result.notes)
 
@@ -190,7 +190,8 @@ def instance_outputs(validated: Validated, result: ApplyResult | None, connectio
         for r in result.results:
             key = (r.change.target, r.change.name)
             identity = r.change.desired is not None  # not an extra copy of a duplicated instance
-            if identity and key in declared and r.status == "ok" and r.change.action != "delete" and r.id is not None:
+            exists = r.status == Status.OK and r.change.action != Action.DELETE and r.id is not None
+            if identity and key in declared and exists:
                 entries[r.change.name] = {"id": r.id, "element": declared[key].element, "token": r.token,
                                           "_target": r.change.target}
     if live is not None:

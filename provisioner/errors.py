@@ -14,6 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .closedsets import StrEnum
+
+
+class Severity(StrEnum):
+    """An error stops the command before anything is sent; a warning is reported and the run goes on."""
+
+    ERROR = "error"
+    WARNING = "warning"
+
 
 @dataclass(frozen=True)
 class Location:
@@ -48,7 +57,7 @@ class Problem:
     message: str
     location: Location = field(default_factory=Location)
     hint: str | None = None
-    severity: str = "error"  # or "warning"
+    severity: Severity = Severity.ERROR
 
     def format(self) -> str:
         where = self.location.format()
@@ -94,7 +103,7 @@ class ValidationFailed(UserError):
 
     def __init__(self, problems: list[Problem]):
         self.problems = problems
-        errors = [p for p in problems if p.severity == "error"]
+        errors = [p for p in problems if p.severity == Severity.ERROR]
         super().__init__(f"{len(errors)} problem(s) found")
 
     def __str__(self) -> str:

@@ -52,7 +52,7 @@ class Manifest:
     @property
     def instances(self) -> YList:
         value = self.data.get("instances")
-        return value if isinstance(value, list) else YList()
+        return value if isinstance(value, YList) else YList()  # the loader builds every sequence as a YList
 
     @property
     def targets(self) -> dict:
@@ -95,7 +95,7 @@ def load_manifest(path: str, inputs_files: tuple[str, ...] = (), sets: tuple[str
         problems.append(Problem("the manifest is empty", Location(display), f"start with apiVersion: {API_VERSION}"))
     if data is None:
         return None, problems
-    if not isinstance(data, dict):
+    if not isinstance(data, YDict):  # the loader builds every mapping as a YDict
         kind = "a list" if isinstance(data, list) else f"a single value ({type(data).__name__})"
         problems.append(Problem(f"the manifest must be a mapping of keys, got {kind}", Location(display, 1),
                                 f"start with apiVersion: {API_VERSION}"))
@@ -103,9 +103,9 @@ def load_manifest(path: str, inputs_files: tuple[str, ...] = (), sets: tuple[str
     problems.extend(check_structure(data, display))
     inputs, layers, input_problems = layer_inputs(data.get("inputs"), inputs_files, sets, limits, display)
     problems.extend(input_problems)
-    stack = data.get("stack") if isinstance(data.get("stack"), str) else ""
+    stack = data.get("stack")
     base_dir = os.path.dirname(os.path.abspath(path))
-    return Manifest(path, display, base_dir, data, stack, inputs, layers), problems
+    return Manifest(path, display, base_dir, data, stack if isinstance(stack, str) else "", inputs, layers), problems
 
 
 def check_structure(data: YDict, display: str) -> list[Problem]:

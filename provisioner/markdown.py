@@ -21,9 +21,10 @@ from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
 from .apply import ApplyResult, ChangeResult
-from .diff import FieldDiff
+from .closedsets import assert_never
+from .diff import DiffOp, FieldDiff
 from .drift import CATEGORIES, DriftReport, Finding, summary_line
-from .plan import ACTIONS, Change, Plan
+from .plan import ACTIONS, Action, Change, Plan
 from .report import _PAST, _SYMBOLS, LIST_LIMIT, RedactingWriter, TextReporter
 from .secret import SENSITIVE
 
@@ -63,10 +64,15 @@ def diff_lines(diffs: Iterable[FieldDiff]) -> list[str]:
     """A field diff as unified-diff lines: ``-`` the live value, ``+`` the declared one."""
     lines: list[str] = []
     for diff in diffs:
-        if diff.op in ("change", "remove"):
-            lines.append(f"- {diff.path}: {_show(diff, diff.old)}")
-        if diff.op in ("change", "add"):
-            lines.append(f"+ {diff.path}: {_show(diff, diff.new)}")
+        match diff.op:
+            case DiffOp.CHANGE:
+                lines += [f"- {diff.path}: {_show(diff, diff.old)}", f"+ {diff.path}: {_show(diff, diff.new)}"]
+            case DiffOp.REMOVE:
+                lines.append(f"- {diff.path}: {_show(diff, diff.old)}")
+            case DiffOp.ADD:
+                lines.append(f"+ {diff.path}: {_show(diff, diff.new)}")
+            case _:
+                assert_never(diff.op)
     return lines
 
 
@@ -100,8 +106,9 @@ def plan_markdown(plan: Plan, command: str = "plan", verbose: bool = False) -> s
     counts = plan.counts()
     rows = [(_LABELS.get(a, a), counts[a]) for a in ACTIONS]
     changed = [(c, None) for c in plan.changes if c.action != "noop" or c.warning or verbose]
+    pending = sum(counts[a] for a in (Action.CREATE, Action.UPDATE, Action.REPLACE, Action.DELETE))
     verdict = ("No changes: the instances match the manifest." if not plan.has_changes and not plan.has_conflicts
-               else f"{sum(counts[a] for a in ('create', 'update', 'replace', 'delete'))} change(s) pending.")
+               else f"{pending} change(s) pending.")
     blocks = [f"### provisioner {command}: stack {code(plan.stack)}", verdict, table(("action", "instances"), rows),
               *_warnings(plan.warnings), *_sections(changed, verbose)]
     return "\n\n".join(blocks) + "\n"
@@ -117,7 +124,7 @@ def apply_markdown(result: ApplyResult, stats: dict[str, Any], command: str = "a
         if r.status == "ok" and r.change.action in done:
             done[r.change.action] += 1
     rows = [*((_PAST[a], n) for a, n in done.items()), ("failed", status["failed"]), ("skipped", status["skipped"]),
-            ("unchanged", result.plan.counts()["noop"])]
+            ("unchanged", result.plan.counts()[Action.NOOP])]
     writes = [(r.change, _status_text(r)) for r in result.results if r.change.is_write or r.change.action == "conflict"]
     traffic = f"{stats.get('requests', 0)} request(s), {stats.get('retries', 0)} retries."
     verdict = ("OK." if result.ok and not result.plan.has_conflicts else "**Failed.**") + " " + traffic

@@ -53,7 +53,7 @@ def is_unmanaged(tags: Iterable[Any]) -> bool:
     return not any(isinstance(t, str) and t.startswith(STACK_TAG) for t in tags)
 
 
-def is_managed_tag(tag: str) -> bool:
+def is_managed_tag(tag: object) -> bool:
     """Tags provisioner writes itself, as opposed to the user's own tags."""
     return isinstance(tag, str) and tag.startswith(TAG_PREFIX)
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
+from .closedsets import StrEnum, assert_never
 from .desired import DesiredInstance
-from .diff import FieldDiff, FingerprintContext, diff_instance, element_matches
+from .diff import DiffOp, FieldDiff, FingerprintContext, diff_instance, element_matches
 from .elements import ElementRegistry
 from .errors import UserError
 from .live import LiveInstance
@@ -34,14 +35,42 @@ from .protection import is_protected, refusal
 from .secret import MASK, SENSITIVE, Secret
 from .targeting import Selection, restrict
 
-ACTIONS = ("create", "update", "rename", "replace", "delete", "noop", "conflict", "protected", "adopt")
-WRITES = ("create", "update", "rename", "replace", "delete", "adopt")
-REFUSALS = ("conflict", "protected")  # shown, never executed; the command exits 1
+
+class Action(StrEnum):
+    """What a plan does with one instance. The order is the order of the JSON summary."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    RENAME = "rename"
+    REPLACE = "replace"
+    DELETE = "delete"
+    NOOP = "noop"
+    CONFLICT = "conflict"
+    PROTECTED = "protected"
+    ADOPT = "adopt"
+
+
+def _role(action: Action) -> Literal["write", "refusal", "none"]:
+    """Writes are executed; refusals are shown, never executed, and the command exits 1."""
+    match action:
+        case Action.CREATE | Action.UPDATE | Action.RENAME | Action.REPLACE | Action.DELETE | Action.ADOPT:
+            return "write"
+        case Action.CONFLICT | Action.PROTECTED:
+            return "refusal"
+        case Action.NOOP:
+            return "none"
+        case _:
+            assert_never(action)
+
+
+ACTIONS = tuple(Action)
+WRITES = tuple(a for a in Action if _role(a) == "write")
+REFUSALS = tuple(a for a in Action if _role(a) == "refusal")
 
 
 @dataclass(frozen=True)
 class Change:
-    action: str
+    action: Action
     name: str
     target: str
     element: str | None
@@ -81,7 +110,7 @@ class Plan:
     options: PlanOptions = PlanOptions()
     left_out: int = 0  # declared instances left out by --target/--exclude
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[Action, int]:
         counts = dict.fromkeys(ACTIONS, 0)
         for change in self.changes:
             counts[change.action] += 1
@@ -93,7 +122,7 @@ class Plan:
 
     @property
     def has_conflicts(self) -> bool:
-        return any(c.action == "conflict" for c in self.changes)
+        return any(c.action == Action.CONFLICT for c in self.changes)
 
     @property
     def has_refusals(self) -> bool:
@@ -203,7 +232,7 @@ def _plan_target(stack: str, target: str, desired: list[DesiredInstance], live: 
             namesakes = sorted(unmanaged.get(instance.name, []), key=lambda i: i.age_key)
             changes.append(_unmanaged(stack, instance, namesakes, registry, fp, options))
         else:
-            changes.append(Change("create", instance.name, target, instance.element, "declared, not found",
+            changes.append(Change(Action.CREATE, instance.name, target, instance.element, "declared, not found",
                                   _create_diff(instance), desired=instance))
     if options.destroy:
         declared = set()
@@ -244,7 +273,7 @@ def _adoptable(instance: DesiredInstance, namesakes: list[LiveInstance]) -> Live
 
 
 def _conflict(instance: DesiredInstance, live: LiveInstance | None, reason: str) -> Change:
-    return Change("conflict", instance.name, instance.target, instance.element, reason,
+    return Change(Action.CONFLICT, instance.name, instance.target, instance.element, reason,
                   id=live.id if live is not None else None, desired=instance, live=live)
 
 
@@ -264,7 +293,7 @@ def _adopt(instance: DesiredInstance, live: LiveInstance, registry: ElementRegis
               "its id and token are kept")
     if secrets:
         reason += f"; secret values ({', '.join(secrets)}) cannot be read back and are sent as declared"
-    return Change("adopt", instance.name, instance.target, instance.element, reason, diffs, id=live.id,
+    return Change(Action.ADOPT, instance.name, instance.target, instance.element, reason, diffs, id=live.id,
                   method="PATCH", desired=instance, live=live)
 
 
@@ -275,23 +304,23 @@ def _compare(instance: DesiredInstance, live: LiveInstance, registry: ElementReg
     common = {"name": instance.name, "target": instance.target, "element": instance.element, "id": live.id,
               "desired": instance, "live": live}
     if not element_matches(schema, live.element):
-        diff = (FieldDiff("change", "element", live.element, instance.element),)
+        diff = (FieldDiff(DiffOp.CHANGE, "element", live.element, instance.element),)
         if options.allow_replace and is_protected(live, instance, options.allow_destroy):
-            return Change("protected", reason=refusal(f"replacing it (element {live.element} -> {instance.element})"),
-                          diff=diff, **common)
+            what = f"replacing it (element {live.element} -> {instance.element})"
+            return Change(Action.PROTECTED, reason=refusal(what), diff=diff, **common)
         if options.allow_replace:
-            return Change("replace", reason=f"element changes from {live.element} to {instance.element} "
+            return Change(Action.REPLACE, reason=f"element changes from {live.element} to {instance.element} "
                           "(the application's token will change)", diff=diff, **common)
-        return Change("conflict", reason=f"element changes from {live.element} to {instance.element}, which needs "
+        return Change(Action.CONFLICT, reason=f"element changes from {live.element} to {instance.element}, which needs "
                       "a replace (and a new token); run with --allow-replace to allow it", diff=diff, **common)
     diffs = early.get(instance, live) if early is not None else None
     if diffs is None:
         diffs = tuple(diff_instance(instance, live, schema, fp))
     if not diffs:
-        return Change("noop", reason="up to date", **common)
+        return Change(Action.NOOP, reason="up to date", **common)
     if any(d.path.startswith("configuration.") for d in diffs):
-        return Change("update", reason="configuration differs", diff=diffs, method="PUT", **common)
-    return Change("update", reason="tags differ", diff=diffs, method="PATCH", **common)
+        return Change(Action.UPDATE, reason="configuration differs", diff=diffs, method="PUT", **common)
+    return Change(Action.UPDATE, reason="tags differ", diff=diffs, method="PATCH", **common)
 
 
 def _rename(instance: DesiredInstance, live: LiveInstance, registry: ElementRegistry,
@@ -300,12 +329,12 @@ def _rename(instance: DesiredInstance, live: LiveInstance, registry: ElementRegi
     its fingerprints still match), then the new name is one more field to change."""
     compared = _compare(replace(instance, name=live.name), live, registry, fp, options)
     moved = replace(compared, name=instance.name, desired=instance)
-    if compared.action not in ("noop", "update"):
+    if compared.action not in (Action.NOOP, Action.UPDATE):
         return replace(moved, reason=f"{compared.reason} (declared as {instance.name!r}, was {live.name!r})")
-    diff = (FieldDiff("change", "name", live.name, instance.name), *compared.diff)
+    diff = (FieldDiff(DiffOp.CHANGE, "name", live.name, instance.name), *compared.diff)
     config = any(d.path.startswith("configuration.") for d in compared.diff)
     what = "; configuration differs" if config else "; tags differ" if compared.diff else ""
-    return replace(moved, action="rename", diff=diff, method="PUT" if config else "PATCH",
+    return replace(moved, action=Action.RENAME, diff=diff, method="PUT" if config else "PATCH",
                    reason=f"renamed from {live.name!r} (id and token kept){what}")
 
 
@@ -319,9 +348,9 @@ def _duplicates(matches: list[LiveInstance], target: str, options: PlanOptions) 
         common = {"name": extra.name, "target": target, "element": extra.element, "id": extra.id, "live": extra,
                   "warning": f"duplicate instance id {extra.id} of id {keep.id}"}
         if is_protected(extra, None, options.allow_destroy):
-            changes.append(Change("protected", reason=refusal(f"deleting duplicate of id {keep.id}"), **common))
+            changes.append(Change(Action.PROTECTED, reason=refusal(f"deleting duplicate of id {keep.id}"), **common))
         else:
-            changes.append(Change("delete", reason=f"duplicate of id {keep.id} (the oldest is kept)", **common))
+            changes.append(Change(Action.DELETE, reason=f"duplicate of id {keep.id} (the oldest is kept)", **common))
     return changes
 
 
@@ -330,23 +359,23 @@ def _undeclared(instance: LiveInstance, target: str, options: PlanOptions) -> Ch
               "live": instance}
     if (options.destroy or options.prune) and is_protected(instance, None, options.allow_destroy):
         what = "destroy" if options.destroy else "--prune (no longer declared)"
-        return Change("protected", reason=refusal(f"deleting it by {what}"), **common)
+        return Change(Action.PROTECTED, reason=refusal(f"deleting it by {what}"), **common)
     if options.destroy:
-        return Change("delete", reason="destroy deletes every instance the stack owns", **common)
+        return Change(Action.DELETE, reason="destroy deletes every instance the stack owns", **common)
     if options.prune:
-        return Change("delete", reason="owned by the stack, no longer declared", **common)
-    return Change("noop", reason="owned by the stack but no longer declared; --prune deletes it",
+        return Change(Action.DELETE, reason="owned by the stack, no longer declared", **common)
+    return Change(Action.NOOP, reason="owned by the stack but no longer declared; --prune deletes it",
                   warning="owned but not declared (use --prune to delete it)", **common)
 
 
 def _create_diff(instance: DesiredInstance) -> tuple[FieldDiff, ...]:
-    diffs = [FieldDiff("add", "element", None, instance.element)]
+    diffs = [FieldDiff(DiffOp.ADD, "element", None, instance.element)]
     if instance.tags is not None:
-        diffs.append(FieldDiff("add", "tags", None, list(instance.tags)))
+        diffs.append(FieldDiff(DiffOp.ADD, "tags", None, list(instance.tags)))
     if instance.protect:
-        diffs.append(FieldDiff("add", "protect", None, True))
+        diffs.append(FieldDiff(DiffOp.ADD, "protect", None, True))
     for key in sorted(instance.configuration):
         value = instance.configuration[key]
         secret = isinstance(value, Secret)
-        diffs.append(FieldDiff("add", f"configuration.{key}", None, SENSITIVE if secret else value, secret))
+        diffs.append(FieldDiff(DiffOp.ADD, f"configuration.{key}", None, SENSITIVE if secret else value, secret))
     return tuple(diffs)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from typing import IO, Any
 
+from .apply import ChangeResult, Status
+
 
 class ProgressReporter:
     """Counts finished changes; shows them as a bar (terminal) or periodic lines (no terminal)."""
@@ -55,9 +57,9 @@ class ProgressReporter:
         elif self.enabled and time.monotonic() - self.started >= self.interval:
             self._line()
 
-    def __call__(self, result: Any) -> None:
+    def __call__(self, result: ChangeResult) -> None:
         self.done += 1
-        if getattr(result, "status", "ok") == "failed":
+        if result.status == Status.FAILED:
             self.errors += 1
         if not self.enabled:
             return

@@ -155,6 +155,7 @@ class RateBudget:
             self._answer(now, True)
             if not self._throttled or now <= self._last_increase:
                 return
+            assert self._limit is not None and self._recover_to is not None  # both set while throttled
             step = self._increase if self._increase is not None else max(
                 0.5, RECOVERY_FRACTION * (self._cut_to or MIN_RATE))
             self._limit += step * (now - self._last_increase)

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jinja2
@@ -206,7 +206,7 @@ class _ConfinedLoader(jinja2.BaseLoader):
             raise TemplateOutside(name)
         return path
 
-    def get_source(self, environment: jinja2.Environment, template: str):
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
         path = self.resolve(template)
         if not os.path.lexists(path):
             raise jinja2.TemplateNotFound(template)

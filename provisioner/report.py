@@ -11,21 +11,47 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterable
-from typing import IO, Any
+from typing import IO, Any, cast
 
-from .apply import ApplyResult, ChangeResult
-from .diff import FieldDiff
+from .apply import ApplyResult, ChangeResult, Status
+from .closedsets import assert_never
+from .diff import DiffOp, FieldDiff
 from .drift import DriftReport, summary_line, text_lines
-from .errors import Problem
-from .plan import Change, Plan
+from .errors import Problem, Severity
+from .plan import REFUSALS, Action, Change, Plan
 from .secret import REDACTOR, SENSITIVE, masked
+from .stats import plural
 
 FORMAT_VERSION = 1
-_SYMBOLS = {"create": ("+", "green"), "update": ("~", "yellow"), "rename": (">", "yellow"),
-            "replace": ("-/+", "magenta"), "delete": ("-", "red"), "conflict": ("!", "red"), "noop": ("=", "dim"),
-            "protected": ("#", "red"), "adopt": ("<=", "cyan")}
-_PAST = {"create": "created", "update": "updated", "rename": "renamed", "replace": "replaced", "delete": "deleted",
-         "adopt": "adopted"}
+
+
+def _looks(action: Action) -> tuple[str, str, str | None]:
+    """How an action shows: its symbol, its colour, and its past tense once done (writes only)."""
+    match action:
+        case Action.CREATE:
+            return "+", "green", "created"
+        case Action.UPDATE:
+            return "~", "yellow", "updated"
+        case Action.RENAME:
+            return ">", "yellow", "renamed"
+        case Action.REPLACE:
+            return "-/+", "magenta", "replaced"
+        case Action.DELETE:
+            return "-", "red", "deleted"
+        case Action.ADOPT:
+            return "<=", "cyan", "adopted"
+        case Action.CONFLICT:
+            return "!", "red", None
+        case Action.NOOP:
+            return "=", "dim", None
+        case Action.PROTECTED:
+            return "#", "red", None
+        case _:
+            assert_never(action)
+
+
+_SYMBOLS: dict[Action, tuple[str, str]] = {a: _looks(a)[:2] for a in Action}
+_PAST: dict[Action, str] = {a: past for a in Action if (past := _looks(a)[2]) is not None}
 LIST_LIMIT = 100  # successful changes listed one by one up to this many (all with --verbose)
 
 
@@ -46,7 +72,7 @@ class RedactingWriter(io.TextIOBase):
         return bool(getattr(self._stream, "isatty", lambda: False)())
 
     @property
-    def encoding(self) -> str:  # type: ignore[override]
+    def encoding(self) -> str:  # type: ignore[override]  # typeshed declares it a plain attribute
         return getattr(self._stream, "encoding", "utf-8") or "utf-8"
 
 
@@ -59,7 +85,9 @@ class StyledStream:
         if self.raw.isatty():
             from rich.console import Console
 
-            self._console = Console(file=self.raw, highlight=False, soft_wrap=True, markup=False, emoji=False)
+            # A TextIOBase is a text stream, though typeshed does not declare it an IO[str].
+            file = cast(IO[str], self.raw)
+            self._console = Console(file=file, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
     @property
     def is_terminal(self) -> bool:
@@ -96,7 +124,7 @@ def result_json(result: ChangeResult) -> dict[str, Any]:
     return data
 
 
-def summary_json(plan: Plan) -> dict[str, int]:
+def summary_json(plan: Plan) -> dict[Action, int]:
     return plan.counts()
 
 
@@ -162,15 +190,14 @@ class TextReporter:
     def problems(self, command: str, problems: Iterable[Problem]) -> None:
         problems = list(problems)
         for problem in problems:
-            self.err.print(f"{problem.severity}: {problem.format()}", style="red" if
-                           problem.severity == "error" else "yellow")
-        errors = sum(1 for p in problems if p.severity == "error")
+            self.err.print(f"{problem.severity}: {problem.format()}", style=_severity_style(problem.severity))
+        errors = sum(1 for p in problems if p.severity == Severity.ERROR)
         self.err.print(f"{errors} problem{'s' if errors != 1 else ''} found; nothing was sent to the API.")
 
     def plan(self, plan: Plan, command: str = "plan") -> None:
         lines: list[tuple[str, str]] = []
         for change in plan.changes:
-            if change.action != "noop" or change.warning or self.verbose:
+            if change.action != Action.NOOP or change.warning or self.verbose:
                 lines.extend(_change_lines(change))
         self.out.lines(lines)
         for warning in plan.warnings:
@@ -181,9 +208,9 @@ class TextReporter:
 
     def applied(self, result: ApplyResult, stats: dict[str, Any], command: str = "apply",
                 outputs: str | None = None) -> None:
-        writes = [r for r in result.results if r.change.is_write or r.change.action in ("conflict", "protected")]
+        writes = [r for r in result.results if r.change.is_write or r.change.action in REFUSALS]
         self.out.lines([_result_line(r) for r in writes
-                     if r.status != "ok" or self.verbose or len(writes) <= LIST_LIMIT])
+                     if r.status != Status.OK or self.verbose or len(writes) <= LIST_LIMIT])
         for warning in result.plan.warnings:
             self.err.print(f"warning: {warning}", style="yellow")
         for note in result.notes:
@@ -191,7 +218,7 @@ class TextReporter:
         self.out.print(_apply_summary(result, stats, command))
         if outputs:
             self.out.print(f"Outputs written to {outputs} (mode 0600).")
-        failed = [r for r in result.results if r.status == "failed"]
+        failed = [r for r in result.results if r.status == Status.FAILED]
         if failed:
             self.err.print(f"{len(failed)} change(s) failed:", style="red")
             for r in failed:
@@ -217,16 +244,27 @@ class TextReporter:
         self.err.print(text)
 
 
-def plan_summary(counts: dict[str, int]) -> str:
+def plan_summary(counts: dict[Action, int]) -> str:
     """``Plan: 1 to create, ... (3 unchanged).``; renames, conflicts and refusals only when there are some."""
-    rename = f"{counts['rename']} to rename, " if counts.get("rename") else ""
-    line = (f"Plan: {counts['create']} to create, {counts['update']} to update, {rename}"
-            f"{counts['replace']} to replace, {counts['delete']} to delete"
-            + (f", {counts['adopt']} to adopt" if counts.get("adopt") else ""))
-    extra = [f"{counts['noop']} unchanged"] + ([f"{counts['conflict']} conflict(s)"] if counts["conflict"] else [])
-    if counts.get("protected"):
-        extra.append(f"{counts['protected']} protected, refused")
+    rename = f"{counts[Action.RENAME]} to rename, " if counts.get(Action.RENAME) else ""
+    line = (f"Plan: {counts[Action.CREATE]} to create, {counts[Action.UPDATE]} to update, {rename}"
+            f"{counts[Action.REPLACE]} to replace, {counts[Action.DELETE]} to delete"
+            + (f", {counts[Action.ADOPT]} to adopt" if counts.get(Action.ADOPT) else ""))
+    extra = [f"{counts[Action.NOOP]} unchanged"] + (
+        [f"{counts[Action.CONFLICT]} conflict(s)"] if counts[Action.CONFLICT] else [])
+    if counts.get(Action.PROTECTED):
+        extra.append(f"{counts[Action.PROTECTED]} protected, refused")
     return f"{line} ({', '.join(extra)})."
+
+
+def _severity_style(severity: Severity) -> str:
+    match severity:
+        case Severity.ERROR:
+            return "red"
+        case Severity.WARNING:
+            return "yellow"
+        case _:
+            assert_never(severity)
 
 
 def _change_lines(change: Change) -> list[tuple[str, str]]:
@@ -242,9 +280,9 @@ def _result_line(r: ChangeResult) -> tuple[str, str]:
     change = r.change
     symbol, style = _SYMBOLS[change.action]
     ident = f" id {r.id}" if r.id is not None else ""
-    if r.status == "ok":
+    if r.status == Status.OK:
         return style, f"{symbol} {_PAST.get(change.action, change.action)} {change.name}{ident}"
-    if change.action == "protected":
+    if change.action == Action.PROTECTED:
         return style, f"{symbol} protected {change.name}{ident}, not touched: {r.error}"
     request = f" (requestId {r.request_id})" if r.request_id else ""
     return "red", f"x {change.action} {change.name}{ident} {r.status}: {r.error}{request}"
@@ -254,15 +292,19 @@ def _diff_line(diff: FieldDiff) -> str:
     def show(value: Any) -> str:
         return SENSITIVE if diff.sensitive and value is not None else json.dumps(value, default=str)
 
-    if diff.op == "add":
-        return f"+ {diff.path} = {show(diff.new)}"
-    if diff.op == "remove":
-        return f"- {diff.path} (was {show(diff.old)})"
-    return f"~ {diff.path}: {show(diff.old)} -> {show(diff.new)}"
+    match diff.op:
+        case DiffOp.ADD:
+            return f"+ {diff.path} = {show(diff.new)}"
+        case DiffOp.REMOVE:
+            return f"- {diff.path} (was {show(diff.old)})"
+        case DiffOp.CHANGE:
+            return f"~ {diff.path}: {show(diff.old)} -> {show(diff.new)}"
+        case _:
+            assert_never(diff.op)
 
 
-def _status_counts(result: ApplyResult) -> dict[str, int]:
-    counts = {"ok": 0, "failed": 0, "skipped": 0}
+def _status_counts(result: ApplyResult) -> dict[Status, int]:
+    counts = dict.fromkeys(Status, 0)
     for r in result.results:
         counts[r.status] += 1
     return counts
@@ -271,31 +313,27 @@ def _status_counts(result: ApplyResult) -> dict[str, int]:
 def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> str:
     done = dict.fromkeys(_PAST, 0)
     for r in result.results:
-        if r.status == "ok" and r.change.action in done:
+        if r.status == Status.OK and r.change.action in done:
             done[r.change.action] += 1
     status = _status_counts(result)
-    conflicts = sum(1 for r in result.results if r.change.action == "conflict")
-    protected = sum(1 for r in result.results if r.change.action == "protected")
-    parts = [f"{done[a]} {_PAST[a]}" for a in ("create", "update", "replace", "delete")]
-    if done["adopt"]:
-        parts.insert(0, f"{done['adopt']} adopted")
-    if done["rename"]:
-        parts.insert(2, f"{done['rename']} renamed")
-    parts.append(f"{status['failed']} failed")
-    parts.append(f"{status['skipped'] - conflicts - protected} skipped")
+    conflicts = sum(1 for r in result.results if r.change.action == Action.CONFLICT)
+    protected = sum(1 for r in result.results if r.change.action == Action.PROTECTED)
+    parts = [f"{done[a]} {_PAST[a]}" for a in (Action.CREATE, Action.UPDATE, Action.REPLACE, Action.DELETE)]
+    if done[Action.ADOPT]:
+        parts.insert(0, f"{done[Action.ADOPT]} adopted")
+    if done[Action.RENAME]:
+        parts.insert(2, f"{done[Action.RENAME]} renamed")
+    parts.append(f"{status[Status.FAILED]} failed")
+    parts.append(f"{status[Status.SKIPPED] - conflicts - protected} skipped")
     if conflicts:
         parts.append(f"{conflicts} conflict(s)")
     if protected:
         parts.append(f"{protected} protected, refused")
     requests = stats.get("requests", 0)
     retries = stats.get("retries", 0)
-    traffic = f"{_plural(requests, 'request')}, {_plural(retries, 'retry', 'retries')}."
+    traffic = f"{plural(requests, 'request')}, {plural(retries, 'retry', 'retries')}."
     title = "Apply" if command == "apply" else command.capitalize()
     if not result.plan.has_changes and not result.plan.has_refusals:
         return f"{title}: no changes, the instances match the manifest. {traffic}"
     return f"{title}: {', '.join(parts)}. {traffic}"
-
-
-def _plural(count: int, singular: str, plural: str | None = None) -> str:
-    return f"{count} {singular if count == 1 else plural or singular + 's'}"
 

@@ -32,7 +32,7 @@ from . import __version__
 from .applied import desired_fields, field_digests, live_value
 from .errors import UserError
 from .ownership import fingerprint
-from .plan import Change, Plan, PlanOptions
+from .plan import Action, Change, Plan, PlanOptions
 from .privatefile import write_private
 from .report import change_json
 from .secret import REDACTOR, masked
@@ -132,7 +132,7 @@ def _change(change: Change, validated: Any, connection: Any) -> dict:
     data["method"] = change.method
     data["warning"] = change.warning
     data["live"] = None
-    if change.live is not None and (change.is_write or change.action == "protected"):
+    if change.live is not None and (change.is_write or change.action == Action.PROTECTED):
         data["live"] = {"id": change.live.id, "fields": _live_digests(change, validated, connection)}
     return data
 
@@ -261,7 +261,7 @@ def _change_problems(saved_changes: list[dict], fresh: Plan, validated: Any, con
 
 def _vanished(old: dict, now: Change | None) -> str:
     name = old["name"]
-    if old["action"] == "create" and now is not None:
+    if old["action"] == Action.CREATE and now is not None:
         return f"{name}: the plan creates it, but an instance named {name!r} now exists (id {now.id})"
     return f"{name} (id {old['id']}): planned {old['action']}, but it no longer exists on the server as planned"
 

@@ -16,8 +16,10 @@ import html
 import json
 import re
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
+# How a secret shows: the same eight stars the API answers in place of a secret value (plan and import
+# recognise them in live values; the emulator answers them).
 MASK = "********"
 SENSITIVE = "(sensitive)"
 
@@ -33,7 +35,7 @@ class Secret:
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: str, *, token: bool = False):
+    def __init__(self, value: str | Secret, *, token: bool = False):
         if isinstance(value, Secret):
             value = value.reveal()
         self._value = value
@@ -62,7 +64,7 @@ class Secret:
     def __bool__(self) -> bool:
         return bool(self._value)
 
-    def __reduce__(self):  # pickling would write the value somewhere: refuse
+    def __reduce__(self) -> NoReturn:  # pickling would write the value somewhere: refuse
         raise TypeError("a Secret cannot be pickled")
 
 

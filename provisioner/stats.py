@@ -53,11 +53,12 @@ class RequestStats:
     def summary(self) -> str:
         """One line, e.g. ``42 requests (GET 3, POST 39), 5 retries``."""
         data = self.as_dict()
-        text = _plural(data["requests"], "request")
+        text = plural(data["requests"], "request")
         if data["byMethod"]:
             text += " (" + ", ".join(f"{m} {n}" for m, n in data["byMethod"].items()) + ")"
-        return f"{text}, {_plural(data['retries'], 'retry', 'retries')}"
+        return f"{text}, {plural(data['retries'], 'retry', 'retries')}"
 
 
-def _plural(count: int, singular: str, plural: str | None = None) -> str:
-    return f"{count} {singular if count == 1 else (plural or singular + 's')}"
+def plural(count: int, singular: str, many: str | None = None) -> str:
+    """``1 request``, ``2 requests``; ``many`` when adding an s does not make the plural."""
+    return f"{count} {singular if count == 1 else (many or singular + 's')}"

@@ -33,10 +33,6 @@ class Target:
     organization_secret: Secret
     credential_sources: str  # which variables to check on a 401, never their values
 
-    @property
-    def display_url(self) -> str:
-        return self.url
-
 
 def resolve_targets(manifest: Manifest, renderer: Renderer, names: set[str]) -> tuple[dict[str, Target], list[Problem]]:
     """Render URL and secrets of each named target; report missing variables by name."""

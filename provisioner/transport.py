@@ -171,7 +171,7 @@ class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
         super().connect()
         _register(self)
 
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def request(self, *args: Any, **kwargs: Any) -> None:
         _register(self)
         super().request(*args, **kwargs)
 
@@ -181,7 +181,7 @@ class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
         super().connect()
         _register(self)
 
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def request(self, *args: Any, **kwargs: Any) -> None:
         _register(self)
         super().request(*args, **kwargs)
 

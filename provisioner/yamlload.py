@@ -15,17 +15,21 @@ import gc
 import os
 import re
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .errors import Location, Problem
 
-try:  # libyaml is an order of magnitude faster on large inputs files
-    _BaseLoader: type = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - pure Python fallback
+if TYPE_CHECKING:  # both construct alike (SafeConstructor); the type check reads the pure Python one
     _BaseLoader = yaml.SafeLoader
+else:
+    try:  # libyaml is an order of magnitude faster on large inputs files
+        _BaseLoader = yaml.CSafeLoader
+    except AttributeError:  # pragma: no cover - pure Python fallback
+        _BaseLoader = yaml.SafeLoader
 
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_ALIAS_NODES = 100_000
@@ -52,11 +56,6 @@ class YList(list):
     def line_of(self, index: int) -> int:
         lines = self.__dict__.get("item_lines", [])
         return lines[index] if 0 <= index < len(lines) else self.line
-
-
-def line_of(value: Any, default: int = 0) -> int:
-    """The line a loaded mapping or sequence started on (0 for scalars, which carry no position)."""
-    return getattr(value, "line", 0) or default
 
 
 @dataclass
@@ -183,7 +182,7 @@ def _syntax_problem(exc: yaml.MarkedYAMLError, display: str) -> Problem:
     return Problem(f"not valid YAML: {message}", Location(display, line), hint)
 
 
-class _PositionLoader(_BaseLoader):  # type: ignore[misc,valid-type]
+class _PositionLoader(_BaseLoader):
     display: str
     problems: list[Problem]
 
@@ -254,7 +253,7 @@ def _fill_mapping(loader: _PositionLoader, node: yaml.MappingNode, data: YDict, 
         data[key] = _build(loader, value_node, built)
 
 
-def _construct_mapping(loader: _PositionLoader, node: yaml.MappingNode):
+def _construct_mapping(loader: _PositionLoader, node: yaml.MappingNode) -> Iterator[YDict]:
     data = YDict()
     data.line = node.start_mark.line + 1
     data.key_lines = {}
@@ -296,7 +295,7 @@ def _check_duplicates(loader: _PositionLoader, node: yaml.MappingNode) -> None:
             own_keys[key] = line
 
 
-def _construct_sequence(loader: _PositionLoader, node: yaml.SequenceNode):
+def _construct_sequence(loader: _PositionLoader, node: yaml.SequenceNode) -> Iterator[YList]:
     data = YList()
     data.line = node.start_mark.line + 1
     data.item_lines = [child.start_mark.line + 1 for child in node.value]
@@ -350,8 +349,9 @@ def _check_nodes(root: yaml.Node, display: str, max_alias_nodes: int) -> list[Pr
     except RecursionError:
         return [Problem("YAML nesting is too deep", Location(display))]
     if expanded - len(sizes) > max_alias_nodes:
+        limit = f"limit: {max_alias_nodes} added by aliases"
         problems.append(Problem(
-            f"YAML aliases expand to {expanded} nodes from {len(sizes)} (limit: {max_alias_nodes} added by aliases)",
+            f"YAML aliases expand to {expanded} nodes from {len(sizes)} ({limit})",
             Location(display, root.start_mark.line + 1),
             "this looks like an alias bomb; write the data out instead of nesting aliases"))
     return problems

@@ -29,13 +29,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..secret import MASK  # the API answers the same eight stars in place of a secret value
+
 SERVED_EXTENSIONS = frozenset({"x-reportedKey", "x-requiredWhen", "x-allowedValues"})
 # Keys whose values responses mask although their type is not PASSWORD (notes section 8: the OAuth
 # app credentials come back as ******** since 2017).
 MASKED_KEYS = frozenset({"oauth.api.key", "oauth.api.secret"})
 CONFIG_TYPES = frozenset({"TEXTFIELD_32", "TEXTFIELD_64", "TEXTFIELD_100", "TEXTFIELD_128",
                           "TEXTFIELD_1000", "TEXTAREA", "BOOLEAN", "PASSWORD"})
-MASK = "********"
 CATALOG_PATH = Path(__file__).with_name("elements.json")
 # An internal key that responses still list (as null until the platform sets it).
 SHOWN_INTERNAL_KEYS = frozenset({"event.notification.subscription.id"})
@@ -250,10 +251,6 @@ class Catalog:
         if isinstance(key_or_id, str):
             return self._by_key.get(key_or_id) or self._by_id.get(key_or_id.strip())
         return None
-
-    def reported(self, element: Element) -> Element:
-        """The element whose object is shown for instances of ``element``."""
-        return self._by_key[element.reported_key]
 
     def keys(self) -> list[str]:
         """All element keys, sorted."""

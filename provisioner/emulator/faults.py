@@ -16,7 +16,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -156,7 +156,7 @@ class FaultConfig:
             _check(f.name, getattr(self, f.name))
 
     @classmethod
-    def parse(cls, text: str) -> FaultConfig:
+    def parse(cls, text: str | None) -> FaultConfig:
         """Parse "latency=20,jitter=5,error=0.1,...,seed=42". Empty text means no faults."""
         if text is None:
             return cls()
@@ -248,7 +248,7 @@ class RateLimiter:
     ``size`` saved up, full at first. A request takes a token; without one it is refused, and takes
     nothing (a refused request does not push the next token further away)."""
 
-    def __init__(self, rate: float, size: float, clock=time.monotonic):
+    def __init__(self, rate: float, size: float, clock: Callable[[], float] = time.monotonic):
         self.rate = rate
         self.size = size
         self._clock = clock

@@ -53,7 +53,7 @@ class CloseSilently(Exception):
 class Headers(dict):
     """Header fields by lower-cased name, first occurrence kept; lookups ignore case."""
 
-    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]  # str keys only
         return dict.get(self, name.lower(), default)
 
     def __getitem__(self, name: str) -> str:
@@ -256,7 +256,7 @@ class _ChunkState:
                     raise BodyError(400, "Malformed chunked request body")
                 return None
             if self.trailer:
-                line, self.pos = buf[self.pos:nl], nl + 1
+                line, self.pos = bytes(buf[self.pos:nl]), nl + 1
                 if line in (b"", b"\r"):
                     return b"".join(self.parts)
                 continue
@@ -275,7 +275,7 @@ class _ChunkState:
         if self.total + size > max_body:
             raise BodyError(413, f"Request body too large (limit {max_body} bytes)")
         start, end = nl + 1, nl + 1 + size
-        tail = buf[end:end + 2]
+        tail = bytes(buf[end:end + 2])
         if tail == b"\r\n" or tail[:1] == b"\n":
             self.parts.append(bytes(buf[start:end]))
             self.total += size

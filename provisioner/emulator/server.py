@@ -680,6 +680,7 @@ class _Connection(asyncio.BufferedProtocol):
     def __init__(self, service: _Service):
         self.service = service
         self.emulator = service.emulator
+        self.store = service.store
         self.loop = service.loop
         self.reader = RequestReader(MAX_BODY_BYTES)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
@@ -697,7 +698,7 @@ class _Connection(asyncio.BufferedProtocol):
     # -- asyncio callbacks --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # a stream server's is a Transport
         self.service.connections.add(self)
         self._last_io = self.loop.time()
         self._idle = self.loop.call_later(IDLE_TIMEOUT_S, self._check_idle)
@@ -840,10 +841,12 @@ class _Connection(asyncio.BufferedProtocol):
         decision = self._rate_limited(call, decision, decider)
         fault = decision.fault
         config = decider.config if decider is not None else None
-        with self.emulator.store.request():
+        with self.store.request():
             response = self._respond(call, decision, config)
-            log_id = self._record(call, 0 if fault in _DROPPED else response.status, fault)
-        if fault in _DROPPED:
+            if fault in _DROPPED:  # "reset" (no response at all) or "lost" (processed, never sent)
+                response = None
+            log_id = self._record(call, 0 if response is None else response.status, fault)
+        if response is None:
             self._reset()
         else:
             self._deliver(call, response, log_id, not call.head.keep_alive)
@@ -854,8 +857,10 @@ class _Connection(asyncio.BufferedProtocol):
         if decision.fault == "reset":
             return None
         if decision.fault == "error":
+            assert decision.status is not None  # the decider gives every "error" its status
             return error_response(decision.status, _FAULT_MESSAGES[decision.status], call.request_id)
         if decision.fault == "throttle":
+            assert config is not None  # faults come with the decider's configuration
             retry = f"{config.retry_after:g}"
             return error_response(429, f"Too many requests: retry after {retry} seconds", call.request_id,
                                   {"Retry-After": retry})
@@ -863,7 +868,7 @@ class _Connection(asyncio.BufferedProtocol):
             return error_response(429, f"Rate limit exceeded: at most {config.ratelimit_rps:g} requests per second "
                                        f"for this organization; retry after {decision.retry_after} seconds",
                                   call.request_id, {"Retry-After": decision.retry_after})
-        return self.emulator.api.handle(call.head.method, call.path, call.query, call.head.headers, call.body,
+        return self.service.api.handle(call.head.method, call.path, call.query, call.head.headers, call.body,
                                         call.request_id)
 
     def _refuse_body(self, head: Head, error: BodyError) -> None:
@@ -878,7 +883,7 @@ class _Connection(asyncio.BufferedProtocol):
     def _deliver(self, call: _Call, response: Response, log_id: int | None, close: bool) -> None:
         """Send the response of a logged request; a failed send is logged as status 0."""
         if not self._send(response, call, close) and log_id is not None:
-            self.emulator.store.set_request_status(log_id, 0)
+            self.store.set_request_status(log_id, 0)
 
     def _send(self, response: Response, call: _Call, close: bool) -> bool:
         """Write the response; False if the connection is gone or the write failed."""
@@ -898,7 +903,7 @@ class _Connection(asyncio.BufferedProtocol):
         """Write the request log row and the log line."""
         duration = (time.monotonic() - call.started) * 1000.0
         emulator = self.emulator
-        log_id = emulator.store.record_request(call.head.method, call.path, call.query, status, fault, duration)
+        log_id = self.store.record_request(call.head.method, call.path, call.query, status, fault, duration)
         if emulator.log_stream is not None:
             target = f"{call.path}?{call.query}" if call.query else call.path
             emulator.log_line(f"{call.head.method} {target} -> {status} ({duration:.0f} ms)"
@@ -979,7 +984,8 @@ if hasattr(selectors, "EpollSelector"):
 
 def _selector() -> selectors.BaseSelector:
     """The event loop's selector: precise timeouts where epoll is the default."""
-    if hasattr(selectors, "EpollSelector") and selectors.DefaultSelector is selectors.EpollSelector:
+    epoll = getattr(selectors, "EpollSelector", None)  # Linux only (typeshed's view depends on the platform)
+    if epoll is not None and selectors.DefaultSelector is epoll:
         return _PreciseEpollSelector()
     return selectors.DefaultSelector()
 
@@ -990,6 +996,9 @@ class _Service:
 
     def __init__(self, emulator: Emulator, listener: socket.socket):
         self.emulator = emulator
+        assert emulator.store is not None and emulator.api is not None  # _bind opens them first
+        self.store: Store = emulator.store
+        self.api: Api = emulator.api
         self.listener = listener
         self.loop = asyncio.SelectorEventLoop(_selector())
         self.loop.set_exception_handler(self._loop_error)
@@ -1185,12 +1194,13 @@ class Emulator:
     def serve_forever(self) -> None:
         """Serve in the calling thread until stop() or Ctrl-C; returns cleanly either way. (After
         start(), it waits for the serving thread instead.)"""
-        service = self._bind() if self._service is None else None
+        running = self._service
+        service = self._bind() if running is None else None
         try:
             if service is not None:
                 service.run()
-            else:
-                while not self._service.done.wait(0.5):
+            elif running is not None:
+                while not running.done.wait(0.5):
                     pass
         except KeyboardInterrupt:
             pass

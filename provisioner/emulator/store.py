@@ -29,6 +29,7 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 SCHEMA_VERSION = 1
 
@@ -302,7 +303,7 @@ class Store:
                 " token, created_date, updated_date) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (name, name.lower(), element_key, reported_key, _dumps(tags), _dumps(configuration),
                  token, now, now))
-            instance_id = cur.lastrowid
+            instance_id = _inserted_id(cur)
             self._write_tags(conn, instance_id, tags)
         return InstanceRow(instance_id, name, element_key, reported_key, list(tags), dict(configuration),
                            token, now, now)
@@ -396,7 +397,7 @@ class Store:
                 "INSERT INTO requests (ts, method, path, query, status, fault, duration_ms)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (_utc_now_ms(), method, path, query, status, fault, round(duration_ms, 2)))
-            return cur.lastrowid
+            return _inserted_id(cur)
 
     def set_request_status(self, request_id: int, status: int) -> None:
         """Correct the status of a logged request (0 when the response could not be sent)."""
@@ -404,9 +405,16 @@ class Store:
             conn.execute("UPDATE requests SET status = ? WHERE id = ?", (status, request_id))
 
 
+def _inserted_id(cur: sqlite3.Cursor) -> int:
+    """The id of the row an INSERT just wrote (typeshed types ``lastrowid`` as optional)."""
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
 def _where(query: ListQuery) -> tuple[str, list]:
     """SQL condition and parameters for the filters of a ``ListQuery``."""
-    clauses, params = ["1 = 1"], []
+    clauses: list[str] = ["1 = 1"]
+    params: list[Any] = []
     if query.element_key is not None:
         clauses.append("(element_key = ? OR reported_key = ?)")
         params += [query.element_key, query.element_key]

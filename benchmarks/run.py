@@ -117,9 +117,25 @@ class EmulatorProcess:
         self._stderr = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         spec = f"latency={latency_ms:g}" + (f",{faults}" if faults else "")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "provisioner", "emulator", "--port", "0", "--db", str(db),
-             "--faults", spec, "--quiet"],
-            cwd=db.parent, env=base_env(), stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+            [
+                sys.executable,
+                "-m",
+                "provisioner",
+                "emulator",
+                "--port",
+                "0",
+                "--db",
+                str(db),
+                "--faults",
+                spec,
+                "--quiet",
+            ],
+            cwd=db.parent,
+            env=base_env(),
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+        )
         line = self._first_line(timeout=30)
         if not line.startswith("http"):
             self.stop()
@@ -192,14 +208,22 @@ def classify(req: dict) -> str:
     return f"{req['method']} {path.rsplit('/api-v2', 1)[-1]}" if req["method"] == "GET" else req["method"]
 
 
-def run_cli(args: list[str], cwd: Path, env: dict, expect: tuple[int, ...], emulator: EmulatorProcess | None,
-            label: str) -> Sample:
+def run_cli(
+    args: list[str], cwd: Path, env: dict, expect: tuple[int, ...], emulator: EmulatorProcess | None, label: str
+) -> Sample:
     """Run one CLI child; wall time, rusage via wait4 on its pid, requests from the emulator log."""
     return run_command([sys.executable, "-m", "provisioner", *args], cwd, env, expect, emulator, label)
 
 
-def run_command(command: list[str], cwd: Path, env: dict, expect: tuple[int, ...] | None,
-                emulator: EmulatorProcess | None, label: str, timeout: float | None = None) -> Sample:
+def run_command(
+    command: list[str],
+    cwd: Path,
+    env: dict,
+    expect: tuple[int, ...] | None,
+    emulator: EmulatorProcess | None,
+    label: str,
+    timeout: float | None = None,
+) -> Sample:
     """Run one child (and its children: rusage covers the waited-for tree); measured as run_cli.
     ``expect`` None accepts any exit; after ``timeout`` seconds the child is killed (exit_code None)."""
     if emulator is not None:
@@ -227,8 +251,13 @@ def run_command(command: list[str], cwd: Path, env: dict, expect: tuple[int, ...
     if expect is not None and proc.returncode not in expect:
         tail = err_path.read_text(errors="replace")[-2000:] or out_path.read_text(errors="replace")[-2000:]
         raise RuntimeError(f"{label}: exit {proc.returncode}, expected {expect}:\n{tail}")
-    sample = Sample(seconds, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime, 0.0,
-                    exit_code=None if killed else proc.returncode)
+    sample = Sample(
+        seconds,
+        usage.ru_maxrss / 1024.0,
+        usage.ru_utime + usage.ru_stime,
+        0.0,
+        exit_code=None if killed else proc.returncode,
+    )
     if emulator is not None:
         sample.emulator_cpu_s = emulator.cpu_seconds() - emu_cpu0
         reqs = emulator.requests.requests()
@@ -252,8 +281,16 @@ def bound_seconds(phase: str, n: int, latency_s: float, parallelism: int) -> flo
     return math.ceil(max(n, 1) / PAGE_SIZE) * latency_s  # plan-noop, apply-noop: the paged listing
 
 
-def check_targets(phase: str, n: int, med: float, ratio: float | None, rss_mb: float, sample: Sample,
-                  latency_ms: float, parallelism: int) -> tuple[str, str | None]:
+def check_targets(
+    phase: str,
+    n: int,
+    med: float,
+    ratio: float | None,
+    rss_mb: float,
+    sample: Sample,
+    latency_ms: float,
+    parallelism: int,
+) -> tuple[str, str | None]:
     """(description of the issue's targets for this row, "PASS"/"FAIL"/None when none applies)."""
     checks: list[tuple[str, bool]] = []
     if phase == "apply-create" and n == 1000 and latency_ms == 20 and parallelism == 16 and ratio is not None:
@@ -295,8 +332,9 @@ def bench_size(n: int, args: argparse.Namespace, work: Path) -> dict[str, list[S
         emulators.append(emu)
         return emu
 
-    def measure(phase: str, cli_args: list[str], expect: tuple[int, ...], emu: EmulatorProcess | None,
-                rep: int) -> Sample:
+    def measure(
+        phase: str, cli_args: list[str], expect: tuple[int, ...], emu: EmulatorProcess | None, rep: int
+    ) -> Sample:
         sample = run_cli(cli_args, directory, env, expect, emu, f"{phase}-{rep}")
         samples[phase].append(sample)
         extra = f", requests {sample.requests}" if emu is not None else ""
@@ -339,11 +377,26 @@ def bench_ansible(n: int, args: argparse.Namespace, work: Path) -> dict[str, lis
     playbook = Path(args.ansible)
     python = playbook.parent / "python"  # the interpreter of ansible's own environment runs the modules
     interpreter = str(python if python.exists() else sys.executable)
-    command = [str(playbook), "-i", "localhost,", "-c", "local", "-e", f"ansible_python_interpreter={interpreter}",
-               "-e", f"customers_file={inputs}", str(ANSIBLE_DIR / "reconcile.yml")]
+    command = [
+        str(playbook),
+        "-i",
+        "localhost,",
+        "-c",
+        "local",
+        "-e",
+        f"ansible_python_interpreter={interpreter}",
+        "-e",
+        f"customers_file={inputs}",
+        str(ANSIBLE_DIR / "reconcile.yml"),
+    ]
     emu = EmulatorProcess(directory / "ansible.db", args.latency_ms, directory / "emulator.log")
-    env = {**base_env(), "CW_PASSWORD": CW_PASSWORD, "CE_API_URL": emu.url, "ANSIBLE_LOCALHOST_WARNING": "false",
-           "ANSIBLE_NOCOLOR": "1"}
+    env = {
+        **base_env(),
+        "CW_PASSWORD": CW_PASSWORD,
+        "CE_API_URL": emu.url,
+        "ANSIBLE_LOCALHOST_WARNING": "false",
+        "ANSIBLE_NOCOLOR": "1",
+    }
     try:
         for phase, repeats in (("ansible-create", 1), ("ansible-noop", args.repeats)):
             for rep in range(repeats):
@@ -360,8 +413,7 @@ def bench_ansible(n: int, args: argparse.Namespace, work: Path) -> dict[str, lis
 # -- the emulator alone ----------------------------------------------------------------------------
 
 
-def _hammer(url: str, kind: str, threads: int, start_at: float, seconds: float,
-            queue: multiprocessing.Queue) -> None:
+def _hammer(url: str, kind: str, threads: int, start_at: float, seconds: float, queue: multiprocessing.Queue) -> None:
     """One load process: ``threads`` keep-alive connections (http.client, the cheapest stdlib client),
     as many requests as possible between ``start_at`` and ``start_at + seconds`` (time.time())."""
     import http.client
@@ -369,11 +421,19 @@ def _hammer(url: str, kind: str, threads: int, start_at: float, seconds: float,
 
     parts = urlsplit(url)
     auth = f"User {USER_SECRET}, Organization {ORG_SECRET}"
-    body = json.dumps({"name": "load", "element": {"key": "connectwisehd"}, "tags": ["load"],
-                       "configuration": {"helpdesk.connectwise.username": "u",
-                                         "helpdesk.connectwise.password": "p",
-                                         "helpdesk.connectwise.server.url": "api-na.myconnectwise.net",
-                                         "helpdesk.connectwise.company": "c"}}).encode()
+    body = json.dumps(
+        {
+            "name": "load",
+            "element": {"key": "connectwisehd"},
+            "tags": ["load"],
+            "configuration": {
+                "helpdesk.connectwise.username": "u",
+                "helpdesk.connectwise.password": "p",
+                "helpdesk.connectwise.server.url": "api-na.myconnectwise.net",
+                "helpdesk.connectwise.company": "c",
+            },
+        }
+    ).encode()
     headers = {"Authorization": auth, "Content-Type": "application/json"}
     counts, errors = [0] * threads, [0] * threads
     end_at = start_at + seconds
@@ -403,14 +463,24 @@ def _hammer(url: str, kind: str, threads: int, start_at: float, seconds: float,
 def _seed_one(url: str) -> None:
     import urllib.request
 
-    body = json.dumps({"name": "seed", "element": {"key": "connectwisehd"},
-                       "configuration": {"helpdesk.connectwise.username": "u",
-                                         "helpdesk.connectwise.password": "p",
-                                         "helpdesk.connectwise.server.url": "api-na.myconnectwise.net",
-                                         "helpdesk.connectwise.company": "c"}}).encode()
-    request = urllib.request.Request(f"{url}/instances", data=body, method="POST", headers={
-        "Authorization": f"User {USER_SECRET}, Organization {ORG_SECRET}",
-        "Content-Type": "application/json"})
+    body = json.dumps(
+        {
+            "name": "seed",
+            "element": {"key": "connectwisehd"},
+            "configuration": {
+                "helpdesk.connectwise.username": "u",
+                "helpdesk.connectwise.password": "p",
+                "helpdesk.connectwise.server.url": "api-na.myconnectwise.net",
+                "helpdesk.connectwise.company": "c",
+            },
+        }
+    ).encode()
+    request = urllib.request.Request(
+        f"{url}/instances",
+        data=body,
+        method="POST",
+        headers={"Authorization": f"User {USER_SECRET}, Organization {ORG_SECRET}", "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         response.read()
 
@@ -430,8 +500,7 @@ def emulator_throughput(work: Path, latency_ms: float, connections: int, seconds
                 queue = ctx.Queue()
                 per = [connections // procs + (1 if i < connections % procs else 0) for i in range(procs)]
                 start_at = time.time() + 2.0  # spawn + imports happen before the window
-                workers = [ctx.Process(target=_hammer, args=(emu.url, kind, k, start_at, seconds, queue))
-                           for k in per]
+                workers = [ctx.Process(target=_hammer, args=(emu.url, kind, k, start_at, seconds, queue)) for k in per]
                 for w in workers:
                     w.start()
                 time.sleep(max(0.0, start_at - time.time()))
@@ -444,14 +513,21 @@ def emulator_throughput(work: Path, latency_ms: float, connections: int, seconds
                 done = sum(t[0] for t in totals)
                 per_request_ms = 1000 * cpu / max(done, 1)
                 key = f"{kind} latency={lat:g}ms"
-                result[key] = {"requests": done, "errors": sum(t[1] for t in totals), "seconds": seconds,
-                               "rps": round(done / seconds, 1), "emulator_cpu_s": round(cpu, 2),
-                               "emulator_cpu_ms_per_request": round(per_request_ms, 3),
-                               "emulator_cpu_capacity_rps": round(1000 / per_request_ms, 0) if done else None,
-                               "connections": connections}
-                log(f"  emulator alone, {key}, {connections} keep-alive connections: "
+                result[key] = {
+                    "requests": done,
+                    "errors": sum(t[1] for t in totals),
+                    "seconds": seconds,
+                    "rps": round(done / seconds, 1),
+                    "emulator_cpu_s": round(cpu, 2),
+                    "emulator_cpu_ms_per_request": round(per_request_ms, 3),
+                    "emulator_cpu_capacity_rps": round(1000 / per_request_ms, 0) if done else None,
+                    "connections": connections,
+                }
+                log(
+                    f"  emulator alone, {key}, {connections} keep-alive connections: "
                     f"{done / seconds:.0f} req/s, emulator CPU {per_request_ms:.2f} ms/request "
-                    f"(one core: {1000 / per_request_ms:.0f} req/s)")
+                    f"(one core: {1000 / per_request_ms:.0f} req/s)"
+                )
         finally:
             emu.stop()
     return result
@@ -476,8 +552,13 @@ def scenario_workload(work: Path, n: int) -> list[str]:
     if not directory.exists():
         directory.mkdir()
         write_workload(directory, n)
-    return [str(directory / "manifest.yaml"), "--inputs", str(directory / "customers.yaml"),
-            "--max-foreach", str(max(n, 1))]
+    return [
+        str(directory / "manifest.yaml"),
+        "--inputs",
+        str(directory / "customers.yaml"),
+        "--max-foreach",
+        str(max(n, 1)),
+    ]
 
 
 def run_scenario(sc: scenarios.Scenario, index: int, args: argparse.Namespace, work: Path) -> scenarios.Measured:
@@ -487,40 +568,77 @@ def run_scenario(sc: scenarios.Scenario, index: int, args: argparse.Namespace, w
     emu = EmulatorProcess(directory / f"scenario-{index}.db", sc.latency_ms, directory / "emulator.log", sc.faults)
     env = {**base_env(), "CW_PASSWORD": CW_PASSWORD, "CE_API_URL": emu.url}
     try:
-        sample = run_command([sys.executable, "-m", "provisioner", "apply", *files, *sc.cli_args, "--no-progress"],
-                             directory, env, None, emu, f"scenario-{index}", timeout=args.run_timeout)
+        sample = run_command(
+            [sys.executable, "-m", "provisioner", "apply", *files, *sc.cli_args, "--no-progress"],
+            directory,
+            env,
+            None,
+            emu,
+            f"scenario-{index}",
+            timeout=args.run_timeout,
+        )
         log_rows = emu.requests.requests()
-        return scenarios.Measured(sample.seconds, sample.exit_code, sample.cli_cpu_s, len(log_rows),
-                                  sample.statuses, emu.name_counts(), scenarios.throttled_after(log_rows))
+        return scenarios.Measured(
+            sample.seconds,
+            sample.exit_code,
+            sample.cli_cpu_s,
+            len(log_rows),
+            sample.statuses,
+            emu.name_counts(),
+            scenarios.throttled_after(log_rows),
+        )
     finally:
         emu.stop()
 
 
 def run_scenarios(args: argparse.Namespace, work: Path) -> list[dict]:
     """Run the selected scenario rows; each result with its target and verdict."""
-    chosen = scenarios.build(args.rows, latency100_sizes=args.latency100_sizes, parallelism=args.parallelism,
-                             fault_n=args.fault_size, fault_latency_ms=args.fault_latency_ms, seed=args.fault_seed,
-                             ratelimit_n=args.ratelimit_size, ratelimit_rps=args.ratelimit_rps,
-                             ratelimit_burst=args.ratelimit_burst)
+    chosen = scenarios.build(
+        args.rows,
+        latency100_sizes=args.latency100_sizes,
+        parallelism=args.parallelism,
+        fault_n=args.fault_size,
+        fault_latency_ms=args.fault_latency_ms,
+        seed=args.fault_seed,
+        ratelimit_n=args.ratelimit_size,
+        ratelimit_rps=args.ratelimit_rps,
+        ratelimit_burst=args.ratelimit_burst,
+    )
     settle_s = args.settle_s if args.settle_s is not None else cli_settle_default()
     results, reference_s = [], None
     for index, sc in enumerate(chosen):
-        log(f"  {sc.row}: {sc.label}, N={sc.n}, emulator latency={sc.latency_ms:g}"
-            + (f",{sc.faults}" if sc.faults else ""))
+        log(
+            f"  {sc.row}: {sc.label}, N={sc.n}, emulator latency={sc.latency_ms:g}"
+            + (f",{sc.faults}" if sc.faults else "")
+        )
         m = run_scenario(sc, index, args, work)
         if sc.reference:
             reference_s = m.seconds
         verdict = scenarios.judge(sc, m, reference_s, settle_s)
         per_request = 1000 * m.cli_cpu_s / m.requests if m.requests else None
-        result = {"row": sc.row, "scenario": sc.label, "n": sc.n, "latency_ms": sc.latency_ms,
-                  "emulator_faults": sc.faults, "cli_args": list(sc.cli_args), "seconds": m.seconds,
-                  "exit_code": m.exit_code, "requests": m.requests, "statuses": m.statuses,
-                  "cli_cpu_s": m.cli_cpu_s, "cli_cpu_ms_per_request": per_request,
-                  "throttled_after_first_s": list(m.throttled_after_first_s), "settle_s": settle_s, **verdict}
+        result = {
+            "row": sc.row,
+            "scenario": sc.label,
+            "n": sc.n,
+            "latency_ms": sc.latency_ms,
+            "emulator_faults": sc.faults,
+            "cli_args": list(sc.cli_args),
+            "seconds": m.seconds,
+            "exit_code": m.exit_code,
+            "requests": m.requests,
+            "statuses": m.statuses,
+            "cli_cpu_s": m.cli_cpu_s,
+            "cli_cpu_ms_per_request": per_request,
+            "throttled_after_first_s": list(m.throttled_after_first_s),
+            "settle_s": settle_s,
+            **verdict,
+        }
         results.append(result)
-        log(f"    {m.seconds:.2f} s, exit {m.exit_code}, {m.requests} requests {m.statuses}, "
+        log(
+            f"    {m.seconds:.2f} s, exit {m.exit_code}, {m.requests} requests {m.statuses}, "
             f"one run: {verdict['converged_in_one_run']}, duplicates {verdict['duplicates']}, "
-            f"missing {verdict['missing']}; {verdict['target'] or 'reference'} {verdict['verdict'] or ''}")
+            f"missing {verdict['missing']}; {verdict['target'] or 'reference'} {verdict['verdict'] or ''}"
+        )
     return results
 
 
@@ -528,8 +646,10 @@ def print_scenarios(results: list[dict]) -> None:
     """The scenario rows: measured time against the limit, convergence, 429 share, CPU per request."""
     if not results:
         return
-    head = (f"{'row':<11}{'scenario':<28}{'N':>6}{'s':>9}{'limit s':>9}{'exit':>5}{'one run':>8}{'dup':>5}"
-            f"{'miss':>5}{'429>1s':>8}{'reqs':>7}{'cli ms/req':>11}  {'target':<58}{'':>5}")
+    head = (
+        f"{'row':<11}{'scenario':<28}{'N':>6}{'s':>9}{'limit s':>9}{'exit':>5}{'one run':>8}{'dup':>5}"
+        f"{'miss':>5}{'429>1s':>8}{'reqs':>7}{'cli ms/req':>11}  {'target':<58}{'':>5}"
+    )
     print(head)
     print("-" * len(head))
     for r in results:
@@ -538,17 +658,20 @@ def print_scenarios(results: list[dict]) -> None:
         share = f"{throttled / later:.0%}" if later else "-"
         cpu = f"{r['cli_cpu_ms_per_request']:.2f}" if r["cli_cpu_ms_per_request"] is not None else "-"
         exit_code = "kill" if r["exit_code"] is None else str(r["exit_code"])
-        print(f"{r['row']:<11}{r['scenario']:<28}{r['n']:>6}{r['seconds']:>9.2f}{limit:>9}{exit_code:>5}"
-              f"{'yes' if r['converged_in_one_run'] else 'NO':>8}{r['duplicates']:>5}{r['missing']:>5}{share:>8}"
-              f"{r['requests']:>7}{cpu:>11}  {r['target'] or '(reference)':<58}{r['verdict'] or '':>5}")
+        print(
+            f"{r['row']:<11}{r['scenario']:<28}{r['n']:>6}{r['seconds']:>9.2f}{limit:>9}{exit_code:>5}"
+            f"{'yes' if r['converged_in_one_run'] else 'NO':>8}{r['duplicates']:>5}{r['missing']:>5}{share:>8}"
+            f"{r['requests']:>7}{cpu:>11}  {r['target'] or '(reference)':<58}{r['verdict'] or '':>5}"
+        )
     print()
 
 
 # -- report ----------------------------------------------------------------------------------------
 
 
-def summarize(all_samples: dict[int, dict[str, list[Sample]]], args: argparse.Namespace,
-              startup_s: float) -> list[dict]:
+def summarize(
+    all_samples: dict[int, dict[str, list[Sample]]], args: argparse.Namespace, startup_s: float
+) -> list[dict]:
     latency_s = args.latency_ms / 1000.0
     rows = []
     for n, phases in all_samples.items():
@@ -561,28 +684,40 @@ def summarize(all_samples: dict[int, dict[str, list[Sample]]], args: argparse.Na
             ratio = med / bound if bound else None
             rss = max(s.rss_mb for s in samples)
             last = samples[-1]
-            target, verdict = check_targets(phase, n, med, ratio, rss, last, args.latency_ms,
-                                            args.parallelism)
+            target, verdict = check_targets(phase, n, med, ratio, rss, last, args.latency_ms, args.parallelism)
             writes = sum(v for k, v in last.requests.items() if k != "GET list")
-            rows.append({
-                "phase": phase, "n": n, "median_s": med, "samples_s": [s.seconds for s in samples],
-                "bound_s": bound, "ratio": ratio, "peak_rss_mb": rss,
-                "ratio_net_of_startup": (med - startup_s) / bound if bound else None,
-                "median_rss_mb": statistics.median(s.rss_mb for s in samples),
-                "cli_cpu_s": statistics.median(s.cli_cpu_s for s in samples),
-                "cli_cpu_ms_per_request": last.cpu_ms_per_request,
-                "emulator_cpu_s": statistics.median(s.emulator_cpu_s for s in samples),
-                "requests": last.requests, "requests_by_method": last.methods, "statuses": last.statuses,
-                "requests_identical_across_repeats": all(s.requests == last.requests for s in samples),
-                "achieved_rps": (sum(last.requests.values()) / med) if last.requests else None,
-                "write_requests": writes, "target": target, "verdict": verdict,
-            })
+            rows.append(
+                {
+                    "phase": phase,
+                    "n": n,
+                    "median_s": med,
+                    "samples_s": [s.seconds for s in samples],
+                    "bound_s": bound,
+                    "ratio": ratio,
+                    "peak_rss_mb": rss,
+                    "ratio_net_of_startup": (med - startup_s) / bound if bound else None,
+                    "median_rss_mb": statistics.median(s.rss_mb for s in samples),
+                    "cli_cpu_s": statistics.median(s.cli_cpu_s for s in samples),
+                    "cli_cpu_ms_per_request": last.cpu_ms_per_request,
+                    "emulator_cpu_s": statistics.median(s.emulator_cpu_s for s in samples),
+                    "requests": last.requests,
+                    "requests_by_method": last.methods,
+                    "statuses": last.statuses,
+                    "requests_identical_across_repeats": all(s.requests == last.requests for s in samples),
+                    "achieved_rps": (sum(last.requests.values()) / med) if last.requests else None,
+                    "write_requests": writes,
+                    "target": target,
+                    "verdict": verdict,
+                }
+            )
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    head = (f"{'phase':<13}{'N':>7}{'median s':>10}{'bound s':>9}{'ratio':>8}{'RSS MB':>8}"
-            f"{'-start':>8}{'cpu cli/emu s':>15}{'cli ms/req':>11}  {'requests':<26}{'target':<38}{'':>4}")
+    head = (
+        f"{'phase':<13}{'N':>7}{'median s':>10}{'bound s':>9}{'ratio':>8}{'RSS MB':>8}"
+        f"{'-start':>8}{'cpu cli/emu s':>15}{'cli ms/req':>11}  {'requests':<26}{'target':<38}{'':>4}"
+    )
     print()
     print(head)
     print("-" * len(head))
@@ -593,8 +728,10 @@ def print_table(rows: list[dict]) -> None:
         reqs = " ".join(f"{k.replace(' ', ':')}={v}" for k, v in sorted(r["requests"].items())) or "none"
         cpu = f"{r['cli_cpu_s']:.2f}/{r['emulator_cpu_s']:.2f}"
         per_request = f"{r['cli_cpu_ms_per_request']:.2f}" if r["cli_cpu_ms_per_request"] is not None else "-"
-        print(f"{r['phase']:<13}{r['n']:>7}{r['median_s']:>10.3f}{bound:>9}{ratio:>8}{r['peak_rss_mb']:>8.0f}"
-              f"{net:>8}{cpu:>15}{per_request:>11}  {reqs:<26}{r['target']:<38}{r['verdict'] or '':>4}")
+        print(
+            f"{r['phase']:<13}{r['n']:>7}{r['median_s']:>10.3f}{bound:>9}{ratio:>8}{r['peak_rss_mb']:>8.0f}"
+            f"{net:>8}{cpu:>15}{per_request:>11}  {reqs:<26}{r['target']:<38}{r['verdict'] or '':>4}"
+        )
     print()
 
 
@@ -608,19 +745,31 @@ def plot(rows: list[dict], path: Path, args: argparse.Namespace) -> bool:
         log("matplotlib is not installed (pip install -e '.[bench]'): no plot written")
         return False
     fig, ax = plt.subplots(figsize=(9, 6))
-    colors = dict(zip((*PHASES, *ANSIBLE_PHASES), ("tab:gray", "tab:blue", "tab:red", "tab:green", "tab:purple",
-                                                   "tab:orange", "tab:olive"), strict=True))
+    colors = dict(
+        zip(
+            (*PHASES, *ANSIBLE_PHASES),
+            ("tab:gray", "tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:olive"),
+            strict=True,
+        )
+    )
     sizes = sorted({r["n"] for r in rows})
     for phase in (*PHASES, *ANSIBLE_PHASES):
         mine = sorted((r for r in rows if r["phase"] == phase), key=lambda r: r["n"])
         if not mine:
             continue
-        ax.plot([r["n"] for r in mine], [r["median_s"] for r in mine], "o-", color=colors[phase],
-                label=f"{phase} (median)")
+        ax.plot(
+            [r["n"] for r in mine], [r["median_s"] for r in mine], "o-", color=colors[phase], label=f"{phase} (median)"
+        )
         bounded = [r for r in mine if r["bound_s"]]
         if bounded and phase in PHASES and phase != "apply-noop":  # apply-noop has the same bound as plan-noop
-            ax.plot([r["n"] for r in bounded], [r["bound_s"] for r in bounded], "--", color=colors[phase],
-                    alpha=0.7, label=f"{phase} bound")
+            ax.plot(
+                [r["n"] for r in bounded],
+                [r["bound_s"] for r in bounded],
+                "--",
+                color=colors[phase],
+                alpha=0.7,
+                label=f"{phase} bound",
+            )
     ax.axhline(2.0, color=colors["validate"], linestyle=":", alpha=0.7, label="validate target 2 s @10k")
     ax.axhline(3.0, color=colors["plan-noop"], linestyle=":", alpha=0.7, label="no-op plan target 3 s @10k")
     ax.set_xscale("log")
@@ -629,8 +778,10 @@ def plot(rows: list[dict], path: Path, args: argparse.Namespace) -> bool:
     ax.set_xticklabels([str(s) for s in sizes])
     ax.set_xlabel("N instances")
     ax.set_ylabel("wall time of the CLI process, s (median)")
-    ax.set_title(f"provisioner: time vs N (latency {args.latency_ms:g} ms, parallelism {args.parallelism}, "
-                 f"{os.cpu_count()} CPUs)")
+    ax.set_title(
+        f"provisioner: time vs N (latency {args.latency_ms:g} ms, parallelism {args.parallelism}, "
+        f"{os.cpu_count()} CPUs)"
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -646,8 +797,11 @@ def startup_baseline(work: Path, repeats: int) -> dict:
     times = []
     for rep in range(max(5, repeats)):
         times.append(run_cli(["--version"], work, env, (0,), None, f"startup-{rep}"))
-    return {"median_s": statistics.median(s.seconds for s in times), "samples_s": [s.seconds for s in times],
-            "rss_mb": max(s.rss_mb for s in times)}
+    return {
+        "median_s": statistics.median(s.seconds for s in times),
+        "samples_s": [s.seconds for s in times],
+        "rss_mb": max(s.rss_mb for s in times),
+    }
 
 
 def machine_info() -> dict:
@@ -659,58 +813,95 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu_count": os.cpu_count(), "cpu_model": model, "python": sys.version.split()[0],
-            "implementation": platform.python_implementation(), "platform": platform.platform(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def _sizes(text: str) -> list[int]:
-    """"100,1000" -> [100, 1000]."""
+    """ "100,1000" -> [100, 1000]."""
     return [int(part) for part in text.split(",") if part.strip()]
 
 
 def _add_scenario_options(parser: argparse.ArgumentParser) -> None:
     """Options of the scenario rows (scenarios.py)."""
-    parser.add_argument("--latency100-sizes", default="1000,10000",
-                        help="N values of the latency100 row (creates at 100 ms, --parallelism P)")
+    parser.add_argument(
+        "--latency100-sizes",
+        default="1000,10000",
+        help="N values of the latency100 row (creates at 100 ms, --parallelism P)",
+    )
     parser.add_argument("--fault-size", type=int, default=1000, help="N of the faults rows")
-    parser.add_argument("--fault-latency-ms", type=float, default=20.0,
-                        help="latency of the faults and ratelimit rows")
+    parser.add_argument("--fault-latency-ms", type=float, default=20.0, help="latency of the faults and ratelimit rows")
     parser.add_argument("--fault-seed", type=int, default=1, help="seed of the emulator's fault draws")
-    parser.add_argument("--settle-s", type=float, default=None,
-                        help="settle wait the fault targets allow (default: apply's own default, read from the CLI)")
+    parser.add_argument(
+        "--settle-s",
+        type=float,
+        default=None,
+        help="settle wait the fault targets allow (default: apply's own default, read from the CLI)",
+    )
     parser.add_argument("--ratelimit-size", type=int, default=1000, help="N of the ratelimit row")
     parser.add_argument("--ratelimit-rps", type=float, default=100.0, help="the emulator's rate limit (requests/s)")
-    parser.add_argument("--ratelimit-burst", type=float, default=0,
-                        help="the rate limit's burst (0: the emulator's default, one second's worth)")
-    parser.add_argument("--run-timeout", type=float, default=3600.0,
-                        help="kill a scenario's apply after this many seconds (reported as 'kill')")
+    parser.add_argument(
+        "--ratelimit-burst",
+        type=float,
+        default=0,
+        help="the rate limit's burst (0: the emulator's default, one second's worth)",
+    )
+    parser.add_argument(
+        "--run-timeout",
+        type=float,
+        default=3600.0,
+        help="kill a scenario's apply after this many seconds (reported as 'kill')",
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", default=",".join(scenarios.ROWS),
-                        help="row groups to run, comma-separated, from " + ", ".join(scenarios.ROWS)
-                             + " (scale: validate/plan/apply at --sizes; throughput: the emulator alone)")
+    parser.add_argument(
+        "--rows",
+        default=",".join(scenarios.ROWS),
+        help="row groups to run, comma-separated, from "
+        + ", ".join(scenarios.ROWS)
+        + " (scale: validate/plan/apply at --sizes; throughput: the emulator alone)",
+    )
     parser.add_argument("--sizes", default="100,1000,10000", help="comma-separated N values of the scale rows")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="latency the emulator injects (scale rows)")
     parser.add_argument("--parallelism", type=int, default=16, help="--parallelism of plan/apply")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each idempotent phase (median)")
-    parser.add_argument("--create-repeats", type=int, default=None,
-                        help="runs of the create apply "
-                             "(default: --repeats for N <= --create-repeat-max-n, else 1)")
-    parser.add_argument("--create-repeat-max-n", type=int, default=1000,
-                        help="largest N whose create apply is repeated (each repeat needs a fresh emulator)")
-    parser.add_argument("--throughput-seconds", type=float, default=3.0,
-                        help="duration of each emulator-alone load test (0 skips it)")
+    parser.add_argument(
+        "--create-repeats",
+        type=int,
+        default=None,
+        help="runs of the create apply (default: --repeats for N <= --create-repeat-max-n, else 1)",
+    )
+    parser.add_argument(
+        "--create-repeat-max-n",
+        type=int,
+        default=1000,
+        help="largest N whose create apply is repeated (each repeat needs a fresh emulator)",
+    )
+    parser.add_argument(
+        "--throughput-seconds", type=float, default=3.0, help="duration of each emulator-alone load test (0 skips it)"
+    )
     _add_scenario_options(parser)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="results directory")
-    parser.add_argument("--ansible", metavar="ANSIBLE_PLAYBOOK",
-                        help="also run benchmarks/ansible/reconcile.yml with this ansible-playbook executable")
-    parser.add_argument("--ansible-max-n", type=int, default=100,
-                        help="largest N the playbook runs for (its creates are sequential: ~0.5 s each)")
-    parser.add_argument("--keep-tmp", action="store_true",
-                        help="keep the work directory (manifests, DBs, logs)")
+    parser.add_argument(
+        "--ansible",
+        metavar="ANSIBLE_PLAYBOOK",
+        help="also run benchmarks/ansible/reconcile.yml with this ansible-playbook executable",
+    )
+    parser.add_argument(
+        "--ansible-max-n",
+        type=int,
+        default=100,
+        help="largest N the playbook runs for (its creates are sequential: ~0.5 s each)",
+    )
+    parser.add_argument("--keep-tmp", action="store_true", help="keep the work directory (manifests, DBs, logs)")
     args = parser.parse_args(argv)
     args.sizes = _sizes(args.sizes)
     args.latency100_sizes = _sizes(args.latency100_sizes)
@@ -720,8 +911,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown rows {', '.join(unknown)} (known: {', '.join(scenarios.ROWS)})")
     if args.throughput_seconds <= 0 and "throughput" in args.rows:
         args.rows.remove("throughput")
-    counts = [args.repeats, args.parallelism, args.fault_size, args.ratelimit_size, *args.sizes,
-              *args.latency100_sizes]
+    counts = [args.repeats, args.parallelism, args.fault_size, args.ratelimit_size, *args.sizes, *args.latency100_sizes]
     if any(n < 1 for n in counts) or args.ratelimit_rps <= 0:
         parser.error("--repeats, --parallelism, sizes and --ratelimit-rps must be positive")
     return args
@@ -730,8 +920,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def measure(args: argparse.Namespace, work: Path) -> dict:
     """Run the selected rows; their raw results."""
     startup = startup_baseline(work, args.repeats)
-    log(f"startup baseline (python -m provisioner --version): {startup['median_s']:.3f} s, "
-        f"RSS {startup['rss_mb']:.0f} MB")
+    log(
+        f"startup baseline (python -m provisioner --version): {startup['median_s']:.3f} s, "
+        f"RSS {startup['rss_mb']:.0f} MB"
+    )
     all_samples: dict[int, dict[str, list[Sample]]] = {}
     for n in args.sizes if "scale" in args.rows else ():
         log(f"N={n}")
@@ -756,16 +948,21 @@ def report(args: argparse.Namespace, measured: dict) -> tuple[list[dict], list[s
     for row in rows:
         if row["phase"] == "apply-create" and row["achieved_rps"]:
             ceiling = args.parallelism / (args.latency_ms / 1000.0) if args.latency_ms else float("inf")
-            print(f"apply-create N={row['n']}: achieved {row['achieved_rps']:.0f} req/s "
-                  f"(latency ceiling P/latency = {ceiling:.0f} req/s)")
+            print(
+                f"apply-create N={row['n']}: achieved {row['achieved_rps']:.0f} req/s "
+                f"(latency ceiling P/latency = {ceiling:.0f} req/s)"
+            )
     for key, t in throughput.items():
-        print(f"emulator alone, {key}: {t['rps']:.0f} req/s with {t['connections']} keep-alive connections "
-              f"({t['emulator_cpu_ms_per_request']:.2f} ms emulator CPU per request)")
+        print(
+            f"emulator alone, {key}: {t['rps']:.0f} req/s with {t['connections']} keep-alive connections "
+            f"({t['emulator_cpu_ms_per_request']:.2f} ms emulator CPU per request)"
+        )
     print()
     print_scenarios(scenario_results)
     failures = [f"{r['phase']} N={r['n']}: {r['target']}" for r in rows if r["verdict"] == "FAIL"]
-    failures += [f"{r['row']} {r['scenario']} N={r['n']}: {r['target']}" for r in scenario_results
-                 if r["verdict"] == "FAIL"]
+    failures += [
+        f"{r['row']} {r['scenario']} N={r['n']}: {r['target']}" for r in scenario_results if r["verdict"] == "FAIL"
+    ]
     passes = [f"{r['phase']} N={r['n']}" for r in rows if r["verdict"] == "PASS"]
     passes += [f"{r['row']} {r['scenario']}" for r in scenario_results if r["verdict"] == "PASS"]
     print(f"targets: {len(passes)} pass, {len(failures)} fail" + "".join(f"\n  FAIL {f}" for f in failures))
@@ -779,24 +976,36 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="provisioner-bench-"))
     started = time.perf_counter()
     info = machine_info()
-    log(f"work dir {work}; {info['cpu_count']} CPUs, Python {info['python']}; rows {','.join(args.rows)}; "
-        f"sizes {args.sizes}, latency {args.latency_ms:g} ms, parallelism {args.parallelism}, repeats {args.repeats}")
+    log(
+        f"work dir {work}; {info['cpu_count']} CPUs, Python {info['python']}; rows {','.join(args.rows)}; "
+        f"sizes {args.sizes}, latency {args.latency_ms:g} ms, parallelism {args.parallelism}, repeats {args.repeats}"
+    )
     try:
         measured = measure(args, work)
     finally:
         if not args.keep_tmp:
             shutil.rmtree(work, ignore_errors=True)
     rows, failures, _ = report(args, measured)
-    result = {"machine": info, "settings": {k: v for k, v in vars(args).items() if k != "out"},
-              "startup": measured["startup"], "rows": rows, "scenarios": measured["scenarios"],
-              "emulator_throughput": measured["throughput"],
-              "raw_samples": {str(n): {p: [asdict(s) for s in ss] for p, ss in phases.items()}
-                              for n, phases in measured["samples"].items()},
-              "elapsed_s": time.perf_counter() - started}
+    result = {
+        "machine": info,
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "startup": measured["startup"],
+        "rows": rows,
+        "scenarios": measured["scenarios"],
+        "emulator_throughput": measured["throughput"],
+        "raw_samples": {
+            str(n): {p: [asdict(s) for s in ss] for p, ss in phases.items()}
+            for n, phases in measured["samples"].items()
+        },
+        "elapsed_s": time.perf_counter() - started,
+    }
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     wrote_plot = plot(rows, out / "plot.png", args) if rows else False
-    log(f"wrote {out / 'results.json'}" + (f" and {out / 'plot.png'}" if wrote_plot else "")
-        + f" in {time.perf_counter() - started:.0f} s")
+    log(
+        f"wrote {out / 'results.json'}"
+        + (f" and {out / 'plot.png'}" if wrote_plot else "")
+        + f" in {time.perf_counter() - started:.0f} s"
+    )
     return 1 if failures else 0
 
 

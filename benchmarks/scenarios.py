@@ -76,30 +76,54 @@ def _spec(rates: Mapping[str, float], seed: int) -> str:
     return ",".join([f"{name}={rate:.6g}" for name, rate in rates.items()] + ["methods=POST", f"seed={seed}"])
 
 
-def build(rows: Iterable[str], *, latency100_sizes: Iterable[int], parallelism: int, fault_n: int,
-          fault_latency_ms: float, seed: int, ratelimit_n: int, ratelimit_rps: float,
-          ratelimit_burst: float) -> list[Scenario]:
+def build(
+    rows: Iterable[str],
+    *,
+    latency100_sizes: Iterable[int],
+    parallelism: int,
+    fault_n: int,
+    fault_latency_ms: float,
+    seed: int,
+    ratelimit_n: int,
+    ratelimit_rps: float,
+    ratelimit_burst: float,
+) -> list[Scenario]:
     """The scenarios of the selected rows, in the order they run (a fault row's reference first)."""
     rows = set(rows)
     out: list[Scenario] = []
     if "latency100" in rows:
-        out += [Scenario("latency100", "apply, 100 ms", n, 100.0, cli_args=("--parallelism", str(parallelism)))
-                for n in latency100_sizes]
+        out += [
+            Scenario("latency100", "apply, 100 ms", n, 100.0, cli_args=("--parallelism", str(parallelism)))
+            for n in latency100_sizes
+        ]
     if "faults" in rows:
         lat, n = fault_latency_ms, fault_n
         out.append(Scenario("faults", "no faults", n, lat, reference=True))
         for label, rates, factor, settle in (
-                ("30% 5xx", {"error": FAULT_RATE}, 3.0, False),
-                ("30% reset", {"reset": FAULT_RATE}, 3.0, True),
-                ("30% lost", {"lost": FAULT_RATE}, 3.0, True),
-                ("7% each 5xx/reset/lost/429", exclusive_rates(
-                    {"reset": MIX_RATE, "error": MIX_RATE, "throttle": MIX_RATE, "lost": MIX_RATE}), 4.0, True),
-                ("30% random 429", {"throttle": FAULT_RATE}, None, False)):
+            ("30% 5xx", {"error": FAULT_RATE}, 3.0, False),
+            ("30% reset", {"reset": FAULT_RATE}, 3.0, True),
+            ("30% lost", {"lost": FAULT_RATE}, 3.0, True),
+            (
+                "7% each 5xx/reset/lost/429",
+                exclusive_rates({"reset": MIX_RATE, "error": MIX_RATE, "throttle": MIX_RATE, "lost": MIX_RATE}),
+                4.0,
+                True,
+            ),
+            ("30% random 429", {"throttle": FAULT_RATE}, None, False),
+        ):
             out.append(Scenario("faults", label, n, lat, _spec(rates, seed), factor=factor, settle=settle))
     if "ratelimit" in rows:
         burst = f",burst={ratelimit_burst:g}" if ratelimit_burst else ""
-        out.append(Scenario("ratelimit", f"rate limit {ratelimit_rps:g}/s", ratelimit_n, fault_latency_ms,
-                            f"ratelimit={ratelimit_rps:g}{burst}", rate=ratelimit_rps))
+        out.append(
+            Scenario(
+                "ratelimit",
+                f"rate limit {ratelimit_rps:g}/s",
+                ratelimit_n,
+                fault_latency_ms,
+                f"ratelimit={ratelimit_rps:g}{burst}",
+                rate=ratelimit_rps,
+            )
+        )
     return out
 
 
@@ -114,14 +138,17 @@ def convergence(name_counts: Mapping[str, int], n: int) -> dict:
     duplicates = sum(max(0, name_counts.get(name, 0) - 1) for name in declared)
     missing = sum(1 for name in declared if not name_counts.get(name))
     extra = sum(count for name, count in name_counts.items() if name not in declared)
-    return {"duplicates": duplicates, "missing": missing, "extra": extra,
-            "exactly_once": duplicates == 0 and missing == 0 and extra == 0}
+    return {
+        "duplicates": duplicates,
+        "missing": missing,
+        "extra": extra,
+        "exactly_once": duplicates == 0 and missing == 0 and extra == 0,
+    }
 
 
 def _log_time(ts: str) -> float:
     """Seconds since the epoch of a request-log timestamp (2024-06-11T10:00:00.123Z)."""
-    return datetime.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-        tzinfo=datetime.timezone.utc).timestamp()
+    return datetime.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 def throttled_after(requests: list[dict], first_s: float = THROTTLE_AFTER_FIRST_S) -> tuple[int, int]:
@@ -155,11 +182,17 @@ def judge(sc: Scenario, m: Measured, reference_s: float | None, settle_s: float)
             checks.append((f"<= {sc.factor:g} x {reference_s:.2f} s{settle}", m.seconds <= limit))
     elif sc.row == "ratelimit":
         limit = 1.25 * sc.n / sc.rate + creates_bound_s(sc.n, sc.latency_ms)
-        checks.append((f"<= 1.25 x {sc.n}/{sc.rate:g} + {creates_bound_s(sc.n, sc.latency_ms):.2f} s",
-                       m.seconds <= limit))
+        checks.append(
+            (f"<= 1.25 x {sc.n}/{sc.rate:g} + {creates_bound_s(sc.n, sc.latency_ms):.2f} s", m.seconds <= limit)
+        )
         throttled, later = m.throttled_after_first_s
         checks.append((f"429 after 1st s <= {THROTTLE_SHARE_MAX:.0%}", throttled <= THROTTLE_SHARE_MAX * later))
     checks.append(("one run, 0 dup", one_run))
     verdict = None if not checks else ("PASS" if all(ok for _, ok in checks) else "FAIL")
-    return {"target": ", ".join(name + ("" if ok else "!") for name, ok in checks), "limit_s": limit,
-            "verdict": verdict, "converged_in_one_run": one_run, **conv}
+    return {
+        "target": ", ".join(name + ("" if ok else "!") for name, ok in checks),
+        "limit_s": limit,
+        "verdict": verdict,
+        "converged_in_one_run": one_run,
+        **conv,
+    }

@@ -100,8 +100,10 @@ def _paths(schema: ElementSchema, configuration: Mapping[str, Any]) -> list[tupl
     """(key, path) of every non-secret schema property, plus any other declared non-secret key."""
     cached = _PATHS.get(id(schema))
     if cached is None or cached[0] is not schema:
-        cached = _PATHS[id(schema)] = (schema, [(k, f"configuration.{k}") for k in sorted(
-            set(schema.properties) - schema.secret_keys)])
+        cached = _PATHS[id(schema)] = (
+            schema,
+            [(k, f"configuration.{k}") for k in sorted(set(schema.properties) - schema.secret_keys)],
+        )
     known = cached[1]
     extra = [k for k in configuration if k not in schema.properties and k not in schema.secret_keys]
     return known + [(k, f"configuration.{k}") for k in extra] if extra else known
@@ -117,8 +119,8 @@ def applied_record(tags: Iterable[Any]) -> frozenset[str] | None:
     """The digests recorded on a live instance, or None when it carries no record."""
     for tag in tags:
         if isinstance(tag, str) and tag.startswith(APPLIED_TAG):
-            text = tag[len(APPLIED_TAG):]
-            return frozenset(text[i:i + RECORD_CHARS] for i in range(0, len(text), RECORD_CHARS))
+            text = tag[len(APPLIED_TAG) :]
+            return frozenset(text[i : i + RECORD_CHARS] for i in range(0, len(text), RECORD_CHARS))
     return None
 
 

@@ -94,9 +94,16 @@ Progress = Callable[[ChangeResult], None]
 class Applier:
     """Runs the writes of one plan against the clients of its targets."""
 
-    def __init__(self, plan: Plan, clients: Mapping[str, Any], fingerprints: Mapping[str, FingerprintContext],
-                 registry: ElementRegistry, settings: ApplySettings, stop: StopFlag,
-                 progress: Progress | None = None):
+    def __init__(
+        self,
+        plan: Plan,
+        clients: Mapping[str, Any],
+        fingerprints: Mapping[str, FingerprintContext],
+        registry: ElementRegistry,
+        settings: ApplySettings,
+        stop: StopFlag,
+        progress: Progress | None = None,
+    ):
         self.plan = plan
         self.clients = clients
         self.fingerprints = fingerprints
@@ -125,19 +132,26 @@ class Applier:
                 results[index] = ChangeResult(change, Status.SKIPPED, error=change.reason, id=change.id)
             else:
                 writes.append((index, change))
-        with futures.ThreadPoolExecutor(max_workers=max(1, self.settings.parallelism),
-                                        thread_name_prefix="apply") as pool:
+        with futures.ThreadPoolExecutor(
+            max_workers=max(1, self.settings.parallelism), thread_name_prefix="apply"
+        ) as pool:
             self._run_batch(pool, writes, results)
             self._resolve_ambiguous(pool, results)
         notes = self._final_check(results)
         ordered = [results[i] for i in range(len(self.plan.changes))]
-        return ApplyResult(self.plan, ordered, self.stop.signum if self.stop.is_set() and not self.aborted else None,
-                           self.aborted, notes)
+        return ApplyResult(
+            self.plan,
+            ordered,
+            self.stop.signum if self.stop.is_set() and not self.aborted else None,
+            self.aborted,
+            notes,
+        )
 
     # -- the pool ------------------------------------------------------------------------------
 
-    def _run_batch(self, pool: futures.Executor, writes: list[tuple[int, Change]],
-                   results: dict[int, ChangeResult]) -> None:
+    def _run_batch(
+        self, pool: futures.Executor, writes: list[tuple[int, Change]], results: dict[int, ChangeResult]
+    ) -> None:
         """Run changes in the pool; the main thread collects results from a completion queue (one
         short wait at a time, so it stays free to receive signals)."""
         finished: queue.SimpleQueue[futures.Future[ChangeResult | None]] = queue.SimpleQueue()
@@ -265,11 +279,13 @@ class Applier:
         for change in self._ambiguous:
             rounds = self.settings.max_create_rounds
             results[index_of[id(change)]] = ChangeResult(
-                change, Status.FAILED, error=f"create outcome still unknown after {rounds} rounds")
+                change, Status.FAILED, error=f"create outcome still unknown after {rounds} rounds"
+            )
         self._ambiguous = []
 
-    def _owned_new(self, target: str, results: dict[int, ChangeResult],
-                   changes: list[Change]) -> dict[str, LiveInstance] | None:
+    def _owned_new(
+        self, target: str, results: dict[int, ChangeResult], changes: list[Change]
+    ) -> dict[str, LiveInstance] | None:
         """The oldest instance per name that the stack owns and that is new since the plan."""
         try:
             live = read_live(self.clients[target], self.plan.stack, owned_only=True)
@@ -297,13 +313,19 @@ class Applier:
         was sent again the check first waits ``settle`` seconds, once. A name with no copy left was
         deleted under the run (a concurrent destroy): that change fails. If the listing fails, the
         created names fail too: success is never reported while a copy may be left behind."""
-        created = {(r.change.target, r.change.name): i for i, r in results.items()
-                   if r.change.action in (Action.CREATE, Action.REPLACE) and r.change.desired is not None
-                   and r.status in (Status.OK, Status.FAILED) and self._posted.get((r.change.target, r.change.name))}
+        created = {
+            (r.change.target, r.change.name): i
+            for i, r in results.items()
+            if r.change.action in (Action.CREATE, Action.REPLACE)
+            and r.change.desired is not None
+            and r.status in (Status.OK, Status.FAILED)
+            and self._posted.get((r.change.target, r.change.name))
+        }
         if not created or self.stop.is_set():
             return []
         if self._resent_unanswered and self.stop.wait(
-                max(0.0, self._last_unanswered + self.settings.settle_seconds - time.monotonic())):
+            max(0.0, self._last_unanswered + self.settings.settle_seconds - time.monotonic())
+        ):
             return []
         notes: list[str] = []
         for target in sorted({t for t, _ in created}):
@@ -312,8 +334,11 @@ class Applier:
                 live = read_live(self.clients[target], self.plan.stack, owned_only=True)
             except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
                 for index in names.values():
-                    results[index] = ChangeResult(results[index].change, Status.FAILED, error=(
-                        f"could not check the created instance with a final listing ({exc}); run apply again"))
+                    results[index] = ChangeResult(
+                        results[index].change,
+                        Status.FAILED,
+                        error=(f"could not check the created instance with a final listing ({exc}); run apply again"),
+                    )
                 continue
             copies: dict[str, list[LiveInstance]] = {}
             for instance in sorted(live, key=lambda i: i.age_key):
@@ -323,14 +348,21 @@ class Applier:
                 notes.extend(self._settle_name(target, copies.get(name, []), index, results))
         return notes
 
-    def _settle_name(self, target: str, copies: list[LiveInstance], index: int,
-                     results: dict[int, ChangeResult]) -> list[str]:
+    def _settle_name(
+        self, target: str, copies: list[LiveInstance], index: int, results: dict[int, ChangeResult]
+    ) -> list[str]:
         result = results[index]
         if not copies:
             if result.status == Status.OK:
-                results[index] = ChangeResult(result.change, Status.FAILED, id=result.id, error=(
-                    f"instance id {result.id} was deleted while this run was applying (a concurrent destroy or "
-                    "prune?); its token is not delivered"))
+                results[index] = ChangeResult(
+                    result.change,
+                    Status.FAILED,
+                    id=result.id,
+                    error=(
+                        f"instance id {result.id} was deleted while this run was applying (a concurrent destroy or "
+                        "prune?); its token is not delivered"
+                    ),
+                )
             return []
         winner = copies[0]
         notes = []
@@ -364,8 +396,14 @@ def _next_done(finished: queue.SimpleQueue[futures.Future[ChangeResult | None]])
 
 def _failed(change: Change, exc: Exception) -> ChangeResult:
     if isinstance(exc, ApiError):
-        return ChangeResult(change, Status.FAILED, error=str(exc.message), request_id=exc.request_id,
-                            http_status=exc.status, id=change.id)
+        return ChangeResult(
+            change,
+            Status.FAILED,
+            error=str(exc.message),
+            request_id=exc.request_id,
+            http_status=exc.status,
+            id=change.id,
+        )
     return ChangeResult(change, Status.FAILED, error=str(exc), id=change.id)
 
 

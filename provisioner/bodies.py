@@ -18,8 +18,9 @@ from .elements import OAUTH_REFRESH_TOKEN, ElementSchema
 from .ownership import PROTECT_TAG, fingerprint_tags, managed_tags, user_tags
 
 
-def all_tags(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext,
-             live_tags: tuple[str, ...] = ()) -> list[str]:
+def all_tags(
+    desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext, live_tags: tuple[str, ...] = ()
+) -> list[str]:
     """User tags (declared, or kept from the live instance when the manifest declares none), then
     the stack marker, one fingerprint per secret value, the protection marker (declared, or kept
     from the live instance when the manifest does not say) and the record of what is applied."""
@@ -33,12 +34,15 @@ def all_tags(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintCon
 def wire_configuration(configuration: Any) -> dict[str, Any]:
     """Configuration values as the API stores them: a JSON-valued key given as a mapping or list
     (``event.poller.configuration``) is sent as compact JSON text, as the API expects."""
-    return {k: json.dumps(v, separators=(",", ":"), ensure_ascii=False) if isinstance(v, (dict, list)) else v
-            for k, v in configuration.items()}
+    return {
+        k: json.dumps(v, separators=(",", ":"), ensure_ascii=False) if isinstance(v, (dict, list)) else v
+        for k, v in configuration.items()
+    }
 
 
-def create_body(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext,
-                run: str | None = None) -> dict[str, Any]:
+def create_body(
+    desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext, run: str | None = None
+) -> dict[str, Any]:
     """The create body; ``run`` is the creating run's tag (see ``ownership.run_tag``)."""
     body = {
         "name": desired.name,
@@ -51,8 +55,13 @@ def create_body(desired: DesiredInstance, schema: ElementSchema, fp: Fingerprint
     return body
 
 
-def put_body(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext,
-             live_tags: tuple[str, ...], diff: tuple[FieldDiff, ...]) -> dict[str, Any]:
+def put_body(
+    desired: DesiredInstance,
+    schema: ElementSchema,
+    fp: FingerprintContext,
+    live_tags: tuple[str, ...],
+    diff: tuple[FieldDiff, ...],
+) -> dict[str, Any]:
     """The full instance. A key the manifest leaves to its default but the server holds otherwise is
     sent with the schema default, so the update really converges."""
     configuration = wire_configuration(desired.configuration)
@@ -68,8 +77,13 @@ def put_body(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintCon
     }
 
 
-def patch_body(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext,
-               live_tags: tuple[str, ...], rename: bool = False) -> dict[str, Any]:
+def patch_body(
+    desired: DesiredInstance,
+    schema: ElementSchema,
+    fp: FingerprintContext,
+    live_tags: tuple[str, ...],
+    rename: bool = False,
+) -> dict[str, Any]:
     """Tags only: PATCH replaces the whole tag list, so it carries the marker and fingerprints too.
     A rename also carries the new name (the instance keeps its id and token)."""
     body: dict[str, Any] = {"name": desired.name} if rename else {}
@@ -77,8 +91,13 @@ def patch_body(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintC
     return body
 
 
-def adopt_body(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext,
-               live_tags: tuple[str, ...], diff: tuple[FieldDiff, ...]) -> dict[str, Any]:
+def adopt_body(
+    desired: DesiredInstance,
+    schema: ElementSchema,
+    fp: FingerprintContext,
+    live_tags: tuple[str, ...],
+    diff: tuple[FieldDiff, ...],
+) -> dict[str, Any]:
     """Taking over an unmanaged instance, in one PATCH: the stack's marker and fingerprints, and the
     declared configuration (secrets included: they cannot be compared, so they are always sent). PATCH
     merges configuration, so keys the manifest does not declare (an OAuth token the platform keeps)

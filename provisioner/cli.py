@@ -44,26 +44,31 @@ FORMATS = ("text", "json")
 
 # The environment each kind of command reads, named at the end of its --help (click keeps \b blocks as written;
 # their lines stay under 80 columns).
-ENV_RENDER = ("Environment: the variables the manifest reads as env.NAME (an unset one is an error that names it). "
-              "No credentials are needed.")
-ENV_API = ("Environment:\n\n\b\n"
-           "  CE_USER_SECRET          user secret of the default target\n"
-           "  CE_ORGANIZATION_SECRET  organization secret of the default target\n"
-           "  CE_API_URL              API base URL of the default target\n"
-           "  CE_CLIENT_CERT, CE_CLIENT_KEY  client certificate and key (PEM)\n"
-           "  PROVISIONER_FINGERPRINT_KEY  key of the secret fingerprints\n"
-           "  HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY  proxies\n"
-           "  REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE  CA bundle (default: certifi's)\n"
-           "  NO_COLOR                no colour, even on a terminal\n"
-           "  and every variable the manifest reads as env.NAME")
-ENV_EMULATOR = ("Environment:\n\n\b\n"
-                "  CE_USER_SECRET, CE_ORGANIZATION_SECRET  the secrets to accept\n"
-                "  PROVISIONER_EMULATOR_FAULTS  fault specification (as --faults)")
+ENV_RENDER = (
+    "Environment: the variables the manifest reads as env.NAME (an unset one is an error that names it). "
+    "No credentials are needed."
+)
+ENV_API = (
+    "Environment:\n\n\b\n"
+    "  CE_USER_SECRET          user secret of the default target\n"
+    "  CE_ORGANIZATION_SECRET  organization secret of the default target\n"
+    "  CE_API_URL              API base URL of the default target\n"
+    "  CE_CLIENT_CERT, CE_CLIENT_KEY  client certificate and key (PEM)\n"
+    "  PROVISIONER_FINGERPRINT_KEY  key of the secret fingerprints\n"
+    "  HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY  proxies\n"
+    "  REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE  CA bundle (default: certifi's)\n"
+    "  NO_COLOR                no colour, even on a terminal\n"
+    "  and every variable the manifest reads as env.NAME"
+)
+ENV_EMULATOR = (
+    "Environment:\n\n\b\n"
+    "  CE_USER_SECRET, CE_ORGANIZATION_SECRET  the secrets to accept\n"
+    "  PROVISIONER_EMULATOR_FAULTS  fault specification (as --faults)"
+)
 _OUTPUT_HELP = "Output format on stdout."
 
 
-def _input_options(f: Callable | None = None, output: Any = None, *, api: bool = True,
-                   many: bool = False) -> Callable:
+def _input_options(f: Callable | None = None, output: Any = None, *, api: bool = True, many: bool = False) -> Callable:
     """The options of every command that reads a manifest; ``output`` is the -o option, or the
     tuple of formats it offers (text and json by default). Without ``f``, a decorator with these
     settings: ``@_input_options(api=False, many=True)``."""
@@ -71,22 +76,57 @@ def _input_options(f: Callable | None = None, output: Any = None, *, api: bool =
         return lambda g: _input_options(g, output, api=api, many=many)
     if output is None or isinstance(output, tuple):
         formats = output or FORMATS
-        output = click.option("-o", "--output", "output", type=click.Choice(list(formats)), default=formats[0],
-                              show_default=True, help=_OUTPUT_HELP)
-    verbose_help = ("Trace every HTTP request on stderr (secrets redacted), and the order the inputs were layered."
-                    if api else "Print on stderr the order in which the inputs were layered (later wins).")
+        output = click.option(
+            "-o",
+            "--output",
+            "output",
+            type=click.Choice(list(formats)),
+            default=formats[0],
+            show_default=True,
+            help=_OUTPUT_HELP,
+        )
+    verbose_help = (
+        "Trace every HTTP request on stderr (secrets redacted), and the order the inputs were layered."
+        if api
+        else "Print on stderr the order in which the inputs were layered (later wins)."
+    )
     options = [
         click.argument("manifest", type=click.Path(dir_okay=False), nargs=-1 if many else 1, required=True),
-        click.option("--inputs", "inputs", multiple=True, type=click.Path(dir_okay=False),
-                     help="YAML file of inputs, merged over the manifest's inputs (repeatable; later wins)."),
-        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                     help="Set one input (dotted keys nest; the value is read as a YAML scalar). Repeatable."),
-        click.option("--schemas", "schemas", multiple=True, type=click.Path(file_okay=False),
-                     help="Directory of extra element schemas (<element>.json). Repeatable."),
-        click.option("--max-foreach", type=click.IntRange(1), default=DEFAULT_MAX_FOREACH, show_default=True,
-                     help="Refuse a forEach that expands past this many items."),
-        click.option("--max-file-bytes", type=click.IntRange(1), default=DEFAULT_MAX_BYTES, show_default=True,
-                     help="Refuse manifest, inputs and template files larger than this."),
+        click.option(
+            "--inputs",
+            "inputs",
+            multiple=True,
+            type=click.Path(dir_okay=False),
+            help="YAML file of inputs, merged over the manifest's inputs (repeatable; later wins).",
+        ),
+        click.option(
+            "--set",
+            "sets",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Set one input (dotted keys nest; the value is read as a YAML scalar). Repeatable.",
+        ),
+        click.option(
+            "--schemas",
+            "schemas",
+            multiple=True,
+            type=click.Path(file_okay=False),
+            help="Directory of extra element schemas (<element>.json). Repeatable.",
+        ),
+        click.option(
+            "--max-foreach",
+            type=click.IntRange(1),
+            default=DEFAULT_MAX_FOREACH,
+            show_default=True,
+            help="Refuse a forEach that expands past this many items.",
+        ),
+        click.option(
+            "--max-file-bytes",
+            type=click.IntRange(1),
+            default=DEFAULT_MAX_BYTES,
+            show_default=True,
+            help="Refuse manifest, inputs and template files larger than this.",
+        ),
         output,
         click.option("-v", "--verbose", is_flag=True, help=verbose_help),
     ]
@@ -97,24 +137,65 @@ def _input_options(f: Callable | None = None, output: Any = None, *, api: bool =
 
 def _api_options(f: Callable) -> Callable:
     options = [
-        click.option("--local", is_flag=True,
-                     help="Use an embedded emulator whose state persists in ./.provisioner/ (no account needed)."),
-        click.option("--parallelism", type=click.IntRange(1, 256), default=16, show_default=True,
-                     help="Requests in flight at once (the shared rate budget still slows down on 429)."),
-        click.option("--timeout", type=click.FloatRange(0.1), default=30.0, show_default=True,
-                     help="Read timeout of each request, in seconds."),
-        click.option("--connect-timeout", type=click.FloatRange(0.1), default=5.0, show_default=True,
-                     help="Connect timeout of each request, in seconds."),
-        click.option("--deadline", type=click.FloatRange(0.1), default=60.0, show_default=True,
-                     help="Whole-request bound (connect, send, complete answer), in seconds, per attempt."),
-        click.option("--max-attempts", type=click.IntRange(1), default=10, show_default=True,
-                     help="Attempts per request, first included (GET, PUT, PATCH, DELETE retry on 429/5xx/network)."),
-        click.option("--max-retry-time", type=click.FloatRange(0), default=120.0, show_default=True,
-                     help="Give up retrying one request after this many seconds."),
-        click.option("--max-rate", type=click.FloatRange(0.1), default=None,
-                     help="Never exceed this many requests per second (default: no ceiling until a 429)."),
-        click.option("--settle", type=click.FloatRange(0), default=None,
-                     help="Seconds to wait before looking up a create whose response was lost (default: --timeout)."),
+        click.option(
+            "--local",
+            is_flag=True,
+            help="Use an embedded emulator whose state persists in ./.provisioner/ (no account needed).",
+        ),
+        click.option(
+            "--parallelism",
+            type=click.IntRange(1, 256),
+            default=16,
+            show_default=True,
+            help="Requests in flight at once (the shared rate budget still slows down on 429).",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(0.1),
+            default=30.0,
+            show_default=True,
+            help="Read timeout of each request, in seconds.",
+        ),
+        click.option(
+            "--connect-timeout",
+            type=click.FloatRange(0.1),
+            default=5.0,
+            show_default=True,
+            help="Connect timeout of each request, in seconds.",
+        ),
+        click.option(
+            "--deadline",
+            type=click.FloatRange(0.1),
+            default=60.0,
+            show_default=True,
+            help="Whole-request bound (connect, send, complete answer), in seconds, per attempt.",
+        ),
+        click.option(
+            "--max-attempts",
+            type=click.IntRange(1),
+            default=10,
+            show_default=True,
+            help="Attempts per request, first included (GET, PUT, PATCH, DELETE retry on 429/5xx/network).",
+        ),
+        click.option(
+            "--max-retry-time",
+            type=click.FloatRange(0),
+            default=120.0,
+            show_default=True,
+            help="Give up retrying one request after this many seconds.",
+        ),
+        click.option(
+            "--max-rate",
+            type=click.FloatRange(0.1),
+            default=None,
+            help="Never exceed this many requests per second (default: no ceiling until a 429).",
+        ),
+        click.option(
+            "--settle",
+            type=click.FloatRange(0),
+            default=None,
+            help="Seconds to wait before looking up a create whose response was lost (default: --timeout).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -125,21 +206,40 @@ def _plan_options(f: Callable | None = None, *, planning: bool = False) -> Calla
     """The options that shape a plan; ``planning``: worded for plan, which deletes nothing itself."""
     if f is None:
         return lambda g: _plan_options(g, planning=planning)
-    prune = ("Also plan the deletion of instances the stack owns that are no longer declared (apply --prune "
-             "deletes them)." if planning else "Delete instances the stack owns that are no longer declared.")
+    prune = (
+        "Also plan the deletion of instances the stack owns that are no longer declared (apply --prune deletes them)."
+        if planning
+        else "Delete instances the stack owns that are no longer declared."
+    )
     options = [
         click.option("--prune", is_flag=True, help=prune),
-        click.option("--allow-replace", is_flag=True,
-                     help="Allow replacing an instance whose element changed (its token changes)."),
+        click.option(
+            "--allow-replace",
+            is_flag=True,
+            help="Allow replacing an instance whose element changed (its token changes).",
+        ),
         click.option("--force", is_flag=True, help="Allow --prune with a manifest that declares no instance."),
-        click.option("--adopt", is_flag=True,
-                     help="Take over unmanaged instances (no provisioner:stack= tag) with declared names, "
-                          "keeping their ids and tokens."),
-        click.option("--target", "targets", multiple=True, metavar="PATTERN",
-                     help="Only the declared instances matching PATTERN: a name glob, element=KEY or tag=T "
-                          "(repeatable). Prune and duplicate clean-up stay inside the selection."),
-        click.option("--exclude", "excludes", multiple=True, metavar="PATTERN",
-                     help="Leave out the declared instances matching PATTERN (same forms as --target; repeatable)."),
+        click.option(
+            "--adopt",
+            is_flag=True,
+            help="Take over unmanaged instances (no provisioner:stack= tag) with declared names, "
+            "keeping their ids and tokens.",
+        ),
+        click.option(
+            "--target",
+            "targets",
+            multiple=True,
+            metavar="PATTERN",
+            help="Only the declared instances matching PATTERN: a name glob, element=KEY or tag=T "
+            "(repeatable). Prune and duplicate clean-up stay inside the selection.",
+        ),
+        click.option(
+            "--exclude",
+            "excludes",
+            multiple=True,
+            metavar="PATTERN",
+            help="Leave out the declared instances matching PATTERN (same forms as --target; repeatable).",
+        ),
         _allow_destroy_option(),
     ]
     for option in reversed(options):
@@ -148,8 +248,13 @@ def _plan_options(f: Callable | None = None, *, planning: bool = False) -> Calla
 
 
 def _allow_destroy_option() -> Callable:
-    return click.option("--allow-destroy", "allow_destroy", multiple=True, metavar="NAME",
-                        help="Lift the protection (protect: true) of instance NAME for this run (repeatable).")
+    return click.option(
+        "--allow-destroy",
+        "allow_destroy",
+        multiple=True,
+        metavar="NAME",
+        help="Lift the protection (protect: true) of instance NAME for this run (repeatable).",
+    )
 
 
 class _Run:
@@ -159,9 +264,13 @@ class _Run:
         self.command = command
         self.json = output == "json"
         self.verbose = verbose
-        self.reporter: Any = (JsonReporter(sys.stdout, sys.stderr) if self.json
-                              else MarkdownReporter(sys.stdout, sys.stderr, verbose) if output == "markdown"
-                              else TextReporter(sys.stdout, sys.stderr, verbose))
+        self.reporter: Any = (
+            JsonReporter(sys.stdout, sys.stderr)
+            if self.json
+            else MarkdownReporter(sys.stdout, sys.stderr, verbose)
+            if output == "markdown"
+            else TextReporter(sys.stdout, sys.stderr, verbose)
+        )
         self.stderr = RedactingWriter(sys.stderr)
         self._lock = threading.Lock()
         self.stop = StopFlag()
@@ -174,24 +283,45 @@ class _Run:
 
 def _options(run: _Run, params: dict[str, Any], local: Any = None) -> engine.Options:
     limits = Limits(max_file_bytes=params["max_file_bytes"], max_foreach=params["max_foreach"])
-    common = {"manifest": params["manifest"], "inputs": tuple(params["inputs"]), "sets": tuple(params["sets"]),
-              "schemas": tuple(params["schemas"]), "limits": limits}
+    common = {
+        "manifest": params["manifest"],
+        "inputs": tuple(params["inputs"]),
+        "sets": tuple(params["sets"]),
+        "schemas": tuple(params["schemas"]),
+        "limits": limits,
+    }
     if "parallelism" not in params:
         return engine.Options(**common)
-    client = ClientSettings(connect_timeout=params["connect_timeout"], read_timeout=params["timeout"],
-                            deadline=params["deadline"], max_attempts=params["max_attempts"],
-                            max_retry_time=params["max_retry_time"],
-                            parallelism=params["parallelism"], max_rate=params["max_rate"])
+    client = ClientSettings(
+        connect_timeout=params["connect_timeout"],
+        read_timeout=params["timeout"],
+        deadline=params["deadline"],
+        max_attempts=params["max_attempts"],
+        max_retry_time=params["max_retry_time"],
+        parallelism=params["parallelism"],
+        max_rate=params["max_rate"],
+    )
     settle = params["settle"] if params["settle"] is not None else params["timeout"]
     targets, excludes = tuple(params.get("targets", ())), tuple(params.get("excludes", ()))
     Selection.of(targets, excludes)  # a malformed pattern is a usage error, before anything else
-    plan = PlanOptions(prune=params.get("prune", False), allow_replace=params.get("allow_replace", False),
-                       force=params.get("force", False), adopt=params.get("adopt", False), targets=targets,
-                       excludes=excludes, allow_destroy=tuple(params.get("allow_destroy", ())))
-    return engine.Options(**common, local=local, client=client,
-                          apply=ApplySettings(parallelism=params["parallelism"], settle_seconds=settle),
-                          plan=plan, trace=run.trace if params.get("verbose") else None,
-                          notice=None if params.get("verbose") else run.trace)
+    plan = PlanOptions(
+        prune=params.get("prune", False),
+        allow_replace=params.get("allow_replace", False),
+        force=params.get("force", False),
+        adopt=params.get("adopt", False),
+        targets=targets,
+        excludes=excludes,
+        allow_destroy=tuple(params.get("allow_destroy", ())),
+    )
+    return engine.Options(
+        **common,
+        local=local,
+        client=client,
+        apply=ApplySettings(parallelism=params["parallelism"], settle_seconds=settle),
+        plan=plan,
+        trace=run.trace if params.get("verbose") else None,
+        notice=None if params.get("verbose") else run.trace,
+    )
 
 
 def _validated(run: _Run, params: dict[str, Any]) -> engine.Validated:
@@ -237,16 +367,19 @@ class _Command(click.Command):
             return super().get_short_help_str(limit)
         paragraph = " ".join(self.help.split("\n\n")[0].split())
         end = paragraph.find(". ")
-        return paragraph if end < 0 else paragraph[:end + 1]
+        return paragraph if end < 0 else paragraph[: end + 1]
 
 
 class _Group(click.Group):
     command_class = _Command
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
-             epilog="Each command's --help names the environment variables it reads. Shell completion: "
-                    "eval \"$(_PROVISIONER_COMPLETE=bash_source provisioner)\" (zsh_source, fish_source).")
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    epilog="Each command's --help names the environment variables it reads. Shell completion: "
+    'eval "$(_PROVISIONER_COMPLETE=bash_source provisioner)" (zsh_source, fish_source).',
+)
 @click.version_option(__version__, prog_name="provisioner")
 def cli() -> None:
     """Declare Cloud Elements element instances in a YAML manifest; validate, plan, apply and destroy them."""
@@ -263,8 +396,17 @@ def validate(**params: Any) -> None:
     run = _Run("validate", params["output"], params["verbose"])
     manifests = params["manifest"]
     if run.json and len(manifests) > 1:
-        sys.exit(_finish(run, _refuse(UserError("--output json takes one manifest",
-                                                hint="run validate once per manifest, or use the text output"))))
+        sys.exit(
+            _finish(
+                run,
+                _refuse(
+                    UserError(
+                        "--output json takes one manifest",
+                        hint="run validate once per manifest, or use the text output",
+                    )
+                ),
+            )
+        )
 
     def one(manifest: str) -> Callable[[], int]:
         def body() -> int:
@@ -289,8 +431,13 @@ def _refuse(error: UserError) -> Callable[[], int]:
 @_api_options
 @_plan_options(planning=True)
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when changes are pending (0: none, 1: error).")
-@click.option("--out", "out", type=click.Path(dir_okay=False), metavar="FILE",
-              help="Save the plan to FILE (no secret, mode 0600) for 'apply FILE', which executes exactly it.")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Save the plan to FILE (no secret, mode 0600) for 'apply FILE', which executes exactly it.",
+)
 def plan(**params: Any) -> None:
     """Show what apply would change, without changing anything.
 
@@ -305,8 +452,11 @@ def plan(**params: Any) -> None:
             options = _options(run, params, local)
             with engine.connect(validated, options, run.stop, read_only=True) as connection:
                 the_plan = engine.plan(validated, connection, options)
-                saved = savedplan.document(the_plan, validated, connection, _sources(params)) if params["out"] \
-                    and not the_plan.has_refusals else None
+                saved = (
+                    savedplan.document(the_plan, validated, connection, _sources(params))
+                    if params["out"] and not the_plan.has_refusals
+                    else None
+                )
         run.reporter.plan(the_plan)
         if the_plan.has_refusals:
             if params["out"]:
@@ -314,8 +464,9 @@ def plan(**params: Any) -> None:
             return EXIT_ERROR
         if saved is not None:
             savedplan.write(params["out"], saved)
-            run.reporter.info(f"Plan saved to {params['out']} (mode 0600); apply it with: provisioner apply "
-                              f"{params['out']}")
+            run.reporter.info(
+                f"Plan saved to {params['out']} (mode 0600); apply it with: provisioner apply {params['out']}"
+            )
         return EXIT_CHANGES if params["detailed_exitcode"] and the_plan.has_changes else EXIT_OK
 
     sys.exit(_finish(run, body))
@@ -325,8 +476,12 @@ def plan(**params: Any) -> None:
 @_input_options(output=(*FORMATS, "markdown"))
 @_api_options
 @_plan_options
-@click.option("--outputs", "outputs_path", type=click.Path(dir_okay=False),
-              help="Write id, element and token of every declared instance to FILE (JSON, mode 0600).")
+@click.option(
+    "--outputs",
+    "outputs_path",
+    type=click.Path(dir_okay=False),
+    help="Write id, element and token of every declared instance to FILE (JSON, mode 0600).",
+)
 @click.option("--progress/--no-progress", default=True, help="Show progress on stderr for long runs.")
 def apply(**params: Any) -> None:
     """Make the live instances match the manifest, and deliver their tokens.
@@ -391,9 +546,13 @@ def _apply_like(run: _Run, params: dict[str, Any], destroy: bool, saved: Any = N
 
 
 def _sources(params: dict[str, Any]) -> savedplan.Sources:
-    return savedplan.Sources(params["manifest"], tuple(params["inputs"]),
-                             tuple(sorted({s.partition("=")[0].strip() for s in params["sets"]})),
-                             tuple(params["schemas"]), bool(params.get("local")))
+    return savedplan.Sources(
+        params["manifest"],
+        tuple(params["inputs"]),
+        tuple(sorted({s.partition("=")[0].strip() for s in params["sets"]})),
+        tuple(params["schemas"]),
+        bool(params.get("local")),
+    )
 
 
 def _confirmed(run: _Run, the_plan: Any, params: dict[str, Any]) -> bool:
@@ -401,11 +560,17 @@ def _confirmed(run: _Run, the_plan: Any, params: dict[str, Any]) -> bool:
         return True
     count = sum(1 for c in the_plan.changes if c.action == Action.DELETE)
     if not sys.stdin.isatty():
-        raise UserError(f"destroy would delete {count} instance(s) of stack {the_plan.stack!r} and needs confirmation",
-                        hint="pass --yes to confirm when there is no terminal")
+        raise UserError(
+            f"destroy would delete {count} instance(s) of stack {the_plan.stack!r} and needs confirmation",
+            hint="pass --yes to confirm when there is no terminal",
+        )
     run.reporter.plan(the_plan, "destroy")
-    answer = click.prompt(f"Delete {count} instance(s) of stack {the_plan.stack!r}? Type 'yes' to confirm",
-                          default="", show_default=False, err=True)
+    answer = click.prompt(
+        f"Delete {count} instance(s) of stack {the_plan.stack!r}? Type 'yes' to confirm",
+        default="",
+        show_default=False,
+        err=True,
+    )
     if answer.strip() != "yes":
         run.reporter.error("destroy", "not confirmed; nothing was deleted")
         return False
@@ -416,19 +581,34 @@ _OUTPUT_FORMATS = {"json": format_json, "env": format_env}
 
 
 def _output_format_options(f: Callable) -> Callable:
-    f = click.option("--format", "fmt", type=click.Choice(sorted(_OUTPUT_FORMATS)), default=None, hidden=True,
-                     help="Same as -o (kept for scripts written before -o env).")(f)
-    return _input_options(f, click.option(
-        "-o", "--output", "output", type=click.Choice(sorted(_OUTPUT_FORMATS)), default=None,
-        help="json (default): the outputs-file document; env: NAME_ID, NAME_ELEMENT, NAME_TOKEN shell lines."))
+    f = click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(sorted(_OUTPUT_FORMATS)),
+        default=None,
+        hidden=True,
+        help="Same as -o (kept for scripts written before -o env).",
+    )(f)
+    return _input_options(
+        f,
+        click.option(
+            "-o",
+            "--output",
+            "output",
+            type=click.Choice(sorted(_OUTPUT_FORMATS)),
+            default=None,
+            help="json (default): the outputs-file document; env: NAME_ID, NAME_ELEMENT, NAME_TOKEN shell lines.",
+        ),
+    )
 
 
 def _output_format(params: dict[str, Any]) -> str:
     """The one format of ``output``: -o, or the older --format; both at once must agree."""
     chosen, older = params["output"], params.pop("fmt")
     if chosen and older and chosen != older:
-        raise click.UsageError(f"-o {chosen} and --format {older} disagree; --format is the older spelling of -o: "
-                               "give only -o")
+        raise click.UsageError(
+            f"-o {chosen} and --format {older} disagree; --format is the older spelling of -o: give only -o"
+        )
     return chosen or older or "json"
 
 
@@ -486,8 +666,13 @@ def output(**params: Any) -> None:
 @cli.command("import", epilog=ENV_API)
 @_input_options
 @_api_options
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
-              help="Manifest file to write (same apiVersion, stack and targets as MANIFEST).")
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Manifest file to write (same apiVersion, stack and targets as MANIFEST).",
+)
 @click.option("--element", "element", default=None, help="Only instances of this element key.")
 @click.option("--name", "name_glob", default=None, metavar="GLOB", help="Only instances whose name matches GLOB.")
 def import_(**params: Any) -> None:
@@ -502,19 +687,24 @@ def import_(**params: Any) -> None:
             options = _options(run, params, local)
             with engine.connect(validated, options, run.stop) as connection:
                 live = engine.read_state(connection, validated.manifest.stack, owned_only=False)
-        imported = import_manifest(validated.manifest, validated.registry, live, params["out_path"],
-                                   params["element"], params["name_glob"])
+        imported = import_manifest(
+            validated.manifest, validated.registry, live, params["out_path"], params["element"], params["name_glob"]
+        )
         _write_text(params["out_path"], imported.text)
         for note in imported.skipped:
             run.reporter.info(f"skipped: {note}")
         if imported.variables:
-            run.reporter.info("set these variables to the secret values before plan --adopt (the API never "
-                              "returns them):")
+            run.reporter.info(
+                "set these variables to the secret values before plan --adopt (the API never returns them):"
+            )
             for name, instance, key in imported.variables:
                 run.reporter.info(f"  {name}  ({instance}: {key})")
-        data = {"out": params["out_path"], "instances": imported.count,
-                "variables": [{"name": n, "instance": i, "key": k} for n, i, k in imported.variables],
-                "skipped": imported.skipped}
+        data = {
+            "out": params["out_path"],
+            "instances": imported.count,
+            "variables": [{"name": n, "instance": i, "key": k} for n, i, k in imported.variables],
+            "skipped": imported.skipped,
+        }
         run.reporter.document(run.command, data, [f"wrote {params['out_path']}: {imported.count} instance(s)"])
         return EXIT_OK
 
@@ -549,10 +739,14 @@ def render(**params: Any) -> None:
     def body() -> int:
         validated = _validated(run, params)
         requests = rendered(validated.manifest.stack, validated.desired, validated.registry)
-        text = (json.dumps(requests, indent=2, ensure_ascii=False) if params["output"] == "json" else
-                yaml.safe_dump(requests, sort_keys=False, allow_unicode=True, width=1000)).rstrip("\n")
-        run.reporter.document(run.command, {"stack": validated.manifest.stack, "requests": requests},
-                              text.split("\n") if requests else [])
+        text = (
+            json.dumps(requests, indent=2, ensure_ascii=False)
+            if params["output"] == "json"
+            else yaml.safe_dump(requests, sort_keys=False, allow_unicode=True, width=1000)
+        ).rstrip("\n")
+        run.reporter.document(
+            run.command, {"stack": validated.manifest.stack, "requests": requests}, text.split("\n") if requests else []
+        )
         return EXIT_OK
 
     sys.exit(_finish(run, body))
@@ -566,10 +760,22 @@ def schemas() -> None:
 def _catalog_options(f: Callable) -> Callable:
     options = [
         click.option("--local", is_flag=True, help="Read the built-in emulator's catalog instead of the API."),
-        click.option("--schemas", "schemas", multiple=True, type=click.Path(file_okay=False),
-                     help="Directory of extra element schemas counted as local (repeatable)."),
-        click.option("-o", "--output", "output", type=click.Choice(["text", "json"]), default="text",
-                     show_default=True, help="Output format on stdout."),
+        click.option(
+            "--schemas",
+            "schemas",
+            multiple=True,
+            type=click.Path(file_okay=False),
+            help="Directory of extra element schemas counted as local (repeatable).",
+        ),
+        click.option(
+            "-o",
+            "--output",
+            "output",
+            type=click.Choice(["text", "json"]),
+            default="text",
+            show_default=True,
+            help="Output format on stdout.",
+        ),
         click.option("-v", "--verbose", is_flag=True, help="Trace every HTTP request on stderr (secrets redacted)."),
     ]
     for option in reversed(options):
@@ -589,8 +795,14 @@ def _catalog_target(local: Any) -> Any:
 @schemas.command("pull")
 @click.argument("keys", nargs=-1)
 @click.option("--all", "all_keys", is_flag=True, help="Pull every element the API offers (GET /elements/keys).")
-@click.option("--out", "out_dir", default="schemas", show_default=True, type=click.Path(file_okay=False),
-              help="Directory to write <key>.json into (use it with --schemas DIR).")
+@click.option(
+    "--out",
+    "out_dir",
+    default="schemas",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Directory to write <key>.json into (use it with --schemas DIR).",
+)
 @_catalog_options
 def schemas_pull(**params: Any) -> None:
     """Write one JSON Schema per element KEY from the API's definitions (stable: a second pull changes nothing)."""
@@ -636,16 +848,29 @@ def schemas_list(**params: Any) -> None:
 
 @cli.command(epilog=ENV_EMULATOR)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
-              help="Port (0 picks a free one; the URL is printed on stdout).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="Port (0 picks a free one; the URL is printed on stdout).",
+)
 @click.option("--db", "db_path", default=".provisioner/emulator.db", show_default=True, help="SQLite file.")
 @click.option("--user-secret", envvar="CE_USER_SECRET", help="User secret to accept (default: $CE_USER_SECRET).")
-@click.option("--organization-secret", envvar="CE_ORGANIZATION_SECRET",
-              help="Organization secret to accept (default: $CE_ORGANIZATION_SECRET).")
-@click.option("--faults", "fault_text", default=None, metavar="SPEC",
-              help="Fault injection: comma-separated NAME=VALUE pairs, for example error=0.1,seed=42. Names: "
-                   "latency, jitter, error, throttle, retry_after, reset, lost, slow, slow_ms, ratelimit, burst, "
-                   "methods, seed (default: $PROVISIONER_EMULATOR_FAULTS).")
+@click.option(
+    "--organization-secret",
+    envvar="CE_ORGANIZATION_SECRET",
+    help="Organization secret to accept (default: $CE_ORGANIZATION_SECRET).",
+)
+@click.option(
+    "--faults",
+    "fault_text",
+    default=None,
+    metavar="SPEC",
+    help="Fault injection: comma-separated NAME=VALUE pairs, for example error=0.1,seed=42. Names: "
+    "latency, jitter, error, throttle, retry_after, reset, lost, slow, slow_ms, ratelimit, burst, "
+    "methods, seed (default: $PROVISIONER_EMULATOR_FAULTS).",
+)
 @click.option("--latency-ms", type=click.FloatRange(0), default=None, help="Added latency on every request.")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible faults.")
 @click.option("--quiet", is_flag=True, help="Do not log requests on stderr.")
@@ -657,9 +882,10 @@ def emulator(**params: Any) -> None:
 
     def body() -> int:
         if not params["user_secret"] or not params["organization_secret"]:
-            raise UserError("the emulator needs the secrets it will accept",
-                            hint="set CE_USER_SECRET and CE_ORGANIZATION_SECRET, or pass --user-secret and "
-                                 "--organization-secret")
+            raise UserError(
+                "the emulator needs the secrets it will accept",
+                hint="set CE_USER_SECRET and CE_ORGANIZATION_SECRET, or pass --user-secret and --organization-secret",
+            )
         try:
             faults = FaultConfig.parse(params["fault_text"]) if params["fault_text"] else FaultConfig.from_env()
         except ValueError as exc:
@@ -668,16 +894,23 @@ def emulator(**params: Any) -> None:
         faults = faults.merged(**overrides) if overrides else faults
         try:
             _private_db(params["db_path"])
-            server = Emulator(params["db_path"], params["user_secret"], params["organization_secret"],
-                              host=params["host"], port=params["port"], faults=faults,
-                              log_stream=None if params["quiet"] else run.stderr)
+            server = Emulator(
+                params["db_path"],
+                params["user_secret"],
+                params["organization_secret"],
+                host=params["host"],
+                port=params["port"],
+                faults=faults,
+                log_stream=None if params["quiet"] else run.stderr,
+            )
             url = server.start()
         except (ValueError, OSError, sqlite3.Error) as exc:
             raise _emulator_start_error(exc, params) from None
         sys.stdout.write(f"{url}\n")
         sys.stdout.flush()
-        run.reporter.info(f"emulator listening on {url} (db {params['db_path']}; faults: {faults.describe()}); "
-                          "Ctrl-C stops it")
+        run.reporter.info(
+            f"emulator listening on {url} (db {params['db_path']}; faults: {faults.describe()}); Ctrl-C stops it"
+        )
         try:
             with stop_on_signals(run.stop):
                 while not run.stop.wait(0.5):
@@ -701,14 +934,20 @@ def _private_db(db_path: str) -> None:
 def _emulator_start_error(exc: Exception, params: dict[str, Any]) -> UserError:
     """A located error for an emulator that cannot start: port in use, bad host, unusable db."""
     if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
-        return UserError(f"cannot start the emulator: port {params['port']} on {params['host']} is already in use",
-                         hint="stop what listens there, choose another --port, or pass --port 0 to pick a free one")
+        return UserError(
+            f"cannot start the emulator: port {params['port']} on {params['host']} is already in use",
+            hint="stop what listens there, choose another --port, or pass --port 0 to pick a free one",
+        )
     if isinstance(exc, sqlite3.Error):
-        return UserError(f"cannot start the emulator: database {params['db_path']}: {exc}",
-                         hint="give a path to a writable SQLite file with --db")
+        return UserError(
+            f"cannot start the emulator: database {params['db_path']}: {exc}",
+            hint="give a path to a writable SQLite file with --db",
+        )
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return UserError(f"cannot start the emulator on {params['host']}:{params['port']}: {reason}",
-                     hint="choose a loopback host and a free port (--port 0 picks one)")
+    return UserError(
+        f"cannot start the emulator on {params['host']}:{params['port']}: {reason}",
+        hint="choose a loopback host and a free port (--port 0 picks one)",
+    )
 
 
 @cli.command()
@@ -764,8 +1003,10 @@ def _crash(exc: BaseException) -> int:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(f"provisioner {__version__}, python {sys.version.split()[0]}\n{text}")
     message = REDACTOR.redact(f"{type(exc).__name__}: {exc}")
-    sys.stderr.write(f"internal error: {message}\nThis is a bug in provisioner. The traceback is in {path}; "
-                     "please attach it to a bug report.\n")
+    sys.stderr.write(
+        f"internal error: {message}\nThis is a bug in provisioner. The traceback is in {path}; "
+        "please attach it to a bug report.\n"
+    )
     return EXIT_ERROR
 
 

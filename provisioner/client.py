@@ -64,10 +64,17 @@ MAX_PAGES = 5_000  # hard cap on one listing: 1,000,000 instances at 200 a page
 # Only the instance listing's own answer means an empty collection; any other 404 is an error.
 _EMPTY_LIST = re.compile(r"^No (element )?instances found", re.IGNORECASE)
 _STATUS_ERRORS: dict[int, type[ApiError]] = {
-    400: BadRequest, 401: Unauthorized, 403: Unauthorized, 404: NotFound, 409: Conflict, 429: RateLimited,
+    400: BadRequest,
+    401: Unauthorized,
+    403: Unauthorized,
+    404: NotFound,
+    409: Conflict,
+    429: RateLimited,
 }
-NETWORK_HINT = ("check CE_API_URL (or the target's url), CE_USER_SECRET and CE_ORGANIZATION_SECRET, "
-                "the network and any HTTPS_PROXY; or try --local for the built-in emulator")
+NETWORK_HINT = (
+    "check CE_API_URL (or the target's url), CE_USER_SECRET and CE_ORGANIZATION_SECRET, "
+    "the network and any HTTPS_PROXY; or try --local for the built-in emulator"
+)
 NOTICE_INTERVAL = 5.0  # at most one "retrying" line on stderr this often (without -v)
 
 
@@ -77,14 +84,14 @@ class ClientSettings:
 
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
-    deadline: float = 60.0          # one whole request (connect, send, the complete answer), per attempt
-    max_attempts: int = 10          # per request, first try included
-    max_retry_time: float = 120.0   # total wall time per request across its retries
-    backoff_base: float = 0.1       # full jitter: uniform(0, min(cap, base * 2**retry)), >= Retry-After
+    deadline: float = 60.0  # one whole request (connect, send, the complete answer), per attempt
+    max_attempts: int = 10  # per request, first try included
+    max_retry_time: float = 120.0  # total wall time per request across its retries
+    backoff_base: float = 0.1  # full jitter: uniform(0, min(cap, base * 2**retry)), >= Retry-After
     backoff_cap: float = 1.0
-    parallelism: int = 8            # connections kept alive (one per worker thread)
+    parallelism: int = 8  # connections kept alive (one per worker thread)
     page_size: int = 200
-    max_rate: float | None = None   # requests/second ceiling; None = none until the API throttles
+    max_rate: float | None = None  # requests/second ceiling; None = none until the API throttles
 
 
 @dataclass
@@ -118,10 +125,19 @@ class ReadOnlyClient:
 
     _WRITES_ALLOWED = False
 
-    def __init__(self, base_url: str, user_secret: Secret, organization_secret: Secret,
-                 settings: ClientSettings, *, budget: RateBudget | None = None,
-                 stats: RequestStats | None = None, trace: Callable[[str], None] | None = None,
-                 stop: StopFlag | None = None, notice: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        user_secret: Secret,
+        organization_secret: Secret,
+        settings: ClientSettings,
+        *,
+        budget: RateBudget | None = None,
+        stats: RequestStats | None = None,
+        trace: Callable[[str], None] | None = None,
+        stop: StopFlag | None = None,
+        notice: Callable[[str], None] | None = None,
+    ):
         self._base = check_base_url(base_url)
         self.settings = settings
         self.budget = budget if budget is not None else RateBudget(settings.max_rate)
@@ -191,8 +207,9 @@ class ReadOnlyClient:
         ``elements-total-count`` the API announced."""
         replies: queue.Queue = queue.Queue(maxsize=4)  # bounded: a fast server cannot fill memory
         abandoned = threading.Event()
-        fetcher = threading.Thread(target=self._fetch_pages, args=(path, params, replies, abandoned),
-                                   name="pages", daemon=True)
+        fetcher = threading.Thread(
+            target=self._fetch_pages, args=(path, params, replies, abandoned), name="pages", daemon=True
+        )
         fetcher.start()
         count = 0
         totals: set[int] = set()
@@ -214,11 +231,14 @@ class ReadOnlyClient:
             _drain(replies)
             fetcher.join()
         if totals and count not in totals:
-            raise InconsistentListing(f"GET {path} announced {' then '.join(map(str, sorted(totals)))} "
-                                      f"item(s) ({TOTAL_HEADER}) but {count} arrived")
+            raise InconsistentListing(
+                f"GET {path} announced {' then '.join(map(str, sorted(totals)))} "
+                f"item(s) ({TOTAL_HEADER}) but {count} arrived"
+            )
 
-    def _fetch_pages(self, path: str, params: list[tuple[str, str]], replies: queue.Queue,
-                     abandoned: threading.Event) -> None:
+    def _fetch_pages(
+        self, path: str, params: list[tuple[str, str]], replies: queue.Queue, abandoned: threading.Event
+    ) -> None:
         """The fetcher thread: every raw page in order, then None; or the error that stopped it."""
         seen: set[str] = set()
         token: str | None = None
@@ -257,15 +277,28 @@ class ReadOnlyClient:
         except NotFound as exc:
             if path == "/instances" and _EMPTY_LIST.match(exc.raw_message or ""):
                 return None
-            raise ApiError(404, f"{exc.message}; {self._base}{path} is not an instance listing",
-                           exc.request_id, "GET", path,
-                           hint="the API base URL must end with /elements/api-v2, e.g. "
-                                "https://api.cloud-elements.com/elements/api-v2") from None
+            raise ApiError(
+                404,
+                f"{exc.message}; {self._base}{path} is not an instance listing",
+                exc.request_id,
+                "GET",
+                path,
+                hint="the API base URL must end with /elements/api-v2, e.g. "
+                "https://api.cloud-elements.com/elements/api-v2",
+            ) from None
 
     # -- one call, with retries -------------------------------------------------------------
 
-    def _call(self, method: str, path: str, *, params: list[tuple[str, str]] | None = None,
-              body: Any = None, create: bool = False, raw: bool = False) -> _Reply:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        create: bool = False,
+        raw: bool = False,
+    ) -> _Reply:
         """Send one API call, retrying as the method allows; return the 2xx reply or raise."""
         if method != "GET" and not self._WRITES_ALLOWED:
             raise RuntimeError(f"a read-only client cannot send {method}")
@@ -297,8 +330,9 @@ class ReadOnlyClient:
             self._retrying(method, shown, outcome, attempt, started)
             self._pause(delay)
 
-    def _attempt(self, method: str, url: str, data: bytes | None, shown: str, raw: bool,
-                 started: float) -> tuple[_Reply | ApiError | TransportError, int]:
+    def _attempt(
+        self, method: str, url: str, data: bytes | None, shown: str, raw: bool, started: float
+    ) -> tuple[_Reply | ApiError | TransportError, int]:
         """Wait for the rate budget, then one HTTP exchange. Returns the reply or the error it maps to
         (not raised yet)."""
         t0 = time.monotonic()
@@ -307,11 +341,16 @@ class ReadOnlyClient:
             return late, _ms_since(t0)
         settings = self.settings
         try:
-            answer = self._transport.send(method, url, data, self._auth.header(),
-                                          (settings.connect_timeout, settings.read_timeout), settings.deadline)
+            answer = self._transport.send(
+                method,
+                url,
+                data,
+                self._auth.header(),
+                (settings.connect_timeout, settings.read_timeout),
+                settings.deadline,
+            )
         except TransportFailure as exc:
-            failure = TransportError(exc.message, exc.ambiguous, method, shown, retryable=exc.retryable,
-                                     url=self._base)
+            failure = TransportError(exc.message, exc.ambiguous, method, shown, retryable=exc.retryable, url=self._base)
             failure.__cause__ = exc.__cause__
             return failure, _ms_since(t0)
         return self._read_answer(answer, method, shown, raw), _ms_since(t0)
@@ -328,9 +367,12 @@ class ReadOnlyClient:
         if ok:
             return None
         waited = max(0.0, self.budget.paused_until - time.monotonic())
-        return RateLimited(429, f"the API asked every request to wait {waited:.0f} s more (Retry-After), longer "
-                           f"than this request's retry budget of {self.settings.max_retry_time:g} s",
-                           retry_after=math.inf)
+        return RateLimited(
+            429,
+            f"the API asked every request to wait {waited:.0f} s more (Retry-After), longer "
+            f"than this request's retry budget of {self.settings.max_retry_time:g} s",
+            retry_after=math.inf,
+        )
 
     def _pause(self, seconds: float) -> None:
         """Back off between attempts; a signal ends the pause and raises Interrupted."""
@@ -339,8 +381,9 @@ class ReadOnlyClient:
         elif self._stop.wait(seconds):
             self._stop.check()
 
-    def _read_answer(self, answer: Answer, method: str, shown: str,
-                     raw: bool = False) -> _Reply | ApiError | TransportError:
+    def _read_answer(
+        self, answer: Answer, method: str, shown: str, raw: bool = False
+    ) -> _Reply | ApiError | TransportError:
         """Map an HTTP answer onto a _Reply or an ApiError; feed the rate budget."""
         status = answer.status
         if 200 <= status < 300:
@@ -350,8 +393,13 @@ class ReadOnlyClient:
             try:
                 data = json.loads(answer.content) if answer.content.strip() else None
             except ValueError:
-                return ApiError(status, f"the API answered {status} with {len(answer.content)} bytes that are not "
-                                "JSON", _header_request_id(answer), method, shown)
+                return ApiError(
+                    status,
+                    f"the API answered {status} with {len(answer.content)} bytes that are not JSON",
+                    _header_request_id(answer),
+                    method,
+                    shown,
+                )
             return _Reply(status, answer.headers, data)
         if status == 407:
             return _proxy_refused(self._transport.proxy_display, method, shown)
@@ -378,16 +426,33 @@ class ReadOnlyClient:
         if isinstance(error, TransportError) and error.retryable:
             spent = time.monotonic() - started
             tries = f"{attempt} attempt{'s' if attempt != 1 else ''}"
-            final = TransportError(f"{error.message} ({tries} over {spent:.1f} s)", error.ambiguous, error.method,
-                                   error.path, retryable=True, url=self._base, hint=NETWORK_HINT)
+            final = TransportError(
+                f"{error.message} ({tries} over {spent:.1f} s)",
+                error.ambiguous,
+                error.method,
+                error.path,
+                retryable=True,
+                url=self._base,
+                hint=NETWORK_HINT,
+            )
             final.__cause__ = error.__cause__
             return final
         retry_after = getattr(error, "retry_after", None)
-        if isinstance(error, ApiError) and retry_after and retry_after != math.inf and \
-                time.monotonic() - started + retry_after > self.settings.max_retry_time:
-            late = type(error)(error.status, f"{error.message} (the API asked to wait {retry_after:.0f} s, longer than "
-                               f"the retry budget of {self.settings.max_retry_time:g} s)", error.request_id,
-                               error.method, error.path, math.inf)
+        if (
+            isinstance(error, ApiError)
+            and retry_after
+            and retry_after != math.inf
+            and time.monotonic() - started + retry_after > self.settings.max_retry_time
+        ):
+            late = type(error)(
+                error.status,
+                f"{error.message} (the API asked to wait {retry_after:.0f} s, longer than "
+                f"the retry budget of {self.settings.max_retry_time:g} s)",
+                error.request_id,
+                error.method,
+                error.path,
+                math.inf,
+            )
             return late
         return error
 
@@ -398,9 +463,13 @@ class ReadOnlyClient:
             return
         self._last_notice = now
         what = error.message if isinstance(error, TransportError) else f"HTTP {getattr(error, 'status', '?')}"
-        self._notice(REDACTOR.redact(f"retrying: {method} {self._base}{shown}: {what} "
-                                     f"(attempt {attempt + 1}/{self.settings.max_attempts}, "
-                                     f"{now - started:.1f} s so far)"))
+        self._notice(
+            REDACTOR.redact(
+                f"retrying: {method} {self._base}{shown}: {what} "
+                f"(attempt {attempt + 1}/{self.settings.max_attempts}, "
+                f"{now - started:.1f} s so far)"
+            )
+        )
 
     def _emit(self, line: str) -> None:
         if self._trace is not None:
@@ -417,10 +486,19 @@ class Client(ReadOnlyClient):
         2xx answer that is not an object with an id and a token."""
         reply = self._call("POST", "/instances", body=body, create=True)
         data = reply.data
-        if not isinstance(data, dict) or not _usable_id(data.get("id")) or not isinstance(data.get("token"), str) \
-                or not data["token"]:
-            problem = ApiError(reply.status, f"the API answered the create with {_json_kind(data)}, not an "
-                               "instance with an id and a token", _header_request_id_of(reply), "POST", "/instances")
+        if (
+            not isinstance(data, dict)
+            or not _usable_id(data.get("id"))
+            or not isinstance(data.get("token"), str)
+            or not data["token"]
+        ):
+            problem = ApiError(
+                reply.status,
+                f"the API answered the create with {_json_kind(data)}, not an instance with an id and a token",
+                _header_request_id_of(reply),
+                "POST",
+                "/instances",
+            )
             raise AmbiguousCreate(problem, answered=True)
         return _remember_tokens(data)
 
@@ -463,15 +541,21 @@ def check_base_url(base_url: str) -> str:
     url = (base_url or "").strip().rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UserError(f"the API base URL must be an https:// URL, got {sanitize(REDACTOR.redact(url))!r}",
-                        hint="e.g. https://api.cloud-elements.com/elements/api-v2 (set CE_API_URL or the target's url)")
+        raise UserError(
+            f"the API base URL must be an https:// URL, got {sanitize(REDACTOR.redact(url))!r}",
+            hint="e.g. https://api.cloud-elements.com/elements/api-v2 (set CE_API_URL or the target's url)",
+        )
     if parts.username or parts.password or parts.query or parts.fragment:
-        raise UserError("the API base URL must not contain credentials, a query or a fragment",
-                        hint="put the secrets in CE_USER_SECRET and CE_ORGANIZATION_SECRET")
+        raise UserError(
+            "the API base URL must not contain credentials, a query or a fragment",
+            hint="put the secrets in CE_USER_SECRET and CE_ORGANIZATION_SECRET",
+        )
     if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise UserError(f"refusing to send credentials in clear to {parts.hostname}: the API base URL must be "
-                        "https:// (http:// is accepted only for this machine, e.g. the emulator)",
-                        hint=f"use https://{parts.netloc}{parts.path}")
+        raise UserError(
+            f"refusing to send credentials in clear to {parts.hostname}: the API base URL must be "
+            "https:// (http:// is accepted only for this machine, e.g. the emulator)",
+            hint=f"use https://{parts.netloc}{parts.path}",
+        )
     return url
 
 
@@ -503,6 +587,7 @@ def _outcome_text(outcome: _Reply | ApiError | TransportError) -> str:
 
 # -- helpers: answers ----------------------------------------------------------------------------
 
+
 def _usable_id(value: Any) -> bool:
     """An id the API gave: a non-negative integer, or a non-empty string."""
     if isinstance(value, bool):
@@ -528,8 +613,9 @@ def _page_items(reply: _Reply, path: str) -> list:
     try:
         items = json.loads(content) if content.strip() else None
     except ValueError:
-        raise InconsistentListing(f"GET {path}: the API answered {reply.status} with {len(content)} bytes that are "
-                                  "not JSON (cut short?)") from None
+        raise InconsistentListing(
+            f"GET {path}: the API answered {reply.status} with {len(content)} bytes that are not JSON (cut short?)"
+        ) from None
     if not isinstance(items, list):
         _remember_tokens(items)
         raise InconsistentListing(f"GET {path}: expected a JSON list, got {_json_kind(items)}")
@@ -566,6 +652,7 @@ def _json_kind(value: Any) -> str:
 
 # -- helpers: HTTP errors -----------------------------------------------------------------------
 
+
 def _api_error(answer: Answer, method: str, shown: str) -> ApiError:
     """The ApiError subclass for a non-2xx answer, with the API's message and requestId."""
     status = answer.status
@@ -598,8 +685,12 @@ def _error_details(answer: Answer) -> tuple[str, str, str | None]:
         return "", "unexpected redirect (not followed)", None
     kind = (answer.headers.get("Content-Type") or "no content type").split(";")[0].strip()
     reason = sanitize(answer.reason or "")[:60]
-    return "", f"{reason + ', ' if reason else ''}no JSON error message ({len(answer.content)} bytes of " \
-               f"{sanitize(kind)[:60]})", None
+    return (
+        "",
+        f"{reason + ', ' if reason else ''}no JSON error message ({len(answer.content)} bytes of "
+        f"{sanitize(kind)[:60]})",
+        None,
+    )
 
 
 def _short_id(value: str | None) -> str | None:
@@ -607,9 +698,14 @@ def _short_id(value: str | None) -> str | None:
 
 
 def _proxy_refused(proxy: str, method: str, shown: str) -> TransportError:
-    return TransportError(f"the proxy {proxy} refused the request: 407 Proxy Authentication Required",
-                          False, method, shown, retryable=False,
-                          hint="check the user and password in HTTPS_PROXY / HTTP_PROXY")
+    return TransportError(
+        f"the proxy {proxy} refused the request: 407 Proxy Authentication Required",
+        False,
+        method,
+        shown,
+        retryable=False,
+        hint="check the user and password in HTTPS_PROXY / HTTP_PROXY",
+    )
 
 
 def _header_request_id(answer: Any) -> str | None:

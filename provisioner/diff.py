@@ -47,8 +47,14 @@ class FingerprintContext:
     stack: str
 
 
-def diff_configuration(desired: Mapping[str, Any], live: Mapping[str, Any] | None, schema: ElementSchema,
-                       live_fingerprints: Mapping[str, str], fp: FingerprintContext, name: str) -> list[FieldDiff]:
+def diff_configuration(
+    desired: Mapping[str, Any],
+    live: Mapping[str, Any] | None,
+    schema: ElementSchema,
+    live_fingerprints: Mapping[str, str],
+    fp: FingerprintContext,
+    name: str,
+) -> list[FieldDiff]:
     """Differences on declared configuration keys (and keys with schema defaults)."""
     live = live or {}
     diffs: list[FieldDiff] = []
@@ -60,8 +66,11 @@ def diff_configuration(desired: Mapping[str, Any], live: Mapping[str, Any] | Non
                 if live_fingerprints.get(key) != want:
                     known = key in live_fingerprints or live.get(key) not in (None, "")
                     op = DiffOp.CHANGE if known else DiffOp.ADD
-                    diffs.append(FieldDiff(op, f"configuration.{key}", SENSITIVE if op == DiffOp.CHANGE else None,
-                                           SENSITIVE, True))
+                    diffs.append(
+                        FieldDiff(
+                            op, f"configuration.{key}", SENSITIVE if op == DiffOp.CHANGE else None, SENSITIVE, True
+                        )
+                    )
             continue
         want = schema.effective(key, desired.get(key))
         have = schema.effective(key, live.get(key))
@@ -87,8 +96,9 @@ def diff_protect(protect: bool | None, live_tags: tuple[str, ...]) -> list[Field
 
 def diff_instance(desired: Any, live: Any, schema: ElementSchema, fp: FingerprintContext) -> list[FieldDiff]:
     """All field differences between a desired instance and the live instance it is matched to."""
-    diffs = diff_configuration(desired.configuration, live.configuration, schema, fingerprints_of(live.tags), fp,
-                               desired.name)
+    diffs = diff_configuration(
+        desired.configuration, live.configuration, schema, fingerprints_of(live.tags), fp, desired.name
+    )
     diffs.extend(diff_tags(desired.tags, live.tags))
     diffs.extend(diff_protect(desired.protect, live.tags))
     return diffs

@@ -50,8 +50,13 @@ class DriftField:
 
     def to_json(self) -> dict:
         shown = (SENSITIVE, SENSITIVE) if self.sensitive else (self.live, self.manifest)
-        return {"path": self.path, "live": shown[0], "manifest": shown[1], "sensitive": self.sensitive,
-                "kind": self.kind}
+        return {
+            "path": self.path,
+            "live": shown[0],
+            "manifest": shown[1],
+            "sensitive": self.sensitive,
+            "kind": self.kind,
+        }
 
 
 @dataclass(frozen=True)
@@ -66,9 +71,16 @@ class Finding:
     fields: tuple[DriftField, ...] = ()
 
     def to_json(self) -> dict:
-        return {"category": self.category, "kind": self.kind, "name": self.name, "target": self.target,
-                "element": self.element, "id": self.id, "detail": self.detail,
-                "fields": [f.to_json() for f in self.fields]}
+        return {
+            "category": self.category,
+            "kind": self.kind,
+            "name": self.name,
+            "target": self.target,
+            "element": self.element,
+            "id": self.id,
+            "detail": self.detail,
+            "fields": [f.to_json() for f in self.fields],
+        }
 
 
 @dataclass(frozen=True)
@@ -90,17 +102,31 @@ class DriftReport:
         by_category = dict.fromkeys(CATEGORIES, 0)
         for finding in self.findings:
             by_category[finding.category] += 1
-        return {"declared": self.declared, "inSync": self.in_sync,
-                "drift": sum(1 for f in self.findings if f.kind == "drift"),
-                "pending": sum(1 for f in self.findings if f.kind == "pending"), "byCategory": by_category}
+        return {
+            "declared": self.declared,
+            "inSync": self.in_sync,
+            "drift": sum(1 for f in self.findings if f.kind == "drift"),
+            "pending": sum(1 for f in self.findings if f.kind == "pending"),
+            "byCategory": by_category,
+        }
 
     def to_json(self) -> dict:
-        return {"stack": self.stack, "drift": self.has_drift, "pending": self.has_pending,
-                "findings": [f.to_json() for f in self.findings], "summary": self.summary()}
+        return {
+            "stack": self.stack,
+            "drift": self.has_drift,
+            "pending": self.has_pending,
+            "findings": [f.to_json() for f in self.findings],
+            "summary": self.summary(),
+        }
 
 
-def detect(plan: Plan, live_by_target: Mapping[str, list[LiveInstance]], registry: ElementRegistry,
-           fingerprints: Mapping[str, FingerprintContext], declared: int) -> DriftReport:
+def detect(
+    plan: Plan,
+    live_by_target: Mapping[str, list[LiveInstance]],
+    registry: ElementRegistry,
+    fingerprints: Mapping[str, FingerprintContext],
+    declared: int,
+) -> DriftReport:
     """Turn a default plan (no prune, no replace) and the live listing into drift findings."""
     findings: list[Finding] = []
     in_sync = 0
@@ -123,9 +149,15 @@ def _findings(change: Change, registry: ElementRegistry, fp: FingerprintContext 
         case Action.NOOP if change.desired is None:
             return [Finding("undeclared", "pending", detail=change.reason, **common)]
         case Action.CONFLICT if change.live is not None and not change.live.owned_by(fp.stack if fp else ""):
-            return [Finding("unmanaged-namesake", "drift",
-                            detail=f"declared, but the only instance named {change.name!r} has no stack marker; "
-                            "provisioner never touches it", **common)]
+            return [
+                Finding(
+                    "unmanaged-namesake",
+                    "drift",
+                    detail=f"declared, but the only instance named {change.name!r} has no stack marker; "
+                    "provisioner never touches it",
+                    **common,
+                )
+            ]
         case Action.RENAME:
             old = change.live.name if change.live is not None else "?"
             found.append(Finding("renamed", "pending", detail=f"owned as {old!r}; apply renames it", **common))
@@ -138,8 +170,9 @@ def _findings(change: Change, registry: ElementRegistry, fp: FingerprintContext 
     return found
 
 
-def _field_findings(change: Change, registry: ElementRegistry, fp: FingerprintContext,
-                    common: dict[str, Any]) -> list[Finding]:
+def _field_findings(
+    change: Change, registry: ElementRegistry, fp: FingerprintContext, common: dict[str, Any]
+) -> list[Finding]:
     live = change.live
     assert live is not None and change.desired is not None
     record = applied_record(live.tags)
@@ -152,12 +185,17 @@ def _field_findings(change: Change, registry: ElementRegistry, fp: FingerprintCo
         if diff.sensitive:
             found.append(_secret(diff, live, common))
             continue
-        value = _canonical_element(registry, live.element) if diff.path == "element" else live_value(live, diff.path,
-                                                                                                        schema)
+        value = (
+            _canonical_element(registry, live.element)
+            if diff.path == "element"
+            else live_value(live, diff.path, schema)
+        )
         kind: Kind = "pending" if was_applied(record, fp.key, diff.path, value) else "drift"
         plain[kind].append(DriftField(diff.path, diff.old, diff.new, False, kind))
-    details = {"drift": "changed on the server since provisioner applied it",
-               "pending": "the manifest changed since the last apply; plan shows the change"}
+    details = {
+        "drift": "changed on the server since provisioner applied it",
+        "pending": "the manifest changed since the last apply; plan shows the change",
+    }
     for kind in ("drift", "pending"):
         if plain[kind]:
             found.insert(0, Finding("changed", kind, detail=details[kind], fields=tuple(plain[kind]), **common))
@@ -167,11 +205,20 @@ def _field_findings(change: Change, registry: ElementRegistry, fp: FingerprintCo
 def _secret(diff: FieldDiff, live: LiveInstance, common: dict[str, Any]) -> Finding:
     key = diff.path.removeprefix("configuration.")
     if key in fingerprints_of(live.tags):
-        return Finding("secret", "pending", detail="the secret differs from the one last applied (changed in the "
-                       "manifest or its environment)", fields=(DriftField(diff.path, None, None, True, "pending"),),
-                       **common)
-    return Finding("secret", "drift", detail="the fingerprint tag is gone: the instance was rewritten behind "
-                   "provisioner's back", fields=(DriftField(diff.path, None, None, True, "drift"),), **common)
+        return Finding(
+            "secret",
+            "pending",
+            detail="the secret differs from the one last applied (changed in the manifest or its environment)",
+            fields=(DriftField(diff.path, None, None, True, "pending"),),
+            **common,
+        )
+    return Finding(
+        "secret",
+        "drift",
+        detail="the fingerprint tag is gone: the instance was rewritten behind provisioner's back",
+        fields=(DriftField(diff.path, None, None, True, "drift"),),
+        **common,
+    )
 
 
 def _canonical_element(registry: ElementRegistry, reported: str | None) -> str | None:
@@ -190,9 +237,18 @@ def _namesakes(plan: Plan, live_by_target: Mapping[str, list[LiveInstance]]) -> 
     for target, instances in sorted(live_by_target.items()):
         for live in instances:
             if (target, live.name) in declared and not live.owned_by(plan.stack):
-                found.append(Finding("unmanaged-namesake", "drift", live.name, target, live.element, live.id,
-                                     "an instance with a declared name but without the stack marker exists "
-                                     "next to the owned one; provisioner never touches it"))
+                found.append(
+                    Finding(
+                        "unmanaged-namesake",
+                        "drift",
+                        live.name,
+                        target,
+                        live.element,
+                        live.id,
+                        "an instance with a declared name but without the stack marker exists "
+                        "next to the owned one; provisioner never touches it",
+                    )
+                )
     return found
 
 
@@ -214,8 +270,10 @@ def summary_line(report: DriftReport) -> str:
     s = report.summary()
     if not report.findings:
         return f"No drift: the {s['declared']} declared instance(s) match what provisioner applied."
-    return (f"Drift: {s['drift']} finding(s) changed behind provisioner's back; pending: {s['pending']} "
-            f"(the manifest changed, run plan); {s['inSync']} in sync.")
+    return (
+        f"Drift: {s['drift']} finding(s) changed behind provisioner's back; pending: {s['pending']} "
+        f"(the manifest changed, run plan); {s['inSync']} in sync."
+    )
 
 
 def _show(value: Any) -> str:

@@ -29,15 +29,42 @@ from jsonschema.exceptions import SchemaError, ValidationError
 from .errors import Location, Problem
 
 # Object-level keywords whose verdict depends only on which keys are present (x-* are annotations).
-_SHAPE_KEYWORDS = frozenset({"$schema", "$id", "$comment", "title", "description", "x-provisioner", "type",
-                             "properties", "required", "additionalProperties", "minProperties", "maxProperties"})
+_SHAPE_KEYWORDS = frozenset(
+    {
+        "$schema",
+        "$id",
+        "$comment",
+        "title",
+        "description",
+        "x-provisioner",
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "minProperties",
+        "maxProperties",
+    }
+)
 
 _UNSEEN = object()
 OAUTH_REFRESH_TOKEN = "oauth.user.refresh_token"
 
 # Keywords of a property schema that the string fast path fully understands (the rest are annotations).
-_STRING_KEYWORDS = frozenset({"type", "minLength", "maxLength", "title", "description", "default", "examples",
-                              "writeOnly", "readOnly", "deprecated", "$comment"})
+_STRING_KEYWORDS = frozenset(
+    {
+        "type",
+        "minLength",
+        "maxLength",
+        "title",
+        "description",
+        "default",
+        "examples",
+        "writeOnly",
+        "readOnly",
+        "deprecated",
+        "$comment",
+    }
+)
 
 
 def builtin_schemas() -> Any:
@@ -117,8 +144,11 @@ class ElementSchema:
         are): checked in Python, jsonschema is asked only to describe a failure."""
         bounds = {}
         for key, prop in self.properties.items():
-            if isinstance(prop, dict) and prop.get("type") == "string" and all(
-                    k in _STRING_KEYWORDS or k.startswith("x-") for k in prop):
+            if (
+                isinstance(prop, dict)
+                and prop.get("type") == "string"
+                and all(k in _STRING_KEYWORDS or k.startswith("x-") for k in prop)
+            ):
                 low, high = prop.get("minLength", 0), prop.get("maxLength", math.inf)
                 if all(isinstance(b, int) and not isinstance(b, bool) for b in (low, high) if b != math.inf):
                     bounds[key] = (low, high)
@@ -167,11 +197,13 @@ class ElementSchema:
         for key, values in when.items():
             if self.effective(key, configuration.get(key)) not in [self.normalize(key, v) for v in values]:
                 return None
-        return (f"element {self.key!r} authenticates with OAuth: a new instance needs an authorization code "
-                "from a browser redirect, which provisioner cannot obtain",
-                f"give a refresh token you already hold as configuration {OAUTH_REFRESH_TOKEN} (the instance is "
-                "then created with externalAuthentication: initial), or create the instance in the console and "
-                "take it over: provisioner import, then apply --adopt (README: OAuth elements)")
+        return (
+            f"element {self.key!r} authenticates with OAuth: a new instance needs an authorization code "
+            "from a browser redirect, which provisioner cannot obtain",
+            f"give a refresh token you already hold as configuration {OAUTH_REFRESH_TOKEN} (the instance is "
+            "then created with externalAuthentication: initial), or create the instance in the console and "
+            "take it over: provisioner import, then apply --adopt (README: OAuth elements)",
+        )
 
     def accepts_key(self, reported: str | None) -> bool:
         """Whether an instance the API reports with element key ``reported`` is of this element."""
@@ -266,8 +298,13 @@ class ElementRegistry:
 
     def add_directory(self, directory: str) -> None:
         if not os.path.isdir(directory):
-            self.problems.append(Problem(f"schema directory {directory} does not exist", Location(directory),
-                                         "--schemas takes a directory of <element>.json files"))
+            self.problems.append(
+                Problem(
+                    f"schema directory {directory} does not exist",
+                    Location(directory),
+                    "--schemas takes a directory of <element>.json files",
+                )
+            )
             return
         for name in sorted(os.listdir(directory)):
             if name.endswith(".json"):
@@ -291,8 +328,13 @@ class ElementRegistry:
             return
         meta = schema.get("x-provisioner") if isinstance(schema, dict) else None
         if not isinstance(meta, dict) or not isinstance(meta.get("element"), str):
-            self.problems.append(Problem("element schema has no x-provisioner.element key", Location(source),
-                                         'add "x-provisioner": {"element": "<key>", "reportedKeys": [...]}'))
+            self.problems.append(
+                Problem(
+                    "element schema has no x-provisioner.element key",
+                    Location(source),
+                    'add "x-provisioner": {"element": "<key>", "reportedKeys": [...]}',
+                )
+            )
             return
         key = meta["element"]
         reported = frozenset(meta.get("reportedKeys", [])) | {key}

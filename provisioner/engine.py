@@ -88,8 +88,10 @@ def _sorted(problems: list[Problem]) -> list[Problem]:
         key = (loc.file, loc.line, loc.template, loc.template_line, loc.path, problem.message, problem.hint)
         first.setdefault(key, problem)
         count[key] = count.get(key, 0) + 1
-    merged = [p if count[k] == 1 else replace(p, message=f"{p.message} (and {count[k] - 1} more instances)")
-              for k, p in first.items()]
+    merged = [
+        p if count[k] == 1 else replace(p, message=f"{p.message} (and {count[k] - 1} more instances)")
+        for k, p in first.items()
+    ]
     return sorted(merged, key=lambda p: (p.location.file or "", p.location.line or 0))
 
 
@@ -109,8 +111,10 @@ def connect(validated: Validated, options: Options, stop: StopFlag, read_only: b
     ``read_only`` opens clients that cannot write (``ReadOnlyClient``): plan and drift use it."""
     names = set(validated.manifest.targets) or {DEFAULT_TARGET}
     if options.local is not None:
-        targets = {n: local_target(n, options.local.url, options.local.user_secret,
-                                   options.local.organization_secret) for n in names}
+        targets = {
+            n: local_target(n, options.local.url, options.local.user_secret, options.local.organization_secret)
+            for n in names
+        }
     else:
         targets, problems = resolve_targets(validated.manifest, validated.renderer, names)
         if problems:
@@ -120,17 +124,32 @@ def connect(validated: Validated, options: Options, stop: StopFlag, read_only: b
     override = options.environ.get(FINGERPRINT_KEY_ENV) or None
     with ExitStack() as stack:
         kind = ReadOnlyClient if read_only else Client
-        clients = {name: stack.enter_context(kind(t.url, t.user_secret, t.organization_secret, options.client,
-                                                  budget=budget, stats=stats, trace=options.trace, stop=stop,
-                                                  notice=options.notice))
-                   for name, t in targets.items()}
-        fingerprints = {name: FingerprintContext(fingerprint_key(t.organization_secret, override),
-                                                 validated.manifest.stack) for name, t in targets.items()}
+        clients = {
+            name: stack.enter_context(
+                kind(
+                    t.url,
+                    t.user_secret,
+                    t.organization_secret,
+                    options.client,
+                    budget=budget,
+                    stats=stats,
+                    trace=options.trace,
+                    stop=stop,
+                    notice=options.notice,
+                )
+            )
+            for name, t in targets.items()
+        }
+        fingerprints = {
+            name: FingerprintContext(fingerprint_key(t.organization_secret, override), validated.manifest.stack)
+            for name, t in targets.items()
+        }
         yield Connection(targets, clients, stats, fingerprints)
 
 
-def read_state(connection: Connection, stack: str, owned_only: bool,
-               early: EarlyDiffs | None = None) -> dict[str, list[LiveInstance]]:
+def read_state(
+    connection: Connection, stack: str, owned_only: bool, early: EarlyDiffs | None = None
+) -> dict[str, list[LiveInstance]]:
     """Stage 4: one paged listing per target. A 401/403 stops the run naming the variables."""
     live = {}
     for name, client in connection.clients.items():
@@ -159,13 +178,20 @@ def drift(validated: Validated, connection: Connection) -> DriftReport:
     return detect(the_plan, live, validated.registry, connection.fingerprints, len(validated.desired))
 
 
-def apply(validated: Validated, connection: Connection, the_plan: Plan, options: Options, stop: StopFlag,
-          progress: Callable[[ChangeResult], None] | None = None) -> ApplyResult:
+def apply(
+    validated: Validated,
+    connection: Connection,
+    the_plan: Plan,
+    options: Options,
+    stop: StopFlag,
+    progress: Callable[[ChangeResult], None] | None = None,
+) -> ApplyResult:
     """Stage 6: execute the plan. Protected refusals are not given to the applier: they are
     reported as skipped, in their place."""
     runnable = replace(the_plan, changes=tuple(c for c in the_plan.changes if c.action != Action.PROTECTED))
-    applier = Applier(runnable, connection.clients, connection.fingerprints, validated.registry, options.apply,
-                      stop, progress)
+    applier = Applier(
+        runnable, connection.clients, connection.fingerprints, validated.registry, options.apply, stop, progress
+    )
     result = _with_refusals(the_plan, applier.run())
     if result.aborted:
         target = next((r.change.target for r in result.failed if r.http_status in (401, 403)), None)
@@ -176,13 +202,19 @@ def apply(validated: Validated, connection: Connection, the_plan: Plan, options:
 
 def _with_refusals(the_plan: Plan, result: ApplyResult) -> ApplyResult:
     done = iter(result.results)
-    merged = [ChangeResult(c, Status.SKIPPED, error=c.reason, id=c.id) if c.action == Action.PROTECTED else next(done)
-              for c in the_plan.changes]
+    merged = [
+        ChangeResult(c, Status.SKIPPED, error=c.reason, id=c.id) if c.action == Action.PROTECTED else next(done)
+        for c in the_plan.changes
+    ]
     return ApplyResult(the_plan, merged, result.interrupted, result.aborted, result.notes)
 
 
-def instance_outputs(validated: Validated, result: ApplyResult | None, connection: Connection,
-                     live: Mapping[str, list[LiveInstance]] | None = None) -> dict[str, dict]:
+def instance_outputs(
+    validated: Validated,
+    result: ApplyResult | None,
+    connection: Connection,
+    live: Mapping[str, list[LiveInstance]] | None = None,
+) -> dict[str, dict]:
     """id, element and token of every declared instance that exists, new or existing."""
     entries: dict[str, dict] = {}
     declared = {(d.target, d.name): d for d in validated.desired}
@@ -192,14 +224,22 @@ def instance_outputs(validated: Validated, result: ApplyResult | None, connectio
             identity = r.change.desired is not None  # not an extra copy of a duplicated instance
             exists = r.status == Status.OK and r.change.action != Action.DELETE and r.id is not None
             if identity and key in declared and exists:
-                entries[r.change.name] = {"id": r.id, "element": declared[key].element, "token": r.token,
-                                          "_target": r.change.target}
+                entries[r.change.name] = {
+                    "id": r.id,
+                    "element": declared[key].element,
+                    "token": r.token,
+                    "_target": r.change.target,
+                }
     if live is not None:
         for target, instances in live.items():
             for instance in sorted(instances, key=lambda i: i.age_key, reverse=True):
                 if (target, instance.name) in declared and instance.owned_by(validated.manifest.stack):
-                    entries[instance.name] = {"id": instance.id, "element": declared[(target, instance.name)].element,
-                                              "token": instance.token, "_target": target}
+                    entries[instance.name] = {
+                        "id": instance.id,
+                        "element": declared[(target, instance.name)].element,
+                        "token": instance.token,
+                        "_target": target,
+                    }
     for entry in entries.values():
         if entry["token"] is None:  # an API whose list leaves tokens out: read the one instance
             data = connection.clients[entry["_target"]].get_instance(entry["id"])
@@ -215,8 +255,10 @@ def select_outputs(entries: dict[str, dict], validated: Validated, name: str | N
             raise UserError(f"not created yet: {', '.join(missing)}", hint="run apply first")
         return entries
     if name not in {d.name for d in validated.desired}:
-        raise UserError(f"no instance named {name!r} in {validated.manifest.display}",
-                        hint="declared: " + ", ".join(sorted(d.name for d in validated.desired)[:20]))
+        raise UserError(
+            f"no instance named {name!r} in {validated.manifest.display}",
+            hint="declared: " + ", ".join(sorted(d.name for d in validated.desired)[:20]),
+        )
     if name not in entries:
         raise UserError(f"instance {name!r} does not exist yet", hint="run apply first")
     return {name: entries[name]}

@@ -124,9 +124,16 @@ class ApiError(ProvisionerError):
 
     kind = "api error"
 
-    def __init__(self, status: int, message: str, request_id: str | None = None,
-                 method: str | None = None, path: str | None = None, retry_after: float | None = None,
-                 hint: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        request_id: str | None = None,
+        method: str | None = None,
+        path: str | None = None,
+        retry_after: float | None = None,
+        hint: str | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -138,8 +145,11 @@ class ApiError(ProvisionerError):
         self.raw_message = ""  # the API's own message, unshortened (for "No instances found")
 
     def __str__(self) -> str:
-        text = f"{self.method} {self.path}: HTTP {self.status}: {self.message}" if self.method else (
-            f"HTTP {self.status}: {self.message}")
+        text = (
+            f"{self.method} {self.path}: HTTP {self.status}: {self.message}"
+            if self.method
+            else (f"HTTP {self.status}: {self.message}")
+        )
         if self.request_id:
             text += f" (requestId {self.request_id})"
         if self.hint:
@@ -181,8 +191,17 @@ class TransportError(ProvisionerError):
     it is tried again.
     """
 
-    def __init__(self, message: str, ambiguous: bool, method: str | None = None, path: str | None = None, *,
-                 retryable: bool = True, url: str | None = None, hint: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        ambiguous: bool,
+        method: str | None = None,
+        path: str | None = None,
+        *,
+        retryable: bool = True,
+        url: str | None = None,
+        hint: str | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.ambiguous = ambiguous
@@ -225,5 +244,6 @@ class CredentialsRefused(UserError):
         request = f", requestId {cause.request_id}" if cause.request_id else ""
         super().__init__(
             f"target {target!r}: the API refused the credentials (HTTP {cause.status}{request})",
-            hint=f"check {sources}")
+            hint=f"check {sources}",
+        )
         self.cause = cause

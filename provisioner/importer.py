@@ -42,8 +42,14 @@ def env_name(instance: str, key: str) -> str:
     return name if name and not name[0].isdigit() else f"SECRET_{name}"
 
 
-def import_manifest(manifest: Manifest, registry: ElementRegistry, live: Mapping[str, list[LiveInstance]],
-                    out_path: str, element: str | None = None, name_glob: str | None = None) -> Imported:
+def import_manifest(
+    manifest: Manifest,
+    registry: ElementRegistry,
+    live: Mapping[str, list[LiveInstance]],
+    out_path: str,
+    element: str | None = None,
+    name_glob: str | None = None,
+) -> Imported:
     """A manifest declaring every unmanaged live instance of the manifest's targets (filtered)."""
     result = Imported("", 0)
     entries: list[dict[str, Any]] = []
@@ -54,13 +60,20 @@ def import_manifest(manifest: Manifest, registry: ElementRegistry, live: Mapping
     result.count = len(entries)
     document = _header(manifest, out_path)
     document["instances"] = entries
-    result.text = ("# Written by provisioner import: unmanaged instances, to take over with apply --adopt.\n"
-                   + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=1000))
+    result.text = (
+        "# Written by provisioner import: unmanaged instances, to take over with apply --adopt.\n"
+        + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=1000)
+    )
     return result
 
 
-def _chosen(instances: Iterable[LiveInstance], registry: ElementRegistry, element: str | None,
-            name_glob: str | None, skipped: list[str]) -> list[tuple[LiveInstance, ElementSchema]]:
+def _chosen(
+    instances: Iterable[LiveInstance],
+    registry: ElementRegistry,
+    element: str | None,
+    name_glob: str | None,
+    skipped: list[str],
+) -> list[tuple[LiveInstance, ElementSchema]]:
     """Unmanaged instances that pass the filters, the oldest of each name (names identify instances)."""
     seen: dict[str, LiveInstance] = {}
     chosen = []
@@ -71,11 +84,15 @@ def _chosen(instances: Iterable[LiveInstance], registry: ElementRegistry, elemen
         if element and (schema is None or schema.key != element):
             continue
         if schema is None:
-            skipped.append(f"{instance.name} (id {instance.id}): no schema for element {instance.element!r} "
-                           f"(hint: provisioner schemas pull {instance.element}, then --schemas DIR)")
+            skipped.append(
+                f"{instance.name} (id {instance.id}): no schema for element {instance.element!r} "
+                f"(hint: provisioner schemas pull {instance.element}, then --schemas DIR)"
+            )
         elif instance.name in seen:
-            skipped.append(f"{instance.name} (id {instance.id}): another unmanaged instance has this name "
-                           f"(id {seen[instance.name].id} is imported); rename one of them in the console")
+            skipped.append(
+                f"{instance.name} (id {instance.id}): another unmanaged instance has this name "
+                f"(id {seen[instance.name].id} is imported); rename one of them in the console"
+            )
         else:
             seen[instance.name] = instance
             chosen.append((instance, schema))
@@ -90,8 +107,9 @@ def _schema_of(registry: ElementRegistry, reported: str | None) -> ElementSchema
     return next((s for k in registry.keys() if (s := registry.get(k)) and reported in s.reported_keys), None)
 
 
-def _entry(instance: LiveInstance, schema: ElementSchema, target: str,
-           variables: list[tuple[str, str, str]]) -> dict[str, Any]:
+def _entry(
+    instance: LiveInstance, schema: ElementSchema, target: str, variables: list[tuple[str, str, str]]
+) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": _literal(instance.name), "element": schema.key}
     if target != "default":
         entry["target"] = target

@@ -67,8 +67,12 @@ def _numeric(value: Any) -> Any:
         return 0
 
 
-def read_live(client: InstanceReader, stack: str, owned_only: bool = False,
-              on_page: Callable[[list[LiveInstance]], object] | None = None) -> list[LiveInstance]:
+def read_live(
+    client: InstanceReader,
+    stack: str,
+    owned_only: bool = False,
+    on_page: Callable[[list[LiveInstance]], object] | None = None,
+) -> list[LiveInstance]:
     """All instances of the target (or only those the stack owns), with configuration filled in.
     ``on_page`` sees each page's instances as it arrives, while the next page is being fetched.
 
@@ -84,8 +88,9 @@ def read_live(client: InstanceReader, stack: str, owned_only: bool = False,
     raise AssertionError("unreachable")
 
 
-def _read_once(client: InstanceReader, stack: str, owned_only: bool,
-               on_page: Callable[[list[LiveInstance]], object] | None) -> list[LiveInstance]:
+def _read_once(
+    client: InstanceReader, stack: str, owned_only: bool, on_page: Callable[[list[LiveInstance]], object] | None
+) -> list[LiveInstance]:
     marker = stack_marker(stack)
     instances: list[LiveInstance] = []
     seen: set[Any] = set()
@@ -100,7 +105,11 @@ def _read_once(client: InstanceReader, stack: str, owned_only: bool,
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "name": (str,), "tags": (list,), "configuration": (Mapping,), "token": (str,), "element": (Mapping, str),
+    "name": (str,),
+    "tags": (list,),
+    "configuration": (Mapping,),
+    "token": (str,),
+    "element": (Mapping, str),
     "createdDate": (str,),
 }
 
@@ -110,8 +119,9 @@ def _checked(item: Any, position: int, seen: set[Any]) -> LiveInstance:
     if not isinstance(item, Mapping):
         raise InconsistentListing(f"item {position} is {type(item).__name__}, not an instance object")
     ident = item.get("id")
-    if isinstance(ident, bool) or not (isinstance(ident, int) and ident >= 0
-                                       or isinstance(ident, str) and ident.strip() and len(ident) <= 200):
+    if isinstance(ident, bool) or not (
+        isinstance(ident, int) and ident >= 0 or isinstance(ident, str) and ident.strip() and len(ident) <= 200
+    ):
         raise InconsistentListing(f"item {position} has no usable id")
     for key, types in _FIELD_TYPES.items():
         value = item.get(key)

@@ -44,8 +44,10 @@ def local_api(state_dir: str = STATE_DIR) -> Iterator[LocalApi]:
         emulator = Emulator(db_path, LOCAL_USER_SECRET, LOCAL_ORGANIZATION_SECRET, faults=FaultConfig())
         url = emulator.start()
     except OSError as exc:
-        raise UserError(f"cannot use the --local state directory {state_dir}: {exc.strerror or exc}",
-                        hint="run from a directory you can write to") from None
+        raise UserError(
+            f"cannot use the --local state directory {state_dir}: {exc.strerror or exc}",
+            hint="run from a directory you can write to",
+        ) from None
     try:
         yield LocalApi(url, LOCAL_USER_SECRET, LOCAL_ORGANIZATION_SECRET, db_path)
     finally:

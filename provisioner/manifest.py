@@ -81,8 +81,9 @@ def manifest_validator() -> Draft202012Validator:
     return _MANIFEST_VALIDATOR
 
 
-def load_manifest(path: str, inputs_files: tuple[str, ...] = (), sets: tuple[str, ...] = (),
-                  limits: Limits = Limits()) -> tuple[Manifest | None, list[Problem]]:
+def load_manifest(
+    path: str, inputs_files: tuple[str, ...] = (), sets: tuple[str, ...] = (), limits: Limits = Limits()
+) -> tuple[Manifest | None, list[Problem]]:
     """Read, parse and structurally check a manifest, then layer its inputs."""
     display = os.path.relpath(path) if not os.path.isabs(path) else path
     text, problems = read_text(path, display, limits.max_file_bytes)
@@ -97,8 +98,13 @@ def load_manifest(path: str, inputs_files: tuple[str, ...] = (), sets: tuple[str
         return None, problems
     if not isinstance(data, YDict):  # the loader builds every mapping as a YDict
         kind = "a list" if isinstance(data, list) else f"a single value ({type(data).__name__})"
-        problems.append(Problem(f"the manifest must be a mapping of keys, got {kind}", Location(display, 1),
-                                f"start with apiVersion: {API_VERSION}"))
+        problems.append(
+            Problem(
+                f"the manifest must be a mapping of keys, got {kind}",
+                Location(display, 1),
+                f"start with apiVersion: {API_VERSION}",
+            )
+        )
         return None, problems
     problems.extend(check_structure(data, display))
     inputs, layers, input_problems = layer_inputs(data.get("inputs"), inputs_files, sets, limits, display)
@@ -121,9 +127,13 @@ def check_structure(data: YDict, display: str) -> list[Problem]:
             if p.location.path == "apiVersion":
                 problems.remove(p)
                 break
-        problems.append(Problem(f"unsupported apiVersion {data.get('apiVersion')!r}",
-                                Location(display, data.line_of("apiVersion"), path="apiVersion"),
-                                f"this version of provisioner reads apiVersion: {API_VERSION}"))
+        problems.append(
+            Problem(
+                f"unsupported apiVersion {data.get('apiVersion')!r}",
+                Location(display, data.line_of("apiVersion"), path="apiVersion"),
+                f"this version of provisioner reads apiVersion: {API_VERSION}",
+            )
+        )
     return problems
 
 
@@ -152,8 +162,9 @@ def _instance_name(data: YDict, path: tuple) -> str | None:
     return None
 
 
-def layer_inputs(manifest_inputs: Any, files: tuple[str, ...], sets: tuple[str, ...], limits: Limits,
-                 display: str) -> tuple[dict, list[str], list[Problem]]:
+def layer_inputs(
+    manifest_inputs: Any, files: tuple[str, ...], sets: tuple[str, ...], limits: Limits, display: str
+) -> tuple[dict, list[str], list[Problem]]:
     """Merge the manifest's inputs, each --inputs file, then each --set, in that order."""
     problems: list[Problem] = []
     merged: dict = copy.deepcopy(dict(manifest_inputs)) if isinstance(manifest_inputs, dict) else {}
@@ -168,8 +179,13 @@ def layer_inputs(manifest_inputs: Any, files: tuple[str, ...], sets: tuple[str, 
         if loaded.data is None:
             continue
         if not isinstance(loaded.data, dict):
-            problems.append(Problem("an inputs file must hold a YAML mapping", Location(path, 1),
-                                    "write key: value pairs at the top level"))
+            problems.append(
+                Problem(
+                    "an inputs file must hold a YAML mapping",
+                    Location(path, 1),
+                    "write key: value pairs at the top level",
+                )
+            )
             continue
         deep_merge(merged, loaded.data)
         layers.append(f"--inputs {path}")
@@ -198,10 +214,16 @@ def parse_set(assignment: str) -> tuple[list[str], Any, Problem | None]:
     if not key:
         return [], None, Problem(f"--set {_shown(assignment)} has an empty key", Location(), _SET_HINT)
     if not all(_KEY_PART.fullmatch(part) for part in key.split(".")):
-        return [], None, Problem(
-            "every part of a dotted key must be a non-empty name without spaces or brackets", where,
-            "nest with dots (customers.acme.plan=gold); a list cannot be set one item at a time: "
-            "use an --inputs file")
+        return (
+            [],
+            None,
+            Problem(
+                "every part of a dotted key must be a non-empty name without spaces or brackets",
+                where,
+                "nest with dots (customers.acme.plan=gold); a list cannot be set one item at a time: "
+                "use an --inputs file",
+            ),
+        )
     try:
         return key.split("."), _scalar(raw), None
     except ValueError as exc:

@@ -79,8 +79,9 @@ def diff_lines(diffs: Iterable[FieldDiff]) -> list[str]:
 def change_section(change: Change, status: str | None = None) -> str:
     """One instance: heading, reason (and status after an apply), and its field diff."""
     symbol = _SYMBOLS[change.action][0]
-    details = ", ".join(p for p in (change.element and code(change.element),
-                                    change.id is not None and f"id {code(change.id)}") if p)
+    details = ", ".join(
+        p for p in (change.element and code(change.element), change.id is not None and f"id {code(change.id)}") if p
+    )
     heading = f"#### {code(symbol + ' ' + change.action)} {code(change.name)}" + (f" ({details})" if details else "")
     parts = [heading, "", cell(change.reason) + (f" **{cell(status)}**" if status else "")]
     if change.diff:
@@ -97,8 +98,7 @@ def _sections(changes: Sequence[tuple[Change, str | None]], verbose: bool) -> li
 
 
 def _warnings(warnings: Iterable[str], notes: Iterable[str] = ()) -> list[str]:
-    return ([f"> **Warning:** {cell(w)}" for w in warnings] +
-            [f"> **Note:** {cell(n)}" for n in notes])
+    return [f"> **Warning:** {cell(w)}" for w in warnings] + [f"> **Note:** {cell(n)}" for n in notes]
 
 
 def plan_markdown(plan: Plan, command: str = "plan", verbose: bool = False) -> str:
@@ -107,15 +107,28 @@ def plan_markdown(plan: Plan, command: str = "plan", verbose: bool = False) -> s
     rows = [(_LABELS.get(a, a), counts[a]) for a in ACTIONS]
     changed = [(c, None) for c in plan.changes if c.action != "noop" or c.warning or verbose]
     pending = sum(counts[a] for a in (Action.CREATE, Action.UPDATE, Action.REPLACE, Action.DELETE))
-    verdict = ("No changes: the instances match the manifest." if not plan.has_changes and not plan.has_conflicts
-               else f"{pending} change(s) pending.")
-    blocks = [f"### provisioner {command}: stack {code(plan.stack)}", verdict, table(("action", "instances"), rows),
-              *_warnings(plan.warnings), *_sections(changed, verbose)]
+    verdict = (
+        "No changes: the instances match the manifest."
+        if not plan.has_changes and not plan.has_conflicts
+        else f"{pending} change(s) pending."
+    )
+    blocks = [
+        f"### provisioner {command}: stack {code(plan.stack)}",
+        verdict,
+        table(("action", "instances"), rows),
+        *_warnings(plan.warnings),
+        *_sections(changed, verbose),
+    ]
     return "\n\n".join(blocks) + "\n"
 
 
-def apply_markdown(result: ApplyResult, stats: dict[str, Any], command: str = "apply", outputs: str | None = None,
-                   verbose: bool = False) -> str:
+def apply_markdown(
+    result: ApplyResult,
+    stats: dict[str, Any],
+    command: str = "apply",
+    outputs: str | None = None,
+    verbose: bool = False,
+) -> str:
     """An apply's outcome as Markdown: what was done per action and status, then a section per change."""
     done = {a: 0 for a in _PAST}
     status = {"ok": 0, "failed": 0, "skipped": 0}
@@ -123,13 +136,21 @@ def apply_markdown(result: ApplyResult, stats: dict[str, Any], command: str = "a
         status[r.status] = status.get(r.status, 0) + 1
         if r.status == "ok" and r.change.action in done:
             done[r.change.action] += 1
-    rows = [*((_PAST[a], n) for a, n in done.items()), ("failed", status["failed"]), ("skipped", status["skipped"]),
-            ("unchanged", result.plan.counts()[Action.NOOP])]
+    rows = [
+        *((_PAST[a], n) for a, n in done.items()),
+        ("failed", status["failed"]),
+        ("skipped", status["skipped"]),
+        ("unchanged", result.plan.counts()[Action.NOOP]),
+    ]
     writes = [(r.change, _status_text(r)) for r in result.results if r.change.is_write or r.change.action == "conflict"]
     traffic = f"{stats.get('requests', 0)} request(s), {stats.get('retries', 0)} retries."
     verdict = ("OK." if result.ok and not result.plan.has_conflicts else "**Failed.**") + " " + traffic
-    blocks = [f"### provisioner {command}: stack {code(result.plan.stack)}", verdict,
-              table(("result", "instances"), rows), *_warnings(result.plan.warnings, result.notes)]
+    blocks = [
+        f"### provisioner {command}: stack {code(result.plan.stack)}",
+        verdict,
+        table(("result", "instances"), rows),
+        *_warnings(result.plan.warnings, result.notes),
+    ]
     if result.aborted:
         blocks.append(f"> **Stopped:** {cell(result.aborted)}")
     if result.interrupted:
@@ -149,10 +170,12 @@ def _status_text(r: ChangeResult) -> str:
 
 def finding_section(finding: Finding) -> str:
     """One drift finding: heading (kind, category, name, element, id), its detail, and a table of fields."""
-    details = ", ".join(p for p in (finding.element and code(finding.element),
-                                    finding.id is not None and f"id {code(finding.id)}") if p)
-    heading = (f"#### {code(finding.kind)} {code(finding.category)} {code(finding.name)}"
-               + (f" ({details})" if details else ""))
+    details = ", ".join(
+        p for p in (finding.element and code(finding.element), finding.id is not None and f"id {code(finding.id)}") if p
+    )
+    heading = f"#### {code(finding.kind)} {code(finding.category)} {code(finding.name)}" + (
+        f" ({details})" if details else ""
+    )
     parts = [heading, "", cell(finding.detail)]
     if finding.fields:
         rows = [(f.path, *_field_values(f.sensitive, f.live, f.manifest), f.kind) for f in finding.fields]
@@ -180,8 +203,13 @@ def drift_markdown(report: DriftReport, stats: dict[str, Any], verbose: bool = F
     if len(shown) < len(report.findings):
         sections.append(f"_… and {len(report.findings) - len(shown)} more; `--output json` lists every finding._")
     traffic = f"Read only: {stats.get('requests', 0)} request(s), {stats.get('retries', 0)} retries."
-    blocks = [f"### provisioner drift: stack {code(report.stack)}", verdict,
-              table(("category", "drift", "pending"), rows), *sections, traffic]
+    blocks = [
+        f"### provisioner drift: stack {code(report.stack)}",
+        verdict,
+        table(("category", "drift", "pending"), rows),
+        *sections,
+        traffic,
+    ]
     return "\n\n".join(blocks) + "\n"
 
 
@@ -200,8 +228,9 @@ class MarkdownReporter(TextReporter):
     def plan(self, plan: Plan, command: str = "plan") -> None:
         self._write(plan_markdown(plan, command, self.verbose))
 
-    def applied(self, result: ApplyResult, stats: dict[str, Any], command: str = "apply",
-                outputs: str | None = None) -> None:
+    def applied(
+        self, result: ApplyResult, stats: dict[str, Any], command: str = "apply", outputs: str | None = None
+    ) -> None:
         self._write(apply_markdown(result, stats, command, outputs, self.verbose))
         failed = [r for r in result.results if r.status == "failed"]
         if failed:

@@ -21,8 +21,12 @@ from .secret import Secret, reveal
 
 def outputs_document(entries: Mapping[str, Mapping[str, Any]]) -> dict:
     """The JSON shape of outputs, tokens revealed (for writing to the user's chosen place only)."""
-    return {"instances": {name: {"id": e.get("id"), "element": e.get("element"), "token": reveal(e.get("token"))}
-                          for name, e in sorted(entries.items())}}
+    return {
+        "instances": {
+            name: {"id": e.get("id"), "element": e.get("element"), "token": reveal(e.get("token"))}
+            for name, e in sorted(entries.items())
+        }
+    }
 
 
 def write_outputs(path: str, entries: Mapping[str, Mapping[str, Any]]) -> None:
@@ -51,9 +55,11 @@ def format_env(entries: Mapping[str, Mapping[str, Any]]) -> str:
     collisions = env_collisions(entries)
     if collisions:
         listed = "; ".join(f"{', '.join(group)} -> {prefix}_*" for prefix, group in collisions.items())
-        raise UserError(f"instance names collide as environment variables: {listed}",
-                        hint="rename the instances so that they differ in letters or digits, "
-                             "select one by name (provisioner output MANIFEST NAME -o env), or use -o json")
+        raise UserError(
+            f"instance names collide as environment variables: {listed}",
+            hint="rename the instances so that they differ in letters or digits, "
+            "select one by name (provisioner output MANIFEST NAME -o env), or use -o json",
+        )
     lines = []
     for name, entry in sorted(entries.items()):
         prefix = env_name(name)

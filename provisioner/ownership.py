@@ -74,11 +74,15 @@ def fingerprint(key: bytes, stack: str, name: str, config_key: str, value: Any) 
     return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
 
 
-def fingerprint_tags(key: bytes, stack: str, name: str, configuration: Mapping[str, Any],
-                     secret_keys: Iterable[str]) -> list[str]:
+def fingerprint_tags(
+    key: bytes, stack: str, name: str, configuration: Mapping[str, Any], secret_keys: Iterable[str]
+) -> list[str]:
     """One tag per declared secret value, sorted by key."""
-    return [f"{FP_TAG}{k}={fingerprint(key, stack, name, k, configuration[k])}"
-            for k in sorted(secret_keys) if configuration.get(k) is not None]
+    return [
+        f"{FP_TAG}{k}={fingerprint(key, stack, name, k, configuration[k])}"
+        for k in sorted(secret_keys)
+        if configuration.get(k) is not None
+    ]
 
 
 def fingerprints_of(tags: Iterable[Any]) -> dict[str, str]:
@@ -86,7 +90,7 @@ def fingerprints_of(tags: Iterable[Any]) -> dict[str, str]:
     found = {}
     for tag in tags:
         if isinstance(tag, str) and tag.startswith(FP_TAG):
-            key, sep, digest = tag[len(FP_TAG):].rpartition("=")
+            key, sep, digest = tag[len(FP_TAG) :].rpartition("=")
             if sep:
                 found[key] = digest
     return found

@@ -133,11 +133,16 @@ class Plan:
     def warnings(self) -> list[str]:
         found = [f"{c.name}: {c.warning}" for c in self.changes if c.warning]
         names = {c.name for c in self.changes} | {c.live.name for c in self.changes if c.live is not None}
-        found.extend(f"--allow-destroy {name}: no instance of this plan has that name"
-                     for name in self.options.allow_destroy if name not in names)
+        found.extend(
+            f"--allow-destroy {name}: no instance of this plan has that name"
+            for name in self.options.allow_destroy
+            if name not in names
+        )
         if self.left_out:
-            found.append(f"--target/--exclude left out {self.left_out} declared instance(s): they are not compared, "
-                         "and prune and duplicate clean-up do not touch them")
+            found.append(
+                f"--target/--exclude left out {self.left_out} declared instance(s): they are not compared, "
+                "and prune and duplicate clean-up do not touch them"
+            )
         return found
 
 
@@ -147,8 +152,13 @@ class EarlyDiffs:
     ``make_plan`` takes them instead of comparing again. Only a cache of a pure function: a plan is
     the same with or without it (an entry is used only for the very same desired and live objects)."""
 
-    def __init__(self, stack: str, desired: Iterable[DesiredInstance], registry: ElementRegistry,
-                 fingerprints: Mapping[str, FingerprintContext]):
+    def __init__(
+        self,
+        stack: str,
+        desired: Iterable[DesiredInstance],
+        registry: ElementRegistry,
+        fingerprints: Mapping[str, FingerprintContext],
+    ):
         self._stack = stack
         self._registry = registry
         self._fingerprints = fingerprints
@@ -171,14 +181,22 @@ class EarlyDiffs:
         return entry[2] if entry is not None and entry[0] is desired and entry[1] is live else None
 
 
-def make_plan(stack: str, desired: Iterable[DesiredInstance], live_by_target: Mapping[str, list[LiveInstance]],
-              registry: ElementRegistry, fingerprints: Mapping[str, FingerprintContext],
-              options: PlanOptions = PlanOptions(), early: EarlyDiffs | None = None) -> Plan:
+def make_plan(
+    stack: str,
+    desired: Iterable[DesiredInstance],
+    live_by_target: Mapping[str, list[LiveInstance]],
+    registry: ElementRegistry,
+    fingerprints: Mapping[str, FingerprintContext],
+    options: PlanOptions = PlanOptions(),
+    early: EarlyDiffs | None = None,
+) -> Plan:
     """Compare desired with live, target by target, and decide what to do with each instance."""
     desired = list(desired)
     if options.prune and not desired and not options.force and not options.destroy:
-        raise UserError("--prune with a manifest that declares no instance would delete every instance of the stack",
-                        hint="declare the instances to keep, use destroy, or add --force if this is intended")
+        raise UserError(
+            "--prune with a manifest that declares no instance would delete every instance of the stack",
+            hint="declare the instances to keep, use destroy, or add --force if this is intended",
+        )
     left_out = 0
     selection = options.selection
     if selection.active:
@@ -188,8 +206,18 @@ def make_plan(stack: str, desired: Iterable[DesiredInstance], live_by_target: Ma
     for instance in desired:
         by_target.setdefault(instance.target, []).append(instance)
     for target in sorted(set(by_target) | set(live_by_target)):
-        changes.extend(_plan_target(stack, target, by_target.get(target, []), live_by_target.get(target, []),
-                                    registry, fingerprints.get(target), options, early))
+        changes.extend(
+            _plan_target(
+                stack,
+                target,
+                by_target.get(target, []),
+                live_by_target.get(target, []),
+                registry,
+                fingerprints.get(target),
+                options,
+                early,
+            )
+        )
     return Plan(stack, tuple(changes), options, left_out)
 
 
@@ -203,9 +231,16 @@ def _aliases(registry: ElementRegistry) -> dict[str | None, frozenset[str]]:
     return {k: frozenset(v) for k, v in found.items()}
 
 
-def _plan_target(stack: str, target: str, desired: list[DesiredInstance], live: list[LiveInstance],
-                 registry: ElementRegistry, fp: FingerprintContext | None, options: PlanOptions,
-                 early: EarlyDiffs | None) -> list[Change]:
+def _plan_target(
+    stack: str,
+    target: str,
+    desired: list[DesiredInstance],
+    live: list[LiveInstance],
+    registry: ElementRegistry,
+    fp: FingerprintContext | None,
+    options: PlanOptions,
+    early: EarlyDiffs | None,
+) -> list[Change]:
     owned: dict[str, list[LiveInstance]] = {}
     unmanaged: dict[str, list[LiveInstance]] = {}
     for item in live:
@@ -216,7 +251,7 @@ def _plan_target(stack: str, target: str, desired: list[DesiredInstance], live: 
     changes: list[Change] = []
     declared = {d.name for d in desired}
     claimed: set[str] = set()  # old names an instance is renamed from
-    for instance in ([] if options.destroy else desired):
+    for instance in [] if options.destroy else desired:
         matches = sorted(owned.get(instance.name, []), key=lambda i: i.age_key)
         if matches:
             changes.append(_compare(instance, matches[0], registry, fp, options, early))
@@ -232,8 +267,17 @@ def _plan_target(stack: str, target: str, desired: list[DesiredInstance], live: 
             namesakes = sorted(unmanaged.get(instance.name, []), key=lambda i: i.age_key)
             changes.append(_unmanaged(stack, instance, namesakes, registry, fp, options))
         else:
-            changes.append(Change(Action.CREATE, instance.name, target, instance.element, "declared, not found",
-                                  _create_diff(instance), desired=instance))
+            changes.append(
+                Change(
+                    Action.CREATE,
+                    instance.name,
+                    target,
+                    instance.element,
+                    "declared, not found",
+                    _create_diff(instance),
+                    desired=instance,
+                )
+            )
     if options.destroy:
         declared = set()
     for name in sorted(set(owned) - declared - claimed):
@@ -242,17 +286,28 @@ def _plan_target(stack: str, target: str, desired: list[DesiredInstance], live: 
     return changes
 
 
-def _unmanaged(stack: str, instance: DesiredInstance, namesakes: list[LiveInstance], registry: ElementRegistry,
-               fp: FingerprintContext | None, options: PlanOptions) -> Change:
+def _unmanaged(
+    stack: str,
+    instance: DesiredInstance,
+    namesakes: list[LiveInstance],
+    registry: ElementRegistry,
+    fp: FingerprintContext | None,
+    options: PlanOptions,
+) -> Change:
     """A declared name held by unmanaged instance(s): a conflict, or with --adopt, one adopt action."""
     chosen = _adoptable(instance, namesakes)
     if isinstance(chosen, str):
         return _conflict(instance, namesakes[0] if namesakes else None, chosen)
     if not options.adopt:
-        return _conflict(instance, chosen, (
-            f"an instance named {instance.name!r} (id {chosen.id}) exists without the marker of stack {stack!r} "
-            "(unmanaged: it has no provisioner:stack= tag); provisioner never touches instances it does not own. "
-            f"To take it over, keeping its id and token, run plan/apply with --adopt"))
+        return _conflict(
+            instance,
+            chosen,
+            (
+                f"an instance named {instance.name!r} (id {chosen.id}) exists without the marker of stack {stack!r} "
+                "(unmanaged: it has no provisioner:stack= tag); provisioner never touches instances it does not own. "
+                f"To take it over, keeping its id and token, run plan/apply with --adopt"
+            ),
+        )
     return _adopt(instance, chosen, registry, fp)
 
 
@@ -263,56 +318,107 @@ def _adoptable(instance: DesiredInstance, namesakes: list[LiveInstance]) -> Live
         wanted = [i for i in namesakes if str(i.id) == str(instance.adopt)]
         if wanted:
             return wanted[0]
-        return (f"adopt: {instance.adopt} names no unmanaged instance called {instance.name!r}"
-                + (f" (unmanaged namesakes: id {ids})" if namesakes else "")
-                + "; fix the id, or remove adopt: to create a new instance")
+        return (
+            f"adopt: {instance.adopt} names no unmanaged instance called {instance.name!r}"
+            + (f" (unmanaged namesakes: id {ids})" if namesakes else "")
+            + "; fix the id, or remove adopt: to create a new instance"
+        )
     if len(namesakes) > 1:
-        return (f"{len(namesakes)} unmanaged instances are named {instance.name!r} (ids {ids}); "
-                "declare which one to take over with adopt: <id> on the instance")
+        return (
+            f"{len(namesakes)} unmanaged instances are named {instance.name!r} (ids {ids}); "
+            "declare which one to take over with adopt: <id> on the instance"
+        )
     return namesakes[0]
 
 
 def _conflict(instance: DesiredInstance, live: LiveInstance | None, reason: str) -> Change:
-    return Change(Action.CONFLICT, instance.name, instance.target, instance.element, reason,
-                  id=live.id if live is not None else None, desired=instance, live=live)
+    return Change(
+        Action.CONFLICT,
+        instance.name,
+        instance.target,
+        instance.element,
+        reason,
+        id=live.id if live is not None else None,
+        desired=instance,
+        live=live,
+    )
 
 
-def _adopt(instance: DesiredInstance, live: LiveInstance, registry: ElementRegistry,
-           fp: FingerprintContext | None) -> Change:
+def _adopt(
+    instance: DesiredInstance, live: LiveInstance, registry: ElementRegistry, fp: FingerprintContext | None
+) -> Change:
     """Take over an unmanaged instance: one PATCH adds the marker and fingerprints and sets the declared
     configuration. Secret values come back masked, so they are not compared (and always sent); neither is
     any other value the API masks."""
     schema = registry.get(instance.element)
     assert schema is not None and fp is not None
     if not element_matches(schema, live.element):
-        return _conflict(instance, live, f"unmanaged instance id {live.id} named {instance.name!r} is of element "
-                                         f"{live.element}, not {instance.element}; it cannot be adopted")
+        return _conflict(
+            instance,
+            live,
+            f"unmanaged instance id {live.id} named {instance.name!r} is of element "
+            f"{live.element}, not {instance.element}; it cannot be adopted",
+        )
     diffs = tuple(d for d in diff_instance(instance, live, schema, fp) if not d.sensitive and d.old != MASK)
     secrets = sorted(k for k in schema.secret_keys if instance.configuration.get(k) is not None)
-    reason = (f"unmanaged instance id {live.id} is taken over: the stack's marker and fingerprints are added, "
-              "its id and token are kept")
+    reason = (
+        f"unmanaged instance id {live.id} is taken over: the stack's marker and fingerprints are added, "
+        "its id and token are kept"
+    )
     if secrets:
         reason += f"; secret values ({', '.join(secrets)}) cannot be read back and are sent as declared"
-    return Change(Action.ADOPT, instance.name, instance.target, instance.element, reason, diffs, id=live.id,
-                  method="PATCH", desired=instance, live=live)
+    return Change(
+        Action.ADOPT,
+        instance.name,
+        instance.target,
+        instance.element,
+        reason,
+        diffs,
+        id=live.id,
+        method="PATCH",
+        desired=instance,
+        live=live,
+    )
 
 
-def _compare(instance: DesiredInstance, live: LiveInstance, registry: ElementRegistry,
-             fp: FingerprintContext | None, options: PlanOptions, early: EarlyDiffs | None = None) -> Change:
+def _compare(
+    instance: DesiredInstance,
+    live: LiveInstance,
+    registry: ElementRegistry,
+    fp: FingerprintContext | None,
+    options: PlanOptions,
+    early: EarlyDiffs | None = None,
+) -> Change:
     schema = registry.get(instance.element)
     assert schema is not None and fp is not None  # validation guarantees the element; apply gives fp
-    common = {"name": instance.name, "target": instance.target, "element": instance.element, "id": live.id,
-              "desired": instance, "live": live}
+    common = {
+        "name": instance.name,
+        "target": instance.target,
+        "element": instance.element,
+        "id": live.id,
+        "desired": instance,
+        "live": live,
+    }
     if not element_matches(schema, live.element):
         diff = (FieldDiff(DiffOp.CHANGE, "element", live.element, instance.element),)
         if options.allow_replace and is_protected(live, instance, options.allow_destroy):
             what = f"replacing it (element {live.element} -> {instance.element})"
             return Change(Action.PROTECTED, reason=refusal(what), diff=diff, **common)
         if options.allow_replace:
-            return Change(Action.REPLACE, reason=f"element changes from {live.element} to {instance.element} "
-                          "(the application's token will change)", diff=diff, **common)
-        return Change(Action.CONFLICT, reason=f"element changes from {live.element} to {instance.element}, which needs "
-                      "a replace (and a new token); run with --allow-replace to allow it", diff=diff, **common)
+            return Change(
+                Action.REPLACE,
+                reason=f"element changes from {live.element} to {instance.element} "
+                "(the application's token will change)",
+                diff=diff,
+                **common,
+            )
+        return Change(
+            Action.CONFLICT,
+            reason=f"element changes from {live.element} to {instance.element}, which needs "
+            "a replace (and a new token); run with --allow-replace to allow it",
+            diff=diff,
+            **common,
+        )
     diffs = early.get(instance, live) if early is not None else None
     if diffs is None:
         diffs = tuple(diff_instance(instance, live, schema, fp))
@@ -323,8 +429,13 @@ def _compare(instance: DesiredInstance, live: LiveInstance, registry: ElementReg
     return Change(Action.UPDATE, reason="tags differ", diff=diffs, method="PATCH", **common)
 
 
-def _rename(instance: DesiredInstance, live: LiveInstance, registry: ElementRegistry,
-            fp: FingerprintContext | None, options: PlanOptions) -> Change:
+def _rename(
+    instance: DesiredInstance,
+    live: LiveInstance,
+    registry: ElementRegistry,
+    fp: FingerprintContext | None,
+    options: PlanOptions,
+) -> Change:
     """The instance under its old name is renamed in place: compared as if it kept the old name (so
     its fingerprints still match), then the new name is one more field to change."""
     compared = _compare(replace(instance, name=live.name), live, registry, fp, options)
@@ -334,8 +445,13 @@ def _rename(instance: DesiredInstance, live: LiveInstance, registry: ElementRegi
     diff = (FieldDiff(DiffOp.CHANGE, "name", live.name, instance.name), *compared.diff)
     config = any(d.path.startswith("configuration.") for d in compared.diff)
     what = "; configuration differs" if config else "; tags differ" if compared.diff else ""
-    return replace(moved, action=Action.RENAME, diff=diff, method="PUT" if config else "PATCH",
-                   reason=f"renamed from {live.name!r} (id and token kept){what}")
+    return replace(
+        moved,
+        action=Action.RENAME,
+        diff=diff,
+        method="PUT" if config else "PATCH",
+        reason=f"renamed from {live.name!r} (id and token kept){what}",
+    )
 
 
 def _duplicates(matches: list[LiveInstance], target: str, options: PlanOptions) -> list[Change]:
@@ -345,8 +461,14 @@ def _duplicates(matches: list[LiveInstance], target: str, options: PlanOptions) 
     keep = matches[0]
     changes = []
     for extra in matches[1:]:
-        common = {"name": extra.name, "target": target, "element": extra.element, "id": extra.id, "live": extra,
-                  "warning": f"duplicate instance id {extra.id} of id {keep.id}"}
+        common = {
+            "name": extra.name,
+            "target": target,
+            "element": extra.element,
+            "id": extra.id,
+            "live": extra,
+            "warning": f"duplicate instance id {extra.id} of id {keep.id}",
+        }
         if is_protected(extra, None, options.allow_destroy):
             changes.append(Change(Action.PROTECTED, reason=refusal(f"deleting duplicate of id {keep.id}"), **common))
         else:
@@ -355,8 +477,7 @@ def _duplicates(matches: list[LiveInstance], target: str, options: PlanOptions) 
 
 
 def _undeclared(instance: LiveInstance, target: str, options: PlanOptions) -> Change:
-    common = {"name": instance.name, "target": target, "element": instance.element, "id": instance.id,
-              "live": instance}
+    common = {"name": instance.name, "target": target, "element": instance.element, "id": instance.id, "live": instance}
     if (options.destroy or options.prune) and is_protected(instance, None, options.allow_destroy):
         what = "destroy" if options.destroy else "--prune (no longer declared)"
         return Change(Action.PROTECTED, reason=refusal(f"deleting it by {what}"), **common)
@@ -364,8 +485,12 @@ def _undeclared(instance: LiveInstance, target: str, options: PlanOptions) -> Ch
         return Change(Action.DELETE, reason="destroy deletes every instance the stack owns", **common)
     if options.prune:
         return Change(Action.DELETE, reason="owned by the stack, no longer declared", **common)
-    return Change(Action.NOOP, reason="owned by the stack but no longer declared; --prune deletes it",
-                  warning="owned but not declared (use --prune to delete it)", **common)
+    return Change(
+        Action.NOOP,
+        reason="owned by the stack but no longer declared; --prune deletes it",
+        warning="owned but not declared (use --prune to delete it)",
+        **common,
+    )
 
 
 def _create_diff(instance: DesiredInstance) -> tuple[FieldDiff, ...]:

@@ -30,8 +30,9 @@ def rendered(stack: str, desired: list[DesiredInstance], registry: ElementRegist
         schema = registry.get(instance.element)
         assert schema is not None  # validation guarantees the element
         body = create_body(instance, schema, fp)
-        body["tags"] = [f"{t.rpartition('=')[0]}={FINGERPRINT_PLACEHOLDER}" if t.startswith(FP_TAG) else t
-                        for t in body["tags"]]
+        body["tags"] = [
+            f"{t.rpartition('=')[0]}={FINGERPRINT_PLACEHOLDER}" if t.startswith(FP_TAG) else t for t in body["tags"]
+        ]
         defaults = {k: v for k, v in schema.defaults.items() if k not in body["configuration"]}
         body["configuration"] = dict(sorted({**defaults, **body["configuration"]}.items()))
         out.append({"target": instance.target, "request": "POST /instances", "body": _masked(body)})

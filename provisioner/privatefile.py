@@ -19,8 +19,9 @@ def write_private(path: str, text: str, what: str) -> None:
         os.makedirs(directory, exist_ok=True)
         fd, temporary = tempfile.mkstemp(prefix=".provisioner-", suffix=".tmp", dir=directory)
     except OSError as exc:
-        raise UserError(f"cannot write {what} {path}: {exc.strerror or exc}",
-                        hint="check that the directory exists and is writable") from None
+        raise UserError(
+            f"cannot write {what} {path}: {exc.strerror or exc}", hint="check that the directory exists and is writable"
+        ) from None
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

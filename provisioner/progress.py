@@ -15,8 +15,7 @@ from .apply import ChangeResult, Status
 class ProgressReporter:
     """Counts finished changes; shows them as a bar (terminal) or periodic lines (no terminal)."""
 
-    def __init__(self, stream: IO[str], total: int, label: str = "apply", interval: float = 5.0,
-                 enabled: bool = True):
+    def __init__(self, stream: IO[str], total: int, label: str = "apply", interval: float = 5.0, enabled: bool = True):
         self.stream = stream
         self.total = total
         self.label = label
@@ -43,10 +42,17 @@ class ProgressReporter:
             )
 
             console = Console(file=self.stream, stderr=True)
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TaskProgressColumn(), TextColumn("{task.fields[rate]:.0f}/s"),
-                                 TextColumn("[red]{task.fields[errors]} errors"), TimeElapsedColumn(),
-                                 console=console, transient=True)
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[rate]:.0f}/s"),
+                TextColumn("[red]{task.fields[errors]} errors"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+            )
             self._bar.start()
             self._task = self._bar.add_task(self.label, total=self.total, rate=0.0, errors=0)
         return self
@@ -75,6 +81,8 @@ class ProgressReporter:
 
     def _line(self) -> None:
         self._last_line = time.monotonic()
-        self.stream.write(f"{self.label}: {self.done}/{self.total} done, {self.errors} errors, "
-                          f"{self.rate:.0f}/s, {self._last_line - self.started:.0f}s elapsed\n")
+        self.stream.write(
+            f"{self.label}: {self.done}/{self.total} done, {self.errors} errors, "
+            f"{self.rate:.0f}/s, {self._last_line - self.started:.0f}s elapsed\n"
+        )
         self.stream.flush()

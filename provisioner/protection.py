@@ -25,5 +25,7 @@ def is_protected(live: Any, desired: Any, allow_destroy: Iterable[str]) -> bool:
 
 def refusal(what: str) -> str:
     """The reason shown for a refused delete or replace."""
-    return (f"protected ({PROTECT_TAG}): {what} refused; pass --allow-destroy NAME to allow it for this run, "
-            "or set protect: false and apply first")
+    return (
+        f"protected ({PROTECT_TAG}): {what} refused; pass --allow-destroy NAME to allow it for this run, "
+        "or set protect: false and apply first"
+    )

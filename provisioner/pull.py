@@ -42,24 +42,33 @@ def env_target(environ: Mapping[str, str]) -> Target:
     """The API these commands read, from the same variables a manifest's default target uses."""
     missing = [n for n in ("CE_USER_SECRET", "CE_ORGANIZATION_SECRET") if not environ.get(n)]
     if missing:
-        raise UserError(f"{' and '.join(missing)} not set: schemas commands read the API's element catalog",
-                        hint="set CE_USER_SECRET and CE_ORGANIZATION_SECRET (and CE_API_URL for another "
-                             "environment), or use --local for the built-in emulator")
+        raise UserError(
+            f"{' and '.join(missing)} not set: schemas commands read the API's element catalog",
+            hint="set CE_USER_SECRET and CE_ORGANIZATION_SECRET (and CE_API_URL for another "
+            "environment), or use --local for the built-in emulator",
+        )
     url = (environ.get("CE_API_URL") or DEFAULT_URL).rstrip("/")
-    return Target("default", url, Secret(environ["CE_USER_SECRET"]), Secret(environ["CE_ORGANIZATION_SECRET"]),
-                  "CE_USER_SECRET and CE_ORGANIZATION_SECRET")
+    return Target(
+        "default",
+        url,
+        Secret(environ["CE_USER_SECRET"]),
+        Secret(environ["CE_ORGANIZATION_SECRET"]),
+        "CE_USER_SECRET and CE_ORGANIZATION_SECRET",
+    )
 
 
 @contextmanager
 def reader(target: Target, trace: Callable[[str], None] | None = None) -> Iterator[ReadOnlyClient]:
     """A read-only client of the target; refused credentials become a user error naming the variables."""
-    with ReadOnlyClient(target.url, target.user_secret, target.organization_secret, ClientSettings(),
-                        trace=trace) as client:
+    with ReadOnlyClient(
+        target.url, target.user_secret, target.organization_secret, ClientSettings(), trace=trace
+    ) as client:
         try:
             yield client
         except Unauthorized as exc:
-            raise UserError(f"the API refused the credentials (HTTP {exc.status})",
-                            hint=f"check {target.credential_sources}") from None
+            raise UserError(
+                f"the API refused the credentials (HTTP {exc.status})", hint=f"check {target.credential_sources}"
+            ) from None
 
 
 _KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -79,8 +88,9 @@ def fetch_schema(client: ElementReader, key: str) -> dict[str, Any]:
     try:
         element = client.get_element(key)
     except NotFound:
-        raise UserError(f"element {key!r} is not in the API's catalog",
-                        hint="provisioner schemas list shows the keys it offers") from None
+        raise UserError(
+            f"element {key!r} is not in the API's catalog", hint="provisioner schemas list shows the keys it offers"
+        ) from None
     if not isinstance(element, Mapping) or not element.get("key"):
         raise UserError(f"GET /elements/{key} did not answer an element", hint="check CE_API_URL")
     try:
@@ -103,8 +113,10 @@ def pull(client: ElementReader, keys: list[str], all_keys: bool, out_dir: str) -
     if bad:
         raise UserError(f"not an element key: {bad[0]!r}", hint="keys are letters, digits, '.', '_' and '-'")
     os.makedirs(out_dir, exist_ok=True)
-    return [_write(os.path.join(out_dir, f"{key}.json"), key, schema_text(fetch_schema(client, key)))
-            for key in sorted(dict.fromkeys(keys))]
+    return [
+        _write(os.path.join(out_dir, f"{key}.json"), key, schema_text(fetch_schema(client, key)))
+        for key in sorted(dict.fromkeys(keys))
+    ]
 
 
 def _write(path: str, key: str, text: str) -> Pulled:
@@ -126,5 +138,3 @@ def listing(client: ElementReader, local_keys: list[str]) -> list[tuple[str, boo
     """(key, has a local schema) for every key the API offers."""
     local = set(local_keys)
     return [(key, key in local) for key in catalog_keys(client)]
-
-

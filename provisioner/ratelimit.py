@@ -65,8 +65,14 @@ RECOVERY_FRACTION = 0.02
 class RateBudget:
     """Shared, thread-safe start-time budget for HTTP requests (see the module docstring)."""
 
-    def __init__(self, max_rate: float | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], object] = time.sleep, *, increase: float | None = None):
+    def __init__(
+        self,
+        max_rate: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
+        *,
+        increase: float | None = None,
+    ):
         if max_rate is not None and not max_rate > 0:
             raise ValueError("max_rate must be a positive number of requests per second, or None")
         if increase is not None and not increase > 0:
@@ -76,21 +82,21 @@ class RateBudget:
         self._increase = increase
         self._max_rate = max_rate
         self._lock = threading.Lock()
-        self._limit: float | None = max_rate      # None: no ceiling at all
-        self._throttled = False                    # in AIMD recovery
-        self._recover_to: float | None = None      # leave recovery once the limit passes this
+        self._limit: float | None = max_rate  # None: no ceiling at all
+        self._throttled = False  # in AIMD recovery
+        self._recover_to: float | None = None  # leave recovery once the limit passes this
         self._paused_until = -math.inf
         self._next_slot = -math.inf
         self._last_increase = -math.inf
-        self._epoch = 0                            # bumped by each throttle: reservations before it are void
+        self._epoch = 0  # bumped by each throttle: reservations before it are void
         self._last_cut = -math.inf
         self._starts: deque[float] = deque()
         self._answers: deque[tuple[float, bool]] = deque()  # (time, accepted) over ACCEPTED_WINDOW
-        self._cut_to: float | None = None          # the limit the last cut set
-        self._share_at_cut: float | None = None    # refused share that triggered the last cut
-        self._before_cuts: float | None = None     # the limit before this episode of cuts
-        self._random_until = -math.inf             # refusals found not to depend on the rate...
-        self._random_share = 0.0                   # ...at this share
+        self._cut_to: float | None = None  # the limit the last cut set
+        self._share_at_cut: float | None = None  # refused share that triggered the last cut
+        self._before_cuts: float | None = None  # the limit before this episode of cuts
+        self._random_until = -math.inf  # refusals found not to depend on the rate...
+        self._random_share = 0.0  # ...at this share
         self._throttle_count = 0
 
     # -- what the client calls -------------------------------------------------------------
@@ -156,8 +162,11 @@ class RateBudget:
             if not self._throttled or now <= self._last_increase:
                 return
             assert self._limit is not None and self._recover_to is not None  # both set while throttled
-            step = self._increase if self._increase is not None else max(
-                0.5, RECOVERY_FRACTION * (self._cut_to or MIN_RATE))
+            step = (
+                self._increase
+                if self._increase is not None
+                else max(0.5, RECOVERY_FRACTION * (self._cut_to or MIN_RATE))
+            )
             self._limit += step * (now - self._last_increase)
             self._last_increase = now
             if self._limit > self._recover_to:

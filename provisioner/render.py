@@ -264,15 +264,24 @@ def _template_line_now() -> int | None:
 class Renderer:
     """Renders inline manifest values and template files for one manifest."""
 
-    def __init__(self, base_dir: str, environ: Mapping[str, str], inputs: Mapping[str, Any],
-                 max_file_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(
+        self,
+        base_dir: str,
+        environ: Mapping[str, str],
+        inputs: Mapping[str, Any],
+        max_file_bytes: int = DEFAULT_MAX_BYTES,
+    ):
         self.base_dir = base_dir
         self.max_file_bytes = max_file_bytes
         self.env = EnvMapping(environ)
         self.inputs = inputs
         self._jinja = _BudgetedSandbox(
-            undefined=_Undefined, autoescape=False, keep_trailing_newline=True,
-            loader=_ConfinedLoader(base_dir, max_file_bytes), finalize=_placeholder_finalize)
+            undefined=_Undefined,
+            autoescape=False,
+            keep_trailing_newline=True,
+            loader=_ConfinedLoader(base_dir, max_file_bytes),
+            finalize=_placeholder_finalize,
+        )
         self._templates: dict[str, Any] = {}
         self._expressions: dict[str, Any] = {}
         self._fast: dict[str, tuple[str, Any]] = {}  # per string: how to render it (see _fast_plan)
@@ -310,8 +319,9 @@ class Renderer:
     def _env_values(self) -> list[str]:
         if self._scrub_values is None:
             names = set(self.env)
-            self._scrub_values = sorted({v for v in self.env.values() if len(v) >= 4 and v not in names},
-                                        key=len, reverse=True)
+            self._scrub_values = sorted(
+                {v for v in self.env.values() if len(v) >= 4 and v not in names}, key=len, reverse=True
+            )
         return self._scrub_values
 
     def _string(self, raw: str, scope: dict[str, Any], where: Location) -> Any:
@@ -382,8 +392,15 @@ class Renderer:
         lines: list[int | None] = []
         try:
             with _Budget(RENDER_SECONDS, self.max_file_bytes):
-                text = _generate_capped(template, {**scope, "__provisioner_values": collected,
-                                                   "__provisioner_lines": lines, "__provisioner_nonce": nonce})
+                text = _generate_capped(
+                    template,
+                    {
+                        **scope,
+                        "__provisioner_values": collected,
+                        "__provisioner_lines": lines,
+                        "__provisioner_nonce": nonce,
+                    },
+                )
         except RenderError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -395,26 +412,43 @@ class Renderer:
         loaded = load_yaml(text, name)
         if loaded.problems:
             first = loaded.problems[0]
-            raise RenderError(Problem(
-                "template output is not valid YAML: "
-                + outputs.described(first.message.removeprefix("not valid YAML: "))
-                + outputs.quote_line(text, first.location.line),
-                Location(where.file, where.line, name, outputs.template_line(text, first.location.line),
-                         where.instance),
-                "quote the value around this line, or emit structured values with a single {{ expression }}"))
+            raise RenderError(
+                Problem(
+                    "template output is not valid YAML: "
+                    + outputs.described(first.message.removeprefix("not valid YAML: "))
+                    + outputs.quote_line(text, first.location.line),
+                    Location(
+                        where.file, where.line, name, outputs.template_line(text, first.location.line), where.instance
+                    ),
+                    "quote the value around this line, or emit structured values with a single {{ expression }}",
+                )
+            )
         try:
             data = _substitute(loaded.data, nonce, collected)
         except _BadKey as exc:
-            raise RenderError(Problem(
-                f"key {outputs.described(str(exc.key))!r} {exc.reason}",
-                Location(where.file, where.line, name, outputs.template_line(text, _line_of_text(text, exc.key)),
-                         where.instance), "give each key of a mapping a distinct name")) from None
+            raise RenderError(
+                Problem(
+                    f"key {outputs.described(str(exc.key))!r} {exc.reason}",
+                    Location(
+                        where.file,
+                        where.line,
+                        name,
+                        outputs.template_line(text, _line_of_text(text, exc.key)),
+                        where.instance,
+                    ),
+                    "give each key of a mapping a distinct name",
+                )
+            ) from None
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            raise RenderError(Problem(f"template must render a YAML mapping, got {type(data).__name__}",
-                                      Location(where.file, where.line, name, None, where.instance),
-                                      "render keys such as configuration: and tags:"))
+            raise RenderError(
+                Problem(
+                    f"template must render a YAML mapping, got {type(data).__name__}",
+                    Location(where.file, where.line, name, None, where.instance),
+                    "render keys such as configuration: and tags:",
+                )
+            )
         return data
 
     def _load_file(self, name: str, where: Location) -> jinja2.Template:
@@ -424,17 +458,27 @@ class Renderer:
         try:
             template = self._jinja.get_template(name)
         except TemplateOutside:
-            raise RenderError(Problem(f"template path {name!r} is outside the manifest's directory",
-                                      where, "templates must live in the manifest's directory or below it")) from None
+            raise RenderError(
+                Problem(
+                    f"template path {name!r} is outside the manifest's directory",
+                    where,
+                    "templates must live in the manifest's directory or below it",
+                )
+            ) from None
         except jinja2.TemplateNotFound:
-            raise RenderError(Problem(f"template file {name!r} not found", where,
-                                      "paths are relative to the manifest's directory")) from None
+            raise RenderError(
+                Problem(f"template file {name!r} not found", where, "paths are relative to the manifest's directory")
+            ) from None
         except TemplateRefused as exc:
             raise RenderError(Problem(f"template file {name!r}: {exc.cause.message}", where, exc.cause.hint)) from None
         except jinja2.TemplateSyntaxError as exc:
-            raise RenderError(Problem(f"template syntax error: {exc.message}",
-                                      Location(where.file, where.line, name, exc.lineno, where.instance),
-                                      _syntax_hint(exc.message))) from None
+            raise RenderError(
+                Problem(
+                    f"template syntax error: {exc.message}",
+                    Location(where.file, where.line, name, exc.lineno, where.instance),
+                    _syntax_hint(exc.message),
+                )
+            ) from None
         self._templates["file:" + name] = template
         return template
 
@@ -499,7 +543,7 @@ def _fast_segments(raw: str) -> list | None:
     segments: list = []
     position = 0
     for match in _PATH_OUTPUT.finditer(raw):
-        segments.append(raw[position:match.start()])
+        segments.append(raw[position : match.start()])
         segments.append((match[1], *[k for k in match[2].split(".") if k]))
         position = match.end()
     segments.append(raw[position:])
@@ -611,27 +655,41 @@ def _problem_from(exc: Exception, where: Location, raw: str | None, template: st
             hint = "define it under inputs:, in an --inputs file, or with --set"
         return Problem(message, location, hint)
     if isinstance(exc, SecurityError):
-        return Problem(f"unsafe template expression refused: {exc}", location,
-                       "templates may only read env, inputs and item")
+        return Problem(
+            f"unsafe template expression refused: {exc}", location, "templates may only read env, inputs and item"
+        )
     if isinstance(exc, jinja2.TemplateSyntaxError):
         where_line = Location(location.file, location.line, template, exc.lineno, location.instance, location.path)
-        return Problem(f"template syntax error: {exc.message}", where_line if template else location,
-                       _syntax_hint(exc.message or ""))
+        return Problem(
+            f"template syntax error: {exc.message}",
+            where_line if template else location,
+            _syntax_hint(exc.message or ""),
+        )
     if isinstance(exc, TemplateOutside):
-        return Problem(f"template path {str(exc)!r} is outside the manifest's directory", location,
-                       "templates may include only files in the manifest's directory or below it")
+        return Problem(
+            f"template path {str(exc)!r} is outside the manifest's directory",
+            location,
+            "templates may include only files in the manifest's directory or below it",
+        )
     if isinstance(exc, jinja2.TemplateNotFound):
-        return Problem(f"template file {exc.name!r} not found", location,
-                       "paths are relative to the manifest's directory")
+        return Problem(
+            f"template file {exc.name!r} not found", location, "paths are relative to the manifest's directory"
+        )
     if isinstance(exc, RecursionError):
         return Problem("template recursion is too deep", location)
     if isinstance(exc, BudgetExceeded):
-        return Problem(f"template exceeds its rendering budget: {exc}", location,
-                       "a loop or a repetition in this template runs far too long; keep templates small "
-                       "and loop over inputs, not over large ranges")
+        return Problem(
+            f"template exceeds its rendering budget: {exc}",
+            location,
+            "a loop or a repetition in this template runs far too long; keep templates small "
+            "and loop over inputs, not over large ranges",
+        )
     if isinstance(exc, MemoryError):
-        return Problem("template exceeds its rendering budget: out of memory", location,
-                       "a repetition or a filter in this template builds a value far too large")
+        return Problem(
+            "template exceeds its rendering budget: out of memory",
+            location,
+            "a repetition or a filter in this template builds a value far too large",
+        )
     return Problem(f"template error: {type(exc).__name__}: {exc}", location, None)
 
 

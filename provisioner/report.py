@@ -111,16 +111,26 @@ class StyledStream:
 
 
 def change_json(change: Change) -> dict[str, Any]:
-    return {"action": change.action, "name": change.name, "target": change.target, "element": change.element,
-            "id": change.id, "reason": change.reason, "diff": [d.to_json() for d in change.diff]}
+    return {
+        "action": change.action,
+        "name": change.name,
+        "target": change.target,
+        "element": change.element,
+        "id": change.id,
+        "reason": change.reason,
+        "diff": [d.to_json() for d in change.diff],
+    }
 
 
 def result_json(result: ChangeResult) -> dict[str, Any]:
     data = change_json(result.change)
     data["id"] = result.id if result.id is not None else data["id"]
     data["status"] = result.status
-    data["error"] = None if result.error is None else {"message": result.error, "requestId": result.request_id,
-                                                       "httpStatus": result.http_status}
+    data["error"] = (
+        None
+        if result.error is None
+        else {"message": result.error, "requestId": result.request_id, "httpStatus": result.http_status}
+    )
     return data
 
 
@@ -140,25 +150,50 @@ class JsonReporter:
         self.out.flush()
 
     def validated(self, manifest: str, count: int, problems: Iterable[Problem]) -> None:
-        self._emit({"command": "validate", "ok": True, "manifest": manifest, "instances": count,
-                    "problems": [p.to_json() for p in problems]})
+        self._emit(
+            {
+                "command": "validate",
+                "ok": True,
+                "manifest": manifest,
+                "instances": count,
+                "problems": [p.to_json() for p in problems],
+            }
+        )
 
     def problems(self, command: str, problems: Iterable[Problem]) -> None:
         self._emit({"command": command, "ok": False, "problems": [p.to_json() for p in problems]})
 
     def plan(self, plan: Plan, command: str = "plan") -> None:
-        self._emit({"command": command, "ok": not plan.has_refusals, "stack": plan.stack,
-                    "changes": [change_json(c) for c in plan.changes], "summary": summary_json(plan),
-                    "warnings": plan.warnings})
+        self._emit(
+            {
+                "command": command,
+                "ok": not plan.has_refusals,
+                "stack": plan.stack,
+                "changes": [change_json(c) for c in plan.changes],
+                "summary": summary_json(plan),
+                "warnings": plan.warnings,
+            }
+        )
 
-    def applied(self, result: ApplyResult, stats: dict[str, Any], command: str = "apply",
-                outputs: str | None = None) -> None:
-        self._emit({"command": command, "ok": result.ok and not result.plan.has_refusals,
-                    "stack": result.plan.stack,
-                    "changes": [result_json(r) for r in result.results], "summary": summary_json(result.plan),
-                    "status": _status_counts(result), "warnings": result.plan.warnings,
-                    "interrupted": result.interrupted, "aborted": result.aborted, "notes": result.notes,
-                    "outputs": outputs, "requests": stats})
+    def applied(
+        self, result: ApplyResult, stats: dict[str, Any], command: str = "apply", outputs: str | None = None
+    ) -> None:
+        self._emit(
+            {
+                "command": command,
+                "ok": result.ok and not result.plan.has_refusals,
+                "stack": result.plan.stack,
+                "changes": [result_json(r) for r in result.results],
+                "summary": summary_json(result.plan),
+                "status": _status_counts(result),
+                "warnings": result.plan.warnings,
+                "interrupted": result.interrupted,
+                "aborted": result.aborted,
+                "notes": result.notes,
+                "outputs": outputs,
+                "requests": stats,
+            }
+        )
 
     def drift(self, report: DriftReport, stats: dict[str, Any]) -> None:
         self._emit({"command": "drift", "ok": True, **report.to_json(), "requests": stats})
@@ -206,11 +241,13 @@ class TextReporter:
         if not plan.has_changes and not plan.has_refusals:
             self.out.print("No changes: the instances match the manifest.")
 
-    def applied(self, result: ApplyResult, stats: dict[str, Any], command: str = "apply",
-                outputs: str | None = None) -> None:
+    def applied(
+        self, result: ApplyResult, stats: dict[str, Any], command: str = "apply", outputs: str | None = None
+    ) -> None:
         writes = [r for r in result.results if r.change.is_write or r.change.action in REFUSALS]
-        self.out.lines([_result_line(r) for r in writes
-                     if r.status != Status.OK or self.verbose or len(writes) <= LIST_LIMIT])
+        self.out.lines(
+            [_result_line(r) for r in writes if r.status != Status.OK or self.verbose or len(writes) <= LIST_LIMIT]
+        )
         for warning in result.plan.warnings:
             self.err.print(f"warning: {warning}", style="yellow")
         for note in result.notes:
@@ -227,8 +264,10 @@ class TextReporter:
         if result.aborted:
             self.err.print(f"stopped: {result.aborted}", style="red")
         if result.interrupted:
-            self.err.print(f"interrupted by signal {result.interrupted}: no new request was started; "
-                           "run apply again to converge.", style="yellow")
+            self.err.print(
+                f"interrupted by signal {result.interrupted}: no new request was started; run apply again to converge.",
+                style="yellow",
+            )
 
     def drift(self, report: DriftReport, stats: dict[str, Any]) -> None:
         self.out.lines(text_lines(report))
@@ -247,11 +286,14 @@ class TextReporter:
 def plan_summary(counts: dict[Action, int]) -> str:
     """``Plan: 1 to create, ... (3 unchanged).``; renames, conflicts and refusals only when there are some."""
     rename = f"{counts[Action.RENAME]} to rename, " if counts.get(Action.RENAME) else ""
-    line = (f"Plan: {counts[Action.CREATE]} to create, {counts[Action.UPDATE]} to update, {rename}"
-            f"{counts[Action.REPLACE]} to replace, {counts[Action.DELETE]} to delete"
-            + (f", {counts[Action.ADOPT]} to adopt" if counts.get(Action.ADOPT) else ""))
+    line = (
+        f"Plan: {counts[Action.CREATE]} to create, {counts[Action.UPDATE]} to update, {rename}"
+        f"{counts[Action.REPLACE]} to replace, {counts[Action.DELETE]} to delete"
+        + (f", {counts[Action.ADOPT]} to adopt" if counts.get(Action.ADOPT) else "")
+    )
     extra = [f"{counts[Action.NOOP]} unchanged"] + (
-        [f"{counts[Action.CONFLICT]} conflict(s)"] if counts[Action.CONFLICT] else [])
+        [f"{counts[Action.CONFLICT]} conflict(s)"] if counts[Action.CONFLICT] else []
+    )
     if counts.get(Action.PROTECTED):
         extra.append(f"{counts[Action.PROTECTED]} protected, refused")
     return f"{line} ({', '.join(extra)})."
@@ -336,4 +378,3 @@ def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> 
     if not result.plan.has_changes and not result.plan.has_refusals:
         return f"{title}: no changes, the instances match the manifest. {traffic}"
     return f"{title}: {', '.join(parts)}. {traffic}"
-

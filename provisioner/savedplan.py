@@ -61,18 +61,29 @@ class SavedPlan:
     @property
     def sources(self) -> Sources:
         inputs = self.data["inputs"]
-        return Sources(self.data["manifest"]["path"], tuple(inputs["files"]), tuple(inputs["set"]),
-                       tuple(self.data["schemas"]), bool(self.data.get("local")))
+        return Sources(
+            self.data["manifest"]["path"],
+            tuple(inputs["files"]),
+            tuple(inputs["set"]),
+            tuple(self.data["schemas"]),
+            bool(self.data.get("local")),
+        )
 
     @property
     def options(self) -> PlanOptions:
         o = self.data["options"]
-        return PlanOptions(prune=o["prune"], allow_replace=o["allowReplace"], force=o["force"],
-                           targets=tuple(o["target"]), excludes=tuple(o["exclude"]),
-                           allow_destroy=tuple(o["allowDestroy"]))
+        return PlanOptions(
+            prune=o["prune"],
+            allow_replace=o["allowReplace"],
+            force=o["force"],
+            targets=tuple(o["target"]),
+            excludes=tuple(o["exclude"]),
+            allow_destroy=tuple(o["allowDestroy"]),
+        )
 
 
 # -- reading -------------------------------------------------------------------------------------
+
 
 def load_if_plan(path: str, max_bytes: int) -> SavedPlan | None:
     """The saved plan at ``path``, or None when it is something else (a manifest)."""
@@ -90,30 +101,43 @@ def load_if_plan(path: str, max_bytes: int) -> SavedPlan | None:
     if not isinstance(data, dict) or data.get("kind") != KIND:
         return None
     if data.get("formatVersion") != FORMAT_VERSION or data.get("provisionerVersion") != __version__:
-        raise UserError(f"{path}: saved plan format {data.get('formatVersion')!r} made by provisioner "
-                        f"{data.get('provisionerVersion')!r} cannot be applied by provisioner {__version__}",
-                        hint="make the plan with the provisioner version that applies it")
+        raise UserError(
+            f"{path}: saved plan format {data.get('formatVersion')!r} made by provisioner "
+            f"{data.get('provisionerVersion')!r} cannot be applied by provisioner {__version__}",
+            hint="make the plan with the provisioner version that applies it",
+        )
     return SavedPlan(path, data)
 
 
 # -- writing -------------------------------------------------------------------------------------
 
+
 def document(plan: Plan, validated: Any, connection: Any, sources: Sources) -> dict:
     """The saved-plan document for ``plan``."""
     key = _plan_key(connection)
     return {
-        "kind": KIND, "formatVersion": FORMAT_VERSION, "provisionerVersion": __version__,
+        "kind": KIND,
+        "formatVersion": FORMAT_VERSION,
+        "provisionerVersion": __version__,
         "createdAt": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "stack": plan.stack,
         "manifest": {"path": sources.manifest, "digest": _file_digest(key, sources.manifest)},
-        "inputs": {"files": list(sources.inputs), "set": list(sources.set_keys),
-                   "digest": _digest(key, "inputs", validated.manifest.inputs)},
+        "inputs": {
+            "files": list(sources.inputs),
+            "set": list(sources.set_keys),
+            "digest": _digest(key, "inputs", validated.manifest.inputs),
+        },
         "schemas": list(sources.schemas),
         "local": sources.local,
         "targets": _targets(connection, sources.local),
-        "options": {"prune": plan.options.prune, "allowReplace": plan.options.allow_replace,
-                    "force": plan.options.force, "target": list(plan.options.targets),
-                    "exclude": list(plan.options.excludes), "allowDestroy": list(plan.options.allow_destroy)},
+        "options": {
+            "prune": plan.options.prune,
+            "allowReplace": plan.options.allow_replace,
+            "force": plan.options.force,
+            "target": list(plan.options.targets),
+            "exclude": list(plan.options.excludes),
+            "allowDestroy": list(plan.options.allow_destroy),
+        },
         "desired": desired_digests(validated, connection, plan.options),
         "changes": [_change(c, validated, connection) for c in plan.changes],
         "summary": plan.counts(),
@@ -161,8 +185,9 @@ def desired_digests(validated: Any, connection: Any, options: PlanOptions) -> di
         fp = connection.fingerprints[desired.target]
         fields: dict[str, Any] = {**desired_fields(desired, schema), "previousNames": list(desired.previous_names)}
         for key in sorted(schema.secret_keys & set(desired.configuration)):
-            fields[f"configuration.{key}"] = fingerprint(fp.key, fp.stack, desired.name, key,
-                                                         desired.configuration[key])
+            fields[f"configuration.{key}"] = fingerprint(
+                fp.key, fp.stack, desired.name, key, desired.configuration[key]
+            )
         found[f"{desired.target}/{desired.name}"] = field_digests(fp.key, fields)
     return found
 
@@ -190,6 +215,7 @@ def _targets(connection: Any, local: bool) -> dict[str, str]:
 
 # -- applying ------------------------------------------------------------------------------------
 
+
 def check_before_reading(saved: SavedPlan, validated: Any, connection: Any, local: bool) -> None:
     """Refuse, before any request, when the setup or the rendering differs from the plan's."""
     problems = []
@@ -211,10 +237,13 @@ def check_plan(saved: SavedPlan, fresh: Plan, validated: Any, connection: Any) -
 def _refuse(saved: SavedPlan, problems: list[str]) -> None:
     if not problems:
         return
-    shown = problems[:MAX_LISTED] + ([f"... and {len(problems) - MAX_LISTED} more"]
-                                     if len(problems) > MAX_LISTED else [])
-    raise UserError(f"the saved plan {saved.path} no longer matches, nothing was changed:\n  - " + "\n  - ".join(shown),
-                    hint="run plan --out again and review the new plan")
+    shown = problems[:MAX_LISTED] + (
+        [f"... and {len(problems) - MAX_LISTED} more"] if len(problems) > MAX_LISTED else []
+    )
+    raise UserError(
+        f"the saved plan {saved.path} no longer matches, nothing was changed:\n  - " + "\n  - ".join(shown),
+        hint="run plan --out again and review the new plan",
+    )
 
 
 def _desired_problems(saved: SavedPlan, validated: Any, connection: Any) -> list[str]:
@@ -281,19 +310,37 @@ def _compared(old: dict, new: dict) -> list[str]:
 
 def params_for(saved: SavedPlan, params: dict[str, Any]) -> dict[str, Any]:
     """The command-line parameters of ``apply FILE``: what the plan fixed, and what may be given now."""
-    for flag, option in (("prune", "--prune"), ("allow_replace", "--allow-replace"), ("force", "--force"),
-                         ("targets", "--target"), ("excludes", "--exclude"), ("allow_destroy", "--allow-destroy")):
+    for flag, option in (
+        ("prune", "--prune"),
+        ("allow_replace", "--allow-replace"),
+        ("force", "--force"),
+        ("targets", "--target"),
+        ("excludes", "--exclude"),
+        ("allow_destroy", "--allow-destroy"),
+    ):
         if params.get(flag):
-            raise UserError(f"{option} cannot be given with a saved plan: the plan fixed its options",
-                            hint=f"give {option} to plan --out instead")
+            raise UserError(
+                f"{option} cannot be given with a saved plan: the plan fixed its options",
+                hint=f"give {option} to plan --out instead",
+            )
     sources = saved.sources
     given = tuple(sorted({s.partition("=")[0].strip() for s in params["sets"]}))
     if given != tuple(sorted(sources.set_keys)):
-        raise UserError(f"the plan was made with --set {', '.join(sources.set_keys) or '(none)'}; this run sets "
-                        f"{', '.join(given) or '(none)'}",
-                        hint="--set values are never saved in a plan: pass the same --set options again")
+        raise UserError(
+            f"the plan was made with --set {', '.join(sources.set_keys) or '(none)'}; this run sets "
+            f"{', '.join(given) or '(none)'}",
+            hint="--set values are never saved in a plan: pass the same --set options again",
+        )
     options = saved.options
-    return {**params, "manifest": sources.manifest, "inputs": params["inputs"] or sources.inputs,
-            "schemas": params["schemas"] or sources.schemas, "prune": options.prune,
-            "allow_replace": options.allow_replace, "force": options.force, "targets": options.targets,
-            "excludes": options.excludes, "allow_destroy": options.allow_destroy}
+    return {
+        **params,
+        "manifest": sources.manifest,
+        "inputs": params["inputs"] or sources.inputs,
+        "schemas": params["schemas"] or sources.schemas,
+        "prune": options.prune,
+        "allow_replace": options.allow_replace,
+        "force": options.force,
+        "targets": options.targets,
+        "excludes": options.excludes,
+        "allow_destroy": options.allow_destroy,
+    }

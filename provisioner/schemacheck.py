@@ -20,8 +20,12 @@ from .errors import Location, Problem
 LocationFor = Callable[[tuple], Location]
 
 
-def problems_from_errors(errors: Iterable[ValidationError], location_for: LocationFor,
-                         secret_keys: frozenset[str] = frozenset(), prefix: str = "") -> list[Problem]:
+def problems_from_errors(
+    errors: Iterable[ValidationError],
+    location_for: LocationFor,
+    secret_keys: frozenset[str] = frozenset(),
+    prefix: str = "",
+) -> list[Problem]:
     """One problem per error, with missing required keys of the same object merged."""
     problems: list[Problem] = []
     missing: dict[tuple, list[str]] = {}
@@ -38,12 +42,21 @@ def problems_from_errors(errors: Iterable[ValidationError], location_for: Locati
         keys = sorted(set(keys))
         noun = "key" if len(keys) == 1 else "keys"
         where = location_for(path)
-        where = Location(where.file, where.line, where.template, where.template_line, where.instance,
-                         _dotted(prefix, path) or None)
-        place = "the configuration" if prefix == "configuration" else (
-            f"{_dotted('', path)}" if path else "the top of the manifest")
-        problems.append(Problem(f"missing required {noun}: {', '.join(keys)}", where,
-                                "add " + ("it" if len(keys) == 1 else "them") + f" to {place}"))
+        where = Location(
+            where.file, where.line, where.template, where.template_line, where.instance, _dotted(prefix, path) or None
+        )
+        place = (
+            "the configuration"
+            if prefix == "configuration"
+            else (f"{_dotted('', path)}" if path else "the top of the manifest")
+        )
+        problems.append(
+            Problem(
+                f"missing required {noun}: {', '.join(keys)}",
+                where,
+                "add " + ("it" if len(keys) == 1 else "them") + f" to {place}",
+            )
+        )
     return problems
 
 
@@ -53,13 +66,19 @@ def _missing_keys(error: ValidationError) -> list[str]:
     return [key for key in required if key not in present]
 
 
-def _problem(error: ValidationError, path: tuple, location_for: LocationFor,
-             secret_keys: frozenset[str], prefix: str) -> Problem:
+def _problem(
+    error: ValidationError, path: tuple, location_for: LocationFor, secret_keys: frozenset[str], prefix: str
+) -> Problem:
     where = location_for(path)
     secret = bool(path) and path[-1] in secret_keys
     message, hint = _describe(error, secret)
-    return Problem(message, Location(where.file, where.line, where.template, where.template_line,
-                                     where.instance, _dotted(prefix, path) or None), hint)
+    return Problem(
+        message,
+        Location(
+            where.file, where.line, where.template, where.template_line, where.instance, _dotted(prefix, path) or None
+        ),
+        hint,
+    )
 
 
 def unknown_key_problems(error: ValidationError, path: tuple, location_for: LocationFor, prefix: str) -> list[Problem]:
@@ -69,11 +88,25 @@ def unknown_key_problems(error: ValidationError, path: tuple, location_for: Loca
     for key in _unexpected_keys(error):
         inner = location_for((*path, key))
         suggestion = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
-        hint = f"did you mean {suggestion[0]!r}?" if suggestion else (
-            "known keys: " + ", ".join(sorted(known)[:12]) + ("..." if len(known) > 12 else ""))
-        out.append(Problem(f"unknown key {key!r}", Location(inner.file, inner.line, inner.template,
-                                                           inner.template_line, inner.instance,
-                                                           _dotted(prefix, (*path, key))), hint))
+        hint = (
+            f"did you mean {suggestion[0]!r}?"
+            if suggestion
+            else ("known keys: " + ", ".join(sorted(known)[:12]) + ("..." if len(known) > 12 else ""))
+        )
+        out.append(
+            Problem(
+                f"unknown key {key!r}",
+                Location(
+                    inner.file,
+                    inner.line,
+                    inner.template,
+                    inner.template_line,
+                    inner.instance,
+                    _dotted(prefix, (*path, key)),
+                ),
+                hint,
+            )
+        )
     return out
 
 
@@ -83,8 +116,15 @@ def _unexpected_keys(error: ValidationError) -> list[str]:
     return [key for key in instance if key not in allowed]
 
 
-_TYPE_NAMES = {"string": "a string", "boolean": "a boolean (true or false)", "integer": "an integer",
-               "number": "a number", "object": "a mapping", "array": "a list", "null": "null"}
+_TYPE_NAMES = {
+    "string": "a string",
+    "boolean": "a boolean (true or false)",
+    "integer": "an integer",
+    "number": "a number",
+    "object": "a mapping",
+    "array": "a list",
+    "null": "null",
+}
 
 
 def _type_of(value: Any) -> str:
@@ -131,8 +171,11 @@ def _describe(error: ValidationError, secret: bool) -> tuple[str, str | None]:
     if kind == "maxLength":
         return f"is longer than {expected} characters", None
     if kind in ("minimum", "maximum"):
-        return f"{_shown(value, secret)} is {'below the minimum' if kind == 'minimum' else 'above the maximum'} " \
-               f"of {expected}", None
+        return (
+            f"{_shown(value, secret)} is {'below the minimum' if kind == 'minimum' else 'above the maximum'} "
+            f"of {expected}",
+            None,
+        )
     if kind == "anyOf":
         return _any_of(error, value, secret)
     return error.message if not secret else f"invalid value ({kind})", None
@@ -143,8 +186,10 @@ def _any_of(error: ValidationError, value: Any, secret: bool) -> tuple[str, str 
     if all(set(o) == {"required"} for o in options if isinstance(o, dict)):
         keys = [k for o in options for k in o["required"]]
         return f"needs one of: {', '.join(keys)}", None
-    return f"got {_type_of(value)} {_shown(value, secret)}, which is not an accepted form", \
-        "give a mapping or list as documented, or a single {{ expression }} that evaluates to one"
+    return (
+        f"got {_type_of(value)} {_shown(value, secret)}, which is not an accepted form",
+        "give a mapping or list as documented, or a single {{ expression }} that evaluates to one",
+    )
 
 
 def _type_hint(wanted: list[str], value: Any) -> str | None:

@@ -28,9 +28,12 @@ _TEXTFIELD = re.compile(r"^TEXTFIELD_(\d+)$")
 
 # Keys every element may carry, with the rules the docs give and the records do not (notes section 9).
 COMMON_KEYS: dict[str, dict[str, Any]] = {
-    "event.vendor.type": {"type": "string", "enum": ["webhook", "webhooks", "polling"],
-                          "description": "How Cloud Elements gets changes from the vendor. The docs spell the "
-                                         "webhook value both 'webhook' and 'webhooks'."},
+    "event.vendor.type": {
+        "type": "string",
+        "enum": ["webhook", "webhooks", "polling"],
+        "description": "How Cloud Elements gets changes from the vendor. The docs spell the "
+        "webhook value both 'webhook' and 'webhooks'.",
+    },
     "event.notification.type": {"type": "string", "enum": ["webhook"]},
     "event.notification.callback.url": {"pattern": _URL},
     "oauth.callback.url": {"pattern": _URL},
@@ -38,16 +41,30 @@ COMMON_KEYS: dict[str, dict[str, Any]] = {
     "event.poller.configuration": {
         "type": ["object", "string"],
         "description": "Resources to poll, keyed by resource: a mapping, or the same as JSON text. Sent as "
-                       "compact JSON text; compared by meaning."},
+        "compact JSON text; compared by meaning.",
+    },
 }
 # Internal keys a manifest may still set: documented as a user setting (section 9).
 SETTABLE_INTERNAL_KEYS = frozenset({"event.vendor.type"})
 # Values the API masks (section 8) or that are secret by nature: writeOnly, compared by fingerprint.
-SECRET_KEYS = frozenset({"oauth.api.key", "oauth.api.secret", "oauth.user.token", "oauth.user.token.secret",
-                         OAUTH_REFRESH_TOKEN, "aws.api.secret", "event.notification.signature.key"})
-_REFRESH_TOKEN_RECORD = {"key": OAUTH_REFRESH_TOKEN, "name": "OAuth Refresh Token", "type": "TEXTFIELD_1000",
-                         "description": "An existing OAuth refresh token: the instance is then created with "
-                                        "externalAuthentication: initial, without a browser redirect."}
+SECRET_KEYS = frozenset(
+    {
+        "oauth.api.key",
+        "oauth.api.secret",
+        "oauth.user.token",
+        "oauth.user.token.secret",
+        OAUTH_REFRESH_TOKEN,
+        "aws.api.secret",
+        "event.notification.signature.key",
+    }
+)
+_REFRESH_TOKEN_RECORD = {
+    "key": OAUTH_REFRESH_TOKEN,
+    "name": "OAuth Refresh Token",
+    "type": "TEXTFIELD_1000",
+    "description": "An existing OAuth refresh token: the instance is then created with "
+    "externalAuthentication: initial, without a browser redirect.",
+}
 
 
 def record_field(record: Mapping[str, Any], name: str) -> Any:

@@ -113,8 +113,12 @@ def _json_forms(value: str) -> set[str]:
 
 def _html_forms(value: str) -> set[str]:
     full = html.escape(value, quote=True)
-    return {html.escape(value, quote=False), full, full.replace("&#x27;", "&#39;"),
-            full.replace("&#x27;", "&apos;").replace("&quot;", "&#34;")}
+    return {
+        html.escape(value, quote=False),
+        full,
+        full.replace("&#x27;", "&#39;"),
+        full.replace("&#x27;", "&apos;").replace("&quot;", "&#34;"),
+    }
 
 
 def _url_forms(value: str) -> set[str]:
@@ -153,8 +157,12 @@ def _base64_forms(data: bytes) -> set[str]:
     forms are matched through ``_normalized``.)"""
     b64encode, size = base64.b64encode, len(data)
     whole = b64encode(data).decode("ascii")
-    return {whole, whole[:8 * size // 6], b64encode(b"\0" + data).decode("ascii")[2:8 * (1 + size) // 6],
-            b64encode(b"\0\0" + data).decode("ascii")[3:8 * (2 + size) // 6]}
+    return {
+        whole,
+        whole[: 8 * size // 6],
+        b64encode(b"\0" + data).decode("ascii")[2 : 8 * (1 + size) // 6],
+        b64encode(b"\0\0" + data).decode("ascii")[3 : 8 * (2 + size) // 6],
+    }
 
 
 _LOWER_HEX = re.compile(r"%[0-9a-f][0-9a-fA-F]|%[0-9A-F][a-f]")
@@ -181,8 +189,11 @@ def encoded_forms(value: str) -> set[str]:
     JSON-escaped form (a request body echoed back)."""
     plain = _PLAIN.fullmatch(value) is not None
     escaped = json.dumps(value)[1:-1]
-    bases = {value, escaped} if plain else {value, _collapsed(value), sanitize(value), *value.splitlines(),
-                                            *_json_forms(value)}
+    bases = (
+        {value, escaped}
+        if plain
+        else {value, _collapsed(value), sanitize(value), *value.splitlines(), *_json_forms(value)}
+    )
     forms = set(bases)
     if plain:
         forms.add(escaped.replace("/", "\\/"))
@@ -200,8 +211,13 @@ def token_forms(value: str) -> set[str]:
     URL-encoded, and base64-encoded whole. Its alphabet rules out the HTML, repr and whitespace forms
     of ``encoded_forms``; the unaligned base64 variants are left to secrets a person chose."""
     kept_slash = value.replace("%", "%25").replace("+", "%2B").replace("=", "%3D")
-    return {value, value.replace("/", "\\/"), kept_slash, kept_slash.replace("/", "%2F"),
-            base64.b64encode(value.encode("utf-8")).decode("ascii")}
+    return {
+        value,
+        value.replace("/", "\\/"),
+        kept_slash,
+        kept_slash.replace("/", "%2F"),
+        base64.b64encode(value.encode("utf-8")).decode("ascii"),
+    }
 
 
 class Redactor:
@@ -296,10 +312,10 @@ def _mask_run(run: str, words: set[str], by_prefix: dict[str, set[int]], shortes
     start = index = 0
     end = len(run) - shortest
     while index <= end:
-        lengths = by_prefix.get(view[index:index + _PREFIX])
+        lengths = by_prefix.get(view[index : index + _PREFIX])
         if lengths:
             for length in sorted(lengths, reverse=True):
-                if view[index:index + length] in words:
+                if view[index : index + length] in words:
                     out.append(run[start:index])
                     out.append(MASK)
                     index += length
@@ -317,8 +333,10 @@ def _mask_run(run: str, words: set[str], by_prefix: dict[str, set[int]], shortes
 
 # ANSI escape sequences: CSI (ESC [ ... final byte), OSC (ESC ] ... BEL or ST), other two-byte ESC
 # sequences, and their 8-bit C1 forms.
-_ANSI = re.compile(r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
-                   r"|\x1b[@-Z\\-_]?")
+_ANSI = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[@-Z\\-_]?"
+)
 _LINE_BREAKS = re.compile(r"[\r\n\t\v\f\x85\u2028\u2029]+")
 # other C0 and C1 controls, DEL, and the invisible bidirectional overrides that reorder a line
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")

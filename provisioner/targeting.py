@@ -25,8 +25,9 @@ class Pattern:
     kind: str  # "name", "element" or "tag"
     value: str
 
-    def matches(self, name: str, element: str | None, tags: Iterable[str],
-                aliases: frozenset[str] = frozenset()) -> bool:
+    def matches(
+        self, name: str, element: str | None, tags: Iterable[str], aliases: frozenset[str] = frozenset()
+    ) -> bool:
         if self.kind == "element":
             return element == self.value or self.value in aliases
         if self.kind == "tag":
@@ -42,8 +43,7 @@ def parse(text: str, option: str) -> Pattern:
             raise UserError(f"{option} needs a pattern", hint="a name glob (crm-*), element=KEY or tag=T")
         return Pattern("name", text)
     if key not in _KINDS or not value:
-        raise UserError(f"{option} {text!r} is not a pattern",
-                        hint="use a name glob (crm-*), element=KEY or tag=T")
+        raise UserError(f"{option} {text!r} is not a pattern", hint="use a name glob (crm-*), element=KEY or tag=T")
     return Pattern(key, value)
 
 
@@ -73,8 +73,12 @@ class Selection:
         return self._selects(live.name, live.element, user_tags(live.tags), aliases)
 
 
-def restrict(selection: Selection, desired: list[Any], live_by_target: Mapping[str, list[Any]],
-             aliases: Mapping[str | None, frozenset[str]]) -> tuple[list[Any], dict[str, list[Any]], int]:
+def restrict(
+    selection: Selection,
+    desired: list[Any],
+    live_by_target: Mapping[str, list[Any]],
+    aliases: Mapping[str | None, frozenset[str]],
+) -> tuple[list[Any], dict[str, list[Any]], int]:
     """The selected declared instances, the live instances the plan may see, and how many declared
     instances were left out. Live instances under a left-out declared name (or old name) are dropped;
     other undeclared ones are kept only when they match the selection themselves."""
@@ -83,8 +87,12 @@ def restrict(selection: Selection, desired: list[Any], live_by_target: Mapping[s
     left_names = _names([d for d in desired if not selection.selects_desired(d)])
     live: dict[str, list[Any]] = {}
     for target, instances in live_by_target.items():
-        live[target] = [i for i in instances if (target, i.name) in kept_names or (
-            (target, i.name) not in left_names and selection.selects_live(i, aliases.get(i.element, frozenset())))]
+        live[target] = [
+            i
+            for i in instances
+            if (target, i.name) in kept_names
+            or ((target, i.name) not in left_names and selection.selects_live(i, aliases.get(i.element, frozenset())))
+        ]
     return chosen, live, len(desired) - len(chosen)
 
 

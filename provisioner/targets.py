@@ -49,12 +49,16 @@ def resolve_targets(manifest: Manifest, renderer: Renderer, names: set[str]) -> 
     return targets, problems
 
 
-def _resolve_one(name: str, raw: dict, manifest: Manifest, renderer: Renderer,
-                 problems: list[Problem]) -> Target | None:
+def _resolve_one(
+    name: str, raw: dict, manifest: Manifest, renderer: Renderer, problems: list[Problem]
+) -> Target | None:
     line_of = getattr(raw, "line_of", lambda _key: manifest.data.line_of("targets") if manifest.targets else None)
     values = {}
-    for key, default in (("url", DEFAULT_URL_EXPRESSION), ("userSecret", DEFAULT_USER_SECRET),
-                         ("organizationSecret", DEFAULT_ORGANIZATION_SECRET)):
+    for key, default in (
+        ("url", DEFAULT_URL_EXPRESSION),
+        ("userSecret", DEFAULT_USER_SECRET),
+        ("organizationSecret", DEFAULT_ORGANIZATION_SECRET),
+    ):
         at = Location(manifest.display, line_of(key), path=f"targets.{name}.{key}")
         try:
             values[key] = renderer.value(raw.get(key, default), renderer.context(), at)
@@ -62,23 +66,38 @@ def _resolve_one(name: str, raw: dict, manifest: Manifest, renderer: Renderer,
             problems.append(exc.problem)
             continue
         if not isinstance(values[key], str) or not values[key]:
-            problems.append(Problem(f"{key} of target {name!r} is empty", at,
-                                    f"set it, or the variables it reads: {_sources(raw.get(key, default))}"))
+            problems.append(
+                Problem(
+                    f"{key} of target {name!r} is empty",
+                    at,
+                    f"set it, or the variables it reads: {_sources(raw.get(key, default))}",
+                )
+            )
         elif _CONTROL.search(values[key]):
             values[key] = None  # never used, never shown
-            problems.append(Problem(
-                f"{key} of target {name!r} contains a line break or another control character", at,
-                f"check {_sources(raw.get(key, default))}: a value pasted or read from a file often ends "
-                "with a newline (e.g. use \"$(cat file)\", which drops it)"))
+            problems.append(
+                Problem(
+                    f"{key} of target {name!r} contains a line break or another control character",
+                    at,
+                    f"check {_sources(raw.get(key, default))}: a value pasted or read from a file often ends "
+                    'with a newline (e.g. use "$(cat file)", which drops it)',
+                )
+            )
     if len(values) < 3 or not all(isinstance(v, str) and v for v in values.values()):
         return None
     url = values["url"].rstrip("/")
     if not url.startswith(("https://", "http://")):
-        problems.append(Problem(f"url of target {name!r} must start with https://",
-                                Location(manifest.display, line_of("url"), path=f"targets.{name}.url")))
+        problems.append(
+            Problem(
+                f"url of target {name!r} must start with https://",
+                Location(manifest.display, line_of("url"), path=f"targets.{name}.url"),
+            )
+        )
         return None
-    sources = (f"{_sources(raw.get('userSecret', DEFAULT_USER_SECRET))} and "
-               f"{_sources(raw.get('organizationSecret', DEFAULT_ORGANIZATION_SECRET))}")
+    sources = (
+        f"{_sources(raw.get('userSecret', DEFAULT_USER_SECRET))} and "
+        f"{_sources(raw.get('organizationSecret', DEFAULT_ORGANIZATION_SECRET))}"
+    )
     return Target(name, url, Secret(values["userSecret"]), Secret(values["organizationSecret"]), sources)
 
 

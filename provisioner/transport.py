@@ -58,21 +58,34 @@ class Transport:
         self.session.verify = _ca_bundle() if parts.scheme == "https" else True
         self.session.cert = _client_cert()
         self.session.proxies = _environ_proxies(base_url)
-        self.session.headers.update({"Accept": "application/json", "Content-Type": "application/json",
-                                     "User-Agent": f"provisioner/{__version__}"})
+        self.session.headers.update(
+            {
+                "Accept": "application/json",
+                "Content-Type": "application/json",
+                "User-Agent": f"provisioner/{__version__}",
+            }
+        )
         adapter = _Adapter(pool_connections=1, pool_maxsize=max(1, parallelism), max_retries=0)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         proxy = self.session.proxies.get(parts.scheme)
         self.proxy_display = _without_credentials(proxy) if proxy else ""
 
-    def send(self, method: str, url: str, body: bytes | None, authorization: str,
-             timeout: tuple[float, float], deadline: float) -> Answer:
+    def send(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        authorization: str,
+        timeout: tuple[float, float],
+        deadline: float,
+    ) -> Answer:
         """One exchange, finished or failed within ``deadline`` seconds."""
         watch = self._watchdog.begin(time.monotonic() + deadline)
         try:
-            response = self.session.request(method, url, data=body, headers={"Authorization": authorization},
-                                            timeout=timeout, allow_redirects=False)
+            response = self.session.request(
+                method, url, data=body, headers={"Authorization": authorization}, timeout=timeout, allow_redirects=False
+            )
             return Answer(response.status_code, response.content, response.headers, response.reason)
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             message, ambiguous, retryable = classify(exc, watch.fired, deadline, self.proxy_display)
@@ -86,6 +99,7 @@ class Transport:
 
 
 # -- the deadline --------------------------------------------------------------------------------
+
 
 class _Watch:
     __slots__ = ("deadline", "sockets", "fired")
@@ -212,6 +226,7 @@ class _Adapter(requests.adapters.HTTPAdapter):
 
 # -- the environment, read once ------------------------------------------------------------------
 
+
 def _ca_bundle() -> str | bool:
     """The CA bundle the environment names (checked now), or True for certifi's."""
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
@@ -220,8 +235,10 @@ def _ca_bundle() -> str | bool:
     try:
         ssl.create_default_context(cafile=bundle)
     except (OSError, ssl.SSLError) as exc:
-        raise UserError(f"cannot load the CA bundle {bundle!r}: {getattr(exc, 'strerror', None) or exc}",
-                        hint="check REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE") from None
+        raise UserError(
+            f"cannot load the CA bundle {bundle!r}: {getattr(exc, 'strerror', None) or exc}",
+            hint="check REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE",
+        ) from None
     return bundle
 
 
@@ -229,8 +246,10 @@ def _client_cert() -> str | tuple[str, str] | None:
     cert = os.environ.get(CLIENT_CERT_ENV) or None
     key = os.environ.get(CLIENT_KEY_ENV) or None
     if key and not cert:
-        raise UserError(f"{CLIENT_KEY_ENV} is set without {CLIENT_CERT_ENV}",
-                        hint=f"set {CLIENT_CERT_ENV} to the client certificate (PEM)")
+        raise UserError(
+            f"{CLIENT_KEY_ENV} is set without {CLIENT_CERT_ENV}",
+            hint=f"set {CLIENT_CERT_ENV} to the client certificate (PEM)",
+        )
     for name, path in ((CLIENT_CERT_ENV, cert), (CLIENT_KEY_ENV, key)):
         if path and not os.path.isfile(path):
             raise UserError(f"{name} names {path!r}, which is not a readable file", hint=f"check {name}")
@@ -252,8 +271,10 @@ def _environ_proxies(base_url: str) -> dict[str, str]:
     if parts.password:
         REDACTOR.add(parts.password)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UserError(f"unsupported proxy for {scheme}:// in the environment ({parts.scheme}://{parts.hostname})",
-                        hint="use an http:// or https:// proxy URL in HTTPS_PROXY / HTTP_PROXY, or unset it")
+        raise UserError(
+            f"unsupported proxy for {scheme}:// in the environment ({parts.scheme}://{parts.hostname})",
+            hint="use an http:// or https:// proxy URL in HTTPS_PROXY / HTTP_PROXY, or unset it",
+        )
     return {scheme: url if "://" in url else f"http://{url}"}
 
 
@@ -264,6 +285,7 @@ def _without_credentials(url: str) -> str:
 
 
 # -- what a failure means ------------------------------------------------------------------------
+
 
 def _chain(exc: BaseException) -> list[BaseException]:
     """The exception, what it wraps (args, ``reason``) and its causes."""

@@ -76,8 +76,13 @@ class FileRefused(Exception):
         self.hint = hint
 
 
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def read_capped(path: str, max_bytes: int) -> bytes:
@@ -93,11 +98,15 @@ def read_capped(path: str, max_bytes: int) -> bytes:
         mode = info.st_mode
         if not stat.S_ISREG(mode):
             kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-            raise FileRefused(f"cannot read file: it is {kind}, not a regular file",
-                              "give a regular file (save the output of a command to a file first)")
+            raise FileRefused(
+                f"cannot read file: it is {kind}, not a regular file",
+                "give a regular file (save the output of a command to a file first)",
+            )
         if info.st_size > max_bytes:
-            raise FileRefused(f"file is {info.st_size} bytes, over the limit of {max_bytes} bytes",
-                              "split the file, or raise the limit with --max-file-bytes")
+            raise FileRefused(
+                f"file is {info.st_size} bytes, over the limit of {max_bytes} bytes",
+                "split the file, or raise the limit with --max-file-bytes",
+            )
         chunks, size = [], 0
         while size <= max_bytes:
             chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
@@ -110,8 +119,9 @@ def read_capped(path: str, max_bytes: int) -> bytes:
     finally:
         os.close(fd)
     if size > max_bytes:
-        raise FileRefused(f"file is over the limit of {max_bytes} bytes",
-                          "split the file, or raise the limit with --max-file-bytes")
+        raise FileRefused(
+            f"file is over the limit of {max_bytes} bytes", "split the file, or raise the limit with --max-file-bytes"
+        )
     return b"".join(chunks)
 
 
@@ -128,14 +138,20 @@ def decode_text(raw: bytes, display: str) -> tuple[str | None, list[Problem]]:
     """Decode bytes as UTF-8 (a BOM is allowed), rejecting binary content with its line."""
     if b"\x00" in raw:
         line = raw[: raw.index(b"\x00")].count(b"\n") + 1
-        return None, [Problem("this is binary data, not text (NUL byte found)", Location(display, line),
-                              "give a YAML text file")]
+        return None, [
+            Problem("this is binary data, not text (NUL byte found)", Location(display, line), "give a YAML text file")
+        ]
     try:
         return raw.decode("utf-8-sig"), []
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        return None, [Problem(f"not UTF-8 text (invalid byte 0x{raw[exc.start]:02x} at offset {exc.start})",
-                              Location(display, line), "save the file as UTF-8")]
+        return None, [
+            Problem(
+                f"not UTF-8 text (invalid byte 0x{raw[exc.start]:02x} at offset {exc.start})",
+                Location(display, line),
+                "save the file as UTF-8",
+            )
+        ]
 
 
 def load_yaml(text: str, display: str, max_alias_nodes: int = DEFAULT_MAX_ALIAS_NODES) -> Loaded:
@@ -208,8 +224,11 @@ def _build(loader: _PositionLoader, node: yaml.Node, built: dict[int, Any]) -> A
         value.item_lines = [child.start_mark.line + 1 for child in node.value]
         built[key] = value
         value.extend(_build(loader, child, built) for child in node.value)
-    elif isinstance(node, yaml.MappingNode) and node.tag == _MAP_TAG and not any(
-            k.tag == _MERGE_TAG for k, _ in node.value):
+    elif (
+        isinstance(node, yaml.MappingNode)
+        and node.tag == _MAP_TAG
+        and not any(k.tag == _MERGE_TAG for k, _ in node.value)
+    ):
         value = YDict()
         value.line = node.start_mark.line + 1
         value.key_lines = {}
@@ -245,9 +264,13 @@ def _fill_mapping(loader: _PositionLoader, node: yaml.MappingNode, data: YDict, 
             loader.problems.append(Problem("a mapping key must be a plain value", Location(loader.display, line)))
             continue
         if key in data:
-            loader.problems.append(Problem(
-                f"duplicate key {key!r} (first defined on line {data.key_lines[key]})",
-                Location(loader.display, line), "remove one of them: YAML keeps only the last"))
+            loader.problems.append(
+                Problem(
+                    f"duplicate key {key!r} (first defined on line {data.key_lines[key]})",
+                    Location(loader.display, line),
+                    "remove one of them: YAML keeps only the last",
+                )
+            )
         else:
             data.key_lines[key] = line
         data[key] = _build(loader, value_node, built)
@@ -271,9 +294,13 @@ def _construct_mapping(loader: _PositionLoader, node: yaml.MappingNode) -> Itera
             loader.problems.append(Problem("a mapping key must be a plain value", Location(loader.display, line)))
             continue
         if not duplicates_checked and key in data:
-            loader.problems.append(Problem(
-                f"duplicate key {key!r} (first defined on line {data.key_lines[key]})",
-                Location(loader.display, line), "remove one of them: YAML keeps only the last"))
+            loader.problems.append(
+                Problem(
+                    f"duplicate key {key!r} (first defined on line {data.key_lines[key]})",
+                    Location(loader.display, line),
+                    "remove one of them: YAML keeps only the last",
+                )
+            )
         data[key] = loader.construct_object(value_node, deep=False)
         if duplicates_checked or key not in data.key_lines:
             data.key_lines[key] = line
@@ -288,9 +315,13 @@ def _check_duplicates(loader: _PositionLoader, node: yaml.MappingNode) -> None:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         if _hashable(key) and key in own_keys:
-            loader.problems.append(Problem(
-                f"duplicate key {key!r} (first defined on line {own_keys[key]})",
-                Location(loader.display, line), "remove one of them: YAML keeps only the last"))
+            loader.problems.append(
+                Problem(
+                    f"duplicate key {key!r} (first defined on line {own_keys[key]})",
+                    Location(loader.display, line),
+                    "remove one of them: YAML keeps only the last",
+                )
+            )
         elif _hashable(key):
             own_keys[key] = line
 
@@ -344,16 +375,24 @@ def _check_nodes(root: yaml.Node, display: str, max_alias_nodes: int) -> list[Pr
     try:
         expanded = size(root)
     except _Recursive as exc:
-        return [Problem("recursive YAML alias", Location(display, exc.node.start_mark.line + 1),
-                        "an anchor may not refer to itself")]
+        return [
+            Problem(
+                "recursive YAML alias",
+                Location(display, exc.node.start_mark.line + 1),
+                "an anchor may not refer to itself",
+            )
+        ]
     except RecursionError:
         return [Problem("YAML nesting is too deep", Location(display))]
     if expanded - len(sizes) > max_alias_nodes:
         limit = f"limit: {max_alias_nodes} added by aliases"
-        problems.append(Problem(
-            f"YAML aliases expand to {expanded} nodes from {len(sizes)} ({limit})",
-            Location(display, root.start_mark.line + 1),
-            "this looks like an alias bomb; write the data out instead of nesting aliases"))
+        problems.append(
+            Problem(
+                f"YAML aliases expand to {expanded} nodes from {len(sizes)} ({limit})",
+                Location(display, root.start_mark.line + 1),
+                "this looks like an alias bomb; write the data out instead of nesting aliases",
+            )
+        )
     return problems
 
 
@@ -368,11 +407,16 @@ def _curly_problem(node: yaml.ScalarNode, display: str) -> Problem | None:
     if not any(q in value for q in CURLY_QUOTES):
         return None
     line = node.start_mark.line + 1
-    hint = "replace curly quotes (\u201c \u201d \u2018 \u2019) with straight ones (\" or '); " \
-           "they often come from pasting from a web page"
+    hint = (
+        "replace curly quotes (\u201c \u201d \u2018 \u2019) with straight ones (\" or '); "
+        "they often come from pasting from a web page"
+    )
     if not node.style and value[0] in CURLY_QUOTES and value[-1] in CURLY_QUOTES:  # plain (None or "")
-        return Problem(f"value {_short(value)} is wrapped in curly quotes, which YAML does not treat as quotes",
-                       Location(display, line), hint)
+        return Problem(
+            f"value {_short(value)} is wrapped in curly quotes, which YAML does not treat as quotes",
+            Location(display, line),
+            hint,
+        )
     return None  # a curly quote inside {{ }} is reported by rendering, with the instance and key
 
 

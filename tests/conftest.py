@@ -31,11 +31,19 @@ class Cli:
     cwd: Path
     env: dict
 
-    def run(self, *args: str, env: dict | None = None, input: str | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, env: dict | None = None, input: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
         full_env = {**self.env, **(env or {})}
-        return subprocess.run([sys.executable, "-m", "provisioner", *map(str, args)], cwd=self.cwd,
-                              env=full_env, input=input, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "provisioner", *map(str, args)],
+            cwd=self.cwd,
+            env=full_env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def json(self, *args: str, env: dict | None = None) -> tuple[int, dict]:
         proc = self.run(*args, "--output", "json", env=env)
@@ -43,7 +51,8 @@ class Cli:
             return proc.returncode, json.loads(proc.stdout)
         except json.JSONDecodeError:
             raise AssertionError(
-                f"stdout is not JSON (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from None
+                f"stdout is not JSON (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            ) from None
 
 
 @pytest.fixture
@@ -70,8 +79,12 @@ def base_env() -> dict:
 def cli(emulator, tmp_path) -> Cli:
     work = tmp_path / "work"
     work.mkdir()
-    env = {**base_env(), "CE_API_URL": emulator.url, "CE_USER_SECRET": USER_SECRET,
-           "CE_ORGANIZATION_SECRET": ORG_SECRET}
+    env = {
+        **base_env(),
+        "CE_API_URL": emulator.url,
+        "CE_USER_SECRET": USER_SECRET,
+        "CE_ORGANIZATION_SECRET": ORG_SECRET,
+    }
     return Cli(work, env)
 
 

@@ -70,7 +70,7 @@ def read_github_output(path: Path) -> dict[str, str]:
         if "<<" in line and "=" not in line.split("<<")[0]:
             key, delimiter = line.split("<<", 1)
             end = lines.index(delimiter, i + 1)
-            outputs[key] = "\n".join(lines[i + 1:end])
+            outputs[key] = "\n".join(lines[i + 1 : end])
             i = end + 1
             continue
         key, _, value = line.partition("=")
@@ -80,15 +80,23 @@ def read_github_output(path: Path) -> dict[str, str]:
 
 
 def run_shell(script: str, env: dict, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-e", "-c", script], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ["bash", "-e", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 class GitHubRunner:
     """One job's steps, in order; ``uses: OWNER/REPO@v...`` runs this repository's action.yml."""
 
-    def __init__(self, env: dict, workdir: Path, temp: Path, secrets: dict,
-                 skip: Callable[[dict], bool] = lambda step: False, event: str = "push"):
+    def __init__(
+        self,
+        env: dict,
+        workdir: Path,
+        temp: Path,
+        secrets: dict,
+        skip: Callable[[dict], bool] = lambda step: False,
+        event: str = "push",
+    ):
         self.env, self.workdir, self.temp, self.secrets, self.skip = env, workdir, temp, secrets, skip
         self.event = event
         self.logs: list[subprocess.CompletedProcess] = []
@@ -98,9 +106,15 @@ class GitHubRunner:
         self.last_outputs: dict[str, str] = {}
 
     def context(self, workflow_env: dict, steps: dict, inputs: dict | None = None) -> dict:
-        return {"env": workflow_env, "secrets": self.secrets, "runner": {"temp": str(self.temp)},
-                "steps": steps, "inputs": inputs or {}, "needs": self.needs,
-                "github": {"action_path": str(REPO), "event_name": self.event}}
+        return {
+            "env": workflow_env,
+            "secrets": self.secrets,
+            "runner": {"temp": str(self.temp)},
+            "steps": steps,
+            "inputs": inputs or {},
+            "needs": self.needs,
+            "github": {"action_path": str(REPO), "event_name": self.event},
+        }
 
     def should_run(self, workflow: dict, job: str) -> bool:
         """The job's ``if:`` for this runner's event and the outputs of the jobs run before."""
@@ -122,8 +136,11 @@ class GitHubRunner:
                 continue
             if uses.startswith("actions/"):
                 continue
-            outputs = (self.run_action(step, ctx, workflow_env) if ACTION_REF.match(uses)
-                       else self.run_step(step, ctx, workflow_env))
+            outputs = (
+                self.run_action(step, ctx, workflow_env)
+                if ACTION_REF.match(uses)
+                else self.run_step(step, ctx, workflow_env)
+            )
             if step.get("id"):
                 steps[step["id"]] = {"outputs": outputs}
         final = self.context(workflow_env, steps)
@@ -151,9 +168,15 @@ class GitHubRunner:
     def run_step(self, step: dict, ctx: dict, extra_env: dict, workdir: Path | None = None) -> dict:
         output_file = self.temp / f"github_output_{len(self.logs)}"
         output_file.write_text("")
-        env = {**self.env, **extra_env, **{k: str(expand(v, ctx)) for k, v in (step.get("env") or {}).items()},
-               "GITHUB_OUTPUT": str(output_file), "GITHUB_STEP_SUMMARY": str(self.summary),
-               "RUNNER_TEMP": str(self.temp), "GITHUB_ACTION_PATH": str(REPO)}
+        env = {
+            **self.env,
+            **extra_env,
+            **{k: str(expand(v, ctx)) for k, v in (step.get("env") or {}).items()},
+            "GITHUB_OUTPUT": str(output_file),
+            "GITHUB_STEP_SUMMARY": str(self.summary),
+            "RUNNER_TEMP": str(self.temp),
+            "GITHUB_ACTION_PATH": str(REPO),
+        }
         cwd = workdir or self.workdir
         if step.get("working-directory"):
             cwd = cwd / expand(step["working-directory"], ctx)
@@ -252,8 +275,9 @@ def gitlab_job_script(job: dict, skip: Callable[[str], bool] = lambda line: Fals
 def gitlab_variables(config: dict, job: dict, env: dict) -> dict:
     variables = {**env}
     for key, value in {**(config.get("variables") or {}), **(job.get("variables") or {})}.items():
-        variables[key] = re.sub(r"\$(\w+)|\$\{(\w+)\}", lambda m: variables.get(m.group(1) or m.group(2), ""),
-                                str(value))
+        variables[key] = re.sub(
+            r"\$(\w+)|\$\{(\w+)\}", lambda m: variables.get(m.group(1) or m.group(2), ""), str(value)
+        )
     return variables
 
 
@@ -272,8 +296,11 @@ def rule_when(job: dict, variables: dict) -> str | None:
     for rule in job.get("rules") or [{}]:
         clauses = [_CLAUSE.match(part.strip()) for part in str(rule.get("if", "")).split("&&")] if "if" in rule else []
         assert all(clauses), f"unsupported rule {rule!r}"
-        held = all((_operand(c.group(1), variables) == _operand(c.group(3), variables)) == (c.group(2) == "==")
-                   for c in clauses if c)
+        held = all(
+            (_operand(c.group(1), variables) == _operand(c.group(3), variables)) == (c.group(2) == "==")
+            for c in clauses
+            if c
+        )
         if held:
             return rule.get("when", "on_success")
     return None
@@ -284,8 +311,14 @@ class GitLabRunner:
     (``artifacts: paths``) of its ``needs`` (or of every job run before it) copied in first, as GitLab's
     runner does."""
 
-    def __init__(self, config: dict, env: dict, root: Path, checkout: Callable[[Path], None],
-                 skip: Callable[[str], bool] = lambda line: False):
+    def __init__(
+        self,
+        config: dict,
+        env: dict,
+        root: Path,
+        checkout: Callable[[Path], None],
+        skip: Callable[[str], bool] = lambda line: False,
+    ):
         self.config, self.env, self.root, self.checkout, self.skip = config, env, root, checkout, skip
         self.artifacts: dict[str, Path] = {}
         self.runs = 0
@@ -293,8 +326,11 @@ class GitLabRunner:
     def jobs(self, variables: dict) -> dict[str, str]:
         """The pipeline's jobs for these variables (``CI_PIPELINE_SOURCE`` ...), in stage order, with their
         ``when``."""
-        jobs = {name: job for name, job in self.config.items()
-                if isinstance(job, dict) and "script" in job and not name.startswith(".")}
+        jobs = {
+            name: job
+            for name, job in self.config.items()
+            if isinstance(job, dict) and "script" in job and not name.startswith(".")
+        }
         stages = self.config.get("stages", [])
         ordered = sorted(jobs, key=lambda n: stages.index(jobs[n].get("stage", "test")))
         chosen = {name: rule_when(jobs[name], {**self.env, **variables}) for name in ordered}

@@ -68,8 +68,9 @@ class Run:
         try:
             return json.loads(self.stdout)
         except json.JSONDecodeError:
-            raise AssertionError(f"stdout is not JSON (exit {self.returncode}):\n{self.stdout[-2000:]}\n"
-                                 f"{self.stderr[-4000:]}") from None
+            raise AssertionError(
+                f"stdout is not JSON (exit {self.returncode}):\n{self.stdout[-2000:]}\n{self.stderr[-4000:]}"
+            ) from None
 
 
 @dataclass
@@ -132,9 +133,15 @@ class Harness:
 
     def env(self, extra: dict | None = None) -> dict:
         assert self.emulator is not None
-        return {**base_env(), "CE_API_URL": self.emulator.url, "CE_USER_SECRET": self.user_secret,
-                "CE_ORGANIZATION_SECRET": self.org_secret, "CANARY_PW": self.pw_canary,
-                "TMPDIR": str(self.tmp), **(extra or {})}
+        return {
+            **base_env(),
+            "CE_API_URL": self.emulator.url,
+            "CE_USER_SECRET": self.user_secret,
+            "CE_ORGANIZATION_SECRET": self.org_secret,
+            "CANARY_PW": self.pw_canary,
+            "TMPDIR": str(self.tmp),
+            **(extra or {}),
+        }
 
     def argv(self, command: str, *args: str) -> list[str]:
         extra = ["--inputs", "items.yaml"] if command in ("apply", "plan", "output", "destroy") else []
@@ -143,21 +150,31 @@ class Harness:
     def run(self, command: str, *args: str, env: dict | None = None, timeout: float = 600) -> Run:
         argv = self.argv(command, *args)
         started = time.monotonic()
-        proc = subprocess.run(argv, cwd=self.work, env=self.env(env), capture_output=True, text=True,
-                              timeout=timeout)
-        run = Run(tuple(argv[3:]), proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started,
-                  tokens_allowed_on_stdout=command == "output")
+        proc = subprocess.run(argv, cwd=self.work, env=self.env(env), capture_output=True, text=True, timeout=timeout)
+        run = Run(
+            tuple(argv[3:]),
+            proc.returncode,
+            proc.stdout,
+            proc.stderr,
+            time.monotonic() - started,
+            tokens_allowed_on_stdout=command == "output",
+        )
         self.runs.append(run)
         return run
 
     def popen(self, command: str, *args: str, env: dict | None = None) -> subprocess.Popen:
-        proc = subprocess.Popen(self.argv(command, *args), cwd=self.work, env=self.env(env), text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            self.argv(command, *args),
+            cwd=self.work,
+            env=self.env(env),
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         self.procs.append(proc)
         return proc
 
-    def record(self, proc: subprocess.Popen, args: tuple[str, ...], seconds: float,
-               timeout: float = 60) -> Run:
+    def record(self, proc: subprocess.Popen, args: tuple[str, ...], seconds: float, timeout: float = 60) -> Run:
         stdout, stderr = proc.communicate(timeout=timeout)
         run = Run(args, proc.returncode, stdout, stderr, seconds)
         self.runs.append(run)
@@ -187,7 +204,8 @@ class Harness:
         duplicates = {n: c for n, c in counts.items() if c > 1}
         assert not duplicates, f"duplicates: {sorted(duplicates.items())[:10]} ({len(duplicates)} names)"
         assert sorted(counts) == sorted(expected), (
-            f"missing {sorted(set(expected) - set(counts))[:10]}, extra {sorted(set(counts) - set(expected))[:10]}")
+            f"missing {sorted(set(expected) - set(counts))[:10]}, extra {sorted(set(counts) - set(expected))[:10]}"
+        )
         marker = f"provisioner:stack={self.stack}"
         by_name = {r["name"]: r for r in rows}
         for name, row in by_name.items():
@@ -252,6 +270,7 @@ def fault_config(mode: str, rate: float, seed: int) -> FaultConfig:
     """One fault mode (or "mixed": every mode at ``rate``) with settings that keep runs short."""
     common = {"retry_after": 0.1, "slow_ms": 1500, "seed": seed}
     if mode == "mixed":
-        return FaultConfig(error_rate=rate, throttle_rate=rate, reset_rate=rate, lost_rate=rate,
-                           slow_rate=rate, **common)
+        return FaultConfig(
+            error_rate=rate, throttle_rate=rate, reset_rate=rate, lost_rate=rate, slow_rate=rate, **common
+        )
     return FaultConfig(**{f"{mode}_rate": rate}, **common)

@@ -28,8 +28,12 @@ class Api:
 
     def put_changed(self, row: dict, **configuration) -> None:
         """PUT the instance back with some configuration changed and its tags as they are."""
-        body = {"name": row["name"], "element": {"key": row["element"]}, "tags": row["tags"],
-                "configuration": {**row["configuration"], **configuration}}
+        body = {
+            "name": row["name"],
+            "element": {"key": row["element"]},
+            "tags": row["tags"],
+            "configuration": {**row["configuration"], **configuration},
+        }
         self("PUT", f"/instances/{row['id']}", json=body)
 
 

@@ -82,10 +82,10 @@ class Received:
     method: str
     path: str
     query: dict[str, list[str]]
-    headers: dict[str, str]   # lower-case names
+    headers: dict[str, str]  # lower-case names
     body: bytes
-    time: float               # time.monotonic() at arrival
-    target: str = ""          # the request target as sent (an absolute URI through a forward proxy)
+    time: float  # time.monotonic() at arrival
+    target: str = ""  # the request target as sent (an absolute URI through a forward proxy)
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -105,8 +105,9 @@ class ScriptedServer:
         self.scheme = "https" if tls else "http"
         if tls is not None:
             self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="scripted-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="scripted-server", daemon=True
+        )
         self._thread.start()
 
     @property
@@ -163,7 +164,7 @@ class ScriptedServer:
 
 
 class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = False   # joined by server_close()
+    daemon_threads = False  # joined by server_close()
     block_on_close = True
 
     def __init__(self, address: tuple[str, int], handler: type, owner: ScriptedServer):
@@ -198,9 +199,16 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         url = urlsplit(self.path)
-        path = url.path[len(BASE_PATH):] if url.path.startswith(BASE_PATH) else url.path
-        received = Received(self.command, path, parse_qs(url.query, keep_blank_values=True),
-                            {k.lower(): v for k, v in self.headers.items()}, body, time.monotonic(), self.path)
+        path = url.path[len(BASE_PATH) :] if url.path.startswith(BASE_PATH) else url.path
+        received = Received(
+            self.command,
+            path,
+            parse_qs(url.query, keep_blank_values=True),
+            {k.lower(): v for k, v in self.headers.items()},
+            body,
+            time.monotonic(),
+            self.path,
+        )
         step = self.server.owner._next_step(received)
         if isinstance(step, Reply):
             self._reply(step)
@@ -244,7 +252,7 @@ class _Handler(BaseHTTPRequestHandler):
             if self.server.owner.closing.wait(step.interval):
                 return
             try:
-                self.wfile.write(data[i:i + 1])
+                self.wfile.write(data[i : i + 1])
                 self.wfile.flush()
             except OSError:
                 return
@@ -314,8 +322,10 @@ class TunnelProxy:
             headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
             self.connects.append((f"{method} {authority}", {k.lower(): v for k, v in headers.items()}))
             if self._refuse:
-                client.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
-                               b"Proxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n\r\n")
+                client.sendall(
+                    b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                    b'Proxy-Authenticate: Basic realm="test"\r\nContent-Length: 0\r\n\r\n'
+                )
                 return
             host, port = authority.rsplit(":", 1)
             try:

@@ -73,9 +73,12 @@ def mismatches(proc, expected: dict) -> list[str]:
 
 
 def report(case: str, command: str, proc, expected: dict, problems: list[str]) -> str:
-    return (f"\ncase {case} ({command}):\n  " + "\n  ".join(problems)
-            + f"\n--- expected ---\n{yaml.safe_dump(expected, allow_unicode=True, sort_keys=False)}"
-            + f"--- actual: exit {proc.returncode} ---\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return (
+        f"\ncase {case} ({command}):\n  "
+        + "\n  ".join(problems)
+        + f"\n--- expected ---\n{yaml.safe_dump(expected, allow_unicode=True, sort_keys=False)}"
+        + f"--- actual: exit {proc.returncode} ---\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    )
 
 
 def test_corpus_is_complete():
@@ -108,8 +111,13 @@ def test_every_problem_of_a_file_is_reported_in_one_run(cli, db, tmp_path):
     lines = error_lines(proc.stderr)
     assert len(lines) == 5, proc.stderr
     located = [line.split(" ", 2)[1] for line in lines]
-    assert located == ["manifest.yaml:6", "manifest.yaml:10", "manifest.yaml:17", "manifest.yaml:19",
-                       "manifest.yaml:20"], proc.stderr
+    assert located == [
+        "manifest.yaml:6",
+        "manifest.yaml:10",
+        "manifest.yaml:17",
+        "manifest.yaml:19",
+        "manifest.yaml:20",
+    ], proc.stderr
     assert "5 problems found" in proc.stderr
 
 
@@ -127,10 +135,13 @@ def test_json_output_lists_every_problem_with_its_location(command, cli, db, tmp
         assert p["file"] == "manifest.yaml" and isinstance(p["line"], int) and p["severity"] == "error"
     assert [p["line"] for p in problems] == [6, 10, 17, 19, 20]
     unknown = next(p for p in problems if p["line"] == 10)
-    assert unknown == {**unknown, "instance": "helpdesk",
-                       "path": "configuration.helpdesk.connectwise.compnay",
-                       "message": "unknown key 'helpdesk.connectwise.compnay'",
-                       "hint": "did you mean 'helpdesk.connectwise.company'?"}
+    assert unknown == {
+        **unknown,
+        "instance": "helpdesk",
+        "path": "configuration.helpdesk.connectwise.compnay",
+        "message": "unknown key 'helpdesk.connectwise.compnay'",
+        "hint": "did you mean 'helpdesk.connectwise.company'?",
+    }
     element = next(p for p in problems if p["line"] == 19)
     assert element["instance"] == "other" and element["path"] == "element"
     assert element["message"] == "unknown element 'salesforce'"

@@ -35,9 +35,13 @@ def test_convergence_counts_duplicates_missing_and_extra():
 
 
 def test_throttled_after_the_first_second_reads_the_request_log():
-    log = [{"ts": "2024-06-11T10:00:00.100Z", "status": 429}, {"ts": "2024-06-11T10:00:00.900Z", "status": 429},
-           {"ts": "2024-06-11T10:00:01.100Z", "status": 200}, {"ts": "2024-06-11T10:00:01.500Z", "status": 429},
-           {"ts": "2024-06-11T10:00:02.000Z", "status": 200}]
+    log = [
+        {"ts": "2024-06-11T10:00:00.100Z", "status": 429},
+        {"ts": "2024-06-11T10:00:00.900Z", "status": 429},
+        {"ts": "2024-06-11T10:00:01.100Z", "status": 200},
+        {"ts": "2024-06-11T10:00:01.500Z", "status": 429},
+        {"ts": "2024-06-11T10:00:02.000Z", "status": 200},
+    ]
     assert scenarios.throttled_after(log) == (1, 3)
     assert scenarios.throttled_after([]) == (0, 0)
 
@@ -48,9 +52,17 @@ def _measured(seconds: float, exit_code: int = 0, n: int = 10, throttled=(0, 0))
 
 
 def test_targets_of_the_issue():
-    rows = scenarios.build(["latency100", "faults", "ratelimit"], latency100_sizes=[1000], parallelism=16,
-                           fault_n=10, fault_latency_ms=20, seed=1, ratelimit_n=10, ratelimit_rps=100,
-                           ratelimit_burst=0)
+    rows = scenarios.build(
+        ["latency100", "faults", "ratelimit"],
+        latency100_sizes=[1000],
+        parallelism=16,
+        fault_n=10,
+        fault_latency_ms=20,
+        seed=1,
+        ratelimit_n=10,
+        ratelimit_rps=100,
+        ratelimit_burst=0,
+    )
     by_label = {sc.label: sc for sc in rows}
     assert [sc.row for sc in rows] == ["latency100"] + ["faults"] * 6 + ["ratelimit"]
     assert rows[1].reference and by_label["30% 5xx"].faults == "error=0.3,methods=POST,seed=1"

@@ -32,14 +32,15 @@ def _shim_env(cli, tmp_path: Path) -> dict:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     shim = bin_dir / "provisioner"
-    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m provisioner \"$@\"\n")
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m provisioner "$@"\n')
     shim.chmod(0o755)
     return {**cli.env, "PATH": f"{bin_dir}{os.pathsep}{cli.env['PATH']}", "CW_PASSWORD": CANARY}
 
 
 def _runner(cli, tmp_path: Path) -> GitHubRunner:
-    return GitHubRunner(_shim_env(cli, tmp_path), cli.cwd, tmp_path, {},
-                        skip=lambda step: "pip install" in step.get("run", ""))
+    return GitHubRunner(
+        _shim_env(cli, tmp_path), cli.cwd, tmp_path, {}, skip=lambda step: "pip install" in step.get("run", "")
+    )
 
 
 def _action(runner: GitHubRunner, **given: str) -> dict:
@@ -122,7 +123,10 @@ def test_action_output_command_writes_the_file_and_prints_no_token(cli, db, tmp_
 
 
 def test_action_passes_inputs_files_and_args_and_fails_on_errors(cli, db, tmp_path):
-    write(cli.cwd, "m.yaml", """
+    write(
+        cli.cwd,
+        "m.yaml",
+        """
         apiVersion: provisioner/v1
         stack: tests
         inputs: {company: none}
@@ -134,7 +138,8 @@ def test_action_passes_inputs_files_and_args_and_fails_on_errors(cli, db, tmp_pa
               helpdesk.connectwise.password: p
               helpdesk.connectwise.server.url: api-na.myconnectwise.net
               helpdesk.connectwise.company: "{{ inputs.company }}"
-    """)
+    """,
+    )
     write(cli.cwd, "a.yaml", "company: acme\n")
     write(cli.cwd, "b.yaml", "tier: gold\n")
     runner = _runner(cli, tmp_path)
@@ -215,7 +220,10 @@ def test_gitlab_template_defines_the_hidden_jobs_with_a_pinned_install():
 
 
 def test_gitlab_template_jobs_run_against_the_emulator(cli, db, tmp_path):
-    pipeline = write(tmp_path, "pipeline.yml", f"""
+    pipeline = write(
+        tmp_path,
+        "pipeline.yml",
+        f"""
         include:
           - project: OWNER/REPO
             ref: v{__version__}
@@ -225,15 +233,19 @@ def test_gitlab_template_jobs_run_against_the_emulator(cli, db, tmp_path):
         validate: {{extends: .provisioner-validate}}
         plan: {{extends: .provisioner-plan}}
         apply: {{extends: .provisioner-apply}}
-    """)
+    """,
+    )
     write(cli.cwd, "none.yaml", "unused: true\n")
     _manifest(cli)
     config = gitlab_config(pipeline)
     env = {**_shim_env(cli, tmp_path), "CI_PROJECT_DIR": str(cli.cwd)}
     codes, logs = {}, ""
     for job in ("validate", "plan", "apply", "plan"):
-        proc = run_shell(gitlab_job_script(config[job], skip=lambda line: "pip install" in line),
-                         gitlab_variables(config, config[job], env), cli.cwd)
+        proc = run_shell(
+            gitlab_job_script(config[job], skip=lambda line: "pip install" in line),
+            gitlab_variables(config, config[job], env),
+            cli.cwd,
+        )
         codes.setdefault(job, []).append(proc.returncode)
         logs += proc.stdout + proc.stderr
     assert codes == {"validate": [0], "plan": [2, 0], "apply": [0]}
@@ -247,8 +259,12 @@ def test_gitlab_template_jobs_run_against_the_emulator(cli, db, tmp_path):
 
 # ------------------------------------------------------------------------------------- pre-commit
 def test_pre_commit_hook_definition_is_valid_for_pre_commit():
-    proc = subprocess.run([sys.executable, "-m", "pre_commit", "validate-manifest", str(HOOKS)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pre_commit", "validate-manifest", str(HOOKS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     hooks = yaml.safe_load(HOOKS.read_text())
     assert [h["id"] for h in hooks] == ["provisioner-validate"]
@@ -267,11 +283,17 @@ def test_pre_commit_hook_entry_validates_every_file_it_is_given(cli, tmp_path):
     bad = write(cli.cwd, "deploy/manifest.yaml", manifest_text().replace("connectwisehd", "nosuchelement", 1))
     entry = yaml.safe_load(HOOKS.read_text())[0]["entry"]
     env = _shim_env(cli, tmp_path)
-    ok = subprocess.run([*entry.split(), str(good.relative_to(cli.cwd))], cwd=cli.cwd, env=env,
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [*entry.split(), str(good.relative_to(cli.cwd))], cwd=cli.cwd, env=env, capture_output=True, text=True
+    )
     assert ok.returncode == 0 and "provisioner.yaml: valid (2 instances)" in ok.stdout
-    both = subprocess.run([*entry.split(), "deploy/manifest.yaml", "provisioner.yaml"], cwd=cli.cwd, env=env,
-                          capture_output=True, text=True)
+    both = subprocess.run(
+        [*entry.split(), "deploy/manifest.yaml", "provisioner.yaml"],
+        cwd=cli.cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert both.returncode == 1
     assert "provisioner.yaml: valid (2 instances)" in both.stdout
     assert "deploy/manifest.yaml:" in both.stderr and "nosuchelement" in both.stderr

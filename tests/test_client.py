@@ -38,8 +38,16 @@ from provisioner.transport import classify
 
 USER = "user-secret-7Hq2ZpX9"
 ORG = "org-secret-Lm4Kd81Q"
-FAST = ClientSettings(connect_timeout=0.5, read_timeout=0.5, max_attempts=5, max_retry_time=5.0,
-                      backoff_base=0.01, backoff_cap=0.05, parallelism=4, page_size=2)
+FAST = ClientSettings(
+    connect_timeout=0.5,
+    read_timeout=0.5,
+    max_attempts=5,
+    max_retry_time=5.0,
+    backoff_base=0.01,
+    backoff_cap=0.05,
+    parallelism=4,
+    page_size=2,
+)
 OK = Reply(200, body={"id": 7, "name": "crm"})
 
 
@@ -54,8 +62,7 @@ def lines():
     return []
 
 
-def make_client(base_url: str, lines: list[str] | None = None, settings: ClientSettings = FAST,
-                **kwargs) -> Client:
+def make_client(base_url: str, lines: list[str] | None = None, settings: ClientSettings = FAST, **kwargs) -> Client:
     trace = lines.append if lines is not None else None
     return Client(base_url, Secret(USER), Secret(ORG), settings, trace=trace, **kwargs)
 
@@ -71,6 +78,7 @@ def methods(server: ScriptedServer) -> list[str]:
 
 
 # -- retries --------------------------------------------------------------------------------
+
 
 def test_get_retries_503_then_succeeds(server, client, lines):
     server.add(Reply(503), Reply(503), OK)
@@ -156,8 +164,7 @@ def test_retry_time_budget_respected(server, lines):
     assert "retry time budget" in lines[-1]
 
 
-@pytest.mark.parametrize("status, error",
-                         [(400, BadRequest), (404, NotFound), (409, Conflict), (422, ApiError)])
+@pytest.mark.parametrize("status, error", [(400, BadRequest), (404, NotFound), (409, Conflict), (422, ApiError)])
 def test_no_retry_on_other_4xx(server, client, status, error):
     server.add(Reply(status, body={"message": "no", "requestId": "abc123"}))
     with pytest.raises(error) as info:
@@ -174,14 +181,16 @@ def test_401_is_unauthorized_with_request_id_and_message(server, client):
     assert info.value.status == 401
     assert info.value.request_id == "5f1e0c"
     assert info.value.message == "Invalid Organization or User secret"
-    assert str(info.value) == ("GET /instances/7: HTTP 401: Invalid Organization or User secret "
-                               "(requestId 5f1e0c)")
+    assert str(info.value) == ("GET /instances/7: HTTP 401: Invalid Organization or User secret (requestId 5f1e0c)")
 
 
 def test_error_message_details(server, client):
     forbidden = {"message": "Forbidden", "providerMessage": "nope"}
-    server.add(Reply(403, {"elements-request-id": "hdr-1"}, forbidden),
-               Reply(400, body="x" * 1000), Reply(400, body={"message": "y" * 1000 + "\x1b[2J\r\nforged"}))
+    server.add(
+        Reply(403, {"elements-request-id": "hdr-1"}, forbidden),
+        Reply(400, body="x" * 1000),
+        Reply(400, body={"message": "y" * 1000 + "\x1b[2J\r\nforged"}),
+    )
     with pytest.raises(Unauthorized) as info:
         client.get_instance(1)
     assert info.value.message == "Forbidden (provider: nope)" and info.value.request_id == "hdr-1"
@@ -195,6 +204,7 @@ def test_error_message_details(server, client):
 
 
 # -- creates --------------------------------------------------------------------------------
+
 
 def test_post_500_is_ambiguous_after_one_request(server, client, lines):
     server.add(Reply(500, body={"message": "boom"}))
@@ -254,6 +264,7 @@ def test_post_to_closed_port_is_retried_then_unambiguous(lines):
 
 # -- deletes --------------------------------------------------------------------------------
 
+
 def test_delete(server, client):
     server.add(Reply(200), Reply(404, body={"message": "No instance found with id 7"}))
     assert client.delete_instance(7) is True
@@ -269,10 +280,13 @@ def test_delete_lost_answer_then_404_counts_as_deleted(server, client):
 
 # -- listing --------------------------------------------------------------------------------
 
+
 def test_list_pages_with_tags(server, client, lines):
-    server.add(Reply(200, {"elements-next-page-token": "tok-A"}, [{"id": 1}, {"id": 2}]),
-               Reply(200, {"elements-next-page-token": "tok-B"}, [{"id": 3}, {"id": 4}]),
-               Reply(200, {"elements-next-page-token": ""}, [{"id": 5}]))
+    server.add(
+        Reply(200, {"elements-next-page-token": "tok-A"}, [{"id": 1}, {"id": 2}]),
+        Reply(200, {"elements-next-page-token": "tok-B"}, [{"id": 3}, {"id": 4}]),
+        Reply(200, {"elements-next-page-token": ""}, [{"id": 5}]),
+    )
     assert [i["id"] for i in client.list_instances(["owner:me", "env:prod"])] == [1, 2, 3, 4, 5]
     got = server.requests
     assert [r.path for r in got] == ["/instances"] * 3
@@ -310,6 +324,7 @@ def test_list_non_list_answer_is_an_error(server, client):
 
 
 # -- interruption ---------------------------------------------------------------------------
+
 
 def test_stop_flag_set_before_call(server, lines):
     stop = StopFlag()
@@ -349,6 +364,7 @@ def test_stop_flag_cuts_rate_budget_pause_short(server, lines):
 
 # -- wire format and secrets ----------------------------------------------------------------
 
+
 def test_headers_and_revealed_body_on_the_wire(server, client):
     server.add(Reply(200, body={"id": 1, "token": "tk-1"}))
     client.create_instance({"name": "crm", "configuration": {"password": Secret("pw-Zx81-very-secret")}})
@@ -362,9 +378,12 @@ def test_headers_and_revealed_body_on_the_wire(server, client):
 
 def test_secrets_absent_from_traces_and_errors(server, client, lines):
     echo = f"bad header User {USER}, Organization {ORG}; token tok-Qw3rtyUi0p"
-    server.add(Reply(200, body={"id": 3, "token": "tok-Qw3rtyUi0p"}),
-               Reply(401, body={"message": echo}),
-               Reply(500, body=echo), Reply(500, body=echo))
+    server.add(
+        Reply(200, body={"id": 3, "token": "tok-Qw3rtyUi0p"}),
+        Reply(401, body={"message": echo}),
+        Reply(500, body=echo),
+        Reply(500, body=echo),
+    )
     client.get_instance(3)  # registers the instance token with the redactor
     with pytest.raises(Unauthorized) as unauthorized:
         client.get_instance(3)
@@ -388,17 +407,23 @@ def test_body_secret_revealed_only_on_the_wire(server, client, lines):
 
 # -- statistics and misc --------------------------------------------------------------------
 
+
 def test_stats_counts(server, lines):
     stats = RequestStats()
-    server.add(Reply(503), OK, Reply(200, body={"id": 2, "token": "t2"}), Reply(200, body={"id": 3, "token": "t3"}),
-               Reply(404))
+    server.add(
+        Reply(503), OK, Reply(200, body={"id": 2, "token": "t2"}), Reply(200, body={"id": 3, "token": "t3"}), Reply(404)
+    )
     with make_client(server.base_url, lines, stats=stats) as cli:
         cli.get_instance(1)
         cli.create_instance({"name": "a"})
         cli.create_instance({"name": "b"})
         cli.delete_instance(4)
-    assert stats.as_dict() == {"requests": 5, "retries": 1, "byMethod": {"DELETE": 1, "GET": 2, "POST": 2},
-                               "byStatus": {"200": 3, "404": 1, "503": 1}}
+    assert stats.as_dict() == {
+        "requests": 5,
+        "retries": 1,
+        "byMethod": {"DELETE": 1, "GET": 2, "POST": 2},
+        "byStatus": {"200": 3, "404": 1, "503": 1},
+    }
     assert stats.summary() == "5 requests (DELETE 1, GET 2, POST 2), 1 retry"
     assert RequestStats().summary() == "0 requests, 0 retries"
 
@@ -488,8 +513,7 @@ def test_http_through_a_forward_proxy_with_credentials(server, clean_proxy_env, 
     first = server.requests[0]
     assert first.target == "http://localhost:8080/elements/api-v2/instances/7"
     assert first.headers["host"] == "localhost:8080"
-    assert first.headers["proxy-authorization"] == "Basic " + base64.b64encode(
-        f"ops:{proxy_secret}".encode()).decode()
+    assert first.headers["proxy-authorization"] == "Basic " + base64.b64encode(f"ops:{proxy_secret}".encode()).decode()
     assert len(server.requests) == 3
     assert all(proxy_secret not in line for line in lines)
 

@@ -37,8 +37,7 @@ def test_members_are_the_documented_strings_in_order(enum, values):
 
 
 def test_drift_categories_are_the_documented_strings():
-    assert CATEGORIES == ("changed", "secret", "missing", "extra-copy", "unmanaged-namesake", "undeclared",
-                          "renamed")
+    assert CATEGORIES == ("changed", "secret", "missing", "extra-copy", "unmanaged-namesake", "undeclared", "renamed")
 
 
 def test_every_action_is_exactly_one_of_write_refusal_noop():

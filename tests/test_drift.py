@@ -43,8 +43,10 @@ def test_no_drift_after_apply_exits_0_with_only_gets(cli, db):
 def test_fields_changed_behind_the_back_are_drift_field_by_field(cli, db, api):
     manifest = write(cli.cwd, "m.yaml", manifest_text(count=2))
     assert cli.run("apply", manifest).returncode == 0
-    api.put_changed(by_name(db)["helpdesk-1"], **{"helpdesk.connectwise.company": "someone-else",
-                                                   "event.poller.refresh_interval": "30"})
+    api.put_changed(
+        by_name(db)["helpdesk-1"],
+        **{"helpdesk.connectwise.company": "someone-else", "event.poller.refresh_interval": "30"},
+    )
     db.clear_requests()
     code, report = drift(cli, manifest)
     assert code == 2
@@ -52,24 +54,40 @@ def test_fields_changed_behind_the_back_are_drift_field_by_field(cli, db, api):
     [changed] = findings(report, "changed")
     assert changed["kind"] == "drift" and changed["name"] == "helpdesk-1" and changed["id"] == 2
     assert changed["fields"] == [
-        {"path": "configuration.event.poller.refresh_interval", "live": 30, "manifest": 15, "sensitive": False,
-         "kind": "drift"},
-        {"path": "configuration.helpdesk.connectwise.company", "live": "someone-else", "manifest": "acme",
-         "sensitive": False, "kind": "drift"}]
+        {
+            "path": "configuration.event.poller.refresh_interval",
+            "live": 30,
+            "manifest": 15,
+            "sensitive": False,
+            "kind": "drift",
+        },
+        {
+            "path": "configuration.helpdesk.connectwise.company",
+            "live": "someone-else",
+            "manifest": "acme",
+            "sensitive": False,
+            "kind": "drift",
+        },
+    ]
     assert report["summary"]["drift"] == 1 and report["summary"]["inSync"] == 1
     assert methods(db) == {"GET"}
     text = cli.run("drift", manifest)
     assert text.returncode == 2
-    assert "drift: changed helpdesk-1 (connectwisehd) id 2: changed on the server since provisioner applied it" \
+    assert (
+        "drift: changed helpdesk-1 (connectwisehd) id 2: changed on the server since provisioner applied it"
         in text.stdout
+    )
     assert '~ configuration.helpdesk.connectwise.company: live "someone-else", manifest "acme"' in text.stdout
 
 
 def test_a_manifest_change_is_pending_not_drift(cli, db):
     manifest = write(cli.cwd, "m.yaml", manifest_text(count=2))
     assert cli.run("apply", manifest).returncode == 0
-    text = manifest_text(count=2).replace("company: acme", "company: globex").replace("tags: [helpdesk]",
-                                                                                     "tags: [helpdesk, new]")
+    text = (
+        manifest_text(count=2)
+        .replace("company: acme", "company: globex")
+        .replace("tags: [helpdesk]", "tags: [helpdesk, new]")
+    )
     write(cli.cwd, "m.yaml", text.replace("server.url: api-na", "server.url: api-eu") + "    protect: true\n")
     db.clear_requests()
     code, report = drift(cli, manifest)
@@ -77,8 +95,12 @@ def test_a_manifest_change_is_pending_not_drift(cli, db):
     assert report["drift"] is False and report["pending"] is True
     assert {f["kind"] for f in report["findings"]} == {"pending"}
     paths = {field["path"] for f in findings(report, "changed") for field in f["fields"]}
-    assert paths == {"configuration.helpdesk.connectwise.company", "configuration.helpdesk.connectwise.server.url",
-                     "tags", "protect"}
+    assert paths == {
+        "configuration.helpdesk.connectwise.company",
+        "configuration.helpdesk.connectwise.server.url",
+        "tags",
+        "protect",
+    }
     assert methods(db) == {"GET"}
 
 
@@ -90,8 +112,10 @@ def test_drift_and_pending_on_one_instance_are_kept_apart(cli, db, api):
     code, report = drift(cli, manifest)
     assert code == 2
     kinds = {f["kind"]: [x["path"] for x in f["fields"]] for f in findings(report, "changed")}
-    assert kinds == {"drift": ["configuration.helpdesk.connectwise.username"],
-                     "pending": ["configuration.helpdesk.connectwise.company"]}
+    assert kinds == {
+        "drift": ["configuration.helpdesk.connectwise.username"],
+        "pending": ["configuration.helpdesk.connectwise.company"],
+    }
 
 
 def test_missing_extra_copies_namesakes_and_undeclared_are_reported(cli, db, api):
@@ -100,10 +124,26 @@ def test_missing_extra_copies_namesakes_and_undeclared_are_reported(cli, db, api
     rows = by_name(db)
     api("DELETE", f"/instances/{rows['helpdesk-0']['id']}")
     copy = rows["helpdesk-1"]
-    api("POST", "/instances", json={"name": "helpdesk-1", "element": {"key": "connectwisehd"}, "tags": copy["tags"],
-                                    "configuration": copy["configuration"]})
-    api("POST", "/instances", json={"name": "helpdesk-2", "element": {"key": "connectwisehd"}, "tags": ["theirs"],
-                                    "configuration": copy["configuration"]})
+    api(
+        "POST",
+        "/instances",
+        json={
+            "name": "helpdesk-1",
+            "element": {"key": "connectwisehd"},
+            "tags": copy["tags"],
+            "configuration": copy["configuration"],
+        },
+    )
+    api(
+        "POST",
+        "/instances",
+        json={
+            "name": "helpdesk-2",
+            "element": {"key": "connectwisehd"},
+            "tags": ["theirs"],
+            "configuration": copy["configuration"],
+        },
+    )
     write(cli.cwd, "m.yaml", manifest_text(count=3))  # helpdesk-3 no longer declared
     db.clear_requests()
     code, report = drift(cli, manifest)
@@ -129,9 +169,15 @@ def test_secrets_whose_fingerprint_no_longer_matches(cli, db, api):
     secrets = {f["name"]: f for f in findings(json.loads(proc.stdout), "secret")}
     assert secrets["helpdesk-0"]["kind"] == "pending"  # the environment's secret changed since the apply
     assert secrets["helpdesk-1"]["kind"] == "drift"  # its fingerprint tag was removed behind the back
-    assert secrets["helpdesk-0"]["fields"] == [{"path": "configuration.helpdesk.connectwise.password",
-                                                "live": "(sensitive)", "manifest": "(sensitive)",
-                                                "sensitive": True, "kind": "pending"}]
+    assert secrets["helpdesk-0"]["fields"] == [
+        {
+            "path": "configuration.helpdesk.connectwise.password",
+            "live": "(sensitive)",
+            "manifest": "(sensitive)",
+            "sensitive": True,
+            "kind": "pending",
+        }
+    ]
     text = cli.run("drift", manifest, env={"CW_PASSWORD": "rotated-password-2"})
     assert "live (sensitive), manifest (sensitive)" in text.stdout
 
@@ -144,8 +190,9 @@ def test_drift_uses_only_read_only_clients(emulator, tmp_path):
     validated = engine.validate(options)
     with engine.connect(validated, options, StopFlag(), read_only=True) as connection:
         assert connection.clients and not any(isinstance(c, Client) for c in connection.clients.values())
-        assert not any(hasattr(c, "create_instance") or hasattr(c, "delete_instance")
-                       for c in connection.clients.values())
+        assert not any(
+            hasattr(c, "create_instance") or hasattr(c, "delete_instance") for c in connection.clients.values()
+        )
         report = engine.drift(validated, connection)
     assert [f.category for f in report.findings] == ["missing"]
 

@@ -102,8 +102,7 @@ def cw_body(name: str = "cw", tags: list | None = None, **config) -> dict:
     """A valid ConnectWise create body; ``config`` overrides/extends the required entries."""
     configuration = dict(CW_REQUIRED)
     configuration.update(config)
-    return {"element": {"key": "connectwisehd"}, "name": name, "tags": tags or [],
-            "configuration": configuration}
+    return {"element": {"key": "connectwisehd"}, "name": name, "tags": tags or [], "configuration": configuration}
 
 
 def create(api: Client, body: dict | None = None) -> dict:
@@ -125,16 +124,27 @@ def assert_error(response: requests.Response, status: int, message: str | None =
     return body
 
 
-CATALOG_KEYS = ["box", "closeio", "connectwisehd", "dynamicscrm", "dynamicscrmadfs", "freshdeskv2", "hubspot",
-                "jira", "servicenow", "sfdc", "shopify", "zendesk"]
+CATALOG_KEYS = [
+    "box",
+    "closeio",
+    "connectwisehd",
+    "dynamicscrm",
+    "dynamicscrmadfs",
+    "freshdeskv2",
+    "hubspot",
+    "jira",
+    "servicenow",
+    "sfdc",
+    "shopify",
+    "zendesk",
+]
 SERVED_EXTENSIONS = {"x-reportedKey", "x-requiredWhen", "x-allowedValues"}
 
 
 def no_private_fields(value, allowed=frozenset()) -> bool:
     """True if no dict inside ``value`` has a key starting with "x-" (other than ``allowed``)."""
     if isinstance(value, dict):
-        return all((not k.startswith("x-") or k in allowed) and no_private_fields(v, allowed)
-                   for k, v in value.items())
+        return all((not k.startswith("x-") or k in allowed) and no_private_fields(v, allowed) for k, v in value.items())
     if isinstance(value, list):
         return all(no_private_fields(v, allowed) for v in value)
     return True
@@ -163,12 +173,26 @@ def test_element_catalog_endpoints(api: Client):
     assert definitions["event.poller.refresh_interval"]["defaultValue"] == "15"
     for d in by_key["configuration"]:
         assert d["defaultValue"] is None or isinstance(d["defaultValue"], str)
-        assert {"key", "name", "description", "type", "required", "defaultValue", "hideFromConsole",
-                "internal", "displayOrder", "active", "companyConfig", "resellerConfig",
-                "groupControl"} <= set(d)
+        assert {
+            "key",
+            "name",
+            "description",
+            "type",
+            "required",
+            "defaultValue",
+            "hideFromConsole",
+            "internal",
+            "displayOrder",
+            "active",
+            "companyConfig",
+            "resellerConfig",
+            "groupControl",
+        } <= set(d)
     # the platform's Swagger spells two fields differently on this endpoint (notes section 14)
-    spelled = [{{"required": "mandatory", "type": "configDataType"}.get(k, k): v for k, v in d.items()}
-               for d in by_key["configuration"]]
+    spelled = [
+        {{"required": "mandatory", "type": "configDataType"}.get(k, k): v for k, v in d.items()}
+        for d in by_key["configuration"]
+    ]
     assert api.get("/elements/connectwisehd/configuration").json() == {"configuration": spelled, "providerData": []}
 
     adfs = api.get("/elements/dynamicscrmadfs").json()
@@ -176,7 +200,8 @@ def test_element_catalog_endpoints(api: Client):
     assert api.get("/elements/dynamicscrm").json()["name"] == "Dynamics CRM Beta"
     assert adfs["x-reportedKey"] == "dynamicscrm"  # rules the emulator enforces are served (schemas pull)
     assert {d["key"]: d.get("x-requiredWhen") for d in adfs["configuration"]}["user.username"] == {
-        "authentication.type": ["custom"]}
+        "authentication.type": ["custom"]
+    }
     for path in ("/elements", "/elements/dynamicscrmadfs", "/elements/dynamicscrm/configuration"):
         assert no_private_fields(api.get(path).json(), SERVED_EXTENSIONS)
     assert no_private_fields(api.get("/elements").json())  # the catalog listing carries none of them
@@ -195,8 +220,11 @@ def test_catalog_has_documented_elements_with_sources_and_oauth(api: Client):
 def test_unknown_element_is_404(api: Client):
     assert_error(api.get("/elements/nope"), 404, "No element found with key or id 'nope'")
     assert_error(api.get("/elements/999/configuration"), 404, "No element found with key or id '999'")
-    assert_error(api.post("/instances", json={**cw_body(), "element": {"key": "nope"}}), 404,
-                 "No element found with key or id 'nope'")
+    assert_error(
+        api.post("/instances", json={**cw_body(), "element": {"key": "nope"}}),
+        404,
+        "No element found with key or id 'nope'",
+    )
     assert_error(api.post("/elements/nope/instances", json=cw_body()), 404)
     assert_error(api.get("/elements/nope/instances"), 404, "No element found with key or id 'nope'")
 
@@ -280,23 +308,40 @@ def test_create_requires_an_element(api: Client):
 
 def test_missing_required_configuration_lists_every_key(api: Client, db: EmulatorDB):
     body = cw_body()
-    body["configuration"] = {"helpdesk.connectwise.username": "u", "helpdesk.connectwise.server.url": None,
-                             "helpdesk.connectwise.company": ""}
-    assert_error(api.post("/instances", json=body), 400,
-                 "Missing required configuration entries: helpdesk.connectwise.company, "
-                 "helpdesk.connectwise.password, helpdesk.connectwise.server.url")
+    body["configuration"] = {
+        "helpdesk.connectwise.username": "u",
+        "helpdesk.connectwise.server.url": None,
+        "helpdesk.connectwise.company": "",
+    }
+    assert_error(
+        api.post("/instances", json=body),
+        400,
+        "Missing required configuration entries: helpdesk.connectwise.company, "
+        "helpdesk.connectwise.password, helpdesk.connectwise.server.url",
+    )
     assert db.instances() == []
 
 
 def test_dynamics_required_keys_depend_on_authentication_type(api: Client):
     base = {"element": {"key": "dynamicscrmadfs"}, "name": "dyn"}
-    assert_error(api.post("/instances", json={**base, "configuration": {}}), 400,
-                 "Missing required configuration entries: dynamics.tenant, user.password, user.username")
-    assert_error(api.post("/instances", json={**base, "configuration": {"authentication.type": "oauth2"}}),
-                 400, "Missing required configuration entries: oauth.api.key, oauth.api.secret, "
-                      "oauth.callback.url, oauth.resource.url")
-    oauth = {"authentication.type": "oauth2", "oauth.api.key": "k", "oauth.api.secret": "s",
-             "oauth.callback.url": "https://cb", "oauth.resource.url": "https://t.crm.dynamics.com"}
+    assert_error(
+        api.post("/instances", json={**base, "configuration": {}}),
+        400,
+        "Missing required configuration entries: dynamics.tenant, user.password, user.username",
+    )
+    assert_error(
+        api.post("/instances", json={**base, "configuration": {"authentication.type": "oauth2"}}),
+        400,
+        "Missing required configuration entries: oauth.api.key, oauth.api.secret, "
+        "oauth.callback.url, oauth.resource.url",
+    )
+    oauth = {
+        "authentication.type": "oauth2",
+        "oauth.api.key": "k",
+        "oauth.api.secret": "s",
+        "oauth.callback.url": "https://cb",
+        "oauth.resource.url": "https://t.crm.dynamics.com",
+    }
     inst = create(api, {**base, "configuration": oauth, "providerData": {"code": "abc"}})
     assert inst["configuration"]["oauth.api.secret"] == "********"
     assert inst["configuration"]["user.username"] is None
@@ -305,10 +350,17 @@ def test_dynamics_required_keys_depend_on_authentication_type(api: Client):
 
 
 def test_dynamicscrmadfs_is_reported_as_dynamicscrm(api: Client, db: EmulatorDB):
-    seed_body = {"element": {"key": "dynamicscrmadfs"}, "name": "Test", "tags": ["t"],
-                 "configuration": {"user.username": "me", "user.password": "pw",
-                                   "dynamics.tenant": "yourcompanyname.crm.dynamics.com",
-                                   "document.tagging": False}}
+    seed_body = {
+        "element": {"key": "dynamicscrmadfs"},
+        "name": "Test",
+        "tags": ["t"],
+        "configuration": {
+            "user.username": "me",
+            "user.password": "pw",
+            "dynamics.tenant": "yourcompanyname.crm.dynamics.com",
+            "document.tagging": False,
+        },
+    }
     inst = create(api, seed_body)
     assert inst["element"]["key"] == "dynamicscrm" and inst["element"]["id"] == 124
     assert inst["element"]["name"] == "Dynamics CRM Beta" and inst["elementId"] == 124
@@ -326,11 +378,19 @@ def test_dynamicscrmadfs_is_reported_as_dynamicscrm(api: Client, db: EmulatorDB)
 
 
 def test_values_are_stored_byte_for_byte_and_secrets_masked(api: Client, db: EmulatorDB):
-    body = cw_body(**{"helpdesk.connectwise.password": TRICKY, "helpdesk.connectwise.username": TRICKY,
-                      "event.notification.enabled": True, "event.poller.refresh_interval": 30,
-                      "ratio": 1.5, "event.notification.callback.url": None,
-                      "event.poller.configuration": {"contacts": {"url": "/x", "ids": [1, 2]}},
-                      "custom.list": ["a", "é"], "custom.unknown": "kept"})
+    body = cw_body(
+        **{
+            "helpdesk.connectwise.password": TRICKY,
+            "helpdesk.connectwise.username": TRICKY,
+            "event.notification.enabled": True,
+            "event.poller.refresh_interval": 30,
+            "ratio": 1.5,
+            "event.notification.callback.url": None,
+            "event.poller.configuration": {"contacts": {"url": "/x", "ids": [1, 2]}},
+            "custom.list": ["a", "é"],
+            "custom.unknown": "kept",
+        }
+    )
     inst = create(api, body)
     config = inst["configuration"]
     assert config["helpdesk.connectwise.password"] == "********"
@@ -354,8 +414,9 @@ def test_values_are_stored_byte_for_byte_and_secrets_masked(api: Client, db: Emu
     listing = api.get("/instances").json()
     assert listing[0]["configuration"]["helpdesk.connectwise.username"] == TRICKY
     assert listing[0]["configuration"]["helpdesk.connectwise.password"] == "********"
-    secret = api.patch(f"/instances/{inst['id']}",
-                       json={"configuration": {"helpdesk.connectwise.password": "pw-" + TRICKY}})
+    secret = api.patch(
+        f"/instances/{inst['id']}", json={"configuration": {"helpdesk.connectwise.password": "pw-" + TRICKY}}
+    )
     assert "pw-" not in secret.text and "pw-" not in api.get("/instances").text
     assert db.instances()[0]["configuration"]["helpdesk.connectwise.password"] == "pw-" + TRICKY
 
@@ -420,8 +481,9 @@ def test_paging_filters_and_headers_over_450_instances(api: Client):
     assert all({"mod0", "special"} <= set(i["tags"]) for i in tagged.json())
     raw = api.get("/instances?tags%5B%5D=mod1&tags%5B%5D=bulk&pageSize=100")
     assert raw.headers["elements-total-count"] == "150" and len(raw.json()) == 100
-    rest = api.get("/instances?tags%5B%5D=mod1&tags%5B%5D=bulk&pageSize=100&nextPage="
-                   + raw.headers["elements-next-page-token"])
+    rest = api.get(
+        "/instances?tags%5B%5D=mod1&tags%5B%5D=bulk&pageSize=100&nextPage=" + raw.headers["elements-next-page-token"]
+    )
     assert len(rest.json()) == 50 and "elements-next-page-token" not in rest.headers
 
     search = api.get("/instances", params={"searchText": "inst-1"})
@@ -436,27 +498,38 @@ def test_paging_filters_and_headers_over_450_instances(api: Client):
 # -- auth and protocol errors ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("header", [
-    None, "", f"User {USER_SECRET}", f"Organization {ORG_SECRET}",
-    f"User wrong, Organization {ORG_SECRET}", f"User {USER_SECRET}, Organization wrong",
-    f"Bearer x, User {USER_SECRET}, Organization {ORG_SECRET}",
-    f"User {USER_SECRET}x, Organization {ORG_SECRET}",
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        f"User {USER_SECRET}",
+        f"Organization {ORG_SECRET}",
+        f"User wrong, Organization {ORG_SECRET}",
+        f"User {USER_SECRET}, Organization wrong",
+        f"Bearer x, User {USER_SECRET}, Organization {ORG_SECRET}",
+        f"User {USER_SECRET}x, Organization {ORG_SECRET}",
+    ],
+)
 def test_wrong_or_missing_secrets_are_401(emulator: Emulator, header):
     client = Client(emulator.url, auth=header)
     try:
         for path in ("/instances", "/elements", "/instances/1"):
-            assert_error(client.get(path), 401,
-                         "Invalid Organization or User secret, or invalid Element token provided.")
+            assert_error(
+                client.get(path), 401, "Invalid Organization or User secret, or invalid Element token provided."
+            )
     finally:
         client.close()
 
 
-@pytest.mark.parametrize("header", [
-    f"Organization {ORG_SECRET}, User {USER_SECRET}",
-    f"User   {USER_SECRET} ,Organization\t{ORG_SECRET}  ",
-    f"User {USER_SECRET}, Organization {ORG_SECRET}, Element abcdef==",
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        f"Organization {ORG_SECRET}, User {USER_SECRET}",
+        f"User   {USER_SECRET} ,Organization\t{ORG_SECRET}  ",
+        f"User {USER_SECRET}, Organization {ORG_SECRET}, Element abcdef==",
+    ],
+)
 def test_auth_header_variants_accepted(emulator: Emulator, header):
     client = Client(emulator.url, auth=header)
     try:
@@ -469,8 +542,7 @@ def test_protocol_errors(api: Client, emulator: Emulator):
     assert_error(api.post("/instances", data="name=x", headers={"Content-Type": "text/plain"}), 415)
     assert_error(api.post("/instances", data=b"{not json", headers={"Content-Type": "application/json"}), 400)
     assert_error(api.post("/instances", json=["a list"]), 400)
-    assert_error(api.post("/instances", data=b'{"name": NaN}', headers={"Content-Type": "application/json"}),
-                 400)
+    assert_error(api.post("/instances", data=b'{"name": NaN}', headers={"Content-Type": "application/json"}), 400)
     not_allowed = api.delete("/instances")
     assert_error(not_allowed, 405)
     assert "POST" in not_allowed.headers["Allow"]
@@ -503,7 +575,7 @@ def test_keep_alive_and_content_length(emulator: Emulator):
 
 def test_chunked_request_body(api: Client):
     payload = json.dumps(cw_body("chunky")).encode()
-    chunks = (payload[i:i + 50] for i in range(0, len(payload), 50))
+    chunks = (payload[i : i + 50] for i in range(0, len(payload), 50))
     response = api.post("/instances", data=chunks, headers={"Content-Type": "application/json"})
     assert response.status_code == 200 and response.json()["name"] == "chunky"
 
@@ -530,16 +602,22 @@ def test_put_replaces_name_tags_and_configuration(api: Client, db: EmulatorDB):
     no_element = dict(body)
     del no_element["element"]
     assert api.put(f"/instances/{inst['id']}", json=no_element).status_code == 200
-    assert_error(api.put(f"/instances/{inst['id']}", json={**body, "element": {"key": "dynamicscrm"}}), 400,
-                 "The element of an instance cannot be changed")
+    assert_error(
+        api.put(f"/instances/{inst['id']}", json={**body, "element": {"key": "dynamicscrm"}}),
+        400,
+        "The element of an instance cannot be changed",
+    )
     assert_error(api.put(f"/instances/{inst['id']}", json={**body, "configuration": {}}), 400)
     assert_error(api.put("/instances/4242", json=body), 404, "No instance found with ID 4242")
     assert db.instances()[0]["name"] == "new"
 
 
 def test_put_accepts_the_reported_element_key(api: Client):
-    body = {"element": {"key": "dynamicscrmadfs"}, "name": "dyn",
-            "configuration": {"user.username": "u", "user.password": "p", "dynamics.tenant": "t"}}
+    body = {
+        "element": {"key": "dynamicscrmadfs"},
+        "name": "dyn",
+        "configuration": {"user.username": "u", "user.password": "p", "dynamics.tenant": "t"},
+    }
     inst = create(api, body)
     reported = {**body, "element": inst["element"], "name": "renamed"}
     response = api.put(f"/instances/{inst['id']}", json=reported)
@@ -559,9 +637,11 @@ def test_patch_is_partial(api: Client, db: EmulatorDB):
     assert patched["configuration"]["new.key"] == "true"
     raw = db.instances()[0]["configuration"]
     assert raw["helpdesk.connectwise.password"] == "s3cret" and raw["helpdesk.connectwise.username"] == "api1"
-    assert_error(api.patch(f"/instances/{inst['id']}",
-                           json={"configuration": {"helpdesk.connectwise.password": ""}}), 400,
-                 "Missing required configuration entries: helpdesk.connectwise.password")
+    assert_error(
+        api.patch(f"/instances/{inst['id']}", json={"configuration": {"helpdesk.connectwise.password": ""}}),
+        400,
+        "Missing required configuration entries: helpdesk.connectwise.password",
+    )
     assert_error(api.patch(f"/instances/{inst['id']}", json={"element": {"id": 124}}), 400)
     assert_error(api.patch(f"/instances/{inst['id']}", json={"name": ""}), 400)
     assert_error(api.patch("/instances/777", json={"name": "x"}), 404, "No instance found with ID 777")
@@ -615,11 +695,19 @@ def test_state_persists_across_restarts(tmp_path: Path):
 
 def test_emulator_db_reads_from_another_process(api: Client, emulator: Emulator):
     create(api, cw_body("other-process"))
-    code = ("import sys; from provisioner.emulator import EmulatorDB; "
-            "db = EmulatorDB(sys.argv[1]); print(db.instances()[0]['name'], len(db.requests()))")
+    code = (
+        "import sys; from provisioner.emulator import EmulatorDB; "
+        "db = EmulatorDB(sys.argv[1]); print(db.instances()[0]['name'], len(db.requests()))"
+    )
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    out = subprocess.run([sys.executable, "-c", code, str(emulator.db_path)], capture_output=True, text=True,
-                         env=env, timeout=30, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(emulator.db_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=True,
+    )
     assert out.stdout.split() == ["other-process", "1"]
 
 
@@ -629,7 +717,8 @@ def test_request_log_and_log_stream(api: Client, db: EmulatorDB, log: io.StringI
     rows = db.requests()
     assert [(r["method"], r["path"], r["query"], r["status"], r["fault"]) for r in rows] == [
         ("POST", "/elements/api-v2/instances", "", 200, None),
-        ("GET", "/elements/api-v2/instances", "tags%5B%5D=x", 404, None)]
+        ("GET", "/elements/api-v2/instances", "tags%5B%5D=x", 404, None),
+    ]
     assert all(r["durationMs"] >= 0 and r["ts"].endswith("Z") for r in rows)
     lines = log.getvalue().splitlines()
     assert re.match(r"^POST /elements/api-v2/instances -> 200 \(\d+ ms\)$", lines[0])
@@ -681,12 +770,26 @@ def test_stop_is_idempotent(tmp_path: Path):
 
 
 def test_fault_config_parse_and_describe():
-    cfg = FaultConfig.parse("latency=20,jitter=5,error=0.1,throttle=0.05,retry_after=0.5,reset=0.05,"
-                            "lost=0.05,slow=0.02,slow_ms=1500,seed=42")
-    assert cfg == FaultConfig(latency_ms=20, jitter_ms=5, error_rate=0.1, throttle_rate=0.05, retry_after=0.5,
-                              reset_rate=0.05, lost_rate=0.05, slow_rate=0.02, slow_ms=1500, seed=42)
-    assert cfg.describe() == ("latency 20 ms ± 5 ms, error 10%, throttle 5% (Retry-After 0.5 s), reset 5%, "
-                              "lost 5%, slow 2% (1500 ms), seed 42")
+    cfg = FaultConfig.parse(
+        "latency=20,jitter=5,error=0.1,throttle=0.05,retry_after=0.5,reset=0.05,"
+        "lost=0.05,slow=0.02,slow_ms=1500,seed=42"
+    )
+    assert cfg == FaultConfig(
+        latency_ms=20,
+        jitter_ms=5,
+        error_rate=0.1,
+        throttle_rate=0.05,
+        retry_after=0.5,
+        reset_rate=0.05,
+        lost_rate=0.05,
+        slow_rate=0.02,
+        slow_ms=1500,
+        seed=42,
+    )
+    assert cfg.describe() == (
+        "latency 20 ms ± 5 ms, error 10%, throttle 5% (Retry-After 0.5 s), reset 5%, "
+        "lost 5%, slow 2% (1500 ms), seed 42"
+    )
     assert FaultConfig.parse("") == FaultConfig() and FaultConfig().describe() == "no faults"
     assert FaultConfig.parse(" error = 10% , ").error_rate == pytest.approx(0.1)
     assert FaultConfig.from_env({ENV_VAR: "throttle=1"}).throttle_rate == 1.0
@@ -696,17 +799,20 @@ def test_fault_config_parse_and_describe():
     assert FaultConfig.__dataclass_params__.frozen
 
 
-@pytest.mark.parametrize("text, match", [
-    ("bogus=1", "unknown fault setting 'bogus'"),
-    ("error=1.5", "between 0 and 1"),
-    ("reset=-0.1", "between 0 and 1"),
-    ("latency=-3", "must not be negative"),
-    ("latency=fast", "must be a number"),
-    ("error=nan", "finite"),
-    ("seed=1.5", "must be an integer"),
-    ("error", "key=value"),
-    ("error=0.1,error=0.2", "given twice"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("bogus=1", "unknown fault setting 'bogus'"),
+        ("error=1.5", "between 0 and 1"),
+        ("reset=-0.1", "between 0 and 1"),
+        ("latency=-3", "must not be negative"),
+        ("latency=fast", "must be a number"),
+        ("error=nan", "finite"),
+        ("seed=1.5", "must be an integer"),
+        ("error", "key=value"),
+        ("error=0.1,error=0.2", "given twice"),
+    ],
+)
 def test_fault_config_parse_errors(text, match):
     with pytest.raises(ValueError, match=match):
         FaultConfig.parse(text)
@@ -863,8 +969,9 @@ def test_concurrent_clients_smoke(tmp_path: Path):
 API = "/elements/api-v2"
 
 
-def raw_request(method: str, path: str, body: bytes = b"", headers: dict | None = None,
-                version: str = "HTTP/1.1") -> bytes:
+def raw_request(
+    method: str, path: str, body: bytes = b"", headers: dict | None = None, version: str = "HTTP/1.1"
+) -> bytes:
     """One request's bytes, with the secrets and (for a body) Content-Type and Content-Length."""
     fields = {"Host": "localhost", "Authorization": AUTH, **(headers or {})}
     if body and "Transfer-Encoding" not in fields:
@@ -928,9 +1035,13 @@ def test_pipelined_requests_are_answered_in_order(raw: Raw, db: EmulatorDB, emul
     emulator.faults = FaultConfig(latency_ms=40)
     body = json.dumps(cw_body("piped")).encode()
     started = time.monotonic()
-    raw.send(raw_request("GET", f"{API}/instances/count") + raw_request("POST", f"{API}/instances", body)
-             + raw_request("GET", f"{API}/instances/count") + raw_request("HEAD", f"{API}/elements/keys")
-             + raw_request("GET", f"{API}/elements/keys"))
+    raw.send(
+        raw_request("GET", f"{API}/instances/count")
+        + raw_request("POST", f"{API}/instances", body)
+        + raw_request("GET", f"{API}/instances/count")
+        + raw_request("HEAD", f"{API}/elements/keys")
+        + raw_request("GET", f"{API}/elements/keys")
+    )
     answers = [raw.response(), raw.response(), raw.response(), raw.response(head=True), raw.response()]
     assert time.monotonic() - started >= 5 * 0.04  # one at a time on a connection
     assert [a[0] for a in answers] == [200, 200, 200, 405, 200]
@@ -939,7 +1050,12 @@ def test_pipelined_requests_are_answered_in_order(raw: Raw, db: EmulatorDB, emul
     assert sorted(json.loads(answers[4][2])) == CATALOG_KEYS
     assert len({a[1]["elements-request-id"] for a in answers}) == 5
     assert [(r["method"], r["status"]) for r in db.requests()] == [
-        ("GET", 200), ("POST", 200), ("GET", 200), ("HEAD", 405), ("GET", 200)]
+        ("GET", 200),
+        ("POST", 200),
+        ("GET", 200),
+        ("HEAD", 405),
+        ("GET", 200),
+    ]
 
 
 def test_head_is_answered_without_a_body(raw: Raw):
@@ -952,10 +1068,13 @@ def test_head_is_answered_without_a_body(raw: Raw):
 
 def test_chunked_body_with_extensions_and_trailer(raw: Raw, db: EmulatorDB):
     payload = json.dumps(cw_body("chunked-raw")).encode()
-    chunks = b"".join(f"{len(payload[i:i + 7]):x};ext=1\r\n".encode() + payload[i:i + 7] + b"\r\n"
-                      for i in range(0, len(payload), 7))
-    request = raw_request("POST", f"{API}/instances", headers={"Transfer-Encoding": "chunked",
-                                                                "Content-Type": "application/json"})
+    chunks = b"".join(
+        f"{len(payload[i : i + 7]):x};ext=1\r\n".encode() + payload[i : i + 7] + b"\r\n"
+        for i in range(0, len(payload), 7)
+    )
+    request = raw_request(
+        "POST", f"{API}/instances", headers={"Transfer-Encoding": "chunked", "Content-Type": "application/json"}
+    )
     raw.send(request + chunks[:100])
     time.sleep(0.05)  # the rest arrives later, split inside a chunk-size line
     raw.send(chunks[100:] + b"0\r\nX-Trailer: yes\r\n\r\n" + raw_request("GET", f"{API}/instances/count"))
@@ -966,8 +1085,9 @@ def test_chunked_body_with_extensions_and_trailer(raw: Raw, db: EmulatorDB):
 
 
 def test_malformed_chunked_body_is_400_logged_and_closes(raw: Raw, db: EmulatorDB):
-    request = raw_request("POST", f"{API}/instances", headers={"Transfer-Encoding": "chunked",
-                                                                "Content-Type": "application/json"})
+    request = raw_request(
+        "POST", f"{API}/instances", headers={"Transfer-Encoding": "chunked", "Content-Type": "application/json"}
+    )
     raw.send(request + b"zz\r\n{}\r\n0\r\n\r\n")
     json_error(raw.response(), 400, "Malformed chunked request body")
     assert raw.closed_by_server()
@@ -978,8 +1098,11 @@ def test_bad_or_too_large_content_length_is_answered_logged_and_closes(emulator:
     for length, status in (("-1", 400), ("abc", 400), (str(10 * 1024 * 1024 + 1), 413)):
         conn = Raw(emulator)
         try:
-            conn.send(raw_request("POST", f"{API}/instances", headers={"Content-Length": length,
-                                                                        "Content-Type": "application/json"}))
+            conn.send(
+                raw_request(
+                    "POST", f"{API}/instances", headers={"Content-Length": length, "Content-Type": "application/json"}
+                )
+            )
             code, headers, _ = conn.response()
             json_error((code, headers, _), status)
             assert headers["connection"] == "close" and conn.closed_by_server()
@@ -990,8 +1113,12 @@ def test_bad_or_too_large_content_length_is_answered_logged_and_closes(emulator:
 
 
 def test_connection_close_and_http_1_0(emulator: Emulator):
-    cases = [({"Connection": "close"}, "HTTP/1.1", True), ({}, "HTTP/1.0", True),
-             ({"Connection": "keep-alive"}, "HTTP/1.0", False), ({"Connection": "Keep-Alive"}, "HTTP/1.1", False)]
+    cases = [
+        ({"Connection": "close"}, "HTTP/1.1", True),
+        ({}, "HTTP/1.0", True),
+        ({"Connection": "keep-alive"}, "HTTP/1.0", False),
+        ({"Connection": "Keep-Alive"}, "HTTP/1.1", False),
+    ]
     for headers, version, closes in cases:
         conn = Raw(emulator)
         try:
@@ -1008,18 +1135,21 @@ def test_connection_close_and_http_1_0(emulator: Emulator):
             conn.close()
 
 
-@pytest.mark.parametrize("data, status, message", [
-    (b"GARBAGE\r\n\r\n", 400, "Bad request syntax ('GARBAGE')"),
-    (b"GET /x HTTP/1.1 extra\r\n\r\n", 400, None),
-    (b"GET /x HTTX/1.1\r\n\r\n", 400, "Bad request version ('HTTX/1.1')"),
-    (b"GET /x HTTP/2.0\r\n\r\n", 505, "Invalid HTTP version (2.0)"),
-    (b"BREW /x HTTP/1.1\r\n\r\n", 501, "Unsupported method ('BREW')"),
-    (b"GET /x HTTP/1.1\r\nno colon here\r\n\r\n", 400, None),
-    (b"GET /x HTTP/1.1\r\nBad Name: x\r\n\r\n", 400, None),
-    (b"GET /x HTTP/1.1\r\n" + b"X-A: b\r\n" * 100 + b"\r\n", 431, "Too many headers"),
-    (b"GET /x HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n", 431, "Line too long"),
-    (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414, "Request-URI Too Long"),
-])
+@pytest.mark.parametrize(
+    "data, status, message",
+    [
+        (b"GARBAGE\r\n\r\n", 400, "Bad request syntax ('GARBAGE')"),
+        (b"GET /x HTTP/1.1 extra\r\n\r\n", 400, None),
+        (b"GET /x HTTX/1.1\r\n\r\n", 400, "Bad request version ('HTTX/1.1')"),
+        (b"GET /x HTTP/2.0\r\n\r\n", 505, "Invalid HTTP version (2.0)"),
+        (b"BREW /x HTTP/1.1\r\n\r\n", 501, "Unsupported method ('BREW')"),
+        (b"GET /x HTTP/1.1\r\nno colon here\r\n\r\n", 400, None),
+        (b"GET /x HTTP/1.1\r\nBad Name: x\r\n\r\n", 400, None),
+        (b"GET /x HTTP/1.1\r\n" + b"X-A: b\r\n" * 100 + b"\r\n", 431, "Too many headers"),
+        (b"GET /x HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n", 431, "Line too long"),
+        (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414, "Request-URI Too Long"),
+    ],
+)
 def test_malformed_requests_get_a_json_error_and_are_closed(raw: Raw, db: EmulatorDB, data, status, message):
     raw.send(data)
     code, headers, body = raw.response()
@@ -1036,9 +1166,13 @@ def test_blank_request_line_closes_silently(raw: Raw, db: EmulatorDB):
 
 def test_expect_100_continue(raw: Raw):
     body = json.dumps(cw_body("expecting")).encode()
-    raw.send(raw_request("POST", f"{API}/instances", headers={"Expect": "100-continue",
-                                                               "Content-Length": str(len(body)),
-                                                               "Content-Type": "application/json"}))
+    raw.send(
+        raw_request(
+            "POST",
+            f"{API}/instances",
+            headers={"Expect": "100-continue", "Content-Length": str(len(body)), "Content-Type": "application/json"},
+        )
+    )
     assert raw.stream.readline() == b"HTTP/1.1 100 Continue\r\n" and raw.stream.readline() == b"\r\n"
     raw.send(body)
     status, _, answer = raw.response()
@@ -1108,8 +1242,9 @@ def test_stop_drops_requests_still_waiting_out_their_delay(tmp_path: Path):
 
     def client(n: int) -> None:
         try:
-            response = requests.post(emu.url + "/instances", json=cw_body(f"inflight-{n}"),
-                                     headers={"Authorization": AUTH}, timeout=TIMEOUT)
+            response = requests.post(
+                emu.url + "/instances", json=cw_body(f"inflight-{n}"), headers={"Authorization": AUTH}, timeout=TIMEOUT
+            )
             outcomes.append(f"answered {response.status_code}")
         except requests.ConnectionError:
             outcomes.append("dropped")

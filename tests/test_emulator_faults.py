@@ -62,8 +62,9 @@ def test_rate_limit_and_methods_settings_parse_and_describe():
     config = FaultConfig.parse("latency=20,ratelimit=50,burst=80,error=30%,methods=post+delete")
     assert (config.ratelimit_rps, config.burst, config.bucket_size) == (50, 80, 80)
     assert config.methods == ("POST", "DELETE") and config.error_rate == pytest.approx(0.3)
-    assert config.describe() == ("latency 20 ms, error 30%, faults only on POST/DELETE, "
-                                 "rate limit 50/s per organization (burst 80)")
+    assert config.describe() == (
+        "latency 20 ms, error 30%, faults only on POST/DELETE, rate limit 50/s per organization (burst 80)"
+    )
     assert FaultConfig.parse("ratelimit=0.5").bucket_size == 1  # at least one request
     assert FaultConfig.parse("ratelimit=100").bucket_size == 100  # one second's worth by default
     assert FaultConfig(ratelimit_rps=10).active
@@ -71,13 +72,16 @@ def test_rate_limit_and_methods_settings_parse_and_describe():
     assert FaultConfig().merged(ratelimit=5, methods=("GET",)) == FaultConfig(ratelimit_rps=5, methods=("GET",))
 
 
-@pytest.mark.parametrize("text, match", [
-    ("burst=0.5", "'burst' must be at least 1"),
-    ("ratelimit=-1", "'ratelimit' must not be negative"),
-    ("ratelimit=fast", "'ratelimit' must be a number"),
-    ("methods=FETCH", "'methods' takes methods joined by '\\+'"),
-    ("methods=", "'methods' takes methods"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("burst=0.5", "'burst' must be at least 1"),
+        ("ratelimit=-1", "'ratelimit' must not be negative"),
+        ("ratelimit=fast", "'ratelimit' must be a number"),
+        ("methods=FETCH", "'methods' takes methods joined by '\\+'"),
+        ("methods=", "'methods' takes methods"),
+    ],
+)
 def test_rate_limit_setting_errors(text, match):
     with pytest.raises(ValueError, match=match):
         FaultConfig.parse(text)
@@ -104,8 +108,7 @@ def test_retry_after_is_whole_seconds_rounded_up():
 # -- the rate limit over HTTP -------------------------------------------------------------------
 
 
-def test_rate_limit_answers_429_with_retry_after_and_commits_nothing(api: Client, db: EmulatorDB,
-                                                                     emulator: Emulator):
+def test_rate_limit_answers_429_with_retry_after_and_commits_nothing(api: Client, db: EmulatorDB, emulator: Emulator):
     emulator.faults = FaultConfig(ratelimit_rps=0.01, burst=3)  # one token per 100 s: none comes back
     for i in range(3):
         assert api.post("/instances", json=cw_body(f"ok-{i}")).status_code == 200
@@ -116,8 +119,9 @@ def test_rate_limit_answers_429_with_retry_after_and_commits_nothing(api: Client
         assert "Rate limit exceeded" in body["message"] and "0.01 requests per second" in body["message"]
         assert response.headers["Retry-After"].isdigit() and 90 <= int(response.headers["Retry-After"]) <= 100
     assert [i["name"] for i in db.instances()] == ["ok-0", "ok-1", "ok-2"]  # nothing refused was created
-    assert [(r["method"], r["status"], r["fault"]) for r in db.requests()] == [
-        ("POST", 200, None)] * 3 + [("POST", 429, "ratelimit")] * 2 + [("GET", 429, "ratelimit")]
+    assert [(r["method"], r["status"], r["fault"]) for r in db.requests()] == [("POST", 200, None)] * 3 + [
+        ("POST", 429, "ratelimit")
+    ] * 2 + [("GET", 429, "ratelimit")]
 
 
 def test_rate_limit_is_per_organization(api: Client, emulator: Emulator):
@@ -134,8 +138,7 @@ def test_rate_limit_is_per_organization(api: Client, emulator: Emulator):
     assert api.get("/elements/keys").status_code == 200
 
 
-def test_rate_limit_takes_tokens_only_from_requests_that_reach_the_api(api: Client, db: EmulatorDB,
-                                                                       emulator: Emulator):
+def test_rate_limit_takes_tokens_only_from_requests_that_reach_the_api(api: Client, db: EmulatorDB, emulator: Emulator):
     emulator.faults = FaultConfig(ratelimit_rps=0.01, burst=1, error_rate=1.0, seed=1)
     assert api.get("/elements/keys").status_code in (500, 502, 503)  # stopped before the gateway's count
     emulator.faults = FaultConfig(ratelimit_rps=0.01, burst=1, lost_rate=1.0)
@@ -147,11 +150,20 @@ def test_rate_limit_takes_tokens_only_from_requests_that_reach_the_api(api: Clie
 
 
 def test_rate_limit_through_the_command_line(tmp_path: Path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CE_USER_SECRET": USER_SECRET, "CE_ORGANIZATION_SECRET": ORG_SECRET,
-           ENV_VAR: "ratelimit=0.01,burst=2"}
-    proc = subprocess.Popen([sys.executable, "-m", "provisioner", "emulator", "--port", "0", "--db",
-                             str(tmp_path / "e.db")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "CE_USER_SECRET": USER_SECRET,
+        "CE_ORGANIZATION_SECRET": ORG_SECRET,
+        ENV_VAR: "ratelimit=0.01,burst=2",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "provisioner", "emulator", "--port", "0", "--db", str(tmp_path / "e.db")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = proc.stdout.readline().strip()
         client = Client(url)
@@ -176,8 +188,10 @@ def test_faults_limited_to_one_method(api: Client, db: EmulatorDB, emulator: Emu
 def test_a_method_filter_keeps_the_seeded_stream(api: Client, emulator: Emulator):
     def statuses(config: FaultConfig) -> list[int]:
         emulator.faults = config
-        return [api.post("/elements/keys").status_code if i % 2 else api.get("/elements/keys").status_code
-                for i in range(30)]
+        return [
+            api.post("/elements/keys").status_code if i % 2 else api.get("/elements/keys").status_code
+            for i in range(30)
+        ]
 
     every = statuses(FaultConfig(error_rate=0.4, seed=5))
     posts_only = statuses(FaultConfig(error_rate=0.4, seed=5, methods=("POST",)))
@@ -203,7 +217,11 @@ def test_delete_of_an_instance_in_use_is_409_and_keeps_it(api: Client, db: Emula
     assert api.delete(f"/instances/{used['id']}").status_code == 200
     assert db.instances() == []
     assert [(r["method"], r["status"]) for r in db.requests() if r["method"] == "DELETE"] == [
-        ("DELETE", 409), ("DELETE", 409), ("DELETE", 200), ("DELETE", 200)]
+        ("DELETE", 409),
+        ("DELETE", 409),
+        ("DELETE", 200),
+        ("DELETE", 200),
+    ]
 
 
 def test_mark_in_use_names_the_user_and_needs_an_instance(api: Client, db: EmulatorDB):
@@ -217,11 +235,25 @@ def test_mark_in_use_names_the_user_and_needs_an_instance(api: Client, db: Emula
 # -- gzip ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value, accepted", [
-    ("gzip, deflate", True), ("GZIP", True), ("x-gzip", True), ("deflate, gzip;q=0.5", True), ("*", True),
-    ("gzip;q=0", False), ("gzip;q=0.0, *", False), ("*;q=0", False), ("identity", False), ("deflate", False),
-    ("", False), (None, False), ("gzip;q=bad", False), ("br;q=1, *;q=0.1", True),
-])
+@pytest.mark.parametrize(
+    "value, accepted",
+    [
+        ("gzip, deflate", True),
+        ("GZIP", True),
+        ("x-gzip", True),
+        ("deflate, gzip;q=0.5", True),
+        ("*", True),
+        ("gzip;q=0", False),
+        ("gzip;q=0.0, *", False),
+        ("*;q=0", False),
+        ("identity", False),
+        ("deflate", False),
+        ("", False),
+        (None, False),
+        ("gzip;q=bad", False),
+        ("br;q=1, *;q=0.1", True),
+    ],
+)
 def test_accept_encoding_parsing(value, accepted):
     assert accepts_gzip(value) is accepted
 
@@ -234,9 +266,11 @@ def _page_of(api: Client, count: int) -> None:
 def test_large_answers_are_gzipped_for_clients_that_accept_it(api: Client, raw: Raw):
     _page_of(api, 5)
     path = f"{API}/instances?pageSize=200"
-    raw.send(raw_request("GET", path, headers={"Accept-Encoding": "gzip, deflate"})
-             + raw_request("GET", path)  # pipelined: a second answer in step after a compressed one
-             + raw_request("GET", f"{API}/instances/count", headers={"Accept-Encoding": "gzip"}))
+    raw.send(
+        raw_request("GET", path, headers={"Accept-Encoding": "gzip, deflate"})
+        + raw_request("GET", path)  # pipelined: a second answer in step after a compressed one
+        + raw_request("GET", f"{API}/instances/count", headers={"Accept-Encoding": "gzip"})
+    )
     (s1, h1, b1), (s2, h2, b2), (s3, h3, b3) = raw.response(), raw.response(), raw.response()
     assert (s1, s2, s3) == (200, 200, 200)
     assert h1["content-encoding"] == "gzip" and h1["vary"] == "Accept-Encoding"
@@ -259,8 +293,10 @@ def test_requests_reads_gzipped_pages_transparently(api: Client):
 
 def test_head_gets_the_headers_of_the_gzipped_answer(raw: Raw):
     long_path = f"{API}/{'x' * 2000}"  # a 404 whose message repeats the path: over 1 KB
-    raw.send(raw_request("HEAD", long_path, headers={"Accept-Encoding": "gzip"})
-             + raw_request("GET", long_path, headers={"Accept-Encoding": "gzip"}))
+    raw.send(
+        raw_request("HEAD", long_path, headers={"Accept-Encoding": "gzip"})
+        + raw_request("GET", long_path, headers={"Accept-Encoding": "gzip"})
+    )
     head_status, head_headers, _ = raw.response(head=True)
     status, headers, body = raw.response()
     assert head_status == status == 404

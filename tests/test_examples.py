@@ -77,7 +77,7 @@ def _pipeline_env(cli, tmp_path: Path) -> dict:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     shim = bin_dir / "provisioner"
-    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m provisioner \"$@\"\n")
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m provisioner "$@"\n')
     shim.chmod(0o755)
     return {**cli.env, "PATH": f"{bin_dir}{os.pathsep}{cli.env['PATH']}"}
 
@@ -111,12 +111,17 @@ def _workflow() -> dict:
 
 def _github_run(cli, tmp_path: Path, run: str, event: str, secrets: dict | None = None) -> GitHubRunner:
     """One workflow run (its own artifact store and job summary) for ``event``; jobs in fresh checkouts."""
-    given = {"CE_USER_SECRET": cli.env["CE_USER_SECRET"], "CE_ORGANIZATION_SECRET": cli.env["CE_ORGANIZATION_SECRET"],
-             **SECRETS, **(secrets or {})}
+    given = {
+        "CE_USER_SECRET": cli.env["CE_USER_SECRET"],
+        "CE_ORGANIZATION_SECRET": cli.env["CE_ORGANIZATION_SECRET"],
+        **SECRETS,
+        **(secrets or {}),
+    }
     temp = tmp_path / run
     temp.mkdir()
-    return GitHubRunner(_pipeline_env(cli, tmp_path), temp, temp, given, event=event,
-                        skip=lambda step: _installs(step.get("run", "")))
+    return GitHubRunner(
+        _pipeline_env(cli, tmp_path), temp, temp, given, event=event, skip=lambda step: _installs(step.get("run", ""))
+    )
 
 
 def _github_job(runner: GitHubRunner, workflow: dict, job: str) -> dict:
@@ -139,8 +144,13 @@ def test_github_actions_example_runs_validate_plan_apply_and_drift(cli, db, tmp_
     assert workflow[True]["schedule"] == [{"cron": "17 5 * * *"}]  # PyYAML reads the key `on` as True
     review = _github_run(cli, tmp_path, "pull-request", "pull_request")
     steps = _github_job(review, workflow, "plan")
-    assert steps["plan"]["outputs"] == {"exitcode": "2", "changes": "true", "drift": "",
-                                        "plan-file": str(review.workdir / "plan.json"), "outputs-file": ""}
+    assert steps["plan"]["outputs"] == {
+        "exitcode": "2",
+        "changes": "true",
+        "drift": "",
+        "plan-file": str(review.workdir / "plan.json"),
+        "outputs-file": "",
+    }
     assert "| create | 2 |" in review.summary.read_text()
     saved = (review.artifacts / "plan" / "plan.json").read_text()
     assert '"kind": "provisioner-plan"' in saved
@@ -281,5 +291,6 @@ def test_every_pipeline_example_installs_a_pinned_version():
     refs = [s["uses"] for job in workflow["jobs"].values() for s in job["steps"] if "OWNER/REPO" in s.get("uses", "")]
     assert refs and all(ref == f"OWNER/REPO@v{__version__}" for ref in refs)
     include = load_gitlab(EXAMPLES / "pipelines" / "gitlab-ci.yml")["include"]
-    assert include == [{"project": "OWNER/REPO", "ref": f"v{__version__}",
-                        "file": "ci/gitlab/provisioner.gitlab-ci.yml"}]
+    assert include == [
+        {"project": "OWNER/REPO", "ref": f"v{__version__}", "file": "ci/gitlab/provisioner.gitlab-ci.yml"}
+    ]

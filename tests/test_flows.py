@@ -62,16 +62,28 @@ def test_configuration_drift_is_detected_and_repaired_with_a_full_put(cli, db, a
     manifest = write(cli.cwd, "m.yaml", manifest_text(count=2))
     assert cli.run("apply", manifest).returncode == 0
     target = next(r for r in db.instances() if r["name"] == "helpdesk-1")
-    body = {"name": "helpdesk-1", "element": {"key": "connectwisehd"}, "tags": target["tags"],
-            "configuration": {**target["configuration"], "helpdesk.connectwise.password": "pw-1",  # stored sealed
-                              "helpdesk.connectwise.company": "someone-else"}}
+    body = {
+        "name": "helpdesk-1",
+        "element": {"key": "connectwisehd"},
+        "tags": target["tags"],
+        "configuration": {
+            **target["configuration"],
+            "helpdesk.connectwise.password": "pw-1",  # stored sealed
+            "helpdesk.connectwise.company": "someone-else",
+        },
+    }
     assert api("PUT", f"/instances/{target['id']}", json=body).status_code == 200
     code, plan = cli.json("plan", manifest)
     assert code == 0
     change = next(c for c in plan["changes"] if c["name"] == "helpdesk-1")
     assert change["action"] == "update"
-    assert {"op": "change", "path": "configuration.helpdesk.connectwise.company", "old": "someone-else",
-            "new": "acme", "sensitive": False} in change["diff"]
+    assert {
+        "op": "change",
+        "path": "configuration.helpdesk.connectwise.company",
+        "old": "someone-else",
+        "new": "acme",
+        "sensitive": False,
+    } in change["diff"]
     assert plan["summary"]["update"] == 1 and plan["summary"]["noop"] == 1
     db.clear_requests()
     assert cli.run("apply", manifest).returncode == 0
@@ -119,9 +131,17 @@ def test_instance_deleted_behind_the_back_is_created_again(cli, db, api):
 
 
 def test_unmanaged_instance_with_a_declared_name_is_a_conflict_and_is_never_touched(cli, db, api):
-    body = {"name": "helpdesk-0", "element": {"key": "connectwisehd"}, "tags": ["theirs"],
-            "configuration": {"helpdesk.connectwise.username": "u", "helpdesk.connectwise.password": "p",
-                              "helpdesk.connectwise.server.url": "x", "helpdesk.connectwise.company": "c"}}
+    body = {
+        "name": "helpdesk-0",
+        "element": {"key": "connectwisehd"},
+        "tags": ["theirs"],
+        "configuration": {
+            "helpdesk.connectwise.username": "u",
+            "helpdesk.connectwise.password": "p",
+            "helpdesk.connectwise.server.url": "x",
+            "helpdesk.connectwise.company": "c",
+        },
+    }
     theirs = api("POST", "/instances", json=body).json()
     manifest = write(cli.cwd, "m.yaml", manifest_text(count=2))
     plan = cli.run("plan", manifest, "--detailed-exitcode")
@@ -168,8 +188,12 @@ def test_duplicates_of_a_declared_instance_are_deleted_keeping_the_oldest(cli, d
     manifest = write(cli.cwd, "m.yaml", manifest_text(count=1))
     assert cli.run("apply", manifest).returncode == 0
     original = db.instances()[0]
-    copy = {"name": original["name"], "element": {"key": "connectwisehd"}, "tags": original["tags"],
-            "configuration": {**original["configuration"], "helpdesk.connectwise.password": "pw-0"}}  # stored sealed
+    copy = {
+        "name": original["name"],
+        "element": {"key": "connectwisehd"},
+        "tags": original["tags"],
+        "configuration": {**original["configuration"], "helpdesk.connectwise.password": "pw-0"},
+    }  # stored sealed
     assert api("POST", "/instances", json=copy).status_code == 200
     plan = cli.run("plan", manifest, "--detailed-exitcode")
     assert plan.returncode == 2 and "duplicate" in plan.stderr
@@ -180,19 +204,26 @@ def test_duplicates_of_a_declared_instance_are_deleted_keeping_the_oldest(cli, d
 
 
 def test_element_change_needs_allow_replace_and_then_rotates_the_token(cli, db, tmp_path):
-    manifest = write(cli.cwd, "m.yaml", """
+    manifest = write(
+        cli.cwd,
+        "m.yaml",
+        """
         apiVersion: provisioner/v1
         stack: tests
         instances:
           - name: crm
             element: dynamicscrm-placeholder
             configuration: {}
-    """)
+    """,
+    )
     cw = manifest_text(count=1).replace("helpdesk-0", "crm")
     write(cli.cwd, "m.yaml", cw)
     assert cli.run("apply", manifest).returncode == 0
     old = db.instances()[0]
-    write(cli.cwd, "m.yaml", """
+    write(
+        cli.cwd,
+        "m.yaml",
+        """
         apiVersion: provisioner/v1
         stack: tests
         instances:
@@ -202,7 +233,8 @@ def test_element_change_needs_allow_replace_and_then_rotates_the_token(cli, db, 
               user.username: u
               user.password: p-word
               dynamics.tenant: acme.crm.dynamics.com
-    """)
+    """,
+    )
     refused = cli.run("apply", manifest, "--outputs", "out.json")
     assert refused.returncode == 1 and "--allow-replace" in refused.stdout + refused.stderr
     assert db.instances() == [old]
@@ -245,9 +277,16 @@ def test_output_command_reads_tokens_from_the_api(cli, db):
 def test_destroy_deletes_only_what_the_stack_owns_and_needs_confirmation(cli, db, api):
     manifest = write(cli.cwd, "m.yaml", manifest_text(count=2))
     assert cli.run("apply", manifest).returncode == 0
-    body = {"name": "helpdesk-0", "element": {"key": "connectwisehd"},
-            "configuration": {"helpdesk.connectwise.username": "u", "helpdesk.connectwise.password": "p",
-                              "helpdesk.connectwise.server.url": "x", "helpdesk.connectwise.company": "c"}}
+    body = {
+        "name": "helpdesk-0",
+        "element": {"key": "connectwisehd"},
+        "configuration": {
+            "helpdesk.connectwise.username": "u",
+            "helpdesk.connectwise.password": "p",
+            "helpdesk.connectwise.server.url": "x",
+            "helpdesk.connectwise.company": "c",
+        },
+    }
     api("POST", "/instances", json=body)
     refused = cli.run("destroy", manifest)
     assert refused.returncode == 1 and "--yes" in refused.stderr
@@ -290,12 +329,26 @@ def test_json_output_is_a_versioned_document_alone_on_stdout(cli, db):
     manifest = write(cli.cwd, "m.yaml", manifest_text(count=2))
     code, plan = cli.json("plan", manifest)
     assert code == 0 and plan["formatVersion"] == 1 and plan["command"] == "plan"
-    assert plan["summary"] == {"create": 2, "update": 0, "rename": 0, "replace": 0, "delete": 0, "noop": 0,
-                               "conflict": 0, "protected": 0, "adopt": 0}
+    assert plan["summary"] == {
+        "create": 2,
+        "update": 0,
+        "rename": 0,
+        "replace": 0,
+        "delete": 0,
+        "noop": 0,
+        "conflict": 0,
+        "protected": 0,
+        "adopt": 0,
+    }
     assert {c["action"] for c in plan["changes"]} == {"create"}
     password = next(d for d in plan["changes"][0]["diff"] if d["path"].endswith("password"))
-    assert password == {"op": "add", "path": "configuration.helpdesk.connectwise.password", "old": None,
-                        "new": "(sensitive)", "sensitive": True}
+    assert password == {
+        "op": "add",
+        "path": "configuration.helpdesk.connectwise.password",
+        "old": None,
+        "new": "(sensitive)",
+        "sensitive": True,
+    }
     code, applied = cli.json("apply", manifest)
     assert code == 0 and applied["ok"] is True
     assert [c["status"] for c in applied["changes"]] == ["ok", "ok"]

@@ -19,8 +19,13 @@ WIDTHS = (80, 95, 110)  # 80: the width click assumes without a terminal
 
 
 def _help(*args: str, columns: int = 80) -> str:
-    proc = subprocess.run([sys.executable, "-m", "provisioner", *args, "--help"],
-                          env={**base_env(), "COLUMNS": str(columns)}, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "provisioner", *args, "--help"],
+        env={**base_env(), "COLUMNS": str(columns)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -48,8 +53,16 @@ def test_the_command_list_shows_whole_first_sentences():
 @pytest.mark.parametrize("command", API_COMMANDS)
 def test_api_commands_name_their_environment(command):
     text = _help(command)
-    for variable in ("CE_USER_SECRET", "CE_ORGANIZATION_SECRET", "CE_API_URL", "PROVISIONER_FINGERPRINT_KEY",
-                     "HTTPS_PROXY", "NO_PROXY", "REQUESTS_CA_BUNDLE", "NO_COLOR"):
+    for variable in (
+        "CE_USER_SECRET",
+        "CE_ORGANIZATION_SECRET",
+        "CE_API_URL",
+        "PROVISIONER_FINGERPRINT_KEY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "REQUESTS_CA_BUNDLE",
+        "NO_COLOR",
+    ):
         assert variable in text, variable
     assert "Trace every HTTP request" in text
 
@@ -82,29 +95,50 @@ def test_markdown_is_offered_only_where_it_means_something():
 
 
 def test_schema_manifest_prints_the_packaged_schema_with_its_stable_id():
-    proc = subprocess.run([sys.executable, "-m", "provisioner", "schema", "manifest"], env=base_env(),
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "provisioner", "schema", "manifest"],
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0
     schema = json.loads(proc.stdout)
     assert schema["$id"] == "https://cloud-elements-provisioner.dev/schemas/manifest/v1.json"
     assert proc.stdout == (REPO / "schemas" / "manifest.schema.json").read_text(encoding="utf-8")
-    bad = subprocess.run([sys.executable, "-m", "provisioner", "schema", "nosuch"], env=base_env(),
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "provisioner", "schema", "nosuch"],
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 1 and "manifest" in bad.stderr
 
 
-@pytest.mark.parametrize("shell,marker", [("bash", "complete -o nosort -F"), ("zsh", "compdef"),
-                                          ("fish", "complete --no-files --command provisioner")])
+@pytest.mark.parametrize(
+    "shell,marker",
+    [("bash", "complete -o nosort -F"), ("zsh", "compdef"), ("fish", "complete --no-files --command provisioner")],
+)
 def test_shell_completion_scripts_are_generated(shell, marker):
     """The commands the README gives: _PROVISIONER_COMPLETE={shell}_source provisioner."""
-    proc = subprocess.run([sys.executable, "-m", "provisioner"], capture_output=True, text=True, timeout=60,
-                          env={**base_env(), "_PROVISIONER_COMPLETE": f"{shell}_source"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "provisioner"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**base_env(), "_PROVISIONER_COMPLETE": f"{shell}_source"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert marker in proc.stdout and "_PROVISIONER_COMPLETE" in proc.stdout
 
 
 def test_completion_completes_command_names():
-    proc = subprocess.run([sys.executable, "-m", "provisioner"], capture_output=True, text=True, timeout=60,
-                          env={**base_env(), "_PROVISIONER_COMPLETE": "bash_complete", "COMP_WORDS": "provisioner pl",
-                               "COMP_CWORD": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "provisioner"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**base_env(), "_PROVISIONER_COMPLETE": "bash_complete", "COMP_WORDS": "provisioner pl", "COMP_CWORD": "1"},
+    )
     assert proc.stdout.strip() == "plain,plan"

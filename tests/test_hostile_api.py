@@ -20,25 +20,43 @@ MARKER = f"provisioner:stack={STACK}"
 
 def item(ident, name: str, owned: bool = True, **extra) -> dict:
     created = f"2026-01-01T00:00:{ident:02d}Z" if isinstance(ident, int) else "2026-01-01T00:00:00Z"
-    base = {"id": ident, "name": name, "element": {"key": "connectwisehd"}, "createdDate": created,
-            "tags": [MARKER] if owned else [], "token": f"tok-{ident}-Qz81", "configuration": {}}
+    base = {
+        "id": ident,
+        "name": name,
+        "element": {"key": "connectwisehd"},
+        "createdDate": created,
+        "tags": [MARKER] if owned else [],
+        "token": f"tok-{ident}-Qz81",
+        "configuration": {},
+    }
     base.update(extra)
     return base
 
 
-def run_cli(tmp_path, url: str, *args: str, count: int = 2, extra_env: dict | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess:
+def run_cli(
+    tmp_path, url: str, *args: str, count: int = 2, extra_env: dict | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
     write(work, "m.yaml", manifest_text(STACK, count))
-    env = {**base_env(), "CE_API_URL": url, "CE_USER_SECRET": USER_SECRET, "CE_ORGANIZATION_SECRET": ORG_SECRET,
-           **(extra_env or {})}
-    return subprocess.run([sys.executable, "-m", "provisioner", args[0], "m.yaml", *args[1:]], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    env = {
+        **base_env(),
+        "CE_API_URL": url,
+        "CE_USER_SECRET": USER_SECRET,
+        "CE_ORGANIZATION_SECRET": ORG_SECRET,
+        **(extra_env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "provisioner", args[0], "m.yaml", *args[1:]],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-FAST = ("--timeout", "1", "--connect-timeout", "0.5", "--settle", "0.2", "--max-retry-time", "3",
-        "--max-attempts", "3")
+FAST = ("--timeout", "1", "--connect-timeout", "0.5", "--settle", "0.2", "--max-retry-time", "3", "--max-attempts", "3")
 
 
 def writes(server: ScriptedServer) -> list[str]:
@@ -58,11 +76,20 @@ def pages(*contents: list, total: int | None = None) -> list[Reply]:
 # -- point 1: a listing is checked before anything is decided from it ----------------------------
 
 BAD_LISTINGS = {
-    "repeated-item": (pages([item(1, "helpdesk-0"), item(2, "x"), item(3, "helpdesk-1")],
-                            [item(3, "helpdesk-1"), item(4, "y"), item(5, "z")]), "listed twice"),
+    "repeated-item": (
+        pages(
+            [item(1, "helpdesk-0"), item(2, "x"), item(3, "helpdesk-1")],
+            [item(3, "helpdesk-1"), item(4, "y"), item(5, "z")],
+        ),
+        "listed twice",
+    ),
     "no-id": (pages([item(1, "helpdesk-0"), {**item(2, "helpdesk-1"), "id": None}]), "no usable id"),
-    "two-without-id": (pages([{k: v for k, v in item(1, "a").items() if k != "id"},
-                              {k: v for k, v in item(2, "b").items() if k != "id"}]), "no usable id"),
+    "two-without-id": (
+        pages(
+            [{k: v for k, v in item(1, "a").items() if k != "id"}, {k: v for k, v in item(2, "b").items() if k != "id"}]
+        ),
+        "no usable id",
+    ),
     "tags-not-a-list": (pages([item(1, "helpdesk-0", tags=5)]), "'tags' is int"),
     "item-not-an-object": (pages([item(1, "helpdesk-0"), "helpdesk-1"]), "not an instance object"),
     "ends-early": (pages([item(1, "helpdesk-0"), item(2, "helpdesk-1")], total=5), "announced 5"),
@@ -95,8 +122,14 @@ def test_a_listing_read_while_another_run_writes_is_read_again(tmp_path):
 
 # -- point 3: odd answers to a create ------------------------------------------------------------
 
-ODD_CREATE_ANSWERS = {"empty": b"", "null": "null", "list": "[]", "string": '"created"', "no-id": '{"name": "x"}',
-                      "no-token": '{"id": 9, "name": "helpdesk-0"}'}
+ODD_CREATE_ANSWERS = {
+    "empty": b"",
+    "null": "null",
+    "list": "[]",
+    "string": '"created"',
+    "no-id": '{"name": "x"}',
+    "no-token": '{"id": 9, "name": "helpdesk-0"}',
+}
 
 
 @pytest.mark.parametrize("case", sorted(ODD_CREATE_ANSWERS))
@@ -104,9 +137,12 @@ def test_a_create_answered_2xx_without_an_instance_is_looked_up_never_counted(tm
     body = ODD_CREATE_ANSWERS[case]
     made = item(41, "helpdesk-0")
     empty = Reply(404, body={"message": "No instances found"})
-    script = [empty, Reply(200, {"Content-Type": "application/json"}, body),
-              Reply(200, {"elements-total-count": "1"}, [made]),     # the lookup finds it: adopted
-              Reply(200, {"elements-total-count": "1"}, [made])]     # the final check
+    script = [
+        empty,
+        Reply(200, {"Content-Type": "application/json"}, body),
+        Reply(200, {"elements-total-count": "1"}, [made]),  # the lookup finds it: adopted
+        Reply(200, {"elements-total-count": "1"}, [made]),
+    ]  # the final check
     with ScriptedServer(script) as srv:
         result = run_cli(tmp_path, srv.base_url, "apply", "--outputs", "out.json", *FAST, count=1)
         out = json.loads((tmp_path / "work" / "out.json").read_text())
@@ -127,6 +163,7 @@ def test_a_create_that_stays_unknown_fails_with_a_summary_and_outputs_written(tm
 
 
 # -- point 6: the wrong target is named ----------------------------------------------------------
+
 
 def test_a_base_url_without_the_api_path_is_an_error_naming_the_url(tmp_path):
     with ScriptedServer(default=Reply(404, body={"message": "No resource found at /instances"})) as srv:
@@ -156,6 +193,7 @@ def test_nobody_listening_names_the_url_the_attempts_and_the_variables(tmp_path)
 
 # -- point 9: deletes the API refuses ------------------------------------------------------------
 
+
 def test_a_delete_refused_as_in_use_is_reported_and_the_others_proceed(tmp_path):
     listing = [item(1, "old-a"), item(2, "old-b"), item(3, "old-c")]
     in_use = Reply(409, body={"requestId": "r409", "message": "Instance 2 is in use by formula instance 77"})
@@ -174,6 +212,7 @@ def test_a_delete_refused_as_in_use_is_reported_and_the_others_proceed(tmp_path)
 
 # -- point 5: a signal ends any run, whatever the server does ------------------------------------
 
+
 @pytest.mark.parametrize(("command", "signum", "code"), [("plan", signal.SIGTERM, 143), ("apply", signal.SIGINT, 130)])
 def test_a_signal_ends_the_run_even_while_the_server_drips(tmp_path, command, signum, code):
     empty = Reply(404, body={"message": "No instances found"})
@@ -182,11 +221,22 @@ def test_a_signal_ends_the_run_even_while_the_server_drips(tmp_path, command, si
         work = tmp_path / "work"
         work.mkdir()
         write(work, "m.yaml", manifest_text(STACK, 2))
-        env = {**base_env(), "CE_API_URL": srv.base_url, "CE_USER_SECRET": USER_SECRET,
-               "CE_ORGANIZATION_SECRET": ORG_SECRET}
-        proc = subprocess.Popen([sys.executable, "-m", "provisioner", command, "m.yaml", "--outputs", "o.json"]
-                                if command == "apply" else [sys.executable, "-m", "provisioner", command, "m.yaml"],
-                                cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env = {
+            **base_env(),
+            "CE_API_URL": srv.base_url,
+            "CE_USER_SECRET": USER_SECRET,
+            "CE_ORGANIZATION_SECRET": ORG_SECRET,
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "provisioner", command, "m.yaml", "--outputs", "o.json"]
+            if command == "apply"
+            else [sys.executable, "-m", "provisioner", command, "m.yaml"],
+            cwd=work,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 30
         while len([r for r in srv.requests if r.method == ("GET" if command == "plan" else "POST")]) == 0:
             assert time.monotonic() < deadline and proc.poll() is None, "the run never reached the dripping request"

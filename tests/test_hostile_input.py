@@ -30,6 +30,7 @@ def _no_requests(db) -> None:
 
 # -- files that are not regular files ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("command", ["validate", "plan"])
 def test_a_fifo_manifest_is_refused_without_waiting(cli, db, command):
     fifo = cli.cwd / "m.yaml"
@@ -91,8 +92,11 @@ def test_a_fifo_with_a_writer_is_still_refused_and_the_cap_holds_for_regular_fil
 
 
 def test_a_template_that_is_a_fifo_is_refused(cli, db):
-    write(cli.cwd, "m.yaml", "apiVersion: provisioner/v1\nstack: tests\ninstances:\n"
-                             "  - name: t\n    template: body.yaml\n")
+    write(
+        cli.cwd,
+        "m.yaml",
+        "apiVersion: provisioner/v1\nstack: tests\ninstances:\n  - name: t\n    template: body.yaml\n",
+    )
     os.mkfifo(cli.cwd / "body.yaml")
     stderr = _clean(cli.run("plan", "m.yaml", timeout=30))
     assert "m.yaml:5 instance=t: template file 'body.yaml': cannot read file: it is a FIFO" in stderr
@@ -105,12 +109,15 @@ NESTED = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{%
 
 
 def test_a_runaway_loop_in_a_manifest_string_fails_with_its_location(cli, db):
-    text = manifest_text(count=1).replace("helpdesk.connectwise.company: acme",
-                                          f'helpdesk.connectwise.company: "{NESTED}acme"')
+    text = manifest_text(count=1).replace(
+        "helpdesk.connectwise.company: acme", f'helpdesk.connectwise.company: "{NESTED}acme"'
+    )
     write(cli.cwd, "m.yaml", text)
     stderr = _clean(cli.run("plan", "m.yaml", timeout=60))
-    assert "instance=helpdesk-0 configuration.helpdesk.connectwise.company: template exceeds its rendering budget" \
+    assert (
+        "instance=helpdesk-0 configuration.helpdesk.connectwise.company: template exceeds its rendering budget"
         in stderr
+    )
     _no_requests(db)
 
 
@@ -118,50 +125,71 @@ EMIT = "{{ '' }}{% endfor %}{% endfor %}"
 
 
 def test_a_runaway_loop_in_a_template_file_names_the_template_line(cli, db):
-    write(cli.cwd, "m.yaml", "apiVersion: provisioner/v1\nstack: tests\ninstances:\n"
-                             "  - name: t\n    template: body.yaml\n")
-    write(cli.cwd, "body.yaml", f"""
+    write(
+        cli.cwd,
+        "m.yaml",
+        "apiVersion: provisioner/v1\nstack: tests\ninstances:\n  - name: t\n    template: body.yaml\n",
+    )
+    write(
+        cli.cwd,
+        "body.yaml",
+        f"""
         element: connectwisehd
         configuration:
-          helpdesk.connectwise.username: "{NESTED.replace('{% endfor %}{% endfor %}', EMIT)}"
-        """)
+          helpdesk.connectwise.username: "{NESTED.replace("{% endfor %}{% endfor %}", EMIT)}"
+        """,
+    )
     stderr = _clean(cli.run("validate", "m.yaml", timeout=60))
     assert "m.yaml:5 (template body.yaml:3) instance=t: template exceeds its rendering budget" in stderr
 
 
 @pytest.mark.parametrize("expression", ["'x' * 10**10", "7 ** 1000000", "[1] * 10**9", "10**4000 * 10**4000"])
 def test_huge_values_built_in_one_step_are_refused(cli, db, expression):
-    text = manifest_text(count=1).replace("helpdesk.connectwise.company: acme",
-                                          f'helpdesk.connectwise.company: "{{{{ {expression} }}}}"')
+    text = manifest_text(count=1).replace(
+        "helpdesk.connectwise.company: acme", f'helpdesk.connectwise.company: "{{{{ {expression} }}}}"'
+    )
     write(cli.cwd, "m.yaml", text)
     stderr = _clean(cli.run("validate", "m.yaml", timeout=60))
     assert "template exceeds its rendering budget" in stderr
 
 
 def test_template_yaml_errors_show_the_users_text_not_placeholders(cli, db):
-    write(cli.cwd, "m.yaml", "apiVersion: provisioner/v1\nstack: tests\ninputs:\n  k: company\ninstances:\n"
-                             "  - name: t\n    template: body.yaml\n")
-    write(cli.cwd, "body.yaml", """
+    write(
+        cli.cwd,
+        "m.yaml",
+        "apiVersion: provisioner/v1\nstack: tests\ninputs:\n  k: company\ninstances:\n"
+        "  - name: t\n    template: body.yaml\n",
+    )
+    write(
+        cli.cwd,
+        "body.yaml",
+        """
         element: connectwisehd
         configuration:
           helpdesk.connectwise.{{ inputs.k }}: {{ inputs.k }}: x
-        """)
+        """,
+    )
     stderr = _clean(cli.run("validate", "m.yaml"))
     assert "__pv" not in stderr
     assert "(template body.yaml:3)" in stderr
     assert "{{ inputs.k }}" in stderr
-    write(cli.cwd, "body.yaml", """
+    write(
+        cli.cwd,
+        "body.yaml",
+        """
         element: connectwisehd
         configuration:
           "{{ inputs.k }}": 1
           "{{ inputs.k }}": 2
-        """)
+        """,
+    )
     stderr = _clean(cli.run("validate", "m.yaml"))
     assert "__pv" not in stderr
     assert "(template body.yaml:4) instance=t: key '{{ inputs.k }}' renders to the same key as another key" in stderr
 
 
 # -- huge integers ------------------------------------------------------------------------------------
+
 
 def test_huge_integers_in_set_manifest_and_inputs_are_located_errors(cli, db):
     text = manifest_text(count=1).replace("instances:", f"inputs:\n  big: {HUGE}\ninstances:")
@@ -179,15 +207,24 @@ def test_huge_integers_in_set_manifest_and_inputs_are_located_errors(cli, db):
 def _quoted_ok(cli: Cli):
     text = manifest_text(count=1).replace("instances:", f"inputs:\n  big: '{HUGE}'\ninstances:")
     write(cli.cwd, "m.yaml", text)
-    return cli.run("validate", "m.yaml", "--set", f"n=\"{HUGE}\"")
+    return cli.run("validate", "m.yaml", "--set", f'n="{HUGE}"')
 
 
 # -- --set forms ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("form, message", [
-    ("=x", "'=x' has an empty key"), ("a", "'a' is not KEY=VALUE"), ("", "'' is not KEY=VALUE"),
-    ("a.=1", "--set 'a.': every part of a dotted key"), ("..=1", "--set '..': every part"),
-    ("a[0]=1", "--set 'a[0]': every part"), (" =1", "has an empty key")])
+
+@pytest.mark.parametrize(
+    "form, message",
+    [
+        ("=x", "'=x' has an empty key"),
+        ("a", "'a' is not KEY=VALUE"),
+        ("", "'' is not KEY=VALUE"),
+        ("a.=1", "--set 'a.': every part of a dotted key"),
+        ("..=1", "--set '..': every part"),
+        ("a[0]=1", "--set 'a[0]': every part"),
+        (" =1", "has an empty key"),
+    ],
+)
 def test_odd_set_forms_are_clear_errors(cli, db, form, message):
     write(cli.cwd, "m.yaml", manifest_text(count=1))
     stderr = _clean(cli.run("plan", "m.yaml", "--set", form))
@@ -196,6 +233,7 @@ def test_odd_set_forms_are_clear_errors(cli, db, form, message):
 
 
 # -- credentials with control characters ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("variable", ["CE_USER_SECRET", "CE_ORGANIZATION_SECRET"])
 @pytest.mark.parametrize("output", ["text", "json"])
@@ -218,8 +256,9 @@ def test_a_credential_with_a_newline_names_the_variable_never_the_value(cli, db,
 
 def test_a_target_secret_from_the_manifest_with_a_control_character_is_refused(cli, db):
     text = manifest_text(count=1) + (
-        "targets:\n  default:\n    url: \"{{ env.CE_API_URL }}\"\n"
-        "    userSecret: \"{{ env.MY_USER }}\"\n    organizationSecret: \"{{ env.CE_ORGANIZATION_SECRET }}\"\n")
+        'targets:\n  default:\n    url: "{{ env.CE_API_URL }}"\n'
+        '    userSecret: "{{ env.MY_USER }}"\n    organizationSecret: "{{ env.CE_ORGANIZATION_SECRET }}"\n'
+    )
     write(cli.cwd, "m.yaml", text)
     proc = cli.run("plan", "m.yaml", env={"MY_USER": "abc\x1b[2Jdef-secret"})
     stderr = _clean(proc)
@@ -229,6 +268,7 @@ def test_a_target_secret_from_the_manifest_with_a_control_character_is_refused(c
 
 
 # -- emulator on a busy port -------------------------------------------------------------------------
+
 
 def test_emulator_on_a_port_in_use_says_so(cli, tmp_path):
     with socket.socket() as busy:
@@ -246,14 +286,17 @@ COLLIDING = """
 apiVersion: provisioner/v1
 stack: tests
 instances:
-""" + "".join(f"""  - name: {name}
+""" + "".join(
+    f"""  - name: {name}
     element: connectwisehd
     configuration:
       helpdesk.connectwise.username: api1
       helpdesk.connectwise.password: pw-1
       helpdesk.connectwise.server.url: api-na.myconnectwise.net
       helpdesk.connectwise.company: acme
-""" for name in ("crm-acme", "crm.acme", "CRM_ACME", "other"))
+"""
+    for name in ("crm-acme", "crm.acme", "CRM_ACME", "other")
+)
 
 
 def test_output_env_refuses_names_that_collide(cli, db):

@@ -27,9 +27,16 @@ from provisioner import __version__
 
 NAME = "cloud-elements-provisioner"
 V = r"(\d[\w.]*\w|\d)"  # a version ends with a letter or digit
-PIN_PATTERNS = [rf"cloud-elements-provisioner=={V}\b", rf"OWNER/REPO@v{V}\b", rf"\bref: v{V}\b", rf"\brev: v{V}\b",
-                rf'PROVISIONER_VERSION: "{V}"', rf'\n  version:\n(?:    .*\n)*?    default: "{V}"',
-                rf"cloud_elements_provisioner-{V}-py3", rf"# version: {V} "]
+PIN_PATTERNS = [
+    rf"cloud-elements-provisioner=={V}\b",
+    rf"OWNER/REPO@v{V}\b",
+    rf"\bref: v{V}\b",
+    rf"\brev: v{V}\b",
+    rf'PROVISIONER_VERSION: "{V}"',
+    rf'\n  version:\n(?:    .*\n)*?    default: "{V}"',
+    rf"cloud_elements_provisioner-{V}-py3",
+    rf"# version: {V} ",
+]
 
 
 def _run(args: list[str], env: dict, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -42,8 +49,13 @@ def _run(args: list[str], env: dict, cwd: Path, timeout: float = 600) -> subproc
 def installed(tmp_path_factory):
     """A tagged git copy of the working tree, its wheel, and a fresh venv with the README's install."""
     root = tmp_path_factory.mktemp("install")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
-                           check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     source = root / "source"
     for name in filter(None, files):
         if (REPO / name).is_file():
@@ -54,12 +66,30 @@ def installed(tmp_path_factory):
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "release"], ["tag", f"v{__version__}"]):
         _run([*git, *args], env, source)
     wheels = root / "wheels"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-w", str(wheels),
-          str(source)], env, root)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-w",
+            str(wheels),
+            str(source),
+        ],
+        env,
+        root,
+    )
     venv = root / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], env, root)
-    env = {**env, "PATH": f"{venv / 'bin'}{os.pathsep}{env['PATH']}", "PIP_FIND_LINKS": str(wheels),
-           "PIP_DISABLE_PIP_VERSION_CHECK": "1", "VIRTUAL_ENV": str(venv)}
+    env = {
+        **env,
+        "PATH": f"{venv / 'bin'}{os.pathsep}{env['PATH']}",
+        "PIP_FIND_LINKS": str(wheels),
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "VIRTUAL_ENV": str(venv),
+    }
     command = _readme_install_command()
     _run(["bash", "-e", "-c", command], env, root)
     home = root / "home"  # a directory that is not a checkout
@@ -76,8 +106,12 @@ def _readme_install_command() -> str:
 def test_every_pinned_version_is_the_package_version():
     """One source for the version: the README, the examples, the action and the template all pin it."""
     assert _readme_install_command() == f'pip install "{NAME}=={__version__}"'
-    places = [REPO / "README.md", REPO / "action.yml", REPO / "ci" / "gitlab" / "provisioner.gitlab-ci.yml",
-              *(REPO / "examples" / "pipelines").iterdir()]
+    places = [
+        REPO / "README.md",
+        REPO / "action.yml",
+        REPO / "ci" / "gitlab" / "provisioner.gitlab-ci.yml",
+        *(REPO / "examples" / "pipelines").iterdir(),
+    ]
     found = 0
     for path in places:
         text = path.read_text(encoding="utf-8")
@@ -117,16 +151,20 @@ def test_the_git_tag_form_installs(installed):
     assert _run(["provisioner", "--version"], env, home).stdout.strip() == f"provisioner, version {__version__}"
 
 
-def test_the_action_and_the_gitlab_template_install_lines_run_and_the_action_works_installed(installed, cli, db,
-                                                                                              tmp_path):
+def test_the_action_and_the_gitlab_template_install_lines_run_and_the_action_works_installed(
+    installed, cli, db, tmp_path
+):
     env = {**installed["env"], **{k: v for k, v in cli.env.items() if k.startswith("CE_")}}
     action = yaml.safe_load((REPO / "action.yml").read_text())
     install = next(s for s in action["runs"]["steps"] if "pip install" in s.get("run", ""))
     _run(["bash", "-e", "-c", install["run"]], {**env, "PROVISIONER_VERSION": __version__}, tmp_path)
     template = gitlab_config(REPO / "ci" / "gitlab" / "provisioner.gitlab-ci.yml")
     line = template[".provisioner"]["before_script"][0]
-    _run(["bash", "-e", "-c", line], {**env, "PROVISIONER_VERSION": template["variables"]["PROVISIONER_VERSION"]},
-         tmp_path)
+    _run(
+        ["bash", "-e", "-c", line],
+        {**env, "PROVISIONER_VERSION": template["variables"]["PROVISIONER_VERSION"]},
+        tmp_path,
+    )
     write(cli.cwd, "provisioner.yaml", manifest_text())
     runner = GitHubRunner(env, cli.cwd, tmp_path, {}, skip=lambda step: "pip install" in step.get("run", ""))
     step = {"uses": f"OWNER/REPO@v{__version__}", "with": {"command": "apply", "manifest": "provisioner.yaml"}}
@@ -149,8 +187,17 @@ def test_pre_commit_installs_and_runs_the_hook(installed, tmp_path):
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
     _run([*git, "init", "-q"], env, project)
     _run([*git, "add", "-A"], env, project)
-    command = [sys.executable, "-m", "pre_commit", "try-repo", str(installed["source"]), "provisioner-validate",
-               "--ref", f"v{__version__}", "--all-files"]
+    command = [
+        sys.executable,
+        "-m",
+        "pre_commit",
+        "try-repo",
+        str(installed["source"]),
+        "provisioner-validate",
+        "--ref",
+        f"v{__version__}",
+        "--all-files",
+    ]
     proc = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "provisioner.yaml: valid (2 instances)" in proc.stdout

@@ -101,16 +101,27 @@ def test_emulator_masks_and_compares_without_keeping_the_value(tmp_path):
     server.start()
     try:
         headers = {"Authorization": "User user-secret-1, Organization org-secret-2"}
-        body = {"element": {"key": "connectwisehd"}, "name": "x",
-                "configuration": {"helpdesk.connectwise.username": "api1", "helpdesk.connectwise.password": CANARY,
-                                  "helpdesk.connectwise.server.url": "u", "helpdesk.connectwise.company": "c"}}
+        body = {
+            "element": {"key": "connectwisehd"},
+            "name": "x",
+            "configuration": {
+                "helpdesk.connectwise.username": "api1",
+                "helpdesk.connectwise.password": CANARY,
+                "helpdesk.connectwise.server.url": "u",
+                "helpdesk.connectwise.company": "c",
+            },
+        }
         created = requests.post(server.url + "/instances", json=body, headers=headers, timeout=10)
         assert created.status_code == 200, created.text
         assert created.json()["configuration"]["helpdesk.connectwise.password"] == "********"
         got = requests.get(f"{server.url}/instances/{created.json()['id']}", headers=headers, timeout=10).json()
         assert got["configuration"]["helpdesk.connectwise.password"] == "********"
-        missing = requests.patch(f"{server.url}/instances/{created.json()['id']}", headers=headers, timeout=10,
-                                 json={"configuration": {"helpdesk.connectwise.password": ""}})
+        missing = requests.patch(
+            f"{server.url}/instances/{created.json()['id']}",
+            headers=headers,
+            timeout=10,
+            json={"configuration": {"helpdesk.connectwise.password": ""}},
+        )
         assert missing.status_code == 400
     finally:
         server.stop()

@@ -79,8 +79,10 @@ def test_plan_markdown_has_a_summary_table_and_diffs_and_no_secret(cli, db):
     assert "| update | 2 |" in text
     company = "configuration.helpdesk.connectwise.company"
     assert f'- {company}: "acme"\n+ {company}: "globex"' in text
-    assert "- configuration.helpdesk.connectwise.password: (sensitive)\n" \
-           "+ configuration.helpdesk.connectwise.password: (sensitive)" in text
+    assert (
+        "- configuration.helpdesk.connectwise.password: (sensitive)\n"
+        "+ configuration.helpdesk.connectwise.password: (sensitive)" in text
+    )
     for secret in (PASSWORD, NEW_PASSWORD, USER_SECRET, ORG_SECRET):
         assert secret not in text
 
@@ -114,10 +116,10 @@ def test_a_cell_never_breaks_its_table_row(text):
 def test_code_spans_and_fences_hold_any_backticks(text):
     span = code(text)
     ticks = re.match(r"`+", span).group()
-    assert span.endswith(ticks) and ticks not in span[len(ticks):-len(ticks)]
+    assert span.endswith(ticks) and ticks not in span[len(ticks) : -len(ticks)]
     block = fenced("diff", [text])
     fence = block.split("diff", 1)[0]
-    assert block.endswith("\n" + fence) and fence not in block[len(fence):-len(fence)]
+    assert block.endswith("\n" + fence) and fence not in block[len(fence) : -len(fence)]
 
 
 def test_drift_markdown_has_findings_by_category_and_a_field_table_and_no_secret(cli, db, emulator):
@@ -148,8 +150,10 @@ def test_drift_markdown_has_findings_by_category_and_a_field_table_and_no_secret
     assert text.splitlines()[2].startswith("**Drift: 2 finding(s) changed behind provisioner's back")
     assert "#### `drift` `changed` `helpdesk-a` (`connectwisehd`, id `1`)" in text
     assert "| field | live | manifest | kind |" in tables[1]
-    assert ('| configuration.helpdesk.connectwise.company | "someone\\|else &lt;b&gt;x&lt;/b&gt;" | "acme" | drift |'
-            in tables[1])
+    assert (
+        '| configuration.helpdesk.connectwise.company | "someone\\|else &lt;b&gt;x&lt;/b&gt;" | "acme" | drift |'
+        in tables[1]
+    )
     assert "| configuration.helpdesk.connectwise.password | (sensitive) | (sensitive) | drift |" in text
     assert "| configuration.helpdesk.connectwise.password | (sensitive) | (sensitive) | pending |" in text
     assert text.rstrip().endswith("retries.") and "Read only: " in text

@@ -28,10 +28,13 @@ def delivered(h: Harness, path: str) -> dict:
     return json.loads(file.read_text(encoding="utf-8")) if file.exists() else {"instances": {}}
 
 
-@pytest.mark.parametrize("faults", [
-    pytest.param(FaultConfig(latency_ms=20), id="quiet"),
-    pytest.param(FaultConfig(latency_ms=20, error_rate=0.1, reset_rate=0.1, lost_rate=0.1, seed=11), id="faults"),
-])
+@pytest.mark.parametrize(
+    "faults",
+    [
+        pytest.param(FaultConfig(latency_ms=20), id="quiet"),
+        pytest.param(FaultConfig(latency_ms=20, error_rate=0.1, reset_rate=0.1, lost_rate=0.1, seed=11), id="faults"),
+    ],
+)
 def test_overlapping_applies_deliver_only_live_tokens_and_converge(h, faults):
     h.write_manifest(COUNT)
     h.faults(faults)

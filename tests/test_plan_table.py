@@ -43,8 +43,9 @@ def live_instances(path: Path, stack: str) -> list[LiveInstance]:
         for tag in data.get("tags") or []:
             match = FP_PLACEHOLDER.match(tag) if isinstance(tag, str) else None
             if match:
-                tags.extend(fingerprint_tags(FP_KEY, stack, data["name"], {match["key"]: match["value"]},
-                                             [match["key"]]))
+                tags.extend(
+                    fingerprint_tags(FP_KEY, stack, data["name"], {match["key"]: match["value"]}, [match["key"]])
+                )
             else:
                 tags.append(tag)
         instances.append(LiveInstance.from_api({**data, "tags": tags}))
@@ -52,8 +53,18 @@ def live_instances(path: Path, stack: str) -> list[LiveInstance]:
 
 
 def actual_changes(plan) -> list[dict]:
-    return [{"action": c.action, "name": c.name, "id": c.id, "reason": c.reason, "method": c.method,
-             "warning": c.warning, "diff": [d.to_json() for d in c.diff]} for c in plan.changes]
+    return [
+        {
+            "action": c.action,
+            "name": c.name,
+            "id": c.id,
+            "reason": c.reason,
+            "method": c.method,
+            "warning": c.warning,
+            "diff": [d.to_json() for d in c.diff],
+        }
+        for c in plan.changes
+    ]
 
 
 def matches(actual: dict, expected: dict) -> bool:
@@ -82,6 +93,7 @@ def build(case: str, early_pages: int = 0):
         early = EarlyDiffs(stack, validated.desired, validated.registry, fingerprints)
         for start in range(early_pages):
             early.see("default", live[start::early_pages])
+
     def plan():
         return make_plan(stack, validated.desired, {"default": live}, validated.registry, fingerprints, options, early)
 
@@ -111,8 +123,10 @@ def test_plan(case):
     shown = json.dumps(actual, default=str)
     assert not [s for s in SECRET_VALUES if s in shown], "a secret value is in the plan"
     ok = len(actual) == len(expected) and all(matches(a, e) for a, e in zip(actual, expected, strict=True))
-    assert ok, (f"\ncase {case}\n--- expected ---\n{json.dumps(expected, indent=2)}\n"
-                f"--- actual ---\n{json.dumps(actual, indent=2, default=str)}")
+    assert ok, (
+        f"\ncase {case}\n--- expected ---\n{json.dumps(expected, indent=2)}\n"
+        f"--- actual ---\n{json.dumps(actual, indent=2, default=str)}"
+    )
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -128,10 +142,12 @@ def test_diffs_computed_while_the_listing_arrives_give_the_same_plan(case):
 def test_fingerprint_placeholder_matches_what_apply_writes():
     """The placeholder stands for exactly the tag provisioner computes: the all-match case is a noop
     only because of it, and a wrong value or another instance's name gives another digest."""
-    [tag] = fingerprint_tags(FP_KEY, "tests", "helpdesk", {"helpdesk.connectwise.password": "pw-123456"},
-                             ["helpdesk.connectwise.password"])
+    [tag] = fingerprint_tags(
+        FP_KEY, "tests", "helpdesk", {"helpdesk.connectwise.password": "pw-123456"}, ["helpdesk.connectwise.password"]
+    )
     assert tag.startswith("provisioner:fp:helpdesk.connectwise.password=") and "pw-123456" not in tag
     other = {"helpdesk.connectwise.password": "other"}
     assert tag not in fingerprint_tags(FP_KEY, "tests", "helpdesk", other, ["helpdesk.connectwise.password"])
-    assert tag not in fingerprint_tags(FP_KEY, "tests", "crm", {"helpdesk.connectwise.password": "pw-123456"},
-                                       ["helpdesk.connectwise.password"])
+    assert tag not in fingerprint_tags(
+        FP_KEY, "tests", "crm", {"helpdesk.connectwise.password": "pw-123456"}, ["helpdesk.connectwise.password"]
+    )

@@ -37,11 +37,42 @@ WHERE = Location("m.yaml", 1)
 
 # Strings that have broken renderers before: quotes, backslashes, newlines, Jinja syntax, YAML syntax,
 # placeholders that look like the renderer's own, unicode.
-TRICKY = st.sampled_from([
-    "", " ", "'", '"', "\\", "\\n", "\n", "\r\n", "\t", "{{ 7*7 }}", "{% raw %}", "{#", "}}", "${X}",
-    "a: b", "- x", "# c", "&anchor", "*alias", "!!python/object", "null", "~", "true", "015", "1e3",
-    "__pv000000000000_0_", "é", "日本語", "\u2028", "\x00", "💥", "\ufeff",
-])
+TRICKY = st.sampled_from(
+    [
+        "",
+        " ",
+        "'",
+        '"',
+        "\\",
+        "\\n",
+        "\n",
+        "\r\n",
+        "\t",
+        "{{ 7*7 }}",
+        "{% raw %}",
+        "{#",
+        "}}",
+        "${X}",
+        "a: b",
+        "- x",
+        "# c",
+        "&anchor",
+        "*alias",
+        "!!python/object",
+        "null",
+        "~",
+        "true",
+        "015",
+        "1e3",
+        "__pv000000000000_0_",
+        "é",
+        "日本語",
+        "\u2028",
+        "\x00",
+        "💥",
+        "\ufeff",
+    ]
+)
 TEXT = st.one_of(st.text(), TRICKY, st.lists(TRICKY, max_size=6).map("".join))
 
 TEMPLATE = """\
@@ -75,7 +106,9 @@ def test_an_env_value_reaches_an_inline_value_byte_for_byte(value, template_dir)
     assert type(whole) is str and whole.encode("utf-8") == value.encode("utf-8")
     assert renderer.value("pre-{{ env.X }}-post", scope, WHERE) == f"pre-{value}-post"
     assert renderer.value({"configuration": {"k": "{{ env.X }}"}, "tags": ["{{ env.X }}"]}, scope, WHERE) == {
-        "configuration": {"k": value}, "tags": [value]}
+        "configuration": {"k": value},
+        "tags": [value],
+    }
 
 
 @SETTINGS
@@ -91,8 +124,13 @@ def test_an_input_and_an_item_reach_an_inline_value_byte_for_byte(value, templat
 def test_an_env_value_reaches_a_template_file_body_byte_for_byte(value, template_dir):
     renderer = Renderer(str(template_dir), {"X": value}, {})
     body = renderer.template_file("body.yaml.j2", renderer.context(), WHERE)
-    assert body["configuration"] == {"whole": value, "quoted": value, "single": value,
-                                     "embedded": f"pre-{value}-post", "twice": value + value}
+    assert body["configuration"] == {
+        "whole": value,
+        "quoted": value,
+        "single": value,
+        "embedded": f"pre-{value}-post",
+        "twice": value + value,
+    }
     assert all(type(v) is str for v in body["configuration"].values())
     assert list(body["tags"]) == [value]
 
@@ -115,8 +153,7 @@ def _value_strategy(prop: dict, secret: bool) -> st.SearchStrategy:
     types = prop.get("type", "string")
     types = [types] if isinstance(types, str) else types
     if "integer" in types:
-        return st.one_of(st.integers(min_value=1, max_value=10**9),
-                         st.from_regex(r"\A[0-9]{1,9}\Z"))
+        return st.one_of(st.integers(min_value=1, max_value=10**9), st.from_regex(r"\A[0-9]{1,9}\Z"))
     if prop.get("pattern") == "^https?://":
         return st.text(max_size=30).map(lambda s: "https://" + s)
     return st.text(min_size=prop.get("minLength", 0), max_size=min(prop.get("maxLength", 40), 40))
@@ -143,8 +180,11 @@ def declared(draw, element: str) -> dict:
     return {k: Secret(v) if k in schema.secret_keys else v for k, v in config.items()}
 
 
-EXTRA_KEYS = st.dictionaries(st.text(min_size=1, max_size=20).map(lambda s: "server." + s),
-                             st.one_of(st.none(), st.text(max_size=10)), max_size=3)
+EXTRA_KEYS = st.dictionaries(
+    st.text(min_size=1, max_size=20).map(lambda s: "server." + s),
+    st.one_of(st.none(), st.text(max_size=10)),
+    max_size=3,
+)
 
 
 def server_view(element: str, configuration: dict, extra: dict) -> dict:
@@ -233,9 +273,13 @@ def test_a_changed_secret_gives_one_sensitive_diff_without_its_value(element, da
 
 def test_an_empty_value_for_a_key_with_a_default_does_not_differ_from_what_the_server_stores():
     schema = REGISTRY.get("connectwisehd")
-    desired = {"helpdesk.connectwise.username": "u", "helpdesk.connectwise.password": Secret("p-word"),
-               "helpdesk.connectwise.server.url": "x", "helpdesk.connectwise.company": "c",
-               "helpdesk.connectwise.wsdl.path": ""}  # the schema accepts it (no minLength)
+    desired = {
+        "helpdesk.connectwise.username": "u",
+        "helpdesk.connectwise.password": Secret("p-word"),
+        "helpdesk.connectwise.server.url": "x",
+        "helpdesk.connectwise.company": "c",
+        "helpdesk.connectwise.wsdl.path": "",
+    }  # the schema accepts it (no minLength)
     assert not list(schema.validator.iter_errors({k: reveal(v) for k, v in desired.items()}))
     live = server_view("connectwisehd", desired, {})
     assert diff_configuration(desired, live, schema, live_fingerprints("connectwisehd", desired), FP, NAME) == []
@@ -269,8 +313,13 @@ def test_memoised_effective_values_match_a_fresh_computation(element, data):
     """ElementSchema.effective memoises per (key, type, value): True, 1 and 1.0 must not share an entry."""
     schema = ElementRegistry.load([]).get(element)
     key = data.draw(st.sampled_from(sorted(schema.properties)))
-    values = data.draw(st.lists(st.one_of(st.sampled_from([True, 1, 1.0, False, 0, 0.0, "1", "true", "", None]),
-                                          CONFIG_VALUES), min_size=1, max_size=8))
+    values = data.draw(
+        st.lists(
+            st.one_of(st.sampled_from([True, 1, 1.0, False, 0, 0.0, "1", "true", "", None]), CONFIG_VALUES),
+            min_size=1,
+            max_size=8,
+        )
+    )
     for value in values + values:
         assert schema.effective(key, value) == effective(schema, key, value)
         assert type(schema.effective(key, value)) is type(effective(schema, key, value))

@@ -21,8 +21,11 @@ from scripted_server import Reply, ScriptedServer
 from provisioner.elements import ElementRegistry
 from provisioner.schemagen import element_schema, record_field
 
-CW_CONFIG = {"helpdesk.connectwise.username": "api1", "helpdesk.connectwise.server.url": "api-na.myconnectwise.net",
-             "helpdesk.connectwise.company": "acme"}
+CW_CONFIG = {
+    "helpdesk.connectwise.username": "api1",
+    "helpdesk.connectwise.server.url": "api-na.myconnectwise.net",
+    "helpdesk.connectwise.company": "acme",
+}
 
 
 @pytest.fixture
@@ -44,13 +47,19 @@ def by_hand(api, name: str, password: str, element: str = "connectwisehd", tags=
     config = {**CW_CONFIG, "helpdesk.connectwise.password": password, **extra}
     if element == "dynamicscrmadfs":
         config = {"user.username": "crm-admin", "user.password": password, "dynamics.tenant": "acme.crm.dynamics.com"}
-    return api("POST", "/instances", json={"name": name, "element": {"key": element}, "tags": list(tags),
-                                            "configuration": config})
+    return api(
+        "POST",
+        "/instances",
+        json={"name": name, "element": {"key": element}, "tags": list(tags), "configuration": config},
+    )
 
 
 def writes(db) -> list[tuple[str, str]]:
-    return [(r["method"], r["path"].removeprefix("/elements/api-v2")) for r in db.requests()
-            if r["method"] in ("POST", "PUT", "PATCH", "DELETE")]
+    return [
+        (r["method"], r["path"].removeprefix("/elements/api-v2"))
+        for r in db.requests()
+        if r["method"] in ("POST", "PUT", "PATCH", "DELETE")
+    ]
 
 
 # -- 1. stacks sharing an organization --------------------------------------------------------
@@ -109,8 +118,15 @@ def test_apply_adopt_takes_over_an_unmanaged_instance_keeping_id_and_token(cli, 
     assert code == 0
     [change] = plan["changes"]
     assert change["action"] == "adopt" and change["id"] == theirs["id"]
-    assert change["diff"] == [{"op": "change", "path": "configuration.helpdesk.connectwise.company",
-                               "old": "old-co", "new": "acme", "sensitive": False}]
+    assert change["diff"] == [
+        {
+            "op": "change",
+            "path": "configuration.helpdesk.connectwise.company",
+            "old": "old-co",
+            "new": "acme",
+            "sensitive": False,
+        }
+    ]
     db.clear_requests()
     applied = cli.run("apply", manifest, "--adopt", "--outputs", "out.json")
     assert applied.returncode == 0, applied.stdout + applied.stderr
@@ -154,15 +170,30 @@ def test_without_adopt_nothing_changes_from_before(cli, db, api):
 
 
 def test_import_then_plan_adopt_shows_no_diff_and_apply_adopt_takes_all_over(cli, db, api):
-    secrets = {"HD_A_HELPDESK_CONNECTWISE_PASSWORD": "Canary-hd-a-7781", "HD_B_HELPDESK_CONNECTWISE_PASSWORD":
-               "Canary-hd-b-9912", "CRM_USER_PASSWORD": "Canary-crm-5530",
-               "HD_B_EVENT_NOTIFICATION_SIGNATURE_KEY": "Canary-sig-6612"}  # the API returns this one in clear
+    secrets = {
+        "HD_A_HELPDESK_CONNECTWISE_PASSWORD": "Canary-hd-a-7781",
+        "HD_B_HELPDESK_CONNECTWISE_PASSWORD": "Canary-hd-b-9912",
+        "CRM_USER_PASSWORD": "Canary-crm-5530",
+        "HD_B_EVENT_NOTIFICATION_SIGNATURE_KEY": "Canary-sig-6612",
+    }  # the API returns this one in clear
     poller = json.dumps({"contacts": {"url": "/hubs/helpdesk/contacts", "idField": "id"}})
-    made = [by_hand(api, "hd-a", secrets["HD_A_HELPDESK_CONNECTWISE_PASSWORD"], tags=("team-a",),
-                    **{"event.poller.configuration": poller, "event.notification.enabled": "true"}),
-            by_hand(api, "hd-b", secrets["HD_B_HELPDESK_CONNECTWISE_PASSWORD"], tags=(),
-                    **{"event.notification.signature.key": secrets["HD_B_EVENT_NOTIFICATION_SIGNATURE_KEY"]}),
-            by_hand(api, "crm", secrets["CRM_USER_PASSWORD"], element="dynamicscrmadfs")]
+    made = [
+        by_hand(
+            api,
+            "hd-a",
+            secrets["HD_A_HELPDESK_CONNECTWISE_PASSWORD"],
+            tags=("team-a",),
+            **{"event.poller.configuration": poller, "event.notification.enabled": "true"},
+        ),
+        by_hand(
+            api,
+            "hd-b",
+            secrets["HD_B_HELPDESK_CONNECTWISE_PASSWORD"],
+            tags=(),
+            **{"event.notification.signature.key": secrets["HD_B_EVENT_NOTIFICATION_SIGNATURE_KEY"]},
+        ),
+        by_hand(api, "crm", secrets["CRM_USER_PASSWORD"], element="dynamicscrmadfs"),
+    ]
     other_stack = by_hand(api, "hd-c", "pw-other", tags=("provisioner:stack=someone-else",))
     write(cli.cwd, "base.yaml", "apiVersion: provisioner/v1\nstack: ops\ninstances: []\n")
     imported = cli.run("import", "base.yaml", "--out", "imported.yaml")
@@ -209,7 +240,9 @@ def test_import_filters_by_element_and_name(cli, db, api):
 
 
 def test_render_shows_every_body_offline_and_no_secret(cli, db):
-    text = manifest_text(count=1, extra="""
+    text = manifest_text(
+        count=1,
+        extra="""
   - name: "hd-{{ item }}"
     forEach: [a, b]
     element: connectwisehd
@@ -219,7 +252,8 @@ def test_render_shows_every_body_offline_and_no_secret(cli, db):
       helpdesk.connectwise.server.url: api-na.example.net
       helpdesk.connectwise.company: "{{ item }}"
       event.notification.signature.key: "{{ env.SIG_KEY }}"
-""")
+""",
+    )
     manifest = write(cli.cwd, "m.yaml", text)
     env = {"CW_SECRET": "Canary-render-4411", "SIG_KEY": "Canary-sig-0042", "CW_PASSWORD": "Canary-pw-3321"}
     db.clear_requests()
@@ -240,8 +274,14 @@ def test_render_shows_every_body_offline_and_no_secret(cli, db):
 
 def test_render_needs_no_credentials(cli, db):
     manifest = write(cli.cwd, "m.yaml", manifest_text(count=1))
-    proc = subprocess.run([sys.executable, "-m", "provisioner", "render", str(manifest)], cwd=cli.cwd,
-                          env=base_env(), capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "provisioner", "render", str(manifest)],
+        cwd=cli.cwd,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0 and "name: helpdesk-0" in proc.stdout
     assert db.requests() == []
 
@@ -281,7 +321,10 @@ def test_schemas_pull_all_from_the_api_then_validate_and_apply_with_them(cli, db
     assert servicenow["properties"]["password"]["writeOnly"] is True
     assert servicenow["properties"]["servicenow.subdomain"]["maxLength"] == 128
 
-    manifest = write(cli.cwd, "sn.yaml", """
+    manifest = write(
+        cli.cwd,
+        "sn.yaml",
+        """
         apiVersion: provisioner/v1
         stack: tests
         schemas: [pulled]
@@ -293,14 +336,18 @@ def test_schemas_pull_all_from_the_api_then_validate_and_apply_with_them(cli, db
               password: "{{ env.SN_PASSWORD }}"
               servicenow.subdomain: dev12345
               filter.response.nulls: "false"
-        """)
+        """,
+    )
     env = {"SN_PASSWORD": "Canary-sn-2231"}
     assert cli.run("validate", manifest, env=env).returncode == 0
     applied = cli.run("apply", manifest, env=env)
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert db.instances()[-1]["configuration"]["password"] == "Canary-sn-2231"
     assert "No changes" in cli.run("plan", manifest, env=env).stdout
-    bad = write(cli.cwd, "bad.yaml", """
+    bad = write(
+        cli.cwd,
+        "bad.yaml",
+        """
         apiVersion: provisioner/v1
         stack: tests
         schemas: [pulled]
@@ -309,7 +356,8 @@ def test_schemas_pull_all_from_the_api_then_validate_and_apply_with_them(cli, db
             element: servicenow
             configuration:
               username: admin
-        """)
+        """,
+    )
     refused = cli.run("validate", bad)
     assert refused.returncode == 1
     assert "missing required keys: password, servicenow.subdomain" in refused.stderr
@@ -337,8 +385,10 @@ def test_oauth_element_is_refused_clearly_by_validate_and_plan(cli, db):
     for command in ("validate", "plan"):
         proc = cli.run(command, manifest, env=env)
         assert proc.returncode == 1
-        assert ("sf.yaml:6 instance=crm-sf element: element 'sfdc' authenticates with OAuth: a new instance needs an "
-                "authorization code from a browser redirect") in proc.stderr
+        assert (
+            "sf.yaml:6 instance=crm-sf element: element 'sfdc' authenticates with OAuth: a new instance needs an "
+            "authorization code from a browser redirect"
+        ) in proc.stderr
         assert "oauth.user.refresh_token" in proc.stderr and "apply --adopt" in proc.stderr
         assert "Canary-sf-secret-77" not in proc.stderr
     assert db.requests() == []
@@ -363,10 +413,15 @@ def test_create_body_of_an_oauth_instance_says_external_authentication_initial(t
     pulled = tmp_path / "pulled"
     pulled.mkdir()
     sfdc = {"key": "sfdc", "name": "Salesforce", "typeOauth": True}
-    records = [{"key": "oauth.api.key", "mandatory": True, "configDataType": "TEXTFIELD_128"},
-               {"key": "oauth.api.secret", "mandatory": True, "configDataType": "TEXTFIELD_128"}]
+    records = [
+        {"key": "oauth.api.key", "mandatory": True, "configDataType": "TEXTFIELD_128"},
+        {"key": "oauth.api.secret", "mandatory": True, "configDataType": "TEXTFIELD_128"},
+    ]
     (pulled / "sfdc.json").write_text(json.dumps(element_schema(sfdc, records)))
-    write(tmp_path, "m.yaml", """
+    write(
+        tmp_path,
+        "m.yaml",
+        """
         apiVersion: provisioner/v1
         stack: tests
         schemas: [pulled]
@@ -377,15 +432,22 @@ def test_create_body_of_an_oauth_instance_says_external_authentication_initial(t
               oauth.api.key: k
               oauth.api.secret: s
               oauth.user.refresh_token: r-123
-        """)
-    created = {"id": 7, "name": "crm-sf", "token": "tok-7", "element": {"key": "sfdc"}, "tags": [],
-               "configuration": {}}
+        """,
+    )
+    created = {"id": 7, "name": "crm-sf", "token": "tok-7", "element": {"key": "sfdc"}, "tags": [], "configuration": {}}
     listed = [{**created, "tags": ["provisioner:stack=tests"]}]  # the final check after the create
-    with ScriptedServer([Reply(404, body={"message": "No instances found"}), Reply(200, body=created),
-                         Reply(200, body=listed)]) as server:
+    with ScriptedServer(
+        [Reply(404, body={"message": "No instances found"}), Reply(200, body=created), Reply(200, body=listed)]
+    ) as server:
         env = base_env() | {"CE_API_URL": server.base_url, "CE_USER_SECRET": "u", "CE_ORGANIZATION_SECRET": "o"}
-        proc = subprocess.run([sys.executable, "-m", "provisioner", "apply", "m.yaml"], cwd=tmp_path, env=env,
-                   capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "provisioner", "apply", "m.yaml"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         post = next(r for r in server.requests if r.method == "POST")
     body = post.json()
@@ -396,10 +458,16 @@ def test_create_body_of_an_oauth_instance_says_external_authentication_initial(t
 def test_schemas_pull_reads_an_api_that_answers_differently(tmp_path):
     """Another API: keys as objects, no /configuration endpoint (the element carries its definitions),
     flags as text. The pull still gives a usable schema, and validation uses it."""
-    element = {"key": "acme", "name": "Acme", "typeOauth": False, "configuration": [
-        {"key": "acme.user", "name": "User", "type": "TEXTFIELD_32", "required": True},
-        {"key": "acme.pw", "type": "PASSWORD", "required": "true"},
-        {"key": "acme.debug", "type": "BOOLEAN", "required": False, "defaultValue": False}]}
+    element = {
+        "key": "acme",
+        "name": "Acme",
+        "typeOauth": False,
+        "configuration": [
+            {"key": "acme.user", "name": "User", "type": "TEXTFIELD_32", "required": True},
+            {"key": "acme.pw", "type": "PASSWORD", "required": "true"},
+            {"key": "acme.debug", "type": "BOOLEAN", "required": False, "defaultValue": False},
+        ],
+    }
 
     def answer(received):
         if received.path == "/elements/keys":
@@ -410,15 +478,24 @@ def test_schemas_pull_reads_an_api_that_answers_differently(tmp_path):
 
     with ScriptedServer(default=answer) as server:
         env = base_env() | {"CE_API_URL": server.base_url, "CE_USER_SECRET": "u", "CE_ORGANIZATION_SECRET": "o"}
-        proc = subprocess.run([sys.executable, "-m", "provisioner", "schemas", "pull", "--all", "--out", "out"],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "provisioner", "schemas", "pull", "--all", "--out", "out"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stderr
         assert [r.method for r in server.requests] == ["GET"] * 3
     schema = json.loads((tmp_path / "out" / "acme.json").read_text())
     assert schema["required"] == ["acme.user", "acme.pw"]
     assert schema["properties"]["acme.pw"]["writeOnly"] is True
     assert schema["properties"]["acme.debug"]["default"] is False
-    write(tmp_path, "m.yaml", """
+    write(
+        tmp_path,
+        "m.yaml",
+        """
         apiVersion: provisioner/v1
         stack: tests
         schemas: [out]
@@ -427,9 +504,16 @@ def test_schemas_pull_reads_an_api_that_answers_differently(tmp_path):
             element: acme
             configuration:
               acme.user: "this user name is longer than thirty-two characters"
-        """)
-    refused = subprocess.run([sys.executable, "-m", "provisioner", "validate", "m.yaml"], cwd=tmp_path,
-                             env=base_env(), capture_output=True, text=True, timeout=60)
+        """,
+    )
+    refused = subprocess.run(
+        [sys.executable, "-m", "provisioner", "validate", "m.yaml"],
+        cwd=tmp_path,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode == 1
     assert "configuration.acme.user: is longer than 32 characters" in refused.stderr
     assert "missing required key: acme.pw" in refused.stderr
@@ -454,23 +538,32 @@ def test_schemas_pull_of_an_unknown_key_is_a_clear_error(cli, db):
 def test_schema_mapping_reads_both_spellings_and_maps_every_type():
     """Pure: the records of GET /elements/{key} (required/type) and of GET /elements/{key}/configuration
     (mandatory/configDataType) give the same schema."""
-    records = [{"key": "a.name", "name": "Name", "type": "TEXTFIELD_64", "required": True},
-               {"key": "a.secret", "type": "PASSWORD", "required": True},
-               {"key": "a.flag", "type": "BOOLEAN", "required": False, "defaultValue": "true"},
-               {"key": "a.notes", "type": "TEXTAREA", "required": False},
-               {"key": "a.count", "type": "INTEGER", "required": False, "defaultValue": "100"},
-               {"key": "a.hidden", "type": "TEXTFIELD_32", "hideFromConsole": True, "defaultValue": "x"},
-               {"key": "oauth.user.token", "type": "TEXTFIELD_1000", "internal": True}]
-    other = [{("mandatory" if k == "required" else "configDataType" if k == "type" else k): v for k, v in r.items()}
-             for r in records]
+    records = [
+        {"key": "a.name", "name": "Name", "type": "TEXTFIELD_64", "required": True},
+        {"key": "a.secret", "type": "PASSWORD", "required": True},
+        {"key": "a.flag", "type": "BOOLEAN", "required": False, "defaultValue": "true"},
+        {"key": "a.notes", "type": "TEXTAREA", "required": False},
+        {"key": "a.count", "type": "INTEGER", "required": False, "defaultValue": "100"},
+        {"key": "a.hidden", "type": "TEXTFIELD_32", "hideFromConsole": True, "defaultValue": "x"},
+        {"key": "oauth.user.token", "type": "TEXTFIELD_1000", "internal": True},
+    ]
+    other = [
+        {("mandatory" if k == "required" else "configDataType" if k == "type" else k): v for k, v in r.items()}
+        for r in records
+    ]
     element = {"key": "acme", "name": "Acme", "typeOauth": False}
     schema = element_schema(element, records)
     assert schema == element_schema(element, other)
     assert record_field(other[0], "required") is True and record_field(other[1], "type") == "PASSWORD"
     props = schema["properties"]
     assert schema["required"] == ["a.name", "a.secret"]
-    assert props["a.name"] | {} == {"title": "Name", "type": "string", "maxLength": 64, "minLength": 1,
-                                    "x-apiType": "TEXTFIELD_64"}
+    assert props["a.name"] | {} == {
+        "title": "Name",
+        "type": "string",
+        "maxLength": 64,
+        "minLength": 1,
+        "x-apiType": "TEXTFIELD_64",
+    }
     assert props["a.secret"]["writeOnly"] is True and props["a.flag"]["default"] is True
     assert props["a.flag"]["enum"] == [True, False, "true", "false"] and props["a.notes"]["type"] == "string"
     assert props["a.count"]["default"] == 100 and props["a.hidden"]["x-hideFromConsole"] is True
@@ -488,14 +581,17 @@ def test_shipped_schema_is_stable_text(path):
 
 
 def test_poller_configuration_given_as_a_mapping_is_sent_as_json_text_and_stays_converged(cli, db):
-    extra_config = ("      event.poller.configuration:\n        contacts:\n          url: /hubs/helpdesk/contacts\n"
-                    "          idField: id\n      event.poller.refresh_interval: \"20\"\n")
+    extra_config = (
+        "      event.poller.configuration:\n        contacts:\n          url: /hubs/helpdesk/contacts\n"
+        '          idField: id\n      event.poller.refresh_interval: "20"\n'
+    )
     text = manifest_text(count=1).rstrip("\n") + "\n" + extra_config
     manifest = write(cli.cwd, "m.yaml", text)
     assert cli.run("apply", manifest).returncode == 0
     [row] = db.instances()
     assert json.loads(row["configuration"]["event.poller.configuration"]) == {
-        "contacts": {"url": "/hubs/helpdesk/contacts", "idField": "id"}}
+        "contacts": {"url": "/hubs/helpdesk/contacts", "idField": "id"}
+    }
     write(cli.cwd, "m.yaml", text.replace('refresh_interval: "20"', "refresh_interval: 20"))
     db.clear_requests()
     assert "Apply: no changes" in cli.run("apply", manifest).stdout
@@ -504,7 +600,14 @@ def test_poller_configuration_given_as_a_mapping_is_sent_as_json_text_and_stays_
 
 def test_readme_documents_the_new_commands():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    for needle in ("## Bring an existing organization", "schemas pull", "provisioner import", "--adopt",
-                   "provisioner render", "## Stacks sharing an organization", "OAuth"):
+    for needle in (
+        "## Bring an existing organization",
+        "schemas pull",
+        "provisioner import",
+        "--adopt",
+        "provisioner render",
+        "## Stacks sharing an organization",
+        "OAuth",
+    ):
         assert needle in readme, needle
     assert os.path.exists(REPO / "CHANGELOG.md")

@@ -47,7 +47,7 @@ def encodings(secret: str) -> dict[str, str]:
         "base64-of-body-offset1": base64.b64encode(b"x" + body.encode()).decode(),
         "base64-of-body-offset2": base64.b64encode(b"xy" + body.encode()).decode(),
         "repr": repr(secret),
-        "repr-in-dict": repr({"password": secret, "other": "it's \"quoted\""}),
+        "repr-in-dict": repr({"password": secret, "other": 'it\'s "quoted"'}),
         "repr-bytes": repr(raw),
         "ascii": ascii(secret),
         "collapsed": " ".join(secret.split()),
@@ -61,8 +61,10 @@ def leaks(text: str, secret: str, forms: dict[str, str]) -> list[str]:
     return [name for name, form in forms.items() if len(form) >= 6 and form in text and form not in MASK]
 
 
-@pytest.mark.parametrize("secret", ["tok+en/With=Padding==", TRICKY, "correct horse  battery\nstaple",
-                                    "pässwörd-ünicode", "x" * 40, "a'b\"c\\d"])
+@pytest.mark.parametrize(
+    "secret",
+    ["tok+en/With=Padding==", TRICKY, "correct horse  battery\nstaple", "pässwörd-ünicode", "x" * 40, "a'b\"c\\d"],
+)
 @pytest.mark.parametrize("kind", sorted(encodings("seed")))
 def test_every_encoding_is_masked_inside_other_text(secret, kind):
     redactor = Redactor()
@@ -103,9 +105,12 @@ def test_short_values_are_not_registered():
 
 
 @settings(max_examples=150, deadline=None)
-@given(secret=st.text(min_size=6, max_size=40).filter(lambda s: len(" ".join(s.split())) >= 6),
-       kind=st.sampled_from(sorted(encodings("seed"))),
-       before=st.text(max_size=10), after=st.text(max_size=10))
+@given(
+    secret=st.text(min_size=6, max_size=40).filter(lambda s: len(" ".join(s.split())) >= 6),
+    kind=st.sampled_from(sorted(encodings("seed"))),
+    before=st.text(max_size=10),
+    after=st.text(max_size=10),
+)
 def test_property_no_encoding_survives(secret, kind, before, after):
     redactor = Redactor()
     redactor.add(secret)
@@ -135,8 +140,9 @@ def test_many_secrets_still_redact():
     for token in tokens:
         redactor.add(token)
     assert redactor._others == set()  # tokens and their encodings all go through the linear word scan
-    text = " ".join(f"id={i} token={t} b64={base64.b64encode(t.encode()).decode()}" for i, t in
-                    enumerate(tokens[::300]))
+    text = " ".join(
+        f"id={i} token={t} b64={base64.b64encode(t.encode()).decode()}" for i, t in enumerate(tokens[::300])
+    )
     out = redactor.redact(text)
     for token in tokens[::300]:
         assert token not in out and base64.b64encode(token.encode()).decode()[:-4] not in out
@@ -176,7 +182,9 @@ def test_canary_password_echoed_in_a_400_never_reaches_the_output(tmp_path, offs
       helpdesk.connectwise.password: "{{{{ env.CANARY_PW }}}}"
       helpdesk.connectwise.server.url: api-na.myconnectwise.net
       helpdesk.connectwise.company: acme
-""" for i in range(6))
+"""
+        for i in range(6)
+    )
     write(tmp_path, "manifest.yaml", manifest)
     _echo_everything.count = offset
 
@@ -186,8 +194,13 @@ def test_canary_password_echoed_in_a_400_never_reaches_the_output(tmp_path, offs
         return _echo_everything(received)
 
     with ScriptedServer(default=step) as server:
-        env = {**base_env(), "CE_API_URL": server.base_url, "CE_USER_SECRET": "user-secret-canary-1",
-               "CE_ORGANIZATION_SECRET": "org-secret-canary-2", "CANARY_PW": CANARY}
+        env = {
+            **base_env(),
+            "CE_API_URL": server.base_url,
+            "CE_USER_SECRET": "user-secret-canary-1",
+            "CE_ORGANIZATION_SECRET": "org-secret-canary-2",
+            "CANARY_PW": CANARY,
+        }
         cli = Cli(tmp_path, env)
         for output in ("text", "json"):
             proc = cli.run("apply", "manifest.yaml", "--no-progress", "--max-attempts", "1", "-o", output, "-v")

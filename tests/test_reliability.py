@@ -41,8 +41,18 @@ SCENARIOS = [
     # again, and the final check (which waits --settle, raised to cover the 2 s) must delete the extra
     # copies this run made.
     pytest.param({"slow_rate": 0.2, "slow_ms": 3000}, id="slow-20%-commit-after-settle"),
-    pytest.param({"error_rate": 0.15, "reset_rate": 0.15, "lost_rate": 0.15, "slow_rate": 0.15,
-                  "throttle_rate": 0.02, "retry_after": 0.1, "slow_ms": 1500}, id="mixed"),
+    pytest.param(
+        {
+            "error_rate": 0.15,
+            "reset_rate": 0.15,
+            "lost_rate": 0.15,
+            "slow_rate": 0.15,
+            "throttle_rate": 0.02,
+            "retry_after": 0.1,
+            "slow_ms": 1500,
+        },
+        id="mixed",
+    ),
 ]
 
 
@@ -69,14 +79,20 @@ def record_figures(scenario: str, faults: FaultConfig, runs: list, seconds: floa
     if not path:
         return
     docs = [doc for _run, doc in runs]
-    figures = {"scenario": scenario, "faults": faults.describe(), "instances": COUNT, "runs": len(runs),
-               "convergedFirstRun": runs[0][0].returncode == 0,
-               "failedFirstRun": docs[0]["status"]["failed"],
-               "requests": sum(d["requests"]["requests"] for d in docs),
-               "retries": sum(d["requests"]["retries"] for d in docs),
-               "serverRequests": len(h.db.requests()),
-               "duplicates": sum(c - 1 for c in duplicates(h).values()),
-               "notes": sum(len(d["notes"]) for d in docs), "seconds": round(seconds, 1)}
+    figures = {
+        "scenario": scenario,
+        "faults": faults.describe(),
+        "instances": COUNT,
+        "runs": len(runs),
+        "convergedFirstRun": runs[0][0].returncode == 0,
+        "failedFirstRun": docs[0]["status"]["failed"],
+        "requests": sum(d["requests"]["requests"] for d in docs),
+        "retries": sum(d["requests"]["retries"] for d in docs),
+        "serverRequests": len(h.db.requests()),
+        "duplicates": sum(c - 1 for c in duplicates(h).values()),
+        "notes": sum(len(d["notes"]) for d in docs),
+        "seconds": round(seconds, 1),
+    }
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(figures) + "\n")
 
@@ -101,7 +117,8 @@ def test_a_faulted_apply_converges_with_no_duplicate_and_no_lost_token(h, faults
         failed = [c for c in doc["changes"] if c["status"] == "failed"]
         assert failed and all(c["error"]["message"] for c in failed), doc["status"]
         assert sorted(h.outputs_document()["instances"]) == sorted(
-            c["name"] for c in doc["changes"] if c["status"] == "ok")
+            c["name"] for c in doc["changes"] if c["status"] == "ok"
+        )
     assert run.returncode == 0, f"apply did not converge in {MAX_RUNS} faulted runs"
     seconds = sum(r.seconds for r, _ in runs)
     h.faults(None)
@@ -117,8 +134,20 @@ def test_a_create_found_by_the_final_listing_is_kept_not_deleted_as_a_duplicate(
     # (reset/5xx) and a sixth committed with its answer lost
     h.write_manifest(1)
     h.faults(FaultConfig(reset_rate=0.3, error_rate=0.3, lost_rate=0.3, seed=5302))
-    run = h.run("apply", "--timeout", "1", "--connect-timeout", "1", "--settle", "0.3", "--parallelism", "1",
-                "--outputs", OUT, "-v")
+    run = h.run(
+        "apply",
+        "--timeout",
+        "1",
+        "--connect-timeout",
+        "1",
+        "--settle",
+        "0.3",
+        "--parallelism",
+        "1",
+        "--outputs",
+        OUT,
+        "-v",
+    )
     h.faults(None)
     posts = [r["fault"] for r in h.db.requests() if r["method"] == "POST"]
     if not (len(posts) == 6 and posts[-1] == "lost" and set(posts[:-1]) <= {"reset", "error"}):
@@ -137,8 +166,21 @@ def test_apply_does_not_report_success_while_a_retried_create_may_have_left_a_co
     # about 4 s) is slow too and gives up
     h.write_manifest(1)
     h.faults(FaultConfig(slow_rate=0.5, slow_ms=3000, seed=71))
-    run = h.run("apply", "--timeout", "1", "--connect-timeout", "1", "--settle", "1.5", "--parallelism", "1",
-                "--max-attempts", "1", "--outputs", OUT)
+    run = h.run(
+        "apply",
+        "--timeout",
+        "1",
+        "--connect-timeout",
+        "1",
+        "--settle",
+        "1.5",
+        "--parallelism",
+        "1",
+        "--max-attempts",
+        "1",
+        "--outputs",
+        OUT,
+    )
     h.faults(None)
     if len(h.instances()) != 2:
         raise RuntimeError(f"scenario not reproduced (exit {run.returncode}): {run.stderr[-1000:]}")
@@ -162,7 +204,9 @@ def test_one_instance_the_server_refuses_does_not_stop_the_others(h):
     schema["required"].remove("helpdesk.connectwise.company")
     (lenient / "connectwisehd.json").write_text(json.dumps(schema), encoding="utf-8")
     refused = ["drift-a", "drift-b", "drift-c"]
-    h.write_manifest(60, extra="""\
+    h.write_manifest(
+        60,
+        extra="""\
   - forEach: [a, b, c]
     name: "drift-{{ item }}"
     element: connectwisehd
@@ -170,7 +214,8 @@ def test_one_instance_the_server_refuses_does_not_stop_the_others(h):
       helpdesk.connectwise.username: api1
       helpdesk.connectwise.password: "{{ env.CANARY_PW }}-drift-{{ item }}"
       helpdesk.connectwise.server.url: api-na.myconnectwise.net
-""")
+""",
+    )
     assert h.run("validate", "--schemas", "lenient").returncode == 0
     h.faults(FaultConfig(error_rate=0.2, seed=7))  # the others also meet 5xx on the way
     run = h.run("apply", "--schemas", "lenient", *FAST_FLAGS, "--settle", "0.5", "--outputs", OUT)
@@ -209,11 +254,17 @@ def test_duplicates_made_behind_the_back_are_reported_and_deleted_keeping_the_ol
     marker = f"provisioner:stack={h.stack}"
 
     def create(name: str, company: str) -> int:
-        body = {"name": name, "element": {"key": "connectwisehd"}, "tags": ["helpdesk", marker],
-                "configuration": {"helpdesk.connectwise.username": "api1",
-                                  "helpdesk.connectwise.password": h.password(name),
-                                  "helpdesk.connectwise.server.url": "api-na.myconnectwise.net",
-                                  "helpdesk.connectwise.company": company}}
+        body = {
+            "name": name,
+            "element": {"key": "connectwisehd"},
+            "tags": ["helpdesk", marker],
+            "configuration": {
+                "helpdesk.connectwise.username": "api1",
+                "helpdesk.connectwise.password": h.password(name),
+                "helpdesk.connectwise.server.url": "api-na.myconnectwise.net",
+                "helpdesk.connectwise.company": company,
+            },
+        }
         answer = session.post(h.emulator.url + "/instances", json=body, timeout=10)
         assert answer.status_code == 200, answer.text
         return answer.json()["id"]
@@ -231,7 +282,9 @@ def test_duplicates_made_behind_the_back_are_reported_and_deleted_keeping_the_ol
     doc = h.run("plan", "--output", "json").json()
     assert sorted(c["id"] for c in doc["changes"] if c["action"] == "delete") == sorted(extra)
     assert {c["id"]: c["action"] for c in doc["changes"] if c["name"] in oldest and c["id"] in oldest.values()} == {
-        oldest["hd-1"]: "update", oldest["hd-2"]: "update"}  # both lack the password fingerprint
+        oldest["hd-1"]: "update",
+        oldest["hd-2"]: "update",
+    }  # both lack the password fingerprint
     applied = h.run("apply", "--outputs", OUT)
     assert applied.returncode == 0, applied.stderr
     assert sorted(r["id"] for r in h.instances() if r["name"] != "hd-0") == sorted([*oldest.values(), undeclared])
@@ -249,8 +302,12 @@ def test_with_duplicates_present_apply_delivers_the_token_of_the_copy_it_keeps(h
     first = h.instances()[0]
     session = requests.Session()
     session.headers["Authorization"] = f"User {h.user_secret}, Organization {h.org_secret}"
-    body = {"name": "hd-0", "element": {"key": "connectwisehd"}, "tags": first["tags"],
-            "configuration": {**first["configuration"], "helpdesk.connectwise.password": h.password("hd-0")}}
+    body = {
+        "name": "hd-0",
+        "element": {"key": "connectwisehd"},
+        "tags": first["tags"],
+        "configuration": {**first["configuration"], "helpdesk.connectwise.password": h.password("hd-0")},
+    }
     try:
         assert session.post(h.emulator.url + "/instances", json=body, timeout=10).status_code == 200
     finally:
@@ -268,8 +325,11 @@ def test_a_password_full_of_syntax_reaches_the_server_byte_for_byte_and_is_never
     tricky = f"{c}-'\"\\ {{{{ 7*7 }}}} {{% raw %}}\n{c}: - # ünïcødé 💥\r\n{c}-end"
     (h.work / "templates").mkdir()
     (h.work / "templates" / "body.yaml.j2").write_text(
-        "configuration:\n  helpdesk.connectwise.password: {{ env.TRICKY }}\n", encoding="utf-8")
-    h.write_manifest(1, extra="""\
+        "configuration:\n  helpdesk.connectwise.password: {{ env.TRICKY }}\n", encoding="utf-8"
+    )
+    h.write_manifest(
+        1,
+        extra="""\
   - name: templated
     element: connectwisehd
     template: templates/body.yaml.j2
@@ -284,7 +344,8 @@ def test_a_password_full_of_syntax_reaches_the_server_byte_for_byte_and_is_never
       helpdesk.connectwise.password: "{{ env.TRICKY }}"
       helpdesk.connectwise.server.url: api-na.myconnectwise.net
       helpdesk.connectwise.company: acme
-""")
+""",
+    )
     env = {"TRICKY": tricky}
     assert h.run("apply", "-v", "--outputs", OUT, env=env).returncode == 0
     stored = {r["name"]: r["configuration"]["helpdesk.connectwise.password"] for r in h.instances()}
@@ -303,6 +364,7 @@ def test_the_leak_search_finds_a_canary_and_a_token(h):
     token = h.instances()[0]["token"]
     shutil.copy(h.outputs, h.work / "copy-of-outputs.json")
     (h.tmp / "crash.log").write_text(f"{h.pw_canary}-0", encoding="utf-8")
-    assert sorted(h.leaks()) == sorted([f"canary {h.pw_canary} in tmp/crash.log",
-                                        "a token in work/copy-of-outputs.json"])
+    assert sorted(h.leaks()) == sorted(
+        [f"canary {h.pw_canary} in tmp/crash.log", "a token in work/copy-of-outputs.json"]
+    )
     assert token in Path(h.outputs).read_text(encoding="utf-8")

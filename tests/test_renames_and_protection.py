@@ -33,8 +33,9 @@ def test_rename_keeps_id_and_token_and_the_outputs_deliver_the_new_name(cli, db)
     assert code == 0
     change = next(c for c in plan["changes"] if c["name"] == "helpdesk-eu")
     assert change["action"] == "rename" and change["id"] == before["id"]
-    assert change["diff"] == [{"op": "change", "path": "name", "old": "helpdesk-1", "new": "helpdesk-eu",
-                               "sensitive": False}]
+    assert change["diff"] == [
+        {"op": "change", "path": "name", "old": "helpdesk-1", "new": "helpdesk-eu", "sensitive": False}
+    ]
     assert plan["summary"]["rename"] == 1 and plan["summary"]["create"] == 0 and plan["summary"]["delete"] == 0
     db.clear_requests()
     proc = cli.run("apply", manifest, "--prune", "--outputs", "tokens.json")
@@ -75,8 +76,9 @@ def test_previous_name_declared_by_another_instance_is_a_located_error(cli, db):
     manifest = write(cli.cwd, "m.yaml", text)
     proc = cli.run("plan", manifest)
     assert proc.returncode == 1
-    assert "instance=helpdesk-eu previousNames: previous name 'helpdesk-0' is declared by another instance" \
-        in proc.stderr
+    assert (
+        "instance=helpdesk-eu previousNames: previous name 'helpdesk-0' is declared by another instance" in proc.stderr
+    )
     assert db.requests() == []
 
 
@@ -110,7 +112,8 @@ def test_protected_instance_survives_prune_and_destroy_until_named(cli, db):
 
 def test_protection_from_an_expression_per_environment_and_protect_false_removes_it(cli, db):
     text = manifest_text(count=1, extra="inputs:\n  environment: staging\n").replace(
-        "- name: helpdesk-0\n", "- name: helpdesk-0\n    protect: \"{{ inputs.environment == 'prod' }}\"\n")
+        "- name: helpdesk-0\n", "- name: helpdesk-0\n    protect: \"{{ inputs.environment == 'prod' }}\"\n"
+    )
     manifest = write(cli.cwd, "m.yaml", text)
     assert cli.run("apply", manifest).returncode == 0
     assert PROTECT not in db.instances()[0]["tags"]
@@ -129,8 +132,10 @@ def test_a_protected_instance_is_not_replaced_even_with_allow_replace(cli, db):
     text = manifest_text(count=1).replace("- name: helpdesk-0\n", "- name: helpdesk-0\n    protect: true\n")
     manifest = write(cli.cwd, "m.yaml", text)
     assert cli.run("apply", manifest).returncode == 0
-    crm = ("  - name: helpdesk-0\n    protect: true\n    element: dynamicscrmadfs\n    configuration:\n"
-           "      user.username: crm\n      user.password: crm-pw-1\n      dynamics.tenant: acme.crm.dynamics.com\n")
+    crm = (
+        "  - name: helpdesk-0\n    protect: true\n    element: dynamicscrmadfs\n    configuration:\n"
+        "      user.username: crm\n      user.password: crm-pw-1\n      dynamics.tenant: acme.crm.dynamics.com\n"
+    )
     write(cli.cwd, "m.yaml", "apiVersion: provisioner/v1\nstack: tests\ninstances:\n" + crm)
     db.clear_requests()
     proc = cli.run("apply", manifest, "--allow-replace")

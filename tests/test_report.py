@@ -44,10 +44,18 @@ def test_plain_output_is_redacted_and_unstyled():
 def test_a_run_without_a_terminal_does_not_import_rich_or_requests(tmp_path):
     manifest = tmp_path / "m.yaml"
     manifest.write_text("apiVersion: provisioner/v1\nstack: s\ninstances: []\n")
-    probe = ("import sys\nfrom provisioner.cli import main\nsys.argv = ['provisioner', 'validate', sys.argv[1]]\n"
-             "try:\n    main()\nexcept SystemExit:\n    pass\n"
-             "print(sorted(m for m in ('rich', 'requests', 'urllib3') if m in sys.modules), file=sys.stderr)")
-    proc = subprocess.run([sys.executable, "-c", probe, str(manifest)], cwd=REPO, env=base_env(),
-                          capture_output=True, text=True, timeout=60)
+    probe = (
+        "import sys\nfrom provisioner.cli import main\nsys.argv = ['provisioner', 'validate', sys.argv[1]]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('rich', 'requests', 'urllib3') if m in sys.modules), file=sys.stderr)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, str(manifest)],
+        cwd=REPO,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "valid (0 instances)" in proc.stdout
     assert proc.stderr.strip().splitlines()[-1] == "[]"

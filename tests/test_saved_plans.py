@@ -38,8 +38,13 @@ def test_saved_plan_holds_no_secret_is_private_and_apply_file_executes_it(cli, d
     assert saved["inputs"]["digest"] and saved["stack"] == "tests"
     assert [c["action"] for c in saved["changes"]] == ["create", "create"]
     password = next(d for d in saved["changes"][0]["diff"] if d["path"].endswith("password"))
-    assert password == {"op": "add", "path": "configuration.helpdesk.connectwise.password", "old": None,
-                        "new": "(sensitive)", "sensitive": True}
+    assert password == {
+        "op": "add",
+        "path": "configuration.helpdesk.connectwise.password",
+        "old": None,
+        "new": "(sensitive)",
+        "sensitive": True,
+    }
     assert set(saved["desired"]["default/helpdesk-0"]) >= {"element", "configuration.helpdesk.connectwise.password"}
     assert methods(db) == {"GET"} and db.instances() == []  # plan wrote nothing
 
@@ -64,8 +69,10 @@ def test_apply_file_refuses_when_a_touched_instance_changed_on_the_server(cli, d
     proc = cli.run("apply", "plan.json")
     assert proc.returncode == 1
     assert "no longer matches" in proc.stderr
-    assert "helpdesk-1 (id 2): changed on the server since the plan: configuration.helpdesk.connectwise.username" \
+    assert (
+        "helpdesk-1 (id 2): changed on the server since the plan: configuration.helpdesk.connectwise.username"
         in proc.stderr
+    )
     assert "run plan --out again" in proc.stderr
     assert methods(db) == {"GET"}  # refused after reading, before any write
     assert {r["configuration"]["helpdesk.connectwise.company"] for r in db.instances()} == {"acme"}
@@ -132,8 +139,9 @@ def test_apply_file_keeps_the_plans_options_and_needs_the_same_set_options(cli, 
     missing = cli.run("apply", "plan.json")
     assert missing.returncode == 1 and "the plan was made with --set company" in missing.stderr
     other = cli.run("apply", "plan.json", "--set", "company=globex")
-    assert other.returncode == 1 and "renders differently now: configuration.helpdesk.connectwise.company" \
-        in other.stderr
+    assert (
+        other.returncode == 1 and "renders differently now: configuration.helpdesk.connectwise.company" in other.stderr
+    )
     assert db.instances() == []
     same = cli.run("apply", "plan.json", "--set", "company=initech")
     assert same.returncode == 0, same.stderr
@@ -141,9 +149,17 @@ def test_apply_file_keeps_the_plans_options_and_needs_the_same_set_options(cli, 
 
 
 def test_a_plan_with_refusals_is_not_saved(cli, db, api):
-    body = {"name": "helpdesk-0", "element": {"key": "connectwisehd"}, "tags": ["theirs"],
-            "configuration": {"helpdesk.connectwise.username": "u", "helpdesk.connectwise.password": "p",
-                              "helpdesk.connectwise.server.url": "x", "helpdesk.connectwise.company": "c"}}
+    body = {
+        "name": "helpdesk-0",
+        "element": {"key": "connectwisehd"},
+        "tags": ["theirs"],
+        "configuration": {
+            "helpdesk.connectwise.username": "u",
+            "helpdesk.connectwise.password": "p",
+            "helpdesk.connectwise.server.url": "x",
+            "helpdesk.connectwise.company": "c",
+        },
+    }
     api("POST", "/instances", json=body)
     manifest = write(cli.cwd, "m.yaml", manifest_text(count=1))
     proc = cli.run("plan", manifest, "--out", "plan.json")

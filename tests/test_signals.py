@@ -21,8 +21,18 @@ from provisioner.emulator import FaultConfig
 OUT = "out/tokens.json"
 COUNT = 300
 PARALLELISM = 4
-FLAGS = ("--timeout", "5", "--connect-timeout", "1", "--settle", "1", "--parallelism", str(PARALLELISM),
-         "--outputs", OUT)
+FLAGS = (
+    "--timeout",
+    "5",
+    "--connect-timeout",
+    "1",
+    "--settle",
+    "1",
+    "--parallelism",
+    str(PARALLELISM),
+    "--outputs",
+    OUT,
+)
 
 
 @pytest.fixture
@@ -46,13 +56,17 @@ QUIET = FaultConfig(latency_ms=50)
 FAULTY = FaultConfig(latency_ms=50, error_rate=0.15, reset_rate=0.15, lost_rate=0.15, seed=5)
 
 
-@pytest.mark.parametrize(("signum", "code", "output", "faults"), [
-    pytest.param(signal.SIGTERM, 143, "text", QUIET, id="SIGTERM"),
-    pytest.param(signal.SIGINT, 130, "json", QUIET, id="SIGINT"),
-    pytest.param(signal.SIGTERM, 143, "json", FAULTY, id="SIGTERM-faults"),
-])
+@pytest.mark.parametrize(
+    ("signum", "code", "output", "faults"),
+    [
+        pytest.param(signal.SIGTERM, 143, "text", QUIET, id="SIGTERM"),
+        pytest.param(signal.SIGINT, 130, "json", QUIET, id="SIGINT"),
+        pytest.param(signal.SIGTERM, 143, "json", FAULTY, id="SIGTERM-faults"),
+    ],
+)
 def test_a_signal_stops_new_requests_delivers_what_was_done_and_the_next_apply_converges(
-        h, signum, code, output, faults):
+    h, signum, code, output, faults
+):
     h.write_manifest(COUNT)
     h.faults(faults)
     args = ("apply", *FLAGS, "-v", *(("--output", "json") if output == "json" else ()))
@@ -119,8 +133,19 @@ def test_an_apply_interrupted_before_its_duplicate_check_still_converges_with_no
     # waits for the settle time (until about 5 s): the signal arrives between the late commit and it.
     h.write_manifest(1)
     h.faults(FaultConfig(slow_rate=0.5, slow_ms=3500, seed=19))
-    args = ("apply", "--timeout", "1", "--connect-timeout", "1", "--settle", "4", "--parallelism", "1",
-            "--outputs", OUT)
+    args = (
+        "apply",
+        "--timeout",
+        "1",
+        "--connect-timeout",
+        "1",
+        "--settle",
+        "4",
+        "--parallelism",
+        "1",
+        "--outputs",
+        OUT,
+    )
     started = time.monotonic()
     proc = h.popen(*args)
     wait_for_instances(h, proc, 2)
@@ -128,8 +153,9 @@ def test_an_apply_interrupted_before_its_duplicate_check_still_converges_with_no
     run = h.record(proc, args, time.monotonic() - started)
     h.faults(None)
     if run.returncode != 143 or len(h.instances()) != 2:
-        raise RuntimeError(f"scenario not reproduced (exit {run.returncode}, {len(h.instances())} copies): "
-                           f"{run.stderr[-1000:]}")
+        raise RuntimeError(
+            f"scenario not reproduced (exit {run.returncode}, {len(h.instances())} copies): {run.stderr[-1000:]}"
+        )
     # the next apply deletes the copy the interrupted run could not check for, and keeps the oldest
     oldest = min(r["id"] for r in h.instances())
     again = h.run("apply", "--outputs", OUT)

@@ -52,8 +52,9 @@ def test_prune_with_target_and_exclude_never_acts_outside_the_selection(cli, db)
     proc = cli.run("apply", path, "--prune", "--target", "tag=helpdesk", "--exclude", "helpdesk-2")
     assert proc.returncode == 0, proc.stderr
     assert "left out 1 declared instance(s)" in proc.stderr  # crm-0
-    assert sorted(writes(db)) == sorted([("PUT", f"{PREFIX}/{ids['helpdesk-0']}"),
-                                         ("DELETE", f"{PREFIX}/{ids['helpdesk-1']}")])
+    assert sorted(writes(db)) == sorted(
+        [("PUT", f"{PREFIX}/{ids['helpdesk-0']}"), ("DELETE", f"{PREFIX}/{ids['helpdesk-1']}")]
+    )
     rows = by_name(db)
     assert sorted(rows) == ["crm-0", "crm-1", "crm-2", "helpdesk-0", "helpdesk-2"]
     assert rows["crm-0"]["configuration"]["dynamics.tenant"] == "acme.crm.dynamics.com"  # left out: untouched
@@ -67,8 +68,16 @@ def test_duplicates_of_a_left_out_instance_are_not_cleaned_up(cli, db, api):
     path = write(cli.cwd, "m.yaml", manifest(helpdesks=2, crms=0))
     assert cli.run("apply", path).returncode == 0
     original = by_name(db)["helpdesk-1"]
-    api("POST", "/instances", json={"name": "helpdesk-1", "element": {"key": "connectwisehd"},
-                                    "tags": original["tags"], "configuration": original["configuration"]})
+    api(
+        "POST",
+        "/instances",
+        json={
+            "name": "helpdesk-1",
+            "element": {"key": "connectwisehd"},
+            "tags": original["tags"],
+            "configuration": original["configuration"],
+        },
+    )
     db.clear_requests()
     assert cli.run("apply", path, "--exclude", "helpdesk-1").returncode == 0
     assert writes(db) == [] and len(db.instances()) == 3

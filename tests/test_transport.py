@@ -23,8 +23,17 @@ from provisioner.secret import Secret
 USER = "user-secret-7Hq2ZpX9"
 ORG = "org-secret-Lm4Kd81Q"
 TLS_DIR = Path(__file__).parent / "tls"
-FAST = ClientSettings(connect_timeout=0.5, read_timeout=0.8, deadline=1.5, max_attempts=3, max_retry_time=5.0,
-                      backoff_base=0.01, backoff_cap=0.05, parallelism=4, page_size=2)
+FAST = ClientSettings(
+    connect_timeout=0.5,
+    read_timeout=0.8,
+    deadline=1.5,
+    max_attempts=3,
+    max_retry_time=5.0,
+    backoff_base=0.01,
+    backoff_cap=0.05,
+    parallelism=4,
+    page_size=2,
+)
 OK = Reply(200, body={"id": 7, "name": "crm"})
 
 
@@ -35,8 +44,12 @@ def make_client(base_url: str, settings: ClientSettings = FAST, **kwargs) -> Cli
 @pytest.fixture
 def env(monkeypatch):
     for name in list(os.environ):
-        if name.lower().endswith("_proxy") or name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "CE_CLIENT_CERT",
-                                                        "CE_CLIENT_KEY"):
+        if name.lower().endswith("_proxy") or name in (
+            "REQUESTS_CA_BUNDLE",
+            "CURL_CA_BUNDLE",
+            "CE_CLIENT_CERT",
+            "CE_CLIENT_KEY",
+        ):
             monkeypatch.delenv(name)
     return monkeypatch
 
@@ -51,6 +64,7 @@ def tls_context(client_ca: bool = False) -> ssl.SSLContext:
 
 
 # -- proxies -------------------------------------------------------------------------------------
+
 
 def test_a_tunnel_proxy_answering_407_is_one_clear_error_never_retried(env):
     env.setenv("REQUESTS_CA_BUNDLE", str(TLS_DIR / "ca.pem"))
@@ -115,6 +129,7 @@ def test_a_missing_client_certificate_file_is_a_user_error(env, tmp_path):
 
 # -- what goes over the wire ---------------------------------------------------------------------
 
+
 def test_gzip_is_accepted_and_decoded():
     page = [{"id": i, "name": f"crm-{i}", "token": f"tk-{i}"} for i in range(2)]
     body = gzip.compress(json.dumps(page).encode())
@@ -133,6 +148,7 @@ def test_plain_http_to_another_host_is_refused_before_anything_is_sent():
 
 
 # -- nothing hangs -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("head", [False, True], ids=["body", "head"])
 def test_a_dripping_server_is_cut_at_the_request_deadline(head):
@@ -199,8 +215,11 @@ def test_the_announced_total_bounds_the_pages():
     counter = iter(range(10**6))
 
     def endless(_received):
-        return Reply(200, {"elements-next-page-token": f"tok-{next(counter)}", "elements-total-count": "3"},
-                     [{"id": next(counter), "name": "a"}, {"id": next(counter), "name": "b"}])
+        return Reply(
+            200,
+            {"elements-next-page-token": f"tok-{next(counter)}", "elements-total-count": "3"},
+            [{"id": next(counter), "name": "a"}, {"id": next(counter), "name": "b"}],
+        )
 
     with ScriptedServer(default=endless) as srv, make_client(srv.base_url) as cli:
         with pytest.raises(InconsistentListing, match="announced total"):
@@ -209,8 +228,10 @@ def test_the_announced_total_bounds_the_pages():
 
 
 def test_a_listing_that_ends_early_is_inconsistent():
-    pages = [Reply(200, {"elements-next-page-token": "t1", "elements-total-count": "5"}, [{"id": 1}, {"id": 2}]),
-             Reply(200, {"elements-total-count": "5"}, [{"id": 3}])]
+    pages = [
+        Reply(200, {"elements-next-page-token": "t1", "elements-total-count": "5"}, [{"id": 1}, {"id": 2}]),
+        Reply(200, {"elements-total-count": "5"}, [{"id": 3}]),
+    ]
     with ScriptedServer(pages) as srv, make_client(srv.base_url) as cli:
         with pytest.raises(InconsistentListing, match="announced 5 item.* but 3 arrived"):
             cli.list_instances()

@@ -44,8 +44,10 @@ def problem(command: str, manifest: str, plan_file: str) -> str | None:
         return f"plan-file is for plan (saves the plan) and apply (executes it), not {command}"
     if command == "apply" and plan_file:
         if not os.path.isfile(plan_file):
-            return (f"plan-file {plan_file!r} does not exist: download the plan job's artifact first "
-                    "(actions/download-artifact)")
+            return (
+                f"plan-file {plan_file!r} does not exist: download the plan job's artifact first "
+                "(actions/download-artifact)"
+            )
         return None
     if not manifest:
         return f"manifest must be set for {command}" + (" (or plan-file, the saved plan)" if command == "apply" else "")
@@ -136,8 +138,11 @@ def main() -> int:
         return 1
     default_file = Path(os.environ.get("RUNNER_TEMP") or ".", "provisioner-outputs.json")
     outputs_file = os.environ.get("INPUT_OUTPUTS_FILE") or str(default_file)
-    proc = subprocess.run([sys.executable, "-m", "provisioner", *arguments(command, manifest, outputs_file, plan_file)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "provisioner", *arguments(command, manifest, outputs_file, plan_file)],
+        capture_output=True,
+        text=True,
+    )
     stdout = masked_stdout(command, proc, outputs_file)
     sys.stdout.write(stdout)
     sys.stdout.flush()

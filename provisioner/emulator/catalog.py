@@ -35,8 +35,18 @@ SERVED_EXTENSIONS = frozenset({"x-reportedKey", "x-requiredWhen", "x-allowedValu
 # Keys whose values responses mask although their type is not PASSWORD (notes section 8: the OAuth
 # app credentials come back as ******** since 2017).
 MASKED_KEYS = frozenset({"oauth.api.key", "oauth.api.secret"})
-CONFIG_TYPES = frozenset({"TEXTFIELD_32", "TEXTFIELD_64", "TEXTFIELD_100", "TEXTFIELD_128",
-                          "TEXTFIELD_1000", "TEXTAREA", "BOOLEAN", "PASSWORD"})
+CONFIG_TYPES = frozenset(
+    {
+        "TEXTFIELD_32",
+        "TEXTFIELD_64",
+        "TEXTFIELD_100",
+        "TEXTFIELD_128",
+        "TEXTFIELD_1000",
+        "TEXTAREA",
+        "BOOLEAN",
+        "PASSWORD",
+    }
+)
 CATALOG_PATH = Path(__file__).with_name("elements.json")
 # An internal key that responses still list (as null until the platform sets it).
 SHOWN_INTERNAL_KEYS = frozenset({"event.notification.subscription.id"})
@@ -96,9 +106,17 @@ class ConfigDefinition:
         if when is not None:
             when = {k: tuple(v) for k, v in when.items()}
         allowed = rec.get("x-allowedValues")
-        return cls(rec["key"], rec["type"], bool(rec.get("required")), default,
-                   bool(rec.get("internal")), when, tuple(allowed) if allowed else None,
-                   strip_private(rec), served(rec))
+        return cls(
+            rec["key"],
+            rec["type"],
+            bool(rec.get("required")),
+            default,
+            bool(rec.get("internal")),
+            when,
+            tuple(allowed) if allowed else None,
+            strip_private(rec),
+            served(rec),
+        )
 
     @property
     def secret(self) -> bool:
@@ -151,8 +169,9 @@ class Element:
         for d in self.definitions:
             if not d.required or d.default not in (None, "") or not is_blank(config.get(d.key)):
                 continue
-            if d.required_when and not all(self.effective(config, other) in values
-                                           for other, values in d.required_when.items()):
+            if d.required_when and not all(
+                self.effective(config, other) in values for other, values in d.required_when.items()
+            ):
                 continue
             missing.append(d.key)
         return sorted(missing)
@@ -163,15 +182,15 @@ class Element:
         for d in self.definitions:
             value = config.get(d.key)
             if d.allowed and not is_blank(value) and value not in d.allowed:
-                problems.append(f"Invalid value {value!r} for configuration entry {d.key}; "
-                                f"expected one of: {', '.join(d.allowed)}")
+                problems.append(
+                    f"Invalid value {value!r} for configuration entry {d.key}; expected one of: {', '.join(d.allowed)}"
+                )
         return problems
 
     def listed_keys(self, config: dict) -> list[str]:
         """Keys an instance response shows: listed definition keys, internal keys that hold a
         stored value, then unknown keys in the order they were stored."""
-        keys = [d.key for d in self.definitions
-                if d.key in self._listed or config.get(d.key) is not None]
+        keys = [d.key for d in self.definitions if d.key in self._listed or config.get(d.key) is not None]
         keys.extend(k for k in config if k not in self.by_key)
         return keys
 
@@ -230,8 +249,7 @@ class Catalog:
             raise ValueError("elements.json: element keys and ids must be unique")
         for e in self.elements:
             if e.reported_key not in self._by_key:
-                raise ValueError(f"elements.json: {e.key}: x-reportedKey {e.reported_key!r} "
-                                 "is not an element")
+                raise ValueError(f"elements.json: {e.key}: x-reportedKey {e.reported_key!r} is not an element")
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Catalog:

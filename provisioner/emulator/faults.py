@@ -69,12 +69,14 @@ def _short_name(field_name: str) -> str:
 
 
 def _parse_methods(text: str) -> tuple[str, ...]:
-    """"POST+DELETE" -> ("POST", "DELETE"); ValueError for an unknown method."""
+    """ "POST+DELETE" -> ("POST", "DELETE"); ValueError for an unknown method."""
     methods = tuple(dict.fromkeys(m.strip().upper() for m in text.split("+") if m.strip()))
     unknown = [m for m in methods if m not in KNOWN_METHODS]
     if unknown or not methods:
-        raise ValueError(f"fault setting 'methods' takes methods joined by '+' (e.g. POST+DELETE) from "
-                         f"{', '.join(KNOWN_METHODS)}, got {text.strip()!r}")
+        raise ValueError(
+            f"fault setting 'methods' takes methods joined by '+' (e.g. POST+DELETE) from "
+            f"{', '.join(KNOWN_METHODS)}, got {text.strip()!r}"
+        )
     return methods
 
 
@@ -104,8 +106,9 @@ def _check(field_name: str, value: object) -> None:
     name = _short_name(field_name)
     if field_name == "methods":
         if not isinstance(value, tuple) or any(m not in KNOWN_METHODS for m in value):
-            raise ValueError(f"fault setting {name!r} must be a tuple of methods from "
-                             f"{', '.join(KNOWN_METHODS)}, got {value!r}")
+            raise ValueError(
+                f"fault setting {name!r} must be a tuple of methods from {', '.join(KNOWN_METHODS)}, got {value!r}"
+            )
         return
     if field_name == "seed":
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
@@ -297,14 +300,17 @@ class FaultDecider:
         if not self._active:
             return NO_FAULT
         with self._lock:
-            r_jitter, r_reset, r_error, r_throttle, r_lost, r_slow, r_status = (
-                self._rng.random() for _ in range(7))
+            r_jitter, r_reset, r_error, r_throttle, r_lost, r_slow, r_status = (self._rng.random() for _ in range(7))
         delay_ms = max(0.0, cfg.latency_ms + (2.0 * r_jitter - 1.0) * cfg.jitter_ms)
         if cfg.methods and method not in cfg.methods:
             return FaultDecision(None, delay_ms / 1000.0, None)
-        draws = {"reset": (r_reset, cfg.reset_rate), "error": (r_error, cfg.error_rate),
-                 "throttle": (r_throttle, cfg.throttle_rate), "lost": (r_lost, cfg.lost_rate),
-                 "slow": (r_slow, cfg.slow_rate)}
+        draws = {
+            "reset": (r_reset, cfg.reset_rate),
+            "error": (r_error, cfg.error_rate),
+            "throttle": (r_throttle, cfg.throttle_rate),
+            "lost": (r_lost, cfg.lost_rate),
+            "slow": (r_slow, cfg.slow_rate),
+        }
         fault = next((name for name in FAULT_ORDER if draws[name][0] < draws[name][1]), None)
         status = ERROR_STATUSES[min(int(r_status * len(ERROR_STATUSES)), len(ERROR_STATUSES) - 1)]
         return FaultDecision(fault, delay_ms / 1000.0, status if fault == "error" else None)

@@ -181,7 +181,7 @@ class RequestReader:
         if end is None:
             self._check_partial_head(first)
             return None
-        text = buf[:end.start()].decode("latin-1")
+        text = buf[: end.start()].decode("latin-1")
         request_line, *lines = text.split("\n")
         method, target, version = parse_request_line(request_line)
         if len(text) >= MAX_LINE and any(len(line) >= MAX_LINE for line in lines):
@@ -233,7 +233,7 @@ class RequestReader:
         state = self._chunks
         body = state.advance(self.buffer, self.max_body)
         if body is not None:
-            del self.buffer[:state.pos]
+            del self.buffer[: state.pos]
             self._chunks = None
         return body
 
@@ -256,7 +256,7 @@ class _ChunkState:
                     raise BodyError(400, "Malformed chunked request body")
                 return None
             if self.trailer:
-                line, self.pos = bytes(buf[self.pos:nl]), nl + 1
+                line, self.pos = bytes(buf[self.pos : nl]), nl + 1
                 if line in (b"", b"\r"):
                     return b"".join(self.parts)
                 continue
@@ -265,7 +265,7 @@ class _ChunkState:
 
     def _chunk(self, buf: bytearray, nl: int, max_body: int) -> bool:
         """Take the chunk whose size line ends at ``nl``; False if its data has not all arrived."""
-        size_text = bytes(buf[self.pos:nl]).split(b";", 1)[0].strip()
+        size_text = bytes(buf[self.pos : nl]).split(b";", 1)[0].strip()
         if nl - self.pos > MAX_CHUNK_LINE or not _HEX.fullmatch(size_text):
             raise BodyError(400, "Malformed chunked request body")
         size = int(size_text, 16)
@@ -275,7 +275,7 @@ class _ChunkState:
         if self.total + size > max_body:
             raise BodyError(413, f"Request body too large (limit {max_body} bytes)")
         start, end = nl + 1, nl + 1 + size
-        tail = bytes(buf[end:end + 2])
+        tail = bytes(buf[end : end + 2])
         if tail == b"\r\n" or tail[:1] == b"\n":
             self.parts.append(bytes(buf[start:end]))
             self.total += size
@@ -284,4 +284,3 @@ class _ChunkState:
         if len(buf) < end + 2 and tail in (b"", b"\r"):
             return False
         raise BodyError(400, "Malformed chunked request body")
-

@@ -147,6 +147,7 @@ def _last(query: dict[str, list[str]], name: str) -> str | None:
 
 def _parse_json(body: bytes) -> Any:
     """Decode a JSON request body; ApiFailure 400 when it is not JSON."""
+
     def reject_constant(name: str) -> None:
         raise ValueError(f"{name} is not valid JSON")
 
@@ -219,22 +220,22 @@ class Api:
 
     # -- entry point ----------------------------------------------------------------------------
 
-    def handle(self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes,
-               request_id: str) -> Response:
+    def handle(
+        self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes, request_id: str
+    ) -> Response:
         """Answer one request (path without the query string)."""
         try:
             return self._handle(method, path, query, headers, body)
         except ApiFailure as exc:
             return error_response(exc.status, exc.message, request_id, exc.headers)
 
-    def _handle(self, method: str, path: str, query: str, headers: Mapping[str, str],
-                body: bytes) -> Response:
+    def _handle(self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes) -> Response:
         """Route, authenticate and dispatch; raises ApiFailure for error answers."""
         if path != BASE_PATH and not path.startswith(BASE_PATH + "/"):
             raise ApiFailure(404, f"No resource found at {path}")
         if not self._authorized(headers.get("Authorization")):
             raise ApiFailure(401, AUTH_MESSAGE)
-        rest = path[len(BASE_PATH):].strip("/")
+        rest = path[len(BASE_PATH) :].strip("/")
         segments = [unquote(s) for s in rest.split("/")] if rest else []
         route = self._resolve(segments)
         if route is None:
@@ -242,8 +243,7 @@ class Api:
         methods, args = route
         if method not in methods:
             allowed = ", ".join(sorted(methods))
-            raise ApiFailure(405, f"Method {method} is not allowed on {path} (allowed: {allowed})",
-                             {"Allow": allowed})
+            raise ApiFailure(405, f"Method {method} is not allowed on {path} (allowed: {allowed})", {"Allow": allowed})
         request = ApiRequest(method, segments, parse_qs(query, keep_blank_values=True), headers, body)
         if method in ("POST", "PUT", "PATCH"):
             if not _is_json_type(headers.get("Content-Type")):
@@ -272,8 +272,12 @@ class Api:
 
     def _instance_methods(self) -> dict[str, Callable[..., Response]]:
         """Handlers of /instances/{id}."""
-        return {"GET": self._get_instance, "PUT": self._put_instance,
-                "PATCH": self._patch_instance, "DELETE": self._delete_instance}
+        return {
+            "GET": self._get_instance,
+            "PUT": self._put_instance,
+            "PATCH": self._patch_instance,
+            "DELETE": self._delete_instance,
+        }
 
     def _resolve_elements(self, s: list[str]) -> Route | None:
         """Routes under /elements."""
@@ -408,22 +412,39 @@ class Api:
 
     def _element_of(self, row: InstanceRow) -> Element:
         """The element an instance was created with (a bare stand-in if the catalog lost it)."""
-        return self.catalog.find(row.element_key) or Element({"id": 0, "key": row.element_key,
-                                                              "name": row.element_key})
+        return self.catalog.find(row.element_key) or Element({"id": 0, "key": row.element_key, "name": row.element_key})
 
     def render(self, row: InstanceRow, hydrate: bool = True) -> dict:
         """The instance object of responses."""
         element = self._element_of(row)
         reported = self.catalog.find(row.reported_key) or element
         events = element.effective(row.configuration, "event.notification.enabled")
-        obj = {"id": row.id, "name": row.name, "createdDate": row.created_date,
-               "updatedDate": row.updated_date, "token": row.token, "element": reported.public,
-               "elementId": reported.id, "tags": row.tags, "provisionInteractions": [], "valid": True,
-               "disabled": False, "maxCacheSize": 0, "cacheTimeToLive": 0}
+        obj = {
+            "id": row.id,
+            "name": row.name,
+            "createdDate": row.created_date,
+            "updatedDate": row.updated_date,
+            "token": row.token,
+            "element": reported.public,
+            "elementId": reported.id,
+            "tags": row.tags,
+            "provisionInteractions": [],
+            "valid": True,
+            "disabled": False,
+            "maxCacheSize": 0,
+            "cacheTimeToLive": 0,
+        }
         if hydrate:
             obj["configuration"] = element.render_configuration(row.configuration)
-        obj.update({"eventsEnabled": str(events).lower() == "true", "traceLoggingEnabled": False,
-                    "cachingEnabled": False, "externalAuthentication": "none", "user": USER})
+        obj.update(
+            {
+                "eventsEnabled": str(events).lower() == "true",
+                "traceLoggingEnabled": False,
+                "cachingEnabled": False,
+                "externalAuthentication": "none",
+                "user": USER,
+            }
+        )
         return obj
 
     # -- instances ------------------------------------------------------------------------------
@@ -455,8 +476,13 @@ class Api:
             raise ApiFailure(400, f"pageSize must be a positive integer, got '{raw_size}'")
         tags = tuple(dict.fromkeys(t for t in q.get("tags[]", []) + q.get("tags", []) if t))
         search = (_last(q, "searchText") or "").lower() or None
-        query = ListQuery(element.key if element else None, tags, search,
-                          decode_page_token(_last(q, "nextPage")), min(page_size, MAX_PAGE_SIZE))
+        query = ListQuery(
+            element.key if element else None,
+            tags,
+            search,
+            decode_page_token(_last(q, "nextPage")),
+            min(page_size, MAX_PAGE_SIZE),
+        )
         rows, total, more = self.store.list_instances(query)
         if not rows:
             raise ApiFailure(404, "No instances found")
@@ -469,8 +495,15 @@ class Api:
     def _fragment(self, row: InstanceRow, hydrate: bool) -> bytes:
         """One instance's JSON, cached until the instance changes: a 200-instance page is then cheap
         to serve, so the emulator does not hide the client's own cost in a benchmark."""
-        signature = (row.name, row.updated_date, row.token, row.reported_key, tuple(row.tags),
-                     tuple(sorted(row.configuration.items(), key=lambda kv: kv[0])), hydrate)
+        signature = (
+            row.name,
+            row.updated_date,
+            row.token,
+            row.reported_key,
+            tuple(row.tags),
+            tuple(sorted(row.configuration.items(), key=lambda kv: kv[0])),
+            hydrate,
+        )
         cached = self._fragments.get((row.id, hydrate))
         if cached is not None and cached[0] == signature:
             return cached[1]
@@ -509,13 +542,15 @@ class Api:
 
     def _scoped(self, handler: Callable[..., Response]) -> Callable[..., Response]:
         """Wrap an /instances/{id} handler for /elements/{keyOrId}/instances/{id}."""
+
         def scoped(req: ApiRequest, key_or_id: str, instance_id: str) -> Response:
             return handler(req, instance_id, self._element(key_or_id))
+
         return scoped
 
-    def _update(self, text: str, scope: Element | None,
-                change: Callable[[InstanceRow], InstanceRow]) -> Response:
+    def _update(self, text: str, scope: Element | None, change: Callable[[InstanceRow], InstanceRow]) -> Response:
         """Apply ``change`` to one instance atomically and answer with the result."""
+
         def checked(row: InstanceRow) -> InstanceRow:
             if not self._in_scope(row, scope):
                 raise ApiFailure(404, f"No instance found with ID {text}")
@@ -565,8 +600,7 @@ class Api:
         row = self._row(text, scope)
         users = self.store.instance_users(row.id)
         if users:
-            raise ApiFailure(409, f"Element instance {row.id} is in use by {', '.join(users)} and cannot be "
-                                  "deleted")
+            raise ApiFailure(409, f"Element instance {row.id} is in use by {', '.join(users)} and cannot be deleted")
         if not self.store.delete_instance(row.id):
             raise ApiFailure(404, f"No instance found with ID {text}")
         return Response(200, None)
@@ -576,8 +610,10 @@ class Api:
     def _records(self, row: InstanceRow) -> list[dict]:
         """The configuration records of an instance."""
         element = self._element_of(row)
-        return [{"id": cid, "key": key, "propertyValue": element.shown_value(row.configuration, key)}
-                for cid, key in element.config_ids(row.id, row.configuration)]
+        return [
+            {"id": cid, "key": key, "propertyValue": element.shown_value(row.configuration, key)}
+            for cid, key in element.config_ids(row.id, row.configuration)
+        ]
 
     def _instance_configuration(self, req: ApiRequest, text: str) -> Response:
         """GET /instances/{id}/configuration."""
@@ -633,8 +669,9 @@ _FAULT_MESSAGES = {
 }
 
 
-def encode_response(response: Response, request_id: str, date: str, close: bool, head_only: bool,
-                    gzip_ok: bool = False) -> bytes:
+def encode_response(
+    response: Response, request_id: str, date: str, close: bool, head_only: bool, gzip_ok: bool = False
+) -> bytes:
     """Status line, headers and body as one buffer, written at once (no Nagle/delayed-ACK stalls).
     A body over GZIP_MIN_BYTES goes gzip-compressed to a client that accepts it, as a web server in
     front of the API would send it (a HEAD answer gets the same headers, Content-Length included)."""
@@ -642,8 +679,10 @@ def encode_response(response: Response, request_id: str, date: str, close: bool,
         body = bytes(response.body)
     else:
         body = b"" if response.body is None else _ENCODER.encode(response.body).encode()
-    head = (f"HTTP/1.1 {response.status} {_PHRASES[response.status]}\r\nServer: {SERVER_NAME}\r\n"
-            f"Date: {date}\r\nelements-request-id: {request_id}\r\n")
+    head = (
+        f"HTTP/1.1 {response.status} {_PHRASES[response.status]}\r\nServer: {SERVER_NAME}\r\n"
+        f"Date: {date}\r\nelements-request-id: {request_id}\r\n"
+    )
     if body:
         head += f"Content-Type: {_JSON_CONTENT_TYPE}\r\n"
     if len(body) > GZIP_MIN_BYTES:
@@ -862,14 +901,20 @@ class _Connection(asyncio.BufferedProtocol):
         if decision.fault == "throttle":
             assert config is not None  # faults come with the decider's configuration
             retry = f"{config.retry_after:g}"
-            return error_response(429, f"Too many requests: retry after {retry} seconds", call.request_id,
-                                  {"Retry-After": retry})
+            return error_response(
+                429, f"Too many requests: retry after {retry} seconds", call.request_id, {"Retry-After": retry}
+            )
         if decision.fault == "ratelimit" and config is not None:
-            return error_response(429, f"Rate limit exceeded: at most {config.ratelimit_rps:g} requests per second "
-                                       f"for this organization; retry after {decision.retry_after} seconds",
-                                  call.request_id, {"Retry-After": decision.retry_after})
-        return self.service.api.handle(call.head.method, call.path, call.query, call.head.headers, call.body,
-                                        call.request_id)
+            return error_response(
+                429,
+                f"Rate limit exceeded: at most {config.ratelimit_rps:g} requests per second "
+                f"for this organization; retry after {decision.retry_after} seconds",
+                call.request_id,
+                {"Retry-After": decision.retry_after},
+            )
+        return self.service.api.handle(
+            call.head.method, call.path, call.query, call.head.headers, call.body, call.request_id
+        )
 
     def _refuse_body(self, head: Head, error: BodyError) -> None:
         """A body that cannot be read: answered and logged like any request, then the connection
@@ -891,8 +936,16 @@ class _Connection(asyncio.BufferedProtocol):
         if transport.is_closing():
             return False
         head = call.head
-        transport.write(encode_response(response, call.request_id, self.service.date(), close,
-                                        head.method == "HEAD", accepts_gzip(head.headers.get("Accept-Encoding"))))
+        transport.write(
+            encode_response(
+                response,
+                call.request_id,
+                self.service.date(),
+                close,
+                head.method == "HEAD",
+                accepts_gzip(head.headers.get("Accept-Encoding")),
+            )
+        )
         if transport.is_closing():  # the write failed: the client is gone
             return False
         if close:
@@ -906,8 +959,9 @@ class _Connection(asyncio.BufferedProtocol):
         log_id = self.store.record_request(call.head.method, call.path, call.query, status, fault, duration)
         if emulator.log_stream is not None:
             target = f"{call.path}?{call.query}" if call.query else call.path
-            emulator.log_line(f"{call.head.method} {target} -> {status} ({duration:.0f} ms)"
-                              + (f" [{fault}]" if fault else ""))
+            emulator.log_line(
+                f"{call.head.method} {target} -> {status} ({duration:.0f} ms)" + (f" [{fault}]" if fault else "")
+            )
         return log_id
 
     # -- ending -------------------------------------------------------------------------------
@@ -920,8 +974,7 @@ class _Connection(asyncio.BufferedProtocol):
             status = status if status in _PHRASES else 400
             request_id = new_request_id()
             response = error_response(status, message or _PHRASES[status], request_id)
-            self.transport.write(encode_response(response, request_id, self.service.date(), True,
-                                                 method == "HEAD"))
+            self.transport.write(encode_response(response, request_id, self.service.date(), True, method == "HEAD"))
         self._close()
 
     def _close(self) -> None:
@@ -963,6 +1016,7 @@ class _Connection(asyncio.BufferedProtocol):
 
 
 if hasattr(selectors, "EpollSelector"):
+
     class _PreciseEpollSelector(selectors.EpollSelector):
         """Timers to the microsecond, through public interfaces only.
 
@@ -1022,8 +1076,9 @@ class _Service:
                 self.done.set()
 
     async def _main(self) -> None:
-        self._server = await self.loop.create_server(lambda: _Connection(self), sock=self.listener,
-                                                     backlog=LISTEN_BACKLOG)
+        self._server = await self.loop.create_server(
+            lambda: _Connection(self), sock=self.listener, backlog=LISTEN_BACKLOG
+        )
         await self._stop
 
     def request_stop(self) -> None:
@@ -1100,25 +1155,33 @@ def _loopback_bind_address(host: str) -> tuple[str, int]:
     except ValueError:
         address = None
     if address is None or not address.is_loopback:
-        raise ValueError(f"the emulator only listens on loopback (127.0.0.0/8, ::1 or localhost), "
-                         f"not {host!r}")
+        raise ValueError(f"the emulator only listens on loopback (127.0.0.0/8, ::1 or localhost), not {host!r}")
     return str(address), socket.AF_INET6 if address.version == 6 else socket.AF_INET
 
 
 def _masked_keys(catalog: Catalog) -> Callable[[str], frozenset[str]]:
     """The keys whose values responses mask, per element: the store keeps only their digest."""
+
     def keys(element_key: str) -> frozenset[str]:
         element = catalog.find(element_key)
         return frozenset(d.key for d in element.definitions if d.secret) if element else frozenset()
+
     return keys
 
 
 class Emulator:
     """The emulator: an HTTP server on loopback with SQLite state and optional faults."""
 
-    def __init__(self, db_path: str | Path, user_secret: str, organization_secret: str,
-                 host: str = "127.0.0.1", port: int = 0, faults: FaultConfig | None = None,
-                 log_stream: Any = None):
+    def __init__(
+        self,
+        db_path: str | Path,
+        user_secret: str,
+        organization_secret: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        faults: FaultConfig | None = None,
+        log_stream: Any = None,
+    ):
         self._bind_host, self._family = _loopback_bind_address(host)
         if not user_secret or not organization_secret:
             raise ValueError("the emulator needs a non-empty user secret and organization secret")

@@ -75,8 +75,7 @@ CREATE TABLE IF NOT EXISTS instance_users (
 
 _TRANSACTION = ("BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",))
 _SAVEPOINT = ("SAVEPOINT change", "RELEASE change", ("ROLLBACK TO change", "RELEASE change"))
-_INSTANCE_COLUMNS = ("id, name, element_key, reported_key, tags, configuration, token, "
-                     "created_date, updated_date")
+_INSTANCE_COLUMNS = "id, name, element_key, reported_key, tags, configuration, token, created_date, updated_date"
 
 
 class StoreClosed(RuntimeError):
@@ -168,8 +167,10 @@ def seal(configuration: dict, secret_keys: Collection[str], key: bytes) -> dict:
     """The configuration with the values of ``secret_keys`` sealed (blank values stay as they are)."""
     if not secret_keys:
         return configuration
-    return {name: Sealed.of(value, key) if name in secret_keys and isinstance(value, str) and value else value
-            for name, value in configuration.items()}
+    return {
+        name: Sealed.of(value, key) if name in secret_keys and isinstance(value, str) and value else value
+        for name, value in configuration.items()
+    }
 
 
 def read_digest_key(conn: sqlite3.Connection) -> bytes:
@@ -188,8 +189,7 @@ def connect(path: str | Path, create: bool) -> sqlite3.Connection:
         return sqlite3.connect(str(path), timeout=10, check_same_thread=False, isolation_level=None)
     if not path.exists():
         raise FileNotFoundError(f"no emulator database at {path}")
-    return sqlite3.connect(path.resolve().as_uri() + "?mode=rw", uri=True, timeout=10,
-                           isolation_level=None)
+    return sqlite3.connect(path.resolve().as_uri() + "?mode=rw", uri=True, timeout=10, isolation_level=None)
 
 
 @dataclass(frozen=True)
@@ -209,8 +209,9 @@ class InstanceRow:
     @classmethod
     def from_sql(cls, row: tuple, key: bytes) -> InstanceRow:
         """Build from a SELECT of ``_INSTANCE_COLUMNS``."""
-        return cls(row[0], row[1], row[2], row[3], json.loads(row[4]), _load_configuration(row[5], key),
-                   row[6], row[7], row[8])
+        return cls(
+            row[0], row[1], row[2], row[3], json.loads(row[4]), _load_configuration(row[5], key), row[6], row[7], row[8]
+        )
 
 
 @dataclass(frozen=True)
@@ -291,8 +292,9 @@ class Store:
 
     # -- instances ------------------------------------------------------------------------------
 
-    def create_instance(self, name: str, element_key: str, reported_key: str, tags: list[str],
-                        configuration: dict) -> InstanceRow:
+    def create_instance(
+        self, name: str, element_key: str, reported_key: str, tags: list[str], configuration: dict
+    ) -> InstanceRow:
         """Insert a new instance with a fresh, never reused token."""
         configuration = seal(configuration, self._secret_keys(element_key), self._key)
         now = utc_now()
@@ -301,12 +303,13 @@ class Store:
             cur = conn.execute(
                 "INSERT INTO instances (name, name_search, element_key, reported_key, tags, configuration,"
                 " token, created_date, updated_date) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, name.lower(), element_key, reported_key, _dumps(tags), _dumps(configuration),
-                 token, now, now))
+                (name, name.lower(), element_key, reported_key, _dumps(tags), _dumps(configuration), token, now, now),
+            )
             instance_id = _inserted_id(cur)
             self._write_tags(conn, instance_id, tags)
-        return InstanceRow(instance_id, name, element_key, reported_key, list(tags), dict(configuration),
-                           token, now, now)
+        return InstanceRow(
+            instance_id, name, element_key, reported_key, list(tags), dict(configuration), token, now, now
+        )
 
     @staticmethod
     def _issue_token(conn: sqlite3.Connection) -> str:
@@ -320,23 +323,21 @@ class Store:
     def _write_tags(conn: sqlite3.Connection, instance_id: int, tags: list[str]) -> None:
         """Replace the tag index rows of one instance."""
         conn.execute("DELETE FROM instance_tags WHERE instance_id = ?", (instance_id,))
-        conn.executemany("INSERT OR IGNORE INTO instance_tags (tag, instance_id) VALUES (?, ?)",
-                         [(tag, instance_id) for tag in tags])
+        conn.executemany(
+            "INSERT OR IGNORE INTO instance_tags (tag, instance_id) VALUES (?, ?)", [(tag, instance_id) for tag in tags]
+        )
 
     def get_instance(self, instance_id: int) -> InstanceRow | None:
         """One instance, or None."""
         with self._locked() as conn:
-            row = conn.execute(f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE id = ?",
-                               (instance_id,)).fetchone()
+            row = conn.execute(f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE id = ?", (instance_id,)).fetchone()
         return InstanceRow.from_sql(row, self._key) if row else None
 
-    def update_instance(self, instance_id: int,
-                        change: Callable[[InstanceRow], InstanceRow]) -> InstanceRow | None:
+    def update_instance(self, instance_id: int, change: Callable[[InstanceRow], InstanceRow]) -> InstanceRow | None:
         """Read, ``change`` (may raise to abort) and write back one instance atomically.
         Returns the new row, or None if there is no such instance."""
         with self._transaction() as conn:
-            row = conn.execute(f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE id = ?",
-                               (instance_id,)).fetchone()
+            row = conn.execute(f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE id = ?", (instance_id,)).fetchone()
             if row is None:
                 return None
             old = InstanceRow.from_sql(row, self._key)
@@ -345,8 +346,15 @@ class Store:
             conn.execute(
                 "UPDATE instances SET name = ?, name_search = ?, tags = ?, configuration = ?,"
                 " updated_date = ? WHERE id = ?",
-                (new.name, new.name.lower(), _dumps(new.tags), _dumps(new.configuration),
-                 new.updated_date, instance_id))
+                (
+                    new.name,
+                    new.name.lower(),
+                    _dumps(new.tags),
+                    _dumps(new.configuration),
+                    new.updated_date,
+                    instance_id,
+                ),
+            )
             if new.tags != old.tags:
                 self._write_tags(conn, instance_id, new.tags)
         return new
@@ -360,8 +368,9 @@ class Store:
     def instance_users(self, instance_id: int) -> list[str]:
         """What uses an instance (``EmulatorDB.mark_in_use``); a used instance cannot be deleted."""
         with self._locked() as conn:
-            rows = conn.execute("SELECT used_by FROM instance_users WHERE instance_id = ? ORDER BY used_by",
-                                (instance_id,)).fetchall()
+            rows = conn.execute(
+                "SELECT used_by FROM instance_users WHERE instance_id = ? ORDER BY used_by", (instance_id,)
+            ).fetchall()
         return [r[0] for r in rows]
 
     def count_instances(self) -> int:
@@ -372,8 +381,7 @@ class Store:
     def list_instances(self, query: ListQuery) -> tuple[list[InstanceRow], int, bool]:
         """One page in id order after ``query.after_id``: (rows, total matching, more pages?)."""
         where, params = _where(query)
-        sql_page = (f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE {where} AND id > ?"
-                    " ORDER BY id LIMIT ?")
+        sql_page = f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE {where} AND id > ? ORDER BY id LIMIT ?"
         with self._locked() as conn:
             own = not self._in_request  # one snapshot for both statements
             if own:
@@ -385,18 +393,20 @@ class Store:
                 if own:
                     conn.execute("COMMIT")
         more = len(rows) > query.limit
-        return [InstanceRow.from_sql(r, self._key) for r in rows[:query.limit]], total, more
+        return [InstanceRow.from_sql(r, self._key) for r in rows[: query.limit]], total, more
 
     # -- request log ----------------------------------------------------------------------------
 
-    def record_request(self, method: str, path: str, query: str, status: int, fault: str | None,
-                       duration_ms: float) -> int:
+    def record_request(
+        self, method: str, path: str, query: str, status: int, fault: str | None, duration_ms: float
+    ) -> int:
         """Append one request to the log; returns its id."""
         with self._locked() as conn:
             cur = conn.execute(
                 "INSERT INTO requests (ts, method, path, query, status, fault, duration_ms)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (_utc_now_ms(), method, path, query, status, fault, round(duration_ms, 2)))
+                (_utc_now_ms(), method, path, query, status, fault, round(duration_ms, 2)),
+            )
             return _inserted_id(cur)
 
     def set_request_status(self, request_id: int, status: int) -> None:
@@ -420,12 +430,15 @@ def _where(query: ListQuery) -> tuple[str, list]:
         params += [query.element_key, query.element_key]
     if query.tags:
         marks = ", ".join("?" for _ in query.tags)
-        clauses.append(f"id IN (SELECT instance_id FROM instance_tags WHERE tag IN ({marks})"
-                       " GROUP BY instance_id HAVING count(*) = ?)")
+        clauses.append(
+            f"id IN (SELECT instance_id FROM instance_tags WHERE tag IN ({marks})"
+            " GROUP BY instance_id HAVING count(*) = ?)"
+        )
         params += [*query.tags, len(query.tags)]
     if query.search:
-        clauses.append("(instr(name_search, ?) > 0 OR instr(lower(element_key), ?) > 0"
-                       " OR instr(lower(reported_key), ?) > 0)")
+        clauses.append(
+            "(instr(name_search, ?) > 0 OR instr(lower(element_key), ?) > 0 OR instr(lower(reported_key), ?) > 0)"
+        )
         params += [query.search] * 3
     return " AND ".join(clauses), params
 
@@ -451,18 +464,39 @@ class EmulatorDB:
         result = []
         for row in rows:
             inst = InstanceRow.from_sql(row, key)
-            result.append({"id": inst.id, "name": inst.name, "element": inst.element_key,
-                           "tags": inst.tags, "configuration": inst.configuration, "token": inst.token,
-                           "createdDate": inst.created_date, "updatedDate": inst.updated_date})
+            result.append(
+                {
+                    "id": inst.id,
+                    "name": inst.name,
+                    "element": inst.element_key,
+                    "tags": inst.tags,
+                    "configuration": inst.configuration,
+                    "token": inst.token,
+                    "createdDate": inst.created_date,
+                    "updatedDate": inst.updated_date,
+                }
+            )
         return result
 
     def requests(self) -> list[dict]:
         """Every logged request, oldest first; status 0 means the connection was dropped."""
         with self._connect() as conn:
-            rows = conn.execute("SELECT id, ts, method, path, query, status, fault, duration_ms"
-                                " FROM requests ORDER BY id").fetchall()
-        return [{"id": r[0], "ts": r[1], "method": r[2], "path": r[3], "query": r[4], "status": r[5],
-                 "fault": r[6], "durationMs": r[7]} for r in rows]
+            rows = conn.execute(
+                "SELECT id, ts, method, path, query, status, fault, duration_ms FROM requests ORDER BY id"
+            ).fetchall()
+        return [
+            {
+                "id": r[0],
+                "ts": r[1],
+                "method": r[2],
+                "path": r[3],
+                "query": r[4],
+                "status": r[5],
+                "fault": r[6],
+                "durationMs": r[7],
+            }
+            for r in rows
+        ]
 
     def clear_requests(self) -> None:
         """Empty the request log."""
@@ -475,8 +509,9 @@ class EmulatorDB:
         with self._connect() as conn:
             conn.execute("PRAGMA foreign_keys=ON")
             try:
-                conn.execute("INSERT OR IGNORE INTO instance_users (instance_id, used_by) VALUES (?, ?)",
-                             (instance_id, used_by))
+                conn.execute(
+                    "INSERT OR IGNORE INTO instance_users (instance_id, used_by) VALUES (?, ?)", (instance_id, used_by)
+                )
             except sqlite3.IntegrityError:
                 raise KeyError(f"no instance with id {instance_id}") from None
 

@@ -119,18 +119,22 @@ def _checked(item: Any, position: int, seen: set[Any]) -> LiveInstance:
     if not isinstance(item, Mapping):
         raise InconsistentListing(f"item {position} is {type(item).__name__}, not an instance object")
     ident = item.get("id")
-    if isinstance(ident, bool) or not (
-        isinstance(ident, int) and ident >= 0 or isinstance(ident, str) and ident.strip() and len(ident) <= 200
+    if type(ident) is not int and (  # the common case first: a plain non-negative integer
+        isinstance(ident, bool)
+        or not (isinstance(ident, int) or isinstance(ident, str) and ident.strip() and len(ident) <= 200)
     ):
         raise InconsistentListing(f"item {position} has no usable id")
+    if isinstance(ident, int) and ident < 0:
+        raise InconsistentListing(f"item {position} has no usable id")
+    if not isinstance(item.get("name"), str):
+        raise InconsistentListing(f"instance id {ident} has no name")
     for key, types in _FIELD_TYPES.items():
         value = item.get(key)
         if value is not None and not isinstance(value, types):
             raise InconsistentListing(f"instance id {ident}: {key!r} is {type(value).__name__}")
-    if not isinstance(item.get("name"), str):
-        raise InconsistentListing(f"instance id {ident} has no name")
-    if any(not isinstance(t, (str, Mapping)) for t in item.get("tags") or ()):
-        raise InconsistentListing(f"instance id {ident}: a tag is neither a string nor an object")
+    for tag in item.get("tags") or ():
+        if not isinstance(tag, (str, Mapping)):
+            raise InconsistentListing(f"instance id {ident}: a tag is neither a string nor an object")
     key = str(ident)
     if key in seen:
         raise InconsistentListing(f"instance id {ident} is listed twice (a repeated item is not a duplicate)")

@@ -253,26 +253,33 @@ class Redactor:
         if not _TOKEN.fullmatch(value):
             self.add(value)
             return
-        self._register(value, token_forms(value))
+        self._register(value, token_forms(value), words_only=True)
 
-    def _register(self, value: str, forms: set[str]) -> None:
+    def _register(self, value: str, forms: set[str], words_only: bool = False) -> None:
+        """Index the forms (``words_only``: every form is known to be made of word characters)."""
+        indexed = []
+        unusual = []
+        for form in forms:
+            if words_only or _WORD_SECRET.fullmatch(form):
+                indexed.append(_normalized(form))
+            else:
+                unusual.append(form)
         with self._lock:
-            words, by_prefix, others = self._words, self._by_prefix, self._others
-            shortest = self._shortest or 1 << 30
-            for form in forms:
-                if _WORD_SECRET.fullmatch(form):
-                    form = _normalized(form)
-                    words.add(form)
-                    lengths = by_prefix.get(form[:_PREFIX])
-                    if lengths is None:
-                        by_prefix[form[:_PREFIX]] = {len(form)}
-                    else:
-                        lengths.add(len(form))
-                    shortest = min(shortest, len(form))
-                elif form not in others:
-                    others.add(form)
+            by_prefix = self._by_prefix
+            self._words.update(indexed)
+            for form in indexed:
+                lengths = by_prefix.get(form[:_PREFIX])
+                if lengths is None:
+                    by_prefix[form[:_PREFIX]] = {len(form)}
+                else:
+                    lengths.add(len(form))
+            if indexed:
+                shortest = min(map(len, indexed))
+                self._shortest = min(self._shortest, shortest) if self._shortest else shortest
+            for form in unusual:
+                if form not in self._others:
+                    self._others.add(form)
                     self._pattern = None
-            self._shortest = shortest
             self._known.add(value)
 
     def redact(self, text: str) -> str:

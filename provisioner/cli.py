@@ -32,6 +32,7 @@ from .interrupt import StopFlag, stop_on_signals
 from .manifest import DEFAULT_MAX_FOREACH, Limits, manifest_schema_text
 from .markdown import MarkdownReporter
 from .outputs import format_env, format_json, write_outputs
+from .ownership import is_unmanaged
 from .plan import Action, PlanOptions
 from .progress import ProgressReporter
 from .report import JsonReporter, RedactingWriter, TextReporter
@@ -686,7 +687,9 @@ def import_(**params: Any) -> None:
         with _local(params) as local, stop_on_signals(run.stop):
             options = _options(run, params, local)
             with engine.connect(validated, options, run.stop) as connection:
-                live = engine.read_state(connection, validated.manifest.stack, owned_only=False)
+                live = engine.read_state(
+                    connection, validated.manifest.stack, owned_only=False, hydrate=lambda i: is_unmanaged(i.tags)
+                )
         imported = import_manifest(
             validated.manifest, validated.registry, live, params["out_path"], params["element"], params["name_glob"]
         )

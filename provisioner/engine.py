@@ -25,7 +25,7 @@ from .errors import CredentialsRefused, Problem, Severity, Unauthorized, UserErr
 from .interrupt import StopFlag
 from .live import LiveInstance, read_live
 from .manifest import DEFAULT_TARGET, Limits, Manifest, load_manifest
-from .ownership import FINGERPRINT_KEY_ENV, fingerprint_key
+from .ownership import FINGERPRINT_KEY_ENV, fingerprint_key, is_unmanaged
 from .plan import Action, EarlyDiffs, Plan, PlanOptions, make_plan
 from .ratelimit import RateBudget
 from .render import Renderer
@@ -148,14 +148,19 @@ def connect(validated: Validated, options: Options, stop: StopFlag, read_only: b
 
 
 def read_state(
-    connection: Connection, stack: str, owned_only: bool, early: EarlyDiffs | None = None
+    connection: Connection,
+    stack: str,
+    owned_only: bool,
+    early: EarlyDiffs | None = None,
+    hydrate: Callable[[LiveInstance], bool] | None = None,
 ) -> dict[str, list[LiveInstance]]:
-    """Stage 4: one paged listing per target. A 401/403 stops the run naming the variables."""
+    """Stage 4: one paged listing per target. A 401/403 stops the run naming the variables.
+    ``hydrate``: which instances the stack does not own need their configuration (see read_live)."""
     live = {}
     for name, client in connection.clients.items():
         on_page = (lambda page, target=name: early.see(target, page)) if early is not None else None
         try:
-            live[name] = read_live(client, stack, owned_only=owned_only, on_page=on_page)
+            live[name] = read_live(client, stack, owned_only=owned_only, on_page=on_page, hydrate=hydrate)
         except Unauthorized as exc:
             raise CredentialsRefused(name, connection.targets[name].credential_sources, exc) from None
     return live
@@ -166,7 +171,9 @@ def plan(validated: Validated, connection: Connection, options: Options) -> Plan
     owned_only = options.plan.destroy
     stack = validated.manifest.stack
     early = None if owned_only else EarlyDiffs(stack, validated.desired, validated.registry, connection.fingerprints)
-    live = read_state(connection, stack, owned_only, early)
+    declared = {d.name for d in validated.desired}
+    adoptable = (lambda i: i.name in declared and is_unmanaged(i.tags)) if options.plan.adopt else None
+    live = read_state(connection, stack, owned_only, early, hydrate=adoptable)
     return make_plan(stack, validated.desired, live, validated.registry, connection.fingerprints, options.plan, early)
 
 

@@ -72,16 +72,21 @@ def read_live(
     stack: str,
     owned_only: bool = False,
     on_page: Callable[[list[LiveInstance]], object] | None = None,
+    hydrate: Callable[[LiveInstance], bool] | None = None,
 ) -> list[LiveInstance]:
     """All instances of the target (or only those the stack owns), with configuration filled in.
     ``on_page`` sees each page's instances as it arrives, while the next page is being fetched.
 
     Nothing is decided from a listing that cannot be trusted: a repeated id, an item without a
     usable id or with fields of the wrong type, or pages the client found inconsistent raise
-    InconsistentListing (after reading it again, in case other writers shifted the pages)."""
+    InconsistentListing (after reading it again, in case other writers shifted the pages).
+
+    An API whose list answers leave ``configuration`` out costs one ``GET /instances/{id}`` for each
+    instance the stack owns, and for each other one ``hydrate`` asks for (the unmanaged instances
+    ``import`` and ``--adopt`` take over)."""
     for attempt in range(1, LISTING_TRIES + 1):
         try:
-            return _read_once(client, stack, owned_only, on_page)
+            return _read_once(client, stack, owned_only, on_page, hydrate)
         except InconsistentListing:
             if attempt == LISTING_TRIES:
                 raise
@@ -89,7 +94,11 @@ def read_live(
 
 
 def _read_once(
-    client: InstanceReader, stack: str, owned_only: bool, on_page: Callable[[list[LiveInstance]], object] | None
+    client: InstanceReader,
+    stack: str,
+    owned_only: bool,
+    on_page: Callable[[list[LiveInstance]], object] | None,
+    hydrate: Callable[[LiveInstance], bool] | None,
 ) -> list[LiveInstance]:
     marker = stack_marker(stack)
     instances: list[LiveInstance] = []
@@ -101,7 +110,10 @@ def _read_once(
         instances.extend(converted)
     if owned_only:  # the server's tag filter is trusted only as far as we check it
         instances = [i for i in instances if i.owned_by(stack)]
-    return [_hydrated(client, i) if i.configuration is None and i.owned_by(stack) else i for i in instances]
+    wanted = hydrate or (lambda _instance: False)
+    return [
+        _hydrated(client, i) if i.configuration is None and (i.owned_by(stack) or wanted(i)) else i for i in instances
+    ]
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {

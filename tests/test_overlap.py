@@ -78,3 +78,16 @@ def test_an_apply_racing_a_destroy_never_exits_0_with_deleted_tokens(h):
     again = h.run("apply", "--outputs", "out/tokens.json")
     assert again.returncode == 0, again.stderr
     h.assert_converged(names(COUNT))
+
+
+def test_a_destroy_refused_for_an_instance_in_use_reports_it_and_deletes_the_others(h):
+    h.write_manifest(3)
+    assert h.run("apply", "--outputs", "out/tokens.json").returncode == 0
+    used = next(r for r in h.instances() if r["name"] == "hd-1")
+    h.db.mark_in_use(used["id"], "formula instance 'nightly-sync'")
+    run = h.run("destroy", "--yes")
+    assert run.returncode == 1
+    assert "hd-1" in run.stderr and "in use" in run.stderr and "nightly-sync" in run.stderr
+    assert [r["name"] for r in h.instances()] == ["hd-1"]  # the other two are gone
+    deletes = [r for r in h.db.requests() if r["method"] == "DELETE"]
+    assert len(deletes) == 3  # the refused delete is not retried

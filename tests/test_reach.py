@@ -611,3 +611,50 @@ def test_readme_documents_the_new_commands():
     ):
         assert needle in readme, needle
     assert os.path.exists(REPO / "CHANGELOG.md")
+
+
+def test_import_reads_the_configuration_a_listing_leaves_out(tmp_path):
+    """An API whose list answers omit ``configuration`` (``hydrate``): import reads each unmanaged
+    instance once, and writes its configuration, never its secret."""
+    config = {
+        "helpdesk.connectwise.username": "hand-made",
+        "helpdesk.connectwise.password": "********",
+        "helpdesk.connectwise.server.url": "api-na.example.net",
+        "helpdesk.connectwise.company": "acme",
+    }
+    listed = {
+        "id": 5,
+        "name": "hd-by-hand",
+        "element": {"key": "connectwisehd"},
+        "tags": ["team-a"],
+        "token": "tok-5-Qz81",
+        "createdDate": "2026-01-01T00:00:05Z",
+    }
+
+    def answer(received):
+        if received.path == "/instances":
+            return Reply(200, {"elements-total-count": "1"}, [listed])
+        if received.path == "/instances/5":
+            return Reply(200, body={**listed, "configuration": config})
+        return Reply(404, body={"message": "not found"})
+
+    write(tmp_path, "base.yaml", "apiVersion: provisioner/v1\nstack: tests\ninstances: []\n")
+    with ScriptedServer(default=answer) as server:
+        env = base_env() | {"CE_API_URL": server.base_url, "CE_USER_SECRET": "u-secret", "CE_ORGANIZATION_SECRET": "o"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "provisioner", "import", "base.yaml", "--out", "m.yaml"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        paths = [r.path for r in server.requests]
+    assert proc.returncode == 0, proc.stderr
+    assert paths == ["/instances", "/instances/5"]
+    written = yaml.safe_load((tmp_path / "m.yaml").read_text())
+    [instance] = written["instances"]
+    assert instance["configuration"]["helpdesk.connectwise.username"] == "hand-made"
+    assert instance["configuration"]["helpdesk.connectwise.server.url"] == "api-na.example.net"
+    assert "{{ env." in instance["configuration"]["helpdesk.connectwise.password"]
+    assert "********" not in (tmp_path / "m.yaml").read_text()

@@ -64,6 +64,10 @@ class ChangeResult:
     token: Secret | None = None
 
 
+WORKERS_PER_SLOT = 4
+MAX_WORKERS = 256
+
+
 @dataclass(frozen=True)
 class ApplySettings:
     parallelism: int = 8
@@ -132,9 +136,10 @@ class Applier:
                 results[index] = ChangeResult(change, Status.SKIPPED, error=change.reason, id=change.id)
             else:
                 writes.append((index, change))
-        with futures.ThreadPoolExecutor(
-            max_workers=max(1, self.settings.parallelism), thread_name_prefix="apply"
-        ) as pool:
+        # More workers than requests in flight: a worker waiting out a Retry-After or a backoff holds
+        # no in-flight slot (the clients share --parallelism of them), so the others keep sending.
+        workers = min(MAX_WORKERS, max(1, self.settings.parallelism) * WORKERS_PER_SLOT)
+        with futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apply") as pool:
             self._run_batch(pool, writes, results)
             self._resolve_ambiguous(pool, results)
         notes = self._final_check(results)

@@ -137,6 +137,7 @@ class ReadOnlyClient:
         trace: Callable[[str], None] | None = None,
         stop: StopFlag | None = None,
         notice: Callable[[str], None] | None = None,
+        inflight: threading.Semaphore | None = None,
     ):
         self._base = check_base_url(base_url)
         self.settings = settings
@@ -146,6 +147,7 @@ class ReadOnlyClient:
         self._notice = notice
         self._last_notice = -math.inf
         self._stop = stop
+        self._inflight = inflight
         self._auth = _ElementsAuth(Secret(user_secret), Secret(organization_secret))
         from .transport import Transport  # imported here: validate and render never load requests
 
@@ -336,6 +338,25 @@ class ReadOnlyClient:
         """Wait for the rate budget, then one HTTP exchange. Returns the reply or the error it maps to
         (not raised yet)."""
         t0 = time.monotonic()
+        self._enter_flight()
+        try:
+            return self._attempt_in_flight(method, url, data, shown, raw, started, t0)
+        finally:
+            if self._inflight is not None:
+                self._inflight.release()
+
+    def _enter_flight(self) -> None:
+        """Take one of the ``parallelism`` in-flight slots shared by the run's clients. Waiting out a
+        backoff or a Retry-After happens outside any slot, so the other workers keep sending."""
+        if self._inflight is None:
+            return
+        while not self._inflight.acquire(timeout=0.2):
+            if self._stop is not None:
+                self._stop.check()
+
+    def _attempt_in_flight(
+        self, method: str, url: str, data: bytes | None, shown: str, raw: bool, started: float, t0: float
+    ) -> tuple[_Reply | ApiError | TransportError, int]:
         late = self._before_attempt(started)
         if late is not None:
             return late, _ms_since(t0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
@@ -121,6 +122,7 @@ def connect(validated: Validated, options: Options, stop: StopFlag, read_only: b
             raise ValidationFailed(_sorted(problems))
     stats = RequestStats()
     budget = RateBudget(options.client.max_rate)
+    inflight = threading.BoundedSemaphore(max(1, options.client.parallelism))  # --parallelism: requests at once
     override = options.environ.get(FINGERPRINT_KEY_ENV) or None
     with ExitStack() as stack:
         kind = ReadOnlyClient if read_only else Client
@@ -136,6 +138,7 @@ def connect(validated: Validated, options: Options, stop: StopFlag, read_only: b
                     trace=options.trace,
                     stop=stop,
                     notice=options.notice,
+                    inflight=inflight,
                 )
             )
             for name, t in targets.items()

@@ -518,7 +518,7 @@ class Client(ReadOnlyClient):
             problem = ApiError(
                 reply.status,
                 f"the API answered the create with {_json_kind(data)}, not an instance with an id and a token",
-                _header_request_id_of(reply),
+                _header_request_id(reply),
                 "POST",
                 "/instances",
             )
@@ -731,12 +731,8 @@ def _proxy_refused(proxy: str, method: str, shown: str) -> TransportError:
     )
 
 
-def _header_request_id(answer: Any) -> str | None:
+def _header_request_id(answer: Answer | _Reply) -> str | None:
     return _short_id(answer.headers.get(REQUEST_ID_HEADER) or None)
-
-
-def _header_request_id_of(reply: _Reply) -> str | None:
-    return _short_id(reply.headers.get(REQUEST_ID_HEADER) or None)
 
 
 def _cut(text: str) -> str:

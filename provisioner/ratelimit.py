@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-# How far back the observed request rate looks, in seconds.
+# How long answers are remembered, in seconds (the share of refusals since a cut looks back this far).
 OBSERVATION_WINDOW = 5.0
 # How far back the accepted and refused shares look when deciding a cut.
 ACCEPTED_WINDOW = 1.0
@@ -50,8 +50,6 @@ MIN_EVIDENCE = 60
 RANDOM_HOLD = 30.0
 # A Retry-After this long pauses every worker even while already throttled.
 LONG_PAUSE = 5.0
-# Shortest span the observed rate is computed over: 3 requests in 10 ms is not 300 requests/s.
-MIN_OBSERVED_SPAN = 1.0
 # Pause used when a 429 carries no Retry-After.
 DEFAULT_PAUSE = 1.0
 # The rate is never cut below this (requests/second), unless max_rate itself is lower.
@@ -90,8 +88,7 @@ class RateBudget:
         self._last_increase = -math.inf
         self._epoch = 0  # bumped by each throttle: reservations before it are void
         self._last_cut = -math.inf
-        self._starts: deque[float] = deque()
-        self._answers: deque[tuple[float, bool]] = deque()  # (time, accepted) over ACCEPTED_WINDOW
+        self._answers: deque[tuple[float, bool]] = deque()  # (time, accepted) over OBSERVATION_WINDOW
         self._cut_to: float | None = None  # the limit the last cut set
         self._share_at_cut: float | None = None  # refused share that triggered the last cut
         self._before_cuts: float | None = None  # the limit before this episode of cuts
@@ -119,13 +116,11 @@ class RateBudget:
                 start = self._reserve(now)
                 epoch = self._epoch
                 if start <= now:
-                    self._record_start(now)
                     return True
             if wait(start - now):
                 return False
             with self._lock:
                 if self._epoch == epoch:  # no throttle arrived while we waited: the slot still holds
-                    self._record_start(self._clock())
                     return True
 
     def on_throttle(self, retry_after: float | None = None) -> None:
@@ -207,21 +202,6 @@ class RateBudget:
             start = max(start, self._next_slot)
             self._next_slot = start + 1.0 / self._limit
         return start
-
-    def _record_start(self, now: float) -> None:
-        self._starts.append(now)
-        self._trim(now)
-
-    def _trim(self, now: float) -> None:
-        while self._starts and self._starts[0] < now - OBSERVATION_WINDOW:
-            self._starts.popleft()
-
-    def _observed_rate(self, now: float) -> float | None:
-        """Requests/second started over the last few seconds, or None without history."""
-        self._trim(now)
-        if not self._starts:
-            return None
-        return len(self._starts) / max(now - self._starts[0], MIN_OBSERVED_SPAN)
 
     def _pause(self, now: float, pause: float) -> None:
         self._paused_until = max(self._paused_until, now + pause)

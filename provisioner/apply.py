@@ -39,7 +39,7 @@ from .errors import (
     Unauthorized,
 )
 from .interrupt import StopFlag
-from .live import LiveInstance, read_live
+from .live import LiveInstance, read_names
 from .ownership import run_tag
 from .plan import Action, Change, Plan
 from .secret import Secret
@@ -64,7 +64,7 @@ class ChangeResult:
     token: Secret | None = None
 
 
-WORKERS_PER_SLOT = 2  # 4 freed more workers under 429s, but the extra threads cost CPU on 2 cores
+WORKERS_PER_SLOT = 1  # 4 freed more workers under 429s, but the extra threads cost CPU on 2 cores
 MAX_WORKERS = 256
 
 
@@ -293,7 +293,9 @@ class Applier:
     ) -> dict[str, LiveInstance] | None:
         """The oldest instance per name that the stack owns and that is new since the plan."""
         try:
-            live = read_live(self.clients[target], self.plan.stack, owned_only=True)
+            live = read_names(
+                self.clients[target], self.plan.stack, [c.name for c in changes], self.settings.parallelism
+            )
         except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
             index_of = {id(c): i for i, c in enumerate(self.plan.changes)}
             for change in changes:
@@ -309,7 +311,8 @@ class Applier:
     # -- the final check -----------------------------------------------------------------------
 
     def _final_check(self, results: dict[int, ChangeResult]) -> list[str]:
-        """List the stack once more after creating, and settle every created name on one copy.
+        """List the created names once more (the shards they fall in, side by side), and settle every
+        created name on one copy.
 
         The rule every run follows without talking to the others: the oldest copy (creation date,
         then id) wins. A run delivers the winner's token, whoever made it, and deletes only the other
@@ -336,7 +339,7 @@ class Applier:
         for target in sorted({t for t, _ in created}):
             names = {name: index for (t, name), index in created.items() if t == target}
             try:
-                live = read_live(self.clients[target], self.plan.stack, owned_only=True)
+                live = read_names(self.clients[target], self.plan.stack, names, self.settings.parallelism)
             except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
                 for index in names.values():
                     results[index] = ChangeResult(

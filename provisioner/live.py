@@ -6,12 +6,13 @@ never sees raw JSON. Tokens become ``Secret``s the moment they are read.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import InconsistentListing
-from .ownership import stack_marker
+from .ownership import shard_tag, stack_marker
 from .secret import Secret
 
 LISTING_TRIES = 3  # a listing read while other runs write may shift between pages: read it again
@@ -73,8 +74,10 @@ def read_live(
     owned_only: bool = False,
     on_page: Callable[[list[LiveInstance]], object] | None = None,
     hydrate: Callable[[LiveInstance], bool] | None = None,
+    tag: str | None = None,
 ) -> list[LiveInstance]:
     """All instances of the target (or only those the stack owns), with configuration filled in.
+    ``tag`` narrows an ``owned_only`` listing to the stack's instances that carry it (a shard).
     ``on_page`` sees each page's instances as it arrives, while the next page is being fetched.
 
     Nothing is decided from a listing that cannot be trusted: a repeated id, an item without a
@@ -86,7 +89,7 @@ def read_live(
     ``import`` and ``--adopt`` take over)."""
     for attempt in range(1, LISTING_TRIES + 1):
         try:
-            return _read_once(client, stack, owned_only, on_page, hydrate)
+            return _read_once(client, stack, owned_only, on_page, hydrate, tag)
         except InconsistentListing:
             if attempt == LISTING_TRIES:
                 raise
@@ -99,11 +102,12 @@ def _read_once(
     owned_only: bool,
     on_page: Callable[[list[LiveInstance]], object] | None,
     hydrate: Callable[[LiveInstance], bool] | None,
+    tag: str | None = None,
 ) -> list[LiveInstance]:
     marker = stack_marker(stack)
     instances: list[LiveInstance] = []
     seen: set[Any] = set()
-    for page in client.instance_pages(tags=(marker,) if owned_only else ()):
+    for page in client.instance_pages(tags=(tag or marker,) if owned_only else ()):
         converted = [_checked(item, len(instances) + n, seen) for n, item in enumerate(page)]
         if on_page is not None:
             on_page(converted)
@@ -114,6 +118,27 @@ def _read_once(
     return [
         _hydrated(client, i) if i.configuration is None and (i.owned_by(stack) or wanted(i)) else i for i in instances
     ]
+
+
+def read_names(client: InstanceReader, stack: str, names: Iterable[str], parallelism: int) -> list[LiveInstance]:
+    """Every instance the stack owns under ``names`` (and their shard-mates): one listing per shard
+    those names fall in (``ownership.shard_tag``), up to ``parallelism`` at once. A run checking
+    what it created reads a few small listings side by side instead of the whole stack, one page
+    after another. Only instances provisioner wrote carry a shard tag; a copy made by hand, or by a
+    version before shards, is not found here."""
+    tags = sorted({shard_tag(stack, name) for name in names})
+    if not tags:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(len(tags), parallelism)), thread_name_prefix="shard") as pool:
+        parts = list(pool.map(lambda t: read_live(client, stack, owned_only=True, tag=t), tags))
+    found: list[LiveInstance] = []
+    seen: set[str] = set()
+    for part in parts:
+        for instance in part:
+            if str(instance.id) not in seen:
+                seen.add(str(instance.id))
+                found.append(instance)
+    return found
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {

@@ -55,7 +55,8 @@ class Transport:
         self._watchdog = _Watchdog(stop)
         self.session = requests.Session()
         self.session.trust_env = False  # read once below, not on every request
-        self.session.verify = _ca_bundle() if parts.scheme == "https" else True
+        self._verify = _ca_bundle() if parts.scheme == "https" else True
+        self.session.verify = self._verify
         self.session.cert = _client_cert()
         self.session.proxies = _environ_proxies(base_url)
         self.session.headers.update(
@@ -70,6 +71,9 @@ class Transport:
         self.session.mount("http://", adapter)
         proxy = self.session.proxies.get(parts.scheme)
         self.proxy_display = _without_credentials(proxy) if proxy else ""
+        self._adapter = self.session.get_adapter(base_url)
+        self._headers = dict(self.session.headers)  # requests' defaults (gzip, keep-alive) and ours
+        self._urls: dict[str, str] = {}  # URL text -> prepared URL, for the few URLs sent again and again
 
     def send(
         self,
@@ -81,10 +85,15 @@ class Transport:
         deadline: float,
     ) -> Answer:
         """One exchange, finished or failed within ``deadline`` seconds."""
+        request = self._prepare(method, url, body, authorization)
         watch = self._watchdog.begin(time.monotonic() + deadline)
         try:
-            response = self.session.request(
-                method, url, data=body, headers={"Authorization": authorization}, timeout=timeout, allow_redirects=False
+            response = self._adapter.send(
+                request,
+                timeout=timeout,
+                verify=self._verify,
+                cert=self.session.cert,
+                proxies=self.session.proxies,
             )
             return Answer(response.status_code, response.content, response.headers, response.reason)
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
@@ -92,6 +101,24 @@ class Transport:
             raise TransportFailure(message, ambiguous, retryable) from exc
         finally:
             self._watchdog.end(watch)
+
+    def _prepare(self, method: str, url: str, body: bytes | None, authorization: str) -> requests.PreparedRequest:
+        """The request as ``Session.request`` would prepare it with this session's settings, through
+        ``PreparedRequest``'s public steps. ``Session.request`` merges the environment, cookies and
+        hooks again on every call: about 0.3 ms of CPU a request here, which is what caps a run on
+        two cores. The session's adapter then sends it (redirects are never followed)."""
+        request = requests.PreparedRequest()
+        request.prepare_method(method)
+        prepared = self._urls.get(url)
+        if prepared is None:
+            request.prepare_url(url, None)
+            if len(self._urls) < 64:  # page URLs carry tokens and are sent once: not kept
+                self._urls[url] = request.url or ""
+        else:
+            request.url = prepared
+        request.prepare_headers({**self._headers, "Authorization": authorization})
+        request.prepare_body(body, None)
+        return request
 
     def close(self) -> None:
         self.session.close()
@@ -119,8 +146,9 @@ class _Watchdog:
     def __init__(self, stop: StopFlag | None):
         self._stop = stop
         self._stopped_at: float | None = None
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._active: set[_Watch] = set()
+        self._wake = 0.0  # when the watchdog thread next looks (monotonic)
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -132,7 +160,8 @@ class _Watchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="deadline", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            elif deadline < self._wake:  # the watchdog sleeps past this deadline: wake it now
+                self._cond.notify()
         return watch
 
     def end(self, watch: _Watch) -> None:
@@ -157,7 +186,8 @@ class _Watchdog:
                         watch.fired = watch.fired or ("stop" if cut is not None and now >= cut else "deadline")
                         _shut(watch.sockets)
                 wake = min((w.deadline for w in self._active if not w.fired), default=now + 3600)
-                self._cond.wait(timeout=min(max(0.0, wake - now), 0.25))
+                self._wake = now + min(max(0.0, wake - now), 0.25)
+                self._cond.wait(timeout=self._wake - now)
 
 
 def _shut(sockets: list[socket.socket]) -> None:

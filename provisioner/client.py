@@ -23,6 +23,7 @@ Three rules come first:
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import ipaddress
 import json
@@ -32,7 +33,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -175,11 +176,16 @@ class ReadOnlyClient:
         """Every instance (all pages), optionally only those carrying every tag in ``tags``."""
         return [item for page in self.instance_pages(tags) for item in page]
 
-    def instance_pages(self, tags: Sequence[str] = ()) -> Iterator[list]:
+    def instance_pages(
+        self, tags: Sequence[str] = (), hold: threading.Lock | None = None
+    ) -> Generator[list, None, None]:
         """The same listing, one page at a time, as it arrives: the caller's work on one page
         overlaps the round trip of the next. Raises InconsistentListing when the pages cannot be
-        trusted (a repeated or endless page sequence, or fewer or more items than announced)."""
-        for page in self._pages("/instances", [("tags[]", t) for t in tags]):
+        trusted (a repeated or endless page sequence, or fewer or more items than announced).
+        With ``hold``, each page is parsed and handed over while holding that lock (released when
+        the next page is asked for): listings read side by side then have one parsed page alive at
+        a time, not one each. Close the iterator (``contextlib.closing``) to release it early."""
+        for page in self._pages("/instances", [("tags[]", t) for t in tags], hold):
             yield _remember_tokens(page)
 
     def get_instance(self, instance_id: int | str) -> dict:
@@ -200,14 +206,16 @@ class ReadOnlyClient:
 
     # -- paging -----------------------------------------------------------------------------
 
-    def _pages(self, path: str, params: list[tuple[str, str]]) -> Iterator[list]:
+    def _pages(
+        self, path: str, params: list[tuple[str, str]], hold: threading.Lock | None = None
+    ) -> Generator[list, None, None]:
         """Yield each page of a list endpoint, following ``elements-next-page-token``.
 
         A fetcher thread walks the pages on its own, requesting the next one as soon as the token
         (a header) of the last one is read, and hands the raw bodies over; the caller parses one page
         while the next is on the wire. At the end the number of items is checked against the
         ``elements-total-count`` the API announced."""
-        replies: queue.Queue = queue.Queue(maxsize=4)  # bounded: a fast server cannot fill memory
+        replies: queue.Queue = queue.Queue(maxsize=2)  # bounded: a fast server cannot fill memory
         abandoned = threading.Event()
         fetcher = threading.Thread(
             target=self._fetch_pages, args=(path, params, replies, abandoned), name="pages", daemon=True
@@ -222,12 +230,14 @@ class ReadOnlyClient:
                     break
                 if isinstance(reply, BaseException):
                     raise reply
-                items = _page_items(reply, path)
-                count += len(items)
                 total = _total(reply)
-                if total is not None:
-                    totals.add(total)
-                yield items
+                with hold or contextlib.nullcontext():
+                    items = _page_items(reply, path)
+                    del reply
+                    count += len(items)
+                    if total is not None:
+                        totals.add(total)
+                    yield items
         finally:
             abandoned.set()
             _drain(replies)

@@ -6,8 +6,10 @@ never sees raw JSON. Tokens become ``Secret``s the moment they are read.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import threading
+from collections.abc import Callable, Generator, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -15,11 +17,14 @@ from .errors import InconsistentListing
 from .ownership import shard_tag, stack_marker
 from .secret import Secret
 
+SHARD_READS = 4  # shard listings read at once (their pages are parsed one at a time, see read_names)
 LISTING_TRIES = 3  # a listing read while other runs write may shift between pages: read it again
 
 
 class InstanceReader(Protocol):
-    def instance_pages(self, tags: tuple[str, ...] | list[str] = ()) -> Iterator[list]: ...
+    def instance_pages(
+        self, tags: tuple[str, ...] | list[str] = (), hold: threading.Lock | None = None
+    ) -> Generator[list, None, None]: ...
 
     def get_instance(self, instance_id: int | str) -> dict: ...
 
@@ -35,7 +40,9 @@ class LiveInstance:
     created: str
 
     @classmethod
-    def from_api(cls, data: Mapping[str, Any]) -> LiveInstance:
+    def from_api(cls, data: Mapping[str, Any], configuration: bool = True) -> LiveInstance:
+        """``configuration=False`` leaves the configuration out (None): a read that needs only ids,
+        names, tags and tokens then keeps none of the listed objects alive."""
         element = data.get("element")
         key = element.get("key") if isinstance(element, Mapping) else element if isinstance(element, str) else None
         tags = data.get("tags") or []
@@ -47,7 +54,7 @@ class LiveInstance:
             name=str(data.get("name") or ""),
             element=key,
             tags=tuple(t for t in tag_names if isinstance(t, str)),
-            configuration=config if isinstance(config, Mapping) else None,
+            configuration=config if configuration and isinstance(config, Mapping) else None,
             token=Secret(token, token=True) if isinstance(token, str) and token else None,
             created=str(data.get("createdDate") or ""),
         )
@@ -75,9 +82,13 @@ def read_live(
     on_page: Callable[[list[LiveInstance]], object] | None = None,
     hydrate: Callable[[LiveInstance], bool] | None = None,
     tag: str | None = None,
+    configuration: bool = True,
+    hold: threading.Lock | None = None,
 ) -> list[LiveInstance]:
     """All instances of the target (or only those the stack owns), with configuration filled in.
-    ``tag`` narrows an ``owned_only`` listing to the stack's instances that carry it (a shard).
+    ``tag`` narrows an ``owned_only`` listing to the stack's instances that carry it (a shard);
+    ``configuration=False`` reads everything but the configuration (and so never hydrates); ``hold``
+    is held while each page is parsed and converted (see ``instance_pages``).
     ``on_page`` sees each page's instances as it arrives, while the next page is being fetched.
 
     Nothing is decided from a listing that cannot be trusted: a repeated id, an item without a
@@ -89,7 +100,7 @@ def read_live(
     ``import`` and ``--adopt`` take over)."""
     for attempt in range(1, LISTING_TRIES + 1):
         try:
-            return _read_once(client, stack, owned_only, on_page, hydrate, tag)
+            return _read_once(client, stack, owned_only, on_page, hydrate, tag, configuration, hold)
         except InconsistentListing:
             if attempt == LISTING_TRIES:
                 raise
@@ -103,17 +114,24 @@ def _read_once(
     on_page: Callable[[list[LiveInstance]], object] | None,
     hydrate: Callable[[LiveInstance], bool] | None,
     tag: str | None = None,
+    configuration: bool = True,
+    hold: threading.Lock | None = None,
 ) -> list[LiveInstance]:
     marker = stack_marker(stack)
     instances: list[LiveInstance] = []
     seen: set[Any] = set()
-    for page in client.instance_pages(tags=(tag or marker,) if owned_only else ()):
-        converted = [_checked(item, len(instances) + n, seen) for n, item in enumerate(page)]
-        if on_page is not None:
-            on_page(converted)
-        instances.extend(converted)
+    tags = (tag or marker,) if owned_only else ()
+    pages = client.instance_pages(tags) if hold is None else client.instance_pages(tags, hold)
+    with closing(pages):
+        for page in pages:
+            converted = [_checked(item, len(instances) + n, seen, configuration) for n, item in enumerate(page)]
+            if on_page is not None:
+                on_page(converted)
+            instances.extend(converted)
     if owned_only:  # the server's tag filter is trusted only as far as we check it
         instances = [i for i in instances if i.owned_by(stack)]
+    if not configuration:
+        return instances
     wanted = hydrate or (lambda _instance: False)
     return [
         _hydrated(client, i) if i.configuration is None and (i.owned_by(stack) or wanted(i)) else i for i in instances
@@ -122,15 +140,20 @@ def _read_once(
 
 def read_names(client: InstanceReader, stack: str, names: Iterable[str], parallelism: int) -> list[LiveInstance]:
     """Every instance the stack owns under ``names`` (and their shard-mates): one listing per shard
-    those names fall in (``ownership.shard_tag``), up to ``parallelism`` at once. A run checking
-    what it created reads a few small listings side by side instead of the whole stack, one page
-    after another. Only instances provisioner wrote carry a shard tag; a copy made by hand, or by a
-    version before shards, is not found here."""
+    those names fall in (``ownership.shard_tag``), up to ``SHARD_READS`` (and ``parallelism``) at
+    once. A run checking what it created reads a few small listings side by side instead of the
+    whole stack, one page after another. Configuration is left out (see ``read_live``), and the
+    listings' pages are parsed one at a time. Only instances provisioner wrote carry a shard tag; a
+    copy made by hand, or by a version before shards, is not found here."""
     tags = sorted({shard_tag(stack, name) for name in names})
     if not tags:
         return []
-    with ThreadPoolExecutor(max_workers=max(1, min(len(tags), parallelism)), thread_name_prefix="shard") as pool:
-        parts = list(pool.map(lambda t: read_live(client, stack, owned_only=True, tag=t), tags))
+    hold = threading.Lock()  # one parsed page alive at a time: the GIL parses one at a time anyway
+    workers = max(1, min(len(tags), parallelism, SHARD_READS))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shard") as pool:
+        parts = list(
+            pool.map(lambda t: read_live(client, stack, owned_only=True, tag=t, configuration=False, hold=hold), tags)
+        )
     found: list[LiveInstance] = []
     seen: set[str] = set()
     for part in parts:
@@ -151,7 +174,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def _checked(item: Any, position: int, seen: set[Any]) -> LiveInstance:
+def _checked(item: Any, position: int, seen: set[Any], configuration: bool = True) -> LiveInstance:
     """One listed item as a LiveInstance, or InconsistentListing if it cannot be trusted."""
     if not isinstance(item, Mapping):
         raise InconsistentListing(f"item {position} is {type(item).__name__}, not an instance object")
@@ -176,7 +199,7 @@ def _checked(item: Any, position: int, seen: set[Any]) -> LiveInstance:
     if key in seen:
         raise InconsistentListing(f"instance id {ident} is listed twice (a repeated item is not a duplicate)")
     seen.add(key)
-    return LiveInstance.from_api(item)
+    return LiveInstance.from_api(item, configuration)
 
 
 def _hydrated(client: InstanceReader, instance: LiveInstance) -> LiveInstance:

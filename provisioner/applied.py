@@ -38,7 +38,7 @@ def field_digest(key: bytes, path: str, value: Any, size: int = _RECORD_BYTES) -
     if found is None:
         raw = hashlib.blake2b(message.encode(), key=key[:64], digest_size=size).digest()
         found = base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-        if len(_MEMO) < 50_000:  # a forEach writes the same few values (defaults) thousands of times
+        if len(_MEMO) < 8_192:  # a forEach writes the same few values (defaults) thousands of times
             _MEMO[memo] = found
     return found
 

@@ -119,7 +119,7 @@ class Applier:
         self._lock = threading.Lock()
         self._ambiguous: list[Change] = []
         self._posted: dict[tuple[str, str], int] = {}
-        self._made: dict[tuple[str, str], set[str]] = {}  # ids of the copies this run was told it made
+        self._made: set[tuple[str, str, str]] = set()  # (target, name, id) of the copies this run was told it made
         self._unanswered: set[tuple[str, str]] = set()  # names whose create got no answer at least once
         self._resent_unanswered = False
         self._last_unanswered = -math.inf
@@ -244,7 +244,7 @@ class Applier:
                 self._resent_unanswered = True
         data = client.create_instance(create_body(desired, schema, self.fingerprints[change.target], self.run_tag))
         with self._lock:
-            self._made.setdefault(key, set()).add(str(data["id"]))
+            self._made.add((*key, str(data["id"])))
         return ChangeResult(change, Status.OK, id=data["id"], token=_token(data))
 
     def _skip_reason(self) -> str:
@@ -379,9 +379,8 @@ class Applier:
             was = f" instead of this run's id {result.id}" if made else ""
             results[index] = ChangeResult(result.change, Status.OK, id=winner.id, token=winner.token)
             notes.append(f"{winner.name}: delivering the oldest copy, id {winner.id}{was}")
-        mine = self._made.get((target, result.change.name), set())
         for extra in copies[1:]:
-            if str(extra.id) in mine or self.run_tag in extra.tags:
+            if (target, result.change.name, str(extra.id)) in self._made or self.run_tag in extra.tags:
                 notes.append(self._delete_extra(target, extra))
         return notes
 

@@ -177,15 +177,16 @@ class ReadOnlyClient:
         return [item for page in self.instance_pages(tags) for item in page]
 
     def instance_pages(
-        self, tags: Sequence[str] = (), hold: threading.Lock | None = None
+        self, tags: Sequence[str] = (), hold: threading.Lock | None = None, prefetch: bool = True
     ) -> Generator[list, None, None]:
         """The same listing, one page at a time, as it arrives: the caller's work on one page
         overlaps the round trip of the next. Raises InconsistentListing when the pages cannot be
         trusted (a repeated or endless page sequence, or fewer or more items than announced).
         With ``hold``, each page is parsed and handed over while holding that lock (released when
         the next page is asked for): listings read side by side then have one parsed page alive at
-        a time, not one each. Close the iterator (``contextlib.closing``) to release it early."""
-        for page in self._pages("/instances", [("tags[]", t) for t in tags], hold):
+        a time, not one each. Close the iterator (``contextlib.closing``) to release it early.
+        ``prefetch=False`` fetches each page only when asked for, without a fetcher thread."""
+        for page in self._pages("/instances", [("tags[]", t) for t in tags], hold, prefetch):
             yield _remember_tokens(page)
 
     def get_instance(self, instance_id: int | str) -> dict:
@@ -207,29 +208,24 @@ class ReadOnlyClient:
     # -- paging -----------------------------------------------------------------------------
 
     def _pages(
-        self, path: str, params: list[tuple[str, str]], hold: threading.Lock | None = None
+        self,
+        path: str,
+        params: list[tuple[str, str]],
+        hold: threading.Lock | None = None,
+        prefetch: bool = True,
     ) -> Generator[list, None, None]:
         """Yield each page of a list endpoint, following ``elements-next-page-token``.
 
-        A fetcher thread walks the pages on its own, requesting the next one as soon as the token
-        (a header) of the last one is read, and hands the raw bodies over; the caller parses one page
-        while the next is on the wire. At the end the number of items is checked against the
-        ``elements-total-count`` the API announced."""
-        replies: queue.Queue = queue.Queue(maxsize=2)  # bounded: a fast server cannot fill memory
-        abandoned = threading.Event()
-        fetcher = threading.Thread(
-            target=self._fetch_pages, args=(path, params, replies, abandoned), name="pages", daemon=True
-        )
-        fetcher.start()
+        With ``prefetch``, a fetcher thread walks the pages on its own, requesting the next one as
+        soon as the token (a header) of the last one is read, and hands the raw bodies over; the
+        caller parses one page while the next is on the wire. Without it, pages are fetched here, one
+        after the other (one thread less: listings read side by side use their own threads). At the
+        end the number of items is checked against the ``elements-total-count`` the API announced."""
         count = 0
         totals: set[int] = set()
-        try:
-            while True:
-                reply = replies.get()
-                if reply is None:
-                    break
-                if isinstance(reply, BaseException):
-                    raise reply
+        replies = self._prefetched(path, params) if prefetch else self._raw_pages(path, params)
+        with contextlib.closing(replies):
+            for reply in replies:
                 total = _total(reply)
                 with hold or contextlib.nullcontext():
                     items = _page_items(reply, path)
@@ -238,10 +234,6 @@ class ReadOnlyClient:
                     if total is not None:
                         totals.add(total)
                     yield items
-        finally:
-            abandoned.set()
-            _drain(replies)
-            fetcher.join()
         # With a tags[] filter the API may announce the whole collection's total (undocumented): there,
         # only more items than announced is a contradiction. Without one, any difference is.
         if totals and count not in totals and (not params or count > max(totals)):
@@ -250,36 +242,67 @@ class ReadOnlyClient:
                 f"item(s) ({TOTAL_HEADER}) but {count} arrived"
             )
 
+    def _prefetched(self, path: str, params: list[tuple[str, str]]) -> Generator[_Reply, None, None]:
+        """The raw pages, fetched ahead by a fetcher thread (at most one page waiting)."""
+        replies: queue.Queue = queue.Queue(maxsize=1)  # bounded: a fast server cannot fill memory
+        abandoned = threading.Event()
+        fetcher = threading.Thread(
+            target=self._fetch_pages, args=(path, params, replies, abandoned), name="pages", daemon=True
+        )
+        fetcher.start()
+        try:
+            while True:
+                reply = replies.get()
+                if reply is None:
+                    return
+                if isinstance(reply, BaseException):
+                    raise reply
+                yield reply
+        finally:
+            abandoned.set()
+            _drain(replies)
+            fetcher.join()
+
     def _fetch_pages(
         self, path: str, params: list[tuple[str, str]], replies: queue.Queue, abandoned: threading.Event
     ) -> None:
         """The fetcher thread: every raw page in order, then None; or the error that stopped it."""
+        try:
+            with contextlib.closing(self._raw_pages(path, params)) as pages:
+                for reply in pages:
+                    _put(replies, reply, abandoned)
+                    if abandoned.is_set():
+                        return
+            _put(replies, None, abandoned)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread and raised there
+            _put(replies, exc, abandoned)
+
+    def _raw_pages(self, path: str, params: list[tuple[str, str]]) -> Generator[_Reply, None, None]:
+        """Every raw page in order, each requested when the previous one has been taken. The page
+        sequence is checked as it goes: a repeated token, or more pages than the announced total
+        allows (or than MAX_PAGES), raises InconsistentListing."""
         seen: set[str] = set()
         token: str | None = None
         pages = 0
         limit = MAX_PAGES
-        try:
-            while not abandoned.is_set():
-                reply = self._page(path, params, token)
-                if reply is None:
-                    break
-                pages += 1
-                total = _total(reply)
-                if total is not None:  # the announced total bounds the number of pages
-                    limit = min(limit, max(1, math.ceil(total / max(1, self.settings.page_size))) + 1)
-                token = (reply.headers.get(NEXT_PAGE_HEADER) or "").strip()
-                if token and token in seen:
-                    raise InconsistentListing(f"GET {path}: the API repeated a page token after {pages} pages")
-                if token and pages >= limit:
-                    bound = "the announced total allows" if total is not None else "the hard limit"
-                    raise InconsistentListing(f"GET {path}: still more pages after {pages} (more than {bound})")
-                seen.add(token)
-                _put(replies, reply, abandoned)
-                if not token:
-                    break
-            _put(replies, None, abandoned)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread and raised there
-            _put(replies, exc, abandoned)
+        while True:
+            reply = self._page(path, params, token)
+            if reply is None:
+                return
+            pages += 1
+            total = _total(reply)
+            if total is not None:  # the announced total bounds the number of pages
+                limit = min(limit, max(1, math.ceil(total / max(1, self.settings.page_size))) + 1)
+            token = (reply.headers.get(NEXT_PAGE_HEADER) or "").strip()
+            if token and token in seen:
+                raise InconsistentListing(f"GET {path}: the API repeated a page token after {pages} pages")
+            if token and pages >= limit:
+                bound = "the announced total allows" if total is not None else "the hard limit"
+                raise InconsistentListing(f"GET {path}: still more pages after {pages} (more than {bound})")
+            seen.add(token)
+            yield reply
+            if not token:
+                return
 
     def _page(self, path: str, params: list[tuple[str, str]], token: str | None) -> _Reply | None:
         """One raw page, or None for the API's 404 "No instances found" (an empty collection)."""

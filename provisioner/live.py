@@ -17,13 +17,13 @@ from .errors import InconsistentListing
 from .ownership import shard_tag, stack_marker
 from .secret import Secret
 
-SHARD_READS = 4  # shard listings read at once (their pages are parsed one at a time, see read_names)
+SHARD_READS = 8  # shard listings read at once (their pages are parsed one at a time, see read_names)
 LISTING_TRIES = 3  # a listing read while other runs write may shift between pages: read it again
 
 
 class InstanceReader(Protocol):
     def instance_pages(
-        self, tags: tuple[str, ...] | list[str] = (), hold: threading.Lock | None = None
+        self, tags: tuple[str, ...] | list[str] = (), hold: threading.Lock | None = None, prefetch: bool = True
     ) -> Generator[list, None, None]: ...
 
     def get_instance(self, instance_id: int | str) -> dict: ...
@@ -87,8 +87,9 @@ def read_live(
 ) -> list[LiveInstance]:
     """All instances of the target (or only those the stack owns), with configuration filled in.
     ``tag`` narrows an ``owned_only`` listing to the stack's instances that carry it (a shard);
-    ``configuration=False`` reads everything but the configuration (and so never hydrates); ``hold``
-    is held while each page is parsed and converted (see ``instance_pages``).
+    ``configuration=False`` reads everything but the configuration (and so never hydrates). With
+    ``hold`` (a listing read side by side with others), the lock is held while each page is parsed
+    and converted, and pages are not fetched ahead (see ``instance_pages``).
     ``on_page`` sees each page's instances as it arrives, while the next page is being fetched.
 
     Nothing is decided from a listing that cannot be trusted: a repeated id, an item without a
@@ -121,7 +122,8 @@ def _read_once(
     instances: list[LiveInstance] = []
     seen: set[Any] = set()
     tags = (tag or marker,) if owned_only else ()
-    pages = client.instance_pages(tags) if hold is None else client.instance_pages(tags, hold)
+    shared = hold is not None  # read side by side with other listings: no fetcher thread of its own
+    pages = client.instance_pages(tags, hold, prefetch=False) if shared else client.instance_pages(tags)
     with closing(pages):
         for page in pages:
             converted = [_checked(item, len(instances) + n, seen, configuration) for n, item in enumerate(page)]
@@ -143,7 +145,8 @@ def read_names(client: InstanceReader, stack: str, names: Iterable[str], paralle
     those names fall in (``ownership.shard_tag``), up to ``SHARD_READS`` (and ``parallelism``) at
     once. A run checking what it created reads a few small listings side by side instead of the
     whole stack, one page after another. Configuration is left out (see ``read_live``), and the
-    listings' pages are parsed one at a time. Only instances provisioner wrote carry a shard tag; a
+    listings' pages are parsed one at a time, each listing fetching its own pages in turn (no
+    fetcher threads: every thread costs memory). Only instances provisioner wrote carry a shard tag; a
     copy made by hand, or by a version before shards, is not found here."""
     tags = sorted({shard_tag(stack, name) for name in names})
     if not tags:

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import time
+from urllib.parse import unquote
 
 import pytest
+import requests
 from reliability_helpers import Harness, names
+from safety_helpers import shard_of
 
 from provisioner.emulator import FaultConfig
 
@@ -91,3 +94,61 @@ def test_a_destroy_refused_for_an_instance_in_use_reports_it_and_deletes_the_oth
     assert [r["name"] for r in h.instances()] == ["hd-1"]  # the other two are gone
     deletes = [r for r in h.db.requests() if r["method"] == "DELETE"]
     assert len(deletes) == 3  # the refused delete is not retried
+
+
+def test_created_instances_carry_their_shard_and_the_final_check_lists_only_those_shards(h):
+    h.write_manifest(40)
+    run = h.run("apply", "--parallelism", "4")
+    assert run.returncode == 0, run.stderr
+    instances = h.instances()
+    assert sorted(i["name"] for i in instances) == sorted(names(40))
+    for instance in instances:
+        shards = [t for t in instance["tags"] if t.startswith("provisioner:shard=")]
+        assert shards == [shard_of(h.stack, instance["name"])], instance["tags"]
+    log = h.db.requests()
+    last_post = max(i for i, r in enumerate(log) if r["method"] == "POST")
+    check = [r for r in log[last_post + 1 :] if r["method"] == "GET"]
+    filters = sorted(unquote(q.split("=", 1)[1]) for r in check for q in r["query"].split("&") if q.startswith("tags"))
+    # one listing per shard the names fall in, each filtered by that shard alone; the stack as a
+    # whole is not listed again
+    assert filters == sorted({shard_of(h.stack, n) for n in names(40)})
+    assert len(check) == len(filters)
+    assert all(r["status"] == 200 for r in check)
+
+
+def test_a_copy_another_run_made_first_is_found_by_the_final_check_and_ours_deleted(h):
+    """Another run created hd-7 while this one was creating it: the older copy wins, this run
+    deletes its own copy and delivers the other's token."""
+    h.write_manifest(12)
+    h.faults(FaultConfig(latency_ms=150))
+    apply = h.popen("apply", "--parallelism", "1", "--outputs", "out/run.json")
+    deadline = time.monotonic() + 30
+    while not h.instances() and time.monotonic() < deadline:  # the run is creating: plan done, hd-7 not made
+        time.sleep(0.01)
+    body = {  # what another run's create of hd-7 looks like on the wire
+        "name": "hd-7",
+        "element": {"key": "connectwisehd"},
+        "tags": ["helpdesk", f"provisioner:stack={h.stack}", shard_of(h.stack, "hd-7"), "provisioner:run=other"],
+        "configuration": {
+            "helpdesk.connectwise.username": "api1",
+            "helpdesk.connectwise.password": h.password("hd-7"),
+            "helpdesk.connectwise.server.url": "api-na.myconnectwise.net",
+            "helpdesk.connectwise.company": "acme",
+        },
+    }
+    answer = requests.post(
+        f"{h.emulator.url}/instances",
+        json=body,
+        headers={"Authorization": f"User {h.user_secret}, Organization {h.org_secret}"},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    other = answer.json()
+    run = h.record(apply, ("apply",), 0, timeout=120)
+    h.faults(None)
+    assert run.returncode == 0, run.stderr
+    copies = [i for i in h.instances() if i["name"] == "hd-7"]
+    assert [c["id"] for c in copies] == [other["id"]]
+    assert "hd-7: delivering the oldest copy" in run.stdout + run.stderr
+    assert delivered(h, "out/run.json")["instances"]["hd-7"]["token"] == other["token"]
+    h.assert_converged(names(12), delivered(h, "out/run.json"))

@@ -59,7 +59,7 @@ def diff_configuration(
     live = live or {}
     diffs: list[FieldDiff] = []
     secret_keys = schema.secret_keys
-    for key in sorted(set(desired) | set(schema.defaults)):
+    for key in _compared_keys(desired, schema):
         if key in secret_keys:
             if key in desired and desired[key] is not None:
                 want = fingerprint(fp.key, fp.stack, name, key, desired[key])
@@ -72,12 +72,30 @@ def diff_configuration(
                         )
                     )
             continue
-        want = schema.effective(key, desired.get(key))
-        have = schema.effective(key, live.get(key))
+        mine, theirs = desired.get(key), live.get(key)
+        if type(mine) is type(theirs) and mine == theirs:  # the same value: the same meaning
+            continue
+        want = schema.effective(key, mine)
+        have = schema.effective(key, theirs)
         if want != have:
             op = DiffOp.ADD if have is None else DiffOp.REMOVE if want is None else DiffOp.CHANGE
             diffs.append(FieldDiff(op, f"configuration.{key}", have, want))
     return diffs
+
+
+_KEYS: dict[tuple[int, tuple[str, ...]], tuple[ElementSchema, list[str]]] = {}
+
+
+def _compared_keys(desired: Mapping[str, Any], schema: ElementSchema) -> list[str]:
+    """The declared keys and the schema's defaults, sorted; memoised per schema and key sequence (a
+    forEach declares the same keys thousands of times)."""
+    memo = (id(schema), tuple(desired))
+    found = _KEYS.get(memo)
+    if found is None or found[0] is not schema:
+        found = (schema, sorted(set(desired) | set(schema.defaults)))
+        if len(_KEYS) < 1024:
+            _KEYS[memo] = found
+    return found[1]
 
 
 def diff_tags(desired_tags: tuple[str, ...] | None, live_tags: tuple[str, ...]) -> list[FieldDiff]:

@@ -387,7 +387,12 @@ class Store:
             if own:
                 conn.execute("BEGIN")
             try:
-                total = conn.execute(f"SELECT count(*) FROM instances WHERE {where}", params).fetchone()[0]
+                if len(query.tags) == 1 and query.element_key is None and not query.search:
+                    # the common listing (one tag): counted on the tag index alone
+                    count_sql, count_params = "SELECT count(*) FROM instance_tags WHERE tag = ?", [query.tags[0]]
+                else:
+                    count_sql, count_params = f"SELECT count(*) FROM instances WHERE {where}", params
+                total = conn.execute(count_sql, count_params).fetchone()[0]
                 rows = conn.execute(sql_page, (*params, query.after_id, query.limit + 1)).fetchall()
             finally:
                 if own:
@@ -428,13 +433,9 @@ def _where(query: ListQuery) -> tuple[str, list]:
     if query.element_key is not None:
         clauses.append("(element_key = ? OR reported_key = ?)")
         params += [query.element_key, query.element_key]
-    if query.tags:
-        marks = ", ".join("?" for _ in query.tags)
-        clauses.append(
-            f"id IN (SELECT instance_id FROM instance_tags WHERE tag IN ({marks})"
-            " GROUP BY instance_id HAVING count(*) = ?)"
-        )
-        params += [*query.tags, len(query.tags)]
+    for tag in query.tags:  # one index lookup per instance and tag (primary key (tag, instance_id))
+        clauses.append("EXISTS (SELECT 1 FROM instance_tags t WHERE t.tag = ? AND t.instance_id = instances.id)")
+        params.append(tag)
     if query.search:
         clauses.append(
             "(instr(name_search, ?) > 0 OR instr(lower(element_key), ?) > 0 OR instr(lower(reported_key), ?) > 0)"

@@ -21,7 +21,7 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -293,9 +293,7 @@ class Applier:
     ) -> dict[str, LiveInstance] | None:
         """The oldest instance per name that the stack owns and that is new since the plan."""
         try:
-            live = read_names(
-                self.clients[target], self.plan.stack, [c.name for c in changes], self.settings.parallelism
-            )
+            live = self._read_names(target, [c.name for c in changes])
         except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
             index_of = {id(c): i for i, c in enumerate(self.plan.changes)}
             for change in changes:
@@ -307,6 +305,13 @@ class Applier:
             if instance.name in names and (target, instance.id) not in self._known_ids:
                 found.setdefault(instance.name, instance)
         return found
+
+    def _read_names(self, target: str, names: Iterable[str]) -> list[LiveInstance]:
+        """The stack's instances under ``names`` on ``target``, read the faster way for its size (the
+        instances the plan saw there, plus every create)."""
+        client = self.clients[target]
+        size = sum(1 for c in self.plan.changes if c.target == target and (c.live is not None or c.desired))
+        return read_names(client, self.plan.stack, names, self.settings.parallelism, size, client.settings.page_size)
 
     # -- the final check -----------------------------------------------------------------------
 
@@ -339,7 +344,7 @@ class Applier:
         for target in sorted({t for t, _ in created}):
             names = {name: index for (t, name), index in created.items() if t == target}
             try:
-                live = read_names(self.clients[target], self.plan.stack, names, self.settings.parallelism)
+                live = self._read_names(target, names)
             except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
                 for index in names.values():
                     results[index] = ChangeResult(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import InconsistentListing
-from .ownership import shard_tag, stack_marker
+from .ownership import SHARDS, shard_tag, stack_marker
 from .secret import Secret
 
 SHARD_READS = 8  # shard listings read at once (their pages are parsed one at a time, see read_names)
@@ -140,19 +140,30 @@ def _read_once(
     ]
 
 
-def read_names(client: InstanceReader, stack: str, names: Iterable[str], parallelism: int) -> list[LiveInstance]:
-    """Every instance the stack owns under ``names`` (and their shard-mates): one listing per shard
-    those names fall in (``ownership.shard_tag``), up to ``SHARD_READS`` (and ``parallelism``) at
-    once. A run checking what it created reads a few small listings side by side instead of the
-    whole stack, one page after another. Configuration is left out (see ``read_live``), and the
-    listings' pages are parsed one at a time, each listing fetching its own pages in turn (no
-    fetcher threads: every thread costs memory). Only instances provisioner wrote carry a shard tag; a
-    copy made by hand, or by a version before shards, is not found here."""
+def read_names(
+    client: InstanceReader, stack: str, names: Iterable[str], parallelism: int, stack_size: int, page_size: int
+) -> list[LiveInstance]:
+    """Every instance the stack owns under ``names`` (at least; configuration left out), read the
+    faster way for a stack of about ``stack_size`` instances, listed ``page_size`` a page:
+
+    * one listing per shard those names fall in (``ownership.shard_tag``), up to ``SHARD_READS``
+      (and ``parallelism``) at once: a run that created 10,000 instances, or one instance in a stack
+      of 10,000, reads a few small listings side by side instead of the whole stack page after page;
+    * the stack's own listing when that takes no more round trips (a small stack: one page).
+
+    Shard listings parse one page at a time and fetch their own pages in turn (no fetcher threads:
+    every thread costs memory). Only instances provisioner wrote carry a shard tag; a copy made by
+    hand, or by a version before shards, is not found through them."""
     tags = sorted({shard_tag(stack, name) for name in names})
     if not tags:
         return []
-    hold = threading.Lock()  # one parsed page alive at a time: the GIL parses one at a time anyway
     workers = max(1, min(len(tags), parallelism, SHARD_READS))
+    page = max(1, page_size)
+    whole = max(1, -(-stack_size // page))  # round trips of the stack's listing
+    sharded = -(-len(tags) // workers) * max(1, -(-stack_size // (SHARDS * page)))
+    if whole <= sharded:
+        return read_live(client, stack, owned_only=True, configuration=False)
+    hold = threading.Lock()  # one parsed page alive at a time: the GIL parses one at a time anyway
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shard") as pool:
         parts = list(
             pool.map(lambda t: read_live(client, stack, owned_only=True, tag=t, configuration=False, hold=hold), tags)

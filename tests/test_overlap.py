@@ -96,24 +96,41 @@ def test_a_destroy_refused_for_an_instance_in_use_reports_it_and_deletes_the_oth
     assert len(deletes) == 3  # the refused delete is not retried
 
 
-def test_created_instances_carry_their_shard_and_the_final_check_lists_only_those_shards(h):
-    h.write_manifest(40)
-    run = h.run("apply", "--parallelism", "4")
-    assert run.returncode == 0, run.stderr
-    instances = h.instances()
-    assert sorted(i["name"] for i in instances) == sorted(names(40))
-    for instance in instances:
-        shards = [t for t in instance["tags"] if t.startswith("provisioner:shard=")]
-        assert shards == [shard_of(h.stack, instance["name"])], instance["tags"]
+def _check_filters(h: Harness) -> list[str]:
+    """The tags[] filters of the listings the last apply made after its last create (its final check)."""
     log = h.db.requests()
     last_post = max(i for i, r in enumerate(log) if r["method"] == "POST")
     check = [r for r in log[last_post + 1 :] if r["method"] == "GET"]
-    filters = sorted(unquote(q.split("=", 1)[1]) for r in check for q in r["query"].split("&") if q.startswith("tags"))
-    # one listing per shard the names fall in, each filtered by that shard alone; the stack as a
-    # whole is not listed again
-    assert filters == sorted({shard_of(h.stack, n) for n in names(40)})
-    assert len(check) == len(filters)
     assert all(r["status"] == 200 for r in check)
+    return sorted(unquote(q.split("=", 1)[1]) for r in check for q in r["query"].split("&") if q.startswith("tags"))
+
+
+def test_created_instances_carry_their_shard_and_the_final_check_reads_shards_when_that_is_faster(h):
+    h.write_manifest(450)
+    run = h.run("apply", "--parallelism", "16")
+    assert run.returncode == 0, run.stderr
+    instances = h.instances()
+    assert sorted(i["name"] for i in instances) == sorted(names(450))
+    for instance in instances:
+        shards = [t for t in instance["tags"] if t.startswith("provisioner:shard=")]
+        assert shards == [shard_of(h.stack, instance["name"])], instance["tags"]
+    # 450 instances: the stack's listing is 3 pages one after the other; its 16 shards, 8 at a time, 2
+    # round trips. One listing per shard, each filtered by that shard alone; the stack is not listed.
+    assert _check_filters(h) == sorted({shard_of(h.stack, n) for n in names(450)})
+    # one more instance in that stack: its shard alone is listed (one page instead of three)
+    h.write_manifest(451)
+    h.db.clear_requests()
+    run = h.run("apply", "--parallelism", "16")
+    assert run.returncode == 0, run.stderr
+    assert _check_filters(h) == [shard_of(h.stack, "hd-450")]
+    assert sorted(i["name"] for i in h.instances()) == sorted(names(451))
+
+
+def test_a_small_stack_is_checked_with_one_listing_of_the_stack(h):
+    h.write_manifest(40)
+    run = h.run("apply", "--parallelism", "4")
+    assert run.returncode == 0, run.stderr
+    assert _check_filters(h) == [f"provisioner:stack={h.stack}"]  # one page: no faster way
 
 
 def test_a_copy_another_run_made_first_is_found_by_the_final_check_and_ours_deleted(h):
@@ -152,3 +169,34 @@ def test_a_copy_another_run_made_first_is_found_by_the_final_check_and_ours_dele
     assert "hd-7: delivering the oldest copy" in run.stdout + run.stderr
     assert delivered(h, "out/run.json")["instances"]["hd-7"]["token"] == other["token"]
     h.assert_converged(names(12), delivered(h, "out/run.json"))
+
+
+def test_in_a_big_stack_a_copy_another_run_made_first_is_found_through_its_shard(h):
+    """440 instances exist; this run adds hd-440, and another run's copy of hd-440 is committed after
+    this run's listing and before its create: the final check lists that one shard (not the stack),
+    finds the older copy, delivers its token and deletes its own."""
+    h.write_manifest(440)
+    assert h.run("apply", "--parallelism", "16").returncode == 0
+    h.write_manifest(441)
+    h.db.clear_requests()
+    h.faults(FaultConfig(latency_ms=300))
+    apply = h.popen("apply", "--parallelism", "1", "--outputs", "out/run.json")
+    deadline = time.monotonic() + 30
+    while sum(r["method"] == "GET" for r in h.db.requests()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)  # the run's listing (3 pages) is answered: its create comes next, 300 ms late
+    assert h.emulator is not None and h.emulator.store is not None
+    configuration = {
+        "helpdesk.connectwise.username": "api1",
+        "helpdesk.connectwise.password": h.password("hd-440"),
+        "helpdesk.connectwise.server.url": "api-na.myconnectwise.net",
+        "helpdesk.connectwise.company": "acme",
+    }
+    tags = ["helpdesk", f"provisioner:stack={h.stack}", shard_of(h.stack, "hd-440"), "provisioner:run=other"]
+    other = h.emulator.store.create_instance("hd-440", "connectwisehd", "connectwisehd", tags, configuration)
+    run = h.record(apply, ("apply",), 0, timeout=120)
+    h.faults(None)
+    assert run.returncode == 0, run.stderr
+    assert [c["id"] for c in h.instances() if c["name"] == "hd-440"] == [other.id]
+    assert delivered(h, "out/run.json")["instances"]["hd-440"]["token"] == other.token
+    assert _check_filters(h) == [shard_of(h.stack, "hd-440")]
+    h.assert_converged(names(441), delivered(h, "out/run.json"))

@@ -483,34 +483,26 @@ class Api:
             decode_page_token(_last(q, "nextPage")),
             min(page_size, MAX_PAGE_SIZE),
         )
-        rows, total, more = self.store.list_instances(query)
+        rows, total, more = self.store.list_rows(query)
         if not rows:
             raise ApiFailure(404, "No instances found")
         hydrate = (_last(q, "hydrate") or "true").lower() != "false"
         headers = {"elements-total-count": str(total), "elements-returned-count": str(len(rows))}
         if more:
-            headers["elements-next-page-token"] = encode_page_token(rows[-1].id)
-        return Response(200, RawJson(b"[" + b",".join(self._fragment(r, hydrate) for r in rows) + b"]"), headers)
+            headers["elements-next-page-token"] = encode_page_token(rows[-1][0])
+        return Response(200, RawJson(b"[" + b",".join(self._listed(r, hydrate) for r in rows) + b"]"), headers)
 
-    def _fragment(self, row: InstanceRow, hydrate: bool) -> bytes:
-        """One instance's JSON, cached until the instance changes: a 200-instance page is then cheap
-        to serve, so the emulator does not hide the client's own cost in a benchmark."""
-        signature = (
-            row.name,
-            row.updated_date,
-            row.token,
-            row.reported_key,
-            tuple(row.tags),
-            tuple(sorted(row.configuration.items(), key=lambda kv: kv[0])),
-            hydrate,
-        )
-        cached = self._fragments.get((row.id, hydrate))
-        if cached is not None and cached[0] == signature:
+    def _listed(self, stored: tuple, hydrate: bool) -> bytes:
+        """A listed instance's JSON, cached while its stored row is unchanged (then no JSON is parsed
+        at all): a 200-instance page is cheap to serve, so the emulator does not hide the client's own
+        cost in a benchmark."""
+        cached = self._fragments.get((stored[0], hydrate))
+        if cached is not None and cached[0] == stored:
             return cached[1]
-        fragment = json.dumps(self.render(row, hydrate), separators=(",", ":")).encode()
+        fragment = json.dumps(self.render(self.store.parse_row(stored), hydrate), separators=(",", ":")).encode()
         if len(self._fragments) > 100_000:
             self._fragments.clear()
-        self._fragments[(row.id, hydrate)] = (signature, fragment)
+        self._fragments[(stored[0], hydrate)] = (stored, fragment)
         return fragment
 
     def _list_element_instances(self, req: ApiRequest, key_or_id: str) -> Response:

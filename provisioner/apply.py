@@ -64,7 +64,7 @@ class ChangeResult:
     token: Secret | None = None
 
 
-WORKERS_PER_SLOT = 1  # 4 freed more workers under 429s, but the extra threads cost CPU on 2 cores
+WORKERS_PER_SLOT = 2  # 4 freed more workers under 429s, but the extra threads cost CPU on 2 cores
 MAX_WORKERS = 256
 
 

@@ -244,7 +244,7 @@ class ReadOnlyClient:
 
     def _prefetched(self, path: str, params: list[tuple[str, str]]) -> Generator[_Reply, None, None]:
         """The raw pages, fetched ahead by a fetcher thread (at most one page waiting)."""
-        replies: queue.Queue = queue.Queue(maxsize=1)  # bounded: a fast server cannot fill memory
+        replies: queue.Queue = queue.Queue(maxsize=4)  # bounded: a fast server cannot fill memory
         abandoned = threading.Event()
         fetcher = threading.Thread(
             target=self._fetch_pages, args=(path, params, replies, abandoned), name="pages", daemon=True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -106,10 +107,20 @@ class Connection:
     fingerprints: dict[str, FingerprintContext]
 
 
+# How long a thread may hold the interpreter lock before one waiting for it is let in (Python's default
+# is 5 ms). While the main thread parses and compares one list page, the fetcher thread waits for the
+# lock to read the next page's answer and send the request after it: with 5 ms, a no-op plan of
+# 10,000 instances took 2.55-2.92 s (medians of 7 runs), with 0.5 ms 2.48-2.56 s. Apply was unchanged.
+IO_SWITCH_INTERVAL = 0.0005
+
+
 @contextmanager
 def connect(validated: Validated, options: Options, stop: StopFlag, read_only: bool = False) -> Iterator[Connection]:
     """Resolve credentials and open one client per target (validation of targets happens here).
-    ``read_only`` opens clients that cannot write (``ReadOnlyClient``): plan and drift use it."""
+    ``read_only`` opens clients that cannot write (``ReadOnlyClient``): plan and drift use it.
+    From here on the run is threads waiting on the network: the interpreter switches between them
+    every ``IO_SWITCH_INTERVAL``."""
+    sys.setswitchinterval(IO_SWITCH_INTERVAL)
     names = set(validated.manifest.targets) or {DEFAULT_TARGET}
     if options.local is not None:
         targets = {

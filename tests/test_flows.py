@@ -122,7 +122,7 @@ def test_tag_only_change_uses_patch_and_keeps_ownership(cli, db):
 def test_instance_deleted_behind_the_back_is_created_again(cli, db, api):
     manifest = write(cli.cwd, "m.yaml", manifest_text(count=2))
     assert cli.run("apply", manifest).returncode == 0
-    gone = db.instances()[0]
+    gone = next(r for r in db.instances() if r["name"] == "helpdesk-0")  # creates run in parallel: ids in any order
     assert api("DELETE", f"/instances/{gone['id']}").status_code == 200
     code, plan = cli.json("plan", manifest)
     assert [c["action"] for c in plan["changes"]] == ["create", "noop"]

@@ -64,14 +64,15 @@ def test_apply_file_refuses_when_a_touched_instance_changed_on_the_server(cli, d
     assert cli.run("apply", manifest).returncode == 0
     write(cli.cwd, "m.yaml", manifest_text(count=2).replace("company: acme", "company: globex"))
     assert cli.run("plan", manifest, "--out", "plan.json").returncode == 0
-    api.put_changed(by_name(db)["helpdesk-1"], **{"helpdesk.connectwise.username": "someone-else"})
+    changed = by_name(db)["helpdesk-1"]  # creates run in parallel: its id is 1 or 2
+    api.put_changed(changed, **{"helpdesk.connectwise.username": "someone-else"})
     db.clear_requests()
     proc = cli.run("apply", "plan.json")
     assert proc.returncode == 1
     assert "no longer matches" in proc.stderr
     assert (
-        "helpdesk-1 (id 2): changed on the server since the plan: configuration.helpdesk.connectwise.username"
-        in proc.stderr
+        f"helpdesk-1 (id {changed['id']}): changed on the server since the plan: "
+        "configuration.helpdesk.connectwise.username" in proc.stderr
     )
     assert "run plan --out again" in proc.stderr
     assert methods(db) == {"GET"}  # refused after reading, before any write
@@ -121,11 +122,12 @@ def test_apply_file_refuses_a_write_the_reviewer_never_saw(cli, db, api):
     assert cli.run("apply", manifest).returncode == 0
     write(cli.cwd, "m.yaml", manifest_text(count=2).replace("pw-0", "pw-0b"))
     assert cli.run("plan", manifest, "--out", "plan.json").returncode == 0
-    api.put_changed(by_name(db)["helpdesk-1"], **{"helpdesk.connectwise.company": "drifted"})  # an untouched one
+    untouched = by_name(db)["helpdesk-1"]  # creates run in parallel: its id is 1 or 2
+    api.put_changed(untouched, **{"helpdesk.connectwise.company": "drifted"})
     db.clear_requests()
     proc = cli.run("apply", "plan.json")
     assert proc.returncode == 1
-    assert "helpdesk-1 (id 2): planned noop, now update (configuration differs)" in proc.stderr
+    assert f"helpdesk-1 (id {untouched['id']}): planned noop, now update (configuration differs)" in proc.stderr
     assert methods(db) == {"GET"}
 
 

@@ -50,7 +50,11 @@ def test_fields_changed_behind_the_back_are_drift_field_by_field(cli, db, api):
     assert code == 2
     assert report["command"] == "drift" and report["formatVersion"] == 1 and report["drift"] is True
     [changed] = findings(report, "changed")
-    assert changed["kind"] == "drift" and changed["name"] == "helpdesk-1" and changed["id"] == 2
+    assert (
+        changed["kind"] == "drift"
+        and changed["name"] == "helpdesk-1"
+        and changed["id"] == by_name(db)["helpdesk-1"]["id"]
+    )
     assert changed["fields"] == [
         {
             "path": "configuration.event.poller.refresh_interval",

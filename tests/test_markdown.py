@@ -148,7 +148,7 @@ def test_drift_markdown_has_findings_by_category_and_a_field_table_and_no_secret
     summary = tables[0]
     assert "| changed | 1 | 0 |" in summary and "| secret | 1 | 1 |" in summary and "| missing | 0 | 0 |" in summary
     assert text.splitlines()[2].startswith("**Drift: 2 finding(s) changed behind provisioner's back")
-    assert "#### `drift` `changed` `helpdesk-a` (`connectwisehd`, id `1`)" in text
+    assert f"#### `drift` `changed` `helpdesk-a` (`connectwisehd`, id `{rows['helpdesk-a']['id']}`)" in text
     assert "| field | live | manifest | kind |" in tables[1]
     assert (
         '| configuration.helpdesk.connectwise.company | "someone\\|else &lt;b&gt;x&lt;/b&gt;" | "acme" | drift |'

@@ -310,7 +310,7 @@ class Applier:
         """The stack's instances under ``names`` on ``target``, read the faster way for its size (the
         instances the plan saw there, plus every create)."""
         client = self.clients[target]
-        size = sum(1 for c in self.plan.changes if c.target == target and (c.live is not None or c.desired))
+        size = sum(1 for c in self.plan.changes if c.target == target and (c.live is not None or c.desired is not None))
         return read_names(client, self.plan.stack, names, self.settings.parallelism, size, client.settings.page_size)
 
     # -- the final check -----------------------------------------------------------------------

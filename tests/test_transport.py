@@ -250,3 +250,32 @@ def test_a_filtered_listing_may_announce_the_whole_collection():
         assert cli.list_instances(["provisioner:stack=s"]) == page
         with pytest.raises(InconsistentListing, match="announced 0"):
             cli.list_instances(["provisioner:stack=s"])
+
+
+def test_a_shard_read_without_prefetch_is_checked_the_same_and_releases_its_lock(monkeypatch):
+    """The final check reads shard listings side by side, each fetching its own pages under a shared
+    parse lock: an endless or repeating listing there fails as it does elsewhere, and the lock is free
+    again afterwards (another listing can take it)."""
+    monkeypatch.setattr("provisioner.client.MAX_PAGES", 20)
+    counter = iter(range(10**6))
+
+    def endless(_received):
+        return Reply(200, {"elements-next-page-token": f"tok-{next(counter)}"}, [{"id": 1, "name": "a"}])
+
+    hold = threading.Lock()
+    with ScriptedServer(default=endless) as srv, make_client(srv.base_url) as cli:
+        with pytest.raises(InconsistentListing, match="still more pages after 20"):
+            for _page in cli.instance_pages(["provisioner:shard=s/3"], hold, prefetch=False):
+                pass
+        assert len(srv.requests) == 20
+        assert hold.acquire(timeout=1), "the parse lock stayed held after the listing failed"
+        hold.release()
+    repeated = [
+        Reply(200, {"elements-next-page-token": "same"}, [{"id": 1, "name": "a"}]),
+        Reply(200, {"elements-next-page-token": "same"}, [{"id": 2, "name": "b"}]),
+    ]
+    with ScriptedServer(repeated) as srv, make_client(srv.base_url) as cli:
+        with pytest.raises(InconsistentListing, match="repeated a page token"):
+            list(cli.instance_pages(["provisioner:shard=s/3"], hold, prefetch=False))
+        assert hold.acquire(timeout=1)
+        hold.release()

@@ -378,18 +378,14 @@ class Store:
         with self._locked() as conn:
             return conn.execute("SELECT count(*) FROM instances").fetchone()[0]
 
-    def list_instances(self, query: ListQuery) -> tuple[list[InstanceRow], int, bool]:
-        """One page in id order after ``query.after_id``: (rows, total matching, more pages?)."""
-        rows, total, more = self.list_rows(query)
-        return [self.parse_row(r) for r in rows], total, more
-
     def parse_row(self, row: tuple) -> InstanceRow:
         """An instance from a raw row of ``list_rows``."""
         return InstanceRow.from_sql(row, self._key)
 
     def list_rows(self, query: ListQuery) -> tuple[list[tuple], int, bool]:
-        """``list_instances`` with each row as stored (a tuple of ``_INSTANCE_COLUMNS``, JSON text
-        unparsed): equal tuples are equal instances, which lets a caller reuse what it built from one."""
+        """One page in id order after ``query.after_id``: (rows, total matching, more pages?), each row
+        as stored (a tuple of ``_INSTANCE_COLUMNS``, JSON text unparsed; ``parse_row`` reads one):
+        equal tuples are equal instances, which lets a caller reuse what it built from one."""
         where, params = _where(query)
         sql_page = f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE {where} AND id > ? ORDER BY id LIMIT ?"
         with self._locked() as conn:

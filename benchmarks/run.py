@@ -538,8 +538,8 @@ def emulator_throughput(work: Path, latency_ms: float, connections: int, seconds
 
 def cli_settle_default() -> float:
     """The settle wait ``apply`` uses when none is given: its --settle default, else --timeout's
-    (as provisioner.cli resolves it), read from the command's own click options."""
-    from provisioner.cli import cli
+    (as provisioner.cli.main resolves it), read from the command's own click options."""
+    from provisioner.cli.main import cli
 
     params = {p.name: p for p in cli.commands["apply"].params}
     settle = params["settle"].default if "settle" in params else None

@@ -15,7 +15,10 @@ import pytest
 from scripted_server import CLOSE, RESET, Hang, Reply, ScriptedServer, TunnelProxy, closed_port
 
 from provisioner import __version__
-from provisioner.client import Client, ClientSettings
+from provisioner.api.client import Client, ClientSettings
+from provisioner.api.ratelimit import RateBudget
+from provisioner.api.stats import RequestStats
+from provisioner.api.transport import classify
 from provisioner.errors import (
     AmbiguousCreate,
     ApiError,
@@ -31,10 +34,7 @@ from provisioner.errors import (
     UserError,
 )
 from provisioner.interrupt import StopFlag
-from provisioner.ratelimit import RateBudget
 from provisioner.secret import Secret
-from provisioner.stats import RequestStats
-from provisioner.transport import classify
 
 USER = "user-secret-7Hq2ZpX9"
 ORG = "org-secret-Lm4Kd81Q"
@@ -108,7 +108,7 @@ def test_429_retry_after_and_exception_field(server, lines):
 
 
 def test_429_pause_is_shared_across_threads(server, lines, monkeypatch):
-    monkeypatch.setattr("provisioner.ratelimit.LONG_PAUSE", 0.2)  # a "long" Retry-After, kept short for the test
+    monkeypatch.setattr("provisioner.api.ratelimit.LONG_PAUSE", 0.2)  # a "long" Retry-After, kept short for the test
     throttled = threading.Event()
     trace_lock = threading.Lock()
 

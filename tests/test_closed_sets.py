@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from provisioner.apply import Status
-from provisioner.diff import DiffOp
-from provisioner.drift import CATEGORIES
+from provisioner.cli.report import _PAST, _SYMBOLS
+from provisioner.engine.apply import Status
+from provisioner.engine.diff import DiffOp
+from provisioner.engine.drift import CATEGORIES
+from provisioner.engine.plan import ACTIONS, REFUSALS, WRITES, Action
 from provisioner.errors import Severity
-from provisioner.plan import ACTIONS, REFUSALS, WRITES, Action
-from provisioner.report import _PAST, _SYMBOLS
 
 # The values of the documented JSON format (README "JSON output"), in the order of its summaries.
 DOCUMENTED = [

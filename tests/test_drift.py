@@ -13,7 +13,7 @@ from conftest import ORG_SECRET, USER_SECRET, manifest_text, write
 from safety_helpers import Api, by_name, methods
 
 from provisioner import engine
-from provisioner.client import Client
+from provisioner.api.client import Client
 from provisioner.interrupt import StopFlag
 
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import REPO, base_env
 
-from provisioner.cli import cli
+from provisioner.cli.main import cli
 
 COMMANDS = sorted(cli.commands)
 API_COMMANDS = ("plan", "apply", "destroy", "output")

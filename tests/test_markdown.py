@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safety_helpers import Api
 
-from provisioner.markdown import cell, code, fenced
+from provisioner.cli.markdown import cell, code, fenced
 
 PASSWORD = "md-canary-password-4711"
 NEW_PASSWORD = "md-canary-password-4712"

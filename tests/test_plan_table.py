@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 
 from provisioner import engine
-from provisioner.diff import FingerprintContext
+from provisioner.api.live import LiveInstance
+from provisioner.engine.diff import FingerprintContext
+from provisioner.engine.plan import EarlyDiffs, PlanOptions, make_plan
 from provisioner.errors import UserError
-from provisioner.live import LiveInstance
 from provisioner.ownership import fingerprint_tags
-from provisioner.plan import EarlyDiffs, PlanOptions, make_plan
 
 CASES_DIR = Path(__file__).resolve().parent / "plan-cases"
 CASES = sorted(p.name for p in CASES_DIR.iterdir() if (p / "expected.json").is_file())

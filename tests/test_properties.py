@@ -1,7 +1,7 @@
 """Property-based tests of the pure stages: rendering and the configuration diff.
 
-No server, no subprocess: these call ``provisioner.render.Renderer`` and
-``provisioner.diff.diff_configuration`` directly, with Hypothesis generating the data. The server's
+No server, no subprocess: these call ``provisioner.manifest.render.Renderer`` and
+``provisioner.engine.diff.diff_configuration`` directly, with Hypothesis generating the data. The server's
 side of the diff is built with the emulator's own pure storage rules (``to_property_value`` and the
 catalog's ``render_configuration``), so "as the server would store it" means what the emulator does.
 """
@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from provisioner.diff import FieldDiff, FingerprintContext, diff_configuration
-from provisioner.elements import ElementRegistry
 from provisioner.emulator.server import default_catalog, to_property_value
+from provisioner.engine.diff import FieldDiff, FingerprintContext, diff_configuration
 from provisioner.errors import Location
+from provisioner.manifest.elements import ElementRegistry
+from provisioner.manifest.render import Renderer
 from provisioner.ownership import fingerprint_tags, fingerprints_of
-from provisioner.render import Renderer
 from provisioner.secret import SENSITIVE, Secret, reveal
 
 # On a failure Hypothesis's pytest plugin imports libcst (to suggest an @example patch), which warns

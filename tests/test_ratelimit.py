@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from provisioner.ratelimit import RateBudget
+from provisioner.api.ratelimit import RateBudget
 
 
 class FakeClock:
@@ -213,7 +213,7 @@ def test_invalid_arguments():
 
 
 def test_pause_holds_back_other_threads(monkeypatch):
-    monkeypatch.setattr("provisioner.ratelimit.LONG_PAUSE", 0.2)  # a "long" Retry-After, kept short for the test
+    monkeypatch.setattr("provisioner.api.ratelimit.LONG_PAUSE", 0.2)  # a "long" Retry-After, kept short for the test
     budget = RateBudget(max_rate=1000)
     budget.on_throttle(0.3)
     t0 = time.monotonic()

@@ -18,8 +18,8 @@ import yaml
 from conftest import ORG_SECRET, REPO, USER_SECRET, base_env, manifest_text, write
 from scripted_server import Reply, ScriptedServer
 
-from provisioner.elements import ElementRegistry
-from provisioner.schemagen import element_schema, record_field
+from provisioner.api.schemagen import element_schema, record_field
+from provisioner.manifest.elements import ElementRegistry
 
 CW_CONFIG = {
     "helpdesk.connectwise.username": "api1",

@@ -9,7 +9,7 @@ import sys
 
 from conftest import REPO, base_env
 
-from provisioner.report import StyledStream
+from provisioner.cli.report import StyledStream
 from provisioner.secret import REDACTOR
 
 
@@ -45,7 +45,7 @@ def test_a_run_without_a_terminal_does_not_import_rich_or_requests(tmp_path):
     manifest = tmp_path / "m.yaml"
     manifest.write_text("apiVersion: provisioner/v1\nstack: s\ninstances: []\n")
     probe = (
-        "import sys\nfrom provisioner.cli import main\nsys.argv = ['provisioner', 'validate', sys.argv[1]]\n"
+        "import sys\nfrom provisioner.cli.main import main\nsys.argv = ['provisioner', 'validate', sys.argv[1]]\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "print(sorted(m for m in ('rich', 'requests', 'urllib3') if m in sys.modules), file=sys.stderr)"
     )

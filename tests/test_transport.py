@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from scripted_server import Drip, Reply, ScriptedServer, TunnelProxy
 
-from provisioner.client import Client, ClientSettings
+from provisioner.api.client import Client, ClientSettings
 from provisioner.errors import InconsistentListing, Interrupted, RateLimited, TransportError, UserError
 from provisioner.interrupt import StopFlag
 from provisioner.secret import Secret
@@ -199,7 +199,7 @@ def _capture(into: list, call, *args) -> None:
 
 
 def test_a_page_token_that_changes_on_every_page_ends_at_the_hard_limit(monkeypatch):
-    monkeypatch.setattr("provisioner.client.MAX_PAGES", 20)
+    monkeypatch.setattr("provisioner.api.client.MAX_PAGES", 20)
     counter = iter(range(10**6))
 
     def endless(_received):
@@ -256,7 +256,7 @@ def test_a_shard_read_without_prefetch_is_checked_the_same_and_releases_its_lock
     """The final check reads shard listings side by side, each fetching its own pages under a shared
     parse lock: an endless or repeating listing there fails as it does elsewhere, and the lock is free
     again afterwards (another listing can take it)."""
-    monkeypatch.setattr("provisioner.client.MAX_PAGES", 20)
+    monkeypatch.setattr("provisioner.api.client.MAX_PAGES", 20)
     counter = iter(range(10**6))
 
     def endless(_received):

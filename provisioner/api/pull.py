@@ -1,0 +1,140 @@
+"""``provisioner schemas pull`` and ``schemas list``: element schemas from the API's own definitions.
+
+The catalog comes from ``GET /elements/keys``; each element from ``GET /elements/{key}`` and
+``GET /elements/{key}/configuration``. ``schemagen`` turns them into schema files; a file is written
+only when its text changes, so a second pull leaves the directory (and git) untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..errors import BadRequest, NotFound, Unauthorized, UserError
+from ..manifest.load import DEFAULT_URL
+from ..manifest.targets import Target
+from ..secret import Secret
+from .client import ClientSettings, ReadOnlyClient
+from .schemagen import element_schema, schema_text
+
+
+class ElementReader(Protocol):
+    def element_keys(self) -> Any: ...
+
+    def get_element(self, key: str) -> Any: ...
+
+    def element_configuration(self, key: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Pulled:
+    key: str
+    path: str
+    changed: bool
+
+
+def env_target(environ: Mapping[str, str]) -> Target:
+    """The API these commands read, from the same variables a manifest's default target uses."""
+    missing = [n for n in ("CE_USER_SECRET", "CE_ORGANIZATION_SECRET") if not environ.get(n)]
+    if missing:
+        raise UserError(
+            f"{' and '.join(missing)} not set: schemas commands read the API's element catalog",
+            hint="set CE_USER_SECRET and CE_ORGANIZATION_SECRET (and CE_API_URL for another "
+            "environment), or use --local for the built-in emulator",
+        )
+    url = (environ.get("CE_API_URL") or DEFAULT_URL).rstrip("/")
+    return Target(
+        "default",
+        url,
+        Secret(environ["CE_USER_SECRET"]),
+        Secret(environ["CE_ORGANIZATION_SECRET"]),
+        "CE_USER_SECRET and CE_ORGANIZATION_SECRET",
+    )
+
+
+@contextmanager
+def reader(target: Target, trace: Callable[[str], None] | None = None) -> Iterator[ReadOnlyClient]:
+    """A read-only client of the target; refused credentials become a user error naming the variables."""
+    with ReadOnlyClient(
+        target.url, target.user_secret, target.organization_secret, ClientSettings(), trace=trace
+    ) as client:
+        try:
+            yield client
+        except Unauthorized as exc:
+            raise UserError(
+                f"the API refused the credentials (HTTP {exc.status})", hint=f"check {target.credential_sources}"
+            ) from None
+
+
+_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def catalog_keys(client: ElementReader) -> list[str]:
+    """Every element key the API offers, sorted."""
+    answer = client.element_keys()
+    if not isinstance(answer, list):
+        raise UserError("GET /elements/keys did not answer a list of keys", hint="check CE_API_URL")
+    keys = (k.get("key") if isinstance(k, Mapping) else k for k in answer)  # plain keys, or {key: ...}
+    return sorted({k for k in keys if isinstance(k, str) and _KEY.match(k)})
+
+
+def fetch_schema(client: ElementReader, key: str) -> dict[str, Any]:
+    """One element's schema, from its element object and its configuration definitions."""
+    try:
+        element = client.get_element(key)
+    except NotFound:
+        raise UserError(
+            f"element {key!r} is not in the API's catalog", hint="provisioner schemas list shows the keys it offers"
+        ) from None
+    if not isinstance(element, Mapping) or not element.get("key"):
+        raise UserError(f"GET /elements/{key} did not answer an element", hint="check CE_API_URL")
+    try:
+        answer = client.element_configuration(key)
+    except (NotFound, BadRequest):  # no separate definitions: the element object carries them
+        answer = None
+    records = answer.get("configuration") if isinstance(answer, Mapping) else answer
+    if not isinstance(records, list) or not records:
+        records = element.get("configuration") or []
+    return element_schema(element, [r for r in records if isinstance(r, Mapping)])
+
+
+def pull(client: ElementReader, keys: list[str], all_keys: bool, out_dir: str) -> list[Pulled]:
+    """Write ``<out_dir>/<key>.json`` for each key (or every key of the catalog with ``all_keys``)."""
+    if all_keys:
+        keys = catalog_keys(client)
+    if not keys:
+        raise UserError("no element key given", hint="name the keys, e.g. schemas pull zendesk, or pass --all")
+    bad = [k for k in keys if not _KEY.match(k)]
+    if bad:
+        raise UserError(f"not an element key: {bad[0]!r}", hint="keys are letters, digits, '.', '_' and '-'")
+    os.makedirs(out_dir, exist_ok=True)
+    return [
+        _write(os.path.join(out_dir, f"{key}.json"), key, schema_text(fetch_schema(client, key)))
+        for key in sorted(dict.fromkeys(keys))
+    ]
+
+
+def _write(path: str, key: str, text: str) -> Pulled:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if handle.read() == text:
+                return Pulled(key, path, False)
+    except OSError:
+        pass
+    fd, temp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{key}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+        handle.write(text)
+    os.chmod(temp, 0o644)
+    os.replace(temp, path)
+    return Pulled(key, path, True)
+
+
+def listing(client: ElementReader, local_keys: list[str]) -> list[tuple[str, bool]]:
+    """(key, has a local schema) for every key the API offers."""
+    local = set(local_keys)
+    return [(key, key in local) for key in catalog_keys(client)]

@@ -1,0 +1,89 @@
+"""``--local``: run against an embedded emulator whose state persists in ``.provisioner/``.
+
+This is how a new user's first run works with no account and no variable to set, and how a second
+run shows that nothing changes: the emulator's SQLite file stays in ``.provisioner/emulator.db`` of
+the current directory between runs.
+
+The directory sits in the user's working tree, so it is kept private and out of version control:
+mode 0700, every file in it 0600 (the database and SQLite's -wal/-shm/-journal files), and a
+``.gitignore`` that ignores everything in it. The emulator stores secret configuration values only
+as keyed digests (see ``emulator/store.py``), so the database holds no password in clear either.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from ..emulator import Emulator, FaultConfig
+from ..errors import UserError
+
+STATE_DIR = ".provisioner"
+DB_NAME = "emulator.db"
+LOCAL_USER_SECRET = "local-user-secret"
+LOCAL_ORGANIZATION_SECRET = "local-organization-secret"
+GITIGNORE = "# made by provisioner --local: local emulator state, never to be committed\n*\n"
+
+
+@dataclass(frozen=True)
+class LocalApi:
+    url: str
+    user_secret: str
+    organization_secret: str
+    db_path: str
+
+
+@contextmanager
+def local_api(state_dir: str = STATE_DIR) -> Iterator[LocalApi]:
+    """Start the embedded emulator on a free loopback port for the duration of one command."""
+    db_path = os.path.join(state_dir, DB_NAME)
+    try:
+        prepare_state_dir(state_dir)
+        emulator = Emulator(db_path, LOCAL_USER_SECRET, LOCAL_ORGANIZATION_SECRET, faults=FaultConfig())
+        url = emulator.start()
+    except OSError as exc:
+        raise UserError(
+            f"cannot use the --local state directory {state_dir}: {exc.strerror or exc}",
+            hint="run from a directory you can write to",
+        ) from None
+    try:
+        yield LocalApi(url, LOCAL_USER_SECRET, LOCAL_ORGANIZATION_SECRET, db_path)
+    finally:
+        emulator.stop()
+        private_files(state_dir)
+
+
+def prepare_state_dir(state_dir: str) -> None:
+    """Make the directory private (0700) with its .gitignore, and the database file 0600 before
+    SQLite opens it (SQLite gives its -wal and -shm files the database file's mode)."""
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    os.chmod(state_dir, 0o700)
+    _write_private(os.path.join(state_dir, ".gitignore"), GITIGNORE)
+    os.close(os.open(os.path.join(state_dir, DB_NAME), os.O_WRONLY | os.O_CREAT, 0o600))
+    private_files(state_dir)
+
+
+def private_files(state_dir: str) -> None:
+    """Mode 0600 for every file in the state directory."""
+    try:
+        names = os.listdir(state_dir)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(state_dir, name)
+        if os.path.isfile(path) and not os.path.islink(path):
+            os.chmod(path, 0o600)
+
+
+def _write_private(path: str, text: str) -> None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if handle.read() == text:
+                return
+    except OSError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)

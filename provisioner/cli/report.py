@@ -1,0 +1,380 @@
+"""Reporters, not prints: a text reporter and a JSON reporter, chosen by ``--output``.
+
+Each writes to the streams it is given: results on stdout, problems and logs on stderr. Every byte
+passes through the redactor on its way out. The JSON document is versioned (``formatVersion: 1``)
+and is the only thing on stdout in JSON mode. Colour comes from rich, on a terminal only; rich is not
+even imported otherwise (a pipeline's run starts faster), and text is never read as markup or emoji.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable
+from typing import IO, Any, cast
+
+from ..api.stats import plural
+from ..closedsets import assert_never
+from ..engine.apply import ApplyResult, ChangeResult, Status
+from ..engine.diff import DiffOp, FieldDiff
+from ..engine.drift import DriftReport, summary_line, text_lines
+from ..engine.plan import REFUSALS, Action, Change, Plan
+from ..errors import Problem, Severity
+from ..secret import REDACTOR, SENSITIVE, masked
+
+FORMAT_VERSION = 1
+
+
+def _looks(action: Action) -> tuple[str, str, str | None]:
+    """How an action shows: its symbol, its colour, and its past tense once done (writes only)."""
+    match action:
+        case Action.CREATE:
+            return "+", "green", "created"
+        case Action.UPDATE:
+            return "~", "yellow", "updated"
+        case Action.RENAME:
+            return ">", "yellow", "renamed"
+        case Action.REPLACE:
+            return "-/+", "magenta", "replaced"
+        case Action.DELETE:
+            return "-", "red", "deleted"
+        case Action.ADOPT:
+            return "<=", "cyan", "adopted"
+        case Action.CONFLICT:
+            return "!", "red", None
+        case Action.NOOP:
+            return "=", "dim", None
+        case Action.PROTECTED:
+            return "#", "red", None
+        case _:
+            assert_never(action)
+
+
+_SYMBOLS: dict[Action, tuple[str, str]] = {a: _looks(a)[:2] for a in Action}
+_PAST: dict[Action, str] = {a: past for a in Action if (past := _looks(a)[2]) is not None}
+LIST_LIMIT = 100  # successful changes listed one by one up to this many (all with --verbose)
+
+
+class RedactingWriter(io.TextIOBase):
+    """A text stream that masks every known secret before writing to the real stream."""
+
+    def __init__(self, stream: IO[str]):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(REDACTOR.redact(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return bool(getattr(self._stream, "isatty", lambda: False)())
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]  # typeshed declares it a plain attribute
+        return getattr(self._stream, "encoding", "utf-8") or "utf-8"
+
+
+class StyledStream:
+    """One output stream: rich styling on a terminal, plain redacted lines otherwise."""
+
+    def __init__(self, stream: IO[str]):
+        self.raw = RedactingWriter(stream)
+        self._console: Any = None
+        if self.raw.isatty():
+            from rich.console import Console
+
+            # A TextIOBase is a text stream, though typeshed does not declare it an IO[str].
+            file = cast(IO[str], self.raw)
+            self._console = Console(file=file, highlight=False, soft_wrap=True, markup=False, emoji=False)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self._console is not None
+
+    def print(self, text: str, style: str | None = None) -> None:
+        if self._console is not None:
+            self._console.print(text, style=style)
+        else:
+            self.raw.write(text + "\n")
+            self.raw.flush()
+
+    def lines(self, lines: list[tuple[str, str]]) -> None:
+        """Many (style, text) lines: styled on a terminal, else one write (a 10,000-line plan stays fast)."""
+        if self._console is not None:
+            for style, text in lines:
+                self._console.print(text, style=style or None)
+        elif lines:
+            self.raw.write("\n".join(text for _, text in lines) + "\n")
+            self.raw.flush()
+
+
+def change_json(change: Change) -> dict[str, Any]:
+    return {
+        "action": change.action,
+        "name": change.name,
+        "target": change.target,
+        "element": change.element,
+        "id": change.id,
+        "reason": change.reason,
+        "diff": [d.to_json() for d in change.diff],
+    }
+
+
+def result_json(result: ChangeResult) -> dict[str, Any]:
+    data = change_json(result.change)
+    data["id"] = result.id if result.id is not None else data["id"]
+    data["status"] = result.status
+    data["error"] = (
+        None
+        if result.error is None
+        else {"message": result.error, "requestId": result.request_id, "httpStatus": result.http_status}
+    )
+    return data
+
+
+def summary_json(plan: Plan) -> dict[Action, int]:
+    return plan.counts()
+
+
+class JsonReporter:
+    """One JSON document on stdout per command; nothing else there."""
+
+    def __init__(self, out: IO[str], err: IO[str]):
+        self.out = RedactingWriter(out)
+        self.err = RedactingWriter(err)
+
+    def _emit(self, document: dict[str, Any]) -> None:
+        self.out.write(json.dumps(masked({"formatVersion": FORMAT_VERSION, **document}), indent=2, default=str) + "\n")
+        self.out.flush()
+
+    def validated(self, manifest: str, count: int, problems: Iterable[Problem]) -> None:
+        self._emit(
+            {
+                "command": "validate",
+                "ok": True,
+                "manifest": manifest,
+                "instances": count,
+                "problems": [p.to_json() for p in problems],
+            }
+        )
+
+    def problems(self, command: str, problems: Iterable[Problem]) -> None:
+        self._emit({"command": command, "ok": False, "problems": [p.to_json() for p in problems]})
+
+    def plan(self, plan: Plan, command: str = "plan") -> None:
+        self._emit(
+            {
+                "command": command,
+                "ok": not plan.has_refusals,
+                "stack": plan.stack,
+                "changes": [change_json(c) for c in plan.changes],
+                "summary": summary_json(plan),
+                "warnings": plan.warnings,
+            }
+        )
+
+    def applied(
+        self, result: ApplyResult, stats: dict[str, Any], command: str = "apply", outputs: str | None = None
+    ) -> None:
+        self._emit(
+            {
+                "command": command,
+                "ok": result.ok and not result.plan.has_refusals,
+                "stack": result.plan.stack,
+                "changes": [result_json(r) for r in result.results],
+                "summary": summary_json(result.plan),
+                "status": _status_counts(result),
+                "warnings": result.plan.warnings,
+                "interrupted": result.interrupted,
+                "aborted": result.aborted,
+                "notes": result.notes,
+                "outputs": outputs,
+                "requests": stats,
+            }
+        )
+
+    def drift(self, report: DriftReport, stats: dict[str, Any]) -> None:
+        self._emit({"command": "drift", "ok": True, **report.to_json(), "requests": stats})
+
+    def error(self, command: str, message: str, hint: str | None = None) -> None:
+        self._emit({"command": command, "ok": False, "error": {"message": message, "hint": hint}})
+
+    def document(self, command: str, data: dict[str, Any], lines: list[str]) -> None:
+        """The result of a command that is neither a plan nor an apply (schemas, import, render)."""
+        self._emit({"command": command, "ok": True, **data})
+
+    def info(self, text: str) -> None:
+        self.err.write(text + "\n")
+
+
+class TextReporter:
+    """Readable output: a diff per instance and a summary line; colour only on a terminal."""
+
+    def __init__(self, out: IO[str], err: IO[str], verbose: bool = False):
+        self.out = StyledStream(out)
+        self.err = StyledStream(err)
+        self.verbose = verbose
+
+    def validated(self, manifest: str, count: int, problems: Iterable[Problem]) -> None:
+        for problem in problems:
+            self.err.print("warning: " + problem.format())
+        self.out.print(f"{manifest}: valid ({count} instance{'s' if count != 1 else ''})")
+
+    def problems(self, command: str, problems: Iterable[Problem]) -> None:
+        problems = list(problems)
+        for problem in problems:
+            self.err.print(f"{problem.severity}: {problem.format()}", style=_severity_style(problem.severity))
+        errors = sum(1 for p in problems if p.severity == Severity.ERROR)
+        self.err.print(f"{errors} problem{'s' if errors != 1 else ''} found; nothing was sent to the API.")
+
+    def plan(self, plan: Plan, command: str = "plan") -> None:
+        lines: list[tuple[str, str]] = []
+        for change in plan.changes:
+            if change.action != Action.NOOP or change.warning or self.verbose:
+                lines.extend(_change_lines(change))
+        self.out.lines(lines)
+        for warning in plan.warnings:
+            self.err.print(f"warning: {warning}", style="yellow")
+        self.out.print(plan_summary(plan.counts()))
+        if not plan.has_changes and not plan.has_refusals:
+            self.out.print("No changes: the instances match the manifest.")
+
+    def applied(
+        self, result: ApplyResult, stats: dict[str, Any], command: str = "apply", outputs: str | None = None
+    ) -> None:
+        writes = [r for r in result.results if r.change.is_write or r.change.action in REFUSALS]
+        self.out.lines(
+            [_result_line(r) for r in writes if r.status != Status.OK or self.verbose or len(writes) <= LIST_LIMIT]
+        )
+        for warning in result.plan.warnings:
+            self.err.print(f"warning: {warning}", style="yellow")
+        for note in result.notes:
+            self.err.print(f"note: {note}")
+        self.out.print(_apply_summary(result, stats, command))
+        if outputs:
+            self.out.print(f"Outputs written to {outputs} (mode 0600).")
+        failed = [r for r in result.results if r.status == Status.FAILED]
+        if failed:
+            self.err.print(f"{len(failed)} change(s) failed:", style="red")
+            for r in failed:
+                request = f" (requestId {r.request_id})" if r.request_id else ""
+                self.err.print(f"  {r.change.name}: {r.error}{request}")
+        if result.aborted:
+            self.err.print(f"stopped: {result.aborted}", style="red")
+        if result.interrupted:
+            self.err.print(
+                f"interrupted by signal {result.interrupted}: no new request was started; run apply again to converge.",
+                style="yellow",
+            )
+
+    def drift(self, report: DriftReport, stats: dict[str, Any]) -> None:
+        self.out.lines(text_lines(report))
+        self.out.print(summary_line(report))
+
+    def error(self, command: str, message: str, hint: str | None = None) -> None:
+        self.err.print(f"error: {message}" + (f" (hint: {hint})" if hint else ""), style="red")
+
+    def document(self, command: str, data: dict[str, Any], lines: list[str]) -> None:
+        self.out.lines([("", line) for line in lines])
+
+    def info(self, text: str) -> None:
+        self.err.print(text)
+
+
+def plan_summary(counts: dict[Action, int]) -> str:
+    """``Plan: 1 to create, ... (3 unchanged).``; renames, conflicts and refusals only when there are some."""
+    rename = f"{counts[Action.RENAME]} to rename, " if counts.get(Action.RENAME) else ""
+    line = (
+        f"Plan: {counts[Action.CREATE]} to create, {counts[Action.UPDATE]} to update, {rename}"
+        f"{counts[Action.REPLACE]} to replace, {counts[Action.DELETE]} to delete"
+        + (f", {counts[Action.ADOPT]} to adopt" if counts.get(Action.ADOPT) else "")
+    )
+    extra = [f"{counts[Action.NOOP]} unchanged"] + (
+        [f"{counts[Action.CONFLICT]} conflict(s)"] if counts[Action.CONFLICT] else []
+    )
+    if counts.get(Action.PROTECTED):
+        extra.append(f"{counts[Action.PROTECTED]} protected, refused")
+    return f"{line} ({', '.join(extra)})."
+
+
+def _severity_style(severity: Severity) -> str:
+    match severity:
+        case Severity.ERROR:
+            return "red"
+        case Severity.WARNING:
+            return "yellow"
+        case _:
+            assert_never(severity)
+
+
+def _change_lines(change: Change) -> list[tuple[str, str]]:
+    symbol, style = _SYMBOLS[change.action]
+    ident = f" id {change.id}" if change.id is not None else ""
+    element = f" ({change.element})" if change.element else ""
+    lines = [(style, f"{symbol} {change.action} {change.name}{element}{ident}: {change.reason}")]
+    lines.extend(("", "    " + _diff_line(diff)) for diff in change.diff)
+    return lines
+
+
+def _result_line(r: ChangeResult) -> tuple[str, str]:
+    change = r.change
+    symbol, style = _SYMBOLS[change.action]
+    ident = f" id {r.id}" if r.id is not None else ""
+    if r.status == Status.OK:
+        return style, f"{symbol} {_PAST.get(change.action, change.action)} {change.name}{ident}"
+    if change.action == Action.PROTECTED:
+        return style, f"{symbol} protected {change.name}{ident}, not touched: {r.error}"
+    request = f" (requestId {r.request_id})" if r.request_id else ""
+    return "red", f"x {change.action} {change.name}{ident} {r.status}: {r.error}{request}"
+
+
+def _diff_line(diff: FieldDiff) -> str:
+    def show(value: Any) -> str:
+        return SENSITIVE if diff.sensitive and value is not None else json.dumps(value, default=str)
+
+    match diff.op:
+        case DiffOp.ADD:
+            return f"+ {diff.path} = {show(diff.new)}"
+        case DiffOp.REMOVE:
+            return f"- {diff.path} (was {show(diff.old)})"
+        case DiffOp.CHANGE:
+            return f"~ {diff.path}: {show(diff.old)} -> {show(diff.new)}"
+        case _:
+            assert_never(diff.op)
+
+
+def _status_counts(result: ApplyResult) -> dict[Status, int]:
+    counts = dict.fromkeys(Status, 0)
+    for r in result.results:
+        counts[r.status] += 1
+    return counts
+
+
+def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> str:
+    done = dict.fromkeys(_PAST, 0)
+    for r in result.results:
+        if r.status == Status.OK and r.change.action in done:
+            done[r.change.action] += 1
+    status = _status_counts(result)
+    conflicts = sum(1 for r in result.results if r.change.action == Action.CONFLICT)
+    protected = sum(1 for r in result.results if r.change.action == Action.PROTECTED)
+    parts = [f"{done[a]} {_PAST[a]}" for a in (Action.CREATE, Action.UPDATE, Action.REPLACE, Action.DELETE)]
+    if done[Action.ADOPT]:
+        parts.insert(0, f"{done[Action.ADOPT]} adopted")
+    if done[Action.RENAME]:
+        parts.insert(2, f"{done[Action.RENAME]} renamed")
+    parts.append(f"{status[Status.FAILED]} failed")
+    parts.append(f"{status[Status.SKIPPED] - conflicts - protected} skipped")
+    if conflicts:
+        parts.append(f"{conflicts} conflict(s)")
+    if protected:
+        parts.append(f"{protected} protected, refused")
+    requests = stats.get("requests", 0)
+    retries = stats.get("retries", 0)
+    traffic = f"{plural(requests, 'request')}, {plural(retries, 'retry', 'retries')}."
+    title = "Apply" if command == "apply" else command.capitalize()
+    if not result.plan.has_changes and not result.plan.has_refusals:
+        return f"{title}: no changes, the instances match the manifest. {traffic}"
+    return f"{title}: {', '.join(parts)}. {traffic}"

@@ -1,0 +1,134 @@
+"""What provisioner last applied, recorded on the instance itself: there is no state file.
+
+Every write provisioner makes carries a tag ``provisioner:applied=<digests>``: one short keyed digest
+(4 characters, 24 bits of a keyed BLAKE2b) per non-secret field the manifest declared, as written:
+the element, the user tags (when declared), the protection flag (when declared) and every non-secret
+configuration key (declared, or with a schema default), in its effective form (``"15"`` and ``15`` are
+one value). Secrets are not in it: their fingerprint tags already record them.
+
+``drift`` uses it to tell two kinds of difference apart, field by field, without any state: where the
+live value differs from the manifest, the difference is **pending** (the manifest changed, a plan will
+show it) when the live value is the one provisioner last applied (its digest is in the record), and
+**drift** (the server changed behind provisioner's back) otherwise.
+
+The same digest function, longer, gives the per-field digests of a saved plan (``savedplan.py``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..manifest.elements import ElementSchema
+from ..ownership import APPLIED_TAG, PROTECT_TAG, user_tags
+from ..secret import reveal
+
+RECORD_CHARS = 4  # 3 bytes: a chance collision per field is 1 in 16 million
+_RECORD_BYTES = 3
+
+
+def field_digest(key: bytes, path: str, value: Any, size: int = _RECORD_BYTES) -> str:
+    """A keyed digest of one field's value (base64url, no padding)."""
+    message = f"{path}\0{_canonical(reveal(value))}"
+    memo = (key, size, message)
+    found = _MEMO.get(memo)
+    if found is None:
+        raw = hashlib.blake2b(message.encode(), key=key[:64], digest_size=size).digest()
+        found = base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+        if len(_MEMO) < 8_192:  # a forEach writes the same few values (defaults) thousands of times
+            _MEMO[memo] = found
+    return found
+
+
+_MEMO: dict[tuple, str] = {}
+
+
+def _canonical(value: Any) -> str:
+    """An unambiguous text for a value: a type letter, then the value (JSON for containers)."""
+    if isinstance(value, str):
+        return "s" + value
+    if value is None or isinstance(value, bool):
+        return "n" if value is None else "b" + str(value)
+    if isinstance(value, (int, float)):
+        return "i" + repr(value)
+    return "j" + json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def desired_fields(desired: Any, schema: ElementSchema) -> dict[str, Any]:
+    """The non-secret fields of a desired instance that provisioner compares, in effective form."""
+    fields: dict[str, Any] = {"element": desired.element}
+    if desired.tags is not None:
+        fields["tags"] = sorted(set(desired.tags))
+    if getattr(desired, "protect", None) is not None:
+        fields["protect"] = bool(desired.protect)
+    secret = schema.secret_keys
+    for key in sorted(set(desired.configuration) | set(schema.defaults)):
+        if key not in secret:
+            fields[f"configuration.{key}"] = schema.effective(key, desired.configuration.get(key))
+    return fields
+
+
+def live_value(live: Any, path: str, schema: ElementSchema | None) -> Any:
+    """The live instance's value of one field, in the same effective form as ``desired_fields``."""
+    if path == "element":
+        return schema.key if schema is not None and schema.accepts_key(live.element) else live.element
+    if path == "tags":
+        return sorted(set(user_tags(live.tags)))
+    if path == "protect":
+        return PROTECT_TAG in live.tags
+    key = path.removeprefix("configuration.")
+    value = (live.configuration or {}).get(key)
+    return schema.effective(key, value) if schema is not None else value
+
+
+def written_fields(desired: Any, schema: ElementSchema, tags: Iterable[str], protect: bool) -> dict[str, Any]:
+    """Every non-secret field as a write leaves it on the instance (see the module docstring)."""
+    fields: dict[str, Any] = {"element": desired.element, "tags": sorted(set(tags)), "protect": bool(protect)}
+    configuration = desired.configuration
+    for key, path in _paths(schema, configuration):
+        fields[path] = schema.effective(key, configuration.get(key))
+    return fields
+
+
+_PATHS: dict[int, tuple[ElementSchema, list[tuple[str, str]]]] = {}
+
+
+def _paths(schema: ElementSchema, configuration: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(key, path) of every non-secret schema property, plus any other declared non-secret key."""
+    cached = _PATHS.get(id(schema))
+    if cached is None or cached[0] is not schema:
+        cached = _PATHS[id(schema)] = (
+            schema,
+            [(k, f"configuration.{k}") for k in sorted(set(schema.properties) - schema.secret_keys)],
+        )
+    known = cached[1]
+    extra = [k for k in configuration if k not in schema.properties and k not in schema.secret_keys]
+    return known + [(k, f"configuration.{k}") for k in extra] if extra else known
+
+
+def applied_tag(desired: Any, schema: ElementSchema, key: bytes, tags: Iterable[str], protect: bool) -> str:
+    """The record tag for a desired instance written with these user tags and protection."""
+    fields = written_fields(desired, schema, tags, protect)
+    return APPLIED_TAG + "".join(sorted(field_digest(key, path, value) for path, value in fields.items()))
+
+
+def applied_record(tags: Iterable[Any]) -> frozenset[str] | None:
+    """The digests recorded on a live instance, or None when it carries no record."""
+    for tag in tags:
+        if isinstance(tag, str) and tag.startswith(APPLIED_TAG):
+            text = tag[len(APPLIED_TAG) :]
+            return frozenset(text[i : i + RECORD_CHARS] for i in range(0, len(text), RECORD_CHARS))
+    return None
+
+
+def was_applied(record: frozenset[str] | None, key: bytes, path: str, value: Any) -> bool:
+    """Whether ``value`` of ``path`` is the one provisioner last wrote."""
+    return record is not None and field_digest(key, path, value) in record
+
+
+def field_digests(key: bytes, fields: Mapping[str, Any], size: int = 16) -> dict[str, str]:
+    """Long per-field digests (for saved plans)."""
+    return {path: field_digest(key, path, value, size) for path, value in sorted(fields.items())}

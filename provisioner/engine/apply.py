@@ -1,0 +1,428 @@
+"""Stage 6: execute a plan, and nothing else.
+
+Writes run in a bounded pool (``parallelism`` workers, one rate budget shared by all). One failing
+instance does not stop the others. A create whose outcome is unknown (the response was lost, the
+server answered 5xx, the read timed out, a 2xx without an instance) is never simply sent again: the
+stack's instances are listed at once, the ones that did get created are adopted, and only the rest
+are created again, for a bounded number of rounds. Then a final listing settles every created name
+on one copy, the oldest, which every overlapping run agrees on; a run deletes only extra copies it
+made itself. It waits ``settle`` seconds first, once, only if a create that got no answer was sent
+again (a slow server may still commit it).
+
+SIGINT/SIGTERM set the stop flag: no new request starts, in-flight ones get a second to finish, and
+the result still holds every token obtained so far.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import math
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..api.live import LiveInstance, read_names
+from ..closedsets import StrEnum, assert_never
+from ..errors import (
+    AmbiguousCreate,
+    ApiError,
+    InconsistentListing,
+    Interrupted,
+    ProvisionerError,
+    TransportError,
+    Unauthorized,
+)
+from ..interrupt import StopFlag
+from ..manifest.elements import ElementRegistry
+from ..ownership import run_tag
+from ..secret import Secret
+from .bodies import adopt_body, create_body, patch_body, put_body
+from .diff import FingerprintContext
+from .plan import Action, Change, Plan
+
+
+class Status(StrEnum):
+    """How one change of an apply ended. The order is the order of the JSON status counts."""
+
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass
+class ChangeResult:
+    change: Change
+    status: Status
+    error: str | None = None
+    request_id: str | None = None
+    http_status: int | None = None
+    id: Any = None
+    token: Secret | None = None
+
+
+WORKERS_PER_SLOT = 2  # 4 freed more workers under 429s, but the extra threads cost CPU on 2 cores
+MAX_WORKERS = 256
+
+
+@dataclass(frozen=True)
+class ApplySettings:
+    parallelism: int = 8
+    settle_seconds: float = 30.0  # how long a server may take to commit a create whose answer was lost
+    max_create_rounds: int = 12
+
+
+@dataclass
+class ApplyResult:
+    plan: Plan
+    results: list[ChangeResult]
+    interrupted: int | None = None
+    aborted: str | None = None  # why the run stopped early (e.g. credentials refused)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[ChangeResult]:
+        return [r for r in self.results if r.status == Status.FAILED]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.interrupted is None and self.aborted is None
+
+
+Progress = Callable[[ChangeResult], None]
+
+
+class Applier:
+    """Runs the writes of one plan against the clients of its targets."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        clients: Mapping[str, Any],
+        fingerprints: Mapping[str, FingerprintContext],
+        registry: ElementRegistry,
+        settings: ApplySettings,
+        stop: StopFlag,
+        progress: Progress | None = None,
+    ):
+        self.plan = plan
+        self.clients = clients
+        self.fingerprints = fingerprints
+        self.registry = registry
+        self.settings = settings
+        self.stop = stop
+        self.progress = progress or (lambda _result: None)
+        self.aborted: str | None = None
+        self._lock = threading.Lock()
+        self._ambiguous: list[Change] = []
+        self._posted: dict[tuple[str, str], int] = {}
+        self._made: set[tuple[str, str, str]] = set()  # (target, name, id) of the copies this run was told it made
+        self._unanswered: set[tuple[str, str]] = set()  # names whose create got no answer at least once
+        self._resent_unanswered = False
+        self._last_unanswered = -math.inf
+        self.run_tag = run_tag(secrets.token_hex(6))
+        self._known_ids = {(c.target, c.live.id) for c in plan.changes if c.live is not None}
+
+    def run(self) -> ApplyResult:
+        results: dict[int, ChangeResult] = {}
+        writes = []
+        for index, change in enumerate(self.plan.changes):
+            if change.action == Action.NOOP:
+                results[index] = ChangeResult(change, Status.OK, id=change.id, token=_live_token(change))
+            elif change.action == Action.CONFLICT:
+                results[index] = ChangeResult(change, Status.SKIPPED, error=change.reason, id=change.id)
+            else:
+                writes.append((index, change))
+        # More workers than requests in flight: a worker waiting out a Retry-After or a backoff holds
+        # no in-flight slot (the clients share --parallelism of them), so the others keep sending.
+        workers = min(MAX_WORKERS, max(1, self.settings.parallelism) * WORKERS_PER_SLOT)
+        with futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apply") as pool:
+            self._run_batch(pool, writes, results)
+            self._resolve_ambiguous(pool, results)
+        notes = self._final_check(results)
+        ordered = [results[i] for i in range(len(self.plan.changes))]
+        return ApplyResult(
+            self.plan,
+            ordered,
+            self.stop.signum if self.stop.is_set() and not self.aborted else None,
+            self.aborted,
+            notes,
+        )
+
+    # -- the pool ------------------------------------------------------------------------------
+
+    def _run_batch(
+        self, pool: futures.Executor, writes: list[tuple[int, Change]], results: dict[int, ChangeResult]
+    ) -> None:
+        """Run changes in the pool; the main thread collects results from a completion queue (one
+        short wait at a time, so it stays free to receive signals)."""
+        finished: queue.SimpleQueue[futures.Future[ChangeResult | None]] = queue.SimpleQueue()
+        index_of: dict[futures.Future[ChangeResult | None], int] = {}
+        for index, change in writes:
+            future = pool.submit(self._execute, change)
+            index_of[future] = index
+            future.add_done_callback(finished.put)
+        for _ in range(len(writes)):
+            future = _next_done(finished)
+            index = index_of.pop(future)
+            result = future.result()
+            if result is not None:
+                results[index] = result
+                self.progress(result)
+            else:
+                results.pop(index, None)
+
+    def _execute(self, change: Change) -> ChangeResult | None:
+        if self.stop.is_set():
+            return ChangeResult(change, Status.SKIPPED, error=self._skip_reason())
+        client = self.clients[change.target]
+        try:
+            return self._dispatch(change, client)
+        except AmbiguousCreate as exc:
+            with self._lock:
+                if not exc.answered:
+                    self._unanswered.add((change.target, change.name))
+                    self._last_unanswered = time.monotonic()
+                self._ambiguous.append(change)
+            return None
+        except Interrupted:
+            return ChangeResult(change, Status.SKIPPED, error=self._skip_reason())
+        except Unauthorized as exc:
+            self.aborted = self.aborted or f"the API refused the credentials of target {change.target!r}"
+            self.stop.set()
+            return _failed(change, exc)
+        except (ApiError, TransportError) as exc:
+            return _failed(change, exc)
+
+    def _dispatch(self, change: Change, client: Any) -> ChangeResult:
+        match change.action:
+            case Action.DELETE:
+                client.delete_instance(change.id)
+                return ChangeResult(change, Status.OK, id=change.id)
+            case Action.CREATE:
+                return self._create(change, client)
+            case Action.REPLACE:
+                assert change.desired is not None
+                client.delete_instance(change.id)
+                return self._create(change, client)
+            case Action.ADOPT | Action.UPDATE | Action.RENAME:
+                return self._modify(change, client)
+            case Action.NOOP | Action.CONFLICT | Action.PROTECTED:
+                raise AssertionError(f"{change.action} is not a write: apply never sends it")
+            case _:
+                assert_never(change.action)
+
+    def _modify(self, change: Change, client: Any) -> ChangeResult:
+        """Adopt, update or rename an instance in place: its id and token stay."""
+        desired = change.desired
+        assert desired is not None
+        schema = self.registry.get(desired.element)
+        fp = self.fingerprints[change.target]
+        assert schema is not None
+        live_tags = change.live.tags if change.live else ()
+        if change.action == Action.ADOPT:  # one PATCH: marker, fingerprints, declared configuration
+            data = client.patch_instance(change.id, adopt_body(desired, schema, fp, live_tags, change.diff))
+        elif change.method == "PATCH":
+            rename = change.action == Action.RENAME  # PATCH name and tags: id and token stay
+            data = client.patch_instance(change.id, patch_body(desired, schema, fp, live_tags, rename))
+        else:
+            data = client.update_instance(change.id, put_body(desired, schema, fp, live_tags, change.diff))
+        return ChangeResult(change, Status.OK, id=change.id, token=_token(data) or _live_token(change))
+
+    def _create(self, change: Change, client: Any) -> ChangeResult:
+        desired = change.desired
+        assert desired is not None
+        schema = self.registry.get(desired.element)
+        assert schema is not None
+        key = (change.target, change.name)
+        with self._lock:
+            self._posted[key] = self._posted.get(key, 0) + 1
+            if key in self._unanswered:
+                self._resent_unanswered = True
+        data = client.create_instance(create_body(desired, schema, self.fingerprints[change.target], self.run_tag))
+        with self._lock:
+            self._made.add((*key, str(data["id"])))
+        return ChangeResult(change, Status.OK, id=data["id"], token=_token(data))
+
+    def _skip_reason(self) -> str:
+        return self.aborted or "not started: the run was interrupted"
+
+    # -- creates whose outcome is unknown ------------------------------------------------------
+
+    def _resolve_ambiguous(self, pool: futures.Executor, results: dict[int, ChangeResult]) -> None:
+        """Look up at once every create whose outcome is unknown; adopt what was made, create the rest
+        again; repeat while creates keep failing that way, for a bounded number of rounds. No settle
+        wait here: a server that answered (5xx) is done with the request, and a create that got no
+        answer but is still being processed is caught by the final check, which waits once."""
+        index_of = {id(c): i for i, c in enumerate(self.plan.changes)}
+        for _round in range(self.settings.max_create_rounds):
+            if not self._ambiguous:
+                return
+            batch, self._ambiguous = self._ambiguous, []
+            if self.stop.is_set():
+                for change in batch:
+                    results[index_of[id(change)]] = ChangeResult(change, Status.SKIPPED, error=self._skip_reason())
+                return
+            retry: list[tuple[int, Change]] = []
+            for target in sorted({c.target for c in batch}):
+                mine = [c for c in batch if c.target == target]
+                found = self._owned_new(target, results, mine)
+                if found is None:
+                    continue
+                for change in mine:
+                    live = found.get(change.name)
+                    if live is not None:
+                        result = ChangeResult(change, Status.OK, id=live.id, token=live.token)
+                        results[index_of[id(change)]] = result
+                        self.progress(result)
+                    else:
+                        retry.append((index_of[id(change)], change))
+            self._run_batch(pool, retry, results)
+        for change in self._ambiguous:
+            rounds = self.settings.max_create_rounds
+            results[index_of[id(change)]] = ChangeResult(
+                change, Status.FAILED, error=f"create outcome still unknown after {rounds} rounds"
+            )
+        self._ambiguous = []
+
+    def _owned_new(
+        self, target: str, results: dict[int, ChangeResult], changes: list[Change]
+    ) -> dict[str, LiveInstance] | None:
+        """The oldest instance per name that the stack owns and that is new since the plan."""
+        try:
+            live = self._read_names(target, [c.name for c in changes])
+        except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
+            index_of = {id(c): i for i, c in enumerate(self.plan.changes)}
+            for change in changes:
+                results[index_of[id(change)]] = _failed(change, exc)
+            return None
+        names = {c.name for c in changes}
+        found: dict[str, LiveInstance] = {}
+        for instance in sorted(live, key=lambda i: i.age_key):
+            if instance.name in names and (target, instance.id) not in self._known_ids:
+                found.setdefault(instance.name, instance)
+        return found
+
+    def _read_names(self, target: str, names: Iterable[str]) -> list[LiveInstance]:
+        """The stack's instances under ``names`` on ``target``, read the faster way for its size (the
+        instances the plan saw there, plus every create)."""
+        client = self.clients[target]
+        size = sum(1 for c in self.plan.changes if c.target == target and (c.live is not None or c.desired is not None))
+        return read_names(client, self.plan.stack, names, self.settings.parallelism, size, client.settings.page_size)
+
+    # -- the final check -----------------------------------------------------------------------
+
+    def _final_check(self, results: dict[int, ChangeResult]) -> list[str]:
+        """List the created names once more (the shards they fall in, side by side), and settle every
+        created name on one copy.
+
+        The rule every run follows without talking to the others: the oldest copy (creation date,
+        then id) wins. A run delivers the winner's token, whoever made it, and deletes only the other
+        copies it made itself (known by the id it was given, or by this run's tag when the answer was
+        lost). A create whose answer never came may still be committed by a slow server, so when one
+        was sent again the check first waits ``settle`` seconds, once. A name with no copy left was
+        deleted under the run (a concurrent destroy): that change fails. If the listing fails, the
+        created names fail too: success is never reported while a copy may be left behind."""
+        created = {
+            (r.change.target, r.change.name): i
+            for i, r in results.items()
+            if r.change.action in (Action.CREATE, Action.REPLACE)
+            and r.change.desired is not None
+            and r.status in (Status.OK, Status.FAILED)
+            and self._posted.get((r.change.target, r.change.name))
+        }
+        if not created or self.stop.is_set():
+            return []
+        if self._resent_unanswered and self.stop.wait(
+            max(0.0, self._last_unanswered + self.settings.settle_seconds - time.monotonic())
+        ):
+            return []
+        notes: list[str] = []
+        for target in sorted({t for t, _ in created}):
+            names = {name: index for (t, name), index in created.items() if t == target}
+            try:
+                live = self._read_names(target, names)
+            except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
+                for index in names.values():
+                    results[index] = ChangeResult(
+                        results[index].change,
+                        Status.FAILED,
+                        error=(f"could not check the created instance with a final listing ({exc}); run apply again"),
+                    )
+                continue
+            copies: dict[str, list[LiveInstance]] = {}
+            for instance in sorted(live, key=lambda i: i.age_key):
+                if instance.name in names:
+                    copies.setdefault(instance.name, []).append(instance)
+            for name, index in sorted(names.items()):
+                notes.extend(self._settle_name(target, copies.get(name, []), index, results))
+        return notes
+
+    def _settle_name(
+        self, target: str, copies: list[LiveInstance], index: int, results: dict[int, ChangeResult]
+    ) -> list[str]:
+        result = results[index]
+        if not copies:
+            if result.status == Status.OK:
+                results[index] = ChangeResult(
+                    result.change,
+                    Status.FAILED,
+                    id=result.id,
+                    error=(
+                        f"instance id {result.id} was deleted while this run was applying (a concurrent destroy or "
+                        "prune?); its token is not delivered"
+                    ),
+                )
+            return []
+        winner = copies[0]
+        notes = []
+        if result.status != Status.OK or result.id != winner.id:
+            made = result.status == Status.OK and result.id is not None
+            was = f" instead of this run's id {result.id}" if made else ""
+            results[index] = ChangeResult(result.change, Status.OK, id=winner.id, token=winner.token)
+            notes.append(f"{winner.name}: delivering the oldest copy, id {winner.id}{was}")
+        for extra in copies[1:]:
+            if (target, result.change.name, str(extra.id)) in self._made or self.run_tag in extra.tags:
+                notes.append(self._delete_extra(target, extra))
+        return notes
+
+    def _delete_extra(self, target: str, instance: LiveInstance) -> str:
+        try:
+            self.clients[target].delete_instance(instance.id)
+        except ProvisionerError as exc:
+            return f"{instance.name}: extra copy id {instance.id} made by this run could not be deleted: {exc}"
+        return f"{instance.name}: deleted extra copy id {instance.id} made by this run"
+
+
+def _next_done(finished: queue.SimpleQueue[futures.Future[ChangeResult | None]]) -> futures.Future[ChangeResult | None]:
+    """The next finished change, waiting a short while at a time (the main thread stays free for signals)."""
+    while True:
+        try:
+            return finished.get(timeout=0.2)
+        except queue.Empty:
+            continue
+
+
+def _failed(change: Change, exc: Exception) -> ChangeResult:
+    if isinstance(exc, ApiError):
+        return ChangeResult(
+            change,
+            Status.FAILED,
+            error=str(exc.message),
+            request_id=exc.request_id,
+            http_status=exc.status,
+            id=change.id,
+        )
+    return ChangeResult(change, Status.FAILED, error=str(exc), id=change.id)
+
+
+def _token(data: Any) -> Secret | None:
+    token = data.get("token") if isinstance(data, Mapping) else None
+    return Secret(token, token=True) if isinstance(token, str) and token else None
+
+
+def _live_token(change: Change) -> Secret | None:
+    return change.live.token if change.live is not None else None

@@ -1,0 +1,109 @@
+"""Request bodies for the API, built from a desired instance. Pure functions.
+
+``PUT /instances/{id}`` replaces the whole instance, so its body carries the name, the element, every
+tag (the user's, the stack marker and the secret fingerprints) and the full declared configuration.
+``PATCH`` is used only when tags alone differ. Secret values stay ``Secret`` objects in these
+bodies; the HTTP client reveals them only when it serialises the request.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..manifest.desired import DesiredInstance
+from ..manifest.elements import OAUTH_REFRESH_TOKEN, ElementSchema
+from ..ownership import PROTECT_TAG, fingerprint_tags, managed_tags, user_tags
+from .applied import applied_tag
+from .diff import FieldDiff, FingerprintContext
+
+
+def all_tags(
+    desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext, live_tags: tuple[str, ...] = ()
+) -> list[str]:
+    """User tags (declared, or kept from the live instance when the manifest declares none), then
+    the stack marker and the name's shard, one fingerprint per secret value, the protection marker (declared, or kept
+    from the live instance when the manifest does not say) and the record of what is applied."""
+    mine = list(desired.tags) if desired.tags is not None else user_tags(live_tags)
+    fps = fingerprint_tags(fp.key, fp.stack, desired.name, desired.configuration, schema.secret_keys)
+    protect = desired.protect if desired.protect is not None else PROTECT_TAG in live_tags
+    mine = list(dict.fromkeys(mine))
+    return [
+        *mine,
+        *managed_tags(fp.stack, desired.name, fps, protect, applied_tag(desired, schema, fp.key, mine, protect)),
+    ]
+
+
+def wire_configuration(configuration: Any) -> dict[str, Any]:
+    """Configuration values as the API stores them: a JSON-valued key given as a mapping or list
+    (``event.poller.configuration``) is sent as compact JSON text, as the API expects."""
+    return {
+        k: json.dumps(v, separators=(",", ":"), ensure_ascii=False) if isinstance(v, (dict, list)) else v
+        for k, v in configuration.items()
+    }
+
+
+def create_body(
+    desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext, run: str | None = None
+) -> dict[str, Any]:
+    """The create body; ``run`` is the creating run's tag (see ``ownership.run_tag``)."""
+    body = {
+        "name": desired.name,
+        "element": {"key": desired.element},
+        "tags": all_tags(desired, schema, fp) + ([run] if run else []),
+        "configuration": wire_configuration(desired.configuration),
+    }
+    if schema.is_oauth and desired.configuration.get(OAUTH_REFRESH_TOKEN) not in (None, ""):
+        body["externalAuthentication"] = "initial"  # an existing refresh token: no browser redirect
+    return body
+
+
+def put_body(
+    desired: DesiredInstance,
+    schema: ElementSchema,
+    fp: FingerprintContext,
+    live_tags: tuple[str, ...],
+    diff: tuple[FieldDiff, ...],
+) -> dict[str, Any]:
+    """The full instance. A key the manifest leaves to its default but the server holds otherwise is
+    sent with the schema default, so the update really converges."""
+    configuration = wire_configuration(desired.configuration)
+    for change in diff:
+        key = change.path.removeprefix("configuration.")
+        if change.path.startswith("configuration.") and key not in configuration and key in schema.defaults:
+            configuration[key] = schema.defaults[key]
+    return {
+        "name": desired.name,
+        "element": {"key": desired.element},
+        "tags": all_tags(desired, schema, fp, live_tags),
+        "configuration": configuration,
+    }
+
+
+def patch_body(
+    desired: DesiredInstance,
+    schema: ElementSchema,
+    fp: FingerprintContext,
+    live_tags: tuple[str, ...],
+    rename: bool = False,
+) -> dict[str, Any]:
+    """Tags only: PATCH replaces the whole tag list, so it carries the marker and fingerprints too.
+    A rename also carries the new name (the instance keeps its id and token)."""
+    body: dict[str, Any] = {"name": desired.name} if rename else {}
+    body["tags"] = all_tags(desired, schema, fp, live_tags)
+    return body
+
+
+def adopt_body(
+    desired: DesiredInstance,
+    schema: ElementSchema,
+    fp: FingerprintContext,
+    live_tags: tuple[str, ...],
+    diff: tuple[FieldDiff, ...],
+) -> dict[str, Any]:
+    """Taking over an unmanaged instance, in one PATCH: the stack's marker and fingerprints, and the
+    declared configuration (secrets included: they cannot be compared, so they are always sent). PATCH
+    merges configuration, so keys the manifest does not declare (an OAuth token the platform keeps)
+    stay as they are."""
+    body = put_body(desired, schema, fp, live_tags, diff)
+    return {"tags": body["tags"], "configuration": body["configuration"]}

@@ -1,0 +1,280 @@
+"""``provisioner drift``: what changed behind provisioner's back, kept apart from pending changes.
+
+A pure function over a plan made with default options (one source for identity, matching and diffs)
+and the live listing. The command reads only: it is built on ``ReadOnlyClient``.
+
+Findings, each ``drift`` (the server changed) or ``pending`` (the manifest changed; ``plan`` shows it):
+
+* ``changed``: fields that differ, field by field. Per field, the rule is: the difference is
+  **pending** when the live value is the one provisioner last applied (its digest is in the
+  instance's ``provisioner:applied`` tag, see ``applied.py``), and **drift** otherwise;
+* ``secret``: a secret whose fingerprint tag does not match the manifest's value: pending (the secret
+  in the manifest or the environment changed since the last apply), or drift when the fingerprint tag
+  is gone from the instance (its tags were rewritten behind provisioner's back);
+* ``missing``: a declared instance the stack does not own (deleted behind its back, or never applied:
+  with no state file the two look the same, so it counts as drift);
+* ``extra-copy``: a second owned instance with a declared name (drift);
+* ``unmanaged-namesake``: an instance with a declared name but without the stack's marker (drift);
+* ``undeclared``: owned by the stack, no longer declared (pending: ``--prune`` deletes it);
+* ``renamed``: owned under a name listed in ``previousNames`` (pending: apply renames it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from ..api.live import LiveInstance
+from ..closedsets import assert_never
+from ..manifest.elements import ElementRegistry
+from ..ownership import fingerprints_of
+from ..secret import SENSITIVE
+from .applied import applied_record, live_value, was_applied
+from .diff import FieldDiff, FingerprintContext
+from .plan import Action, Change, Plan
+
+Kind = Literal["drift", "pending"]
+Category = Literal["changed", "secret", "missing", "extra-copy", "unmanaged-namesake", "undeclared", "renamed"]
+CATEGORIES: tuple[Category, ...] = get_args(Category)  # in this order in the JSON summary
+
+
+@dataclass(frozen=True)
+class DriftField:
+    path: str
+    live: Any
+    manifest: Any
+    sensitive: bool
+    kind: Kind
+
+    def to_json(self) -> dict:
+        shown = (SENSITIVE, SENSITIVE) if self.sensitive else (self.live, self.manifest)
+        return {
+            "path": self.path,
+            "live": shown[0],
+            "manifest": shown[1],
+            "sensitive": self.sensitive,
+            "kind": self.kind,
+        }
+
+
+@dataclass(frozen=True)
+class Finding:
+    category: Category
+    kind: Kind
+    name: str
+    target: str
+    element: str | None
+    id: Any
+    detail: str
+    fields: tuple[DriftField, ...] = ()
+
+    def to_json(self) -> dict:
+        return {
+            "category": self.category,
+            "kind": self.kind,
+            "name": self.name,
+            "target": self.target,
+            "element": self.element,
+            "id": self.id,
+            "detail": self.detail,
+            "fields": [f.to_json() for f in self.fields],
+        }
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    stack: str
+    findings: tuple[Finding, ...]
+    declared: int
+    in_sync: int
+
+    @property
+    def has_drift(self) -> bool:
+        return any(f.kind == "drift" for f in self.findings)
+
+    @property
+    def has_pending(self) -> bool:
+        return any(f.kind == "pending" for f in self.findings)
+
+    def summary(self) -> dict[str, Any]:
+        by_category = dict.fromkeys(CATEGORIES, 0)
+        for finding in self.findings:
+            by_category[finding.category] += 1
+        return {
+            "declared": self.declared,
+            "inSync": self.in_sync,
+            "drift": sum(1 for f in self.findings if f.kind == "drift"),
+            "pending": sum(1 for f in self.findings if f.kind == "pending"),
+            "byCategory": by_category,
+        }
+
+    def to_json(self) -> dict:
+        return {
+            "stack": self.stack,
+            "drift": self.has_drift,
+            "pending": self.has_pending,
+            "findings": [f.to_json() for f in self.findings],
+            "summary": self.summary(),
+        }
+
+
+def detect(
+    plan: Plan,
+    live_by_target: Mapping[str, list[LiveInstance]],
+    registry: ElementRegistry,
+    fingerprints: Mapping[str, FingerprintContext],
+    declared: int,
+) -> DriftReport:
+    """Turn a default plan (no prune, no replace) and the live listing into drift findings."""
+    findings: list[Finding] = []
+    in_sync = 0
+    for change in plan.changes:
+        found = _findings(change, registry, fingerprints.get(change.target))
+        in_sync += 1 if change.action == Action.NOOP and not found else 0
+        findings.extend(found)
+    findings.extend(_namesakes(plan, live_by_target))
+    return DriftReport(plan.stack, tuple(findings), declared, in_sync)
+
+
+def _findings(change: Change, registry: ElementRegistry, fp: FingerprintContext | None) -> list[Finding]:
+    common = {"name": change.name, "target": change.target, "element": change.element, "id": change.id}
+    found = []
+    match change.action:
+        case Action.CREATE:
+            return [Finding("missing", "drift", detail="declared, not found among the stack's instances", **common)]
+        case Action.DELETE:  # with default options, only extra copies of a declared instance
+            return [Finding("extra-copy", "drift", detail=change.reason, **common)]
+        case Action.NOOP if change.desired is None:
+            return [Finding("undeclared", "pending", detail=change.reason, **common)]
+        case Action.CONFLICT if change.live is not None and not change.live.owned_by(fp.stack if fp else ""):
+            return [
+                Finding(
+                    "unmanaged-namesake",
+                    "drift",
+                    detail=f"declared, but the only instance named {change.name!r} has no stack marker; "
+                    "provisioner never touches it",
+                    **common,
+                )
+            ]
+        case Action.RENAME:
+            old = change.live.name if change.live is not None else "?"
+            found.append(Finding("renamed", "pending", detail=f"owned as {old!r}; apply renames it", **common))
+        case Action.NOOP | Action.CONFLICT | Action.UPDATE | Action.REPLACE | Action.ADOPT | Action.PROTECTED:
+            pass  # only their fields can differ
+        case _:
+            assert_never(change.action)
+    if change.live is not None and change.desired is not None and fp is not None:
+        found.extend(_field_findings(change, registry, fp, common))
+    return found
+
+
+def _field_findings(
+    change: Change, registry: ElementRegistry, fp: FingerprintContext, common: dict[str, Any]
+) -> list[Finding]:
+    live = change.live
+    assert live is not None and change.desired is not None
+    record = applied_record(live.tags)
+    schema = registry.get(change.desired.element)
+    plain: dict[Kind, list[DriftField]] = {"drift": [], "pending": []}
+    found = []
+    for diff in change.diff:
+        if diff.path == "name":
+            continue
+        if diff.sensitive:
+            found.append(_secret(diff, live, common))
+            continue
+        value = (
+            _canonical_element(registry, live.element)
+            if diff.path == "element"
+            else live_value(live, diff.path, schema)
+        )
+        kind: Kind = "pending" if was_applied(record, fp.key, diff.path, value) else "drift"
+        plain[kind].append(DriftField(diff.path, diff.old, diff.new, False, kind))
+    details = {
+        "drift": "changed on the server since provisioner applied it",
+        "pending": "the manifest changed since the last apply; plan shows the change",
+    }
+    for kind in ("drift", "pending"):
+        if plain[kind]:
+            found.insert(0, Finding("changed", kind, detail=details[kind], fields=tuple(plain[kind]), **common))
+    return found
+
+
+def _secret(diff: FieldDiff, live: LiveInstance, common: dict[str, Any]) -> Finding:
+    key = diff.path.removeprefix("configuration.")
+    if key in fingerprints_of(live.tags):
+        return Finding(
+            "secret",
+            "pending",
+            detail="the secret differs from the one last applied (changed in the manifest or its environment)",
+            fields=(DriftField(diff.path, None, None, True, "pending"),),
+            **common,
+        )
+    return Finding(
+        "secret",
+        "drift",
+        detail="the fingerprint tag is gone: the instance was rewritten behind provisioner's back",
+        fields=(DriftField(diff.path, None, None, True, "drift"),),
+        **common,
+    )
+
+
+def _canonical_element(registry: ElementRegistry, reported: str | None) -> str | None:
+    for key in registry.keys():
+        schema = registry.get(key)
+        if schema is not None and reported is not None and schema.accepts_key(reported):
+            return key
+    return reported
+
+
+def _namesakes(plan: Plan, live_by_target: Mapping[str, list[LiveInstance]]) -> list[Finding]:
+    """Unmanaged instances with a declared name, next to the owned one (the plan shows only those
+    that stand in the way of a create)."""
+    declared = {(c.target, c.name) for c in plan.changes if c.desired is not None and c.action != Action.CONFLICT}
+    found = []
+    for target, instances in sorted(live_by_target.items()):
+        for live in instances:
+            if (target, live.name) in declared and not live.owned_by(plan.stack):
+                found.append(
+                    Finding(
+                        "unmanaged-namesake",
+                        "drift",
+                        live.name,
+                        target,
+                        live.element,
+                        live.id,
+                        "an instance with a declared name but without the stack marker exists "
+                        "next to the owned one; provisioner never touches it",
+                    )
+                )
+    return found
+
+
+def text_lines(report: DriftReport) -> list[tuple[str, str]]:
+    """(style, line) pairs for the text reporter."""
+    lines: list[tuple[str, str]] = []
+    for f in report.findings:
+        style = "red" if f.kind == "drift" else "yellow"
+        ident = f" id {f.id}" if f.id is not None else ""
+        element = f" ({f.element})" if f.element else ""
+        lines.append((style, f"{f.kind}: {f.category} {f.name}{element}{ident}: {f.detail}"))
+        for field in f.fields:
+            shown = (SENSITIVE, SENSITIVE) if field.sensitive else (_show(field.live), _show(field.manifest))
+            lines.append(("", f"    ~ {field.path}: live {shown[0]}, manifest {shown[1]}"))
+    return lines
+
+
+def summary_line(report: DriftReport) -> str:
+    s = report.summary()
+    if not report.findings:
+        return f"No drift: the {s['declared']} declared instance(s) match what provisioner applied."
+    return (
+        f"Drift: {s['drift']} finding(s) changed behind provisioner's back; pending: {s['pending']} "
+        f"(the manifest changed, run plan); {s['inSync']} in sync."
+    )
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, default=str)

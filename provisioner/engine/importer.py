@@ -1,0 +1,161 @@
+"""``provisioner import``: write a manifest that declares the unmanaged instances a target already has.
+
+Instances made by hand (no ``provisioner:stack=`` tag at all) are copied with their name, element,
+user tags and configuration, and ``adopt: <id>`` so that ``plan --adopt`` knows which one each entry
+means. A secret value is never written: the API masks it anyway, and each secret key becomes
+``{{ env.NAME }}`` with a predictable NAME (instance name and key, upper case, ``_`` for anything
+else), which the caller lists on stderr. Once those variables hold the real values, ``plan FILE
+--adopt`` shows only ``adopt`` actions without a configuration diff.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from ..api.live import LiveInstance
+from ..manifest.elements import ElementRegistry, ElementSchema
+from ..manifest.load import API_VERSION, Manifest
+from ..ownership import is_unmanaged, user_tags
+from ..secret import MASK
+
+
+@dataclass
+class Imported:
+    """The manifest text, the variables it reads, and what was left out and why."""
+
+    text: str
+    count: int
+    variables: list[tuple[str, str, str]] = field(default_factory=list)  # (NAME, instance, key)
+    skipped: list[str] = field(default_factory=list)
+
+
+def env_name(instance: str, key: str) -> str:
+    """The variable holding one secret: ``helpdesk-acme`` + ``user.password`` -> HELPDESK_ACME_USER_PASSWORD."""
+    name = re.sub(r"[^A-Za-z0-9]+", "_", f"{instance}_{key}").strip("_").upper()
+    return name if name and not name[0].isdigit() else f"SECRET_{name}"
+
+
+def import_manifest(
+    manifest: Manifest,
+    registry: ElementRegistry,
+    live: Mapping[str, list[LiveInstance]],
+    out_path: str,
+    element: str | None = None,
+    name_glob: str | None = None,
+) -> Imported:
+    """A manifest declaring every unmanaged live instance of the manifest's targets (filtered)."""
+    result = Imported("", 0)
+    entries: list[dict[str, Any]] = []
+    for target in sorted(live):
+        chosen = _chosen(live[target], registry, element, name_glob, result.skipped)
+        for instance, schema in chosen:
+            entries.append(_entry(instance, schema, target, result.variables))
+    result.count = len(entries)
+    document = _header(manifest, out_path)
+    document["instances"] = entries
+    result.text = (
+        "# Written by provisioner import: unmanaged instances, to take over with apply --adopt.\n"
+        + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=1000)
+    )
+    return result
+
+
+def _chosen(
+    instances: Iterable[LiveInstance],
+    registry: ElementRegistry,
+    element: str | None,
+    name_glob: str | None,
+    skipped: list[str],
+) -> list[tuple[LiveInstance, ElementSchema]]:
+    """Unmanaged instances that pass the filters, the oldest of each name (names identify instances)."""
+    seen: dict[str, LiveInstance] = {}
+    chosen = []
+    for instance in sorted(instances, key=lambda i: i.age_key):
+        if not is_unmanaged(instance.tags) or (name_glob and not fnmatch.fnmatchcase(instance.name, name_glob)):
+            continue
+        schema = _schema_of(registry, instance.element)
+        if element and (schema is None or schema.key != element):
+            continue
+        if schema is None:
+            skipped.append(
+                f"{instance.name} (id {instance.id}): no schema for element {instance.element!r} "
+                f"(hint: provisioner schemas pull {instance.element}, then --schemas DIR)"
+            )
+        elif instance.name in seen:
+            skipped.append(
+                f"{instance.name} (id {instance.id}): another unmanaged instance has this name "
+                f"(id {seen[instance.name].id} is imported); rename one of them in the console"
+            )
+        else:
+            seen[instance.name] = instance
+            chosen.append((instance, schema))
+    return chosen
+
+
+def _schema_of(registry: ElementRegistry, reported: str | None) -> ElementSchema | None:
+    """The schema of the element the API reports (an exact key first, then a reported alias)."""
+    exact = registry.get(reported) if reported else None
+    if exact is not None:
+        return exact
+    return next((s for k in registry.keys() if (s := registry.get(k)) and reported in s.reported_keys), None)
+
+
+def _entry(
+    instance: LiveInstance, schema: ElementSchema, target: str, variables: list[tuple[str, str, str]]
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": _literal(instance.name), "element": schema.key}
+    if target != "default":
+        entry["target"] = target
+    entry["adopt"] = instance.id
+    entry["tags"] = [_literal(t) for t in user_tags(instance.tags)]
+    configuration: dict[str, Any] = {}
+    for key, value in (instance.configuration or {}).items():
+        if key not in schema.properties or value is None or value == "":
+            continue  # keys the schema leaves out (internal ones) are not the manifest's
+        if key in schema.secret_keys or value == MASK:
+            name = env_name(instance.name, key)
+            variables.append((name, instance.name, key))
+            configuration[key] = "{{ env." + name + " }}"
+        else:
+            configuration[key] = _typed(schema, key, value)
+    entry["configuration"] = configuration
+    return entry
+
+
+def _typed(schema: ElementSchema, key: str, value: Any) -> Any:
+    """The API gives every value as text: written back as the schema types it ("false" -> false); text
+    stays exactly the text the API holds (a JSON-valued key too), safe from template rendering."""
+    normal = schema.normalize(key, value)
+    return _literal(value) if isinstance(value, str) and isinstance(normal, str) else normal
+
+
+def _literal(text: str) -> str:
+    """Manifest strings are templates: text that looks like one is wrapped so it renders as itself."""
+    return "{% raw %}" + text + "{% endraw %}" if any(m in text for m in ("{{", "{%", "{#")) else text
+
+
+def _header(manifest: Manifest, out_path: str) -> dict[str, Any]:
+    """apiVersion, stack, targets (unrendered: credentials stay expressions) and schema directories."""
+    header: dict[str, Any] = {"apiVersion": API_VERSION, "stack": manifest.stack}
+    if manifest.targets:
+        header["targets"] = _plain(manifest.targets)
+    dirs = manifest.data.get("schemas")
+    if isinstance(dirs, list) and dirs:
+        out_dir = os.path.dirname(os.path.abspath(out_path))
+        header["schemas"] = [os.path.relpath(os.path.join(manifest.base_dir, str(d)), out_dir) for d in dirs]
+    return header
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,74 @@
+"""Deliver instance tokens: the outputs file of ``apply --outputs`` and ``provisioner output``.
+
+The outputs document is ``{"instances": {NAME: {"id", "element", "token"}}}``. The file is written
+atomically (a temporary file in the same directory, fsync, rename) with mode 0600 from the start, so
+a reader never sees half a file and no other user can read the tokens. These are the only places
+where tokens are revealed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..errors import UserError
+from ..privatefile import write_private
+from ..secret import Secret, reveal
+
+
+def outputs_document(entries: Mapping[str, Mapping[str, Any]]) -> dict:
+    """The JSON shape of outputs, tokens revealed (for writing to the user's chosen place only)."""
+    return {
+        "instances": {
+            name: {"id": e.get("id"), "element": e.get("element"), "token": reveal(e.get("token"))}
+            for name, e in sorted(entries.items())
+        }
+    }
+
+
+def write_outputs(path: str, entries: Mapping[str, Mapping[str, Any]]) -> None:
+    """Write the outputs file atomically with mode 0600."""
+    write_private(path, json.dumps(outputs_document(entries), indent=2, sort_keys=True) + "\n", "outputs file")
+
+
+def env_name(name: str) -> str:
+    """PREFIX for an instance in --format env: upper case, anything else than A-Z0-9 becomes _."""
+    prefix = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").upper() or "INSTANCE"
+    return prefix if not prefix[0].isdigit() else f"_{prefix}"
+
+
+def env_collisions(names: Iterable[str]) -> dict[str, list[str]]:
+    """Prefixes that more than one instance name maps to, with those names (sorted)."""
+    by_prefix: dict[str, list[str]] = {}
+    for name in sorted(names):
+        by_prefix.setdefault(env_name(name), []).append(name)
+    return {prefix: group for prefix, group in sorted(by_prefix.items()) if len(group) > 1}
+
+
+def format_env(entries: Mapping[str, Mapping[str, Any]]) -> str:
+    """Shell-quoted NAME_ID, NAME_ELEMENT and NAME_TOKEN lines, for eval or a dotenv file. Refused
+    when two instance names map to the same variables (``crm-acme`` and ``crm.acme``): the shell
+    would keep only the last, and a script would use the wrong token."""
+    collisions = env_collisions(entries)
+    if collisions:
+        listed = "; ".join(f"{', '.join(group)} -> {prefix}_*" for prefix, group in collisions.items())
+        raise UserError(
+            f"instance names collide as environment variables: {listed}",
+            hint="rename the instances so that they differ in letters or digits, "
+            "select one by name (provisioner output MANIFEST NAME -o env), or use -o json",
+        )
+    lines = []
+    for name, entry in sorted(entries.items()):
+        prefix = env_name(name)
+        lines.append(f"{prefix}_ID={shlex.quote(str(entry.get('id')))}")
+        lines.append(f"{prefix}_ELEMENT={shlex.quote(str(entry.get('element')))}")
+        token = entry.get("token")
+        lines.append(f"{prefix}_TOKEN={shlex.quote(reveal(token) if isinstance(token, Secret) else str(token))}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def format_json(entries: Mapping[str, Mapping[str, Any]]) -> str:
+    return json.dumps(outputs_document(entries), indent=2, sort_keys=True) + "\n"

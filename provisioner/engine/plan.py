@@ -1,0 +1,506 @@
+"""Stage 5: the plan is a value.
+
+``make_plan`` compares the desired instances with the live ones of each target and returns an
+immutable ``Plan``: one ``Change`` per instance (create, update, rename, replace, delete, noop,
+conflict, protected), each with its reason and field diff. Every noop says why. It does no I/O;
+``apply`` executes a plan and does nothing else.
+
+Identity is the stack marker plus the name. Stacks are isolated: an instance carrying another
+stack's marker is invisible to this one (never a conflict, never touched), so two stacks may declare
+the same names in one organization. A live instance with a declared name and no marker at all is
+unmanaged: a conflict, never touched, unless ``--adopt`` takes it over (action ``adopt``). Two owned
+instances with a declared name are duplicates: the oldest is kept and the others are deleted. Owned
+instances the manifest no longer declares are deleted only with ``--prune``.
+
+A declared instance with ``previousNames`` that the stack owns only under an old name is renamed in
+place (``rename``: same id, same token). A protected instance is never deleted or replaced: the plan
+shows a ``protected`` refusal instead (see ``protection.py``). ``--target``/``--exclude`` restrict the
+plan to some declared instances before anything is compared (see ``targeting.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from ..api.live import LiveInstance
+from ..closedsets import StrEnum, assert_never
+from ..errors import UserError
+from ..manifest.desired import DesiredInstance
+from ..manifest.elements import ElementRegistry
+from ..ownership import is_unmanaged
+from ..secret import MASK, SENSITIVE, Secret
+from .diff import DiffOp, FieldDiff, FingerprintContext, diff_instance, element_matches
+from .protection import is_protected, refusal
+from .targeting import Selection, restrict
+
+
+class Action(StrEnum):
+    """What a plan does with one instance. The order is the order of the JSON summary."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    RENAME = "rename"
+    REPLACE = "replace"
+    DELETE = "delete"
+    NOOP = "noop"
+    CONFLICT = "conflict"
+    PROTECTED = "protected"
+    ADOPT = "adopt"
+
+
+def _role(action: Action) -> Literal["write", "refusal", "none"]:
+    """Writes are executed; refusals are shown, never executed, and the command exits 1."""
+    match action:
+        case Action.CREATE | Action.UPDATE | Action.RENAME | Action.REPLACE | Action.DELETE | Action.ADOPT:
+            return "write"
+        case Action.CONFLICT | Action.PROTECTED:
+            return "refusal"
+        case Action.NOOP:
+            return "none"
+        case _:
+            assert_never(action)
+
+
+ACTIONS = tuple(Action)
+WRITES = tuple(a for a in Action if _role(a) == "write")
+REFUSALS = tuple(a for a in Action if _role(a) == "refusal")
+
+
+@dataclass(frozen=True)
+class Change:
+    action: Action
+    name: str
+    target: str
+    element: str | None
+    reason: str
+    diff: tuple[FieldDiff, ...] = ()
+    id: Any = None
+    method: str | None = None  # for updates and renames: "PUT" (configuration) or "PATCH" (name, tags)
+    desired: DesiredInstance | None = field(default=None, compare=False)
+    live: LiveInstance | None = field(default=None, compare=False)
+    warning: str | None = None
+
+    @property
+    def is_write(self) -> bool:
+        return self.action in WRITES
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    prune: bool = False
+    allow_replace: bool = False
+    force: bool = False
+    destroy: bool = False
+    adopt: bool = False  # take over unmanaged namesakes of declared instances
+    targets: tuple[str, ...] = ()  # --target patterns
+    excludes: tuple[str, ...] = ()  # --exclude patterns
+    allow_destroy: tuple[str, ...] = ()  # names whose protection is lifted for this run
+
+    @property
+    def selection(self) -> Selection:
+        return Selection.of(self.targets, self.excludes)
+
+
+@dataclass(frozen=True)
+class Plan:
+    stack: str
+    changes: tuple[Change, ...]
+    options: PlanOptions = PlanOptions()
+    left_out: int = 0  # declared instances left out by --target/--exclude
+
+    def counts(self) -> dict[Action, int]:
+        counts = dict.fromkeys(ACTIONS, 0)
+        for change in self.changes:
+            counts[change.action] += 1
+        return counts
+
+    @property
+    def has_changes(self) -> bool:
+        return any(c.is_write for c in self.changes)
+
+    @property
+    def has_conflicts(self) -> bool:
+        return any(c.action == Action.CONFLICT for c in self.changes)
+
+    @property
+    def has_refusals(self) -> bool:
+        """Conflicts and protected instances: shown, not executed, exit 1."""
+        return any(c.action in REFUSALS for c in self.changes)
+
+    @property
+    def warnings(self) -> list[str]:
+        found = [f"{c.name}: {c.warning}" for c in self.changes if c.warning]
+        names = {c.name for c in self.changes} | {c.live.name for c in self.changes if c.live is not None}
+        found.extend(
+            f"--allow-destroy {name}: no instance of this plan has that name"
+            for name in self.options.allow_destroy
+            if name not in names
+        )
+        if self.left_out:
+            found.append(
+                f"--target/--exclude left out {self.left_out} declared instance(s): they are not compared, "
+                "and prune and duplicate clean-up do not touch them"
+            )
+        return found
+
+
+class EarlyDiffs:
+    """Field diffs of declared instances against their owned live namesakes, computed page by page
+    while the listing is still on the wire (the main thread is otherwise idle between pages).
+    ``make_plan`` takes them instead of comparing again. Only a cache of a pure function: a plan is
+    the same with or without it (an entry is used only for the very same desired and live objects)."""
+
+    def __init__(
+        self,
+        stack: str,
+        desired: Iterable[DesiredInstance],
+        registry: ElementRegistry,
+        fingerprints: Mapping[str, FingerprintContext],
+    ):
+        self._stack = stack
+        self._registry = registry
+        self._fingerprints = fingerprints
+        self._declared = {(d.target, d.name): d for d in desired}
+        self._diffs: dict[int, tuple[DesiredInstance, LiveInstance, tuple[FieldDiff, ...]]] = {}
+
+    def see(self, target: str, page: Iterable[LiveInstance]) -> None:
+        """Compare the instances of one page that a declared instance may be matched to."""
+        fp = self._fingerprints.get(target)
+        for live in page:
+            desired = self._declared.get((target, live.name))
+            if desired is None or fp is None or live.configuration is None or not live.owned_by(self._stack):
+                continue
+            schema = self._registry.get(desired.element)
+            if schema is not None and element_matches(schema, live.element):
+                self._diffs[id(live)] = (desired, live, tuple(diff_instance(desired, live, schema, fp)))
+
+    def get(self, desired: DesiredInstance, live: LiveInstance) -> tuple[FieldDiff, ...] | None:
+        entry = self._diffs.get(id(live))
+        return entry[2] if entry is not None and entry[0] is desired and entry[1] is live else None
+
+
+def make_plan(
+    stack: str,
+    desired: Iterable[DesiredInstance],
+    live_by_target: Mapping[str, list[LiveInstance]],
+    registry: ElementRegistry,
+    fingerprints: Mapping[str, FingerprintContext],
+    options: PlanOptions = PlanOptions(),
+    early: EarlyDiffs | None = None,
+) -> Plan:
+    """Compare desired with live, target by target, and decide what to do with each instance."""
+    desired = list(desired)
+    if options.prune and not desired and not options.force and not options.destroy:
+        raise UserError(
+            "--prune with a manifest that declares no instance would delete every instance of the stack",
+            hint="declare the instances to keep, use destroy, or add --force if this is intended",
+        )
+    left_out = 0
+    selection = options.selection
+    if selection.active:
+        desired, live_by_target, left_out = restrict(selection, desired, live_by_target, _aliases(registry))
+    changes: list[Change] = []
+    by_target: dict[str, list[DesiredInstance]] = {}
+    for instance in desired:
+        by_target.setdefault(instance.target, []).append(instance)
+    for target in sorted(set(by_target) | set(live_by_target)):
+        changes.extend(
+            _plan_target(
+                stack,
+                target,
+                by_target.get(target, []),
+                live_by_target.get(target, []),
+                registry,
+                fingerprints.get(target),
+                options,
+                early,
+            )
+        )
+    return Plan(stack, tuple(changes), options, left_out)
+
+
+def _aliases(registry: ElementRegistry) -> dict[str | None, frozenset[str]]:
+    """For each element key the API may report, the declared element keys it stands for."""
+    found: dict[str | None, set[str]] = {}
+    for key in registry.keys():
+        schema = registry.get(key)
+        for reported in (key, *(schema.reported_keys if schema is not None else ())):
+            found.setdefault(reported, set()).add(key)
+    return {k: frozenset(v) for k, v in found.items()}
+
+
+def _plan_target(
+    stack: str,
+    target: str,
+    desired: list[DesiredInstance],
+    live: list[LiveInstance],
+    registry: ElementRegistry,
+    fp: FingerprintContext | None,
+    options: PlanOptions,
+    early: EarlyDiffs | None,
+) -> list[Change]:
+    owned: dict[str, list[LiveInstance]] = {}
+    unmanaged: dict[str, list[LiveInstance]] = {}
+    for item in live:
+        if item.owned_by(stack):
+            owned.setdefault(item.name, []).append(item)
+        elif is_unmanaged(item.tags):  # another stack's instances are invisible here
+            unmanaged.setdefault(item.name, []).append(item)
+    changes: list[Change] = []
+    declared = {d.name for d in desired}
+    claimed: set[str] = set()  # old names an instance is renamed from
+    for instance in [] if options.destroy else desired:
+        matches = sorted(owned.get(instance.name, []), key=lambda i: i.age_key)
+        if matches:
+            changes.append(_compare(instance, matches[0], registry, fp, options, early))
+            changes.extend(_duplicates(matches, target, options))
+            continue
+        old = next((n for n in instance.previous_names if n in owned and n not in declared), None)
+        if old is not None:
+            claimed.add(old)
+            matches = sorted(owned[old], key=lambda i: i.age_key)
+            changes.append(_rename(instance, matches[0], registry, fp, options))
+            changes.extend(_duplicates(matches, target, options))
+        elif instance.name in unmanaged or instance.adopt is not None:
+            namesakes = sorted(unmanaged.get(instance.name, []), key=lambda i: i.age_key)
+            changes.append(_unmanaged(stack, instance, namesakes, registry, fp, options))
+        else:
+            changes.append(
+                Change(
+                    Action.CREATE,
+                    instance.name,
+                    target,
+                    instance.element,
+                    "declared, not found",
+                    _create_diff(instance),
+                    desired=instance,
+                )
+            )
+    if options.destroy:
+        declared = set()
+    for name in sorted(set(owned) - declared - claimed):
+        for extra in sorted(owned[name], key=lambda i: i.age_key):
+            changes.append(_undeclared(extra, target, options))
+    return changes
+
+
+def _unmanaged(
+    stack: str,
+    instance: DesiredInstance,
+    namesakes: list[LiveInstance],
+    registry: ElementRegistry,
+    fp: FingerprintContext | None,
+    options: PlanOptions,
+) -> Change:
+    """A declared name held by unmanaged instance(s): a conflict, or with --adopt, one adopt action."""
+    chosen = _adoptable(instance, namesakes)
+    if isinstance(chosen, str):
+        return _conflict(instance, namesakes[0] if namesakes else None, chosen)
+    if not options.adopt:
+        return _conflict(
+            instance,
+            chosen,
+            (
+                f"an instance named {instance.name!r} (id {chosen.id}) exists without the marker of stack {stack!r} "
+                "(unmanaged: it has no provisioner:stack= tag); provisioner never touches instances it does not own. "
+                f"To take it over, keeping its id and token, run plan/apply with --adopt"
+            ),
+        )
+    return _adopt(instance, chosen, registry, fp)
+
+
+def _adoptable(instance: DesiredInstance, namesakes: list[LiveInstance]) -> LiveInstance | str:
+    """The one unmanaged instance to take over, or why there is none."""
+    ids = ", ".join(str(i.id) for i in namesakes)
+    if instance.adopt is not None:
+        wanted = [i for i in namesakes if str(i.id) == str(instance.adopt)]
+        if wanted:
+            return wanted[0]
+        return (
+            f"adopt: {instance.adopt} names no unmanaged instance called {instance.name!r}"
+            + (f" (unmanaged namesakes: id {ids})" if namesakes else "")
+            + "; fix the id, or remove adopt: to create a new instance"
+        )
+    if len(namesakes) > 1:
+        return (
+            f"{len(namesakes)} unmanaged instances are named {instance.name!r} (ids {ids}); "
+            "declare which one to take over with adopt: <id> on the instance"
+        )
+    return namesakes[0]
+
+
+def _conflict(instance: DesiredInstance, live: LiveInstance | None, reason: str) -> Change:
+    return Change(
+        Action.CONFLICT,
+        instance.name,
+        instance.target,
+        instance.element,
+        reason,
+        id=live.id if live is not None else None,
+        desired=instance,
+        live=live,
+    )
+
+
+def _adopt(
+    instance: DesiredInstance, live: LiveInstance, registry: ElementRegistry, fp: FingerprintContext | None
+) -> Change:
+    """Take over an unmanaged instance: one PATCH adds the marker and fingerprints and sets the declared
+    configuration. Secret values come back masked, so they are not compared (and always sent); neither is
+    any other value the API masks."""
+    schema = registry.get(instance.element)
+    assert schema is not None and fp is not None
+    if not element_matches(schema, live.element):
+        return _conflict(
+            instance,
+            live,
+            f"unmanaged instance id {live.id} named {instance.name!r} is of element "
+            f"{live.element}, not {instance.element}; it cannot be adopted",
+        )
+    diffs = tuple(d for d in diff_instance(instance, live, schema, fp) if not d.sensitive and d.old != MASK)
+    secrets = sorted(k for k in schema.secret_keys if instance.configuration.get(k) is not None)
+    reason = (
+        f"unmanaged instance id {live.id} is taken over: the stack's marker and fingerprints are added, "
+        "its id and token are kept"
+    )
+    if secrets:
+        reason += f"; secret values ({', '.join(secrets)}) cannot be read back and are sent as declared"
+    return Change(
+        Action.ADOPT,
+        instance.name,
+        instance.target,
+        instance.element,
+        reason,
+        diffs,
+        id=live.id,
+        method="PATCH",
+        desired=instance,
+        live=live,
+    )
+
+
+def _compare(
+    instance: DesiredInstance,
+    live: LiveInstance,
+    registry: ElementRegistry,
+    fp: FingerprintContext | None,
+    options: PlanOptions,
+    early: EarlyDiffs | None = None,
+) -> Change:
+    schema = registry.get(instance.element)
+    assert schema is not None and fp is not None  # validation guarantees the element; apply gives fp
+    common = {
+        "name": instance.name,
+        "target": instance.target,
+        "element": instance.element,
+        "id": live.id,
+        "desired": instance,
+        "live": live,
+    }
+    if not element_matches(schema, live.element):
+        diff = (FieldDiff(DiffOp.CHANGE, "element", live.element, instance.element),)
+        if options.allow_replace and is_protected(live, instance, options.allow_destroy):
+            what = f"replacing it (element {live.element} -> {instance.element})"
+            return Change(Action.PROTECTED, reason=refusal(what), diff=diff, **common)
+        if options.allow_replace:
+            return Change(
+                Action.REPLACE,
+                reason=f"element changes from {live.element} to {instance.element} "
+                "(the application's token will change)",
+                diff=diff,
+                **common,
+            )
+        return Change(
+            Action.CONFLICT,
+            reason=f"element changes from {live.element} to {instance.element}, which needs "
+            "a replace (and a new token); run with --allow-replace to allow it",
+            diff=diff,
+            **common,
+        )
+    diffs = early.get(instance, live) if early is not None else None
+    if diffs is None:
+        diffs = tuple(diff_instance(instance, live, schema, fp))
+    if not diffs:
+        return Change(Action.NOOP, reason="up to date", **common)
+    if any(d.path.startswith("configuration.") for d in diffs):
+        return Change(Action.UPDATE, reason="configuration differs", diff=diffs, method="PUT", **common)
+    return Change(Action.UPDATE, reason="tags differ", diff=diffs, method="PATCH", **common)
+
+
+def _rename(
+    instance: DesiredInstance,
+    live: LiveInstance,
+    registry: ElementRegistry,
+    fp: FingerprintContext | None,
+    options: PlanOptions,
+) -> Change:
+    """The instance under its old name is renamed in place: compared as if it kept the old name (so
+    its fingerprints still match), then the new name is one more field to change."""
+    compared = _compare(replace(instance, name=live.name), live, registry, fp, options)
+    moved = replace(compared, name=instance.name, desired=instance)
+    if compared.action not in (Action.NOOP, Action.UPDATE):
+        return replace(moved, reason=f"{compared.reason} (declared as {instance.name!r}, was {live.name!r})")
+    diff = (FieldDiff(DiffOp.CHANGE, "name", live.name, instance.name), *compared.diff)
+    config = any(d.path.startswith("configuration.") for d in compared.diff)
+    what = "; configuration differs" if config else "; tags differ" if compared.diff else ""
+    return replace(
+        moved,
+        action=Action.RENAME,
+        diff=diff,
+        method="PUT" if config else "PATCH",
+        reason=f"renamed from {live.name!r} (id and token kept){what}",
+    )
+
+
+def _duplicates(matches: list[LiveInstance], target: str, options: PlanOptions) -> list[Change]:
+    """Extra copies of a declared instance (left by a crash or another tool) are the same instance
+    by identity: the oldest is kept, and its token is the one delivered; the others are deleted, so
+    an interrupted run always converges to exactly one copy (unless a copy is protected)."""
+    keep = matches[0]
+    changes = []
+    for extra in matches[1:]:
+        common = {
+            "name": extra.name,
+            "target": target,
+            "element": extra.element,
+            "id": extra.id,
+            "live": extra,
+            "warning": f"duplicate instance id {extra.id} of id {keep.id}",
+        }
+        if is_protected(extra, None, options.allow_destroy):
+            changes.append(Change(Action.PROTECTED, reason=refusal(f"deleting duplicate of id {keep.id}"), **common))
+        else:
+            changes.append(Change(Action.DELETE, reason=f"duplicate of id {keep.id} (the oldest is kept)", **common))
+    return changes
+
+
+def _undeclared(instance: LiveInstance, target: str, options: PlanOptions) -> Change:
+    common = {"name": instance.name, "target": target, "element": instance.element, "id": instance.id, "live": instance}
+    if (options.destroy or options.prune) and is_protected(instance, None, options.allow_destroy):
+        what = "destroy" if options.destroy else "--prune (no longer declared)"
+        return Change(Action.PROTECTED, reason=refusal(f"deleting it by {what}"), **common)
+    if options.destroy:
+        return Change(Action.DELETE, reason="destroy deletes every instance the stack owns", **common)
+    if options.prune:
+        return Change(Action.DELETE, reason="owned by the stack, no longer declared", **common)
+    return Change(
+        Action.NOOP,
+        reason="owned by the stack but no longer declared; --prune deletes it",
+        warning="owned but not declared (use --prune to delete it)",
+        **common,
+    )
+
+
+def _create_diff(instance: DesiredInstance) -> tuple[FieldDiff, ...]:
+    diffs = [FieldDiff(DiffOp.ADD, "element", None, instance.element)]
+    if instance.tags is not None:
+        diffs.append(FieldDiff(DiffOp.ADD, "tags", None, list(instance.tags)))
+    if instance.protect:
+        diffs.append(FieldDiff(DiffOp.ADD, "protect", None, True))
+    for key in sorted(instance.configuration):
+        value = instance.configuration[key]
+        secret = isinstance(value, Secret)
+        diffs.append(FieldDiff(DiffOp.ADD, f"configuration.{key}", None, SENSITIVE if secret else value, secret))
+    return tuple(diffs)

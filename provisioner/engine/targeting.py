@@ -1,0 +1,100 @@
+"""``--target`` and ``--exclude``: restrict a plan to some of the declared instances.
+
+A pattern is a name glob (``crm-*``), ``element=KEY`` or ``tag=T``. An instance is selected when it
+matches at least one ``--target`` (or there is none) and no ``--exclude``. Declared instances are
+matched on what the manifest declares; owned instances the manifest no longer declares are matched
+on what the server holds, so ``--prune`` deletes only those that match, and the live copies of a
+declared instance that is left out (its extra copies, its old names) are never touched.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import UserError
+from ..ownership import user_tags
+
+_KINDS = ("element", "tag")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    kind: str  # "name", "element" or "tag"
+    value: str
+
+    def matches(
+        self, name: str, element: str | None, tags: Iterable[str], aliases: frozenset[str] = frozenset()
+    ) -> bool:
+        if self.kind == "element":
+            return element == self.value or self.value in aliases
+        if self.kind == "tag":
+            return self.value in tags
+        return fnmatch.fnmatchcase(name, self.value)
+
+
+def parse(text: str, option: str) -> Pattern:
+    """One ``--target``/``--exclude`` value; a ``KEY=VALUE`` with an unknown key is an error."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        if not text.strip():
+            raise UserError(f"{option} needs a pattern", hint="a name glob (crm-*), element=KEY or tag=T")
+        return Pattern("name", text)
+    if key not in _KINDS or not value:
+        raise UserError(f"{option} {text!r} is not a pattern", hint="use a name glob (crm-*), element=KEY or tag=T")
+    return Pattern(key, value)
+
+
+@dataclass(frozen=True)
+class Selection:
+    targets: tuple[Pattern, ...] = ()
+    excludes: tuple[Pattern, ...] = ()
+
+    @classmethod
+    def of(cls, targets: Iterable[str], excludes: Iterable[str]) -> Selection:
+        return cls(tuple(parse(t, "--target") for t in targets), tuple(parse(e, "--exclude") for e in excludes))
+
+    @property
+    def active(self) -> bool:
+        return bool(self.targets or self.excludes)
+
+    def _selects(self, name: str, element: str | None, tags: Iterable[str], aliases: frozenset[str]) -> bool:
+        tags = list(tags)
+        if self.targets and not any(p.matches(name, element, tags, aliases) for p in self.targets):
+            return False
+        return not any(p.matches(name, element, tags, aliases) for p in self.excludes)
+
+    def selects_desired(self, desired: Any) -> bool:
+        return self._selects(desired.name, desired.element, desired.tags or (), frozenset())
+
+    def selects_live(self, live: Any, aliases: frozenset[str] = frozenset()) -> bool:
+        return self._selects(live.name, live.element, user_tags(live.tags), aliases)
+
+
+def restrict(
+    selection: Selection,
+    desired: list[Any],
+    live_by_target: Mapping[str, list[Any]],
+    aliases: Mapping[str | None, frozenset[str]],
+) -> tuple[list[Any], dict[str, list[Any]], int]:
+    """The selected declared instances, the live instances the plan may see, and how many declared
+    instances were left out. Live instances under a left-out declared name (or old name) are dropped;
+    other undeclared ones are kept only when they match the selection themselves."""
+    chosen = [d for d in desired if selection.selects_desired(d)]
+    kept_names = _names(chosen)
+    left_names = _names([d for d in desired if not selection.selects_desired(d)])
+    live: dict[str, list[Any]] = {}
+    for target, instances in live_by_target.items():
+        live[target] = [
+            i
+            for i in instances
+            if (target, i.name) in kept_names
+            or ((target, i.name) not in left_names and selection.selects_live(i, aliases.get(i.element, frozenset())))
+        ]
+    return chosen, live, len(desired) - len(chosen)
+
+
+def _names(desired: Iterable[Any]) -> set[tuple[str, str]]:
+    return {(d.target, n) for d in desired for n in (d.name, *d.previous_names)}

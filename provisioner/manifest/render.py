@@ -1,0 +1,709 @@
+"""Render manifest values and template files with Jinja, sandboxed and strict.
+
+In scope: ``env`` (the process environment), ``inputs`` and, inside a forEach, ``item``.
+
+* Undefined variables are errors that name what is missing (``environment variable CW_PASSWORD is
+  not set``); values are never printed.
+* A value that is a single expression keeps its type: ``"{{ inputs.tagging }}"`` with
+  ``tagging: false`` gives the boolean ``false``.
+* Data is never rendered twice. For template files, every ``{{ ... }}`` output is first replaced
+  by a random placeholder, the text is parsed as YAML, and the real values are put back into the
+  parsed structure. A password containing quotes, newlines or ``{{ 7*7 }}`` therefore reaches the
+  API byte for byte and can never change the structure of the body.
+* The sandbox refuses unsafe attribute access (``''.__class__``); template files are loaded only
+  from inside the manifest's directory.
+
+Compiled templates and expressions are cached by their source: a forEach over 10,000 items
+compiles each distinct string once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import secrets
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+from ..errors import Location, Problem
+from .yamlload import DEFAULT_MAX_BYTES, FileRefused, YDict, YList, decode_text, load_yaml, read_capped
+
+_SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
+_HAS_JINJA = ("{{", "{%", "{#")
+_PATH = r"(env|inputs|item)((?:\.[A-Za-z_][A-Za-z0-9_]*)*)"
+_PATH_OUTPUT = re.compile(r"\{\{\s*" + _PATH + r"\s*\}\}")
+_MISSING = object()
+
+
+RENDER_SECONDS = 2.0  # wall-clock budget of one rendering (one value, or one template file)
+MAX_POWER_BITS = 14_000  # ** and * on integers: refuse results past this many bits (4,300 digits: what Python prints)
+
+
+class BudgetExceeded(Exception):
+    """A rendering ran past its time or size budget (a runaway loop, a huge repetition).
+    ``lineno`` is the template line being rendered when it was found (as Jinja's errors have)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.lineno = _template_line_now()
+
+
+class _Budget:
+    """The budget of the rendering in progress on this thread: a deadline and an output size."""
+
+    _local = threading.local()
+
+    def __init__(self, seconds: float, max_bytes: int):
+        self.deadline = time.monotonic() + seconds
+        self.seconds = seconds
+        self.max_bytes = max_bytes
+
+    def __enter__(self) -> _Budget:
+        self._outer = getattr(self._local, "current", None)
+        self._local.current = self
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._local.current = self._outer
+
+    @classmethod
+    def check(cls) -> None:
+        budget = getattr(cls._local, "current", None)
+        if budget is not None and time.monotonic() > budget.deadline:
+            raise BudgetExceeded(f"rendering took longer than {budget.seconds:g} s")
+
+    @classmethod
+    def max_size(cls) -> int:
+        budget = getattr(cls._local, "current", None)
+        return budget.max_bytes if budget is not None else DEFAULT_MAX_BYTES
+
+
+class _BudgetedSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox, with a budget checked where rendering spends time.
+
+    Every loop's iterable is produced by an attribute or item lookup or a call (``range``), so
+    checking the deadline in ``getattr``, ``getitem`` and ``call`` bounds a loop nest's runaway time
+    by its innermost loop (``range`` gives at most 100,000 items). ``*`` and ``**`` are intercepted
+    (Jinja's documented ``intercepted_binops``) so a repetition or a power cannot build a huge value
+    in one step."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _Budget.check()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _Budget.check()
+        return super().getitem(obj, argument)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - Jinja's signature
+        _Budget.check()
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _check_binop(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+
+def _check_binop(operator: str, left: Any, right: Any) -> None:
+    _Budget.check()
+    ints = isinstance(left, int) and isinstance(right, int)
+    if operator == "**" and ints and right > 0 and abs(left) > 1 and right * abs(left).bit_length() > MAX_POWER_BITS:
+        raise BudgetExceeded(f"the power {left} ** {right} is too large")
+    if operator == "*":
+        if ints and left.bit_length() + right.bit_length() > MAX_POWER_BITS:
+            raise BudgetExceeded("the product of these numbers is too large")
+        for seq, count in ((left, right), (right, left)):
+            if isinstance(seq, (str, list, tuple)) and isinstance(count, int) and len(seq) * count > _Budget.max_size():
+                raise BudgetExceeded(f"repeating a value {count} times makes it larger than {_Budget.max_size()} bytes")
+
+
+def _generate_capped(template: jinja2.Template, scope: dict[str, Any]) -> str:
+    """Render through Jinja's streaming API, refusing output past the size budget."""
+    limit = _Budget.max_size()
+    parts: list[str] = []
+    size = 0
+    for chunk in template.generate(scope):
+        size += len(chunk)
+        if size > limit:
+            raise BudgetExceeded(f"the output is larger than {limit} bytes")
+        parts.append(chunk)
+        if len(parts) % 4096 == 0:
+            _Budget.check()
+    return "".join(parts)
+
+
+class RenderError(Exception):
+    """A value or template could not be rendered; carries the problem to report."""
+
+    def __init__(self, problem: Problem):
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+class EnvMapping(Mapping):
+    """The process environment as seen by templates. A missing variable is a named error."""
+
+    def __init__(self, environ: Mapping[str, str]):
+        self._environ = dict(environ)
+
+    def __getitem__(self, key: str) -> str:
+        return self._environ[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._environ)
+
+    def __len__(self) -> int:
+        return len(self._environ)
+
+    def __repr__(self) -> str:  # never list the values
+        return f"<environment: {len(self._environ)} variables>"
+
+
+class _Undefined(jinja2.StrictUndefined):
+    """StrictUndefined whose message says which environment variable or input is missing."""
+
+    __slots__ = ()
+
+    @property
+    def _undefined_message(self) -> str:
+        obj, name = self._undefined_obj, self._undefined_name
+        if self._undefined_hint:  # the sandbox's own explanation of a refused access
+            return self._undefined_hint
+        if isinstance(obj, EnvMapping):
+            return f"environment variable {name} is not set"
+        if isinstance(obj, Mapping) and name is not None:
+            keys = sorted(map(str, obj))
+            close = difflib.get_close_matches(str(name), keys, n=1, cutoff=0.6)
+            more = f"did you mean {close[0]!r}?" if close else f"keys there: {', '.join(keys[:10]) or 'none'}"
+            return f"key {name!r} is not defined ({more})"
+        if obj is not jinja2.utils.missing and name is not None:
+            return f"{type(obj).__name__} has no attribute {name!r}"
+        if name is not None:
+            return f"{name!r} is undefined"
+        return super()._undefined_message
+
+
+class _ConfinedLoader(jinja2.BaseLoader):
+    """Loads template files only from inside one directory (symlinks resolved), as UTF-8 text."""
+
+    def __init__(self, root: str, max_bytes: int):
+        self.root = os.path.realpath(root)
+        self.max_bytes = max_bytes
+
+    def resolve(self, name: str) -> str:
+        path = os.path.realpath(os.path.join(self.root, name))
+        if os.path.isabs(name) or os.path.commonpath([path, self.root]) != self.root:
+            raise TemplateOutside(name)
+        return path
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        path = self.resolve(template)
+        if not os.path.lexists(path):
+            raise jinja2.TemplateNotFound(template)
+        try:
+            raw = read_capped(path, self.max_bytes)
+        except FileRefused as exc:
+            raise TemplateRefused(template, exc) from None
+        text, problems = decode_text(raw, template)
+        if text is None:
+            raise RenderError(problems[0])
+        mtime = os.path.getmtime(path)
+        return text, template, lambda: os.path.getmtime(path) == mtime
+
+
+class TemplateOutside(Exception):
+    pass
+
+
+class TemplateRefused(Exception):
+    """A template file that cannot be read (not a regular file, over the size cap)."""
+
+    def __init__(self, name: str, cause: FileRefused):
+        super().__init__(cause.message)
+        self.name = name
+        self.cause = cause
+
+
+@jinja2.pass_context
+def _placeholder_finalize(context: jinja2.runtime.Context, value: Any) -> Any:
+    """In template files, each output becomes a placeholder; the value is kept aside, with the
+    template line it came from (so that an error can show the user's text, never a placeholder)."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    _Budget.check()
+    collector = context.get("__provisioner_values")
+    if collector is None:
+        return value
+    collector.append(value)
+    context.get("__provisioner_lines").append(_template_line_now())
+    return f"{context.get('__provisioner_nonce')}{len(collector) - 1}_"
+
+
+def _template_line_now() -> int | None:
+    """The template line being rendered, read the way Jinja's own tracebacks are (from the frame of
+    the compiled template)."""
+    frame: Any = sys._getframe(1)
+    while frame is not None:
+        template = frame.f_globals.get("__jinja_template__")
+        if template is not None:
+            return template.get_corresponding_lineno(frame.f_lineno)
+        frame = frame.f_back
+    return None
+
+
+class Renderer:
+    """Renders inline manifest values and template files for one manifest."""
+
+    def __init__(
+        self,
+        base_dir: str,
+        environ: Mapping[str, str],
+        inputs: Mapping[str, Any],
+        max_file_bytes: int = DEFAULT_MAX_BYTES,
+    ):
+        self.base_dir = base_dir
+        self.max_file_bytes = max_file_bytes
+        self.env = EnvMapping(environ)
+        self.inputs = inputs
+        self._jinja = _BudgetedSandbox(
+            undefined=_Undefined,
+            autoescape=False,
+            keep_trailing_newline=True,
+            loader=_ConfinedLoader(base_dir, max_file_bytes),
+            finalize=_placeholder_finalize,
+        )
+        self._templates: dict[str, Any] = {}
+        self._expressions: dict[str, Any] = {}
+        self._fast: dict[str, tuple[str, Any]] = {}  # per string: how to render it (see _fast_plan)
+        self._scrub_values: list[str] | None = None
+        self._invariant: dict[str, Any] = {}
+        self._exhausted: dict[str, Problem] = {}  # sources that ran out of budget once: fail at once
+
+    def context(self, item: Any = jinja2.utils.missing) -> dict[str, Any]:
+        scope = {"env": self.env, "inputs": self.inputs}
+        if item is not jinja2.utils.missing:
+            scope["item"] = item
+        return scope
+
+    # -- inline values -------------------------------------------------------------------------
+
+    def value(self, raw: Any, scope: dict[str, Any], where: Location) -> Any:
+        """Render one manifest value: strings are templates, containers are rendered item by item."""
+        if isinstance(raw, str):
+            return self._string(raw, scope, where)
+        if isinstance(raw, dict):
+            return {key: self.value(v, scope, where) for key, v in raw.items()}
+        if isinstance(raw, list):
+            return [self.value(v, scope, where) for v in raw]
+        return raw
+
+    def scrub(self, problem: Problem) -> Problem:
+        """Hide environment values in a rendering problem: an expression like
+        ``inputs.map[env.PASSWORD]`` would otherwise echo a secret as the missing key."""
+        message = problem.message
+        for value in self._env_values():
+            if value in message:
+                message = message.replace(value, "(value from the environment)")
+        return problem if message == problem.message else Problem(message, problem.location, problem.hint)
+
+    def _env_values(self) -> list[str]:
+        if self._scrub_values is None:
+            names = set(self.env)
+            self._scrub_values = sorted(
+                {v for v in self.env.values() if len(v) >= 4 and v not in names}, key=len, reverse=True
+            )
+        return self._scrub_values
+
+    def _string(self, raw: str, scope: dict[str, Any], where: Location) -> Any:
+        plan = self._fast.get(raw)
+        if plan is None:
+            plan = self._fast[raw] = _fast_plan(raw)
+        kind, data = plan
+        if kind is _TEXT:
+            return raw
+        if kind is not _JINJA:
+            value = _resolve(scope, data) if kind is _PATH else _concat(scope, data)
+            if value is not _MISSING:
+                return value
+        if "item" not in raw:  # env and inputs are fixed for the run: same text, same value
+            cached = self._invariant.get(raw, _MISSING)
+            if cached is _MISSING:
+                cached = self._render_string(raw, scope, where)
+                self._invariant[raw] = cached
+            return cached
+        return self._render_string(raw, scope, where)
+
+    def _render_string(self, raw: str, scope: dict[str, Any], where: Location) -> Any:
+        known = self._exhausted.get(raw)
+        if known is not None:
+            raise RenderError(Problem(known.message, where, known.hint))
+        match = _SINGLE_EXPRESSION.match(raw)
+        try:
+            with _Budget(RENDER_SECONDS, self.max_file_bytes):
+                if match and "{{" not in match["expr"] and "}}" not in match["expr"]:
+                    result = self._expression(match["expr"])(**scope)
+                    if isinstance(result, jinja2.Undefined):
+                        result._fail_with_undefined_error()
+                    return result
+                return _generate_capped(self._template(raw), scope)
+        except RenderError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every Jinja failure becomes a located problem
+            problem = self.scrub(_problem_from(exc, where, raw))
+            if isinstance(exc, BudgetExceeded):
+                self._exhausted[raw] = problem
+            raise RenderError(problem) from None
+
+    def _expression(self, source: str) -> Any:
+        compiled = self._expressions.get(source)
+        if compiled is None:
+            compiled = self._jinja.compile_expression(source, undefined_to_none=False)
+            self._expressions[source] = compiled
+        return compiled
+
+    def _template(self, source: str) -> jinja2.Template:
+        compiled = self._templates.get(source)
+        if compiled is None:
+            compiled = self._jinja.from_string(source)
+            self._templates[source] = compiled
+        return compiled
+
+    # -- template files ------------------------------------------------------------------------
+
+    def template_file(self, name: str, scope: dict[str, Any], where: Location) -> dict:
+        """Render a template file into a mapping; values are substituted after YAML parsing."""
+        known = self._exhausted.get("file:" + name)
+        if known is not None:
+            at = Location(where.file, where.line, name, known.location.template_line, where.instance)
+            raise RenderError(Problem(known.message, at, known.hint))
+        template = self._load_file(name, where)
+        nonce = f"__pv{secrets.token_hex(6)}_"
+        collected: list[Any] = []
+        lines: list[int | None] = []
+        try:
+            with _Budget(RENDER_SECONDS, self.max_file_bytes):
+                text = _generate_capped(
+                    template,
+                    {
+                        **scope,
+                        "__provisioner_values": collected,
+                        "__provisioner_lines": lines,
+                        "__provisioner_nonce": nonce,
+                    },
+                )
+        except RenderError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            problem = self.scrub(_problem_from(exc, where, None, template=name))
+            if isinstance(exc, BudgetExceeded):
+                self._exhausted["file:" + name] = problem
+            raise RenderError(problem) from None
+        outputs = _Outputs(nonce, template, lines)
+        loaded = load_yaml(text, name)
+        if loaded.problems:
+            first = loaded.problems[0]
+            raise RenderError(
+                Problem(
+                    "template output is not valid YAML: "
+                    + outputs.described(first.message.removeprefix("not valid YAML: "))
+                    + outputs.quote_line(text, first.location.line),
+                    Location(
+                        where.file, where.line, name, outputs.template_line(text, first.location.line), where.instance
+                    ),
+                    "quote the value around this line, or emit structured values with a single {{ expression }}",
+                )
+            )
+        try:
+            data = _substitute(loaded.data, nonce, collected)
+        except _BadKey as exc:
+            raise RenderError(
+                Problem(
+                    f"key {outputs.described(str(exc.key))!r} {exc.reason}",
+                    Location(
+                        where.file,
+                        where.line,
+                        name,
+                        outputs.template_line(text, _line_of_text(text, exc.key)),
+                        where.instance,
+                    ),
+                    "give each key of a mapping a distinct name",
+                )
+            ) from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise RenderError(
+                Problem(
+                    f"template must render a YAML mapping, got {type(data).__name__}",
+                    Location(where.file, where.line, name, None, where.instance),
+                    "render keys such as configuration: and tags:",
+                )
+            )
+        return data
+
+    def _load_file(self, name: str, where: Location) -> jinja2.Template:
+        cached = self._templates.get("file:" + name)
+        if cached is not None:
+            return cached
+        try:
+            template = self._jinja.get_template(name)
+        except TemplateOutside:
+            raise RenderError(
+                Problem(
+                    f"template path {name!r} is outside the manifest's directory",
+                    where,
+                    "templates must live in the manifest's directory or below it",
+                )
+            ) from None
+        except jinja2.TemplateNotFound:
+            raise RenderError(
+                Problem(f"template file {name!r} not found", where, "paths are relative to the manifest's directory")
+            ) from None
+        except TemplateRefused as exc:
+            raise RenderError(Problem(f"template file {name!r}: {exc.cause.message}", where, exc.cause.hint)) from None
+        except jinja2.TemplateSyntaxError as exc:
+            raise RenderError(
+                Problem(
+                    f"template syntax error: {exc.message}",
+                    Location(where.file, where.line, name, exc.lineno, where.instance),
+                    _syntax_hint(exc.message),
+                )
+            ) from None
+        self._templates["file:" + name] = template
+        return template
+
+
+class _Outputs:
+    """Maps the placeholders of a rendered template file back to the user's own text: each
+    ``{{ ... }}`` output of the template, found on the template line it was rendered from."""
+
+    def __init__(self, nonce: str, template: jinja2.Template, lines: list[int | None]):
+        self.pattern = re.compile(re.escape(nonce) + r"(\d+)_")
+        self.lines = lines
+        self.source = _template_source(template)
+
+    def expression(self, index: int) -> str:
+        line = self.lines[index] if 0 <= index < len(self.lines) else None
+        text = self.source[line - 1] if line and 0 < line <= len(self.source) else ""
+        found = re.findall(r"\{\{.*?\}\}", text)
+        if not found:
+            return "{{ ... }}"
+        earlier = sum(1 for other in self.lines[:index] if other == line)  # outputs of this line before it
+        return found[earlier % len(found)]
+
+    def described(self, message: str) -> str:
+        return self.pattern.sub(lambda m: self.expression(int(m[1])), message)
+
+    def quote_line(self, text: str, line: int | None) -> str:
+        """The offending rendered line in the user's terms (outputs shown as their expressions)."""
+        rendered = text.splitlines()
+        if not line or not 0 < line <= len(rendered):
+            return ""
+        shown = self.described(rendered[line - 1]).strip()
+        return f" (in: {shown[:120]!r})" if shown else ""
+
+    def template_line(self, text: str, line: int | None) -> int | None:
+        """The template line of a rendered line: the line of an output rendered on it if any,
+        else the same number (true for a template without loops)."""
+        rendered = text.splitlines()
+        if line and 0 < line <= len(rendered):
+            match = self.pattern.search(rendered[line - 1])
+            if match and self.lines[int(match[1])]:
+                return self.lines[int(match[1])]
+        return line
+
+
+def _line_of_text(text: str, needle: Any) -> int | None:
+    """The line of the first occurrence of ``needle`` in ``text`` (1-based), if any."""
+    index = text.find(str(needle))
+    return text.count("\n", 0, index) + 1 if index >= 0 else None
+
+
+def _template_source(template: jinja2.Template) -> list[str]:
+    loader = template.environment.loader
+    try:
+        source = loader.get_source(template.environment, template.name)[0] if loader and template.name else ""
+    except Exception:  # noqa: BLE001 - only for messages
+        source = ""
+    return source.splitlines()
+
+
+def _fast_segments(raw: str) -> list | None:
+    """Literal text and (root, key, key...) paths, or None if the string needs real Jinja."""
+    segments: list = []
+    position = 0
+    for match in _PATH_OUTPUT.finditer(raw):
+        segments.append(raw[position : match.start()])
+        segments.append((match[1], *[k for k in match[2].split(".") if k]))
+        position = match.end()
+    segments.append(raw[position:])
+    literal = "".join(s for s in segments if isinstance(s, str))
+    if any(marker in literal for marker in _HAS_JINJA) or "}}" in literal or "%}" in literal:
+        return None
+    return [s for s in segments if s != ""]
+
+
+_TEXT, _PATH, _CONCAT, _JINJA = "text", "path", "concat", "jinja"
+
+
+def _fast_plan(raw: str) -> tuple[str, Any]:
+    """How to render one string, decided once per distinct string. Text without Jinja is itself;
+    text and ``{{ name.key.key }}`` outputs over mappings are resolved without Jinja (a forEach over
+    10,000 items renders mostly these): a single expression keeps its type (_PATH), several are
+    joined as text (_CONCAT). Anything else, or a key that turns out missing, goes through Jinja,
+    which gives the same result and the errors."""
+    if not any(marker in raw for marker in _HAS_JINJA):
+        return _TEXT, None
+    segments = _fast_segments(raw)
+    if segments is None:
+        return _JINJA, None
+    paths = [segment for segment in segments if isinstance(segment, tuple)]
+    if len(paths) == 1 and all(isinstance(x, tuple) or not x.strip() for x in segments):
+        return _PATH, paths[0]
+    return _CONCAT, segments
+
+
+def _concat(scope: dict[str, Any], segments: list) -> Any:
+    parts = []
+    for segment in segments:
+        if isinstance(segment, tuple):
+            value = _resolve(scope, segment)
+            if value is _MISSING:
+                return _MISSING
+            parts.append(str(value))
+        else:
+            parts.append(segment)
+    return "".join(parts)
+
+
+def _resolve(scope: dict[str, Any], path: tuple) -> Any:
+    """Follow a key path through mappings exactly as Jinja would, or return _MISSING."""
+    value = scope.get(path[0], _MISSING)
+    for key in path[1:]:
+        if not isinstance(value, (dict, Mapping)) or key not in value or hasattr(type(value), key):
+            return _MISSING
+        value = value[key]
+    return value
+
+
+def _substitute(data: Any, nonce: str, values: list[Any]) -> Any:
+    """Put the collected values back where their placeholders landed in the parsed YAML."""
+    if isinstance(data, str):
+        if nonce not in data:
+            return data
+        pattern = re.compile(re.escape(nonce) + r"(\d+)_")
+        whole = pattern.fullmatch(data)
+        if whole:
+            return values[int(whole[1])]
+        return pattern.sub(lambda m: _as_text(values[int(m[1])]), data)
+    if isinstance(data, dict):
+        out = YDict()
+        for key, value in data.items():
+            real = _substitute(key, nonce, values)
+            try:
+                seen = real in out
+            except TypeError:  # an unhashable value rendered as a key
+                raise _BadKey(key, "renders to a value that cannot be a key") from None
+            if seen:
+                raise _BadKey(key, "renders to the same key as another key of this mapping")
+            out[real] = _substitute(value, nonce, values)
+        out.line = getattr(data, "line", 0)
+        return out
+    if isinstance(data, list):
+        out_list = YList(_substitute(v, nonce, values) for v in data)
+        out_list.line = getattr(data, "line", 0)
+        return out_list
+    return data
+
+
+class _BadKey(Exception):
+    """A mapping key of a template file that is unusable once its outputs are put back."""
+
+    def __init__(self, key: Any, reason: str):
+        super().__init__(reason)
+        self.key = key
+        self.reason = reason
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _problem_from(exc: Exception, where: Location, raw: str | None, template: str | None = None) -> Problem:
+    """Turn a Jinja failure into a located problem; never include rendered values."""
+    line = _template_line(exc, template) if template else None
+    location = Location(where.file, where.line, template, line, where.instance, where.path) if template else where
+    if isinstance(exc, jinja2.UndefinedError):
+        message = exc.message or "undefined variable"
+        if message.startswith("environment variable"):
+            hint = "set the variable in the environment"
+        elif message == "'item' is undefined":
+            hint = "item is defined only inside an instance with forEach"
+        else:
+            hint = "define it under inputs:, in an --inputs file, or with --set"
+        return Problem(message, location, hint)
+    if isinstance(exc, SecurityError):
+        return Problem(
+            f"unsafe template expression refused: {exc}", location, "templates may only read env, inputs and item"
+        )
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        where_line = Location(location.file, location.line, template, exc.lineno, location.instance, location.path)
+        return Problem(
+            f"template syntax error: {exc.message}",
+            where_line if template else location,
+            _syntax_hint(exc.message or ""),
+        )
+    if isinstance(exc, TemplateOutside):
+        return Problem(
+            f"template path {str(exc)!r} is outside the manifest's directory",
+            location,
+            "templates may include only files in the manifest's directory or below it",
+        )
+    if isinstance(exc, jinja2.TemplateNotFound):
+        return Problem(
+            f"template file {exc.name!r} not found", location, "paths are relative to the manifest's directory"
+        )
+    if isinstance(exc, RecursionError):
+        return Problem("template recursion is too deep", location)
+    if isinstance(exc, BudgetExceeded):
+        return Problem(
+            f"template exceeds its rendering budget: {exc}",
+            location,
+            "a loop or a repetition in this template runs far too long; keep templates small "
+            "and loop over inputs, not over large ranges",
+        )
+    if isinstance(exc, MemoryError):
+        return Problem(
+            "template exceeds its rendering budget: out of memory",
+            location,
+            "a repetition or a filter in this template builds a value far too large",
+        )
+    return Problem(f"template error: {type(exc).__name__}: {exc}", location, None)
+
+
+def _template_line(exc: Exception, template: str | None) -> int | None:
+    line = getattr(exc, "lineno", None)
+    if line:
+        return line
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if template and frame.filename == template:
+            return frame.lineno
+    return None
+
+
+def _syntax_hint(message: str | None) -> str:
+    if message and any(q in message for q in "\u201c\u201d\u2018\u2019"):
+        return "replace curly quotes with straight ones (\" or ')"
+    return "check the {{ }} and {% %} delimiters and the expression inside"

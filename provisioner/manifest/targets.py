@@ -1,0 +1,113 @@
+"""Resolve the manifest's targets into API endpoints and credentials.
+
+A target is a Cloud Elements environment: a base URL and the user and organization secrets. With no
+``targets:`` the manifest has one target, ``default``, at the US production API with its secrets in
+``CE_USER_SECRET`` and ``CE_ORGANIZATION_SECRET``;
+``CE_API_URL``, when set, replaces the default URL. Credentials are rendered only when a command
+needs the API (never by ``validate``), and only for the targets some instance uses.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..errors import Location, Problem
+from ..secret import Secret
+from .load import DEFAULT_TARGET, DEFAULT_URL, Manifest
+from .render import Renderer, RenderError
+
+DEFAULT_URL_EXPRESSION = "{{ env.CE_API_URL | default('" + DEFAULT_URL + "', true) }}"
+DEFAULT_USER_SECRET = "{{ env.CE_USER_SECRET }}"
+DEFAULT_ORGANIZATION_SECRET = "{{ env.CE_ORGANIZATION_SECRET }}"
+# C0 and C1 control characters, DEL and Unicode line separators: never valid in a URL or a header
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ENV_REFERENCE = re.compile(r"env(?:\.([A-Za-z_][A-Za-z0-9_]*)|\[\s*['\"]([^'\"]+)['\"]\s*\])")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    url: str
+    user_secret: Secret
+    organization_secret: Secret
+    credential_sources: str  # which variables to check on a 401, never their values
+
+
+def resolve_targets(manifest: Manifest, renderer: Renderer, names: set[str]) -> tuple[dict[str, Target], list[Problem]]:
+    """Render URL and secrets of each named target; report missing variables by name."""
+    targets: dict[str, Target] = {}
+    problems: list[Problem] = []
+    declared = manifest.targets or {DEFAULT_TARGET: {}}
+    for name in sorted(names):
+        raw = declared.get(name)
+        if raw is None:
+            continue  # reported by validation
+        target = _resolve_one(name, raw, manifest, renderer, problems)
+        if target is not None:
+            targets[name] = target
+    return targets, problems
+
+
+def _resolve_one(
+    name: str, raw: dict, manifest: Manifest, renderer: Renderer, problems: list[Problem]
+) -> Target | None:
+    line_of = getattr(raw, "line_of", lambda _key: manifest.data.line_of("targets") if manifest.targets else None)
+    values = {}
+    for key, default in (
+        ("url", DEFAULT_URL_EXPRESSION),
+        ("userSecret", DEFAULT_USER_SECRET),
+        ("organizationSecret", DEFAULT_ORGANIZATION_SECRET),
+    ):
+        at = Location(manifest.display, line_of(key), path=f"targets.{name}.{key}")
+        try:
+            values[key] = renderer.value(raw.get(key, default), renderer.context(), at)
+        except RenderError as exc:
+            problems.append(exc.problem)
+            continue
+        if not isinstance(values[key], str) or not values[key]:
+            problems.append(
+                Problem(
+                    f"{key} of target {name!r} is empty",
+                    at,
+                    f"set it, or the variables it reads: {_sources(raw.get(key, default))}",
+                )
+            )
+        elif _CONTROL.search(values[key]):
+            values[key] = None  # never used, never shown
+            problems.append(
+                Problem(
+                    f"{key} of target {name!r} contains a line break or another control character",
+                    at,
+                    f"check {_sources(raw.get(key, default))}: a value pasted or read from a file often ends "
+                    'with a newline (e.g. use "$(cat file)", which drops it)',
+                )
+            )
+    if len(values) < 3 or not all(isinstance(v, str) and v for v in values.values()):
+        return None
+    url = values["url"].rstrip("/")
+    if not url.startswith(("https://", "http://")):
+        problems.append(
+            Problem(
+                f"url of target {name!r} must start with https://",
+                Location(manifest.display, line_of("url"), path=f"targets.{name}.url"),
+            )
+        )
+        return None
+    sources = (
+        f"{_sources(raw.get('userSecret', DEFAULT_USER_SECRET))} and "
+        f"{_sources(raw.get('organizationSecret', DEFAULT_ORGANIZATION_SECRET))}"
+    )
+    return Target(name, url, Secret(values["userSecret"]), Secret(values["organizationSecret"]), sources)
+
+
+def _sources(raw: object) -> str:
+    """The environment variables a secret expression reads, for error messages."""
+    if not isinstance(raw, str):
+        return "the value in the manifest"
+    names = [a or b for a, b in _ENV_REFERENCE.findall(raw)]
+    return ", ".join(names) if names else "the value written in the manifest"
+
+
+def local_target(name: str, url: str, user_secret: str, organization_secret: str) -> Target:
+    return Target(name, url, Secret(user_secret), Secret(organization_secret), "the --local emulator's secrets")

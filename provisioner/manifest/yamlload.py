@@ -1,0 +1,424 @@
+"""Load YAML safely, and remember where every key and item came from.
+
+Only plain YAML is accepted (safe loading: no python/object tags). Input must be UTF-8 text under a
+size cap; aliases may not expand past a cap (billion laughs). Mappings come back as ``YDict`` and
+sequences as ``YList``, which carry the line of each key and item, so that an error found later
+(a JSON Schema path, a rendering error) can be reported at ``file:line``.
+
+Problems a user can fix (duplicate keys, curly quotes where straight ones are needed, syntax errors)
+are collected, not raised, so validation reports them all at once.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from ..errors import Location, Problem
+
+if TYPE_CHECKING:  # both construct alike (SafeConstructor); the type check reads the pure Python one
+    _BaseLoader = yaml.SafeLoader
+else:
+    try:  # libyaml is an order of magnitude faster on large inputs files
+        _BaseLoader = yaml.CSafeLoader
+    except AttributeError:  # pragma: no cover - pure Python fallback
+        _BaseLoader = yaml.SafeLoader
+
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_ALIAS_NODES = 100_000
+CURLY_QUOTES = "\u201c\u201d\u2018\u2019"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class YDict(dict):
+    """A mapping that knows its own line and the line of each of its keys."""
+
+    line: int = 0
+    key_lines: dict
+
+    def line_of(self, key: Any) -> int:
+        return self.__dict__.get("key_lines", {}).get(key, self.line)
+
+
+class YList(list):
+    """A sequence that knows its own line and the line of each item."""
+
+    line: int = 0
+    item_lines: list
+
+    def line_of(self, index: int) -> int:
+        lines = self.__dict__.get("item_lines", [])
+        return lines[index] if 0 <= index < len(lines) else self.line
+
+
+@dataclass
+class Loaded:
+    """The result of loading one file: the data (None if unusable) and every problem found."""
+
+    data: Any
+    problems: list[Problem] = field(default_factory=list)
+    text: str = ""
+
+
+class FileRefused(Exception):
+    """A file that cannot be read as input: missing, not a regular file, or over the size cap."""
+
+    def __init__(self, message: str, hint: str):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def read_capped(path: str, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``, never waiting and never reading more
+    than ``max_bytes + 1``: the file is opened without blocking (a FIFO with no writer would wait
+    forever) and refused unless it is a regular file (/dev/zero, a pipe, a directory)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise FileRefused(f"cannot read file: {exc.strerror or exc}", "check the path") from None
+    try:
+        info = os.fstat(fd)
+        mode = info.st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+            raise FileRefused(
+                f"cannot read file: it is {kind}, not a regular file",
+                "give a regular file (save the output of a command to a file first)",
+            )
+        if info.st_size > max_bytes:
+            raise FileRefused(
+                f"file is {info.st_size} bytes, over the limit of {max_bytes} bytes",
+                "split the file, or raise the limit with --max-file-bytes",
+            )
+        chunks, size = [], 0
+        while size <= max_bytes:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise FileRefused(f"cannot read file: {exc.strerror or exc}", "check the path") from None
+    finally:
+        os.close(fd)
+    if size > max_bytes:
+        raise FileRefused(
+            f"file is over the limit of {max_bytes} bytes", "split the file, or raise the limit with --max-file-bytes"
+        )
+    return b"".join(chunks)
+
+
+def read_text(path: str, display: str, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[str | None, list[Problem]]:
+    """Read a file as UTF-8 text, refusing what is too large, binary, not UTF-8 or not a regular file."""
+    try:
+        raw = read_capped(path, max_bytes)
+    except FileRefused as exc:
+        return None, [Problem(exc.message, Location(file=display), exc.hint)]
+    return decode_text(raw, display)
+
+
+def decode_text(raw: bytes, display: str) -> tuple[str | None, list[Problem]]:
+    """Decode bytes as UTF-8 (a BOM is allowed), rejecting binary content with its line."""
+    if b"\x00" in raw:
+        line = raw[: raw.index(b"\x00")].count(b"\n") + 1
+        return None, [
+            Problem("this is binary data, not text (NUL byte found)", Location(display, line), "give a YAML text file")
+        ]
+    try:
+        return raw.decode("utf-8-sig"), []
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        return None, [
+            Problem(
+                f"not UTF-8 text (invalid byte 0x{raw[exc.start]:02x} at offset {exc.start})",
+                Location(display, line),
+                "save the file as UTF-8",
+            )
+        ]
+
+
+def load_yaml(text: str, display: str, max_alias_nodes: int = DEFAULT_MAX_ALIAS_NODES) -> Loaded:
+    """Parse one YAML document, keeping positions and collecting every problem found."""
+    loader = _PositionLoader(text)
+    loader.display = display
+    loader.problems = []
+    collecting = gc.isenabled()
+    gc.disable()  # tens of thousands of new nodes: the cyclic collector would rescan them over and over
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return Loaded(None, loader.problems, text)
+        if "*" in text or any(q in text for q in CURLY_QUOTES):  # the walk is only needed then
+            loader.problems.extend(_check_nodes(node, display, max_alias_nodes))
+        if any(p.message.startswith("YAML aliases") or p.message.startswith("recursive") for p in loader.problems):
+            return Loaded(None, loader.problems, text)
+        data = _build(loader, node, {})
+    except yaml.MarkedYAMLError as exc:
+        return Loaded(None, [*loader.problems, _syntax_problem(exc, display)], text)
+    except yaml.YAMLError as exc:
+        return Loaded(None, [*loader.problems, Problem(f"not valid YAML: {exc}", Location(display))], text)
+    except RecursionError:
+        return Loaded(None, [Problem("YAML nesting is too deep", Location(display))], text)
+    except ValueError as exc:  # a too-long integer reached through a << merge or an explicit tag
+        return Loaded(None, [*loader.problems, too_long_number(exc, Location(display))], text)
+    finally:
+        loader.dispose()
+        if collecting:
+            gc.enable()
+    return Loaded(data, loader.problems, text)
+
+
+def _syntax_problem(exc: yaml.MarkedYAMLError, display: str) -> Problem:
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark else None
+    message = "; ".join(str(part) for part in (exc.context, exc.problem) if part)
+    hint = "check the indentation and quoting around this line"
+    if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in (exc.problem or ""):
+        message = f"unsupported YAML tag: {exc.problem}"
+        hint = "only plain YAML is accepted: remove the !tag"
+    elif any(q in (exc.problem or "") for q in CURLY_QUOTES):
+        hint = "replace curly quotes with straight ones (\" or ')"
+    return Problem(f"not valid YAML: {message}", Location(display, line), hint)
+
+
+class _PositionLoader(_BaseLoader):
+    display: str
+    problems: list[Problem]
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+
+
+def _build(loader: _PositionLoader, node: yaml.Node, built: dict[int, Any]) -> Any:
+    """Build Python data from composed nodes directly (several times faster than PyYAML's generic,
+    generator-based construction on large inputs files). Plain strings, mappings and sequences are
+    built here with their positions; every other scalar, any explicit tag and << merges go through
+    PyYAML's safe constructors, so the result is the same as safe loading."""
+    key = id(node)
+    if key in built:  # an alias: the same object, as PyYAML gives
+        return built[key]
+    if isinstance(node, yaml.ScalarNode):
+        value = node.value if node.tag == _STR_TAG else _scalar(loader, node)
+    elif isinstance(node, yaml.SequenceNode) and node.tag == _SEQ_TAG:
+        value = YList()
+        value.line = node.start_mark.line + 1
+        value.item_lines = [child.start_mark.line + 1 for child in node.value]
+        built[key] = value
+        value.extend(_build(loader, child, built) for child in node.value)
+    elif (
+        isinstance(node, yaml.MappingNode)
+        and node.tag == _MAP_TAG
+        and not any(k.tag == _MERGE_TAG for k, _ in node.value)
+    ):
+        value = YDict()
+        value.line = node.start_mark.line + 1
+        value.key_lines = {}
+        built[key] = value
+        _fill_mapping(loader, node, value, built)
+    else:
+        value = loader.construct_object(node, deep=True)
+    built[key] = value
+    return value
+
+
+def _scalar(loader: _PositionLoader, node: yaml.ScalarNode) -> Any:
+    """A plain scalar through PyYAML's safe constructors; an integer too long for Python to read
+    (over 4,300 digits) is a located problem, not a crash."""
+    try:
+        return loader.construct_object(node, deep=True)
+    except ValueError as exc:
+        loader.problems.append(too_long_number(exc, Location(loader.display, node.start_mark.line + 1)))
+        return None
+
+
+def too_long_number(exc: ValueError, where: Location, hint: str = "quote it to keep it as a string") -> Problem:
+    digits = re.search(r"(\d+) digits", str(exc))
+    limit = f" (the limit is {digits[1]} digits)" if digits else ""
+    return Problem(f"this number is too long to read as an integer{limit}", where, hint)
+
+
+def _fill_mapping(loader: _PositionLoader, node: yaml.MappingNode, data: YDict, built: dict[int, Any]) -> None:
+    for key_node, value_node in node.value:
+        key = _build(loader, key_node, built)
+        line = key_node.start_mark.line + 1
+        if not _hashable(key):
+            loader.problems.append(Problem("a mapping key must be a plain value", Location(loader.display, line)))
+            continue
+        if key in data:
+            loader.problems.append(
+                Problem(
+                    f"duplicate key {key!r} (first defined on line {data.key_lines[key]})",
+                    Location(loader.display, line),
+                    "remove one of them: YAML keeps only the last",
+                )
+            )
+        else:
+            data.key_lines[key] = line
+        data[key] = _build(loader, value_node, built)
+
+
+def _construct_mapping(loader: _PositionLoader, node: yaml.MappingNode) -> Iterator[YDict]:
+    data = YDict()
+    data.line = node.start_mark.line + 1
+    data.key_lines = {}
+    yield data
+    if any(key_node.tag == _MERGE_TAG for key_node, _ in node.value):
+        _check_duplicates(loader, node)
+        loader.flatten_mapping(node)
+        duplicates_checked = True
+    else:
+        duplicates_checked = False
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if not _hashable(key):
+            loader.problems.append(Problem("a mapping key must be a plain value", Location(loader.display, line)))
+            continue
+        if not duplicates_checked and key in data:
+            loader.problems.append(
+                Problem(
+                    f"duplicate key {key!r} (first defined on line {data.key_lines[key]})",
+                    Location(loader.display, line),
+                    "remove one of them: YAML keeps only the last",
+                )
+            )
+        data[key] = loader.construct_object(value_node, deep=False)
+        if duplicates_checked or key not in data.key_lines:
+            data.key_lines[key] = line
+
+
+def _check_duplicates(loader: _PositionLoader, node: yaml.MappingNode) -> None:
+    """Duplicate keys among a mapping's own keys (keys brought in by a << merge may be overridden)."""
+    own_keys: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if _hashable(key) and key in own_keys:
+            loader.problems.append(
+                Problem(
+                    f"duplicate key {key!r} (first defined on line {own_keys[key]})",
+                    Location(loader.display, line),
+                    "remove one of them: YAML keeps only the last",
+                )
+            )
+        elif _hashable(key):
+            own_keys[key] = line
+
+
+def _construct_sequence(loader: _PositionLoader, node: yaml.SequenceNode) -> Iterator[YList]:
+    data = YList()
+    data.line = node.start_mark.line + 1
+    data.item_lines = [child.start_mark.line + 1 for child in node.value]
+    yield data
+    data.extend(loader.construct_object(child, deep=False) for child in node.value)
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+_PositionLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+_PositionLoader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
+
+
+def _check_nodes(root: yaml.Node, display: str, max_alias_nodes: int) -> list[Problem]:
+    """Walk the node graph once: alias expansion size, recursion, curly quotes in plain scalars."""
+    problems: list[Problem] = []
+    sizes: dict[int, int] = {}
+    in_progress: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in in_progress:
+            raise _Recursive(node)
+        in_progress.add(key)
+        total = 1
+        if isinstance(node, yaml.ScalarNode):
+            problem = _curly_problem(node, display)
+            if problem:
+                problems.append(problem)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        in_progress.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        expanded = size(root)
+    except _Recursive as exc:
+        return [
+            Problem(
+                "recursive YAML alias",
+                Location(display, exc.node.start_mark.line + 1),
+                "an anchor may not refer to itself",
+            )
+        ]
+    except RecursionError:
+        return [Problem("YAML nesting is too deep", Location(display))]
+    if expanded - len(sizes) > max_alias_nodes:
+        limit = f"limit: {max_alias_nodes} added by aliases"
+        problems.append(
+            Problem(
+                f"YAML aliases expand to {expanded} nodes from {len(sizes)} ({limit})",
+                Location(display, root.start_mark.line + 1),
+                "this looks like an alias bomb; write the data out instead of nesting aliases",
+            )
+        )
+    return problems
+
+
+class _Recursive(Exception):
+    def __init__(self, node: yaml.Node):
+        super().__init__("recursive alias")
+        self.node = node
+
+
+def _curly_problem(node: yaml.ScalarNode, display: str) -> Problem | None:
+    value = node.value
+    if not any(q in value for q in CURLY_QUOTES):
+        return None
+    line = node.start_mark.line + 1
+    hint = (
+        "replace curly quotes (\u201c \u201d \u2018 \u2019) with straight ones (\" or '); "
+        "they often come from pasting from a web page"
+    )
+    if not node.style and value[0] in CURLY_QUOTES and value[-1] in CURLY_QUOTES:  # plain (None or "")
+        return Problem(
+            f"value {_short(value)} is wrapped in curly quotes, which YAML does not treat as quotes",
+            Location(display, line),
+            hint,
+        )
+    return None  # a curly quote inside {{ }} is reported by rendering, with the instance and key
+
+
+def _short(value: str, limit: int = 60) -> str:
+    return repr(value if len(value) <= limit else value[:limit] + "...")

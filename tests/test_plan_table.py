@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import engine
+from provisioner.engine import stages as engine
 from provisioner.api.live import LiveInstance
 from provisioner.engine.diff import FingerprintContext
 from provisioner.engine.plan import EarlyDiffs, PlanOptions, make_plan

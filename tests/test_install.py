@@ -1,8 +1,8 @@
 """Installed by name, as a user outside this repository installs it (SLOW: a minute or two).
 
-A wheel is built from a copy of the working tree, then the README's install command runs verbatim in a
-fresh virtual environment outside the repository, with the wheel offered through ``PIP_FIND_LINKS`` and
-the dependencies from the package index. The installed command then runs from a directory that is not a
+A wheel is built from a copy of the working tree, then the README's install command runs verbatim in that
+copy (a fresh clone, as the README says), into a fresh virtual environment, with the dependencies from the
+package index. The installed command then runs from a directory that is not a
 checkout; the ``git+...@vX.Y.Z`` form is installed from a tagged local clone; the GitHub Action's install
 step and the GitLab template's install line run verbatim; and pre-commit itself installs and runs the
 hook from the tagged repository. Nothing here imports the checkout: PYTHONPATH is not set.
@@ -91,7 +91,7 @@ def installed(tmp_path_factory):
         "VIRTUAL_ENV": str(venv),
     }
     command = _readme_install_command()
-    _run(["bash", "-e", "-c", command], env, root)
+    _run(["bash", "-e", "-c", command], env, source)
     home = root / "home"  # a directory that is not a checkout
     home.mkdir()
     return {"root": root, "source": source, "wheels": wheels, "venv": venv, "env": env, "home": home}
@@ -105,9 +105,10 @@ def _readme_install_command() -> str:
 
 def test_every_pinned_version_is_the_package_version():
     """One source for the version: the README, the examples, the action and the template all pin it."""
-    assert _readme_install_command() == f'pip install "{NAME}=={__version__}"'
+    assert _readme_install_command() == "pip install ."
     places = [
         REPO / "README.md",
+        *(REPO / "docs").glob("*.md"),
         REPO / "action.yml",
         REPO / "ci" / "gitlab" / "provisioner.gitlab-ci.yml",
         *(REPO / "examples" / "pipelines").iterdir(),

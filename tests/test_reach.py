@@ -609,7 +609,8 @@ def test_poller_configuration_given_as_a_mapping_is_sent_as_json_text_and_stays_
 
 
 def test_readme_documents_the_new_commands():
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    readme = "\n".join(page.read_text(encoding="utf-8") for page in pages)
     for needle in (
         "## Bring an existing organization",
         "schemas pull",

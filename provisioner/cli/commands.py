@@ -15,7 +15,7 @@ import click
 from ..engine import savedplan
 from ..engine import stages as engine
 from ..engine.outputs import format_env, format_json, write_outputs
-from ..engine.plan import Action, Plan, PlanOptions
+from ..engine.plan import Action, Plan
 from ..errors import UserError
 from ..interrupt import stop_on_signals
 from ..ownership import is_unmanaged
@@ -25,12 +25,13 @@ from .options import (
     FORMATS,
     ApplyArgs,
     Command,
+    DestroyArgs,
     ImportArgs,
     Online,
     OutputArgs,
     PlanArgs,
     RenderArgs,
-    Validate,
+    ValidateArgs,
     allow_destroy_option,
     api_options,
     input_options,
@@ -47,26 +48,26 @@ WITH_MARKDOWN = (*FORMATS, "markdown")
 
 @click.command(cls=Command, epilog=ENV_RENDER)
 @input_options(api=False, many=True)
-@parsed(Validate.of)
-def validate(args: Validate) -> None:
+@parsed(ValidateArgs)
+def validate(args: ValidateArgs) -> None:
     """Check manifests offline: structure, rendering, element schemas; makes no network call.
 
     Several MANIFEST files are checked one after the other (text output only); the exit code is 1 if
     any of them has an error.
     """
-    run = Run("validate", args.source.output, args.source.verbose)
-    if run.json and len(args.manifests) > 1:
+    run = Run("validate", args.reporter, args.verbose)
+    if run.json and len(args.manifest) > 1:
         error = UserError(
             "--output json takes one manifest", hint="run validate once per manifest, or use the text output"
         )
         run.exit(lambda: _raise(error))
 
     def one(manifest: str) -> int:
-        validated = run.validated(replace(args.source, manifest=manifest))
+        validated = run.validated(args.source(manifest))
         run.reporter.validated(validated.manifest.display, len(validated.desired), validated.problems)
         return EXIT_OK
 
-    sys.exit(max(run.finish(functools.partial(one, manifest)) for manifest in args.manifests))
+    sys.exit(max(run.finish(functools.partial(one, manifest)) for manifest in args.manifest))
 
 
 def _raise(error: Exception) -> int:
@@ -85,27 +86,24 @@ def _raise(error: Exception) -> int:
     metavar="FILE",
     help="Save the plan to FILE (no secret, mode 0600) for 'apply FILE', which executes exactly it.",
 )
-@parsed(PlanArgs.of)
+@parsed(PlanArgs)
 def plan(args: PlanArgs) -> None:
     """Show what apply would change, without changing anything.
 
     -o markdown prints a summary table and a diff per changed instance, for a pull request comment or a
     CI step summary.
     """
-    online, source = args.online, args.online.source
-    run = Run("plan", source.output, source.verbose)
+    run = Run("plan", args.reporter, args.verbose)
 
     def body() -> int:
-        validated = run.validated(source, online)
-        with local_api(online.local) as local, stop_on_signals(run.stop):
-            options = run.options(source, online, local)
+        validated = run.validated(args)
+        with local_api(args.local) as local, stop_on_signals(run.stop):
+            options = args.engine_options(run.trace, local)
             with engine.connect(validated, options, run.stop, read_only=True) as connection:
                 the_plan = engine.plan(validated, connection, options)
-                sources = _sources(online)
-                refused = the_plan.has_refusals
-                saved = (
-                    savedplan.document(the_plan, validated, connection, sources) if args.out and not refused else None
-                )
+                saved = None
+                if args.out and not the_plan.has_refusals:
+                    saved = savedplan.document(the_plan, validated, connection, _sources(args))
         run.reporter.plan(the_plan)
         if the_plan.has_refusals:
             if args.out:
@@ -130,7 +128,7 @@ def plan(args: PlanArgs) -> None:
     help="Write id, element and token of every declared instance to FILE (JSON, mode 0600).",
 )
 @progress_option()
-@parsed(ApplyArgs.of)
+@parsed(ApplyArgs)
 def apply(args: ApplyArgs) -> None:
     """Make the live instances match the manifest, and deliver their tokens.
 
@@ -140,14 +138,11 @@ def apply(args: ApplyArgs) -> None:
     -o markdown prints a summary table and a diff per change made, for a CI step summary. Tokens are
     written only to the --outputs file, never to stdout or stderr.
     """
-    source = args.online.source
-    run = Run("apply", source.output, source.verbose)
+    run = Run("apply", args.reporter, args.verbose)
 
     def body() -> int:
-        saved = savedplan.load_if_plan(source.manifest, source.limits.max_file_bytes)
-        if saved is None:
-            return _apply_like(run, args)
-        return _apply_like(run, replace(args, online=_from_saved(saved, args.online)), saved)
+        saved = savedplan.load_if_plan(args.manifest, args.max_file_bytes)
+        return _apply_like(run, args) if saved is None else _apply_like(run, _from_saved(saved, args), saved)
 
     run.exit(body)
 
@@ -158,28 +153,26 @@ def apply(args: ApplyArgs) -> None:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
 @allow_destroy_option()
 @progress_option()
-@parsed(ApplyArgs.of)
-def destroy(args: ApplyArgs) -> None:
+@parsed(DestroyArgs)
+def destroy(args: DestroyArgs) -> None:
     """Delete every instance the manifest's stack owns (and nothing else)."""
-    run = Run("destroy", args.online.source.output, args.online.source.verbose)
-    everything = PlanOptions(destroy=True, allow_destroy=args.online.plan.allow_destroy)
-    run.exit(lambda: _apply_like(run, replace(args, online=replace(args.online, plan=everything))))
+    run = Run("destroy", args.reporter, args.verbose)
+    run.exit(lambda: _apply_like(run, args))
 
 
-def _apply_like(run: Run, args: ApplyArgs, saved: savedplan.SavedPlan | None = None) -> int:
-    online, source = args.online, args.online.source
-    validated = run.validated(source, online)
+def _apply_like(run: Run, args: ApplyArgs | DestroyArgs, saved: savedplan.SavedPlan | None = None) -> int:
+    validated = run.validated(args)
     with ExitStack() as stack:
-        local = stack.enter_context(local_api(online.local))
+        local = stack.enter_context(local_api(args.local))
         stack.enter_context(stop_on_signals(run.stop))
-        options = run.options(source, online, local)
+        options = args.engine_options(run.trace, local)
         connection = stack.enter_context(engine.connect(validated, options, run.stop))
         if saved is not None:
             savedplan.check_before_reading(saved, validated, connection, local is not None)
         the_plan = engine.plan(validated, connection, options)
         if saved is not None:
             savedplan.check_plan(saved, the_plan, validated, connection)
-        if online.plan.destroy and the_plan.has_changes and not _confirmed(run, the_plan, args.yes):
+        if isinstance(args, DestroyArgs) and the_plan.has_changes and not _confirmed(run, the_plan, args.yes):
             return EXIT_ERROR
         writes = sum(1 for c in the_plan.changes if c.is_write)
         with ProgressReporter(sys.stderr, writes, run.command, enabled=args.progress) as progress:
@@ -192,15 +185,14 @@ def _apply_like(run: Run, args: ApplyArgs, saved: savedplan.SavedPlan | None = N
         return EXIT_OK if result.ok and not the_plan.has_refusals else EXIT_ERROR
 
 
-def _sources(online: Online) -> savedplan.Sources:
-    source = online.source
-    set_keys = tuple(sorted({s.partition("=")[0].strip() for s in source.sets}))
-    return savedplan.Sources(source.manifest, source.inputs, set_keys, source.schemas, online.local)
+def _sources(args: Online) -> savedplan.Sources:
+    set_keys = tuple(sorted({s.partition("=")[0].strip() for s in args.sets}))
+    return savedplan.Sources(args.manifest, args.inputs, set_keys, args.schemas, args.local)
 
 
-def _from_saved(saved: savedplan.SavedPlan, online: Online) -> Online:
+def _from_saved(saved: savedplan.SavedPlan, args: ApplyArgs) -> ApplyArgs:
     """What ``apply FILE`` runs: what the plan fixed, and what may be given now."""
-    given = online.plan
+    given = args.plan
     for value, option in (
         (given.prune, "--prune"),
         (given.allow_replace, "--allow-replace"),
@@ -214,21 +206,27 @@ def _from_saved(saved: savedplan.SavedPlan, online: Online) -> Online:
                 f"{option} cannot be given with a saved plan: the plan fixed its options",
                 hint=f"give {option} to plan --out instead",
             )
-    sources, source = saved.sources, online.source
-    set_keys = _sources(online).set_keys
+    sources = saved.sources
+    set_keys = _sources(args).set_keys
     if set_keys != tuple(sorted(sources.set_keys)):
         raise UserError(
             f"the plan was made with --set {', '.join(sources.set_keys) or '(none)'}; this run sets "
             f"{', '.join(set_keys) or '(none)'}",
             hint="--set values are never saved in a plan: pass the same --set options again",
         )
-    source = replace(
-        source,
+    fixed = saved.options
+    return replace(
+        args,
         manifest=sources.manifest,
-        inputs=source.inputs or sources.inputs,
-        schemas=source.schemas or sources.schemas,
+        inputs=args.inputs or sources.inputs,
+        schemas=args.schemas or sources.schemas,
+        prune=fixed.prune,
+        allow_replace=fixed.allow_replace,
+        force=fixed.force,
+        targets=fixed.targets,
+        excludes=fixed.excludes,
+        allow_destroy=fixed.allow_destroy,
     )
-    return replace(online, source=source, plan=replace(saved.options, adopt=given.adopt))
 
 
 def _confirmed(run: Run, the_plan: Plan, yes: bool) -> bool:
@@ -256,8 +254,8 @@ def _confirmed(run: Run, the_plan: Plan, yes: bool) -> bool:
 @click.command(cls=Command, epilog=ENV_API)
 @input_options(output=WITH_MARKDOWN)
 @api_options
-@parsed(Online.of)
-def drift(online: Online) -> None:
+@parsed(Online)
+def drift(args: Online) -> None:
     """Report what changed behind provisioner's back, apart from pending manifest changes; it never writes.
 
     Exit 0: no drift; 2: drift found; 1: error. Pending changes alone exit 0 (plan shows them).
@@ -265,13 +263,12 @@ def drift(online: Online) -> None:
     -o markdown prints a table of findings by category and a table of fields per finding, for a CI step
     summary or an issue.
     """
-    source = online.source
-    run = Run("drift", source.output, source.verbose)
+    run = Run("drift", args.reporter, args.verbose)
 
     def body() -> int:
-        validated = run.validated(source, online)
-        with local_api(online.local) as local, stop_on_signals(run.stop):
-            options = run.options(source, online, local)
+        validated = run.validated(args)
+        with local_api(args.local) as local, stop_on_signals(run.stop):
+            options = args.engine_options(run.trace, local)
             with engine.connect(validated, options, run.stop, read_only=True) as connection:
                 report = engine.drift(validated, connection)
         run.reporter.drift(report, connection.stats.as_dict())
@@ -287,16 +284,15 @@ _OUTPUT_FORMATS = {"json": format_json, "env": format_env}
 @output_format_options(tuple(_OUTPUT_FORMATS))
 @api_options
 @click.argument("name", required=False)
-@parsed(OutputArgs.of)
+@parsed(OutputArgs)
 def output(args: OutputArgs) -> None:
     """Print id, element and token of the declared instances, read from the API."""
-    online, source = args.online, args.online.source
-    run = Run("output", source.output, source.verbose)
+    run = Run("output", args.reporter, args.verbose)
 
     def body() -> int:
-        validated = run.validated(source, online)
-        with local_api(online.local) as local, stop_on_signals(run.stop):
-            options = run.options(source, online, local)
+        validated = run.validated(args)
+        with local_api(args.local) as local, stop_on_signals(run.stop):
+            options = args.engine_options(run.trace, local)
             with engine.connect(validated, options, run.stop, read_only=True) as connection:
                 live = engine.read_state(connection, validated.manifest.stack, owned_only=True)
                 entries = engine.instance_outputs(validated, None, connection, live)
@@ -320,18 +316,17 @@ def output(args: OutputArgs) -> None:
 )
 @click.option("--element", "element", default=None, help="Only instances of this element key.")
 @click.option("--name", "name_glob", default=None, metavar="GLOB", help="Only instances whose name matches GLOB.")
-@parsed(ImportArgs.of)
+@parsed(ImportArgs)
 def import_(args: ImportArgs) -> None:
     """Write a manifest declaring the unmanaged instances the target already has (take them over with --adopt)."""
     from ..engine.importer import import_manifest
 
-    online, source = args.online, args.online.source
-    run = Run("import", source.output, source.verbose)
+    run = Run("import", args.reporter, args.verbose)
 
     def body() -> int:
-        validated = run.validated(source, online)
-        with local_api(online.local) as local, stop_on_signals(run.stop):
-            options = run.options(source, online, local)
+        validated = run.validated(args)
+        with local_api(args.local) as local, stop_on_signals(run.stop):
+            options = args.engine_options(run.trace, local)
             with engine.connect(validated, options, run.stop) as connection:
                 stack = validated.manifest.stack
                 live = engine.read_state(connection, stack, owned_only=False, hydrate=lambda i: is_unmanaged(i.tags))
@@ -370,7 +365,7 @@ def _write_text(path: str, text: str) -> None:
 
 @click.command(cls=Command, epilog=ENV_RENDER)
 @input_options(output=("yaml", "json"))
-@parsed(RenderArgs.of)
+@parsed(RenderArgs)
 def render(args: RenderArgs) -> None:
     """Print, offline, the request bodies apply would send for every instance (secrets as (sensitive))."""
     import json
@@ -379,14 +374,14 @@ def render(args: RenderArgs) -> None:
 
     from .preview import rendered
 
-    run = Run("render", args.source.output, args.source.verbose)
+    run = Run("render", args.reporter, args.verbose)
 
     def body() -> int:
-        validated = run.validated(args.source)
+        validated = run.validated(args)
         requests = rendered(validated.manifest.stack, validated.desired, validated.registry)
         text = (
             json.dumps(requests, indent=2, ensure_ascii=False)
-            if args.format == "json"
+            if args.output == "json"
             else yaml.safe_dump(requests, sort_keys=False, allow_unicode=True, width=1000)
         ).rstrip("\n")
         data = {"stack": validated.manifest.stack, "requests": requests}

@@ -1,21 +1,24 @@
 """The command line's options, declared once, and the typed values click builds from them.
 
-Each command's callback receives one frozen value (``Source`` for offline commands, ``Online`` for
-the ones that read the API, ``PlanArgs``, ``ApplyArgs``, ...) built from its click parameters by
-``parsed``: the command bodies never read a dict of parameters.
+Each command's callback receives one frozen value whose fields are its click parameters (``Source``
+for offline commands, ``Online`` and its kinds for the ones that read the API): ``parsed`` builds it,
+and the command bodies never read a dict of parameters.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
 import click
 
 from ..api.client import ClientSettings
+from ..engine import stages as engine
+from ..engine.apply import ApplySettings
 from ..engine.plan import PlanOptions
+from ..engine.targeting import Selection
 from ..manifest.load import DEFAULT_MAX_FOREACH, Limits
 from ..manifest.yamlload import DEFAULT_MAX_BYTES
 
@@ -58,134 +61,166 @@ class Group(click.Group):
     command_class = Command
 
 
-# -- the typed values ------------------------------------------------------------------------------
+# -- the typed values: their fields are the commands' click parameters ------------------------------
 
 
 @dataclass(frozen=True)
-class Source:
-    """Where the manifest and its inputs come from, and how to report: every command that reads one."""
+class Inputs:
+    """What every command that reads a manifest takes, besides the manifest."""
 
-    manifest: str
     inputs: tuple[str, ...]
     sets: tuple[str, ...]
     schemas: tuple[str, ...]
-    limits: Limits
-    output: str
+    max_foreach: int
+    max_file_bytes: int
+    output: str | None
     verbose: bool
 
-    @classmethod
-    def of(cls, p: dict[str, Any]) -> Source:
-        limits = Limits(max_file_bytes=p["max_file_bytes"], max_foreach=p["max_foreach"])
-        return cls(p["manifest"], tuple(p["inputs"]), tuple(p["sets"]), tuple(p["schemas"]), limits, *_report(p))
+    @property
+    def reporter(self) -> str:
+        """The reporter (see ``run.REPORTERS``) of this command's -o value."""
+        return self.output or "text"
 
 
 @dataclass(frozen=True)
-class Online:
-    """A command that reads the API: its manifest, the network settings and the plan's options."""
+class ValidateArgs(Inputs):
+    manifest: tuple[str, ...]
 
-    source: Source
+    def source(self, manifest: str) -> Source:
+        return Source(manifest=manifest, **{f.name: getattr(self, f.name) for f in fields(Inputs)})
+
+
+@dataclass(frozen=True)
+class Source(Inputs):
+    manifest: str
+
+    def engine_options(self, trace: Callable[[str], None], local: Any = None) -> engine.Options:
+        limits = Limits(max_file_bytes=self.max_file_bytes, max_foreach=self.max_foreach)
+        return engine.Options(self.manifest, self.inputs, self.sets, self.schemas, limits)
+
+
+@dataclass(frozen=True)
+class RenderArgs(Source):
+    @property
+    def reporter(self) -> str:
+        return "json" if self.output == "json" else "text"  # yaml is text
+
+
+@dataclass(frozen=True)
+class Online(Source):
+    """A command that reads the API."""
+
     local: bool
-    client: ClientSettings
-    settle: float  # --settle, else --timeout
-    plan: PlanOptions = PlanOptions()
+    parallelism: int
+    timeout: float
+    connect_timeout: float
+    deadline: float
+    max_attempts: int
+    max_retry_time: float
+    max_rate: float | None
+    settle: float | None
 
-    @classmethod
-    def of(cls, p: dict[str, Any]) -> Online:
+    @property
+    def plan(self) -> PlanOptions:
+        return PlanOptions()
+
+    def engine_options(self, trace: Callable[[str], None], local: Any = None) -> engine.Options:
+        Selection.of(self.plan.targets, self.plan.excludes)  # a malformed pattern: a usage error, first
         client = ClientSettings(
-            connect_timeout=p["connect_timeout"],
-            read_timeout=p["timeout"],
-            deadline=p["deadline"],
-            max_attempts=p["max_attempts"],
-            max_retry_time=p["max_retry_time"],
-            parallelism=p["parallelism"],
-            max_rate=p["max_rate"],
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.timeout,
+            deadline=self.deadline,
+            max_attempts=self.max_attempts,
+            max_retry_time=self.max_retry_time,
+            parallelism=self.parallelism,
+            max_rate=self.max_rate,
         )
-        plan = PlanOptions(
-            prune=p.get("prune", False),
-            allow_replace=p.get("allow_replace", False),
-            force=p.get("force", False),
-            adopt=p.get("adopt", False),
-            targets=tuple(p.get("targets", ())),
-            excludes=tuple(p.get("excludes", ())),
-            allow_destroy=tuple(p.get("allow_destroy", ())),
+        settle = self.settle if self.settle is not None else self.timeout
+        return replace(
+            super().engine_options(trace),
+            local=local,
+            client=client,
+            apply=ApplySettings(parallelism=self.parallelism, settle_seconds=settle),
+            plan=self.plan,
+            trace=trace if self.verbose else None,
+            notice=None if self.verbose else trace,
         )
-        settle = p["settle"] if p["settle"] is not None else p["timeout"]
-        return cls(Source.of(p), p["local"], client, settle, plan)
 
 
 @dataclass(frozen=True)
-class Validate:
-    manifests: tuple[str, ...]
-    source: Source  # the settings shared by every manifest; its manifest is the first
+class Shaped(Online):
+    """A command whose plan the options shape (plan, apply)."""
 
-    @classmethod
-    def of(cls, p: dict[str, Any]) -> Validate:
-        return cls(tuple(p["manifest"]), Source.of({**p, "manifest": p["manifest"][0]}))
+    prune: bool
+    allow_replace: bool
+    force: bool
+    adopt: bool
+    targets: tuple[str, ...]
+    excludes: tuple[str, ...]
+    allow_destroy: tuple[str, ...]
+
+    @property
+    def plan(self) -> PlanOptions:
+        return PlanOptions(
+            prune=self.prune,
+            allow_replace=self.allow_replace,
+            force=self.force,
+            adopt=self.adopt,
+            targets=self.targets,
+            excludes=self.excludes,
+            allow_destroy=self.allow_destroy,
+        )
 
 
 @dataclass(frozen=True)
-class PlanArgs:
-    online: Online
+class PlanArgs(Shaped):
     detailed_exitcode: bool
     out: str | None
 
-    @classmethod
-    def of(cls, p: dict[str, Any]) -> PlanArgs:
-        return cls(Online.of(p), p["detailed_exitcode"], p["out"])
-
 
 @dataclass(frozen=True)
-class ApplyArgs:
-    """apply and destroy."""
-
-    online: Online
+class ApplyArgs(Shaped):
+    outputs_path: str | None
     progress: bool
-    outputs_path: str | None = None  # apply
-    yes: bool = False  # destroy
-
-    @classmethod
-    def of(cls, p: dict[str, Any]) -> ApplyArgs:
-        return cls(Online.of(p), p["progress"], p.get("outputs_path"), p.get("yes", False))
 
 
 @dataclass(frozen=True)
-class OutputArgs:
-    online: Online
-    format: str  # json or env
+class DestroyArgs(Online):
+    yes: bool
+    allow_destroy: tuple[str, ...]
+    progress: bool
+    outputs_path: None = None
+
+    @property
+    def plan(self) -> PlanOptions:
+        return PlanOptions(destroy=True, allow_destroy=self.allow_destroy)
+
+
+@dataclass(frozen=True)
+class OutputArgs(Online):
+    fmt: str | None  # --format, the older spelling of -o
     name: str | None
 
-    @classmethod
-    def of(cls, p: dict[str, Any]) -> OutputArgs:
-        """-o, or the older --format; both at once must agree. Errors are JSON only when -o json is given."""
-        chosen, older = p["output"], p["fmt"]
-        if chosen and older and chosen != older:
+    def __post_init__(self) -> None:
+        if self.output and self.fmt and self.output != self.fmt:
             raise click.UsageError(
-                f"-o {chosen} and --format {older} disagree; --format is the older spelling of -o: give only -o"
+                f"-o {self.output} and --format {self.fmt} disagree; --format is the older spelling of -o: give only -o"
             )
-        online = Online.of({**p, "output": "json" if chosen == "json" else "text"})
-        return cls(online, chosen or older or "json", p["name"])
+
+    @property
+    def format(self) -> str:
+        return self.output or self.fmt or "json"
+
+    @property
+    def reporter(self) -> str:
+        return "json" if self.output == "json" else "text"  # errors are JSON only when -o json is given
 
 
 @dataclass(frozen=True)
-class ImportArgs:
-    online: Online
+class ImportArgs(Online):
     out_path: str
     element: str | None
     name_glob: str | None
-
-    @classmethod
-    def of(cls, p: dict[str, Any]) -> ImportArgs:
-        return cls(Online.of(p), p["out_path"], p["element"], p["name_glob"])
-
-
-@dataclass(frozen=True)
-class RenderArgs:
-    source: Source  # its output is the reporter's: json, or text for yaml
-    format: str  # yaml or json
-
-    @classmethod
-    def of(cls, p: dict[str, Any]) -> RenderArgs:
-        return cls(Source.of({**p, "output": "json" if p["output"] == "json" else "text"}), p["output"])
 
 
 @dataclass(frozen=True)
@@ -200,11 +235,6 @@ class CatalogArgs:
     all_keys: bool = False
     out_dir: str = "schemas"
 
-    @classmethod
-    def of(cls, p: dict[str, Any]) -> CatalogArgs:
-        pull = (tuple(p["keys"]), p["all_keys"], p["out_dir"]) if "keys" in p else ()
-        return cls(p["local"], tuple(p["schemas"]), *_report(p), *pull)
-
 
 @dataclass(frozen=True)
 class EmulatorArgs:
@@ -218,25 +248,17 @@ class EmulatorArgs:
     seed: int | None
     quiet: bool
 
-    @classmethod
-    def of(cls, p: dict[str, Any]) -> EmulatorArgs:
-        return cls(**p)
-
-
-def _report(p: dict[str, Any]) -> tuple[str, bool]:
-    return p["output"], p["verbose"]
-
 
 T = TypeVar("T")
 
 
-def parsed(build: Callable[[dict[str, Any]], T]) -> Callable[[Callable[[T], None]], Callable[..., None]]:
-    """Give a click callback one typed value, built by ``build`` from its parameters."""
+def parsed(kind: Callable[..., T]) -> Callable[[Callable[[T], None]], Callable[..., None]]:
+    """Give a click callback one typed value, built from its parameters."""
 
     def wrap(body: Callable[[T], None]) -> Callable[..., None]:
         @functools.wraps(body)
         def callback(**params: Any) -> None:
-            body(build(params))
+            body(kind(**params))
 
         return callback
 
@@ -245,17 +267,48 @@ def parsed(build: Callable[[dict[str, Any]], T]) -> Callable[[Callable[[T], None
 
 # -- the options -----------------------------------------------------------------------------------
 
+HELP = {  # each option's help text, by its long name (an option that differs by command gives its own)
+    "--output": "Output format on stdout.",
+    "--inputs": "YAML file of inputs, merged over the manifest's inputs (repeatable; later wins).",
+    "--set": "Set one input (dotted keys nest; the value is read as a YAML scalar). Repeatable.",
+    "--schemas": "Directory of extra element schemas (<element>.json). Repeatable.",
+    "--max-foreach": "Refuse a forEach that expands past this many items.",
+    "--max-file-bytes": "Refuse manifest, inputs and template files larger than this.",
+    "--local": "Use an embedded emulator whose state persists in ./.provisioner/ (no account needed).",
+    "--parallelism": "Requests in flight at once (the shared rate budget still slows down on 429).",
+    "--timeout": "Read timeout of each request, in seconds.",
+    "--connect-timeout": "Connect timeout of each request, in seconds.",
+    "--deadline": "Whole-request bound (connect, send, complete answer), in seconds, per attempt.",
+    "--max-attempts": "Attempts per request, first included (GET, PUT, PATCH, DELETE retry on 429/5xx/network).",
+    "--max-retry-time": "Give up retrying one request after this many seconds.",
+    "--max-rate": "Never exceed this many requests per second (default: no ceiling until a 429).",
+    "--settle": "Seconds to wait before looking up a create whose response was lost (default: --timeout).",
+    "--allow-replace": "Allow replacing an instance whose element changed (its token changes).",
+    "--force": "Allow --prune with a manifest that declares no instance.",
+    "--adopt": "Take over unmanaged instances (no provisioner:stack= tag) with declared names, "
+    "keeping their ids and tokens.",
+    "--target": "Only the declared instances matching PATTERN: a name glob, element=KEY or tag=T (repeatable). "
+    "Prune and duplicate clean-up stay inside the selection.",
+    "--exclude": "Leave out the declared instances matching PATTERN (same forms as --target; repeatable).",
+    "--allow-destroy": "Lift the protection (protect: true) of instance NAME for this run (repeatable).",
+    "--progress/--no-progress": "Show progress on stderr for long runs.",
+}
+
+
+def option(*decls: str, **kw: Any) -> Callable:
+    """A click option whose help text, unless given, is HELP's entry for its long name."""
+    text = kw.pop("help", None) or HELP[next(d for d in decls if d.startswith("--"))]
+    return click.option(*decls, help=text, **kw)
+
 
 def _apply(f: Callable, options: list[Callable]) -> Callable:
-    for option in reversed(options):
-        f = option(f)
+    for decorator in reversed(options):
+        f = decorator(f)
     return f
 
 
-def _output_option(formats: tuple[str, ...]) -> Callable:
-    help_text = "Output format on stdout."
-    choice = click.Choice(list(formats))
-    return click.option("-o", "--output", "output", type=choice, default=formats[0], show_default=True, help=help_text)
+def _output(formats: tuple[str, ...]) -> Callable:
+    return option("-o", "--output", type=click.Choice(list(formats)), default=formats[0], show_default=True)
 
 
 def input_options(f: Callable | None = None, output: Any = None, *, api: bool = True, many: bool = False) -> Callable:
@@ -265,105 +318,42 @@ def input_options(f: Callable | None = None, output: Any = None, *, api: bool = 
     if f is None:
         return lambda g: input_options(g, output, api=api, many=many)
     if output is None or isinstance(output, tuple):
-        output = _output_option(output or FORMATS)
-    verbose_help = (
+        output = _output(output or FORMATS)
+    verbose = (
         "Trace every HTTP request on stderr (secrets redacted), and the order the inputs were layered."
         if api
         else "Print on stderr the order in which the inputs were layered (later wins)."
     )
-    path = click.Path(dir_okay=False)
+    path, positive = click.Path(dir_okay=False), click.IntRange(1)
     return _apply(
         f,
         [
             click.argument("manifest", type=path, nargs=-1 if many else 1, required=True),
-            click.option(
-                "--inputs",
-                "inputs",
-                multiple=True,
-                type=path,
-                help="YAML file of inputs, merged over the manifest's inputs (repeatable; later wins).",
-            ),
-            click.option(
-                "--set",
-                "sets",
-                multiple=True,
-                metavar="KEY=VALUE",
-                help="Set one input (dotted keys nest; the value is read as a YAML scalar). Repeatable.",
-            ),
-            click.option(
-                "--schemas",
-                "schemas",
-                multiple=True,
-                type=click.Path(file_okay=False),
-                help="Directory of extra element schemas (<element>.json). Repeatable.",
-            ),
-            click.option(
-                "--max-foreach",
-                type=click.IntRange(1),
-                default=DEFAULT_MAX_FOREACH,
-                show_default=True,
-                help="Refuse a forEach that expands past this many items.",
-            ),
-            click.option(
-                "--max-file-bytes",
-                type=click.IntRange(1),
-                default=DEFAULT_MAX_BYTES,
-                show_default=True,
-                help="Refuse manifest, inputs and template files larger than this.",
-            ),
+            option("--inputs", multiple=True, type=path),
+            option("--set", "sets", multiple=True, metavar="KEY=VALUE"),
+            option("--schemas", multiple=True, type=click.Path(file_okay=False)),
+            option("--max-foreach", type=positive, default=DEFAULT_MAX_FOREACH, show_default=True),
+            option("--max-file-bytes", type=positive, default=DEFAULT_MAX_BYTES, show_default=True),
             output,
-            click.option("-v", "--verbose", is_flag=True, help=verbose_help),
+            option("-v", "--verbose", is_flag=True, help=verbose),
         ],
     )
 
 
-def _number(name: str, kind: click.ParamType, default: Any, text: str, show: bool = True) -> Callable:
-    return click.option(name, type=kind, default=default, show_default=show, help=text)
-
-
 def api_options(f: Callable) -> Callable:
-    local_help = "Use an embedded emulator whose state persists in ./.provisioner/ (no account needed)."
+    seconds, low = click.FloatRange(0), click.FloatRange(0.1)
     return _apply(
         f,
         [
-            click.option("--local", is_flag=True, help=local_help),
-            _number(
-                "--parallelism",
-                click.IntRange(1, 256),
-                16,
-                "Requests in flight at once (the shared rate budget still slows down on 429).",
-            ),
-            _number("--timeout", click.FloatRange(0.1), 30.0, "Read timeout of each request, in seconds."),
-            _number("--connect-timeout", click.FloatRange(0.1), 5.0, "Connect timeout of each request, in seconds."),
-            _number(
-                "--deadline",
-                click.FloatRange(0.1),
-                60.0,
-                "Whole-request bound (connect, send, complete answer), in seconds, per attempt.",
-            ),
-            _number(
-                "--max-attempts",
-                click.IntRange(1),
-                10,
-                "Attempts per request, first included (GET, PUT, PATCH, DELETE retry on 429/5xx/network).",
-            ),
-            _number(
-                "--max-retry-time", click.FloatRange(0), 120.0, "Give up retrying one request after this many seconds."
-            ),
-            _number(
-                "--max-rate",
-                click.FloatRange(0.1),
-                None,
-                "Never exceed this many requests per second (default: no ceiling until a 429).",
-                show=False,
-            ),
-            _number(
-                "--settle",
-                click.FloatRange(0),
-                None,
-                "Seconds to wait before looking up a create whose response was lost (default: --timeout).",
-                show=False,
-            ),
+            option("--local", is_flag=True),
+            option("--parallelism", type=click.IntRange(1, 256), default=16, show_default=True),
+            option("--timeout", type=low, default=30.0, show_default=True),
+            option("--connect-timeout", type=low, default=5.0, show_default=True),
+            option("--deadline", type=low, default=60.0, show_default=True),
+            option("--max-attempts", type=click.IntRange(1), default=10, show_default=True),
+            option("--max-retry-time", type=seconds, default=120.0, show_default=True),
+            option("--max-rate", type=low, default=None),
+            option("--settle", type=seconds, default=None),
         ],
     )
 
@@ -380,51 +370,23 @@ def plan_options(f: Callable | None = None, *, planning: bool = False) -> Callab
     return _apply(
         f,
         [
-            click.option("--prune", is_flag=True, help=prune),
-            click.option(
-                "--allow-replace",
-                is_flag=True,
-                help="Allow replacing an instance whose element changed (its token changes).",
-            ),
-            click.option("--force", is_flag=True, help="Allow --prune with a manifest that declares no instance."),
-            click.option(
-                "--adopt",
-                is_flag=True,
-                help="Take over unmanaged instances (no provisioner:stack= tag) with declared names, "
-                "keeping their ids and tokens.",
-            ),
-            click.option(
-                "--target",
-                "targets",
-                multiple=True,
-                metavar="PATTERN",
-                help="Only the declared instances matching PATTERN: a name glob, element=KEY or tag=T "
-                "(repeatable). Prune and duplicate clean-up stay inside the selection.",
-            ),
-            click.option(
-                "--exclude",
-                "excludes",
-                multiple=True,
-                metavar="PATTERN",
-                help="Leave out the declared instances matching PATTERN (same forms as --target; repeatable).",
-            ),
+            option("--prune", is_flag=True, help=prune),
+            option("--allow-replace", is_flag=True),
+            option("--force", is_flag=True),
+            option("--adopt", is_flag=True),
+            option("--target", "targets", multiple=True, metavar="PATTERN"),
+            option("--exclude", "excludes", multiple=True, metavar="PATTERN"),
             allow_destroy_option(),
         ],
     )
 
 
 def allow_destroy_option() -> Callable:
-    return click.option(
-        "--allow-destroy",
-        "allow_destroy",
-        multiple=True,
-        metavar="NAME",
-        help="Lift the protection (protect: true) of instance NAME for this run (repeatable).",
-    )
+    return option("--allow-destroy", multiple=True, metavar="NAME")
 
 
 def progress_option() -> Callable:
-    return click.option("--progress/--no-progress", default=True, help="Show progress on stderr for long runs.")
+    return option("--progress/--no-progress", default=True)
 
 
 def output_format_options(formats: tuple[str, ...]) -> Callable[[Callable], Callable]:
@@ -433,8 +395,8 @@ def output_format_options(formats: tuple[str, ...]) -> Callable[[Callable], Call
     older = "Same as -o (kept for scripts written before -o env)."
     newer = "json (default): the outputs-file document; env: NAME_ID, NAME_ELEMENT, NAME_TOKEN shell lines."
     return lambda f: input_options(
-        click.option("--format", "fmt", type=choice, default=None, hidden=True, help=older)(f),
-        click.option("-o", "--output", "output", type=choice, default=None, help=newer),
+        option("--format", "fmt", type=choice, default=None, hidden=True, help=older)(f),
+        option("-o", "--output", type=choice, default=None, help=newer),
     )
 
 
@@ -442,17 +404,12 @@ def catalog_options(f: Callable) -> Callable:
     return _apply(
         f,
         [
-            click.option("--local", is_flag=True, help="Read the built-in emulator's catalog instead of the API."),
-            click.option(
-                "--schemas",
-                "schemas",
-                multiple=True,
-                type=click.Path(file_okay=False),
-                help="Directory of extra element schemas counted as local (repeatable).",
-            ),
-            _output_option(FORMATS),
-            click.option(
-                "-v", "--verbose", is_flag=True, help="Trace every HTTP request on stderr (secrets redacted)."
-            ),
+            option("--local", is_flag=True, help="Read the built-in emulator's catalog instead of the API."),
+            option("--schemas", multiple=True, type=click.Path(file_okay=False), help=CATALOG_SCHEMAS),
+            _output(FORMATS),
+            option("-v", "--verbose", is_flag=True, help="Trace every HTTP request on stderr (secrets redacted)."),
         ],
     )
+
+
+CATALOG_SCHEMAS = "Directory of extra element schemas counted as local (repeatable)."

@@ -6,16 +6,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import replace
 from typing import Any
 
 from ..engine import stages as engine
-from ..engine.apply import ApplySettings
-from ..engine.targeting import Selection
 from ..errors import Interrupted, ProvisionerError, UserError, ValidationFailed
 from ..interrupt import StopFlag
 from .markdown import MarkdownReporter
-from .options import Online, Source
+from .options import Source
 from .report import JsonReporter, RedactingWriter, Reporter, TextReporter
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
@@ -65,25 +62,9 @@ class Run:
     def exit(self, body: Callable[[], int]) -> None:
         sys.exit(self.finish(body))
 
-    def options(self, source: Source, online: Online | None = None, local: Any = None) -> engine.Options:
-        """The engine's options for this run."""
-        common = engine.Options(source.manifest, source.inputs, source.sets, source.schemas, source.limits)
-        if online is None:
-            return common
-        Selection.of(online.plan.targets, online.plan.excludes)  # a malformed pattern: a usage error, first
-        return replace(
-            common,
-            local=local,
-            client=online.client,
-            plan=online.plan,
-            apply=ApplySettings(parallelism=online.client.parallelism, settle_seconds=online.settle),
-            trace=self.trace if source.verbose else None,
-            notice=None if source.verbose else self.trace,
-        )
-
-    def validated(self, source: Source, online: Online | None = None) -> engine.Validated:
+    def validated(self, source: Source) -> engine.Validated:
         """Stages 1-3; with --verbose, say in which order the inputs were layered."""
-        validated = engine.validate(self.options(source, online))
+        validated = engine.validate(source.engine_options(self.trace))
         if source.verbose:
             self.trace("inputs, later wins: " + " < ".join(validated.manifest.layers))
         return validated

@@ -43,7 +43,7 @@ def _catalog_target(local: Any) -> Any:
     help="Directory to write <key>.json into (use it with --schemas DIR).",
 )
 @catalog_options
-@parsed(CatalogArgs.of)
+@parsed(CatalogArgs)
 def schemas_pull(args: CatalogArgs) -> None:
     """Write one JSON Schema per element KEY from the API's definitions (stable: a second pull changes nothing)."""
     from ..api import pull
@@ -64,7 +64,7 @@ def schemas_pull(args: CatalogArgs) -> None:
 
 @schemas.command("list")
 @catalog_options
-@parsed(CatalogArgs.of)
+@parsed(CatalogArgs)
 def schemas_list(args: CatalogArgs) -> None:
     """Print the element keys the API offers, and which have a local schema (built in or --schemas)."""
     from ..api import pull
@@ -115,7 +115,7 @@ def schemas_list(args: CatalogArgs) -> None:
 @click.option("--latency-ms", type=click.FloatRange(0), default=None, help="Added latency on every request.")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible faults.")
 @click.option("--quiet", is_flag=True, help="Do not log requests on stderr.")
-@parsed(EmulatorArgs.of)
+@parsed(EmulatorArgs)
 def emulator(args: EmulatorArgs) -> None:
     """Run the Cloud Elements API emulator on loopback (SQLite persistence, optional fault injection)."""
     from ..emulator import Emulator, FaultConfig

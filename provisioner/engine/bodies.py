@@ -38,10 +38,7 @@ def all_tags(
     fps = fingerprint_tags(fp.key, fp.stack, desired.name, desired.configuration, schema.secret_keys)
     protect = desired.protect if desired.protect is not None else PROTECT_TAG in live_tags
     mine = list(dict.fromkeys(mine))
-    return [
-        *mine,
-        *managed_tags(fp.stack, desired.name, fps, protect, applied_tag(desired, schema, fp, mine, protect)),
-    ]
+    return [*mine, *managed_tags(fp.stack, desired.name, fps, protect, applied_tag(desired, schema, fp, mine, protect))]
 
 
 def wire_configuration(configuration: Any) -> dict[str, Any]:

@@ -415,10 +415,7 @@ def _rename(
     config = any(d.path.section == "configuration" for d in compared.diff)
     what = "; configuration differs" if config else "; tags differ" if compared.diff else ""
     return replace(
-        moved,
-        action=Action.RENAME,
-        diff=diff,
-        reason=f"renamed from {live.name!r} (id and token kept){what}",
+        moved, action=Action.RENAME, diff=diff, reason=f"renamed from {live.name!r} (id and token kept){what}"
     )
 
 

@@ -162,10 +162,7 @@ def connect(validated: Validated, options: Options, stop: StopFlag, read_only: b
 
 
 def read_state(
-    connection: Connection,
-    stack: str,
-    owned_only: bool,
-    hydrate: Callable[[LiveInstance], bool] | None = None,
+    connection: Connection, stack: str, owned_only: bool, hydrate: Callable[[LiveInstance], bool] | None = None
 ) -> dict[str, list[LiveInstance]]:
     """Stage 4: one paged listing per target. A 401/403 stops the run naming the variables.
     ``hydrate``: which instances the stack does not own need their configuration (see read_live)."""

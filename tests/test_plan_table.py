@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.engine import stages as engine
 from provisioner.api.live import LiveInstance
-from provisioner.engine.diff import FingerprintContext
+from provisioner.engine import stages as engine
 from provisioner.engine.bodies import modify_verb
+from provisioner.engine.diff import FingerprintContext
 from provisioner.engine.plan import Action, PlanOptions, make_plan
 from provisioner.errors import UserError
 from provisioner.ownership import fingerprint_tags

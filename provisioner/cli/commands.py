@@ -7,7 +7,6 @@ import functools
 import os
 import sys
 import tempfile
-from contextlib import ExitStack
 from dataclasses import replace
 
 import click
@@ -17,7 +16,6 @@ from ..engine import stages as engine
 from ..engine.outputs import format_env, format_json, write_outputs
 from ..engine.plan import Action, Plan
 from ..errors import UserError
-from ..interrupt import stop_on_signals
 from ..ownership import is_unmanaged
 from .options import (
     ENV_API,
@@ -41,7 +39,7 @@ from .options import (
     progress_option,
 )
 from .progress import ProgressReporter
-from .run import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Run, local_api
+from .run import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Run
 
 WITH_MARKDOWN = (*FORMATS, "markdown")
 
@@ -97,13 +95,11 @@ def plan(args: PlanArgs) -> None:
 
     def body() -> int:
         validated = run.validated(args)
-        with local_api(args.local) as local, stop_on_signals(run.stop):
-            options = args.engine_options(run.trace, local)
-            with engine.connect(validated, options, run.stop, read_only=True) as connection:
-                the_plan = engine.plan(validated, connection, options)
-                saved = None
-                if args.out and not the_plan.has_refusals:
-                    saved = savedplan.document(the_plan, validated, connection, _sources(args))
+        with run.connected(args, validated, read_only=True) as (options, connection):
+            the_plan = engine.plan(validated, connection, options)
+            saved = None
+            if args.out and not the_plan.has_refusals:
+                saved = savedplan.document(the_plan, validated, connection, _sources(args))
         run.reporter.plan(the_plan)
         if the_plan.has_refusals:
             if args.out:
@@ -162,13 +158,9 @@ def destroy(args: DestroyArgs) -> None:
 
 def _apply_like(run: Run, args: ApplyArgs | DestroyArgs, saved: savedplan.SavedPlan | None = None) -> int:
     validated = run.validated(args)
-    with ExitStack() as stack:
-        local = stack.enter_context(local_api(args.local))
-        stack.enter_context(stop_on_signals(run.stop))
-        options = args.engine_options(run.trace, local)
-        connection = stack.enter_context(engine.connect(validated, options, run.stop))
+    with run.connected(args, validated) as (options, connection):
         if saved is not None:
-            savedplan.check_before_reading(saved, validated, connection, local is not None)
+            savedplan.check_before_reading(saved, validated, connection, args.local)
         the_plan = engine.plan(validated, connection, options)
         if saved is not None:
             savedplan.check_plan(saved, the_plan, validated, connection)
@@ -267,10 +259,8 @@ def drift(args: Online) -> None:
 
     def body() -> int:
         validated = run.validated(args)
-        with local_api(args.local) as local, stop_on_signals(run.stop):
-            options = args.engine_options(run.trace, local)
-            with engine.connect(validated, options, run.stop, read_only=True) as connection:
-                report = engine.drift(validated, connection)
+        with run.connected(args, validated, read_only=True) as (_, connection):
+            report = engine.drift(validated, connection)
         run.reporter.drift(report, connection.stats.as_dict())
         return EXIT_CHANGES if report.has_drift else EXIT_OK
 
@@ -291,11 +281,9 @@ def output(args: OutputArgs) -> None:
 
     def body() -> int:
         validated = run.validated(args)
-        with local_api(args.local) as local, stop_on_signals(run.stop):
-            options = args.engine_options(run.trace, local)
-            with engine.connect(validated, options, run.stop, read_only=True) as connection:
-                live = engine.read_state(connection, validated.manifest.stack, owned_only=True)
-                entries = engine.instance_outputs(validated, None, connection, live)
+        with run.connected(args, validated, read_only=True) as (_, connection):
+            live = engine.read_state(connection, validated.manifest.stack, owned_only=True)
+            entries = engine.instance_outputs(validated, None, connection, live)
         selected = engine.select_outputs(entries, validated, args.name)
         sys.stdout.write(_OUTPUT_FORMATS[args.format](selected))  # the one place tokens are printed: asked for
         sys.stdout.flush()
@@ -325,11 +313,9 @@ def import_(args: ImportArgs) -> None:
 
     def body() -> int:
         validated = run.validated(args)
-        with local_api(args.local) as local, stop_on_signals(run.stop):
-            options = args.engine_options(run.trace, local)
-            with engine.connect(validated, options, run.stop) as connection:
-                stack = validated.manifest.stack
-                live = engine.read_state(connection, stack, owned_only=False, hydrate=lambda i: is_unmanaged(i.tags))
+        with run.connected(args, validated) as (_, connection):
+            stack = validated.manifest.stack
+            live = engine.read_state(connection, stack, owned_only=False, hydrate=lambda i: is_unmanaged(i.tags))
         imported = import_manifest(
             validated.manifest, validated.registry, live, args.out_path, args.element, args.name_glob
         )

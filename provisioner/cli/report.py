@@ -140,10 +140,6 @@ def result_json(result: ChangeResult) -> dict[str, Any]:
     return data
 
 
-def summary_json(plan: Plan) -> dict[Action, int]:
-    return plan.counts()
-
-
 class JsonReporter:
     """One JSON document on stdout per command; nothing else there."""
 
@@ -176,7 +172,7 @@ class JsonReporter:
                 "ok": not plan.has_refusals,
                 "stack": plan.stack,
                 "changes": [c.to_json() for c in plan.changes],
-                "summary": summary_json(plan),
+                "summary": plan.counts(),
                 "warnings": plan.warnings,
             }
         )
@@ -190,7 +186,7 @@ class JsonReporter:
                 "ok": result.ok and not result.plan.has_refusals,
                 "stack": result.plan.stack,
                 "changes": [result_json(r) for r in result.results],
-                "summary": summary_json(result.plan),
+                "summary": result.plan.counts(),
                 "status": _status_counts(result),
                 "warnings": result.plan.warnings,
                 "interrupted": result.interrupted,

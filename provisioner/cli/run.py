@@ -4,15 +4,15 @@ where errors become messages and exit codes."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from ..engine import stages as engine
 from ..errors import Interrupted, ProvisionerError, UserError, ValidationFailed
-from ..interrupt import StopFlag
+from ..interrupt import StopFlag, stop_on_signals
 from .markdown import MarkdownReporter
-from .options import Source
+from .options import Online, Source
 from .report import JsonReporter, RedactingWriter, Reporter, TextReporter
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
@@ -61,6 +61,16 @@ class Run:
 
     def exit(self, body: Callable[[], int]) -> None:
         sys.exit(self.finish(body))
+
+    @contextmanager
+    def connected(
+        self, args: Online, validated: engine.Validated, read_only: bool = False
+    ) -> Iterator[tuple[engine.Options, engine.Connection]]:
+        """The run's engine options and clients: --local's emulator started, SIGINT/SIGTERM caught."""
+        with local_api(args.local) as local, stop_on_signals(self.stop):
+            options = args.engine_options(self.trace, local)
+            with engine.connect(validated, options, self.stop, read_only=read_only) as connection:
+                yield options, connection
 
     def validated(self, source: Source) -> engine.Validated:
         """Stages 1-3; with --verbose, say in which order the inputs were layered."""

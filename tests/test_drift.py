@@ -12,8 +12,8 @@ import pytest
 from conftest import ORG_SECRET, USER_SECRET, manifest_text, write
 from safety_helpers import Api, by_name, methods
 
-from provisioner.engine import stages as engine
 from provisioner.api.client import Client
+from provisioner.engine import stages as engine
 from provisioner.interrupt import StopFlag
 
 

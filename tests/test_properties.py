@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from provisioner.emulator.server import default_catalog, to_property_value
-from provisioner.engine.diff import FieldDiff, FingerprintContext, diff_configuration
+from provisioner.engine.diff import FieldDiff, FieldPath, FingerprintContext, diff_configuration
 from provisioner.errors import Location
 from provisioner.manifest.elements import ElementRegistry
 from provisioner.manifest.render import Renderer
@@ -245,7 +245,7 @@ def test_one_changed_declared_value_gives_exactly_one_field_diff(element, data, 
     diffs = diff_configuration(ours, live, schema, live_fingerprints(element, theirs), FP, NAME)
     old, new = effective(schema, key, theirs[key]), effective(schema, key, ours[key])
     op = "add" if old is None else "remove" if new is None else "change"
-    assert diffs == [FieldDiff(op, f"configuration.{key}", old, new)]
+    assert diffs == [FieldDiff(op, FieldPath.config(key), old, new)]
     no_secret_in(diffs, {**ours, **theirs})
 
 
@@ -262,11 +262,11 @@ def test_a_changed_secret_gives_one_sensitive_diff_without_its_value(element, da
     changed = {**desired, key: new}
     live = server_view(element, desired, extra)
     diffs = diff_configuration(changed, live, schema, live_fingerprints(element, desired), FP, NAME)
-    assert diffs == [FieldDiff("change", f"configuration.{key}", SENSITIVE, SENSITIVE, True)]
+    assert diffs == [FieldDiff("change", FieldPath.config(key), SENSITIVE, SENSITIVE, True)]
     no_secret_in(diffs, {**desired, **changed})
     # the same secret declared on an instance the server holds without any fingerprint: "add"
     bare = diff_configuration(changed, {**live, key: None}, schema, {}, FP, NAME)
-    assert [d.path for d in bare] == [f"configuration.{k}" for k in secret_keys]
+    assert [d.path for d in bare] == [FieldPath.config(k) for k in secret_keys]
     assert all(d.sensitive and d.new == SENSITIVE and d.old in (None, SENSITIVE) for d in bare)
     no_secret_in(bare, {**desired, **changed})
 

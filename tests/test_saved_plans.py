@@ -173,3 +173,21 @@ def test_a_manifest_is_still_applied_directly(cli, db):
     manifest = write(cli.cwd, "m.yaml", manifest_text(count=1))
     assert cli.run("apply", manifest).returncode == 0
     assert len(db.instances()) == 1
+
+
+def test_apply_file_reads_a_plan_whose_changes_carry_the_http_method_of_older_files(cli, db):
+    """Plans saved before apply chose the verb itself carry a "method" per change: still applied, with
+    the verb apply chooses now (PUT for a configuration change)."""
+    manifest = write(cli.cwd, "m.yaml", manifest_text(count=1))
+    assert cli.run("apply", manifest).returncode == 0
+    write(cli.cwd, "m.yaml", manifest_text(count=1).replace("company: acme", "company: globex"))
+    assert cli.run("plan", manifest, "--out", "plan.json").returncode == 0
+    saved = json.loads((cli.cwd / "plan.json").read_text())
+    assert [c["action"] for c in saved["changes"]] == ["update"] and "method" not in saved["changes"][0]
+    saved["changes"][0]["method"] = "PATCH"  # an older file's field, not what apply sends any more
+    (cli.cwd / "plan.json").write_text(json.dumps(saved))
+    db.clear_requests()
+    proc = cli.run("apply", "plan.json")
+    assert proc.returncode == 0, proc.stderr
+    assert [m for m, _ in writes(db)] == ["PUT"]
+    assert by_name(db)["helpdesk-0"]["configuration"]["helpdesk.connectwise.company"] == "globex"

@@ -1,4 +1,5 @@
-"""Reporters, not prints: a text reporter and a JSON reporter, chosen by ``--output``.
+"""Reporters, not prints: every reporter implements ``Reporter``; the text and JSON ones live here, the
+Markdown one in ``markdown.py``, and ``run.REPORTERS`` chooses one by ``--output``.
 
 Each writes to the streams it is given: results on stdout, problems and logs on stderr. Every byte
 passes through the redactor on its way out. The JSON document is versioned (``formatVersion: 1``)
@@ -11,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterable
-from typing import IO, Any, cast
+from typing import IO, Any, Protocol, cast
 
 from ..api.stats import plural
 from ..closedsets import assert_never
@@ -110,20 +111,25 @@ class StyledStream:
             self.raw.flush()
 
 
-def change_json(change: Change) -> dict[str, Any]:
-    return {
-        "action": change.action,
-        "name": change.name,
-        "target": change.target,
-        "element": change.element,
-        "id": change.id,
-        "reason": change.reason,
-        "diff": [d.to_json() for d in change.diff],
-    }
+class Reporter(Protocol):
+    """What a command reports, each method one outcome; results on stdout, the rest on stderr."""
+
+    def validated(self, manifest: str, count: int, problems: Iterable[Problem]) -> None: ...
+    def problems(self, command: str, problems: Iterable[Problem]) -> None: ...
+    def plan(self, plan: Plan, command: str = "plan") -> None: ...
+    def applied(
+        self, result: ApplyResult, stats: dict[str, Any], command: str = "apply", outputs: str | None = None
+    ) -> None: ...
+    def drift(self, report: DriftReport, stats: dict[str, Any]) -> None: ...
+    def error(self, command: str, message: str, hint: str | None = None) -> None: ...
+    def document(self, command: str, data: dict[str, Any], lines: list[str]) -> None:
+        """The result of a command that is neither a plan nor an apply (schemas, import, render)."""
+
+    def info(self, text: str) -> None: ...
 
 
 def result_json(result: ChangeResult) -> dict[str, Any]:
-    data = change_json(result.change)
+    data = result.change.to_json()
     data["id"] = result.id if result.id is not None else data["id"]
     data["status"] = result.status
     data["error"] = (
@@ -134,14 +140,10 @@ def result_json(result: ChangeResult) -> dict[str, Any]:
     return data
 
 
-def summary_json(plan: Plan) -> dict[Action, int]:
-    return plan.counts()
-
-
 class JsonReporter:
     """One JSON document on stdout per command; nothing else there."""
 
-    def __init__(self, out: IO[str], err: IO[str]):
+    def __init__(self, out: IO[str], err: IO[str], verbose: bool = False):
         self.out = RedactingWriter(out)
         self.err = RedactingWriter(err)
 
@@ -169,8 +171,8 @@ class JsonReporter:
                 "command": command,
                 "ok": not plan.has_refusals,
                 "stack": plan.stack,
-                "changes": [change_json(c) for c in plan.changes],
-                "summary": summary_json(plan),
+                "changes": [c.to_json() for c in plan.changes],
+                "summary": plan.counts(),
                 "warnings": plan.warnings,
             }
         )
@@ -184,7 +186,7 @@ class JsonReporter:
                 "ok": result.ok and not result.plan.has_refusals,
                 "stack": result.plan.stack,
                 "changes": [result_json(r) for r in result.results],
-                "summary": summary_json(result.plan),
+                "summary": result.plan.counts(),
                 "status": _status_counts(result),
                 "warnings": result.plan.warnings,
                 "interrupted": result.interrupted,
@@ -202,7 +204,6 @@ class JsonReporter:
         self._emit({"command": command, "ok": False, "error": {"message": message, "hint": hint}})
 
     def document(self, command: str, data: dict[str, Any], lines: list[str]) -> None:
-        """The result of a command that is neither a plan nor an apply (schemas, import, render)."""
         self._emit({"command": command, "ok": True, **data})
 
     def info(self, text: str) -> None:

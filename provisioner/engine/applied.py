@@ -22,28 +22,38 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..closedsets import assert_never
 from ..manifest.elements import ElementSchema
 from ..ownership import APPLIED_TAG, PROTECT_TAG, user_tags
 from ..secret import reveal
+from .diff import FieldPath, FingerprintContext
 
 RECORD_CHARS = 4  # 3 bytes: a chance collision per field is 1 in 16 million
 _RECORD_BYTES = 3
 
 
 def field_digest(key: bytes, path: str, value: Any, size: int = _RECORD_BYTES) -> str:
-    """A keyed digest of one field's value (base64url, no padding)."""
+    """A keyed digest of one field's value (base64url, no padding); ``path`` is the field's text."""
+    return _digest(key, f"{path}\0{_canonical(reveal(value))}", size)
+
+
+def record_digest(fp: FingerprintContext, path: FieldPath, value: Any) -> str:
+    """The short digest of one field in the applied record, kept in the run's ``fp.digests``."""
     message = f"{path}\0{_canonical(reveal(value))}"
-    memo = (key, size, message)
-    found = _MEMO.get(memo)
+    found = fp.digests.get(message)
     if found is None:
-        raw = hashlib.blake2b(message.encode(), key=key[:64], digest_size=size).digest()
-        found = base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-        if len(_MEMO) < 8_192:  # a forEach writes the same few values (defaults) thousands of times
-            _MEMO[memo] = found
+        found = _digest(fp.key, message, _RECORD_BYTES)
+        if len(fp.digests) < MAX_REMEMBERED:
+            fp.digests[message] = found
     return found
 
 
-_MEMO: dict[tuple, str] = {}
+MAX_REMEMBERED = 8_192  # values shared by many instances come first; unique ones need not be kept
+
+
+def _digest(key: bytes, message: str, size: int) -> str:
+    raw = hashlib.blake2b(message.encode(), key=key[:64], digest_size=size).digest()
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
 
 def _canonical(value: Any) -> str:
@@ -57,62 +67,58 @@ def _canonical(value: Any) -> str:
     return "j" + json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
 
 
-def desired_fields(desired: Any, schema: ElementSchema) -> dict[str, Any]:
+def desired_fields(desired: Any, schema: ElementSchema) -> dict[FieldPath, Any]:
     """The non-secret fields of a desired instance that provisioner compares, in effective form."""
-    fields: dict[str, Any] = {"element": desired.element}
+    fields: dict[FieldPath, Any] = {FieldPath("element"): desired.element}
     if desired.tags is not None:
-        fields["tags"] = sorted(set(desired.tags))
+        fields[FieldPath("tags")] = sorted(set(desired.tags))
     if getattr(desired, "protect", None) is not None:
-        fields["protect"] = bool(desired.protect)
+        fields[FieldPath("protect")] = bool(desired.protect)
     secret = schema.secret_keys
     for key in sorted(set(desired.configuration) | set(schema.defaults)):
         if key not in secret:
-            fields[f"configuration.{key}"] = schema.effective(key, desired.configuration.get(key))
+            fields[FieldPath.config(key)] = schema.effective(key, desired.configuration.get(key))
     return fields
 
 
-def live_value(live: Any, path: str, schema: ElementSchema | None) -> Any:
+def live_value(live: Any, path: FieldPath, schema: ElementSchema | None) -> Any:
     """The live instance's value of one field, in the same effective form as ``desired_fields``."""
-    if path == "element":
-        return schema.key if schema is not None and schema.accepts_key(live.element) else live.element
-    if path == "tags":
-        return sorted(set(user_tags(live.tags)))
-    if path == "protect":
-        return PROTECT_TAG in live.tags
-    key = path.removeprefix("configuration.")
-    value = (live.configuration or {}).get(key)
-    return schema.effective(key, value) if schema is not None else value
+    match path.section:
+        case "element":
+            return schema.key if schema is not None and schema.accepts_key(live.element) else live.element
+        case "tags":
+            return sorted(set(user_tags(live.tags)))
+        case "protect":
+            return PROTECT_TAG in live.tags
+        case "name":
+            return live.name
+        case "configuration":
+            assert path.key is not None
+            value = (live.configuration or {}).get(path.key)
+            return schema.effective(path.key, value) if schema is not None else value
+        case _:
+            assert_never(path.section)
 
 
-def written_fields(desired: Any, schema: ElementSchema, tags: Iterable[str], protect: bool) -> dict[str, Any]:
-    """Every non-secret field as a write leaves it on the instance (see the module docstring)."""
-    fields: dict[str, Any] = {"element": desired.element, "tags": sorted(set(tags)), "protect": bool(protect)}
+def written_fields(desired: Any, schema: ElementSchema, tags: Iterable[str], protect: bool) -> dict[FieldPath, Any]:
+    """Every non-secret field as a write leaves it on the instance (see the module docstring): every
+    non-secret schema property, and any other declared non-secret key."""
+    fields: dict[FieldPath, Any] = {
+        FieldPath("element"): desired.element,
+        FieldPath("tags"): sorted(set(tags)),
+        FieldPath("protect"): bool(protect),
+    }
     configuration = desired.configuration
-    for key, path in _paths(schema, configuration):
-        fields[path] = schema.effective(key, configuration.get(key))
+    keys = set(schema.properties) | set(configuration)
+    for key in sorted(keys - schema.secret_keys):
+        fields[FieldPath.config(key)] = schema.effective(key, configuration.get(key))
     return fields
 
 
-_PATHS: dict[int, tuple[ElementSchema, list[tuple[str, str]]]] = {}
-
-
-def _paths(schema: ElementSchema, configuration: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(key, path) of every non-secret schema property, plus any other declared non-secret key."""
-    cached = _PATHS.get(id(schema))
-    if cached is None or cached[0] is not schema:
-        cached = _PATHS[id(schema)] = (
-            schema,
-            [(k, f"configuration.{k}") for k in sorted(set(schema.properties) - schema.secret_keys)],
-        )
-    known = cached[1]
-    extra = [k for k in configuration if k not in schema.properties and k not in schema.secret_keys]
-    return known + [(k, f"configuration.{k}") for k in extra] if extra else known
-
-
-def applied_tag(desired: Any, schema: ElementSchema, key: bytes, tags: Iterable[str], protect: bool) -> str:
+def applied_tag(desired: Any, schema: ElementSchema, fp: FingerprintContext, tags: Iterable[str], protect: bool) -> str:
     """The record tag for a desired instance written with these user tags and protection."""
     fields = written_fields(desired, schema, tags, protect)
-    return APPLIED_TAG + "".join(sorted(field_digest(key, path, value) for path, value in fields.items()))
+    return APPLIED_TAG + "".join(sorted(record_digest(fp, path, value) for path, value in fields.items()))
 
 
 def applied_record(tags: Iterable[Any]) -> frozenset[str] | None:
@@ -124,9 +130,9 @@ def applied_record(tags: Iterable[Any]) -> frozenset[str] | None:
     return None
 
 
-def was_applied(record: frozenset[str] | None, key: bytes, path: str, value: Any) -> bool:
+def was_applied(record: frozenset[str] | None, fp: FingerprintContext, path: FieldPath, value: Any) -> bool:
     """Whether ``value`` of ``path`` is the one provisioner last wrote."""
-    return record is not None and field_digest(key, path, value) in record
+    return record is not None and record_digest(fp, path, value) in record
 
 
 def field_digests(key: bytes, fields: Mapping[str, Any], size: int = 16) -> dict[str, str]:

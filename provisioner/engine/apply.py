@@ -40,7 +40,7 @@ from ..interrupt import StopFlag
 from ..manifest.elements import ElementRegistry
 from ..ownership import run_tag
 from ..secret import Secret
-from .bodies import adopt_body, create_body, patch_body, put_body
+from .bodies import adopt_body, create_body, modify_verb, patch_body, put_body
 from .diff import FingerprintContext
 from .plan import Action, Change, Plan
 
@@ -225,7 +225,7 @@ class Applier:
         live_tags = change.live.tags if change.live else ()
         if change.action == Action.ADOPT:  # one PATCH: marker, fingerprints, declared configuration
             data = client.patch_instance(change.id, adopt_body(desired, schema, fp, live_tags, change.diff))
-        elif change.method == "PATCH":
+        elif modify_verb(change) == "PATCH":
             rename = change.action == Action.RENAME  # PATCH name and tags: id and token stay
             data = client.patch_instance(change.id, patch_body(desired, schema, fp, live_tags, rename))
         else:

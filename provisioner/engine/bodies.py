@@ -2,20 +2,30 @@
 
 ``PUT /instances/{id}`` replaces the whole instance, so its body carries the name, the element, every
 tag (the user's, the stack marker and the secret fingerprints) and the full declared configuration.
-``PATCH`` is used only when tags alone differ. Secret values stay ``Secret`` objects in these
-bodies; the HTTP client reveals them only when it serialises the request.
+``PATCH`` is used when no configuration value differs (tags, protection, a rename) and to adopt:
+``modify_verb`` chooses. Secret values stay ``Secret`` objects in these bodies; the HTTP client
+reveals them only when it serialises the request.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from ..manifest.desired import DesiredInstance
 from ..manifest.elements import OAUTH_REFRESH_TOKEN, ElementSchema
 from ..ownership import PROTECT_TAG, fingerprint_tags, managed_tags, user_tags
 from .applied import applied_tag
 from .diff import FieldDiff, FingerprintContext
+from .plan import Action, Change
+
+
+def modify_verb(change: Change) -> Literal["PUT", "PATCH"]:
+    """How an instance is changed in place: PUT when a configuration value differs (the whole
+    instance is sent), PATCH otherwise (name and tags only) and to adopt (PATCH merges configuration)."""
+    if change.action != Action.ADOPT and any(d.path.section == "configuration" for d in change.diff):
+        return "PUT"
+    return "PATCH"
 
 
 def all_tags(
@@ -28,10 +38,7 @@ def all_tags(
     fps = fingerprint_tags(fp.key, fp.stack, desired.name, desired.configuration, schema.secret_keys)
     protect = desired.protect if desired.protect is not None else PROTECT_TAG in live_tags
     mine = list(dict.fromkeys(mine))
-    return [
-        *mine,
-        *managed_tags(fp.stack, desired.name, fps, protect, applied_tag(desired, schema, fp.key, mine, protect)),
-    ]
+    return [*mine, *managed_tags(fp.stack, desired.name, fps, protect, applied_tag(desired, schema, fp, mine, protect))]
 
 
 def wire_configuration(configuration: Any) -> dict[str, Any]:
@@ -69,8 +76,8 @@ def put_body(
     sent with the schema default, so the update really converges."""
     configuration = wire_configuration(desired.configuration)
     for change in diff:
-        key = change.path.removeprefix("configuration.")
-        if change.path.startswith("configuration.") and key not in configuration and key in schema.defaults:
+        key = change.path.key  # only a configuration path has one
+        if key is not None and key not in configuration and key in schema.defaults:
             configuration[key] = schema.defaults[key]
     return {
         "name": desired.name,

@@ -10,8 +10,8 @@ and a secret diff shows ``(sensitive)`` on both sides.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
 
 from ..closedsets import StrEnum
 from ..manifest.elements import ElementSchema
@@ -27,24 +27,46 @@ class DiffOp(StrEnum):
     REMOVE = "remove"
 
 
+Section = Literal["element", "name", "tags", "protect", "configuration"]
+
+
+class FieldPath(NamedTuple):
+    """Where a field is: its section, and for ``configuration`` the key inside it (a key may hold dots
+    itself, ``helpdesk.connectwise.password``, so the two are never joined and split again)."""
+
+    section: Section
+    key: str | None = None
+
+    def __str__(self) -> str:
+        """The dotted text shown in every output: ``tags``, ``configuration.<key>``."""
+        return self.section if self.key is None else f"{self.section}.{self.key}"
+
+    @classmethod
+    def config(cls, key: str) -> FieldPath:
+        return cls("configuration", key)
+
+
 @dataclass(frozen=True)
 class FieldDiff:
     op: DiffOp
-    path: str
+    path: FieldPath
     old: Any
     new: Any
     sensitive: bool = False
 
     def to_json(self) -> dict:
-        return {"op": self.op, "path": self.path, "old": self.old, "new": self.new, "sensitive": self.sensitive}
+        return {"op": self.op, "path": str(self.path), "old": self.old, "new": self.new, "sensitive": self.sensitive}
 
 
 @dataclass(frozen=True)
 class FingerprintContext:
-    """What a fingerprint needs besides the value: the keyed HMAC key and the stack."""
+    """What a fingerprint needs besides the value: the keyed HMAC key and the stack. One per target
+    and run; it also keeps the run's field digests made with its key (``applied.py``): a forEach
+    writes the same few values (defaults, element, tags) thousands of times."""
 
     key: bytes
     stack: str
+    digests: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
 def diff_configuration(
@@ -59,18 +81,15 @@ def diff_configuration(
     live = live or {}
     diffs: list[FieldDiff] = []
     secret_keys = schema.secret_keys
-    for key in _compared_keys(desired, schema):
+    for key in sorted(set(desired) | set(schema.defaults)):  # declared keys and schema defaults
         if key in secret_keys:
             if key in desired and desired[key] is not None:
                 want = fingerprint(fp.key, fp.stack, name, key, desired[key])
                 if live_fingerprints.get(key) != want:
                     known = key in live_fingerprints or live.get(key) not in (None, "")
                     op = DiffOp.CHANGE if known else DiffOp.ADD
-                    diffs.append(
-                        FieldDiff(
-                            op, f"configuration.{key}", SENSITIVE if op == DiffOp.CHANGE else None, SENSITIVE, True
-                        )
-                    )
+                    old = SENSITIVE if op == DiffOp.CHANGE else None
+                    diffs.append(FieldDiff(op, FieldPath.config(key), old, SENSITIVE, True))
             continue
         mine, theirs = desired.get(key), live.get(key)
         if type(mine) is type(theirs) and mine == theirs:  # the same value: the same meaning
@@ -79,23 +98,8 @@ def diff_configuration(
         have = schema.effective(key, theirs)
         if want != have:
             op = DiffOp.ADD if have is None else DiffOp.REMOVE if want is None else DiffOp.CHANGE
-            diffs.append(FieldDiff(op, f"configuration.{key}", have, want))
+            diffs.append(FieldDiff(op, FieldPath.config(key), have, want))
     return diffs
-
-
-_KEYS: dict[tuple[int, tuple[str, ...]], tuple[ElementSchema, list[str]]] = {}
-
-
-def _compared_keys(desired: Mapping[str, Any], schema: ElementSchema) -> list[str]:
-    """The declared keys and the schema's defaults, sorted; memoised per schema and key sequence (a
-    forEach declares the same keys thousands of times)."""
-    memo = (id(schema), tuple(desired))
-    found = _KEYS.get(memo)
-    if found is None or found[0] is not schema:
-        found = (schema, sorted(set(desired) | set(schema.defaults)))
-        if len(_KEYS) < 1024:
-            _KEYS[memo] = found
-    return found[1]
 
 
 def diff_tags(desired_tags: tuple[str, ...] | None, live_tags: tuple[str, ...]) -> list[FieldDiff]:
@@ -103,13 +107,13 @@ def diff_tags(desired_tags: tuple[str, ...] | None, live_tags: tuple[str, ...]) 
     if desired_tags is None:
         return []
     want, have = sorted(set(desired_tags)), sorted(set(user_tags(live_tags)))
-    return [] if want == have else [FieldDiff(DiffOp.CHANGE, "tags", have, want)]
+    return [] if want == have else [FieldDiff(DiffOp.CHANGE, FieldPath("tags"), have, want)]
 
 
 def diff_protect(protect: bool | None, live_tags: tuple[str, ...]) -> list[FieldDiff]:
     """The protection marker, when the manifest says protect: true or false."""
     have = PROTECT_TAG in live_tags
-    return [] if protect is None or protect == have else [FieldDiff(DiffOp.CHANGE, "protect", have, protect)]
+    return [] if protect is None or protect == have else [FieldDiff(DiffOp.CHANGE, FieldPath("protect"), have, protect)]
 
 
 def diff_instance(desired: Any, live: Any, schema: ElementSchema, fp: FingerprintContext) -> list[FieldDiff]:

@@ -32,7 +32,7 @@ from ..manifest.elements import ElementRegistry
 from ..ownership import fingerprints_of
 from ..secret import SENSITIVE
 from .applied import applied_record, live_value, was_applied
-from .diff import FieldDiff, FingerprintContext
+from .diff import FieldDiff, FieldPath, FingerprintContext
 from .plan import Action, Change, Plan
 
 Kind = Literal["drift", "pending"]
@@ -42,7 +42,7 @@ CATEGORIES: tuple[Category, ...] = get_args(Category)  # in this order in the JS
 
 @dataclass(frozen=True)
 class DriftField:
-    path: str
+    path: FieldPath
     live: Any
     manifest: Any
     sensitive: bool
@@ -51,7 +51,7 @@ class DriftField:
     def to_json(self) -> dict:
         shown = (SENSITIVE, SENSITIVE) if self.sensitive else (self.live, self.manifest)
         return {
-            "path": self.path,
+            "path": str(self.path),
             "live": shown[0],
             "manifest": shown[1],
             "sensitive": self.sensitive,
@@ -180,17 +180,17 @@ def _field_findings(
     plain: dict[Kind, list[DriftField]] = {"drift": [], "pending": []}
     found = []
     for diff in change.diff:
-        if diff.path == "name":
+        if diff.path.section == "name":
             continue
         if diff.sensitive:
             found.append(_secret(diff, live, common))
             continue
         value = (
             _canonical_element(registry, live.element)
-            if diff.path == "element"
+            if diff.path.section == "element"
             else live_value(live, diff.path, schema)
         )
-        kind: Kind = "pending" if was_applied(record, fp.key, diff.path, value) else "drift"
+        kind: Kind = "pending" if was_applied(record, fp, diff.path, value) else "drift"
         plain[kind].append(DriftField(diff.path, diff.old, diff.new, False, kind))
     details = {
         "drift": "changed on the server since provisioner applied it",
@@ -203,8 +203,7 @@ def _field_findings(
 
 
 def _secret(diff: FieldDiff, live: LiveInstance, common: dict[str, Any]) -> Finding:
-    key = diff.path.removeprefix("configuration.")
-    if key in fingerprints_of(live.tags):
+    if diff.path.key in fingerprints_of(live.tags):
         return Finding(
             "secret",
             "pending",

@@ -31,7 +31,7 @@ from ..manifest.desired import DesiredInstance
 from ..manifest.elements import ElementRegistry
 from ..ownership import is_unmanaged
 from ..secret import MASK, SENSITIVE, Secret
-from .diff import DiffOp, FieldDiff, FingerprintContext, diff_instance, element_matches
+from .diff import DiffOp, FieldDiff, FieldPath, FingerprintContext, diff_instance, element_matches
 from .protection import is_protected, refusal
 from .targeting import Selection, restrict
 
@@ -77,7 +77,6 @@ class Change:
     reason: str
     diff: tuple[FieldDiff, ...] = ()
     id: Any = None
-    method: str | None = None  # for updates and renames: "PUT" (configuration) or "PATCH" (name, tags)
     desired: DesiredInstance | None = field(default=None, compare=False)
     live: LiveInstance | None = field(default=None, compare=False)
     warning: str | None = None
@@ -85,6 +84,18 @@ class Change:
     @property
     def is_write(self) -> bool:
         return self.action in WRITES
+
+    def to_json(self) -> dict[str, Any]:
+        """The change as the JSON output and saved plans show it."""
+        return {
+            "action": self.action,
+            "name": self.name,
+            "target": self.target,
+            "element": self.element,
+            "id": self.id,
+            "reason": self.reason,
+            "diff": [d.to_json() for d in self.diff],
+        }
 
 
 @dataclass(frozen=True)
@@ -146,41 +157,6 @@ class Plan:
         return found
 
 
-class EarlyDiffs:
-    """Field diffs of declared instances against their owned live namesakes, computed page by page
-    while the listing is still on the wire (the main thread is otherwise idle between pages).
-    ``make_plan`` takes them instead of comparing again. Only a cache of a pure function: a plan is
-    the same with or without it (an entry is used only for the very same desired and live objects)."""
-
-    def __init__(
-        self,
-        stack: str,
-        desired: Iterable[DesiredInstance],
-        registry: ElementRegistry,
-        fingerprints: Mapping[str, FingerprintContext],
-    ):
-        self._stack = stack
-        self._registry = registry
-        self._fingerprints = fingerprints
-        self._declared = {(d.target, d.name): d for d in desired}
-        self._diffs: dict[int, tuple[DesiredInstance, LiveInstance, tuple[FieldDiff, ...]]] = {}
-
-    def see(self, target: str, page: Iterable[LiveInstance]) -> None:
-        """Compare the instances of one page that a declared instance may be matched to."""
-        fp = self._fingerprints.get(target)
-        for live in page:
-            desired = self._declared.get((target, live.name))
-            if desired is None or fp is None or live.configuration is None or not live.owned_by(self._stack):
-                continue
-            schema = self._registry.get(desired.element)
-            if schema is not None and element_matches(schema, live.element):
-                self._diffs[id(live)] = (desired, live, tuple(diff_instance(desired, live, schema, fp)))
-
-    def get(self, desired: DesiredInstance, live: LiveInstance) -> tuple[FieldDiff, ...] | None:
-        entry = self._diffs.get(id(live))
-        return entry[2] if entry is not None and entry[0] is desired and entry[1] is live else None
-
-
 def make_plan(
     stack: str,
     desired: Iterable[DesiredInstance],
@@ -188,7 +164,6 @@ def make_plan(
     registry: ElementRegistry,
     fingerprints: Mapping[str, FingerprintContext],
     options: PlanOptions = PlanOptions(),
-    early: EarlyDiffs | None = None,
 ) -> Plan:
     """Compare desired with live, target by target, and decide what to do with each instance."""
     desired = list(desired)
@@ -215,7 +190,6 @@ def make_plan(
                 registry,
                 fingerprints.get(target),
                 options,
-                early,
             )
         )
     return Plan(stack, tuple(changes), options, left_out)
@@ -239,7 +213,6 @@ def _plan_target(
     registry: ElementRegistry,
     fp: FingerprintContext | None,
     options: PlanOptions,
-    early: EarlyDiffs | None,
 ) -> list[Change]:
     owned: dict[str, list[LiveInstance]] = {}
     unmanaged: dict[str, list[LiveInstance]] = {}
@@ -254,7 +227,7 @@ def _plan_target(
     for instance in [] if options.destroy else desired:
         matches = sorted(owned.get(instance.name, []), key=lambda i: i.age_key)
         if matches:
-            changes.append(_compare(instance, matches[0], registry, fp, options, early))
+            changes.append(_compare(instance, matches[0], registry, fp, options))
             changes.extend(_duplicates(matches, target, options))
             continue
         old = next((n for n in instance.previous_names if n in owned and n not in declared), None)
@@ -375,7 +348,6 @@ def _adopt(
         reason,
         diffs,
         id=live.id,
-        method="PATCH",
         desired=instance,
         live=live,
     )
@@ -387,7 +359,6 @@ def _compare(
     registry: ElementRegistry,
     fp: FingerprintContext | None,
     options: PlanOptions,
-    early: EarlyDiffs | None = None,
 ) -> Change:
     schema = registry.get(instance.element)
     assert schema is not None and fp is not None  # validation guarantees the element; apply gives fp
@@ -400,7 +371,7 @@ def _compare(
         "live": live,
     }
     if not element_matches(schema, live.element):
-        diff = (FieldDiff(DiffOp.CHANGE, "element", live.element, instance.element),)
+        diff = (FieldDiff(DiffOp.CHANGE, FieldPath("element"), live.element, instance.element),)
         if options.allow_replace and is_protected(live, instance, options.allow_destroy):
             what = f"replacing it (element {live.element} -> {instance.element})"
             return Change(Action.PROTECTED, reason=refusal(what), diff=diff, **common)
@@ -419,14 +390,12 @@ def _compare(
             diff=diff,
             **common,
         )
-    diffs = early.get(instance, live) if early is not None else None
-    if diffs is None:
-        diffs = tuple(diff_instance(instance, live, schema, fp))
+    diffs = tuple(diff_instance(instance, live, schema, fp))
     if not diffs:
         return Change(Action.NOOP, reason="up to date", **common)
-    if any(d.path.startswith("configuration.") for d in diffs):
-        return Change(Action.UPDATE, reason="configuration differs", diff=diffs, method="PUT", **common)
-    return Change(Action.UPDATE, reason="tags differ", diff=diffs, method="PATCH", **common)
+    if any(d.path.section == "configuration" for d in diffs):
+        return Change(Action.UPDATE, reason="configuration differs", diff=diffs, **common)
+    return Change(Action.UPDATE, reason="tags differ", diff=diffs, **common)
 
 
 def _rename(
@@ -442,15 +411,11 @@ def _rename(
     moved = replace(compared, name=instance.name, desired=instance)
     if compared.action not in (Action.NOOP, Action.UPDATE):
         return replace(moved, reason=f"{compared.reason} (declared as {instance.name!r}, was {live.name!r})")
-    diff = (FieldDiff(DiffOp.CHANGE, "name", live.name, instance.name), *compared.diff)
-    config = any(d.path.startswith("configuration.") for d in compared.diff)
+    diff = (FieldDiff(DiffOp.CHANGE, FieldPath("name"), live.name, instance.name), *compared.diff)
+    config = any(d.path.section == "configuration" for d in compared.diff)
     what = "; configuration differs" if config else "; tags differ" if compared.diff else ""
     return replace(
-        moved,
-        action=Action.RENAME,
-        diff=diff,
-        method="PUT" if config else "PATCH",
-        reason=f"renamed from {live.name!r} (id and token kept){what}",
+        moved, action=Action.RENAME, diff=diff, reason=f"renamed from {live.name!r} (id and token kept){what}"
     )
 
 
@@ -494,13 +459,13 @@ def _undeclared(instance: LiveInstance, target: str, options: PlanOptions) -> Ch
 
 
 def _create_diff(instance: DesiredInstance) -> tuple[FieldDiff, ...]:
-    diffs = [FieldDiff(DiffOp.ADD, "element", None, instance.element)]
+    diffs = [FieldDiff(DiffOp.ADD, FieldPath("element"), None, instance.element)]
     if instance.tags is not None:
-        diffs.append(FieldDiff(DiffOp.ADD, "tags", None, list(instance.tags)))
+        diffs.append(FieldDiff(DiffOp.ADD, FieldPath("tags"), None, list(instance.tags)))
     if instance.protect:
-        diffs.append(FieldDiff(DiffOp.ADD, "protect", None, True))
+        diffs.append(FieldDiff(DiffOp.ADD, FieldPath("protect"), None, True))
     for key in sorted(instance.configuration):
         value = instance.configuration[key]
         secret = isinstance(value, Secret)
-        diffs.append(FieldDiff(DiffOp.ADD, f"configuration.{key}", None, SENSITIVE if secret else value, secret))
+        diffs.append(FieldDiff(DiffOp.ADD, FieldPath.config(key), None, SENSITIVE if secret else value, secret))
     return tuple(diffs)

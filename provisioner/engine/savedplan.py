@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__
-from ..cli.report import change_json
 from ..errors import UserError
 from ..ownership import fingerprint
 from ..privatefile import write_private
 from ..secret import REDACTOR, masked
 from .applied import desired_fields, field_digests, live_value
+from .diff import FieldPath
 from .plan import Action, Change, Plan, PlanOptions
+from .stages import Connection, Validated
 
 KIND = "provisioner-plan"
 FORMAT_VERSION = 1
@@ -112,7 +113,7 @@ def load_if_plan(path: str, max_bytes: int) -> SavedPlan | None:
 # -- writing -------------------------------------------------------------------------------------
 
 
-def document(plan: Plan, validated: Any, connection: Any, sources: Sources) -> dict:
+def document(plan: Plan, validated: Validated, connection: Connection, sources: Sources) -> dict:
     """The saved-plan document for ``plan``."""
     key = _plan_key(connection)
     return {
@@ -151,9 +152,8 @@ def write(path: str, doc: dict) -> None:
     write_private(path, text, "saved plan")
 
 
-def _change(change: Change, validated: Any, connection: Any) -> dict:
-    data = change_json(change)
-    data["method"] = change.method
+def _change(change: Change, validated: Validated, connection: Connection) -> dict:
+    data = change.to_json()
     data["warning"] = change.warning
     data["live"] = None
     if change.live is not None and (change.is_write or change.action == Action.PROTECTED):
@@ -161,7 +161,7 @@ def _change(change: Change, validated: Any, connection: Any) -> dict:
     return data
 
 
-def _live_digests(change: Change, validated: Any, connection: Any) -> dict[str, str]:
+def _live_digests(change: Change, validated: Validated, connection: Connection) -> dict[str, str]:
     """Digests of the live fields the decision was based on."""
     live = change.live
     assert live is not None
@@ -169,12 +169,12 @@ def _live_digests(change: Change, validated: Any, connection: Any) -> dict[str, 
     schema = validated.registry.get(change.desired.element) if change.desired is not None else None
     if change.desired is not None and schema is not None:
         for path in desired_fields(change.desired, schema):
-            if path.startswith("configuration."):
-                fields[path] = live_value(live, path, schema)
+            if path.section == "configuration":
+                fields[str(path)] = live_value(live, path, schema)
     return field_digests(connection.fingerprints[change.target].key, fields)
 
 
-def desired_digests(validated: Any, connection: Any, options: PlanOptions) -> dict[str, dict[str, str]]:
+def desired_digests(validated: Validated, connection: Connection, options: PlanOptions) -> dict[str, dict[str, str]]:
     """Per selected declared instance, one digest per rendered field (secrets through fingerprints)."""
     selection = options.selection
     found = {}
@@ -182,17 +182,19 @@ def desired_digests(validated: Any, connection: Any, options: PlanOptions) -> di
         if selection.active and not selection.selects_desired(desired):
             continue
         schema = validated.registry.get(desired.element)
+        assert schema is not None  # validation guarantees the element
         fp = connection.fingerprints[desired.target]
-        fields: dict[str, Any] = {**desired_fields(desired, schema), "previousNames": list(desired.previous_names)}
+        fields = {str(p): v for p, v in desired_fields(desired, schema).items()}
+        fields["previousNames"] = list(desired.previous_names)
         for key in sorted(schema.secret_keys & set(desired.configuration)):
-            fields[f"configuration.{key}"] = fingerprint(
+            fields[str(FieldPath.config(key))] = fingerprint(
                 fp.key, fp.stack, desired.name, key, desired.configuration[key]
             )
         found[f"{desired.target}/{desired.name}"] = field_digests(fp.key, fields)
     return found
 
 
-def _plan_key(connection: Any) -> bytes:
+def _plan_key(connection: Connection) -> bytes:
     material = b"".join(name.encode() + b"\0" + fp.key for name, fp in sorted(connection.fingerprints.items()))
     return hmac.new(material, b"provisioner saved plan v1", hashlib.sha256).digest()
 
@@ -209,14 +211,14 @@ def _file_digest(key: bytes, path: str) -> str | None:
         return None
 
 
-def _targets(connection: Any, local: bool) -> dict[str, str]:
+def _targets(connection: Connection, local: bool) -> dict[str, str]:
     return {name: "local" if local else t.url for name, t in sorted(connection.targets.items())}
 
 
 # -- applying ------------------------------------------------------------------------------------
 
 
-def check_before_reading(saved: SavedPlan, validated: Any, connection: Any, local: bool) -> None:
+def check_before_reading(saved: SavedPlan, validated: Validated, connection: Connection, local: bool) -> None:
     """Refuse, before any request, when the setup or the rendering differs from the plan's."""
     problems = []
     if validated.manifest.stack != saved.data["stack"]:
@@ -229,7 +231,7 @@ def check_before_reading(saved: SavedPlan, validated: Any, connection: Any, loca
     _refuse(saved, problems)
 
 
-def check_plan(saved: SavedPlan, fresh: Plan, validated: Any, connection: Any) -> None:
+def check_plan(saved: SavedPlan, fresh: Plan, validated: Validated, connection: Connection) -> None:
     """Refuse unless the plan made now is the saved one, over the same live fields."""
     _refuse(saved, _change_problems(saved.data["changes"], fresh, validated, connection))
 
@@ -246,7 +248,7 @@ def _refuse(saved: SavedPlan, problems: list[str]) -> None:
     )
 
 
-def _desired_problems(saved: SavedPlan, validated: Any, connection: Any) -> list[str]:
+def _desired_problems(saved: SavedPlan, validated: Validated, connection: Connection) -> list[str]:
     then = saved.data["desired"]
     now = desired_digests(validated, connection, saved.options)
     problems = []
@@ -272,7 +274,7 @@ def _key(change: Mapping[str, Any]) -> tuple:
     return (change["target"], change["name"], change["id"])
 
 
-def _change_problems(saved_changes: list[dict], fresh: Plan, validated: Any, connection: Any) -> list[str]:
+def _change_problems(saved_changes: list[dict], fresh: Plan, validated: Validated, connection: Connection) -> list[str]:
     now = {_key(d): d for d in (_change(c, validated, connection) for c in fresh.changes)}
     then = {_key(d): d for d in saved_changes}
     by_name = {(c.target, c.name): c for c in fresh.changes if c.id is not None}
@@ -303,44 +305,6 @@ def _compared(old: dict, new: dict) -> list[str]:
         return [f"{name}: changed on the server since the plan: {', '.join(paths)}"]
     if old["action"] != new["action"]:
         return [f"{name}: planned {old['action']}, now {new['action']} ({new['reason']})"]
-    if old["diff"] != new["diff"] or old["method"] != new["method"]:
+    if old["diff"] != new["diff"]:  # a "method" that older files carry is not compared: apply chooses it
         return [f"{name}: the {old['action']} now has a different diff"]
     return []
-
-
-def params_for(saved: SavedPlan, params: dict[str, Any]) -> dict[str, Any]:
-    """The command-line parameters of ``apply FILE``: what the plan fixed, and what may be given now."""
-    for flag, option in (
-        ("prune", "--prune"),
-        ("allow_replace", "--allow-replace"),
-        ("force", "--force"),
-        ("targets", "--target"),
-        ("excludes", "--exclude"),
-        ("allow_destroy", "--allow-destroy"),
-    ):
-        if params.get(flag):
-            raise UserError(
-                f"{option} cannot be given with a saved plan: the plan fixed its options",
-                hint=f"give {option} to plan --out instead",
-            )
-    sources = saved.sources
-    given = tuple(sorted({s.partition("=")[0].strip() for s in params["sets"]}))
-    if given != tuple(sorted(sources.set_keys)):
-        raise UserError(
-            f"the plan was made with --set {', '.join(sources.set_keys) or '(none)'}; this run sets "
-            f"{', '.join(given) or '(none)'}",
-            hint="--set values are never saved in a plan: pass the same --set options again",
-        )
-    options = saved.options
-    return {
-        **params,
-        "manifest": sources.manifest,
-        "inputs": params["inputs"] or sources.inputs,
-        "schemas": params["schemas"] or sources.schemas,
-        "prune": options.prune,
-        "allow_replace": options.allow_replace,
-        "force": options.force,
-        "targets": options.targets,
-        "excludes": options.excludes,
-        "allow_destroy": options.allow_destroy,
-    }

@@ -32,7 +32,7 @@ from ..ownership import FINGERPRINT_KEY_ENV, fingerprint_key, is_unmanaged
 from .apply import Applier, ApplyResult, ApplySettings, ChangeResult, Status
 from .diff import FingerprintContext
 from .drift import DriftReport, detect
-from .plan import Action, EarlyDiffs, Plan, PlanOptions, make_plan
+from .plan import Action, Plan, PlanOptions, make_plan
 
 
 @dataclass(frozen=True)
@@ -162,33 +162,26 @@ def connect(validated: Validated, options: Options, stop: StopFlag, read_only: b
 
 
 def read_state(
-    connection: Connection,
-    stack: str,
-    owned_only: bool,
-    early: EarlyDiffs | None = None,
-    hydrate: Callable[[LiveInstance], bool] | None = None,
+    connection: Connection, stack: str, owned_only: bool, hydrate: Callable[[LiveInstance], bool] | None = None
 ) -> dict[str, list[LiveInstance]]:
     """Stage 4: one paged listing per target. A 401/403 stops the run naming the variables.
     ``hydrate``: which instances the stack does not own need their configuration (see read_live)."""
     live = {}
     for name, client in connection.clients.items():
-        on_page = (lambda page, target=name: early.see(target, page)) if early is not None else None
         try:
-            live[name] = read_live(client, stack, owned_only=owned_only, on_page=on_page, hydrate=hydrate)
+            live[name] = read_live(client, stack, owned_only=owned_only, hydrate=hydrate)
         except Unauthorized as exc:
             raise CredentialsRefused(name, connection.targets[name].credential_sources, exc) from None
     return live
 
 
 def plan(validated: Validated, connection: Connection, options: Options) -> Plan:
-    """Stages 4-5: read the live state and compare."""
-    owned_only = options.plan.destroy
+    """Stages 4-5: read the live state, then compare."""
     stack = validated.manifest.stack
-    early = None if owned_only else EarlyDiffs(stack, validated.desired, validated.registry, connection.fingerprints)
     declared = {d.name for d in validated.desired}
     adoptable = (lambda i: i.name in declared and is_unmanaged(i.tags)) if options.plan.adopt else None
-    live = read_state(connection, stack, owned_only, early, hydrate=adoptable)
-    return make_plan(stack, validated.desired, live, validated.registry, connection.fingerprints, options.plan, early)
+    live = read_state(connection, stack, options.plan.destroy, hydrate=adoptable)
+    return make_plan(stack, validated.desired, live, validated.registry, connection.fingerprints, options.plan)
 
 
 def drift(validated: Validated, connection: Connection) -> DriftReport:

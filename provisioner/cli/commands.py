@@ -1,0 +1,380 @@
+"""The commands that read a manifest: each parses its options into one typed value, calls the engine's
+stages in order and turns the result into output and an exit code."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import tempfile
+from dataclasses import replace
+
+import click
+
+from ..engine import savedplan
+from ..engine import stages as engine
+from ..engine.outputs import format_env, format_json, write_outputs
+from ..engine.plan import Action, Plan
+from ..errors import UserError
+from ..ownership import is_unmanaged
+from .options import (
+    ENV_API,
+    ENV_RENDER,
+    FORMATS,
+    ApplyArgs,
+    Command,
+    DestroyArgs,
+    ImportArgs,
+    Online,
+    OutputArgs,
+    PlanArgs,
+    RenderArgs,
+    ValidateArgs,
+    allow_destroy_option,
+    api_options,
+    input_options,
+    output_format_options,
+    parsed,
+    plan_options,
+    progress_option,
+)
+from .progress import ProgressReporter
+from .run import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Run
+
+WITH_MARKDOWN = (*FORMATS, "markdown")
+
+
+@click.command(cls=Command, epilog=ENV_RENDER)
+@input_options(api=False, many=True)
+@parsed(ValidateArgs)
+def validate(args: ValidateArgs) -> None:
+    """Check manifests offline: structure, rendering, element schemas; makes no network call.
+
+    Several MANIFEST files are checked one after the other (text output only); the exit code is 1 if
+    any of them has an error.
+    """
+    run = Run("validate", args.reporter, args.verbose)
+    if run.json and len(args.manifest) > 1:
+        error = UserError(
+            "--output json takes one manifest", hint="run validate once per manifest, or use the text output"
+        )
+        run.exit(lambda: _raise(error))
+
+    def one(manifest: str) -> int:
+        validated = run.validated(args.source(manifest))
+        run.reporter.validated(validated.manifest.display, len(validated.desired), validated.problems)
+        return EXIT_OK
+
+    sys.exit(max(run.finish(functools.partial(one, manifest)) for manifest in args.manifest))
+
+
+def _raise(error: Exception) -> int:
+    raise error
+
+
+@click.command(cls=Command, epilog=ENV_API)
+@input_options(output=WITH_MARKDOWN)
+@api_options
+@plan_options(planning=True)
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when changes are pending (0: none, 1: error).")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Save the plan to FILE (no secret, mode 0600) for 'apply FILE', which executes exactly it.",
+)
+@parsed(PlanArgs)
+def plan(args: PlanArgs) -> None:
+    """Show what apply would change, without changing anything.
+
+    -o markdown prints a summary table and a diff per changed instance, for a pull request comment or a
+    CI step summary.
+    """
+    run = Run("plan", args.reporter, args.verbose)
+
+    def body() -> int:
+        validated = run.validated(args)
+        with run.connected(args, validated, read_only=True) as (options, connection):
+            the_plan = engine.plan(validated, connection, options)
+            saved = None
+            if args.out and not the_plan.has_refusals:
+                saved = savedplan.document(the_plan, validated, connection, _sources(args))
+        run.reporter.plan(the_plan)
+        if the_plan.has_refusals:
+            if args.out:
+                run.reporter.info(f"no plan saved to {args.out}: the plan has refused changes")
+            return EXIT_ERROR
+        if saved is not None and args.out:
+            savedplan.write(args.out, saved)
+            run.reporter.info(f"Plan saved to {args.out} (mode 0600); apply it with: provisioner apply {args.out}")
+        return EXIT_CHANGES if args.detailed_exitcode and the_plan.has_changes else EXIT_OK
+
+    run.exit(body)
+
+
+@click.command(cls=Command, epilog=ENV_API)
+@input_options(output=WITH_MARKDOWN)
+@api_options
+@plan_options
+@click.option(
+    "--outputs",
+    "outputs_path",
+    type=click.Path(dir_okay=False),
+    help="Write id, element and token of every declared instance to FILE (JSON, mode 0600).",
+)
+@progress_option()
+@parsed(ApplyArgs)
+def apply(args: ApplyArgs) -> None:
+    """Make the live instances match the manifest, and deliver their tokens.
+
+    MANIFEST may also be a plan saved with 'plan --out FILE': then exactly that plan is executed, or
+    nothing at all if the manifest, its inputs or a touched instance changed since.
+
+    -o markdown prints a summary table and a diff per change made, for a CI step summary. Tokens are
+    written only to the --outputs file, never to stdout or stderr.
+    """
+    run = Run("apply", args.reporter, args.verbose)
+
+    def body() -> int:
+        saved = savedplan.load_if_plan(args.manifest, args.max_file_bytes)
+        return _apply_like(run, args) if saved is None else _apply_like(run, _from_saved(saved, args), saved)
+
+    run.exit(body)
+
+
+@click.command(cls=Command, epilog=ENV_API)
+@input_options
+@api_options
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
+@allow_destroy_option()
+@progress_option()
+@parsed(DestroyArgs)
+def destroy(args: DestroyArgs) -> None:
+    """Delete every instance the manifest's stack owns (and nothing else)."""
+    run = Run("destroy", args.reporter, args.verbose)
+    run.exit(lambda: _apply_like(run, args))
+
+
+def _apply_like(run: Run, args: ApplyArgs | DestroyArgs, saved: savedplan.SavedPlan | None = None) -> int:
+    validated = run.validated(args)
+    with run.connected(args, validated) as (options, connection):
+        if saved is not None:
+            savedplan.check_before_reading(saved, validated, connection, args.local)
+        the_plan = engine.plan(validated, connection, options)
+        if saved is not None:
+            savedplan.check_plan(saved, the_plan, validated, connection)
+        if isinstance(args, DestroyArgs) and the_plan.has_changes and not _confirmed(run, the_plan, args.yes):
+            return EXIT_ERROR
+        writes = sum(1 for c in the_plan.changes if c.is_write)
+        with ProgressReporter(sys.stderr, writes, run.command, enabled=args.progress) as progress:
+            result = engine.apply(validated, connection, the_plan, options, run.stop, progress)
+        if args.outputs_path:
+            write_outputs(args.outputs_path, engine.instance_outputs(validated, result, connection))
+        run.reporter.applied(result, connection.stats.as_dict(), run.command, args.outputs_path)
+        if result.interrupted:
+            return 128 + result.interrupted
+        return EXIT_OK if result.ok and not the_plan.has_refusals else EXIT_ERROR
+
+
+def _sources(args: Online) -> savedplan.Sources:
+    set_keys = tuple(sorted({s.partition("=")[0].strip() for s in args.sets}))
+    return savedplan.Sources(args.manifest, args.inputs, set_keys, args.schemas, args.local)
+
+
+def _from_saved(saved: savedplan.SavedPlan, args: ApplyArgs) -> ApplyArgs:
+    """What ``apply FILE`` runs: what the plan fixed, and what may be given now."""
+    given = args.plan
+    for value, option in (
+        (given.prune, "--prune"),
+        (given.allow_replace, "--allow-replace"),
+        (given.force, "--force"),
+        (given.targets, "--target"),
+        (given.excludes, "--exclude"),
+        (given.allow_destroy, "--allow-destroy"),
+    ):
+        if value:
+            raise UserError(
+                f"{option} cannot be given with a saved plan: the plan fixed its options",
+                hint=f"give {option} to plan --out instead",
+            )
+    sources = saved.sources
+    set_keys = _sources(args).set_keys
+    if set_keys != tuple(sorted(sources.set_keys)):
+        raise UserError(
+            f"the plan was made with --set {', '.join(sources.set_keys) or '(none)'}; this run sets "
+            f"{', '.join(set_keys) or '(none)'}",
+            hint="--set values are never saved in a plan: pass the same --set options again",
+        )
+    fixed = saved.options
+    return replace(
+        args,
+        manifest=sources.manifest,
+        inputs=args.inputs or sources.inputs,
+        schemas=args.schemas or sources.schemas,
+        prune=fixed.prune,
+        allow_replace=fixed.allow_replace,
+        force=fixed.force,
+        targets=fixed.targets,
+        excludes=fixed.excludes,
+        allow_destroy=fixed.allow_destroy,
+    )
+
+
+def _confirmed(run: Run, the_plan: Plan, yes: bool) -> bool:
+    if yes:
+        return True
+    count = sum(1 for c in the_plan.changes if c.action == Action.DELETE)
+    if not sys.stdin.isatty():
+        raise UserError(
+            f"destroy would delete {count} instance(s) of stack {the_plan.stack!r} and needs confirmation",
+            hint="pass --yes to confirm when there is no terminal",
+        )
+    run.reporter.plan(the_plan, "destroy")
+    answer = click.prompt(
+        f"Delete {count} instance(s) of stack {the_plan.stack!r}? Type 'yes' to confirm",
+        default="",
+        show_default=False,
+        err=True,
+    )
+    if answer.strip() != "yes":
+        run.reporter.error("destroy", "not confirmed; nothing was deleted")
+        return False
+    return True
+
+
+@click.command(cls=Command, epilog=ENV_API)
+@input_options(output=WITH_MARKDOWN)
+@api_options
+@parsed(Online)
+def drift(args: Online) -> None:
+    """Report what changed behind provisioner's back, apart from pending manifest changes; it never writes.
+
+    Exit 0: no drift; 2: drift found; 1: error. Pending changes alone exit 0 (plan shows them).
+
+    -o markdown prints a table of findings by category and a table of fields per finding, for a CI step
+    summary or an issue.
+    """
+    run = Run("drift", args.reporter, args.verbose)
+
+    def body() -> int:
+        validated = run.validated(args)
+        with run.connected(args, validated, read_only=True) as (_, connection):
+            report = engine.drift(validated, connection)
+        run.reporter.drift(report, connection.stats.as_dict())
+        return EXIT_CHANGES if report.has_drift else EXIT_OK
+
+    run.exit(body)
+
+
+_OUTPUT_FORMATS = {"json": format_json, "env": format_env}
+
+
+@click.command(cls=Command, epilog=ENV_API)
+@output_format_options(tuple(_OUTPUT_FORMATS))
+@api_options
+@click.argument("name", required=False)
+@parsed(OutputArgs)
+def output(args: OutputArgs) -> None:
+    """Print id, element and token of the declared instances, read from the API."""
+    run = Run("output", args.reporter, args.verbose)
+
+    def body() -> int:
+        validated = run.validated(args)
+        with run.connected(args, validated, read_only=True) as (_, connection):
+            live = engine.read_state(connection, validated.manifest.stack, owned_only=True)
+            entries = engine.instance_outputs(validated, None, connection, live)
+        selected = engine.select_outputs(entries, validated, args.name)
+        sys.stdout.write(_OUTPUT_FORMATS[args.format](selected))  # the one place tokens are printed: asked for
+        sys.stdout.flush()
+        return EXIT_OK
+
+    run.exit(body)
+
+
+@click.command("import", cls=Command, epilog=ENV_API)
+@input_options
+@api_options
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Manifest file to write (same apiVersion, stack and targets as MANIFEST).",
+)
+@click.option("--element", "element", default=None, help="Only instances of this element key.")
+@click.option("--name", "name_glob", default=None, metavar="GLOB", help="Only instances whose name matches GLOB.")
+@parsed(ImportArgs)
+def import_(args: ImportArgs) -> None:
+    """Write a manifest declaring the unmanaged instances the target already has (take them over with --adopt)."""
+    from ..engine.importer import import_manifest
+
+    run = Run("import", args.reporter, args.verbose)
+
+    def body() -> int:
+        validated = run.validated(args)
+        with run.connected(args, validated) as (_, connection):
+            stack = validated.manifest.stack
+            live = engine.read_state(connection, stack, owned_only=False, hydrate=lambda i: is_unmanaged(i.tags))
+        imported = import_manifest(
+            validated.manifest, validated.registry, live, args.out_path, args.element, args.name_glob
+        )
+        _write_text(args.out_path, imported.text)
+        for note in imported.skipped:
+            run.reporter.info(f"skipped: {note}")
+        if imported.variables:
+            run.reporter.info(
+                "set these variables to the secret values before plan --adopt (the API never returns them):"
+            )
+            for name, instance, key in imported.variables:
+                run.reporter.info(f"  {name}  ({instance}: {key})")
+        data = {
+            "out": args.out_path,
+            "instances": imported.count,
+            "variables": [{"name": n, "instance": i, "key": k} for n, i, k in imported.variables],
+            "skipped": imported.skipped,
+        }
+        run.reporter.document(run.command, data, [f"wrote {args.out_path}: {imported.count} instance(s)"])
+        return EXIT_OK
+
+    run.exit(body)
+
+
+def _write_text(path: str, text: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(dir=directory, prefix=".import-", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(temp, 0o644)
+    os.replace(temp, path)
+
+
+@click.command(cls=Command, epilog=ENV_RENDER)
+@input_options(output=("yaml", "json"))
+@parsed(RenderArgs)
+def render(args: RenderArgs) -> None:
+    """Print, offline, the request bodies apply would send for every instance (secrets as (sensitive))."""
+    import json
+
+    import yaml
+
+    from .preview import rendered
+
+    run = Run("render", args.reporter, args.verbose)
+
+    def body() -> int:
+        validated = run.validated(args)
+        requests = rendered(validated.manifest.stack, validated.desired, validated.registry)
+        text = (
+            json.dumps(requests, indent=2, ensure_ascii=False)
+            if args.output == "json"
+            else yaml.safe_dump(requests, sort_keys=False, allow_unicode=True, width=1000)
+        ).rstrip("\n")
+        data = {"stack": validated.manifest.stack, "requests": requests}
+        run.reporter.document(run.command, data, text.split("\n") if requests else [])
+        return EXIT_OK
+
+    run.exit(body)
+
+
+COMMANDS = (validate, plan, apply, destroy, drift, output, import_, render)

@@ -1,0 +1,415 @@
+"""The command line's options, declared once, and the typed values click builds from them.
+
+Each command's callback receives one frozen value whose fields are its click parameters (``Source``
+for offline commands, ``Online`` and its kinds for the ones that read the API): ``parsed`` builds it,
+and the command bodies never read a dict of parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from typing import Any, TypeVar
+
+import click
+
+from ..api.client import ClientSettings
+from ..engine import stages as engine
+from ..engine.apply import ApplySettings
+from ..engine.plan import PlanOptions
+from ..engine.targeting import Selection
+from ..manifest.load import DEFAULT_MAX_FOREACH, Limits
+from ..manifest.yamlload import DEFAULT_MAX_BYTES
+
+FORMATS = ("text", "json")
+ENV_RENDER = (
+    "Environment: the variables the manifest reads as env.NAME (an unset one is an error that names it). "
+    "No credentials are needed."
+)
+ENV_API = (  # click keeps \b blocks as written; their lines stay under 80 columns
+    "Environment:\n\n\b\n"
+    "  CE_USER_SECRET          user secret of the default target\n"
+    "  CE_ORGANIZATION_SECRET  organization secret of the default target\n"
+    "  CE_API_URL              API base URL of the default target\n"
+    "  CE_CLIENT_CERT, CE_CLIENT_KEY  client certificate and key (PEM)\n"
+    "  PROVISIONER_FINGERPRINT_KEY  key of the secret fingerprints\n"
+    "  HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY  proxies\n"
+    "  REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE  CA bundle (default: certifi's)\n"
+    "  NO_COLOR                no colour, even on a terminal\n"
+    "  and every variable the manifest reads as env.NAME"
+)
+ENV_EMULATOR = (
+    "Environment:\n\n\b\n"
+    "  CE_USER_SECRET, CE_ORGANIZATION_SECRET  the secrets to accept\n"
+    "  PROVISIONER_EMULATOR_FAULTS  fault specification (as --faults)"
+)
+
+
+class Command(click.Command):
+    """A command whose line in the command list is its whole first sentence (click would cut it short)."""
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        if self.short_help or not self.help:
+            return super().get_short_help_str(limit)
+        paragraph = " ".join(self.help.split("\n\n")[0].split())
+        end = paragraph.find(". ")
+        return paragraph if end < 0 else paragraph[: end + 1]
+
+
+class Group(click.Group):
+    command_class = Command
+
+
+# -- the typed values: their fields are the commands' click parameters ------------------------------
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What every command that reads a manifest takes, besides the manifest."""
+
+    inputs: tuple[str, ...]
+    sets: tuple[str, ...]
+    schemas: tuple[str, ...]
+    max_foreach: int
+    max_file_bytes: int
+    output: str | None
+    verbose: bool
+
+    @property
+    def reporter(self) -> str:
+        """The reporter (see ``run.REPORTERS``) of this command's -o value."""
+        return self.output or "text"
+
+
+@dataclass(frozen=True)
+class ValidateArgs(Inputs):
+    manifest: tuple[str, ...]
+
+    def source(self, manifest: str) -> Source:
+        return Source(manifest=manifest, **{f.name: getattr(self, f.name) for f in fields(Inputs)})
+
+
+@dataclass(frozen=True)
+class Source(Inputs):
+    manifest: str
+
+    def engine_options(self, trace: Callable[[str], None], local: Any = None) -> engine.Options:
+        limits = Limits(max_file_bytes=self.max_file_bytes, max_foreach=self.max_foreach)
+        return engine.Options(self.manifest, self.inputs, self.sets, self.schemas, limits)
+
+
+@dataclass(frozen=True)
+class RenderArgs(Source):
+    @property
+    def reporter(self) -> str:
+        return "json" if self.output == "json" else "text"  # yaml is text
+
+
+@dataclass(frozen=True)
+class Online(Source):
+    """A command that reads the API."""
+
+    local: bool
+    parallelism: int
+    timeout: float
+    connect_timeout: float
+    deadline: float
+    max_attempts: int
+    max_retry_time: float
+    max_rate: float | None
+    settle: float | None
+
+    @property
+    def plan(self) -> PlanOptions:
+        return PlanOptions()
+
+    def engine_options(self, trace: Callable[[str], None], local: Any = None) -> engine.Options:
+        Selection.of(self.plan.targets, self.plan.excludes)  # a malformed pattern: a usage error, first
+        client = ClientSettings(
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.timeout,
+            deadline=self.deadline,
+            max_attempts=self.max_attempts,
+            max_retry_time=self.max_retry_time,
+            parallelism=self.parallelism,
+            max_rate=self.max_rate,
+        )
+        settle = self.settle if self.settle is not None else self.timeout
+        return replace(
+            super().engine_options(trace),
+            local=local,
+            client=client,
+            apply=ApplySettings(parallelism=self.parallelism, settle_seconds=settle),
+            plan=self.plan,
+            trace=trace if self.verbose else None,
+            notice=None if self.verbose else trace,
+        )
+
+
+@dataclass(frozen=True)
+class Shaped(Online):
+    """A command whose plan the options shape (plan, apply)."""
+
+    prune: bool
+    allow_replace: bool
+    force: bool
+    adopt: bool
+    targets: tuple[str, ...]
+    excludes: tuple[str, ...]
+    allow_destroy: tuple[str, ...]
+
+    @property
+    def plan(self) -> PlanOptions:
+        return PlanOptions(
+            prune=self.prune,
+            allow_replace=self.allow_replace,
+            force=self.force,
+            adopt=self.adopt,
+            targets=self.targets,
+            excludes=self.excludes,
+            allow_destroy=self.allow_destroy,
+        )
+
+
+@dataclass(frozen=True)
+class PlanArgs(Shaped):
+    detailed_exitcode: bool
+    out: str | None
+
+
+@dataclass(frozen=True)
+class ApplyArgs(Shaped):
+    outputs_path: str | None
+    progress: bool
+
+
+@dataclass(frozen=True)
+class DestroyArgs(Online):
+    yes: bool
+    allow_destroy: tuple[str, ...]
+    progress: bool
+    outputs_path: None = None
+
+    @property
+    def plan(self) -> PlanOptions:
+        return PlanOptions(destroy=True, allow_destroy=self.allow_destroy)
+
+
+@dataclass(frozen=True)
+class OutputArgs(Online):
+    fmt: str | None  # --format, the older spelling of -o
+    name: str | None
+
+    def __post_init__(self) -> None:
+        if self.output and self.fmt and self.output != self.fmt:
+            raise click.UsageError(
+                f"-o {self.output} and --format {self.fmt} disagree; --format is the older spelling of -o: give only -o"
+            )
+
+    @property
+    def format(self) -> str:
+        return self.output or self.fmt or "json"
+
+    @property
+    def reporter(self) -> str:
+        return "json" if self.output == "json" else "text"  # errors are JSON only when -o json is given
+
+
+@dataclass(frozen=True)
+class ImportArgs(Online):
+    out_path: str
+    element: str | None
+    name_glob: str | None
+
+
+@dataclass(frozen=True)
+class CatalogArgs:
+    """schemas pull and schemas list."""
+
+    local: bool
+    schemas: tuple[str, ...]
+    output: str
+    verbose: bool
+    keys: tuple[str, ...] = ()
+    all_keys: bool = False
+    out_dir: str = "schemas"
+
+
+@dataclass(frozen=True)
+class EmulatorArgs:
+    host: str
+    port: int
+    db_path: str
+    user_secret: str | None
+    organization_secret: str | None
+    fault_text: str | None
+    latency_ms: float | None
+    seed: int | None
+    quiet: bool
+
+
+T = TypeVar("T")
+
+
+def parsed(kind: Callable[..., T]) -> Callable[[Callable[[T], None]], Callable[..., None]]:
+    """Give a click callback one typed value, built from its parameters."""
+
+    def wrap(body: Callable[[T], None]) -> Callable[..., None]:
+        @functools.wraps(body)
+        def callback(**params: Any) -> None:
+            body(kind(**params))
+
+        return callback
+
+    return wrap
+
+
+# -- the options -----------------------------------------------------------------------------------
+
+HELP = {  # each option's help text, by its long name (an option that differs by command gives its own)
+    "--output": "Output format on stdout.",
+    "--inputs": "YAML file of inputs, merged over the manifest's inputs (repeatable; later wins).",
+    "--set": "Set one input (dotted keys nest; the value is read as a YAML scalar). Repeatable.",
+    "--schemas": "Directory of extra element schemas (<element>.json). Repeatable.",
+    "--max-foreach": "Refuse a forEach that expands past this many items.",
+    "--max-file-bytes": "Refuse manifest, inputs and template files larger than this.",
+    "--local": "Use an embedded emulator whose state persists in ./.provisioner/ (no account needed).",
+    "--parallelism": "Requests in flight at once (the shared rate budget still slows down on 429).",
+    "--timeout": "Read timeout of each request, in seconds.",
+    "--connect-timeout": "Connect timeout of each request, in seconds.",
+    "--deadline": "Whole-request bound (connect, send, complete answer), in seconds, per attempt.",
+    "--max-attempts": "Attempts per request, first included (GET, PUT, PATCH, DELETE retry on 429/5xx/network).",
+    "--max-retry-time": "Give up retrying one request after this many seconds.",
+    "--max-rate": "Never exceed this many requests per second (default: no ceiling until a 429).",
+    "--settle": "Seconds to wait before looking up a create whose response was lost (default: --timeout).",
+    "--allow-replace": "Allow replacing an instance whose element changed (its token changes).",
+    "--force": "Allow --prune with a manifest that declares no instance.",
+    "--adopt": "Take over unmanaged instances (no provisioner:stack= tag) with declared names, "
+    "keeping their ids and tokens.",
+    "--target": "Only the declared instances matching PATTERN: a name glob, element=KEY or tag=T (repeatable). "
+    "Prune and duplicate clean-up stay inside the selection.",
+    "--exclude": "Leave out the declared instances matching PATTERN (same forms as --target; repeatable).",
+    "--allow-destroy": "Lift the protection (protect: true) of instance NAME for this run (repeatable).",
+    "--progress/--no-progress": "Show progress on stderr for long runs.",
+}
+
+
+def option(*decls: str, **kw: Any) -> Callable:
+    """A click option whose help text, unless given, is HELP's entry for its long name."""
+    text = kw.pop("help", None) or HELP[next(d for d in decls if d.startswith("--"))]
+    return click.option(*decls, help=text, **kw)
+
+
+def _apply(f: Callable, options: list[Callable]) -> Callable:
+    for decorator in reversed(options):
+        f = decorator(f)
+    return f
+
+
+def _output(formats: tuple[str, ...]) -> Callable:
+    return option("-o", "--output", type=click.Choice(list(formats)), default=formats[0], show_default=True)
+
+
+def input_options(f: Callable | None = None, output: Any = None, *, api: bool = True, many: bool = False) -> Callable:
+    """The options of every command that reads a manifest; ``output`` is the -o option, or the
+    tuple of formats it offers (text and json by default). Without ``f``, a decorator with these
+    settings: ``@input_options(api=False, many=True)``."""
+    if f is None:
+        return lambda g: input_options(g, output, api=api, many=many)
+    if output is None or isinstance(output, tuple):
+        output = _output(output or FORMATS)
+    verbose = (
+        "Trace every HTTP request on stderr (secrets redacted), and the order the inputs were layered."
+        if api
+        else "Print on stderr the order in which the inputs were layered (later wins)."
+    )
+    path, positive = click.Path(dir_okay=False), click.IntRange(1)
+    return _apply(
+        f,
+        [
+            click.argument("manifest", type=path, nargs=-1 if many else 1, required=True),
+            option("--inputs", multiple=True, type=path),
+            option("--set", "sets", multiple=True, metavar="KEY=VALUE"),
+            option("--schemas", multiple=True, type=click.Path(file_okay=False)),
+            option("--max-foreach", type=positive, default=DEFAULT_MAX_FOREACH, show_default=True),
+            option("--max-file-bytes", type=positive, default=DEFAULT_MAX_BYTES, show_default=True),
+            output,
+            option("-v", "--verbose", is_flag=True, help=verbose),
+        ],
+    )
+
+
+def api_options(f: Callable) -> Callable:
+    seconds, low = click.FloatRange(0), click.FloatRange(0.1)
+    return _apply(
+        f,
+        [
+            option("--local", is_flag=True),
+            option("--parallelism", type=click.IntRange(1, 256), default=16, show_default=True),
+            option("--timeout", type=low, default=30.0, show_default=True),
+            option("--connect-timeout", type=low, default=5.0, show_default=True),
+            option("--deadline", type=low, default=60.0, show_default=True),
+            option("--max-attempts", type=click.IntRange(1), default=10, show_default=True),
+            option("--max-retry-time", type=seconds, default=120.0, show_default=True),
+            option("--max-rate", type=low, default=None),
+            option("--settle", type=seconds, default=None),
+        ],
+    )
+
+
+def plan_options(f: Callable | None = None, *, planning: bool = False) -> Callable:
+    """The options that shape a plan; ``planning``: worded for plan, which deletes nothing itself."""
+    if f is None:
+        return lambda g: plan_options(g, planning=planning)
+    prune = (
+        "Also plan the deletion of instances the stack owns that are no longer declared (apply --prune deletes them)."
+        if planning
+        else "Delete instances the stack owns that are no longer declared."
+    )
+    return _apply(
+        f,
+        [
+            option("--prune", is_flag=True, help=prune),
+            option("--allow-replace", is_flag=True),
+            option("--force", is_flag=True),
+            option("--adopt", is_flag=True),
+            option("--target", "targets", multiple=True, metavar="PATTERN"),
+            option("--exclude", "excludes", multiple=True, metavar="PATTERN"),
+            allow_destroy_option(),
+        ],
+    )
+
+
+def allow_destroy_option() -> Callable:
+    return option("--allow-destroy", multiple=True, metavar="NAME")
+
+
+def progress_option() -> Callable:
+    return option("--progress/--no-progress", default=True)
+
+
+def output_format_options(formats: tuple[str, ...]) -> Callable[[Callable], Callable]:
+    """``provisioner output``'s -o (json or env), and --format, its older hidden spelling."""
+    choice = click.Choice(sorted(formats))
+    older = "Same as -o (kept for scripts written before -o env)."
+    newer = "json (default): the outputs-file document; env: NAME_ID, NAME_ELEMENT, NAME_TOKEN shell lines."
+    return lambda f: input_options(
+        option("--format", "fmt", type=choice, default=None, hidden=True, help=older)(f),
+        option("-o", "--output", type=choice, default=None, help=newer),
+    )
+
+
+def catalog_options(f: Callable) -> Callable:
+    return _apply(
+        f,
+        [
+            option("--local", is_flag=True, help="Read the built-in emulator's catalog instead of the API."),
+            option("--schemas", multiple=True, type=click.Path(file_okay=False), help=CATALOG_SCHEMAS),
+            _output(FORMATS),
+            option("-v", "--verbose", is_flag=True, help="Trace every HTTP request on stderr (secrets redacted)."),
+        ],
+    )
+
+
+CATALOG_SCHEMAS = "Directory of extra element schemas counted as local (repeatable)."

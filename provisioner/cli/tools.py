@@ -1,0 +1,211 @@
+"""The commands around the manifest: element schemas from the API, the emulator, the manifest's schema."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import sys
+from typing import Any
+
+import click
+
+from ..errors import UserError, ValidationFailed
+from ..interrupt import stop_on_signals
+from ..manifest.load import manifest_schema_text
+from .options import ENV_API, ENV_EMULATOR, CatalogArgs, Command, EmulatorArgs, Group, catalog_options, parsed
+from .run import EXIT_OK, Run, local_api
+
+
+@click.group(cls=Group, epilog=ENV_API)
+def schemas() -> None:
+    """Element schemas written from the API's own element definitions."""
+
+
+def _catalog_target(local: Any) -> Any:
+    from ..api.pull import env_target
+    from ..manifest.targets import local_target
+
+    if local is not None:
+        return local_target("default", local.url, local.user_secret, local.organization_secret)
+    return env_target(os.environ)
+
+
+@schemas.command("pull")
+@click.argument("keys", nargs=-1)
+@click.option("--all", "all_keys", is_flag=True, help="Pull every element the API offers (GET /elements/keys).")
+@click.option(
+    "--out",
+    "out_dir",
+    default="schemas",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Directory to write <key>.json into (use it with --schemas DIR).",
+)
+@catalog_options
+@parsed(CatalogArgs)
+def schemas_pull(args: CatalogArgs) -> None:
+    """Write one JSON Schema per element KEY from the API's definitions (stable: a second pull changes nothing)."""
+    from ..api import pull
+
+    run = Run("schemas pull", args.output, args.verbose)
+
+    def body() -> int:
+        with local_api(args.local) as local:
+            with pull.reader(_catalog_target(local), run.trace if args.verbose else None) as client:
+                pulled = pull.pull(client, list(args.keys), args.all_keys, args.out_dir)
+        lines = [f"{'wrote' if p.changed else 'unchanged'} {p.path}" for p in pulled]
+        data = {"schemas": [{"element": p.key, "path": p.path, "changed": p.changed} for p in pulled]}
+        run.reporter.document(run.command, data, lines)
+        return EXIT_OK
+
+    run.exit(body)
+
+
+@schemas.command("list")
+@catalog_options
+@parsed(CatalogArgs)
+def schemas_list(args: CatalogArgs) -> None:
+    """Print the element keys the API offers, and which have a local schema (built in or --schemas)."""
+    from ..api import pull
+    from ..manifest.elements import ElementRegistry
+
+    run = Run("schemas list", args.output, args.verbose)
+
+    def body() -> int:
+        registry = ElementRegistry.load(args.schemas)
+        if registry.problems:
+            raise ValidationFailed(registry.problems)
+        with local_api(args.local) as local:
+            with pull.reader(_catalog_target(local), run.trace if args.verbose else None) as client:
+                keys = pull.listing(client, registry.keys())
+        lines = [f"{key}{'  (local schema)' if local else ''}" for key, local in keys]
+        data = {"elements": [{"key": key, "localSchema": local} for key, local in keys]}
+        run.reporter.document(run.command, data, lines)
+        return EXIT_OK
+
+    run.exit(body)
+
+
+@click.command(cls=Command, epilog=ENV_EMULATOR)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="Port (0 picks a free one; the URL is printed on stdout).",
+)
+@click.option("--db", "db_path", default=".provisioner/emulator.db", show_default=True, help="SQLite file.")
+@click.option("--user-secret", envvar="CE_USER_SECRET", help="User secret to accept (default: $CE_USER_SECRET).")
+@click.option(
+    "--organization-secret",
+    envvar="CE_ORGANIZATION_SECRET",
+    help="Organization secret to accept (default: $CE_ORGANIZATION_SECRET).",
+)
+@click.option(
+    "--faults",
+    "fault_text",
+    default=None,
+    metavar="SPEC",
+    help="Fault injection: comma-separated NAME=VALUE pairs, for example error=0.1,seed=42. Names: "
+    "latency, jitter, error, throttle, retry_after, reset, lost, slow, slow_ms, ratelimit, burst, "
+    "methods, seed (default: $PROVISIONER_EMULATOR_FAULTS).",
+)
+@click.option("--latency-ms", type=click.FloatRange(0), default=None, help="Added latency on every request.")
+@click.option("--seed", type=int, default=None, help="Seed for reproducible faults.")
+@click.option("--quiet", is_flag=True, help="Do not log requests on stderr.")
+@parsed(EmulatorArgs)
+def emulator(args: EmulatorArgs) -> None:
+    """Run the Cloud Elements API emulator on loopback (SQLite persistence, optional fault injection)."""
+    from ..emulator import Emulator, FaultConfig
+
+    run = Run("emulator", "text", False)
+
+    def body() -> int:
+        if not args.user_secret or not args.organization_secret:
+            raise UserError(
+                "the emulator needs the secrets it will accept",
+                hint="set CE_USER_SECRET and CE_ORGANIZATION_SECRET, or pass --user-secret and --organization-secret",
+            )
+        try:
+            faults = FaultConfig.parse(args.fault_text) if args.fault_text else FaultConfig.from_env()
+        except ValueError as exc:
+            raise UserError(f"bad fault specification: {exc}", hint="see provisioner emulator --help") from None
+        overrides = {k: v for k, v in (("latency_ms", args.latency_ms), ("seed", args.seed)) if v is not None}
+        faults = faults.merged(**overrides) if overrides else faults
+        try:
+            _private_db(args.db_path)
+            server = Emulator(
+                args.db_path,
+                args.user_secret,
+                args.organization_secret,
+                host=args.host,
+                port=args.port,
+                faults=faults,
+                log_stream=None if args.quiet else run.stderr,
+            )
+            url = server.start()
+        except (ValueError, OSError, sqlite3.Error) as exc:
+            raise _emulator_start_error(exc, args) from None
+        sys.stdout.write(f"{url}\n")
+        sys.stdout.flush()
+        run.reporter.info(
+            f"emulator listening on {url} (db {args.db_path}; faults: {faults.describe()}); Ctrl-C stops it"
+        )
+        try:
+            with stop_on_signals(run.stop):
+                while not run.stop.wait(0.5):
+                    pass
+        finally:
+            server.stop()
+        return EXIT_OK
+
+    run.exit(body)
+
+
+def _private_db(db_path: str) -> None:
+    """A new database directory is made 0700 and the database file 0600 before SQLite opens it
+    (its journal files get the same mode): it may hold tokens."""
+    if db_path == ":memory:":
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(db_path)), mode=0o700, exist_ok=True)
+    os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def _emulator_start_error(exc: Exception, args: EmulatorArgs) -> UserError:
+    """A located error for an emulator that cannot start: port in use, bad host, unusable db."""
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return UserError(
+            f"cannot start the emulator: port {args.port} on {args.host} is already in use",
+            hint="stop what listens there, choose another --port, or pass --port 0 to pick a free one",
+        )
+    if isinstance(exc, sqlite3.Error):
+        return UserError(
+            f"cannot start the emulator: database {args.db_path}: {exc}",
+            hint="give a path to a writable SQLite file with --db",
+        )
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return UserError(
+        f"cannot start the emulator on {args.host}:{args.port}: {reason}",
+        hint="choose a loopback host and a free port (--port 0 picks one)",
+    )
+
+
+@click.command(cls=Command)
+@click.argument("name", type=click.Choice(["manifest"]))
+def schema(name: str) -> None:
+    """Print a JSON Schema shipped with provisioner: manifest, the manifest format.
+
+    Its $id is a stable identifier, not a download location. To point an editor at the schema,
+    save it and name it on a manifest's first line:
+
+    \b
+      provisioner schema manifest > manifest.schema.json
+      # yaml-language-server: $schema=manifest.schema.json
+    """
+    sys.stdout.write(manifest_schema_text())
+    sys.stdout.flush()
+
+
+COMMANDS = (schemas, emulator, schema)

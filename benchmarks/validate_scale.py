@@ -9,7 +9,7 @@
 Each is a fresh ``python -m provisioner validate`` child; the script prints the median wall time of
 ``--repeats`` runs, and the startup baseline (``--version``). The issue's target: under 1 s at 10,000.
 
-    python benchmarks/validate_scale.py [--n 10000] [--repeats 5]
+    python benchmarks/validate_scale.py [--n 10000] [--repeats 5] [--source CHECKOUT]
 """
 
 from __future__ import annotations
@@ -92,9 +92,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--source", type=Path, default=REPO, help="the checkout whose provisioner/ is timed")
     args = parser.parse_args()
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")}
-    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONPATH"] = str(args.source.resolve())
     env["NO_COLOR"] = "1"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

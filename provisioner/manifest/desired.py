@@ -238,7 +238,7 @@ def _checked(
     if schema is not None:
         for key in schema.secret_keys & set(configuration):  # masked in any message from here on
             REDACTOR.add(configuration[key])
-        locate = _config_locator(entry, template_name, manifest, name, here)
+        locate = _config_locator(entry, template_name, renderer, name, here)
         errors = schema.iter_errors(dict(configuration))
         found = problems_from_errors(errors, locate, schema.secret_keys, prefix="configuration")
         problems.extend(renderer.scrub(p) for p in found)  # values from the environment are never echoed
@@ -359,41 +359,26 @@ def _check_name(name: str, here: Location, entry: YDict, problems: list[Problem]
 
 
 def _config_locator(
-    entry: YDict, template_name: Any, manifest: Manifest, name: str, here: Location
+    entry: YDict, template_name: Any, renderer: Renderer, name: str, here: Location
 ) -> Callable[[tuple], Location]:
     """Map a configuration key to the manifest line that declares it, or the template line."""
     inline = entry.get("configuration") if isinstance(entry.get("configuration"), YDict) else None
-    template_source = _template_source(manifest, template_name) if isinstance(template_name, str) else None
 
     def locate(path: tuple) -> Location:
         key = path[0] if path else None
         if inline is not None and key in inline:
             return Location(here.file, inline.line_of(key), None, None, name)
-        if template_source is not None:
-            return Location(here.file, entry.line_of("template"), template_name, _line_in(template_source, key), name)
+        if isinstance(template_name, str):
+            line = _line_in(renderer.template_lines(template_name), key)
+            return Location(here.file, entry.line_of("template"), template_name, line, name)
         line = entry.line_of("configuration") if "configuration" in entry else here.line
         return Location(here.file, line, None, None, name)
 
     return locate
 
 
-_template_sources: dict[tuple[str, str], str | None] = {}
-
-
-def _template_source(manifest: Manifest, template_name: str) -> str | None:
-    cache_key = (manifest.base_dir, template_name)
-    if cache_key not in _template_sources:
-        try:
-            with open(f"{manifest.base_dir}/{template_name}", encoding="utf-8") as handle:
-                _template_sources[cache_key] = handle.read()
-        except (OSError, UnicodeDecodeError):
-            _template_sources[cache_key] = None
-    return _template_sources[cache_key]
-
-
-def _line_in(source: str, key: Any) -> int | None:
+def _line_in(lines: list[str], key: Any) -> int | None:
     """The template line that writes ``key:``, or the line of ``configuration:``."""
-    lines = source.splitlines()
     for wanted in ([f"{key}:", f'"{key}":', f"'{key}':"] if key else []) + ["configuration:"]:
         for number, text in enumerate(lines, start=1):
             if text.strip().startswith(wanted):

@@ -11,11 +11,13 @@ import copy
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
 
 from ..errors import Location, Problem
 from .elements import builtin_schemas
@@ -65,20 +67,9 @@ class Manifest:
         return [os.path.join(self.base_dir, d) for d in dirs if isinstance(d, str)]
 
 
-_MANIFEST_VALIDATOR: Draft202012Validator | None = None
-
-
 def manifest_schema_text() -> str:
     """The manifest's JSON Schema as shipped in the package (``provisioner schema manifest`` prints it)."""
     return builtin_schemas().joinpath("manifest.schema.json").read_text(encoding="utf-8")
-
-
-def manifest_validator() -> Draft202012Validator:
-    global _MANIFEST_VALIDATOR
-    if _MANIFEST_VALIDATOR is None:
-        schema = json.loads(manifest_schema_text())
-        _MANIFEST_VALIDATOR = Draft202012Validator(schema)
-    return _MANIFEST_VALIDATOR
 
 
 def load_manifest(
@@ -115,8 +106,15 @@ def load_manifest(
 
 
 def check_structure(data: YDict, display: str) -> list[Problem]:
-    """Validate the manifest against schemas/manifest.schema.json, with lines."""
-    errors = list(manifest_validator().iter_errors(data))
+    """Validate the manifest against schemas/manifest.schema.json, with lines: the top level without
+    its instances, then each instance entry (see ``_entry_errors``)."""
+    schema = json.loads(manifest_schema_text())
+    entries = data.get("instances")
+    if isinstance(entries, list):
+        errors = list(Draft202012Validator(schema).iter_errors({**data, "instances": []}))
+        errors.extend(_entry_errors(schema, entries))
+    else:
+        errors = list(Draft202012Validator(schema).iter_errors(data))
 
     def location_for(path: tuple) -> Location:
         return Location(display, line_at(data, path), instance=_instance_name(data, path))
@@ -135,6 +133,70 @@ def check_structure(data: YDict, display: str) -> list[Problem]:
             )
         )
     return problems
+
+
+def _entry_errors(schema: dict, entries: list) -> Iterator[ValidationError]:
+    """The schema errors of each instance entry, paths from the manifest's root. An import writes
+    thousands of entries of one shape: an entry whose shape (``_shape``) was valid once is valid,
+    any other is validated in full. Shapes are used only when the entry schema's verdict depends on
+    nothing else (``_shape_keywords``)."""
+    entry_schema = {"$defs": schema.get("$defs", {}), **schema["properties"]["instances"]["items"]}
+    validator = Draft202012Validator(entry_schema)
+    patterns = _shape_patterns(entry_schema)
+    valid: set[Any] = set()
+    for index, entry in enumerate(entries):
+        shape = _shape(entry, patterns) if patterns is not None else None
+        if shape is not None and shape in valid:
+            continue
+        errors = list(validator.iter_errors(entry))
+        for error in errors:
+            error.path.extendleft(reversed(("instances", index)))
+            yield error
+        if not errors and shape is not None:
+            valid.add(shape)
+
+
+_SHAPE_KEYWORDS = {"$defs", "$ref", "type", "properties", "additionalProperties", "required", "items", "anyOf"}
+_ANNOTATIONS = {"title", "description", "$comment"}
+
+
+def _shape_patterns(schema: Any) -> tuple[re.Pattern, ...] | None:
+    """The patterns of an entry schema whose keywords look only at what ``_shape`` keeps: JSON types,
+    mapping keys, list items, whether a string is empty (``minLength`` 0 or 1) and which patterns it
+    matches. None if it uses any other keyword (then every entry is validated in full)."""
+    patterns: list[re.Pattern] = []
+    todo = [schema]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, list):
+            todo.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        for key, value in node.items():
+            if key == "pattern" and isinstance(value, str):
+                patterns.append(re.compile(value))
+            elif key == "minLength" and value in (0, 1):
+                continue
+            elif key in ("properties", "$defs") and isinstance(value, dict):
+                todo.extend(value.values())
+            elif key in _SHAPE_KEYWORDS:
+                todo.append(value)
+            elif key not in _ANNOTATIONS:
+                return None
+    return tuple(patterns)
+
+
+def _shape(value: Any, patterns: tuple[re.Pattern, ...]) -> Any:
+    """What the entry schema can see of a value: its type, a mapping's keys, a list's items, and of a
+    string whether it is empty and which patterns it matches."""
+    if isinstance(value, str):
+        return (bool(value), *(bool(p.search(value)) for p in patterns))
+    if isinstance(value, dict):
+        return (dict, *((key, _shape(item, patterns)) for key, item in value.items()))
+    if isinstance(value, list):
+        return (list, *(_shape(item, patterns) for item in value))
+    return type(value)
 
 
 def line_at(data: Any, path: tuple) -> int:

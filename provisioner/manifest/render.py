@@ -343,7 +343,7 @@ class Renderer:
         except RenderError:
             raise
         except Exception as exc:  # noqa: BLE001 - every Jinja failure becomes a located problem
-            problem = self.scrub(_problem_from(exc, where, raw))
+            problem = self.scrub(_problem_from(exc, where))
             if isinstance(exc, BudgetExceeded):
                 self._exhausted[raw] = problem
             raise RenderError(problem) from None
@@ -395,7 +395,7 @@ class Renderer:
         except RenderError:
             raise
         except Exception as exc:  # noqa: BLE001
-            problem = self.scrub(_problem_from(exc, where, None, template=name))
+            problem = self.scrub(_problem_from(exc, where, name))
             if isinstance(exc, BudgetExceeded):
                 self._exhausted["file:" + name] = problem
             raise RenderError(problem) from None
@@ -445,28 +445,10 @@ class Renderer:
     def _load_file(self, name: str, where: Location) -> jinja2.Template:
         try:
             return self._compile("file", name)
-        except TemplateOutside:
-            raise RenderError(
-                Problem(
-                    f"template path {name!r} is outside the manifest's directory",
-                    where,
-                    "templates must live in the manifest's directory or below it",
-                )
-            ) from None
-        except jinja2.TemplateNotFound:
-            raise RenderError(
-                Problem(f"template file {name!r} not found", where, "paths are relative to the manifest's directory")
-            ) from None
-        except TemplateRefused as exc:
-            raise RenderError(Problem(f"template file {name!r}: {exc.cause.message}", where, exc.cause.hint)) from None
         except jinja2.TemplateSyntaxError as exc:
-            raise RenderError(
-                Problem(
-                    f"template syntax error: {exc.message}",
-                    Location(where.file, where.line, name, exc.lineno, where.instance),
-                    _syntax_hint(exc.message),
-                )
-            ) from None
+            raise RenderError(_problem_from(exc, where, name)) from None
+        except (TemplateOutside, jinja2.TemplateNotFound, TemplateRefused) as exc:
+            raise RenderError(_problem_from(exc, where)) from None
 
 
 class _Outputs:
@@ -560,7 +542,7 @@ def _as_text(value: Any) -> str:
     return str(value)
 
 
-def _problem_from(exc: Exception, where: Location, raw: str | None, template: str | None = None) -> Problem:
+def _problem_from(exc: Exception, where: Location, template: str | None = None) -> Problem:
     """Turn a Jinja failure into a located problem; never include rendered values."""
     line = _template_line(exc, template) if template else None
     location = Location(where.file, where.line, template, line, where.instance, where.path) if template else where
@@ -578,18 +560,15 @@ def _problem_from(exc: Exception, where: Location, raw: str | None, template: st
             f"unsafe template expression refused: {exc}", location, "templates may only read env, inputs and item"
         )
     if isinstance(exc, jinja2.TemplateSyntaxError):
-        where_line = Location(location.file, location.line, template, exc.lineno, location.instance, location.path)
-        return Problem(
-            f"template syntax error: {exc.message}",
-            where_line if template else location,
-            _syntax_hint(exc.message or ""),
-        )
+        return Problem(f"template syntax error: {exc.message}", location, _syntax_hint(exc.message))
     if isinstance(exc, TemplateOutside):
         return Problem(
             f"template path {str(exc)!r} is outside the manifest's directory",
             location,
-            "templates may include only files in the manifest's directory or below it",
+            "templates must live in the manifest's directory or below it",
         )
+    if isinstance(exc, TemplateRefused):
+        return Problem(f"template file {exc.name!r}: {exc.cause.message}", location, exc.cause.hint)
     if isinstance(exc, jinja2.TemplateNotFound):
         return Problem(
             f"template file {exc.name!r} not found", location, "paths are relative to the manifest's directory"

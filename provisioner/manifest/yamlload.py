@@ -15,7 +15,6 @@ import gc
 import os
 import re
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -224,16 +223,16 @@ def _build(loader: _PositionLoader, node: yaml.Node, built: dict[int, Any]) -> A
         value.item_lines = [child.start_mark.line + 1 for child in node.value]
         built[key] = value
         value.extend(_build(loader, child, built) for child in node.value)
-    elif (
-        isinstance(node, yaml.MappingNode)
-        and node.tag == _MAP_TAG
-        and not any(k.tag == _MERGE_TAG for k, _ in node.value)
-    ):
+    elif isinstance(node, yaml.MappingNode) and node.tag == _MAP_TAG:
         value = YDict()
         value.line = node.start_mark.line + 1
         value.key_lines = {}
         built[key] = value
-        _fill_mapping(loader, node, value, built)
+        merges = any(k.tag == _MERGE_TAG for k, _ in node.value)
+        if merges:  # duplicates among the mapping's own keys; keys brought in by << may be overridden
+            _check_duplicates(loader, node)
+            loader.flatten_mapping(node)
+        _fill_mapping(loader, node, value, built, report_duplicates=not merges)
     else:
         value = loader.construct_object(node, deep=True)
     built[key] = value
@@ -256,14 +255,16 @@ def too_long_number(exc: ValueError, where: Location, hint: str = "quote it to k
     return Problem(f"this number is too long to read as an integer{limit}", where, hint)
 
 
-def _fill_mapping(loader: _PositionLoader, node: yaml.MappingNode, data: YDict, built: dict[int, Any]) -> None:
+def _fill_mapping(
+    loader: _PositionLoader, node: yaml.MappingNode, data: YDict, built: dict[int, Any], report_duplicates: bool
+) -> None:
     for key_node, value_node in node.value:
         key = _build(loader, key_node, built)
         line = key_node.start_mark.line + 1
         if not _hashable(key):
             loader.problems.append(Problem("a mapping key must be a plain value", Location(loader.display, line)))
             continue
-        if key in data:
+        if key in data and report_duplicates:
             loader.problems.append(
                 Problem(
                     f"duplicate key {key!r} (first defined on line {data.key_lines[key]})",
@@ -274,36 +275,6 @@ def _fill_mapping(loader: _PositionLoader, node: yaml.MappingNode, data: YDict, 
         else:
             data.key_lines[key] = line
         data[key] = _build(loader, value_node, built)
-
-
-def _construct_mapping(loader: _PositionLoader, node: yaml.MappingNode) -> Iterator[YDict]:
-    data = YDict()
-    data.line = node.start_mark.line + 1
-    data.key_lines = {}
-    yield data
-    if any(key_node.tag == _MERGE_TAG for key_node, _ in node.value):
-        _check_duplicates(loader, node)
-        loader.flatten_mapping(node)
-        duplicates_checked = True
-    else:
-        duplicates_checked = False
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 1
-        if not _hashable(key):
-            loader.problems.append(Problem("a mapping key must be a plain value", Location(loader.display, line)))
-            continue
-        if not duplicates_checked and key in data:
-            loader.problems.append(
-                Problem(
-                    f"duplicate key {key!r} (first defined on line {data.key_lines[key]})",
-                    Location(loader.display, line),
-                    "remove one of them: YAML keeps only the last",
-                )
-            )
-        data[key] = loader.construct_object(value_node, deep=False)
-        if duplicates_checked or key not in data.key_lines:
-            data.key_lines[key] = line
 
 
 def _check_duplicates(loader: _PositionLoader, node: yaml.MappingNode) -> None:
@@ -326,24 +297,12 @@ def _check_duplicates(loader: _PositionLoader, node: yaml.MappingNode) -> None:
             own_keys[key] = line
 
 
-def _construct_sequence(loader: _PositionLoader, node: yaml.SequenceNode) -> Iterator[YList]:
-    data = YList()
-    data.line = node.start_mark.line + 1
-    data.item_lines = [child.start_mark.line + 1 for child in node.value]
-    yield data
-    data.extend(loader.construct_object(child, deep=False) for child in node.value)
-
-
 def _hashable(value: Any) -> bool:
     try:
         hash(value)
     except TypeError:
         return False
     return True
-
-
-_PositionLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
-_PositionLoader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
 
 
 def _check_nodes(root: yaml.Node, display: str, max_alias_nodes: int) -> list[Problem]:

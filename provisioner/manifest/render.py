@@ -400,47 +400,29 @@ class Renderer:
                 self._exhausted["file:" + name] = problem
             raise RenderError(problem) from None
         outputs = _Outputs(nonce, self.template_lines(name), lines)
+
+        def located(rendered_line: int | None) -> Location:
+            return Location(where.file, where.line, name, outputs.template_line(text, rendered_line), where.instance)
+
         loaded = load_yaml(text, name)
         if loaded.problems:
-            first = loaded.problems[0]
-            raise RenderError(
-                Problem(
-                    "template output is not valid YAML: "
-                    + outputs.described(first.message.removeprefix("not valid YAML: "))
-                    + outputs.quote_line(text, first.location.line),
-                    Location(
-                        where.file, where.line, name, outputs.template_line(text, first.location.line), where.instance
-                    ),
-                    "quote the value around this line, or emit structured values with a single {{ expression }}",
-                )
-            )
+            line = loaded.problems[0].location.line
+            message = outputs.described(loaded.problems[0].message.removeprefix("not valid YAML: "))
+            hint = "quote the value around this line, or emit structured values with a single {{ expression }}"
+            message = f"template output is not valid YAML: {message}{outputs.quote_line(text, line)}"
+            raise RenderError(Problem(message, located(line), hint))
         try:
             data = _substitute(loaded.data, nonce, collected)
         except _BadKey as exc:
-            raise RenderError(
-                Problem(
-                    f"key {outputs.described(str(exc.key))!r} {exc.reason}",
-                    Location(
-                        where.file,
-                        where.line,
-                        name,
-                        outputs.template_line(text, _line_of_text(text, exc.key)),
-                        where.instance,
-                    ),
-                    "give each key of a mapping a distinct name",
-                )
-            ) from None
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise RenderError(
-                Problem(
-                    f"template must render a YAML mapping, got {type(data).__name__}",
-                    Location(where.file, where.line, name, None, where.instance),
-                    "render keys such as configuration: and tags:",
-                )
-            )
-        return data
+            message = f"key {outputs.described(str(exc.key))!r} {exc.reason}"
+            index = text.find(str(exc.key))
+            line = text.count("\n", 0, index) + 1 if index >= 0 else None
+            raise RenderError(Problem(message, located(line), "give each key of a mapping a distinct name")) from None
+        if data is not None and not isinstance(data, dict):
+            message = f"template must render a YAML mapping, got {type(data).__name__}"
+            where_file = Location(where.file, where.line, name, None, where.instance)
+            raise RenderError(Problem(message, where_file, "render keys such as configuration: and tags:"))
+        return data or {}
 
     def _load_file(self, name: str, where: Location) -> jinja2.Template:
         try:
@@ -491,12 +473,6 @@ class _Outputs:
         return line
 
 
-def _line_of_text(text: str, needle: Any) -> int | None:
-    """The line of the first occurrence of ``needle`` in ``text`` (1-based), if any."""
-    index = text.find(str(needle))
-    return text.count("\n", 0, index) + 1 if index >= 0 else None
-
-
 def _substitute(data: Any, nonce: str, values: list[Any]) -> Any:
     """Put the collected values back where their placeholders landed in the parsed YAML."""
     if isinstance(data, str):
@@ -506,7 +482,7 @@ def _substitute(data: Any, nonce: str, values: list[Any]) -> Any:
         whole = pattern.fullmatch(data)
         if whole:
             return values[int(whole[1])]
-        return pattern.sub(lambda m: _as_text(values[int(m[1])]), data)
+        return pattern.sub(lambda m: _as_text(values[int(m[1])]), data)  # true/false as YAML spells them
     if isinstance(data, dict):
         out = YDict()
         for key, value in data.items():
@@ -537,9 +513,7 @@ class _BadKey(Exception):
 
 
 def _as_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def _problem_from(exc: Exception, where: Location, template: str | None = None) -> Problem:

@@ -228,11 +228,10 @@ def _build(loader: _PositionLoader, node: yaml.Node, built: dict[int, Any]) -> A
         value.line = node.start_mark.line + 1
         value.key_lines = {}
         built[key] = value
-        merges = any(k.tag == _MERGE_TAG for k, _ in node.value)
-        if merges:  # duplicates among the mapping's own keys; keys brought in by << may be overridden
-            _check_duplicates(loader, node)
-            loader.flatten_mapping(node)
-        _fill_mapping(loader, node, value, built, report_duplicates=not merges)
+        own = sum(1 for k, _ in node.value if k.tag != _MERGE_TAG)
+        if own < len(node.value):
+            loader.flatten_mapping(node)  # keys brought in by << first, then the mapping's own
+        _fill_mapping(loader, node, value, built, own_from=len(node.value) - own)
     else:
         value = loader.construct_object(node, deep=True)
     built[key] = value
@@ -255,46 +254,25 @@ def too_long_number(exc: ValueError, where: Location, hint: str = "quote it to k
     return Problem(f"this number is too long to read as an integer{limit}", where, hint)
 
 
-def _fill_mapping(
-    loader: _PositionLoader, node: yaml.MappingNode, data: YDict, built: dict[int, Any], report_duplicates: bool
-) -> None:
-    for key_node, value_node in node.value:
+def _fill_mapping(loader: _PositionLoader, node: yaml.MappingNode, data: YDict, built: dict, own_from: int) -> None:
+    """Keys from ``own_from`` on are the mapping's own: a duplicate among them is a problem (keys
+    merged in with << may be overridden)."""
+    own: dict[Any, int] = {}
+    for index, (key_node, value_node) in enumerate(node.value):
         key = _build(loader, key_node, built)
         line = key_node.start_mark.line + 1
         if not _hashable(key):
             loader.problems.append(Problem("a mapping key must be a plain value", Location(loader.display, line)))
             continue
-        if key in data and report_duplicates:
-            loader.problems.append(
-                Problem(
-                    f"duplicate key {key!r} (first defined on line {data.key_lines[key]})",
-                    Location(loader.display, line),
-                    "remove one of them: YAML keeps only the last",
-                )
-            )
+        if index >= own_from and key in own:
+            message = f"duplicate key {key!r} (first defined on line {own[key]})"
+            hint = "remove one of them: YAML keeps only the last"
+            loader.problems.append(Problem(message, Location(loader.display, line), hint))
         else:
             data.key_lines[key] = line
+            if index >= own_from:
+                own[key] = line
         data[key] = _build(loader, value_node, built)
-
-
-def _check_duplicates(loader: _PositionLoader, node: yaml.MappingNode) -> None:
-    """Duplicate keys among a mapping's own keys (keys brought in by a << merge may be overridden)."""
-    own_keys: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        if key_node.tag == _MERGE_TAG:
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 1
-        if _hashable(key) and key in own_keys:
-            loader.problems.append(
-                Problem(
-                    f"duplicate key {key!r} (first defined on line {own_keys[key]})",
-                    Location(loader.display, line),
-                    "remove one of them: YAML keeps only the last",
-                )
-            )
-        elif _hashable(key):
-            own_keys[key] = line
 
 
 def _hashable(value: Any) -> bool:

@@ -209,7 +209,7 @@ def _checked(
     if schema is not None:
         for key in schema.secret_keys & set(configuration):  # masked in any message from here on
             REDACTOR.add(configuration[key])
-        errors = schema.iter_errors(dict(configuration))
+        errors = schema.validator.iter_errors(dict(configuration))
         locate = _config_locator(one, renderer)
         found = problems_from_errors(errors, locate, schema.secret_keys, prefix="configuration")
         problems.extend(renderer.scrub(p) for p in found)  # values from the environment are never echoed

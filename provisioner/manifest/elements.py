@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from typing import Any
 
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, ValidationError
+from jsonschema.exceptions import SchemaError
 
 from ..errors import Location, Problem
 
@@ -62,10 +62,6 @@ class ElementSchema:
     @cached_property
     def defaults(self) -> dict[str, Any]:
         return {k: p["default"] for k, p in self.properties.items() if isinstance(p, dict) and "default" in p}
-
-    def iter_errors(self, configuration: dict) -> Iterator[ValidationError]:
-        """Every schema error of one configuration, from the element schema's own validator."""
-        return self.validator.iter_errors(configuration)
 
     @property
     def is_oauth(self) -> bool:
@@ -175,13 +171,8 @@ class ElementRegistry:
 
     def add_directory(self, directory: str) -> None:
         if not os.path.isdir(directory):
-            self.problems.append(
-                Problem(
-                    f"schema directory {directory} does not exist",
-                    Location(directory),
-                    "--schemas takes a directory of <element>.json files",
-                )
-            )
+            hint = "--schemas takes a directory of <element>.json files"
+            self.problems.append(Problem(f"schema directory {directory} does not exist", Location(directory), hint))
             return
         for name in sorted(os.listdir(directory)):
             if name.endswith(".json"):
@@ -206,13 +197,8 @@ class ElementRegistry:
             return
         meta = schema.get("x-provisioner") if isinstance(schema, dict) else None
         if not isinstance(meta, dict) or not isinstance(meta.get("element"), str):
-            self.problems.append(
-                Problem(
-                    "element schema has no x-provisioner.element key",
-                    Location(source),
-                    'add "x-provisioner": {"element": "<key>", "reportedKeys": [...]}',
-                )
-            )
+            hint = 'add "x-provisioner": {"element": "<key>", "reportedKeys": [...]}'
+            self.problems.append(Problem("element schema has no x-provisioner.element key", Location(source), hint))
             return
         key = meta["element"]
         reported = frozenset(meta.get("reportedKeys", [])) | {key}

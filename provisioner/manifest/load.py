@@ -89,13 +89,8 @@ def load_manifest(
         return None, problems
     if not isinstance(data, YDict):  # the loader builds every mapping as a YDict
         kind = "a list" if isinstance(data, list) else f"a single value ({type(data).__name__})"
-        problems.append(
-            Problem(
-                f"the manifest must be a mapping of keys, got {kind}",
-                Location(display, 1),
-                f"start with apiVersion: {API_VERSION}",
-            )
-        )
+        message = f"the manifest must be a mapping of keys, got {kind}"
+        problems.append(Problem(message, Location(display, 1), f"start with apiVersion: {API_VERSION}"))
         return None, problems
     problems.extend(check_structure(data, display))
     inputs, layers, input_problems = layer_inputs(data.get("inputs"), inputs_files, sets, limits, display)
@@ -110,36 +105,28 @@ def check_structure(data: YDict, display: str) -> list[Problem]:
     its instances, then each instance entry (see ``_entry_errors``)."""
     schema = json.loads(manifest_schema_text())
     entries = data.get("instances")
-    if isinstance(entries, list):
-        errors = list(Draft202012Validator(schema).iter_errors({**data, "instances": []}))
-        errors.extend(_entry_errors(schema, entries))
-    else:
-        errors = list(Draft202012Validator(schema).iter_errors(data))
+    top = {**data, "instances": []} if isinstance(entries, list) else data
+    errors = [*Draft202012Validator(schema).iter_errors(top), *_entry_errors(schema, entries)]
 
     def location_for(path: tuple) -> Location:
         return Location(display, line_at(data, path), instance=_instance_name(data, path))
 
     problems = problems_from_errors(errors, location_for)
-    if data.get("apiVersion") not in (None, API_VERSION):
-        for p in problems:
-            if p.location.path == "apiVersion":
-                problems.remove(p)
-                break
-        problems.append(
-            Problem(
-                f"unsupported apiVersion {data.get('apiVersion')!r}",
-                Location(display, data.line_of("apiVersion"), path="apiVersion"),
-                f"this version of provisioner reads apiVersion: {API_VERSION}",
-            )
-        )
+    if data.get("apiVersion") not in (None, API_VERSION):  # one problem, in our words, not the schema's
+        problems = [p for p in problems if p.location.path != "apiVersion"]
+        at = Location(display, data.line_of("apiVersion"), path="apiVersion")
+        hint = f"this version of provisioner reads apiVersion: {API_VERSION}"
+        problems.append(Problem(f"unsupported apiVersion {data.get('apiVersion')!r}", at, hint))
     return problems
 
 
-def _entry_errors(schema: dict, entries: list) -> Iterator[ValidationError]:
+def _entry_errors(schema: dict, entries: Any) -> Iterator[ValidationError]:
     """The schema errors of each instance entry, paths from the manifest's root. An import writes
     thousands of entries of one shape: an entry whose shape (``_shape``) was valid once is valid,
     any other is validated in full. Shapes are used only when the entry schema's verdict depends on
     nothing else (``_shape_keywords``)."""
+    if not isinstance(entries, list):
+        return
     entry_schema = {"$defs": schema.get("$defs", {}), **schema["properties"]["instances"]["items"]}
     validator = Draft202012Validator(entry_schema)
     patterns = _shape_patterns(entry_schema)
@@ -204,14 +191,11 @@ def line_at(data: Any, path: tuple) -> int:
     line = getattr(data, "line", 0)
     node = data
     for part in path:
-        if isinstance(node, YDict) and part in node:
-            line = node.line_of(part)
-            node = node[part]
-        elif isinstance(node, YList) and isinstance(part, int) and 0 <= part < len(node):
-            line = node.line_of(part)
-            node = node[part]
-        else:
+        in_list = isinstance(node, YList) and isinstance(part, int) and 0 <= part < len(node)
+        if not (in_list or isinstance(node, YDict) and part in node):
             break
+        line = node.line_of(part)
+        node = node[part]
     return line
 
 
@@ -241,13 +225,8 @@ def layer_inputs(
         if loaded.data is None:
             continue
         if not isinstance(loaded.data, dict):
-            problems.append(
-                Problem(
-                    "an inputs file must hold a YAML mapping",
-                    Location(path, 1),
-                    "write key: value pairs at the top level",
-                )
-            )
+            hint = "write key: value pairs at the top level"
+            problems.append(Problem("an inputs file must hold a YAML mapping", Location(path, 1), hint))
             continue
         deep_merge(merged, loaded.data)
         layers.append(f"--inputs {path}")
@@ -276,16 +255,11 @@ def parse_set(assignment: str) -> tuple[list[str], Any, Problem | None]:
     if not key:
         return [], None, Problem(f"--set {_shown(assignment)} has an empty key", Location(), _SET_HINT)
     if not all(_KEY_PART.fullmatch(part) for part in key.split(".")):
-        return (
-            [],
-            None,
-            Problem(
-                "every part of a dotted key must be a non-empty name without spaces or brackets",
-                where,
-                "nest with dots (customers.acme.plan=gold); a list cannot be set one item at a time: "
-                "use an --inputs file",
-            ),
+        message = "every part of a dotted key must be a non-empty name without spaces or brackets"
+        hint = (
+            "nest with dots (customers.acme.plan=gold); a list cannot be set one item at a time: use an --inputs file"
         )
+        return [], None, Problem(message, where, hint)
     try:
         return key.split("."), _scalar(raw), None
     except ValueError as exc:

@@ -13,8 +13,7 @@ In scope: ``env`` (the process environment), ``inputs`` and, inside a forEach, `
 * The sandbox refuses unsafe attribute access (``''.__class__``); template files are loaded only
   from inside the manifest's directory.
 
-Compiled templates and expressions are cached by their source: a forEach over 10,000 items
-compiles each distinct string once.
+Each distinct string or file is compiled once per Renderer (a forEach renders it per item).
 """
 
 from __future__ import annotations
@@ -95,13 +94,8 @@ class _BudgetedSandbox(ImmutableSandboxedEnvironment):
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         self.check_budget()
         ints = isinstance(left, int) and isinstance(right, int)
-        if (
-            operator == "**"
-            and ints
-            and right > 0
-            and abs(left) > 1
-            and right * abs(left).bit_length() > MAX_POWER_BITS
-        ):
+        bits = abs(left).bit_length() if ints else 0  # more than 1: abs(left) > 1
+        if operator == "**" and bits > 1 and right > 0 and right * bits > MAX_POWER_BITS:
             raise BudgetExceeded(f"the power {left} ** {right} is too large")
         if operator == "*" and ints and left.bit_length() + right.bit_length() > MAX_POWER_BITS:
             raise BudgetExceeded("the product of these numbers is too large")
@@ -132,23 +126,12 @@ class RenderError(Exception):
         self.problem = problem
 
 
-class EnvMapping(Mapping):
-    """The process environment as seen by templates. A missing variable is a named error."""
+class EnvMapping(dict):
+    """The process environment as seen by templates (read-only in the sandbox). A missing variable
+    is a named error; the values are never listed."""
 
-    def __init__(self, environ: Mapping[str, str]):
-        self._environ = dict(environ)
-
-    def __getitem__(self, key: str) -> str:
-        return self._environ[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._environ)
-
-    def __len__(self) -> int:
-        return len(self._environ)
-
-    def __repr__(self) -> str:  # never list the values
-        return f"<environment: {len(self._environ)} variables>"
+    def __repr__(self) -> str:
+        return f"<environment: {len(self)} variables>"
 
 
 class _Undefined(jinja2.StrictUndefined):
@@ -530,38 +513,27 @@ def _problem_from(exc: Exception, where: Location, template: str | None = None) 
             hint = "define it under inputs:, in an --inputs file, or with --set"
         return Problem(message, location, hint)
     if isinstance(exc, SecurityError):
-        return Problem(
-            f"unsafe template expression refused: {exc}", location, "templates may only read env, inputs and item"
-        )
+        hint = "templates may only read env, inputs and item"
+        return Problem(f"unsafe template expression refused: {exc}", location, hint)
     if isinstance(exc, jinja2.TemplateSyntaxError):
         return Problem(f"template syntax error: {exc.message}", location, _syntax_hint(exc.message))
     if isinstance(exc, TemplateOutside):
-        return Problem(
-            f"template path {str(exc)!r} is outside the manifest's directory",
-            location,
-            "templates must live in the manifest's directory or below it",
-        )
+        hint = "templates must live in the manifest's directory or below it"
+        return Problem(f"template path {str(exc)!r} is outside the manifest's directory", location, hint)
     if isinstance(exc, TemplateRefused):
         return Problem(f"template file {exc.name!r}: {exc.cause.message}", location, exc.cause.hint)
     if isinstance(exc, jinja2.TemplateNotFound):
-        return Problem(
-            f"template file {exc.name!r} not found", location, "paths are relative to the manifest's directory"
-        )
+        hint = "paths are relative to the manifest's directory"
+        return Problem(f"template file {exc.name!r} not found", location, hint)
     if isinstance(exc, RecursionError):
         return Problem("template recursion is too deep", location)
     if isinstance(exc, BudgetExceeded):
-        return Problem(
-            f"template exceeds its rendering budget: {exc}",
-            location,
-            "a loop or a repetition in this template runs far too long; keep templates small "
-            "and loop over inputs, not over large ranges",
-        )
+        hint = "a loop or a repetition in this template runs far too long; keep templates small "
+        hint += "and loop over inputs, not over large ranges"
+        return Problem(f"template exceeds its rendering budget: {exc}", location, hint)
     if isinstance(exc, MemoryError):
-        return Problem(
-            "template exceeds its rendering budget: out of memory",
-            location,
-            "a repetition or a filter in this template builds a value far too large",
-        )
+        hint = "a repetition or a filter in this template builds a value far too large"
+        return Problem("template exceeds its rendering budget: out of memory", location, hint)
     return Problem(f"template error: {type(exc).__name__}: {exc}", location, None)
 
 

@@ -15,6 +15,7 @@ import gc
 import os
 import re
 import stat
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +64,6 @@ class Loaded:
 
     data: Any
     problems: list[Problem] = field(default_factory=list)
-    text: str = ""
 
 
 class FileRefused(Exception):
@@ -163,25 +163,25 @@ def load_yaml(text: str, display: str, max_alias_nodes: int = DEFAULT_MAX_ALIAS_
     try:
         node = loader.get_single_node()
         if node is None:
-            return Loaded(None, loader.problems, text)
+            return Loaded(None, loader.problems)
         if "*" in text or any(q in text for q in CURLY_QUOTES):  # the walk is only needed then
             loader.problems.extend(_check_nodes(node, display, max_alias_nodes))
         if any(p.message.startswith("YAML aliases") or p.message.startswith("recursive") for p in loader.problems):
-            return Loaded(None, loader.problems, text)
+            return Loaded(None, loader.problems)
         data = _build(loader, node, {})
     except yaml.MarkedYAMLError as exc:
-        return Loaded(None, [*loader.problems, _syntax_problem(exc, display)], text)
+        return Loaded(None, [*loader.problems, _syntax_problem(exc, display)])
     except yaml.YAMLError as exc:
-        return Loaded(None, [*loader.problems, Problem(f"not valid YAML: {exc}", Location(display))], text)
+        return Loaded(None, [*loader.problems, Problem(f"not valid YAML: {exc}", Location(display))])
     except RecursionError:
-        return Loaded(None, [Problem("YAML nesting is too deep", Location(display))], text)
+        return Loaded(None, [Problem("YAML nesting is too deep", Location(display))])
     except ValueError as exc:  # a too-long integer reached through a << merge or an explicit tag
-        return Loaded(None, [*loader.problems, too_long_number(exc, Location(display))], text)
+        return Loaded(None, [*loader.problems, too_long_number(exc, Location(display))])
     finally:
         loader.dispose()
         if collecting:
             gc.enable()
-    return Loaded(data, loader.problems, text)
+    return Loaded(data, loader.problems)
 
 
 def _syntax_problem(exc: yaml.MarkedYAMLError, display: str) -> Problem:
@@ -261,7 +261,7 @@ def _fill_mapping(loader: _PositionLoader, node: yaml.MappingNode, data: YDict, 
     for index, (key_node, value_node) in enumerate(node.value):
         key = _build(loader, key_node, built)
         line = key_node.start_mark.line + 1
-        if not _hashable(key):
+        if not isinstance(key, Hashable):  # a list or mapping as a key
             loader.problems.append(Problem("a mapping key must be a plain value", Location(loader.display, line)))
             continue
         if index >= own_from and key in own:
@@ -273,14 +273,6 @@ def _fill_mapping(loader: _PositionLoader, node: yaml.MappingNode, data: YDict, 
             if index >= own_from:
                 own[key] = line
         data[key] = _build(loader, value_node, built)
-
-
-def _hashable(value: Any) -> bool:
-    try:
-        hash(value)
-    except TypeError:
-        return False
-    return True
 
 
 def _check_nodes(root: yaml.Node, display: str, max_alias_nodes: int) -> list[Problem]:

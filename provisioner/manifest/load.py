@@ -171,7 +171,7 @@ def _shape_patterns(schema: Any) -> tuple[re.Pattern, ...] | None:
                 todo.append(value)
             elif key not in _ANNOTATIONS:
                 return None
-    return tuple(patterns)
+    return tuple(dict.fromkeys(patterns))  # the same pattern in several places counts once
 
 
 def _shape(value: Any, patterns: tuple[re.Pattern, ...]) -> Any:

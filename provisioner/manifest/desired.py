@@ -194,7 +194,9 @@ def _checked(
     target = body.get("target") or DEFAULT_TARGET
     tags = body.get("tags")
     configuration = body.get("configuration") or {}
-    element_at = replace(one.at("element" if "element" in entry else "template"), path="element")
+    element_at = Location(
+        one.file, entry.line_of("element" if "element" in entry else "template"), None, None, name, "element"
+    )
     schema = _element(body.get("element"), registry, element_at, problems)
     if not isinstance(target, str) or target not in (manifest.targets or {DEFAULT_TARGET: None}):
         known = ", ".join(sorted(manifest.targets) or [DEFAULT_TARGET])
@@ -318,8 +320,8 @@ def _duplicates(desired: list[DesiredInstance]) -> list[Problem]:
     declared = {(d.target, d.name) for d in desired}
     claimed: dict[tuple[str, str], DesiredInstance] = {}
     for instance in desired:
-        at = replace(instance.location, path="previousNames")
         for old in instance.previous_names:
+            at = replace(instance.location, path="previousNames")
             key = (instance.target, old)
             if key in declared and old != instance.name:
                 hint = "a rename needs the old name to be gone from the manifest"

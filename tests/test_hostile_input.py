@@ -319,7 +319,8 @@ def test_output_has_one_format_option(cli, db):
     default = cli.run("output", "m.yaml")
     assert json.loads(default.stdout) == json.loads(as_json.stdout)
     env = cli.run("output", "m.yaml", "-o", "env")
-    assert env.returncode == 0 and env.stdout.startswith("HELPDESK_0_ELEMENT=") or "HELPDESK_0_ID=" in env.stdout
+    assert env.returncode == 0, env.stderr
+    assert env.stdout.startswith("HELPDESK_0_ID=") and "\nHELPDESK_0_ELEMENT=" in env.stdout, env.stdout
     assert cli.run("output", "m.yaml", "--format", "env").stdout == env.stdout
     conflict = cli.run("output", "m.yaml", "-o", "json", "--format", "env")
     assert "disagree" in _clean(conflict) and conflict.stdout == ""

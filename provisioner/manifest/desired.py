@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jinja2
@@ -86,15 +86,32 @@ def _items(entry: YDict, renderer: Renderer, limits: Limits, where: Location, pr
         problems.append(Problem(f"forEach must give a list, got {kind}", at, hint))
         return []
     if len(items) > limits.max_foreach:
-        problems.append(
-            Problem(
-                f"forEach gives {len(items)} items, over the limit of {limits.max_foreach}",
-                at,
-                "raise the limit with --max-foreach if this is intended",
-            )
-        )
+        message = f"forEach gives {len(items)} items, over the limit of {limits.max_foreach}"
+        problems.append(Problem(message, at, "raise the limit with --max-foreach if this is intended"))
         return []
     return items
+
+
+class _Entry:
+    """One instance entry (one forEach item) being rendered and checked, and where to report."""
+
+    def __init__(self, entry: YDict, file: str | None, line: int | None, problems: list[Problem]):
+        self.entry, self.file, self.line, self.problems = entry, file, line, problems
+        self.name: str | None = None
+
+    def at(self, key: str, path: str | None = "") -> Location:
+        """The line of ``key`` in the entry, the instance name and a path (``key`` unless given)."""
+        return Location(self.file, self.entry.line_of(key), instance=self.name, path=key if path == "" else path)
+
+    def add(self, key: str, message: str, hint: str | None = None) -> None:
+        self.problems.append(Problem(message, self.at(key), hint))
+
+    def render(self, renderer: Renderer, raw: Any, scope: dict, at: Location) -> Any:
+        try:
+            return renderer.value(raw, scope, at)
+        except RenderError as exc:
+            self.problems.append(exc.problem)
+            return None
 
 
 def _build_one(
@@ -108,59 +125,43 @@ def _build_one(
 ) -> DesiredInstance | None:
     scope = renderer.context(item)
     before = len(problems)
-
-    def field_value(key: str, instance: str | None = None) -> Any:
-        at = Location(where.file, entry.line_of(key), instance=instance, path=key)
-        try:
-            return renderer.value(entry[key], scope, at)
-        except RenderError as exc:
-            problems.append(exc.problem)
-            return None
-
-    name = field_value("name")
+    one = _Entry(entry, where.file, where.line, problems)
+    name = one.render(renderer, entry["name"], scope, one.at("name"))
     if not isinstance(name, str) or not name.strip():
         if len(problems) == before:
-            problems.append(
-                Problem(
-                    f"name must render to a non-empty string, got {name!r}",
-                    Location(where.file, entry.line_of("name"), path="name"),
-                )
-            )
+            one.add("name", f"name must render to a non-empty string, got {name!r}")
         return None
-    here = Location(where.file, where.line, instance=name)
+    one.name = name
     template_name = entry.get("template")
-    body = (
-        _template_body(entry, scope, renderer, Location(where.file, entry.line_of("template"), instance=name), problems)
-        if isinstance(template_name, str)
-        else {}
-    )
+    body = _template_body(one, scope, renderer) if isinstance(template_name, str) else {}
     if body is None:
         return None
     for key in ("element", "target", "tags", "adopt", "protect", "previousNames"):
         if key in entry:
-            body[key] = field_value(key, name)
+            body[key] = one.render(renderer, entry[key], scope, one.at(key))
     if "configuration" in entry:
-        inline = _configuration(entry, scope, renderer, Location(where.file, None, instance=name), problems)
+        inline = _configuration(one, scope, renderer)
         if isinstance(inline, Mapping) and isinstance(body.get("configuration"), Mapping):
             body["configuration"] = {**body["configuration"], **inline}
         else:
             body["configuration"] = inline
     if len(problems) > before:
         return None
-    return _checked(name, body, entry, template_name, manifest, registry, renderer, here, problems)
+    return _checked(one, body, manifest, registry, renderer)
 
 
-def _template_body(entry: YDict, scope: dict, renderer: Renderer, at: Location, problems: list[Problem]) -> dict | None:
+def _template_body(one: _Entry, scope: dict, renderer: Renderer) -> dict | None:
     """The mapping a template file renders (None if it failed)."""
-    name = entry["template"]
+    name = one.entry["template"]
+    at = one.at("template", None)
     try:
         body = dict(renderer.template_file(name, scope, at))
     except RenderError as exc:
-        problems.append(exc.problem)
+        one.problems.append(exc.problem)
         return None
     unknown = sorted(set(body) - {"element", "tags", "configuration"})
     if unknown:
-        problems.append(
+        one.problems.append(
             Problem(
                 f"template renders unknown field(s): {', '.join(map(str, unknown))}",
                 Location(at.file, at.line, name, None, at.instance),
@@ -170,230 +171,141 @@ def _template_body(entry: YDict, scope: dict, renderer: Renderer, at: Location, 
     return body
 
 
-def _configuration(entry: YDict, scope: dict, renderer: Renderer, here: Location, problems: list[Problem]) -> Any:
+def _configuration(one: _Entry, scope: dict, renderer: Renderer) -> Any:
     """Render an inline configuration key by key, so each error has the key's own line and path."""
-    raw = entry["configuration"]
+    raw = one.entry["configuration"]
     if not isinstance(raw, YDict):
-        try:
-            return renderer.value(
-                raw,
-                scope,
-                Location(here.file, entry.line_of("configuration"), None, None, here.instance, "configuration"),
-            )
-        except RenderError as exc:
-            problems.append(exc.problem)
-            return None
+        return one.render(renderer, raw, scope, one.at("configuration"))
     rendered = {}
     for key, value in raw.items():
-        at = Location(here.file, raw.line_of(key), None, None, here.instance, f"configuration.{key}")
+        at = Location(one.file, raw.line_of(key), instance=one.name, path=f"configuration.{key}")
         try:
             rendered[key] = renderer.value(value, scope, at)
         except RenderError as exc:
-            problems.append(exc.problem)
+            one.problems.append(exc.problem)
     return rendered
 
 
 def _checked(
-    name: str,
-    body: dict,
-    entry: YDict,
-    template_name: Any,
-    manifest: Manifest,
-    registry: ElementRegistry,
-    renderer: Renderer,
-    here: Location,
-    problems: list[Problem],
+    one: _Entry, body: dict, manifest: Manifest, registry: ElementRegistry, renderer: Renderer
 ) -> DesiredInstance | None:
-    before = len(problems)
-    element_key = body.get("element")
+    problems, before, entry, name = one.problems, len(one.problems), one.entry, one.name
+    assert name is not None
     target = body.get("target") or DEFAULT_TARGET
     tags = body.get("tags")
     configuration = body.get("configuration") or {}
-    line = entry.line_of("element") if "element" in entry else entry.line_of("template")
-    schema = _element(element_key, registry, Location(here.file, line, instance=name, path="element"), problems)
-    if (
-        not isinstance(target, str)
-        or (manifest.targets and target not in manifest.targets)
-        or (not manifest.targets and target != DEFAULT_TARGET)
-    ):
+    element_at = Location(
+        one.file, entry.line_of("element" if "element" in entry else "template"), None, None, name, "element"
+    )
+    schema = _element(body.get("element"), registry, element_at, problems)
+    if not isinstance(target, str) or target not in (manifest.targets or {DEFAULT_TARGET: None}):
         known = ", ".join(sorted(manifest.targets) or [DEFAULT_TARGET])
-        problems.append(
-            Problem(
-                f"unknown target {target!r}",
-                Location(here.file, entry.line_of("target"), None, None, name, "target"),
-                f"targets declared: {known}",
-            )
-        )
+        one.add("target", f"unknown target {target!r}", f"targets declared: {known}")
     if tags is not None:
-        _check_tags(tags, name, here, entry, problems)
-    _check_name(name, here, entry, problems)
+        _check_tags(one, tags)
+    if _MARKUP.search(name):
+        one.add("name", f"name {name!r} contains markup, which the API strips", "remove <...> from the name")
     if not isinstance(configuration, Mapping):
-        problems.append(
-            Problem(
-                f"configuration must be a mapping, got {type(configuration).__name__}",
-                Location(here.file, entry.line_of("configuration"), None, None, name, "configuration"),
-            )
-        )
+        one.add("configuration", f"configuration must be a mapping, got {type(configuration).__name__}")
         return None
     if schema is not None:
         for key in schema.secret_keys & set(configuration):  # masked in any message from here on
             REDACTOR.add(configuration[key])
-        locate = _config_locator(entry, template_name, manifest, name, here)
-        errors = schema.iter_errors(dict(configuration))
+        errors = schema.validator.iter_errors(dict(configuration))
+        locate = _config_locator(one, renderer)
         found = problems_from_errors(errors, locate, schema.secret_keys, prefix="configuration")
         problems.extend(renderer.scrub(p) for p in found)  # values from the environment are never echoed
-    protect, previous = _safety_fields(body, name, here, entry, problems)
+    protect, previous = _safety_fields(one, body)
     if len(problems) > before or schema is None:
         return None
     config = {k: (Secret(v) if k in schema.secret_keys and isinstance(v, str) else v) for k, v in configuration.items()}
-    adopt = _adopt_id(body.get("adopt"), entry, here, problems)
+    adopt = _adopt_id(one, body.get("adopt"))
     oauth = schema.oauth_problem(configuration, adopt is not None)
     if oauth is not None:
-        problems.append(Problem(oauth[0], Location(here.file, line, None, None, name, "element"), oauth[1]))
+        problems.append(Problem(oauth[0], element_at, oauth[1]))
     if len(problems) > before:
         return None
-    return DesiredInstance(
-        name, schema.key, target, None if tags is None else tuple(tags), config, here, adopt, protect, previous
-    )
+    here = Location(one.file, one.line, instance=name)
+    tag_tuple = None if tags is None else tuple(tags)
+    return DesiredInstance(name, schema.key, target, tag_tuple, config, here, adopt, protect, previous)
 
 
-def _adopt_id(value: Any, entry: YDict, here: Location, problems: list[Problem]) -> int | str | None:
+def _adopt_id(one: _Entry, value: Any) -> int | str | None:
     """``adopt: <id>``: which unmanaged instance ``--adopt`` takes over (an id, as the API gives it)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
-        problems.append(
-            Problem(
-                f"adopt must be an instance id, got {value!r}",
-                Location(here.file, entry.line_of("adopt"), None, None, here.instance, "adopt"),
-                "write the numeric id of the unmanaged instance to take over, e.g. adopt: 1234",
-            )
-        )
+        hint = "write the numeric id of the unmanaged instance to take over, e.g. adopt: 1234"
+        one.add("adopt", f"adopt must be an instance id, got {value!r}", hint)
         return None
     return int(str(value).strip())
 
 
-def _safety_fields(
-    body: dict, name: str, here: Location, entry: YDict, problems: list[Problem]
-) -> tuple[bool | None, tuple[str, ...]]:
+def _safety_fields(one: _Entry, body: dict) -> tuple[bool | None, tuple[str, ...]]:
     """``protect`` (a boolean once rendered) and ``previousNames`` (names, not this one)."""
     protect = body.get("protect")
     if protect is not None and not isinstance(protect, bool):
-        problems.append(
-            Problem(
-                f"protect must be true or false, got {protect!r}",
-                Location(here.file, entry.line_of("protect"), None, None, name, "protect"),
-                "write protect: true, or an expression such as \"{{ inputs.environment == 'prod' }}\"",
-            )
-        )
+        hint = "write protect: true, or an expression such as \"{{ inputs.environment == 'prod' }}\""
+        one.add("protect", f"protect must be true or false, got {protect!r}", hint)
         protect = None
     previous = body.get("previousNames")
     if previous is None:
         return protect, ()
-    at = Location(here.file, entry.line_of("previousNames"), None, None, name, "previousNames")
     if not isinstance(previous, list) or not all(isinstance(n, str) and n.strip() for n in previous):
-        problems.append(
-            Problem(
-                "previousNames must be a list of non-empty names",
-                at,
-                "list the names this instance had before, e.g. previousNames: [crm-old]",
-            )
-        )
+        hint = "list the names this instance had before, e.g. previousNames: [crm-old]"
+        one.add("previousNames", "previousNames must be a list of non-empty names", hint)
         return protect, ()
-    if name in previous:
-        problems.append(
-            Problem(f"previousNames lists the instance's own name {name!r}", at, "list only the names it had before")
-        )
+    if one.name in previous:
+        message = f"previousNames lists the instance's own name {one.name!r}"
+        one.add("previousNames", message, "list only the names it had before")
     return protect, tuple(dict.fromkeys(previous))
 
 
 def _element(key: Any, registry: ElementRegistry, at: Location, problems: list[Problem]) -> ElementSchema | None:
     if not isinstance(key, str) or not key:
-        problems.append(
-            Problem("no element given", at, "set element: (e.g. connectwisehd), or render it from the template")
-        )
+        hint = "set element: (e.g. connectwisehd), or render it from the template"
+        problems.append(Problem("no element given", at, hint))
         return None
     schema = registry.get(key)
     if schema is None:
-        problems.append(
-            Problem(
-                f"unknown element {key!r}",
-                at,
-                f"known elements: {', '.join(registry.keys())}; add one with --schemas DIR",
-            )
-        )
+        hint = f"known elements: {', '.join(registry.keys())}; add one with --schemas DIR"
+        problems.append(Problem(f"unknown element {key!r}", at, hint))
     return schema
 
 
-def _check_tags(tags: Any, name: str, here: Location, entry: YDict, problems: list[Problem]) -> None:
-    at = Location(here.file, entry.line_of("tags") if "tags" in entry else here.line, None, None, name, "tags")
+def _check_tags(one: _Entry, tags: Any) -> None:
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        problems.append(Problem("tags must be a list of strings", at))
+        one.add("tags", "tags must be a list of strings")
         return
     for tag in tags:
         if tag.startswith(TAG_PREFIX):
-            problems.append(
-                Problem(
-                    f"tag {tag!r} uses the reserved prefix {TAG_PREFIX!r}",
-                    at,
-                    "provisioner writes those tags itself; choose another tag",
-                )
-            )
+            hint = "provisioner writes those tags itself; choose another tag"
+            one.add("tags", f"tag {tag!r} uses the reserved prefix {TAG_PREFIX!r}", hint)
         elif _MARKUP.search(tag) or not tag.strip():
-            problems.append(
-                Problem(
-                    f"tag {tag!r} is empty or contains markup, which the API strips", at, "remove <...> from the tag"
-                )
+            one.add(
+                "tags", f"tag {tag!r} is empty or contains markup, which the API strips", "remove <...> from the tag"
             )
 
 
-def _check_name(name: str, here: Location, entry: YDict, problems: list[Problem]) -> None:
-    if _MARKUP.search(name):
-        problems.append(
-            Problem(
-                f"name {name!r} contains markup, which the API strips",
-                Location(here.file, entry.line_of("name"), None, None, name, "name"),
-                "remove <...> from the name",
-            )
-        )
-
-
-def _config_locator(
-    entry: YDict, template_name: Any, manifest: Manifest, name: str, here: Location
-) -> Callable[[tuple], Location]:
+def _config_locator(one: _Entry, renderer: Renderer) -> Callable[[tuple], Location]:
     """Map a configuration key to the manifest line that declares it, or the template line."""
+    entry, template_name = one.entry, one.entry.get("template")
     inline = entry.get("configuration") if isinstance(entry.get("configuration"), YDict) else None
-    template_source = _template_source(manifest, template_name) if isinstance(template_name, str) else None
 
     def locate(path: tuple) -> Location:
         key = path[0] if path else None
         if inline is not None and key in inline:
-            return Location(here.file, inline.line_of(key), None, None, name)
-        if template_source is not None:
-            return Location(here.file, entry.line_of("template"), template_name, _line_in(template_source, key), name)
-        line = entry.line_of("configuration") if "configuration" in entry else here.line
-        return Location(here.file, line, None, None, name)
+            return Location(one.file, inline.line_of(key), instance=one.name)
+        if isinstance(template_name, str):
+            line = _line_in(renderer.template_lines(template_name), key)
+            return Location(one.file, entry.line_of("template"), template_name, line, one.name)
+        return Location(one.file, entry.line_of("configuration"), instance=one.name)
 
     return locate
 
 
-_template_sources: dict[tuple[str, str], str | None] = {}
-
-
-def _template_source(manifest: Manifest, template_name: str) -> str | None:
-    cache_key = (manifest.base_dir, template_name)
-    if cache_key not in _template_sources:
-        try:
-            with open(f"{manifest.base_dir}/{template_name}", encoding="utf-8") as handle:
-                _template_sources[cache_key] = handle.read()
-        except (OSError, UnicodeDecodeError):
-            _template_sources[cache_key] = None
-    return _template_sources[cache_key]
-
-
-def _line_in(source: str, key: Any) -> int | None:
+def _line_in(lines: list[str], key: Any) -> int | None:
     """The template line that writes ``key:``, or the line of ``configuration:``."""
-    lines = source.splitlines()
     for wanted in ([f"{key}:", f'"{key}":', f"'{key}':"] if key else []) + ["configuration:"]:
         for number, text in enumerate(lines, start=1):
             if text.strip().startswith(wanted):
@@ -402,49 +314,28 @@ def _line_in(source: str, key: Any) -> int | None:
 
 
 def _duplicates(desired: list[DesiredInstance]) -> list[Problem]:
-    seen: dict[tuple[str, str], DesiredInstance] = {}
-    problems = _previous_name_clashes(desired)
-    for instance in desired:
-        key = (instance.target, instance.name)
-        first = seen.get(key)
-        if first is None:
-            seen[key] = instance
-            continue
-        problems.append(
-            Problem(
-                f"duplicate instance name {instance.name!r} (first declared at "
-                f"{first.location.file}:{first.location.line})",
-                instance.location,
-                "names identify instances within a stack; make them unique",
-            )
-        )
-    return problems
-
-
-def _previous_name_clashes(desired: list[DesiredInstance]) -> list[Problem]:
-    """A previous name must not be declared now, nor claimed by two instances of one target."""
+    """A previous name must not be declared now, nor claimed by two instances of one target; names are
+    unique within a target."""
+    problems: list[Problem] = []
     declared = {(d.target, d.name) for d in desired}
     claimed: dict[tuple[str, str], DesiredInstance] = {}
-    problems = []
     for instance in desired:
         for old in instance.previous_names:
+            at = replace(instance.location, path="previousNames")
             key = (instance.target, old)
-            at = Location(instance.location.file, instance.location.line, instance=instance.name, path="previousNames")
             if key in declared and old != instance.name:
-                problems.append(
-                    Problem(
-                        f"previous name {old!r} is declared by another instance",
-                        at,
-                        "a rename needs the old name to be gone from the manifest",
-                    )
-                )
+                hint = "a rename needs the old name to be gone from the manifest"
+                problems.append(Problem(f"previous name {old!r} is declared by another instance", at, hint))
             elif key in claimed:
-                problems.append(
-                    Problem(
-                        f"previous name {old!r} is also listed by {claimed[key].name!r}",
-                        at,
-                        "one old instance can be renamed into one new name only",
-                    )
-                )
+                message = f"previous name {old!r} is also listed by {claimed[key].name!r}"
+                problems.append(Problem(message, at, "one old instance can be renamed into one new name only"))
             claimed.setdefault(key, instance)
+    first: dict[tuple[str, str], DesiredInstance] = {}
+    for instance in desired:
+        seen = first.setdefault((instance.target, instance.name), instance)
+        if seen is not instance:
+            where = f"{seen.location.file}:{seen.location.line}"
+            message = f"duplicate instance name {instance.name!r} (first declared at {where})"
+            hint = "names identify instances within a stack; make them unique"
+            problems.append(Problem(message, instance.location, hint))
     return problems

@@ -9,62 +9,25 @@ values are masked everywhere and compared through fingerprints, never read back.
 element whose new instances need an OAuth authorization code from a browser redirect (``true``, or
 ``{"when": {"key": ["value", ...]}}`` when only some configurations take the OAuth path).
 
-Validators are compiled once per element and reused for every instance.
+Each element's validator is built once per run and reused for every instance.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from typing import Any
 
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, ValidationError
+from jsonschema.exceptions import SchemaError
 
 from ..errors import Location, Problem
 
-# Object-level keywords whose verdict depends only on which keys are present (x-* are annotations).
-_SHAPE_KEYWORDS = frozenset(
-    {
-        "$schema",
-        "$id",
-        "$comment",
-        "title",
-        "description",
-        "x-provisioner",
-        "type",
-        "properties",
-        "required",
-        "additionalProperties",
-        "minProperties",
-        "maxProperties",
-    }
-)
-
-_UNSEEN = object()
 OAUTH_REFRESH_TOKEN = "oauth.user.refresh_token"
-
-# Keywords of a property schema that the string fast path fully understands (the rest are annotations).
-_STRING_KEYWORDS = frozenset(
-    {
-        "type",
-        "minLength",
-        "maxLength",
-        "title",
-        "description",
-        "default",
-        "examples",
-        "writeOnly",
-        "readOnly",
-        "deprecated",
-        "$comment",
-    }
-)
 
 
 def builtin_schemas() -> Any:
@@ -99,84 +62,6 @@ class ElementSchema:
     @cached_property
     def defaults(self) -> dict[str, Any]:
         return {k: p["default"] for k, p in self.properties.items() if isinstance(p, dict) and "default" in p}
-
-    def iter_errors(self, configuration: dict) -> Iterator[ValidationError]:
-        """Every schema error of one configuration.
-
-        Object-level rules (required keys, unknown keys, if/then/else) are checked on every call;
-        each property value is checked against its own subschema once per distinct value: across a
-        forEach most values repeat (a server URL, a company, a password), and jsonschema need not be
-        asked the same question 10,000 times."""
-        if not self.properties:
-            yield from self.validator.iter_errors(configuration)
-            return
-        shape = frozenset(configuration) if self._shape_only else None
-        if shape is None or shape not in self._valid_shapes:
-            errors = list(self._object_validator.iter_errors(configuration))
-            yield from errors
-            if not errors and shape is not None and len(self._valid_shapes) < 10_000:
-                self._valid_shapes.add(shape)
-        for key, value in configuration.items():
-            if key not in self.properties:
-                continue
-            memo = (key, value) if isinstance(value, (str, int, float, bool, type(None))) else None
-            if memo is not None and memo in self._valid_values:
-                continue
-            bounds = self._string_bounds.get(key)
-            if bounds is not None and isinstance(value, str) and bounds[0] <= len(value) <= bounds[1]:
-                continue  # a plain length-bounded string: jsonschema would say the same
-            errors = list(self._property_validator(key).iter_errors(value))
-            for error in errors:
-                error.path.appendleft(key)
-                yield error
-            if not errors and memo is not None and len(self._valid_values) < 100_000:
-                self._valid_values.add(memo)
-
-    @cached_property
-    def _shape_only(self) -> bool:
-        """Do the object-level rules look at the key set alone (required, additionalProperties: false,
-        ...), never at values (if/then/else, dependentSchemas, ...)? Then one answer per key set."""
-        return set(self.schema) <= _SHAPE_KEYWORDS and isinstance(self.schema.get("additionalProperties", True), bool)
-
-    @cached_property
-    def _string_bounds(self) -> dict[str, tuple[float, float]]:
-        """(minLength, maxLength) of each property whose schema is only a length-bounded string (most
-        are): checked in Python, jsonschema is asked only to describe a failure."""
-        bounds = {}
-        for key, prop in self.properties.items():
-            if (
-                isinstance(prop, dict)
-                and prop.get("type") == "string"
-                and all(k in _STRING_KEYWORDS or k.startswith("x-") for k in prop)
-            ):
-                low, high = prop.get("minLength", 0), prop.get("maxLength", math.inf)
-                if all(isinstance(b, int) and not isinstance(b, bool) for b in (low, high) if b != math.inf):
-                    bounds[key] = (low, high)
-        return bounds
-
-    @cached_property
-    def _valid_shapes(self) -> set[frozenset]:
-        return set()
-
-    @cached_property
-    def _object_validator(self) -> Draft202012Validator:
-        object_only = {**self.schema, "properties": dict.fromkeys(self.properties, True)}
-        return Draft202012Validator(object_only)
-
-    def _property_validator(self, key: str) -> Draft202012Validator:
-        validator = self._property_validators.get(key)
-        if validator is None:
-            validator = self.validator.evolve(schema=self.properties[key])
-            self._property_validators[key] = validator
-        return validator
-
-    @cached_property
-    def _property_validators(self) -> dict[str, Draft202012Validator]:
-        return {}
-
-    @cached_property
-    def _valid_values(self) -> set[tuple]:
-        return set()
 
     @property
     def is_oauth(self) -> bool:
@@ -232,22 +117,9 @@ class ElementSchema:
         return value
 
     def effective(self, key: str, value: Any) -> Any:
-        """The value that counts: null, empty and absent all mean the schema default (if any).
-        Memoised per (key, type, value): a plan compares the same few values thousands of times."""
-        memo = (key, type(value), value) if isinstance(value, (str, int, float, bool, type(None))) else None
-        if memo is not None:
-            known = self._effective_memo.get(memo, _UNSEEN)
-            if known is not _UNSEEN:
-                return known
+        """The value that counts: null, empty and absent all mean the schema default (if any)."""
         normal = self.normalize(key, value)
-        result = self._normal_defaults.get(key) if normal is None else normal
-        if memo is not None and len(self._effective_memo) < 100_000:
-            self._effective_memo[memo] = result
-        return result
-
-    @cached_property
-    def _effective_memo(self) -> dict[tuple, Any]:
-        return {}
+        return self._normal_defaults.get(key) if normal is None else normal
 
     @cached_property
     def _types(self) -> dict[str, tuple[str, ...]]:
@@ -299,13 +171,8 @@ class ElementRegistry:
 
     def add_directory(self, directory: str) -> None:
         if not os.path.isdir(directory):
-            self.problems.append(
-                Problem(
-                    f"schema directory {directory} does not exist",
-                    Location(directory),
-                    "--schemas takes a directory of <element>.json files",
-                )
-            )
+            hint = "--schemas takes a directory of <element>.json files"
+            self.problems.append(Problem(f"schema directory {directory} does not exist", Location(directory), hint))
             return
         for name in sorted(os.listdir(directory)):
             if name.endswith(".json"):
@@ -330,13 +197,8 @@ class ElementRegistry:
             return
         meta = schema.get("x-provisioner") if isinstance(schema, dict) else None
         if not isinstance(meta, dict) or not isinstance(meta.get("element"), str):
-            self.problems.append(
-                Problem(
-                    "element schema has no x-provisioner.element key",
-                    Location(source),
-                    'add "x-provisioner": {"element": "<key>", "reportedKeys": [...]}',
-                )
-            )
+            hint = 'add "x-provisioner": {"element": "<key>", "reportedKeys": [...]}'
+            self.problems.append(Problem("element schema has no x-provisioner.element key", Location(source), hint))
             return
         key = meta["element"]
         reported = frozenset(meta.get("reportedKeys", [])) | {key}

@@ -11,11 +11,13 @@ import copy
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
 
 from ..errors import Location, Problem
 from .elements import builtin_schemas
@@ -65,20 +67,9 @@ class Manifest:
         return [os.path.join(self.base_dir, d) for d in dirs if isinstance(d, str)]
 
 
-_MANIFEST_VALIDATOR: Draft202012Validator | None = None
-
-
 def manifest_schema_text() -> str:
     """The manifest's JSON Schema as shipped in the package (``provisioner schema manifest`` prints it)."""
     return builtin_schemas().joinpath("manifest.schema.json").read_text(encoding="utf-8")
-
-
-def manifest_validator() -> Draft202012Validator:
-    global _MANIFEST_VALIDATOR
-    if _MANIFEST_VALIDATOR is None:
-        schema = json.loads(manifest_schema_text())
-        _MANIFEST_VALIDATOR = Draft202012Validator(schema)
-    return _MANIFEST_VALIDATOR
 
 
 def load_manifest(
@@ -98,13 +89,8 @@ def load_manifest(
         return None, problems
     if not isinstance(data, YDict):  # the loader builds every mapping as a YDict
         kind = "a list" if isinstance(data, list) else f"a single value ({type(data).__name__})"
-        problems.append(
-            Problem(
-                f"the manifest must be a mapping of keys, got {kind}",
-                Location(display, 1),
-                f"start with apiVersion: {API_VERSION}",
-            )
-        )
+        message = f"the manifest must be a mapping of keys, got {kind}"
+        problems.append(Problem(message, Location(display, 1), f"start with apiVersion: {API_VERSION}"))
         return None, problems
     problems.extend(check_structure(data, display))
     inputs, layers, input_problems = layer_inputs(data.get("inputs"), inputs_files, sets, limits, display)
@@ -115,26 +101,89 @@ def load_manifest(
 
 
 def check_structure(data: YDict, display: str) -> list[Problem]:
-    """Validate the manifest against schemas/manifest.schema.json, with lines."""
-    errors = list(manifest_validator().iter_errors(data))
+    """Validate the manifest against schemas/manifest.schema.json, with lines: the top level without
+    its instances, then each instance entry (see ``_entry_errors``)."""
+    schema = json.loads(manifest_schema_text())
+    entries = data.get("instances")
+    top = {**data, "instances": []} if isinstance(entries, list) else data
+    errors = [*Draft202012Validator(schema).iter_errors(top), *_entry_errors(schema, entries)]
 
     def location_for(path: tuple) -> Location:
         return Location(display, line_at(data, path), instance=_instance_name(data, path))
 
     problems = problems_from_errors(errors, location_for)
-    if data.get("apiVersion") not in (None, API_VERSION):
-        for p in problems:
-            if p.location.path == "apiVersion":
-                problems.remove(p)
-                break
-        problems.append(
-            Problem(
-                f"unsupported apiVersion {data.get('apiVersion')!r}",
-                Location(display, data.line_of("apiVersion"), path="apiVersion"),
-                f"this version of provisioner reads apiVersion: {API_VERSION}",
-            )
-        )
+    if data.get("apiVersion") not in (None, API_VERSION):  # one problem, in our words, not the schema's
+        problems = [p for p in problems if p.location.path != "apiVersion"]
+        at = Location(display, data.line_of("apiVersion"), path="apiVersion")
+        hint = f"this version of provisioner reads apiVersion: {API_VERSION}"
+        problems.append(Problem(f"unsupported apiVersion {data.get('apiVersion')!r}", at, hint))
     return problems
+
+
+def _entry_errors(schema: dict, entries: Any) -> Iterator[ValidationError]:
+    """The schema errors of each instance entry, paths from the manifest's root. An import writes
+    thousands of entries of one shape: an entry whose shape (``_shape``) was valid once is valid,
+    any other is validated in full. Shapes are used only when the entry schema's verdict depends on
+    nothing else (``_shape_keywords``)."""
+    if not isinstance(entries, list):
+        return
+    entry_schema = {"$defs": schema.get("$defs", {}), **schema["properties"]["instances"]["items"]}
+    validator = Draft202012Validator(entry_schema)
+    patterns = _shape_patterns(entry_schema)
+    valid: set[Any] = set()
+    for index, entry in enumerate(entries):
+        shape = _shape(entry, patterns) if patterns is not None else None
+        if shape is not None and shape in valid:
+            continue
+        errors = list(validator.iter_errors(entry))
+        for error in errors:
+            error.path.extendleft(reversed(("instances", index)))
+            yield error
+        if not errors and shape is not None:
+            valid.add(shape)
+
+
+_SHAPE_KEYWORDS = {"$defs", "$ref", "type", "properties", "additionalProperties", "required", "items", "anyOf"}
+_ANNOTATIONS = {"title", "description", "$comment"}
+
+
+def _shape_patterns(schema: Any) -> tuple[re.Pattern, ...] | None:
+    """The patterns of an entry schema whose keywords look only at what ``_shape`` keeps: JSON types,
+    mapping keys, list items, whether a string is empty (``minLength`` 0 or 1) and which patterns it
+    matches. None if it uses any other keyword (then every entry is validated in full)."""
+    patterns: list[re.Pattern] = []
+    todo = [schema]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, list):
+            todo.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        for key, value in node.items():
+            if key == "pattern" and isinstance(value, str):
+                patterns.append(re.compile(value))
+            elif key == "minLength" and value in (0, 1):
+                continue
+            elif key in ("properties", "$defs") and isinstance(value, dict):
+                todo.extend(value.values())
+            elif key in _SHAPE_KEYWORDS:
+                todo.append(value)
+            elif key not in _ANNOTATIONS:
+                return None
+    return tuple(dict.fromkeys(patterns))  # the same pattern in several places counts once
+
+
+def _shape(value: Any, patterns: tuple[re.Pattern, ...]) -> Any:
+    """What the entry schema can see of a value: its type, a mapping's keys, a list's items, and of a
+    string whether it is empty and which patterns it matches."""
+    if isinstance(value, str):
+        return (bool(value), *(bool(p.search(value)) for p in patterns))
+    if isinstance(value, dict):
+        return (dict, *((key, _shape(item, patterns)) for key, item in value.items()))
+    if isinstance(value, list):
+        return (list, *(_shape(item, patterns) for item in value))
+    return type(value)
 
 
 def line_at(data: Any, path: tuple) -> int:
@@ -142,14 +191,11 @@ def line_at(data: Any, path: tuple) -> int:
     line = getattr(data, "line", 0)
     node = data
     for part in path:
-        if isinstance(node, YDict) and part in node:
-            line = node.line_of(part)
-            node = node[part]
-        elif isinstance(node, YList) and isinstance(part, int) and 0 <= part < len(node):
-            line = node.line_of(part)
-            node = node[part]
-        else:
+        in_list = isinstance(node, YList) and isinstance(part, int) and 0 <= part < len(node)
+        if not (in_list or isinstance(node, YDict) and part in node):
             break
+        line = node.line_of(part)
+        node = node[part]
     return line
 
 
@@ -179,13 +225,8 @@ def layer_inputs(
         if loaded.data is None:
             continue
         if not isinstance(loaded.data, dict):
-            problems.append(
-                Problem(
-                    "an inputs file must hold a YAML mapping",
-                    Location(path, 1),
-                    "write key: value pairs at the top level",
-                )
-            )
+            hint = "write key: value pairs at the top level"
+            problems.append(Problem("an inputs file must hold a YAML mapping", Location(path, 1), hint))
             continue
         deep_merge(merged, loaded.data)
         layers.append(f"--inputs {path}")
@@ -214,16 +255,11 @@ def parse_set(assignment: str) -> tuple[list[str], Any, Problem | None]:
     if not key:
         return [], None, Problem(f"--set {_shown(assignment)} has an empty key", Location(), _SET_HINT)
     if not all(_KEY_PART.fullmatch(part) for part in key.split(".")):
-        return (
-            [],
-            None,
-            Problem(
-                "every part of a dotted key must be a non-empty name without spaces or brackets",
-                where,
-                "nest with dots (customers.acme.plan=gold); a list cannot be set one item at a time: "
-                "use an --inputs file",
-            ),
+        message = "every part of a dotted key must be a non-empty name without spaces or brackets"
+        hint = (
+            "nest with dots (customers.acme.plan=gold); a list cannot be set one item at a time: use an --inputs file"
         )
+        return [], None, Problem(message, where, hint)
     try:
         return key.split("."), _scalar(raw), None
     except ValueError as exc:

@@ -13,21 +13,21 @@ In scope: ``env`` (the process environment), ``inputs`` and, inside a forEach, `
 * The sandbox refuses unsafe attribute access (``''.__class__``); template files are loaded only
   from inside the manifest's directory.
 
-Compiled templates and expressions are cached by their source: a forEach over 10,000 items
-compiles each distinct string once.
+Each distinct string or file is compiled once per Renderer (a forEach renders it per item).
 """
 
 from __future__ import annotations
 
 import difflib
+import inspect
+import math
 import os
 import re
 import secrets
-import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import jinja2
@@ -38,8 +38,6 @@ from .yamlload import DEFAULT_MAX_BYTES, FileRefused, YDict, YList, decode_text,
 
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
 _HAS_JINJA = ("{{", "{%", "{#")
-_PATH = r"(env|inputs|item)((?:\.[A-Za-z_][A-Za-z0-9_]*)*)"
-_PATH_OUTPUT = re.compile(r"\{\{\s*" + _PATH + r"\s*\}\}")
 _MISSING = object()
 
 
@@ -56,90 +54,68 @@ class BudgetExceeded(Exception):
         self.lineno = _template_line_now()
 
 
-class _Budget:
-    """The budget of the rendering in progress on this thread: a deadline and an output size."""
-
-    _local = threading.local()
-
-    def __init__(self, seconds: float, max_bytes: int):
-        self.deadline = time.monotonic() + seconds
-        self.seconds = seconds
-        self.max_bytes = max_bytes
-
-    def __enter__(self) -> _Budget:
-        self._outer = getattr(self._local, "current", None)
-        self._local.current = self
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._local.current = self._outer
-
-    @classmethod
-    def check(cls) -> None:
-        budget = getattr(cls._local, "current", None)
-        if budget is not None and time.monotonic() > budget.deadline:
-            raise BudgetExceeded(f"rendering took longer than {budget.seconds:g} s")
-
-    @classmethod
-    def max_size(cls) -> int:
-        budget = getattr(cls._local, "current", None)
-        return budget.max_bytes if budget is not None else DEFAULT_MAX_BYTES
-
-
 class _BudgetedSandbox(ImmutableSandboxedEnvironment):
-    """The sandbox, with a budget checked where rendering spends time.
+    """The sandbox, with the budget of the rendering in progress: a deadline and an output size.
 
     Every loop's iterable is produced by an attribute or item lookup or a call (``range``), so
     checking the deadline in ``getattr``, ``getitem`` and ``call`` bounds a loop nest's runaway time
     by its innermost loop (``range`` gives at most 100,000 items). ``*`` and ``**`` are intercepted
     (Jinja's documented ``intercepted_binops``) so a repetition or a power cannot build a huge value
-    in one step."""
+    in one step. One environment per Renderer, rendering in one thread: the budget is its state."""
 
     intercepted_binops = frozenset(["*", "**"])
+    deadline = math.inf
+    max_bytes = DEFAULT_MAX_BYTES
+
+    @contextmanager
+    def budget(self) -> Iterator[None]:
+        self.deadline = time.monotonic() + RENDER_SECONDS
+        try:
+            yield
+        finally:
+            self.deadline = math.inf
+
+    def check_budget(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise BudgetExceeded(f"rendering took longer than {RENDER_SECONDS:g} s")
 
     def getattr(self, obj: Any, attribute: str) -> Any:
-        _Budget.check()
+        self.check_budget()
         return super().getattr(obj, attribute)
 
     def getitem(self, obj: Any, argument: Any) -> Any:
-        _Budget.check()
+        self.check_budget()
         return super().getitem(obj, argument)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - Jinja's signature
-        _Budget.check()
+        __self.check_budget()
         return super().call(__context, __obj, *args, **kwargs)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        _check_binop(operator, left, right)
+        self.check_budget()
+        ints = isinstance(left, int) and isinstance(right, int)
+        bits = abs(left).bit_length() if ints else 0  # more than 1: abs(left) > 1
+        if operator == "**" and bits > 1 and right > 0 and right * bits > MAX_POWER_BITS:
+            raise BudgetExceeded(f"the power {left} ** {right} is too large")
+        if operator == "*" and ints and left.bit_length() + right.bit_length() > MAX_POWER_BITS:
+            raise BudgetExceeded("the product of these numbers is too large")
+        for seq, count in ((left, right), (right, left)) if operator == "*" else ():
+            if isinstance(seq, (str, list, tuple)) and isinstance(count, int) and len(seq) * count > self.max_bytes:
+                raise BudgetExceeded(f"repeating a value {count} times makes it larger than {self.max_bytes} bytes")
         return super().call_binop(context, operator, left, right)
 
-
-def _check_binop(operator: str, left: Any, right: Any) -> None:
-    _Budget.check()
-    ints = isinstance(left, int) and isinstance(right, int)
-    if operator == "**" and ints and right > 0 and abs(left) > 1 and right * abs(left).bit_length() > MAX_POWER_BITS:
-        raise BudgetExceeded(f"the power {left} ** {right} is too large")
-    if operator == "*":
-        if ints and left.bit_length() + right.bit_length() > MAX_POWER_BITS:
-            raise BudgetExceeded("the product of these numbers is too large")
-        for seq, count in ((left, right), (right, left)):
-            if isinstance(seq, (str, list, tuple)) and isinstance(count, int) and len(seq) * count > _Budget.max_size():
-                raise BudgetExceeded(f"repeating a value {count} times makes it larger than {_Budget.max_size()} bytes")
-
-
-def _generate_capped(template: jinja2.Template, scope: dict[str, Any]) -> str:
-    """Render through Jinja's streaming API, refusing output past the size budget."""
-    limit = _Budget.max_size()
-    parts: list[str] = []
-    size = 0
-    for chunk in template.generate(scope):
-        size += len(chunk)
-        if size > limit:
-            raise BudgetExceeded(f"the output is larger than {limit} bytes")
-        parts.append(chunk)
-        if len(parts) % 4096 == 0:
-            _Budget.check()
-    return "".join(parts)
+    def render_capped(self, template: jinja2.Template, scope: dict[str, Any]) -> str:
+        """Render through Jinja's streaming API, refusing output past the size budget."""
+        parts: list[str] = []
+        size = 0
+        for chunk in template.generate(scope):
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise BudgetExceeded(f"the output is larger than {self.max_bytes} bytes")
+            parts.append(chunk)
+            if len(parts) % 4096 == 0:
+                self.check_budget()
+        return "".join(parts)
 
 
 class RenderError(Exception):
@@ -150,47 +126,43 @@ class RenderError(Exception):
         self.problem = problem
 
 
-class EnvMapping(Mapping):
-    """The process environment as seen by templates. A missing variable is a named error."""
+class EnvMapping(dict):
+    """The process environment as seen by templates (read-only in the sandbox). A missing variable
+    is a named error; the values are never listed."""
 
-    def __init__(self, environ: Mapping[str, str]):
-        self._environ = dict(environ)
-
-    def __getitem__(self, key: str) -> str:
-        return self._environ[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._environ)
-
-    def __len__(self) -> int:
-        return len(self._environ)
-
-    def __repr__(self) -> str:  # never list the values
-        return f"<environment: {len(self._environ)} variables>"
+    def __repr__(self) -> str:
+        return f"<environment: {len(self)} variables>"
 
 
 class _Undefined(jinja2.StrictUndefined):
-    """StrictUndefined whose message says which environment variable or input is missing."""
+    """StrictUndefined whose message says which environment variable or input is missing, given as
+    its hint (Jinja's documented way to word an undefined value's error)."""
 
     __slots__ = ()
 
-    @property
-    def _undefined_message(self) -> str:
-        obj, name = self._undefined_obj, self._undefined_name
-        if self._undefined_hint:  # the sandbox's own explanation of a refused access
-            return self._undefined_hint
-        if isinstance(obj, EnvMapping):
-            return f"environment variable {name} is not set"
-        if isinstance(obj, Mapping) and name is not None:
-            keys = sorted(map(str, obj))
-            close = difflib.get_close_matches(str(name), keys, n=1, cutoff=0.6)
-            more = f"did you mean {close[0]!r}?" if close else f"keys there: {', '.join(keys[:10]) or 'none'}"
-            return f"key {name!r} is not defined ({more})"
-        if obj is not jinja2.utils.missing and name is not None:
-            return f"{type(obj).__name__} has no attribute {name!r}"
-        if name is not None:
-            return f"{name!r} is undefined"
-        return super()._undefined_message
+    def __init__(
+        self,
+        hint: str | None = None,
+        obj: Any = jinja2.utils.missing,
+        name: str | None = None,
+        exc: type[jinja2.TemplateRuntimeError] = jinja2.UndefinedError,
+    ):
+        super().__init__(hint or _missing_message(obj, name), obj, name, exc)  # a hint: the sandbox refused
+
+
+def _missing_message(obj: Any, name: Any) -> str | None:
+    if name is None:
+        return None
+    if isinstance(obj, EnvMapping):
+        return f"environment variable {name} is not set"
+    if isinstance(obj, Mapping):
+        keys = sorted(map(str, obj))
+        close = difflib.get_close_matches(str(name), keys, n=1, cutoff=0.6)
+        more = f"did you mean {close[0]!r}?" if close else f"keys there: {', '.join(keys[:10]) or 'none'}"
+        return f"key {name!r} is not defined ({more})"
+    if obj is not jinja2.utils.missing:
+        return f"{type(obj).__name__} has no attribute {name!r}"
+    return f"{name!r} is undefined"
 
 
 class _ConfinedLoader(jinja2.BaseLoader):
@@ -240,7 +212,8 @@ def _placeholder_finalize(context: jinja2.runtime.Context, value: Any) -> Any:
     template line it came from (so that an error can show the user's text, never a placeholder)."""
     if isinstance(value, jinja2.Undefined):
         value._fail_with_undefined_error()
-    _Budget.check()
+    if isinstance(context.environment, _BudgetedSandbox):
+        context.environment.check_budget()
     collector = context.get("__provisioner_values")
     if collector is None:
         return value
@@ -252,7 +225,7 @@ def _placeholder_finalize(context: jinja2.runtime.Context, value: Any) -> Any:
 def _template_line_now() -> int | None:
     """The template line being rendered, read the way Jinja's own tracebacks are (from the frame of
     the compiled template)."""
-    frame: Any = sys._getframe(1)
+    frame = inspect.currentframe()
     while frame is not None:
         template = frame.f_globals.get("__jinja_template__")
         if template is not None:
@@ -275,19 +248,22 @@ class Renderer:
         self.max_file_bytes = max_file_bytes
         self.env = EnvMapping(environ)
         self.inputs = inputs
+        self._loader = _ConfinedLoader(base_dir, max_file_bytes)
         self._jinja = _BudgetedSandbox(
             undefined=_Undefined,
             autoescape=False,
             keep_trailing_newline=True,
-            loader=_ConfinedLoader(base_dir, max_file_bytes),
+            loader=self._loader,
             finalize=_placeholder_finalize,
         )
-        self._templates: dict[str, Any] = {}
-        self._expressions: dict[str, Any] = {}
-        self._fast: dict[str, tuple[str, Any]] = {}  # per string: how to render it (see _fast_plan)
-        self._scrub_values: list[str] | None = None
+        self._jinja.max_bytes = max_file_bytes
+        # Run-owned caches, by source text: each distinct string or file is compiled once (a forEach
+        # renders one compiled template per item), and a string without ``item`` renders once.
+        self._compiled: dict[str, Any] = {}
         self._invariant: dict[str, Any] = {}
         self._exhausted: dict[str, Problem] = {}  # sources that ran out of budget once: fail at once
+        self._sources: dict[str, list[str]] = {}
+        self._scrub_values: list[str] | None = None
 
     def context(self, item: Any = jinja2.utils.missing) -> dict[str, Any]:
         scope = {"env": self.env, "inputs": self.inputs}
@@ -325,23 +301,14 @@ class Renderer:
         return self._scrub_values
 
     def _string(self, raw: str, scope: dict[str, Any], where: Location) -> Any:
-        plan = self._fast.get(raw)
-        if plan is None:
-            plan = self._fast[raw] = _fast_plan(raw)
-        kind, data = plan
-        if kind is _TEXT:
-            return raw
-        if kind is not _JINJA:
-            value = _resolve(scope, data) if kind is _PATH else _concat(scope, data)
-            if value is not _MISSING:
-                return value
-        if "item" not in raw:  # env and inputs are fixed for the run: same text, same value
-            cached = self._invariant.get(raw, _MISSING)
-            if cached is _MISSING:
-                cached = self._render_string(raw, scope, where)
-                self._invariant[raw] = cached
-            return cached
-        return self._render_string(raw, scope, where)
+        if not any(marker in raw for marker in _HAS_JINJA):
+            return raw  # no Jinja syntax: not a template, the text is the value
+        if "item" in raw:
+            return self._render_string(raw, scope, where)
+        cached = self._invariant.get(raw, _MISSING)  # env and inputs are fixed for the run
+        if cached is _MISSING:
+            cached = self._invariant[raw] = self._render_string(raw, scope, where)
+        return cached
 
     def _render_string(self, raw: str, scope: dict[str, Any], where: Location) -> Any:
         known = self._exhausted.get(raw)
@@ -349,34 +316,41 @@ class Renderer:
             raise RenderError(Problem(known.message, where, known.hint))
         match = _SINGLE_EXPRESSION.match(raw)
         try:
-            with _Budget(RENDER_SECONDS, self.max_file_bytes):
+            with self._jinja.budget():
                 if match and "{{" not in match["expr"] and "}}" not in match["expr"]:
-                    result = self._expression(match["expr"])(**scope)
+                    result = self._compile("expression", match["expr"])(**scope)
                     if isinstance(result, jinja2.Undefined):
                         result._fail_with_undefined_error()
                     return result
-                return _generate_capped(self._template(raw), scope)
+                return self._jinja.render_capped(self._compile("string", raw), scope)
         except RenderError:
             raise
         except Exception as exc:  # noqa: BLE001 - every Jinja failure becomes a located problem
-            problem = self.scrub(_problem_from(exc, where, raw))
+            problem = self.scrub(_problem_from(exc, where))
             if isinstance(exc, BudgetExceeded):
                 self._exhausted[raw] = problem
             raise RenderError(problem) from None
 
-    def _expression(self, source: str) -> Any:
-        compiled = self._expressions.get(source)
+    def _compile(self, kind: str, source: str) -> Any:
+        """A compiled expression, string or template file, once per source for the run."""
+        key = f"{kind}:{source}"
+        compiled = self._compiled.get(key)
         if compiled is None:
-            compiled = self._jinja.compile_expression(source, undefined_to_none=False)
-            self._expressions[source] = compiled
+            if kind == "expression":
+                compiled = self._jinja.compile_expression(source, undefined_to_none=False)
+            else:
+                compiled = self._jinja.get_template(source) if kind == "file" else self._jinja.from_string(source)
+            self._compiled[key] = compiled
         return compiled
 
-    def _template(self, source: str) -> jinja2.Template:
-        compiled = self._templates.get(source)
-        if compiled is None:
-            compiled = self._jinja.from_string(source)
-            self._templates[source] = compiled
-        return compiled
+    def template_lines(self, name: str) -> list[str]:
+        """The lines of a template file as the loader reads it (empty if it cannot be read), for messages."""
+        if name not in self._sources:
+            try:
+                self._sources[name] = self._loader.get_source(self._jinja, name)[0].splitlines()
+            except Exception:  # noqa: BLE001 - only for messages
+                self._sources[name] = []
+        return self._sources[name]
 
     # -- template files ------------------------------------------------------------------------
 
@@ -391,8 +365,8 @@ class Renderer:
         collected: list[Any] = []
         lines: list[int | None] = []
         try:
-            with _Budget(RENDER_SECONDS, self.max_file_bytes):
-                text = _generate_capped(
+            with self._jinja.budget():
+                text = self._jinja.render_capped(
                     template,
                     {
                         **scope,
@@ -404,93 +378,52 @@ class Renderer:
         except RenderError:
             raise
         except Exception as exc:  # noqa: BLE001
-            problem = self.scrub(_problem_from(exc, where, None, template=name))
+            problem = self.scrub(_problem_from(exc, where, name))
             if isinstance(exc, BudgetExceeded):
                 self._exhausted["file:" + name] = problem
             raise RenderError(problem) from None
-        outputs = _Outputs(nonce, template, lines)
+        outputs = _Outputs(nonce, self.template_lines(name), lines)
+
+        def located(rendered_line: int | None) -> Location:
+            return Location(where.file, where.line, name, outputs.template_line(text, rendered_line), where.instance)
+
         loaded = load_yaml(text, name)
         if loaded.problems:
-            first = loaded.problems[0]
-            raise RenderError(
-                Problem(
-                    "template output is not valid YAML: "
-                    + outputs.described(first.message.removeprefix("not valid YAML: "))
-                    + outputs.quote_line(text, first.location.line),
-                    Location(
-                        where.file, where.line, name, outputs.template_line(text, first.location.line), where.instance
-                    ),
-                    "quote the value around this line, or emit structured values with a single {{ expression }}",
-                )
-            )
+            line = loaded.problems[0].location.line
+            message = outputs.described(loaded.problems[0].message.removeprefix("not valid YAML: "))
+            hint = "quote the value around this line, or emit structured values with a single {{ expression }}"
+            message = f"template output is not valid YAML: {message}{outputs.quote_line(text, line)}"
+            raise RenderError(Problem(message, located(line), hint))
         try:
             data = _substitute(loaded.data, nonce, collected)
         except _BadKey as exc:
-            raise RenderError(
-                Problem(
-                    f"key {outputs.described(str(exc.key))!r} {exc.reason}",
-                    Location(
-                        where.file,
-                        where.line,
-                        name,
-                        outputs.template_line(text, _line_of_text(text, exc.key)),
-                        where.instance,
-                    ),
-                    "give each key of a mapping a distinct name",
-                )
-            ) from None
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise RenderError(
-                Problem(
-                    f"template must render a YAML mapping, got {type(data).__name__}",
-                    Location(where.file, where.line, name, None, where.instance),
-                    "render keys such as configuration: and tags:",
-                )
-            )
-        return data
+            message = f"key {outputs.described(str(exc.key))!r} {exc.reason}"
+            index = text.find(str(exc.key))
+            line = text.count("\n", 0, index) + 1 if index >= 0 else None
+            raise RenderError(Problem(message, located(line), "give each key of a mapping a distinct name")) from None
+        if data is not None and not isinstance(data, dict):
+            message = f"template must render a YAML mapping, got {type(data).__name__}"
+            where_file = Location(where.file, where.line, name, None, where.instance)
+            raise RenderError(Problem(message, where_file, "render keys such as configuration: and tags:"))
+        return data or {}
 
     def _load_file(self, name: str, where: Location) -> jinja2.Template:
-        cached = self._templates.get("file:" + name)
-        if cached is not None:
-            return cached
         try:
-            template = self._jinja.get_template(name)
-        except TemplateOutside:
-            raise RenderError(
-                Problem(
-                    f"template path {name!r} is outside the manifest's directory",
-                    where,
-                    "templates must live in the manifest's directory or below it",
-                )
-            ) from None
-        except jinja2.TemplateNotFound:
-            raise RenderError(
-                Problem(f"template file {name!r} not found", where, "paths are relative to the manifest's directory")
-            ) from None
-        except TemplateRefused as exc:
-            raise RenderError(Problem(f"template file {name!r}: {exc.cause.message}", where, exc.cause.hint)) from None
+            return self._compile("file", name)
         except jinja2.TemplateSyntaxError as exc:
-            raise RenderError(
-                Problem(
-                    f"template syntax error: {exc.message}",
-                    Location(where.file, where.line, name, exc.lineno, where.instance),
-                    _syntax_hint(exc.message),
-                )
-            ) from None
-        self._templates["file:" + name] = template
-        return template
+            raise RenderError(_problem_from(exc, where, name)) from None
+        except (TemplateOutside, jinja2.TemplateNotFound, TemplateRefused) as exc:
+            raise RenderError(_problem_from(exc, where)) from None
 
 
 class _Outputs:
     """Maps the placeholders of a rendered template file back to the user's own text: each
     ``{{ ... }}`` output of the template, found on the template line it was rendered from."""
 
-    def __init__(self, nonce: str, template: jinja2.Template, lines: list[int | None]):
+    def __init__(self, nonce: str, source: list[str], lines: list[int | None]):
         self.pattern = re.compile(re.escape(nonce) + r"(\d+)_")
         self.lines = lines
-        self.source = _template_source(template)
+        self.source = source
 
     def expression(self, index: int) -> str:
         line = self.lines[index] if 0 <= index < len(self.lines) else None
@@ -523,79 +456,6 @@ class _Outputs:
         return line
 
 
-def _line_of_text(text: str, needle: Any) -> int | None:
-    """The line of the first occurrence of ``needle`` in ``text`` (1-based), if any."""
-    index = text.find(str(needle))
-    return text.count("\n", 0, index) + 1 if index >= 0 else None
-
-
-def _template_source(template: jinja2.Template) -> list[str]:
-    loader = template.environment.loader
-    try:
-        source = loader.get_source(template.environment, template.name)[0] if loader and template.name else ""
-    except Exception:  # noqa: BLE001 - only for messages
-        source = ""
-    return source.splitlines()
-
-
-def _fast_segments(raw: str) -> list | None:
-    """Literal text and (root, key, key...) paths, or None if the string needs real Jinja."""
-    segments: list = []
-    position = 0
-    for match in _PATH_OUTPUT.finditer(raw):
-        segments.append(raw[position : match.start()])
-        segments.append((match[1], *[k for k in match[2].split(".") if k]))
-        position = match.end()
-    segments.append(raw[position:])
-    literal = "".join(s for s in segments if isinstance(s, str))
-    if any(marker in literal for marker in _HAS_JINJA) or "}}" in literal or "%}" in literal:
-        return None
-    return [s for s in segments if s != ""]
-
-
-_TEXT, _PATH, _CONCAT, _JINJA = "text", "path", "concat", "jinja"
-
-
-def _fast_plan(raw: str) -> tuple[str, Any]:
-    """How to render one string, decided once per distinct string. Text without Jinja is itself;
-    text and ``{{ name.key.key }}`` outputs over mappings are resolved without Jinja (a forEach over
-    10,000 items renders mostly these): a single expression keeps its type (_PATH), several are
-    joined as text (_CONCAT). Anything else, or a key that turns out missing, goes through Jinja,
-    which gives the same result and the errors."""
-    if not any(marker in raw for marker in _HAS_JINJA):
-        return _TEXT, None
-    segments = _fast_segments(raw)
-    if segments is None:
-        return _JINJA, None
-    paths = [segment for segment in segments if isinstance(segment, tuple)]
-    if len(paths) == 1 and all(isinstance(x, tuple) or not x.strip() for x in segments):
-        return _PATH, paths[0]
-    return _CONCAT, segments
-
-
-def _concat(scope: dict[str, Any], segments: list) -> Any:
-    parts = []
-    for segment in segments:
-        if isinstance(segment, tuple):
-            value = _resolve(scope, segment)
-            if value is _MISSING:
-                return _MISSING
-            parts.append(str(value))
-        else:
-            parts.append(segment)
-    return "".join(parts)
-
-
-def _resolve(scope: dict[str, Any], path: tuple) -> Any:
-    """Follow a key path through mappings exactly as Jinja would, or return _MISSING."""
-    value = scope.get(path[0], _MISSING)
-    for key in path[1:]:
-        if not isinstance(value, (dict, Mapping)) or key not in value or hasattr(type(value), key):
-            return _MISSING
-        value = value[key]
-    return value
-
-
 def _substitute(data: Any, nonce: str, values: list[Any]) -> Any:
     """Put the collected values back where their placeholders landed in the parsed YAML."""
     if isinstance(data, str):
@@ -605,7 +465,7 @@ def _substitute(data: Any, nonce: str, values: list[Any]) -> Any:
         whole = pattern.fullmatch(data)
         if whole:
             return values[int(whole[1])]
-        return pattern.sub(lambda m: _as_text(values[int(m[1])]), data)
+        return pattern.sub(lambda m: _as_text(values[int(m[1])]), data)  # true/false as YAML spells them
     if isinstance(data, dict):
         out = YDict()
         for key, value in data.items():
@@ -636,12 +496,10 @@ class _BadKey(Exception):
 
 
 def _as_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
-def _problem_from(exc: Exception, where: Location, raw: str | None, template: str | None = None) -> Problem:
+def _problem_from(exc: Exception, where: Location, template: str | None = None) -> Problem:
     """Turn a Jinja failure into a located problem; never include rendered values."""
     line = _template_line(exc, template) if template else None
     location = Location(where.file, where.line, template, line, where.instance, where.path) if template else where
@@ -655,41 +513,27 @@ def _problem_from(exc: Exception, where: Location, raw: str | None, template: st
             hint = "define it under inputs:, in an --inputs file, or with --set"
         return Problem(message, location, hint)
     if isinstance(exc, SecurityError):
-        return Problem(
-            f"unsafe template expression refused: {exc}", location, "templates may only read env, inputs and item"
-        )
+        hint = "templates may only read env, inputs and item"
+        return Problem(f"unsafe template expression refused: {exc}", location, hint)
     if isinstance(exc, jinja2.TemplateSyntaxError):
-        where_line = Location(location.file, location.line, template, exc.lineno, location.instance, location.path)
-        return Problem(
-            f"template syntax error: {exc.message}",
-            where_line if template else location,
-            _syntax_hint(exc.message or ""),
-        )
+        return Problem(f"template syntax error: {exc.message}", location, _syntax_hint(exc.message))
     if isinstance(exc, TemplateOutside):
-        return Problem(
-            f"template path {str(exc)!r} is outside the manifest's directory",
-            location,
-            "templates may include only files in the manifest's directory or below it",
-        )
+        hint = "templates must live in the manifest's directory or below it"
+        return Problem(f"template path {str(exc)!r} is outside the manifest's directory", location, hint)
+    if isinstance(exc, TemplateRefused):
+        return Problem(f"template file {exc.name!r}: {exc.cause.message}", location, exc.cause.hint)
     if isinstance(exc, jinja2.TemplateNotFound):
-        return Problem(
-            f"template file {exc.name!r} not found", location, "paths are relative to the manifest's directory"
-        )
+        hint = "paths are relative to the manifest's directory"
+        return Problem(f"template file {exc.name!r} not found", location, hint)
     if isinstance(exc, RecursionError):
         return Problem("template recursion is too deep", location)
     if isinstance(exc, BudgetExceeded):
-        return Problem(
-            f"template exceeds its rendering budget: {exc}",
-            location,
-            "a loop or a repetition in this template runs far too long; keep templates small "
-            "and loop over inputs, not over large ranges",
-        )
+        hint = "a loop or a repetition in this template runs far too long; keep templates small "
+        hint += "and loop over inputs, not over large ranges"
+        return Problem(f"template exceeds its rendering budget: {exc}", location, hint)
     if isinstance(exc, MemoryError):
-        return Problem(
-            "template exceeds its rendering budget: out of memory",
-            location,
-            "a repetition or a filter in this template builds a value far too large",
-        )
+        hint = "a repetition or a filter in this template builds a value far too large"
+        return Problem("template exceeds its rendering budget: out of memory", location, hint)
     return Problem(f"template error: {type(exc).__name__}: {exc}", location, None)
 
 

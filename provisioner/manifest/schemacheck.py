@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from jsonschema.exceptions import ValidationError
@@ -41,10 +42,7 @@ def problems_from_errors(
     for path, keys in missing.items():
         keys = sorted(set(keys))
         noun = "key" if len(keys) == 1 else "keys"
-        where = location_for(path)
-        where = Location(
-            where.file, where.line, where.template, where.template_line, where.instance, _dotted(prefix, path) or None
-        )
+        where = replace(location_for(path), path=_dotted(prefix, path) or None)
         place = (
             "the configuration"
             if prefix == "configuration"
@@ -69,16 +67,8 @@ def _missing_keys(error: ValidationError) -> list[str]:
 def _problem(
     error: ValidationError, path: tuple, location_for: LocationFor, secret_keys: frozenset[str], prefix: str
 ) -> Problem:
-    where = location_for(path)
-    secret = bool(path) and path[-1] in secret_keys
-    message, hint = _describe(error, secret)
-    return Problem(
-        message,
-        Location(
-            where.file, where.line, where.template, where.template_line, where.instance, _dotted(prefix, path) or None
-        ),
-        hint,
-    )
+    message, hint = _describe(error, bool(path) and path[-1] in secret_keys)
+    return Problem(message, replace(location_for(path), path=_dotted(prefix, path) or None), hint)
 
 
 def unknown_key_problems(error: ValidationError, path: tuple, location_for: LocationFor, prefix: str) -> list[Problem]:
@@ -86,27 +76,14 @@ def unknown_key_problems(error: ValidationError, path: tuple, location_for: Loca
     known = list((error.schema or {}).get("properties", {}))
     out = []
     for key in _unexpected_keys(error):
-        inner = location_for((*path, key))
         suggestion = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
         hint = (
             f"did you mean {suggestion[0]!r}?"
             if suggestion
             else ("known keys: " + ", ".join(sorted(known)[:12]) + ("..." if len(known) > 12 else ""))
         )
-        out.append(
-            Problem(
-                f"unknown key {key!r}",
-                Location(
-                    inner.file,
-                    inner.line,
-                    inner.template,
-                    inner.template_line,
-                    inner.instance,
-                    _dotted(prefix, (*path, key)),
-                ),
-                hint,
-            )
-        )
+        where = replace(location_for((*path, key)), path=_dotted(prefix, (*path, key)))
+        out.append(Problem(f"unknown key {key!r}", where, hint))
     return out
 
 
@@ -127,20 +104,19 @@ _TYPE_NAMES = {
 }
 
 
+_JSON_TYPES = (
+    (bool, "boolean"),
+    (int, "integer"),
+    (float, "number"),
+    (str, "string"),
+    (dict, "mapping"),
+    (list, "list"),
+)
+
+
 def _type_of(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dict):
-        return "mapping"
-    if isinstance(value, list):
-        return "list"
-    return "null" if value is None else type(value).__name__
+    found = next((name for kind, name in (*_JSON_TYPES, (list, "list")) if isinstance(value, kind)), None)
+    return found or ("null" if value is None else type(value).__name__)
 
 
 def _shown(value: Any, secret: bool) -> str:

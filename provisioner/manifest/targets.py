@@ -1,10 +1,9 @@
 """Resolve the manifest's targets into API endpoints and credentials.
 
 A target is a Cloud Elements environment: a base URL and the user and organization secrets. With no
-``targets:`` the manifest has one target, ``default``, at the US production API with its secrets in
-``CE_USER_SECRET`` and ``CE_ORGANIZATION_SECRET``;
-``CE_API_URL``, when set, replaces the default URL. Credentials are rendered only when a command
-needs the API (never by ``validate``), and only for the targets some instance uses.
+``targets:`` the manifest has one target, ``default``, at the US production API (``CE_API_URL`` when
+set) with its secrets in ``CE_USER_SECRET`` and ``CE_ORGANIZATION_SECRET``. Credentials are rendered
+only when a command needs the API (never by ``validate``), and only for the targets some instance uses.
 """
 
 from __future__ import annotations
@@ -65,34 +64,25 @@ def _resolve_one(
         except RenderError as exc:
             problems.append(exc.problem)
             continue
+        sources = _sources(raw.get(key, default))
         if not isinstance(values[key], str) or not values[key]:
             problems.append(
-                Problem(
-                    f"{key} of target {name!r} is empty",
-                    at,
-                    f"set it, or the variables it reads: {_sources(raw.get(key, default))}",
-                )
+                Problem(f"{key} of target {name!r} is empty", at, f"set it, or the variables it reads: {sources}")
             )
         elif _CONTROL.search(values[key]):
             values[key] = None  # never used, never shown
-            problems.append(
-                Problem(
-                    f"{key} of target {name!r} contains a line break or another control character",
-                    at,
-                    f"check {_sources(raw.get(key, default))}: a value pasted or read from a file often ends "
-                    'with a newline (e.g. use "$(cat file)", which drops it)',
-                )
+            message = f"{key} of target {name!r} contains a line break or another control character"
+            hint = (
+                f"check {sources}: a value pasted or read from a file often ends with a newline "
+                '(e.g. use "$(cat file)", which drops it)'
             )
+            problems.append(Problem(message, at, hint))
     if len(values) < 3 or not all(isinstance(v, str) and v for v in values.values()):
         return None
     url = values["url"].rstrip("/")
     if not url.startswith(("https://", "http://")):
-        problems.append(
-            Problem(
-                f"url of target {name!r} must start with https://",
-                Location(manifest.display, line_of("url"), path=f"targets.{name}.url"),
-            )
-        )
+        at = Location(manifest.display, line_of("url"), path=f"targets.{name}.url")
+        problems.append(Problem(f"url of target {name!r} must start with https://", at))
         return None
     sources = (
         f"{_sources(raw.get('userSecret', DEFAULT_USER_SECRET))} and "

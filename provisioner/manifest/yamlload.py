@@ -15,7 +15,7 @@ import gc
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -64,7 +64,6 @@ class Loaded:
 
     data: Any
     problems: list[Problem] = field(default_factory=list)
-    text: str = ""
 
 
 class FileRefused(Exception):
@@ -164,25 +163,25 @@ def load_yaml(text: str, display: str, max_alias_nodes: int = DEFAULT_MAX_ALIAS_
     try:
         node = loader.get_single_node()
         if node is None:
-            return Loaded(None, loader.problems, text)
+            return Loaded(None, loader.problems)
         if "*" in text or any(q in text for q in CURLY_QUOTES):  # the walk is only needed then
             loader.problems.extend(_check_nodes(node, display, max_alias_nodes))
         if any(p.message.startswith("YAML aliases") or p.message.startswith("recursive") for p in loader.problems):
-            return Loaded(None, loader.problems, text)
+            return Loaded(None, loader.problems)
         data = _build(loader, node, {})
     except yaml.MarkedYAMLError as exc:
-        return Loaded(None, [*loader.problems, _syntax_problem(exc, display)], text)
+        return Loaded(None, [*loader.problems, _syntax_problem(exc, display)])
     except yaml.YAMLError as exc:
-        return Loaded(None, [*loader.problems, Problem(f"not valid YAML: {exc}", Location(display))], text)
+        return Loaded(None, [*loader.problems, Problem(f"not valid YAML: {exc}", Location(display))])
     except RecursionError:
-        return Loaded(None, [Problem("YAML nesting is too deep", Location(display))], text)
+        return Loaded(None, [Problem("YAML nesting is too deep", Location(display))])
     except ValueError as exc:  # a too-long integer reached through a << merge or an explicit tag
-        return Loaded(None, [*loader.problems, too_long_number(exc, Location(display))], text)
+        return Loaded(None, [*loader.problems, too_long_number(exc, Location(display))])
     finally:
         loader.dispose()
         if collecting:
             gc.enable()
-    return Loaded(data, loader.problems, text)
+    return Loaded(data, loader.problems)
 
 
 def _syntax_problem(exc: yaml.MarkedYAMLError, display: str) -> Problem:
@@ -224,16 +223,15 @@ def _build(loader: _PositionLoader, node: yaml.Node, built: dict[int, Any]) -> A
         value.item_lines = [child.start_mark.line + 1 for child in node.value]
         built[key] = value
         value.extend(_build(loader, child, built) for child in node.value)
-    elif (
-        isinstance(node, yaml.MappingNode)
-        and node.tag == _MAP_TAG
-        and not any(k.tag == _MERGE_TAG for k, _ in node.value)
-    ):
+    elif isinstance(node, yaml.MappingNode) and node.tag == _MAP_TAG:
         value = YDict()
         value.line = node.start_mark.line + 1
         value.key_lines = {}
         built[key] = value
-        _fill_mapping(loader, node, value, built)
+        own = sum(1 for k, _ in node.value if k.tag != _MERGE_TAG)
+        if own < len(node.value):
+            loader.flatten_mapping(node)  # keys brought in by << first, then the mapping's own
+        _fill_mapping(loader, node, value, built, own_from=len(node.value) - own)
     else:
         value = loader.construct_object(node, deep=True)
     built[key] = value
@@ -256,94 +254,25 @@ def too_long_number(exc: ValueError, where: Location, hint: str = "quote it to k
     return Problem(f"this number is too long to read as an integer{limit}", where, hint)
 
 
-def _fill_mapping(loader: _PositionLoader, node: yaml.MappingNode, data: YDict, built: dict[int, Any]) -> None:
-    for key_node, value_node in node.value:
+def _fill_mapping(loader: _PositionLoader, node: yaml.MappingNode, data: YDict, built: dict, own_from: int) -> None:
+    """Keys from ``own_from`` on are the mapping's own: a duplicate among them is a problem (keys
+    merged in with << may be overridden)."""
+    own: dict[Any, int] = {}
+    for index, (key_node, value_node) in enumerate(node.value):
         key = _build(loader, key_node, built)
         line = key_node.start_mark.line + 1
-        if not _hashable(key):
+        if not isinstance(key, Hashable):  # a list or mapping as a key
             loader.problems.append(Problem("a mapping key must be a plain value", Location(loader.display, line)))
             continue
-        if key in data:
-            loader.problems.append(
-                Problem(
-                    f"duplicate key {key!r} (first defined on line {data.key_lines[key]})",
-                    Location(loader.display, line),
-                    "remove one of them: YAML keeps only the last",
-                )
-            )
+        if index >= own_from and key in own:
+            message = f"duplicate key {key!r} (first defined on line {own[key]})"
+            hint = "remove one of them: YAML keeps only the last"
+            loader.problems.append(Problem(message, Location(loader.display, line), hint))
         else:
             data.key_lines[key] = line
+            if index >= own_from:
+                own[key] = line
         data[key] = _build(loader, value_node, built)
-
-
-def _construct_mapping(loader: _PositionLoader, node: yaml.MappingNode) -> Iterator[YDict]:
-    data = YDict()
-    data.line = node.start_mark.line + 1
-    data.key_lines = {}
-    yield data
-    if any(key_node.tag == _MERGE_TAG for key_node, _ in node.value):
-        _check_duplicates(loader, node)
-        loader.flatten_mapping(node)
-        duplicates_checked = True
-    else:
-        duplicates_checked = False
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 1
-        if not _hashable(key):
-            loader.problems.append(Problem("a mapping key must be a plain value", Location(loader.display, line)))
-            continue
-        if not duplicates_checked and key in data:
-            loader.problems.append(
-                Problem(
-                    f"duplicate key {key!r} (first defined on line {data.key_lines[key]})",
-                    Location(loader.display, line),
-                    "remove one of them: YAML keeps only the last",
-                )
-            )
-        data[key] = loader.construct_object(value_node, deep=False)
-        if duplicates_checked or key not in data.key_lines:
-            data.key_lines[key] = line
-
-
-def _check_duplicates(loader: _PositionLoader, node: yaml.MappingNode) -> None:
-    """Duplicate keys among a mapping's own keys (keys brought in by a << merge may be overridden)."""
-    own_keys: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        if key_node.tag == _MERGE_TAG:
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 1
-        if _hashable(key) and key in own_keys:
-            loader.problems.append(
-                Problem(
-                    f"duplicate key {key!r} (first defined on line {own_keys[key]})",
-                    Location(loader.display, line),
-                    "remove one of them: YAML keeps only the last",
-                )
-            )
-        elif _hashable(key):
-            own_keys[key] = line
-
-
-def _construct_sequence(loader: _PositionLoader, node: yaml.SequenceNode) -> Iterator[YList]:
-    data = YList()
-    data.line = node.start_mark.line + 1
-    data.item_lines = [child.start_mark.line + 1 for child in node.value]
-    yield data
-    data.extend(loader.construct_object(child, deep=False) for child in node.value)
-
-
-def _hashable(value: Any) -> bool:
-    try:
-        hash(value)
-    except TypeError:
-        return False
-    return True
-
-
-_PositionLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
-_PositionLoader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
 
 
 def _check_nodes(root: yaml.Node, display: str, max_alias_nodes: int) -> list[Problem]:

@@ -22,7 +22,7 @@ from test_emulator import API, AUTH, ORG_SECRET, USER_SECRET, Client, Raw, asser
 
 from provisioner.emulator import ENV_VAR, Emulator, EmulatorDB, FaultConfig
 from provisioner.emulator.faults import RateLimiter, retry_after_header
-from provisioner.emulator.http11 import accepts_gzip
+from provisioner.emulator.server import accepts_gzip
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 10

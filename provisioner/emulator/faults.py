@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
@@ -28,7 +27,7 @@ ERROR_STATUSES = (500, 502, 503)
 
 _RATE_FIELDS = ("error_rate", "throttle_rate", "reset_rate", "lost_rate", "slow_rate")
 _DURATION_FIELDS = ("latency_ms", "jitter_ms", "slow_ms", "retry_after")
-# The methods a request line may carry (http11.METHODS); ``methods=`` takes a "+"-joined subset.
+# The methods the emulator serves; ``methods=`` takes a "+"-joined subset.
 KNOWN_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 # Short names used in the text syntax (and accepted by ``merged``) -> dataclass fields.
@@ -249,26 +248,25 @@ NO_FAULT = FaultDecision()
 class RateLimiter:
     """A token bucket per key (the organization secret): ``rate`` tokens a second, at most
     ``size`` saved up, full at first. A request takes a token; without one it is refused, and takes
-    nothing (a refused request does not push the next token further away)."""
+    nothing (a refused request does not push the next token further away). Not thread-safe: the
+    emulator calls it under its one lock."""
 
     def __init__(self, rate: float, size: float, clock: Callable[[], float] = time.monotonic):
         self.rate = rate
         self.size = size
         self._clock = clock
         self._buckets: dict[bytes, tuple[float, float]] = {}  # key -> (tokens, at)
-        self._lock = threading.Lock()
 
     def take(self, key: bytes) -> float:
         """Take a token for ``key``: 0.0 if there was one, else the seconds until there will be."""
-        with self._lock:
-            now = self._clock()
-            tokens, at = self._buckets.get(key, (self.size, now))
-            tokens = min(self.size, tokens + (now - at) * self.rate)
-            if tokens >= 1.0:
-                self._buckets[key] = (tokens - 1.0, now)
-                return 0.0
-            self._buckets[key] = (tokens, now)
-            return (1.0 - tokens) / self.rate
+        now = self._clock()
+        tokens, at = self._buckets.get(key, (self.size, now))
+        tokens = min(self.size, tokens + (now - at) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1.0 - tokens) / self.rate
 
 
 def retry_after_header(wait_s: float) -> str:
@@ -281,17 +279,17 @@ def retry_after_header(wait_s: float) -> str:
 class FaultDecider:
     """Draws one ``FaultDecision`` per request from a ``random.Random(seed)``.
 
-    Every request takes exactly seven draws, in a fixed order, under a lock (jitter, reset, error,
-    throttle, lost, slow, error status), whatever the outcome and whatever its method, so a decision
-    depends only on the seed and on how many requests came before it. The rate limiter, if any,
-    lives as long as the decider (a new fault configuration starts with full buckets).
+    Every request takes exactly seven draws, in a fixed order (jitter, reset, error, throttle, lost,
+    slow, error status), whatever the outcome and whatever its method, so a decision depends only on
+    the seed and on how many requests came before it. The rate limiter, if any, lives as long as the
+    decider (a new fault configuration starts with full buckets). Not thread-safe: the emulator
+    decides under its one lock.
     """
 
     def __init__(self, config: FaultConfig):
         self.config = config
         self._active = config.active
         self._rng = random.Random(config.seed)
-        self._lock = threading.Lock()
         self.limiter = RateLimiter(config.ratelimit_rps, config.bucket_size) if config.ratelimit_rps else None
 
     def decide(self, method: str | None = None) -> FaultDecision:
@@ -299,8 +297,7 @@ class FaultDecider:
         cfg = self.config
         if not self._active:
             return NO_FAULT
-        with self._lock:
-            r_jitter, r_reset, r_error, r_throttle, r_lost, r_slow, r_status = (self._rng.random() for _ in range(7))
+        r_jitter, r_reset, r_error, r_throttle, r_lost, r_slow, r_status = (self._rng.random() for _ in range(7))
         delay_ms = max(0.0, cfg.latency_ms + (2.0 * r_jitter - 1.0) * cfg.jitter_ms)
         if cfg.methods and method not in cfg.methods:
             return FaultDecision(None, delay_ms / 1000.0, None)

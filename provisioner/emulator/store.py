@@ -5,11 +5,12 @@ database directly through ``EmulatorDB`` to see what really happened behind faul
 "lost" create was committed, what status each request got, and whether a secret value is the
 one sent (secret values are stored as keyed digests, never in clear: ``Sealed``).
 
-One connection in WAL mode, guarded by a lock, serves the emulator's event loop; every statement
-is short and indexed (keyset paging, a tag table with a (tag, instance) key), so the lock is never
-held for long and never across a sleep. Writes are not synced to disk (``synchronous=OFF``): a
-commit is then a few page writes into the OS cache, and the loop never waits for a checkpoint's
-fsync, which took milliseconds and held up every connection. Other processes see each commit at
+One connection in WAL mode, guarded by ``Store.lock``, serves the emulator's handler threads (the
+emulator takes the same lock for its fault draws and its log); every statement is short and indexed
+(keyset paging, a tag table with a (tag, instance) key), so the lock is never held for long and
+never across a sleep. Writes are not synced to disk (``synchronous=OFF``): a commit is then a few
+page writes into the OS cache, and no request waits for a checkpoint's fsync, which took
+milliseconds and held up every connection. Other processes see each commit at
 once, and an emulator that crashes or is killed loses nothing; only an OS crash or a power loss
 could lose the latest writes or damage the file, a fair price for a test emulator's state.
 """
@@ -234,7 +235,7 @@ class Store:
     def __init__(self, path: str | Path, secret_keys: Callable[[str], Collection[str]] = lambda _element: ()):
         self._secret_keys = secret_keys
         self._conn = connect(path, create=True)
-        self._lock = threading.RLock()  # reentrant: a request's transaction holds it around the others
+        self.lock = threading.RLock()  # reentrant: a request's transaction holds it around the others
         self._closed = False
         self._in_request = False
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -246,7 +247,7 @@ class Store:
 
     def close(self) -> None:
         """Close the connection; later calls raise StoreClosed. Idempotent."""
-        with self._lock:
+        with self.lock:
             if not self._closed:
                 self._closed = True
                 self._conn.close()
@@ -254,7 +255,7 @@ class Store:
     @contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:
         """The connection, under the lock, for reads."""
-        with self._lock:
+        with self.lock:
             if self._closed:
                 raise StoreClosed("the emulator store is closed")
             yield self._conn

@@ -166,24 +166,42 @@ def _is_json_type(content_type: str | None) -> bool:
 
 # -- the API ------------------------------------------------------------------------------------
 
+# Paths under BASE_PATH, first match wins: a "*" segment is passed to the handler (named by method).
+_INSTANCE = {"GET": "_get_instance", "PUT": "_put_instance", "PATCH": "_patch_instance", "DELETE": "_delete_instance"}
+_ROUTES = [
+    (tuple(pattern.split("/")), methods)
+    for pattern, methods in (
+        ("elements", {"GET": "_list_elements"}),
+        ("elements/keys", {"GET": "_element_keys"}),
+        ("elements/*", {"GET": "_get_element"}),
+        ("elements/*/configuration", {"GET": "_element_configuration"}),
+        ("elements/*/instances", {"GET": "_list_instances", "POST": "_create"}),
+        ("elements/*/instances/*", _INSTANCE),
+        ("instances", {"GET": "_list_instances", "POST": "_create"}),
+        ("instances/count", {"GET": "_count"}),
+        ("instances/*", _INSTANCE),
+        ("instances/*/configuration", {"GET": "_instance_configuration"}),
+        ("instances/*/configuration/*", {"GET": "_get_config_record", "PATCH": "_patch_config_record"}),
+    )
+]
+
+
+def _fits(pattern_segment: str, segment: str) -> bool:
+    """A route's segment matches itself; "*" matches any."""
+    return pattern_segment in ("*", segment)
+
 
 @dataclass
 class ApiRequest:
-    """One request as the API layer sees it."""
+    """One request as the handlers see it: the query parameters and the JSON body (POST, PUT, PATCH)."""
 
-    method: str
-    segments: list[str]
     query: dict[str, list[str]]
-    headers: Message
-    body: bytes
     json: Any = None
 
 
-Route = tuple[dict[str, Callable[..., Response]], tuple]
-
-
 class Api:
-    """The rules of the Cloud Elements instance API, independent of HTTP plumbing."""
+    """The rules of the Cloud Elements instance API, independent of HTTP plumbing; not thread-safe
+    (the emulator serves one request at a time through it)."""
 
     def __init__(self, catalog: Catalog, store: Store, user_secret: str, organization_secret: str):
         self.catalog = catalog
@@ -191,8 +209,6 @@ class Api:
         self._user = user_secret.encode("utf-8")
         self._org = organization_secret.encode("utf-8")
         self._fragments: dict[tuple[int, bool], tuple[tuple, bytes]] = {}
-
-    # -- entry point ----------------------------------------------------------------------------
 
     def handle(self, method: str, path: str, query: str, headers: Message, body: bytes, request_id: str) -> Response:
         """Answer one request (path without the query string)."""
@@ -209,21 +225,22 @@ class Api:
             raise ApiFailure(401, AUTH_MESSAGE)
         rest = path[len(BASE_PATH) :].strip("/")
         segments = [unquote(s) for s in rest.split("/")] if rest else []
-        route = self._resolve(segments)
+        route = next((r for r in _ROUTES if len(r[0]) == len(segments) and all(map(_fits, r[0], segments))), None)
         if route is None:
             raise ApiFailure(404, f"No resource found at {path}")
-        methods, args = route
+        parts, methods = route
         if method not in methods:
             allowed = ", ".join(sorted(methods))
             raise ApiFailure(405, f"Method {method} is not allowed on {path} (allowed: {allowed})", {"Allow": allowed})
-        request = ApiRequest(method, segments, parse_qs(query, keep_blank_values=True), headers, body)
+        request = ApiRequest(parse_qs(query, keep_blank_values=True))
         if method in ("POST", "PUT", "PATCH"):
             if not _is_json_type(headers.get("Content-Type")):
                 raise ApiFailure(415, "Unsupported media type: the request body must be application/json")
             request.json = _parse_json(body)
             if not isinstance(request.json, dict):
                 raise ApiFailure(400, "The request body must be a JSON object")
-        return methods[method](request, *args)
+        args = [s for p, s in zip(parts, segments, strict=True) if p == "*"]
+        return getattr(self, methods[method])(request, *args)
 
     def _authorized(self, header: str | None) -> bool:
         """Check ``User <x>, Organization <y>[, Element <t>]`` (any order) in constant time."""
@@ -233,55 +250,6 @@ class Api:
         user_ok = hmac.compare_digest(parts.get("user", b""), self._user)
         org_ok = hmac.compare_digest(parts.get("organization", b""), self._org)
         return user_ok and org_ok and "user" in parts and "organization" in parts
-
-    def _resolve(self, s: list[str]) -> Route | None:
-        """Map path segments to {method: handler} and the handler's arguments."""
-        if s and s[0] == "elements":
-            return self._resolve_elements(s)
-        if s and s[0] == "instances":
-            return self._resolve_instances(s)
-        return None
-
-    def _instance_methods(self) -> dict[str, Callable[..., Response]]:
-        """Handlers of /instances/{id}."""
-        return {
-            "GET": self._get_instance,
-            "PUT": self._put_instance,
-            "PATCH": self._patch_instance,
-            "DELETE": self._delete_instance,
-        }
-
-    def _resolve_elements(self, s: list[str]) -> Route | None:
-        """Routes under /elements."""
-        n = len(s)
-        if n == 1:
-            return {"GET": self._list_elements}, ()
-        if n == 2:
-            if s[1] == "keys":
-                return {"GET": self._element_keys}, ()
-            return {"GET": self._get_element}, (s[1],)
-        if n == 3 and s[2] == "configuration":
-            return {"GET": self._element_configuration}, (s[1],)
-        if n == 3 and s[2] == "instances":
-            return {"GET": self._list_element_instances, "POST": self._create_for_element}, (s[1],)
-        if n == 4 and s[2] == "instances":
-            return {m: self._scoped(fn) for m, fn in self._instance_methods().items()}, (s[1], s[3])
-        return None
-
-    def _resolve_instances(self, s: list[str]) -> Route | None:
-        """Routes under /instances."""
-        n = len(s)
-        if n == 1:
-            return {"GET": self._list_instances, "POST": self._create}, ()
-        if n == 2:
-            if s[1] == "count":
-                return {"GET": self._count}, ()
-            return self._instance_methods(), (s[1],)
-        if n == 3 and s[2] == "configuration":
-            return {"GET": self._instance_configuration}, (s[1],)
-        if n == 4 and s[2] == "configuration":
-            return {"GET": self._get_config_record, "PATCH": self._patch_config_record}, (s[1], s[3])
-        return None
 
     # -- elements -------------------------------------------------------------------------------
 
@@ -421,10 +389,11 @@ class Api:
 
     # -- instances ------------------------------------------------------------------------------
 
-    def _create(self, req: ApiRequest, element: Element | None = None) -> Response:
-        """POST /instances: validate, store, answer 200 with the instance."""
+    def _create(self, req: ApiRequest, *path: str) -> Response:
+        """POST /instances (the element named in the body) and /elements/{keyOrId}/instances:
+        validate, store, answer 200 with the instance."""
         body = req.json
-        element = element or self._element_from_body(body)
+        element = self._element(path[0]) if path else self._element_from_body(body)
         name = self._name(body)
         tags = self._tags(body.get("tags"))
         config = self._configuration(body.get("configuration"))
@@ -432,12 +401,10 @@ class Api:
         row = self.store.create_instance(name, element.key, element.reported_key, tags, config)
         return Response(200, self.render(row))
 
-    def _create_for_element(self, req: ApiRequest, key_or_id: str) -> Response:
-        """POST /elements/{keyOrId}/instances: the element comes from the path."""
-        return self._create(req, self._element(key_or_id))
-
-    def _list_instances(self, req: ApiRequest, element: Element | None = None) -> Response:
-        """GET /instances: keyset-paged, filtered by tags[] / searchText, 404 when empty."""
+    def _list_instances(self, req: ApiRequest, *path: str) -> Response:
+        """GET /instances, and /elements/{keyOrId}/instances (instances whose element or reported
+        element match): keyset-paged, filtered by tags[] / searchText, 404 when empty."""
+        element = self._element(path[0]) if path else None
         q = req.query
         raw_size = _last(q, "pageSize")
         try:
@@ -477,10 +444,6 @@ class Api:
         self._fragments[(stored[0], hydrate)] = (stored, fragment)
         return fragment
 
-    def _list_element_instances(self, req: ApiRequest, key_or_id: str) -> Response:
-        """GET /elements/{keyOrId}/instances: instances whose element or reported element match."""
-        return self._list_instances(req, self._element(key_or_id))
-
     def _count(self, req: ApiRequest) -> Response:
         """GET /instances/count."""
         return Response(200, {"count": self.store.count_instances()})
@@ -504,13 +467,9 @@ class Api:
         """True if no scope, or the instance belongs to the scope element (key or reported key)."""
         return scope is None or scope.key in (row.element_key, row.reported_key)
 
-    def _scoped(self, handler: Callable[..., Response]) -> Callable[..., Response]:
-        """Wrap an /instances/{id} handler for /elements/{keyOrId}/instances/{id}."""
-
-        def scoped(req: ApiRequest, key_or_id: str, instance_id: str) -> Response:
-            return handler(req, instance_id, self._element(key_or_id))
-
-        return scoped
+    def _target(self, path: tuple[str, ...]) -> tuple[str, Element | None]:
+        """(instance id, element scope) of /instances/{id} or /elements/{keyOrId}/instances/{id}."""
+        return path[-1], self._element(path[0]) if len(path) == 2 else None
 
     def _update(self, text: str, scope: Element | None, change: Callable[[InstanceRow], InstanceRow]) -> Response:
         """Apply ``change`` to one instance atomically and answer with the result."""
@@ -525,13 +484,13 @@ class Api:
             raise ApiFailure(404, f"No instance found with ID {text}")
         return Response(200, self.render(row))
 
-    def _get_instance(self, req: ApiRequest, text: str, scope: Element | None = None) -> Response:
+    def _get_instance(self, req: ApiRequest, *path: str) -> Response:
         """GET /instances/{id}."""
-        return Response(200, self.render(self._row(text, scope)))
+        return Response(200, self.render(self._row(*self._target(path))))
 
-    def _put_instance(self, req: ApiRequest, text: str, scope: Element | None = None) -> Response:
+    def _put_instance(self, req: ApiRequest, *path: str) -> Response:
         """PUT /instances/{id}: replace name, tags and the whole configuration."""
-        body = req.json
+        body, (text, scope) = req.json, self._target(path)
 
         def change(row: InstanceRow) -> InstanceRow:
             self._check_same_element(body.get("element"), row)
@@ -542,9 +501,9 @@ class Api:
 
         return self._update(text, scope, change)
 
-    def _patch_instance(self, req: ApiRequest, text: str, scope: Element | None = None) -> Response:
+    def _patch_instance(self, req: ApiRequest, *path: str) -> Response:
         """PATCH /instances/{id}: name and/or tags (replacing the list); configuration merged."""
-        body = req.json
+        body, (text, scope) = req.json, self._target(path)
 
         def change(row: InstanceRow) -> InstanceRow:
             self._check_same_element(body.get("element"), row)
@@ -558,9 +517,10 @@ class Api:
 
         return self._update(text, scope, change)
 
-    def _delete_instance(self, req: ApiRequest, text: str, scope: Element | None = None) -> Response:
+    def _delete_instance(self, req: ApiRequest, *path: str) -> Response:
         """DELETE /instances/{id}: 200 with an empty body; 409 while something uses the instance
         (formula instances do, on the platform; here ``EmulatorDB.mark_in_use`` says so)."""
+        text, scope = self._target(path)
         row = self._row(text, scope)
         users = self.store.instance_users(row.id)
         if users:

@@ -131,7 +131,7 @@ class Handler(BaseHTTPRequestHandler):
                 body = self._body()
             except BodyError as exc:
                 self.close_connection = True
-                with emulator.store.request():
+                with emulator.store.lock:
                     log_id = self._log(started, path, query, exc.status, None)
                 self._send(error_response(exc.status, exc.message, request_id), request_id, log_id)
                 return
@@ -147,7 +147,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self, started: float, path: str, query: str, body: bytes, request_id: str) -> None:
         """Decide the request's fault, wait out its delay, then answer; the API's work and the log
-        row are one transaction, committed before the client can see the answer."""
+        row are committed before the client can see the answer."""
         emulator = self.server.emulator
         store = emulator.store
         decider: FaultDecider | None = None
@@ -160,7 +160,7 @@ class Handler(BaseHTTPRequestHandler):
             if delay > 0 and not emulator.wait(delay):
                 self._drop()  # stopped meanwhile: the request is dropped unprocessed
                 return
-        with store.request():
+        with store.lock:  # one request at a time through the rate limit, the Api and the log
             decision = rate_limited(decision, decider, self.headers)
             response = None
             if decision.fault != "reset":  # "reset": not processed at all; "lost": processed, not sent
@@ -217,7 +217,7 @@ class Handler(BaseHTTPRequestHandler):
         return b"".join(parts)
 
     def _log(self, started: float, path: str, query: str, status: int, fault: str | None) -> int:
-        """Write the request log row and the log line (inside the request's transaction)."""
+        """Write the request log row and the log line."""
         duration = (time.monotonic() - started) * 1000.0
         emulator = self.server.emulator
         log_id = emulator.store.record_request(self.command, path, query, status, fault, duration)

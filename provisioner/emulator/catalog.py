@@ -145,7 +145,6 @@ class Element:
         # Definition keys an instance response lists even without a stored value.
         self._listed = {d.key for d in self.definitions if not d.internal or d.key in SHOWN_INTERNAL_KEYS}
         self._positions = {d.key: i + 1 for i, d in enumerate(self.definitions)}
-        self._plan = [(d.key, d.default, d.secret, d.key in self._listed) for d in self.definitions]
 
     def with_configuration(self) -> dict:
         """The element object as ``GET /elements/{keyOrId}`` serves it."""
@@ -206,22 +205,8 @@ class Element:
         return value
 
     def render_configuration(self, config: dict) -> dict:
-        """The ``configuration`` map of an instance response (same values as ``shown_value`` for
-        each of ``listed_keys``, in one pass: list responses render hundreds of these)."""
-        out = {}
-        for key, default, secret, listed in self._plan:
-            value = config.get(key)
-            if value is None:
-                if not listed:
-                    continue
-                value = default
-            if secret and value not in (None, ""):
-                value = MASK
-            out[key] = value
-        for key, value in config.items():
-            if key not in self.by_key:
-                out[key] = value
-        return out
+        """The ``configuration`` map of an instance response."""
+        return {key: self.shown_value(config, key) for key in self.listed_keys(config)}
 
     def config_ids(self, instance_id: int, config: dict) -> list[tuple[int, str]]:
         """(record id, key) for each listed key: stable ids derived from the instance id and the
@@ -269,6 +254,11 @@ class Catalog:
         if isinstance(key_or_id, str):
             return self._by_key.get(key_or_id) or self._by_id.get(key_or_id.strip())
         return None
+
+    def secret_keys(self, element_key: str) -> frozenset[str]:
+        """The keys whose values responses mask (the store keeps only their digest)."""
+        element = self.find(element_key)
+        return frozenset(d.key for d in element.definitions if d.secret) if element else frozenset()
 
     def keys(self) -> list[str]:
         """All element keys, sorted."""

@@ -14,21 +14,19 @@ import gzip
 import ipaddress
 import json
 import re
+import secrets
 import socket
 import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import replace
-from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from .api import BASE_PATH, Api, RawJson, Response, default_catalog, error_response, new_request_id, organization_key
-from .catalog import Catalog
-from .faults import NO_FAULT, FaultConfig, FaultDecider, FaultDecision, retry_after_header
+from .api import BASE_PATH, Api, ApiFailure, RawJson, Response, default_catalog, error_response, organization_key
+from .faults import NO_FAULT, FaultConfig, FaultDecider, retry_after_header
 from .store import Store, StoreClosed
 
 SERVER_NAME = "CloudElementsEmulator/1.0"
@@ -38,25 +36,12 @@ IDLE_TIMEOUT_S = 120  # an idle keep-alive connection is closed after this
 POLL_S = 0.05  # how soon a request waiting out its latency, and the accept loop, notice stop()
 GZIP_MIN_BYTES = 1024  # bodies larger than this are compressed for a client that accepts gzip
 GZIP_LEVEL = 1  # zlib's fastest: ~0.8 ms for a 200-instance page (~380 KB), which shrinks ~30 times
-JSON_CONTENT_TYPE = "application/json;charset=UTF-8"
 _LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER {on, 0}: close() sends a TCP RST
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
-_BEFORE_API = ("reset", "error", "throttle")  # faults that stop a request before the API (and its rate limit)
-_FAULT_MESSAGES = {
-    500: "Internal server error (injected by the emulator)",
-    502: "Bad gateway (injected by the emulator)",
-    503: "Service unavailable (injected by the emulator)",
-}
-
-
-class BodyError(Exception):
-    """The body cannot be read as its headers say: answer ``status`` with ``message``, then close."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
+_MALFORMED = "Malformed chunked request body"
+_TOO_LARGE = f"Request body too large (limit {MAX_BODY_BYTES} bytes)"
+_INJECTED = {500: "Internal server error", 502: "Bad gateway", 503: "Service unavailable"}
 
 
 def accepts_gzip(value: str | None) -> bool:
@@ -66,8 +51,7 @@ def accepts_gzip(value: str | None) -> bool:
     for item in (value or "").lower().split(","):
         coding, *params = (piece.strip() for piece in item.split(";"))
         weight = 1.0
-        for param in params:
-            name, _, number = param.partition("=")
+        for name, _, number in (param.partition("=") for param in params):
             if name.strip() == "q":
                 try:
                     weight = float(number)
@@ -75,36 +59,6 @@ def accepts_gzip(value: str | None) -> bool:
                     weight = 0.0
         weights.setdefault("gzip" if coding == "x-gzip" else coding, weight)
     return weights["gzip"] > 0 if "gzip" in weights else weights.get("*", 0.0) > 0
-
-
-def rate_limited(decision: FaultDecision, decider: FaultDecider | None, headers: Message) -> FaultDecision:
-    """The rate limit, checked when a request reaches the API (after its latency; not for the faults
-    that stop it before): without a token, a "ratelimit" decision that answers 429."""
-    limiter = decider.limiter if decider is not None else None
-    if limiter is None or decision.fault in _BEFORE_API:
-        return decision
-    wait = limiter.take(organization_key(headers.get("Authorization")))
-    if not wait:
-        return decision
-    return replace(decision, fault="ratelimit", status=429, retry_after=retry_after_header(wait))
-
-
-def fault_response(decision: FaultDecision, config: FaultConfig, request_id: str) -> Response | None:
-    """The answer of an injected error or 429; None when the API answers."""
-    if decision.fault == "error":
-        assert decision.status is not None  # the decider gives every "error" its status
-        return error_response(decision.status, _FAULT_MESSAGES[decision.status], request_id)
-    if decision.fault == "throttle":
-        retry = f"{config.retry_after:g}"
-        message = f"Too many requests: retry after {retry} seconds"
-        return error_response(429, message, request_id, {"Retry-After": retry})
-    if decision.fault == "ratelimit":
-        message = (
-            f"Rate limit exceeded: at most {config.ratelimit_rps:g} requests per second "
-            f"for this organization; retry after {decision.retry_after} seconds"
-        )
-        return error_response(429, message, request_id, {"Retry-After": str(decision.retry_after)})
-    return None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -124,12 +78,12 @@ class Handler(BaseHTTPRequestHandler):
     def serve(self) -> None:
         """Read the body, apply faults, let the Api answer, log the request and answer (or drop)."""
         emulator = self.server.emulator
-        started, request_id = time.monotonic(), new_request_id()
+        started, request_id = time.monotonic(), secrets.token_hex(12)  # 24 hex digits, as the platform's
         path, _, query = self.path.partition("?")
         try:
             try:
                 body = self._body()
-            except BodyError as exc:
+            except ApiFailure as exc:  # answered and logged, then the connection closes
                 self.close_connection = True
                 with emulator.store.lock:
                     log_id = self._log(started, path, query, exc.status, None)
@@ -146,26 +100,45 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = serve
 
     def _answer(self, started: float, path: str, query: str, body: bytes, request_id: str) -> None:
-        """Decide the request's fault, wait out its delay, then answer; the API's work and the log
-        row are committed before the client can see the answer."""
+        """Decide the request's fault, wait out its delay, then answer (or drop the connection); the
+        API's work and the log row are committed before the client can see the answer."""
         emulator = self.server.emulator
-        store = emulator.store
         decider: FaultDecider | None = None
         decision = NO_FAULT
-        if path == BASE_PATH or path.startswith(BASE_PATH + "/"):
+        if path == BASE_PATH or path.startswith(BASE_PATH + "/"):  # faults on the API's paths only
             decider = emulator.decider  # one snapshot: faults may be reassigned meanwhile
-            with store.lock:
+            with emulator.store.lock:
                 decision = decider.decide(self.command)
             delay = decision.delay_s + (decider.config.slow_ms / 1000.0 if decision.fault == "slow" else 0.0)
             if delay > 0 and not emulator.wait(delay):
                 self._drop()  # stopped meanwhile: the request is dropped unprocessed
                 return
-        with store.lock:  # one request at a time through the rate limit, the Api and the log
-            decision = rate_limited(decision, decider, self.headers)
+        with emulator.store.lock:  # one request at a time through the rate limit, the Api and the log
+            limiter = decider.limiter if decider is not None else None
+            # the rate limit counts the requests that reach the API (not those stopped before it)
+            if limiter is not None and decision.fault not in ("reset", "error", "throttle"):
+                wait = limiter.take(organization_key(self.headers.get("Authorization")))
+                if wait:
+                    decision = replace(decision, fault="ratelimit", status=429, retry_after=retry_after_header(wait))
             response = None
-            if decision.fault != "reset":  # "reset": not processed at all; "lost": processed, not sent
-                injected = fault_response(decision, decider.config, request_id) if decider else None
-                response = injected or emulator.api.handle(self.command, path, query, self.headers, body, request_id)
+            if decision.fault == "error":
+                assert decision.status is not None  # the decider gives every "error" its status
+                message = f"{_INJECTED[decision.status]} (injected by the emulator)"
+                response = error_response(decision.status, message, request_id)
+            elif decision.fault == "throttle":
+                assert decider is not None
+                retry = f"{decider.config.retry_after:g}"
+                message = f"Too many requests: retry after {retry} seconds"
+                response = error_response(429, message, request_id, {"Retry-After": retry})
+            elif decision.fault == "ratelimit":
+                assert decider is not None and decision.retry_after is not None
+                message = (
+                    f"Rate limit exceeded: at most {decider.config.ratelimit_rps:g} requests per second "
+                    f"for this organization; retry after {decision.retry_after} seconds"
+                )
+                response = error_response(429, message, request_id, {"Retry-After": decision.retry_after})
+            elif decision.fault != "reset":  # "reset": not processed at all; "lost": processed, not sent
+                response = emulator.api.handle(self.command, path, query, self.headers, body, request_id)
             if decision.fault == "lost":
                 response = None
             log_id = self._log(started, path, query, 0 if response is None else response.status, decision.fault)
@@ -175,20 +148,18 @@ class Handler(BaseHTTPRequestHandler):
             self._send(response, request_id, log_id)
 
     def _body(self) -> bytes:
-        """The request body, framed by Content-Length or chunked; BodyError when it cannot be."""
+        """The request body, framed by Content-Length or chunked; ApiFailure when it cannot be."""
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             return self._chunked()
         text = self.headers.get("Content-Length")
-        if text is None:
-            return b""
         try:
-            length = int(text)
+            length = 0 if text is None else int(text)
             if length < 0:
                 raise ValueError(text)
         except ValueError:
-            raise BodyError(400, f"Invalid Content-Length '{text}'") from None
+            raise ApiFailure(400, f"Invalid Content-Length '{text}'") from None
         if length > MAX_BODY_BYTES:
-            raise BodyError(413, f"Request body too large (limit {MAX_BODY_BYTES} bytes)")
+            raise ApiFailure(413, _TOO_LARGE)
         body = self.rfile.read(length)
         if len(body) < length:
             raise ConnectionAbortedError("the client closed the connection inside the body")
@@ -202,30 +173,26 @@ class Handler(BaseHTTPRequestHandler):
             line = self.rfile.readline(MAX_CHUNK_LINE + 1)
             size_text = line.split(b";", 1)[0].strip()
             if len(line) > MAX_CHUNK_LINE or not _HEX.fullmatch(size_text):
-                raise BodyError(400, "Malformed chunked request body")
+                raise ApiFailure(400, _MALFORMED)
             size = int(size_text, 16)
-            if size == 0:
-                break
             total += size
             if total > MAX_BODY_BYTES:
-                raise BodyError(413, f"Request body too large (limit {MAX_BODY_BYTES} bytes)")
+                raise ApiFailure(413, _TOO_LARGE)
+            if size == 0:
+                while self.rfile.readline(MAX_CHUNK_LINE) not in (b"\r\n", b"\n", b""):
+                    pass
+                return b"".join(parts)
             parts.append(self.rfile.read(size))
             if self.rfile.readline(MAX_CHUNK_LINE) not in (b"\r\n", b"\n"):
-                raise BodyError(400, "Malformed chunked request body")
-        while self.rfile.readline(MAX_CHUNK_LINE) not in (b"\r\n", b"\n", b""):
-            pass
-        return b"".join(parts)
+                raise ApiFailure(400, _MALFORMED)
 
     def _log(self, started: float, path: str, query: str, status: int, fault: str | None) -> int:
         """Write the request log row and the log line."""
         duration = (time.monotonic() - started) * 1000.0
         emulator = self.server.emulator
         log_id = emulator.store.record_request(self.command, path, query, status, fault, duration)
-        if emulator.log_stream is not None:
-            target = f"{path}?{query}" if query else path
-            emulator.log_line(
-                f"{self.command} {target} -> {status} ({duration:.0f} ms)" + (f" [{fault}]" if fault else "")
-            )
+        target, suffix = f"{path}?{query}" if query else path, f" [{fault}]" if fault else ""
+        emulator.log_line(f"{self.command} {target} -> {status} ({duration:.0f} ms){suffix}")
         return log_id
 
     def _send(self, response: Response, request_id: str, log_id: int) -> None:
@@ -247,7 +214,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(response.status)
         self.send_header("elements-request-id", request_id)
         if body:
-            self.send_header("Content-Type", JSON_CONTENT_TYPE)
+            self.send_header("Content-Type", "application/json;charset=UTF-8")
         if len(body) > GZIP_MIN_BYTES:
             self.send_header("Vary", "Accept-Encoding")
             if accepts_gzip(self.headers.get("Accept-Encoding")):
@@ -304,16 +271,6 @@ def _loopback_bind_address(host: str) -> tuple[str, int]:
     return str(address), socket.AF_INET6 if address.version == 6 else socket.AF_INET
 
 
-def _masked_keys(catalog: Catalog) -> Callable[[str], frozenset[str]]:
-    """The keys whose values responses mask, per element: the store keeps only their digest."""
-
-    def keys(element_key: str) -> frozenset[str]:
-        element = catalog.find(element_key)
-        return frozenset(d.key for d in element.definitions if d.secret) if element else frozenset()
-
-    return keys
-
-
 class Emulator:
     """The emulator: an HTTP server on loopback with SQLite state and optional faults. The store's
     lock is its one lock: it also guards the fault draws, the rate limit and the log stream."""
@@ -331,13 +288,10 @@ class Emulator:
         self._bind_host, self._family = _loopback_bind_address(host)
         if not user_secret or not organization_secret:
             raise ValueError("the emulator needs a non-empty user secret and organization secret")
-        self.db_path = db_path
-        self.host = host
-        self.port = port
-        self.log_stream = log_stream
+        self.db_path, self.host, self.port, self.log_stream = db_path, host, port, log_stream
         self.faults = faults or FaultConfig()
         self.catalog = default_catalog()
-        self.store = Store(db_path, secret_keys=_masked_keys(self.catalog))
+        self.store = Store(db_path, secret_keys=self.catalog.secret_keys)
         self.api = Api(self.catalog, self.store, user_secret, organization_secret)
         self.stopped = False
         self._server: _Server | None = None
@@ -364,10 +318,8 @@ class Emulator:
 
     def start(self) -> str:
         """Listen, serve in a daemon thread, and return the base URL."""
-        if self.stopped:
-            raise RuntimeError("the emulator was stopped; create a new one")
-        if self._server is not None:
-            raise RuntimeError("the emulator is already running")
+        if self.stopped or self._server is not None:
+            raise RuntimeError("the emulator was started before; create a new one")
         try:
             self._server = _Server(self, (self._bind_host, self.port), self._family)
         except BaseException:
@@ -393,12 +345,9 @@ class Emulator:
     def wait(self, seconds: float) -> bool:
         """Sleep ``seconds`` in the calling connection thread; False if stop() came meanwhile."""
         deadline = time.monotonic() + seconds
-        while not self.stopped:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return True
+        while not self.stopped and (left := deadline - time.monotonic()) > 0:
             time.sleep(min(left, POLL_S))
-        return False
+        return not self.stopped
 
     def __enter__(self) -> Emulator:
         if self._server is None:

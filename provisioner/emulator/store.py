@@ -33,42 +33,23 @@ SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    name_search TEXT NOT NULL,
-    element_key TEXT NOT NULL,
-    reported_key TEXT NOT NULL,
-    tags TEXT NOT NULL,
-    configuration TEXT NOT NULL,
-    token TEXT NOT NULL UNIQUE,
-    created_date TEXT NOT NULL,
-    updated_date TEXT NOT NULL
-);
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, name_search TEXT NOT NULL,
+    element_key TEXT NOT NULL, reported_key TEXT NOT NULL, tags TEXT NOT NULL, configuration TEXT NOT NULL,
+    token TEXT NOT NULL UNIQUE, created_date TEXT NOT NULL, updated_date TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS instances_element ON instances(element_key);
 CREATE INDEX IF NOT EXISTS instances_reported ON instances(reported_key);
 CREATE TABLE IF NOT EXISTS instance_tags (
-    tag TEXT NOT NULL,
-    instance_id INTEGER NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
-    PRIMARY KEY (tag, instance_id)
-) WITHOUT ROWID;
+    tag TEXT NOT NULL, instance_id INTEGER NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+    PRIMARY KEY (tag, instance_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS instance_tags_instance ON instance_tags(instance_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS issued_tokens (token TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS requests (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts TEXT NOT NULL,
-    method TEXT NOT NULL,
-    path TEXT NOT NULL,
-    query TEXT NOT NULL,
-    status INTEGER NOT NULL,
-    fault TEXT,
-    duration_ms REAL NOT NULL
-);
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL,
+    query TEXT NOT NULL, status INTEGER NOT NULL, fault TEXT, duration_ms REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS instance_users (
-    instance_id INTEGER NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
-    used_by TEXT NOT NULL,
-    PRIMARY KEY (instance_id, used_by)
-) WITHOUT ROWID;
+    instance_id INTEGER NOT NULL REFERENCES instances(id) ON DELETE CASCADE, used_by TEXT NOT NULL,
+    PRIMARY KEY (instance_id, used_by)) WITHOUT ROWID;
 """
 
 _INSTANCE_COLUMNS = "id, name, element_key, reported_key, tags, configuration, token, created_date, updated_date"

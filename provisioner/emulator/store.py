@@ -367,22 +367,12 @@ class EmulatorDB:
         with self._connect() as conn:
             rows = conn.execute(f"SELECT {_INSTANCE_COLUMNS} FROM instances ORDER BY id").fetchall()
             found = conn.execute("SELECT value FROM meta WHERE key = 'digest_key'").fetchone()
-        result = []
-        for row in rows:
-            inst = InstanceRow.from_sql(row, found[0] if found else b"")
-            result.append(
-                {
-                    "id": inst.id,
-                    "name": inst.name,
-                    "element": inst.element_key,
-                    "tags": inst.tags,
-                    "configuration": inst.configuration,
-                    "token": inst.token,
-                    "createdDate": inst.created_date,
-                    "updatedDate": inst.updated_date,
-                }
-            )
-        return result
+        key = found[0] if found else b""
+        return [
+            {"id": i.id, "name": i.name, "element": i.element_key, "tags": i.tags, "configuration": i.configuration}
+            | {"token": i.token, "createdDate": i.created_date, "updatedDate": i.updated_date}
+            for i in (InstanceRow.from_sql(row, key) for row in rows)
+        ]
 
     def requests(self) -> list[dict]:
         """Every logged request, oldest first; status 0 means the connection was dropped."""

@@ -755,16 +755,21 @@ def test_loopback_only(tmp_path: Path):
             emu6.stop()
 
 
-def test_stop_is_idempotent(tmp_path: Path):
+def test_stop_is_idempotent_and_drops_requests_on_open_connections(tmp_path: Path):
     emu = Emulator(tmp_path / "s.db", USER_SECRET, ORG_SECRET)
     emu.start()
     session = requests.Session()  # leaves a keep-alive connection open across stop()
+    session.headers["Authorization"] = AUTH
     try:
-        assert session.get(emu.url + "/elements/keys", headers={"Authorization": AUTH}).status_code == 200
+        assert session.get(emu.url + "/elements/keys").status_code == 200
         emu.stop()
         emu.stop()
+        with pytest.raises(requests.ConnectionError):  # the open connection answers nothing any more
+            session.post(emu.url + "/instances", json=cw_body("after-stop"), timeout=TIMEOUT)
     finally:
         session.close()
+    db = EmulatorDB(tmp_path / "s.db")
+    assert db.instances() == [] and [r["path"] for r in db.requests()] == ["/elements/api-v2/elements/keys"]
     with pytest.raises(RuntimeError):
         emu.start()
 

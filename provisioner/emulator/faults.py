@@ -22,6 +22,7 @@ from typing import Any
 ENV_VAR = "PROVISIONER_EMULATOR_FAULTS"
 FAULT_ORDER = ("reset", "error", "throttle", "lost", "slow")  # the order faults are decided in; the first wins
 ERROR_STATUSES = (500, 502, 503)
+_INJECTED = {500: "Internal server error", 502: "Bad gateway", 503: "Service unavailable"}
 KNOWN_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")  # ``methods=`` takes a subset
 _RATE_FIELDS = ("error_rate", "throttle_rate", "reset_rate", "lost_rate", "slow_rate")
 # Short names of the text syntax (also accepted by ``merged``) -> dataclass fields.
@@ -172,13 +173,14 @@ class FaultConfig:
 
 @dataclass(frozen=True)
 class FaultDecision:
-    """What happens to one request: a fault name (or None), the latency to add and, for "error"
-    and "ratelimit", the status to answer with."""
+    """What happens to one request: a fault name (or None), the latency to add and, for an
+    injected answer ("error", "throttle", "ratelimit"), its status, message and Retry-After."""
 
     fault: str | None = None
     delay_s: float = 0.0
     status: int | None = None
-    retry_after: str | None = None  # the Retry-After header of a "ratelimit" answer
+    message: str = ""
+    retry_after: str | None = None
 
 
 NO_FAULT = FaultDecision()
@@ -239,5 +241,23 @@ class FaultDecider:
             return FaultDecision(None, delay_s)
         draws = {"reset": r_reset, "error": r_error, "throttle": r_throttle, "lost": r_lost, "slow": r_slow}
         fault = next((name for name in FAULT_ORDER if draws[name] < getattr(cfg, f"{name}_rate")), None)
-        status = ERROR_STATUSES[min(int(r_status * len(ERROR_STATUSES)), len(ERROR_STATUSES) - 1)]
-        return FaultDecision(fault, delay_s, status if fault == "error" else None)
+        if fault == "error":
+            status = ERROR_STATUSES[min(int(r_status * len(ERROR_STATUSES)), len(ERROR_STATUSES) - 1)]
+            return FaultDecision(fault, delay_s, status, f"{_INJECTED[status]} (injected by the emulator)")
+        if fault == "throttle":
+            retry = f"{cfg.retry_after:g}"
+            return FaultDecision(fault, delay_s, 429, f"Too many requests: retry after {retry} seconds", retry)
+        return FaultDecision(fault, delay_s)
+
+    def rate_limited(self, decision: FaultDecision, organization: bytes) -> FaultDecision:
+        """The rate limit, checked when a request reaches the API (after its latency; not for the
+        faults that stop it before): without a token, a "ratelimit" decision that answers 429."""
+        if self.limiter is None or decision.fault in ("reset", "error", "throttle"):
+            return decision
+        wait = self.limiter.take(organization)
+        if not wait:
+            return decision
+        retry, rps = retry_after_header(wait), self.config.ratelimit_rps
+        message = f"Rate limit exceeded: at most {rps:g} requests per second for this organization; "
+        message += f"retry after {retry} seconds"
+        return replace(decision, fault="ratelimit", status=429, message=message, retry_after=retry)

@@ -19,13 +19,12 @@ import struct
 import sys
 import threading
 import time
-from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from .api import BASE_PATH, Api, ApiFailure, RawJson, Response, default_catalog, error_response, organization_key
-from .faults import NO_FAULT, FaultConfig, FaultDecider, retry_after_header
+from .faults import NO_FAULT, FaultConfig, FaultDecider
 from .store import Store, StoreClosed
 
 SERVER_NAME = "CloudElementsEmulator/1.0"
@@ -36,7 +35,6 @@ GZIP_MIN_BYTES = 1024  # bodies larger than this are compressed for a client tha
 GZIP_LEVEL = 1  # zlib's fastest: ~0.8 ms for a 200-instance page (~380 KB), which shrinks ~30 times
 _LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER {on, 0}: close() sends a TCP RST
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
-_INJECTED = {500: "Internal server error", 502: "Bad gateway", 503: "Service unavailable"}
 
 
 def accepts_gzip(value: str | None) -> bool:
@@ -109,29 +107,12 @@ class Handler(BaseHTTPRequestHandler):
                 self._drop()  # stopped meanwhile: the request is dropped unprocessed
                 return
         with emulator.store.lock:  # one request at a time through the rate limit, the Api and the log
-            limiter = decider.limiter if decider is not None else None
-            # the rate limit counts the requests that reach the API (not those stopped before it)
-            if limiter is not None and decision.fault not in ("reset", "error", "throttle"):
-                wait = limiter.take(organization_key(self.headers.get("Authorization")))
-                if wait:
-                    decision = replace(decision, fault="ratelimit", status=429, retry_after=retry_after_header(wait))
+            if decider is not None:
+                decision = decider.rate_limited(decision, organization_key(self.headers.get("Authorization")))
             response = None
-            if decision.fault == "error":
-                assert decision.status is not None  # the decider gives every "error" its status
-                message = f"{_INJECTED[decision.status]} (injected by the emulator)"
-                response = error_response(decision.status, message, request_id)
-            elif decision.fault == "throttle":
-                assert decider is not None
-                retry = f"{decider.config.retry_after:g}"
-                message = f"Too many requests: retry after {retry} seconds"
-                response = error_response(429, message, request_id, {"Retry-After": retry})
-            elif decision.fault == "ratelimit":
-                assert decider is not None and decision.retry_after is not None
-                message = (
-                    f"Rate limit exceeded: at most {decider.config.ratelimit_rps:g} requests per second "
-                    f"for this organization; retry after {decision.retry_after} seconds"
-                )
-                response = error_response(429, message, request_id, {"Retry-After": decision.retry_after})
+            if decision.status is not None:  # an injected error or 429
+                retry = {"Retry-After": decision.retry_after} if decision.retry_after else None
+                response = error_response(decision.status, decision.message, request_id, retry)
             elif decision.fault != "reset":  # "reset": not processed at all; "lost": processed, not sent
                 response = emulator.api.handle(self.command, path, query, self.headers, body, request_id)
             if decision.fault == "lost":

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from provisioner.emulator.server import default_catalog, to_property_value
+from provisioner.emulator.api import default_catalog, to_property_value
 from provisioner.engine.diff import FieldDiff, FieldPath, FingerprintContext, diff_configuration
 from provisioner.errors import Location
 from provisioner.manifest.elements import ElementRegistry

@@ -36,16 +36,7 @@ SERVED_EXTENSIONS = frozenset({"x-reportedKey", "x-requiredWhen", "x-allowedValu
 # app credentials come back as ******** since 2017).
 MASKED_KEYS = frozenset({"oauth.api.key", "oauth.api.secret"})
 CONFIG_TYPES = frozenset(
-    {
-        "TEXTFIELD_32",
-        "TEXTFIELD_64",
-        "TEXTFIELD_100",
-        "TEXTFIELD_128",
-        "TEXTFIELD_1000",
-        "TEXTAREA",
-        "BOOLEAN",
-        "PASSWORD",
-    }
+    "TEXTFIELD_32 TEXTFIELD_64 TEXTFIELD_100 TEXTFIELD_128 TEXTFIELD_1000 TEXTAREA BOOLEAN PASSWORD".split()
 )
 CATALOG_PATH = Path(__file__).with_name("elements.json")
 # An internal key that responses still list (as null until the platform sets it).
@@ -53,6 +44,12 @@ SHOWN_INTERNAL_KEYS = frozenset({"event.notification.subscription.id"})
 # Config record ids of an instance are instance id * this + position (see ``Element.config_ids``).
 CONFIG_ID_FACTOR = 100000
 _UNKNOWN_KEY_OFFSET = 1000
+
+
+def _require(ok: object, problem: str) -> None:
+    """A check of elements.json, for whoever edits it."""
+    if not ok:
+        raise ValueError(f"elements.json: {problem}")
 
 
 def strip_private(record: dict) -> dict:
@@ -82,46 +79,35 @@ class ConfigDefinition:
     """One configuration definition of an element, with the fields the emulator acts on."""
 
     key: str
-    type: str
     required: bool
     default: str | None
     internal: bool
+    secret: bool  # PASSWORD values (and the OAuth app credentials) are masked in every response
     required_when: dict[str, tuple[str, ...]] | None
     allowed: tuple[str, ...] | None
-    record: dict  # the public definition record, without x- fields
     served: dict  # the record the /elements endpoints serve
 
     @classmethod
     def from_record(cls, element_key: str, rec: dict) -> ConfigDefinition:
         """Build and check a definition from its JSON record."""
-        where = f"elements.json: {element_key}: {rec.get('key')!r}"
-        if not isinstance(rec.get("key"), str) or not rec["key"]:
-            raise ValueError(f"{where}: a configuration definition needs a key")
-        if rec.get("type") not in CONFIG_TYPES:
-            raise ValueError(f"{where}: unknown type {rec.get('type')!r}")
-        default = rec.get("defaultValue")
-        if default is not None and not isinstance(default, str):
-            raise ValueError(f"{where}: defaultValue must be a string or null")
-        when = rec.get("x-requiredWhen")
-        if when is not None:
-            when = {k: tuple(v) for k, v in when.items()}
-        allowed = rec.get("x-allowedValues")
+        key, default, when = rec.get("key"), rec.get("defaultValue"), rec.get("x-requiredWhen")
+        where = f"{element_key}: {key!r}"
+        _require(isinstance(key, str) and key, f"{where}: a configuration definition needs a key")
+        _require(rec.get("type") in CONFIG_TYPES, f"{where}: unknown type {rec.get('type')!r}")
+        _require(default is None or isinstance(default, str), f"{where}: defaultValue must be a string or null")
+        secret = rec["type"] == "PASSWORD" or key in MASKED_KEYS
+        when = {k: tuple(v) for k, v in when.items()} if when is not None else None
+        allowed = tuple(rec.get("x-allowedValues") or ()) or None
         return cls(
             rec["key"],
-            rec["type"],
             bool(rec.get("required")),
             default,
             bool(rec.get("internal")),
+            secret,
             when,
-            tuple(allowed) if allowed else None,
-            strip_private(rec),
+            allowed,
             served(rec),
         )
-
-    @property
-    def secret(self) -> bool:
-        """PASSWORD values (and the OAuth app credentials) are masked in every response."""
-        return self.type == "PASSWORD" or self.key in MASKED_KEYS
 
 
 class Element:
@@ -129,23 +115,19 @@ class Element:
 
     def __init__(self, raw: dict):
         for name in ("id", "key", "name"):
-            if name not in raw:
-                raise ValueError(f"elements.json: an element has no {name!r}")
+            _require(name in raw, f"an element has no {name!r}")
         self.id: int = int(raw["id"])
         self.key: str = raw["key"]
         self.reported_key: str = raw.get("x-reportedKey") or self.key
         self.definitions = [ConfigDefinition.from_record(self.key, r) for r in raw.get("configuration", [])]
-        keys = [d.key for d in self.definitions]
-        if len(keys) != len(set(keys)):
-            raise ValueError(f"elements.json: {self.key}: duplicate configuration keys")
         self.by_key = {d.key: d for d in self.definitions}
+        _require(len(self.by_key) == len(self.definitions), f"{self.key}: duplicate configuration keys")
         self.public = {k: v for k, v in strip_private(raw).items() if k != "configuration"}
         self.served = {k: v for k, v in served(raw).items() if k != "configuration"}
         self.records = [d.served for d in self.definitions]
         # Definition keys an instance response lists even without a stored value.
         self._listed = {d.key for d in self.definitions if not d.internal or d.key in SHOWN_INTERNAL_KEYS}
         self._positions = {d.key: i + 1 for i, d in enumerate(self.definitions)}
-        self._plan = [(d.key, d.default, d.secret, d.key in self._listed) for d in self.definitions]
 
     def with_configuration(self) -> dict:
         """The element object as ``GET /elements/{keyOrId}`` serves it."""
@@ -206,22 +188,8 @@ class Element:
         return value
 
     def render_configuration(self, config: dict) -> dict:
-        """The ``configuration`` map of an instance response (same values as ``shown_value`` for
-        each of ``listed_keys``, in one pass: list responses render hundreds of these)."""
-        out = {}
-        for key, default, secret, listed in self._plan:
-            value = config.get(key)
-            if value is None:
-                if not listed:
-                    continue
-                value = default
-            if secret and value not in (None, ""):
-                value = MASK
-            out[key] = value
-        for key, value in config.items():
-            if key not in self.by_key:
-                out[key] = value
-        return out
+        """The ``configuration`` map of an instance response."""
+        return {key: self.shown_value(config, key) for key in self.listed_keys(config)}
 
     def config_ids(self, instance_id: int, config: dict) -> list[tuple[int, str]]:
         """(record id, key) for each listed key: stable ids derived from the instance id and the
@@ -245,19 +213,16 @@ class Catalog:
         self.elements = [Element(raw) for raw in elements]
         self._by_key = {e.key: e for e in self.elements}
         self._by_id = {str(e.id): e for e in self.elements}
-        if len(self._by_key) != len(self.elements) or len(self._by_id) != len(self.elements):
-            raise ValueError("elements.json: element keys and ids must be unique")
+        _require(len(self._by_key) == len(self._by_id) == len(elements), "element keys and ids must be unique")
         for e in self.elements:
-            if e.reported_key not in self._by_key:
-                raise ValueError(f"elements.json: {e.key}: x-reportedKey {e.reported_key!r} is not an element")
+            _require(e.reported_key in self._by_key, f"{e.key}: x-reportedKey {e.reported_key!r} is not an element")
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Catalog:
         """Load the packaged elements.json (or another file in the same format)."""
         with open(path or CATALOG_PATH, encoding="utf-8") as fh:
             data = json.load(fh)
-        if not isinstance(data, list):
-            raise ValueError("elements.json must hold a JSON list of elements")
+        _require(isinstance(data, list), "must hold a JSON list of elements")
         return cls(data)
 
     def find(self, key_or_id: object) -> Element | None:
@@ -269,6 +234,11 @@ class Catalog:
         if isinstance(key_or_id, str):
             return self._by_key.get(key_or_id) or self._by_id.get(key_or_id.strip())
         return None
+
+    def secret_keys(self, element_key: str) -> frozenset[str]:
+        """The keys whose values responses mask (the store keeps only their digest)."""
+        element = self.find(element_key)
+        return frozenset(d.key for d in element.definitions if d.secret) if element else frozenset()
 
     def keys(self) -> list[str]:
         """All element keys, sorted."""

@@ -5,19 +5,17 @@ database directly through ``EmulatorDB`` to see what really happened behind faul
 "lost" create was committed, what status each request got, and whether a secret value is the
 one sent (secret values are stored as keyed digests, never in clear: ``Sealed``).
 
-One connection in WAL mode, guarded by a lock, serves the emulator's event loop; every statement
-is short and indexed (keyset paging, a tag table with a (tag, instance) key), so the lock is never
-held for long and never across a sleep. Writes are not synced to disk (``synchronous=OFF``): a
-commit is then a few page writes into the OS cache, and the loop never waits for a checkpoint's
-fsync, which took milliseconds and held up every connection. Other processes see each commit at
-once, and an emulator that crashes or is killed loses nothing; only an OS crash or a power loss
-could lose the latest writes or damage the file, a fair price for a test emulator's state.
+One connection in WAL mode, guarded by ``Store.lock``, serves the emulator's connection threads (the
+emulator takes the same lock for its fault draws, its rate limit and its log); every statement is
+short and indexed (keyset paging, a tag table with a (tag, instance) key). Writes are not synced to
+disk (``synchronous=OFF``): a commit is a few page writes into the OS cache. Other processes see
+each commit at once, and an emulator that crashes or is killed loses nothing; only an OS crash or a
+power loss could lose the latest writes or damage the file, a fair price for a test emulator's state.
 """
 
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import hmac
 import json
@@ -35,73 +33,40 @@ SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    name_search TEXT NOT NULL,
-    element_key TEXT NOT NULL,
-    reported_key TEXT NOT NULL,
-    tags TEXT NOT NULL,
-    configuration TEXT NOT NULL,
-    token TEXT NOT NULL UNIQUE,
-    created_date TEXT NOT NULL,
-    updated_date TEXT NOT NULL
-);
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, name_search TEXT NOT NULL,
+    element_key TEXT NOT NULL, reported_key TEXT NOT NULL, tags TEXT NOT NULL, configuration TEXT NOT NULL,
+    token TEXT NOT NULL UNIQUE, created_date TEXT NOT NULL, updated_date TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS instances_element ON instances(element_key);
 CREATE INDEX IF NOT EXISTS instances_reported ON instances(reported_key);
 CREATE TABLE IF NOT EXISTS instance_tags (
-    tag TEXT NOT NULL,
-    instance_id INTEGER NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
-    PRIMARY KEY (tag, instance_id)
-) WITHOUT ROWID;
+    tag TEXT NOT NULL, instance_id INTEGER NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+    PRIMARY KEY (tag, instance_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS instance_tags_instance ON instance_tags(instance_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS issued_tokens (token TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS requests (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts TEXT NOT NULL,
-    method TEXT NOT NULL,
-    path TEXT NOT NULL,
-    query TEXT NOT NULL,
-    status INTEGER NOT NULL,
-    fault TEXT,
-    duration_ms REAL NOT NULL
-);
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL,
+    query TEXT NOT NULL, status INTEGER NOT NULL, fault TEXT, duration_ms REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS instance_users (
-    instance_id INTEGER NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
-    used_by TEXT NOT NULL,
-    PRIMARY KEY (instance_id, used_by)
-) WITHOUT ROWID;
+    instance_id INTEGER NOT NULL REFERENCES instances(id) ON DELETE CASCADE, used_by TEXT NOT NULL,
+    PRIMARY KEY (instance_id, used_by)) WITHOUT ROWID;
 """
 
-_TRANSACTION = ("BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",))
-_SAVEPOINT = ("SAVEPOINT change", "RELEASE change", ("ROLLBACK TO change", "RELEASE change"))
 _INSTANCE_COLUMNS = "id, name, element_key, reported_key, tags, configuration, token, created_date, updated_date"
+_REQUEST_COLUMNS = ("id", "ts", "method", "path", "query", "status", "fault", "durationMs")
+_WRITE = "BEGIN IMMEDIATE"
+_SEALED_FIELD = "$sealed"  # stored values are strings or null: an object is always a sealed value
 
 
 class StoreClosed(RuntimeError):
     """The store was closed (the emulator is stopping)."""
 
 
-@functools.lru_cache(maxsize=2)
-def _utc_second(second: int) -> str:
-    """A second since the epoch as 2017-08-07T18:46:38 (no zone); formatted once per second."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-
-
-def utc_now() -> str:
-    """Current time as the API prints it: 2017-08-07T18:46:38Z."""
-    return _utc_second(int(time.time())) + "Z"
-
-
-def _utc_now_ms() -> str:
-    """Current time with milliseconds, for the request log."""
+def utc_now(milliseconds: bool = False) -> str:
+    """Current time as the API prints it, 2017-08-07T18:46:38Z (with milliseconds for the log)."""
     now = time.time()
-    return _utc_second(int(now)) + f".{int(now % 1 * 1000):03d}Z"
-
-
-def new_token() -> str:
-    """An instance token: base64 of 32 random bytes (44 characters)."""
-    return base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+    return text + (f".{int(now % 1 * 1000):03d}Z" if milliseconds else "Z")
 
 
 class Sealed:
@@ -118,14 +83,13 @@ class Sealed:
 
     @classmethod
     def of(cls, value: str, key: bytes) -> Sealed:
-        return cls(_digest(value, key), key)
+        digest = hmac.new(key, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+        return cls("hmac-sha256:" + digest, key)
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, Sealed):
-            return hmac.compare_digest(self.digest, other.digest)
         if isinstance(other, str):
-            return hmac.compare_digest(self.digest, _digest(other, self._key))
-        return NotImplemented
+            other = Sealed.of(other, self._key)
+        return hmac.compare_digest(self.digest, other.digest) if isinstance(other, Sealed) else NotImplemented
 
     def __hash__(self) -> int:
         return hash(self.digest)
@@ -134,25 +98,14 @@ class Sealed:
         return "Sealed(********)"
 
 
-def _digest(value: str, key: bytes) -> str:
-    return "hmac-sha256:" + hmac.new(key, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
-
-
-_SEALED_FIELD = "$sealed"  # stored values are strings or null: an object is always a sealed value
-
-
 def _encode_default(value: object) -> object:
     if isinstance(value, Sealed):
         return {_SEALED_FIELD: value.digest}
     raise TypeError(f"{type(value).__name__} cannot be stored")
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_encode_default)
-
-
-def _dumps(value: object) -> str:
-    """JSON for a column; ASCII-escaped so any Python string (even a lone surrogate) survives."""
-    return _ENCODER.encode(value)
+# JSON for a column; ASCII-escaped so any Python string (even a lone surrogate) survives.
+_dumps = json.JSONEncoder(separators=(",", ":"), default=_encode_default).encode
 
 
 def _load_configuration(text: str, key: bytes) -> dict:
@@ -165,18 +118,10 @@ def _load_configuration(text: str, key: bytes) -> dict:
 
 def seal(configuration: dict, secret_keys: Collection[str], key: bytes) -> dict:
     """The configuration with the values of ``secret_keys`` sealed (blank values stay as they are)."""
-    if not secret_keys:
-        return configuration
     return {
         name: Sealed.of(value, key) if name in secret_keys and isinstance(value, str) and value else value
         for name, value in configuration.items()
     }
-
-
-def read_digest_key(conn: sqlite3.Connection) -> bytes:
-    """The random key of this database's digests, made on first use."""
-    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('digest_key', ?)", (secrets.token_bytes(32),))
-    return conn.execute("SELECT value FROM meta WHERE key = 'digest_key'").fetchone()[0]
 
 
 def connect(path: str | Path, create: bool) -> sqlite3.Connection:
@@ -209,9 +154,9 @@ class InstanceRow:
     @classmethod
     def from_sql(cls, row: tuple, key: bytes) -> InstanceRow:
         """Build from a SELECT of ``_INSTANCE_COLUMNS``."""
-        return cls(
-            row[0], row[1], row[2], row[3], json.loads(row[4]), _load_configuration(row[5], key), row[6], row[7], row[8]
-        )
+        id_, name, element_key, reported_key, tags, configuration, token, created, updated = row
+        config = _load_configuration(configuration, key)
+        return cls(id_, name, element_key, reported_key, json.loads(tags), config, token, created, updated)
 
 
 @dataclass(frozen=True)
@@ -234,90 +179,61 @@ class Store:
     def __init__(self, path: str | Path, secret_keys: Callable[[str], Collection[str]] = lambda _element: ()):
         self._secret_keys = secret_keys
         self._conn = connect(path, create=True)
-        self._lock = threading.RLock()  # reentrant: a request's transaction holds it around the others
+        self.lock = threading.RLock()  # reentrant: the emulator holds it around a request's store calls
         self._closed = False
-        self._in_request = False
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=OFF")
-        self._conn.execute("PRAGMA foreign_keys=ON")
+        for pragma in ("journal_mode=WAL", "synchronous=OFF", "foreign_keys=ON", f"user_version={SCHEMA_VERSION}"):
+            self._conn.execute(f"PRAGMA {pragma}")
         self._conn.executescript(_SCHEMA)
-        self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        self._key = read_digest_key(self._conn)
+        self._conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('digest_key', ?)", (secrets.token_bytes(32),)
+        )
+        self._key = self._conn.execute("SELECT value FROM meta WHERE key = 'digest_key'").fetchone()[0]
 
     def close(self) -> None:
         """Close the connection; later calls raise StoreClosed. Idempotent."""
-        with self._lock:
+        with self.lock:
             if not self._closed:
                 self._closed = True
                 self._conn.close()
 
     @contextmanager
-    def _locked(self) -> Iterator[sqlite3.Connection]:
-        """The connection, under the lock, for reads."""
-        with self._lock:
+    def _locked(self, begin: str = "") -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock; with ``begin`` ("BEGIN IMMEDIATE" for writes), inside that
+        transaction, committed when the block ends (rolled back if it raises)."""
+        with self.lock:
             if self._closed:
                 raise StoreClosed("the emulator store is closed")
-            yield self._conn
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """The connection, under the lock, inside BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error);
-        inside ``request()``, a savepoint of its transaction instead."""
-        with self._locked() as conn:
-            begin, commit, rollback = _SAVEPOINT if self._in_request else _TRANSACTION
-            conn.execute(begin)
+            if not begin:
+                yield self._conn
+                return
+            self._conn.execute(begin)
             try:
-                yield conn
+                yield self._conn
             except BaseException:
-                for statement in rollback:
-                    conn.execute(statement)
+                self._conn.execute("ROLLBACK")
                 raise
-            conn.execute(commit)
-
-    @contextmanager
-    def request(self) -> Iterator[None]:
-        """One transaction around everything a request writes, its log row included (one commit
-        per request instead of two); committed when the block ends, rolled back if it raises."""
-        with self._locked() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            self._in_request = True
-            try:
-                yield
-            except BaseException:
-                self._in_request = False
-                conn.execute("ROLLBACK")
-                raise
-            self._in_request = False
-            conn.execute("COMMIT")
+            self._conn.execute("COMMIT")
 
     # -- instances ------------------------------------------------------------------------------
 
     def create_instance(
         self, name: str, element_key: str, reported_key: str, tags: list[str], configuration: dict
     ) -> InstanceRow:
-        """Insert a new instance with a fresh, never reused token."""
+        """Insert a new instance with a fresh token, never handed out before (issued_tokens)."""
         configuration = seal(configuration, self._secret_keys(element_key), self._key)
         now = utc_now()
-        with self._transaction() as conn:
-            token = self._issue_token(conn)
+        with self._locked(_WRITE) as conn:
+            token = base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+            while not conn.execute("INSERT OR IGNORE INTO issued_tokens (token) VALUES (?)", (token,)).rowcount:
+                token = base64.b64encode(secrets.token_bytes(32)).decode("ascii")
             cur = conn.execute(
                 "INSERT INTO instances (name, name_search, element_key, reported_key, tags, configuration,"
                 " token, created_date, updated_date) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (name, name.lower(), element_key, reported_key, _dumps(tags), _dumps(configuration), token, now, now),
             )
-            instance_id = _inserted_id(cur)
+            instance_id = cur.lastrowid or 0
             self._write_tags(conn, instance_id, tags)
-        return InstanceRow(
-            instance_id, name, element_key, reported_key, list(tags), dict(configuration), token, now, now
-        )
-
-    @staticmethod
-    def _issue_token(conn: sqlite3.Connection) -> str:
-        """A token never handed out before (recorded in issued_tokens)."""
-        while True:
-            token = new_token()
-            if conn.execute("INSERT OR IGNORE INTO issued_tokens (token) VALUES (?)", (token,)).rowcount:
-                return token
+        return InstanceRow(instance_id, name, element_key, reported_key, list(tags), configuration, token, now, now)
 
     @staticmethod
     def _write_tags(conn: sqlite3.Connection, instance_id: int, tags: list[str]) -> None:
@@ -336,7 +252,7 @@ class Store:
     def update_instance(self, instance_id: int, change: Callable[[InstanceRow], InstanceRow]) -> InstanceRow | None:
         """Read, ``change`` (may raise to abort) and write back one instance atomically.
         Returns the new row, or None if there is no such instance."""
-        with self._transaction() as conn:
+        with self._locked(_WRITE) as conn:
             row = conn.execute(f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE id = ?", (instance_id,)).fetchone()
             if row is None:
                 return None
@@ -361,17 +277,15 @@ class Store:
 
     def delete_instance(self, instance_id: int) -> bool:
         """Delete one instance; False if it did not exist."""
-        with self._transaction() as conn:
+        with self._locked(_WRITE) as conn:
             conn.execute("DELETE FROM instance_tags WHERE instance_id = ?", (instance_id,))
             return conn.execute("DELETE FROM instances WHERE id = ?", (instance_id,)).rowcount > 0
 
     def instance_users(self, instance_id: int) -> list[str]:
         """What uses an instance (``EmulatorDB.mark_in_use``); a used instance cannot be deleted."""
         with self._locked() as conn:
-            rows = conn.execute(
-                "SELECT used_by FROM instance_users WHERE instance_id = ? ORDER BY used_by", (instance_id,)
-            ).fetchall()
-        return [r[0] for r in rows]
+            sql = "SELECT used_by FROM instance_users WHERE instance_id = ? ORDER BY used_by"
+            return [r[0] for r in conn.execute(sql, (instance_id,))]
 
     def count_instances(self) -> int:
         """How many instances exist."""
@@ -387,24 +301,16 @@ class Store:
         as stored (a tuple of ``_INSTANCE_COLUMNS``, JSON text unparsed; ``parse_row`` reads one):
         equal tuples are equal instances, which lets a caller reuse what it built from one."""
         where, params = _where(query)
-        sql_page = f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE {where} AND id > ? ORDER BY id LIMIT ?"
-        with self._locked() as conn:
-            own = not self._in_request  # one snapshot for both statements
-            if own:
-                conn.execute("BEGIN")
-            try:
-                if len(query.tags) == 1 and query.element_key is None and not query.search:
-                    # the common listing (one tag): counted on the tag index alone
-                    count_sql, count_params = "SELECT count(*) FROM instance_tags WHERE tag = ?", [query.tags[0]]
-                else:
-                    count_sql, count_params = f"SELECT count(*) FROM instances WHERE {where}", params
-                total = conn.execute(count_sql, count_params).fetchone()[0]
-                rows = conn.execute(sql_page, (*params, query.after_id, query.limit + 1)).fetchall()
-            finally:
-                if own:
-                    conn.execute("COMMIT")
-        more = len(rows) > query.limit
-        return [tuple(r) for r in rows[: query.limit]], total, more
+        if len(query.tags) == 1 and query.element_key is None and not query.search:
+            # the common listing (one tag): counted on the tag index alone
+            count_sql, count_params = "SELECT count(*) FROM instance_tags WHERE tag = ?", [query.tags[0]]
+        else:
+            count_sql, count_params = f"SELECT count(*) FROM instances WHERE {where}", params
+        page_sql = f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE {where} AND id > ? ORDER BY id LIMIT ?"
+        with self._locked("BEGIN") as conn:  # one snapshot for both statements
+            total = conn.execute(count_sql, count_params).fetchone()[0]
+            rows = conn.execute(page_sql, (*params, query.after_id, query.limit + 1)).fetchall()
+        return [tuple(r) for r in rows[: query.limit]], total, len(rows) > query.limit
 
     # -- request log ----------------------------------------------------------------------------
 
@@ -416,20 +322,14 @@ class Store:
             cur = conn.execute(
                 "INSERT INTO requests (ts, method, path, query, status, fault, duration_ms)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (_utc_now_ms(), method, path, query, status, fault, round(duration_ms, 2)),
+                (utc_now(milliseconds=True), method, path, query, status, fault, round(duration_ms, 2)),
             )
-            return _inserted_id(cur)
+            return cur.lastrowid or 0
 
     def set_request_status(self, request_id: int, status: int) -> None:
         """Correct the status of a logged request (0 when the response could not be sent)."""
         with self._locked() as conn:
             conn.execute("UPDATE requests SET status = ? WHERE id = ?", (status, request_id))
-
-
-def _inserted_id(cur: sqlite3.Cursor) -> int:
-    """The id of the row an INSERT just wrote (typeshed types ``lastrowid`` as optional)."""
-    assert cur.lastrowid is not None
-    return cur.lastrowid
 
 
 def _where(query: ListQuery) -> tuple[str, list]:
@@ -468,22 +368,11 @@ class EmulatorDB:
             rows = conn.execute(f"SELECT {_INSTANCE_COLUMNS} FROM instances ORDER BY id").fetchall()
             found = conn.execute("SELECT value FROM meta WHERE key = 'digest_key'").fetchone()
         key = found[0] if found else b""
-        result = []
-        for row in rows:
-            inst = InstanceRow.from_sql(row, key)
-            result.append(
-                {
-                    "id": inst.id,
-                    "name": inst.name,
-                    "element": inst.element_key,
-                    "tags": inst.tags,
-                    "configuration": inst.configuration,
-                    "token": inst.token,
-                    "createdDate": inst.created_date,
-                    "updatedDate": inst.updated_date,
-                }
-            )
-        return result
+        return [
+            {"id": i.id, "name": i.name, "element": i.element_key, "tags": i.tags, "configuration": i.configuration}
+            | {"token": i.token, "createdDate": i.created_date, "updatedDate": i.updated_date}
+            for i in (InstanceRow.from_sql(row, key) for row in rows)
+        ]
 
     def requests(self) -> list[dict]:
         """Every logged request, oldest first; status 0 means the connection was dropped."""
@@ -491,19 +380,7 @@ class EmulatorDB:
             rows = conn.execute(
                 "SELECT id, ts, method, path, query, status, fault, duration_ms FROM requests ORDER BY id"
             ).fetchall()
-        return [
-            {
-                "id": r[0],
-                "ts": r[1],
-                "method": r[2],
-                "path": r[3],
-                "query": r[4],
-                "status": r[5],
-                "fault": r[6],
-                "durationMs": r[7],
-            }
-            for r in rows
-        ]
+        return [dict(zip(_REQUEST_COLUMNS, row, strict=True)) for row in rows]
 
     def clear_requests(self) -> None:
         """Empty the request log."""

@@ -12,10 +12,9 @@ digest is an HMAC-SHA256 keyed with a key derived from the target's organization
 secret nor an unkeyed hash of it ever leaves the machine; the same password on two instances gives
 two unrelated digests.
 
-Every instance provisioner writes also carries ``provisioner:shard=<stack>/<k>``, where ``k`` (one hex
-digit) is a fixed hash of its name. After creating, a run must see every copy of the names it created
-(see ``apply.py``, the final check); listing the shards of those names, in parallel, finds them all
-without walking the whole stack page by page, one round trip after another.
+Every instance a run creates carries ``provisioner:run=<id>``, the run's random id: a run tells its
+own copies from another run's by it even when the answer to a create was lost (see the final check
+in ``engine/apply.py``).
 
 Two more markers serve changing a manifest safely over time: ``provisioner:protect`` on an instance
 that must never be deleted or replaced (see ``protection.py``), and ``provisioner:applied=<digests>``,
@@ -39,8 +38,6 @@ FP_TAG = "provisioner:fp:"
 RUN_TAG = "provisioner:run="
 PROTECT_TAG = "provisioner:protect"
 APPLIED_TAG = "provisioner:applied="
-SHARD_TAG = "provisioner:shard="
-SHARDS = 16  # fixed for good: every run must put a name in the same shard
 FINGERPRINT_KEY_ENV = "PROVISIONER_FINGERPRINT_KEY"
 
 
@@ -52,12 +49,6 @@ def run_tag(run_id: str) -> str:
     """The tag a run puts on the instances it creates, so it can tell its own copies from another
     run's even when the answer to a create was lost."""
     return f"{RUN_TAG}{run_id}"
-
-
-def shard_tag(stack: str, name: str) -> str:
-    """The tag of the shard a name belongs to in a stack: the same for every run and every version."""
-    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).digest()
-    return f"{SHARD_TAG}{stack}/{digest[0] % SHARDS:x}"
 
 
 def is_unmanaged(tags: Iterable[Any]) -> bool:
@@ -109,10 +100,7 @@ def fingerprints_of(tags: Iterable[Any]) -> dict[str, str]:
     return found
 
 
-def managed_tags(
-    stack: str, name: str, fp_tags: list[str], protect: bool = False, applied: str | None = None
-) -> list[str]:
-    """The stack marker, the name's shard, the fingerprints, then the protection marker and the
-    applied record."""
+def managed_tags(stack: str, fp_tags: list[str], protect: bool = False, applied: str | None = None) -> list[str]:
+    """The stack marker, the fingerprints, then the protection marker and the applied record."""
     extra = ([PROTECT_TAG] if protect else []) + ([applied] if applied else [])
-    return [stack_marker(stack), shard_tag(stack, name), *fp_tags, *extra]
+    return [stack_marker(stack), *fp_tags, *extra]

@@ -23,15 +23,12 @@ Three rules come first:
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import ipaddress
 import json
 import math
-import queue
 import random
 import re
-import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
@@ -138,7 +135,6 @@ class ReadOnlyClient:
         trace: Callable[[str], None] | None = None,
         stop: StopFlag | None = None,
         notice: Callable[[str], None] | None = None,
-        inflight: threading.Semaphore | None = None,
     ):
         self._base = check_base_url(base_url)
         self.settings = settings
@@ -147,12 +143,11 @@ class ReadOnlyClient:
         self._trace = trace
         self._notice = notice
         self._last_notice = -math.inf
-        self._stop = stop
-        self._inflight = inflight
+        self._stop = stop if stop is not None else StopFlag()
         self._auth = _ElementsAuth(Secret(user_secret), Secret(organization_secret))
         from .transport import Transport  # imported here: validate and render never load requests
 
-        self._transport = Transport(self._base, settings.parallelism, stop)
+        self._transport = Transport(self._base, settings.parallelism, self._stop)
 
     # -- context management -----------------------------------------------------------------
 
@@ -176,17 +171,11 @@ class ReadOnlyClient:
         """Every instance (all pages), optionally only those carrying every tag in ``tags``."""
         return [item for page in self.instance_pages(tags) for item in page]
 
-    def instance_pages(
-        self, tags: Sequence[str] = (), hold: threading.Lock | None = None, prefetch: bool = True
-    ) -> Generator[list, None, None]:
-        """The same listing, one page at a time, as it arrives: the caller's work on one page
-        overlaps the round trip of the next. Raises InconsistentListing when the pages cannot be
-        trusted (a repeated or endless page sequence, or fewer or more items than announced).
-        With ``hold``, each page is parsed and handed over while holding that lock (released when
-        the next page is asked for): listings read side by side then have one parsed page alive at
-        a time, not one each. Close the iterator (``contextlib.closing``) to release it early.
-        ``prefetch=False`` fetches each page only when asked for, without a fetcher thread."""
-        for page in self._pages("/instances", [("tags[]", t) for t in tags], hold, prefetch):
+    def instance_pages(self, tags: Sequence[str] = ()) -> Generator[list, None, None]:
+        """The same listing, one page at a time, each page requested when the previous one has been
+        handed over. Raises InconsistentListing when the pages cannot be trusted (a repeated or
+        endless page sequence, or fewer or more items than announced)."""
+        for page in self._pages("/instances", [("tags[]", t) for t in tags]):
             yield _remember_tokens(page)
 
     def get_instance(self, instance_id: int | str) -> dict:
@@ -207,33 +196,19 @@ class ReadOnlyClient:
 
     # -- paging -----------------------------------------------------------------------------
 
-    def _pages(
-        self,
-        path: str,
-        params: list[tuple[str, str]],
-        hold: threading.Lock | None = None,
-        prefetch: bool = True,
-    ) -> Generator[list, None, None]:
-        """Yield each page of a list endpoint, following ``elements-next-page-token``.
-
-        With ``prefetch``, a fetcher thread walks the pages on its own, requesting the next one as
-        soon as the token (a header) of the last one is read, and hands the raw bodies over; the
-        caller parses one page while the next is on the wire. Without it, pages are fetched here, one
-        after the other (one thread less: listings read side by side use their own threads). At the
-        end the number of items is checked against the ``elements-total-count`` the API announced."""
+    def _pages(self, path: str, params: list[tuple[str, str]]) -> Generator[list, None, None]:
+        """Yield each page of a list endpoint, following ``elements-next-page-token``; at the end the
+        number of items is checked against the ``elements-total-count`` the API announced."""
         count = 0
         totals: set[int] = set()
-        replies = self._prefetched(path, params) if prefetch else self._raw_pages(path, params)
-        with contextlib.closing(replies):
-            for reply in replies:
-                total = _total(reply)
-                with hold or contextlib.nullcontext():
-                    items = _page_items(reply, path)
-                    del reply
-                    count += len(items)
-                    if total is not None:
-                        totals.add(total)
-                    yield items
+        for reply in self._raw_pages(path, params):
+            total = _total(reply)
+            items = _page_items(reply, path)
+            del reply
+            count += len(items)
+            if total is not None:
+                totals.add(total)
+            yield items
         # With a tags[] filter the API may announce the whole collection's total (undocumented): there,
         # only more items than announced is a contradiction. Without one, any difference is.
         if totals and count not in totals and (not params or count > max(totals)):
@@ -241,41 +216,6 @@ class ReadOnlyClient:
                 f"GET {path} announced {' then '.join(map(str, sorted(totals)))} "
                 f"item(s) ({TOTAL_HEADER}) but {count} arrived"
             )
-
-    def _prefetched(self, path: str, params: list[tuple[str, str]]) -> Generator[_Reply, None, None]:
-        """The raw pages, fetched ahead by a fetcher thread (at most one page waiting)."""
-        replies: queue.Queue = queue.Queue(maxsize=4)  # bounded: a fast server cannot fill memory
-        abandoned = threading.Event()
-        fetcher = threading.Thread(
-            target=self._fetch_pages, args=(path, params, replies, abandoned), name="pages", daemon=True
-        )
-        fetcher.start()
-        try:
-            while True:
-                reply = replies.get()
-                if reply is None:
-                    return
-                if isinstance(reply, BaseException):
-                    raise reply
-                yield reply
-        finally:
-            abandoned.set()
-            _drain(replies)
-            fetcher.join()
-
-    def _fetch_pages(
-        self, path: str, params: list[tuple[str, str]], replies: queue.Queue, abandoned: threading.Event
-    ) -> None:
-        """The fetcher thread: every raw page in order, then None; or the error that stopped it."""
-        try:
-            with contextlib.closing(self._raw_pages(path, params)) as pages:
-                for reply in pages:
-                    _put(replies, reply, abandoned)
-                    if abandoned.is_set():
-                        return
-            _put(replies, None, abandoned)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread and raised there
-            _put(replies, exc, abandoned)
 
     def _raw_pages(self, path: str, params: list[tuple[str, str]]) -> Generator[_Reply, None, None]:
         """Every raw page in order, each requested when the previous one has been taken. The page
@@ -354,11 +294,9 @@ class ReadOnlyClient:
                 return outcome
             if create and _ambiguous(outcome):
                 self._emit(f"{line}; outcome unknown, not retried")
-                if self._stop is not None and self._stop.is_set():
-                    self._stop.check()
+                self._stop.check()
                 raise AmbiguousCreate(outcome, answered=isinstance(outcome, ApiError)) from outcome
-            if self._stop is not None:
-                self._stop.check()  # a request the interrupt ended is not retried
+            self._stop.check()  # a request the interrupt ended is not retried
             delay, why = self._retry_delay(outcome, attempt, started)
             if delay is None:
                 self._emit(f"{line}{why}")
@@ -371,55 +309,36 @@ class ReadOnlyClient:
         self, method: str, url: str, data: bytes | None, shown: str, raw: bool, started: float
     ) -> tuple[_Reply | ApiError | TransportError, int]:
         """Wait for the rate budget, then one HTTP exchange. Returns the reply or the error it maps to
-        (not raised yet)."""
+        (not raised yet). In the main thread, a signal ends the exchange with Interrupted."""
         t0 = time.monotonic()
-        self._enter_flight()
-        try:
-            return self._attempt_in_flight(method, url, data, shown, raw, started, t0)
-        finally:
-            if self._inflight is not None:
-                self._inflight.release()
-
-    def _enter_flight(self) -> None:
-        """Take one of the ``parallelism`` in-flight slots shared by the run's clients. Waiting out a
-        backoff or a Retry-After happens outside any slot, so the other workers keep sending."""
-        if self._inflight is None:
-            return
-        while not self._inflight.acquire(timeout=0.2):
-            if self._stop is not None:
-                self._stop.check()
-
-    def _attempt_in_flight(
-        self, method: str, url: str, data: bytes | None, shown: str, raw: bool, started: float, t0: float
-    ) -> tuple[_Reply | ApiError | TransportError, int]:
-        late = self._before_attempt(started)
-        if late is not None:
-            return late, _ms_since(t0)
-        settings = self.settings
-        try:
-            answer = self._transport.send(
-                method,
-                url,
-                data,
-                self._auth.header(),
-                (settings.connect_timeout, settings.read_timeout),
-                settings.deadline,
-            )
-        except TransportFailure as exc:
-            failure = TransportError(exc.message, exc.ambiguous, method, shown, retryable=exc.retryable, url=self._base)
-            failure.__cause__ = exc.__cause__
-            return failure, _ms_since(t0)
+        with self._stop.waiting():
+            late = self._before_attempt(started)
+            if late is not None:
+                return late, _ms_since(t0)
+            settings = self.settings
+            try:
+                answer = self._transport.send(
+                    method,
+                    url,
+                    data,
+                    self._auth.header(),
+                    (settings.connect_timeout, settings.read_timeout),
+                    settings.deadline,
+                )
+            except TransportFailure as exc:
+                failure = TransportError(
+                    exc.message, exc.ambiguous, method, shown, retryable=exc.retryable, url=self._base
+                )
+                failure.__cause__ = exc.__cause__
+                return failure, _ms_since(t0)
         return self._read_answer(answer, method, shown, raw), _ms_since(t0)
 
     def _before_attempt(self, started: float) -> RateLimited | None:
         """Stop if interrupted, then wait for the shared rate budget (a signal cuts the wait). A pause
         that would outlast this request's retry budget fails the request now instead."""
         deadline = started + self.settings.max_retry_time
-        if self._stop is not None:
-            self._stop.check()
-        ok = self.budget.acquire(wait=self._stop.wait if self._stop is not None else None, deadline=deadline)
-        if self._stop is not None:
-            self._stop.check()
+        ok = self.budget.acquire(wait=self._stop.wait, deadline=deadline)
+        self._stop.check()
         if ok:
             return None
         waited = max(0.0, self.budget.paused_until - time.monotonic())
@@ -432,9 +351,7 @@ class ReadOnlyClient:
 
     def _pause(self, seconds: float) -> None:
         """Back off between attempts; a signal ends the pause and raises Interrupted."""
-        if self._stop is None:
-            time.sleep(seconds)
-        elif self._stop.wait(seconds):
+        if self._stop.wait(seconds):
             self._stop.check()
 
     def _read_answer(
@@ -444,7 +361,7 @@ class ReadOnlyClient:
         status = answer.status
         if 200 <= status < 300:
             self.budget.on_success()
-            if raw:  # the caller parses (list pages: parsed while the next page is fetched)
+            if raw:  # the caller parses (list pages: a body that is not JSON is an inconsistent listing)
                 return _Reply(status, answer.headers, answer.content)
             try:
                 data = json.loads(answer.content) if answer.content.strip() else None
@@ -681,24 +598,6 @@ def _page_items(reply: _Reply, path: str) -> list:
 def _total(reply: _Reply) -> int | None:
     value = (reply.headers.get(TOTAL_HEADER) or "").strip()
     return int(value) if value.isdigit() and len(value) < 12 else None
-
-
-def _put(replies: queue.Queue, item: Any, abandoned: threading.Event) -> None:
-    """Hand an item to the caller, unless the caller has gone (then drop it)."""
-    while not abandoned.is_set():
-        try:
-            replies.put(item, timeout=0.1)
-            return
-        except queue.Full:
-            continue
-
-
-def _drain(replies: queue.Queue) -> None:
-    while True:
-        try:
-            replies.get_nowait()
-        except queue.Empty:
-            return
 
 
 def _json_kind(value: Any) -> str:

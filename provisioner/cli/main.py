@@ -33,7 +33,7 @@ from ..engine.outputs import format_env, format_json, write_outputs
 from ..engine.plan import Action, PlanOptions
 from ..engine.targeting import Selection
 from ..errors import Interrupted, ProvisionerError, UserError, ValidationFailed
-from ..interrupt import StopFlag, stop_on_signals
+from ..interrupt import StopFlag, exit_process, stop_on_signals
 from ..manifest.load import DEFAULT_MAX_FOREACH, Limits, manifest_schema_text
 from ..manifest.yamlload import DEFAULT_MAX_BYTES
 from ..ownership import is_unmanaged
@@ -998,7 +998,7 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.code if isinstance(exc.code, int) else EXIT_ERROR
     except Exception as exc:  # noqa: BLE001 - a bug: one line, traceback to a file
         code = _crash(exc)
-    sys.exit(code if isinstance(code, int) else EXIT_OK)
+    exit_process(code if isinstance(code, int) else EXIT_OK)
 
 
 def _crash(exc: BaseException) -> int:

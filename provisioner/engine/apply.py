@@ -1,7 +1,8 @@
 """Stage 6: execute a plan, and nothing else.
 
-Writes run in a bounded pool (``parallelism`` workers, one rate budget shared by all). One failing
-instance does not stop the others. A create whose outcome is unknown (the response was lost, the
+Writes run in one pool of ``parallelism`` workers (one rate budget shared by all); the workers
+return what they learned and only the main thread records it. One failing instance does not stop
+the others. A create whose outcome is unknown (the response was lost, the
 server answered 5xx, the read timed out, a 2xx without an instance) is never simply sent again: the
 stack's instances are listed at once, the ones that did get created are adopted, and only the rest
 are created again, for a bounded number of rounds. Then a final listing settles every created name
@@ -9,23 +10,23 @@ on one copy, the oldest, which every overlapping run agrees on; a run deletes on
 made itself. It waits ``settle`` seconds first, once, only if a create that got no answer was sent
 again (a slow server may still commit it).
 
-SIGINT/SIGTERM set the stop flag: no new request starts, in-flight ones get a second to finish, and
-the result still holds every token obtained so far.
+SIGINT/SIGTERM set the stop flag: no new request starts, and requests in flight get ``STOP_GRACE``
+to finish. Then the main thread stops waiting for them: a change still in flight is reported as
+skipped, its outcome unknown (the next run finds a create that was made), and the result still
+holds every token obtained so far.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as futures
 import math
-import queue
 import secrets
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..api.live import LiveInstance, read_names
+from ..api.live import LiveInstance, read_live
 from ..closedsets import StrEnum, assert_never
 from ..errors import (
     AmbiguousCreate,
@@ -64,8 +65,19 @@ class ChangeResult:
     token: Secret | None = None
 
 
-WORKERS_PER_SLOT = 2  # 4 freed more workers under 429s, but the extra threads cost CPU on 2 cores
-MAX_WORKERS = 256
+STOP_GRACE = 1.0  # seconds requests in flight get to finish after SIGINT/SIGTERM
+NOT_STARTED = "not started: the run was interrupted"
+IN_FLIGHT = "in flight when the run was interrupted: its outcome is unknown (the next apply finds it)"
+
+
+@dataclass
+class _Outcome:
+    """What a worker learned from one change; the main thread records it. ``result`` None: a create
+    of unknown outcome; ``posted``: a create was sent; ``unanswered``: when one got no answer."""
+
+    result: ChangeResult | None
+    posted: bool = False
+    unanswered: float | None = None
 
 
 @dataclass(frozen=True)
@@ -116,7 +128,6 @@ class Applier:
         self.stop = stop
         self.progress = progress or (lambda _result: None)
         self.aborted: str | None = None
-        self._lock = threading.Lock()
         self._ambiguous: list[Change] = []
         self._posted: dict[tuple[str, str], int] = {}
         self._made: set[tuple[str, str, str]] = set()  # (target, name, id) of the copies this run was told it made
@@ -136,14 +147,16 @@ class Applier:
                 results[index] = ChangeResult(change, Status.SKIPPED, error=change.reason, id=change.id)
             else:
                 writes.append((index, change))
-        # More workers than requests in flight: a worker waiting out a Retry-After or a backoff holds
-        # no in-flight slot (the clients share --parallelism of them), so the others keep sending.
-        workers = min(MAX_WORKERS, max(1, self.settings.parallelism) * WORKERS_PER_SLOT)
-        with futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apply") as pool:
+        pool = futures.ThreadPoolExecutor(max_workers=max(1, self.settings.parallelism), thread_name_prefix="apply")
+        try:
             self._run_batch(pool, writes, results)
             self._resolve_ambiguous(pool, results)
+        finally:  # after an interrupt, a worker may still be blocked on the network: not waited for
+            pool.shutdown(wait=not self.stop.is_set(), cancel_futures=True)
         notes = self._final_check(results)
         ordered = [results[i] for i in range(len(self.plan.changes))]
+        if self.aborted:
+            ordered = [replace(r, error=self.aborted) if r.error == NOT_STARTED else r for r in ordered]
         return ApplyResult(
             self.plan,
             ordered,
@@ -157,57 +170,83 @@ class Applier:
     def _run_batch(
         self, pool: futures.Executor, writes: list[tuple[int, Change]], results: dict[int, ChangeResult]
     ) -> None:
-        """Run changes in the pool; the main thread collects results from a completion queue (one
-        short wait at a time, so it stays free to receive signals)."""
-        finished: queue.SimpleQueue[futures.Future[ChangeResult | None]] = queue.SimpleQueue()
-        index_of: dict[futures.Future[ChangeResult | None], int] = {}
-        for index, change in writes:
-            future = pool.submit(self._execute, change)
-            index_of[future] = index
-            future.add_done_callback(finished.put)
-        for _ in range(len(writes)):
-            future = _next_done(finished)
-            index = index_of.pop(future)
-            result = future.result()
-            if result is not None:
-                results[index] = result
-                self.progress(result)
-            else:
-                results.pop(index, None)
+        """Run changes in the pool, twice as many submitted as there are workers (so none waits for the
+        main thread), and record each outcome here. After a signal, wait ``STOP_GRACE`` for the
+        requests in flight, then report the rest as skipped."""
+        todo = iter(writes)
+        window: dict[futures.Future[_Outcome], tuple[int, Change]] = {}
+        stopped = math.inf
+        while True:
+            while len(window) < 2 * max(1, self.settings.parallelism) and not self.stop.is_set():
+                item = next(todo, None)
+                if item is None:
+                    break
+                window[pool.submit(self._execute, item[1])] = item
+            if not window:
+                break
+            done, _ = futures.wait(window, timeout=0.2, return_when=futures.FIRST_COMPLETED)
+            for future in done:
+                index, change = window.pop(future)
+                self._record(index, change, future.result(), results)
+            if self.stop.is_set():
+                stopped = min(stopped, time.monotonic())
+                if time.monotonic() - stopped >= STOP_GRACE:
+                    break
+        for future, (index, change) in window.items():  # still running, or not started (cancelled)
+            results[index] = ChangeResult(change, Status.SKIPPED, error=NOT_STARTED if future.cancel() else IN_FLIGHT)
+        for index, change in todo:
+            results[index] = ChangeResult(change, Status.SKIPPED, error=NOT_STARTED)
 
-    def _execute(self, change: Change) -> ChangeResult | None:
+    def _record(self, index: int, change: Change, outcome: _Outcome, results: dict[int, ChangeResult]) -> None:
+        key = (change.target, change.name)
+        if outcome.posted:
+            self._posted[key] = self._posted.get(key, 0) + 1
+            self._resent_unanswered |= key in self._unanswered
+        if outcome.unanswered is not None:
+            self._unanswered.add(key)
+            self._last_unanswered = max(self._last_unanswered, outcome.unanswered)
+        result = outcome.result
+        if result is None:
+            self._ambiguous.append(change)
+            results.pop(index, None)
+            return
+        if outcome.posted and result.status == Status.OK:
+            self._made.add((*key, str(result.id)))
+        if result.http_status in (401, 403) and self.aborted is None:
+            self.aborted = f"the API refused the credentials of target {change.target!r}"
+        results[index] = result
+        self.progress(result)
+
+    def _execute(self, change: Change) -> _Outcome:
+        """Run one change in a worker; it records nothing itself."""
         if self.stop.is_set():
-            return ChangeResult(change, Status.SKIPPED, error=self._skip_reason())
+            return _Outcome(ChangeResult(change, Status.SKIPPED, error=NOT_STARTED))
         client = self.clients[change.target]
+        outcome = _Outcome(None)
         try:
-            return self._dispatch(change, client)
+            outcome.result = self._dispatch(change, client, outcome)
         except AmbiguousCreate as exc:
-            with self._lock:
-                if not exc.answered:
-                    self._unanswered.add((change.target, change.name))
-                    self._last_unanswered = time.monotonic()
-                self._ambiguous.append(change)
-            return None
+            outcome.unanswered = None if exc.answered else time.monotonic()
         except Interrupted:
-            return ChangeResult(change, Status.SKIPPED, error=self._skip_reason())
+            outcome.result = ChangeResult(change, Status.SKIPPED, error=IN_FLIGHT if outcome.posted else NOT_STARTED)
         except Unauthorized as exc:
-            self.aborted = self.aborted or f"the API refused the credentials of target {change.target!r}"
             self.stop.set()
-            return _failed(change, exc)
+            outcome.result = _failed(change, exc)
         except (ApiError, TransportError) as exc:
-            return _failed(change, exc)
+            outcome.result = _failed(change, exc)
+        return outcome
 
-    def _dispatch(self, change: Change, client: Any) -> ChangeResult:
+    def _dispatch(self, change: Change, client: Any, outcome: _Outcome) -> ChangeResult:
         match change.action:
             case Action.DELETE:
                 client.delete_instance(change.id)
                 return ChangeResult(change, Status.OK, id=change.id)
             case Action.CREATE:
-                return self._create(change, client)
+                return self._create(change, client, outcome)
             case Action.REPLACE:
                 assert change.desired is not None
                 client.delete_instance(change.id)
-                return self._create(change, client)
+                return self._create(change, client, outcome)
             case Action.ADOPT | Action.UPDATE | Action.RENAME:
                 return self._modify(change, client)
             case Action.NOOP | Action.CONFLICT | Action.PROTECTED:
@@ -232,23 +271,14 @@ class Applier:
             data = client.update_instance(change.id, put_body(desired, schema, fp, live_tags, change.diff))
         return ChangeResult(change, Status.OK, id=change.id, token=_token(data) or _live_token(change))
 
-    def _create(self, change: Change, client: Any) -> ChangeResult:
+    def _create(self, change: Change, client: Any, outcome: _Outcome) -> ChangeResult:
         desired = change.desired
         assert desired is not None
         schema = self.registry.get(desired.element)
         assert schema is not None
-        key = (change.target, change.name)
-        with self._lock:
-            self._posted[key] = self._posted.get(key, 0) + 1
-            if key in self._unanswered:
-                self._resent_unanswered = True
+        outcome.posted = True
         data = client.create_instance(create_body(desired, schema, self.fingerprints[change.target], self.run_tag))
-        with self._lock:
-            self._made.add((*key, str(data["id"])))
         return ChangeResult(change, Status.OK, id=data["id"], token=_token(data))
-
-    def _skip_reason(self) -> str:
-        return self.aborted or "not started: the run was interrupted"
 
     # -- creates whose outcome is unknown ------------------------------------------------------
 
@@ -264,7 +294,7 @@ class Applier:
             batch, self._ambiguous = self._ambiguous, []
             if self.stop.is_set():
                 for change in batch:
-                    results[index_of[id(change)]] = ChangeResult(change, Status.SKIPPED, error=self._skip_reason())
+                    results[index_of[id(change)]] = ChangeResult(change, Status.SKIPPED, error=IN_FLIGHT)
                 return
             retry: list[tuple[int, Change]] = []
             for target in sorted({c.target for c in batch}):
@@ -293,7 +323,7 @@ class Applier:
     ) -> dict[str, LiveInstance] | None:
         """The oldest instance per name that the stack owns and that is new since the plan."""
         try:
-            live = self._read_names(target, [c.name for c in changes])
+            live = self._read_stack(target)
         except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
             index_of = {id(c): i for i, c in enumerate(self.plan.changes)}
             for change in changes:
@@ -306,18 +336,14 @@ class Applier:
                 found.setdefault(instance.name, instance)
         return found
 
-    def _read_names(self, target: str, names: Iterable[str]) -> list[LiveInstance]:
-        """The stack's instances under ``names`` on ``target``, read the faster way for its size (the
-        instances the plan saw there, plus every create)."""
-        client = self.clients[target]
-        size = sum(1 for c in self.plan.changes if c.target == target and (c.live is not None or c.desired is not None))
-        return read_names(client, self.plan.stack, names, self.settings.parallelism, size, client.settings.page_size)
+    def _read_stack(self, target: str) -> list[LiveInstance]:
+        """The stack's own instances on ``target`` (one listing, without configuration)."""
+        return read_live(self.clients[target], self.plan.stack, owned_only=True, configuration=False)
 
     # -- the final check -----------------------------------------------------------------------
 
     def _final_check(self, results: dict[int, ChangeResult]) -> list[str]:
-        """List the created names once more (the shards they fall in, side by side), and settle every
-        created name on one copy.
+        """List the stack once more, and settle every created name on one copy.
 
         The rule every run follows without talking to the others: the oldest copy (creation date,
         then id) wins. A run delivers the winner's token, whoever made it, and deletes only the other
@@ -344,7 +370,7 @@ class Applier:
         for target in sorted({t for t, _ in created}):
             names = {name: index for (t, name), index in created.items() if t == target}
             try:
-                live = self._read_names(target, names)
+                live = self._read_stack(target)
             except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
                 for index in names.values():
                     results[index] = ChangeResult(
@@ -395,15 +421,6 @@ class Applier:
         except ProvisionerError as exc:
             return f"{instance.name}: extra copy id {instance.id} made by this run could not be deleted: {exc}"
         return f"{instance.name}: deleted extra copy id {instance.id} made by this run"
-
-
-def _next_done(finished: queue.SimpleQueue[futures.Future[ChangeResult | None]]) -> futures.Future[ChangeResult | None]:
-    """The next finished change, waiting a short while at a time (the main thread stays free for signals)."""
-    while True:
-        try:
-            return finished.get(timeout=0.2)
-        except queue.Empty:
-            continue
 
 
 def _failed(change: Change, exc: Exception) -> ChangeResult:

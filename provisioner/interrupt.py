@@ -15,11 +15,14 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
 
 from .errors import Interrupted
+
+STOP_GRACE = 1.0  # seconds requests in flight get to finish after SIGINT/SIGTERM
 
 
 class StopFlag:
@@ -28,11 +31,12 @@ class StopFlag:
     def __init__(self) -> None:
         self._event = threading.Event()
         self.signum: int | None = None
+        self.at = float("inf")  # when the flag was set (time.monotonic)
         self._main_waiting = 0  # > 0 while the main thread waits on the network
 
     def set(self, signum: int = signal.SIGINT) -> None:
         if self.signum is None:
-            self.signum = signum
+            self.signum, self.at = signum, time.monotonic()
         self._event.set()
 
     def is_set(self) -> bool:
@@ -41,6 +45,10 @@ class StopFlag:
     def wait(self, timeout: float) -> bool:
         """Sleep up to ``timeout`` seconds, waking early if the flag is set. True if it is set."""
         return self._event.wait(timeout)
+
+    def expired(self) -> bool:
+        """Set ``STOP_GRACE`` ago or more: requests still in flight are abandoned."""
+        return time.monotonic() >= self.at + STOP_GRACE
 
     def check(self) -> None:
         """Raise ``Interrupted`` if the flag is set."""

@@ -1,11 +1,10 @@
 """The one module that talks HTTP to the Cloud Elements platform API.
 
-Everything the network can do wrong is decided here, once: a deadline on every request, which
-failures are retried and how long to back off, the rate budget shared by all worker threads, how
-an HTTP status maps onto the error tree of ``errors.py``, and the request statistics. The rest of
-provisioner calls typed methods (``list_instances``, ``create_instance``, ...) and sees either
-parsed JSON or a ``ProvisionerError``. The transport is ``requests`` (``transport.py``), configured
-the supported way; this module adds provisioner's own policy on top of it.
+Everything the network can do wrong is decided here, once: which failures are retried and how long
+to back off, the rate budget shared by all worker threads, how an HTTP status maps onto the error
+tree of ``errors.py``, paging, and the request statistics. The rest of provisioner calls typed
+methods (``instance_pages``, ``create_instance``, ...) and sees parsed JSON or a
+``ProvisionerError``. The wire (requests, the deadline) is ``transport.py``.
 
 Three rules come first:
 
@@ -32,7 +31,7 @@ import re
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from ..errors import (
@@ -52,7 +51,9 @@ from ..interrupt import StopFlag
 from ..secret import MASK, REDACTOR, Secret, json_default, sanitize
 from .ratelimit import RateBudget
 from .stats import RequestStats
-from .wire import Answer, TransportFailure
+
+if TYPE_CHECKING:
+    from .transport import Answer
 
 MAX_MESSAGE = 300
 NEXT_PAGE_HEADER = "elements-next-page-token"
@@ -101,21 +102,6 @@ class _Reply:
     data: Any
 
 
-class _ElementsAuth:
-    """Builds ``Authorization: User <u>, Organization <o>``; the secrets are revealed only here,
-    for the header of each request."""
-
-    def __init__(self, user_secret: Secret, organization_secret: Secret):
-        self._user = user_secret
-        self._organization = organization_secret
-
-    def header(self) -> str:
-        return f"User {self._user.reveal()}, Organization {self._organization.reveal()}"
-
-    def __repr__(self) -> str:
-        return f"_ElementsAuth({MASK})"
-
-
 class ReadOnlyClient:
     """Typed read calls to the platform API (listings, one instance, element definitions) with
     retries, backoff, a shared rate budget and statistics. It cannot write: ``drift`` and other
@@ -144,12 +130,10 @@ class ReadOnlyClient:
         self._notice = notice
         self._last_notice = -math.inf
         self._stop = stop if stop is not None else StopFlag()
-        self._auth = _ElementsAuth(Secret(user_secret), Secret(organization_secret))
+        self._secrets = (Secret(user_secret), Secret(organization_secret))  # revealed only in each header
         from .transport import Transport  # imported here: validate and render never load requests
 
         self._transport = Transport(self._base, settings.parallelism, self._stop)
-
-    # -- context management -----------------------------------------------------------------
 
     def close(self) -> None:
         """Close the keep-alive connections. Safe to call twice."""
@@ -303,56 +287,38 @@ class ReadOnlyClient:
                 raise self._final(outcome, attempt, started) from outcome.__cause__
             self._emit(f"{line}; retrying in {delay:.2f} s (attempt {attempt + 1}/{self.settings.max_attempts})")
             self._retrying(method, shown, outcome, attempt, started)
-            self._pause(delay)
+            if self._stop.wait(delay):
+                self._stop.check()
 
     def _attempt(
         self, method: str, url: str, data: bytes | None, shown: str, raw: bool, started: float
     ) -> tuple[_Reply | ApiError | TransportError, int]:
-        """Wait for the rate budget, then one HTTP exchange. Returns the reply or the error it maps to
-        (not raised yet). In the main thread, a signal ends the exchange with Interrupted."""
+        """Wait for the rate budget (a signal cuts the wait), then one HTTP exchange; the reply or the
+        error it maps to (not raised yet). In the main thread, a signal ends the exchange with
+        Interrupted. A pause that would outlast the request's retry budget fails it now instead."""
         t0 = time.monotonic()
+        settings = self.settings
         with self._stop.waiting():
-            late = self._before_attempt(started)
-            if late is not None:
+            if not self.budget.acquire(wait=self._stop.wait, deadline=started + settings.max_retry_time):
+                self._stop.check()
+                waited = max(0.0, self.budget.paused_until - time.monotonic())
+                message = f"the API asked every request to wait {waited:.0f} s more (Retry-After), longer than "
+                late = RateLimited(429, f"{message}this request's retry budget of {settings.max_retry_time:g} s")
+                late.retry_after = math.inf
                 return late, _ms_since(t0)
-            settings = self.settings
             try:
                 answer = self._transport.send(
                     method,
                     url,
                     data,
-                    self._auth.header(),
+                    f"User {self._secrets[0].reveal()}, Organization {self._secrets[1].reveal()}",
                     (settings.connect_timeout, settings.read_timeout),
                     settings.deadline,
                 )
-            except TransportFailure as exc:
-                failure = TransportError(
-                    exc.message, exc.ambiguous, method, shown, retryable=exc.retryable, url=self._base
-                )
-                failure.__cause__ = exc.__cause__
-                return failure, _ms_since(t0)
+            except TransportError as exc:
+                exc.method, exc.path, exc.url = method, shown, self._base
+                return exc, _ms_since(t0)
         return self._read_answer(answer, method, shown, raw), _ms_since(t0)
-
-    def _before_attempt(self, started: float) -> RateLimited | None:
-        """Stop if interrupted, then wait for the shared rate budget (a signal cuts the wait). A pause
-        that would outlast this request's retry budget fails the request now instead."""
-        deadline = started + self.settings.max_retry_time
-        ok = self.budget.acquire(wait=self._stop.wait, deadline=deadline)
-        self._stop.check()
-        if ok:
-            return None
-        waited = max(0.0, self.budget.paused_until - time.monotonic())
-        return RateLimited(
-            429,
-            f"the API asked every request to wait {waited:.0f} s more (Retry-After), longer "
-            f"than this request's retry budget of {self.settings.max_retry_time:g} s",
-            retry_after=math.inf,
-        )
-
-    def _pause(self, seconds: float) -> None:
-        """Back off between attempts; a signal ends the pause and raises Interrupted."""
-        if self._stop.wait(seconds):
-            self._stop.check()
 
     def _read_answer(
         self, answer: Answer, method: str, shown: str, raw: bool = False

@@ -11,9 +11,10 @@ module owns the wire, and is the only one that imports ``requests``:
   ``CE_CLIENT_KEY`` name a client certificate. ~/.netrc is never consulted;
 * a deadline: the read timeout bounds each wait for bytes, so a server sending one byte every half
   second would never time out. The answer is read in chunks (``stream=True``), and between chunks
-  the whole-request deadline and the stop flag are checked. A chunk is as large as the server's pace
-  allows it to arrive in well under a second, so a dripping server is noticed within a second or so.
-  (The status line and headers are read by requests in one call: there, only the read timeout holds.)
+  the whole-request deadline is checked, and the stop flag (a second after a signal). A chunk is as
+  large as the server's pace delivers quickly, so a dripping server is noticed within a second or
+  so. (The status line and headers are read by requests in one call: there, only the read timeout
+  holds.)
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Mapping
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import requests
@@ -31,10 +34,9 @@ import requests.adapters
 import requests.utils
 
 from .. import __version__
-from ..errors import UserError
+from ..errors import TransportError, UserError
 from ..interrupt import StopFlag
 from ..secret import REDACTOR
-from .wire import Answer, TransportFailure
 
 CLIENT_CERT_ENV = "CE_CLIENT_CERT"
 CLIENT_KEY_ENV = "CE_CLIENT_KEY"
@@ -42,8 +44,19 @@ CHUNK = 65536  # the largest piece of an answer read at once
 _TUNNEL_STATUS = re.compile(r"Tunnel connection failed: (\d{3})")
 
 
+class Answer(NamedTuple):
+    """An HTTP answer, read in full (and decompressed)."""
+
+    status: int
+    content: bytes
+    headers: Mapping[str, str]
+    reason: str
+
+
 class Transport:
-    """Sends one request and reads its whole answer within a deadline."""
+    """Sends one request and reads its whole answer within a deadline. A failure raises
+    ``TransportError``: ``ambiguous`` when the request may have reached the server, ``retryable``
+    unless trying again cannot help (a refused certificate or proxy credentials)."""
 
     def __init__(self, base_url: str, parallelism: int, stop: StopFlag | None = None):
         parts = urlsplit(base_url)
@@ -88,9 +101,10 @@ class Transport:
                 allow_redirects=False,
             ) as response:
                 content = self._read(response, ends, deadline)
-                return Answer(response.status_code, content, response.headers, response.reason)
+                return Answer(response.status_code, content, response.headers, response.reason or "")
         except (requests.RequestException, OSError) as exc:
-            raise TransportFailure(*classify(exc, self.proxy_display)) from exc
+            message, ambiguous, retryable = classify(exc, self.proxy_display)
+            raise TransportError(message, ambiguous, retryable=retryable) from exc
 
     def _read(self, response: requests.Response, ends: float, deadline: float) -> bytes:
         """The body, chunk by chunk. A chunk doubles while chunks arrive fast and halves when one
@@ -98,11 +112,11 @@ class Transport:
         parts: list[bytes] = []
         size = 1
         while True:
-            if self._stop is not None and self._stop.is_set():
-                raise TransportFailure("ended by the interrupt", True, False)
+            if self._stop is not None and self._stop.expired():
+                raise TransportError("ended by the interrupt", True, retryable=False)
             started = time.monotonic()
             if started > ends:
-                raise TransportFailure(f"no complete answer within the request deadline of {deadline:g} s", True)
+                raise TransportError(f"no complete answer within the request deadline of {deadline:g} s", True)
             part = next(response.iter_content(size), b"")
             if not part:
                 return b"".join(parts)

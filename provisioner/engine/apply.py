@@ -65,7 +65,6 @@ class ChangeResult:
     token: Secret | None = None
 
 
-STOP_GRACE = 1.0  # seconds requests in flight get to finish after SIGINT/SIGTERM
 NOT_STARTED = "not started: the run was interrupted"
 IN_FLIGHT = "in flight when the run was interrupted: its outcome is unknown (the next apply finds it)"
 
@@ -175,7 +174,6 @@ class Applier:
         requests in flight, then report the rest as skipped."""
         todo = iter(writes)
         window: dict[futures.Future[_Outcome], tuple[int, Change]] = {}
-        stopped = math.inf
         while True:
             while len(window) < 2 * max(1, self.settings.parallelism) and not self.stop.is_set():
                 item = next(todo, None)
@@ -188,10 +186,8 @@ class Applier:
             for future in done:
                 index, change = window.pop(future)
                 self._record(index, change, future.result(), results)
-            if self.stop.is_set():
-                stopped = min(stopped, time.monotonic())
-                if time.monotonic() - stopped >= STOP_GRACE:
-                    break
+            if self.stop.expired():
+                break
         for future, (index, change) in window.items():  # still running, or not started (cancelled)
             results[index] = ChangeResult(change, Status.SKIPPED, error=NOT_STARTED if future.cancel() else IN_FLIGHT)
         for index, change in todo:

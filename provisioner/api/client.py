@@ -93,15 +93,6 @@ class ClientSettings:
     max_rate: float | None = None  # requests/second ceiling; None = none until the API throttles
 
 
-@dataclass
-class _Reply:
-    """A successful (2xx) answer, already read."""
-
-    status: int
-    headers: Any
-    data: Any
-
-
 class ReadOnlyClient:
     """Typed read calls to the platform API (listings, one instance, element definitions) with
     retries, backoff, a shared rate budget and statistics. It cannot write: ``drift`` and other
@@ -164,35 +155,52 @@ class ReadOnlyClient:
 
     def get_instance(self, instance_id: int | str) -> dict:
         """``GET /instances/{id}``; NotFound if there is no such instance."""
-        return _remember_tokens(self._call("GET", f"/instances/{_segment(instance_id)}").data)
+        return _remember_tokens(self._json("GET", f"/instances/{_segment(instance_id)}"))
 
     def get_element(self, key: str) -> dict:
         """``GET /elements/{key}``: the element's metadata."""
-        return self._call("GET", f"/elements/{_segment(key)}").data
+        return self._json("GET", f"/elements/{_segment(key)}")
 
     def element_keys(self) -> Any:
         """``GET /elements/keys``: the keys of every element the catalog offers."""
-        return self._call("GET", "/elements/keys").data
+        return self._json("GET", "/elements/keys")
 
     def element_configuration(self, key: str) -> Any:
         """``GET /elements/{key}/configuration``: the element's configuration definitions."""
-        return self._call("GET", f"/elements/{_segment(key)}/configuration").data
+        return self._json("GET", f"/elements/{_segment(key)}/configuration")
 
     # -- paging -----------------------------------------------------------------------------
 
     def _pages(self, path: str, params: list[tuple[str, str]]) -> Generator[list, None, None]:
-        """Yield each page of a list endpoint, following ``elements-next-page-token``; at the end the
-        number of items is checked against the ``elements-total-count`` the API announced."""
-        count = 0
+        """Each page of a list endpoint, following ``elements-next-page-token``, requested when the
+        previous one has been taken. A repeated token, more pages than the announced total allows (or
+        than MAX_PAGES), or at the end another number of items than ``elements-total-count`` raises
+        InconsistentListing."""
+        seen: set[str] = set()
         totals: set[int] = set()
-        for reply in self._raw_pages(path, params):
-            total = _total(reply)
-            items = _page_items(reply, path)
-            del reply
-            count += len(items)
-            if total is not None:
+        token, pages, count, limit = "", 0, 0, MAX_PAGES
+        while True:
+            answer = self._page(path, [*params, *([("nextPage", token)] if token else [])])
+            if answer is None:  # the API's 404 "No instances found": an empty collection
+                break
+            pages += 1
+            total = _total(answer)
+            if total is not None:  # the announced total bounds the number of pages
                 totals.add(total)
+                limit = min(limit, max(1, math.ceil(total / max(1, self.settings.page_size))) + 1)
+            token = (answer.headers.get(NEXT_PAGE_HEADER) or "").strip()
+            if token and token in seen:
+                raise InconsistentListing(f"GET {path}: the API repeated a page token after {pages} pages")
+            if token and pages >= limit:
+                bound = "the announced total allows" if total is not None else "the hard limit"
+                raise InconsistentListing(f"GET {path}: still more pages after {pages} (more than {bound})")
+            seen.add(token)
+            items = _page_items(answer, path)
+            del answer
+            count += len(items)
             yield items
+            if not token:
+                break
         # With a tags[] filter the API may announce the whole collection's total (undocumented): there,
         # only more items than announced is a contradiction. Without one, any difference is.
         if totals and count not in totals and (not params or count > max(totals)):
@@ -201,40 +209,10 @@ class ReadOnlyClient:
                 f"item(s) ({TOTAL_HEADER}) but {count} arrived"
             )
 
-    def _raw_pages(self, path: str, params: list[tuple[str, str]]) -> Generator[_Reply, None, None]:
-        """Every raw page in order, each requested when the previous one has been taken. The page
-        sequence is checked as it goes: a repeated token, or more pages than the announced total
-        allows (or than MAX_PAGES), raises InconsistentListing."""
-        seen: set[str] = set()
-        token: str | None = None
-        pages = 0
-        limit = MAX_PAGES
-        while True:
-            reply = self._page(path, params, token)
-            if reply is None:
-                return
-            pages += 1
-            total = _total(reply)
-            if total is not None:  # the announced total bounds the number of pages
-                limit = min(limit, max(1, math.ceil(total / max(1, self.settings.page_size))) + 1)
-            token = (reply.headers.get(NEXT_PAGE_HEADER) or "").strip()
-            if token and token in seen:
-                raise InconsistentListing(f"GET {path}: the API repeated a page token after {pages} pages")
-            if token and pages >= limit:
-                bound = "the announced total allows" if total is not None else "the hard limit"
-                raise InconsistentListing(f"GET {path}: still more pages after {pages} (more than {bound})")
-            seen.add(token)
-            yield reply
-            if not token:
-                return
-
-    def _page(self, path: str, params: list[tuple[str, str]], token: str | None) -> _Reply | None:
-        """One raw page, or None for the API's 404 "No instances found" (an empty collection)."""
-        query = [("pageSize", str(self.settings.page_size)), *params]
-        if token:
-            query.append(("nextPage", token))
+    def _page(self, path: str, params: list[tuple[str, str]]) -> Answer | None:
+        """One page, unparsed; None for the listing's own 404 "No instances found"."""
         try:
-            return self._call("GET", path, params=query, raw=True)
+            return self._call("GET", path, params=[("pageSize", str(self.settings.page_size)), *params])
         except NotFound as exc:
             if path == "/instances" and _EMPTY_LIST.match(exc.raw_message or ""):
                 return None
@@ -258,9 +236,8 @@ class ReadOnlyClient:
         params: list[tuple[str, str]] | None = None,
         body: Any = None,
         create: bool = False,
-        raw: bool = False,
-    ) -> _Reply:
-        """Send one API call, retrying as the method allows; return the 2xx reply or raise."""
+    ) -> Answer:
+        """Send one API call, retrying as the method allows; return the 2xx answer or raise."""
         if method != "GET" and not self._WRITES_ALLOWED:
             raise RuntimeError(f"a read-only client cannot send {method}")
         data = None if body is None else json.dumps(body, default=json_default).encode("utf-8")
@@ -270,10 +247,10 @@ class ReadOnlyClient:
         attempt = 0
         while True:
             attempt += 1
-            outcome, elapsed_ms = self._attempt(method, url, data, shown, raw, started)
+            outcome, elapsed_ms = self._attempt(method, url, data, shown, started)
             self.stats.record(method, getattr(outcome, "status", None), retry=attempt > 1)
             line = f"HTTP {method} {shown} -> {_outcome_text(outcome)} ({elapsed_ms} ms)"
-            if isinstance(outcome, _Reply):
+            if not isinstance(outcome, (ApiError, TransportError)):
                 self._emit(line)
                 return outcome
             if create and _ambiguous(outcome):
@@ -291,8 +268,8 @@ class ReadOnlyClient:
                 self._stop.check()
 
     def _attempt(
-        self, method: str, url: str, data: bytes | None, shown: str, raw: bool, started: float
-    ) -> tuple[_Reply | ApiError | TransportError, int]:
+        self, method: str, url: str, data: bytes | None, shown: str, started: float
+    ) -> tuple[Answer | ApiError | TransportError, int]:
         """Wait for the rate budget (a signal cuts the wait), then one HTTP exchange; the reply or the
         error it maps to (not raised yet). In the main thread, a signal ends the exchange with
         Interrupted. A pause that would outlast the request's retry budget fails it now instead."""
@@ -318,34 +295,23 @@ class ReadOnlyClient:
             except TransportError as exc:
                 exc.method, exc.path, exc.url = method, shown, self._base
                 return exc, _ms_since(t0)
-        return self._read_answer(answer, method, shown, raw), _ms_since(t0)
+        return self._read_answer(answer, method, shown), _ms_since(t0)
 
-    def _read_answer(
-        self, answer: Answer, method: str, shown: str, raw: bool = False
-    ) -> _Reply | ApiError | TransportError:
-        """Map an HTTP answer onto a _Reply or an ApiError; feed the rate budget."""
-        status = answer.status
-        if 200 <= status < 300:
+    def _read_answer(self, answer: Answer, method: str, shown: str) -> Answer | ApiError | TransportError:
+        """A 2xx answer as it is, any other mapped onto an ApiError; feed the rate budget."""
+        if 200 <= answer.status < 300:
             self.budget.on_success()
-            if raw:  # the caller parses (list pages: a body that is not JSON is an inconsistent listing)
-                return _Reply(status, answer.headers, answer.content)
-            try:
-                data = json.loads(answer.content) if answer.content.strip() else None
-            except ValueError:
-                return ApiError(
-                    status,
-                    f"the API answered {status} with {len(answer.content)} bytes that are not JSON",
-                    _header_request_id(answer),
-                    method,
-                    shown,
-                )
-            return _Reply(status, answer.headers, data)
-        if status == 407:
+            return answer
+        if answer.status == 407:
             return _proxy_refused(self._transport.proxy_display, method, shown)
         error = _api_error(answer, method, shown)
-        if status == 429:
+        if answer.status == 429:
             self.budget.on_throttle(error.retry_after)
         return error
+
+    def _json(self, method: str, path: str, body: Any = None) -> Any:
+        """One call whose 2xx answer must be JSON (or empty)."""
+        return _parsed(self._call(method, path, body=body), method, path)
 
     def _retry_delay(self, error: Exception, attempt: int, started: float) -> tuple[float | None, str]:
         """Seconds to wait before the next attempt, or (None, reason) to give up with ``error``."""
@@ -423,31 +389,24 @@ class Client(ReadOnlyClient):
     def create_instance(self, body: dict) -> dict:
         """``POST /instances``. Raises AmbiguousCreate when the outcome cannot be known, including a
         2xx answer that is not an object with an id and a token."""
-        reply = self._call("POST", "/instances", body=body, create=True)
-        data = reply.data
-        if (
-            not isinstance(data, dict)
-            or not _usable_id(data.get("id"))
-            or not isinstance(data.get("token"), str)
-            or not data["token"]
-        ):
-            problem = ApiError(
-                reply.status,
-                f"the API answered the create with {_json_kind(data)}, not an instance with an id and a token",
-                _header_request_id(reply),
-                "POST",
-                "/instances",
-            )
-            raise AmbiguousCreate(problem, answered=True)
+        answer = self._call("POST", "/instances", body=body, create=True)
+        try:
+            data = _parsed(answer, "POST", "/instances")
+        except ApiError as exc:
+            raise AmbiguousCreate(exc, answered=True) from None
+        token = data.get("token") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or not _usable_id(data.get("id")) or not isinstance(token, str) or not token:
+            what = f"the API answered the create with {_json_kind(data)}, not an instance with an id and a token"
+            raise AmbiguousCreate(ApiError(answer.status, what, _header_request_id(answer), "POST", "/instances"), True)
         return _remember_tokens(data)
 
     def update_instance(self, instance_id: int | str, body: dict) -> dict:
         """``PUT /instances/{id}`` with a full body."""
-        return _remember_tokens(self._call("PUT", f"/instances/{_segment(instance_id)}", body=body).data)
+        return _remember_tokens(self._json("PUT", f"/instances/{_segment(instance_id)}", body))
 
     def patch_instance(self, instance_id: int | str, body: dict) -> dict:
         """``PATCH /instances/{id}`` with a partial body."""
-        return _remember_tokens(self._call("PATCH", f"/instances/{_segment(instance_id)}", body=body).data)
+        return _remember_tokens(self._json("PATCH", f"/instances/{_segment(instance_id)}", body))
 
     def delete_instance(self, instance_id: int | str) -> bool:
         """``DELETE /instances/{id}``: True if deleted now, False if it was already gone (404)."""
@@ -518,7 +477,7 @@ def _ms_since(t0: float) -> int:
     return int(round((time.monotonic() - t0) * 1000))
 
 
-def _outcome_text(outcome: _Reply | ApiError | TransportError) -> str:
+def _outcome_text(outcome: Answer | ApiError | TransportError) -> str:
     if isinstance(outcome, TransportError):
         return f"error: {outcome.message}"
     return str(outcome.status)
@@ -545,10 +504,18 @@ def _remember_tokens(data: Any) -> Any:
     return data
 
 
-def _page_items(reply: _Reply, path: str) -> list:
-    """Parse one raw page; it must be a JSON list. Its tokens are registered before anything can
-    print it."""
-    content = reply.data or b""
+def _parsed(answer: Answer, method: str, path: str) -> Any:
+    """The JSON of a 2xx answer (None if empty); ApiError if it is not JSON."""
+    try:
+        return json.loads(answer.content) if answer.content.strip() else None
+    except ValueError:
+        what = f"the API answered {answer.status} with {len(answer.content)} bytes that are not JSON"
+        raise ApiError(answer.status, what, _header_request_id(answer), method, path) from None
+
+
+def _page_items(reply: Answer, path: str) -> list:
+    """Parse one page; it must be a JSON list. Its tokens are registered before anything can print it."""
+    content = reply.content
     try:
         items = json.loads(content) if content.strip() else None
     except ValueError:
@@ -561,7 +528,7 @@ def _page_items(reply: _Reply, path: str) -> list:
     return items
 
 
-def _total(reply: _Reply) -> int | None:
+def _total(reply: Answer) -> int | None:
     value = (reply.headers.get(TOTAL_HEADER) or "").strip()
     return int(value) if value.isdigit() and len(value) < 12 else None
 
@@ -629,7 +596,7 @@ def _proxy_refused(proxy: str, method: str, shown: str) -> TransportError:
     )
 
 
-def _header_request_id(answer: Answer | _Reply) -> str | None:
+def _header_request_id(answer: Answer) -> str | None:
     return _short_id(answer.headers.get(REQUEST_ID_HEADER) or None)
 
 

@@ -10,21 +10,21 @@ module owns the wire, and is the only one that imports ``requests``:
   from ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` (else certifi's). ``CE_CLIENT_CERT`` and
   ``CE_CLIENT_KEY`` name a client certificate. ~/.netrc is never consulted;
 * a deadline: the read timeout bounds each wait for bytes, so a server sending one byte every half
-  second would never time out. The answer is read in chunks (``stream=True``), and between chunks
-  the whole-request deadline is checked, and the stop flag (a second after a signal). A chunk is as
-  large as the server's pace delivers quickly, so a dripping server is noticed within a second or
-  so. (The status line and headers are read by requests in one call: there, only the read timeout
-  holds.)
+  second would never time out. The answer is read as it arrives (``stream=True``), and between
+  pieces the whole-request deadline is checked, and the stop flag (a second after a signal). (The
+  status line and headers are read by requests in one call: there, only the read timeout holds.)
 """
 
 from __future__ import annotations
 
 import errno
+import http.client
 import os
 import re
 import socket
 import ssl
 import time
+import zlib
 from collections.abc import Mapping
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -40,7 +40,7 @@ from ..secret import REDACTOR
 
 CLIENT_CERT_ENV = "CE_CLIENT_CERT"
 CLIENT_KEY_ENV = "CE_CLIENT_KEY"
-CHUNK = 65536  # the largest piece of an answer read at once
+CHUNK = 65536  # the largest piece of an answer read at once (requests' own iter_content default is 1)
 _TUNNEL_STATUS = re.compile(r"Tunnel connection failed: (\d{3})")
 
 
@@ -107,21 +107,22 @@ class Transport:
             raise TransportError(message, ambiguous, retryable=retryable) from exc
 
     def _read(self, response: requests.Response, ends: float, deadline: float) -> bytes:
-        """The body, chunk by chunk. A chunk doubles while chunks arrive fast and halves when one
-        took long: a fast server is read in large pieces, a slow one byte by byte."""
+        """The body, decoded, in the pieces it arrives in (at most ``CHUNK`` at once): ``raw.read1``
+        returns what one read from the socket brings, so a dripping server is noticed byte by byte."""
         parts: list[bytes] = []
-        size = 1
         while True:
             if self._stop is not None and self._stop.expired():
                 raise TransportError("ended by the interrupt", True, retryable=False)
-            started = time.monotonic()
-            if started > ends:
+            if time.monotonic() > ends:
                 raise TransportError(f"no complete answer within the request deadline of {deadline:g} s", True)
-            part = next(response.iter_content(size), b"")
+            try:
+                part = response.raw.read1(CHUNK, decode_content=True)
+            except Exception as exc:  # noqa: BLE001 - urllib3's own errors: requests wraps them only in iter_content
+                message, ambiguous, retryable = classify(exc, self.proxy_display)
+                raise TransportError(message, ambiguous, retryable=retryable) from exc
             if not part:
                 return b"".join(parts)
             parts.append(part)
-            size = min(CHUNK, size * 2) if time.monotonic() - started < 0.05 else max(1, size // 4)
 
     def close(self) -> None:
         self.session.close()
@@ -243,9 +244,9 @@ def _after_sending(chain: list[BaseException], exc: BaseException) -> tuple[str,
         return "read timeout", True, True
     if _has(chain, ConnectionResetError):
         return "connection reset", True, True
-    if _has(chain, requests.exceptions.ContentDecodingError):
+    if _has(chain, requests.exceptions.ContentDecodingError, zlib.error):
         return "answer could not be decompressed", True, True
-    if _has(chain, requests.exceptions.ChunkedEncodingError):
+    if _has(chain, requests.exceptions.ChunkedEncodingError, http.client.IncompleteRead):
         return "answer cut short", True, True
     if _has(chain, requests.exceptions.ConnectionError, ConnectionError):
         return "connection closed by the server without a complete answer", True, True

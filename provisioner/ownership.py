@@ -1,25 +1,16 @@
-"""What provisioner writes on the instances it owns: the stack marker and secret fingerprints.
+"""What provisioner writes on the instances it owns, one tag each:
 
-Cloud Elements does not make names unique, so ownership is a tag: every instance created for stack
-``S`` carries ``provisioner:stack=S``, and an instance's identity is that marker plus its name. An
-instance with another stack's marker is invisible to ``S``; one with no marker at all is unmanaged and
-is touched only when ``--adopt`` takes it over.
+    provisioner:stack=<stack>       the owner; an instance's identity is this marker plus its name
+    provisioner:fp:<key>=<digest>   a keyed digest of one secret value (the API returns secrets masked)
+    provisioner:run=<id>            the run that created it: its own copies, even when an answer was lost
+    provisioner:protect             never deleted or replaced (engine/protection.py)
+    provisioner:applied=<digests>   digests of the non-secret fields as last written (engine/applied.py)
 
-Secret values come back from the API masked (``********``), so they cannot be compared. Each secret
-configuration value is instead summarised in a tag ``provisioner:fp:<key>=<digest>``, where the
-digest is an HMAC-SHA256 keyed with a key derived from the target's organization secret (or from
-``PROVISIONER_FINGERPRINT_KEY`` when set), over the stack, instance name, key and value. Neither the
-secret nor an unkeyed hash of it ever leaves the machine; the same password on two instances gives
-two unrelated digests.
-
-Every instance a run creates carries ``provisioner:run=<id>``, the run's random id: a run tells its
-own copies from another run's by it even when the answer to a create was lost (see the final check
-in ``engine/apply.py``).
-
-Two more markers serve changing a manifest safely over time: ``provisioner:protect`` on an instance
-that must never be deleted or replaced (see ``protection.py``), and ``provisioner:applied=<digests>``,
-the short keyed digests of every non-secret field as provisioner last wrote it (see ``applied.py``),
-which lets ``drift`` tell a change made on the server from a change made in the manifest.
+Cloud Elements does not make names unique, so ownership is a tag. An instance with another stack's
+marker is invisible to a stack; one with no marker at all is unmanaged, taken over only by
+``--adopt``. A fingerprint is an HMAC-SHA256, keyed from the target's organization secret (or
+``PROVISIONER_FINGERPRINT_KEY``), over the stack, instance name, key and value: neither the secret
+nor an unkeyed hash of it leaves the machine, and one password on two instances gives two digests.
 """
 
 from __future__ import annotations

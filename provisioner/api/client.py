@@ -62,14 +62,7 @@ REQUEST_ID_HEADER = "elements-request-id"
 MAX_PAGES = 5_000  # hard cap on one listing: 1,000,000 instances at 200 a page
 # Only the instance listing's own answer means an empty collection; any other 404 is an error.
 _EMPTY_LIST = re.compile(r"^No (element )?instances found", re.IGNORECASE)
-_STATUS_ERRORS: dict[int, type[ApiError]] = {
-    400: BadRequest,
-    401: Unauthorized,
-    403: Unauthorized,
-    404: NotFound,
-    409: Conflict,
-    429: RateLimited,
-}
+_STATUS_ERRORS = {400: BadRequest, 401: Unauthorized, 403: Unauthorized, 404: NotFound, 409: Conflict, 429: RateLimited}
 NETWORK_HINT = (
     "check CE_API_URL (or the target's url), CE_USER_SECRET and CE_ORGANIZATION_SECRET, "
     "the network and any HTTPS_PROXY; or try --local for the built-in emulator"
@@ -216,15 +209,11 @@ class ReadOnlyClient:
         except NotFound as exc:
             if path == "/instances" and _EMPTY_LIST.match(exc.raw_message or ""):
                 return None
-            raise ApiError(
-                404,
-                f"{exc.message}; {self._base}{path} is not an instance listing",
-                exc.request_id,
-                "GET",
-                path,
-                hint="the API base URL must end with /elements/api-v2, e.g. "
-                "https://api.cloud-elements.com/elements/api-v2",
-            ) from None
+            hint = (
+                "the API base URL must end with /elements/api-v2, e.g. https://api.cloud-elements.com/elements/api-v2"
+            )
+            message = f"{exc.message}; {self._base}{path} is not an instance listing"
+            raise ApiError(404, message, exc.request_id, "GET", path, hint=hint) from None
 
     # -- one call, with retries -------------------------------------------------------------
 
@@ -249,7 +238,8 @@ class ReadOnlyClient:
             attempt += 1
             outcome, elapsed_ms = self._attempt(method, url, data, shown, started)
             self.stats.record(method, getattr(outcome, "status", None), retry=attempt > 1)
-            line = f"HTTP {method} {shown} -> {_outcome_text(outcome)} ({elapsed_ms} ms)"
+            what = f"error: {outcome.message}" if isinstance(outcome, TransportError) else outcome.status
+            line = f"HTTP {method} {shown} -> {what} ({elapsed_ms} ms)"
             if not isinstance(outcome, (ApiError, TransportError)):
                 self._emit(line)
                 return outcome
@@ -303,7 +293,9 @@ class ReadOnlyClient:
             self.budget.on_success()
             return answer
         if answer.status == 407:
-            return _proxy_refused(self._transport.proxy_display, method, shown)
+            proxy = f"the proxy {self._transport.proxy_display} refused the request: 407 Proxy Authentication Required"
+            hint = "check the user and password in HTTPS_PROXY / HTTP_PROXY"
+            return TransportError(proxy, False, method, shown, retryable=False, hint=hint)
         error = _api_error(answer, method, shown)
         if answer.status == 429:
             self.budget.on_throttle(error.retry_after)
@@ -327,38 +319,17 @@ class ReadOnlyClient:
         return delay, ""
 
     def _final(self, error: ApiError | TransportError, attempt: int, started: float) -> Exception:
-        """The error a request ends with: a network failure names the target, the attempts, the time."""
+        """The error a request ends with: a network failure names the attempts, the time and what to
+        check; a Retry-After longer than the retry budget says so."""
+        spent = time.monotonic() - started
         if isinstance(error, TransportError) and error.retryable:
-            spent = time.monotonic() - started
-            tries = f"{attempt} attempt{'s' if attempt != 1 else ''}"
-            final = TransportError(
-                f"{error.message} ({tries} over {spent:.1f} s)",
-                error.ambiguous,
-                error.method,
-                error.path,
-                retryable=True,
-                url=self._base,
-                hint=NETWORK_HINT,
-            )
-            final.__cause__ = error.__cause__
-            return final
-        retry_after = getattr(error, "retry_after", None)
-        if (
-            isinstance(error, ApiError)
-            and retry_after
-            and retry_after != math.inf
-            and time.monotonic() - started + retry_after > self.settings.max_retry_time
-        ):
-            late = type(error)(
-                error.status,
-                f"{error.message} (the API asked to wait {retry_after:.0f} s, longer than "
-                f"the retry budget of {self.settings.max_retry_time:g} s)",
-                error.request_id,
-                error.method,
-                error.path,
-                math.inf,
-            )
-            return late
+            error.message += f" ({attempt} attempt{'s' if attempt != 1 else ''} over {spent:.1f} s)"
+            error.hint = NETWORK_HINT
+        wait = getattr(error, "retry_after", None)
+        if isinstance(error, ApiError) and wait and wait != math.inf and spent + wait > self.settings.max_retry_time:
+            error.message += f" (the API asked to wait {wait:.0f} s, longer than the retry budget of "
+            error.message += f"{self.settings.max_retry_time:g} s)"
+            error.retry_after = math.inf
         return error
 
     def _retrying(self, method: str, shown: str, error: Exception, attempt: int, started: float) -> None:
@@ -368,13 +339,8 @@ class ReadOnlyClient:
             return
         self._last_notice = now
         what = error.message if isinstance(error, TransportError) else f"HTTP {getattr(error, 'status', '?')}"
-        self._notice(
-            REDACTOR.redact(
-                f"retrying: {method} {self._base}{shown}: {what} "
-                f"(attempt {attempt + 1}/{self.settings.max_attempts}, "
-                f"{now - started:.1f} s so far)"
-            )
-        )
+        tries = f"attempt {attempt + 1}/{self.settings.max_attempts}, {now - started:.1f} s so far"
+        self._notice(REDACTOR.redact(f"retrying: {method} {self._base}{shown}: {what} ({tries})"))
 
     def _emit(self, line: str) -> None:
         if self._trace is not None:
@@ -395,7 +361,7 @@ class Client(ReadOnlyClient):
         except ApiError as exc:
             raise AmbiguousCreate(exc, answered=True) from None
         token = data.get("token") if isinstance(data, dict) else None
-        if not isinstance(data, dict) or not _usable_id(data.get("id")) or not isinstance(token, str) or not token:
+        if not isinstance(data, dict) or not usable_id(data.get("id")) or not isinstance(token, str) or not token:
             what = f"the API answered the create with {_json_kind(data)}, not an instance with an id and a token"
             raise AmbiguousCreate(ApiError(answer.status, what, _header_request_id(answer), "POST", "/instances"), True)
         return _remember_tokens(data)
@@ -477,16 +443,10 @@ def _ms_since(t0: float) -> int:
     return int(round((time.monotonic() - t0) * 1000))
 
 
-def _outcome_text(outcome: Answer | ApiError | TransportError) -> str:
-    if isinstance(outcome, TransportError):
-        return f"error: {outcome.message}"
-    return str(outcome.status)
-
-
 # -- helpers: answers ----------------------------------------------------------------------------
 
 
-def _usable_id(value: Any) -> bool:
+def usable_id(value: Any) -> bool:
     """An id the API gave: a non-negative integer, or a non-empty string."""
     if isinstance(value, bool):
         return False
@@ -583,17 +543,6 @@ def _error_details(answer: Answer) -> tuple[str, str, str | None]:
 
 def _short_id(value: str | None) -> str | None:
     return _cut(sanitize(REDACTOR.redact(value)))[:64] if value else None
-
-
-def _proxy_refused(proxy: str, method: str, shown: str) -> TransportError:
-    return TransportError(
-        f"the proxy {proxy} refused the request: 407 Proxy Authentication Required",
-        False,
-        method,
-        shown,
-        retryable=False,
-        hint="check the user and password in HTTPS_PROXY / HTTP_PROXY",
-    )
 
 
 def _header_request_id(answer: Answer) -> str | None:

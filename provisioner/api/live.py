@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from ..errors import InconsistentListing
 from ..ownership import stack_marker
 from ..secret import Secret
+from .client import usable_id
 
 LISTING_TRIES = 3  # a listing read while other runs write may shift between pages: read it again
 
@@ -89,32 +90,21 @@ def read_live(
     An API whose list answers leave ``configuration`` out costs one ``GET /instances/{id}`` for each
     instance the stack owns, and for each other one ``hydrate`` asks for (the unmanaged instances
     ``import`` and ``--adopt`` take over)."""
+    instances: list[LiveInstance] = []
     for attempt in range(1, LISTING_TRIES + 1):
+        instances, seen = [], set[Any]()
+        pages = client.instance_pages((stack_marker(stack),) if owned_only else ())
         try:
-            return _read_once(client, stack, owned_only, on_page, hydrate, configuration)
+            with closing(pages):
+                for page in pages:
+                    converted = [_checked(item, len(instances) + n, seen, configuration) for n, item in enumerate(page)]
+                    if on_page is not None:
+                        on_page(converted)
+                    instances.extend(converted)
+            break
         except InconsistentListing:
             if attempt == LISTING_TRIES:
                 raise
-    raise AssertionError("unreachable")
-
-
-def _read_once(
-    client: InstanceReader,
-    stack: str,
-    owned_only: bool,
-    on_page: Callable[[list[LiveInstance]], object] | None,
-    hydrate: Callable[[LiveInstance], bool] | None,
-    configuration: bool,
-) -> list[LiveInstance]:
-    instances: list[LiveInstance] = []
-    seen: set[Any] = set()
-    pages = client.instance_pages((stack_marker(stack),) if owned_only else ())
-    with closing(pages):
-        for page in pages:
-            converted = [_checked(item, len(instances) + n, seen, configuration) for n, item in enumerate(page)]
-            if on_page is not None:
-                on_page(converted)
-            instances.extend(converted)
     if owned_only:  # the server's tag filter is trusted only as far as we check it
         instances = [i for i in instances if i.owned_by(stack)]
     if not configuration:
@@ -140,12 +130,7 @@ def _checked(item: Any, position: int, seen: set[Any], configuration: bool = Tru
     if not isinstance(item, Mapping):
         raise InconsistentListing(f"item {position} is {type(item).__name__}, not an instance object")
     ident = item.get("id")
-    if type(ident) is not int and (  # the common case first: a plain non-negative integer
-        isinstance(ident, bool)
-        or not (isinstance(ident, int) or isinstance(ident, str) and ident.strip() and len(ident) <= 200)
-    ):
-        raise InconsistentListing(f"item {position} has no usable id")
-    if isinstance(ident, int) and ident < 0:
+    if not usable_id(ident):
         raise InconsistentListing(f"item {position} has no usable id")
     if not isinstance(item.get("name"), str):
         raise InconsistentListing(f"instance id {ident} has no name")

@@ -106,26 +106,22 @@ class RateBudget:
     @property
     def limit(self) -> float | None:
         """Requests/second currently allowed; None when there is no ceiling."""
-        with self._lock:
-            return self._limit
+        return self._limit
 
     @property
     def throttled(self) -> bool:
         """True while a cut is being recovered from."""
-        with self._lock:
-            return self._cut_to is not None
+        return self._cut_to is not None
 
     @property
     def paused_until(self) -> float:
         """Clock time before which no request starts (``-inf`` if never paused)."""
-        with self._lock:
-            return self._paused_until
+        return self._paused_until
 
     @property
     def throttle_count(self) -> int:
         """How many 429 answers were reported."""
-        with self._lock:
-            return self._throttle_count
+        return self._throttle_count
 
     def _judge(self, now: float, accepted: int, refused: int) -> None:
         """Count one answer; when a window has passed, judge it (called with the lock held)."""

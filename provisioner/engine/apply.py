@@ -2,13 +2,13 @@
 
 Writes run in one pool of ``parallelism`` workers (one rate budget shared by all); the workers
 return what they learned and only the main thread records it. One failing instance does not stop
-the others. A create whose outcome is unknown (the response was lost, the
-server answered 5xx, the read timed out, a 2xx without an instance) is never simply sent again: the
-stack's instances are listed at once, the ones that did get created are adopted, and only the rest
-are created again, for a bounded number of rounds. Then a final listing settles every created name
-on one copy, the oldest, which every overlapping run agrees on; a run deletes only extra copies it
-made itself. It waits ``settle`` seconds first, once, only if a create that got no answer was sent
-again (a slow server may still commit it).
+the others. A create whose outcome is unknown (the response was lost, the server answered 5xx, the
+read timed out, a 2xx without an instance) is never simply sent again: the stack's instances are
+listed at once, the ones that did get created are adopted, and only the rest are created again, for
+a bounded number of rounds. Then a final listing settles every created name on one copy, the oldest,
+which every overlapping run agrees on; a run deletes only extra copies it made itself. It waits
+``settle`` seconds first, once, only if a create that got no answer was sent again (a slow server
+may still commit it).
 
 SIGINT/SIGTERM set the stop flag: no new request starts, and requests in flight get ``STOP_GRACE``
 to finish. Then the main thread stops waiting for them: a change still in flight is reported as
@@ -128,7 +128,8 @@ class Applier:
         self.progress = progress or (lambda _result: None)
         self.aborted: str | None = None
         self._ambiguous: list[Change] = []
-        self._posted: dict[tuple[str, str], int] = {}
+        self._index = {id(c): i for i, c in enumerate(plan.changes)}
+        self._posted: set[tuple[str, str]] = set()  # names a create was sent for
         self._made: set[tuple[str, str, str]] = set()  # (target, name, id) of the copies this run was told it made
         self._unanswered: set[tuple[str, str]] = set()  # names whose create got no answer at least once
         self._resent_unanswered = False
@@ -196,7 +197,7 @@ class Applier:
     def _record(self, index: int, change: Change, outcome: _Outcome, results: dict[int, ChangeResult]) -> None:
         key = (change.target, change.name)
         if outcome.posted:
-            self._posted[key] = self._posted.get(key, 0) + 1
+            self._posted.add(key)
             self._resent_unanswered |= key in self._unanswered
         if outcome.unanswered is not None:
             self._unanswered.add(key)
@@ -283,7 +284,7 @@ class Applier:
         again; repeat while creates keep failing that way, for a bounded number of rounds. No settle
         wait here: a server that answered (5xx) is done with the request, and a create that got no
         answer but is still being processed is caught by the final check, which waits once."""
-        index_of = {id(c): i for i, c in enumerate(self.plan.changes)}
+        index_of = self._index
         for _round in range(self.settings.max_create_rounds):
             if not self._ambiguous:
                 return
@@ -307,11 +308,9 @@ class Applier:
                     else:
                         retry.append((index_of[id(change)], change))
             self._run_batch(pool, retry, results)
+        unknown = f"create outcome still unknown after {self.settings.max_create_rounds} rounds"
         for change in self._ambiguous:
-            rounds = self.settings.max_create_rounds
-            results[index_of[id(change)]] = ChangeResult(
-                change, Status.FAILED, error=f"create outcome still unknown after {rounds} rounds"
-            )
+            results[index_of[id(change)]] = ChangeResult(change, Status.FAILED, error=unknown)
         self._ambiguous = []
 
     def _owned_new(
@@ -321,9 +320,8 @@ class Applier:
         try:
             live = self._read_stack(target)
         except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
-            index_of = {id(c): i for i, c in enumerate(self.plan.changes)}
             for change in changes:
-                results[index_of[id(change)]] = _failed(change, exc)
+                results[self._index[id(change)]] = _failed(change, exc)
             return None
         names = {c.name for c in changes}
         found: dict[str, LiveInstance] = {}
@@ -354,7 +352,7 @@ class Applier:
             if r.change.action in (Action.CREATE, Action.REPLACE)
             and r.change.desired is not None
             and r.status in (Status.OK, Status.FAILED)
-            and self._posted.get((r.change.target, r.change.name))
+            and (r.change.target, r.change.name) in self._posted
         }
         if not created or self.stop.is_set():
             return []
@@ -368,12 +366,9 @@ class Applier:
             try:
                 live = self._read_stack(target)
             except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
+                failed = f"could not check the created instance with a final listing ({exc}); run apply again"
                 for index in names.values():
-                    results[index] = ChangeResult(
-                        results[index].change,
-                        Status.FAILED,
-                        error=(f"could not check the created instance with a final listing ({exc}); run apply again"),
-                    )
+                    results[index] = ChangeResult(results[index].change, Status.FAILED, error=failed)
                 continue
             copies: dict[str, list[LiveInstance]] = {}
             for instance in sorted(live, key=lambda i: i.age_key):
@@ -389,15 +384,9 @@ class Applier:
         result = results[index]
         if not copies:
             if result.status == Status.OK:
-                results[index] = ChangeResult(
-                    result.change,
-                    Status.FAILED,
-                    id=result.id,
-                    error=(
-                        f"instance id {result.id} was deleted while this run was applying (a concurrent destroy or "
-                        "prune?); its token is not delivered"
-                    ),
-                )
+                gone = f"instance id {result.id} was deleted while this run was applying (a concurrent destroy or "
+                gone += "prune?); its token is not delivered"
+                results[index] = ChangeResult(result.change, Status.FAILED, id=result.id, error=gone)
             return []
         winner = copies[0]
         notes = []

@@ -48,7 +48,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import scenarios  # noqa: E402  (benchmarks/, next to this script)
+import floor  # noqa: E402  (benchmarks/, next to this script)
+import scenarios  # noqa: E402
 
 from provisioner.emulator import EmulatorDB  # noqa: E402
 
@@ -611,6 +612,9 @@ def run_scenarios(args: argparse.Namespace, work: Path) -> list[dict]:
             f"  {sc.row}: {sc.label}, N={sc.n}, emulator latency={sc.latency_ms:g}"
             + (f",{sc.faults}" if sc.faults else "")
         )
+        if sc.row == "latency100" and sc.n in scenarios.FLOOR_SIZES:  # the bare client, in the same run
+            reference_s = floor.one_run(sc.n, sc.latency_ms, args.parallelism, work)[0]
+            log(f"    floor.py's bare client: {reference_s:.2f} s")
         m = run_scenario(sc, index, args, work)
         if sc.reference:
             reference_s = m.seconds

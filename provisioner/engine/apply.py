@@ -170,29 +170,21 @@ class Applier:
     def _run_batch(
         self, pool: futures.Executor, writes: list[tuple[int, Change]], results: dict[int, ChangeResult]
     ) -> None:
-        """Run changes in the pool, twice as many submitted as there are workers (so none waits for the
-        main thread), and record each outcome here. After a signal, wait ``STOP_GRACE`` for the
+        """Run changes in the pool and record each outcome here, in order, waiting a short while at a
+        time (the main thread stays free for signals). After a signal, wait ``STOP_GRACE`` for the
         requests in flight, then report the rest as skipped."""
-        todo = iter(writes)
-        window: dict[futures.Future[_Outcome], tuple[int, Change]] = {}
-        while True:
-            while len(window) < 2 * max(1, self.settings.parallelism) and not self.stop.is_set():
-                item = next(todo, None)
-                if item is None:
+        submitted = [(pool.submit(self._execute, change), index, change) for index, change in writes]
+        for future, index, change in submitted:
+            while not self.stop.expired():
+                try:
+                    self._record(index, change, future.result(timeout=0.2), results)
                     break
-                window[pool.submit(self._execute, item[1])] = item
-            if not window:
-                break
-            done, _ = futures.wait(window, timeout=0.2, return_when=futures.FIRST_COMPLETED)
-            for future in done:
-                index, change = window.pop(future)
-                self._record(index, change, future.result(), results)
-            if self.stop.expired():
-                break
-        for future, (index, change) in window.items():  # still running, or not started (cancelled)
-            results[index] = ChangeResult(change, Status.SKIPPED, error=NOT_STARTED if future.cancel() else IN_FLIGHT)
-        for index, change in todo:
-            results[index] = ChangeResult(change, Status.SKIPPED, error=NOT_STARTED)
+                except futures.TimeoutError:
+                    continue
+            else:  # still running, or never started (then cancelled)
+                results[index] = ChangeResult(
+                    change, Status.SKIPPED, error=NOT_STARTED if future.cancel() else IN_FLIGHT
+                )
 
     def _record(self, index: int, change: Change, outcome: _Outcome, results: dict[int, ChangeResult]) -> None:
         key = (change.target, change.name)

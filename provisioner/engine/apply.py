@@ -307,24 +307,24 @@ class Applier:
 
     def _owned_new(
         self, target: str, results: dict[int, ChangeResult], changes: list[Change]
-    ) -> dict[str, LiveInstance] | None:
+    ) -> dict[str, LiveInstance | None] | None:
         """The oldest instance per name that the stack owns and that is new since the plan."""
         try:
-            live = self._read_stack(target)
+            copies = self._copies(target)
         except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
             for change in changes:
                 results[self._index[id(change)]] = _failed(change, exc)
             return None
-        names = {c.name for c in changes}
-        found: dict[str, LiveInstance] = {}
-        for instance in sorted(live, key=lambda i: i.age_key):
-            if instance.name in names and (target, instance.id) not in self._known_ids:
-                found.setdefault(instance.name, instance)
-        return found
+        new = {c.name: [i for i in copies.get(c.name, []) if (target, i.id) not in self._known_ids] for c in changes}
+        return {name: found[0] if found else None for name, found in new.items()}
 
-    def _read_stack(self, target: str) -> list[LiveInstance]:
-        """The stack's own instances on ``target`` (one listing, without configuration)."""
-        return read_live(self.clients[target], self.plan.stack, owned_only=True, configuration=False)
+    def _copies(self, target: str) -> dict[str, list[LiveInstance]]:
+        """The stack's own instances on ``target`` by name, oldest first (one listing, no configuration)."""
+        copies: dict[str, list[LiveInstance]] = {}
+        live = read_live(self.clients[target], self.plan.stack, owned_only=True, configuration=False)
+        for instance in sorted(live, key=lambda i: i.age_key):
+            copies.setdefault(instance.name, []).append(instance)
+        return copies
 
     # -- the final check -----------------------------------------------------------------------
 
@@ -356,16 +356,12 @@ class Applier:
         for target in sorted({t for t, _ in created}):
             names = {name: index for (t, name), index in created.items() if t == target}
             try:
-                live = self._read_stack(target)
+                copies = self._copies(target)
             except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
                 failed = f"could not check the created instance with a final listing ({exc}); run apply again"
                 for index in names.values():
                     results[index] = ChangeResult(results[index].change, Status.FAILED, error=failed)
                 continue
-            copies: dict[str, list[LiveInstance]] = {}
-            for instance in sorted(live, key=lambda i: i.age_key):
-                if instance.name in names:
-                    copies.setdefault(instance.name, []).append(instance)
             for name, index in sorted(names.items()):
                 notes.extend(self._settle_name(target, copies.get(name, []), index, results))
         return notes

@@ -1,26 +1,16 @@
-"""What provisioner writes on the instances it owns: the stack marker and secret fingerprints.
+"""What provisioner writes on the instances it owns, one tag each:
 
-Cloud Elements does not make names unique, so ownership is a tag: every instance created for stack
-``S`` carries ``provisioner:stack=S``, and an instance's identity is that marker plus its name. An
-instance with another stack's marker is invisible to ``S``; one with no marker at all is unmanaged and
-is touched only when ``--adopt`` takes it over.
+    provisioner:stack=<stack>       the owner; an instance's identity is this marker plus its name
+    provisioner:fp:<key>=<digest>   a keyed digest of one secret value (the API returns secrets masked)
+    provisioner:run=<id>            the run that created it: its own copies, even when an answer was lost
+    provisioner:protect             never deleted or replaced (engine/protection.py)
+    provisioner:applied=<digests>   digests of the non-secret fields as last written (engine/applied.py)
 
-Secret values come back from the API masked (``********``), so they cannot be compared. Each secret
-configuration value is instead summarised in a tag ``provisioner:fp:<key>=<digest>``, where the
-digest is an HMAC-SHA256 keyed with a key derived from the target's organization secret (or from
-``PROVISIONER_FINGERPRINT_KEY`` when set), over the stack, instance name, key and value. Neither the
-secret nor an unkeyed hash of it ever leaves the machine; the same password on two instances gives
-two unrelated digests.
-
-Every instance provisioner writes also carries ``provisioner:shard=<stack>/<k>``, where ``k`` (one hex
-digit) is a fixed hash of its name. After creating, a run must see every copy of the names it created
-(see ``apply.py``, the final check); listing the shards of those names, in parallel, finds them all
-without walking the whole stack page by page, one round trip after another.
-
-Two more markers serve changing a manifest safely over time: ``provisioner:protect`` on an instance
-that must never be deleted or replaced (see ``protection.py``), and ``provisioner:applied=<digests>``,
-the short keyed digests of every non-secret field as provisioner last wrote it (see ``applied.py``),
-which lets ``drift`` tell a change made on the server from a change made in the manifest.
+Cloud Elements does not make names unique, so ownership is a tag. An instance with another stack's
+marker is invisible to a stack; one with no marker at all is unmanaged, taken over only by
+``--adopt``. A fingerprint is an HMAC-SHA256, keyed from the target's organization secret (or
+``PROVISIONER_FINGERPRINT_KEY``), over the stack, instance name, key and value: neither the secret
+nor an unkeyed hash of it leaves the machine, and one password on two instances gives two digests.
 """
 
 from __future__ import annotations
@@ -39,8 +29,6 @@ FP_TAG = "provisioner:fp:"
 RUN_TAG = "provisioner:run="
 PROTECT_TAG = "provisioner:protect"
 APPLIED_TAG = "provisioner:applied="
-SHARD_TAG = "provisioner:shard="
-SHARDS = 16  # fixed for good: every run must put a name in the same shard
 FINGERPRINT_KEY_ENV = "PROVISIONER_FINGERPRINT_KEY"
 
 
@@ -52,12 +40,6 @@ def run_tag(run_id: str) -> str:
     """The tag a run puts on the instances it creates, so it can tell its own copies from another
     run's even when the answer to a create was lost."""
     return f"{RUN_TAG}{run_id}"
-
-
-def shard_tag(stack: str, name: str) -> str:
-    """The tag of the shard a name belongs to in a stack: the same for every run and every version."""
-    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).digest()
-    return f"{SHARD_TAG}{stack}/{digest[0] % SHARDS:x}"
 
 
 def is_unmanaged(tags: Iterable[Any]) -> bool:
@@ -109,10 +91,7 @@ def fingerprints_of(tags: Iterable[Any]) -> dict[str, str]:
     return found
 
 
-def managed_tags(
-    stack: str, name: str, fp_tags: list[str], protect: bool = False, applied: str | None = None
-) -> list[str]:
-    """The stack marker, the name's shard, the fingerprints, then the protection marker and the
-    applied record."""
+def managed_tags(stack: str, fp_tags: list[str], protect: bool = False, applied: str | None = None) -> list[str]:
+    """The stack marker, the fingerprints, then the protection marker and the applied record."""
     extra = ([PROTECT_TAG] if protect else []) + ([applied] if applied else [])
-    return [stack_marker(stack), shard_tag(stack, name), *fp_tags, *extra]
+    return [stack_marker(stack), *fp_tags, *extra]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import requests
@@ -44,12 +43,6 @@ def writes(db) -> list[tuple[str, str]]:
 
 def methods(db) -> set[str]:
     return {r["method"] for r in db.requests()}
-
-
-def shard_of(stack: str, name: str) -> str:
-    """The shard tag the README documents, computed here on its own: the first byte of the name's
-    SHA-256, modulo 16, in hex."""
-    return f"provisioner:shard={stack}/{hashlib.sha256(name.encode()).digest()[0] % 16:x}"
 
 
 def by_name(db) -> dict[str, dict]:

@@ -54,7 +54,7 @@ def _measured(seconds: float, exit_code: int = 0, n: int = 10, throttled=(0, 0))
 def test_targets_of_the_issue():
     rows = scenarios.build(
         ["latency100", "faults", "ratelimit"],
-        latency100_sizes=[1000],
+        latency100_sizes=[1000, 10000],
         parallelism=16,
         fault_n=10,
         fault_latency_ms=20,
@@ -64,11 +64,14 @@ def test_targets_of_the_issue():
         ratelimit_burst=0,
     )
     by_label = {sc.label: sc for sc in rows}
-    assert [sc.row for sc in rows] == ["latency100"] + ["faults"] * 6 + ["ratelimit"]
-    assert rows[1].reference and by_label["30% 5xx"].faults == "error=0.3,methods=POST,seed=1"
-    latency = scenarios.judge(rows[0], _measured(6.9, n=1000), None, 30)  # bound 63 x 0.1 s = 6.3 s
-    assert latency["verdict"] == "PASS" and latency["limit_s"] == pytest.approx(6.93)
-    assert scenarios.judge(rows[0], _measured(7.0, n=1000), None, 30)["verdict"] == "FAIL"
+    assert [sc.row for sc in rows] == ["latency100"] * 2 + ["faults"] * 6 + ["ratelimit"]
+    assert rows[2].reference and by_label["30% 5xx"].faults == "error=0.3,methods=POST,seed=1"
+    latency = scenarios.judge(rows[0], _measured(8.1, n=1000), 6.5, 30)  # 1.1 x the bare client's 6.5 s + 1 s
+    assert latency["verdict"] == "PASS" and latency["limit_s"] == pytest.approx(8.15)
+    assert scenarios.judge(rows[0], _measured(8.2, n=1000), 6.4, 30)["verdict"] == "FAIL"
+    big = scenarios.judge(rows[1], _measured(71.8, n=10000), 6.4, 30)  # 1.15 x 625 x 0.1 s = 71.875 s
+    assert big["verdict"] == "PASS" and big["limit_s"] == pytest.approx(71.875)
+    assert scenarios.judge(rows[1], _measured(72.0, n=10000), None, 30)["verdict"] == "FAIL"
     reset = by_label["30% reset"]
     assert scenarios.judge(reset, _measured(32.9), 1.0, 30)["verdict"] == "PASS"  # 3 x 1 s + 30 s
     assert scenarios.judge(reset, _measured(33.1), 1.0, 30)["verdict"] == "FAIL"

@@ -1,5 +1,5 @@
-"""RateBudget: pacing, shared pauses and AIMD recovery, driven by a fake clock (no real sleeps),
-plus one small real-thread check that a pause holds back other threads."""
+"""RateBudget: pacing, shared pauses, AIMD cuts and recovery, driven by a fake clock (no real sleeps),
+plus small real-thread checks that a pause holds back other threads and a limit paces them all."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def drive(budget: RateBudget, clock: FakeClock, accept, seconds: float, want: fl
             accepted += ok
         budget.on_success() if ok else budget.on_throttle(1.0)
         clock.advance(1 / want)
-    return {"refused_share": refused / max(1, late), "accepted_rate": accepted / (seconds - 1)}
+    return {"refused_share": refused / max(1, late), "accepted_rate": accepted / max(1, seconds - 1)}
 
 
 def test_only_a_long_retry_after_pauses_everyone():
@@ -143,15 +143,25 @@ def test_random_refusals_do_not_collapse_the_rate():
     assert budget.limit is None
 
 
-def test_random_refusals_below_the_threshold_never_cut_or_pause_again():
+def test_refusals_at_a_steady_share_never_collapse_the_rate_and_never_pause():
+    """7% refused whatever the rate, near the threshold: a cut now and then, undone once a window
+    after a cut is refused as much; the rate stays near what the client wants, and nothing pauses
+    (a 1 s Retry-After is the request's own)."""
     budget, clock = make()
     dice = random.Random(3)
-    drive(budget, clock, lambda: dice.random() >= 0.07, 3)
-    first_pause = budget.paused_until
-    seen = drive(budget, clock, lambda: dice.random() >= 0.07, 10)
-    assert budget.limit is None and not budget.throttled
-    assert budget.paused_until == first_pause
-    assert seen["accepted_rate"] > 0.9 * 0.93 * 200
+    seen = drive(budget, clock, lambda: dice.random() >= 0.07, 20)
+    assert seen["accepted_rate"] > 0.8 * 0.93 * 200
+    assert budget.limit is None or budget.limit > 150
+    assert budget.paused_until == -float("inf")
+
+
+def test_a_few_answers_are_no_evidence():
+    budget, clock = make()
+    for _ in range(5):  # 3 of 5 refused in each window: too few answers to judge the rate by
+        for ok in (True, False, True, False, False):
+            budget.on_success() if ok else budget.on_throttle(1.0)
+            clock.advance(0.3)
+    assert budget.limit is None
 
 
 def test_the_rate_never_drops_below_two_per_second():
@@ -160,7 +170,7 @@ def test_the_rate_never_drops_below_two_per_second():
     assert budget.limit is not None and budget.limit >= 2.0
 
 
-def test_a_burst_of_throttles_cuts_once_per_interval():
+def test_a_burst_of_throttles_cuts_once_per_window():
     budget, clock = make()
     bucket = Bucket(clock, 50, 50)
     drive(budget, clock, bucket, 1.2)
@@ -209,7 +219,7 @@ def test_invalid_arguments():
     with pytest.raises(ValueError):
         RateBudget(0)
     with pytest.raises(ValueError):
-        RateBudget(None, increase=0)
+        RateBudget(-5)
 
 
 def test_pause_holds_back_other_threads(monkeypatch):

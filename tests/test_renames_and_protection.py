@@ -9,7 +9,7 @@ import json
 
 import pytest
 from conftest import manifest_text, write
-from safety_helpers import Api, by_name, shard_of, writes
+from safety_helpers import Api, by_name, writes
 
 PREFIX = "/elements/api-v2/instances"
 PROTECT = "provisioner:protect"
@@ -46,8 +46,6 @@ def test_rename_keeps_id_and_token_and_the_outputs_deliver_the_new_name(cli, db)
     assert sorted(after) == ["helpdesk-0", "helpdesk-eu"]
     assert after["helpdesk-eu"]["id"] == before["id"] and after["helpdesk-eu"]["token"] == before["token"]
     assert after["helpdesk-eu"]["configuration"] == before["configuration"]
-    shards = [t for t in after["helpdesk-eu"]["tags"] if t.startswith("provisioner:shard=")]
-    assert shards == [shard_of("tests", "helpdesk-eu")]  # the shard follows the name
     tokens = json.loads((cli.cwd / "tokens.json").read_text())["instances"]
     assert tokens["helpdesk-eu"] == {"id": before["id"], "element": "connectwisehd", "token": before["token"]}
     assert "helpdesk-1" not in tokens

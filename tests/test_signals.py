@@ -1,9 +1,9 @@
 """Interruption: SIGTERM, SIGINT and SIGKILL sent to a real apply in the middle of its work.
 
-SIGTERM/SIGINT must stop the run cooperatively (no new request after the signal, in-flight ones
-finish), write the outputs file for what was done and exit 143/130. SIGKILL gives no chance to do
-anything: the next apply must still converge with no duplicate, and every token must be
-retrievable with ``provisioner output``.
+SIGTERM/SIGINT must stop the run cooperatively (no new request after the signal, in-flight ones get
+a second to finish), write the outputs file for what was done and exit 143/130, within 2 s even when
+the server drips its answer. SIGKILL gives no chance to do anything: the next apply must still
+converge with no duplicate, and every token must be retrievable with ``provisioner output``.
 """
 
 from __future__ import annotations
@@ -11,10 +11,14 @@ from __future__ import annotations
 import json
 import random
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
+from conftest import ORG_SECRET, USER_SECRET, base_env, manifest_text, write
 from reliability_helpers import Harness, names
+from scripted_server import Drip, Reply, ScriptedServer
 
 from provisioner.emulator import FaultConfig
 
@@ -162,3 +166,45 @@ def test_an_apply_interrupted_before_its_duplicate_check_still_converges_with_no
     assert again.returncode == 0, again.stderr
     assert h.assert_converged(names(1))["hd-0"]["id"] == oldest
     assert h.leaks() == []
+
+
+@pytest.mark.parametrize("head", [False, True], ids=["drip-body", "drip-head"])
+@pytest.mark.parametrize("command", ["apply", "plan"])
+def test_sigterm_ends_a_run_within_two_seconds_while_the_server_drips(tmp_path, command, head):
+    """The server drips its answer one byte every 0.3 s (its head too, for ``drip-head``), which
+    neither a read timeout nor the request deadline ends soon. A plan blocked on its listing ends at
+    once; an apply stops waiting for its dripping creates a second after the signal, writes the
+    token of the create that was answered, and exits 143 although a worker is still blocked."""
+    empty = Reply(404, body={"message": "No instances found"})
+    made = Reply(200, body={"id": 41, "name": "helpdesk-0", "token": "tok-41-Qz81"})
+    script = [] if command == "plan" else [empty, made]
+    write(tmp_path, "m.yaml", manifest_text("tests", 3))
+    env = {**base_env(), "CE_USER_SECRET": USER_SECRET, "CE_ORGANIZATION_SECRET": ORG_SECRET}
+    args = ["--parallelism", "1", "--outputs", "o.json"] if command == "apply" else []
+    with ScriptedServer(script, default=Drip(0.3, head=head)) as srv:
+        env["CE_API_URL"] = srv.base_url
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "provisioner", command, "m.yaml", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        dripping = 1 if command == "plan" else 3  # the listing; or the listing, one create, the next
+        deadline = time.monotonic() + 30
+        while len(srv.requests) < dripping:
+            assert time.monotonic() < deadline and proc.poll() is None, "the run never reached the drip"
+            time.sleep(0.02)
+        time.sleep(0.5)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+        took = time.monotonic() - signalled
+    assert proc.returncode == 143, stderr
+    assert took < 2.0, f"the run took {took:.1f} s to end after the signal"
+    assert "Traceback" not in stderr
+    assert len(srv.requests) == dripping  # nothing started after the signal
+    if command == "apply":
+        outputs = json.loads((tmp_path / "o.json").read_text())["instances"]
+        assert outputs == {"helpdesk-0": {"id": 41, "element": "connectwisehd", "token": "tok-41-Qz81"}}

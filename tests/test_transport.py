@@ -150,16 +150,17 @@ def test_plain_http_to_another_host_is_refused_before_anything_is_sent():
 # -- nothing hangs -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("head", [False, True], ids=["body", "head"])
-def test_a_dripping_server_is_cut_at_the_request_deadline(head):
+def test_a_dripping_server_is_cut_at_the_request_deadline():
+    """The answer is read in chunks, the deadline checked between them. (A server dripping its status
+    line and headers is bounded only by the read timeout: requests reads them in one call.)"""
     settings = ClientSettings(**{**FAST.__dict__, "max_attempts": 1})
-    with ScriptedServer(default=Drip(0.2, head=head)) as srv, make_client(srv.base_url, settings) as cli:
+    with ScriptedServer(default=Drip(0.2)) as srv, make_client(srv.base_url, settings) as cli:
         started = time.monotonic()
         with pytest.raises(TransportError) as info:
             cli.get_instance(1)
         elapsed = time.monotonic() - started
     assert "within the request deadline of 1.5 s" in info.value.message
-    assert elapsed < 10  # the drip would last 100,000 x 0.2 s
+    assert 1.5 <= elapsed < 3  # the drip would last 100,000 x 0.2 s
 
 
 def test_a_signal_ends_a_dripping_request(env):
@@ -252,30 +253,20 @@ def test_a_filtered_listing_may_announce_the_whole_collection():
             cli.list_instances(["provisioner:stack=s"])
 
 
-def test_a_shard_read_without_prefetch_is_checked_the_same_and_releases_its_lock(monkeypatch):
-    """The final check reads shard listings side by side, each fetching its own pages under a shared
-    parse lock: an endless or repeating listing there fails as it does elsewhere, and the lock is free
-    again afterwards (another listing can take it)."""
-    monkeypatch.setattr("provisioner.api.client.MAX_PAGES", 20)
-    counter = iter(range(10**6))
-
-    def endless(_received):
-        return Reply(200, {"elements-next-page-token": f"tok-{next(counter)}"}, [{"id": 1, "name": "a"}])
-
-    hold = threading.Lock()
-    with ScriptedServer(default=endless) as srv, make_client(srv.base_url) as cli:
-        with pytest.raises(InconsistentListing, match="still more pages after 20"):
-            for _page in cli.instance_pages(["provisioner:shard=s/3"], hold, prefetch=False):
-                pass
-        assert len(srv.requests) == 20
-        assert hold.acquire(timeout=1), "the parse lock stayed held after the listing failed"
-        hold.release()
-    repeated = [
-        Reply(200, {"elements-next-page-token": "same"}, [{"id": 1, "name": "a"}]),
-        Reply(200, {"elements-next-page-token": "same"}, [{"id": 2, "name": "b"}]),
+def test_pages_are_read_in_the_callers_thread_each_when_asked_for():
+    """No page is fetched ahead: the next page is requested only when the caller asks for it, and an
+    abandoned listing requests nothing more."""
+    pages = [
+        Reply(200, {"elements-next-page-token": "t1"}, [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]),
+        Reply(200, {"elements-next-page-token": "t2"}, [{"id": 3, "name": "c"}, {"id": 4, "name": "d"}]),
+        Reply(200, {}, [{"id": 5, "name": "e"}]),
     ]
-    with ScriptedServer(repeated) as srv, make_client(srv.base_url) as cli:
-        with pytest.raises(InconsistentListing, match="repeated a page token"):
-            list(cli.instance_pages(["provisioner:shard=s/3"], hold, prefetch=False))
-        assert hold.acquire(timeout=1)
-        hold.release()
+    with ScriptedServer(pages) as srv, make_client(srv.base_url) as cli:
+        listing = cli.instance_pages(["provisioner:stack=s"])
+        assert [i["id"] for i in next(listing)] == [1, 2]
+        assert len(srv.requests) == 1
+        assert [i["id"] for i in next(listing)] == [3, 4]
+        assert [r.query.get("nextPage") for r in srv.requests] == [None, ["t1"]]
+        listing.close()
+        time.sleep(0.2)
+        assert len(srv.requests) == 2

@@ -1,11 +1,10 @@
 """The one module that talks HTTP to the Cloud Elements platform API.
 
-Everything the network can do wrong is decided here, once: a deadline on every request, which
-failures are retried and how long to back off, the rate budget shared by all worker threads, how
-an HTTP status maps onto the error tree of ``errors.py``, and the request statistics. The rest of
-provisioner calls typed methods (``list_instances``, ``create_instance``, ...) and sees either
-parsed JSON or a ``ProvisionerError``. The transport is ``requests`` (``transport.py``), configured
-the supported way; this module adds provisioner's own policy on top of it.
+Everything the network can do wrong is decided here, once: which failures are retried and how long
+to back off, the rate budget shared by all worker threads, how an HTTP status maps onto the error
+tree of ``errors.py``, paging, and the request statistics. The rest of provisioner calls typed
+methods (``instance_pages``, ``create_instance``, ...) and sees parsed JSON or a
+``ProvisionerError``. The wire (requests, the deadline) is ``transport.py``.
 
 Three rules come first:
 
@@ -23,19 +22,16 @@ Three rules come first:
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import ipaddress
 import json
 import math
-import queue
 import random
 import re
-import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from ..errors import (
@@ -55,7 +51,9 @@ from ..interrupt import StopFlag
 from ..secret import MASK, REDACTOR, Secret, json_default, sanitize
 from .ratelimit import RateBudget
 from .stats import RequestStats
-from .wire import Answer, TransportFailure
+
+if TYPE_CHECKING:
+    from .transport import Answer
 
 MAX_MESSAGE = 300
 NEXT_PAGE_HEADER = "elements-next-page-token"
@@ -64,14 +62,7 @@ REQUEST_ID_HEADER = "elements-request-id"
 MAX_PAGES = 5_000  # hard cap on one listing: 1,000,000 instances at 200 a page
 # Only the instance listing's own answer means an empty collection; any other 404 is an error.
 _EMPTY_LIST = re.compile(r"^No (element )?instances found", re.IGNORECASE)
-_STATUS_ERRORS: dict[int, type[ApiError]] = {
-    400: BadRequest,
-    401: Unauthorized,
-    403: Unauthorized,
-    404: NotFound,
-    409: Conflict,
-    429: RateLimited,
-}
+_STATUS_ERRORS = {400: BadRequest, 401: Unauthorized, 403: Unauthorized, 404: NotFound, 409: Conflict, 429: RateLimited}
 NETWORK_HINT = (
     "check CE_API_URL (or the target's url), CE_USER_SECRET and CE_ORGANIZATION_SECRET, "
     "the network and any HTTPS_PROXY; or try --local for the built-in emulator"
@@ -95,30 +86,6 @@ class ClientSettings:
     max_rate: float | None = None  # requests/second ceiling; None = none until the API throttles
 
 
-@dataclass
-class _Reply:
-    """A successful (2xx) answer, already read."""
-
-    status: int
-    headers: Any
-    data: Any
-
-
-class _ElementsAuth:
-    """Builds ``Authorization: User <u>, Organization <o>``; the secrets are revealed only here,
-    for the header of each request."""
-
-    def __init__(self, user_secret: Secret, organization_secret: Secret):
-        self._user = user_secret
-        self._organization = organization_secret
-
-    def header(self) -> str:
-        return f"User {self._user.reveal()}, Organization {self._organization.reveal()}"
-
-    def __repr__(self) -> str:
-        return f"_ElementsAuth({MASK})"
-
-
 class ReadOnlyClient:
     """Typed read calls to the platform API (listings, one instance, element definitions) with
     retries, backoff, a shared rate budget and statistics. It cannot write: ``drift`` and other
@@ -138,7 +105,6 @@ class ReadOnlyClient:
         trace: Callable[[str], None] | None = None,
         stop: StopFlag | None = None,
         notice: Callable[[str], None] | None = None,
-        inflight: threading.Semaphore | None = None,
     ):
         self._base = check_base_url(base_url)
         self.settings = settings
@@ -147,14 +113,11 @@ class ReadOnlyClient:
         self._trace = trace
         self._notice = notice
         self._last_notice = -math.inf
-        self._stop = stop
-        self._inflight = inflight
-        self._auth = _ElementsAuth(Secret(user_secret), Secret(organization_secret))
+        self._stop = stop if stop is not None else StopFlag()
+        self._secrets = (Secret(user_secret), Secret(organization_secret))  # revealed only in each header
         from .transport import Transport  # imported here: validate and render never load requests
 
-        self._transport = Transport(self._base, settings.parallelism, stop)
-
-    # -- context management -----------------------------------------------------------------
+        self._transport = Transport(self._base, settings.parallelism, self._stop)
 
     def close(self) -> None:
         """Close the keep-alive connections. Safe to call twice."""
@@ -176,64 +139,61 @@ class ReadOnlyClient:
         """Every instance (all pages), optionally only those carrying every tag in ``tags``."""
         return [item for page in self.instance_pages(tags) for item in page]
 
-    def instance_pages(
-        self, tags: Sequence[str] = (), hold: threading.Lock | None = None, prefetch: bool = True
-    ) -> Generator[list, None, None]:
-        """The same listing, one page at a time, as it arrives: the caller's work on one page
-        overlaps the round trip of the next. Raises InconsistentListing when the pages cannot be
-        trusted (a repeated or endless page sequence, or fewer or more items than announced).
-        With ``hold``, each page is parsed and handed over while holding that lock (released when
-        the next page is asked for): listings read side by side then have one parsed page alive at
-        a time, not one each. Close the iterator (``contextlib.closing``) to release it early.
-        ``prefetch=False`` fetches each page only when asked for, without a fetcher thread."""
-        for page in self._pages("/instances", [("tags[]", t) for t in tags], hold, prefetch):
+    def instance_pages(self, tags: Sequence[str] = ()) -> Generator[list, None, None]:
+        """The same listing, one page at a time, each page requested when the previous one has been
+        handed over. Raises InconsistentListing when the pages cannot be trusted (a repeated or
+        endless page sequence, or fewer or more items than announced)."""
+        for page in self._pages("/instances", [("tags[]", t) for t in tags]):
             yield _remember_tokens(page)
 
     def get_instance(self, instance_id: int | str) -> dict:
         """``GET /instances/{id}``; NotFound if there is no such instance."""
-        return _remember_tokens(self._call("GET", f"/instances/{_segment(instance_id)}").data)
+        return _remember_tokens(self._json("GET", f"/instances/{_segment(instance_id)}"))
 
     def get_element(self, key: str) -> dict:
         """``GET /elements/{key}``: the element's metadata."""
-        return self._call("GET", f"/elements/{_segment(key)}").data
+        return self._json("GET", f"/elements/{_segment(key)}")
 
     def element_keys(self) -> Any:
         """``GET /elements/keys``: the keys of every element the catalog offers."""
-        return self._call("GET", "/elements/keys").data
+        return self._json("GET", "/elements/keys")
 
     def element_configuration(self, key: str) -> Any:
         """``GET /elements/{key}/configuration``: the element's configuration definitions."""
-        return self._call("GET", f"/elements/{_segment(key)}/configuration").data
+        return self._json("GET", f"/elements/{_segment(key)}/configuration")
 
     # -- paging -----------------------------------------------------------------------------
 
-    def _pages(
-        self,
-        path: str,
-        params: list[tuple[str, str]],
-        hold: threading.Lock | None = None,
-        prefetch: bool = True,
-    ) -> Generator[list, None, None]:
-        """Yield each page of a list endpoint, following ``elements-next-page-token``.
-
-        With ``prefetch``, a fetcher thread walks the pages on its own, requesting the next one as
-        soon as the token (a header) of the last one is read, and hands the raw bodies over; the
-        caller parses one page while the next is on the wire. Without it, pages are fetched here, one
-        after the other (one thread less: listings read side by side use their own threads). At the
-        end the number of items is checked against the ``elements-total-count`` the API announced."""
-        count = 0
+    def _pages(self, path: str, params: list[tuple[str, str]]) -> Generator[list, None, None]:
+        """Each page of a list endpoint, following ``elements-next-page-token``, requested when the
+        previous one has been taken. A repeated token, more pages than the announced total allows (or
+        than MAX_PAGES), or at the end another number of items than ``elements-total-count`` raises
+        InconsistentListing."""
+        seen: set[str] = set()
         totals: set[int] = set()
-        replies = self._prefetched(path, params) if prefetch else self._raw_pages(path, params)
-        with contextlib.closing(replies):
-            for reply in replies:
-                total = _total(reply)
-                with hold or contextlib.nullcontext():
-                    items = _page_items(reply, path)
-                    del reply
-                    count += len(items)
-                    if total is not None:
-                        totals.add(total)
-                    yield items
+        token, pages, count, limit = "", 0, 0, MAX_PAGES
+        while True:
+            answer = self._page(path, [*params, *([("nextPage", token)] if token else [])])
+            if answer is None:  # the API's 404 "No instances found": an empty collection
+                break
+            pages += 1
+            total = _total(answer)
+            if total is not None:  # the announced total bounds the number of pages
+                totals.add(total)
+                limit = min(limit, max(1, math.ceil(total / max(1, self.settings.page_size))) + 1)
+            token = (answer.headers.get(NEXT_PAGE_HEADER) or "").strip()
+            if token and token in seen:
+                raise InconsistentListing(f"GET {path}: the API repeated a page token after {pages} pages")
+            if token and pages >= limit:
+                bound = "the announced total allows" if total is not None else "the hard limit"
+                raise InconsistentListing(f"GET {path}: still more pages after {pages} (more than {bound})")
+            seen.add(token)
+            items = _page_items(answer, path)
+            del answer
+            count += len(items)
+            yield items
+            if not token:
+                break
         # With a tags[] filter the API may announce the whole collection's total (undocumented): there,
         # only more items than announced is a contradiction. Without one, any difference is.
         if totals and count not in totals and (not params or count > max(totals)):
@@ -242,87 +202,18 @@ class ReadOnlyClient:
                 f"item(s) ({TOTAL_HEADER}) but {count} arrived"
             )
 
-    def _prefetched(self, path: str, params: list[tuple[str, str]]) -> Generator[_Reply, None, None]:
-        """The raw pages, fetched ahead by a fetcher thread (at most one page waiting)."""
-        replies: queue.Queue = queue.Queue(maxsize=4)  # bounded: a fast server cannot fill memory
-        abandoned = threading.Event()
-        fetcher = threading.Thread(
-            target=self._fetch_pages, args=(path, params, replies, abandoned), name="pages", daemon=True
-        )
-        fetcher.start()
+    def _page(self, path: str, params: list[tuple[str, str]]) -> Answer | None:
+        """One page, unparsed; None for the listing's own 404 "No instances found"."""
         try:
-            while True:
-                reply = replies.get()
-                if reply is None:
-                    return
-                if isinstance(reply, BaseException):
-                    raise reply
-                yield reply
-        finally:
-            abandoned.set()
-            _drain(replies)
-            fetcher.join()
-
-    def _fetch_pages(
-        self, path: str, params: list[tuple[str, str]], replies: queue.Queue, abandoned: threading.Event
-    ) -> None:
-        """The fetcher thread: every raw page in order, then None; or the error that stopped it."""
-        try:
-            with contextlib.closing(self._raw_pages(path, params)) as pages:
-                for reply in pages:
-                    _put(replies, reply, abandoned)
-                    if abandoned.is_set():
-                        return
-            _put(replies, None, abandoned)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread and raised there
-            _put(replies, exc, abandoned)
-
-    def _raw_pages(self, path: str, params: list[tuple[str, str]]) -> Generator[_Reply, None, None]:
-        """Every raw page in order, each requested when the previous one has been taken. The page
-        sequence is checked as it goes: a repeated token, or more pages than the announced total
-        allows (or than MAX_PAGES), raises InconsistentListing."""
-        seen: set[str] = set()
-        token: str | None = None
-        pages = 0
-        limit = MAX_PAGES
-        while True:
-            reply = self._page(path, params, token)
-            if reply is None:
-                return
-            pages += 1
-            total = _total(reply)
-            if total is not None:  # the announced total bounds the number of pages
-                limit = min(limit, max(1, math.ceil(total / max(1, self.settings.page_size))) + 1)
-            token = (reply.headers.get(NEXT_PAGE_HEADER) or "").strip()
-            if token and token in seen:
-                raise InconsistentListing(f"GET {path}: the API repeated a page token after {pages} pages")
-            if token and pages >= limit:
-                bound = "the announced total allows" if total is not None else "the hard limit"
-                raise InconsistentListing(f"GET {path}: still more pages after {pages} (more than {bound})")
-            seen.add(token)
-            yield reply
-            if not token:
-                return
-
-    def _page(self, path: str, params: list[tuple[str, str]], token: str | None) -> _Reply | None:
-        """One raw page, or None for the API's 404 "No instances found" (an empty collection)."""
-        query = [("pageSize", str(self.settings.page_size)), *params]
-        if token:
-            query.append(("nextPage", token))
-        try:
-            return self._call("GET", path, params=query, raw=True)
+            return self._call("GET", path, params=[("pageSize", str(self.settings.page_size)), *params])
         except NotFound as exc:
             if path == "/instances" and _EMPTY_LIST.match(exc.raw_message or ""):
                 return None
-            raise ApiError(
-                404,
-                f"{exc.message}; {self._base}{path} is not an instance listing",
-                exc.request_id,
-                "GET",
-                path,
-                hint="the API base URL must end with /elements/api-v2, e.g. "
-                "https://api.cloud-elements.com/elements/api-v2",
-            ) from None
+            hint = (
+                "the API base URL must end with /elements/api-v2, e.g. https://api.cloud-elements.com/elements/api-v2"
+            )
+            message = f"{exc.message}; {self._base}{path} is not an instance listing"
+            raise ApiError(404, message, exc.request_id, "GET", path, hint=hint) from None
 
     # -- one call, with retries -------------------------------------------------------------
 
@@ -334,9 +225,8 @@ class ReadOnlyClient:
         params: list[tuple[str, str]] | None = None,
         body: Any = None,
         create: bool = False,
-        raw: bool = False,
-    ) -> _Reply:
-        """Send one API call, retrying as the method allows; return the 2xx reply or raise."""
+    ) -> Answer:
+        """Send one API call, retrying as the method allows; return the 2xx answer or raise."""
         if method != "GET" and not self._WRITES_ALLOWED:
             raise RuntimeError(f"a read-only client cannot send {method}")
         data = None if body is None else json.dumps(body, default=json_default).encode("utf-8")
@@ -346,123 +236,74 @@ class ReadOnlyClient:
         attempt = 0
         while True:
             attempt += 1
-            outcome, elapsed_ms = self._attempt(method, url, data, shown, raw, started)
+            outcome, elapsed_ms = self._attempt(method, url, data, shown, started)
             self.stats.record(method, getattr(outcome, "status", None), retry=attempt > 1)
-            line = f"HTTP {method} {shown} -> {_outcome_text(outcome)} ({elapsed_ms} ms)"
-            if isinstance(outcome, _Reply):
+            what = f"error: {outcome.message}" if isinstance(outcome, TransportError) else outcome.status
+            line = f"HTTP {method} {shown} -> {what} ({elapsed_ms} ms)"
+            if not isinstance(outcome, (ApiError, TransportError)):
                 self._emit(line)
                 return outcome
             if create and _ambiguous(outcome):
                 self._emit(f"{line}; outcome unknown, not retried")
-                if self._stop is not None and self._stop.is_set():
-                    self._stop.check()
+                self._stop.check()
                 raise AmbiguousCreate(outcome, answered=isinstance(outcome, ApiError)) from outcome
-            if self._stop is not None:
-                self._stop.check()  # a request the interrupt ended is not retried
+            self._stop.check()  # a request the interrupt ended is not retried
             delay, why = self._retry_delay(outcome, attempt, started)
             if delay is None:
                 self._emit(f"{line}{why}")
                 raise self._final(outcome, attempt, started) from outcome.__cause__
             self._emit(f"{line}; retrying in {delay:.2f} s (attempt {attempt + 1}/{self.settings.max_attempts})")
             self._retrying(method, shown, outcome, attempt, started)
-            self._pause(delay)
-
-    def _attempt(
-        self, method: str, url: str, data: bytes | None, shown: str, raw: bool, started: float
-    ) -> tuple[_Reply | ApiError | TransportError, int]:
-        """Wait for the rate budget, then one HTTP exchange. Returns the reply or the error it maps to
-        (not raised yet)."""
-        t0 = time.monotonic()
-        self._enter_flight()
-        try:
-            return self._attempt_in_flight(method, url, data, shown, raw, started, t0)
-        finally:
-            if self._inflight is not None:
-                self._inflight.release()
-
-    def _enter_flight(self) -> None:
-        """Take one of the ``parallelism`` in-flight slots shared by the run's clients. Waiting out a
-        backoff or a Retry-After happens outside any slot, so the other workers keep sending."""
-        if self._inflight is None:
-            return
-        while not self._inflight.acquire(timeout=0.2):
-            if self._stop is not None:
+            if self._stop.wait(delay):
                 self._stop.check()
 
-    def _attempt_in_flight(
-        self, method: str, url: str, data: bytes | None, shown: str, raw: bool, started: float, t0: float
-    ) -> tuple[_Reply | ApiError | TransportError, int]:
-        late = self._before_attempt(started)
-        if late is not None:
-            return late, _ms_since(t0)
+    def _attempt(
+        self, method: str, url: str, data: bytes | None, shown: str, started: float
+    ) -> tuple[Answer | ApiError | TransportError, int]:
+        """Wait for the rate budget (a signal cuts the wait), then one HTTP exchange; the reply or the
+        error it maps to (not raised yet). In the main thread, a signal ends the exchange with
+        Interrupted. A pause that would outlast the request's retry budget fails it now instead."""
+        t0 = time.monotonic()
         settings = self.settings
-        try:
-            answer = self._transport.send(
-                method,
-                url,
-                data,
-                self._auth.header(),
-                (settings.connect_timeout, settings.read_timeout),
-                settings.deadline,
-            )
-        except TransportFailure as exc:
-            failure = TransportError(exc.message, exc.ambiguous, method, shown, retryable=exc.retryable, url=self._base)
-            failure.__cause__ = exc.__cause__
-            return failure, _ms_since(t0)
-        return self._read_answer(answer, method, shown, raw), _ms_since(t0)
-
-    def _before_attempt(self, started: float) -> RateLimited | None:
-        """Stop if interrupted, then wait for the shared rate budget (a signal cuts the wait). A pause
-        that would outlast this request's retry budget fails the request now instead."""
-        deadline = started + self.settings.max_retry_time
-        if self._stop is not None:
-            self._stop.check()
-        ok = self.budget.acquire(wait=self._stop.wait if self._stop is not None else None, deadline=deadline)
-        if self._stop is not None:
-            self._stop.check()
-        if ok:
-            return None
-        waited = max(0.0, self.budget.paused_until - time.monotonic())
-        return RateLimited(
-            429,
-            f"the API asked every request to wait {waited:.0f} s more (Retry-After), longer "
-            f"than this request's retry budget of {self.settings.max_retry_time:g} s",
-            retry_after=math.inf,
-        )
-
-    def _pause(self, seconds: float) -> None:
-        """Back off between attempts; a signal ends the pause and raises Interrupted."""
-        if self._stop is None:
-            time.sleep(seconds)
-        elif self._stop.wait(seconds):
-            self._stop.check()
-
-    def _read_answer(
-        self, answer: Answer, method: str, shown: str, raw: bool = False
-    ) -> _Reply | ApiError | TransportError:
-        """Map an HTTP answer onto a _Reply or an ApiError; feed the rate budget."""
-        status = answer.status
-        if 200 <= status < 300:
-            self.budget.on_success()
-            if raw:  # the caller parses (list pages: parsed while the next page is fetched)
-                return _Reply(status, answer.headers, answer.content)
+        with self._stop.waiting():
+            if not self.budget.acquire(wait=self._stop.wait, deadline=started + settings.max_retry_time):
+                self._stop.check()
+                waited = max(0.0, self.budget.paused_until - time.monotonic())
+                message = f"the API asked every request to wait {waited:.0f} s more (Retry-After), longer than "
+                late = RateLimited(429, f"{message}this request's retry budget of {settings.max_retry_time:g} s")
+                late.retry_after = math.inf
+                return late, _ms_since(t0)
             try:
-                data = json.loads(answer.content) if answer.content.strip() else None
-            except ValueError:
-                return ApiError(
-                    status,
-                    f"the API answered {status} with {len(answer.content)} bytes that are not JSON",
-                    _header_request_id(answer),
+                answer = self._transport.send(
                     method,
-                    shown,
+                    url,
+                    data,
+                    f"User {self._secrets[0].reveal()}, Organization {self._secrets[1].reveal()}",
+                    (settings.connect_timeout, settings.read_timeout),
+                    settings.deadline,
                 )
-            return _Reply(status, answer.headers, data)
-        if status == 407:
-            return _proxy_refused(self._transport.proxy_display, method, shown)
+            except TransportError as exc:
+                exc.method, exc.path, exc.url = method, shown, self._base
+                return exc, _ms_since(t0)
+        return self._read_answer(answer, method, shown), _ms_since(t0)
+
+    def _read_answer(self, answer: Answer, method: str, shown: str) -> Answer | ApiError | TransportError:
+        """A 2xx answer as it is, any other mapped onto an ApiError; feed the rate budget."""
+        if 200 <= answer.status < 300:
+            self.budget.on_success()
+            return answer
+        if answer.status == 407:
+            proxy = f"the proxy {self._transport.proxy_display} refused the request: 407 Proxy Authentication Required"
+            hint = "check the user and password in HTTPS_PROXY / HTTP_PROXY"
+            return TransportError(proxy, False, method, shown, retryable=False, hint=hint)
         error = _api_error(answer, method, shown)
-        if status == 429:
+        if answer.status == 429:
             self.budget.on_throttle(error.retry_after)
         return error
+
+    def _json(self, method: str, path: str, body: Any = None) -> Any:
+        """One call whose 2xx answer must be JSON (or empty)."""
+        return _parsed(self._call(method, path, body=body), method, path)
 
     def _retry_delay(self, error: Exception, attempt: int, started: float) -> tuple[float | None, str]:
         """Seconds to wait before the next attempt, or (None, reason) to give up with ``error``."""
@@ -478,38 +319,17 @@ class ReadOnlyClient:
         return delay, ""
 
     def _final(self, error: ApiError | TransportError, attempt: int, started: float) -> Exception:
-        """The error a request ends with: a network failure names the target, the attempts, the time."""
+        """The error a request ends with: a network failure names the attempts, the time and what to
+        check; a Retry-After longer than the retry budget says so."""
+        spent = time.monotonic() - started
         if isinstance(error, TransportError) and error.retryable:
-            spent = time.monotonic() - started
-            tries = f"{attempt} attempt{'s' if attempt != 1 else ''}"
-            final = TransportError(
-                f"{error.message} ({tries} over {spent:.1f} s)",
-                error.ambiguous,
-                error.method,
-                error.path,
-                retryable=True,
-                url=self._base,
-                hint=NETWORK_HINT,
-            )
-            final.__cause__ = error.__cause__
-            return final
-        retry_after = getattr(error, "retry_after", None)
-        if (
-            isinstance(error, ApiError)
-            and retry_after
-            and retry_after != math.inf
-            and time.monotonic() - started + retry_after > self.settings.max_retry_time
-        ):
-            late = type(error)(
-                error.status,
-                f"{error.message} (the API asked to wait {retry_after:.0f} s, longer than "
-                f"the retry budget of {self.settings.max_retry_time:g} s)",
-                error.request_id,
-                error.method,
-                error.path,
-                math.inf,
-            )
-            return late
+            error.message += f" ({attempt} attempt{'s' if attempt != 1 else ''} over {spent:.1f} s)"
+            error.hint = NETWORK_HINT
+        wait = getattr(error, "retry_after", None)
+        if isinstance(error, ApiError) and wait and wait != math.inf and spent + wait > self.settings.max_retry_time:
+            error.message += f" (the API asked to wait {wait:.0f} s, longer than the retry budget of "
+            error.message += f"{self.settings.max_retry_time:g} s)"
+            error.retry_after = math.inf
         return error
 
     def _retrying(self, method: str, shown: str, error: Exception, attempt: int, started: float) -> None:
@@ -519,13 +339,8 @@ class ReadOnlyClient:
             return
         self._last_notice = now
         what = error.message if isinstance(error, TransportError) else f"HTTP {getattr(error, 'status', '?')}"
-        self._notice(
-            REDACTOR.redact(
-                f"retrying: {method} {self._base}{shown}: {what} "
-                f"(attempt {attempt + 1}/{self.settings.max_attempts}, "
-                f"{now - started:.1f} s so far)"
-            )
-        )
+        tries = f"attempt {attempt + 1}/{self.settings.max_attempts}, {now - started:.1f} s so far"
+        self._notice(REDACTOR.redact(f"retrying: {method} {self._base}{shown}: {what} ({tries})"))
 
     def _emit(self, line: str) -> None:
         if self._trace is not None:
@@ -540,31 +355,24 @@ class Client(ReadOnlyClient):
     def create_instance(self, body: dict) -> dict:
         """``POST /instances``. Raises AmbiguousCreate when the outcome cannot be known, including a
         2xx answer that is not an object with an id and a token."""
-        reply = self._call("POST", "/instances", body=body, create=True)
-        data = reply.data
-        if (
-            not isinstance(data, dict)
-            or not _usable_id(data.get("id"))
-            or not isinstance(data.get("token"), str)
-            or not data["token"]
-        ):
-            problem = ApiError(
-                reply.status,
-                f"the API answered the create with {_json_kind(data)}, not an instance with an id and a token",
-                _header_request_id(reply),
-                "POST",
-                "/instances",
-            )
-            raise AmbiguousCreate(problem, answered=True)
+        answer = self._call("POST", "/instances", body=body, create=True)
+        try:
+            data = _parsed(answer, "POST", "/instances")
+        except ApiError as exc:
+            raise AmbiguousCreate(exc, answered=True) from None
+        token = data.get("token") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or not usable_id(data.get("id")) or not isinstance(token, str) or not token:
+            what = f"the API answered the create with {_json_kind(data)}, not an instance with an id and a token"
+            raise AmbiguousCreate(ApiError(answer.status, what, _header_request_id(answer), "POST", "/instances"), True)
         return _remember_tokens(data)
 
     def update_instance(self, instance_id: int | str, body: dict) -> dict:
         """``PUT /instances/{id}`` with a full body."""
-        return _remember_tokens(self._call("PUT", f"/instances/{_segment(instance_id)}", body=body).data)
+        return _remember_tokens(self._json("PUT", f"/instances/{_segment(instance_id)}", body))
 
     def patch_instance(self, instance_id: int | str, body: dict) -> dict:
         """``PATCH /instances/{id}`` with a partial body."""
-        return _remember_tokens(self._call("PATCH", f"/instances/{_segment(instance_id)}", body=body).data)
+        return _remember_tokens(self._json("PATCH", f"/instances/{_segment(instance_id)}", body))
 
     def delete_instance(self, instance_id: int | str) -> bool:
         """``DELETE /instances/{id}``: True if deleted now, False if it was already gone (404)."""
@@ -635,16 +443,10 @@ def _ms_since(t0: float) -> int:
     return int(round((time.monotonic() - t0) * 1000))
 
 
-def _outcome_text(outcome: _Reply | ApiError | TransportError) -> str:
-    if isinstance(outcome, TransportError):
-        return f"error: {outcome.message}"
-    return str(outcome.status)
-
-
 # -- helpers: answers ----------------------------------------------------------------------------
 
 
-def _usable_id(value: Any) -> bool:
+def usable_id(value: Any) -> bool:
     """An id the API gave: a non-negative integer, or a non-empty string."""
     if isinstance(value, bool):
         return False
@@ -662,10 +464,18 @@ def _remember_tokens(data: Any) -> Any:
     return data
 
 
-def _page_items(reply: _Reply, path: str) -> list:
-    """Parse one raw page; it must be a JSON list. Its tokens are registered before anything can
-    print it."""
-    content = reply.data or b""
+def _parsed(answer: Answer, method: str, path: str) -> Any:
+    """The JSON of a 2xx answer (None if empty); ApiError if it is not JSON."""
+    try:
+        return json.loads(answer.content) if answer.content.strip() else None
+    except ValueError:
+        what = f"the API answered {answer.status} with {len(answer.content)} bytes that are not JSON"
+        raise ApiError(answer.status, what, _header_request_id(answer), method, path) from None
+
+
+def _page_items(reply: Answer, path: str) -> list:
+    """Parse one page; it must be a JSON list. Its tokens are registered before anything can print it."""
+    content = reply.content
     try:
         items = json.loads(content) if content.strip() else None
     except ValueError:
@@ -678,27 +488,9 @@ def _page_items(reply: _Reply, path: str) -> list:
     return items
 
 
-def _total(reply: _Reply) -> int | None:
+def _total(reply: Answer) -> int | None:
     value = (reply.headers.get(TOTAL_HEADER) or "").strip()
     return int(value) if value.isdigit() and len(value) < 12 else None
-
-
-def _put(replies: queue.Queue, item: Any, abandoned: threading.Event) -> None:
-    """Hand an item to the caller, unless the caller has gone (then drop it)."""
-    while not abandoned.is_set():
-        try:
-            replies.put(item, timeout=0.1)
-            return
-        except queue.Full:
-            continue
-
-
-def _drain(replies: queue.Queue) -> None:
-    while True:
-        try:
-            replies.get_nowait()
-        except queue.Empty:
-            return
 
 
 def _json_kind(value: Any) -> str:
@@ -753,18 +545,7 @@ def _short_id(value: str | None) -> str | None:
     return _cut(sanitize(REDACTOR.redact(value)))[:64] if value else None
 
 
-def _proxy_refused(proxy: str, method: str, shown: str) -> TransportError:
-    return TransportError(
-        f"the proxy {proxy} refused the request: 407 Proxy Authentication Required",
-        False,
-        method,
-        shown,
-        retryable=False,
-        hint="check the user and password in HTTPS_PROXY / HTTP_PROXY",
-    )
-
-
-def _header_request_id(answer: Answer | _Reply) -> str | None:
+def _header_request_id(answer: Answer) -> str | None:
     return _short_id(answer.headers.get(REQUEST_ID_HEADER) or None)
 
 

@@ -1,54 +1,43 @@
 """Request statistics for one run: how many HTTP requests, by method and status, and how many retries.
 
 The run summary and the JSON output report them, and tests use them to check that retries and
-paging did what they should. Every worker thread records into the same instance, so it is locked.
+paging did what they should. Every worker thread records into the same instance: each attempt is
+appended to a deque (appends are thread-safe), and the counts are made when they are read.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
+from collections import Counter, deque
 
 
 class RequestStats:
-    """Thread-safe counters of HTTP attempts. Every attempt is a request; every attempt after the
-    first of its call is also a retry."""
+    """Counters of HTTP attempts. Every attempt is a request; every attempt after the first of its
+    call is also a retry."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._requests = 0
-        self._retries = 0
-        self._by_method: Counter[str] = Counter()
-        self._by_status: Counter[str] = Counter()
+        self._attempts: deque[tuple[str, str, bool]] = deque()  # (method, status or "error", retry)
 
     def record(self, method: str, status: int | None, retry: bool = False) -> None:
         """Count one attempt; ``status`` None means no HTTP answer (counted as "error")."""
-        with self._lock:
-            self._requests += 1
-            if retry:
-                self._retries += 1
-            self._by_method[method.upper()] += 1
-            self._by_status["error" if status is None else str(status)] += 1
+        self._attempts.append((method.upper(), "error" if status is None else str(status), retry))
 
     @property
     def requests(self) -> int:
-        with self._lock:
-            return self._requests
+        return len(self._attempts)
 
     @property
     def retries(self) -> int:
-        with self._lock:
-            return self._retries
+        return sum(1 for _, _, retry in self._attempts.copy() if retry)
 
     def as_dict(self) -> dict:
         """``{"requests": N, "retries": N, "byMethod": {...}, "byStatus": {...}}``, keys sorted."""
-        with self._lock:
-            return {
-                "requests": self._requests,
-                "retries": self._retries,
-                "byMethod": dict(sorted(self._by_method.items())),
-                "byStatus": dict(sorted(self._by_status.items())),
-            }
+        attempts = self._attempts.copy()
+        return {
+            "requests": len(attempts),
+            "retries": sum(1 for _, _, retry in attempts if retry),
+            "byMethod": dict(sorted(Counter(m for m, _, _ in attempts).items())),
+            "byStatus": dict(sorted(Counter(s for _, s, _ in attempts).items())),
+        }
 
     def summary(self) -> str:
         """One line, e.g. ``42 requests (GET 3, POST 39), 5 retries``."""

@@ -21,6 +21,7 @@ import traceback
 import click
 
 from .. import __version__
+from ..interrupt import exit_process
 from ..secret import REDACTOR
 from . import commands, tools
 from .options import Group
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.code if isinstance(exc.code, int) else EXIT_ERROR
     except Exception as exc:  # noqa: BLE001 - a bug: one line, traceback to a file
         code = _crash(exc)
-    sys.exit(code if isinstance(code, int) else EXIT_OK)
+    exit_process(code if isinstance(code, int) else EXIT_OK)
 
 
 def _crash(exc: BaseException) -> int:

@@ -1,31 +1,32 @@
 """Stage 6: execute a plan, and nothing else.
 
-Writes run in a bounded pool (``parallelism`` workers, one rate budget shared by all). One failing
-instance does not stop the others. A create whose outcome is unknown (the response was lost, the
-server answered 5xx, the read timed out, a 2xx without an instance) is never simply sent again: the
-stack's instances are listed at once, the ones that did get created are adopted, and only the rest
-are created again, for a bounded number of rounds. Then a final listing settles every created name
-on one copy, the oldest, which every overlapping run agrees on; a run deletes only extra copies it
-made itself. It waits ``settle`` seconds first, once, only if a create that got no answer was sent
-again (a slow server may still commit it).
+Writes run in one pool of ``parallelism`` workers (one rate budget shared by all); the workers
+return what they learned and only the main thread records it. One failing instance does not stop
+the others. A create whose outcome is unknown (the response was lost, the server answered 5xx, the
+read timed out, a 2xx without an instance) is never simply sent again: the stack's instances are
+listed at once, the ones that did get created are adopted, and only the rest are created again, for
+a bounded number of rounds. Then a final listing settles every created name on one copy, the oldest,
+which every overlapping run agrees on; a run deletes only extra copies it made itself. It waits
+``settle`` seconds first, once, only if a create that got no answer was sent again (a slow server
+may still commit it).
 
-SIGINT/SIGTERM set the stop flag: no new request starts, in-flight ones get a second to finish, and
-the result still holds every token obtained so far.
+SIGINT/SIGTERM set the stop flag: no new request starts, and requests in flight get ``STOP_GRACE``
+to finish. Then the main thread stops waiting for them: a change still in flight is reported as
+skipped, its outcome unknown (the next run finds a create that was made), and the result still
+holds every token obtained so far.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as futures
 import math
-import queue
 import secrets
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..api.live import LiveInstance, read_names
+from ..api.live import LiveInstance, read_live
 from ..closedsets import StrEnum, assert_never
 from ..errors import (
     AmbiguousCreate,
@@ -64,8 +65,18 @@ class ChangeResult:
     token: Secret | None = None
 
 
-WORKERS_PER_SLOT = 2  # 4 freed more workers under 429s, but the extra threads cost CPU on 2 cores
-MAX_WORKERS = 256
+NOT_STARTED = "not started: the run was interrupted"
+IN_FLIGHT = "in flight when the run was interrupted: its outcome is unknown (the next apply finds it)"
+
+
+@dataclass
+class _Outcome:
+    """What a worker learned from one change; the main thread records it. ``result`` None: a create
+    of unknown outcome; ``posted``: a create was sent; ``unanswered``: when one got no answer."""
+
+    result: ChangeResult | None
+    posted: bool = False
+    unanswered: float | None = None
 
 
 @dataclass(frozen=True)
@@ -116,9 +127,9 @@ class Applier:
         self.stop = stop
         self.progress = progress or (lambda _result: None)
         self.aborted: str | None = None
-        self._lock = threading.Lock()
         self._ambiguous: list[Change] = []
-        self._posted: dict[tuple[str, str], int] = {}
+        self._index = {id(c): i for i, c in enumerate(plan.changes)}
+        self._posted: set[tuple[str, str]] = set()  # names a create was sent for
         self._made: set[tuple[str, str, str]] = set()  # (target, name, id) of the copies this run was told it made
         self._unanswered: set[tuple[str, str]] = set()  # names whose create got no answer at least once
         self._resent_unanswered = False
@@ -136,14 +147,16 @@ class Applier:
                 results[index] = ChangeResult(change, Status.SKIPPED, error=change.reason, id=change.id)
             else:
                 writes.append((index, change))
-        # More workers than requests in flight: a worker waiting out a Retry-After or a backoff holds
-        # no in-flight slot (the clients share --parallelism of them), so the others keep sending.
-        workers = min(MAX_WORKERS, max(1, self.settings.parallelism) * WORKERS_PER_SLOT)
-        with futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apply") as pool:
+        pool = futures.ThreadPoolExecutor(max_workers=max(1, self.settings.parallelism), thread_name_prefix="apply")
+        try:
             self._run_batch(pool, writes, results)
             self._resolve_ambiguous(pool, results)
+        finally:  # after an interrupt, a worker may still be blocked on the network: not waited for
+            pool.shutdown(wait=not self.stop.is_set(), cancel_futures=True)
         notes = self._final_check(results)
         ordered = [results[i] for i in range(len(self.plan.changes))]
+        if self.aborted:
+            ordered = [replace(r, error=self.aborted) if r.error == NOT_STARTED else r for r in ordered]
         return ApplyResult(
             self.plan,
             ordered,
@@ -157,57 +170,72 @@ class Applier:
     def _run_batch(
         self, pool: futures.Executor, writes: list[tuple[int, Change]], results: dict[int, ChangeResult]
     ) -> None:
-        """Run changes in the pool; the main thread collects results from a completion queue (one
-        short wait at a time, so it stays free to receive signals)."""
-        finished: queue.SimpleQueue[futures.Future[ChangeResult | None]] = queue.SimpleQueue()
-        index_of: dict[futures.Future[ChangeResult | None], int] = {}
-        for index, change in writes:
-            future = pool.submit(self._execute, change)
-            index_of[future] = index
-            future.add_done_callback(finished.put)
-        for _ in range(len(writes)):
-            future = _next_done(finished)
-            index = index_of.pop(future)
-            result = future.result()
-            if result is not None:
-                results[index] = result
-                self.progress(result)
-            else:
-                results.pop(index, None)
+        """Run changes in the pool and record each outcome here, in order, waiting a short while at a
+        time (the main thread stays free for signals). After a signal, wait ``STOP_GRACE`` for the
+        requests in flight, then report the rest as skipped."""
+        submitted = [(pool.submit(self._execute, change), index, change) for index, change in writes]
+        for future, index, change in submitted:
+            while not self.stop.expired():
+                try:
+                    self._record(index, change, future.result(timeout=0.2), results)
+                    break
+                except futures.TimeoutError:
+                    continue
+            else:  # still running, or never started (then cancelled)
+                results[index] = ChangeResult(
+                    change, Status.SKIPPED, error=NOT_STARTED if future.cancel() else IN_FLIGHT
+                )
 
-    def _execute(self, change: Change) -> ChangeResult | None:
+    def _record(self, index: int, change: Change, outcome: _Outcome, results: dict[int, ChangeResult]) -> None:
+        key = (change.target, change.name)
+        if outcome.posted:
+            self._posted.add(key)
+            self._resent_unanswered |= key in self._unanswered
+        if outcome.unanswered is not None:
+            self._unanswered.add(key)
+            self._last_unanswered = max(self._last_unanswered, outcome.unanswered)
+        result = outcome.result
+        if result is None:
+            self._ambiguous.append(change)
+            results.pop(index, None)
+            return
+        if outcome.posted and result.status == Status.OK:
+            self._made.add((*key, str(result.id)))
+        if result.http_status in (401, 403) and self.aborted is None:
+            self.aborted = f"the API refused the credentials of target {change.target!r}"
+        results[index] = result
+        self.progress(result)
+
+    def _execute(self, change: Change) -> _Outcome:
+        """Run one change in a worker; it records nothing itself."""
         if self.stop.is_set():
-            return ChangeResult(change, Status.SKIPPED, error=self._skip_reason())
+            return _Outcome(ChangeResult(change, Status.SKIPPED, error=NOT_STARTED))
         client = self.clients[change.target]
+        outcome = _Outcome(None)
         try:
-            return self._dispatch(change, client)
+            outcome.result = self._dispatch(change, client, outcome)
         except AmbiguousCreate as exc:
-            with self._lock:
-                if not exc.answered:
-                    self._unanswered.add((change.target, change.name))
-                    self._last_unanswered = time.monotonic()
-                self._ambiguous.append(change)
-            return None
+            outcome.unanswered = None if exc.answered else time.monotonic()
         except Interrupted:
-            return ChangeResult(change, Status.SKIPPED, error=self._skip_reason())
+            outcome.result = ChangeResult(change, Status.SKIPPED, error=IN_FLIGHT if outcome.posted else NOT_STARTED)
         except Unauthorized as exc:
-            self.aborted = self.aborted or f"the API refused the credentials of target {change.target!r}"
             self.stop.set()
-            return _failed(change, exc)
+            outcome.result = _failed(change, exc)
         except (ApiError, TransportError) as exc:
-            return _failed(change, exc)
+            outcome.result = _failed(change, exc)
+        return outcome
 
-    def _dispatch(self, change: Change, client: Any) -> ChangeResult:
+    def _dispatch(self, change: Change, client: Any, outcome: _Outcome) -> ChangeResult:
         match change.action:
             case Action.DELETE:
                 client.delete_instance(change.id)
                 return ChangeResult(change, Status.OK, id=change.id)
             case Action.CREATE:
-                return self._create(change, client)
+                return self._create(change, client, outcome)
             case Action.REPLACE:
                 assert change.desired is not None
                 client.delete_instance(change.id)
-                return self._create(change, client)
+                return self._create(change, client, outcome)
             case Action.ADOPT | Action.UPDATE | Action.RENAME:
                 return self._modify(change, client)
             case Action.NOOP | Action.CONFLICT | Action.PROTECTED:
@@ -232,23 +260,14 @@ class Applier:
             data = client.update_instance(change.id, put_body(desired, schema, fp, live_tags, change.diff))
         return ChangeResult(change, Status.OK, id=change.id, token=_token(data) or _live_token(change))
 
-    def _create(self, change: Change, client: Any) -> ChangeResult:
+    def _create(self, change: Change, client: Any, outcome: _Outcome) -> ChangeResult:
         desired = change.desired
         assert desired is not None
         schema = self.registry.get(desired.element)
         assert schema is not None
-        key = (change.target, change.name)
-        with self._lock:
-            self._posted[key] = self._posted.get(key, 0) + 1
-            if key in self._unanswered:
-                self._resent_unanswered = True
+        outcome.posted = True
         data = client.create_instance(create_body(desired, schema, self.fingerprints[change.target], self.run_tag))
-        with self._lock:
-            self._made.add((*key, str(data["id"])))
         return ChangeResult(change, Status.OK, id=data["id"], token=_token(data))
-
-    def _skip_reason(self) -> str:
-        return self.aborted or "not started: the run was interrupted"
 
     # -- creates whose outcome is unknown ------------------------------------------------------
 
@@ -257,14 +276,14 @@ class Applier:
         again; repeat while creates keep failing that way, for a bounded number of rounds. No settle
         wait here: a server that answered (5xx) is done with the request, and a create that got no
         answer but is still being processed is caught by the final check, which waits once."""
-        index_of = {id(c): i for i, c in enumerate(self.plan.changes)}
+        index_of = self._index
         for _round in range(self.settings.max_create_rounds):
             if not self._ambiguous:
                 return
             batch, self._ambiguous = self._ambiguous, []
             if self.stop.is_set():
                 for change in batch:
-                    results[index_of[id(change)]] = ChangeResult(change, Status.SKIPPED, error=self._skip_reason())
+                    results[index_of[id(change)]] = ChangeResult(change, Status.SKIPPED, error=IN_FLIGHT)
                 return
             retry: list[tuple[int, Change]] = []
             for target in sorted({c.target for c in batch}):
@@ -281,43 +300,36 @@ class Applier:
                     else:
                         retry.append((index_of[id(change)], change))
             self._run_batch(pool, retry, results)
+        unknown = f"create outcome still unknown after {self.settings.max_create_rounds} rounds"
         for change in self._ambiguous:
-            rounds = self.settings.max_create_rounds
-            results[index_of[id(change)]] = ChangeResult(
-                change, Status.FAILED, error=f"create outcome still unknown after {rounds} rounds"
-            )
+            results[index_of[id(change)]] = ChangeResult(change, Status.FAILED, error=unknown)
         self._ambiguous = []
 
     def _owned_new(
         self, target: str, results: dict[int, ChangeResult], changes: list[Change]
-    ) -> dict[str, LiveInstance] | None:
+    ) -> dict[str, LiveInstance | None] | None:
         """The oldest instance per name that the stack owns and that is new since the plan."""
         try:
-            live = self._read_names(target, [c.name for c in changes])
+            copies = self._copies(target)
         except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
-            index_of = {id(c): i for i, c in enumerate(self.plan.changes)}
             for change in changes:
-                results[index_of[id(change)]] = _failed(change, exc)
+                results[self._index[id(change)]] = _failed(change, exc)
             return None
-        names = {c.name for c in changes}
-        found: dict[str, LiveInstance] = {}
-        for instance in sorted(live, key=lambda i: i.age_key):
-            if instance.name in names and (target, instance.id) not in self._known_ids:
-                found.setdefault(instance.name, instance)
-        return found
+        new = {c.name: [i for i in copies.get(c.name, []) if (target, i.id) not in self._known_ids] for c in changes}
+        return {name: found[0] if found else None for name, found in new.items()}
 
-    def _read_names(self, target: str, names: Iterable[str]) -> list[LiveInstance]:
-        """The stack's instances under ``names`` on ``target``, read the faster way for its size (the
-        instances the plan saw there, plus every create)."""
-        client = self.clients[target]
-        size = sum(1 for c in self.plan.changes if c.target == target and (c.live is not None or c.desired is not None))
-        return read_names(client, self.plan.stack, names, self.settings.parallelism, size, client.settings.page_size)
+    def _copies(self, target: str) -> dict[str, list[LiveInstance]]:
+        """The stack's own instances on ``target`` by name, oldest first (one listing, no configuration)."""
+        copies: dict[str, list[LiveInstance]] = {}
+        live = read_live(self.clients[target], self.plan.stack, owned_only=True, configuration=False)
+        for instance in sorted(live, key=lambda i: i.age_key):
+            copies.setdefault(instance.name, []).append(instance)
+        return copies
 
     # -- the final check -----------------------------------------------------------------------
 
     def _final_check(self, results: dict[int, ChangeResult]) -> list[str]:
-        """List the created names once more (the shards they fall in, side by side), and settle every
-        created name on one copy.
+        """List the stack once more, and settle every created name on one copy.
 
         The rule every run follows without talking to the others: the oldest copy (creation date,
         then id) wins. A run delivers the winner's token, whoever made it, and deletes only the other
@@ -332,7 +344,7 @@ class Applier:
             if r.change.action in (Action.CREATE, Action.REPLACE)
             and r.change.desired is not None
             and r.status in (Status.OK, Status.FAILED)
-            and self._posted.get((r.change.target, r.change.name))
+            and (r.change.target, r.change.name) in self._posted
         }
         if not created or self.stop.is_set():
             return []
@@ -344,19 +356,12 @@ class Applier:
         for target in sorted({t for t, _ in created}):
             names = {name: index for (t, name), index in created.items() if t == target}
             try:
-                live = self._read_names(target, names)
+                copies = self._copies(target)
             except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
+                failed = f"could not check the created instance with a final listing ({exc}); run apply again"
                 for index in names.values():
-                    results[index] = ChangeResult(
-                        results[index].change,
-                        Status.FAILED,
-                        error=(f"could not check the created instance with a final listing ({exc}); run apply again"),
-                    )
+                    results[index] = ChangeResult(results[index].change, Status.FAILED, error=failed)
                 continue
-            copies: dict[str, list[LiveInstance]] = {}
-            for instance in sorted(live, key=lambda i: i.age_key):
-                if instance.name in names:
-                    copies.setdefault(instance.name, []).append(instance)
             for name, index in sorted(names.items()):
                 notes.extend(self._settle_name(target, copies.get(name, []), index, results))
         return notes
@@ -367,15 +372,9 @@ class Applier:
         result = results[index]
         if not copies:
             if result.status == Status.OK:
-                results[index] = ChangeResult(
-                    result.change,
-                    Status.FAILED,
-                    id=result.id,
-                    error=(
-                        f"instance id {result.id} was deleted while this run was applying (a concurrent destroy or "
-                        "prune?); its token is not delivered"
-                    ),
-                )
+                gone = f"instance id {result.id} was deleted while this run was applying (a concurrent destroy or "
+                gone += "prune?); its token is not delivered"
+                results[index] = ChangeResult(result.change, Status.FAILED, id=result.id, error=gone)
             return []
         winner = copies[0]
         notes = []
@@ -395,15 +394,6 @@ class Applier:
         except ProvisionerError as exc:
             return f"{instance.name}: extra copy id {instance.id} made by this run could not be deleted: {exc}"
         return f"{instance.name}: deleted extra copy id {instance.id} made by this run"
-
-
-def _next_done(finished: queue.SimpleQueue[futures.Future[ChangeResult | None]]) -> futures.Future[ChangeResult | None]:
-    """The next finished change, waiting a short while at a time (the main thread stays free for signals)."""
-    while True:
-        try:
-            return finished.get(timeout=0.2)
-        except queue.Empty:
-            continue
 
 
 def _failed(change: Change, exc: Exception) -> ChangeResult:

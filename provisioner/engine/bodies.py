@@ -32,13 +32,13 @@ def all_tags(
     desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext, live_tags: tuple[str, ...] = ()
 ) -> list[str]:
     """User tags (declared, or kept from the live instance when the manifest declares none), then
-    the stack marker and the name's shard, one fingerprint per secret value, the protection marker (declared, or kept
+    the stack marker, one fingerprint per secret value, the protection marker (declared, or kept
     from the live instance when the manifest does not say) and the record of what is applied."""
     mine = list(desired.tags) if desired.tags is not None else user_tags(live_tags)
     fps = fingerprint_tags(fp.key, fp.stack, desired.name, desired.configuration, schema.secret_keys)
     protect = desired.protect if desired.protect is not None else PROTECT_TAG in live_tags
     mine = list(dict.fromkeys(mine))
-    return [*mine, *managed_tags(fp.stack, desired.name, fps, protect, applied_tag(desired, schema, fp, mine, protect))]
+    return [*mine, *managed_tags(fp.stack, fps, protect, applied_tag(desired, schema, fp, mine, protect))]
 
 
 def wire_configuration(configuration: Any) -> dict[str, Any]:

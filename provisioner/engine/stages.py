@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
@@ -107,20 +105,10 @@ class Connection:
     fingerprints: dict[str, FingerprintContext]
 
 
-# How long a thread may hold the interpreter lock before one waiting for it is let in (Python's default
-# is 5 ms). While the main thread parses and compares one list page, the fetcher thread waits for the
-# lock to read the next page's answer and send the request after it: with 5 ms, a no-op plan of
-# 10,000 instances took 2.55-2.92 s (medians of 7 runs), with 0.5 ms 2.48-2.56 s. Apply was unchanged.
-IO_SWITCH_INTERVAL = 0.0005
-
-
 @contextmanager
 def connect(validated: Validated, options: Options, stop: StopFlag, read_only: bool = False) -> Iterator[Connection]:
     """Resolve credentials and open one client per target (validation of targets happens here).
-    ``read_only`` opens clients that cannot write (``ReadOnlyClient``): plan and drift use it.
-    From here on the run is threads waiting on the network: the interpreter switches between them
-    every ``IO_SWITCH_INTERVAL``."""
-    sys.setswitchinterval(IO_SWITCH_INTERVAL)
+    ``read_only`` opens clients that cannot write (``ReadOnlyClient``): plan and drift use it."""
     names = set(validated.manifest.targets) or {DEFAULT_TARGET}
     if options.local is not None:
         targets = {
@@ -133,7 +121,6 @@ def connect(validated: Validated, options: Options, stop: StopFlag, read_only: b
             raise ValidationFailed(_sorted(problems))
     stats = RequestStats()
     budget = RateBudget(options.client.max_rate)
-    inflight = threading.BoundedSemaphore(max(1, options.client.parallelism))  # --parallelism: requests at once
     override = options.environ.get(FINGERPRINT_KEY_ENV) or None
     with ExitStack() as stack:
         kind = ReadOnlyClient if read_only else Client
@@ -149,7 +136,6 @@ def connect(validated: Validated, options: Options, stop: StopFlag, read_only: b
                     trace=options.trace,
                     stop=stop,
                     notice=options.notice,
-                    inflight=inflight,
                 )
             )
             for name, t in targets.items()

@@ -1,37 +1,85 @@
-"""Files only their owner may read, written so that no reader ever sees half of one.
+"""Files the user names (outputs, saved plans, imported manifests), written safely.
 
-The outputs file (tokens) and saved plans are written to a temporary file in the same directory,
-created with mode 0600, flushed and fsynced, then renamed over the target.
+A path the user names is checked before anything is written, and again just before the rename:
+it must be a regular file or not exist yet, in a directory that exists. A device, FIFO, socket or
+directory at that path is refused (``--outputs /dev/null`` run as root must not replace the device
+with a file of tokens); a symlink is followed only to a regular file, and the link stays a link.
+The text goes to a temporary file in the same directory, created with the file's final mode,
+flushed and fsynced, then renamed over the target: no reader ever sees half of it.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 
 from .errors import UserError
 
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
-def write_private(path: str, text: str, what: str) -> None:
-    """Write ``text`` to ``path`` atomically with mode 0600; ``what`` names the file in errors."""
-    directory = os.path.dirname(os.path.abspath(path))
+
+def checked_path(path: str, what: str) -> str:
+    """The path to replace when writing ``what`` to ``path`` (a symlink's regular target), or a
+    UserError naming what is there. Nothing is created."""
+    if not path or "\0" in path:
+        raise UserError(f"no usable path for the {what}", hint="give a file name")
+    target = os.path.abspath(path)
+    if os.path.islink(target):
+        target = os.path.realpath(target)
+        if not os.path.lexists(target):
+            raise UserError(
+                f"cannot write the {what} {path}: it is a symlink to {target}, which does not exist",
+                hint="point the link at a regular file, or name another path",
+            )
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=".provisioner-", suffix=".tmp", dir=directory)
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise UserError(f"cannot write the {what} {path}: {exc.strerror or exc}") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        raise UserError(
+            f"refusing to write the {what} to {path}: it is {kind}",
+            hint="name a regular file (it is replaced whole), or a new one",
+        )
+    parent = os.path.dirname(target)
+    if not os.path.isdir(parent):
+        raise UserError(
+            f"cannot write the {what} {path}: the directory {os.path.dirname(path) or parent} does not exist",
+            hint="create the directory first; provisioner does not create directories for its outputs",
+        )
+    return target
+
+
+def write_private(path: str, text: str, what: str, mode: int = 0o600) -> None:
+    """Write ``text`` to ``path`` atomically with ``mode`` (0600: only the owner may read it)."""
+    target = checked_path(path, what)
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=".provisioner-", suffix=".tmp", dir=os.path.dirname(target))
     except OSError as exc:
         raise UserError(
-            f"cannot write {what} {path}: {exc.strerror or exc}", hint="check that the directory exists and is writable"
+            f"cannot write the {what} {path}: {exc.strerror or exc}", hint="check that the directory is writable"
         ) from None
     try:
-        os.fchmod(fd, 0o600)
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        if checked_path(path, what) != target:  # replaced by something else while we wrote
+            raise UserError(f"the {what} {path} changed while it was being written", hint="run the command again")
+        os.replace(temporary, target)
     except OSError as exc:
         _remove_quietly(temporary)
-        raise UserError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
+        raise UserError(f"cannot write the {what} {path}: {exc.strerror or exc}") from None
     except BaseException:
         _remove_quietly(temporary)
         raise

@@ -17,6 +17,7 @@ import json
 import re
 import threading
 from typing import Any, NoReturn
+from urllib.parse import quote, quote_plus
 
 # How a secret shows: the same eight stars the API answers in place of a secret value (plan and import
 # recognise them in live values; the emulator answers them).
@@ -26,6 +27,11 @@ SENSITIVE = "(sensitive)"
 # Values shorter than this are not searched for in output: a one-letter "secret" would mask every
 # occurrence of that letter and make output unreadable while protecting nothing.
 MIN_REDACT_LENGTH = 4
+# A piece of a secret this long or longer is masked where text from a server was cut or quoted
+# (see Redactor.redact, edges=True): the start or end of the message, next to a quote, before "...".
+FRAGMENT = 6
+_CLOSE_EDGE = re.compile(r"""(?=["'`]|\.\.\.|\u2026)""")
+_OPEN_EDGE = re.compile(r"""(?<=["'`])""")
 
 
 class Secret:
@@ -97,72 +103,72 @@ def masked(value: Any) -> Any:
 _WORD_CHARS = r"A-Za-z0-9+/=_\-.~%\\"
 _WORD_SECRET = re.compile(f"[{_WORD_CHARS}]+")
 _PREFIX = MIN_REDACT_LENGTH  # forms are indexed by their first characters
-# Printable ASCII that HTML-escaping, repr and whitespace handling leave as it is.
-_PLAIN = re.compile(r"[A-Za-z0-9+/=_\-.~%!#$()*,:;?@\[\]^`{|}]*")
-
-
 _TOKEN = re.compile(r"[A-Za-z0-9+/=_\-]+")  # base64 (either alphabet): what the API's tokens are made of
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+# URL encodings: quote() with nothing kept, with "/" kept, and with every RFC 3986 sub-delimiter kept;
+# the same with quote_plus (space as +). Hex case is folded by _normalized.
 _URL_SAFE_SETS = ("", "/", "/:@!$&'()*+,;=")
+# Characters HTML escaping touches, and the ones JSON encoders commonly write as \u00XX (Go: <>&).
+_HTML_SPECIAL = "&<>\"'"
+_JSON_U_SPECIAL = "<>&'\"="
 
 
-def _json_forms(value: str) -> set[str]:
+def _json_forms(value: str) -> list[str]:
+    """JSON string escapes: ASCII-only and not, "/" as "\\/", and <>&'"= as \\u00XX (either case)."""
     escaped = json.dumps(value)[1:-1]
-    return {escaped, json.dumps(value, ensure_ascii=False)[1:-1], escaped.replace("/", "\\/")}
-
-
-def _html_forms(value: str) -> set[str]:
-    full = html.escape(value, quote=True)
-    return {
-        html.escape(value, quote=False),
-        full,
-        full.replace("&#x27;", "&#39;"),
-        full.replace("&#x27;", "&apos;").replace("&quot;", "&#34;"),
-    }
-
-
-def _url_forms(value: str) -> set[str]:
-    """Percent-encoding of the UTF-8 bytes: %20 or + for spaces, upper or lower-case hex, with or
-    without the reserved characters that may stay as they are."""
-    octets = value.encode("utf-8", "surrogatepass").decode("latin-1")
-    special = set(octets) - _UNRESERVED
-    if not special:
-        return {octets}
-    forms = set()
-    for kept in {frozenset(special.intersection(safe)) for safe in _URL_SAFE_SETS}:
-        escaped = sorted(special - kept, key=lambda c: c != "%")  # % first: it is not escaped again
-        for plus in (False, True) if " " in escaped else (False,):
-            out = octets
-            for char in escaped:
-                out = out.replace(char, "+" if plus and char == " " else f"%{ord(char):02X}")
-            forms.add(out)
+    forms = [escaped, json.dumps(value, ensure_ascii=False)[1:-1], escaped.replace("/", "\\/")]
+    if any(c in _JSON_U_SPECIAL for c in value):
+        for hexcase in ("x", "X"):
+            forms.append("".join(f"\\u{ord(c):04{hexcase}}" if c in _JSON_U_SPECIAL else c for c in escaped))
     return forms
 
 
-def _repr_forms(value: str) -> set[str]:
+def _html_forms(value: str) -> list[str]:
+    """HTML: named entities (with and without quotes escaped), decimal and hex numeric entities."""
+    if not any(c in _HTML_SPECIAL for c in value):
+        return []
+    return [
+        html.escape(value, quote=False),
+        html.escape(value, quote=True),
+        html.escape(value, quote=True).replace("&#x27;", "&#39;").replace("&quot;", "&#34;"),
+        html.escape(value, quote=True).replace("&#x27;", "&apos;"),
+        "".join(f"&#{ord(c)};" if c in _HTML_SPECIAL else c for c in value),
+        "".join(f"&#x{ord(c):x};" if c in _HTML_SPECIAL else c for c in value),
+        "".join(f"&#x{ord(c):X};" if c in _HTML_SPECIAL else c for c in value),
+    ]
+
+
+def _url_forms(value: str) -> list[str]:
+    """Percent-encoding of the UTF-8 bytes, with quote and quote_plus, for each set of kept characters."""
+    forms = []
+    for safe in _URL_SAFE_SETS:
+        forms.append(quote(value, safe=safe, errors="surrogatepass"))
+        forms.append(quote_plus(value, safe=safe, errors="surrogatepass"))
+    return forms
+
+
+def _repr_forms(value: str) -> list[str]:
     """Python repr (and ascii, and repr of the UTF-8 bytes); repr escapes ' only in a string that
     also holds ", which depends on the text around the secret: both spellings."""
-    forms = set()
-    for quoted in (value, value + "'\""):  # the second forces \' (cut off again below)
-        tail = 1 if quoted is value else 4
-        forms.add(repr(quoted)[1:-tail])
-        forms.add(ascii(quoted)[1:-tail])
-        forms.add(repr(quoted.encode("utf-8", "surrogatepass"))[2:-tail])
+    forms = []
+    for quoted, tail in ((value, 1), (value + "'\"", 4)):  # the second forces \' (cut off again)
+        forms.append(repr(quoted)[1:-tail])
+        forms.append(ascii(quoted)[1:-tail])
+        forms.append(repr(quoted.encode("utf-8", "surrogatepass"))[2:-tail])
     return forms
 
 
-def _base64_forms(data: bytes) -> set[str]:
+def _base64_forms(data: bytes) -> list[str]:
     """base64 of ``data``, whole and as it reads inside a longer encoded string: for each of the 3
     alignments, the characters that depend only on ``data``. (The urlsafe alphabet and unpadded
     forms are matched through ``_normalized``.)"""
     b64encode, size = base64.b64encode, len(data)
     whole = b64encode(data).decode("ascii")
-    return {
+    return [
         whole,
         whole[: 8 * size // 6],
         b64encode(b"\0" + data).decode("ascii")[2 : 8 * (1 + size) // 6],
         b64encode(b"\0\0" + data).decode("ascii")[3 : 8 * (2 + size) // 6],
-    }
+    ]
 
 
 _LOWER_HEX = re.compile(r"%[0-9a-f][0-9a-fA-F]|%[0-9A-F][a-f]")
@@ -178,31 +184,18 @@ def _normalized(text: str) -> str:
     return text.translate(_URLSAFE_TO_STANDARD) if "-" in text or "_" in text else text
 
 
-def _collapsed(value: str) -> str:
-    return " ".join(value.split())
-
-
 def encoded_forms(value: str) -> set[str]:
-    """Every form a secret may be printed in: raw, JSON-escaped, HTML-escaped, URL-encoded (%20 and
-    +, either case of hex), base64 (both alphabets, padded or not, at any alignment), Python repr,
-    with whitespace collapsed or sanitized, line by line, and the same encodings of its
-    JSON-escaped form (a request body echoed back)."""
-    plain = _PLAIN.fullmatch(value) is not None
-    escaped = json.dumps(value)[1:-1]
-    bases = (
-        {value, escaped}
-        if plain
-        else {value, _collapsed(value), sanitize(value), *value.splitlines(), *_json_forms(value)}
-    )
-    forms = set(bases)
-    if plain:
-        forms.add(escaped.replace("/", "\\/"))
-    for base in bases:
-        forms.update(_url_forms(base))
-        forms.update(_base64_forms(base.encode("utf-8", "surrogatepass")))
-        if not plain:
-            forms.update(_html_forms(base))
-            forms.update(_repr_forms(base))
+    """Every form a secret may be printed in, a fixed list that does not depend on the hash seed:
+    raw (also with whitespace collapsed, sanitized, and line by line), JSON string escapes, URL
+    (quote and quote_plus), base64 (at any alignment), HTML (named and numeric entities) and Python
+    repr; and the same encodings of its JSON-escaped form (a request body echoed back)."""
+    bases = [value, " ".join(value.split()), sanitize(value), *value.splitlines(), *_json_forms(value)]
+    forms = list(bases)
+    for base in dict.fromkeys(bases):
+        forms += _url_forms(base)
+        forms += _base64_forms(base.encode("utf-8", "surrogatepass"))
+        forms += _html_forms(base)
+        forms += _repr_forms(base)
     return {form for form in forms if len(form) >= MIN_REDACT_LENGTH}
 
 
@@ -210,12 +203,10 @@ def token_forms(value: str) -> set[str]:
     """The forms an instance token (base64 text the API generated) is printed in: raw, JSON-escaped,
     URL-encoded, and base64-encoded whole. Its alphabet rules out the HTML, repr and whitespace forms
     of ``encoded_forms``; the unaligned base64 variants are left to secrets a person chose."""
-    kept_slash = value.replace("%", "%25").replace("+", "%2B").replace("=", "%3D")
     return {
         value,
         value.replace("/", "\\/"),
-        kept_slash,
-        kept_slash.replace("/", "%2F"),
+        *_url_forms(value),
         base64.b64encode(value.encode("utf-8")).decode("ascii"),
     }
 
@@ -238,6 +229,9 @@ class Redactor:
         self._others: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
         self._known: set[str] = set()  # values add() has registered with all their forms
+        self._heads: dict[str, list[str]] = {}  # first FRAGMENT characters -> forms (fragments at edges)
+        self._tails: dict[str, list[str]] = {}  # last FRAGMENT characters -> forms
+        self._longest = 0
 
     def add(self, value: Any) -> None:
         """Register a secret with every form it may be printed in (see ``encoded_forms``)."""
@@ -280,9 +274,19 @@ class Redactor:
                 if form not in self._others:
                     self._others.add(form)
                     self._pattern = None
+            for form in forms:
+                if len(form) >= FRAGMENT:
+                    for index, key in ((self._heads, form[:FRAGMENT]), (self._tails, form[-FRAGMENT:])):
+                        known = index.setdefault(key, [])
+                        if form not in known:
+                            known.append(form)
+                    self._longest = max(self._longest, len(form))
             self._known.add(value)
 
-    def redact(self, text: str) -> str:
+    def redact(self, text: str, edges: bool = False) -> str:
+        """``text`` with every form of every secret masked. ``edges`` (text from a server, possibly
+        cut): also any piece of FRAGMENT or more characters of a form at the start or the end of
+        the text, next to a quote, or before "..." (a message or a quoted value cut inside a secret)."""
         if not text:
             return text
         with self._lock:
@@ -294,7 +298,33 @@ class Redactor:
             text = pattern.sub(MASK, text)
         if words:
             text = _WORD_SECRET.sub(lambda m: _mask_run(m.group(), words, by_prefix, shortest), text)
-        return text
+        return self._mask_fragments(text) if edges and self._heads else text
+
+    def _mask_fragments(self, text: str) -> str:
+        """Mask the longest piece of a secret's form that ends at a closing edge or starts at an opening one."""
+        spans = []
+        longest = self._longest
+        for end in {len(text), *(m.start() for m in _CLOSE_EDGE.finditer(text))}:
+            for start in range(max(0, end - longest), end - FRAGMENT + 1):
+                forms = self._heads.get(text[start : start + FRAGMENT])
+                if forms and any(form.startswith(text[start:end]) for form in forms):
+                    spans.append((start, end))
+                    break
+        for start in {0, *(m.end() for m in _OPEN_EDGE.finditer(text))}:
+            for end in range(min(len(text), start + longest), start + FRAGMENT - 1, -1):
+                forms = self._tails.get(text[end - FRAGMENT : end])
+                if forms and any(form.endswith(text[start:end]) for form in forms):
+                    spans.append((start, end))
+                    break
+        out, last = [], 0
+        for start, end in sorted(spans):
+            if end <= last:
+                continue
+            out.append(text[last:start] if start >= last else "")
+            if start >= last:
+                out.append(MASK)
+            last = end
+        return "".join(out) + text[last:] if spans else text
 
     def clear(self) -> None:
         with self._lock:
@@ -304,6 +334,9 @@ class Redactor:
             self._by_prefix = {}
             self._shortest = 0
             self._pattern = None
+            self._heads = {}
+            self._tails = {}
+            self._longest = 0
 
 
 def _mask_run(run: str, words: set[str], by_prefix: dict[str, set[int]], shortest: int) -> str:

@@ -248,6 +248,7 @@ def test_element_change_needs_allow_replace_and_then_rotates_the_token(cli, db, 
 
 def test_outputs_file_holds_every_declared_token_with_mode_0600(cli, db):
     manifest = write(cli.cwd, "m.yaml", manifest_text(count=2))
+    (cli.cwd / "out").mkdir()  # a missing directory is refused, never created
     assert cli.run("apply", manifest, "--outputs", "out/tokens.json").returncode == 0
     path = cli.cwd / "out" / "tokens.json"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600

@@ -58,10 +58,23 @@ def local_api(state_dir: str = STATE_DIR) -> Iterator[LocalApi]:
 def prepare_state_dir(state_dir: str) -> None:
     """Make the directory private (0700) with its .gitignore, and the database file 0600 before
     SQLite opens it (SQLite gives its -wal and -shm files the database file's mode)."""
+    if os.path.islink(state_dir) or (os.path.lexists(state_dir) and not os.path.isdir(state_dir)):
+        raise UserError(
+            f"the --local state directory {state_dir} exists and is not a directory (or is a symlink)",
+            hint=f"move it away; provisioner keeps its local state in a plain {STATE_DIR}/ directory",
+        )
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
     os.chmod(state_dir, 0o700)
+    for name in (".gitignore", DB_NAME):
+        path = os.path.join(state_dir, name)
+        if os.path.lexists(path) and (os.path.islink(path) or not os.path.isfile(path)):
+            raise UserError(
+                f"{path} is not a regular file (a symlink, device, FIFO or directory)",
+                hint=f"remove it; provisioner writes only regular files in {STATE_DIR}/",
+            )
     _write_private(os.path.join(state_dir, ".gitignore"), GITIGNORE)
-    os.close(os.open(os.path.join(state_dir, DB_NAME), os.O_WRONLY | os.O_CREAT, 0o600))
+    # O_NOFOLLOW: a symlink planted in the state directory between the check and here is not followed
+    os.close(os.open(os.path.join(state_dir, DB_NAME), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
     private_files(state_dir)
 
 
@@ -84,6 +97,6 @@ def _write_private(path: str, text: str) -> None:
                 return
     except OSError:
         pass
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)

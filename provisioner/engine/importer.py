@@ -88,6 +88,11 @@ def _chosen(
                 f"{instance.name} (id {instance.id}): no schema for element {instance.element!r} "
                 f"(hint: provisioner schemas pull {instance.element}, then --schemas DIR)"
             )
+        elif not instance.name.isprintable():  # a manifest refuses it: it could forge or hide output
+            skipped.append(
+                f"{instance.name} (id {instance.id}): the name holds a non-printable character; "
+                "rename it in the console"
+            )
         elif instance.name in seen:
             skipped.append(
                 f"{instance.name} (id {instance.id}): another unmanaged instance has this name "

@@ -8,6 +8,7 @@ and configuration key. Nothing here touches the network.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -16,7 +17,7 @@ import jinja2
 
 from ..errors import Location, Problem
 from ..ownership import TAG_PREFIX
-from ..secret import REDACTOR, Secret
+from ..secret import REDACTOR, Secret, escape
 from .elements import ElementRegistry, ElementSchema
 from .load import DEFAULT_TARGET, Limits, Manifest
 from .render import Renderer, RenderError
@@ -132,6 +133,7 @@ def _build_one(
             one.add("name", f"name must render to a non-empty string, got {name!r}")
         return None
     one.name = name
+    _check_printable(one, "name", [name])
     template_name = entry.get("template")
     body = _template_body(one, scope, renderer) if isinstance(template_name, str) else {}
     if body is None:
@@ -255,10 +257,25 @@ def _safety_fields(one: _Entry, body: dict) -> tuple[bool | None, tuple[str, ...
         hint = "list the names this instance had before, e.g. previousNames: [crm-old]"
         one.add("previousNames", "previousNames must be a list of non-empty names", hint)
         return protect, ()
+    _check_printable(one, "previousNames", previous)
     if one.name in previous:
         message = f"previousNames lists the instance's own name {one.name!r}"
         one.add("previousNames", message, "list only the names it had before")
     return protect, tuple(dict.fromkeys(previous))
+
+
+def _check_printable(one: _Entry, key: str, names: list[str]) -> None:
+    """A name is printed in logs and terminals: a control, format (bidi) or other non-printable
+    character, or a lone surrogate, could forge or hide output, so it is refused (shown escaped)."""
+    for name in names:
+        bad = next((c for c in name if not c.isprintable()), None)
+        if bad is not None:
+            kind = {"Cc": "a control character", "Cs": "a lone surrogate"}.get(unicodedata.category(bad), "")
+            what = f"U+{ord(bad):04X}, {unicodedata.name(bad, '') or kind or 'not printable'}"
+            if key == "name":
+                one.name = escape(name)  # the location shows it too
+            hint = "write names with visible characters only; spaces are fine"
+            one.add(key, f"name '{escape(name)}' contains a non-printable character ({what})", hint)
 
 
 def _element(key: Any, registry: ElementRegistry, at: Location, problems: list[Problem]) -> ElementSchema | None:

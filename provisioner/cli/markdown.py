@@ -7,9 +7,10 @@ findings by category and kind (drift or pending), then one section per finding w
 fields. Secret values show as ``(sensitive)``, and every byte still passes through the redactor. Text
 from the manifest or the server (names, reasons, values) is escaped so that it cannot change the
 document's structure: non-printable characters are shown as escapes (``\\n``, ``\\x1b``), table cells
-escape ``|`` and HTML, and a fence is always longer than any run of backticks inside it. Problems, warnings and errors go to stderr as plain text, as the text reporter
-writes them. The building blocks (``table``, ``fenced``, ``change_section``, ``plan_markdown``,
-``finding_section``, ``drift_markdown``) are public so that other commands can reuse them.
+escape ``|`` and HTML, and a fence is always longer than any run of backticks inside it. Problems,
+warnings and errors go to stderr as plain text, as the text reporter writes them. The building blocks
+(``table``, ``fenced``, ``change_section``, ``plan_markdown``, ``finding_section``, ``drift_markdown``)
+are public so that other commands can reuse them.
 """
 
 from __future__ import annotations

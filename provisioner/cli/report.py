@@ -243,7 +243,7 @@ def printable(value: Any) -> Any:
         return [printable(v) for v in value]
     if value is None or isinstance(value, bool):
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, str):
+    if isinstance(value, (int, float)):
         shown = str(value)
         return value if len(shown) < MIN_REDACT_LENGTH or REDACTOR.redact(shown) == shown else MASK
     text = REDACTOR.redact(str(value))

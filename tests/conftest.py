@@ -1,12 +1,15 @@
-"""Shared fixtures: a real emulator on loopback, and the real CLI run as a subprocess.
+"""Shared fixtures: a real emulator on loopback, and the real CLI run against it.
 
-Flow tests run ``python -m provisioner ...`` exactly as a user would, against an emulator served
-over loopback from this test process, then assert on what the emulator's database holds and on
-the requests it received (``EmulatorDB``), never on mocks.
+Flow tests run the CLI's entry point, ``provisioner.cli.main.main(argv)``, with the arguments a user
+would type, against an emulator served over loopback from this test process, then assert on what the
+emulator's database holds and on the requests it received (``EmulatorDB``), never on mocks. The CLI
+runs in this process (click's ``CliRunner`` isolation: its own stdin, stdout, stderr and environment)
+unless a process boundary is under test: ``Cli.run_process`` runs ``python -m provisioner``.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -16,8 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from provisioner.cli.main import main
 from provisioner.emulator import Emulator, EmulatorDB, FaultConfig
+from provisioner.secret import REDACTOR
 
 REPO = Path(__file__).resolve().parent.parent
 USER_SECRET = "test-user-secret-5f1c0a"
@@ -34,11 +40,19 @@ class Cli:
     def run(
         self, *args: str, env: dict | None = None, input: str | None = None, timeout: float = 120
     ) -> subprocess.CompletedProcess:
-        full_env = {**self.env, **(env or {})}
+        """The CLI in this process; ``provisioner emulator`` (it serves until a signal) in its own."""
+        if args and args[0] == "emulator":
+            return self.run_process(*args, env=env, input=input, timeout=timeout)
+        return run_in_process([*map(str, args)], {**self.env, **(env or {})}, self.cwd, input)
+
+    def run_process(
+        self, *args: str, env: dict | None = None, input: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
+        """``python -m provisioner`` in a child process, for what needs a process boundary."""
         return subprocess.run(
             [sys.executable, "-m", "provisioner", *map(str, args)],
             cwd=self.cwd,
-            env=full_env,
+            env={**self.env, **(env or {})},
             input=input,
             capture_output=True,
             text=True,
@@ -53,6 +67,36 @@ class Cli:
             raise AssertionError(
                 f"stdout is not JSON (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
             ) from None
+
+
+def run_in_process(argv: list[str], env: dict, cwd: Path, input: str | None) -> subprocess.CompletedProcess:
+    """``main(argv)`` as a fresh process would see it: exactly ``env`` as the environment, ``cwd`` as
+    the working directory, empty redaction, the collector as pytest set it, and all of it restored."""
+    environment = {name: None for name in os.environ if name not in env} | env
+    previous_cwd, gc_threshold = os.getcwd(), gc.get_threshold()
+    REDACTOR.clear()  # a process starts knowing no secret
+    code: int | str | None = 0
+    with CliRunner().isolation(input=input, env=environment) as (stdout, stderr, _):
+        os.chdir(cwd)
+        try:
+            main(argv)
+        except SystemExit as exc:
+            code = exc.code
+        finally:
+            os.chdir(previous_cwd)
+            gc.unfreeze()  # main() freezes the collector's view of the heap and raises its thresholds
+            gc.set_threshold(*gc_threshold)
+            REDACTOR.clear()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        out, err = _text(stdout.getvalue()), _text(stderr.getvalue())
+    returncode = code if isinstance(code, int) else 0 if code is None else 1
+    return subprocess.CompletedProcess(["provisioner", *argv], returncode, out, err)
+
+
+def _text(data: bytes) -> str:
+    """Decoded with universal newlines, as ``subprocess.run(text=True)`` reads a child's output."""
+    return data.decode().replace("\r\n", "\n").replace("\r", "\n")
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from provisioner.secret import REDACTOR
 REPO = Path(__file__).resolve().parent.parent
 USER_SECRET = "test-user-secret-5f1c0a"
 ORG_SECRET = "test-org-secret-9b27e4"
+ONE_RUN_AT_A_TIME = threading.Lock()  # an in-process run borrows the process's cwd, environment and stdio
 
 
 @dataclass
@@ -72,6 +74,15 @@ class Cli:
 def run_in_process(argv: list[str], env: dict, cwd: Path, input: str | None) -> subprocess.CompletedProcess:
     """``main(argv)`` as a fresh process would see it: exactly ``env`` as the environment, ``cwd`` as
     the working directory, empty redaction, the collector as pytest set it, and all of it restored."""
+    if not ONE_RUN_AT_A_TIME.acquire(blocking=False):
+        raise AssertionError("in-process CLI runs cannot overlap: run them one after another, or use run_process")
+    try:
+        return _run_in_process(argv, env, cwd, input)
+    finally:
+        ONE_RUN_AT_A_TIME.release()
+
+
+def _run_in_process(argv: list[str], env: dict, cwd: Path, input: str | None) -> subprocess.CompletedProcess:
     environment = {name: None for name in os.environ if name not in env} | env
     previous_cwd, gc_threshold = os.getcwd(), gc.get_threshold()
     REDACTOR.clear()  # a process starts knowing no secret

@@ -73,7 +73,8 @@ class Cli:
 
 def run_in_process(argv: list[str], env: dict, cwd: Path, input: str | None) -> subprocess.CompletedProcess:
     """``main(argv)`` as a fresh process would see it: exactly ``env`` as the environment, ``cwd`` as
-    the working directory, empty redaction, the collector as pytest set it, and all of it restored."""
+    the working directory, empty redaction, the collector as pytest set it, and all of it restored.
+    (A hang is cut by pytest-timeout, ``timeout`` in pyproject.toml, not by a per-run timeout.)"""
     if not ONE_RUN_AT_A_TIME.acquire(blocking=False):
         raise AssertionError("in-process CLI runs cannot overlap: run them one after another, or use run_process")
     try:

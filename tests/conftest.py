@@ -73,35 +73,30 @@ class Cli:
 
 def run_in_process(argv: list[str], env: dict, cwd: Path, input: str | None) -> subprocess.CompletedProcess:
     """``main(argv)`` as a fresh process would see it: exactly ``env`` as the environment, ``cwd`` as
-    the working directory, empty redaction, the collector as pytest set it, and all of it restored.
+    the working directory, no secret known to the redactor, and all of it restored afterwards.
     (A hang is cut by pytest-timeout, ``timeout`` in pyproject.toml, not by a per-run timeout.)"""
     if not ONE_RUN_AT_A_TIME.acquire(blocking=False):
         raise AssertionError("in-process CLI runs cannot overlap: run them one after another, or use run_process")
-    try:
-        return _run_in_process(argv, env, cwd, input)
-    finally:
-        ONE_RUN_AT_A_TIME.release()
-
-
-def _run_in_process(argv: list[str], env: dict, cwd: Path, input: str | None) -> subprocess.CompletedProcess:
     environment = {name: None for name in os.environ if name not in env} | env
     previous_cwd, gc_threshold = os.getcwd(), gc.get_threshold()
-    REDACTOR.clear()  # a process starts knowing no secret
+    REDACTOR.clear()
     code: int | str | None = 0
-    with CliRunner().isolation(input=input, env=environment) as (stdout, stderr, _):
-        os.chdir(cwd)
-        try:
-            main(argv)
-        except SystemExit as exc:
-            code = exc.code
-        finally:
-            os.chdir(previous_cwd)
-            gc.unfreeze()  # main() freezes the collector's view of the heap and raises its thresholds
-            gc.set_threshold(*gc_threshold)
-            REDACTOR.clear()
+    try:
+        with CliRunner().isolation(input=input, env=environment) as (stdout, stderr, _):
+            os.chdir(cwd)
+            try:
+                main(argv)
+            except SystemExit as exc:
+                code = exc.code
             sys.stdout.flush()
             sys.stderr.flush()
-        out, err = _text(stdout.getvalue()), _text(stderr.getvalue())
+            out, err = _text(stdout.getvalue()), _text(stderr.getvalue())
+    finally:
+        os.chdir(previous_cwd)
+        gc.unfreeze()  # main() tunes the collector for one long run (gc.freeze, thresholds): undone here
+        gc.set_threshold(*gc_threshold)
+        REDACTOR.clear()
+        ONE_RUN_AT_A_TIME.release()
     returncode = code if isinstance(code, int) else 0 if code is None else 1
     return subprocess.CompletedProcess(["provisioner", *argv], returncode, out, err)
 

@@ -32,6 +32,12 @@ ORG_SECRET = "test-org-secret-9b27e4"
 ONE_RUN_AT_A_TIME = threading.Lock()  # an in-process run borrows the process's cwd, environment and stdio
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (pyproject.toml's addopts) starts two workers a core: most tests wait on the
+    emulator's latency or on a child process, not on the processor."""
+    return 2 * (os.cpu_count() or 1)
+
+
 @dataclass
 class Cli:
     """Runs the real command line with a clean environment pointed at one emulator."""

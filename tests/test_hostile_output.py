@@ -3,7 +3,8 @@ surrogate, served by the emulator (injected into its store behind the tool's bac
 server (a lone surrogate cannot be stored in SQLite), through every output mode of plan, apply,
 destroy, drift and import. Output is read as bytes: it must be valid UTF-8 with no raw control, format
 or surrogate character (Unicode categories Cc, Cf, Cs) but the line break, and each name must still be
-recognisable, escaped (text, Markdown) or JSON-escaped (JSON)."""
+recognisable, escaped (text, Markdown) or JSON-escaped (JSON). The runs are real processes: what is
+under test is what reaches a real stdout and stderr, encoded, byte for byte."""
 
 from __future__ import annotations
 

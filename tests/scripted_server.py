@@ -164,10 +164,8 @@ class ScriptedServer:
 
 
 class _HTTPServer(ThreadingHTTPServer):
-    # Daemon handler threads: a CLI run in this process ends with exit_process, which ends the process
-    # at once (os._exit) while a non-daemon thread is alive, as a keep-alive handler still is when
-    # the run's connection has just closed. close() aborts every open connection, so none outlives it.
-    daemon_threads = True
+    daemon_threads = False  # joined by server_close()
+    block_on_close = True
 
     def __init__(self, address: tuple[str, int], handler: type, owner: ScriptedServer):
         self.owner = owner

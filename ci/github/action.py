@@ -138,6 +138,9 @@ def main() -> int:
         return 1
     default_file = Path(os.environ.get("RUNNER_TEMP") or ".", "provisioner-outputs.json")
     outputs_file = os.environ.get("INPUT_OUTPUTS_FILE") or str(default_file)
+    for path in (plan_file if command == "plan" else "", outputs_file if command in ("apply", "output") else ""):
+        if path and os.path.dirname(path):  # the action names these files: it makes their directory
+            os.makedirs(os.path.dirname(path), exist_ok=True)
     proc = subprocess.run(
         [sys.executable, "-m", "provisioner", *arguments(command, manifest, outputs_file, plan_file)],
         capture_output=True,

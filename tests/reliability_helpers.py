@@ -94,6 +94,7 @@ class Harness:
         self.db_path = self.root / "emulator.db"
         self.db = EmulatorDB(self.db_path)
         self.outputs = self.work / "out" / "tokens.json"
+        self.outputs.parent.mkdir(exist_ok=True)  # a missing directory is refused, never created
 
     # -- lifecycle -----------------------------------------------------------------------------
 

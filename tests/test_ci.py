@@ -92,6 +92,7 @@ def test_action_plan_writes_the_markdown_summary_and_exposes_the_exit_code(cli, 
 
 def test_action_apply_masks_every_token_before_printing_anything(cli, db, tmp_path):
     runner = _runner(cli, tmp_path)
+    (cli.cwd / "out").mkdir()  # a missing directory is refused, never created
     outputs = _action(runner, command="apply", manifest=_manifest(cli, 3), **{"outputs-file": "out/tokens.json"})
     assert outputs["exitcode"] == "0"
     path = cli.cwd / "out" / "tokens.json"
@@ -156,6 +157,7 @@ def test_action_passes_inputs_files_and_args_and_fails_on_errors(cli, db, tmp_pa
 def test_action_saves_the_plan_and_applies_exactly_that_plan(cli, db, tmp_path):
     runner = _runner(cli, tmp_path)
     manifest = _manifest(cli)
+    (cli.cwd / "reviewed").mkdir()  # a missing directory is refused, never created
     planned = _action(runner, command="plan", manifest=manifest, **{"plan-file": "reviewed/plan.json"})
     assert planned["plan-file"] == str(cli.cwd / "reviewed" / "plan.json") and planned["changes"] == "true"
     saved = (cli.cwd / "reviewed" / "plan.json").read_text()

@@ -191,3 +191,82 @@ def test_apply_file_reads_a_plan_whose_changes_carry_the_http_method_of_older_fi
     assert proc.returncode == 0, proc.stderr
     assert [m for m, _ in writes(db)] == ["PUT"]
     assert by_name(db)["helpdesk-0"]["configuration"]["helpdesk.connectwise.company"] == "globex"
+
+
+# -- a saved plan is untrusted input (issue 17, point 9) ---------------------------------------------
+
+DEEP = 100_000
+
+
+def _deep(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+MALFORMED = {  # a change to a real saved plan, and what the error must name
+    "changes-string": (lambda p: p.update(changes="x"), "changes: must be array, not a string"),
+    "changes-null": (lambda p: p.update(changes=None), "changes: must be array, not null"),
+    "change-null": (lambda p: p["changes"].append(None), "changes[1]: must be object, not null"),
+    "diff-string": (lambda p: p["changes"][0].update(diff="x"), "changes[0].diff: must be array"),
+    "live-without-fields": (lambda p: p["changes"][0].update(live={"id": 1}), "'fields' is a required property"),
+    "id-object": (lambda p: p["changes"][0].update(id={"a": 1}), "changes[0].id: must be integer or string or null"),
+    "action-unknown": (lambda p: p["changes"][0].update(action="explode"), "changes[0].action: 'explode' is not one"),
+    "desired-key": (lambda p: p["desired"].update({"no-slash": {}}), "desired:"),
+    "desired-digest": (lambda p: p["desired"].update({"default/x": {"a": 1}}), "desired.default/x.a: must be string"),
+    "options-string": (lambda p: p["options"].update(target="x"), "options.target: must be array"),
+    "inputs-null": (lambda p: p.update(inputs=None), "inputs: must be object, not null"),
+    "manifest-path-number": (lambda p: p["manifest"].update(path=5), "manifest.path: must be string"),
+    "targets-number": (lambda p: p["targets"].update(default=5), "targets.default: must be string"),
+    "left-out-negative": (lambda p: p.update(leftOut=-1), "leftOut: fails minimum 0"),
+    "missing-stack": (lambda p: p.pop("stack"), "'stack' is a required property"),
+    "deep-value": (lambda p: p["changes"][0].update(id=json.loads(_deep(500))), "changes[0].id: must be"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_malformed_saved_plan_is_one_clear_error_before_any_request(cli, db, case):
+    manifest = write(cli.cwd, "m.yaml", manifest_text(count=1))
+    assert cli.run("plan", manifest, "--out", "plan.json").returncode == 0
+    saved = json.loads((cli.cwd / "plan.json").read_text())
+    change, expected = MALFORMED[case]
+    change(saved)
+    (cli.cwd / "plan.json").write_text(json.dumps(saved))
+    db.clear_requests()
+    for output in ("text", "json"):
+        proc = cli.run("apply", "plan.json", "-o", output)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        shown = proc.stdout + proc.stderr
+        assert "plan.json is not a valid saved plan" in shown and expected in shown, shown
+        assert "internal error" not in shown and "Traceback" not in shown
+    assert db.requests() == [] and db.instances() == []
+
+
+@pytest.mark.parametrize("where", ["top", "field"])
+def test_a_saved_plan_nested_too_deeply_is_a_clear_error(cli, db, where):
+    nested = _deep(DEEP)
+    head = '{"kind": "provisioner-plan", "formatVersion": 1, '
+    text = head + (f'"x": {nested}}}' if where == "top" else f'"changes": [{{"diff": {nested}}}]}}')
+    (cli.cwd / "plan.json").write_text(text)
+    proc = cli.run("apply", "plan.json")
+    assert proc.returncode == 1, proc.stderr
+    assert "plan.json is not a valid saved plan" in proc.stderr and "nested too deeply" in proc.stderr
+    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
+    assert db.requests() == []
+
+
+def test_a_saved_plan_over_the_size_cap_is_refused_with_the_limit(cli, db):
+    manifest = write(cli.cwd, "m.yaml", manifest_text(count=1))
+    assert cli.run("plan", manifest, "--out", "plan.json").returncode == 0
+    proc = cli.run("apply", "plan.json", "--max-file-bytes", "1000")
+    assert proc.returncode == 1 and "plan.json" in proc.stderr and "1000" in proc.stderr, proc.stderr
+    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
+    assert [r for r in db.requests() if r["method"] != "GET"] == []
+
+
+def test_the_saved_plan_schema_knows_every_action_and_diff_operation():
+    from provisioner.engine.diff import DiffOp
+    from provisioner.engine.plan import ACTIONS
+    from provisioner.manifest.elements import builtin_schemas
+
+    schema = json.loads(builtin_schemas().joinpath("saved-plan.schema.json").read_text(encoding="utf-8"))
+    assert schema["$defs"]["change"]["properties"]["action"]["enum"] == [str(a) for a in ACTIONS]
+    assert schema["$defs"]["fieldChange"]["properties"]["op"]["enum"] == [str(o) for o in DiffOp]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import tempfile
 from dataclasses import replace
 
 import click
@@ -17,6 +16,7 @@ from ..engine.outputs import format_env, format_json, write_outputs
 from ..engine.plan import Action, Plan
 from ..errors import UserError
 from ..ownership import is_unmanaged
+from ..privatefile import checked_path, write_private
 from .options import (
     ENV_API,
     ENV_RENDER,
@@ -94,6 +94,8 @@ def plan(args: PlanArgs) -> None:
     run = Run("plan", args.reporter, args.verbose)
 
     def body() -> int:
+        if args.out:
+            checked_path(args.out, "saved plan")  # before any request: a device or FIFO is refused now
         validated = run.validated(args)
         with run.connected(args, validated, read_only=True) as (options, connection):
             the_plan = engine.plan(validated, connection, options)
@@ -157,6 +159,8 @@ def destroy(args: DestroyArgs) -> None:
 
 
 def _apply_like(run: Run, args: ApplyArgs | DestroyArgs, saved: savedplan.SavedPlan | None = None) -> int:
+    if args.outputs_path:
+        checked_path(args.outputs_path, "outputs file")  # before any request, not after the writes
     validated = run.validated(args)
     with run.connected(args, validated) as (options, connection):
         if saved is not None:
@@ -304,6 +308,7 @@ def output(args: OutputArgs) -> None:
 )
 @click.option("--element", "element", default=None, help="Only instances of this element key.")
 @click.option("--name", "name_glob", default=None, metavar="GLOB", help="Only instances whose name matches GLOB.")
+@click.option("--force", is_flag=True, help="Replace --out FILE if it exists (never the manifest import reads).")
 @parsed(ImportArgs)
 def import_(args: ImportArgs) -> None:
     """Write a manifest declaring the unmanaged instances the target already has (take them over with --adopt)."""
@@ -312,6 +317,7 @@ def import_(args: ImportArgs) -> None:
     run = Run("import", args.reporter, args.verbose)
 
     def body() -> int:
+        _check_import_out(args)
         validated = run.validated(args)
         with run.connected(args, validated) as (_, connection):
             stack = validated.manifest.stack
@@ -319,7 +325,8 @@ def import_(args: ImportArgs) -> None:
         imported = import_manifest(
             validated.manifest, validated.registry, live, args.out_path, args.element, args.name_glob
         )
-        _write_text(args.out_path, imported.text)
+        _check_import_out(args)  # again: the file may have appeared while the API was read
+        write_private(args.out_path, imported.text, "imported manifest", 0o644)
         for note in imported.skipped:
             run.reporter.info(f"skipped: {note}")
         if imported.variables:
@@ -340,13 +347,21 @@ def import_(args: ImportArgs) -> None:
     run.exit(body)
 
 
-def _write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=".import-", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(temp, 0o644)
-    os.replace(temp, path)
+def _check_import_out(args: ImportArgs) -> None:
+    """import --out: a regular file or a new one, never one of its own inputs, replaced only with --force."""
+    target = checked_path(args.out_path, "imported manifest")
+    if not os.path.exists(target):
+        return
+    for source in (args.manifest, *args.inputs):
+        if os.path.exists(source) and os.path.samefile(source, target):
+            raise UserError(
+                f"import --out {args.out_path} is {source}, which import reads",
+                hint="write the imported manifest to a new file",
+            )
+    if not args.force:
+        raise UserError(
+            f"import --out {args.out_path}: the file exists", hint="name a new file, or pass --force to replace it"
+        )
 
 
 @click.command(cls=Command, epilog=ENV_RENDER)

@@ -58,9 +58,10 @@ def main(argv: list[str] | None = None) -> None:
         hint = f" (hint: see '{exc.ctx.command_path} --help')" if exc.ctx else ""
         click.echo(f"error: {exc.format_message()}{hint}", err=True)
         code = EXIT_ERROR
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        code = EXIT_ERROR
+    except click.exceptions.Abort as exc:  # click turns Ctrl-C (outside apply's own handler) into Abort
+        interrupted = isinstance(exc.__context__, KeyboardInterrupt)
+        click.echo("interrupted" if interrupted else "aborted", err=True)
+        code = 130 if interrupted else EXIT_ERROR
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)
         code = EXIT_ERROR

@@ -221,6 +221,7 @@ class ImportArgs(Online):
     out_path: str
     element: str | None
     name_glob: str | None
+    force: bool
 
 
 @dataclass(frozen=True)

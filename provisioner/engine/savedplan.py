@@ -23,13 +23,18 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
+import itertools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
 from .. import __version__
 from ..errors import UserError
+from ..manifest.elements import builtin_schemas
 from ..ownership import fingerprint
 from ..privatefile import write_private
 from ..secret import REDACTOR, masked
@@ -87,27 +92,74 @@ class SavedPlan:
 
 
 def load_if_plan(path: str, max_bytes: int) -> SavedPlan | None:
-    """The saved plan at ``path``, or None when it is something else (a manifest)."""
+    """The saved plan at ``path``, or None when it is something else (a manifest). A saved plan is
+    untrusted input: it is checked against schemas/saved-plan.schema.json before any use, and any
+    defect is one UserError naming the file and what is wrong."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(max_bytes + 1)
     except OSError:
         return None  # the manifest loader reports a missing file
-    if not head.lstrip().startswith(b"{"):
-        return None
+    if not head.lstrip().startswith(b"{") or len(head) > max_bytes:
+        return None  # not JSON, or over the size cap, which the manifest loader reports with its limit
     try:
         data = json.loads(head)
+    except RecursionError:
+        raise _malformed(path, ["it is nested too deeply to be read"]) from None
     except ValueError:
         return None
     if not isinstance(data, dict) or data.get("kind") != KIND:
         return None
     if data.get("formatVersion") != FORMAT_VERSION or data.get("provisionerVersion") != __version__:
         raise UserError(
-            f"{path}: saved plan format {data.get('formatVersion')!r} made by provisioner "
-            f"{data.get('provisionerVersion')!r} cannot be applied by provisioner {__version__}",
+            f"{path}: saved plan format {_shown(data.get('formatVersion'))} made by provisioner "
+            f"{_shown(data.get('provisionerVersion'))} cannot be applied by provisioner {__version__}",
             hint="make the plan with the provisioner version that applies it",
         )
+    try:
+        problems = [_described(e) for e in itertools.islice(_validator().iter_errors(data), MAX_LISTED)]
+    except RecursionError:
+        problems = ["it is nested too deeply to be read"]
+    if problems:
+        raise _malformed(path, problems)
     return SavedPlan(path, data)
+
+
+def _validator() -> Draft202012Validator:
+    text = builtin_schemas().joinpath("saved-plan.schema.json").read_text(encoding="utf-8")
+    return Draft202012Validator(json.loads(text))
+
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+
+
+def _described(error: ValidationError) -> str:
+    """One schema error in a line: where, and what is wrong (never the whole offending value)."""
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+    if error.validator == "type":
+        got = _JSON_TYPES.get(type(error.instance), "a number")
+        what = f"must be {' or '.join(map(str, _listed(error.validator_value)))}, not {got}"
+    elif error.validator in ("required", "additionalProperties", "const", "enum", "propertyNames"):
+        what = error.message if len(error.message) <= 160 else error.message[:157] + "..."
+    else:
+        what = f"fails {error.validator} {_shown(error.validator_value)}"
+    return f"{where or 'the document'}: {what}"
+
+
+def _listed(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _malformed(path: str, problems: list[str]) -> UserError:
+    return UserError(
+        f"{path} is not a valid saved plan:\n  - " + "\n  - ".join(problems),
+        hint="a saved plan is read as plan --out wrote it; make it again with plan --out FILE",
+    )
 
 
 # -- writing -------------------------------------------------------------------------------------

@@ -99,6 +99,7 @@ class _Entry:
     def __init__(self, entry: YDict, file: str | None, line: int | None, problems: list[Problem]):
         self.entry, self.file, self.line, self.problems = entry, file, line, problems
         self.name: str | None = None
+        self.literal = entry.get("literal") is True  # text written by import: data, never a template
 
     def at(self, key: str, path: str | None = "") -> Location:
         """The line of ``key`` in the entry, the instance name and a path (``key`` unless given)."""
@@ -108,6 +109,8 @@ class _Entry:
         self.problems.append(Problem(message, self.at(key), hint))
 
     def render(self, renderer: Renderer, raw: Any, scope: dict, at: Location) -> Any:
+        if self.literal:
+            return raw
         try:
             return renderer.value(raw, scope, at)
         except RenderError as exc:
@@ -142,7 +145,8 @@ def _build_one(
         if key in entry:
             body[key] = one.render(renderer, entry[key], scope, one.at(key))
     if "configuration" in entry:
-        inline = _configuration(one, scope, renderer)
+        schema = registry.get(body["element"]) if one.literal and isinstance(body.get("element"), str) else None
+        inline = _configuration(one, scope, renderer, schema.secret_keys if schema else frozenset())
         if isinstance(inline, Mapping) and isinstance(body.get("configuration"), Mapping):
             body["configuration"] = {**body["configuration"], **inline}
         else:
@@ -173,8 +177,9 @@ def _template_body(one: _Entry, scope: dict, renderer: Renderer) -> dict | None:
     return body
 
 
-def _configuration(one: _Entry, scope: dict, renderer: Renderer) -> Any:
-    """Render an inline configuration key by key, so each error has the key's own line and path."""
+def _configuration(one: _Entry, scope: dict, renderer: Renderer, secret_keys: frozenset[str]) -> Any:
+    """Render an inline configuration key by key, so each error has the key's own line and path.
+    Under ``literal: true`` only the secret keys are templates (``{{ env.NAME }}``)."""
     raw = one.entry["configuration"]
     if not isinstance(raw, YDict):
         return one.render(renderer, raw, scope, one.at("configuration"))
@@ -182,7 +187,8 @@ def _configuration(one: _Entry, scope: dict, renderer: Renderer) -> Any:
     for key, value in raw.items():
         at = Location(one.file, raw.line_of(key), instance=one.name, path=f"configuration.{key}")
         try:
-            rendered[key] = renderer.value(value, scope, at)
+            literal = one.literal and key not in secret_keys
+            rendered[key] = value if literal else renderer.value(value, scope, at)
         except RenderError as exc:
             one.problems.append(exc.problem)
     return rendered

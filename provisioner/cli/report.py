@@ -217,6 +217,7 @@ class TextReporter:
         self.out = StyledStream(out)
         self.err = StyledStream(err)
         self.verbose = verbose
+        self.warned: set[str] = set()  # apply's warnings, once shown with its plan
 
     def validated(self, manifest: str, count: int, problems: Iterable[Problem]) -> None:
         for problem in problems:
@@ -238,6 +239,7 @@ class TextReporter:
         self.out.lines(lines)
         for warning in plan.warnings:
             self.err.print(f"warning: {warning}", style="yellow")
+        self.warned.update(plan.warnings)
         self.out.print(plan_summary(plan.counts()))
         if not plan.has_changes and not plan.has_refusals:
             self.out.print("No changes: the instances match the manifest.")
@@ -250,7 +252,8 @@ class TextReporter:
             [_result_line(r) for r in writes if r.status != Status.OK or self.verbose or len(writes) <= LIST_LIMIT]
         )
         for warning in result.plan.warnings:
-            self.err.print(f"warning: {warning}", style="yellow")
+            if warning not in self.warned:
+                self.err.print(f"warning: {warning}", style="yellow")
         for note in result.notes:
             self.err.print(f"note: {note}")
         self.out.print(_apply_summary(result, stats, command))

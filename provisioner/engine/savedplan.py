@@ -285,7 +285,9 @@ def check_plan(saved: SavedPlan, fresh: Plan, validated: Validated, connection: 
             problems.extend(_compared(planned.pop(key), new))
         elif (change.is_write or change.action in REFUSALS) and (change.target, change.name, None) not in planned:
             note = f"now {change.action} ({change.reason}), which the saved plan does not have: left as is"
-            change = replace(change, action=Action.NOOP, diff=(), warning=f"{note}; run plan again to review it")
+            change = replace(
+                change, action=Action.NOOP, diff=(), reason="not in the saved plan", warning=f"{note}; run plan again"
+            )
         changes.append(change)
     by_name = {(c.target, c.name): c for c in fresh.changes if c.id is not None}
     problems.extend(_vanished(old, by_name.get((old["target"], old["name"]))) for old in planned.values())

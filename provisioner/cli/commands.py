@@ -153,10 +153,9 @@ def _apply_line(args: PlanArgs, out: str) -> str:
 def apply(args: ApplyArgs) -> None:
     """Make the live instances match the manifest, and deliver their tokens.
 
-    The plan is shown first; on a terminal, apply asks for 'yes' before any write (--auto-approve:
-    do not ask). MANIFEST may also be a plan saved with 'plan --out FILE': then exactly that plan is
-    executed, without asking, or nothing at all if the manifest, its inputs or an instance it touches
-    changed since.
+    The plan is shown first; on a terminal, apply then asks for 'yes' before any write. MANIFEST may
+    also be a plan saved with 'plan --out FILE': then exactly that plan is executed, without asking, or
+    nothing at all if an instance it touches changed since.
 
     -o markdown prints a summary table and a diff per change made, for a CI step summary. Tokens are
     written only to the --outputs file, never to stdout or stderr.

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO
 
-SECRET = "p@ss word+/&<\"x'y"
+SECRET = 'p@ss word+/&<"x\'y'
 
 
 def forms(secret: str) -> dict[str, str]:

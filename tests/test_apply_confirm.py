@@ -121,6 +121,7 @@ def test_apply_json_and_markdown_keep_stdout_one_document(cli, db):
     write(cli.cwd, "m.yaml", manifest_text(count=1).replace("company: acme", "company: globex"))
     proc = cli.run("apply", "m.yaml", "-o", "markdown")
     assert proc.returncode == 0 and proc.stdout.startswith("### provisioner apply")
+    assert proc.stdout.count("### provisioner") == 1 and "| updated | 1 |" in proc.stdout
 
 
 def test_destroy_still_asks_through_the_same_question(cli, db):

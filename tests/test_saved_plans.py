@@ -221,7 +221,7 @@ def test_show_prints_a_saved_plan_as_plan_did_offline(cli, db):
         proc = Cli(cli.cwd, offline).run("show", f"{output}.json", "-o", output)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout == expected, output
-        assert "Saved plan" in proc.stderr and "options --prune" in proc.stderr
+        assert "Saved plan" in proc.stderr and "options: prune;" in proc.stderr
     assert '~ configuration.helpdesk.connectwise.company: "acme" -> "globex"' in shown_by_plan["text"]
     assert db.requests() == []
     bad = cli.run("show", manifest)

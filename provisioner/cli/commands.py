@@ -140,14 +140,7 @@ def _apply_line(args: PlanArgs, out: str) -> str:
     type=click.Path(dir_okay=False),
     help="Write id, element and token of every declared instance to FILE (JSON, mode 0600).",
 )
-@click.option(
-    "--auto-approve",
-    "--yes",
-    "-y",
-    "yes",
-    is_flag=True,
-    help="Do not ask for confirmation on a terminal (without one, apply never asks).",
-)
+@click.option("--auto-approve", "--yes", "-y", "yes", is_flag=True, help="Do not ask for confirmation on a terminal.")
 @progress_option()
 @parsed(ApplyArgs)
 def apply(args: ApplyArgs) -> None:
@@ -172,14 +165,7 @@ def apply(args: ApplyArgs) -> None:
 @click.command(cls=Command, epilog=ENV_API)
 @input_options
 @api_options
-@click.option(
-    "--yes",
-    "-y",
-    "--auto-approve",
-    "yes",
-    is_flag=True,
-    help="Do not ask for confirmation (required without a terminal).",
-)
+@click.option("--yes", "-y", "--auto-approve", "yes", is_flag=True, help="Do not ask (required without a terminal).")
 @allow_destroy_option()
 @progress_option()
 @parsed(DestroyArgs)

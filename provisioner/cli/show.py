@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import click
 
 from ..engine import savedplan
@@ -30,16 +28,14 @@ def show(file: str, output: str) -> None:
         run.reporter.plan(saved.as_plan())
         data, sources = saved.data, saved.sources
         options = [
-            f"--{re.sub('([A-Z])', lambda m: '-' + m.group(1).lower(), key)}" + ("" if value is True else f" {item}")
-            for key, value in data["options"].items()
-            for item in ([value] if value is True else value or ())
+            key if value is True else f"{key}={','.join(value)}" for key, value in data["options"].items() if value
         ]
         run.reporter.info(
             f"Saved plan {file}: stack {data['stack']!r}, made {data['createdAt']} by provisioner "
             f"{data['provisionerVersion']} from {sources.manifest}"
             + (f" with inputs {', '.join(sources.inputs)}" if sources.inputs else "")
             + (f", --set {', '.join(sources.set_keys)} (give them again to apply)" if sources.set_keys else "")
-            + (f", options {' '.join(options)}" if options else "")
+            + (f", options: {', '.join(options)}" if options else "")
             + f"; targets: {', '.join(f'{n} {u}' for n, u in data['targets'].items())}."
         )
         return EXIT_OK

@@ -8,7 +8,7 @@ report of plan, apply and drift to ``$GITHUB_STEP_SUMMARY``.
 
 The reviewed-plan flow: ``plan`` with a plan file runs ``plan --out FILE`` (the saved plan holds no secret
 and no token: safe as an artifact); ``apply`` with a plan file runs ``apply FILE``, which executes exactly
-that plan or refuses (exit 1) if anything it was based on changed since.
+that plan or refuses (exit 1) if an instance it touches changed since (drift elsewhere: a warning).
 
 Exit codes: the step fails when the command exits non-zero, except ``plan`` with changes pending (2).
 ``drift`` exits 2 when something changed behind provisioner's back: the step fails, so a scheduled job

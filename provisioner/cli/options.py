@@ -181,6 +181,7 @@ class PlanArgs(Shaped):
 @dataclass(frozen=True)
 class ApplyArgs(Shaped):
     outputs_path: str | None
+    yes: bool
     progress: bool
 
 

@@ -261,6 +261,7 @@ class TextReporter:
         self.out = StyledStream(out)
         self.err = StyledStream(err)
         self.verbose = verbose
+        self.warned: set[str] = set()  # apply's warnings, once shown with its plan
 
     def validated(self, manifest: str, count: int, problems: Iterable[Problem]) -> None:
         for problem in problems:
@@ -281,6 +282,7 @@ class TextReporter:
                 lines.extend(_change_lines(change))
         self.out.lines(lines)
         self.err.lines([("yellow", f"warning: {warning}") for warning in plan.warnings])
+        self.warned.update(plan.warnings)
         self.out.print(plan_summary(plan.counts()))
         if not plan.has_changes and not plan.has_refusals:
             self.out.print("No changes: the instances match the manifest.")
@@ -292,7 +294,7 @@ class TextReporter:
         self.out.lines(
             [_result_line(r) for r in writes if r.status != Status.OK or self.verbose or len(writes) <= LIST_LIMIT]
         )
-        self.err.lines([("yellow", f"warning: {warning}") for warning in result.plan.warnings])
+        self.err.lines([("yellow", f"warning: {w}") for w in result.plan.warnings if w not in self.warned])
         self.err.lines([("", f"note: {note}") for note in result.notes])
         self.out.print(_apply_summary(result, stats, command))
         if outputs:

@@ -248,7 +248,8 @@ def _checked(
     if isinstance(configuration, _Partial) and not unknown:  # the template's part is unknown: none is missing
         errors = (e for e in errors if e.validator != "required")
     locate = _config_locator(one, renderer)
-    found = problems_from_errors(errors, locate, schema.secret_keys, prefix="configuration", unknown=unknown)
+    expressions = _from_expressions(one, renderer, configuration)
+    found = problems_from_errors(errors, locate, schema.secret_keys, "configuration", unknown, expressions)
     problems.extend(renderer.scrub(p) for p in found)  # values from the environment are never echoed
     if len(problems) > before or isinstance(configuration, _Partial):
         return None
@@ -334,6 +335,26 @@ def _config_locator(one: _Entry, renderer: Renderer) -> Callable[[tuple], Locati
         return Location(one.file, entry.line_of("configuration"), instance=one.name)
 
     return locate
+
+
+def _from_expressions(one: _Entry, renderer: Renderer, configuration: Mapping) -> dict[str, str]:
+    """The configuration keys whose value a {{ expression }} gave (it keeps its value's type, quoted
+    or not), each with the expression's text where one is seen: inline, in the template file, or the
+    whole configuration as one expression."""
+    inline, template = one.entry.get("configuration"), one.entry.get("template")
+    if isinstance(inline, str):
+        return dict.fromkeys(configuration, "")
+    written = dict(inline) if isinstance(inline, dict) else {}
+    if isinstance(template, str):
+        lines = renderer.template_lines(template)
+        for key in set(configuration) - set(written):
+            line = _line_in(lines, key)
+            written[key] = lines[line - 1] if line else ""
+    found = {k: _EXPRESSION.search(v) for k, v in written.items() if isinstance(v, str)}
+    return {k: m[1].strip() for k, m in found.items() if m}
+
+
+_EXPRESSION = re.compile(r"\{\{(.*?)\}\}")
 
 
 def _line_in(lines: list[str], key: Any) -> int | None:

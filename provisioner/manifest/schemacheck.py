@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -27,11 +27,11 @@ def problems_from_errors(
     secret_keys: frozenset[str] = frozenset(),
     prefix: str = "",
     unknown: frozenset[str] = frozenset(),
-    expressions: frozenset[str] = frozenset(),
+    expressions: Mapping[str, str] | None = None,
 ) -> list[Problem]:
     """One problem per error, with missing required keys of the same object merged. ``unknown``: top
     keys whose value could not be rendered (already reported: nothing more about them, not even
-    missing); ``expressions``: top keys whose value a single {{ expression }} gave (its type is kept)."""
+    missing); ``expressions``: top keys whose value a {{ expression }} gave (its type is kept), with its text."""
     problems: list[Problem] = []
     missing: dict[tuple, list[str]] = {}
     for error in sorted(_fitting(errors), key=lambda e: [str(p) for p in e.absolute_path]):
@@ -44,7 +44,8 @@ def problems_from_errors(
         if error.validator == "additionalProperties":
             problems.extend(unknown_key_problems(error, path, location_for, prefix))
             continue
-        problems.append(_problem(error, path, location_for, secret_keys, prefix, bool(path) and path[0] in expressions))
+        expression = (expressions or {}).get(path[0]) if path else None
+        problems.append(_problem(error, path, location_for, secret_keys, prefix, expression))
     for path, keys in missing.items():
         keys = sorted(set(keys) - (unknown if not path else set()))
         if not keys:
@@ -107,7 +108,7 @@ def _problem(
     location_for: LocationFor,
     secret_keys: frozenset[str],
     prefix: str,
-    expression: bool = False,
+    expression: str | None = None,
 ) -> Problem:
     message, hint = _describe(error, bool(path) and path[-1] in secret_keys, expression)
     return Problem(message, replace(location_for(path), path=_dotted(prefix, path) or None), hint)
@@ -170,7 +171,7 @@ def _shown(value: Any, secret: bool) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _describe(error: ValidationError, secret: bool, expression: bool = False) -> tuple[str, str | None]:
+def _describe(error: ValidationError, secret: bool, expression: str | None = None) -> tuple[str, str | None]:
     """A message and a hint for one validator; the value is shown only when it is not secret."""
     kind, expected, value = error.validator, error.validator_value, error.instance
     if kind == "type":
@@ -223,14 +224,16 @@ def _form(option: dict) -> str:
     return " or ".join(_TYPE_NAMES.get(k, k) for k in _kinds(option)) or "a value of another form"
 
 
-def _type_hint(wanted: list[str], value: Any, expression: bool = False) -> str | None:
-    """How to write a value of the wanted type, from what was written."""
+def _type_hint(wanted: list[str], value: Any, expression: str | None = None) -> str | None:
+    """How to write a value of the wanted type, from what was written (``expression``: the text of the
+    {{ expression }} that gave the value, "" when not seen)."""
     if "boolean" in wanted and isinstance(value, str):
         quoted = value.strip().lower() in ("true", "false")
         return "write true or false without quotes" if quoted else "write true or false"
     if "string" in wanted and not isinstance(value, (str, dict, list)):
-        if expression:
-            return 'a single {{ expression }} keeps its value\'s type: convert it, e.g. "{{ inputs.port | string }}"'
+        if expression is not None:
+            example = "{{ " + (expression[:60] or "inputs.port") + " | string }}"
+            return f'an {{{{ expression }}}} keeps its value\'s type, quoted or not: convert it, e.g. "{example}"'
         return "write a value after the colon" if value is None else "quote the value to make it a string"
     if "array" in wanted and not isinstance(value, list):
         return "write a list, e.g. [a, b], or one item per line starting with '- '"

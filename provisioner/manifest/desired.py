@@ -308,7 +308,8 @@ def _element(key: Any, registry: ElementRegistry, at: Location, problems: list[P
 
 def _check_tags(one: _Entry, tags: Any) -> None:
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        one.add("tags", "tags must be a list of strings")
+        hint = "write a list of strings, e.g. tags: [billing, team-a], or an expression that gives one"
+        one.add("tags", f"tags must be a list of strings, got {type(tags).__name__}", hint)
         return
     for tag in tags:
         if tag.startswith(TAG_PREFIX):

@@ -235,6 +235,8 @@ def _type_hint(wanted: list[str], value: Any, expression: str | None = None) -> 
             example = "{{ " + (expression[:60] or "inputs.port") + " | string }}"
             return f'an {{{{ expression }}}} keeps its value\'s type, quoted or not: convert it, e.g. "{example}"'
         return "write a value after the colon" if value is None else "quote the value to make it a string"
+    if isinstance(value, (dict, list)) and not {"array", "object"} & set(wanted):
+        return f"write one value on the key's own line, not a {_type_of(value)}"
     if "array" in wanted and not isinstance(value, list):
         return "write a list, e.g. [a, b], or one item per line starting with '- '"
     if "object" in wanted and not isinstance(value, dict):

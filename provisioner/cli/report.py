@@ -238,8 +238,8 @@ class TextReporter:
         self.out.lines(lines)
         for warning in plan.warnings:
             self.err.print(f"warning: {warning}", style="yellow")
-        self.out.print(plan_summary(plan.counts()))
-        if not plan.has_changes and not plan.has_refusals:
+        self.out.print(plan_summary(plan.counts()) if command != "destroy" else _destroy_summary(plan.counts()))
+        if not plan.has_changes and not plan.has_refusals and command != "destroy":
             self.out.print("No changes: the instances match the manifest.")
 
     def applied(
@@ -298,6 +298,19 @@ def plan_summary(counts: dict[Action, int]) -> str:
     if counts.get(Action.PROTECTED):
         extra.append(f"{counts[Action.PROTECTED]} protected, refused")
     return f"{line} ({', '.join(extra)})."
+
+
+def _destroy_summary(counts: dict[Action, int], done: dict[Status, int] | None = None) -> str:
+    """destroy only deletes: ``Destroy: 2 to delete (1 protected, refused).``, once done
+    ``Destroy: 2 deleted, 1 failed``; ``done``: the status counts of the deletions made."""
+    refused = f", {counts[Action.PROTECTED]} protected, refused" if counts.get(Action.PROTECTED) else ""
+    if not counts[Action.DELETE]:
+        return f"Destroy: nothing to delete, the stack owns no instance{refused}."
+    if done is None:
+        return f"Destroy: {counts[Action.DELETE]} to delete{refused}."
+    failed = f", {done[Status.FAILED]} failed" if done[Status.FAILED] else ""
+    skipped = f", {done[Status.SKIPPED]} skipped" if done[Status.SKIPPED] else ""
+    return f"Destroy: {done[Status.OK]} deleted{failed}{skipped}{refused}."
 
 
 def _severity_style(severity: Severity) -> str:
@@ -375,6 +388,11 @@ def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> 
     requests = stats.get("requests", 0)
     retries = stats.get("retries", 0)
     traffic = f"{plural(requests, 'request')}, {plural(retries, 'retry', 'retries')}."
+    if command == "destroy":
+        deletions = dict.fromkeys(Status, 0)
+        for r in result.results:
+            deletions[r.status] += r.change.action == Action.DELETE
+        return f"{_destroy_summary(result.plan.counts(), deletions)} {traffic}"
     title = "Apply" if command == "apply" else command.capitalize()
     if not result.plan.has_changes and not result.plan.has_refusals:
         return f"{title}: no changes, the instances match the manifest. {traffic}"

@@ -135,9 +135,26 @@ def result_json(result: ChangeResult) -> dict[str, Any]:
     data["error"] = (
         None
         if result.error is None
-        else {"message": result.error, "requestId": result.request_id, "httpStatus": result.http_status}
+        else {
+            "message": result.error,
+            "requestId": result.request_id,
+            "httpStatus": result.http_status,
+            "hint": failure_hint(result),
+        }
     )
     return data
+
+
+IN_USE_HINT = (
+    "something on the platform uses this instance (the message names it, e.g. a formula instance): "
+    "delete that user or point it at another instance, then run the command again"
+)
+
+
+def failure_hint(result: ChangeResult) -> str | None:
+    """What to do about a failure the API explains only in its own words: a DELETE answered 409."""
+    deleting = result.change.action in (Action.DELETE, Action.REPLACE)
+    return IN_USE_HINT if deleting and result.http_status == 409 and result.status == Status.FAILED else None
 
 
 class JsonReporter:
@@ -261,7 +278,8 @@ class TextReporter:
             self.err.print(f"{len(failed)} change(s) failed:", style="red")
             for r in failed:
                 request = f" (requestId {r.request_id})" if r.request_id else ""
-                self.err.print(f"  {r.change.name}: {r.error}{request}")
+                hint = f" (hint: {failure_hint(r)})" if failure_hint(r) else ""
+                self.err.print(f"  {r.change.name}: {r.error}{request}{hint}")
         if result.aborted:
             self.err.print(f"stopped: {result.aborted}", style="red")
         if result.interrupted:

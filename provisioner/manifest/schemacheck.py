@@ -110,7 +110,8 @@ def _problem(
     prefix: str,
     expression: str | None = None,
 ) -> Problem:
-    message, hint = _describe(error, bool(path) and path[-1] in secret_keys, expression)
+    secret = bool(path) and path[-1] in secret_keys
+    message, hint = _describe(error, secret, "" if secret and expression is not None else expression)
     return Problem(message, replace(location_for(path), path=_dotted(prefix, path) or None), hint)
 
 

@@ -49,7 +49,8 @@ PIPELINES = {  # --ci: the example it starts from, and where the platform reads 
     "--ci",
     type=click.Choice(sorted(PIPELINES)),
     default=None,
-    help="Also write a pipeline: .github/workflows/provision.yml or .gitlab-ci.yml (validate, plan, apply, drift).",
+    help="Also write a pipeline that validates, plans, applies and reports drift: for GitHub Actions "
+    "(in .github/workflows) or GitLab CI (at the top of the repository).",
 )
 def init(elements: tuple[str, ...], out: str, stack: str | None, schemas: tuple[str, ...], ci: str | None) -> None:
     """Write a commented starter manifest declaring one instance of each ELEMENT (e.g. connectwisehd).

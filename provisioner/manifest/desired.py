@@ -153,7 +153,9 @@ def _build_one(
     if "configuration" in one.entry:
         inline = _UNKNOWN if "configuration" in one.broken else _configuration(one, scope, renderer)
         known = body.get("configuration")
-        if isinstance(inline, Mapping) and isinstance(known, Mapping):
+        if isinstance(inline, _Partial) and isinstance(known, Mapping):
+            body["configuration"] = _Partial({**known, **inline}, inline.unknown)
+        elif isinstance(inline, Mapping) and isinstance(known, Mapping):
             body["configuration"] = {**known, **inline}
         elif isinstance(inline, Mapping) and known is _UNKNOWN:
             body["configuration"] = _Partial(inline)  # the template's part is unknown

@@ -16,8 +16,10 @@ Three rules come first:
 * A create is never repeated blindly. ``POST /instances`` is retried only when the request certainly
   did not reach the server (or it got 429); a 5xx, a lost response or an answer without an id and a
   token raises ``AmbiguousCreate`` so the caller looks the instance up before creating it again.
-* Nothing hangs. Every request ends within its deadline, a ``Retry-After`` longer than the request's
-  retry budget fails it at once, and paging is bounded by the announced total and a hard cap.
+* Nothing hangs, nothing floods. Every attempt ends within its deadline (retries within the retry
+  budget), an answer is read up to ``max_answer_bytes`` and parsed only if it nests at most
+  ``MAX_DEPTH`` levels, a ``Retry-After`` longer than the retry budget stops the run at once
+  (``WaitTooLong``), and paging is bounded by the announced total and a hard cap.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import ipaddress
 import json
 import math
 import random
-import re
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
@@ -40,12 +41,14 @@ from ..errors import (
     BadRequest,
     Conflict,
     InconsistentListing,
+    Interrupted,
     NotFound,
     RateLimited,
     ServerError,
     TransportError,
     Unauthorized,
     UserError,
+    WaitTooLong,
 )
 from ..interrupt import StopFlag
 from ..secret import MASK, REDACTOR, Secret, json_default, sanitize
@@ -60,8 +63,11 @@ NEXT_PAGE_HEADER = "elements-next-page-token"
 TOTAL_HEADER = "elements-total-count"
 REQUEST_ID_HEADER = "elements-request-id"
 MAX_PAGES = 5_000  # hard cap on one listing: 1,000,000 instances at 200 a page
-# Only the instance listing's own answer means an empty collection; any other 404 is an error.
-_EMPTY_LIST = re.compile(r"^No (element )?instances found", re.IGNORECASE)
+# The documented answer of an empty instance listing: a 404 with exactly this message (any other 404,
+# even one that starts the same way, is an error naming the URL).
+EMPTY_LISTING = "No instances found"
+MAX_DEPTH = 100  # JSON nesting the API's answers need is under 10; deeper is refused, never parsed on
+MAX_ANSWER_BYTES = 64 * 1024 * 1024  # an answer's size once decompressed (--max-answer-bytes)
 _STATUS_ERRORS = {400: BadRequest, 401: Unauthorized, 403: Unauthorized, 404: NotFound, 409: Conflict, 429: RateLimited}
 NETWORK_HINT = (
     "check CE_API_URL (or the target's url), CE_USER_SECRET and CE_ORGANIZATION_SECRET, "
@@ -84,6 +90,7 @@ class ClientSettings:
     parallelism: int = 8  # connections kept alive (one per worker thread)
     page_size: int = 200
     max_rate: float | None = None  # requests/second ceiling; None = none until the API throttles
+    max_answer_bytes: int = MAX_ANSWER_BYTES  # an answer larger than this once decompressed fails
 
 
 class ReadOnlyClient:
@@ -148,7 +155,7 @@ class ReadOnlyClient:
 
     def get_instance(self, instance_id: int | str) -> dict:
         """``GET /instances/{id}``; NotFound if there is no such instance."""
-        return _remember_tokens(self._json("GET", f"/instances/{_segment(instance_id)}"))
+        return _remember_tokens(self._json("GET", _instance_path(instance_id)))
 
     def get_element(self, key: str) -> dict:
         """``GET /elements/{key}``: the element's metadata."""
@@ -173,8 +180,8 @@ class ReadOnlyClient:
         totals: set[int] = set()
         token, pages, count, limit = "", 0, 0, MAX_PAGES
         while True:
-            answer = self._page(path, [*params, *([("nextPage", token)] if token else [])])
-            if answer is None:  # the API's 404 "No instances found": an empty collection
+            answer = self._page(path, params, token)
+            if answer is None:  # the API's 404 "No instances found" to the first page: an empty collection
                 break
             pages += 1
             total = _total(answer)
@@ -188,7 +195,7 @@ class ReadOnlyClient:
                 bound = "the announced total allows" if total is not None else "the hard limit"
                 raise InconsistentListing(f"GET {path}: still more pages after {pages} (more than {bound})")
             seen.add(token)
-            items = _page_items(answer, path)
+            items = self._page_items(answer, path)
             del answer
             count += len(items)
             yield items
@@ -202,18 +209,34 @@ class ReadOnlyClient:
                 f"item(s) ({TOTAL_HEADER}) but {count} arrived"
             )
 
-    def _page(self, path: str, params: list[tuple[str, str]]) -> Answer | None:
-        """One page, unparsed; None for the listing's own 404 "No instances found"."""
+    def _page(self, path: str, params: list[tuple[str, str]], token: str) -> Answer | None:
+        """One page, unparsed; None for the documented empty answer to the first page: 404 with the
+        message "No instances found", exactly. Any other 404 is an error naming the URL."""
+        paging = [("pageSize", str(self.settings.page_size)), *params, *([("nextPage", token)] if token else [])]
         try:
-            return self._call("GET", path, params=[("pageSize", str(self.settings.page_size)), *params])
+            return self._call("GET", path, params=paging)
         except NotFound as exc:
-            if path == "/instances" and _EMPTY_LIST.match(exc.raw_message or ""):
+            if path == "/instances" and not token and exc.raw_message == EMPTY_LISTING:
                 return None
+            if token:
+                raise InconsistentListing(f"GET {self._base}{path}: a next page answered 404 ({exc.message})") from None
             hint = (
-                "the API base URL must end with /elements/api-v2, e.g. https://api.cloud-elements.com/elements/api-v2"
+                "the API base URL must end with /elements/api-v2, e.g. https://api.cloud-elements.com/elements/api-v2; "
+                f'an empty organization answers 404 "{EMPTY_LISTING}"'
             )
             message = f"{exc.message}; {self._base}{path} is not an instance listing"
             raise ApiError(404, message, exc.request_id, "GET", path, hint=hint) from None
+
+    def _page_items(self, reply: Answer, path: str) -> list:
+        """Parse one page; it must be a JSON list. Its tokens are registered before anything can print it."""
+        try:
+            items = _loads(reply.content)
+        except ValueError as exc:
+            raise InconsistentListing(f"GET {self._base}{path}: the API answered {reply.status} with {exc}") from None
+        if not isinstance(items, list):
+            _remember_tokens(items)
+            raise InconsistentListing(f"GET {path}: expected a JSON list, got {_json_kind(items)}")
+        return items
 
     # -- one call, with retries -------------------------------------------------------------
 
@@ -226,7 +249,8 @@ class ReadOnlyClient:
         body: Any = None,
         create: bool = False,
     ) -> Answer:
-        """Send one API call, retrying as the method allows; return the 2xx answer or raise."""
+        """Send one API call, retrying as the method allows; return the 2xx answer or raise. A request
+        that never left (WaitTooLong, Interrupted before sending) is neither traced nor counted."""
         if method != "GET" and not self._WRITES_ALLOWED:
             raise RuntimeError(f"a read-only client cannot send {method}")
         data = None if body is None else json.dumps(body, default=json_default).encode("utf-8")
@@ -236,7 +260,7 @@ class ReadOnlyClient:
         attempt = 0
         while True:
             attempt += 1
-            outcome, elapsed_ms = self._attempt(method, url, data, shown, started)
+            outcome, elapsed_ms = self._attempt(method, url, data, shown, started, attempt == 1)
             self.stats.record(method, getattr(outcome, "status", None), retry=attempt > 1)
             what = f"error: {outcome.message}" if isinstance(outcome, TransportError) else outcome.status
             line = f"HTTP {method} {shown} -> {what} ({elapsed_ms} ms)"
@@ -258,34 +282,47 @@ class ReadOnlyClient:
                 self._stop.check()
 
     def _attempt(
-        self, method: str, url: str, data: bytes | None, shown: str, started: float
+        self, method: str, url: str, data: bytes | None, shown: str, started: float, first: bool
     ) -> tuple[Answer | ApiError | TransportError, int]:
-        """Wait for the rate budget (a signal cuts the wait), then one HTTP exchange; the reply or the
-        error it maps to (not raised yet). In the main thread, a signal ends the exchange with
-        Interrupted. A pause that would outlast the request's retry budget fails it now instead."""
+        """Wait for the rate budget, then one HTTP exchange; the reply or the error it maps to (not
+        raised yet). The first attempt has the whole ``deadline``; a retry ends with the retry budget.
+        In the main thread, a signal ends the exchange with Interrupted."""
         t0 = time.monotonic()
         settings = self.settings
+        self._wait_for_budget(method, shown, started + settings.max_retry_time)
+        deadline = (
+            settings.deadline if first else max(0.1, min(settings.deadline, started + settings.max_retry_time - t0))
+        )
         with self._stop.waiting():
-            if not self.budget.acquire(wait=self._stop.wait, deadline=started + settings.max_retry_time):
-                self._stop.check()
-                waited = max(0.0, self.budget.paused_until - time.monotonic())
-                message = f"the API asked every request to wait {waited:.0f} s more (Retry-After), longer than "
-                late = RateLimited(429, f"{message}this request's retry budget of {settings.max_retry_time:g} s")
-                late.retry_after = math.inf
-                return late, _ms_since(t0)
             try:
                 answer = self._transport.send(
                     method,
                     url,
                     data,
                     f"User {self._secrets[0].reveal()}, Organization {self._secrets[1].reveal()}",
-                    (settings.connect_timeout, settings.read_timeout),
-                    settings.deadline,
+                    (settings.connect_timeout, min(settings.read_timeout, deadline)),
+                    deadline,
+                    settings.max_answer_bytes,
                 )
             except TransportError as exc:
                 exc.method, exc.path, exc.url = method, shown, self._base
                 return exc, _ms_since(t0)
         return self._read_answer(answer, method, shown), _ms_since(t0)
+
+    def _wait_for_budget(self, method: str, shown: str, budget_ends: float) -> None:
+        """Wait until the rate budget lets a request start. Raises, the request unsent: WaitTooLong when
+        the API asked every request to wait past this one's retry budget, Interrupted after a signal."""
+        try:
+            with self._stop.waiting():
+                if self.budget.acquire(wait=self._stop.wait, deadline=budget_ends):
+                    return
+            if self.budget.paused_until > budget_ends:
+                wait = self.budget.paused_until - time.monotonic()
+                raise WaitTooLong(wait, self.settings.max_retry_time, method, shown, sent=False)
+            self._stop.check()
+        except Interrupted as exc:
+            exc.sent = False
+            raise
 
     def _read_answer(self, answer: Answer, method: str, shown: str) -> Answer | ApiError | TransportError:
         """A 2xx answer as it is, any other mapped onto an ApiError; feed the rate budget."""
@@ -303,7 +340,16 @@ class ReadOnlyClient:
 
     def _json(self, method: str, path: str, body: Any = None) -> Any:
         """One call whose 2xx answer must be JSON (or empty)."""
-        return _parsed(self._call(method, path, body=body), method, path)
+        return self._parsed(self._call(method, path, body=body), method, path)
+
+    def _parsed(self, answer: Answer, method: str, path: str) -> Any:
+        """The JSON of a 2xx answer (None if empty); ApiError, naming the URL, if it is not JSON or
+        nests deeper than MAX_DEPTH."""
+        try:
+            return _loads(answer.content)
+        except ValueError as exc:
+            what = f"{self._base}{path} answered {answer.status} with {exc}"
+            raise ApiError(answer.status, what, _header_request_id(answer), method, path) from None
 
     def _retry_delay(self, error: Exception, attempt: int, started: float) -> tuple[float | None, str]:
         """Seconds to wait before the next attempt, or (None, reason) to give up with ``error``."""
@@ -320,16 +366,14 @@ class ReadOnlyClient:
 
     def _final(self, error: ApiError | TransportError, attempt: int, started: float) -> Exception:
         """The error a request ends with: a network failure names the attempts, the time and what to
-        check; a Retry-After longer than the retry budget says so."""
+        check; a Retry-After longer than the whole retry budget is WaitTooLong (the run stops)."""
         spent = time.monotonic() - started
         if isinstance(error, TransportError) and error.retryable:
             error.message += f" ({attempt} attempt{'s' if attempt != 1 else ''} over {spent:.1f} s)"
             error.hint = NETWORK_HINT
         wait = getattr(error, "retry_after", None)
-        if isinstance(error, ApiError) and wait and wait != math.inf and spent + wait > self.settings.max_retry_time:
-            error.message += f" (the API asked to wait {wait:.0f} s, longer than the retry budget of "
-            error.message += f"{self.settings.max_retry_time:g} s)"
-            error.retry_after = math.inf
+        if isinstance(error, ApiError) and wait and wait > self.settings.max_retry_time:
+            return WaitTooLong(wait, self.settings.max_retry_time, error.method or "", error.path or "", sent=True)
         return error
 
     def _retrying(self, method: str, shown: str, error: Exception, attempt: int, started: float) -> None:
@@ -357,7 +401,7 @@ class Client(ReadOnlyClient):
         2xx answer that is not an object with an id and a token."""
         answer = self._call("POST", "/instances", body=body, create=True)
         try:
-            data = _parsed(answer, "POST", "/instances")
+            data = self._parsed(answer, "POST", "/instances")
         except ApiError as exc:
             raise AmbiguousCreate(exc, answered=True) from None
         token = data.get("token") if isinstance(data, dict) else None
@@ -368,16 +412,16 @@ class Client(ReadOnlyClient):
 
     def update_instance(self, instance_id: int | str, body: dict) -> dict:
         """``PUT /instances/{id}`` with a full body."""
-        return _remember_tokens(self._json("PUT", f"/instances/{_segment(instance_id)}", body))
+        return _remember_tokens(self._json("PUT", _instance_path(instance_id), body))
 
     def patch_instance(self, instance_id: int | str, body: dict) -> dict:
         """``PATCH /instances/{id}`` with a partial body."""
-        return _remember_tokens(self._json("PATCH", f"/instances/{_segment(instance_id)}", body))
+        return _remember_tokens(self._json("PATCH", _instance_path(instance_id), body))
 
     def delete_instance(self, instance_id: int | str) -> bool:
         """``DELETE /instances/{id}``: True if deleted now, False if it was already gone (404)."""
         try:
-            self._call("DELETE", f"/instances/{_segment(instance_id)}")
+            self._call("DELETE", _instance_path(instance_id))
         except NotFound:
             return False
         return True
@@ -431,6 +475,15 @@ def _segment(value: int | str) -> str:
     return quote(text, safe="")
 
 
+def _instance_path(instance_id: Any) -> str:
+    """``/instances/{id}``: only an id the API could have given (an integer) is ever put in a URL."""
+    if not usable_id(instance_id):
+        raise InconsistentListing(
+            f"instance id {sanitize(repr(instance_id))[:80]} is not an integer: never used in a URL"
+        )
+    return f"/instances/{instance_id}"
+
+
 def _display(path: str, params: list[tuple[str, str]] | None) -> str:
     """The path as shown in traces and errors: relative to base_url, page tokens masked."""
     if not params:
@@ -447,12 +500,8 @@ def _ms_since(t0: float) -> int:
 
 
 def usable_id(value: Any) -> bool:
-    """An id the API gave: a non-negative integer, or a non-empty string."""
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return value >= 0
-    return isinstance(value, str) and bool(value.strip()) and len(value) <= 200
+    """An id as the API documents them: an integer (not a boolean, not a string of digits), >= 0."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _remember_tokens(data: Any) -> Any:
@@ -464,28 +513,24 @@ def _remember_tokens(data: Any) -> Any:
     return data
 
 
-def _parsed(answer: Answer, method: str, path: str) -> Any:
-    """The JSON of a 2xx answer (None if empty); ApiError if it is not JSON."""
+def _loads(content: bytes) -> Any:
+    """The JSON of an answer (None if empty). ValueError saying why: not JSON (cut short?), or nested
+    deeper than MAX_DEPTH (checked without recursion; deeper than Python's own limit is refused too)."""
+    deep = f"JSON nested deeper than the limit of {MAX_DEPTH} levels"
     try:
-        return json.loads(answer.content) if answer.content.strip() else None
+        value = json.loads(content) if content.strip() else None
+    except RecursionError:
+        raise ValueError(deep) from None
     except ValueError:
-        what = f"the API answered {answer.status} with {len(answer.content)} bytes that are not JSON"
-        raise ApiError(answer.status, what, _header_request_id(answer), method, path) from None
-
-
-def _page_items(reply: Answer, path: str) -> list:
-    """Parse one page; it must be a JSON list. Its tokens are registered before anything can print it."""
-    content = reply.content
-    try:
-        items = json.loads(content) if content.strip() else None
-    except ValueError:
-        raise InconsistentListing(
-            f"GET {path}: the API answered {reply.status} with {len(content)} bytes that are not JSON (cut short?)"
-        ) from None
-    if not isinstance(items, list):
-        _remember_tokens(items)
-        raise InconsistentListing(f"GET {path}: expected a JSON list, got {_json_kind(items)}")
-    return items
+        raise ValueError(f"{len(content)} bytes that are not JSON (cut short?)") from None
+    todo = [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise ValueError(deep)
+            todo.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return value
 
 
 def _total(reply: Answer) -> int | None:
@@ -519,7 +564,7 @@ def _error_details(answer: Answer) -> tuple[str, str, str | None]:
     ``message`` (and ``providerMessage``) of a JSON error is ever shown: redacted first, then cleaned
     of control characters, then cut short. A body that is not a JSON error is described, not shown."""
     try:
-        body = json.loads(answer.content) if answer.content else None
+        body = _loads(answer.content)
     except ValueError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("message"), str):
@@ -528,11 +573,11 @@ def _error_details(answer: Answer) -> tuple[str, str, str | None]:
         if isinstance(body.get("providerMessage"), str) and body["providerMessage"]:
             message += f" (provider: {body['providerMessage']})"
         request_id = body.get("requestId") if isinstance(body.get("requestId"), str) else None
-        return raw, _cut(sanitize(REDACTOR.redact(message))), _short_id(request_id)
+        return raw, _server_text(message), _short_id(request_id)
     if 300 <= answer.status < 400:
         return "", "unexpected redirect (not followed)", None
     kind = (answer.headers.get("Content-Type") or "no content type").split(";")[0].strip()
-    reason = sanitize(answer.reason or "")[:60]
+    reason = _server_text(answer.reason or "", 60)
     return (
         "",
         f"{reason + ', ' if reason else ''}no JSON error message ({len(answer.content)} bytes of "
@@ -541,16 +586,22 @@ def _error_details(answer: Answer) -> tuple[str, str, str | None]:
     )
 
 
+def _server_text(text: str, limit: int = MAX_MESSAGE) -> str:
+    """Server text made fit to print: every whole form of a secret masked on the full text, then
+    control characters removed, then cut short, then any piece of a secret left at a cut edge masked."""
+    return REDACTOR.redact(_cut(sanitize(REDACTOR.redact(text)), limit), edges=True)
+
+
 def _short_id(value: str | None) -> str | None:
-    return _cut(sanitize(REDACTOR.redact(value)))[:64] if value else None
+    return _server_text(value, 64) if value else None
 
 
 def _header_request_id(answer: Answer) -> str | None:
     return _short_id(answer.headers.get(REQUEST_ID_HEADER) or None)
 
 
-def _cut(text: str) -> str:
-    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+def _cut(text: str, limit: int = MAX_MESSAGE) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -583,6 +634,4 @@ def _retryable(error: Exception) -> bool:
     """Can trying again help? 429, 5xx and most transport errors yes, other 4xx no."""
     if isinstance(error, TransportError):
         return error.retryable
-    if isinstance(error, RateLimited) and error.retry_after == math.inf:
-        return False
     return isinstance(error, (RateLimited, ServerError))

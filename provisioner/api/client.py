@@ -271,7 +271,9 @@ class ReadOnlyClient:
                 self._emit(f"{line}; outcome unknown, not retried")
                 self._stop.check()
                 raise AmbiguousCreate(outcome, answered=isinstance(outcome, ApiError)) from outcome
-            self._stop.check()  # a request the interrupt ended is not retried
+            if self._stop.is_set():  # a request the interrupt ended is not retried
+                self._emit(f"{line}; not retried: the run is stopping")
+                self._check_stop(outcome)
             delay, why = self._retry_delay(outcome, attempt, started)
             if delay is None:
                 self._emit(f"{line}{why}")
@@ -279,7 +281,16 @@ class ReadOnlyClient:
             self._emit(f"{line}; retrying in {delay:.2f} s (attempt {attempt + 1}/{self.settings.max_attempts})")
             self._retrying(method, shown, outcome, attempt, started)
             if self._stop.wait(delay):
-                self._stop.check()
+                self._check_stop(outcome)
+
+    def _check_stop(self, outcome: ApiError | TransportError) -> None:
+        """Interrupted if the run is stopping; ``sent`` False when the server provably did nothing
+        with the last attempt (a 429, or refused before it was sent): the change was not done."""
+        try:
+            self._stop.check()
+        except Interrupted as exc:
+            exc.sent = not isinstance(outcome, RateLimited) and getattr(outcome, "ambiguous", True)
+            raise
 
     def _attempt(
         self, method: str, url: str, data: bytes | None, shown: str, started: float, first: bool

@@ -124,7 +124,7 @@ class Transport:
             if self._stop is not None and self._stop.expired():
                 raise TransportError("ended by the interrupt", True, retryable=False)
             if time.monotonic() > ends:
-                raise TransportError(f"no complete answer within the request deadline of {deadline:g} s", True)
+                raise TransportError(f"no complete answer within the request deadline of {deadline:.3g} s", True)
             try:
                 part = response.raw.read1(CHUNK, decode_content=True)
             except Exception as exc:  # noqa: BLE001 - urllib3's own errors: requests wraps them only in iter_content

@@ -93,6 +93,7 @@ class Harness:
         self.db_path = self.root / "emulator.db"
         self.db = EmulatorDB(self.db_path)
         self.outputs = self.work / "out" / "tokens.json"
+        self.outputs.parent.mkdir()  # provisioner creates no directory for its outputs
 
     # -- lifecycle -----------------------------------------------------------------------------
 

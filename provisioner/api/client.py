@@ -1,10 +1,11 @@
 """The one module that talks HTTP to the Cloud Elements platform API.
 
 Everything the network can do wrong is decided here, once: which failures are retried and how long
-to back off, the rate budget shared by all worker threads, how an HTTP status maps onto the error
-tree of ``errors.py``, paging, and the request statistics. The rest of provisioner calls typed
+to back off, the rate budget shared by all worker threads, when an answer is an error (its status
+mapped onto the tree of ``errors.py``), paging, and the request statistics. The rest calls typed
 methods (``instance_pages``, ``create_instance``, ...) and sees parsed JSON or a
-``ProvisionerError``. The wire (requests, the deadline) is ``transport.py``.
+``ProvisionerError``. The wire (requests, the deadline) is ``transport.py``; what an answer means
+(its JSON, the error a status maps to, ``Retry-After``) is ``answers.py``.
 
 Three rules come first:
 
@@ -24,7 +25,6 @@ Three rules come first:
 
 from __future__ import annotations
 
-import email.utils
 import ipaddress
 import json
 import math
@@ -38,37 +38,39 @@ from urllib.parse import quote, urlencode, urlsplit
 from ..errors import (
     AmbiguousCreate,
     ApiError,
-    BadRequest,
-    Conflict,
     InconsistentListing,
     Interrupted,
     NotFound,
     RateLimited,
     ServerError,
     TransportError,
-    Unauthorized,
     UserError,
     WaitTooLong,
 )
 from ..interrupt import StopFlag
 from ..secret import MASK, REDACTOR, Secret, json_default, sanitize
+from .answers import (
+    TOTAL_HEADER,
+    announced_total,
+    api_error,
+    header_request_id,
+    json_kind,
+    loads,
+    remember_tokens,
+    usable_id,
+)
 from .ratelimit import RateBudget
 from .stats import RequestStats
 
 if TYPE_CHECKING:
     from .transport import Answer
 
-MAX_MESSAGE = 300
 NEXT_PAGE_HEADER = "elements-next-page-token"
-TOTAL_HEADER = "elements-total-count"
-REQUEST_ID_HEADER = "elements-request-id"
 MAX_PAGES = 5_000  # hard cap on one listing: 1,000,000 instances at 200 a page
 # The documented answer of an empty instance listing: a 404 with exactly this message (any other 404,
 # even one that starts the same way, is an error naming the URL).
 EMPTY_LISTING = "No instances found"
-MAX_DEPTH = 100  # JSON nesting the API's answers need is under 10; deeper is refused, never parsed on
 MAX_ANSWER_BYTES = 64 * 1024 * 1024  # an answer's size once decompressed (--max-answer-bytes)
-_STATUS_ERRORS = {400: BadRequest, 401: Unauthorized, 403: Unauthorized, 404: NotFound, 409: Conflict, 429: RateLimited}
 NETWORK_HINT = (
     "check CE_API_URL (or the target's url), CE_USER_SECRET and CE_ORGANIZATION_SECRET, "
     "the network and any HTTPS_PROXY; or try --local for the built-in emulator"
@@ -151,11 +153,11 @@ class ReadOnlyClient:
         handed over. Raises InconsistentListing when the pages cannot be trusted (a repeated or
         endless page sequence, or fewer or more items than announced)."""
         for page in self._pages("/instances", [("tags[]", t) for t in tags]):
-            yield _remember_tokens(page)
+            yield remember_tokens(page)
 
     def get_instance(self, instance_id: int | str) -> dict:
         """``GET /instances/{id}``; NotFound if there is no such instance."""
-        return _remember_tokens(self._json("GET", _instance_path(instance_id)))
+        return remember_tokens(self._json("GET", _instance_path(instance_id)))
 
     def get_element(self, key: str) -> dict:
         """``GET /elements/{key}``: the element's metadata."""
@@ -184,7 +186,7 @@ class ReadOnlyClient:
             if answer is None:  # the API's 404 "No instances found" to the first page: an empty collection
                 break
             pages += 1
-            total = _total(answer)
+            total = announced_total(answer)
             if total is not None:  # the announced total bounds the number of pages
                 totals.add(total)
                 limit = min(limit, max(1, math.ceil(total / max(1, self.settings.page_size))) + 1)
@@ -230,12 +232,12 @@ class ReadOnlyClient:
     def _page_items(self, reply: Answer, path: str) -> list:
         """Parse one page; it must be a JSON list. Its tokens are registered before anything can print it."""
         try:
-            items = _loads(reply.content)
+            items = loads(reply.content)
         except ValueError as exc:
             raise InconsistentListing(f"GET {self._base}{path}: the API answered {reply.status} with {exc}") from None
         if not isinstance(items, list):
-            _remember_tokens(items)
-            raise InconsistentListing(f"GET {path}: expected a JSON list, got {_json_kind(items)}")
+            remember_tokens(items)
+            raise InconsistentListing(f"GET {path}: expected a JSON list, got {json_kind(items)}")
         return items
 
     # -- one call, with retries -------------------------------------------------------------
@@ -344,7 +346,7 @@ class ReadOnlyClient:
             proxy = f"the proxy {self._transport.proxy_display} refused the request: 407 Proxy Authentication Required"
             hint = "check the user and password in HTTPS_PROXY / HTTP_PROXY"
             return TransportError(proxy, False, method, shown, retryable=False, hint=hint)
-        error = _api_error(answer, method, shown)
+        error = api_error(answer, method, shown)
         if answer.status == 429:
             self.budget.on_throttle(error.retry_after)
         return error
@@ -357,10 +359,10 @@ class ReadOnlyClient:
         """The JSON of a 2xx answer (None if empty); ApiError, naming the URL, if it is not JSON or
         nests deeper than MAX_DEPTH."""
         try:
-            return _loads(answer.content)
+            return loads(answer.content)
         except ValueError as exc:
             what = f"{self._base}{path} answered {answer.status} with {exc}"
-            raise ApiError(answer.status, what, _header_request_id(answer), method, path) from None
+            raise ApiError(answer.status, what, header_request_id(answer), method, path) from None
 
     def _retry_delay(self, error: Exception, attempt: int, started: float) -> tuple[float | None, str]:
         """Seconds to wait before the next attempt, or (None, reason) to give up with ``error``."""
@@ -417,17 +419,17 @@ class Client(ReadOnlyClient):
             raise AmbiguousCreate(exc, answered=True) from None
         token = data.get("token") if isinstance(data, dict) else None
         if not isinstance(data, dict) or not usable_id(data.get("id")) or not isinstance(token, str) or not token:
-            what = f"the API answered the create with {_json_kind(data)}, not an instance with an id and a token"
-            raise AmbiguousCreate(ApiError(answer.status, what, _header_request_id(answer), "POST", "/instances"), True)
-        return _remember_tokens(data)
+            what = f"the API answered the create with {json_kind(data)}, not an instance with an id and a token"
+            raise AmbiguousCreate(ApiError(answer.status, what, header_request_id(answer), "POST", "/instances"), True)
+        return remember_tokens(data)
 
     def update_instance(self, instance_id: int | str, body: dict) -> dict:
         """``PUT /instances/{id}`` with a full body."""
-        return _remember_tokens(self._json("PUT", _instance_path(instance_id), body))
+        return remember_tokens(self._json("PUT", _instance_path(instance_id), body))
 
     def patch_instance(self, instance_id: int | str, body: dict) -> dict:
         """``PATCH /instances/{id}`` with a partial body."""
-        return _remember_tokens(self._json("PATCH", _instance_path(instance_id), body))
+        return remember_tokens(self._json("PATCH", _instance_path(instance_id), body))
 
     def delete_instance(self, instance_id: int | str) -> bool:
         """``DELETE /instances/{id}``: True if deleted now, False if it was already gone (404)."""
@@ -505,133 +507,6 @@ def _display(path: str, params: list[tuple[str, str]] | None) -> str:
 
 def _ms_since(t0: float) -> int:
     return int(round((time.monotonic() - t0) * 1000))
-
-
-# -- helpers: answers ----------------------------------------------------------------------------
-
-
-def usable_id(value: Any) -> bool:
-    """An id as the API documents them: an integer (not a boolean, not a string of digits), >= 0."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _remember_tokens(data: Any) -> Any:
-    """Register instance tokens found in an answer with the redactor, so they never get printed."""
-    items = data if isinstance(data, list) else [data]
-    for item in items:
-        if isinstance(item, dict) and isinstance(item.get("token"), str):
-            REDACTOR.add_token(item["token"])
-    return data
-
-
-def _loads(content: bytes) -> Any:
-    """The JSON of an answer (None if empty). ValueError saying why: not JSON (cut short?), or nested
-    deeper than MAX_DEPTH (checked without recursion; deeper than Python's own limit is refused too)."""
-    deep = f"JSON nested deeper than the limit of {MAX_DEPTH} levels"
-    try:
-        value = json.loads(content) if content.strip() else None
-    except RecursionError:
-        raise ValueError(deep) from None
-    except ValueError:
-        raise ValueError(f"{len(content)} bytes that are not JSON (cut short?)") from None
-    todo = [(value, 1)]
-    while todo:
-        item, depth = todo.pop()
-        if isinstance(item, (dict, list)):
-            if depth > MAX_DEPTH:
-                raise ValueError(deep)
-            todo.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return value
-
-
-def _total(reply: Answer) -> int | None:
-    value = (reply.headers.get(TOTAL_HEADER) or "").strip()
-    return int(value) if value.isdigit() and len(value) < 12 else None
-
-
-def _json_kind(value: Any) -> str:
-    kinds = {dict: "an object", list: "a list", str: "a string", type(None): "nothing", bool: "a boolean"}
-    return kinds.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
-
-
-# -- helpers: HTTP errors -----------------------------------------------------------------------
-
-
-def _api_error(answer: Answer, method: str, shown: str) -> ApiError:
-    """The ApiError subclass for a non-2xx answer, with the API's message and requestId."""
-    status = answer.status
-    raw, message, request_id = _error_details(answer)
-    cls = _STATUS_ERRORS.get(status) or (ServerError if status >= 500 else ApiError)
-    retry_after = None
-    if status == 429 or status >= 500:
-        retry_after = _retry_after(answer.headers.get("Retry-After"))
-    error = cls(status, message, request_id or _header_request_id(answer), method, shown, retry_after)
-    error.raw_message = raw  # the API's message, unshortened, to recognise "No instances found"
-    return error
-
-
-def _error_details(answer: Answer) -> tuple[str, str, str | None]:
-    """(raw API message, shown message, requestId from the body) of an error answer. Only the
-    ``message`` (and ``providerMessage``) of a JSON error is ever shown: redacted first, then cleaned
-    of control characters, then cut short. A body that is not a JSON error is described, not shown."""
-    try:
-        body = _loads(answer.content)
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        raw = body["message"]
-        message = raw
-        if isinstance(body.get("providerMessage"), str) and body["providerMessage"]:
-            message += f" (provider: {body['providerMessage']})"
-        request_id = body.get("requestId") if isinstance(body.get("requestId"), str) else None
-        return raw, _server_text(message), _short_id(request_id)
-    if 300 <= answer.status < 400:
-        return "", "unexpected redirect (not followed)", None
-    kind = (answer.headers.get("Content-Type") or "no content type").split(";")[0].strip()
-    reason = _server_text(answer.reason or "", 60)
-    return (
-        "",
-        f"{reason + ', ' if reason else ''}no JSON error message ({len(answer.content)} bytes of "
-        f"{sanitize(kind)[:60]})",
-        None,
-    )
-
-
-def _server_text(text: str, limit: int = MAX_MESSAGE) -> str:
-    """Server text made fit to print: every whole form of a secret masked on the full text, then
-    control characters removed, then cut short, then any piece of a secret left at a cut edge masked."""
-    return REDACTOR.redact(_cut(sanitize(REDACTOR.redact(text)), limit), edges=True)
-
-
-def _short_id(value: str | None) -> str | None:
-    return _server_text(value, 64) if value else None
-
-
-def _header_request_id(answer: Answer) -> str | None:
-    return _short_id(answer.headers.get(REQUEST_ID_HEADER) or None)
-
-
-def _cut(text: str, limit: int = MAX_MESSAGE) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (seconds, fractional allowed, or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-        if when.tzinfo is None:  # parsedate_to_datetime raises on what it cannot parse (Python 3.10+)
-            return None
-        seconds = when.timestamp() - time.time()
-    if seconds != seconds:  # NaN
-        return None
-    return max(0.0, seconds)
 
 
 def _ambiguous(error: Exception) -> bool:

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 from ..errors import InconsistentListing
 from ..ownership import stack_marker
 from ..secret import Secret, sanitize
-from .client import ClientSettings, usable_id
+from .answers import usable_id
+from .client import ClientSettings
 
 LISTING_TRIES = 3  # a listing read while other runs write may shift between pages: read it again
 

@@ -393,4 +393,14 @@ def sanitize(text: str) -> str:
     return _CONTROLS.sub("", text)
 
 
+def escape(text: str, keep: str = "") -> str:
+    """Text made safe to print, and still recognisable: every character that is not printable
+    (controls, ANSI's ESC, bidi and other format characters, line separators, lone surrogates) is
+    written as its Python escape (``\\x1b``, ``\\u202e``, ``\\ud800``), except those in ``keep``
+    (the reporters keep their own line breaks). The result always encodes as UTF-8."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
+
+
 REDACTOR = Redactor()

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-ACTION_REF = re.compile(r"^OWNER/REPO@v(?P<version>.+)$")
+ACTION_REF = re.compile(r"^OWNER/REPO@(?P<ref>.+)$")
 _EXPR = re.compile(r"\$\{\{\s*(.+?)\s*\}\}")
 
 
@@ -86,7 +86,8 @@ def run_shell(script: str, env: dict, cwd: Path, timeout: float = 180) -> subpro
 
 
 class GitHubRunner:
-    """One job's steps, in order; ``uses: OWNER/REPO@v...`` runs this repository's action.yml."""
+    """One job's steps, in order; ``uses: OWNER/REPO@<ref>`` runs the action.yml of ``action_path`` (this
+    checkout, or a clone of it as GitHub makes one for the ref)."""
 
     def __init__(
         self,
@@ -96,9 +97,10 @@ class GitHubRunner:
         secrets: dict,
         skip: Callable[[dict], bool] = lambda step: False,
         event: str = "push",
+        action_path: Path = REPO,
     ):
         self.env, self.workdir, self.temp, self.secrets, self.skip = env, workdir, temp, secrets, skip
-        self.event = event
+        self.event, self.action_path = event, action_path
         self.logs: list[subprocess.CompletedProcess] = []
         self.summary = temp / "step_summary.md"
         self.artifacts = temp / "artifacts"  # one store for the workflow run: runners sharing ``temp`` share it
@@ -113,7 +115,7 @@ class GitHubRunner:
             "steps": steps,
             "inputs": inputs or {},
             "needs": self.needs,
-            "github": {"action_path": str(REPO), "event_name": self.event},
+            "github": {"action_path": str(self.action_path), "event_name": self.event},
         }
 
     def should_run(self, workflow: dict, job: str) -> bool:
@@ -175,7 +177,7 @@ class GitHubRunner:
             "GITHUB_OUTPUT": str(output_file),
             "GITHUB_STEP_SUMMARY": str(self.summary),
             "RUNNER_TEMP": str(self.temp),
-            "GITHUB_ACTION_PATH": str(REPO),
+            "GITHUB_ACTION_PATH": str(self.action_path),
         }
         cwd = workdir or self.workdir
         if step.get("working-directory"):
@@ -187,7 +189,7 @@ class GitHubRunner:
         return self.last_outputs
 
     def run_action(self, step: dict, ctx: dict, workflow_env: dict) -> dict:
-        action = yaml.safe_load((REPO / "action.yml").read_text(encoding="utf-8"))
+        action = yaml.safe_load((self.action_path / "action.yml").read_text(encoding="utf-8"))
         given = {k: str(expand(v, ctx)) for k, v in (step.get("with") or {}).items()}
         unknown = set(given) - set(action["inputs"])
         assert not unknown, f"inputs the action does not declare: {unknown}"

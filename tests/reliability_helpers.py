@@ -89,11 +89,12 @@ class Harness:
         self.work = self.root / "work"
         self.tmp = self.root / "tmp"  # TMPDIR of the CLI: crash files would land here
         self.work.mkdir(parents=True, exist_ok=True)
+        (self.work / "out").mkdir(exist_ok=True)  # provisioner writes outputs only into existing directories
         self.tmp.mkdir(exist_ok=True)
         self.db_path = self.root / "emulator.db"
         self.db = EmulatorDB(self.db_path)
         self.outputs = self.work / "out" / "tokens.json"
-        self.outputs.parent.mkdir()  # provisioner creates no directory for its outputs
+        self.outputs.parent.mkdir(exist_ok=True)  # a missing directory is refused, never created
 
     # -- lifecycle -----------------------------------------------------------------------------
 

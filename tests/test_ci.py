@@ -20,8 +20,6 @@ from conftest import ORG_SECRET, REPO, USER_SECRET, manifest_text, write
 from pipelines import GitHubRunner, gitlab_config, gitlab_job_script, gitlab_variables, load_gitlab, run_shell
 from safety_helpers import Api
 
-from provisioner import __version__
-
 ACTION = REPO / "action.yml"
 TEMPLATE = REPO / "ci" / "gitlab" / "provisioner.gitlab-ci.yml"
 HOOKS = REPO / ".pre-commit-hooks.yaml"
@@ -44,7 +42,7 @@ def _runner(cli, tmp_path: Path) -> GitHubRunner:
 
 
 def _action(runner: GitHubRunner, **given: str) -> dict:
-    step = {"uses": f"OWNER/REPO@v{__version__}", "with": given}
+    step = {"uses": "OWNER/REPO@main", "with": given}
     return runner.run_action(step, runner.context({}, {}), {})
 
 
@@ -67,13 +65,14 @@ def test_action_yml_is_a_composite_action_with_the_documented_interface():
     for command in ("validate", "plan", "apply", "destroy", "output", "drift"):
         assert command in action["inputs"]["command"]["description"]
     assert all("description" in spec for spec in [*action["inputs"].values(), *action["outputs"].values()])
-    assert action["inputs"]["version"]["default"] == __version__
+    assert action["inputs"]["version"]["default"] == ""  # the action's own checkout, the ref in uses:
     assert action["runs"]["using"] == "composite"
     for step in action["runs"]["steps"]:
         assert ("uses" in step) != ("run" in step)
         if "run" in step:
             assert step["shell"] == "bash"
     install = next(s for s in action["runs"]["steps"] if "pip install" in s.get("run", ""))
+    assert 'pip install --disable-pip-version-check "$GITHUB_ACTION_PATH"' in install["run"]
     assert '"cloud-elements-provisioner==${PROVISIONER_VERSION}"' in install["run"]
     assert (REPO / "ci" / "github" / "action.py").exists()
 
@@ -92,6 +91,7 @@ def test_action_plan_writes_the_markdown_summary_and_exposes_the_exit_code(cli, 
 
 def test_action_apply_masks_every_token_before_printing_anything(cli, db, tmp_path):
     runner = _runner(cli, tmp_path)
+    (cli.cwd / "out").mkdir()  # a missing directory is refused, never created
     outputs = _action(runner, command="apply", manifest=_manifest(cli, 3), **{"outputs-file": "out/tokens.json"})
     assert outputs["exitcode"] == "0"
     path = cli.cwd / "out" / "tokens.json"
@@ -156,6 +156,7 @@ def test_action_passes_inputs_files_and_args_and_fails_on_errors(cli, db, tmp_pa
 def test_action_saves_the_plan_and_applies_exactly_that_plan(cli, db, tmp_path):
     runner = _runner(cli, tmp_path)
     manifest = _manifest(cli)
+    (cli.cwd / "reviewed").mkdir()  # a missing directory is refused, never created
     planned = _action(runner, command="plan", manifest=manifest, **{"plan-file": "reviewed/plan.json"})
     assert planned["plan-file"] == str(cli.cwd / "reviewed" / "plan.json") and planned["changes"] == "true"
     saved = (cli.cwd / "reviewed" / "plan.json").read_text()
@@ -206,33 +207,49 @@ def test_action_drift_writes_the_markdown_report_and_fails_the_step_on_drift(cli
 
 
 # ------------------------------------------------------------------------------------- GitLab template
-def test_gitlab_template_defines_the_hidden_jobs_with_a_pinned_install():
+def test_gitlab_template_defines_the_hidden_jobs_with_an_install_from_the_repository():
     template = load_gitlab(TEMPLATE)
-    assert template["variables"]["PROVISIONER_VERSION"] == __version__
+    variables = template["variables"]
+    assert variables["PROVISIONER_VERSION"] == variables["PROVISIONER_REPOSITORY"] == ""
+    assert variables["PROVISIONER_ARCHIVE"] == "" and variables["PROVISIONER_REF"] == "main"
     for job in (".provisioner-validate", ".provisioner-plan", ".provisioner-apply", ".provisioner-drift"):
         assert template[job]["extends"] == ".provisioner" and template[job]["script"]
     assert template[".provisioner-plan"]["artifacts"]["paths"] == ["provisioner-plan.md", "plan.json"]
     assert template[".provisioner-drift"]["artifacts"]["paths"] == ["provisioner-drift.md"]
     assert "allow_failure" not in template[".provisioner-drift"]  # drift fails the job, which notifies
-    assert '"cloud-elements-provisioner==${PROVISIONER_VERSION}"' in template[".provisioner"]["before_script"][0]
+    install = template[".provisioner"]["before_script"][0]
+    assert '"cloud-elements-provisioner==$PROVISIONER_VERSION"' in install
+    assert "/-/archive/$PROVISIONER_REF/" in install
     assert template[".provisioner-plan"]["allow_failure"] == {"exit_codes": [2]}
     assert "artifacts" not in template[".provisioner-apply"]  # the tokens never become an artifact
+
+
+def test_gitlab_template_install_line_names_what_to_set_when_nothing_is_set(tmp_path):
+    line = load_gitlab(TEMPLATE)[".provisioner"]["before_script"][0]
+    proc = subprocess.run(
+        ["sh", "-e", "-c", line], cwd=tmp_path, env={"PATH": os.environ["PATH"]}, capture_output=True, text=True
+    )
+    assert proc.returncode == 1 and not proc.stdout
+    assert proc.stderr.startswith(
+        "error: set PROVISIONER_REPOSITORY (the project holding provisioner, e.g. $CI_SERVER_URL"
+    )
+    assert "or PROVISIONER_VERSION" in proc.stderr
 
 
 def test_gitlab_template_jobs_run_against_the_emulator(cli, db, tmp_path):
     pipeline = write(
         tmp_path,
         "pipeline.yml",
-        f"""
+        """
         include:
           - project: OWNER/REPO
-            ref: v{__version__}
+            ref: main
             file: ci/gitlab/provisioner.gitlab-ci.yml
         variables:
           PROVISIONER_INPUTS: "none.yaml"
-        validate: {{extends: .provisioner-validate}}
-        plan: {{extends: .provisioner-plan}}
-        apply: {{extends: .provisioner-apply}}
+        validate: {extends: .provisioner-validate}
+        plan: {extends: .provisioner-plan}
+        apply: {extends: .provisioner-apply}
     """,
     )
     write(cli.cwd, "none.yaml", "unused: true\n")

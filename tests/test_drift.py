@@ -11,10 +11,16 @@ import json
 import pytest
 from conftest import ORG_SECRET, USER_SECRET, manifest_text, write
 from safety_helpers import Api, by_name, methods
+from test_plan_table import CASES as PLAN_CASES
+from test_plan_table import CASES_DIR, FP_KEY, live_instances
 
 from provisioner.api.client import Client
 from provisioner.engine import stages as engine
+from provisioner.engine.diff import FingerprintContext
+from provisioner.engine.drift import detect
+from provisioner.engine.plan import make_plan
 from provisioner.interrupt import StopFlag
+from provisioner.ownership import is_unmanaged
 
 
 @pytest.fixture
@@ -203,3 +209,55 @@ def test_drift_with_a_bad_manifest_exits_1_without_a_request(cli, db):
     manifest = write(cli.cwd, "m.yaml", "apiVersion: provisioner/v1\nstack: tests\ninstances: [{name: x}]\n")
     proc = cli.run("drift", manifest)
     assert proc.returncode == 1 and db.requests() == []
+
+
+# -- drift and plan agree (issue 17, point 8) -----------------------------------------------------
+
+
+def test_another_stacks_namesakes_are_not_drift_on_a_shared_organization(cli, db):
+    """The documented setup: two stacks declare the same names in one organization. Each stack's plan
+    says no changes, and so does its drift (exit 0), whatever the other stack's copies hold."""
+    staging = write(cli.cwd, "staging.yaml", manifest_text(stack="staging", count=2))
+    manifest = write(cli.cwd, "m.yaml", manifest_text(count=2))
+    assert cli.run("apply", staging, env={"CW_PASSWORD": "staging-pw-1"}).returncode == 0
+    assert cli.run("apply", manifest).returncode == 0
+    assert sorted(r["name"] for r in db.instances()) == ["helpdesk-0", "helpdesk-0", "helpdesk-1", "helpdesk-1"]
+    plan = cli.run("plan", manifest)
+    assert plan.returncode == 0 and "No changes" in plan.stdout, plan.stdout + plan.stderr
+    db.clear_requests()
+    code, report = drift(cli, manifest)
+    assert code == 0, json.dumps(report, indent=2)
+    assert report["findings"] == [] and report["summary"]["inSync"] == 2
+    text = cli.run("drift", manifest)
+    assert text.returncode == 0 and "No drift" in text.stdout and "unmanaged" not in text.stdout
+    assert methods(db) == {"GET"}
+
+
+def plan_and_drift(case: str):
+    """The plan (default options, as drift makes it) and the drift report of one plan-table case."""
+    directory = CASES_DIR / case
+    validated = engine.validate(engine.Options(manifest=str(directory / "manifest.yaml"), environ={}))
+    stack = validated.manifest.stack
+    live = {"default": live_instances(directory / "live.json", stack)}
+    fingerprints = {"default": FingerprintContext(FP_KEY, stack)}
+    the_plan = make_plan(stack, validated.desired, live, validated.registry, fingerprints)
+    report = detect(the_plan, live, validated.registry, fingerprints, len(validated.desired))
+    return the_plan, report, live["default"]
+
+
+@pytest.mark.parametrize("case", PLAN_CASES)
+def test_drift_agrees_with_plan_over_the_plan_table(case):
+    """Over the plan table's fixtures: where plan has no changes, drift finds no drift (exit 0); and
+    another stack's instance is never a finding of this stack's drift."""
+    the_plan, report, live = plan_and_drift(case)
+    others = {i.id for i in live if not i.owned_by(the_plan.stack) and not is_unmanaged(i.tags)}
+    assert [f for f in report.findings if f.id in others] == [], case
+    if not the_plan.has_changes and not the_plan.has_refusals:
+        assert not report.has_drift, [f.to_json() for f in report.findings]
+
+
+def test_the_plan_table_has_cases_for_the_agreement():
+    quiet = [c for c in PLAN_CASES if not (p := plan_and_drift(c)[0]).has_changes and not p.has_refusals]
+    shared = [c for c in PLAN_CASES if any(not i.owned_by("tests") for i in plan_and_drift(c)[2])]
+    assert "other-stack-same-names-noop" in quiet and len(quiet) >= 10, quiet
+    assert len(shared) >= 3, shared

@@ -17,8 +17,6 @@ from conftest import ORG_SECRET, REPO, USER_SECRET
 from pipelines import GitHubRunner, GitLabRunner, gitlab_config, load_gitlab
 from safety_helpers import Api
 
-from provisioner import __version__
-
 EXAMPLES = REPO / "examples"
 MANIFESTS = {
     "quickstart.yaml": [],
@@ -284,14 +282,17 @@ def test_gitlab_ci_apply_without_the_plan_artifact_fails_before_any_request(cli,
     assert db.requests() == []
 
 
-def test_every_pipeline_example_installs_a_pinned_version():
-    """No `pip install .` in a user's repository: the action and the template pin the released version."""
+def test_every_pipeline_example_installs_from_the_repository_at_main():
+    """No `pip install .` in a user's repository, and no release tag that does not exist: the examples
+    name `main` (no release is tagged yet), and the GitLab example installs the ref it includes."""
     for path in (EXAMPLES / "pipelines").iterdir():
         assert "pip install ." not in path.read_text()
     workflow = yaml.safe_load((EXAMPLES / "pipelines" / "github-actions.yml").read_text())
     refs = [s["uses"] for job in workflow["jobs"].values() for s in job["steps"] if "OWNER/REPO" in s.get("uses", "")]
-    assert refs and all(ref == f"OWNER/REPO@v{__version__}" for ref in refs)
-    include = load_gitlab(EXAMPLES / "pipelines" / "gitlab-ci.yml")["include"]
-    assert include == [
-        {"project": "OWNER/REPO", "ref": f"v{__version__}", "file": "ci/gitlab/provisioner.gitlab-ci.yml"}
+    assert refs and all(ref == "OWNER/REPO@main" for ref in refs)
+    example = load_gitlab(EXAMPLES / "pipelines" / "gitlab-ci.yml")
+    assert example["include"] == [
+        {"project": "OWNER/REPO", "ref": "main", "file": "ci/gitlab/provisioner.gitlab-ci.yml"}
     ]
+    assert example["variables"]["PROVISIONER_REF"] == example["include"][0]["ref"]
+    assert example["variables"]["PROVISIONER_REPOSITORY"] == "$CI_SERVER_URL/OWNER/REPO"

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scripted_server import Reply, ScriptedServer
 
-from provisioner.secret import MASK, Redactor, sanitize
+from provisioner.secret import MASK, Redactor, escape, sanitize
 
 TRICKY = 'Pa$$ "w0rd" <&> it\'s\n\t  ok/é\\x'
 
@@ -148,6 +148,21 @@ def test_many_secrets_still_redact():
         assert token not in out and base64.b64encode(token.encode()).decode()[:-4] not in out
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40), st.sampled_from(["", "\n"]))
+def test_property_escaped_text_is_printable_and_encodes(text, keep):
+    shown = escape(text, keep)
+    assert all(c.isprintable() or c in keep for c in shown)
+    shown.encode("utf-8")
+    assert shown.count("\n") == (text.count("\n") if keep else 0)
+    assert escape(text) == text or not text.isprintable()
+
+
+def test_escape_keeps_a_name_recognisable():
+    assert escape("hd-4\x1b[2J\r\nApply: 0 created") == r"hd-4\x1b[2J\r\nApply: 0 created"
+    assert escape("hd-3\ud800 \u202eexe \u2028 é ü") == r"hd-3\ud800 \u202eexe \u2028 é ü"
+
+
 # -- through the real CLI ---------------------------------------------------------------------------
 
 CANARY = 'Canary "pw" <7>&\n  it\'s-9f3e'
@@ -208,3 +223,38 @@ def test_canary_password_echoed_in_a_400_never_reaches_the_output(tmp_path, offs
             both = proc.stdout + proc.stderr
             assert "rejected" in both
             assert not leaks(both, CANARY, encodings(CANARY)), (leaks(both, CANARY, encodings(CANARY)), both)
+
+
+SHARED = """\
+apiVersion: provisioner/v1
+stack: tests
+instances:
+  - name: helpdesk
+    element: connectwisehd
+    configuration:
+      helpdesk.connectwise.username: "{{ env.PW }}"
+      helpdesk.connectwise.password: "{{ env.PW }}"
+      helpdesk.connectwise.server.url: api-na.myconnectwise.net
+      helpdesk.connectwise.company: acme
+      event.poller.refresh_interval: "{{ env.PW }}"
+      event.notification.callback.url: "{{ env.PW }}"
+"""
+
+
+@pytest.mark.parametrize(
+    "secret", ["sec-Canary'9\"x", "abc\\def-Canary", "é-Canary-<&>", 'Canary "pw" <7>&  it\'s-9f3e']
+)
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_a_validation_problem_never_shows_a_secret_also_used_in_a_plain_key(cli, db, secret, output):
+    """The secret is also the value of non-secret keys whose schema refuses it: the problem quotes the
+    value (its repr). JSON escaping used to respell that repr past the redactor."""
+    write(cli.cwd, "m.yaml", SHARED)
+    for command in ("validate", "plan"):
+        proc = cli.run(command, "m.yaml", "-o", output, env={"PW": secret})
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        both = proc.stdout + proc.stderr
+        assert "configuration.event.notification.callback.url" in both and "expected form" in both
+        assert "Canary" not in both, both
+        if output == "json":
+            assert [p["line"] for p in json.loads(proc.stdout)["problems"]] == [11, 12]
+    assert db.requests() == []

@@ -12,10 +12,9 @@ import sys
 from urllib.parse import quote, quote_plus
 
 import pytest
-
 from conftest import REPO
 
-SECRET = 'p@ss word+/&<"x\'y'
+SECRET = "p@ss word+/&<\"x'y"
 
 
 def forms(secret: str) -> dict[str, str]:

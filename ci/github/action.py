@@ -8,7 +8,7 @@ report of plan, apply and drift to ``$GITHUB_STEP_SUMMARY``.
 
 The reviewed-plan flow: ``plan`` with a plan file runs ``plan --out FILE`` (the saved plan holds no secret
 and no token: safe as an artifact); ``apply`` with a plan file runs ``apply FILE``, which executes exactly
-that plan or refuses (exit 1) if anything it was based on changed since.
+that plan or refuses (exit 1) if an instance it touches changed since (drift elsewhere: a warning).
 
 Exit codes: the step fails when the command exits non-zero, except ``plan`` with changes pending (2).
 ``drift`` exits 2 when something changed behind provisioner's back: the step fails, so a scheduled job
@@ -138,6 +138,9 @@ def main() -> int:
         return 1
     default_file = Path(os.environ.get("RUNNER_TEMP") or ".", "provisioner-outputs.json")
     outputs_file = os.environ.get("INPUT_OUTPUTS_FILE") or str(default_file)
+    for path in (plan_file if command == "plan" else "", outputs_file if command in ("apply", "output") else ""):
+        if path and os.path.dirname(path):  # the action names these files: it makes their directory
+            os.makedirs(os.path.dirname(path), exist_ok=True)
     proc = subprocess.run(
         [sys.executable, "-m", "provisioner", *arguments(command, manifest, outputs_file, plan_file)],
         capture_output=True,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import sys
-import tempfile
 from dataclasses import replace
 
 import click
@@ -16,7 +16,10 @@ from ..engine import stages as engine
 from ..engine.outputs import format_env, format_json, write_outputs
 from ..engine.plan import Action, Plan
 from ..errors import UserError
+from ..manifest.load import DEFAULT_MAX_FOREACH
+from ..manifest.yamlload import DEFAULT_MAX_BYTES
 from ..ownership import is_unmanaged
+from ..privatefile import checked_path, write_private
 from .options import (
     ENV_API,
     ENV_RENDER,
@@ -39,7 +42,9 @@ from .options import (
     progress_option,
 )
 from .progress import ProgressReporter
+from .report import TextReporter
 from .run import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Run
+from .show import show
 
 WITH_MARKDOWN = (*FORMATS, "markdown")
 
@@ -94,12 +99,14 @@ def plan(args: PlanArgs) -> None:
     run = Run("plan", args.reporter, args.verbose)
 
     def body() -> int:
+        if args.out:
+            checked_path(args.out, "saved plan")  # before any request: a device or FIFO is refused now
         validated = run.validated(args)
         with run.connected(args, validated, read_only=True) as (options, connection):
             the_plan = engine.plan(validated, connection, options)
             saved = None
             if args.out and not the_plan.has_refusals:
-                saved = savedplan.document(the_plan, validated, connection, _sources(args))
+                saved = savedplan.document(the_plan, validated, connection, _sources(args), args.out)
         run.reporter.plan(the_plan)
         if the_plan.has_refusals:
             if args.out:
@@ -107,10 +114,22 @@ def plan(args: PlanArgs) -> None:
             return EXIT_ERROR
         if saved is not None and args.out:
             savedplan.write(args.out, saved)
-            run.reporter.info(f"Plan saved to {args.out} (mode 0600); apply it with: provisioner apply {args.out}")
+            run.reporter.info(f"Plan saved to {args.out} (mode 0600); apply it with: {_apply_line(args, args.out)}")
         return EXIT_CHANGES if args.detailed_exitcode and the_plan.has_changes else EXIT_OK
 
     run.exit(body)
+
+
+def _apply_line(args: PlanArgs, out: str) -> str:
+    """The command that applies the saved plan: with the options it cannot record (--set values are
+    never saved; the manifest, --inputs and --schemas paths are, relative to the plan file)."""
+    words = ["provisioner", "apply", out, *(["--local"] if args.local else [])]
+    words += [word for value in args.sets for word in ("--set", value)]
+    if args.max_foreach != DEFAULT_MAX_FOREACH:
+        words += ["--max-foreach", str(args.max_foreach)]
+    if args.max_file_bytes != DEFAULT_MAX_BYTES:
+        words += ["--max-file-bytes", str(args.max_file_bytes)]
+    return shlex.join(words)
 
 
 @click.command(cls=Command, epilog=ENV_API)
@@ -123,13 +142,15 @@ def plan(args: PlanArgs) -> None:
     type=click.Path(dir_okay=False),
     help="Write id, element and token of every declared instance to FILE (JSON, mode 0600).",
 )
+@click.option("--auto-approve", "--yes", "-y", "yes", is_flag=True, help="Do not ask for confirmation on a terminal.")
 @progress_option()
 @parsed(ApplyArgs)
 def apply(args: ApplyArgs) -> None:
     """Make the live instances match the manifest, and deliver their tokens.
 
-    MANIFEST may also be a plan saved with 'plan --out FILE': then exactly that plan is executed, or
-    nothing at all if the manifest, its inputs or a touched instance changed since.
+    The plan is shown first; on a terminal, apply then asks for 'yes' before any write. MANIFEST may
+    also be a plan saved with 'plan --out FILE': then exactly that plan is executed, without asking, or
+    nothing at all if an instance it touches changed since.
 
     -o markdown prints a summary table and a diff per change made, for a CI step summary. Tokens are
     written only to the --outputs file, never to stdout or stderr.
@@ -146,7 +167,7 @@ def apply(args: ApplyArgs) -> None:
 @click.command(cls=Command, epilog=ENV_API)
 @input_options
 @api_options
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
+@click.option("--yes", "-y", "--auto-approve", "yes", is_flag=True, help="Do not ask (required without a terminal).")
 @allow_destroy_option()
 @progress_option()
 @parsed(DestroyArgs)
@@ -157,14 +178,16 @@ def destroy(args: DestroyArgs) -> None:
 
 
 def _apply_like(run: Run, args: ApplyArgs | DestroyArgs, saved: savedplan.SavedPlan | None = None) -> int:
+    if args.outputs_path:
+        checked_path(args.outputs_path, "outputs file")  # before any request, not after the writes
     validated = run.validated(args)
     with run.connected(args, validated) as (options, connection):
         if saved is not None:
             savedplan.check_before_reading(saved, validated, connection, args.local)
         the_plan = engine.plan(validated, connection, options)
         if saved is not None:
-            savedplan.check_plan(saved, the_plan, validated, connection)
-        if isinstance(args, DestroyArgs) and the_plan.has_changes and not _confirmed(run, the_plan, args.yes):
+            the_plan = savedplan.check_plan(saved, the_plan, validated, connection)
+        if the_plan.has_changes and not _confirmed(run, the_plan, args, reviewed=saved is not None):
             return EXIT_ERROR
         writes = sum(1 for c in the_plan.changes if c.is_write)
         with ProgressReporter(sys.stderr, writes, run.command, enabled=args.progress) as progress:
@@ -221,24 +244,36 @@ def _from_saved(saved: savedplan.SavedPlan, args: ApplyArgs) -> ApplyArgs:
     )
 
 
-def _confirmed(run: Run, the_plan: Plan, yes: bool) -> bool:
-    if yes:
-        return True
-    count = sum(1 for c in the_plan.changes if c.action == Action.DELETE)
-    if not sys.stdin.isatty():
+def _confirmed(run: Run, the_plan: Plan, args: ApplyArgs | DestroyArgs, reviewed: bool) -> bool:
+    """Show the plan before any write and, on a terminal, go on only after 'yes' (as Terraform does).
+
+    apply shows its plan in text output always, so the log records each change's diff; without a
+    terminal (a pipeline) it goes on, and so does a saved plan (it was reviewed). destroy asks, or
+    needs --yes without a terminal."""
+    destroy = isinstance(args, DestroyArgs)
+    terminal = sys.stdin.isatty() and (destroy or sys.stdout.isatty())
+    ask = not args.yes and not reviewed and terminal
+    text = args.reporter == "text"
+    if (text and not destroy) or ask:  # -o json/markdown: stdout keeps one document, the plan goes to stderr
+        (run.reporter if text else TextReporter(sys.stderr, sys.stderr)).plan(the_plan, run.command)
+    if destroy and not args.yes and not terminal:
+        count = the_plan.counts()[Action.DELETE]
         raise UserError(
             f"destroy would delete {count} instance(s) of stack {the_plan.stack!r} and needs confirmation",
             hint="pass --yes to confirm when there is no terminal",
         )
-    run.reporter.plan(the_plan, "destroy")
+    if not ask:
+        return True
+    writes = sum(1 for c in the_plan.changes if c.is_write)
+    question = f"Delete {writes} instance(s)" if destroy else f"Make these {writes} change(s)"
     answer = click.prompt(
-        f"Delete {count} instance(s) of stack {the_plan.stack!r}? Type 'yes' to confirm",
+        f"{question} in stack {the_plan.stack!r}? Only 'yes' is accepted",
         default="",
         show_default=False,
         err=True,
     )
     if answer.strip() != "yes":
-        run.reporter.error("destroy", "not confirmed; nothing was deleted")
+        run.reporter.error(run.command, f"not confirmed; nothing was {'deleted' if destroy else 'changed'}")
         return False
     return True
 
@@ -304,6 +339,7 @@ def output(args: OutputArgs) -> None:
 )
 @click.option("--element", "element", default=None, help="Only instances of this element key.")
 @click.option("--name", "name_glob", default=None, metavar="GLOB", help="Only instances whose name matches GLOB.")
+@click.option("--force", is_flag=True, help="Replace --out FILE if it exists (never the manifest import reads).")
 @parsed(ImportArgs)
 def import_(args: ImportArgs) -> None:
     """Write a manifest declaring the unmanaged instances the target already has (take them over with --adopt)."""
@@ -312,6 +348,7 @@ def import_(args: ImportArgs) -> None:
     run = Run("import", args.reporter, args.verbose)
 
     def body() -> int:
+        _check_import_out(args)
         validated = run.validated(args)
         with run.connected(args, validated) as (_, connection):
             stack = validated.manifest.stack
@@ -319,7 +356,8 @@ def import_(args: ImportArgs) -> None:
         imported = import_manifest(
             validated.manifest, validated.registry, live, args.out_path, args.element, args.name_glob
         )
-        _write_text(args.out_path, imported.text)
+        _check_import_out(args)  # again: the file may have appeared while the API was read
+        write_private(args.out_path, imported.text, "imported manifest", 0o644)
         for note in imported.skipped:
             run.reporter.info(f"skipped: {note}")
         if imported.variables:
@@ -340,13 +378,21 @@ def import_(args: ImportArgs) -> None:
     run.exit(body)
 
 
-def _write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=".import-", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(temp, 0o644)
-    os.replace(temp, path)
+def _check_import_out(args: ImportArgs) -> None:
+    """import --out: a regular file or a new one, never one of its own inputs, replaced only with --force."""
+    target = checked_path(args.out_path, "imported manifest")
+    if not os.path.exists(target):
+        return
+    for source in (args.manifest, *args.inputs):
+        if os.path.exists(source) and os.path.samefile(source, target):
+            raise UserError(
+                f"import --out {args.out_path} is {source}, which import reads",
+                hint="write the imported manifest to a new file",
+            )
+    if not args.force:
+        raise UserError(
+            f"import --out {args.out_path}: the file exists", hint="name a new file, or pass --force to replace it"
+        )
 
 
 @click.command(cls=Command, epilog=ENV_RENDER)
@@ -377,4 +423,4 @@ def render(args: RenderArgs) -> None:
     run.exit(body)
 
 
-COMMANDS = (validate, plan, apply, destroy, drift, output, import_, render)
+COMMANDS = (validate, plan, apply, destroy, drift, output, import_, render, show)

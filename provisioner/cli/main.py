@@ -22,7 +22,7 @@ import click
 
 from .. import __version__
 from ..interrupt import exit_process
-from ..secret import REDACTOR
+from ..secret import REDACTOR, escape
 from . import commands, tools
 from .options import Group
 from .run import EXIT_ERROR, EXIT_OK
@@ -58,9 +58,10 @@ def main(argv: list[str] | None = None) -> None:
         hint = f" (hint: see '{exc.ctx.command_path} --help')" if exc.ctx else ""
         click.echo(f"error: {exc.format_message()}{hint}", err=True)
         code = EXIT_ERROR
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        code = EXIT_ERROR
+    except click.exceptions.Abort as exc:  # click turns Ctrl-C (outside apply's own handler) into Abort
+        interrupted = isinstance(exc.__context__, KeyboardInterrupt)
+        click.echo("interrupted" if interrupted else "aborted", err=True)
+        code = 130 if interrupted else EXIT_ERROR
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)
         code = EXIT_ERROR
@@ -75,11 +76,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def _crash(exc: BaseException) -> int:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    text = REDACTOR.redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    text = escape(REDACTOR.redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__))), "\n")
     fd, path = tempfile.mkstemp(prefix=f"provisioner-crash-{stamp}-", suffix=".log")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(f"provisioner {__version__}, python {sys.version.split()[0]}\n{text}")
-    message = REDACTOR.redact(f"{type(exc).__name__}: {exc}")
+    message = escape(REDACTOR.redact(f"{type(exc).__name__}: {exc}"))
     sys.stderr.write(
         f"internal error: {message}\nThis is a bug in provisioner. The traceback is in {path}; "
         "please attach it to a bug report.\n"

@@ -6,10 +6,11 @@ one section per changed instance with its reason and a fenced ``diff`` block. A 
 findings by category and kind (drift or pending), then one section per finding with a table of its
 fields. Secret values show as ``(sensitive)``, and every byte still passes through the redactor. Text
 from the manifest or the server (names, reasons, values) is escaped so that it cannot change the
-document's structure: table cells escape ``|`` and HTML, and a fence is always longer than any run of
-backticks inside it. Problems, warnings and errors go to stderr as plain text, as the text reporter
-writes them. The building blocks (``table``, ``fenced``, ``change_section``, ``plan_markdown``,
-``finding_section``, ``drift_markdown``) are public so that other commands can reuse them.
+document's structure: non-printable characters are shown as escapes (``\\n``, ``\\x1b``), table cells
+escape ``|`` and HTML, and a fence is always longer than any run of backticks inside it. Problems,
+warnings and errors go to stderr as plain text, as the text reporter writes them. The building blocks
+(``table``, ``fenced``, ``change_section``, ``plan_markdown``, ``finding_section``, ``drift_markdown``)
+are public so that other commands can reuse them.
 """
 
 from __future__ import annotations
@@ -25,20 +26,20 @@ from ..engine.apply import ApplyResult, ChangeResult
 from ..engine.diff import DiffOp, FieldDiff
 from ..engine.drift import CATEGORIES, DriftReport, Finding, summary_line
 from ..engine.plan import ACTIONS, Action, Change, Plan
-from ..secret import SENSITIVE
-from .report import _PAST, _SYMBOLS, LIST_LIMIT, RedactingWriter, TextReporter
+from ..secret import SENSITIVE, escape
+from .report import _PAST, _SYMBOLS, LIST_LIMIT, RedactingWriter, TextReporter, _request
 
 _LABELS = {"noop": "unchanged", "conflict": "conflict"}
 
 
 def cell(text: Any) -> str:
-    """One table cell: no line break, no ``|``, no HTML."""
-    return html.escape(" ".join(str(text).split()), quote=False).replace("|", "\\|")
+    """One table cell: no line break or other control character, no ``|``, no HTML."""
+    return html.escape(" ".join(escape(str(text)).split()), quote=False).replace("|", "\\|")
 
 
 def code(text: Any) -> str:
     """An inline code span that holds any text (CommonMark: the fence is longer than any inner run)."""
-    text = " ".join(str(text).split())
+    text = " ".join(escape(str(text)).split())
     ticks = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     return f"{ticks}{pad}{text}{pad}{ticks}"
@@ -164,8 +165,7 @@ def apply_markdown(
 def _status_text(r: ChangeResult) -> str:
     if r.status == "ok":
         return "done"
-    request = f" (requestId {r.request_id})" if r.request_id else ""
-    return f"{r.status}: {r.error}{request}" if r.error else r.status
+    return f"{r.status}: {r.error}{_request(r)}" if r.error else r.status
 
 
 def finding_section(finding: Finding) -> str:

@@ -183,6 +183,7 @@ class PlanArgs(Shaped):
 @dataclass(frozen=True)
 class ApplyArgs(Shaped):
     outputs_path: str | None
+    yes: bool
     progress: bool
 
 
@@ -223,6 +224,7 @@ class ImportArgs(Online):
     out_path: str
     element: str | None
     name_glob: str | None
+    force: bool
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,11 @@
 Markdown one in ``markdown.py``, and ``run.REPORTERS`` chooses one by ``--output``.
 
 Each writes to the streams it is given: results on stdout, problems and logs on stderr. Every byte
-passes through the redactor on its way out. The JSON document is versioned (``formatVersion: 1``)
-and is the only thing on stdout in JSON mode. Colour comes from rich, on a terminal only; rich is not
+passes through the redactor on its way out (a JSON document string by string, before it is encoded),
+and then through ``escape``: no control, ANSI, bidi or other non-printable character from a server
+reaches a terminal or a log, a line break inside a name or a message is shown as ``\\n``, and nothing
+can fail to encode. The JSON document is versioned (``formatVersion: 1``) and is the only thing on
+stdout in JSON mode. Colour comes from rich, on a terminal only; rich is not
 even imported otherwise (a pipeline's run starts faster), and text is never read as markup or emoji.
 """
 
@@ -21,7 +24,7 @@ from ..engine.diff import DiffOp, FieldDiff
 from ..engine.drift import DriftReport, summary_line, text_lines
 from ..engine.plan import REFUSALS, Action, Change, Plan
 from ..errors import Problem, Severity
-from ..secret import REDACTOR, SENSITIVE, masked
+from ..secret import MASK, MIN_REDACT_LENGTH, REDACTOR, SENSITIVE, Secret, escape
 
 FORMAT_VERSION = 1
 
@@ -57,14 +60,29 @@ LIST_LIMIT = 100  # successful changes listed one by one up to this many (all wi
 
 
 class RedactingWriter(io.TextIOBase):
-    """A text stream that masks every known secret before writing to the real stream."""
+    """A text stream that masks every known secret and escapes every non-printable character but the
+    line break before writing to the real stream (``styled``: rich's output, whose ANSI styling must
+    pass; ``StyledStream`` escaped its text first)."""
 
-    def __init__(self, stream: IO[str]):
+    def __init__(self, stream: IO[str], styled: bool = False):
         self._stream = stream
+        self._styled = styled
 
     def write(self, text: str) -> int:
-        self._stream.write(REDACTOR.redact(text))
+        redacted = REDACTOR.redact(text)
+        self._put(redacted if self._styled else escape(redacted, keep="\n"))
         return len(text)
+
+    def write_lines(self, lines: Iterable[str]) -> None:
+        """Lines that must each stay one line: a line break inside one is escaped too."""
+        self._put("".join(escape(REDACTOR.redact(line)) + "\n" for line in lines))
+        self.flush()
+
+    def _put(self, text: str) -> None:
+        try:
+            self._stream.write(text)
+        except UnicodeEncodeError:  # a stream that cannot encode every printable character (LANG=C)
+            self._stream.write(text.encode(self.encoding, "backslashreplace").decode(self.encoding))
 
     def flush(self) -> None:
         self._stream.flush()
@@ -87,7 +105,7 @@ class StyledStream:
             from rich.console import Console
 
             # A TextIOBase is a text stream, though typeshed does not declare it an IO[str].
-            file = cast(IO[str], self.raw)
+            file = cast(IO[str], RedactingWriter(stream, styled=True))
             self._console = Console(file=file, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
     @property
@@ -95,20 +113,21 @@ class StyledStream:
         return self._console is not None
 
     def print(self, text: str, style: str | None = None) -> None:
+        """Text of one or more lines (its own line breaks kept)."""
         if self._console is not None:
-            self._console.print(text, style=style)
+            self._console.print(escape(REDACTOR.redact(text), keep="\n"), style=style)
         else:
             self.raw.write(text + "\n")
             self.raw.flush()
 
     def lines(self, lines: list[tuple[str, str]]) -> None:
-        """Many (style, text) lines: styled on a terminal, else one write (a 10,000-line plan stays fast)."""
+        """Many (style, text) lines, each one line whatever it holds: styled on a terminal, else one
+        write (a 10,000-line plan stays fast)."""
         if self._console is not None:
             for style, text in lines:
-                self._console.print(text, style=style or None)
+                self._console.print(escape(REDACTOR.redact(text)), style=style or None)
         elif lines:
-            self.raw.write("\n".join(text for _, text in lines) + "\n")
-            self.raw.flush()
+            self.raw.write_lines(text for _, text in lines)
 
 
 class Reporter(Protocol):
@@ -144,11 +163,13 @@ class JsonReporter:
     """One JSON document on stdout per command; nothing else there."""
 
     def __init__(self, out: IO[str], err: IO[str], verbose: bool = False):
-        self.out = RedactingWriter(out)
+        # ASCII JSON whose strings went through ``printable``: redacting the document again could only
+        # break its syntax (a secret spelled "true")
+        self.out = out
         self.err = RedactingWriter(err)
 
     def _emit(self, document: dict[str, Any]) -> None:
-        self.out.write(json.dumps(masked({"formatVersion": FORMAT_VERSION, **document}), indent=2, default=str) + "\n")
+        self.out.write(json.dumps(printable({"formatVersion": FORMAT_VERSION, **document}), indent=2) + "\n")
         self.out.flush()
 
     def validated(self, manifest: str, count: int, problems: Iterable[Problem]) -> None:
@@ -207,7 +228,30 @@ class JsonReporter:
         self._emit({"command": command, "ok": True, **data})
 
     def info(self, text: str) -> None:
-        self.err.write(text + "\n")
+        self.err.write_lines([text])
+
+
+def printable(value: Any) -> Any:
+    """A JSON-like value as it may be printed: secrets masked, every string (keys too) through the
+    redactor before JSON escaping can change its spelling, a number that is a secret masked, and lone
+    surrogates written as escapes (the document is valid Unicode for any JSON parser)."""
+    if isinstance(value, Secret):
+        return MASK
+    if isinstance(value, dict):
+        return {printable(str(k)): printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [printable(v) for v in value]
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        shown = str(value)
+        return value if len(shown) < MIN_REDACT_LENGTH or REDACTOR.redact(shown) == shown else MASK
+    text = REDACTOR.redact(str(value))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 class TextReporter:
@@ -217,6 +261,7 @@ class TextReporter:
         self.out = StyledStream(out)
         self.err = StyledStream(err)
         self.verbose = verbose
+        self.warned: set[str] = set()  # apply's warnings, once shown with its plan
 
     def validated(self, manifest: str, count: int, problems: Iterable[Problem]) -> None:
         for problem in problems:
@@ -236,8 +281,8 @@ class TextReporter:
             if change.action != Action.NOOP or change.warning or self.verbose:
                 lines.extend(_change_lines(change))
         self.out.lines(lines)
-        for warning in plan.warnings:
-            self.err.print(f"warning: {warning}", style="yellow")
+        self.err.lines([("yellow", f"warning: {warning}") for warning in plan.warnings])
+        self.warned.update(plan.warnings)
         self.out.print(plan_summary(plan.counts()))
         if not plan.has_changes and not plan.has_refusals:
             self.out.print("No changes: the instances match the manifest.")
@@ -249,21 +294,17 @@ class TextReporter:
         self.out.lines(
             [_result_line(r) for r in writes if r.status != Status.OK or self.verbose or len(writes) <= LIST_LIMIT]
         )
-        for warning in result.plan.warnings:
-            self.err.print(f"warning: {warning}", style="yellow")
-        for note in result.notes:
-            self.err.print(f"note: {note}")
+        self.err.lines([("yellow", f"warning: {w}") for w in result.plan.warnings if w not in self.warned])
+        self.err.lines([("", f"note: {note}") for note in result.notes])
         self.out.print(_apply_summary(result, stats, command))
         if outputs:
             self.out.print(f"Outputs written to {outputs} (mode 0600).")
         failed = [r for r in result.results if r.status == Status.FAILED]
         if failed:
             self.err.print(f"{len(failed)} change(s) failed:", style="red")
-            for r in failed:
-                request = f" (requestId {r.request_id})" if r.request_id else ""
-                self.err.print(f"  {r.change.name}: {r.error}{request}")
+            self.err.lines([("", f"  {r.change.name}: {r.error}{_request(r)}") for r in failed])
         if result.aborted:
-            self.err.print(f"stopped: {result.aborted}", style="red")
+            self.err.lines([("red", f"stopped: {result.aborted}")])
         if result.interrupted:
             self.err.print(
                 f"interrupted by signal {result.interrupted}: no new request was started; run apply again to converge.",
@@ -281,7 +322,7 @@ class TextReporter:
         self.out.lines([("", line) for line in lines])
 
     def info(self, text: str) -> None:
-        self.err.print(text)
+        self.err.lines([("", text)])
 
 
 def plan_summary(counts: dict[Action, int]) -> str:
@@ -327,8 +368,11 @@ def _result_line(r: ChangeResult) -> tuple[str, str]:
         return style, f"{symbol} {_PAST.get(change.action, change.action)} {change.name}{ident}"
     if change.action == Action.PROTECTED:
         return style, f"{symbol} protected {change.name}{ident}, not touched: {r.error}"
-    request = f" (requestId {r.request_id})" if r.request_id else ""
-    return "red", f"x {change.action} {change.name}{ident} {r.status}: {r.error}{request}"
+    return "red", f"x {change.action} {change.name}{ident} {r.status}: {r.error}{_request(r)}"
+
+
+def _request(r: ChangeResult) -> str:
+    return f" (requestId {r.request_id})" if r.request_id else ""
 
 
 def _diff_line(diff: FieldDiff) -> str:

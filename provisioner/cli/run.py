@@ -36,9 +36,9 @@ class Run:
         self.stop = StopFlag()
 
     def trace(self, line: str) -> None:
-        """One whole line per write, so that lines of several threads never interleave."""
-        self.stderr.write(line + "\n")
-        self.stderr.flush()
+        """One whole line per write, so that lines of several threads never interleave; server text
+        in it cannot break it (escaped)."""
+        self.stderr.write_lines([line])
 
     def finish(self, body: Callable[[], int]) -> int:
         """Run a command body; map every error to its exit code and a located message."""

@@ -40,7 +40,7 @@ from ..errors import (
     Unauthorized,
     WaitTooLong,
 )
-from ..interrupt import StopFlag
+from ..interrupt import WORKER_PREFIX, StopFlag
 from ..manifest.elements import ElementRegistry
 from ..ownership import run_tag
 from ..secret import Secret
@@ -151,7 +151,8 @@ class Applier:
                 results[index] = ChangeResult(change, Status.SKIPPED, error=change.reason, id=change.id)
             else:
                 writes.append((index, change))
-        pool = futures.ThreadPoolExecutor(max_workers=max(1, self.settings.parallelism), thread_name_prefix="apply")
+        workers = max(1, self.settings.parallelism)
+        pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=WORKER_PREFIX)
         try:
             self._run_batch(pool, writes, results)
             self._resolve_ambiguous(results)

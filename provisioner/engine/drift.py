@@ -14,7 +14,8 @@ Findings, each ``drift`` (the server changed) or ``pending`` (the manifest chang
 * ``missing``: a declared instance the stack does not own (deleted behind its back, or never applied:
   with no state file the two look the same, so it counts as drift);
 * ``extra-copy``: a second owned instance with a declared name (drift);
-* ``unmanaged-namesake``: an instance with a declared name but without the stack's marker (drift);
+* ``unmanaged-namesake``: an instance with a declared name and no stack marker at all (drift); another
+  stack's instances are invisible here, as they are to ``plan``;
 * ``undeclared``: owned by the stack, no longer declared (pending: ``--prune`` deletes it);
 * ``renamed``: owned under a name listed in ``previousNames`` (pending: apply renames it).
 """
@@ -29,7 +30,7 @@ from typing import Any, Literal, get_args
 from ..api.live import LiveInstance
 from ..closedsets import assert_never
 from ..manifest.elements import ElementRegistry
-from ..ownership import fingerprints_of
+from ..ownership import fingerprints_of, is_unmanaged
 from ..secret import SENSITIVE
 from .applied import applied_record, live_value, was_applied
 from .diff import FieldDiff, FieldPath, FingerprintContext
@@ -229,13 +230,14 @@ def _canonical_element(registry: ElementRegistry, reported: str | None) -> str |
 
 
 def _namesakes(plan: Plan, live_by_target: Mapping[str, list[LiveInstance]]) -> list[Finding]:
-    """Unmanaged instances with a declared name, next to the owned one (the plan shows only those
-    that stand in the way of a create)."""
+    """Unmanaged instances (no stack marker at all) with a declared name, next to the owned one (the
+    plan shows only those that stand in the way of a create). Another stack's are not this stack's
+    business: ``plan`` never sees them either."""
     declared = {(c.target, c.name) for c in plan.changes if c.desired is not None and c.action != Action.CONFLICT}
     found = []
     for target, instances in sorted(live_by_target.items()):
         for live in instances:
-            if (target, live.name) in declared and not live.owned_by(plan.stack):
+            if (target, live.name) in declared and is_unmanaged(live.tags):
                 found.append(
                     Finding(
                         "unmanaged-namesake",

@@ -2,7 +2,10 @@
 
 Instances made by hand (no ``provisioner:stack=`` tag at all) are copied with their name, element,
 user tags and configuration, and ``adopt: <id>`` so that ``plan --adopt`` knows which one each entry
-means. A secret value is never written: the API masks it anyway, and each secret key becomes
+means. Text from the API is data, never a template: every entry is written with ``literal: true``
+and its values as plain YAML strings, so a value holding ``{% endraw %}{{ env.X }}`` is sent back
+byte for byte and nothing is rendered from it. A secret value is never written: the API masks it
+anyway, and each secret key (the one kind of value that stays a template under ``literal``) becomes
 ``{{ env.NAME }}`` with a predictable NAME (instance name and key, upper case, ``_`` for anything
 else), which the caller lists on stderr. Once those variables hold the real values, ``plan FILE
 --adopt`` shows only ``adopt`` actions without a configuration diff.
@@ -56,7 +59,7 @@ def import_manifest(
     for target in sorted(live):
         chosen = _chosen(live[target], registry, element, name_glob, result.skipped)
         for instance, schema in chosen:
-            entries.append(_entry(instance, schema, target, result.variables))
+            entries.append(_entry(instance, schema, target, result))
     result.count = len(entries)
     document = _header(manifest, out_path)
     document["instances"] = entries
@@ -88,6 +91,11 @@ def _chosen(
                 f"{instance.name} (id {instance.id}): no schema for element {instance.element!r} "
                 f"(hint: provisioner schemas pull {instance.element}, then --schemas DIR)"
             )
+        elif not instance.name.isprintable():  # a manifest refuses it: it could forge or hide output
+            skipped.append(
+                f"{instance.name} (id {instance.id}): the name holds a non-printable character; "
+                "rename it in the console"
+            )
         elif instance.name in seen:
             skipped.append(
                 f"{instance.name} (id {instance.id}): another unmanaged instance has this name "
@@ -107,22 +115,23 @@ def _schema_of(registry: ElementRegistry, reported: str | None) -> ElementSchema
     return next((s for k in registry.keys() if (s := registry.get(k)) and reported in s.reported_keys), None)
 
 
-def _entry(
-    instance: LiveInstance, schema: ElementSchema, target: str, variables: list[tuple[str, str, str]]
-) -> dict[str, Any]:
-    entry: dict[str, Any] = {"name": _literal(instance.name), "element": schema.key}
+def _entry(instance: LiveInstance, schema: ElementSchema, target: str, result: Imported) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": instance.name, "element": schema.key}
     if target != "default":
         entry["target"] = target
+    entry["literal"] = True  # every value below is text from the API, never a template
     entry["adopt"] = instance.id
-    entry["tags"] = [_literal(t) for t in user_tags(instance.tags)]
+    entry["tags"] = list(user_tags(instance.tags))
     configuration: dict[str, Any] = {}
     for key, value in (instance.configuration or {}).items():
         if key not in schema.properties or value is None or value == "":
             continue  # keys the schema leaves out (internal ones) are not the manifest's
-        if key in schema.secret_keys or value == MASK:
+        if key in schema.secret_keys:
             name = env_name(instance.name, key)
-            variables.append((name, instance.name, key))
+            result.variables.append((name, instance.name, key))
             configuration[key] = "{{ env." + name + " }}"
+        elif value == MASK:  # masked, yet not a secret key: no value to write, and no template may stand in
+            result.skipped.append(f"{instance.name} (id {instance.id}): {key} is masked by the API; declare it")
         else:
             configuration[key] = _typed(schema, key, value)
     entry["configuration"] = configuration
@@ -131,14 +140,9 @@ def _entry(
 
 def _typed(schema: ElementSchema, key: str, value: Any) -> Any:
     """The API gives every value as text: written back as the schema types it ("false" -> false); text
-    stays exactly the text the API holds (a JSON-valued key too), safe from template rendering."""
+    stays exactly the text the API holds (a JSON-valued key too)."""
     normal = schema.normalize(key, value)
-    return _literal(value) if isinstance(value, str) and isinstance(normal, str) else normal
-
-
-def _literal(text: str) -> str:
-    """Manifest strings are templates: text that looks like one is wrapped so it renders as itself."""
-    return "{% raw %}" + text + "{% endraw %}" if any(m in text for m in ("{{", "{%", "{#")) else text
+    return value if isinstance(value, str) and isinstance(normal, str) else normal
 
 
 def _header(manifest: Manifest, out_path: str) -> dict[str, Any]:

@@ -11,11 +11,16 @@ fingerprint tags use, so nothing in it can be checked against a guessed value wi
 * per change that writes, ``live.fields``: one digest per live field the decision was based on (name,
   element, every tag, the compared configuration keys), for optimistic concurrency.
 
-``apply FILE`` renders the manifest again (the secrets come from the environment as at plan time),
-refuses before any request if any instance renders differently, then reads the live state, plans
-again with the options recorded in the file, and refuses unless the new plan is the saved one: same
-changes, same diffs, the same live fields for every instance it writes, no instance to create that now
-exists. Only then is the new plan (equal to the reviewed one) executed.
+Paths (manifest, inputs files, schema directories) are stored relative to the plan file and read
+relative to it, so a plan made in one directory applies from another.
+
+``apply FILE`` checks only what the plan touches (the instances it writes, the names it creates), so a
+plan stays usable in an organization where someone edits some instance every minute: it renders the
+manifest again (the secrets come from the environment as at plan time) and refuses before any request
+if a touched instance renders differently; it reads the live state, plans again with the options
+recorded in the file, and refuses unless every planned write is the same (same action, same diff, the
+same live fields, no instance to create that now exists). A change the new plan has beyond the saved
+ones is a warning and is left out: only the reviewed changes are executed.
 """
 
 from __future__ import annotations
@@ -23,19 +28,25 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
+import itertools
 import json
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
 
 from .. import __version__
 from ..errors import UserError
+from ..manifest.elements import builtin_schemas
 from ..ownership import fingerprint
 from ..privatefile import write_private
 from ..secret import REDACTOR, masked
 from .applied import desired_fields, field_digests, live_value
-from .diff import FieldPath
-from .plan import Action, Change, Plan, PlanOptions
+from .diff import DiffOp, FieldDiff, FieldPath
+from .plan import REFUSALS, WRITES, Action, Change, Plan, PlanOptions
 from .stages import Connection, Validated
 
 KIND = "provisioner-plan"
@@ -61,14 +72,37 @@ class SavedPlan:
 
     @property
     def sources(self) -> Sources:
-        inputs = self.data["inputs"]
+        """The recorded paths, read relative to the plan file's directory."""
+        inputs, here = self.data["inputs"], os.path.dirname(self.path)
         return Sources(
-            self.data["manifest"]["path"],
-            tuple(inputs["files"]),
+            os.path.normpath(os.path.join(here, self.data["manifest"]["path"])),
+            tuple(os.path.normpath(os.path.join(here, p)) for p in inputs["files"]),
             tuple(inputs["set"]),
-            tuple(self.data["schemas"]),
+            tuple(os.path.normpath(os.path.join(here, p)) for p in self.data["schemas"]),
             bool(self.data.get("local")),
         )
+
+    @property
+    def touched(self) -> set[tuple[str, str]]:
+        """(target, name) of every instance the plan writes: the only ones its checks are about."""
+        return {(c["target"], c["name"]) for c in self.data["changes"] if c["action"] in WRITES}
+
+    def as_plan(self) -> Plan:
+        """The saved plan as the value ``plan`` showed (for ``show``)."""
+        changes = tuple(
+            Change(
+                Action(c["action"]),
+                c["name"],
+                c["target"],
+                c["element"],
+                c["reason"],
+                tuple(_field_diff(d) for d in c["diff"]),
+                c["id"],
+                warning=c.get("warning"),
+            )
+            for c in self.data["changes"]
+        )
+        return Plan(self.data["stack"], changes, self.options, self.data.get("leftOut", 0))
 
     @property
     def options(self) -> PlanOptions:
@@ -87,48 +121,106 @@ class SavedPlan:
 
 
 def load_if_plan(path: str, max_bytes: int) -> SavedPlan | None:
-    """The saved plan at ``path``, or None when it is something else (a manifest)."""
+    """The saved plan at ``path``, or None when it is something else (a manifest). A saved plan is
+    untrusted input: it is checked against schemas/saved-plan.schema.json before any use, and any
+    defect is one UserError naming the file and what is wrong."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(max_bytes + 1)
     except OSError:
         return None  # the manifest loader reports a missing file
-    if not head.lstrip().startswith(b"{"):
-        return None
+    if not head.lstrip().startswith(b"{") or len(head) > max_bytes:
+        return None  # not JSON, or over the size cap, which the manifest loader reports with its limit
     try:
         data = json.loads(head)
+    except RecursionError:
+        raise _malformed(path, ["it is nested too deeply to be read"]) from None
     except ValueError:
         return None
     if not isinstance(data, dict) or data.get("kind") != KIND:
         return None
     if data.get("formatVersion") != FORMAT_VERSION or data.get("provisionerVersion") != __version__:
         raise UserError(
-            f"{path}: saved plan format {data.get('formatVersion')!r} made by provisioner "
-            f"{data.get('provisionerVersion')!r} cannot be applied by provisioner {__version__}",
+            f"{path}: saved plan format {_shown(data.get('formatVersion'))} made by provisioner "
+            f"{_shown(data.get('provisionerVersion'))} cannot be applied by provisioner {__version__}",
             hint="make the plan with the provisioner version that applies it",
         )
+    try:
+        problems = [_described(e) for e in itertools.islice(_validator().iter_errors(data), MAX_LISTED)]
+    except RecursionError:
+        problems = ["it is nested too deeply to be read"]
+    if problems:
+        raise _malformed(path, problems)
     return SavedPlan(path, data)
+
+
+def _validator() -> Draft202012Validator:
+    text = builtin_schemas().joinpath("saved-plan.schema.json").read_text(encoding="utf-8")
+    return Draft202012Validator(json.loads(text))
+
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+
+
+def _described(error: ValidationError) -> str:
+    """One schema error in a line: where, and what is wrong (never the whole offending value)."""
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+    if error.validator == "type":
+        got = _JSON_TYPES.get(type(error.instance), "a number")
+        what = f"must be {' or '.join(map(str, _listed(error.validator_value)))}, not {got}"
+    elif error.validator in ("required", "additionalProperties", "const", "enum", "propertyNames"):
+        what = error.message if len(error.message) <= 160 else error.message[:157] + "..."
+    else:
+        what = f"fails {error.validator} {_shown(error.validator_value)}"
+    return f"{where or 'the document'}: {what}"
+
+
+def _listed(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _malformed(path: str, problems: list[str]) -> UserError:
+    return UserError(
+        f"{path} is not a valid saved plan:\n  - " + "\n  - ".join(problems),
+        hint="a saved plan is read as plan --out wrote it; make it again with plan --out FILE",
+    )
+
+
+def _field_diff(data: dict) -> FieldDiff:
+    section, _, key = data["path"].partition(".")
+    path = FieldPath(section, key) if key else FieldPath(section)
+    return FieldDiff(DiffOp(data["op"]), path, data["old"], data["new"], data["sensitive"])
 
 
 # -- writing -------------------------------------------------------------------------------------
 
 
-def document(plan: Plan, validated: Validated, connection: Connection, sources: Sources) -> dict:
-    """The saved-plan document for ``plan``."""
+def document(plan: Plan, validated: Validated, connection: Connection, sources: Sources, out: str) -> dict:
+    """The saved-plan document for ``plan``, to be written to ``out``."""
     key = _plan_key(connection)
+    here = os.path.dirname(os.path.abspath(out))
+
+    def relative(path: str) -> str:
+        return os.path.relpath(os.path.abspath(path), here).replace(os.sep, "/")
+
     return {
         "kind": KIND,
         "formatVersion": FORMAT_VERSION,
         "provisionerVersion": __version__,
         "createdAt": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "stack": plan.stack,
-        "manifest": {"path": sources.manifest, "digest": _file_digest(key, sources.manifest)},
+        "manifest": {"path": relative(sources.manifest), "digest": _file_digest(key, sources.manifest)},
         "inputs": {
-            "files": list(sources.inputs),
+            "files": [relative(p) for p in sources.inputs],
             "set": list(sources.set_keys),
             "digest": _digest(key, "inputs", validated.manifest.inputs),
         },
-        "schemas": list(sources.schemas),
+        "schemas": [relative(p) for p in sources.schemas],
         "local": sources.local,
         "targets": _targets(connection, sources.local),
         "options": {
@@ -231,9 +323,28 @@ def check_before_reading(saved: SavedPlan, validated: Validated, connection: Con
     _refuse(saved, problems)
 
 
-def check_plan(saved: SavedPlan, fresh: Plan, validated: Validated, connection: Connection) -> None:
-    """Refuse unless the plan made now is the saved one, over the same live fields."""
-    _refuse(saved, _change_problems(saved.data["changes"], fresh, validated, connection))
+def check_plan(saved: SavedPlan, fresh: Plan, validated: Validated, connection: Connection) -> Plan:
+    """The plan to execute: the saved writes, unchanged over the same live fields, or a refusal.
+
+    A change of ``fresh`` that the saved plan does not have (drift on an instance it does not touch)
+    becomes a noop with a warning: it is neither a refusal nor executed."""
+    planned = {_key(c): c for c in saved.data["changes"] if c["action"] in WRITES}
+    problems, changes = [], []
+    for change in fresh.changes:
+        new = _change(change, validated, connection)
+        key = _key(new)
+        if key in planned:
+            problems.extend(_compared(planned.pop(key), new))
+        elif (change.is_write or change.action in REFUSALS) and (change.target, change.name, None) not in planned:
+            note = f"now {change.action} ({change.reason}), which the saved plan does not have: left as is"
+            change = replace(
+                change, action=Action.NOOP, diff=(), reason="not in the saved plan", warning=f"{note}; run plan again"
+            )
+        changes.append(change)
+    by_name = {(c.target, c.name): c for c in fresh.changes if c.id is not None}
+    problems.extend(_vanished(old, by_name.get((old["target"], old["name"]))) for old in planned.values())
+    _refuse(saved, problems)
+    return replace(fresh, changes=tuple(changes))
 
 
 def _refuse(saved: SavedPlan, problems: list[str]) -> None:
@@ -249,8 +360,9 @@ def _refuse(saved: SavedPlan, problems: list[str]) -> None:
 
 
 def _desired_problems(saved: SavedPlan, validated: Validated, connection: Connection) -> list[str]:
-    then = saved.data["desired"]
-    now = desired_digests(validated, connection, saved.options)
+    touched = {f"{target}/{name}" for target, name in saved.touched}
+    then = {k: v for k, v in saved.data["desired"].items() if k in touched}
+    now = {k: v for k, v in desired_digests(validated, connection, saved.options).items() if k in touched}
     problems = []
     for key in sorted(set(then) | set(now)):
         name = key.split("/", 1)[1]
@@ -272,22 +384,6 @@ def _desired_problems(saved: SavedPlan, validated: Validated, connection: Connec
 
 def _key(change: Mapping[str, Any]) -> tuple:
     return (change["target"], change["name"], change["id"])
-
-
-def _change_problems(saved_changes: list[dict], fresh: Plan, validated: Validated, connection: Connection) -> list[str]:
-    now = {_key(d): d for d in (_change(c, validated, connection) for c in fresh.changes)}
-    then = {_key(d): d for d in saved_changes}
-    by_name = {(c.target, c.name): c for c in fresh.changes if c.id is not None}
-    problems = []
-    for key, old in then.items():
-        if key not in now:
-            problems.append(_vanished(old, by_name.get((old["target"], old["name"]))))
-            continue
-        problems.extend(_compared(old, now[key]))
-    for key, new in now.items():
-        if key not in then and (new["target"], new["name"], None) not in then:
-            problems.append(f"{new['name']}: now {new['action']} ({new['reason']}), which the saved plan does not have")
-    return problems
 
 
 def _vanished(old: dict, now: Change | None) -> str:

@@ -8,6 +8,7 @@ and configuration key. Nothing here touches the network.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -16,7 +17,7 @@ import jinja2
 
 from ..errors import Location, Problem
 from ..ownership import TAG_PREFIX
-from ..secret import REDACTOR, Secret
+from ..secret import REDACTOR, Secret, escape
 from .elements import ElementRegistry, ElementSchema
 from .load import DEFAULT_TARGET, Limits, Manifest
 from .render import Renderer, RenderError
@@ -98,6 +99,7 @@ class _Entry:
     def __init__(self, entry: YDict, file: str | None, line: int | None, problems: list[Problem]):
         self.entry, self.file, self.line, self.problems = entry, file, line, problems
         self.name: str | None = None
+        self.literal = entry.get("literal") is True  # text written by import: data, never a template
 
     def at(self, key: str, path: str | None = "") -> Location:
         """The line of ``key`` in the entry, the instance name and a path (``key`` unless given)."""
@@ -107,6 +109,8 @@ class _Entry:
         self.problems.append(Problem(message, self.at(key), hint))
 
     def render(self, renderer: Renderer, raw: Any, scope: dict, at: Location) -> Any:
+        if self.literal:
+            return raw
         try:
             return renderer.value(raw, scope, at)
         except RenderError as exc:
@@ -132,6 +136,7 @@ def _build_one(
             one.add("name", f"name must render to a non-empty string, got {name!r}")
         return None
     one.name = name
+    _check_printable(one, "name", [name])
     template_name = entry.get("template")
     body = _template_body(one, scope, renderer) if isinstance(template_name, str) else {}
     if body is None:
@@ -140,7 +145,8 @@ def _build_one(
         if key in entry:
             body[key] = one.render(renderer, entry[key], scope, one.at(key))
     if "configuration" in entry:
-        inline = _configuration(one, scope, renderer)
+        schema = registry.get(body["element"]) if one.literal and isinstance(body.get("element"), str) else None
+        inline = _configuration(one, scope, renderer, schema.secret_keys if schema else frozenset())
         if isinstance(inline, Mapping) and isinstance(body.get("configuration"), Mapping):
             body["configuration"] = {**body["configuration"], **inline}
         else:
@@ -171,8 +177,9 @@ def _template_body(one: _Entry, scope: dict, renderer: Renderer) -> dict | None:
     return body
 
 
-def _configuration(one: _Entry, scope: dict, renderer: Renderer) -> Any:
-    """Render an inline configuration key by key, so each error has the key's own line and path."""
+def _configuration(one: _Entry, scope: dict, renderer: Renderer, secret_keys: frozenset[str]) -> Any:
+    """Render an inline configuration key by key, so each error has the key's own line and path.
+    Under ``literal: true`` only the secret keys are templates (``{{ env.NAME }}``)."""
     raw = one.entry["configuration"]
     if not isinstance(raw, YDict):
         return one.render(renderer, raw, scope, one.at("configuration"))
@@ -180,7 +187,8 @@ def _configuration(one: _Entry, scope: dict, renderer: Renderer) -> Any:
     for key, value in raw.items():
         at = Location(one.file, raw.line_of(key), instance=one.name, path=f"configuration.{key}")
         try:
-            rendered[key] = renderer.value(value, scope, at)
+            literal = one.literal and key not in secret_keys
+            rendered[key] = value if literal else renderer.value(value, scope, at)
         except RenderError as exc:
             one.problems.append(exc.problem)
     return rendered
@@ -255,10 +263,25 @@ def _safety_fields(one: _Entry, body: dict) -> tuple[bool | None, tuple[str, ...
         hint = "list the names this instance had before, e.g. previousNames: [crm-old]"
         one.add("previousNames", "previousNames must be a list of non-empty names", hint)
         return protect, ()
+    _check_printable(one, "previousNames", previous)
     if one.name in previous:
         message = f"previousNames lists the instance's own name {one.name!r}"
         one.add("previousNames", message, "list only the names it had before")
     return protect, tuple(dict.fromkeys(previous))
+
+
+def _check_printable(one: _Entry, key: str, names: list[str]) -> None:
+    """A name is printed in logs and terminals: a control, format (bidi) or other non-printable
+    character, or a lone surrogate, could forge or hide output, so it is refused (shown escaped)."""
+    for name in names:
+        bad = next((c for c in name if not c.isprintable()), None)
+        if bad is not None:
+            kind = {"Cc": "a control character", "Cs": "a lone surrogate"}.get(unicodedata.category(bad), "")
+            what = f"U+{ord(bad):04X}, {unicodedata.name(bad, '') or kind or 'not printable'}"
+            if key == "name":
+                one.name = escape(name)  # the location shows it too
+            hint = "write names with visible characters only; spaces are fine"
+            one.add(key, f"name '{escape(name)}' contains a non-printable character ({what})", hint)
 
 
 def _element(key: Any, registry: ElementRegistry, at: Location, problems: list[Problem]) -> ElementSchema | None:

@@ -11,7 +11,7 @@ In scope: ``env`` (the process environment), ``inputs`` and, inside a forEach, `
   parsed structure. A password containing quotes, newlines or ``{{ 7*7 }}`` therefore reaches the
   API byte for byte and can never change the structure of the body.
 * The sandbox refuses unsafe attribute access (``''.__class__``); template files are loaded only
-  from inside the manifest's directory.
+  from inside the manifest's directory. Each rendering has a budget of time and size (``sandbox.py``).
 
 Each distinct string or file is compiled once per Renderer (a forEach renders it per item).
 """
@@ -19,103 +19,23 @@ Each distinct string or file is compiled once per Renderer (a forEach renders it
 from __future__ import annotations
 
 import difflib
-import inspect
-import math
 import os
 import re
 import secrets
-import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import SecurityError
 
 from ..errors import Location, Problem
+from .sandbox import BudgetedSandbox, BudgetExceeded, template_line_now
 from .yamlload import DEFAULT_MAX_BYTES, FileRefused, YDict, YList, decode_text, load_yaml, read_capped
 
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
 _HAS_JINJA = ("{{", "{%", "{#")
 _MISSING = object()
-
-
-RENDER_SECONDS = 2.0  # wall-clock budget of one rendering (one value, or one template file)
-MAX_POWER_BITS = 14_000  # ** and * on integers: refuse results past this many bits (4,300 digits: what Python prints)
-
-
-class BudgetExceeded(Exception):
-    """A rendering ran past its time or size budget (a runaway loop, a huge repetition).
-    ``lineno`` is the template line being rendered when it was found (as Jinja's errors have)."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.lineno = _template_line_now()
-
-
-class _BudgetedSandbox(ImmutableSandboxedEnvironment):
-    """The sandbox, with the budget of the rendering in progress: a deadline and an output size.
-
-    Every loop's iterable is produced by an attribute or item lookup or a call (``range``), so
-    checking the deadline in ``getattr``, ``getitem`` and ``call`` bounds a loop nest's runaway time
-    by its innermost loop (``range`` gives at most 100,000 items). ``*`` and ``**`` are intercepted
-    (Jinja's documented ``intercepted_binops``) so a repetition or a power cannot build a huge value
-    in one step. One environment per Renderer, rendering in one thread: the budget is its state."""
-
-    intercepted_binops = frozenset(["*", "**"])
-    deadline = math.inf
-    max_bytes = DEFAULT_MAX_BYTES
-
-    @contextmanager
-    def budget(self) -> Iterator[None]:
-        self.deadline = time.monotonic() + RENDER_SECONDS
-        try:
-            yield
-        finally:
-            self.deadline = math.inf
-
-    def check_budget(self) -> None:
-        if time.monotonic() > self.deadline:
-            raise BudgetExceeded(f"rendering took longer than {RENDER_SECONDS:g} s")
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        self.check_budget()
-        return super().getattr(obj, attribute)
-
-    def getitem(self, obj: Any, argument: Any) -> Any:
-        self.check_budget()
-        return super().getitem(obj, argument)
-
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - Jinja's signature
-        __self.check_budget()
-        return super().call(__context, __obj, *args, **kwargs)
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        self.check_budget()
-        ints = isinstance(left, int) and isinstance(right, int)
-        bits = abs(left).bit_length() if ints else 0  # more than 1: abs(left) > 1
-        if operator == "**" and bits > 1 and right > 0 and right * bits > MAX_POWER_BITS:
-            raise BudgetExceeded(f"the power {left} ** {right} is too large")
-        if operator == "*" and ints and left.bit_length() + right.bit_length() > MAX_POWER_BITS:
-            raise BudgetExceeded("the product of these numbers is too large")
-        for seq, count in ((left, right), (right, left)) if operator == "*" else ():
-            if isinstance(seq, (str, list, tuple)) and isinstance(count, int) and len(seq) * count > self.max_bytes:
-                raise BudgetExceeded(f"repeating a value {count} times makes it larger than {self.max_bytes} bytes")
-        return super().call_binop(context, operator, left, right)
-
-    def render_capped(self, template: jinja2.Template, scope: dict[str, Any]) -> str:
-        """Render through Jinja's streaming API, refusing output past the size budget."""
-        parts: list[str] = []
-        size = 0
-        for chunk in template.generate(scope):
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise BudgetExceeded(f"the output is larger than {self.max_bytes} bytes")
-            parts.append(chunk)
-            if len(parts) % 4096 == 0:
-                self.check_budget()
-        return "".join(parts)
 
 
 class RenderError(Exception):
@@ -212,26 +132,14 @@ def _placeholder_finalize(context: jinja2.runtime.Context, value: Any) -> Any:
     template line it came from (so that an error can show the user's text, never a placeholder)."""
     if isinstance(value, jinja2.Undefined):
         value._fail_with_undefined_error()
-    if isinstance(context.environment, _BudgetedSandbox):
+    if isinstance(context.environment, BudgetedSandbox):
         context.environment.check_budget()
     collector = context.get("__provisioner_values")
     if collector is None:
         return value
     collector.append(value)
-    context.get("__provisioner_lines").append(_template_line_now())
+    context.get("__provisioner_lines").append(template_line_now())
     return f"{context.get('__provisioner_nonce')}{len(collector) - 1}_"
-
-
-def _template_line_now() -> int | None:
-    """The template line being rendered, read the way Jinja's own tracebacks are (from the frame of
-    the compiled template)."""
-    frame = inspect.currentframe()
-    while frame is not None:
-        template = frame.f_globals.get("__jinja_template__")
-        if template is not None:
-            return template.get_corresponding_lineno(frame.f_lineno)
-        frame = frame.f_back
-    return None
 
 
 class Renderer:
@@ -249,7 +157,7 @@ class Renderer:
         self.env = EnvMapping(environ)
         self.inputs = inputs
         self._loader = _ConfinedLoader(base_dir, max_file_bytes)
-        self._jinja = _BudgetedSandbox(
+        self._jinja = BudgetedSandbox(
             undefined=_Undefined,
             autoescape=False,
             keep_trailing_newline=True,

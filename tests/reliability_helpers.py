@@ -107,8 +107,7 @@ class Harness:
         for proc in self.procs:  # a test that failed half-way may leave its apply running
             if proc.poll() is None:
                 proc.kill()
-            if proc.stdout is not None and not proc.stdout.closed:
-                proc.communicate()
+                proc.wait()
         if self.emulator is not None:
             self.emulator.stop()
 
@@ -165,19 +164,18 @@ class Harness:
         return run
 
     def popen(self, command: str, *args: str, env: dict | None = None) -> subprocess.Popen:
-        proc = subprocess.Popen(
-            self.argv(command, *args),
-            cwd=self.work,
-            env=self.env(env),
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        """A run in the background; its output goes to files (apply prints its plan first: a pipe
+        nobody reads until the end would fill up and stop it)."""
+        n = len(self.procs)
+        with open(self.root / f"run{n}.out", "w") as out, open(self.root / f"run{n}.err", "w") as err:
+            proc = subprocess.Popen(self.argv(command, *args), cwd=self.work, env=self.env(env), stdout=out, stderr=err)
         self.procs.append(proc)
         return proc
 
     def record(self, proc: subprocess.Popen, args: tuple[str, ...], seconds: float, timeout: float = 60) -> Run:
-        stdout, stderr = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
+        n = self.procs.index(proc)
+        stdout, stderr = ((self.root / f"run{n}.{kind}").read_text(encoding="utf-8") for kind in ("out", "err"))
         run = Run(args, proc.returncode, stdout, stderr, seconds)
         self.runs.append(run)
         return run

@@ -106,7 +106,7 @@ def test_bad_manifest_is_refused_with_its_message(case, cli, db, tmp_path):
 def test_every_problem_of_a_file_is_reported_in_one_run(cli, db, tmp_path):
     proc = run_case(cli, tmp_path, "several-problems", "validate")
     lines = error_lines(proc.stderr)
-    assert len(lines) == 5, proc.stderr
+    assert len(lines) == 6, proc.stderr
     located = [line.split(" ", 2)[1] for line in lines]
     assert located == [
         "manifest.yaml:6",
@@ -114,8 +114,9 @@ def test_every_problem_of_a_file_is_reported_in_one_run(cli, db, tmp_path):
         "manifest.yaml:17",
         "manifest.yaml:19",
         "manifest.yaml:20",
+        "manifest.yaml:20",
     ], proc.stderr
-    assert "5 problems found" in proc.stderr
+    assert "6 problems found" in proc.stderr
 
 
 @pytest.mark.parametrize("command", ["validate", "plan"])
@@ -126,11 +127,11 @@ def test_json_output_lists_every_problem_with_its_location(command, cli, db, tmp
     document = json.loads(proc.stdout)
     assert document["ok"] is False and document["command"] == command and document["formatVersion"] == 1
     problems = document["problems"]
-    assert len(problems) == 5, json.dumps(problems, indent=2)
+    assert len(problems) == 6, json.dumps(problems, indent=2)
     for p in problems:
         assert {"file", "line", "instance", "path", "message", "hint", "severity"} <= set(p), p
         assert p["file"] == "manifest.yaml" and isinstance(p["line"], int) and p["severity"] == "error"
-    assert [p["line"] for p in problems] == [6, 10, 17, 19, 20]
+    assert [p["line"] for p in problems] == [6, 10, 17, 19, 20, 20]
     unknown = next(p for p in problems if p["line"] == 10)
     assert unknown == {
         **unknown,

@@ -290,8 +290,16 @@ def test_pre_commit_hook_definition_is_valid_for_pre_commit():
     files = re.compile(hook["files"])
     for name in ("provisioner.yaml", "deploy/provisioner-staging.yml", "manifest.yaml", "a/b/manifest.prod.yaml"):
         assert files.search(name), name
+    exclude = re.compile(hook["exclude"])
     for name in ("values.yaml", "provisioner.json", "provisioner/x.yaml", ".gitlab-ci.yml"):
         assert not files.search(name), name
+    # the GitLab template, copied where its header says, and GitHub workflows are pipelines, not manifests
+    header = (REPO / "ci" / "gitlab" / "provisioner.gitlab-ci.yml").read_text()
+    assert "local: ci/provisioner.gitlab-ci.yml" in header
+    for name in ("ci/provisioner.gitlab-ci.yml", ".github/workflows/provisioner.yml", "provisioner.gitlab-ci.yaml"):
+        assert files.search(name) and exclude.search(name), name
+    for name in ("provisioner.yaml", "deploy/provisioner-staging.yml", "manifest.yaml"):
+        assert not exclude.search(name), name
 
 
 def test_pre_commit_hook_entry_validates_every_file_it_is_given(cli, tmp_path):

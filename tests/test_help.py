@@ -142,3 +142,17 @@ def test_completion_completes_command_names():
         env={**base_env(), "_PROVISIONER_COMPLETE": "bash_complete", "COMP_WORDS": "provisioner pl", "COMP_CWORD": "1"},
     )
     assert proc.stdout.strip() == "plain,plan"
+
+
+def test_render_help_offers_no_http_trace():
+    text = " ".join(_help("render").split())
+    assert "HTTP" not in text and "Trace" not in text and "--local" not in text
+    assert "No credentials are needed" in text and "env.NAME" in text
+
+
+@pytest.mark.parametrize("command", [("schemas",), ("schemas", "pull"), ("schemas", "list")])
+def test_schemas_help_lists_only_the_variables_it_reads(command):
+    text = _help(*command)
+    for variable in ("CE_USER_SECRET", "CE_ORGANIZATION_SECRET", "CE_API_URL", "HTTPS_PROXY", "REQUESTS_CA_BUNDLE"):
+        assert variable in text, variable
+    assert "env.NAME" not in text and "manifest reads" not in text and "PROVISIONER_FINGERPRINT_KEY" not in text

@@ -281,3 +281,12 @@ def test_pre_commit_installs_and_runs_the_hook(installed, tmp_path):
     assert "provisioner.yaml: valid (2 instances)" in proc.stdout
     assert "deploy/manifest.yaml" in proc.stdout and "nosuchelement" in proc.stdout
     assert "values.yaml" not in proc.stdout
+
+
+def test_init_works_from_the_installed_package(installed, tmp_path):
+    """init reads the pipeline examples shipped in the package, outside any checkout."""
+    env = installed["env"]
+    project = tmp_path / "project"
+    project.mkdir()
+    _run(["provisioner", "init", "connectwisehd", "--ci", "gitlab"], env, project)
+    assert "PROVISIONER_MANIFEST: provisioner.yaml" in (project / ".gitlab-ci.yml").read_text()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "provisioner"
-BASICS = {"provisioner", "errors", "secret", "closedsets", "ownership", "interrupt", "privatefile"}
+BASICS = {"provisioner", "errors", "secret", "closedsets", "ownership", "interrupt", "privatefile", "urls"}
 ALLOWED = {  # layer -> the layers it may import (a layer may always import itself)
     "cli": {"engine", "api", "manifest", "emulator", "basics", "entry"},
     "engine": {"api", "manifest", "basics"},

@@ -267,7 +267,9 @@ def test_render_shows_every_body_offline_and_no_secret(cli, db):
         assert bodies[1]["configuration"]["helpdesk.connectwise.password"] == "(sensitive)"
         assert bodies[1]["configuration"]["event.notification.signature.key"] == "(sensitive)"
         assert bodies[2]["configuration"]["helpdesk.connectwise.company"] == "b"
-        assert bodies[1]["configuration"]["helpdesk.connectwise.wsdl.path"] == "/v2015_3/apis/2.0/"  # default
+        assert "helpdesk.connectwise.wsdl.path" not in bodies[1]["configuration"]  # apply does not send it
+        defaults = (data["requests"] if fmt == "json" else data)[1]["defaults"]
+        assert defaults["helpdesk.connectwise.wsdl.path"] == "/v2015_3/apis/2.0/"  # the API fills it in
         assert "provisioner:stack=tests" in bodies[1]["tags"]
     assert db.requests() == []  # nothing was sent
 

@@ -146,7 +146,7 @@ def test_a_5xx_create_that_made_nothing_fails_and_is_not_sent_again(tmp_path):
 def test_a_created_instance_with_no_token_anywhere_is_reported_by_name_with_its_id(tmp_path):
     api = FakeApi(create=lambda made: Reply(200, body={"id": made["id"]}), tokens=())
     with ScriptedServer(default=api) as srv:
-        result = apply(tmp_path, srv, count=2)
+        result = apply(tmp_path, srv, "--parallelism", "1", count=2)
     assert result.returncode == 1
     assert api.posts == Counter({"helpdesk-0": 1, "helpdesk-1": 1}) and api.names() == api.posts
     for name, ident in (("helpdesk-0", 101), ("helpdesk-1", 102)):

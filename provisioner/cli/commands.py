@@ -396,15 +396,20 @@ def _check_import_out(args: ImportArgs) -> None:
 
 
 @click.command(cls=Command, epilog=ENV_RENDER)
-@input_options(output=("yaml", "json"))
+@input_options(output=("yaml", "json"), api=False)
 @parsed(RenderArgs)
 def render(args: RenderArgs) -> None:
-    """Print, offline, the request bodies apply would send for every instance (secrets as (sensitive))."""
+    """Print, offline, the request bodies apply would send to create every instance, as it sends them.
+
+    What only apply can know is a placeholder, named on the first line: secret values, the digests of
+    the fingerprint and applied-record tags, and the id of the run. The schema defaults of the keys the
+    manifest leaves out are listed beside each body: apply does not send them, the API fills them in.
+    """
     import json
 
     import yaml
 
-    from .preview import rendered
+    from .preview import AT_APPLY_NOTE, rendered
 
     run = Run("render", args.reporter, args.verbose)
 
@@ -414,9 +419,9 @@ def render(args: RenderArgs) -> None:
         text = (
             json.dumps(requests, indent=2, ensure_ascii=False)
             if args.output == "json"
-            else yaml.safe_dump(requests, sort_keys=False, allow_unicode=True, width=1000)
+            else f"# {AT_APPLY_NOTE}\n" + yaml.safe_dump(requests, sort_keys=False, allow_unicode=True, width=1000)
         ).rstrip("\n")
-        data = {"stack": validated.manifest.stack, "requests": requests}
+        data = {"stack": validated.manifest.stack, "requests": requests, "computedAtApply": AT_APPLY_NOTE}
         run.reporter.document(run.command, data, text.split("\n") if requests else [])
         return EXIT_OK
 

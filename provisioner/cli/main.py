@@ -24,6 +24,7 @@ from .. import __version__
 from ..interrupt import exit_process
 from ..secret import REDACTOR, escape
 from . import commands, tools
+from .init import init
 from .options import Group
 from .run import EXIT_ERROR, EXIT_OK
 
@@ -39,7 +40,7 @@ def cli() -> None:
     """Declare Cloud Elements element instances in a YAML manifest; validate, plan, apply and destroy them."""
 
 
-for _command in (*commands.COMMANDS, *tools.COMMANDS):
+for _command in (*commands.COMMANDS, init, *tools.COMMANDS):
     cli.add_command(_command)
 
 

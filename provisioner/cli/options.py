@@ -27,17 +27,27 @@ ENV_RENDER = (
     "Environment: the variables the manifest reads as env.NAME (an unset one is an error that names it). "
     "No credentials are needed."
 )
-ENV_API = (  # click keeps \b blocks as written; their lines stay under 80 columns
+_ENV_WIRE = (  # click keeps \b blocks as written; their lines stay under 80 columns
+    "  CE_CLIENT_CERT, CE_CLIENT_KEY  client certificate and key (PEM)\n"
+    "  HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY  proxies\n"
+    "  REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE  CA bundle (default: certifi's)\n"
+    "  NO_COLOR                no colour, even on a terminal"
+)
+ENV_API = (
     "Environment:\n\n\b\n"
     "  CE_USER_SECRET          user secret of the default target\n"
     "  CE_ORGANIZATION_SECRET  organization secret of the default target\n"
     "  CE_API_URL              API base URL of the default target\n"
-    "  CE_CLIENT_CERT, CE_CLIENT_KEY  client certificate and key (PEM)\n"
     "  PROVISIONER_FINGERPRINT_KEY  key of the secret fingerprints\n"
-    "  HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY  proxies\n"
-    "  REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE  CA bundle (default: certifi's)\n"
-    "  NO_COLOR                no colour, even on a terminal\n"
+    f"{_ENV_WIRE}\n"
     "  and every variable the manifest reads as env.NAME"
+)
+ENV_CATALOG = (  # schemas pull and list read no manifest
+    "Environment (not read with --local):\n\n\b\n"
+    "  CE_USER_SECRET          user secret\n"
+    "  CE_ORGANIZATION_SECRET  organization secret\n"
+    "  CE_API_URL              API base URL (default: the US production API)\n"
+    f"{_ENV_WIRE}"
 )
 ENV_EMULATOR = (
     "Environment:\n\n\b\n"

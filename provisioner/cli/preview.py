@@ -1,10 +1,11 @@
 """``provisioner render``: the bodies apply would send, offline, as ``helm template`` shows them.
 
 Built with the same function apply uses (``bodies.create_body``), for every instance after
-``forEach``. Nothing is sent and no credential is read. Two things only apply can know are shown as
-placeholders: secret values (``(sensitive)``) and the digests of the fingerprint tags, which are
-keyed with the target's organization secret. Keys the manifest leaves out are shown with their
-schema default: apply does not send them, the API fills them in.
+``forEach``, and printed as apply sends it: configuration keys the manifest leaves out are not in the
+body (the API fills in their defaults, listed beside it under ``defaults``). Nothing is sent and no
+credential is read, so what only a run can know is shown as a placeholder, and ``AT_APPLY_NOTE``
+(printed with the bodies) says which: secret values (``(sensitive)``), the digests of the fingerprint
+and applied-record tags (keyed with the organization secret), and the id of the creating run.
 """
 
 from __future__ import annotations
@@ -15,28 +16,38 @@ from ..engine.bodies import create_body
 from ..engine.diff import FingerprintContext
 from ..manifest.desired import DesiredInstance
 from ..manifest.elements import ElementRegistry
-from ..ownership import FP_TAG
+from ..ownership import APPLIED_TAG, FP_TAG, RUN_TAG
 from ..secret import SENSITIVE, Secret
 
-FINGERPRINT_PLACEHOLDER = "(computed at apply)"
-_NO_KEY = FingerprintContext(b"render: no key", "")
+AT_APPLY = "(computed at apply)"
+_AT_APPLY_TAGS = (FP_TAG, APPLIED_TAG, RUN_TAG)
+AT_APPLY_NOTE = (
+    f"{SENSITIVE}: secret values; {AT_APPLY}: the digests of the {FP_TAG}* and {APPLIED_TAG} tags "
+    f"(keyed with the organization secret) and the id of the run in {RUN_TAG}"
+)
 
 
 def rendered(stack: str, desired: list[DesiredInstance], registry: ElementRegistry) -> list[dict[str, Any]]:
-    """One entry per instance: target, request line and body, secrets masked."""
-    fp = FingerprintContext(_NO_KEY.key, stack)
+    """One entry per instance: target, request line, body as apply sends it (secrets masked), and the
+    schema defaults of the keys it leaves to the API."""
+    fp = FingerprintContext(b"render: no key", stack)
     out = []
     for instance in desired:
         schema = registry.get(instance.element)
         assert schema is not None  # validation guarantees the element
-        body = create_body(instance, schema, fp)
-        body["tags"] = [
-            f"{t.rpartition('=')[0]}={FINGERPRINT_PLACEHOLDER}" if t.startswith(FP_TAG) else t for t in body["tags"]
-        ]
-        defaults = {k: v for k, v in schema.defaults.items() if k not in body["configuration"]}
-        body["configuration"] = dict(sorted({**defaults, **body["configuration"]}.items()))
-        out.append({"target": instance.target, "request": "POST /instances", "body": _masked(body)})
+        body = create_body(instance, schema, fp, RUN_TAG + AT_APPLY)
+        body["tags"] = [_placeholder(t) for t in body["tags"]]
+        defaults = {k: v for k, v in sorted(schema.defaults.items()) if k not in body["configuration"]}
+        out.append(
+            {"target": instance.target, "request": "POST /instances", "body": _masked(body), "defaults": defaults}
+        )
     return out
+
+
+def _placeholder(tag: str) -> str:
+    if tag.startswith(_AT_APPLY_TAGS):
+        return f"{tag[: tag.index('=') + 1]}{AT_APPLY}"
+    return tag
 
 
 def _masked(value: Any) -> Any:

@@ -154,9 +154,26 @@ def result_json(result: ChangeResult) -> dict[str, Any]:
     data["error"] = (
         None
         if result.error is None
-        else {"message": result.error, "requestId": result.request_id, "httpStatus": result.http_status}
+        else {
+            "message": result.error,
+            "requestId": result.request_id,
+            "httpStatus": result.http_status,
+            "hint": failure_hint(result),
+        }
     )
     return data
+
+
+IN_USE_HINT = (
+    "something on the platform uses this instance (the message names it, e.g. a formula instance): "
+    "delete that user or point it at another instance, then run the command again"
+)
+
+
+def failure_hint(result: ChangeResult) -> str | None:
+    """What to do about a failure the API explains only in its own words: a DELETE answered 409."""
+    deleting = result.change.action in (Action.DELETE, Action.REPLACE)
+    return IN_USE_HINT if deleting and result.http_status == 409 and result.status == Status.FAILED else None
 
 
 class JsonReporter:
@@ -283,8 +300,8 @@ class TextReporter:
         self.out.lines(lines)
         self.err.lines([("yellow", f"warning: {warning}") for warning in plan.warnings])
         self.warned.update(plan.warnings)
-        self.out.print(plan_summary(plan.counts()))
-        if not plan.has_changes and not plan.has_refusals:
+        self.out.print(plan_summary(plan.counts()) if command != "destroy" else _destroy_summary(plan.counts()))
+        if not plan.has_changes and not plan.has_refusals and command != "destroy":
             self.out.print("No changes: the instances match the manifest.")
 
     def applied(
@@ -302,7 +319,7 @@ class TextReporter:
         failed = [r for r in result.results if r.status == Status.FAILED]
         if failed:
             self.err.print(f"{len(failed)} change(s) failed:", style="red")
-            self.err.lines([("", f"  {r.change.name}: {r.error}{_request(r)}") for r in failed])
+            self.err.lines([("", f"  {r.change.name}: {r.error}{_request(r)}{_hinted(r)}") for r in failed])
         if result.aborted:
             self.err.lines([("red", f"stopped: {result.aborted}")])
         if result.interrupted:
@@ -339,6 +356,19 @@ def plan_summary(counts: dict[Action, int]) -> str:
     if counts.get(Action.PROTECTED):
         extra.append(f"{counts[Action.PROTECTED]} protected, refused")
     return f"{line} ({', '.join(extra)})."
+
+
+def _destroy_summary(counts: dict[Action, int], done: dict[Status, int] | None = None) -> str:
+    """destroy only deletes: ``Destroy: 2 to delete (1 protected, refused).``, once done
+    ``Destroy: 2 deleted, 1 failed``; ``done``: the status counts of the deletions made."""
+    refused = f", {counts[Action.PROTECTED]} protected, refused" if counts.get(Action.PROTECTED) else ""
+    if not counts[Action.DELETE]:
+        return f"Destroy: nothing to delete, the stack owns no instance{refused}."
+    if done is None:
+        return f"Destroy: {counts[Action.DELETE]} to delete{refused}."
+    failed = f", {done[Status.FAILED]} failed" if done[Status.FAILED] else ""
+    skipped = f", {done[Status.SKIPPED]} skipped" if done[Status.SKIPPED] else ""
+    return f"Destroy: {done[Status.OK]} deleted{failed}{skipped}{refused}."
 
 
 def _severity_style(severity: Severity) -> str:
@@ -419,7 +449,17 @@ def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> 
     requests = stats.get("requests", 0)
     retries = stats.get("retries", 0)
     traffic = f"{plural(requests, 'request')}, {plural(retries, 'retry', 'retries')}."
+    if command == "destroy":
+        deletions = dict.fromkeys(Status, 0)
+        for r in result.results:
+            deletions[r.status] += r.change.action == Action.DELETE
+        return f"{_destroy_summary(result.plan.counts(), deletions)} {traffic}"
     title = "Apply" if command == "apply" else command.capitalize()
     if not result.plan.has_changes and not result.plan.has_refusals:
         return f"{title}: no changes, the instances match the manifest. {traffic}"
     return f"{title}: {', '.join(parts)}. {traffic}"
+
+
+def _hinted(r: ChangeResult) -> str:
+    hint = failure_hint(r)
+    return f" (hint: {hint})" if hint else ""

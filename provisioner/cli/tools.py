@@ -13,11 +13,11 @@ import click
 from ..errors import UserError, ValidationFailed
 from ..interrupt import stop_on_signals
 from ..manifest.load import manifest_schema_text
-from .options import ENV_API, ENV_EMULATOR, CatalogArgs, Command, EmulatorArgs, Group, catalog_options, parsed
+from .options import ENV_CATALOG, ENV_EMULATOR, CatalogArgs, Command, EmulatorArgs, Group, catalog_options, parsed
 from .run import EXIT_OK, Run, local_api
 
 
-@click.group(cls=Group, epilog=ENV_API)
+@click.group(cls=Group, epilog=ENV_CATALOG)
 def schemas() -> None:
     """Element schemas written from the API's own element definitions."""
 
@@ -31,7 +31,7 @@ def _catalog_target(local: Any) -> Any:
     return env_target(os.environ)
 
 
-@schemas.command("pull")
+@schemas.command("pull", epilog=ENV_CATALOG)
 @click.argument("keys", nargs=-1)
 @click.option("--all", "all_keys", is_flag=True, help="Pull every element the API offers (GET /elements/keys).")
 @click.option(
@@ -62,7 +62,7 @@ def schemas_pull(args: CatalogArgs) -> None:
     run.exit(body)
 
 
-@schemas.command("list")
+@schemas.command("list", epilog=ENV_CATALOG)
 @catalog_options
 @parsed(CatalogArgs)
 def schemas_list(args: CatalogArgs) -> None:

@@ -135,12 +135,13 @@ def detect(
         found = _findings(change, registry, fingerprints.get(change.target))
         in_sync += 1 if change.action == Action.NOOP and not found else 0
         findings.extend(found)
-    findings.extend(_namesakes(plan, live_by_target))
+    findings.extend(_namesakes(plan, live_by_target, registry))
     return DriftReport(plan.stack, tuple(findings), declared, in_sync)
 
 
 def _findings(change: Change, registry: ElementRegistry, fp: FingerprintContext | None) -> list[Finding]:
-    common = {"name": change.name, "target": change.target, "element": change.element, "id": change.id}
+    element = change.desired.element if change.desired is not None else _canonical_element(registry, change.element)
+    common = {"name": change.name, "target": change.target, "element": element, "id": change.id}
     found = []
     match change.action:
         case Action.CREATE:
@@ -222,6 +223,7 @@ def _secret(diff: FieldDiff, live: LiveInstance, common: dict[str, Any]) -> Find
 
 
 def _canonical_element(registry: ElementRegistry, reported: str | None) -> str | None:
+    """The element key as a manifest declares it, for a key the API reports (dynamicscrm: dynamicscrmadfs)."""
     for key in registry.keys():
         schema = registry.get(key)
         if schema is not None and reported is not None and schema.accepts_key(reported):
@@ -229,7 +231,9 @@ def _canonical_element(registry: ElementRegistry, reported: str | None) -> str |
     return reported
 
 
-def _namesakes(plan: Plan, live_by_target: Mapping[str, list[LiveInstance]]) -> list[Finding]:
+def _namesakes(
+    plan: Plan, live_by_target: Mapping[str, list[LiveInstance]], registry: ElementRegistry
+) -> list[Finding]:
     """Unmanaged instances (no stack marker at all) with a declared name, next to the owned one (the
     plan shows only those that stand in the way of a create). Another stack's are not this stack's
     business: ``plan`` never sees them either."""
@@ -244,7 +248,7 @@ def _namesakes(plan: Plan, live_by_target: Mapping[str, list[LiveInstance]]) -> 
                         "drift",
                         live.name,
                         target,
-                        live.element,
+                        _canonical_element(registry, live.element),
                         live.id,
                         "an instance with a declared name but without the stack marker exists "
                         "next to the owned one; provisioner never touches it",

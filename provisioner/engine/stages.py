@@ -25,7 +25,7 @@ from ..manifest.desired import DesiredInstance, build_desired
 from ..manifest.elements import ElementRegistry
 from ..manifest.load import DEFAULT_TARGET, Limits, Manifest, load_manifest
 from ..manifest.render import Renderer
-from ..manifest.targets import Target, local_target, resolve_targets
+from ..manifest.targets import Target, local_target, resolve_targets, url_problems
 from ..ownership import FINGERPRINT_KEY_ENV, fingerprint_key, is_unmanaged
 from .apply import Applier, ApplyResult, ApplySettings, ChangeResult, Status
 from .diff import FingerprintContext
@@ -68,15 +68,15 @@ def validate(options: Options) -> Validated:
     registry = ElementRegistry.load([*manifest.schema_dirs, *options.schemas])
     problems.extend(registry.problems)
     renderer = Renderer(manifest.base_dir, options.environ, manifest.inputs, options.limits.max_file_bytes)
-    broken = frozenset(int(m[1]) for p in problems if (m := _ENTRY.match(p.location.path or "")))
+    broken = frozenset((int(m[1]), m[2]) for p in problems if (m := _ENTRY.match(p.location.path or "")))
     desired, render_problems = build_desired(manifest, registry, renderer, options.limits, broken)
-    problems.extend(render_problems)
+    problems.extend([*render_problems, *url_problems(manifest, renderer)])
     if any(p.severity == Severity.ERROR for p in problems):
         raise ValidationFailed(_sorted(problems))
     return Validated(manifest, registry, renderer, desired, problems)
 
 
-_ENTRY = re.compile(r"^instances\[(\d+)\]")
+_ENTRY = re.compile(r"^instances\[(\d+)\](?:\.([^.\[]+))?")  # the entry, and its field
 
 
 def _sorted(problems: list[Problem]) -> list[Problem]:

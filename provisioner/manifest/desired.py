@@ -47,25 +47,30 @@ def build_desired(
     registry: ElementRegistry,
     renderer: Renderer,
     limits: Limits,
-    skip: frozenset[int] = frozenset(),
+    broken: frozenset[tuple[int, str | None]] = frozenset(),
 ) -> tuple[list[DesiredInstance], list[Problem]]:
-    """Render and validate every instance entry (forEach expanded); collect all problems.
-    Entries in ``skip`` already failed the structure check and are not reported twice."""
+    """Render and validate every instance entry (forEach expanded); collect all problems. ``broken``:
+    the (entry, field) pairs the structure check refused (field None: the entry as a whole); those
+    fields are not reported twice, and the rest of the entry is still checked as far as it can be."""
     desired: list[DesiredInstance] = []
     problems: list[Problem] = []
     for index, entry in enumerate(manifest.instances):
-        if not isinstance(entry, YDict) or index in skip:  # the loader builds every mapping as a YDict
+        if not isinstance(entry, YDict):  # the loader builds every mapping as a YDict
             continue
+        fields = {f for i, f in broken if i == index}
         where = Location(manifest.display, manifest.instances.line_of(index))
-        for item in _items(entry, renderer, limits, where, problems):
-            instance = _build_one(entry, item, manifest, registry, renderer, where, problems)
-            if instance is not None:
+        items = [] if "forEach" in fields else _items(entry, renderer, limits, where, problems)
+        for item in items:
+            one = _Entry(entry, where.file, where.line, problems, fields, f"#{index + 1}")
+            instance = _build_one(one, item, manifest, registry, renderer)
+            if instance is not None and not fields:
                 desired.append(instance)
     problems.extend(_duplicates(desired))
     return desired, problems
 
 
 _NO_ITEM = jinja2.utils.missing
+_UNKNOWN = object()  # a field whose value could not be read (refused by the structure check, or not rendered)
 
 
 def _items(entry: YDict, renderer: Renderer, limits: Limits, where: Location, problems: list[Problem]) -> list:
@@ -94,11 +99,15 @@ def _items(entry: YDict, renderer: Renderer, limits: Limits, where: Location, pr
 
 
 class _Entry:
-    """One instance entry (one forEach item) being rendered and checked, and where to report."""
+    """One instance entry (one forEach item) being rendered and checked, and where to report.
+    ``broken``: its fields the structure check refused; ``label``: its name while none is known."""
 
-    def __init__(self, entry: YDict, file: str | None, line: int | None, problems: list[Problem]):
-        self.entry, self.file, self.line, self.problems = entry, file, line, problems
-        self.name: str | None = None
+    def __init__(
+        self, entry: YDict, file: str | None, line: int | None, problems: list[Problem], broken: set, label: str
+    ):
+        self.entry, self.file, self.line, self.problems, self.broken = entry, file, line, problems, broken
+        self.name: str | None = None  # the rendered name, or the label once the name is known not to render
+        self.label, self.named = label, False
         self.literal = entry.get("literal") is True  # text written by import: data, never a template
 
     def at(self, key: str, path: str | None = "") -> Location:
@@ -115,45 +124,62 @@ class _Entry:
             return renderer.value(raw, scope, at)
         except RenderError as exc:
             self.problems.append(exc.problem)
-            return None
+            return _UNKNOWN
+
+    def field(self, key: str, renderer: Renderer, scope: dict) -> Any:
+        """A field of the entry rendered; _UNKNOWN if refused by the structure check or not rendered."""
+        if key in self.broken:
+            return _UNKNOWN
+        return self.render(renderer, self.entry[key], scope, self.at(key))
 
 
 def _build_one(
-    entry: YDict,
-    item: Any,
-    manifest: Manifest,
-    registry: ElementRegistry,
-    renderer: Renderer,
-    where: Location,
-    problems: list[Problem],
+    one: _Entry, item: Any, manifest: Manifest, registry: ElementRegistry, renderer: Renderer
 ) -> DesiredInstance | None:
+    """Render one entry and check it; every field that can be read is checked, whatever failed before."""
     scope = renderer.context(item)
-    before = len(problems)
-    one = _Entry(entry, where.file, where.line, problems)
-    name = one.render(renderer, entry["name"], scope, one.at("name"))
-    if not isinstance(name, str) or not name.strip():
-        if len(problems) == before:
-            one.add("name", f"name must render to a non-empty string, got {name!r}")
-        return None
-    one.name = name
-    _check_printable(one, "name", [name])
-    template_name = entry.get("template")
-    body = _template_body(one, scope, renderer) if isinstance(template_name, str) else {}
-    if body is None:
-        return None
+    before = len(one.problems)
+    name = one.field("name", renderer, scope) if "name" in one.entry else _UNKNOWN
+    if isinstance(name, str) and name.strip():
+        one.name, one.named = name, True
+        _check_printable(one, "name", [name])
+    else:
+        if name is not _UNKNOWN:
+            hint = 'write a name, e.g. name: crm-acme, or an expression that gives one: "crm-{{ item.name }}"'
+            one.add("name", f"name must render to a non-empty string, got {name!r}", hint)
+        one.name = one.label
+    body: dict[str, Any] = {}
+    if isinstance(one.entry.get("template"), str) and "template" not in one.broken:
+        rendered = _template_body(one, scope, renderer)
+        body = {"element": _UNKNOWN, "configuration": _UNKNOWN} if rendered is None else rendered
     for key in ("element", "target", "tags", "adopt", "protect", "previousNames"):
-        if key in entry:
-            body[key] = one.render(renderer, entry[key], scope, one.at(key))
-    if "configuration" in entry:
-        schema = registry.get(body["element"]) if one.literal and isinstance(body.get("element"), str) else None
-        inline = _configuration(one, scope, renderer, schema.secret_keys if schema else frozenset())
-        if isinstance(inline, Mapping) and isinstance(body.get("configuration"), Mapping):
-            body["configuration"] = {**body["configuration"], **inline}
+        if key in one.entry:
+            body[key] = one.field(key, renderer, scope)
+    if "configuration" in one.entry:
+        element = body.get("element")
+        schema = registry.get(element) if one.literal and isinstance(element, str) else None
+        secret_keys = schema.secret_keys if schema else frozenset()
+        inline = _UNKNOWN if "configuration" in one.broken else _configuration(one, scope, renderer, secret_keys)
+        known = body.get("configuration")
+        if isinstance(inline, _Partial) and isinstance(known, Mapping):
+            body["configuration"] = _Partial({**known, **inline}, inline.unknown)
+        elif isinstance(inline, Mapping) and isinstance(known, Mapping):
+            body["configuration"] = {**known, **inline}
+        elif isinstance(inline, Mapping) and known is _UNKNOWN:
+            body["configuration"] = _Partial(inline)  # the template's part is unknown
         else:
             body["configuration"] = inline
-    if len(problems) > before:
-        return None
-    return _checked(one, body, manifest, registry, renderer)
+    instance = _checked(one, body, manifest, registry, renderer)
+    return instance if len(one.problems) == before and one.named else None
+
+
+class _Partial(dict):
+    """A configuration only partly known: the keys that rendered (the template's, or some inline
+    keys, did not). Its keys are checked; what it lacks is not reported missing."""
+
+    def __init__(self, known: Mapping, unknown: frozenset[str] = frozenset()):
+        super().__init__(known)
+        self.unknown = unknown
 
 
 def _template_body(one: _Entry, scope: dict, renderer: Renderer) -> dict | None:
@@ -178,12 +204,14 @@ def _template_body(one: _Entry, scope: dict, renderer: Renderer) -> dict | None:
 
 
 def _configuration(one: _Entry, scope: dict, renderer: Renderer, secret_keys: frozenset[str]) -> Any:
-    """Render an inline configuration key by key, so each error has the key's own line and path.
-    Under ``literal: true`` only the secret keys are templates (``{{ env.NAME }}``)."""
+    """Render an inline configuration key by key, so each error has the key's own line and path;
+    the keys that do not render are left out and remembered (``_Partial``). Under ``literal: true``
+    only the secret keys are templates (``{{ env.NAME }}``)."""
     raw = one.entry["configuration"]
     if not isinstance(raw, YDict):
         return one.render(renderer, raw, scope, one.at("configuration"))
     rendered = {}
+    failed = set()
     for key, value in raw.items():
         at = Location(one.file, raw.line_of(key), instance=one.name, path=f"configuration.{key}")
         try:
@@ -191,47 +219,56 @@ def _configuration(one: _Entry, scope: dict, renderer: Renderer, secret_keys: fr
             rendered[key] = value if literal else renderer.value(value, scope, at)
         except RenderError as exc:
             one.problems.append(exc.problem)
-    return rendered
+            failed.add(key)
+    return _Partial(rendered, frozenset(failed)) if failed else rendered
 
 
 def _checked(
     one: _Entry, body: dict, manifest: Manifest, registry: ElementRegistry, renderer: Renderer
 ) -> DesiredInstance | None:
-    problems, before, entry, name = one.problems, len(one.problems), one.entry, one.name
-    assert name is not None
-    target = body.get("target") or DEFAULT_TARGET
-    tags = body.get("tags")
+    problems, before, entry, name = one.problems, len(one.problems), one.entry, one.name or one.label
+    known = {key: value for key, value in body.items() if value is not _UNKNOWN}
+    target, tags = known.get("target") or DEFAULT_TARGET, known.get("tags")
     configuration = body.get("configuration") or {}
     element_at = Location(
         one.file, entry.line_of("element" if "element" in entry else "template"), None, None, name, "element"
     )
-    schema = _element(body.get("element"), registry, element_at, problems)
+    schema = None
+    if body.get("element") is not _UNKNOWN and ("element" in entry or "template" in entry):
+        schema = _element(known.get("element"), registry, element_at, problems)
     if not isinstance(target, str) or target not in (manifest.targets or {DEFAULT_TARGET: None}):
-        known = ", ".join(sorted(manifest.targets) or [DEFAULT_TARGET])
-        one.add("target", f"unknown target {target!r}", f"targets declared: {known}")
+        declared = ", ".join(sorted(manifest.targets) or [DEFAULT_TARGET])
+        one.add("target", f"unknown target {target!r}", f"targets declared: {declared}")
     if tags is not None:
         _check_tags(one, tags)
-    if _MARKUP.search(name):
+    if one.named and _MARKUP.search(name):
         one.add("name", f"name {name!r} contains markup, which the API strips", "remove <...> from the name")
-    if not isinstance(configuration, Mapping):
-        one.add("configuration", f"configuration must be a mapping, got {type(configuration).__name__}")
+    protect, previous = _safety_fields(one, known)
+    adopt = _adopt_id(one, known.get("adopt"))
+    if configuration is _UNKNOWN:
         return None
-    if schema is not None:
-        for key in schema.secret_keys & set(configuration):  # masked in any message from here on
-            REDACTOR.add(configuration[key])
-        errors = schema.validator.iter_errors(dict(configuration))
-        locate = _config_locator(one, renderer)
-        found = problems_from_errors(errors, locate, schema.secret_keys, prefix="configuration")
-        problems.extend(renderer.scrub(p) for p in found)  # values from the environment are never echoed
-    protect, previous = _safety_fields(one, body)
-    if len(problems) > before or schema is None:
+    if not isinstance(configuration, Mapping):
+        hint = "write key: value lines under configuration:, or one expression that gives a mapping"
+        one.add("configuration", f"configuration must be a mapping, got {type(configuration).__name__}", hint)
+        return None
+    if schema is None:
+        return None
+    for key in schema.secret_keys & set(configuration):  # masked in any message from here on
+        REDACTOR.add(configuration[key])
+    errors = schema.validator.iter_errors(dict(configuration))
+    unknown = configuration.unknown if isinstance(configuration, _Partial) else frozenset()
+    if isinstance(configuration, _Partial) and not unknown:  # the template's part is unknown: none is missing
+        errors = (e for e in errors if e.validator != "required")
+    locate = _config_locator(one, renderer)
+    expressions = _from_expressions(one, renderer, configuration)
+    found = problems_from_errors(errors, locate, schema.secret_keys, "configuration", unknown, expressions)
+    problems.extend(renderer.scrub(p) for p in found)  # values from the environment are never echoed
+    if len(problems) > before or isinstance(configuration, _Partial):
         return None
     config = {k: (Secret(v) if k in schema.secret_keys and isinstance(v, str) else v) for k, v in configuration.items()}
-    adopt = _adopt_id(one, body.get("adopt"))
     oauth = schema.oauth_problem(configuration, adopt is not None)
     if oauth is not None:
         problems.append(Problem(oauth[0], element_at, oauth[1]))
-    if len(problems) > before:
         return None
     here = Location(one.file, one.line, instance=name)
     tag_tuple = None if tags is None else tuple(tags)
@@ -264,7 +301,7 @@ def _safety_fields(one: _Entry, body: dict) -> tuple[bool | None, tuple[str, ...
         one.add("previousNames", "previousNames must be a list of non-empty names", hint)
         return protect, ()
     _check_printable(one, "previousNames", previous)
-    if one.name in previous:
+    if one.named and one.name in previous:
         message = f"previousNames lists the instance's own name {one.name!r}"
         one.add("previousNames", message, "list only the names it had before")
     return protect, tuple(dict.fromkeys(previous))
@@ -298,7 +335,8 @@ def _element(key: Any, registry: ElementRegistry, at: Location, problems: list[P
 
 def _check_tags(one: _Entry, tags: Any) -> None:
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        one.add("tags", "tags must be a list of strings")
+        hint = "write a list of strings, e.g. tags: [billing, team-a], or an expression that gives one"
+        one.add("tags", f"tags must be a list of strings, got {type(tags).__name__}", hint)
         return
     for tag in tags:
         if tag.startswith(TAG_PREFIX):
@@ -325,6 +363,26 @@ def _config_locator(one: _Entry, renderer: Renderer) -> Callable[[tuple], Locati
         return Location(one.file, entry.line_of("configuration"), instance=one.name)
 
     return locate
+
+
+def _from_expressions(one: _Entry, renderer: Renderer, configuration: Mapping) -> dict[str, str]:
+    """The configuration keys whose value a {{ expression }} gave (it keeps its value's type, quoted
+    or not), each with the expression's text where one is seen: inline, in the template file, or the
+    whole configuration as one expression."""
+    inline, template = one.entry.get("configuration"), one.entry.get("template")
+    if isinstance(inline, str):
+        return dict.fromkeys(configuration, "")
+    written = dict(inline) if isinstance(inline, dict) else {}
+    if isinstance(template, str):
+        lines = renderer.template_lines(template)
+        for key in set(configuration) - set(written):
+            line = _line_in(lines, key)
+            written[key] = lines[line - 1] if line else ""
+    found = {k: _EXPRESSION.search(v) for k, v in written.items() if isinstance(v, str)}
+    return {k: m[1].strip() for k, m in found.items() if m}
+
+
+_EXPRESSION = re.compile(r"\{\{(.*?)\}\}")
 
 
 def _line_in(lines: list[str], key: Any) -> int | None:

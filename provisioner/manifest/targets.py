@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import Location, Problem
+from ..errors import Location, Problem, UserError
 from ..secret import Secret
+from ..urls import check_base_url
 from .load import DEFAULT_TARGET, DEFAULT_URL, Manifest
 from .render import Renderer, RenderError
 
@@ -48,47 +49,78 @@ def resolve_targets(manifest: Manifest, renderer: Renderer, names: set[str]) -> 
     return targets, problems
 
 
+_FIELDS = (
+    ("url", DEFAULT_URL_EXPRESSION),
+    ("userSecret", DEFAULT_USER_SECRET),
+    ("organizationSecret", DEFAULT_ORGANIZATION_SECRET),
+)
+
+
 def _resolve_one(
     name: str, raw: dict, manifest: Manifest, renderer: Renderer, problems: list[Problem]
 ) -> Target | None:
-    line_of = getattr(raw, "line_of", lambda _key: manifest.data.line_of("targets") if manifest.targets else None)
     values = {}
-    for key, default in (
-        ("url", DEFAULT_URL_EXPRESSION),
-        ("userSecret", DEFAULT_USER_SECRET),
-        ("organizationSecret", DEFAULT_ORGANIZATION_SECRET),
-    ):
-        at = Location(manifest.display, line_of(key), path=f"targets.{name}.{key}")
+    for key, default in _FIELDS:
+        at = _at(manifest, raw, name, key)
         try:
-            values[key] = renderer.value(raw.get(key, default), renderer.context(), at)
+            value = renderer.value(raw.get(key, default), renderer.context(), at)
         except RenderError as exc:
             problems.append(exc.problem)
             continue
-        sources = _sources(raw.get(key, default))
-        if not isinstance(values[key], str) or not values[key]:
-            problems.append(
-                Problem(f"{key} of target {name!r} is empty", at, f"set it, or the variables it reads: {sources}")
-            )
-        elif _CONTROL.search(values[key]):
-            values[key] = None  # never used, never shown
-            message = f"{key} of target {name!r} contains a line break or another control character"
-            hint = (
-                f"check {sources}: a value pasted or read from a file often ends with a newline "
-                '(e.g. use "$(cat file)", which drops it)'
-            )
-            problems.append(Problem(message, at, hint))
-    if len(values) < 3 or not all(isinstance(v, str) and v for v in values.values()):
-        return None
-    url = values["url"].rstrip("/")
-    if not url.startswith(("https://", "http://")):
-        at = Location(manifest.display, line_of("url"), path=f"targets.{name}.url")
-        problems.append(Problem(f"url of target {name!r} must start with https://", at))
+        problem = _value_problem(name, key, value, _sources(raw.get(key, default)), at)
+        if problem is None:
+            values[key] = value
+        else:
+            problems.append(problem)
+    if len(values) < 3:
         return None
     sources = (
         f"{_sources(raw.get('userSecret', DEFAULT_USER_SECRET))} and "
         f"{_sources(raw.get('organizationSecret', DEFAULT_ORGANIZATION_SECRET))}"
     )
+    url = check_base_url(values["url"])
     return Target(name, url, Secret(values["userSecret"]), Secret(values["organizationSecret"]), sources)
+
+
+def url_problems(manifest: Manifest, renderer: Renderer) -> list[Problem]:
+    """Each declared target's URL, checked offline by the rule the client applies before any request
+    (``validate`` reads no secret; a URL that reads an unset variable is left to the commands that connect)."""
+    problems = []
+    for name, raw in (manifest.targets or {DEFAULT_TARGET: {}}).items():
+        if not isinstance(raw, dict):
+            continue  # reported by the structure check
+        at = _at(manifest, raw, name, "url")
+        try:
+            value = renderer.value(raw.get("url", DEFAULT_URL_EXPRESSION), renderer.context(), at)
+        except RenderError:
+            continue
+        problem = _value_problem(name, "url", value, _sources(raw.get("url", DEFAULT_URL_EXPRESSION)), at)
+        problems.extend([problem] if problem else [])
+    return problems
+
+
+def _at(manifest: Manifest, raw: dict, name: str, key: str) -> Location:
+    line_of = getattr(raw, "line_of", lambda _key: manifest.data.line_of("targets") if manifest.targets else None)
+    return Location(manifest.display, line_of(key), path=f"targets.{name}.{key}")
+
+
+def _value_problem(name: str, key: str, value: object, sources: str, at: Location) -> Problem | None:
+    """What is wrong with a target's rendered url or secret, if anything (a secret is never shown)."""
+    if not isinstance(value, str) or not value:
+        return Problem(f"{key} of target {name!r} is empty", at, f"set it, or the variables it reads: {sources}")
+    if _CONTROL.search(value):
+        message = f"{key} of target {name!r} contains a line break or another control character"
+        hint = (
+            f"check {sources}: a value pasted or read from a file often ends with a newline "
+            '(e.g. use "$(cat file)", which drops it)'
+        )
+        return Problem(message, at, hint)
+    if key == "url":
+        try:
+            check_base_url(value)
+        except UserError as exc:
+            return Problem(f"url of target {name!r}: {exc.problem.message}", at, exc.problem.hint)
+    return None
 
 
 def _sources(raw: object) -> str:

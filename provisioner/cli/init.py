@@ -1,0 +1,134 @@
+"""``provisioner init``: from nothing to a manifest that validates, and optionally a pipeline for it.
+
+The manifest comes from ``manifest/starter.py``; the pipeline from the repository's examples
+(``examples/pipelines``, shipped in the package as ``provisioner.pipelines``) with this manifest and
+its variables in place. Nothing is ever overwritten: a file already there stops init before it
+writes anything (exit 1, naming the file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from importlib import resources
+from typing import Any
+
+import click
+
+from ..errors import UserError
+from ..manifest.elements import ElementRegistry
+from ..manifest.starter import Starter, elements_named, stack_name, starter_manifest
+from .options import Command
+from .run import EXIT_OK, Run
+
+PIPELINES = {  # --ci: the example it starts from, and where the platform reads it
+    "github": ("github-actions.yml", os.path.join(".github", "workflows", "provision.yml")),
+    "gitlab": ("gitlab-ci.yml", ".gitlab-ci.yml"),
+}
+
+
+@click.command(cls=Command)
+@click.argument("elements", nargs=-1, required=True, metavar="ELEMENT...")
+@click.option(
+    "--out",
+    "out",
+    default="provisioner.yaml",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Manifest to write.",
+)
+@click.option("--stack", default=None, help="Stack name (default: from the manifest's directory name).")
+@click.option(
+    "--schemas",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="Directory of extra element schemas (repeatable).",
+)
+@click.option(
+    "--ci",
+    type=click.Choice(sorted(PIPELINES)),
+    default=None,
+    help="Also write a pipeline that validates, plans, applies and reports drift: for GitHub Actions "
+    "(in .github/workflows) or GitLab CI (at the top of the repository).",
+)
+def init(elements: tuple[str, ...], out: str, stack: str | None, schemas: tuple[str, ...], ci: str | None) -> None:
+    """Write a commented starter manifest declaring one instance of each ELEMENT (e.g. connectwisehd).
+
+    Every required key of the element's schema (built in, or pulled into a --schemas DIR) reads an
+    environment variable; the variables are listed on stderr. Refuses to overwrite any file.
+    """
+    run = Run("init", "text", False)
+
+    def body() -> int:
+        registry = ElementRegistry.load(schemas)
+        chosen = elements_named(registry, elements)
+        directory = os.path.basename(os.path.dirname(os.path.abspath(out)))
+        command = " ".join(["provisioner init", *elements, *(f"--schemas {d}" for d in schemas)])
+        starter = starter_manifest(chosen, stack_name(stack, directory), command, out)
+        if schemas:  # validate and plan find the schemas through the manifest itself
+            relative = [os.path.relpath(d, os.path.dirname(os.path.abspath(out))) for d in schemas]
+            listed = json.dumps(relative)
+            starter.text = starter.text.replace("\ninputs:\n", f"\nschemas: {listed}  # element schemas\ninputs:\n", 1)
+        files = {out: starter.text}
+        if ci is not None:
+            example, path = PIPELINES[ci]
+            files[path] = _pipeline(example, starter, os.path.relpath(out))
+        _refuse_existing(files)
+        for path, text in files.items():
+            _create(path, text)
+            run.reporter.info(f"wrote {path}")
+        run.reporter.info("set these variables before validate (secrets from your secret store, never in a file):")
+        for name, element, key in starter.variables:
+            run.reporter.info(f"  {name}  ({element}: {key})")
+        run.reporter.info(f"then: provisioner validate {out}")
+        return EXIT_OK
+
+    run.exit(body)
+
+
+def _refuse_existing(files: dict[str, str]) -> None:
+    for path in files:
+        if os.path.lexists(path):
+            raise UserError(f"{path} already exists; init never overwrites a file", hint="move it away, or give --out")
+
+
+def _create(path: str, text: str) -> None:
+    """Create the file (never replacing one that appeared meanwhile), and its directory if needed."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "x", encoding="utf-8") as handle:
+            handle.write(text)
+    except FileExistsError:
+        raise UserError(f"{path} already exists; init never overwrites a file") from None
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _examples() -> Any:
+    """The pipeline examples: packaged as provisioner.pipelines, or examples/pipelines in a checkout."""
+    try:
+        return resources.files("provisioner.pipelines")
+    except ModuleNotFoundError:
+        return resources.files("provisioner") / ".." / "examples" / "pipelines"
+
+
+def _pipeline(example: str, starter: Starter, manifest: str) -> str:
+    """The example pipeline for this manifest: its path, and its variables where the example has its own."""
+    text = _examples().joinpath(example).read_text(encoding="utf-8")
+    names = [name for name, _, _ in starter.variables]
+    text = re.sub(r"(?m)^(\s*(?:PROVISIONER_)?MANIFEST: ).*$", lambda m: m[1] + manifest, text)
+    text = re.sub(r"(?m)^# The test suite runs .*\n", "", text)
+    listed = r"(?m)^(#.*)CE_ORGANIZATION_SECRET(?:, [A-Z][A-Z0-9_]*)*(?:,?\s+(?:#\s+)?and [A-Z][A-Z0-9_]*)?"
+    text = re.sub(listed, lambda m: m[1] + "CE_ORGANIZATION_SECRET and the manifest's variables (below)", text)
+    header = "# The variables the manifest reads (set them where the pipeline keeps secrets):\n"
+    header += "".join(f"#   {name}\n" for name in names)
+    body = re.search(r"(?m)^[^#\n]", text)
+    at = body.start() if body else 0
+    text = text[:at] + header + text[at:]
+    own = re.compile(r"(?m)^  (?!CE_)([A-Z][A-Z0-9_]*): \$\{\{ secrets\.\1 \}\}\n")
+    first = own.search(text)
+    if first is not None:
+        lines = "".join(f"  {name}: ${{{{ secrets.{name} }}}}\n" for name in names)
+        text = text[: first.start()] + lines + own.sub("", text[first.start() :])
+    return text

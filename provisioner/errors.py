@@ -117,6 +117,7 @@ class Interrupted(ProvisionerError):
         super().__init__(f"interrupted by signal {signum}")
         self.signum = signum
         self.exit_code = 128 + signum
+        self.sent = True  # False: raised before the request left (a create then certainly made nothing)
 
 
 class ApiError(ProvisionerError):
@@ -181,6 +182,18 @@ class RateLimited(ApiError):
 
 class ServerError(ApiError):
     kind = "server error"
+
+
+class WaitTooLong(RateLimited):
+    """The API asked every request to wait (Retry-After) longer than the run's retry budget: the run
+    stops at once. ``sent`` is False when the request never left (the wait was already in force)."""
+
+    kind = "rate limited"
+
+    def __init__(self, wait: float, budget: float, method: str, path: str, sent: bool):
+        message = f"the API asked to wait {wait:.0f} s (Retry-After), longer than the retry budget of {budget:g} s"
+        super().__init__(429, message, None, method, path, retry_after=float("inf"))
+        self.sent = sent
 
 
 class TransportError(ProvisionerError):

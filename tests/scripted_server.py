@@ -8,8 +8,9 @@ gives the server a script, a list of steps consumed one per request, in arrival 
 * ``RESET``: read the request, then abort the connection with a TCP RST (no answer).
 * ``CLOSE``: read the request, then close the connection cleanly without answering.
 * ``Hang(seconds)``: read the request, wait, then close without answering.
-* ``Drip(interval, head)``: answer one byte every ``interval`` seconds (the head too if ``head``),
-  announcing a long body: a server that never finishes, but never goes quiet for a read timeout.
+* ``Drip(interval, head, body)``: answer one byte every ``interval`` seconds (the head too if
+  ``head``), announcing a long body (or sending ``body``, complete): a server that never goes quiet
+  for a read timeout.
 * a callable ``step(received) -> step``: decide from the request (e.g. paging by token).
 
 When the script runs out the ``default`` step answers. Every request is recorded as a
@@ -61,6 +62,7 @@ class Drip:
 
     interval: float = 0.5
     head: bool = False
+    body: bytes | None = None  # a complete body to drip (default: one that never ends)
 
 
 @dataclass(frozen=True)
@@ -242,8 +244,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _drip(self, step: Drip) -> None:
-        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
-        data = (b"" if step.head else head) + b"[" + b" " * 100000
+        body = b"[" + b" " * 100000 if step.body is None else step.body
+        length = 100000 if step.body is None else len(body)
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n".encode()
+        data = (head if step.head else b"") + body
         if not step.head:
             self.wfile.write(head)
             self.wfile.flush()

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -26,7 +27,10 @@ from provisioner.emulator import FaultConfig
 
 OUT = "out/tokens.json"
 COUNT = 200
-MAX_RUNS = 3  # a faulted apply that exits 1 is run again (still faulted), at most this many times in all
+# A faulted apply that exits 1 is run again (still faulted), at most this many times in all. A create
+# whose outcome stays unknown is never sent again in the same run: at 30% of creates failing so, 200
+# names all succeed within 10 runs with a probability of 99.9%.
+MAX_RUNS = 10
 REQUEST_ID = re.compile(r"^[0-9a-f]{24}$")
 
 # Throttling is kept low here only to keep the suite short: each throttled request waits its own
@@ -37,9 +41,8 @@ SCENARIOS = [
     pytest.param({"reset_rate": 0.3}, id="reset-30%"),
     pytest.param({"lost_rate": 0.3}, id="lost-30%"),
     pytest.param({"slow_rate": 0.3, "slow_ms": 1500}, id="slow-30%"),
-    # commits land 2 s after the client gave up: the lookup at once misses them, the create is sent
-    # again, and the final check (which waits --settle, raised to cover the 2 s) must delete the extra
-    # copies this run made.
+    # commits land 2 s after the client gave up: the lookup at once misses them, the create is not
+    # sent again, and the final check (which waits --settle, raised to cover the 2 s) finds them.
     pytest.param({"slow_rate": 0.2, "slow_ms": 3000}, id="slow-20%-commit-after-settle"),
     pytest.param(
         {
@@ -129,70 +132,35 @@ def test_a_faulted_apply_converges_with_no_duplicate_and_no_lost_token(h, faults
     assert h.leaks() == []
 
 
-def test_a_create_found_by_the_final_listing_is_kept_not_deleted_as_a_duplicate(h):
-    # seed 5302 gives, for one instance at parallelism 1: five creates refused before processing
-    # (reset/5xx) and a sixth committed with its answer lost
-    h.write_manifest(1)
-    h.faults(FaultConfig(reset_rate=0.3, error_rate=0.3, lost_rate=0.3, seed=5302))
-    run = h.run(
-        "apply",
-        "--timeout",
-        "1",
-        "--connect-timeout",
-        "1",
-        "--settle",
-        "0.3",
-        "--parallelism",
-        "1",
-        "--outputs",
-        OUT,
-        "-v",
-    )
+def test_a_create_committed_late_is_found_by_the_final_listing_and_never_sent_again(h):
+    # every POST is committed 2.5 s after it arrived, its answer never comes (--timeout 1): the lookup
+    # at once misses it, the final check waits --settle (2.5 s from the lost answer) and takes it
+    h.write_manifest(2)
+    h.faults(FaultConfig(slow_rate=1.0, slow_ms=2500, methods=("POST",)))
+    run = h.run("apply", "--timeout", "1", "--connect-timeout", "1", "--settle", "2.5", "--outputs", OUT, "-v")
     h.faults(None)
-    posts = [r["fault"] for r in h.db.requests() if r["method"] == "POST"]
-    if not (len(posts) == 6 and posts[-1] == "lost" and set(posts[:-1]) <= {"reset", "error"}):
-        raise RuntimeError(f"fault sequence changed, the scenario needs a new seed: POST faults {posts}")
-    # found by the final listing: adopted (once a bug deleted it as a "duplicate" of itself)
-    rows = [r for r in h.instances() if r["name"] == "hd-0"]
-    assert len(rows) == 1, f"the committed instance was deleted; exit {run.returncode}; {run.stderr[-600:]}"
     assert run.returncode == 0, run.stderr[-2000:]
-    h.assert_converged(names(1))
+    assert [r["method"] for r in h.db.requests()].count("POST") == 2  # one per name
+    h.assert_converged(names(2))
     assert h.leaks() == []
 
 
-def test_apply_does_not_report_success_while_a_retried_create_may_have_left_a_copy(h):
-    # seed 71, one instance, parallelism 1, one attempt per request: listing ok; create slow (times
-    # out, committed at 3 s); lookup finds nothing; create again ok; the check for extra copies (at
-    # about 4 s) is slow too and gives up
+def test_a_create_committed_after_the_settle_time_fails_and_the_next_apply_takes_it(h):
     h.write_manifest(1)
-    h.faults(FaultConfig(slow_rate=0.5, slow_ms=3000, seed=71))
-    run = h.run(
-        "apply",
-        "--timeout",
-        "1",
-        "--connect-timeout",
-        "1",
-        "--settle",
-        "1.5",
-        "--parallelism",
-        "1",
-        "--max-attempts",
-        "1",
-        "--outputs",
-        OUT,
-    )
+    h.faults(FaultConfig(slow_rate=1.0, slow_ms=3000, methods=("POST",)))
+    run = h.run("apply", "--timeout", "1", "--connect-timeout", "1", "--settle", "0.2", "--outputs", OUT)
     h.faults(None)
-    if len(h.instances()) != 2:
-        raise RuntimeError(f"scenario not reproduced (exit {run.returncode}): {run.stderr[-1000:]}")
-    assert run.returncode == 1, "success reported while an extra copy was left behind"
-    assert "hd-0: could not check the created instance with a final listing" in run.stderr
-    for _ in range(MAX_RUNS - 1):  # the contract: re-run until exit 0, then there is no duplicate
-        if run.returncode == 0:
-            break
-        run = h.run("apply", "--outputs", OUT)
-    assert run.returncode == 0
-    assert h.leaks() == []
+    assert run.returncode == 1
+    assert "hd-0: create outcome unknown" in run.stderr, run.stderr[-2000:]
+    deadline = time.monotonic() + 30
+    while not h.instances():  # the server commits it later
+        assert time.monotonic() < deadline, "the slow create was never committed"
+        time.sleep(0.05)
+    again = h.run("apply", "--outputs", OUT)
+    assert again.returncode == 0, again.stderr
+    assert [r["method"] for r in h.db.requests()].count("POST") == 1  # never sent again
     h.assert_converged(names(1))
+    assert h.leaks() == []
 
 
 def test_one_instance_the_server_refuses_does_not_stop_the_others(h):
@@ -217,7 +185,7 @@ def test_one_instance_the_server_refuses_does_not_stop_the_others(h):
 """,
     )
     assert h.run("validate", "--schemas", "lenient").returncode == 0
-    h.faults(FaultConfig(error_rate=0.2, seed=7))  # the others also meet 5xx on the way
+    h.faults(FaultConfig(error_rate=0.2, seed=7, methods=("GET",)))  # listings meet 5xx on the way
     run = h.run("apply", "--schemas", "lenient", *FAST_FLAGS, "--settle", "0.5", "--outputs", OUT)
     h.faults(None)
     assert run.returncode == 1, run.stderr[-2000:]

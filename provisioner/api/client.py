@@ -1,10 +1,11 @@
 """The one module that talks HTTP to the Cloud Elements platform API.
 
 Everything the network can do wrong is decided here, once: which failures are retried and how long
-to back off, the rate budget shared by all worker threads, how an HTTP status maps onto the error
-tree of ``errors.py``, paging, and the request statistics. The rest of provisioner calls typed
+to back off, the rate budget shared by all worker threads, when an answer is an error (its status
+mapped onto the tree of ``errors.py``), paging, and the request statistics. The rest calls typed
 methods (``instance_pages``, ``create_instance``, ...) and sees parsed JSON or a
-``ProvisionerError``. The wire (requests, the deadline) is ``transport.py``.
+``ProvisionerError``. The wire (requests, the deadline) is ``transport.py``; what an answer means
+(its JSON, the error a status maps to, ``Retry-After``) is ``answers.py``.
 
 Three rules come first:
 
@@ -16,17 +17,17 @@ Three rules come first:
 * A create is never repeated blindly. ``POST /instances`` is retried only when the request certainly
   did not reach the server (or it got 429); a 5xx, a lost response or an answer without an id and a
   token raises ``AmbiguousCreate`` so the caller looks the instance up before creating it again.
-* Nothing hangs. Every request ends within its deadline, a ``Retry-After`` longer than the request's
-  retry budget fails it at once, and paging is bounded by the announced total and a hard cap.
+* Nothing hangs, nothing floods. Every attempt ends within its deadline (retries within the retry
+  budget), an answer is read up to ``max_answer_bytes`` and parsed only if it nests at most
+  ``MAX_DEPTH`` levels, a ``Retry-After`` longer than the retry budget stops the run at once
+  (``WaitTooLong``), and paging is bounded by the announced total and a hard cap.
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
 import math
 import random
-import re
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
@@ -36,32 +37,39 @@ from urllib.parse import quote, urlencode
 from ..errors import (
     AmbiguousCreate,
     ApiError,
-    BadRequest,
-    Conflict,
     InconsistentListing,
+    Interrupted,
     NotFound,
     RateLimited,
     ServerError,
     TransportError,
-    Unauthorized,
+    WaitTooLong,
 )
 from ..interrupt import StopFlag
 from ..secret import MASK, REDACTOR, Secret, json_default, sanitize
 from ..urls import check_base_url
+from .answers import (
+    TOTAL_HEADER,
+    announced_total,
+    api_error,
+    header_request_id,
+    json_kind,
+    loads,
+    remember_tokens,
+    usable_id,
+)
 from .ratelimit import RateBudget
 from .stats import RequestStats
 
 if TYPE_CHECKING:
     from .transport import Answer
 
-MAX_MESSAGE = 300
 NEXT_PAGE_HEADER = "elements-next-page-token"
-TOTAL_HEADER = "elements-total-count"
-REQUEST_ID_HEADER = "elements-request-id"
 MAX_PAGES = 5_000  # hard cap on one listing: 1,000,000 instances at 200 a page
-# Only the instance listing's own answer means an empty collection; any other 404 is an error.
-_EMPTY_LIST = re.compile(r"^No (element )?instances found", re.IGNORECASE)
-_STATUS_ERRORS = {400: BadRequest, 401: Unauthorized, 403: Unauthorized, 404: NotFound, 409: Conflict, 429: RateLimited}
+# The documented answer of an empty instance listing: a 404 with exactly this message (any other 404,
+# even one that starts the same way, is an error naming the URL).
+EMPTY_LISTING = "No instances found"
+MAX_ANSWER_BYTES = 64 * 1024 * 1024  # an answer's size once decompressed (--max-answer-bytes)
 NETWORK_HINT = (
     "check CE_API_URL (or the target's url), CE_USER_SECRET and CE_ORGANIZATION_SECRET, "
     "the network and any HTTPS_PROXY; or try --local for the built-in emulator"
@@ -83,6 +91,7 @@ class ClientSettings:
     parallelism: int = 8  # connections kept alive (one per worker thread)
     page_size: int = 200
     max_rate: float | None = None  # requests/second ceiling; None = none until the API throttles
+    max_answer_bytes: int = MAX_ANSWER_BYTES  # an answer larger than this once decompressed fails
 
 
 class ReadOnlyClient:
@@ -143,11 +152,11 @@ class ReadOnlyClient:
         handed over. Raises InconsistentListing when the pages cannot be trusted (a repeated or
         endless page sequence, or fewer or more items than announced)."""
         for page in self._pages("/instances", [("tags[]", t) for t in tags]):
-            yield _remember_tokens(page)
+            yield remember_tokens(page)
 
     def get_instance(self, instance_id: int | str) -> dict:
         """``GET /instances/{id}``; NotFound if there is no such instance."""
-        return _remember_tokens(self._json("GET", f"/instances/{_segment(instance_id)}"))
+        return remember_tokens(self._json("GET", _instance_path(instance_id)))
 
     def get_element(self, key: str) -> dict:
         """``GET /elements/{key}``: the element's metadata."""
@@ -172,11 +181,11 @@ class ReadOnlyClient:
         totals: set[int] = set()
         token, pages, count, limit = "", 0, 0, MAX_PAGES
         while True:
-            answer = self._page(path, [*params, *([("nextPage", token)] if token else [])])
-            if answer is None:  # the API's 404 "No instances found": an empty collection
+            answer = self._page(path, params, token)
+            if answer is None:  # the API's 404 "No instances found" to the first page: an empty collection
                 break
             pages += 1
-            total = _total(answer)
+            total = announced_total(answer)
             if total is not None:  # the announced total bounds the number of pages
                 totals.add(total)
                 limit = min(limit, max(1, math.ceil(total / max(1, self.settings.page_size))) + 1)
@@ -187,7 +196,7 @@ class ReadOnlyClient:
                 bound = "the announced total allows" if total is not None else "the hard limit"
                 raise InconsistentListing(f"GET {path}: still more pages after {pages} (more than {bound})")
             seen.add(token)
-            items = _page_items(answer, path)
+            items = self._page_items(answer, path)
             del answer
             count += len(items)
             yield items
@@ -201,18 +210,34 @@ class ReadOnlyClient:
                 f"item(s) ({TOTAL_HEADER}) but {count} arrived"
             )
 
-    def _page(self, path: str, params: list[tuple[str, str]]) -> Answer | None:
-        """One page, unparsed; None for the listing's own 404 "No instances found"."""
+    def _page(self, path: str, params: list[tuple[str, str]], token: str) -> Answer | None:
+        """One page, unparsed; None for the documented empty answer to the first page: 404 with the
+        message "No instances found", exactly. Any other 404 is an error naming the URL."""
+        paging = [("pageSize", str(self.settings.page_size)), *params, *([("nextPage", token)] if token else [])]
         try:
-            return self._call("GET", path, params=[("pageSize", str(self.settings.page_size)), *params])
+            return self._call("GET", path, params=paging)
         except NotFound as exc:
-            if path == "/instances" and _EMPTY_LIST.match(exc.raw_message or ""):
+            if path == "/instances" and not token and exc.raw_message == EMPTY_LISTING:
                 return None
+            if token:
+                raise InconsistentListing(f"GET {self._base}{path}: a next page answered 404 ({exc.message})") from None
             hint = (
-                "the API base URL must end with /elements/api-v2, e.g. https://api.cloud-elements.com/elements/api-v2"
+                "the API base URL must end with /elements/api-v2, e.g. https://api.cloud-elements.com/elements/api-v2; "
+                f'an empty organization answers 404 "{EMPTY_LISTING}"'
             )
             message = f"{exc.message}; {self._base}{path} is not an instance listing"
             raise ApiError(404, message, exc.request_id, "GET", path, hint=hint) from None
+
+    def _page_items(self, reply: Answer, path: str) -> list:
+        """Parse one page; it must be a JSON list. Its tokens are registered before anything can print it."""
+        try:
+            items = loads(reply.content)
+        except ValueError as exc:
+            raise InconsistentListing(f"GET {self._base}{path}: the API answered {reply.status} with {exc}") from None
+        if not isinstance(items, list):
+            remember_tokens(items)
+            raise InconsistentListing(f"GET {path}: expected a JSON list, got {json_kind(items)}")
+        return items
 
     # -- one call, with retries -------------------------------------------------------------
 
@@ -225,7 +250,8 @@ class ReadOnlyClient:
         body: Any = None,
         create: bool = False,
     ) -> Answer:
-        """Send one API call, retrying as the method allows; return the 2xx answer or raise."""
+        """Send one API call, retrying as the method allows; return the 2xx answer or raise. A request
+        that never left (WaitTooLong, Interrupted before sending) is neither traced nor counted."""
         if method != "GET" and not self._WRITES_ALLOWED:
             raise RuntimeError(f"a read-only client cannot send {method}")
         data = None if body is None else json.dumps(body, default=json_default).encode("utf-8")
@@ -235,7 +261,7 @@ class ReadOnlyClient:
         attempt = 0
         while True:
             attempt += 1
-            outcome, elapsed_ms = self._attempt(method, url, data, shown, started)
+            outcome, elapsed_ms = self._attempt(method, url, data, shown, started, attempt == 1)
             self.stats.record(method, getattr(outcome, "status", None), retry=attempt > 1)
             what = f"error: {outcome.message}" if isinstance(outcome, TransportError) else outcome.status
             line = f"HTTP {method} {shown} -> {what} ({elapsed_ms} ms)"
@@ -246,7 +272,9 @@ class ReadOnlyClient:
                 self._emit(f"{line}; outcome unknown, not retried")
                 self._stop.check()
                 raise AmbiguousCreate(outcome, answered=isinstance(outcome, ApiError)) from outcome
-            self._stop.check()  # a request the interrupt ended is not retried
+            if self._stop.is_set():  # a request the interrupt ended is not retried
+                self._emit(f"{line}; not retried: the run is stopping")
+                self._check_stop(outcome)
             delay, why = self._retry_delay(outcome, attempt, started)
             if delay is None:
                 self._emit(f"{line}{why}")
@@ -254,37 +282,59 @@ class ReadOnlyClient:
             self._emit(f"{line}; retrying in {delay:.2f} s (attempt {attempt + 1}/{self.settings.max_attempts})")
             self._retrying(method, shown, outcome, attempt, started)
             if self._stop.wait(delay):
-                self._stop.check()
+                self._check_stop(outcome)
+
+    def _check_stop(self, outcome: ApiError | TransportError) -> None:
+        """Interrupted if the run is stopping; ``sent`` False when the server provably did nothing
+        with the last attempt (a 429, or refused before it was sent): the change was not done."""
+        try:
+            self._stop.check()
+        except Interrupted as exc:
+            exc.sent = not isinstance(outcome, RateLimited) and getattr(outcome, "ambiguous", True)
+            raise
 
     def _attempt(
-        self, method: str, url: str, data: bytes | None, shown: str, started: float
+        self, method: str, url: str, data: bytes | None, shown: str, started: float, first: bool
     ) -> tuple[Answer | ApiError | TransportError, int]:
-        """Wait for the rate budget (a signal cuts the wait), then one HTTP exchange; the reply or the
-        error it maps to (not raised yet). In the main thread, a signal ends the exchange with
-        Interrupted. A pause that would outlast the request's retry budget fails it now instead."""
+        """Wait for the rate budget, then one HTTP exchange; the reply or the error it maps to (not
+        raised yet). The first attempt has the whole ``deadline``; a retry ends with the retry budget.
+        In the main thread, a signal ends the exchange with Interrupted."""
         t0 = time.monotonic()
         settings = self.settings
+        self._wait_for_budget(method, shown, started + settings.max_retry_time)
+        deadline = (
+            settings.deadline if first else max(0.1, min(settings.deadline, started + settings.max_retry_time - t0))
+        )
         with self._stop.waiting():
-            if not self.budget.acquire(wait=self._stop.wait, deadline=started + settings.max_retry_time):
-                self._stop.check()
-                waited = max(0.0, self.budget.paused_until - time.monotonic())
-                message = f"the API asked every request to wait {waited:.0f} s more (Retry-After), longer than "
-                late = RateLimited(429, f"{message}this request's retry budget of {settings.max_retry_time:g} s")
-                late.retry_after = math.inf
-                return late, _ms_since(t0)
             try:
                 answer = self._transport.send(
                     method,
                     url,
                     data,
                     f"User {self._secrets[0].reveal()}, Organization {self._secrets[1].reveal()}",
-                    (settings.connect_timeout, settings.read_timeout),
-                    settings.deadline,
+                    (settings.connect_timeout, min(settings.read_timeout, deadline)),
+                    deadline,
+                    settings.max_answer_bytes,
                 )
             except TransportError as exc:
                 exc.method, exc.path, exc.url = method, shown, self._base
                 return exc, _ms_since(t0)
         return self._read_answer(answer, method, shown), _ms_since(t0)
+
+    def _wait_for_budget(self, method: str, shown: str, budget_ends: float) -> None:
+        """Wait until the rate budget lets a request start. Raises, the request unsent: WaitTooLong when
+        the API asked every request to wait past this one's retry budget, Interrupted after a signal."""
+        try:
+            with self._stop.waiting():
+                if self.budget.acquire(wait=self._stop.wait, deadline=budget_ends):
+                    return
+            if self.budget.paused_until > budget_ends:
+                wait = self.budget.paused_until - time.monotonic()
+                raise WaitTooLong(wait, self.settings.max_retry_time, method, shown, sent=False)
+            self._stop.check()
+        except Interrupted as exc:
+            exc.sent = False
+            raise
 
     def _read_answer(self, answer: Answer, method: str, shown: str) -> Answer | ApiError | TransportError:
         """A 2xx answer as it is, any other mapped onto an ApiError; feed the rate budget."""
@@ -295,14 +345,23 @@ class ReadOnlyClient:
             proxy = f"the proxy {self._transport.proxy_display} refused the request: 407 Proxy Authentication Required"
             hint = "check the user and password in HTTPS_PROXY / HTTP_PROXY"
             return TransportError(proxy, False, method, shown, retryable=False, hint=hint)
-        error = _api_error(answer, method, shown)
+        error = api_error(answer, method, shown)
         if answer.status == 429:
             self.budget.on_throttle(error.retry_after)
         return error
 
     def _json(self, method: str, path: str, body: Any = None) -> Any:
         """One call whose 2xx answer must be JSON (or empty)."""
-        return _parsed(self._call(method, path, body=body), method, path)
+        return self._parsed(self._call(method, path, body=body), method, path)
+
+    def _parsed(self, answer: Answer, method: str, path: str) -> Any:
+        """The JSON of a 2xx answer (None if empty); ApiError, naming the URL, if it is not JSON or
+        nests deeper than MAX_DEPTH."""
+        try:
+            return loads(answer.content)
+        except ValueError as exc:
+            what = f"{self._base}{path} answered {answer.status} with {exc}"
+            raise ApiError(answer.status, what, header_request_id(answer), method, path) from None
 
     def _retry_delay(self, error: Exception, attempt: int, started: float) -> tuple[float | None, str]:
         """Seconds to wait before the next attempt, or (None, reason) to give up with ``error``."""
@@ -319,16 +378,14 @@ class ReadOnlyClient:
 
     def _final(self, error: ApiError | TransportError, attempt: int, started: float) -> Exception:
         """The error a request ends with: a network failure names the attempts, the time and what to
-        check; a Retry-After longer than the retry budget says so."""
+        check; a Retry-After longer than the whole retry budget is WaitTooLong (the run stops)."""
         spent = time.monotonic() - started
         if isinstance(error, TransportError) and error.retryable:
             error.message += f" ({attempt} attempt{'s' if attempt != 1 else ''} over {spent:.1f} s)"
             error.hint = NETWORK_HINT
         wait = getattr(error, "retry_after", None)
-        if isinstance(error, ApiError) and wait and wait != math.inf and spent + wait > self.settings.max_retry_time:
-            error.message += f" (the API asked to wait {wait:.0f} s, longer than the retry budget of "
-            error.message += f"{self.settings.max_retry_time:g} s)"
-            error.retry_after = math.inf
+        if isinstance(error, ApiError) and wait and wait > self.settings.max_retry_time:
+            return WaitTooLong(wait, self.settings.max_retry_time, error.method or "", error.path or "", sent=True)
         return error
 
     def _retrying(self, method: str, shown: str, error: Exception, attempt: int, started: float) -> None:
@@ -356,27 +413,27 @@ class Client(ReadOnlyClient):
         2xx answer that is not an object with an id and a token."""
         answer = self._call("POST", "/instances", body=body, create=True)
         try:
-            data = _parsed(answer, "POST", "/instances")
+            data = self._parsed(answer, "POST", "/instances")
         except ApiError as exc:
             raise AmbiguousCreate(exc, answered=True) from None
         token = data.get("token") if isinstance(data, dict) else None
         if not isinstance(data, dict) or not usable_id(data.get("id")) or not isinstance(token, str) or not token:
-            what = f"the API answered the create with {_json_kind(data)}, not an instance with an id and a token"
-            raise AmbiguousCreate(ApiError(answer.status, what, _header_request_id(answer), "POST", "/instances"), True)
-        return _remember_tokens(data)
+            what = f"the API answered the create with {json_kind(data)}, not an instance with an id and a token"
+            raise AmbiguousCreate(ApiError(answer.status, what, header_request_id(answer), "POST", "/instances"), True)
+        return remember_tokens(data)
 
     def update_instance(self, instance_id: int | str, body: dict) -> dict:
         """``PUT /instances/{id}`` with a full body."""
-        return _remember_tokens(self._json("PUT", f"/instances/{_segment(instance_id)}", body))
+        return remember_tokens(self._json("PUT", _instance_path(instance_id), body))
 
     def patch_instance(self, instance_id: int | str, body: dict) -> dict:
         """``PATCH /instances/{id}`` with a partial body."""
-        return _remember_tokens(self._json("PATCH", f"/instances/{_segment(instance_id)}", body))
+        return remember_tokens(self._json("PATCH", _instance_path(instance_id), body))
 
     def delete_instance(self, instance_id: int | str) -> bool:
         """``DELETE /instances/{id}``: True if deleted now, False if it was already gone (404)."""
         try:
-            self._call("DELETE", f"/instances/{_segment(instance_id)}")
+            self._call("DELETE", _instance_path(instance_id))
         except NotFound:
             return False
         return True
@@ -393,6 +450,15 @@ def _segment(value: int | str) -> str:
     return quote(text, safe="")
 
 
+def _instance_path(instance_id: Any) -> str:
+    """``/instances/{id}``: only an id the API could have given (an integer) is ever put in a URL."""
+    if not usable_id(instance_id):
+        raise InconsistentListing(
+            f"instance id {sanitize(repr(instance_id))[:80]} is not an integer: never used in a URL"
+        )
+    return f"/instances/{instance_id}"
+
+
 def _display(path: str, params: list[tuple[str, str]] | None) -> str:
     """The path as shown in traces and errors: relative to base_url, page tokens masked."""
     if not params:
@@ -403,135 +469,6 @@ def _display(path: str, params: list[tuple[str, str]] | None) -> str:
 
 def _ms_since(t0: float) -> int:
     return int(round((time.monotonic() - t0) * 1000))
-
-
-# -- helpers: answers ----------------------------------------------------------------------------
-
-
-def usable_id(value: Any) -> bool:
-    """An id the API gave: a non-negative integer, or a non-empty string."""
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return value >= 0
-    return isinstance(value, str) and bool(value.strip()) and len(value) <= 200
-
-
-def _remember_tokens(data: Any) -> Any:
-    """Register instance tokens found in an answer with the redactor, so they never get printed."""
-    items = data if isinstance(data, list) else [data]
-    for item in items:
-        if isinstance(item, dict) and isinstance(item.get("token"), str):
-            REDACTOR.add_token(item["token"])
-    return data
-
-
-def _parsed(answer: Answer, method: str, path: str) -> Any:
-    """The JSON of a 2xx answer (None if empty); ApiError if it is not JSON."""
-    try:
-        return json.loads(answer.content) if answer.content.strip() else None
-    except ValueError:
-        what = f"the API answered {answer.status} with {len(answer.content)} bytes that are not JSON"
-        raise ApiError(answer.status, what, _header_request_id(answer), method, path) from None
-
-
-def _page_items(reply: Answer, path: str) -> list:
-    """Parse one page; it must be a JSON list. Its tokens are registered before anything can print it."""
-    content = reply.content
-    try:
-        items = json.loads(content) if content.strip() else None
-    except ValueError:
-        raise InconsistentListing(
-            f"GET {path}: the API answered {reply.status} with {len(content)} bytes that are not JSON (cut short?)"
-        ) from None
-    if not isinstance(items, list):
-        _remember_tokens(items)
-        raise InconsistentListing(f"GET {path}: expected a JSON list, got {_json_kind(items)}")
-    return items
-
-
-def _total(reply: Answer) -> int | None:
-    value = (reply.headers.get(TOTAL_HEADER) or "").strip()
-    return int(value) if value.isdigit() and len(value) < 12 else None
-
-
-def _json_kind(value: Any) -> str:
-    kinds = {dict: "an object", list: "a list", str: "a string", type(None): "nothing", bool: "a boolean"}
-    return kinds.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
-
-
-# -- helpers: HTTP errors -----------------------------------------------------------------------
-
-
-def _api_error(answer: Answer, method: str, shown: str) -> ApiError:
-    """The ApiError subclass for a non-2xx answer, with the API's message and requestId."""
-    status = answer.status
-    raw, message, request_id = _error_details(answer)
-    cls = _STATUS_ERRORS.get(status) or (ServerError if status >= 500 else ApiError)
-    retry_after = None
-    if status == 429 or status >= 500:
-        retry_after = _retry_after(answer.headers.get("Retry-After"))
-    error = cls(status, message, request_id or _header_request_id(answer), method, shown, retry_after)
-    error.raw_message = raw  # the API's message, unshortened, to recognise "No instances found"
-    return error
-
-
-def _error_details(answer: Answer) -> tuple[str, str, str | None]:
-    """(raw API message, shown message, requestId from the body) of an error answer. Only the
-    ``message`` (and ``providerMessage``) of a JSON error is ever shown: redacted first, then cleaned
-    of control characters, then cut short. A body that is not a JSON error is described, not shown."""
-    try:
-        body = json.loads(answer.content) if answer.content else None
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        raw = body["message"]
-        message = raw
-        if isinstance(body.get("providerMessage"), str) and body["providerMessage"]:
-            message += f" (provider: {body['providerMessage']})"
-        request_id = body.get("requestId") if isinstance(body.get("requestId"), str) else None
-        return raw, _cut(sanitize(REDACTOR.redact(message))), _short_id(request_id)
-    if 300 <= answer.status < 400:
-        return "", "unexpected redirect (not followed)", None
-    kind = (answer.headers.get("Content-Type") or "no content type").split(";")[0].strip()
-    reason = sanitize(answer.reason or "")[:60]
-    return (
-        "",
-        f"{reason + ', ' if reason else ''}no JSON error message ({len(answer.content)} bytes of "
-        f"{sanitize(kind)[:60]})",
-        None,
-    )
-
-
-def _short_id(value: str | None) -> str | None:
-    return _cut(sanitize(REDACTOR.redact(value)))[:64] if value else None
-
-
-def _header_request_id(answer: Answer) -> str | None:
-    return _short_id(answer.headers.get(REQUEST_ID_HEADER) or None)
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (seconds, fractional allowed, or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-        if when.tzinfo is None:  # parsedate_to_datetime raises on what it cannot parse (Python 3.10+)
-            return None
-        seconds = when.timestamp() - time.time()
-    if seconds != seconds:  # NaN
-        return None
-    return max(0.0, seconds)
 
 
 def _ambiguous(error: Exception) -> bool:
@@ -545,6 +482,4 @@ def _retryable(error: Exception) -> bool:
     """Can trying again help? 429, 5xx and most transport errors yes, other 4xx no."""
     if isinstance(error, TransportError):
         return error.retryable
-    if isinstance(error, RateLimited) and error.retry_after == math.inf:
-        return False
     return isinstance(error, (RateLimited, ServerError))

@@ -6,6 +6,7 @@ never sees raw JSON. Tokens become ``Secret``s the moment they are read.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator, Mapping
 from contextlib import closing
 from dataclasses import dataclass
@@ -13,13 +14,16 @@ from typing import Any, Protocol
 
 from ..errors import InconsistentListing
 from ..ownership import stack_marker
-from ..secret import Secret
-from .client import usable_id
+from ..secret import Secret, sanitize
+from .answers import usable_id
+from .client import ClientSettings
 
 LISTING_TRIES = 3  # a listing read while other runs write may shift between pages: read it again
 
 
 class InstanceReader(Protocol):
+    settings: ClientSettings
+
     def instance_pages(self, tags: tuple[str, ...] | list[str] = ()) -> Generator[list, None, None]: ...
 
     def get_instance(self, instance_id: int | str) -> dict: ...
@@ -85,12 +89,14 @@ def read_live(
 
     Nothing is decided from a listing that cannot be trusted: a repeated id, an item without a
     usable id or with fields of the wrong type, or pages the client found inconsistent raise
-    InconsistentListing (after reading it again, in case other writers shifted the pages).
+    InconsistentListing (after reading it again, in case other writers shifted the pages, as often as
+    ``--max-attempts`` and ``--max-retry-time`` allow, at most LISTING_TRIES times).
 
     An API whose list answers leave ``configuration`` out costs one ``GET /instances/{id}`` for each
     instance the stack owns, and for each other one ``hydrate`` asks for (the unmanaged instances
     ``import`` and ``--adopt`` take over)."""
     instances: list[LiveInstance] = []
+    started, limits = time.monotonic(), client.settings
     for attempt in range(1, LISTING_TRIES + 1):
         instances, seen = [], set[Any]()
         pages = client.instance_pages((stack_marker(stack),) if owned_only else ())
@@ -103,7 +109,7 @@ def read_live(
                     instances.extend(converted)
             break
         except InconsistentListing:
-            if attempt == LISTING_TRIES:
+            if attempt >= min(LISTING_TRIES, limits.max_attempts) or time.monotonic() - started > limits.max_retry_time:
                 raise
     if owned_only:  # the server's tag filter is trusted only as far as we check it
         instances = [i for i in instances if i.owned_by(stack)]
@@ -131,7 +137,8 @@ def _checked(item: Any, position: int, seen: set[Any], configuration: bool = Tru
         raise InconsistentListing(f"item {position} is {type(item).__name__}, not an instance object")
     ident = item.get("id")
     if not usable_id(ident):
-        raise InconsistentListing(f"item {position} has no usable id")
+        shown = sanitize(repr(ident))[:80]
+        raise InconsistentListing(f"item {position} has no usable id ({shown}; the API's ids are integers)")
     if not isinstance(item.get("name"), str):
         raise InconsistentListing(f"instance id {ident} has no name")
     for key, types in _FIELD_TYPES.items():

@@ -11,8 +11,15 @@ module owns the wire, and is the only one that imports ``requests``:
   ``CE_CLIENT_KEY`` name a client certificate. ~/.netrc is never consulted;
 * a deadline: the read timeout bounds each wait for bytes, so a server sending one byte every half
   second would never time out. The answer is read as it arrives (``stream=True``), and between
-  pieces the whole-request deadline is checked, and the stop flag (a second after a signal). (The
-  status line and headers are read by requests in one call: there, only the read timeout holds.)
+  pieces the whole-request deadline is checked, and the stop flag (a second after a signal);
+* a size: the answer is read decompressed, in pieces of at most ``CHUNK`` bytes (urllib3 2.6+ bounds
+  each piece of a gzip answer), and fails past ``max_bytes``: a gzip bomb costs at most the cap.
+
+The status line and headers are read by http.client in one blocking call, which no public API of
+requests can cut short: there each wait for a byte is bounded by the read timeout (the client makes
+it no longer than the attempt's deadline), and the attempt fails as soon as the headers are in if
+its deadline has passed. A server that sends a header byte within every read timeout holds the
+attempt until its headers end: http.client takes at most 100 header lines of 64 KiB each.
 """
 
 from __future__ import annotations
@@ -87,8 +94,10 @@ class Transport:
         authorization: str,
         timeout: tuple[float, float],
         deadline: float,
+        max_bytes: int,
     ) -> Answer:
-        """One exchange, its answer read in full, failed once ``deadline`` seconds have passed."""
+        """One exchange, its answer read in full, failed once ``deadline`` seconds have passed or past
+        ``max_bytes`` (decompressed)."""
         ends = time.monotonic() + deadline
         try:
             with self.session.request(
@@ -100,21 +109,22 @@ class Transport:
                 stream=True,
                 allow_redirects=False,
             ) as response:
-                content = self._read(response, ends, deadline)
+                content = self._read(response, ends, deadline, max_bytes)
                 return Answer(response.status_code, content, response.headers, response.reason or "")
         except (requests.RequestException, OSError) as exc:
             message, ambiguous, retryable = classify(exc, self.proxy_display)
             raise TransportError(message, ambiguous, retryable=retryable) from exc
 
-    def _read(self, response: requests.Response, ends: float, deadline: float) -> bytes:
+    def _read(self, response: requests.Response, ends: float, deadline: float, max_bytes: int) -> bytes:
         """The body, decoded, in the pieces it arrives in (at most ``CHUNK`` at once): ``raw.read1``
         returns what one read from the socket brings, so a dripping server is noticed byte by byte."""
         parts: list[bytes] = []
+        size = 0
         while True:
             if self._stop is not None and self._stop.expired():
                 raise TransportError("ended by the interrupt", True, retryable=False)
             if time.monotonic() > ends:
-                raise TransportError(f"no complete answer within the request deadline of {deadline:g} s", True)
+                raise TransportError(f"no complete answer within the request deadline of {deadline:.3g} s", True)
             try:
                 part = response.raw.read1(CHUNK, decode_content=True)
             except Exception as exc:  # noqa: BLE001 - urllib3's own errors: requests wraps them only in iter_content
@@ -122,6 +132,10 @@ class Transport:
                 raise TransportError(message, ambiguous, retryable=retryable) from exc
             if not part:
                 return b"".join(parts)
+            size += len(part)
+            if size > max_bytes:
+                limit = f"the answer is larger than the limit of {max_bytes} bytes (--max-answer-bytes)"
+                raise TransportError(limit, True, retryable=False)
             parts.append(part)
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ..api.client import ClientSettings
+from ..api.client import MAX_ANSWER_BYTES, ClientSettings
 from ..engine import stages as engine
 from ..engine.apply import ApplySettings
 from ..engine.plan import PlanOptions
@@ -129,6 +129,7 @@ class Online(Source):
     max_retry_time: float
     max_rate: float | None
     settle: float | None
+    max_answer_bytes: int
 
     @property
     def plan(self) -> PlanOptions:
@@ -144,6 +145,7 @@ class Online(Source):
             max_retry_time=self.max_retry_time,
             parallelism=self.parallelism,
             max_rate=self.max_rate,
+            max_answer_bytes=self.max_answer_bytes,
         )
         settle = self.settle if self.settle is not None else self.timeout
         return replace(
@@ -295,6 +297,7 @@ HELP = {  # each option's help text, by its long name (an option that differs by
     "--max-retry-time": "Give up retrying one request after this many seconds.",
     "--max-rate": "Never exceed this many requests per second (default: no ceiling until a 429).",
     "--settle": "Seconds to wait before looking up a create whose response was lost (default: --timeout).",
+    "--max-answer-bytes": "Refuse an API answer larger than this once decompressed.",
     "--allow-replace": "Allow replacing an instance whose element changed (its token changes).",
     "--force": "Allow --prune with a manifest that declares no instance.",
     "--adopt": "Take over unmanaged instances (no provisioner:stack= tag) with declared names, "
@@ -366,6 +369,7 @@ def api_options(f: Callable) -> Callable:
             option("--max-retry-time", type=seconds, default=120.0, show_default=True),
             option("--max-rate", type=low, default=None),
             option("--settle", type=seconds, default=None),
+            option("--max-answer-bytes", type=click.IntRange(1024), default=MAX_ANSWER_BYTES, show_default=True),
         ],
     )
 

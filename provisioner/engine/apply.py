@@ -2,18 +2,20 @@
 
 Writes run in one pool of ``parallelism`` workers (one rate budget shared by all); the workers
 return what they learned and only the main thread records it. One failing instance does not stop
-the others. A create whose outcome is unknown (the response was lost, the server answered 5xx, the
-read timed out, a 2xx without an instance) is never simply sent again: the stack's instances are
-listed at once, the ones that did get created are adopted, and only the rest are created again, for
-a bounded number of rounds. Then a final listing settles every created name on one copy, the oldest,
-which every overlapping run agrees on; a run deletes only extra copies it made itself. It waits
-``settle`` seconds first, once, only if a create that got no answer was sent again (a slow server
-may still commit it).
+the others. A create is sent once (retried only when the server provably refused it: 429, or the
+connection refused). One whose outcome is unknown (the response was lost, the server answered 5xx,
+the read timed out, a 2xx without an instance with an id and a token) is never sent again while an
+earlier copy may exist: the stack's instances are listed at once and the copy found is taken; a name
+with no copy fails, its outcome unknown. Then a final listing settles every created name on one
+copy, the oldest, which every overlapping run agrees on (it waits ``settle`` seconds first, once, if
+a create that got no answer was not found: a slow server may still commit it); a run deletes only
+extra copies it made itself, and reads ``GET /instances/{id}`` for a copy listed without a token.
 
 SIGINT/SIGTERM set the stop flag: no new request starts, and requests in flight get ``STOP_GRACE``
 to finish. Then the main thread stops waiting for them: a change still in flight is reported as
 skipped, its outcome unknown (the next run finds a create that was made), and the result still
-holds every token obtained so far.
+holds every token obtained so far. A Retry-After longer than the retry budget (``WaitTooLong``)
+stops the run the same way, with one message; the changes it did not send are skipped with it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from ..errors import (
     ProvisionerError,
     TransportError,
     Unauthorized,
+    WaitTooLong,
 )
 from ..interrupt import WORKER_PREFIX, StopFlag
 from ..manifest.elements import ElementRegistry
@@ -66,24 +69,26 @@ class ChangeResult:
 
 
 NOT_STARTED = "not started: the run was interrupted"
-IN_FLIGHT = "in flight when the run was interrupted: its outcome is unknown (the next apply finds it)"
+IN_FLIGHT = "sent when the run stopped: its outcome is unknown (the next apply finds it)"
+UNKNOWN = "create outcome unknown: no instance of this name was found after it; it was not sent again (run apply again)"
 
 
 @dataclass
 class _Outcome:
     """What a worker learned from one change; the main thread records it. ``result`` None: a create
-    of unknown outcome; ``posted``: a create was sent; ``unanswered``: when one got no answer."""
+    of unknown outcome; ``posted``: a create was sent; ``unanswered``: when one got no answer;
+    ``abort``: why the whole run stops."""
 
     result: ChangeResult | None
     posted: bool = False
     unanswered: float | None = None
+    abort: str | None = None
 
 
 @dataclass(frozen=True)
 class ApplySettings:
     parallelism: int = 8
     settle_seconds: float = 30.0  # how long a server may take to commit a create whose answer was lost
-    max_create_rounds: int = 12
 
 
 @dataclass
@@ -131,9 +136,8 @@ class Applier:
         self._index = {id(c): i for i, c in enumerate(plan.changes)}
         self._posted: set[tuple[str, str]] = set()  # names a create was sent for
         self._made: set[tuple[str, str, str]] = set()  # (target, name, id) of the copies this run was told it made
-        self._unanswered: set[tuple[str, str]] = set()  # names whose create got no answer at least once
-        self._resent_unanswered = False
-        self._last_unanswered = -math.inf
+        self._unanswered: dict[tuple[str, str], float] = {}  # names whose create got no answer: when
+        self._settle_until = -math.inf  # a create that got no answer was not found: wait for it until then
         self.run_tag = run_tag(secrets.token_hex(6))
         self._known_ids = {(c.target, c.live.id) for c in plan.changes if c.live is not None}
 
@@ -151,7 +155,7 @@ class Applier:
         pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=WORKER_PREFIX)
         try:
             self._run_batch(pool, writes, results)
-            self._resolve_ambiguous(pool, results)
+            self._resolve_ambiguous(results)
         finally:  # after an interrupt, a worker may still be blocked on the network: not waited for
             pool.shutdown(wait=not self.stop.is_set(), cancel_futures=True)
         notes = self._final_check(results)
@@ -176,12 +180,10 @@ class Applier:
         requests in flight, then report the rest as skipped."""
         submitted = [(pool.submit(self._execute, change), index, change) for index, change in writes]
         for future, index, change in submitted:
-            while not self.stop.expired():
-                try:
-                    self._record(index, change, future.result(timeout=0.2), results)
-                    break
-                except futures.TimeoutError:
-                    continue
+            while not future.done() and not self.stop.expired():
+                futures.wait([future], timeout=0.2)
+            if future.done() and not future.cancelled():
+                self._record(index, change, future.result(), results)
             else:  # still running, or never started (then cancelled)
                 results[index] = ChangeResult(
                     change, Status.SKIPPED, error=NOT_STARTED if future.cancel() else IN_FLIGHT
@@ -191,10 +193,10 @@ class Applier:
         key = (change.target, change.name)
         if outcome.posted:
             self._posted.add(key)
-            self._resent_unanswered |= key in self._unanswered
         if outcome.unanswered is not None:
-            self._unanswered.add(key)
-            self._last_unanswered = max(self._last_unanswered, outcome.unanswered)
+            self._unanswered[key] = outcome.unanswered
+        if outcome.abort is not None and self.aborted is None:
+            self.aborted = outcome.abort
         result = outcome.result
         if result is None:
             self._ambiguous.append(change)
@@ -217,8 +219,14 @@ class Applier:
             outcome.result = self._dispatch(change, client, outcome)
         except AmbiguousCreate as exc:
             outcome.unanswered = None if exc.answered else time.monotonic()
-        except Interrupted:
-            outcome.result = ChangeResult(change, Status.SKIPPED, error=IN_FLIGHT if outcome.posted else NOT_STARTED)
+        except Interrupted as exc:
+            outcome.posted &= exc.sent
+            outcome.result = ChangeResult(change, Status.SKIPPED, error=IN_FLIGHT if exc.sent else NOT_STARTED)
+        except WaitTooLong as exc:  # not done: sent and refused (429), or never sent
+            self.stop.set()
+            done_part = change.action == Action.REPLACE and outcome.posted  # its delete went through
+            outcome.posted, outcome.abort = False, exc.message
+            outcome.result = ChangeResult(change, Status.FAILED if done_part else Status.SKIPPED, error=exc.message)
         except Unauthorized as exc:
             self.stop.set()
             outcome.result = _failed(change, exc)
@@ -272,39 +280,28 @@ class Applier:
 
     # -- creates whose outcome is unknown ------------------------------------------------------
 
-    def _resolve_ambiguous(self, pool: futures.Executor, results: dict[int, ChangeResult]) -> None:
-        """Look up at once every create whose outcome is unknown; adopt what was made, create the rest
-        again; repeat while creates keep failing that way, for a bounded number of rounds. No settle
-        wait here: a server that answered (5xx) is done with the request, and a create that got no
-        answer but is still being processed is caught by the final check, which waits once."""
-        index_of = self._index
-        for _round in range(self.settings.max_create_rounds):
-            if not self._ambiguous:
-                return
-            batch, self._ambiguous = self._ambiguous, []
-            if self.stop.is_set():
-                for change in batch:
-                    results[index_of[id(change)]] = ChangeResult(change, Status.SKIPPED, error=IN_FLIGHT)
-                return
-            retry: list[tuple[int, Change]] = []
-            for target in sorted({c.target for c in batch}):
-                mine = [c for c in batch if c.target == target]
-                found = self._owned_new(target, results, mine)
-                if found is None:
-                    continue
-                for change in mine:
-                    live = found.get(change.name)
-                    if live is not None:
-                        result = ChangeResult(change, Status.OK, id=live.id, token=live.token)
-                        results[index_of[id(change)]] = result
-                        self.progress(result)
-                    else:
-                        retry.append((index_of[id(change)], change))
-            self._run_batch(pool, retry, results)
-        unknown = f"create outcome still unknown after {self.settings.max_create_rounds} rounds"
-        for change in self._ambiguous:
-            results[index_of[id(change)]] = ChangeResult(change, Status.FAILED, error=unknown)
-        self._ambiguous = []
+    def _resolve_ambiguous(self, results: dict[int, ChangeResult]) -> None:
+        """Look up at once every create whose outcome is unknown and take the copy found. A name with
+        none fails (never sent again: an earlier copy may still exist); the final check still takes
+        a copy a slow server commits late, after waiting ``settle`` for the ones that got no answer."""
+        batch, self._ambiguous = self._ambiguous, []
+        for target in sorted({c.target for c in batch}):
+            mine = [c for c in batch if c.target == target]
+            found = {} if self.stop.is_set() else self._owned_new(target, results, mine)
+            if found is None:  # the lookup failed: each change says why
+                continue
+            for change in mine:
+                live = found.get(change.name)
+                if self.stop.is_set():
+                    result = ChangeResult(change, Status.SKIPPED, error=IN_FLIGHT)
+                elif live is not None:
+                    result = ChangeResult(change, Status.OK, id=live.id, token=live.token)
+                else:
+                    result = ChangeResult(change, Status.FAILED, error=UNKNOWN)
+                    sent = self._unanswered.get((target, change.name), -math.inf)
+                    self._settle_until = max(self._settle_until, sent + self.settings.settle_seconds)
+                results[self._index[id(change)]] = result
+                self.progress(result)
 
     def _owned_new(
         self, target: str, results: dict[int, ChangeResult], changes: list[Change]
@@ -312,6 +309,9 @@ class Applier:
         """The oldest instance per name that the stack owns and that is new since the plan."""
         try:
             copies = self._copies(target)
+        except WaitTooLong as exc:
+            self._stop_run(exc)
+            return {}
         except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
             for change in changes:
                 results[self._index[id(change)]] = _failed(change, exc)
@@ -333,12 +333,14 @@ class Applier:
         """List the stack once more, and settle every created name on one copy.
 
         The rule every run follows without talking to the others: the oldest copy (creation date,
-        then id) wins. A run delivers the winner's token, whoever made it, and deletes only the other
-        copies it made itself (known by the id it was given, or by this run's tag when the answer was
-        lost). A create whose answer never came may still be committed by a slow server, so when one
-        was sent again the check first waits ``settle`` seconds, once. A name with no copy left was
-        deleted under the run (a concurrent destroy): that change fails. If the listing fails, the
-        created names fail too: success is never reported while a copy may be left behind."""
+        then id) wins. A run delivers the winner's token, whoever made it (read with
+        ``GET /instances/{id}`` if the listing has none; a name whose token cannot be had fails), and
+        deletes only the other copies it made itself (known by the id it was given, or by this run's
+        tag when the answer was lost). A create whose answer never came may still be committed by a
+        slow server: when one was not found, the check first waits ``settle`` seconds, once. A name
+        with no copy left was deleted under the run (a concurrent destroy): that change fails. If the
+        listing fails, the created names fail too: success is never reported while a copy may be
+        left behind."""
         created = {
             (r.change.target, r.change.name): i
             for i, r in results.items()
@@ -349,15 +351,16 @@ class Applier:
         }
         if not created or self.stop.is_set():
             return []
-        if self._resent_unanswered and self.stop.wait(
-            max(0.0, self._last_unanswered + self.settings.settle_seconds - time.monotonic())
-        ):
+        if self.stop.wait(max(0.0, self._settle_until - time.monotonic())):
             return []
         notes: list[str] = []
         for target in sorted({t for t, _ in created}):
             names = {name: index for (t, name), index in created.items() if t == target}
             try:
                 copies = self._copies(target)
+            except WaitTooLong as exc:
+                self._stop_run(exc, "; the created instances were not checked with a final listing")
+                return notes
             except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
                 failed = f"could not check the created instance with a final listing ({exc}); run apply again"
                 for index in names.values():
@@ -387,7 +390,29 @@ class Applier:
         for extra in copies[1:]:
             if (target, result.change.name, str(extra.id)) in self._made or self.run_tag in extra.tags:
                 notes.append(self._delete_extra(target, extra))
+        if results[index].token is None:
+            results[index] = self._with_token(target, results[index])
         return notes
+
+    def _with_token(self, target: str, result: ChangeResult) -> ChangeResult:
+        """A created instance listed without a token: its token from ``GET /instances/{id}``, or a
+        failure that names the instance (it is kept: the next apply finds it)."""
+        try:
+            token = LiveInstance.from_api(self.clients[target].get_instance(result.id)).token
+        except WaitTooLong as exc:
+            self._stop_run(exc)
+            token = None
+        except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
+            return replace(result, status=Status.FAILED, error=f"instance id {result.id} was created; its token: {exc}")
+        if token is not None:
+            return replace(result, token=token)
+        why = f"instance id {result.id} was created, but the API gave no token for it (neither the create answer, "
+        return replace(result, status=Status.FAILED, error=why + f"the listing nor GET /instances/{result.id})")
+
+    def _stop_run(self, exc: WaitTooLong, more: str = "") -> None:
+        """The API asked to wait longer than the retry budget: no new request starts."""
+        self.stop.set()
+        self.aborted = self.aborted or exc.message + more
 
     def _delete_extra(self, target: str, instance: LiveInstance) -> str:
         try:

@@ -1,0 +1,144 @@
+"""What an answer of the API means, apart from how it was fetched: its JSON (bounded in nesting),
+the error an HTTP status maps to (with the API's own message, made fit to print), the ids the API
+gives, and ``Retry-After``. Server text never reaches a user but through ``server_text``."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ApiError, BadRequest, Conflict, NotFound, RateLimited, ServerError, Unauthorized
+from ..secret import REDACTOR, sanitize
+
+if TYPE_CHECKING:
+    from .transport import Answer
+
+MAX_MESSAGE = 300
+MAX_DEPTH = 100  # JSON nesting the API's answers need is under 10; deeper is refused, never parsed on
+TOTAL_HEADER = "elements-total-count"
+REQUEST_ID_HEADER = "elements-request-id"
+_STATUS_ERRORS = {400: BadRequest, 401: Unauthorized, 403: Unauthorized, 404: NotFound, 409: Conflict, 429: RateLimited}
+
+
+def usable_id(value: Any) -> bool:
+    """An id as the API documents them: an integer (not a boolean, not a string of digits), >= 0."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def remember_tokens(data: Any) -> Any:
+    """Register instance tokens found in an answer with the redactor, so they never get printed."""
+    items = data if isinstance(data, list) else [data]
+    for item in items:
+        if isinstance(item, dict) and isinstance(item.get("token"), str):
+            REDACTOR.add_token(item["token"])
+    return data
+
+
+def loads(content: bytes) -> Any:
+    """The JSON of an answer (None if empty). ValueError saying why: not JSON (cut short?), or nested
+    deeper than MAX_DEPTH (checked without recursion; deeper than Python's own limit is refused too)."""
+    deep = f"JSON nested deeper than the limit of {MAX_DEPTH} levels"
+    try:
+        value = json.loads(content) if content.strip() else None
+    except RecursionError:
+        raise ValueError(deep) from None
+    except ValueError:
+        raise ValueError(f"{len(content)} bytes that are not JSON (cut short?)") from None
+    todo = [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise ValueError(deep)
+            todo.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return value
+
+
+def announced_total(reply: Answer) -> int | None:
+    value = (reply.headers.get(TOTAL_HEADER) or "").strip()
+    return int(value) if value.isdigit() and len(value) < 12 else None
+
+
+def json_kind(value: Any) -> str:
+    kinds = {dict: "an object", list: "a list", str: "a string", type(None): "nothing", bool: "a boolean"}
+    return kinds.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+
+
+# -- error answers -------------------------------------------------------------------------------
+
+
+def api_error(answer: Answer, method: str, shown: str) -> ApiError:
+    """The ApiError subclass for a non-2xx answer, with the API's message and requestId."""
+    status = answer.status
+    raw, message, request_id = error_details(answer)
+    cls = _STATUS_ERRORS.get(status) or (ServerError if status >= 500 else ApiError)
+    wait = retry_after(answer.headers.get("Retry-After")) if status == 429 or status >= 500 else None
+    error = cls(status, message, request_id or header_request_id(answer), method, shown, wait)
+    error.raw_message = raw  # the API's message, unshortened, to recognise "No instances found"
+    return error
+
+
+def error_details(answer: Answer) -> tuple[str, str, str | None]:
+    """(raw API message, shown message, requestId from the body) of an error answer. Only the
+    ``message`` (and ``providerMessage``) of a JSON error is ever shown: redacted first, then cleaned
+    of control characters, then cut short. A body that is not a JSON error is described, not shown."""
+    try:
+        body = loads(answer.content)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        raw = body["message"]
+        message = raw
+        if isinstance(body.get("providerMessage"), str) and body["providerMessage"]:
+            message += f" (provider: {body['providerMessage']})"
+        request_id = body.get("requestId") if isinstance(body.get("requestId"), str) else None
+        return raw, server_text(message), short_id(request_id)
+    if 300 <= answer.status < 400:
+        return "", "unexpected redirect (not followed)", None
+    kind = (answer.headers.get("Content-Type") or "no content type").split(";")[0].strip()
+    reason = server_text(answer.reason or "", 60)
+    return (
+        "",
+        f"{reason + ', ' if reason else ''}no JSON error message ({len(answer.content)} bytes of "
+        f"{sanitize(kind)[:60]})",
+        None,
+    )
+
+
+def server_text(text: str, limit: int = MAX_MESSAGE) -> str:
+    """Server text made fit to print: every whole form of a secret masked on the full text, then
+    control characters removed, then cut short, then any piece of a secret left at a cut edge masked."""
+    return REDACTOR.redact(cut(sanitize(REDACTOR.redact(text)), limit), edges=True)
+
+
+def short_id(value: str | None) -> str | None:
+    return server_text(value, 64) if value else None
+
+
+def header_request_id(answer: Answer) -> str | None:
+    return short_id(answer.headers.get(REQUEST_ID_HEADER) or None)
+
+
+def cut(text: str, limit: int = MAX_MESSAGE) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (seconds, fractional allowed, or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:  # parsedate_to_datetime raises on what it cannot parse (Python 3.10+)
+            return None
+        seconds = when.timestamp() - time.time()
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)

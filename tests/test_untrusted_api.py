@@ -1,0 +1,421 @@
+"""Issue 17, the API side: the real CLI against a stateful scripted API that answers what the real
+one should not. Each test counts what the server received (POSTs per name above all) and holds, and
+reads everything the run printed.
+
+* a create is sent once, whatever its answer, unless the server provably refused it (429);
+* only the documented empty answer is an empty organization;
+* answers are bounded (size, nesting, a dripping head) and listings obey --max-attempts;
+* a day-long Retry-After stops the run at once, with one message, tracing only what was sent;
+* ids are integers; server text is redacted at its cut edges.
+"""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+import zlib
+from collections import Counter
+from typing import Any
+
+import pytest
+from conftest import ORG_SECRET, USER_SECRET, manifest_text, write
+from scripted_server import Drip, Received, Reply, ScriptedServer
+from test_hostile_api import FAST, STACK, item, pages, run_cli, writes
+
+from provisioner.api.client import Client, ClientSettings
+from provisioner.errors import InconsistentListing, TransportError
+from provisioner.secret import Secret
+
+EMPTY = Reply(404, body={"message": "No instances found"})
+PASSWORD = "Zq8hunter2Lx93Pw7Tk"
+
+
+class FakeApi:
+    """A small stateful API: the listing (tags[] filter, the documented empty 404), creates answered
+    by ``create(made)``, GET and DELETE by id. ``copies`` instances are made per create; ``hidden``
+    ones are never listed; ``tokens`` says where a token is given ("list", "get")."""
+
+    def __init__(self, create=lambda made: Reply(201, body=made), copies=1, hidden=False, tokens=("list", "get")):
+        self.create, self.copies, self.hidden, self.tokens = create, copies, hidden, tokens
+        self.instances: dict[int, dict] = {}
+        self.posts: Counter[str] = Counter()
+        self.next_id = 100
+
+    def __call__(self, r: Received) -> Any:
+        if r.path == "/instances" and r.method == "GET":
+            wanted = r.query.get("tags[]", [])
+            listed = [i for i in self.instances.values() if all(t in i["tags"] for t in wanted)]
+            if self.hidden or not listed:
+                return EMPTY
+            return Reply(200, {"elements-total-count": str(len(listed))}, [self._shown(i, "list") for i in listed])
+        if r.path == "/instances" and r.method == "POST":
+            body = r.json()
+            self.posts[body["name"]] += 1
+            made = [self._make(body) for _ in range(self.copies)]
+            return self.create(made[0])
+        ident = int(r.path.rsplit("/", 1)[1])
+        if ident not in self.instances:
+            return Reply(404, body={"message": f"No instance found with ID {ident}"})
+        if r.method == "DELETE":
+            del self.instances[ident]
+            return Reply(200, body={})
+        return Reply(200, body=self._shown(self.instances[ident], "get"))
+
+    def _make(self, body: dict) -> dict:
+        self.next_id += 1
+        made = {**item(self.next_id % 60, body["name"]), "id": self.next_id, "tags": body["tags"]}
+        made["token"] = f"tok-{self.next_id}-Qz81"
+        self.instances[self.next_id] = made
+        return made
+
+    def _shown(self, instance: dict, where: str) -> dict:
+        return instance if where in self.tokens else {k: v for k, v in instance.items() if k != "token"}
+
+    def names(self) -> Counter[str]:
+        return Counter(i["name"] for i in self.instances.values())
+
+
+def apply(tmp_path, srv, *args: str, count: int = 1, env: dict | None = None):
+    result = run_cli(tmp_path, srv.base_url, "apply", "--outputs", "out.json", *FAST, *args, count=count, extra_env=env)
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr
+    return result
+
+
+def outputs(tmp_path) -> dict:
+    return json.loads((tmp_path / "work" / "out.json").read_text())["instances"]
+
+
+# -- point 3: every create ends in exactly one instance or a clear report -------------------------
+
+ODD = {
+    "empty": b"",
+    "null": "null",
+    "list": "[]",
+    "string": '"created"',
+    "no-id": '{"name": "x"}',
+    "no-token": '{"id": 9, "name": "helpdesk-0"}',
+    "token-null": '{"id": 9, "token": null}',
+}
+
+
+@pytest.mark.parametrize("case", sorted(ODD))
+def test_an_odd_create_answer_is_never_sent_again_even_when_the_listing_never_shows_it(tmp_path, case):
+    api = FakeApi(create=lambda _made: Reply(200, {"Content-Type": "application/json"}, ODD[case]), hidden=True)
+    with ScriptedServer(default=api) as srv:
+        result = apply(tmp_path, srv, count=6)
+    assert result.returncode == 1
+    assert api.posts == Counter({f"helpdesk-{n}": 1 for n in range(6)})  # once: 78 instances before
+    for n in range(6):
+        assert f"helpdesk-{n}: create outcome unknown" in result.stderr, result.stderr
+    assert "tok-" not in result.stdout + result.stderr
+
+
+def test_a_5xx_create_is_looked_up_never_sent_again_and_a_429_is_retried(tmp_path):
+    answers = iter(["429", "201", "503"])
+
+    def create(made):
+        answer = next(answers, "201")
+        if answer == "429":  # refused: nothing made
+            del api.instances[made["id"]]
+            return Reply(429, {"Retry-After": "0"}, {"message": "slow"})
+        return Reply(201, body=made) if answer == "201" else Reply(503, body={"message": "made, then failed"})
+
+    api = FakeApi(create=create)
+    with ScriptedServer(default=api) as srv:
+        result = apply(tmp_path, srv, "--parallelism", "1", count=2)
+    # helpdesk-0: 429 then created (2 POSTs, one instance); helpdesk-1: 503 after the server made it
+    assert api.posts == Counter({"helpdesk-0": 2, "helpdesk-1": 1})
+    assert result.returncode == 0, result.stderr
+    assert api.names() == Counter({"helpdesk-0": 1, "helpdesk-1": 1})
+    assert set(outputs(tmp_path)) == {"helpdesk-0", "helpdesk-1"}
+
+
+def test_a_5xx_create_that_made_nothing_fails_and_is_not_sent_again(tmp_path):
+    def create(made):
+        del api.instances[made["id"]]  # refused after all, but the client cannot know it
+        return Reply(500, body={"message": "x"})
+
+    api = FakeApi(create=create)
+    with ScriptedServer(default=api) as srv:
+        result = apply(tmp_path, srv, count=3)
+    assert result.returncode == 1 and api.instances == {}
+    assert api.posts == Counter({f"helpdesk-{n}": 1 for n in range(3)})
+    assert result.stderr.count("create outcome unknown") == 3, result.stderr
+
+
+def test_a_created_instance_with_no_token_anywhere_is_reported_by_name_with_its_id(tmp_path):
+    api = FakeApi(create=lambda made: Reply(200, body={"id": made["id"]}), tokens=())
+    with ScriptedServer(default=api) as srv:
+        result = apply(tmp_path, srv, "--parallelism", "1", count=2)
+    assert result.returncode == 1
+    assert api.posts == Counter({"helpdesk-0": 1, "helpdesk-1": 1}) and api.names() == api.posts
+    for name, ident in (("helpdesk-0", 101), ("helpdesk-1", 102)):
+        assert f"{name}: instance id {ident} was created, but the API gave no token" in result.stderr, result.stderr
+    assert sorted(r.path for r in srv.requests if r.path.startswith("/instances/")) == [
+        "/instances/101",
+        "/instances/102",
+    ]
+    assert outputs(tmp_path) == {}
+
+
+def test_a_token_missing_from_the_answer_and_the_listing_is_read_by_id(tmp_path):
+    api = FakeApi(create=lambda made: Reply(200, body={"id": made["id"]}), tokens=("get",))
+    with ScriptedServer(default=api) as srv:
+        result = apply(tmp_path, srv, count=1)
+    assert result.returncode == 0, result.stderr
+    assert api.posts == Counter({"helpdesk-0": 1})
+    assert outputs(tmp_path)["helpdesk-0"] == {"id": 101, "element": "connectwisehd", "token": "tok-101-Qz81"}
+
+
+def test_copies_this_run_made_beyond_the_one_reported_are_deleted(tmp_path):
+    api = FakeApi(create=lambda _made: Reply(200, body={}), copies=3)  # one POST, three instances
+    with ScriptedServer(default=api) as srv:
+        result = apply(tmp_path, srv, count=1)
+    assert result.returncode == 0, result.stderr
+    assert api.posts == Counter({"helpdesk-0": 1}) and list(api.instances) == [101]
+    assert sorted(w for w in writes(srv) if w.startswith("DELETE")) == [
+        "DELETE /instances/102",
+        "DELETE /instances/103",
+    ]
+    assert outputs(tmp_path)["helpdesk-0"]["id"] == 101
+
+
+# -- point 4: only the documented empty answer is empty ------------------------------------------
+
+OTHER_404 = [
+    "No instances found.",
+    "No instances found for account 7",
+    "no instances found",
+    "No element instances found",
+]
+
+
+@pytest.mark.parametrize("message", OTHER_404)
+@pytest.mark.parametrize("command", ["plan", "apply", "destroy"])
+def test_any_other_404_on_the_listing_is_an_error_naming_the_url(tmp_path, message, command):
+    with ScriptedServer(default=Reply(404, body={"message": message})) as srv:
+        extra = ("--yes",) if command == "destroy" else ()
+        result = run_cli(tmp_path, srv.base_url, command, *FAST, *extra)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{srv.base_url}/instances is not an instance listing" in result.stderr, result.stderr
+    assert writes(srv) == [] and "to create" not in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_the_documented_empty_answer_is_an_empty_organization(tmp_path):
+    with ScriptedServer(default=EMPTY) as srv:
+        result = run_cli(tmp_path, srv.base_url, "plan", *FAST)
+    assert result.returncode == 0, result.stderr
+    assert "2 to create" in result.stdout
+
+
+def test_a_next_page_answered_404_is_an_inconsistent_listing(tmp_path):
+    first = Reply(200, {"elements-next-page-token": "p2"}, [item(1, "other", owned=False)])
+    with ScriptedServer([first, EMPTY] * 3) as srv:
+        result = run_cli(tmp_path, srv.base_url, "apply", *FAST)
+    assert result.returncode == 1 and "a next page answered 404" in result.stderr, result.stderr
+    assert writes(srv) == []
+
+
+# -- point 7: bounded reading --------------------------------------------------------------------
+
+
+def test_an_answer_over_max_answer_bytes_is_an_error_naming_the_url_and_the_limit(tmp_path):
+    big = [item(n, f"other-{n}", owned=False, notes="x" * 200) for n in range(50)]
+    with ScriptedServer(default=Reply(200, {}, big)) as srv:
+        result = run_cli(tmp_path, srv.base_url, "plan", *FAST, "--max-answer-bytes", "4096")
+    assert result.returncode == 1
+    assert f"{srv.base_url}/instances" in result.stderr
+    assert "larger than the limit of 4096 bytes (--max-answer-bytes)" in result.stderr, result.stderr
+    assert len(srv.requests) == 1  # not retried: the same answer would come back
+
+
+def test_a_gzip_bomb_costs_at_most_the_cap():
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip
+    spaces = b" " * (1 << 20)
+    bomb = b"".join(packer.compress(spaces) for _ in range(256)) + packer.flush()  # 256 MB, 256 KB packed
+    gzip = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    settings = ClientSettings(max_attempts=1, max_answer_bytes=8 << 20)
+    with ScriptedServer(default=Reply(200, gzip, bomb)) as srv:
+        client = Client(srv.base_url, Secret("user-secret-x1"), Secret("org-secret-y2"), settings)
+        tracemalloc.start()
+        with client, pytest.raises(TransportError) as info:
+            client.list_instances()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert f"larger than the limit of {8 << 20} bytes (--max-answer-bytes)" in str(info.value)
+    assert f"GET {srv.base_url}/instances" in str(info.value)
+    assert peak < 24 << 20, f"peak {peak >> 20} MB for an 8 MB cap"
+
+
+@pytest.mark.parametrize("depth", [101, 100_000])
+def test_json_nested_past_the_limit_is_a_clear_error(tmp_path, depth):
+    nested = '[{"id": 1, "name": "x", "configuration": {"a": ' + "[" * depth + "]" * depth + "}}]"
+    with ScriptedServer(default=Reply(200, {"Content-Type": "application/json"}, nested)) as srv:
+        result = run_cli(tmp_path, srv.base_url, "plan", *FAST)
+    assert result.returncode == 1
+    assert "nested deeper than the limit of 100 levels" in result.stderr and srv.base_url in result.stderr
+    assert "Traceback" not in result.stderr and "RecursionError" not in result.stderr
+
+
+def test_a_create_answered_with_deep_json_is_looked_up_not_sent_again(tmp_path):
+    deep = "[" * 5000 + "]" * 5000
+    api = FakeApi(create=lambda _made: Reply(200, {"Content-Type": "application/json"}, deep))
+    with ScriptedServer(default=api) as srv:
+        result = apply(tmp_path, srv, count=1)
+    assert result.returncode == 0, result.stderr
+    assert api.posts == Counter({"helpdesk-0": 1}) and outputs(tmp_path)["helpdesk-0"]["id"] == 101
+
+
+def test_a_delete_whose_head_drips_past_the_deadline_is_not_reported_done(tmp_path):
+    listing = Reply(200, {"elements-total-count": "1"}, [item(1, "old")])
+    drip = Drip(0.02, head=True, body=b"{}")  # about 90 bytes: 1.8 s, against a 0.5 s deadline
+
+    def answer(r: Received) -> Any:
+        return listing if r.method == "GET" else drip
+
+    with ScriptedServer(default=answer) as srv:
+        args = ("--prune", "--force", "--deadline", "0.5", "--max-attempts", "2", "--max-retry-time", "1")
+        result = run_cli(tmp_path, srv.base_url, "apply", *FAST, *args, count=0)
+    assert result.returncode == 1
+    assert "old" in result.stderr and "within the request deadline" in result.stderr, result.stderr
+    assert writes(srv) == ["DELETE /instances/1"]  # the retry budget (1 s) was spent by the first attempt
+    assert "1 deleted" not in result.stdout
+
+
+def test_max_attempts_bounds_the_rereading_of_an_inconsistent_listing(tmp_path):
+    repeated = pages([item(1, "a"), item(2, "b")], [item(2, "b")])
+    with ScriptedServer(repeated * 3) as srv:
+        result = run_cli(tmp_path, srv.base_url, "plan", *FAST[:-2], "--max-attempts", "1")
+    assert result.returncode == 1 and "listed twice" in result.stderr
+    assert len(srv.requests) == 2  # one reading of two pages, not three readings
+
+
+def test_a_listing_whose_head_drips_is_bounded_by_max_retry_time(tmp_path):
+    with ScriptedServer(default=Drip(0.02, head=True, body=b"[]")) as srv:
+        args = ("--deadline", "0.5", "--max-attempts", "5", "--max-retry-time", "1")
+        result = run_cli(tmp_path, srv.base_url, "plan", *FAST[:-4], *args)
+    assert result.returncode == 1 and "within the request deadline of 0.5 s" in result.stderr, result.stderr
+    assert len(srv.requests) == 1
+
+
+# -- point 10: a Retry-After longer than the retry budget stops the run --------------------------
+
+
+def test_a_day_long_retry_after_stops_the_run_at_once_with_one_message(tmp_path):
+    day = Reply(429, {"Retry-After": "86400"}, {"message": "slow down"})
+    created = iter([True])
+
+    def answer(r: Received) -> Any:
+        if r.method == "GET":
+            return EMPTY
+        if next(created, False):
+            return Reply(201, body={**item(7, r.json()["name"]), "tags": r.json()["tags"]})
+        return day
+
+    with ScriptedServer(default=answer) as srv:
+        result = apply(tmp_path, srv, "--parallelism", "1", "-v", "--output", "json", count=6)
+    doc = json.loads(result.stdout)
+    assert result.returncode == 1
+    assert [f"{r.method} {r.path}" for r in srv.requests] == ["GET /instances", "POST /instances", "POST /instances"]
+    traces = [line for line in result.stderr.splitlines() if line.startswith("HTTP ")]
+    assert len(traces) == 3, traces  # no trace for a request that was never sent
+    message = "the API asked to wait 86400 s (Retry-After), longer than the retry budget of 3 s"
+    assert doc["aborted"] == message
+    assert doc["status"] == {"ok": 1, "failed": 0, "skipped": 5}
+    skipped = [c for c in doc["changes"] if c["status"] == "skipped"]
+    assert [c["name"] for c in skipped] == [f"helpdesk-{n}" for n in range(1, 6)]
+    assert all(c["error"]["message"] == message for c in skipped), skipped
+    assert "final listing" not in result.stdout + result.stderr
+
+
+def test_a_day_long_retry_after_stops_parallel_creates_and_only_sent_ones_are_traced(tmp_path):
+    day = Reply(429, {"Retry-After": "86400"}, {"message": "slow down"})
+    with ScriptedServer(default=lambda r: EMPTY if r.method == "GET" else day) as srv:
+        result = apply(tmp_path, srv, "-v", count=6)
+    assert result.returncode == 1
+    sent = [r for r in srv.requests if r.method == "POST"]
+    traces = [line for line in result.stderr.splitlines() if line.startswith("HTTP POST")]
+    assert 1 <= len(sent) == len(traces) <= 6, (len(sent), traces)
+    assert result.stderr.count("stopped: the API asked to wait 86400 s") == 1, result.stderr
+    assert "failed" not in result.stderr and "final listing" not in result.stderr
+
+
+def test_a_day_long_retry_after_on_the_listing_ends_plan_with_the_reason(tmp_path):
+    day = Reply(429, {"Retry-After": "86400"}, {"message": "slow down"})
+    with ScriptedServer(default=day) as srv:
+        result = run_cli(tmp_path, srv.base_url, "plan", *FAST)
+    assert result.returncode == 1 and len(srv.requests) == 1
+    assert "the API asked to wait 86400 s (Retry-After), longer than the retry budget of 3 s" in result.stderr
+
+
+# -- point 11: ids are the API's ids ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ident", ["../622700?x=1#", "622700", 1.5, -3, True])
+def test_an_id_that_is_not_an_integer_makes_the_listing_inconsistent(tmp_path, ident):
+    listing = Reply(200, {"elements-total-count": "1"}, [{**item(1, "old"), "id": ident}])
+    with ScriptedServer(default=listing) as srv:
+        result = run_cli(tmp_path, srv.base_url, "apply", "--prune", "--force", *FAST, count=0)
+    assert result.returncode == 1
+    assert "listing is inconsistent" in result.stderr and "the API's ids are integers" in result.stderr
+    assert writes(srv) == []
+
+
+def test_the_emulator_answers_integer_ids(cli, emulator):
+    write(cli.cwd, "m.yaml", manifest_text(STACK, 2))
+    assert cli.run("apply", "m.yaml").returncode == 0
+    with Client(emulator.url, Secret(USER_SECRET), Secret(ORG_SECRET), ClientSettings()) as client:
+        listed = client.list_instances()
+        assert len(listed) == 2 and all(type(i["id"]) is int for i in listed)
+        assert type(client.get_instance(listed[0]["id"])["id"]) is int
+
+
+def test_a_path_like_id_is_never_put_in_a_url():
+    with ScriptedServer(default=Reply(200, body={})) as srv:
+        with Client(srv.base_url, Secret("user-secret-x1"), Secret("org-secret-y2"), ClientSettings()) as client:
+            for call in (client.delete_instance, client.get_instance):
+                with pytest.raises(InconsistentListing, match="not an integer"):
+                    call("../622700?x=1#")
+    assert srv.requests == []
+
+
+# -- point 5, the API side: server text is redacted at its cut edges -------------------------------
+
+
+def _echo(cut: int | None = None, half: str | None = None):
+    """A server that refuses creates, echoing the request body cut ``cut`` characters into the
+    password (padded so that our own cut at 300 falls there too when ``cut`` is negative), or
+    quoting one half of the password."""
+
+    def answer(r: Received) -> Any:
+        if r.method == "GET":
+            return EMPTY
+        text = r.body.decode()
+        at = text.index(PASSWORD)
+        if half is not None:
+            return Reply(400, body={"message": f"the password '{half}' is weak", "requestId": "r1"})
+        if cut is not None and cut < 0:
+            pad = "p" * (297 + cut)  # our cut keeps 297 characters, -cut of them in the password
+            return Reply(400, body={"message": pad + text[at:]})
+        return Reply(400, body={"message": "invalid: " + text[at - 40 : at + (cut or 0)]})
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [_echo(cut=7), _echo(cut=12), _echo(cut=-8), _echo(half=PASSWORD[:10]), _echo(half=PASSWORD[9:])],
+    ids=["server-cut-7", "server-cut-12", "our-cut-8", "first-half", "second-half"],
+)
+def test_a_server_echoing_part_of_a_password_never_shows_it(tmp_path, echo):
+    with ScriptedServer(default=echo) as srv:
+        result = apply(tmp_path, srv, "-v", count=1, env={"CW_PASSWORD": PASSWORD})
+        json_run = run_cli(
+            tmp_path, srv.base_url, "apply", *FAST, "--output", "json", extra_env={"CW_PASSWORD": PASSWORD}, count=1
+        )
+    assert result.returncode == 1 and json_run.returncode == 1
+    printed = result.stdout + result.stderr + json_run.stdout + json_run.stderr
+    assert "create helpdesk-0 failed" in result.stdout and "********" in printed
+    for start in range(len(PASSWORD) - 5):  # no piece of 6 characters
+        assert PASSWORD[start : start + 6] not in printed, (PASSWORD[start : start + 6], printed)

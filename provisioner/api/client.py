@@ -119,8 +119,7 @@ class ReadOnlyClient:
 
         self._transport = Transport(self._base, settings.parallelism, self._stop)
 
-    def close(self) -> None:
-        """Close the keep-alive connections. Safe to call twice."""
+    def close(self) -> None:  # the keep-alive connections; safe to call twice
         self._transport.close()
 
     def __enter__(self) -> ReadOnlyClient:
@@ -150,17 +149,19 @@ class ReadOnlyClient:
         """``GET /instances/{id}``; NotFound if there is no such instance."""
         return _remember_tokens(self._json("GET", f"/instances/{_segment(instance_id)}"))
 
-    def get_element(self, key: str) -> dict:
-        """``GET /elements/{key}``: the element's metadata."""
+    def get_element(self, key: str) -> dict:  # ``GET /elements/{key}``: the element's metadata
         return self._json("GET", f"/elements/{_segment(key)}")
 
-    def element_keys(self) -> Any:
-        """``GET /elements/keys``: the keys of every element the catalog offers."""
+    def element_keys(self) -> Any:  # ``GET /elements/keys``: every element the catalog offers
         return self._json("GET", "/elements/keys")
 
     def element_configuration(self, key: str) -> Any:
         """``GET /elements/{key}/configuration``: the element's configuration definitions."""
         return self._json("GET", f"/elements/{_segment(key)}/configuration")
+
+    def ping(self, hub: str, token: Secret) -> Any:
+        """``GET /hubs/{hub}/ping`` with the instance's own token as the ``Element`` part: its health."""
+        return _parsed(self._call("GET", f"/hubs/{_segment(hub)}/ping", element=token), "GET", "/hubs/ping")
 
     # -- paging -----------------------------------------------------------------------------
 
@@ -225,6 +226,7 @@ class ReadOnlyClient:
         params: list[tuple[str, str]] | None = None,
         body: Any = None,
         create: bool = False,
+        element: Secret | None = None,
     ) -> Answer:
         """Send one API call, retrying as the method allows; return the 2xx answer or raise."""
         if method != "GET" and not self._WRITES_ALLOWED:
@@ -236,7 +238,7 @@ class ReadOnlyClient:
         attempt = 0
         while True:
             attempt += 1
-            outcome, elapsed_ms = self._attempt(method, url, data, shown, started)
+            outcome, elapsed_ms = self._attempt(method, url, data, shown, started, element)
             self.stats.record(method, getattr(outcome, "status", None), retry=attempt > 1)
             what = f"error: {outcome.message}" if isinstance(outcome, TransportError) else outcome.status
             line = f"HTTP {method} {shown} -> {what} ({elapsed_ms} ms)"
@@ -258,7 +260,7 @@ class ReadOnlyClient:
                 self._stop.check()
 
     def _attempt(
-        self, method: str, url: str, data: bytes | None, shown: str, started: float
+        self, method: str, url: str, data: bytes | None, shown: str, started: float, element: Secret | None = None
     ) -> tuple[Answer | ApiError | TransportError, int]:
         """Wait for the rate budget (a signal cuts the wait), then one HTTP exchange; the reply or the
         error it maps to (not raised yet). In the main thread, a signal ends the exchange with
@@ -278,7 +280,8 @@ class ReadOnlyClient:
                     method,
                     url,
                     data,
-                    f"User {self._secrets[0].reveal()}, Organization {self._secrets[1].reveal()}",
+                    f"User {self._secrets[0].reveal()}, Organization {self._secrets[1].reveal()}"
+                    + (f", Element {element.reveal()}" if element is not None else ""),
                     (settings.connect_timeout, settings.read_timeout),
                     settings.deadline,
                 )
@@ -366,12 +369,20 @@ class Client(ReadOnlyClient):
             raise AmbiguousCreate(ApiError(answer.status, what, _header_request_id(answer), "POST", "/instances"), True)
         return _remember_tokens(data)
 
-    def update_instance(self, instance_id: int | str, body: dict) -> dict:
-        """``PUT /instances/{id}`` with a full body."""
+    def update_instance(self, instance_id: int | str, body: dict) -> dict:  # PUT with a full body
         return _remember_tokens(self._json("PUT", f"/instances/{_segment(instance_id)}", body))
 
-    def patch_instance(self, instance_id: int | str, body: dict) -> dict:
-        """``PATCH /instances/{id}`` with a partial body."""
+    def reauthenticate_instance(self, instance_id: int | str, body: dict) -> dict:
+        """``PUT /instances/{id}?reAuthenticate=true`` with a full body: the provider checks the
+        credentials again; id and token stay."""
+        path, again = f"/instances/{_segment(instance_id)}", [("reAuthenticate", "true")]
+        return _remember_tokens(self._json("PUT", path, body, params=again))
+
+    def set_enabled(self, instance_id: int | str, enabled: bool) -> None:
+        """``PUT /instances/{id}/enabled`` (enable) or ``DELETE`` (disable)."""
+        self._call("PUT" if enabled else "DELETE", f"/instances/{_segment(instance_id)}/enabled")
+
+    def patch_instance(self, instance_id: int | str, body: dict) -> dict:  # PATCH with a partial body
         return _remember_tokens(self._json("PATCH", f"/instances/{_segment(instance_id)}", body))
 
     def delete_instance(self, instance_id: int | str) -> bool:

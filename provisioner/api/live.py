@@ -34,6 +34,9 @@ class LiveInstance:
     configuration: Mapping[str, Any] | None
     token: Secret | None
     created: str
+    valid: bool = True  # false: the provider refused its credentials
+    disabled: bool = False
+    hub: str | None = None  # its element's hub, for the hub ping
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any], configuration: bool = True) -> LiveInstance:
@@ -53,6 +56,9 @@ class LiveInstance:
             configuration=config if configuration and isinstance(config, Mapping) else None,
             token=Secret(token, token=True) if isinstance(token, str) and token else None,
             created=str(data.get("createdDate") or ""),
+            valid=data.get("valid") is not False,
+            disabled=data.get("disabled") is True,
+            hub=element.get("hub") if isinstance(element, Mapping) and isinstance(element.get("hub"), str) else None,
         )
 
     def owned_by(self, stack: str) -> bool:
@@ -122,6 +128,8 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "token": (str,),
     "element": (Mapping, str),
     "createdDate": (str,),
+    "valid": (bool,),
+    "disabled": (bool,),
 }
 
 

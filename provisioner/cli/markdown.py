@@ -24,7 +24,7 @@ from ..closedsets import assert_never
 from ..engine.apply import ApplyResult, ChangeResult
 from ..engine.diff import DiffOp, FieldDiff
 from ..engine.drift import CATEGORIES, DriftReport, Finding, summary_line
-from ..engine.plan import ACTIONS, Action, Change, Plan
+from ..engine.plan import ACTIONS, WRITES, Action, Change, Plan
 from ..secret import SENSITIVE
 from .report import _PAST, _SYMBOLS, LIST_LIMIT, RedactingWriter, TextReporter
 
@@ -106,7 +106,7 @@ def plan_markdown(plan: Plan, command: str = "plan", verbose: bool = False) -> s
     counts = plan.counts()
     rows = [(_LABELS.get(a, a), counts[a]) for a in ACTIONS]
     changed = [(c, None) for c in plan.changes if c.action != "noop" or c.warning or verbose]
-    pending = sum(counts[a] for a in (Action.CREATE, Action.UPDATE, Action.REPLACE, Action.DELETE))
+    pending = sum(counts[a] for a in WRITES)
     verdict = (
         "No changes: the instances match the manifest."
         if not plan.has_changes and not plan.has_conflicts

@@ -41,6 +41,10 @@ def _looks(action: Action) -> tuple[str, str, str | None]:
             return "-", "red", "deleted"
         case Action.ADOPT:
             return "<=", "cyan", "adopted"
+        case Action.DISABLE | Action.ENABLE:
+            return ("||", "yellow", "disabled") if action == Action.DISABLE else ("|>", "green", "enabled")
+        case Action.REAUTHENTICATE:
+            return "@", "cyan", "re-authenticated"
         case Action.CONFLICT:
             return "!", "red", None
         case Action.NOOP:
@@ -291,6 +295,8 @@ def plan_summary(counts: dict[Action, int]) -> str:
         f"Plan: {counts[Action.CREATE]} to create, {counts[Action.UPDATE]} to update, {rename}"
         f"{counts[Action.REPLACE]} to replace, {counts[Action.DELETE]} to delete"
         + (f", {counts[Action.ADOPT]} to adopt" if counts.get(Action.ADOPT) else "")
+        + "".join(f", {counts[a]} to {a}" for a in (Action.DISABLE, Action.ENABLE) if counts.get(a))
+        + (f", {counts[Action.REAUTHENTICATE]} to re-authenticate" if counts.get(Action.REAUTHENTICATE) else "")
     )
     extra = [f"{counts[Action.NOOP]} unchanged"] + (
         [f"{counts[Action.CONFLICT]} conflict(s)"] if counts[Action.CONFLICT] else []
@@ -366,6 +372,7 @@ def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> 
         parts.insert(0, f"{done[Action.ADOPT]} adopted")
     if done[Action.RENAME]:
         parts.insert(2, f"{done[Action.RENAME]} renamed")
+    parts.extend(f"{done[a]} {_PAST[a]}" for a in (Action.DISABLE, Action.ENABLE, Action.REAUTHENTICATE) if done[a])
     parts.append(f"{status[Status.FAILED]} failed")
     parts.append(f"{status[Status.SKIPPED] - conflicts - protected} skipped")
     if conflicts:

@@ -39,6 +39,7 @@ class DesiredInstance:
     adopt: int | str | None = None  # id of the unmanaged instance ``--adopt`` takes over
     protect: bool | None = None  # None: not declared, the live protection marker is kept as it is
     previous_names: tuple[str, ...] = ()  # names it had before: a rename keeps the instance
+    enabled: bool = True  # false: the instance is declared disabled
 
 
 def build_desired(
@@ -136,7 +137,7 @@ def _build_one(
     body = _template_body(one, scope, renderer) if isinstance(template_name, str) else {}
     if body is None:
         return None
-    for key in ("element", "target", "tags", "adopt", "protect", "previousNames"):
+    for key in ("element", "target", "tags", "adopt", "protect", "previousNames", "enabled"):
         if key in entry:
             body[key] = one.render(renderer, entry[key], scope, one.at(key))
     if "configuration" in entry:
@@ -216,6 +217,10 @@ def _checked(
         found = problems_from_errors(errors, locate, schema.secret_keys, prefix="configuration")
         problems.extend(renderer.scrub(p) for p in found)  # values from the environment are never echoed
     protect, previous = _safety_fields(one, body)
+    enabled = body.get("enabled", True)
+    if not isinstance(enabled, bool):
+        hint = "write enabled: false, or an expression such as \"{{ inputs.environment != 'retired' }}\""
+        one.add("enabled", f"enabled must be true or false, got {enabled!r}", hint)
     if len(problems) > before or schema is None:
         return None
     config = {k: (Secret(v) if k in schema.secret_keys and isinstance(v, str) else v) for k, v in configuration.items()}
@@ -227,7 +232,7 @@ def _checked(
         return None
     here = Location(one.file, one.line, instance=name)
     tag_tuple = None if tags is None else tuple(tags)
-    return DesiredInstance(name, schema.key, target, tag_tuple, config, here, adopt, protect, previous)
+    return DesiredInstance(name, schema.key, target, tag_tuple, config, here, adopt, protect, previous, enabled)
 
 
 def _adopt_id(one: _Entry, value: Any) -> int | str | None:

@@ -161,7 +161,7 @@ class ReadOnlyClient:
 
     def ping(self, hub: str, token: Secret) -> Any:
         """``GET /hubs/{hub}/ping`` with the instance's own token as the ``Element`` part: its health."""
-        return _parsed(self._call("GET", f"/hubs/{_segment(hub)}/ping", element=token), "GET", "/hubs/ping")
+        return self._json("GET", f"/hubs/{_segment(hub)}/ping", element=token)
 
     # -- paging -----------------------------------------------------------------------------
 
@@ -304,9 +304,9 @@ class ReadOnlyClient:
             self.budget.on_throttle(error.retry_after)
         return error
 
-    def _json(self, method: str, path: str, body: Any = None) -> Any:
+    def _json(self, method: str, path: str, body: Any = None, **call: Any) -> Any:
         """One call whose 2xx answer must be JSON (or empty)."""
-        return _parsed(self._call(method, path, body=body), method, path)
+        return _parsed(self._call(method, path, body=body, **call), method, path)
 
     def _retry_delay(self, error: Exception, attempt: int, started: float) -> tuple[float | None, str]:
         """Seconds to wait before the next attempt, or (None, reason) to give up with ``error``."""

@@ -13,8 +13,9 @@ import click
 
 from ..engine import savedplan
 from ..engine import stages as engine
+from ..engine.health import check as check_health
 from ..engine.outputs import format_env, format_json, write_outputs
-from ..engine.plan import Action, Plan
+from ..engine.plan import Action, Plan, check_reauthenticate
 from ..errors import UserError
 from ..ownership import is_unmanaged
 from .options import (
@@ -22,6 +23,7 @@ from .options import (
     ENV_RENDER,
     FORMATS,
     ApplyArgs,
+    CheckArgs,
     Command,
     DestroyArgs,
     ImportArgs,
@@ -35,6 +37,7 @@ from .options import (
     input_options,
     output_format_options,
     parsed,
+    ping_option,
     plan_options,
     progress_option,
 )
@@ -95,6 +98,7 @@ def plan(args: PlanArgs) -> None:
 
     def body() -> int:
         validated = run.validated(args)
+        check_reauthenticate(validated.desired, validated.registry, args.plan)  # before any request
         with run.connected(args, validated, read_only=True) as (options, connection):
             the_plan = engine.plan(validated, connection, options)
             saved = None
@@ -158,6 +162,7 @@ def destroy(args: DestroyArgs) -> None:
 
 def _apply_like(run: Run, args: ApplyArgs | DestroyArgs, saved: savedplan.SavedPlan | None = None) -> int:
     validated = run.validated(args)
+    check_reauthenticate(validated.desired, validated.registry, args.plan)  # before any request
     with run.connected(args, validated) as (options, connection):
         if saved is not None:
             savedplan.check_before_reading(saved, validated, connection, args.local)
@@ -192,6 +197,7 @@ def _from_saved(saved: savedplan.SavedPlan, args: ApplyArgs) -> ApplyArgs:
         (given.targets, "--target"),
         (given.excludes, "--exclude"),
         (given.allow_destroy, "--allow-destroy"),
+        (given.reauthenticate, "--reauthenticate"),
     ):
         if value:
             raise UserError(
@@ -218,6 +224,7 @@ def _from_saved(saved: savedplan.SavedPlan, args: ApplyArgs) -> ApplyArgs:
         targets=fixed.targets,
         excludes=fixed.excludes,
         allow_destroy=fixed.allow_destroy,
+        reauthenticate=fixed.reauthenticate,
     )
 
 
@@ -263,6 +270,30 @@ def drift(args: Online) -> None:
             report = engine.drift(validated, connection)
         run.reporter.drift(report, connection.stats.as_dict())
         return EXIT_CHANGES if report.has_drift else EXIT_OK
+
+    run.exit(body)
+
+
+@click.command(cls=Command, epilog=ENV_API)
+@input_options(output=WITH_MARKDOWN)
+@api_options
+@ping_option()
+@parsed(CheckArgs)
+def check(args: CheckArgs) -> None:
+    """Report whether each declared instance works: healthy, invalid, disabled or missing; it never writes.
+
+    One listing of the stack's instances; --ping also calls each instance's hub ping with its own token.
+    Exit 0: all healthy; 2: any is not; 1: error. An invalid instance comes with the command that sends
+    its credentials again. -o markdown prints a table, for a CI step summary.
+    """
+    run = Run("check", args.reporter, args.verbose)
+
+    def body() -> int:
+        validated = run.validated(args)
+        with run.connected(args, validated, read_only=True) as (_, connection):
+            report = check_health(validated, connection, args.ping, args.parallelism, args.apply_command())
+        run.reporter.health(report, connection.stats.as_dict())
+        return EXIT_OK if report.healthy else EXIT_CHANGES
 
     run.exit(body)
 
@@ -377,4 +408,4 @@ def render(args: RenderArgs) -> None:
     run.exit(body)
 
 
-COMMANDS = (validate, plan, apply, destroy, drift, output, import_, render)
+COMMANDS = (validate, plan, apply, destroy, drift, check, output, import_, render)

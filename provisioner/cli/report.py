@@ -16,6 +16,7 @@ from typing import IO, Any, Protocol, cast
 
 from ..api.stats import plural
 from ..closedsets import assert_never
+from ..engine import health
 from ..engine.apply import ApplyResult, ChangeResult, Status
 from ..engine.diff import DiffOp, FieldDiff
 from ..engine.drift import DriftReport, summary_line, text_lines
@@ -125,6 +126,7 @@ class Reporter(Protocol):
         self, result: ApplyResult, stats: dict[str, Any], command: str = "apply", outputs: str | None = None
     ) -> None: ...
     def drift(self, report: DriftReport, stats: dict[str, Any]) -> None: ...
+    def health(self, report: health.HealthReport, stats: dict[str, Any]) -> None: ...
     def error(self, command: str, message: str, hint: str | None = None) -> None: ...
     def document(self, command: str, data: dict[str, Any], lines: list[str]) -> None:
         """The result of a command that is neither a plan nor an apply (schemas, import, render)."""
@@ -204,6 +206,9 @@ class JsonReporter:
     def drift(self, report: DriftReport, stats: dict[str, Any]) -> None:
         self._emit({"command": "drift", "ok": True, **report.to_json(), "requests": stats})
 
+    def health(self, report: health.HealthReport, stats: dict[str, Any]) -> None:
+        self._emit({"command": "check", "ok": True, **report.to_json(), "requests": stats})
+
     def error(self, command: str, message: str, hint: str | None = None) -> None:
         self._emit({"command": command, "ok": False, "error": {"message": message, "hint": hint}})
 
@@ -277,6 +282,10 @@ class TextReporter:
     def drift(self, report: DriftReport, stats: dict[str, Any]) -> None:
         self.out.lines(text_lines(report))
         self.out.print(summary_line(report))
+
+    def health(self, report: health.HealthReport, stats: dict[str, Any]) -> None:
+        self.out.lines(health.text_lines(report))
+        self.out.print(health.summary_line(report))
 
     def error(self, command: str, message: str, hint: str | None = None) -> None:
         self.err.print(f"error: {message}" + (f" (hint: {hint})" if hint else ""), style="red")

@@ -211,6 +211,7 @@ def summary_line(report: HealthReport) -> str:
     s = report.summary()
     counts = ", ".join(f"{n} {status}" for status, n in s["byStatus"].items() if n)
     ping = " (pinged)" if report.pinged else ""
-    verdict = "All healthy" if report.healthy else f"Not healthy: {s['notOk']} of {s['declared']} need attention"
+    verdict = "All healthy" if report.healthy else "Not healthy"
+    need = "" if report.healthy else f"{s['notOk']} of {s['declared']} need attention; "
     extra = f"; {len(report.undeclared)} owned but no longer declared" if report.undeclared else ""
-    return f"{verdict}{ping}: {counts or 'no instance declared'}{extra}."
+    return f"{verdict}{ping}: {need}{counts or 'no instance declared'}{extra}."

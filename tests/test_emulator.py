@@ -588,7 +588,8 @@ def test_chunked_upload_is_refused_with_411_logged_and_closed(api: Client, db: E
 
 def test_put_replaces_name_tags_and_configuration(api: Client, db: EmulatorDB):
     inst = create(api, cw_body("old", tags=["a", "b"], **{"custom.key": "x"}))
-    time.sleep(1.05)  # updatedDate has one-second resolution
+    while time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) <= inst["updatedDate"]:  # one-second resolution
+        time.sleep(0.01)
     new_config = dict(CW_REQUIRED, **{"helpdesk.connectwise.company": "other"})
     body = {"element": {"key": "connectwisehd"}, "name": "new", "tags": ["c"], "configuration": new_config}
     put = api.put(f"/instances/{inst['id']}", json=body)

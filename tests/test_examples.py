@@ -37,17 +37,18 @@ def test_every_example_manifest_is_covered():
 
 @pytest.mark.parametrize("name", sorted(MANIFESTS))
 def test_example_validates_applies_and_converges(name, cli, db):
+    """End to end: ``python -m provisioner`` in its own process, as a user runs it."""
     manifest, extra = EXAMPLES / name, MANIFESTS[name]
-    assert cli.run("validate", manifest, *extra).returncode == 0
-    first = cli.run("apply", manifest, *extra, "--outputs", "tokens.json")
+    assert cli.run_process("validate", manifest, *extra).returncode == 0
+    first = cli.run_process("apply", manifest, *extra, "--outputs", "tokens.json")
     assert first.returncode == 0, first.stdout + first.stderr
     created = db.instances()
     assert created and all(r["tags"] for r in created)
     db.clear_requests()
-    second = cli.run("apply", manifest, *extra)
+    second = cli.run_process("apply", manifest, *extra)
     assert second.returncode == 0
     assert [r["method"] for r in db.requests()] == ["GET"]
-    assert cli.run("plan", manifest, *extra, "--detailed-exitcode").returncode == 0
+    assert cli.run_process("plan", manifest, *extra, "--detailed-exitcode").returncode == 0
     assert db.instances() == created
 
 

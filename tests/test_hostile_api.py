@@ -241,7 +241,7 @@ def test_a_signal_ends_the_run_even_while_the_server_drips(tmp_path, command, si
         while len([r for r in srv.requests if r.method == ("GET" if command == "plan" else "POST")]) == 0:
             assert time.monotonic() < deadline and proc.poll() is None, "the run never reached the dripping request"
             time.sleep(0.05)
-        time.sleep(0.5)  # the request is now hanging on the drip
+        # the dripping request has arrived: from here on the server answers it one byte at a time
         signalled = time.monotonic()
         proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=30)

@@ -1,5 +1,5 @@
 """Bad input through the real CLI: never a wait, never an internal error, always a located message
-and exit 1, and nothing sent to the API. (Subprocess timeouts only guard against a hang; nothing
+and exit 1, and nothing sent to the API. (The runs' timeouts only guard against a hang; nothing
 here measures time.)"""
 
 from __future__ import annotations
@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import stat
-import sys
 import threading
 
 import pytest
@@ -324,7 +322,3 @@ def test_output_has_one_format_option(cli, db):
     assert cli.run("output", "m.yaml", "--format", "env").stdout == env.stdout
     conflict = cli.run("output", "m.yaml", "-o", "json", "--format", "env")
     assert "disagree" in _clean(conflict) and conflict.stdout == ""
-
-
-def test_fifo_helpers_exist():
-    assert hasattr(os, "mkfifo") and stat.S_ISFIFO and sys.platform != "win32"

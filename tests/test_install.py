@@ -25,6 +25,8 @@ from pipelines import GitHubRunner, gitlab_config
 
 from provisioner import __version__
 
+pytestmark = pytest.mark.xdist_group("install")  # one worker builds the virtual environment once
+
 NAME = "cloud-elements-provisioner"
 V = r"(\d[\w.]*\w|\d)"  # a version ends with a letter or digit
 PIN_PATTERNS = [

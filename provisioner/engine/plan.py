@@ -2,8 +2,14 @@
 
 ``make_plan`` compares the desired instances with the live ones of each target and returns an
 immutable ``Plan``: one ``Change`` per instance (create, update, rename, replace, delete, noop,
-conflict, protected), each with its reason and field diff. Every noop says why. It does no I/O;
-``apply`` executes a plan and does nothing else.
+conflict, protected, adopt, disable, enable, reauthenticate), each with its reason and field diff.
+Every noop says why. It does no I/O; ``apply`` executes a plan and does nothing else.
+
+An instance whose enabled state differs from ``enabled:`` (default true) gets a ``disable`` or
+``enable`` action, or, when other fields differ too, an ``enabled`` field in its update's diff.
+``--reauthenticate NAME`` turns the change of a declared instance into ``reauthenticate`` (its full
+body is sent again for the provider to check); ``check_reauthenticate`` refuses, before any request,
+a name that is not declared or is an OAuth instance.
 
 Identity is the stack marker plus the name. Stacks are isolated: an instance carrying another
 stack's marker is invisible to this one (never a conflict, never touched), so two stacks may declare

@@ -20,7 +20,9 @@ LISTING_TRIES = 3  # a listing read while other runs write may shift between pag
 
 
 class InstanceReader(Protocol):
-    def instance_pages(self, tags: tuple[str, ...] | list[str] = ()) -> Generator[list, None, None]: ...
+    def instance_pages(
+        self, tags: tuple[str, ...] | list[str] = (), hydrate: bool = True
+    ) -> Generator[list, None, None]: ...
 
     def get_instance(self, instance_id: int | str) -> dict: ...
 
@@ -99,7 +101,7 @@ def read_live(
     instances: list[LiveInstance] = []
     for attempt in range(1, LISTING_TRIES + 1):
         instances, seen = [], set[Any]()
-        pages = client.instance_pages((stack_marker(stack),) if owned_only else ())
+        pages = client.instance_pages((stack_marker(stack),) if owned_only else (), hydrate=configuration)
         try:
             with closing(pages):
                 for page in pages:

@@ -81,7 +81,14 @@ def test_action_yml_is_a_composite_action_with_the_documented_interface():
 def test_action_plan_writes_the_markdown_summary_and_exposes_the_exit_code(cli, db, tmp_path):
     runner = _runner(cli, tmp_path)
     outputs = _action(runner, command="plan", manifest=_manifest(cli))
-    assert outputs == {"exitcode": "2", "changes": "true", "drift": "", "plan-file": "", "outputs-file": ""}
+    assert outputs == {
+        "exitcode": "2",
+        "changes": "true",
+        "drift": "",
+        "healthy": "",
+        "plan-file": "",
+        "outputs-file": "",
+    }
     summary = runner.summary.read_text()
     assert summary.startswith("### provisioner plan: stack `tests`")
     assert "| create | 2 |" in summary and "(sensitive)" in summary

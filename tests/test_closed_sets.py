@@ -17,7 +17,11 @@ from provisioner.errors import Severity
 
 # The values of the documented JSON format (README "JSON output"), in the order of its summaries.
 DOCUMENTED = [
-    (Action, ["create", "update", "rename", "replace", "delete", "noop", "conflict", "protected", "adopt"]),
+    (
+        Action,
+        ["create", "update", "rename", "replace", "delete", "noop", "conflict", "protected", "adopt"]
+        + ["disable", "enable", "reauthenticate"],
+    ),
     (Status, ["ok", "failed", "skipped"]),
     (DiffOp, ["add", "change", "remove"]),
     (Severity, ["error", "warning"]),
@@ -37,12 +41,18 @@ def test_members_are_the_documented_strings_in_order(enum, values):
 
 
 def test_drift_categories_are_the_documented_strings():
-    assert CATEGORIES == ("changed", "secret", "missing", "extra-copy", "unmanaged-namesake", "undeclared", "renamed")
+    assert CATEGORIES == (
+        *("changed", "secret", "missing", "extra-copy", "unmanaged-namesake", "undeclared", "renamed"),
+        *("disabled", "enabled"),
+    )
 
 
 def test_every_action_is_exactly_one_of_write_refusal_noop():
     assert ACTIONS == tuple(Action)
-    assert WRITES == (Action.CREATE, Action.UPDATE, Action.RENAME, Action.REPLACE, Action.DELETE, Action.ADOPT)
+    assert WRITES == (
+        *(Action.CREATE, Action.UPDATE, Action.RENAME, Action.REPLACE, Action.DELETE, Action.ADOPT),
+        *(Action.DISABLE, Action.ENABLE, Action.REAUTHENTICATE),
+    )
     assert REFUSALS == (Action.CONFLICT, Action.PROTECTED)
     assert sorted([*WRITES, *REFUSALS, Action.NOOP]) == sorted(Action)
 
@@ -51,4 +61,8 @@ def test_every_action_has_a_symbol_and_every_write_a_past_tense():
     assert set(_SYMBOLS) == set(Action)
     assert len({symbol for symbol, _style in _SYMBOLS.values()}) == len(Action)
     assert tuple(_PAST) == WRITES  # in this order in the apply summaries
-    assert [_PAST[a] for a in WRITES] == ["created", "updated", "renamed", "replaced", "deleted", "adopted"]
+    assert [_PAST[a] for a in WRITES] == ["created", "updated", "renamed", "replaced", "deleted", "adopted"] + [
+        "disabled",
+        "enabled",
+        "re-authenticated",
+    ]

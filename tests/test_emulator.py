@@ -1231,3 +1231,88 @@ def test_a_bug_is_one_log_line_and_a_500(raw: Raw, emulator: Emulator, log: io.S
     with requests.Session() as session:
         assert session.get(emulator.url + "/elements/keys", headers={"Authorization": AUTH}).status_code == 200
     assert capfd.readouterr().err == ""
+
+
+# -- health: valid, disabled, the enabled endpoints, the hub ping, reAuthenticate (issue 19) --------------------
+
+
+def ping(api: Client, hub: str, token: str | None) -> requests.Response:
+    auth = AUTH + (f", Element {token}" if token is not None else "")
+    return api.get(f"/hubs/{hub}/ping", headers={"Authorization": auth})
+
+
+def test_enabled_endpoints_disable_and_enable_and_ping_answers_403_meanwhile(api, db):
+    inst = create(api)
+    assert ping(api, "helpdesk", inst["token"]).json() == {
+        "endpoint": "helpdesk",
+        "instanceId": inst["id"],
+        "status": "ok",
+    }
+    disabled = api.delete(f"/instances/{inst['id']}/enabled")
+    assert disabled.status_code == 200 and disabled.json()["disabled"] is True
+    assert api.get(f"/instances/{inst['id']}").json()["disabled"] is True
+    assert api.get("/instances").json()[0]["disabled"] is True and db.instances()[0]["disabled"] is True
+    assert_error(ping(api, "helpdesk", inst["token"]), 403, f"Element instance {inst['id']} is disabled")
+    enabled = api.put(f"/instances/{inst['id']}/enabled")  # no body, no content type
+    assert enabled.status_code == 200 and enabled.json()["disabled"] is False
+    assert ping(api, "helpdesk", inst["token"]).status_code == 200
+    assert_error(api.put("/instances/999/enabled"), 404)
+    assert api.get(f"/instances/{inst['id']}").json()["token"] == inst["token"]
+
+
+def test_ping_checks_the_element_token_and_the_elements_hub(api):
+    inst = create(api)
+    assert_error(ping(api, "helpdesk", None), 401)
+    assert_error(ping(api, "helpdesk", "not-a-token"), 401)
+    assert_error(ping(api, "crm", inst["token"]), 404)  # connectwisehd's hub is helpdesk
+    custom = {"user.username": "me", "user.password": "pw", "dynamics.tenant": "acme.crm.dynamics.com"}
+    crm = create(api, {"element": {"key": "dynamicscrmadfs"}, "name": "crm", "configuration": custom})
+    assert ping(api, "crm", crm["token"]).status_code == 200
+    assert api.delete(f"/instances/{inst['id']}").status_code == 200
+    assert_error(ping(api, "helpdesk", inst["token"]), 401)  # a deleted instance's token
+    assert_error(Client(api.base, auth=f"Element {crm['token']}").get("/hubs/crm/ping"), 401)  # secrets still needed
+
+
+def test_refused_credentials_make_the_instance_invalid_and_reauthenticate_fail_until_they_change(api, db):
+    inst = create(api)
+    assert inst["valid"] is True
+    db.refuse_credentials(inst["id"])
+    assert api.get(f"/instances/{inst['id']}").json()["valid"] is False
+    assert_error(ping(api, "helpdesk", inst["token"]), 403)
+    same = cw_body(name="renamed")
+    failed = api.put(f"/instances/{inst['id']}?reAuthenticate=true", json=same)
+    assert_error(failed, 400, "Re-authentication failed: the provider refused the instance's credentials")
+    assert "s3cret" not in failed.text
+    row = db.instances()[0]
+    assert row["valid"] is False and row["name"] == "cw"  # nothing else changed
+    plain = api.put(f"/instances/{inst['id']}", json=same)  # without reAuthenticate: no check, stays invalid
+    assert plain.status_code == 200 and plain.json()["valid"] is False
+    fixed = api.put(
+        f"/instances/{inst['id']}?reAuthenticate=true", json=cw_body(**{"helpdesk.connectwise.password": "new"})
+    )
+    assert fixed.status_code == 200, fixed.text
+    body = fixed.json()
+    assert body["valid"] is True and body["id"] == inst["id"] and body["token"] == inst["token"]
+    assert db.instances()[0]["configuration"]["helpdesk.connectwise.password"] == "new"
+    again = api.put(
+        f"/instances/{inst['id']}?reAuthenticate=true", json=cw_body(**{"helpdesk.connectwise.password": "new"})
+    )
+    assert again.status_code == 200 and again.json()["valid"] is True  # the mark is gone
+    with pytest.raises(KeyError):
+        db.refuse_credentials(999)
+
+
+def test_a_database_made_before_valid_and_disabled_gains_them(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with Emulator(path, USER_SECRET, ORG_SECRET) as emu:
+        create(Client(emu.url))
+    conn = sqlite3.connect(path)
+    for column in ("valid", "disabled", "refused"):
+        conn.execute(f"ALTER TABLE instances DROP COLUMN {column}")
+    conn.commit()
+    conn.close()
+    with Emulator(path, USER_SECRET, ORG_SECRET) as emu:
+        listed = Client(emu.url).get("/instances").json()
+    assert listed[0]["valid"] is True and listed[0]["disabled"] is False

@@ -147,6 +147,7 @@ def test_github_actions_example_runs_validate_plan_apply_and_drift(cli, db, tmp_
         "exitcode": "2",
         "changes": "true",
         "drift": "",
+        "healthy": "",
         "plan-file": str(review.workdir / "plan.json"),
         "outputs-file": "",
     }
@@ -175,7 +176,7 @@ def test_github_actions_example_runs_validate_plan_apply_and_drift(cli, db, tmp_
     assert _jobs_for(again, workflow) == ["plan"]  # nothing to apply
 
     nightly = _github_run(cli, tmp_path, "schedule", "schedule")
-    assert _jobs_for(nightly, workflow) == ["drift"]
+    assert _jobs_for(nightly, workflow) == ["drift", "health"]
     db.clear_requests()
     _github_job(nightly, workflow, "drift")
     assert nightly.last_outputs == {"exitcode": "0", "drift": "false"}
@@ -188,6 +189,17 @@ def test_github_actions_example_runs_validate_plan_apply_and_drift(cli, db, tmp_
     summary = nightly.summary.read_text()
     assert "#### `drift` `changed` `helpdesk-staging`" in summary
     assert '| configuration.helpdesk.connectwise.company | "edited-by-hand" | "acme" | drift |' in summary
+    assert {r["method"] for r in db.requests()} == {"GET"}
+
+    _github_job(nightly, workflow, "health")  # the scheduled health job, with --ping
+    assert nightly.last_outputs == {"exitcode": "0", "healthy": "true"}
+    assert "All healthy (pinged): 2 healthy." in nightly.summary.read_text()
+    db.refuse_credentials(next(r["id"] for r in db.instances() if r["name"] == "crm-staging"))
+    with pytest.raises(subprocess.CalledProcessError):  # not healthy fails the job, which notifies
+        _github_job(nightly, workflow, "health")
+    assert nightly.last_outputs == {"exitcode": "2", "healthy": "false"}
+    assert "| crm-staging | dynamicscrmadfs |" in nightly.summary.read_text()
+    assert "--reauthenticate crm-staging" in nightly.summary.read_text()
     assert {r["method"] for r in db.requests()} == {"GET"}
 
 
@@ -248,7 +260,7 @@ def test_gitlab_ci_example_runs_validate_plan_apply_and_drift(cli, db, tmp_path,
     for secret in (*SECRETS.values(), USER_SECRET, ORG_SECRET, *(r["token"] for r in db.instances())):
         assert secret not in plan_md + saved + log
 
-    assert runner.jobs(SCHEDULE) == {"drift": "on_success"}
+    assert runner.jobs(SCHEDULE) == {"drift": "on_success", "health": "on_success"}
     db.clear_requests()
     clean = runner.run_job("drift", SCHEDULE)
     assert clean.returncode == 0 and "No drift" in clean.stdout
@@ -258,6 +270,14 @@ def test_gitlab_ci_example_runs_validate_plan_apply_and_drift(cli, db, tmp_path,
     assert found.returncode == 2, found.stderr  # not allowed to fail: the job fails, which notifies
     report = (runner.artifacts["drift"] / "provisioner-drift.md").read_text()
     assert '| configuration.helpdesk.connectwise.company | "edited-by-hand" | "acme" | drift |' in report
+    assert {r["method"] for r in db.requests()} == {"GET"}
+    assert runner.run_job("health", SCHEDULE).returncode == 0
+    db.refuse_credentials(next(r["id"] for r in db.instances() if r["name"] == "helpdesk-staging"))
+    unhealthy = runner.run_job("health", SCHEDULE)
+    assert unhealthy.returncode == 2, unhealthy.stderr
+    table = (runner.artifacts["health"] / "provisioner-check.md").read_text()
+    assert "| helpdesk-staging | connectwisehd |" in table and "invalid" in table and "--reauthenticate" in table
+    assert any("/hubs/helpdesk/ping" in r["path"] for r in db.requests())  # PROVISIONER_CHECK_ARGS: --ping
     assert {r["method"] for r in db.requests()} == {"GET"}
 
 

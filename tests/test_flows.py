@@ -340,6 +340,9 @@ def test_json_output_is_a_versioned_document_alone_on_stdout(cli, db):
         "conflict": 0,
         "protected": 0,
         "adopt": 0,
+        "disable": 0,
+        "enable": 0,
+        "reauthenticate": 0,
     }
     assert {c["action"] for c in plan["changes"]} == {"create"}
     password = next(d for d in plan["changes"][0]["diff"] if d["path"].endswith("password"))

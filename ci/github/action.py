@@ -2,9 +2,9 @@
 
 Inputs arrive in the environment: INPUT_COMMAND, INPUT_MANIFEST, INPUT_INPUTS (files separated by
 newlines or spaces), INPUT_ARGS (extra arguments, shell-quoted), INPUT_OUTPUTS_FILE, INPUT_PLAN_FILE.
-It writes the step outputs ``exitcode``, ``changes`` (plan), ``drift`` (drift), ``plan-file`` (plan, when
-saved; an absolute path) and ``outputs-file`` (apply, output) to ``$GITHUB_OUTPUT``, and the Markdown
-report of plan, apply and drift to ``$GITHUB_STEP_SUMMARY``.
+It writes the step outputs ``exitcode``, ``changes`` (plan), ``drift`` (drift), ``healthy`` (check),
+``plan-file`` (plan, when saved; an absolute path) and ``outputs-file`` (apply, output) to
+``$GITHUB_OUTPUT``, and the Markdown report of plan, apply, drift and check to ``$GITHUB_STEP_SUMMARY``.
 
 The reviewed-plan flow: ``plan`` with a plan file runs ``plan --out FILE`` (the saved plan holds no secret
 and no token: safe as an artifact); ``apply`` with a plan file runs ``apply FILE``, which executes exactly
@@ -13,6 +13,7 @@ that plan or refuses (exit 1) if an instance it touches changed since (drift els
 Exit codes: the step fails when the command exits non-zero, except ``plan`` with changes pending (2).
 ``drift`` exits 2 when something changed behind provisioner's back: the step fails, so a scheduled job
 notifies (``continue-on-error: true`` and the ``drift`` output, for workflows that would rather not).
+``check`` does the same when an instance is not healthy (``--ping`` in ``args`` pings each one too).
 
 Secrets: the command's stdout and stderr are captured; every token in the outputs file is announced
 with ``::add-mask::`` first, and only then is anything printed, so no token can reach the log unmasked.
@@ -29,10 +30,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-COMMANDS = ("validate", "plan", "apply", "destroy", "output", "drift")
+COMMANDS = ("validate", "plan", "apply", "destroy", "output", "drift", "check")
 WITH_OUTPUTS_FILE = ("apply", "output")
 WITH_PLAN_FILE = ("plan", "apply")
-WITH_SUMMARY = ("plan", "apply", "drift")
+WITH_SUMMARY = ("plan", "apply", "drift", "check")
 PASSING = {"plan": (0, 2)}  # exit codes that do not fail the step (default: 0 only)
 
 
@@ -63,7 +64,7 @@ def arguments(command: str, manifest: str, outputs_file: str, plan_file: str) ->
         args += ["--detailed-exitcode", "--output", "markdown"] + (["--out", plan_file] if plan_file else [])
     elif command == "apply":
         args += ["--outputs", outputs_file, "--output", "markdown"]
-    elif command == "drift":
+    elif command in ("drift", "check"):
         args += ["--output", "markdown"]
     elif command == "destroy":
         args += ["--yes"]
@@ -122,6 +123,8 @@ def step_outputs(command: str, code: int, outputs_file: str, plan_file: str) -> 
         results["plan-file"] = os.path.abspath(plan_file) if saved else ""  # absolute: for upload-artifact
     if command == "drift":
         results["drift"] = "true" if code == 2 else "false"
+    if command == "check":
+        results["healthy"] = "true" if code == 0 else "false"
     if command in WITH_OUTPUTS_FILE:
         results["outputs-file"] = outputs_file
     return results

@@ -128,13 +128,12 @@ class ReadOnlyClient:
         self._transport = Transport(self._base, settings.parallelism, self._stop)
 
     def close(self) -> None:
-        """Close the keep-alive connections. Safe to call twice."""
         self._transport.close()
 
     def __enter__(self) -> ReadOnlyClient:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, *exc_info: object) -> None:  # the keep-alive connections; safe to call twice
         self.close()
 
     @property
@@ -147,28 +146,30 @@ class ReadOnlyClient:
         """Every instance (all pages), optionally only those carrying every tag in ``tags``."""
         return [item for page in self.instance_pages(tags) for item in page]
 
-    def instance_pages(self, tags: Sequence[str] = ()) -> Generator[list, None, None]:
-        """The same listing, one page at a time, each page requested when the previous one has been
-        handed over. Raises InconsistentListing when the pages cannot be trusted (a repeated or
-        endless page sequence, or fewer or more items than announced)."""
-        for page in self._pages("/instances", [("tags[]", t) for t in tags]):
+    def instance_pages(self, tags: Sequence[str] = (), hydrate: bool = True) -> Generator[list, None, None]:
+        """The same listing, one page at a time, each requested when the previous one was handed over
+        (``hydrate=False``: lighter pages, without configuration). InconsistentListing when the pages
+        cannot be trusted (a repeated or endless page sequence, fewer or more items than announced)."""
+        params = [("tags[]", t) for t in tags] + ([] if hydrate else [("hydrate", "false")])
+        for page in self._pages("/instances", params):
             yield remember_tokens(page)
 
-    def get_instance(self, instance_id: int | str) -> dict:
-        """``GET /instances/{id}``; NotFound if there is no such instance."""
+    def get_instance(self, instance_id: int | str) -> dict:  # NotFound if there is no such instance
         return remember_tokens(self._json("GET", _instance_path(instance_id)))
 
-    def get_element(self, key: str) -> dict:
-        """``GET /elements/{key}``: the element's metadata."""
+    def get_element(self, key: str) -> dict:  # ``GET /elements/{key}``: the element's metadata
         return self._json("GET", f"/elements/{_segment(key)}")
 
-    def element_keys(self) -> Any:
-        """``GET /elements/keys``: the keys of every element the catalog offers."""
+    def element_keys(self) -> Any:  # ``GET /elements/keys``: every element the catalog offers
         return self._json("GET", "/elements/keys")
 
     def element_configuration(self, key: str) -> Any:
         """``GET /elements/{key}/configuration``: the element's configuration definitions."""
         return self._json("GET", f"/elements/{_segment(key)}/configuration")
+
+    def ping(self, hub: str, token: Secret) -> Any:
+        """``GET /hubs/{hub}/ping`` with the instance's own token as the ``Element`` part: its health."""
+        return self._json("GET", f"/hubs/{_segment(hub)}/ping", element=token)
 
     # -- paging -----------------------------------------------------------------------------
 
@@ -204,7 +205,7 @@ class ReadOnlyClient:
                 break
         # With a tags[] filter the API may announce the whole collection's total (undocumented): there,
         # only more items than announced is a contradiction. Without one, any difference is.
-        if totals and count not in totals and (not params or count > max(totals)):
+        if totals and count not in totals and ("tags[]" not in dict(params) or count > max(totals)):
             raise InconsistentListing(
                 f"GET {path} announced {' then '.join(map(str, sorted(totals)))} "
                 f"item(s) ({TOTAL_HEADER}) but {count} arrived"
@@ -249,6 +250,7 @@ class ReadOnlyClient:
         params: list[tuple[str, str]] | None = None,
         body: Any = None,
         create: bool = False,
+        element: Secret | None = None,
     ) -> Answer:
         """Send one API call, retrying as the method allows; return the 2xx answer or raise. A request
         that never left (WaitTooLong, Interrupted before sending) is neither traced nor counted."""
@@ -261,7 +263,7 @@ class ReadOnlyClient:
         attempt = 0
         while True:
             attempt += 1
-            outcome, elapsed_ms = self._attempt(method, url, data, shown, started, attempt == 1)
+            outcome, elapsed_ms = self._attempt(method, url, data, shown, started, attempt == 1, element)
             self.stats.record(method, getattr(outcome, "status", None), retry=attempt > 1)
             what = f"error: {outcome.message}" if isinstance(outcome, TransportError) else outcome.status
             line = f"HTTP {method} {shown} -> {what} ({elapsed_ms} ms)"
@@ -294,7 +296,14 @@ class ReadOnlyClient:
             raise
 
     def _attempt(
-        self, method: str, url: str, data: bytes | None, shown: str, started: float, first: bool
+        self,
+        method: str,
+        url: str,
+        data: bytes | None,
+        shown: str,
+        started: float,
+        first: bool,
+        element: Secret | None = None,
     ) -> tuple[Answer | ApiError | TransportError, int]:
         """Wait for the rate budget, then one HTTP exchange; the reply or the error it maps to (not
         raised yet). The first attempt has the whole ``deadline``; a retry ends with the retry budget.
@@ -311,7 +320,8 @@ class ReadOnlyClient:
                     method,
                     url,
                     data,
-                    f"User {self._secrets[0].reveal()}, Organization {self._secrets[1].reveal()}",
+                    f"User {self._secrets[0].reveal()}, Organization {self._secrets[1].reveal()}"
+                    + (f", Element {element.reveal()}" if element is not None else ""),
                     (settings.connect_timeout, min(settings.read_timeout, deadline)),
                     deadline,
                     settings.max_answer_bytes,
@@ -350,9 +360,9 @@ class ReadOnlyClient:
             self.budget.on_throttle(error.retry_after)
         return error
 
-    def _json(self, method: str, path: str, body: Any = None) -> Any:
+    def _json(self, method: str, path: str, body: Any = None, **call: Any) -> Any:
         """One call whose 2xx answer must be JSON (or empty)."""
-        return self._parsed(self._call(method, path, body=body), method, path)
+        return self._parsed(self._call(method, path, body=body, **call), method, path)
 
     def _parsed(self, answer: Answer, method: str, path: str) -> Any:
         """The JSON of a 2xx answer (None if empty); ApiError, naming the URL, if it is not JSON or
@@ -422,12 +432,20 @@ class Client(ReadOnlyClient):
             raise AmbiguousCreate(ApiError(answer.status, what, header_request_id(answer), "POST", "/instances"), True)
         return remember_tokens(data)
 
-    def update_instance(self, instance_id: int | str, body: dict) -> dict:
-        """``PUT /instances/{id}`` with a full body."""
+    def update_instance(self, instance_id: int | str, body: dict) -> dict:  # PUT with a full body
         return remember_tokens(self._json("PUT", _instance_path(instance_id), body))
 
-    def patch_instance(self, instance_id: int | str, body: dict) -> dict:
-        """``PATCH /instances/{id}`` with a partial body."""
+    def reauthenticate_instance(self, instance_id: int | str, body: dict) -> dict:
+        """``PUT /instances/{id}?reAuthenticate=true`` with a full body: the provider checks the
+        credentials again; id and token stay."""
+        again = [("reAuthenticate", "true")]
+        return remember_tokens(self._json("PUT", _instance_path(instance_id), body, params=again))
+
+    def set_enabled(self, instance_id: int | str, enabled: bool) -> None:
+        """``PUT /instances/{id}/enabled`` (enable) or ``DELETE`` (disable)."""
+        self._call("PUT" if enabled else "DELETE", f"{_instance_path(instance_id)}/enabled")
+
+    def patch_instance(self, instance_id: int | str, body: dict) -> dict:  # PATCH with a partial body
         return remember_tokens(self._json("PATCH", _instance_path(instance_id), body))
 
     def delete_instance(self, instance_id: int | str) -> bool:

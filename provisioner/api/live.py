@@ -24,7 +24,9 @@ LISTING_TRIES = 3  # a listing read while other runs write may shift between pag
 class InstanceReader(Protocol):
     settings: ClientSettings
 
-    def instance_pages(self, tags: tuple[str, ...] | list[str] = ()) -> Generator[list, None, None]: ...
+    def instance_pages(
+        self, tags: tuple[str, ...] | list[str] = (), hydrate: bool = True
+    ) -> Generator[list, None, None]: ...
 
     def get_instance(self, instance_id: int | str) -> dict: ...
 
@@ -38,6 +40,9 @@ class LiveInstance:
     configuration: Mapping[str, Any] | None
     token: Secret | None
     created: str
+    valid: bool = True  # false: the provider refused its credentials
+    disabled: bool = False
+    hub: str | None = None  # its element's hub, for the hub ping
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any], configuration: bool = True) -> LiveInstance:
@@ -57,6 +62,9 @@ class LiveInstance:
             configuration=config if configuration and isinstance(config, Mapping) else None,
             token=Secret(token, token=True) if isinstance(token, str) and token else None,
             created=str(data.get("createdDate") or ""),
+            valid=data.get("valid") is not False,
+            disabled=data.get("disabled") is True,
+            hub=element.get("hub") if isinstance(element, Mapping) and isinstance(element.get("hub"), str) else None,
         )
 
     def owned_by(self, stack: str) -> bool:
@@ -99,7 +107,7 @@ def read_live(
     started, limits = time.monotonic(), client.settings
     for attempt in range(1, LISTING_TRIES + 1):
         instances, seen = [], set[Any]()
-        pages = client.instance_pages((stack_marker(stack),) if owned_only else ())
+        pages = client.instance_pages((stack_marker(stack),) if owned_only else (), hydrate=configuration)
         try:
             with closing(pages):
                 for page in pages:
@@ -128,6 +136,8 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "token": (str,),
     "element": (Mapping, str),
     "createdDate": (str,),
+    "valid": (bool,),
+    "disabled": (bool,),
 }
 
 

@@ -13,8 +13,9 @@ import click
 
 from ..engine import savedplan
 from ..engine import stages as engine
+from ..engine.health import check as check_health
 from ..engine.outputs import format_env, format_json, write_outputs
-from ..engine.plan import Action, Plan
+from ..engine.plan import Action, Plan, check_reauthenticate
 from ..errors import UserError
 from ..manifest.load import DEFAULT_MAX_FOREACH
 from ..manifest.yamlload import DEFAULT_MAX_BYTES
@@ -25,6 +26,7 @@ from .options import (
     ENV_RENDER,
     FORMATS,
     ApplyArgs,
+    CheckArgs,
     Command,
     DestroyArgs,
     ImportArgs,
@@ -38,6 +40,7 @@ from .options import (
     input_options,
     output_format_options,
     parsed,
+    ping_option,
     plan_options,
     progress_option,
 )
@@ -102,6 +105,7 @@ def plan(args: PlanArgs) -> None:
         if args.out:
             checked_path(args.out, "saved plan")  # before any request: a device or FIFO is refused now
         validated = run.validated(args)
+        check_reauthenticate(validated.desired, validated.registry, args.plan)  # before any request
         with run.connected(args, validated, read_only=True) as (options, connection):
             the_plan = engine.plan(validated, connection, options)
             saved = None
@@ -181,6 +185,7 @@ def _apply_like(run: Run, args: ApplyArgs | DestroyArgs, saved: savedplan.SavedP
     if args.outputs_path:
         checked_path(args.outputs_path, "outputs file")  # before any request, not after the writes
     validated = run.validated(args)
+    check_reauthenticate(validated.desired, validated.registry, args.plan)  # before any request
     with run.connected(args, validated) as (options, connection):
         if saved is not None:
             savedplan.check_before_reading(saved, validated, connection, args.local)
@@ -215,6 +220,7 @@ def _from_saved(saved: savedplan.SavedPlan, args: ApplyArgs) -> ApplyArgs:
         (given.targets, "--target"),
         (given.excludes, "--exclude"),
         (given.allow_destroy, "--allow-destroy"),
+        (given.reauthenticate, "--reauthenticate"),
     ):
         if value:
             raise UserError(
@@ -241,6 +247,7 @@ def _from_saved(saved: savedplan.SavedPlan, args: ApplyArgs) -> ApplyArgs:
         targets=fixed.targets,
         excludes=fixed.excludes,
         allow_destroy=fixed.allow_destroy,
+        reauthenticate=fixed.reauthenticate,
     )
 
 
@@ -298,6 +305,30 @@ def drift(args: Online) -> None:
             report = engine.drift(validated, connection)
         run.reporter.drift(report, connection.stats.as_dict())
         return EXIT_CHANGES if report.has_drift else EXIT_OK
+
+    run.exit(body)
+
+
+@click.command(cls=Command, epilog=ENV_API)
+@input_options(output=WITH_MARKDOWN)
+@api_options
+@ping_option()
+@parsed(CheckArgs)
+def check(args: CheckArgs) -> None:
+    """Report whether each declared instance works: healthy, invalid, disabled or missing; it never writes.
+
+    One listing of the stack's instances; --ping also calls each instance's hub ping with its own token.
+    Exit 0: all healthy; 2: any is not; 1: error. An invalid instance comes with the command that sends
+    its credentials again. -o markdown prints a table, for a CI step summary.
+    """
+    run = Run("check", args.reporter, args.verbose)
+
+    def body() -> int:
+        validated = run.validated(args)
+        with run.connected(args, validated, read_only=True) as (_, connection):
+            report = check_health(validated, connection, args.ping, args.parallelism, args.apply_command())
+        run.reporter.health(report, connection.stats.as_dict())
+        return EXIT_OK if report.healthy else EXIT_CHANGES
 
     run.exit(body)
 
@@ -428,4 +459,4 @@ def render(args: RenderArgs) -> None:
     run.exit(body)
 
 
-COMMANDS = (validate, plan, apply, destroy, drift, output, import_, render, show)
+COMMANDS = (validate, plan, apply, destroy, drift, check, output, import_, render, show)

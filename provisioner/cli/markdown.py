@@ -22,10 +22,11 @@ from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
 from ..closedsets import assert_never
+from ..engine import health
 from ..engine.apply import ApplyResult, ChangeResult
 from ..engine.diff import DiffOp, FieldDiff
 from ..engine.drift import CATEGORIES, DriftReport, Finding, summary_line
-from ..engine.plan import ACTIONS, Action, Change, Plan
+from ..engine.plan import ACTIONS, WRITES, Action, Change, Plan
 from ..secret import SENSITIVE, escape
 from .report import _PAST, _SYMBOLS, LIST_LIMIT, RedactingWriter, TextReporter, _request
 
@@ -107,7 +108,7 @@ def plan_markdown(plan: Plan, command: str = "plan", verbose: bool = False) -> s
     counts = plan.counts()
     rows = [(_LABELS.get(a, a), counts[a]) for a in ACTIONS]
     changed = [(c, None) for c in plan.changes if c.action != "noop" or c.warning or verbose]
-    pending = sum(counts[a] for a in (Action.CREATE, Action.UPDATE, Action.REPLACE, Action.DELETE))
+    pending = sum(counts[a] for a in WRITES)
     verdict = (
         "No changes: the instances match the manifest."
         if not plan.has_changes and not plan.has_conflicts
@@ -213,6 +214,25 @@ def drift_markdown(report: DriftReport, stats: dict[str, Any], verbose: bool = F
     return "\n\n".join(blocks) + "\n"
 
 
+def health_markdown(report: health.HealthReport, stats: dict[str, Any]) -> str:
+    """A health check as Markdown: verdict, then one table row per declared instance (and one table of
+    the instances the stack owns but no longer declares)."""
+    headers = ("instance", "element", "id", "status", "detail", "run")
+
+    def rows(entries: Sequence[health.Health]) -> list[tuple[Any, ...]]:
+        return [
+            (h.name, h.element, h.id if h.id is not None else "", h.status, h.detail, h.command or "") for h in entries
+        ]
+
+    verdict = health.summary_line(report)
+    blocks = [f"### provisioner check: stack {code(report.stack)}", verdict if report.healthy else f"**{verdict}**"]
+    blocks.append(table(headers, rows(report.instances)))
+    if report.undeclared:
+        blocks += ["Owned by the stack, no longer declared:", table(headers, rows(report.undeclared))]
+    blocks.append(f"Read only: {stats.get('requests', 0)} request(s), {stats.get('retries', 0)} retries.")
+    return "\n\n".join(blocks) + "\n"
+
+
 class MarkdownReporter(TextReporter):
     """Plans, apply results and drift reports as Markdown on stdout; everything else as the text reporter
     writes it."""
@@ -238,3 +258,6 @@ class MarkdownReporter(TextReporter):
 
     def drift(self, report: DriftReport, stats: dict[str, Any]) -> None:
         self._write(drift_markdown(report, stats, self.verbose))
+
+    def health(self, report: health.HealthReport, stats: dict[str, Any]) -> None:
+        self._write(health_markdown(report, stats))

@@ -170,10 +170,12 @@ class Shaped(Online):
     targets: tuple[str, ...]
     excludes: tuple[str, ...]
     allow_destroy: tuple[str, ...]
+    reauthenticate: tuple[str, ...]
 
     @property
     def plan(self) -> PlanOptions:
         return PlanOptions(
+            reauthenticate=self.reauthenticate,
             prune=self.prune,
             allow_replace=self.allow_replace,
             force=self.force,
@@ -227,6 +229,17 @@ class OutputArgs(Online):
     @property
     def reporter(self) -> str:
         return "json" if self.output == "json" else "text"  # errors are JSON only when -o json is given
+
+
+@dataclass(frozen=True)
+class CheckArgs(Online):
+    ping: bool
+
+    def apply_command(self) -> list[str]:
+        """The apply command of this manifest and inputs, for the fixes ``check`` suggests."""
+        command = ["provisioner", "apply", self.manifest, *(a for f in self.inputs for a in ("--inputs", f))]
+        command += [a for s in self.sets for a in ("--set", s)] + [a for d in self.schemas for a in ("--schemas", d)]
+        return command + (["--local"] if self.local else [])
 
 
 @dataclass(frozen=True)
@@ -306,6 +319,9 @@ HELP = {  # each option's help text, by its long name (an option that differs by
     "Prune and duplicate clean-up stay inside the selection.",
     "--exclude": "Leave out the declared instances matching PATTERN (same forms as --target; repeatable).",
     "--allow-destroy": "Lift the protection (protect: true) of instance NAME for this run (repeatable).",
+    "--reauthenticate": "Send the declared credentials of instance NAME again for the provider to check "
+    "(PUT ?reAuthenticate=true; id and token kept). Repeatable; not for OAuth instances.",
+    "--ping": "Also call each instance's hub ping with its own token, in parallel (--parallelism).",
     "--progress/--no-progress": "Show progress on stderr for long runs.",
 }
 
@@ -393,12 +409,17 @@ def plan_options(f: Callable | None = None, *, planning: bool = False) -> Callab
             option("--target", "targets", multiple=True, metavar="PATTERN"),
             option("--exclude", "excludes", multiple=True, metavar="PATTERN"),
             allow_destroy_option(),
+            option("--reauthenticate", multiple=True, metavar="NAME"),
         ],
     )
 
 
 def allow_destroy_option() -> Callable:
     return option("--allow-destroy", multiple=True, metavar="NAME")
+
+
+def ping_option() -> Callable:
+    return option("--ping", is_flag=True)
 
 
 def progress_option() -> Callable:

@@ -19,6 +19,7 @@ from typing import IO, Any, Protocol, cast
 
 from ..api.stats import plural
 from ..closedsets import assert_never
+from ..engine import health
 from ..engine.apply import ApplyResult, ChangeResult, Status
 from ..engine.diff import DiffOp, FieldDiff
 from ..engine.drift import DriftReport, summary_line, text_lines
@@ -44,6 +45,10 @@ def _looks(action: Action) -> tuple[str, str, str | None]:
             return "-", "red", "deleted"
         case Action.ADOPT:
             return "<=", "cyan", "adopted"
+        case Action.DISABLE | Action.ENABLE:
+            return ("||", "yellow", "disabled") if action == Action.DISABLE else ("|>", "green", "enabled")
+        case Action.REAUTHENTICATE:
+            return "@", "cyan", "re-authenticated"
         case Action.CONFLICT:
             return "!", "red", None
         case Action.NOOP:
@@ -140,6 +145,7 @@ class Reporter(Protocol):
         self, result: ApplyResult, stats: dict[str, Any], command: str = "apply", outputs: str | None = None
     ) -> None: ...
     def drift(self, report: DriftReport, stats: dict[str, Any]) -> None: ...
+    def health(self, report: health.HealthReport, stats: dict[str, Any]) -> None: ...
     def error(self, command: str, message: str, hint: str | None = None) -> None: ...
     def document(self, command: str, data: dict[str, Any], lines: list[str]) -> None:
         """The result of a command that is neither a plan nor an apply (schemas, import, render)."""
@@ -238,6 +244,9 @@ class JsonReporter:
     def drift(self, report: DriftReport, stats: dict[str, Any]) -> None:
         self._emit({"command": "drift", "ok": True, **report.to_json(), "requests": stats})
 
+    def health(self, report: health.HealthReport, stats: dict[str, Any]) -> None:
+        self._emit({"command": "check", "ok": True, **report.to_json(), "requests": stats})
+
     def error(self, command: str, message: str, hint: str | None = None) -> None:
         self._emit({"command": command, "ok": False, "error": {"message": message, "hint": hint}})
 
@@ -332,6 +341,10 @@ class TextReporter:
         self.out.lines(text_lines(report))
         self.out.print(summary_line(report))
 
+    def health(self, report: health.HealthReport, stats: dict[str, Any]) -> None:
+        self.out.lines(health.text_lines(report))
+        self.out.print(health.summary_line(report))
+
     def error(self, command: str, message: str, hint: str | None = None) -> None:
         self.err.print(f"error: {message}" + (f" (hint: {hint})" if hint else ""), style="red")
 
@@ -349,6 +362,8 @@ def plan_summary(counts: dict[Action, int]) -> str:
         f"Plan: {counts[Action.CREATE]} to create, {counts[Action.UPDATE]} to update, {rename}"
         f"{counts[Action.REPLACE]} to replace, {counts[Action.DELETE]} to delete"
         + (f", {counts[Action.ADOPT]} to adopt" if counts.get(Action.ADOPT) else "")
+        + "".join(f", {counts[a]} to {a}" for a in (Action.DISABLE, Action.ENABLE) if counts.get(a))
+        + (f", {counts[Action.REAUTHENTICATE]} to re-authenticate" if counts.get(Action.REAUTHENTICATE) else "")
     )
     extra = [f"{counts[Action.NOOP]} unchanged"] + (
         [f"{counts[Action.CONFLICT]} conflict(s)"] if counts[Action.CONFLICT] else []
@@ -440,6 +455,7 @@ def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> 
         parts.insert(0, f"{done[Action.ADOPT]} adopted")
     if done[Action.RENAME]:
         parts.insert(2, f"{done[Action.RENAME]} renamed")
+    parts.extend(f"{done[a]} {_PAST[a]}" for a in (Action.DISABLE, Action.ENABLE, Action.REAUTHENTICATE) if done[a])
     parts.append(f"{status[Status.FAILED]} failed")
     parts.append(f"{status[Status.SKIPPED] - conflicts - protected} skipped")
     if conflicts:

@@ -27,6 +27,8 @@ BASE_PATH = "/elements/api-v2"
 MAX_PAGE_SIZE = 200  # also the default
 AUTH_MESSAGE = "Invalid Organization or User secret, or invalid Element token provided."
 USER = {"id": 1, "emailAddress": "emulator@localhost.invalid", "firstName": "Emulator", "lastName": "User"}
+_FIXED = {"provisionInteractions": [], "maxCacheSize": 0, "cacheTimeToLive": 0, "traceLoggingEnabled": False}
+_FIXED |= {"cachingEnabled": False, "externalAuthentication": "none", "user": USER}  # every instance's
 _TAG_RE = re.compile(r"<[/!?]?[A-Za-z][^<>]*>|<!--.*?-->|<![^<>]*>", re.DOTALL)  # HTML markup, stripped
 _NOT_AN_ELEMENT = "element must be an object with a key or an id"
 
@@ -44,7 +46,9 @@ _ROUTES = [
         ("instances", {"GET": "_list_instances", "POST": "_create"}),
         ("instances/count", {"GET": "_count"}),
         ("instances/*", _INSTANCE),
+        ("instances/*/enabled", {"PUT": "_set_enabled", "DELETE": "_set_enabled"}),
         ("instances/*/configuration", {"GET": "_instance_configuration"}),
+        ("hubs/*/ping", {"GET": "_ping"}),
         ("instances/*/configuration/*", {"GET": "_get_config_record", "PATCH": "_patch_config_record"}),
     )
 ]
@@ -156,6 +160,8 @@ class ApiRequest:
 
     query: dict[str, list[str]]
     json: Any = None
+    method: str = "GET"
+    authorization: str | None = None
 
     def last(self, name: str, default: str | None = None) -> str | None:
         """The last value of a query parameter."""
@@ -188,15 +194,16 @@ class Api:
             raise ApiFailure(401, AUTH_MESSAGE)
         rest = path[len(BASE_PATH) :].strip("/")
         segments = [unquote(s) for s in rest.split("/")] if rest else []
-        route = next((r for r in _ROUTES if len(r[0]) == len(segments) and all(map(_fits, r[0], segments))), None)
+        fits = lambda pattern, segment: pattern in ("*", segment)  # noqa: E731
+        route = next((r for r in _ROUTES if len(r[0]) == len(segments) and all(map(fits, r[0], segments))), None)
         if route is None:
             raise ApiFailure(404, f"No resource found at {path}")
         parts, methods = route
         if method not in methods:
             allowed = ", ".join(sorted(methods))
             raise ApiFailure(405, f"Method {method} is not allowed on {path} (allowed: {allowed})", {"Allow": allowed})
-        request = ApiRequest(parse_qs(query, keep_blank_values=True))
-        if method in ("POST", "PUT", "PATCH"):
+        request = ApiRequest(parse_qs(query, keep_blank_values=True), None, method, headers.get("Authorization"))
+        if method in ("POST", "PUT", "PATCH") and (body or methods[method] != "_set_enabled"):
             media = (headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
             if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
                 raise ApiFailure(415, "Unsupported media type: the request body must be application/json")
@@ -222,15 +229,13 @@ class Api:
             raise ApiFailure(404, f"No element found with key or id '{key_or_id}'")
         return element
 
-    def _list_elements(self, req: ApiRequest) -> Response:
-        """GET /elements: every element, without configuration definitions."""
+    def _list_elements(self, req: ApiRequest) -> Response:  # without configuration definitions
         return Response(200, [e.public for e in self.catalog.elements])
 
     def _element_keys(self, req: ApiRequest) -> Response:
         return Response(200, self.catalog.keys())
 
-    def _get_element(self, req: ApiRequest, key_or_id: str) -> Response:
-        """GET /elements/{keyOrId}: the element with its configuration definitions."""
+    def _get_element(self, req: ApiRequest, key_or_id: str) -> Response:  # with configuration definitions
         return Response(200, self._element(key_or_id).with_configuration())
 
     def _element_configuration(self, req: ApiRequest, key_or_id: str) -> Response:
@@ -320,17 +325,11 @@ class Api:
             "element": reported.public,
             "elementId": reported.id,
             "tags": row.tags,
-            "provisionInteractions": [],
-            "valid": True,
-            "disabled": False,
-            "maxCacheSize": 0,
-            "cacheTimeToLive": 0,
+            "valid": row.valid,
+            "disabled": row.disabled,
             **({"configuration": element.render_configuration(row.configuration)} if hydrate else {}),
             "eventsEnabled": str(events).lower() == "true",
-            "traceLoggingEnabled": False,
-            "cachingEnabled": False,
-            "externalAuthentication": "none",
-            "user": USER,
+            **_FIXED,
         }
 
     # -- instances ------------------------------------------------------------------------------
@@ -395,15 +394,13 @@ class Api:
         return row
 
     @staticmethod
-    def _instance_id(text: str) -> int:
-        """Parse an instance id; anything but a plain integer is a 404."""
+    def _instance_id(text: str) -> int:  # anything but a plain integer is a 404
         if not (text.isascii() and text.isdigit()) or len(text) > 18:
             raise ApiFailure(404, f"No instance found with ID {text}")
         return int(text)
 
     @staticmethod
-    def _in_scope(row: InstanceRow, scope: Element | None) -> bool:
-        """True if no scope, or the instance belongs to the scope element (key or reported key)."""
+    def _in_scope(row: InstanceRow, scope: Element | None) -> bool:  # the instance's element or reported one
         return scope is None or scope.key in (row.element_key, row.reported_key)
 
     def _target(self, path: tuple[str, ...]) -> tuple[str, Element | None]:
@@ -427,17 +424,56 @@ class Api:
         return Response(200, self.render(self._row(*self._target(path))))
 
     def _put_instance(self, req: ApiRequest, *path: str) -> Response:
-        """PUT /instances/{id}: replace name, tags and the whole configuration."""
-        body = req.json
+        """PUT /instances/{id}: replace name, tags and the whole configuration. With
+        ``reAuthenticate=true`` the provider checks the credentials again: it refuses (400, and the
+        instance turns ``valid: false``) the secret values ``EmulatorDB.refuse_credentials`` marked;
+        any other values make it valid again. Id and token stay."""
+        body, again = req.json, (req.last("reAuthenticate") or "").lower() == "true"
+        refused: list[InstanceRow] = []
 
         def change(row: InstanceRow) -> InstanceRow:
             self._check_same_element(body.get("element"), row)
             name, tags = self._name(body), self._tags(body.get("tags"))
             config = self._configuration(body.get("configuration"))
             self._validate(self._element_of(row), config)
-            return replace(row, name=name, tags=tags, configuration=config)
+            new = replace(row, name=name, tags=tags, configuration=config)
+            if again and row.refused and self._same_secrets(row, config):
+                refused.append(row)
+                raise ApiFailure(400, "Re-authentication failed: the provider refused the instance's credentials")
+            return replace(new, valid=True, refused=False) if again else new
 
-        return self._update(*self._target(path), change)
+        try:
+            return self._update(*self._target(path), change)
+        except ApiFailure:
+            if refused:  # the refusal leaves the instance invalid
+                self.store.update_instance(refused[0].id, lambda row: replace(row, valid=False))
+            raise
+
+    def _same_secrets(self, row: InstanceRow, config: dict) -> bool:
+        """Whether ``config`` holds the secret values the instance has (compared as sealed digests)."""
+        keys = self.catalog.secret_keys(row.element_key)
+        return all(row.configuration.get(k) == config.get(k) for k in keys if config.get(k) or row.configuration.get(k))
+
+    def _set_enabled(self, req: ApiRequest, text: str) -> Response:
+        """PUT /instances/{id}/enabled enables the instance, DELETE disables it (hub calls with its
+        token answer 403 meanwhile)."""
+        return self._update(text, None, lambda row: replace(row, disabled=req.method == "DELETE"))
+
+    def _ping(self, req: ApiRequest, hub: str) -> Response:
+        """GET /hubs/{hub}/ping with ``Element <token>``: 401 for no such token (a deleted instance),
+        404 for an instance of another hub, 403 while it is disabled or its credentials are refused."""
+        token = (auth_parts(req.authorization) or {}).get("element", b"").decode("latin-1")
+        row = self.store.get_instance(token=token) if token else None
+        if row is None:
+            raise ApiFailure(401, AUTH_MESSAGE)
+        element_hub = self._element_of(row).public.get("hub")
+        if element_hub != hub:
+            raise ApiFailure(404, f"No hub '{hub}' for element instance {row.id} (its hub is '{element_hub}')")
+        if row.disabled:
+            raise ApiFailure(403, f"Element instance {row.id} is disabled")
+        if not row.valid:
+            raise ApiFailure(403, f"The provider refused the credentials of element instance {row.id}")
+        return Response(200, {"endpoint": hub, "instanceId": row.id, "status": "ok"})
 
     def _patch_instance(self, req: ApiRequest, *path: str) -> Response:
         """PATCH /instances/{id}: name and/or tags (replacing the list); configuration merged."""
@@ -504,11 +540,6 @@ class Api:
 
         self._update(text, None, change)
         return Response(200, self._record(self._records(self._row(text)), config_id))
-
-
-def _fits(pattern_segment: str, segment: str) -> bool:
-    """A route's segment matches itself; "*" matches any."""
-    return pattern_segment in ("*", segment)
 
 
 @functools.lru_cache(maxsize=1)

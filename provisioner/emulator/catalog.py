@@ -52,8 +52,7 @@ def _require(ok: object, problem: str) -> None:
         raise ValueError(f"elements.json: {problem}")
 
 
-def strip_private(record: dict) -> dict:
-    """A copy of ``record`` without emulator-only ``x-`` fields."""
+def strip_private(record: dict) -> dict:  # without the emulator-only ``x-`` fields
     return {k: v for k, v in record.items() if not k.startswith("x-")}
 
 
@@ -69,8 +68,7 @@ def configuration_spelling(record: dict) -> dict:
     return {renamed.get(k, k): v for k, v in record.items()}
 
 
-def is_blank(value: object) -> bool:
-    """True for values that count as "not given" for required entries: absent, null or ""."""
+def is_blank(value: object) -> bool:  # "not given" for required entries: absent, null or ""
     return value is None or value == ""
 
 
@@ -129,8 +127,7 @@ class Element:
         self._listed = {d.key for d in self.definitions if not d.internal or d.key in SHOWN_INTERNAL_KEYS}
         self._positions = {d.key: i + 1 for i, d in enumerate(self.definitions)}
 
-    def with_configuration(self) -> dict:
-        """The element object as ``GET /elements/{keyOrId}`` serves it."""
+    def with_configuration(self) -> dict:  # as ``GET /elements/{keyOrId}`` serves it
         return {**self.served, "configuration": self.records}
 
     def configuration_document(self) -> dict:
@@ -187,8 +184,7 @@ class Element:
             return MASK
         return value
 
-    def render_configuration(self, config: dict) -> dict:
-        """The ``configuration`` map of an instance response."""
+    def render_configuration(self, config: dict) -> dict:  # of an instance response
         return {key: self.shown_value(config, key) for key in self.listed_keys(config)}
 
     def config_ids(self, instance_id: int, config: dict) -> list[tuple[int, str]]:
@@ -241,5 +237,4 @@ class Catalog:
         return frozenset(d.key for d in element.definitions if d.secret) if element else frozenset()
 
     def keys(self) -> list[str]:
-        """All element keys, sorted."""
         return sorted(self._by_key)

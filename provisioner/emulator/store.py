@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS instance_users (
 """
 
 _INSTANCE_COLUMNS = "id, name, element_key, reported_key, tags, configuration, token, created_date, updated_date"
+_INSTANCE_COLUMNS += ", valid, disabled, refused"
+_HEALTH_COLUMNS = ("valid INTEGER NOT NULL DEFAULT 1", "disabled INTEGER DEFAULT 0", "refused INTEGER DEFAULT 0")
 _REQUEST_COLUMNS = ("id", "ts", "method", "path", "query", "status", "fault", "durationMs")
 _WRITE = "BEGIN IMMEDIATE"
 _SEALED_FIELD = "$sealed"  # stored values are strings or null: an object is always a sealed value
@@ -150,13 +152,17 @@ class InstanceRow:
     token: str
     created_date: str
     updated_date: str
+    valid: bool = True  # false once the provider refused its credentials
+    disabled: bool = False  # DELETE /instances/{id}/enabled
+    refused: bool = False  # ``EmulatorDB.refuse_credentials``: the provider refuses the stored credentials
 
     @classmethod
     def from_sql(cls, row: tuple, key: bytes) -> InstanceRow:
         """Build from a SELECT of ``_INSTANCE_COLUMNS``."""
-        id_, name, element_key, reported_key, tags, configuration, token, created, updated = row
+        id_, name, element_key, reported_key, tags, configuration, token, created, updated, *health = row
         config = _load_configuration(configuration, key)
-        return cls(id_, name, element_key, reported_key, json.loads(tags), config, token, created, updated)
+        flags = (bool(f) for f in health)
+        return cls(id_, name, element_key, reported_key, json.loads(tags), config, token, created, updated, *flags)
 
 
 @dataclass(frozen=True)
@@ -184,6 +190,9 @@ class Store:
         for pragma in ("journal_mode=WAL", "synchronous=OFF", "foreign_keys=ON", f"user_version={SCHEMA_VERSION}"):
             self._conn.execute(f"PRAGMA {pragma}")
         self._conn.executescript(_SCHEMA)
+        for column in _HEALTH_COLUMNS:  # added to a new table, or to one made before they existed
+            with suppress(sqlite3.OperationalError):
+                self._conn.execute(f"ALTER TABLE instances ADD COLUMN {column}")
         self._conn.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('digest_key', ?)", (secrets.token_bytes(32),)
         )
@@ -243,10 +252,11 @@ class Store:
             "INSERT OR IGNORE INTO instance_tags (tag, instance_id) VALUES (?, ?)", [(tag, instance_id) for tag in tags]
         )
 
-    def get_instance(self, instance_id: int) -> InstanceRow | None:
-        """One instance, or None."""
+    def get_instance(self, instance_id: int | None = None, token: str | None = None) -> InstanceRow | None:
+        """One instance by id (or by its token), or None."""
+        where, value = ("id", instance_id) if token is None else ("token", token)
         with self._locked() as conn:
-            row = conn.execute(f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE id = ?", (instance_id,)).fetchone()
+            row = conn.execute(f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE {where} = ?", (value,)).fetchone()
         return InstanceRow.from_sql(row, self._key) if row else None
 
     def update_instance(self, instance_id: int, change: Callable[[InstanceRow], InstanceRow]) -> InstanceRow | None:
@@ -260,16 +270,10 @@ class Store:
             new = replace(change(old), updated_date=utc_now())
             new = replace(new, configuration=seal(new.configuration, self._secret_keys(new.element_key), self._key))
             conn.execute(
-                "UPDATE instances SET name = ?, name_search = ?, tags = ?, configuration = ?,"
-                " updated_date = ? WHERE id = ?",
-                (
-                    new.name,
-                    new.name.lower(),
-                    _dumps(new.tags),
-                    _dumps(new.configuration),
-                    new.updated_date,
-                    instance_id,
-                ),
+                "UPDATE instances SET name = ?, name_search = ?, tags = ?, configuration = ?, updated_date = ?,"
+                " valid = ?, disabled = ?, refused = ? WHERE id = ?",
+                (new.name, new.name.lower(), _dumps(new.tags), _dumps(new.configuration), new.updated_date)
+                + (new.valid, new.disabled, new.refused, instance_id),
             )
             if new.tags != old.tags:
                 self._write_tags(conn, instance_id, new.tags)
@@ -288,12 +292,10 @@ class Store:
             return [r[0] for r in conn.execute(sql, (instance_id,))]
 
     def count_instances(self) -> int:
-        """How many instances exist."""
         with self._locked() as conn:
             return conn.execute("SELECT count(*) FROM instances").fetchone()[0]
 
-    def parse_row(self, row: tuple) -> InstanceRow:
-        """An instance from a raw row of ``list_rows``."""
+    def parse_row(self, row: tuple) -> InstanceRow:  # a raw row of ``list_rows``
         return InstanceRow.from_sql(row, self._key)
 
     def list_rows(self, query: ListQuery) -> tuple[list[tuple], int, bool]:
@@ -371,6 +373,7 @@ class EmulatorDB:
         return [
             {"id": i.id, "name": i.name, "element": i.element_key, "tags": i.tags, "configuration": i.configuration}
             | {"token": i.token, "createdDate": i.created_date, "updatedDate": i.updated_date}
+            | {"valid": i.valid, "disabled": i.disabled}
             for i in (InstanceRow.from_sql(row, key) for row in rows)
         ]
 
@@ -383,7 +386,6 @@ class EmulatorDB:
         return [dict(zip(_REQUEST_COLUMNS, row, strict=True)) for row in rows]
 
     def clear_requests(self) -> None:
-        """Empty the request log."""
         with self._connect() as conn:
             conn.execute("DELETE FROM requests")
 
@@ -398,6 +400,14 @@ class EmulatorDB:
                 )
             except sqlite3.IntegrityError:
                 raise KeyError(f"no instance with id {instance_id}") from None
+
+    def refuse_credentials(self, instance_id: int) -> None:
+        """Make the provider refuse the instance's stored credentials (a password changed at the
+        provider): it becomes ``valid: false``, and ``reAuthenticate=true`` fails until it sends other
+        secret values. KeyError if there is no such instance."""
+        with self._connect() as conn:
+            if not conn.execute("UPDATE instances SET valid = 0, refused = 1 WHERE id = ?", (instance_id,)).rowcount:
+                raise KeyError(f"no instance with id {instance_id}")
 
     def release(self, instance_id: int) -> None:
         """Undo every ``mark_in_use`` of the instance."""

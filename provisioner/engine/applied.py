@@ -92,6 +92,8 @@ def live_value(live: Any, path: FieldPath, schema: ElementSchema | None) -> Any:
             return PROTECT_TAG in live.tags
         case "name":
             return live.name
+        case "enabled":
+            return not live.disabled
         case "configuration":
             assert path.key is not None
             value = (live.configuration or {}).get(path.key)

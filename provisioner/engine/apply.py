@@ -204,7 +204,7 @@ class Applier:
             return
         if outcome.posted and result.status == Status.OK:
             self._made.add((*key, str(result.id)))
-        if result.http_status in (401, 403) and self.aborted is None:
+        if result.http_status in (401, 403) and self.aborted is None and change.action != Action.REAUTHENTICATE:
             self.aborted = f"the API refused the credentials of target {change.target!r}"
         results[index] = result
         self.progress(result)
@@ -228,7 +228,8 @@ class Applier:
             outcome.posted, outcome.abort = False, exc.message
             outcome.result = ChangeResult(change, Status.FAILED if done_part else Status.SKIPPED, error=exc.message)
         except Unauthorized as exc:
-            self.stop.set()
+            if change.action != Action.REAUTHENTICATE:  # there, the provider refused that instance's credentials
+                self.stop.set()
             outcome.result = _failed(change, exc)
         except (ApiError, TransportError) as exc:
             outcome.result = _failed(change, exc)
@@ -245,7 +246,10 @@ class Applier:
                 assert change.desired is not None
                 client.delete_instance(change.id)
                 return self._create(change, client, outcome)
-            case Action.ADOPT | Action.UPDATE | Action.RENAME:
+            case Action.DISABLE | Action.ENABLE:  # the enabled endpoint, and nothing else
+                client.set_enabled(change.id, change.action == Action.ENABLE)
+                return ChangeResult(change, Status.OK, id=change.id, token=_live_token(change))
+            case Action.ADOPT | Action.UPDATE | Action.RENAME | Action.REAUTHENTICATE:
                 return self._modify(change, client)
             case Action.NOOP | Action.CONFLICT | Action.PROTECTED:
                 raise AssertionError(f"{change.action} is not a write: apply never sends it")
@@ -253,20 +257,25 @@ class Applier:
                 assert_never(change.action)
 
     def _modify(self, change: Change, client: Any) -> ChangeResult:
-        """Adopt, update or rename an instance in place: its id and token stay."""
+        """Adopt, update, rename or re-authenticate an instance in place: its id and token stay. An
+        ``enabled`` field in the diff is set afterwards, with the enabled endpoint."""
         desired = change.desired
         assert desired is not None
         schema = self.registry.get(desired.element)
         fp = self.fingerprints[change.target]
         assert schema is not None
         live_tags = change.live.tags if change.live else ()
-        if change.action == Action.ADOPT:  # one PATCH: marker, fingerprints, declared configuration
+        if change.action == Action.REAUTHENTICATE:  # the full body, for the provider to check again
+            data = client.reauthenticate_instance(change.id, put_body(desired, schema, fp, live_tags, change.diff))
+        elif change.action == Action.ADOPT:  # one PATCH: marker, fingerprints, declared configuration
             data = client.patch_instance(change.id, adopt_body(desired, schema, fp, live_tags, change.diff))
         elif modify_verb(change) == "PATCH":
             rename = change.action == Action.RENAME  # PATCH name and tags: id and token stay
             data = client.patch_instance(change.id, patch_body(desired, schema, fp, live_tags, rename))
         else:
             data = client.update_instance(change.id, put_body(desired, schema, fp, live_tags, change.diff))
+        if any(d.path.section == "enabled" for d in change.diff):
+            client.set_enabled(change.id, desired.enabled)
         return ChangeResult(change, Status.OK, id=change.id, token=_token(data) or _live_token(change))
 
     def _create(self, change: Change, client: Any, outcome: _Outcome) -> ChangeResult:
@@ -276,6 +285,8 @@ class Applier:
         assert schema is not None
         outcome.posted = True
         data = client.create_instance(create_body(desired, schema, self.fingerprints[change.target], self.run_tag))
+        if not desired.enabled:  # declared disabled from the start
+            client.set_enabled(data["id"], False)
         return ChangeResult(change, Status.OK, id=data["id"], token=_token(data))
 
     # -- creates whose outcome is unknown ------------------------------------------------------

@@ -27,7 +27,7 @@ class DiffOp(StrEnum):
     REMOVE = "remove"
 
 
-Section = Literal["element", "name", "tags", "protect", "configuration"]
+Section = Literal["element", "name", "tags", "protect", "configuration", "enabled"]
 
 
 class FieldPath(NamedTuple):

@@ -17,7 +17,10 @@ Findings, each ``drift`` (the server changed) or ``pending`` (the manifest chang
 * ``unmanaged-namesake``: an instance with a declared name and no stack marker at all (drift); another
   stack's instances are invisible here, as they are to ``plan``;
 * ``undeclared``: owned by the stack, no longer declared (pending: ``--prune`` deletes it);
-* ``renamed``: owned under a name listed in ``previousNames`` (pending: apply renames it).
+* ``renamed``: owned under a name listed in ``previousNames`` (pending: apply renames it);
+* ``disabled`` / ``enabled``: the instance is disabled (enabled) on the server while the manifest
+  declares it enabled (``enabled: false``). Drift: the enabled endpoint writes no record on the
+  instance, so a manifest that changed since the last apply looks the same (``plan`` shows the fix).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 from ..api.live import LiveInstance
 from ..closedsets import assert_never
@@ -37,7 +40,9 @@ from .diff import FieldDiff, FieldPath, FingerprintContext
 from .plan import Action, Change, Plan
 
 Kind = Literal["drift", "pending"]
-Category = Literal["changed", "secret", "missing", "extra-copy", "unmanaged-namesake", "undeclared", "renamed"]
+Category = Literal[
+    "changed", "secret", "missing", "extra-copy", "unmanaged-namesake", "undeclared", "renamed", "disabled", "enabled"
+]
 CATEGORIES: tuple[Category, ...] = get_args(Category)  # in this order in the JSON summary
 
 
@@ -165,8 +170,15 @@ def _findings(change: Change, registry: ElementRegistry, fp: FingerprintContext 
             found.append(Finding("renamed", "pending", detail=f"owned as {old!r}; apply renames it", **common))
         case Action.NOOP | Action.CONFLICT | Action.UPDATE | Action.REPLACE | Action.ADOPT | Action.PROTECTED:
             pass  # only their fields can differ
+        case Action.DISABLE | Action.ENABLE | Action.REAUTHENTICATE:
+            pass  # the enabled state, below
         case _:
             assert_never(change.action)
+    for diff in change.diff:
+        if diff.path.section == "enabled":
+            state, declared = ("disabled", "enabled") if diff.new else ("enabled", "disabled (enabled: false)")
+            detail = f"{state} on the server behind provisioner's back; the manifest declares it {declared}"
+            found.append(Finding(cast(Category, state), "drift", detail=detail, **common))
     if change.live is not None and change.desired is not None and fp is not None:
         found.extend(_field_findings(change, registry, fp, common))
     return found
@@ -182,7 +194,7 @@ def _field_findings(
     plain: dict[Kind, list[DriftField]] = {"drift": [], "pending": []}
     found = []
     for diff in change.diff:
-        if diff.path.section == "name":
+        if diff.path.section in ("name", "enabled"):
             continue
         if diff.sensitive:
             found.append(_secret(diff, live, common))

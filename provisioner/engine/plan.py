@@ -2,8 +2,14 @@
 
 ``make_plan`` compares the desired instances with the live ones of each target and returns an
 immutable ``Plan``: one ``Change`` per instance (create, update, rename, replace, delete, noop,
-conflict, protected), each with its reason and field diff. Every noop says why. It does no I/O;
-``apply`` executes a plan and does nothing else.
+conflict, protected, adopt, disable, enable, reauthenticate), each with its reason and field diff.
+Every noop says why. It does no I/O; ``apply`` executes a plan and does nothing else.
+
+An instance whose enabled state differs from ``enabled:`` (default true) gets a ``disable`` or
+``enable`` action, or, when other fields differ too, an ``enabled`` field in its update's diff.
+``--reauthenticate NAME`` turns the change of a declared instance into ``reauthenticate`` (its full
+body is sent again for the provider to check); ``check_reauthenticate`` refuses, before any request,
+a name that is not declared or is an OAuth instance.
 
 Identity is the stack marker plus the name. Stacks are isolated: an instance carrying another
 stack's marker is invisible to this one (never a conflict, never touched), so two stacks may declare
@@ -48,12 +54,17 @@ class Action(StrEnum):
     CONFLICT = "conflict"
     PROTECTED = "protected"
     ADOPT = "adopt"
+    DISABLE = "disable"
+    ENABLE = "enable"
+    REAUTHENTICATE = "reauthenticate"
 
 
 def _role(action: Action) -> Literal["write", "refusal", "none"]:
     """Writes are executed; refusals are shown, never executed, and the command exits 1."""
     match action:
         case Action.CREATE | Action.UPDATE | Action.RENAME | Action.REPLACE | Action.DELETE | Action.ADOPT:
+            return "write"
+        case Action.DISABLE | Action.ENABLE | Action.REAUTHENTICATE:
             return "write"
         case Action.CONFLICT | Action.PROTECTED:
             return "refusal"
@@ -108,6 +119,7 @@ class PlanOptions:
     targets: tuple[str, ...] = ()  # --target patterns
     excludes: tuple[str, ...] = ()  # --exclude patterns
     allow_destroy: tuple[str, ...] = ()  # names whose protection is lifted for this run
+    reauthenticate: tuple[str, ...] = ()  # names whose credentials are sent again (reAuthenticate=true)
 
     @property
     def selection(self) -> Selection:
@@ -167,6 +179,7 @@ def make_plan(
 ) -> Plan:
     """Compare desired with live, target by target, and decide what to do with each instance."""
     desired = list(desired)
+    check_reauthenticate(desired, registry, options)
     if options.prune and not desired and not options.force and not options.destroy:
         raise UserError(
             "--prune with a manifest that declares no instance would delete every instance of the stack",
@@ -192,7 +205,57 @@ def make_plan(
                 options,
             )
         )
+    if options.reauthenticate:
+        wanted = set(options.reauthenticate)
+        changes = [_reauthenticated(c) if c.desired is not None and c.name in wanted else c for c in changes]
     return Plan(stack, tuple(changes), options, left_out)
+
+
+def check_reauthenticate(desired: list[DesiredInstance], registry: ElementRegistry, options: PlanOptions) -> None:
+    """Refuse, before any request, a ``--reauthenticate`` name that is not declared (or left out by
+    --target/--exclude), or that is an OAuth instance: a new authorization code needs a browser."""
+    problems, hints = [], []
+    selection = options.selection
+    for name in options.reauthenticate:
+        found = [d for d in desired if d.name == name]
+        if not found:
+            problems.append(f"--reauthenticate {name}: no instance of that name is declared")
+            hints.append("declared: " + ", ".join(sorted({d.name for d in desired})[:20]))
+        elif selection.active and not any(selection.selects_desired(d) for d in found):
+            problems.append(f"--reauthenticate {name}: the instance is left out by --target/--exclude")
+            hints.append("select it with --target, or drop --reauthenticate")
+        elif oauth := [
+            d for d in found if (s := registry.get(d.element)) is not None and s.uses_oauth(d.configuration)
+        ]:
+            problems.append(
+                f"--reauthenticate {name}: element {oauth[0].element!r} authenticates with OAuth, and a new "
+                "authorization code needs a browser redirect, which provisioner cannot follow"
+            )
+            hints.append(
+                "re-authorize the instance in the Cloud Elements console (its id and token are kept), then run "
+                "provisioner check (docs: Manifest reference, OAuth elements)"
+            )
+    if problems:
+        raise UserError("; ".join(problems), hint="; ".join(dict.fromkeys(hints)))
+
+
+def _reauthenticated(change: Change) -> Change:
+    """A declared instance named by ``--reauthenticate``: its full declared body is sent again with
+    reAuthenticate=true, which also makes any update it had (and an enabled state is set after)."""
+    match change.action:
+        case Action.NOOP | Action.UPDATE | Action.RENAME | Action.DISABLE | Action.ENABLE:
+            why = (
+                "--reauthenticate: the declared credentials are sent again for the provider to check; id and token kept"
+            )
+            return replace(
+                change, action=Action.REAUTHENTICATE, reason=why + (f"; {change.reason}" if change.diff else "")
+            )
+        case Action.CREATE:
+            return replace(change, warning="--reauthenticate: not created yet; the create sends its credentials")
+        case Action.REPLACE | Action.DELETE | Action.CONFLICT | Action.PROTECTED | Action.ADOPT | Action.REAUTHENTICATE:
+            return replace(change, warning=f"--reauthenticate: not re-authenticated, it is planned as {change.action}")
+        case _:
+            assert_never(change.action)
 
 
 def _aliases(registry: ElementRegistry) -> dict[str | None, frozenset[str]]:
@@ -333,6 +396,7 @@ def _adopt(
             f"{live.element}, not {instance.element}; it cannot be adopted",
         )
     diffs = tuple(d for d in diff_instance(instance, live, schema, fp) if not d.sensitive and d.old != MASK)
+    diffs += _enabled_diff(instance, live)
     secrets = sorted(k for k in schema.secret_keys if instance.configuration.get(k) is not None)
     reason = (
         f"unmanaged instance id {live.id} is taken over: the stack's marker and fingerprints are added, "
@@ -391,11 +455,23 @@ def _compare(
             **common,
         )
     diffs = tuple(diff_instance(instance, live, schema, fp))
+    switch = _enabled_diff(instance, live)
+    if not diffs and switch:
+        action, why = (Action.ENABLE, "disabled on the server") if instance.enabled else (Action.DISABLE, "enabled")
+        return Change(action, reason=f"{why}, declared enabled: {str(instance.enabled).lower()}", diff=switch, **common)
     if not diffs:
         return Change(Action.NOOP, reason="up to date", **common)
+    also = f"; then {'enable' if instance.enabled else 'disable'}" if switch else ""
     if any(d.path.section == "configuration" for d in diffs):
-        return Change(Action.UPDATE, reason="configuration differs", diff=diffs, **common)
-    return Change(Action.UPDATE, reason="tags differ", diff=diffs, **common)
+        return Change(Action.UPDATE, reason="configuration differs" + also, diff=diffs + switch, **common)
+    return Change(Action.UPDATE, reason="tags differ" + also, diff=diffs + switch, **common)
+
+
+def _enabled_diff(instance: DesiredInstance, live: LiveInstance | None) -> tuple[FieldDiff, ...]:
+    """The ``enabled`` field, when the live instance's state differs from the declared one."""
+    if live is None or live.disabled != instance.enabled:
+        return ()
+    return (FieldDiff(DiffOp.CHANGE, FieldPath("enabled"), not live.disabled, instance.enabled),)
 
 
 def _rename(
@@ -409,11 +485,14 @@ def _rename(
     its fingerprints still match), then the new name is one more field to change."""
     compared = _compare(replace(instance, name=live.name), live, registry, fp, options)
     moved = replace(compared, name=instance.name, desired=instance)
-    if compared.action not in (Action.NOOP, Action.UPDATE):
+    if compared.action not in (Action.NOOP, Action.UPDATE, Action.DISABLE, Action.ENABLE):
         return replace(moved, reason=f"{compared.reason} (declared as {instance.name!r}, was {live.name!r})")
     diff = (FieldDiff(DiffOp.CHANGE, FieldPath("name"), live.name, instance.name), *compared.diff)
-    config = any(d.path.section == "configuration" for d in compared.diff)
-    what = "; configuration differs" if config else "; tags differ" if compared.diff else ""
+    sections = {d.path.section for d in compared.diff}
+    what = (
+        "; configuration differs" if "configuration" in sections else "; tags differ" if sections - {"enabled"} else ""
+    )
+    what += f"; then {'enable' if instance.enabled else 'disable'}" if "enabled" in sections else ""
     return replace(
         moved, action=Action.RENAME, diff=diff, reason=f"renamed from {live.name!r} (id and token kept){what}"
     )
@@ -464,6 +543,8 @@ def _create_diff(instance: DesiredInstance) -> tuple[FieldDiff, ...]:
         diffs.append(FieldDiff(DiffOp.ADD, FieldPath("tags"), None, list(instance.tags)))
     if instance.protect:
         diffs.append(FieldDiff(DiffOp.ADD, FieldPath("protect"), None, True))
+    if not instance.enabled:
+        diffs.append(FieldDiff(DiffOp.ADD, FieldPath("enabled"), None, False))
     for key in sorted(instance.configuration):
         value = instance.configuration[key]
         secret = isinstance(value, Secret)

@@ -9,7 +9,7 @@ fingerprint tags use, so nothing in it can be checked against a guessed value wi
 * ``desired``: per declared instance, one digest per field as rendered (secrets through their
   fingerprints), so a change of rendering is named field by field;
 * per change that writes, ``live.fields``: one digest per live field the decision was based on (name,
-  element, every tag, the compared configuration keys), for optimistic concurrency.
+  element, every tag, the enabled state, the compared configuration keys), for optimistic concurrency.
 
 Paths (manifest, inputs files, schema directories) are stored relative to the plan file and read
 relative to it, so a plan made in one directory applies from another.
@@ -114,6 +114,7 @@ class SavedPlan:
             targets=tuple(o["target"]),
             excludes=tuple(o["exclude"]),
             allow_destroy=tuple(o["allowDestroy"]),
+            reauthenticate=tuple(o.get("reauthenticate", ())),
         )
 
 
@@ -230,6 +231,7 @@ def document(plan: Plan, validated: Validated, connection: Connection, sources: 
             "target": list(plan.options.targets),
             "exclude": list(plan.options.excludes),
             "allowDestroy": list(plan.options.allow_destroy),
+            "reauthenticate": list(plan.options.reauthenticate),
         },
         "desired": desired_digests(validated, connection, plan.options),
         "changes": [_change(c, validated, connection) for c in plan.changes],
@@ -258,6 +260,7 @@ def _live_digests(change: Change, validated: Validated, connection: Connection) 
     live = change.live
     assert live is not None
     fields: dict[str, Any] = {"name": live.name, "element": live.element, "tags": sorted(live.tags)}
+    fields["enabled"] = not live.disabled
     schema = validated.registry.get(change.desired.element) if change.desired is not None else None
     if change.desired is not None and schema is not None:
         for path in desired_fields(change.desired, schema):
@@ -278,6 +281,7 @@ def desired_digests(validated: Validated, connection: Connection, options: PlanO
         fp = connection.fingerprints[desired.target]
         fields = {str(p): v for p, v in desired_fields(desired, schema).items()}
         fields["previousNames"] = list(desired.previous_names)
+        fields["enabled"] = desired.enabled
         for key in sorted(schema.secret_keys & set(desired.configuration)):
             fields[str(FieldPath.config(key))] = fingerprint(
                 fp.key, fp.stack, desired.name, key, desired.configuration[key]

@@ -148,14 +148,19 @@ def connect(validated: Validated, options: Options, stop: StopFlag, read_only: b
 
 
 def read_state(
-    connection: Connection, stack: str, owned_only: bool, hydrate: Callable[[LiveInstance], bool] | None = None
+    connection: Connection,
+    stack: str,
+    owned_only: bool,
+    hydrate: Callable[[LiveInstance], bool] | None = None,
+    configuration: bool = True,
 ) -> dict[str, list[LiveInstance]]:
     """Stage 4: one paged listing per target. A 401/403 stops the run naming the variables.
-    ``hydrate``: which instances the stack does not own need their configuration (see read_live)."""
+    ``hydrate``: which instances the stack does not own need their configuration (see read_live);
+    ``configuration=False``: none is read (one listing, no other request)."""
     live = {}
     for name, client in connection.clients.items():
         try:
-            live[name] = read_live(client, stack, owned_only=owned_only, hydrate=hydrate)
+            live[name] = read_live(client, stack, owned_only=owned_only, hydrate=hydrate, configuration=configuration)
         except Unauthorized as exc:
             raise CredentialsRefused(name, connection.targets[name].credential_sources, exc) from None
     return live

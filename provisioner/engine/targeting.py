@@ -4,7 +4,9 @@ A pattern is a name glob (``crm-*``), ``element=KEY`` or ``tag=T``. An instance 
 matches at least one ``--target`` (or there is none) and no ``--exclude``. Declared instances are
 matched on what the manifest declares; owned instances the manifest no longer declares are matched
 on what the server holds, so ``--prune`` deletes only those that match, and the live copies of a
-declared instance that is left out (its extra copies, its old names) are never touched.
+declared instance that is left out (its extra copies, its old names) are never touched. Every action
+of a selected instance (``disable``, ``enable`` and ``reauthenticate`` too) stays in the plan; a
+``--reauthenticate`` name the selection leaves out is refused (``plan.check_reauthenticate``).
 """
 
 from __future__ import annotations

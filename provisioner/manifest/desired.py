@@ -40,6 +40,7 @@ class DesiredInstance:
     adopt: int | str | None = None  # id of the unmanaged instance ``--adopt`` takes over
     protect: bool | None = None  # None: not declared, the live protection marker is kept as it is
     previous_names: tuple[str, ...] = ()  # names it had before: a rename keeps the instance
+    enabled: bool = True  # false: the instance is declared disabled
 
 
 def build_desired(
@@ -152,7 +153,7 @@ def _build_one(
     if isinstance(one.entry.get("template"), str) and "template" not in one.broken:
         rendered = _template_body(one, scope, renderer)
         body = {"element": _UNKNOWN, "configuration": _UNKNOWN} if rendered is None else rendered
-    for key in ("element", "target", "tags", "adopt", "protect", "previousNames"):
+    for key in ("element", "target", "tags", "adopt", "protect", "previousNames", "enabled"):
         if key in one.entry:
             body[key] = one.field(key, renderer, scope)
     if "configuration" in one.entry:
@@ -244,6 +245,7 @@ def _checked(
     if one.named and _MARKUP.search(name):
         one.add("name", f"name {name!r} contains markup, which the API strips", "remove <...> from the name")
     protect, previous = _safety_fields(one, known)
+    enabled = _enabled(one, known.get("enabled", True))
     adopt = _adopt_id(one, known.get("adopt"))
     if configuration is _UNKNOWN:
         return None
@@ -272,7 +274,7 @@ def _checked(
         return None
     here = Location(one.file, one.line, instance=name)
     tag_tuple = None if tags is None else tuple(tags)
-    return DesiredInstance(name, schema.key, target, tag_tuple, config, here, adopt, protect, previous)
+    return DesiredInstance(name, schema.key, target, tag_tuple, config, here, adopt, protect, previous, enabled)
 
 
 def _adopt_id(one: _Entry, value: Any) -> int | str | None:
@@ -284,6 +286,14 @@ def _adopt_id(one: _Entry, value: Any) -> int | str | None:
         one.add("adopt", f"adopt must be an instance id, got {value!r}", hint)
         return None
     return int(str(value).strip())
+
+
+def _enabled(one: _Entry, enabled: Any) -> bool:
+    if not isinstance(enabled, bool):
+        hint = "write enabled: false, or an expression such as \"{{ inputs.environment != 'retired' }}\""
+        one.add("enabled", f"enabled must be true or false, got {enabled!r}", hint)
+        return True
+    return enabled
 
 
 def _safety_fields(one: _Entry, body: dict) -> tuple[bool | None, tuple[str, ...]]:

@@ -72,16 +72,21 @@ class ElementSchema:
         meta = self.schema.get("x-provisioner")
         return meta.get("oauth") if isinstance(meta, dict) else None
 
+    def uses_oauth(self, configuration: Mapping[str, Any]) -> bool:
+        """Whether an instance of this configuration authenticates with OAuth (``x-provisioner.oauth``,
+        whose ``when`` names the configuration values that choose OAuth)."""
+        when = self._oauth.get("when", {}) if isinstance(self._oauth, dict) else {} if self._oauth else None
+        return when is not None and all(
+            self.effective(key, configuration.get(key)) in [self.normalize(key, v) for v in values]
+            for key, values in when.items()
+        )
+
     def oauth_problem(self, configuration: Mapping[str, Any], adopting: bool) -> tuple[str, str] | None:
         """Why a new instance of this configuration cannot be created unattended (message, hint), if so:
         an OAuth element needs a code from a browser redirect, unless a refresh token is given or an
         existing instance is taken over (``adopt:``)."""
-        when = self._oauth.get("when", {}) if isinstance(self._oauth, dict) else {} if self._oauth else None
-        if when is None or adopting or configuration.get(OAUTH_REFRESH_TOKEN) not in (None, ""):
+        if adopting or configuration.get(OAUTH_REFRESH_TOKEN) not in (None, "") or not self.uses_oauth(configuration):
             return None
-        for key, values in when.items():
-            if self.effective(key, configuration.get(key)) not in [self.normalize(key, v) for v in values]:
-                return None
         return (
             f"element {self.key!r} authenticates with OAuth: a new instance needs an authorization code "
             "from a browser redirect, which provisioner cannot obtain",

@@ -1,0 +1,217 @@
+"""``provisioner check``: does each declared instance work, not only exist?
+
+One listing of the stack's instances (no configuration, no other request) tells, per declared
+instance: ``healthy``; ``invalid`` (``valid: false``: the provider refused its credentials, as when a
+password changed at the provider); ``disabled`` (on the server; as declared with ``enabled: false``
+it is fine); or ``missing``. With ``--ping``, every declared instance that exists and is not declared
+disabled is also pinged, ``GET /hubs/{hub}/ping`` with its own token, in ``parallelism`` workers that
+share the run's rate budget: a failed ping makes a healthy instance ``unreachable``, with the status
+and the API's message. Instances the stack owns but no longer declares are listed apart. Each entry
+that is not fine says what to run. The command only reads: it is built on ``ReadOnlyClient``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import glob
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, get_args
+
+from ..api.live import LiveInstance
+from ..errors import ApiError, TransportError
+from ..manifest.desired import DesiredInstance
+from ..manifest.elements import ElementRegistry
+from .stages import Connection, Validated, read_state
+
+Status = Literal["healthy", "invalid", "disabled", "missing", "unreachable"]
+STATUSES: tuple[Status, ...] = get_args(Status)  # in this order in the JSON summary
+
+
+@dataclass(frozen=True)
+class Health:
+    name: str
+    target: str
+    element: str | None
+    id: Any
+    status: Status
+    ok: bool  # healthy, or disabled as declared
+    detail: str
+    command: str | None = None  # what to run about it
+    live: LiveInstance | None = field(default=None, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "target": self.target,
+            "element": self.element,
+            "id": self.id,
+            "status": self.status,
+            "ok": self.ok,
+            "detail": self.detail,
+            "command": self.command,
+        }
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    stack: str
+    instances: tuple[Health, ...]  # the declared ones
+    undeclared: tuple[Health, ...]  # owned by the stack, no longer declared: listed apart
+    pinged: bool = False
+
+    @property
+    def healthy(self) -> bool:
+        return all(h.ok for h in self.instances)
+
+    def summary(self) -> dict[str, Any]:
+        by_status = dict.fromkeys(STATUSES, 0)
+        for entry in self.instances:
+            by_status[entry.status] += 1
+        ok = sum(1 for h in self.instances if h.ok)
+        return {"declared": len(self.instances), "ok": ok, "notOk": len(self.instances) - ok, "byStatus": by_status}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stack": self.stack,
+            "healthy": self.healthy,
+            "pinged": self.pinged,
+            "instances": [h.to_json() for h in self.instances],
+            "undeclared": [h.to_json() for h in self.undeclared],
+            "summary": self.summary(),
+        }
+
+
+def assess(
+    stack: str,
+    desired: Sequence[DesiredInstance],
+    live_by_target: Mapping[str, list[LiveInstance]],
+    registry: ElementRegistry,
+    apply_command: Sequence[str],
+) -> HealthReport:
+    """The health of each declared instance from the listing (the stack's own instances). An instance
+    owned only under a previous name is that instance; of several copies, the oldest is."""
+    owned: dict[tuple[str, str], list[LiveInstance]] = {}
+    for target, instances in live_by_target.items():
+        for live in sorted(instances, key=lambda i: i.age_key):
+            owned.setdefault((target, live.name), []).append(live)
+    entries, claimed = [], set()
+    for d in desired:
+        key = next((k for k in ((d.target, n) for n in (d.name, *d.previous_names)) if k in owned), None)
+        claimed.update({(d.target, d.name), *(() if key is None else (key,))})
+        oauth = (schema := registry.get(d.element)) is not None and schema.uses_oauth(d.configuration)
+        entries.append(_assess(d.name, d.target, d.element, owned[key][0] if key else None, d, oauth, apply_command))
+    undeclared = [
+        _assess(name, target, copies[0].element, copies[0], None, False, apply_command)
+        for (target, name), copies in sorted(owned.items())
+        if (target, name) not in claimed
+    ]
+    return HealthReport(stack, tuple(entries), tuple(undeclared))
+
+
+def _assess(
+    name: str,
+    target: str,
+    element: str | None,
+    live: LiveInstance | None,
+    desired: DesiredInstance | None,
+    oauth: bool,
+    apply_command: Sequence[str],
+) -> Health:
+    def run(*extra: str) -> str:
+        return shlex.join([*apply_command, *extra])
+
+    if live is None:
+        detail = "declared, not found among the stack's instances; apply creates it"
+        return Health(name, target, element, None, "missing", False, detail, run("--target", glob.escape(name)))
+    common: dict[str, Any] = {"name": name, "target": target, "element": element, "id": live.id, "live": live}
+    meant_off = desired is not None and not desired.enabled
+    invalid = "" if live.valid else "; its credentials are refused too (valid: false)"
+    if live.disabled and meant_off:
+        return Health(status="disabled", ok=True, detail="disabled, as declared (enabled: false)" + invalid, **common)
+    if live.disabled:
+        detail = "disabled on the server (its hub calls answer 403); apply enables it again" + invalid
+        fix = run("--target", glob.escape(name)) if desired is not None else None
+        return Health(status="disabled", ok=False, detail=detail, command=fix, **common)
+    if not live.valid:
+        detail = "the provider refused its credentials (valid: false)"
+        if oauth:
+            detail += "; an OAuth instance: re-authorize it in the Cloud Elements console (id and token are kept)"
+        fix = run("--reauthenticate", name) if desired is not None and not oauth else None
+        if fix:
+            detail += "; fix the credentials if they changed, then re-send them"
+        return Health(status="invalid", ok=False, detail=detail, command=fix, **common)
+    extra = " (declared enabled: false; apply disables it)" if meant_off else ""
+    return Health(status="healthy", ok=True, detail="valid and enabled" + extra, **common)
+
+
+def check(
+    validated: Validated, connection: Connection, ping: bool, parallelism: int, apply_command: Sequence[str]
+) -> HealthReport:
+    """Read the stack's instances once (read-only clients), assess them, and ping them if asked."""
+    live = read_state(connection, validated.manifest.stack, owned_only=True, configuration=False)
+    report = assess(validated.manifest.stack, validated.desired, live, validated.registry, apply_command)
+    return ping_all(report, connection.clients, parallelism) if ping else report
+
+
+def ping_all(report: HealthReport, clients: Mapping[str, Any], parallelism: int) -> HealthReport:
+    """Ping, with its own token, every declared instance that exists and is not declared disabled, in
+    ``parallelism`` workers (one rate budget: the clients share it)."""
+    hubs: dict[tuple[str, str | None], str | None] = {}
+    for h in report.instances:  # an API whose listing leaves the hub out: one read per element
+        if h.live is not None and h.live.hub is None and h.live.element and (h.target, h.element) not in hubs:
+            hubs[(h.target, h.element)] = (clients[h.target].get_element(h.live.element) or {}).get("hub")
+    todo = [i for i, h in enumerate(report.instances) if h.live is not None and not (h.live.disabled and h.ok)]
+
+    def one(index: int) -> Health:
+        entry = report.instances[index]
+        live = entry.live
+        assert live is not None
+        hub = live.hub or hubs.get((entry.target, entry.element))
+        client = clients[entry.target]
+        try:
+            token = live.token or LiveInstance.from_api(client.get_instance(live.id)).token
+            failed = None if hub and token else "the API gave no hub or no token for it"
+            if not failed:
+                client.ping(hub, token)
+        except ApiError as exc:
+            failed = f"HTTP {exc.status}: {exc.message}"
+        except TransportError as exc:
+            failed = exc.message
+        if failed is None:
+            return replace(entry, detail=f"{entry.detail}; ping {hub}: ok")
+        failed = f"ping {hub or '?'} failed: {failed}"
+        if entry.status == "healthy":
+            return replace(entry, status="unreachable", ok=False, detail=failed)
+        return replace(entry, detail=f"{entry.detail}; {failed}")
+
+    with futures.ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix="ping") as pool:
+        done = dict(zip(todo, pool.map(one, todo), strict=True))
+    instances = tuple(done.get(i, h) for i, h in enumerate(report.instances))
+    return replace(report, instances=instances, pinged=True)
+
+
+def text_lines(report: HealthReport) -> list[tuple[str, str]]:
+    """(style, line) pairs for the text reporter: every declared instance, then the undeclared ones."""
+    lines: list[tuple[str, str]] = []
+    for title, entries in (("", report.instances), ("owned by the stack, no longer declared:", report.undeclared)):
+        if title and entries:
+            lines.append(("", title))
+        for h in entries:
+            style = "green" if h.ok and h.status == "healthy" else "" if h.ok else "red"
+            ident = f" id {h.id}" if h.id is not None else ""
+            lines.append((style, f"{h.status}: {h.name} ({h.element}){ident}: {h.detail}"))
+            if h.command:
+                lines.append(("", f"    run: {h.command}"))
+    return lines
+
+
+def summary_line(report: HealthReport) -> str:
+    s = report.summary()
+    counts = ", ".join(f"{n} {status}" for status, n in s["byStatus"].items() if n)
+    ping = " (pinged)" if report.pinged else ""
+    verdict = "All healthy" if report.healthy else "Not healthy"
+    need = "" if report.healthy else f"{s['notOk']} of {s['declared']} need attention; "
+    extra = f"; {len(report.undeclared)} owned but no longer declared" if report.undeclared else ""
+    return f"{verdict}{ping}: {need}{counts or 'no instance declared'}{extra}."

@@ -87,7 +87,7 @@ def test_init_writes_a_github_workflow_for_the_manifest(cli):
     names = _variables(made.stderr)
     assert {n: env[n] for n in names} == {n: f"${{{{ secrets.{n} }}}}" for n in names}
     assert not [k for k in env if k.startswith(("CW_", "DYNAMICS_"))]  # the example's own variables are gone
-    assert set(workflow["jobs"]) == {"plan", "apply", "drift"}
+    assert set(workflow["jobs"]) == {"plan", "apply", "drift", "health"}
 
 
 def test_init_writes_a_gitlab_pipeline_for_the_manifest(cli):

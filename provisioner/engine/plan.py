@@ -28,16 +28,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 from ..api.live import LiveInstance
-from ..closedsets import StrEnum, assert_never
+from ..closedsets import StrEnum
 from ..errors import UserError
 from ..manifest.desired import DesiredInstance
 from ..manifest.elements import ElementRegistry
 from ..ownership import is_unmanaged
 from ..secret import MASK, SENSITIVE, Secret
-from .diff import DiffOp, FieldDiff, FieldPath, FingerprintContext, diff_instance, element_matches
+from .diff import DiffOp, FieldDiff, FieldPath, FingerprintContext, diff_instance
 from .protection import is_protected, refusal
 from .targeting import Selection, restrict
 
@@ -59,24 +59,9 @@ class Action(StrEnum):
     REAUTHENTICATE = "reauthenticate"
 
 
-def _role(action: Action) -> Literal["write", "refusal", "none"]:
-    """Writes are executed; refusals are shown, never executed, and the command exits 1."""
-    match action:
-        case Action.CREATE | Action.UPDATE | Action.RENAME | Action.REPLACE | Action.DELETE | Action.ADOPT:
-            return "write"
-        case Action.DISABLE | Action.ENABLE | Action.REAUTHENTICATE:
-            return "write"
-        case Action.CONFLICT | Action.PROTECTED:
-            return "refusal"
-        case Action.NOOP:
-            return "none"
-        case _:
-            assert_never(action)
-
-
+REFUSALS = (Action.CONFLICT, Action.PROTECTED)  # shown, never executed, and the command exits 1
+WRITES = tuple(a for a in Action if a not in (*REFUSALS, Action.NOOP))  # executed
 ACTIONS = tuple(Action)
-WRITES = tuple(a for a in Action if _role(a) == "write")
-REFUSALS = tuple(a for a in Action if _role(a) == "refusal")
 
 
 @dataclass(frozen=True)
@@ -242,20 +227,12 @@ def check_reauthenticate(desired: list[DesiredInstance], registry: ElementRegist
 def _reauthenticated(change: Change) -> Change:
     """A declared instance named by ``--reauthenticate``: its full declared body is sent again with
     reAuthenticate=true, which also makes any update it had (and an enabled state is set after)."""
-    match change.action:
-        case Action.NOOP | Action.UPDATE | Action.RENAME | Action.DISABLE | Action.ENABLE:
-            why = (
-                "--reauthenticate: the declared credentials are sent again for the provider to check; id and token kept"
-            )
-            return replace(
-                change, action=Action.REAUTHENTICATE, reason=why + (f"; {change.reason}" if change.diff else "")
-            )
-        case Action.CREATE:
-            return replace(change, warning="--reauthenticate: not created yet; the create sends its credentials")
-        case Action.REPLACE | Action.DELETE | Action.CONFLICT | Action.PROTECTED | Action.ADOPT | Action.REAUTHENTICATE:
-            return replace(change, warning=f"--reauthenticate: not re-authenticated, it is planned as {change.action}")
-        case _:
-            assert_never(change.action)
+    if change.action in (Action.NOOP, Action.UPDATE, Action.RENAME, Action.DISABLE, Action.ENABLE):
+        why = "--reauthenticate: the declared credentials are sent again for the provider to check; id and token kept"
+        return replace(change, action=Action.REAUTHENTICATE, reason=why + (f"; {change.reason}" if change.diff else ""))
+    if change.action == Action.CREATE:
+        return replace(change, warning="--reauthenticate: not created yet; the create sends its credentials")
+    return replace(change, warning=f"--reauthenticate: not re-authenticated, it is planned as {change.action}")
 
 
 def _aliases(registry: ElementRegistry) -> dict[str | None, frozenset[str]]:
@@ -266,6 +243,25 @@ def _aliases(registry: ElementRegistry) -> dict[str | None, frozenset[str]]:
         for reported in (key, *(schema.reported_keys if schema is not None else ())):
             found.setdefault(reported, set()).add(key)
     return {k: frozenset(v) for k, v in found.items()}
+
+
+def _change(
+    action: Action,
+    reason: str,
+    desired: DesiredInstance | None,
+    live: LiveInstance | None,
+    target: str = "",
+    diff: tuple[FieldDiff, ...] = (),
+    warning: str | None = None,
+) -> Change:
+    """A change named after its declared instance, or (when there is none) after the live one."""
+    element: str | None
+    if desired is not None:
+        name, target, element = desired.name, desired.target, desired.element
+    else:
+        assert live is not None
+        name, element = live.name, live.element
+    return Change(action, name, target, element, reason, diff, live.id if live else None, desired, live, warning)
 
 
 def _plan_target(
@@ -279,7 +275,7 @@ def _plan_target(
 ) -> list[Change]:
     owned: dict[str, list[LiveInstance]] = {}
     unmanaged: dict[str, list[LiveInstance]] = {}
-    for item in live:
+    for item in sorted(live, key=lambda i: i.age_key):  # the oldest first in every list
         if item.owned_by(stack):
             owned.setdefault(item.name, []).append(item)
         elif is_unmanaged(item.tags):  # another stack's instances are invisible here
@@ -288,37 +284,20 @@ def _plan_target(
     declared = {d.name for d in desired}
     claimed: set[str] = set()  # old names an instance is renamed from
     for instance in [] if options.destroy else desired:
-        matches = sorted(owned.get(instance.name, []), key=lambda i: i.age_key)
-        if matches:
-            changes.append(_compare(instance, matches[0], registry, fp, options))
-            changes.extend(_duplicates(matches, target, options))
-            continue
         old = next((n for n in instance.previous_names if n in owned and n not in declared), None)
-        if old is not None:
+        if instance.name in owned:
+            changes.append(_compare(instance, owned[instance.name][0], registry, fp, options))
+            changes.extend(_duplicates(owned[instance.name], target, options))
+        elif old is not None:
             claimed.add(old)
-            matches = sorted(owned[old], key=lambda i: i.age_key)
-            changes.append(_rename(instance, matches[0], registry, fp, options))
-            changes.extend(_duplicates(matches, target, options))
+            changes.append(_rename(instance, owned[old][0], registry, fp, options))
+            changes.extend(_duplicates(owned[old], target, options))
         elif instance.name in unmanaged or instance.adopt is not None:
-            namesakes = sorted(unmanaged.get(instance.name, []), key=lambda i: i.age_key)
-            changes.append(_unmanaged(stack, instance, namesakes, registry, fp, options))
+            changes.append(_unmanaged(stack, instance, unmanaged.get(instance.name, []), registry, fp, options))
         else:
-            changes.append(
-                Change(
-                    Action.CREATE,
-                    instance.name,
-                    target,
-                    instance.element,
-                    "declared, not found",
-                    _create_diff(instance),
-                    desired=instance,
-                )
-            )
-    if options.destroy:
-        declared = set()
-    for name in sorted(set(owned) - declared - claimed):
-        for extra in sorted(owned[name], key=lambda i: i.age_key):
-            changes.append(_undeclared(extra, target, options))
+            changes.append(_change(Action.CREATE, "declared, not found", instance, None, diff=_create_diff(instance)))
+    for name in sorted(set(owned) - (set() if options.destroy else declared) - claimed):
+        changes.extend(_undeclared(extra, target, options) for extra in owned[name])
     return changes
 
 
@@ -331,53 +310,32 @@ def _unmanaged(
     options: PlanOptions,
 ) -> Change:
     """A declared name held by unmanaged instance(s): a conflict, or with --adopt, one adopt action."""
-    chosen = _adoptable(instance, namesakes)
-    if isinstance(chosen, str):
-        return _conflict(instance, namesakes[0] if namesakes else None, chosen)
-    if not options.adopt:
-        return _conflict(
-            instance,
-            chosen,
-            (
-                f"an instance named {instance.name!r} (id {chosen.id}) exists without the marker of stack {stack!r} "
-                "(unmanaged: it has no provisioner:stack= tag); provisioner never touches instances it does not own. "
-                f"To take it over, keeping its id and token, run plan/apply with --adopt"
-            ),
-        )
-    return _adopt(instance, chosen, registry, fp)
-
-
-def _adoptable(instance: DesiredInstance, namesakes: list[LiveInstance]) -> LiveInstance | str:
-    """The one unmanaged instance to take over, or why there is none."""
     ids = ", ".join(str(i.id) for i in namesakes)
+    chosen = namesakes[0] if namesakes else None
     if instance.adopt is not None:
-        wanted = [i for i in namesakes if str(i.id) == str(instance.adopt)]
-        if wanted:
-            return wanted[0]
-        return (
-            f"adopt: {instance.adopt} names no unmanaged instance called {instance.name!r}"
-            + (f" (unmanaged namesakes: id {ids})" if namesakes else "")
-            + "; fix the id, or remove adopt: to create a new instance"
-        )
-    if len(namesakes) > 1:
-        return (
+        chosen = next((i for i in namesakes if str(i.id) == str(instance.adopt)), None)
+        if chosen is None:
+            why = (
+                f"adopt: {instance.adopt} names no unmanaged instance called {instance.name!r}"
+                + (f" (unmanaged namesakes: id {ids})" if namesakes else "")
+                + "; fix the id, or remove adopt: to create a new instance"
+            )
+            return _change(Action.CONFLICT, why, instance, namesakes[0] if namesakes else None)
+    elif len(namesakes) > 1:
+        why = (
             f"{len(namesakes)} unmanaged instances are named {instance.name!r} (ids {ids}); "
             "declare which one to take over with adopt: <id> on the instance"
         )
-    return namesakes[0]
-
-
-def _conflict(instance: DesiredInstance, live: LiveInstance | None, reason: str) -> Change:
-    return Change(
-        Action.CONFLICT,
-        instance.name,
-        instance.target,
-        instance.element,
-        reason,
-        id=live.id if live is not None else None,
-        desired=instance,
-        live=live,
-    )
+        return _change(Action.CONFLICT, why, instance, chosen)
+    assert chosen is not None
+    if not options.adopt:
+        why = (
+            f"an instance named {instance.name!r} (id {chosen.id}) exists without the marker of stack {stack!r} "
+            "(unmanaged: it has no provisioner:stack= tag); provisioner never touches instances it does not own. "
+            f"To take it over, keeping its id and token, run plan/apply with --adopt"
+        )
+        return _change(Action.CONFLICT, why, instance, chosen)
+    return _adopt(instance, chosen, registry, fp)
 
 
 def _adopt(
@@ -388,15 +346,13 @@ def _adopt(
     any other value the API masks."""
     schema = registry.get(instance.element)
     assert schema is not None and fp is not None
-    if not element_matches(schema, live.element):
-        return _conflict(
-            instance,
-            live,
+    if not schema.accepts_key(live.element):
+        why = (
             f"unmanaged instance id {live.id} named {instance.name!r} is of element "
-            f"{live.element}, not {instance.element}; it cannot be adopted",
+            f"{live.element}, not {instance.element}; it cannot be adopted"
         )
+        return _change(Action.CONFLICT, why, instance, live)
     diffs = tuple(d for d in diff_instance(instance, live, schema, fp) if not d.sensitive and d.old != MASK)
-    diffs += _enabled_diff(instance, live)
     secrets = sorted(k for k in schema.secret_keys if instance.configuration.get(k) is not None)
     reason = (
         f"unmanaged instance id {live.id} is taken over: the stack's marker and fingerprints are added, "
@@ -404,17 +360,7 @@ def _adopt(
     )
     if secrets:
         reason += f"; secret values ({', '.join(secrets)}) cannot be read back and are sent as declared"
-    return Change(
-        Action.ADOPT,
-        instance.name,
-        instance.target,
-        instance.element,
-        reason,
-        diffs,
-        id=live.id,
-        desired=instance,
-        live=live,
-    )
+    return _change(Action.ADOPT, reason, instance, live, diff=diffs + _enabled_diff(instance, live))
 
 
 def _compare(
@@ -426,50 +372,35 @@ def _compare(
 ) -> Change:
     schema = registry.get(instance.element)
     assert schema is not None and fp is not None  # validation guarantees the element; apply gives fp
-    common = {
-        "name": instance.name,
-        "target": instance.target,
-        "element": instance.element,
-        "id": live.id,
-        "desired": instance,
-        "live": live,
-    }
-    if not element_matches(schema, live.element):
+    if not schema.accepts_key(live.element):
         diff = (FieldDiff(DiffOp.CHANGE, FieldPath("element"), live.element, instance.element),)
-        if options.allow_replace and is_protected(live, instance, options.allow_destroy):
+        change = f"element changes from {live.element} to {instance.element}"
+        if not options.allow_replace:
+            why = f"{change}, which needs a replace (and a new token); run with --allow-replace to allow it"
+            return _change(Action.CONFLICT, why, instance, live, diff=diff)
+        if is_protected(live, instance, options.allow_destroy):
             what = f"replacing it (element {live.element} -> {instance.element})"
-            return Change(Action.PROTECTED, reason=refusal(what), diff=diff, **common)
-        if options.allow_replace:
-            return Change(
-                Action.REPLACE,
-                reason=f"element changes from {live.element} to {instance.element} "
-                "(the application's token will change)",
-                diff=diff,
-                **common,
-            )
-        return Change(
-            Action.CONFLICT,
-            reason=f"element changes from {live.element} to {instance.element}, which needs "
-            "a replace (and a new token); run with --allow-replace to allow it",
-            diff=diff,
-            **common,
-        )
-    diffs = tuple(diff_instance(instance, live, schema, fp))
-    switch = _enabled_diff(instance, live)
-    if not diffs and switch:
-        action, why = (Action.ENABLE, "disabled on the server") if instance.enabled else (Action.DISABLE, "enabled")
-        return Change(action, reason=f"{why}, declared enabled: {str(instance.enabled).lower()}", diff=switch, **common)
+            return _change(Action.PROTECTED, refusal(what), instance, live, diff=diff)
+        return _change(Action.REPLACE, f"{change} (the application's token will change)", instance, live, diff=diff)
+    diffs = tuple(diff_instance(instance, live, schema, fp)) + _enabled_diff(instance, live)
     if not diffs:
-        return Change(Action.NOOP, reason="up to date", **common)
-    also = f"; then {'enable' if instance.enabled else 'disable'}" if switch else ""
-    if any(d.path.section == "configuration" for d in diffs):
-        return Change(Action.UPDATE, reason="configuration differs" + also, diff=diffs + switch, **common)
-    return Change(Action.UPDATE, reason="tags differ" + also, diff=diffs + switch, **common)
+        return _change(Action.NOOP, "up to date", instance, live)
+    if all(d.path.section == "enabled" for d in diffs):
+        action, why = (Action.ENABLE, "disabled on the server") if instance.enabled else (Action.DISABLE, "enabled")
+        return _change(action, f"{why}, declared enabled: {str(instance.enabled).lower()}", instance, live, diff=diffs)
+    return _change(Action.UPDATE, "; ".join(_differs(diffs, instance.enabled)), instance, live, diff=diffs)
 
 
-def _enabled_diff(instance: DesiredInstance, live: LiveInstance | None) -> tuple[FieldDiff, ...]:
+def _differs(diffs: tuple[FieldDiff, ...], enabled: bool) -> list[str]:
+    """What an update changes, for its reason: the configuration or else the tags, then the enabled state."""
+    sections = {d.path.section for d in diffs}
+    what = ["configuration differs" if "configuration" in sections else "tags differ"] if sections - {"enabled"} else []
+    return what + ([f"then {'enable' if enabled else 'disable'}"] if "enabled" in sections else [])
+
+
+def _enabled_diff(instance: DesiredInstance, live: LiveInstance) -> tuple[FieldDiff, ...]:
     """The ``enabled`` field, when the live instance's state differs from the declared one."""
-    if live is None or live.disabled != instance.enabled:
+    if live.disabled != instance.enabled:
         return ()
     return (FieldDiff(DiffOp.CHANGE, FieldPath("enabled"), not live.disabled, instance.enabled),)
 
@@ -488,14 +419,8 @@ def _rename(
     if compared.action not in (Action.NOOP, Action.UPDATE, Action.DISABLE, Action.ENABLE):
         return replace(moved, reason=f"{compared.reason} (declared as {instance.name!r}, was {live.name!r})")
     diff = (FieldDiff(DiffOp.CHANGE, FieldPath("name"), live.name, instance.name), *compared.diff)
-    sections = {d.path.section for d in compared.diff}
-    what = (
-        "; configuration differs" if "configuration" in sections else "; tags differ" if sections - {"enabled"} else ""
-    )
-    what += f"; then {'enable' if instance.enabled else 'disable'}" if "enabled" in sections else ""
-    return replace(
-        moved, action=Action.RENAME, diff=diff, reason=f"renamed from {live.name!r} (id and token kept){what}"
-    )
+    why = [f"renamed from {live.name!r} (id and token kept)", *_differs(compared.diff, instance.enabled)]
+    return replace(moved, action=Action.RENAME, diff=diff, reason="; ".join(why))
 
 
 def _duplicates(matches: list[LiveInstance], target: str, options: PlanOptions) -> list[Change]:
@@ -505,35 +430,28 @@ def _duplicates(matches: list[LiveInstance], target: str, options: PlanOptions) 
     keep = matches[0]
     changes = []
     for extra in matches[1:]:
-        common = {
-            "name": extra.name,
-            "target": target,
-            "element": extra.element,
-            "id": extra.id,
-            "live": extra,
-            "warning": f"duplicate instance id {extra.id} of id {keep.id}",
-        }
-        if is_protected(extra, None, options.allow_destroy):
-            changes.append(Change(Action.PROTECTED, reason=refusal(f"deleting duplicate of id {keep.id}"), **common))
-        else:
-            changes.append(Change(Action.DELETE, reason=f"duplicate of id {keep.id} (the oldest is kept)", **common))
+        action, why = (
+            (Action.PROTECTED, refusal(f"deleting duplicate of id {keep.id}"))
+            if is_protected(extra, None, options.allow_destroy)
+            else (Action.DELETE, f"duplicate of id {keep.id} (the oldest is kept)")
+        )
+        changes.append(
+            _change(action, why, None, extra, target, warning=f"duplicate instance id {extra.id} of id {keep.id}")
+        )
     return changes
 
 
 def _undeclared(instance: LiveInstance, target: str, options: PlanOptions) -> Change:
-    common = {"name": instance.name, "target": target, "element": instance.element, "id": instance.id, "live": instance}
     if (options.destroy or options.prune) and is_protected(instance, None, options.allow_destroy):
         what = "destroy" if options.destroy else "--prune (no longer declared)"
-        return Change(Action.PROTECTED, reason=refusal(f"deleting it by {what}"), **common)
+        return _change(Action.PROTECTED, refusal(f"deleting it by {what}"), None, instance, target)
     if options.destroy:
-        return Change(Action.DELETE, reason="destroy deletes every instance the stack owns", **common)
+        return _change(Action.DELETE, "destroy deletes every instance the stack owns", None, instance, target)
     if options.prune:
-        return Change(Action.DELETE, reason="owned by the stack, no longer declared", **common)
-    return Change(
-        Action.NOOP,
-        reason="owned by the stack but no longer declared; --prune deletes it",
-        warning="owned but not declared (use --prune to delete it)",
-        **common,
+        return _change(Action.DELETE, "owned by the stack, no longer declared", None, instance, target)
+    why = "owned by the stack but no longer declared; --prune deletes it"
+    return _change(
+        Action.NOOP, why, None, instance, target, warning="owned but not declared (use --prune to delete it)"
     )
 
 

@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast, get_args
 
 from ..api.live import LiveInstance
-from ..closedsets import assert_never
 from ..manifest.elements import ElementRegistry
 from ..ownership import fingerprints_of, is_unmanaged
 from ..secret import SENSITIVE
@@ -77,16 +76,7 @@ class Finding:
     fields: tuple[DriftField, ...] = ()
 
     def to_json(self) -> dict:
-        return {
-            "category": self.category,
-            "kind": self.kind,
-            "name": self.name,
-            "target": self.target,
-            "element": self.element,
-            "id": self.id,
-            "detail": self.detail,
-            "fields": [f.to_json() for f in self.fields],
-        }
+        return {**asdict(self), "fields": [f.to_json() for f in self.fields]}
 
 
 @dataclass(frozen=True)
@@ -147,33 +137,23 @@ def detect(
 def _findings(change: Change, registry: ElementRegistry, fp: FingerprintContext | None) -> list[Finding]:
     element = change.desired.element if change.desired is not None else _canonical_element(registry, change.element)
     common = {"name": change.name, "target": change.target, "element": element, "id": change.id}
+    if change.action == Action.CREATE:
+        return [Finding("missing", "drift", detail="declared, not found among the stack's instances", **common)]
+    if change.action == Action.DELETE:  # with default options, only extra copies of a declared instance
+        return [Finding("extra-copy", "drift", detail=change.reason, **common)]
+    if change.action == Action.NOOP and change.desired is None:
+        return [Finding("undeclared", "pending", detail=change.reason, **common)]
+    if (
+        change.action == Action.CONFLICT
+        and change.live is not None
+        and not change.live.owned_by(fp.stack if fp else "")
+    ):
+        why = f"declared, but the only instance named {change.name!r} has no stack marker; provisioner never touches it"
+        return [Finding("unmanaged-namesake", "drift", detail=why, **common)]
     found = []
-    match change.action:
-        case Action.CREATE:
-            return [Finding("missing", "drift", detail="declared, not found among the stack's instances", **common)]
-        case Action.DELETE:  # with default options, only extra copies of a declared instance
-            return [Finding("extra-copy", "drift", detail=change.reason, **common)]
-        case Action.NOOP if change.desired is None:
-            return [Finding("undeclared", "pending", detail=change.reason, **common)]
-        case Action.CONFLICT if change.live is not None and not change.live.owned_by(fp.stack if fp else ""):
-            return [
-                Finding(
-                    "unmanaged-namesake",
-                    "drift",
-                    detail=f"declared, but the only instance named {change.name!r} has no stack marker; "
-                    "provisioner never touches it",
-                    **common,
-                )
-            ]
-        case Action.RENAME:
-            old = change.live.name if change.live is not None else "?"
-            found.append(Finding("renamed", "pending", detail=f"owned as {old!r}; apply renames it", **common))
-        case Action.NOOP | Action.CONFLICT | Action.UPDATE | Action.REPLACE | Action.ADOPT | Action.PROTECTED:
-            pass  # only their fields can differ
-        case Action.DISABLE | Action.ENABLE | Action.REAUTHENTICATE:
-            pass  # the enabled state, below
-        case _:
-            assert_never(change.action)
+    if change.action == Action.RENAME:
+        old = change.live.name if change.live is not None else "?"
+        found.append(Finding("renamed", "pending", detail=f"owned as {old!r}; apply renames it", **common))
     for diff in change.diff:
         if diff.path.section == "enabled":
             state, declared = ("disabled", "enabled") if diff.new else ("enabled", "disabled (enabled: false)")
@@ -217,21 +197,12 @@ def _field_findings(
 
 
 def _secret(diff: FieldDiff, live: LiveInstance, common: dict[str, Any]) -> Finding:
-    if diff.path.key in fingerprints_of(live.tags):
-        return Finding(
-            "secret",
-            "pending",
-            detail="the secret differs from the one last applied (changed in the manifest or its environment)",
-            fields=(DriftField(diff.path, None, None, True, "pending"),),
-            **common,
-        )
-    return Finding(
-        "secret",
-        "drift",
-        detail="the fingerprint tag is gone: the instance was rewritten behind provisioner's back",
-        fields=(DriftField(diff.path, None, None, True, "drift"),),
-        **common,
-    )
+    kind: Kind = "pending" if diff.path.key in fingerprints_of(live.tags) else "drift"
+    detail = {
+        "pending": "the secret differs from the one last applied (changed in the manifest or its environment)",
+        "drift": "the fingerprint tag is gone: the instance was rewritten behind provisioner's back",
+    }[kind]
+    return Finding("secret", kind, detail=detail, fields=(DriftField(diff.path, None, None, True, kind),), **common)
 
 
 def _canonical_element(registry: ElementRegistry, reported: str | None) -> str | None:

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from ..api.client import Client, ClientSettings, ReadOnlyClient
@@ -124,20 +125,9 @@ def connect(validated: Validated, options: Options, stop: StopFlag, read_only: b
     override = options.environ.get(FINGERPRINT_KEY_ENV) or None
     with ExitStack() as stack:
         kind = ReadOnlyClient if read_only else Client
+        client = partial(kind, budget=budget, stats=stats, trace=options.trace, stop=stop, notice=options.notice)
         clients = {
-            name: stack.enter_context(
-                kind(
-                    t.url,
-                    t.user_secret,
-                    t.organization_secret,
-                    options.client,
-                    budget=budget,
-                    stats=stats,
-                    trace=options.trace,
-                    stop=stop,
-                    notice=options.notice,
-                )
-            )
+            name: stack.enter_context(client(t.url, t.user_secret, t.organization_secret, options.client))
             for name, t in targets.items()
         }
         fingerprints = {
@@ -197,21 +187,18 @@ def apply(
     applier = Applier(
         runnable, connection.clients, connection.fingerprints, validated.registry, options.apply, stop, progress
     )
-    result = _with_refusals(the_plan, applier.run())
+    done = applier.run()
+    results = iter(done.results)
+    merged = [
+        ChangeResult(c, Status.SKIPPED, error=c.reason, id=c.id) if c.action == Action.PROTECTED else next(results)
+        for c in the_plan.changes
+    ]
+    result = ApplyResult(the_plan, merged, done.interrupted, done.aborted, done.notes)
     if result.aborted:
         target = next((r.change.target for r in result.failed if r.http_status in (401, 403)), None)
         if target is not None:
             result.aborted += f": check {connection.targets[target].credential_sources}"
     return result
-
-
-def _with_refusals(the_plan: Plan, result: ApplyResult) -> ApplyResult:
-    done = iter(result.results)
-    merged = [
-        ChangeResult(c, Status.SKIPPED, error=c.reason, id=c.id) if c.action == Action.PROTECTED else next(done)
-        for c in the_plan.changes
-    ]
-    return ApplyResult(the_plan, merged, result.interrupted, result.aborted, result.notes)
 
 
 def instance_outputs(
@@ -221,35 +208,24 @@ def instance_outputs(
     live: Mapping[str, list[LiveInstance]] | None = None,
 ) -> dict[str, dict]:
     """id, element and token of every declared instance that exists, new or existing."""
-    entries: dict[str, dict] = {}
+    found: dict[str, tuple[str, Any, Any]] = {}  # name -> target, id, token
     declared = {(d.target, d.name): d for d in validated.desired}
     if result is not None:
         for r in result.results:
-            key = (r.change.target, r.change.name)
             identity = r.change.desired is not None  # not an extra copy of a duplicated instance
             exists = r.status == Status.OK and r.change.action != Action.DELETE and r.id is not None
-            if identity and key in declared and exists:
-                entries[r.change.name] = {
-                    "id": r.id,
-                    "element": declared[key].element,
-                    "token": r.token,
-                    "_target": r.change.target,
-                }
-    if live is not None:
-        for target, instances in live.items():
-            for instance in sorted(instances, key=lambda i: i.age_key, reverse=True):
-                if (target, instance.name) in declared and instance.owned_by(validated.manifest.stack):
-                    entries[instance.name] = {
-                        "id": instance.id,
-                        "element": declared[(target, instance.name)].element,
-                        "token": instance.token,
-                        "_target": target,
-                    }
-    for entry in entries.values():
-        if entry["token"] is None:  # an API whose list leaves tokens out: read the one instance
-            data = connection.clients[entry["_target"]].get_instance(entry["id"])
-            entry["token"] = LiveInstance.from_api(data).token
-    return {name: {k: v for k, v in e.items() if k != "_target"} for name, e in entries.items()}
+            if identity and (r.change.target, r.change.name) in declared and exists:
+                found[r.change.name] = (r.change.target, r.id, r.token)
+    for target, instances in (live or {}).items():
+        for instance in sorted(instances, key=lambda i: i.age_key, reverse=True):
+            if (target, instance.name) in declared and instance.owned_by(validated.manifest.stack):
+                found[instance.name] = (target, instance.id, instance.token)
+    entries = {}
+    for name, (target, id_, token) in found.items():
+        if token is None:  # an API whose list leaves tokens out: read the one instance
+            token = LiveInstance.from_api(connection.clients[target].get_instance(id_)).token
+        entries[name] = {"id": id_, "element": declared[(target, name)].element, "token": token}
+    return entries
 
 
 def select_outputs(entries: dict[str, dict], validated: Validated, name: str | None) -> dict[str, dict]:

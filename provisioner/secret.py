@@ -109,6 +109,7 @@ _TOKEN = re.compile(r"[A-Za-z0-9+/=_\-]+")  # base64 (either alphabet): what the
 _URL_SAFE_SETS = ("", "/", "/:@!$&'()*+,;=")
 # Characters HTML escaping touches, and the ones JSON encoders commonly write as \u00XX (Go: <>&).
 _HTML_SPECIAL = "&<>\"'"
+_NUMERIC = ("{}", "x{:x}", "x{:X}")  # decimal, and hexadecimal in either case
 _JSON_U_SPECIAL = "<>&'\"="
 
 
@@ -126,24 +127,21 @@ def _html_forms(value: str) -> list[str]:
     """HTML: named entities (with and without quotes escaped), decimal and hex numeric entities."""
     if not any(c in _HTML_SPECIAL for c in value):
         return []
+    named = html.escape(value, quote=True)
     return [
         html.escape(value, quote=False),
-        html.escape(value, quote=True),
-        html.escape(value, quote=True).replace("&#x27;", "&#39;").replace("&quot;", "&#34;"),
-        html.escape(value, quote=True).replace("&#x27;", "&apos;"),
-        "".join(f"&#{ord(c)};" if c in _HTML_SPECIAL else c for c in value),
-        "".join(f"&#x{ord(c):x};" if c in _HTML_SPECIAL else c for c in value),
-        "".join(f"&#x{ord(c):X};" if c in _HTML_SPECIAL else c for c in value),
+        named,
+        named.replace("&#x27;", "&#39;").replace("&quot;", "&#34;"),
+        named.replace("&#x27;", "&apos;"),
+        *("".join(f"&#{code.format(ord(c))};" if c in _HTML_SPECIAL else c for c in value) for code in _NUMERIC),
     ]
 
 
 def _url_forms(value: str) -> list[str]:
     """Percent-encoding of the UTF-8 bytes, with quote and quote_plus, for each set of kept characters."""
-    forms = []
-    for safe in _URL_SAFE_SETS:
-        forms.append(quote(value, safe=safe, errors="surrogatepass"))
-        forms.append(quote_plus(value, safe=safe, errors="surrogatepass"))
-    return forms
+    return [
+        encode(value, safe=safe, errors="surrogatepass") for safe in _URL_SAFE_SETS for encode in (quote, quote_plus)
+    ]
 
 
 def _repr_forms(value: str) -> list[str]:
@@ -223,61 +221,55 @@ class Redactor:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._words: set[str] = set()
-        self._by_prefix: dict[str, set[int]] = {}  # first characters -> lengths of the forms
-        self._shortest = 0
-        self._others: set[str] = set()
-        self._pattern: re.Pattern[str] | None = None
-        self._known: set[str] = set()  # values add() has registered with all their forms
-        self._heads: dict[str, list[str]] = {}  # first FRAGMENT characters -> forms (fragments at edges)
-        self._tails: dict[str, list[str]] = {}  # last FRAGMENT characters -> forms
-        self._longest = 0
+        self.clear()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._words: set[str] = set()
+            self._by_prefix: dict[str, set[int]] = {}  # first characters -> lengths of the forms
+            self._shortest = 0
+            self._others: set[str] = set()
+            self._pattern: re.Pattern[str] | None = None
+            self._known: set[str] = set()  # values add() has registered with all their forms
+            self._heads: dict[str, list[str]] = {}  # first FRAGMENT characters -> forms (fragments at edges)
+            self._tails: dict[str, list[str]] = {}  # last FRAGMENT characters -> forms
+            self._longest = 0
+
+    def _is_new(self, value: Any) -> bool:
+        """A value worth registering, not registered yet (a set read needs no lock)."""
+        return isinstance(value, str) and len(value) >= MIN_REDACT_LENGTH and value not in self._known
 
     def add(self, value: Any) -> None:
         """Register a secret with every form it may be printed in (see ``encoded_forms``)."""
-        if not isinstance(value, str) or len(value) < MIN_REDACT_LENGTH or value in self._known:
-            return  # (a set read needs no lock; a value seen already changes nothing)
-        self._register(value, encoded_forms(value))
+        if self._is_new(value):
+            self._register(value, encoded_forms(value))
 
     def add_token(self, value: Any) -> None:
         """Register an instance token (see ``token_forms``); a value that is not token-like text is
         registered as a secret."""
-        if not isinstance(value, str) or len(value) < MIN_REDACT_LENGTH or value in self._known:
-            return
-        if not _TOKEN.fullmatch(value):
-            self.add(value)
-            return
-        self._register(value, token_forms(value), words_only=True)
+        if self._is_new(value):
+            token = bool(_TOKEN.fullmatch(value))
+            self._register(value, token_forms(value) if token else encoded_forms(value), words_only=token)
 
     def _register(self, value: str, forms: set[str], words_only: bool = False) -> None:
         """Index the forms (``words_only``: every form is known to be made of word characters)."""
-        indexed = []
-        unusual = []
-        for form in forms:
-            if words_only or _WORD_SECRET.fullmatch(form):
-                indexed.append(_normalized(form))
-            else:
-                unusual.append(form)
+        words = {f for f in forms if words_only or _WORD_SECRET.fullmatch(f)}
+        indexed = [_normalized(f) for f in words]
         with self._lock:
-            by_prefix = self._by_prefix
+            unusual = forms - words - self._others
             self._words.update(indexed)
             for form in indexed:
-                lengths = by_prefix.get(form[:_PREFIX])
-                if lengths is None:
-                    by_prefix[form[:_PREFIX]] = {len(form)}
-                else:
-                    lengths.add(len(form))
+                self._by_prefix.setdefault(form[:_PREFIX], set()).add(len(form))
             if indexed:
                 shortest = min(map(len, indexed))
                 self._shortest = min(self._shortest, shortest) if self._shortest else shortest
-            for form in unusual:
-                if form not in self._others:
-                    self._others.add(form)
-                    self._pattern = None
+            if unusual:
+                self._others |= unusual
+                self._pattern = None
             for form in forms:
                 if len(form) >= FRAGMENT:
                     for index, key in ((self._heads, form[:FRAGMENT]), (self._tails, form[-FRAGMENT:])):
-                        known = index.setdefault(key, [])
+                        known = index.setdefault(key, [])  # a list: redact may read it while it grows
                         if form not in known:
                             known.append(form)
                     self._longest = max(self._longest, len(form))
@@ -318,25 +310,10 @@ class Redactor:
                     break
         out, last = [], 0
         for start, end in sorted(spans):
-            if end <= last:
-                continue
-            out.append(text[last:start] if start >= last else "")
-            if start >= last:
-                out.append(MASK)
-            last = end
+            if start >= last:  # a span that starts inside the last one extends it
+                out += [text[last:start], MASK]
+            last = max(last, end)
         return "".join(out) + text[last:] if spans else text
-
-    def clear(self) -> None:
-        with self._lock:
-            self._words.clear()
-            self._others.clear()
-            self._known.clear()
-            self._by_prefix = {}
-            self._shortest = 0
-            self._pattern = None
-            self._heads = {}
-            self._tails = {}
-            self._longest = 0
 
 
 def _mask_run(run: str, words: set[str], by_prefix: dict[str, set[int]], shortest: int) -> str:
@@ -350,25 +327,15 @@ def _mask_run(run: str, words: set[str], by_prefix: dict[str, set[int]], shortes
         return MASK
     out: list[str] = []
     start = index = 0
-    end = len(run) - shortest
-    while index <= end:
+    while index <= len(run) - shortest:
         lengths = by_prefix.get(view[index : index + _PREFIX])
-        if lengths:
-            for length in sorted(lengths, reverse=True):
-                if view[index : index + length] in words:
-                    out.append(run[start:index])
-                    out.append(MASK)
-                    index += length
-                    start = index
-                    break
-            else:
-                index += 1
+        found = lengths and next((n for n in sorted(lengths, reverse=True) if view[index : index + n] in words), 0)
+        if found:
+            out += [run[start:index], MASK]
+            start = index = index + found
         else:
             index += 1
-    if not out:
-        return run
-    out.append(run[start:])
-    return "".join(out)
+    return "".join(out) + run[start:] if out else run
 
 
 # ANSI escape sequences: CSI (ESC [ ... final byte), OSC (ESC ] ... BEL or ST), other two-byte ESC

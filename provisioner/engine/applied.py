@@ -32,14 +32,9 @@ RECORD_CHARS = 4  # 3 bytes: a chance collision per field is 1 in 16 million
 _RECORD_BYTES = 3
 
 
-def field_digest(key: bytes, path: str, value: Any, size: int = _RECORD_BYTES) -> str:
-    """A keyed digest of one field's value (base64url, no padding); ``path`` is the field's text."""
-    return _digest(key, f"{path}\0{_canonical(reveal(value))}", size)
-
-
 def record_digest(fp: FingerprintContext, path: FieldPath, value: Any) -> str:
     """The short digest of one field in the applied record, kept in the run's ``fp.digests``."""
-    message = f"{path}\0{_canonical(reveal(value))}"
+    message = _message(path, value)
     found = fp.digests.get(message)
     if found is None:
         found = _digest(fp.key, message, _RECORD_BYTES)
@@ -52,8 +47,13 @@ MAX_REMEMBERED = 8_192  # values shared by many instances come first; unique one
 
 
 def _digest(key: bytes, message: str, size: int) -> str:
+    """A keyed digest (base64url, no padding)."""
     raw = hashlib.blake2b(message.encode(), key=key[:64], digest_size=size).digest()
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _message(path: Any, value: Any) -> str:
+    return f"{path}\0{_canonical(reveal(value))}"
 
 
 def _canonical(value: Any) -> str:
@@ -139,4 +139,4 @@ def was_applied(record: frozenset[str] | None, fp: FingerprintContext, path: Fie
 
 def field_digests(key: bytes, fields: Mapping[str, Any], size: int = 16) -> dict[str, str]:
     """Long per-field digests (for saved plans)."""
-    return {path: field_digest(key, path, value, size) for path, value in sorted(fields.items())}
+    return {path: _digest(key, _message(path, value), size) for path, value in sorted(fields.items())}

@@ -102,29 +102,17 @@ def diff_configuration(
     return diffs
 
 
-def diff_tags(desired_tags: tuple[str, ...] | None, live_tags: tuple[str, ...]) -> list[FieldDiff]:
-    """User tags compare as sets (when declared); provisioner's own tags are not the user's concern."""
-    if desired_tags is None:
-        return []
-    want, have = sorted(set(desired_tags)), sorted(set(user_tags(live_tags)))
-    return [] if want == have else [FieldDiff(DiffOp.CHANGE, FieldPath("tags"), have, want)]
-
-
-def diff_protect(protect: bool | None, live_tags: tuple[str, ...]) -> list[FieldDiff]:
-    """The protection marker, when the manifest says protect: true or false."""
-    have = PROTECT_TAG in live_tags
-    return [] if protect is None or protect == have else [FieldDiff(DiffOp.CHANGE, FieldPath("protect"), have, protect)]
-
-
 def diff_instance(desired: Any, live: Any, schema: ElementSchema, fp: FingerprintContext) -> list[FieldDiff]:
-    """All field differences between a desired instance and the live instance it is matched to."""
+    """All field differences between a desired instance and the live instance it is matched to. User
+    tags compare as sets, when declared (provisioner's own tags are not the user's concern); the
+    protection marker, when the manifest says protect: true or false."""
     diffs = diff_configuration(
         desired.configuration, live.configuration, schema, fingerprints_of(live.tags), fp, desired.name
     )
-    diffs.extend(diff_tags(desired.tags, live.tags))
-    diffs.extend(diff_protect(desired.protect, live.tags))
+    tags = sorted(set(user_tags(live.tags)))
+    if desired.tags is not None and sorted(set(desired.tags)) != tags:
+        diffs.append(FieldDiff(DiffOp.CHANGE, FieldPath("tags"), tags, sorted(set(desired.tags))))
+    protected = PROTECT_TAG in live.tags
+    if desired.protect is not None and desired.protect != protected:
+        diffs.append(FieldDiff(DiffOp.CHANGE, FieldPath("protect"), protected, desired.protect))
     return diffs
-
-
-def element_matches(schema: ElementSchema, live_element: str | None) -> bool:
-    return schema.accepts_key(live_element)

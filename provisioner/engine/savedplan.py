@@ -79,7 +79,7 @@ class SavedPlan:
             tuple(os.path.normpath(os.path.join(here, p)) for p in inputs["files"]),
             tuple(inputs["set"]),
             tuple(os.path.normpath(os.path.join(here, p)) for p in self.data["schemas"]),
-            bool(self.data.get("local")),
+            self.data["local"],
         )
 
     @property
@@ -91,31 +91,30 @@ class SavedPlan:
         """The saved plan as the value ``plan`` showed (for ``show``)."""
         changes = tuple(
             Change(
-                Action(c["action"]),
-                c["name"],
-                c["target"],
-                c["element"],
-                c["reason"],
-                tuple(_field_diff(d) for d in c["diff"]),
-                c["id"],
-                warning=c.get("warning"),
+                **{k: c[k] for k in ("name", "target", "element", "reason", "id", "warning")},
+                action=Action(c["action"]),
+                diff=tuple(_field_diff(d) for d in c["diff"]),
             )
             for c in self.data["changes"]
         )
-        return Plan(self.data["stack"], changes, self.options, self.data.get("leftOut", 0))
+        return Plan(self.data["stack"], changes, self.options, self.data["leftOut"])
 
     @property
     def options(self) -> PlanOptions:
-        o = self.data["options"]
-        return PlanOptions(
-            prune=o["prune"],
-            allow_replace=o["allowReplace"],
-            force=o["force"],
-            targets=tuple(o["target"]),
-            excludes=tuple(o["exclude"]),
-            allow_destroy=tuple(o["allowDestroy"]),
-            reauthenticate=tuple(o.get("reauthenticate", ())),
-        )
+        saved = self.data["options"]
+        return PlanOptions(**{field: _listed(saved[key]) for key, field in _OPTIONS.items() if key in saved})
+
+
+# The plan options a saved plan records, by their JSON key (reauthenticate is absent in older files).
+_OPTIONS = {
+    "prune": "prune",
+    "allowReplace": "allow_replace",
+    "force": "force",
+    "target": "targets",
+    "exclude": "excludes",
+    "allowDestroy": "allow_destroy",
+    "reauthenticate": "reauthenticate",
+}
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -168,7 +167,8 @@ def _described(error: ValidationError) -> str:
     where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
     if error.validator == "type":
         got = _JSON_TYPES.get(type(error.instance), "a number")
-        what = f"must be {' or '.join(map(str, _listed(error.validator_value)))}, not {got}"
+        wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        what = f"must be {' or '.join(map(str, wanted))}, not {got}"
     elif error.validator in ("required", "additionalProperties", "const", "enum", "propertyNames"):
         what = error.message if len(error.message) <= 160 else error.message[:157] + "..."
     else:
@@ -176,8 +176,9 @@ def _described(error: ValidationError) -> str:
     return f"{where or 'the document'}: {what}"
 
 
-def _listed(value: Any) -> list:
-    return value if isinstance(value, list) else [value]
+def _listed(value: Any) -> Any:
+    """A list of the JSON document as the tuple of PlanOptions, and back; any other value as it is."""
+    return tuple(value) if isinstance(value, list) else list(value) if isinstance(value, tuple) else value
 
 
 def _shown(value: Any) -> str:
@@ -194,8 +195,7 @@ def _malformed(path: str, problems: list[str]) -> UserError:
 
 def _field_diff(data: dict) -> FieldDiff:
     section, _, key = data["path"].partition(".")
-    path = FieldPath(section, key) if key else FieldPath(section)
-    return FieldDiff(DiffOp(data["op"]), path, data["old"], data["new"], data["sensitive"])
+    return FieldDiff(DiffOp(data["op"]), FieldPath(section, key or None), data["old"], data["new"], data["sensitive"])
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -224,15 +224,7 @@ def document(plan: Plan, validated: Validated, connection: Connection, sources: 
         "schemas": [relative(p) for p in sources.schemas],
         "local": sources.local,
         "targets": _targets(connection, sources.local),
-        "options": {
-            "prune": plan.options.prune,
-            "allowReplace": plan.options.allow_replace,
-            "force": plan.options.force,
-            "target": list(plan.options.targets),
-            "exclude": list(plan.options.excludes),
-            "allowDestroy": list(plan.options.allow_destroy),
-            "reauthenticate": list(plan.options.reauthenticate),
-        },
+        "options": {key: _listed(getattr(plan.options, field)) for key, field in _OPTIONS.items()},
         "desired": desired_digests(validated, connection, plan.options),
         "changes": [_change(c, validated, connection) for c in plan.changes],
         "summary": plan.counts(),
@@ -354,9 +346,8 @@ def check_plan(saved: SavedPlan, fresh: Plan, validated: Validated, connection: 
 def _refuse(saved: SavedPlan, problems: list[str]) -> None:
     if not problems:
         return
-    shown = problems[:MAX_LISTED] + (
-        [f"... and {len(problems) - MAX_LISTED} more"] if len(problems) > MAX_LISTED else []
-    )
+    more = [f"... and {len(problems) - MAX_LISTED} more"] if len(problems) > MAX_LISTED else []
+    shown = problems[:MAX_LISTED] + more
     raise UserError(
         f"the saved plan {saved.path} no longer matches, nothing was changed:\n  - " + "\n  - ".join(shown),
         hint="run plan --out again and review the new plan",
@@ -375,8 +366,7 @@ def _desired_problems(saved: SavedPlan, validated: Validated, connection: Connec
         elif key not in then:
             problems.append(f"{name}: newly declared (the manifest or its inputs changed)")
         elif then[key] != now[key]:
-            paths = sorted(p for p in set(then[key]) | set(now[key]) if then[key].get(p) != now[key].get(p))
-            problems.append(f"{name}: renders differently now: {', '.join(paths)}")
+            problems.append(f"{name}: renders differently now: {_differing(then[key], now[key])}")
     if problems:
         key = _plan_key(connection)
         if saved.data["manifest"]["digest"] != _file_digest(key, validated.manifest.path):
@@ -400,11 +390,16 @@ def _vanished(old: dict, now: Change | None) -> str:
 def _compared(old: dict, new: dict) -> list[str]:
     name = f"{old['name']}" + (f" (id {old['id']})" if old["id"] is not None else "")
     if old["live"] is not None and new["live"] is not None and old["live"]["fields"] != new["live"]["fields"]:
-        a, b = old["live"]["fields"], new["live"]["fields"]
-        paths = sorted(p for p in set(a) | set(b) if a.get(p) != b.get(p))
-        return [f"{name}: changed on the server since the plan: {', '.join(paths)}"]
+        return [
+            f"{name}: changed on the server since the plan: {_differing(old['live']['fields'], new['live']['fields'])}"
+        ]
     if old["action"] != new["action"]:
         return [f"{name}: planned {old['action']}, now {new['action']} ({new['reason']})"]
     if old["diff"] != new["diff"]:  # a "method" that older files carry is not compared: apply chooses it
         return [f"{name}: the {old['action']} now has a different diff"]
     return []
+
+
+def _differing(then: dict[str, str], now: dict[str, str]) -> str:
+    """The fields whose digests differ, in order."""
+    return ", ".join(sorted(p for p in set(then) | set(now) if then.get(p) != now.get(p)))

@@ -1,12 +1,9 @@
 """Closed sets are types: the base of provisioner's enums, and the check that a match handles them all.
 
-The plan's actions, an apply's statuses, a diff's operations and a problem's severities are enums
-built on ``StrEnum``, which behaves as Python 3.11's ``enum.StrEnum`` on 3.10 too: a member is its
-string (``Action.CREATE == "create"``), and ``str()``, ``format()`` and ``json.dumps`` give the plain
-value, so text output, JSON documents and saved plans read exactly as they did with bare strings.
-
-``assert_never`` (``typing.assert_never`` from Python 3.11 on) ends a ``match`` over a member: when a
-member is added, the type check fails at every match that does not handle it.
+``StrEnum`` behaves as Python 3.11's ``enum.StrEnum`` on 3.10 too: a member is its string, and
+``str()``, ``format()`` and ``json.dumps`` give the plain value, so output and saved plans read as
+they did with bare strings. ``assert_never`` (``typing.assert_never`` from 3.11 on) ends a ``match``:
+when a member is added, the type check fails at every match that does not handle it.
 """
 
 from __future__ import annotations

@@ -123,8 +123,6 @@ class Interrupted(ProvisionerError):
 class ApiError(ProvisionerError):
     """The API answered with an error status. ``message`` is the API's own, already cut short."""
 
-    kind = "api error"
-
     def __init__(
         self,
         status: int,
@@ -146,11 +144,8 @@ class ApiError(ProvisionerError):
         self.raw_message = ""  # the API's own message, unshortened (for "No instances found")
 
     def __str__(self) -> str:
-        text = (
-            f"{self.method} {self.path}: HTTP {self.status}: {self.message}"
-            if self.method
-            else (f"HTTP {self.status}: {self.message}")
-        )
+        text = f"{self.method} {self.path}: " if self.method else ""
+        text += f"HTTP {self.status}: {self.message}"
         if self.request_id:
             text += f" (requestId {self.request_id})"
         if self.hint:
@@ -158,37 +153,27 @@ class ApiError(ProvisionerError):
         return text
 
 
-class BadRequest(ApiError):
-    kind = "bad request"
+class BadRequest(ApiError): ...  # 400
 
 
-class Unauthorized(ApiError):
-    """401 or 403: the run stops; the message names the variables to check, never their values."""
-
-    kind = "unauthorized"
+class Unauthorized(ApiError): ...  # 401 or 403: the run stops, naming the variables to check, never their values
 
 
-class NotFound(ApiError):
-    kind = "not found"
+class NotFound(ApiError): ...  # 404
 
 
-class Conflict(ApiError):
-    kind = "conflict"
+class Conflict(ApiError): ...  # 409
 
 
-class RateLimited(ApiError):
-    kind = "rate limited"
+class RateLimited(ApiError): ...  # 429
 
 
-class ServerError(ApiError):
-    kind = "server error"
+class ServerError(ApiError): ...  # 5xx
 
 
 class WaitTooLong(RateLimited):
     """The API asked every request to wait (Retry-After) longer than the run's retry budget: the run
     stops at once. ``sent`` is False when the request never left (the wait was already in force)."""
-
-    kind = "rate limited"
 
     def __init__(self, wait: float, budget: float, method: str, path: str, sent: bool):
         message = f"the API asked to wait {wait:.0f} s (Retry-After), longer than the retry budget of {budget:g} s"

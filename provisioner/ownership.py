@@ -37,8 +37,6 @@ def stack_marker(stack: str) -> str:
 
 
 def run_tag(run_id: str) -> str:
-    """The tag a run puts on the instances it creates, so it can tell its own copies from another
-    run's even when the answer to a create was lost."""
     return f"{RUN_TAG}{run_id}"
 
 
@@ -48,13 +46,9 @@ def is_unmanaged(tags: Iterable[Any]) -> bool:
     return not any(isinstance(t, str) and t.startswith(STACK_TAG) for t in tags)
 
 
-def is_managed_tag(tag: object) -> bool:
-    """Tags provisioner writes itself, as opposed to the user's own tags."""
-    return isinstance(tag, str) and tag.startswith(TAG_PREFIX)
-
-
 def user_tags(tags: Iterable[Any]) -> list[str]:
-    return [t for t in tags if isinstance(t, str) and not is_managed_tag(t)]
+    """The user's own tags: not those provisioner writes itself."""
+    return [t for t in tags if isinstance(t, str) and not t.startswith(TAG_PREFIX)]
 
 
 def fingerprint_key(organization_secret: Secret, override: str | None = None) -> bytes:
@@ -82,13 +76,8 @@ def fingerprint_tags(
 
 def fingerprints_of(tags: Iterable[Any]) -> dict[str, str]:
     """The fingerprints recorded on a live instance, by configuration key."""
-    found = {}
-    for tag in tags:
-        if isinstance(tag, str) and tag.startswith(FP_TAG):
-            key, sep, digest = tag[len(FP_TAG) :].rpartition("=")
-            if sep:
-                found[key] = digest
-    return found
+    pairs = (t[len(FP_TAG) :].rpartition("=") for t in tags if isinstance(t, str) and t.startswith(FP_TAG))
+    return {key: digest for key, sep, digest in pairs if sep}
 
 
 def managed_tags(stack: str, fp_tags: list[str], protect: bool = False, applied: str | None = None) -> list[str]:

@@ -10,6 +10,7 @@ flushed and fsynced, then renamed over the target: no reader ever sees half of i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tempfile
@@ -77,16 +78,9 @@ def write_private(path: str, text: str, what: str, mode: int = 0o600) -> None:
         if checked_path(path, what) != target:  # replaced by something else while we wrote
             raise UserError(f"the {what} {path} changed while it was being written", hint="run the command again")
         os.replace(temporary, target)
-    except OSError as exc:
-        _remove_quietly(temporary)
-        raise UserError(f"cannot write the {what} {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        _remove_quietly(temporary)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write the {what} {path}: {exc.strerror or exc}") from None
         raise
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

@@ -9,13 +9,11 @@ from urllib.parse import urlsplit
 from .errors import UserError
 from .secret import REDACTOR, sanitize
 
-LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
-
 
 def is_loopback(host: str) -> bool:
     """Is ``host`` this machine (localhost, 127.0.0.0/8, ::1)?"""
     host = (host or "").strip("[]").lower()
-    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
+    if host in ("localhost", "localhost.localdomain", "ip6-localhost") or host.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

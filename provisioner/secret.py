@@ -60,9 +60,7 @@ class Secret:
         return f"Secret({MASK})"
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, Secret):
-            return self._value == other._value
-        return NotImplemented
+        return self._value == other._value if isinstance(other, Secret) else NotImplemented
 
     def __hash__(self) -> int:
         return hash(("Secret", self._value))
@@ -116,11 +114,12 @@ _JSON_U_SPECIAL = "<>&'\"="
 def _json_forms(value: str) -> list[str]:
     """JSON string escapes: ASCII-only and not, "/" as "\\/", and <>&'"= as \\u00XX (either case)."""
     escaped = json.dumps(value)[1:-1]
-    forms = [escaped, json.dumps(value, ensure_ascii=False)[1:-1], escaped.replace("/", "\\/")]
-    if any(c in _JSON_U_SPECIAL for c in value):
-        for hexcase in ("x", "X"):
-            forms.append("".join(f"\\u{ord(c):04{hexcase}}" if c in _JSON_U_SPECIAL else c for c in escaped))
-    return forms
+    return [
+        escaped,
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        escaped.replace("/", "\\/"),
+        *("".join(f"\\u{ord(c):04{hexcase}}" if c in _JSON_U_SPECIAL else c for c in escaped) for hexcase in "xX"),
+    ]
 
 
 def _html_forms(value: str) -> list[str]:

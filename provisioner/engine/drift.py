@@ -26,6 +26,7 @@ Findings, each ``drift`` (the server changed) or ``pending`` (the manifest chang
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast, get_args
@@ -95,15 +96,13 @@ class DriftReport:
         return any(f.kind == "pending" for f in self.findings)
 
     def summary(self) -> dict[str, Any]:
-        by_category = dict.fromkeys(CATEGORIES, 0)
-        for finding in self.findings:
-            by_category[finding.category] += 1
+        by_category = Counter(f.category for f in self.findings)
         return {
             "declared": self.declared,
             "inSync": self.in_sync,
             "drift": sum(1 for f in self.findings if f.kind == "drift"),
             "pending": sum(1 for f in self.findings if f.kind == "pending"),
-            "byCategory": by_category,
+            "byCategory": {category: by_category[category] for category in CATEGORIES},
         }
 
     def to_json(self) -> dict:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..privatefile import write_private
-from ..secret import Secret, reveal
+from ..secret import reveal
 
 
 def outputs_document(entries: Mapping[str, Mapping[str, Any]]) -> dict:
@@ -31,7 +31,7 @@ def outputs_document(entries: Mapping[str, Mapping[str, Any]]) -> dict:
 
 def write_outputs(path: str, entries: Mapping[str, Mapping[str, Any]]) -> None:
     """Write the outputs file atomically with mode 0600."""
-    write_private(path, json.dumps(outputs_document(entries), indent=2, sort_keys=True) + "\n", "outputs file")
+    write_private(path, format_json(entries), "outputs file")
 
 
 def env_name(name: str) -> str:
@@ -65,8 +65,7 @@ def format_env(entries: Mapping[str, Mapping[str, Any]]) -> str:
         prefix = env_name(name)
         lines.append(f"{prefix}_ID={shlex.quote(str(entry.get('id')))}")
         lines.append(f"{prefix}_ELEMENT={shlex.quote(str(entry.get('element')))}")
-        token = entry.get("token")
-        lines.append(f"{prefix}_TOKEN={shlex.quote(reveal(token) if isinstance(token, Secret) else str(token))}")
+        lines.append(f"{prefix}_TOKEN={shlex.quote(str(reveal(entry.get('token'))))}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 

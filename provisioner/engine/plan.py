@@ -26,6 +26,7 @@ plan to some declared instances before anything is compared (see ``targeting.py`
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -119,10 +120,8 @@ class Plan:
     left_out: int = 0  # declared instances left out by --target/--exclude
 
     def counts(self) -> dict[Action, int]:
-        counts = dict.fromkeys(ACTIONS, 0)
-        for change in self.changes:
-            counts[change.action] += 1
-        return counts
+        counts = Counter(c.action for c in self.changes)
+        return {action: counts[action] for action in ACTIONS}
 
     @property
     def has_changes(self) -> bool:

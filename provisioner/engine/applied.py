@@ -69,15 +69,19 @@ def _canonical(value: Any) -> str:
 
 def desired_fields(desired: Any, schema: ElementSchema) -> dict[FieldPath, Any]:
     """The non-secret fields of a desired instance that provisioner compares, in effective form."""
+    return _fields(desired, schema, desired.tags, desired.protect, set(schema.defaults))
+
+
+def _fields(desired: Any, schema: ElementSchema, tags: Any, protect: Any, keys: set[str]) -> dict[FieldPath, Any]:
+    """The element, the tags and protection (unless None) and the non-secret configuration keys
+    (declared, and ``keys``), each in effective form."""
     fields: dict[FieldPath, Any] = {FieldPath("element"): desired.element}
-    if desired.tags is not None:
-        fields[FieldPath("tags")] = sorted(set(desired.tags))
-    if getattr(desired, "protect", None) is not None:
-        fields[FieldPath("protect")] = bool(desired.protect)
-    secret = schema.secret_keys
-    for key in sorted(set(desired.configuration) | set(schema.defaults)):
-        if key not in secret:
-            fields[FieldPath.config(key)] = schema.effective(key, desired.configuration.get(key))
+    if tags is not None:
+        fields[FieldPath("tags")] = sorted(set(tags))
+    if protect is not None:
+        fields[FieldPath("protect")] = bool(protect)
+    for key in sorted((keys | set(desired.configuration)) - schema.secret_keys):
+        fields[FieldPath.config(key)] = schema.effective(key, desired.configuration.get(key))
     return fields
 
 
@@ -102,24 +106,11 @@ def live_value(live: Any, path: FieldPath, schema: ElementSchema | None) -> Any:
             assert_never(path.section)
 
 
-def written_fields(desired: Any, schema: ElementSchema, tags: Iterable[str], protect: bool) -> dict[FieldPath, Any]:
-    """Every non-secret field as a write leaves it on the instance (see the module docstring): every
-    non-secret schema property, and any other declared non-secret key."""
-    fields: dict[FieldPath, Any] = {
-        FieldPath("element"): desired.element,
-        FieldPath("tags"): sorted(set(tags)),
-        FieldPath("protect"): bool(protect),
-    }
-    configuration = desired.configuration
-    keys = set(schema.properties) | set(configuration)
-    for key in sorted(keys - schema.secret_keys):
-        fields[FieldPath.config(key)] = schema.effective(key, configuration.get(key))
-    return fields
-
-
 def applied_tag(desired: Any, schema: ElementSchema, fp: FingerprintContext, tags: Iterable[str], protect: bool) -> str:
-    """The record tag for a desired instance written with these user tags and protection."""
-    fields = written_fields(desired, schema, tags, protect)
+    """The record tag for a desired instance written with these user tags and protection: every
+    non-secret field as the write leaves it (every non-secret schema property, and any other declared
+    non-secret key)."""
+    fields = _fields(desired, schema, tags, protect, set(schema.properties))
     return APPLIED_TAG + "".join(sorted(record_digest(fp, path, value) for path, value in fields.items()))
 
 

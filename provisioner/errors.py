@@ -37,17 +37,14 @@ class Location:
     path: str | None = None
 
     def format(self) -> str:
-        parts: list[str] = []
-        if self.file:
-            parts.append(f"{self.file}:{self.line}" if self.line else self.file)
-        if self.template:
-            where = f"{self.template}:{self.template_line}" if self.template_line else self.template
-            parts.append(f"(template {where})")
-        if self.instance:
-            parts.append(f"instance={self.instance}")
-        if self.path:
-            parts.append(self.path)
-        return " ".join(parts)
+        template = f"{self.template}:{self.template_line}" if self.template_line else self.template
+        parts = [
+            f"{self.file}:{self.line}" if self.file and self.line else self.file,
+            f"(template {template})" if self.template else None,
+            f"instance={self.instance}" if self.instance else None,
+            self.path,
+        ]
+        return " ".join(p for p in parts if p)
 
 
 @dataclass(frozen=True)

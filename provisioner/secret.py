@@ -158,14 +158,9 @@ def _base64_forms(data: bytes) -> list[str]:
     """base64 of ``data``, whole and as it reads inside a longer encoded string: for each of the 3
     alignments, the characters that depend only on ``data``. (The urlsafe alphabet and unpadded
     forms are matched through ``_normalized``.)"""
-    b64encode, size = base64.b64encode, len(data)
-    whole = b64encode(data).decode("ascii")
-    return [
-        whole,
-        whole[: 8 * size // 6],
-        b64encode(b"\0" + data).decode("ascii")[2 : 8 * (1 + size) // 6],
-        b64encode(b"\0\0" + data).decode("ascii")[3 : 8 * (2 + size) // 6],
-    ]
+    aligned = [base64.b64encode(b"\0" * k + data).decode("ascii") for k in range(3)]  # data after k bytes
+    # after k bytes, the characters from ceil(8k/6) up to 8(k+size)/6 depend only on the data
+    return [aligned[0], *(text[(8 * k + 5) // 6 : 8 * (k + len(data)) // 6] for k, text in enumerate(aligned))]
 
 
 _LOWER_HEX = re.compile(r"%[0-9a-f][0-9a-fA-F]|%[0-9A-F][a-f]")

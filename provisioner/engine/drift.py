@@ -142,11 +142,7 @@ def _findings(change: Change, registry: ElementRegistry, fp: FingerprintContext 
         return [Finding("extra-copy", "drift", detail=change.reason, **common)]
     if change.action == Action.NOOP and change.desired is None:
         return [Finding("undeclared", "pending", detail=change.reason, **common)]
-    if (
-        change.action == Action.CONFLICT
-        and change.live is not None
-        and not change.live.owned_by(fp.stack if fp else "")
-    ):
+    if change.action == Action.CONFLICT and change.live is not None and is_unmanaged(change.live.tags):
         why = f"declared, but the only instance named {change.name!r} has no stack marker; provisioner never touches it"
         return [Finding("unmanaged-namesake", "drift", detail=why, **common)]
     found = []

@@ -96,9 +96,7 @@ def patch_body(
 ) -> dict[str, Any]:
     """Tags only: PATCH replaces the whole tag list, so it carries the marker and fingerprints too.
     A rename also carries the new name (the instance keeps its id and token)."""
-    body: dict[str, Any] = {"name": desired.name} if rename else {}
-    body["tags"] = all_tags(desired, schema, fp, live_tags)
-    return body
+    return ({"name": desired.name} if rename else {}) | {"tags": all_tags(desired, schema, fp, live_tags)}
 
 
 def adopt_body(

@@ -37,7 +37,7 @@ from ..ownership import fingerprints_of, is_unmanaged
 from ..secret import SENSITIVE
 from .applied import applied_record, live_value, was_applied
 from .diff import FieldDiff, FieldPath, FingerprintContext
-from .plan import Action, Change, Plan
+from .plan import Action, Change, Plan, element_aliases
 
 Kind = Literal["drift", "pending"]
 Category = Literal[
@@ -202,11 +202,7 @@ def _secret(diff: FieldDiff, live: LiveInstance, common: dict[str, Any]) -> Find
 
 def _canonical_element(registry: ElementRegistry, reported: str | None) -> str | None:
     """The element key as a manifest declares it, for a key the API reports (dynamicscrm: dynamicscrmadfs)."""
-    for key in registry.keys():
-        schema = registry.get(key)
-        if schema is not None and reported is not None and schema.accepts_key(reported):
-            return key
-    return reported
+    return min(element_aliases(registry).get(reported, ()), default=reported)
 
 
 def _namesakes(

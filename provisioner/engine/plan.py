@@ -172,7 +172,7 @@ def make_plan(
     left_out = 0
     selection = options.selection
     if selection.active:
-        desired, live_by_target, left_out = restrict(selection, desired, live_by_target, _aliases(registry))
+        desired, live_by_target, left_out = restrict(selection, desired, live_by_target, element_aliases(registry))
     changes: list[Change] = []
     by_target: dict[str, list[DesiredInstance]] = {}
     for instance in desired:
@@ -234,7 +234,7 @@ def _reauthenticated(change: Change) -> Change:
     return replace(change, warning=f"--reauthenticate: not re-authenticated, it is planned as {change.action}")
 
 
-def _aliases(registry: ElementRegistry) -> dict[str | None, frozenset[str]]:
+def element_aliases(registry: ElementRegistry) -> dict[str | None, frozenset[str]]:
     """For each element key the API may report, the declared element keys it stands for."""
     found: dict[str | None, set[str]] = {}
     for key in registry.keys():

@@ -321,12 +321,14 @@ def _mask_run(run: str, words: set[str], by_prefix: dict[str, set[int]], shortes
         return MASK
     out: list[str] = []
     start = index = 0
-    while index <= len(run) - shortest:
+    end = len(run) - shortest
+    while index <= end:
         lengths = by_prefix.get(view[index : index + _PREFIX])
-        found = lengths and next((n for n in sorted(lengths, reverse=True) if view[index : index + n] in words), 0)
-        if found:
-            out += [run[start:index], MASK]
-            start = index = index + found
+        for length in sorted(lengths, reverse=True) if lengths else ():
+            if view[index : index + length] in words:
+                out += [run[start:index], MASK]
+                start = index = index + length
+                break
         else:
             index += 1
     return "".join(out) + run[start:] if out else run

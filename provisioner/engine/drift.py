@@ -55,14 +55,8 @@ class DriftField:
     kind: Kind
 
     def to_json(self) -> dict:
-        shown = (SENSITIVE, SENSITIVE) if self.sensitive else (self.live, self.manifest)
-        return {
-            "path": str(self.path),
-            "live": shown[0],
-            "manifest": shown[1],
-            "sensitive": self.sensitive,
-            "kind": self.kind,
-        }
+        masked = {"live": SENSITIVE, "manifest": SENSITIVE} if self.sensitive else {}
+        return {**asdict(self), "path": str(self.path), **masked}
 
 
 @dataclass(frozen=True)

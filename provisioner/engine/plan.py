@@ -84,15 +84,8 @@ class Change:
 
     def to_json(self) -> dict[str, Any]:
         """The change as the JSON output and saved plans show it."""
-        return {
-            "action": self.action,
-            "name": self.name,
-            "target": self.target,
-            "element": self.element,
-            "id": self.id,
-            "reason": self.reason,
-            "diff": [d.to_json() for d in self.diff],
-        }
+        shown = {key: getattr(self, key) for key in ("action", "name", "target", "element", "id", "reason")}
+        return {**shown, "diff": [d.to_json() for d in self.diff]}
 
 
 @dataclass(frozen=True)

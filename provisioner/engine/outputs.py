@@ -11,22 +11,12 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import UserError
 from ..privatefile import write_private
 from ..secret import reveal
-
-
-def outputs_document(entries: Mapping[str, Mapping[str, Any]]) -> dict:
-    """The JSON shape of outputs, tokens revealed (for writing to the user's chosen place only)."""
-    return {
-        "instances": {
-            name: {"id": e.get("id"), "element": e.get("element"), "token": reveal(e.get("token"))}
-            for name, e in sorted(entries.items())
-        }
-    }
 
 
 def write_outputs(path: str, entries: Mapping[str, Mapping[str, Any]]) -> None:
@@ -40,19 +30,14 @@ def env_name(name: str) -> str:
     return prefix if not prefix[0].isdigit() else f"_{prefix}"
 
 
-def env_collisions(names: Iterable[str]) -> dict[str, list[str]]:
-    """Prefixes that more than one instance name maps to, with those names (sorted)."""
-    by_prefix: dict[str, list[str]] = {}
-    for name in sorted(names):
-        by_prefix.setdefault(env_name(name), []).append(name)
-    return {prefix: group for prefix, group in sorted(by_prefix.items()) if len(group) > 1}
-
-
 def format_env(entries: Mapping[str, Mapping[str, Any]]) -> str:
     """Shell-quoted NAME_ID, NAME_ELEMENT and NAME_TOKEN lines, for eval or a dotenv file. Refused
     when two instance names map to the same variables (``crm-acme`` and ``crm.acme``): the shell
     would keep only the last, and a script would use the wrong token."""
-    collisions = env_collisions(entries)
+    by_prefix: dict[str, list[str]] = {}
+    for name in sorted(entries):
+        by_prefix.setdefault(env_name(name), []).append(name)
+    collisions = {prefix: group for prefix, group in sorted(by_prefix.items()) if len(group) > 1}
     if collisions:
         listed = "; ".join(f"{', '.join(group)} -> {prefix}_*" for prefix, group in collisions.items())
         raise UserError(
@@ -70,4 +55,9 @@ def format_env(entries: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def format_json(entries: Mapping[str, Mapping[str, Any]]) -> str:
-    return json.dumps(outputs_document(entries), indent=2, sort_keys=True) + "\n"
+    """The outputs document, tokens revealed (for writing to the user's chosen place only)."""
+    instances = {
+        name: {"id": e.get("id"), "element": e.get("element"), "token": reveal(e.get("token"))}
+        for name, e in sorted(entries.items())
+    }
+    return json.dumps({"instances": instances}, indent=2, sort_keys=True) + "\n"

@@ -420,17 +420,19 @@ def _request(r: ChangeResult) -> str:
     return f" (requestId {r.request_id})" if r.request_id else ""
 
 
-def _diff_line(diff: FieldDiff) -> str:
-    def show(value: Any) -> str:
-        return SENSITIVE if diff.sensitive and value is not None else json.dumps(value, default=str)
+def shown(diff: FieldDiff, value: Any) -> str:
+    """A value of a field diff as printed: JSON, or ``(sensitive)`` for a secret's."""
+    return SENSITIVE if diff.sensitive and value is not None else json.dumps(value, default=str)
 
+
+def _diff_line(diff: FieldDiff) -> str:
     match diff.op:
         case DiffOp.ADD:
-            return f"+ {diff.path} = {show(diff.new)}"
+            return f"+ {diff.path} = {shown(diff, diff.new)}"
         case DiffOp.REMOVE:
-            return f"- {diff.path} (was {show(diff.old)})"
+            return f"- {diff.path} (was {shown(diff, diff.old)})"
         case DiffOp.CHANGE:
-            return f"~ {diff.path}: {show(diff.old)} -> {show(diff.new)}"
+            return f"~ {diff.path}: {shown(diff, diff.old)} -> {shown(diff, diff.new)}"
         case _:
             assert_never(diff.op)
 
@@ -442,29 +444,25 @@ def _status_counts(result: ApplyResult) -> dict[Status, int]:
     return counts
 
 
-def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> str:
+def done_counts(result: ApplyResult) -> dict[Action, int]:
+    """The changes made, per action that has a past tense (in ``_PAST``'s order)."""
     done = dict.fromkeys(_PAST, 0)
     for r in result.results:
         if r.status == Status.OK and r.change.action in done:
             done[r.change.action] += 1
+    return done
+
+
+_SUMMARY = (  # the order of apply's summary line
+    *(Action.ADOPT, Action.CREATE, Action.UPDATE, Action.RENAME, Action.REPLACE, Action.DELETE),
+    *(Action.DISABLE, Action.ENABLE, Action.REAUTHENTICATE),
+)
+_ALWAYS = (Action.CREATE, Action.UPDATE, Action.REPLACE, Action.DELETE)  # the others only when some were made
+
+
+def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> str:
+    traffic = f"{plural(stats.get('requests', 0), 'request')}, {plural(stats.get('retries', 0), 'retry', 'retries')}."
     status = _status_counts(result)
-    conflicts = sum(1 for r in result.results if r.change.action == Action.CONFLICT)
-    protected = sum(1 for r in result.results if r.change.action == Action.PROTECTED)
-    parts = [f"{done[a]} {_PAST[a]}" for a in (Action.CREATE, Action.UPDATE, Action.REPLACE, Action.DELETE)]
-    if done[Action.ADOPT]:
-        parts.insert(0, f"{done[Action.ADOPT]} adopted")
-    if done[Action.RENAME]:
-        parts.insert(2, f"{done[Action.RENAME]} renamed")
-    parts.extend(f"{done[a]} {_PAST[a]}" for a in (Action.DISABLE, Action.ENABLE, Action.REAUTHENTICATE) if done[a])
-    parts.append(f"{status[Status.FAILED]} failed")
-    parts.append(f"{status[Status.SKIPPED] - conflicts - protected} skipped")
-    if conflicts:
-        parts.append(f"{conflicts} conflict(s)")
-    if protected:
-        parts.append(f"{protected} protected, refused")
-    requests = stats.get("requests", 0)
-    retries = stats.get("retries", 0)
-    traffic = f"{plural(requests, 'request')}, {plural(retries, 'retry', 'retries')}."
     if command == "destroy":
         deletions = dict.fromkeys(Status, 0)
         for r in result.results:
@@ -473,6 +471,14 @@ def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> 
     title = "Apply" if command == "apply" else command.capitalize()
     if not result.plan.has_changes and not result.plan.has_refusals:
         return f"{title}: no changes, the instances match the manifest. {traffic}"
+    done = done_counts(result)
+    refused = {a: sum(1 for r in result.results if r.change.action == a) for a in REFUSALS}
+    parts = [f"{done[a]} {_PAST[a]}" for a in _SUMMARY if done[a] or a in _ALWAYS]
+    parts += [f"{status[Status.FAILED]} failed", f"{status[Status.SKIPPED] - sum(refused.values())} skipped"]
+    if refused[Action.CONFLICT]:
+        parts.append(f"{refused[Action.CONFLICT]} conflict(s)")
+    if refused[Action.PROTECTED]:
+        parts.append(f"{refused[Action.PROTECTED]} protected, refused")
     return f"{title}: {', '.join(parts)}. {traffic}"
 
 

@@ -30,7 +30,6 @@ from .options import (
     WITH_MARKDOWN,
     ApplyArgs,
     CheckArgs,
-    Command,
     DestroyArgs,
     ImportArgs,
     Online,
@@ -49,9 +48,8 @@ from .run import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Run, command
 from .show import show
 
 
-@click.command(cls=Command, epilog=ENV_RENDER)
+@command(ValidateArgs, epilog=ENV_RENDER)
 @input_options(api=False, many=True)
-@command(ValidateArgs)
 def validate(run: Run, args: ValidateArgs) -> int:
     """Check manifests offline: structure, rendering, element schemas; makes no network call.
 
@@ -71,7 +69,7 @@ def validate(run: Run, args: ValidateArgs) -> int:
     return max(run.finish(functools.partial(one, args.source(manifest))) for manifest in args.manifest)
 
 
-@click.command(cls=Command, epilog=ENV_API)
+@command(PlanArgs, epilog=ENV_API)
 @input_options(*WITH_MARKDOWN)
 @API_OPTIONS
 @plan_options(
@@ -85,7 +83,6 @@ def validate(run: Run, args: ValidateArgs) -> int:
     metavar="FILE",
     help="Save the plan to FILE (no secret, mode 0600) for 'apply FILE', which executes exactly it.",
 )
-@command(PlanArgs)
 def plan(run: Run, args: PlanArgs) -> int:
     """Show what apply would change, without changing anything.
 
@@ -122,7 +119,7 @@ def _apply_line(args: PlanArgs, out: str) -> str:
     return shlex.join(words)
 
 
-@click.command(cls=Command, epilog=ENV_API)
+@command(ApplyArgs, epilog=ENV_API)
 @input_options(*WITH_MARKDOWN)
 @API_OPTIONS
 @plan_options("Delete instances the stack owns that are no longer declared.")
@@ -134,7 +131,6 @@ def _apply_line(args: PlanArgs, out: str) -> str:
 )
 @click.option("--auto-approve", "--yes", "-y", "yes", is_flag=True, help="Do not ask for confirmation on a terminal.")
 @PROGRESS
-@command(ApplyArgs)
 def apply(run: Run, args: ApplyArgs) -> int:
     """Make the live instances match the manifest, and deliver their tokens.
 
@@ -149,13 +145,12 @@ def apply(run: Run, args: ApplyArgs) -> int:
     return _apply_like(run, args) if saved is None else _apply_like(run, _from_saved(saved, args), saved)
 
 
-@click.command(cls=Command, epilog=ENV_API)
+@command(DestroyArgs, epilog=ENV_API)
 @input_options()
 @API_OPTIONS
 @click.option("--yes", "-y", "--auto-approve", "yes", is_flag=True, help="Do not ask (required without a terminal).")
 @ALLOW_DESTROY
 @PROGRESS
-@command(DestroyArgs)
 def destroy(run: Run, args: DestroyArgs) -> int:
     """Delete every instance the manifest's stack owns (and nothing else)."""
     return _apply_like(run, args)
@@ -258,10 +253,9 @@ def _confirmed(run: Run, the_plan: Plan, args: ApplyArgs | DestroyArgs, reviewed
     return True
 
 
-@click.command(cls=Command, epilog=ENV_API)
+@command(Online, epilog=ENV_API)
 @input_options(*WITH_MARKDOWN)
 @API_OPTIONS
-@command(Online)
 def drift(run: Run, args: Online) -> int:
     """Report what changed behind provisioner's back, apart from pending manifest changes; it never writes.
 
@@ -276,11 +270,10 @@ def drift(run: Run, args: Online) -> int:
     return EXIT_CHANGES if report.has_drift else EXIT_OK
 
 
-@click.command(cls=Command, epilog=ENV_API)
+@command(CheckArgs, epilog=ENV_API)
 @input_options(*WITH_MARKDOWN)
 @API_OPTIONS
 @option("--ping", is_flag=True)
-@command(CheckArgs)
 def check(run: Run, args: CheckArgs) -> int:
     """Report whether each declared instance works: healthy, invalid, disabled or missing; it never writes.
 
@@ -298,7 +291,7 @@ _OUTPUT_FORMATS = {"json": format_json, "env": format_env}
 _OUTPUT_CHOICE = click.Choice(sorted(_OUTPUT_FORMATS))
 
 
-@click.command(cls=Command, epilog=ENV_API)
+@command(OutputArgs, epilog=ENV_API)
 @input_options(
     output=options(
         option(
@@ -319,7 +312,6 @@ _OUTPUT_CHOICE = click.Choice(sorted(_OUTPUT_FORMATS))
 )
 @API_OPTIONS
 @click.argument("name", required=False)
-@command(OutputArgs)
 def output(run: Run, args: OutputArgs) -> int:
     """Print id, element and token of the declared instances, read from the API."""
     with run.connected(args, read_only=True) as (validated, _, connection):
@@ -331,7 +323,7 @@ def output(run: Run, args: OutputArgs) -> int:
     return EXIT_OK
 
 
-@click.command("import", cls=Command, epilog=ENV_API)
+@command(ImportArgs, "import", epilog=ENV_API)
 @input_options()
 @API_OPTIONS
 @click.option(
@@ -344,7 +336,6 @@ def output(run: Run, args: OutputArgs) -> int:
 @click.option("--element", "element", default=None, help="Only instances of this element key.")
 @click.option("--name", "name_glob", default=None, metavar="GLOB", help="Only instances whose name matches GLOB.")
 @click.option("--force", is_flag=True, help="Replace --out FILE if it exists (never the manifest import reads).")
-@command(ImportArgs)
 def import_(run: Run, args: ImportArgs) -> int:
     """Write a manifest declaring the unmanaged instances the target already has (take them over with --adopt)."""
     from ..engine.importer import import_manifest
@@ -391,9 +382,8 @@ def _check_import_out(args: ImportArgs) -> None:
         )
 
 
-@click.command(cls=Command, epilog=ENV_RENDER)
+@command(Source, epilog=ENV_RENDER)
 @input_options("yaml", "json", api=False)
-@command(Source)
 def render(run: Run, args: Source) -> int:
     """Print, offline, the request bodies apply would send to create every instance, as it sends them.
 

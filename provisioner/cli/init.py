@@ -19,7 +19,7 @@ import click
 from ..errors import UserError
 from ..manifest.elements import ElementRegistry
 from ..manifest.starter import Starter, elements_named, stack_name, starter_manifest
-from .options import Command, InitArgs
+from .options import InitArgs
 from .run import EXIT_OK, Run, command
 
 PIPELINES = {  # --ci: the example it starts from, and where the platform reads it
@@ -28,7 +28,7 @@ PIPELINES = {  # --ci: the example it starts from, and where the platform reads 
 }
 
 
-@click.command(cls=Command)
+@command(InitArgs)
 @click.argument("elements", nargs=-1, required=True, metavar="ELEMENT...")
 @click.option(
     "--out",
@@ -52,7 +52,6 @@ PIPELINES = {  # --ci: the example it starts from, and where the platform reads 
     help="Also write a pipeline that validates, plans, applies and reports drift: for GitHub Actions "
     "(in .github/workflows) or GitLab CI (at the top of the repository).",
 )
-@command(InitArgs)
 def init(run: Run, args: InitArgs) -> int:
     """Write a commented starter manifest declaring one instance of each ELEMENT (e.g. connectwisehd).
 

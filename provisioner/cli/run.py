@@ -16,7 +16,7 @@ from ..engine.plan import check_reauthenticate
 from ..errors import Interrupted, ProvisionerError, UserError, ValidationFailed
 from ..interrupt import StopFlag, stop_on_signals
 from .markdown import MarkdownReporter
-from .options import Online, Source
+from .options import Command, Online, Source
 from .report import JsonReporter, RedactingWriter, Reporter, TextReporter
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
@@ -98,18 +98,18 @@ class Run:
         return validated
 
 
-def command(kind: Callable[..., A]) -> Callable[[Callable[[Run, A], int]], Callable[..., None]]:
-    """Give a click callback its parameters as one typed value (``options``), and the invocation's
-    ``Run`` (named by the command's path: ``schemas pull``); the body returns the exit code."""
+def command(kind: Callable[..., A], name: str | None = None, **attrs: Any) -> Callable[..., click.Command]:
+    """A click command whose body takes its parameters as one typed value (``options``) and the
+    invocation's ``Run`` (named by the command's path: ``schemas pull``), and returns the exit code."""
 
-    def wrap(body: Callable[[Run, A], int]) -> Callable[..., None]:
-        @functools.wraps(body)
+    def wrap(body: Callable[[Run, A], int]) -> click.Command:
+        @functools.wraps(body)  # with the click parameters the option decorators attached to it
         def callback(**params: Any) -> None:
             args = kind(**params)
             run = Run(click.get_current_context().command_path.partition(" ")[2], args.reporter, args.verbose)
             sys.exit(run.finish(lambda: body(run, args)))
 
-        return callback
+        return click.command(name, cls=Command, **attrs)(callback)
 
     return wrap
 

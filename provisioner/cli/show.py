@@ -7,14 +7,13 @@ import click
 from ..engine import savedplan
 from ..errors import UserError
 from ..manifest.yamlload import DEFAULT_MAX_BYTES
-from .options import WITH_MARKDOWN, Command, ShowArgs, output_option
+from .options import WITH_MARKDOWN, ShowArgs, output_option
 from .run import EXIT_OK, Run, command
 
 
-@click.command(cls=Command)
+@command(ShowArgs)
 @click.argument("file", type=click.Path(dir_okay=False))
 @output_option(*WITH_MARKDOWN)
-@command(ShowArgs)
 def show(run: Run, args: ShowArgs) -> int:
     """Print a plan saved with 'plan --out FILE' as plan printed it; reads nothing else, sends nothing.
 

@@ -40,7 +40,7 @@ def _catalog(run: Run, args: CatalogArgs) -> Iterator[Any]:
             yield client
 
 
-@schemas.command("pull", epilog=ENV_CATALOG)
+@command(CatalogArgs, "pull", epilog=ENV_CATALOG)
 @click.argument("keys", nargs=-1)
 @click.option("--all", "all_keys", is_flag=True, help="Pull every element the API offers (GET /elements/keys).")
 @click.option(
@@ -52,7 +52,6 @@ def _catalog(run: Run, args: CatalogArgs) -> Iterator[Any]:
     help="Directory to write <key>.json into (use it with --schemas DIR).",
 )
 @CATALOG_OPTIONS
-@command(CatalogArgs)
 def schemas_pull(run: Run, args: CatalogArgs) -> int:
     """Write one JSON Schema per element KEY from the API's definitions (stable: a second pull changes nothing)."""
     from ..api import pull
@@ -65,9 +64,8 @@ def schemas_pull(run: Run, args: CatalogArgs) -> int:
     return EXIT_OK
 
 
-@schemas.command("list", epilog=ENV_CATALOG)
+@command(CatalogArgs, "list", epilog=ENV_CATALOG)
 @CATALOG_OPTIONS
-@command(CatalogArgs)
 def schemas_list(run: Run, args: CatalogArgs) -> int:
     """Print the element keys the API offers, and which have a local schema (built in or --schemas)."""
     from ..api import pull
@@ -84,7 +82,11 @@ def schemas_list(run: Run, args: CatalogArgs) -> int:
     return EXIT_OK
 
 
-@click.command(cls=Command, epilog=ENV_EMULATOR)
+schemas.add_command(schemas_pull)
+schemas.add_command(schemas_list)
+
+
+@command(EmulatorArgs, epilog=ENV_EMULATOR)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to listen on.")
 @click.option(
     "--port",
@@ -112,7 +114,6 @@ def schemas_list(run: Run, args: CatalogArgs) -> int:
 @click.option("--latency-ms", type=click.FloatRange(0), default=None, help="Added latency on every request.")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible faults.")
 @click.option("--quiet", is_flag=True, help="Do not log requests on stderr.")
-@command(EmulatorArgs)
 def emulator(run: Run, args: EmulatorArgs) -> int:
     """Run the Cloud Elements API emulator on loopback (SQLite persistence, optional fault injection)."""
     from ..emulator import Emulator, FaultConfig

@@ -4,12 +4,14 @@ stages in order and turns the result into output and an exit code."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shlex
 import sys
 from dataclasses import replace
 
 import click
+import yaml
 
 from ..engine import savedplan
 from ..engine import stages as engine
@@ -42,6 +44,7 @@ from .options import (
     options,
     plan_options,
 )
+from .preview import AT_APPLY_NOTE, rendered
 from .progress import ProgressReporter
 from .report import TextReporter
 from .run import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Run, command
@@ -391,12 +394,6 @@ def render(run: Run, args: Source) -> int:
     the fingerprint and applied-record tags, and the id of the run. The schema defaults of the keys the
     manifest leaves out are listed beside each body: apply does not send them, the API fills them in.
     """
-    import json
-
-    import yaml
-
-    from .preview import AT_APPLY_NOTE, rendered
-
     validated = run.validated(args)
     requests = rendered(validated.manifest.stack, validated.desired, validated.registry)
     text = (

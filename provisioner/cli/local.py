@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ..emulator import Emulator, FaultConfig
 from ..errors import UserError
 
 STATE_DIR = ".provisioner"
@@ -36,8 +35,14 @@ class LocalApi:
 
 
 @contextmanager
-def local_api(state_dir: str = STATE_DIR) -> Iterator[LocalApi]:
-    """Start the embedded emulator on a free loopback port for the duration of one command."""
+def local_api(enabled: bool, state_dir: str = STATE_DIR) -> Iterator[LocalApi | None]:
+    """With --local, start the embedded emulator on a free loopback port for the duration of one
+    command (the emulator is imported only then: a run against the API starts faster)."""
+    if not enabled:
+        yield None
+        return
+    from ..emulator import Emulator, FaultConfig
+
     db_path = os.path.join(state_dir, DB_NAME)
     try:
         prepare_state_dir(state_dir)

@@ -468,9 +468,8 @@ def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> 
         for r in result.results:
             deletions[r.status] += r.change.action == Action.DELETE
         return f"{_destroy_summary(result.plan.counts(), deletions)} {traffic}"
-    title = "Apply" if command == "apply" else command.capitalize()
     if not result.plan.has_changes and not result.plan.has_refusals:
-        return f"{title}: no changes, the instances match the manifest. {traffic}"
+        return f"Apply: no changes, the instances match the manifest. {traffic}"
     done = done_counts(result)
     refused = {a: sum(1 for r in result.results if r.change.action == a) for a in REFUSALS}
     parts = [f"{done[a]} {_PAST[a]}" for a in _SUMMARY if done[a] or a in _ALWAYS]
@@ -479,7 +478,7 @@ def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> 
         parts.append(f"{refused[Action.CONFLICT]} conflict(s)")
     if refused[Action.PROTECTED]:
         parts.append(f"{refused[Action.PROTECTED]} protected, refused")
-    return f"{title}: {', '.join(parts)}. {traffic}"
+    return f"Apply: {', '.join(parts)}. {traffic}"
 
 
 def _hinted(r: ChangeResult) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
 import click
@@ -15,6 +15,7 @@ from ..engine import stages as engine
 from ..engine.plan import check_reauthenticate
 from ..errors import Interrupted, ProvisionerError, UserError, ValidationFailed
 from ..interrupt import StopFlag, stop_on_signals
+from .local import local_api
 from .markdown import MarkdownReporter
 from .options import Command, Online, Source
 from .report import JsonReporter, RedactingWriter, Reporter, TextReporter
@@ -112,12 +113,3 @@ def command(kind: Callable[..., A], name: str | None = None, **attrs: Any) -> Ca
         return click.command(name, cls=Command, **attrs)(callback)
 
     return wrap
-
-
-def local_api(local: bool) -> AbstractContextManager[Any]:
-    """The embedded emulator of --local (None without it)."""
-    if not local:
-        return nullcontext(None)
-    from .local import local_api as start
-
-    return start()

@@ -15,8 +15,9 @@ import click
 from ..errors import UserError, ValidationFailed
 from ..interrupt import stop_on_signals
 from ..manifest.load import manifest_schema_text
+from .local import local_api
 from .options import CATALOG_OPTIONS, ENV_CATALOG, ENV_EMULATOR, CatalogArgs, Command, EmulatorArgs, Group
-from .run import EXIT_OK, Run, command, local_api
+from .run import EXIT_OK, Run, command
 
 
 @click.group(cls=Group, epilog=ENV_CATALOG)

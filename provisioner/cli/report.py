@@ -191,67 +191,57 @@ class JsonReporter:
         self.out = out
         self.err = RedactingWriter(err)
 
-    def _emit(self, document: dict[str, Any]) -> None:
-        self.out.write(json.dumps(printable({"formatVersion": FORMAT_VERSION, **document}), indent=2) + "\n")
+    def _emit(self, command: str, ok: bool, **fields: Any) -> None:
+        document = {"formatVersion": FORMAT_VERSION, "command": command, "ok": ok, **fields}
+        self.out.write(json.dumps(printable(document), indent=2) + "\n")
         self.out.flush()
 
     def validated(self, manifest: str, count: int, problems: Iterable[Problem]) -> None:
-        self._emit(
-            {
-                "command": "validate",
-                "ok": True,
-                "manifest": manifest,
-                "instances": count,
-                "problems": [p.to_json() for p in problems],
-            }
-        )
+        self._emit("validate", True, manifest=manifest, instances=count, problems=[p.to_json() for p in problems])
 
     def problems(self, command: str, problems: Iterable[Problem]) -> None:
-        self._emit({"command": command, "ok": False, "problems": [p.to_json() for p in problems]})
+        self._emit(command, False, problems=[p.to_json() for p in problems])
 
     def plan(self, plan: Plan, command: str = "plan") -> None:
+        changes = [c.to_json() for c in plan.changes]
         self._emit(
-            {
-                "command": command,
-                "ok": not plan.has_refusals,
-                "stack": plan.stack,
-                "changes": [c.to_json() for c in plan.changes],
-                "summary": plan.counts(),
-                "warnings": plan.warnings,
-            }
+            command,
+            not plan.has_refusals,
+            stack=plan.stack,
+            changes=changes,
+            summary=plan.counts(),
+            warnings=plan.warnings,
         )
 
     def applied(
         self, result: ApplyResult, stats: dict[str, Any], command: str = "apply", outputs: str | None = None
     ) -> None:
         self._emit(
-            {
-                "command": command,
-                "ok": result.ok and not result.plan.has_refusals,
-                "stack": result.plan.stack,
-                "changes": [result_json(r) for r in result.results],
-                "summary": result.plan.counts(),
-                "status": _status_counts(result),
-                "warnings": result.plan.warnings,
-                "interrupted": result.interrupted,
-                "aborted": result.aborted,
-                "notes": result.notes,
-                "outputs": outputs,
-                "requests": stats,
-            }
+            command,
+            result.ok and not result.plan.has_refusals,
+            stack=result.plan.stack,
+            changes=[result_json(r) for r in result.results],
+            summary=result.plan.counts(),
+            status=_status_counts(result),
+            warnings=result.plan.warnings,
+            interrupted=result.interrupted,
+            aborted=result.aborted,
+            notes=result.notes,
+            outputs=outputs,
+            requests=stats,
         )
 
     def drift(self, report: DriftReport, stats: dict[str, Any]) -> None:
-        self._emit({"command": "drift", "ok": True, **report.to_json(), "requests": stats})
+        self._emit("drift", True, **report.to_json(), requests=stats)
 
     def health(self, report: health.HealthReport, stats: dict[str, Any]) -> None:
-        self._emit({"command": "check", "ok": True, **report.to_json(), "requests": stats})
+        self._emit("check", True, **report.to_json(), requests=stats)
 
     def error(self, command: str, message: str, hint: str | None = None) -> None:
-        self._emit({"command": command, "ok": False, "error": {"message": message, "hint": hint}})
+        self._emit(command, False, error={"message": message, "hint": hint})
 
     def document(self, command: str, data: dict[str, Any], lines: list[str]) -> None:
-        self._emit({"command": command, "ok": True, **data})
+        self._emit(command, True, **data)
 
     def info(self, text: str) -> None:
         self.err.write_lines([text])

@@ -23,7 +23,7 @@ from ..engine import health
 from ..engine.apply import ApplyResult, ChangeResult, Status
 from ..engine.diff import DiffOp, FieldDiff
 from ..engine.drift import DriftReport, summary_line, text_lines
-from ..engine.plan import REFUSALS, Action, Change, Plan
+from ..engine.plan import REFUSALS, WRITES, Action, Change, Plan
 from ..errors import Problem, Severity
 from ..secret import MASK, MIN_REDACT_LENGTH, REDACTOR, SENSITIVE, Secret, escape
 
@@ -61,6 +61,12 @@ def _looks(action: Action) -> tuple[str, str, str | None]:
 
 _SYMBOLS: dict[Action, tuple[str, str]] = {a: _looks(a)[:2] for a in Action}
 _PAST: dict[Action, str] = {a: past for a in Action if (past := _looks(a)[2]) is not None}
+_SUMMARY = (  # the order of apply's summary line
+    *(Action.ADOPT, Action.CREATE, Action.UPDATE, Action.RENAME, Action.REPLACE, Action.DELETE),
+    *(Action.DISABLE, Action.ENABLE, Action.REAUTHENTICATE),
+)
+_ALWAYS = (Action.CREATE, Action.UPDATE, Action.REPLACE, Action.DELETE)  # the other writes: only when some are
+_REFUSED = {Action.CONFLICT: "conflict(s)", Action.PROTECTED: "protected, refused"}
 LIST_LIMIT = 100  # successful changes listed one by one up to this many (all with --verbose)
 
 
@@ -346,21 +352,10 @@ class TextReporter:
 
 
 def plan_summary(counts: dict[Action, int]) -> str:
-    """``Plan: 1 to create, ... (3 unchanged).``; renames, conflicts and refusals only when there are some."""
-    rename = f"{counts[Action.RENAME]} to rename, " if counts.get(Action.RENAME) else ""
-    line = (
-        f"Plan: {counts[Action.CREATE]} to create, {counts[Action.UPDATE]} to update, {rename}"
-        f"{counts[Action.REPLACE]} to replace, {counts[Action.DELETE]} to delete"
-        + (f", {counts[Action.ADOPT]} to adopt" if counts.get(Action.ADOPT) else "")
-        + "".join(f", {counts[a]} to {a}" for a in (Action.DISABLE, Action.ENABLE) if counts.get(a))
-        + (f", {counts[Action.REAUTHENTICATE]} to re-authenticate" if counts.get(Action.REAUTHENTICATE) else "")
-    )
-    extra = [f"{counts[Action.NOOP]} unchanged"] + (
-        [f"{counts[Action.CONFLICT]} conflict(s)"] if counts[Action.CONFLICT] else []
-    )
-    if counts.get(Action.PROTECTED):
-        extra.append(f"{counts[Action.PROTECTED]} protected, refused")
-    return f"{line} ({', '.join(extra)})."
+    """``Plan: 1 to create, ... (3 unchanged).``; the other writes and the refusals only when there are some."""
+    planned = [f"{counts[a]} to {_PAST[a].removesuffix('d')}" for a in WRITES if counts[a] or a in _ALWAYS]
+    extra = [f"{counts[Action.NOOP]} unchanged"] + [f"{counts[a]} {_REFUSED[a]}" for a in REFUSALS if counts[a]]
+    return f"Plan: {', '.join(planned)} ({', '.join(extra)})."
 
 
 def _destroy_summary(counts: dict[Action, int], done: dict[Status, int] | None = None) -> str:
@@ -443,13 +438,6 @@ def done_counts(result: ApplyResult) -> dict[Action, int]:
     return done
 
 
-_SUMMARY = (  # the order of apply's summary line
-    *(Action.ADOPT, Action.CREATE, Action.UPDATE, Action.RENAME, Action.REPLACE, Action.DELETE),
-    *(Action.DISABLE, Action.ENABLE, Action.REAUTHENTICATE),
-)
-_ALWAYS = (Action.CREATE, Action.UPDATE, Action.REPLACE, Action.DELETE)  # the others only when some were made
-
-
 def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> str:
     traffic = f"{plural(stats.get('requests', 0), 'request')}, {plural(stats.get('retries', 0), 'retry', 'retries')}."
     status = _status_counts(result)
@@ -464,10 +452,7 @@ def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> 
     refused = {a: sum(1 for r in result.results if r.change.action == a) for a in REFUSALS}
     parts = [f"{done[a]} {_PAST[a]}" for a in _SUMMARY if done[a] or a in _ALWAYS]
     parts += [f"{status[Status.FAILED]} failed", f"{status[Status.SKIPPED] - sum(refused.values())} skipped"]
-    if refused[Action.CONFLICT]:
-        parts.append(f"{refused[Action.CONFLICT]} conflict(s)")
-    if refused[Action.PROTECTED]:
-        parts.append(f"{refused[Action.PROTECTED]} protected, refused")
+    parts += [f"{n} {_REFUSED[a]}" for a, n in refused.items() if n]
     return f"Apply: {', '.join(parts)}. {traffic}"
 
 

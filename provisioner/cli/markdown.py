@@ -17,7 +17,7 @@ import html
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 from ..closedsets import assert_never
 from ..engine import health
@@ -26,7 +26,7 @@ from ..engine.diff import DiffOp, FieldDiff
 from ..engine.drift import CATEGORIES, DriftReport, Finding, summary_line
 from ..engine.plan import ACTIONS, WRITES, Action, Change, Plan
 from ..secret import SENSITIVE, escape
-from .report import _PAST, _SYMBOLS, LIST_LIMIT, RedactingWriter, TextReporter, _request, done_counts, shown
+from .report import _PAST, _SYMBOLS, LIST_LIMIT, TextReporter, _request, done_counts, shown
 
 _LABELS = {"noop": "unchanged", "conflict": "conflict"}
 T = TypeVar("T")
@@ -127,13 +127,9 @@ class MarkdownReporter(TextReporter):
     """Plans, apply results, drift reports and health checks as Markdown on stdout; everything else as
     the text reporter writes it."""
 
-    def __init__(self, out: IO[str], err: IO[str], verbose: bool = False):
-        super().__init__(out, err, verbose)
-        self.markdown = RedactingWriter(out)
-
     def _write(self, *blocks: str) -> None:
-        self.markdown.write("\n\n".join(blocks) + "\n")
-        self.markdown.flush()
+        self.out.raw.write("\n\n".join(blocks) + "\n")  # redacted and escaped, never styled
+        self.out.raw.flush()
 
     def plan(self, plan: Plan, command: str = "plan") -> None:
         """Title, action counts, warnings, then a section per instance that changes."""

@@ -71,7 +71,10 @@ def init(run: Run, args: InitArgs) -> int:
     if args.ci is not None:
         example, path = PIPELINES[args.ci]
         files[path] = _pipeline(example, starter, os.path.relpath(args.out))
-    _refuse_existing(files)
+    if existing := [path for path in files if os.path.lexists(path)]:  # checked before anything is written
+        raise UserError(
+            f"{existing[0]} already exists; init never overwrites a file", hint="move it away, or give --out"
+        )
     for path, text in files.items():
         _create(path, text)
         run.reporter.info(f"wrote {path}")
@@ -80,12 +83,6 @@ def init(run: Run, args: InitArgs) -> int:
         run.reporter.info(f"  {name}  ({element}: {key})")
     run.reporter.info(f"then: provisioner validate {args.out}")
     return EXIT_OK
-
-
-def _refuse_existing(files: dict[str, str]) -> None:
-    for path in files:
-        if os.path.lexists(path):
-            raise UserError(f"{path} already exists; init never overwrites a file", hint="move it away, or give --out")
 
 
 def _create(path: str, text: str) -> None:

@@ -31,7 +31,6 @@ class LocalApi:
     url: str
     user_secret: str
     organization_secret: str
-    db_path: str
 
 
 @contextmanager
@@ -54,7 +53,7 @@ def local_api(enabled: bool, state_dir: str = STATE_DIR) -> Iterator[LocalApi | 
             hint="run from a directory you can write to",
         ) from None
     try:
-        yield LocalApi(url, LOCAL_USER_SECRET, LOCAL_ORGANIZATION_SECRET, db_path)
+        yield LocalApi(url, LOCAL_USER_SECRET, LOCAL_ORGANIZATION_SECRET)
     finally:
         emulator.stop()
         private_files(state_dir)

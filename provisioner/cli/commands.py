@@ -1,5 +1,5 @@
-"""The commands that read a manifest: each parses its options into one typed value, calls the engine's
-stages in order and turns the result into output and an exit code."""
+"""The commands that read a manifest (and ``show``, which reads a saved plan): each parses its options into
+one typed value, calls the engine's stages in order and turns the result into output and an exit code."""
 
 from __future__ import annotations
 
@@ -37,18 +37,19 @@ from .options import (
     Online,
     OutputArgs,
     PlanArgs,
+    ShowArgs,
     Source,
     ValidateArgs,
     input_options,
     option,
     options,
+    output_option,
     plan_options,
 )
 from .preview import AT_APPLY_NOTE, rendered
 from .progress import ProgressReporter
 from .report import TextReporter
 from .run import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Run, command
-from .show import show
 
 
 @command(ValidateArgs, epilog=ENV_RENDER)
@@ -104,7 +105,7 @@ def plan(run: Run, args: PlanArgs) -> int:
         if args.out:
             run.reporter.info(f"no plan saved to {args.out}: the plan has refused changes")
         return EXIT_ERROR
-    if saved is not None and args.out:
+    if args.out and saved is not None:
         savedplan.write(args.out, saved)
         run.reporter.info(f"Plan saved to {args.out} (mode 0600); apply it with: {_apply_line(args, args.out)}")
     return EXIT_CHANGES if args.detailed_exitcode and the_plan.has_changes else EXIT_OK
@@ -120,6 +121,31 @@ def _apply_line(args: PlanArgs, out: str) -> str:
     if args.max_file_bytes != DEFAULT_MAX_BYTES:
         words += ["--max-file-bytes", str(args.max_file_bytes)]
     return shlex.join(words)
+
+
+@command(ShowArgs)
+@click.argument("file", type=click.Path(dir_okay=False))
+@output_option(*WITH_MARKDOWN)
+def show(run: Run, args: ShowArgs) -> int:
+    """Print a plan saved with 'plan --out FILE' as plan printed it; reads nothing else, sends nothing.
+
+    What the plan was made from (manifest, inputs, options, targets, time) goes to stderr.
+    """
+    saved = savedplan.load_if_plan(args.file, DEFAULT_MAX_BYTES)
+    if saved is None:
+        raise UserError(f"{args.file}: not a saved plan", hint="make one with: provisioner plan MANIFEST --out FILE")
+    run.reporter.plan(saved.as_plan())
+    data, sources = saved.data, saved.sources
+    options = [key if value is True else f"{key}={','.join(value)}" for key, value in data["options"].items() if value]
+    run.reporter.info(
+        f"Saved plan {args.file}: stack {data['stack']!r}, made {data['createdAt']} by provisioner "
+        f"{data['provisionerVersion']} from {sources.manifest}"
+        + (f" with inputs {', '.join(sources.inputs)}" if sources.inputs else "")
+        + (f", --set {', '.join(sources.set_keys)} (give them again to apply)" if sources.set_keys else "")
+        + (f", options: {', '.join(options)}" if options else "")
+        + f"; targets: {', '.join(f'{n} {u}' for n, u in data['targets'].items())}."
+    )
+    return EXIT_OK
 
 
 @command(ApplyArgs, epilog=ENV_API)

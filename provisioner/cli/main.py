@@ -25,12 +25,10 @@ from ..interrupt import exit_process
 from ..secret import REDACTOR, escape
 from . import commands, tools
 from .init import init
-from .options import Group
 from .run import EXIT_ERROR, EXIT_OK
 
 
 @click.group(
-    cls=Group,
     commands=[*commands.COMMANDS, init, *tools.COMMANDS],
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
     epilog="Each command's --help names the environment variables it reads. Shell completion: "

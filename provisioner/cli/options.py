@@ -67,10 +67,6 @@ class Command(click.Command):
         return paragraph if end < 0 else paragraph[: end + 1]
 
 
-class Group(click.Group):
-    command_class = Command
-
-
 # -- the typed values: their fields are the commands' click parameters ------------------------------
 
 
@@ -340,7 +336,8 @@ def input_options(*formats: str, api: bool = True, many: bool = False, output: C
         if api
         else "Print on stderr the order in which the inputs were layered (later wins)."
     )
-    path, positive, choice = click.Path(dir_okay=False), click.IntRange(1), click.Choice(formats or FORMATS)
+    formats = formats or FORMATS
+    path, positive = click.Path(dir_okay=False), click.IntRange(1)
     return options(
         click.argument("manifest", type=path, nargs=-1 if many else 1, required=True),
         option("--inputs", multiple=True, type=path),
@@ -348,7 +345,7 @@ def input_options(*formats: str, api: bool = True, many: bool = False, output: C
         option("--schemas", multiple=True, type=click.Path(file_okay=False)),
         option("--max-foreach", type=positive, default=DEFAULT_MAX_FOREACH, show_default=True),
         option("--max-file-bytes", type=positive, default=DEFAULT_MAX_BYTES, show_default=True),
-        output or option("-o", "--output", type=choice, default=(formats or FORMATS)[0], show_default=True),
+        output or option("-o", "--output", type=click.Choice(formats), default=formats[0], show_default=True),
         option("-v", "--verbose", is_flag=True, help=verbose),
     )
 

@@ -99,7 +99,9 @@ class Run:
         return validated
 
 
-def command(kind: Callable[..., A], name: str | None = None, **attrs: Any) -> Callable[..., click.Command]:
+def command(
+    kind: Callable[..., A], name: str | None = None, **attrs: Any
+) -> Callable[[Callable[[Run, A], int]], click.Command]:
     """A click command whose body takes its parameters as one typed value (``options``) and the
     invocation's ``Run`` (named by the command's path: ``schemas pull``), and returns the exit code."""
 

@@ -16,11 +16,11 @@ from ..errors import UserError, ValidationFailed
 from ..interrupt import stop_on_signals
 from ..manifest.load import manifest_schema_text
 from .local import local_api
-from .options import CATALOG_OPTIONS, ENV_CATALOG, ENV_EMULATOR, CatalogArgs, Command, EmulatorArgs, Group
+from .options import CATALOG_OPTIONS, ENV_CATALOG, ENV_EMULATOR, CatalogArgs, Command, EmulatorArgs
 from .run import EXIT_OK, Run, command
 
 
-@click.group(cls=Group, epilog=ENV_CATALOG)
+@click.group(epilog=ENV_CATALOG)
 def schemas() -> None:
     """Element schemas written from the API's own element definitions."""
 

@@ -330,13 +330,7 @@ _OUTPUT_CHOICE = click.Choice(sorted(_OUTPUT_FORMATS))
             default=None,
             help="json (default): the outputs-file document; env: NAME_ID, NAME_ELEMENT, NAME_TOKEN shell lines.",
         ),
-        option(
-            "--format",
-            "fmt",
-            type=_OUTPUT_CHOICE,
-            hidden=True,
-            help="Same as -o (kept for scripts written before -o env).",
-        ),
+        click.option("--format", "fmt", type=_OUTPUT_CHOICE, hidden=True),  # -o's older spelling, for old scripts
     )
 )
 @API_OPTIONS

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from provisioner.cli.report import _PAST, _SYMBOLS
+from provisioner.cli.report import _PAST, _SUMMARY, _SYMBOLS
 from provisioner.engine.apply import Status
 from provisioner.engine.diff import DiffOp
 from provisioner.engine.drift import CATEGORIES
@@ -60,7 +60,8 @@ def test_every_action_is_exactly_one_of_write_refusal_noop():
 def test_every_action_has_a_symbol_and_every_write_a_past_tense():
     assert set(_SYMBOLS) == set(Action)
     assert len({symbol for symbol, _style in _SYMBOLS.values()}) == len(Action)
-    assert tuple(_PAST) == WRITES  # in this order in the apply summaries
+    assert tuple(_PAST) == WRITES  # in this order in the Markdown apply table
+    assert sorted(_SUMMARY) == sorted(WRITES)  # apply's summary line names every write
     assert [_PAST[a] for a in WRITES] == ["created", "updated", "renamed", "replaced", "deleted", "adopted"] + [
         "disabled",
         "enabled",

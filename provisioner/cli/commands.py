@@ -1,89 +1,84 @@
-"""The commands that read a manifest: each parses its options into one typed value, calls the engine's
-stages in order and turns the result into output and an exit code."""
+"""The commands that read a manifest (and ``show``, which reads a saved plan): each parses its options into
+one typed value, calls the engine's stages in order and turns the result into output and an exit code."""
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shlex
 import sys
 from dataclasses import replace
 
 import click
+import yaml
 
 from ..engine import savedplan
 from ..engine import stages as engine
 from ..engine.health import check as check_health
 from ..engine.outputs import format_env, format_json, write_outputs
-from ..engine.plan import Action, Plan, check_reauthenticate
+from ..engine.plan import Action, Plan
 from ..errors import UserError
 from ..manifest.load import DEFAULT_MAX_FOREACH
 from ..manifest.yamlload import DEFAULT_MAX_BYTES
 from ..ownership import is_unmanaged
 from ..privatefile import checked_path, write_private
 from .options import (
+    ALLOW_DESTROY,
+    API_OPTIONS,
     ENV_API,
     ENV_RENDER,
-    FORMATS,
+    PROGRESS,
+    WITH_MARKDOWN,
     ApplyArgs,
     CheckArgs,
-    Command,
     DestroyArgs,
     ImportArgs,
     Online,
     OutputArgs,
     PlanArgs,
-    RenderArgs,
+    ShowArgs,
+    Source,
     ValidateArgs,
-    allow_destroy_option,
-    api_options,
     input_options,
-    output_format_options,
-    parsed,
-    ping_option,
+    option,
+    options,
+    output_option,
     plan_options,
-    progress_option,
 )
+from .preview import AT_APPLY_NOTE, rendered
 from .progress import ProgressReporter
 from .report import TextReporter
-from .run import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Run
-from .show import show
-
-WITH_MARKDOWN = (*FORMATS, "markdown")
+from .run import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Run, command
 
 
-@click.command(cls=Command, epilog=ENV_RENDER)
+@command(ValidateArgs, epilog=ENV_RENDER)
 @input_options(api=False, many=True)
-@parsed(ValidateArgs)
-def validate(args: ValidateArgs) -> None:
+def validate(run: Run, args: ValidateArgs) -> int:
     """Check manifests offline: structure, rendering, element schemas; makes no network call.
 
     Several MANIFEST files are checked one after the other (text output only); the exit code is 1 if
     any of them has an error.
     """
-    run = Run("validate", args.reporter, args.verbose)
-    if run.json and len(args.manifest) > 1:
-        error = UserError(
+    if args.output == "json" and len(args.manifest) > 1:
+        raise UserError(
             "--output json takes one manifest", hint="run validate once per manifest, or use the text output"
         )
-        run.exit(lambda: _raise(error))
 
-    def one(manifest: str) -> int:
-        validated = run.validated(args.source(manifest))
+    def one(source: Source) -> int:
+        validated = run.validated(source)
         run.reporter.validated(validated.manifest.display, len(validated.desired), validated.problems)
         return EXIT_OK
 
-    sys.exit(max(run.finish(functools.partial(one, manifest)) for manifest in args.manifest))
+    return max(run.finish(functools.partial(one, args.source(manifest))) for manifest in args.manifest)
 
 
-def _raise(error: Exception) -> int:
-    raise error
-
-
-@click.command(cls=Command, epilog=ENV_API)
-@input_options(output=WITH_MARKDOWN)
-@api_options
-@plan_options(planning=True)
+@command(PlanArgs, epilog=ENV_API)
+@input_options(*WITH_MARKDOWN)
+@API_OPTIONS
+@plan_options(
+    "Also plan the deletion of instances the stack owns that are no longer declared (apply --prune deletes them)."
+)
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when changes are pending (0: none, 1: error).")
 @click.option(
     "--out",
@@ -92,36 +87,28 @@ def _raise(error: Exception) -> int:
     metavar="FILE",
     help="Save the plan to FILE (no secret, mode 0600) for 'apply FILE', which executes exactly it.",
 )
-@parsed(PlanArgs)
-def plan(args: PlanArgs) -> None:
+def plan(run: Run, args: PlanArgs) -> int:
     """Show what apply would change, without changing anything.
 
     -o markdown prints a summary table and a diff per changed instance, for a pull request comment or a
     CI step summary.
     """
-    run = Run("plan", args.reporter, args.verbose)
-
-    def body() -> int:
+    if args.out:
+        checked_path(args.out, "saved plan")  # before any request: a device or FIFO is refused now
+    with run.connected(args, read_only=True) as (validated, options, connection):
+        the_plan = engine.plan(validated, connection, options)
+        saved = None
+        if args.out and not the_plan.has_refusals:
+            saved = savedplan.document(the_plan, validated, connection, _sources(args), args.out)
+    run.reporter.plan(the_plan)
+    if the_plan.has_refusals:
         if args.out:
-            checked_path(args.out, "saved plan")  # before any request: a device or FIFO is refused now
-        validated = run.validated(args)
-        check_reauthenticate(validated.desired, validated.registry, args.plan)  # before any request
-        with run.connected(args, validated, read_only=True) as (options, connection):
-            the_plan = engine.plan(validated, connection, options)
-            saved = None
-            if args.out and not the_plan.has_refusals:
-                saved = savedplan.document(the_plan, validated, connection, _sources(args), args.out)
-        run.reporter.plan(the_plan)
-        if the_plan.has_refusals:
-            if args.out:
-                run.reporter.info(f"no plan saved to {args.out}: the plan has refused changes")
-            return EXIT_ERROR
-        if saved is not None and args.out:
-            savedplan.write(args.out, saved)
-            run.reporter.info(f"Plan saved to {args.out} (mode 0600); apply it with: {_apply_line(args, args.out)}")
-        return EXIT_CHANGES if args.detailed_exitcode and the_plan.has_changes else EXIT_OK
-
-    run.exit(body)
+            run.reporter.info(f"no plan saved to {args.out}: the plan has refused changes")
+        return EXIT_ERROR
+    if args.out and saved is not None:
+        savedplan.write(args.out, saved)
+        run.reporter.info(f"Plan saved to {args.out} (mode 0600); apply it with: {_apply_line(args, args.out)}")
+    return EXIT_CHANGES if args.detailed_exitcode and the_plan.has_changes else EXIT_OK
 
 
 def _apply_line(args: PlanArgs, out: str) -> str:
@@ -136,10 +123,35 @@ def _apply_line(args: PlanArgs, out: str) -> str:
     return shlex.join(words)
 
 
-@click.command(cls=Command, epilog=ENV_API)
-@input_options(output=WITH_MARKDOWN)
-@api_options
-@plan_options
+@command(ShowArgs)
+@click.argument("file", type=click.Path(dir_okay=False))
+@output_option(*WITH_MARKDOWN)
+def show(run: Run, args: ShowArgs) -> int:
+    """Print a plan saved with 'plan --out FILE' as plan printed it; reads nothing else, sends nothing.
+
+    What the plan was made from (manifest, inputs, options, targets, time) goes to stderr.
+    """
+    saved = savedplan.load_if_plan(args.file, DEFAULT_MAX_BYTES)
+    if saved is None:
+        raise UserError(f"{args.file}: not a saved plan", hint="make one with: provisioner plan MANIFEST --out FILE")
+    run.reporter.plan(saved.as_plan())
+    data, sources = saved.data, saved.sources
+    options = [key if value is True else f"{key}={','.join(value)}" for key, value in data["options"].items() if value]
+    run.reporter.info(
+        f"Saved plan {args.file}: stack {data['stack']!r}, made {data['createdAt']} by provisioner "
+        f"{data['provisionerVersion']} from {sources.manifest}"
+        + (f" with inputs {', '.join(sources.inputs)}" if sources.inputs else "")
+        + (f", --set {', '.join(sources.set_keys)} (give them again to apply)" if sources.set_keys else "")
+        + (f", options: {', '.join(options)}" if options else "")
+        + f"; targets: {', '.join(f'{n} {u}' for n, u in data['targets'].items())}."
+    )
+    return EXIT_OK
+
+
+@command(ApplyArgs, epilog=ENV_API)
+@input_options(*WITH_MARKDOWN)
+@API_OPTIONS
+@plan_options("Delete instances the stack owns that are no longer declared.")
 @click.option(
     "--outputs",
     "outputs_path",
@@ -147,9 +159,8 @@ def _apply_line(args: PlanArgs, out: str) -> str:
     help="Write id, element and token of every declared instance to FILE (JSON, mode 0600).",
 )
 @click.option("--auto-approve", "--yes", "-y", "yes", is_flag=True, help="Do not ask for confirmation on a terminal.")
-@progress_option()
-@parsed(ApplyArgs)
-def apply(args: ApplyArgs) -> None:
+@PROGRESS
+def apply(run: Run, args: ApplyArgs) -> int:
     """Make the live instances match the manifest, and deliver their tokens.
 
     The plan is shown first; on a terminal, apply then asks for 'yes' before any write. MANIFEST may
@@ -159,34 +170,25 @@ def apply(args: ApplyArgs) -> None:
     -o markdown prints a summary table and a diff per change made, for a CI step summary. Tokens are
     written only to the --outputs file, never to stdout or stderr.
     """
-    run = Run("apply", args.reporter, args.verbose)
-
-    def body() -> int:
-        saved = savedplan.load_if_plan(args.manifest, args.max_file_bytes)
-        return _apply_like(run, args) if saved is None else _apply_like(run, _from_saved(saved, args), saved)
-
-    run.exit(body)
+    saved = savedplan.load_if_plan(args.manifest, args.max_file_bytes)
+    return _apply_like(run, args) if saved is None else _apply_like(run, _from_saved(saved, args), saved)
 
 
-@click.command(cls=Command, epilog=ENV_API)
-@input_options
-@api_options
+@command(DestroyArgs, epilog=ENV_API)
+@input_options()
+@API_OPTIONS
 @click.option("--yes", "-y", "--auto-approve", "yes", is_flag=True, help="Do not ask (required without a terminal).")
-@allow_destroy_option()
-@progress_option()
-@parsed(DestroyArgs)
-def destroy(args: DestroyArgs) -> None:
+@ALLOW_DESTROY
+@PROGRESS
+def destroy(run: Run, args: DestroyArgs) -> int:
     """Delete every instance the manifest's stack owns (and nothing else)."""
-    run = Run("destroy", args.reporter, args.verbose)
-    run.exit(lambda: _apply_like(run, args))
+    return _apply_like(run, args)
 
 
 def _apply_like(run: Run, args: ApplyArgs | DestroyArgs, saved: savedplan.SavedPlan | None = None) -> int:
     if args.outputs_path:
         checked_path(args.outputs_path, "outputs file")  # before any request, not after the writes
-    validated = run.validated(args)
-    check_reauthenticate(validated.desired, validated.registry, args.plan)  # before any request
-    with run.connected(args, validated) as (options, connection):
+    with run.connected(args) as (validated, options, connection):
         if saved is not None:
             savedplan.check_before_reading(saved, validated, connection, args.local)
         the_plan = engine.plan(validated, connection, options)
@@ -210,22 +212,24 @@ def _sources(args: Online) -> savedplan.Sources:
     return savedplan.Sources(args.manifest, args.inputs, set_keys, args.schemas, args.local)
 
 
+FIXED_BY_A_SAVED_PLAN = {  # ApplyArgs field: its option
+    "prune": "--prune",
+    "allow_replace": "--allow-replace",
+    "force": "--force",
+    "targets": "--target",
+    "excludes": "--exclude",
+    "allow_destroy": "--allow-destroy",
+    "reauthenticate": "--reauthenticate",
+}
+
+
 def _from_saved(saved: savedplan.SavedPlan, args: ApplyArgs) -> ApplyArgs:
     """What ``apply FILE`` runs: what the plan fixed, and what may be given now."""
-    given = args.plan
-    for value, option in (
-        (given.prune, "--prune"),
-        (given.allow_replace, "--allow-replace"),
-        (given.force, "--force"),
-        (given.targets, "--target"),
-        (given.excludes, "--exclude"),
-        (given.allow_destroy, "--allow-destroy"),
-        (given.reauthenticate, "--reauthenticate"),
-    ):
-        if value:
+    for field, option_name in FIXED_BY_A_SAVED_PLAN.items():
+        if getattr(args, field):
             raise UserError(
-                f"{option} cannot be given with a saved plan: the plan fixed its options",
-                hint=f"give {option} to plan --out instead",
+                f"{option_name} cannot be given with a saved plan: the plan fixed its options",
+                hint=f"give {option_name} to plan --out instead",
             )
     sources = saved.sources
     set_keys = _sources(args).set_keys
@@ -235,19 +239,12 @@ def _from_saved(saved: savedplan.SavedPlan, args: ApplyArgs) -> ApplyArgs:
             f"{', '.join(set_keys) or '(none)'}",
             hint="--set values are never saved in a plan: pass the same --set options again",
         )
-    fixed = saved.options
     return replace(
         args,
         manifest=sources.manifest,
         inputs=args.inputs or sources.inputs,
         schemas=args.schemas or sources.schemas,
-        prune=fixed.prune,
-        allow_replace=fixed.allow_replace,
-        force=fixed.force,
-        targets=fixed.targets,
-        excludes=fixed.excludes,
-        allow_destroy=fixed.allow_destroy,
-        reauthenticate=fixed.reauthenticate,
+        **{field: getattr(saved.options, field) for field in FIXED_BY_A_SAVED_PLAN},
     )
 
 
@@ -285,11 +282,10 @@ def _confirmed(run: Run, the_plan: Plan, args: ApplyArgs | DestroyArgs, reviewed
     return True
 
 
-@click.command(cls=Command, epilog=ENV_API)
-@input_options(output=WITH_MARKDOWN)
-@api_options
-@parsed(Online)
-def drift(args: Online) -> None:
+@command(Online, epilog=ENV_API)
+@input_options(*WITH_MARKDOWN)
+@API_OPTIONS
+def drift(run: Run, args: Online) -> int:
     """Report what changed behind provisioner's back, apart from pending manifest changes; it never writes.
 
     Exit 0: no drift; 2: drift found; 1: error. Pending changes alone exit 0 (plan shows them).
@@ -297,70 +293,62 @@ def drift(args: Online) -> None:
     -o markdown prints a table of findings by category and a table of fields per finding, for a CI step
     summary or an issue.
     """
-    run = Run("drift", args.reporter, args.verbose)
-
-    def body() -> int:
-        validated = run.validated(args)
-        with run.connected(args, validated, read_only=True) as (_, connection):
-            report = engine.drift(validated, connection)
-        run.reporter.drift(report, connection.stats.as_dict())
-        return EXIT_CHANGES if report.has_drift else EXIT_OK
-
-    run.exit(body)
+    with run.connected(args, read_only=True) as (validated, _, connection):
+        report = engine.drift(validated, connection)
+    run.reporter.drift(report, connection.stats.as_dict())
+    return EXIT_CHANGES if report.has_drift else EXIT_OK
 
 
-@click.command(cls=Command, epilog=ENV_API)
-@input_options(output=WITH_MARKDOWN)
-@api_options
-@ping_option()
-@parsed(CheckArgs)
-def check(args: CheckArgs) -> None:
+@command(CheckArgs, epilog=ENV_API)
+@input_options(*WITH_MARKDOWN)
+@API_OPTIONS
+@option("--ping", is_flag=True)
+def check(run: Run, args: CheckArgs) -> int:
     """Report whether each declared instance works: healthy, invalid, disabled or missing; it never writes.
 
     One listing of the stack's instances; --ping also calls each instance's hub ping with its own token.
     Exit 0: all healthy; 2: any is not; 1: error. An invalid instance comes with the command that sends
     its credentials again. -o markdown prints a table, for a CI step summary.
     """
-    run = Run("check", args.reporter, args.verbose)
-
-    def body() -> int:
-        validated = run.validated(args)
-        with run.connected(args, validated, read_only=True) as (_, connection):
-            report = check_health(validated, connection, args.ping, args.parallelism, args.apply_command())
-        run.reporter.health(report, connection.stats.as_dict())
-        return EXIT_OK if report.healthy else EXIT_CHANGES
-
-    run.exit(body)
+    with run.connected(args, read_only=True) as (validated, _, connection):
+        report = check_health(validated, connection, args.ping, args.parallelism, args.apply_command())
+    run.reporter.health(report, connection.stats.as_dict())
+    return EXIT_OK if report.healthy else EXIT_CHANGES
 
 
 _OUTPUT_FORMATS = {"json": format_json, "env": format_env}
+_OUTPUT_CHOICE = click.Choice(sorted(_OUTPUT_FORMATS))
 
 
-@click.command(cls=Command, epilog=ENV_API)
-@output_format_options(tuple(_OUTPUT_FORMATS))
-@api_options
+@command(OutputArgs, epilog=ENV_API)
+@input_options(
+    output=options(
+        option(
+            "-o",
+            "--output",
+            type=_OUTPUT_CHOICE,
+            default=None,
+            help="json (default): the outputs-file document; env: NAME_ID, NAME_ELEMENT, NAME_TOKEN shell lines.",
+        ),
+        click.option("--format", "fmt", type=_OUTPUT_CHOICE, hidden=True),  # -o's older spelling, for old scripts
+    )
+)
+@API_OPTIONS
 @click.argument("name", required=False)
-@parsed(OutputArgs)
-def output(args: OutputArgs) -> None:
+def output(run: Run, args: OutputArgs) -> int:
     """Print id, element and token of the declared instances, read from the API."""
-    run = Run("output", args.reporter, args.verbose)
-
-    def body() -> int:
-        validated = run.validated(args)
-        with run.connected(args, validated, read_only=True) as (_, connection):
-            live = engine.read_state(connection, validated.manifest.stack, owned_only=True)
-            entries = engine.instance_outputs(validated, None, connection, live)
-        selected = engine.select_outputs(entries, validated, args.name)
-        sys.stdout.write(_OUTPUT_FORMATS[args.format](selected))  # the one place tokens are printed: asked for
-        sys.stdout.flush()
-        return EXIT_OK
-
-    run.exit(body)
+    with run.connected(args, read_only=True) as (validated, _, connection):
+        live = engine.read_state(connection, validated.manifest.stack, owned_only=True)
+        entries = engine.instance_outputs(validated, None, connection, live)
+    selected = engine.select_outputs(entries, validated, args.name)
+    sys.stdout.write(_OUTPUT_FORMATS[args.format](selected))  # the one place tokens are printed: asked for
+    sys.stdout.flush()
+    return EXIT_OK
 
 
-@click.command("import", cls=Command, epilog=ENV_API)
-@input_options
-@api_options
+@command(ImportArgs, "import", epilog=ENV_API)
+@input_options()
+@API_OPTIONS
 @click.option(
     "--out",
     "out_path",
@@ -371,42 +359,33 @@ def output(args: OutputArgs) -> None:
 @click.option("--element", "element", default=None, help="Only instances of this element key.")
 @click.option("--name", "name_glob", default=None, metavar="GLOB", help="Only instances whose name matches GLOB.")
 @click.option("--force", is_flag=True, help="Replace --out FILE if it exists (never the manifest import reads).")
-@parsed(ImportArgs)
-def import_(args: ImportArgs) -> None:
+def import_(run: Run, args: ImportArgs) -> int:
     """Write a manifest declaring the unmanaged instances the target already has (take them over with --adopt)."""
     from ..engine.importer import import_manifest
 
-    run = Run("import", args.reporter, args.verbose)
-
-    def body() -> int:
-        _check_import_out(args)
-        validated = run.validated(args)
-        with run.connected(args, validated) as (_, connection):
-            stack = validated.manifest.stack
-            live = engine.read_state(connection, stack, owned_only=False, hydrate=lambda i: is_unmanaged(i.tags))
-        imported = import_manifest(
-            validated.manifest, validated.registry, live, args.out_path, args.element, args.name_glob
-        )
-        _check_import_out(args)  # again: the file may have appeared while the API was read
-        write_private(args.out_path, imported.text, "imported manifest", 0o644)
-        for note in imported.skipped:
-            run.reporter.info(f"skipped: {note}")
-        if imported.variables:
-            run.reporter.info(
-                "set these variables to the secret values before plan --adopt (the API never returns them):"
-            )
-            for name, instance, key in imported.variables:
-                run.reporter.info(f"  {name}  ({instance}: {key})")
-        data = {
-            "out": args.out_path,
-            "instances": imported.count,
-            "variables": [{"name": n, "instance": i, "key": k} for n, i, k in imported.variables],
-            "skipped": imported.skipped,
-        }
-        run.reporter.document(run.command, data, [f"wrote {args.out_path}: {imported.count} instance(s)"])
-        return EXIT_OK
-
-    run.exit(body)
+    _check_import_out(args)
+    with run.connected(args) as (validated, _, connection):
+        stack = validated.manifest.stack
+        live = engine.read_state(connection, stack, owned_only=False, hydrate=lambda i: is_unmanaged(i.tags))
+    imported = import_manifest(
+        validated.manifest, validated.registry, live, args.out_path, args.element, args.name_glob
+    )
+    _check_import_out(args)  # again: the file may have appeared while the API was read
+    write_private(args.out_path, imported.text, "imported manifest", 0o644)
+    for note in imported.skipped:
+        run.reporter.info(f"skipped: {note}")
+    if imported.variables:
+        run.reporter.info("set these variables to the secret values before plan --adopt (the API never returns them):")
+        for name, instance, key in imported.variables:
+            run.reporter.info(f"  {name}  ({instance}: {key})")
+    data = {
+        "out": args.out_path,
+        "instances": imported.count,
+        "variables": [{"name": n, "instance": i, "key": k} for n, i, k in imported.variables],
+        "skipped": imported.skipped,
+    }
+    run.reporter.document(run.command, data, [f"wrote {args.out_path}: {imported.count} instance(s)"])
+    return EXIT_OK
 
 
 def _check_import_out(args: ImportArgs) -> None:
@@ -426,37 +405,25 @@ def _check_import_out(args: ImportArgs) -> None:
         )
 
 
-@click.command(cls=Command, epilog=ENV_RENDER)
-@input_options(output=("yaml", "json"), api=False)
-@parsed(RenderArgs)
-def render(args: RenderArgs) -> None:
+@command(Source, epilog=ENV_RENDER)
+@input_options("yaml", "json", api=False)
+def render(run: Run, args: Source) -> int:
     """Print, offline, the request bodies apply would send to create every instance, as it sends them.
 
     What only apply can know is a placeholder, named on the first line: secret values, the digests of
     the fingerprint and applied-record tags, and the id of the run. The schema defaults of the keys the
     manifest leaves out are listed beside each body: apply does not send them, the API fills them in.
     """
-    import json
-
-    import yaml
-
-    from .preview import AT_APPLY_NOTE, rendered
-
-    run = Run("render", args.reporter, args.verbose)
-
-    def body() -> int:
-        validated = run.validated(args)
-        requests = rendered(validated.manifest.stack, validated.desired, validated.registry)
-        text = (
-            json.dumps(requests, indent=2, ensure_ascii=False)
-            if args.output == "json"
-            else f"# {AT_APPLY_NOTE}\n" + yaml.safe_dump(requests, sort_keys=False, allow_unicode=True, width=1000)
-        ).rstrip("\n")
-        data = {"stack": validated.manifest.stack, "requests": requests, "computedAtApply": AT_APPLY_NOTE}
-        run.reporter.document(run.command, data, text.split("\n") if requests else [])
-        return EXIT_OK
-
-    run.exit(body)
+    validated = run.validated(args)
+    requests = rendered(validated.manifest.stack, validated.desired, validated.registry)
+    text = (
+        json.dumps(requests, indent=2, ensure_ascii=False)
+        if args.output == "json"
+        else f"# {AT_APPLY_NOTE}\n" + yaml.safe_dump(requests, sort_keys=False, allow_unicode=True, width=1000)
+    ).rstrip("\n")
+    data = {"stack": validated.manifest.stack, "requests": requests, "computedAtApply": AT_APPLY_NOTE}
+    run.reporter.document(run.command, data, text.split("\n") if requests else [])
+    return EXIT_OK
 
 
 COMMANDS = (validate, plan, apply, destroy, drift, check, output, import_, render, show)

@@ -19,8 +19,8 @@ import click
 from ..errors import UserError
 from ..manifest.elements import ElementRegistry
 from ..manifest.starter import Starter, elements_named, stack_name, starter_manifest
-from .options import Command
-from .run import EXIT_OK, Run
+from .options import InitArgs
+from .run import EXIT_OK, Run, command
 
 PIPELINES = {  # --ci: the example it starts from, and where the platform reads it
     "github": ("github-actions.yml", os.path.join(".github", "workflows", "provision.yml")),
@@ -28,7 +28,7 @@ PIPELINES = {  # --ci: the example it starts from, and where the platform reads 
 }
 
 
-@click.command(cls=Command)
+@command(InitArgs)
 @click.argument("elements", nargs=-1, required=True, metavar="ELEMENT...")
 @click.option(
     "--out",
@@ -52,45 +52,37 @@ PIPELINES = {  # --ci: the example it starts from, and where the platform reads 
     help="Also write a pipeline that validates, plans, applies and reports drift: for GitHub Actions "
     "(in .github/workflows) or GitLab CI (at the top of the repository).",
 )
-def init(elements: tuple[str, ...], out: str, stack: str | None, schemas: tuple[str, ...], ci: str | None) -> None:
+def init(run: Run, args: InitArgs) -> int:
     """Write a commented starter manifest declaring one instance of each ELEMENT (e.g. connectwisehd).
 
     Every required key of the element's schema (built in, or pulled into a --schemas DIR) reads an
     environment variable; the variables are listed on stderr. Refuses to overwrite any file.
     """
-    run = Run("init", "text", False)
-
-    def body() -> int:
-        registry = ElementRegistry.load(schemas)
-        chosen = elements_named(registry, elements)
-        directory = os.path.basename(os.path.dirname(os.path.abspath(out)))
-        command = " ".join(["provisioner init", *elements, *(f"--schemas {d}" for d in schemas)])
-        starter = starter_manifest(chosen, stack_name(stack, directory), command, out)
-        if schemas:  # validate and plan find the schemas through the manifest itself
-            relative = [os.path.relpath(d, os.path.dirname(os.path.abspath(out))) for d in schemas]
-            listed = json.dumps(relative)
-            starter.text = starter.text.replace("\ninputs:\n", f"\nschemas: {listed}  # element schemas\ninputs:\n", 1)
-        files = {out: starter.text}
-        if ci is not None:
-            example, path = PIPELINES[ci]
-            files[path] = _pipeline(example, starter, os.path.relpath(out))
-        _refuse_existing(files)
-        for path, text in files.items():
-            _create(path, text)
-            run.reporter.info(f"wrote {path}")
-        run.reporter.info("set these variables before validate (secrets from your secret store, never in a file):")
-        for name, element, key in starter.variables:
-            run.reporter.info(f"  {name}  ({element}: {key})")
-        run.reporter.info(f"then: provisioner validate {out}")
-        return EXIT_OK
-
-    run.exit(body)
-
-
-def _refuse_existing(files: dict[str, str]) -> None:
-    for path in files:
-        if os.path.lexists(path):
-            raise UserError(f"{path} already exists; init never overwrites a file", hint="move it away, or give --out")
+    registry = ElementRegistry.load(args.schemas)
+    chosen = elements_named(registry, args.elements)
+    directory = os.path.basename(os.path.dirname(os.path.abspath(args.out)))
+    invocation = " ".join(["provisioner init", *args.elements, *(f"--schemas {d}" for d in args.schemas)])
+    starter = starter_manifest(chosen, stack_name(args.stack, directory), invocation, args.out)
+    if args.schemas:  # validate and plan find the schemas through the manifest itself
+        relative = [os.path.relpath(d, os.path.dirname(os.path.abspath(args.out))) for d in args.schemas]
+        listed = json.dumps(relative)
+        starter.text = starter.text.replace("\ninputs:\n", f"\nschemas: {listed}  # element schemas\ninputs:\n", 1)
+    files = {args.out: starter.text}
+    if args.ci is not None:
+        example, path = PIPELINES[args.ci]
+        files[path] = _pipeline(example, starter, os.path.relpath(args.out))
+    if existing := [path for path in files if os.path.lexists(path)]:  # checked before anything is written
+        raise UserError(
+            f"{existing[0]} already exists; init never overwrites a file", hint="move it away, or give --out"
+        )
+    for path, text in files.items():
+        _create(path, text)
+        run.reporter.info(f"wrote {path}")
+    run.reporter.info("set these variables before validate (secrets from your secret store, never in a file):")
+    for name, element, key in starter.variables:
+        run.reporter.info(f"  {name}  ({element}: {key})")
+    run.reporter.info(f"then: provisioner validate {args.out}")
+    return EXIT_OK
 
 
 def _create(path: str, text: str) -> None:

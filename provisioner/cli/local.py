@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ..emulator import Emulator, FaultConfig
 from ..errors import UserError
 
 STATE_DIR = ".provisioner"
@@ -32,12 +31,17 @@ class LocalApi:
     url: str
     user_secret: str
     organization_secret: str
-    db_path: str
 
 
 @contextmanager
-def local_api(state_dir: str = STATE_DIR) -> Iterator[LocalApi]:
-    """Start the embedded emulator on a free loopback port for the duration of one command."""
+def local_api(enabled: bool, state_dir: str = STATE_DIR) -> Iterator[LocalApi | None]:
+    """With --local, start the embedded emulator on a free loopback port for the duration of one
+    command (the emulator is imported only then: a run against the API starts faster)."""
+    if not enabled:
+        yield None
+        return
+    from ..emulator import Emulator, FaultConfig
+
     db_path = os.path.join(state_dir, DB_NAME)
     try:
         prepare_state_dir(state_dir)
@@ -49,7 +53,7 @@ def local_api(state_dir: str = STATE_DIR) -> Iterator[LocalApi]:
             hint="run from a directory you can write to",
         ) from None
     try:
-        yield LocalApi(url, LOCAL_USER_SECRET, LOCAL_ORGANIZATION_SECRET, db_path)
+        yield LocalApi(url, LOCAL_USER_SECRET, LOCAL_ORGANIZATION_SECRET)
     finally:
         emulator.stop()
         private_files(state_dir)

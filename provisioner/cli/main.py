@@ -25,12 +25,11 @@ from ..interrupt import exit_process
 from ..secret import REDACTOR, escape
 from . import commands, tools
 from .init import init
-from .options import Group
 from .run import EXIT_ERROR, EXIT_OK
 
 
 @click.group(
-    cls=Group,
+    commands=[*commands.COMMANDS, init, *tools.COMMANDS],
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
     epilog="Each command's --help names the environment variables it reads. Shell completion: "
     'eval "$(_PROVISIONER_COMPLETE=bash_source provisioner)" (zsh_source, fish_source).',
@@ -38,10 +37,6 @@ from .run import EXIT_ERROR, EXIT_OK
 @click.version_option(__version__, prog_name="provisioner")
 def cli() -> None:
     """Declare Cloud Elements element instances in a YAML manifest; validate, plan, apply and destroy them."""
-
-
-for _command in (*commands.COMMANDS, init, *tools.COMMANDS):
-    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,16 +1,15 @@
 """The command line's options, declared once, and the typed values click builds from them.
 
 Each command's callback receives one frozen value whose fields are its click parameters (``Source``
-for offline commands, ``Online`` and its kinds for the ones that read the API): ``parsed`` builds it,
-and the command bodies never read a dict of parameters.
+for offline commands, ``Online`` and its kinds for the ones that read the API): ``run.command`` builds
+it, and the command bodies never read a dict of parameters.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -23,6 +22,7 @@ from ..manifest.load import DEFAULT_MAX_FOREACH, Limits
 from ..manifest.yamlload import DEFAULT_MAX_BYTES
 
 FORMATS = ("text", "json")
+WITH_MARKDOWN = (*FORMATS, "markdown")
 ENV_RENDER = (
     "Environment: the variables the manifest reads as env.NAME (an unset one is an error that names it). "
     "No credentials are needed."
@@ -67,10 +67,6 @@ class Command(click.Command):
         return paragraph if end < 0 else paragraph[: end + 1]
 
 
-class Group(click.Group):
-    command_class = Command
-
-
 # -- the typed values: their fields are the commands' click parameters ------------------------------
 
 
@@ -107,13 +103,6 @@ class Source(Inputs):
     def engine_options(self, trace: Callable[[str], None], local: Any = None) -> engine.Options:
         limits = Limits(max_file_bytes=self.max_file_bytes, max_foreach=self.max_foreach)
         return engine.Options(self.manifest, self.inputs, self.sets, self.schemas, limits)
-
-
-@dataclass(frozen=True)
-class RenderArgs(Source):
-    @property
-    def reporter(self) -> str:
-        return "json" if self.output == "json" else "text"  # yaml is text
 
 
 @dataclass(frozen=True)
@@ -161,7 +150,7 @@ class Online(Source):
 
 @dataclass(frozen=True)
 class Shaped(Online):
-    """A command whose plan the options shape (plan, apply)."""
+    """A command whose plan the options shape (plan, apply): its fields are ``PlanOptions``'."""
 
     prune: bool
     allow_replace: bool
@@ -174,16 +163,7 @@ class Shaped(Online):
 
     @property
     def plan(self) -> PlanOptions:
-        return PlanOptions(
-            reauthenticate=self.reauthenticate,
-            prune=self.prune,
-            allow_replace=self.allow_replace,
-            force=self.force,
-            adopt=self.adopt,
-            targets=self.targets,
-            excludes=self.excludes,
-            allow_destroy=self.allow_destroy,
-        )
+        return PlanOptions(**{f.name: getattr(self, f.name) for f in fields(PlanOptions) if f.name != "destroy"})
 
 
 @dataclass(frozen=True)
@@ -226,10 +206,6 @@ class OutputArgs(Online):
     def format(self) -> str:
         return self.output or self.fmt or "json"
 
-    @property
-    def reporter(self) -> str:
-        return "json" if self.output == "json" else "text"  # errors are JSON only when -o json is given
-
 
 @dataclass(frozen=True)
 class CheckArgs(Online):
@@ -256,11 +232,29 @@ class CatalogArgs:
 
     local: bool
     schemas: tuple[str, ...]
-    output: str
+    reporter: str  # -o
     verbose: bool
     keys: tuple[str, ...] = ()
     all_keys: bool = False
     out_dir: str = "schemas"
+
+
+@dataclass(frozen=True)
+class ShowArgs:
+    file: str
+    reporter: str  # -o
+    verbose: bool = False
+
+
+@dataclass(frozen=True)
+class InitArgs:
+    elements: tuple[str, ...]
+    out: str
+    stack: str | None
+    schemas: tuple[str, ...]
+    ci: str | None
+    reporter: str = "text"
+    verbose: bool = False
 
 
 @dataclass(frozen=True)
@@ -274,22 +268,8 @@ class EmulatorArgs:
     latency_ms: float | None
     seed: int | None
     quiet: bool
-
-
-T = TypeVar("T")
-
-
-def parsed(kind: Callable[..., T]) -> Callable[[Callable[[T], None]], Callable[..., None]]:
-    """Give a click callback one typed value, built from its parameters."""
-
-    def wrap(body: Callable[[T], None]) -> Callable[..., None]:
-        @functools.wraps(body)
-        def callback(**params: Any) -> None:
-            body(kind(**params))
-
-        return callback
-
-    return wrap
+    reporter: str = "text"
+    verbose: bool = False
 
 
 # -- the options -----------------------------------------------------------------------------------
@@ -332,121 +312,82 @@ def option(*decls: str, **kw: Any) -> Callable:
     return click.option(*decls, help=text, **kw)
 
 
-def _apply(f: Callable, options: list[Callable]) -> Callable:
-    for decorator in reversed(options):
-        f = decorator(f)
-    return f
+def options(*decorators: Callable) -> Callable:
+    """The click decorators given, as one (in --help, options appear in the order given)."""
+
+    def apply(f: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
 
 
-def _output(formats: tuple[str, ...]) -> Callable:
-    return option("-o", "--output", type=click.Choice(list(formats)), default=formats[0], show_default=True)
+def output_option(*formats: str) -> Callable:
+    """-o for a command whose formats are reporters' names (the field is ``reporter``)."""
+    return option("-o", "--output", "reporter", type=click.Choice(formats), default=formats[0], show_default=True)
 
 
-def input_options(f: Callable | None = None, output: Any = None, *, api: bool = True, many: bool = False) -> Callable:
-    """The options of every command that reads a manifest; ``output`` is the -o option, or the
-    tuple of formats it offers (text and json by default). Without ``f``, a decorator with these
-    settings: ``@input_options(api=False, many=True)``."""
-    if f is None:
-        return lambda g: input_options(g, output, api=api, many=many)
-    if output is None or isinstance(output, tuple):
-        output = _output(output or FORMATS)
+def input_options(*formats: str, api: bool = True, many: bool = False, output: Callable | None = None) -> Callable:
+    """The options of every command that reads a manifest: -o offers ``formats`` (text and json by
+    default), or is ``output``; ``api``: the command reads the API (-v traces its requests)."""
     verbose = (
         "Trace every HTTP request on stderr (secrets redacted), and the order the inputs were layered."
         if api
         else "Print on stderr the order in which the inputs were layered (later wins)."
     )
+    formats = formats or FORMATS
     path, positive = click.Path(dir_okay=False), click.IntRange(1)
-    return _apply(
-        f,
-        [
-            click.argument("manifest", type=path, nargs=-1 if many else 1, required=True),
-            option("--inputs", multiple=True, type=path),
-            option("--set", "sets", multiple=True, metavar="KEY=VALUE"),
-            option("--schemas", multiple=True, type=click.Path(file_okay=False)),
-            option("--max-foreach", type=positive, default=DEFAULT_MAX_FOREACH, show_default=True),
-            option("--max-file-bytes", type=positive, default=DEFAULT_MAX_BYTES, show_default=True),
-            output,
-            option("-v", "--verbose", is_flag=True, help=verbose),
-        ],
+    return options(
+        click.argument("manifest", type=path, nargs=-1 if many else 1, required=True),
+        option("--inputs", multiple=True, type=path),
+        option("--set", "sets", multiple=True, metavar="KEY=VALUE"),
+        option("--schemas", multiple=True, type=click.Path(file_okay=False)),
+        option("--max-foreach", type=positive, default=DEFAULT_MAX_FOREACH, show_default=True),
+        option("--max-file-bytes", type=positive, default=DEFAULT_MAX_BYTES, show_default=True),
+        output or option("-o", "--output", type=click.Choice(formats), default=formats[0], show_default=True),
+        option("-v", "--verbose", is_flag=True, help=verbose),
     )
 
 
-def api_options(f: Callable) -> Callable:
-    seconds, low = click.FloatRange(0), click.FloatRange(0.1)
-    return _apply(
-        f,
-        [
-            option("--local", is_flag=True),
-            option("--parallelism", type=click.IntRange(1, 256), default=16, show_default=True),
-            option("--timeout", type=low, default=30.0, show_default=True),
-            option("--connect-timeout", type=low, default=5.0, show_default=True),
-            option("--deadline", type=low, default=60.0, show_default=True),
-            option("--max-attempts", type=click.IntRange(1), default=10, show_default=True),
-            option("--max-retry-time", type=seconds, default=120.0, show_default=True),
-            option("--max-rate", type=low, default=None),
-            option("--settle", type=seconds, default=None),
-            option("--max-answer-bytes", type=click.IntRange(1024), default=MAX_ANSWER_BYTES, show_default=True),
-        ],
+API_OPTIONS = options(
+    option("--local", is_flag=True),
+    option("--parallelism", type=click.IntRange(1, 256), default=16, show_default=True),
+    option("--timeout", type=click.FloatRange(0.1), default=30.0, show_default=True),
+    option("--connect-timeout", type=click.FloatRange(0.1), default=5.0, show_default=True),
+    option("--deadline", type=click.FloatRange(0.1), default=60.0, show_default=True),
+    option("--max-attempts", type=click.IntRange(1), default=10, show_default=True),
+    option("--max-retry-time", type=click.FloatRange(0), default=120.0, show_default=True),
+    option("--max-rate", type=click.FloatRange(0.1), default=None),
+    option("--settle", type=click.FloatRange(0), default=None),
+    option("--max-answer-bytes", type=click.IntRange(1024), default=MAX_ANSWER_BYTES, show_default=True),
+)
+ALLOW_DESTROY = option("--allow-destroy", multiple=True, metavar="NAME")
+PROGRESS = option("--progress/--no-progress", default=True)
+
+
+def plan_options(prune: str) -> Callable:
+    """The options that shape a plan; ``prune``: --prune's help (plan itself deletes nothing)."""
+    return options(
+        option("--prune", is_flag=True, help=prune),
+        option("--allow-replace", is_flag=True),
+        option("--force", is_flag=True),
+        option("--adopt", is_flag=True),
+        option("--target", "targets", multiple=True, metavar="PATTERN"),
+        option("--exclude", "excludes", multiple=True, metavar="PATTERN"),
+        ALLOW_DESTROY,
+        option("--reauthenticate", multiple=True, metavar="NAME"),
     )
 
 
-def plan_options(f: Callable | None = None, *, planning: bool = False) -> Callable:
-    """The options that shape a plan; ``planning``: worded for plan, which deletes nothing itself."""
-    if f is None:
-        return lambda g: plan_options(g, planning=planning)
-    prune = (
-        "Also plan the deletion of instances the stack owns that are no longer declared (apply --prune deletes them)."
-        if planning
-        else "Delete instances the stack owns that are no longer declared."
-    )
-    return _apply(
-        f,
-        [
-            option("--prune", is_flag=True, help=prune),
-            option("--allow-replace", is_flag=True),
-            option("--force", is_flag=True),
-            option("--adopt", is_flag=True),
-            option("--target", "targets", multiple=True, metavar="PATTERN"),
-            option("--exclude", "excludes", multiple=True, metavar="PATTERN"),
-            allow_destroy_option(),
-            option("--reauthenticate", multiple=True, metavar="NAME"),
-        ],
-    )
-
-
-def allow_destroy_option() -> Callable:
-    return option("--allow-destroy", multiple=True, metavar="NAME")
-
-
-def ping_option() -> Callable:
-    return option("--ping", is_flag=True)
-
-
-def progress_option() -> Callable:
-    return option("--progress/--no-progress", default=True)
-
-
-def output_format_options(formats: tuple[str, ...]) -> Callable[[Callable], Callable]:
-    """``provisioner output``'s -o (json or env), and --format, its older hidden spelling."""
-    choice = click.Choice(sorted(formats))
-    older = "Same as -o (kept for scripts written before -o env)."
-    newer = "json (default): the outputs-file document; env: NAME_ID, NAME_ELEMENT, NAME_TOKEN shell lines."
-    return lambda f: input_options(
-        option("--format", "fmt", type=choice, default=None, hidden=True, help=older)(f),
-        option("-o", "--output", type=choice, default=None, help=newer),
-    )
-
-
-def catalog_options(f: Callable) -> Callable:
-    return _apply(
-        f,
-        [
-            option("--local", is_flag=True, help="Read the built-in emulator's catalog instead of the API."),
-            option("--schemas", multiple=True, type=click.Path(file_okay=False), help=CATALOG_SCHEMAS),
-            _output(FORMATS),
-            option("-v", "--verbose", is_flag=True, help="Trace every HTTP request on stderr (secrets redacted)."),
-        ],
-    )
-
-
-CATALOG_SCHEMAS = "Directory of extra element schemas counted as local (repeatable)."
+CATALOG_OPTIONS = options(  # schemas pull and schemas list
+    option("--local", is_flag=True, help="Read the built-in emulator's catalog instead of the API."),
+    option(
+        "--schemas",
+        multiple=True,
+        type=click.Path(file_okay=False),
+        help="Directory of extra element schemas counted as local (repeatable).",
+    ),
+    output_option(*FORMATS),
+    option("-v", "--verbose", is_flag=True, help="Trace every HTTP request on stderr (secrets redacted)."),
+)

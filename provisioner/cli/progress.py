@@ -15,11 +15,12 @@ from ..engine.apply import ChangeResult, Status
 class ProgressReporter:
     """Counts finished changes; shows them as a bar (terminal) or periodic lines (no terminal)."""
 
-    def __init__(self, stream: IO[str], total: int, label: str = "apply", interval: float = 5.0, enabled: bool = True):
+    interval = 5.0  # seconds between two plain lines
+
+    def __init__(self, stream: IO[str], total: int, label: str, enabled: bool = True):
         self.stream = stream
         self.total = total
         self.label = label
-        self.interval = interval
         self.done = 0
         self.errors = 0
         self.started = time.monotonic()
@@ -31,26 +32,18 @@ class ProgressReporter:
 
     def __enter__(self) -> ProgressReporter:
         if self.enabled and self.terminal:
+            from rich import progress as rich
             from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TaskProgressColumn,
-                TextColumn,
-                TimeElapsedColumn,
-            )
 
-            console = Console(file=self.stream, stderr=True)
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TaskProgressColumn(),
-                TextColumn("{task.fields[rate]:.0f}/s"),
-                TextColumn("[red]{task.fields[errors]} errors"),
-                TimeElapsedColumn(),
-                console=console,
+            self._bar = rich.Progress(
+                rich.TextColumn("{task.description}"),
+                rich.BarColumn(),
+                rich.MofNCompleteColumn(),
+                rich.TaskProgressColumn(),
+                rich.TextColumn("{task.fields[rate]:.0f}/s"),
+                rich.TextColumn("[red]{task.fields[errors]} errors"),
+                rich.TimeElapsedColumn(),
+                console=Console(file=self.stream, stderr=True),
                 transient=True,
             )
             self._bar.start()

@@ -23,7 +23,7 @@ from ..engine import health
 from ..engine.apply import ApplyResult, ChangeResult, Status
 from ..engine.diff import DiffOp, FieldDiff
 from ..engine.drift import DriftReport, summary_line, text_lines
-from ..engine.plan import REFUSALS, Action, Change, Plan
+from ..engine.plan import REFUSALS, WRITES, Action, Change, Plan
 from ..errors import Problem, Severity
 from ..secret import MASK, MIN_REDACT_LENGTH, REDACTOR, SENSITIVE, Secret, escape
 
@@ -61,6 +61,12 @@ def _looks(action: Action) -> tuple[str, str, str | None]:
 
 _SYMBOLS: dict[Action, tuple[str, str]] = {a: _looks(a)[:2] for a in Action}
 _PAST: dict[Action, str] = {a: past for a in Action if (past := _looks(a)[2]) is not None}
+_SUMMARY = (  # the order of apply's summary line
+    *(Action.ADOPT, Action.CREATE, Action.UPDATE, Action.RENAME, Action.REPLACE, Action.DELETE),
+    *(Action.DISABLE, Action.ENABLE, Action.REAUTHENTICATE),
+)
+_ALWAYS = (Action.CREATE, Action.UPDATE, Action.REPLACE, Action.DELETE)  # the other writes: only when some are
+_REFUSED = {Action.CONFLICT: "conflict(s)", Action.PROTECTED: "protected, refused"}
 LIST_LIMIT = 100  # successful changes listed one by one up to this many (all with --verbose)
 
 
@@ -191,67 +197,57 @@ class JsonReporter:
         self.out = out
         self.err = RedactingWriter(err)
 
-    def _emit(self, document: dict[str, Any]) -> None:
-        self.out.write(json.dumps(printable({"formatVersion": FORMAT_VERSION, **document}), indent=2) + "\n")
+    def _emit(self, command: str, ok: bool, **fields: Any) -> None:
+        document = {"formatVersion": FORMAT_VERSION, "command": command, "ok": ok, **fields}
+        self.out.write(json.dumps(printable(document), indent=2) + "\n")
         self.out.flush()
 
     def validated(self, manifest: str, count: int, problems: Iterable[Problem]) -> None:
-        self._emit(
-            {
-                "command": "validate",
-                "ok": True,
-                "manifest": manifest,
-                "instances": count,
-                "problems": [p.to_json() for p in problems],
-            }
-        )
+        self._emit("validate", True, manifest=manifest, instances=count, problems=[p.to_json() for p in problems])
 
     def problems(self, command: str, problems: Iterable[Problem]) -> None:
-        self._emit({"command": command, "ok": False, "problems": [p.to_json() for p in problems]})
+        self._emit(command, False, problems=[p.to_json() for p in problems])
 
     def plan(self, plan: Plan, command: str = "plan") -> None:
+        changes = [c.to_json() for c in plan.changes]
         self._emit(
-            {
-                "command": command,
-                "ok": not plan.has_refusals,
-                "stack": plan.stack,
-                "changes": [c.to_json() for c in plan.changes],
-                "summary": plan.counts(),
-                "warnings": plan.warnings,
-            }
+            command,
+            not plan.has_refusals,
+            stack=plan.stack,
+            changes=changes,
+            summary=plan.counts(),
+            warnings=plan.warnings,
         )
 
     def applied(
         self, result: ApplyResult, stats: dict[str, Any], command: str = "apply", outputs: str | None = None
     ) -> None:
         self._emit(
-            {
-                "command": command,
-                "ok": result.ok and not result.plan.has_refusals,
-                "stack": result.plan.stack,
-                "changes": [result_json(r) for r in result.results],
-                "summary": result.plan.counts(),
-                "status": _status_counts(result),
-                "warnings": result.plan.warnings,
-                "interrupted": result.interrupted,
-                "aborted": result.aborted,
-                "notes": result.notes,
-                "outputs": outputs,
-                "requests": stats,
-            }
+            command,
+            result.ok and not result.plan.has_refusals,
+            stack=result.plan.stack,
+            changes=[result_json(r) for r in result.results],
+            summary=result.plan.counts(),
+            status=_status_counts(result),
+            warnings=result.plan.warnings,
+            interrupted=result.interrupted,
+            aborted=result.aborted,
+            notes=result.notes,
+            outputs=outputs,
+            requests=stats,
         )
 
     def drift(self, report: DriftReport, stats: dict[str, Any]) -> None:
-        self._emit({"command": "drift", "ok": True, **report.to_json(), "requests": stats})
+        self._emit("drift", True, **report.to_json(), requests=stats)
 
     def health(self, report: health.HealthReport, stats: dict[str, Any]) -> None:
-        self._emit({"command": "check", "ok": True, **report.to_json(), "requests": stats})
+        self._emit("check", True, **report.to_json(), requests=stats)
 
     def error(self, command: str, message: str, hint: str | None = None) -> None:
-        self._emit({"command": command, "ok": False, "error": {"message": message, "hint": hint}})
+        self._emit(command, False, error={"message": message, "hint": hint})
 
     def document(self, command: str, data: dict[str, Any], lines: list[str]) -> None:
-        self._emit({"command": command, "ok": True, **data})
+        self._emit(command, True, **data)
 
     def info(self, text: str) -> None:
         self.err.write_lines([text])
@@ -356,21 +352,10 @@ class TextReporter:
 
 
 def plan_summary(counts: dict[Action, int]) -> str:
-    """``Plan: 1 to create, ... (3 unchanged).``; renames, conflicts and refusals only when there are some."""
-    rename = f"{counts[Action.RENAME]} to rename, " if counts.get(Action.RENAME) else ""
-    line = (
-        f"Plan: {counts[Action.CREATE]} to create, {counts[Action.UPDATE]} to update, {rename}"
-        f"{counts[Action.REPLACE]} to replace, {counts[Action.DELETE]} to delete"
-        + (f", {counts[Action.ADOPT]} to adopt" if counts.get(Action.ADOPT) else "")
-        + "".join(f", {counts[a]} to {a}" for a in (Action.DISABLE, Action.ENABLE) if counts.get(a))
-        + (f", {counts[Action.REAUTHENTICATE]} to re-authenticate" if counts.get(Action.REAUTHENTICATE) else "")
-    )
-    extra = [f"{counts[Action.NOOP]} unchanged"] + (
-        [f"{counts[Action.CONFLICT]} conflict(s)"] if counts[Action.CONFLICT] else []
-    )
-    if counts.get(Action.PROTECTED):
-        extra.append(f"{counts[Action.PROTECTED]} protected, refused")
-    return f"{line} ({', '.join(extra)})."
+    """``Plan: 1 to create, ... (3 unchanged).``; the other writes and the refusals only when there are some."""
+    planned = [f"{counts[a]} to {_PAST[a].removesuffix('d')}" for a in WRITES if counts[a] or a in _ALWAYS]
+    extra = [f"{counts[Action.NOOP]} unchanged"] + [f"{counts[a]} {_REFUSED[a]}" for a in REFUSALS if counts[a]]
+    return f"Plan: {', '.join(planned)} ({', '.join(extra)})."
 
 
 def _destroy_summary(counts: dict[Action, int], done: dict[Status, int] | None = None) -> str:
@@ -420,17 +405,19 @@ def _request(r: ChangeResult) -> str:
     return f" (requestId {r.request_id})" if r.request_id else ""
 
 
-def _diff_line(diff: FieldDiff) -> str:
-    def show(value: Any) -> str:
-        return SENSITIVE if diff.sensitive and value is not None else json.dumps(value, default=str)
+def shown(diff: FieldDiff, value: Any) -> str:
+    """A value of a field diff as printed: JSON, or ``(sensitive)`` for a secret's."""
+    return SENSITIVE if diff.sensitive and value is not None else json.dumps(value, default=str)
 
+
+def _diff_line(diff: FieldDiff) -> str:
     match diff.op:
         case DiffOp.ADD:
-            return f"+ {diff.path} = {show(diff.new)}"
+            return f"+ {diff.path} = {shown(diff, diff.new)}"
         case DiffOp.REMOVE:
-            return f"- {diff.path} (was {show(diff.old)})"
+            return f"- {diff.path} (was {shown(diff, diff.old)})"
         case DiffOp.CHANGE:
-            return f"~ {diff.path}: {show(diff.old)} -> {show(diff.new)}"
+            return f"~ {diff.path}: {shown(diff, diff.old)} -> {shown(diff, diff.new)}"
         case _:
             assert_never(diff.op)
 
@@ -442,38 +429,31 @@ def _status_counts(result: ApplyResult) -> dict[Status, int]:
     return counts
 
 
-def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> str:
+def done_counts(result: ApplyResult) -> dict[Action, int]:
+    """The changes made, per action that has a past tense (in ``_PAST``'s order)."""
     done = dict.fromkeys(_PAST, 0)
     for r in result.results:
         if r.status == Status.OK and r.change.action in done:
             done[r.change.action] += 1
+    return done
+
+
+def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> str:
+    traffic = f"{plural(stats.get('requests', 0), 'request')}, {plural(stats.get('retries', 0), 'retry', 'retries')}."
     status = _status_counts(result)
-    conflicts = sum(1 for r in result.results if r.change.action == Action.CONFLICT)
-    protected = sum(1 for r in result.results if r.change.action == Action.PROTECTED)
-    parts = [f"{done[a]} {_PAST[a]}" for a in (Action.CREATE, Action.UPDATE, Action.REPLACE, Action.DELETE)]
-    if done[Action.ADOPT]:
-        parts.insert(0, f"{done[Action.ADOPT]} adopted")
-    if done[Action.RENAME]:
-        parts.insert(2, f"{done[Action.RENAME]} renamed")
-    parts.extend(f"{done[a]} {_PAST[a]}" for a in (Action.DISABLE, Action.ENABLE, Action.REAUTHENTICATE) if done[a])
-    parts.append(f"{status[Status.FAILED]} failed")
-    parts.append(f"{status[Status.SKIPPED] - conflicts - protected} skipped")
-    if conflicts:
-        parts.append(f"{conflicts} conflict(s)")
-    if protected:
-        parts.append(f"{protected} protected, refused")
-    requests = stats.get("requests", 0)
-    retries = stats.get("retries", 0)
-    traffic = f"{plural(requests, 'request')}, {plural(retries, 'retry', 'retries')}."
     if command == "destroy":
         deletions = dict.fromkeys(Status, 0)
         for r in result.results:
             deletions[r.status] += r.change.action == Action.DELETE
         return f"{_destroy_summary(result.plan.counts(), deletions)} {traffic}"
-    title = "Apply" if command == "apply" else command.capitalize()
     if not result.plan.has_changes and not result.plan.has_refusals:
-        return f"{title}: no changes, the instances match the manifest. {traffic}"
-    return f"{title}: {', '.join(parts)}. {traffic}"
+        return f"Apply: no changes, the instances match the manifest. {traffic}"
+    done = done_counts(result)
+    refused = {a: sum(1 for r in result.results if r.change.action == a) for a in REFUSALS}
+    parts = [f"{done[a]} {_PAST[a]}" for a in _SUMMARY if done[a] or a in _ALWAYS]
+    parts += [f"{status[Status.FAILED]} failed", f"{status[Status.SKIPPED] - sum(refused.values())} skipped"]
+    parts += [f"{n} {_REFUSED[a]}" for a, n in refused.items() if n]
+    return f"Apply: {', '.join(parts)}. {traffic}"
 
 
 def _hinted(r: ChangeResult) -> str:

@@ -3,26 +3,46 @@ where errors become messages and exit codes."""
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Protocol, TypeVar
+
+import click
 
 from ..engine import stages as engine
+from ..engine.plan import check_reauthenticate
 from ..errors import Interrupted, ProvisionerError, UserError, ValidationFailed
 from ..interrupt import StopFlag, stop_on_signals
+from .local import local_api
 from .markdown import MarkdownReporter
-from .options import Online, Source
+from .options import Command, Online, Source
 from .report import JsonReporter, RedactingWriter, Reporter, TextReporter
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
-# The reporter of each -o/--output value (commands with other formats map theirs to text or json).
+# The reporter of each -o/--output value: render's yaml and output's env are text (their documents
+# are printed as they are; messages and errors as text).
 REPORTERS: dict[str, Callable[[Any, Any, bool], Reporter]] = {
     "text": TextReporter,
+    "yaml": TextReporter,
+    "env": TextReporter,
     "json": JsonReporter,
     "markdown": MarkdownReporter,
 }
+
+
+class Args(Protocol):
+    """What a command's typed value tells its ``Run``: the -o value that names its reporter, and -v."""
+
+    @property
+    def reporter(self) -> str: ...
+    @property
+    def verbose(self) -> bool: ...
+
+
+A = TypeVar("A", bound=Args)
 
 
 class Run:
@@ -30,7 +50,6 @@ class Run:
 
     def __init__(self, command: str, output: str, verbose: bool):
         self.command = command
-        self.json = output == "json"
         self.reporter = REPORTERS[output](sys.stdout, sys.stderr, verbose)
         self.stderr = RedactingWriter(sys.stderr)
         self.stop = StopFlag()
@@ -59,18 +78,18 @@ class Run:
             self.reporter.error(self.command, str(exc))
             return EXIT_ERROR
 
-    def exit(self, body: Callable[[], int]) -> None:
-        sys.exit(self.finish(body))
-
     @contextmanager
     def connected(
-        self, args: Online, validated: engine.Validated, read_only: bool = False
-    ) -> Iterator[tuple[engine.Options, engine.Connection]]:
-        """The run's engine options and clients: --local's emulator started, SIGINT/SIGTERM caught."""
+        self, args: Online, read_only: bool = False
+    ) -> Iterator[tuple[engine.Validated, engine.Options, engine.Connection]]:
+        """Stages 1-3, then the run's engine options and clients: --reauthenticate checked before any
+        request, --local's emulator started, SIGINT/SIGTERM caught."""
+        validated = self.validated(args)
+        check_reauthenticate(validated.desired, validated.registry, args.plan)
         with local_api(args.local) as local, stop_on_signals(self.stop):
             options = args.engine_options(self.trace, local)
             with engine.connect(validated, options, self.stop, read_only=read_only) as connection:
-                yield options, connection
+                yield validated, options, connection
 
     def validated(self, source: Source) -> engine.Validated:
         """Stages 1-3; with --verbose, say in which order the inputs were layered."""
@@ -80,10 +99,19 @@ class Run:
         return validated
 
 
-def local_api(local: bool) -> AbstractContextManager[Any]:
-    """The embedded emulator of --local (None without it)."""
-    if not local:
-        return nullcontext(None)
-    from .local import local_api as start
+def command(
+    kind: Callable[..., A], name: str | None = None, **attrs: Any
+) -> Callable[[Callable[[Run, A], int]], click.Command]:
+    """A click command whose body takes its parameters as one typed value (``options``) and the
+    invocation's ``Run`` (named by the command's path: ``schemas pull``), and returns the exit code."""
 
-    return start()
+    def wrap(body: Callable[[Run, A], int]) -> click.Command:
+        @functools.wraps(body)  # with the click parameters the option decorators attached to it
+        def callback(**params: Any) -> None:
+            args = kind(**params)
+            run = Run(click.get_current_context().command_path.partition(" ")[2], args.reporter, args.verbose)
+            sys.exit(run.finish(lambda: body(run, args)))
+
+        return click.command(name, cls=Command, **attrs)(callback)
+
+    return wrap

@@ -6,6 +6,8 @@ import errno
 import os
 import sqlite3
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -13,25 +15,33 @@ import click
 from ..errors import UserError, ValidationFailed
 from ..interrupt import stop_on_signals
 from ..manifest.load import manifest_schema_text
-from .options import ENV_CATALOG, ENV_EMULATOR, CatalogArgs, Command, EmulatorArgs, Group, catalog_options, parsed
-from .run import EXIT_OK, Run, local_api
+from .local import local_api
+from .options import CATALOG_OPTIONS, ENV_CATALOG, ENV_EMULATOR, CatalogArgs, Command, EmulatorArgs
+from .run import EXIT_OK, Run, command
 
 
-@click.group(cls=Group, epilog=ENV_CATALOG)
+@click.group(epilog=ENV_CATALOG)
 def schemas() -> None:
     """Element schemas written from the API's own element definitions."""
 
 
-def _catalog_target(local: Any) -> Any:
-    from ..api.pull import env_target
+@contextmanager
+def _catalog(run: Run, args: CatalogArgs) -> Iterator[Any]:
+    """A client of the API's catalog: --local's emulator, or the target of the environment."""
+    from ..api import pull
     from ..manifest.targets import local_target
 
-    if local is not None:
-        return local_target("default", local.url, local.user_secret, local.organization_secret)
-    return env_target(os.environ)
+    with local_api(args.local) as local:
+        target = (
+            pull.env_target(os.environ)
+            if local is None
+            else local_target("default", local.url, local.user_secret, local.organization_secret)
+        )
+        with pull.reader(target, run.trace if args.verbose else None) as client:
+            yield client
 
 
-@schemas.command("pull", epilog=ENV_CATALOG)
+@command(CatalogArgs, "pull", epilog=ENV_CATALOG)
 @click.argument("keys", nargs=-1)
 @click.option("--all", "all_keys", is_flag=True, help="Pull every element the API offers (GET /elements/keys).")
 @click.option(
@@ -42,52 +52,42 @@ def _catalog_target(local: Any) -> Any:
     type=click.Path(file_okay=False),
     help="Directory to write <key>.json into (use it with --schemas DIR).",
 )
-@catalog_options
-@parsed(CatalogArgs)
-def schemas_pull(args: CatalogArgs) -> None:
+@CATALOG_OPTIONS
+def schemas_pull(run: Run, args: CatalogArgs) -> int:
     """Write one JSON Schema per element KEY from the API's definitions (stable: a second pull changes nothing)."""
     from ..api import pull
 
-    run = Run("schemas pull", args.output, args.verbose)
-
-    def body() -> int:
-        with local_api(args.local) as local:
-            with pull.reader(_catalog_target(local), run.trace if args.verbose else None) as client:
-                pulled = pull.pull(client, list(args.keys), args.all_keys, args.out_dir)
-        lines = [f"{'wrote' if p.changed else 'unchanged'} {p.path}" for p in pulled]
-        data = {"schemas": [{"element": p.key, "path": p.path, "changed": p.changed} for p in pulled]}
-        run.reporter.document(run.command, data, lines)
-        return EXIT_OK
-
-    run.exit(body)
+    with _catalog(run, args) as client:
+        pulled = pull.pull(client, list(args.keys), args.all_keys, args.out_dir)
+    lines = [f"{'wrote' if p.changed else 'unchanged'} {p.path}" for p in pulled]
+    data = {"schemas": [{"element": p.key, "path": p.path, "changed": p.changed} for p in pulled]}
+    run.reporter.document(run.command, data, lines)
+    return EXIT_OK
 
 
-@schemas.command("list", epilog=ENV_CATALOG)
-@catalog_options
-@parsed(CatalogArgs)
-def schemas_list(args: CatalogArgs) -> None:
+@command(CatalogArgs, "list", epilog=ENV_CATALOG)
+@CATALOG_OPTIONS
+def schemas_list(run: Run, args: CatalogArgs) -> int:
     """Print the element keys the API offers, and which have a local schema (built in or --schemas)."""
     from ..api import pull
     from ..manifest.elements import ElementRegistry
 
-    run = Run("schemas list", args.output, args.verbose)
-
-    def body() -> int:
-        registry = ElementRegistry.load(args.schemas)
-        if registry.problems:
-            raise ValidationFailed(registry.problems)
-        with local_api(args.local) as local:
-            with pull.reader(_catalog_target(local), run.trace if args.verbose else None) as client:
-                keys = pull.listing(client, registry.keys())
-        lines = [f"{key}{'  (local schema)' if local else ''}" for key, local in keys]
-        data = {"elements": [{"key": key, "localSchema": local} for key, local in keys]}
-        run.reporter.document(run.command, data, lines)
-        return EXIT_OK
-
-    run.exit(body)
+    registry = ElementRegistry.load(args.schemas)
+    if registry.problems:
+        raise ValidationFailed(registry.problems)
+    with _catalog(run, args) as client:
+        keys = pull.listing(client, registry.keys())
+    lines = [f"{key}{'  (local schema)' if local else ''}" for key, local in keys]
+    data = {"elements": [{"key": key, "localSchema": local} for key, local in keys]}
+    run.reporter.document(run.command, data, lines)
+    return EXIT_OK
 
 
-@click.command(cls=Command, epilog=ENV_EMULATOR)
+schemas.add_command(schemas_pull)
+schemas.add_command(schemas_list)
+
+
+@command(EmulatorArgs, epilog=ENV_EMULATOR)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to listen on.")
 @click.option(
     "--port",
@@ -115,53 +115,45 @@ def schemas_list(args: CatalogArgs) -> None:
 @click.option("--latency-ms", type=click.FloatRange(0), default=None, help="Added latency on every request.")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible faults.")
 @click.option("--quiet", is_flag=True, help="Do not log requests on stderr.")
-@parsed(EmulatorArgs)
-def emulator(args: EmulatorArgs) -> None:
+def emulator(run: Run, args: EmulatorArgs) -> int:
     """Run the Cloud Elements API emulator on loopback (SQLite persistence, optional fault injection)."""
     from ..emulator import Emulator, FaultConfig
 
-    run = Run("emulator", "text", False)
-
-    def body() -> int:
-        if not args.user_secret or not args.organization_secret:
-            raise UserError(
-                "the emulator needs the secrets it will accept",
-                hint="set CE_USER_SECRET and CE_ORGANIZATION_SECRET, or pass --user-secret and --organization-secret",
-            )
-        try:
-            faults = FaultConfig.parse(args.fault_text) if args.fault_text else FaultConfig.from_env()
-        except ValueError as exc:
-            raise UserError(f"bad fault specification: {exc}", hint="see provisioner emulator --help") from None
-        overrides = {k: v for k, v in (("latency_ms", args.latency_ms), ("seed", args.seed)) if v is not None}
-        faults = faults.merged(**overrides) if overrides else faults
-        try:
-            _private_db(args.db_path)
-            server = Emulator(
-                args.db_path,
-                args.user_secret,
-                args.organization_secret,
-                host=args.host,
-                port=args.port,
-                faults=faults,
-                log_stream=None if args.quiet else run.stderr,
-            )
-            url = server.start()
-        except (ValueError, OSError, sqlite3.Error) as exc:
-            raise _emulator_start_error(exc, args) from None
-        sys.stdout.write(f"{url}\n")
-        sys.stdout.flush()
-        run.reporter.info(
-            f"emulator listening on {url} (db {args.db_path}; faults: {faults.describe()}); Ctrl-C stops it"
+    if not args.user_secret or not args.organization_secret:
+        raise UserError(
+            "the emulator needs the secrets it will accept",
+            hint="set CE_USER_SECRET and CE_ORGANIZATION_SECRET, or pass --user-secret and --organization-secret",
         )
-        try:
-            with stop_on_signals(run.stop):
-                while not run.stop.wait(0.5):
-                    pass
-        finally:
-            server.stop()
-        return EXIT_OK
-
-    run.exit(body)
+    try:
+        faults = FaultConfig.parse(args.fault_text) if args.fault_text else FaultConfig.from_env()
+    except ValueError as exc:
+        raise UserError(f"bad fault specification: {exc}", hint="see provisioner emulator --help") from None
+    overrides = {k: v for k, v in (("latency_ms", args.latency_ms), ("seed", args.seed)) if v is not None}
+    faults = faults.merged(**overrides) if overrides else faults
+    try:
+        _private_db(args.db_path)
+        server = Emulator(
+            args.db_path,
+            args.user_secret,
+            args.organization_secret,
+            host=args.host,
+            port=args.port,
+            faults=faults,
+            log_stream=None if args.quiet else run.stderr,
+        )
+        url = server.start()
+    except (ValueError, OSError, sqlite3.Error) as exc:
+        raise _emulator_start_error(exc, args) from None
+    sys.stdout.write(f"{url}\n")
+    sys.stdout.flush()
+    run.reporter.info(f"emulator listening on {url} (db {args.db_path}; faults: {faults.describe()}); Ctrl-C stops it")
+    try:
+        with stop_on_signals(run.stop):
+            while not run.stop.wait(0.5):
+                pass
+    finally:
+        server.stop()
+    return EXIT_OK
 
 
 def _private_db(db_path: str) -> None:

@@ -227,6 +227,7 @@ class Redactor:
             self._known: set[str] = set()  # values add() has registered with all their forms
             self._heads: dict[str, list[str]] = {}  # first FRAGMENT characters -> forms (fragments at edges)
             self._tails: dict[str, list[str]] = {}  # last FRAGMENT characters -> forms
+            self._edged: set[str] = set()  # the forms in _heads and _tails
             self._longest = 0
 
     def _is_new(self, value: Any) -> bool:
@@ -260,12 +261,11 @@ class Redactor:
             if unusual:
                 self._others |= unusual
                 self._pattern = None
-            for form in forms:
+            for form in forms - self._edged:  # lists (redact may read them while they grow), each form once
                 if len(form) >= FRAGMENT:
-                    for index, key in ((self._heads, form[:FRAGMENT]), (self._tails, form[-FRAGMENT:])):
-                        known = index.setdefault(key, [])  # a list: redact may read it while it grows
-                        if form not in known:
-                            known.append(form)
+                    self._edged.add(form)
+                    self._heads.setdefault(form[:FRAGMENT], []).append(form)
+                    self._tails.setdefault(form[-FRAGMENT:], []).append(form)
                     self._longest = max(self._longest, len(form))
             self._known.add(value)
 

@@ -121,11 +121,11 @@ class ReadOnlyClient:
         self._trace = trace
         self._notice = notice
         self._last_notice = -math.inf
-        self._stop = stop if stop is not None else StopFlag()
+        self.stop = stop if stop is not None else StopFlag()
         self._secrets = (Secret(user_secret), Secret(organization_secret))  # revealed only in each header
         from .transport import Transport  # imported here: validate and render never load requests
 
-        self._transport = Transport(self._base, settings.parallelism, self._stop)
+        self._transport = Transport(self._base, settings.parallelism, self.stop)
 
     def close(self) -> None:
         self._transport.close()
@@ -272,9 +272,9 @@ class ReadOnlyClient:
                 return outcome
             if create and _ambiguous(outcome):
                 self._emit(f"{line}; outcome unknown, not retried")
-                self._stop.check()
+                self.stop.check()
                 raise AmbiguousCreate(outcome, answered=isinstance(outcome, ApiError)) from outcome
-            if self._stop.is_set():  # a request the interrupt ended is not retried
+            if self.stop.is_set():  # a request the interrupt ended is not retried
                 self._emit(f"{line}; not retried: the run is stopping")
                 self._check_stop(outcome)
             delay, why = self._retry_delay(outcome, attempt, started)
@@ -283,14 +283,14 @@ class ReadOnlyClient:
                 raise self._final(outcome, attempt, started) from outcome.__cause__
             self._emit(f"{line}; retrying in {delay:.2f} s (attempt {attempt + 1}/{self.settings.max_attempts})")
             self._retrying(method, shown, outcome, attempt, started)
-            if self._stop.wait(delay):
+            if self.stop.wait(delay):
                 self._check_stop(outcome)
 
     def _check_stop(self, outcome: ApiError | TransportError) -> None:
         """Interrupted if the run is stopping; ``sent`` False when the server provably did nothing
         with the last attempt (a 429, or refused before it was sent): the change was not done."""
         try:
-            self._stop.check()
+            self.stop.check()
         except Interrupted as exc:
             exc.sent = not isinstance(outcome, RateLimited) and getattr(outcome, "ambiguous", True)
             raise
@@ -314,34 +314,33 @@ class ReadOnlyClient:
         deadline = (
             settings.deadline if first else max(0.1, min(settings.deadline, started + settings.max_retry_time - t0))
         )
-        with self._stop.waiting():
-            try:
-                answer = self._transport.send(
-                    method,
-                    url,
-                    data,
-                    f"User {self._secrets[0].reveal()}, Organization {self._secrets[1].reveal()}"
-                    + (f", Element {element.reveal()}" if element is not None else ""),
-                    (settings.connect_timeout, min(settings.read_timeout, deadline)),
-                    deadline,
-                    settings.max_answer_bytes,
-                )
-            except TransportError as exc:
-                exc.method, exc.path, exc.url = method, shown, self._base
-                return exc, _ms_since(t0)
+        try:
+            answer = self._transport.send(
+                method,
+                url,
+                data,
+                f"User {self._secrets[0].reveal()}, Organization {self._secrets[1].reveal()}"
+                + (f", Element {element.reveal()}" if element is not None else ""),
+                (settings.connect_timeout, min(settings.read_timeout, deadline)),
+                deadline,
+                settings.max_answer_bytes,
+            )
+        except TransportError as exc:
+            exc.method, exc.path, exc.url = method, shown, self._base
+            return exc, _ms_since(t0)
         return self._read_answer(answer, method, shown), _ms_since(t0)
 
     def _wait_for_budget(self, method: str, shown: str, budget_ends: float) -> None:
         """Wait until the rate budget lets a request start. Raises, the request unsent: WaitTooLong when
         the API asked every request to wait past this one's retry budget, Interrupted after a signal."""
         try:
-            with self._stop.waiting():
-                if self.budget.acquire(wait=self._stop.wait, deadline=budget_ends):
+            with self.stop.waiting():
+                if self.budget.acquire(wait=self.stop.wait, deadline=budget_ends):
                     return
             if self.budget.paused_until > budget_ends:
                 wait = self.budget.paused_until - time.monotonic()
                 raise WaitTooLong(wait, self.settings.max_retry_time, method, shown, sent=False)
-            self._stop.check()
+            self.stop.check()
         except Interrupted as exc:
             exc.sent = False
             raise

@@ -157,7 +157,7 @@ class ReadOnlyClient:
     def get_instance(self, instance_id: int | str) -> dict:  # NotFound if there is no such instance
         return remember_tokens(self._json("GET", _instance_path(instance_id)))
 
-    def get_element(self, key: str) -> dict:  # ``GET /elements/{key}``: the element's metadata
+    def get_element(self, key: str) -> Any:  # ``GET /elements/{key}``: the element's metadata
         return self._json("GET", f"/elements/{_segment(key)}")
 
     def element_keys(self) -> Any:  # ``GET /elements/keys``: every element the catalog offers

@@ -7,28 +7,18 @@ never sees raw JSON. Tokens become ``Secret``s the moment they are read.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from ..errors import InconsistentListing
 from ..ownership import stack_marker
 from ..secret import Secret, sanitize
 from .answers import usable_id
-from .client import ClientSettings
+from .client import ReadOnlyClient
 
 LISTING_TRIES = 3  # a listing read while other runs write may shift between pages: read it again
-
-
-class InstanceReader(Protocol):
-    settings: ClientSettings
-
-    def instance_pages(
-        self, tags: tuple[str, ...] | list[str] = (), hydrate: bool = True
-    ) -> Generator[list, None, None]: ...
-
-    def get_instance(self, instance_id: int | str) -> dict: ...
 
 
 @dataclass(frozen=True)
@@ -84,7 +74,7 @@ def _numeric(value: Any) -> Any:
 
 
 def read_live(
-    client: InstanceReader,
+    client: ReadOnlyClient,
     stack: str,
     owned_only: bool = False,
     on_page: Callable[[list[LiveInstance]], object] | None = None,
@@ -165,6 +155,6 @@ def _checked(item: Any, position: int, seen: set[Any], configuration: bool = Tru
     return LiveInstance.from_api(item, configuration)
 
 
-def _hydrated(client: InstanceReader, instance: LiveInstance) -> LiveInstance:
+def _hydrated(client: ReadOnlyClient, instance: LiveInstance) -> LiveInstance:
     """An API whose list omits configuration costs one GET per owned instance; ours never does."""
     return LiveInstance.from_api(client.get_instance(instance.id))

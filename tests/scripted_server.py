@@ -8,9 +8,9 @@ gives the server a script, a list of steps consumed one per request, in arrival 
 * ``RESET``: read the request, then abort the connection with a TCP RST (no answer).
 * ``CLOSE``: read the request, then close the connection cleanly without answering.
 * ``Hang(seconds)``: read the request, wait, then close without answering.
-* ``Drip(interval, head, body)``: answer one byte every ``interval`` seconds (the head too if
-  ``head``), announcing a long body (or sending ``body``, complete): a server that never goes quiet
-  for a read timeout.
+* ``Drip(interval, head, body)``: answer one byte every ``interval`` seconds, announcing a long
+  body (or sending ``body``, complete): a server that never goes quiet for a read timeout. With
+  ``head``, the status line and headers drip too, and without a ``body`` they never end.
 * a callable ``step(received) -> step``: decide from the request (e.g. paging by token).
 
 When the script runs out the ``default`` step answers. Every request is recorded as a
@@ -58,7 +58,7 @@ class Hang:
 @dataclass(frozen=True)
 class Drip:
     """Answer one byte every ``interval`` seconds until the server closes (the status line and
-    headers too when ``head`` is true)."""
+    headers too when ``head`` is true: then, without a ``body``, a header line that never ends)."""
 
     interval: float = 0.5
     head: bool = False
@@ -247,6 +247,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = b"[" + b" " * 100000 if step.body is None else step.body
         length = 100000 if step.body is None else len(body)
         head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n".encode()
+        if step.head and step.body is None:  # a header line that does not end (hours at any interval)
+            head, body = b"HTTP/1.1 200 OK\r\nX-Drip: " + b"." * 60000, b""
         data = (head if step.head else b"") + body
         if not step.head:
             self.wfile.write(head)

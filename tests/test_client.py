@@ -132,7 +132,6 @@ def test_429_pause_is_shared_across_threads(server, lines, monkeypatch):
     assert len(results) == 2
     later = [r.time for r in server.requests[1:]]
     assert len(later) == 2 and min(later) - t_429 >= 0.25
-    assert cli.budget.throttle_count == 1
 
 
 def test_read_timeout_on_get_is_retried(server, client, lines):
@@ -425,8 +424,6 @@ def test_stats_counts(server, lines):
         "byMethod": {"DELETE": 1, "GET": 2, "POST": 2},
         "byStatus": {"200": 3, "404": 1, "503": 1},
     }
-    assert stats.summary() == "5 requests (DELETE 1, GET 2, POST 2), 1 retry"
-    assert RequestStats().summary() == "0 requests, 0 retries"
 
 
 def test_paths_are_quoted_and_base_url_slash_stripped(server, lines):

@@ -10,6 +10,7 @@ import os
 import ssl
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from scripted_server import Drip, Reply, ScriptedServer, TunnelProxy
 
 from provisioner.api.client import Client, ClientSettings
 from provisioner.errors import InconsistentListing, Interrupted, RateLimited, TransportError, UserError
-from provisioner.interrupt import StopFlag
+from provisioner.interrupt import STOP_GRACE, StopFlag
 from provisioner.secret import Secret
 
 USER = "user-secret-7Hq2ZpX9"
@@ -150,17 +151,36 @@ def test_plain_http_to_another_host_is_refused_before_anything_is_sent():
 # -- nothing hangs -------------------------------------------------------------------------------
 
 
-def test_a_dripping_server_is_cut_at_the_request_deadline():
-    """The answer is read in chunks, the deadline checked between them. (A server dripping its status
-    line and headers is bounded only by the read timeout: requests reads them in one call.)"""
+@pytest.mark.parametrize("head", [False, True], ids=["drip-body", "drip-head"])
+def test_a_dripping_server_is_cut_at_the_request_deadline(head):
+    """The body is read in chunks, the deadline checked between them; a status line and headers that
+    drip (read by http.client in one call) are cut in the main thread by an alarm at the deadline."""
     settings = ClientSettings(**{**FAST.__dict__, "max_attempts": 1})
-    with ScriptedServer(default=Drip(0.2)) as srv, make_client(srv.base_url, settings) as cli:
+    with ScriptedServer(default=Drip(0.2, head=head)) as srv, make_client(srv.base_url, settings) as cli:
         started = time.monotonic()
         with pytest.raises(TransportError) as info:
             cli.get_instance(1)
         elapsed = time.monotonic() - started
-    assert "within the request deadline of 1.5 s" in info.value.message
-    assert 1.5 <= elapsed < 3  # the drip would last 100,000 x 0.2 s
+    assert "within the request deadline of 1.5 s" in info.value.message and info.value.ambiguous
+    assert 1.5 <= elapsed < 5  # the drip would last hours
+
+
+def test_a_worker_whose_head_drips_is_abandoned_a_second_after_its_deadline():
+    """In a worker no alarm can cut the read: the main thread stops waiting for it (``settle``), and
+    the attempt, when it ends that late, is not retried."""
+    stop = StopFlag()
+    with ScriptedServer(default=Drip(0.2, head=True)) as srv, make_client(srv.base_url, stop=stop) as cli:
+        pool = ThreadPoolExecutor(1)
+        started = time.monotonic()
+        future = stop.submit(pool, cli.delete_instance, 1)
+        assert stop.settle(future) is False
+        elapsed = time.monotonic() - started
+        srv.close()  # the held read ends: the worker's attempt fails, past its deadline, not retried
+        with pytest.raises(TransportError, match="within the request deadline") as info:
+            future.result(timeout=10)
+        pool.shutdown()
+    assert 1.5 + STOP_GRACE <= elapsed < 10 and not info.value.retryable
+    assert len(srv.requests) == 1
 
 
 def test_a_signal_ends_a_dripping_request(env):

@@ -12,6 +12,7 @@ reads everything the run printed.
 from __future__ import annotations
 
 import json
+import time
 import tracemalloc
 import zlib
 from collections import Counter
@@ -291,12 +292,98 @@ def test_max_attempts_bounds_the_rereading_of_an_inconsistent_listing(tmp_path):
     assert len(srv.requests) == 2  # one reading of two pages, not three readings
 
 
-def test_a_listing_whose_head_drips_is_bounded_by_max_retry_time(tmp_path):
-    with ScriptedServer(default=Drip(0.02, head=True, body=b"[]")) as srv:
-        args = ("--deadline", "0.5", "--max-attempts", "5", "--max-retry-time", "1")
-        result = run_cli(tmp_path, srv.base_url, "plan", *FAST[:-4], *args)
-    assert result.returncode == 1 and "within the request deadline of 0.5 s" in result.stderr, result.stderr
-    assert len(srv.requests) == 1
+HEAD_DRIP = Drip(0.2, head=True)  # a status line and headers that never end: hours, a byte at a time
+
+
+@pytest.mark.parametrize(
+    ("limits", "most"),
+    [(("--max-attempts", "2", "--max-retry-time", "60"), 2), (("--max-attempts", "20", "--max-retry-time", "2.5"), 4)],
+    ids=["max-attempts", "max-retry-time"],
+)
+def test_a_listing_whose_head_drips_without_end_fails_within_its_attempts(tmp_path, limits, most):
+    """In the main thread an alarm cuts the read of the head at the deadline: the listing is bounded
+    by --deadline x --max-attempts, and by --max-retry-time."""
+    with ScriptedServer(default=HEAD_DRIP) as srv:
+        started = time.monotonic()
+        result = run_cli(tmp_path, srv.base_url, "plan", *FAST[:-4], "--deadline", "1", *limits)
+        took = time.monotonic() - started
+    assert result.returncode == 1, result.stderr
+    assert f"GET {srv.base_url}/instances?pageSize=200: no complete answer within the request deadline of 1 s" in (
+        result.stderr
+    )
+    assert 2 <= len(srv.requests) <= most and took < 30
+
+
+def test_a_delete_whose_head_drips_without_end_is_of_unknown_outcome_and_the_others_proceed(tmp_path):
+    """A worker's read cannot be cut: the main thread stops waiting for it a second after its deadline,
+    reports the change failed, of unknown outcome, and the other workers go on."""
+    listing = Reply(200, {"elements-total-count": "2"}, [item(1, "old"), item(2, "older")])
+
+    def answer(r: Received) -> Any:
+        return listing if r.method == "GET" else HEAD_DRIP if r.path == "/instances/1" else Reply(200, body={})
+
+    with ScriptedServer(default=answer) as srv:
+        started = time.monotonic()
+        args = ("--prune", "--force", "--deadline", "1", "--parallelism", "2")
+        result = run_cli(tmp_path, srv.base_url, "apply", *FAST, *args, count=0)
+        took = time.monotonic() - started
+    assert result.returncode == 1 and took < 30
+    assert "old: no complete answer within the request deadline (the API held the request)" in result.stderr
+    assert "deleted older id 2" in result.stdout and "1 deleted, 1 failed" in result.stdout, result.stdout
+    assert sorted(writes(srv)) == ["DELETE /instances/1", "DELETE /instances/2"]  # neither sent twice
+
+
+def test_when_the_api_holds_every_worker_the_run_stops(tmp_path):
+    listing = Reply(200, {"elements-total-count": "3"}, [item(n, f"old-{n}") for n in (1, 2, 3)])
+    with ScriptedServer(default=lambda r: listing if r.method == "GET" else HEAD_DRIP) as srv:
+        started = time.monotonic()
+        args = ("--prune", "--force", "--deadline", "1", "--parallelism", "1")
+        result = run_cli(tmp_path, srv.base_url, "apply", *FAST, *args, count=0)
+        took = time.monotonic() - started
+    assert result.returncode == 1 and took < 30
+    assert "stopped: the API holds every worker's request past its deadline" in result.stderr, result.stderr
+    assert "0 deleted, 1 failed, 2 skipped" in result.stdout
+    assert writes(srv) == ["DELETE /instances/1"]
+
+
+@pytest.mark.parametrize("made", [True, False], ids=["made", "not-made"])
+def test_a_create_whose_answer_drips_without_end_is_looked_up_never_sent_again(tmp_path, made):
+    def create(instance: dict) -> Drip:
+        if not made:
+            del api.instances[instance["id"]]
+        return HEAD_DRIP
+
+    api = FakeApi(create=create)
+    with ScriptedServer(default=api) as srv:
+        started = time.monotonic()
+        result = apply(tmp_path, srv, "--deadline", "1", count=1)
+        took = time.monotonic() - started
+    assert api.posts == Counter({"helpdesk-0": 1}) and took < 30
+    if made:
+        assert result.returncode == 0, result.stderr
+        assert outputs(tmp_path)["helpdesk-0"] == {"id": 101, "element": "connectwisehd", "token": "tok-101-Qz81"}
+    else:
+        assert result.returncode == 1 and "helpdesk-0: create outcome unknown" in result.stderr, result.stderr
+        assert outputs(tmp_path) == {}
+
+
+def test_a_ping_whose_head_drips_without_end_is_unreachable(tmp_path):
+    hub = {"element": {"key": "connectwisehd", "hub": "helpdesk"}}
+    listing = Reply(200, {"elements-total-count": "2"}, [item(n + 1, f"helpdesk-{n}", **hub) for n in range(2)])
+
+    def answer(r: Received) -> Any:
+        return listing if r.path == "/instances" else HEAD_DRIP if "tok-1-" in r.headers["authorization"] else Reply()
+
+    with ScriptedServer(default=answer) as srv:
+        started = time.monotonic()
+        result = run_cli(tmp_path, srv.base_url, "check", "--ping", "-o", "json", "--deadline", "1")
+        took = time.monotonic() - started
+    assert result.returncode == 2 and took < 30, result.stderr
+    found = {e["name"]: e for e in json.loads(result.stdout)["instances"]}
+    assert found["helpdesk-0"]["status"] == "unreachable" and found["helpdesk-1"]["status"] == "healthy"
+    assert found["helpdesk-0"]["detail"] == (
+        "ping helpdesk failed: no complete answer within the request deadline (the API held the request)"
+    )
 
 
 # -- point 10: a Retry-After longer than the retry budget stops the run --------------------------

@@ -37,8 +37,9 @@ def remember_tokens(data: Any) -> Any:
 
 
 def loads(content: bytes) -> Any:
-    """The JSON of an answer (None if empty). ValueError saying why: not JSON (cut short?), or nested
-    deeper than MAX_DEPTH (checked without recursion; deeper than Python's own limit is refused too)."""
+    """The JSON of an answer (None if empty), its tokens registered before anything can print it.
+    ValueError saying why: not JSON (cut short?), or nested deeper than MAX_DEPTH (checked without
+    recursion; deeper than Python's own limit is refused too)."""
     deep = f"JSON nested deeper than the limit of {MAX_DEPTH} levels"
     try:
         value = json.loads(content) if content.strip() else None
@@ -53,7 +54,7 @@ def loads(content: bytes) -> Any:
             if depth > MAX_DEPTH:
                 raise ValueError(deep)
             todo.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return value
+    return remember_tokens(value)
 
 
 def announced_total(reply: Answer) -> int | None:

@@ -55,7 +55,6 @@ from .answers import (
     header_request_id,
     json_kind,
     loads,
-    remember_tokens,
     usable_id,
 )
 from .ratelimit import RateBudget
@@ -121,11 +120,11 @@ class ReadOnlyClient:
         self._trace = trace
         self._notice = notice
         self._last_notice = -math.inf
-        self._stop = stop if stop is not None else StopFlag()
+        self.stop = stop if stop is not None else StopFlag()
         self._secrets = (Secret(user_secret), Secret(organization_secret))  # revealed only in each header
         from .transport import Transport  # imported here: validate and render never load requests
 
-        self._transport = Transport(self._base, settings.parallelism, self._stop)
+        self._transport = Transport(self._base, settings.parallelism, self.stop)
 
     def close(self) -> None:
         self._transport.close()
@@ -148,16 +147,48 @@ class ReadOnlyClient:
 
     def instance_pages(self, tags: Sequence[str] = (), hydrate: bool = True) -> Generator[list, None, None]:
         """The same listing, one page at a time, each requested when the previous one was handed over
-        (``hydrate=False``: lighter pages, without configuration). InconsistentListing when the pages
-        cannot be trusted (a repeated or endless page sequence, fewer or more items than announced)."""
+        (``hydrate=False``: lighter pages, without configuration), following ``elements-next-page-token``.
+        InconsistentListing when the pages cannot be trusted: a repeated token, more pages than the
+        announced total allows (or than MAX_PAGES), or at the end another number of items than
+        ``elements-total-count``."""
         params = [("tags[]", t) for t in tags] + ([] if hydrate else [("hydrate", "false")])
-        for page in self._pages("/instances", params):
-            yield remember_tokens(page)
+        seen: set[str] = set()
+        totals: set[int] = set()
+        token, pages, count, limit = "", 0, 0, MAX_PAGES
+        while True:
+            answer = self._page(params, token)
+            if answer is None:  # the API's 404 "No instances found" to the first page: an empty collection
+                break
+            pages += 1
+            total = announced_total(answer)
+            if total is not None:  # the announced total bounds the number of pages
+                totals.add(total)
+                limit = min(limit, max(1, math.ceil(total / max(1, self.settings.page_size))) + 1)
+            token = (answer.headers.get(NEXT_PAGE_HEADER) or "").strip()
+            if token and token in seen:
+                raise InconsistentListing(f"GET /instances: the API repeated a page token after {pages} pages")
+            if token and pages >= limit:
+                bound = "the announced total allows" if total is not None else "the hard limit"
+                raise InconsistentListing(f"GET /instances: still more pages after {pages} (more than {bound})")
+            seen.add(token)
+            items = self._page_items(answer)
+            del answer
+            count += len(items)
+            yield items
+            if not token:
+                break
+        # With a tags[] filter the API may announce the whole collection's total (undocumented): there,
+        # only more items than announced is a contradiction. Without one, any difference is.
+        if totals and count not in totals and ("tags[]" not in dict(params) or count > max(totals)):
+            raise InconsistentListing(
+                f"GET /instances announced {' then '.join(map(str, sorted(totals)))} "
+                f"item(s) ({TOTAL_HEADER}) but {count} arrived"
+            )
 
     def get_instance(self, instance_id: int | str) -> dict:  # NotFound if there is no such instance
-        return remember_tokens(self._json("GET", _instance_path(instance_id)))
+        return self._json("GET", _instance_path(instance_id))
 
-    def get_element(self, key: str) -> dict:  # ``GET /elements/{key}``: the element's metadata
+    def get_element(self, key: str) -> Any:  # ``GET /elements/{key}``: the element's metadata
         return self._json("GET", f"/elements/{_segment(key)}")
 
     def element_keys(self) -> Any:  # ``GET /elements/keys``: every element the catalog offers
@@ -173,71 +204,33 @@ class ReadOnlyClient:
 
     # -- paging -----------------------------------------------------------------------------
 
-    def _pages(self, path: str, params: list[tuple[str, str]]) -> Generator[list, None, None]:
-        """Each page of a list endpoint, following ``elements-next-page-token``, requested when the
-        previous one has been taken. A repeated token, more pages than the announced total allows (or
-        than MAX_PAGES), or at the end another number of items than ``elements-total-count`` raises
-        InconsistentListing."""
-        seen: set[str] = set()
-        totals: set[int] = set()
-        token, pages, count, limit = "", 0, 0, MAX_PAGES
-        while True:
-            answer = self._page(path, params, token)
-            if answer is None:  # the API's 404 "No instances found" to the first page: an empty collection
-                break
-            pages += 1
-            total = announced_total(answer)
-            if total is not None:  # the announced total bounds the number of pages
-                totals.add(total)
-                limit = min(limit, max(1, math.ceil(total / max(1, self.settings.page_size))) + 1)
-            token = (answer.headers.get(NEXT_PAGE_HEADER) or "").strip()
-            if token and token in seen:
-                raise InconsistentListing(f"GET {path}: the API repeated a page token after {pages} pages")
-            if token and pages >= limit:
-                bound = "the announced total allows" if total is not None else "the hard limit"
-                raise InconsistentListing(f"GET {path}: still more pages after {pages} (more than {bound})")
-            seen.add(token)
-            items = self._page_items(answer, path)
-            del answer
-            count += len(items)
-            yield items
-            if not token:
-                break
-        # With a tags[] filter the API may announce the whole collection's total (undocumented): there,
-        # only more items than announced is a contradiction. Without one, any difference is.
-        if totals and count not in totals and ("tags[]" not in dict(params) or count > max(totals)):
-            raise InconsistentListing(
-                f"GET {path} announced {' then '.join(map(str, sorted(totals)))} "
-                f"item(s) ({TOTAL_HEADER}) but {count} arrived"
-            )
-
-    def _page(self, path: str, params: list[tuple[str, str]], token: str) -> Answer | None:
+    def _page(self, params: list[tuple[str, str]], token: str) -> Answer | None:
         """One page, unparsed; None for the documented empty answer to the first page: 404 with the
         message "No instances found", exactly. Any other 404 is an error naming the URL."""
         paging = [("pageSize", str(self.settings.page_size)), *params, *([("nextPage", token)] if token else [])]
         try:
-            return self._call("GET", path, params=paging)
+            return self._call("GET", "/instances", params=paging)
         except NotFound as exc:
-            if path == "/instances" and not token and exc.raw_message == EMPTY_LISTING:
+            if not token and exc.raw_message == EMPTY_LISTING:
                 return None
+            url = f"{self._base}/instances"
             if token:
-                raise InconsistentListing(f"GET {self._base}{path}: a next page answered 404 ({exc.message})") from None
+                raise InconsistentListing(f"GET {url}: a next page answered 404 ({exc.message})") from None
             hint = (
                 "the API base URL must end with /elements/api-v2, e.g. https://api.cloud-elements.com/elements/api-v2; "
                 f'an empty organization answers 404 "{EMPTY_LISTING}"'
             )
-            message = f"{exc.message}; {self._base}{path} is not an instance listing"
-            raise ApiError(404, message, exc.request_id, "GET", path, hint=hint) from None
+            message = f"{exc.message}; {url} is not an instance listing"
+            raise ApiError(404, message, exc.request_id, "GET", "/instances", hint=hint) from None
 
-    def _page_items(self, reply: Answer, path: str) -> list:
+    def _page_items(self, reply: Answer) -> list:
         """Parse one page; it must be a JSON list. Its tokens are registered before anything can print it."""
         try:
             items = loads(reply.content)
         except ValueError as exc:
-            raise InconsistentListing(f"GET {self._base}{path}: the API answered {reply.status} with {exc}") from None
+            raise InconsistentListing(f"GET {self._base}/instances: answered {reply.status} with {exc}") from None
         if not isinstance(items, list):
-            remember_tokens(items)
-            raise InconsistentListing(f"GET {path}: expected a JSON list, got {json_kind(items)}")
+            raise InconsistentListing(f"GET /instances: expected a JSON list, got {json_kind(items)}")
         return items
 
     # -- one call, with retries -------------------------------------------------------------
@@ -272,9 +265,9 @@ class ReadOnlyClient:
                 return outcome
             if create and _ambiguous(outcome):
                 self._emit(f"{line}; outcome unknown, not retried")
-                self._stop.check()
+                self.stop.check()
                 raise AmbiguousCreate(outcome, answered=isinstance(outcome, ApiError)) from outcome
-            if self._stop.is_set():  # a request the interrupt ended is not retried
+            if self.stop.is_set():  # a request the interrupt ended is not retried
                 self._emit(f"{line}; not retried: the run is stopping")
                 self._check_stop(outcome)
             delay, why = self._retry_delay(outcome, attempt, started)
@@ -283,14 +276,14 @@ class ReadOnlyClient:
                 raise self._final(outcome, attempt, started) from outcome.__cause__
             self._emit(f"{line}; retrying in {delay:.2f} s (attempt {attempt + 1}/{self.settings.max_attempts})")
             self._retrying(method, shown, outcome, attempt, started)
-            if self._stop.wait(delay):
+            if self.stop.wait(delay):
                 self._check_stop(outcome)
 
     def _check_stop(self, outcome: ApiError | TransportError) -> None:
         """Interrupted if the run is stopping; ``sent`` False when the server provably did nothing
         with the last attempt (a 429, or refused before it was sent): the change was not done."""
         try:
-            self._stop.check()
+            self.stop.check()
         except Interrupted as exc:
             exc.sent = not isinstance(outcome, RateLimited) and getattr(outcome, "ambiguous", True)
             raise
@@ -314,34 +307,33 @@ class ReadOnlyClient:
         deadline = (
             settings.deadline if first else max(0.1, min(settings.deadline, started + settings.max_retry_time - t0))
         )
-        with self._stop.waiting():
-            try:
-                answer = self._transport.send(
-                    method,
-                    url,
-                    data,
-                    f"User {self._secrets[0].reveal()}, Organization {self._secrets[1].reveal()}"
-                    + (f", Element {element.reveal()}" if element is not None else ""),
-                    (settings.connect_timeout, min(settings.read_timeout, deadline)),
-                    deadline,
-                    settings.max_answer_bytes,
-                )
-            except TransportError as exc:
-                exc.method, exc.path, exc.url = method, shown, self._base
-                return exc, _ms_since(t0)
+        try:
+            answer = self._transport.send(
+                method,
+                url,
+                data,
+                f"User {self._secrets[0].reveal()}, Organization {self._secrets[1].reveal()}"
+                + (f", Element {element.reveal()}" if element is not None else ""),
+                (settings.connect_timeout, min(settings.read_timeout, deadline)),
+                deadline,
+                settings.max_answer_bytes,
+            )
+        except TransportError as exc:
+            exc.method, exc.path, exc.url = method, shown, self._base
+            return exc, _ms_since(t0)
         return self._read_answer(answer, method, shown), _ms_since(t0)
 
     def _wait_for_budget(self, method: str, shown: str, budget_ends: float) -> None:
         """Wait until the rate budget lets a request start. Raises, the request unsent: WaitTooLong when
         the API asked every request to wait past this one's retry budget, Interrupted after a signal."""
         try:
-            with self._stop.waiting():
-                if self.budget.acquire(wait=self._stop.wait, deadline=budget_ends):
+            with self.stop.waiting():
+                if self.budget.acquire(wait=self.stop.wait, deadline=budget_ends):
                     return
             if self.budget.paused_until > budget_ends:
                 wait = self.budget.paused_until - time.monotonic()
                 raise WaitTooLong(wait, self.settings.max_retry_time, method, shown, sent=False)
-            self._stop.check()
+            self.stop.check()
         except Interrupted as exc:
             exc.sent = False
             raise
@@ -430,23 +422,23 @@ class Client(ReadOnlyClient):
         if not isinstance(data, dict) or not usable_id(data.get("id")) or not isinstance(token, str) or not token:
             what = f"the API answered the create with {json_kind(data)}, not an instance with an id and a token"
             raise AmbiguousCreate(ApiError(answer.status, what, header_request_id(answer), "POST", "/instances"), True)
-        return remember_tokens(data)
+        return data
 
     def update_instance(self, instance_id: int | str, body: dict) -> dict:  # PUT with a full body
-        return remember_tokens(self._json("PUT", _instance_path(instance_id), body))
+        return self._json("PUT", _instance_path(instance_id), body)
 
     def reauthenticate_instance(self, instance_id: int | str, body: dict) -> dict:
         """``PUT /instances/{id}?reAuthenticate=true`` with a full body: the provider checks the
         credentials again; id and token stay."""
         again = [("reAuthenticate", "true")]
-        return remember_tokens(self._json("PUT", _instance_path(instance_id), body, params=again))
+        return self._json("PUT", _instance_path(instance_id), body, params=again)
 
     def set_enabled(self, instance_id: int | str, enabled: bool) -> None:
         """``PUT /instances/{id}/enabled`` (enable) or ``DELETE`` (disable)."""
         self._call("PUT" if enabled else "DELETE", f"{_instance_path(instance_id)}/enabled")
 
     def patch_instance(self, instance_id: int | str, body: dict) -> dict:  # PATCH with a partial body
-        return remember_tokens(self._json("PATCH", _instance_path(instance_id), body))
+        return self._json("PATCH", _instance_path(instance_id), body)
 
     def delete_instance(self, instance_id: int | str) -> bool:
         """``DELETE /instances/{id}``: True if deleted now, False if it was already gone (404)."""

@@ -7,28 +7,18 @@ never sees raw JSON. Tokens become ``Secret``s the moment they are read.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from ..errors import InconsistentListing
 from ..ownership import stack_marker
 from ..secret import Secret, sanitize
 from .answers import usable_id
-from .client import ClientSettings
+from .client import ReadOnlyClient
 
 LISTING_TRIES = 3  # a listing read while other runs write may shift between pages: read it again
-
-
-class InstanceReader(Protocol):
-    settings: ClientSettings
-
-    def instance_pages(
-        self, tags: tuple[str, ...] | list[str] = (), hydrate: bool = True
-    ) -> Generator[list, None, None]: ...
-
-    def get_instance(self, instance_id: int | str) -> dict: ...
 
 
 @dataclass(frozen=True)
@@ -84,16 +74,14 @@ def _numeric(value: Any) -> Any:
 
 
 def read_live(
-    client: InstanceReader,
+    client: ReadOnlyClient,
     stack: str,
     owned_only: bool = False,
-    on_page: Callable[[list[LiveInstance]], object] | None = None,
     hydrate: Callable[[LiveInstance], bool] | None = None,
     configuration: bool = True,
 ) -> list[LiveInstance]:
     """All instances of the target (or only those the stack owns), with configuration filled in.
     ``configuration=False`` reads everything but the configuration (and so never hydrates).
-    ``on_page`` sees each page's instances as it arrives.
 
     Nothing is decided from a listing that cannot be trusted: a repeated id, an item without a
     usable id or with fields of the wrong type, or pages the client found inconsistent raise
@@ -111,10 +99,8 @@ def read_live(
         try:
             with closing(pages):
                 for page in pages:
-                    converted = [_checked(item, len(instances) + n, seen, configuration) for n, item in enumerate(page)]
-                    if on_page is not None:
-                        on_page(converted)
-                    instances.extend(converted)
+                    first = len(instances)  # the position of the page's first item in the listing
+                    instances.extend(_checked(item, n, seen, configuration) for n, item in enumerate(page, first))
             break
         except InconsistentListing:
             if attempt >= min(LISTING_TRIES, limits.max_attempts) or time.monotonic() - started > limits.max_retry_time:
@@ -124,8 +110,11 @@ def read_live(
     if not configuration:
         return instances
     wanted = hydrate or (lambda _instance: False)
-    return [
-        _hydrated(client, i) if i.configuration is None and (i.owned_by(stack) or wanted(i)) else i for i in instances
+    return [  # an API whose list omits configuration: one GET per instance that needs it (ours never does)
+        LiveInstance.from_api(client.get_instance(i.id))
+        if i.configuration is None and (i.owned_by(stack) or wanted(i))
+        else i
+        for i in instances
     ]
 
 
@@ -163,8 +152,3 @@ def _checked(item: Any, position: int, seen: set[Any], configuration: bool = Tru
         raise InconsistentListing(f"instance id {ident} is listed twice (a repeated item is not a duplicate)")
     seen.add(key)
     return LiveInstance.from_api(item, configuration)
-
-
-def _hydrated(client: InstanceReader, instance: LiveInstance) -> LiveInstance:
-    """An API whose list omits configuration costs one GET per owned instance; ours never does."""
-    return LiveInstance.from_api(client.get_instance(instance.id))

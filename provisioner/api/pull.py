@@ -9,26 +9,18 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from ..errors import BadRequest, NotFound, Unauthorized, UserError
 from ..manifest.load import DEFAULT_URL
 from ..manifest.targets import Target
+from ..privatefile import write_private
 from ..secret import Secret
 from .client import ClientSettings, ReadOnlyClient
 from .schemagen import element_schema, schema_text
-
-
-class ElementReader(Protocol):
-    def element_keys(self) -> Any: ...
-
-    def get_element(self, key: str) -> Any: ...
-
-    def element_configuration(self, key: str) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -74,7 +66,7 @@ def reader(target: Target, trace: Callable[[str], None] | None = None) -> Iterat
 _KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
-def catalog_keys(client: ElementReader) -> list[str]:
+def catalog_keys(client: ReadOnlyClient) -> list[str]:
     """Every element key the API offers, sorted."""
     answer = client.element_keys()
     if not isinstance(answer, list):
@@ -83,7 +75,7 @@ def catalog_keys(client: ElementReader) -> list[str]:
     return sorted({k for k in keys if isinstance(k, str) and _KEY.match(k)})
 
 
-def fetch_schema(client: ElementReader, key: str) -> dict[str, Any]:
+def fetch_schema(client: ReadOnlyClient, key: str) -> dict[str, Any]:
     """One element's schema, from its element object and its configuration definitions."""
     try:
         element = client.get_element(key)
@@ -103,7 +95,7 @@ def fetch_schema(client: ElementReader, key: str) -> dict[str, Any]:
     return element_schema(element, [r for r in records if isinstance(r, Mapping)])
 
 
-def pull(client: ElementReader, keys: list[str], all_keys: bool, out_dir: str) -> list[Pulled]:
+def pull(client: ReadOnlyClient, keys: list[str], all_keys: bool, out_dir: str) -> list[Pulled]:
     """Write ``<out_dir>/<key>.json`` for each key (or every key of the catalog with ``all_keys``)."""
     if all_keys:
         keys = catalog_keys(client)
@@ -126,15 +118,11 @@ def _write(path: str, key: str, text: str) -> Pulled:
                 return Pulled(key, path, False)
     except OSError:
         pass
-    fd, temp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{key}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-        handle.write(text)
-    os.chmod(temp, 0o644)
-    os.replace(temp, path)
+    write_private(path, text, f"schema of {key}", mode=0o644)
     return Pulled(key, path, True)
 
 
-def listing(client: ElementReader, local_keys: list[str]) -> list[tuple[str, bool]]:
+def listing(client: ReadOnlyClient, local_keys: list[str]) -> list[tuple[str, bool]]:
     """(key, has a local schema) for every key the API offers."""
     local = set(local_keys)
     return [(key, key in local) for key in catalog_keys(client)]

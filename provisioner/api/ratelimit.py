@@ -51,9 +51,9 @@ class RateBudget:
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._limit = max_rate  # requests/second; None: no ceiling at all
+        self.limit = max_rate  # requests/second currently allowed; None: no ceiling at all
         self._next_start = -math.inf
-        self._paused_until = -math.inf
+        self.paused_until = -math.inf  # clock time before which no request starts
         self._window = (-math.inf, 0, 0)  # (start, accepted, refused)
         self._first = True  # no cut yet: the first is not judged
         self._cut_to: float | None = None  # the rate the last cut set, while recovering from it
@@ -61,7 +61,6 @@ class RateBudget:
         self._before_cuts = max_rate  # the limit before the cuts
         self._random_share = 0.0  # refusals of this share were found not to follow the rate
         self._raised_at = -math.inf
-        self._throttle_count = 0
 
     def acquire(self, wait: Callable[[float], object] | None = None, deadline: float | None = None) -> bool:
         """Block until a request may start, and count it as started.
@@ -72,12 +71,12 @@ class RateBudget:
         while True:
             with self._lock:
                 now = self._clock()
-                if deadline is not None and self._paused_until > deadline:
+                if deadline is not None and self.paused_until > deadline:
                     return False
-                start = max(now, self._paused_until, self._next_start if self._limit else now)
+                start = max(now, self.paused_until, self._next_start if self.limit else now)
                 if start <= now:
-                    if self._limit:
-                        self._next_start = max(now, self._next_start) + 1.0 / self._limit
+                    if self.limit:
+                        self._next_start = max(now, self._next_start) + 1.0 / self.limit
                     return True
             if (wait or self._sleep)(start - now):
                 return False
@@ -86,42 +85,26 @@ class RateBudget:
         """The API answered 429; a long Retry-After pauses everyone."""
         with self._lock:
             now = self._clock()
-            self._throttle_count += 1
             self._judge(now, accepted=0, refused=1)
             if retry_after is not None and retry_after >= LONG_PAUSE:
-                self._paused_until = max(self._paused_until, now + retry_after)
+                self.paused_until = max(self.paused_until, now + retry_after)
 
     def on_success(self) -> None:
         """A request succeeded: grow the limit while recovering, and lift it once recovered."""
         with self._lock:
             now = self._clock()
             self._judge(now, accepted=1, refused=0)
-            if self._cut_to is None or self._limit is None:
+            if self._cut_to is None or self.limit is None:
                 return
-            self._limit += (1.0 - CUT) * self._cut_to * max(0.0, now - self._raised_at) / WINDOW
+            self.limit += (1.0 - CUT) * self._cut_to * max(0.0, now - self._raised_at) / WINDOW
             self._raised_at = max(self._raised_at, now)
-            if self._limit >= (self._max_rate or 2.0 * self._cut_to):
-                self._limit, self._cut_to = self._max_rate, None
-
-    @property
-    def limit(self) -> float | None:
-        """Requests/second currently allowed; None when there is no ceiling."""
-        return self._limit
+            if self.limit >= (self._max_rate or 2.0 * self._cut_to):
+                self.limit, self._cut_to = self._max_rate, None
 
     @property
     def throttled(self) -> bool:
         """True while a cut is being recovered from."""
         return self._cut_to is not None
-
-    @property
-    def paused_until(self) -> float:
-        """Clock time before which no request starts (``-inf`` if never paused)."""
-        return self._paused_until
-
-    @property
-    def throttle_count(self) -> int:
-        """How many 429 answers were reported."""
-        return self._throttle_count
 
     def _judge(self, now: float, accepted: int, refused: int) -> None:
         """Count one answer; when a window has passed, judge it (called with the lock held)."""
@@ -139,11 +122,11 @@ class RateBudget:
             return
         if judging:  # refused as before, below the rate the server accepted: not about the rate
             self._random_share = share
-            self._limit, self._cut_to = self._before_cuts, None
+            self.limit, self._cut_to = self._before_cuts, None
             return
         if self._cut_to is None:
-            self._before_cuts = self._limit
-        rate = CUT * min(ok / (now - start), self._limit or math.inf)
-        self._limit = max(min(MIN_RATE, self._max_rate or MIN_RATE), rate)
-        self._cut_to, self._raised_at = self._limit, now
+            self._before_cuts = self.limit
+        rate = CUT * min(ok / (now - start), self.limit or math.inf)
+        self.limit = max(min(MIN_RATE, self._max_rate or MIN_RATE), rate)
+        self._cut_to, self._raised_at = self.limit, now
         self._judging, self._first = not self._first, False

@@ -1,8 +1,8 @@
 """Request statistics for one run: how many HTTP requests, by method and status, and how many retries.
 
-The run summary and the JSON output report them, and tests use them to check that retries and
-paging did what they should. Every worker thread records into the same instance: each attempt is
-appended to a deque (appends are thread-safe), and the counts are made when they are read.
+The run summary and the JSON output report them (``as_dict``). Every worker thread records into the
+same instance: each attempt is appended to a deque (appends are thread-safe), and the counts are
+made when they are read.
 """
 
 from __future__ import annotations
@@ -21,14 +21,6 @@ class RequestStats:
         """Count one attempt; ``status`` None means no HTTP answer (counted as "error")."""
         self._attempts.append((method.upper(), "error" if status is None else str(status), retry))
 
-    @property
-    def requests(self) -> int:
-        return len(self._attempts)
-
-    @property
-    def retries(self) -> int:
-        return sum(1 for _, _, retry in self._attempts.copy() if retry)
-
     def as_dict(self) -> dict:
         """``{"requests": N, "retries": N, "byMethod": {...}, "byStatus": {...}}``, keys sorted."""
         attempts = self._attempts.copy()
@@ -38,14 +30,6 @@ class RequestStats:
             "byMethod": dict(sorted(Counter(m for m, _, _ in attempts).items())),
             "byStatus": dict(sorted(Counter(s for _, s, _ in attempts).items())),
         }
-
-    def summary(self) -> str:
-        """One line, e.g. ``42 requests (GET 3, POST 39), 5 retries``."""
-        data = self.as_dict()
-        text = plural(data["requests"], "request")
-        if data["byMethod"]:
-            text += " (" + ", ".join(f"{m} {n}" for m, n in data["byMethod"].items()) + ")"
-        return f"{text}, {plural(data['retries'], 'retry', 'retries')}"
 
 
 def plural(count: int, singular: str, many: str | None = None) -> str:

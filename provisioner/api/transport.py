@@ -11,15 +11,13 @@ module owns the wire, and is the only one that imports ``requests``:
   ``CE_CLIENT_KEY`` name a client certificate. ~/.netrc is never consulted;
 * a deadline: the read timeout bounds each wait for bytes, so a server sending one byte every half
   second would never time out. The answer is read as it arrives (``stream=True``), and between
-  pieces the whole-request deadline is checked, and the stop flag (a second after a signal);
+  pieces the whole-request deadline is checked, and the stop flag (a second after a signal). The
+  status line and headers are read by http.client in one blocking call that no public API of
+  requests can cut short: in the main thread an alarm ends it at the deadline (``StopFlag.waiting``);
+  in a worker the main thread stops waiting for it a second after the deadline, and an attempt that
+  comes back that late is not retried;
 * a size: the answer is read decompressed, in pieces of at most ``CHUNK`` bytes (urllib3 2.6+ bounds
   each piece of a gzip answer), and fails past ``max_bytes``: a gzip bomb costs at most the cap.
-
-The status line and headers are read by http.client in one blocking call, which no public API of
-requests can cut short: there each wait for a byte is bounded by the read timeout (the client makes
-it no longer than the attempt's deadline), and the attempt fails as soon as the headers are in if
-its deadline has passed. A server that sends a header byte within every read timeout holds the
-attempt until its headers end: http.client takes at most 100 header lines of 64 KiB each.
 """
 
 from __future__ import annotations
@@ -42,7 +40,7 @@ import requests.utils
 
 from .. import __version__
 from ..errors import TransportError, UserError
-from ..interrupt import StopFlag
+from ..interrupt import STOP_GRACE, StopFlag
 from ..secret import REDACTOR
 
 CLIENT_CERT_ENV = "CE_CLIENT_CERT"
@@ -65,7 +63,7 @@ class Transport:
     ``TransportError``: ``ambiguous`` when the request may have reached the server, ``retryable``
     unless trying again cannot help (a refused certificate or proxy credentials)."""
 
-    def __init__(self, base_url: str, parallelism: int, stop: StopFlag | None = None):
+    def __init__(self, base_url: str, parallelism: int, stop: StopFlag):
         parts = urlsplit(base_url)
         self._stop = stop
         self.session = requests.Session()
@@ -97,23 +95,25 @@ class Transport:
         max_bytes: int,
     ) -> Answer:
         """One exchange, its answer read in full, failed once ``deadline`` seconds have passed or past
-        ``max_bytes`` (decompressed)."""
+        ``max_bytes`` (decompressed). In the main thread a signal raises ``Interrupted``."""
         ends = time.monotonic() + deadline
         try:
-            with self.session.request(
-                method,
-                url,
-                data=body,
-                headers={"Authorization": authorization},
-                timeout=timeout,
-                stream=True,
-                allow_redirects=False,
-            ) as response:
+            with (
+                self._stop.waiting(deadline),
+                self.session.request(
+                    method,
+                    url,
+                    data=body,
+                    headers={"Authorization": authorization},
+                    timeout=timeout,
+                    stream=True,
+                    allow_redirects=False,
+                ) as response,
+            ):
                 content = self._read(response, ends, deadline, max_bytes)
                 return Answer(response.status_code, content, response.headers, response.reason or "")
         except (requests.RequestException, OSError) as exc:
-            message, ambiguous, retryable = classify(exc, self.proxy_display)
-            raise TransportError(message, ambiguous, retryable=retryable) from exc
+            raise self._failed(exc, ends, deadline) from exc
 
     def _read(self, response: requests.Response, ends: float, deadline: float, max_bytes: int) -> bytes:
         """The body, decoded, in the pieces it arrives in (at most ``CHUNK`` at once): ``raw.read1``
@@ -121,15 +121,14 @@ class Transport:
         parts: list[bytes] = []
         size = 0
         while True:
-            if self._stop is not None and self._stop.expired():
+            if self._stop.expired():
                 raise TransportError("ended by the interrupt", True, retryable=False)
             if time.monotonic() > ends:
-                raise TransportError(f"no complete answer within the request deadline of {deadline:.3g} s", True)
+                raise self._failed(TimeoutError(), ends, deadline)
             try:
                 part = response.raw.read1(CHUNK, decode_content=True)
             except Exception as exc:  # noqa: BLE001 - urllib3's own errors: requests wraps them only in iter_content
-                message, ambiguous, retryable = classify(exc, self.proxy_display)
-                raise TransportError(message, ambiguous, retryable=retryable) from exc
+                raise self._failed(exc, ends, deadline) from exc
             if not part:
                 return b"".join(parts)
             size += len(part)
@@ -137,6 +136,17 @@ class Transport:
                 limit = f"the answer is larger than the limit of {max_bytes} bytes (--max-answer-bytes)"
                 raise TransportError(limit, True, retryable=False)
             parts.append(part)
+
+    def _failed(self, exc: BaseException, ends: float, deadline: float) -> TransportError:
+        """The error of a failed exchange. Once the request may have been sent, any failure at its
+        deadline is the deadline's (the alarm's TimeoutError included); one that comes more than
+        ``STOP_GRACE`` late is not retried: the main thread may have stopped waiting for this worker."""
+        message, ambiguous, retryable = classify(exc, self.proxy_display)
+        late = time.monotonic() - ends
+        if ambiguous and late >= 0:
+            message = f"no complete answer within the request deadline of {deadline:.3g} s"
+            retryable = late < STOP_GRACE
+        return TransportError(message, ambiguous, retryable=retryable)
 
     def close(self) -> None:
         self.session.close()

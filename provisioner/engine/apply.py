@@ -15,7 +15,9 @@ SIGINT/SIGTERM set the stop flag: no new request starts, and requests in flight 
 to finish. Then the main thread stops waiting for them: a change still in flight is reported as
 skipped, its outcome unknown (the next run finds a create that was made), and the result still
 holds every token obtained so far. A Retry-After longer than the retry budget (``WaitTooLong``)
-stops the run the same way, with one message; the changes it did not send are skipped with it.
+stops the run the same way, with one message; the changes it did not send are skipped with it. A
+change whose request the API holds ``STOP_GRACE`` past its deadline is abandoned too, of unknown
+outcome (a create is looked up); when that holds every worker, the run stops.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class ChangeResult:
 
 NOT_STARTED = "not started: the run was interrupted"
 IN_FLIGHT = "sent when the run stopped: its outcome is unknown (the next apply finds it)"
+HELD = "no complete answer within the request deadline (the API held the request): its outcome is unknown"
 UNKNOWN = "create outcome unknown: no instance of this name was found after it; it was not sent again (run apply again)"
 
 
@@ -140,6 +143,7 @@ class Applier:
         self._settle_until = -math.inf  # a create that got no answer was not found: wait for it until then
         self.run_tag = run_tag(secrets.token_hex(6))
         self._known_ids = {(c.target, c.live.id) for c in plan.changes if c.live is not None}
+        self._held: list[futures.Future] = []  # abandoned, their workers held by a request past its deadline
 
     def run(self) -> ApplyResult:
         results: dict[int, ChangeResult] = {}
@@ -157,7 +161,7 @@ class Applier:
             self._run_batch(pool, writes, results)
             self._resolve_ambiguous(results)
         finally:  # after an interrupt, a worker may still be blocked on the network: not waited for
-            pool.shutdown(wait=not self.stop.is_set(), cancel_futures=True)
+            pool.shutdown(wait=not self.stop.is_set() and not self._held, cancel_futures=True)
         notes = self._final_check(results)
         ordered = [results[i] for i in range(len(self.plan.changes))]
         if self.aborted:
@@ -177,13 +181,19 @@ class Applier:
     ) -> None:
         """Run changes in the pool and record each outcome here, in order, waiting a short while at a
         time (the main thread stays free for signals). After a signal, wait ``STOP_GRACE`` for the
-        requests in flight, then report the rest as skipped."""
-        submitted = [(pool.submit(self._execute, change), index, change) for index, change in writes]
+        requests in flight, then report the rest as skipped; a request held past its deadline, too."""
+        submitted = [(self.stop.submit(pool, self._execute, change), index, change) for index, change in writes]
         for future, index, change in submitted:
-            while not future.done() and not self.stop.expired():
-                futures.wait([future], timeout=0.2)
-            if future.done() and not future.cancelled():
+            if self.stop.settle(future) and not future.cancelled():
                 self._record(index, change, future.result(), results)
+            elif not self.stop.is_set():  # held past its deadline: a create is looked up, the rest fail
+                self._held.append(future)
+                failed = ChangeResult(change, Status.FAILED, error=HELD, id=change.id)
+                unknown = _Outcome(None, posted=True, unanswered=time.monotonic())
+                self._record(index, change, unknown if change.action == Action.CREATE else _Outcome(failed), results)
+                if sum(not f.done() for f in self._held) >= self.settings.parallelism:  # no worker left
+                    self.stop.set()
+                    self.aborted = self.aborted or "the API holds every worker's request past its deadline"
             else:  # still running, or never started (then cancelled)
                 results[index] = ChangeResult(
                     change, Status.SKIPPED, error=NOT_STARTED if future.cancel() else IN_FLIGHT

@@ -21,12 +21,14 @@ from typing import Any, Literal, get_args
 
 from ..api.live import LiveInstance
 from ..errors import ApiError, TransportError
+from ..interrupt import WORKER_PREFIX
 from ..manifest.desired import DesiredInstance
 from ..manifest.elements import ElementRegistry
 from .stages import Connection, Validated, read_state
 
 Status = Literal["healthy", "invalid", "disabled", "missing", "unreachable"]
 STATUSES: tuple[Status, ...] = get_args(Status)  # in this order in the JSON summary
+HELD = "no complete answer within the request deadline (the API held the request)"
 
 
 @dataclass(frozen=True)
@@ -164,11 +166,14 @@ def ping_all(report: HealthReport, clients: Mapping[str, Any], parallelism: int)
             hubs[(h.target, h.element)] = (clients[h.target].get_element(h.live.element) or {}).get("hub")
     todo = [i for i, h in enumerate(report.instances) if h.live is not None and not (h.live.disabled and h.ok)]
 
+    def hub_of(entry: Health) -> str | None:
+        return entry.live and entry.live.hub or hubs.get((entry.target, entry.element))
+
     def one(index: int) -> Health:
         entry = report.instances[index]
         live = entry.live
         assert live is not None
-        hub = live.hub or hubs.get((entry.target, entry.element))
+        hub = hub_of(entry)
         client = clients[entry.target]
         try:
             token = live.token or LiveInstance.from_api(client.get_instance(live.id)).token
@@ -179,6 +184,9 @@ def ping_all(report: HealthReport, clients: Mapping[str, Any], parallelism: int)
             failed = f"HTTP {exc.status}: {exc.message}"
         except TransportError as exc:
             failed = exc.message
+        return pinged(entry, hub, failed)
+
+    def pinged(entry: Health, hub: str | None, failed: str | None) -> Health:
         if failed is None:
             return replace(entry, detail=f"{entry.detail}; ping {hub}: ok")
         failed = f"ping {hub or '?'} failed: {failed}"
@@ -186,8 +194,17 @@ def ping_all(report: HealthReport, clients: Mapping[str, Any], parallelism: int)
             return replace(entry, status="unreachable", ok=False, detail=failed)
         return replace(entry, detail=f"{entry.detail}; {failed}")
 
-    with futures.ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix="ping") as pool:
-        done = dict(zip(todo, pool.map(one, todo), strict=True))
+    def held(index: int) -> Health:  # the main thread stopped waiting for its worker
+        stop.check()  # after a signal: the run ends
+        return pinged(report.instances[index], hub_of(report.instances[index]), HELD)
+
+    stop = next(iter(clients.values())).stop  # the run's flag: every client shares it
+    pool = futures.ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix=WORKER_PREFIX)
+    submitted = [(i, stop.submit(pool, one, i)) for i in todo]
+    try:
+        done = {i: f.result() if stop.settle(f) else held(i) for i, f in submitted}
+    finally:  # a worker held past its deadline, or after a signal, is not waited for
+        pool.shutdown(wait=all(f.done() for _, f in submitted), cancel_futures=True)
     instances = tuple(done.get(i, h) for i, h in enumerate(report.instances))
     return replace(report, instances=instances, pinged=True)
 

@@ -86,13 +86,13 @@ def stop_on_signals(flag: StopFlag) -> Iterator[StopFlag]:
             signal.signal(signum, handler)
 
 
-WORKER_PREFIX = "apply"  # the name of the apply stage's worker threads (engine/apply.py)
+WORKER_PREFIX = "provisioner-worker"  # the name of the worker threads (engine/apply.py's in_workers)
 
 
 def exit_process(code: int) -> NoReturn:
-    """``sys.exit(code)``; but when an apply worker is still blocked on a request abandoned after a
-    signal, the interpreter would wait for it at exit: flush the output and end the process at once.
-    Only the apply stage's own workers count (a host process, e.g. a test runner, has threads too)."""
+    """``sys.exit(code)``; but when a worker (of apply, or check --ping) is still blocked on a request
+    abandoned after a signal, the interpreter would wait for it at exit: flush the output and end the
+    process at once. Only our own workers count (a host process, e.g. a test runner, has threads too)."""
     if any(t.is_alive() and t.name.startswith(WORKER_PREFIX) for t in threading.enumerate()):
         sys.stdout.flush()
         sys.stderr.flush()

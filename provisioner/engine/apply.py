@@ -2,14 +2,21 @@
 
 Writes run in one pool of ``parallelism`` workers (one rate budget shared by all); the workers
 return what they learned and only the main thread records it. One failing instance does not stop
-the others. A create is sent once (retried only when the server provably refused it: 429, or the
-connection refused). One whose outcome is unknown (the response was lost, the server answered 5xx,
-the read timed out, a 2xx without an instance with an id and a token) is never sent again while an
-earlier copy may exist: the stack's instances are listed at once and the copy found is taken; a name
-with no copy fails, its outcome unknown. Then a final listing settles every created name on one
-copy, the oldest, which every overlapping run agrees on (it waits ``settle`` seconds first, once, if
-a create that got no answer was not found: a slow server may still commit it); a run deletes only
-extra copies it made itself, and reads ``GET /instances/{id}`` for a copy listed without a token.
+the others.
+
+A create is sent again only after an attempt the server provably refused, at most
+``--max-attempts`` times in all per name. Refused means: it answered 429 or the connection was
+refused (the client retries those itself), or the attempt ended (an answered 5xx, or no answer: a
+reset, a timeout, a lost answer) and a listing of the stack taken after it ended shows no copy of
+the name. An attempt that got no answer may still be committed by a slow server: its listing counts
+only once ``settle`` seconds have passed since it ended. The names of unknown outcome are looked up
+in rounds: one listing per round, at once (a copy found is taken), then, for the names whose attempt
+got no answer, once more after one ``settle`` wait for all of them; the refused ones are sent again
+and their unknown outcomes make the next round. A 2xx answer is never a refusal: a create answered
+2xx without an instance with an id and a token is never sent again; a name with no copy then fails,
+its outcome unknown. Then a final listing settles every created name on one copy, the oldest, which
+every overlapping run agrees on (a copy committed late by a slow server included); a run deletes
+only extra copies it made itself, and reads ``GET /instances/{id}`` for a copy listed without a token.
 
 SIGINT/SIGTERM set the stop flag: no new request starts, and requests in flight get ``STOP_GRACE``
 to finish. Then the main thread stops waiting for them: a change still in flight is reported as
@@ -21,12 +28,13 @@ stops the run the same way, with one message; the changes it did not send are sk
 from __future__ import annotations
 
 import concurrent.futures as futures
-import math
+import functools
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from ..api.live import LiveInstance, read_live
 from ..closedsets import StrEnum, assert_never
@@ -70,19 +78,66 @@ class ChangeResult:
 
 NOT_STARTED = "not started: the run was interrupted"
 IN_FLIGHT = "sent when the run stopped: its outcome is unknown (the next apply finds it)"
-UNKNOWN = "create outcome unknown: no instance of this name was found after it; it was not sent again (run apply again)"
+UNKNOWN = "create outcome unknown: no instance of this name was found after any of its attempts (run apply again)"
+ANSWERED = "create outcome unknown: answered 2xx without an instance, and no instance of this name was found; not sent "
+ANSWERED += "again (run apply again)"
+
+
+@dataclass(frozen=True)
+class _Unknown:
+    """A create whose outcome is unknown: when its attempt ended, and how."""
+
+    change: Change
+    ended: float  # time.monotonic()
+    answered: bool  # the server answered (5xx, or a 2xx without an instance): no settle wait
+    resendable: bool  # False after a 2xx answer: never sent again
 
 
 @dataclass
 class _Outcome:
     """What a worker learned from one change; the main thread records it. ``result`` None: a create
-    of unknown outcome; ``posted``: a create was sent; ``unanswered``: when one got no answer;
-    ``abort``: why the whole run stops."""
+    of unknown outcome (``unknown`` says how); ``posted``: a create was sent; ``abort``: why the
+    whole run stops."""
 
     result: ChangeResult | None
     posted: bool = False
-    unanswered: float | None = None
+    unknown: _Unknown | None = None
     abort: str | None = None
+
+
+Step = Callable[[Change, Any, _Outcome], ChangeResult]  # one change's requests, in a worker
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """An item the workers had not finished when the run stopped: ``started`` or not."""
+
+    started: bool
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def in_workers(
+    work: Callable[[T], R], items: Sequence[T], parallelism: int, stop: StopFlag
+) -> Iterator[tuple[T, R | Unfinished]]:
+    """Run ``work`` on every item in ``parallelism`` threads and yield each item with its result, in
+    order, waiting a short while at a time (the main thread stays free for signals). After a signal,
+    requests in flight get ``STOP_GRACE``; an item not done then is yielded ``Unfinished`` and not
+    waited for (``exit_process`` knows the threads by their name). ``work``'s exceptions are raised."""
+    pool = futures.ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix=WORKER_PREFIX)
+    try:
+        submitted = [(pool.submit(work, item), item) for item in items]
+        for future, item in submitted:
+            while not future.done() and not stop.expired():
+                futures.wait([future], timeout=0.2)
+            if future.done() and not future.cancelled():
+                yield item, future.result()
+            else:  # still running, or never started (then cancelled)
+                yield item, Unfinished(started=not future.cancel())
+    finally:  # after an interrupt, a worker may still be blocked on the network: not waited for
+        pool.shutdown(wait=not stop.is_set(), cancel_futures=True)
 
 
 @dataclass(frozen=True)
@@ -132,12 +187,10 @@ class Applier:
         self.stop = stop
         self.progress = progress or (lambda _result: None)
         self.aborted: str | None = None
-        self._ambiguous: list[Change] = []
+        self._unknown: list[_Unknown] = []  # creates of unknown outcome, not looked up yet
         self._index = {id(c): i for i, c in enumerate(plan.changes)}
-        self._posted: set[tuple[str, str]] = set()  # names a create was sent for
+        self._posted: Counter[tuple[str, str]] = Counter()  # names a create was sent for: how many times
         self._made: set[tuple[str, str, str]] = set()  # (target, name, id) of the copies this run was told it made
-        self._unanswered: dict[tuple[str, str], float] = {}  # names whose create got no answer: when
-        self._settle_until = -math.inf  # a create that got no answer was not found: wait for it until then
         self.run_tag = run_tag(secrets.token_hex(6))
         self._known_ids = {(c.target, c.live.id) for c in plan.changes if c.live is not None}
 
@@ -150,14 +203,9 @@ class Applier:
             elif change.action == Action.CONFLICT:
                 results[index] = ChangeResult(change, Status.SKIPPED, error=change.reason, id=change.id)
             else:
-                writes.append((index, change))
-        workers = max(1, self.settings.parallelism)
-        pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=WORKER_PREFIX)
-        try:
-            self._run_batch(pool, writes, results)
-            self._resolve_ambiguous(results)
-        finally:  # after an interrupt, a worker may still be blocked on the network: not waited for
-            pool.shutdown(wait=not self.stop.is_set(), cancel_futures=True)
+                writes.append(change)
+        self._run_batch(writes, results, self._dispatch)
+        self._resolve_unknown(results)
         notes = self._final_check(results)
         ordered = [results[i] for i in range(len(self.plan.changes))]
         if self.aborted:
@@ -172,34 +220,29 @@ class Applier:
 
     # -- the pool ------------------------------------------------------------------------------
 
-    def _run_batch(
-        self, pool: futures.Executor, writes: list[tuple[int, Change]], results: dict[int, ChangeResult]
-    ) -> None:
-        """Run changes in the pool and record each outcome here, in order, waiting a short while at a
-        time (the main thread stays free for signals). After a signal, wait ``STOP_GRACE`` for the
-        requests in flight, then report the rest as skipped."""
-        submitted = [(pool.submit(self._execute, change), index, change) for index, change in writes]
-        for future, index, change in submitted:
-            while not future.done() and not self.stop.expired():
-                futures.wait([future], timeout=0.2)
-            if future.done() and not future.cancelled():
-                self._record(index, change, future.result(), results)
-            else:  # still running, or never started (then cancelled)
+    def _run_batch(self, writes: list[Change], results: dict[int, ChangeResult], step: Step) -> None:
+        """Run ``step`` for each change in the workers and record each outcome here, in order. After a
+        signal, the changes not done are reported as skipped."""
+        work = functools.partial(self._execute, step=step)
+        for change, outcome in in_workers(work, writes, self.settings.parallelism, self.stop):
+            index = self._index[id(change)]
+            if isinstance(outcome, Unfinished):
                 results[index] = ChangeResult(
-                    change, Status.SKIPPED, error=NOT_STARTED if future.cancel() else IN_FLIGHT
+                    change, Status.SKIPPED, error=IN_FLIGHT if outcome.started else NOT_STARTED
                 )
+            else:
+                self._record(index, change, outcome, results)
 
     def _record(self, index: int, change: Change, outcome: _Outcome, results: dict[int, ChangeResult]) -> None:
         key = (change.target, change.name)
         if outcome.posted:
-            self._posted.add(key)
-        if outcome.unanswered is not None:
-            self._unanswered[key] = outcome.unanswered
+            self._posted[key] += 1
         if outcome.abort is not None and self.aborted is None:
             self.aborted = outcome.abort
         result = outcome.result
         if result is None:
-            self._ambiguous.append(change)
+            assert outcome.unknown is not None
+            self._unknown.append(outcome.unknown)
             results.pop(index, None)
             return
         if outcome.posted and result.status == Status.OK:
@@ -209,16 +252,17 @@ class Applier:
         results[index] = result
         self.progress(result)
 
-    def _execute(self, change: Change) -> _Outcome:
-        """Run one change in a worker; it records nothing itself."""
+    def _execute(self, change: Change, step: Step) -> _Outcome:
+        """Run one change (``step``: all of it, or its create alone) in a worker; it records nothing itself."""
         if self.stop.is_set():
             return _Outcome(ChangeResult(change, Status.SKIPPED, error=NOT_STARTED))
         client = self.clients[change.target]
         outcome = _Outcome(None)
         try:
-            outcome.result = self._dispatch(change, client, outcome)
+            outcome.result = step(change, client, outcome)
         except AmbiguousCreate as exc:
-            outcome.unanswered = None if exc.answered else time.monotonic()
+            answered_2xx = isinstance(exc.cause, ApiError) and exc.cause.status < 300
+            outcome.unknown = _Unknown(change, time.monotonic(), exc.answered, resendable=not answered_2xx)
         except Interrupted as exc:
             outcome.posted &= exc.sent
             outcome.result = ChangeResult(change, Status.SKIPPED, error=IN_FLIGHT if exc.sent else NOT_STARTED)
@@ -291,28 +335,46 @@ class Applier:
 
     # -- creates whose outcome is unknown ------------------------------------------------------
 
-    def _resolve_ambiguous(self, results: dict[int, ChangeResult]) -> None:
-        """Look up at once every create whose outcome is unknown and take the copy found. A name with
-        none fails (never sent again: an earlier copy may still exist); the final check still takes
-        a copy a slow server commits late, after waiting ``settle`` for the ones that got no answer."""
-        batch, self._ambiguous = self._ambiguous, []
-        for target in sorted({c.target for c in batch}):
-            mine = [c for c in batch if c.target == target]
-            found = {} if self.stop.is_set() else self._owned_new(target, results, mine)
-            if found is None:  # the lookup failed: each change says why
-                continue
-            for change in mine:
-                live = found.get(change.name)
-                if self.stop.is_set():
-                    result = ChangeResult(change, Status.SKIPPED, error=IN_FLIGHT)
-                elif live is not None:
-                    result = ChangeResult(change, Status.OK, id=live.id, token=live.token)
-                else:
-                    result = ChangeResult(change, Status.FAILED, error=UNKNOWN)
-                    sent = self._unanswered.get((target, change.name), -math.inf)
-                    self._settle_until = max(self._settle_until, sent + self.settings.settle_seconds)
-                results[self._index[id(change)]] = result
-                self.progress(result)
+    def _resolve_unknown(self, results: dict[int, ChangeResult]) -> None:
+        """Look up the creates of unknown outcome in rounds, one listing per target a round, and take
+        the copy found. A name not found whose attempt was refused (it was answered 5xx, or got no
+        answer and the listing began ``settle`` after it) is sent again, within ``--max-attempts``;
+        one that got no answer more recently waits for a later round. When only those are left, the
+        run waits until ``settle`` has passed for all of them, once."""
+        settle = self.settings.settle_seconds
+        waiting: list[_Unknown] = []
+        while self._unknown or waiting:
+            if not self._unknown and self.stop.wait(max(u.ended for u in waiting) + settle - time.monotonic()):
+                break
+            batch, self._unknown, waiting = [*self._unknown, *waiting], [], []
+            listed = time.monotonic()
+            resend = []
+            for target in sorted({u.change.target for u in batch}):
+                mine = [u for u in batch if u.change.target == target]
+                found = {} if self.stop.is_set() else self._owned_new(target, results, [u.change for u in mine])
+                if found is None:  # the lookup failed: each change says why
+                    continue
+                attempts = self.clients[target].settings.max_attempts
+                for u in mine:
+                    live, sent = found.get(u.change.name), self._posted[(target, u.change.name)]
+                    if self.stop.is_set():
+                        result = ChangeResult(u.change, Status.SKIPPED, error=IN_FLIGHT)
+                    elif live is not None:
+                        result = ChangeResult(u.change, Status.OK, id=live.id, token=live.token)
+                    elif not u.resendable or sent >= attempts:
+                        result = ChangeResult(u.change, Status.FAILED, error=UNKNOWN if u.resendable else ANSWERED)
+                    elif u.answered or listed >= u.ended + settle:  # refused: sent again
+                        resend.append(u.change)
+                        continue
+                    else:
+                        waiting.append(u)
+                        continue
+                    results[self._index[id(u.change)]] = result
+                    self.progress(result)
+            self._run_batch(resend, results, self._create)
+        for u in waiting:  # the run stopped while they waited
+            results[self._index[id(u.change)]] = result = ChangeResult(u.change, Status.SKIPPED, error=IN_FLIGHT)
+            self.progress(result)
 
     def _owned_new(
         self, target: str, results: dict[int, ChangeResult], changes: list[Change]
@@ -361,8 +423,6 @@ class Applier:
             and (r.change.target, r.change.name) in self._posted
         }
         if not created or self.stop.is_set():
-            return []
-        if self.stop.wait(max(0.0, self._settle_until - time.monotonic())):
             return []
         notes: list[str] = []
         for target in sorted({t for t, _ in created}):

@@ -12,7 +12,6 @@ that is not fine says what to run. The command only reads: it is built on ``Read
 
 from __future__ import annotations
 
-import concurrent.futures as futures
 import glob
 import shlex
 from collections.abc import Mapping, Sequence
@@ -21,8 +20,10 @@ from typing import Any, Literal, get_args
 
 from ..api.live import LiveInstance
 from ..errors import ApiError, TransportError
+from ..interrupt import StopFlag
 from ..manifest.desired import DesiredInstance
 from ..manifest.elements import ElementRegistry
+from .apply import Unfinished, in_workers
 from .stages import Connection, Validated, read_state
 
 Status = Literal["healthy", "invalid", "disabled", "missing", "unreachable"]
@@ -152,12 +153,12 @@ def check(
     """Read the stack's instances once (read-only clients), assess them, and ping them if asked."""
     live = read_state(connection, validated.manifest.stack, owned_only=True, configuration=False)
     report = assess(validated.manifest.stack, validated.desired, live, validated.registry, apply_command)
-    return ping_all(report, connection.clients, parallelism) if ping else report
+    return ping_all(report, connection.clients, parallelism, connection.stop) if ping else report
 
 
-def ping_all(report: HealthReport, clients: Mapping[str, Any], parallelism: int) -> HealthReport:
+def ping_all(report: HealthReport, clients: Mapping[str, Any], parallelism: int, stop: StopFlag) -> HealthReport:
     """Ping, with its own token, every declared instance that exists and is not declared disabled, in
-    ``parallelism`` workers (one rate budget: the clients share it)."""
+    ``parallelism`` workers (one rate budget: the clients share it). After a signal, Interrupted."""
     hubs: dict[tuple[str, str | None], str | None] = {}
     for h in report.instances:  # an API whose listing leaves the hub out: one read per element
         if h.live is not None and h.live.hub is None and h.live.element and (h.target, h.element) not in hubs:
@@ -186,8 +187,8 @@ def ping_all(report: HealthReport, clients: Mapping[str, Any], parallelism: int)
             return replace(entry, status="unreachable", ok=False, detail=failed)
         return replace(entry, detail=f"{entry.detail}; {failed}")
 
-    with futures.ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix="ping") as pool:
-        done = dict(zip(todo, pool.map(one, todo), strict=True))
+    done = {i: h for i, h in in_workers(one, todo, parallelism, stop) if not isinstance(h, Unfinished)}
+    stop.check()  # the run was interrupted: no report
     instances = tuple(done.get(i, h) for i, h in enumerate(report.instances))
     return replace(report, instances=instances, pinged=True)
 

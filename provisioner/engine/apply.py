@@ -344,8 +344,8 @@ class Applier:
         settle = self.settings.settle_seconds
         waiting: list[_Unknown] = []
         while self._unknown or waiting:
-            if not self._unknown and self.stop.wait(max(u.ended for u in waiting) + settle - time.monotonic()):
-                break
+            if not self._unknown:  # after a signal, the round reports them skipped
+                self.stop.wait(max(u.ended for u in waiting) + settle - time.monotonic())
             batch, self._unknown, waiting = [*self._unknown, *waiting], [], []
             listed = time.monotonic()
             resend = []
@@ -372,9 +372,6 @@ class Applier:
                     results[self._index[id(u.change)]] = result
                     self.progress(result)
             self._run_batch(resend, results, self._create)
-        for u in waiting:  # the run stopped while they waited
-            results[self._index[id(u.change)]] = result = ChangeResult(u.change, Status.SKIPPED, error=IN_FLIGHT)
-            self.progress(result)
 
     def _owned_new(
         self, target: str, results: dict[int, ChangeResult], changes: list[Change]

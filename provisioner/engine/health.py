@@ -15,7 +15,7 @@ from __future__ import annotations
 import glob
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, get_args
 
 from ..api.live import LiveInstance
@@ -42,17 +42,8 @@ class Health:
     command: str | None = None  # what to run about it
     live: LiveInstance | None = field(default=None, compare=False, repr=False)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "target": self.target,
-            "element": self.element,
-            "id": self.id,
-            "status": self.status,
-            "ok": self.ok,
-            "detail": self.detail,
-            "command": self.command,
-        }
+    def to_json(self) -> dict[str, Any]:  # every field but the live instance, in their order
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "live"}
 
 
 @dataclass(frozen=True)

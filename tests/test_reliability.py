@@ -104,6 +104,9 @@ def test_a_faulted_apply_converges_in_one_run_with_no_duplicate_and_no_lost_toke
     assert doc["ok"] is True and doc["status"] == {"ok": COUNT, "failed": 0, "skipped": 0}
     assert duplicates(h) == {}, "the run left duplicates behind"
     h.assert_tokens_match(h.outputs_document())  # every token delivered, and the server's
+    # a create is sent again only after an attempt that failed: POSTs <= names + failed POSTs
+    posts = [r for r in h.db.requests() if r["method"] == "POST"]
+    assert len(posts) <= COUNT + sum(1 for r in posts if r["fault"] or r["status"] >= 429), len(posts)
     h.faults(None)
     record_figures(request.node.callspec.id, config, doc, run.seconds, h)
     h.assert_converged(names(COUNT))

@@ -4,9 +4,10 @@ Writes run in one pool of ``parallelism`` workers (one rate budget shared by all
 return what they learned and only the main thread records it. One failing instance does not stop
 the others.
 
-A create is sent again only after an attempt the server provably refused, at most
-``--max-attempts`` times in all per name. Refused means: it answered 429 or the connection was
-refused (the client retries those itself), or the attempt ended (an answered 5xx, or no answer: a
+A create is sent again only after an attempt the server provably refused (so a name's POSTs are at
+most 1 plus its refused attempts), and a name is sent at most ``--max-attempts`` times. Refused
+means: it answered 429 or the connection was refused (the client retries those within a send), or
+the attempt ended (an answered 5xx, or no answer: a
 reset, a timeout, a lost answer) and a listing of the stack taken after it ended shows no copy of
 the name. An attempt that got no answer may still be committed by a slow server: its listing counts
 only once ``settle`` seconds have passed since it ended. The names of unknown outcome are looked up

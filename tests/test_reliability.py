@@ -37,8 +37,8 @@ SCENARIOS = [
     pytest.param({"reset_rate": 0.3}, id="reset-30%"),
     pytest.param({"lost_rate": 0.3}, id="lost-30%"),
     pytest.param({"slow_rate": 0.3, "slow_ms": 1500}, id="slow-30%"),
-    # commits land 2 s after the client gave up: the lookup at once misses them, and the lookup after
-    # --settle (raised to cover the 2 s) finds them: never sent again.
+    # commits land 2 s after the client gave up: the lookup at once misses them and they are sent
+    # again; the final check waits --settle (raised to cover the 2 s) and deletes the extra copies.
     pytest.param({"slow_rate": 0.2, "slow_ms": 3000}, id="slow-20%-commit-after-settle"),
     pytest.param(
         {
@@ -115,16 +115,19 @@ def test_a_faulted_apply_converges_in_one_run_with_no_duplicate_and_no_lost_toke
     assert h.leaks() == []
 
 
-def test_a_create_committed_late_is_found_by_the_lookup_after_settle_and_never_sent_again(h):
+def test_a_create_committed_late_within_settle_leaves_one_copy_and_delivers_its_token(h):
     # every POST is committed 2.5 s after it arrived, its answer never comes (--timeout 1): the lookup
-    # at once misses it, the one after --settle (2.5 s from the lost answer) takes it
+    # at once misses it, so it is sent again (--max-attempts 2); the final check waits --settle (2.5 s
+    # from the last lost answer), keeps the oldest copy and deletes the one this run made besides
     h.write_manifest(2)
     h.faults(FaultConfig(slow_rate=1.0, slow_ms=2500, methods=("POST",)))
-    run = h.run("apply", "--timeout", "1", "--connect-timeout", "1", "--settle", "2.5", "--outputs", OUT, "-v")
+    flags = ("--timeout", "1", "--connect-timeout", "1", "--settle", "2.5", "--max-attempts", "2")
+    run = h.run("apply", *flags, "--outputs", OUT, "--output", "json")
     h.faults(None)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert [r["method"] for r in h.db.requests()].count("POST") == 2  # one per name
-    h.assert_converged(names(2))
+    assert [r["method"] for r in h.db.requests()].count("POST") == 4  # two per name: both committed
+    assert sum("deleted extra copy" in note for note in run.json()["notes"]) == 2
+    h.assert_converged(names(2))  # one copy of each, its token delivered
     assert h.leaks() == []
 
 

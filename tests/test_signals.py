@@ -133,8 +133,8 @@ def test_sigkill_at_a_random_moment_then_apply_converges_and_every_token_is_retr
 
 def test_an_apply_interrupted_before_its_final_check_still_converges_with_no_duplicate(h):
     # one instance: the create is slow (times out at 1 s, committed at 2 s); the lookup at once finds
-    # nothing and the create is not sent again. The final check waits for the settle time (until
-    # about 5 s): the signal arrives between the late commit and it.
+    # nothing and --max-attempts 1 leaves no attempt to send it again. The final check waits for the
+    # settle time (until about 5 s): the signal arrives between the late commit and it.
     h.write_manifest(1)
     h.faults(FaultConfig(slow_rate=1.0, slow_ms=2000, methods=("POST",)))
     args = (
@@ -145,6 +145,8 @@ def test_an_apply_interrupted_before_its_final_check_still_converges_with_no_dup
         "1",
         "--settle",
         "4",
+        "--max-attempts",
+        "1",
         "--parallelism",
         "1",
         "--outputs",

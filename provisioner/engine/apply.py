@@ -4,20 +4,21 @@ Writes run in one pool of ``parallelism`` workers (one rate budget shared by all
 return what they learned and only the main thread records it. One failing instance does not stop
 the others.
 
-A create is sent again only after an attempt the server provably refused (so a name's POSTs are at
-most 1 plus its refused attempts), and a name is sent at most ``--max-attempts`` times. Refused
-means: it answered 429 or the connection was refused (the client retries those within a send), or
-the attempt ended (an answered 5xx, or no answer: a
+A create is sent again only after an attempt the server refused, and a name is sent at most
+``--max-attempts`` times. Refused means: it answered 429 or the connection was refused (the client
+retries those within a send), or the attempt's outcome is unknown (an answered 5xx, or no answer: a
 reset, a timeout, a lost answer) and a listing of the stack taken after it ended shows no copy of
-the name. An attempt that got no answer may still be committed by a slow server: its listing counts
-only once ``settle`` seconds have passed since it ended. The names of unknown outcome are looked up
-in rounds: one listing per round, at once (a copy found is taken), then, for the names whose attempt
-got no answer, once more after one ``settle`` wait for all of them; the refused ones are sent again
-and their unknown outcomes make the next round. A 2xx answer is never a refusal: a create answered
-2xx without an instance with an id and a token is never sent again; a name with no copy then fails,
-its outcome unknown. Then a final listing settles every created name on one copy, the oldest, which
-every overlapping run agrees on (a copy committed late by a slow server included); a run deletes
-only extra copies it made itself, and reads ``GET /instances/{id}`` for a copy listed without a token.
+the name. The names of unknown outcome are looked up in rounds, one listing per round: a copy found
+is taken, a name not found is sent again at once, and its unknown outcomes make the next round. A
+2xx answer is never a refusal: a create answered 2xx without an instance with an id and a token is
+never sent again; a name with no copy then fails, its outcome unknown.
+
+A slow server may still commit an attempt that got no answer after the listing that did not show
+it. So when such an attempt was never found, the final check first waits ``settle`` seconds, once;
+then it settles every created name on one copy, the oldest, which every overlapping run agrees on.
+A run deletes only extra copies it made itself (by id, or by this run's tag), and reads
+``GET /instances/{id}`` for a copy listed without a token. A commit later than ``settle`` is left to
+the next apply, which deletes it as a duplicate.
 
 SIGINT/SIGTERM set the stop flag: no new request starts, and requests in flight get ``STOP_GRACE``
 to finish. Then the main thread stops waiting for them: a change still in flight is reported as
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import functools
+import math
 import secrets
 import time
 from collections import Counter
@@ -86,11 +88,10 @@ ANSWERED += "again (run apply again)"
 
 @dataclass(frozen=True)
 class _Unknown:
-    """A create whose outcome is unknown: when its attempt ended, and how."""
+    """A create whose outcome is unknown."""
 
     change: Change
-    ended: float  # time.monotonic()
-    answered: bool  # the server answered (5xx, or a 2xx without an instance): no settle wait
+    unanswered: float | None  # when its attempt ended with no answer (time.monotonic())
     resendable: bool  # False after a 2xx answer: never sent again
 
 
@@ -192,6 +193,7 @@ class Applier:
         self._index = {id(c): i for i, c in enumerate(plan.changes)}
         self._posted: Counter[tuple[str, str]] = Counter()  # names a create was sent for: how many times
         self._made: set[tuple[str, str, str]] = set()  # (target, name, id) of the copies this run was told it made
+        self._settle_until = -math.inf  # an attempt that got no answer was not found: wait for it until then
         self.run_tag = run_tag(secrets.token_hex(6))
         self._known_ids = {(c.target, c.live.id) for c in plan.changes if c.live is not None}
 
@@ -263,7 +265,7 @@ class Applier:
             outcome.result = step(change, client, outcome)
         except AmbiguousCreate as exc:
             answered_2xx = isinstance(exc.cause, ApiError) and exc.cause.status < 300
-            outcome.unknown = _Unknown(change, time.monotonic(), exc.answered, resendable=not answered_2xx)
+            outcome.unknown = _Unknown(change, None if exc.answered else time.monotonic(), not answered_2xx)
         except Interrupted as exc:
             outcome.posted &= exc.sent
             outcome.result = ChangeResult(change, Status.SKIPPED, error=IN_FLIGHT if exc.sent else NOT_STARTED)
@@ -338,17 +340,11 @@ class Applier:
 
     def _resolve_unknown(self, results: dict[int, ChangeResult]) -> None:
         """Look up the creates of unknown outcome in rounds, one listing per target a round, and take
-        the copy found. A name not found whose attempt was refused (it was answered 5xx, or got no
-        answer and the listing began ``settle`` after it) is sent again, within ``--max-attempts``;
-        one that got no answer more recently waits for a later round. When only those are left, the
-        run waits until ``settle`` has passed for all of them, once."""
-        settle = self.settings.settle_seconds
-        waiting: list[_Unknown] = []
-        while self._unknown or waiting:
-            if not self._unknown:  # after a signal, the round reports them skipped
-                self.stop.wait(max(u.ended for u in waiting) + settle - time.monotonic())
-            batch, self._unknown, waiting = [*self._unknown, *waiting], [], []
-            listed = time.monotonic()
+        the copy found. A name not found was refused: it is sent again at once, within
+        ``--max-attempts`` (never after a 2xx answer). An attempt that got no answer and was not found
+        makes the final check wait ``settle`` for it."""
+        while self._unknown:
+            batch, self._unknown = self._unknown, []
             resend = []
             for target in sorted({u.change.target for u in batch}):
                 mine = [u for u in batch if u.change.target == target]
@@ -357,19 +353,18 @@ class Applier:
                     continue
                 attempts = self.clients[target].settings.max_attempts
                 for u in mine:
-                    live, sent = found.get(u.change.name), self._posted[(target, u.change.name)]
+                    live = found.get(u.change.name)
+                    if live is None and u.unanswered is not None:
+                        self._settle_until = max(self._settle_until, u.unanswered + self.settings.settle_seconds)
                     if self.stop.is_set():
                         result = ChangeResult(u.change, Status.SKIPPED, error=IN_FLIGHT)
                     elif live is not None:
                         result = ChangeResult(u.change, Status.OK, id=live.id, token=live.token)
-                    elif not u.resendable or sent >= attempts:
-                        result = ChangeResult(u.change, Status.FAILED, error=UNKNOWN if u.resendable else ANSWERED)
-                    elif u.answered or listed >= u.ended + settle:  # refused: sent again
+                    elif u.resendable and self._posted[(target, u.change.name)] < attempts:
                         resend.append(u.change)
                         continue
                     else:
-                        waiting.append(u)
-                        continue
+                        result = ChangeResult(u.change, Status.FAILED, error=UNKNOWN if u.resendable else ANSWERED)
                     results[self._index[id(u.change)]] = result
                     self.progress(result)
             self._run_batch(resend, results, self._create)
@@ -421,6 +416,8 @@ class Applier:
             and (r.change.target, r.change.name) in self._posted
         }
         if not created or self.stop.is_set():
+            return []
+        if self.stop.wait(max(0.0, self._settle_until - time.monotonic())):
             return []
         notes: list[str] = []
         for target in sorted({t for t, _ in created}):

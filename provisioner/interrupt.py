@@ -164,7 +164,7 @@ def stop_on_signals(flag: StopFlag) -> Iterator[StopFlag]:
             signal.signal(signum, handler)
 
 
-WORKER_PREFIX = "provisioner-worker"  # the name of the worker threads of apply and check --ping (engine/)
+WORKER_PREFIX = "provisioner-worker"  # the names of engine/apply.py in_workers' threads (apply, check --ping)
 
 
 def exit_process(code: int) -> NoReturn:

@@ -133,8 +133,8 @@ def test_sigkill_at_a_random_moment_then_apply_converges_and_every_token_is_retr
 
 def test_an_apply_interrupted_before_its_final_check_still_converges_with_no_duplicate(h):
     # one instance: the create is slow (times out at 1 s, committed at 2 s); the lookup at once finds
-    # nothing and the create is not sent again. The final check waits for the settle time (until
-    # about 5 s): the signal arrives between the late commit and it.
+    # nothing and --max-attempts 1 leaves no attempt to send it again. The final check waits for the
+    # settle time (until about 5 s): the signal arrives between the late commit and it.
     h.write_manifest(1)
     h.faults(FaultConfig(slow_rate=1.0, slow_ms=2000, methods=("POST",)))
     args = (
@@ -145,6 +145,8 @@ def test_an_apply_interrupted_before_its_final_check_still_converges_with_no_dup
         "1",
         "--settle",
         "4",
+        "--max-attempts",
+        "1",
         "--parallelism",
         "1",
         "--outputs",
@@ -206,3 +208,39 @@ def test_sigterm_ends_a_run_within_two_seconds_while_the_server_drips(tmp_path, 
     if command == "apply":
         outputs = json.loads((tmp_path / "o.json").read_text())["instances"]
         assert outputs == {"helpdesk-0": {"id": 41, "element": "connectwisehd", "token": "tok-41-Qz81"}}
+
+
+def test_sigterm_ends_check_ping_within_two_seconds_while_a_ping_drips(tmp_path):
+    """check --ping runs its pings on the apply stage's workers: a ping blocked on a dripping answer
+    is abandoned a second after the signal, and the command exits 143."""
+    listed = [
+        {
+            "id": n,
+            "name": f"helpdesk-{n}",
+            "element": {"key": "connectwisehd", "hub": "helpdesk"},
+            "tags": ["provisioner:stack=tests"],
+            "token": f"tok-{n}-Qz81",
+        }
+        for n in range(3)
+    ]
+    write(tmp_path, "m.yaml", manifest_text("tests", 3))
+    env = {**base_env(), "CE_USER_SECRET": USER_SECRET, "CE_ORGANIZATION_SECRET": ORG_SECRET}
+    with ScriptedServer([Reply(200, body=listed)], default=Drip(0.3, head=True)) as srv:
+        env["CE_API_URL"] = srv.base_url
+        command = [sys.executable, "-m", "provisioner", "check", "m.yaml", "--ping", "--parallelism", "1"]
+        proc = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + 30
+        while len(srv.requests) < 2:  # the listing, then the first ping
+            assert time.monotonic() < deadline and proc.poll() is None, "the run never reached the ping"
+            time.sleep(0.02)
+        time.sleep(0.5)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+        took = time.monotonic() - signalled
+    assert proc.returncode == 143, stderr
+    assert took < 2.0, f"check took {took:.1f} s to end after the signal"
+    assert "Traceback" not in stderr and "interrupted by signal 15" in stderr
+    assert [r.path for r in srv.requests] == ["/instances", "/hubs/helpdesk/ping"]  # nothing after the signal

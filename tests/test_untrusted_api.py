@@ -2,7 +2,8 @@
 one should not. Each test counts what the server received (POSTs per name above all) and holds, and
 reads everything the run printed.
 
-* a create is sent once, whatever its answer, unless the server provably refused it (429);
+* a create is sent again only after an attempt the server refused (429, or a 5xx or no answer
+  followed by a listing without a copy of the name), and a 2xx answer is never a refusal;
 * only the documented empty answer is an empty organization;
 * answers are bounded (size, nesting, a dripping head) and listings obey --max-attempts;
 * a day-long Retry-After stops the run at once, with one message, tracing only what was sent;
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 from conftest import ORG_SECRET, USER_SECRET, manifest_text, write
-from scripted_server import Drip, Received, Reply, ScriptedServer
+from scripted_server import RESET, Drip, Received, Reply, ScriptedServer
 from test_hostile_api import FAST, STACK, item, pages, run_cli, writes
 
 from provisioner.api.client import Client, ClientSettings
@@ -40,18 +41,21 @@ class FakeApi:
         self.create, self.copies, self.hidden, self.tokens = create, copies, hidden, tokens
         self.instances: dict[int, dict] = {}
         self.posts: Counter[str] = Counter()
+        self.events: list[tuple[str, Any, float]] = []  # ("POST", name) or ("LIST", names listed), when
         self.next_id = 100
 
     def __call__(self, r: Received) -> Any:
         if r.path == "/instances" and r.method == "GET":
             wanted = r.query.get("tags[]", [])
             listed = [i for i in self.instances.values() if all(t in i["tags"] for t in wanted)]
+            self.events.append(("LIST", set() if self.hidden else {i["name"] for i in listed}, r.time))
             if self.hidden or not listed:
                 return EMPTY
             return Reply(200, {"elements-total-count": str(len(listed))}, [self._shown(i, "list") for i in listed])
         if r.path == "/instances" and r.method == "POST":
             body = r.json()
             self.posts[body["name"]] += 1
+            self.events.append(("POST", body["name"], r.time))
             made = [self._make(body) for _ in range(self.copies)]
             return self.create(made[0])
         ident = int(r.path.rsplit("/", 1)[1])
@@ -74,6 +78,18 @@ class FakeApi:
 
     def names(self) -> Counter[str]:
         return Counter(i["name"] for i in self.instances.values())
+
+    def assert_sent_again_only_when_refused(self) -> None:
+        """Each POST of a name after its first follows a listing without a copy of it, taken after
+        the previous POST."""
+        last: dict[str, float] = {}
+        refused: dict[str, bool] = {}
+        for kind, what, when in self.events:
+            if kind == "LIST":
+                refused.update({name: name not in what for name, t in last.items() if when >= t})
+            else:
+                assert what not in last or refused.get(what), f"{what} sent again with no listing proving a refusal"
+                last[what], refused[what] = when, False
 
 
 def apply(tmp_path, srv, *args: str, count: int = 1, env: dict | None = None):
@@ -111,7 +127,7 @@ def test_an_odd_create_answer_is_never_sent_again_even_when_the_listing_never_sh
     assert "tok-" not in result.stdout + result.stderr
 
 
-def test_a_5xx_create_is_looked_up_never_sent_again_and_a_429_is_retried(tmp_path):
+def test_a_5xx_create_that_was_made_is_looked_up_not_sent_again_and_a_429_is_retried(tmp_path):
     answers = iter(["429", "201", "503"])
 
     def create(made):
@@ -131,17 +147,40 @@ def test_a_5xx_create_is_looked_up_never_sent_again_and_a_429_is_retried(tmp_pat
     assert set(outputs(tmp_path)) == {"helpdesk-0", "helpdesk-1"}
 
 
-def test_a_5xx_create_that_made_nothing_fails_and_is_not_sent_again(tmp_path):
+def test_a_5xx_create_that_made_nothing_is_sent_again_after_a_listing_without_it_within_max_attempts(tmp_path):
     def create(made):
-        del api.instances[made["id"]]  # refused after all, but the client cannot know it
+        del api.instances[made["id"]]  # refused, which the next listing proves
         return Reply(500, body={"message": "x"})
 
     api = FakeApi(create=create)
     with ScriptedServer(default=api) as srv:
         result = apply(tmp_path, srv, count=3)
     assert result.returncode == 1 and api.instances == {}
-    assert api.posts == Counter({f"helpdesk-{n}": 1 for n in range(3)})
+    assert api.posts == Counter({f"helpdesk-{n}": 3 for n in range(3)})  # FAST: --max-attempts 3
+    api.assert_sent_again_only_when_refused()
     assert result.stderr.count("create outcome unknown") == 3, result.stderr
+
+
+@pytest.mark.parametrize("made", [False, True], ids=["reset-unprocessed", "made-then-reset"])
+def test_a_create_that_got_no_answer_is_sent_again_only_after_a_listing_without_it(tmp_path, made):
+    first: set[str] = set()
+
+    def create(instance):
+        if instance["name"] in first:
+            return Reply(201, body=instance)
+        first.add(instance["name"])
+        if not made:
+            del api.instances[instance["id"]]
+        return RESET
+
+    api = FakeApi(create=create)
+    with ScriptedServer(default=api) as srv:
+        result = apply(tmp_path, srv, "--settle", "0.5", count=3)
+    assert result.returncode == 0, result.stderr
+    assert api.names() == Counter({f"helpdesk-{n}": 1 for n in range(3)})
+    assert api.posts == Counter({f"helpdesk-{n}": 1 if made else 2 for n in range(3)})
+    api.assert_sent_again_only_when_refused()
+    assert set(outputs(tmp_path)) == {f"helpdesk-{n}" for n in range(3)}
 
 
 def test_a_created_instance_with_no_token_anywhere_is_reported_by_name_with_its_id(tmp_path):
@@ -347,7 +386,7 @@ def test_when_the_api_holds_every_worker_the_run_stops(tmp_path):
 
 
 @pytest.mark.parametrize("made", [True, False], ids=["made", "not-made"])
-def test_a_create_whose_answer_drips_without_end_is_looked_up_never_sent_again(tmp_path, made):
+def test_a_create_whose_answer_drips_without_end_is_looked_up_and_sent_again_only_if_not_found(tmp_path, made):
     def create(instance: dict) -> Drip:
         if not made:
             del api.instances[instance["id"]]
@@ -358,7 +397,8 @@ def test_a_create_whose_answer_drips_without_end_is_looked_up_never_sent_again(t
         started = time.monotonic()
         result = apply(tmp_path, srv, "--deadline", "1", count=1)
         took = time.monotonic() - started
-    assert api.posts == Counter({"helpdesk-0": 1}) and took < 30
+    # no answer, and no copy in the listing after it: sent again, up to --max-attempts (3)
+    assert api.posts == Counter({"helpdesk-0": 1 if made else 3}) and took < 30
     if made:
         assert result.returncode == 0, result.stderr
         assert outputs(tmp_path)["helpdesk-0"] == {"id": 101, "element": "connectwisehd", "token": "tok-101-Qz81"}

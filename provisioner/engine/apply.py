@@ -2,14 +2,23 @@
 
 Writes run in one pool of ``parallelism`` workers (one rate budget shared by all); the workers
 return what they learned and only the main thread records it. One failing instance does not stop
-the others. A create is sent once (retried only when the server provably refused it: 429, or the
-connection refused). One whose outcome is unknown (the response was lost, the server answered 5xx,
-the read timed out, a 2xx without an instance with an id and a token) is never sent again while an
-earlier copy may exist: the stack's instances are listed at once and the copy found is taken; a name
-with no copy fails, its outcome unknown. Then a final listing settles every created name on one
-copy, the oldest, which every overlapping run agrees on (it waits ``settle`` seconds first, once, if
-a create that got no answer was not found: a slow server may still commit it); a run deletes only
-extra copies it made itself, and reads ``GET /instances/{id}`` for a copy listed without a token.
+the others.
+
+A create is sent again only after an attempt the server refused, and a name is sent at most
+``--max-attempts`` times. Refused means: it answered 429 or the connection was refused (the client
+retries those within a send), or the attempt's outcome is unknown (an answered 5xx, or no answer: a
+reset, a timeout, a lost answer) and a listing of the stack taken after it ended shows no copy of
+the name. The names of unknown outcome are looked up in rounds, one listing per round: a copy found
+is taken, a name not found is sent again at once, and its unknown outcomes make the next round. A
+2xx answer is never a refusal: a create answered 2xx without an instance with an id and a token is
+never sent again; a name with no copy then fails, its outcome unknown.
+
+A slow server may still commit an attempt that got no answer after the listing that did not show
+it. So when such an attempt was never found, the final check first waits ``settle`` seconds, once;
+then it settles every created name on one copy, the oldest, which every overlapping run agrees on.
+A run deletes only extra copies it made itself (by id, or by this run's tag), and reads
+``GET /instances/{id}`` for a copy listed without a token. A commit later than ``settle`` is left to
+the next apply, which deletes it as a duplicate.
 
 SIGINT/SIGTERM set the stop flag: no new request starts, and requests in flight get ``STOP_GRACE``
 to finish. Then the main thread stops waiting for them: a change still in flight is reported as
@@ -23,12 +32,14 @@ outcome (a create is looked up); when that holds every worker, the run stops.
 from __future__ import annotations
 
 import concurrent.futures as futures
+import functools
 import math
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from ..api.live import LiveInstance, read_live
 from ..closedsets import StrEnum, assert_never
@@ -73,19 +84,70 @@ class ChangeResult:
 NOT_STARTED = "not started: the run was interrupted"
 IN_FLIGHT = "sent when the run stopped: its outcome is unknown (the next apply finds it)"
 HELD = "no complete answer within the request deadline (the API held the request): its outcome is unknown"
-UNKNOWN = "create outcome unknown: no instance of this name was found after it; it was not sent again (run apply again)"
+UNKNOWN = "create outcome unknown: no instance of this name was found after any of its attempts (run apply again)"
+ANSWERED = "create outcome unknown: answered 2xx without an instance, and no instance of this name was found; not sent "
+ANSWERED += "again (run apply again)"
+
+
+@dataclass(frozen=True)
+class _Unknown:
+    """A create whose outcome is unknown."""
+
+    change: Change
+    unanswered: float | None  # when its attempt ended with no answer (time.monotonic())
+    resendable: bool  # False after a 2xx answer: never sent again
 
 
 @dataclass
 class _Outcome:
     """What a worker learned from one change; the main thread records it. ``result`` None: a create
-    of unknown outcome; ``posted``: a create was sent; ``unanswered``: when one got no answer;
-    ``abort``: why the whole run stops."""
+    of unknown outcome (``unknown`` says how); ``posted``: a create was sent; ``abort``: why the
+    whole run stops."""
 
     result: ChangeResult | None
     posted: bool = False
-    unanswered: float | None = None
+    unknown: _Unknown | None = None
     abort: str | None = None
+
+
+Step = Callable[[Change, Any, _Outcome], ChangeResult]  # one change's requests, in a worker
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """An item the workers had not finished: ``started`` or not when the run stopped, or ``held``: its
+    request is past its deadline (a server holding it), with ``held`` workers so held at that moment."""
+
+    started: bool
+    held: int = 0
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def in_workers(
+    work: Callable[[T], R], items: Sequence[T], parallelism: int, stop: StopFlag
+) -> Iterator[tuple[T, R | Unfinished]]:
+    """Run ``work`` on every item in ``parallelism`` threads and yield each item with its result, in
+    order, waiting a short while at a time (the main thread stays free for signals). The main thread
+    stops waiting for an item ``STOP_GRACE`` after a signal, or after its request's deadline: it is
+    yielded ``Unfinished`` and its worker is not waited for (``exit_process`` knows the threads by
+    their name). ``work``'s exceptions are raised."""
+    pool = futures.ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix=WORKER_PREFIX)
+    held: list[futures.Future[R]] = []
+    try:
+        submitted = [(stop.submit(pool, work, item), item) for item in items]
+        for future, item in submitted:
+            if stop.settle(future) and not future.cancelled():
+                yield item, future.result()
+            elif not stop.is_set():  # held past its deadline
+                held.append(future)
+                yield item, Unfinished(started=True, held=sum(not f.done() for f in held))
+            else:  # still running, or never started (then cancelled)
+                yield item, Unfinished(started=not future.cancel())
+    finally:  # a worker blocked on the network (after a signal, or held) is not waited for
+        pool.shutdown(wait=not stop.is_set() and not held, cancel_futures=True)
 
 
 @dataclass(frozen=True)
@@ -135,15 +197,13 @@ class Applier:
         self.stop = stop
         self.progress = progress or (lambda _result: None)
         self.aborted: str | None = None
-        self._ambiguous: list[Change] = []
+        self._unknown: list[_Unknown] = []  # creates of unknown outcome, not looked up yet
         self._index = {id(c): i for i, c in enumerate(plan.changes)}
-        self._posted: set[tuple[str, str]] = set()  # names a create was sent for
+        self._posted: Counter[tuple[str, str]] = Counter()  # names a create was sent for: how many times
         self._made: set[tuple[str, str, str]] = set()  # (target, name, id) of the copies this run was told it made
-        self._unanswered: dict[tuple[str, str], float] = {}  # names whose create got no answer: when
-        self._settle_until = -math.inf  # a create that got no answer was not found: wait for it until then
+        self._settle_until = -math.inf  # an attempt that got no answer was not found: wait for it until then
         self.run_tag = run_tag(secrets.token_hex(6))
         self._known_ids = {(c.target, c.live.id) for c in plan.changes if c.live is not None}
-        self._held: list[futures.Future] = []  # abandoned, their workers held by a request past its deadline
 
     def run(self) -> ApplyResult:
         results: dict[int, ChangeResult] = {}
@@ -154,14 +214,9 @@ class Applier:
             elif change.action == Action.CONFLICT:
                 results[index] = ChangeResult(change, Status.SKIPPED, error=change.reason, id=change.id)
             else:
-                writes.append((index, change))
-        workers = max(1, self.settings.parallelism)
-        pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=WORKER_PREFIX)
-        try:
-            self._run_batch(pool, writes, results)
-            self._resolve_ambiguous(results)
-        finally:  # after an interrupt, a worker may still be blocked on the network: not waited for
-            pool.shutdown(wait=not self.stop.is_set() and not self._held, cancel_futures=True)
+                writes.append(change)
+        self._run_batch(writes, results, self._dispatch)
+        self._resolve_unknown(results)
         notes = self._final_check(results)
         ordered = [results[i] for i in range(len(self.plan.changes))]
         if self.aborted:
@@ -176,40 +231,39 @@ class Applier:
 
     # -- the pool ------------------------------------------------------------------------------
 
-    def _run_batch(
-        self, pool: futures.Executor, writes: list[tuple[int, Change]], results: dict[int, ChangeResult]
-    ) -> None:
-        """Run changes in the pool and record each outcome here, in order, waiting a short while at a
-        time (the main thread stays free for signals). After a signal, wait ``STOP_GRACE`` for the
-        requests in flight, then report the rest as skipped; a request held past its deadline, too."""
-        submitted = [(self.stop.submit(pool, self._execute, change), index, change) for index, change in writes]
-        for future, index, change in submitted:
-            if self.stop.settle(future) and not future.cancelled():
-                self._record(index, change, future.result(), results)
-            elif not self.stop.is_set():  # held past its deadline: a create is looked up, the rest fail
-                self._held.append(future)
-                failed = ChangeResult(change, Status.FAILED, error=HELD, id=change.id)
-                unknown = _Outcome(None, posted=True, unanswered=time.monotonic())
-                self._record(index, change, unknown if change.action == Action.CREATE else _Outcome(failed), results)
-                if sum(not f.done() for f in self._held) >= self.settings.parallelism:  # no worker left
+    def _run_batch(self, writes: list[Change], results: dict[int, ChangeResult], step: Step) -> None:
+        """Run ``step`` for each change in the workers and record each outcome here, in order. After a
+        signal, the changes not done are reported as skipped; a change held past its deadline failed
+        (a create: looked up, as any create of unknown outcome)."""
+        work = functools.partial(self._execute, step=step)
+        for change, outcome in in_workers(work, writes, self.settings.parallelism, self.stop):
+            index = self._index[id(change)]
+            if isinstance(outcome, Unfinished) and outcome.held:  # a create is looked up, the rest fail
+                if change.action == Action.CREATE:
+                    unknown = _Unknown(change, unanswered=time.monotonic(), resendable=True)
+                    self._record(index, change, _Outcome(None, posted=True, unknown=unknown), results)
+                else:
+                    results[index] = ChangeResult(change, Status.FAILED, error=HELD, id=change.id)
+                if outcome.held >= self.settings.parallelism:  # no worker left
                     self.stop.set()
                     self.aborted = self.aborted or "the API holds every worker's request past its deadline"
-            else:  # still running, or never started (then cancelled)
+            elif isinstance(outcome, Unfinished):
                 results[index] = ChangeResult(
-                    change, Status.SKIPPED, error=NOT_STARTED if future.cancel() else IN_FLIGHT
+                    change, Status.SKIPPED, error=IN_FLIGHT if outcome.started else NOT_STARTED
                 )
+            else:
+                self._record(index, change, outcome, results)
 
     def _record(self, index: int, change: Change, outcome: _Outcome, results: dict[int, ChangeResult]) -> None:
         key = (change.target, change.name)
         if outcome.posted:
-            self._posted.add(key)
-        if outcome.unanswered is not None:
-            self._unanswered[key] = outcome.unanswered
+            self._posted[key] += 1
         if outcome.abort is not None and self.aborted is None:
             self.aborted = outcome.abort
         result = outcome.result
         if result is None:
-            self._ambiguous.append(change)
+            assert outcome.unknown is not None
+            self._unknown.append(outcome.unknown)
             results.pop(index, None)
             return
         if outcome.posted and result.status == Status.OK:
@@ -219,16 +273,17 @@ class Applier:
         results[index] = result
         self.progress(result)
 
-    def _execute(self, change: Change) -> _Outcome:
-        """Run one change in a worker; it records nothing itself."""
+    def _execute(self, change: Change, step: Step) -> _Outcome:
+        """Run one change (``step``: all of it, or its create alone) in a worker; it records nothing itself."""
         if self.stop.is_set():
             return _Outcome(ChangeResult(change, Status.SKIPPED, error=NOT_STARTED))
         client = self.clients[change.target]
         outcome = _Outcome(None)
         try:
-            outcome.result = self._dispatch(change, client, outcome)
+            outcome.result = step(change, client, outcome)
         except AmbiguousCreate as exc:
-            outcome.unanswered = None if exc.answered else time.monotonic()
+            answered_2xx = isinstance(exc.cause, ApiError) and exc.cause.status < 300
+            outcome.unknown = _Unknown(change, None if exc.answered else time.monotonic(), not answered_2xx)
         except Interrupted as exc:
             outcome.posted &= exc.sent
             outcome.result = ChangeResult(change, Status.SKIPPED, error=IN_FLIGHT if exc.sent else NOT_STARTED)
@@ -301,28 +356,37 @@ class Applier:
 
     # -- creates whose outcome is unknown ------------------------------------------------------
 
-    def _resolve_ambiguous(self, results: dict[int, ChangeResult]) -> None:
-        """Look up at once every create whose outcome is unknown and take the copy found. A name with
-        none fails (never sent again: an earlier copy may still exist); the final check still takes
-        a copy a slow server commits late, after waiting ``settle`` for the ones that got no answer."""
-        batch, self._ambiguous = self._ambiguous, []
-        for target in sorted({c.target for c in batch}):
-            mine = [c for c in batch if c.target == target]
-            found = {} if self.stop.is_set() else self._owned_new(target, results, mine)
-            if found is None:  # the lookup failed: each change says why
-                continue
-            for change in mine:
-                live = found.get(change.name)
-                if self.stop.is_set():
-                    result = ChangeResult(change, Status.SKIPPED, error=IN_FLIGHT)
-                elif live is not None:
-                    result = ChangeResult(change, Status.OK, id=live.id, token=live.token)
-                else:
-                    result = ChangeResult(change, Status.FAILED, error=UNKNOWN)
-                    sent = self._unanswered.get((target, change.name), -math.inf)
-                    self._settle_until = max(self._settle_until, sent + self.settings.settle_seconds)
-                results[self._index[id(change)]] = result
-                self.progress(result)
+    def _resolve_unknown(self, results: dict[int, ChangeResult]) -> None:
+        """Look up the creates of unknown outcome in rounds, one listing per target a round, and take
+        the copy found. A name not found was refused: it is sent again at once, within
+        ``--max-attempts`` (never after a 2xx answer). An attempt that got no answer and was not found,
+        or was one of several sent for a name, makes the final check wait ``settle`` for it."""
+        while self._unknown:
+            batch, self._unknown = self._unknown, []
+            resend = []
+            for target in sorted({u.change.target for u in batch}):
+                mine = [u for u in batch if u.change.target == target]
+                found = {} if self.stop.is_set() else self._owned_new(target, results, [u.change for u in mine])
+                if found is None:  # the lookup failed: each change says why
+                    continue
+                attempts = self.clients[target].settings.max_attempts
+                for u in mine:
+                    live = found.get(u.change.name)
+                    several = self._posted[(target, u.change.name)] > 1  # the copy found may be an earlier one
+                    if u.unanswered is not None and (live is None or several):
+                        self._settle_until = max(self._settle_until, u.unanswered + self.settings.settle_seconds)
+                    if self.stop.is_set():
+                        result = ChangeResult(u.change, Status.SKIPPED, error=IN_FLIGHT)
+                    elif live is not None:
+                        result = ChangeResult(u.change, Status.OK, id=live.id, token=live.token)
+                    elif u.resendable and self._posted[(target, u.change.name)] < attempts:
+                        resend.append(u.change)
+                        continue
+                    else:
+                        result = ChangeResult(u.change, Status.FAILED, error=UNKNOWN if u.resendable else ANSWERED)
+                    results[self._index[id(u.change)]] = result
+                    self.progress(result)
+            self._run_batch(resend, results, self._create)
 
     def _owned_new(
         self, target: str, results: dict[int, ChangeResult], changes: list[Change]

@@ -12,18 +12,18 @@ that is not fine says what to run. The command only reads: it is built on ``Read
 
 from __future__ import annotations
 
-import concurrent.futures as futures
 import glob
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, get_args
 
 from ..api.live import LiveInstance
 from ..errors import ApiError, TransportError
-from ..interrupt import WORKER_PREFIX
+from ..interrupt import StopFlag
 from ..manifest.desired import DesiredInstance
 from ..manifest.elements import ElementRegistry
+from .apply import Unfinished, in_workers
 from .stages import Connection, Validated, read_state
 
 Status = Literal["healthy", "invalid", "disabled", "missing", "unreachable"]
@@ -43,17 +43,8 @@ class Health:
     command: str | None = None  # what to run about it
     live: LiveInstance | None = field(default=None, compare=False, repr=False)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "target": self.target,
-            "element": self.element,
-            "id": self.id,
-            "status": self.status,
-            "ok": self.ok,
-            "detail": self.detail,
-            "command": self.command,
-        }
+    def to_json(self) -> dict[str, Any]:  # every field but the live instance, in their order
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "live"}
 
 
 @dataclass(frozen=True)
@@ -154,12 +145,12 @@ def check(
     """Read the stack's instances once (read-only clients), assess them, and ping them if asked."""
     live = read_state(connection, validated.manifest.stack, owned_only=True, configuration=False)
     report = assess(validated.manifest.stack, validated.desired, live, validated.registry, apply_command)
-    return ping_all(report, connection.clients, parallelism) if ping else report
+    return ping_all(report, connection.clients, parallelism, connection.stop) if ping else report
 
 
-def ping_all(report: HealthReport, clients: Mapping[str, Any], parallelism: int) -> HealthReport:
+def ping_all(report: HealthReport, clients: Mapping[str, Any], parallelism: int, stop: StopFlag) -> HealthReport:
     """Ping, with its own token, every declared instance that exists and is not declared disabled, in
-    ``parallelism`` workers (one rate budget: the clients share it)."""
+    ``parallelism`` workers (one rate budget: the clients share it). After a signal, Interrupted."""
     hubs: dict[tuple[str, str | None], str | None] = {}
     for h in report.instances:  # an API whose listing leaves the hub out: one read per element
         if h.live is not None and h.live.hub is None and h.live.element and (h.target, h.element) not in hubs:
@@ -184,29 +175,26 @@ def ping_all(report: HealthReport, clients: Mapping[str, Any], parallelism: int)
             failed = f"HTTP {exc.status}: {exc.message}"
         except TransportError as exc:
             failed = exc.message
-        return pinged(entry, hub, failed)
+        return _pinged(entry, hub, failed)
 
-    def pinged(entry: Health, hub: str | None, failed: str | None) -> Health:
-        if failed is None:
-            return replace(entry, detail=f"{entry.detail}; ping {hub}: ok")
-        failed = f"ping {hub or '?'} failed: {failed}"
-        if entry.status == "healthy":
-            return replace(entry, status="unreachable", ok=False, detail=failed)
-        return replace(entry, detail=f"{entry.detail}; {failed}")
-
-    def held(index: int) -> Health:  # the main thread stopped waiting for its worker
-        stop.check()  # after a signal: the run ends
-        return pinged(report.instances[index], hub_of(report.instances[index]), HELD)
-
-    stop = next(iter(clients.values())).stop  # the run's flag: every client shares it
-    pool = futures.ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix=WORKER_PREFIX)
-    submitted = [(i, stop.submit(pool, one, i)) for i in todo]
-    try:
-        done = {i: f.result() if stop.settle(f) else held(i) for i, f in submitted}
-    finally:  # a worker held past its deadline, or after a signal, is not waited for
-        pool.shutdown(wait=all(f.done() for _, f in submitted), cancel_futures=True)
+    done: dict[int, Health] = {}
+    for i, outcome in in_workers(one, todo, parallelism, stop):
+        if not isinstance(outcome, Unfinished):
+            done[i] = outcome
+        elif outcome.held:  # the main thread stopped waiting for its worker
+            done[i] = _pinged(report.instances[i], hub_of(report.instances[i]), HELD)
+    stop.check()  # the run was interrupted: no report
     instances = tuple(done.get(i, h) for i, h in enumerate(report.instances))
     return replace(report, instances=instances, pinged=True)
+
+
+def _pinged(entry: Health, hub: str | None, failed: str | None) -> Health:
+    if failed is None:
+        return replace(entry, detail=f"{entry.detail}; ping {hub}: ok")
+    failed = f"ping {hub or '?'} failed: {failed}"
+    if entry.status == "healthy":
+        return replace(entry, status="unreachable", ok=False, detail=failed)
+    return replace(entry, detail=f"{entry.detail}; {failed}")
 
 
 def text_lines(report: HealthReport) -> list[tuple[str, str]]:

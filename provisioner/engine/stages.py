@@ -104,6 +104,7 @@ class Connection:
     clients: dict[str, Any]  # Client, or ReadOnlyClient for read-only commands
     stats: RequestStats
     fingerprints: dict[str, FingerprintContext]
+    stop: StopFlag
 
 
 @contextmanager
@@ -134,7 +135,7 @@ def connect(validated: Validated, options: Options, stop: StopFlag, read_only: b
             name: FingerprintContext(fingerprint_key(t.organization_secret, override), validated.manifest.stack)
             for name, t in targets.items()
         }
-        yield Connection(targets, clients, stats, fingerprints)
+        yield Connection(targets, clients, stats, fingerprints, stop)
 
 
 def read_state(

@@ -1,12 +1,8 @@
 """Secrets masked by construction, and a last-line redactor for everything that leaves the process.
 
-A ``Secret`` holds a sensitive string (an API secret, a secret configuration value, an instance
-token). Its ``str`` and ``repr`` are masked; the raw value takes an explicit ``reveal()``. The JSON
-encoder of the HTTP client is the only place that reveals secrets on the way out (``json_default``).
-
-The ``Redactor`` is a second, independent guard: every secret value that is created is registered
-with it, and every stream provisioner writes to (stdout, stderr, log and crash files, JSON output)
-passes its text through ``redact`` before writing it.
+A ``Secret``'s ``str`` and ``repr`` are masked; only the HTTP client's JSON encoder (``json_default``)
+and the outputs file reveal it. Every Secret is also registered with ``REDACTOR``, through which every
+stream provisioner writes passes (docs/secrets.md lists the encodings it masks).
 """
 
 from __future__ import annotations
@@ -35,9 +31,7 @@ _OPEN_EDGE = re.compile(r"""(?<=["'`])""")
 
 
 class Secret:
-    """A sensitive string. ``str()`` and ``repr()`` are masked; ``reveal()`` returns the value.
-    ``token=True`` for an instance token: registered with the redactor in the forms a token is
-    printed in (see ``token_forms``), which is cheaper for the 10,000 tokens of a large listing."""
+    """A sensitive string, masked in ``str()`` and ``repr()``; ``token=True``: see ``Redactor.add``."""
 
     __slots__ = ("_value",)
 
@@ -45,10 +39,7 @@ class Secret:
         if isinstance(value, Secret):
             value = value.reveal()
         self._value = value
-        if token:
-            REDACTOR.add_token(value)
-        else:
-            REDACTOR.add(value)
+        REDACTOR.add(value, token=token)
 
     def reveal(self) -> str:
         return self._value
@@ -77,21 +68,17 @@ def reveal(value: Any) -> Any:
     return value.reveal() if isinstance(value, Secret) else value
 
 
-def json_default(value: Any) -> Any:
-    """``json.dumps(default=...)`` hook used only where a request body is serialised for the API."""
-    if isinstance(value, Secret):
-        return value.reveal()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+json_default = reveal  # json.dumps(default=...) where a request body is serialised for the API
 
 
-def masked(value: Any) -> Any:
-    """A copy of a JSON-like value with every Secret replaced by the mask (for output)."""
+def masked(value: Any, mask: str = MASK) -> Any:
+    """A copy of a JSON-like value with every Secret replaced by ``mask``."""
     if isinstance(value, Secret):
-        return MASK
+        return mask
     if isinstance(value, dict):
-        return {k: masked(v) for k, v in value.items()}
+        return {k: masked(v, mask) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [masked(v) for v in value]
+        return [masked(v, mask) for v in value]
     return value
 
 
@@ -137,7 +124,6 @@ def _html_forms(value: str) -> list[str]:
 
 
 def _url_forms(value: str) -> list[str]:
-    """Percent-encoding of the UTF-8 bytes, with quote and quote_plus, for each set of kept characters."""
     return [
         encode(value, safe=safe, errors="surrogatepass") for safe in _URL_SAFE_SETS for encode in (quote, quote_plus)
     ]
@@ -177,10 +163,8 @@ def _normalized(text: str) -> str:
 
 
 def encoded_forms(value: str) -> set[str]:
-    """Every form a secret may be printed in, a fixed list that does not depend on the hash seed:
-    raw (also with whitespace collapsed, sanitized, and line by line), JSON string escapes, URL
-    (quote and quote_plus), base64 (at any alignment), HTML (named and numeric entities) and Python
-    repr; and the same encodings of its JSON-escaped form (a request body echoed back)."""
+    """Every form a secret may be printed in (docs/secrets.md), a list that does not depend on the hash
+    seed; also the same encodings of its JSON-escaped form (a request body echoed back)."""
     bases = [value, " ".join(value.split()), sanitize(value), *value.splitlines(), *_json_forms(value)]
     forms = list(bases)
     for base in dict.fromkeys(bases):
@@ -229,20 +213,12 @@ class Redactor:
             self._tails: dict[str, list[str]] = {}  # last FRAGMENT characters -> forms
             self._longest = 0
 
-    def _is_new(self, value: Any) -> bool:
-        """A value worth registering, not registered yet (a set read needs no lock)."""
-        return isinstance(value, str) and len(value) >= MIN_REDACT_LENGTH and value not in self._known
-
-    def add(self, value: Any) -> None:
-        """Register a secret with every form it may be printed in (see ``encoded_forms``)."""
-        if self._is_new(value):
-            self._register(value, encoded_forms(value))
-
-    def add_token(self, value: Any) -> None:
-        """Register an instance token (see ``token_forms``); a value that is not token-like text is
-        registered as a secret."""
-        if self._is_new(value):
-            token = bool(_TOKEN.fullmatch(value))
+    def add(self, value: Any, token: bool = False) -> None:
+        """Register a secret with every form it may be printed in (``encoded_forms``). ``token``: an
+        instance token, registered in the fewer forms of ``token_forms`` (cheaper for the 10,000 tokens
+        of a large listing) unless it is not token-like text."""
+        if isinstance(value, str) and len(value) >= MIN_REDACT_LENGTH and value not in self._known:
+            token = token and bool(_TOKEN.fullmatch(value))
             self._register(value, token_forms(value) if token else encoded_forms(value), words_only=token)
 
     def _register(self, value: str, forms: set[str], words_only: bool = False) -> None:

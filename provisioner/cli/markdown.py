@@ -14,7 +14,6 @@ warnings and errors go to stderr as plain text, as the text reporter writes them
 from __future__ import annotations
 
 import html
-import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -23,10 +22,10 @@ from ..closedsets import assert_never
 from ..engine import health
 from ..engine.apply import ApplyResult, ChangeResult, Status
 from ..engine.diff import DiffOp, FieldDiff
-from ..engine.drift import CATEGORIES, DriftReport, Finding, summary_line
+from ..engine.drift import CATEGORIES, DriftReport, Finding
 from ..engine.plan import ACTIONS, WRITES, Action, Change, Plan
-from ..secret import SENSITIVE, escape
-from .report import _PAST, _SYMBOLS, LIST_LIMIT, TextReporter, _request, done_counts, shown
+from ..secret import escape
+from .report import _PAST, _SYMBOLS, LIST_LIMIT, TextReporter, _request, done_counts, drift_summary, drift_values, shown
 
 _LABELS = {"noop": "unchanged", "conflict": "conflict"}
 T = TypeVar("T")
@@ -93,15 +92,9 @@ def _finding_section(finding: Finding) -> str:
     parts = [_heading((finding.kind, finding.category, finding.name), finding.element, finding.id), ""]
     parts.append(cell(finding.detail))
     if finding.fields:
-        rows = [(f.path, *_field_values(f.sensitive, f.live, f.manifest), f.kind) for f in finding.fields]
+        rows = [(f.path, *drift_values(f), f.kind) for f in finding.fields]
         parts += ["", table(("field", "live", "manifest", "kind"), rows)]
     return "\n".join(parts)
-
-
-def _field_values(sensitive: bool, live: Any, manifest: Any) -> tuple[str, str]:
-    if sensitive:
-        return SENSITIVE, SENSITIVE
-    return json.dumps(live, default=str), json.dumps(manifest, default=str)
 
 
 def _capped(items: Sequence[T], section: Callable[[T], str], verbose: bool, noun: str) -> list[str]:
@@ -179,7 +172,7 @@ class MarkdownReporter(TextReporter):
         counts = {category: {"drift": 0, "pending": 0} for category in CATEGORIES}
         for finding in report.findings:
             counts[finding.category][finding.kind] += 1
-        verdict = summary_line(report)
+        verdict = drift_summary(report)
         self._write(
             f"### provisioner drift: stack {code(report.stack)}",
             f"**{verdict}**" if report.has_drift else verdict,

@@ -22,7 +22,7 @@ from ..closedsets import assert_never
 from ..engine import health
 from ..engine.apply import ApplyResult, ChangeResult, Status
 from ..engine.diff import DiffOp, FieldDiff
-from ..engine.drift import DriftReport, summary_line, text_lines
+from ..engine.drift import DriftField, DriftReport
 from ..engine.plan import REFUSALS, WRITES, Action, Change, Plan
 from ..errors import Problem, Severity
 from ..secret import MASK, MIN_REDACT_LENGTH, REDACTOR, SENSITIVE, Secret, escape
@@ -334,8 +334,13 @@ class TextReporter:
             )
 
     def drift(self, report: DriftReport, stats: dict[str, Any]) -> None:
-        self.out.lines(text_lines(report))
-        self.out.print(summary_line(report))
+        lines: list[tuple[str, str]] = []
+        for f in report.findings:
+            style = "red" if f.kind == "drift" else "yellow"
+            lines.append((style, f"{f.kind}: {f.category} {_named(f.name, f.element, f.id)}: {f.detail}"))
+            lines += [("", "    ~ {}: live {}, manifest {}".format(d.path, *drift_values(d))) for d in f.fields]
+        self.out.lines(lines)
+        self.out.print(drift_summary(report))
 
     def health(self, report: health.HealthReport, stats: dict[str, Any]) -> None:
         self.out.lines(health.text_lines(report))
@@ -381,11 +386,31 @@ def _severity_style(severity: Severity) -> str:
             assert_never(severity)
 
 
+def drift_summary(report: DriftReport) -> str:
+    s = report.summary()
+    if not report.findings:
+        return f"No drift: the {s['declared']} declared instance(s) match what provisioner applied."
+    return (
+        f"Drift: {s['drift']} finding(s) changed behind provisioner's back; pending: {s['pending']} "
+        f"(the manifest changed, run plan); {s['inSync']} in sync."
+    )
+
+
+def drift_values(field: DriftField) -> tuple[str, str]:
+    """A drift field's live and manifest values as printed: JSON, or ``(sensitive)`` for a secret's."""
+    if field.sensitive:
+        return SENSITIVE, SENSITIVE
+    return json.dumps(field.live, default=str), json.dumps(field.manifest, default=str)
+
+
+def _named(name: str, element: str | None, ident: Any) -> str:
+    """``name (element) id 7``."""
+    return name + (f" ({element})" if element else "") + (f" id {ident}" if ident is not None else "")
+
+
 def _change_lines(change: Change) -> list[tuple[str, str]]:
     symbol, style = _SYMBOLS[change.action]
-    ident = f" id {change.id}" if change.id is not None else ""
-    element = f" ({change.element})" if change.element else ""
-    lines = [(style, f"{symbol} {change.action} {change.name}{element}{ident}: {change.reason}")]
+    lines = [(style, f"{symbol} {change.action} {_named(change.name, change.element, change.id)}: {change.reason}")]
     lines.extend(("", "    " + _diff_line(diff)) for diff in change.diff)
     return lines
 
@@ -393,12 +418,12 @@ def _change_lines(change: Change) -> list[tuple[str, str]]:
 def _result_line(r: ChangeResult) -> tuple[str, str]:
     change = r.change
     symbol, style = _SYMBOLS[change.action]
-    ident = f" id {r.id}" if r.id is not None else ""
+    named = _named(change.name, None, r.id)
     if r.status == Status.OK:
-        return style, f"{symbol} {_PAST.get(change.action, change.action)} {change.name}{ident}"
+        return style, f"{symbol} {_PAST.get(change.action, change.action)} {named}"
     if change.action == Action.PROTECTED:
-        return style, f"{symbol} protected {change.name}{ident}, not touched: {r.error}"
-    return "red", f"x {change.action} {change.name}{ident} {r.status}: {r.error}{_request(r)}"
+        return style, f"{symbol} protected {named}, not touched: {r.error}"
+    return "red", f"x {change.action} {named} {r.status}: {r.error}{_request(r)}"
 
 
 def _request(r: ChangeResult) -> str:

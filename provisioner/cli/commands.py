@@ -212,20 +212,9 @@ def _sources(args: Online) -> savedplan.Sources:
     return savedplan.Sources(args.manifest, args.inputs, set_keys, args.schemas, args.local)
 
 
-FIXED_BY_A_SAVED_PLAN = {  # ApplyArgs field: its option
-    "prune": "--prune",
-    "allow_replace": "--allow-replace",
-    "force": "--force",
-    "targets": "--target",
-    "excludes": "--exclude",
-    "allow_destroy": "--allow-destroy",
-    "reauthenticate": "--reauthenticate",
-}
-
-
 def _from_saved(saved: savedplan.SavedPlan, args: ApplyArgs) -> ApplyArgs:
     """What ``apply FILE`` runs: what the plan fixed, and what may be given now."""
-    for field, option_name in FIXED_BY_A_SAVED_PLAN.items():
+    for field, (_, option_name) in savedplan.OPTIONS.items():
         if getattr(args, field):
             raise UserError(
                 f"{option_name} cannot be given with a saved plan: the plan fixed its options",
@@ -244,7 +233,7 @@ def _from_saved(saved: savedplan.SavedPlan, args: ApplyArgs) -> ApplyArgs:
         manifest=sources.manifest,
         inputs=args.inputs or sources.inputs,
         schemas=args.schemas or sources.schemas,
-        **{field: getattr(saved.options, field) for field in FIXED_BY_A_SAVED_PLAN},
+        **{field: getattr(saved.options, field) for field in savedplan.OPTIONS},
     )
 
 

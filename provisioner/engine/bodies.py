@@ -1,10 +1,8 @@
 """Request bodies for the API, built from a desired instance. Pure functions.
 
-``PUT /instances/{id}`` replaces the whole instance, so its body carries the name, the element, every
-tag (the user's, the stack marker and the secret fingerprints) and the full declared configuration.
-``PATCH`` is used when no configuration value differs (tags, protection, a rename) and to adopt:
-``modify_verb`` chooses. Secret values stay ``Secret`` objects in these bodies; the HTTP client
-reveals them only when it serialises the request.
+``PUT`` replaces the whole instance (name, element, every tag, the full configuration); ``PATCH``
+serves when no configuration value differs, and to adopt (``modify_verb`` chooses). Secret values stay
+``Secret`` objects: the HTTP client reveals them only when it serialises the request.
 """
 
 from __future__ import annotations
@@ -31,9 +29,7 @@ def modify_verb(change: Change) -> Literal["PUT", "PATCH"]:
 def all_tags(
     desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext, live_tags: tuple[str, ...] = ()
 ) -> list[str]:
-    """User tags (declared, or kept from the live instance when the manifest declares none), then
-    the stack marker, one fingerprint per secret value, the protection marker (declared, or kept
-    from the live instance when the manifest does not say) and the record of what is applied."""
+    """User tags, then provisioner's own; tags and protection the manifest does not declare are kept."""
     mine = list(desired.tags) if desired.tags is not None else user_tags(live_tags)
     fps = fingerprint_tags(fp.key, fp.stack, desired.name, desired.configuration, schema.secret_keys)
     protect = desired.protect if desired.protect is not None else PROTECT_TAG in live_tags

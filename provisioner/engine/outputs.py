@@ -1,9 +1,5 @@
-"""Deliver instance tokens: the outputs file of ``apply --outputs`` and ``provisioner output``.
-
-The outputs document is ``{"instances": {NAME: {"id", "element", "token"}}}``. The file is written
-atomically (a temporary file in the same directory, fsync, rename) with mode 0600 from the start, so
-a reader never sees half a file and no other user can read the tokens. These are the only places
-where tokens are revealed.
+"""Deliver instance tokens: the outputs file of ``apply --outputs`` (atomic, mode 0600) and
+``provisioner output``, the only places where tokens are revealed.
 """
 
 from __future__ import annotations
@@ -20,7 +16,6 @@ from ..secret import reveal
 
 
 def write_outputs(path: str, entries: Mapping[str, Mapping[str, Any]]) -> None:
-    """Write the outputs file atomically with mode 0600."""
     write_private(path, format_json(entries), "outputs file")
 
 

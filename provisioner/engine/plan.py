@@ -1,27 +1,10 @@
 """Stage 5: the plan is a value.
 
 ``make_plan`` compares the desired instances with the live ones of each target and returns an
-immutable ``Plan``: one ``Change`` per instance (create, update, rename, replace, delete, noop,
-conflict, protected, adopt, disable, enable, reauthenticate), each with its reason and field diff.
-Every noop says why. It does no I/O; ``apply`` executes a plan and does nothing else.
-
-An instance whose enabled state differs from ``enabled:`` (default true) gets a ``disable`` or
-``enable`` action, or, when other fields differ too, an ``enabled`` field in its update's diff.
-``--reauthenticate NAME`` turns the change of a declared instance into ``reauthenticate`` (its full
-body is sent again for the provider to check); ``check_reauthenticate`` refuses, before any request,
-a name that is not declared or is an OAuth instance.
-
-Identity is the stack marker plus the name. Stacks are isolated: an instance carrying another
-stack's marker is invisible to this one (never a conflict, never touched), so two stacks may declare
-the same names in one organization. A live instance with a declared name and no marker at all is
-unmanaged: a conflict, never touched, unless ``--adopt`` takes it over (action ``adopt``). Two owned
-instances with a declared name are duplicates: the oldest is kept and the others are deleted. Owned
-instances the manifest no longer declares are deleted only with ``--prune``.
-
-A declared instance with ``previousNames`` that the stack owns only under an old name is renamed in
-place (``rename``: same id, same token). A protected instance is never deleted or replaced: the plan
-shows a ``protected`` refusal instead (see ``protection.py``). ``--target``/``--exclude`` restrict the
-plan to some declared instances before anything is compared (see ``targeting.py``).
+immutable ``Plan``: one ``Change`` per instance with its action, its reason (every noop says why) and
+its field diff. It does no I/O; ``apply`` executes a plan and does nothing else. The rules (identity
+is the stack marker plus the name, unmanaged namesakes, duplicates, prune, renames, protection) are
+told in docs/ownership.md.
 """
 
 from __future__ import annotations
@@ -333,9 +316,8 @@ def _unmanaged(
 def _adopt(
     instance: DesiredInstance, live: LiveInstance, registry: ElementRegistry, fp: FingerprintContext | None
 ) -> Change:
-    """Take over an unmanaged instance: one PATCH adds the marker and fingerprints and sets the declared
-    configuration. Secret values come back masked, so they are not compared (and always sent); neither is
-    any other value the API masks."""
+    """Take over an unmanaged instance (one PATCH). Values the API masks, secrets among them, are not
+    compared: they are always sent."""
     schema = registry.get(instance.element)
     assert schema is not None and fp is not None
     if not schema.accepts_key(live.element):
@@ -391,7 +373,6 @@ def _differs(diffs: tuple[FieldDiff, ...], enabled: bool) -> list[str]:
 
 
 def _enabled_diff(instance: DesiredInstance, live: LiveInstance) -> tuple[FieldDiff, ...]:
-    """The ``enabled`` field, when the live instance's state differs from the declared one."""
     if live.disabled != instance.enabled:
         return ()
     return (FieldDiff(DiffOp.CHANGE, FieldPath("enabled"), not live.disabled, instance.enabled),)
@@ -416,9 +397,8 @@ def _rename(
 
 
 def _duplicates(matches: list[LiveInstance], target: str, options: PlanOptions) -> list[Change]:
-    """Extra copies of a declared instance (left by a crash or another tool) are the same instance
-    by identity: the oldest is kept, and its token is the one delivered; the others are deleted, so
-    an interrupted run always converges to exactly one copy (unless a copy is protected)."""
+    """Extra copies of a declared instance: the oldest is kept (its token is delivered), the others are
+    deleted, so an interrupted run converges to exactly one copy."""
     keep = matches[0]
     changes = []
     for extra in matches[1:]:

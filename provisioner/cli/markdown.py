@@ -1,14 +1,8 @@
-"""The Markdown reporter (``--output markdown``): a plan, an apply, a drift report or a health check fit
-for a pull request comment or a CI step summary (GitHub's ``$GITHUB_STEP_SUMMARY``).
+"""The Markdown reporter (``--output markdown``, docs/commands.md): plans, applies, drift reports and
+health checks for a pull request comment or a CI step summary; the rest as the text reporter writes it.
 
-It takes the same data as the text reporter. A plan or an apply: a summary table of action counts, then
-one section per changed instance with its reason and a fenced ``diff`` block. A drift report: a table of
-findings by category and kind (drift or pending), then one section per finding with a table of its
-fields. Secret values show as ``(sensitive)``, and every byte still passes through the redactor. Text
-from the manifest or the server (names, reasons, values) is escaped so that it cannot change the
-document's structure: non-printable characters are shown as escapes (``\\n``, ``\\x1b``), table cells
-escape ``|`` and HTML, and a fence is always longer than any run of backticks inside it. Problems,
-warnings and errors go to stderr as plain text, as the text reporter writes them.
+Text from the manifest or the server cannot change the document's structure: non-printable characters
+are escaped, table cells escape ``|`` and HTML, and a fence is longer than any run of backticks inside.
 """
 
 from __future__ import annotations
@@ -117,15 +111,11 @@ def _status_text(r: ChangeResult) -> str:
 
 
 class MarkdownReporter(TextReporter):
-    """Plans, apply results, drift reports and health checks as Markdown on stdout; everything else as
-    the text reporter writes it."""
-
     def _write(self, *blocks: str) -> None:
         self.out.raw.write("\n\n".join(blocks) + "\n")  # redacted and escaped, never styled
         self.out.raw.flush()
 
     def plan(self, plan: Plan, command: str = "plan") -> None:
-        """Title, action counts, warnings, then a section per instance that changes."""
         counts = plan.counts()
         changed = [c for c in plan.changes if c.action != Action.NOOP or c.warning or self.verbose]
         self._write(
@@ -141,7 +131,6 @@ class MarkdownReporter(TextReporter):
     def applied(
         self, result: ApplyResult, stats: dict[str, Any], command: str = "apply", outputs: str | None = None
     ) -> None:
-        """What was done per action and status, then a section per change."""
         status = {s: sum(1 for r in result.results if r.status == s) for s in (Status.FAILED, Status.SKIPPED)}
         rows = [
             *((_PAST[a], n) for a, n in done_counts(result).items()),
@@ -168,7 +157,6 @@ class MarkdownReporter(TextReporter):
             self.err.print(f"{status[Status.FAILED]} change(s) failed; see the Markdown report.")
 
     def drift(self, report: DriftReport, stats: dict[str, Any]) -> None:
-        """Verdict, findings by category and kind, then a section per finding."""
         counts = {category: {"drift": 0, "pending": 0} for category in CATEGORIES}
         for finding in report.findings:
             counts[finding.category][finding.kind] += 1
@@ -182,8 +170,6 @@ class MarkdownReporter(TextReporter):
         )
 
     def health(self, report: health.HealthReport, stats: dict[str, Any]) -> None:
-        """Verdict, then one table row per declared instance (and one table of the instances the stack
-        owns but no longer declares)."""
         headers = ("instance", "element", "id", "status", "detail", "run")
 
         def rows(entries: Sequence[health.Health]) -> list[tuple[Any, ...]]:

@@ -1,8 +1,5 @@
-"""The command line's options, declared once, and the typed values click builds from them.
-
-Each command's callback receives one frozen value whose fields are its click parameters (``Source``
-for offline commands, ``Online`` and its kinds for the ones that read the API): ``run.command`` builds
-it, and the command bodies never read a dict of parameters.
+"""The command line's options, declared once, and the typed values click builds from them: each command
+body receives one frozen value whose fields are its click parameters (``run.command`` builds it).
 """
 
 from __future__ import annotations
@@ -83,8 +80,7 @@ class Inputs:
     verbose: bool
 
     @property
-    def reporter(self) -> str:
-        """The reporter (see ``run.REPORTERS``) of this command's -o value."""
+    def reporter(self) -> str:  # see run.REPORTERS
         return self.output or "text"
 
 
@@ -324,7 +320,6 @@ def options(*decorators: Callable) -> Callable:
 
 
 def output_option(*formats: str) -> Callable:
-    """-o for a command whose formats are reporters' names (the field is ``reporter``)."""
     return option("-o", "--output", "reporter", type=click.Choice(formats), default=formats[0], show_default=True)
 
 

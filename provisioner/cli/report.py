@@ -1,13 +1,10 @@
-"""Reporters, not prints: every reporter implements ``Reporter``; the text and JSON ones live here, the
-Markdown one in ``markdown.py``, and ``run.REPORTERS`` chooses one by ``--output``.
+"""Reporters, not prints: the text and JSON ones implement ``Reporter`` here (Markdown in ``markdown.py``);
+``run.REPORTERS`` chooses one by ``--output``.
 
-Each writes to the streams it is given: results on stdout, problems and logs on stderr. Every byte
-passes through the redactor on its way out (a JSON document string by string, before it is encoded),
-and then through ``escape``: no control, ANSI, bidi or other non-printable character from a server
-reaches a terminal or a log, a line break inside a name or a message is shown as ``\\n``, and nothing
-can fail to encode. The JSON document is versioned (``formatVersion: 1``) and is the only thing on
-stdout in JSON mode. Colour comes from rich, on a terminal only; rich is not
-even imported otherwise (a pipeline's run starts faster), and text is never read as markup or emoji.
+Results go to stdout, problems and logs to stderr. Every byte passes through the redactor (a JSON
+document string by string, before it is encoded), then ``escape``: no non-printable character from a
+server reaches a terminal, and nothing can fail to encode. Colour, from rich, only on a terminal (rich
+is not even imported otherwise); text is never read as markup or emoji.
 """
 
 from __future__ import annotations
@@ -85,7 +82,7 @@ class RedactingWriter(io.TextIOBase):
         return len(text)
 
     def write_lines(self, lines: Iterable[str]) -> None:
-        """Lines that must each stay one line: a line break inside one is escaped too."""
+        """Lines that each stay one line: a line break inside one is escaped too."""
         self._put("".join(escape(REDACTOR.redact(line)) + "\n" for line in lines))
         self.flush()
 
@@ -124,7 +121,7 @@ class StyledStream:
         return self._console is not None
 
     def print(self, text: str, style: str | None = None) -> None:
-        """Text of one or more lines (its own line breaks kept)."""
+        """Text of one or more lines (its line breaks kept)."""
         if self._console is not None:
             self._console.print(escape(REDACTOR.redact(text), keep="\n"), style=style)
         else:
@@ -192,9 +189,7 @@ class JsonReporter:
     """One JSON document on stdout per command; nothing else there."""
 
     def __init__(self, out: IO[str], err: IO[str], verbose: bool = False):
-        # ASCII JSON whose strings went through ``printable``: redacting the document again could only
-        # break its syntax (a secret spelled "true")
-        self.out = out
+        self.out = out  # not redacted again: that could only break the JSON (a secret spelled "true")
         self.err = RedactingWriter(err)
 
     def _emit(self, command: str, ok: bool, **fields: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 from collections.abc import Iterable
 from typing import IO, Any, Protocol, cast
 
@@ -443,28 +444,21 @@ def _diff_line(diff: FieldDiff) -> str:
 
 
 def _status_counts(result: ApplyResult) -> dict[Status, int]:
-    counts = dict.fromkeys(Status, 0)
-    for r in result.results:
-        counts[r.status] += 1
-    return counts
+    counts = Counter(r.status for r in result.results)
+    return {status: counts[status] for status in Status}
 
 
 def done_counts(result: ApplyResult) -> dict[Action, int]:
     """The changes made, per action that has a past tense (in ``_PAST``'s order)."""
-    done = dict.fromkeys(_PAST, 0)
-    for r in result.results:
-        if r.status == Status.OK and r.change.action in done:
-            done[r.change.action] += 1
-    return done
+    done = Counter(r.change.action for r in result.results if r.status == Status.OK)
+    return {action: done[action] for action in _PAST}
 
 
 def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> str:
     traffic = f"{plural(stats.get('requests', 0), 'request')}, {plural(stats.get('retries', 0), 'retry', 'retries')}."
     status = _status_counts(result)
     if command == "destroy":
-        deletions = dict.fromkeys(Status, 0)
-        for r in result.results:
-            deletions[r.status] += r.change.action == Action.DELETE
+        deletions = Counter(r.status for r in result.results if r.change.action == Action.DELETE)
         return f"{_destroy_summary(result.plan.counts(), deletions)} {traffic}"
     if not result.plan.has_changes and not result.plan.has_refusals:
         return f"Apply: no changes, the instances match the manifest. {traffic}"

@@ -186,20 +186,13 @@ def _namesakes(
     """Unmanaged namesakes of declared instances next to the owned one (the plan shows only those that
     stand in the way of a create)."""
     declared = {(c.target, c.name) for c in plan.changes if c.desired is not None and c.action != Action.CONFLICT}
-    found = []
-    for target, instances in sorted(live_by_target.items()):
-        for live in instances:
-            if (target, live.name) in declared and is_unmanaged(live.tags):
-                found.append(
-                    Finding(
-                        "unmanaged-namesake",
-                        "drift",
-                        live.name,
-                        target,
-                        _canonical_element(registry, live.element),
-                        live.id,
-                        "an instance with a declared name but without the stack marker exists "
-                        "next to the owned one; provisioner never touches it",
-                    )
-                )
-    return found
+    why = "an instance with a declared name but without the stack marker exists next to the owned one; "
+    why += "provisioner never touches it"
+    return [
+        Finding(
+            "unmanaged-namesake", "drift", live.name, target, _canonical_element(registry, live.element), live.id, why
+        )
+        for target, instances in sorted(live_by_target.items())
+        for live in instances
+        if (target, live.name) in declared and is_unmanaged(live.tags)
+    ]

@@ -9,7 +9,7 @@ told in docs/ownership.md.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -150,21 +150,12 @@ def make_plan(
     if selection.active:
         desired, live_by_target, left_out = restrict(selection, desired, live_by_target, element_aliases(registry))
     changes: list[Change] = []
-    by_target: dict[str, list[DesiredInstance]] = {}
+    by_target: dict[str, list[DesiredInstance]] = defaultdict(list)
     for instance in desired:
-        by_target.setdefault(instance.target, []).append(instance)
+        by_target[instance.target].append(instance)
     for target in sorted(set(by_target) | set(live_by_target)):
-        changes.extend(
-            _plan_target(
-                stack,
-                target,
-                by_target.get(target, []),
-                live_by_target.get(target, []),
-                registry,
-                fingerprints.get(target),
-                options,
-            )
-        )
+        live, fp = live_by_target.get(target, []), fingerprints.get(target)
+        changes += _plan_target(stack, target, by_target[target], live, registry, fp, options)
     if options.reauthenticate:
         wanted = set(options.reauthenticate)
         changes = [_reauthenticated(c) if c.desired is not None and c.name in wanted else c for c in changes]

@@ -141,9 +141,8 @@ def _repr_forms(value: str) -> list[str]:
 
 
 def _base64_forms(data: bytes) -> list[str]:
-    """base64 of ``data``, whole and as it reads inside a longer encoded string: for each of the 3
-    alignments, the characters that depend only on ``data``. (The urlsafe alphabet and unpadded
-    forms are matched through ``_normalized``.)"""
+    """base64 of ``data``, whole and, at each of the 3 alignments inside a longer encoded string, the
+    characters that depend only on ``data`` (urlsafe and unpadded forms match through ``_normalized``)."""
     aligned = [base64.b64encode(b"\0" * k + data).decode("ascii") for k in range(3)]  # data after k bytes
     # after k bytes, the characters from ceil(8k/6) up to 8(k+size)/6 depend only on the data
     return [aligned[0], *(text[(8 * k + 5) // 6 : 8 * (k + len(data)) // 6] for k, text in enumerate(aligned))]
@@ -154,9 +153,8 @@ _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 
 
 def _normalized(text: str) -> str:
-    """The same text with urlsafe base64 read as standard (- as +, _ as /) and percent-encoded
-    hex in upper case. Same length, so a match in it is a match at the same place in the text;
-    secret forms are registered normalized, so one form matches all these spellings."""
+    """The text with urlsafe base64 read as standard and percent-encoded hex in upper case: same length,
+    so a match in it is a match at the same place; forms are registered normalized too."""
     if "%" in text:
         text = _LOWER_HEX.sub(lambda m: m.group().upper(), text)
     return text.translate(_URLSAFE_TO_STANDARD) if "-" in text or "_" in text else text
@@ -176,9 +174,8 @@ def encoded_forms(value: str) -> set[str]:
 
 
 def token_forms(value: str) -> set[str]:
-    """The forms an instance token (base64 text the API generated) is printed in: raw, JSON-escaped,
-    URL-encoded, and base64-encoded whole. Its alphabet rules out the HTML, repr and whitespace forms
-    of ``encoded_forms``; the unaligned base64 variants are left to secrets a person chose."""
+    """The forms of an instance token (base64 text the API generated): its alphabet rules out the HTML,
+    repr and whitespace forms; unaligned base64 is left to secrets a person chose."""
     return {
         value,
         value.replace("/", "\\/"),
@@ -190,12 +187,9 @@ def token_forms(value: str) -> set[str]:
 class Redactor:
     """Knows every secret value of this process and masks them, in all their encodings, in text.
 
-    There can be many secrets (every instance token of a 10,000-instance organization), so the search
-    is linear in the text: forms made only of word characters (tokens, most passwords, their URL and
-    base64 encodings) are found by scanning the text's word runs once, looking up each position's
-    first characters in an index of forms; the few others (with spaces, quotes, escapes) go through
-    one regular expression.
-    """
+    The search is linear in the text however many secrets there are (10,000 tokens): forms made of word
+    characters are found by one scan of the text's word runs through an index of their first
+    characters; the few others (spaces, quotes, escapes) by one regular expression."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -287,9 +281,8 @@ class Redactor:
 
 
 def _mask_run(run: str, words: set[str], by_prefix: dict[str, set[int]], shortest: int) -> str:
-    """Mask every secret form inside one run of word characters (longest first, left to right).
-    The run is searched in its normalized spelling; one index lookup per position: linear in the
-    run's length."""
+    """Mask every secret form inside one run of word characters (longest first, left to right), with
+    one index lookup per position of its normalized spelling."""
     if len(run) < shortest:
         return run
     view = _normalized(run)
@@ -322,9 +315,8 @@ _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u20
 
 
 def sanitize(text: str) -> str:
-    """Text that came from a server, made safe to print on one line: ANSI escape sequences and
-    control characters removed, line breaks and tabs turned into single spaces. A server cannot
-    then forge a line of our output, clear the screen or recolour the terminal."""
+    """Server text on one line, ANSI sequences and controls removed, line breaks as spaces: a server
+    cannot forge a line of our output, clear the screen or recolour the terminal."""
     if not text:
         return text
     text = _ANSI.sub("", text)
@@ -333,10 +325,8 @@ def sanitize(text: str) -> str:
 
 
 def escape(text: str, keep: str = "") -> str:
-    """Text made safe to print, and still recognisable: every character that is not printable
-    (controls, ANSI's ESC, bidi and other format characters, line separators, lone surrogates) is
-    written as its Python escape (``\\x1b``, ``\\u202e``, ``\\ud800``), except those in ``keep``
-    (the reporters keep their own line breaks). The result always encodes as UTF-8."""
+    """Text safe to print and still recognisable: every non-printable character but those in ``keep`` as
+    its Python escape (``\\x1b``, ``\\u202e``, ``\\ud800``); the result always encodes as UTF-8."""
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)

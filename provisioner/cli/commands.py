@@ -238,11 +238,8 @@ def _from_saved(saved: savedplan.SavedPlan, args: ApplyArgs) -> ApplyArgs:
 
 
 def _confirmed(run: Run, the_plan: Plan, args: ApplyArgs | DestroyArgs, reviewed: bool) -> bool:
-    """Show the plan before any write and, on a terminal, go on only after 'yes' (as Terraform does).
-
-    apply shows its plan in text output always, so the log records each change's diff; without a
-    terminal (a pipeline) it goes on, and so does a saved plan (it was reviewed). destroy asks, or
-    needs --yes without a terminal."""
+    """Show the plan before any write (apply's text output always: the log records each diff) and, on a
+    terminal, go on only after 'yes'; a saved plan was reviewed. destroy needs --yes without a terminal."""
     destroy = isinstance(args, DestroyArgs)
     terminal = sys.stdin.isatty() and (destroy or sys.stdout.isatty())
     ask = not args.yes and not reviewed and terminal

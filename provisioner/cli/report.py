@@ -70,8 +70,7 @@ LIST_LIMIT = 100  # successful changes listed one by one up to this many (all wi
 
 class RedactingWriter(io.TextIOBase):
     """A text stream that masks every known secret and escapes every non-printable character but the
-    line break before writing to the real stream (``styled``: rich's output, whose ANSI styling must
-    pass; ``StyledStream`` escaped its text first)."""
+    line break (``styled``: rich's output, whose text ``StyledStream`` escaped first)."""
 
     def __init__(self, stream: IO[str], styled: bool = False):
         self._stream = stream

@@ -26,9 +26,8 @@ def env_name(name: str) -> str:
 
 
 def format_env(entries: Mapping[str, Mapping[str, Any]]) -> str:
-    """Shell-quoted NAME_ID, NAME_ELEMENT and NAME_TOKEN lines, for eval or a dotenv file. Refused
-    when two instance names map to the same variables (``crm-acme`` and ``crm.acme``): the shell
-    would keep only the last, and a script would use the wrong token."""
+    """Shell-quoted NAME_ID, NAME_ELEMENT and NAME_TOKEN lines; refused when two names give the same
+    variables (``crm-acme``, ``crm.acme``): a script would use the wrong token."""
     by_prefix: dict[str, list[str]] = {}
     for name in sorted(entries):
         by_prefix.setdefault(env_name(name), []).append(name)

@@ -101,9 +101,6 @@ OPTIONS = {
 }
 
 
-# -- reading -------------------------------------------------------------------------------------
-
-
 def load_if_plan(path: str, max_bytes: int) -> SavedPlan | None:
     """The saved plan at ``path``, or None when it is something else (a manifest). A saved plan is
     untrusted input: it is checked against schemas/saved-plan.schema.json before any use, and any
@@ -180,9 +177,6 @@ def _malformed(path: str, problems: list[str]) -> UserError:
 def _field_diff(data: dict) -> FieldDiff:
     section, _, key = data["path"].partition(".")
     return FieldDiff(DiffOp(data["op"]), FieldPath(section, key or None), data["old"], data["new"], data["sensitive"])
-
-
-# -- writing -------------------------------------------------------------------------------------
 
 
 def document(plan: Plan, validated: Validated, connection: Connection, sources: Sources, out: str) -> dict:
@@ -283,9 +277,6 @@ def _file_digest(key: bytes, path: str) -> str | None:
 
 def _targets(connection: Connection, local: bool) -> dict[str, str]:
     return {name: "local" if local else t.url for name, t in sorted(connection.targets.items())}
-
-
-# -- applying ------------------------------------------------------------------------------------
 
 
 def check_before_reading(saved: SavedPlan, validated: Validated, connection: Connection, local: bool) -> None:

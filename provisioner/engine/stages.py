@@ -140,9 +140,8 @@ def read_state(
     hydrate: Callable[[LiveInstance], bool] | None = None,
     configuration: bool = True,
 ) -> dict[str, list[LiveInstance]]:
-    """Stage 4: one paged listing per target. A 401/403 stops the run naming the variables.
-    ``hydrate``: which instances the stack does not own need their configuration (see read_live);
-    ``configuration=False``: none is read (one listing, no other request)."""
+    """Stage 4: one paged listing per target (``hydrate`` and ``configuration``: see read_live). A
+    401/403 stops the run naming the variables."""
     live = {}
     for name, client in connection.clients.items():
         try:

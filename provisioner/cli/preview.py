@@ -30,13 +30,7 @@ def rendered(stack: str, desired: list[DesiredInstance], registry: ElementRegist
         schema = registry.get(instance.element)
         assert schema is not None  # validation guarantees the element
         body = masked(create_body(instance, schema, fp, RUN_TAG + AT_APPLY), SENSITIVE)
-        body["tags"] = [_placeholder(t) for t in body["tags"]]
+        body["tags"] = [t[: t.index("=") + 1] + AT_APPLY if t.startswith(_AT_APPLY_TAGS) else t for t in body["tags"]]
         defaults = {k: v for k, v in sorted(schema.defaults.items()) if k not in body["configuration"]}
         out.append({"target": instance.target, "request": "POST /instances", "body": body, "defaults": defaults})
     return out
-
-
-def _placeholder(tag: str) -> str:
-    if tag.startswith(_AT_APPLY_TAGS):
-        return f"{tag[: tag.index('=') + 1]}{AT_APPLY}"
-    return tag

@@ -157,19 +157,13 @@ class Reporter(Protocol):
 
 
 def result_json(result: ChangeResult) -> dict[str, Any]:
-    data = result.change.to_json()
+    data = result.change.to_json() | {"status": result.status, "error": None}
     data["id"] = result.id if result.id is not None else data["id"]
-    data["status"] = result.status
-    data["error"] = (
-        None
-        if result.error is None
-        else {
-            "message": result.error,
-            "requestId": result.request_id,
-            "httpStatus": result.http_status,
-            "hint": failure_hint(result),
-        }
-    )
+    if result.error is not None:
+        hint = failure_hint(result)
+        data["error"] = dict(
+            message=result.error, requestId=result.request_id, httpStatus=result.http_status, hint=hint
+        )
     return data
 
 

@@ -67,10 +67,6 @@ class DriftReport:
     def has_drift(self) -> bool:
         return any(f.kind == "drift" for f in self.findings)
 
-    @property
-    def has_pending(self) -> bool:
-        return any(f.kind == "pending" for f in self.findings)
-
     def summary(self) -> dict[str, Any]:
         by_category = Counter(f.category for f in self.findings)
         return {
@@ -85,7 +81,7 @@ class DriftReport:
         return {
             "stack": self.stack,
             "drift": self.has_drift,
-            "pending": self.has_pending,
+            "pending": any(f.kind == "pending" for f in self.findings),
             "findings": [f.to_json() for f in self.findings],
             "summary": self.summary(),
         }

@@ -126,18 +126,14 @@ def load_if_plan(path: str, max_bytes: int) -> SavedPlan | None:
             f"{_shown(data.get('provisionerVersion'))} cannot be applied by provisioner {__version__}",
             hint="make the plan with the provisioner version that applies it",
         )
+    schema = json.loads(builtin_schemas().joinpath("saved-plan.schema.json").read_text(encoding="utf-8"))
     try:
-        problems = [_described(e) for e in itertools.islice(_validator().iter_errors(data), MAX_LISTED)]
+        problems = [_described(e) for e in itertools.islice(Draft202012Validator(schema).iter_errors(data), MAX_LISTED)]
     except RecursionError:
         problems = ["it is nested too deeply to be read"]
     if problems:
         raise _malformed(path, problems)
     return SavedPlan(path, data)
-
-
-def _validator() -> Draft202012Validator:
-    text = builtin_schemas().joinpath("saved-plan.schema.json").read_text(encoding="utf-8")
-    return Draft202012Validator(json.loads(text))
 
 
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}

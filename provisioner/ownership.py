@@ -68,9 +68,3 @@ def fingerprint_tags(
 def fingerprints_of(tags: Iterable[Any]) -> dict[str, str]:
     pairs = (t[len(FP_TAG) :].rpartition("=") for t in tags if isinstance(t, str) and t.startswith(FP_TAG))
     return {key: digest for key, sep, digest in pairs if sep}
-
-
-def managed_tags(stack: str, fp_tags: list[str], protect: bool = False, applied: str | None = None) -> list[str]:
-    """The stack marker, the fingerprints, then the protection marker and the applied record."""
-    extra = ([PROTECT_TAG] if protect else []) + ([applied] if applied else [])
-    return [stack_marker(stack), *fp_tags, *extra]

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from ..manifest.desired import DesiredInstance
 from ..manifest.elements import OAUTH_REFRESH_TOKEN, ElementSchema
-from ..ownership import PROTECT_TAG, fingerprint_tags, managed_tags, user_tags
+from ..ownership import PROTECT_TAG, fingerprint_tags, stack_marker, user_tags
 from .applied import applied_tag
 from .diff import FieldDiff, FingerprintContext
 from .plan import Action, Change
@@ -29,12 +29,14 @@ def modify_verb(change: Change) -> Literal["PUT", "PATCH"]:
 def all_tags(
     desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext, live_tags: tuple[str, ...] = ()
 ) -> list[str]:
-    """User tags, then provisioner's own; tags and protection the manifest does not declare are kept."""
+    """User tags, the stack marker, the fingerprints, the protection marker and the applied record; tags
+    and protection the manifest does not declare are kept from the live instance."""
     mine = list(desired.tags) if desired.tags is not None else user_tags(live_tags)
     fps = fingerprint_tags(fp.key, fp.stack, desired.name, desired.configuration, schema.secret_keys)
     protect = desired.protect if desired.protect is not None else PROTECT_TAG in live_tags
     mine = list(dict.fromkeys(mine))
-    return [*mine, *managed_tags(fp.stack, fps, protect, applied_tag(desired, schema, fp, mine, protect))]
+    applied = applied_tag(desired, schema, fp, mine, protect)
+    return [*mine, stack_marker(fp.stack), *fps, *([PROTECT_TAG] if protect else []), applied]
 
 
 def wire_configuration(configuration: Any) -> dict[str, Any]:

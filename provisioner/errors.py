@@ -214,8 +214,8 @@ class AmbiguousCreate(ProvisionerError):
 
 
 class InconsistentListing(ProvisionerError):
-    """A listing that cannot be trusted (repeated ids or pages, malformed items, fewer or more items
-    than announced): nothing may be created, replaced or deleted from it."""
+    """A listing that cannot be trusted (repeated ids or pages, malformed items, a wrong count): nothing
+    may be created, replaced or deleted from it."""
 
     def __init__(self, message: str):
         super().__init__(f"the instance listing is inconsistent: {message}")

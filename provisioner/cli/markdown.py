@@ -1,8 +1,6 @@
-"""The Markdown reporter (``--output markdown``, docs/commands.md): plans, applies, drift reports and
-health checks for a pull request comment or a CI step summary; the rest as the text reporter writes it.
-
-Text from the manifest or the server cannot change the document's structure: non-printable characters
-are escaped, table cells escape ``|`` and HTML, and a fence is longer than any run of backticks inside.
+"""The Markdown reporter (``--output markdown``) for a pull request comment or a CI step summary. Text
+from the manifest or the server cannot change the document's structure: non-printable characters are
+escaped, table cells escape ``|`` and HTML, and a fence is longer than any run of backticks inside.
 """
 
 from __future__ import annotations
@@ -67,7 +65,6 @@ def _diff_lines(diffs: Iterable[FieldDiff]) -> list[str]:
 
 
 def _heading(words: Iterable[Any], element: str | None, ident: Any) -> str:
-    """``#### `kind` `name` (`element`, id `7`)``."""
     details = ", ".join(p for p in (element and code(element), ident is not None and f"id {code(ident)}") if p)
     return "#### " + " ".join(code(w) for w in words) + (f" ({details})" if details else "")
 

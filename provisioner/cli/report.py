@@ -243,9 +243,8 @@ class JsonReporter:
 
 
 def printable(value: Any) -> Any:
-    """A JSON-like value as it may be printed: secrets masked, every string (keys too) through the
-    redactor before JSON escaping can change its spelling, a number that is a secret masked, and lone
-    surrogates written as escapes (the document is valid Unicode for any JSON parser)."""
+    """A JSON-like value as it may be printed: secrets masked, every string (keys too) and number
+    redacted before JSON escaping could respell it, lone surrogates as escapes (valid Unicode)."""
     if isinstance(value, Secret):
         return MASK
     if isinstance(value, dict):

@@ -40,8 +40,7 @@ def all_tags(
 
 
 def wire_configuration(configuration: Any) -> dict[str, Any]:
-    """Configuration values as the API stores them: a JSON-valued key given as a mapping or list
-    (``event.poller.configuration``) is sent as compact JSON text, as the API expects."""
+    """Configuration as the API stores it: a mapping or list value is sent as compact JSON text."""
     return {
         k: json.dumps(v, separators=(",", ":"), ensure_ascii=False) if isinstance(v, (dict, list)) else v
         for k, v in configuration.items()
@@ -104,9 +103,7 @@ def adopt_body(
     live_tags: tuple[str, ...],
     diff: tuple[FieldDiff, ...],
 ) -> dict[str, Any]:
-    """Taking over an unmanaged instance, in one PATCH: the stack's marker and fingerprints, and the
-    declared configuration (secrets included: they cannot be compared, so they are always sent). PATCH
-    merges configuration, so keys the manifest does not declare (an OAuth token the platform keeps)
-    stay as they are."""
+    """Adoption, one PATCH: the tags and the declared configuration, secrets included (PATCH merges, so
+    keys the manifest does not declare, such as an OAuth token the platform keeps, stay)."""
     body = put_body(desired, schema, fp, live_tags, diff)
     return {"tags": body["tags"], "configuration": body["configuration"]}

@@ -56,9 +56,8 @@ class FieldDiff:
 
 @dataclass(frozen=True)
 class FingerprintContext:
-    """What a fingerprint needs besides the value: the keyed HMAC key and the stack. One per target
-    and run; it also keeps the run's field digests made with its key (``applied.py``): a forEach
-    writes the same few values (defaults, element, tags) thousands of times."""
+    """The fingerprint key and the stack, one per target and run; it keeps the run's field digests
+    (``applied.py``): a forEach writes the same few values thousands of times."""
 
     key: bytes
     stack: str

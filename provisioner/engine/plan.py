@@ -191,8 +191,7 @@ def check_reauthenticate(desired: list[DesiredInstance], registry: ElementRegist
 
 
 def _reauthenticated(change: Change) -> Change:
-    """A declared instance named by ``--reauthenticate``: its full declared body is sent again with
-    reAuthenticate=true, which also makes any update it had (and an enabled state is set after)."""
+    """A declared instance named by ``--reauthenticate``: its full body is sent again (with any update)."""
     if change.action in (Action.NOOP, Action.UPDATE, Action.RENAME, Action.DISABLE, Action.ENABLE):
         why = "--reauthenticate: the declared credentials are sent again for the provider to check; id and token kept"
         return replace(change, action=Action.REAUTHENTICATE, reason=why + (f"; {change.reason}" if change.diff else ""))

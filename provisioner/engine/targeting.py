@@ -74,9 +74,8 @@ def restrict(
     live_by_target: Mapping[str, list[Any]],
     aliases: Mapping[str | None, frozenset[str]],
 ) -> tuple[list[Any], dict[str, list[Any]], int]:
-    """The selected declared instances, the live instances the plan may see, and how many declared
-    instances were left out. Live instances under a left-out declared name (or old name) are dropped;
-    other undeclared ones are kept only when they match the selection themselves."""
+    """The selected declared instances, the live ones the plan may see (none under a left-out declared or
+    old name; undeclared ones that match), and how many declared instances were left out."""
     chosen = [d for d in desired if selection.selects_desired(d)]
     kept_names = _names(chosen)
     left_names = _names([d for d in desired if not selection.selects_desired(d)])

@@ -1,13 +1,7 @@
-"""The one error tree of provisioner, with three outcomes.
-
-* ``UserError`` (and ``ValidationFailed``): the user can fix it. Message, location, hint, exit 1,
-  never a traceback.
-* ``ApiError`` and ``TransportError``: the API or the network said no. Shown with the instance name
-  and the API's requestId, exit 1.
-* Anything else is a bug: one line on stderr and the (redacted) traceback in a crash file.
-
-Every message that reaches a user goes through the redactor on its way out (see ``secret.py``), but
-no error here is ever built from a secret value in the first place.
+"""The one error tree, three outcomes: ``UserError`` (message, location, hint, exit 1, never a
+traceback); ``ApiError`` and ``TransportError`` (the API or the network said no: exit 1, with the
+requestId); anything else is a bug (one line, the redacted traceback in a crash file). No error here is
+ever built from a secret value.
 """
 
 from __future__ import annotations
@@ -26,8 +20,7 @@ class Severity(StrEnum):
 
 @dataclass(frozen=True)
 class Location:
-    """Where a problem is: a file and line, optionally the template file and line it came from,
-    the instance name and the configuration key or path inside the instance."""
+    """Where a problem is: file and line, the template it came from, the instance, the path inside it."""
 
     file: str | None = None
     line: int | None = None
@@ -179,12 +172,9 @@ class WaitTooLong(RateLimited):
 
 
 class TransportError(ProvisionerError):
-    """No usable HTTP answer: connection refused or reset, timeout, response lost.
-
-    ``ambiguous`` is true when the request may have reached the server and been processed (a reset
-    or timeout after the request was sent); a create that fails that way must be looked up before
-    it is tried again.
-    """
+    """No usable HTTP answer: connection refused or reset, timeout, response lost. ``ambiguous``: the
+    request may have been processed (sent, then reset or timed out); such a create is looked up before
+    it is tried again."""
 
     def __init__(
         self,
@@ -224,8 +214,8 @@ class AmbiguousCreate(ProvisionerError):
 
 
 class InconsistentListing(ProvisionerError):
-    """A listing that cannot be trusted (repeated ids or pages, malformed items, fewer or more items
-    than announced): nothing may be created, replaced or deleted from it."""
+    """A listing that cannot be trusted (repeated ids or pages, malformed items, a wrong count): nothing
+    may be created, replaced or deleted from it."""
 
     def __init__(self, message: str):
         super().__init__(f"the instance listing is inconsistent: {message}")

@@ -1,16 +1,10 @@
-"""What provisioner writes on the instances it owns, one tag each:
+"""The tags provisioner writes on the instances it owns (the table is in docs/ownership.md), and the
+fingerprints of secret values.
 
-    provisioner:stack=<stack>       the owner; an instance's identity is this marker plus its name
-    provisioner:fp:<key>=<digest>   a keyed digest of one secret value (the API returns secrets masked)
-    provisioner:run=<id>            the run that created it: its own copies, even when an answer was lost
-    provisioner:protect             never deleted or replaced (engine/protection.py)
-    provisioner:applied=<digests>   digests of the non-secret fields as last written (engine/applied.py)
-
-Cloud Elements does not make names unique, so ownership is a tag. An instance with another stack's
-marker is invisible to a stack; one with no marker at all is unmanaged, taken over only by
-``--adopt``. A fingerprint is an HMAC-SHA256, keyed from the target's organization secret (or
-``PROVISIONER_FINGERPRINT_KEY``), over the stack, instance name, key and value: neither the secret
-nor an unkeyed hash of it leaves the machine, and one password on two instances gives two digests.
+Identity is the stack marker plus the name: another stack's instances are invisible, one with no marker
+is unmanaged. A fingerprint is an HMAC-SHA256 keyed from the organization secret (or
+``PROVISIONER_FINGERPRINT_KEY``) over stack, name, key and value: neither the secret nor an unkeyed hash
+of it leaves the machine, and one password on two instances gives two digests.
 """
 
 from __future__ import annotations
@@ -41,18 +35,15 @@ def run_tag(run_id: str) -> str:
 
 
 def is_unmanaged(tags: Iterable[Any]) -> bool:
-    """No stack marker at all: made by hand (or another tool), and the only kind ``--adopt`` takes
-    over. An instance with another stack's marker is that stack's, and invisible to this one."""
+    """No stack marker at all (made by hand): the only kind ``--adopt`` takes over."""
     return not any(isinstance(t, str) and t.startswith(STACK_TAG) for t in tags)
 
 
 def user_tags(tags: Iterable[Any]) -> list[str]:
-    """The user's own tags: not those provisioner writes itself."""
     return [t for t in tags if isinstance(t, str) and not t.startswith(TAG_PREFIX)]
 
 
 def fingerprint_key(organization_secret: Secret, override: str | None = None) -> bytes:
-    """The HMAC key for fingerprints: derived from the organization secret unless overridden."""
     material = override if override else organization_secret.reveal()
     return hmac.new(material.encode("utf-8"), b"provisioner fingerprint key v1", hashlib.sha256).digest()
 
@@ -75,12 +66,5 @@ def fingerprint_tags(
 
 
 def fingerprints_of(tags: Iterable[Any]) -> dict[str, str]:
-    """The fingerprints recorded on a live instance, by configuration key."""
     pairs = (t[len(FP_TAG) :].rpartition("=") for t in tags if isinstance(t, str) and t.startswith(FP_TAG))
     return {key: digest for key, sep, digest in pairs if sep}
-
-
-def managed_tags(stack: str, fp_tags: list[str], protect: bool = False, applied: str | None = None) -> list[str]:
-    """The stack marker, the fingerprints, then the protection marker and the applied record."""
-    extra = ([PROTECT_TAG] if protect else []) + ([applied] if applied else [])
-    return [stack_marker(stack), *fp_tags, *extra]

@@ -1,11 +1,9 @@
 """Files the user names (outputs, saved plans, imported manifests), written safely.
 
-A path the user names is checked before anything is written, and again just before the rename:
-it must be a regular file or not exist yet, in a directory that exists. A device, FIFO, socket or
-directory at that path is refused (``--outputs /dev/null`` run as root must not replace the device
-with a file of tokens); a symlink is followed only to a regular file, and the link stays a link.
-The text goes to a temporary file in the same directory, created with the file's final mode,
-flushed and fsynced, then renamed over the target: no reader ever sees half of it.
+The path must be a regular file or a new one in an existing directory, checked before anything is
+written and again before the rename: a device, FIFO, socket or directory is refused (``--outputs
+/dev/null`` as root must not replace the device), a symlink is followed only to a regular file. The
+text goes to a temporary file with the final mode, fsynced, then renamed: no reader sees half of it.
 """
 
 from __future__ import annotations
@@ -27,8 +25,7 @@ _KINDS = (
 
 
 def checked_path(path: str, what: str) -> str:
-    """The path to replace when writing ``what`` to ``path`` (a symlink's regular target), or a
-    UserError naming what is there. Nothing is created."""
+    """The path to replace (a symlink's regular target), or a UserError naming what is there."""
     if not path or "\0" in path:
         raise UserError(f"no usable path for the {what}", hint="give a file name")
     target = os.path.abspath(path)

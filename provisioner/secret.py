@@ -1,12 +1,8 @@
 """Secrets masked by construction, and a last-line redactor for everything that leaves the process.
 
-A ``Secret`` holds a sensitive string (an API secret, a secret configuration value, an instance
-token). Its ``str`` and ``repr`` are masked; the raw value takes an explicit ``reveal()``. The JSON
-encoder of the HTTP client is the only place that reveals secrets on the way out (``json_default``).
-
-The ``Redactor`` is a second, independent guard: every secret value that is created is registered
-with it, and every stream provisioner writes to (stdout, stderr, log and crash files, JSON output)
-passes its text through ``redact`` before writing it.
+A ``Secret``'s ``str`` and ``repr`` are masked; only the HTTP client's JSON encoder (``json_default``)
+and the outputs file reveal it. Every Secret is also registered with ``REDACTOR``, through which every
+stream provisioner writes passes (docs/secrets.md lists the encodings it masks).
 """
 
 from __future__ import annotations
@@ -35,9 +31,7 @@ _OPEN_EDGE = re.compile(r"""(?<=["'`])""")
 
 
 class Secret:
-    """A sensitive string. ``str()`` and ``repr()`` are masked; ``reveal()`` returns the value.
-    ``token=True`` for an instance token: registered with the redactor in the forms a token is
-    printed in (see ``token_forms``), which is cheaper for the 10,000 tokens of a large listing."""
+    """A sensitive string, masked in ``str()`` and ``repr()``; ``token=True``: see ``Redactor.add``."""
 
     __slots__ = ("_value",)
 
@@ -45,10 +39,7 @@ class Secret:
         if isinstance(value, Secret):
             value = value.reveal()
         self._value = value
-        if token:
-            REDACTOR.add_token(value)
-        else:
-            REDACTOR.add(value)
+        REDACTOR.add(value, token=token)
 
     def reveal(self) -> str:
         return self._value
@@ -77,21 +68,17 @@ def reveal(value: Any) -> Any:
     return value.reveal() if isinstance(value, Secret) else value
 
 
-def json_default(value: Any) -> Any:
-    """``json.dumps(default=...)`` hook used only where a request body is serialised for the API."""
-    if isinstance(value, Secret):
-        return value.reveal()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+json_default = reveal  # json.dumps(default=...) where a request body is serialised for the API
 
 
-def masked(value: Any) -> Any:
-    """A copy of a JSON-like value with every Secret replaced by the mask (for output)."""
+def masked(value: Any, mask: str = MASK) -> Any:
+    """A copy of a JSON-like value with every Secret replaced by ``mask``."""
     if isinstance(value, Secret):
-        return MASK
+        return mask
     if isinstance(value, dict):
-        return {k: masked(v) for k, v in value.items()}
+        return {k: masked(v, mask) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [masked(v) for v in value]
+        return [masked(v, mask) for v in value]
     return value
 
 
@@ -137,7 +124,6 @@ def _html_forms(value: str) -> list[str]:
 
 
 def _url_forms(value: str) -> list[str]:
-    """Percent-encoding of the UTF-8 bytes, with quote and quote_plus, for each set of kept characters."""
     return [
         encode(value, safe=safe, errors="surrogatepass") for safe in _URL_SAFE_SETS for encode in (quote, quote_plus)
     ]
@@ -155,9 +141,8 @@ def _repr_forms(value: str) -> list[str]:
 
 
 def _base64_forms(data: bytes) -> list[str]:
-    """base64 of ``data``, whole and as it reads inside a longer encoded string: for each of the 3
-    alignments, the characters that depend only on ``data``. (The urlsafe alphabet and unpadded
-    forms are matched through ``_normalized``.)"""
+    """base64 of ``data``, whole and, at each of the 3 alignments inside a longer encoded string, the
+    characters that depend only on ``data`` (urlsafe and unpadded forms match through ``_normalized``)."""
     aligned = [base64.b64encode(b"\0" * k + data).decode("ascii") for k in range(3)]  # data after k bytes
     # after k bytes, the characters from ceil(8k/6) up to 8(k+size)/6 depend only on the data
     return [aligned[0], *(text[(8 * k + 5) // 6 : 8 * (k + len(data)) // 6] for k, text in enumerate(aligned))]
@@ -168,19 +153,16 @@ _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 
 
 def _normalized(text: str) -> str:
-    """The same text with urlsafe base64 read as standard (- as +, _ as /) and percent-encoded
-    hex in upper case. Same length, so a match in it is a match at the same place in the text;
-    secret forms are registered normalized, so one form matches all these spellings."""
+    """The text with urlsafe base64 read as standard and percent-encoded hex in upper case: same length,
+    so a match in it is a match at the same place; forms are registered normalized too."""
     if "%" in text:
         text = _LOWER_HEX.sub(lambda m: m.group().upper(), text)
     return text.translate(_URLSAFE_TO_STANDARD) if "-" in text or "_" in text else text
 
 
 def encoded_forms(value: str) -> set[str]:
-    """Every form a secret may be printed in, a fixed list that does not depend on the hash seed:
-    raw (also with whitespace collapsed, sanitized, and line by line), JSON string escapes, URL
-    (quote and quote_plus), base64 (at any alignment), HTML (named and numeric entities) and Python
-    repr; and the same encodings of its JSON-escaped form (a request body echoed back)."""
+    """Every form a secret may be printed in (docs/secrets.md), a list that does not depend on the hash
+    seed; also the same encodings of its JSON-escaped form (a request body echoed back)."""
     bases = [value, " ".join(value.split()), sanitize(value), *value.splitlines(), *_json_forms(value)]
     forms = list(bases)
     for base in dict.fromkeys(bases):
@@ -192,9 +174,8 @@ def encoded_forms(value: str) -> set[str]:
 
 
 def token_forms(value: str) -> set[str]:
-    """The forms an instance token (base64 text the API generated) is printed in: raw, JSON-escaped,
-    URL-encoded, and base64-encoded whole. Its alphabet rules out the HTML, repr and whitespace forms
-    of ``encoded_forms``; the unaligned base64 variants are left to secrets a person chose."""
+    """The forms of an instance token (base64 text the API generated): its alphabet rules out the HTML,
+    repr and whitespace forms; unaligned base64 is left to secrets a person chose."""
     return {
         value,
         value.replace("/", "\\/"),
@@ -206,12 +187,9 @@ def token_forms(value: str) -> set[str]:
 class Redactor:
     """Knows every secret value of this process and masks them, in all their encodings, in text.
 
-    There can be many secrets (every instance token of a 10,000-instance organization), so the search
-    is linear in the text: forms made only of word characters (tokens, most passwords, their URL and
-    base64 encodings) are found by scanning the text's word runs once, looking up each position's
-    first characters in an index of forms; the few others (with spaces, quotes, escapes) go through
-    one regular expression.
-    """
+    The search is linear in the text however many secrets there are (10,000 tokens): forms made of word
+    characters are found by one scan of the text's word runs through an index of their first
+    characters; the few others (spaces, quotes, escapes) by one regular expression."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -230,20 +208,12 @@ class Redactor:
             self._edged: set[str] = set()  # the forms in _heads and _tails
             self._longest = 0
 
-    def _is_new(self, value: Any) -> bool:
-        """A value worth registering, not registered yet (a set read needs no lock)."""
-        return isinstance(value, str) and len(value) >= MIN_REDACT_LENGTH and value not in self._known
-
-    def add(self, value: Any) -> None:
-        """Register a secret with every form it may be printed in (see ``encoded_forms``)."""
-        if self._is_new(value):
-            self._register(value, encoded_forms(value))
-
-    def add_token(self, value: Any) -> None:
-        """Register an instance token (see ``token_forms``); a value that is not token-like text is
-        registered as a secret."""
-        if self._is_new(value):
-            token = bool(_TOKEN.fullmatch(value))
+    def add(self, value: Any, token: bool = False) -> None:
+        """Register a secret with every form it may be printed in (``encoded_forms``). ``token``: an
+        instance token, registered in the fewer forms of ``token_forms`` (cheaper for the 10,000 tokens
+        of a large listing) unless it is not token-like text."""
+        if isinstance(value, str) and len(value) >= MIN_REDACT_LENGTH and value not in self._known:
+            token = token and bool(_TOKEN.fullmatch(value))
             self._register(value, token_forms(value) if token else encoded_forms(value), words_only=token)
 
     def _register(self, value: str, forms: set[str], words_only: bool = False) -> None:
@@ -311,9 +281,8 @@ class Redactor:
 
 
 def _mask_run(run: str, words: set[str], by_prefix: dict[str, set[int]], shortest: int) -> str:
-    """Mask every secret form inside one run of word characters (longest first, left to right).
-    The run is searched in its normalized spelling; one index lookup per position: linear in the
-    run's length."""
+    """Mask every secret form inside one run of word characters (longest first, left to right), with
+    one index lookup per position of its normalized spelling."""
     if len(run) < shortest:
         return run
     view = _normalized(run)
@@ -346,9 +315,8 @@ _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u20
 
 
 def sanitize(text: str) -> str:
-    """Text that came from a server, made safe to print on one line: ANSI escape sequences and
-    control characters removed, line breaks and tabs turned into single spaces. A server cannot
-    then forge a line of our output, clear the screen or recolour the terminal."""
+    """Server text on one line, ANSI sequences and controls removed, line breaks as spaces: a server
+    cannot forge a line of our output, clear the screen or recolour the terminal."""
     if not text:
         return text
     text = _ANSI.sub("", text)
@@ -357,10 +325,8 @@ def sanitize(text: str) -> str:
 
 
 def escape(text: str, keep: str = "") -> str:
-    """Text made safe to print, and still recognisable: every character that is not printable
-    (controls, ANSI's ESC, bidi and other format characters, line separators, lone surrogates) is
-    written as its Python escape (``\\x1b``, ``\\u202e``, ``\\ud800``), except those in ``keep``
-    (the reporters keep their own line breaks). The result always encodes as UTF-8."""
+    """Text safe to print and still recognisable: every non-printable character but those in ``keep`` as
+    its Python escape (``\\x1b``, ``\\u202e``, ``\\ud800``); the result always encodes as UTF-8."""
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)

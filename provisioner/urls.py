@@ -11,7 +11,7 @@ from .secret import REDACTOR, sanitize
 
 
 def is_loopback(host: str) -> bool:
-    """Is ``host`` this machine (localhost, 127.0.0.0/8, ::1)?"""
+    """localhost, 127.0.0.0/8, ::1."""
     host = (host or "").strip("[]").lower()
     if host in ("localhost", "localhost.localdomain", "ip6-localhost") or host.endswith(".localhost"):
         return True

@@ -5,6 +5,7 @@ shell completion scripts click generates."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -41,12 +42,15 @@ def test_no_word_is_cut_by_the_wrapping(command):
 
 def test_the_command_list_shows_whole_first_sentences():
     text = _help()
-    listing = text.split("Commands:")[1]
-    assert "..." not in listing
-    assert "Make the live instances match the manifest, and deliver their tokens." in " ".join(listing.split())
-    for name in COMMANDS:
-        first = " ".join(cli.commands[name].help.split("\n\n")[0].split()).split(". ")[0].rstrip(".")
-        assert first in " ".join(listing.split()), name
+    listing = text.split("Commands:")[1].split("\n\n")[0]
+    entries = {name: " ".join(e.split()) for name, e in re.findall(r"(?m)^  (\S+) +(.*(?:\n {4,}.*)*)", listing)}
+    assert sorted(entries) == COMMANDS
+    assert entries["apply"] == "Make the live instances match the manifest, and deliver their tokens."
+    for name, entry in entries.items():
+        command = cli.commands[name]
+        first = command.short_help or " ".join(command.help.split("\n\n")[0].split()).split(". ")[0]
+        assert entry == first.rstrip(".") + ".", name
+        assert not entry.endswith(("e.g.", "i.e.")), name  # click takes "e.g. " for a sentence's end
     assert "_PROVISIONER_COMPLETE=bash_source" in text
 
 

@@ -32,7 +32,7 @@ def remember_tokens(data: Any) -> Any:
     items = data if isinstance(data, list) else [data]
     for item in items:
         if isinstance(item, dict) and isinstance(item.get("token"), str):
-            REDACTOR.add_token(item["token"])
+            REDACTOR.add(item["token"], token=True)
     return data
 
 

@@ -212,20 +212,9 @@ def _sources(args: Online) -> savedplan.Sources:
     return savedplan.Sources(args.manifest, args.inputs, set_keys, args.schemas, args.local)
 
 
-FIXED_BY_A_SAVED_PLAN = {  # ApplyArgs field: its option
-    "prune": "--prune",
-    "allow_replace": "--allow-replace",
-    "force": "--force",
-    "targets": "--target",
-    "excludes": "--exclude",
-    "allow_destroy": "--allow-destroy",
-    "reauthenticate": "--reauthenticate",
-}
-
-
 def _from_saved(saved: savedplan.SavedPlan, args: ApplyArgs) -> ApplyArgs:
     """What ``apply FILE`` runs: what the plan fixed, and what may be given now."""
-    for field, option_name in FIXED_BY_A_SAVED_PLAN.items():
+    for field, (_, option_name) in savedplan.OPTIONS.items():
         if getattr(args, field):
             raise UserError(
                 f"{option_name} cannot be given with a saved plan: the plan fixed its options",
@@ -244,16 +233,13 @@ def _from_saved(saved: savedplan.SavedPlan, args: ApplyArgs) -> ApplyArgs:
         manifest=sources.manifest,
         inputs=args.inputs or sources.inputs,
         schemas=args.schemas or sources.schemas,
-        **{field: getattr(saved.options, field) for field in FIXED_BY_A_SAVED_PLAN},
+        **{field: getattr(saved.options, field) for field in savedplan.OPTIONS},
     )
 
 
 def _confirmed(run: Run, the_plan: Plan, args: ApplyArgs | DestroyArgs, reviewed: bool) -> bool:
-    """Show the plan before any write and, on a terminal, go on only after 'yes' (as Terraform does).
-
-    apply shows its plan in text output always, so the log records each change's diff; without a
-    terminal (a pipeline) it goes on, and so does a saved plan (it was reviewed). destroy asks, or
-    needs --yes without a terminal."""
+    """Show the plan before any write (apply's text output always: the log records each diff) and, on a
+    terminal, go on only after 'yes'; a saved plan was reviewed. destroy needs --yes without a terminal."""
     destroy = isinstance(args, DestroyArgs)
     terminal = sys.stdin.isatty() and (destroy or sys.stdout.isatty())
     ask = not args.yes and not reviewed and terminal

@@ -1,9 +1,6 @@
-"""``provisioner init``: from nothing to a manifest that validates, and optionally a pipeline for it.
-
-The manifest comes from ``manifest/starter.py``; the pipeline from the repository's examples
-(``examples/pipelines``, shipped in the package as ``provisioner.pipelines``) with this manifest and
-its variables in place. Nothing is ever overwritten: a file already there stops init before it
-writes anything (exit 1, naming the file).
+"""``provisioner init``: from nothing to a manifest that validates, and optionally a pipeline for it (an
+example of ``examples/pipelines`` with this manifest and its variables in place). It never overwrites a
+file: one already there stops init before it writes anything.
 """
 
 from __future__ import annotations
@@ -28,7 +25,7 @@ PIPELINES = {  # --ci: the example it starts from, and where the platform reads 
 }
 
 
-@command(InitArgs)
+@command(InitArgs, short_help="Write a commented starter manifest declaring one instance of each ELEMENT.")
 @click.argument("elements", nargs=-1, required=True, metavar="ELEMENT...")
 @click.option(
     "--out",
@@ -86,7 +83,7 @@ def init(run: Run, args: InitArgs) -> int:
 
 
 def _create(path: str, text: str) -> None:
-    """Create the file (never replacing one that appeared meanwhile), and its directory if needed."""
+    """Create the file (never replacing one that appeared meanwhile) and its directory."""
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "x", encoding="utf-8") as handle:

@@ -1,13 +1,8 @@
-"""``--local``: run against an embedded emulator whose state persists in ``.provisioner/``.
+"""``--local``: an embedded emulator whose state persists in ``.provisioner/emulator.db``: a first run
+with no account, and a second that shows nothing changes.
 
-This is how a new user's first run works with no account and no variable to set, and how a second
-run shows that nothing changes: the emulator's SQLite file stays in ``.provisioner/emulator.db`` of
-the current directory between runs.
-
-The directory sits in the user's working tree, so it is kept private and out of version control:
-mode 0700, every file in it 0600 (the database and SQLite's -wal/-shm/-journal files), and a
-``.gitignore`` that ignores everything in it. The emulator stores secret configuration values only
-as keyed digests (see ``emulator/store.py``), so the database holds no password in clear either.
+The directory sits in the user's working tree, so it is kept private and out of version control: mode
+0700, every file in it 0600 (SQLite's journal files too), and a ``.gitignore`` that ignores everything.
 """
 
 from __future__ import annotations
@@ -35,8 +30,7 @@ class LocalApi:
 
 @contextmanager
 def local_api(enabled: bool, state_dir: str = STATE_DIR) -> Iterator[LocalApi | None]:
-    """With --local, start the embedded emulator on a free loopback port for the duration of one
-    command (the emulator is imported only then: a run against the API starts faster)."""
+    """With --local, the emulator on a free loopback port for one command (imported only then)."""
     if not enabled:
         yield None
         return
@@ -83,7 +77,6 @@ def prepare_state_dir(state_dir: str) -> None:
 
 
 def private_files(state_dir: str) -> None:
-    """Mode 0600 for every file in the state directory."""
     try:
         names = os.listdir(state_dir)
     except OSError:

@@ -1,12 +1,5 @@
-"""The command line: parse arguments, call the engine, turn the result into output and an exit code.
-
-Exit codes are a contract, the same for every command: 0 success; 1 error (bad input, API error,
-conflict, protected instance refused, failed change, stale saved plan, misuse of the command line);
-2 only from ``plan --detailed-exitcode`` when changes are pending and from ``drift`` when something
-changed behind provisioner's back; 130/143 when SIGINT/SIGTERM interrupted an apply or destroy.
-
-The commands live in ``commands.py`` (those that read a manifest) and ``tools.py`` (schemas, the
-emulator, the manifest's schema); their options and typed values in ``options.py``.
+"""The command line's group and entry point. Exit codes are a contract, the same for every command
+(docs/commands.md, Exit codes): a usage error exits 1, never 2.
 """
 
 from __future__ import annotations
@@ -40,7 +33,7 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: click's usage errors exit 1 (never 2), bugs write a redacted crash file."""
+    """Entry point: a bug writes a redacted crash file."""
     # A run builds one large, long-lived object graph (10,000 instances: desired, live, plan) and
     # little cyclic garbage; the default collector thresholds rescan it hundreds of times.
     gc.freeze()

@@ -1,20 +1,11 @@
-"""The Markdown reporter (``--output markdown``): a plan, an apply, a drift report or a health check fit
-for a pull request comment or a CI step summary (GitHub's ``$GITHUB_STEP_SUMMARY``).
-
-It takes the same data as the text reporter. A plan or an apply: a summary table of action counts, then
-one section per changed instance with its reason and a fenced ``diff`` block. A drift report: a table of
-findings by category and kind (drift or pending), then one section per finding with a table of its
-fields. Secret values show as ``(sensitive)``, and every byte still passes through the redactor. Text
-from the manifest or the server (names, reasons, values) is escaped so that it cannot change the
-document's structure: non-printable characters are shown as escapes (``\\n``, ``\\x1b``), table cells
-escape ``|`` and HTML, and a fence is always longer than any run of backticks inside it. Problems,
-warnings and errors go to stderr as plain text, as the text reporter writes them.
+"""The Markdown reporter (``--output markdown``) for a pull request comment or a CI step summary. Text
+from the manifest or the server cannot change the document's structure: non-printable characters are
+escaped, table cells escape ``|`` and HTML, and a fence is longer than any run of backticks inside.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -23,10 +14,10 @@ from ..closedsets import assert_never
 from ..engine import health
 from ..engine.apply import ApplyResult, ChangeResult, Status
 from ..engine.diff import DiffOp, FieldDiff
-from ..engine.drift import CATEGORIES, DriftReport, Finding, summary_line
+from ..engine.drift import CATEGORIES, DriftReport, Finding
 from ..engine.plan import ACTIONS, WRITES, Action, Change, Plan
-from ..secret import SENSITIVE, escape
-from .report import _PAST, _SYMBOLS, LIST_LIMIT, TextReporter, _request, done_counts, shown
+from ..secret import escape
+from .report import _PAST, _SYMBOLS, LIST_LIMIT, TextReporter, _request, done_counts, drift_summary, drift_values, shown
 
 _LABELS = {"noop": "unchanged", "conflict": "conflict"}
 T = TypeVar("T")
@@ -74,7 +65,6 @@ def _diff_lines(diffs: Iterable[FieldDiff]) -> list[str]:
 
 
 def _heading(words: Iterable[Any], element: str | None, ident: Any) -> str:
-    """``#### `kind` `name` (`element`, id `7`)``."""
     details = ", ".join(p for p in (element and code(element), ident is not None and f"id {code(ident)}") if p)
     return "#### " + " ".join(code(w) for w in words) + (f" ({details})" if details else "")
 
@@ -93,15 +83,9 @@ def _finding_section(finding: Finding) -> str:
     parts = [_heading((finding.kind, finding.category, finding.name), finding.element, finding.id), ""]
     parts.append(cell(finding.detail))
     if finding.fields:
-        rows = [(f.path, *_field_values(f.sensitive, f.live, f.manifest), f.kind) for f in finding.fields]
+        rows = [(f.path, *drift_values(f), f.kind) for f in finding.fields]
         parts += ["", table(("field", "live", "manifest", "kind"), rows)]
     return "\n".join(parts)
-
-
-def _field_values(sensitive: bool, live: Any, manifest: Any) -> tuple[str, str]:
-    if sensitive:
-        return SENSITIVE, SENSITIVE
-    return json.dumps(live, default=str), json.dumps(manifest, default=str)
 
 
 def _capped(items: Sequence[T], section: Callable[[T], str], verbose: bool, noun: str) -> list[str]:
@@ -124,15 +108,11 @@ def _status_text(r: ChangeResult) -> str:
 
 
 class MarkdownReporter(TextReporter):
-    """Plans, apply results, drift reports and health checks as Markdown on stdout; everything else as
-    the text reporter writes it."""
-
     def _write(self, *blocks: str) -> None:
         self.out.raw.write("\n\n".join(blocks) + "\n")  # redacted and escaped, never styled
         self.out.raw.flush()
 
     def plan(self, plan: Plan, command: str = "plan") -> None:
-        """Title, action counts, warnings, then a section per instance that changes."""
         counts = plan.counts()
         changed = [c for c in plan.changes if c.action != Action.NOOP or c.warning or self.verbose]
         self._write(
@@ -148,7 +128,6 @@ class MarkdownReporter(TextReporter):
     def applied(
         self, result: ApplyResult, stats: dict[str, Any], command: str = "apply", outputs: str | None = None
     ) -> None:
-        """What was done per action and status, then a section per change."""
         status = {s: sum(1 for r in result.results if r.status == s) for s in (Status.FAILED, Status.SKIPPED)}
         rows = [
             *((_PAST[a], n) for a, n in done_counts(result).items()),
@@ -175,11 +154,10 @@ class MarkdownReporter(TextReporter):
             self.err.print(f"{status[Status.FAILED]} change(s) failed; see the Markdown report.")
 
     def drift(self, report: DriftReport, stats: dict[str, Any]) -> None:
-        """Verdict, findings by category and kind, then a section per finding."""
         counts = {category: {"drift": 0, "pending": 0} for category in CATEGORIES}
         for finding in report.findings:
             counts[finding.category][finding.kind] += 1
-        verdict = summary_line(report)
+        verdict = drift_summary(report)
         self._write(
             f"### provisioner drift: stack {code(report.stack)}",
             f"**{verdict}**" if report.has_drift else verdict,
@@ -189,8 +167,6 @@ class MarkdownReporter(TextReporter):
         )
 
     def health(self, report: health.HealthReport, stats: dict[str, Any]) -> None:
-        """Verdict, then one table row per declared instance (and one table of the instances the stack
-        owns but no longer declares)."""
         headers = ("instance", "element", "id", "status", "detail", "run")
 
         def rows(entries: Sequence[health.Health]) -> list[tuple[Any, ...]]:

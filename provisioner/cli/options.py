@@ -1,8 +1,5 @@
-"""The command line's options, declared once, and the typed values click builds from them.
-
-Each command's callback receives one frozen value whose fields are its click parameters (``Source``
-for offline commands, ``Online`` and its kinds for the ones that read the API): ``run.command`` builds
-it, and the command bodies never read a dict of parameters.
+"""The command line's options, declared once, and the typed values click builds from them: each command
+body receives one frozen value whose fields are its click parameters (``run.command`` builds it).
 """
 
 from __future__ import annotations
@@ -67,7 +64,9 @@ class Command(click.Command):
         return paragraph if end < 0 else paragraph[: end + 1]
 
 
-# -- the typed values: their fields are the commands' click parameters ------------------------------
+def _shared(value: Any, kind: Any) -> dict[str, Any]:
+    """The fields of the dataclass ``kind`` that ``value`` has too, by name."""
+    return {f.name: getattr(value, f.name) for f in fields(kind) if hasattr(value, f.name)}
 
 
 @dataclass(frozen=True)
@@ -83,8 +82,7 @@ class Inputs:
     verbose: bool
 
     @property
-    def reporter(self) -> str:
-        """The reporter (see ``run.REPORTERS``) of this command's -o value."""
+    def reporter(self) -> str:  # see run.REPORTERS
         return self.output or "text"
 
 
@@ -93,7 +91,7 @@ class ValidateArgs(Inputs):
     manifest: tuple[str, ...]
 
     def source(self, manifest: str) -> Source:
-        return Source(manifest=manifest, **{f.name: getattr(self, f.name) for f in fields(Inputs)})
+        return Source(manifest=manifest, **_shared(self, Inputs))
 
 
 @dataclass(frozen=True)
@@ -126,16 +124,7 @@ class Online(Source):
 
     def engine_options(self, trace: Callable[[str], None], local: Any = None) -> engine.Options:
         Selection.of(self.plan.targets, self.plan.excludes)  # a malformed pattern: a usage error, first
-        client = ClientSettings(
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.timeout,
-            deadline=self.deadline,
-            max_attempts=self.max_attempts,
-            max_retry_time=self.max_retry_time,
-            parallelism=self.parallelism,
-            max_rate=self.max_rate,
-            max_answer_bytes=self.max_answer_bytes,
-        )
+        client = ClientSettings(read_timeout=self.timeout, **_shared(self, ClientSettings))
         settle = self.settle if self.settle is not None else self.timeout
         return replace(
             super().engine_options(trace),
@@ -163,7 +152,7 @@ class Shaped(Online):
 
     @property
     def plan(self) -> PlanOptions:
-        return PlanOptions(**{f.name: getattr(self, f.name) for f in fields(PlanOptions) if f.name != "destroy"})
+        return PlanOptions(**_shared(self, PlanOptions))
 
 
 @dataclass(frozen=True)
@@ -272,8 +261,6 @@ class EmulatorArgs:
     verbose: bool = False
 
 
-# -- the options -----------------------------------------------------------------------------------
-
 HELP = {  # each option's help text, by its long name (an option that differs by command gives its own)
     "--output": "Output format on stdout.",
     "--inputs": "YAML file of inputs, merged over the manifest's inputs (repeatable; later wins).",
@@ -324,7 +311,6 @@ def options(*decorators: Callable) -> Callable:
 
 
 def output_option(*formats: str) -> Callable:
-    """-o for a command whose formats are reporters' names (the field is ``reporter``)."""
     return option("-o", "--output", "reporter", type=click.Choice(formats), default=formats[0], show_default=True)
 
 

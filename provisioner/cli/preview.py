@@ -1,11 +1,5 @@
-"""``provisioner render``: the bodies apply would send, offline, as ``helm template`` shows them.
-
-Built with the same function apply uses (``bodies.create_body``), for every instance after
-``forEach``, and printed as apply sends it: configuration keys the manifest leaves out are not in the
-body (the API fills in their defaults, listed beside it under ``defaults``). Nothing is sent and no
-credential is read, so what only a run can know is shown as a placeholder, and ``AT_APPLY_NOTE``
-(printed with the bodies) says which: secret values (``(sensitive)``), the digests of the fingerprint
-and applied-record tags (keyed with the organization secret), and the id of the creating run.
+"""``provisioner render``: the create bodies apply would send (``bodies.create_body``), offline, as
+``helm template`` shows them. What only a run can know is a placeholder, named by ``AT_APPLY_NOTE``.
 """
 
 from __future__ import annotations
@@ -17,7 +11,7 @@ from ..engine.diff import FingerprintContext
 from ..manifest.desired import DesiredInstance
 from ..manifest.elements import ElementRegistry
 from ..ownership import APPLIED_TAG, FP_TAG, RUN_TAG
-from ..secret import SENSITIVE, Secret
+from ..secret import SENSITIVE, masked
 
 AT_APPLY = "(computed at apply)"
 _AT_APPLY_TAGS = (FP_TAG, APPLIED_TAG, RUN_TAG)
@@ -35,26 +29,8 @@ def rendered(stack: str, desired: list[DesiredInstance], registry: ElementRegist
     for instance in desired:
         schema = registry.get(instance.element)
         assert schema is not None  # validation guarantees the element
-        body = create_body(instance, schema, fp, RUN_TAG + AT_APPLY)
-        body["tags"] = [_placeholder(t) for t in body["tags"]]
+        body = masked(create_body(instance, schema, fp, RUN_TAG + AT_APPLY), SENSITIVE)
+        body["tags"] = [t[: t.index("=") + 1] + AT_APPLY if t.startswith(_AT_APPLY_TAGS) else t for t in body["tags"]]
         defaults = {k: v for k, v in sorted(schema.defaults.items()) if k not in body["configuration"]}
-        out.append(
-            {"target": instance.target, "request": "POST /instances", "body": _masked(body), "defaults": defaults}
-        )
+        out.append({"target": instance.target, "request": "POST /instances", "body": body, "defaults": defaults})
     return out
-
-
-def _placeholder(tag: str) -> str:
-    if tag.startswith(_AT_APPLY_TAGS):
-        return f"{tag[: tag.index('=') + 1]}{AT_APPLY}"
-    return tag
-
-
-def _masked(value: Any) -> Any:
-    if isinstance(value, Secret):
-        return SENSITIVE
-    if isinstance(value, dict):
-        return {k: _masked(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_masked(v) for v in value]
-    return value

@@ -1,7 +1,5 @@
-"""Progress of long applies, on stderr only.
-
-On a terminal: a live bar with counts, rate and errors. Without one (CI logs): a plain line every few
-seconds, and none at all for runs shorter than that. Machine output on stdout is never touched.
+"""Progress of long applies, on stderr only: a live bar on a terminal; without one (CI logs), a plain
+line every few seconds, none at all for shorter runs.
 """
 
 from __future__ import annotations
@@ -13,8 +11,6 @@ from ..engine.apply import ChangeResult, Status
 
 
 class ProgressReporter:
-    """Counts finished changes; shows them as a bar (terminal) or periodic lines (no terminal)."""
-
     interval = 5.0  # seconds between two plain lines
 
     def __init__(self, stream: IO[str], total: int, label: str, enabled: bool = True):

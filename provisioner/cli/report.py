@@ -1,19 +1,17 @@
-"""Reporters, not prints: every reporter implements ``Reporter``; the text and JSON ones live here, the
-Markdown one in ``markdown.py``, and ``run.REPORTERS`` chooses one by ``--output``.
+"""Reporters, not prints: the text and JSON ones implement ``Reporter`` here (Markdown in ``markdown.py``);
+``run.REPORTERS`` chooses one by ``--output``.
 
-Each writes to the streams it is given: results on stdout, problems and logs on stderr. Every byte
-passes through the redactor on its way out (a JSON document string by string, before it is encoded),
-and then through ``escape``: no control, ANSI, bidi or other non-printable character from a server
-reaches a terminal or a log, a line break inside a name or a message is shown as ``\\n``, and nothing
-can fail to encode. The JSON document is versioned (``formatVersion: 1``) and is the only thing on
-stdout in JSON mode. Colour comes from rich, on a terminal only; rich is not
-even imported otherwise (a pipeline's run starts faster), and text is never read as markup or emoji.
+Results go to stdout, problems and logs to stderr. Every byte passes through the redactor (a JSON
+document string by string, before it is encoded), then ``escape``: no non-printable character from a
+server reaches a terminal, and nothing can fail to encode. Colour, from rich, only on a terminal (rich
+is not even imported otherwise); text is never read as markup or emoji.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 from collections.abc import Iterable
 from typing import IO, Any, Protocol, cast
 
@@ -22,7 +20,7 @@ from ..closedsets import assert_never
 from ..engine import health
 from ..engine.apply import ApplyResult, ChangeResult, Status
 from ..engine.diff import DiffOp, FieldDiff
-from ..engine.drift import DriftReport, summary_line, text_lines
+from ..engine.drift import DriftField, DriftReport
 from ..engine.plan import REFUSALS, WRITES, Action, Change, Plan
 from ..errors import Problem, Severity
 from ..secret import MASK, MIN_REDACT_LENGTH, REDACTOR, SENSITIVE, Secret, escape
@@ -72,8 +70,7 @@ LIST_LIMIT = 100  # successful changes listed one by one up to this many (all wi
 
 class RedactingWriter(io.TextIOBase):
     """A text stream that masks every known secret and escapes every non-printable character but the
-    line break before writing to the real stream (``styled``: rich's output, whose ANSI styling must
-    pass; ``StyledStream`` escaped its text first)."""
+    line break (``styled``: rich's output, whose text ``StyledStream`` escaped first)."""
 
     def __init__(self, stream: IO[str], styled: bool = False):
         self._stream = stream
@@ -85,7 +82,7 @@ class RedactingWriter(io.TextIOBase):
         return len(text)
 
     def write_lines(self, lines: Iterable[str]) -> None:
-        """Lines that must each stay one line: a line break inside one is escaped too."""
+        """Lines that each stay one line: a line break inside one is escaped too."""
         self._put("".join(escape(REDACTOR.redact(line)) + "\n" for line in lines))
         self.flush()
 
@@ -124,7 +121,7 @@ class StyledStream:
         return self._console is not None
 
     def print(self, text: str, style: str | None = None) -> None:
-        """Text of one or more lines (its own line breaks kept)."""
+        """Text of one or more lines (its line breaks kept)."""
         if self._console is not None:
             self._console.print(escape(REDACTOR.redact(text), keep="\n"), style=style)
         else:
@@ -160,19 +157,13 @@ class Reporter(Protocol):
 
 
 def result_json(result: ChangeResult) -> dict[str, Any]:
-    data = result.change.to_json()
+    data = result.change.to_json() | {"status": result.status, "error": None}
     data["id"] = result.id if result.id is not None else data["id"]
-    data["status"] = result.status
-    data["error"] = (
-        None
-        if result.error is None
-        else {
-            "message": result.error,
-            "requestId": result.request_id,
-            "httpStatus": result.http_status,
-            "hint": failure_hint(result),
-        }
-    )
+    if result.error is not None:
+        hint = failure_hint(result)
+        data["error"] = dict(
+            message=result.error, requestId=result.request_id, httpStatus=result.http_status, hint=hint
+        )
     return data
 
 
@@ -192,9 +183,7 @@ class JsonReporter:
     """One JSON document on stdout per command; nothing else there."""
 
     def __init__(self, out: IO[str], err: IO[str], verbose: bool = False):
-        # ASCII JSON whose strings went through ``printable``: redacting the document again could only
-        # break its syntax (a secret spelled "true")
-        self.out = out
+        self.out = out  # not redacted again: that could only break the JSON (a secret spelled "true")
         self.err = RedactingWriter(err)
 
     def _emit(self, command: str, ok: bool, **fields: Any) -> None:
@@ -254,9 +243,8 @@ class JsonReporter:
 
 
 def printable(value: Any) -> Any:
-    """A JSON-like value as it may be printed: secrets masked, every string (keys too) through the
-    redactor before JSON escaping can change its spelling, a number that is a secret masked, and lone
-    surrogates written as escapes (the document is valid Unicode for any JSON parser)."""
+    """A JSON-like value as it may be printed: secrets masked, every string (keys too) and number
+    redacted before JSON escaping could respell it, lone surrogates as escapes (valid Unicode)."""
     if isinstance(value, Secret):
         return MASK
     if isinstance(value, dict):
@@ -334,8 +322,13 @@ class TextReporter:
             )
 
     def drift(self, report: DriftReport, stats: dict[str, Any]) -> None:
-        self.out.lines(text_lines(report))
-        self.out.print(summary_line(report))
+        lines: list[tuple[str, str]] = []
+        for f in report.findings:
+            style = "red" if f.kind == "drift" else "yellow"
+            lines.append((style, f"{f.kind}: {f.category} {_named(f.name, f.element, f.id)}: {f.detail}"))
+            lines += [("", "    ~ {}: live {}, manifest {}".format(d.path, *drift_values(d))) for d in f.fields]
+        self.out.lines(lines)
+        self.out.print(drift_summary(report))
 
     def health(self, report: health.HealthReport, stats: dict[str, Any]) -> None:
         self.out.lines(health.text_lines(report))
@@ -381,11 +374,31 @@ def _severity_style(severity: Severity) -> str:
             assert_never(severity)
 
 
+def drift_summary(report: DriftReport) -> str:
+    s = report.summary()
+    if not report.findings:
+        return f"No drift: the {s['declared']} declared instance(s) match what provisioner applied."
+    return (
+        f"Drift: {s['drift']} finding(s) changed behind provisioner's back; pending: {s['pending']} "
+        f"(the manifest changed, run plan); {s['inSync']} in sync."
+    )
+
+
+def drift_values(field: DriftField) -> tuple[str, str]:
+    """A drift field's live and manifest values as printed: JSON, or ``(sensitive)`` for a secret's."""
+    if field.sensitive:
+        return SENSITIVE, SENSITIVE
+    return json.dumps(field.live, default=str), json.dumps(field.manifest, default=str)
+
+
+def _named(name: str, element: str | None, ident: Any) -> str:
+    """``name (element) id 7``."""
+    return name + (f" ({element})" if element else "") + (f" id {ident}" if ident is not None else "")
+
+
 def _change_lines(change: Change) -> list[tuple[str, str]]:
     symbol, style = _SYMBOLS[change.action]
-    ident = f" id {change.id}" if change.id is not None else ""
-    element = f" ({change.element})" if change.element else ""
-    lines = [(style, f"{symbol} {change.action} {change.name}{element}{ident}: {change.reason}")]
+    lines = [(style, f"{symbol} {change.action} {_named(change.name, change.element, change.id)}: {change.reason}")]
     lines.extend(("", "    " + _diff_line(diff)) for diff in change.diff)
     return lines
 
@@ -393,12 +406,12 @@ def _change_lines(change: Change) -> list[tuple[str, str]]:
 def _result_line(r: ChangeResult) -> tuple[str, str]:
     change = r.change
     symbol, style = _SYMBOLS[change.action]
-    ident = f" id {r.id}" if r.id is not None else ""
+    named = _named(change.name, None, r.id)
     if r.status == Status.OK:
-        return style, f"{symbol} {_PAST.get(change.action, change.action)} {change.name}{ident}"
+        return style, f"{symbol} {_PAST.get(change.action, change.action)} {named}"
     if change.action == Action.PROTECTED:
-        return style, f"{symbol} protected {change.name}{ident}, not touched: {r.error}"
-    return "red", f"x {change.action} {change.name}{ident} {r.status}: {r.error}{_request(r)}"
+        return style, f"{symbol} protected {named}, not touched: {r.error}"
+    return "red", f"x {change.action} {named} {r.status}: {r.error}{_request(r)}"
 
 
 def _request(r: ChangeResult) -> str:
@@ -423,28 +436,21 @@ def _diff_line(diff: FieldDiff) -> str:
 
 
 def _status_counts(result: ApplyResult) -> dict[Status, int]:
-    counts = dict.fromkeys(Status, 0)
-    for r in result.results:
-        counts[r.status] += 1
-    return counts
+    counts = Counter(r.status for r in result.results)
+    return {status: counts[status] for status in Status}
 
 
 def done_counts(result: ApplyResult) -> dict[Action, int]:
     """The changes made, per action that has a past tense (in ``_PAST``'s order)."""
-    done = dict.fromkeys(_PAST, 0)
-    for r in result.results:
-        if r.status == Status.OK and r.change.action in done:
-            done[r.change.action] += 1
-    return done
+    done = Counter(r.change.action for r in result.results if r.status == Status.OK)
+    return {action: done[action] for action in _PAST}
 
 
 def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> str:
     traffic = f"{plural(stats.get('requests', 0), 'request')}, {plural(stats.get('retries', 0), 'retry', 'retries')}."
     status = _status_counts(result)
     if command == "destroy":
-        deletions = dict.fromkeys(Status, 0)
-        for r in result.results:
-            deletions[r.status] += r.change.action == Action.DELETE
+        deletions = Counter(r.status for r in result.results if r.change.action == Action.DELETE)
         return f"{_destroy_summary(result.plan.counts(), deletions)} {traffic}"
     if not result.plan.has_changes and not result.plan.has_refusals:
         return f"Apply: no changes, the instances match the manifest. {traffic}"

@@ -55,12 +55,11 @@ class Run:
         self.stop = StopFlag()
 
     def trace(self, line: str) -> None:
-        """One whole line per write, so that lines of several threads never interleave; server text
-        in it cannot break it (escaped)."""
+        """One whole line per write (lines of several threads never interleave), escaped."""
         self.stderr.write_lines([line])
 
     def finish(self, body: Callable[[], int]) -> int:
-        """Run a command body; map every error to its exit code and a located message."""
+        """Run a command body; every error becomes its exit code and a located message."""
         try:
             return body()
         except ValidationFailed as exc:
@@ -82,8 +81,8 @@ class Run:
     def connected(
         self, args: Online, read_only: bool = False
     ) -> Iterator[tuple[engine.Validated, engine.Options, engine.Connection]]:
-        """Stages 1-3, then the run's engine options and clients: --reauthenticate checked before any
-        request, --local's emulator started, SIGINT/SIGTERM caught."""
+        """Stages 1-3, then the run's clients: --reauthenticate checked before any request, --local's
+        emulator started, SIGINT/SIGTERM caught."""
         validated = self.validated(args)
         check_reauthenticate(validated.desired, validated.registry, args.plan)
         with local_api(args.local) as local, stop_on_signals(self.stop):

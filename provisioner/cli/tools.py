@@ -27,7 +27,6 @@ def schemas() -> None:
 
 @contextmanager
 def _catalog(run: Run, args: CatalogArgs) -> Iterator[Any]:
-    """A client of the API's catalog: --local's emulator, or the target of the environment."""
     from ..api import pull
     from ..manifest.targets import local_target
 

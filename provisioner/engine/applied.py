@@ -1,17 +1,9 @@
-"""What provisioner last applied, recorded on the instance itself: there is no state file.
+"""What provisioner last applied, recorded on the instance itself (there is no state file).
 
-Every write provisioner makes carries a tag ``provisioner:applied=<digests>``: one short keyed digest
-(4 characters, 24 bits of a keyed BLAKE2b) per non-secret field the manifest declared, as written:
-the element, the user tags (when declared), the protection flag (when declared) and every non-secret
-configuration key (declared, or with a schema default), in its effective form (``"15"`` and ``15`` are
-one value). Secrets are not in it: their fingerprint tags already record them.
-
-``drift`` uses it to tell two kinds of difference apart, field by field, without any state: where the
-live value differs from the manifest, the difference is **pending** (the manifest changed, a plan will
-show it) when the live value is the one provisioner last applied (its digest is in the record), and
-**drift** (the server changed behind provisioner's back) otherwise.
-
-The same digest function, longer, gives the per-field digests of a saved plan (``savedplan.py``).
+Every write carries ``provisioner:applied=<digests>``: a short keyed digest (24 bits of keyed BLAKE2b)
+per non-secret field as written, in effective form (``"15"`` and ``15`` are one value); secrets have
+their fingerprint tags. ``drift`` tells pending from drift by it (docs/ownership.md). The same digest,
+longer, gives a saved plan's per-field digests.
 """
 
 from __future__ import annotations
@@ -47,7 +39,6 @@ MAX_REMEMBERED = 8_192  # values shared by many instances come first; unique one
 
 
 def _digest(key: bytes, message: str, size: int) -> str:
-    """A keyed digest (base64url, no padding)."""
     raw = hashlib.blake2b(message.encode(), key=key[:64], digest_size=size).digest()
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
@@ -107,9 +98,8 @@ def live_value(live: Any, path: FieldPath, schema: ElementSchema | None) -> Any:
 
 
 def applied_tag(desired: Any, schema: ElementSchema, fp: FingerprintContext, tags: Iterable[str], protect: bool) -> str:
-    """The record tag for a desired instance written with these user tags and protection: every
-    non-secret field as the write leaves it (every non-secret schema property, and any other declared
-    non-secret key)."""
+    """The record tag: every non-secret field as a write with these user tags and protection leaves it
+    (every non-secret schema property, and any other declared key)."""
     fields = _fields(desired, schema, tags, protect, set(schema.properties))
     return APPLIED_TAG + "".join(sorted(record_digest(fp, path, value) for path, value in fields.items()))
 
@@ -124,10 +114,8 @@ def applied_record(tags: Iterable[Any]) -> frozenset[str] | None:
 
 
 def was_applied(record: frozenset[str] | None, fp: FingerprintContext, path: FieldPath, value: Any) -> bool:
-    """Whether ``value`` of ``path`` is the one provisioner last wrote."""
     return record is not None and record_digest(fp, path, value) in record
 
 
 def field_digests(key: bytes, fields: Mapping[str, Any], size: int = 16) -> dict[str, str]:
-    """Long per-field digests (for saved plans)."""
     return {path: _digest(key, _message(path, value), size) for path, value in sorted(fields.items())}

@@ -1,10 +1,8 @@
 """Request bodies for the API, built from a desired instance. Pure functions.
 
-``PUT /instances/{id}`` replaces the whole instance, so its body carries the name, the element, every
-tag (the user's, the stack marker and the secret fingerprints) and the full declared configuration.
-``PATCH`` is used when no configuration value differs (tags, protection, a rename) and to adopt:
-``modify_verb`` chooses. Secret values stay ``Secret`` objects in these bodies; the HTTP client
-reveals them only when it serialises the request.
+``PUT`` replaces the whole instance (name, element, every tag, the full configuration); ``PATCH``
+serves when no configuration value differs, and to adopt (``modify_verb`` chooses). Secret values stay
+``Secret`` objects: the HTTP client reveals them only when it serialises the request.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ from typing import Any, Literal
 
 from ..manifest.desired import DesiredInstance
 from ..manifest.elements import OAUTH_REFRESH_TOKEN, ElementSchema
-from ..ownership import PROTECT_TAG, fingerprint_tags, managed_tags, user_tags
+from ..ownership import PROTECT_TAG, fingerprint_tags, stack_marker, user_tags
 from .applied import applied_tag
 from .diff import FieldDiff, FingerprintContext
 from .plan import Action, Change
@@ -31,19 +29,18 @@ def modify_verb(change: Change) -> Literal["PUT", "PATCH"]:
 def all_tags(
     desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext, live_tags: tuple[str, ...] = ()
 ) -> list[str]:
-    """User tags (declared, or kept from the live instance when the manifest declares none), then
-    the stack marker, one fingerprint per secret value, the protection marker (declared, or kept
-    from the live instance when the manifest does not say) and the record of what is applied."""
+    """User tags, the stack marker, the fingerprints, the protection marker and the applied record; tags
+    and protection the manifest does not declare are kept from the live instance."""
     mine = list(desired.tags) if desired.tags is not None else user_tags(live_tags)
     fps = fingerprint_tags(fp.key, fp.stack, desired.name, desired.configuration, schema.secret_keys)
     protect = desired.protect if desired.protect is not None else PROTECT_TAG in live_tags
     mine = list(dict.fromkeys(mine))
-    return [*mine, *managed_tags(fp.stack, fps, protect, applied_tag(desired, schema, fp, mine, protect))]
+    applied = applied_tag(desired, schema, fp, mine, protect)
+    return [*mine, stack_marker(fp.stack), *fps, *([PROTECT_TAG] if protect else []), applied]
 
 
 def wire_configuration(configuration: Any) -> dict[str, Any]:
-    """Configuration values as the API stores them: a JSON-valued key given as a mapping or list
-    (``event.poller.configuration``) is sent as compact JSON text, as the API expects."""
+    """Configuration as the API stores it: a mapping or list value is sent as compact JSON text."""
     return {
         k: json.dumps(v, separators=(",", ":"), ensure_ascii=False) if isinstance(v, (dict, list)) else v
         for k, v in configuration.items()
@@ -106,9 +103,7 @@ def adopt_body(
     live_tags: tuple[str, ...],
     diff: tuple[FieldDiff, ...],
 ) -> dict[str, Any]:
-    """Taking over an unmanaged instance, in one PATCH: the stack's marker and fingerprints, and the
-    declared configuration (secrets included: they cannot be compared, so they are always sent). PATCH
-    merges configuration, so keys the manifest does not declare (an OAuth token the platform keeps)
-    stay as they are."""
+    """Adoption, one PATCH: the tags and the declared configuration, secrets included (PATCH merges, so
+    keys the manifest does not declare, such as an OAuth token the platform keeps, stay)."""
     body = put_body(desired, schema, fp, live_tags, diff)
     return {"tags": body["tags"], "configuration": body["configuration"]}

@@ -1,10 +1,6 @@
-"""Diffs are data, over declared fields only.
-
-``diff_instance`` is a pure function from (desired, live) to a tuple of ``FieldDiff``. Only what the
-manifest declares is compared: keys only the server has are ignored; schema defaults apply to both
-sides; null equals absent; values compare by meaning ("false" equals false, "15" equals 15); the
-element may be reported under an alias. Secret values are compared through their fingerprint tags,
-and a secret diff shows ``(sensitive)`` on both sides.
+"""Diffs are data, over declared fields only: ``diff_instance`` is a pure function from (desired, live)
+to ``FieldDiff``s, by the rules of docs/ownership.md (What is compared). Secrets compare through their
+fingerprint tags, and a secret diff shows ``(sensitive)`` on both sides.
 """
 
 from __future__ import annotations
@@ -60,9 +56,8 @@ class FieldDiff:
 
 @dataclass(frozen=True)
 class FingerprintContext:
-    """What a fingerprint needs besides the value: the keyed HMAC key and the stack. One per target
-    and run; it also keeps the run's field digests made with its key (``applied.py``): a forEach
-    writes the same few values (defaults, element, tags) thousands of times."""
+    """The fingerprint key and the stack, one per target and run; it keeps the run's field digests
+    (``applied.py``): a forEach writes the same few values thousands of times."""
 
     key: bytes
     stack: str
@@ -77,7 +72,6 @@ def diff_configuration(
     fp: FingerprintContext,
     name: str,
 ) -> list[FieldDiff]:
-    """Differences on declared configuration keys (and keys with schema defaults)."""
     live = live or {}
     diffs: list[FieldDiff] = []
     secret_keys = schema.secret_keys
@@ -103,9 +97,7 @@ def diff_configuration(
 
 
 def diff_instance(desired: Any, live: Any, schema: ElementSchema, fp: FingerprintContext) -> list[FieldDiff]:
-    """All field differences between a desired instance and the live instance it is matched to. User
-    tags compare as sets, when declared (provisioner's own tags are not the user's concern); the
-    protection marker, when the manifest says protect: true or false."""
+    """Configuration, then user tags (as a set) and protection, each only when declared."""
     diffs = diff_configuration(
         desired.configuration, live.configuration, schema, fingerprints_of(live.tags), fp, desired.name
     )

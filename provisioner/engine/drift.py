@@ -1,31 +1,13 @@
-"""``provisioner drift``: what changed behind provisioner's back, kept apart from pending changes.
+"""``provisioner drift``: what changed behind provisioner's back (drift), kept apart from what changed
+in the manifest (pending). The categories and the rule are in docs/ownership.md (Drift reports).
 
-A pure function over a plan made with default options (one source for identity, matching and diffs)
-and the live listing. The command reads only: it is built on ``ReadOnlyClient``.
-
-Findings, each ``drift`` (the server changed) or ``pending`` (the manifest changed; ``plan`` shows it):
-
-* ``changed``: fields that differ, field by field. Per field, the rule is: the difference is
-  **pending** when the live value is the one provisioner last applied (its digest is in the
-  instance's ``provisioner:applied`` tag, see ``applied.py``), and **drift** otherwise;
-* ``secret``: a secret whose fingerprint tag does not match the manifest's value: pending (the secret
-  in the manifest or the environment changed since the last apply), or drift when the fingerprint tag
-  is gone from the instance (its tags were rewritten behind provisioner's back);
-* ``missing``: a declared instance the stack does not own (deleted behind its back, or never applied:
-  with no state file the two look the same, so it counts as drift);
-* ``extra-copy``: a second owned instance with a declared name (drift);
-* ``unmanaged-namesake``: an instance with a declared name and no stack marker at all (drift); another
-  stack's instances are invisible here, as they are to ``plan``;
-* ``undeclared``: owned by the stack, no longer declared (pending: ``--prune`` deletes it);
-* ``renamed``: owned under a name listed in ``previousNames`` (pending: apply renames it);
-* ``disabled`` / ``enabled``: the instance is disabled (enabled) on the server while the manifest
-  declares it enabled (``enabled: false``). Drift: the enabled endpoint writes no record on the
-  instance, so a manifest that changed since the last apply looks the same (``plan`` shows the fix).
+A pure function over a plan made with default options (one source for identity, matching and diffs) and
+the live listing. A changed field is pending when the live value is the one provisioner last applied
+(its digest is in the ``provisioner:applied`` tag, see ``applied.py``), drift otherwise.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -85,10 +67,6 @@ class DriftReport:
     def has_drift(self) -> bool:
         return any(f.kind == "drift" for f in self.findings)
 
-    @property
-    def has_pending(self) -> bool:
-        return any(f.kind == "pending" for f in self.findings)
-
     def summary(self) -> dict[str, Any]:
         by_category = Counter(f.category for f in self.findings)
         return {
@@ -103,7 +81,7 @@ class DriftReport:
         return {
             "stack": self.stack,
             "drift": self.has_drift,
-            "pending": self.has_pending,
+            "pending": any(f.kind == "pending" for f in self.findings),
             "findings": [f.to_json() for f in self.findings],
             "summary": self.summary(),
         }
@@ -116,7 +94,6 @@ def detect(
     fingerprints: Mapping[str, FingerprintContext],
     declared: int,
 ) -> DriftReport:
-    """Turn a default plan (no prune, no replace) and the live listing into drift findings."""
     findings: list[Finding] = []
     in_sync = 0
     for change in plan.changes:
@@ -202,52 +179,16 @@ def _canonical_element(registry: ElementRegistry, reported: str | None) -> str |
 def _namesakes(
     plan: Plan, live_by_target: Mapping[str, list[LiveInstance]], registry: ElementRegistry
 ) -> list[Finding]:
-    """Unmanaged instances (no stack marker at all) with a declared name, next to the owned one (the
-    plan shows only those that stand in the way of a create). Another stack's are not this stack's
-    business: ``plan`` never sees them either."""
+    """Unmanaged namesakes of declared instances next to the owned one (the plan shows only those that
+    stand in the way of a create)."""
     declared = {(c.target, c.name) for c in plan.changes if c.desired is not None and c.action != Action.CONFLICT}
-    found = []
-    for target, instances in sorted(live_by_target.items()):
-        for live in instances:
-            if (target, live.name) in declared and is_unmanaged(live.tags):
-                found.append(
-                    Finding(
-                        "unmanaged-namesake",
-                        "drift",
-                        live.name,
-                        target,
-                        _canonical_element(registry, live.element),
-                        live.id,
-                        "an instance with a declared name but without the stack marker exists "
-                        "next to the owned one; provisioner never touches it",
-                    )
-                )
-    return found
-
-
-def text_lines(report: DriftReport) -> list[tuple[str, str]]:
-    """(style, line) pairs for the text reporter."""
-    lines: list[tuple[str, str]] = []
-    for f in report.findings:
-        style = "red" if f.kind == "drift" else "yellow"
-        ident = f" id {f.id}" if f.id is not None else ""
-        element = f" ({f.element})" if f.element else ""
-        lines.append((style, f"{f.kind}: {f.category} {f.name}{element}{ident}: {f.detail}"))
-        for field in f.fields:
-            shown = (SENSITIVE, SENSITIVE) if field.sensitive else (_show(field.live), _show(field.manifest))
-            lines.append(("", f"    ~ {field.path}: live {shown[0]}, manifest {shown[1]}"))
-    return lines
-
-
-def summary_line(report: DriftReport) -> str:
-    s = report.summary()
-    if not report.findings:
-        return f"No drift: the {s['declared']} declared instance(s) match what provisioner applied."
-    return (
-        f"Drift: {s['drift']} finding(s) changed behind provisioner's back; pending: {s['pending']} "
-        f"(the manifest changed, run plan); {s['inSync']} in sync."
-    )
-
-
-def _show(value: Any) -> str:
-    return json.dumps(value, default=str)
+    why = "an instance with a declared name but without the stack marker exists next to the owned one; "
+    why += "provisioner never touches it"
+    return [
+        Finding(
+            "unmanaged-namesake", "drift", live.name, target, _canonical_element(registry, live.element), live.id, why
+        )
+        for target, instances in sorted(live_by_target.items())
+        for live in instances
+        if (target, live.name) in declared and is_unmanaged(live.tags)
+    ]

@@ -1,9 +1,5 @@
-"""Deliver instance tokens: the outputs file of ``apply --outputs`` and ``provisioner output``.
-
-The outputs document is ``{"instances": {NAME: {"id", "element", "token"}}}``. The file is written
-atomically (a temporary file in the same directory, fsync, rename) with mode 0600 from the start, so
-a reader never sees half a file and no other user can read the tokens. These are the only places
-where tokens are revealed.
+"""Deliver instance tokens: the outputs file of ``apply --outputs`` (atomic, mode 0600) and
+``provisioner output``, the only places where tokens are revealed.
 """
 
 from __future__ import annotations
@@ -20,7 +16,6 @@ from ..secret import reveal
 
 
 def write_outputs(path: str, entries: Mapping[str, Mapping[str, Any]]) -> None:
-    """Write the outputs file atomically with mode 0600."""
     write_private(path, format_json(entries), "outputs file")
 
 
@@ -31,9 +26,8 @@ def env_name(name: str) -> str:
 
 
 def format_env(entries: Mapping[str, Mapping[str, Any]]) -> str:
-    """Shell-quoted NAME_ID, NAME_ELEMENT and NAME_TOKEN lines, for eval or a dotenv file. Refused
-    when two instance names map to the same variables (``crm-acme`` and ``crm.acme``): the shell
-    would keep only the last, and a script would use the wrong token."""
+    """Shell-quoted NAME_ID, NAME_ELEMENT and NAME_TOKEN lines; refused when two names give the same
+    variables (``crm-acme``, ``crm.acme``): a script would use the wrong token."""
     by_prefix: dict[str, list[str]] = {}
     for name in sorted(entries):
         by_prefix.setdefault(env_name(name), []).append(name)

@@ -1,32 +1,15 @@
 """Stage 5: the plan is a value.
 
 ``make_plan`` compares the desired instances with the live ones of each target and returns an
-immutable ``Plan``: one ``Change`` per instance (create, update, rename, replace, delete, noop,
-conflict, protected, adopt, disable, enable, reauthenticate), each with its reason and field diff.
-Every noop says why. It does no I/O; ``apply`` executes a plan and does nothing else.
-
-An instance whose enabled state differs from ``enabled:`` (default true) gets a ``disable`` or
-``enable`` action, or, when other fields differ too, an ``enabled`` field in its update's diff.
-``--reauthenticate NAME`` turns the change of a declared instance into ``reauthenticate`` (its full
-body is sent again for the provider to check); ``check_reauthenticate`` refuses, before any request,
-a name that is not declared or is an OAuth instance.
-
-Identity is the stack marker plus the name. Stacks are isolated: an instance carrying another
-stack's marker is invisible to this one (never a conflict, never touched), so two stacks may declare
-the same names in one organization. A live instance with a declared name and no marker at all is
-unmanaged: a conflict, never touched, unless ``--adopt`` takes it over (action ``adopt``). Two owned
-instances with a declared name are duplicates: the oldest is kept and the others are deleted. Owned
-instances the manifest no longer declares are deleted only with ``--prune``.
-
-A declared instance with ``previousNames`` that the stack owns only under an old name is renamed in
-place (``rename``: same id, same token). A protected instance is never deleted or replaced: the plan
-shows a ``protected`` refusal instead (see ``protection.py``). ``--target``/``--exclude`` restrict the
-plan to some declared instances before anything is compared (see ``targeting.py``).
+immutable ``Plan``: one ``Change`` per instance with its action, its reason (every noop says why) and
+its field diff. It does no I/O; ``apply`` executes a plan and does nothing else. The rules (identity
+is the stack marker plus the name, unmanaged namesakes, duplicates, prune, renames, protection) are
+told in docs/ownership.md.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -167,21 +150,12 @@ def make_plan(
     if selection.active:
         desired, live_by_target, left_out = restrict(selection, desired, live_by_target, element_aliases(registry))
     changes: list[Change] = []
-    by_target: dict[str, list[DesiredInstance]] = {}
+    by_target: dict[str, list[DesiredInstance]] = defaultdict(list)
     for instance in desired:
-        by_target.setdefault(instance.target, []).append(instance)
+        by_target[instance.target].append(instance)
     for target in sorted(set(by_target) | set(live_by_target)):
-        changes.extend(
-            _plan_target(
-                stack,
-                target,
-                by_target.get(target, []),
-                live_by_target.get(target, []),
-                registry,
-                fingerprints.get(target),
-                options,
-            )
-        )
+        live, fp = live_by_target.get(target, []), fingerprints.get(target)
+        changes += _plan_target(stack, target, by_target[target], live, registry, fp, options)
     if options.reauthenticate:
         wanted = set(options.reauthenticate)
         changes = [_reauthenticated(c) if c.desired is not None and c.name in wanted else c for c in changes]
@@ -217,8 +191,7 @@ def check_reauthenticate(desired: list[DesiredInstance], registry: ElementRegist
 
 
 def _reauthenticated(change: Change) -> Change:
-    """A declared instance named by ``--reauthenticate``: its full declared body is sent again with
-    reAuthenticate=true, which also makes any update it had (and an enabled state is set after)."""
+    """A declared instance named by ``--reauthenticate``: its full body is sent again (with any update)."""
     if change.action in (Action.NOOP, Action.UPDATE, Action.RENAME, Action.DISABLE, Action.ENABLE):
         why = "--reauthenticate: the declared credentials are sent again for the provider to check; id and token kept"
         return replace(change, action=Action.REAUTHENTICATE, reason=why + (f"; {change.reason}" if change.diff else ""))
@@ -333,9 +306,8 @@ def _unmanaged(
 def _adopt(
     instance: DesiredInstance, live: LiveInstance, registry: ElementRegistry, fp: FingerprintContext | None
 ) -> Change:
-    """Take over an unmanaged instance: one PATCH adds the marker and fingerprints and sets the declared
-    configuration. Secret values come back masked, so they are not compared (and always sent); neither is
-    any other value the API masks."""
+    """Take over an unmanaged instance (one PATCH). Values the API masks, secrets among them, are not
+    compared: they are always sent."""
     schema = registry.get(instance.element)
     assert schema is not None and fp is not None
     if not schema.accepts_key(live.element):
@@ -391,7 +363,6 @@ def _differs(diffs: tuple[FieldDiff, ...], enabled: bool) -> list[str]:
 
 
 def _enabled_diff(instance: DesiredInstance, live: LiveInstance) -> tuple[FieldDiff, ...]:
-    """The ``enabled`` field, when the live instance's state differs from the declared one."""
     if live.disabled != instance.enabled:
         return ()
     return (FieldDiff(DiffOp.CHANGE, FieldPath("enabled"), not live.disabled, instance.enabled),)
@@ -416,9 +387,8 @@ def _rename(
 
 
 def _duplicates(matches: list[LiveInstance], target: str, options: PlanOptions) -> list[Change]:
-    """Extra copies of a declared instance (left by a crash or another tool) are the same instance
-    by identity: the oldest is kept, and its token is the one delivered; the others are deleted, so
-    an interrupted run always converges to exactly one copy (unless a copy is protected)."""
+    """Extra copies of a declared instance: the oldest is kept (its token is delivered), the others are
+    deleted, so an interrupted run converges to exactly one copy."""
     keep = matches[0]
     changes = []
     for extra in matches[1:]:

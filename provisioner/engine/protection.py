@@ -1,11 +1,6 @@
-"""Protection: instances that are never deleted or replaced by accident.
-
-``protect: true`` puts the marker tag ``provisioner:protect`` on the live instance. The marker, not
-the manifest, is what counts: an instance whose entry is gone from the manifest is still protected.
-A plan never deletes or replaces a protected instance (``--prune``, ``destroy``, ``--allow-replace``,
-extra copies); it shows the refusal as a ``protected`` change, which makes the command exit 1, like a
-conflict, while the other changes proceed. Only ``--allow-destroy NAME`` (repeatable) lifts the
-protection of the named instance for one run. ``protect: false`` removes the marker on the next apply.
+"""Protection (docs/ownership.md): the ``provisioner:protect`` marker on the server, not the manifest,
+is what counts; a plan shows a refused delete or replace as a ``protected`` change (exit 1), and only
+``--allow-destroy NAME`` lifts it for one run.
 """
 
 from __future__ import annotations
@@ -24,7 +19,6 @@ def is_protected(live: Any, desired: Any, allow_destroy: Iterable[str]) -> bool:
 
 
 def refusal(what: str) -> str:
-    """The reason shown for a refused delete or replace."""
     return (
         f"protected ({PROTECT_TAG}): {what} refused; pass --allow-destroy NAME to allow it for this run, "
         "or set protect: false and apply first"

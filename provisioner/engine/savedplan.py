@@ -1,26 +1,9 @@
-"""Reviewed plans: ``plan --out FILE`` saves a plan, ``apply FILE`` executes exactly that plan.
+"""Reviewed plans: ``plan --out FILE`` saves a plan, ``apply FILE`` executes exactly that plan or nothing.
 
-A saved plan is a JSON document (``"kind": "provisioner-plan"``, ``formatVersion`` 1) written
-atomically with mode 0600. It holds no secret value and no token: besides every change with its diff
-(secrets shown as ``(sensitive)``), it holds keyed digests only (keyed BLAKE2b, with the key the
-fingerprint tags use, so nothing in it can be checked against a guessed value without that key):
-
-* ``manifest.digest`` and ``inputs.digest``: the manifest file and the layered inputs;
-* ``desired``: per declared instance, one digest per field as rendered (secrets through their
-  fingerprints), so a change of rendering is named field by field;
-* per change that writes, ``live.fields``: one digest per live field the decision was based on (name,
-  element, every tag, the enabled state, the compared configuration keys), for optimistic concurrency.
-
-Paths (manifest, inputs files, schema directories) are stored relative to the plan file and read
-relative to it, so a plan made in one directory applies from another.
-
-``apply FILE`` checks only what the plan touches (the instances it writes, the names it creates), so a
-plan stays usable in an organization where someone edits some instance every minute: it renders the
-manifest again (the secrets come from the environment as at plan time) and refuses before any request
-if a touched instance renders differently; it reads the live state, plans again with the options
-recorded in the file, and refuses unless every planned write is the same (same action, same diff, the
-same live fields, no instance to create that now exists). A change the new plan has beyond the saved
-ones is a warning and is left out: only the reviewed changes are executed.
+The document (docs/saved-plans.md) holds no secret and no token, only digests keyed with the
+fingerprint key. ``apply FILE`` checks only what the plan touches: a touched instance that renders
+differently, or whose live fields or planned write changed, refuses the whole plan; a change the new
+plan has beyond the saved ones is a warning, never executed.
 """
 
 from __future__ import annotations
@@ -56,7 +39,7 @@ MAX_LISTED = 20
 
 @dataclass(frozen=True)
 class Sources:
-    """Where the plan's inputs came from (paths and --set keys; never a value)."""
+    """Where the plan's inputs came from: paths and --set keys, never a value."""
 
     manifest: str
     inputs: tuple[str, ...]
@@ -102,22 +85,20 @@ class SavedPlan:
     @property
     def options(self) -> PlanOptions:
         saved = self.data["options"]
-        return PlanOptions(**{field: _listed(saved[key]) for key, field in _OPTIONS.items() if key in saved})
+        return PlanOptions(**{field: _listed(saved[key]) for field, (key, _) in OPTIONS.items() if key in saved})
 
 
-# The plan options a saved plan records, by their JSON key (reauthenticate is absent in older files).
-_OPTIONS = {
-    "prune": "prune",
-    "allowReplace": "allow_replace",
-    "force": "force",
-    "target": "targets",
-    "exclude": "excludes",
-    "allowDestroy": "allow_destroy",
-    "reauthenticate": "reauthenticate",
+# The plan options a saved plan fixes: PlanOptions field -> JSON key, and the option that sets it
+# (reauthenticate is absent in older files).
+OPTIONS = {
+    "prune": ("prune", "--prune"),
+    "allow_replace": ("allowReplace", "--allow-replace"),
+    "force": ("force", "--force"),
+    "targets": ("target", "--target"),
+    "excludes": ("exclude", "--exclude"),
+    "allow_destroy": ("allowDestroy", "--allow-destroy"),
+    "reauthenticate": ("reauthenticate", "--reauthenticate"),
 }
-
-
-# -- reading -------------------------------------------------------------------------------------
 
 
 def load_if_plan(path: str, max_bytes: int) -> SavedPlan | None:
@@ -145,18 +126,14 @@ def load_if_plan(path: str, max_bytes: int) -> SavedPlan | None:
             f"{_shown(data.get('provisionerVersion'))} cannot be applied by provisioner {__version__}",
             hint="make the plan with the provisioner version that applies it",
         )
+    schema = json.loads(builtin_schemas().joinpath("saved-plan.schema.json").read_text(encoding="utf-8"))
     try:
-        problems = [_described(e) for e in itertools.islice(_validator().iter_errors(data), MAX_LISTED)]
+        problems = [_described(e) for e in itertools.islice(Draft202012Validator(schema).iter_errors(data), MAX_LISTED)]
     except RecursionError:
         problems = ["it is nested too deeply to be read"]
     if problems:
         raise _malformed(path, problems)
     return SavedPlan(path, data)
-
-
-def _validator() -> Draft202012Validator:
-    text = builtin_schemas().joinpath("saved-plan.schema.json").read_text(encoding="utf-8")
-    return Draft202012Validator(json.loads(text))
 
 
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
@@ -198,11 +175,7 @@ def _field_diff(data: dict) -> FieldDiff:
     return FieldDiff(DiffOp(data["op"]), FieldPath(section, key or None), data["old"], data["new"], data["sensitive"])
 
 
-# -- writing -------------------------------------------------------------------------------------
-
-
 def document(plan: Plan, validated: Validated, connection: Connection, sources: Sources, out: str) -> dict:
-    """The saved-plan document for ``plan``, to be written to ``out``."""
     key = _plan_key(connection)
     here = os.path.dirname(os.path.abspath(out))
 
@@ -224,7 +197,7 @@ def document(plan: Plan, validated: Validated, connection: Connection, sources: 
         "schemas": [relative(p) for p in sources.schemas],
         "local": sources.local,
         "targets": _targets(connection, sources.local),
-        "options": {key: _listed(getattr(plan.options, field)) for key, field in _OPTIONS.items()},
+        "options": {key: _listed(getattr(plan.options, field)) for field, (key, _) in OPTIONS.items()},
         "desired": desired_digests(validated, connection, plan.options),
         "changes": [_change(c, validated, connection) for c in plan.changes],
         "summary": plan.counts(),
@@ -248,7 +221,6 @@ def _change(change: Change, validated: Validated, connection: Connection) -> dic
 
 
 def _live_digests(change: Change, validated: Validated, connection: Connection) -> dict[str, str]:
-    """Digests of the live fields the decision was based on."""
     live = change.live
     assert live is not None
     fields: dict[str, Any] = {"name": live.name, "element": live.element, "tags": sorted(live.tags)}
@@ -301,9 +273,6 @@ def _file_digest(key: bytes, path: str) -> str | None:
 
 def _targets(connection: Connection, local: bool) -> dict[str, str]:
     return {name: "local" if local else t.url for name, t in sorted(connection.targets.items())}
-
-
-# -- applying ------------------------------------------------------------------------------------
 
 
 def check_before_reading(saved: SavedPlan, validated: Validated, connection: Connection, local: bool) -> None:

@@ -1,9 +1,7 @@
-"""The orchestrator: one short function per command, calling the stages in order.
+"""The orchestrator: load manifest -> render -> validate -> read live state -> plan -> apply -> report.
 
-    load manifest -> render -> validate -> read live state -> plan -> apply -> report
-
-``validate`` stops after the third stage and never touches the network. Every other command
-validates first, so bad input is reported, with exit 1, before any request is sent.
+Every command validates first (``validate`` stops there, offline), so bad input is reported, exit 1,
+before any request is sent.
 """
 
 from __future__ import annotations
@@ -36,8 +34,6 @@ from .plan import Action, Plan, PlanOptions, make_plan
 
 @dataclass(frozen=True)
 class Options:
-    """Everything a command needs, parsed from the command line by the CLI."""
-
     manifest: str
     inputs: tuple[str, ...] = ()
     sets: tuple[str, ...] = ()
@@ -145,9 +141,8 @@ def read_state(
     hydrate: Callable[[LiveInstance], bool] | None = None,
     configuration: bool = True,
 ) -> dict[str, list[LiveInstance]]:
-    """Stage 4: one paged listing per target. A 401/403 stops the run naming the variables.
-    ``hydrate``: which instances the stack does not own need their configuration (see read_live);
-    ``configuration=False``: none is read (one listing, no other request)."""
+    """Stage 4: one paged listing per target (``hydrate`` and ``configuration``: see read_live). A
+    401/403 stops the run naming the variables."""
     live = {}
     for name, client in connection.clients.items():
         try:
@@ -167,7 +162,7 @@ def plan(validated: Validated, connection: Connection, options: Options) -> Plan
 
 
 def drift(validated: Validated, connection: Connection) -> DriftReport:
-    """Read the live state (read-only clients) and report drift apart from pending changes."""
+    """Stages 4-5 with default options, then drift apart from pending changes."""
     stack = validated.manifest.stack
     live = read_state(connection, stack, owned_only=False)
     the_plan = make_plan(stack, validated.desired, live, validated.registry, connection.fingerprints, PlanOptions())

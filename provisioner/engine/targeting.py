@@ -1,12 +1,6 @@
-"""``--target`` and ``--exclude``: restrict a plan to some of the declared instances.
-
-A pattern is a name glob (``crm-*``), ``element=KEY`` or ``tag=T``. An instance is selected when it
-matches at least one ``--target`` (or there is none) and no ``--exclude``. Declared instances are
-matched on what the manifest declares; owned instances the manifest no longer declares are matched
-on what the server holds, so ``--prune`` deletes only those that match, and the live copies of a
-declared instance that is left out (its extra copies, its old names) are never touched. Every action
-of a selected instance (``disable``, ``enable`` and ``reauthenticate`` too) stays in the plan; a
-``--reauthenticate`` name the selection leaves out is refused (``plan.check_reauthenticate``).
+"""``--target`` and ``--exclude``: restrict a plan to some of the declared instances (docs/commands.md,
+Targeting). Declared instances match on what the manifest declares, undeclared owned ones on what the
+server holds; the live copies of a declared instance left out are never touched.
 """
 
 from __future__ import annotations
@@ -38,7 +32,6 @@ class Pattern:
 
 
 def parse(text: str, option: str) -> Pattern:
-    """One ``--target``/``--exclude`` value; a ``KEY=VALUE`` with an unknown key is an error."""
     key, sep, value = text.partition("=")
     if not sep:
         if not text.strip():
@@ -81,9 +74,8 @@ def restrict(
     live_by_target: Mapping[str, list[Any]],
     aliases: Mapping[str | None, frozenset[str]],
 ) -> tuple[list[Any], dict[str, list[Any]], int]:
-    """The selected declared instances, the live instances the plan may see, and how many declared
-    instances were left out. Live instances under a left-out declared name (or old name) are dropped;
-    other undeclared ones are kept only when they match the selection themselves."""
+    """The selected declared instances, the live ones the plan may see (none under a left-out declared or
+    old name; undeclared ones that match), and how many declared instances were left out."""
     chosen = [d for d in desired if selection.selects_desired(d)]
     kept_names = _names(chosen)
     left_names = _names([d for d in desired if not selection.selects_desired(d)])

@@ -22,7 +22,17 @@ from jsonschema.exceptions import ValidationError
 from ..errors import Location, Problem
 from .elements import builtin_schemas
 from .schemacheck import problems_from_errors
-from .yamlload import DEFAULT_MAX_ALIAS_NODES, DEFAULT_MAX_BYTES, YDict, YList, load_yaml, read_text, too_long_number
+from .yamlload import (
+    DEFAULT_MAX_ALIAS_NODES,
+    DEFAULT_MAX_BYTES,
+    ENV_TAG,
+    EnvRef,
+    YDict,
+    YList,
+    load_yaml,
+    read_text,
+    too_long_number,
+)
 
 API_VERSION = "provisioner/v1"
 DEFAULT_URL = "https://api.cloud-elements.com/elements/api-v2"
@@ -80,7 +90,7 @@ def load_manifest(
     text, problems = read_text(path, display, limits.max_file_bytes)
     if text is None:
         return None, problems
-    loaded = load_yaml(text, display, limits.max_alias_nodes)
+    loaded = load_yaml(text, display, limits.max_alias_nodes, env_tags=True)
     problems = list(loaded.problems)
     data = loaded.data
     if data is None and not problems:
@@ -93,6 +103,7 @@ def load_manifest(
         problems.append(Problem(message, Location(display, 1), f"start with apiVersion: {API_VERSION}"))
         return None, problems
     problems.extend(check_structure(data, display))
+    problems.extend(_misplaced_env_refs(data, loaded.env_refs, display))
     inputs, layers, input_problems = layer_inputs(data.get("inputs"), inputs_files, sets, limits, display)
     problems.extend(input_problems)
     stack = data.get("stack")
@@ -184,6 +195,20 @@ def _shape(value: Any, patterns: tuple[re.Pattern, ...]) -> Any:
     if isinstance(value, list):
         return (list, *(_shape(item, patterns) for item in value))
     return type(value)
+
+
+def _misplaced_env_refs(data: YDict, refs: list[EnvRef], display: str) -> list[Problem]:
+    """``!env`` is a configuration value of an instance entry, and nothing else."""
+    if not refs:
+        return []
+    entries = data.get("instances")
+    configurations = [
+        e.get("configuration") for e in (entries if isinstance(entries, list) else ()) if isinstance(e, dict)
+    ]
+    placed = {id(v) for c in configurations if isinstance(c, dict) for v in c.values() if isinstance(v, EnvRef)}
+    hint = f'write {ENV_TAG} NAME as a value under configuration:; elsewhere "{{{{ env.NAME }}}}" reads the variable'
+    message = f"{ENV_TAG} is accepted only as a configuration value"
+    return [Problem(message, Location(display, r.line), hint) for r in refs if id(r) not in placed]
 
 
 def line_at(data: Any, path: tuple) -> int:

@@ -31,7 +31,7 @@ from jinja2.sandbox import SecurityError
 
 from ..errors import Location, Problem
 from .sandbox import BudgetedSandbox, BudgetExceeded, template_line_now
-from .yamlload import DEFAULT_MAX_BYTES, FileRefused, YDict, YList, decode_text, load_yaml, read_capped
+from .yamlload import DEFAULT_MAX_BYTES, EnvRef, FileRefused, YDict, YList, decode_text, load_yaml, read_capped
 
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
 _HAS_JINJA = ("{{", "{%", "{#")
@@ -183,6 +183,8 @@ class Renderer:
 
     def value(self, raw: Any, scope: dict[str, Any], where: Location) -> Any:
         """Render one manifest value: strings are templates, containers are rendered item by item."""
+        if isinstance(raw, EnvRef):
+            return self.env_value(raw, where)
         if isinstance(raw, str):
             return self._string(raw, scope, where)
         if isinstance(raw, dict):
@@ -190,6 +192,14 @@ class Renderer:
         if isinstance(raw, list):
             return [self.value(v, scope, where) for v in raw]
         return raw
+
+    def env_value(self, ref: EnvRef, where: Location) -> str:
+        """``!env NAME``: the variable's value; unset, the located error an unset ``{{ env.NAME }}`` gives."""
+        value = self.env.get(ref)
+        if value is None:
+            hint = f"set the variable in the environment: export {ref}=..."
+            raise RenderError(Problem(f"environment variable {ref} is not set", where, hint))
+        return value
 
     def scrub(self, problem: Problem) -> Problem:
         """Hide environment values in a rendering problem: an expression like

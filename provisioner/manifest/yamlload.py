@@ -1,7 +1,8 @@
 """Load YAML safely, and remember where every key and item came from.
 
-Only plain YAML is accepted (safe loading: no python/object tags). Input must be UTF-8 text under a
-size cap; aliases may not expand past a cap (billion laughs). Mappings come back as ``YDict`` and
+Only plain YAML is accepted (safe loading: no python/object tags), and in a manifest the one tag of
+our own, ``!env NAME`` (``EnvRef``: an environment variable, read at render time). Input must be
+UTF-8 text under a size cap; aliases may not expand past a cap (billion laughs). Mappings come back as ``YDict`` and
 sequences as ``YList``, which carry the line of each key and item, so that an error found later
 (a JSON Schema path, a rendering error) can be reported at ``file:line``.
 
@@ -58,12 +59,29 @@ class YList(list):
         return lines[index] if 0 <= index < len(lines) else self.line
 
 
+ENV_TAG = "!env"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class EnvRef(str):
+    """``!env NAME`` in a manifest: the value of environment variable NAME, read when the manifest is
+    rendered, as ``{{ env.NAME }}`` is, but without a template (so ``literal: true`` accepts it). Its
+    text is NAME, so the manifest's schema sees a string."""
+
+    line: int = 0
+
+    def __repr__(self) -> str:
+        return f"{ENV_TAG} {self!s}"
+
+
 @dataclass
 class Loaded:
-    """The result of loading one file: the data (None if unusable) and every problem found."""
+    """The result of loading one file: the data (None if unusable), every problem found, and each
+    ``!env`` reference made (when the loader was asked to accept them)."""
 
     data: Any
     problems: list[Problem] = field(default_factory=list)
+    env_refs: list[EnvRef] = field(default_factory=list)
 
 
 class FileRefused(Exception):
@@ -153,11 +171,15 @@ def decode_text(raw: bytes, display: str) -> tuple[str | None, list[Problem]]:
         ]
 
 
-def load_yaml(text: str, display: str, max_alias_nodes: int = DEFAULT_MAX_ALIAS_NODES) -> Loaded:
-    """Parse one YAML document, keeping positions and collecting every problem found."""
+def load_yaml(
+    text: str, display: str, max_alias_nodes: int = DEFAULT_MAX_ALIAS_NODES, env_tags: bool = False
+) -> Loaded:
+    """Parse one YAML document, keeping positions and collecting every problem found. ``env_tags``:
+    accept ``!env NAME`` (a manifest does; inputs and template files do not)."""
     loader = _PositionLoader(text)
     loader.display = display
     loader.problems = []
+    loader.env_tags, loader.env_refs = env_tags, []
     collecting = gc.isenabled()
     gc.disable()  # tens of thousands of new nodes: the cyclic collector would rescan them over and over
     try:
@@ -175,13 +197,15 @@ def load_yaml(text: str, display: str, max_alias_nodes: int = DEFAULT_MAX_ALIAS_
         return Loaded(None, [*loader.problems, Problem(f"not valid YAML: {exc}", Location(display))])
     except RecursionError:
         return Loaded(None, [Problem("YAML nesting is too deep", Location(display))])
+    except _Refused as exc:
+        return Loaded(None, [*loader.problems, exc.problem])
     except ValueError as exc:  # a too-long integer reached through a << merge or an explicit tag
         return Loaded(None, [*loader.problems, too_long_number(exc, Location(display))])
     finally:
         loader.dispose()
         if collecting:
             gc.enable()
-    return Loaded(data, loader.problems)
+    return Loaded(data, loader.problems, loader.env_refs)
 
 
 def _syntax_problem(exc: yaml.MarkedYAMLError, display: str) -> Problem:
@@ -200,6 +224,8 @@ def _syntax_problem(exc: yaml.MarkedYAMLError, display: str) -> Problem:
 class _PositionLoader(_BaseLoader):
     display: str
     problems: list[Problem]
+    env_tags: bool
+    env_refs: list[EnvRef]
 
 
 _STR_TAG = "tag:yaml.org,2002:str"
@@ -215,6 +241,8 @@ def _build(loader: _PositionLoader, node: yaml.Node, built: dict[int, Any]) -> A
     key = id(node)
     if key in built:  # an alias: the same object, as PyYAML gives
         return built[key]
+    if node.tag == ENV_TAG and loader.env_tags:
+        return _env_ref(loader, node)
     if isinstance(node, yaml.ScalarNode):
         value = node.value if node.tag == _STR_TAG else _scalar(loader, node)
     elif isinstance(node, yaml.SequenceNode) and node.tag == _SEQ_TAG:
@@ -246,6 +274,28 @@ def _scalar(loader: _PositionLoader, node: yaml.ScalarNode) -> Any:
     except ValueError as exc:
         loader.problems.append(too_long_number(exc, Location(loader.display, node.start_mark.line + 1)))
         return None
+
+
+def _env_ref(loader: _PositionLoader, node: yaml.Node) -> EnvRef:
+    """``!env NAME``: a reference to be resolved at render time. A misused tag ends the load, as any
+    other unreadable YAML does."""
+    line = node.start_mark.line + 1
+    if not isinstance(node, yaml.ScalarNode) or not _ENV_NAME.fullmatch(node.value):
+        kind = "a mapping" if isinstance(node, yaml.MappingNode) else "a sequence"
+        shown = _short(node.value) if isinstance(node, yaml.ScalarNode) else kind
+        message = f"{ENV_TAG} takes the name of an environment variable (letters, digits and _), got {shown}"
+        hint = "write the variable's name after the tag, e.g. password: !env CW_PASSWORD"
+        raise _Refused(Problem(message, Location(loader.display, line), hint))
+    ref = EnvRef(node.value)
+    ref.line = line
+    loader.env_refs.append(ref)
+    return ref
+
+
+class _Refused(Exception):
+    def __init__(self, problem: Problem):
+        super().__init__(problem.message)
+        self.problem = problem
 
 
 def too_long_number(exc: ValueError, where: Location, hint: str = "quote it to keep it as a string") -> Problem:

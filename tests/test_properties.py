@@ -1,4 +1,4 @@
-"""Property-based tests of the pure stages: rendering and the configuration diff.
+"""Property-based tests of the pure stages: rendering, validation once per shape and the configuration diff.
 
 No server, no subprocess: these call ``provisioner.manifest.render.Renderer`` and
 ``provisioner.engine.diff.diff_configuration`` directly, with Hypothesis generating the data. The server's
@@ -13,12 +13,14 @@ import warnings
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
 
 from provisioner.emulator.api import default_catalog, to_property_value
 from provisioner.engine.diff import FieldDiff, FieldPath, FingerprintContext, diff_configuration
 from provisioner.errors import Location
 from provisioner.manifest.elements import ElementRegistry
 from provisioner.manifest.render import Renderer
+from provisioner.manifest.starter import required_keys
 from provisioner.ownership import fingerprint_tags, fingerprints_of
 from provisioner.secret import SENSITIVE, Secret, reveal
 
@@ -283,3 +285,32 @@ def test_an_empty_value_for_a_key_with_a_default_does_not_differ_from_what_the_s
     assert not list(schema.validator.iter_errors({k: reveal(v) for k, v in desired.items()}))
     live = server_view("connectwisehd", desired, {})
     assert diff_configuration(desired, live, schema, live_fingerprints("connectwisehd", desired), FP, NAME) == []
+
+
+# -- validation once per shape ------------------------------------------------------------------
+
+REGISTRY = ElementRegistry.load()
+SHAPED = {key: REGISTRY.get(key).validator for key in REGISTRY.keys()}  # one memo for all the examples
+CONSTANTS = st.sampled_from(["true", "false", "webhook", "polling", "oauth2", "custom", "http://x", "15", True, 0])
+SCALARS = st.one_of(
+    st.text(alphabet="ab9:/", min_size=1, max_size=4),
+    st.text(max_size=3),
+    st.text(alphabet="a", min_size=30, max_size=35),
+    st.text(alphabet="9", min_size=126, max_size=130),
+    st.integers(-3, 3),
+    st.floats(allow_nan=False, min_value=-2, max_value=2),
+    st.booleans(),
+    st.none(),
+    CONSTANTS,
+)
+
+
+@SETTINGS
+@given(element=st.sampled_from(sorted(SHAPED)), data=st.data())
+def test_a_shape_validator_agrees_with_jsonschema_on_every_value(element, data):
+    """A configuration is valid through the memo of valid shapes exactly when jsonschema finds it valid."""
+    keys = list(REGISTRY.get(element).properties) + ["unknown.key"]
+    configuration = dict.fromkeys(required_keys(REGISTRY.get(element)), "x")  # valid, then changed
+    configuration.update(data.draw(st.dictionaries(st.sampled_from(keys), SCALARS, max_size=2)))
+    expected = Draft202012Validator(REGISTRY.get(element).schema).is_valid(configuration)
+    assert (SHAPED[element].iter_errors(configuration) == []) == expected

@@ -257,7 +257,7 @@ def _checked(
     errors = schema.validator.iter_errors(dict(configuration))
     unknown = configuration.unknown if isinstance(configuration, _Partial) else frozenset()
     if isinstance(configuration, _Partial) and not unknown:  # the template's part is unknown: none is missing
-        errors = (e for e in errors if e.validator != "required")
+        errors = [e for e in errors if e.validator != "required"]
     expressions = _from_expressions(one, renderer, configuration)
     found = problems_from_errors(errors, locate, schema.secret_keys, "configuration", unknown, expressions)
     problems.extend(renderer.scrub(p) for p in found)  # values from the environment are never echoed

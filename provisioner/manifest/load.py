@@ -11,17 +11,15 @@ import copy
 import json
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
 
 from ..errors import Location, Problem
 from .elements import builtin_schemas
-from .schemacheck import problems_from_errors
+from .schemacheck import ShapeValidator, problems_from_errors
 from .yamlload import (
     DEFAULT_MAX_ALIAS_NODES,
     DEFAULT_MAX_BYTES,
@@ -113,11 +111,16 @@ def load_manifest(
 
 def check_structure(data: YDict, display: str) -> list[Problem]:
     """Validate the manifest against schemas/manifest.schema.json, with lines: the top level without
-    its instances, then each instance entry (see ``_entry_errors``)."""
+    its instances, then each instance entry (thousands alike: a ``ShapeValidator``)."""
     schema = json.loads(manifest_schema_text())
     entries = data.get("instances")
-    top = {**data, "instances": []} if isinstance(entries, list) else data
-    errors = [*Draft202012Validator(schema).iter_errors(top), *_entry_errors(schema, entries)]
+    entries = entries if isinstance(entries, list) else None
+    errors = list(Draft202012Validator(schema).iter_errors(data if entries is None else {**data, "instances": []}))
+    entry_schema = ShapeValidator({"$defs": schema["$defs"], **schema["properties"]["instances"]["items"]})
+    for index, entry in enumerate(entries or ()):
+        for error in entry_schema.iter_errors(entry):
+            error.path.extendleft(reversed(("instances", index)))
+            errors.append(error)
 
     def location_for(path: tuple) -> Location:
         return Location(display, line_at(data, path), instance=_instance_name(data, path))
@@ -129,72 +132,6 @@ def check_structure(data: YDict, display: str) -> list[Problem]:
         hint = f"this version of provisioner reads apiVersion: {API_VERSION}"
         problems.append(Problem(f"unsupported apiVersion {data.get('apiVersion')!r}", at, hint))
     return problems
-
-
-def _entry_errors(schema: dict, entries: Any) -> Iterator[ValidationError]:
-    """The schema errors of each instance entry, paths from the manifest's root. An import writes
-    thousands of entries of one shape: an entry whose shape (``_shape``) was valid once is valid,
-    any other is validated in full. Shapes are used only when the entry schema's verdict depends on
-    nothing else (``_shape_keywords``)."""
-    if not isinstance(entries, list):
-        return
-    entry_schema = {"$defs": schema.get("$defs", {}), **schema["properties"]["instances"]["items"]}
-    validator = Draft202012Validator(entry_schema)
-    patterns = _shape_patterns(entry_schema)
-    valid: set[Any] = set()
-    for index, entry in enumerate(entries):
-        shape = _shape(entry, patterns) if patterns is not None else None
-        if shape is not None and shape in valid:
-            continue
-        errors = list(validator.iter_errors(entry))
-        for error in errors:
-            error.path.extendleft(reversed(("instances", index)))
-            yield error
-        if not errors and shape is not None:
-            valid.add(shape)
-
-
-_SHAPE_KEYWORDS = {"$defs", "$ref", "type", "properties", "additionalProperties", "required", "items", "anyOf"}
-_ANNOTATIONS = {"title", "description", "$comment"}
-
-
-def _shape_patterns(schema: Any) -> tuple[re.Pattern, ...] | None:
-    """The patterns of an entry schema whose keywords look only at what ``_shape`` keeps: JSON types,
-    mapping keys, list items, whether a string is empty (``minLength`` 0 or 1) and which patterns it
-    matches. None if it uses any other keyword (then every entry is validated in full)."""
-    patterns: list[re.Pattern] = []
-    todo = [schema]
-    while todo:
-        node = todo.pop()
-        if isinstance(node, list):
-            todo.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
-        for key, value in node.items():
-            if key == "pattern" and isinstance(value, str):
-                patterns.append(re.compile(value))
-            elif key == "minLength" and value in (0, 1):
-                continue
-            elif key in ("properties", "$defs") and isinstance(value, dict):
-                todo.extend(value.values())
-            elif key in _SHAPE_KEYWORDS:
-                todo.append(value)
-            elif key not in _ANNOTATIONS:
-                return None
-    return tuple(dict.fromkeys(patterns))  # the same pattern in several places counts once
-
-
-def _shape(value: Any, patterns: tuple[re.Pattern, ...]) -> Any:
-    """What the entry schema can see of a value: its type, a mapping's keys, a list's items, and of a
-    string whether it is empty and which patterns it matches."""
-    if isinstance(value, str):
-        return (bool(value), *(bool(p.search(value)) for p in patterns))
-    if isinstance(value, dict):
-        return (dict, *((key, _shape(item, patterns)) for key, item in value.items()))
-    if isinstance(value, list):
-        return (list, *(_shape(item, patterns) for item in value))
-    return type(value)
 
 
 def _misplaced_env_refs(data: YDict, refs: list[EnvRef], display: str) -> list[Problem]:

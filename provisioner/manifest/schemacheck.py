@@ -1,4 +1,9 @@
-"""Turn JSON Schema validation errors into problems a person can act on.
+"""JSON Schema validation at scale, and its errors as problems a person can act on.
+
+``ShapeValidator`` is jsonschema's validator, run once per distinct *shape* of value: an import
+writes thousands of entries (and configurations) alike, and a value whose shape was valid once is
+valid. The shape keeps everything the schema's keywords can see (see ``_Observed``); a schema with
+any other keyword is validated value by value.
 
 jsonschema's own messages print the offending value (a password, sometimes) and speak in schema
 terms. Here every error becomes a ``Problem`` at the line of the key it concerns, with a short
@@ -10,15 +15,111 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
+from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from ..errors import Location, Problem
 
 LocationFor = Callable[[tuple], Location]
+
+
+class ShapeValidator:
+    """A Draft 2020-12 validator that validates a value in full only when no value of its shape was
+    valid before (errors are always those of the value itself). One per schema, owned by the run."""
+
+    def __init__(self, schema: dict):
+        self.schema = schema
+        self._validator = Draft202012Validator(schema)
+        self._observed = _Observed.of(schema)
+        self._valid: set[Any] = set()
+
+    def iter_errors(self, value: Any) -> list[ValidationError]:
+        shape = self._observed.shape(value) if self._observed else None
+        if shape is not None and shape in self._valid:
+            return []
+        errors = list(self._validator.iter_errors(value))
+        if not errors and shape is not None:
+            self._valid.add(shape)
+        return errors
+
+
+# What a shape keeps of a value: a mapping's keys and its values' shapes, a list's items' shapes; of a
+# string, whether it is one of the schema's constants, which patterns it matches and how its length
+# compares with every length bound; of a number, its type, whether it is whole, whether it is a
+# constant and how it compares with every bound. That decides the keywords below (the first set take
+# data, the second subschemas); jsonschema ignores "x-" keywords.
+_DATA_KEYWORDS = {"type", "required", "dependentRequired", "minProperties", "maxProperties", "minItems"}
+_DATA_KEYWORDS |= {"maxItems", "minContains", "maxContains", "$schema", "$id", "$comment", "title"}
+_DATA_KEYWORDS |= {"description", "default", "examples", "readOnly", "writeOnly", "deprecated", "format"}
+_SUBSCHEMA_KEYWORDS = {"additionalProperties", "propertyNames", "items", "prefixItems", "contains", "not"}
+_SUBSCHEMA_KEYWORDS |= {"allOf", "anyOf", "oneOf", "if", "then", "else", "unevaluatedProperties", "unevaluatedItems"}
+_NAMED_SUBSCHEMAS = {"properties", "patternProperties", "dependentSchemas", "$defs", "definitions"}
+_BOUNDS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
+_SCALARS = (str, int, float, bool, type(None))
+
+
+class _Observed:
+    """What the keywords of a schema can see of a scalar: patterns, length and number bounds, constants.
+    (``format`` is an annotation: the validator is built without a format checker.)"""
+
+    def __init__(self) -> None:
+        self.patterns: dict[str, re.Pattern] = {}
+        self.lengths: set[int] = set()  # the string has at least this many characters, or not
+        self.bounds: set[float] = set()  # the number is at least, and over, each
+        self.constants: set[Any] = set()  # of enum and const
+
+    @classmethod
+    def of(cls, schema: Any) -> _Observed | None:
+        """None if the schema has a keyword a shape does not decide (``uniqueItems``, a remote ``$ref``)."""
+        seen, todo = cls(), [schema]
+        while todo:
+            node = todo.pop()
+            if isinstance(node, list):
+                todo.extend(node)
+            elif isinstance(node, dict) and not seen._add(node, todo):
+                return None
+        return seen
+
+    def _add(self, node: dict, todo: list) -> bool:
+        for key, value in node.items():
+            if key in _NAMED_SUBSCHEMAS and isinstance(value, dict):
+                todo.extend(value.values())
+            elif key in _SUBSCHEMA_KEYWORDS:
+                todo.append(value)
+            elif key in ("enum", "const"):
+                values = value if key == "enum" and isinstance(value, list) else [value]
+                if not all(isinstance(v, _SCALARS) for v in values):
+                    return False
+                self.constants.update(values)
+            elif key == "pattern" and isinstance(value, str):
+                self.patterns.setdefault(value, re.compile(value))
+            elif key in ("minLength", "maxLength") and isinstance(value, int):
+                self.lengths.add(value if key == "minLength" else value + 1)
+            elif key in _BOUNDS and isinstance(value, (int, float)):
+                self.bounds.add(value)
+            elif not (key in _DATA_KEYWORDS or key.startswith("x-") or key == "$ref" and str(value).startswith("#")):
+                return False
+        return True
+
+    def shape(self, value: Any) -> Any:
+        kind = type(value)
+        if isinstance(value, dict):
+            return (dict, *((key, self.shape(item)) for key, item in value.items()))
+        if isinstance(value, list):
+            return (list, *(self.shape(item) for item in value))
+        if not isinstance(value, _SCALARS) or value is None or isinstance(value, bool):
+            return kind, value if isinstance(value, _SCALARS) else None
+        constant = value if value in self.constants else None
+        if isinstance(value, str):
+            matches = tuple(p.search(value) is not None for p in self.patterns.values())
+            return (str, constant, matches, *(len(value) >= n for n in self.lengths))
+        whole = isinstance(value, int) or value.is_integer()
+        return (kind, constant, whole, *((value >= n, value > n) for n in self.bounds))
 
 
 def problems_from_errors(

@@ -13,8 +13,11 @@ missing required keys of one object are reported together, as the API itself doe
 
 from __future__ import annotations
 
+import bisect
 import difflib
+import itertools
 import json
+import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
@@ -33,8 +36,7 @@ class ShapeValidator:
     valid before (errors are always those of the value itself). One per schema, owned by the run."""
 
     def __init__(self, schema: dict):
-        self.schema = schema
-        self._validator = Draft202012Validator(schema)
+        self._validator = Draft202012Validator(schema)  # no format checker: format is an annotation
         self._observed = _Observed.of(schema)
         self._valid: set[Any] = set()
 
@@ -50,27 +52,29 @@ class ShapeValidator:
 
 # What a shape keeps of a value: a mapping's keys and its values' shapes, a list's items' shapes; of a
 # string, whether it is one of the schema's constants, which patterns it matches and how its length
-# compares with every length bound; of a number, its type, whether it is whole, whether it is a
-# constant and how it compares with every bound. That decides the keywords below (the first set take
-# data, the second subschemas); jsonschema ignores "x-" keywords.
-_DATA_KEYWORDS = {"type", "required", "dependentRequired", "minProperties", "maxProperties", "minItems"}
-_DATA_KEYWORDS |= {"maxItems", "minContains", "maxContains", "$schema", "$id", "$comment", "title"}
-_DATA_KEYWORDS |= {"description", "default", "examples", "readOnly", "writeOnly", "deprecated", "format"}
-_SUBSCHEMA_KEYWORDS = {"additionalProperties", "propertyNames", "items", "prefixItems", "contains", "not"}
-_SUBSCHEMA_KEYWORDS |= {"allOf", "anyOf", "oneOf", "if", "then", "else", "unevaluatedProperties", "unevaluatedItems"}
-_NAMED_SUBSCHEMAS = {"properties", "patternProperties", "dependentSchemas", "$defs", "definitions"}
-_BOUNDS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
+# compares with the length bounds; of a number, its type, whether it is whole, whether it is a
+# constant and how it compares with the bounds. That decides these keywords (the first take data,
+# the second subschemas, the third named subschemas); jsonschema ignores "x-" keywords.
+_DATA_KEYWORDS = frozenset(
+    "type required dependentRequired minProperties maxProperties minItems maxItems minContains maxContains"
+    " $schema $id $comment title description default examples readOnly writeOnly deprecated format".split()
+)
+_SUBSCHEMA_KEYWORDS = frozenset(
+    "additionalProperties propertyNames items prefixItems contains not allOf anyOf oneOf if then else"
+    " unevaluatedProperties unevaluatedItems".split()
+)
+_NAMED_SUBSCHEMAS = frozenset("properties patternProperties dependentSchemas $defs definitions".split())
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 _SCALARS = (str, int, float, bool, type(None))
 
 
 class _Observed:
-    """What the keywords of a schema can see of a scalar: patterns, length and number bounds, constants.
-    (``format`` is an annotation: the validator is built without a format checker.)"""
+    """What the keywords of a schema can see of a scalar: patterns, length and number bounds, constants."""
 
     def __init__(self) -> None:
         self.patterns: dict[str, re.Pattern] = {}
-        self.lengths: set[int] = set()  # the string has at least this many characters, or not
-        self.bounds: set[float] = set()  # the number is at least, and over, each
+        self.lengths: list[int] = []  # sorted: a string of at least each many characters, or not
+        self.bounds: set[float] = set()  # a number at least, and over, each
         self.constants: set[Any] = set()  # of enum and const
 
     @classmethod
@@ -83,6 +87,7 @@ class _Observed:
                 todo.extend(node)
             elif isinstance(node, dict) and not seen._add(node, todo):
                 return None
+        seen.lengths.sort()
         return seen
 
     def _add(self, node: dict, todo: list) -> bool:
@@ -99,27 +104,28 @@ class _Observed:
             elif key == "pattern" and isinstance(value, str):
                 self.patterns.setdefault(value, re.compile(value))
             elif key in ("minLength", "maxLength") and isinstance(value, int):
-                self.lengths.add(value if key == "minLength" else value + 1)
-            elif key in _BOUNDS and isinstance(value, (int, float)):
+                self.lengths.append(value if key == "minLength" else value + 1)
+            elif key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") and isinstance(
+                value, int | float
+            ):
                 self.bounds.add(value)
             elif not (key in _DATA_KEYWORDS or key.startswith("x-") or key == "$ref" and str(value).startswith("#")):
                 return False
         return True
 
     def shape(self, value: Any) -> Any:
-        kind = type(value)
+        constant = value if isinstance(value, _SCALARS) and value in self.constants else None
+        if isinstance(value, str):
+            matches = map(operator.not_, map(re.Pattern.search, self.patterns.values(), itertools.repeat(value)))
+            return (str, constant, bisect.bisect_right(self.lengths, len(value)), *matches)
         if isinstance(value, dict):
             return (dict, *((key, self.shape(item)) for key, item in value.items()))
         if isinstance(value, list):
             return (list, *(self.shape(item) for item in value))
-        if not isinstance(value, _SCALARS) or value is None or isinstance(value, bool):
-            return kind, value if isinstance(value, _SCALARS) else None
-        constant = value if value in self.constants else None
-        if isinstance(value, str):
-            matches = tuple(p.search(value) is not None for p in self.patterns.values())
-            return (str, constant, matches, *(len(value) >= n for n in self.lengths))
-        whole = isinstance(value, int) or value.is_integer()
-        return (kind, constant, whole, *((value >= n, value > n) for n in self.bounds))
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            whole = isinstance(value, int) or value.is_integer()
+            return (type(value), constant, whole, *((value >= n, value > n) for n in self.bounds))
+        return type(value), value if isinstance(value, _SCALARS) else None
 
 
 def problems_from_errors(
@@ -145,26 +151,17 @@ def problems_from_errors(
         if error.validator == "additionalProperties":
             problems.extend(unknown_key_problems(error, path, location_for, prefix))
             continue
+        secret = bool(path) and path[-1] in secret_keys
         expression = (expressions or {}).get(path[0]) if path else None
-        problems.append(_problem(error, path, location_for, secret_keys, prefix, expression))
+        message, hint = _describe(error, secret, "" if secret and expression is not None else expression)
+        problems.append(Problem(message, replace(location_for(path), path=_dotted(prefix, path) or None), hint))
     for path, keys in missing.items():
         keys = sorted(set(keys) - (unknown if not path else set()))
-        if not keys:
-            continue
-        noun = "key" if len(keys) == 1 else "keys"
-        where = replace(location_for(path), path=_dotted(prefix, path) or None)
-        place = (
-            "the configuration"
-            if prefix == "configuration"
-            else (f"{_dotted('', path)}" if path else "the top of the manifest")
-        )
-        problems.append(
-            Problem(
-                f"missing required {noun}: {', '.join(keys)}",
-                where,
-                "add " + ("it" if len(keys) == 1 else "them") + f" to {place}",
-            )
-        )
+        if keys:
+            place = "the configuration" if prefix == "configuration" else _dotted("", path) or "the top of the manifest"
+            where = replace(location_for(path), path=_dotted(prefix, path) or None)
+            message = f"missing required key{'s' * (len(keys) > 1)}: {', '.join(keys)}"
+            problems.append(Problem(message, where, f"add {'it' if len(keys) == 1 else 'them'} to {place}"))
     return problems
 
 
@@ -203,24 +200,11 @@ def _is_expression(option: dict) -> bool:
     return "\\{\\{" in str(option.get("pattern", ""))
 
 
-def _problem(
-    error: ValidationError,
-    path: tuple,
-    location_for: LocationFor,
-    secret_keys: frozenset[str],
-    prefix: str,
-    expression: str | None = None,
-) -> Problem:
-    secret = bool(path) and path[-1] in secret_keys
-    message, hint = _describe(error, secret, "" if secret and expression is not None else expression)
-    return Problem(message, replace(location_for(path), path=_dotted(prefix, path) or None), hint)
-
-
 def unknown_key_problems(error: ValidationError, path: tuple, location_for: LocationFor, prefix: str) -> list[Problem]:
     """Every unexpected key of an additionalProperties error, each with its own did-you-mean."""
     known = list((error.schema or {}).get("properties", {}))
     out = []
-    for key in _unexpected_keys(error):
+    for key in [k for k in error.instance if k not in known] if isinstance(error.instance, dict) else []:
         suggestion = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
         hint = (
             f"did you mean {suggestion[0]!r}?"
@@ -230,12 +214,6 @@ def unknown_key_problems(error: ValidationError, path: tuple, location_for: Loca
         where = replace(location_for((*path, key)), path=_dotted(prefix, (*path, key)))
         out.append(Problem(f"unknown key {key!r}", where, hint))
     return out
-
-
-def _unexpected_keys(error: ValidationError) -> list[str]:
-    allowed = set((error.schema or {}).get("properties", {}))
-    instance = error.instance if isinstance(error.instance, dict) else {}
-    return [key for key in instance if key not in allowed]
 
 
 _TYPE_NAMES = {
@@ -262,7 +240,7 @@ _JSON_TYPES = (
 
 
 def _type_of(value: Any) -> str:
-    found = next((name for kind, name in (*_JSON_TYPES, (list, "list")) if isinstance(value, kind)), None)
+    found = next((name for kind, name in _JSON_TYPES if isinstance(value, kind)), None)
     return found or ("null" if value is None else type(value).__name__)
 
 

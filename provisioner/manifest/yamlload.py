@@ -191,6 +191,7 @@ def load_yaml(
         if any(p.message.startswith("YAML aliases") or p.message.startswith("recursive") for p in loader.problems):
             return Loaded(None, loader.problems)
         data = _build(loader, node, {})
+        del node  # the composed nodes go before the collector is back: it would scan them all
     except yaml.MarkedYAMLError as exc:
         return Loaded(None, [*loader.problems, _syntax_problem(exc, display)])
     except yaml.YAMLError as exc:
@@ -238,31 +239,30 @@ def _build(loader: _PositionLoader, node: yaml.Node, built: dict[int, Any]) -> A
     generator-based construction on large inputs files). Plain strings, mappings and sequences are
     built here with their positions; every other scalar, any explicit tag and << merges go through
     PyYAML's safe constructors, so the result is the same as safe loading."""
+    if node.tag == _STR_TAG:  # most nodes
+        return node.value
     key = id(node)
-    if key in built:  # an alias: the same object, as PyYAML gives
+    if key in built:  # an alias of a mapping or a list: the same object, as PyYAML gives
         return built[key]
     if node.tag == ENV_TAG and loader.env_tags:
         return _env_ref(loader, node)
     if isinstance(node, yaml.ScalarNode):
-        value = node.value if node.tag == _STR_TAG else _scalar(loader, node)
-    elif isinstance(node, yaml.SequenceNode) and node.tag == _SEQ_TAG:
-        value = YList()
-        value.line = node.start_mark.line + 1
-        value.item_lines = [child.start_mark.line + 1 for child in node.value]
-        built[key] = value
-        value.extend(_build(loader, child, built) for child in node.value)
-    elif isinstance(node, yaml.MappingNode) and node.tag == _MAP_TAG:
-        value = YDict()
-        value.line = node.start_mark.line + 1
-        value.key_lines = {}
-        built[key] = value
+        return _scalar(loader, node)
+    if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ_TAG:
+        items = built[key] = YList()
+        items.line = node.start_mark.line + 1
+        items.item_lines = [child.start_mark.line + 1 for child in node.value]
+        items.extend([_build(loader, child, built) for child in node.value])
+        return items
+    if isinstance(node, yaml.MappingNode) and node.tag == _MAP_TAG:
+        mapping = built[key] = YDict()
+        mapping.line = node.start_mark.line + 1
         own = sum(1 for k, _ in node.value if k.tag != _MERGE_TAG)
         if own < len(node.value):
             loader.flatten_mapping(node)  # keys brought in by << first, then the mapping's own
-        _fill_mapping(loader, node, value, built, own_from=len(node.value) - own)
-    else:
-        value = loader.construct_object(node, deep=True)
-    built[key] = value
+        _fill_mapping(loader, node, mapping, built, own_from=len(node.value) - own)
+        return mapping
+    value = built[key] = loader.construct_object(node, deep=True)
     return value
 
 
@@ -307,9 +307,10 @@ def too_long_number(exc: ValueError, where: Location, hint: str = "quote it to k
 def _fill_mapping(loader: _PositionLoader, node: yaml.MappingNode, data: YDict, built: dict, own_from: int) -> None:
     """Keys from ``own_from`` on are the mapping's own: a duplicate among them is a problem (keys
     merged in with << may be overridden)."""
-    own: dict[Any, int] = {}
+    lines = data.key_lines = {}
+    own = lines if own_from == 0 else {}
     for index, (key_node, value_node) in enumerate(node.value):
-        key = _build(loader, key_node, built)
+        key = key_node.value if key_node.tag == _STR_TAG else _build(loader, key_node, built)
         line = key_node.start_mark.line + 1
         if not isinstance(key, Hashable):  # a list or mapping as a key
             loader.problems.append(Problem("a mapping key must be a plain value", Location(loader.display, line)))
@@ -319,7 +320,7 @@ def _fill_mapping(loader: _PositionLoader, node: yaml.MappingNode, data: YDict, 
             hint = "remove one of them: YAML keeps only the last"
             loader.problems.append(Problem(message, Location(loader.display, line), hint))
         else:
-            data.key_lines[key] = line
+            lines[key] = line
             if index >= own_from:
                 own[key] = line
         data[key] = _build(loader, value_node, built)

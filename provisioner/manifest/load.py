@@ -29,6 +29,7 @@ from .yamlload import (
     YList,
     load_yaml,
     read_text,
+    short,
     too_long_number,
 )
 
@@ -197,7 +198,9 @@ def layer_inputs(
         if problem is not None:
             problems.append(problem)
             continue
-        deep_merge(merged, _nested(keys, value))
+        for key in reversed(keys):
+            value = {key: value}
+        deep_merge(merged, value)
         layers.append(f"--set {'.'.join(keys)}")
     return merged, layers, problems
 
@@ -211,11 +214,11 @@ def parse_set(assignment: str) -> tuple[list[str], Any, Problem | None]:
     or the problem with it (no '=', an empty key or key part, brackets, a too-long number)."""
     key, sep, raw = assignment.partition("=")
     key = key.strip()
-    where = Location("--set", path=_shown(key) if key else None)
+    where = Location("--set", path=short(key) if key else None)
     if not sep:
-        return [], None, Problem(f"--set {_shown(assignment)} is not KEY=VALUE (no '=')", Location(), _SET_HINT)
+        return [], None, Problem(f"--set {short(assignment)} is not KEY=VALUE (no '=')", Location(), _SET_HINT)
     if not key:
-        return [], None, Problem(f"--set {_shown(assignment)} has an empty key", Location(), _SET_HINT)
+        return [], None, Problem(f"--set {short(assignment)} has an empty key", Location(), _SET_HINT)
     if not all(_KEY_PART.fullmatch(part) for part in key.split(".")):
         message = "every part of a dotted key must be a non-empty name without spaces or brackets"
         hint = (
@@ -228,10 +231,6 @@ def parse_set(assignment: str) -> tuple[list[str], Any, Problem | None]:
         return [], None, too_long_number(exc, where, f"quote it to keep it as a string: --set '{key}=\"...\"'")
 
 
-def _shown(text: str) -> str:
-    return repr(text if len(text) <= 60 else text[:57] + "...")
-
-
 def _scalar(raw: str) -> Any:
     """A --set value is read as a YAML scalar (true, 42, null); anything else stays a string.
     Raises ValueError for an integer too long to read."""
@@ -240,12 +239,6 @@ def _scalar(raw: str) -> Any:
     except yaml.YAMLError:
         return raw
     return value if isinstance(value, (str, int, float, bool)) or value is None else raw
-
-
-def _nested(keys: list[str], value: Any) -> dict:
-    for key in reversed(keys[1:]):
-        value = {key: value}
-    return {keys[0]: value}
 
 
 def deep_merge(into: dict, other: dict) -> dict:

@@ -2,9 +2,9 @@
 
 Only plain YAML is accepted (safe loading: no python/object tags), and in a manifest the one tag of
 our own, ``!env NAME`` (``EnvRef``: an environment variable, read at render time). Input must be
-UTF-8 text under a size cap; aliases may not expand past a cap (billion laughs). Mappings come back as ``YDict`` and
-sequences as ``YList``, which carry the line of each key and item, so that an error found later
-(a JSON Schema path, a rendering error) can be reported at ``file:line``.
+UTF-8 text under a size cap; aliases may not expand past a cap (billion laughs). Mappings come back
+as ``YDict`` and sequences as ``YList``, which carry the line of each key and item, so that an error
+found later (a JSON Schema path, a rendering error) can be reported at ``file:line``.
 
 Problems a user can fix (duplicate keys, curly quotes where straight ones are needed, syntax errors)
 are collected, not raised, so validation reports them all at once.
@@ -282,7 +282,7 @@ def _env_ref(loader: _PositionLoader, node: yaml.Node) -> EnvRef:
     line = node.start_mark.line + 1
     if not isinstance(node, yaml.ScalarNode) or not _ENV_NAME.fullmatch(node.value):
         kind = "a mapping" if isinstance(node, yaml.MappingNode) else "a sequence"
-        shown = _short(node.value) if isinstance(node, yaml.ScalarNode) else kind
+        shown = short(node.value) if isinstance(node, yaml.ScalarNode) else kind
         message = f"{ENV_TAG} takes the name of an environment variable (letters, digits and _), got {shown}"
         hint = "write the variable's name after the tag, e.g. password: !env CW_PASSWORD"
         raise _Refused(Problem(message, Location(loader.display, line), hint))
@@ -337,7 +337,8 @@ def _check_nodes(root: yaml.Node, display: str, max_alias_nodes: int) -> list[Pr
         if key in sizes:
             return sizes[key]
         if key in in_progress:
-            raise _Recursive(node)
+            at = Location(display, node.start_mark.line + 1)
+            raise _Refused(Problem("recursive YAML alias", at, "an anchor may not refer to itself"))
         in_progress.add(key)
         total = 1
         if isinstance(node, yaml.ScalarNode):
@@ -354,51 +355,28 @@ def _check_nodes(root: yaml.Node, display: str, max_alias_nodes: int) -> list[Pr
 
     try:
         expanded = size(root)
-    except _Recursive as exc:
-        return [
-            Problem(
-                "recursive YAML alias",
-                Location(display, exc.node.start_mark.line + 1),
-                "an anchor may not refer to itself",
-            )
-        ]
+    except _Refused as exc:
+        return [exc.problem]
     except RecursionError:
         return [Problem("YAML nesting is too deep", Location(display))]
     if expanded - len(sizes) > max_alias_nodes:
         limit = f"limit: {max_alias_nodes} added by aliases"
-        problems.append(
-            Problem(
-                f"YAML aliases expand to {expanded} nodes from {len(sizes)} ({limit})",
-                Location(display, root.start_mark.line + 1),
-                "this looks like an alias bomb; write the data out instead of nesting aliases",
-            )
-        )
+        message = f"YAML aliases expand to {expanded} nodes from {len(sizes)} ({limit})"
+        hint = "this looks like an alias bomb; write the data out instead of nesting aliases"
+        problems.append(Problem(message, Location(display, root.start_mark.line + 1), hint))
     return problems
-
-
-class _Recursive(Exception):
-    def __init__(self, node: yaml.Node):
-        super().__init__("recursive alias")
-        self.node = node
 
 
 def _curly_problem(node: yaml.ScalarNode, display: str) -> Problem | None:
     value = node.value
     if not any(q in value for q in CURLY_QUOTES):
         return None
-    line = node.start_mark.line + 1
-    hint = (
-        "replace curly quotes (\u201c \u201d \u2018 \u2019) with straight ones (\" or '); "
-        "they often come from pasting from a web page"
-    )
-    if not node.style and value[0] in CURLY_QUOTES and value[-1] in CURLY_QUOTES:  # plain (None or "")
-        return Problem(
-            f"value {_short(value)} is wrapped in curly quotes, which YAML does not treat as quotes",
-            Location(display, line),
-            hint,
-        )
-    return None  # a curly quote inside {{ }} is reported by rendering, with the instance and key
+    if node.style or value[0] not in CURLY_QUOTES or value[-1] not in CURLY_QUOTES:  # not plain (None or "")
+        return None  # a curly quote inside {{ }} is reported by rendering, with the instance and key
+    message = f"value {short(value)} is wrapped in curly quotes, which YAML does not treat as quotes"
+    hint = "replace curly quotes (\u201c \u201d \u2018 \u2019) with straight ones (\" or ')"
+    return Problem(message, Location(display, node.start_mark.line + 1), f"{hint}; they often come from a web page")
 
 
-def _short(value: str, limit: int = 60) -> str:
+def short(value: str, limit: int = 60) -> str:
     return repr(value if len(value) <= limit else value[:limit] + "...")

@@ -258,9 +258,10 @@ def _checked(
     unknown = configuration.unknown if isinstance(configuration, _Partial) else frozenset()
     if isinstance(configuration, _Partial) and not unknown:  # the template's part is unknown: none is missing
         errors = [e for e in errors if e.validator != "required"]
-    expressions = _from_expressions(one, renderer, configuration)
-    found = problems_from_errors(errors, locate, schema.secret_keys, "configuration", unknown, expressions)
-    problems.extend(renderer.scrub(p) for p in found)  # values from the environment are never echoed
+    if errors:
+        expressions = _from_expressions(one, renderer, configuration)
+        found = problems_from_errors(errors, locate, schema.secret_keys, "configuration", unknown, expressions)
+        problems.extend(renderer.scrub(p) for p in found)  # values from the environment are never echoed
     if len(problems) > before or isinstance(configuration, _Partial):
         return None
     config = {k: (Secret(v) if k in schema.secret_keys and isinstance(v, str) else v) for k, v in configuration.items()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
@@ -21,6 +22,7 @@ from provisioner.errors import Location
 from provisioner.manifest.elements import ElementRegistry
 from provisioner.manifest.render import Renderer
 from provisioner.manifest.starter import required_keys
+from provisioner.manifest.yamlload import load_yaml
 from provisioner.ownership import fingerprint_tags, fingerprints_of
 from provisioner.secret import SENSITIVE, Secret, reveal
 
@@ -314,3 +316,27 @@ def test_a_shape_validator_agrees_with_jsonschema_on_every_value(element, data):
     configuration.update(data.draw(st.dictionaries(st.sampled_from(keys), SCALARS, max_size=2)))
     expected = Draft202012Validator(REGISTRY.get(element).schema).is_valid(configuration)
     assert (SHAPED[element].iter_errors(configuration) == []) == expected
+
+
+# -- loading: what PyYAML's safe loader reads ----------------------------------------------------
+
+YAML_SAMPLES = [
+    "a: 1\nb: 1.5\nc: true\nd: yes\ne: null\nf: ~\ng: 2024-01-02\nh: '12'\ni: \"x\\ty\"\nj: 0o17\nk: .inf",
+    "- [1, two, {three: 3}]\n- {a: [], b: {}}\n- \"quoted: yes\"\n",
+    "base: &b {x: 1, y: 2}\nuse: *b\nmerged:\n  <<: *b\n  y: 3\n",
+    "s: !!str 123\ni: !!int '7'\nb: !!binary aGVsbG8=\nset: !!set {a, b}\n",
+    "text: |\n  line one\n  line two\nfolded: >\n  a\n  b\n",
+    "",
+    "# only a comment\n",
+    "---\nkey: value\n...\n",
+    "just a scalar",
+    "- 1\n- -2\n- 0x1F\n- 1_000\n- 6.02e23\n- .NaN\n",
+]
+
+
+@pytest.mark.parametrize("text", YAML_SAMPLES)
+def test_the_loader_reads_what_the_safe_loader_reads(text):
+    loaded = load_yaml(text, "m.yaml")
+    assert loaded.problems == []
+    expected = yaml.safe_load(text)
+    assert repr(loaded.data) == repr(expected)  # repr: NaN equals itself there

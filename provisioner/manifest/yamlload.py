@@ -176,22 +176,35 @@ def load_yaml(
 ) -> Loaded:
     """Parse one YAML document, keeping positions and collecting every problem found. ``env_tags``:
     accept ``!env NAME`` (a manifest does; inputs and template files do not)."""
-    loader = _PositionLoader(text)
-    loader.display = display
-    loader.problems = []
-    loader.env_tags, loader.env_refs = env_tags, []
     collecting = gc.isenabled()
-    gc.disable()  # tens of thousands of new nodes: the cyclic collector would rescan them over and over
+    gc.disable()  # tens of thousands of new objects: the cyclic collector would rescan them over and over
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return Loaded(None, loader.problems)
-        if "*" in text or any(q in text for q in CURLY_QUOTES):  # the walk is only needed then
+        return _load(text, display, max_alias_nodes, env_tags, composed=False)
+    except _NeedsNodes:
+        return _load(text, display, max_alias_nodes, env_tags, composed=True)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _load(text: str, display: str, max_alias_nodes: int, env_tags: bool, composed: bool) -> Loaded:
+    """Build the data from the parser's events (fast, and no node graph held in memory), or, for a
+    document with anchors, aliases, << merges or tagged collections, from PyYAML's composed nodes."""
+    loader = _PositionLoader(text)
+    loader.display, loader.problems, loader.env_tags, loader.env_refs = display, [], env_tags, []
+    loader.curly = any(q in text for q in CURLY_QUOTES)
+    try:
+        if not composed:
+            data = _from_events(loader)
+        else:
+            node = loader.get_single_node()
+            if node is None:
+                return Loaded(None, loader.problems)
             loader.problems.extend(_check_nodes(node, display, max_alias_nodes))
-        if any(p.message.startswith("YAML aliases") or p.message.startswith("recursive") for p in loader.problems):
-            return Loaded(None, loader.problems)
-        data = _build(loader, node, {})
-        del node  # the composed nodes go before the collector is back: it would scan them all
+            if any(p.message.startswith(("YAML aliases", "recursive")) for p in loader.problems):
+                return Loaded(None, loader.problems)
+            data = _build(loader, node, {})
+            del node  # the composed nodes go before the collector is back: it would scan them all
     except yaml.MarkedYAMLError as exc:
         return Loaded(None, [*loader.problems, _syntax_problem(exc, display)])
     except yaml.YAMLError as exc:
@@ -204,9 +217,63 @@ def load_yaml(
         return Loaded(None, [*loader.problems, too_long_number(exc, Location(display))])
     finally:
         loader.dispose()
-        if collecting:
-            gc.enable()
     return Loaded(data, loader.problems, loader.env_refs)
+
+
+class _NeedsNodes(Exception):
+    """The document has what only the composer handles: anchors, aliases, << merges, tagged collections."""
+
+
+def _from_events(loader: Any) -> Any:  # Any: PyYAML's event API has no types
+    loader.get_event()  # the stream's start
+    if loader.check_event(yaml.StreamEndEvent):
+        return None
+    loader.get_event()  # the document's start
+    data = _from_event(loader, loader.get_event())
+    loader.get_event()  # the document's end
+    if not loader.check_event(yaml.StreamEndEvent):
+        raise _NeedsNodes  # a second document: the composer reports it
+    return data
+
+
+def _from_event(loader: Any, event: Any) -> Any:
+    """The value that starts with ``event``, with the positions of its keys and items."""
+    kind = type(event)  # (not isinstance: mypy would narrow to PyYAML's loosely typed events)
+    if kind is yaml.AliasEvent or event.anchor is not None:
+        raise _NeedsNodes
+    tag = event.tag
+    if tag == ENV_TAG and loader.env_tags:
+        return _env_ref(loader, event)
+    if kind is yaml.ScalarEvent:
+        if loader.curly and (problem := _curly_problem(event, loader.display)):
+            loader.problems.append(problem)
+        if tag in (None, "!"):
+            tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+        if tag == _STR_TAG:
+            return event.value
+        if tag == _MERGE_TAG:
+            raise _NeedsNodes
+        return _scalar(loader, yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style))
+    if tag not in (None, "!", _SEQ_TAG, _MAP_TAG):
+        raise _NeedsNodes
+    if kind is yaml.SequenceStartEvent:
+        items = YList()
+        items.line, items.item_lines = event.start_mark.line + 1, []
+        while not loader.check_event(yaml.SequenceEndEvent):
+            child = loader.get_event()
+            items.item_lines.append(child.start_mark.line + 1)
+            items.append(_from_event(loader, child))
+        loader.get_event()
+        return items
+    mapping = YDict()
+    mapping.line, mapping.key_lines = event.start_mark.line + 1, {}
+    while not loader.check_event(yaml.MappingEndEvent):
+        key_event = loader.get_event()
+        key, line = _from_event(loader, key_event), key_event.start_mark.line + 1
+        value = _from_event(loader, loader.get_event())
+        _add_key(loader, mapping, key, line, value, mapping.key_lines)
+    loader.get_event()
+    return mapping
 
 
 def _syntax_problem(exc: yaml.MarkedYAMLError, display: str) -> Problem:
@@ -227,6 +294,7 @@ class _PositionLoader(_BaseLoader):
     problems: list[Problem]
     env_tags: bool
     env_refs: list[EnvRef]
+    curly: bool  # the text has curly quotes: plain scalars are checked for them
 
 
 _STR_TAG = "tag:yaml.org,2002:str"
@@ -276,17 +344,17 @@ def _scalar(loader: _PositionLoader, node: yaml.ScalarNode) -> Any:
         return None
 
 
-def _env_ref(loader: _PositionLoader, node: yaml.Node) -> EnvRef:
-    """``!env NAME``: a reference to be resolved at render time. A misused tag ends the load, as any
-    other unreadable YAML does."""
-    line = node.start_mark.line + 1
-    if not isinstance(node, yaml.ScalarNode) or not _ENV_NAME.fullmatch(node.value):
-        kind = "a mapping" if isinstance(node, yaml.MappingNode) else "a sequence"
-        shown = short(node.value) if isinstance(node, yaml.ScalarNode) else kind
-        message = f"{ENV_TAG} takes the name of an environment variable (letters, digits and _), got {shown}"
+def _env_ref(loader: _PositionLoader, tagged: Any) -> EnvRef:
+    """``!env NAME`` (a node, or the event that starts one): a reference to be resolved at render time.
+    A misused tag ends the load, as any other unreadable YAML does."""
+    line = tagged.start_mark.line + 1
+    name = tagged.value if isinstance(tagged, yaml.ScalarNode | yaml.ScalarEvent) else None
+    if name is None or not _ENV_NAME.fullmatch(name):
+        kind = "a mapping" if isinstance(tagged, yaml.MappingNode | yaml.MappingStartEvent) else "a sequence"
+        message = f"{ENV_TAG} takes the name of an environment variable (letters, digits and _), got "
         hint = "write the variable's name after the tag, e.g. password: !env CW_PASSWORD"
-        raise _Refused(Problem(message, Location(loader.display, line), hint))
-    ref = EnvRef(node.value)
+        raise _Refused(Problem(message + (kind if name is None else short(name)), Location(loader.display, line), hint))
+    ref = EnvRef(name)
     ref.line = line
     loader.env_refs.append(ref)
     return ref
@@ -305,25 +373,29 @@ def too_long_number(exc: ValueError, where: Location, hint: str = "quote it to k
 
 
 def _fill_mapping(loader: _PositionLoader, node: yaml.MappingNode, data: YDict, built: dict, own_from: int) -> None:
-    """Keys from ``own_from`` on are the mapping's own: a duplicate among them is a problem (keys
-    merged in with << may be overridden)."""
-    lines = data.key_lines = {}
-    own = lines if own_from == 0 else {}
+    """Keys from ``own_from`` on are the mapping's own; those before come from << merges."""
+    data.key_lines = {}
+    own: dict[Any, int] = {}
     for index, (key_node, value_node) in enumerate(node.value):
-        key = key_node.value if key_node.tag == _STR_TAG else _build(loader, key_node, built)
-        line = key_node.start_mark.line + 1
-        if not isinstance(key, Hashable):  # a list or mapping as a key
-            loader.problems.append(Problem("a mapping key must be a plain value", Location(loader.display, line)))
-            continue
-        if index >= own_from and key in own:
-            message = f"duplicate key {key!r} (first defined on line {own[key]})"
-            hint = "remove one of them: YAML keeps only the last"
-            loader.problems.append(Problem(message, Location(loader.display, line), hint))
-        else:
-            lines[key] = line
-            if index >= own_from:
-                own[key] = line
-        data[key] = _build(loader, value_node, built)
+        key, line = _build(loader, key_node, built), key_node.start_mark.line + 1
+        _add_key(loader, data, key, line, _build(loader, value_node, built), own if index >= own_from else None)
+
+
+def _add_key(loader: _PositionLoader, data: YDict, key: Any, line: int, value: Any, own: dict | None) -> None:
+    """``own``: the mapping's own keys so far (None for a key merged in with <<, which may be
+    overridden); a duplicate among them is a problem."""
+    if not isinstance(key, Hashable):  # a list or mapping as a key
+        loader.problems.append(Problem("a mapping key must be a plain value", Location(loader.display, line)))
+        return
+    if own is not None and key in own:
+        message = f"duplicate key {key!r} (first defined on line {own[key]})"
+        hint = "remove one of them: YAML keeps only the last"
+        loader.problems.append(Problem(message, Location(loader.display, line), hint))
+    else:
+        data.key_lines[key] = line
+        if own is not None:
+            own[key] = line
+    data[key] = value
 
 
 def _check_nodes(root: yaml.Node, display: str, max_alias_nodes: int) -> list[Problem]:
@@ -367,7 +439,7 @@ def _check_nodes(root: yaml.Node, display: str, max_alias_nodes: int) -> list[Pr
     return problems
 
 
-def _curly_problem(node: yaml.ScalarNode, display: str) -> Problem | None:
+def _curly_problem(node: Any, display: str) -> Problem | None:  # a scalar node or event
     value = node.value
     if not any(q in value for q in CURLY_QUOTES):
         return None

@@ -73,6 +73,7 @@ class _Observed:
 
     def __init__(self) -> None:
         self.patterns: dict[str, re.Pattern] = {}
+        self.compiled: tuple[re.Pattern, ...] = ()  # the patterns, once all are collected
         self.lengths: list[int] = []  # sorted: a string of at least each many characters, or not
         self.bounds: set[float] = set()  # a number at least, and over, each
         self.constants: set[Any] = set()  # of enum and const
@@ -88,6 +89,7 @@ class _Observed:
             elif isinstance(node, dict) and not seen._add(node, todo):
                 return None
         seen.lengths.sort()
+        seen.compiled = tuple(seen.patterns.values())
         return seen
 
     def _add(self, node: dict, todo: list) -> bool:
@@ -116,7 +118,7 @@ class _Observed:
     def shape(self, value: Any) -> Any:
         constant = value if isinstance(value, _SCALARS) and value in self.constants else None
         if isinstance(value, str):
-            matches = map(operator.not_, map(re.Pattern.search, self.patterns.values(), itertools.repeat(value)))
+            matches = map(operator.not_, map(re.Pattern.search, self.compiled, itertools.repeat(value)))
             return (str, constant, bisect.bisect_right(self.lengths, len(value)), *matches)
         if isinstance(value, dict):
             return (dict, *((key, self.shape(item)) for key, item in value.items()))

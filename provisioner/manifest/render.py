@@ -24,6 +24,7 @@ import re
 import secrets
 import traceback
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import jinja2
@@ -131,7 +132,7 @@ def _placeholder_finalize(context: jinja2.runtime.Context, value: Any) -> Any:
     """In template files, each output becomes a placeholder; the value is kept aside, with the
     template line it came from (so that an error can show the user's text, never a placeholder)."""
     if isinstance(value, jinja2.Undefined):
-        value._fail_with_undefined_error()
+        str(value)  # raises the undefined value's error (StrictUndefined)
     if isinstance(context.environment, BudgetedSandbox):
         context.environment.check_budget()
     collector = context.get("__provisioner_values")
@@ -229,24 +230,32 @@ class Renderer:
         return cached
 
     def _render_string(self, raw: str, scope: dict[str, Any], where: Location) -> Any:
-        known = self._exhausted.get(raw)
-        if known is not None:
-            raise RenderError(Problem(known.message, where, known.hint))
         match = _SINGLE_EXPRESSION.match(raw)
+
+        def render() -> Any:
+            if match and "{{" not in match["expr"] and "}}" not in match["expr"]:
+                result = self._compile("expression", match["expr"])(**scope)
+                return str(result) if isinstance(result, jinja2.Undefined) else result  # str() raises its error
+            return self._jinja.render_capped(self._compile("string", raw), scope)
+
+        return self._budgeted(raw, where, None, render)
+
+    def _budgeted(self, source: str, where: Location, template: str | None, render: Callable[[], Any]) -> Any:
+        """``render()`` within the rendering budget; any Jinja failure becomes a located problem, and a
+        source that ran out of budget once fails at once the next time (a forEach renders it per item)."""
+        known = self._exhausted.get(source)
+        if known is not None:
+            where = replace(where, template=known.location.template, template_line=known.location.template_line)
+            raise RenderError(Problem(known.message, where, known.hint))
         try:
             with self._jinja.budget():
-                if match and "{{" not in match["expr"] and "}}" not in match["expr"]:
-                    result = self._compile("expression", match["expr"])(**scope)
-                    if isinstance(result, jinja2.Undefined):
-                        result._fail_with_undefined_error()
-                    return result
-                return self._jinja.render_capped(self._compile("string", raw), scope)
+                return render()
         except RenderError:
             raise
         except Exception as exc:  # noqa: BLE001 - every Jinja failure becomes a located problem
-            problem = self.scrub(_problem_from(exc, where))
+            problem = self.scrub(_problem_from(exc, where, template))
             if isinstance(exc, BudgetExceeded):
-                self._exhausted[raw] = problem
+                self._exhausted[source] = problem
             raise RenderError(problem) from None
 
     def _compile(self, kind: str, source: str) -> Any:
@@ -274,32 +283,14 @@ class Renderer:
 
     def template_file(self, name: str, scope: dict[str, Any], where: Location) -> dict:
         """Render a template file into a mapping; values are substituted after YAML parsing."""
-        known = self._exhausted.get("file:" + name)
-        if known is not None:
-            at = Location(where.file, where.line, name, known.location.template_line, where.instance)
-            raise RenderError(Problem(known.message, at, known.hint))
         template = self._load_file(name, where)
         nonce = f"__pv{secrets.token_hex(6)}_"
         collected: list[Any] = []
         lines: list[int | None] = []
-        try:
-            with self._jinja.budget():
-                text = self._jinja.render_capped(
-                    template,
-                    {
-                        **scope,
-                        "__provisioner_values": collected,
-                        "__provisioner_lines": lines,
-                        "__provisioner_nonce": nonce,
-                    },
-                )
-        except RenderError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            problem = self.scrub(_problem_from(exc, where, name))
-            if isinstance(exc, BudgetExceeded):
-                self._exhausted["file:" + name] = problem
-            raise RenderError(problem) from None
+        variables = {"__provisioner_values": collected, "__provisioner_lines": lines, "__provisioner_nonce": nonce}
+        text = self._budgeted(
+            "file:" + name, where, name, lambda: self._jinja.render_capped(template, {**scope, **variables})
+        )
         outputs = _Outputs(nonce, self.template_lines(name), lines)
 
         def located(rendered_line: int | None) -> Location:

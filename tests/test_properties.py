@@ -322,9 +322,10 @@ def test_a_shape_validator_agrees_with_jsonschema_on_every_value(element, data):
 
 YAML_SAMPLES = [
     "a: 1\nb: 1.5\nc: true\nd: yes\ne: null\nf: ~\ng: 2024-01-02\nh: '12'\ni: \"x\\ty\"\nj: 0o17\nk: .inf",
-    "- [1, two, {three: 3}]\n- {a: [], b: {}}\n- \"quoted: yes\"\n",
+    '- [1, two, {three: 3}]\n- {a: [], b: {}}\n- "quoted: yes"\n',
     "base: &b {x: 1, y: 2}\nuse: *b\nmerged:\n  <<: *b\n  y: 3\n",
-    "s: !!str 123\ni: !!int '7'\nb: !!binary aGVsbG8=\nset: !!set {a, b}\n",
+    "s: !!str 123\ni: !!int '7'\nb: !!binary aGVsbG8=\nm: !!map {a: 1}\nl: !!seq [1]\n",
+    "base: &b [{x: 1}, {x: 2, y: 2}]\nmerged: {<<: *b, z: 3}\nscalar: &s 5\nagain: *s\n",
     "text: |\n  line one\n  line two\nfolded: >\n  a\n  b\n",
     "",
     "# only a comment\n",

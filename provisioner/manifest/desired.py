@@ -189,15 +189,10 @@ def _template_body(one: _Entry, scope: dict, renderer: Renderer) -> dict | None:
     except RenderError as exc:
         one.problems.append(exc.problem)
         return None
-    unknown = sorted(set(body) - {"element", "tags", "configuration"})
+    unknown = ", ".join(sorted(map(str, set(body) - {"element", "tags", "configuration"})))
     if unknown:
-        one.problems.append(
-            Problem(
-                f"template renders unknown field(s): {', '.join(map(str, unknown))}",
-                Location(at.file, at.line, name, None, at.instance),
-                "a template may render element, tags and configuration",
-            )
-        )
+        hint = "a template may render element, tags and configuration"
+        one.problems.append(Problem(f"template renders unknown field(s): {unknown}", replace(at, template=name), hint))
     return body
 
 

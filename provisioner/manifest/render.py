@@ -93,38 +93,22 @@ class _ConfinedLoader(jinja2.BaseLoader):
         self.root = os.path.realpath(root)
         self.max_bytes = max_bytes
 
-    def resolve(self, name: str) -> str:
-        path = os.path.realpath(os.path.join(self.root, name))
-        if os.path.isabs(name) or os.path.commonpath([path, self.root]) != self.root:
-            raise TemplateOutside(name)
-        return path
-
     def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
-        path = self.resolve(template)
+        path = os.path.realpath(os.path.join(self.root, template))
+        if os.path.isabs(template) or os.path.commonpath([path, self.root]) != self.root:
+            hint = "templates must live in the manifest's directory or below it"
+            raise FileRefused(f"template path {template!r} is outside the manifest's directory", hint)
         if not os.path.lexists(path):
             raise jinja2.TemplateNotFound(template)
         try:
             raw = read_capped(path, self.max_bytes)
         except FileRefused as exc:
-            raise TemplateRefused(template, exc) from None
+            raise FileRefused(f"template file {template!r}: {exc.message}", exc.hint) from None
         text, problems = decode_text(raw, template)
         if text is None:
             raise RenderError(problems[0])
         mtime = os.path.getmtime(path)
         return text, template, lambda: os.path.getmtime(path) == mtime
-
-
-class TemplateOutside(Exception):
-    pass
-
-
-class TemplateRefused(Exception):
-    """A template file that cannot be read (not a regular file, over the size cap)."""
-
-    def __init__(self, name: str, cause: FileRefused):
-        super().__init__(cause.message)
-        self.name = name
-        self.cause = cause
 
 
 @jinja2.pass_context
@@ -321,7 +305,7 @@ class Renderer:
             return self._compile("file", name)
         except jinja2.TemplateSyntaxError as exc:
             raise RenderError(_problem_from(exc, where, name)) from None
-        except (TemplateOutside, jinja2.TemplateNotFound, TemplateRefused) as exc:
+        except (FileRefused, jinja2.TemplateNotFound) as exc:
             raise RenderError(_problem_from(exc, where)) from None
 
 
@@ -411,7 +395,7 @@ def _as_text(value: Any) -> str:
 def _problem_from(exc: Exception, where: Location, template: str | None = None) -> Problem:
     """Turn a Jinja failure into a located problem; never include rendered values."""
     line = _template_line(exc, template) if template else None
-    location = Location(where.file, where.line, template, line, where.instance, where.path) if template else where
+    location = replace(where, template=template, template_line=line) if template else where
     if isinstance(exc, jinja2.UndefinedError):
         message = exc.message or "undefined variable"
         if message.startswith("environment variable"):
@@ -426,11 +410,8 @@ def _problem_from(exc: Exception, where: Location, template: str | None = None) 
         return Problem(f"unsafe template expression refused: {exc}", location, hint)
     if isinstance(exc, jinja2.TemplateSyntaxError):
         return Problem(f"template syntax error: {exc.message}", location, _syntax_hint(exc.message))
-    if isinstance(exc, TemplateOutside):
-        hint = "templates must live in the manifest's directory or below it"
-        return Problem(f"template path {str(exc)!r} is outside the manifest's directory", location, hint)
-    if isinstance(exc, TemplateRefused):
-        return Problem(f"template file {exc.name!r}: {exc.cause.message}", location, exc.cause.hint)
+    if isinstance(exc, FileRefused):  # outside the manifest's directory, or not a file to read
+        return Problem(exc.message, location, exc.hint)
     if isinstance(exc, jinja2.TemplateNotFound):
         hint = "paths are relative to the manifest's directory"
         return Problem(f"template file {exc.name!r} not found", location, hint)

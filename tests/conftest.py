@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from provisioner.cli.main import main
@@ -151,6 +152,17 @@ def write(directory: Path, name: str, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
     return path
+
+
+class EnvTagLoader(yaml.SafeLoader):
+    """Reads what import writes, independently of provisioner's loader: ``!env NAME`` as {"!env": NAME}."""
+
+
+EnvTagLoader.add_constructor("!env", lambda loader, node: {"!env": loader.construct_scalar(node)})
+
+
+def load_imported(text: str):
+    return yaml.load(text, Loader=EnvTagLoader)
 
 
 CW_INSTANCE = """

@@ -12,8 +12,7 @@ import stat
 
 import pytest
 import requests
-import yaml
-from conftest import ORG_SECRET, USER_SECRET, write
+from conftest import ORG_SECRET, USER_SECRET, load_imported, write
 
 CANARY = "AKIA-canary-never-sent-7731"
 # every Jinja delimiter, a raw block escape and the expressions an attacker would use
@@ -58,12 +57,16 @@ def test_server_text_with_every_jinja_delimiter_is_sent_back_byte_for_byte(cli, 
     text = (cli.cwd / "imported.yaml").read_text()
     assert "{% raw %}{{" not in text and CANARY not in text  # plain strings, no wrapper to escape from
     assert stat.S_IMODE(os.stat(cli.cwd / "imported.yaml").st_mode) == 0o644
-    [entry] = yaml.safe_load(text)["instances"]
+    assert "{{" not in text.replace(HOSTILE, "").replace(HOSTILE_USER, "").replace(HOSTILE_NAME, "").replace(
+        HOSTILE_TAG, ""
+    )  # the secret is written as !env NAME: no template of import's own
+    [entry] = load_imported(text)["instances"]
     assert entry["literal"] is True and entry["name"] == HOSTILE_NAME and entry["tags"] == [HOSTILE_TAG]
     configuration = entry["configuration"]
     assert configuration["helpdesk.connectwise.company"] == HOSTILE
     assert configuration["helpdesk.connectwise.username"] == HOSTILE_USER
     secret_var = next(n for n in proc.stderr.split() if n.endswith("_HELPDESK_CONNECTWISE_PASSWORD"))
+    assert configuration["helpdesk.connectwise.password"] == {"!env": secret_var}
     env[secret_var] = "pw-by-hand-1"
 
     rendered = cli.run("render", "imported.yaml", "-o", "json", env=env)
@@ -86,9 +89,9 @@ def test_server_text_with_every_jinja_delimiter_is_sent_back_byte_for_byte(cli, 
     assert CANARY not in json.dumps(row, default=str)
 
 
-def test_a_literal_entry_renders_only_its_secret_keys(cli, db):
-    """``literal: true`` written by hand: the name and plain values stay text, the secret key reads
-    the environment (the one place import writes a template)."""
+def test_a_literal_entry_reads_only_its_env_tags(cli, db):
+    """``literal: true`` written by hand: the name and plain values stay text, even a "{{ env.X }}",
+    and ``!env NAME`` reads the environment (what import writes for a secret)."""
     write(
         cli.cwd,
         "m.yaml",
@@ -102,19 +105,66 @@ def test_a_literal_entry_renders_only_its_secret_keys(cli, db):
             tags: ["{{ env.HOME }}"]
             configuration:
               helpdesk.connectwise.username: "{{ env.PW }}"
-              helpdesk.connectwise.password: "{{ env.PW }}"
+              helpdesk.connectwise.password: !env PW
               helpdesk.connectwise.server.url: "{% raw %}x"
               helpdesk.connectwise.company: "{#"
         """,
     )
     proc = cli.run("apply", "m.yaml", env={"PW": "pw-from-env-5521"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "pw-from-env-5521" not in proc.stdout + proc.stderr
     [row] = db.instances()
     assert row["name"] == "hd-{{ 1 + 1 }}" and "{{ env.HOME }}" in row["tags"]
     assert row["configuration"]["helpdesk.connectwise.username"] == "{{ env.PW }}"
     assert row["configuration"]["helpdesk.connectwise.password"] == "pw-from-env-5521"
     assert row["configuration"]["helpdesk.connectwise.server.url"] == "{% raw %}x"
     assert row["configuration"]["helpdesk.connectwise.company"] == "{#"
+
+
+def test_env_tag_is_read_at_render_time_and_never_printed(cli, db):
+    """``!env NAME`` (literal or not): unset, a located error and nothing sent; set, the emulator
+    receives the value, no output shows it, and the next plan has nothing to change."""
+    write(
+        cli.cwd,
+        "m.yaml",
+        """
+        apiVersion: provisioner/v1
+        stack: ops
+        instances:
+          - name: hd
+            element: connectwisehd
+            configuration:
+              helpdesk.connectwise.username: api1
+              helpdesk.connectwise.password: !env HD_PASSWORD
+              helpdesk.connectwise.server.url: api-na.myconnectwise.net
+              helpdesk.connectwise.company: acme
+        """,
+    )
+    for command in ("validate", "plan", "apply"):
+        proc = cli.run(command, "m.yaml")
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        where = "m.yaml:8 instance=hd configuration.helpdesk.connectwise.password"
+        assert f"{where}: environment variable HD_PASSWORD is not set" in proc.stderr
+        assert "export HD_PASSWORD=" in proc.stderr
+    assert db.requests() == []
+    env = {"HD_PASSWORD": "Canary-env-tag-4417"}
+    outputs = [cli.run(command, "m.yaml", env=env) for command in ("validate", "plan", "apply")]
+    assert [p.returncode for p in outputs] == [0, 0, 0], [p.stdout + p.stderr for p in outputs]
+    assert not [p for p in outputs if "Canary-env-tag-4417" in p.stdout + p.stderr]
+    [row] = db.instances()
+    assert row["configuration"]["helpdesk.connectwise.password"] == "Canary-env-tag-4417"
+    assert "No changes" in cli.run("plan", "m.yaml", env=env).stdout
+
+
+def test_a_literal_secret_written_as_a_template_is_refused(cli, db):
+    """Before ``!env``, import wrote a secret as "{{ env.NAME }}"; under literal that is text now, and
+    sending it would overwrite the password: a located error, nothing sent."""
+    entry = "\n  - name: a\n    element: connectwisehd\n    literal: true\n    configuration:\n"
+    entry += "      helpdesk.connectwise.password: '{{ env.PW }}'"
+    write(cli.cwd, "m.yaml", BASE.replace(" []", entry))
+    proc = cli.run("apply", "m.yaml", env={"PW": "pw-from-env-5521"})
+    assert proc.returncode == 1 and "m.yaml:8 instance=a configuration.helpdesk.connectwise.password" in proc.stderr
+    assert "!env NAME" in proc.stderr and db.requests() == []
 
 
 def test_literal_must_be_a_boolean(cli, db):
@@ -141,7 +191,7 @@ def test_import_refuses_an_existing_file_unless_forced(cli, db, api):
     assert db.requests() == []  # refused before the API was read
     proc = cli.run("import", "base.yaml", "--out", "taken.yaml", "--force")
     assert proc.returncode == 0, proc.stderr
-    assert [i["name"] for i in yaml.safe_load((cli.cwd / "taken.yaml").read_text())["instances"]] == ["hd-a"]
+    assert [i["name"] for i in load_imported((cli.cwd / "taken.yaml").read_text())["instances"]] == ["hd-a"]
 
 
 @pytest.mark.parametrize("spelling", ["same", "dot-slash", "absolute", "symlink", "hardlink", "inputs"])

@@ -1,4 +1,4 @@
-"""Property-based tests of the pure stages: rendering and the configuration diff.
+"""Property-based tests of the pure stages: rendering, validation once per shape and the configuration diff.
 
 No server, no subprocess: these call ``provisioner.manifest.render.Renderer`` and
 ``provisioner.engine.diff.diff_configuration`` directly, with Hypothesis generating the data. The server's
@@ -11,14 +11,18 @@ from __future__ import annotations
 import warnings
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
 
 from provisioner.emulator.api import default_catalog, to_property_value
 from provisioner.engine.diff import FieldDiff, FieldPath, FingerprintContext, diff_configuration
 from provisioner.errors import Location
 from provisioner.manifest.elements import ElementRegistry
 from provisioner.manifest.render import Renderer
+from provisioner.manifest.starter import required_keys
+from provisioner.manifest.yamlload import load_yaml
 from provisioner.ownership import fingerprint_tags, fingerprints_of
 from provisioner.secret import SENSITIVE, Secret, reveal
 
@@ -283,3 +287,57 @@ def test_an_empty_value_for_a_key_with_a_default_does_not_differ_from_what_the_s
     assert not list(schema.validator.iter_errors({k: reveal(v) for k, v in desired.items()}))
     live = server_view("connectwisehd", desired, {})
     assert diff_configuration(desired, live, schema, live_fingerprints("connectwisehd", desired), FP, NAME) == []
+
+
+# -- validation once per shape ------------------------------------------------------------------
+
+REGISTRY = ElementRegistry.load()
+SHAPED = {key: REGISTRY.get(key).validator for key in REGISTRY.keys()}  # one memo for all the examples
+CONSTANTS = st.sampled_from(["true", "false", "webhook", "polling", "oauth2", "custom", "http://x", "15", True, 0])
+SCALARS = st.one_of(
+    st.text(alphabet="ab9:/", min_size=1, max_size=4),
+    st.text(max_size=3),
+    st.text(alphabet="a", min_size=30, max_size=35),
+    st.text(alphabet="9", min_size=126, max_size=130),
+    st.integers(-3, 3),
+    st.floats(allow_nan=False, min_value=-2, max_value=2),
+    st.booleans(),
+    st.none(),
+    CONSTANTS,
+)
+
+
+@SETTINGS
+@given(element=st.sampled_from(sorted(SHAPED)), data=st.data())
+def test_a_shape_validator_agrees_with_jsonschema_on_every_value(element, data):
+    """A configuration is valid through the memo of valid shapes exactly when jsonschema finds it valid."""
+    keys = list(REGISTRY.get(element).properties) + ["unknown.key"]
+    configuration = dict.fromkeys(required_keys(REGISTRY.get(element)), "x")  # valid, then changed
+    configuration.update(data.draw(st.dictionaries(st.sampled_from(keys), SCALARS, max_size=2)))
+    expected = Draft202012Validator(REGISTRY.get(element).schema).is_valid(configuration)
+    assert (SHAPED[element].iter_errors(configuration) == []) == expected
+
+
+# -- loading: what PyYAML's safe loader reads ----------------------------------------------------
+
+YAML_SAMPLES = [
+    "a: 1\nb: 1.5\nc: true\nd: yes\ne: null\nf: ~\ng: 2024-01-02\nh: '12'\ni: \"x\\ty\"\nj: 0o17\nk: .inf",
+    '- [1, two, {three: 3}]\n- {a: [], b: {}}\n- "quoted: yes"\n',
+    "base: &b {x: 1, y: 2}\nuse: *b\nmerged:\n  <<: *b\n  y: 3\n",
+    "s: !!str 123\ni: !!int '7'\nb: !!binary aGVsbG8=\nm: !!map {a: 1}\nl: !!seq [1]\n",
+    "base: &b [{x: 1}, {x: 2, y: 2}]\nmerged: {<<: *b, z: 3}\nscalar: &s 5\nagain: *s\n",
+    "text: |\n  line one\n  line two\nfolded: >\n  a\n  b\n",
+    "",
+    "# only a comment\n",
+    "---\nkey: value\n...\n",
+    "just a scalar",
+    "- 1\n- -2\n- 0x1F\n- 1_000\n- 6.02e23\n- .NaN\n",
+]
+
+
+@pytest.mark.parametrize("text", YAML_SAMPLES)
+def test_the_loader_reads_what_the_safe_loader_reads(text):
+    loaded = load_yaml(text, "m.yaml")
+    assert loaded.problems == []
+    expected = yaml.safe_load(text)
+    assert repr(loaded.data) == repr(expected)  # repr: NaN equals itself there

@@ -15,7 +15,7 @@ import sys
 import pytest
 import requests
 import yaml
-from conftest import ORG_SECRET, REPO, USER_SECRET, base_env, manifest_text, write
+from conftest import ORG_SECRET, REPO, USER_SECRET, base_env, load_imported, manifest_text, write
 from scripted_server import Reply, ScriptedServer
 
 from provisioner.api.schemagen import element_schema, record_field
@@ -202,8 +202,11 @@ def test_import_then_plan_adopt_shows_no_diff_and_apply_adopt_takes_all_over(cli
         assert name in imported.stderr
     text = (cli.cwd / "imported.yaml").read_text()
     assert not [v for v in secrets.values() if v in text + imported.stdout + imported.stderr]
-    document = yaml.safe_load(text)
+    assert "{{" not in text  # what import writes holds no template: each secret is !env NAME
+    document = load_imported(text)
     assert document["stack"] == "ops" and document["apiVersion"] == "provisioner/v1"
+    password = document["instances"][0]["configuration"]["helpdesk.connectwise.password"]
+    assert password == {"!env": "HD_A_HELPDESK_CONNECTWISE_PASSWORD"}
     assert [(i["name"], i["adopt"]) for i in document["instances"]] == [(m["name"], m["id"]) for m in made]
     assert document["instances"][0]["tags"] == ["team-a"]
     assert "hd-c" not in text and other_stack["id"] not in [i["adopt"] for i in document["instances"]]
@@ -233,7 +236,7 @@ def test_import_filters_by_element_and_name(cli, db, api):
     write(cli.cwd, "base.yaml", "apiVersion: provisioner/v1\nstack: ops\ninstances: []\n")
     proc = cli.run("import", "base.yaml", "--out", "a.yaml", "--element", "connectwisehd", "--name", "*-b")
     assert proc.returncode == 0, proc.stderr
-    assert [i["name"] for i in yaml.safe_load((cli.cwd / "a.yaml").read_text())["instances"]] == ["hd-b"]
+    assert [i["name"] for i in load_imported((cli.cwd / "a.yaml").read_text())["instances"]] == ["hd-b"]
 
 
 # -- 4. render ---------------------------------------------------------------------------------
@@ -665,9 +668,9 @@ def test_import_reads_the_configuration_a_listing_leaves_out(tmp_path):
         paths = [r.path for r in server.requests]
     assert proc.returncode == 0, proc.stderr
     assert paths == ["/instances", "/instances/5"]
-    written = yaml.safe_load((tmp_path / "m.yaml").read_text())
+    written = load_imported((tmp_path / "m.yaml").read_text())
     [instance] = written["instances"]
     assert instance["configuration"]["helpdesk.connectwise.username"] == "hand-made"
     assert instance["configuration"]["helpdesk.connectwise.server.url"] == "api-na.example.net"
-    assert "{{ env." in instance["configuration"]["helpdesk.connectwise.password"]
+    assert "!env" in instance["configuration"]["helpdesk.connectwise.password"]
     assert "********" not in (tmp_path / "m.yaml").read_text()

@@ -5,10 +5,10 @@ user tags and configuration, and ``adopt: <id>`` so that ``plan --adopt`` knows 
 means. Text from the API is data, never a template: every entry is written with ``literal: true``
 and its values as plain YAML strings, so a value holding ``{% endraw %}{{ env.X }}`` is sent back
 byte for byte and nothing is rendered from it. A secret value is never written: the API masks it
-anyway, and each secret key (the one kind of value that stays a template under ``literal``) becomes
-``{{ env.NAME }}`` with a predictable NAME (instance name and key, upper case, ``_`` for anything
-else), which the caller lists on stderr. Once those variables hold the real values, ``plan FILE
---adopt`` shows only ``adopt`` actions without a configuration diff.
+anyway, and each secret key becomes ``!env NAME`` (no template: the file holds none) with a
+predictable NAME (instance name and key, upper case, ``_`` for anything else), which the caller
+lists on stderr. Once those variables hold the real values, ``plan FILE --adopt`` shows only
+``adopt`` actions without a configuration diff.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import yaml
 from ..api.live import LiveInstance
 from ..manifest.elements import ElementRegistry, ElementSchema
 from ..manifest.load import API_VERSION, Manifest
+from ..manifest.yamlload import ENV_TAG, EnvRef
 from ..ownership import is_unmanaged, user_tags
 from ..secret import MASK
 
@@ -65,9 +66,16 @@ def import_manifest(
     document["instances"] = entries
     result.text = (
         "# Written by provisioner import: unmanaged instances, to take over with apply --adopt.\n"
-        + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=1000)
+        + yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000)
     )
     return result
+
+
+class _Dumper(yaml.SafeDumper):
+    """Safe YAML, with a secret's ``EnvRef`` written as ``!env NAME``."""
+
+
+_Dumper.add_representer(EnvRef, lambda dumper, ref: dumper.represent_scalar(ENV_TAG, str(ref)))
 
 
 def _chosen(
@@ -129,7 +137,7 @@ def _entry(instance: LiveInstance, schema: ElementSchema, target: str, result: I
         if key in schema.secret_keys:
             name = env_name(instance.name, key)
             result.variables.append((name, instance.name, key))
-            configuration[key] = "{{ env." + name + " }}"
+            configuration[key] = EnvRef(name)
         elif value == MASK:  # masked, yet not a secret key: no value to write, and no template may stand in
             result.skipped.append(f"{instance.name} (id {instance.id}): {key} is masked by the API; declare it")
         else:

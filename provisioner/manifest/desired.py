@@ -22,7 +22,7 @@ from .elements import ElementRegistry, ElementSchema
 from .load import DEFAULT_TARGET, Limits, Manifest
 from .render import Renderer, RenderError
 from .schemacheck import problems_from_errors
-from .yamlload import YDict
+from .yamlload import ENV_TAG, EnvRef, YDict
 
 _MARKUP = re.compile(r"<[^>]*>")
 
@@ -157,10 +157,7 @@ def _build_one(
         if key in one.entry:
             body[key] = one.field(key, renderer, scope)
     if "configuration" in one.entry:
-        element = body.get("element")
-        schema = registry.get(element) if one.literal and isinstance(element, str) else None
-        secret_keys = schema.secret_keys if schema else frozenset()
-        inline = _UNKNOWN if "configuration" in one.broken else _configuration(one, scope, renderer, secret_keys)
+        inline = _UNKNOWN if "configuration" in one.broken else _configuration(one, scope, renderer)
         known = body.get("configuration")
         if isinstance(inline, _Partial) and isinstance(known, Mapping):
             body["configuration"] = _Partial({**known, **inline}, inline.unknown)
@@ -192,22 +189,17 @@ def _template_body(one: _Entry, scope: dict, renderer: Renderer) -> dict | None:
     except RenderError as exc:
         one.problems.append(exc.problem)
         return None
-    unknown = sorted(set(body) - {"element", "tags", "configuration"})
+    unknown = ", ".join(sorted(map(str, set(body) - {"element", "tags", "configuration"})))
     if unknown:
-        one.problems.append(
-            Problem(
-                f"template renders unknown field(s): {', '.join(map(str, unknown))}",
-                Location(at.file, at.line, name, None, at.instance),
-                "a template may render element, tags and configuration",
-            )
-        )
+        hint = "a template may render element, tags and configuration"
+        one.problems.append(Problem(f"template renders unknown field(s): {unknown}", replace(at, template=name), hint))
     return body
 
 
-def _configuration(one: _Entry, scope: dict, renderer: Renderer, secret_keys: frozenset[str]) -> Any:
+def _configuration(one: _Entry, scope: dict, renderer: Renderer) -> Any:
     """Render an inline configuration key by key, so each error has the key's own line and path;
     the keys that do not render are left out and remembered (``_Partial``). Under ``literal: true``
-    only the secret keys are templates (``{{ env.NAME }}``)."""
+    values are text, and ``!env NAME`` the one thing read."""
     raw = one.entry["configuration"]
     if not isinstance(raw, YDict):
         return one.render(renderer, raw, scope, one.at("configuration"))
@@ -216,7 +208,7 @@ def _configuration(one: _Entry, scope: dict, renderer: Renderer, secret_keys: fr
     for key, value in raw.items():
         at = Location(one.file, raw.line_of(key), instance=one.name, path=f"configuration.{key}")
         try:
-            literal = one.literal and key not in secret_keys
+            literal = one.literal and not isinstance(value, EnvRef)
             rendered[key] = value if literal else renderer.value(value, scope, at)
         except RenderError as exc:
             one.problems.append(exc.problem)
@@ -255,16 +247,16 @@ def _checked(
         return None
     if schema is None:
         return None
-    for key in schema.secret_keys & set(configuration):  # masked in any message from here on
-        REDACTOR.add(configuration[key])
+    locate = _config_locator(one, renderer)
+    _secrets(one, schema, configuration, locate)
     errors = schema.validator.iter_errors(dict(configuration))
     unknown = configuration.unknown if isinstance(configuration, _Partial) else frozenset()
     if isinstance(configuration, _Partial) and not unknown:  # the template's part is unknown: none is missing
-        errors = (e for e in errors if e.validator != "required")
-    locate = _config_locator(one, renderer)
-    expressions = _from_expressions(one, renderer, configuration)
-    found = problems_from_errors(errors, locate, schema.secret_keys, "configuration", unknown, expressions)
-    problems.extend(renderer.scrub(p) for p in found)  # values from the environment are never echoed
+        errors = [e for e in errors if e.validator != "required"]
+    if errors:
+        expressions = _from_expressions(one, renderer, configuration)
+        found = problems_from_errors(errors, locate, schema.secret_keys, "configuration", unknown, expressions)
+        problems.extend(renderer.scrub(p) for p in found)  # values from the environment are never echoed
     if len(problems) > before or isinstance(configuration, _Partial):
         return None
     config = {k: (Secret(v) if k in schema.secret_keys and isinstance(v, str) else v) for k, v in configuration.items()}
@@ -275,6 +267,17 @@ def _checked(
     here = Location(one.file, one.line, instance=name)
     tag_tuple = None if tags is None else tuple(tags)
     return DesiredInstance(name, schema.key, target, tag_tuple, config, here, adopt, protect, previous, enabled)
+
+
+def _secrets(one: _Entry, schema: ElementSchema, configuration: Mapping, locate: Callable) -> None:
+    """Register the secret values (masked in any message from here on); under ``literal: true`` a
+    secret that looks like a template (as import wrote them before ``!env``) would be sent as text."""
+    for key in schema.secret_keys & set(configuration):
+        REDACTOR.add(configuration[key])
+        if one.literal and "{{" in str(configuration[key]):
+            at = replace(locate((key,)), path=f"configuration.{key}")
+            hint = f"under literal: true a value is text, never a template: write {key}: {ENV_TAG} NAME"
+            one.problems.append(Problem("this secret is a template, taken as text", at, hint))
 
 
 def _adopt_id(one: _Entry, value: Any) -> int | str | None:

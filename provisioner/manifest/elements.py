@@ -9,7 +9,8 @@ values are masked everywhere and compared through fingerprints, never read back.
 element whose new instances need an OAuth authorization code from a browser redirect (``true``, or
 ``{"when": {"key": ["value", ...]}}`` when only some configurations take the OAuth path).
 
-Each element's validator is built once per run and reused for every instance.
+Each element's validator is built once per run and reused for every instance (it validates each
+shape of configuration once: ``schemacheck.ShapeValidator``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from ..errors import Location, Problem
+from .schemacheck import ShapeValidator
 
 OAUTH_REFRESH_TOKEN = "oauth.user.refresh_token"
 
@@ -48,8 +50,8 @@ class ElementSchema:
     reported_keys: frozenset[str] = field(default_factory=frozenset)
 
     @cached_property
-    def validator(self) -> Draft202012Validator:
-        return Draft202012Validator(self.schema)
+    def validator(self) -> ShapeValidator:
+        return ShapeValidator(self.schema)
 
     @cached_property
     def properties(self) -> dict[str, Any]:  # a user's schema may hold anything under a key

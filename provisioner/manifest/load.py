@@ -11,18 +11,27 @@ import copy
 import json
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
 
 from ..errors import Location, Problem
 from .elements import builtin_schemas
-from .schemacheck import problems_from_errors
-from .yamlload import DEFAULT_MAX_ALIAS_NODES, DEFAULT_MAX_BYTES, YDict, YList, load_yaml, read_text, too_long_number
+from .schemacheck import ShapeValidator, problems_from_errors
+from .yamlload import (
+    DEFAULT_MAX_ALIAS_NODES,
+    DEFAULT_MAX_BYTES,
+    ENV_TAG,
+    EnvRef,
+    YDict,
+    YList,
+    load_yaml,
+    read_text,
+    short,
+    too_long_number,
+)
 
 API_VERSION = "provisioner/v1"
 DEFAULT_URL = "https://api.cloud-elements.com/elements/api-v2"
@@ -80,7 +89,7 @@ def load_manifest(
     text, problems = read_text(path, display, limits.max_file_bytes)
     if text is None:
         return None, problems
-    loaded = load_yaml(text, display, limits.max_alias_nodes)
+    loaded = load_yaml(text, display, limits.max_alias_nodes, env_tags=True)
     problems = list(loaded.problems)
     data = loaded.data
     if data is None and not problems:
@@ -93,6 +102,7 @@ def load_manifest(
         problems.append(Problem(message, Location(display, 1), f"start with apiVersion: {API_VERSION}"))
         return None, problems
     problems.extend(check_structure(data, display))
+    problems.extend(_misplaced_env_refs(data, loaded.env_refs, display))
     inputs, layers, input_problems = layer_inputs(data.get("inputs"), inputs_files, sets, limits, display)
     problems.extend(input_problems)
     stack = data.get("stack")
@@ -102,11 +112,16 @@ def load_manifest(
 
 def check_structure(data: YDict, display: str) -> list[Problem]:
     """Validate the manifest against schemas/manifest.schema.json, with lines: the top level without
-    its instances, then each instance entry (see ``_entry_errors``)."""
+    its instances, then each instance entry (thousands alike: a ``ShapeValidator``)."""
     schema = json.loads(manifest_schema_text())
     entries = data.get("instances")
-    top = {**data, "instances": []} if isinstance(entries, list) else data
-    errors = [*Draft202012Validator(schema).iter_errors(top), *_entry_errors(schema, entries)]
+    entries = entries if isinstance(entries, list) else None
+    errors = list(Draft202012Validator(schema).iter_errors(data if entries is None else {**data, "instances": []}))
+    entry_schema = ShapeValidator({"$defs": schema["$defs"], **schema["properties"]["instances"]["items"]})
+    for index, entry in enumerate(entries or ()):
+        for error in entry_schema.iter_errors(entry):
+            error.path.extendleft(reversed(("instances", index)))
+            errors.append(error)
 
     def location_for(path: tuple) -> Location:
         return Location(display, line_at(data, path), instance=_instance_name(data, path))
@@ -120,70 +135,18 @@ def check_structure(data: YDict, display: str) -> list[Problem]:
     return problems
 
 
-def _entry_errors(schema: dict, entries: Any) -> Iterator[ValidationError]:
-    """The schema errors of each instance entry, paths from the manifest's root. An import writes
-    thousands of entries of one shape: an entry whose shape (``_shape``) was valid once is valid,
-    any other is validated in full. Shapes are used only when the entry schema's verdict depends on
-    nothing else (``_shape_keywords``)."""
-    if not isinstance(entries, list):
-        return
-    entry_schema = {"$defs": schema.get("$defs", {}), **schema["properties"]["instances"]["items"]}
-    validator = Draft202012Validator(entry_schema)
-    patterns = _shape_patterns(entry_schema)
-    valid: set[Any] = set()
-    for index, entry in enumerate(entries):
-        shape = _shape(entry, patterns) if patterns is not None else None
-        if shape is not None and shape in valid:
-            continue
-        errors = list(validator.iter_errors(entry))
-        for error in errors:
-            error.path.extendleft(reversed(("instances", index)))
-            yield error
-        if not errors and shape is not None:
-            valid.add(shape)
-
-
-_SHAPE_KEYWORDS = {"$defs", "$ref", "type", "properties", "additionalProperties", "required", "items", "anyOf"}
-_ANNOTATIONS = {"title", "description", "$comment"}
-
-
-def _shape_patterns(schema: Any) -> tuple[re.Pattern, ...] | None:
-    """The patterns of an entry schema whose keywords look only at what ``_shape`` keeps: JSON types,
-    mapping keys, list items, whether a string is empty (``minLength`` 0 or 1) and which patterns it
-    matches. None if it uses any other keyword (then every entry is validated in full)."""
-    patterns: list[re.Pattern] = []
-    todo = [schema]
-    while todo:
-        node = todo.pop()
-        if isinstance(node, list):
-            todo.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
-        for key, value in node.items():
-            if key == "pattern" and isinstance(value, str):
-                patterns.append(re.compile(value))
-            elif key == "minLength" and value in (0, 1):
-                continue
-            elif key in ("properties", "$defs") and isinstance(value, dict):
-                todo.extend(value.values())
-            elif key in _SHAPE_KEYWORDS:
-                todo.append(value)
-            elif key not in _ANNOTATIONS:
-                return None
-    return tuple(dict.fromkeys(patterns))  # the same pattern in several places counts once
-
-
-def _shape(value: Any, patterns: tuple[re.Pattern, ...]) -> Any:
-    """What the entry schema can see of a value: its type, a mapping's keys, a list's items, and of a
-    string whether it is empty and which patterns it matches."""
-    if isinstance(value, str):
-        return (bool(value), *(bool(p.search(value)) for p in patterns))
-    if isinstance(value, dict):
-        return (dict, *((key, _shape(item, patterns)) for key, item in value.items()))
-    if isinstance(value, list):
-        return (list, *(_shape(item, patterns) for item in value))
-    return type(value)
+def _misplaced_env_refs(data: YDict, refs: list[EnvRef], display: str) -> list[Problem]:
+    """``!env`` is a configuration value of an instance entry, and nothing else."""
+    if not refs:
+        return []
+    entries = data.get("instances")
+    configurations = [
+        e.get("configuration") for e in (entries if isinstance(entries, list) else ()) if isinstance(e, dict)
+    ]
+    placed = {id(v) for c in configurations if isinstance(c, dict) for v in c.values() if isinstance(v, EnvRef)}
+    hint = f'write {ENV_TAG} NAME as a value under configuration:; elsewhere "{{{{ env.NAME }}}}" reads the variable'
+    message = f"{ENV_TAG} is accepted only as a configuration value"
+    return [Problem(message, Location(display, r.line), hint) for r in refs if id(r) not in placed]
 
 
 def line_at(data: Any, path: tuple) -> int:
@@ -235,7 +198,9 @@ def layer_inputs(
         if problem is not None:
             problems.append(problem)
             continue
-        deep_merge(merged, _nested(keys, value))
+        for key in reversed(keys):
+            value = {key: value}
+        deep_merge(merged, value)
         layers.append(f"--set {'.'.join(keys)}")
     return merged, layers, problems
 
@@ -249,11 +214,11 @@ def parse_set(assignment: str) -> tuple[list[str], Any, Problem | None]:
     or the problem with it (no '=', an empty key or key part, brackets, a too-long number)."""
     key, sep, raw = assignment.partition("=")
     key = key.strip()
-    where = Location("--set", path=_shown(key) if key else None)
+    where = Location("--set", path=short(key) if key else None)
     if not sep:
-        return [], None, Problem(f"--set {_shown(assignment)} is not KEY=VALUE (no '=')", Location(), _SET_HINT)
+        return [], None, Problem(f"--set {short(assignment)} is not KEY=VALUE (no '=')", Location(), _SET_HINT)
     if not key:
-        return [], None, Problem(f"--set {_shown(assignment)} has an empty key", Location(), _SET_HINT)
+        return [], None, Problem(f"--set {short(assignment)} has an empty key", Location(), _SET_HINT)
     if not all(_KEY_PART.fullmatch(part) for part in key.split(".")):
         message = "every part of a dotted key must be a non-empty name without spaces or brackets"
         hint = (
@@ -266,10 +231,6 @@ def parse_set(assignment: str) -> tuple[list[str], Any, Problem | None]:
         return [], None, too_long_number(exc, where, f"quote it to keep it as a string: --set '{key}=\"...\"'")
 
 
-def _shown(text: str) -> str:
-    return repr(text if len(text) <= 60 else text[:57] + "...")
-
-
 def _scalar(raw: str) -> Any:
     """A --set value is read as a YAML scalar (true, 42, null); anything else stays a string.
     Raises ValueError for an integer too long to read."""
@@ -278,12 +239,6 @@ def _scalar(raw: str) -> Any:
     except yaml.YAMLError:
         return raw
     return value if isinstance(value, (str, int, float, bool)) or value is None else raw
-
-
-def _nested(keys: list[str], value: Any) -> dict:
-    for key in reversed(keys[1:]):
-        value = {key: value}
-    return {keys[0]: value}
 
 
 def deep_merge(into: dict, other: dict) -> dict:

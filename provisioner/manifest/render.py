@@ -24,6 +24,7 @@ import re
 import secrets
 import traceback
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import jinja2
@@ -31,7 +32,7 @@ from jinja2.sandbox import SecurityError
 
 from ..errors import Location, Problem
 from .sandbox import BudgetedSandbox, BudgetExceeded, template_line_now
-from .yamlload import DEFAULT_MAX_BYTES, FileRefused, YDict, YList, decode_text, load_yaml, read_capped
+from .yamlload import DEFAULT_MAX_BYTES, EnvRef, FileRefused, YDict, YList, decode_text, load_yaml, read_capped
 
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
 _HAS_JINJA = ("{{", "{%", "{#")
@@ -92,20 +93,17 @@ class _ConfinedLoader(jinja2.BaseLoader):
         self.root = os.path.realpath(root)
         self.max_bytes = max_bytes
 
-    def resolve(self, name: str) -> str:
-        path = os.path.realpath(os.path.join(self.root, name))
-        if os.path.isabs(name) or os.path.commonpath([path, self.root]) != self.root:
-            raise TemplateOutside(name)
-        return path
-
     def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
-        path = self.resolve(template)
+        path = os.path.realpath(os.path.join(self.root, template))
+        if os.path.isabs(template) or os.path.commonpath([path, self.root]) != self.root:
+            hint = "templates must live in the manifest's directory or below it"
+            raise FileRefused(f"template path {template!r} is outside the manifest's directory", hint)
         if not os.path.lexists(path):
             raise jinja2.TemplateNotFound(template)
         try:
             raw = read_capped(path, self.max_bytes)
         except FileRefused as exc:
-            raise TemplateRefused(template, exc) from None
+            raise FileRefused(f"template file {template!r}: {exc.message}", exc.hint) from None
         text, problems = decode_text(raw, template)
         if text is None:
             raise RenderError(problems[0])
@@ -113,25 +111,12 @@ class _ConfinedLoader(jinja2.BaseLoader):
         return text, template, lambda: os.path.getmtime(path) == mtime
 
 
-class TemplateOutside(Exception):
-    pass
-
-
-class TemplateRefused(Exception):
-    """A template file that cannot be read (not a regular file, over the size cap)."""
-
-    def __init__(self, name: str, cause: FileRefused):
-        super().__init__(cause.message)
-        self.name = name
-        self.cause = cause
-
-
 @jinja2.pass_context
 def _placeholder_finalize(context: jinja2.runtime.Context, value: Any) -> Any:
     """In template files, each output becomes a placeholder; the value is kept aside, with the
     template line it came from (so that an error can show the user's text, never a placeholder)."""
     if isinstance(value, jinja2.Undefined):
-        value._fail_with_undefined_error()
+        str(value)  # raises the undefined value's error (StrictUndefined)
     if isinstance(context.environment, BudgetedSandbox):
         context.environment.check_budget()
     collector = context.get("__provisioner_values")
@@ -183,6 +168,8 @@ class Renderer:
 
     def value(self, raw: Any, scope: dict[str, Any], where: Location) -> Any:
         """Render one manifest value: strings are templates, containers are rendered item by item."""
+        if isinstance(raw, EnvRef):
+            return self.env_value(raw, where)
         if isinstance(raw, str):
             return self._string(raw, scope, where)
         if isinstance(raw, dict):
@@ -190,6 +177,14 @@ class Renderer:
         if isinstance(raw, list):
             return [self.value(v, scope, where) for v in raw]
         return raw
+
+    def env_value(self, ref: EnvRef, where: Location) -> str:
+        """``!env NAME``: the variable's value; unset, the located error an unset ``{{ env.NAME }}`` gives."""
+        value = self.env.get(ref)
+        if value is None:
+            hint = f"set the variable in the environment: export {ref}=..."
+            raise RenderError(Problem(f"environment variable {ref} is not set", where, hint))
+        return value
 
     def scrub(self, problem: Problem) -> Problem:
         """Hide environment values in a rendering problem: an expression like
@@ -219,24 +214,32 @@ class Renderer:
         return cached
 
     def _render_string(self, raw: str, scope: dict[str, Any], where: Location) -> Any:
-        known = self._exhausted.get(raw)
-        if known is not None:
-            raise RenderError(Problem(known.message, where, known.hint))
         match = _SINGLE_EXPRESSION.match(raw)
+
+        def render() -> Any:
+            if match and "{{" not in match["expr"] and "}}" not in match["expr"]:
+                result = self._compile("expression", match["expr"])(**scope)
+                return str(result) if isinstance(result, jinja2.Undefined) else result  # str() raises its error
+            return self._jinja.render_capped(self._compile("string", raw), scope)
+
+        return self._budgeted(raw, where, None, render)
+
+    def _budgeted(self, source: str, where: Location, template: str | None, render: Callable[[], Any]) -> Any:
+        """``render()`` within the rendering budget; any Jinja failure becomes a located problem, and a
+        source that ran out of budget once fails at once the next time (a forEach renders it per item)."""
+        known = self._exhausted.get(source)
+        if known is not None:
+            where = replace(where, template=known.location.template, template_line=known.location.template_line)
+            raise RenderError(Problem(known.message, where, known.hint))
         try:
             with self._jinja.budget():
-                if match and "{{" not in match["expr"] and "}}" not in match["expr"]:
-                    result = self._compile("expression", match["expr"])(**scope)
-                    if isinstance(result, jinja2.Undefined):
-                        result._fail_with_undefined_error()
-                    return result
-                return self._jinja.render_capped(self._compile("string", raw), scope)
+                return render()
         except RenderError:
             raise
         except Exception as exc:  # noqa: BLE001 - every Jinja failure becomes a located problem
-            problem = self.scrub(_problem_from(exc, where))
+            problem = self.scrub(_problem_from(exc, where, template))
             if isinstance(exc, BudgetExceeded):
-                self._exhausted[raw] = problem
+                self._exhausted[source] = problem
             raise RenderError(problem) from None
 
     def _compile(self, kind: str, source: str) -> Any:
@@ -264,32 +267,14 @@ class Renderer:
 
     def template_file(self, name: str, scope: dict[str, Any], where: Location) -> dict:
         """Render a template file into a mapping; values are substituted after YAML parsing."""
-        known = self._exhausted.get("file:" + name)
-        if known is not None:
-            at = Location(where.file, where.line, name, known.location.template_line, where.instance)
-            raise RenderError(Problem(known.message, at, known.hint))
         template = self._load_file(name, where)
         nonce = f"__pv{secrets.token_hex(6)}_"
         collected: list[Any] = []
         lines: list[int | None] = []
-        try:
-            with self._jinja.budget():
-                text = self._jinja.render_capped(
-                    template,
-                    {
-                        **scope,
-                        "__provisioner_values": collected,
-                        "__provisioner_lines": lines,
-                        "__provisioner_nonce": nonce,
-                    },
-                )
-        except RenderError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            problem = self.scrub(_problem_from(exc, where, name))
-            if isinstance(exc, BudgetExceeded):
-                self._exhausted["file:" + name] = problem
-            raise RenderError(problem) from None
+        variables = {"__provisioner_values": collected, "__provisioner_lines": lines, "__provisioner_nonce": nonce}
+        text = self._budgeted(
+            "file:" + name, where, name, lambda: self._jinja.render_capped(template, {**scope, **variables})
+        )
         outputs = _Outputs(nonce, self.template_lines(name), lines)
 
         def located(rendered_line: int | None) -> Location:
@@ -320,7 +305,7 @@ class Renderer:
             return self._compile("file", name)
         except jinja2.TemplateSyntaxError as exc:
             raise RenderError(_problem_from(exc, where, name)) from None
-        except (TemplateOutside, jinja2.TemplateNotFound, TemplateRefused) as exc:
+        except (FileRefused, jinja2.TemplateNotFound) as exc:
             raise RenderError(_problem_from(exc, where)) from None
 
 
@@ -410,7 +395,7 @@ def _as_text(value: Any) -> str:
 def _problem_from(exc: Exception, where: Location, template: str | None = None) -> Problem:
     """Turn a Jinja failure into a located problem; never include rendered values."""
     line = _template_line(exc, template) if template else None
-    location = Location(where.file, where.line, template, line, where.instance, where.path) if template else where
+    location = replace(where, template=template, template_line=line) if template else where
     if isinstance(exc, jinja2.UndefinedError):
         message = exc.message or "undefined variable"
         if message.startswith("environment variable"):
@@ -425,11 +410,8 @@ def _problem_from(exc: Exception, where: Location, template: str | None = None) 
         return Problem(f"unsafe template expression refused: {exc}", location, hint)
     if isinstance(exc, jinja2.TemplateSyntaxError):
         return Problem(f"template syntax error: {exc.message}", location, _syntax_hint(exc.message))
-    if isinstance(exc, TemplateOutside):
-        hint = "templates must live in the manifest's directory or below it"
-        return Problem(f"template path {str(exc)!r} is outside the manifest's directory", location, hint)
-    if isinstance(exc, TemplateRefused):
-        return Problem(f"template file {exc.name!r}: {exc.cause.message}", location, exc.cause.hint)
+    if isinstance(exc, FileRefused):  # outside the manifest's directory, or not a file to read
+        return Problem(exc.message, location, exc.hint)
     if isinstance(exc, jinja2.TemplateNotFound):
         hint = "paths are relative to the manifest's directory"
         return Problem(f"template file {exc.name!r} not found", location, hint)

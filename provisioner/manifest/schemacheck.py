@@ -1,4 +1,9 @@
-"""Turn JSON Schema validation errors into problems a person can act on.
+"""JSON Schema validation at scale, and its errors as problems a person can act on.
+
+``ShapeValidator`` is jsonschema's validator, run once per distinct *shape* of value: an import
+writes thousands of entries (and configurations) alike, and a value whose shape was valid once is
+valid. The shape keeps everything the schema's keywords can see (see ``_Observed``); a schema with
+any other keyword is validated value by value.
 
 jsonschema's own messages print the offending value (a password, sometimes) and speak in schema
 terms. Here every error becomes a ``Problem`` at the line of the key it concerns, with a short
@@ -8,17 +13,121 @@ missing required keys of one object are reported together, as the API itself doe
 
 from __future__ import annotations
 
+import bisect
 import difflib
+import itertools
 import json
+import operator
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
+from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from ..errors import Location, Problem
 
 LocationFor = Callable[[tuple], Location]
+
+
+class ShapeValidator:
+    """A Draft 2020-12 validator that validates a value in full only when no value of its shape was
+    valid before (errors are always those of the value itself). One per schema, owned by the run."""
+
+    def __init__(self, schema: dict):
+        self._validator = Draft202012Validator(schema)  # no format checker: format is an annotation
+        self._observed = _Observed.of(schema)
+        self._valid: set[Any] = set()
+
+    def iter_errors(self, value: Any) -> list[ValidationError]:
+        shape = self._observed.shape(value) if self._observed else None
+        if shape is not None and shape in self._valid:
+            return []
+        errors = list(self._validator.iter_errors(value))
+        if not errors and shape is not None:
+            self._valid.add(shape)
+        return errors
+
+
+# What a shape keeps of a value: a mapping's keys and its values' shapes, a list's items' shapes; of a
+# string, whether it is one of the schema's constants, which patterns it matches and how its length
+# compares with the length bounds; of a number, its type, whether it is whole, whether it is a
+# constant and how it compares with the bounds. That decides these keywords (the first take data,
+# the second subschemas, the third named subschemas); jsonschema ignores "x-" keywords.
+_DATA_KEYWORDS = frozenset(
+    "type required dependentRequired minProperties maxProperties minItems maxItems minContains maxContains"
+    " $schema $id $comment title description default examples readOnly writeOnly deprecated format".split()
+)
+_SUBSCHEMA_KEYWORDS = frozenset(
+    "additionalProperties propertyNames items prefixItems contains not allOf anyOf oneOf if then else"
+    " unevaluatedProperties unevaluatedItems".split()
+)
+_NAMED_SUBSCHEMAS = frozenset("properties patternProperties dependentSchemas $defs definitions".split())
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+_SCALARS = (str, int, float, bool, type(None))
+
+
+class _Observed:
+    """What the keywords of a schema can see of a scalar: patterns, length and number bounds, constants."""
+
+    def __init__(self) -> None:
+        self.patterns: dict[str, re.Pattern] = {}
+        self.compiled: tuple[re.Pattern, ...] = ()  # the patterns, once all are collected
+        self.lengths: list[int] = []  # sorted: a string of at least each many characters, or not
+        self.bounds: set[float] = set()  # a number at least, and over, each
+        self.constants: set[Any] = set()  # of enum and const
+
+    @classmethod
+    def of(cls, schema: Any) -> _Observed | None:
+        """None if the schema has a keyword a shape does not decide (``uniqueItems``, a remote ``$ref``)."""
+        seen, todo = cls(), [schema]
+        while todo:
+            node = todo.pop()
+            if isinstance(node, list):
+                todo.extend(node)
+            elif isinstance(node, dict) and not seen._add(node, todo):
+                return None
+        seen.lengths.sort()
+        seen.compiled = tuple(seen.patterns.values())
+        return seen
+
+    def _add(self, node: dict, todo: list) -> bool:
+        for key, value in node.items():
+            if key in _NAMED_SUBSCHEMAS and isinstance(value, dict):
+                todo.extend(value.values())
+            elif key in _SUBSCHEMA_KEYWORDS:
+                todo.append(value)
+            elif key in ("enum", "const"):
+                values = value if key == "enum" and isinstance(value, list) else [value]
+                if not all(isinstance(v, _SCALARS) for v in values):
+                    return False
+                self.constants.update(values)
+            elif key == "pattern" and isinstance(value, str):
+                self.patterns.setdefault(value, re.compile(value))
+            elif key in ("minLength", "maxLength") and isinstance(value, int):
+                self.lengths.append(value if key == "minLength" else value + 1)
+            elif key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") and isinstance(
+                value, int | float
+            ):
+                self.bounds.add(value)
+            elif not (key in _DATA_KEYWORDS or key.startswith("x-") or key == "$ref" and str(value).startswith("#")):
+                return False
+        return True
+
+    def shape(self, value: Any) -> Any:
+        constant = value if isinstance(value, _SCALARS) and value in self.constants else None
+        if isinstance(value, str):
+            matches = map(operator.not_, map(re.Pattern.search, self.compiled, itertools.repeat(value)))
+            return (str, constant, bisect.bisect_right(self.lengths, len(value)), *matches)
+        if isinstance(value, dict):
+            return (dict, *((key, self.shape(item)) for key, item in value.items()))
+        if isinstance(value, list):
+            return (list, *(self.shape(item) for item in value))
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            whole = isinstance(value, int) or value.is_integer()
+            return (type(value), constant, whole, *((value >= n, value > n) for n in self.bounds))
+        return type(value), value if isinstance(value, _SCALARS) else None
 
 
 def problems_from_errors(
@@ -44,26 +153,17 @@ def problems_from_errors(
         if error.validator == "additionalProperties":
             problems.extend(unknown_key_problems(error, path, location_for, prefix))
             continue
+        secret = bool(path) and path[-1] in secret_keys
         expression = (expressions or {}).get(path[0]) if path else None
-        problems.append(_problem(error, path, location_for, secret_keys, prefix, expression))
+        message, hint = _describe(error, secret, "" if secret and expression is not None else expression)
+        problems.append(Problem(message, replace(location_for(path), path=_dotted(prefix, path) or None), hint))
     for path, keys in missing.items():
         keys = sorted(set(keys) - (unknown if not path else set()))
-        if not keys:
-            continue
-        noun = "key" if len(keys) == 1 else "keys"
-        where = replace(location_for(path), path=_dotted(prefix, path) or None)
-        place = (
-            "the configuration"
-            if prefix == "configuration"
-            else (f"{_dotted('', path)}" if path else "the top of the manifest")
-        )
-        problems.append(
-            Problem(
-                f"missing required {noun}: {', '.join(keys)}",
-                where,
-                "add " + ("it" if len(keys) == 1 else "them") + f" to {place}",
-            )
-        )
+        if keys:
+            place = "the configuration" if prefix == "configuration" else _dotted("", path) or "the top of the manifest"
+            where = replace(location_for(path), path=_dotted(prefix, path) or None)
+            message = f"missing required key{'s' * (len(keys) > 1)}: {', '.join(keys)}"
+            problems.append(Problem(message, where, f"add {'it' if len(keys) == 1 else 'them'} to {place}"))
     return problems
 
 
@@ -102,24 +202,11 @@ def _is_expression(option: dict) -> bool:
     return "\\{\\{" in str(option.get("pattern", ""))
 
 
-def _problem(
-    error: ValidationError,
-    path: tuple,
-    location_for: LocationFor,
-    secret_keys: frozenset[str],
-    prefix: str,
-    expression: str | None = None,
-) -> Problem:
-    secret = bool(path) and path[-1] in secret_keys
-    message, hint = _describe(error, secret, "" if secret and expression is not None else expression)
-    return Problem(message, replace(location_for(path), path=_dotted(prefix, path) or None), hint)
-
-
 def unknown_key_problems(error: ValidationError, path: tuple, location_for: LocationFor, prefix: str) -> list[Problem]:
     """Every unexpected key of an additionalProperties error, each with its own did-you-mean."""
     known = list((error.schema or {}).get("properties", {}))
     out = []
-    for key in _unexpected_keys(error):
+    for key in [k for k in error.instance if k not in known] if isinstance(error.instance, dict) else []:
         suggestion = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
         hint = (
             f"did you mean {suggestion[0]!r}?"
@@ -129,12 +216,6 @@ def unknown_key_problems(error: ValidationError, path: tuple, location_for: Loca
         where = replace(location_for((*path, key)), path=_dotted(prefix, (*path, key)))
         out.append(Problem(f"unknown key {key!r}", where, hint))
     return out
-
-
-def _unexpected_keys(error: ValidationError) -> list[str]:
-    allowed = set((error.schema or {}).get("properties", {}))
-    instance = error.instance if isinstance(error.instance, dict) else {}
-    return [key for key in instance if key not in allowed]
 
 
 _TYPE_NAMES = {
@@ -161,7 +242,7 @@ _JSON_TYPES = (
 
 
 def _type_of(value: Any) -> str:
-    found = next((name for kind, name in (*_JSON_TYPES, (list, "list")) if isinstance(value, kind)), None)
+    found = next((name for kind, name in _JSON_TYPES if isinstance(value, kind)), None)
     return found or ("null" if value is None else type(value).__name__)
 
 

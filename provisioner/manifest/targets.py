@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import Location, Problem, UserError
 from ..secret import Secret
@@ -43,59 +44,43 @@ def resolve_targets(manifest: Manifest, renderer: Renderer, names: set[str]) -> 
         raw = declared.get(name)
         if raw is None:
             continue  # reported by validation
-        target = _resolve_one(name, raw, manifest, renderer, problems)
-        if target is not None:
-            targets[name] = target
+        values = {key: _field(name, raw, key, manifest, renderer, problems, problems) for key in _DEFAULTS}
+        if None not in values.values():
+            secrets = Secret(values["userSecret"]), Secret(values["organizationSecret"])
+            sources = f"{_sources(raw, 'userSecret')} and {_sources(raw, 'organizationSecret')}"
+            targets[name] = Target(name, check_base_url(values["url"]), *secrets, sources)
     return targets, problems
 
 
-_FIELDS = (
-    ("url", DEFAULT_URL_EXPRESSION),
-    ("userSecret", DEFAULT_USER_SECRET),
-    ("organizationSecret", DEFAULT_ORGANIZATION_SECRET),
-)
+_DEFAULTS = {
+    "url": DEFAULT_URL_EXPRESSION,
+    "userSecret": DEFAULT_USER_SECRET,
+    "organizationSecret": DEFAULT_ORGANIZATION_SECRET,
+}
 
 
-def _resolve_one(
-    name: str, raw: dict, manifest: Manifest, renderer: Renderer, problems: list[Problem]
-) -> Target | None:
-    values = {}
-    for key, default in _FIELDS:
-        at = _at(manifest, raw, name, key)
-        try:
-            value = renderer.value(raw.get(key, default), renderer.context(), at)
-        except RenderError as exc:
-            problems.append(exc.problem)
-            continue
-        problem = _value_problem(name, key, value, _sources(raw.get(key, default)), at)
-        if problem is None:
-            values[key] = value
-        else:
-            problems.append(problem)
-    if len(values) < 3:
+def _field(
+    name: str, raw: dict, key: str, manifest: Manifest, renderer: Renderer, problems: list, unrendered: list
+) -> Any:
+    """A target's url or secret rendered and checked; None (the problem added) if unusable."""
+    at = _at(manifest, raw, name, key)
+    try:
+        value = renderer.value(raw.get(key, _DEFAULTS[key]), renderer.context(), at)
+    except RenderError as exc:
+        unrendered.append(exc.problem)
         return None
-    sources = (
-        f"{_sources(raw.get('userSecret', DEFAULT_USER_SECRET))} and "
-        f"{_sources(raw.get('organizationSecret', DEFAULT_ORGANIZATION_SECRET))}"
-    )
-    url = check_base_url(values["url"])
-    return Target(name, url, Secret(values["userSecret"]), Secret(values["organizationSecret"]), sources)
+    problem = _value_problem(name, key, value, _sources(raw, key), at)
+    problems.extend([problem] if problem else [])
+    return None if problem else value
 
 
 def url_problems(manifest: Manifest, renderer: Renderer) -> list[Problem]:
     """Each declared target's URL, checked offline by the rule the client applies before any request
     (``validate`` reads no secret; a URL that reads an unset variable is left to the commands that connect)."""
-    problems = []
+    problems: list[Problem] = []
     for name, raw in (manifest.targets or {DEFAULT_TARGET: {}}).items():
-        if not isinstance(raw, dict):
-            continue  # reported by the structure check
-        at = _at(manifest, raw, name, "url")
-        try:
-            value = renderer.value(raw.get("url", DEFAULT_URL_EXPRESSION), renderer.context(), at)
-        except RenderError:
-            continue
-        problem = _value_problem(name, "url", value, _sources(raw.get("url", DEFAULT_URL_EXPRESSION)), at)
-        problems.extend([problem] if problem else [])
+        if isinstance(raw, dict):  # else reported by the structure check
+            _field(name, raw, "url", manifest, renderer, problems, [])
     return problems
 
 
@@ -123,11 +108,10 @@ def _value_problem(name: str, key: str, value: object, sources: str, at: Locatio
     return None
 
 
-def _sources(raw: object) -> str:
-    """The environment variables a secret expression reads, for error messages."""
-    if not isinstance(raw, str):
-        return "the value in the manifest"
-    names = [a or b for a, b in _ENV_REFERENCE.findall(raw)]
+def _sources(raw: dict, key: str) -> str:
+    """The environment variables a target's field reads, for error messages."""
+    value = raw.get(key, _DEFAULTS[key])
+    names = [a or b for a, b in _ENV_REFERENCE.findall(value)] if isinstance(value, str) else []
     return ", ".join(names) if names else "the value written in the manifest"
 
 

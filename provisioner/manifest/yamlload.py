@@ -1,9 +1,10 @@
 """Load YAML safely, and remember where every key and item came from.
 
-Only plain YAML is accepted (safe loading: no python/object tags). Input must be UTF-8 text under a
-size cap; aliases may not expand past a cap (billion laughs). Mappings come back as ``YDict`` and
-sequences as ``YList``, which carry the line of each key and item, so that an error found later
-(a JSON Schema path, a rendering error) can be reported at ``file:line``.
+Only plain YAML is accepted (safe loading: no python/object tags), and in a manifest the one tag of
+our own, ``!env NAME`` (``EnvRef``: an environment variable, read at render time). Input must be
+UTF-8 text under a size cap; aliases may not expand past a cap (billion laughs). Mappings come back
+as ``YDict`` and sequences as ``YList``, which carry the line of each key and item, so that an error
+found later (a JSON Schema path, a rendering error) can be reported at ``file:line``.
 
 Problems a user can fix (duplicate keys, curly quotes where straight ones are needed, syntax errors)
 are collected, not raised, so validation reports them all at once.
@@ -58,12 +59,29 @@ class YList(list):
         return lines[index] if 0 <= index < len(lines) else self.line
 
 
+ENV_TAG = "!env"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class EnvRef(str):
+    """``!env NAME`` in a manifest: the value of environment variable NAME, read when the manifest is
+    rendered, as ``{{ env.NAME }}`` is, but without a template (so ``literal: true`` accepts it). Its
+    text is NAME, so the manifest's schema sees a string."""
+
+    line: int = 0
+
+    def __repr__(self) -> str:
+        return f"{ENV_TAG} {self!s}"
+
+
 @dataclass
 class Loaded:
-    """The result of loading one file: the data (None if unusable) and every problem found."""
+    """The result of loading one file: the data (None if unusable), every problem found, and each
+    ``!env`` reference made (when the loader was asked to accept them)."""
 
     data: Any
     problems: list[Problem] = field(default_factory=list)
+    env_refs: list[EnvRef] = field(default_factory=list)
 
 
 class FileRefused(Exception):
@@ -153,35 +171,161 @@ def decode_text(raw: bytes, display: str) -> tuple[str | None, list[Problem]]:
         ]
 
 
-def load_yaml(text: str, display: str, max_alias_nodes: int = DEFAULT_MAX_ALIAS_NODES) -> Loaded:
-    """Parse one YAML document, keeping positions and collecting every problem found."""
+def load_yaml(
+    text: str, display: str, max_alias_nodes: int = DEFAULT_MAX_ALIAS_NODES, env_tags: bool = False
+) -> Loaded:
+    """Parse one YAML document, keeping positions and collecting every problem found. ``env_tags``:
+    accept ``!env NAME`` (a manifest does; inputs and template files do not)."""
     loader = _PositionLoader(text)
-    loader.display = display
-    loader.problems = []
+    loader.display, loader.problems, loader.env_tags, loader.env_refs = display, [], env_tags, []
+    loader.curly, loader.max_alias_nodes = any(q in text for q in CURLY_QUOTES), max_alias_nodes
+    loader.anchored, loader.nodes, loader.expanded = {}, 0, 0
     collecting = gc.isenabled()
-    gc.disable()  # tens of thousands of new nodes: the cyclic collector would rescan them over and over
+    gc.disable()  # tens of thousands of new objects: the cyclic collector would rescan them over and over
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return Loaded(None, loader.problems)
-        if "*" in text or any(q in text for q in CURLY_QUOTES):  # the walk is only needed then
-            loader.problems.extend(_check_nodes(node, display, max_alias_nodes))
-        if any(p.message.startswith("YAML aliases") or p.message.startswith("recursive") for p in loader.problems):
-            return Loaded(None, loader.problems)
-        data = _build(loader, node, {})
+        data = _document(loader)
     except yaml.MarkedYAMLError as exc:
         return Loaded(None, [*loader.problems, _syntax_problem(exc, display)])
     except yaml.YAMLError as exc:
         return Loaded(None, [*loader.problems, Problem(f"not valid YAML: {exc}", Location(display))])
     except RecursionError:
         return Loaded(None, [Problem("YAML nesting is too deep", Location(display))])
-    except ValueError as exc:  # a too-long integer reached through a << merge or an explicit tag
+    except _Refused as exc:
+        return Loaded(None, [*loader.problems, exc.problem])
+    except ValueError as exc:  # a too-long integer under an explicit tag
         return Loaded(None, [*loader.problems, too_long_number(exc, Location(display))])
     finally:
         loader.dispose()
         if collecting:
             gc.enable()
-    return Loaded(data, loader.problems)
+    return Loaded(data, loader.problems, loader.env_refs)
+
+
+def _document(loader: Any) -> Any:  # Any: PyYAML's event API has no types
+    """The data of the one document, built from the parser's events (PyYAML's composer would first
+    build a graph of nodes, twice the memory, calling the resolver for every node)."""
+    loader.get_event()  # the stream's start
+    if loader.check_event(yaml.StreamEndEvent):
+        return None
+    loader.get_event()  # the document's start
+    loader.root_line = loader.peek_event().start_mark.line + 1
+    data = _from_event(loader, loader.get_event())
+    loader.get_event()  # the document's end
+    if not loader.check_event(yaml.StreamEndEvent):
+        mark = loader.peek_event().start_mark
+        raise yaml.composer.ComposerError(
+            "expected a single document in the stream", None, "but found another document", mark
+        )
+    return data
+
+
+_MERGE = object()  # the key << (a merge of other mappings)
+
+
+def _from_event(loader: Any, event: Any, key: bool = False) -> Any:
+    """The value that starts with ``event``. An alias is the same object, as PyYAML gives, counted as
+    large as what it stands for (a billion laughs is refused while it is being read)."""
+    kind = type(event)  # (not isinstance: mypy would narrow to PyYAML's loosely typed events)
+    if kind is yaml.AliasEvent:
+        return _alias(loader, event)
+    loader.nodes += 1
+    loader.expanded += 1
+    tag = event.tag
+    if tag == ENV_TAG and loader.env_tags:
+        value: Any = _env_ref(loader, event)
+    elif kind is yaml.ScalarEvent:
+        if loader.curly and (problem := _curly_problem(event, loader.display)):
+            loader.problems.append(problem)
+        if tag in (None, "!"):
+            tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+        if tag == _MERGE_TAG and key:
+            return _MERGE
+        value = event.value if tag == _STR_TAG else _scalar(loader, yaml.ScalarNode(tag, event.value, event.start_mark))
+    elif tag not in (None, "!", _SEQ_TAG if kind is yaml.SequenceStartEvent else _MAP_TAG):
+        message = f"could not determine a constructor for the tag {tag!r}"
+        raise yaml.constructor.ConstructorError(None, None, message, event.start_mark)
+    else:
+        return _collection(loader, event, kind)
+    if event.anchor is not None:
+        loader.anchored[event.anchor] = (value, 1)
+    return value
+
+
+def _alias(loader: Any, event: Any) -> Any:
+    if event.anchor not in loader.anchored:
+        raise yaml.composer.ComposerError(None, None, f"found undefined alias {event.anchor!r}", event.start_mark)
+    value, size = loader.anchored[event.anchor]
+    if size is None:  # the anchor's own value is still being read
+        at = Location(loader.display, event.start_mark.line + 1)
+        raise _Refused(Problem("recursive YAML alias", at, "an anchor may not refer to itself"))
+    loader.expanded += size
+    if loader.expanded - loader.nodes > loader.max_alias_nodes:
+        limit = f"limit: {loader.max_alias_nodes} added by aliases"
+        message = f"YAML aliases expand to {loader.expanded} nodes from {loader.nodes} ({limit})"
+        hint = "this looks like an alias bomb; write the data out instead of nesting aliases"
+        raise _Refused(Problem(message, Location(loader.display, loader.root_line), hint))
+    return value
+
+
+def _collection(loader: Any, event: Any, kind: type) -> YList | YDict:
+    """A sequence or a mapping, with the line of each item or key; ``<<`` merges as PyYAML does
+    (merged keys first, the mapping's own keys win, the first of a list of merged mappings wins)."""
+    value: YList | YDict = YList() if kind is yaml.SequenceStartEvent else YDict()
+    value.line, before = event.start_mark.line + 1, loader.expanded - 1
+    if event.anchor is not None:
+        loader.anchored[event.anchor] = (value, None)
+    merges: list[tuple[Any, Any]] = []
+    if isinstance(value, YList):
+        value.item_lines = []
+        while not loader.check_event(yaml.SequenceEndEvent):
+            child = loader.get_event()
+            value.item_lines.append(child.start_mark.line + 1)
+            value.append(_from_event(loader, child))
+    else:
+        value.key_lines = {}
+        while not loader.check_event(yaml.MappingEndEvent):
+            key_event = loader.get_event()
+            key, line = _from_event(loader, key_event, key=True), key_event.start_mark.line + 1
+            item = _from_event(loader, loader.get_event())
+            if key is _MERGE:
+                merges.append((item, key_event.start_mark))
+            else:
+                _add_key(loader, value, key, line, item)
+    loader.get_event()
+    if merges and isinstance(value, YDict):
+        value = _merged(value, merges)
+    if event.anchor is not None:
+        loader.anchored[event.anchor] = (value, loader.expanded - before)
+    return value
+
+
+def _merged(own: YDict, merges: list[tuple[Any, Any]]) -> YDict:
+    merged = YDict()
+    merged.line, merged.key_lines = own.line, {}
+    for item, mark in merges:
+        for source in [item] if isinstance(item, dict) else reversed(item) if isinstance(item, list) else [None]:
+            if not isinstance(source, YDict):
+                message = "expected a mapping or list of mappings for merging"
+                raise yaml.constructor.ConstructorError("while constructing a mapping", None, message, mark)
+            merged.update(source)
+            merged.key_lines.update((k, source.line_of(k)) for k in source)
+    merged.update(own)
+    merged.key_lines.update(own.key_lines)
+    return merged
+
+
+def _add_key(loader: Any, data: YDict, key: Any, line: int, value: Any) -> None:
+    """A mapping key must be a plain value, and a duplicate one is a problem (YAML keeps only the last)."""
+    if not isinstance(key, Hashable):  # a list or mapping as a key
+        loader.problems.append(Problem("a mapping key must be a plain value", Location(loader.display, line)))
+        return
+    if key in data.key_lines:
+        message = f"duplicate key {key!r} (first defined on line {data.key_lines[key]})"
+        hint = "remove one of them: YAML keeps only the last"
+        loader.problems.append(Problem(message, Location(loader.display, line), hint))
+    else:
+        data.key_lines[key] = line
+    data[key] = value
 
 
 def _syntax_problem(exc: yaml.MarkedYAMLError, display: str) -> Problem:
@@ -200,42 +344,19 @@ def _syntax_problem(exc: yaml.MarkedYAMLError, display: str) -> Problem:
 class _PositionLoader(_BaseLoader):
     display: str
     problems: list[Problem]
+    env_tags: bool
+    env_refs: list[EnvRef]
+    curly: bool  # the text has curly quotes: plain scalars are checked for them
+    anchored: dict[str, tuple[Any, int | None]]  # value, and how many nodes it stands for (None: being read)
+    nodes: int  # read so far
+    expanded: int  # the same, with each alias counted as what it stands for
+    max_alias_nodes: int
+    root_line: int
 
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
-
-
-def _build(loader: _PositionLoader, node: yaml.Node, built: dict[int, Any]) -> Any:
-    """Build Python data from composed nodes directly (several times faster than PyYAML's generic,
-    generator-based construction on large inputs files). Plain strings, mappings and sequences are
-    built here with their positions; every other scalar, any explicit tag and << merges go through
-    PyYAML's safe constructors, so the result is the same as safe loading."""
-    key = id(node)
-    if key in built:  # an alias: the same object, as PyYAML gives
-        return built[key]
-    if isinstance(node, yaml.ScalarNode):
-        value = node.value if node.tag == _STR_TAG else _scalar(loader, node)
-    elif isinstance(node, yaml.SequenceNode) and node.tag == _SEQ_TAG:
-        value = YList()
-        value.line = node.start_mark.line + 1
-        value.item_lines = [child.start_mark.line + 1 for child in node.value]
-        built[key] = value
-        value.extend(_build(loader, child, built) for child in node.value)
-    elif isinstance(node, yaml.MappingNode) and node.tag == _MAP_TAG:
-        value = YDict()
-        value.line = node.start_mark.line + 1
-        value.key_lines = {}
-        built[key] = value
-        own = sum(1 for k, _ in node.value if k.tag != _MERGE_TAG)
-        if own < len(node.value):
-            loader.flatten_mapping(node)  # keys brought in by << first, then the mapping's own
-        _fill_mapping(loader, node, value, built, own_from=len(node.value) - own)
-    else:
-        value = loader.construct_object(node, deep=True)
-    built[key] = value
-    return value
 
 
 def _scalar(loader: _PositionLoader, node: yaml.ScalarNode) -> Any:
@@ -248,106 +369,44 @@ def _scalar(loader: _PositionLoader, node: yaml.ScalarNode) -> Any:
         return None
 
 
+def _env_ref(loader: _PositionLoader, tagged: Any) -> EnvRef:
+    """``!env NAME`` (the event that starts it): a reference to be resolved at render time. A misused
+    tag ends the load, as any other unreadable YAML does."""
+    line = tagged.start_mark.line + 1
+    name = tagged.value if type(tagged) is yaml.ScalarEvent else None
+    if name is None or not _ENV_NAME.fullmatch(name):
+        kind = "a mapping" if type(tagged) is yaml.MappingStartEvent else "a sequence"
+        message = f"{ENV_TAG} takes the name of an environment variable (letters, digits and _), got "
+        hint = "write the variable's name after the tag, e.g. password: !env CW_PASSWORD"
+        raise _Refused(Problem(message + (kind if name is None else short(name)), Location(loader.display, line), hint))
+    ref = EnvRef(name)
+    ref.line = line
+    loader.env_refs.append(ref)
+    return ref
+
+
+class _Refused(Exception):
+    def __init__(self, problem: Problem):
+        super().__init__(problem.message)
+        self.problem = problem
+
+
 def too_long_number(exc: ValueError, where: Location, hint: str = "quote it to keep it as a string") -> Problem:
     digits = re.search(r"(\d+) digits", str(exc))
     limit = f" (the limit is {digits[1]} digits)" if digits else ""
     return Problem(f"this number is too long to read as an integer{limit}", where, hint)
 
 
-def _fill_mapping(loader: _PositionLoader, node: yaml.MappingNode, data: YDict, built: dict, own_from: int) -> None:
-    """Keys from ``own_from`` on are the mapping's own: a duplicate among them is a problem (keys
-    merged in with << may be overridden)."""
-    own: dict[Any, int] = {}
-    for index, (key_node, value_node) in enumerate(node.value):
-        key = _build(loader, key_node, built)
-        line = key_node.start_mark.line + 1
-        if not isinstance(key, Hashable):  # a list or mapping as a key
-            loader.problems.append(Problem("a mapping key must be a plain value", Location(loader.display, line)))
-            continue
-        if index >= own_from and key in own:
-            message = f"duplicate key {key!r} (first defined on line {own[key]})"
-            hint = "remove one of them: YAML keeps only the last"
-            loader.problems.append(Problem(message, Location(loader.display, line), hint))
-        else:
-            data.key_lines[key] = line
-            if index >= own_from:
-                own[key] = line
-        data[key] = _build(loader, value_node, built)
-
-
-def _check_nodes(root: yaml.Node, display: str, max_alias_nodes: int) -> list[Problem]:
-    """Walk the node graph once: alias expansion size, recursion, curly quotes in plain scalars."""
-    problems: list[Problem] = []
-    sizes: dict[int, int] = {}
-    in_progress: set[int] = set()
-
-    def size(node: yaml.Node) -> int:
-        key = id(node)
-        if key in sizes:
-            return sizes[key]
-        if key in in_progress:
-            raise _Recursive(node)
-        in_progress.add(key)
-        total = 1
-        if isinstance(node, yaml.ScalarNode):
-            problem = _curly_problem(node, display)
-            if problem:
-                problems.append(problem)
-        elif isinstance(node, yaml.SequenceNode):
-            total += sum(size(child) for child in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            total += sum(size(k) + size(v) for k, v in node.value)
-        in_progress.discard(key)
-        sizes[key] = total
-        return total
-
-    try:
-        expanded = size(root)
-    except _Recursive as exc:
-        return [
-            Problem(
-                "recursive YAML alias",
-                Location(display, exc.node.start_mark.line + 1),
-                "an anchor may not refer to itself",
-            )
-        ]
-    except RecursionError:
-        return [Problem("YAML nesting is too deep", Location(display))]
-    if expanded - len(sizes) > max_alias_nodes:
-        limit = f"limit: {max_alias_nodes} added by aliases"
-        problems.append(
-            Problem(
-                f"YAML aliases expand to {expanded} nodes from {len(sizes)} ({limit})",
-                Location(display, root.start_mark.line + 1),
-                "this looks like an alias bomb; write the data out instead of nesting aliases",
-            )
-        )
-    return problems
-
-
-class _Recursive(Exception):
-    def __init__(self, node: yaml.Node):
-        super().__init__("recursive alias")
-        self.node = node
-
-
-def _curly_problem(node: yaml.ScalarNode, display: str) -> Problem | None:
+def _curly_problem(node: Any, display: str) -> Problem | None:  # a scalar event
     value = node.value
     if not any(q in value for q in CURLY_QUOTES):
         return None
-    line = node.start_mark.line + 1
-    hint = (
-        "replace curly quotes (\u201c \u201d \u2018 \u2019) with straight ones (\" or '); "
-        "they often come from pasting from a web page"
-    )
-    if not node.style and value[0] in CURLY_QUOTES and value[-1] in CURLY_QUOTES:  # plain (None or "")
-        return Problem(
-            f"value {_short(value)} is wrapped in curly quotes, which YAML does not treat as quotes",
-            Location(display, line),
-            hint,
-        )
-    return None  # a curly quote inside {{ }} is reported by rendering, with the instance and key
+    if node.style or value[0] not in CURLY_QUOTES or value[-1] not in CURLY_QUOTES:  # not plain (None or "")
+        return None  # a curly quote inside {{ }} is reported by rendering, with the instance and key
+    message = f"value {short(value)} is wrapped in curly quotes, which YAML does not treat as quotes"
+    hint = "replace curly quotes (\u201c \u201d \u2018 \u2019) with straight ones (\" or ')"
+    return Problem(message, Location(display, node.start_mark.line + 1), f"{hint}; they often come from a web page")
 
 
-def _short(value: str, limit: int = 60) -> str:
+def short(value: str, limit: int = 60) -> str:
     return repr(value if len(value) <= limit else value[:limit] + "...")

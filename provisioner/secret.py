@@ -160,9 +160,14 @@ def _normalized(text: str) -> str:
     return text.translate(_URLSAFE_TO_STANDARD) if "-" in text or "_" in text else text
 
 
+_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]+")  # the characters no escaping changes
+
+
 def encoded_forms(value: str) -> set[str]:
     """Every form a secret may be printed in (docs/secrets.md), a list that does not depend on the hash
     seed; also the same encodings of its JSON-escaped form (a request body echoed back)."""
+    if _UNRESERVED.fullmatch(value):  # every escaping leaves it as it is: only base64 changes it
+        return {form for form in (value, *_base64_forms(value.encode())) if len(form) >= MIN_REDACT_LENGTH}
     bases = [value, " ".join(value.split()), sanitize(value), *value.splitlines(), *_json_forms(value)]
     forms = list(bases)
     for base in dict.fromkeys(bases):

@@ -181,6 +181,8 @@ def encoded_forms(value: str) -> set[str]:
 def token_forms(value: str) -> set[str]:
     """The forms of an instance token (base64 text the API generated): its alphabet rules out the HTML,
     repr and whitespace forms; unaligned base64 is left to secrets a person chose."""
+    if _UNRESERVED.fullmatch(value):  # no escaping changes it
+        return {value, base64.b64encode(value.encode("utf-8")).decode("ascii")}
     return {
         value,
         value.replace("/", "\\/"),

@@ -37,7 +37,7 @@ import math
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -385,11 +385,7 @@ class Applier:
 
     def _copies(self, target: str) -> dict[str, list[LiveInstance]]:
         """The stack's own instances on ``target`` by name, oldest first (one listing, no configuration)."""
-        copies: dict[str, list[LiveInstance]] = {}
-        live = read_live(self.clients[target], self.plan.stack, owned_only=True, configuration=False)
-        for instance in sorted(live, key=lambda i: i.age_key):
-            copies.setdefault(instance.name, []).append(instance)
-        return copies
+        return copies_by_name(read_live(self.clients[target], self.plan.stack, owned_only=True, configuration=False))
 
     # -- the final check -----------------------------------------------------------------------
 
@@ -463,6 +459,14 @@ class Applier:
             return replace(result, token=token)
         why = f"instance id {result.id} was created, but the API gave no token for it (neither the create answer, "
         return replace(result, status=Status.FAILED, error=why + f"the listing nor GET /instances/{result.id})")
+
+
+def copies_by_name(instances: Iterable[LiveInstance]) -> dict[str, list[LiveInstance]]:
+    """Instances by name, oldest first (creation date, then id): the first is the copy every run keeps."""
+    copies: dict[str, list[LiveInstance]] = {}
+    for instance in sorted(instances, key=lambda i: i.age_key):
+        copies.setdefault(instance.name, []).append(instance)
+    return copies
 
 
 def _failed(change: Change, exc: Exception) -> ChangeResult:

@@ -224,9 +224,7 @@ class Applier:
     # -- the pool ------------------------------------------------------------------------------
 
     def _run_batch(self, writes: list[Change], step: Step) -> None:
-        """Run ``step`` for each change in the workers and record each outcome here, in order. After a
-        signal, the changes not done are skipped; a change held past its deadline failed (a create is
-        looked up, as any create of unknown outcome)."""
+        """Run ``step`` for each change in the workers and record each outcome here, in order."""
         work = functools.partial(self._execute, step=step)
         for change, outcome in in_workers(work, writes, self.settings.parallelism, self.stop):
             if not isinstance(outcome, Unfinished):
@@ -234,7 +232,7 @@ class Applier:
             elif not outcome.held:
                 error = IN_FLIGHT if outcome.started else NOT_STARTED
                 self._results[id(change)] = ChangeResult(change, Status.SKIPPED, error=error)
-            else:
+            else:  # held past its deadline: failed, or a create of unknown outcome
                 if change.action == Action.CREATE:
                     self._record(_Outcome(change, posted=True, unanswered=time.monotonic()))
                 else:
@@ -339,8 +337,7 @@ class Applier:
     # -- creates whose outcome is unknown ------------------------------------------------------
 
     def _resolve_unknown(self) -> None:
-        """Look up the creates of unknown outcome in rounds, one listing per target a round (the
-        module docstring says what is taken, sent again or waited for)."""
+        """Look up the creates of unknown outcome in rounds, one listing per target a round."""
         while self._unknown:
             batch, self._unknown = self._unknown, []
             resend = []

@@ -37,7 +37,7 @@ import math
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -54,7 +54,8 @@ from ..errors import (
     WaitTooLong,
 )
 from ..interrupt import WORKER_PREFIX, StopFlag
-from ..manifest.elements import ElementRegistry
+from ..manifest.desired import DesiredInstance
+from ..manifest.elements import ElementRegistry, ElementSchema
 from ..ownership import run_tag
 from ..secret import Secret
 from .bodies import adopt_body, create_body, modify_verb, patch_body, put_body
@@ -88,29 +89,24 @@ UNKNOWN = "create outcome unknown: no instance of this name was found after any 
 ANSWERED = "create outcome unknown: answered 2xx without an instance, and no instance of this name was found; not sent "
 ANSWERED += "again (run apply again)"
 
-
-@dataclass(frozen=True)
-class _Unknown:
-    """A create whose outcome is unknown."""
-
-    change: Change
-    unanswered: float | None  # when its attempt ended with no answer (time.monotonic())
-    resendable: bool  # False after a 2xx answer: never sent again
+LISTING_ERRORS = (ApiError, TransportError, Interrupted, InconsistentListing)  # a listing or read that failed
 
 
 @dataclass
 class _Outcome:
     """What a worker learned from one change; the main thread records it. ``result`` None: a create
-    of unknown outcome (``unknown`` says how); ``posted``: a create was sent; ``abort``: why the
-    whole run stops."""
+    of unknown outcome, to be looked up; ``posted``: a create was sent; ``abort``: why the whole run
+    stops."""
 
-    result: ChangeResult | None
+    change: Change
+    result: ChangeResult | None = None
     posted: bool = False
-    unknown: _Unknown | None = None
+    unanswered: float | None = None  # when an attempt of unknown outcome ended with no answer (time.monotonic())
+    resendable: bool = True  # False after a 2xx answer: never sent again
     abort: str | None = None
 
 
-Step = Callable[[Change, Any, _Outcome], ChangeResult]  # one change's requests, in a worker
+Step = Callable[[Change, Any, _Outcome], tuple[Any, Secret | None]]  # one change's requests: the id and token left
 
 
 @dataclass(frozen=True)
@@ -173,9 +169,6 @@ class ApplyResult:
         return not self.failed and self.interrupted is None and self.aborted is None
 
 
-Progress = Callable[[ChangeResult], None]
-
-
 class Applier:
     """Runs the writes of one plan against the clients of its targets."""
 
@@ -187,7 +180,7 @@ class Applier:
         registry: ElementRegistry,
         settings: ApplySettings,
         stop: StopFlag,
-        progress: Progress | None = None,
+        progress: Callable[[ChangeResult], None] | None = None,
     ):
         self.plan = plan
         self.clients = clients
@@ -197,8 +190,8 @@ class Applier:
         self.stop = stop
         self.progress = progress or (lambda _result: None)
         self.aborted: str | None = None
-        self._unknown: list[_Unknown] = []  # creates of unknown outcome, not looked up yet
-        self._index = {id(c): i for i, c in enumerate(plan.changes)}
+        self._results: dict[int, ChangeResult] = {}  # by id() of the plan's change
+        self._unknown: list[_Outcome] = []  # creates of unknown outcome, not looked up yet
         self._posted: Counter[tuple[str, str]] = Counter()  # names a create was sent for: how many times
         self._made: set[tuple[str, str, str]] = set()  # (target, name, id) of the copies this run was told it made
         self._settle_until = -math.inf  # an attempt that got no answer was not found: wait for it until then
@@ -206,84 +199,73 @@ class Applier:
         self._known_ids = {(c.target, c.live.id) for c in plan.changes if c.live is not None}
 
     def run(self) -> ApplyResult:
-        results: dict[int, ChangeResult] = {}
         writes = []
-        for index, change in enumerate(self.plan.changes):
+        for change in self.plan.changes:
             if change.action == Action.NOOP:
-                results[index] = ChangeResult(change, Status.OK, id=change.id, token=_live_token(change))
+                self._results[id(change)] = ChangeResult(change, Status.OK, id=change.id, token=_live_token(change))
             elif change.action == Action.CONFLICT:
-                results[index] = ChangeResult(change, Status.SKIPPED, error=change.reason, id=change.id)
+                self._results[id(change)] = ChangeResult(change, Status.SKIPPED, error=change.reason, id=change.id)
             else:
                 writes.append(change)
-        self._run_batch(writes, results, self._dispatch)
-        self._resolve_unknown(results)
-        notes = self._final_check(results)
-        ordered = [results[i] for i in range(len(self.plan.changes))]
+        self._run_batch(writes, self._dispatch)
+        self._resolve_unknown()
+        notes = self._final_check()
+        results = [self._results[id(c)] for c in self.plan.changes]
         if self.aborted:
-            ordered = [replace(r, error=self.aborted) if r.error == NOT_STARTED else r for r in ordered]
-        return ApplyResult(
-            self.plan,
-            ordered,
-            self.stop.signum if self.stop.is_set() and not self.aborted else None,
-            self.aborted,
-            notes,
-        )
+            results = [replace(r, error=self.aborted) if r.error == NOT_STARTED else r for r in results]
+        interrupted = self.stop.signum if self.stop.is_set() and not self.aborted else None
+        return ApplyResult(self.plan, results, interrupted, self.aborted, notes)
+
+    def _stop_run(self, why: str) -> None:
+        """No new request starts, and the run reports ``why`` (the first reason given)."""
+        self.stop.set()
+        self.aborted = self.aborted or why
 
     # -- the pool ------------------------------------------------------------------------------
 
-    def _run_batch(self, writes: list[Change], results: dict[int, ChangeResult], step: Step) -> None:
-        """Run ``step`` for each change in the workers and record each outcome here, in order. After a
-        signal, the changes not done are reported as skipped; a change held past its deadline failed
-        (a create: looked up, as any create of unknown outcome)."""
+    def _run_batch(self, writes: list[Change], step: Step) -> None:
+        """Run ``step`` for each change in the workers and record each outcome here, in order."""
         work = functools.partial(self._execute, step=step)
         for change, outcome in in_workers(work, writes, self.settings.parallelism, self.stop):
-            index = self._index[id(change)]
-            if isinstance(outcome, Unfinished) and outcome.held:  # a create is looked up, the rest fail
+            if not isinstance(outcome, Unfinished):
+                self._record(outcome)
+            elif not outcome.held:
+                error = IN_FLIGHT if outcome.started else NOT_STARTED
+                self._results[id(change)] = ChangeResult(change, Status.SKIPPED, error=error)
+            else:  # held past its deadline: failed, or a create of unknown outcome
                 if change.action == Action.CREATE:
-                    unknown = _Unknown(change, unanswered=time.monotonic(), resendable=True)
-                    self._record(index, change, _Outcome(None, posted=True, unknown=unknown), results)
+                    self._record(_Outcome(change, posted=True, unanswered=time.monotonic()))
                 else:
-                    results[index] = ChangeResult(change, Status.FAILED, error=HELD, id=change.id)
+                    self._results[id(change)] = ChangeResult(change, Status.FAILED, error=HELD, id=change.id)
                 if outcome.held >= self.settings.parallelism:  # no worker left
-                    self.stop.set()
-                    self.aborted = self.aborted or "the API holds every worker's request past its deadline"
-            elif isinstance(outcome, Unfinished):
-                results[index] = ChangeResult(
-                    change, Status.SKIPPED, error=IN_FLIGHT if outcome.started else NOT_STARTED
-                )
-            else:
-                self._record(index, change, outcome, results)
+                    self._stop_run("the API holds every worker's request past its deadline")
 
-    def _record(self, index: int, change: Change, outcome: _Outcome, results: dict[int, ChangeResult]) -> None:
-        key = (change.target, change.name)
+    def _record(self, outcome: _Outcome) -> None:
+        change, key = outcome.change, (outcome.change.target, outcome.change.name)
         if outcome.posted:
             self._posted[key] += 1
-        if outcome.abort is not None and self.aborted is None:
-            self.aborted = outcome.abort
+        if outcome.abort is not None:
+            self._stop_run(outcome.abort)
         result = outcome.result
         if result is None:
-            assert outcome.unknown is not None
-            self._unknown.append(outcome.unknown)
-            results.pop(index, None)
+            self._unknown.append(outcome)
             return
         if outcome.posted and result.status == Status.OK:
             self._made.add((*key, str(result.id)))
-        if result.http_status in (401, 403) and self.aborted is None and change.action != Action.REAUTHENTICATE:
-            self.aborted = f"the API refused the credentials of target {change.target!r}"
-        results[index] = result
+        self._results[id(change)] = result
         self.progress(result)
 
     def _execute(self, change: Change, step: Step) -> _Outcome:
         """Run one change (``step``: all of it, or its create alone) in a worker; it records nothing itself."""
         if self.stop.is_set():
-            return _Outcome(ChangeResult(change, Status.SKIPPED, error=NOT_STARTED))
-        client = self.clients[change.target]
-        outcome = _Outcome(None)
+            return _Outcome(change, ChangeResult(change, Status.SKIPPED, error=NOT_STARTED))
+        outcome = _Outcome(change)
         try:
-            outcome.result = step(change, client, outcome)
+            id_, token = step(change, self.clients[change.target], outcome)
+            outcome.result = ChangeResult(change, Status.OK, id=id_, token=token)
         except AmbiguousCreate as exc:
-            answered_2xx = isinstance(exc.cause, ApiError) and exc.cause.status < 300
-            outcome.unknown = _Unknown(change, None if exc.answered else time.monotonic(), not answered_2xx)
+            outcome.unanswered = None if exc.answered else time.monotonic()
+            outcome.resendable = not (isinstance(exc.cause, ApiError) and exc.cause.status < 300)  # 2xx: never again
         except Interrupted as exc:
             outcome.posted &= exc.sent
             outcome.result = ChangeResult(change, Status.SKIPPED, error=IN_FLIGHT if exc.sent else NOT_STARTED)
@@ -292,28 +274,27 @@ class Applier:
             done_part = change.action == Action.REPLACE and outcome.posted  # its delete went through
             outcome.posted, outcome.abort = False, exc.message
             outcome.result = ChangeResult(change, Status.FAILED if done_part else Status.SKIPPED, error=exc.message)
-        except Unauthorized as exc:
-            if change.action != Action.REAUTHENTICATE:  # there, the provider refused that instance's credentials
-                self.stop.set()
-            outcome.result = _failed(change, exc)
         except (ApiError, TransportError) as exc:
+            # A 401/403 stops the run; to a re-authentication, the provider refused that instance's credentials.
+            if isinstance(exc, Unauthorized) and change.action != Action.REAUTHENTICATE:
+                self.stop.set()
+                outcome.abort = f"the API refused the credentials of target {change.target!r}"
             outcome.result = _failed(change, exc)
         return outcome
 
-    def _dispatch(self, change: Change, client: Any, outcome: _Outcome) -> ChangeResult:
+    def _dispatch(self, change: Change, client: Any, outcome: _Outcome) -> tuple[Any, Secret | None]:
         match change.action:
             case Action.DELETE:
                 client.delete_instance(change.id)
-                return ChangeResult(change, Status.OK, id=change.id)
+                return change.id, None
             case Action.CREATE:
                 return self._create(change, client, outcome)
             case Action.REPLACE:
-                assert change.desired is not None
                 client.delete_instance(change.id)
                 return self._create(change, client, outcome)
             case Action.DISABLE | Action.ENABLE:  # the enabled endpoint, and nothing else
                 client.set_enabled(change.id, change.action == Action.ENABLE)
-                return ChangeResult(change, Status.OK, id=change.id, token=_live_token(change))
+                return change.id, _live_token(change)
             case Action.ADOPT | Action.UPDATE | Action.RENAME | Action.REAUTHENTICATE:
                 return self._modify(change, client)
             case Action.NOOP | Action.CONFLICT | Action.PROTECTED:
@@ -321,14 +302,10 @@ class Applier:
             case _:
                 assert_never(change.action)
 
-    def _modify(self, change: Change, client: Any) -> ChangeResult:
+    def _modify(self, change: Change, client: Any) -> tuple[Any, Secret | None]:
         """Adopt, update, rename or re-authenticate an instance in place: its id and token stay. An
         ``enabled`` field in the diff is set afterwards, with the enabled endpoint."""
-        desired = change.desired
-        assert desired is not None
-        schema = self.registry.get(desired.element)
-        fp = self.fingerprints[change.target]
-        assert schema is not None
+        desired, schema, fp = self._body_parts(change)
         live_tags = change.live.tags if change.live else ()
         if change.action == Action.REAUTHENTICATE:  # the full body, for the provider to check again
             data = client.reauthenticate_instance(change.id, put_body(desired, schema, fp, live_tags, change.diff))
@@ -341,32 +318,32 @@ class Applier:
             data = client.update_instance(change.id, put_body(desired, schema, fp, live_tags, change.diff))
         if any(d.path.section == "enabled" for d in change.diff):
             client.set_enabled(change.id, desired.enabled)
-        return ChangeResult(change, Status.OK, id=change.id, token=_token(data) or _live_token(change))
+        return change.id, _token(data) or _live_token(change)
 
-    def _create(self, change: Change, client: Any, outcome: _Outcome) -> ChangeResult:
-        desired = change.desired
-        assert desired is not None
-        schema = self.registry.get(desired.element)
-        assert schema is not None
+    def _create(self, change: Change, client: Any, outcome: _Outcome) -> tuple[Any, Secret | None]:
+        desired, schema, fp = self._body_parts(change)
         outcome.posted = True
-        data = client.create_instance(create_body(desired, schema, self.fingerprints[change.target], self.run_tag))
+        data = client.create_instance(create_body(desired, schema, fp, self.run_tag))
         if not desired.enabled:  # declared disabled from the start
             client.set_enabled(data["id"], False)
-        return ChangeResult(change, Status.OK, id=data["id"], token=_token(data))
+        return data["id"], _token(data)
+
+    def _body_parts(self, change: Change) -> tuple[DesiredInstance, ElementSchema, FingerprintContext]:
+        assert change.desired is not None
+        schema = self.registry.get(change.desired.element)
+        assert schema is not None
+        return change.desired, schema, self.fingerprints[change.target]
 
     # -- creates whose outcome is unknown ------------------------------------------------------
 
-    def _resolve_unknown(self, results: dict[int, ChangeResult]) -> None:
-        """Look up the creates of unknown outcome in rounds, one listing per target a round, and take
-        the copy found. A name not found was refused: it is sent again at once, within
-        ``--max-attempts`` (never after a 2xx answer). An attempt that got no answer and was not found,
-        or was one of several sent for a name, makes the final check wait ``settle`` for it."""
+    def _resolve_unknown(self) -> None:
+        """Look up the creates of unknown outcome in rounds, one listing per target a round."""
         while self._unknown:
             batch, self._unknown = self._unknown, []
             resend = []
             for target in sorted({u.change.target for u in batch}):
                 mine = [u for u in batch if u.change.target == target]
-                found = {} if self.stop.is_set() else self._owned_new(target, results, [u.change for u in mine])
+                found = {} if self.stop.is_set() else self._owned_new(target, [u.change for u in mine])
                 if found is None:  # the lookup failed: each change says why
                     continue
                 attempts = self.clients[target].settings.max_attempts
@@ -384,99 +361,85 @@ class Applier:
                         continue
                     else:
                         result = ChangeResult(u.change, Status.FAILED, error=UNKNOWN if u.resendable else ANSWERED)
-                    results[self._index[id(u.change)]] = result
+                    self._results[id(u.change)] = result
                     self.progress(result)
-            self._run_batch(resend, results, self._create)
+            self._run_batch(resend, self._create)
 
-    def _owned_new(
-        self, target: str, results: dict[int, ChangeResult], changes: list[Change]
-    ) -> dict[str, LiveInstance | None] | None:
-        """The oldest instance per name that the stack owns and that is new since the plan."""
+    def _owned_new(self, target: str, changes: list[Change]) -> dict[str, LiveInstance | None] | None:
+        """The oldest instance per name that the stack owns and that is new since the plan; None when
+        the listing failed (each change then fails with its error)."""
         try:
             copies = self._copies(target)
         except WaitTooLong as exc:
-            self._stop_run(exc)
+            self._stop_run(exc.message)
             return {}
-        except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
+        except LISTING_ERRORS as exc:
             for change in changes:
-                results[self._index[id(change)]] = _failed(change, exc)
+                self._results[id(change)] = _failed(change, exc)
             return None
         new = {c.name: [i for i in copies.get(c.name, []) if (target, i.id) not in self._known_ids] for c in changes}
         return {name: found[0] if found else None for name, found in new.items()}
 
     def _copies(self, target: str) -> dict[str, list[LiveInstance]]:
         """The stack's own instances on ``target`` by name, oldest first (one listing, no configuration)."""
-        copies: dict[str, list[LiveInstance]] = {}
-        live = read_live(self.clients[target], self.plan.stack, owned_only=True, configuration=False)
-        for instance in sorted(live, key=lambda i: i.age_key):
-            copies.setdefault(instance.name, []).append(instance)
-        return copies
+        return copies_by_name(read_live(self.clients[target], self.plan.stack, owned_only=True, configuration=False))
 
     # -- the final check -----------------------------------------------------------------------
 
-    def _final_check(self, results: dict[int, ChangeResult]) -> list[str]:
-        """List the stack once more, and settle every created name on one copy.
-
-        The rule every run follows without talking to the others: the oldest copy (creation date,
-        then id) wins. A run delivers the winner's token, whoever made it (read with
-        ``GET /instances/{id}`` if the listing has none; a name whose token cannot be had fails), and
-        deletes only the other copies it made itself (known by the id it was given, or by this run's
-        tag when the answer was lost). A create whose answer never came may still be committed by a
-        slow server: when one was not found, the check first waits ``settle`` seconds, once. A name
-        with no copy left was deleted under the run (a concurrent destroy): that change fails. If the
-        listing fails, the created names fail too: success is never reported while a copy may be
-        left behind."""
+    def _final_check(self) -> list[str]:
+        """List the stack once more and settle every created name on its oldest copy (the module
+        docstring says how). A name with no copy left was deleted under the run (a concurrent destroy):
+        that change fails. If the listing fails, the created names fail too: success is never reported
+        while a copy may be left behind."""
         created = {
-            (r.change.target, r.change.name): i
-            for i, r in results.items()
+            (r.change.target, r.change.name): r.change
+            for r in self._results.values()
             if r.change.action in (Action.CREATE, Action.REPLACE)
-            and r.change.desired is not None
             and r.status in (Status.OK, Status.FAILED)
             and (r.change.target, r.change.name) in self._posted
         }
-        if not created or self.stop.is_set():
-            return []
-        if self.stop.wait(max(0.0, self._settle_until - time.monotonic())):
+        if not created or self.stop.is_set() or self.stop.wait(max(0.0, self._settle_until - time.monotonic())):
             return []
         notes: list[str] = []
         for target in sorted({t for t, _ in created}):
-            names = {name: index for (t, name), index in created.items() if t == target}
+            names = {name: change for (t, name), change in created.items() if t == target}
             try:
                 copies = self._copies(target)
             except WaitTooLong as exc:
-                self._stop_run(exc, "; the created instances were not checked with a final listing")
+                self._stop_run(exc.message + "; the created instances were not checked with a final listing")
                 return notes
-            except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
+            except LISTING_ERRORS as exc:
                 failed = f"could not check the created instance with a final listing ({exc}); run apply again"
-                for index in names.values():
-                    results[index] = ChangeResult(results[index].change, Status.FAILED, error=failed)
+                for change in names.values():
+                    self._results[id(change)] = ChangeResult(change, Status.FAILED, error=failed)
                 continue
-            for name, index in sorted(names.items()):
-                notes.extend(self._settle_name(target, copies.get(name, []), index, results))
+            for name, change in sorted(names.items()):
+                notes.extend(self._settle_name(target, copies.get(name, []), change))
         return notes
 
-    def _settle_name(
-        self, target: str, copies: list[LiveInstance], index: int, results: dict[int, ChangeResult]
-    ) -> list[str]:
-        result = results[index]
+    def _settle_name(self, target: str, copies: list[LiveInstance], change: Change) -> list[str]:
+        """Deliver the oldest copy of one created name, and delete the extra copies this run made."""
+        result = self._results[id(change)]
         if not copies:
             if result.status == Status.OK:
                 gone = f"instance id {result.id} was deleted while this run was applying (a concurrent destroy or "
                 gone += "prune?); its token is not delivered"
-                results[index] = ChangeResult(result.change, Status.FAILED, id=result.id, error=gone)
+                self._results[id(change)] = ChangeResult(change, Status.FAILED, id=result.id, error=gone)
             return []
-        winner = copies[0]
-        notes = []
+        winner, notes = copies[0], []
         if result.status != Status.OK or result.id != winner.id:
             made = result.status == Status.OK and result.id is not None
             was = f" instead of this run's id {result.id}" if made else ""
-            results[index] = ChangeResult(result.change, Status.OK, id=winner.id, token=winner.token)
+            result = ChangeResult(change, Status.OK, id=winner.id, token=winner.token)
             notes.append(f"{winner.name}: delivering the oldest copy, id {winner.id}{was}")
         for extra in copies[1:]:
-            if (target, result.change.name, str(extra.id)) in self._made or self.run_tag in extra.tags:
-                notes.append(self._delete_extra(target, extra))
-        if results[index].token is None:
-            results[index] = self._with_token(target, results[index])
+            if (target, change.name, str(extra.id)) in self._made or self.run_tag in extra.tags:
+                try:
+                    self.clients[target].delete_instance(extra.id)
+                    notes.append(f"{extra.name}: deleted extra copy id {extra.id} made by this run")
+                except ProvisionerError as exc:
+                    notes.append(f"{extra.name}: extra copy id {extra.id} made by this run could not be deleted: {exc}")
+        self._results[id(change)] = result if result.token is not None else self._with_token(target, result)
         return notes
 
     def _with_token(self, target: str, result: ChangeResult) -> ChangeResult:
@@ -485,39 +448,29 @@ class Applier:
         try:
             token = LiveInstance.from_api(self.clients[target].get_instance(result.id)).token
         except WaitTooLong as exc:
-            self._stop_run(exc)
+            self._stop_run(exc.message)
             token = None
-        except (ApiError, TransportError, Interrupted, InconsistentListing) as exc:
+        except LISTING_ERRORS as exc:
             return replace(result, status=Status.FAILED, error=f"instance id {result.id} was created; its token: {exc}")
         if token is not None:
             return replace(result, token=token)
         why = f"instance id {result.id} was created, but the API gave no token for it (neither the create answer, "
         return replace(result, status=Status.FAILED, error=why + f"the listing nor GET /instances/{result.id})")
 
-    def _stop_run(self, exc: WaitTooLong, more: str = "") -> None:
-        """The API asked to wait longer than the retry budget: no new request starts."""
-        self.stop.set()
-        self.aborted = self.aborted or exc.message + more
 
-    def _delete_extra(self, target: str, instance: LiveInstance) -> str:
-        try:
-            self.clients[target].delete_instance(instance.id)
-        except ProvisionerError as exc:
-            return f"{instance.name}: extra copy id {instance.id} made by this run could not be deleted: {exc}"
-        return f"{instance.name}: deleted extra copy id {instance.id} made by this run"
+def copies_by_name(instances: Iterable[LiveInstance]) -> dict[str, list[LiveInstance]]:
+    """Instances by name, oldest first (creation date, then id): the first is the copy every run keeps."""
+    copies: dict[str, list[LiveInstance]] = {}
+    for instance in sorted(instances, key=lambda i: i.age_key):
+        copies.setdefault(instance.name, []).append(instance)
+    return copies
 
 
 def _failed(change: Change, exc: Exception) -> ChangeResult:
-    if isinstance(exc, ApiError):
-        return ChangeResult(
-            change,
-            Status.FAILED,
-            error=str(exc.message),
-            request_id=exc.request_id,
-            http_status=exc.status,
-            id=change.id,
-        )
-    return ChangeResult(change, Status.FAILED, error=str(exc), id=change.id)
+    result = ChangeResult(change, Status.FAILED, error=str(exc), id=change.id)
+    if isinstance(exc, ApiError):  # the API's own message, with its request id and status
+        result = replace(result, error=str(exc.message), request_id=exc.request_id, http_status=exc.status)
+    return result
 
 
 def _token(data: Any) -> Secret | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import shlex
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, get_args
@@ -22,8 +23,7 @@ from ..api.live import LiveInstance
 from ..errors import ApiError, TransportError
 from ..interrupt import StopFlag
 from ..manifest.desired import DesiredInstance
-from ..manifest.elements import ElementRegistry
-from .apply import Unfinished, in_workers
+from .apply import Unfinished, copies_by_name, in_workers
 from .stages import Connection, Validated, read_state
 
 Status = Literal["healthy", "invalid", "disabled", "missing", "unreachable"]
@@ -59,9 +59,7 @@ class HealthReport:
         return all(h.ok for h in self.instances)
 
     def summary(self) -> dict[str, Any]:
-        by_status = dict.fromkeys(STATUSES, 0)
-        for entry in self.instances:
-            by_status[entry.status] += 1
+        by_status = dict.fromkeys(STATUSES, 0) | Counter(h.status for h in self.instances)
         ok = sum(1 for h in self.instances if h.ok)
         return {"declared": len(self.instances), "ok": ok, "notOk": len(self.instances) - ok, "byStatus": by_status}
 
@@ -76,48 +74,44 @@ class HealthReport:
         }
 
 
-def assess(
-    stack: str,
-    desired: Sequence[DesiredInstance],
-    live_by_target: Mapping[str, list[LiveInstance]],
-    registry: ElementRegistry,
-    apply_command: Sequence[str],
+def check(
+    validated: Validated, connection: Connection, ping: bool, parallelism: int, apply_command: Sequence[str]
 ) -> HealthReport:
-    """The health of each declared instance from the listing (the stack's own instances). An instance
-    owned only under a previous name is that instance; of several copies, the oldest is."""
-    owned: dict[tuple[str, str], list[LiveInstance]] = {}
-    for target, instances in live_by_target.items():
-        for live in sorted(instances, key=lambda i: i.age_key):
-            owned.setdefault((target, live.name), []).append(live)
+    """Assess each declared instance from one listing (one owned only under a previous name is that
+    instance; of several copies, the oldest is), and ping them if asked."""
+    stack = validated.manifest.stack
+    owned = {
+        (target, name): copies
+        for target, instances in read_state(connection, stack, owned_only=True, configuration=False).items()
+        for name, copies in copies_by_name(instances).items()
+    }
     entries, claimed = [], set()
-    for d in desired:
+    for d in validated.desired:
         key = next((k for k in ((d.target, n) for n in (d.name, *d.previous_names)) if k in owned), None)
-        claimed.update({(d.target, d.name), *(() if key is None else (key,))})
-        oauth = (schema := registry.get(d.element)) is not None and schema.uses_oauth(d.configuration)
-        entries.append(_assess(d.name, d.target, d.element, owned[key][0] if key else None, d, oauth, apply_command))
+        claimed.add(key)
+        oauth = (schema := validated.registry.get(d.element)) is not None and schema.uses_oauth(d.configuration)
+        entries.append(_assess(d.target, owned[key][0] if key else None, d, oauth, apply_command))
     undeclared = [
-        _assess(name, target, copies[0].element, copies[0], None, False, apply_command)
+        _assess(target, copies[0], None, False, apply_command)
         for (target, name), copies in sorted(owned.items())
         if (target, name) not in claimed
     ]
-    return HealthReport(stack, tuple(entries), tuple(undeclared))
+    report = HealthReport(stack, tuple(entries), tuple(undeclared))
+    return ping_all(report, connection.clients, parallelism, connection.stop) if ping else report
 
 
 def _assess(
-    name: str,
-    target: str,
-    element: str | None,
-    live: LiveInstance | None,
-    desired: DesiredInstance | None,
-    oauth: bool,
-    apply_command: Sequence[str],
+    target: str, live: LiveInstance | None, desired: DesiredInstance | None, oauth: bool, apply_command: Sequence[str]
 ) -> Health:
     def run(*extra: str) -> str:
         return shlex.join([*apply_command, *extra])
 
     if live is None:
+        assert desired is not None
         detail = "declared, not found among the stack's instances; apply creates it"
-        return Health(name, target, element, None, "missing", False, detail, run("--target", glob.escape(name)))
+        command = run("--target", glob.escape(desired.name))
+        return Health(desired.name, target, desired.element, None, "missing", False, detail, command)
+    name, element = (desired.name, desired.element) if desired else (live.name, live.element)
     common: dict[str, Any] = {"name": name, "target": target, "element": element, "id": live.id, "live": live}
     meant_off = desired is not None and not desired.enabled
     invalid = "" if live.valid else "; its credentials are refused too (valid: false)"
@@ -139,50 +133,34 @@ def _assess(
     return Health(status="healthy", ok=True, detail="valid and enabled" + extra, **common)
 
 
-def check(
-    validated: Validated, connection: Connection, ping: bool, parallelism: int, apply_command: Sequence[str]
-) -> HealthReport:
-    """Read the stack's instances once (read-only clients), assess them, and ping them if asked."""
-    live = read_state(connection, validated.manifest.stack, owned_only=True, configuration=False)
-    report = assess(validated.manifest.stack, validated.desired, live, validated.registry, apply_command)
-    return ping_all(report, connection.clients, parallelism, connection.stop) if ping else report
-
-
 def ping_all(report: HealthReport, clients: Mapping[str, Any], parallelism: int, stop: StopFlag) -> HealthReport:
-    """Ping, with its own token, every declared instance that exists and is not declared disabled, in
-    ``parallelism`` workers (one rate budget: the clients share it). After a signal, Interrupted."""
-    hubs: dict[tuple[str, str | None], str | None] = {}
-    for h in report.instances:  # an API whose listing leaves the hub out: one read per element
-        if h.live is not None and h.live.hub is None and h.live.element and (h.target, h.element) not in hubs:
-            hubs[(h.target, h.element)] = (clients[h.target].get_element(h.live.element) or {}).get("hub")
-    todo = [i for i, h in enumerate(report.instances) if h.live is not None and not (h.live.disabled and h.ok)]
+    """Ping the instances the module docstring says, in ``parallelism`` workers. After a signal, Interrupted."""
+    hubs: dict[tuple[str, str | None], str | None] = {}  # an API whose listing leaves the hub out: one read per element
+    todo: dict[int, str | None] = {}  # the index of each entry to ping: its hub
+    for i, h in enumerate(report.instances):
+        if h.live is not None and not (h.live.disabled and h.ok):
+            if h.live.hub is None and h.live.element and (h.target, h.element) not in hubs:
+                hubs[(h.target, h.element)] = (clients[h.target].get_element(h.live.element) or {}).get("hub")
+            todo[i] = h.live.hub or hubs.get((h.target, h.element))
 
-    def hub_of(entry: Health) -> str | None:
-        return entry.live and entry.live.hub or hubs.get((entry.target, entry.element))
-
-    def one(index: int) -> Health:
-        entry = report.instances[index]
-        live = entry.live
+    def ping(index: int) -> str | None:  # why the ping failed, or None
+        live, client, hub = report.instances[index].live, clients[report.instances[index].target], todo[index]
         assert live is not None
-        hub = hub_of(entry)
-        client = clients[entry.target]
         try:
             token = live.token or LiveInstance.from_api(client.get_instance(live.id)).token
-            failed = None if hub and token else "the API gave no hub or no token for it"
-            if not failed:
-                client.ping(hub, token)
+            if not (hub and token):
+                return "the API gave no hub or no token for it"
+            client.ping(hub, token)
         except ApiError as exc:
-            failed = f"HTTP {exc.status}: {exc.message}"
+            return f"HTTP {exc.status}: {exc.message}"
         except TransportError as exc:
-            failed = exc.message
-        return _pinged(entry, hub, failed)
+            return exc.message
+        return None
 
     done: dict[int, Health] = {}
-    for i, outcome in in_workers(one, todo, parallelism, stop):
-        if not isinstance(outcome, Unfinished):
-            done[i] = outcome
-        elif outcome.held:  # the main thread stopped waiting for its worker
-            done[i] = _pinged(report.instances[i], hub_of(report.instances[i]), HELD)
+    for i, failed in in_workers(ping, list(todo), parallelism, stop):
+        if not isinstance(failed, Unfinished) or failed.held:  # held: the main thread stopped waiting for it
+            done[i] = _pinged(report.instances[i], todo[i], HELD if isinstance(failed, Unfinished) else failed)
     stop.check()  # the run was interrupted: no report
     instances = tuple(done.get(i, h) for i, h in enumerate(report.instances))
     return replace(report, instances=instances, pinged=True)

@@ -19,6 +19,7 @@ MAX_MESSAGE = 300
 MAX_DEPTH = 100  # JSON nesting the API's answers need is under 10; deeper is refused, never parsed on
 TOTAL_HEADER = "elements-total-count"
 REQUEST_ID_HEADER = "elements-request-id"
+_CONTAINERS = (dict, list)  # json.loads makes exactly these, never subclasses
 _STATUS_ERRORS = {400: BadRequest, 401: Unauthorized, 403: Unauthorized, 404: NotFound, 409: Conflict, 429: RateLimited}
 
 
@@ -38,8 +39,8 @@ def remember_tokens(data: Any) -> Any:
 
 def loads(content: bytes) -> Any:
     """The JSON of an answer (None if empty), its tokens registered before anything can print it.
-    ValueError saying why: not JSON (cut short?), or nested deeper than MAX_DEPTH (checked without
-    recursion; deeper than Python's own limit is refused too)."""
+    ValueError saying why: not JSON (cut short?), or nested deeper than MAX_DEPTH (deeper than
+    Python's own limit stops json.loads; the rest is checked one level at a time, without recursion)."""
     deep = f"JSON nested deeper than the limit of {MAX_DEPTH} levels"
     try:
         value = json.loads(content) if content.strip() else None
@@ -47,13 +48,11 @@ def loads(content: bytes) -> Any:
         raise ValueError(deep) from None
     except ValueError:
         raise ValueError(f"{len(content)} bytes that are not JSON (cut short?)") from None
-    todo = [(value, 1)]
-    while todo:
-        item, depth = todo.pop()
-        if isinstance(item, (dict, list)):
-            if depth > MAX_DEPTH:
-                raise ValueError(deep)
-            todo.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    level = [value] if type(value) in _CONTAINERS else []  # the containers at depth 1, 2, ...
+    for _ in range(MAX_DEPTH):
+        level = [c for v in level for c in (v.values() if type(v) is dict else v) if type(c) in _CONTAINERS]
+    if level:
+        raise ValueError(deep)
     return remember_tokens(value)
 
 

@@ -62,10 +62,12 @@ class StopFlag:
         """Set ``STOP_GRACE`` ago or more: requests still in flight are abandoned."""
         return time.monotonic() >= self.at + STOP_GRACE
 
-    def check(self) -> None:
-        """Raise ``Interrupted`` if the flag is set."""
+    def check(self, sent: bool = True) -> None:
+        """Raise ``Interrupted`` if the flag is set (``sent``: False when the request never left)."""
         if self._event.is_set():
-            raise Interrupted(self.signum or signal.SIGINT)
+            interrupted = Interrupted(self.signum or signal.SIGINT)
+            interrupted.sent = sent
+            raise interrupted
 
     @contextmanager
     def waiting(self, deadline: float | None = None) -> Iterator[None]:

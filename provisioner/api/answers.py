@@ -48,7 +48,7 @@ def loads(content: bytes) -> Any:
         raise ValueError(deep) from None
     except ValueError:
         raise ValueError(f"{len(content)} bytes that are not JSON (cut short?)") from None
-    level = [value] if type(value) in _CONTAINERS else []  # the containers at depth 1, 2, ...
+    level: list[Any] = [value] if type(value) in _CONTAINERS else []  # the containers at depth 1, 2, ...
     for _ in range(MAX_DEPTH):
         level = [c for v in level for c in (v.values() if type(v) is dict else v) if type(c) in _CONTAINERS]
     if level:

@@ -245,21 +245,24 @@ class ReadOnlyClient:
         create: bool = False,
         element: Secret | None = None,
     ) -> Answer:
-        """Send one API call, retrying as the method allows; return the 2xx answer or raise. A request
-        that never left (WaitTooLong, Interrupted before sending) is neither traced nor counted."""
+        """Send one API call and return its 2xx answer, or raise. A failure that trying again can
+        help (429, 5xx, most transport errors) is retried after a full-jitter backoff, at least its
+        Retry-After, within ``max_attempts`` and ``max_retry_time``, unless the run is stopping; a
+        create of unknown outcome never is (AmbiguousCreate). A request that never left (WaitTooLong,
+        Interrupted before sending) is neither traced nor counted."""
         if method != "GET" and not self._WRITES_ALLOWED:
             raise RuntimeError(f"a read-only client cannot send {method}")
         data = None if body is None else json.dumps(body, default=json_default).encode("utf-8")
         shown = _display(path, params)
         url = self._base + path + (f"?{urlencode(params)}" if params else "")
-        started = time.monotonic()
-        attempt = 0
+        settings, started, attempt = self.settings, time.monotonic(), 0
         while True:
             attempt += 1
-            outcome, elapsed_ms = self._attempt(method, url, data, shown, started, attempt == 1, element)
+            t0 = time.monotonic()
+            outcome = self._send(method, url, data, shown, started, attempt, element)
             self.stats.record(method, getattr(outcome, "status", None), retry=attempt > 1)
             what = f"error: {outcome.message}" if isinstance(outcome, TransportError) else outcome.status
-            line = f"HTTP {method} {shown} -> {what} ({elapsed_ms} ms)"
+            line = f"HTTP {method} {shown} -> {what} ({round((time.monotonic() - t0) * 1000)} ms)"
             if not isinstance(outcome, (ApiError, TransportError)):
                 self._emit(line)
                 return outcome
@@ -267,61 +270,86 @@ class ReadOnlyClient:
                 self._emit(f"{line}; outcome unknown, not retried")
                 self.stop.check()
                 raise AmbiguousCreate(outcome, answered=isinstance(outcome, ApiError)) from outcome
+            ceiling = min(settings.backoff_cap, settings.backoff_base * 2.0 ** min(attempt - 1, 60))
+            delay = max(random.uniform(0.0, ceiling), getattr(outcome, "retry_after", None) or 0.0)
+            give_up = self._give_up(outcome, attempt, time.monotonic() - started + delay)
             if self.stop.is_set():  # a request the interrupt ended is not retried
                 self._emit(f"{line}; not retried: the run is stopping")
-                self._check_stop(outcome)
-            delay, why = self._retry_delay(outcome, attempt, started)
-            if delay is None:
-                self._emit(f"{line}{why}")
+            elif give_up is not None:
+                self._emit(line + give_up)
                 raise self._final(outcome, attempt, started) from outcome.__cause__
-            self._emit(f"{line}; retrying in {delay:.2f} s (attempt {attempt + 1}/{self.settings.max_attempts})")
-            self._retrying(method, shown, outcome, attempt, started)
-            if self.stop.wait(delay):
-                self._check_stop(outcome)
+            else:
+                self._emit(f"{line}; retrying in {delay:.2f} s (attempt {attempt + 1}/{settings.max_attempts})")
+                self._retrying(method, shown, outcome, attempt, started)
+                if not self.stop.wait(delay):
+                    continue
+            # Stopping. ``sent`` False when the server provably did nothing with the last attempt (a 429,
+            # or refused before it was sent): the change was not done.
+            self.stop.check(sent=not isinstance(outcome, RateLimited) and getattr(outcome, "ambiguous", True))
 
-    def _check_stop(self, outcome: ApiError | TransportError) -> None:
-        """Interrupted if the run is stopping; ``sent`` False when the server provably did nothing
-        with the last attempt (a 429, or refused before it was sent): the change was not done."""
-        try:
-            self.stop.check()
-        except Interrupted as exc:
-            exc.sent = not isinstance(outcome, RateLimited) and getattr(outcome, "ambiguous", True)
-            raise
+    def _give_up(self, error: ApiError | TransportError, attempt: int, spent: float) -> str | None:
+        """None if ``error`` may be retried after ``spent`` seconds in all, else why not (for the trace)."""
+        if not _retryable(error):
+            return ""
+        if attempt >= self.settings.max_attempts:
+            return f"; giving up after {attempt} attempts"
+        if spent > self.settings.max_retry_time:
+            return f"; giving up, retry time budget of {self.settings.max_retry_time:g} s exhausted"
+        return None
 
-    def _attempt(
+    def _final(self, error: ApiError | TransportError, attempt: int, started: float) -> Exception:
+        """The error a request ends with: a network failure names the attempts, the time and what to
+        check; a Retry-After longer than the whole retry budget is WaitTooLong (the run stops)."""
+        if isinstance(error, TransportError) and error.retryable:
+            spent = time.monotonic() - started
+            error.message += f" ({attempt} attempt{'s' if attempt != 1 else ''} over {spent:.1f} s)"
+            error.hint = NETWORK_HINT
+        wait = getattr(error, "retry_after", None)
+        if isinstance(error, ApiError) and wait and wait > self.settings.max_retry_time:
+            return WaitTooLong(wait, self.settings.max_retry_time, error.method or "", error.path or "", sent=True)
+        return error
+
+    def _send(
         self,
         method: str,
         url: str,
         data: bytes | None,
         shown: str,
         started: float,
-        first: bool,
-        element: Secret | None = None,
-    ) -> tuple[Answer | ApiError | TransportError, int]:
-        """Wait for the rate budget, then one HTTP exchange; the reply or the error it maps to (not
-        raised yet). The first attempt has the whole ``deadline``; a retry ends with the retry budget.
-        In the main thread, a signal ends the exchange with Interrupted."""
-        t0 = time.monotonic()
+        attempt: int,
+        element: Secret | None,
+    ) -> Answer | ApiError | TransportError:
+        """One attempt: wait for the rate budget, then one HTTP exchange; the 2xx answer, or the error it
+        maps to (not raised yet). The first attempt has the whole ``deadline``; a retry ends with the
+        retry budget. In the main thread, a signal ends the exchange with Interrupted."""
         settings = self.settings
-        self._wait_for_budget(method, shown, started + settings.max_retry_time)
-        deadline = (
-            settings.deadline if first else max(0.1, min(settings.deadline, started + settings.max_retry_time - t0))
-        )
+        budget_ends = started + settings.max_retry_time
+        self._wait_for_budget(method, shown, budget_ends)
+        deadline = settings.deadline
+        if attempt > 1:
+            deadline = max(0.1, min(deadline, budget_ends - time.monotonic()))
+        authorization = f"User {self._secrets[0].reveal()}, Organization {self._secrets[1].reveal()}"
+        if element is not None:
+            authorization += f", Element {element.reveal()}"
+        timeout = (settings.connect_timeout, min(settings.read_timeout, deadline))
         try:
             answer = self._transport.send(
-                method,
-                url,
-                data,
-                f"User {self._secrets[0].reveal()}, Organization {self._secrets[1].reveal()}"
-                + (f", Element {element.reveal()}" if element is not None else ""),
-                (settings.connect_timeout, min(settings.read_timeout, deadline)),
-                deadline,
-                settings.max_answer_bytes,
+                method, url, data, authorization, timeout, deadline, settings.max_answer_bytes
             )
         except TransportError as exc:
             exc.method, exc.path, exc.url = method, shown, self._base
-            return exc, _ms_since(t0)
-        return self._read_answer(answer, method, shown), _ms_since(t0)
+            return exc
+        if 200 <= answer.status < 300:
+            self.budget.on_success()
+            return answer
+        if answer.status == 407:
+            proxy = f"the proxy {self._transport.proxy_display} refused the request: 407 Proxy Authentication Required"
+            hint = "check the user and password in HTTPS_PROXY / HTTP_PROXY"
+            return TransportError(proxy, False, method, shown, retryable=False, hint=hint)
+        error = api_error(answer, method, shown)
+        if answer.status == 429:
+            self.budget.on_throttle(error.retry_after)
+        return error
 
     def _wait_for_budget(self, method: str, shown: str, budget_ends: float) -> None:
         """Wait until the rate budget lets a request start. Raises, the request unsent: WaitTooLong when
@@ -338,20 +366,6 @@ class ReadOnlyClient:
             exc.sent = False
             raise
 
-    def _read_answer(self, answer: Answer, method: str, shown: str) -> Answer | ApiError | TransportError:
-        """A 2xx answer as it is, any other mapped onto an ApiError; feed the rate budget."""
-        if 200 <= answer.status < 300:
-            self.budget.on_success()
-            return answer
-        if answer.status == 407:
-            proxy = f"the proxy {self._transport.proxy_display} refused the request: 407 Proxy Authentication Required"
-            hint = "check the user and password in HTTPS_PROXY / HTTP_PROXY"
-            return TransportError(proxy, False, method, shown, retryable=False, hint=hint)
-        error = api_error(answer, method, shown)
-        if answer.status == 429:
-            self.budget.on_throttle(error.retry_after)
-        return error
-
     def _json(self, method: str, path: str, body: Any = None, **call: Any) -> Any:
         """One call whose 2xx answer must be JSON (or empty)."""
         return self._parsed(self._call(method, path, body=body, **call), method, path)
@@ -364,31 +378,6 @@ class ReadOnlyClient:
         except ValueError as exc:
             what = f"{self._base}{path} answered {answer.status} with {exc}"
             raise ApiError(answer.status, what, header_request_id(answer), method, path) from None
-
-    def _retry_delay(self, error: Exception, attempt: int, started: float) -> tuple[float | None, str]:
-        """Seconds to wait before the next attempt, or (None, reason) to give up with ``error``."""
-        if not _retryable(error):
-            return None, ""
-        settings = self.settings
-        if attempt >= settings.max_attempts:
-            return None, f"; giving up after {attempt} attempts"
-        ceiling = min(settings.backoff_cap, settings.backoff_base * 2.0 ** min(attempt - 1, 60))
-        delay = max(random.uniform(0.0, ceiling), getattr(error, "retry_after", None) or 0.0)
-        if time.monotonic() - started + delay > settings.max_retry_time:
-            return None, f"; giving up, retry time budget of {settings.max_retry_time:g} s exhausted"
-        return delay, ""
-
-    def _final(self, error: ApiError | TransportError, attempt: int, started: float) -> Exception:
-        """The error a request ends with: a network failure names the attempts, the time and what to
-        check; a Retry-After longer than the whole retry budget is WaitTooLong (the run stops)."""
-        spent = time.monotonic() - started
-        if isinstance(error, TransportError) and error.retryable:
-            error.message += f" ({attempt} attempt{'s' if attempt != 1 else ''} over {spent:.1f} s)"
-            error.hint = NETWORK_HINT
-        wait = getattr(error, "retry_after", None)
-        if isinstance(error, ApiError) and wait and wait > self.settings.max_retry_time:
-            return WaitTooLong(wait, self.settings.max_retry_time, error.method or "", error.path or "", sent=True)
-        return error
 
     def _retrying(self, method: str, shown: str, error: Exception, attempt: int, started: float) -> None:
         """Say on stderr, at most every few seconds and even without -v, that requests are being retried."""
@@ -475,10 +464,6 @@ def _display(path: str, params: list[tuple[str, str]] | None) -> str:
         return path
     shown = [(k, MASK if k == "nextPage" else v) for k, v in params]
     return f"{path}?{urlencode(shown, safe='[]*')}"
-
-
-def _ms_since(t0: float) -> int:
-    return int(round((time.monotonic() - t0) * 1000))
 
 
 def _ambiguous(error: Exception) -> bool:

@@ -231,47 +231,38 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return found
 
 
-def _has(chain: list[BaseException], *types: type) -> bool:
-    return any(isinstance(e, types) for e in chain)
-
-
 _UNREACHABLE = (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.EHOSTDOWN)
+# What an exception in the chain means, first match wins: (types, message, ambiguous, retryable). Anything
+# that failed while connecting was not sent; past that, the server may have acted on the request.
+_FAILURES: tuple[tuple[tuple[type, ...], str, bool, bool], ...] = (
+    ((ssl.SSLCertVerificationError,), "TLS certificate verification failed", False, False),
+    ((requests.exceptions.ProxyError,), "could not connect through the proxy {proxy}", False, True),
+    ((socket.gaierror,), "DNS lookup failed", False, True),
+    ((ConnectionRefusedError,), "connection refused", False, True),
+    ((), "could not connect", False, True),  # an OSError whose errno is in _UNREACHABLE
+    ((requests.exceptions.ConnectTimeout,), "connect timeout", False, True),
+    ((requests.exceptions.SSLError,), "TLS handshake failed", False, True),
+    ((requests.exceptions.ReadTimeout, TimeoutError), "read timeout", True, True),
+    ((ConnectionResetError,), "connection reset", True, True),
+    ((requests.exceptions.ContentDecodingError, zlib.error), "answer could not be decompressed", True, True),
+    ((requests.exceptions.ChunkedEncodingError, http.client.IncompleteRead), "answer cut short", True, True),
+    (
+        (requests.exceptions.ConnectionError, ConnectionError),
+        "connection closed by the server without a complete answer",
+        True,
+        True,
+    ),
+)
 
 
 def classify(exc: BaseException, proxy: str) -> tuple[str, bool, bool]:
     """(message, ambiguous, retryable) for a failed exchange. Messages never quote the exception text
-    (it is kept as the chained cause). Anything that failed while connecting was not sent."""
+    (it is kept as the chained cause)."""
     chain = _chain(exc)
     tunnel = next((m for e in chain if (m := _TUNNEL_STATUS.search(str(e)))), None)
     if tunnel is not None and tunnel.group(1) == "407":
         return f"the proxy {proxy} refused the request: 407 Proxy Authentication Required", False, False
-    if _has(chain, ssl.SSLCertVerificationError):
-        return "TLS certificate verification failed", False, False
-    if _has(chain, requests.exceptions.ProxyError):
-        return f"could not connect through the proxy {proxy}", False, True
-    if _has(chain, socket.gaierror):
-        return "DNS lookup failed", False, True
-    if _has(chain, ConnectionRefusedError):
-        return "connection refused", False, True
-    if any(isinstance(e, OSError) and e.errno in _UNREACHABLE for e in chain):
-        return "could not connect", False, True
-    if _has(chain, requests.exceptions.ConnectTimeout):
-        return "connect timeout", False, True
-    if _has(chain, requests.exceptions.SSLError):
-        return "TLS handshake failed", False, True
-    return _after_sending(chain, exc)
-
-
-def _after_sending(chain: list[BaseException], exc: BaseException) -> tuple[str, bool, bool]:
-    """Failures once the request may have been sent: the server may have acted on it."""
-    if _has(chain, requests.exceptions.ReadTimeout, TimeoutError):
-        return "read timeout", True, True
-    if _has(chain, ConnectionResetError):
-        return "connection reset", True, True
-    if _has(chain, requests.exceptions.ContentDecodingError, zlib.error):
-        return "answer could not be decompressed", True, True
-    if _has(chain, requests.exceptions.ChunkedEncodingError, http.client.IncompleteRead):
-        return "answer cut short", True, True
-    if _has(chain, requests.exceptions.ConnectionError, ConnectionError):
-        return "connection closed by the server without a complete answer", True, True
+    for types, message, ambiguous, retryable in _FAILURES:
+        if any(isinstance(e, types) if types else isinstance(e, OSError) and e.errno in _UNREACHABLE for e in chain):
+            return message.format(proxy=proxy), ambiguous, retryable
     return f"connection error ({type(exc).__name__})", True, True

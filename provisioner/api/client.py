@@ -171,7 +171,12 @@ class ReadOnlyClient:
                 bound = "the announced total allows" if total is not None else "the hard limit"
                 raise InconsistentListing(f"GET /instances: still more pages after {pages} (more than {bound})")
             seen.add(token)
-            items = self._page_items(answer)
+            try:  # tokens are registered before anything can print them
+                items = loads(answer.content)
+            except ValueError as exc:
+                raise InconsistentListing(f"GET {self._base}/instances: answered {answer.status} with {exc}") from None
+            if not isinstance(items, list):
+                raise InconsistentListing(f"GET /instances: expected a JSON list, got {json_kind(items)}")
             del answer
             count += len(items)
             yield items
@@ -223,16 +228,6 @@ class ReadOnlyClient:
             message = f"{exc.message}; {url} is not an instance listing"
             raise ApiError(404, message, exc.request_id, "GET", "/instances", hint=hint) from None
 
-    def _page_items(self, reply: Answer) -> list:
-        """Parse one page; it must be a JSON list. Its tokens are registered before anything can print it."""
-        try:
-            items = loads(reply.content)
-        except ValueError as exc:
-            raise InconsistentListing(f"GET {self._base}/instances: answered {reply.status} with {exc}") from None
-        if not isinstance(items, list):
-            raise InconsistentListing(f"GET /instances: expected a JSON list, got {json_kind(items)}")
-        return items
-
     # -- one call, with retries -------------------------------------------------------------
 
     def _call(
@@ -266,18 +261,20 @@ class ReadOnlyClient:
             if not isinstance(outcome, (ApiError, TransportError)):
                 self._emit(line)
                 return outcome
-            if create and _ambiguous(outcome):
+            # A create is not tried again when the server may have acted on it (AmbiguousCreate).
+            unknown = outcome.ambiguous if isinstance(outcome, TransportError) else isinstance(outcome, ServerError)
+            if create and unknown:
                 self._emit(f"{line}; outcome unknown, not retried")
                 self.stop.check()
                 raise AmbiguousCreate(outcome, answered=isinstance(outcome, ApiError)) from outcome
             ceiling = min(settings.backoff_cap, settings.backoff_base * 2.0 ** min(attempt - 1, 60))
             delay = max(random.uniform(0.0, ceiling), getattr(outcome, "retry_after", None) or 0.0)
-            give_up = self._give_up(outcome, attempt, time.monotonic() - started + delay)
+            give_up = self._give_up(outcome, attempt, started, delay)
             if self.stop.is_set():  # a request the interrupt ended is not retried
                 self._emit(f"{line}; not retried: the run is stopping")
             elif give_up is not None:
-                self._emit(line + give_up)
-                raise self._final(outcome, attempt, started) from outcome.__cause__
+                self._emit(line + give_up[0])
+                raise give_up[1] from outcome.__cause__
             else:
                 self._emit(f"{line}; retrying in {delay:.2f} s (attempt {attempt + 1}/{settings.max_attempts})")
                 self._retrying(method, shown, outcome, attempt, started)
@@ -287,27 +284,31 @@ class ReadOnlyClient:
             # or refused before it was sent): the change was not done.
             self.stop.check(sent=not isinstance(outcome, RateLimited) and getattr(outcome, "ambiguous", True))
 
-    def _give_up(self, error: ApiError | TransportError, attempt: int, spent: float) -> str | None:
-        """None if ``error`` may be retried after ``spent`` seconds in all, else why not (for the trace)."""
-        if not _retryable(error):
-            return ""
-        if attempt >= self.settings.max_attempts:
-            return f"; giving up after {attempt} attempts"
-        if spent > self.settings.max_retry_time:
-            return f"; giving up, retry time budget of {self.settings.max_retry_time:g} s exhausted"
-        return None
-
-    def _final(self, error: ApiError | TransportError, attempt: int, started: float) -> Exception:
-        """The error a request ends with: a network failure names the attempts, the time and what to
-        check; a Retry-After longer than the whole retry budget is WaitTooLong (the run stops)."""
+    def _give_up(
+        self, error: ApiError | TransportError, attempt: int, started: float, delay: float
+    ) -> tuple[str, Exception] | None:
+        """None if ``error`` may be tried again after ``delay`` seconds, else (why, for the trace; the
+        error the call ends with). 429, 5xx and most transport errors may, within the attempts and the
+        retry budget. A network failure names the attempts, the time and what to check; a Retry-After
+        longer than the whole retry budget is WaitTooLong (the run stops)."""
+        settings, spent = self.settings, time.monotonic() - started
+        if not (
+            error.retryable if isinstance(error, TransportError) else isinstance(error, (RateLimited, ServerError))
+        ):
+            why = ""
+        elif attempt >= settings.max_attempts:
+            why = f"; giving up after {attempt} attempts"
+        elif spent + delay > settings.max_retry_time:
+            why = f"; giving up, retry time budget of {settings.max_retry_time:g} s exhausted"
+        else:
+            return None
         if isinstance(error, TransportError) and error.retryable:
-            spent = time.monotonic() - started
             error.message += f" ({attempt} attempt{'s' if attempt != 1 else ''} over {spent:.1f} s)"
             error.hint = NETWORK_HINT
         wait = getattr(error, "retry_after", None)
-        if isinstance(error, ApiError) and wait and wait > self.settings.max_retry_time:
-            return WaitTooLong(wait, self.settings.max_retry_time, error.method or "", error.path or "", sent=True)
-        return error
+        if isinstance(error, ApiError) and wait and wait > settings.max_retry_time:
+            return why, WaitTooLong(wait, settings.max_retry_time, error.method or "", error.path or "", sent=True)
+        return why, error
 
     def _send(
         self,
@@ -324,7 +325,16 @@ class ReadOnlyClient:
         retry budget. In the main thread, a signal ends the exchange with Interrupted."""
         settings = self.settings
         budget_ends = started + settings.max_retry_time
-        self._wait_for_budget(method, shown, budget_ends)
+        try:  # the rate budget; WaitTooLong when the API asked every request to wait past this one's budget
+            with self.stop.waiting():
+                acquired = self.budget.acquire(wait=self.stop.wait, deadline=budget_ends)
+            if not acquired and self.budget.paused_until > budget_ends:
+                wait = self.budget.paused_until - time.monotonic()
+                raise WaitTooLong(wait, settings.max_retry_time, method, shown, sent=False)
+            self.stop.check(sent=False)
+        except Interrupted as exc:  # a signal while waiting: the request never left
+            exc.sent = False
+            raise
         deadline = settings.deadline
         if attempt > 1:
             deadline = max(0.1, min(deadline, budget_ends - time.monotonic()))
@@ -350,21 +360,6 @@ class ReadOnlyClient:
         if answer.status == 429:
             self.budget.on_throttle(error.retry_after)
         return error
-
-    def _wait_for_budget(self, method: str, shown: str, budget_ends: float) -> None:
-        """Wait until the rate budget lets a request start. Raises, the request unsent: WaitTooLong when
-        the API asked every request to wait past this one's retry budget, Interrupted after a signal."""
-        try:
-            with self.stop.waiting():
-                if self.budget.acquire(wait=self.stop.wait, deadline=budget_ends):
-                    return
-            if self.budget.paused_until > budget_ends:
-                wait = self.budget.paused_until - time.monotonic()
-                raise WaitTooLong(wait, self.settings.max_retry_time, method, shown, sent=False)
-            self.stop.check()
-        except Interrupted as exc:
-            exc.sent = False
-            raise
 
     def _json(self, method: str, path: str, body: Any = None, **call: Any) -> Any:
         """One call whose 2xx answer must be JSON (or empty)."""
@@ -464,17 +459,3 @@ def _display(path: str, params: list[tuple[str, str]] | None) -> str:
         return path
     shown = [(k, MASK if k == "nextPage" else v) for k, v in params]
     return f"{path}?{urlencode(shown, safe='[]*')}"
-
-
-def _ambiguous(error: Exception) -> bool:
-    """For a create: may the server have acted on a request that failed this way?"""
-    if isinstance(error, TransportError):
-        return error.ambiguous
-    return isinstance(error, ServerError)
-
-
-def _retryable(error: Exception) -> bool:
-    """Can trying again help? 429, 5xx and most transport errors yes, other 4xx no."""
-    if isinstance(error, TransportError):
-        return error.retryable
-    return isinstance(error, (RateLimited, ServerError))

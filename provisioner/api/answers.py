@@ -28,15 +28,6 @@ def usable_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def remember_tokens(data: Any) -> Any:
-    """Register instance tokens found in an answer with the redactor, so they never get printed."""
-    items = data if isinstance(data, list) else [data]
-    for item in items:
-        if isinstance(item, dict) and isinstance(item.get("token"), str):
-            REDACTOR.add(item["token"], token=True)
-    return data
-
-
 def loads(content: bytes) -> Any:
     """The JSON of an answer (None if empty), its tokens registered before anything can print it.
     ValueError saying why: not JSON (cut short?), or nested deeper than MAX_DEPTH (deeper than
@@ -53,7 +44,10 @@ def loads(content: bytes) -> Any:
         level = [c for v in level for c in (v.values() if type(v) is dict else v) if type(c) in _CONTAINERS]
     if level:
         raise ValueError(deep)
-    return remember_tokens(value)
+    for item in value if isinstance(value, list) else [value]:  # tokens are never printed
+        if isinstance(item, dict) and isinstance(item.get("token"), str):
+            REDACTOR.add(item["token"], token=True)
+    return value
 
 
 def announced_total(reply: Answer) -> int | None:
@@ -110,7 +104,8 @@ def error_details(answer: Answer) -> tuple[str, str, str | None]:
 def server_text(text: str, limit: int = MAX_MESSAGE) -> str:
     """Server text made fit to print: every whole form of a secret masked on the full text, then
     control characters removed, then cut short, then any piece of a secret left at a cut edge masked."""
-    return REDACTOR.redact(cut(sanitize(REDACTOR.redact(text)), limit), edges=True)
+    text = sanitize(REDACTOR.redact(text))
+    return REDACTOR.redact(text if len(text) <= limit else text[: limit - 3] + "...", edges=True)
 
 
 def short_id(value: str | None) -> str | None:
@@ -119,10 +114,6 @@ def short_id(value: str | None) -> str | None:
 
 def header_request_id(answer: Answer) -> str | None:
     return short_id(answer.headers.get(REQUEST_ID_HEADER) or None)
-
-
-def cut(text: str, limit: int = MAX_MESSAGE) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def retry_after(value: str | None) -> float | None:

@@ -1,26 +1,22 @@
 """The one module that talks HTTP to the Cloud Elements platform API.
 
-Everything the network can do wrong is decided here, once: which failures are retried and how long
-to back off, the rate budget shared by all worker threads, when an answer is an error (its status
-mapped onto the tree of ``errors.py``), paging, and the request statistics. The rest calls typed
-methods (``instance_pages``, ``create_instance``, ...) and sees parsed JSON or a
-``ProvisionerError``. The wire (requests, the deadline) is ``transport.py``; what an answer means
-(its JSON, the error a status maps to, ``Retry-After``) is ``answers.py``.
-
-Three rules come first:
+What the network can do wrong is decided here, once: which failures are retried and after what
+backoff, the rate budget shared by the worker threads, the error a status maps to (``errors.py``),
+paging, and the request statistics. Callers use typed methods (``instance_pages``,
+``create_instance``, ...) and see parsed JSON or a ``ProvisionerError``. The wire is ``transport.py``;
+what an answer means (its JSON, its error, ``Retry-After``) is ``answers.py``. Three rules come first:
 
 * Secrets never leave except on the wire. The Authorization header is built from ``Secret.reveal()``
-  for each request, request bodies reveal ``Secret`` values only when serialised, and every
-  trace line and error message goes through ``REDACTOR.redact`` before it is cut short; none of them
-  ever contains headers or bodies. The body of a successful answer is never printed, and of an
-  error answer only its ``message``, cleaned of control characters.
+  for each request, bodies reveal ``Secret`` values only when serialised, and every trace line and
+  error goes through ``REDACTOR.redact`` before it is cut short, never with headers or bodies; of an
+  error answer only its ``message`` is shown, cleaned of control characters.
 * A create is never repeated blindly. ``POST /instances`` is retried only when the request certainly
   did not reach the server (or it got 429); a 5xx, a lost response or an answer without an id and a
   token raises ``AmbiguousCreate`` so the caller looks the instance up before creating it again.
 * Nothing hangs, nothing floods. Every attempt ends within its deadline (retries within the retry
-  budget), an answer is read up to ``max_answer_bytes`` and parsed only if it nests at most
-  ``MAX_DEPTH`` levels, a ``Retry-After`` longer than the retry budget stops the run at once
-  (``WaitTooLong``), and paging is bounded by the announced total and a hard cap.
+  budget), an answer is read up to ``max_answer_bytes`` and nests at most ``MAX_DEPTH`` levels, a
+  ``Retry-After`` longer than the retry budget stops the run (``WaitTooLong``), and paging is bounded
+  by the announced total and a hard cap.
 """
 
 from __future__ import annotations

@@ -1,22 +1,17 @@
-"""HTTP transport: ``requests``, configured the supported way, plus a deadline per request.
+"""HTTP transport: ``requests``, configured the supported way, plus a deadline per request. The
+client owns the policy (retries, the rate budget); this module owns the wire and alone imports requests:
 
-``client.py`` owns the policy (retries, the rate budget, what a failure means for a create); this
-module owns the wire, and is the only one that imports ``requests``:
-
-* one ``Session`` per target, with an ``HTTPAdapter`` whose pool holds ``parallelism`` connections,
-  ``max_retries=0`` (retrying is the client's decision), redirects not followed, gzip accepted;
-* the environment is read once, when the transport is made, as requests reads it: ``HTTPS_PROXY``,
-  ``HTTP_PROXY``, ``ALL_PROXY`` and ``NO_PROXY`` (``https://`` proxies included), and the CA bundle
-  from ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` (else certifi's). ``CE_CLIENT_CERT`` and
-  ``CE_CLIENT_KEY`` name a client certificate. ~/.netrc is never consulted;
-* a deadline: the read timeout bounds each wait for bytes, so a server sending one byte every half
-  second would never time out. The answer is read as it arrives (``stream=True``), and between
-  pieces the whole-request deadline is checked, and the stop flag (a second after a signal). The
-  status line and headers are read by http.client in one blocking call that no public API of
-  requests can cut short: in the main thread an alarm ends it at the deadline (``StopFlag.waiting``);
-  in a worker the main thread stops waiting for it a second after the deadline, and an attempt that
-  comes back that late is not retried;
-* a size: the answer is read decompressed, in pieces of at most ``CHUNK`` bytes (urllib3 2.6+ bounds
+* one ``Session`` per target, its ``HTTPAdapter`` pool of ``parallelism`` connections, ``max_retries=0``,
+  redirects not followed, gzip accepted;
+* the environment read once, as requests reads it: ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``,
+  ``NO_PROXY``, the CA bundle from ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` (else certifi's), a
+  client certificate from ``CE_CLIENT_CERT`` and ``CE_CLIENT_KEY``; ~/.netrc never;
+* a deadline: a read timeout bounds each wait for bytes, not a server dripping a byte every half
+  second. The answer is read as it arrives (``stream=True``), the deadline and the stop flag checked
+  between pieces. Status line and headers come in one blocking call no public API can cut short: in
+  the main thread an alarm ends it (``StopFlag.waiting``); a worker is abandoned a second after its
+  deadline, and an attempt that comes back that late is not retried;
+* a size: the answer is read decompressed, at most ``CHUNK`` bytes at a time (urllib3 2.6+ bounds
   each piece of a gzip answer), and fails past ``max_bytes``: a gzip bomb costs at most the cap.
 """
 

@@ -1,18 +1,13 @@
-"""Cooperative interruption and deadlines: SIGINT/SIGTERM set a flag, no new request starts once it
-is set, and no request outlives its deadline by more than ``STOP_GRACE``.
+"""Cooperative interruption and deadlines: SIGINT/SIGTERM set a flag, no request starts once it is
+set, and none outlives its deadline by more than ``STOP_GRACE``, without reaching into sockets.
 
-Nothing reaches into sockets. Every request runs inside ``StopFlag.waiting``:
-
-* in the main thread (listings, look-ups), the signal handler raises ``Interrupted`` in the request,
-  and an alarm (``signal.setitimer``) raises ``TimeoutError`` in it at its deadline, even inside the
-  blocking read of a status line and headers that drip a byte at a time. A blocked read would
-  otherwise be resumed after a handler returns (PEP 475); a handler that raises ends it;
-* in a worker, the request checks the flag between the pieces of its answer, and the main thread,
-  which waits for each worker's future (``settle``), stops waiting ``STOP_GRACE`` after the signal
-  or after the request's deadline. That change is of unknown outcome, which the next run resolves.
-
-The run then writes what it has and exits (128 + signal number after a signal: 130 for SIGINT, 143
-for SIGTERM): ``exit_process`` does not wait for a worker still blocked on an abandoned request.
+Every request runs inside ``StopFlag.waiting``. In the main thread the signal handler raises
+``Interrupted`` in it, and an alarm ``TimeoutError`` at its deadline, even in the blocking read of
+headers that drip a byte at a time (a read is resumed after a handler that returns, PEP 475). A worker
+checks the flag between the pieces of its answer, and the main thread (``settle``) stops waiting for
+it ``STOP_GRACE`` after the signal or its deadline: a change of unknown outcome, which the next run
+resolves. The run then writes what it has and exits (128 + the signal number) without waiting for
+a worker still blocked (``exit_process``).
 """
 
 from __future__ import annotations
@@ -35,8 +30,7 @@ T = TypeVar("T")
 
 
 class StopFlag:
-    """Set once by a signal handler; read by every worker before it starts a request. It also knows
-    until when each worker's request in flight may run (its deadline)."""
+    """Set once by a signal handler, read before every request; knows each worker's request deadline."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
@@ -62,35 +56,28 @@ class StopFlag:
         """Set ``STOP_GRACE`` ago or more: requests still in flight are abandoned."""
         return time.monotonic() >= self.at + STOP_GRACE
 
-    def check(self) -> None:
-        """Raise ``Interrupted`` if the flag is set."""
+    def check(self, sent: bool = True) -> None:
+        """Raise ``Interrupted`` if the flag is set (``sent``: False when the request never left)."""
         if self._event.is_set():
-            raise Interrupted(self.signum or signal.SIGINT)
+            interrupted = Interrupted(self.signum or signal.SIGINT)
+            interrupted.sent = sent
+            raise interrupted
 
     @contextmanager
     def waiting(self, deadline: float | None = None) -> Iterator[None]:
-        """Around a wait on the network that must end within ``deadline`` seconds (see the module
-        docstring): in the main thread a signal raises ``Interrupted`` in it and the deadline
-        ``TimeoutError``; in a worker the main thread stops waiting for it past the deadline."""
-        thread = threading.get_ident()
-        if thread != threading.main_thread().ident:
-            self.check()
+        """Around a wait on the network that must end within ``deadline`` seconds (module docstring)."""
+        thread, main = threading.get_ident(), threading.current_thread() is threading.main_thread()
+        if main:
+            self._main_waiting += 1  # before the check: a signal from now on raises in the handler
+        else:
             self._ends[thread] = time.monotonic() + (math.inf if deadline is None else deadline)
-            try:
-                yield
-            finally:
-                self._ends.pop(thread, None)
-            return
-        self._main_waiting += 1
         try:
             self.check()
-            if deadline is None or not hasattr(signal, "setitimer"):
+            with _alarm(deadline if main else None):
                 yield
-            else:
-                with _alarm(deadline):
-                    yield
         finally:
-            self._main_waiting -= 1
+            self._main_waiting -= main
+            self._ends.pop(thread, None)
 
     def on_signal(self, signum: int, _frame: object) -> None:
         self.set(signum)
@@ -107,10 +94,9 @@ class StopFlag:
         return future
 
     def settle(self, future: futures.Future[Any]) -> bool:
-        """Wait for a submitted future, a short while at a time (the main thread stays free for
-        signals). True once it is done; False when the main thread stops waiting for it: the flag was
-        set ``STOP_GRACE`` ago, or its worker's request is ``STOP_GRACE`` past its deadline (a server
-        that holds it, a byte at a time). Such a worker is lost to the run, its outcome unknown."""
+        """Wait for a submitted future, a short while at a time (signals stay handled). False when the
+        main thread stops waiting: the flag was set, or its worker's request passed its deadline,
+        ``STOP_GRACE`` ago. Such a worker is lost to the run, its outcome unknown."""
         worker = self._workers.pop(future, [])
         while not future.done():
             ends = self._ends.get(worker[0], math.inf) if worker else math.inf
@@ -126,9 +112,12 @@ def _noted(worker: list[int], call: Callable[..., T], *args: Any) -> T:
 
 
 @contextmanager
-def _alarm(seconds: float) -> Iterator[None]:
+def _alarm(seconds: float | None) -> Iterator[None]:
     """Raise ``TimeoutError`` in the main thread, wherever it is, ``seconds`` from now, unless the
     block has ended. The SIGALRM handler and any timer set before (a test runner's) are restored."""
+    if seconds is None or not hasattr(signal, "setitimer"):
+        yield
+        return
     ringing = True
 
     def ring(_signum: int, _frame: object) -> None:
@@ -168,9 +157,8 @@ WORKER_PREFIX = "provisioner-worker"  # the names of engine/apply.py in_workers'
 
 
 def exit_process(code: int) -> NoReturn:
-    """``sys.exit(code)``; but when a worker is still blocked on a request abandoned after a signal
-    or its deadline, the interpreter would wait for it at exit: flush the output and end the process
-    at once. Only the run's own workers count (a host process, e.g. a test runner, has threads too)."""
+    """``sys.exit(code)``, or, while one of the run's workers (not a host's threads) is blocked on an
+    abandoned request the interpreter would wait for at exit, flush the output and end at once."""
     if any(t.is_alive() and t.name.startswith(WORKER_PREFIX) for t in threading.enumerate()):
         sys.stdout.flush()
         sys.stderr.flush()

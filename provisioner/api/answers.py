@@ -19,6 +19,7 @@ MAX_MESSAGE = 300
 MAX_DEPTH = 100  # JSON nesting the API's answers need is under 10; deeper is refused, never parsed on
 TOTAL_HEADER = "elements-total-count"
 REQUEST_ID_HEADER = "elements-request-id"
+_CONTAINERS = (dict, list)  # json.loads makes exactly these, never subclasses
 _STATUS_ERRORS = {400: BadRequest, 401: Unauthorized, 403: Unauthorized, 404: NotFound, 409: Conflict, 429: RateLimited}
 
 
@@ -27,19 +28,10 @@ def usable_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def remember_tokens(data: Any) -> Any:
-    """Register instance tokens found in an answer with the redactor, so they never get printed."""
-    items = data if isinstance(data, list) else [data]
-    for item in items:
-        if isinstance(item, dict) and isinstance(item.get("token"), str):
-            REDACTOR.add(item["token"], token=True)
-    return data
-
-
 def loads(content: bytes) -> Any:
     """The JSON of an answer (None if empty), its tokens registered before anything can print it.
-    ValueError saying why: not JSON (cut short?), or nested deeper than MAX_DEPTH (checked without
-    recursion; deeper than Python's own limit is refused too)."""
+    ValueError saying why: not JSON (cut short?), or nested deeper than MAX_DEPTH (deeper than
+    Python's own limit stops json.loads; the rest is checked one level at a time, without recursion)."""
     deep = f"JSON nested deeper than the limit of {MAX_DEPTH} levels"
     try:
         value = json.loads(content) if content.strip() else None
@@ -47,14 +39,15 @@ def loads(content: bytes) -> Any:
         raise ValueError(deep) from None
     except ValueError:
         raise ValueError(f"{len(content)} bytes that are not JSON (cut short?)") from None
-    todo = [(value, 1)]
-    while todo:
-        item, depth = todo.pop()
-        if isinstance(item, (dict, list)):
-            if depth > MAX_DEPTH:
-                raise ValueError(deep)
-            todo.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return remember_tokens(value)
+    level: list[Any] = [value] if type(value) in _CONTAINERS else []  # the containers at depth 1, 2, ...
+    for _ in range(MAX_DEPTH):
+        level = [c for v in level for c in (v.values() if type(v) is dict else v) if type(c) in _CONTAINERS]
+    if level:
+        raise ValueError(deep)
+    for item in value if isinstance(value, list) else [value]:  # tokens are never printed
+        if isinstance(item, dict) and isinstance(item.get("token"), str):
+            REDACTOR.add(item["token"], token=True)
+    return value
 
 
 def announced_total(reply: Answer) -> int | None:
@@ -111,7 +104,8 @@ def error_details(answer: Answer) -> tuple[str, str, str | None]:
 def server_text(text: str, limit: int = MAX_MESSAGE) -> str:
     """Server text made fit to print: every whole form of a secret masked on the full text, then
     control characters removed, then cut short, then any piece of a secret left at a cut edge masked."""
-    return REDACTOR.redact(cut(sanitize(REDACTOR.redact(text)), limit), edges=True)
+    text = sanitize(REDACTOR.redact(text))
+    return REDACTOR.redact(text if len(text) <= limit else text[: limit - 3] + "...", edges=True)
 
 
 def short_id(value: str | None) -> str | None:
@@ -120,10 +114,6 @@ def short_id(value: str | None) -> str | None:
 
 def header_request_id(answer: Answer) -> str | None:
     return short_id(answer.headers.get(REQUEST_ID_HEADER) or None)
-
-
-def cut(text: str, limit: int = MAX_MESSAGE) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def retry_after(value: str | None) -> float | None:

@@ -1,26 +1,22 @@
 """The one module that talks HTTP to the Cloud Elements platform API.
 
-Everything the network can do wrong is decided here, once: which failures are retried and how long
-to back off, the rate budget shared by all worker threads, when an answer is an error (its status
-mapped onto the tree of ``errors.py``), paging, and the request statistics. The rest calls typed
-methods (``instance_pages``, ``create_instance``, ...) and sees parsed JSON or a
-``ProvisionerError``. The wire (requests, the deadline) is ``transport.py``; what an answer means
-(its JSON, the error a status maps to, ``Retry-After``) is ``answers.py``.
-
-Three rules come first:
+What the network can do wrong is decided here, once: which failures are retried and after what
+backoff, the rate budget shared by the worker threads, the error a status maps to (``errors.py``),
+paging, and the request statistics. Callers use typed methods (``instance_pages``,
+``create_instance``, ...) and see parsed JSON or a ``ProvisionerError``. The wire is ``transport.py``;
+what an answer means (its JSON, its error, ``Retry-After``) is ``answers.py``. Three rules come first:
 
 * Secrets never leave except on the wire. The Authorization header is built from ``Secret.reveal()``
-  for each request, request bodies reveal ``Secret`` values only when serialised, and every
-  trace line and error message goes through ``REDACTOR.redact`` before it is cut short; none of them
-  ever contains headers or bodies. The body of a successful answer is never printed, and of an
-  error answer only its ``message``, cleaned of control characters.
+  for each request, bodies reveal ``Secret`` values only when serialised, and every trace line and
+  error goes through ``REDACTOR.redact`` before it is cut short, never with headers or bodies; of an
+  error answer only its ``message`` is shown, cleaned of control characters.
 * A create is never repeated blindly. ``POST /instances`` is retried only when the request certainly
   did not reach the server (or it got 429); a 5xx, a lost response or an answer without an id and a
   token raises ``AmbiguousCreate`` so the caller looks the instance up before creating it again.
 * Nothing hangs, nothing floods. Every attempt ends within its deadline (retries within the retry
-  budget), an answer is read up to ``max_answer_bytes`` and parsed only if it nests at most
-  ``MAX_DEPTH`` levels, a ``Retry-After`` longer than the retry budget stops the run at once
-  (``WaitTooLong``), and paging is bounded by the announced total and a hard cap.
+  budget), an answer is read up to ``max_answer_bytes`` and nests at most ``MAX_DEPTH`` levels, a
+  ``Retry-After`` longer than the retry budget stops the run (``WaitTooLong``), and paging is bounded
+  by the announced total and a hard cap.
 """
 
 from __future__ import annotations
@@ -171,7 +167,12 @@ class ReadOnlyClient:
                 bound = "the announced total allows" if total is not None else "the hard limit"
                 raise InconsistentListing(f"GET /instances: still more pages after {pages} (more than {bound})")
             seen.add(token)
-            items = self._page_items(answer)
+            try:  # tokens are registered before anything can print them
+                items = loads(answer.content)
+            except ValueError as exc:
+                raise InconsistentListing(f"GET {self._base}/instances: answered {answer.status} with {exc}") from None
+            if not isinstance(items, list):
+                raise InconsistentListing(f"GET /instances: expected a JSON list, got {json_kind(items)}")
             del answer
             count += len(items)
             yield items
@@ -223,16 +224,6 @@ class ReadOnlyClient:
             message = f"{exc.message}; {url} is not an instance listing"
             raise ApiError(404, message, exc.request_id, "GET", "/instances", hint=hint) from None
 
-    def _page_items(self, reply: Answer) -> list:
-        """Parse one page; it must be a JSON list. Its tokens are registered before anything can print it."""
-        try:
-            items = loads(reply.content)
-        except ValueError as exc:
-            raise InconsistentListing(f"GET {self._base}/instances: answered {reply.status} with {exc}") from None
-        if not isinstance(items, list):
-            raise InconsistentListing(f"GET /instances: expected a JSON list, got {json_kind(items)}")
-        return items
-
     # -- one call, with retries -------------------------------------------------------------
 
     def _call(
@@ -245,101 +236,115 @@ class ReadOnlyClient:
         create: bool = False,
         element: Secret | None = None,
     ) -> Answer:
-        """Send one API call, retrying as the method allows; return the 2xx answer or raise. A request
-        that never left (WaitTooLong, Interrupted before sending) is neither traced nor counted."""
+        """Send one API call and return its 2xx answer, or raise. A failure that trying again can
+        help (429, 5xx, most transport errors) is retried after a full-jitter backoff, at least its
+        Retry-After, within ``max_attempts`` and ``max_retry_time``, unless the run is stopping; a
+        create of unknown outcome never is (AmbiguousCreate). A request that never left (WaitTooLong,
+        Interrupted before sending) is neither traced nor counted."""
         if method != "GET" and not self._WRITES_ALLOWED:
             raise RuntimeError(f"a read-only client cannot send {method}")
         data = None if body is None else json.dumps(body, default=json_default).encode("utf-8")
         shown = _display(path, params)
         url = self._base + path + (f"?{urlencode(params)}" if params else "")
-        started = time.monotonic()
-        attempt = 0
+        settings, started, attempt = self.settings, time.monotonic(), 0
         while True:
             attempt += 1
-            outcome, elapsed_ms = self._attempt(method, url, data, shown, started, attempt == 1, element)
+            t0 = time.monotonic()
+            outcome = self._send(method, url, data, shown, started, attempt, element)
             self.stats.record(method, getattr(outcome, "status", None), retry=attempt > 1)
             what = f"error: {outcome.message}" if isinstance(outcome, TransportError) else outcome.status
-            line = f"HTTP {method} {shown} -> {what} ({elapsed_ms} ms)"
+            line = f"HTTP {method} {shown} -> {what} ({round((time.monotonic() - t0) * 1000)} ms)"
             if not isinstance(outcome, (ApiError, TransportError)):
                 self._emit(line)
                 return outcome
-            if create and _ambiguous(outcome):
+            # A create is not tried again when the server may have acted on it (AmbiguousCreate).
+            unknown = outcome.ambiguous if isinstance(outcome, TransportError) else isinstance(outcome, ServerError)
+            if create and unknown:
                 self._emit(f"{line}; outcome unknown, not retried")
                 self.stop.check()
                 raise AmbiguousCreate(outcome, answered=isinstance(outcome, ApiError)) from outcome
+            ceiling = min(settings.backoff_cap, settings.backoff_base * 2.0 ** min(attempt - 1, 60))
+            delay = max(random.uniform(0.0, ceiling), getattr(outcome, "retry_after", None) or 0.0)
+            give_up = self._give_up(outcome, attempt, started, delay)
             if self.stop.is_set():  # a request the interrupt ended is not retried
                 self._emit(f"{line}; not retried: the run is stopping")
-                self._check_stop(outcome)
-            delay, why = self._retry_delay(outcome, attempt, started)
-            if delay is None:
-                self._emit(f"{line}{why}")
-                raise self._final(outcome, attempt, started) from outcome.__cause__
-            self._emit(f"{line}; retrying in {delay:.2f} s (attempt {attempt + 1}/{self.settings.max_attempts})")
-            self._retrying(method, shown, outcome, attempt, started)
-            if self.stop.wait(delay):
-                self._check_stop(outcome)
+            elif give_up is not None:
+                self._emit(line + give_up[0])
+                raise give_up[1] from outcome.__cause__
+            else:
+                self._emit(f"{line}; retrying in {delay:.2f} s (attempt {attempt + 1}/{settings.max_attempts})")
+                self._retrying(method, shown, outcome, attempt, started)
+                if not self.stop.wait(delay):
+                    continue
+            # Stopping. ``sent`` False when the server provably did nothing with the last attempt (a 429,
+            # or refused before it was sent): the change was not done.
+            self.stop.check(sent=not isinstance(outcome, RateLimited) and getattr(outcome, "ambiguous", True))
 
-    def _check_stop(self, outcome: ApiError | TransportError) -> None:
-        """Interrupted if the run is stopping; ``sent`` False when the server provably did nothing
-        with the last attempt (a 429, or refused before it was sent): the change was not done."""
-        try:
-            self.stop.check()
-        except Interrupted as exc:
-            exc.sent = not isinstance(outcome, RateLimited) and getattr(outcome, "ambiguous", True)
-            raise
+    def _give_up(
+        self, error: ApiError | TransportError, attempt: int, started: float, delay: float
+    ) -> tuple[str, Exception] | None:
+        """None if ``error`` may be tried again after ``delay`` seconds, else (why, for the trace; the
+        error the call ends with). 429, 5xx and most transport errors may, within the attempts and the
+        retry budget. A network failure names the attempts, the time and what to check; a Retry-After
+        longer than the whole retry budget is WaitTooLong (the run stops)."""
+        settings, spent = self.settings, time.monotonic() - started
+        if not (
+            error.retryable if isinstance(error, TransportError) else isinstance(error, (RateLimited, ServerError))
+        ):
+            why = ""
+        elif attempt >= settings.max_attempts:
+            why = f"; giving up after {attempt} attempts"
+        elif spent + delay > settings.max_retry_time:
+            why = f"; giving up, retry time budget of {settings.max_retry_time:g} s exhausted"
+        else:
+            return None
+        if isinstance(error, TransportError) and error.retryable:
+            error.message += f" ({attempt} attempt{'s' if attempt != 1 else ''} over {spent:.1f} s)"
+            error.hint = NETWORK_HINT
+        wait = getattr(error, "retry_after", None)
+        if isinstance(error, ApiError) and wait and wait > settings.max_retry_time:
+            return why, WaitTooLong(wait, settings.max_retry_time, error.method or "", error.path or "", sent=True)
+        return why, error
 
-    def _attempt(
+    def _send(
         self,
         method: str,
         url: str,
         data: bytes | None,
         shown: str,
         started: float,
-        first: bool,
-        element: Secret | None = None,
-    ) -> tuple[Answer | ApiError | TransportError, int]:
-        """Wait for the rate budget, then one HTTP exchange; the reply or the error it maps to (not
-        raised yet). The first attempt has the whole ``deadline``; a retry ends with the retry budget.
-        In the main thread, a signal ends the exchange with Interrupted."""
-        t0 = time.monotonic()
+        attempt: int,
+        element: Secret | None,
+    ) -> Answer | ApiError | TransportError:
+        """One attempt: wait for the rate budget, then one HTTP exchange; the 2xx answer, or the error it
+        maps to (not raised yet). The first attempt has the whole ``deadline``; a retry ends with the
+        retry budget. In the main thread, a signal ends the exchange with Interrupted."""
         settings = self.settings
-        self._wait_for_budget(method, shown, started + settings.max_retry_time)
-        deadline = (
-            settings.deadline if first else max(0.1, min(settings.deadline, started + settings.max_retry_time - t0))
-        )
+        budget_ends = started + settings.max_retry_time
+        try:  # the rate budget; WaitTooLong when the API asked every request to wait past this one's budget
+            with self.stop.waiting():
+                acquired = self.budget.acquire(wait=self.stop.wait, deadline=budget_ends)
+            if not acquired and self.budget.paused_until > budget_ends:
+                wait = self.budget.paused_until - time.monotonic()
+                raise WaitTooLong(wait, settings.max_retry_time, method, shown, sent=False)
+            self.stop.check(sent=False)
+        except Interrupted as exc:  # a signal while waiting: the request never left
+            exc.sent = False
+            raise
+        deadline = settings.deadline
+        if attempt > 1:
+            deadline = max(0.1, min(deadline, budget_ends - time.monotonic()))
+        authorization = f"User {self._secrets[0].reveal()}, Organization {self._secrets[1].reveal()}"
+        if element is not None:
+            authorization += f", Element {element.reveal()}"
+        timeout = (settings.connect_timeout, min(settings.read_timeout, deadline))
         try:
             answer = self._transport.send(
-                method,
-                url,
-                data,
-                f"User {self._secrets[0].reveal()}, Organization {self._secrets[1].reveal()}"
-                + (f", Element {element.reveal()}" if element is not None else ""),
-                (settings.connect_timeout, min(settings.read_timeout, deadline)),
-                deadline,
-                settings.max_answer_bytes,
+                method, url, data, authorization, timeout, deadline, settings.max_answer_bytes
             )
         except TransportError as exc:
             exc.method, exc.path, exc.url = method, shown, self._base
-            return exc, _ms_since(t0)
-        return self._read_answer(answer, method, shown), _ms_since(t0)
-
-    def _wait_for_budget(self, method: str, shown: str, budget_ends: float) -> None:
-        """Wait until the rate budget lets a request start. Raises, the request unsent: WaitTooLong when
-        the API asked every request to wait past this one's retry budget, Interrupted after a signal."""
-        try:
-            with self.stop.waiting():
-                if self.budget.acquire(wait=self.stop.wait, deadline=budget_ends):
-                    return
-            if self.budget.paused_until > budget_ends:
-                wait = self.budget.paused_until - time.monotonic()
-                raise WaitTooLong(wait, self.settings.max_retry_time, method, shown, sent=False)
-            self.stop.check()
-        except Interrupted as exc:
-            exc.sent = False
-            raise
-
-    def _read_answer(self, answer: Answer, method: str, shown: str) -> Answer | ApiError | TransportError:
-        """A 2xx answer as it is, any other mapped onto an ApiError; feed the rate budget."""
+            return exc
         if 200 <= answer.status < 300:
             self.budget.on_success()
             return answer
@@ -364,31 +369,6 @@ class ReadOnlyClient:
         except ValueError as exc:
             what = f"{self._base}{path} answered {answer.status} with {exc}"
             raise ApiError(answer.status, what, header_request_id(answer), method, path) from None
-
-    def _retry_delay(self, error: Exception, attempt: int, started: float) -> tuple[float | None, str]:
-        """Seconds to wait before the next attempt, or (None, reason) to give up with ``error``."""
-        if not _retryable(error):
-            return None, ""
-        settings = self.settings
-        if attempt >= settings.max_attempts:
-            return None, f"; giving up after {attempt} attempts"
-        ceiling = min(settings.backoff_cap, settings.backoff_base * 2.0 ** min(attempt - 1, 60))
-        delay = max(random.uniform(0.0, ceiling), getattr(error, "retry_after", None) or 0.0)
-        if time.monotonic() - started + delay > settings.max_retry_time:
-            return None, f"; giving up, retry time budget of {settings.max_retry_time:g} s exhausted"
-        return delay, ""
-
-    def _final(self, error: ApiError | TransportError, attempt: int, started: float) -> Exception:
-        """The error a request ends with: a network failure names the attempts, the time and what to
-        check; a Retry-After longer than the whole retry budget is WaitTooLong (the run stops)."""
-        spent = time.monotonic() - started
-        if isinstance(error, TransportError) and error.retryable:
-            error.message += f" ({attempt} attempt{'s' if attempt != 1 else ''} over {spent:.1f} s)"
-            error.hint = NETWORK_HINT
-        wait = getattr(error, "retry_after", None)
-        if isinstance(error, ApiError) and wait and wait > self.settings.max_retry_time:
-            return WaitTooLong(wait, self.settings.max_retry_time, error.method or "", error.path or "", sent=True)
-        return error
 
     def _retrying(self, method: str, shown: str, error: Exception, attempt: int, started: float) -> None:
         """Say on stderr, at most every few seconds and even without -v, that requests are being retried."""
@@ -475,21 +455,3 @@ def _display(path: str, params: list[tuple[str, str]] | None) -> str:
         return path
     shown = [(k, MASK if k == "nextPage" else v) for k, v in params]
     return f"{path}?{urlencode(shown, safe='[]*')}"
-
-
-def _ms_since(t0: float) -> int:
-    return int(round((time.monotonic() - t0) * 1000))
-
-
-def _ambiguous(error: Exception) -> bool:
-    """For a create: may the server have acted on a request that failed this way?"""
-    if isinstance(error, TransportError):
-        return error.ambiguous
-    return isinstance(error, ServerError)
-
-
-def _retryable(error: Exception) -> bool:
-    """Can trying again help? 429, 5xx and most transport errors yes, other 4xx no."""
-    if isinstance(error, TransportError):
-        return error.retryable
-    return isinstance(error, (RateLimited, ServerError))

@@ -39,22 +39,20 @@ class LiveInstance:
         """``configuration=False`` leaves the configuration out (None): a read that needs only ids,
         names, tags and tokens then keeps none of the listed objects alive."""
         element = data.get("element")
-        key = element.get("key") if isinstance(element, Mapping) else element if isinstance(element, str) else None
-        tags = data.get("tags") or []
-        tag_names = tuple(t.get("name") if isinstance(t, Mapping) else t for t in tags)
-        token = data.get("token")
-        config = data.get("configuration")
+        info = element if isinstance(element, Mapping) else {}
+        tag_names = (t.get("name") if isinstance(t, Mapping) else t for t in data.get("tags") or [])
+        token, config = data.get("token"), data.get("configuration")
         return cls(
             id=data.get("id"),
             name=str(data.get("name") or ""),
-            element=key,
+            element=element if isinstance(element, str) else info.get("key"),
             tags=tuple(t for t in tag_names if isinstance(t, str)),
             configuration=config if configuration and isinstance(config, Mapping) else None,
             token=Secret(token, token=True) if isinstance(token, str) and token else None,
             created=str(data.get("createdDate") or ""),
             valid=data.get("valid") is not False,
             disabled=data.get("disabled") is True,
-            hub=element.get("hub") if isinstance(element, Mapping) and isinstance(element.get("hub"), str) else None,
+            hub=info.get("hub") if isinstance(info.get("hub"), str) else None,
         )
 
     def owned_by(self, stack: str) -> bool:

@@ -1,22 +1,18 @@
 """A request-rate budget shared by every worker thread of one run.
 
-Cloud Elements does not document a rate limit, but an API may still answer 429, and real APIs
-throttle by rate (a token bucket per organization). When one worker is throttled, every worker must
-slow down to what the server accepts, otherwise each of them gets its own 429s. ``RateBudget`` is
-that shared brake, an AIMD over windows of ``WINDOW`` seconds:
+Cloud Elements documents no rate limit, but an API may answer 429, and real ones throttle by rate (a
+token bucket per organization): when one worker is throttled, all must slow down to what the server
+accepts. ``RateBudget`` is that brake, an AIMD over windows of ``WINDOW`` seconds:
 
-* ``acquire()`` blocks until a request may start: never during a pause, never closer than
-  ``1 / limit`` seconds after the previous start while a limit is in force. It gives up at once when
-  the pause outlasts the caller's deadline (a day-long Retry-After fails a request, never freezes it).
-* A 429 delays its own request (the client honours its Retry-After); one asking for ``LONG_PAUSE``
-  or more pauses every worker.
-* Multiplicative decrease: a window in which more than ``THRESHOLD`` of the answers were 429 cuts
-  the limit to ``CUT`` times the rate the server accepted in it. If the window after a cut is still
-  refused that much, below the rate the server accepted, the refusals do not follow the rate (an
-  API that throttles at random): the cuts are undone, and that share of refusals cuts no more. The
-  first cut is not judged so: a token bucket starts full, and its burst hides its rate.
-* Additive increase: every window the limit grows by ``1 - CUT`` of the rate the cut set; once it
-  is twice that (or ``max_rate``), the budget is back to its unthrottled state.
+* ``acquire()`` blocks during a pause, and keeps starts ``1 / limit`` seconds apart while a limit is in
+  force; it gives up at once when the pause outlasts the caller's deadline (a day-long Retry-After
+  fails a request, never freezes it). A Retry-After of ``LONG_PAUSE`` or more pauses every worker.
+* Decrease: a window with more than ``THRESHOLD`` of 429s cuts the limit to ``CUT`` times the rate
+  the server accepted in it. If the next window is refused as much below that rate, the refusals do
+  not follow the rate (an API that throttles at random): the cuts are undone and that share cuts no
+  more. The first cut is not judged so: a token bucket starts full, its burst hides its rate.
+* Increase: each window adds ``1 - CUT`` of the rate the cut set; at twice that (or ``max_rate``) the
+  budget is back to its unthrottled state.
 
 The clock and the sleep are injectable, so tests drive it without real waiting.
 """

@@ -1,22 +1,17 @@
-"""HTTP transport: ``requests``, configured the supported way, plus a deadline per request.
+"""HTTP transport: ``requests``, configured the supported way, plus a deadline per request. The
+client owns the policy (retries, the rate budget); this module owns the wire and alone imports requests:
 
-``client.py`` owns the policy (retries, the rate budget, what a failure means for a create); this
-module owns the wire, and is the only one that imports ``requests``:
-
-* one ``Session`` per target, with an ``HTTPAdapter`` whose pool holds ``parallelism`` connections,
-  ``max_retries=0`` (retrying is the client's decision), redirects not followed, gzip accepted;
-* the environment is read once, when the transport is made, as requests reads it: ``HTTPS_PROXY``,
-  ``HTTP_PROXY``, ``ALL_PROXY`` and ``NO_PROXY`` (``https://`` proxies included), and the CA bundle
-  from ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` (else certifi's). ``CE_CLIENT_CERT`` and
-  ``CE_CLIENT_KEY`` name a client certificate. ~/.netrc is never consulted;
-* a deadline: the read timeout bounds each wait for bytes, so a server sending one byte every half
-  second would never time out. The answer is read as it arrives (``stream=True``), and between
-  pieces the whole-request deadline is checked, and the stop flag (a second after a signal). The
-  status line and headers are read by http.client in one blocking call that no public API of
-  requests can cut short: in the main thread an alarm ends it at the deadline (``StopFlag.waiting``);
-  in a worker the main thread stops waiting for it a second after the deadline, and an attempt that
-  comes back that late is not retried;
-* a size: the answer is read decompressed, in pieces of at most ``CHUNK`` bytes (urllib3 2.6+ bounds
+* one ``Session`` per target, its ``HTTPAdapter`` pool of ``parallelism`` connections, ``max_retries=0``,
+  redirects not followed, gzip accepted;
+* the environment read once, as requests reads it: ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``,
+  ``NO_PROXY``, the CA bundle from ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` (else certifi's), a
+  client certificate from ``CE_CLIENT_CERT`` and ``CE_CLIENT_KEY``; ~/.netrc never;
+* a deadline: a read timeout bounds each wait for bytes, not a server dripping a byte every half
+  second. The answer is read as it arrives (``stream=True``), the deadline and the stop flag checked
+  between pieces. Status line and headers come in one blocking call no public API can cut short: in
+  the main thread an alarm ends it (``StopFlag.waiting``); a worker is abandoned a second after its
+  deadline, and an attempt that comes back that late is not retried;
+* a size: the answer is read decompressed, at most ``CHUNK`` bytes at a time (urllib3 2.6+ bounds
   each piece of a gzip answer), and fails past ``max_bytes``: a gzip bomb costs at most the cap.
 """
 
@@ -231,47 +226,38 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return found
 
 
-def _has(chain: list[BaseException], *types: type) -> bool:
-    return any(isinstance(e, types) for e in chain)
-
-
 _UNREACHABLE = (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.EHOSTDOWN)
+# What an exception in the chain means, first match wins: (types, message, ambiguous, retryable). Anything
+# that failed while connecting was not sent; past that, the server may have acted on the request.
+_FAILURES: tuple[tuple[tuple[type, ...], str, bool, bool], ...] = (
+    ((ssl.SSLCertVerificationError,), "TLS certificate verification failed", False, False),
+    ((requests.exceptions.ProxyError,), "could not connect through the proxy {proxy}", False, True),
+    ((socket.gaierror,), "DNS lookup failed", False, True),
+    ((ConnectionRefusedError,), "connection refused", False, True),
+    ((), "could not connect", False, True),  # an OSError whose errno is in _UNREACHABLE
+    ((requests.exceptions.ConnectTimeout,), "connect timeout", False, True),
+    ((requests.exceptions.SSLError,), "TLS handshake failed", False, True),
+    ((requests.exceptions.ReadTimeout, TimeoutError), "read timeout", True, True),
+    ((ConnectionResetError,), "connection reset", True, True),
+    ((requests.exceptions.ContentDecodingError, zlib.error), "answer could not be decompressed", True, True),
+    ((requests.exceptions.ChunkedEncodingError, http.client.IncompleteRead), "answer cut short", True, True),
+    (
+        (requests.exceptions.ConnectionError, ConnectionError),
+        "connection closed by the server without a complete answer",
+        True,
+        True,
+    ),
+)
 
 
 def classify(exc: BaseException, proxy: str) -> tuple[str, bool, bool]:
     """(message, ambiguous, retryable) for a failed exchange. Messages never quote the exception text
-    (it is kept as the chained cause). Anything that failed while connecting was not sent."""
+    (it is kept as the chained cause)."""
     chain = _chain(exc)
     tunnel = next((m for e in chain if (m := _TUNNEL_STATUS.search(str(e)))), None)
     if tunnel is not None and tunnel.group(1) == "407":
         return f"the proxy {proxy} refused the request: 407 Proxy Authentication Required", False, False
-    if _has(chain, ssl.SSLCertVerificationError):
-        return "TLS certificate verification failed", False, False
-    if _has(chain, requests.exceptions.ProxyError):
-        return f"could not connect through the proxy {proxy}", False, True
-    if _has(chain, socket.gaierror):
-        return "DNS lookup failed", False, True
-    if _has(chain, ConnectionRefusedError):
-        return "connection refused", False, True
-    if any(isinstance(e, OSError) and e.errno in _UNREACHABLE for e in chain):
-        return "could not connect", False, True
-    if _has(chain, requests.exceptions.ConnectTimeout):
-        return "connect timeout", False, True
-    if _has(chain, requests.exceptions.SSLError):
-        return "TLS handshake failed", False, True
-    return _after_sending(chain, exc)
-
-
-def _after_sending(chain: list[BaseException], exc: BaseException) -> tuple[str, bool, bool]:
-    """Failures once the request may have been sent: the server may have acted on it."""
-    if _has(chain, requests.exceptions.ReadTimeout, TimeoutError):
-        return "read timeout", True, True
-    if _has(chain, ConnectionResetError):
-        return "connection reset", True, True
-    if _has(chain, requests.exceptions.ContentDecodingError, zlib.error):
-        return "answer could not be decompressed", True, True
-    if _has(chain, requests.exceptions.ChunkedEncodingError, http.client.IncompleteRead):
-        return "answer cut short", True, True
-    if _has(chain, requests.exceptions.ConnectionError, ConnectionError):
-        return "connection closed by the server without a complete answer", True, True
+    for types, message, ambiguous, retryable in _FAILURES:
+        if any(isinstance(e, types) if types else isinstance(e, OSError) and e.errno in _UNREACHABLE for e in chain):
+            return message.format(proxy=proxy), ambiguous, retryable
     return f"connection error ({type(exc).__name__})", True, True

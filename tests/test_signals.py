@@ -192,15 +192,7 @@ def test_sigterm_ends_a_run_within_two_seconds_while_the_server_drips(tmp_path, 
             text=True,
         )
         dripping = 1 if command == "plan" else 3  # the listing; or the listing, one create, the next
-        deadline = time.monotonic() + 30
-        while len(srv.requests) < dripping:
-            assert time.monotonic() < deadline and proc.poll() is None, "the run never reached the drip"
-            time.sleep(0.02)
-        time.sleep(0.5)
-        signalled = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=30)
-        took = time.monotonic() - signalled
+        stderr, took = sigterm_once_dripping(proc, srv, dripping)
     assert proc.returncode == 143, stderr
     assert took < 2.0, f"the run took {took:.1f} s to end after the signal"
     assert "Traceback" not in stderr
@@ -231,16 +223,22 @@ def test_sigterm_ends_check_ping_within_two_seconds_while_a_ping_drips(tmp_path)
         proc = subprocess.Popen(
             command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        deadline = time.monotonic() + 30
-        while len(srv.requests) < 2:  # the listing, then the first ping
-            assert time.monotonic() < deadline and proc.poll() is None, "the run never reached the ping"
-            time.sleep(0.02)
-        time.sleep(0.5)
-        signalled = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=30)
-        took = time.monotonic() - signalled
+        stderr, took = sigterm_once_dripping(proc, srv, 2)  # the listing, then the first ping
     assert proc.returncode == 143, stderr
     assert took < 2.0, f"check took {took:.1f} s to end after the signal"
     assert "Traceback" not in stderr and "interrupted by signal 15" in stderr
     assert [r.path for r in srv.requests] == ["/instances", "/hubs/helpdesk/ping"]  # nothing after the signal
+
+
+def sigterm_once_dripping(proc: subprocess.Popen, srv: ScriptedServer, requests: int) -> tuple[str, float]:
+    """SIGTERM half a second after the server got ``requests`` requests (the last one dripping): the
+    run's stderr and the seconds it took to end after the signal."""
+    deadline = time.monotonic() + 30
+    while len(srv.requests) < requests:
+        assert time.monotonic() < deadline and proc.poll() is None, "the run never reached the drip"
+        time.sleep(0.02)
+    time.sleep(0.5)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    return stderr, time.monotonic() - signalled

@@ -93,6 +93,7 @@ class FileRefused(Exception):
         self.hint = hint
 
 
+_TOO_LARGE = "split the file, or raise the limit with --max-file-bytes"
 _KINDS = (
     (stat.S_ISDIR, "a directory"),
     (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -120,10 +121,7 @@ def read_capped(path: str, max_bytes: int) -> bytes:
                 "give a regular file (save the output of a command to a file first)",
             )
         if info.st_size > max_bytes:
-            raise FileRefused(
-                f"file is {info.st_size} bytes, over the limit of {max_bytes} bytes",
-                "split the file, or raise the limit with --max-file-bytes",
-            )
+            raise FileRefused(f"file is {info.st_size} bytes, over the limit of {max_bytes} bytes", _TOO_LARGE)
         chunks, size = [], 0
         while size <= max_bytes:
             chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
@@ -135,10 +133,8 @@ def read_capped(path: str, max_bytes: int) -> bytes:
         raise FileRefused(f"cannot read file: {exc.strerror or exc}", "check the path") from None
     finally:
         os.close(fd)
-    if size > max_bytes:
-        raise FileRefused(
-            f"file is over the limit of {max_bytes} bytes", "split the file, or raise the limit with --max-file-bytes"
-        )
+    if size > max_bytes:  # it grew after fstat, or it does not report its size
+        raise FileRefused(f"file is over the limit of {max_bytes} bytes", _TOO_LARGE)
     return b"".join(chunks)
 
 
@@ -154,21 +150,14 @@ def read_text(path: str, display: str, max_bytes: int = DEFAULT_MAX_BYTES) -> tu
 def decode_text(raw: bytes, display: str) -> tuple[str | None, list[Problem]]:
     """Decode bytes as UTF-8 (a BOM is allowed), rejecting binary content with its line."""
     if b"\x00" in raw:
-        line = raw[: raw.index(b"\x00")].count(b"\n") + 1
-        return None, [
-            Problem("this is binary data, not text (NUL byte found)", Location(display, line), "give a YAML text file")
-        ]
+        at = Location(display, raw[: raw.index(b"\x00")].count(b"\n") + 1)
+        return None, [Problem("this is binary data, not text (NUL byte found)", at, "give a YAML text file")]
     try:
         return raw.decode("utf-8-sig"), []
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        return None, [
-            Problem(
-                f"not UTF-8 text (invalid byte 0x{raw[exc.start]:02x} at offset {exc.start})",
-                Location(display, line),
-                "save the file as UTF-8",
-            )
-        ]
+        at = Location(display, raw[: exc.start].count(b"\n") + 1)
+        message = f"not UTF-8 text (invalid byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+        return None, [Problem(message, at, "save the file as UTF-8")]
 
 
 def load_yaml(

@@ -198,19 +198,16 @@ class Renderer:
     def scrub(self, problem: Problem) -> Problem:
         """Hide environment values in a rendering problem: an expression like
         ``inputs.map[env.PASSWORD]`` would otherwise echo a secret as the missing key."""
-        message = problem.message
-        for value in self._env_values():
-            if value in message:
-                message = message.replace(value, "(value from the environment)")
-        return problem if message == problem.message else Problem(message, problem.location, problem.hint)
-
-    def _env_values(self) -> list[str]:
-        if self._scrub_values is None:
+        if self._scrub_values is None:  # longest first: a value containing another is hidden whole
             names = set(self.env)
             self._scrub_values = sorted(
                 {v for v in self.env.values() if len(v) >= 4 and v not in names}, key=len, reverse=True
             )
-        return self._scrub_values
+        message = problem.message
+        for value in self._scrub_values:
+            if value in message:
+                message = message.replace(value, "(value from the environment)")
+        return problem if message == problem.message else Problem(message, problem.location, problem.hint)
 
     def _string(self, raw: str, scope: dict[str, Any], where: Location) -> Any:
         if not any(marker in raw for marker in _HAS_JINJA):

@@ -198,14 +198,11 @@ def _is_expression(option: dict) -> bool:
 def unknown_key_problems(error: ValidationError, path: tuple, location_for: LocationFor, prefix: str) -> list[Problem]:
     """Every unexpected key of an additionalProperties error, each with its own did-you-mean."""
     known = list((error.schema or {}).get("properties", {}))
+    listed = "known keys: " + ", ".join(sorted(known)[:12]) + ("..." if len(known) > 12 else "")
     out = []
     for key in [k for k in error.instance if k not in known] if isinstance(error.instance, dict) else []:
         suggestion = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
-        hint = (
-            f"did you mean {suggestion[0]!r}?"
-            if suggestion
-            else ("known keys: " + ", ".join(sorted(known)[:12]) + ("..." if len(known) > 12 else ""))
-        )
+        hint = f"did you mean {suggestion[0]!r}?" if suggestion else listed
         where = replace(location_for((*path, key)), path=_dotted(prefix, (*path, key)))
         out.append(Problem(f"unknown key {key!r}", where, hint))
     return out
@@ -269,11 +266,8 @@ def _describe(error: ValidationError, secret: bool, expression: str | None = Non
     if kind == "maxLength":
         return f"is longer than {expected} characters", None
     if kind in ("minimum", "maximum"):
-        return (
-            f"{_shown(value, secret)} is {'below the minimum' if kind == 'minimum' else 'above the maximum'} "
-            f"of {expected}",
-            None,
-        )
+        side = "below the minimum" if kind == "minimum" else "above the maximum"
+        return f"{_shown(value, secret)} is {side} of {expected}", None
     if kind == "anyOf":
         return _any_of(error, value, secret)
     return error.message if not secret else f"invalid value ({kind})", None

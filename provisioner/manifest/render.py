@@ -32,7 +32,17 @@ from jinja2.sandbox import SecurityError
 
 from ..errors import Location, Problem
 from .sandbox import BudgetedSandbox, BudgetExceeded, template_line_now
-from .yamlload import CURLY_QUOTES, EnvRef, FileRefused, YDict, YList, decode_text, load_yaml, read_capped
+from .yamlload import (
+    CURLY_QUOTES,
+    DEFAULT_MAX_BYTES,
+    EnvRef,
+    FileRefused,
+    YDict,
+    YList,
+    decode_text,
+    load_yaml,
+    read_capped,
+)
 
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
 _HAS_JINJA = ("{{", "{%", "{#")
@@ -129,7 +139,13 @@ def _placeholder_finalize(context: jinja2.runtime.Context, value: Any) -> Any:
 class Renderer:
     """Renders inline manifest values and template files for one manifest."""
 
-    def __init__(self, base_dir: str, environ: Mapping[str, str], inputs: Mapping[str, Any], max_file_bytes: int):
+    def __init__(
+        self,
+        base_dir: str,
+        environ: Mapping[str, str],
+        inputs: Mapping[str, Any],
+        max_file_bytes: int = DEFAULT_MAX_BYTES,
+    ):
         self.env = EnvMapping(environ)
         self.inputs = inputs
         self._loader = _ConfinedLoader(base_dir, max_file_bytes)

@@ -236,8 +236,9 @@ def _checked(
         _check_tags(one, tags)
     if one.named and _MARKUP.search(name):
         one.add("name", f"name {name!r} contains markup, which the API strips", "remove <...> from the name")
-    protect, previous = _safety_fields(one, known)
-    enabled = _enabled(one, known.get("enabled", True))
+    protect = _boolean(one, known, "protect", None)
+    previous = _previous_names(one, known.get("previousNames"))
+    enabled = bool(_boolean(one, known, "enabled", True))
     adopt = _adopt_id(one, known.get("adopt"))
     if configuration is _UNKNOWN:
         return None
@@ -291,33 +292,33 @@ def _adopt_id(one: _Entry, value: Any) -> int | str | None:
     return int(str(value).strip())
 
 
-def _enabled(one: _Entry, enabled: Any) -> bool:
-    if not isinstance(enabled, bool):
-        hint = "write enabled: false, or an expression such as \"{{ inputs.environment != 'retired' }}\""
-        one.add("enabled", f"enabled must be true or false, got {enabled!r}", hint)
-        return True
-    return enabled
+_BOOLEAN_HINTS = {  # the fields that must render to true or false, and how to write them
+    "protect": "write protect: true, or an expression such as \"{{ inputs.environment == 'prod' }}\"",
+    "enabled": "write enabled: false, or an expression such as \"{{ inputs.environment != 'retired' }}\"",
+}
 
 
-def _safety_fields(one: _Entry, body: dict) -> tuple[bool | None, tuple[str, ...]]:
-    """``protect`` (a boolean once rendered) and ``previousNames`` (names, not this one)."""
-    protect = body.get("protect")
-    if protect is not None and not isinstance(protect, bool):
-        hint = "write protect: true, or an expression such as \"{{ inputs.environment == 'prod' }}\""
-        one.add("protect", f"protect must be true or false, got {protect!r}", hint)
-        protect = None
-    previous = body.get("previousNames")
+def _boolean(one: _Entry, known: dict, key: str, default: bool | None) -> bool | None:
+    value = known.get(key, default)
+    if value is default or isinstance(value, bool):
+        return value
+    one.add(key, f"{key} must be true or false, got {value!r}", _BOOLEAN_HINTS[key])
+    return default
+
+
+def _previous_names(one: _Entry, previous: Any) -> tuple[str, ...]:
+    """``previousNames``: the names the instance had before, not this one."""
     if previous is None:
-        return protect, ()
+        return ()
     if not isinstance(previous, list) or not all(isinstance(n, str) and n.strip() for n in previous):
         hint = "list the names this instance had before, e.g. previousNames: [crm-old]"
         one.add("previousNames", "previousNames must be a list of non-empty names", hint)
-        return protect, ()
+        return ()
     _check_printable(one, "previousNames", previous)
     if one.named and one.name in previous:
         message = f"previousNames lists the instance's own name {one.name!r}"
         one.add("previousNames", message, "list only the names it had before")
-    return protect, tuple(dict.fromkeys(previous))
+    return tuple(dict.fromkeys(previous))
 
 
 def _check_printable(one: _Entry, key: str, names: list[str]) -> None:

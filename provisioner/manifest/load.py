@@ -101,8 +101,7 @@ def load_manifest(
         message = f"the manifest must be a mapping of keys, got {kind}"
         problems.append(Problem(message, Location(display, 1), f"start with apiVersion: {API_VERSION}"))
         return None, problems
-    problems.extend(check_structure(data, display))
-    problems.extend(_misplaced_env_refs(data, loaded.env_refs, display))
+    problems.extend(check_structure(data, display, loaded.env_refs))
     inputs, layers, input_problems = layer_inputs(data.get("inputs"), inputs_files, sets, limits, display)
     problems.extend(input_problems)
     stack = data.get("stack")
@@ -110,18 +109,23 @@ def load_manifest(
     return Manifest(path, display, base_dir, data, stack if isinstance(stack, str) else "", inputs, layers), problems
 
 
-def check_structure(data: YDict, display: str) -> list[Problem]:
+def check_structure(data: YDict, display: str, env_refs: list[EnvRef]) -> list[Problem]:
     """Validate the manifest against schemas/manifest.schema.json, with lines: the top level without
-    its instances, then each instance entry (thousands alike: a ``ShapeValidator``)."""
+    its instances, then each instance entry (thousands alike: a ``ShapeValidator``). ``!env`` is a
+    configuration value of an instance entry, and nothing else."""
     schema = json.loads(manifest_schema_text())
     entries = data.get("instances")
     entries = entries if isinstance(entries, list) else None
     errors = list(Draft202012Validator(schema).iter_errors(data if entries is None else {**data, "instances": []}))
     entry_schema = ShapeValidator({"$defs": schema["$defs"], **schema["properties"]["instances"]["items"]})
+    placed: set[int] = set()  # the !env references written as configuration values
     for index, entry in enumerate(entries or ()):
         for error in entry_schema.iter_errors(entry):
             error.path.extendleft(reversed(("instances", index)))
             errors.append(error)
+        configuration = entry.get("configuration") if isinstance(entry, dict) else None
+        if env_refs and isinstance(configuration, dict):
+            placed.update(id(v) for v in configuration.values() if isinstance(v, EnvRef))
 
     def location_for(path: tuple) -> Location:
         return Location(display, line_at(data, path), instance=_instance_name(data, path))
@@ -132,21 +136,9 @@ def check_structure(data: YDict, display: str) -> list[Problem]:
         at = Location(display, data.line_of("apiVersion"), path="apiVersion")
         hint = f"this version of provisioner reads apiVersion: {API_VERSION}"
         problems.append(Problem(f"unsupported apiVersion {data.get('apiVersion')!r}", at, hint))
-    return problems
-
-
-def _misplaced_env_refs(data: YDict, refs: list[EnvRef], display: str) -> list[Problem]:
-    """``!env`` is a configuration value of an instance entry, and nothing else."""
-    if not refs:
-        return []
-    entries = data.get("instances")
-    configurations = [
-        e.get("configuration") for e in (entries if isinstance(entries, list) else ()) if isinstance(e, dict)
-    ]
-    placed = {id(v) for c in configurations if isinstance(c, dict) for v in c.values() if isinstance(v, EnvRef)}
     hint = f'write {ENV_TAG} NAME as a value under configuration:; elsewhere "{{{{ env.NAME }}}}" reads the variable'
     message = f"{ENV_TAG} is accepted only as a configuration value"
-    return [Problem(message, Location(display, r.line), hint) for r in refs if id(r) not in placed]
+    return problems + [Problem(message, Location(display, r.line), hint) for r in env_refs if id(r) not in placed]
 
 
 def line_at(data: Any, path: tuple) -> int:

@@ -32,11 +32,20 @@ from jinja2.sandbox import SecurityError
 
 from ..errors import Location, Problem
 from .sandbox import BudgetedSandbox, BudgetExceeded, template_line_now
-from .yamlload import DEFAULT_MAX_BYTES, EnvRef, FileRefused, YDict, YList, decode_text, load_yaml, read_capped
+from .yamlload import (
+    CURLY_QUOTES,
+    DEFAULT_MAX_BYTES,
+    EnvRef,
+    FileRefused,
+    YDict,
+    YList,
+    decode_text,
+    load_yaml,
+    read_capped,
+)
 
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
 _HAS_JINJA = ("{{", "{%", "{#")
-_MISSING = object()
 
 
 class RenderError(Exception):
@@ -137,8 +146,6 @@ class Renderer:
         inputs: Mapping[str, Any],
         max_file_bytes: int = DEFAULT_MAX_BYTES,
     ):
-        self.base_dir = base_dir
-        self.max_file_bytes = max_file_bytes
         self.env = EnvMapping(environ)
         self.inputs = inputs
         self._loader = _ConfinedLoader(base_dir, max_file_bytes)
@@ -189,31 +196,23 @@ class Renderer:
     def scrub(self, problem: Problem) -> Problem:
         """Hide environment values in a rendering problem: an expression like
         ``inputs.map[env.PASSWORD]`` would otherwise echo a secret as the missing key."""
-        message = problem.message
-        for value in self._env_values():
-            if value in message:
-                message = message.replace(value, "(value from the environment)")
-        return problem if message == problem.message else Problem(message, problem.location, problem.hint)
-
-    def _env_values(self) -> list[str]:
-        if self._scrub_values is None:
+        if self._scrub_values is None:  # longest first: a value containing another is hidden whole
             names = set(self.env)
             self._scrub_values = sorted(
                 {v for v in self.env.values() if len(v) >= 4 and v not in names}, key=len, reverse=True
             )
-        return self._scrub_values
+        message = problem.message
+        for value in self._scrub_values:
+            if value in message:
+                message = message.replace(value, "(value from the environment)")
+        return problem if message == problem.message else Problem(message, problem.location, problem.hint)
 
     def _string(self, raw: str, scope: dict[str, Any], where: Location) -> Any:
         if not any(marker in raw for marker in _HAS_JINJA):
             return raw  # no Jinja syntax: not a template, the text is the value
-        if "item" in raw:
-            return self._render_string(raw, scope, where)
-        cached = self._invariant.get(raw, _MISSING)  # env and inputs are fixed for the run
-        if cached is _MISSING:
-            cached = self._invariant[raw] = self._render_string(raw, scope, where)
-        return cached
-
-    def _render_string(self, raw: str, scope: dict[str, Any], where: Location) -> Any:
+        invariant = "item" not in raw  # env and inputs are fixed for the run: such a string renders once
+        if invariant and raw in self._invariant:
+            return self._invariant[raw]
         match = _SINGLE_EXPRESSION.match(raw)
 
         def render() -> Any:
@@ -222,7 +221,10 @@ class Renderer:
                 return str(result) if isinstance(result, jinja2.Undefined) else result  # str() raises its error
             return self._jinja.render_capped(self._compile("string", raw), scope)
 
-        return self._budgeted(raw, where, None, render)
+        value = self._budgeted(raw, where, None, render)
+        if invariant:
+            self._invariant[raw] = value
+        return value
 
     def _budgeted(self, source: str, where: Location, template: str | None, render: Callable[[], Any]) -> Any:
         """``render()`` within the rendering budget; any Jinja failure becomes a located problem, and a
@@ -267,7 +269,12 @@ class Renderer:
 
     def template_file(self, name: str, scope: dict[str, Any], where: Location) -> dict:
         """Render a template file into a mapping; values are substituted after YAML parsing."""
-        template = self._load_file(name, where)
+        try:
+            template = self._compile("file", name)
+        except jinja2.TemplateSyntaxError as exc:
+            raise RenderError(_problem_from(exc, where, name)) from None
+        except (FileRefused, jinja2.TemplateNotFound) as exc:
+            raise RenderError(_problem_from(exc, where)) from None
         nonce = f"__pv{secrets.token_hex(6)}_"
         collected: list[Any] = []
         lines: list[int | None] = []
@@ -299,14 +306,6 @@ class Renderer:
             where_file = Location(where.file, where.line, name, None, where.instance)
             raise RenderError(Problem(message, where_file, "render keys such as configuration: and tags:"))
         return data or {}
-
-    def _load_file(self, name: str, where: Location) -> jinja2.Template:
-        try:
-            return self._compile("file", name)
-        except jinja2.TemplateSyntaxError as exc:
-            raise RenderError(_problem_from(exc, where, name)) from None
-        except (FileRefused, jinja2.TemplateNotFound) as exc:
-            raise RenderError(_problem_from(exc, where)) from None
 
 
 class _Outputs:
@@ -409,7 +408,10 @@ def _problem_from(exc: Exception, where: Location, template: str | None = None) 
         hint = "templates may only read env, inputs and item"
         return Problem(f"unsafe template expression refused: {exc}", location, hint)
     if isinstance(exc, jinja2.TemplateSyntaxError):
-        return Problem(f"template syntax error: {exc.message}", location, _syntax_hint(exc.message))
+        hint = "check the {{ }} and {% %} delimiters and the expression inside"
+        if any(q in (exc.message or "") for q in CURLY_QUOTES):
+            hint = "replace curly quotes with straight ones (\" or ')"
+        return Problem(f"template syntax error: {exc.message}", location, hint)
     if isinstance(exc, FileRefused):  # outside the manifest's directory, or not a file to read
         return Problem(exc.message, location, exc.hint)
     if isinstance(exc, jinja2.TemplateNotFound):
@@ -435,9 +437,3 @@ def _template_line(exc: Exception, template: str | None) -> int | None:
         if template and frame.filename == template:
             return frame.lineno
     return None
-
-
-def _syntax_hint(message: str | None) -> str:
-    if message and any(q in message for q in "\u201c\u201d\u2018\u2019"):
-        return "replace curly quotes with straight ones (\" or ')"
-    return "check the {{ }} and {% %} delimiters and the expression inside"

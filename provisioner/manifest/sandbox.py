@@ -117,6 +117,14 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
         if size > self.max_bytes:
             raise BudgetExceeded(f"{what} would build a value larger than {self.max_bytes} bytes")
 
+    def joinable(self, separator: str, items: Any) -> Any:
+        """The items of a join, bounded before it runs (an iterator, read once, is listed to be measured)."""
+        if not isinstance(items, (Sized, str)) and isinstance(items, Iterable):
+            items = list(items)
+        count = len(items) if isinstance(items, Sized) else 0
+        self.bound(size_of(items, DEFAULT_MAX_BYTES * 2) + count * len(separator), "join")
+        return items
+
     def concat(self, parts: Iterable[str]) -> str:  # Jinja joins captured output with it ("".join)
         parts = list(parts)
         self.bound(sum(map(len, parts)), "joining this output")
@@ -135,8 +143,7 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
         method = getattr(__obj, "__wrapped__", __obj)  # str.format, as the sandbox wraps it
         subject, name = getattr(method, "__self__", None), getattr(method, "__name__", "")
         if isinstance(subject, str) and name == "join" and args:
-            args = (_listed(args[0]), *args[1:])
-            __self.bound(_join_size(subject, args[0]), "join")
+            args = (__self.joinable(subject, args[0]), *args[1:])
         elif isinstance(subject, str) and name in _GROWING:
             __self.bound(_grown(name, subject, args, kwargs), f"str.{name}")
         return __self.built(super().call(__context, __obj, *args, **kwargs))
@@ -180,9 +187,8 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
             self.check_budget()
             value, rest = (args[skip], args[skip + 1 :]) if len(args) > skip else (None, ())
             if name == "join":
-                args = (*args[:skip], _listed(value), *rest)
                 separator = rest[0] if rest else kwargs.get("d", "")
-                self.bound(_join_size(separator if isinstance(separator, str) else "", args[skip]), "join")
+                args = (*args[:skip], self.joinable(separator if isinstance(separator, str) else "", value), *rest)
             elif name in _GROWING:
                 self.bound(_grown(name, value, rest, kwargs), f"the {name} filter")
             return self.built(f(*args, **kwargs))
@@ -218,16 +224,6 @@ def size_of(value: Any, limit: int) -> int:
 
 def _number(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _listed(items: Any) -> Any:
-    """join reads its items once: an iterator is listed first, so that they can be measured."""
-    return items if isinstance(items, (Sized, str)) or not isinstance(items, Iterable) else list(items)
-
-
-def _join_size(separator: str, items: Any) -> int:
-    count = len(items) if isinstance(items, Sized) else 0
-    return size_of(items, DEFAULT_MAX_BYTES * 2) + count * len(separator)
 
 
 def _grown(name: str, subject: Any, args: tuple, kwargs: dict) -> int:

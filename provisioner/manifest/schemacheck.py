@@ -107,9 +107,7 @@ class _Observed:
                 self.patterns.setdefault(value, re.compile(value))
             elif key in ("minLength", "maxLength") and isinstance(value, int):
                 self.lengths.append(value if key == "minLength" else value + 1)
-            elif key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") and isinstance(
-                value, int | float
-            ):
+            elif key in _BOUNDS and isinstance(value, int | float):
                 self.bounds.add(value)
             elif not (key in _DATA_KEYWORDS or key.startswith("x-") or key == "$ref" and str(value).startswith("#")):
                 return False
@@ -147,8 +145,9 @@ def problems_from_errors(
         path = tuple(error.absolute_path)
         if path and path[0] in unknown:
             continue
-        if error.validator == "required":
-            missing.setdefault(path, []).extend(_missing_keys(error))
+        if error.validator == "required":  # the schemas are checked: its value is a list
+            present = error.instance if isinstance(error.instance, dict) else {}
+            missing.setdefault(path, []).extend(key for key in error.validator_value if key not in present)
             continue
         if error.validator == "additionalProperties":
             problems.extend(unknown_key_problems(error, path, location_for, prefix))
@@ -165,12 +164,6 @@ def problems_from_errors(
             message = f"missing required key{'s' * (len(keys) > 1)}: {', '.join(keys)}"
             problems.append(Problem(message, where, f"add {'it' if len(keys) == 1 else 'them'} to {place}"))
     return problems
-
-
-def _missing_keys(error: ValidationError) -> list[str]:
-    required = error.validator_value if isinstance(error.validator_value, list) else []
-    present = error.instance if isinstance(error.instance, dict) else {}
-    return [key for key in required if key not in present]
 
 
 def _fitting(errors: Iterable[ValidationError]) -> Iterator[ValidationError]:
@@ -205,14 +198,11 @@ def _is_expression(option: dict) -> bool:
 def unknown_key_problems(error: ValidationError, path: tuple, location_for: LocationFor, prefix: str) -> list[Problem]:
     """Every unexpected key of an additionalProperties error, each with its own did-you-mean."""
     known = list((error.schema or {}).get("properties", {}))
+    listed = "known keys: " + ", ".join(sorted(known)[:12]) + ("..." if len(known) > 12 else "")
     out = []
     for key in [k for k in error.instance if k not in known] if isinstance(error.instance, dict) else []:
         suggestion = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
-        hint = (
-            f"did you mean {suggestion[0]!r}?"
-            if suggestion
-            else ("known keys: " + ", ".join(sorted(known)[:12]) + ("..." if len(known) > 12 else ""))
-        )
+        hint = f"did you mean {suggestion[0]!r}?" if suggestion else listed
         where = replace(location_for((*path, key)), path=_dotted(prefix, (*path, key)))
         out.append(Problem(f"unknown key {key!r}", where, hint))
     return out
@@ -276,11 +266,8 @@ def _describe(error: ValidationError, secret: bool, expression: str | None = Non
     if kind == "maxLength":
         return f"is longer than {expected} characters", None
     if kind in ("minimum", "maximum"):
-        return (
-            f"{_shown(value, secret)} is {'below the minimum' if kind == 'minimum' else 'above the maximum'} "
-            f"of {expected}",
-            None,
-        )
+        side = "below the minimum" if kind == "minimum" else "above the maximum"
+        return f"{_shown(value, secret)} is {side} of {expected}", None
     if kind == "anyOf":
         return _any_of(error, value, secret)
     return error.message if not secret else f"invalid value ({kind})", None

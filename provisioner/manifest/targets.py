@@ -18,9 +18,6 @@ from ..urls import check_base_url
 from .load import DEFAULT_TARGET, DEFAULT_URL, Manifest
 from .render import Renderer, RenderError
 
-DEFAULT_URL_EXPRESSION = "{{ env.CE_API_URL | default('" + DEFAULT_URL + "', true) }}"
-DEFAULT_USER_SECRET = "{{ env.CE_USER_SECRET }}"
-DEFAULT_ORGANIZATION_SECRET = "{{ env.CE_ORGANIZATION_SECRET }}"
 # C0 and C1 control characters, DEL and Unicode line separators: never valid in a URL or a header
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ENV_REFERENCE = re.compile(r"env(?:\.([A-Za-z_][A-Za-z0-9_]*)|\[\s*['\"]([^'\"]+)['\"]\s*\])")
@@ -52,10 +49,10 @@ def resolve_targets(manifest: Manifest, renderer: Renderer, names: set[str]) -> 
     return targets, problems
 
 
-_DEFAULTS = {
-    "url": DEFAULT_URL_EXPRESSION,
-    "userSecret": DEFAULT_USER_SECRET,
-    "organizationSecret": DEFAULT_ORGANIZATION_SECRET,
+_DEFAULTS = {  # a target's fields when the manifest does not write them
+    "url": "{{ env.CE_API_URL | default('" + DEFAULT_URL + "', true) }}",
+    "userSecret": "{{ env.CE_USER_SECRET }}",
+    "organizationSecret": "{{ env.CE_ORGANIZATION_SECRET }}",
 }
 
 

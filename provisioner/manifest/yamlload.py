@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ..errors import Location, Problem
+from ..errors import Location, Problem, UserError
 
 if TYPE_CHECKING:  # both construct alike (SafeConstructor); the type check reads the pure Python one
     _BaseLoader = yaml.SafeLoader
@@ -93,6 +93,7 @@ class FileRefused(Exception):
         self.hint = hint
 
 
+_TOO_LARGE = "split the file, or raise the limit with --max-file-bytes"
 _KINDS = (
     (stat.S_ISDIR, "a directory"),
     (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -120,10 +121,7 @@ def read_capped(path: str, max_bytes: int) -> bytes:
                 "give a regular file (save the output of a command to a file first)",
             )
         if info.st_size > max_bytes:
-            raise FileRefused(
-                f"file is {info.st_size} bytes, over the limit of {max_bytes} bytes",
-                "split the file, or raise the limit with --max-file-bytes",
-            )
+            raise FileRefused(f"file is {info.st_size} bytes, over the limit of {max_bytes} bytes", _TOO_LARGE)
         chunks, size = [], 0
         while size <= max_bytes:
             chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
@@ -135,10 +133,8 @@ def read_capped(path: str, max_bytes: int) -> bytes:
         raise FileRefused(f"cannot read file: {exc.strerror or exc}", "check the path") from None
     finally:
         os.close(fd)
-    if size > max_bytes:
-        raise FileRefused(
-            f"file is over the limit of {max_bytes} bytes", "split the file, or raise the limit with --max-file-bytes"
-        )
+    if size > max_bytes:  # it grew after fstat, or it does not report its size
+        raise FileRefused(f"file is over the limit of {max_bytes} bytes", _TOO_LARGE)
     return b"".join(chunks)
 
 
@@ -154,21 +150,14 @@ def read_text(path: str, display: str, max_bytes: int = DEFAULT_MAX_BYTES) -> tu
 def decode_text(raw: bytes, display: str) -> tuple[str | None, list[Problem]]:
     """Decode bytes as UTF-8 (a BOM is allowed), rejecting binary content with its line."""
     if b"\x00" in raw:
-        line = raw[: raw.index(b"\x00")].count(b"\n") + 1
-        return None, [
-            Problem("this is binary data, not text (NUL byte found)", Location(display, line), "give a YAML text file")
-        ]
+        at = Location(display, raw[: raw.index(b"\x00")].count(b"\n") + 1)
+        return None, [Problem("this is binary data, not text (NUL byte found)", at, "give a YAML text file")]
     try:
         return raw.decode("utf-8-sig"), []
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        return None, [
-            Problem(
-                f"not UTF-8 text (invalid byte 0x{raw[exc.start]:02x} at offset {exc.start})",
-                Location(display, line),
-                "save the file as UTF-8",
-            )
-        ]
+        at = Location(display, raw[: exc.start].count(b"\n") + 1)
+        message = f"not UTF-8 text (invalid byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+        return None, [Problem(message, at, "save the file as UTF-8")]
 
 
 def load_yaml(
@@ -190,7 +179,7 @@ def load_yaml(
         return Loaded(None, [*loader.problems, Problem(f"not valid YAML: {exc}", Location(display))])
     except RecursionError:
         return Loaded(None, [Problem("YAML nesting is too deep", Location(display))])
-    except _Refused as exc:
+    except UserError as exc:  # refused while reading (an alias bomb, a misused !env)
         return Loaded(None, [*loader.problems, exc.problem])
     except ValueError as exc:  # a too-long integer under an explicit tag
         return Loaded(None, [*loader.problems, too_long_number(exc, Location(display))])
@@ -257,13 +246,13 @@ def _alias(loader: Any, event: Any) -> Any:
     value, size = loader.anchored[event.anchor]
     if size is None:  # the anchor's own value is still being read
         at = Location(loader.display, event.start_mark.line + 1)
-        raise _Refused(Problem("recursive YAML alias", at, "an anchor may not refer to itself"))
+        raise UserError("recursive YAML alias", at, "an anchor may not refer to itself")
     loader.expanded += size
     if loader.expanded - loader.nodes > loader.max_alias_nodes:
         limit = f"limit: {loader.max_alias_nodes} added by aliases"
         message = f"YAML aliases expand to {loader.expanded} nodes from {loader.nodes} ({limit})"
         hint = "this looks like an alias bomb; write the data out instead of nesting aliases"
-        raise _Refused(Problem(message, Location(loader.display, loader.root_line), hint))
+        raise UserError(message, Location(loader.display, loader.root_line), hint)
     return value
 
 
@@ -370,25 +359,18 @@ def _scalar(loader: _PositionLoader, node: yaml.ScalarNode) -> Any:
 
 
 def _env_ref(loader: _PositionLoader, tagged: Any) -> EnvRef:
-    """``!env NAME`` (the event that starts it): a reference to be resolved at render time. A misused
-    tag ends the load, as any other unreadable YAML does."""
+    """``!env NAME``: a reference resolved at render time; a misused tag ends the load, as bad YAML does."""
     line = tagged.start_mark.line + 1
     name = tagged.value if type(tagged) is yaml.ScalarEvent else None
     if name is None or not _ENV_NAME.fullmatch(name):
         kind = "a mapping" if type(tagged) is yaml.MappingStartEvent else "a sequence"
         message = f"{ENV_TAG} takes the name of an environment variable (letters, digits and _), got "
         hint = "write the variable's name after the tag, e.g. password: !env CW_PASSWORD"
-        raise _Refused(Problem(message + (kind if name is None else short(name)), Location(loader.display, line), hint))
+        raise UserError(message + (kind if name is None else short(name)), Location(loader.display, line), hint)
     ref = EnvRef(name)
     ref.line = line
     loader.env_refs.append(ref)
     return ref
-
-
-class _Refused(Exception):
-    def __init__(self, problem: Problem):
-        super().__init__(problem.message)
-        self.problem = problem
 
 
 def too_long_number(exc: ValueError, where: Location, hint: str = "quote it to keep it as a string") -> Problem:

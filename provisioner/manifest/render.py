@@ -166,7 +166,7 @@ class Renderer:
         self._scrub_values: list[str] | None = None
 
     def context(self, item: Any = jinja2.utils.missing) -> dict[str, Any]:
-        scope = {"env": self.env, "inputs": self.inputs}
+        scope = {**self._jinja.variables, "env": self.env, "inputs": self.inputs}
         if item is not jinja2.utils.missing:
             scope["item"] = item
         return scope

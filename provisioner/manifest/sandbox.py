@@ -89,7 +89,10 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
     def __init__(self, **options: Any):
         super().__init__(**options)
         self.filters = {name: self._capped(name, f) for name, f in self.filters.items()}
-        self.globals["lipsum"] = self._lipsum
+        # Jinja copies a template's globals (a ChainMap) key by key on every render: they travel in
+        # each render's variables instead (Renderer.context), copied as one dict
+        self.variables: dict[str, Any] = {**self.globals, "lipsum": self._lipsum}
+        self.globals.clear()
 
     @contextmanager
     def budget(self) -> Iterator[None]:

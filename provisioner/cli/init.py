@@ -9,7 +9,6 @@ import json
 import os
 import re
 from importlib import resources
-from typing import Any
 
 import click
 
@@ -94,17 +93,13 @@ def _create(path: str, text: str) -> None:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def _examples() -> Any:
-    """The pipeline examples: packaged as provisioner.pipelines, or examples/pipelines in a checkout."""
-    try:
-        return resources.files("provisioner.pipelines")
-    except ModuleNotFoundError:
-        return resources.files("provisioner") / ".." / "examples" / "pipelines"
-
-
 def _pipeline(example: str, starter: Starter, manifest: str) -> str:
     """The example pipeline for this manifest: its path, and its variables where the example has its own."""
-    text = _examples().joinpath(example).read_text(encoding="utf-8")
+    try:  # packaged as provisioner.pipelines, or examples/pipelines in a checkout
+        examples = resources.files("provisioner.pipelines")
+    except ModuleNotFoundError:
+        examples = resources.files("provisioner") / ".." / "examples" / "pipelines"
+    text = examples.joinpath(example).read_text(encoding="utf-8")
     names = [name for name, _, _ in starter.variables]
     text = re.sub(r"(?m)^(\s*(?:PROVISIONER_)?MANIFEST: ).*$", lambda m: m[1] + manifest, text)
     text = re.sub(r"(?m)^# The test suite runs .*\n", "", text)

@@ -1,5 +1,5 @@
-"""Reporters, not prints: the text and JSON ones implement ``Reporter`` here (Markdown in ``markdown.py``);
-``run.REPORTERS`` chooses one by ``--output``.
+"""Reporters, not prints: the text and JSON ones here (Markdown in ``markdown.py``), each method one
+outcome of a command; ``run.REPORTERS`` chooses one by ``--output``.
 
 Results go to stdout, problems and logs to stderr. Every byte passes through the redactor (a JSON
 document string by string, before it is encoded), then ``escape``: no non-printable character from a
@@ -13,7 +13,7 @@ import io
 import json
 from collections import Counter
 from collections.abc import Iterable
-from typing import IO, Any, Protocol, cast
+from typing import IO, Any, cast
 
 from ..api.stats import plural
 from ..closedsets import assert_never
@@ -28,37 +28,22 @@ from ..secret import MASK, MIN_REDACT_LENGTH, REDACTOR, SENSITIVE, Secret, escap
 FORMAT_VERSION = 1
 
 
-def _looks(action: Action) -> tuple[str, str, str | None]:
-    """How an action shows: its symbol, its colour, and its past tense once done (writes only)."""
-    match action:
-        case Action.CREATE:
-            return "+", "green", "created"
-        case Action.UPDATE:
-            return "~", "yellow", "updated"
-        case Action.RENAME:
-            return ">", "yellow", "renamed"
-        case Action.REPLACE:
-            return "-/+", "magenta", "replaced"
-        case Action.DELETE:
-            return "-", "red", "deleted"
-        case Action.ADOPT:
-            return "<=", "cyan", "adopted"
-        case Action.DISABLE | Action.ENABLE:
-            return ("||", "yellow", "disabled") if action == Action.DISABLE else ("|>", "green", "enabled")
-        case Action.REAUTHENTICATE:
-            return "@", "cyan", "re-authenticated"
-        case Action.CONFLICT:
-            return "!", "red", None
-        case Action.NOOP:
-            return "=", "dim", None
-        case Action.PROTECTED:
-            return "#", "red", None
-        case _:
-            assert_never(action)
-
-
-_SYMBOLS: dict[Action, tuple[str, str]] = {a: _looks(a)[:2] for a in Action}
-_PAST: dict[Action, str] = {a: past for a in Action if (past := _looks(a)[2]) is not None}
+_LOOKS: dict[Action, tuple[str, str, str | None]] = {  # symbol, colour, past tense once done (writes only)
+    Action.CREATE: ("+", "green", "created"),
+    Action.UPDATE: ("~", "yellow", "updated"),
+    Action.RENAME: (">", "yellow", "renamed"),
+    Action.REPLACE: ("-/+", "magenta", "replaced"),
+    Action.DELETE: ("-", "red", "deleted"),
+    Action.ADOPT: ("<=", "cyan", "adopted"),
+    Action.DISABLE: ("||", "yellow", "disabled"),
+    Action.ENABLE: ("|>", "green", "enabled"),
+    Action.REAUTHENTICATE: ("@", "cyan", "re-authenticated"),
+    Action.CONFLICT: ("!", "red", None),
+    Action.NOOP: ("=", "dim", None),
+    Action.PROTECTED: ("#", "red", None),
+}
+_SYMBOLS: dict[Action, tuple[str, str]] = {a: _LOOKS[a][:2] for a in Action}  # every action: a KeyError at import
+_PAST: dict[Action, str] = {a: past for a in Action if (past := _LOOKS[a][2]) is not None}
 _SUMMARY = (  # the order of apply's summary line
     *(Action.ADOPT, Action.CREATE, Action.UPDATE, Action.RENAME, Action.REPLACE, Action.DELETE),
     *(Action.DISABLE, Action.ENABLE, Action.REAUTHENTICATE),
@@ -136,24 +121,6 @@ class StyledStream:
                 self._console.print(escape(REDACTOR.redact(text)), style=style or None)
         elif lines:
             self.raw.write_lines(text for _, text in lines)
-
-
-class Reporter(Protocol):
-    """What a command reports, each method one outcome; results on stdout, the rest on stderr."""
-
-    def validated(self, manifest: str, count: int, problems: Iterable[Problem]) -> None: ...
-    def problems(self, command: str, problems: Iterable[Problem]) -> None: ...
-    def plan(self, plan: Plan, command: str = "plan") -> None: ...
-    def applied(
-        self, result: ApplyResult, stats: dict[str, Any], command: str = "apply", outputs: str | None = None
-    ) -> None: ...
-    def drift(self, report: DriftReport, stats: dict[str, Any]) -> None: ...
-    def health(self, report: health.HealthReport, stats: dict[str, Any]) -> None: ...
-    def error(self, command: str, message: str, hint: str | None = None) -> None: ...
-    def document(self, command: str, data: dict[str, Any], lines: list[str]) -> None:
-        """The result of a command that is neither a plan nor an apply (schemas, import, render)."""
-
-    def info(self, text: str) -> None: ...
 
 
 def result_json(result: ChangeResult) -> dict[str, Any]:
@@ -338,10 +305,14 @@ class TextReporter:
         self.err.print(f"error: {message}" + (f" (hint: {hint})" if hint else ""), style="red")
 
     def document(self, command: str, data: dict[str, Any], lines: list[str]) -> None:
+        """The result of a command that is neither a plan nor an apply (schemas, import, render)."""
         self.out.lines([("", line) for line in lines])
 
     def info(self, text: str) -> None:
         self.err.lines([("", text)])
+
+
+Reporter = JsonReporter | TextReporter
 
 
 def plan_summary(counts: dict[Action, int]) -> str:

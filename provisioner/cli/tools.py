@@ -20,11 +20,6 @@ from .options import CATALOG_OPTIONS, ENV_CATALOG, ENV_EMULATOR, CatalogArgs, Co
 from .run import EXIT_OK, Run, command
 
 
-@click.group(epilog=ENV_CATALOG)
-def schemas() -> None:
-    """Element schemas written from the API's own element definitions."""
-
-
 @contextmanager
 def _catalog(run: Run, args: CatalogArgs) -> Iterator[Any]:
     from ..api import pull
@@ -82,8 +77,9 @@ def schemas_list(run: Run, args: CatalogArgs) -> int:
     return EXIT_OK
 
 
-schemas.add_command(schemas_pull)
-schemas.add_command(schemas_list)
+@click.group(commands=[schemas_pull, schemas_list], epilog=ENV_CATALOG)
+def schemas() -> None:
+    """Element schemas written from the API's own element definitions."""
 
 
 @command(EmulatorArgs, epilog=ENV_EMULATOR)
@@ -127,8 +123,7 @@ def emulator(run: Run, args: EmulatorArgs) -> int:
         faults = FaultConfig.parse(args.fault_text) if args.fault_text else FaultConfig.from_env()
     except ValueError as exc:
         raise UserError(f"bad fault specification: {exc}", hint="see provisioner emulator --help") from None
-    overrides = {k: v for k, v in (("latency_ms", args.latency_ms), ("seed", args.seed)) if v is not None}
-    faults = faults.merged(**overrides) if overrides else faults
+    faults = faults.merged(latency_ms=args.latency_ms, seed=args.seed)  # None: not given
     try:
         _private_db(args.db_path)
         server = Emulator(

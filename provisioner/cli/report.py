@@ -101,10 +101,6 @@ class StyledStream:
             file = cast(IO[str], RedactingWriter(stream, styled=True))
             self._console = Console(file=file, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
-    @property
-    def is_terminal(self) -> bool:
-        return self._console is not None
-
     def print(self, text: str, style: str | None = None) -> None:
         """Text of one or more lines (its line breaks kept)."""
         if self._console is not None:
@@ -165,12 +161,11 @@ class JsonReporter:
         self._emit(command, False, problems=[p.to_json() for p in problems])
 
     def plan(self, plan: Plan, command: str = "plan") -> None:
-        changes = [c.to_json() for c in plan.changes]
         self._emit(
             command,
             not plan.has_refusals,
             stack=plan.stack,
-            changes=changes,
+            changes=[c.to_json() for c in plan.changes],
             summary=plan.counts(),
             warnings=plan.warnings,
         )
@@ -248,7 +243,8 @@ class TextReporter:
     def problems(self, command: str, problems: Iterable[Problem]) -> None:
         problems = list(problems)
         for problem in problems:
-            self.err.print(f"{problem.severity}: {problem.format()}", style=_severity_style(problem.severity))
+            style = "red" if problem.severity == Severity.ERROR else "yellow"
+            self.err.print(f"{problem.severity}: {problem.format()}", style=style)
         errors = sum(1 for p in problems if p.severity == Severity.ERROR)
         self.err.print(f"{errors} problem{'s' if errors != 1 else ''} found; nothing was sent to the API.")
 
@@ -333,16 +329,6 @@ def _destroy_summary(counts: dict[Action, int], done: dict[Status, int] | None =
     failed = f", {done[Status.FAILED]} failed" if done[Status.FAILED] else ""
     skipped = f", {done[Status.SKIPPED]} skipped" if done[Status.SKIPPED] else ""
     return f"Destroy: {done[Status.OK]} deleted{failed}{skipped}{refused}."
-
-
-def _severity_style(severity: Severity) -> str:
-    match severity:
-        case Severity.ERROR:
-            return "red"
-        case Severity.WARNING:
-            return "yellow"
-        case _:
-            assert_never(severity)
 
 
 def drift_summary(report: DriftReport) -> str:

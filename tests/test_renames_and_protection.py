@@ -111,6 +111,20 @@ def test_protected_instance_survives_prune_and_destroy_until_named(cli, db):
     assert db.instances() == [] and [m for m, _ in writes(db)] == ["DELETE"]
 
 
+def test_a_markdown_apply_report_names_the_protected_refusal_and_fails(cli, db):
+    text = manifest_text(count=2).replace("- name: helpdesk-1\n", "- name: helpdesk-1\n    protect: true\n")
+    manifest = write(cli.cwd, "m.yaml", text)
+    assert cli.run("apply", manifest).returncode == 0
+    write(cli.cwd, "m.yaml", manifest_text(count=1))  # helpdesk-1's entry is gone; its marker is on the server
+    plan = cli.run("plan", manifest, "--prune", "-o", "markdown")
+    assert plan.returncode == 1 and "No changes" not in plan.stdout and "| protected | 1 |" in plan.stdout
+    pruned = cli.run("apply", manifest, "--prune", "-o", "markdown")
+    assert pruned.returncode == 1
+    assert pruned.stdout.startswith("### provisioner apply: stack `tests`\n\n**Failed.**"), pruned.stdout
+    assert "helpdesk-1" in pruned.stdout and "protected" in pruned.stdout
+    assert sorted(by_name(db)) == ["helpdesk-0", "helpdesk-1"]  # the protected one is kept
+
+
 def test_protection_from_an_expression_per_environment_and_protect_false_removes_it(cli, db):
     text = manifest_text(count=1, extra="inputs:\n  environment: staging\n").replace(
         "- name: helpdesk-0\n", "- name: helpdesk-0\n    protect: \"{{ inputs.environment == 'prod' }}\"\n"

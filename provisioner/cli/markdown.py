@@ -15,7 +15,7 @@ from ..engine import health
 from ..engine.apply import ApplyResult, ChangeResult, Status
 from ..engine.diff import DiffOp, FieldDiff
 from ..engine.drift import CATEGORIES, DriftReport, Finding
-from ..engine.plan import ACTIONS, WRITES, Action, Change, Plan
+from ..engine.plan import ACTIONS, REFUSALS, WRITES, Action, Change, Plan
 from ..secret import escape
 from .report import _PAST, _SYMBOLS, LIST_LIMIT, TextReporter, _request, done_counts, drift_summary, drift_values, shown
 
@@ -118,7 +118,7 @@ class MarkdownReporter(TextReporter):
         self._write(
             f"### provisioner {command}: stack {code(plan.stack)}",
             "No changes: the instances match the manifest."
-            if not plan.has_changes and not plan.has_conflicts
+            if not plan.has_changes and not plan.has_refusals
             else f"{sum(counts[a] for a in WRITES)} change(s) pending.",
             table(("action", "instances"), [(_LABELS.get(a, a), counts[a]) for a in ACTIONS]),
             *_warnings(plan.warnings),
@@ -134,10 +134,10 @@ class MarkdownReporter(TextReporter):
             *status.items(),
             ("unchanged", result.plan.counts()[Action.NOOP]),
         ]
-        writes = [r for r in result.results if r.change.is_write or r.change.action == Action.CONFLICT]
+        writes = [r for r in result.results if r.change.is_write or r.change.action in REFUSALS]
         blocks = [
             f"### provisioner {command}: stack {code(result.plan.stack)}",
-            ("OK." if result.ok and not result.plan.has_conflicts else "**Failed.**") + " " + _traffic(stats),
+            ("OK." if result.ok and not result.plan.has_refusals else "**Failed.**") + " " + _traffic(stats),
             table(("result", "instances"), rows),
             *_warnings(result.plan.warnings, result.notes),
         ]

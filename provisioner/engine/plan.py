@@ -104,10 +104,6 @@ class Plan:
         return any(c.is_write for c in self.changes)
 
     @property
-    def has_conflicts(self) -> bool:
-        return any(c.action == Action.CONFLICT for c in self.changes)
-
-    @property
     def has_refusals(self) -> bool:
         """Conflicts and protected instances: shown, not executed, exit 1."""
         return any(c.action in REFUSALS for c in self.changes)

@@ -206,8 +206,7 @@ class ReadOnlyClient:
     # -- paging -----------------------------------------------------------------------------
 
     def _page(self, params: list[tuple[str, str]], token: str) -> Answer | None:
-        """One page, unparsed; None for the documented empty answer to the first page: 404 with the
-        message "No instances found", exactly. Any other 404 is an error naming the URL."""
+        """One page, unparsed; None for the documented empty answer to the first page (EMPTY_LISTING)."""
         paging = [("pageSize", str(self.settings.page_size)), *params, *([("nextPage", token)] if token else [])]
         try:
             return self._call("GET", "/instances", params=paging)
@@ -287,9 +286,7 @@ class ReadOnlyClient:
         self, error: ApiError | TransportError, attempt: int, started: float, delay: float
     ) -> tuple[str, Exception] | None:
         """None if ``error`` may be tried again after ``delay`` seconds, else (why, for the trace; the
-        error the call ends with). 429, 5xx and most transport errors may, within the attempts and the
-        retry budget. A network failure names the attempts, the time and what to check; a Retry-After
-        longer than the whole retry budget is WaitTooLong (the run stops)."""
+        error the call ends with: WaitTooLong, which stops the run, for a Retry-After past the budget)."""
         settings, spent = self.settings, time.monotonic() - started
         if not (
             error.retryable if isinstance(error, TransportError) else isinstance(error, (RateLimited, ServerError))

@@ -93,12 +93,8 @@ def error_details(answer: Answer) -> tuple[str, str, str | None]:
         return "", "unexpected redirect (not followed)", None
     kind = (answer.headers.get("Content-Type") or "no content type").split(";")[0].strip()
     reason = server_text(answer.reason or "", 60)
-    return (
-        "",
-        f"{reason + ', ' if reason else ''}no JSON error message ({len(answer.content)} bytes of "
-        f"{sanitize(kind)[:60]})",
-        None,
-    )
+    described = f"{len(answer.content)} bytes of {sanitize(kind)[:60]}"
+    return "", f"{reason + ', ' if reason else ''}no JSON error message ({described})", None
 
 
 def server_text(text: str, limit: int = MAX_MESSAGE) -> str:

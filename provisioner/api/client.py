@@ -120,7 +120,7 @@ class ReadOnlyClient:
         self._secrets = (Secret(user_secret), Secret(organization_secret))  # revealed only in each header
         from .transport import Transport  # imported here: validate and render never load requests
 
-        self._transport = Transport(self._base, settings.parallelism, self.stop)
+        self._transport = Transport(self._base, settings, self.stop)
 
     def close(self) -> None:
         self._transport.close()
@@ -206,8 +206,7 @@ class ReadOnlyClient:
     # -- paging -----------------------------------------------------------------------------
 
     def _page(self, params: list[tuple[str, str]], token: str) -> Answer | None:
-        """One page, unparsed; None for the documented empty answer to the first page: 404 with the
-        message "No instances found", exactly. Any other 404 is an error naming the URL."""
+        """One page, unparsed; None for the documented empty answer to the first page (EMPTY_LISTING)."""
         paging = [("pageSize", str(self.settings.page_size)), *params, *([("nextPage", token)] if token else [])]
         try:
             return self._call("GET", "/instances", params=paging)
@@ -245,12 +244,15 @@ class ReadOnlyClient:
             raise RuntimeError(f"a read-only client cannot send {method}")
         data = None if body is None else json.dumps(body, default=json_default).encode("utf-8")
         shown = _display(path, params)
+        authorization = f"User {self._secrets[0].reveal()}, Organization {self._secrets[1].reveal()}"
+        if element is not None:
+            authorization += f", Element {element.reveal()}"
         url = self._base + path + (f"?{urlencode(params)}" if params else "")
         settings, started, attempt = self.settings, time.monotonic(), 0
         while True:
             attempt += 1
             t0 = time.monotonic()
-            outcome = self._send(method, url, data, shown, started, attempt, element)
+            outcome = self._send(method, url, data, shown, authorization, started, attempt)
             self.stats.record(method, getattr(outcome, "status", None), retry=attempt > 1)
             what = f"error: {outcome.message}" if isinstance(outcome, TransportError) else outcome.status
             line = f"HTTP {method} {shown} -> {what} ({round((time.monotonic() - t0) * 1000)} ms)"
@@ -284,9 +286,7 @@ class ReadOnlyClient:
         self, error: ApiError | TransportError, attempt: int, started: float, delay: float
     ) -> tuple[str, Exception] | None:
         """None if ``error`` may be tried again after ``delay`` seconds, else (why, for the trace; the
-        error the call ends with). 429, 5xx and most transport errors may, within the attempts and the
-        retry budget. A network failure names the attempts, the time and what to check; a Retry-After
-        longer than the whole retry budget is WaitTooLong (the run stops)."""
+        error the call ends with: WaitTooLong, which stops the run, for a Retry-After past the budget)."""
         settings, spent = self.settings, time.monotonic() - started
         if not (
             error.retryable if isinstance(error, TransportError) else isinstance(error, (RateLimited, ServerError))
@@ -307,14 +307,7 @@ class ReadOnlyClient:
         return why, error
 
     def _send(
-        self,
-        method: str,
-        url: str,
-        data: bytes | None,
-        shown: str,
-        started: float,
-        attempt: int,
-        element: Secret | None,
+        self, method: str, url: str, data: bytes | None, shown: str, authorization: str, started: float, attempt: int
     ) -> Answer | ApiError | TransportError:
         """One attempt: wait for the rate budget, then one HTTP exchange; the 2xx answer, or the error it
         maps to (not raised yet). The first attempt has the whole ``deadline``; a retry ends with the
@@ -334,14 +327,8 @@ class ReadOnlyClient:
         deadline = settings.deadline
         if attempt > 1:
             deadline = max(0.1, min(deadline, budget_ends - time.monotonic()))
-        authorization = f"User {self._secrets[0].reveal()}, Organization {self._secrets[1].reveal()}"
-        if element is not None:
-            authorization += f", Element {element.reveal()}"
-        timeout = (settings.connect_timeout, min(settings.read_timeout, deadline))
         try:
-            answer = self._transport.send(
-                method, url, data, authorization, timeout, deadline, settings.max_answer_bytes
-            )
+            answer = self._transport.send(method, url, data, authorization, deadline)
         except TransportError as exc:
             exc.method, exc.path, exc.url = method, shown, self._base
             return exc

@@ -107,10 +107,9 @@ def read_live(
         instances = [i for i in instances if i.owned_by(stack)]
     if not configuration:
         return instances
-    wanted = hydrate or (lambda _instance: False)
     return [  # an API whose list omits configuration: one GET per instance that needs it (ours never does)
         LiveInstance.from_api(client.get_instance(i.id))
-        if i.configuration is None and (i.owned_by(stack) or wanted(i))
+        if i.configuration is None and (i.owned_by(stack) or (hydrate is not None and hydrate(i)))
         else i
         for i in instances
     ]

@@ -82,6 +82,12 @@ def element_schema(element: Mapping[str, Any], records: list[Mapping[str, Any]])
     if oauth and not any(r.get("key") == OAUTH_REFRESH_TOKEN for r in kept):
         kept.append(_REFRESH_TOKEN_RECORD)
     conditions = {str(r["key"]): r.get("x-requiredWhen") for r in kept if record_field(r, "required")}
+    reported = element.get("x-reportedKey")
+    reported_keys = list(dict.fromkeys([key, *([reported] if reported else [])]))
+    meta: dict[str, Any] = {"element": key, "reportedKeys": reported_keys}
+    if oauth:
+        when = conditions.get("oauth.api.key")  # the OAuth path is the one that needs the app's key
+        meta["oauth"] = {"when": when} if when else True
     schema: dict[str, Any] = {
         "$schema": SCHEMA_DIALECT,
         "$id": SCHEMA_ID.format(key=key),
@@ -89,15 +95,13 @@ def element_schema(element: Mapping[str, Any], records: list[Mapping[str, Any]])
         "type": "object",
         "additionalProperties": False,
         "properties": {str(r["key"]): _property(r, str(r["key"]) in conditions) for r in kept},
-        "x-provisioner": _meta(element, conditions),
+        "x-provisioner": meta,
     }
     if element.get("description"):
         schema["description"] = str(element["description"])
-    always = [k for k, when in conditions.items() if not when and "default" not in schema["properties"][k]]
-    if always:
+    if always := [k for k, when in conditions.items() if not when and "default" not in schema["properties"][k]]:
         schema["required"] = always
-    rules = _conditional(conditions, schema["properties"])
-    if rules:
+    if rules := _conditional(conditions, schema["properties"]):
         schema["allOf"] = rules
     return schema
 
@@ -166,28 +170,16 @@ def _default(value: Any, prop: Mapping[str, Any]) -> Any:
     return text
 
 
-def _meta(element: Mapping[str, Any], conditions: Mapping[str, Any]) -> dict[str, Any]:
-    key = str(element["key"])
-    reported = element.get("x-reportedKey")
-    reported_keys = list(dict.fromkeys([key, *([reported] if reported else [])]))
-    meta: dict[str, Any] = {"element": key, "reportedKeys": reported_keys}
-    if element.get("typeOauth"):
-        when = conditions.get("oauth.api.key")  # the OAuth path is the one that needs the app's key
-        meta["oauth"] = {"when": when} if when else True
-    return meta
-
-
 def _conditional(conditions: Mapping[str, Any], properties: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Keys required only when another key has one of some values (``x-requiredWhen``, which only the
     emulator serves): one if/then per condition. When the other key's default is among the values,
     the condition also holds while it is absent."""
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, tuple[Mapping[str, Any], list[str]]] = {}  # keys by the condition they share
     for key, when in conditions.items():
         if when and "default" not in properties[key]:
-            groups.setdefault(json.dumps(when, sort_keys=True), []).append(key)
+            groups.setdefault(json.dumps(when, sort_keys=True), (when, []))[1].append(key)
     rules = []
-    for text, keys in groups.items():
-        when = json.loads(text)
+    for when, keys in groups.values():
         test: dict[str, Any] = {"properties": {k: {"enum": list(v)} for k, v in when.items()}}
         absent_ok = all(properties.get(k, {}).get("default") in v for k, v in when.items())
         if not absent_ok:

@@ -26,7 +26,7 @@ import ssl
 import time
 import zlib
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlsplit
 
 import requests
@@ -37,6 +37,9 @@ from .. import __version__
 from ..errors import TransportError, UserError
 from ..interrupt import STOP_GRACE, StopFlag
 from ..secret import REDACTOR
+
+if TYPE_CHECKING:
+    from .client import ClientSettings
 
 CLIENT_CERT_ENV = "CE_CLIENT_CERT"
 CLIENT_KEY_ENV = "CE_CLIENT_KEY"
@@ -58,9 +61,10 @@ class Transport:
     ``TransportError``: ``ambiguous`` when the request may have reached the server, ``retryable``
     unless trying again cannot help (a refused certificate or proxy credentials)."""
 
-    def __init__(self, base_url: str, parallelism: int, stop: StopFlag):
+    def __init__(self, base_url: str, settings: ClientSettings, stop: StopFlag):
         parts = urlsplit(base_url)
         self._stop = stop
+        self._settings = settings
         self.session = requests.Session()
         self.session.trust_env = False  # read once below, not on every request
         self.session.verify = _ca_bundle() if parts.scheme == "https" else True
@@ -73,25 +77,19 @@ class Transport:
                 "User-Agent": f"provisioner/{__version__}",
             }
         )
-        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=max(1, parallelism), max_retries=0)
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=1, pool_maxsize=max(1, settings.parallelism), max_retries=0
+        )
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         proxy = self.session.proxies.get(parts.scheme)
         self.proxy_display = _without_credentials(proxy) if proxy else ""
 
-    def send(
-        self,
-        method: str,
-        url: str,
-        body: bytes | None,
-        authorization: str,
-        timeout: tuple[float, float],
-        deadline: float,
-        max_bytes: int,
-    ) -> Answer:
+    def send(self, method: str, url: str, body: bytes | None, authorization: str, deadline: float) -> Answer:
         """One exchange, its answer read in full, failed once ``deadline`` seconds have passed or past
-        ``max_bytes`` (decompressed). In the main thread a signal raises ``Interrupted``."""
+        ``max_answer_bytes`` (decompressed). In the main thread a signal raises ``Interrupted``."""
         ends = time.monotonic() + deadline
+        settings = self._settings
         try:
             with (
                 self._stop.waiting(deadline),
@@ -100,12 +98,12 @@ class Transport:
                     url,
                     data=body,
                     headers={"Authorization": authorization},
-                    timeout=timeout,
+                    timeout=(settings.connect_timeout, min(settings.read_timeout, deadline)),
                     stream=True,
                     allow_redirects=False,
                 ) as response,
             ):
-                content = self._read(response, ends, deadline, max_bytes)
+                content = self._read(response, ends, deadline, settings.max_answer_bytes)
                 return Answer(response.status_code, content, response.headers, response.reason or "")
         except (requests.RequestException, OSError) as exc:
             raise self._failed(exc, ends, deadline) from exc
@@ -176,9 +174,7 @@ def _client_cert() -> str | tuple[str, str] | None:
     for name, path in ((CLIENT_CERT_ENV, cert), (CLIENT_KEY_ENV, key)):
         if path and not os.path.isfile(path):
             raise UserError(f"{name} names {path!r}, which is not a readable file", hint=f"check {name}")
-    if cert and key:
-        return (cert, key)
-    return cert
+    return (cert, key) if cert and key else cert
 
 
 def _environ_proxies(base_url: str) -> dict[str, str]:

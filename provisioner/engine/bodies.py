@@ -31,10 +31,9 @@ def all_tags(
 ) -> list[str]:
     """User tags, the stack marker, the fingerprints, the protection marker and the applied record; tags
     and protection the manifest does not declare are kept from the live instance."""
-    mine = list(desired.tags) if desired.tags is not None else user_tags(live_tags)
+    mine = list(dict.fromkeys(desired.tags if desired.tags is not None else user_tags(live_tags)))
     fps = fingerprint_tags(fp.key, fp.stack, desired.name, desired.configuration, schema.secret_keys)
     protect = desired.protect if desired.protect is not None else PROTECT_TAG in live_tags
-    mine = list(dict.fromkeys(mine))
     applied = applied_tag(desired, schema, fp, mine, protect)
     return [*mine, stack_marker(fp.stack), *fps, *([PROTECT_TAG] if protect else []), applied]
 

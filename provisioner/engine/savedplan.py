@@ -212,12 +212,10 @@ def write(path: str, doc: dict) -> None:
 
 
 def _change(change: Change, validated: Validated, connection: Connection) -> dict:
-    data = change.to_json()
-    data["warning"] = change.warning
-    data["live"] = None
+    live = None
     if change.live is not None and (change.is_write or change.action == Action.PROTECTED):
-        data["live"] = {"id": change.live.id, "fields": _live_digests(change, validated, connection)}
-    return data
+        live = {"id": change.live.id, "fields": _live_digests(change, validated, connection)}
+    return {**change.to_json(), "warning": change.warning, "live": live}
 
 
 def _live_digests(change: Change, validated: Validated, connection: Connection) -> dict[str, str]:
@@ -225,8 +223,7 @@ def _live_digests(change: Change, validated: Validated, connection: Connection) 
     assert live is not None
     fields: dict[str, Any] = {"name": live.name, "element": live.element, "tags": sorted(live.tags)}
     fields["enabled"] = not live.disabled
-    schema = validated.registry.get(change.desired.element) if change.desired is not None else None
-    if change.desired is not None and schema is not None:
+    if change.desired is not None and (schema := validated.registry.get(change.desired.element)) is not None:
         for path in desired_fields(change.desired, schema):
             if path.section == "configuration":
                 fields[str(path)] = live_value(live, path, schema)

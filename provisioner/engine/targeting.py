@@ -13,8 +13,6 @@ from typing import Any
 from ..errors import UserError
 from ..ownership import user_tags
 
-_KINDS = ("element", "tag")
-
 
 @dataclass(frozen=True)
 class Pattern:
@@ -37,7 +35,7 @@ def parse(text: str, option: str) -> Pattern:
         if not text.strip():
             raise UserError(f"{option} needs a pattern", hint="a name glob (crm-*), element=KEY or tag=T")
         return Pattern("name", text)
-    if key not in _KINDS or not value:
+    if key not in ("element", "tag") or not value:
         raise UserError(f"{option} {text!r} is not a pattern", hint="use a name glob (crm-*), element=KEY or tag=T")
     return Pattern(key, value)
 

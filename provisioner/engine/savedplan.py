@@ -241,8 +241,7 @@ def desired_digests(validated: Validated, connection: Connection, options: PlanO
         assert schema is not None  # validation guarantees the element
         fp = connection.fingerprints[desired.target]
         fields = {str(p): v for p, v in desired_fields(desired, schema).items()}
-        fields["previousNames"] = list(desired.previous_names)
-        fields["enabled"] = desired.enabled
+        fields |= {"previousNames": list(desired.previous_names), "enabled": desired.enabled}
         for key in sorted(schema.secret_keys & set(desired.configuration)):
             fields[str(FieldPath.config(key))] = fingerprint(
                 fp.key, fp.stack, desired.name, key, desired.configuration[key]

@@ -108,7 +108,6 @@ class Plan:
 
     @property
     def has_refusals(self) -> bool:
-        """Conflicts and protected instances: shown, not executed, exit 1."""
         return any(c.action in REFUSALS for c in self.changes)
 
     @property

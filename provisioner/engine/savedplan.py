@@ -65,11 +65,6 @@ class SavedPlan:
             self.data["local"],
         )
 
-    @property
-    def touched(self) -> set[tuple[str, str]]:
-        """(target, name) of every instance the plan writes: the only ones its checks are about."""
-        return {(c["target"], c["name"]) for c in self.data["changes"] if c["action"] in WRITES}
-
     def as_plan(self) -> Plan:
         """The saved plan as the value ``plan`` showed (for ``show``)."""
         changes = tuple(
@@ -320,7 +315,7 @@ def _refuse(saved: SavedPlan, problems: list[str]) -> None:
 
 
 def _desired_problems(saved: SavedPlan, validated: Validated, connection: Connection) -> list[str]:
-    touched = {f"{target}/{name}" for target, name in saved.touched}
+    touched = {f"{c['target']}/{c['name']}" for c in saved.data["changes"] if c["action"] in WRITES}
     then = {k: v for k, v in saved.data["desired"].items() if k in touched}
     now = {k: v for k, v in desired_digests(validated, connection, saved.options).items() if k in touched}
     problems = []

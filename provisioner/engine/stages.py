@@ -81,8 +81,7 @@ def _sorted(problems: list[Problem]) -> list[Problem]:
     first: dict[tuple, Problem] = {}
     count: dict[tuple, int] = {}
     for problem in problems:
-        loc = problem.location
-        key = (loc.file, loc.line, loc.template, loc.template_line, loc.path, problem.message, problem.hint)
+        key = (replace(problem.location, instance=None), problem.message, problem.hint)
         first.setdefault(key, problem)
         count[key] = count.get(key, 0) + 1
     merged = [

@@ -438,8 +438,7 @@ def _create_diff(instance: DesiredInstance) -> tuple[FieldDiff, ...]:
         diffs.append(FieldDiff(DiffOp.ADD, FieldPath("protect"), None, True))
     if not instance.enabled:
         diffs.append(FieldDiff(DiffOp.ADD, FieldPath("enabled"), None, False))
-    for key in sorted(instance.configuration):
-        value = instance.configuration[key]
+    for key, value in sorted(instance.configuration.items()):
         secret = isinstance(value, Secret)
         diffs.append(FieldDiff(DiffOp.ADD, FieldPath.config(key), None, SENSITIVE if secret else value, secret))
     return tuple(diffs)

@@ -19,9 +19,7 @@ class Pattern:
     kind: str  # "name", "element" or "tag"
     value: str
 
-    def matches(
-        self, name: str, element: str | None, tags: Iterable[str], aliases: frozenset[str] = frozenset()
-    ) -> bool:
+    def matches(self, name: str, element: str | None, tags: Iterable[str], aliases: frozenset[str]) -> bool:
         if self.kind == "element":
             return element == self.value or self.value in aliases
         if self.kind == "tag":
@@ -62,7 +60,7 @@ class Selection:
     def selects_desired(self, desired: Any) -> bool:
         return self._selects(desired.name, desired.element, desired.tags or (), frozenset())
 
-    def selects_live(self, live: Any, aliases: frozenset[str] = frozenset()) -> bool:
+    def selects_live(self, live: Any, aliases: frozenset[str]) -> bool:
         return self._selects(live.name, live.element, user_tags(live.tags), aliases)
 
 

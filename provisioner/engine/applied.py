@@ -104,17 +104,13 @@ def applied_tag(desired: Any, schema: ElementSchema, fp: FingerprintContext, tag
     return APPLIED_TAG + "".join(sorted(record_digest(fp, path, value) for path, value in fields.items()))
 
 
-def applied_record(tags: Iterable[Any]) -> frozenset[str] | None:
-    """The digests recorded on a live instance, or None when it carries no record."""
+def applied_record(tags: Iterable[Any]) -> frozenset[str]:
+    """The digests recorded on a live instance (none when it carries no record)."""
     for tag in tags:
         if isinstance(tag, str) and tag.startswith(APPLIED_TAG):
             text = tag[len(APPLIED_TAG) :]
             return frozenset(text[i : i + RECORD_CHARS] for i in range(0, len(text), RECORD_CHARS))
-    return None
-
-
-def was_applied(record: frozenset[str] | None, fp: FingerprintContext, path: FieldPath, value: Any) -> bool:
-    return record is not None and record_digest(fp, path, value) in record
+    return frozenset()
 
 
 def field_digests(key: bytes, fields: Mapping[str, Any], size: int = 16) -> dict[str, str]:

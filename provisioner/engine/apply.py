@@ -60,7 +60,7 @@ from ..ownership import run_tag
 from ..secret import Secret
 from .bodies import adopt_body, create_body, modify_verb, patch_body, put_body
 from .diff import FingerprintContext
-from .plan import Action, Change, Plan
+from .plan import REFUSALS, Action, Change, Plan
 
 
 class Status(StrEnum):
@@ -203,7 +203,7 @@ class Applier:
         for change in self.plan.changes:
             if change.action == Action.NOOP:
                 self._results[id(change)] = ChangeResult(change, Status.OK, id=change.id, token=_live_token(change))
-            elif change.action == Action.CONFLICT:
+            elif change.action in REFUSALS:
                 self._results[id(change)] = ChangeResult(change, Status.SKIPPED, error=change.reason, id=change.id)
             else:
                 writes.append(change)

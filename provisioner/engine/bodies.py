@@ -27,14 +27,13 @@ def modify_verb(change: Change) -> Literal["PUT", "PATCH"]:
 
 
 def all_tags(
-    desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext, live_tags: tuple[str, ...] = ()
+    desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext, live_tags: tuple[str, ...]
 ) -> list[str]:
     """User tags, the stack marker, the fingerprints, the protection marker and the applied record; tags
     and protection the manifest does not declare are kept from the live instance."""
-    mine = list(desired.tags) if desired.tags is not None else user_tags(live_tags)
+    mine = list(dict.fromkeys(desired.tags if desired.tags is not None else user_tags(live_tags)))
     fps = fingerprint_tags(fp.key, fp.stack, desired.name, desired.configuration, schema.secret_keys)
     protect = desired.protect if desired.protect is not None else PROTECT_TAG in live_tags
-    mine = list(dict.fromkeys(mine))
     applied = applied_tag(desired, schema, fp, mine, protect)
     return [*mine, stack_marker(fp.stack), *fps, *([PROTECT_TAG] if protect else []), applied]
 
@@ -50,13 +49,9 @@ def wire_configuration(configuration: Any) -> dict[str, Any]:
 def create_body(
     desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext, run: str | None = None
 ) -> dict[str, Any]:
-    """The create body; ``run`` is the creating run's tag (see ``ownership.run_tag``)."""
-    body = {
-        "name": desired.name,
-        "element": {"key": desired.element},
-        "tags": all_tags(desired, schema, fp) + ([run] if run else []),
-        "configuration": wire_configuration(desired.configuration),
-    }
+    """The create body: the full instance, with ``run``, the creating run's tag (see ``ownership.run_tag``)."""
+    body = put_body(desired, schema, fp, (), ())
+    body["tags"] += [run] if run else []
     if schema.is_oauth and desired.configuration.get(OAUTH_REFRESH_TOKEN) not in (None, ""):
         body["externalAuthentication"] = "initial"  # an existing refresh token: no browser redirect
     return body

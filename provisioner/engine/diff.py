@@ -77,13 +77,11 @@ def diff_configuration(
     secret_keys = schema.secret_keys
     for key in sorted(set(desired) | set(schema.defaults)):  # declared keys and schema defaults
         if key in secret_keys:
-            if key in desired and desired[key] is not None:
-                want = fingerprint(fp.key, fp.stack, name, key, desired[key])
-                if live_fingerprints.get(key) != want:
-                    known = key in live_fingerprints or live.get(key) not in (None, "")
-                    op = DiffOp.CHANGE if known else DiffOp.ADD
-                    old = SENSITIVE if op == DiffOp.CHANGE else None
-                    diffs.append(FieldDiff(op, FieldPath.config(key), old, SENSITIVE, True))
+            value = desired.get(key)
+            if value is not None and live_fingerprints.get(key) != fingerprint(fp.key, fp.stack, name, key, value):
+                known = key in live_fingerprints or live.get(key) not in (None, "")
+                op, old = (DiffOp.CHANGE, SENSITIVE) if known else (DiffOp.ADD, None)
+                diffs.append(FieldDiff(op, FieldPath.config(key), old, SENSITIVE, True))
             continue
         mine, theirs = desired.get(key), live.get(key)
         if type(mine) is type(theirs) and mine == theirs:  # the same value: the same meaning

@@ -17,7 +17,7 @@ from ..api.live import LiveInstance
 from ..manifest.elements import ElementRegistry
 from ..ownership import fingerprints_of, is_unmanaged
 from ..secret import SENSITIVE
-from .applied import applied_record, live_value, was_applied
+from .applied import applied_record, live_value, record_digest
 from .diff import FieldDiff, FieldPath, FingerprintContext
 from .plan import Action, Change, Plan, element_aliases
 
@@ -150,15 +150,14 @@ def _field_findings(
             if diff.path.section == "element"
             else live_value(live, diff.path, schema)
         )
-        kind: Kind = "pending" if was_applied(record, fp, diff.path, value) else "drift"
+        kind: Kind = "pending" if record_digest(fp, diff.path, value) in record else "drift"
         plain[kind].append(DriftField(diff.path, diff.old, diff.new, False, kind))
-    details = {
-        "drift": "changed on the server since provisioner applied it",
-        "pending": "the manifest changed since the last apply; plan shows the change",
-    }
-    for kind in ("drift", "pending"):
+    for kind, detail in (
+        ("drift", "changed on the server since provisioner applied it"),
+        ("pending", "the manifest changed since the last apply; plan shows the change"),
+    ):
         if plain[kind]:
-            found.insert(0, Finding("changed", kind, detail=details[kind], fields=tuple(plain[kind]), **common))
+            found.insert(0, Finding("changed", kind, detail=detail, fields=tuple(plain[kind]), **common))
     return found
 
 

@@ -62,8 +62,7 @@ def import_manifest(
         for instance, schema in chosen:
             entries.append(_entry(instance, schema, target, result))
     result.count = len(entries)
-    document = _header(manifest, out_path)
-    document["instances"] = entries
+    document = {**_header(manifest, out_path), "instances": entries}
     result.text = (
         "# Written by provisioner import: unmanaged instances, to take over with apply --adopt.\n"
         + yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000)

@@ -42,9 +42,7 @@ def format_env(entries: Mapping[str, Mapping[str, Any]]) -> str:
     lines = []
     for name, entry in sorted(entries.items()):
         prefix = env_name(name)
-        lines.append(f"{prefix}_ID={shlex.quote(str(entry.get('id')))}")
-        lines.append(f"{prefix}_ELEMENT={shlex.quote(str(entry.get('element')))}")
-        lines.append(f"{prefix}_TOKEN={shlex.quote(str(reveal(entry.get('token'))))}")
+        lines += [f"{prefix}_{k.upper()}={shlex.quote(str(reveal(entry.get(k))))}" for k in ("id", "element", "token")]
     return "\n".join(lines) + ("\n" if lines else "")
 
 

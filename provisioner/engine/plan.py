@@ -19,10 +19,9 @@ from ..closedsets import StrEnum
 from ..errors import UserError
 from ..manifest.desired import DesiredInstance
 from ..manifest.elements import ElementRegistry
-from ..ownership import is_unmanaged
+from ..ownership import PROTECT_TAG, is_unmanaged
 from ..secret import MASK, SENSITIVE, Secret
 from .diff import DiffOp, FieldDiff, FieldPath, FingerprintContext, diff_instance
-from .protection import is_protected, refusal
 from .targeting import Selection, restrict
 
 
@@ -105,7 +104,6 @@ class Plan:
 
     @property
     def has_refusals(self) -> bool:
-        """Conflicts and protected instances: shown, not executed, exit 1."""
         return any(c.action in REFUSALS for c in self.changes)
 
     @property
@@ -156,6 +154,21 @@ def make_plan(
         wanted = set(options.reauthenticate)
         changes = [_reauthenticated(c) if c.desired is not None and c.name in wanted else c for c in changes]
     return Plan(stack, tuple(changes), options, left_out)
+
+
+def is_protected(live: LiveInstance, desired: DesiredInstance | None, allow_destroy: Iterable[str]) -> bool:
+    """Protection (docs/ownership.md): the ``provisioner:protect`` marker on the server (or declared
+    protection) counts, and only ``--allow-destroy NAME`` lifts it for one run."""
+    marked = PROTECT_TAG in live.tags or (desired is not None and desired.protect is True)
+    names = {live.name} | ({desired.name} if desired is not None else set())
+    return marked and not names & set(allow_destroy)
+
+
+def refusal(what: str) -> str:
+    return (
+        f"protected ({PROTECT_TAG}): {what} refused; pass --allow-destroy NAME to allow it for this run, "
+        "or set protect: false and apply first"
+    )
 
 
 def check_reauthenticate(desired: list[DesiredInstance], registry: ElementRegistry, options: PlanOptions) -> None:
@@ -421,8 +434,7 @@ def _create_diff(instance: DesiredInstance) -> tuple[FieldDiff, ...]:
         diffs.append(FieldDiff(DiffOp.ADD, FieldPath("protect"), None, True))
     if not instance.enabled:
         diffs.append(FieldDiff(DiffOp.ADD, FieldPath("enabled"), None, False))
-    for key in sorted(instance.configuration):
-        value = instance.configuration[key]
+    for key, value in sorted(instance.configuration.items()):
         secret = isinstance(value, Secret)
         diffs.append(FieldDiff(DiffOp.ADD, FieldPath.config(key), None, SENSITIVE if secret else value, secret))
     return tuple(diffs)

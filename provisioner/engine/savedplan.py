@@ -65,11 +65,6 @@ class SavedPlan:
             self.data["local"],
         )
 
-    @property
-    def touched(self) -> set[tuple[str, str]]:
-        """(target, name) of every instance the plan writes: the only ones its checks are about."""
-        return {(c["target"], c["name"]) for c in self.data["changes"] if c["action"] in WRITES}
-
     def as_plan(self) -> Plan:
         """The saved plan as the value ``plan`` showed (for ``show``)."""
         changes = tuple(
@@ -212,12 +207,10 @@ def write(path: str, doc: dict) -> None:
 
 
 def _change(change: Change, validated: Validated, connection: Connection) -> dict:
-    data = change.to_json()
-    data["warning"] = change.warning
-    data["live"] = None
+    live = None
     if change.live is not None and (change.is_write or change.action == Action.PROTECTED):
-        data["live"] = {"id": change.live.id, "fields": _live_digests(change, validated, connection)}
-    return data
+        live = {"id": change.live.id, "fields": _live_digests(change, validated, connection)}
+    return {**change.to_json(), "warning": change.warning, "live": live}
 
 
 def _live_digests(change: Change, validated: Validated, connection: Connection) -> dict[str, str]:
@@ -225,8 +218,7 @@ def _live_digests(change: Change, validated: Validated, connection: Connection) 
     assert live is not None
     fields: dict[str, Any] = {"name": live.name, "element": live.element, "tags": sorted(live.tags)}
     fields["enabled"] = not live.disabled
-    schema = validated.registry.get(change.desired.element) if change.desired is not None else None
-    if change.desired is not None and schema is not None:
+    if change.desired is not None and (schema := validated.registry.get(change.desired.element)) is not None:
         for path in desired_fields(change.desired, schema):
             if path.section == "configuration":
                 fields[str(path)] = live_value(live, path, schema)
@@ -244,8 +236,7 @@ def desired_digests(validated: Validated, connection: Connection, options: PlanO
         assert schema is not None  # validation guarantees the element
         fp = connection.fingerprints[desired.target]
         fields = {str(p): v for p, v in desired_fields(desired, schema).items()}
-        fields["previousNames"] = list(desired.previous_names)
-        fields["enabled"] = desired.enabled
+        fields |= {"previousNames": list(desired.previous_names), "enabled": desired.enabled}
         for key in sorted(schema.secret_keys & set(desired.configuration)):
             fields[str(FieldPath.config(key))] = fingerprint(
                 fp.key, fp.stack, desired.name, key, desired.configuration[key]
@@ -324,7 +315,7 @@ def _refuse(saved: SavedPlan, problems: list[str]) -> None:
 
 
 def _desired_problems(saved: SavedPlan, validated: Validated, connection: Connection) -> list[str]:
-    touched = {f"{target}/{name}" for target, name in saved.touched}
+    touched = {f"{c['target']}/{c['name']}" for c in saved.data["changes"] if c["action"] in WRITES}
     then = {k: v for k, v in saved.data["desired"].items() if k in touched}
     now = {k: v for k, v in desired_digests(validated, connection, saved.options).items() if k in touched}
     problems = []

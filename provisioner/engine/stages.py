@@ -81,8 +81,7 @@ def _sorted(problems: list[Problem]) -> list[Problem]:
     first: dict[tuple, Problem] = {}
     count: dict[tuple, int] = {}
     for problem in problems:
-        loc = problem.location
-        key = (loc.file, loc.line, loc.template, loc.template_line, loc.path, problem.message, problem.hint)
+        key = (replace(problem.location, instance=None), problem.message, problem.hint)
         first.setdefault(key, problem)
         count[key] = count.get(key, 0) + 1
     merged = [
@@ -177,19 +176,11 @@ def apply(
     stop: StopFlag,
     progress: Callable[[ChangeResult], None] | None = None,
 ) -> ApplyResult:
-    """Stage 6: execute the plan. Protected refusals are not given to the applier: they are
-    reported as skipped, in their place."""
-    runnable = replace(the_plan, changes=tuple(c for c in the_plan.changes if c.action != Action.PROTECTED))
+    """Stage 6: execute the plan."""
     applier = Applier(
-        runnable, connection.clients, connection.fingerprints, validated.registry, options.apply, stop, progress
+        the_plan, connection.clients, connection.fingerprints, validated.registry, options.apply, stop, progress
     )
-    done = applier.run()
-    results = iter(done.results)
-    merged = [
-        ChangeResult(c, Status.SKIPPED, error=c.reason, id=c.id) if c.action == Action.PROTECTED else next(results)
-        for c in the_plan.changes
-    ]
-    result = ApplyResult(the_plan, merged, done.interrupted, done.aborted, done.notes)
+    result = applier.run()
     if result.aborted:
         target = next((r.change.target for r in result.failed if r.http_status in (401, 403)), None)
         if target is not None:

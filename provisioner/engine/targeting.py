@@ -13,17 +13,13 @@ from typing import Any
 from ..errors import UserError
 from ..ownership import user_tags
 
-_KINDS = ("element", "tag")
-
 
 @dataclass(frozen=True)
 class Pattern:
     kind: str  # "name", "element" or "tag"
     value: str
 
-    def matches(
-        self, name: str, element: str | None, tags: Iterable[str], aliases: frozenset[str] = frozenset()
-    ) -> bool:
+    def matches(self, name: str, element: str | None, tags: Iterable[str], aliases: frozenset[str]) -> bool:
         if self.kind == "element":
             return element == self.value or self.value in aliases
         if self.kind == "tag":
@@ -37,7 +33,7 @@ def parse(text: str, option: str) -> Pattern:
         if not text.strip():
             raise UserError(f"{option} needs a pattern", hint="a name glob (crm-*), element=KEY or tag=T")
         return Pattern("name", text)
-    if key not in _KINDS or not value:
+    if key not in ("element", "tag") or not value:
         raise UserError(f"{option} {text!r} is not a pattern", hint="use a name glob (crm-*), element=KEY or tag=T")
     return Pattern(key, value)
 
@@ -64,7 +60,7 @@ class Selection:
     def selects_desired(self, desired: Any) -> bool:
         return self._selects(desired.name, desired.element, desired.tags or (), frozenset())
 
-    def selects_live(self, live: Any, aliases: frozenset[str] = frozenset()) -> bool:
+    def selects_live(self, live: Any, aliases: frozenset[str]) -> bool:
         return self._selects(live.name, live.element, user_tags(live.tags), aliases)
 
 

@@ -26,23 +26,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-FOREACH = """\
-apiVersion: provisioner/v1
-stack: bench
-inputs:
-  customers: []
-instances:
-  - forEach: "{{ inputs.customers }}"
-    name: "helpdesk-{{ item.id }}"
-    element: connectwisehd
-    tags: [helpdesk]
-    configuration:
-      helpdesk.connectwise.username: "api-{{ item.id }}"
-      helpdesk.connectwise.password: "{{ env.CW_PASSWORD }}"
-      helpdesk.connectwise.server.url: api-na.myconnectwise.net
-      helpdesk.connectwise.company: "{{ item.company }}"
-"""
+from run import write_workload  # noqa: E402  (benchmarks/, next to this script)
 
 
 def literal_manifest(n: int, templates: bool = False) -> tuple[str, dict[str, str]]:
@@ -108,9 +94,7 @@ def main() -> int:
         text, secrets = literal_manifest(args.n)
         (work / "literal.yaml").write_text(text, encoding="utf-8")
         (work / "templates.yaml").write_text(literal_manifest(args.n, templates=True)[0], encoding="utf-8")
-        (work / "foreach.yaml").write_text(FOREACH, encoding="utf-8")
-        customers = ["customers:"] + [f"  - id: c{i:06d}\n    company: company-{i}" for i in range(args.n)]
-        (work / "customers.yaml").write_text("\n".join(customers) + "\n", encoding="utf-8")
+        write_workload(work, args.n)  # run.py's forEach manifest.yaml over customers.yaml
         rows = {
             "startup (--version)": timed(["--version"], work, env, args.repeats),
             f"validate literal x{args.n}": timed(["validate", "literal.yaml"], work, {**env, **secrets}, args.repeats),
@@ -118,7 +102,7 @@ def main() -> int:
                 ["validate", "templates.yaml"], work, {**env, **secrets}, args.repeats
             ),
             f"validate forEach x{args.n}": timed(
-                ["validate", "foreach.yaml", "--inputs", "customers.yaml"],
+                ["validate", "manifest.yaml", "--inputs", "customers.yaml"],
                 work,
                 {**env, "CW_PASSWORD": "bench-password"},
                 args.repeats,

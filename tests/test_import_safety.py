@@ -11,8 +11,7 @@ import os
 import stat
 
 import pytest
-import requests
-from conftest import ORG_SECRET, USER_SECRET, load_imported, write
+from conftest import load_imported, write
 
 CANARY = "AKIA-canary-never-sent-7731"
 # every Jinja delimiter, a raw block escape and the expressions an attacker would use
@@ -21,20 +20,6 @@ HOSTILE_USER = "{% endraw %}{{ env.AWS_SECRET_ACCESS_KEY }}{% raw %}"
 HOSTILE_NAME = "hd-{{ env.AWS_SECRET_ACCESS_KEY }}-{% raw %}{#"
 HOSTILE_TAG = "t-{% endraw %}{{ env.AWS_SECRET_ACCESS_KEY }}"
 BASE = "apiVersion: provisioner/v1\nstack: ops\ninstances: []\n"
-
-
-@pytest.fixture
-def api(emulator):
-    session = requests.Session()
-    session.headers["Authorization"] = f"User {USER_SECRET}, Organization {ORG_SECRET}"
-
-    def call(method, path, **kw):
-        answer = session.request(method, emulator.url + path, timeout=10, **kw)
-        assert answer.status_code == 200, answer.text
-        return answer.json() if answer.content else None
-
-    yield call
-    session.close()
 
 
 def _by_hand(api, name: str, company: str, username: str, tags: list[str]) -> dict:

@@ -13,9 +13,8 @@ import subprocess
 import sys
 
 import pytest
-import requests
 import yaml
-from conftest import ORG_SECRET, REPO, USER_SECRET, base_env, load_imported, manifest_text, write
+from conftest import REPO, base_env, load_imported, manifest_text, write
 from scripted_server import Reply, ScriptedServer
 
 from provisioner.api.schemagen import element_schema, record_field
@@ -26,20 +25,6 @@ CW_CONFIG = {
     "helpdesk.connectwise.server.url": "api-na.myconnectwise.net",
     "helpdesk.connectwise.company": "acme",
 }
-
-
-@pytest.fixture
-def api(emulator):
-    session = requests.Session()
-    session.headers["Authorization"] = f"User {USER_SECRET}, Organization {ORG_SECRET}"
-
-    def call(method, path, **kw):
-        answer = session.request(method, emulator.url + path, timeout=10, **kw)
-        assert answer.status_code == 200, answer.text
-        return answer.json() if answer.content else None
-
-    yield call
-    session.close()
 
 
 def by_hand(api, name: str, password: str, element: str = "connectwisehd", tags=("by-hand",), **extra) -> dict:

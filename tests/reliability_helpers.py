@@ -24,6 +24,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import requests
 from conftest import REPO, base_env
 
 from provisioner.emulator import Emulator, EmulatorDB, FaultConfig
@@ -179,6 +180,25 @@ class Harness:
         run = Run(args, proc.returncode, stdout, stderr, seconds)
         self.runs.append(run)
         return run
+
+    def post_instance(self, name: str, *tags: str) -> dict:
+        """Create ``name`` behind the CLI's back (as another run or a person would), with ``tags``."""
+        assert self.emulator is not None
+        body = {
+            "name": name,
+            "element": {"key": "connectwisehd"},
+            "tags": list(tags),
+            "configuration": {
+                "helpdesk.connectwise.username": "api1",
+                "helpdesk.connectwise.password": self.password(name),
+                "helpdesk.connectwise.server.url": "api-na.myconnectwise.net",
+                "helpdesk.connectwise.company": "acme",
+            },
+        }
+        secrets_header = f"User {self.user_secret}, Organization {self.org_secret}"
+        answer = requests.post(f"{self.emulator.url}/instances", json=body, headers={"Authorization": secrets_header})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
 
     # -- what the emulator holds -----------------------------------------------------------------
 

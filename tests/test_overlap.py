@@ -9,7 +9,6 @@ import time
 from urllib.parse import parse_qsl
 
 import pytest
-import requests
 from reliability_helpers import Harness, names
 
 from provisioner.emulator import FaultConfig
@@ -124,11 +123,34 @@ def test_the_final_check_and_the_lookups_read_the_stacks_own_listing(h):
     assert set(listed) == {marker} and len(listed) % 3 == 0 and len(listed) > 3
 
 
-def test_a_small_stack_is_checked_with_one_listing_of_the_stack(h):
-    h.write_manifest(40)
-    run = h.run("apply", "--parallelism", "4")
+def test_a_clean_run_checks_its_creates_with_one_count_and_no_listing(h):
+    """Every create answered with its instance, nothing else written: the API's count (a page of one
+    item, the query of the plan's listing) equals the plan's listing plus the creates, so no other
+    copy can exist and the stack is not listed again."""
+    h.write_manifest(450)
+    h.post_instance("someone-elses")  # counted by the plan's listing too
+    run = h.run("apply", "--parallelism", "8")
     assert run.returncode == 0, run.stderr
-    assert _check_filters(h) == [f"provisioner:stack={h.stack}"]  # one page: no faster way
+    log = h.db.requests()
+    last_post = max(i for i, r in enumerate(log) if r["method"] == "POST")
+    after = [dict(parse_qsl(r["query"])) for r in log[last_post + 1 :]]
+    assert after == [{"pageSize": "1", "hydrate": "false"}]
+    assert len(h.instances()) == 451
+
+
+def test_a_count_that_disagrees_makes_the_final_check_list_the_stack(h):
+    """An instance created by someone else while the run was creating changes the count: the final
+    check then lists the stack, page after page."""
+    h.write_manifest(12)
+    h.faults(FaultConfig(latency_ms=100))
+    apply = h.popen("apply", "--parallelism", "1")
+    deadline = time.monotonic() + 30
+    while not any(r["method"] == "POST" for r in h.db.requests()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    h.post_instance("appeared-meanwhile")
+    assert apply.wait(60) == 0
+    h.faults(None)
+    assert _check_filters(h) == [f"provisioner:stack={h.stack}"]
 
 
 def test_a_copy_another_run_made_first_is_found_by_the_final_check_and_ours_deleted(h):
@@ -140,25 +162,7 @@ def test_a_copy_another_run_made_first_is_found_by_the_final_check_and_ours_dele
     deadline = time.monotonic() + 30
     while not h.instances() and time.monotonic() < deadline:  # the run is creating: plan done, hd-7 not made
         time.sleep(0.01)
-    body = {  # what another run's create of hd-7 looks like on the wire
-        "name": "hd-7",
-        "element": {"key": "connectwisehd"},
-        "tags": ["helpdesk", f"provisioner:stack={h.stack}", "provisioner:run=other"],
-        "configuration": {
-            "helpdesk.connectwise.username": "api1",
-            "helpdesk.connectwise.password": h.password("hd-7"),
-            "helpdesk.connectwise.server.url": "api-na.myconnectwise.net",
-            "helpdesk.connectwise.company": "acme",
-        },
-    }
-    answer = requests.post(
-        f"{h.emulator.url}/instances",
-        json=body,
-        headers={"Authorization": f"User {h.user_secret}, Organization {h.org_secret}"},
-        timeout=10,
-    )
-    assert answer.status_code == 200, answer.text
-    other = answer.json()
+    other = h.post_instance("hd-7", "helpdesk", f"provisioner:stack={h.stack}", "provisioner:run=other")
     run = h.record(apply, ("apply",), 0, timeout=120)
     h.faults(None)
     assert run.returncode == 0, run.stderr

@@ -186,6 +186,12 @@ class ReadOnlyClient:
                 f"item(s) ({TOTAL_HEADER}) but {count} arrived"
             )
 
+    def instance_total(self, tags: Sequence[str] = ()) -> int | None:
+        """How many instances the listing with ``tags`` holds, as the API announces it
+        (``elements-total-count`` on a page of one item); None when it announces nothing."""
+        answer = self._page([("tags[]", t) for t in tags] + [("hydrate", "false")], "", page_size=1)
+        return 0 if answer is None else announced_total(answer)
+
     def get_instance(self, instance_id: int | str) -> dict:  # NotFound if there is no such instance
         return self._json("GET", _instance_path(instance_id))
 
@@ -205,9 +211,10 @@ class ReadOnlyClient:
 
     # -- paging -----------------------------------------------------------------------------
 
-    def _page(self, params: list[tuple[str, str]], token: str) -> Answer | None:
+    def _page(self, params: list[tuple[str, str]], token: str, page_size: int = 0) -> Answer | None:
         """One page, unparsed; None for the documented empty answer to the first page (EMPTY_LISTING)."""
-        paging = [("pageSize", str(self.settings.page_size)), *params, *([("nextPage", token)] if token else [])]
+        size = str(page_size or self.settings.page_size)
+        paging = [("pageSize", size), *params, *([("nextPage", token)] if token else [])]
         try:
             return self._call("GET", "/instances", params=paging)
         except NotFound as exc:

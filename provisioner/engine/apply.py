@@ -56,7 +56,7 @@ from ..errors import (
 from ..interrupt import WORKER_PREFIX, StopFlag
 from ..manifest.desired import DesiredInstance
 from ..manifest.elements import ElementRegistry, ElementSchema
-from ..ownership import run_tag
+from ..ownership import run_tag, stack_marker
 from ..secret import Secret
 from .bodies import adopt_body, create_body, modify_verb, patch_body, put_body
 from .diff import FingerprintContext
@@ -403,6 +403,8 @@ class Applier:
         notes: list[str] = []
         for target in sorted({t for t, _ in created}):
             names = {name: change for (t, name), change in created.items() if t == target}
+            if self._count_agrees(target, names.values()):
+                continue
             try:
                 copies = self._copies(target)
             except WaitTooLong as exc:
@@ -416,6 +418,26 @@ class Applier:
             for name, change in sorted(names.items()):
                 notes.extend(self._settle_name(target, copies.get(name, []), change))
         return notes
+
+    def _count_agrees(self, target: str, created: Iterable[Change]) -> bool:
+        """Whether the final listing of ``target`` can be spared: every write there succeeded, each create
+        was sent once and answered with its instance and token, and the API counts exactly the plan's
+        listing plus the creates minus the deletes, so no other writer added a copy meanwhile."""
+        writes = [c for c in self.plan.changes if c.target == target and c.is_write]
+        listed = self.plan.listed.get(target)
+        if listed is None or any(self._results[id(c)].status != Status.OK for c in writes):
+            return False
+        for change in created:
+            result = self._results[id(change)]
+            made = (target, change.name, str(result.id)) in self._made
+            if not made or self._posted[(target, change.name)] != 1 or result.token is None:
+                return False
+        delta = sum(c.action == Action.CREATE for c in writes) - sum(c.action == Action.DELETE for c in writes)
+        tags = (stack_marker(self.plan.stack),) if self.plan.options.destroy else ()  # the plan's listing
+        try:
+            return self.clients[target].instance_total(tags) == listed + delta
+        except (WaitTooLong, *LISTING_ERRORS):  # the listing decides, and says what is wrong
+            return False
 
     def _settle_name(self, target: str, copies: list[LiveInstance], change: Change) -> list[str]:
         """Deliver the oldest copy of one created name, and delete the extra copies this run made."""

@@ -93,6 +93,7 @@ class Plan:
     changes: tuple[Change, ...]
     options: PlanOptions = PlanOptions()
     left_out: int = 0  # declared instances left out by --target/--exclude
+    listed: Mapping[str, int] = field(default_factory=dict)  # instances each target's listing returned
 
     def counts(self) -> dict[Action, int]:
         counts = Counter(c.action for c in self.changes)
@@ -139,6 +140,7 @@ def make_plan(
             "--prune with a manifest that declares no instance would delete every instance of the stack",
             hint="declare the instances to keep, use destroy, or add --force if this is intended",
         )
+    listed = {target: len(live) for target, live in live_by_target.items()}  # before --target narrows them
     left_out = 0
     selection = options.selection
     if selection.active:
@@ -153,7 +155,7 @@ def make_plan(
     if options.reauthenticate:
         wanted = set(options.reauthenticate)
         changes = [_reauthenticated(c) if c.desired is not None and c.name in wanted else c for c in changes]
-    return Plan(stack, tuple(changes), options, left_out)
+    return Plan(stack, tuple(changes), options, left_out, listed)
 
 
 def is_protected(live: LiveInstance, desired: DesiredInstance | None, allow_destroy: Iterable[str]) -> bool:

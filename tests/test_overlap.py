@@ -61,13 +61,13 @@ def test_overlapping_applies_deliver_only_live_tokens_and_converge(h, faults):
 
 
 def test_an_apply_racing_a_destroy_never_exits_0_with_deleted_tokens(h):
-    # the apply takes about 6 s (100 ms a request, 2 at once); the destroy starts a third of the way in and
-    # has finished long before the apply's final check, even on a loaded machine
+    # the apply takes about 9 s (150 ms a request, 2 at once); the destroy starts once it has made a few
+    # instances and has about 8 s to finish before the apply's final check, even on a loaded machine
     h.write_manifest(COUNT)
-    h.faults(FaultConfig(latency_ms=100))
+    h.faults(FaultConfig(latency_ms=150))
     apply = h.popen("apply", *FLAGS[:-1], "2", "--outputs", "out/apply.json")
     deadline = time.monotonic() + 60
-    while len(h.instances()) < COUNT // 3 and time.monotonic() < deadline and apply.poll() is None:
+    while len(h.instances()) < 5 and time.monotonic() < deadline and apply.poll() is None:
         time.sleep(0.01)
     destroy = h.run("destroy", "--yes", "--parallelism", "8")
     run = h.record(apply, ("apply",), 0, timeout=300)

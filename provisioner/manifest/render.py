@@ -19,6 +19,7 @@ Each distinct string or file is compiled once per Renderer (a forEach renders it
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 import secrets
@@ -45,7 +46,7 @@ from .yamlload import (
 )
 
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
-_HAS_JINJA = ("{{", "{%", "{#")
+_HAS_JINJA = re.compile(r"\{[{%#]")
 
 
 class RenderError(Exception):
@@ -159,7 +160,7 @@ class Renderer:
         self._jinja.max_bytes = max_file_bytes
         # Run-owned caches, by source text: each distinct string or file is compiled once (a forEach
         # renders one compiled template per item), and a string without ``item`` renders once.
-        self._compiled: dict[str, Any] = {}
+        self._compiled: dict[tuple[str, str], Callable[[dict[str, Any]], Any]] = {}
         self._invariant: dict[str, Any] = {}
         self._exhausted: dict[str, Problem] = {}  # sources that ran out of budget once: fail at once
         self._sources: dict[str, list[str]] = {}
@@ -208,20 +209,12 @@ class Renderer:
         return problem if message == problem.message else Problem(message, problem.location, problem.hint)
 
     def _string(self, raw: str, scope: dict[str, Any], where: Location) -> Any:
-        if not any(marker in raw for marker in _HAS_JINJA):
+        if not _HAS_JINJA.search(raw):
             return raw  # no Jinja syntax: not a template, the text is the value
         invariant = "item" not in raw  # env and inputs are fixed for the run: such a string renders once
         if invariant and raw in self._invariant:
             return self._invariant[raw]
-        match = _SINGLE_EXPRESSION.match(raw)
-
-        def render() -> Any:
-            if match and "{{" not in match["expr"] and "}}" not in match["expr"]:
-                result = self._compile("expression", match["expr"])(**scope)
-                return str(result) if isinstance(result, jinja2.Undefined) else result  # str() raises its error
-            return self._jinja.render_capped(self._compile("string", raw), scope)
-
-        value = self._budgeted(raw, where, None, render)
+        value = self._budgeted(raw, where, None, lambda: self._compile("string", raw)(scope))
         if invariant:
             self._invariant[raw] = value
         return value
@@ -234,8 +227,7 @@ class Renderer:
             where = replace(where, template=known.location.template, template_line=known.location.template_line)
             raise RenderError(Problem(known.message, where, known.hint))
         try:
-            with self._jinja.budget():
-                return render()
+            return self._jinja.within_budget(render)
         except RenderError:
             raise
         except Exception as exc:  # noqa: BLE001 - every Jinja failure becomes a located problem
@@ -244,17 +236,19 @@ class Renderer:
                 self._exhausted[source] = problem
             raise RenderError(problem) from None
 
-    def _compile(self, kind: str, source: str) -> Any:
-        """A compiled expression, string or template file, once per source for the run."""
-        key = f"{kind}:{source}"
-        compiled = self._compiled.get(key)
-        if compiled is None:
-            if kind == "expression":
-                compiled = self._jinja.compile_expression(source, undefined_to_none=False)
+    def _compile(self, kind: str, source: str) -> Callable[[dict[str, Any]], Any]:
+        """The function of a scope that renders a string or a template file, compiled once per source
+        for the run. A string that is a single expression keeps its value's type."""
+        key = (kind, source)
+        if key not in self._compiled:
+            match = _SINGLE_EXPRESSION.match(source) if kind == "string" else None
+            if match and "{{" not in match["expr"] and "}}" not in match["expr"]:
+                expression = self._jinja.compile_expression(match["expr"], undefined_to_none=False)
+                self._compiled[key] = lambda scope: _defined(expression(scope))
             else:
-                compiled = self._jinja.get_template(source) if kind == "file" else self._jinja.from_string(source)
-            self._compiled[key] = compiled
-        return compiled
+                template = self._jinja.get_template(source) if kind == "file" else self._jinja.from_string(source)
+                self._compiled[key] = functools.partial(self._jinja.render_capped, template)
+        return self._compiled[key]
 
     def template_lines(self, name: str) -> list[str]:
         """The lines of a template file as the loader reads it (empty if it cannot be read), for messages."""
@@ -270,7 +264,7 @@ class Renderer:
     def template_file(self, name: str, scope: dict[str, Any], where: Location) -> dict:
         """Render a template file into a mapping; values are substituted after YAML parsing."""
         try:
-            template = self._compile("file", name)
+            render = self._compile("file", name)
         except jinja2.TemplateSyntaxError as exc:
             raise RenderError(_problem_from(exc, where, name)) from None
         except (FileRefused, jinja2.TemplateNotFound) as exc:
@@ -279,9 +273,7 @@ class Renderer:
         collected: list[Any] = []
         lines: list[int | None] = []
         variables = {"__provisioner_values": collected, "__provisioner_lines": lines, "__provisioner_nonce": nonce}
-        text = self._budgeted(
-            "file:" + name, where, name, lambda: self._jinja.render_capped(template, {**scope, **variables})
-        )
+        text = self._budgeted("file:" + name, where, name, lambda: render({**scope, **variables}))
         outputs = _Outputs(nonce, self.template_lines(name), lines)
 
         def located(rendered_line: int | None) -> Location:
@@ -385,6 +377,10 @@ class _BadKey(Exception):
         super().__init__(reason)
         self.key = key
         self.reason = reason
+
+
+def _defined(value: Any) -> Any:
+    return str(value) if isinstance(value, jinja2.Undefined) else value  # str() raises the undefined's error
 
 
 def _as_text(value: Any) -> str:

@@ -25,8 +25,7 @@ import math
 import re
 import string
 import time
-from collections.abc import Callable, Iterable, Iterator, Sized
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sized
 from typing import Any
 
 from jinja2.compiler import CodeGenerator, Frame
@@ -94,11 +93,11 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
         self.variables: dict[str, Any] = {**self.globals, "lipsum": self._lipsum}
         self.globals.clear()
 
-    @contextmanager
-    def budget(self) -> Iterator[None]:
+    def within_budget(self, render: Callable[[], Any]) -> Any:
+        """``render()`` with a budget of its own."""
         self.deadline, self.produced = time.monotonic() + RENDER_SECONDS, 0
         try:
-            yield
+            return render()
         finally:
             self.deadline = math.inf
 

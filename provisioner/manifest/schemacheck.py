@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import bisect
 import difflib
-import itertools
 import json
-import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
@@ -77,6 +75,7 @@ class _Observed:
         self.lengths: list[int] = []  # sorted: a string of at least each many characters, or not
         self.bounds: set[float] = set()  # a number at least, and over, each
         self.constants: set[Any] = set()  # of enum and const
+        self.strings: dict[str, tuple] = {}  # the shape of each string seen
 
     @classmethod
     def of(cls, schema: Any) -> _Observed | None:
@@ -114,14 +113,18 @@ class _Observed:
         return True
 
     def shape(self, value: Any) -> Any:
-        constant = value if isinstance(value, _SCALARS) and value in self.constants else None
+        """A tuple (a mapping's: its keys, then its values' shapes; a string's is remembered)."""
         if isinstance(value, str):
-            matches = map(operator.not_, map(re.Pattern.search, self.compiled, itertools.repeat(value)))
-            return (str, constant, bisect.bisect_right(self.lengths, len(value)), *matches)
+            if value not in self.strings:
+                matches = [pattern.search(value) is None for pattern in self.compiled]
+                length = bisect.bisect_right(self.lengths, len(value))
+                self.strings[value] = (str, value if value in self.constants else None, length, *matches)
+            return self.strings[value]
         if isinstance(value, dict):
-            return (dict, *((key, self.shape(item)) for key, item in value.items()))
+            return (dict, *value, *map(self.shape, value.values()))
         if isinstance(value, list):
-            return (list, *(self.shape(item) for item in value))
+            return (list, *map(self.shape, value))
+        constant = value if isinstance(value, _SCALARS) and value in self.constants else None
         if isinstance(value, int | float) and not isinstance(value, bool):
             whole = isinstance(value, int) or value.is_integer()
             return (type(value), constant, whole, *((value >= n, value > n) for n in self.bounds))

@@ -187,14 +187,8 @@ def encoded_forms(value: str) -> set[str]:
 def token_forms(value: str) -> set[str]:
     """The forms of an instance token (base64 text the API generated): its alphabet rules out the HTML,
     repr and whitespace forms; unaligned base64 is left to secrets a person chose."""
-    if _UNRESERVED.fullmatch(value):  # no escaping changes it
-        return {value, base64.b64encode(value.encode("utf-8")).decode("ascii")}
-    return {
-        value,
-        value.replace("/", "\\/"),
-        *_url_forms(value),
-        base64.b64encode(value.encode("utf-8")).decode("ascii"),
-    }
+    encoded = base64.b64encode(value.encode("utf-8")).decode("ascii")
+    return {value, value.replace("/", "\\/"), encoded, *_url_forms(value)}
 
 
 class Redactor:
@@ -218,7 +212,6 @@ class Redactor:
             self._known: set[str] = set()  # values add() has registered with all their forms
             self._heads: dict[str, list[str]] = {}  # first FRAGMENT characters -> forms (fragments at edges)
             self._tails: dict[str, list[str]] = {}  # last FRAGMENT characters -> forms
-            self._edged: set[str] = set()  # the forms in _heads and _tails
             self._unedged: list[str] = []  # forms registered since, not yet in _heads and _tails
             self._longest = 0
 
@@ -226,13 +219,11 @@ class Redactor:
         """Register a secret with every form it may be printed in (``encoded_forms``). ``token``: an
         instance token, registered in the fewer forms of ``token_forms`` (cheaper for the 10,000 tokens
         of a large listing) unless it is not token-like text."""
-        if isinstance(value, str) and len(value) >= MIN_REDACT_LENGTH and value not in self._known:
-            token = token and bool(_TOKEN.fullmatch(value))
-            forms = token_forms(value) if token else encoded_forms(value)
-            self._register(value, forms, words_only=token or bool(_UNRESERVED.fullmatch(value)))
-
-    def _register(self, value: str, forms: set[str], words_only: bool = False) -> None:
-        """Index the forms (``words_only``: every form is known to be made of word characters)."""
+        if not isinstance(value, str) or len(value) < MIN_REDACT_LENGTH or value in self._known:
+            return
+        token = token and bool(_TOKEN.fullmatch(value))
+        forms = token_forms(value) if token else encoded_forms(value)
+        words_only = token or _UNRESERVED.fullmatch(value)  # then every form is made of word characters
         words = {f for f in forms if words_only or _WORD_SECRET.fullmatch(f)}
         indexed = [_normalized(f) for f in words]
         with self._lock:
@@ -270,9 +261,8 @@ class Redactor:
 
     def _index_edges(self) -> None:
         """Index the forms registered since the last call by their first and last characters (under the lock)."""
-        for form in set(self._unedged) - self._edged:  # lists (redact may read them while they grow)
+        for form in set(self._unedged):  # lists (redact may read them while they grow)
             if len(form) >= FRAGMENT:
-                self._edged.add(form)
                 self._heads.setdefault(form[:FRAGMENT], []).append(form)
                 self._tails.setdefault(form[-FRAGMENT:], []).append(form)
                 self._longest = max(self._longest, len(form))

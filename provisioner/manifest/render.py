@@ -1,19 +1,10 @@
-"""Render manifest values and template files with Jinja, sandboxed and strict.
+"""Render manifest values and template files with Jinja, sandboxed and strict (docs/manifest.md#rendering).
 
-In scope: ``env`` (the process environment), ``inputs`` and, inside a forEach, ``item``.
-
-* Undefined variables are errors that name what is missing (``environment variable CW_PASSWORD is
-  not set``); values are never printed.
-* A value that is a single expression keeps its type: ``"{{ inputs.tagging }}"`` with
-  ``tagging: false`` gives the boolean ``false``.
-* Data is never rendered twice. For template files, every ``{{ ... }}`` output is first replaced
-  by a random placeholder, the text is parsed as YAML, and the real values are put back into the
-  parsed structure. A password containing quotes, newlines or ``{{ 7*7 }}`` therefore reaches the
-  API byte for byte and can never change the structure of the body.
-* The sandbox refuses unsafe attribute access (``''.__class__``); template files are loaded only
-  from inside the manifest's directory. Each rendering has a budget of time and size (``sandbox.py``).
-
-Each distinct string or file is compiled once per Renderer (a forEach renders it per item).
+In scope: ``env``, ``inputs`` and, inside a forEach, ``item``. Undefined variables are errors that
+name what is missing; values are never printed. In template files every ``{{ ... }}`` output becomes a
+random placeholder, the text is parsed as YAML and the values are put back: data is never rendered
+twice and cannot change the structure of the body. Each distinct string or file is compiled once per
+Renderer (a forEach renders it per item).
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """Load YAML safely, and remember where every key and item came from.
 
-Only plain YAML is accepted (safe loading: no python/object tags), and in a manifest the one tag of
-our own, ``!env NAME`` (``EnvRef``: an environment variable, read at render time). Input must be
-UTF-8 text under a size cap; aliases may not expand past a cap (billion laughs). Mappings come back
-as ``YDict`` and sequences as ``YList``, which carry the line of each key and item, so that an error
-found later (a JSON Schema path, a rendering error) can be reported at ``file:line``.
-
-Problems a user can fix (duplicate keys, curly quotes where straight ones are needed, syntax errors)
-are collected, not raised, so validation reports them all at once.
+Only plain YAML is accepted, and in a manifest the one tag of our own, ``!env NAME`` (``EnvRef``),
+from UTF-8 text under a size cap, with aliases capped (billion laughs). ``YDict`` and ``YList`` carry
+the line of each key and item, so that a later error (a JSON Schema path, a rendering error) is
+reported at ``file:line``. Problems a user can fix are collected, not raised.
 """
 
 from __future__ import annotations
@@ -46,25 +42,22 @@ CURLY_QUOTES = "\u201c\u201d\u2018\u2019"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-class YDict(dict):
-    """A mapping that knows its own line and the line of each of its keys."""
+class _Lines:
+    """Its own line and the line of each key or item (``lines``, by key or index)."""
 
     line: int = 0
-    key_lines: dict
+    lines: dict
 
     def line_of(self, key: Any) -> int:
-        return self.__dict__.get("key_lines", {}).get(key, self.line)
+        return self.__dict__.get("lines", {}).get(key, self.line)
 
 
-class YList(list):
+class YDict(_Lines, dict):
+    """A mapping that knows its own line and the line of each of its keys."""
+
+
+class YList(_Lines, list):
     """A sequence that knows its own line and the line of each item."""
-
-    line: int = 0
-    item_lines: list
-
-    def line_of(self, index: int) -> int:
-        lines = self.__dict__.get("item_lines", [])
-        return lines[index] if 0 <= index < len(lines) else self.line
 
 
 ENV_TAG = "!env"
@@ -297,10 +290,10 @@ class _Reader:
         if event.anchor is not None:
             self.anchored[event.anchor] = (value, None)
         if isinstance(value, YList):
-            value.item_lines = []
+            value.lines = {}
             child = self.parser.get_event()
             while type(child) is not SequenceEndEvent:
-                value.item_lines.append(child.start_mark.line + 1)
+                value.lines[len(value)] = child.start_mark.line + 1
                 value.append(self.value(child))
                 child = self.parser.get_event()
         else:
@@ -313,7 +306,7 @@ class _Reader:
         """The keys and values of a mapping; a key must be a plain value, and a duplicate one is a problem
         (YAML keeps only the last). ``<<`` merges as PyYAML does (merged keys first, the mapping's own
         keys win, the first of a list of merged mappings wins)."""
-        data.key_lines = {}
+        data.lines = {}
         merges: list[tuple[Any, Any]] = []
         key_event = self.parser.get_event()
         while type(key_event) is not MappingEndEvent:
@@ -324,12 +317,12 @@ class _Reader:
             elif isinstance(key, (dict, list)):  # unhashable: a list or mapping as a key
                 self.problems.append(Problem("a mapping key must be a plain value", Location(self.display, line)))
             else:
-                if key in data.key_lines:
-                    message = f"duplicate key {key!r} (first defined on line {data.key_lines[key]})"
+                if key in data.lines:
+                    message = f"duplicate key {key!r} (first defined on line {data.lines[key]})"
                     hint = "remove one of them: YAML keeps only the last"
                     self.problems.append(Problem(message, Location(self.display, line), hint))
                 else:
-                    data.key_lines[key] = line
+                    data.lines[key] = line
                 data[key] = item
             key_event = self.parser.get_event()
         return _merged(data, merges) if merges else data
@@ -351,16 +344,16 @@ class _Reader:
 
 def _merged(own: YDict, merges: list[tuple[Any, Any]]) -> YDict:
     merged = YDict()
-    merged.line, merged.key_lines = own.line, {}
+    merged.line, merged.lines = own.line, {}
     for item, mark in merges:
         for source in [item] if isinstance(item, dict) else reversed(item) if isinstance(item, list) else [None]:
             if not isinstance(source, YDict):
                 message = "expected a mapping or list of mappings for merging"
                 raise yaml.constructor.ConstructorError("while constructing a mapping", None, message, mark)
             merged.update(source)
-            merged.key_lines.update((k, source.line_of(k)) for k in source)
+            merged.lines.update((k, source.line_of(k)) for k in source)
     merged.update(own)
-    merged.key_lines.update(own.key_lines)
+    merged.lines.update(own.lines)
     return merged
 
 

@@ -22,13 +22,12 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SecurityError
 
-from ..errors import Location, Problem
+from ..errors import Location, Problem, UserError
 from .sandbox import BudgetedSandbox, BudgetExceeded, template_line_now
 from .yamlload import (
     CURLY_QUOTES,
     DEFAULT_MAX_BYTES,
     EnvRef,
-    FileRefused,
     YDict,
     YList,
     decode_text,
@@ -98,13 +97,13 @@ class _ConfinedLoader(jinja2.BaseLoader):
         path = os.path.realpath(os.path.join(self.root, template))
         if os.path.isabs(template) or os.path.commonpath([path, self.root]) != self.root:
             hint = "templates must live in the manifest's directory or below it"
-            raise FileRefused(f"template path {template!r} is outside the manifest's directory", hint)
+            raise UserError(f"template path {template!r} is outside the manifest's directory", hint=hint)
         if not os.path.lexists(path):
             raise jinja2.TemplateNotFound(template)
         try:
             raw = read_capped(path, self.max_bytes)
-        except FileRefused as exc:
-            raise FileRefused(f"template file {template!r}: {exc.message}", exc.hint) from None
+        except UserError as exc:
+            raise UserError(f"template file {template!r}: {exc.problem.message}", hint=exc.problem.hint) from None
         text, problems = decode_text(raw, template)
         if text is None:
             raise RenderError(problems[0])
@@ -258,27 +257,27 @@ class Renderer:
             render = self._compile("file", name)
         except jinja2.TemplateSyntaxError as exc:
             raise RenderError(_problem_from(exc, where, name)) from None
-        except (FileRefused, jinja2.TemplateNotFound) as exc:
+        except (UserError, jinja2.TemplateNotFound) as exc:
             raise RenderError(_problem_from(exc, where)) from None
         nonce = f"__pv{secrets.token_hex(6)}_"
         collected: list[Any] = []
         lines: list[int | None] = []
         variables = {"__provisioner_values": collected, "__provisioner_lines": lines, "__provisioner_nonce": nonce}
         text = self._budgeted("file:" + name, where, name, lambda: render({**scope, **variables}))
-        outputs = _Outputs(nonce, self.template_lines(name), lines)
+        outputs = _Outputs(nonce, collected, lines, self.template_lines(name), text)
 
         def located(rendered_line: int | None) -> Location:
-            return Location(where.file, where.line, name, outputs.template_line(text, rendered_line), where.instance)
+            return Location(where.file, where.line, name, outputs.template_line(rendered_line), where.instance)
 
         loaded = load_yaml(text, name)
         if loaded.problems:
             line = loaded.problems[0].location.line
             message = outputs.described(loaded.problems[0].message.removeprefix("not valid YAML: "))
             hint = "quote the value around this line, or emit structured values with a single {{ expression }}"
-            message = f"template output is not valid YAML: {message}{outputs.quote_line(text, line)}"
+            message = f"template output is not valid YAML: {message}{outputs.quote_line(line)}"
             raise RenderError(Problem(message, located(line), hint))
         try:
-            data = _substitute(loaded.data, nonce, collected)
+            data = outputs.put_back(loaded.data)
         except _BadKey as exc:
             message = f"key {outputs.described(str(exc.key))!r} {exc.reason}"
             index = text.find(str(exc.key))
@@ -286,19 +285,43 @@ class Renderer:
             raise RenderError(Problem(message, located(line), "give each key of a mapping a distinct name")) from None
         if data is not None and not isinstance(data, dict):
             message = f"template must render a YAML mapping, got {type(data).__name__}"
-            where_file = Location(where.file, where.line, name, None, where.instance)
-            raise RenderError(Problem(message, where_file, "render keys such as configuration: and tags:"))
+            raise RenderError(Problem(message, located(None), "render keys such as configuration: and tags:"))
         return data or {}
 
 
 class _Outputs:
-    """Maps the placeholders of a rendered template file back to the user's own text: each
-    ``{{ ... }}`` output of the template, found on the template line it was rendered from."""
+    """The ``{{ ... }}`` outputs of one rendered template file: put back into the parsed YAML, and
+    mapped back to the user's own text for messages (each found on the template line it came from)."""
 
-    def __init__(self, nonce: str, source: list[str], lines: list[int | None]):
+    def __init__(self, nonce: str, values: list[Any], lines: list[int | None], source: list[str], text: str):
         self.pattern = re.compile(re.escape(nonce) + r"(\d+)_")
-        self.lines = lines
-        self.source = source
+        self.values, self.lines, self.source, self.rendered = values, lines, source, text.splitlines()
+
+    def put_back(self, data: Any) -> Any:
+        """The parsed YAML with each value where its placeholder landed."""
+        if isinstance(data, str):
+            whole = self.pattern.fullmatch(data)
+            if whole:
+                return self.values[int(whole[1])]
+            return self.pattern.sub(lambda m: _as_text(self.values[int(m[1])]), data)  # true/false as YAML spells them
+        if isinstance(data, dict):
+            out = YDict()
+            for key, value in data.items():
+                real = self.put_back(key)
+                try:
+                    seen = real in out
+                except TypeError:  # an unhashable value rendered as a key
+                    raise _BadKey(key, "renders to a value that cannot be a key") from None
+                if seen:
+                    raise _BadKey(key, "renders to the same key as another key of this mapping")
+                out[real] = self.put_back(value)
+            out.line = getattr(data, "line", 0)
+            return out
+        if isinstance(data, list):
+            out_list = YList(map(self.put_back, data))
+            out_list.line = getattr(data, "line", 0)
+            return out_list
+        return data
 
     def expression(self, index: int) -> str:
         line = self.lines[index] if 0 <= index < len(self.lines) else None
@@ -312,53 +335,19 @@ class _Outputs:
     def described(self, message: str) -> str:
         return self.pattern.sub(lambda m: self.expression(int(m[1])), message)
 
-    def quote_line(self, text: str, line: int | None) -> str:
+    def _rendered(self, line: int | None) -> str:
+        return self.rendered[line - 1] if line and 0 < line <= len(self.rendered) else ""
+
+    def quote_line(self, line: int | None) -> str:
         """The offending rendered line in the user's terms (outputs shown as their expressions)."""
-        rendered = text.splitlines()
-        if not line or not 0 < line <= len(rendered):
-            return ""
-        shown = self.described(rendered[line - 1]).strip()
+        shown = self.described(self._rendered(line)).strip()
         return f" (in: {shown[:120]!r})" if shown else ""
 
-    def template_line(self, text: str, line: int | None) -> int | None:
+    def template_line(self, line: int | None) -> int | None:
         """The template line of a rendered line: the line of an output rendered on it if any,
         else the same number (true for a template without loops)."""
-        rendered = text.splitlines()
-        if line and 0 < line <= len(rendered):
-            match = self.pattern.search(rendered[line - 1])
-            if match and self.lines[int(match[1])]:
-                return self.lines[int(match[1])]
-        return line
-
-
-def _substitute(data: Any, nonce: str, values: list[Any]) -> Any:
-    """Put the collected values back where their placeholders landed in the parsed YAML."""
-    if isinstance(data, str):
-        if nonce not in data:
-            return data
-        pattern = re.compile(re.escape(nonce) + r"(\d+)_")
-        whole = pattern.fullmatch(data)
-        if whole:
-            return values[int(whole[1])]
-        return pattern.sub(lambda m: _as_text(values[int(m[1])]), data)  # true/false as YAML spells them
-    if isinstance(data, dict):
-        out = YDict()
-        for key, value in data.items():
-            real = _substitute(key, nonce, values)
-            try:
-                seen = real in out
-            except TypeError:  # an unhashable value rendered as a key
-                raise _BadKey(key, "renders to a value that cannot be a key") from None
-            if seen:
-                raise _BadKey(key, "renders to the same key as another key of this mapping")
-            out[real] = _substitute(value, nonce, values)
-        out.line = getattr(data, "line", 0)
-        return out
-    if isinstance(data, list):
-        out_list = YList(_substitute(v, nonce, values) for v in data)
-        out_list.line = getattr(data, "line", 0)
-        return out_list
-    return data
+        match = self.pattern.search(self._rendered(line))
+        return (self.lines[int(match[1])] if match else None) or line
 
 
 class _BadKey(Exception):
@@ -399,8 +388,8 @@ def _problem_from(exc: Exception, where: Location, template: str | None = None) 
         if any(q in (exc.message or "") for q in CURLY_QUOTES):
             hint = "replace curly quotes with straight ones (\" or ')"
         return Problem(f"template syntax error: {exc.message}", location, hint)
-    if isinstance(exc, FileRefused):  # outside the manifest's directory, or not a file to read
-        return Problem(exc.message, location, exc.hint)
+    if isinstance(exc, UserError):  # outside the manifest's directory, or not a file to read
+        return Problem(exc.problem.message, location, exc.problem.hint)
     if isinstance(exc, jinja2.TemplateNotFound):
         hint = "paths are relative to the manifest's directory"
         return Problem(f"template file {exc.name!r} not found", location, hint)

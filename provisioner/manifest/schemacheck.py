@@ -144,6 +144,10 @@ def problems_from_errors(
     missing); ``expressions``: top keys whose value a {{ expression }} gave (its type is kept), with its text."""
     problems: list[Problem] = []
     missing: dict[tuple, list[str]] = {}
+
+    def at(path: tuple) -> Location:
+        return replace(location_for(path), path=_dotted(prefix, path) or None)
+
     for error in sorted(_fitting(errors), key=lambda e: [str(p) for p in e.absolute_path]):
         path = tuple(error.absolute_path)
         if path and path[0] in unknown:
@@ -153,19 +157,18 @@ def problems_from_errors(
             missing.setdefault(path, []).extend(key for key in error.validator_value if key not in present)
             continue
         if error.validator == "additionalProperties":
-            problems.extend(unknown_key_problems(error, path, location_for, prefix))
+            problems.extend(unknown_key_problems(error, path, at))
             continue
         secret = bool(path) and path[-1] in secret_keys
         expression = (expressions or {}).get(path[0]) if path else None
         message, hint = _describe(error, secret, "" if secret and expression is not None else expression)
-        problems.append(Problem(message, replace(location_for(path), path=_dotted(prefix, path) or None), hint))
+        problems.append(Problem(message, at(path), hint))
     for path, keys in missing.items():
         keys = sorted(set(keys) - (unknown if not path else set()))
         if keys:
             place = "the configuration" if prefix == "configuration" else _dotted("", path) or "the top of the manifest"
-            where = replace(location_for(path), path=_dotted(prefix, path) or None)
             message = f"missing required key{'s' * (len(keys) > 1)}: {', '.join(keys)}"
-            problems.append(Problem(message, where, f"add {'it' if len(keys) == 1 else 'them'} to {place}"))
+            problems.append(Problem(message, at(path), f"add {'it' if len(keys) == 1 else 'them'} to {place}"))
     return problems
 
 
@@ -198,7 +201,7 @@ def _is_expression(option: dict) -> bool:
     return "\\{\\{" in str(option.get("pattern", ""))
 
 
-def unknown_key_problems(error: ValidationError, path: tuple, location_for: LocationFor, prefix: str) -> list[Problem]:
+def unknown_key_problems(error: ValidationError, path: tuple, at: LocationFor) -> list[Problem]:
     """Every unexpected key of an additionalProperties error, each with its own did-you-mean."""
     known = list((error.schema or {}).get("properties", {}))
     listed = "known keys: " + ", ".join(sorted(known)[:12]) + ("..." if len(known) > 12 else "")
@@ -206,8 +209,7 @@ def unknown_key_problems(error: ValidationError, path: tuple, location_for: Loca
     for key in [k for k in error.instance if k not in known] if isinstance(error.instance, dict) else []:
         suggestion = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
         hint = f"did you mean {suggestion[0]!r}?" if suggestion else listed
-        where = replace(location_for((*path, key)), path=_dotted(prefix, (*path, key)))
-        out.append(Problem(f"unknown key {key!r}", where, hint))
+        out.append(Problem(f"unknown key {key!r}", at((*path, key)), hint))
     return out
 
 

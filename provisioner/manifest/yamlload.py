@@ -12,7 +12,7 @@ import gc
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -85,15 +85,6 @@ class Loaded:
     env_refs: list[EnvRef] = field(default_factory=list)
 
 
-class FileRefused(Exception):
-    """A file that cannot be read as input: missing, not a regular file, or over the size cap."""
-
-    def __init__(self, message: str, hint: str):
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
-
 _TOO_LARGE = "split the file, or raise the limit with --max-file-bytes"
 _KINDS = (
     (stat.S_ISDIR, "a directory"),
@@ -105,24 +96,24 @@ _KINDS = (
 
 
 def read_capped(path: str, max_bytes: int) -> bytes:
-    """The bytes of a regular file of at most ``max_bytes``, never waiting and never reading more
+    """The bytes of a regular file of at most ``max_bytes`` (else a UserError), never waiting and never reading more
     than ``max_bytes + 1``: the file is opened without blocking (a FIFO with no writer would wait
     forever) and refused unless it is a regular file (/dev/zero, a pipe, a directory)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except OSError as exc:
-        raise FileRefused(f"cannot read file: {exc.strerror or exc}", "check the path") from None
+        raise UserError(f"cannot read file: {exc.strerror or exc}", hint="check the path") from None
     try:
         info = os.fstat(fd)
         mode = info.st_mode
         if not stat.S_ISREG(mode):
             kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-            raise FileRefused(
+            raise UserError(
                 f"cannot read file: it is {kind}, not a regular file",
-                "give a regular file (save the output of a command to a file first)",
+                hint="give a regular file (save the output of a command to a file first)",
             )
         if info.st_size > max_bytes:
-            raise FileRefused(f"file is {info.st_size} bytes, over the limit of {max_bytes} bytes", _TOO_LARGE)
+            raise UserError(f"file is {info.st_size} bytes, over the limit of {max_bytes} bytes", hint=_TOO_LARGE)
         chunks, size = [], 0
         while size <= max_bytes:
             chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
@@ -131,11 +122,11 @@ def read_capped(path: str, max_bytes: int) -> bytes:
             chunks.append(chunk)
             size += len(chunk)
     except OSError as exc:
-        raise FileRefused(f"cannot read file: {exc.strerror or exc}", "check the path") from None
+        raise UserError(f"cannot read file: {exc.strerror or exc}", hint="check the path") from None
     finally:
         os.close(fd)
     if size > max_bytes:  # it grew after fstat, or it does not report its size
-        raise FileRefused(f"file is over the limit of {max_bytes} bytes", _TOO_LARGE)
+        raise UserError(f"file is over the limit of {max_bytes} bytes", hint=_TOO_LARGE)
     return b"".join(chunks)
 
 
@@ -143,8 +134,8 @@ def read_text(path: str, display: str, max_bytes: int = DEFAULT_MAX_BYTES) -> tu
     """Read a file as UTF-8 text, refusing what is too large, binary, not UTF-8 or not a regular file."""
     try:
         raw = read_capped(path, max_bytes)
-    except FileRefused as exc:
-        return None, [Problem(exc.message, Location(file=display), exc.hint)]
+    except UserError as exc:
+        return None, [replace(exc.problem, location=Location(file=display))]
     return decode_text(raw, display)
 
 
@@ -290,12 +281,13 @@ class _Reader:
         if event.anchor is not None:
             self.anchored[event.anchor] = (value, None)
         if isinstance(value, YList):
-            value.lines = {}
-            child = self.parser.get_event()
+            lines: dict[int, int] = {}
+            value.lines, get = lines, self.parser.get_event
+            child = get()
             while type(child) is not SequenceEndEvent:
-                value.lines[len(value)] = child.start_mark.line + 1
+                lines[len(value)] = child.start_mark.line + 1
                 value.append(self.value(child))
-                child = self.parser.get_event()
+                child = get()
         else:
             value = self.mapping(value)
         if event.anchor is not None:
@@ -306,25 +298,26 @@ class _Reader:
         """The keys and values of a mapping; a key must be a plain value, and a duplicate one is a problem
         (YAML keeps only the last). ``<<`` merges as PyYAML does (merged keys first, the mapping's own
         keys win, the first of a list of merged mappings wins)."""
-        data.lines = {}
+        lines = data.lines = {}
         merges: list[tuple[Any, Any]] = []
-        key_event = self.parser.get_event()
+        get = self.parser.get_event
+        key_event = get()
         while type(key_event) is not MappingEndEvent:
             key, line = self.value(key_event, key=True), key_event.start_mark.line + 1
-            item = self.value(self.parser.get_event())
+            item = self.value(get())
             if key is _MERGE:
                 merges.append((item, key_event.start_mark))
             elif isinstance(key, (dict, list)):  # unhashable: a list or mapping as a key
                 self.problems.append(Problem("a mapping key must be a plain value", Location(self.display, line)))
             else:
-                if key in data.lines:
-                    message = f"duplicate key {key!r} (first defined on line {data.lines[key]})"
+                if key in lines:
+                    message = f"duplicate key {key!r} (first defined on line {lines[key]})"
                     hint = "remove one of them: YAML keeps only the last"
                     self.problems.append(Problem(message, Location(self.display, line), hint))
                 else:
-                    data.lines[key] = line
+                    lines[key] = line
                 data[key] = item
-            key_event = self.parser.get_event()
+            key_event = get()
         return _merged(data, merges) if merges else data
 
     def env_ref(self, tagged: Any) -> EnvRef:

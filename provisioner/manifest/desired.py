@@ -325,8 +325,8 @@ def _check_printable(one: _Entry, key: str, names: list[str]) -> None:
     """A name is printed in logs and terminals: a control, format (bidi) or other non-printable
     character, or a lone surrogate, could forge or hide output, so it is refused (shown escaped)."""
     for name in names:
-        bad = next((c for c in name if not c.isprintable()), None)
-        if bad is not None:
+        if not name.isprintable():
+            bad = next(c for c in name if not c.isprintable())
             kind = {"Cc": "a control character", "Cs": "a lone surrogate"}.get(unicodedata.category(bad), "")
             what = f"U+{ord(bad):04X}, {unicodedata.name(bad, '') or kind or 'not printable'}"
             if key == "name":
@@ -361,9 +361,8 @@ def _check_tags(one: _Entry, tags: Any) -> None:
             hint = "provisioner writes those tags itself; choose another tag"
             one.add("tags", f"tag {tag!r} uses the reserved prefix {TAG_PREFIX!r}", hint)
         elif _MARKUP.search(tag) or not tag.strip():
-            one.add(
-                "tags", f"tag {tag!r} is empty or contains markup, which the API strips", "remove <...> from the tag"
-            )
+            message = f"tag {tag!r} is empty or contains markup, which the API strips"
+            one.add("tags", message, "remove <...> from the tag")
 
 
 def _config_locator(one: _Entry, renderer: Renderer) -> Callable[[tuple], Location]:

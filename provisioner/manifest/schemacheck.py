@@ -71,7 +71,6 @@ class _Observed:
 
     def __init__(self) -> None:
         self.patterns: dict[str, re.Pattern] = {}
-        self.compiled: tuple[re.Pattern, ...] = ()  # the patterns, once all are collected
         self.lengths: list[int] = []  # sorted: a string of at least each many characters, or not
         self.bounds: set[float] = set()  # a number at least, and over, each
         self.constants: set[Any] = set()  # of enum and const
@@ -88,7 +87,6 @@ class _Observed:
             elif isinstance(node, dict) and not seen._add(node, todo):
                 return None
         seen.lengths.sort()
-        seen.compiled = tuple(seen.patterns.values())
         return seen
 
     def _add(self, node: dict, todo: list) -> bool:
@@ -116,7 +114,7 @@ class _Observed:
         """A tuple (a mapping's: its keys, then its values' shapes; a string's is remembered)."""
         if isinstance(value, str):
             if value not in self.strings:
-                matches = [pattern.search(value) is None for pattern in self.compiled]
+                matches = [pattern.search(value) is None for pattern in self.patterns.values()]
                 length = bisect.bisect_right(self.lengths, len(value))
                 self.strings[value] = (str, value if value in self.constants else None, length, *matches)
             return self.strings[value]

@@ -187,14 +187,8 @@ def encoded_forms(value: str) -> set[str]:
 def token_forms(value: str) -> set[str]:
     """The forms of an instance token (base64 text the API generated): its alphabet rules out the HTML,
     repr and whitespace forms; unaligned base64 is left to secrets a person chose."""
-    if _UNRESERVED.fullmatch(value):  # no escaping changes it
-        return {value, base64.b64encode(value.encode("utf-8")).decode("ascii")}
-    return {
-        value,
-        value.replace("/", "\\/"),
-        *_url_forms(value),
-        base64.b64encode(value.encode("utf-8")).decode("ascii"),
-    }
+    encoded = base64.b64encode(value.encode("utf-8")).decode("ascii")
+    return {value, value.replace("/", "\\/"), encoded, *_url_forms(value)}
 
 
 class Redactor:
@@ -218,19 +212,18 @@ class Redactor:
             self._known: set[str] = set()  # values add() has registered with all their forms
             self._heads: dict[str, list[str]] = {}  # first FRAGMENT characters -> forms (fragments at edges)
             self._tails: dict[str, list[str]] = {}  # last FRAGMENT characters -> forms
-            self._edged: set[str] = set()  # the forms in _heads and _tails
+            self._unedged: list[str] = []  # forms registered since, not yet in _heads and _tails
             self._longest = 0
 
     def add(self, value: Any, token: bool = False) -> None:
         """Register a secret with every form it may be printed in (``encoded_forms``). ``token``: an
         instance token, registered in the fewer forms of ``token_forms`` (cheaper for the 10,000 tokens
         of a large listing) unless it is not token-like text."""
-        if isinstance(value, str) and len(value) >= MIN_REDACT_LENGTH and value not in self._known:
-            token = token and bool(_TOKEN.fullmatch(value))
-            self._register(value, token_forms(value) if token else encoded_forms(value), words_only=token)
-
-    def _register(self, value: str, forms: set[str], words_only: bool = False) -> None:
-        """Index the forms (``words_only``: every form is known to be made of word characters)."""
+        if not isinstance(value, str) or len(value) < MIN_REDACT_LENGTH or value in self._known:
+            return
+        token = token and bool(_TOKEN.fullmatch(value))
+        forms = token_forms(value) if token else encoded_forms(value)
+        words_only = token or _UNRESERVED.fullmatch(value)  # then every form is made of word characters
         words = {f for f in forms if words_only or _WORD_SECRET.fullmatch(f)}
         indexed = [_normalized(f) for f in words]
         with self._lock:
@@ -244,12 +237,7 @@ class Redactor:
             if unusual:
                 self._others |= unusual
                 self._pattern = None
-            for form in forms - self._edged:  # lists (redact may read them while they grow), each form once
-                if len(form) >= FRAGMENT:
-                    self._edged.add(form)
-                    self._heads.setdefault(form[:FRAGMENT], []).append(form)
-                    self._tails.setdefault(form[-FRAGMENT:], []).append(form)
-                    self._longest = max(self._longest, len(form))
+            self._unedged += forms  # indexed by the next redact(edges=True): most runs never need them
             self._known.add(value)
 
     def redact(self, text: str, edges: bool = False) -> str:
@@ -262,12 +250,23 @@ class Redactor:
             if self._others and self._pattern is None:
                 ordered = sorted(self._others, key=len, reverse=True)
                 self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
+            if edges:
+                self._index_edges()
             pattern, words, by_prefix, shortest = self._pattern, self._words, self._by_prefix, self._shortest
         if pattern is not None:
             text = pattern.sub(MASK, text)
         if words:
             text = _WORD_SECRET.sub(lambda m: _mask_run(m.group(), words, by_prefix, shortest), text)
         return self._mask_fragments(text) if edges and self._heads else text
+
+    def _index_edges(self) -> None:
+        """Index the forms registered since the last call by their first and last characters (under the lock)."""
+        for form in set(self._unedged):  # lists (redact may read them while they grow)
+            if len(form) >= FRAGMENT:
+                self._heads.setdefault(form[:FRAGMENT], []).append(form)
+                self._tails.setdefault(form[-FRAGMENT:], []).append(form)
+                self._longest = max(self._longest, len(form))
+        self._unedged = []
 
     def _mask_fragments(self, text: str) -> str:
         """Mask the longest piece of a secret's form that ends at a closing edge or starts at an opening one."""

@@ -118,11 +118,12 @@ class _Entry:
     def add(self, key: str, message: str, hint: str | None = None) -> None:
         self.problems.append(Problem(message, self.at(key), hint))
 
-    def render(self, renderer: Renderer, raw: Any, scope: dict, at: Location) -> Any:
+    def render(self, renderer: Renderer, raw: Any, scope: dict, key: str) -> Any:
+        """The value of ``key`` rendered (taken as written under ``literal: true``); _UNKNOWN if it did not render."""
         if self.literal:
             return raw
         try:
-            return renderer.value(raw, scope, at)
+            return renderer.value(raw, scope, self.at(key))
         except RenderError as exc:
             self.problems.append(exc.problem)
             return _UNKNOWN
@@ -131,7 +132,7 @@ class _Entry:
         """A field of the entry rendered; _UNKNOWN if refused by the structure check or not rendered."""
         if key in self.broken:
             return _UNKNOWN
-        return self.render(renderer, self.entry[key], scope, self.at(key))
+        return self.render(renderer, self.entry[key], scope, key)
 
 
 def _build_one(
@@ -202,14 +203,16 @@ def _configuration(one: _Entry, scope: dict, renderer: Renderer) -> Any:
     values are text, and ``!env NAME`` the one thing read."""
     raw = one.entry["configuration"]
     if not isinstance(raw, YDict):
-        return one.render(renderer, raw, scope, one.at("configuration"))
+        return one.render(renderer, raw, scope, "configuration")
     rendered = {}
     failed = set()
     for key, value in raw.items():
+        if one.literal and not isinstance(value, EnvRef):
+            rendered[key] = value
+            continue
         at = Location(one.file, raw.line_of(key), instance=one.name, path=f"configuration.{key}")
         try:
-            literal = one.literal and not isinstance(value, EnvRef)
-            rendered[key] = value if literal else renderer.value(value, scope, at)
+            rendered[key] = renderer.value(value, scope, at)
         except RenderError as exc:
             one.problems.append(exc.problem)
             failed.add(key)
@@ -223,12 +226,9 @@ def _checked(
     known = {key: value for key, value in body.items() if value is not _UNKNOWN}
     target, tags = known.get("target") or DEFAULT_TARGET, known.get("tags")
     configuration = body.get("configuration") or {}
-    element_at = Location(
-        one.file, entry.line_of("element" if "element" in entry else "template"), None, None, name, "element"
-    )
     schema = None
     if body.get("element") is not _UNKNOWN and ("element" in entry or "template" in entry):
-        schema = _element(known.get("element"), registry, element_at, problems)
+        schema = _element(one, known.get("element"), registry)
     if not isinstance(target, str) or target not in (manifest.targets or {DEFAULT_TARGET: None}):
         declared = ", ".join(sorted(manifest.targets) or [DEFAULT_TARGET])
         one.add("target", f"unknown target {target!r}", f"targets declared: {declared}")
@@ -263,7 +263,7 @@ def _checked(
     config = {k: (Secret(v) if k in schema.secret_keys and isinstance(v, str) else v) for k, v in configuration.items()}
     oauth = schema.oauth_problem(configuration, adopt is not None)
     if oauth is not None:
-        problems.append(Problem(oauth[0], element_at, oauth[1]))
+        problems.append(Problem(oauth[0], _element_at(one), oauth[1]))
         return None
     here = Location(one.file, one.line, instance=name)
     tag_tuple = None if tags is None else tuple(tags)
@@ -325,8 +325,8 @@ def _check_printable(one: _Entry, key: str, names: list[str]) -> None:
     """A name is printed in logs and terminals: a control, format (bidi) or other non-printable
     character, or a lone surrogate, could forge or hide output, so it is refused (shown escaped)."""
     for name in names:
-        bad = next((c for c in name if not c.isprintable()), None)
-        if bad is not None:
+        if not name.isprintable():
+            bad = next(c for c in name if not c.isprintable())
             kind = {"Cc": "a control character", "Cs": "a lone surrogate"}.get(unicodedata.category(bad), "")
             what = f"U+{ord(bad):04X}, {unicodedata.name(bad, '') or kind or 'not printable'}"
             if key == "name":
@@ -335,16 +335,20 @@ def _check_printable(one: _Entry, key: str, names: list[str]) -> None:
             one.add(key, f"name '{escape(name)}' contains a non-printable character ({what})", hint)
 
 
-def _element(key: Any, registry: ElementRegistry, at: Location, problems: list[Problem]) -> ElementSchema | None:
+def _element(one: _Entry, key: Any, registry: ElementRegistry) -> ElementSchema | None:
     if not isinstance(key, str) or not key:
         hint = "set element: (e.g. connectwisehd), or render it from the template"
-        problems.append(Problem("no element given", at, hint))
+        one.problems.append(Problem("no element given", _element_at(one), hint))
         return None
     schema = registry.get(key)
     if schema is None:
         hint = f"known elements: {', '.join(registry.keys())}; add one with --schemas DIR"
-        problems.append(Problem(f"unknown element {key!r}", at, hint))
+        one.problems.append(Problem(f"unknown element {key!r}", _element_at(one), hint))
     return schema
+
+
+def _element_at(one: _Entry) -> Location:
+    return one.at("element" if "element" in one.entry else "template", "element")
 
 
 def _check_tags(one: _Entry, tags: Any) -> None:
@@ -357,9 +361,8 @@ def _check_tags(one: _Entry, tags: Any) -> None:
             hint = "provisioner writes those tags itself; choose another tag"
             one.add("tags", f"tag {tag!r} uses the reserved prefix {TAG_PREFIX!r}", hint)
         elif _MARKUP.search(tag) or not tag.strip():
-            one.add(
-                "tags", f"tag {tag!r} is empty or contains markup, which the API strips", "remove <...> from the tag"
-            )
+            message = f"tag {tag!r} is empty or contains markup, which the API strips"
+            one.add("tags", message, "remove <...> from the tag")
 
 
 def _config_locator(one: _Entry, renderer: Renderer) -> Callable[[tuple], Location]:

@@ -1,16 +1,9 @@
 """The element registry: which elements exist, and what their configuration may hold.
 
-Each element is described by a JSON Schema (2020-12) file named after its key, in ``schemas/elements``
-(built in) or in a directory the user names with ``--schemas DIR`` or the manifest's ``schemas:``
-list (later directories win). The schema's ``x-provisioner`` object gives the element key and the
-keys the API may report back for an instance of it (``reportedKeys``: the API answers a create of
-``dynamicscrmadfs`` with element ``dynamicscrm``). ``writeOnly: true`` marks secret keys: their
-values are masked everywhere and compared through fingerprints, never read back. ``oauth`` marks an
-element whose new instances need an OAuth authorization code from a browser redirect (``true``, or
-``{"when": {"key": ["value", ...]}}`` when only some configurations take the OAuth path).
-
-Each element's validator is built once per run and reused for every instance (it validates each
-shape of configuration once: ``schemacheck.ShapeValidator``).
+One JSON Schema (2020-12) per element, built in or from ``--schemas DIR`` and the manifest's
+``schemas:`` (later directories win); see docs/manifest.md#element-schemas for ``x-provisioner``
+(the element key, ``reportedKeys``, ``oauth``) and ``writeOnly`` (secret keys). Each element's
+validator is built once per run (it validates each shape of configuration once: ``ShapeValidator``).
 """
 
 from __future__ import annotations

@@ -1,24 +1,16 @@
-"""Render manifest values and template files with Jinja, sandboxed and strict.
+"""Render manifest values and template files with Jinja, sandboxed and strict (docs/manifest.md#rendering).
 
-In scope: ``env`` (the process environment), ``inputs`` and, inside a forEach, ``item``.
-
-* Undefined variables are errors that name what is missing (``environment variable CW_PASSWORD is
-  not set``); values are never printed.
-* A value that is a single expression keeps its type: ``"{{ inputs.tagging }}"`` with
-  ``tagging: false`` gives the boolean ``false``.
-* Data is never rendered twice. For template files, every ``{{ ... }}`` output is first replaced
-  by a random placeholder, the text is parsed as YAML, and the real values are put back into the
-  parsed structure. A password containing quotes, newlines or ``{{ 7*7 }}`` therefore reaches the
-  API byte for byte and can never change the structure of the body.
-* The sandbox refuses unsafe attribute access (``''.__class__``); template files are loaded only
-  from inside the manifest's directory. Each rendering has a budget of time and size (``sandbox.py``).
-
-Each distinct string or file is compiled once per Renderer (a forEach renders it per item).
+In scope: ``env``, ``inputs`` and, inside a forEach, ``item``. Undefined variables are errors that
+name what is missing; values are never printed. In template files every ``{{ ... }}`` output becomes a
+random placeholder, the text is parsed as YAML and the values are put back: data is never rendered
+twice and cannot change the structure of the body. Each distinct string or file is compiled once per
+Renderer (a forEach renders it per item).
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 import secrets
@@ -30,13 +22,12 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SecurityError
 
-from ..errors import Location, Problem
+from ..errors import Location, Problem, UserError
 from .sandbox import BudgetedSandbox, BudgetExceeded, template_line_now
 from .yamlload import (
     CURLY_QUOTES,
     DEFAULT_MAX_BYTES,
     EnvRef,
-    FileRefused,
     YDict,
     YList,
     decode_text,
@@ -45,7 +36,7 @@ from .yamlload import (
 )
 
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
-_HAS_JINJA = ("{{", "{%", "{#")
+_HAS_JINJA = re.compile(r"\{[{%#]")
 
 
 class RenderError(Exception):
@@ -106,13 +97,13 @@ class _ConfinedLoader(jinja2.BaseLoader):
         path = os.path.realpath(os.path.join(self.root, template))
         if os.path.isabs(template) or os.path.commonpath([path, self.root]) != self.root:
             hint = "templates must live in the manifest's directory or below it"
-            raise FileRefused(f"template path {template!r} is outside the manifest's directory", hint)
+            raise UserError(f"template path {template!r} is outside the manifest's directory", hint=hint)
         if not os.path.lexists(path):
             raise jinja2.TemplateNotFound(template)
         try:
             raw = read_capped(path, self.max_bytes)
-        except FileRefused as exc:
-            raise FileRefused(f"template file {template!r}: {exc.message}", exc.hint) from None
+        except UserError as exc:
+            raise UserError(f"template file {template!r}: {exc.problem.message}", hint=exc.problem.hint) from None
         text, problems = decode_text(raw, template)
         if text is None:
             raise RenderError(problems[0])
@@ -159,7 +150,7 @@ class Renderer:
         self._jinja.max_bytes = max_file_bytes
         # Run-owned caches, by source text: each distinct string or file is compiled once (a forEach
         # renders one compiled template per item), and a string without ``item`` renders once.
-        self._compiled: dict[str, Any] = {}
+        self._compiled: dict[tuple[str, str], Callable[[dict[str, Any]], Any]] = {}
         self._invariant: dict[str, Any] = {}
         self._exhausted: dict[str, Problem] = {}  # sources that ran out of budget once: fail at once
         self._sources: dict[str, list[str]] = {}
@@ -208,20 +199,12 @@ class Renderer:
         return problem if message == problem.message else Problem(message, problem.location, problem.hint)
 
     def _string(self, raw: str, scope: dict[str, Any], where: Location) -> Any:
-        if not any(marker in raw for marker in _HAS_JINJA):
+        if not _HAS_JINJA.search(raw):
             return raw  # no Jinja syntax: not a template, the text is the value
         invariant = "item" not in raw  # env and inputs are fixed for the run: such a string renders once
         if invariant and raw in self._invariant:
             return self._invariant[raw]
-        match = _SINGLE_EXPRESSION.match(raw)
-
-        def render() -> Any:
-            if match and "{{" not in match["expr"] and "}}" not in match["expr"]:
-                result = self._compile("expression", match["expr"])(**scope)
-                return str(result) if isinstance(result, jinja2.Undefined) else result  # str() raises its error
-            return self._jinja.render_capped(self._compile("string", raw), scope)
-
-        value = self._budgeted(raw, where, None, render)
+        value = self._budgeted(raw, where, None, lambda: self._compile("string", raw)(scope))
         if invariant:
             self._invariant[raw] = value
         return value
@@ -234,8 +217,7 @@ class Renderer:
             where = replace(where, template=known.location.template, template_line=known.location.template_line)
             raise RenderError(Problem(known.message, where, known.hint))
         try:
-            with self._jinja.budget():
-                return render()
+            return self._jinja.within_budget(render)
         except RenderError:
             raise
         except Exception as exc:  # noqa: BLE001 - every Jinja failure becomes a located problem
@@ -244,17 +226,19 @@ class Renderer:
                 self._exhausted[source] = problem
             raise RenderError(problem) from None
 
-    def _compile(self, kind: str, source: str) -> Any:
-        """A compiled expression, string or template file, once per source for the run."""
-        key = f"{kind}:{source}"
-        compiled = self._compiled.get(key)
-        if compiled is None:
-            if kind == "expression":
-                compiled = self._jinja.compile_expression(source, undefined_to_none=False)
+    def _compile(self, kind: str, source: str) -> Callable[[dict[str, Any]], Any]:
+        """The function of a scope that renders a string or a template file, compiled once per source
+        for the run. A string that is a single expression keeps its value's type."""
+        key = (kind, source)
+        if key not in self._compiled:
+            match = _SINGLE_EXPRESSION.match(source) if kind == "string" else None
+            if match and "{{" not in match["expr"] and "}}" not in match["expr"]:
+                expression = self._jinja.compile_expression(match["expr"], undefined_to_none=False)
+                self._compiled[key] = lambda scope: _defined(expression(scope))
             else:
-                compiled = self._jinja.get_template(source) if kind == "file" else self._jinja.from_string(source)
-            self._compiled[key] = compiled
-        return compiled
+                template = self._jinja.get_template(source) if kind == "file" else self._jinja.from_string(source)
+                self._compiled[key] = functools.partial(self._jinja.render_capped, template)
+        return self._compiled[key]
 
     def template_lines(self, name: str) -> list[str]:
         """The lines of a template file as the loader reads it (empty if it cannot be read), for messages."""
@@ -270,32 +254,30 @@ class Renderer:
     def template_file(self, name: str, scope: dict[str, Any], where: Location) -> dict:
         """Render a template file into a mapping; values are substituted after YAML parsing."""
         try:
-            template = self._compile("file", name)
+            render = self._compile("file", name)
         except jinja2.TemplateSyntaxError as exc:
             raise RenderError(_problem_from(exc, where, name)) from None
-        except (FileRefused, jinja2.TemplateNotFound) as exc:
+        except (UserError, jinja2.TemplateNotFound) as exc:
             raise RenderError(_problem_from(exc, where)) from None
         nonce = f"__pv{secrets.token_hex(6)}_"
         collected: list[Any] = []
         lines: list[int | None] = []
         variables = {"__provisioner_values": collected, "__provisioner_lines": lines, "__provisioner_nonce": nonce}
-        text = self._budgeted(
-            "file:" + name, where, name, lambda: self._jinja.render_capped(template, {**scope, **variables})
-        )
-        outputs = _Outputs(nonce, self.template_lines(name), lines)
+        text = self._budgeted("file:" + name, where, name, lambda: render({**scope, **variables}))
+        outputs = _Outputs(nonce, collected, lines, self.template_lines(name), text)
 
         def located(rendered_line: int | None) -> Location:
-            return Location(where.file, where.line, name, outputs.template_line(text, rendered_line), where.instance)
+            return Location(where.file, where.line, name, outputs.template_line(rendered_line), where.instance)
 
         loaded = load_yaml(text, name)
         if loaded.problems:
             line = loaded.problems[0].location.line
             message = outputs.described(loaded.problems[0].message.removeprefix("not valid YAML: "))
             hint = "quote the value around this line, or emit structured values with a single {{ expression }}"
-            message = f"template output is not valid YAML: {message}{outputs.quote_line(text, line)}"
+            message = f"template output is not valid YAML: {message}{outputs.quote_line(line)}"
             raise RenderError(Problem(message, located(line), hint))
         try:
-            data = _substitute(loaded.data, nonce, collected)
+            data = outputs.put_back(loaded.data)
         except _BadKey as exc:
             message = f"key {outputs.described(str(exc.key))!r} {exc.reason}"
             index = text.find(str(exc.key))
@@ -303,19 +285,43 @@ class Renderer:
             raise RenderError(Problem(message, located(line), "give each key of a mapping a distinct name")) from None
         if data is not None and not isinstance(data, dict):
             message = f"template must render a YAML mapping, got {type(data).__name__}"
-            where_file = Location(where.file, where.line, name, None, where.instance)
-            raise RenderError(Problem(message, where_file, "render keys such as configuration: and tags:"))
+            raise RenderError(Problem(message, located(None), "render keys such as configuration: and tags:"))
         return data or {}
 
 
 class _Outputs:
-    """Maps the placeholders of a rendered template file back to the user's own text: each
-    ``{{ ... }}`` output of the template, found on the template line it was rendered from."""
+    """The ``{{ ... }}`` outputs of one rendered template file: put back into the parsed YAML, and
+    mapped back to the user's own text for messages (each found on the template line it came from)."""
 
-    def __init__(self, nonce: str, source: list[str], lines: list[int | None]):
+    def __init__(self, nonce: str, values: list[Any], lines: list[int | None], source: list[str], text: str):
         self.pattern = re.compile(re.escape(nonce) + r"(\d+)_")
-        self.lines = lines
-        self.source = source
+        self.values, self.lines, self.source, self.rendered = values, lines, source, text.splitlines()
+
+    def put_back(self, data: Any) -> Any:
+        """The parsed YAML with each value where its placeholder landed."""
+        if isinstance(data, str):
+            whole = self.pattern.fullmatch(data)
+            if whole:
+                return self.values[int(whole[1])]
+            return self.pattern.sub(lambda m: _as_text(self.values[int(m[1])]), data)  # true/false as YAML spells them
+        if isinstance(data, dict):
+            out = YDict()
+            for key, value in data.items():
+                real = self.put_back(key)
+                try:
+                    seen = real in out
+                except TypeError:  # an unhashable value rendered as a key
+                    raise _BadKey(key, "renders to a value that cannot be a key") from None
+                if seen:
+                    raise _BadKey(key, "renders to the same key as another key of this mapping")
+                out[real] = self.put_back(value)
+            out.line = getattr(data, "line", 0)
+            return out
+        if isinstance(data, list):
+            out_list = YList(map(self.put_back, data))
+            out_list.line = getattr(data, "line", 0)
+            return out_list
+        return data
 
     def expression(self, index: int) -> str:
         line = self.lines[index] if 0 <= index < len(self.lines) else None
@@ -329,53 +335,19 @@ class _Outputs:
     def described(self, message: str) -> str:
         return self.pattern.sub(lambda m: self.expression(int(m[1])), message)
 
-    def quote_line(self, text: str, line: int | None) -> str:
+    def _rendered(self, line: int | None) -> str:
+        return self.rendered[line - 1] if line and 0 < line <= len(self.rendered) else ""
+
+    def quote_line(self, line: int | None) -> str:
         """The offending rendered line in the user's terms (outputs shown as their expressions)."""
-        rendered = text.splitlines()
-        if not line or not 0 < line <= len(rendered):
-            return ""
-        shown = self.described(rendered[line - 1]).strip()
+        shown = self.described(self._rendered(line)).strip()
         return f" (in: {shown[:120]!r})" if shown else ""
 
-    def template_line(self, text: str, line: int | None) -> int | None:
+    def template_line(self, line: int | None) -> int | None:
         """The template line of a rendered line: the line of an output rendered on it if any,
         else the same number (true for a template without loops)."""
-        rendered = text.splitlines()
-        if line and 0 < line <= len(rendered):
-            match = self.pattern.search(rendered[line - 1])
-            if match and self.lines[int(match[1])]:
-                return self.lines[int(match[1])]
-        return line
-
-
-def _substitute(data: Any, nonce: str, values: list[Any]) -> Any:
-    """Put the collected values back where their placeholders landed in the parsed YAML."""
-    if isinstance(data, str):
-        if nonce not in data:
-            return data
-        pattern = re.compile(re.escape(nonce) + r"(\d+)_")
-        whole = pattern.fullmatch(data)
-        if whole:
-            return values[int(whole[1])]
-        return pattern.sub(lambda m: _as_text(values[int(m[1])]), data)  # true/false as YAML spells them
-    if isinstance(data, dict):
-        out = YDict()
-        for key, value in data.items():
-            real = _substitute(key, nonce, values)
-            try:
-                seen = real in out
-            except TypeError:  # an unhashable value rendered as a key
-                raise _BadKey(key, "renders to a value that cannot be a key") from None
-            if seen:
-                raise _BadKey(key, "renders to the same key as another key of this mapping")
-            out[real] = _substitute(value, nonce, values)
-        out.line = getattr(data, "line", 0)
-        return out
-    if isinstance(data, list):
-        out_list = YList(_substitute(v, nonce, values) for v in data)
-        out_list.line = getattr(data, "line", 0)
-        return out_list
-    return data
+        match = self.pattern.search(self._rendered(line))
+        return (self.lines[int(match[1])] if match else None) or line
 
 
 class _BadKey(Exception):
@@ -385,6 +357,10 @@ class _BadKey(Exception):
         super().__init__(reason)
         self.key = key
         self.reason = reason
+
+
+def _defined(value: Any) -> Any:
+    return str(value) if isinstance(value, jinja2.Undefined) else value  # str() raises the undefined's error
 
 
 def _as_text(value: Any) -> str:
@@ -412,8 +388,8 @@ def _problem_from(exc: Exception, where: Location, template: str | None = None) 
         if any(q in (exc.message or "") for q in CURLY_QUOTES):
             hint = "replace curly quotes with straight ones (\" or ')"
         return Problem(f"template syntax error: {exc.message}", location, hint)
-    if isinstance(exc, FileRefused):  # outside the manifest's directory, or not a file to read
-        return Problem(exc.message, location, exc.hint)
+    if isinstance(exc, UserError):  # outside the manifest's directory, or not a file to read
+        return Problem(exc.problem.message, location, exc.problem.hint)
     if isinstance(exc, jinja2.TemplateNotFound):
         hint = "paths are relative to the manifest's directory"
         return Problem(f"template file {exc.name!r} not found", location, hint)

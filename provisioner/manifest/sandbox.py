@@ -1,20 +1,12 @@
-"""The Jinja sandbox, with a budget per rendering: wall-clock time, and the size of what it builds.
+"""The Jinja sandbox, with a budget per rendering: wall-clock time, and the size of what it builds
+(the limits: docs/manifest.md#rendering).
 
-Jinja's sandbox refuses unsafe attribute access, not runaway work; its documentation leaves that to
-the application, through the hooks a sandbox subclass may override. One rendering (one value, or
-one template file) gets ``RENDER_SECONDS`` and may build values of at most ``max_bytes`` each, and
-``PRODUCED_FACTOR`` times that in all:
-
-* the deadline is checked on every attribute or item lookup, call, filter and operator, so a loop
-  nest's runaway time is bounded by its innermost loop (``range`` gives at most 100,000 items);
-* what can build a large value in one step is bounded before it runs: ``*``, ``**``, ``+`` and ``%``
-  (the documented ``intercepted_binops``), the filters and string methods that pad, repeat,
-  replace, format or join (``filters`` and ``call``), and ``lipsum`` (``globals``);
-* every value a call or filter returns is measured, items of lists and mappings included, and
-  counted against the rendering's total;
-* ``~``, and the output captured by ``{% set %}`` blocks, macros and ``{% filter %}``, are joined by
-  ``concat``, which refuses a result past the cap (``~`` reaches it through
-  ``code_generator_class``, Jinja's documented hook on the code a template compiles to).
+Jinja's sandbox refuses unsafe attribute access, not runaway work; the budget goes through the hooks
+a sandbox subclass may override. The deadline is checked on every lookup, call, filter and operator;
+what can build a large value in one step is bounded before it runs (``intercepted_binops``, the
+``filters``, ``call`` and ``lipsum``); every value a call or filter returns is measured, items
+included; ``~`` and captured output are joined by ``concat``, which refuses a result past the cap
+(``~`` reaches it through ``code_generator_class``, Jinja's documented hook on compiled code).
 """
 
 from __future__ import annotations
@@ -25,8 +17,7 @@ import math
 import re
 import string
 import time
-from collections.abc import Callable, Iterable, Iterator, Sized
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sized
 from typing import Any
 
 from jinja2.compiler import CodeGenerator, Frame
@@ -94,11 +85,11 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
         self.variables: dict[str, Any] = {**self.globals, "lipsum": self._lipsum}
         self.globals.clear()
 
-    @contextmanager
-    def budget(self) -> Iterator[None]:
+    def within_budget(self, render: Callable[[], Any]) -> Any:
+        """``render()`` with a budget of its own."""
         self.deadline, self.produced = time.monotonic() + RENDER_SECONDS, 0
         try:
-            yield
+            return render()
         finally:
             self.deadline = math.inf
 

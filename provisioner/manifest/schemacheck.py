@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import bisect
 import difflib
-import itertools
 import json
-import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
@@ -73,10 +71,10 @@ class _Observed:
 
     def __init__(self) -> None:
         self.patterns: dict[str, re.Pattern] = {}
-        self.compiled: tuple[re.Pattern, ...] = ()  # the patterns, once all are collected
         self.lengths: list[int] = []  # sorted: a string of at least each many characters, or not
         self.bounds: set[float] = set()  # a number at least, and over, each
         self.constants: set[Any] = set()  # of enum and const
+        self.strings: dict[str, tuple] = {}  # the shape of each string seen
 
     @classmethod
     def of(cls, schema: Any) -> _Observed | None:
@@ -89,7 +87,6 @@ class _Observed:
             elif isinstance(node, dict) and not seen._add(node, todo):
                 return None
         seen.lengths.sort()
-        seen.compiled = tuple(seen.patterns.values())
         return seen
 
     def _add(self, node: dict, todo: list) -> bool:
@@ -114,14 +111,18 @@ class _Observed:
         return True
 
     def shape(self, value: Any) -> Any:
-        constant = value if isinstance(value, _SCALARS) and value in self.constants else None
+        """A tuple (a mapping's: its keys, then its values' shapes; a string's is remembered)."""
         if isinstance(value, str):
-            matches = map(operator.not_, map(re.Pattern.search, self.compiled, itertools.repeat(value)))
-            return (str, constant, bisect.bisect_right(self.lengths, len(value)), *matches)
+            if value not in self.strings:
+                matches = [pattern.search(value) is None for pattern in self.patterns.values()]
+                length = bisect.bisect_right(self.lengths, len(value))
+                self.strings[value] = (str, value if value in self.constants else None, length, *matches)
+            return self.strings[value]
         if isinstance(value, dict):
-            return (dict, *((key, self.shape(item)) for key, item in value.items()))
+            return (dict, *value, *map(self.shape, value.values()))
         if isinstance(value, list):
-            return (list, *(self.shape(item) for item in value))
+            return (list, *map(self.shape, value))
+        constant = value if isinstance(value, _SCALARS) and value in self.constants else None
         if isinstance(value, int | float) and not isinstance(value, bool):
             whole = isinstance(value, int) or value.is_integer()
             return (type(value), constant, whole, *((value >= n, value > n) for n in self.bounds))
@@ -141,6 +142,10 @@ def problems_from_errors(
     missing); ``expressions``: top keys whose value a {{ expression }} gave (its type is kept), with its text."""
     problems: list[Problem] = []
     missing: dict[tuple, list[str]] = {}
+
+    def at(path: tuple) -> Location:
+        return replace(location_for(path), path=_dotted(prefix, path) or None)
+
     for error in sorted(_fitting(errors), key=lambda e: [str(p) for p in e.absolute_path]):
         path = tuple(error.absolute_path)
         if path and path[0] in unknown:
@@ -150,19 +155,18 @@ def problems_from_errors(
             missing.setdefault(path, []).extend(key for key in error.validator_value if key not in present)
             continue
         if error.validator == "additionalProperties":
-            problems.extend(unknown_key_problems(error, path, location_for, prefix))
+            problems.extend(unknown_key_problems(error, path, at))
             continue
         secret = bool(path) and path[-1] in secret_keys
         expression = (expressions or {}).get(path[0]) if path else None
         message, hint = _describe(error, secret, "" if secret and expression is not None else expression)
-        problems.append(Problem(message, replace(location_for(path), path=_dotted(prefix, path) or None), hint))
+        problems.append(Problem(message, at(path), hint))
     for path, keys in missing.items():
         keys = sorted(set(keys) - (unknown if not path else set()))
         if keys:
             place = "the configuration" if prefix == "configuration" else _dotted("", path) or "the top of the manifest"
-            where = replace(location_for(path), path=_dotted(prefix, path) or None)
             message = f"missing required key{'s' * (len(keys) > 1)}: {', '.join(keys)}"
-            problems.append(Problem(message, where, f"add {'it' if len(keys) == 1 else 'them'} to {place}"))
+            problems.append(Problem(message, at(path), f"add {'it' if len(keys) == 1 else 'them'} to {place}"))
     return problems
 
 
@@ -195,7 +199,7 @@ def _is_expression(option: dict) -> bool:
     return "\\{\\{" in str(option.get("pattern", ""))
 
 
-def unknown_key_problems(error: ValidationError, path: tuple, location_for: LocationFor, prefix: str) -> list[Problem]:
+def unknown_key_problems(error: ValidationError, path: tuple, at: LocationFor) -> list[Problem]:
     """Every unexpected key of an additionalProperties error, each with its own did-you-mean."""
     known = list((error.schema or {}).get("properties", {}))
     listed = "known keys: " + ", ".join(sorted(known)[:12]) + ("..." if len(known) > 12 else "")
@@ -203,8 +207,7 @@ def unknown_key_problems(error: ValidationError, path: tuple, location_for: Loca
     for key in [k for k in error.instance if k not in known] if isinstance(error.instance, dict) else []:
         suggestion = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
         hint = f"did you mean {suggestion[0]!r}?" if suggestion else listed
-        where = replace(location_for((*path, key)), path=_dotted(prefix, (*path, key)))
-        out.append(Problem(f"unknown key {key!r}", where, hint))
+        out.append(Problem(f"unknown key {key!r}", at((*path, key)), hint))
     return out
 
 

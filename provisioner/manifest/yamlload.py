@@ -251,11 +251,18 @@ class _Reader:
             return text
         if tag == _MERGE_TAG and key:
             return _MERGE
+        where = Location(self.display, event.start_mark.line + 1)
         try:
             return self.parser.construct_object(yaml.ScalarNode(tag, text, event.start_mark), deep=True)
         except ValueError as exc:
-            self.problems.append(too_long_number(exc, Location(self.display, event.start_mark.line + 1)))
-            return None
+            if "digits" in str(exc):
+                self.problems.append(too_long_number(exc, where))
+                return None
+        except (KeyError, TypeError, ArithmeticError):  # an explicit tag on text it cannot read (!!bool maybe)
+            pass
+        hint = "remove the tag, or quote the value to keep it as a string"
+        self.problems.append(Problem(f"{short(text)} cannot be read as {tag.rsplit(':', 1)[-1]}", where, hint))
+        return None
 
     def alias(self, event: Any) -> Any:
         if event.anchor not in self.anchored:

@@ -1,32 +1,16 @@
-"""Stage 6: execute a plan, and nothing else.
+"""Stage 6: execute a plan, and nothing else. The guarantees are told in docs/reliability.md.
 
 Writes run in one pool of ``parallelism`` workers (one rate budget shared by all); the workers
 return what they learned and only the main thread records it. One failing instance does not stop
-the others.
-
-A create is sent again only after an attempt the server refused, and a name is sent at most
-``--max-attempts`` times. Refused means: it answered 429 or the connection was refused (the client
-retries those within a send), or the attempt's outcome is unknown (an answered 5xx, or no answer: a
-reset, a timeout, a lost answer) and a listing of the stack taken after it ended shows no copy of
-the name. The names of unknown outcome are looked up in rounds, one listing per round: a copy found
-is taken, a name not found is sent again at once, and its unknown outcomes make the next round. A
-2xx answer is never a refusal: a create answered 2xx without an instance with an id and a token is
-never sent again; a name with no copy then fails, its outcome unknown.
-
-A slow server may still commit an attempt that got no answer after the listing that did not show
-it. So when such an attempt was never found, the final check first waits ``settle`` seconds, once;
-then it settles every created name on one copy, the oldest, which every overlapping run agrees on.
-A run deletes only extra copies it made itself (by id, or by this run's tag), and reads
-``GET /instances/{id}`` for a copy listed without a token. A commit later than ``settle`` is left to
-the next apply, which deletes it as a duplicate.
-
-SIGINT/SIGTERM set the stop flag: no new request starts, and requests in flight get ``STOP_GRACE``
-to finish. Then the main thread stops waiting for them: a change still in flight is reported as
-skipped, its outcome unknown (the next run finds a create that was made), and the result still
-holds every token obtained so far. A Retry-After longer than the retry budget (``WaitTooLong``)
-stops the run the same way, with one message; the changes it did not send are skipped with it. A
-change whose request the API holds ``STOP_GRACE`` past its deadline is abandoned too, of unknown
-outcome (a create is looked up); when that holds every worker, the run stops.
+the others. A create is sent again (at most ``--max-attempts`` times a name) only after an attempt
+the server refused: a 429, a refused connection, or an unknown outcome (a 5xx, no answer) that a
+listing taken after it does not show; a 2xx is never a refusal. The names of unknown outcome are
+looked up in rounds, one listing per round. The final check waits ``settle`` seconds, once, when an
+attempt that got no answer was never found, then settles every created name on its oldest copy
+(which every overlapping run agrees on) and deletes only the extra copies this run made.
+SIGINT/SIGTERM or a Retry-After longer than the retry budget stop the run: no new request starts,
+and a change still in flight after ``STOP_GRACE`` is skipped, its outcome unknown. A request held
+``STOP_GRACE`` past its deadline is abandoned too (a create is looked up).
 """
 
 from __future__ import annotations
@@ -37,7 +21,7 @@ import math
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -60,7 +44,7 @@ from ..ownership import run_tag
 from ..secret import Secret
 from .bodies import adopt_body, create_body, modify_verb, patch_body, put_body
 from .diff import FingerprintContext
-from .plan import REFUSALS, Action, Change, Plan
+from .plan import REFUSALS, Action, Change, Plan, copies_by_name
 
 
 class Status(StrEnum):
@@ -456,14 +440,6 @@ class Applier:
             return replace(result, token=token)
         why = f"instance id {result.id} was created, but the API gave no token for it (neither the create answer, "
         return replace(result, status=Status.FAILED, error=why + f"the listing nor GET /instances/{result.id})")
-
-
-def copies_by_name(instances: Iterable[LiveInstance]) -> dict[str, list[LiveInstance]]:
-    """Instances by name, oldest first (creation date, then id): the first is the copy every run keeps."""
-    copies: dict[str, list[LiveInstance]] = {}
-    for instance in sorted(instances, key=lambda i: i.age_key):
-        copies.setdefault(instance.name, []).append(instance)
-    return copies
 
 
 def _failed(change: Change, exc: Exception) -> ChangeResult:

@@ -23,7 +23,8 @@ from ..api.live import LiveInstance
 from ..errors import ApiError, TransportError
 from ..interrupt import StopFlag
 from ..manifest.desired import DesiredInstance
-from .apply import Unfinished, copies_by_name, in_workers
+from .apply import Unfinished, in_workers
+from .plan import copies_by_name
 from .stages import Connection, Validated, read_state
 
 Status = Literal["healthy", "invalid", "disabled", "missing", "unreachable"]

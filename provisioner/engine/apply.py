@@ -42,7 +42,7 @@ from ..manifest.desired import DesiredInstance
 from ..manifest.elements import ElementRegistry, ElementSchema
 from ..ownership import run_tag
 from ..secret import Secret
-from .bodies import adopt_body, create_body, modify_verb, patch_body, put_body
+from .bodies import create_body, modify_body, modify_verb
 from .diff import FingerprintContext
 from .plan import REFUSALS, Action, Change, Plan, copies_by_name
 
@@ -290,16 +290,13 @@ class Applier:
         """Adopt, update, rename or re-authenticate an instance in place: its id and token stay. An
         ``enabled`` field in the diff is set afterwards, with the enabled endpoint."""
         desired, schema, fp = self._body_parts(change)
-        live_tags = change.live.tags if change.live else ()
+        body = modify_body(change, schema, fp)
         if change.action == Action.REAUTHENTICATE:  # the full body, for the provider to check again
-            data = client.reauthenticate_instance(change.id, put_body(desired, schema, fp, live_tags, change.diff))
-        elif change.action == Action.ADOPT:  # one PATCH: marker, fingerprints, declared configuration
-            data = client.patch_instance(change.id, adopt_body(desired, schema, fp, live_tags, change.diff))
-        elif modify_verb(change) == "PATCH":
-            rename = change.action == Action.RENAME  # PATCH name and tags: id and token stay
-            data = client.patch_instance(change.id, patch_body(desired, schema, fp, live_tags, rename))
+            data = client.reauthenticate_instance(change.id, body)
+        elif modify_verb(change) == "PATCH":  # adopt, or no configuration value differs
+            data = client.patch_instance(change.id, body)
         else:
-            data = client.update_instance(change.id, put_body(desired, schema, fp, live_tags, change.diff))
+            data = client.update_instance(change.id, body)
         if any(d.path.section == "enabled" for d in change.diff):
             client.set_enabled(change.id, desired.enabled)
         return change.id, _token(data) or _live_token(change)

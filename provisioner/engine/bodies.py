@@ -79,26 +79,14 @@ def put_body(
     }
 
 
-def patch_body(
-    desired: DesiredInstance,
-    schema: ElementSchema,
-    fp: FingerprintContext,
-    live_tags: tuple[str, ...],
-    rename: bool = False,
-) -> dict[str, Any]:
-    """Tags only: PATCH replaces the whole tag list, so it carries the marker and fingerprints too.
-    A rename also carries the new name (the instance keeps its id and token)."""
-    return ({"name": desired.name} if rename else {}) | {"tags": all_tags(desired, schema, fp, live_tags)}
-
-
-def adopt_body(
-    desired: DesiredInstance,
-    schema: ElementSchema,
-    fp: FingerprintContext,
-    live_tags: tuple[str, ...],
-    diff: tuple[FieldDiff, ...],
-) -> dict[str, Any]:
-    """Adoption, one PATCH: the tags and the declared configuration, secrets included (PATCH merges, so
-    keys the manifest does not declare, such as an OAuth token the platform keeps, stay)."""
-    body = put_body(desired, schema, fp, live_tags, diff)
-    return {"tags": body["tags"], "configuration": body["configuration"]}
+def modify_body(change: Change, schema: ElementSchema, fp: FingerprintContext) -> dict[str, Any]:
+    """The body of a change in place: the full instance for a PUT and a re-authentication, else a PATCH
+    of the tags (PATCH replaces the whole tag list, so it carries the marker and fingerprints too), with
+    the new name of a rename, or with the declared configuration to adopt (PATCH merges, so keys the
+    manifest does not declare, such as an OAuth token the platform keeps, stay)."""
+    assert change.desired is not None
+    body = put_body(change.desired, schema, fp, change.live.tags if change.live else (), change.diff)
+    if change.action == Action.REAUTHENTICATE or modify_verb(change) == "PUT":
+        return body
+    kept = {Action.ADOPT: "configuration", Action.RENAME: "name"}.get(change.action)
+    return {key: value for key, value in body.items() if key in ("tags", kept)}

@@ -1,14 +1,9 @@
-"""``provisioner import``: write a manifest that declares the unmanaged instances a target already has.
+"""``provisioner import``: write a manifest that declares the unmanaged instances a target already has
+(docs/commands.md, import): each with ``adopt: <id>`` for ``plan --adopt``.
 
-Instances made by hand (no ``provisioner:stack=`` tag at all) are copied with their name, element,
-user tags and configuration, and ``adopt: <id>`` so that ``plan --adopt`` knows which one each entry
-means. Text from the API is data, never a template: every entry is written with ``literal: true``
-and its values as plain YAML strings, so a value holding ``{% endraw %}{{ env.X }}`` is sent back
-byte for byte and nothing is rendered from it. A secret value is never written: the API masks it
-anyway, and each secret key becomes ``!env NAME`` (no template: the file holds none) with a
-predictable NAME (instance name and key, upper case, ``_`` for anything else), which the caller
-lists on stderr. Once those variables hold the real values, ``plan FILE --adopt`` shows only
-``adopt`` actions without a configuration diff.
+Text from the API is data, never a template: every entry is written with ``literal: true``, so a
+value holding ``{{ env.X }}`` is sent back byte for byte. A secret value is never written (the API
+masks it anyway): each secret key becomes ``!env NAME`` (``env_name``), which the caller lists.
 """
 
 from __future__ import annotations

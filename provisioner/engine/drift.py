@@ -140,18 +140,13 @@ def _field_findings(
     plain: dict[Kind, list[DriftField]] = {"drift": [], "pending": []}
     found = []
     for diff in change.diff:
-        if diff.path.section in ("name", "enabled"):
-            continue
         if diff.sensitive:
             found.append(_secret(diff, live, common))
-            continue
-        value = (
-            _canonical_element(registry, live.element)
-            if diff.path.section == "element"
-            else live_value(live, diff.path, schema)
-        )
-        kind: Kind = "pending" if record_digest(fp, diff.path, value) in record else "drift"
-        plain[kind].append(DriftField(diff.path, diff.old, diff.new, False, kind))
+        elif diff.path.section not in ("name", "enabled"):
+            element = diff.path.section == "element"
+            value = _canonical_element(registry, live.element) if element else live_value(live, diff.path, schema)
+            kind: Kind = "pending" if record_digest(fp, diff.path, value) in record else "drift"
+            plain[kind].append(DriftField(diff.path, diff.old, diff.new, False, kind))
     for kind, detail in (
         ("drift", "changed on the server since provisioner applied it"),
         ("pending", "the manifest changed since the last apply; plan shows the change"),

@@ -53,8 +53,7 @@ def import_manifest(
     result = Imported("", 0)
     entries: list[dict[str, Any]] = []
     for target in sorted(live):
-        chosen = _chosen(live[target], registry, element, name_glob, result.skipped)
-        for instance, schema in chosen:
+        for instance, schema in _chosen(live[target], registry, element, name_glob, result.skipped):
             entries.append(_entry(instance, schema, target, result))
     result.count = len(entries)
     document = {**_header(manifest, out_path), "instances": entries}
@@ -134,17 +133,11 @@ def _entry(instance: LiveInstance, schema: ElementSchema, target: str, result: I
             configuration[key] = EnvRef(name)
         elif value == MASK:  # masked, yet not a secret key: no value to write, and no template may stand in
             result.skipped.append(f"{instance.name} (id {instance.id}): {key} is masked by the API; declare it")
-        else:
-            configuration[key] = _typed(schema, key, value)
+        else:  # as the schema types it ("false" -> false), but text stays the API's text (a JSON-valued key too)
+            normal = schema.normalize(key, value)
+            configuration[key] = value if isinstance(value, str) and isinstance(normal, str) else normal
     entry["configuration"] = configuration
     return entry
-
-
-def _typed(schema: ElementSchema, key: str, value: Any) -> Any:
-    """The API gives every value as text: written back as the schema types it ("false" -> false); text
-    stays exactly the text the API holds (a JSON-valued key too)."""
-    normal = schema.normalize(key, value)
-    return value if isinstance(value, str) and isinstance(normal, str) else normal
 
 
 def _header(manifest: Manifest, out_path: str) -> dict[str, Any]:

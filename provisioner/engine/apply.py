@@ -1,16 +1,13 @@
 """Stage 6: execute a plan, and nothing else. The guarantees are told in docs/reliability.md.
 
-Writes run in one pool of ``parallelism`` workers (one rate budget shared by all); the workers
-return what they learned and only the main thread records it. One failing instance does not stop
-the others. A create is sent again (at most ``--max-attempts`` times a name) only after an attempt
-the server refused: a 429, a refused connection, or an unknown outcome (a 5xx, no answer) that a
-listing taken after it does not show; a 2xx is never a refusal. The names of unknown outcome are
-looked up in rounds, one listing per round. The final check waits ``settle`` seconds, once, when an
-attempt that got no answer was never found, then settles every created name on its oldest copy
-(which every overlapping run agrees on) and deletes only the extra copies this run made.
-SIGINT/SIGTERM or a Retry-After longer than the retry budget stop the run: no new request starts,
-and a change still in flight after ``STOP_GRACE`` is skipped, its outcome unknown. A request held
-``STOP_GRACE`` past its deadline is abandoned too (a create is looked up).
+Writes run in one pool of ``parallelism`` workers sharing one rate budget; the workers return what
+they learned and only the main thread records it. One failing instance does not stop the others. A
+create is sent again only after an attempt the server refused (never after a 2xx): the creates of
+unknown outcome are looked up in rounds, one listing per round. The final check settles every created
+name on its oldest copy (``settle`` seconds after an attempt that got no answer and was never found)
+and deletes only the extra copies this run made. After a signal, or a Retry-After longer than the
+retry budget, no request starts, and a change still in flight after ``STOP_GRACE`` is skipped, its
+outcome unknown; a request held ``STOP_GRACE`` past its deadline is abandoned the same way.
 """
 
 from __future__ import annotations

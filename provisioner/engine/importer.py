@@ -111,9 +111,7 @@ def _chosen(
 def _schema_of(registry: ElementRegistry, reported: str | None) -> ElementSchema | None:
     """The schema of the element the API reports (an exact key first, then a reported alias)."""
     exact = registry.get(reported) if reported else None
-    if exact is not None:
-        return exact
-    return next((s for k in registry.keys() if (s := registry.get(k)) and reported in s.reported_keys), None)
+    return exact or next((s for k in registry.keys() if (s := registry.get(k)) and reported in s.reported_keys), None)
 
 
 def _entry(instance: LiveInstance, schema: ElementSchema, target: str, result: Imported) -> dict[str, Any]:

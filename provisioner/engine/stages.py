@@ -177,10 +177,9 @@ def apply(
     progress: Callable[[ChangeResult], None] | None = None,
 ) -> ApplyResult:
     """Stage 6: execute the plan."""
-    applier = Applier(
+    result = Applier(
         the_plan, connection.clients, connection.fingerprints, validated.registry, options.apply, stop, progress
-    )
-    result = applier.run()
+    ).run()
     if result.aborted:
         target = next((r.change.target for r in result.failed if r.http_status in (401, 403)), None)
         if target is not None:

@@ -437,10 +437,9 @@ class Applier:
 
 
 def _failed(change: Change, exc: Exception) -> ChangeResult:
-    result = ChangeResult(change, Status.FAILED, error=str(exc), id=change.id)
     if isinstance(exc, ApiError):  # the API's own message, with its request id and status
-        result = replace(result, error=str(exc.message), request_id=exc.request_id, http_status=exc.status)
-    return result
+        return ChangeResult(change, Status.FAILED, str(exc.message), exc.request_id, exc.status, change.id)
+    return ChangeResult(change, Status.FAILED, error=str(exc), id=change.id)
 
 
 def _token(data: Any) -> Secret | None:

@@ -196,12 +196,11 @@ def instance_outputs(
     """id, element and token of every declared instance that exists, new or existing."""
     found: dict[str, tuple[str, Any, Any]] = {}  # name -> target, id, token
     declared = {(d.target, d.name): d for d in validated.desired}
-    if result is not None:
-        for r in result.results:
-            identity = r.change.desired is not None  # not an extra copy of a duplicated instance
-            exists = r.status == Status.OK and r.change.action != Action.DELETE and r.id is not None
-            if identity and (r.change.target, r.change.name) in declared and exists:
-                found[r.change.name] = (r.change.target, r.id, r.token)
+    for r in result.results if result is not None else []:
+        identity = r.change.desired is not None  # not an extra copy of a duplicated instance
+        exists = r.status == Status.OK and r.change.action != Action.DELETE and r.id is not None
+        if identity and (r.change.target, r.change.name) in declared and exists:
+            found[r.change.name] = (r.change.target, r.id, r.token)
     for target, instances in (live or {}).items():
         for instance in sorted(instances, key=lambda i: i.age_key, reverse=True):
             if (target, instance.name) in declared and instance.owned_by(validated.manifest.stack):

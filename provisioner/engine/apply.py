@@ -106,11 +106,10 @@ R = TypeVar("R")
 def in_workers(
     work: Callable[[T], R], items: Sequence[T], parallelism: int, stop: StopFlag
 ) -> Iterator[tuple[T, R | Unfinished]]:
-    """Run ``work`` on every item in ``parallelism`` threads and yield each item with its result, in
-    order, waiting a short while at a time (the main thread stays free for signals). The main thread
-    stops waiting for an item ``STOP_GRACE`` after a signal, or after its request's deadline: it is
-    yielded ``Unfinished`` and its worker is not waited for (``exit_process`` knows the threads by
-    their name). ``work``'s exceptions are raised."""
+    """Run ``work`` on every item in ``parallelism`` threads (named for ``exit_process``) and yield each
+    item with its result, in order, waiting a short while at a time (the main thread stays free for
+    signals). An item not done ``STOP_GRACE`` after a signal, or after its request's deadline, is yielded
+    ``Unfinished`` and its worker is not waited for. ``work``'s exceptions are raised."""
     pool = futures.ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix=WORKER_PREFIX)
     held: list[futures.Future[R]] = []
     try:

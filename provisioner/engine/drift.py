@@ -68,13 +68,12 @@ class DriftReport:
         return any(f.kind == "drift" for f in self.findings)
 
     def summary(self) -> dict[str, Any]:
-        by_category = Counter(f.category for f in self.findings)
         return {
             "declared": self.declared,
             "inSync": self.in_sync,
             "drift": sum(1 for f in self.findings if f.kind == "drift"),
             "pending": sum(1 for f in self.findings if f.kind == "pending"),
-            "byCategory": {category: by_category[category] for category in CATEGORIES},
+            "byCategory": dict.fromkeys(CATEGORIES, 0) | Counter(f.category for f in self.findings),
         }
 
     def to_json(self) -> dict:

@@ -254,12 +254,23 @@ class _Target:
             elif instance.name in unmanaged or instance.adopt is not None:
                 changes.append(self._unmanaged(instance, unmanaged.get(instance.name, [])))
             else:
-                changes.append(
-                    self._change(Action.CREATE, "declared, not found", instance, None, _create_diff(instance))
-                )
+                changes.append(self._create(instance))
         for name in sorted(set(owned) - declared - claimed):
             changes.extend(self._undeclared(extra) for extra in owned[name])
         return changes
+
+    def _create(self, instance: DesiredInstance) -> Change:
+        diffs = [FieldDiff(DiffOp.ADD, FieldPath("element"), None, instance.element)]
+        if instance.tags is not None:
+            diffs.append(FieldDiff(DiffOp.ADD, FieldPath("tags"), None, list(instance.tags)))
+        if instance.protect:
+            diffs.append(FieldDiff(DiffOp.ADD, FieldPath("protect"), None, True))
+        if not instance.enabled:
+            diffs.append(FieldDiff(DiffOp.ADD, FieldPath("enabled"), None, False))
+        for key, value in sorted(instance.configuration.items()):
+            secret = isinstance(value, Secret)
+            diffs.append(FieldDiff(DiffOp.ADD, FieldPath.config(key), None, SENSITIVE if secret else value, secret))
+        return self._change(Action.CREATE, "declared, not found", instance, None, tuple(diffs))
 
     def _change(
         self,
@@ -399,17 +410,3 @@ def _enabled_diff(instance: DesiredInstance, live: LiveInstance) -> tuple[FieldD
     if live.disabled != instance.enabled:
         return ()
     return (FieldDiff(DiffOp.CHANGE, FieldPath("enabled"), not live.disabled, instance.enabled),)
-
-
-def _create_diff(instance: DesiredInstance) -> tuple[FieldDiff, ...]:
-    diffs = [FieldDiff(DiffOp.ADD, FieldPath("element"), None, instance.element)]
-    if instance.tags is not None:
-        diffs.append(FieldDiff(DiffOp.ADD, FieldPath("tags"), None, list(instance.tags)))
-    if instance.protect:
-        diffs.append(FieldDiff(DiffOp.ADD, FieldPath("protect"), None, True))
-    if not instance.enabled:
-        diffs.append(FieldDiff(DiffOp.ADD, FieldPath("enabled"), None, False))
-    for key, value in sorted(instance.configuration.items()):
-        secret = isinstance(value, Secret)
-        diffs.append(FieldDiff(DiffOp.ADD, FieldPath.config(key), None, SENSITIVE if secret else value, secret))
-    return tuple(diffs)

@@ -334,10 +334,9 @@ def _vanished(old: dict, now: Change | None) -> str:
 
 def _compared(old: dict, new: dict) -> list[str]:
     name = f"{old['name']}" + (f" (id {old['id']})" if old["id"] is not None else "")
-    if old["live"] is not None and new["live"] is not None and old["live"]["fields"] != new["live"]["fields"]:
-        return [
-            f"{name}: changed on the server since the plan: {_differing(old['live']['fields'], new['live']['fields'])}"
-        ]
+    then, now = old["live"], new["live"]
+    if then is not None and now is not None and then["fields"] != now["fields"]:
+        return [f"{name}: changed on the server since the plan: {_differing(then['fields'], now['fields'])}"]
     if old["action"] != new["action"]:
         return [f"{name}: planned {old['action']}, now {new['action']} ({new['reason']})"]
     if old["diff"] != new["diff"]:  # a "method" that older files carry is not compared: apply chooses it

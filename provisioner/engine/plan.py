@@ -150,8 +150,9 @@ def make_plan(
     for target in sorted(set(by_target) | set(live_by_target)):
         planner = _Target(stack, target, registry, fingerprints.get(target), options)
         changes += planner.changes(by_target[target], live_by_target.get(target, []))
-    wanted = options.reauthenticate
-    changes = [_reauthenticated(c) if c.desired is not None and c.name in wanted else c for c in changes]
+    if options.reauthenticate:
+        wanted = set(options.reauthenticate)
+        changes = [_reauthenticated(c) if c.desired is not None and c.name in wanted else c for c in changes]
     return Plan(stack, tuple(changes), options, left_out)
 
 

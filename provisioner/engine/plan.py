@@ -356,9 +356,8 @@ class _Target:
             return self._change(Action.NOOP, "up to date", instance, live)
         if all(d.path.section == "enabled" for d in diffs):
             action, why = (Action.ENABLE, "disabled on the server") if instance.enabled else (Action.DISABLE, "enabled")
-            return self._change(
-                action, f"{why}, declared enabled: {str(instance.enabled).lower()}", instance, live, diffs
-            )
+            why += f", declared enabled: {str(instance.enabled).lower()}"
+            return self._change(action, why, instance, live, diffs)
         return self._change(Action.UPDATE, "; ".join(_differs(diffs, instance.enabled)), instance, live, diffs)
 
     def _rename(self, instance: DesiredInstance, live: LiveInstance) -> Change:

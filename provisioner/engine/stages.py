@@ -107,11 +107,8 @@ def connect(validated: Validated, options: Options, stop: StopFlag, read_only: b
     """Resolve credentials and open one client per target (validation of targets happens here).
     ``read_only`` opens clients that cannot write (``ReadOnlyClient``): plan and drift use it."""
     names = set(validated.manifest.targets) or {DEFAULT_TARGET}
-    if options.local is not None:
-        targets = {
-            n: local_target(n, options.local.url, options.local.user_secret, options.local.organization_secret)
-            for n in names
-        }
+    if (local := options.local) is not None:
+        targets = {n: local_target(n, local.url, local.user_secret, local.organization_secret) for n in names}
     else:
         targets, problems = resolve_targets(validated.manifest, validated.renderer, names)
         if problems:

@@ -14,7 +14,6 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..closedsets import assert_never
 from ..manifest.elements import ElementSchema
 from ..ownership import APPLIED_TAG, PROTECT_TAG, user_tags
 from ..secret import reveal
@@ -77,24 +76,15 @@ def _fields(desired: Any, schema: ElementSchema, tags: Any, protect: Any, keys: 
 
 
 def live_value(live: Any, path: FieldPath, schema: ElementSchema | None) -> Any:
-    """The live instance's value of one field, in the same effective form as ``desired_fields``."""
-    match path.section:
-        case "element":
-            return schema.key if schema is not None and schema.accepts_key(live.element) else live.element
-        case "tags":
-            return sorted(set(user_tags(live.tags)))
-        case "protect":
-            return PROTECT_TAG in live.tags
-        case "name":
-            return live.name
-        case "enabled":
-            return not live.disabled
-        case "configuration":
-            assert path.key is not None
-            value = (live.configuration or {}).get(path.key)
-            return schema.effective(path.key, value) if schema is not None else value
-        case _:
-            assert_never(path.section)
+    """The live instance's tags, protection or configuration key, in the effective form of ``desired_fields``
+    (its element, name and enabled state are compared apart, never through this)."""
+    if path.section == "tags":
+        return sorted(set(user_tags(live.tags)))
+    if path.section == "protect":
+        return PROTECT_TAG in live.tags
+    assert path.section == "configuration" and path.key is not None
+    value = (live.configuration or {}).get(path.key)
+    return schema.effective(path.key, value) if schema is not None else value
 
 
 def applied_tag(desired: Any, schema: ElementSchema, fp: FingerprintContext, tags: Iterable[str], protect: bool) -> str:

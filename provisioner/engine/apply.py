@@ -1,32 +1,13 @@
-"""Stage 6: execute a plan, and nothing else.
+"""Stage 6: execute a plan, and nothing else. The guarantees are told in docs/reliability.md.
 
-Writes run in one pool of ``parallelism`` workers (one rate budget shared by all); the workers
-return what they learned and only the main thread records it. One failing instance does not stop
-the others.
-
-A create is sent again only after an attempt the server refused, and a name is sent at most
-``--max-attempts`` times. Refused means: it answered 429 or the connection was refused (the client
-retries those within a send), or the attempt's outcome is unknown (an answered 5xx, or no answer: a
-reset, a timeout, a lost answer) and a listing of the stack taken after it ended shows no copy of
-the name. The names of unknown outcome are looked up in rounds, one listing per round: a copy found
-is taken, a name not found is sent again at once, and its unknown outcomes make the next round. A
-2xx answer is never a refusal: a create answered 2xx without an instance with an id and a token is
-never sent again; a name with no copy then fails, its outcome unknown.
-
-A slow server may still commit an attempt that got no answer after the listing that did not show
-it. So when such an attempt was never found, the final check first waits ``settle`` seconds, once;
-then it settles every created name on one copy, the oldest, which every overlapping run agrees on.
-A run deletes only extra copies it made itself (by id, or by this run's tag), and reads
-``GET /instances/{id}`` for a copy listed without a token. A commit later than ``settle`` is left to
-the next apply, which deletes it as a duplicate.
-
-SIGINT/SIGTERM set the stop flag: no new request starts, and requests in flight get ``STOP_GRACE``
-to finish. Then the main thread stops waiting for them: a change still in flight is reported as
-skipped, its outcome unknown (the next run finds a create that was made), and the result still
-holds every token obtained so far. A Retry-After longer than the retry budget (``WaitTooLong``)
-stops the run the same way, with one message; the changes it did not send are skipped with it. A
-change whose request the API holds ``STOP_GRACE`` past its deadline is abandoned too, of unknown
-outcome (a create is looked up); when that holds every worker, the run stops.
+Writes run in one pool of ``parallelism`` workers sharing one rate budget; the workers return what
+they learned and only the main thread records it. One failing instance does not stop the others. A
+create is sent again only after an attempt the server refused (never after a 2xx): the creates of
+unknown outcome are looked up in rounds, one listing per round. The final check settles every created
+name on its oldest copy (``settle`` seconds after an attempt that got no answer and was never found)
+and deletes only the extra copies this run made. After a signal, or a Retry-After longer than the
+retry budget, no request starts, and a change still in flight after ``STOP_GRACE`` is skipped, its
+outcome unknown; a request held ``STOP_GRACE`` past its deadline is abandoned the same way.
 """
 
 from __future__ import annotations
@@ -37,7 +18,7 @@ import math
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -58,9 +39,9 @@ from ..manifest.desired import DesiredInstance
 from ..manifest.elements import ElementRegistry, ElementSchema
 from ..ownership import run_tag, stack_marker
 from ..secret import Secret
-from .bodies import adopt_body, create_body, modify_verb, patch_body, put_body
+from .bodies import create_body, modify_body, modify_verb
 from .diff import FingerprintContext
-from .plan import REFUSALS, Action, Change, Plan
+from .plan import REFUSALS, Action, Change, Plan, copies_by_name
 
 
 class Status(StrEnum):
@@ -125,11 +106,10 @@ R = TypeVar("R")
 def in_workers(
     work: Callable[[T], R], items: Sequence[T], parallelism: int, stop: StopFlag
 ) -> Iterator[tuple[T, R | Unfinished]]:
-    """Run ``work`` on every item in ``parallelism`` threads and yield each item with its result, in
-    order, waiting a short while at a time (the main thread stays free for signals). The main thread
-    stops waiting for an item ``STOP_GRACE`` after a signal, or after its request's deadline: it is
-    yielded ``Unfinished`` and its worker is not waited for (``exit_process`` knows the threads by
-    their name). ``work``'s exceptions are raised."""
+    """Run ``work`` on every item in ``parallelism`` threads (named for ``exit_process``) and yield each
+    item with its result, in order, waiting a short while at a time (the main thread stays free for
+    signals). An item not done ``STOP_GRACE`` after a signal, or after its request's deadline, is yielded
+    ``Unfinished`` and its worker is not waited for. ``work``'s exceptions are raised."""
     pool = futures.ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix=WORKER_PREFIX)
     held: list[futures.Future[R]] = []
     try:
@@ -306,16 +286,13 @@ class Applier:
         """Adopt, update, rename or re-authenticate an instance in place: its id and token stay. An
         ``enabled`` field in the diff is set afterwards, with the enabled endpoint."""
         desired, schema, fp = self._body_parts(change)
-        live_tags = change.live.tags if change.live else ()
+        body = modify_body(change, schema, fp)
         if change.action == Action.REAUTHENTICATE:  # the full body, for the provider to check again
-            data = client.reauthenticate_instance(change.id, put_body(desired, schema, fp, live_tags, change.diff))
-        elif change.action == Action.ADOPT:  # one PATCH: marker, fingerprints, declared configuration
-            data = client.patch_instance(change.id, adopt_body(desired, schema, fp, live_tags, change.diff))
-        elif modify_verb(change) == "PATCH":
-            rename = change.action == Action.RENAME  # PATCH name and tags: id and token stay
-            data = client.patch_instance(change.id, patch_body(desired, schema, fp, live_tags, rename))
+            data = client.reauthenticate_instance(change.id, body)
+        elif modify_verb(change) == "PATCH":  # adopt, or no configuration value differs
+            data = client.patch_instance(change.id, body)
         else:
-            data = client.update_instance(change.id, put_body(desired, schema, fp, live_tags, change.diff))
+            data = client.update_instance(change.id, body)
         if any(d.path.section == "enabled" for d in change.diff):
             client.set_enabled(change.id, desired.enabled)
         return change.id, _token(data) or _live_token(change)
@@ -480,19 +457,10 @@ class Applier:
         return replace(result, status=Status.FAILED, error=why + f"the listing nor GET /instances/{result.id})")
 
 
-def copies_by_name(instances: Iterable[LiveInstance]) -> dict[str, list[LiveInstance]]:
-    """Instances by name, oldest first (creation date, then id): the first is the copy every run keeps."""
-    copies: dict[str, list[LiveInstance]] = {}
-    for instance in sorted(instances, key=lambda i: i.age_key):
-        copies.setdefault(instance.name, []).append(instance)
-    return copies
-
-
 def _failed(change: Change, exc: Exception) -> ChangeResult:
-    result = ChangeResult(change, Status.FAILED, error=str(exc), id=change.id)
     if isinstance(exc, ApiError):  # the API's own message, with its request id and status
-        result = replace(result, error=str(exc.message), request_id=exc.request_id, http_status=exc.status)
-    return result
+        return ChangeResult(change, Status.FAILED, str(exc.message), exc.request_id, exc.status, change.id)
+    return ChangeResult(change, Status.FAILED, error=str(exc), id=change.id)
 
 
 def _token(data: Any) -> Secret | None:

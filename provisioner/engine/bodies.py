@@ -38,20 +38,10 @@ def all_tags(
     return [*mine, stack_marker(fp.stack), *fps, *([PROTECT_TAG] if protect else []), applied]
 
 
-def wire_configuration(configuration: Any) -> dict[str, Any]:
-    """Configuration as the API stores it: a mapping or list value is sent as compact JSON text."""
-    return {
-        k: json.dumps(v, separators=(",", ":"), ensure_ascii=False) if isinstance(v, (dict, list)) else v
-        for k, v in configuration.items()
-    }
-
-
-def create_body(
-    desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext, run: str | None = None
-) -> dict[str, Any]:
+def create_body(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext, run: str) -> dict[str, Any]:
     """The create body: the full instance, with ``run``, the creating run's tag (see ``ownership.run_tag``)."""
     body = put_body(desired, schema, fp, (), ())
-    body["tags"] += [run] if run else []
+    body["tags"].append(run)
     if schema.is_oauth and desired.configuration.get(OAUTH_REFRESH_TOKEN) not in (None, ""):
         body["externalAuthentication"] = "initial"  # an existing refresh token: no browser redirect
     return body
@@ -64,9 +54,13 @@ def put_body(
     live_tags: tuple[str, ...],
     diff: tuple[FieldDiff, ...],
 ) -> dict[str, Any]:
-    """The full instance. A key the manifest leaves to its default but the server holds otherwise is
-    sent with the schema default, so the update really converges."""
-    configuration = wire_configuration(desired.configuration)
+    """The full instance, its configuration as the API stores it (a mapping or list value as compact JSON
+    text). A key the manifest leaves to its default but the server holds otherwise is sent with the
+    schema default, so the update really converges."""
+    configuration = {
+        k: json.dumps(v, separators=(",", ":"), ensure_ascii=False) if isinstance(v, (dict, list)) else v
+        for k, v in desired.configuration.items()
+    }
     for change in diff:
         key = change.path.key  # only a configuration path has one
         if key is not None and key not in configuration and key in schema.defaults:
@@ -79,26 +73,14 @@ def put_body(
     }
 
 
-def patch_body(
-    desired: DesiredInstance,
-    schema: ElementSchema,
-    fp: FingerprintContext,
-    live_tags: tuple[str, ...],
-    rename: bool = False,
-) -> dict[str, Any]:
-    """Tags only: PATCH replaces the whole tag list, so it carries the marker and fingerprints too.
-    A rename also carries the new name (the instance keeps its id and token)."""
-    return ({"name": desired.name} if rename else {}) | {"tags": all_tags(desired, schema, fp, live_tags)}
-
-
-def adopt_body(
-    desired: DesiredInstance,
-    schema: ElementSchema,
-    fp: FingerprintContext,
-    live_tags: tuple[str, ...],
-    diff: tuple[FieldDiff, ...],
-) -> dict[str, Any]:
-    """Adoption, one PATCH: the tags and the declared configuration, secrets included (PATCH merges, so
-    keys the manifest does not declare, such as an OAuth token the platform keeps, stay)."""
-    body = put_body(desired, schema, fp, live_tags, diff)
-    return {"tags": body["tags"], "configuration": body["configuration"]}
+def modify_body(change: Change, schema: ElementSchema, fp: FingerprintContext) -> dict[str, Any]:
+    """The body of a change in place: the full instance for a PUT and a re-authentication, else a PATCH
+    of the tags (PATCH replaces the whole tag list, so it carries the marker and fingerprints too), with
+    the new name of a rename, or with the declared configuration to adopt (PATCH merges, so keys the
+    manifest does not declare, such as an OAuth token the platform keeps, stay)."""
+    assert change.desired is not None
+    body = put_body(change.desired, schema, fp, change.live.tags if change.live else (), change.diff)
+    if change.action == Action.REAUTHENTICATE or modify_verb(change) == "PUT":
+        return body
+    kept = {Action.ADOPT: "configuration", Action.RENAME: "name"}.get(change.action)
+    return {key: value for key, value in body.items() if key in ("tags", kept)}

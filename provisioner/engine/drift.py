@@ -68,13 +68,12 @@ class DriftReport:
         return any(f.kind == "drift" for f in self.findings)
 
     def summary(self) -> dict[str, Any]:
-        by_category = Counter(f.category for f in self.findings)
         return {
             "declared": self.declared,
             "inSync": self.in_sync,
             "drift": sum(1 for f in self.findings if f.kind == "drift"),
             "pending": sum(1 for f in self.findings if f.kind == "pending"),
-            "byCategory": {category: by_category[category] for category in CATEGORIES},
+            "byCategory": dict.fromkeys(CATEGORIES, 0) | Counter(f.category for f in self.findings),
         }
 
     def to_json(self) -> dict:
@@ -125,40 +124,28 @@ def _findings(change: Change, registry: ElementRegistry, fp: FingerprintContext 
             state, declared = ("disabled", "enabled") if diff.new else ("enabled", "disabled (enabled: false)")
             detail = f"{state} on the server behind provisioner's back; the manifest declares it {declared}"
             found.append(Finding(cast(Category, state), "drift", detail=detail, **common))
-    if change.live is not None and change.desired is not None and fp is not None:
-        found.extend(_field_findings(change, registry, fp, common))
-    return found
-
-
-def _field_findings(
-    change: Change, registry: ElementRegistry, fp: FingerprintContext, common: dict[str, Any]
-) -> list[Finding]:
     live = change.live
-    assert live is not None and change.desired is not None
-    record = applied_record(live.tags)
-    schema = registry.get(change.desired.element)
-    plain: dict[Kind, list[DriftField]] = {"drift": [], "pending": []}
-    found = []
+    if live is None or change.desired is None or fp is None:
+        return found
+    schema, record = registry.get(change.desired.element), applied_record(live.tags)
+    plain: dict[Kind, list[DriftField]] = {"pending": [], "drift": []}
+    secrets = []
     for diff in change.diff:
-        if diff.path.section in ("name", "enabled"):
-            continue
         if diff.sensitive:
-            found.append(_secret(diff, live, common))
-            continue
-        value = (
-            _canonical_element(registry, live.element)
-            if diff.path.section == "element"
-            else live_value(live, diff.path, schema)
-        )
-        kind: Kind = "pending" if record_digest(fp, diff.path, value) in record else "drift"
-        plain[kind].append(DriftField(diff.path, diff.old, diff.new, False, kind))
-    for kind, detail in (
-        ("drift", "changed on the server since provisioner applied it"),
-        ("pending", "the manifest changed since the last apply; plan shows the change"),
-    ):
-        if plain[kind]:
-            found.insert(0, Finding("changed", kind, detail=detail, fields=tuple(plain[kind]), **common))
-    return found
+            secrets.append(_secret(diff, live, common))
+        elif diff.path.section not in ("name", "enabled"):
+            of_element = diff.path.section == "element"
+            value = _canonical_element(registry, live.element) if of_element else live_value(live, diff.path, schema)
+            kind: Kind = "pending" if record_digest(fp, diff.path, value) in record else "drift"
+            plain[kind].append(DriftField(diff.path, diff.old, diff.new, False, kind))
+    changed = [Finding("changed", k, detail=_CHANGED[k], fields=tuple(f), **common) for k, f in plain.items() if f]
+    return found + changed + secrets
+
+
+_CHANGED = {
+    "drift": "changed on the server since provisioner applied it",
+    "pending": "the manifest changed since the last apply; plan shows the change",
+}
 
 
 def _secret(diff: FieldDiff, live: LiveInstance, common: dict[str, Any]) -> Finding:

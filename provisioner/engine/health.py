@@ -1,13 +1,9 @@
-"""``provisioner check``: does each declared instance work, not only exist?
+"""``provisioner check``: does each declared instance work, not only exist? (docs/health.md)
 
-One listing of the stack's instances (no configuration, no other request) tells, per declared
-instance: ``healthy``; ``invalid`` (``valid: false``: the provider refused its credentials, as when a
-password changed at the provider); ``disabled`` (on the server; as declared with ``enabled: false``
-it is fine); or ``missing``. With ``--ping``, every declared instance that exists and is not declared
-disabled is also pinged, ``GET /hubs/{hub}/ping`` with its own token, in ``parallelism`` workers that
-share the run's rate budget: a failed ping makes a healthy instance ``unreachable``, with the status
-and the API's message. Instances the stack owns but no longer declares are listed apart. Each entry
-that is not fine says what to run. The command only reads: it is built on ``ReadOnlyClient``.
+One listing of the stack's instances (no configuration) gives each declared instance its status from
+the ``valid`` and ``disabled`` fields the API keeps; ``--ping`` also pings, with its own token and in
+apply's workers, each one that exists and is not declared disabled. Each entry that is not fine says
+what to run. The command only reads: it is built on ``ReadOnlyClient``.
 """
 
 from __future__ import annotations
@@ -23,7 +19,8 @@ from ..api.live import LiveInstance
 from ..errors import ApiError, TransportError
 from ..interrupt import StopFlag
 from ..manifest.desired import DesiredInstance
-from .apply import Unfinished, copies_by_name, in_workers
+from .apply import Unfinished, in_workers
+from .plan import copies_by_name
 from .stages import Connection, Validated, read_state
 
 Status = Literal["healthy", "invalid", "disabled", "missing", "unreachable"]

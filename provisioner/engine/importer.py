@@ -1,14 +1,9 @@
-"""``provisioner import``: write a manifest that declares the unmanaged instances a target already has.
+"""``provisioner import``: write a manifest that declares the unmanaged instances a target already has
+(docs/commands.md, import): each with ``adopt: <id>`` for ``plan --adopt``.
 
-Instances made by hand (no ``provisioner:stack=`` tag at all) are copied with their name, element,
-user tags and configuration, and ``adopt: <id>`` so that ``plan --adopt`` knows which one each entry
-means. Text from the API is data, never a template: every entry is written with ``literal: true``
-and its values as plain YAML strings, so a value holding ``{% endraw %}{{ env.X }}`` is sent back
-byte for byte and nothing is rendered from it. A secret value is never written: the API masks it
-anyway, and each secret key becomes ``!env NAME`` (no template: the file holds none) with a
-predictable NAME (instance name and key, upper case, ``_`` for anything else), which the caller
-lists on stderr. Once those variables hold the real values, ``plan FILE --adopt`` shows only
-``adopt`` actions without a configuration diff.
+Text from the API is data, never a template: every entry is written with ``literal: true``, so a
+value holding ``{{ env.X }}`` is sent back byte for byte. A secret value is never written (the API
+masks it anyway): each secret key becomes ``!env NAME`` (``env_name``), which the caller lists.
 """
 
 from __future__ import annotations
@@ -58,8 +53,7 @@ def import_manifest(
     result = Imported("", 0)
     entries: list[dict[str, Any]] = []
     for target in sorted(live):
-        chosen = _chosen(live[target], registry, element, name_glob, result.skipped)
-        for instance, schema in chosen:
+        for instance, schema in _chosen(live[target], registry, element, name_glob, result.skipped):
             entries.append(_entry(instance, schema, target, result))
     result.count = len(entries)
     document = {**_header(manifest, out_path), "instances": entries}
@@ -117,9 +111,7 @@ def _chosen(
 def _schema_of(registry: ElementRegistry, reported: str | None) -> ElementSchema | None:
     """The schema of the element the API reports (an exact key first, then a reported alias)."""
     exact = registry.get(reported) if reported else None
-    if exact is not None:
-        return exact
-    return next((s for k in registry.keys() if (s := registry.get(k)) and reported in s.reported_keys), None)
+    return exact or next((s for k in registry.keys() if (s := registry.get(k)) and reported in s.reported_keys), None)
 
 
 def _entry(instance: LiveInstance, schema: ElementSchema, target: str, result: Imported) -> dict[str, Any]:
@@ -139,17 +131,11 @@ def _entry(instance: LiveInstance, schema: ElementSchema, target: str, result: I
             configuration[key] = EnvRef(name)
         elif value == MASK:  # masked, yet not a secret key: no value to write, and no template may stand in
             result.skipped.append(f"{instance.name} (id {instance.id}): {key} is masked by the API; declare it")
-        else:
-            configuration[key] = _typed(schema, key, value)
+        else:  # as the schema types it ("false" -> false), but text stays the API's text (a JSON-valued key too)
+            normal = schema.normalize(key, value)
+            configuration[key] = value if isinstance(value, str) and isinstance(normal, str) else normal
     entry["configuration"] = configuration
     return entry
-
-
-def _typed(schema: ElementSchema, key: str, value: Any) -> Any:
-    """The API gives every value as text: written back as the schema types it ("false" -> false); text
-    stays exactly the text the API holds (a JSON-valued key too)."""
-    normal = schema.normalize(key, value)
-    return value if isinstance(value, str) and isinstance(normal, str) else normal
 
 
 def _header(manifest: Manifest, out_path: str) -> dict[str, Any]:

@@ -150,8 +150,8 @@ def make_plan(
     for instance in desired:
         by_target[instance.target].append(instance)
     for target in sorted(set(by_target) | set(live_by_target)):
-        live, fp = live_by_target.get(target, []), fingerprints.get(target)
-        changes += _plan_target(stack, target, by_target[target], live, registry, fp, options)
+        planner = _Target(stack, target, registry, fingerprints.get(target), options)
+        changes += planner.changes(by_target[target], live_by_target.get(target, []))
     if options.reauthenticate:
         wanted = set(options.reauthenticate)
         changes = [_reauthenticated(c) if c.desired is not None and c.name in wanted else c for c in changes]
@@ -221,149 +221,184 @@ def element_aliases(registry: ElementRegistry) -> dict[str | None, frozenset[str
     return {k: frozenset(v) for k, v in found.items()}
 
 
-def _change(
-    action: Action,
-    reason: str,
-    desired: DesiredInstance | None,
-    live: LiveInstance | None,
-    target: str = "",
-    diff: tuple[FieldDiff, ...] = (),
-    warning: str | None = None,
-) -> Change:
-    """A change named after its declared instance, or (when there is none) after the live one."""
-    element: str | None
-    if desired is not None:
-        name, target, element = desired.name, desired.target, desired.element
-    else:
-        assert live is not None
-        name, element = live.name, live.element
-    return Change(action, name, target, element, reason, diff, live.id if live else None, desired, live, warning)
+def copies_by_name(instances: Iterable[LiveInstance]) -> dict[str, list[LiveInstance]]:
+    """Instances by name, oldest first (creation date, then id): the first is the copy every run keeps."""
+    copies: dict[str, list[LiveInstance]] = {}
+    for instance in sorted(instances, key=lambda i: i.age_key):
+        copies.setdefault(instance.name, []).append(instance)
+    return copies
 
 
-def _plan_target(
-    stack: str,
-    target: str,
-    desired: list[DesiredInstance],
-    live: list[LiveInstance],
-    registry: ElementRegistry,
-    fp: FingerprintContext | None,
-    options: PlanOptions,
-) -> list[Change]:
-    owned: dict[str, list[LiveInstance]] = {}
-    unmanaged: dict[str, list[LiveInstance]] = {}
-    for item in sorted(live, key=lambda i: i.age_key):  # the oldest first in every list
-        if item.owned_by(stack):
-            owned.setdefault(item.name, []).append(item)
-        elif is_unmanaged(item.tags):  # another stack's instances are invisible here
-            unmanaged.setdefault(item.name, []).append(item)
-    changes: list[Change] = []
-    declared = {d.name for d in desired}
-    claimed: set[str] = set()  # old names an instance is renamed from
-    for instance in [] if options.destroy else desired:
-        old = next((n for n in instance.previous_names if n in owned and n not in declared), None)
-        if instance.name in owned:
-            changes.append(_compare(instance, owned[instance.name][0], registry, fp, options))
-            changes.extend(_duplicates(owned[instance.name], target, options))
-        elif old is not None:
-            claimed.add(old)
-            changes.append(_rename(instance, owned[old][0], registry, fp, options))
-            changes.extend(_duplicates(owned[old], target, options))
-        elif instance.name in unmanaged or instance.adopt is not None:
-            changes.append(_unmanaged(stack, instance, unmanaged.get(instance.name, []), registry, fp, options))
-        else:
-            changes.append(_change(Action.CREATE, "declared, not found", instance, None, diff=_create_diff(instance)))
-    for name in sorted(set(owned) - (set() if options.destroy else declared) - claimed):
-        changes.extend(_undeclared(extra, target, options) for extra in owned[name])
-    return changes
+@dataclass(frozen=True)
+class _Target:
+    """The planning of one target's instances, with what every decision about them reads."""
 
+    stack: str
+    target: str
+    registry: ElementRegistry
+    fp: FingerprintContext | None
+    options: PlanOptions
 
-def _unmanaged(
-    stack: str,
-    instance: DesiredInstance,
-    namesakes: list[LiveInstance],
-    registry: ElementRegistry,
-    fp: FingerprintContext | None,
-    options: PlanOptions,
-) -> Change:
-    """A declared name held by unmanaged instance(s): a conflict, or with --adopt, one adopt action."""
-    ids = ", ".join(str(i.id) for i in namesakes)
-    chosen = namesakes[0] if namesakes else None
-    if instance.adopt is not None:
-        chosen = next((i for i in namesakes if str(i.id) == str(instance.adopt)), None)
-        if chosen is None:
+    def changes(self, desired: list[DesiredInstance], live: list[LiveInstance]) -> list[Change]:
+        owned = copies_by_name(i for i in live if i.owned_by(self.stack))
+        unmanaged = copies_by_name(i for i in live if is_unmanaged(i.tags))  # another stack's instances are invisible
+        changes: list[Change] = []
+        declared = set() if self.options.destroy else {d.name for d in desired}
+        claimed: set[str] = set()  # old names an instance is renamed from
+        for instance in [] if self.options.destroy else desired:
+            old = next((n for n in instance.previous_names if n in owned and n not in declared), None)
+            if instance.name in owned:
+                changes.append(self._compare(instance, owned[instance.name][0]))
+                changes.extend(self._duplicates(owned[instance.name]))
+            elif old is not None:
+                claimed.add(old)
+                changes.append(self._rename(instance, owned[old][0]))
+                changes.extend(self._duplicates(owned[old]))
+            elif instance.name in unmanaged or instance.adopt is not None:
+                changes.append(self._unmanaged(instance, unmanaged.get(instance.name, [])))
+            else:
+                changes.append(self._create(instance))
+        for name in sorted(set(owned) - declared - claimed):
+            changes.extend(self._undeclared(extra) for extra in owned[name])
+        return changes
+
+    def _create(self, instance: DesiredInstance) -> Change:
+        diffs = [FieldDiff(DiffOp.ADD, FieldPath("element"), None, instance.element)]
+        if instance.tags is not None:
+            diffs.append(FieldDiff(DiffOp.ADD, FieldPath("tags"), None, list(instance.tags)))
+        if instance.protect:
+            diffs.append(FieldDiff(DiffOp.ADD, FieldPath("protect"), None, True))
+        if not instance.enabled:
+            diffs.append(FieldDiff(DiffOp.ADD, FieldPath("enabled"), None, False))
+        for key, value in sorted(instance.configuration.items()):
+            secret = isinstance(value, Secret)
+            diffs.append(FieldDiff(DiffOp.ADD, FieldPath.config(key), None, SENSITIVE if secret else value, secret))
+        return self._change(Action.CREATE, "declared, not found", instance, None, tuple(diffs))
+
+    def _change(
+        self,
+        action: Action,
+        reason: str,
+        desired: DesiredInstance | None,
+        live: LiveInstance | None,
+        diff: tuple[FieldDiff, ...] = (),
+        warning: str | None = None,
+    ) -> Change:
+        """A change named after its declared instance, or (when there is none) after the live one."""
+        named = desired if desired is not None else live
+        assert named is not None
+        live_id = live.id if live else None
+        return Change(action, named.name, self.target, named.element, reason, diff, live_id, desired, live, warning)
+
+    def _unmanaged(self, instance: DesiredInstance, namesakes: list[LiveInstance]) -> Change:
+        """A declared name held by unmanaged instance(s): a conflict, or with --adopt, one adopt action."""
+        ids = ", ".join(str(i.id) for i in namesakes)
+        chosen = namesakes[0] if namesakes else None
+        if instance.adopt is not None:
+            chosen = next((i for i in namesakes if str(i.id) == str(instance.adopt)), None)
+            if chosen is None:
+                why = (
+                    f"adopt: {instance.adopt} names no unmanaged instance called {instance.name!r}"
+                    + (f" (unmanaged namesakes: id {ids})" if namesakes else "")
+                    + "; fix the id, or remove adopt: to create a new instance"
+                )
+                return self._change(Action.CONFLICT, why, instance, namesakes[0] if namesakes else None)
+        elif len(namesakes) > 1:
             why = (
-                f"adopt: {instance.adopt} names no unmanaged instance called {instance.name!r}"
-                + (f" (unmanaged namesakes: id {ids})" if namesakes else "")
-                + "; fix the id, or remove adopt: to create a new instance"
+                f"{len(namesakes)} unmanaged instances are named {instance.name!r} (ids {ids}); "
+                "declare which one to take over with adopt: <id> on the instance"
             )
-            return _change(Action.CONFLICT, why, instance, namesakes[0] if namesakes else None)
-    elif len(namesakes) > 1:
-        why = (
-            f"{len(namesakes)} unmanaged instances are named {instance.name!r} (ids {ids}); "
-            "declare which one to take over with adopt: <id> on the instance"
+            return self._change(Action.CONFLICT, why, instance, chosen)
+        assert chosen is not None
+        if not self.options.adopt:
+            why = (
+                f"an instance named {instance.name!r} (id {chosen.id}) exists without the marker of stack "
+                f"{self.stack!r} (unmanaged: it has no provisioner:stack= tag); provisioner never touches instances "
+                "it does not own. To take it over, keeping its id and token, run plan/apply with --adopt"
+            )
+            return self._change(Action.CONFLICT, why, instance, chosen)
+        return self._adopt(instance, chosen)
+
+    def _adopt(self, instance: DesiredInstance, live: LiveInstance) -> Change:
+        """Take over an unmanaged instance (one PATCH). Values the API masks, secrets among them, are not
+        compared: they are always sent."""
+        schema = self.registry.get(instance.element)
+        assert schema is not None and self.fp is not None
+        if not schema.accepts_key(live.element):
+            why = (
+                f"unmanaged instance id {live.id} named {instance.name!r} is of element "
+                f"{live.element}, not {instance.element}; it cannot be adopted"
+            )
+            return self._change(Action.CONFLICT, why, instance, live)
+        diffs = tuple(d for d in diff_instance(instance, live, schema, self.fp) if not d.sensitive and d.old != MASK)
+        secrets = sorted(k for k in schema.secret_keys if instance.configuration.get(k) is not None)
+        reason = (
+            f"unmanaged instance id {live.id} is taken over: the stack's marker and fingerprints are added, "
+            "its id and token are kept"
         )
-        return _change(Action.CONFLICT, why, instance, chosen)
-    assert chosen is not None
-    if not options.adopt:
-        why = (
-            f"an instance named {instance.name!r} (id {chosen.id}) exists without the marker of stack {stack!r} "
-            "(unmanaged: it has no provisioner:stack= tag); provisioner never touches instances it does not own. "
-            f"To take it over, keeping its id and token, run plan/apply with --adopt"
-        )
-        return _change(Action.CONFLICT, why, instance, chosen)
-    return _adopt(instance, chosen, registry, fp)
+        if secrets:
+            reason += f"; secret values ({', '.join(secrets)}) cannot be read back and are sent as declared"
+        return self._change(Action.ADOPT, reason, instance, live, diffs + _enabled_diff(instance, live))
 
+    def _compare(self, instance: DesiredInstance, live: LiveInstance) -> Change:
+        schema = self.registry.get(instance.element)
+        assert schema is not None and self.fp is not None  # validation guarantees the element; apply gives fp
+        if not schema.accepts_key(live.element):
+            diff = (FieldDiff(DiffOp.CHANGE, FieldPath("element"), live.element, instance.element),)
+            change = f"element changes from {live.element} to {instance.element}"
+            if not self.options.allow_replace:
+                why = f"{change}, which needs a replace (and a new token); run with --allow-replace to allow it"
+                return self._change(Action.CONFLICT, why, instance, live, diff)
+            if is_protected(live, instance, self.options.allow_destroy):
+                what = f"replacing it (element {live.element} -> {instance.element})"
+                return self._change(Action.PROTECTED, refusal(what), instance, live, diff)
+            return self._change(Action.REPLACE, f"{change} (the application's token will change)", instance, live, diff)
+        diffs = tuple(diff_instance(instance, live, schema, self.fp)) + _enabled_diff(instance, live)
+        if not diffs:
+            return self._change(Action.NOOP, "up to date", instance, live)
+        if all(d.path.section == "enabled" for d in diffs):
+            action, why = (Action.ENABLE, "disabled on the server") if instance.enabled else (Action.DISABLE, "enabled")
+            why += f", declared enabled: {str(instance.enabled).lower()}"
+            return self._change(action, why, instance, live, diffs)
+        return self._change(Action.UPDATE, "; ".join(_differs(diffs, instance.enabled)), instance, live, diffs)
 
-def _adopt(
-    instance: DesiredInstance, live: LiveInstance, registry: ElementRegistry, fp: FingerprintContext | None
-) -> Change:
-    """Take over an unmanaged instance (one PATCH). Values the API masks, secrets among them, are not
-    compared: they are always sent."""
-    schema = registry.get(instance.element)
-    assert schema is not None and fp is not None
-    if not schema.accepts_key(live.element):
-        why = (
-            f"unmanaged instance id {live.id} named {instance.name!r} is of element "
-            f"{live.element}, not {instance.element}; it cannot be adopted"
-        )
-        return _change(Action.CONFLICT, why, instance, live)
-    diffs = tuple(d for d in diff_instance(instance, live, schema, fp) if not d.sensitive and d.old != MASK)
-    secrets = sorted(k for k in schema.secret_keys if instance.configuration.get(k) is not None)
-    reason = (
-        f"unmanaged instance id {live.id} is taken over: the stack's marker and fingerprints are added, "
-        "its id and token are kept"
-    )
-    if secrets:
-        reason += f"; secret values ({', '.join(secrets)}) cannot be read back and are sent as declared"
-    return _change(Action.ADOPT, reason, instance, live, diff=diffs + _enabled_diff(instance, live))
+    def _rename(self, instance: DesiredInstance, live: LiveInstance) -> Change:
+        """The instance under its old name is renamed in place: compared as if it kept the old name (so
+        its fingerprints still match), then the new name is one more field to change."""
+        compared = self._compare(replace(instance, name=live.name), live)
+        moved = replace(compared, name=instance.name, desired=instance)
+        if compared.action not in (Action.NOOP, Action.UPDATE, Action.DISABLE, Action.ENABLE):
+            return replace(moved, reason=f"{compared.reason} (declared as {instance.name!r}, was {live.name!r})")
+        diff = (FieldDiff(DiffOp.CHANGE, FieldPath("name"), live.name, instance.name), *compared.diff)
+        why = [f"renamed from {live.name!r} (id and token kept)", *_differs(compared.diff, instance.enabled)]
+        return replace(moved, action=Action.RENAME, diff=diff, reason="; ".join(why))
 
+    def _duplicates(self, matches: list[LiveInstance]) -> list[Change]:
+        """Extra copies of a declared instance: the oldest is kept (its token is delivered), the others are
+        deleted, so an interrupted run converges to exactly one copy."""
+        keep = matches[0].id
+        why = f"duplicate of id {keep} (the oldest is kept)"
+        return [
+            self._delete(
+                extra, why, f"deleting duplicate of id {keep}", f"duplicate instance id {extra.id} of id {keep}"
+            )
+            for extra in matches[1:]
+        ]
 
-def _compare(
-    instance: DesiredInstance,
-    live: LiveInstance,
-    registry: ElementRegistry,
-    fp: FingerprintContext | None,
-    options: PlanOptions,
-) -> Change:
-    schema = registry.get(instance.element)
-    assert schema is not None and fp is not None  # validation guarantees the element; apply gives fp
-    if not schema.accepts_key(live.element):
-        diff = (FieldDiff(DiffOp.CHANGE, FieldPath("element"), live.element, instance.element),)
-        change = f"element changes from {live.element} to {instance.element}"
-        if not options.allow_replace:
-            why = f"{change}, which needs a replace (and a new token); run with --allow-replace to allow it"
-            return _change(Action.CONFLICT, why, instance, live, diff=diff)
-        if is_protected(live, instance, options.allow_destroy):
-            what = f"replacing it (element {live.element} -> {instance.element})"
-            return _change(Action.PROTECTED, refusal(what), instance, live, diff=diff)
-        return _change(Action.REPLACE, f"{change} (the application's token will change)", instance, live, diff=diff)
-    diffs = tuple(diff_instance(instance, live, schema, fp)) + _enabled_diff(instance, live)
-    if not diffs:
-        return _change(Action.NOOP, "up to date", instance, live)
-    if all(d.path.section == "enabled" for d in diffs):
-        action, why = (Action.ENABLE, "disabled on the server") if instance.enabled else (Action.DISABLE, "enabled")
-        return _change(action, f"{why}, declared enabled: {str(instance.enabled).lower()}", instance, live, diff=diffs)
-    return _change(Action.UPDATE, "; ".join(_differs(diffs, instance.enabled)), instance, live, diff=diffs)
+    def _undeclared(self, live: LiveInstance) -> Change:
+        if self.options.destroy:
+            return self._delete(live, "destroy deletes every instance the stack owns", "deleting it by destroy")
+        if self.options.prune:
+            why = "owned by the stack, no longer declared"
+            return self._delete(live, why, "deleting it by --prune (no longer declared)")
+        why = "owned by the stack but no longer declared; --prune deletes it"
+        return self._change(Action.NOOP, why, None, live, warning="owned but not declared (use --prune to delete it)")
+
+    def _delete(self, live: LiveInstance, why: str, what: str, warning: str | None = None) -> Change:
+        """Delete an instance no declared one stands for (``why``), or refuse ``what`` when it is protected."""
+        if is_protected(live, None, self.options.allow_destroy):
+            return self._change(Action.PROTECTED, refusal(what), None, live, warning=warning)
+        return self._change(Action.DELETE, why, None, live, warning=warning)
 
 
 def _differs(diffs: tuple[FieldDiff, ...], enabled: bool) -> list[str]:
@@ -377,66 +412,3 @@ def _enabled_diff(instance: DesiredInstance, live: LiveInstance) -> tuple[FieldD
     if live.disabled != instance.enabled:
         return ()
     return (FieldDiff(DiffOp.CHANGE, FieldPath("enabled"), not live.disabled, instance.enabled),)
-
-
-def _rename(
-    instance: DesiredInstance,
-    live: LiveInstance,
-    registry: ElementRegistry,
-    fp: FingerprintContext | None,
-    options: PlanOptions,
-) -> Change:
-    """The instance under its old name is renamed in place: compared as if it kept the old name (so
-    its fingerprints still match), then the new name is one more field to change."""
-    compared = _compare(replace(instance, name=live.name), live, registry, fp, options)
-    moved = replace(compared, name=instance.name, desired=instance)
-    if compared.action not in (Action.NOOP, Action.UPDATE, Action.DISABLE, Action.ENABLE):
-        return replace(moved, reason=f"{compared.reason} (declared as {instance.name!r}, was {live.name!r})")
-    diff = (FieldDiff(DiffOp.CHANGE, FieldPath("name"), live.name, instance.name), *compared.diff)
-    why = [f"renamed from {live.name!r} (id and token kept)", *_differs(compared.diff, instance.enabled)]
-    return replace(moved, action=Action.RENAME, diff=diff, reason="; ".join(why))
-
-
-def _duplicates(matches: list[LiveInstance], target: str, options: PlanOptions) -> list[Change]:
-    """Extra copies of a declared instance: the oldest is kept (its token is delivered), the others are
-    deleted, so an interrupted run converges to exactly one copy."""
-    keep = matches[0]
-    changes = []
-    for extra in matches[1:]:
-        action, why = (
-            (Action.PROTECTED, refusal(f"deleting duplicate of id {keep.id}"))
-            if is_protected(extra, None, options.allow_destroy)
-            else (Action.DELETE, f"duplicate of id {keep.id} (the oldest is kept)")
-        )
-        changes.append(
-            _change(action, why, None, extra, target, warning=f"duplicate instance id {extra.id} of id {keep.id}")
-        )
-    return changes
-
-
-def _undeclared(instance: LiveInstance, target: str, options: PlanOptions) -> Change:
-    if (options.destroy or options.prune) and is_protected(instance, None, options.allow_destroy):
-        what = "destroy" if options.destroy else "--prune (no longer declared)"
-        return _change(Action.PROTECTED, refusal(f"deleting it by {what}"), None, instance, target)
-    if options.destroy:
-        return _change(Action.DELETE, "destroy deletes every instance the stack owns", None, instance, target)
-    if options.prune:
-        return _change(Action.DELETE, "owned by the stack, no longer declared", None, instance, target)
-    why = "owned by the stack but no longer declared; --prune deletes it"
-    return _change(
-        Action.NOOP, why, None, instance, target, warning="owned but not declared (use --prune to delete it)"
-    )
-
-
-def _create_diff(instance: DesiredInstance) -> tuple[FieldDiff, ...]:
-    diffs = [FieldDiff(DiffOp.ADD, FieldPath("element"), None, instance.element)]
-    if instance.tags is not None:
-        diffs.append(FieldDiff(DiffOp.ADD, FieldPath("tags"), None, list(instance.tags)))
-    if instance.protect:
-        diffs.append(FieldDiff(DiffOp.ADD, FieldPath("protect"), None, True))
-    if not instance.enabled:
-        diffs.append(FieldDiff(DiffOp.ADD, FieldPath("enabled"), None, False))
-    for key, value in sorted(instance.configuration.items()):
-        secret = isinstance(value, Secret)
-        diffs.append(FieldDiff(DiffOp.ADD, FieldPath.config(key), None, SENSITIVE if secret else value, secret))
-    return tuple(diffs)

@@ -14,7 +14,6 @@ import hmac
 import itertools
 import json
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -207,22 +206,18 @@ def write(path: str, doc: dict) -> None:
 
 
 def _change(change: Change, validated: Validated, connection: Connection) -> dict:
-    live = None
-    if change.live is not None and (change.is_write or change.action == Action.PROTECTED):
-        live = {"id": change.live.id, "fields": _live_digests(change, validated, connection)}
-    return {**change.to_json(), "warning": change.warning, "live": live}
-
-
-def _live_digests(change: Change, validated: Validated, connection: Connection) -> dict[str, str]:
+    """The change as JSON, with, when it writes (or refuses to), a digest of each live field it was decided on."""
     live = change.live
-    assert live is not None
+    if live is None or not (change.is_write or change.action == Action.PROTECTED):
+        return {**change.to_json(), "warning": change.warning, "live": None}
     fields: dict[str, Any] = {"name": live.name, "element": live.element, "tags": sorted(live.tags)}
     fields["enabled"] = not live.disabled
     if change.desired is not None and (schema := validated.registry.get(change.desired.element)) is not None:
         for path in desired_fields(change.desired, schema):
             if path.section == "configuration":
                 fields[str(path)] = live_value(live, path, schema)
-    return field_digests(connection.fingerprints[change.target].key, fields)
+    digests = field_digests(connection.fingerprints[change.target].key, fields)
+    return {**change.to_json(), "warning": change.warning, "live": {"id": live.id, "fields": digests}}
 
 
 def desired_digests(validated: Validated, connection: Connection, options: PlanOptions) -> dict[str, dict[str, str]]:
@@ -267,16 +262,34 @@ def _targets(connection: Connection, local: bool) -> dict[str, str]:
 
 
 def check_before_reading(saved: SavedPlan, validated: Validated, connection: Connection, local: bool) -> None:
-    """Refuse, before any request, when the setup or the rendering differs from the plan's."""
+    """Refuse, before any request, when the setup, or the rendering of an instance the plan writes, differs
+    from the plan's."""
     problems = []
     if validated.manifest.stack != saved.data["stack"]:
         problems.append(f"the stack is {validated.manifest.stack!r}, the plan was made for {saved.data['stack']!r}")
-    now = _targets(connection, local)
+    urls = _targets(connection, local)
     for name, url in sorted(saved.data["targets"].items()):
-        if now.get(name) != url:
-            problems.append(f"target {name!r} is {now.get(name) or 'not used'}, the plan was made against {url}")
-    problems.extend(_desired_problems(saved, validated, connection))
-    _refuse(saved, problems)
+        if urls.get(name) != url:
+            problems.append(f"target {name!r} is {urls.get(name) or 'not used'}, the plan was made against {url}")
+    touched = {f"{c['target']}/{c['name']}" for c in saved.data["changes"] if c["action"] in WRITES}
+    then = {k: v for k, v in saved.data["desired"].items() if k in touched}
+    now = {k: v for k, v in desired_digests(validated, connection, saved.options).items() if k in touched}
+    rendering = []
+    for key in sorted(set(then) | set(now)):
+        name = key.split("/", 1)[1]
+        if key not in now:
+            rendering.append(f"{name}: no longer declared (the manifest or its inputs changed)")
+        elif key not in then:
+            rendering.append(f"{name}: newly declared (the manifest or its inputs changed)")
+        elif then[key] != now[key]:
+            rendering.append(f"{name}: renders differently now: {_differing(then[key], now[key])}")
+    if rendering:
+        key = _plan_key(connection)
+        if saved.data["manifest"]["digest"] != _file_digest(key, validated.manifest.path):
+            rendering.append(f"the manifest file {validated.manifest.display} changed since the plan")
+        if saved.data["inputs"]["digest"] != _digest(key, "inputs", validated.manifest.inputs):
+            rendering.append("the inputs (--inputs files, --set values, inputs:) changed since the plan")
+    _refuse(saved, problems + rendering)
 
 
 def check_plan(saved: SavedPlan, fresh: Plan, validated: Validated, connection: Connection) -> Plan:
@@ -284,13 +297,11 @@ def check_plan(saved: SavedPlan, fresh: Plan, validated: Validated, connection: 
 
     A change of ``fresh`` that the saved plan does not have (drift on an instance it does not touch)
     becomes a noop with a warning: it is neither a refusal nor executed."""
-    planned = {_key(c): c for c in saved.data["changes"] if c["action"] in WRITES}
+    planned = {(c["target"], c["name"], c["id"]): c for c in saved.data["changes"] if c["action"] in WRITES}
     problems, changes = [], []
     for change in fresh.changes:
-        new = _change(change, validated, connection)
-        key = _key(new)
-        if key in planned:
-            problems.extend(_compared(planned.pop(key), new))
+        if (key := (change.target, change.name, change.id)) in planned:
+            problems.extend(_compared(planned.pop(key), _change(change, validated, connection)))
         elif (change.is_write or change.action in REFUSALS) and (change.target, change.name, None) not in planned:
             note = f"now {change.action} ({change.reason}), which the saved plan does not have: left as is"
             change = replace(
@@ -314,32 +325,6 @@ def _refuse(saved: SavedPlan, problems: list[str]) -> None:
     )
 
 
-def _desired_problems(saved: SavedPlan, validated: Validated, connection: Connection) -> list[str]:
-    touched = {f"{c['target']}/{c['name']}" for c in saved.data["changes"] if c["action"] in WRITES}
-    then = {k: v for k, v in saved.data["desired"].items() if k in touched}
-    now = {k: v for k, v in desired_digests(validated, connection, saved.options).items() if k in touched}
-    problems = []
-    for key in sorted(set(then) | set(now)):
-        name = key.split("/", 1)[1]
-        if key not in now:
-            problems.append(f"{name}: no longer declared (the manifest or its inputs changed)")
-        elif key not in then:
-            problems.append(f"{name}: newly declared (the manifest or its inputs changed)")
-        elif then[key] != now[key]:
-            problems.append(f"{name}: renders differently now: {_differing(then[key], now[key])}")
-    if problems:
-        key = _plan_key(connection)
-        if saved.data["manifest"]["digest"] != _file_digest(key, validated.manifest.path):
-            problems.append(f"the manifest file {validated.manifest.display} changed since the plan")
-        if saved.data["inputs"]["digest"] != _digest(key, "inputs", validated.manifest.inputs):
-            problems.append("the inputs (--inputs files, --set values, inputs:) changed since the plan")
-    return problems
-
-
-def _key(change: Mapping[str, Any]) -> tuple:
-    return (change["target"], change["name"], change["id"])
-
-
 def _vanished(old: dict, now: Change | None) -> str:
     name = old["name"]
     if old["action"] == Action.CREATE and now is not None:
@@ -349,10 +334,9 @@ def _vanished(old: dict, now: Change | None) -> str:
 
 def _compared(old: dict, new: dict) -> list[str]:
     name = f"{old['name']}" + (f" (id {old['id']})" if old["id"] is not None else "")
-    if old["live"] is not None and new["live"] is not None and old["live"]["fields"] != new["live"]["fields"]:
-        return [
-            f"{name}: changed on the server since the plan: {_differing(old['live']['fields'], new['live']['fields'])}"
-        ]
+    then, now = old["live"], new["live"]
+    if then is not None and now is not None and then["fields"] != now["fields"]:
+        return [f"{name}: changed on the server since the plan: {_differing(then['fields'], now['fields'])}"]
     if old["action"] != new["action"]:
         return [f"{name}: planned {old['action']}, now {new['action']} ({new['reason']})"]
     if old["diff"] != new["diff"]:  # a "method" that older files carry is not compared: apply chooses it

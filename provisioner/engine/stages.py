@@ -107,11 +107,8 @@ def connect(validated: Validated, options: Options, stop: StopFlag, read_only: b
     """Resolve credentials and open one client per target (validation of targets happens here).
     ``read_only`` opens clients that cannot write (``ReadOnlyClient``): plan and drift use it."""
     names = set(validated.manifest.targets) or {DEFAULT_TARGET}
-    if options.local is not None:
-        targets = {
-            n: local_target(n, options.local.url, options.local.user_secret, options.local.organization_secret)
-            for n in names
-        }
+    if (local := options.local) is not None:
+        targets = {n: local_target(n, local.url, local.user_secret, local.organization_secret) for n in names}
     else:
         targets, problems = resolve_targets(validated.manifest, validated.renderer, names)
         if problems:
@@ -177,10 +174,9 @@ def apply(
     progress: Callable[[ChangeResult], None] | None = None,
 ) -> ApplyResult:
     """Stage 6: execute the plan."""
-    applier = Applier(
+    result = Applier(
         the_plan, connection.clients, connection.fingerprints, validated.registry, options.apply, stop, progress
-    )
-    result = applier.run()
+    ).run()
     if result.aborted:
         target = next((r.change.target for r in result.failed if r.http_status in (401, 403)), None)
         if target is not None:
@@ -197,12 +193,11 @@ def instance_outputs(
     """id, element and token of every declared instance that exists, new or existing."""
     found: dict[str, tuple[str, Any, Any]] = {}  # name -> target, id, token
     declared = {(d.target, d.name): d for d in validated.desired}
-    if result is not None:
-        for r in result.results:
-            identity = r.change.desired is not None  # not an extra copy of a duplicated instance
-            exists = r.status == Status.OK and r.change.action != Action.DELETE and r.id is not None
-            if identity and (r.change.target, r.change.name) in declared and exists:
-                found[r.change.name] = (r.change.target, r.id, r.token)
+    for r in result.results if result is not None else []:
+        identity = r.change.desired is not None  # not an extra copy of a duplicated instance
+        exists = r.status == Status.OK and r.change.action != Action.DELETE and r.id is not None
+        if identity and (r.change.target, r.change.name) in declared and exists:
+            found[r.change.name] = (r.change.target, r.id, r.token)
     for target, instances in (live or {}).items():
         for instance in sorted(instances, key=lambda i: i.age_key, reverse=True):
             if (target, instance.name) in declared and instance.owned_by(validated.manifest.stack):

@@ -53,9 +53,8 @@ class Selection:
 
     def _selects(self, name: str, element: str | None, tags: Iterable[str], aliases: frozenset[str]) -> bool:
         tags = list(tags)
-        if self.targets and not any(p.matches(name, element, tags, aliases) for p in self.targets):
-            return False
-        return not any(p.matches(name, element, tags, aliases) for p in self.excludes)
+        wanted = not self.targets or any(p.matches(name, element, tags, aliases) for p in self.targets)
+        return wanted and not any(p.matches(name, element, tags, aliases) for p in self.excludes)
 
     def selects_desired(self, desired: Any) -> bool:
         return self._selects(desired.name, desired.element, desired.tags or (), frozenset())

@@ -28,6 +28,7 @@ from .options import (
     API_OPTIONS,
     ENV_API,
     ENV_RENDER,
+    PLAN_OPTIONS,
     PROGRESS,
     WITH_MARKDOWN,
     ApplyArgs,
@@ -41,10 +42,8 @@ from .options import (
     Source,
     ValidateArgs,
     input_options,
-    option,
     options,
     output_option,
-    plan_options,
 )
 from .preview import AT_APPLY_NOTE, rendered
 from .progress import ProgressReporter
@@ -76,17 +75,9 @@ def validate(run: Run, args: ValidateArgs) -> int:
 @command(PlanArgs, epilog=ENV_API)
 @input_options(*WITH_MARKDOWN)
 @API_OPTIONS
-@plan_options(
-    "Also plan the deletion of instances the stack owns that are no longer declared (apply --prune deletes them)."
-)
-@click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when changes are pending (0: none, 1: error).")
-@click.option(
-    "--out",
-    "out",
-    type=click.Path(dir_okay=False),
-    metavar="FILE",
-    help="Save the plan to FILE (no secret, mode 0600) for 'apply FILE', which executes exactly it.",
-)
+@PLAN_OPTIONS
+@click.option("--detailed-exitcode", is_flag=True)
+@click.option("--out", "out", type=click.Path(dir_okay=False), metavar="FILE")
 def plan(run: Run, args: PlanArgs) -> int:
     """Show what apply would change, without changing anything.
 
@@ -151,14 +142,9 @@ def show(run: Run, args: ShowArgs) -> int:
 @command(ApplyArgs, epilog=ENV_API)
 @input_options(*WITH_MARKDOWN)
 @API_OPTIONS
-@plan_options("Delete instances the stack owns that are no longer declared.")
-@click.option(
-    "--outputs",
-    "outputs_path",
-    type=click.Path(dir_okay=False),
-    help="Write id, element and token of every declared instance to FILE (JSON, mode 0600).",
-)
-@click.option("--auto-approve", "--yes", "-y", "yes", is_flag=True, help="Do not ask for confirmation on a terminal.")
+@PLAN_OPTIONS
+@click.option("--outputs", "outputs_path", type=click.Path(dir_okay=False))
+@click.option("--auto-approve", "--yes", "-y", "yes", is_flag=True)
 @PROGRESS
 def apply(run: Run, args: ApplyArgs) -> int:
     """Make the live instances match the manifest, and deliver their tokens.
@@ -177,7 +163,7 @@ def apply(run: Run, args: ApplyArgs) -> int:
 @command(DestroyArgs, epilog=ENV_API)
 @input_options()
 @API_OPTIONS
-@click.option("--yes", "-y", "--auto-approve", "yes", is_flag=True, help="Do not ask (required without a terminal).")
+@click.option("--yes", "-y", "--auto-approve", "yes", is_flag=True)
 @ALLOW_DESTROY
 @PROGRESS
 def destroy(run: Run, args: DestroyArgs) -> int:
@@ -288,7 +274,7 @@ def drift(run: Run, args: Online) -> int:
 @command(CheckArgs, epilog=ENV_API)
 @input_options(*WITH_MARKDOWN)
 @API_OPTIONS
-@option("--ping", is_flag=True)
+@click.option("--ping", is_flag=True)
 def check(run: Run, args: CheckArgs) -> int:
     """Report whether each declared instance works: healthy, invalid, disabled or missing; it never writes.
 
@@ -309,13 +295,7 @@ _OUTPUT_CHOICE = click.Choice(sorted(_OUTPUT_FORMATS))
 @command(OutputArgs, epilog=ENV_API)
 @input_options(
     output=options(
-        option(
-            "-o",
-            "--output",
-            type=_OUTPUT_CHOICE,
-            default=None,
-            help="json (default): the outputs-file document; env: NAME_ID, NAME_ELEMENT, NAME_TOKEN shell lines.",
-        ),
+        click.option("-o", "--output", type=_OUTPUT_CHOICE, default=None),
         click.option("--format", "fmt", type=_OUTPUT_CHOICE, hidden=True),  # -o's older spelling, for old scripts
     )
 )
@@ -335,16 +315,10 @@ def output(run: Run, args: OutputArgs) -> int:
 @command(ImportArgs, "import", epilog=ENV_API)
 @input_options()
 @API_OPTIONS
-@click.option(
-    "--out",
-    "out_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Manifest file to write (same apiVersion, stack and targets as MANIFEST).",
-)
-@click.option("--element", "element", default=None, help="Only instances of this element key.")
-@click.option("--name", "name_glob", default=None, metavar="GLOB", help="Only instances whose name matches GLOB.")
-@click.option("--force", is_flag=True, help="Replace --out FILE if it exists (never the manifest import reads).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--element", "element", default=None)
+@click.option("--name", "name_glob", default=None, metavar="GLOB")
+@click.option("--force", is_flag=True)
 def import_(run: Run, args: ImportArgs) -> int:
     """Write a manifest declaring the unmanaged instances the target already has (take them over with --adopt)."""
     from ..engine.importer import import_manifest

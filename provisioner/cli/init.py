@@ -26,28 +26,10 @@ PIPELINES = {  # --ci: the example it starts from, and where the platform reads 
 
 @command(InitArgs, short_help="Write a commented starter manifest declaring one instance of each ELEMENT.")
 @click.argument("elements", nargs=-1, required=True, metavar="ELEMENT...")
-@click.option(
-    "--out",
-    "out",
-    default="provisioner.yaml",
-    show_default=True,
-    type=click.Path(dir_okay=False),
-    help="Manifest to write.",
-)
-@click.option("--stack", default=None, help="Stack name (default: from the manifest's directory name).")
-@click.option(
-    "--schemas",
-    multiple=True,
-    type=click.Path(file_okay=False),
-    help="Directory of extra element schemas (repeatable).",
-)
-@click.option(
-    "--ci",
-    type=click.Choice(sorted(PIPELINES)),
-    default=None,
-    help="Also write a pipeline that validates, plans, applies and reports drift: for GitHub Actions "
-    "(in .github/workflows) or GitLab CI (at the top of the repository).",
-)
+@click.option("--out", "out", default="provisioner.yaml", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--stack", default=None)
+@click.option("--schemas", multiple=True, type=click.Path(file_okay=False))
+@click.option("--ci", type=click.Choice(sorted(PIPELINES)), default=None)
 def init(run: Run, args: InitArgs) -> int:
     """Write a commented starter manifest declaring one instance of each ELEMENT (e.g. connectwisehd).
 

@@ -54,7 +54,15 @@ ENV_EMULATOR = (
 
 
 class Command(click.Command):
-    """A command whose line in the command list is its whole first sentence (click would cut it short)."""
+    """A command whose line in the command list is its whole first sentence (click would cut it short),
+    and whose options without a help text take HELP's."""
+
+    def __init__(self, name: str | None, **attrs: Any):
+        super().__init__(name, **attrs)
+        for param in self.params:
+            if isinstance(param, click.Option) and param.help is None and not param.hidden:
+                long = next(o for o in param.opts if o.startswith("--"))
+                param.help = HELP.get(f"{name} {long}") or HELP[long]
 
     def get_short_help_str(self, limit: int = 45) -> str:
         if self.short_help or not self.help:
@@ -261,7 +269,7 @@ class EmulatorArgs:
     verbose: bool = False
 
 
-HELP = {  # each option's help text, by its long name (an option that differs by command gives its own)
+HELP = {  # each option's help text, by its first long name, or by "COMMAND --name" where commands differ
     "--output": "Output format on stdout.",
     "--inputs": "YAML file of inputs, merged over the manifest's inputs (repeatable; later wins).",
     "--set": "Set one input (dotted keys nest; the value is read as a YAML scalar). Repeatable.",
@@ -278,6 +286,9 @@ HELP = {  # each option's help text, by its long name (an option that differs by
     "--max-rate": "Never exceed this many requests per second (default: no ceiling until a 429).",
     "--settle": "Seconds to wait before looking up a create whose response was lost (default: --timeout).",
     "--max-answer-bytes": "Refuse an API answer larger than this once decompressed.",
+    "plan --prune": "Also plan the deletion of instances the stack owns that are no longer declared "
+    "(apply --prune deletes them).",
+    "apply --prune": "Delete instances the stack owns that are no longer declared.",
     "--allow-replace": "Allow replacing an instance whose element changed (its token changes).",
     "--force": "Allow --prune with a manifest that declares no instance.",
     "--adopt": "Take over unmanaged instances (no provisioner:stack= tag) with declared names, "
@@ -288,15 +299,37 @@ HELP = {  # each option's help text, by its long name (an option that differs by
     "--allow-destroy": "Lift the protection (protect: true) of instance NAME for this run (repeatable).",
     "--reauthenticate": "Send the declared credentials of instance NAME again for the provider to check "
     "(PUT ?reAuthenticate=true; id and token kept). Repeatable; not for OAuth instances.",
+    "--detailed-exitcode": "Exit 2 when changes are pending (0: none, 1: error).",
+    "plan --out": "Save the plan to FILE (no secret, mode 0600) for 'apply FILE', which executes exactly it.",
+    "--outputs": "Write id, element and token of every declared instance to FILE (JSON, mode 0600).",
+    "--auto-approve": "Do not ask for confirmation on a terminal.",
+    "destroy --yes": "Do not ask (required without a terminal).",
+    "--progress": "Show progress on stderr for long runs.",
     "--ping": "Also call each instance's hub ping with its own token, in parallel (--parallelism).",
-    "--progress/--no-progress": "Show progress on stderr for long runs.",
+    "output --output": "json (default): the outputs-file document; env: NAME_ID, NAME_ELEMENT, NAME_TOKEN shell lines.",
+    "import --out": "Manifest file to write (same apiVersion, stack and targets as MANIFEST).",
+    "--element": "Only instances of this element key.",
+    "--name": "Only instances whose name matches GLOB.",
+    "import --force": "Replace --out FILE if it exists (never the manifest import reads).",
+    "--all": "Pull every element the API offers (GET /elements/keys).",
+    "pull --out": "Directory to write <key>.json into (use it with --schemas DIR).",
+    "--host": "Loopback address to listen on.",
+    "--port": "Port (0 picks a free one; the URL is printed on stdout).",
+    "--db": "SQLite file.",
+    "--user-secret": "User secret to accept (default: $CE_USER_SECRET).",
+    "--organization-secret": "Organization secret to accept (default: $CE_ORGANIZATION_SECRET).",
+    "--faults": "Fault injection: comma-separated NAME=VALUE pairs, for example error=0.1,seed=42. Names: "
+    "latency, jitter, error, throttle, retry_after, reset, lost, slow, slow_ms, ratelimit, burst, "
+    "methods, seed (default: $PROVISIONER_EMULATOR_FAULTS).",
+    "--latency-ms": "Added latency on every request.",
+    "--seed": "Seed for reproducible faults.",
+    "--quiet": "Do not log requests on stderr.",
+    "init --out": "Manifest to write.",
+    "--stack": "Stack name (default: from the manifest's directory name).",
+    "init --schemas": "Directory of extra element schemas (repeatable).",
+    "--ci": "Also write a pipeline that validates, plans, applies and reports drift: for GitHub Actions "
+    "(in .github/workflows) or GitLab CI (at the top of the repository).",
 }
-
-
-def option(*decls: str, **kw: Any) -> Callable:
-    """A click option whose help text, unless given, is HELP's entry for its long name."""
-    text = kw.pop("help", None) or HELP[next(d for d in decls if d.startswith("--"))]
-    return click.option(*decls, help=text, **kw)
 
 
 def options(*decorators: Callable) -> Callable:
@@ -311,7 +344,7 @@ def options(*decorators: Callable) -> Callable:
 
 
 def output_option(*formats: str) -> Callable:
-    return option("-o", "--output", "reporter", type=click.Choice(formats), default=formats[0], show_default=True)
+    return click.option("-o", "--output", "reporter", type=click.Choice(formats), default=formats[0], show_default=True)
 
 
 def input_options(*formats: str, api: bool = True, many: bool = False, output: Callable | None = None) -> Callable:
@@ -326,54 +359,48 @@ def input_options(*formats: str, api: bool = True, many: bool = False, output: C
     path, positive = click.Path(dir_okay=False), click.IntRange(1)
     return options(
         click.argument("manifest", type=path, nargs=-1 if many else 1, required=True),
-        option("--inputs", multiple=True, type=path),
-        option("--set", "sets", multiple=True, metavar="KEY=VALUE"),
-        option("--schemas", multiple=True, type=click.Path(file_okay=False)),
-        option("--max-foreach", type=positive, default=DEFAULT_MAX_FOREACH, show_default=True),
-        option("--max-file-bytes", type=positive, default=DEFAULT_MAX_BYTES, show_default=True),
-        output or option("-o", "--output", type=click.Choice(formats), default=formats[0], show_default=True),
-        option("-v", "--verbose", is_flag=True, help=verbose),
+        click.option("--inputs", multiple=True, type=path),
+        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE"),
+        click.option("--schemas", multiple=True, type=click.Path(file_okay=False)),
+        click.option("--max-foreach", type=positive, default=DEFAULT_MAX_FOREACH, show_default=True),
+        click.option("--max-file-bytes", type=positive, default=DEFAULT_MAX_BYTES, show_default=True),
+        output or click.option("-o", "--output", type=click.Choice(formats), default=formats[0], show_default=True),
+        click.option("-v", "--verbose", is_flag=True, help=verbose),
     )
 
 
 API_OPTIONS = options(
-    option("--local", is_flag=True),
-    option("--parallelism", type=click.IntRange(1, 256), default=16, show_default=True),
-    option("--timeout", type=click.FloatRange(0.1), default=30.0, show_default=True),
-    option("--connect-timeout", type=click.FloatRange(0.1), default=5.0, show_default=True),
-    option("--deadline", type=click.FloatRange(0.1), default=60.0, show_default=True),
-    option("--max-attempts", type=click.IntRange(1), default=10, show_default=True),
-    option("--max-retry-time", type=click.FloatRange(0), default=120.0, show_default=True),
-    option("--max-rate", type=click.FloatRange(0.1), default=None),
-    option("--settle", type=click.FloatRange(0), default=None),
-    option("--max-answer-bytes", type=click.IntRange(1024), default=MAX_ANSWER_BYTES, show_default=True),
+    click.option("--local", is_flag=True),
+    click.option("--parallelism", type=click.IntRange(1, 256), default=16, show_default=True),
+    click.option("--timeout", type=click.FloatRange(0.1), default=30.0, show_default=True),
+    click.option("--connect-timeout", type=click.FloatRange(0.1), default=5.0, show_default=True),
+    click.option("--deadline", type=click.FloatRange(0.1), default=60.0, show_default=True),
+    click.option("--max-attempts", type=click.IntRange(1), default=10, show_default=True),
+    click.option("--max-retry-time", type=click.FloatRange(0), default=120.0, show_default=True),
+    click.option("--max-rate", type=click.FloatRange(0.1), default=None),
+    click.option("--settle", type=click.FloatRange(0), default=None),
+    click.option("--max-answer-bytes", type=click.IntRange(1024), default=MAX_ANSWER_BYTES, show_default=True),
 )
-ALLOW_DESTROY = option("--allow-destroy", multiple=True, metavar="NAME")
-PROGRESS = option("--progress/--no-progress", default=True)
-
-
-def plan_options(prune: str) -> Callable:
-    """The options that shape a plan; ``prune``: --prune's help (plan itself deletes nothing)."""
-    return options(
-        option("--prune", is_flag=True, help=prune),
-        option("--allow-replace", is_flag=True),
-        option("--force", is_flag=True),
-        option("--adopt", is_flag=True),
-        option("--target", "targets", multiple=True, metavar="PATTERN"),
-        option("--exclude", "excludes", multiple=True, metavar="PATTERN"),
-        ALLOW_DESTROY,
-        option("--reauthenticate", multiple=True, metavar="NAME"),
-    )
-
-
+ALLOW_DESTROY = click.option("--allow-destroy", multiple=True, metavar="NAME")
+PROGRESS = click.option("--progress/--no-progress", default=True)
+PLAN_OPTIONS = options(  # the options that shape a plan
+    click.option("--prune", is_flag=True),
+    click.option("--allow-replace", is_flag=True),
+    click.option("--force", is_flag=True),
+    click.option("--adopt", is_flag=True),
+    click.option("--target", "targets", multiple=True, metavar="PATTERN"),
+    click.option("--exclude", "excludes", multiple=True, metavar="PATTERN"),
+    ALLOW_DESTROY,
+    click.option("--reauthenticate", multiple=True, metavar="NAME"),
+)
 CATALOG_OPTIONS = options(  # schemas pull and schemas list
-    option("--local", is_flag=True, help="Read the built-in emulator's catalog instead of the API."),
-    option(
+    click.option("--local", is_flag=True, help="Read the built-in emulator's catalog instead of the API."),
+    click.option(
         "--schemas",
         multiple=True,
         type=click.Path(file_okay=False),
         help="Directory of extra element schemas counted as local (repeatable).",
     ),
     output_option(*FORMATS),
-    option("-v", "--verbose", is_flag=True, help="Trace every HTTP request on stderr (secrets redacted)."),
+    click.option("-v", "--verbose", is_flag=True, help="Trace every HTTP request on stderr (secrets redacted)."),
 )

@@ -37,15 +37,8 @@ def _catalog(run: Run, args: CatalogArgs) -> Iterator[Any]:
 
 @command(CatalogArgs, "pull", epilog=ENV_CATALOG)
 @click.argument("keys", nargs=-1)
-@click.option("--all", "all_keys", is_flag=True, help="Pull every element the API offers (GET /elements/keys).")
-@click.option(
-    "--out",
-    "out_dir",
-    default="schemas",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Directory to write <key>.json into (use it with --schemas DIR).",
-)
+@click.option("--all", "all_keys", is_flag=True)
+@click.option("--out", "out_dir", default="schemas", show_default=True, type=click.Path(file_okay=False))
 @CATALOG_OPTIONS
 def schemas_pull(run: Run, args: CatalogArgs) -> int:
     """Write one JSON Schema per element KEY from the API's definitions (stable: a second pull changes nothing)."""
@@ -83,33 +76,15 @@ def schemas() -> None:
 
 
 @command(EmulatorArgs, epilog=ENV_EMULATOR)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to listen on.")
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=8080,
-    show_default=True,
-    help="Port (0 picks a free one; the URL is printed on stdout).",
-)
-@click.option("--db", "db_path", default=".provisioner/emulator.db", show_default=True, help="SQLite file.")
-@click.option("--user-secret", envvar="CE_USER_SECRET", help="User secret to accept (default: $CE_USER_SECRET).")
-@click.option(
-    "--organization-secret",
-    envvar="CE_ORGANIZATION_SECRET",
-    help="Organization secret to accept (default: $CE_ORGANIZATION_SECRET).",
-)
-@click.option(
-    "--faults",
-    "fault_text",
-    default=None,
-    metavar="SPEC",
-    help="Fault injection: comma-separated NAME=VALUE pairs, for example error=0.1,seed=42. Names: "
-    "latency, jitter, error, throttle, retry_after, reset, lost, slow, slow_ms, ratelimit, burst, "
-    "methods, seed (default: $PROVISIONER_EMULATOR_FAULTS).",
-)
-@click.option("--latency-ms", type=click.FloatRange(0), default=None, help="Added latency on every request.")
-@click.option("--seed", type=int, default=None, help="Seed for reproducible faults.")
-@click.option("--quiet", is_flag=True, help="Do not log requests on stderr.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--db", "db_path", default=".provisioner/emulator.db", show_default=True)
+@click.option("--user-secret", envvar="CE_USER_SECRET")
+@click.option("--organization-secret", envvar="CE_ORGANIZATION_SECRET")
+@click.option("--faults", "fault_text", default=None, metavar="SPEC")
+@click.option("--latency-ms", type=click.FloatRange(0), default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--quiet", is_flag=True)
 def emulator(run: Run, args: EmulatorArgs) -> int:
     """Run the Cloud Elements API emulator on loopback (SQLite persistence, optional fault injection)."""
     from ..emulator import Emulator, FaultConfig

@@ -16,7 +16,7 @@ import yaml
 from ..engine import savedplan
 from ..engine import stages as engine
 from ..engine.health import check as check_health
-from ..engine.outputs import format_env, format_json, write_outputs
+from ..engine.outputs import write_outputs
 from ..engine.plan import Action, Plan
 from ..errors import UserError
 from ..manifest.load import DEFAULT_MAX_FOREACH
@@ -24,13 +24,9 @@ from ..manifest.yamlload import DEFAULT_MAX_BYTES
 from ..ownership import is_unmanaged
 from ..privatefile import checked_path, write_private
 from .options import (
-    ALLOW_DESTROY,
-    API_OPTIONS,
     ENV_API,
     ENV_RENDER,
-    PLAN_OPTIONS,
-    PROGRESS,
-    WITH_MARKDOWN,
+    OUTPUT_FORMATS,
     ApplyArgs,
     CheckArgs,
     DestroyArgs,
@@ -41,9 +37,6 @@ from .options import (
     ShowArgs,
     Source,
     ValidateArgs,
-    input_options,
-    options,
-    output_option,
 )
 from .preview import AT_APPLY_NOTE, rendered
 from .progress import ProgressReporter
@@ -52,7 +45,6 @@ from .run import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Run, command
 
 
 @command(ValidateArgs, epilog=ENV_RENDER)
-@input_options(api=False, many=True)
 def validate(run: Run, args: ValidateArgs) -> int:
     """Check manifests offline: structure, rendering, element schemas; makes no network call.
 
@@ -73,11 +65,6 @@ def validate(run: Run, args: ValidateArgs) -> int:
 
 
 @command(PlanArgs, epilog=ENV_API)
-@input_options(*WITH_MARKDOWN)
-@API_OPTIONS
-@PLAN_OPTIONS
-@click.option("--detailed-exitcode", is_flag=True)
-@click.option("--out", "out", type=click.Path(dir_okay=False), metavar="FILE")
 def plan(run: Run, args: PlanArgs) -> int:
     """Show what apply would change, without changing anything.
 
@@ -115,8 +102,6 @@ def _apply_line(args: PlanArgs, out: str) -> str:
 
 
 @command(ShowArgs)
-@click.argument("file", type=click.Path(dir_okay=False))
-@output_option(*WITH_MARKDOWN)
 def show(run: Run, args: ShowArgs) -> int:
     """Print a plan saved with 'plan --out FILE' as plan printed it; reads nothing else, sends nothing.
 
@@ -140,12 +125,6 @@ def show(run: Run, args: ShowArgs) -> int:
 
 
 @command(ApplyArgs, epilog=ENV_API)
-@input_options(*WITH_MARKDOWN)
-@API_OPTIONS
-@PLAN_OPTIONS
-@click.option("--outputs", "outputs_path", type=click.Path(dir_okay=False))
-@click.option("--auto-approve", "--yes", "-y", "yes", is_flag=True)
-@PROGRESS
 def apply(run: Run, args: ApplyArgs) -> int:
     """Make the live instances match the manifest, and deliver their tokens.
 
@@ -161,11 +140,6 @@ def apply(run: Run, args: ApplyArgs) -> int:
 
 
 @command(DestroyArgs, epilog=ENV_API)
-@input_options()
-@API_OPTIONS
-@click.option("--yes", "-y", "--auto-approve", "yes", is_flag=True)
-@ALLOW_DESTROY
-@PROGRESS
 def destroy(run: Run, args: DestroyArgs) -> int:
     """Delete every instance the manifest's stack owns (and nothing else)."""
     return _apply_like(run, args)
@@ -255,8 +229,6 @@ def _confirmed(run: Run, the_plan: Plan, args: ApplyArgs | DestroyArgs, reviewed
 
 
 @command(Online, epilog=ENV_API)
-@input_options(*WITH_MARKDOWN)
-@API_OPTIONS
 def drift(run: Run, args: Online) -> int:
     """Report what changed behind provisioner's back, apart from pending manifest changes; it never writes.
 
@@ -272,9 +244,6 @@ def drift(run: Run, args: Online) -> int:
 
 
 @command(CheckArgs, epilog=ENV_API)
-@input_options(*WITH_MARKDOWN)
-@API_OPTIONS
-@click.option("--ping", is_flag=True)
 def check(run: Run, args: CheckArgs) -> int:
     """Report whether each declared instance works: healthy, invalid, disabled or missing; it never writes.
 
@@ -288,37 +257,19 @@ def check(run: Run, args: CheckArgs) -> int:
     return EXIT_OK if report.healthy else EXIT_CHANGES
 
 
-_OUTPUT_FORMATS = {"json": format_json, "env": format_env}
-_OUTPUT_CHOICE = click.Choice(sorted(_OUTPUT_FORMATS))
-
-
 @command(OutputArgs, epilog=ENV_API)
-@input_options(
-    output=options(
-        click.option("-o", "--output", type=_OUTPUT_CHOICE, default=None),
-        click.option("--format", "fmt", type=_OUTPUT_CHOICE, hidden=True),  # -o's older spelling, for old scripts
-    )
-)
-@API_OPTIONS
-@click.argument("name", required=False)
 def output(run: Run, args: OutputArgs) -> int:
     """Print id, element and token of the declared instances, read from the API."""
     with run.connected(args, read_only=True) as (validated, _, connection):
         live = engine.read_state(connection, validated.manifest.stack, owned_only=True)
         entries = engine.instance_outputs(validated, None, connection, live)
     selected = engine.select_outputs(entries, validated, args.name)
-    sys.stdout.write(_OUTPUT_FORMATS[args.format](selected))  # the one place tokens are printed: asked for
+    sys.stdout.write(OUTPUT_FORMATS[args.format](selected))  # the one place tokens are printed: asked for
     sys.stdout.flush()
     return EXIT_OK
 
 
 @command(ImportArgs, "import", epilog=ENV_API)
-@input_options()
-@API_OPTIONS
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--element", "element", default=None)
-@click.option("--name", "name_glob", default=None, metavar="GLOB")
-@click.option("--force", is_flag=True)
 def import_(run: Run, args: ImportArgs) -> int:
     """Write a manifest declaring the unmanaged instances the target already has (take them over with --adopt)."""
     from ..engine.importer import import_manifest
@@ -366,7 +317,6 @@ def _check_import_out(args: ImportArgs) -> None:
 
 
 @command(Source, epilog=ENV_RENDER)
-@input_options("yaml", "json", api=False)
 def render(run: Run, args: Source) -> int:
     """Print, offline, the request bodies apply would send to create every instance, as it sends them.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from importlib import resources
 
 import click
@@ -15,7 +16,7 @@ import click
 from ..errors import UserError
 from ..manifest.elements import ElementRegistry
 from ..manifest.starter import Starter, elements_named, stack_name, starter_manifest
-from .options import InitArgs
+from .options import DIRECTORY, FILE, argument, option
 from .run import EXIT_OK, Run, command
 
 PIPELINES = {  # --ci: the example it starts from, and where the platform reads it
@@ -24,12 +25,18 @@ PIPELINES = {  # --ci: the example it starts from, and where the platform reads 
 }
 
 
+@dataclass(frozen=True)
+class InitArgs:
+    elements: tuple[str, ...] = argument(nargs=-1, required=True, metavar="ELEMENT...")
+    out: str = option("--out", default="provisioner.yaml", type=FILE)
+    stack: str | None = option("--stack", default=None)
+    schemas: tuple[str, ...] = option("--schemas", multiple=True, type=DIRECTORY)
+    ci: str | None = option("--ci", type=click.Choice(sorted(PIPELINES)), default=None)
+    reporter: str = "text"
+    verbose: bool = False
+
+
 @command(InitArgs, short_help="Write a commented starter manifest declaring one instance of each ELEMENT.")
-@click.argument("elements", nargs=-1, required=True, metavar="ELEMENT...")
-@click.option("--out", "out", default="provisioner.yaml", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--stack", default=None)
-@click.option("--schemas", multiple=True, type=click.Path(file_okay=False))
-@click.option("--ci", type=click.Choice(sorted(PIPELINES)), default=None)
 def init(run: Run, args: InitArgs) -> int:
     """Write a commented starter manifest declaring one instance of each ELEMENT (e.g. connectwisehd).
 

@@ -23,7 +23,7 @@ from .run import EXIT_ERROR, EXIT_OK
 
 @click.group(
     commands=[*commands.COMMANDS, init, *tools.COMMANDS],
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110, "show_default": True},
     epilog="Each command's --help names the environment variables it reads. Shell completion: "
     'eval "$(_PROVISIONER_COMPLETE=bash_source provisioner)" (zsh_source, fish_source).',
 )

@@ -5,14 +5,15 @@ body receives one frozen value whose fields are its click parameters (``run.comm
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar
 
 import click
 
 from ..api.client import MAX_ANSWER_BYTES, ClientSettings
 from ..engine import stages as engine
 from ..engine.apply import ApplySettings
+from ..engine.outputs import format_env, format_json
 from ..engine.plan import PlanOptions
 from ..engine.targeting import Selection
 from ..manifest.load import DEFAULT_MAX_FOREACH, Limits
@@ -72,22 +73,52 @@ class Command(click.Command):
         return paragraph if end < 0 else paragraph[: end + 1]
 
 
+def option(*decls: str, **kw: Any) -> Any:
+    """A field that click fills from the option ``decls`` (its help, unless given: HELP's)."""
+    return field(metadata={"param": lambda name, kind: click.Option([*decls, name], **kw)})
+
+
+def argument(**kw: Any) -> Any:
+    return field(metadata={"param": lambda name, kind: click.Argument([name], **kw)})
+
+
+def output_option() -> Any:
+    """-o, offering the formats of the command's value (its ``formats``), the first by default."""
+
+    def make(name: str, kind: Any) -> click.Option:
+        return click.Option(["-o", "--output", name], type=click.Choice(kind.formats), default=kind.formats[0])
+
+    return field(metadata={"param": make})
+
+
+def params(kind: type) -> list[click.Parameter]:
+    """The click parameters of a command whose value is ``kind``, in the order of its fields."""
+    return [f.metadata["param"](f.name, kind) for f in fields(kind) if "param" in f.metadata]
+
+
 def _shared(value: Any, kind: Any) -> dict[str, Any]:
     """The fields of the dataclass ``kind`` that ``value`` has too, by name."""
     return {f.name: getattr(value, f.name) for f in fields(kind) if hasattr(value, f.name)}
+
+
+FILE, DIRECTORY, POSITIVE = click.Path(dir_okay=False), click.Path(file_okay=False), click.IntRange(1)
 
 
 @dataclass(frozen=True)
 class Inputs:
     """What every command that reads a manifest takes, besides the manifest."""
 
-    inputs: tuple[str, ...]
-    sets: tuple[str, ...]
-    schemas: tuple[str, ...]
-    max_foreach: int
-    max_file_bytes: int
-    output: str | None
-    verbose: bool
+    formats: ClassVar[tuple[str, ...]] = FORMATS
+
+    inputs: tuple[str, ...] = option("--inputs", multiple=True, type=FILE)
+    sets: tuple[str, ...] = option("--set", multiple=True, metavar="KEY=VALUE")
+    schemas: tuple[str, ...] = option("--schemas", multiple=True, type=DIRECTORY)
+    max_foreach: int = option("--max-foreach", type=POSITIVE, default=DEFAULT_MAX_FOREACH)
+    max_file_bytes: int = option("--max-file-bytes", type=POSITIVE, default=DEFAULT_MAX_BYTES)
+    output: str | None = output_option()
+    verbose: bool = option(
+        "-v", "--verbose", is_flag=True, help="Print on stderr the order in which the inputs were layered (later wins)."
+    )
 
     @property
     def reporter(self) -> str:  # see run.REPORTERS
@@ -96,7 +127,7 @@ class Inputs:
 
 @dataclass(frozen=True)
 class ValidateArgs(Inputs):
-    manifest: tuple[str, ...]
+    manifest: tuple[str, ...] = argument(type=FILE, nargs=-1, required=True)
 
     def source(self, manifest: str) -> Source:
         return Source(manifest=manifest, **_shared(self, Inputs))
@@ -104,7 +135,11 @@ class ValidateArgs(Inputs):
 
 @dataclass(frozen=True)
 class Source(Inputs):
-    manifest: str
+    """One manifest (render's value: its formats)."""
+
+    formats: ClassVar[tuple[str, ...]] = ("yaml", "json")
+
+    manifest: str = argument(type=FILE, required=True)
 
     def engine_options(self, trace: Callable[[str], None], local: Any = None) -> engine.Options:
         limits = Limits(max_file_bytes=self.max_file_bytes, max_foreach=self.max_foreach)
@@ -115,16 +150,24 @@ class Source(Inputs):
 class Online(Source):
     """A command that reads the API."""
 
-    local: bool
-    parallelism: int
-    timeout: float
-    connect_timeout: float
-    deadline: float
-    max_attempts: int
-    max_retry_time: float
-    max_rate: float | None
-    settle: float | None
-    max_answer_bytes: int
+    formats: ClassVar[tuple[str, ...]] = WITH_MARKDOWN
+
+    verbose: bool = option(
+        "-v",
+        "--verbose",
+        is_flag=True,
+        help="Trace every HTTP request on stderr (secrets redacted), and the order the inputs were layered.",
+    )
+    local: bool = option("--local", is_flag=True)
+    parallelism: int = option("--parallelism", type=click.IntRange(1, 256), default=16)
+    timeout: float = option("--timeout", type=click.FloatRange(0.1), default=30.0)
+    connect_timeout: float = option("--connect-timeout", type=click.FloatRange(0.1), default=5.0)
+    deadline: float = option("--deadline", type=click.FloatRange(0.1), default=60.0)
+    max_attempts: int = option("--max-attempts", type=POSITIVE, default=10)
+    max_retry_time: float = option("--max-retry-time", type=click.FloatRange(0), default=120.0)
+    max_rate: float | None = option("--max-rate", type=click.FloatRange(0.1), default=None)
+    settle: float | None = option("--settle", type=click.FloatRange(0), default=None)
+    max_answer_bytes: int = option("--max-answer-bytes", type=click.IntRange(1024), default=MAX_ANSWER_BYTES)
 
     @property
     def plan(self) -> PlanOptions:
@@ -149,14 +192,14 @@ class Online(Source):
 class Shaped(Online):
     """A command whose plan the options shape (plan, apply): its fields are ``PlanOptions``'."""
 
-    prune: bool
-    allow_replace: bool
-    force: bool
-    adopt: bool
-    targets: tuple[str, ...]
-    excludes: tuple[str, ...]
-    allow_destroy: tuple[str, ...]
-    reauthenticate: tuple[str, ...]
+    prune: bool = option("--prune", is_flag=True)
+    allow_replace: bool = option("--allow-replace", is_flag=True)
+    force: bool = option("--force", is_flag=True)
+    adopt: bool = option("--adopt", is_flag=True)
+    targets: tuple[str, ...] = option("--target", multiple=True, metavar="PATTERN")
+    excludes: tuple[str, ...] = option("--exclude", multiple=True, metavar="PATTERN")
+    allow_destroy: tuple[str, ...] = option("--allow-destroy", multiple=True, metavar="NAME")
+    reauthenticate: tuple[str, ...] = option("--reauthenticate", multiple=True, metavar="NAME")
 
     @property
     def plan(self) -> PlanOptions:
@@ -165,22 +208,24 @@ class Shaped(Online):
 
 @dataclass(frozen=True)
 class PlanArgs(Shaped):
-    detailed_exitcode: bool
-    out: str | None
+    detailed_exitcode: bool = option("--detailed-exitcode", is_flag=True)
+    out: str | None = option("--out", type=FILE, metavar="FILE")
 
 
 @dataclass(frozen=True)
 class ApplyArgs(Shaped):
-    outputs_path: str | None
-    yes: bool
-    progress: bool
+    outputs_path: str | None = option("--outputs", type=FILE)
+    yes: bool = option("--auto-approve", "--yes", "-y", is_flag=True)
+    progress: bool = option("--progress/--no-progress", default=True, show_default=False)
 
 
 @dataclass(frozen=True)
 class DestroyArgs(Online):
-    yes: bool
-    allow_destroy: tuple[str, ...]
-    progress: bool
+    formats: ClassVar[tuple[str, ...]] = FORMATS
+
+    yes: bool = option("--yes", "-y", "--auto-approve", is_flag=True)
+    allow_destroy: tuple[str, ...] = option("--allow-destroy", multiple=True, metavar="NAME")
+    progress: bool = option("--progress/--no-progress", default=True, show_default=False)
     outputs_path: None = None
 
     @property
@@ -188,10 +233,15 @@ class DestroyArgs(Online):
         return PlanOptions(destroy=True, allow_destroy=self.allow_destroy)
 
 
+OUTPUT_FORMATS = {"json": format_json, "env": format_env}
+_OUTPUT_CHOICE = click.Choice(sorted(OUTPUT_FORMATS))
+
+
 @dataclass(frozen=True)
 class OutputArgs(Online):
-    fmt: str | None  # --format, the older spelling of -o
-    name: str | None
+    output: str | None = option("-o", "--output", type=_OUTPUT_CHOICE, default=None)
+    fmt: str | None = option("--format", type=_OUTPUT_CHOICE, hidden=True)  # -o's older spelling, for old scripts
+    name: str | None = argument(required=False)
 
     def __post_init__(self) -> None:
         if self.output and self.fmt and self.output != self.fmt:
@@ -206,7 +256,7 @@ class OutputArgs(Online):
 
 @dataclass(frozen=True)
 class CheckArgs(Online):
-    ping: bool
+    ping: bool = option("--ping", is_flag=True)
 
     def apply_command(self) -> list[str]:
         """The apply command of this manifest and inputs, for the fixes ``check`` suggests."""
@@ -217,55 +267,20 @@ class CheckArgs(Online):
 
 @dataclass(frozen=True)
 class ImportArgs(Online):
-    out_path: str
-    element: str | None
-    name_glob: str | None
-    force: bool
+    formats: ClassVar[tuple[str, ...]] = FORMATS
 
-
-@dataclass(frozen=True)
-class CatalogArgs:
-    """schemas pull and schemas list."""
-
-    local: bool
-    schemas: tuple[str, ...]
-    reporter: str  # -o
-    verbose: bool
-    keys: tuple[str, ...] = ()
-    all_keys: bool = False
-    out_dir: str = "schemas"
+    out_path: str = option("--out", required=True, type=FILE)
+    element: str | None = option("--element", default=None)
+    name_glob: str | None = option("--name", default=None, metavar="GLOB")
+    force: bool = option("--force", is_flag=True)
 
 
 @dataclass(frozen=True)
 class ShowArgs:
-    file: str
-    reporter: str  # -o
-    verbose: bool = False
+    formats: ClassVar[tuple[str, ...]] = WITH_MARKDOWN
 
-
-@dataclass(frozen=True)
-class InitArgs:
-    elements: tuple[str, ...]
-    out: str
-    stack: str | None
-    schemas: tuple[str, ...]
-    ci: str | None
-    reporter: str = "text"
-    verbose: bool = False
-
-
-@dataclass(frozen=True)
-class EmulatorArgs:
-    host: str
-    port: int
-    db_path: str
-    user_secret: str | None
-    organization_secret: str | None
-    fault_text: str | None
-    latency_ms: float | None
-    seed: int | None
-    quiet: bool
-    reporter: str = "text"
+    file: str = argument(type=FILE)
+    reporter: str = output_option()
     verbose: bool = False
 
 
@@ -330,77 +345,3 @@ HELP = {  # each option's help text, by its first long name, or by "COMMAND --na
     "--ci": "Also write a pipeline that validates, plans, applies and reports drift: for GitHub Actions "
     "(in .github/workflows) or GitLab CI (at the top of the repository).",
 }
-
-
-def options(*decorators: Callable) -> Callable:
-    """The click decorators given, as one (in --help, options appear in the order given)."""
-
-    def apply(f: Callable) -> Callable:
-        for decorator in reversed(decorators):
-            f = decorator(f)
-        return f
-
-    return apply
-
-
-def output_option(*formats: str) -> Callable:
-    return click.option("-o", "--output", "reporter", type=click.Choice(formats), default=formats[0], show_default=True)
-
-
-def input_options(*formats: str, api: bool = True, many: bool = False, output: Callable | None = None) -> Callable:
-    """The options of every command that reads a manifest: -o offers ``formats`` (text and json by
-    default), or is ``output``; ``api``: the command reads the API (-v traces its requests)."""
-    verbose = (
-        "Trace every HTTP request on stderr (secrets redacted), and the order the inputs were layered."
-        if api
-        else "Print on stderr the order in which the inputs were layered (later wins)."
-    )
-    formats = formats or FORMATS
-    path, positive = click.Path(dir_okay=False), click.IntRange(1)
-    return options(
-        click.argument("manifest", type=path, nargs=-1 if many else 1, required=True),
-        click.option("--inputs", multiple=True, type=path),
-        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE"),
-        click.option("--schemas", multiple=True, type=click.Path(file_okay=False)),
-        click.option("--max-foreach", type=positive, default=DEFAULT_MAX_FOREACH, show_default=True),
-        click.option("--max-file-bytes", type=positive, default=DEFAULT_MAX_BYTES, show_default=True),
-        output or click.option("-o", "--output", type=click.Choice(formats), default=formats[0], show_default=True),
-        click.option("-v", "--verbose", is_flag=True, help=verbose),
-    )
-
-
-API_OPTIONS = options(
-    click.option("--local", is_flag=True),
-    click.option("--parallelism", type=click.IntRange(1, 256), default=16, show_default=True),
-    click.option("--timeout", type=click.FloatRange(0.1), default=30.0, show_default=True),
-    click.option("--connect-timeout", type=click.FloatRange(0.1), default=5.0, show_default=True),
-    click.option("--deadline", type=click.FloatRange(0.1), default=60.0, show_default=True),
-    click.option("--max-attempts", type=click.IntRange(1), default=10, show_default=True),
-    click.option("--max-retry-time", type=click.FloatRange(0), default=120.0, show_default=True),
-    click.option("--max-rate", type=click.FloatRange(0.1), default=None),
-    click.option("--settle", type=click.FloatRange(0), default=None),
-    click.option("--max-answer-bytes", type=click.IntRange(1024), default=MAX_ANSWER_BYTES, show_default=True),
-)
-ALLOW_DESTROY = click.option("--allow-destroy", multiple=True, metavar="NAME")
-PROGRESS = click.option("--progress/--no-progress", default=True)
-PLAN_OPTIONS = options(  # the options that shape a plan
-    click.option("--prune", is_flag=True),
-    click.option("--allow-replace", is_flag=True),
-    click.option("--force", is_flag=True),
-    click.option("--adopt", is_flag=True),
-    click.option("--target", "targets", multiple=True, metavar="PATTERN"),
-    click.option("--exclude", "excludes", multiple=True, metavar="PATTERN"),
-    ALLOW_DESTROY,
-    click.option("--reauthenticate", multiple=True, metavar="NAME"),
-)
-CATALOG_OPTIONS = options(  # schemas pull and schemas list
-    click.option("--local", is_flag=True, help="Read the built-in emulator's catalog instead of the API."),
-    click.option(
-        "--schemas",
-        multiple=True,
-        type=click.Path(file_okay=False),
-        help="Directory of extra element schemas counted as local (repeatable).",
-    ),
-    output_option(*FORMATS),
-    click.option("-v", "--verbose", is_flag=True, help="Trace every HTTP request on stderr (secrets redacted)."),
-)

@@ -8,7 +8,8 @@ import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import click
 
@@ -16,8 +17,37 @@ from ..errors import UserError, ValidationFailed
 from ..interrupt import stop_on_signals
 from ..manifest.load import manifest_schema_text
 from .local import local_api
-from .options import CATALOG_OPTIONS, ENV_CATALOG, ENV_EMULATOR, CatalogArgs, Command, EmulatorArgs
+from .options import DIRECTORY, ENV_CATALOG, ENV_EMULATOR, FORMATS, Command, argument, option, output_option
 from .run import EXIT_OK, Run, command
+
+
+@dataclass(frozen=True, kw_only=True)
+class CatalogArgs:
+    """schemas list; schemas pull declares the fields that are not options here."""
+
+    formats: ClassVar[tuple[str, ...]] = FORMATS
+
+    keys: tuple[str, ...] = ()
+    all_keys: bool = False
+    out_dir: str = "schemas"
+    local: bool = option("--local", is_flag=True, help="Read the built-in emulator's catalog instead of the API.")
+    schemas: tuple[str, ...] = option(
+        "--schemas",
+        multiple=True,
+        type=DIRECTORY,
+        help="Directory of extra element schemas counted as local (repeatable).",
+    )
+    reporter: str = output_option()
+    verbose: bool = option(
+        "-v", "--verbose", is_flag=True, help="Trace every HTTP request on stderr (secrets redacted)."
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PullArgs(CatalogArgs):
+    keys: tuple[str, ...] = argument(nargs=-1)
+    all_keys: bool = option("--all", is_flag=True)
+    out_dir: str = option("--out", default="schemas", type=DIRECTORY)
 
 
 @contextmanager
@@ -35,12 +65,8 @@ def _catalog(run: Run, args: CatalogArgs) -> Iterator[Any]:
             yield client
 
 
-@command(CatalogArgs, "pull", epilog=ENV_CATALOG)
-@click.argument("keys", nargs=-1)
-@click.option("--all", "all_keys", is_flag=True)
-@click.option("--out", "out_dir", default="schemas", show_default=True, type=click.Path(file_okay=False))
-@CATALOG_OPTIONS
-def schemas_pull(run: Run, args: CatalogArgs) -> int:
+@command(PullArgs, "pull", epilog=ENV_CATALOG)
+def schemas_pull(run: Run, args: PullArgs) -> int:
     """Write one JSON Schema per element KEY from the API's definitions (stable: a second pull changes nothing)."""
     from ..api import pull
 
@@ -53,7 +79,6 @@ def schemas_pull(run: Run, args: CatalogArgs) -> int:
 
 
 @command(CatalogArgs, "list", epilog=ENV_CATALOG)
-@CATALOG_OPTIONS
 def schemas_list(run: Run, args: CatalogArgs) -> int:
     """Print the element keys the API offers, and which have a local schema (built in or --schemas)."""
     from ..api import pull
@@ -75,16 +100,22 @@ def schemas() -> None:
     """Element schemas written from the API's own element definitions."""
 
 
+@dataclass(frozen=True)
+class EmulatorArgs:
+    host: str = option("--host", default="127.0.0.1")
+    port: int = option("--port", type=click.IntRange(0, 65535), default=8080)
+    db_path: str = option("--db", default=".provisioner/emulator.db")
+    user_secret: str | None = option("--user-secret", envvar="CE_USER_SECRET")
+    organization_secret: str | None = option("--organization-secret", envvar="CE_ORGANIZATION_SECRET")
+    fault_text: str | None = option("--faults", default=None, metavar="SPEC")
+    latency_ms: float | None = option("--latency-ms", type=click.FloatRange(0), default=None)
+    seed: int | None = option("--seed", type=int, default=None)
+    quiet: bool = option("--quiet", is_flag=True)
+    reporter: str = "text"
+    verbose: bool = False
+
+
 @command(EmulatorArgs, epilog=ENV_EMULATOR)
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
-@click.option("--db", "db_path", default=".provisioner/emulator.db", show_default=True)
-@click.option("--user-secret", envvar="CE_USER_SECRET")
-@click.option("--organization-secret", envvar="CE_ORGANIZATION_SECRET")
-@click.option("--faults", "fault_text", default=None, metavar="SPEC")
-@click.option("--latency-ms", type=click.FloatRange(0), default=None)
-@click.option("--seed", type=int, default=None)
-@click.option("--quiet", is_flag=True)
 def emulator(run: Run, args: EmulatorArgs) -> int:
     """Run the Cloud Elements API emulator on loopback (SQLite persistence, optional fault injection)."""
     from ..emulator import Emulator, FaultConfig

@@ -216,12 +216,8 @@ def _confirmed(run: Run, the_plan: Plan, args: ApplyArgs | DestroyArgs, reviewed
         return True
     writes = sum(1 for c in the_plan.changes if c.is_write)
     question = f"Delete {writes} instance(s)" if destroy else f"Make these {writes} change(s)"
-    answer = click.prompt(
-        f"{question} in stack {the_plan.stack!r}? Only 'yes' is accepted",
-        default="",
-        show_default=False,
-        err=True,
-    )
+    question += f" in stack {the_plan.stack!r}? Only 'yes' is accepted"
+    answer = click.prompt(question, default="", show_default=False, err=True)
     if answer.strip() != "yes":
         run.reporter.error(run.command, f"not confirmed; nothing was {'deleted' if destroy else 'changed'}")
         return False

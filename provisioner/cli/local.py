@@ -7,6 +7,7 @@ The directory sits in the user's working tree, so it is kept private and out of 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -88,12 +89,9 @@ def private_files(state_dir: str) -> None:
 
 
 def _write_private(path: str, text: str) -> None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            if handle.read() == text:
-                return
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open(path, encoding="utf-8") as handle:
+        if handle.read() == text:
+            return
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)

@@ -10,7 +10,6 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from ..closedsets import assert_never
 from ..engine import health
 from ..engine.apply import ApplyResult, ChangeResult, Status
 from ..engine.diff import DiffOp, FieldDiff
@@ -49,18 +48,14 @@ def fenced(language: str, lines: Iterable[str]) -> str:
 
 
 def _diff_lines(diffs: Iterable[FieldDiff]) -> list[str]:
-    """A field diff as unified-diff lines: ``-`` the live value, ``+`` the declared one."""
+    """A field diff as unified-diff lines: ``-`` the live value (but of an added field), ``+`` the
+    declared one (but of a removed field)."""
     lines: list[str] = []
     for diff in diffs:
-        match diff.op:
-            case DiffOp.CHANGE:
-                lines += [f"- {diff.path}: {shown(diff, diff.old)}", f"+ {diff.path}: {shown(diff, diff.new)}"]
-            case DiffOp.REMOVE:
-                lines.append(f"- {diff.path}: {shown(diff, diff.old)}")
-            case DiffOp.ADD:
-                lines.append(f"+ {diff.path}: {shown(diff, diff.new)}")
-            case _:
-                assert_never(diff.op)
+        if diff.op != DiffOp.ADD:
+            lines.append(f"- {diff.path}: {shown(diff, diff.old)}")
+        if diff.op != DiffOp.REMOVE:
+            lines.append(f"+ {diff.path}: {shown(diff, diff.new)}")
     return lines
 
 
@@ -125,9 +120,7 @@ class MarkdownReporter(TextReporter):
             *_capped(changed, _change_section, self.verbose, "change"),
         )
 
-    def applied(
-        self, result: ApplyResult, stats: dict[str, Any], command: str = "apply", outputs: str | None = None
-    ) -> None:
+    def applied(self, result: ApplyResult, stats: dict[str, Any], command: str, outputs: str | None) -> None:
         status = {s: sum(1 for r in result.results if r.status == s) for s in (Status.FAILED, Status.SKIPPED)}
         rows = [
             *((_PAST[a], n) for a, n in done_counts(result).items()),

@@ -152,12 +152,7 @@ class Online(Source):
 
     formats: ClassVar[tuple[str, ...]] = WITH_MARKDOWN
 
-    verbose: bool = option(
-        "-v",
-        "--verbose",
-        is_flag=True,
-        help="Trace every HTTP request on stderr (secrets redacted), and the order the inputs were layered.",
-    )
+    verbose: bool = option("-v", "--verbose", is_flag=True)
     local: bool = option("--local", is_flag=True)
     parallelism: int = option("--parallelism", type=click.IntRange(1, 256), default=16)
     timeout: float = option("--timeout", type=click.FloatRange(0.1), default=30.0)
@@ -286,6 +281,7 @@ class ShowArgs:
 
 HELP = {  # each option's help text, by its first long name, or by "COMMAND --name" where commands differ
     "--output": "Output format on stdout.",
+    "--verbose": "Trace every HTTP request on stderr (secrets redacted), and the order the inputs were layered.",
     "--inputs": "YAML file of inputs, merged over the manifest's inputs (repeatable; later wins).",
     "--set": "Set one input (dotted keys nest; the value is read as a YAML scalar). Repeatable.",
     "--schemas": "Directory of extra element schemas (<element>.json). Repeatable.",

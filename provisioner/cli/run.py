@@ -22,15 +22,9 @@ from .report import JsonReporter, RedactingWriter, Reporter, TextReporter
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
-# The reporter of each -o/--output value: render's yaml and output's env are text (their documents
-# are printed as they are; messages and errors as text).
-REPORTERS: dict[str, Callable[[Any, Any, bool], Reporter]] = {
-    "text": TextReporter,
-    "yaml": TextReporter,
-    "env": TextReporter,
-    "json": JsonReporter,
-    "markdown": MarkdownReporter,
-}
+# The reporter of each -o/--output value; text for any other (render's yaml and output's env print
+# their documents as they are, messages and errors as text).
+REPORTERS: dict[str, Callable[[Any, Any, bool], Reporter]] = {"json": JsonReporter, "markdown": MarkdownReporter}
 
 
 class Args(Protocol):
@@ -50,7 +44,7 @@ class Run:
 
     def __init__(self, command: str, output: str, verbose: bool):
         self.command = command
-        self.reporter = REPORTERS[output](sys.stdout, sys.stderr, verbose)
+        self.reporter = REPORTERS.get(output, TextReporter)(sys.stdout, sys.stderr, verbose)
         self.stderr = RedactingWriter(sys.stderr)
         self.stop = StopFlag()
 

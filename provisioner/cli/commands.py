@@ -27,6 +27,7 @@ from .options import (
     ENV_API,
     ENV_RENDER,
     OUTPUT_FORMATS,
+    WITH_MARKDOWN,
     ApplyArgs,
     CheckArgs,
     DestroyArgs,
@@ -64,7 +65,7 @@ def validate(run: Run, args: ValidateArgs) -> int:
     return max(run.finish(functools.partial(one, args.source(manifest))) for manifest in args.manifest)
 
 
-@command(PlanArgs, epilog=ENV_API)
+@command(PlanArgs, epilog=ENV_API, formats=WITH_MARKDOWN)
 def plan(run: Run, args: PlanArgs) -> int:
     """Show what apply would change, without changing anything.
 
@@ -101,7 +102,7 @@ def _apply_line(args: PlanArgs, out: str) -> str:
     return shlex.join(words)
 
 
-@command(ShowArgs)
+@command(ShowArgs, formats=WITH_MARKDOWN)
 def show(run: Run, args: ShowArgs) -> int:
     """Print a plan saved with 'plan --out FILE' as plan printed it; reads nothing else, sends nothing.
 
@@ -124,7 +125,7 @@ def show(run: Run, args: ShowArgs) -> int:
     return EXIT_OK
 
 
-@command(ApplyArgs, epilog=ENV_API)
+@command(ApplyArgs, epilog=ENV_API, formats=WITH_MARKDOWN)
 def apply(run: Run, args: ApplyArgs) -> int:
     """Make the live instances match the manifest, and deliver their tokens.
 
@@ -217,14 +218,13 @@ def _confirmed(run: Run, the_plan: Plan, args: ApplyArgs | DestroyArgs, reviewed
     writes = sum(1 for c in the_plan.changes if c.is_write)
     question = f"Delete {writes} instance(s)" if destroy else f"Make these {writes} change(s)"
     question += f" in stack {the_plan.stack!r}? Only 'yes' is accepted"
-    answer = click.prompt(question, default="", show_default=False, err=True)
-    if answer.strip() != "yes":
+    confirmed = click.prompt(question, default="", show_default=False, err=True).strip() == "yes"
+    if not confirmed:
         run.reporter.error(run.command, f"not confirmed; nothing was {'deleted' if destroy else 'changed'}")
-        return False
-    return True
+    return confirmed
 
 
-@command(Online, epilog=ENV_API)
+@command(Online, epilog=ENV_API, formats=WITH_MARKDOWN)
 def drift(run: Run, args: Online) -> int:
     """Report what changed behind provisioner's back, apart from pending manifest changes; it never writes.
 
@@ -239,7 +239,7 @@ def drift(run: Run, args: Online) -> int:
     return EXIT_CHANGES if report.has_drift else EXIT_OK
 
 
-@command(CheckArgs, epilog=ENV_API)
+@command(CheckArgs, epilog=ENV_API, formats=WITH_MARKDOWN)
 def check(run: Run, args: CheckArgs) -> int:
     """Report whether each declared instance works: healthy, invalid, disabled or missing; it never writes.
 
@@ -312,7 +312,7 @@ def _check_import_out(args: ImportArgs) -> None:
         )
 
 
-@command(Source, epilog=ENV_RENDER)
+@command(Source, epilog=ENV_RENDER, formats=("yaml", "json"))
 def render(run: Run, args: Source) -> int:
     """Print, offline, the request bodies apply would send to create every instance, as it sends them.
 

@@ -45,12 +45,11 @@ def init(run: Run, args: InitArgs) -> int:
     """
     registry = ElementRegistry.load(args.schemas)
     chosen = elements_named(registry, args.elements)
-    directory = os.path.basename(os.path.dirname(os.path.abspath(args.out)))
+    folder = os.path.dirname(os.path.abspath(args.out))
     invocation = " ".join(["provisioner init", *args.elements, *(f"--schemas {d}" for d in args.schemas)])
-    starter = starter_manifest(chosen, stack_name(args.stack, directory), invocation, args.out)
+    starter = starter_manifest(chosen, stack_name(args.stack, os.path.basename(folder)), invocation, args.out)
     if args.schemas:  # validate and plan find the schemas through the manifest itself
-        relative = [os.path.relpath(d, os.path.dirname(os.path.abspath(args.out))) for d in args.schemas]
-        listed = json.dumps(relative)
+        listed = json.dumps([os.path.relpath(d, folder) for d in args.schemas])
         starter.text = starter.text.replace("\ninputs:\n", f"\nschemas: {listed}  # element schemas\ninputs:\n", 1)
     files = {args.out: starter.text}
     if args.ci is not None:

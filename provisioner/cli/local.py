@@ -1,8 +1,6 @@
-"""``--local``: an embedded emulator whose state persists in ``.provisioner/emulator.db``: a first run
-with no account, and a second that shows nothing changes.
-
-The directory sits in the user's working tree, so it is kept private and out of version control: mode
-0700, every file in it 0600 (SQLite's journal files too), and a ``.gitignore`` that ignores everything.
+"""``--local``: an embedded emulator whose state persists in ``.provisioner/emulator.db`` (no account
+needed). The directory sits in the user's working tree, so it is kept private and out of version control:
+mode 0700, every file in it 0600 (SQLite's journal files too), a ``.gitignore`` that ignores everything.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -147,14 +148,13 @@ class MarkdownReporter(TextReporter):
             self.err.print(f"{status[Status.FAILED]} change(s) failed; see the Markdown report.")
 
     def drift(self, report: DriftReport, stats: dict[str, Any]) -> None:
-        counts = {category: {"drift": 0, "pending": 0} for category in CATEGORIES}
-        for finding in report.findings:
-            counts[finding.category][finding.kind] += 1
+        counts = Counter((finding.category, finding.kind) for finding in report.findings)
+        rows = [(category, counts[category, "drift"], counts[category, "pending"]) for category in CATEGORIES]
         verdict = drift_summary(report)
         self._write(
             f"### provisioner drift: stack {code(report.stack)}",
             f"**{verdict}**" if report.has_drift else verdict,
-            table(("category", "drift", "pending"), [(c, n["drift"], n["pending"]) for c, n in counts.items()]),
+            table(("category", "drift", "pending"), rows),
             *_capped(report.findings, _finding_section, self.verbose, "finding"),
             f"Read only: {_traffic(stats)}",
         )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, ClassVar
+from typing import Any
 
 import click
 
@@ -55,45 +55,42 @@ ENV_EMULATOR = (
 
 
 class Command(click.Command):
-    """A command whose line in the command list is its whole first sentence (click would cut it short),
-    and whose options without a help text take HELP's."""
-
-    def __init__(self, name: str | None, **attrs: Any):
-        super().__init__(name, **attrs)
-        for param in self.params:
-            if isinstance(param, click.Option) and param.help is None and not param.hidden:
-                long = next(o for o in param.opts if o.startswith("--"))
-                param.help = HELP.get(f"{name} {long}") or HELP[long]
+    """A command whose line in the command list is its whole first sentence (click would cut it short)."""
 
     def get_short_help_str(self, limit: int = 45) -> str:
         if self.short_help or not self.help:
             return super().get_short_help_str(limit)
-        paragraph = " ".join(self.help.split("\n\n")[0].split())
-        end = paragraph.find(". ")
-        return paragraph if end < 0 else paragraph[: end + 1]
+        sentence, end, _ = " ".join(self.help.split("\n\n")[0].split()).partition(". ")
+        return sentence + "." if end else sentence
 
 
 def option(*decls: str, **kw: Any) -> Any:
     """A field that click fills from the option ``decls`` (its help, unless given: HELP's)."""
-    return field(metadata={"param": lambda name, kind: click.Option([*decls, name], **kw)})
+    return field(metadata={"param": lambda name, formats: click.Option([*decls, name], **kw)})
 
 
 def argument(**kw: Any) -> Any:
-    return field(metadata={"param": lambda name, kind: click.Argument([name], **kw)})
+    return field(metadata={"param": lambda name, formats: click.Argument([name], **kw)})
 
 
 def output_option() -> Any:
-    """-o, offering the formats of the command's value (its ``formats``), the first by default."""
+    """-o, offering the command's formats, the first by default."""
 
-    def make(name: str, kind: Any) -> click.Option:
-        return click.Option(["-o", "--output", name], type=click.Choice(kind.formats), default=kind.formats[0])
+    def make(name: str, formats: tuple[str, ...]) -> click.Option:
+        return click.Option(["-o", "--output", name], type=click.Choice(formats), default=formats[0])
 
     return field(metadata={"param": make})
 
 
-def params(kind: type) -> list[click.Parameter]:
-    """The click parameters of a command whose value is ``kind``, in the order of its fields."""
-    return [f.metadata["param"](f.name, kind) for f in fields(kind) if "param" in f.metadata]
+def params(kind: type, formats: tuple[str, ...]) -> list[click.Parameter]:
+    """The click parameters of a command whose value is ``kind`` (-o offering ``formats``), in the order
+    of its fields; an option without a help text takes HELP's."""
+    made = [f.metadata["param"](f.name, formats) for f in fields(kind) if "param" in f.metadata]
+    for param in made:
+        if isinstance(param, click.Option) and param.help is None and not param.hidden:
+            long = next(o for o in param.opts if o.startswith("--"))
+            param.help = next((HELP[k] for c in kind.__mro__ if (k := f"{c.__name__} {long}") in HELP), HELP.get(long))
+    return made
 
 
 def _shared(value: Any, kind: Any) -> dict[str, Any]:
@@ -108,17 +105,13 @@ FILE, DIRECTORY, POSITIVE = click.Path(dir_okay=False), click.Path(file_okay=Fal
 class Inputs:
     """What every command that reads a manifest takes, besides the manifest."""
 
-    formats: ClassVar[tuple[str, ...]] = FORMATS
-
     inputs: tuple[str, ...] = option("--inputs", multiple=True, type=FILE)
     sets: tuple[str, ...] = option("--set", multiple=True, metavar="KEY=VALUE")
     schemas: tuple[str, ...] = option("--schemas", multiple=True, type=DIRECTORY)
     max_foreach: int = option("--max-foreach", type=POSITIVE, default=DEFAULT_MAX_FOREACH)
     max_file_bytes: int = option("--max-file-bytes", type=POSITIVE, default=DEFAULT_MAX_BYTES)
     output: str | None = output_option()
-    verbose: bool = option(
-        "-v", "--verbose", is_flag=True, help="Print on stderr the order in which the inputs were layered (later wins)."
-    )
+    verbose: bool = option("-v", "--verbose", is_flag=True)
 
     @property
     def reporter(self) -> str:  # see run.REPORTERS
@@ -135,9 +128,7 @@ class ValidateArgs(Inputs):
 
 @dataclass(frozen=True)
 class Source(Inputs):
-    """One manifest (render's value: its formats)."""
-
-    formats: ClassVar[tuple[str, ...]] = ("yaml", "json")
+    """One manifest."""
 
     manifest: str = argument(type=FILE, required=True)
 
@@ -150,9 +141,6 @@ class Source(Inputs):
 class Online(Source):
     """A command that reads the API."""
 
-    formats: ClassVar[tuple[str, ...]] = WITH_MARKDOWN
-
-    verbose: bool = option("-v", "--verbose", is_flag=True)
     local: bool = option("--local", is_flag=True)
     parallelism: int = option("--parallelism", type=click.IntRange(1, 256), default=16)
     timeout: float = option("--timeout", type=click.FloatRange(0.1), default=30.0)
@@ -216,8 +204,6 @@ class ApplyArgs(Shaped):
 
 @dataclass(frozen=True)
 class DestroyArgs(Online):
-    formats: ClassVar[tuple[str, ...]] = FORMATS
-
     yes: bool = option("--yes", "-y", "--auto-approve", is_flag=True)
     allow_destroy: tuple[str, ...] = option("--allow-destroy", multiple=True, metavar="NAME")
     progress: bool = option("--progress/--no-progress", default=True, show_default=False)
@@ -262,8 +248,6 @@ class CheckArgs(Online):
 
 @dataclass(frozen=True)
 class ImportArgs(Online):
-    formats: ClassVar[tuple[str, ...]] = FORMATS
-
     out_path: str = option("--out", required=True, type=FILE)
     element: str | None = option("--element", default=None)
     name_glob: str | None = option("--name", default=None, metavar="GLOB")
@@ -272,16 +256,18 @@ class ImportArgs(Online):
 
 @dataclass(frozen=True)
 class ShowArgs:
-    formats: ClassVar[tuple[str, ...]] = WITH_MARKDOWN
-
     file: str = argument(type=FILE)
     reporter: str = output_option()
     verbose: bool = False
 
 
-HELP = {  # each option's help text, by its first long name, or by "COMMAND --name" where commands differ
+HELP = {  # each option's help text, by its first long name, or by "CLASS --name" where the Args classes differ
     "--output": "Output format on stdout.",
-    "--verbose": "Trace every HTTP request on stderr (secrets redacted), and the order the inputs were layered.",
+    "Inputs --verbose": "Print on stderr the order in which the inputs were layered (later wins).",
+    "Online --verbose": "Trace every HTTP request on stderr (secrets redacted), and the order the inputs were layered.",
+    "CatalogArgs --verbose": "Trace every HTTP request on stderr (secrets redacted).",
+    "CatalogArgs --local": "Read the built-in emulator's catalog instead of the API.",
+    "CatalogArgs --schemas": "Directory of extra element schemas counted as local (repeatable).",
     "--inputs": "YAML file of inputs, merged over the manifest's inputs (repeatable; later wins).",
     "--set": "Set one input (dotted keys nest; the value is read as a YAML scalar). Repeatable.",
     "--schemas": "Directory of extra element schemas (<element>.json). Repeatable.",
@@ -297,9 +283,9 @@ HELP = {  # each option's help text, by its first long name, or by "COMMAND --na
     "--max-rate": "Never exceed this many requests per second (default: no ceiling until a 429).",
     "--settle": "Seconds to wait before looking up a create whose response was lost (default: --timeout).",
     "--max-answer-bytes": "Refuse an API answer larger than this once decompressed.",
-    "plan --prune": "Also plan the deletion of instances the stack owns that are no longer declared "
+    "PlanArgs --prune": "Also plan the deletion of instances the stack owns that are no longer declared "
     "(apply --prune deletes them).",
-    "apply --prune": "Delete instances the stack owns that are no longer declared.",
+    "ApplyArgs --prune": "Delete instances the stack owns that are no longer declared.",
     "--allow-replace": "Allow replacing an instance whose element changed (its token changes).",
     "--force": "Allow --prune with a manifest that declares no instance.",
     "--adopt": "Take over unmanaged instances (no provisioner:stack= tag) with declared names, "
@@ -311,19 +297,20 @@ HELP = {  # each option's help text, by its first long name, or by "COMMAND --na
     "--reauthenticate": "Send the declared credentials of instance NAME again for the provider to check "
     "(PUT ?reAuthenticate=true; id and token kept). Repeatable; not for OAuth instances.",
     "--detailed-exitcode": "Exit 2 when changes are pending (0: none, 1: error).",
-    "plan --out": "Save the plan to FILE (no secret, mode 0600) for 'apply FILE', which executes exactly it.",
+    "PlanArgs --out": "Save the plan to FILE (no secret, mode 0600) for 'apply FILE', which executes exactly it.",
     "--outputs": "Write id, element and token of every declared instance to FILE (JSON, mode 0600).",
     "--auto-approve": "Do not ask for confirmation on a terminal.",
-    "destroy --yes": "Do not ask (required without a terminal).",
+    "DestroyArgs --yes": "Do not ask (required without a terminal).",
     "--progress": "Show progress on stderr for long runs.",
     "--ping": "Also call each instance's hub ping with its own token, in parallel (--parallelism).",
-    "output --output": "json (default): the outputs-file document; env: NAME_ID, NAME_ELEMENT, NAME_TOKEN shell lines.",
-    "import --out": "Manifest file to write (same apiVersion, stack and targets as MANIFEST).",
+    "OutputArgs --output": "json (default): the outputs-file document; "
+    "env: NAME_ID, NAME_ELEMENT, NAME_TOKEN shell lines.",
+    "ImportArgs --out": "Manifest file to write (same apiVersion, stack and targets as MANIFEST).",
     "--element": "Only instances of this element key.",
     "--name": "Only instances whose name matches GLOB.",
-    "import --force": "Replace --out FILE if it exists (never the manifest import reads).",
+    "ImportArgs --force": "Replace --out FILE if it exists (never the manifest import reads).",
     "--all": "Pull every element the API offers (GET /elements/keys).",
-    "pull --out": "Directory to write <key>.json into (use it with --schemas DIR).",
+    "PullArgs --out": "Directory to write <key>.json into (use it with --schemas DIR).",
     "--host": "Loopback address to listen on.",
     "--port": "Port (0 picks a free one; the URL is printed on stdout).",
     "--db": "SQLite file.",
@@ -335,9 +322,9 @@ HELP = {  # each option's help text, by its first long name, or by "COMMAND --na
     "--latency-ms": "Added latency on every request.",
     "--seed": "Seed for reproducible faults.",
     "--quiet": "Do not log requests on stderr.",
-    "init --out": "Manifest to write.",
+    "InitArgs --out": "Manifest to write.",
     "--stack": "Stack name (default: from the manifest's directory name).",
-    "init --schemas": "Directory of extra element schemas (repeatable).",
+    "InitArgs --schemas": "Directory of extra element schemas (repeatable).",
     "--ci": "Also write a pipeline that validates, plans, applies and reports drift: for GitHub Actions "
     "(in .github/workflows) or GitLab CI (at the top of the repository).",
 }

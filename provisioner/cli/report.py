@@ -69,11 +69,8 @@ class RedactingWriter(io.TextIOBase):
         self._put("".join(escape(REDACTOR.redact(line)) + "\n" for line in lines))
         self.flush()
 
-    def _put(self, text: str) -> None:
-        try:
-            self._stream.write(text)
-        except UnicodeEncodeError:  # a stream that cannot encode every printable character (LANG=C)
-            self._stream.write(text.encode(self.encoding, "backslashreplace").decode(self.encoding))
+    def _put(self, text: str) -> None:  # a stream may not encode every printable character (LANG=C)
+        self._stream.write(text.encode(self.encoding, "backslashreplace").decode(self.encoding))
 
     def flush(self) -> None:
         self._stream.flush()

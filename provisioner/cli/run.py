@@ -17,7 +17,7 @@ from ..errors import Interrupted, ProvisionerError, UserError, ValidationFailed
 from ..interrupt import StopFlag, stop_on_signals
 from .local import local_api
 from .markdown import MarkdownReporter
-from .options import Command, Online, Source, params
+from .options import FORMATS, Command, Online, Source, params
 from .report import JsonReporter, RedactingWriter, Reporter, TextReporter
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
@@ -92,10 +92,12 @@ class Run:
         return validated
 
 
-def command(kind: type[A], name: str | None = None, **attrs: Any) -> Callable[[Callable[[Run, A], int]], click.Command]:
-    """A click command whose parameters are the fields of ``kind`` (``options.params``), whose body
-    takes them as one typed value and the invocation's ``Run`` (named by the command's path:
-    ``schemas pull``), and returns the exit code."""
+def command(
+    kind: type[A], name: str | None = None, formats: tuple[str, ...] = FORMATS, **attrs: Any
+) -> Callable[[Callable[[Run, A], int]], click.Command]:
+    """A click command whose parameters are the fields of ``kind`` (``options.params``; -o offers
+    ``formats``), whose body takes them as one typed value and the invocation's ``Run`` (named by the
+    command's path: ``schemas pull``), and returns the exit code."""
 
     def wrap(body: Callable[[Run, A], int]) -> click.Command:
         @functools.wraps(body)
@@ -104,6 +106,6 @@ def command(kind: type[A], name: str | None = None, **attrs: Any) -> Callable[[C
             run = Run(click.get_current_context().command_path.partition(" ")[2], args.reporter, args.verbose)
             sys.exit(run.finish(lambda: body(run, args)))
 
-        return click.command(name, cls=Command, params=params(kind), **attrs)(callback)
+        return click.command(name, cls=Command, params=params(kind, formats), **attrs)(callback)
 
     return wrap

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import click
 
@@ -17,7 +17,7 @@ from ..errors import UserError, ValidationFailed
 from ..interrupt import stop_on_signals
 from ..manifest.load import manifest_schema_text
 from .local import local_api
-from .options import DIRECTORY, ENV_CATALOG, ENV_EMULATOR, FORMATS, Command, argument, option, output_option
+from .options import DIRECTORY, ENV_CATALOG, ENV_EMULATOR, Command, argument, option, output_option
 from .run import EXIT_OK, Run, command
 
 
@@ -25,22 +25,13 @@ from .run import EXIT_OK, Run, command
 class CatalogArgs:
     """schemas list; schemas pull declares the fields that are not options here."""
 
-    formats: ClassVar[tuple[str, ...]] = FORMATS
-
     keys: tuple[str, ...] = ()
     all_keys: bool = False
     out_dir: str = "schemas"
-    local: bool = option("--local", is_flag=True, help="Read the built-in emulator's catalog instead of the API.")
-    schemas: tuple[str, ...] = option(
-        "--schemas",
-        multiple=True,
-        type=DIRECTORY,
-        help="Directory of extra element schemas counted as local (repeatable).",
-    )
+    local: bool = option("--local", is_flag=True)
+    schemas: tuple[str, ...] = option("--schemas", multiple=True, type=DIRECTORY)
     reporter: str = output_option()
-    verbose: bool = option(
-        "-v", "--verbose", is_flag=True, help="Trace every HTTP request on stderr (secrets redacted)."
-    )
+    verbose: bool = option("-v", "--verbose", is_flag=True)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -204,7 +204,7 @@ def _confirmed(run: Run, the_plan: Plan, args: ApplyArgs | DestroyArgs, reviewed
     destroy = isinstance(args, DestroyArgs)
     terminal = sys.stdin.isatty() and (destroy or sys.stdout.isatty())
     ask = not args.yes and not reviewed and terminal
-    text = args.reporter == "text"
+    text = args.output == "text"
     if (text and not destroy) or ask:  # -o json/markdown: stdout keeps one document, the plan goes to stderr
         (run.reporter if text else TextReporter(sys.stderr, sys.stderr)).plan(the_plan, run.command)
     if destroy and not args.yes and not terminal:

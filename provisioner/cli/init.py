@@ -32,8 +32,6 @@ class InitArgs:
     stack: str | None = option("--stack", default=None)
     schemas: tuple[str, ...] = option("--schemas", multiple=True, type=DIRECTORY)
     ci: str | None = option("--ci", type=click.Choice(sorted(PIPELINES)), default=None)
-    reporter: str = "text"
-    verbose: bool = False
 
 
 @command(InitArgs, short_help="Write a commented starter manifest declaring one instance of each ELEMENT.")

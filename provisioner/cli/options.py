@@ -113,10 +113,6 @@ class Inputs:
     output: str | None = output_option()
     verbose: bool = option("-v", "--verbose", is_flag=True)
 
-    @property
-    def reporter(self) -> str:  # see run.REPORTERS
-        return self.output or "text"
-
 
 @dataclass(frozen=True)
 class ValidateArgs(Inputs):
@@ -257,8 +253,7 @@ class ImportArgs(Online):
 @dataclass(frozen=True)
 class ShowArgs:
     file: str = argument(type=FILE)
-    reporter: str = output_option()
-    verbose: bool = False
+    output: str = output_option()
 
 
 HELP = {  # each option's help text, by its first long name, or by "CLASS --name" where the Args classes differ

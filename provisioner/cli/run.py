@@ -7,7 +7,7 @@ import functools
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -27,16 +27,7 @@ EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 REPORTERS: dict[str, Callable[[Any, Any, bool], Reporter]] = {"json": JsonReporter, "markdown": MarkdownReporter}
 
 
-class Args(Protocol):
-    """What a command's typed value tells its ``Run``: the -o value that names its reporter, and -v."""
-
-    @property
-    def reporter(self) -> str: ...
-    @property
-    def verbose(self) -> bool: ...
-
-
-A = TypeVar("A", bound=Args)
+A = TypeVar("A")
 
 
 class Run:
@@ -102,8 +93,9 @@ def command(
     def wrap(body: Callable[[Run, A], int]) -> click.Command:
         @functools.wraps(body)
         def callback(**values: Any) -> None:
-            args = kind(**values)
-            run = Run(click.get_current_context().command_path.partition(" ")[2], args.reporter, args.verbose)
+            args = kind(**values)  # its -o (the reporter's name) and -v, if it has them, tell the Run
+            path = click.get_current_context().command_path.partition(" ")[2]
+            run = Run(path, values.get("output") or "text", values.get("verbose", False))
             sys.exit(run.finish(lambda: body(run, args)))
 
         return click.command(name, cls=Command, params=params(kind, formats), **attrs)(callback)

@@ -30,7 +30,7 @@ class CatalogArgs:
     out_dir: str = "schemas"
     local: bool = option("--local", is_flag=True)
     schemas: tuple[str, ...] = option("--schemas", multiple=True, type=DIRECTORY)
-    reporter: str = output_option()
+    output: str = output_option()
     verbose: bool = option("-v", "--verbose", is_flag=True)
 
 
@@ -102,8 +102,6 @@ class EmulatorArgs:
     latency_ms: float | None = option("--latency-ms", type=click.FloatRange(0), default=None)
     seed: int | None = option("--seed", type=int, default=None)
     quiet: bool = option("--quiet", is_flag=True)
-    reporter: str = "text"
-    verbose: bool = False
 
 
 @command(EmulatorArgs, epilog=ENV_EMULATOR)

@@ -41,8 +41,7 @@ def init(run: Run, args: InitArgs) -> int:
     Every required key of the element's schema (built in, or pulled into a --schemas DIR) reads an
     environment variable; the variables are listed on stderr. Refuses to overwrite any file.
     """
-    registry = ElementRegistry.load(args.schemas)
-    chosen = elements_named(registry, args.elements)
+    chosen = elements_named(ElementRegistry.load(args.schemas), args.elements)
     folder = os.path.dirname(os.path.abspath(args.out))
     invocation = " ".join(["provisioner init", *args.elements, *(f"--schemas {d}" for d in args.schemas)])
     starter = starter_manifest(chosen, stack_name(args.stack, os.path.basename(folder)), invocation, args.out)

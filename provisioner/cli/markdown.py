@@ -49,8 +49,7 @@ def fenced(language: str, lines: Iterable[str]) -> str:
 
 
 def _diff_lines(diffs: Iterable[FieldDiff]) -> list[str]:
-    """A field diff as unified-diff lines: ``-`` the live value (but of an added field), ``+`` the
-    declared one (but of a removed field)."""
+    """A field diff as unified-diff lines: ``-`` the live value, ``+`` the declared one."""
     lines: list[str] = []
     for diff in diffs:
         if diff.op != DiffOp.ADD:
@@ -86,11 +85,9 @@ def _finding_section(finding: Finding) -> str:
 
 def _capped(items: Sequence[T], section: Callable[[T], str], verbose: bool, noun: str) -> list[str]:
     """A section per item, the first LIST_LIMIT only unless verbose, then how many more there are."""
-    listed = items if verbose else items[:LIST_LIMIT]
-    more = len(items) - len(listed)
-    return [section(i) for i in listed] + (
-        [f"_… and {more} more; `--output json` lists every {noun}._"] if more else []
-    )
+    sections = [section(i) for i in (items if verbose else items[:LIST_LIMIT])]
+    more = len(items) - len(sections)
+    return sections + ([f"_… and {more} more; `--output json` lists every {noun}._"] if more else [])
 
 
 def _traffic(stats: dict[str, Any]) -> str:
@@ -141,9 +138,8 @@ class MarkdownReporter(TextReporter):
             blocks.append(f"> **Interrupted** by signal {result.interrupted}: run apply again to converge.")
         if outputs:
             blocks.append(f"Outputs written to {code(outputs)} (mode 0600).")
-        self._write(
-            *blocks, *_capped(writes, lambda r: _change_section(r.change, _status_text(r)), self.verbose, "change")
-        )
+        blocks += _capped(writes, lambda r: _change_section(r.change, _status_text(r)), self.verbose, "change")
+        self._write(*blocks)
         if status[Status.FAILED]:
             self.err.print(f"{status[Status.FAILED]} change(s) failed; see the Markdown report.")
 

@@ -42,10 +42,7 @@ _LOOKS: dict[Action, tuple[str, str, str | None]] = {  # symbol, colour, past te
 }
 _SYMBOLS: dict[Action, tuple[str, str]] = {a: _LOOKS[a][:2] for a in Action}  # every action: a KeyError at import
 _PAST: dict[Action, str] = {a: past for a in Action if (past := _LOOKS[a][2]) is not None}
-_SUMMARY = (  # the order of apply's summary line
-    *(Action.ADOPT, Action.CREATE, Action.UPDATE, Action.RENAME, Action.REPLACE, Action.DELETE),
-    *(Action.DISABLE, Action.ENABLE, Action.REAUTHENTICATE),
-)
+_SUMMARY = (Action.ADOPT, *(a for a in WRITES if a != Action.ADOPT))  # apply's summary line: adoptions first
 _ALWAYS = (Action.CREATE, Action.UPDATE, Action.REPLACE, Action.DELETE)  # the other writes: only when some are
 _REFUSED = {Action.CONFLICT: "conflict(s)", Action.PROTECTED: "protected, refused"}
 LIST_LIMIT = 100  # successful changes listed one by one up to this many (all with --verbose)
@@ -105,8 +102,7 @@ class StyledStream:
             self.raw.flush()
 
     def lines(self, lines: list[tuple[str, str]]) -> None:
-        """Many (style, text) lines, each one line whatever it holds: styled on a terminal, else one
-        write (a 10,000-line plan stays fast)."""
+        """(style, text) lines, each kept one line: styled on a terminal, else one write (fast for 10,000)."""
         if self._console is not None:
             for style, text in lines:
                 self._console.print(escape(REDACTOR.redact(text)), style=style or None)
@@ -118,10 +114,8 @@ def result_json(result: ChangeResult) -> dict[str, Any]:
     data = result.change.to_json() | {"status": result.status, "error": None}
     data["id"] = result.id if result.id is not None else data["id"]
     if result.error is not None:
-        hint = failure_hint(result)
-        data["error"] = dict(
-            message=result.error, requestId=result.request_id, httpStatus=result.http_status, hint=hint
-        )
+        data["error"] = dict(message=result.error, requestId=result.request_id, httpStatus=result.http_status)
+        data["error"]["hint"] = failure_hint(result)
     return data
 
 
@@ -246,9 +240,8 @@ class TextReporter:
 
     def applied(self, result: ApplyResult, stats: dict[str, Any], command: str, outputs: str | None) -> None:
         writes = [r for r in result.results if r.change.is_write or r.change.action in REFUSALS]
-        self.out.lines(
-            [_result_line(r) for r in writes if r.status != Status.OK or self.verbose or len(writes) <= LIST_LIMIT]
-        )
+        every = self.verbose or len(writes) <= LIST_LIMIT  # else the failures only
+        self.out.lines([_result_line(r) for r in writes if every or r.status != Status.OK])
         self.err.lines([("yellow", f"warning: {w}") for w in result.plan.warnings if w not in self.warned])
         self.err.lines([("", f"note: {note}") for note in result.notes])
         self.out.print(_apply_summary(result, stats, command))

@@ -86,9 +86,8 @@ class Run:
 def command(
     kind: type[A], name: str | None = None, formats: tuple[str, ...] = FORMATS, **attrs: Any
 ) -> Callable[[Callable[[Run, A], int]], click.Command]:
-    """A click command whose parameters are the fields of ``kind`` (``options.params``; -o offers
-    ``formats``), whose body takes them as one typed value and the invocation's ``Run`` (named by the
-    command's path: ``schemas pull``), and returns the exit code."""
+    """A click command with the fields of ``kind`` as parameters (-o offers ``formats``); its body takes
+    them as one typed value, with the invocation's ``Run`` (named by its path), and returns the exit code."""
 
     def wrap(body: Callable[[Run, A], int]) -> click.Command:
         @functools.wraps(body)

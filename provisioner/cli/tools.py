@@ -148,10 +148,9 @@ def emulator(run: Run, args: EmulatorArgs) -> int:
 def _private_db(db_path: str) -> None:
     """A new database directory is made 0700 and the database file 0600 before SQLite opens it
     (its journal files get the same mode): it may hold tokens."""
-    if db_path == ":memory:":
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(db_path)), mode=0o700, exist_ok=True)
-    os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT, 0o600))
+    if db_path != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(db_path)), mode=0o700, exist_ok=True)
+        os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 def _emulator_start_error(exc: Exception, args: EmulatorArgs) -> UserError:

@@ -103,7 +103,6 @@ def _status_text(r: ChangeResult) -> str:
 class MarkdownReporter(TextReporter):
     def _write(self, *blocks: str) -> None:
         self.out.raw.write("\n\n".join(blocks) + "\n")  # redacted and escaped, never styled
-        self.out.raw.flush()
 
     def plan(self, plan: Plan, command: str = "plan") -> None:
         counts = plan.counts()

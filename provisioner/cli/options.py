@@ -124,8 +124,6 @@ class ValidateArgs(Inputs):
 
 @dataclass(frozen=True)
 class Source(Inputs):
-    """One manifest."""
-
     manifest: str = argument(type=FILE, required=True)
 
     def engine_options(self, trace: Callable[[str], None], local: Any = None) -> engine.Options:
@@ -154,12 +152,11 @@ class Online(Source):
 
     def engine_options(self, trace: Callable[[str], None], local: Any = None) -> engine.Options:
         Selection.of(self.plan.targets, self.plan.excludes)  # a malformed pattern: a usage error, first
-        client = ClientSettings(read_timeout=self.timeout, **_shared(self, ClientSettings))
         settle = self.settle if self.settle is not None else self.timeout
         return replace(
             super().engine_options(trace),
             local=local,
-            client=client,
+            client=ClientSettings(read_timeout=self.timeout, **_shared(self, ClientSettings)),
             apply=ApplySettings(parallelism=self.parallelism, settle_seconds=settle),
             plan=self.plan,
             trace=trace if self.verbose else None,

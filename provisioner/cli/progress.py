@@ -53,11 +53,9 @@ class ProgressReporter:
     def __call__(self, result: ChangeResult) -> None:
         self.done += 1
         self.errors += result.status == Status.FAILED
-        if not self.enabled:
-            return
         if self._bar is not None:
             self._bar.update(self._task, completed=self.done, rate=self.rate, errors=self.errors)
-        elif time.monotonic() - self._last_line >= self.interval:
+        elif self.enabled and time.monotonic() - self._last_line >= self.interval:
             self._line()
 
     @property

@@ -49,8 +49,8 @@ LIST_LIMIT = 100  # successful changes listed one by one up to this many (all wi
 
 
 class RedactingWriter(io.TextIOBase):
-    """A text stream that masks every known secret and escapes every non-printable character but the
-    line break (``styled``: rich's output, whose text ``StyledStream`` escaped first)."""
+    """A text stream that masks every known secret, escapes every non-printable character but the line
+    break (``styled``: rich's output, whose text ``StyledStream`` escaped first) and flushes each write."""
 
     def __init__(self, stream: IO[str], styled: bool = False):
         self._stream = stream
@@ -64,10 +64,10 @@ class RedactingWriter(io.TextIOBase):
     def write_lines(self, lines: Iterable[str]) -> None:
         """Lines that each stay one line: a line break inside one is escaped too."""
         self._put("".join(escape(REDACTOR.redact(line)) + "\n" for line in lines))
-        self.flush()
 
     def _put(self, text: str) -> None:  # a stream may not encode every printable character (LANG=C)
         self._stream.write(text.encode(self.encoding, "backslashreplace").decode(self.encoding))
+        self._stream.flush()
 
     def flush(self) -> None:
         self._stream.flush()
@@ -89,8 +89,7 @@ class StyledStream:
         if self.raw.isatty():
             from rich.console import Console
 
-            # A TextIOBase is a text stream, though typeshed does not declare it an IO[str].
-            file = cast(IO[str], RedactingWriter(stream, styled=True))
+            file = cast(IO[str], RedactingWriter(stream, styled=True))  # a TextIOBase, not declared an IO[str]
             self._console = Console(file=file, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
     def print(self, text: str, style: str | None = None) -> None:
@@ -99,7 +98,6 @@ class StyledStream:
             self._console.print(escape(REDACTOR.redact(text), keep="\n"), style=style)
         else:
             self.raw.write(text + "\n")
-            self.raw.flush()
 
     def lines(self, lines: list[tuple[str, str]]) -> None:
         """(style, text) lines, each kept one line: styled on a terminal, else one write (fast for 10,000)."""
@@ -282,9 +280,6 @@ class TextReporter:
         self.err.lines([("", text)])
 
 
-Reporter = JsonReporter | TextReporter
-
-
 def plan_summary(counts: dict[Action, int]) -> str:
     """``Plan: 1 to create, ... (3 unchanged).``; the other writes and the refusals only when there are some."""
     planned = [f"{counts[a]} to {_PAST[a].removesuffix('d')}" for a in WRITES if counts[a] or a in _ALWAYS]
@@ -334,14 +329,14 @@ def _change_lines(change: Change) -> list[tuple[str, str]]:
 
 
 def _result_line(r: ChangeResult) -> tuple[str, str]:
-    change = r.change
-    symbol, style = _SYMBOLS[change.action]
-    named = _named(change.name, None, r.id)
+    action = r.change.action
+    symbol, style = _SYMBOLS[action]
+    named = _named(r.change.name, None, r.id)
     if r.status == Status.OK:
-        return style, f"{symbol} {_PAST.get(change.action, change.action)} {named}"
-    if change.action == Action.PROTECTED:
+        return style, f"{symbol} {_PAST.get(action, action)} {named}"
+    if action == Action.PROTECTED:
         return style, f"{symbol} protected {named}, not touched: {r.error}"
-    return "red", f"x {change.action} {named} {r.status}: {r.error}{_request(r)}"
+    return "red", f"x {action} {named} {r.status}: {r.error}{_request(r)}"
 
 
 def _request(r: ChangeResult) -> str:

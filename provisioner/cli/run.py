@@ -7,6 +7,7 @@ import functools
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import click
@@ -18,13 +19,12 @@ from ..interrupt import StopFlag, stop_on_signals
 from .local import local_api
 from .markdown import MarkdownReporter
 from .options import FORMATS, Command, Online, Source, params
-from .report import JsonReporter, RedactingWriter, Reporter, TextReporter
+from .report import JsonReporter, RedactingWriter, TextReporter
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
-# The reporter of each -o/--output value; text for any other (render's yaml and output's env print
-# their documents as they are, messages and errors as text).
-REPORTERS: dict[str, Callable[[Any, Any, bool], Reporter]] = {"json": JsonReporter, "markdown": MarkdownReporter}
+# The reporter of each -o value; any other (text, render's yaml, output's env) prints text.
+REPORTERS: dict[str, type[JsonReporter | TextReporter]] = {"json": JsonReporter, "markdown": MarkdownReporter}
 
 
 A = TypeVar("A")
@@ -53,10 +53,8 @@ class Run:
         except Interrupted as exc:
             self.reporter.error(self.command, f"interrupted by signal {exc.signum}; no new request was started")
             return exc.exit_code
-        except UserError as exc:
-            where = exc.problem.location.format()
-            message = f"{where + ': ' if where else ''}{exc.problem.message}"
-            self.reporter.error(self.command, message, exc.problem.hint)
+        except UserError as exc:  # its located message, and its hint apart
+            self.reporter.error(self.command, replace(exc.problem, hint=None).format(), exc.problem.hint)
             return EXIT_ERROR
         except ProvisionerError as exc:
             self.reporter.error(self.command, str(exc))

@@ -89,7 +89,8 @@ def params(kind: type, formats: tuple[str, ...]) -> list[click.Parameter]:
     for param in made:
         if isinstance(param, click.Option) and param.help is None and not param.hidden:
             long = next(o for o in param.opts if o.startswith("--"))
-            param.help = next((HELP[k] for c in kind.__mro__ if (k := f"{c.__name__} {long}") in HELP), HELP.get(long))
+            keys = [f"{c.__name__} {long}" for c in kind.__mro__] + [long]  # the most specific first
+            param.help = HELP[next(k for k in keys if k in HELP)]
     return made
 
 

@@ -8,7 +8,7 @@ import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import click
@@ -47,11 +47,7 @@ def _catalog(run: Run, args: CatalogArgs) -> Iterator[Any]:
     from ..manifest.targets import local_target
 
     with local_api(args.local) as local:
-        target = (
-            pull.env_target(os.environ)
-            if local is None
-            else local_target("default", local.url, local.user_secret, local.organization_secret)
-        )
+        target = pull.env_target(os.environ) if local is None else local_target("default", **asdict(local))
         with pull.reader(target, run.trace if args.verbose else None) as client:
             yield client
 

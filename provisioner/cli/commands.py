@@ -16,7 +16,7 @@ import yaml
 from ..engine import savedplan
 from ..engine import stages as engine
 from ..engine.health import check as check_health
-from ..engine.outputs import format_env, format_json, write_outputs
+from ..engine.outputs import write_outputs
 from ..engine.plan import Action, Plan
 from ..errors import UserError
 from ..manifest.load import DEFAULT_MAX_FOREACH
@@ -24,11 +24,9 @@ from ..manifest.yamlload import DEFAULT_MAX_BYTES
 from ..ownership import is_unmanaged
 from ..privatefile import checked_path, write_private
 from .options import (
-    ALLOW_DESTROY,
-    API_OPTIONS,
     ENV_API,
     ENV_RENDER,
-    PROGRESS,
+    OUTPUT_FORMATS,
     WITH_MARKDOWN,
     ApplyArgs,
     CheckArgs,
@@ -40,11 +38,6 @@ from .options import (
     ShowArgs,
     Source,
     ValidateArgs,
-    input_options,
-    option,
-    options,
-    output_option,
-    plan_options,
 )
 from .preview import AT_APPLY_NOTE, rendered
 from .progress import ProgressReporter
@@ -53,7 +46,6 @@ from .run import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Run, command
 
 
 @command(ValidateArgs, epilog=ENV_RENDER)
-@input_options(api=False, many=True)
 def validate(run: Run, args: ValidateArgs) -> int:
     """Check manifests offline: structure, rendering, element schemas; makes no network call.
 
@@ -73,20 +65,7 @@ def validate(run: Run, args: ValidateArgs) -> int:
     return max(run.finish(functools.partial(one, args.source(manifest))) for manifest in args.manifest)
 
 
-@command(PlanArgs, epilog=ENV_API)
-@input_options(*WITH_MARKDOWN)
-@API_OPTIONS
-@plan_options(
-    "Also plan the deletion of instances the stack owns that are no longer declared (apply --prune deletes them)."
-)
-@click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when changes are pending (0: none, 1: error).")
-@click.option(
-    "--out",
-    "out",
-    type=click.Path(dir_okay=False),
-    metavar="FILE",
-    help="Save the plan to FILE (no secret, mode 0600) for 'apply FILE', which executes exactly it.",
-)
+@command(PlanArgs, epilog=ENV_API, formats=WITH_MARKDOWN)
 def plan(run: Run, args: PlanArgs) -> int:
     """Show what apply would change, without changing anything.
 
@@ -123,9 +102,7 @@ def _apply_line(args: PlanArgs, out: str) -> str:
     return shlex.join(words)
 
 
-@command(ShowArgs)
-@click.argument("file", type=click.Path(dir_okay=False))
-@output_option(*WITH_MARKDOWN)
+@command(ShowArgs, formats=WITH_MARKDOWN)
 def show(run: Run, args: ShowArgs) -> int:
     """Print a plan saved with 'plan --out FILE' as plan printed it; reads nothing else, sends nothing.
 
@@ -148,18 +125,7 @@ def show(run: Run, args: ShowArgs) -> int:
     return EXIT_OK
 
 
-@command(ApplyArgs, epilog=ENV_API)
-@input_options(*WITH_MARKDOWN)
-@API_OPTIONS
-@plan_options("Delete instances the stack owns that are no longer declared.")
-@click.option(
-    "--outputs",
-    "outputs_path",
-    type=click.Path(dir_okay=False),
-    help="Write id, element and token of every declared instance to FILE (JSON, mode 0600).",
-)
-@click.option("--auto-approve", "--yes", "-y", "yes", is_flag=True, help="Do not ask for confirmation on a terminal.")
-@PROGRESS
+@command(ApplyArgs, epilog=ENV_API, formats=WITH_MARKDOWN)
 def apply(run: Run, args: ApplyArgs) -> int:
     """Make the live instances match the manifest, and deliver their tokens.
 
@@ -175,11 +141,6 @@ def apply(run: Run, args: ApplyArgs) -> int:
 
 
 @command(DestroyArgs, epilog=ENV_API)
-@input_options()
-@API_OPTIONS
-@click.option("--yes", "-y", "--auto-approve", "yes", is_flag=True, help="Do not ask (required without a terminal).")
-@ALLOW_DESTROY
-@PROGRESS
 def destroy(run: Run, args: DestroyArgs) -> int:
     """Delete every instance the manifest's stack owns (and nothing else)."""
     return _apply_like(run, args)
@@ -243,7 +204,7 @@ def _confirmed(run: Run, the_plan: Plan, args: ApplyArgs | DestroyArgs, reviewed
     destroy = isinstance(args, DestroyArgs)
     terminal = sys.stdin.isatty() and (destroy or sys.stdout.isatty())
     ask = not args.yes and not reviewed and terminal
-    text = args.reporter == "text"
+    text = args.output == "text"
     if (text and not destroy) or ask:  # -o json/markdown: stdout keeps one document, the plan goes to stderr
         (run.reporter if text else TextReporter(sys.stderr, sys.stderr)).plan(the_plan, run.command)
     if destroy and not args.yes and not terminal:
@@ -256,21 +217,14 @@ def _confirmed(run: Run, the_plan: Plan, args: ApplyArgs | DestroyArgs, reviewed
         return True
     writes = sum(1 for c in the_plan.changes if c.is_write)
     question = f"Delete {writes} instance(s)" if destroy else f"Make these {writes} change(s)"
-    answer = click.prompt(
-        f"{question} in stack {the_plan.stack!r}? Only 'yes' is accepted",
-        default="",
-        show_default=False,
-        err=True,
-    )
-    if answer.strip() != "yes":
+    question += f" in stack {the_plan.stack!r}? Only 'yes' is accepted"
+    confirmed = click.prompt(question, default="", show_default=False, err=True).strip() == "yes"
+    if not confirmed:
         run.reporter.error(run.command, f"not confirmed; nothing was {'deleted' if destroy else 'changed'}")
-        return False
-    return True
+    return confirmed
 
 
-@command(Online, epilog=ENV_API)
-@input_options(*WITH_MARKDOWN)
-@API_OPTIONS
+@command(Online, epilog=ENV_API, formats=WITH_MARKDOWN)
 def drift(run: Run, args: Online) -> int:
     """Report what changed behind provisioner's back, apart from pending manifest changes; it never writes.
 
@@ -285,10 +239,7 @@ def drift(run: Run, args: Online) -> int:
     return EXIT_CHANGES if report.has_drift else EXIT_OK
 
 
-@command(CheckArgs, epilog=ENV_API)
-@input_options(*WITH_MARKDOWN)
-@API_OPTIONS
-@option("--ping", is_flag=True)
+@command(CheckArgs, epilog=ENV_API, formats=WITH_MARKDOWN)
 def check(run: Run, args: CheckArgs) -> int:
     """Report whether each declared instance works: healthy, invalid, disabled or missing; it never writes.
 
@@ -302,49 +253,19 @@ def check(run: Run, args: CheckArgs) -> int:
     return EXIT_OK if report.healthy else EXIT_CHANGES
 
 
-_OUTPUT_FORMATS = {"json": format_json, "env": format_env}
-_OUTPUT_CHOICE = click.Choice(sorted(_OUTPUT_FORMATS))
-
-
 @command(OutputArgs, epilog=ENV_API)
-@input_options(
-    output=options(
-        option(
-            "-o",
-            "--output",
-            type=_OUTPUT_CHOICE,
-            default=None,
-            help="json (default): the outputs-file document; env: NAME_ID, NAME_ELEMENT, NAME_TOKEN shell lines.",
-        ),
-        click.option("--format", "fmt", type=_OUTPUT_CHOICE, hidden=True),  # -o's older spelling, for old scripts
-    )
-)
-@API_OPTIONS
-@click.argument("name", required=False)
 def output(run: Run, args: OutputArgs) -> int:
     """Print id, element and token of the declared instances, read from the API."""
     with run.connected(args, read_only=True) as (validated, _, connection):
         live = engine.read_state(connection, validated.manifest.stack, owned_only=True)
         entries = engine.instance_outputs(validated, None, connection, live)
     selected = engine.select_outputs(entries, validated, args.name)
-    sys.stdout.write(_OUTPUT_FORMATS[args.format](selected))  # the one place tokens are printed: asked for
+    sys.stdout.write(OUTPUT_FORMATS[args.format](selected))  # the one place tokens are printed: asked for
     sys.stdout.flush()
     return EXIT_OK
 
 
 @command(ImportArgs, "import", epilog=ENV_API)
-@input_options()
-@API_OPTIONS
-@click.option(
-    "--out",
-    "out_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Manifest file to write (same apiVersion, stack and targets as MANIFEST).",
-)
-@click.option("--element", "element", default=None, help="Only instances of this element key.")
-@click.option("--name", "name_glob", default=None, metavar="GLOB", help="Only instances whose name matches GLOB.")
-@click.option("--force", is_flag=True, help="Replace --out FILE if it exists (never the manifest import reads).")
 def import_(run: Run, args: ImportArgs) -> int:
     """Write a manifest declaring the unmanaged instances the target already has (take them over with --adopt)."""
     from ..engine.importer import import_manifest
@@ -391,8 +312,7 @@ def _check_import_out(args: ImportArgs) -> None:
         )
 
 
-@command(Source, epilog=ENV_RENDER)
-@input_options("yaml", "json", api=False)
+@command(Source, epilog=ENV_RENDER, formats=("yaml", "json"))
 def render(run: Run, args: Source) -> int:
     """Print, offline, the request bodies apply would send to create every instance, as it sends them.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from importlib import resources
 
 import click
@@ -15,7 +16,7 @@ import click
 from ..errors import UserError
 from ..manifest.elements import ElementRegistry
 from ..manifest.starter import Starter, elements_named, stack_name, starter_manifest
-from .options import InitArgs
+from .options import DIRECTORY, FILE, argument, option
 from .run import EXIT_OK, Run, command
 
 PIPELINES = {  # --ci: the example it starts from, and where the platform reads it
@@ -24,44 +25,28 @@ PIPELINES = {  # --ci: the example it starts from, and where the platform reads 
 }
 
 
+@dataclass(frozen=True)
+class InitArgs:
+    elements: tuple[str, ...] = argument(nargs=-1, required=True, metavar="ELEMENT...")
+    out: str = option("--out", default="provisioner.yaml", type=FILE)
+    stack: str | None = option("--stack", default=None)
+    schemas: tuple[str, ...] = option("--schemas", multiple=True, type=DIRECTORY)
+    ci: str | None = option("--ci", type=click.Choice(sorted(PIPELINES)), default=None)
+
+
 @command(InitArgs, short_help="Write a commented starter manifest declaring one instance of each ELEMENT.")
-@click.argument("elements", nargs=-1, required=True, metavar="ELEMENT...")
-@click.option(
-    "--out",
-    "out",
-    default="provisioner.yaml",
-    show_default=True,
-    type=click.Path(dir_okay=False),
-    help="Manifest to write.",
-)
-@click.option("--stack", default=None, help="Stack name (default: from the manifest's directory name).")
-@click.option(
-    "--schemas",
-    multiple=True,
-    type=click.Path(file_okay=False),
-    help="Directory of extra element schemas (repeatable).",
-)
-@click.option(
-    "--ci",
-    type=click.Choice(sorted(PIPELINES)),
-    default=None,
-    help="Also write a pipeline that validates, plans, applies and reports drift: for GitHub Actions "
-    "(in .github/workflows) or GitLab CI (at the top of the repository).",
-)
 def init(run: Run, args: InitArgs) -> int:
     """Write a commented starter manifest declaring one instance of each ELEMENT (e.g. connectwisehd).
 
     Every required key of the element's schema (built in, or pulled into a --schemas DIR) reads an
     environment variable; the variables are listed on stderr. Refuses to overwrite any file.
     """
-    registry = ElementRegistry.load(args.schemas)
-    chosen = elements_named(registry, args.elements)
-    directory = os.path.basename(os.path.dirname(os.path.abspath(args.out)))
+    chosen = elements_named(ElementRegistry.load(args.schemas), args.elements)
+    folder = os.path.dirname(os.path.abspath(args.out))
     invocation = " ".join(["provisioner init", *args.elements, *(f"--schemas {d}" for d in args.schemas)])
-    starter = starter_manifest(chosen, stack_name(args.stack, directory), invocation, args.out)
+    starter = starter_manifest(chosen, stack_name(args.stack, os.path.basename(folder)), invocation, args.out)
     if args.schemas:  # validate and plan find the schemas through the manifest itself
-        relative = [os.path.relpath(d, os.path.dirname(os.path.abspath(args.out))) for d in args.schemas]
-        listed = json.dumps(relative)
+        listed = json.dumps([os.path.relpath(d, folder) for d in args.schemas])
         starter.text = starter.text.replace("\ninputs:\n", f"\nschemas: {listed}  # element schemas\ninputs:\n", 1)
     files = {args.out: starter.text}
     if args.ci is not None:

@@ -1,12 +1,11 @@
-"""``--local``: an embedded emulator whose state persists in ``.provisioner/emulator.db``: a first run
-with no account, and a second that shows nothing changes.
-
-The directory sits in the user's working tree, so it is kept private and out of version control: mode
-0700, every file in it 0600 (SQLite's journal files too), and a ``.gitignore`` that ignores everything.
+"""``--local``: an embedded emulator whose state persists in ``.provisioner/emulator.db`` (no account
+needed). The directory sits in the user's working tree, so it is kept private and out of version control:
+mode 0700, every file in it 0600 (SQLite's journal files too), a ``.gitignore`` that ignores everything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -88,12 +87,9 @@ def private_files(state_dir: str) -> None:
 
 
 def _write_private(path: str, text: str) -> None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            if handle.read() == text:
-                return
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open(path, encoding="utf-8") as handle:
+        if handle.read() == text:
+            return
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)

@@ -23,7 +23,7 @@ from .run import EXIT_ERROR, EXIT_OK
 
 @click.group(
     commands=[*commands.COMMANDS, init, *tools.COMMANDS],
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110, "show_default": True},
     epilog="Each command's --help names the environment variables it reads. Shell completion: "
     'eval "$(_PROVISIONER_COMPLETE=bash_source provisioner)" (zsh_source, fish_source).',
 )
@@ -43,17 +43,14 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help(), err=True)
         code = EXIT_ERROR
-    except click.UsageError as exc:
-        hint = f" (hint: see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+    except click.ClickException as exc:  # a usage error names its command's --help
+        hint = f" (hint: see '{exc.ctx.command_path} --help')" if isinstance(exc, click.UsageError) and exc.ctx else ""
         click.echo(f"error: {exc.format_message()}{hint}", err=True)
         code = EXIT_ERROR
     except click.exceptions.Abort as exc:  # click turns Ctrl-C (outside apply's own handler) into Abort
         interrupted = isinstance(exc.__context__, KeyboardInterrupt)
         click.echo("interrupted" if interrupted else "aborted", err=True)
         code = 130 if interrupted else EXIT_ERROR
-    except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
-        code = EXIT_ERROR
     except KeyboardInterrupt:
         code = 130
     except SystemExit as exc:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import html
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from ..closedsets import assert_never
 from ..engine import health
 from ..engine.apply import ApplyResult, ChangeResult, Status
 from ..engine.diff import DiffOp, FieldDiff
@@ -52,15 +52,10 @@ def _diff_lines(diffs: Iterable[FieldDiff]) -> list[str]:
     """A field diff as unified-diff lines: ``-`` the live value, ``+`` the declared one."""
     lines: list[str] = []
     for diff in diffs:
-        match diff.op:
-            case DiffOp.CHANGE:
-                lines += [f"- {diff.path}: {shown(diff, diff.old)}", f"+ {diff.path}: {shown(diff, diff.new)}"]
-            case DiffOp.REMOVE:
-                lines.append(f"- {diff.path}: {shown(diff, diff.old)}")
-            case DiffOp.ADD:
-                lines.append(f"+ {diff.path}: {shown(diff, diff.new)}")
-            case _:
-                assert_never(diff.op)
+        if diff.op != DiffOp.ADD:
+            lines.append(f"- {diff.path}: {shown(diff, diff.old)}")
+        if diff.op != DiffOp.REMOVE:
+            lines.append(f"+ {diff.path}: {shown(diff, diff.new)}")
     return lines
 
 
@@ -90,11 +85,9 @@ def _finding_section(finding: Finding) -> str:
 
 def _capped(items: Sequence[T], section: Callable[[T], str], verbose: bool, noun: str) -> list[str]:
     """A section per item, the first LIST_LIMIT only unless verbose, then how many more there are."""
-    listed = items if verbose else items[:LIST_LIMIT]
-    more = len(items) - len(listed)
-    return [section(i) for i in listed] + (
-        [f"_… and {more} more; `--output json` lists every {noun}._"] if more else []
-    )
+    sections = [section(i) for i in (items if verbose else items[:LIST_LIMIT])]
+    more = len(items) - len(sections)
+    return sections + ([f"_… and {more} more; `--output json` lists every {noun}._"] if more else [])
 
 
 def _traffic(stats: dict[str, Any]) -> str:
@@ -110,7 +103,6 @@ def _status_text(r: ChangeResult) -> str:
 class MarkdownReporter(TextReporter):
     def _write(self, *blocks: str) -> None:
         self.out.raw.write("\n\n".join(blocks) + "\n")  # redacted and escaped, never styled
-        self.out.raw.flush()
 
     def plan(self, plan: Plan, command: str = "plan") -> None:
         counts = plan.counts()
@@ -125,9 +117,7 @@ class MarkdownReporter(TextReporter):
             *_capped(changed, _change_section, self.verbose, "change"),
         )
 
-    def applied(
-        self, result: ApplyResult, stats: dict[str, Any], command: str = "apply", outputs: str | None = None
-    ) -> None:
+    def applied(self, result: ApplyResult, stats: dict[str, Any], command: str, outputs: str | None) -> None:
         status = {s: sum(1 for r in result.results if r.status == s) for s in (Status.FAILED, Status.SKIPPED)}
         rows = [
             *((_PAST[a], n) for a, n in done_counts(result).items()),
@@ -147,21 +137,19 @@ class MarkdownReporter(TextReporter):
             blocks.append(f"> **Interrupted** by signal {result.interrupted}: run apply again to converge.")
         if outputs:
             blocks.append(f"Outputs written to {code(outputs)} (mode 0600).")
-        self._write(
-            *blocks, *_capped(writes, lambda r: _change_section(r.change, _status_text(r)), self.verbose, "change")
-        )
+        blocks += _capped(writes, lambda r: _change_section(r.change, _status_text(r)), self.verbose, "change")
+        self._write(*blocks)
         if status[Status.FAILED]:
             self.err.print(f"{status[Status.FAILED]} change(s) failed; see the Markdown report.")
 
     def drift(self, report: DriftReport, stats: dict[str, Any]) -> None:
-        counts = {category: {"drift": 0, "pending": 0} for category in CATEGORIES}
-        for finding in report.findings:
-            counts[finding.category][finding.kind] += 1
+        counts = Counter((finding.category, finding.kind) for finding in report.findings)
+        rows = [(category, counts[category, "drift"], counts[category, "pending"]) for category in CATEGORIES]
         verdict = drift_summary(report)
         self._write(
             f"### provisioner drift: stack {code(report.stack)}",
             f"**{verdict}**" if report.has_drift else verdict,
-            table(("category", "drift", "pending"), [(c, n["drift"], n["pending"]) for c, n in counts.items()]),
+            table(("category", "drift", "pending"), rows),
             *_capped(report.findings, _finding_section, self.verbose, "finding"),
             f"Read only: {_traffic(stats)}",
         )

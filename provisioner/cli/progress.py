@@ -1,6 +1,5 @@
 """Progress of long applies, on stderr only: a live bar on a terminal; without one (CI logs), a plain
-line every few seconds, none at all for shorter runs.
-"""
+line every few seconds, none at all for shorter runs."""
 
 from __future__ import annotations
 
@@ -24,10 +23,9 @@ class ProgressReporter:
         self._bar: Any = None  # a rich Progress, imported only when there is a terminal to draw on
         self._task: Any = None
         self.enabled = enabled and total > 0
-        self.terminal = bool(getattr(stream, "isatty", lambda: False)())
 
     def __enter__(self) -> ProgressReporter:
-        if self.enabled and self.terminal:
+        if self.enabled and self.stream.isatty():
             from rich import progress as rich
             from rich.console import Console
 
@@ -54,13 +52,10 @@ class ProgressReporter:
 
     def __call__(self, result: ChangeResult) -> None:
         self.done += 1
-        if result.status == Status.FAILED:
-            self.errors += 1
-        if not self.enabled:
-            return
+        self.errors += result.status == Status.FAILED
         if self._bar is not None:
             self._bar.update(self._task, completed=self.done, rate=self.rate, errors=self.errors)
-        elif time.monotonic() - self._last_line >= self.interval:
+        elif self.enabled and time.monotonic() - self._last_line >= self.interval:
             self._line()
 
     @property

@@ -1,10 +1,8 @@
-"""Reporters, not prints: the text and JSON ones here (Markdown in ``markdown.py``), each method one
-outcome of a command; ``run.REPORTERS`` chooses one by ``--output``.
-
-Results go to stdout, problems and logs to stderr. Every byte passes through the redactor (a JSON
-document string by string, before it is encoded), then ``escape``: no non-printable character from a
-server reaches a terminal, and nothing can fail to encode. Colour, from rich, only on a terminal (rich
-is not even imported otherwise); text is never read as markup or emoji.
+"""Reporters, not prints: text and JSON here (Markdown in ``markdown.py``), a method per outcome of a
+command, chosen by ``--output`` (``run.REPORTERS``). Results go to stdout, problems and logs to stderr.
+Every byte passes through the redactor (a JSON document string by string, before it is encoded), then
+``escape``: no non-printable character from a server reaches a terminal, nothing can fail to encode.
+Colour, from rich, only on a terminal (rich is not imported otherwise), never reading markup or emoji.
 """
 
 from __future__ import annotations
@@ -44,18 +42,15 @@ _LOOKS: dict[Action, tuple[str, str, str | None]] = {  # symbol, colour, past te
 }
 _SYMBOLS: dict[Action, tuple[str, str]] = {a: _LOOKS[a][:2] for a in Action}  # every action: a KeyError at import
 _PAST: dict[Action, str] = {a: past for a in Action if (past := _LOOKS[a][2]) is not None}
-_SUMMARY = (  # the order of apply's summary line
-    *(Action.ADOPT, Action.CREATE, Action.UPDATE, Action.RENAME, Action.REPLACE, Action.DELETE),
-    *(Action.DISABLE, Action.ENABLE, Action.REAUTHENTICATE),
-)
+_SUMMARY = (Action.ADOPT, *(a for a in WRITES if a != Action.ADOPT))  # apply's summary line: adoptions first
 _ALWAYS = (Action.CREATE, Action.UPDATE, Action.REPLACE, Action.DELETE)  # the other writes: only when some are
 _REFUSED = {Action.CONFLICT: "conflict(s)", Action.PROTECTED: "protected, refused"}
 LIST_LIMIT = 100  # successful changes listed one by one up to this many (all with --verbose)
 
 
 class RedactingWriter(io.TextIOBase):
-    """A text stream that masks every known secret and escapes every non-printable character but the
-    line break (``styled``: rich's output, whose text ``StyledStream`` escaped first)."""
+    """A text stream that masks every known secret, escapes every non-printable character but the line
+    break (``styled``: rich's output, whose text ``StyledStream`` escaped first) and flushes each write."""
 
     def __init__(self, stream: IO[str], styled: bool = False):
         self._stream = stream
@@ -69,13 +64,10 @@ class RedactingWriter(io.TextIOBase):
     def write_lines(self, lines: Iterable[str]) -> None:
         """Lines that each stay one line: a line break inside one is escaped too."""
         self._put("".join(escape(REDACTOR.redact(line)) + "\n" for line in lines))
-        self.flush()
 
-    def _put(self, text: str) -> None:
-        try:
-            self._stream.write(text)
-        except UnicodeEncodeError:  # a stream that cannot encode every printable character (LANG=C)
-            self._stream.write(text.encode(self.encoding, "backslashreplace").decode(self.encoding))
+    def _put(self, text: str) -> None:  # a stream may not encode every printable character (LANG=C)
+        self._stream.write(text.encode(self.encoding, "backslashreplace").decode(self.encoding))
+        self._stream.flush()
 
     def flush(self) -> None:
         self._stream.flush()
@@ -97,8 +89,7 @@ class StyledStream:
         if self.raw.isatty():
             from rich.console import Console
 
-            # A TextIOBase is a text stream, though typeshed does not declare it an IO[str].
-            file = cast(IO[str], RedactingWriter(stream, styled=True))
+            file = cast(IO[str], RedactingWriter(stream, styled=True))  # a TextIOBase, not declared an IO[str]
             self._console = Console(file=file, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
     def print(self, text: str, style: str | None = None) -> None:
@@ -107,11 +98,9 @@ class StyledStream:
             self._console.print(escape(REDACTOR.redact(text), keep="\n"), style=style)
         else:
             self.raw.write(text + "\n")
-            self.raw.flush()
 
     def lines(self, lines: list[tuple[str, str]]) -> None:
-        """Many (style, text) lines, each one line whatever it holds: styled on a terminal, else one
-        write (a 10,000-line plan stays fast)."""
+        """(style, text) lines, each kept one line: styled on a terminal, else one write (fast for 10,000)."""
         if self._console is not None:
             for style, text in lines:
                 self._console.print(escape(REDACTOR.redact(text)), style=style or None)
@@ -123,10 +112,8 @@ def result_json(result: ChangeResult) -> dict[str, Any]:
     data = result.change.to_json() | {"status": result.status, "error": None}
     data["id"] = result.id if result.id is not None else data["id"]
     if result.error is not None:
-        hint = failure_hint(result)
-        data["error"] = dict(
-            message=result.error, requestId=result.request_id, httpStatus=result.http_status, hint=hint
-        )
+        data["error"] = dict(message=result.error, requestId=result.request_id, httpStatus=result.http_status)
+        data["error"]["hint"] = failure_hint(result)
     return data
 
 
@@ -157,7 +144,7 @@ class JsonReporter:
     def validated(self, manifest: str, count: int, problems: Iterable[Problem]) -> None:
         self._emit("validate", True, manifest=manifest, instances=count, problems=[p.to_json() for p in problems])
 
-    def problems(self, command: str, problems: Iterable[Problem]) -> None:
+    def problems(self, command: str, problems: list[Problem]) -> None:
         self._emit(command, False, problems=[p.to_json() for p in problems])
 
     def plan(self, plan: Plan, command: str = "plan") -> None:
@@ -170,16 +157,14 @@ class JsonReporter:
             warnings=plan.warnings,
         )
 
-    def applied(
-        self, result: ApplyResult, stats: dict[str, Any], command: str = "apply", outputs: str | None = None
-    ) -> None:
+    def applied(self, result: ApplyResult, stats: dict[str, Any], command: str, outputs: str | None) -> None:
         self._emit(
             command,
             result.ok and not result.plan.has_refusals,
             stack=result.plan.stack,
             changes=[result_json(r) for r in result.results],
             summary=result.plan.counts(),
-            status=_status_counts(result),
+            status=_status_counts(result.results),
             warnings=result.plan.warnings,
             interrupted=result.interrupted,
             aborted=result.aborted,
@@ -218,12 +203,7 @@ def printable(value: Any) -> Any:
     if isinstance(value, (int, float)):
         shown = str(value)
         return value if len(shown) < MIN_REDACT_LENGTH or REDACTOR.redact(shown) == shown else MASK
-    text = REDACTOR.redact(str(value))
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
+    return REDACTOR.redact(str(value)).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class TextReporter:
@@ -238,44 +218,36 @@ class TextReporter:
     def validated(self, manifest: str, count: int, problems: Iterable[Problem]) -> None:
         for problem in problems:
             self.err.print("warning: " + problem.format())
-        self.out.print(f"{manifest}: valid ({count} instance{'s' if count != 1 else ''})")
+        self.out.print(f"{manifest}: valid ({plural(count, 'instance')})")
 
-    def problems(self, command: str, problems: Iterable[Problem]) -> None:
-        problems = list(problems)
+    def problems(self, command: str, problems: list[Problem]) -> None:
         for problem in problems:
             style = "red" if problem.severity == Severity.ERROR else "yellow"
             self.err.print(f"{problem.severity}: {problem.format()}", style=style)
         errors = sum(1 for p in problems if p.severity == Severity.ERROR)
-        self.err.print(f"{errors} problem{'s' if errors != 1 else ''} found; nothing was sent to the API.")
+        self.err.print(f"{plural(errors, 'problem')} found; nothing was sent to the API.")
 
     def plan(self, plan: Plan, command: str = "plan") -> None:
-        lines: list[tuple[str, str]] = []
-        for change in plan.changes:
-            if change.action != Action.NOOP or change.warning or self.verbose:
-                lines.extend(_change_lines(change))
-        self.out.lines(lines)
+        listed = [c for c in plan.changes if c.action != Action.NOOP or c.warning or self.verbose]
+        self.out.lines([line for change in listed for line in _change_lines(change)])
         self.err.lines([("yellow", f"warning: {warning}") for warning in plan.warnings])
         self.warned.update(plan.warnings)
         self.out.print(plan_summary(plan.counts()) if command != "destroy" else _destroy_summary(plan.counts()))
         if not plan.has_changes and not plan.has_refusals and command != "destroy":
             self.out.print("No changes: the instances match the manifest.")
 
-    def applied(
-        self, result: ApplyResult, stats: dict[str, Any], command: str = "apply", outputs: str | None = None
-    ) -> None:
+    def applied(self, result: ApplyResult, stats: dict[str, Any], command: str, outputs: str | None) -> None:
         writes = [r for r in result.results if r.change.is_write or r.change.action in REFUSALS]
-        self.out.lines(
-            [_result_line(r) for r in writes if r.status != Status.OK or self.verbose or len(writes) <= LIST_LIMIT]
-        )
+        every = self.verbose or len(writes) <= LIST_LIMIT  # else the failures only
+        self.out.lines([_result_line(r) for r in writes if every or r.status != Status.OK])
         self.err.lines([("yellow", f"warning: {w}") for w in result.plan.warnings if w not in self.warned])
         self.err.lines([("", f"note: {note}") for note in result.notes])
         self.out.print(_apply_summary(result, stats, command))
         if outputs:
             self.out.print(f"Outputs written to {outputs} (mode 0600).")
-        failed = [r for r in result.results if r.status == Status.FAILED]
-        if failed:
-            self.err.print(f"{len(failed)} change(s) failed:", style="red")
-            self.err.lines([("", f"  {r.change.name}: {r.error}{_request(r)}{_hinted(r)}") for r in failed])
+        if result.failed:
+            self.err.print(f"{len(result.failed)} change(s) failed:", style="red")
+            self.err.lines([("", f"  {r.change.name}: {r.error}{_request(r)}{_hinted(r)}") for r in result.failed])
         if result.aborted:
             self.err.lines([("red", f"stopped: {result.aborted}")])
         if result.interrupted:
@@ -308,9 +280,6 @@ class TextReporter:
         self.err.lines([("", text)])
 
 
-Reporter = JsonReporter | TextReporter
-
-
 def plan_summary(counts: dict[Action, int]) -> str:
     """``Plan: 1 to create, ... (3 unchanged).``; the other writes and the refusals only when there are some."""
     planned = [f"{counts[a]} to {_PAST[a].removesuffix('d')}" for a in WRITES if counts[a] or a in _ALWAYS]
@@ -326,9 +295,8 @@ def _destroy_summary(counts: dict[Action, int], done: dict[Status, int] | None =
         return f"Destroy: nothing to delete, the stack owns no instance{refused}."
     if done is None:
         return f"Destroy: {counts[Action.DELETE]} to delete{refused}."
-    failed = f", {done[Status.FAILED]} failed" if done[Status.FAILED] else ""
-    skipped = f", {done[Status.SKIPPED]} skipped" if done[Status.SKIPPED] else ""
-    return f"Destroy: {done[Status.OK]} deleted{failed}{skipped}{refused}."
+    unfinished = "".join(f", {done[status]} {status}" for status in (Status.FAILED, Status.SKIPPED) if done[status])
+    return f"Destroy: {done[Status.OK]} deleted{unfinished}{refused}."
 
 
 def drift_summary(report: DriftReport) -> str:
@@ -361,14 +329,14 @@ def _change_lines(change: Change) -> list[tuple[str, str]]:
 
 
 def _result_line(r: ChangeResult) -> tuple[str, str]:
-    change = r.change
-    symbol, style = _SYMBOLS[change.action]
-    named = _named(change.name, None, r.id)
+    action = r.change.action
+    symbol, style = _SYMBOLS[action]
+    named = _named(r.change.name, None, r.id)
     if r.status == Status.OK:
-        return style, f"{symbol} {_PAST.get(change.action, change.action)} {named}"
-    if change.action == Action.PROTECTED:
+        return style, f"{symbol} {_PAST.get(action, action)} {named}"
+    if action == Action.PROTECTED:
         return style, f"{symbol} protected {named}, not touched: {r.error}"
-    return "red", f"x {change.action} {named} {r.status}: {r.error}{_request(r)}"
+    return "red", f"x {action} {named} {r.status}: {r.error}{_request(r)}"
 
 
 def _request(r: ChangeResult) -> str:
@@ -392,8 +360,8 @@ def _diff_line(diff: FieldDiff) -> str:
             assert_never(diff.op)
 
 
-def _status_counts(result: ApplyResult) -> dict[Status, int]:
-    counts = Counter(r.status for r in result.results)
+def _status_counts(results: Iterable[ChangeResult]) -> dict[Status, int]:
+    counts = Counter(r.status for r in results)
     return {status: counts[status] for status in Status}
 
 
@@ -405,15 +373,15 @@ def done_counts(result: ApplyResult) -> dict[Action, int]:
 
 def _apply_summary(result: ApplyResult, stats: dict[str, Any], command: str) -> str:
     traffic = f"{plural(stats.get('requests', 0), 'request')}, {plural(stats.get('retries', 0), 'retry', 'retries')}."
-    status = _status_counts(result)
     if command == "destroy":
-        deletions = Counter(r.status for r in result.results if r.change.action == Action.DELETE)
+        deletions = _status_counts(r for r in result.results if r.change.action == Action.DELETE)
         return f"{_destroy_summary(result.plan.counts(), deletions)} {traffic}"
     if not result.plan.has_changes and not result.plan.has_refusals:
         return f"Apply: no changes, the instances match the manifest. {traffic}"
     done = done_counts(result)
     refused = {a: sum(1 for r in result.results if r.change.action == a) for a in REFUSALS}
     parts = [f"{done[a]} {_PAST[a]}" for a in _SUMMARY if done[a] or a in _ALWAYS]
+    status = _status_counts(result.results)
     parts += [f"{status[Status.FAILED]} failed", f"{status[Status.SKIPPED] - sum(refused.values())} skipped"]
     parts += [f"{n} {_REFUSED[a]}" for a, n in refused.items() if n]
     return f"Apply: {', '.join(parts)}. {traffic}"

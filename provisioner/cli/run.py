@@ -7,7 +7,8 @@ import functools
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol, TypeVar
+from dataclasses import replace
+from typing import Any, TypeVar
 
 import click
 
@@ -17,32 +18,16 @@ from ..errors import Interrupted, ProvisionerError, UserError, ValidationFailed
 from ..interrupt import StopFlag, stop_on_signals
 from .local import local_api
 from .markdown import MarkdownReporter
-from .options import Command, Online, Source
-from .report import JsonReporter, RedactingWriter, Reporter, TextReporter
+from .options import FORMATS, Command, Online, Source, params
+from .report import JsonReporter, RedactingWriter, TextReporter
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
-# The reporter of each -o/--output value: render's yaml and output's env are text (their documents
-# are printed as they are; messages and errors as text).
-REPORTERS: dict[str, Callable[[Any, Any, bool], Reporter]] = {
-    "text": TextReporter,
-    "yaml": TextReporter,
-    "env": TextReporter,
-    "json": JsonReporter,
-    "markdown": MarkdownReporter,
-}
+# The reporter of each -o value; any other (text, render's yaml, output's env) prints text.
+REPORTERS: dict[str, type[JsonReporter | TextReporter]] = {"json": JsonReporter, "markdown": MarkdownReporter}
 
 
-class Args(Protocol):
-    """What a command's typed value tells its ``Run``: the -o value that names its reporter, and -v."""
-
-    @property
-    def reporter(self) -> str: ...
-    @property
-    def verbose(self) -> bool: ...
-
-
-A = TypeVar("A", bound=Args)
+A = TypeVar("A")
 
 
 class Run:
@@ -50,7 +35,7 @@ class Run:
 
     def __init__(self, command: str, output: str, verbose: bool):
         self.command = command
-        self.reporter = REPORTERS[output](sys.stdout, sys.stderr, verbose)
+        self.reporter = REPORTERS.get(output, TextReporter)(sys.stdout, sys.stderr, verbose)
         self.stderr = RedactingWriter(sys.stderr)
         self.stop = StopFlag()
 
@@ -68,10 +53,8 @@ class Run:
         except Interrupted as exc:
             self.reporter.error(self.command, f"interrupted by signal {exc.signum}; no new request was started")
             return exc.exit_code
-        except UserError as exc:
-            where = exc.problem.location.format()
-            message = f"{where + ': ' if where else ''}{exc.problem.message}"
-            self.reporter.error(self.command, message, exc.problem.hint)
+        except UserError as exc:  # its located message, and its hint apart
+            self.reporter.error(self.command, replace(exc.problem, hint=None).format(), exc.problem.hint)
             return EXIT_ERROR
         except ProvisionerError as exc:
             self.reporter.error(self.command, str(exc))
@@ -99,18 +82,19 @@ class Run:
 
 
 def command(
-    kind: Callable[..., A], name: str | None = None, **attrs: Any
+    kind: type[A], name: str | None = None, formats: tuple[str, ...] = FORMATS, **attrs: Any
 ) -> Callable[[Callable[[Run, A], int]], click.Command]:
-    """A click command whose body takes its parameters as one typed value (``options``) and the
-    invocation's ``Run`` (named by the command's path: ``schemas pull``), and returns the exit code."""
+    """A click command with the fields of ``kind`` as parameters (-o offers ``formats``); its body takes
+    them as one typed value, with the invocation's ``Run`` (named by its path), and returns the exit code."""
 
     def wrap(body: Callable[[Run, A], int]) -> click.Command:
-        @functools.wraps(body)  # with the click parameters the option decorators attached to it
-        def callback(**params: Any) -> None:
-            args = kind(**params)
-            run = Run(click.get_current_context().command_path.partition(" ")[2], args.reporter, args.verbose)
+        @functools.wraps(body)
+        def callback(**values: Any) -> None:
+            args = kind(**values)  # its -o (the reporter's name) and -v, if it has them, tell the Run
+            path = click.get_current_context().command_path.partition(" ")[2]
+            run = Run(path, values.get("output") or "text", values.get("verbose", False))
             sys.exit(run.finish(lambda: body(run, args)))
 
-        return click.command(name, cls=Command, **attrs)(callback)
+        return click.command(name, cls=Command, params=params(kind, formats), **attrs)(callback)
 
     return wrap

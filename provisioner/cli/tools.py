@@ -8,6 +8,7 @@ import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import click
@@ -16,8 +17,28 @@ from ..errors import UserError, ValidationFailed
 from ..interrupt import stop_on_signals
 from ..manifest.load import manifest_schema_text
 from .local import local_api
-from .options import CATALOG_OPTIONS, ENV_CATALOG, ENV_EMULATOR, CatalogArgs, Command, EmulatorArgs
+from .options import DIRECTORY, ENV_CATALOG, ENV_EMULATOR, Command, argument, option, output_option
 from .run import EXIT_OK, Run, command
+
+
+@dataclass(frozen=True, kw_only=True)
+class CatalogArgs:
+    """schemas list; schemas pull declares the fields that are not options here."""
+
+    keys: tuple[str, ...] = ()
+    all_keys: bool = False
+    out_dir: str = "schemas"
+    local: bool = option("--local", is_flag=True)
+    schemas: tuple[str, ...] = option("--schemas", multiple=True, type=DIRECTORY)
+    output: str = output_option()
+    verbose: bool = option("-v", "--verbose", is_flag=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PullArgs(CatalogArgs):
+    keys: tuple[str, ...] = argument(nargs=-1)
+    all_keys: bool = option("--all", is_flag=True)
+    out_dir: str = option("--out", default="schemas", type=DIRECTORY)
 
 
 @contextmanager
@@ -26,28 +47,13 @@ def _catalog(run: Run, args: CatalogArgs) -> Iterator[Any]:
     from ..manifest.targets import local_target
 
     with local_api(args.local) as local:
-        target = (
-            pull.env_target(os.environ)
-            if local is None
-            else local_target("default", local.url, local.user_secret, local.organization_secret)
-        )
+        target = pull.env_target(os.environ) if local is None else local_target("default", **asdict(local))
         with pull.reader(target, run.trace if args.verbose else None) as client:
             yield client
 
 
-@command(CatalogArgs, "pull", epilog=ENV_CATALOG)
-@click.argument("keys", nargs=-1)
-@click.option("--all", "all_keys", is_flag=True, help="Pull every element the API offers (GET /elements/keys).")
-@click.option(
-    "--out",
-    "out_dir",
-    default="schemas",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Directory to write <key>.json into (use it with --schemas DIR).",
-)
-@CATALOG_OPTIONS
-def schemas_pull(run: Run, args: CatalogArgs) -> int:
+@command(PullArgs, "pull", epilog=ENV_CATALOG)
+def schemas_pull(run: Run, args: PullArgs) -> int:
     """Write one JSON Schema per element KEY from the API's definitions (stable: a second pull changes nothing)."""
     from ..api import pull
 
@@ -60,7 +66,6 @@ def schemas_pull(run: Run, args: CatalogArgs) -> int:
 
 
 @command(CatalogArgs, "list", epilog=ENV_CATALOG)
-@CATALOG_OPTIONS
 def schemas_list(run: Run, args: CatalogArgs) -> int:
     """Print the element keys the API offers, and which have a local schema (built in or --schemas)."""
     from ..api import pull
@@ -82,34 +87,20 @@ def schemas() -> None:
     """Element schemas written from the API's own element definitions."""
 
 
+@dataclass(frozen=True)
+class EmulatorArgs:
+    host: str = option("--host", default="127.0.0.1")
+    port: int = option("--port", type=click.IntRange(0, 65535), default=8080)
+    db_path: str = option("--db", default=".provisioner/emulator.db")
+    user_secret: str | None = option("--user-secret", envvar="CE_USER_SECRET")
+    organization_secret: str | None = option("--organization-secret", envvar="CE_ORGANIZATION_SECRET")
+    fault_text: str | None = option("--faults", default=None, metavar="SPEC")
+    latency_ms: float | None = option("--latency-ms", type=click.FloatRange(0), default=None)
+    seed: int | None = option("--seed", type=int, default=None)
+    quiet: bool = option("--quiet", is_flag=True)
+
+
 @command(EmulatorArgs, epilog=ENV_EMULATOR)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to listen on.")
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=8080,
-    show_default=True,
-    help="Port (0 picks a free one; the URL is printed on stdout).",
-)
-@click.option("--db", "db_path", default=".provisioner/emulator.db", show_default=True, help="SQLite file.")
-@click.option("--user-secret", envvar="CE_USER_SECRET", help="User secret to accept (default: $CE_USER_SECRET).")
-@click.option(
-    "--organization-secret",
-    envvar="CE_ORGANIZATION_SECRET",
-    help="Organization secret to accept (default: $CE_ORGANIZATION_SECRET).",
-)
-@click.option(
-    "--faults",
-    "fault_text",
-    default=None,
-    metavar="SPEC",
-    help="Fault injection: comma-separated NAME=VALUE pairs, for example error=0.1,seed=42. Names: "
-    "latency, jitter, error, throttle, retry_after, reset, lost, slow, slow_ms, ratelimit, burst, "
-    "methods, seed (default: $PROVISIONER_EMULATOR_FAULTS).",
-)
-@click.option("--latency-ms", type=click.FloatRange(0), default=None, help="Added latency on every request.")
-@click.option("--seed", type=int, default=None, help="Seed for reproducible faults.")
-@click.option("--quiet", is_flag=True, help="Do not log requests on stderr.")
 def emulator(run: Run, args: EmulatorArgs) -> int:
     """Run the Cloud Elements API emulator on loopback (SQLite persistence, optional fault injection)."""
     from ..emulator import Emulator, FaultConfig
@@ -153,10 +144,9 @@ def emulator(run: Run, args: EmulatorArgs) -> int:
 def _private_db(db_path: str) -> None:
     """A new database directory is made 0700 and the database file 0600 before SQLite opens it
     (its journal files get the same mode): it may hold tokens."""
-    if db_path == ":memory:":
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(db_path)), mode=0o700, exist_ok=True)
-    os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT, 0o600))
+    if db_path != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(db_path)), mode=0o700, exist_ok=True)
+        os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 def _emulator_start_error(exc: Exception, args: EmulatorArgs) -> UserError:

@@ -425,10 +425,10 @@ def test_create_body_of_an_oauth_instance_says_external_authentication_initial(t
         """,
     )
     created = {"id": 7, "name": "crm-sf", "token": "tok-7", "element": {"key": "sfdc"}, "tags": [], "configuration": {}}
-    listed = [{**created, "tags": ["provisioner:stack=tests"]}]  # the final check after the create
-    with ScriptedServer(
-        [Reply(404, body={"message": "No instances found"}), Reply(200, body=created), Reply(200, body=listed)]
-    ) as server:
+    listed = [{**created, "tags": ["provisioner:stack=tests"]}]
+    # the final check: a count (none announced here), so the listing after it
+    script = [Reply(404, body={"message": "No instances found"}), Reply(200, body=created), *[Reply(body=listed)] * 2]
+    with ScriptedServer(script) as server:
         env = base_env() | {"CE_API_URL": server.base_url, "CE_USER_SECRET": "u", "CE_ORGANIZATION_SECRET": "o"}
         proc = subprocess.run(
             [sys.executable, "-m", "provisioner", "apply", "m.yaml"],

@@ -110,7 +110,8 @@ def test_render_prints_the_body_apply_sends(tmp_path):
         "configuration": {},
     }
     listed = [{**created, "tags": ["provisioner:stack=tests"]}]
-    script = [Reply(404, body={"message": "No instances found"}), Reply(200, body=created), Reply(200, body=listed)]
+    counted = Reply(200, headers={"elements-total-count": "1"}, body=listed)  # the final check's count: 0 + 1
+    script = [Reply(404, body={"message": "No instances found"}), Reply(200, body=created), counted]
     with ScriptedServer(script) as server:
         env |= {"CE_API_URL": server.base_url, "CE_USER_SECRET": "u", "CE_ORGANIZATION_SECRET": "o"}
         proc = subprocess.run(

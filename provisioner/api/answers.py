@@ -25,7 +25,7 @@ _STATUS_ERRORS = {400: BadRequest, 401: Unauthorized, 403: Unauthorized, 404: No
 
 def usable_id(value: Any) -> bool:
     """An id as the API documents them: an integer (not a boolean, not a string of digits), >= 0."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return type(value) is int and value >= 0
 
 
 def loads(content: bytes) -> Any:

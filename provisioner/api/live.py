@@ -36,23 +36,24 @@ class LiveInstance:
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any], configuration: bool = True) -> LiveInstance:
-        """``configuration=False`` leaves the configuration out (None): a read that needs only ids,
+        """An instance as the API's decoded JSON gives it, fields of the wrong type left out.
+        ``configuration=False`` leaves the configuration out (None): a read that needs only ids,
         names, tags and tokens then keeps none of the listed objects alive."""
         element = data.get("element")
-        info = element if isinstance(element, Mapping) else {}
-        tag_names = (t.get("name") if isinstance(t, Mapping) else t for t in data.get("tags") or [])
-        token, config = data.get("token"), data.get("configuration")
+        info = element if isinstance(element, dict) else {}
+        tag_names = (t.get("name") if isinstance(t, dict) else t for t in data.get("tags") or ())
+        token, config, hub = data.get("token"), data.get("configuration"), info.get("hub")
         return cls(
             id=data.get("id"),
             name=str(data.get("name") or ""),
             element=element if isinstance(element, str) else info.get("key"),
             tags=tuple(t for t in tag_names if isinstance(t, str)),
-            configuration=config if configuration and isinstance(config, Mapping) else None,
+            configuration=config if configuration and isinstance(config, dict) else None,
             token=Secret(token, token=True) if isinstance(token, str) and token else None,
             created=str(data.get("createdDate") or ""),
             valid=data.get("valid") is not False,
             disabled=data.get("disabled") is True,
-            hub=info.get("hub") if isinstance(info.get("hub"), str) else None,
+            hub=hub if isinstance(hub, str) else None,
         )
 
     def owned_by(self, stack: str) -> bool:
@@ -92,7 +93,7 @@ def read_live(
     instances: list[LiveInstance] = []
     started, limits = time.monotonic(), client.settings
     for attempt in range(1, LISTING_TRIES + 1):
-        instances, seen = [], set[Any]()
+        instances, seen = [], set[int]()
         pages = client.instance_pages((stack_marker(stack),) if owned_only else (), hydrate=configuration)
         try:
             with closing(pages):
@@ -115,21 +116,21 @@ def read_live(
     ]
 
 
+# The type of each field a listed item may carry (None: left out); JSON decodes to exactly these types.
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "name": (str,),
     "tags": (list,),
-    "configuration": (Mapping,),
+    "configuration": (dict,),
     "token": (str,),
-    "element": (Mapping, str),
+    "element": (dict, str),
     "createdDate": (str,),
     "valid": (bool,),
     "disabled": (bool,),
 }
 
 
-def _checked(item: Any, position: int, seen: set[Any], configuration: bool = True) -> LiveInstance:
+def _checked(item: Any, position: int, seen: set[int], configuration: bool = True) -> LiveInstance:
     """One listed item as a LiveInstance, or InconsistentListing if it cannot be trusted."""
-    if not isinstance(item, Mapping):
+    if not isinstance(item, dict):
         raise InconsistentListing(f"item {position} is {type(item).__name__}, not an instance object")
     ident = item.get("id")
     if not usable_id(ident):
@@ -141,11 +142,9 @@ def _checked(item: Any, position: int, seen: set[Any], configuration: bool = Tru
         value = item.get(key)
         if value is not None and not isinstance(value, types):
             raise InconsistentListing(f"instance id {ident}: {key!r} is {type(value).__name__}")
-    for tag in item.get("tags") or ():
-        if not isinstance(tag, (str, Mapping)):
-            raise InconsistentListing(f"instance id {ident}: a tag is neither a string nor an object")
-    key = str(ident)
-    if key in seen:
+    if not all(isinstance(tag, (str, dict)) for tag in item.get("tags") or ()):
+        raise InconsistentListing(f"instance id {ident}: a tag is neither a string nor an object")
+    if ident in seen:
         raise InconsistentListing(f"instance id {ident} is listed twice (a repeated item is not a duplicate)")
-    seen.add(key)
+    seen.add(ident)
     return LiveInstance.from_api(item, configuration)

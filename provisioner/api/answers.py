@@ -7,7 +7,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from ..errors import ApiError, BadRequest, Conflict, NotFound, RateLimited, ServerError, Unauthorized
 from ..secret import REDACTOR, sanitize
@@ -23,7 +23,7 @@ _CONTAINERS = (dict, list)  # json.loads makes exactly these, never subclasses
 _STATUS_ERRORS = {400: BadRequest, 401: Unauthorized, 403: Unauthorized, 404: NotFound, 409: Conflict, 429: RateLimited}
 
 
-def usable_id(value: Any) -> bool:
+def usable_id(value: Any) -> TypeGuard[int]:
     """An id as the API documents them: an integer (not a boolean, not a string of digits), >= 0."""
     return type(value) is int and value >= 0
 
@@ -68,8 +68,9 @@ def api_error(answer: Answer, method: str, shown: str) -> ApiError:
     status = answer.status
     raw, message, request_id = error_details(answer)
     cls = _STATUS_ERRORS.get(status) or (ServerError if status >= 500 else ApiError)
-    wait = retry_after(answer.headers.get("Retry-After")) if status == 429 or status >= 500 else None
-    error = cls(status, message, request_id or header_request_id(answer), method, shown, wait)
+    error = cls(status, message, request_id or header_request_id(answer), method, shown)
+    if status == 429 or status >= 500:
+        error.retry_after = retry_after(answer.headers.get("Retry-After"))
     error.raw_message = raw  # the API's message, unshortened, to recognise "No instances found"
     return error
 

@@ -1,22 +1,15 @@
-"""The one module that talks HTTP to the Cloud Elements platform API.
+"""The one module that talks HTTP to the Cloud Elements platform API: retries and backoff, the rate
+budget shared by the worker threads, the error each status maps to (``errors.py``), paging, and the
+request statistics. Callers use typed methods and see parsed JSON or a ``ProvisionerError``; the wire
+is ``transport.py``, what an answer means ``answers.py``. Its rules (docs/reliability.md):
 
-What the network can do wrong is decided here, once: which failures are retried and after what
-backoff, the rate budget shared by the worker threads, the error a status maps to (``errors.py``),
-paging, and the request statistics. Callers use typed methods (``instance_pages``,
-``create_instance``, ...) and see parsed JSON or a ``ProvisionerError``. The wire is ``transport.py``;
-what an answer means (its JSON, its error, ``Retry-After``) is ``answers.py``. Three rules come first:
-
-* Secrets never leave except on the wire. The Authorization header is built from ``Secret.reveal()``
-  for each request, bodies reveal ``Secret`` values only when serialised, and every trace line and
-  error goes through ``REDACTOR.redact`` before it is cut short, never with headers or bodies; of an
-  error answer only its ``message`` is shown, cleaned of control characters.
-* A create is never repeated blindly. ``POST /instances`` is retried only when the request certainly
-  did not reach the server (or it got 429); a 5xx, a lost response or an answer without an id and a
-  token raises ``AmbiguousCreate`` so the caller looks the instance up before creating it again.
-* Nothing hangs, nothing floods. Every attempt ends within its deadline (retries within the retry
-  budget), an answer is read up to ``max_answer_bytes`` and nests at most ``MAX_DEPTH`` levels, a
-  ``Retry-After`` longer than the retry budget stops the run (``WaitTooLong``), and paging is bounded
-  by the announced total and a hard cap.
+* Secrets leave only on the wire: the Authorization header is built for each request, and every trace
+  line and error is redacted before it is cut short (of an error answer only its ``message`` is shown).
+* ``POST /instances`` is retried only when it certainly did not reach the server (or got 429); else
+  ``AmbiguousCreate``, and the caller looks the instance up before creating it again.
+* Nothing hangs: every attempt ends within its deadline, retries within the retry budget, answers are
+  bounded in size and nesting, a ``Retry-After`` past the budget stops the run (``WaitTooLong``), and
+  paging is bounded by the announced total and a hard cap.
 """
 
 from __future__ import annotations
@@ -109,7 +102,7 @@ class ReadOnlyClient:
         stop: StopFlag | None = None,
         notice: Callable[[str], None] | None = None,
     ):
-        self._base = check_base_url(base_url)
+        self.base_url = check_base_url(base_url)
         self.settings = settings
         self.budget = budget if budget is not None else RateBudget(settings.max_rate)
         self.stats = stats if stats is not None else RequestStats()
@@ -120,7 +113,7 @@ class ReadOnlyClient:
         self._secrets = (Secret(user_secret), Secret(organization_secret))  # revealed only in each header
         from .transport import Transport  # imported here: validate and render never load requests
 
-        self._transport = Transport(self._base, settings, self.stop)
+        self._transport = Transport(self.base_url, settings, self.stop)
 
     def close(self) -> None:
         self._transport.close()
@@ -130,10 +123,6 @@ class ReadOnlyClient:
 
     def __exit__(self, *exc_info: object) -> None:  # the keep-alive connections; safe to call twice
         self.close()
-
-    @property
-    def base_url(self) -> str:
-        return self._base
 
     # -- API calls --------------------------------------------------------------------------
 
@@ -170,7 +159,9 @@ class ReadOnlyClient:
             try:  # tokens are registered before anything can print them
                 items = loads(answer.content)
             except ValueError as exc:
-                raise InconsistentListing(f"GET {self._base}/instances: answered {answer.status} with {exc}") from None
+                raise InconsistentListing(
+                    f"GET {self.base_url}/instances: answered {answer.status} with {exc}"
+                ) from None
             if not isinstance(items, list):
                 raise InconsistentListing(f"GET /instances: expected a JSON list, got {json_kind(items)}")
             del answer
@@ -213,15 +204,16 @@ class ReadOnlyClient:
         except NotFound as exc:
             if not token and exc.raw_message == EMPTY_LISTING:
                 return None
-            url = f"{self._base}/instances"
+            url = f"{self.base_url}/instances"
             if token:
                 raise InconsistentListing(f"GET {url}: a next page answered 404 ({exc.message})") from None
-            hint = (
+            message = f"{exc.message}; {url} is not an instance listing"
+            wrong = ApiError(404, message, exc.request_id, "GET", "/instances")
+            wrong.hint = (
                 "the API base URL must end with /elements/api-v2, e.g. https://api.cloud-elements.com/elements/api-v2; "
                 f'an empty organization answers 404 "{EMPTY_LISTING}"'
             )
-            message = f"{exc.message}; {url} is not an instance listing"
-            raise ApiError(404, message, exc.request_id, "GET", "/instances", hint=hint) from None
+            raise wrong from None
 
     # -- one call, with retries -------------------------------------------------------------
 
@@ -247,7 +239,7 @@ class ReadOnlyClient:
         authorization = f"User {self._secrets[0].reveal()}, Organization {self._secrets[1].reveal()}"
         if element is not None:
             authorization += f", Element {element.reveal()}"
-        url = self._base + path + (f"?{urlencode(params)}" if params else "")
+        url = self.base_url + path + (f"?{urlencode(params)}" if params else "")
         settings, started, attempt = self.settings, time.monotonic(), 0
         while True:
             attempt += 1
@@ -330,7 +322,7 @@ class ReadOnlyClient:
         try:
             answer = self._transport.send(method, url, data, authorization, deadline)
         except TransportError as exc:
-            exc.method, exc.path, exc.url = method, shown, self._base
+            exc.method, exc.path, exc.url = method, shown, self.base_url
             return exc
         if 200 <= answer.status < 300:
             self.budget.on_success()
@@ -338,7 +330,9 @@ class ReadOnlyClient:
         if answer.status == 407:
             proxy = f"the proxy {self._transport.proxy_display} refused the request: 407 Proxy Authentication Required"
             hint = "check the user and password in HTTPS_PROXY / HTTP_PROXY"
-            return TransportError(proxy, False, method, shown, retryable=False, hint=hint)
+            refused = TransportError(proxy, False, retryable=False, hint=hint)
+            refused.method, refused.path = method, shown
+            return refused
         error = api_error(answer, method, shown)
         if answer.status == 429:
             self.budget.on_throttle(error.retry_after)
@@ -354,7 +348,7 @@ class ReadOnlyClient:
         try:
             return loads(answer.content)
         except ValueError as exc:
-            what = f"{self._base}{path} answered {answer.status} with {exc}"
+            what = f"{self.base_url}{path} answered {answer.status} with {exc}"
             raise ApiError(answer.status, what, header_request_id(answer), method, path) from None
 
     def _retrying(self, method: str, shown: str, error: Exception, attempt: int, started: float) -> None:
@@ -365,7 +359,7 @@ class ReadOnlyClient:
         self._last_notice = now
         what = error.message if isinstance(error, TransportError) else f"HTTP {getattr(error, 'status', '?')}"
         tries = f"attempt {attempt + 1}/{self.settings.max_attempts}, {now - started:.1f} s so far"
-        self._notice(REDACTOR.redact(f"retrying: {method} {self._base}{shown}: {what} ({tries})"))
+        self._notice(REDACTOR.redact(f"retrying: {method} {self.base_url}{shown}: {what} ({tries})"))
 
     def _emit(self, line: str) -> None:
         if self._trace is not None:

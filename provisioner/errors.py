@@ -102,6 +102,8 @@ class Interrupted(ProvisionerError):
 class ApiError(ProvisionerError):
     """The API answered with an error status. ``message`` is the API's own, already cut short."""
 
+    retryable = False  # 429 and 5xx may be tried again
+
     def __init__(self, status: int, message: str, request_id: str | None, method: str, path: str):
         super().__init__(message)
         self.status = status
@@ -134,10 +136,12 @@ class NotFound(ApiError): ...  # 404
 class Conflict(ApiError): ...  # 409
 
 
-class RateLimited(ApiError): ...  # 429
+class RateLimited(ApiError):  # 429
+    retryable = True
 
 
-class ServerError(ApiError): ...  # 5xx
+class ServerError(ApiError):  # 5xx
+    retryable = True
 
 
 class WaitTooLong(RateLimited):

@@ -1,15 +1,8 @@
-"""The one module that talks HTTP to the Cloud Elements platform API: retries and backoff, the rate
-budget shared by the worker threads, the error each status maps to (``errors.py``), paging, and the
-request statistics. Callers use typed methods and see parsed JSON or a ``ProvisionerError``; the wire
-is ``transport.py``, what an answer means ``answers.py``. Its rules (docs/reliability.md):
-
-* Secrets leave only on the wire: the Authorization header is built for each request, and every trace
-  line and error is redacted before it is cut short (of an error answer only its ``message`` is shown).
-* ``POST /instances`` is retried only when it certainly did not reach the server (or got 429); else
-  ``AmbiguousCreate``, and the caller looks the instance up before creating it again.
-* Nothing hangs: every attempt ends within its deadline, retries within the retry budget, answers are
-  bounded in size and nesting, a ``Retry-After`` past the budget stops the run (``WaitTooLong``), and
-  paging is bounded by the announced total and a hard cap.
+"""The one module that talks HTTP to the Cloud Elements platform API: retries and backoff, the rate budget
+shared by the workers, the error each status maps to, paging and statistics (the wire is ``transport.py``,
+what an answer means ``answers.py``). Secrets leave only on the wire, every trace line and error redacted;
+a create is retried only when it certainly did not reach the server (else ``AmbiguousCreate``); nothing
+hangs. Callers see parsed JSON or a ``ProvisionerError``. The guarantees: docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -37,15 +30,7 @@ from ..errors import (
 from ..interrupt import StopFlag
 from ..secret import MASK, REDACTOR, Secret, json_default, sanitize
 from ..urls import check_base_url
-from .answers import (
-    TOTAL_HEADER,
-    announced_total,
-    api_error,
-    header_request_id,
-    json_kind,
-    loads,
-    usable_id,
-)
+from .answers import TOTAL_HEADER, announced_total, api_error, json_kind, loads, request_id, usable_id
 from .ratelimit import RateBudget
 from .stats import RequestStats
 
@@ -54,8 +39,7 @@ if TYPE_CHECKING:
 
 NEXT_PAGE_HEADER = "elements-next-page-token"
 MAX_PAGES = 5_000  # hard cap on one listing: 1,000,000 instances at 200 a page
-# The documented answer of an empty instance listing: a 404 with exactly this message (any other 404,
-# even one that starts the same way, is an error naming the URL).
+# The documented answer of an empty listing: a 404 with exactly this message (any other 404 is an error).
 EMPTY_LISTING = "No instances found"
 MAX_ANSWER_BYTES = 64 * 1024 * 1024  # an answer's size once decompressed (--max-answer-bytes)
 NETWORK_HINT = (
@@ -83,9 +67,8 @@ class ClientSettings:
 
 
 class ReadOnlyClient:
-    """Typed read calls to the platform API (listings, one instance, element definitions) with
-    retries, backoff, a shared rate budget and statistics. It cannot write: ``drift`` and other
-    read-only commands are built on this class alone, and ``_call`` refuses any method but GET."""
+    """Typed read calls (listings, one instance, element definitions). It cannot write: read-only
+    commands such as ``drift`` are built on this class alone, and ``_call`` refuses any method but GET."""
 
     _WRITES_ALLOWED = False
 
@@ -126,16 +109,10 @@ class ReadOnlyClient:
 
     # -- API calls --------------------------------------------------------------------------
 
-    def list_instances(self, tags: Sequence[str] = ()) -> list[dict]:
-        """Every instance (all pages), optionally only those carrying every tag in ``tags``."""
-        return [item for page in self.instance_pages(tags) for item in page]
-
     def instance_pages(self, tags: Sequence[str] = (), hydrate: bool = True) -> Generator[list, None, None]:
-        """The same listing, one page at a time, each requested when the previous one was handed over
-        (``hydrate=False``: lighter pages, without configuration), following ``elements-next-page-token``.
-        InconsistentListing when the pages cannot be trusted: a repeated token, more pages than the
-        announced total allows (or than MAX_PAGES), or at the end another number of items than
-        ``elements-total-count``."""
+        """Every instance (or those carrying every tag in ``tags``), a page at a time, each requested when the
+        previous one was handed over (``hydrate=False``: without configuration). InconsistentListing if a page
+        token repeats, more pages come than the announced total (or MAX_PAGES) allows, or another count."""
         params = [("tags[]", t) for t in tags] + ([] if hydrate else [("hydrate", "false")])
         seen: set[str] = set()
         totals: set[int] = set()
@@ -186,15 +163,11 @@ class ReadOnlyClient:
     def element_keys(self) -> Any:  # ``GET /elements/keys``: every element the catalog offers
         return self._json("GET", "/elements/keys")
 
-    def element_configuration(self, key: str) -> Any:
-        """``GET /elements/{key}/configuration``: the element's configuration definitions."""
+    def element_configuration(self, key: str) -> Any:  # ``GET /elements/{key}/configuration``: its definitions
         return self._json("GET", f"/elements/{_segment(key)}/configuration")
 
-    def ping(self, hub: str, token: Secret) -> Any:
-        """``GET /hubs/{hub}/ping`` with the instance's own token as the ``Element`` part: its health."""
+    def ping(self, hub: str, token: Secret) -> Any:  # ``GET /hubs/{hub}/ping`` with the instance's token: its health
         return self._json("GET", f"/hubs/{_segment(hub)}/ping", element=token)
-
-    # -- paging -----------------------------------------------------------------------------
 
     def _page(self, params: list[tuple[str, str]], token: str) -> Answer | None:
         """One page, unparsed; None for the documented empty answer to the first page (EMPTY_LISTING)."""
@@ -227,11 +200,9 @@ class ReadOnlyClient:
         create: bool = False,
         element: Secret | None = None,
     ) -> Answer:
-        """Send one API call and return its 2xx answer, or raise. A failure that trying again can
-        help (429, 5xx, most transport errors) is retried after a full-jitter backoff, at least its
-        Retry-After, within ``max_attempts`` and ``max_retry_time``, unless the run is stopping; a
-        create of unknown outcome never is (AmbiguousCreate). A request that never left (WaitTooLong,
-        Interrupted before sending) is neither traced nor counted."""
+        """One API call's 2xx answer, or raise. 429, 5xx and most transport errors are retried after a
+        full-jitter backoff (at least Retry-After) within the retry limits, unless the run is stopping or
+        it is a create of unknown outcome (AmbiguousCreate). A request that never left is not counted."""
         if method != "GET" and not self._WRITES_ALLOWED:
             raise RuntimeError(f"a read-only client cannot send {method}")
         data = None if body is None else json.dumps(body, default=json_default).encode("utf-8")
@@ -259,13 +230,10 @@ class ReadOnlyClient:
                 raise AmbiguousCreate(outcome, answered=isinstance(outcome, ApiError)) from outcome
             ceiling = min(settings.backoff_cap, settings.backoff_base * 2.0 ** min(attempt - 1, 60))
             delay = max(random.uniform(0.0, ceiling), getattr(outcome, "retry_after", None) or 0.0)
-            give_up = self._give_up(outcome, attempt, started, delay)
             if self.stop.is_set():  # a request the interrupt ended is not retried
                 self._emit(f"{line}; not retried: the run is stopping")
-            elif give_up is not None:
-                self._emit(line + give_up[0])
-                raise give_up[1] from outcome.__cause__
             else:
+                self._give_up(outcome, attempt, started, delay, line)  # raises unless it may be retried
                 self._emit(f"{line}; retrying in {delay:.2f} s (attempt {attempt + 1}/{settings.max_attempts})")
                 self._retrying(method, shown, outcome, attempt, started)
                 if not self.stop.wait(delay):
@@ -274,36 +242,32 @@ class ReadOnlyClient:
             # or refused before it was sent): the change was not done.
             self.stop.check(sent=not isinstance(outcome, RateLimited) and getattr(outcome, "ambiguous", True))
 
-    def _give_up(
-        self, error: ApiError | TransportError, attempt: int, started: float, delay: float
-    ) -> tuple[str, Exception] | None:
-        """None if ``error`` may be tried again after ``delay`` seconds, else (why, for the trace; the
-        error the call ends with: WaitTooLong, which stops the run, for a Retry-After past the budget)."""
+    def _give_up(self, error: ApiError | TransportError, attempt: int, started: float, delay: float, line: str) -> None:
+        """Return if ``error`` may be tried again after ``delay`` seconds; else trace why and raise the error
+        the call ends with (WaitTooLong, which stops the run, for a Retry-After past the budget)."""
         settings, spent = self.settings, time.monotonic() - started
-        if not (
-            error.retryable if isinstance(error, TransportError) else isinstance(error, (RateLimited, ServerError))
-        ):
+        if not error.retryable:
             why = ""
         elif attempt >= settings.max_attempts:
             why = f"; giving up after {attempt} attempts"
         elif spent + delay > settings.max_retry_time:
             why = f"; giving up, retry time budget of {settings.max_retry_time:g} s exhausted"
         else:
-            return None
+            return
+        self._emit(line + why)
         if isinstance(error, TransportError) and error.retryable:
             error.message += f" ({attempt} attempt{'s' if attempt != 1 else ''} over {spent:.1f} s)"
             error.hint = NETWORK_HINT
         wait = getattr(error, "retry_after", None)
         if isinstance(error, ApiError) and wait and wait > settings.max_retry_time:
-            return why, WaitTooLong(wait, settings.max_retry_time, error.method or "", error.path or "", sent=True)
-        return why, error
+            raise WaitTooLong(wait, settings.max_retry_time, error.method, error.path, sent=True) from error.__cause__
+        raise error from error.__cause__
 
     def _send(
         self, method: str, url: str, data: bytes | None, shown: str, authorization: str, started: float, attempt: int
     ) -> Answer | ApiError | TransportError:
-        """One attempt: wait for the rate budget, then one HTTP exchange; the 2xx answer, or the error it
-        maps to (not raised yet). The first attempt has the whole ``deadline``; a retry ends with the
-        retry budget. In the main thread, a signal ends the exchange with Interrupted."""
+        """One attempt, after the rate budget: the 2xx answer or the error it maps to (not raised). The
+        first attempt has the whole ``deadline``, a retry ends with the retry budget."""
         settings = self.settings
         budget_ends = started + settings.max_retry_time
         try:  # the rate budget; WaitTooLong when the API asked every request to wait past this one's budget
@@ -343,13 +307,12 @@ class ReadOnlyClient:
         return self._parsed(self._call(method, path, body=body, **call), method, path)
 
     def _parsed(self, answer: Answer, method: str, path: str) -> Any:
-        """The JSON of a 2xx answer (None if empty); ApiError, naming the URL, if it is not JSON or
-        nests deeper than MAX_DEPTH."""
+        """The JSON of a 2xx answer (None if empty); ApiError naming the URL if it is not JSON or too deep."""
         try:
             return loads(answer.content)
         except ValueError as exc:
             what = f"{self.base_url}{path} answered {answer.status} with {exc}"
-            raise ApiError(answer.status, what, header_request_id(answer), method, path) from None
+            raise ApiError(answer.status, what, request_id(answer), method, path) from None
 
     def _retrying(self, method: str, shown: str, error: Exception, attempt: int, started: float) -> None:
         """Say on stderr, at most every few seconds and even without -v, that requests are being retried."""
@@ -372,8 +335,8 @@ class Client(ReadOnlyClient):
     _WRITES_ALLOWED = True
 
     def create_instance(self, body: dict) -> dict:
-        """``POST /instances``. Raises AmbiguousCreate when the outcome cannot be known, including a
-        2xx answer that is not an object with an id and a token."""
+        """``POST /instances``; AmbiguousCreate when the outcome cannot be known (a 2xx answer too, if it
+        is not an instance with an id and a token)."""
         answer = self._call("POST", "/instances", body=body, create=True)
         try:
             data = self._parsed(answer, "POST", "/instances")
@@ -382,15 +345,14 @@ class Client(ReadOnlyClient):
         token = data.get("token") if isinstance(data, dict) else None
         if not isinstance(data, dict) or not usable_id(data.get("id")) or not isinstance(token, str) or not token:
             what = f"the API answered the create with {json_kind(data)}, not an instance with an id and a token"
-            raise AmbiguousCreate(ApiError(answer.status, what, header_request_id(answer), "POST", "/instances"), True)
+            raise AmbiguousCreate(ApiError(answer.status, what, request_id(answer), "POST", "/instances"), True)
         return data
 
     def update_instance(self, instance_id: int | str, body: dict) -> dict:  # PUT with a full body
         return self._json("PUT", _instance_path(instance_id), body)
 
     def reauthenticate_instance(self, instance_id: int | str, body: dict) -> dict:
-        """``PUT /instances/{id}?reAuthenticate=true`` with a full body: the provider checks the
-        credentials again; id and token stay."""
+        """``PUT /instances/{id}?reAuthenticate=true``: the provider checks the credentials again."""
         again = [("reAuthenticate", "true")]
         return self._json("PUT", _instance_path(instance_id), body, params=again)
 
@@ -410,9 +372,6 @@ class Client(ReadOnlyClient):
         return True
 
 
-# -- helpers: URLs -------------------------------------------------------------------------------
-
-
 def _segment(value: int | str) -> str:
     """One URL path segment, percent-encoded."""
     text = str(value)
@@ -424,9 +383,8 @@ def _segment(value: int | str) -> str:
 def _instance_path(instance_id: Any) -> str:
     """``/instances/{id}``: only an id the API could have given (an integer) is ever put in a URL."""
     if not usable_id(instance_id):
-        raise InconsistentListing(
-            f"instance id {sanitize(repr(instance_id))[:80]} is not an integer: never used in a URL"
-        )
+        shown = sanitize(repr(instance_id))[:80]
+        raise InconsistentListing(f"instance id {shown} is not an integer: never used in a URL")
     return f"/instances/{instance_id}"
 
 

@@ -1,7 +1,5 @@
-"""Stage 4: read the live instances of a target, once, paged.
-
-The API's list answers are turned into ``LiveInstance`` values at this boundary, so the planner
-never sees raw JSON. Tokens become ``Secret``s the moment they are read.
+"""Stage 4: read the live instances of a target, once, paged, into ``LiveInstance`` values at this
+boundary: the planner never sees raw JSON, and tokens become ``Secret``s the moment they are read.
 """
 
 from __future__ import annotations
@@ -36,9 +34,8 @@ class LiveInstance:
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any], configuration: bool = True) -> LiveInstance:
-        """An instance as the API's decoded JSON gives it, fields of the wrong type left out.
-        ``configuration=False`` leaves the configuration out (None): a read that needs only ids,
-        names, tags and tokens then keeps none of the listed objects alive."""
+        """An instance from the API's decoded JSON, fields of the wrong type left out. ``configuration=False``
+        leaves the configuration out: a read that needs none then keeps none of the listed objects alive."""
         element = data.get("element")
         info = element if isinstance(element, dict) else {}
         tag_names = (t.get("name") if isinstance(t, dict) else t for t in data.get("tags") or ())
@@ -62,14 +59,7 @@ class LiveInstance:
     @property
     def age_key(self) -> tuple:
         """Oldest first: creation date, then id (ids grow over time)."""
-        return (self.created, _numeric(self.id))
-
-
-def _numeric(value: Any) -> Any:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
+        return (self.created, self.id if usable_id(self.id) else 0)
 
 
 def read_live(
@@ -79,17 +69,11 @@ def read_live(
     hydrate: Callable[[LiveInstance], bool] | None = None,
     configuration: bool = True,
 ) -> list[LiveInstance]:
-    """All instances of the target (or only those the stack owns), with configuration filled in.
-    ``configuration=False`` reads everything but the configuration (and so never hydrates).
-
-    Nothing is decided from a listing that cannot be trusted: a repeated id, an item without a
-    usable id or with fields of the wrong type, or pages the client found inconsistent raise
-    InconsistentListing (after reading it again, in case other writers shifted the pages, as often as
-    ``--max-attempts`` and ``--max-retry-time`` allow, at most LISTING_TRIES times).
-
-    An API whose list answers leave ``configuration`` out costs one ``GET /instances/{id}`` for each
-    instance the stack owns, and for each other one ``hydrate`` asks for (the unmanaged instances
-    ``import`` and ``--adopt`` take over)."""
+    """All instances of the target (or only those the stack owns), with configuration (``configuration=False``:
+    without it, never hydrated). A listing that cannot be trusted (``_checked``, ``instance_pages``) is read
+    again, as other writers may shift pages, within the retry limits and LISTING_TRIES, then raises
+    InconsistentListing. An API whose list answers omit ``configuration`` costs one ``GET /instances/{id}``
+    per owned instance and per other one ``hydrate`` asks for (those ``import`` and ``--adopt`` take over)."""
     instances: list[LiveInstance] = []
     started, limits = time.monotonic(), client.settings
     for attempt in range(1, LISTING_TRIES + 1):

@@ -1,14 +1,7 @@
-"""Element schemas from the API's own element definitions (``provisioner schemas pull``).
-
-Cloud Elements describes each element's configuration itself: ``GET /elements/{key}`` (the element,
-``typeOauth`` among its fields) and ``GET /elements/{key}/configuration`` (one record per key: type,
-required, default, hidden, internal). ``element_schema`` turns those records into the JSON Schema
-2020-12 document ``--schemas`` loads (see elements.py). It is a pure function, and ``schema_text``
-writes it with sorted keys and no timestamp, so pulling twice changes nothing.
-
-What the API's records cannot say comes from the research notes (sections 7 to 9, 14), in one
-place: ``COMMON_KEYS`` (documented rules of the platform's common keys) and ``SECRET_KEYS`` (keys
-whose values the API masks although their type is not ``PASSWORD``).
+"""Element schemas from the API's own element definitions (``provisioner schemas pull``; the mapping is
+in docs/manifest.md). ``element_schema`` is a pure function, and ``schema_text`` writes sorted keys and
+no timestamp, so pulling twice changes nothing. What the records cannot say comes from the research
+notes (sections 7 to 9, 14), in one place: ``COMMON_KEYS`` and ``SECRET_KEYS``.
 """
 
 from __future__ import annotations
@@ -171,9 +164,8 @@ def _default(value: Any, prop: Mapping[str, Any]) -> Any:
 
 
 def _conditional(conditions: Mapping[str, Any], properties: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Keys required only when another key has one of some values (``x-requiredWhen``, which only the
-    emulator serves): one if/then per condition. When the other key's default is among the values,
-    the condition also holds while it is absent."""
+    """Keys required only when another key has one of some values (``x-requiredWhen``, only the emulator's):
+    one if/then per condition, which also holds while that key is absent if its default is among the values."""
     groups: dict[str, tuple[Mapping[str, Any], list[str]]] = {}  # keys by the condition they share
     for key, when in conditions.items():
         if when and "default" not in properties[key]:

@@ -59,9 +59,6 @@ def json_kind(value: Any) -> str:
     return kinds.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
 
 
-# -- error answers -------------------------------------------------------------------------------
-
-
 def api_error(answer: Answer, method: str, shown: str) -> ApiError:
     """The ApiError subclass for a non-2xx answer, with the API's message and requestId."""
     status = answer.status

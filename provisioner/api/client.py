@@ -169,6 +169,8 @@ class ReadOnlyClient:
     def ping(self, hub: str, token: Secret) -> Any:  # ``GET /hubs/{hub}/ping`` with the instance's token: its health
         return self._json("GET", f"/hubs/{_segment(hub)}/ping", element=token)
 
+    # -- paging -----------------------------------------------------------------------------
+
     def _page(self, params: list[tuple[str, str]], token: str) -> Answer | None:
         """One page, unparsed; None for the documented empty answer to the first page (EMPTY_LISTING)."""
         paging = [("pageSize", str(self.settings.page_size)), *params, *([("nextPage", token)] if token else [])]
@@ -353,8 +355,7 @@ class Client(ReadOnlyClient):
 
     def reauthenticate_instance(self, instance_id: int | str, body: dict) -> dict:
         """``PUT /instances/{id}?reAuthenticate=true``: the provider checks the credentials again."""
-        again = [("reAuthenticate", "true")]
-        return self._json("PUT", _instance_path(instance_id), body, params=again)
+        return self._json("PUT", _instance_path(instance_id), body, params=[("reAuthenticate", "true")])
 
     def set_enabled(self, instance_id: int | str, enabled: bool) -> None:
         """``PUT /instances/{id}/enabled`` (enable) or ``DELETE`` (disable)."""

@@ -100,8 +100,7 @@ def read_live(
     ]
 
 
-# The type of each field a listed item may carry (None: left out); JSON decodes to exactly these types.
-_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {  # of a listed item's fields, if present: the types JSON decodes to
     "tags": (list,),
     "configuration": (dict,),
     "token": (str,),

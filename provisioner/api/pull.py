@@ -115,5 +115,4 @@ def _write(path: str, key: str, text: str) -> Pulled:
 
 def listing(client: ReadOnlyClient, local_keys: list[str]) -> list[tuple[str, bool]]:
     """(key, has a local schema) for every key the API offers."""
-    local = set(local_keys)
-    return [(key, key in local) for key in catalog_keys(client)]
+    return [(key, key in local_keys) for key in catalog_keys(client)]

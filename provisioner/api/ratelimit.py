@@ -9,8 +9,6 @@ throttle by rate (a token bucket per organization):
   follow the rate: the cuts are undone and that share cuts no more (not so after a first cut: a token
   bucket starts full, its burst hides its rate).
 * Increase: each window adds ``1 - CUT`` of the rate the cut set, up to twice that (or ``max_rate``).
-
-The clock and the sleep are injectable, so tests drive it without real waiting.
 """
 
 from __future__ import annotations

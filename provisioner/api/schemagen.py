@@ -127,8 +127,7 @@ def _property(record: Mapping[str, Any], required: bool) -> dict[str, Any]:
         prop["enum"] = list(record["x-allowedValues"])
     if record.get("hideFromConsole"):
         prop["x-hideFromConsole"] = True
-    default = _default(record.get("defaultValue"), prop)
-    if default is not None:
+    if (default := _default(record.get("defaultValue"), prop)) is not None:
         prop["default"] = default
     elif required and prop.get("type") == "string" and "pattern" not in prop and "enum" not in prop:
         prop["minLength"] = 1
@@ -137,8 +136,7 @@ def _property(record: Mapping[str, Any], required: bool) -> dict[str, Any]:
 
 def _type_rules(api_type: str) -> dict[str, Any]:
     """JSON Schema rules of one API configuration type (notes section 7)."""
-    length = _TEXTFIELD.match(api_type)
-    if length:
+    if length := _TEXTFIELD.match(api_type):
         return {"type": "string", "maxLength": int(length[1])}
     if api_type == "BOOLEAN":
         return dict(_BOOLEAN)

@@ -6,7 +6,7 @@ ever built from a secret value.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from .closedsets import StrEnum
 
@@ -57,18 +57,8 @@ class Problem:
         return text
 
     def to_json(self) -> dict:
-        loc = self.location
-        return {
-            "severity": self.severity,
-            "message": self.message,
-            "hint": self.hint,
-            "file": loc.file,
-            "line": loc.line,
-            "template": loc.template,
-            "templateLine": loc.template_line,
-            "instance": loc.instance,
-            "path": loc.path,
-        }
+        where = {"templateLine" if k == "template_line" else k: v for k, v in asdict(self.location).items()}
+        return {"severity": self.severity, "message": self.message, "hint": self.hint, **where}
 
 
 class ProvisionerError(Exception):
@@ -93,8 +83,7 @@ class ValidationFailed(UserError):
 
     def __init__(self, problems: list[Problem]):
         self.problems = problems
-        errors = [p for p in problems if p.severity == Severity.ERROR]
-        super().__init__(f"{len(errors)} problem(s) found")
+        super().__init__(f"{sum(p.severity == Severity.ERROR for p in problems)} problem(s) found")
 
     def __str__(self) -> str:
         return "\n".join(p.format() for p in self.problems)
@@ -103,39 +92,31 @@ class ValidationFailed(UserError):
 class Interrupted(ProvisionerError):
     """SIGINT or SIGTERM arrived: no new request starts."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, sent: bool = True):
         super().__init__(f"interrupted by signal {signum}")
         self.signum = signum
         self.exit_code = 128 + signum
-        self.sent = True  # False: raised before the request left (a create then certainly made nothing)
+        self.sent = sent  # False: raised before the request left (a create then certainly made nothing)
 
 
 class ApiError(ProvisionerError):
     """The API answered with an error status. ``message`` is the API's own, already cut short."""
 
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        request_id: str | None = None,
-        method: str | None = None,
-        path: str | None = None,
-        retry_after: float | None = None,
-        hint: str | None = None,
-    ):
+    retryable = False  # 429 and 5xx may be tried again
+
+    def __init__(self, status: int, message: str, request_id: str | None, method: str, path: str):
         super().__init__(message)
         self.status = status
         self.message = message
         self.request_id = request_id
         self.method = method
         self.path = path
-        self.retry_after = retry_after
-        self.hint = hint
+        self.retry_after: float | None = None  # seconds, from the answer's Retry-After
+        self.hint: str | None = None
         self.raw_message = ""  # the API's own message, unshortened (for "No instances found")
 
     def __str__(self) -> str:
-        text = f"{self.method} {self.path}: " if self.method else ""
-        text += f"HTTP {self.status}: {self.message}"
+        text = f"{self.method} {self.path}: HTTP {self.status}: {self.message}"
         if self.request_id:
             text += f" (requestId {self.request_id})"
         if self.hint:
@@ -155,10 +136,12 @@ class NotFound(ApiError): ...  # 404
 class Conflict(ApiError): ...  # 409
 
 
-class RateLimited(ApiError): ...  # 429
+class RateLimited(ApiError):  # 429
+    retryable = True
 
 
-class ServerError(ApiError): ...  # 5xx
+class ServerError(ApiError):  # 5xx
+    retryable = True
 
 
 class WaitTooLong(RateLimited):
@@ -167,7 +150,8 @@ class WaitTooLong(RateLimited):
 
     def __init__(self, wait: float, budget: float, method: str, path: str, sent: bool):
         message = f"the API asked to wait {wait:.0f} s (Retry-After), longer than the retry budget of {budget:g} s"
-        super().__init__(429, message, None, method, path, retry_after=float("inf"))
+        super().__init__(429, message, None, method, path)
+        self.retry_after = float("inf")
         self.sent = sent
 
 
@@ -176,25 +160,15 @@ class TransportError(ProvisionerError):
     request may have been processed (sent, then reset or timed out); such a create is looked up before
     it is tried again."""
 
-    def __init__(
-        self,
-        message: str,
-        ambiguous: bool,
-        method: str | None = None,
-        path: str | None = None,
-        *,
-        retryable: bool = True,
-        url: str | None = None,
-        hint: str | None = None,
-    ):
+    def __init__(self, message: str, ambiguous: bool, *, retryable: bool = True, hint: str | None = None):
         super().__init__(message)
         self.message = message
         self.ambiguous = ambiguous
-        self.method = method
-        self.path = path
         self.retryable = retryable
-        self.url = url
         self.hint = hint
+        self.method: str | None = None  # the request, once the client knows it failed
+        self.path: str | None = None
+        self.url: str | None = None
 
     def __str__(self) -> str:
         where = f"{self.url or ''}{self.path or ''}"

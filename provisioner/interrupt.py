@@ -1,13 +1,9 @@
-"""Cooperative interruption and deadlines: SIGINT/SIGTERM set a flag, no request starts once it is
-set, and none outlives its deadline by more than ``STOP_GRACE``, without reaching into sockets.
-
-Every request runs inside ``StopFlag.waiting``. In the main thread the signal handler raises
-``Interrupted`` in it, and an alarm ``TimeoutError`` at its deadline, even in the blocking read of
-headers that drip a byte at a time (a read is resumed after a handler that returns, PEP 475). A worker
-checks the flag between the pieces of its answer, and the main thread (``settle``) stops waiting for
-it ``STOP_GRACE`` after the signal or its deadline: a change of unknown outcome, which the next run
-resolves. The run then writes what it has and exits (128 + the signal number) without waiting for
-a worker still blocked (``exit_process``).
+"""Cooperative interruption and deadlines (docs/reliability.md): SIGINT/SIGTERM set a flag, no request
+starts once it is set, and none outlives its deadline by more than ``STOP_GRACE``. Every request runs
+inside ``StopFlag.waiting``: in the main thread a signal raises ``Interrupted`` there, and an alarm
+``TimeoutError`` at the deadline, even in a blocking read of headers. A worker checks the flag between
+the pieces of its answer; the main thread stops waiting for it ``STOP_GRACE`` after the signal or its
+deadline (``settle``), and exits without waiting for a worker still blocked (``exit_process``).
 """
 
 from __future__ import annotations
@@ -59,9 +55,7 @@ class StopFlag:
     def check(self, sent: bool = True) -> None:
         """Raise ``Interrupted`` if the flag is set (``sent``: False when the request never left)."""
         if self._event.is_set():
-            interrupted = Interrupted(self.signum or signal.SIGINT)
-            interrupted.sent = sent
-            raise interrupted
+            raise Interrupted(self.signum or signal.SIGINT, sent)
 
     @contextmanager
     def waiting(self, deadline: float | None = None) -> Iterator[None]:

@@ -1,9 +1,7 @@
-"""Files the user names (outputs, saved plans, imported manifests), written safely.
-
-The path must be a regular file or a new one in an existing directory, checked before anything is
-written and again before the rename: a device, FIFO, socket or directory is refused (``--outputs
-/dev/null`` as root must not replace the device), a symlink is followed only to a regular file. The
-text goes to a temporary file with the final mode, fsynced, then renamed: no reader sees half of it.
+"""Files the user names (outputs, saved plans, imported manifests), written safely. The path must be a
+regular file (a symlink is followed only to one) or a new one in an existing directory, checked before
+anything is written and again before the rename (``--outputs /dev/null`` as root must not replace the
+device). The text goes to a temporary file with the final mode, fsynced, then renamed: no reader sees half.
 """
 
 from __future__ import annotations

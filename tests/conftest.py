@@ -163,6 +163,11 @@ def cli(emulator, tmp_path) -> Cli:
     return Cli(work, env)
 
 
+def listed(client, tags=()) -> list[dict]:
+    """Every instance of a client's listing, all pages joined."""
+    return [item for page in client.instance_pages(tags) for item in page]
+
+
 def write(directory: Path, name: str, text: str) -> Path:
     """Write a dedented file (a manifest, inputs, a template) and return its path."""
     path = directory / name

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import listed
 from scripted_server import CLOSE, RESET, Hang, Reply, ScriptedServer, TunnelProxy, closed_port
 
 from provisioner import __version__
@@ -287,7 +288,7 @@ def test_list_pages_with_tags(server, client, lines):
         Reply(200, {"elements-next-page-token": "tok-B"}, [{"id": 3}, {"id": 4}]),
         Reply(200, {"elements-next-page-token": ""}, [{"id": 5}]),
     )
-    assert [i["id"] for i in client.list_instances(["owner:me", "env:prod"])] == [1, 2, 3, 4, 5]
+    assert [i["id"] for i in listed(client, ["owner:me", "env:prod"])] == [1, 2, 3, 4, 5]
     got = server.requests
     assert [r.path for r in got] == ["/instances"] * 3
     for r in got:
@@ -300,27 +301,27 @@ def test_list_pages_with_tags(server, client, lines):
 
 def test_list_404_no_instances_found_is_empty(server, client):
     server.add(Reply(404, body={"requestId": "r1", "message": "No instances found"}))
-    assert client.list_instances() == []
+    assert listed(client) == []
 
 
 def test_list_other_404_raises(server, client):
     server.add(Reply(404, body={"message": "Resource not found"}))
     with pytest.raises(ApiError, match="is not an instance listing") as info:
-        client.list_instances()
+        listed(client)
     assert "/elements/api-v2" in info.value.hint
 
 
 def test_list_repeated_page_token_is_an_error(server, client):
     server._default = Reply(200, {"elements-next-page-token": "same"}, [{"id": 1}])
     with pytest.raises(InconsistentListing, match="repeated a page token"):
-        client.list_instances()
+        listed(client)
     assert len(server.requests) == 2
 
 
 def test_list_non_list_answer_is_an_error(server, client):
     server.add(Reply(200, body={"id": 1}))
     with pytest.raises(InconsistentListing, match="expected a JSON list"):
-        client.list_instances()
+        listed(client)
 
 
 # -- interruption ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import listed
 from scripted_server import Drip, Reply, ScriptedServer, TunnelProxy
 
 from provisioner.api.client import Client, ClientSettings
@@ -136,7 +137,7 @@ def test_gzip_is_accepted_and_decoded():
     body = gzip.compress(json.dumps(page).encode())
     with ScriptedServer([Reply(200, {"Content-Encoding": "gzip", "Content-Type": "application/json"}, body)]) as srv:
         with make_client(srv.base_url) as cli:
-            assert cli.list_instances() == page
+            assert listed(cli) == page
     assert "gzip" in srv.requests[0].headers["accept-encoding"]
 
 
@@ -228,7 +229,7 @@ def test_a_page_token_that_changes_on_every_page_ends_at_the_hard_limit(monkeypa
 
     with ScriptedServer(default=endless) as srv, make_client(srv.base_url) as cli:
         with pytest.raises(InconsistentListing, match="still more pages after 20"):
-            cli.list_instances()
+            listed(cli)
     assert len(srv.requests) == 20
 
 
@@ -244,7 +245,7 @@ def test_the_announced_total_bounds_the_pages():
 
     with ScriptedServer(default=endless) as srv, make_client(srv.base_url) as cli:
         with pytest.raises(InconsistentListing, match="announced total"):
-            cli.list_instances()
+            listed(cli)
     assert len(srv.requests) == 3
 
 
@@ -255,7 +256,7 @@ def test_a_listing_that_ends_early_is_inconsistent():
     ]
     with ScriptedServer(pages) as srv, make_client(srv.base_url) as cli:
         with pytest.raises(InconsistentListing, match="announced 5 item.* but 3 arrived"):
-            cli.list_instances()
+            listed(cli)
 
 
 def test_a_filtered_listing_may_announce_the_whole_collection():
@@ -268,9 +269,9 @@ def test_a_filtered_listing_may_announce_the_whole_collection():
         ) as srv,
         make_client(srv.base_url) as cli,
     ):
-        assert cli.list_instances(["provisioner:stack=s"]) == page
+        assert listed(cli, ["provisioner:stack=s"]) == page
         with pytest.raises(InconsistentListing, match="announced 0"):
-            cli.list_instances(["provisioner:stack=s"])
+            listed(cli, ["provisioner:stack=s"])
 
 
 def test_pages_are_read_in_the_callers_thread_each_when_asked_for():

@@ -20,7 +20,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from conftest import ORG_SECRET, USER_SECRET, manifest_text, write
+from conftest import ORG_SECRET, USER_SECRET, listed, manifest_text, write
 from scripted_server import RESET, Drip, Received, Reply, ScriptedServer
 from test_hostile_api import FAST, STACK, item, pages, run_cli, writes
 
@@ -280,7 +280,7 @@ def test_a_gzip_bomb_costs_at_most_the_cap():
         client = Client(srv.base_url, Secret("user-secret-x1"), Secret("org-secret-y2"), settings)
         tracemalloc.start()
         with client, pytest.raises(TransportError) as info:
-            client.list_instances()
+            listed(client)
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     assert f"larger than the limit of {8 << 20} bytes (--max-answer-bytes)" in str(info.value)
@@ -493,9 +493,9 @@ def test_the_emulator_answers_integer_ids(cli, emulator):
     write(cli.cwd, "m.yaml", manifest_text(STACK, 2))
     assert cli.run("apply", "m.yaml").returncode == 0
     with Client(emulator.url, Secret(USER_SECRET), Secret(ORG_SECRET), ClientSettings()) as client:
-        listed = client.list_instances()
-        assert len(listed) == 2 and all(type(i["id"]) is int for i in listed)
-        assert type(client.get_instance(listed[0]["id"])["id"]) is int
+        instances = listed(client)
+        assert len(instances) == 2 and all(type(i["id"]) is int for i in instances)
+        assert type(client.get_instance(instances[0]["id"])["id"]) is int
 
 
 def test_a_path_like_id_is_never_put_in_a_url():

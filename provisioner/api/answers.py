@@ -7,7 +7,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from ..errors import ApiError, BadRequest, Conflict, NotFound, RateLimited, ServerError, Unauthorized
 from ..secret import REDACTOR, sanitize
@@ -23,15 +23,14 @@ _CONTAINERS = (dict, list)  # json.loads makes exactly these, never subclasses
 _STATUS_ERRORS = {400: BadRequest, 401: Unauthorized, 403: Unauthorized, 404: NotFound, 409: Conflict, 429: RateLimited}
 
 
-def usable_id(value: Any) -> bool:
+def usable_id(value: Any) -> TypeGuard[int]:
     """An id as the API documents them: an integer (not a boolean, not a string of digits), >= 0."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return type(value) is int and value >= 0
 
 
 def loads(content: bytes) -> Any:
-    """The JSON of an answer (None if empty), its tokens registered before anything can print it.
-    ValueError saying why: not JSON (cut short?), or nested deeper than MAX_DEPTH (deeper than
-    Python's own limit stops json.loads; the rest is checked one level at a time, without recursion)."""
+    """The JSON of an answer (None if empty), its tokens registered before anything can print it;
+    ValueError if it is not JSON (cut short?) or nests deeper than MAX_DEPTH (checked without recursion)."""
     deep = f"JSON nested deeper than the limit of {MAX_DEPTH} levels"
     try:
         value = json.loads(content) if content.strip() else None
@@ -60,35 +59,30 @@ def json_kind(value: Any) -> str:
     return kinds.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
 
 
-# -- error answers -------------------------------------------------------------------------------
-
-
 def api_error(answer: Answer, method: str, shown: str) -> ApiError:
     """The ApiError subclass for a non-2xx answer, with the API's message and requestId."""
     status = answer.status
-    raw, message, request_id = error_details(answer)
+    raw, message, body_id = error_details(answer)
     cls = _STATUS_ERRORS.get(status) or (ServerError if status >= 500 else ApiError)
-    wait = retry_after(answer.headers.get("Retry-After")) if status == 429 or status >= 500 else None
-    error = cls(status, message, request_id or header_request_id(answer), method, shown, wait)
+    error = cls(status, message, request_id(answer, body_id), method, shown)
+    if status == 429 or status >= 500:
+        error.retry_after = retry_after(answer.headers.get("Retry-After"))
     error.raw_message = raw  # the API's message, unshortened, to recognise "No instances found"
     return error
 
 
-def error_details(answer: Answer) -> tuple[str, str, str | None]:
+def error_details(answer: Answer) -> tuple[str, str, Any]:
     """(raw API message, shown message, requestId from the body) of an error answer. Only the
-    ``message`` (and ``providerMessage``) of a JSON error is ever shown: redacted first, then cleaned
-    of control characters, then cut short. A body that is not a JSON error is described, not shown."""
+    ``message`` (and ``providerMessage``) of a JSON error is shown (``server_text``), any other body described."""
     try:
         body = loads(answer.content)
     except ValueError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("message"), str):
-        raw = body["message"]
-        message = raw
+        raw = message = body["message"]
         if isinstance(body.get("providerMessage"), str) and body["providerMessage"]:
             message += f" (provider: {body['providerMessage']})"
-        request_id = body.get("requestId") if isinstance(body.get("requestId"), str) else None
-        return raw, server_text(message), short_id(request_id)
+        return raw, server_text(message), body.get("requestId")
     if 300 <= answer.status < 400:
         return "", "unexpected redirect (not followed)", None
     kind = (answer.headers.get("Content-Type") or "no content type").split(";")[0].strip()
@@ -104,12 +98,10 @@ def server_text(text: str, limit: int = MAX_MESSAGE) -> str:
     return REDACTOR.redact(text if len(text) <= limit else text[: limit - 3] + "...", edges=True)
 
 
-def short_id(value: str | None) -> str | None:
+def request_id(answer: Answer, body_id: Any = None) -> str | None:
+    """The answer's requestId, from its JSON error (``body_id``) or else its header, fit to print."""
+    value = body_id if isinstance(body_id, str) and body_id else answer.headers.get(REQUEST_ID_HEADER)
     return server_text(value, 64) if value else None
-
-
-def header_request_id(answer: Answer) -> str | None:
-    return short_id(answer.headers.get(REQUEST_ID_HEADER) or None)
 
 
 def retry_after(value: str | None) -> float | None:

@@ -1,22 +1,8 @@
-"""The one module that talks HTTP to the Cloud Elements platform API.
-
-What the network can do wrong is decided here, once: which failures are retried and after what
-backoff, the rate budget shared by the worker threads, the error a status maps to (``errors.py``),
-paging, and the request statistics. Callers use typed methods (``instance_pages``,
-``create_instance``, ...) and see parsed JSON or a ``ProvisionerError``. The wire is ``transport.py``;
-what an answer means (its JSON, its error, ``Retry-After``) is ``answers.py``. Three rules come first:
-
-* Secrets never leave except on the wire. The Authorization header is built from ``Secret.reveal()``
-  for each request, bodies reveal ``Secret`` values only when serialised, and every trace line and
-  error goes through ``REDACTOR.redact`` before it is cut short, never with headers or bodies; of an
-  error answer only its ``message`` is shown, cleaned of control characters.
-* A create is never repeated blindly. ``POST /instances`` is retried only when the request certainly
-  did not reach the server (or it got 429); a 5xx, a lost response or an answer without an id and a
-  token raises ``AmbiguousCreate`` so the caller looks the instance up before creating it again.
-* Nothing hangs, nothing floods. Every attempt ends within its deadline (retries within the retry
-  budget), an answer is read up to ``max_answer_bytes`` and nests at most ``MAX_DEPTH`` levels, a
-  ``Retry-After`` longer than the retry budget stops the run (``WaitTooLong``), and paging is bounded
-  by the announced total and a hard cap.
+"""The one module that talks HTTP to the Cloud Elements platform API: retries and backoff, the rate budget
+shared by the workers, the error each status maps to, paging and statistics (the wire is ``transport.py``,
+what an answer means ``answers.py``). Secrets leave only on the wire, every trace line and error redacted;
+a create is retried only when it certainly did not reach the server (else ``AmbiguousCreate``); nothing
+hangs. Callers see parsed JSON or a ``ProvisionerError``. The guarantees: docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -44,15 +30,7 @@ from ..errors import (
 from ..interrupt import StopFlag
 from ..secret import MASK, REDACTOR, Secret, json_default, sanitize
 from ..urls import check_base_url
-from .answers import (
-    TOTAL_HEADER,
-    announced_total,
-    api_error,
-    header_request_id,
-    json_kind,
-    loads,
-    usable_id,
-)
+from .answers import TOTAL_HEADER, announced_total, api_error, json_kind, loads, request_id, usable_id
 from .ratelimit import RateBudget
 from .stats import RequestStats
 
@@ -61,8 +39,7 @@ if TYPE_CHECKING:
 
 NEXT_PAGE_HEADER = "elements-next-page-token"
 MAX_PAGES = 5_000  # hard cap on one listing: 1,000,000 instances at 200 a page
-# The documented answer of an empty instance listing: a 404 with exactly this message (any other 404,
-# even one that starts the same way, is an error naming the URL).
+# The documented answer of an empty listing: a 404 with exactly this message (any other 404 is an error).
 EMPTY_LISTING = "No instances found"
 MAX_ANSWER_BYTES = 64 * 1024 * 1024  # an answer's size once decompressed (--max-answer-bytes)
 NETWORK_HINT = (
@@ -90,9 +67,8 @@ class ClientSettings:
 
 
 class ReadOnlyClient:
-    """Typed read calls to the platform API (listings, one instance, element definitions) with
-    retries, backoff, a shared rate budget and statistics. It cannot write: ``drift`` and other
-    read-only commands are built on this class alone, and ``_call`` refuses any method but GET."""
+    """Typed read calls (listings, one instance, element definitions). It cannot write: read-only
+    commands such as ``drift`` are built on this class alone, and ``_call`` refuses any method but GET."""
 
     _WRITES_ALLOWED = False
 
@@ -109,7 +85,7 @@ class ReadOnlyClient:
         stop: StopFlag | None = None,
         notice: Callable[[str], None] | None = None,
     ):
-        self._base = check_base_url(base_url)
+        self.base_url = check_base_url(base_url)
         self.settings = settings
         self.budget = budget if budget is not None else RateBudget(settings.max_rate)
         self.stats = stats if stats is not None else RequestStats()
@@ -120,7 +96,7 @@ class ReadOnlyClient:
         self._secrets = (Secret(user_secret), Secret(organization_secret))  # revealed only in each header
         from .transport import Transport  # imported here: validate and render never load requests
 
-        self._transport = Transport(self._base, settings, self.stop)
+        self._transport = Transport(self.base_url, settings, self.stop)
 
     def close(self) -> None:
         self._transport.close()
@@ -131,22 +107,12 @@ class ReadOnlyClient:
     def __exit__(self, *exc_info: object) -> None:  # the keep-alive connections; safe to call twice
         self.close()
 
-    @property
-    def base_url(self) -> str:
-        return self._base
-
     # -- API calls --------------------------------------------------------------------------
 
-    def list_instances(self, tags: Sequence[str] = ()) -> list[dict]:
-        """Every instance (all pages), optionally only those carrying every tag in ``tags``."""
-        return [item for page in self.instance_pages(tags) for item in page]
-
     def instance_pages(self, tags: Sequence[str] = (), hydrate: bool = True) -> Generator[list, None, None]:
-        """The same listing, one page at a time, each requested when the previous one was handed over
-        (``hydrate=False``: lighter pages, without configuration), following ``elements-next-page-token``.
-        InconsistentListing when the pages cannot be trusted: a repeated token, more pages than the
-        announced total allows (or than MAX_PAGES), or at the end another number of items than
-        ``elements-total-count``."""
+        """Every instance (or those carrying every tag in ``tags``), a page at a time, each requested when the
+        previous one was handed over (``hydrate=False``: without configuration). InconsistentListing if a page
+        token repeats, more pages come than the announced total (or MAX_PAGES) allows, or another count."""
         params = [("tags[]", t) for t in tags] + ([] if hydrate else [("hydrate", "false")])
         seen: set[str] = set()
         totals: set[int] = set()
@@ -170,7 +136,9 @@ class ReadOnlyClient:
             try:  # tokens are registered before anything can print them
                 items = loads(answer.content)
             except ValueError as exc:
-                raise InconsistentListing(f"GET {self._base}/instances: answered {answer.status} with {exc}") from None
+                raise InconsistentListing(
+                    f"GET {self.base_url}/instances: answered {answer.status} with {exc}"
+                ) from None
             if not isinstance(items, list):
                 raise InconsistentListing(f"GET /instances: expected a JSON list, got {json_kind(items)}")
             del answer
@@ -201,12 +169,10 @@ class ReadOnlyClient:
     def element_keys(self) -> Any:  # ``GET /elements/keys``: every element the catalog offers
         return self._json("GET", "/elements/keys")
 
-    def element_configuration(self, key: str) -> Any:
-        """``GET /elements/{key}/configuration``: the element's configuration definitions."""
+    def element_configuration(self, key: str) -> Any:  # ``GET /elements/{key}/configuration``: its definitions
         return self._json("GET", f"/elements/{_segment(key)}/configuration")
 
-    def ping(self, hub: str, token: Secret) -> Any:
-        """``GET /hubs/{hub}/ping`` with the instance's own token as the ``Element`` part: its health."""
+    def ping(self, hub: str, token: Secret) -> Any:  # ``GET /hubs/{hub}/ping`` with the instance's token: its health
         return self._json("GET", f"/hubs/{_segment(hub)}/ping", element=token)
 
     # -- paging -----------------------------------------------------------------------------
@@ -220,15 +186,16 @@ class ReadOnlyClient:
         except NotFound as exc:
             if not token and exc.raw_message == EMPTY_LISTING:
                 return None
-            url = f"{self._base}/instances"
+            url = f"{self.base_url}/instances"
             if token:
                 raise InconsistentListing(f"GET {url}: a next page answered 404 ({exc.message})") from None
-            hint = (
+            message = f"{exc.message}; {url} is not an instance listing"
+            wrong = ApiError(404, message, exc.request_id, "GET", "/instances")
+            wrong.hint = (
                 "the API base URL must end with /elements/api-v2, e.g. https://api.cloud-elements.com/elements/api-v2; "
                 f'an empty organization answers 404 "{EMPTY_LISTING}"'
             )
-            message = f"{exc.message}; {url} is not an instance listing"
-            raise ApiError(404, message, exc.request_id, "GET", "/instances", hint=hint) from None
+            raise wrong from None
 
     # -- one call, with retries -------------------------------------------------------------
 
@@ -242,11 +209,9 @@ class ReadOnlyClient:
         create: bool = False,
         element: Secret | None = None,
     ) -> Answer:
-        """Send one API call and return its 2xx answer, or raise. A failure that trying again can
-        help (429, 5xx, most transport errors) is retried after a full-jitter backoff, at least its
-        Retry-After, within ``max_attempts`` and ``max_retry_time``, unless the run is stopping; a
-        create of unknown outcome never is (AmbiguousCreate). A request that never left (WaitTooLong,
-        Interrupted before sending) is neither traced nor counted."""
+        """One API call's 2xx answer, or raise. 429, 5xx and most transport errors are retried after a
+        full-jitter backoff (at least Retry-After) within the retry limits, unless the run is stopping or
+        it is a create of unknown outcome (AmbiguousCreate). A request that never left is not counted."""
         if method != "GET" and not self._WRITES_ALLOWED:
             raise RuntimeError(f"a read-only client cannot send {method}")
         data = None if body is None else json.dumps(body, default=json_default).encode("utf-8")
@@ -254,7 +219,7 @@ class ReadOnlyClient:
         authorization = f"User {self._secrets[0].reveal()}, Organization {self._secrets[1].reveal()}"
         if element is not None:
             authorization += f", Element {element.reveal()}"
-        url = self._base + path + (f"?{urlencode(params)}" if params else "")
+        url = self.base_url + path + (f"?{urlencode(params)}" if params else "")
         settings, started, attempt = self.settings, time.monotonic(), 0
         while True:
             attempt += 1
@@ -274,13 +239,10 @@ class ReadOnlyClient:
                 raise AmbiguousCreate(outcome, answered=isinstance(outcome, ApiError)) from outcome
             ceiling = min(settings.backoff_cap, settings.backoff_base * 2.0 ** min(attempt - 1, 60))
             delay = max(random.uniform(0.0, ceiling), getattr(outcome, "retry_after", None) or 0.0)
-            give_up = self._give_up(outcome, attempt, started, delay)
             if self.stop.is_set():  # a request the interrupt ended is not retried
                 self._emit(f"{line}; not retried: the run is stopping")
-            elif give_up is not None:
-                self._emit(line + give_up[0])
-                raise give_up[1] from outcome.__cause__
             else:
+                self._give_up(outcome, attempt, started, delay, line)  # raises unless it may be retried
                 self._emit(f"{line}; retrying in {delay:.2f} s (attempt {attempt + 1}/{settings.max_attempts})")
                 self._retrying(method, shown, outcome, attempt, started)
                 if not self.stop.wait(delay):
@@ -289,36 +251,32 @@ class ReadOnlyClient:
             # or refused before it was sent): the change was not done.
             self.stop.check(sent=not isinstance(outcome, RateLimited) and getattr(outcome, "ambiguous", True))
 
-    def _give_up(
-        self, error: ApiError | TransportError, attempt: int, started: float, delay: float
-    ) -> tuple[str, Exception] | None:
-        """None if ``error`` may be tried again after ``delay`` seconds, else (why, for the trace; the
-        error the call ends with: WaitTooLong, which stops the run, for a Retry-After past the budget)."""
+    def _give_up(self, error: ApiError | TransportError, attempt: int, started: float, delay: float, line: str) -> None:
+        """Return if ``error`` may be tried again after ``delay`` seconds; else trace why and raise the error
+        the call ends with (WaitTooLong, which stops the run, for a Retry-After past the budget)."""
         settings, spent = self.settings, time.monotonic() - started
-        if not (
-            error.retryable if isinstance(error, TransportError) else isinstance(error, (RateLimited, ServerError))
-        ):
+        if not error.retryable:
             why = ""
         elif attempt >= settings.max_attempts:
             why = f"; giving up after {attempt} attempts"
         elif spent + delay > settings.max_retry_time:
             why = f"; giving up, retry time budget of {settings.max_retry_time:g} s exhausted"
         else:
-            return None
+            return
+        self._emit(line + why)
         if isinstance(error, TransportError) and error.retryable:
             error.message += f" ({attempt} attempt{'s' if attempt != 1 else ''} over {spent:.1f} s)"
             error.hint = NETWORK_HINT
         wait = getattr(error, "retry_after", None)
         if isinstance(error, ApiError) and wait and wait > settings.max_retry_time:
-            return why, WaitTooLong(wait, settings.max_retry_time, error.method or "", error.path or "", sent=True)
-        return why, error
+            raise WaitTooLong(wait, settings.max_retry_time, error.method, error.path, sent=True) from error.__cause__
+        raise error from error.__cause__
 
     def _send(
         self, method: str, url: str, data: bytes | None, shown: str, authorization: str, started: float, attempt: int
     ) -> Answer | ApiError | TransportError:
-        """One attempt: wait for the rate budget, then one HTTP exchange; the 2xx answer, or the error it
-        maps to (not raised yet). The first attempt has the whole ``deadline``; a retry ends with the
-        retry budget. In the main thread, a signal ends the exchange with Interrupted."""
+        """One attempt, after the rate budget: the 2xx answer or the error it maps to (not raised). The
+        first attempt has the whole ``deadline``, a retry ends with the retry budget."""
         settings = self.settings
         budget_ends = started + settings.max_retry_time
         try:  # the rate budget; WaitTooLong when the API asked every request to wait past this one's budget
@@ -337,7 +295,7 @@ class ReadOnlyClient:
         try:
             answer = self._transport.send(method, url, data, authorization, deadline)
         except TransportError as exc:
-            exc.method, exc.path, exc.url = method, shown, self._base
+            exc.method, exc.path, exc.url = method, shown, self.base_url
             return exc
         if 200 <= answer.status < 300:
             self.budget.on_success()
@@ -345,7 +303,9 @@ class ReadOnlyClient:
         if answer.status == 407:
             proxy = f"the proxy {self._transport.proxy_display} refused the request: 407 Proxy Authentication Required"
             hint = "check the user and password in HTTPS_PROXY / HTTP_PROXY"
-            return TransportError(proxy, False, method, shown, retryable=False, hint=hint)
+            refused = TransportError(proxy, False, retryable=False, hint=hint)
+            refused.method, refused.path = method, shown
+            return refused
         error = api_error(answer, method, shown)
         if answer.status == 429:
             self.budget.on_throttle(error.retry_after)
@@ -356,13 +316,12 @@ class ReadOnlyClient:
         return self._parsed(self._call(method, path, body=body, **call), method, path)
 
     def _parsed(self, answer: Answer, method: str, path: str) -> Any:
-        """The JSON of a 2xx answer (None if empty); ApiError, naming the URL, if it is not JSON or
-        nests deeper than MAX_DEPTH."""
+        """The JSON of a 2xx answer (None if empty); ApiError naming the URL if it is not JSON or too deep."""
         try:
             return loads(answer.content)
         except ValueError as exc:
-            what = f"{self._base}{path} answered {answer.status} with {exc}"
-            raise ApiError(answer.status, what, header_request_id(answer), method, path) from None
+            what = f"{self.base_url}{path} answered {answer.status} with {exc}"
+            raise ApiError(answer.status, what, request_id(answer), method, path) from None
 
     def _retrying(self, method: str, shown: str, error: Exception, attempt: int, started: float) -> None:
         """Say on stderr, at most every few seconds and even without -v, that requests are being retried."""
@@ -372,7 +331,7 @@ class ReadOnlyClient:
         self._last_notice = now
         what = error.message if isinstance(error, TransportError) else f"HTTP {getattr(error, 'status', '?')}"
         tries = f"attempt {attempt + 1}/{self.settings.max_attempts}, {now - started:.1f} s so far"
-        self._notice(REDACTOR.redact(f"retrying: {method} {self._base}{shown}: {what} ({tries})"))
+        self._notice(REDACTOR.redact(f"retrying: {method} {self.base_url}{shown}: {what} ({tries})"))
 
     def _emit(self, line: str) -> None:
         if self._trace is not None:
@@ -385,8 +344,8 @@ class Client(ReadOnlyClient):
     _WRITES_ALLOWED = True
 
     def create_instance(self, body: dict) -> dict:
-        """``POST /instances``. Raises AmbiguousCreate when the outcome cannot be known, including a
-        2xx answer that is not an object with an id and a token."""
+        """``POST /instances``; AmbiguousCreate when the outcome cannot be known (a 2xx answer too, if it
+        is not an instance with an id and a token)."""
         answer = self._call("POST", "/instances", body=body, create=True)
         try:
             data = self._parsed(answer, "POST", "/instances")
@@ -395,17 +354,15 @@ class Client(ReadOnlyClient):
         token = data.get("token") if isinstance(data, dict) else None
         if not isinstance(data, dict) or not usable_id(data.get("id")) or not isinstance(token, str) or not token:
             what = f"the API answered the create with {json_kind(data)}, not an instance with an id and a token"
-            raise AmbiguousCreate(ApiError(answer.status, what, header_request_id(answer), "POST", "/instances"), True)
+            raise AmbiguousCreate(ApiError(answer.status, what, request_id(answer), "POST", "/instances"), True)
         return data
 
     def update_instance(self, instance_id: int | str, body: dict) -> dict:  # PUT with a full body
         return self._json("PUT", _instance_path(instance_id), body)
 
     def reauthenticate_instance(self, instance_id: int | str, body: dict) -> dict:
-        """``PUT /instances/{id}?reAuthenticate=true`` with a full body: the provider checks the
-        credentials again; id and token stay."""
-        again = [("reAuthenticate", "true")]
-        return self._json("PUT", _instance_path(instance_id), body, params=again)
+        """``PUT /instances/{id}?reAuthenticate=true``: the provider checks the credentials again."""
+        return self._json("PUT", _instance_path(instance_id), body, params=[("reAuthenticate", "true")])
 
     def set_enabled(self, instance_id: int | str, enabled: bool) -> None:
         """``PUT /instances/{id}/enabled`` (enable) or ``DELETE`` (disable)."""
@@ -423,9 +380,6 @@ class Client(ReadOnlyClient):
         return True
 
 
-# -- helpers: URLs -------------------------------------------------------------------------------
-
-
 def _segment(value: int | str) -> str:
     """One URL path segment, percent-encoded."""
     text = str(value)
@@ -437,9 +391,8 @@ def _segment(value: int | str) -> str:
 def _instance_path(instance_id: Any) -> str:
     """``/instances/{id}``: only an id the API could have given (an integer) is ever put in a URL."""
     if not usable_id(instance_id):
-        raise InconsistentListing(
-            f"instance id {sanitize(repr(instance_id))[:80]} is not an integer: never used in a URL"
-        )
+        shown = sanitize(repr(instance_id))[:80]
+        raise InconsistentListing(f"instance id {shown} is not an integer: never used in a URL")
     return f"/instances/{instance_id}"
 
 

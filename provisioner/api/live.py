@@ -1,7 +1,5 @@
-"""Stage 4: read the live instances of a target, once, paged.
-
-The API's list answers are turned into ``LiveInstance`` values at this boundary, so the planner
-never sees raw JSON. Tokens become ``Secret``s the moment they are read.
+"""Stage 4: read the live instances of a target, once, paged, into ``LiveInstance`` values at this
+boundary: the planner never sees raw JSON, and tokens become ``Secret``s the moment they are read.
 """
 
 from __future__ import annotations
@@ -36,23 +34,23 @@ class LiveInstance:
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any], configuration: bool = True) -> LiveInstance:
-        """``configuration=False`` leaves the configuration out (None): a read that needs only ids,
-        names, tags and tokens then keeps none of the listed objects alive."""
+        """An instance from the API's decoded JSON, fields of the wrong type left out. ``configuration=False``
+        leaves the configuration out: a read that needs none then keeps none of the listed objects alive."""
         element = data.get("element")
-        info = element if isinstance(element, Mapping) else {}
-        tag_names = (t.get("name") if isinstance(t, Mapping) else t for t in data.get("tags") or [])
-        token, config = data.get("token"), data.get("configuration")
+        info = element if isinstance(element, dict) else {}
+        tag_names = (t.get("name") if isinstance(t, dict) else t for t in data.get("tags") or ())
+        token, config, hub = data.get("token"), data.get("configuration"), info.get("hub")
         return cls(
             id=data.get("id"),
             name=str(data.get("name") or ""),
             element=element if isinstance(element, str) else info.get("key"),
             tags=tuple(t for t in tag_names if isinstance(t, str)),
-            configuration=config if configuration and isinstance(config, Mapping) else None,
+            configuration=config if configuration and isinstance(config, dict) else None,
             token=Secret(token, token=True) if isinstance(token, str) and token else None,
             created=str(data.get("createdDate") or ""),
             valid=data.get("valid") is not False,
             disabled=data.get("disabled") is True,
-            hub=info.get("hub") if isinstance(info.get("hub"), str) else None,
+            hub=hub if isinstance(hub, str) else None,
         )
 
     def owned_by(self, stack: str) -> bool:
@@ -61,14 +59,7 @@ class LiveInstance:
     @property
     def age_key(self) -> tuple:
         """Oldest first: creation date, then id (ids grow over time)."""
-        return (self.created, _numeric(self.id))
-
-
-def _numeric(value: Any) -> Any:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
+        return (self.created, self.id if usable_id(self.id) else 0)
 
 
 def read_live(
@@ -78,21 +69,15 @@ def read_live(
     hydrate: Callable[[LiveInstance], bool] | None = None,
     configuration: bool = True,
 ) -> list[LiveInstance]:
-    """All instances of the target (or only those the stack owns), with configuration filled in.
-    ``configuration=False`` reads everything but the configuration (and so never hydrates).
-
-    Nothing is decided from a listing that cannot be trusted: a repeated id, an item without a
-    usable id or with fields of the wrong type, or pages the client found inconsistent raise
-    InconsistentListing (after reading it again, in case other writers shifted the pages, as often as
-    ``--max-attempts`` and ``--max-retry-time`` allow, at most LISTING_TRIES times).
-
-    An API whose list answers leave ``configuration`` out costs one ``GET /instances/{id}`` for each
-    instance the stack owns, and for each other one ``hydrate`` asks for (the unmanaged instances
-    ``import`` and ``--adopt`` take over)."""
+    """All instances of the target (or only those the stack owns), with configuration (``configuration=False``:
+    without it, never hydrated). A listing that cannot be trusted (``_checked``, ``instance_pages``) is read
+    again, as other writers may shift pages, within the retry limits and LISTING_TRIES, then raises
+    InconsistentListing. An API whose list answers omit ``configuration`` costs one ``GET /instances/{id}``
+    per owned instance and per other one ``hydrate`` asks for (those ``import`` and ``--adopt`` take over)."""
     instances: list[LiveInstance] = []
     started, limits = time.monotonic(), client.settings
     for attempt in range(1, LISTING_TRIES + 1):
-        instances, seen = [], set[Any]()
+        instances, seen = [], set[int]()
         pages = client.instance_pages((stack_marker(stack),) if owned_only else (), hydrate=configuration)
         try:
             with closing(pages):
@@ -115,21 +100,20 @@ def read_live(
     ]
 
 
-_FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "name": (str,),
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {  # of a listed item's fields, if present: the types JSON decodes to
     "tags": (list,),
-    "configuration": (Mapping,),
+    "configuration": (dict,),
     "token": (str,),
-    "element": (Mapping, str),
+    "element": (dict, str),
     "createdDate": (str,),
     "valid": (bool,),
     "disabled": (bool,),
 }
 
 
-def _checked(item: Any, position: int, seen: set[Any], configuration: bool = True) -> LiveInstance:
+def _checked(item: Any, position: int, seen: set[int], configuration: bool = True) -> LiveInstance:
     """One listed item as a LiveInstance, or InconsistentListing if it cannot be trusted."""
-    if not isinstance(item, Mapping):
+    if not isinstance(item, dict):
         raise InconsistentListing(f"item {position} is {type(item).__name__}, not an instance object")
     ident = item.get("id")
     if not usable_id(ident):
@@ -141,11 +125,9 @@ def _checked(item: Any, position: int, seen: set[Any], configuration: bool = Tru
         value = item.get(key)
         if value is not None and not isinstance(value, types):
             raise InconsistentListing(f"instance id {ident}: {key!r} is {type(value).__name__}")
-    for tag in item.get("tags") or ():
-        if not isinstance(tag, (str, Mapping)):
-            raise InconsistentListing(f"instance id {ident}: a tag is neither a string nor an object")
-    key = str(ident)
-    if key in seen:
+    if not all(isinstance(tag, (str, dict)) for tag in item.get("tags") or ()):
+        raise InconsistentListing(f"instance id {ident}: a tag is neither a string nor an object")
+    if ident in seen:
         raise InconsistentListing(f"instance id {ident} is listed twice (a repeated item is not a duplicate)")
-    seen.add(key)
+    seen.add(ident)
     return LiveInstance.from_api(item, configuration)

@@ -1,12 +1,10 @@
-"""``provisioner schemas pull`` and ``schemas list``: element schemas from the API's own definitions.
-
-The catalog comes from ``GET /elements/keys``; each element from ``GET /elements/{key}`` and
-``GET /elements/{key}/configuration``. ``schemagen`` turns them into schema files; a file is written
-only when its text changes, so a second pull leaves the directory (and git) untouched.
+"""``provisioner schemas pull`` and ``schemas list`` (docs/manifest.md): the catalog of ``GET /elements/keys``,
+each element's schema made by ``schemagen``, a file written only when its text changes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -32,7 +30,8 @@ class Pulled:
 
 def env_target(environ: Mapping[str, str]) -> Target:
     """The API these commands read, from the same variables a manifest's default target uses."""
-    missing = [n for n in ("CE_USER_SECRET", "CE_ORGANIZATION_SECRET") if not environ.get(n)]
+    names = ("CE_USER_SECRET", "CE_ORGANIZATION_SECRET")
+    missing = [n for n in names if not environ.get(n)]
     if missing:
         raise UserError(
             f"{' and '.join(missing)} not set: schemas commands read the API's element catalog",
@@ -40,13 +39,8 @@ def env_target(environ: Mapping[str, str]) -> Target:
             "environment), or use --local for the built-in emulator",
         )
     url = (environ.get("CE_API_URL") or DEFAULT_URL).rstrip("/")
-    return Target(
-        "default",
-        url,
-        Secret(environ["CE_USER_SECRET"]),
-        Secret(environ["CE_ORGANIZATION_SECRET"]),
-        "CE_USER_SECRET and CE_ORGANIZATION_SECRET",
-    )
+    user, organization = (Secret(environ[n]) for n in names)
+    return Target("default", url, user, organization, " and ".join(names))
 
 
 @contextmanager
@@ -112,17 +106,13 @@ def pull(client: ReadOnlyClient, keys: list[str], all_keys: bool, out_dir: str) 
 
 
 def _write(path: str, key: str, text: str) -> Pulled:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            if handle.read() == text:
-                return Pulled(key, path, False)
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open(path, encoding="utf-8") as handle:
+        if handle.read() == text:
+            return Pulled(key, path, False)
     write_private(path, text, f"schema of {key}", mode=0o644)
     return Pulled(key, path, True)
 
 
 def listing(client: ReadOnlyClient, local_keys: list[str]) -> list[tuple[str, bool]]:
     """(key, has a local schema) for every key the API offers."""
-    local = set(local_keys)
-    return [(key, key in local) for key in catalog_keys(client)]
+    return [(key, key in local_keys) for key in catalog_keys(client)]

@@ -1,20 +1,14 @@
-"""A request-rate budget shared by every worker thread of one run.
+"""A request-rate budget shared by every worker thread of one run: when the API throttles one worker
+(429), all slow down to what it accepts. An AIMD over windows of ``WINDOW`` seconds, made for APIs that
+throttle by rate (a token bucket per organization):
 
-Cloud Elements documents no rate limit, but an API may answer 429, and real ones throttle by rate (a
-token bucket per organization): when one worker is throttled, all must slow down to what the server
-accepts. ``RateBudget`` is that brake, an AIMD over windows of ``WINDOW`` seconds:
-
-* ``acquire()`` blocks during a pause, and keeps starts ``1 / limit`` seconds apart while a limit is in
-  force; it gives up at once when the pause outlasts the caller's deadline (a day-long Retry-After
-  fails a request, never freezes it). A Retry-After of ``LONG_PAUSE`` or more pauses every worker.
-* Decrease: a window with more than ``THRESHOLD`` of 429s cuts the limit to ``CUT`` times the rate
-  the server accepted in it. If the next window is refused as much below that rate, the refusals do
-  not follow the rate (an API that throttles at random): the cuts are undone and that share cuts no
-  more. The first cut is not judged so: a token bucket starts full, its burst hides its rate.
-* Increase: each window adds ``1 - CUT`` of the rate the cut set; at twice that (or ``max_rate``) the
-  budget is back to its unthrottled state.
-
-The clock and the sleep are injectable, so tests drive it without real waiting.
+* ``acquire()`` keeps starts ``1 / limit`` seconds apart and blocks during a pause (a Retry-After of
+  ``LONG_PAUSE`` or more pauses every worker); it fails at once if the pause outlasts the deadline.
+* Decrease: more than ``THRESHOLD`` of 429s in a window cuts the limit to ``CUT`` times the rate the
+  server accepted in it. If the next window is refused as much below that rate, the refusals do not
+  follow the rate: the cuts are undone and that share cuts no more (not so after a first cut: a token
+  bucket starts full, its burst hides its rate).
+* Increase: each window adds ``1 - CUT`` of the rate the cut set, up to twice that (or ``max_rate``).
 """
 
 from __future__ import annotations
@@ -59,11 +53,9 @@ class RateBudget:
         self._raised_at = -math.inf
 
     def acquire(self, wait: Callable[[float], object] | None = None, deadline: float | None = None) -> bool:
-        """Block until a request may start, and count it as started.
-
-        ``wait(seconds)`` replaces the sleep for this call (the client passes ``StopFlag.wait``); if it
-        returns a true value the wait was cut short and ``acquire`` returns False. If the request could
-        start only after ``deadline`` (clock time: a long Retry-After), it returns False at once."""
+        """Block until a request may start, and count it as started. ``wait(seconds)`` replaces the sleep
+        (the client passes ``StopFlag.wait``): a true result means cut short, and acquire returns False,
+        as it does at once if the request could start only after ``deadline`` (clock time)."""
         while True:
             with self._lock:
                 now = self._clock()

@@ -1,14 +1,7 @@
-"""Element schemas from the API's own element definitions (``provisioner schemas pull``).
-
-Cloud Elements describes each element's configuration itself: ``GET /elements/{key}`` (the element,
-``typeOauth`` among its fields) and ``GET /elements/{key}/configuration`` (one record per key: type,
-required, default, hidden, internal). ``element_schema`` turns those records into the JSON Schema
-2020-12 document ``--schemas`` loads (see elements.py). It is a pure function, and ``schema_text``
-writes it with sorted keys and no timestamp, so pulling twice changes nothing.
-
-What the API's records cannot say comes from the research notes (sections 7 to 9, 14), in one
-place: ``COMMON_KEYS`` (documented rules of the platform's common keys) and ``SECRET_KEYS`` (keys
-whose values the API masks although their type is not ``PASSWORD``).
+"""Element schemas from the API's own element definitions (``provisioner schemas pull``; the mapping is
+in docs/manifest.md). ``element_schema`` is a pure function, and ``schema_text`` writes sorted keys and
+no timestamp, so pulling twice changes nothing. What the records cannot say comes from the research
+notes (sections 7 to 9, 14), in one place: ``COMMON_KEYS`` and ``SECRET_KEYS``.
 """
 
 from __future__ import annotations
@@ -134,8 +127,7 @@ def _property(record: Mapping[str, Any], required: bool) -> dict[str, Any]:
         prop["enum"] = list(record["x-allowedValues"])
     if record.get("hideFromConsole"):
         prop["x-hideFromConsole"] = True
-    default = _default(record.get("defaultValue"), prop)
-    if default is not None:
+    if (default := _default(record.get("defaultValue"), prop)) is not None:
         prop["default"] = default
     elif required and prop.get("type") == "string" and "pattern" not in prop and "enum" not in prop:
         prop["minLength"] = 1
@@ -144,8 +136,7 @@ def _property(record: Mapping[str, Any], required: bool) -> dict[str, Any]:
 
 def _type_rules(api_type: str) -> dict[str, Any]:
     """JSON Schema rules of one API configuration type (notes section 7)."""
-    length = _TEXTFIELD.match(api_type)
-    if length:
+    if length := _TEXTFIELD.match(api_type):
         return {"type": "string", "maxLength": int(length[1])}
     if api_type == "BOOLEAN":
         return dict(_BOOLEAN)
@@ -171,9 +162,8 @@ def _default(value: Any, prop: Mapping[str, Any]) -> Any:
 
 
 def _conditional(conditions: Mapping[str, Any], properties: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Keys required only when another key has one of some values (``x-requiredWhen``, which only the
-    emulator serves): one if/then per condition. When the other key's default is among the values,
-    the condition also holds while it is absent."""
+    """Keys required only when another key has one of some values (``x-requiredWhen``, only the emulator's):
+    one if/then per condition, which also holds while that key is absent if its default is among the values."""
     groups: dict[str, tuple[Mapping[str, Any], list[str]]] = {}  # keys by the condition they share
     for key, when in conditions.items():
         if when and "default" not in properties[key]:

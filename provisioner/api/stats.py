@@ -1,8 +1,5 @@
-"""Request statistics for one run: how many HTTP requests, by method and status, and how many retries.
-
-The run summary and the JSON output report them (``as_dict``). Every worker thread records into the
-same instance: each attempt is appended to a deque (appends are thread-safe), and the counts are
-made when they are read.
+"""Request statistics of one run (``as_dict``: by method and status, and retries). Every worker thread
+appends its attempts to one deque (appends are thread-safe); the counts are made when they are read.
 """
 
 from __future__ import annotations
@@ -11,8 +8,7 @@ from collections import Counter, deque
 
 
 class RequestStats:
-    """Counters of HTTP attempts. Every attempt is a request; every attempt after the first of its
-    call is also a retry."""
+    """Every attempt is a request; every attempt after the first of its call is also a retry."""
 
     def __init__(self) -> None:
         self._attempts: deque[tuple[str, str, bool]] = deque()  # (method, status or "error", retry)

@@ -1,18 +1,7 @@
-"""HTTP transport: ``requests``, configured the supported way, plus a deadline per request. The
-client owns the policy (retries, the rate budget); this module owns the wire and alone imports requests:
-
-* one ``Session`` per target, its ``HTTPAdapter`` pool of ``parallelism`` connections, ``max_retries=0``,
-  redirects not followed, gzip accepted;
-* the environment read once, as requests reads it: ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``,
-  ``NO_PROXY``, the CA bundle from ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` (else certifi's), a
-  client certificate from ``CE_CLIENT_CERT`` and ``CE_CLIENT_KEY``; ~/.netrc never;
-* a deadline: a read timeout bounds each wait for bytes, not a server dripping a byte every half
-  second. The answer is read as it arrives (``stream=True``), the deadline and the stop flag checked
-  between pieces. Status line and headers come in one blocking call no public API can cut short: in
-  the main thread an alarm ends it (``StopFlag.waiting``); a worker is abandoned a second after its
-  deadline, and an attempt that comes back that late is not retried;
-* a size: the answer is read decompressed, at most ``CHUNK`` bytes at a time (urllib3 2.6+ bounds
-  each piece of a gzip answer), and fails past ``max_bytes``: a gzip bomb costs at most the cap.
+"""HTTP transport: ``requests``, configured the supported way, plus a deadline and a size limit per answer
+(docs/reliability.md). The client owns the policy (retries, the rate budget); this module owns the wire and
+alone imports requests: one session per target, the environment read once, an answer read in pieces with
+the deadline and the stop flag checked between them (an alarm cuts the status line short, see interrupt.py).
 """
 
 from __future__ import annotations
@@ -57,9 +46,8 @@ class Answer(NamedTuple):
 
 
 class Transport:
-    """Sends one request and reads its whole answer within a deadline. A failure raises
-    ``TransportError``: ``ambiguous`` when the request may have reached the server, ``retryable``
-    unless trying again cannot help (a refused certificate or proxy credentials)."""
+    """Sends one request and reads its whole answer within a deadline, or raises ``TransportError``:
+    ``ambiguous`` if the request may have reached the server, ``retryable`` unless retrying cannot help."""
 
     def __init__(self, base_url: str, settings: ClientSettings, stop: StopFlag):
         parts = urlsplit(base_url)
@@ -70,18 +58,10 @@ class Transport:
         self.session.verify = _ca_bundle() if parts.scheme == "https" else True
         self.session.cert = _client_cert()
         self.session.proxies = _environ_proxies(base_url)
-        self.session.headers.update(
-            {
-                "Accept": "application/json",
-                "Content-Type": "application/json",
-                "User-Agent": f"provisioner/{__version__}",
-            }
-        )
-        adapter = requests.adapters.HTTPAdapter(
-            pool_connections=1, pool_maxsize=max(1, settings.parallelism), max_retries=0
-        )
-        self.session.mount("https://", adapter)
-        self.session.mount("http://", adapter)
+        self.session.headers["Accept"] = self.session.headers["Content-Type"] = "application/json"
+        self.session.headers["User-Agent"] = f"provisioner/{__version__}"
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(1, settings.parallelism), max_retries=0)
+        self.session.mount(f"{parts.scheme}://", adapter)  # every request goes to base_url
         proxy = self.session.proxies.get(parts.scheme)
         self.proxy_display = _without_credentials(proxy) if proxy else ""
 
@@ -90,17 +70,13 @@ class Transport:
         ``max_answer_bytes`` (decompressed). In the main thread a signal raises ``Interrupted``."""
         ends = time.monotonic() + deadline
         settings = self._settings
+        timeout = (settings.connect_timeout, min(settings.read_timeout, deadline))
+        headers = {"Authorization": authorization}
         try:
             with (
                 self._stop.waiting(deadline),
                 self.session.request(
-                    method,
-                    url,
-                    data=body,
-                    headers={"Authorization": authorization},
-                    timeout=(settings.connect_timeout, min(settings.read_timeout, deadline)),
-                    stream=True,
-                    allow_redirects=False,
+                    method, url, data=body, headers=headers, timeout=timeout, stream=True, allow_redirects=False
                 ) as response,
             ):
                 content = self._read(response, ends, deadline, settings.max_answer_bytes)
@@ -131,9 +107,8 @@ class Transport:
             parts.append(part)
 
     def _failed(self, exc: BaseException, ends: float, deadline: float) -> TransportError:
-        """The error of a failed exchange. Once the request may have been sent, any failure at its
-        deadline is the deadline's (the alarm's TimeoutError included); one that comes more than
-        ``STOP_GRACE`` late is not retried: the main thread may have stopped waiting for this worker."""
+        """The error of a failed exchange. Once the request may have been sent, a failure at its deadline is
+        the deadline's (the alarm's too); one more than ``STOP_GRACE`` late is not retried (abandoned)."""
         message, ambiguous, retryable = classify(exc, self.proxy_display)
         late = time.monotonic() - ends
         if ambiguous and late >= 0:
@@ -187,8 +162,7 @@ def _environ_proxies(base_url: str) -> dict[str, str]:
     if not url:
         return {}
     parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.password:
-        REDACTOR.add(parts.password)
+    REDACTOR.add(parts.password)  # never printed (None: nothing to add)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UserError(
             f"unsupported proxy for {scheme}:// in the environment ({parts.scheme}://{parts.hostname})",
@@ -215,10 +189,8 @@ def _chain(exc: BaseException) -> list[BaseException]:
         if any(item is f for f in found):
             continue
         found.append(item)
-        todo.extend(a for a in getattr(item, "args", ()) if isinstance(a, BaseException))
-        for linked in (getattr(item, "reason", None), item.__cause__, item.__context__):
-            if isinstance(linked, BaseException):
-                todo.append(linked)
+        linked = (*getattr(item, "args", ()), getattr(item, "reason", None), item.__cause__, item.__context__)
+        todo.extend(x for x in linked if isinstance(x, BaseException))
     return found
 
 
@@ -247,8 +219,7 @@ _FAILURES: tuple[tuple[tuple[type, ...], str, bool, bool], ...] = (
 
 
 def classify(exc: BaseException, proxy: str) -> tuple[str, bool, bool]:
-    """(message, ambiguous, retryable) for a failed exchange. Messages never quote the exception text
-    (it is kept as the chained cause)."""
+    """(message, ambiguous, retryable) of a failed exchange; never the exception's text (kept as the cause)."""
     chain = _chain(exc)
     tunnel = next((m for e in chain if (m := _TUNNEL_STATUS.search(str(e)))), None)
     if tunnel is not None and tunnel.group(1) == "407":

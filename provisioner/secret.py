@@ -256,7 +256,8 @@ class Redactor:
         if pattern is not None:
             text = pattern.sub(MASK, text)
         if words:
-            text = _WORD_SECRET.sub(lambda m: _mask_run(m.group(), words, by_prefix, shortest), text)
+            runs = re.compile(f"[{_WORD_CHARS}]{{{shortest},}}")  # re caches it; shorter runs hold no form
+            text = runs.sub(lambda m: _mask_run(m.group(), words, by_prefix, shortest), text)
         return self._mask_fragments(text) if edges and self._heads else text
 
     def _index_edges(self) -> None:
@@ -295,14 +296,14 @@ class Redactor:
 def _mask_run(run: str, words: set[str], by_prefix: dict[str, set[int]], shortest: int) -> str:
     """Mask every secret form inside one run of word characters (longest first, left to right), with
     one index lookup per position of its normalized spelling."""
-    if len(run) < shortest:
-        return run
     view = _normalized(run)
     if view in words:
         return MASK
+    end = len(run) - shortest
+    if by_prefix.keys().isdisjoint([view[i : i + _PREFIX] for i in range(end + 1)]):  # most runs: no form starts here
+        return run
     out: list[str] = []
     start = index = 0
-    end = len(run) - shortest
     while index <= end:
         lengths = by_prefix.get(view[index : index + _PREFIX])
         for length in sorted(lengths, reverse=True) if lengths else ():

@@ -124,14 +124,14 @@ def _html_forms(value: str) -> list[str]:
 
 
 def _url_forms(value: str) -> list[str]:
-    if _BASE64_TEXT.fullmatch(value):  # a token: only + / = can change, the same in quote and quote_plus
+    if _TOKEN_TEXT.fullmatch(value):  # a token: only + / = can change, the same in quote and quote_plus
         return [value.translate(table) for table in _BASE64_URL_TABLES]
     return [
         encode(value, safe=safe, errors="surrogatepass") for safe in _URL_SAFE_SETS for encode in (quote, quote_plus)
     ]
 
 
-_BASE64_TEXT = re.compile(r"[A-Za-z0-9+/=]+")
+_TOKEN_TEXT = re.compile(r"[A-Za-z0-9+/=._~-]+")  # base64 of either alphabet, and the other unreserved characters
 _BASE64_URL_TABLES = [str.maketrans({c: f"%{ord(c):02X}" for c in "+/=" if c not in safe}) for safe in _URL_SAFE_SETS]
 
 

@@ -1,8 +1,8 @@
 """Secrets masked by construction, and a last-line redactor for everything that leaves the process.
 
 A ``Secret``'s ``str`` and ``repr`` are masked; only the HTTP client's JSON encoder (``json_default``)
-and the outputs file reveal it. Every Secret is also registered with ``REDACTOR``, through which every
-stream provisioner writes passes (docs/secrets.md lists the encodings it masks).
+and the outputs file reveal it. Every Secret is registered with ``REDACTOR``, which every stream
+provisioner writes passes through (docs/secrets.md lists the encodings it masks).
 """
 
 from __future__ import annotations
@@ -192,11 +192,9 @@ def token_forms(value: str) -> set[str]:
 
 
 class Redactor:
-    """Knows every secret value of this process and masks them, in all their encodings, in text.
-
-    The search is linear in the text however many secrets there are (10,000 tokens): forms made of word
-    characters are found by one scan of the text's word runs through an index of their first
-    characters; the few others (spaces, quotes, escapes) by one regular expression."""
+    """Knows every secret value of this process and masks them, in all their encodings, in text, in time
+    linear in the text however many secrets (10,000 tokens): forms of word characters by one scan of the
+    text's word runs through an index of their first characters, the few others by one regex."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -1,8 +1,6 @@
-"""Request bodies for the API, built from a desired instance. Pure functions.
-
-``PUT`` replaces the whole instance (name, element, every tag, the full configuration); ``PATCH``
-serves when no configuration value differs, and to adopt (``modify_verb`` chooses). Secret values stay
-``Secret`` objects: the HTTP client reveals them only when it serialises the request.
+"""Request bodies for the API, built from a desired instance; pure functions. ``PUT`` replaces the whole
+instance, ``PATCH`` serves when no configuration value differs, and to adopt (``modify_verb``). Secret
+values stay ``Secret`` objects: the HTTP client reveals them only when it serialises the request.
 """
 
 from __future__ import annotations
@@ -19,8 +17,7 @@ from .plan import Action, Change
 
 
 def modify_verb(change: Change) -> Literal["PUT", "PATCH"]:
-    """How an instance is changed in place: PUT when a configuration value differs (the whole
-    instance is sent), PATCH otherwise (name and tags only) and to adopt (PATCH merges configuration)."""
+    """PUT when a configuration value differs (the whole instance is sent), else PATCH (name and tags)."""
     if change.action != Action.ADOPT and any(d.path.section == "configuration" for d in change.diff):
         return "PUT"
     return "PATCH"
@@ -75,9 +72,8 @@ def put_body(
 
 def modify_body(change: Change, schema: ElementSchema, fp: FingerprintContext) -> dict[str, Any]:
     """The body of a change in place: the full instance for a PUT and a re-authentication, else a PATCH
-    of the tags (PATCH replaces the whole tag list, so it carries the marker and fingerprints too), with
-    the new name of a rename, or with the declared configuration to adopt (PATCH merges, so keys the
-    manifest does not declare, such as an OAuth token the platform keeps, stay)."""
+    of the whole tag list (marker and fingerprints too) with a rename's new name, or an adopt's declared
+    configuration (PATCH merges: keys not declared, such as an OAuth token the platform keeps, stay)."""
     assert change.desired is not None
     body = put_body(change.desired, schema, fp, change.live.tags if change.live else (), change.diff)
     if change.action == Action.REAUTHENTICATE or modify_verb(change) == "PUT":

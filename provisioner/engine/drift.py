@@ -1,9 +1,7 @@
-"""``provisioner drift``: what changed behind provisioner's back (drift), kept apart from what changed
-in the manifest (pending). The categories and the rule are in docs/ownership.md (Drift reports).
-
-A pure function over a plan made with default options (one source for identity, matching and diffs) and
-the live listing. A changed field is pending when the live value is the one provisioner last applied
-(its digest is in the ``provisioner:applied`` tag, see ``applied.py``), drift otherwise.
+"""``provisioner drift``: what changed behind provisioner's back (drift), apart from what changed in
+the manifest (pending); docs/ownership.md (Drift reports) tells the categories. A pure function over a
+plan made with default options and the live listing: a changed field is pending when its live value's
+digest is in the ``provisioner:applied`` record (``applied.py``), drift otherwise.
 """
 
 from __future__ import annotations

@@ -1,15 +1,12 @@
-"""Stage 5: the plan is a value.
-
-``make_plan`` compares the desired instances with the live ones of each target and returns an
-immutable ``Plan``: one ``Change`` per instance with its action, its reason (every noop says why) and
-its field diff. It does no I/O; ``apply`` executes a plan and does nothing else. The rules (identity
-is the stack marker plus the name, unmanaged namesakes, duplicates, prune, renames, protection) are
-told in docs/ownership.md.
+"""Stage 5: the plan is a value. ``make_plan`` compares the desired instances with the live ones of
+each target, without I/O, and returns an immutable ``Plan``: one ``Change`` per instance with its
+action, its reason (every noop says why) and its field diff. The rules (identity, unmanaged namesakes,
+duplicates, prune, renames, protection) are told in docs/ownership.md.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -111,11 +108,8 @@ class Plan:
     def warnings(self) -> list[str]:
         found = [f"{c.name}: {c.warning}" for c in self.changes if c.warning]
         names = {c.name for c in self.changes} | {c.live.name for c in self.changes if c.live is not None}
-        found.extend(
-            f"--allow-destroy {name}: no instance of this plan has that name"
-            for name in self.options.allow_destroy
-            if name not in names
-        )
+        unknown = [name for name in self.options.allow_destroy if name not in names]
+        found += [f"--allow-destroy {name}: no instance of this plan has that name" for name in unknown]
         if self.left_out:
             found.append(
                 f"--target/--exclude left out {self.left_out} declared instance(s): they are not compared, "
@@ -146,12 +140,9 @@ def make_plan(
     if selection.active:
         desired, live_by_target, left_out = restrict(selection, desired, live_by_target, element_aliases(registry))
     changes: list[Change] = []
-    by_target: dict[str, list[DesiredInstance]] = defaultdict(list)
-    for instance in desired:
-        by_target[instance.target].append(instance)
-    for target in sorted(set(by_target) | set(live_by_target)):
+    for target in sorted({d.target for d in desired} | set(live_by_target)):
         planner = _Target(stack, target, registry, fingerprints.get(target), options)
-        changes += planner.changes(by_target[target], live_by_target.get(target, []))
+        changes += planner.changes([d for d in desired if d.target == target], live_by_target.get(target, []))
     if options.reauthenticate:
         wanted = set(options.reauthenticate)
         changes = [_reauthenticated(c) if c.desired is not None and c.name in wanted else c for c in changes]
@@ -377,13 +368,8 @@ class _Target:
         """Extra copies of a declared instance: the oldest is kept (its token is delivered), the others are
         deleted, so an interrupted run converges to exactly one copy."""
         keep = matches[0].id
-        why = f"duplicate of id {keep} (the oldest is kept)"
-        return [
-            self._delete(
-                extra, why, f"deleting duplicate of id {keep}", f"duplicate instance id {extra.id} of id {keep}"
-            )
-            for extra in matches[1:]
-        ]
+        why, what = f"duplicate of id {keep} (the oldest is kept)", f"deleting duplicate of id {keep}"
+        return [self._delete(copy, why, what, f"duplicate instance id {copy.id} of id {keep}") for copy in matches[1:]]
 
     def _undeclared(self, live: LiveInstance) -> Change:
         if self.options.destroy:

@@ -1,9 +1,6 @@
-"""Reviewed plans: ``plan --out FILE`` saves a plan, ``apply FILE`` executes exactly that plan or nothing.
-
-The document (docs/saved-plans.md) holds no secret and no token, only digests keyed with the
-fingerprint key. ``apply FILE`` checks only what the plan touches: a touched instance that renders
-differently, or whose live fields or planned write changed, refuses the whole plan; a change the new
-plan has beyond the saved ones is a warning, never executed.
+"""Reviewed plans (docs/saved-plans.md): ``plan --out FILE`` saves a plan, ``apply FILE`` executes
+exactly that plan or nothing. The document holds no secret and no token, only keyed digests; a touched
+instance that renders differently, or whose live fields or planned write changed, refuses the plan.
 """
 
 from __future__ import annotations
@@ -96,9 +93,8 @@ OPTIONS = {
 
 
 def load_if_plan(path: str, max_bytes: int) -> SavedPlan | None:
-    """The saved plan at ``path``, or None when it is something else (a manifest). A saved plan is
-    untrusted input: it is checked against schemas/saved-plan.schema.json before any use, and any
-    defect is one UserError naming the file and what is wrong."""
+    """The saved plan at ``path``, or None when it is something else (a manifest). Untrusted input: it
+    is checked against schemas/saved-plan.schema.json before any use; its defects are one UserError."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(max_bytes + 1)
@@ -262,8 +258,7 @@ def _targets(connection: Connection, local: bool) -> dict[str, str]:
 
 
 def check_before_reading(saved: SavedPlan, validated: Validated, connection: Connection, local: bool) -> None:
-    """Refuse, before any request, when the setup, or the rendering of an instance the plan writes, differs
-    from the plan's."""
+    """Refuse, before any request, a setup or a rendering of an instance the plan writes unlike the plan's."""
     problems = []
     if validated.manifest.stack != saved.data["stack"]:
         problems.append(f"the stack is {validated.manifest.stack!r}, the plan was made for {saved.data['stack']!r}")
@@ -293,10 +288,8 @@ def check_before_reading(saved: SavedPlan, validated: Validated, connection: Con
 
 
 def check_plan(saved: SavedPlan, fresh: Plan, validated: Validated, connection: Connection) -> Plan:
-    """The plan to execute: the saved writes, unchanged over the same live fields, or a refusal.
-
-    A change of ``fresh`` that the saved plan does not have (drift on an instance it does not touch)
-    becomes a noop with a warning: it is neither a refusal nor executed."""
+    """The plan to execute: the saved writes, unchanged over the same live fields, or a refusal. A change
+    the saved plan does not have (drift elsewhere) becomes a noop with a warning, never executed."""
     planned = {(c["target"], c["name"], c["id"]): c for c in saved.data["changes"] if c["action"] in WRITES}
     problems, changes = [], []
     for change in fresh.changes:

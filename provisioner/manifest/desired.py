@@ -1,8 +1,6 @@
-"""Stage 2 and 3: render every declared instance and validate it against its element schema.
-
-The result is the list of ``DesiredInstance`` values the planner compares with the live state,
-plus every problem found, each at its file:line (and template file:line), with the instance name
-and configuration key. Nothing here touches the network.
+"""Stages 2 and 3, offline: render every declared instance and validate it against its element schema,
+into the ``DesiredInstance`` values the planner compares with the live state and every problem found,
+each at its file:line (and template file:line), with the instance name and configuration key.
 """
 
 from __future__ import annotations

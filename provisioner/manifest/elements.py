@@ -1,9 +1,6 @@
-"""The element registry: which elements exist, and what their configuration may hold.
-
-One JSON Schema (2020-12) per element, built in or from ``--schemas DIR`` and the manifest's
-``schemas:`` (later directories win); see docs/manifest.md#element-schemas for ``x-provisioner``
-(the element key, ``reportedKeys``, ``oauth``) and ``writeOnly`` (secret keys). Each element's
-validator is built once per run (it validates each shape of configuration once: ``ShapeValidator``).
+"""The element registry: which elements exist, and what their configuration may hold. One JSON Schema
+(2020-12) per element, built in or from ``--schemas DIR`` and the manifest's ``schemas:`` (later ones
+win); docs/manifest.md#element-schemas tells ``x-provisioner`` and ``writeOnly`` (secret keys).
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
-"""Stage 1: load the manifest, check its structure, and layer the inputs.
-
-Inputs come from the manifest's ``inputs``, then each ``--inputs FILE`` in order, then each
-``--set KEY=VALUE`` in order: later wins, nested mappings merge. ``layers`` records that order so
-``--verbose`` can print it.
+"""Stage 1: load the manifest, check its structure, and layer the inputs: the manifest's ``inputs``,
+then each ``--inputs FILE``, then each ``--set KEY=VALUE``, in order (later wins, nested mappings
+merge); ``layers`` records that order for ``--verbose``.
 """
 
 from __future__ import annotations

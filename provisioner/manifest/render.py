@@ -1,10 +1,8 @@
 """Render manifest values and template files with Jinja, sandboxed and strict (docs/manifest.md#rendering).
 
-In scope: ``env``, ``inputs`` and, inside a forEach, ``item``. Undefined variables are errors that
-name what is missing; values are never printed. In template files every ``{{ ... }}`` output becomes a
-random placeholder, the text is parsed as YAML and the values are put back: data is never rendered
-twice and cannot change the structure of the body. Each distinct string or file is compiled once per
-Renderer (a forEach renders it per item).
+In scope: ``env``, ``inputs`` and, in a forEach, ``item``; undefined variables are errors naming what is
+missing, never a value. In template files every ``{{ ... }}`` output becomes a random placeholder, the
+text is parsed as YAML and the values are put back: data never changes the structure of the body.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """The Jinja sandbox, with a budget per rendering: wall-clock time, and the size of what it builds
-(the limits: docs/manifest.md#rendering).
-
-Jinja's sandbox refuses unsafe attribute access, not runaway work; the budget goes through the hooks
-a sandbox subclass may override. The deadline is checked on every lookup, call, filter and operator;
-what can build a large value in one step is bounded before it runs (``intercepted_binops``, the
-``filters``, ``call`` and ``lipsum``); every value a call or filter returns is measured, items
-included; ``~`` and captured output are joined by ``concat``, which refuses a result past the cap
-(``~`` reaches it through ``code_generator_class``, Jinja's documented hook on compiled code).
+(docs/manifest.md#rendering), through the hooks a sandbox subclass may override. The deadline is checked
+on every lookup, call, filter and operator; what can build a large value in one step is bounded before it
+runs, and every value a call or filter returns is measured; ``~`` and captured output are joined by
+``concat`` (``~`` through ``code_generator_class``, Jinja's documented hook on compiled code).
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """JSON Schema validation at scale, and its errors as problems a person can act on.
 
-``ShapeValidator`` is jsonschema's validator, run once per distinct *shape* of value: an import
-writes thousands of entries (and configurations) alike, and a value whose shape was valid once is
-valid. The shape keeps everything the schema's keywords can see (see ``_Observed``); a schema with
-any other keyword is validated value by value.
-
-jsonschema's own messages print the offending value (a password, sometimes) and speak in schema
-terms. Here every error becomes a ``Problem`` at the line of the key it concerns, with a short
-message, a hint, a did-you-mean for unknown keys, and no value of a secret key ever shown. All
-missing required keys of one object are reported together, as the API itself does.
+``ShapeValidator`` runs jsonschema once per distinct *shape* of value (``_Observed``): thousands of
+entries alike are validated once. Each error becomes a ``Problem`` at the line of its key, with a short
+message, a hint and a did-you-mean, never a secret's value (jsonschema's own messages print the value);
+the missing required keys of one object are reported together.
 """
 
 from __future__ import annotations

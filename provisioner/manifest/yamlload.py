@@ -1,9 +1,7 @@
-"""Load YAML safely, and remember where every key and item came from.
-
-Only plain YAML is accepted, and in a manifest the one tag of our own, ``!env NAME`` (``EnvRef``),
-from UTF-8 text under a size cap, with aliases capped (billion laughs). ``YDict`` and ``YList`` carry
-the line of each key and item, so that a later error (a JSON Schema path, a rendering error) is
-reported at ``file:line``. Problems a user can fix are collected, not raised.
+"""Load YAML safely, and remember where every key and item came from (``YDict``, ``YList``), so that a
+later error is reported at ``file:line``. Only plain YAML is accepted (and in a manifest ``!env NAME``,
+``EnvRef``), as UTF-8 text under a size cap, with aliases capped (billion laughs). Problems a user can
+fix are collected, not raised.
 """
 
 from __future__ import annotations

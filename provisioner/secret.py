@@ -214,9 +214,8 @@ class Redactor:
             self._longest = 0
 
     def add(self, value: Any, token: bool = False) -> None:
-        """Register a secret with every form it may be printed in (``encoded_forms``). ``token``: an
-        instance token, registered in the fewer forms of ``token_forms`` (cheaper for the 10,000 tokens
-        of a large listing) unless it is not token-like text."""
+        """Register a secret in every form it may be printed in; ``token``: an instance token, in the fewer
+        forms of ``token_forms`` (cheaper for the 10,000 of a large listing) unless it is not token-like."""
         if not isinstance(value, str) or len(value) < MIN_REDACT_LENGTH or value in self._known:
             return
         token = token and bool(_TOKEN.fullmatch(value))

@@ -51,9 +51,8 @@ def put_body(
     live_tags: tuple[str, ...],
     diff: tuple[FieldDiff, ...],
 ) -> dict[str, Any]:
-    """The full instance, its configuration as the API stores it (a mapping or list value as compact JSON
-    text). A key the manifest leaves to its default but the server holds otherwise is sent with the
-    schema default, so the update really converges."""
+    """The full instance, its configuration as the API stores it (a mapping or list as compact JSON text);
+    a key left to its default in the manifest but differing on the server is sent with the schema default."""
     configuration = {
         k: json.dumps(v, separators=(",", ":"), ensure_ascii=False) if isinstance(v, (dict, list)) else v
         for k, v in desired.configuration.items()

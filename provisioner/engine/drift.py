@@ -163,8 +163,7 @@ def _canonical_element(registry: ElementRegistry, reported: str | None) -> str |
 def _namesakes(
     plan: Plan, live_by_target: Mapping[str, list[LiveInstance]], registry: ElementRegistry
 ) -> list[Finding]:
-    """Unmanaged namesakes of declared instances next to the owned one (the plan shows only those that
-    stand in the way of a create)."""
+    """Unmanaged namesakes next to an owned declared instance (the plan shows only those in a create's way)."""
     declared = {(c.target, c.name) for c in plan.changes if c.desired is not None and c.action != Action.CONFLICT}
     why = "an instance with a declared name but without the stack marker exists next to the owned one; "
     why += "provisioner never touches it"

@@ -150,8 +150,7 @@ def make_plan(
 
 
 def is_protected(live: LiveInstance, desired: DesiredInstance | None, allow_destroy: Iterable[str]) -> bool:
-    """Protection (docs/ownership.md): the ``provisioner:protect`` marker on the server (or declared
-    protection) counts, and only ``--allow-destroy NAME`` lifts it for one run."""
+    """The ``provisioner:protect`` marker (or declared protection) counts unless ``--allow-destroy NAME`` lifts it."""
     marked = PROTECT_TAG in live.tags or (desired is not None and desired.protect is True)
     names = {live.name} | ({desired.name} if desired is not None else set())
     return marked and not names & set(allow_destroy)
@@ -311,8 +310,7 @@ class _Target:
         return self._adopt(instance, chosen)
 
     def _adopt(self, instance: DesiredInstance, live: LiveInstance) -> Change:
-        """Take over an unmanaged instance (one PATCH). Values the API masks, secrets among them, are not
-        compared: they are always sent."""
+        """Take over an unmanaged instance (one PATCH); masked values, secrets among them, are always sent."""
         schema = self.registry.get(instance.element)
         assert schema is not None and self.fp is not None
         if not schema.accepts_key(live.element):
@@ -365,8 +363,7 @@ class _Target:
         return replace(moved, action=Action.RENAME, diff=diff, reason="; ".join(why))
 
     def _duplicates(self, matches: list[LiveInstance]) -> list[Change]:
-        """Extra copies of a declared instance: the oldest is kept (its token is delivered), the others are
-        deleted, so an interrupted run converges to exactly one copy."""
+        """Delete all copies of a declared instance but the oldest (its token is delivered): runs converge to one."""
         keep = matches[0].id
         why, what = f"duplicate of id {keep} (the oldest is kept)", f"deleting duplicate of id {keep}"
         return [self._delete(copy, why, what, f"duplicate instance id {copy.id} of id {keep}") for copy in matches[1:]]

@@ -48,9 +48,8 @@ def build_desired(
     limits: Limits,
     broken: frozenset[tuple[int, str | None]] = frozenset(),
 ) -> tuple[list[DesiredInstance], list[Problem]]:
-    """Render and validate every instance entry (forEach expanded); collect all problems. ``broken``:
-    the (entry, field) pairs the structure check refused (field None: the entry as a whole); those
-    fields are not reported twice, and the rest of the entry is still checked as far as it can be."""
+    """Render and validate every entry (forEach expanded), collecting all problems. ``broken``: the (entry,
+    field) pairs the structure check refused (None: the whole entry), not reported again; the rest is checked."""
     desired: list[DesiredInstance] = []
     problems: list[Problem] = []
     for index, entry in enumerate(manifest.instances):
@@ -196,9 +195,8 @@ def _template_body(one: _Entry, scope: dict, renderer: Renderer) -> dict | None:
 
 
 def _configuration(one: _Entry, scope: dict, renderer: Renderer) -> Any:
-    """Render an inline configuration key by key, so each error has the key's own line and path;
-    the keys that do not render are left out and remembered (``_Partial``). Under ``literal: true``
-    values are text, and ``!env NAME`` the one thing read."""
+    """Render an inline configuration key by key (each error at its key's line), leaving out and remembering
+    the keys that do not render (``_Partial``). Under ``literal: true`` only ``!env NAME`` is read."""
     raw = one.entry["configuration"]
     if not isinstance(raw, YDict):
         return one.render(renderer, raw, scope, "configuration")
@@ -381,9 +379,8 @@ def _config_locator(one: _Entry, renderer: Renderer) -> Callable[[tuple], Locati
 
 
 def _from_expressions(one: _Entry, renderer: Renderer, configuration: Mapping) -> dict[str, str]:
-    """The configuration keys whose value a {{ expression }} gave (it keeps its value's type, quoted
-    or not), each with the expression's text where one is seen: inline, in the template file, or the
-    whole configuration as one expression."""
+    """The configuration keys whose value a {{ expression }} gave (it keeps its value's type, quoted or not),
+    with the expression's text where seen: inline, in the template file, or the whole configuration."""
     inline, template = one.entry.get("configuration"), one.entry.get("template")
     if isinstance(inline, str):
         return dict.fromkeys(configuration, "")
@@ -410,8 +407,7 @@ def _line_in(lines: list[str], key: Any) -> int | None:
 
 
 def _duplicates(desired: list[DesiredInstance]) -> list[Problem]:
-    """A previous name must not be declared now, nor claimed by two instances of one target; names are
-    unique within a target."""
+    """Names are unique within a target; a previous name is neither declared now nor claimed twice."""
     problems: list[Problem] = []
     declared = {(d.target, d.name) for d in desired}
     claimed: dict[tuple[str, str], DesiredInstance] = {}

@@ -74,9 +74,8 @@ class ElementSchema:
         )
 
     def oauth_problem(self, configuration: Mapping[str, Any], adopting: bool) -> tuple[str, str] | None:
-        """Why a new instance of this configuration cannot be created unattended (message, hint), if so:
-        an OAuth element needs a code from a browser redirect, unless a refresh token is given or an
-        existing instance is taken over (``adopt:``)."""
+        """Why a new instance of this configuration cannot be created unattended (message, hint), if so: OAuth
+        needs a code from a browser redirect, unless a refresh token is given or ``adopt:`` takes one over."""
         if adopting or configuration.get(OAUTH_REFRESH_TOKEN) not in (None, "") or not self.uses_oauth(configuration):
             return None
         return (
@@ -132,9 +131,8 @@ class ElementSchema:
 
 
 def _canonical_json(value: Any) -> Any:
-    """A JSON-valued key (``event.poller.configuration``) compares by meaning: the API and the docs give
-    it as an object or as an escaped JSON string (even a string of a string); both become the same
-    canonical text. A string that is not the JSON of a mapping or list stays as it is."""
+    """A JSON-valued key (``event.poller.configuration``) compares by meaning: an object and its escaped JSON
+    text (even a string of a string) give the same canonical text; other strings stay as they are."""
     decoded = value
     for _ in range(3):
         if not isinstance(decoded, str):

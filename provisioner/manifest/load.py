@@ -108,9 +108,8 @@ def load_manifest(
 
 
 def check_structure(data: YDict, display: str, env_refs: list[EnvRef]) -> list[Problem]:
-    """Validate the manifest against schemas/manifest.schema.json, with lines: the top level without
-    its instances, then each instance entry (thousands alike: a ``ShapeValidator``). ``!env`` is a
-    configuration value of an instance entry, and nothing else."""
+    """Validate against schemas/manifest.schema.json, with lines: the top level, then each instance entry
+    (thousands alike: a ``ShapeValidator``); ``!env`` is accepted only as an entry's configuration value."""
     schema = json.loads(manifest_schema_text())
     entries = data.get("instances")
     entries = entries if isinstance(entries, list) else None
@@ -222,8 +221,7 @@ def parse_set(assignment: str) -> tuple[list[str], Any, Problem | None]:
 
 
 def _scalar(raw: str) -> Any:
-    """A --set value is read as a YAML scalar (true, 42, null); anything else stays a string.
-    Raises ValueError for an integer too long to read."""
+    """A --set value read as a YAML scalar (true, 42, null), else the text; ValueError for a too-long integer."""
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:

@@ -46,8 +46,7 @@ class RenderError(Exception):
 
 
 class EnvMapping(dict):
-    """The process environment as seen by templates (read-only in the sandbox). A missing variable
-    is a named error; the values are never listed."""
+    """The process environment in templates (read-only in the sandbox); its values are never listed."""
 
     def __repr__(self) -> str:
         return f"<environment: {len(self)} variables>"
@@ -342,8 +341,7 @@ class _Outputs:
         return f" (in: {shown[:120]!r})" if shown else ""
 
     def template_line(self, line: int | None) -> int | None:
-        """The template line of a rendered line: the line of an output rendered on it if any,
-        else the same number (true for a template without loops)."""
+        """The template line of a rendered line: that of an output on it, else the same number (no loops)."""
         match = self.pattern.search(self._rendered(line))
         return (self.lines[int(match[1])] if match else None) or line
 
@@ -403,11 +401,7 @@ def _problem_from(exc: Exception, where: Location, template: str | None = None) 
     return Problem(f"template error: {type(exc).__name__}: {exc}", location, None)
 
 
-def _template_line(exc: Exception, template: str | None) -> int | None:
-    line = getattr(exc, "lineno", None)
-    if line:
-        return line
-    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-        if template and frame.filename == template:
-            return frame.lineno
-    return None
+def _template_line(exc: Exception, template: str) -> int | None:
+    """The line Jinja's error names, else that of the template's last frame in the traceback."""
+    frames = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__) if frame.filename == template]
+    return getattr(exc, "lineno", None) or next(reversed(frames), None)

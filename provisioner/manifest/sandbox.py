@@ -41,8 +41,7 @@ class BudgetExceeded(Exception):
 
 
 def template_line_now() -> int | None:
-    """The template line being rendered, read the way Jinja's own tracebacks are (from the frame of
-    the compiled template)."""
+    """The template line being rendered, read from the compiled template's frame as Jinja's tracebacks do."""
     frame = inspect.currentframe()
     while frame is not None:
         template = frame.f_globals.get("__jinja_template__")

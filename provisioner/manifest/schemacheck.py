@@ -166,9 +166,8 @@ def problems_from_errors(
 
 
 def _fitting(errors: Iterable[ValidationError]) -> Iterator[ValidationError]:
-    """Each error, except that an ``anyOf`` whose value has the type of one of its forms (not the
-    single-expression form) gives that form's own errors: ``tags: [1, 2]`` is a list whose items are
-    not strings, and is reported so."""
+    """Each error, except that an ``anyOf`` whose value has the type of one of its structured forms gives
+    that form's own errors: ``tags: [1, 2]`` is reported as a list whose items are not strings."""
     for error in errors:
         options = error.validator_value if error.validator == "anyOf" else []
         fits = [i for i, o in enumerate(options) if isinstance(o, dict) and _fits(o, error.instance)]
@@ -180,8 +179,7 @@ def _fitting(errors: Iterable[ValidationError]) -> Iterator[ValidationError]:
 
 
 def _fits(option: dict, value: Any) -> bool:
-    kinds = _kinds(option)
-    return not _is_expression(option) and any(_type_of(value) == _JSON_NAMES.get(k, k) for k in kinds)
+    return not _is_expression(option) and _type_of(value) in [_JSON_NAMES.get(k, k) for k in _kinds(option)]
 
 
 def _kinds(option: dict) -> list[str]:

@@ -1,9 +1,7 @@
-"""Resolve the manifest's targets into API endpoints and credentials.
-
-A target is a Cloud Elements environment: a base URL and the user and organization secrets. With no
-``targets:`` the manifest has one target, ``default``, at the US production API (``CE_API_URL`` when
-set) with its secrets in ``CE_USER_SECRET`` and ``CE_ORGANIZATION_SECRET``. Credentials are rendered
-only when a command needs the API (never by ``validate``), and only for the targets some instance uses.
+"""Resolve the manifest's targets (a base URL, the user and organization secrets) into API endpoints and
+credentials. Without ``targets:``, one target, ``default``: ``CE_API_URL`` or the US production API, with
+``CE_USER_SECRET`` and ``CE_ORGANIZATION_SECRET``. Credentials are rendered only when a command needs the
+API (never by ``validate``), and only for the targets some instance uses.
 """
 
 from __future__ import annotations

@@ -63,9 +63,8 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class EnvRef(str):
-    """``!env NAME`` in a manifest: the value of environment variable NAME, read when the manifest is
-    rendered, as ``{{ env.NAME }}`` is, but without a template (so ``literal: true`` accepts it). Its
-    text is NAME, so the manifest's schema sees a string."""
+    """``!env NAME``: the value of environment variable NAME, read at rendering as ``{{ env.NAME }}`` is but
+    without a template (so ``literal: true`` accepts it). Its text is NAME: the schema sees a string."""
 
     line: int = 0
 
@@ -94,9 +93,8 @@ _KINDS = (
 
 
 def read_capped(path: str, max_bytes: int) -> bytes:
-    """The bytes of a regular file of at most ``max_bytes`` (else a UserError), never waiting and never reading more
-    than ``max_bytes + 1``: the file is opened without blocking (a FIFO with no writer would wait
-    forever) and refused unless it is a regular file (/dev/zero, a pipe, a directory)."""
+    """The bytes of a regular file of at most ``max_bytes`` (else a UserError), reading at most one byte more
+    and never waiting: opened without blocking (a FIFO with no writer), refused unless regular (/dev/zero)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except OSError as exc:

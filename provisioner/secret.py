@@ -140,9 +140,7 @@ def _repr_forms(value: str) -> list[str]:
     also holds ", which depends on the text around the secret: both spellings."""
     forms = []
     for quoted, tail in ((value, 1), (value + "'\"", 4)):  # the second forces \' (cut off again)
-        forms.append(repr(quoted)[1:-tail])
-        forms.append(ascii(quoted)[1:-tail])
-        forms.append(repr(quoted.encode("utf-8", "surrogatepass"))[2:-tail])
+        forms += [repr(quoted)[1:-tail], ascii(quoted)[1:-tail], repr(quoted.encode("utf-8", "surrogatepass"))[2:-tail]]
     return forms
 
 

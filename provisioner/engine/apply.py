@@ -362,18 +362,14 @@ class Applier:
         """List the stack once more and settle every created name on its oldest copy. A name with no copy
         left was deleted under the run (a concurrent destroy); if the listing fails, the created names
         fail too: success is never reported while a copy may be left behind."""
-        created = {
-            (r.change.target, r.change.name): r.change
-            for r in self._results.values()
-            if r.change.action in (Action.CREATE, Action.REPLACE)
-            and r.status in (Status.OK, Status.FAILED)
-            and (r.change.target, r.change.name) in self._posted
-        }
+        created: dict[str, dict[str, Change]] = {}  # by target and name: the creates sent and not skipped
+        for c in (r.change for r in self._results.values() if r.status != Status.SKIPPED):
+            if c.action in (Action.CREATE, Action.REPLACE) and (c.target, c.name) in self._posted:
+                created.setdefault(c.target, {})[c.name] = c
         if not created or self.stop.is_set() or self.stop.wait(max(0.0, self._settle_until - time.monotonic())):
             return []
         notes: list[str] = []
-        for target in sorted({t for t, _ in created}):
-            names = {name: change for (t, name), change in created.items() if t == target}
+        for target, names in sorted(created.items()):
             if self._count_agrees(target, names.values()):
                 continue
             try:

@@ -20,6 +20,7 @@ from jsonschema.exceptions import ValidationError
 from .. import __version__
 from ..errors import UserError
 from ..manifest.elements import builtin_schemas
+from ..manifest.schemacheck import shown
 from ..ownership import fingerprint
 from ..privatefile import write_private
 from ..secret import REDACTOR, masked
@@ -112,8 +113,8 @@ def load_if_plan(path: str, max_bytes: int) -> SavedPlan | None:
         return None
     if data.get("formatVersion") != FORMAT_VERSION or data.get("provisionerVersion") != __version__:
         raise UserError(
-            f"{path}: saved plan format {_shown(data.get('formatVersion'))} made by provisioner "
-            f"{_shown(data.get('provisionerVersion'))} cannot be applied by provisioner {__version__}",
+            f"{path}: saved plan format {shown(data.get('formatVersion'), limit=40)} made by provisioner "
+            f"{shown(data.get('provisionerVersion'), limit=40)} cannot be applied by provisioner {__version__}",
             hint="make the plan with the provisioner version that applies it",
         )
     schema = json.loads(builtin_schemas().joinpath("saved-plan.schema.json").read_text(encoding="utf-8"))
@@ -139,18 +140,13 @@ def _described(error: ValidationError) -> str:
     elif error.validator in ("required", "additionalProperties", "const", "enum", "propertyNames"):
         what = error.message if len(error.message) <= 160 else error.message[:157] + "..."
     else:
-        what = f"fails {error.validator} {_shown(error.validator_value)}"
+        what = f"fails {error.validator} {shown(error.validator_value, limit=40)}"
     return f"{where or 'the document'}: {what}"
 
 
 def _listed(value: Any) -> Any:
     """A list of the JSON document as the tuple of PlanOptions, and back; any other value as it is."""
     return tuple(value) if isinstance(value, list) else list(value) if isinstance(value, tuple) else value
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _malformed(path: str, problems: list[str]) -> UserError:
@@ -218,11 +214,8 @@ def _change(change: Change, validated: Validated, connection: Connection) -> dic
 
 def desired_digests(validated: Validated, connection: Connection, options: PlanOptions) -> dict[str, dict[str, str]]:
     """Per selected declared instance, one digest per rendered field (secrets through fingerprints)."""
-    selection = options.selection
     found = {}
-    for desired in validated.desired:
-        if selection.active and not selection.selects_desired(desired):
-            continue
+    for desired in filter(options.selection.selects_desired, validated.desired):
         schema = validated.registry.get(desired.element)
         assert schema is not None  # validation guarantees the element
         fp = connection.fingerprints[desired.target]
@@ -311,9 +304,9 @@ def _refuse(saved: SavedPlan, problems: list[str]) -> None:
     if not problems:
         return
     more = [f"... and {len(problems) - MAX_LISTED} more"] if len(problems) > MAX_LISTED else []
-    shown = problems[:MAX_LISTED] + more
+    listed = problems[:MAX_LISTED] + more
     raise UserError(
-        f"the saved plan {saved.path} no longer matches, nothing was changed:\n  - " + "\n  - ".join(shown),
+        f"the saved plan {saved.path} no longer matches, nothing was changed:\n  - " + "\n  - ".join(listed),
         hint="run plan --out again and review the new plan",
     )
 

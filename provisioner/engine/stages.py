@@ -78,15 +78,12 @@ _ENTRY = re.compile(r"^instances\[(\d+)\](?:\.([^.\[]+))?")  # the entry, and it
 
 def _sorted(problems: list[Problem]) -> list[Problem]:
     """By file and line, and the same problem of many forEach items once, with a count."""
-    first: dict[tuple, Problem] = {}
-    count: dict[tuple, int] = {}
-    for problem in problems:
-        key = (replace(problem.location, instance=None), problem.message, problem.hint)
-        first.setdefault(key, problem)
-        count[key] = count.get(key, 0) + 1
+    alike: dict[tuple, list[Problem]] = {}
+    for p in problems:
+        alike.setdefault((replace(p.location, instance=None), p.message, p.hint), []).append(p)
     merged = [
-        p if count[k] == 1 else replace(p, message=f"{p.message} (and {count[k] - 1} more instances)")
-        for k, p in first.items()
+        first if not rest else replace(first, message=f"{first.message} (and {len(rest)} more instances)")
+        for first, *rest in alike.values()
     ]
     return sorted(merged, key=lambda p: (p.location.file or "", p.location.line or 0))
 
@@ -104,8 +101,8 @@ class Connection:
 
 @contextmanager
 def connect(validated: Validated, options: Options, stop: StopFlag, read_only: bool = False) -> Iterator[Connection]:
-    """Resolve credentials and open one client per target (validation of targets happens here).
-    ``read_only`` opens clients that cannot write (``ReadOnlyClient``): plan and drift use it."""
+    """Resolve credentials (and check the targets) and open one client per target; ``read_only``: clients
+    that cannot write (``ReadOnlyClient``), for plan and drift."""
     names = set(validated.manifest.targets) or {DEFAULT_TARGET}
     if (local := options.local) is not None:
         targets = {n: local_target(n, local.url, local.user_secret, local.organization_secret) for n in names}

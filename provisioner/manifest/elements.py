@@ -65,8 +65,7 @@ class ElementSchema:
         return meta.get("oauth") if isinstance(meta, dict) else None
 
     def uses_oauth(self, configuration: Mapping[str, Any]) -> bool:
-        """Whether an instance of this configuration authenticates with OAuth (``x-provisioner.oauth``,
-        whose ``when`` names the configuration values that choose OAuth)."""
+        """Whether this configuration authenticates with OAuth (``x-provisioner.oauth``, if its ``when`` holds)."""
         when = self._oauth.get("when", {}) if isinstance(self._oauth, dict) else {} if self._oauth else None
         return when is not None and all(
             self.effective(key, configuration.get(key)) in [self.normalize(key, v) for v in values]

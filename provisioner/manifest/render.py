@@ -163,8 +163,12 @@ class Renderer:
 
     def value(self, raw: Any, scope: dict[str, Any], where: Location) -> Any:
         """Render one manifest value: strings are templates, containers are rendered item by item."""
-        if isinstance(raw, EnvRef):
-            return self.env_value(raw, where)
+        if isinstance(raw, EnvRef):  # !env NAME; unset, the located error an unset {{ env.NAME }} gives
+            value = self.env.get(raw)
+            if value is None:
+                hint = f"set the variable in the environment: export {raw}=..."
+                raise RenderError(Problem(f"environment variable {raw} is not set", where, hint))
+            return value
         if isinstance(raw, str):
             return self._string(raw, scope, where)
         if isinstance(raw, dict):
@@ -172,14 +176,6 @@ class Renderer:
         if isinstance(raw, list):
             return [self.value(v, scope, where) for v in raw]
         return raw
-
-    def env_value(self, ref: EnvRef, where: Location) -> str:
-        """``!env NAME``: the variable's value; unset, the located error an unset ``{{ env.NAME }}`` gives."""
-        value = self.env.get(ref)
-        if value is None:
-            hint = f"set the variable in the environment: export {ref}=..."
-            raise RenderError(Problem(f"environment variable {ref} is not set", where, hint))
-        return value
 
     def scrub(self, problem: Problem) -> Problem:
         """Hide environment values in a rendering problem: an expression like
@@ -224,8 +220,8 @@ class Renderer:
             raise RenderError(problem) from None
 
     def _compile(self, kind: str, source: str) -> Callable[[dict[str, Any]], Any]:
-        """The function of a scope that renders a string or a template file, compiled once per source
-        for the run. A string that is a single expression keeps its value's type."""
+        """A string's or template file's rendering, a function of the scope compiled once per run; a string
+        that is a single expression keeps its value's type."""
         key = (kind, source)
         if key not in self._compiled:
             match = _SINGLE_EXPRESSION.match(source) if kind == "string" else None

@@ -232,11 +232,12 @@ def _type_of(value: Any) -> str:
     return found or ("null" if value is None else type(value).__name__)
 
 
-def _shown(value: Any, secret: bool) -> str:
+def shown(value: Any, secret: bool = False, limit: int = 60) -> str:
+    """The value as a message shows it: its repr, cut to ``limit`` characters, never a secret."""
     if secret:
         return "(sensitive value)"
     text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _describe(error: ValidationError, secret: bool, expression: str | None = None) -> tuple[str, str | None]:
@@ -245,25 +246,25 @@ def _describe(error: ValidationError, secret: bool, expression: str | None = Non
     if kind == "type":
         wanted = [expected] if isinstance(expected, str) else list(expected)
         names = " or ".join(_TYPE_NAMES.get(t, t) for t in wanted)
-        return f"expected {names}, got {_type_of(value)} {_shown(value, secret)}", _type_hint(wanted, value, expression)
+        return f"expected {names}, got {_type_of(value)} {shown(value, secret)}", _type_hint(wanted, value, expression)
     if kind == "enum" and set(map(repr, expected)) == {"True", "False", "'true'", "'false'"}:
-        return f"expected true or false, got {_shown(value, secret)}", _type_hint(["boolean"], value)
+        return f"expected true or false, got {shown(value, secret)}", _type_hint(["boolean"], value)
     if kind == "enum":
         allowed = ", ".join(json.dumps(v) for v in expected)
         close = difflib.get_close_matches(str(value), [str(v) for v in expected], n=1) if not secret else []
         hint = f"did you mean {close[0]!r}?" if close else f"write one of: {allowed}"
-        return f"{_shown(value, secret)} is not one of the allowed values: {allowed}", hint
+        return f"{shown(value, secret)} is not one of the allowed values: {allowed}", hint
     if kind == "const":
-        return f"{_shown(value, secret)} must be {expected!r}", None
+        return f"{shown(value, secret)} must be {expected!r}", None
     if kind == "pattern":
-        return f"{_shown(value, secret)} does not have the expected form ({expected})", _pattern_hint(expected)
+        return f"{shown(value, secret)} does not have the expected form ({expected})", _pattern_hint(expected)
     if kind == "minLength":
         return "must not be empty" if expected == 1 else f"must be at least {expected} characters", None
     if kind == "maxLength":
         return f"is longer than {expected} characters", None
     if kind in ("minimum", "maximum"):
         side = "below the minimum" if kind == "minimum" else "above the maximum"
-        return f"{_shown(value, secret)} is {side} of {expected}", None
+        return f"{shown(value, secret)} is {side} of {expected}", None
     if kind == "anyOf":
         return _any_of(error, value, secret)
     return error.message if not secret else f"invalid value ({kind})", None
@@ -276,7 +277,7 @@ def _any_of(error: ValidationError, value: Any, secret: bool) -> tuple[str, str 
         return f"needs one of: {', '.join(keys)}", f"add {' or '.join(keys)}"
     forms = " or ".join(_form(o) for o in options)
     hints = [_type_hint(_kinds(o), value) for o in options if not _is_expression(o)]
-    return f"expected {forms}, got {_type_of(value)} {_shown(value, secret)}", next((h for h in hints if h), None)
+    return f"expected {forms}, got {_type_of(value)} {shown(value, secret)}", next((h for h in hints if h), None)
 
 
 def _form(option: dict) -> str:

@@ -74,8 +74,7 @@ class EnvRef(str):
 
 @dataclass
 class Loaded:
-    """The result of loading one file: the data (None if unusable), every problem found, and each
-    ``!env`` reference made (when the loader was asked to accept them)."""
+    """One file loaded: its data (None if unusable), every problem found, and the ``!env`` references made."""
 
     data: Any
     problems: list[Problem] = field(default_factory=list)

@@ -15,13 +15,11 @@ import threading
 from typing import Any, NoReturn
 from urllib.parse import quote, quote_plus
 
-# How a secret shows: the same eight stars the API answers in place of a secret value (plan and import
-# recognise them in live values; the emulator answers them).
+# How a secret shows: the eight stars the API answers in place of a secret value (plan and import know them).
 MASK = "********"
 SENSITIVE = "(sensitive)"
 
-# Values shorter than this are not searched for in output: a one-letter "secret" would mask every
-# occurrence of that letter and make output unreadable while protecting nothing.
+# Shorter values are not searched for: a one-letter "secret" would mask that letter everywhere, protecting nothing.
 MIN_REDACT_LENGTH = 4
 # A piece of a secret this long or longer is masked where text from a server was cut or quoted
 # (see Redactor.redact, edges=True): the start or end of the message, next to a quote, before "...".
@@ -82,9 +80,8 @@ def masked(value: Any, mask: str = MASK) -> Any:
     return value
 
 
-# Characters of "word" forms: base64 (both alphabets), URL-encoding (% and +), JSON and repr escapes
-# (backslash) and common token punctuation. A form made only of these is found by looking up the
-# text's runs of them.
+# Characters of "word" forms: base64 (both alphabets), URL-encoding (% and +), JSON and repr escapes (\\)
+# and token punctuation; a form made only of these is found by looking up the text's runs of them.
 _WORD_CHARS = r"A-Za-z0-9+/=_\-.~%\\"
 _WORD_SECRET = re.compile(f"[{_WORD_CHARS}]+")
 _PREFIX = MIN_REDACT_LENGTH  # forms are indexed by their first characters

@@ -23,18 +23,6 @@ def modify_verb(change: Change) -> Literal["PUT", "PATCH"]:
     return "PATCH"
 
 
-def all_tags(
-    desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext, live_tags: tuple[str, ...]
-) -> list[str]:
-    """User tags, the stack marker, the fingerprints, the protection marker and the applied record; tags
-    and protection the manifest does not declare are kept from the live instance."""
-    mine = list(dict.fromkeys(desired.tags if desired.tags is not None else user_tags(live_tags)))
-    fps = fingerprint_tags(fp.key, fp.stack, desired.name, desired.configuration, schema.secret_keys)
-    protect = desired.protect if desired.protect is not None else PROTECT_TAG in live_tags
-    applied = applied_tag(desired, schema, fp, mine, protect)
-    return [*mine, stack_marker(fp.stack), *fps, *([PROTECT_TAG] if protect else []), applied]
-
-
 def create_body(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext, run: str) -> dict[str, Any]:
     """The create body: the full instance, with ``run``, the creating run's tag (see ``ownership.run_tag``)."""
     body = put_body(desired, schema, fp, (), ())
@@ -51,8 +39,10 @@ def put_body(
     live_tags: tuple[str, ...],
     diff: tuple[FieldDiff, ...],
 ) -> dict[str, Any]:
-    """The full instance, its configuration as the API stores it (a mapping or list as compact JSON text);
-    a key left to its default in the manifest but differing on the server is sent with the schema default."""
+    """The full instance. Its tags: the user tags, the stack marker, the fingerprints, the protection marker and
+    the applied record (tags and protection the manifest does not declare kept from the live instance). Its
+    configuration as the API stores it (a mapping or list as compact JSON text), a key left to its default in
+    the manifest but differing on the server sent with the schema default."""
     configuration = {
         k: json.dumps(v, separators=(",", ":"), ensure_ascii=False) if isinstance(v, (dict, list)) else v
         for k, v in desired.configuration.items()
@@ -61,10 +51,14 @@ def put_body(
         key = change.path.key  # only a configuration path has one
         if key is not None and key not in configuration and key in schema.defaults:
             configuration[key] = schema.defaults[key]
+    mine = list(dict.fromkeys(desired.tags if desired.tags is not None else user_tags(live_tags)))
+    fps = fingerprint_tags(fp.key, fp.stack, desired.name, desired.configuration, schema.secret_keys)
+    protect = desired.protect if desired.protect is not None else PROTECT_TAG in live_tags
+    applied = applied_tag(desired, schema, fp, mine, protect)
     return {
         "name": desired.name,
         "element": {"key": desired.element},
-        "tags": all_tags(desired, schema, fp, live_tags),
+        "tags": [*mine, stack_marker(fp.stack), *fps, *([PROTECT_TAG] if protect else []), applied],
         "configuration": configuration,
     }
 

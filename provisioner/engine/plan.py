@@ -93,8 +93,7 @@ class Plan:
     listed: Mapping[str, int] = field(default_factory=dict)  # instances each target's listing returned
 
     def counts(self) -> dict[Action, int]:
-        counts = Counter(c.action for c in self.changes)
-        return {action: counts[action] for action in ACTIONS}
+        return dict.fromkeys(ACTIONS, 0) | Counter(c.action for c in self.changes)
 
     @property
     def has_changes(self) -> bool:

@@ -80,8 +80,7 @@ class SavedPlan:
         return PlanOptions(**{field: _listed(saved[key]) for field, (key, _) in OPTIONS.items() if key in saved})
 
 
-# The plan options a saved plan fixes: PlanOptions field -> JSON key, and the option that sets it
-# (reauthenticate is absent in older files).
+# The options a saved plan fixes: PlanOptions field -> JSON key and option (reauthenticate: absent in older files)
 OPTIONS = {
     "prune": ("prune", "--prune"),
     "allow_replace": ("allowReplace", "--allow-replace"),

@@ -1,7 +1,5 @@
 """The orchestrator: load manifest -> render -> validate -> read live state -> plan -> apply -> report.
-
-Every command validates first (``validate`` stops there, offline), so bad input is reported, exit 1,
-before any request is sent.
+Every command validates first (``validate`` stops there, offline): bad input exits 1 before any request.
 """
 
 from __future__ import annotations

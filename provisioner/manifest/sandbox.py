@@ -75,8 +75,7 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
     def __init__(self, **options: Any):
         super().__init__(**options)
         self.filters = {name: self._capped(name, f) for name, f in self.filters.items()}
-        # Jinja copies a template's globals (a ChainMap) key by key on every render: they travel in
-        # each render's variables instead (Renderer.context), copied as one dict
+        # the globals travel in each render's variables (Renderer.context): Jinja copies them key by key
         self.variables: dict[str, Any] = {**self.globals, "lipsum": self._lipsum}
         self.globals.clear()
 

@@ -43,11 +43,10 @@ class ShapeValidator:
         return errors
 
 
-# What a shape keeps of a value: a mapping's keys and its values' shapes, a list's items' shapes; of a
-# string, whether it is one of the schema's constants, which patterns it matches and how its length
-# compares with the length bounds; of a number, its type, whether it is whole, whether it is a
-# constant and how it compares with the bounds. That decides these keywords (the first take data,
-# the second subschemas, the third named subschemas); jsonschema ignores "x-" keywords.
+# A shape keeps a mapping's keys and its values' shapes, a list's items' shapes; of a string, whether it is a
+# schema constant, which patterns it matches and how its length compares with the length bounds; of a number,
+# its type, whether it is whole or a constant and how it compares with the bounds. That decides these keywords
+# (the first take data, the second subschemas, the third named subschemas); jsonschema ignores "x-" keywords.
 _DATA_KEYWORDS = frozenset(
     "type required dependentRequired minProperties maxProperties minItems maxItems minContains maxContains"
     " $schema $id $comment title description default examples readOnly writeOnly deprecated format".split()

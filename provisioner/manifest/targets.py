@@ -58,7 +58,8 @@ def _field(
     name: str, raw: dict, key: str, manifest: Manifest, renderer: Renderer, problems: list, unrendered: list
 ) -> Any:
     """A target's url or secret rendered and checked; None (the problem added) if unusable."""
-    at = _at(manifest, raw, name, key)
+    line_of = getattr(raw, "line_of", lambda _key: manifest.data.line_of("targets") if manifest.targets else None)
+    at = Location(manifest.display, line_of(key), path=f"targets.{name}.{key}")
     try:
         value = renderer.value(raw.get(key, _DEFAULTS[key]), renderer.context(), at)
     except RenderError as exc:
@@ -77,11 +78,6 @@ def url_problems(manifest: Manifest, renderer: Renderer) -> list[Problem]:
         if isinstance(raw, dict):  # else reported by the structure check
             _field(name, raw, "url", manifest, renderer, problems, [])
     return problems
-
-
-def _at(manifest: Manifest, raw: dict, name: str, key: str) -> Location:
-    line_of = getattr(raw, "line_of", lambda _key: manifest.data.line_of("targets") if manifest.targets else None)
-    return Location(manifest.display, line_of(key), path=f"targets.{name}.{key}")
 
 
 def _value_problem(name: str, key: str, value: object, sources: str, at: Location) -> Problem | None:

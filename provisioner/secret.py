@@ -233,9 +233,8 @@ class Redactor:
             self._known.add(value)
 
     def redact(self, text: str, edges: bool = False) -> str:
-        """``text`` with every form of every secret masked. ``edges`` (text from a server, possibly
-        cut): also any piece of FRAGMENT or more characters of a form at the start or the end of
-        the text, next to a quote, or before "..." (a message or a quoted value cut inside a secret)."""
+        """``text`` with every form of every secret masked; ``edges`` (server text, possibly cut inside a secret):
+        also any piece of FRAGMENT or more characters of a form at its start or end, by a quote, or before "..."."""
         if not text:
             return text
         with self._lock:

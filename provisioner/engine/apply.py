@@ -101,10 +101,9 @@ R = TypeVar("R")
 def in_workers(
     work: Callable[[T], R], items: Sequence[T], parallelism: int, stop: StopFlag
 ) -> Iterator[tuple[T, R | Unfinished]]:
-    """Run ``work`` on every item in ``parallelism`` threads and yield each item with its result, in order,
-    waiting a short while at a time (the main thread stays free for signals). An item not done ``STOP_GRACE``
-    after a signal or its request's deadline is yielded ``Unfinished`` (its worker not waited for); ``work``'s
-    exceptions are raised."""
+    """Run ``work`` on every item in ``parallelism`` threads; yield each item and its result in order, waiting a
+    short while at a time (the main thread stays free for signals). An item not done ``STOP_GRACE`` after a signal
+    or its request's deadline is yielded ``Unfinished``, its worker not waited for; ``work``'s exceptions raise."""
     pool = futures.ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix=WORKER_PREFIX)
     held: list[futures.Future[R]] = []
     try:

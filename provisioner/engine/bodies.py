@@ -39,10 +39,9 @@ def put_body(
     live_tags: tuple[str, ...],
     diff: tuple[FieldDiff, ...],
 ) -> dict[str, Any]:
-    """The full instance. Its tags: the user tags, the stack marker, the fingerprints, the protection marker and
-    the applied record (tags and protection the manifest does not declare kept from the live instance). Its
-    configuration as the API stores it (a mapping or list as compact JSON text), a key left to its default in
-    the manifest but differing on the server sent with the schema default."""
+    """The full instance: the user tags, stack marker, fingerprints, protection marker and applied record (tags
+    and protection the manifest does not declare kept from the live instance); the configuration as the API
+    stores it (a mapping or list as compact JSON text) plus the default of a diff's key the manifest leaves out."""
     configuration = {
         k: json.dumps(v, separators=(",", ":"), ensure_ascii=False) if isinstance(v, (dict, list)) else v
         for k, v in desired.configuration.items()

@@ -272,8 +272,9 @@ class Renderer:
         try:
             data = outputs.put_back(loaded.data)
         except _BadKey as exc:
-            message = f"key {outputs.described(str(exc.key))!r} {exc.reason}"
-            index = text.find(str(exc.key))
+            key, reason = map(str, exc.args)
+            message = f"key {outputs.described(key)!r} {reason}"
+            index = text.find(key)
             line = text.count("\n", 0, index) + 1 if index >= 0 else None
             raise RenderError(Problem(message, located(line), "give each key of a mapping a distinct name")) from None
         if data is not None and not isinstance(data, dict):
@@ -343,12 +344,7 @@ class _Outputs:
 
 
 class _BadKey(Exception):
-    """A mapping key of a template file that is unusable once its outputs are put back."""
-
-    def __init__(self, key: Any, reason: str):
-        super().__init__(reason)
-        self.key = key
-        self.reason = reason
+    """A mapping key of a template file that is unusable once its outputs are put back: (key, reason)."""
 
 
 def _defined(value: Any) -> Any:

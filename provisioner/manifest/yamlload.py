@@ -96,30 +96,27 @@ def read_capped(path: str, max_bytes: int) -> bytes:
     and never waiting: opened without blocking (a FIFO with no writer), refused unless regular (/dev/zero)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
+                raise UserError(
+                    f"cannot read file: it is {kind}, not a regular file",
+                    hint="give a regular file (save the output of a command to a file first)",
+                )
+            if info.st_size > max_bytes:
+                raise UserError(f"file is {info.st_size} bytes, over the limit of {max_bytes} bytes", hint=_TOO_LARGE)
+            chunks, size = [], 0
+            while size <= max_bytes:
+                chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise UserError(f"cannot read file: {exc.strerror or exc}", hint="check the path") from None
-    try:
-        info = os.fstat(fd)
-        mode = info.st_mode
-        if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-            raise UserError(
-                f"cannot read file: it is {kind}, not a regular file",
-                hint="give a regular file (save the output of a command to a file first)",
-            )
-        if info.st_size > max_bytes:
-            raise UserError(f"file is {info.st_size} bytes, over the limit of {max_bytes} bytes", hint=_TOO_LARGE)
-        chunks, size = [], 0
-        while size <= max_bytes:
-            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as exc:
-        raise UserError(f"cannot read file: {exc.strerror or exc}", hint="check the path") from None
-    finally:
-        os.close(fd)
     if size > max_bytes:  # it grew after fstat, or it does not report its size
         raise UserError(f"file is over the limit of {max_bytes} bytes", hint=_TOO_LARGE)
     return b"".join(chunks)

@@ -89,6 +89,8 @@ _TOKEN = re.compile(r"[A-Za-z0-9+/=_\-]+")  # base64 (either alphabet): what the
 # URL encodings: quote() with nothing kept, with "/" kept, and with every RFC 3986 sub-delimiter kept;
 # the same with quote_plus (space as +). Hex case is folded by _normalized.
 _URL_SAFE_SETS = ("", "/", "/:@!$&'()*+,;=")
+_BASE64_TEXT = re.compile(r"[A-Za-z0-9+/=]+")
+_BASE64_URL_TABLES = [str.maketrans({c: f"%{ord(c):02X}" for c in "+/=" if c not in safe}) for safe in _URL_SAFE_SETS]
 # Characters HTML escaping touches, and the ones JSON encoders commonly write as \u00XX (Go: <>&).
 _HTML_SPECIAL = "&<>\"'"
 _NUMERIC = ("{}", "x{:x}", "x{:X}")  # decimal, and hexadecimal in either case
@@ -126,10 +128,6 @@ def _url_forms(value: str) -> list[str]:
     return [
         encode(value, safe=safe, errors="surrogatepass") for safe in _URL_SAFE_SETS for encode in (quote, quote_plus)
     ]
-
-
-_BASE64_TEXT = re.compile(r"[A-Za-z0-9+/=]+")
-_BASE64_URL_TABLES = [str.maketrans({c: f"%{ord(c):02X}" for c in "+/=" if c not in safe}) for safe in _URL_SAFE_SETS]
 
 
 def _repr_forms(value: str) -> list[str]:

@@ -19,6 +19,7 @@ from .diff import FieldPath, FingerprintContext
 
 RECORD_CHARS = 4  # 3 bytes: a chance collision per field is 1 in 16 million
 _RECORD_BYTES = 3
+MAX_REMEMBERED = 8_192  # values shared by many instances come first; unique ones need not be kept
 
 
 def record_digest(fp: FingerprintContext, path: FieldPath, value: Any) -> str:
@@ -30,9 +31,6 @@ def record_digest(fp: FingerprintContext, path: FieldPath, value: Any) -> str:
         if len(fp.digests) < MAX_REMEMBERED:
             fp.digests[message] = found
     return found
-
-
-MAX_REMEMBERED = 8_192  # values shared by many instances come first; unique ones need not be kept
 
 
 def _digest(key: bytes, message: str, size: int) -> str:

@@ -24,6 +24,10 @@ Category = Literal[
     "changed", "secret", "missing", "extra-copy", "unmanaged-namesake", "undeclared", "renamed", "disabled", "enabled"
 ]
 CATEGORIES: tuple[Category, ...] = get_args(Category)  # in this order in the JSON summary
+_CHANGED = {
+    "drift": "changed on the server since provisioner applied it",
+    "pending": "the manifest changed since the last apply; plan shows the change",
+}
 
 
 @dataclass(frozen=True)
@@ -138,12 +142,6 @@ def _findings(change: Change, registry: ElementRegistry, fp: FingerprintContext 
             plain[kind].append(DriftField(diff.path, diff.old, diff.new, False, kind))
     changed = [Finding("changed", k, detail=_CHANGED[k], fields=tuple(f), **common) for k, f in plain.items() if f]
     return found + changed + secrets
-
-
-_CHANGED = {
-    "drift": "changed on the server since provisioner applied it",
-    "pending": "the manifest changed since the last apply; plan shows the change",
-}
 
 
 def _secret(diff: FieldDiff, live: LiveInstance, common: dict[str, Any]) -> Finding:

@@ -32,6 +32,16 @@ from .stages import Connection, Validated
 KIND = "provisioner-plan"
 FORMAT_VERSION = 1
 MAX_LISTED = 20
+# The options a saved plan fixes: PlanOptions field -> JSON key and option (reauthenticate: absent in older files)
+OPTIONS = {
+    "prune": ("prune", "--prune"),
+    "allow_replace": ("allowReplace", "--allow-replace"),
+    "force": ("force", "--force"),
+    "targets": ("target", "--target"),
+    "excludes": ("exclude", "--exclude"),
+    "allow_destroy": ("allowDestroy", "--allow-destroy"),
+    "reauthenticate": ("reauthenticate", "--reauthenticate"),
+}
 
 
 @dataclass(frozen=True)
@@ -78,18 +88,6 @@ class SavedPlan:
     def options(self) -> PlanOptions:
         saved = self.data["options"]
         return PlanOptions(**{field: _listed(saved[key]) for field, (key, _) in OPTIONS.items() if key in saved})
-
-
-# The options a saved plan fixes: PlanOptions field -> JSON key and option (reauthenticate: absent in older files)
-OPTIONS = {
-    "prune": ("prune", "--prune"),
-    "allow_replace": ("allowReplace", "--allow-replace"),
-    "force": ("force", "--force"),
-    "targets": ("target", "--target"),
-    "excludes": ("exclude", "--exclude"),
-    "allow_destroy": ("allowDestroy", "--allow-destroy"),
-    "reauthenticate": ("reauthenticate", "--reauthenticate"),
-}
 
 
 def load_if_plan(path: str, max_bytes: int) -> SavedPlan | None:

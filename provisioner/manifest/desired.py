@@ -23,6 +23,7 @@ from .schemacheck import problems_from_errors
 from .yamlload import ENV_TAG, EnvRef, YDict
 
 _MARKUP = re.compile(r"<[^>]*>")
+_EXPRESSION = re.compile(r"\{\{(.*?)\}\}")
 
 
 @dataclass(frozen=True)
@@ -389,9 +390,6 @@ def _from_expressions(one: _Entry, configuration: Mapping) -> dict[str, str]:
             written[key] = lines[line - 1] if line else ""
     found = {k: _EXPRESSION.search(v) for k, v in written.items() if isinstance(v, str)}
     return {k: m[1].strip() for k, m in found.items() if m}
-
-
-_EXPRESSION = re.compile(r"\{\{(.*?)\}\}")
 
 
 def _line_in(lines: list[str], key: Any) -> int | None:

@@ -17,7 +17,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from ..errors import Location, Problem
-from .schemacheck import ShapeValidator
+from .schemacheck import ShapeValidator, types_of
 
 OAUTH_REFRESH_TOKEN = "oauth.user.refresh_token"
 
@@ -118,11 +118,7 @@ class ElementSchema:
 
     @cached_property
     def _types(self) -> dict[str, tuple[str, ...]]:
-        types = {}
-        for key, prop in self.properties.items():
-            declared = prop.get("type", ()) if isinstance(prop, dict) else ()
-            types[key] = (declared,) if isinstance(declared, str) else tuple(declared)
-        return types
+        return {key: tuple(types_of(prop)) if isinstance(prop, dict) else () for key, prop in self.properties.items()}
 
     @cached_property
     def _normal_defaults(self) -> dict[str, Any]:

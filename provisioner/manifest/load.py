@@ -229,11 +229,10 @@ def _scalar(raw: str) -> Any:
     return value if isinstance(value, (str, int, float, bool)) or value is None else raw
 
 
-def deep_merge(into: dict, other: dict) -> dict:
+def deep_merge(into: dict, other: dict) -> None:
     """Merge ``other`` into ``into``: mappings merge key by key, anything else replaces."""
     for key, value in other.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):
             deep_merge(into[key], value)
         else:
             into[key] = value
-    return into

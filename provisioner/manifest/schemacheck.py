@@ -178,11 +178,12 @@ def _fitting(errors: Iterable[ValidationError]) -> Iterator[ValidationError]:
 
 
 def _fits(option: dict, value: Any) -> bool:
-    return not _is_expression(option) and _type_of(value) in [_JSON_NAMES.get(k, k) for k in _kinds(option)]
+    return not _is_expression(option) and _type_of(value) in [_JSON_NAMES.get(k, k) for k in types_of(option)]
 
 
-def _kinds(option: dict) -> list[str]:
-    kind = option.get("type", [])
+def types_of(schema: dict) -> list[str]:
+    """The types a schema's ``type`` keyword names (a name, or a list of them)."""
+    kind = schema.get("type", [])
     return [kind] if isinstance(kind, str) else list(kind)
 
 
@@ -275,7 +276,7 @@ def _any_of(error: ValidationError, value: Any, secret: bool) -> tuple[str, str 
         keys = [k for o in options for k in o["required"]]
         return f"needs one of: {', '.join(keys)}", f"add {' or '.join(keys)}"
     forms = " or ".join(_form(o) for o in options)
-    hints = [_type_hint(_kinds(o), value) for o in options if not _is_expression(o)]
+    hints = [_type_hint(types_of(o), value) for o in options if not _is_expression(o)]
     return f"expected {forms}, got {_type_of(value)} {shown(value, secret)}", next((h for h in hints if h), None)
 
 
@@ -284,9 +285,9 @@ def _form(option: dict) -> str:
     if _is_expression(option):
         return 'a single "{{ expression }}"'
     items = option.get("items")
-    if _kinds(option) == ["array"] and isinstance(items, dict) and isinstance(items.get("type"), str):
+    if types_of(option) == ["array"] and isinstance(items, dict) and isinstance(items.get("type"), str):
         return f"a list of {_JSON_NAMES.get(items['type'], items['type'])}s"
-    return " or ".join(_TYPE_NAMES.get(k, k) for k in _kinds(option)) or "a value of another form"
+    return " or ".join(_TYPE_NAMES.get(k, k) for k in types_of(option)) or "a value of another form"
 
 
 def _type_hint(wanted: list[str], value: Any, expression: str | None = None) -> str | None:

@@ -29,6 +29,8 @@ from .diff import FingerprintContext
 from .drift import DriftReport, detect
 from .plan import Action, Plan, PlanOptions, make_plan
 
+_ENTRY = re.compile(r"^instances\[(\d+)\](?:\.([^.\[]+))?")  # the entry, and its field
+
 
 @dataclass(frozen=True)
 class Options:
@@ -69,9 +71,6 @@ def validate(options: Options) -> Validated:
     if any(p.severity == Severity.ERROR for p in problems):
         raise ValidationFailed(_sorted(problems))
     return Validated(manifest, registry, renderer, desired, problems)
-
-
-_ENTRY = re.compile(r"^instances\[(\d+)\](?:\.([^.\[]+))?")  # the entry, and its field
 
 
 def _sorted(problems: list[Problem]) -> list[Problem]:

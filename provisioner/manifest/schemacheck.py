@@ -59,6 +59,27 @@ _NAMED_SUBSCHEMAS = frozenset("properties patternProperties dependentSchemas $de
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 _SCALARS = (str, int, float, bool, type(None))
 
+# How messages name types: a schema's (_TYPE_NAMES), and a value's (_type_of: _JSON_TYPES, _JSON_NAMES for a schema's)
+_TYPE_NAMES = {
+    "string": "a string",
+    "boolean": "a boolean (true or false)",
+    "integer": "an integer",
+    "number": "a number",
+    "object": "a mapping",
+    "array": "a list",
+    "null": "null",
+}
+
+_JSON_NAMES = {"object": "mapping", "array": "list", "number": "number"}
+_JSON_TYPES = (
+    (bool, "boolean"),
+    (int, "integer"),
+    (float, "number"),
+    (str, "string"),
+    (dict, "mapping"),
+    (list, "list"),
+)
+
 
 class _Observed:
     """What the keywords of a schema can see of a scalar: patterns, length and number bounds, constants."""
@@ -202,29 +223,6 @@ def unknown_key_problems(error: ValidationError, path: tuple, at: LocationFor) -
         hint = f"did you mean {suggestion[0]!r}?" if suggestion else listed
         out.append(Problem(f"unknown key {key!r}", at((*path, key)), hint))
     return out
-
-
-_TYPE_NAMES = {
-    "string": "a string",
-    "boolean": "a boolean (true or false)",
-    "integer": "an integer",
-    "number": "a number",
-    "object": "a mapping",
-    "array": "a list",
-    "null": "null",
-}
-
-
-_JSON_NAMES = {"object": "mapping", "array": "list", "number": "number"}
-
-_JSON_TYPES = (
-    (bool, "boolean"),
-    (int, "integer"),
-    (float, "number"),
-    (str, "string"),
-    (dict, "mapping"),
-    (list, "list"),
-)
 
 
 def _type_of(value: Any) -> str:

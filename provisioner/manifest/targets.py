@@ -19,6 +19,11 @@ from .render import Renderer, RenderError
 # C0 and C1 control characters, DEL and Unicode line separators: never valid in a URL or a header
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ENV_REFERENCE = re.compile(r"env(?:\.([A-Za-z_][A-Za-z0-9_]*)|\[\s*['\"]([^'\"]+)['\"]\s*\])")
+_DEFAULTS = {  # a target's fields when the manifest does not write them
+    "url": "{{ env.CE_API_URL | default('" + DEFAULT_URL + "', true) }}",
+    "userSecret": "{{ env.CE_USER_SECRET }}",
+    "organizationSecret": "{{ env.CE_ORGANIZATION_SECRET }}",
+}
 
 
 @dataclass(frozen=True)
@@ -45,13 +50,6 @@ def resolve_targets(manifest: Manifest, renderer: Renderer, names: set[str]) -> 
             sources = f"{_sources(raw, 'userSecret')} and {_sources(raw, 'organizationSecret')}"
             targets[name] = Target(name, check_base_url(values["url"]), *secrets, sources)
     return targets, problems
-
-
-_DEFAULTS = {  # a target's fields when the manifest does not write them
-    "url": "{{ env.CE_API_URL | default('" + DEFAULT_URL + "', true) }}",
-    "userSecret": "{{ env.CE_USER_SECRET }}",
-    "organizationSecret": "{{ env.CE_ORGANIZATION_SECRET }}",
-}
 
 
 def _field(

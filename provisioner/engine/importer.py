@@ -141,10 +141,9 @@ def _header(manifest: Manifest, out_path: str) -> dict[str, Any]:
     header: dict[str, Any] = {"apiVersion": API_VERSION, "stack": manifest.stack}
     if manifest.targets:
         header["targets"] = _plain(manifest.targets)
-    dirs = manifest.data.get("schemas")
-    if isinstance(dirs, list) and dirs:
+    if manifest.schema_dirs:
         out_dir = os.path.dirname(os.path.abspath(out_path))
-        header["schemas"] = [os.path.relpath(os.path.join(manifest.base_dir, str(d)), out_dir) for d in dirs]
+        header["schemas"] = [os.path.relpath(path, out_dir) for path in manifest.schema_dirs]
     return header
 
 

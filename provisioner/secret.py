@@ -1,8 +1,8 @@
 """Secrets masked by construction, and a last-line redactor for everything that leaves the process.
 
 A ``Secret``'s ``str`` and ``repr`` are masked; only the HTTP client's JSON encoder (``json_default``)
-and the outputs file reveal it. Every Secret is also registered with ``REDACTOR``, through which every
-stream provisioner writes passes (docs/secrets.md lists the encodings it masks).
+and the outputs file reveal it. Every Secret is registered with ``REDACTOR``, which every stream
+provisioner writes passes through (docs/secrets.md lists the encodings it masks).
 """
 
 from __future__ import annotations
@@ -15,13 +15,11 @@ import threading
 from typing import Any, NoReturn
 from urllib.parse import quote, quote_plus
 
-# How a secret shows: the same eight stars the API answers in place of a secret value (plan and import
-# recognise them in live values; the emulator answers them).
+# How a secret shows: the eight stars the API answers in place of a secret value (plan and import know them).
 MASK = "********"
 SENSITIVE = "(sensitive)"
 
-# Values shorter than this are not searched for in output: a one-letter "secret" would mask every
-# occurrence of that letter and make output unreadable while protecting nothing.
+# Shorter values are not searched for: a one-letter "secret" would mask that letter everywhere, protecting nothing.
 MIN_REDACT_LENGTH = 4
 # A piece of a secret this long or longer is masked where text from a server was cut or quoted
 # (see Redactor.redact, edges=True): the start or end of the message, next to a quote, before "...".
@@ -82,9 +80,8 @@ def masked(value: Any, mask: str = MASK) -> Any:
     return value
 
 
-# Characters of "word" forms: base64 (both alphabets), URL-encoding (% and +), JSON and repr escapes
-# (backslash) and common token punctuation. A form made only of these is found by looking up the
-# text's runs of them.
+# Characters of "word" forms: base64 (both alphabets), URL-encoding (% and +), JSON and repr escapes (\\)
+# and token punctuation; a form made only of these is found by looking up the text's runs of them.
 _WORD_CHARS = r"A-Za-z0-9+/=_\-.~%\\"
 _WORD_SECRET = re.compile(f"[{_WORD_CHARS}]+")
 _PREFIX = MIN_REDACT_LENGTH  # forms are indexed by their first characters
@@ -92,6 +89,8 @@ _TOKEN = re.compile(r"[A-Za-z0-9+/=_\-]+")  # base64 (either alphabet): what the
 # URL encodings: quote() with nothing kept, with "/" kept, and with every RFC 3986 sub-delimiter kept;
 # the same with quote_plus (space as +). Hex case is folded by _normalized.
 _URL_SAFE_SETS = ("", "/", "/:@!$&'()*+,;=")
+_TOKEN_TEXT = re.compile(r"[A-Za-z0-9+/=._~-]+")  # base64 of either alphabet, and the other unreserved characters
+_BASE64_URL_TABLES = [str.maketrans({c: f"%{ord(c):02X}" for c in "+/=" if c not in safe}) for safe in _URL_SAFE_SETS]
 # Characters HTML escaping touches, and the ones JSON encoders commonly write as \u00XX (Go: <>&).
 _HTML_SPECIAL = "&<>\"'"
 _NUMERIC = ("{}", "x{:x}", "x{:X}")  # decimal, and hexadecimal in either case
@@ -131,18 +130,12 @@ def _url_forms(value: str) -> list[str]:
     ]
 
 
-_TOKEN_TEXT = re.compile(r"[A-Za-z0-9+/=._~-]+")  # base64 of either alphabet, and the other unreserved characters
-_BASE64_URL_TABLES = [str.maketrans({c: f"%{ord(c):02X}" for c in "+/=" if c not in safe}) for safe in _URL_SAFE_SETS]
-
-
 def _repr_forms(value: str) -> list[str]:
     """Python repr (and ascii, and repr of the UTF-8 bytes); repr escapes ' only in a string that
     also holds ", which depends on the text around the secret: both spellings."""
     forms = []
     for quoted, tail in ((value, 1), (value + "'\"", 4)):  # the second forces \' (cut off again)
-        forms.append(repr(quoted)[1:-tail])
-        forms.append(ascii(quoted)[1:-tail])
-        forms.append(repr(quoted.encode("utf-8", "surrogatepass"))[2:-tail])
+        forms += [repr(quoted)[1:-tail], ascii(quoted)[1:-tail], repr(quoted.encode("utf-8", "surrogatepass"))[2:-tail]]
     return forms
 
 
@@ -192,11 +185,9 @@ def token_forms(value: str) -> set[str]:
 
 
 class Redactor:
-    """Knows every secret value of this process and masks them, in all their encodings, in text.
-
-    The search is linear in the text however many secrets there are (10,000 tokens): forms made of word
-    characters are found by one scan of the text's word runs through an index of their first
-    characters; the few others (spaces, quotes, escapes) by one regular expression."""
+    """Knows every secret value of this process and masks them, in all their encodings, in text, in time
+    linear in the text however many secrets (10,000 tokens): forms of word characters by one scan of the
+    text's word runs through an index of their first characters, the few others by one regex."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -216,9 +207,8 @@ class Redactor:
             self._longest = 0
 
     def add(self, value: Any, token: bool = False) -> None:
-        """Register a secret with every form it may be printed in (``encoded_forms``). ``token``: an
-        instance token, registered in the fewer forms of ``token_forms`` (cheaper for the 10,000 tokens
-        of a large listing) unless it is not token-like text."""
+        """Register a secret in every form it may be printed in; ``token``: an instance token, in the fewer
+        forms of ``token_forms`` (cheaper for the 10,000 of a large listing) unless it is not token-like."""
         if not isinstance(value, str) or len(value) < MIN_REDACT_LENGTH or value in self._known:
             return
         token = token and bool(_TOKEN.fullmatch(value))
@@ -241,9 +231,8 @@ class Redactor:
             self._known.add(value)
 
     def redact(self, text: str, edges: bool = False) -> str:
-        """``text`` with every form of every secret masked. ``edges`` (text from a server, possibly
-        cut): also any piece of FRAGMENT or more characters of a form at the start or the end of
-        the text, next to a quote, or before "..." (a message or a quoted value cut inside a secret)."""
+        """``text`` with every form of every secret masked; ``edges`` (server text, possibly cut inside a secret):
+        also any piece of FRAGMENT or more characters of a form at its start or end, by a quote, or before "..."."""
         if not text:
             return text
         with self._lock:

@@ -1,9 +1,7 @@
-"""What provisioner last applied, recorded on the instance itself (there is no state file).
-
-Every write carries ``provisioner:applied=<digests>``: a short keyed digest (24 bits of keyed BLAKE2b)
-per non-secret field as written, in effective form (``"15"`` and ``15`` are one value); secrets have
-their fingerprint tags. ``drift`` tells pending from drift by it (docs/ownership.md). The same digest,
-longer, gives a saved plan's per-field digests.
+"""What provisioner last applied, recorded on the instance itself (no state file; docs/ownership.md):
+every write carries ``provisioner:applied=<digests>``, 24 bits of keyed BLAKE2b per non-secret field as
+written, in effective form (``"15"`` and ``15`` are one value), by which ``drift`` tells pending from
+drift; secrets have their fingerprint tags. The same digest, longer, gives a saved plan's field digests.
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ from .diff import FieldPath, FingerprintContext
 
 RECORD_CHARS = 4  # 3 bytes: a chance collision per field is 1 in 16 million
 _RECORD_BYTES = 3
+MAX_REMEMBERED = 8_192  # values shared by many instances come first; unique ones need not be kept
 
 
 def record_digest(fp: FingerprintContext, path: FieldPath, value: Any) -> str:
@@ -32,9 +31,6 @@ def record_digest(fp: FingerprintContext, path: FieldPath, value: Any) -> str:
         if len(fp.digests) < MAX_REMEMBERED:
             fp.digests[message] = found
     return found
-
-
-MAX_REMEMBERED = 8_192  # values shared by many instances come first; unique ones need not be kept
 
 
 def _digest(key: bytes, message: str, size: int) -> str:

@@ -1,13 +1,9 @@
-"""Stage 6: execute a plan, and nothing else. The guarantees are told in docs/reliability.md.
+"""Stage 6: execute a plan, and nothing else; the guarantees are told in docs/reliability.md.
 
-Writes run in one pool of ``parallelism`` workers sharing one rate budget; the workers return what
-they learned and only the main thread records it. One failing instance does not stop the others. A
-create is sent again only after an attempt the server refused (never after a 2xx): the creates of
-unknown outcome are looked up in rounds, one listing per round. The final check settles every created
-name on its oldest copy (``settle`` seconds after an attempt that got no answer and was never found)
-and deletes only the extra copies this run made. After a signal, or a Retry-After longer than the
-retry budget, no request starts, and a change still in flight after ``STOP_GRACE`` is skipped, its
-outcome unknown; a request held ``STOP_GRACE`` past its deadline is abandoned the same way.
+Writes run in ``parallelism`` workers that return what they learned; only the main thread records it.
+A create is sent again only after an attempt the server refused (never after a 2xx); the creates of
+unknown outcome are looked up in rounds, and the final check settles every created name on its oldest
+copy, deleting only the extra copies this run made.
 """
 
 from __future__ import annotations
@@ -75,9 +71,8 @@ LISTING_ERRORS = (ApiError, TransportError, Interrupted, InconsistentListing)  #
 
 @dataclass
 class _Outcome:
-    """What a worker learned from one change; the main thread records it. ``result`` None: a create
-    of unknown outcome, to be looked up; ``posted``: a create was sent; ``abort``: why the whole run
-    stops."""
+    """What a worker learned from one change, for the main thread to record. ``result`` None: a create
+    of unknown outcome; ``posted``: a create was sent; ``abort``: why the whole run stops."""
 
     change: Change
     result: ChangeResult | None = None
@@ -106,10 +101,9 @@ R = TypeVar("R")
 def in_workers(
     work: Callable[[T], R], items: Sequence[T], parallelism: int, stop: StopFlag
 ) -> Iterator[tuple[T, R | Unfinished]]:
-    """Run ``work`` on every item in ``parallelism`` threads (named for ``exit_process``) and yield each
-    item with its result, in order, waiting a short while at a time (the main thread stays free for
-    signals). An item not done ``STOP_GRACE`` after a signal, or after its request's deadline, is yielded
-    ``Unfinished`` and its worker is not waited for. ``work``'s exceptions are raised."""
+    """Run ``work`` on every item in ``parallelism`` threads; yield each item and its result in order, waiting a
+    short while at a time (the main thread stays free for signals). An item not done ``STOP_GRACE`` after a signal
+    or its request's deadline is yielded ``Unfinished``, its worker not waited for; ``work``'s exceptions raise."""
     pool = futures.ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix=WORKER_PREFIX)
     held: list[futures.Future[R]] = []
     try:
@@ -364,22 +358,17 @@ class Applier:
     # -- the final check -----------------------------------------------------------------------
 
     def _final_check(self) -> list[str]:
-        """List the stack once more and settle every created name on its oldest copy (the module
-        docstring says how). A name with no copy left was deleted under the run (a concurrent destroy):
-        that change fails. If the listing fails, the created names fail too: success is never reported
-        while a copy may be left behind."""
-        created = {
-            (r.change.target, r.change.name): r.change
-            for r in self._results.values()
-            if r.change.action in (Action.CREATE, Action.REPLACE)
-            and r.status in (Status.OK, Status.FAILED)
-            and (r.change.target, r.change.name) in self._posted
-        }
+        """List the stack once more and settle every created name on its oldest copy. A name with no copy
+        left was deleted under the run (a concurrent destroy); if the listing fails, the created names
+        fail too: success is never reported while a copy may be left behind."""
+        created: dict[str, dict[str, Change]] = {}  # by target and name: the creates sent and not skipped
+        for c in (r.change for r in self._results.values() if r.status != Status.SKIPPED):
+            if c.action in (Action.CREATE, Action.REPLACE) and (c.target, c.name) in self._posted:
+                created.setdefault(c.target, {})[c.name] = c
         if not created or self.stop.is_set() or self.stop.wait(max(0.0, self._settle_until - time.monotonic())):
             return []
         notes: list[str] = []
-        for target in sorted({t for t, _ in created}):
-            names = {name: change for (t, name), change in created.items() if t == target}
+        for target, names in sorted(created.items()):
             if self._count_agrees(target, names.values()):
                 continue
             try:

@@ -1,8 +1,6 @@
-"""Request bodies for the API, built from a desired instance. Pure functions.
-
-``PUT`` replaces the whole instance (name, element, every tag, the full configuration); ``PATCH``
-serves when no configuration value differs, and to adopt (``modify_verb`` chooses). Secret values stay
-``Secret`` objects: the HTTP client reveals them only when it serialises the request.
+"""Request bodies for the API, built from a desired instance; pure functions. ``PUT`` replaces the whole
+instance, ``PATCH`` serves when no configuration value differs, and to adopt (``modify_verb``). Secret
+values stay ``Secret`` objects: the HTTP client reveals them only when it serialises the request.
 """
 
 from __future__ import annotations
@@ -19,23 +17,10 @@ from .plan import Action, Change
 
 
 def modify_verb(change: Change) -> Literal["PUT", "PATCH"]:
-    """How an instance is changed in place: PUT when a configuration value differs (the whole
-    instance is sent), PATCH otherwise (name and tags only) and to adopt (PATCH merges configuration)."""
+    """PUT when a configuration value differs (the whole instance is sent), else PATCH (name and tags)."""
     if change.action != Action.ADOPT and any(d.path.section == "configuration" for d in change.diff):
         return "PUT"
     return "PATCH"
-
-
-def all_tags(
-    desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext, live_tags: tuple[str, ...]
-) -> list[str]:
-    """User tags, the stack marker, the fingerprints, the protection marker and the applied record; tags
-    and protection the manifest does not declare are kept from the live instance."""
-    mine = list(dict.fromkeys(desired.tags if desired.tags is not None else user_tags(live_tags)))
-    fps = fingerprint_tags(fp.key, fp.stack, desired.name, desired.configuration, schema.secret_keys)
-    protect = desired.protect if desired.protect is not None else PROTECT_TAG in live_tags
-    applied = applied_tag(desired, schema, fp, mine, protect)
-    return [*mine, stack_marker(fp.stack), *fps, *([PROTECT_TAG] if protect else []), applied]
 
 
 def create_body(desired: DesiredInstance, schema: ElementSchema, fp: FingerprintContext, run: str) -> dict[str, Any]:
@@ -54,9 +39,9 @@ def put_body(
     live_tags: tuple[str, ...],
     diff: tuple[FieldDiff, ...],
 ) -> dict[str, Any]:
-    """The full instance, its configuration as the API stores it (a mapping or list value as compact JSON
-    text). A key the manifest leaves to its default but the server holds otherwise is sent with the
-    schema default, so the update really converges."""
+    """The full instance: the user tags, stack marker, fingerprints, protection marker and applied record (tags
+    and protection the manifest does not declare kept from the live instance); the configuration as the API
+    stores it (a mapping or list as compact JSON text) plus the default of a diff's key the manifest leaves out."""
     configuration = {
         k: json.dumps(v, separators=(",", ":"), ensure_ascii=False) if isinstance(v, (dict, list)) else v
         for k, v in desired.configuration.items()
@@ -65,19 +50,22 @@ def put_body(
         key = change.path.key  # only a configuration path has one
         if key is not None and key not in configuration and key in schema.defaults:
             configuration[key] = schema.defaults[key]
+    mine = list(dict.fromkeys(desired.tags if desired.tags is not None else user_tags(live_tags)))
+    fps = fingerprint_tags(fp.key, fp.stack, desired.name, desired.configuration, schema.secret_keys)
+    protect = desired.protect if desired.protect is not None else PROTECT_TAG in live_tags
+    applied = applied_tag(desired, schema, fp, mine, protect)
     return {
         "name": desired.name,
         "element": {"key": desired.element},
-        "tags": all_tags(desired, schema, fp, live_tags),
+        "tags": [*mine, stack_marker(fp.stack), *fps, *([PROTECT_TAG] if protect else []), applied],
         "configuration": configuration,
     }
 
 
 def modify_body(change: Change, schema: ElementSchema, fp: FingerprintContext) -> dict[str, Any]:
     """The body of a change in place: the full instance for a PUT and a re-authentication, else a PATCH
-    of the tags (PATCH replaces the whole tag list, so it carries the marker and fingerprints too), with
-    the new name of a rename, or with the declared configuration to adopt (PATCH merges, so keys the
-    manifest does not declare, such as an OAuth token the platform keeps, stay)."""
+    of the whole tag list (marker and fingerprints too) with a rename's new name, or an adopt's declared
+    configuration (PATCH merges: keys not declared, such as an OAuth token the platform keeps, stay)."""
     assert change.desired is not None
     body = put_body(change.desired, schema, fp, change.live.tags if change.live else (), change.diff)
     if change.action == Action.REAUTHENTICATE or modify_verb(change) == "PUT":

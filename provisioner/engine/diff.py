@@ -1,6 +1,5 @@
 """Diffs are data, over declared fields only: ``diff_instance`` is a pure function from (desired, live)
-to ``FieldDiff``s, by the rules of docs/ownership.md (What is compared). Secrets compare through their
-fingerprint tags, and a secret diff shows ``(sensitive)`` on both sides.
+to ``FieldDiff``s (docs/ownership.md, What is compared); secrets compare through their fingerprint tags.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
-"""``provisioner drift``: what changed behind provisioner's back (drift), kept apart from what changed
-in the manifest (pending). The categories and the rule are in docs/ownership.md (Drift reports).
-
-A pure function over a plan made with default options (one source for identity, matching and diffs) and
-the live listing. A changed field is pending when the live value is the one provisioner last applied
-(its digest is in the ``provisioner:applied`` tag, see ``applied.py``), drift otherwise.
+"""``provisioner drift``: what changed behind provisioner's back (drift), apart from what changed in
+the manifest (pending); docs/ownership.md (Drift reports) tells the categories. A pure function over a
+plan made with default options and the live listing: a changed field is pending when its live value's
+digest is in the ``provisioner:applied`` record (``applied.py``), drift otherwise.
 """
 
 from __future__ import annotations
@@ -26,6 +24,10 @@ Category = Literal[
     "changed", "secret", "missing", "extra-copy", "unmanaged-namesake", "undeclared", "renamed", "disabled", "enabled"
 ]
 CATEGORIES: tuple[Category, ...] = get_args(Category)  # in this order in the JSON summary
+_CHANGED = {
+    "drift": "changed on the server since provisioner applied it",
+    "pending": "the manifest changed since the last apply; plan shows the change",
+}
 
 
 @dataclass(frozen=True)
@@ -142,12 +144,6 @@ def _findings(change: Change, registry: ElementRegistry, fp: FingerprintContext 
     return found + changed + secrets
 
 
-_CHANGED = {
-    "drift": "changed on the server since provisioner applied it",
-    "pending": "the manifest changed since the last apply; plan shows the change",
-}
-
-
 def _secret(diff: FieldDiff, live: LiveInstance, common: dict[str, Any]) -> Finding:
     kind: Kind = "pending" if diff.path.key in fingerprints_of(live.tags) else "drift"
     detail = {
@@ -165,8 +161,7 @@ def _canonical_element(registry: ElementRegistry, reported: str | None) -> str |
 def _namesakes(
     plan: Plan, live_by_target: Mapping[str, list[LiveInstance]], registry: ElementRegistry
 ) -> list[Finding]:
-    """Unmanaged namesakes of declared instances next to the owned one (the plan shows only those that
-    stand in the way of a create)."""
+    """Unmanaged namesakes next to an owned declared instance (the plan shows only those in a create's way)."""
     declared = {(c.target, c.name) for c in plan.changes if c.desired is not None and c.action != Action.CONFLICT}
     why = "an instance with a declared name but without the stack marker exists next to the owned one; "
     why += "provisioner never touches it"

@@ -1,9 +1,8 @@
 """``provisioner check``: does each declared instance work, not only exist? (docs/health.md)
 
 One listing of the stack's instances (no configuration) gives each declared instance its status from
-the ``valid`` and ``disabled`` fields the API keeps; ``--ping`` also pings, with its own token and in
-apply's workers, each one that exists and is not declared disabled. Each entry that is not fine says
-what to run. The command only reads: it is built on ``ReadOnlyClient``.
+the API's ``valid`` and ``disabled`` fields, and what to run when it is not fine; ``--ping`` also pings
+each one that exists and is not declared disabled, in apply's workers. It only reads (``ReadOnlyClient``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
-"""``provisioner import``: write a manifest that declares the unmanaged instances a target already has
-(docs/commands.md, import): each with ``adopt: <id>`` for ``plan --adopt``.
-
-Text from the API is data, never a template: every entry is written with ``literal: true``, so a
-value holding ``{{ env.X }}`` is sent back byte for byte. A secret value is never written (the API
-masks it anyway): each secret key becomes ``!env NAME`` (``env_name``), which the caller lists.
+"""``provisioner import`` (docs/commands.md): a manifest declaring the unmanaged instances a target
+already has, each with ``adopt: <id>`` for ``plan --adopt``. Text from the API is data, never a
+template: every entry is ``literal: true`` (sent back byte for byte), and each secret key becomes
+``!env NAME`` (``env_name``, listed by the caller), never a value.
 """
 
 from __future__ import annotations
@@ -143,10 +141,9 @@ def _header(manifest: Manifest, out_path: str) -> dict[str, Any]:
     header: dict[str, Any] = {"apiVersion": API_VERSION, "stack": manifest.stack}
     if manifest.targets:
         header["targets"] = _plain(manifest.targets)
-    dirs = manifest.data.get("schemas")
-    if isinstance(dirs, list) and dirs:
+    if manifest.schema_dirs:
         out_dir = os.path.dirname(os.path.abspath(out_path))
-        header["schemas"] = [os.path.relpath(os.path.join(manifest.base_dir, str(d)), out_dir) for d in dirs]
+        header["schemas"] = [os.path.relpath(path, out_dir) for path in manifest.schema_dirs]
     return header
 
 

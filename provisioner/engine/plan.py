@@ -1,15 +1,12 @@
-"""Stage 5: the plan is a value.
-
-``make_plan`` compares the desired instances with the live ones of each target and returns an
-immutable ``Plan``: one ``Change`` per instance with its action, its reason (every noop says why) and
-its field diff. It does no I/O; ``apply`` executes a plan and does nothing else. The rules (identity
-is the stack marker plus the name, unmanaged namesakes, duplicates, prune, renames, protection) are
-told in docs/ownership.md.
+"""Stage 5: the plan is a value. ``make_plan`` compares the desired instances with the live ones of
+each target, without I/O, and returns an immutable ``Plan``: one ``Change`` per instance with its
+action, its reason (every noop says why) and its field diff. The rules (identity, unmanaged namesakes,
+duplicates, prune, renames, protection) are told in docs/ownership.md.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -96,8 +93,7 @@ class Plan:
     listed: Mapping[str, int] = field(default_factory=dict)  # instances each target's listing returned
 
     def counts(self) -> dict[Action, int]:
-        counts = Counter(c.action for c in self.changes)
-        return {action: counts[action] for action in ACTIONS}
+        return dict.fromkeys(ACTIONS, 0) | Counter(c.action for c in self.changes)
 
     @property
     def has_changes(self) -> bool:
@@ -111,11 +107,8 @@ class Plan:
     def warnings(self) -> list[str]:
         found = [f"{c.name}: {c.warning}" for c in self.changes if c.warning]
         names = {c.name for c in self.changes} | {c.live.name for c in self.changes if c.live is not None}
-        found.extend(
-            f"--allow-destroy {name}: no instance of this plan has that name"
-            for name in self.options.allow_destroy
-            if name not in names
-        )
+        unknown = [name for name in self.options.allow_destroy if name not in names]
+        found += [f"--allow-destroy {name}: no instance of this plan has that name" for name in unknown]
         if self.left_out:
             found.append(
                 f"--target/--exclude left out {self.left_out} declared instance(s): they are not compared, "
@@ -146,12 +139,9 @@ def make_plan(
     if selection.active:
         desired, live_by_target, left_out = restrict(selection, desired, live_by_target, element_aliases(registry))
     changes: list[Change] = []
-    by_target: dict[str, list[DesiredInstance]] = defaultdict(list)
-    for instance in desired:
-        by_target[instance.target].append(instance)
-    for target in sorted(set(by_target) | set(live_by_target)):
+    for target in sorted({d.target for d in desired} | set(live_by_target)):
         planner = _Target(stack, target, registry, fingerprints.get(target), options)
-        changes += planner.changes(by_target[target], live_by_target.get(target, []))
+        changes += planner.changes([d for d in desired if d.target == target], live_by_target.get(target, []))
     if options.reauthenticate:
         wanted = set(options.reauthenticate)
         changes = [_reauthenticated(c) if c.desired is not None and c.name in wanted else c for c in changes]
@@ -159,8 +149,7 @@ def make_plan(
 
 
 def is_protected(live: LiveInstance, desired: DesiredInstance | None, allow_destroy: Iterable[str]) -> bool:
-    """Protection (docs/ownership.md): the ``provisioner:protect`` marker on the server (or declared
-    protection) counts, and only ``--allow-destroy NAME`` lifts it for one run."""
+    """The ``provisioner:protect`` marker (or declared protection) counts unless ``--allow-destroy NAME`` lifts it."""
     marked = PROTECT_TAG in live.tags or (desired is not None and desired.protect is True)
     names = {live.name} | ({desired.name} if desired is not None else set())
     return marked and not names & set(allow_destroy)
@@ -320,8 +309,7 @@ class _Target:
         return self._adopt(instance, chosen)
 
     def _adopt(self, instance: DesiredInstance, live: LiveInstance) -> Change:
-        """Take over an unmanaged instance (one PATCH). Values the API masks, secrets among them, are not
-        compared: they are always sent."""
+        """Take over an unmanaged instance (one PATCH); masked values, secrets among them, are always sent."""
         schema = self.registry.get(instance.element)
         assert schema is not None and self.fp is not None
         if not schema.accepts_key(live.element):
@@ -374,16 +362,10 @@ class _Target:
         return replace(moved, action=Action.RENAME, diff=diff, reason="; ".join(why))
 
     def _duplicates(self, matches: list[LiveInstance]) -> list[Change]:
-        """Extra copies of a declared instance: the oldest is kept (its token is delivered), the others are
-        deleted, so an interrupted run converges to exactly one copy."""
+        """Delete all copies of a declared instance but the oldest (its token is delivered): runs converge to one."""
         keep = matches[0].id
-        why = f"duplicate of id {keep} (the oldest is kept)"
-        return [
-            self._delete(
-                extra, why, f"deleting duplicate of id {keep}", f"duplicate instance id {extra.id} of id {keep}"
-            )
-            for extra in matches[1:]
-        ]
+        why, what = f"duplicate of id {keep} (the oldest is kept)", f"deleting duplicate of id {keep}"
+        return [self._delete(copy, why, what, f"duplicate instance id {copy.id} of id {keep}") for copy in matches[1:]]
 
     def _undeclared(self, live: LiveInstance) -> Change:
         if self.options.destroy:

@@ -1,9 +1,6 @@
-"""Reviewed plans: ``plan --out FILE`` saves a plan, ``apply FILE`` executes exactly that plan or nothing.
-
-The document (docs/saved-plans.md) holds no secret and no token, only digests keyed with the
-fingerprint key. ``apply FILE`` checks only what the plan touches: a touched instance that renders
-differently, or whose live fields or planned write changed, refuses the whole plan; a change the new
-plan has beyond the saved ones is a warning, never executed.
+"""Reviewed plans (docs/saved-plans.md): ``plan --out FILE`` saves a plan, ``apply FILE`` executes
+exactly that plan or nothing. The document holds no secret and no token, only keyed digests; a touched
+instance that renders differently, or whose live fields or planned write changed, refuses the plan.
 """
 
 from __future__ import annotations
@@ -23,6 +20,7 @@ from jsonschema.exceptions import ValidationError
 from .. import __version__
 from ..errors import UserError
 from ..manifest.elements import builtin_schemas
+from ..manifest.schemacheck import shown
 from ..ownership import fingerprint
 from ..privatefile import write_private
 from ..secret import REDACTOR, masked
@@ -34,6 +32,16 @@ from .stages import Connection, Validated
 KIND = "provisioner-plan"
 FORMAT_VERSION = 1
 MAX_LISTED = 20
+# The options a saved plan fixes: PlanOptions field -> JSON key and option (reauthenticate: absent in older files)
+OPTIONS = {
+    "prune": ("prune", "--prune"),
+    "allow_replace": ("allowReplace", "--allow-replace"),
+    "force": ("force", "--force"),
+    "targets": ("target", "--target"),
+    "excludes": ("exclude", "--exclude"),
+    "allow_destroy": ("allowDestroy", "--allow-destroy"),
+    "reauthenticate": ("reauthenticate", "--reauthenticate"),
+}
 
 
 @dataclass(frozen=True)
@@ -82,23 +90,9 @@ class SavedPlan:
         return PlanOptions(**{field: _listed(saved[key]) for field, (key, _) in OPTIONS.items() if key in saved})
 
 
-# The plan options a saved plan fixes: PlanOptions field -> JSON key, and the option that sets it
-# (reauthenticate is absent in older files).
-OPTIONS = {
-    "prune": ("prune", "--prune"),
-    "allow_replace": ("allowReplace", "--allow-replace"),
-    "force": ("force", "--force"),
-    "targets": ("target", "--target"),
-    "excludes": ("exclude", "--exclude"),
-    "allow_destroy": ("allowDestroy", "--allow-destroy"),
-    "reauthenticate": ("reauthenticate", "--reauthenticate"),
-}
-
-
 def load_if_plan(path: str, max_bytes: int) -> SavedPlan | None:
-    """The saved plan at ``path``, or None when it is something else (a manifest). A saved plan is
-    untrusted input: it is checked against schemas/saved-plan.schema.json before any use, and any
-    defect is one UserError naming the file and what is wrong."""
+    """The saved plan at ``path``, or None when it is something else (a manifest). Untrusted input: it
+    is checked against schemas/saved-plan.schema.json before any use; its defects are one UserError."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(max_bytes + 1)
@@ -116,8 +110,8 @@ def load_if_plan(path: str, max_bytes: int) -> SavedPlan | None:
         return None
     if data.get("formatVersion") != FORMAT_VERSION or data.get("provisionerVersion") != __version__:
         raise UserError(
-            f"{path}: saved plan format {_shown(data.get('formatVersion'))} made by provisioner "
-            f"{_shown(data.get('provisionerVersion'))} cannot be applied by provisioner {__version__}",
+            f"{path}: saved plan format {shown(data.get('formatVersion'), limit=40)} made by provisioner "
+            f"{shown(data.get('provisionerVersion'), limit=40)} cannot be applied by provisioner {__version__}",
             hint="make the plan with the provisioner version that applies it",
         )
     schema = json.loads(builtin_schemas().joinpath("saved-plan.schema.json").read_text(encoding="utf-8"))
@@ -143,18 +137,13 @@ def _described(error: ValidationError) -> str:
     elif error.validator in ("required", "additionalProperties", "const", "enum", "propertyNames"):
         what = error.message if len(error.message) <= 160 else error.message[:157] + "..."
     else:
-        what = f"fails {error.validator} {_shown(error.validator_value)}"
+        what = f"fails {error.validator} {shown(error.validator_value, limit=40)}"
     return f"{where or 'the document'}: {what}"
 
 
 def _listed(value: Any) -> Any:
     """A list of the JSON document as the tuple of PlanOptions, and back; any other value as it is."""
     return tuple(value) if isinstance(value, list) else list(value) if isinstance(value, tuple) else value
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _malformed(path: str, problems: list[str]) -> UserError:
@@ -222,11 +211,8 @@ def _change(change: Change, validated: Validated, connection: Connection) -> dic
 
 def desired_digests(validated: Validated, connection: Connection, options: PlanOptions) -> dict[str, dict[str, str]]:
     """Per selected declared instance, one digest per rendered field (secrets through fingerprints)."""
-    selection = options.selection
     found = {}
-    for desired in validated.desired:
-        if selection.active and not selection.selects_desired(desired):
-            continue
+    for desired in filter(options.selection.selects_desired, validated.desired):
         schema = validated.registry.get(desired.element)
         assert schema is not None  # validation guarantees the element
         fp = connection.fingerprints[desired.target]
@@ -262,8 +248,7 @@ def _targets(connection: Connection, local: bool) -> dict[str, str]:
 
 
 def check_before_reading(saved: SavedPlan, validated: Validated, connection: Connection, local: bool) -> None:
-    """Refuse, before any request, when the setup, or the rendering of an instance the plan writes, differs
-    from the plan's."""
+    """Refuse, before any request, a setup or a rendering of an instance the plan writes unlike the plan's."""
     problems = []
     if validated.manifest.stack != saved.data["stack"]:
         problems.append(f"the stack is {validated.manifest.stack!r}, the plan was made for {saved.data['stack']!r}")
@@ -293,10 +278,8 @@ def check_before_reading(saved: SavedPlan, validated: Validated, connection: Con
 
 
 def check_plan(saved: SavedPlan, fresh: Plan, validated: Validated, connection: Connection) -> Plan:
-    """The plan to execute: the saved writes, unchanged over the same live fields, or a refusal.
-
-    A change of ``fresh`` that the saved plan does not have (drift on an instance it does not touch)
-    becomes a noop with a warning: it is neither a refusal nor executed."""
+    """The plan to execute: the saved writes, unchanged over the same live fields, or a refusal. A change
+    the saved plan does not have (drift elsewhere) becomes a noop with a warning, never executed."""
     planned = {(c["target"], c["name"], c["id"]): c for c in saved.data["changes"] if c["action"] in WRITES}
     problems, changes = [], []
     for change in fresh.changes:
@@ -318,9 +301,9 @@ def _refuse(saved: SavedPlan, problems: list[str]) -> None:
     if not problems:
         return
     more = [f"... and {len(problems) - MAX_LISTED} more"] if len(problems) > MAX_LISTED else []
-    shown = problems[:MAX_LISTED] + more
+    listed = problems[:MAX_LISTED] + more
     raise UserError(
-        f"the saved plan {saved.path} no longer matches, nothing was changed:\n  - " + "\n  - ".join(shown),
+        f"the saved plan {saved.path} no longer matches, nothing was changed:\n  - " + "\n  - ".join(listed),
         hint="run plan --out again and review the new plan",
     )
 

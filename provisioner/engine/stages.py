@@ -1,7 +1,5 @@
 """The orchestrator: load manifest -> render -> validate -> read live state -> plan -> apply -> report.
-
-Every command validates first (``validate`` stops there, offline), so bad input is reported, exit 1,
-before any request is sent.
+Every command validates first (``validate`` stops there, offline): bad input exits 1 before any request.
 """
 
 from __future__ import annotations
@@ -30,6 +28,8 @@ from .apply import Applier, ApplyResult, ApplySettings, ChangeResult, Status
 from .diff import FingerprintContext
 from .drift import DriftReport, detect
 from .plan import Action, Plan, PlanOptions, make_plan
+
+_ENTRY = re.compile(r"^instances\[(\d+)\](?:\.([^.\[]+))?")  # the entry, and its field
 
 
 @dataclass(frozen=True)
@@ -73,20 +73,14 @@ def validate(options: Options) -> Validated:
     return Validated(manifest, registry, renderer, desired, problems)
 
 
-_ENTRY = re.compile(r"^instances\[(\d+)\](?:\.([^.\[]+))?")  # the entry, and its field
-
-
 def _sorted(problems: list[Problem]) -> list[Problem]:
     """By file and line, and the same problem of many forEach items once, with a count."""
-    first: dict[tuple, Problem] = {}
-    count: dict[tuple, int] = {}
-    for problem in problems:
-        key = (replace(problem.location, instance=None), problem.message, problem.hint)
-        first.setdefault(key, problem)
-        count[key] = count.get(key, 0) + 1
+    alike: dict[tuple, list[Problem]] = {}
+    for p in problems:
+        alike.setdefault((replace(p.location, instance=None), p.message, p.hint), []).append(p)
     merged = [
-        p if count[k] == 1 else replace(p, message=f"{p.message} (and {count[k] - 1} more instances)")
-        for k, p in first.items()
+        first if not rest else replace(first, message=f"{first.message} (and {len(rest)} more instances)")
+        for first, *rest in alike.values()
     ]
     return sorted(merged, key=lambda p: (p.location.file or "", p.location.line or 0))
 
@@ -104,8 +98,8 @@ class Connection:
 
 @contextmanager
 def connect(validated: Validated, options: Options, stop: StopFlag, read_only: bool = False) -> Iterator[Connection]:
-    """Resolve credentials and open one client per target (validation of targets happens here).
-    ``read_only`` opens clients that cannot write (``ReadOnlyClient``): plan and drift use it."""
+    """Resolve credentials (and check the targets) and open one client per target; ``read_only``: clients
+    that cannot write (``ReadOnlyClient``), for plan and drift."""
     names = set(validated.manifest.targets) or {DEFAULT_TARGET}
     if (local := options.local) is not None:
         targets = {n: local_target(n, local.url, local.user_secret, local.organization_secret) for n in names}

@@ -1,8 +1,6 @@
-"""Stage 2 and 3: render every declared instance and validate it against its element schema.
-
-The result is the list of ``DesiredInstance`` values the planner compares with the live state,
-plus every problem found, each at its file:line (and template file:line), with the instance name
-and configuration key. Nothing here touches the network.
+"""Stages 2 and 3, offline: render every declared instance and validate it against its element schema,
+into the ``DesiredInstance`` values the planner compares with the live state and every problem found,
+each at its file:line (and template file:line), with the instance name and configuration key.
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ from .schemacheck import problems_from_errors
 from .yamlload import ENV_TAG, EnvRef, YDict
 
 _MARKUP = re.compile(r"<[^>]*>")
+_EXPRESSION = re.compile(r"\{\{(.*?)\}\}")
 
 
 @dataclass(frozen=True)
@@ -50,9 +49,8 @@ def build_desired(
     limits: Limits,
     broken: frozenset[tuple[int, str | None]] = frozenset(),
 ) -> tuple[list[DesiredInstance], list[Problem]]:
-    """Render and validate every instance entry (forEach expanded); collect all problems. ``broken``:
-    the (entry, field) pairs the structure check refused (field None: the entry as a whole); those
-    fields are not reported twice, and the rest of the entry is still checked as far as it can be."""
+    """Render and validate every entry (forEach expanded), collecting all problems. ``broken``: the (entry,
+    field) pairs the structure check refused (None: the whole entry), not reported again; the rest is checked."""
     desired: list[DesiredInstance] = []
     problems: list[Problem] = []
     for index, entry in enumerate(manifest.instances):
@@ -62,8 +60,8 @@ def build_desired(
         where = Location(manifest.display, manifest.instances.line_of(index))
         items = [] if "forEach" in fields else _items(entry, renderer, limits, where, problems)
         for item in items:
-            one = _Entry(entry, where.file, where.line, problems, fields, f"#{index + 1}")
-            instance = _build_one(one, item, manifest, registry, renderer)
+            one = _Entry(entry, where, problems, fields, f"#{index + 1}", renderer)
+            instance = _build_one(one, item, manifest, registry)
             if instance is not None and not fields:
                 desired.append(instance)
     problems.extend(_duplicates(desired))
@@ -104,9 +102,10 @@ class _Entry:
     ``broken``: its fields the structure check refused; ``label``: its name while none is known."""
 
     def __init__(
-        self, entry: YDict, file: str | None, line: int | None, problems: list[Problem], broken: set, label: str
+        self, entry: YDict, where: Location, problems: list[Problem], broken: set, label: str, renderer: Renderer
     ):
-        self.entry, self.file, self.line, self.problems, self.broken = entry, file, line, problems, broken
+        self.entry, self.file, self.line, self.problems, self.broken = entry, where.file, where.line, problems, broken
+        self.renderer = renderer
         self.name: str | None = None  # the rendered name, or the label once the name is known not to render
         self.label, self.named = label, False
         self.literal = entry.get("literal") is True  # text written by import: data, never a template
@@ -118,30 +117,28 @@ class _Entry:
     def add(self, key: str, message: str, hint: str | None = None) -> None:
         self.problems.append(Problem(message, self.at(key), hint))
 
-    def render(self, renderer: Renderer, raw: Any, scope: dict, key: str) -> Any:
+    def render(self, raw: Any, scope: dict, key: str) -> Any:
         """The value of ``key`` rendered (taken as written under ``literal: true``); _UNKNOWN if it did not render."""
         if self.literal:
             return raw
         try:
-            return renderer.value(raw, scope, self.at(key))
+            return self.renderer.value(raw, scope, self.at(key))
         except RenderError as exc:
             self.problems.append(exc.problem)
             return _UNKNOWN
 
-    def field(self, key: str, renderer: Renderer, scope: dict) -> Any:
+    def field(self, key: str, scope: dict) -> Any:
         """A field of the entry rendered; _UNKNOWN if refused by the structure check or not rendered."""
         if key in self.broken:
             return _UNKNOWN
-        return self.render(renderer, self.entry[key], scope, key)
+        return self.render(self.entry[key], scope, key)
 
 
-def _build_one(
-    one: _Entry, item: Any, manifest: Manifest, registry: ElementRegistry, renderer: Renderer
-) -> DesiredInstance | None:
+def _build_one(one: _Entry, item: Any, manifest: Manifest, registry: ElementRegistry) -> DesiredInstance | None:
     """Render one entry and check it; every field that can be read is checked, whatever failed before."""
-    scope = renderer.context(item)
+    scope = one.renderer.context(item)
     before = len(one.problems)
-    name = one.field("name", renderer, scope) if "name" in one.entry else _UNKNOWN
+    name = one.field("name", scope) if "name" in one.entry else _UNKNOWN
     if isinstance(name, str) and name.strip():
         one.name, one.named = name, True
         _check_printable(one, "name", [name])
@@ -152,13 +149,13 @@ def _build_one(
         one.name = one.label
     body: dict[str, Any] = {}
     if isinstance(one.entry.get("template"), str) and "template" not in one.broken:
-        rendered = _template_body(one, scope, renderer)
+        rendered = _template_body(one, scope)
         body = {"element": _UNKNOWN, "configuration": _UNKNOWN} if rendered is None else rendered
     for key in ("element", "target", "tags", "adopt", "protect", "previousNames", "enabled"):
         if key in one.entry:
-            body[key] = one.field(key, renderer, scope)
+            body[key] = one.field(key, scope)
     if "configuration" in one.entry:
-        inline = _UNKNOWN if "configuration" in one.broken else _configuration(one, scope, renderer)
+        inline = _UNKNOWN if "configuration" in one.broken else _configuration(one, scope)
         known = body.get("configuration")
         if isinstance(inline, _Partial) and isinstance(known, Mapping):
             body["configuration"] = _Partial({**known, **inline}, inline.unknown)
@@ -168,7 +165,7 @@ def _build_one(
             body["configuration"] = _Partial(inline)  # the template's part is unknown
         else:
             body["configuration"] = inline
-    instance = _checked(one, body, manifest, registry, renderer)
+    instance = _checked(one, body, manifest, registry)
     return instance if len(one.problems) == before and one.named else None
 
 
@@ -181,12 +178,12 @@ class _Partial(dict):
         self.unknown = unknown
 
 
-def _template_body(one: _Entry, scope: dict, renderer: Renderer) -> dict | None:
+def _template_body(one: _Entry, scope: dict) -> dict | None:
     """The mapping a template file renders (None if it failed)."""
     name = one.entry["template"]
     at = one.at("template", None)
     try:
-        body = dict(renderer.template_file(name, scope, at))
+        body = dict(one.renderer.template_file(name, scope, at))
     except RenderError as exc:
         one.problems.append(exc.problem)
         return None
@@ -197,13 +194,12 @@ def _template_body(one: _Entry, scope: dict, renderer: Renderer) -> dict | None:
     return body
 
 
-def _configuration(one: _Entry, scope: dict, renderer: Renderer) -> Any:
-    """Render an inline configuration key by key, so each error has the key's own line and path;
-    the keys that do not render are left out and remembered (``_Partial``). Under ``literal: true``
-    values are text, and ``!env NAME`` the one thing read."""
+def _configuration(one: _Entry, scope: dict) -> Any:
+    """Render an inline configuration key by key (each error at its key's line), leaving out and remembering
+    the keys that do not render (``_Partial``). Under ``literal: true`` only ``!env NAME`` is read."""
     raw = one.entry["configuration"]
     if not isinstance(raw, YDict):
-        return one.render(renderer, raw, scope, "configuration")
+        return one.render(raw, scope, "configuration")
     rendered = {}
     failed = set()
     for key, value in raw.items():
@@ -212,16 +208,14 @@ def _configuration(one: _Entry, scope: dict, renderer: Renderer) -> Any:
             continue
         at = Location(one.file, raw.line_of(key), instance=one.name, path=f"configuration.{key}")
         try:
-            rendered[key] = renderer.value(value, scope, at)
+            rendered[key] = one.renderer.value(value, scope, at)
         except RenderError as exc:
             one.problems.append(exc.problem)
             failed.add(key)
     return _Partial(rendered, frozenset(failed)) if failed else rendered
 
 
-def _checked(
-    one: _Entry, body: dict, manifest: Manifest, registry: ElementRegistry, renderer: Renderer
-) -> DesiredInstance | None:
+def _checked(one: _Entry, body: dict, manifest: Manifest, registry: ElementRegistry) -> DesiredInstance | None:
     problems, before, entry, name = one.problems, len(one.problems), one.entry, one.name or one.label
     known = {key: value for key, value in body.items() if value is not _UNKNOWN}
     target, tags = known.get("target") or DEFAULT_TARGET, known.get("tags")
@@ -248,16 +242,16 @@ def _checked(
         return None
     if schema is None:
         return None
-    locate = _config_locator(one, renderer)
+    locate = _config_locator(one)
     _secrets(one, schema, configuration, locate)
     errors = schema.validator.iter_errors(dict(configuration))
     unknown = configuration.unknown if isinstance(configuration, _Partial) else frozenset()
     if isinstance(configuration, _Partial) and not unknown:  # the template's part is unknown: none is missing
         errors = [e for e in errors if e.validator != "required"]
     if errors:
-        expressions = _from_expressions(one, renderer, configuration)
+        expressions = _from_expressions(one, configuration)
         found = problems_from_errors(errors, locate, schema.secret_keys, "configuration", unknown, expressions)
-        problems.extend(renderer.scrub(p) for p in found)  # values from the environment are never echoed
+        problems.extend(one.renderer.scrub(p) for p in found)  # values from the environment are never echoed
     if len(problems) > before or isinstance(configuration, _Partial):
         return None
     config = {k: (Secret(v) if k in schema.secret_keys and isinstance(v, str) else v) for k, v in configuration.items()}
@@ -365,7 +359,7 @@ def _check_tags(one: _Entry, tags: Any) -> None:
             one.add("tags", message, "remove <...> from the tag")
 
 
-def _config_locator(one: _Entry, renderer: Renderer) -> Callable[[tuple], Location]:
+def _config_locator(one: _Entry) -> Callable[[tuple], Location]:
     """Map a configuration key to the manifest line that declares it, or the template line."""
     entry, template_name = one.entry, one.entry.get("template")
     inline = entry.get("configuration") if isinstance(entry.get("configuration"), YDict) else None
@@ -375,31 +369,27 @@ def _config_locator(one: _Entry, renderer: Renderer) -> Callable[[tuple], Locati
         if inline is not None and key in inline:
             return Location(one.file, inline.line_of(key), instance=one.name)
         if isinstance(template_name, str):
-            line = _line_in(renderer.template_lines(template_name), key)
+            line = _line_in(one.renderer.template_lines(template_name), key)
             return Location(one.file, entry.line_of("template"), template_name, line, one.name)
         return Location(one.file, entry.line_of("configuration"), instance=one.name)
 
     return locate
 
 
-def _from_expressions(one: _Entry, renderer: Renderer, configuration: Mapping) -> dict[str, str]:
-    """The configuration keys whose value a {{ expression }} gave (it keeps its value's type, quoted
-    or not), each with the expression's text where one is seen: inline, in the template file, or the
-    whole configuration as one expression."""
+def _from_expressions(one: _Entry, configuration: Mapping) -> dict[str, str]:
+    """The configuration keys whose value a {{ expression }} gave (it keeps its value's type, quoted or not),
+    with the expression's text where seen: inline, in the template file, or the whole configuration."""
     inline, template = one.entry.get("configuration"), one.entry.get("template")
     if isinstance(inline, str):
         return dict.fromkeys(configuration, "")
     written = dict(inline) if isinstance(inline, dict) else {}
     if isinstance(template, str):
-        lines = renderer.template_lines(template)
+        lines = one.renderer.template_lines(template)
         for key in set(configuration) - set(written):
             line = _line_in(lines, key)
             written[key] = lines[line - 1] if line else ""
     found = {k: _EXPRESSION.search(v) for k, v in written.items() if isinstance(v, str)}
     return {k: m[1].strip() for k, m in found.items() if m}
-
-
-_EXPRESSION = re.compile(r"\{\{(.*?)\}\}")
 
 
 def _line_in(lines: list[str], key: Any) -> int | None:
@@ -412,8 +402,7 @@ def _line_in(lines: list[str], key: Any) -> int | None:
 
 
 def _duplicates(desired: list[DesiredInstance]) -> list[Problem]:
-    """A previous name must not be declared now, nor claimed by two instances of one target; names are
-    unique within a target."""
+    """Names are unique within a target; a previous name is neither declared now nor claimed twice."""
     problems: list[Problem] = []
     declared = {(d.target, d.name) for d in desired}
     claimed: dict[tuple[str, str], DesiredInstance] = {}

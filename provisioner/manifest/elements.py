@@ -1,9 +1,6 @@
-"""The element registry: which elements exist, and what their configuration may hold.
-
-One JSON Schema (2020-12) per element, built in or from ``--schemas DIR`` and the manifest's
-``schemas:`` (later directories win); see docs/manifest.md#element-schemas for ``x-provisioner``
-(the element key, ``reportedKeys``, ``oauth``) and ``writeOnly`` (secret keys). Each element's
-validator is built once per run (it validates each shape of configuration once: ``ShapeValidator``).
+"""The element registry: which elements exist, and what their configuration may hold. One JSON Schema
+(2020-12) per element, built in or from ``--schemas DIR`` and the manifest's ``schemas:`` (later ones
+win); docs/manifest.md#element-schemas tells ``x-provisioner`` and ``writeOnly`` (secret keys).
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from ..errors import Location, Problem
-from .schemacheck import ShapeValidator
+from .schemacheck import ShapeValidator, types_of
 
 OAUTH_REFRESH_TOKEN = "oauth.user.refresh_token"
 
@@ -68,8 +65,7 @@ class ElementSchema:
         return meta.get("oauth") if isinstance(meta, dict) else None
 
     def uses_oauth(self, configuration: Mapping[str, Any]) -> bool:
-        """Whether an instance of this configuration authenticates with OAuth (``x-provisioner.oauth``,
-        whose ``when`` names the configuration values that choose OAuth)."""
+        """Whether this configuration authenticates with OAuth (``x-provisioner.oauth``, if its ``when`` holds)."""
         when = self._oauth.get("when", {}) if isinstance(self._oauth, dict) else {} if self._oauth else None
         return when is not None and all(
             self.effective(key, configuration.get(key)) in [self.normalize(key, v) for v in values]
@@ -77,9 +73,8 @@ class ElementSchema:
         )
 
     def oauth_problem(self, configuration: Mapping[str, Any], adopting: bool) -> tuple[str, str] | None:
-        """Why a new instance of this configuration cannot be created unattended (message, hint), if so:
-        an OAuth element needs a code from a browser redirect, unless a refresh token is given or an
-        existing instance is taken over (``adopt:``)."""
+        """Why a new instance of this configuration cannot be created unattended (message, hint), if so: OAuth
+        needs a code from a browser redirect, unless a refresh token is given or ``adopt:`` takes one over."""
         if adopting or configuration.get(OAUTH_REFRESH_TOKEN) not in (None, "") or not self.uses_oauth(configuration):
             return None
         return (
@@ -123,11 +118,7 @@ class ElementSchema:
 
     @cached_property
     def _types(self) -> dict[str, tuple[str, ...]]:
-        types = {}
-        for key, prop in self.properties.items():
-            declared = prop.get("type", ()) if isinstance(prop, dict) else ()
-            types[key] = (declared,) if isinstance(declared, str) else tuple(declared)
-        return types
+        return {key: tuple(types_of(prop)) if isinstance(prop, dict) else () for key, prop in self.properties.items()}
 
     @cached_property
     def _normal_defaults(self) -> dict[str, Any]:
@@ -135,9 +126,8 @@ class ElementSchema:
 
 
 def _canonical_json(value: Any) -> Any:
-    """A JSON-valued key (``event.poller.configuration``) compares by meaning: the API and the docs give
-    it as an object or as an escaped JSON string (even a string of a string); both become the same
-    canonical text. A string that is not the JSON of a mapping or list stays as it is."""
+    """A JSON-valued key (``event.poller.configuration``) compares by meaning: an object and its escaped JSON
+    text (even a string of a string) give the same canonical text; other strings stay as they are."""
     decoded = value
     for _ in range(3):
         if not isinstance(decoded, str):

@@ -1,8 +1,6 @@
-"""Stage 1: load the manifest, check its structure, and layer the inputs.
-
-Inputs come from the manifest's ``inputs``, then each ``--inputs FILE`` in order, then each
-``--set KEY=VALUE`` in order: later wins, nested mappings merge. ``layers`` records that order so
-``--verbose`` can print it.
+"""Stage 1: load the manifest, check its structure, and layer the inputs: the manifest's ``inputs``,
+then each ``--inputs FILE``, then each ``--set KEY=VALUE``, in order (later wins, nested mappings
+merge); ``layers`` records that order for ``--verbose``.
 """
 
 from __future__ import annotations
@@ -110,9 +108,8 @@ def load_manifest(
 
 
 def check_structure(data: YDict, display: str, env_refs: list[EnvRef]) -> list[Problem]:
-    """Validate the manifest against schemas/manifest.schema.json, with lines: the top level without
-    its instances, then each instance entry (thousands alike: a ``ShapeValidator``). ``!env`` is a
-    configuration value of an instance entry, and nothing else."""
+    """Validate against schemas/manifest.schema.json, with lines: the top level, then each instance entry
+    (thousands alike: a ``ShapeValidator``); ``!env`` is accepted only as an entry's configuration value."""
     schema = json.loads(manifest_schema_text())
     entries = data.get("instances")
     entries = entries if isinstance(entries, list) else None
@@ -224,8 +221,7 @@ def parse_set(assignment: str) -> tuple[list[str], Any, Problem | None]:
 
 
 def _scalar(raw: str) -> Any:
-    """A --set value is read as a YAML scalar (true, 42, null); anything else stays a string.
-    Raises ValueError for an integer too long to read."""
+    """A --set value read as a YAML scalar (true, 42, null), else the text; ValueError for a too-long integer."""
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
@@ -233,11 +229,10 @@ def _scalar(raw: str) -> Any:
     return value if isinstance(value, (str, int, float, bool)) or value is None else raw
 
 
-def deep_merge(into: dict, other: dict) -> dict:
+def deep_merge(into: dict, other: dict) -> None:
     """Merge ``other`` into ``into``: mappings merge key by key, anything else replaces."""
     for key, value in other.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):
             deep_merge(into[key], value)
         else:
             into[key] = value
-    return into

@@ -1,10 +1,8 @@
 """Render manifest values and template files with Jinja, sandboxed and strict (docs/manifest.md#rendering).
 
-In scope: ``env``, ``inputs`` and, inside a forEach, ``item``. Undefined variables are errors that
-name what is missing; values are never printed. In template files every ``{{ ... }}`` output becomes a
-random placeholder, the text is parsed as YAML and the values are put back: data is never rendered
-twice and cannot change the structure of the body. Each distinct string or file is compiled once per
-Renderer (a forEach renders it per item).
+In scope: ``env``, ``inputs`` and, in a forEach, ``item``; undefined variables are errors naming what is
+missing, never a value. In template files every ``{{ ... }}`` output becomes a random placeholder, the
+text is parsed as YAML and the values are put back: data never changes the structure of the body.
 """
 
 from __future__ import annotations
@@ -48,8 +46,7 @@ class RenderError(Exception):
 
 
 class EnvMapping(dict):
-    """The process environment as seen by templates (read-only in the sandbox). A missing variable
-    is a named error; the values are never listed."""
+    """The process environment in templates (read-only in the sandbox); its values are never listed."""
 
     def __repr__(self) -> str:
         return f"<environment: {len(self)} variables>"
@@ -166,8 +163,12 @@ class Renderer:
 
     def value(self, raw: Any, scope: dict[str, Any], where: Location) -> Any:
         """Render one manifest value: strings are templates, containers are rendered item by item."""
-        if isinstance(raw, EnvRef):
-            return self.env_value(raw, where)
+        if isinstance(raw, EnvRef):  # !env NAME; unset, the located error an unset {{ env.NAME }} gives
+            value = self.env.get(raw)
+            if value is None:
+                hint = f"set the variable in the environment: export {raw}=..."
+                raise RenderError(Problem(f"environment variable {raw} is not set", where, hint))
+            return value
         if isinstance(raw, str):
             return self._string(raw, scope, where)
         if isinstance(raw, dict):
@@ -175,14 +176,6 @@ class Renderer:
         if isinstance(raw, list):
             return [self.value(v, scope, where) for v in raw]
         return raw
-
-    def env_value(self, ref: EnvRef, where: Location) -> str:
-        """``!env NAME``: the variable's value; unset, the located error an unset ``{{ env.NAME }}`` gives."""
-        value = self.env.get(ref)
-        if value is None:
-            hint = f"set the variable in the environment: export {ref}=..."
-            raise RenderError(Problem(f"environment variable {ref} is not set", where, hint))
-        return value
 
     def scrub(self, problem: Problem) -> Problem:
         """Hide environment values in a rendering problem: an expression like
@@ -227,8 +220,8 @@ class Renderer:
             raise RenderError(problem) from None
 
     def _compile(self, kind: str, source: str) -> Callable[[dict[str, Any]], Any]:
-        """The function of a scope that renders a string or a template file, compiled once per source
-        for the run. A string that is a single expression keeps its value's type."""
+        """A string's or template file's rendering, a function of the scope compiled once per run; a string
+        that is a single expression keeps its value's type."""
         key = (kind, source)
         if key not in self._compiled:
             match = _SINGLE_EXPRESSION.match(source) if kind == "string" else None
@@ -279,8 +272,9 @@ class Renderer:
         try:
             data = outputs.put_back(loaded.data)
         except _BadKey as exc:
-            message = f"key {outputs.described(str(exc.key))!r} {exc.reason}"
-            index = text.find(str(exc.key))
+            key, reason = map(str, exc.args)
+            message = f"key {outputs.described(key)!r} {reason}"
+            index = text.find(key)
             line = text.count("\n", 0, index) + 1 if index >= 0 else None
             raise RenderError(Problem(message, located(line), "give each key of a mapping a distinct name")) from None
         if data is not None and not isinstance(data, dict):
@@ -344,19 +338,13 @@ class _Outputs:
         return f" (in: {shown[:120]!r})" if shown else ""
 
     def template_line(self, line: int | None) -> int | None:
-        """The template line of a rendered line: the line of an output rendered on it if any,
-        else the same number (true for a template without loops)."""
+        """The template line of a rendered line: that of an output on it, else the same number (no loops)."""
         match = self.pattern.search(self._rendered(line))
         return (self.lines[int(match[1])] if match else None) or line
 
 
 class _BadKey(Exception):
-    """A mapping key of a template file that is unusable once its outputs are put back."""
-
-    def __init__(self, key: Any, reason: str):
-        super().__init__(reason)
-        self.key = key
-        self.reason = reason
+    """A mapping key of a template file that is unusable once its outputs are put back: (key, reason)."""
 
 
 def _defined(value: Any) -> Any:
@@ -405,11 +393,7 @@ def _problem_from(exc: Exception, where: Location, template: str | None = None) 
     return Problem(f"template error: {type(exc).__name__}: {exc}", location, None)
 
 
-def _template_line(exc: Exception, template: str | None) -> int | None:
-    line = getattr(exc, "lineno", None)
-    if line:
-        return line
-    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-        if template and frame.filename == template:
-            return frame.lineno
-    return None
+def _template_line(exc: Exception, template: str) -> int | None:
+    """The line Jinja's error names, else that of the template's last frame in the traceback."""
+    frames = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__) if frame.filename == template]
+    return getattr(exc, "lineno", None) or next(reversed(frames), None)

@@ -1,12 +1,8 @@
 """The Jinja sandbox, with a budget per rendering: wall-clock time, and the size of what it builds
-(the limits: docs/manifest.md#rendering).
-
-Jinja's sandbox refuses unsafe attribute access, not runaway work; the budget goes through the hooks
-a sandbox subclass may override. The deadline is checked on every lookup, call, filter and operator;
-what can build a large value in one step is bounded before it runs (``intercepted_binops``, the
-``filters``, ``call`` and ``lipsum``); every value a call or filter returns is measured, items
-included; ``~`` and captured output are joined by ``concat``, which refuses a result past the cap
-(``~`` reaches it through ``code_generator_class``, Jinja's documented hook on compiled code).
+(docs/manifest.md#rendering), through the hooks a sandbox subclass may override. The deadline is checked
+on every lookup, call, filter and operator; what can build a large value in one step is bounded before it
+runs, and every value a call or filter returns is measured; ``~`` and captured output are joined by
+``concat`` (``~`` through ``code_generator_class``, Jinja's documented hook on compiled code).
 """
 
 from __future__ import annotations
@@ -45,8 +41,7 @@ class BudgetExceeded(Exception):
 
 
 def template_line_now() -> int | None:
-    """The template line being rendered, read the way Jinja's own tracebacks are (from the frame of
-    the compiled template)."""
+    """The template line being rendered, read from the compiled template's frame as Jinja's tracebacks do."""
     frame = inspect.currentframe()
     while frame is not None:
         template = frame.f_globals.get("__jinja_template__")
@@ -80,8 +75,7 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
     def __init__(self, **options: Any):
         super().__init__(**options)
         self.filters = {name: self._capped(name, f) for name, f in self.filters.items()}
-        # Jinja copies a template's globals (a ChainMap) key by key on every render: they travel in
-        # each render's variables instead (Renderer.context), copied as one dict
+        # the globals travel in each render's variables (Renderer.context): Jinja copies them key by key
         self.variables: dict[str, Any] = {**self.globals, "lipsum": self._lipsum}
         self.globals.clear()
 

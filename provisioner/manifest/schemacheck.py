@@ -1,14 +1,9 @@
 """JSON Schema validation at scale, and its errors as problems a person can act on.
 
-``ShapeValidator`` is jsonschema's validator, run once per distinct *shape* of value: an import
-writes thousands of entries (and configurations) alike, and a value whose shape was valid once is
-valid. The shape keeps everything the schema's keywords can see (see ``_Observed``); a schema with
-any other keyword is validated value by value.
-
-jsonschema's own messages print the offending value (a password, sometimes) and speak in schema
-terms. Here every error becomes a ``Problem`` at the line of the key it concerns, with a short
-message, a hint, a did-you-mean for unknown keys, and no value of a secret key ever shown. All
-missing required keys of one object are reported together, as the API itself does.
+``ShapeValidator`` runs jsonschema once per distinct *shape* of value (``_Observed``): thousands of
+entries alike are validated once. Each error becomes a ``Problem`` at the line of its key, with a short
+message, a hint and a did-you-mean, never a secret's value (jsonschema's own messages print the value);
+the missing required keys of one object are reported together.
 """
 
 from __future__ import annotations
@@ -48,11 +43,10 @@ class ShapeValidator:
         return errors
 
 
-# What a shape keeps of a value: a mapping's keys and its values' shapes, a list's items' shapes; of a
-# string, whether it is one of the schema's constants, which patterns it matches and how its length
-# compares with the length bounds; of a number, its type, whether it is whole, whether it is a
-# constant and how it compares with the bounds. That decides these keywords (the first take data,
-# the second subschemas, the third named subschemas); jsonschema ignores "x-" keywords.
+# A shape keeps a mapping's keys and its values' shapes, a list's items' shapes; of a string, whether it is a
+# schema constant, which patterns it matches and how its length compares with the length bounds; of a number,
+# its type, whether it is whole or a constant and how it compares with the bounds. That decides these keywords
+# (the first take data, the second subschemas, the third named subschemas); jsonschema ignores "x-" keywords.
 _DATA_KEYWORDS = frozenset(
     "type required dependentRequired minProperties maxProperties minItems maxItems minContains maxContains"
     " $schema $id $comment title description default examples readOnly writeOnly deprecated format".split()
@@ -64,6 +58,27 @@ _SUBSCHEMA_KEYWORDS = frozenset(
 _NAMED_SUBSCHEMAS = frozenset("properties patternProperties dependentSchemas $defs definitions".split())
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 _SCALARS = (str, int, float, bool, type(None))
+
+# How messages name types: a schema's (_TYPE_NAMES), and a value's (_type_of: _JSON_TYPES, _JSON_NAMES for a schema's)
+_TYPE_NAMES = {
+    "string": "a string",
+    "boolean": "a boolean (true or false)",
+    "integer": "an integer",
+    "number": "a number",
+    "object": "a mapping",
+    "array": "a list",
+    "null": "null",
+}
+
+_JSON_NAMES = {"object": "mapping", "array": "list", "number": "number"}
+_JSON_TYPES = (
+    (bool, "boolean"),
+    (int, "integer"),
+    (float, "number"),
+    (str, "string"),
+    (dict, "mapping"),
+    (list, "list"),
+)
 
 
 class _Observed:
@@ -171,9 +186,8 @@ def problems_from_errors(
 
 
 def _fitting(errors: Iterable[ValidationError]) -> Iterator[ValidationError]:
-    """Each error, except that an ``anyOf`` whose value has the type of one of its forms (not the
-    single-expression form) gives that form's own errors: ``tags: [1, 2]`` is a list whose items are
-    not strings, and is reported so."""
+    """Each error, except that an ``anyOf`` whose value has the type of one of its structured forms gives
+    that form's own errors: ``tags: [1, 2]`` is reported as a list whose items are not strings."""
     for error in errors:
         options = error.validator_value if error.validator == "anyOf" else []
         fits = [i for i, o in enumerate(options) if isinstance(o, dict) and _fits(o, error.instance)]
@@ -185,12 +199,12 @@ def _fitting(errors: Iterable[ValidationError]) -> Iterator[ValidationError]:
 
 
 def _fits(option: dict, value: Any) -> bool:
-    kinds = _kinds(option)
-    return not _is_expression(option) and any(_type_of(value) == _JSON_NAMES.get(k, k) for k in kinds)
+    return not _is_expression(option) and _type_of(value) in [_JSON_NAMES.get(k, k) for k in types_of(option)]
 
 
-def _kinds(option: dict) -> list[str]:
-    kind = option.get("type", [])
+def types_of(schema: dict) -> list[str]:
+    """The types a schema's ``type`` keyword names (a name, or a list of them)."""
+    kind = schema.get("type", [])
     return [kind] if isinstance(kind, str) else list(kind)
 
 
@@ -211,39 +225,17 @@ def unknown_key_problems(error: ValidationError, path: tuple, at: LocationFor) -
     return out
 
 
-_TYPE_NAMES = {
-    "string": "a string",
-    "boolean": "a boolean (true or false)",
-    "integer": "an integer",
-    "number": "a number",
-    "object": "a mapping",
-    "array": "a list",
-    "null": "null",
-}
-
-
-_JSON_NAMES = {"object": "mapping", "array": "list", "number": "number"}
-
-_JSON_TYPES = (
-    (bool, "boolean"),
-    (int, "integer"),
-    (float, "number"),
-    (str, "string"),
-    (dict, "mapping"),
-    (list, "list"),
-)
-
-
 def _type_of(value: Any) -> str:
     found = next((name for kind, name in _JSON_TYPES if isinstance(value, kind)), None)
     return found or ("null" if value is None else type(value).__name__)
 
 
-def _shown(value: Any, secret: bool) -> str:
+def shown(value: Any, secret: bool = False, limit: int = 60) -> str:
+    """The value as a message shows it: its repr, cut to ``limit`` characters, never a secret."""
     if secret:
         return "(sensitive value)"
     text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _describe(error: ValidationError, secret: bool, expression: str | None = None) -> tuple[str, str | None]:
@@ -252,25 +244,25 @@ def _describe(error: ValidationError, secret: bool, expression: str | None = Non
     if kind == "type":
         wanted = [expected] if isinstance(expected, str) else list(expected)
         names = " or ".join(_TYPE_NAMES.get(t, t) for t in wanted)
-        return f"expected {names}, got {_type_of(value)} {_shown(value, secret)}", _type_hint(wanted, value, expression)
+        return f"expected {names}, got {_type_of(value)} {shown(value, secret)}", _type_hint(wanted, value, expression)
     if kind == "enum" and set(map(repr, expected)) == {"True", "False", "'true'", "'false'"}:
-        return f"expected true or false, got {_shown(value, secret)}", _type_hint(["boolean"], value)
+        return f"expected true or false, got {shown(value, secret)}", _type_hint(["boolean"], value)
     if kind == "enum":
         allowed = ", ".join(json.dumps(v) for v in expected)
         close = difflib.get_close_matches(str(value), [str(v) for v in expected], n=1) if not secret else []
         hint = f"did you mean {close[0]!r}?" if close else f"write one of: {allowed}"
-        return f"{_shown(value, secret)} is not one of the allowed values: {allowed}", hint
+        return f"{shown(value, secret)} is not one of the allowed values: {allowed}", hint
     if kind == "const":
-        return f"{_shown(value, secret)} must be {expected!r}", None
+        return f"{shown(value, secret)} must be {expected!r}", None
     if kind == "pattern":
-        return f"{_shown(value, secret)} does not have the expected form ({expected})", _pattern_hint(expected)
+        return f"{shown(value, secret)} does not have the expected form ({expected})", _pattern_hint(expected)
     if kind == "minLength":
         return "must not be empty" if expected == 1 else f"must be at least {expected} characters", None
     if kind == "maxLength":
         return f"is longer than {expected} characters", None
     if kind in ("minimum", "maximum"):
         side = "below the minimum" if kind == "minimum" else "above the maximum"
-        return f"{_shown(value, secret)} is {side} of {expected}", None
+        return f"{shown(value, secret)} is {side} of {expected}", None
     if kind == "anyOf":
         return _any_of(error, value, secret)
     return error.message if not secret else f"invalid value ({kind})", None
@@ -282,8 +274,8 @@ def _any_of(error: ValidationError, value: Any, secret: bool) -> tuple[str, str 
         keys = [k for o in options for k in o["required"]]
         return f"needs one of: {', '.join(keys)}", f"add {' or '.join(keys)}"
     forms = " or ".join(_form(o) for o in options)
-    hints = [_type_hint(_kinds(o), value) for o in options if not _is_expression(o)]
-    return f"expected {forms}, got {_type_of(value)} {_shown(value, secret)}", next((h for h in hints if h), None)
+    hints = [_type_hint(types_of(o), value) for o in options if not _is_expression(o)]
+    return f"expected {forms}, got {_type_of(value)} {shown(value, secret)}", next((h for h in hints if h), None)
 
 
 def _form(option: dict) -> str:
@@ -291,9 +283,9 @@ def _form(option: dict) -> str:
     if _is_expression(option):
         return 'a single "{{ expression }}"'
     items = option.get("items")
-    if _kinds(option) == ["array"] and isinstance(items, dict) and isinstance(items.get("type"), str):
+    if types_of(option) == ["array"] and isinstance(items, dict) and isinstance(items.get("type"), str):
         return f"a list of {_JSON_NAMES.get(items['type'], items['type'])}s"
-    return " or ".join(_TYPE_NAMES.get(k, k) for k in _kinds(option)) or "a value of another form"
+    return " or ".join(_TYPE_NAMES.get(k, k) for k in types_of(option)) or "a value of another form"
 
 
 def _type_hint(wanted: list[str], value: Any, expression: str | None = None) -> str | None:

@@ -1,9 +1,6 @@
-"""``provisioner init``: a commented starter manifest for the elements named, from their schemas.
-
-Every key the element's schema requires is written, each reading an environment variable (a secret is
-never written in a manifest); the other keys are listed commented out with their default. The
-required keys are found by validating the configuration as it grows, so keys a schema requires only
-under a condition (``if``/``then``) are found as well.
+"""``provisioner init``: a commented starter manifest for the elements named, from their schemas. Each
+key the schema requires (found by validating the configuration as it grows, so ``if``/``then`` ones too)
+reads an environment variable; the other keys are listed commented out, with their default.
 """
 
 from __future__ import annotations

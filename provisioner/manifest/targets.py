@@ -1,9 +1,7 @@
-"""Resolve the manifest's targets into API endpoints and credentials.
-
-A target is a Cloud Elements environment: a base URL and the user and organization secrets. With no
-``targets:`` the manifest has one target, ``default``, at the US production API (``CE_API_URL`` when
-set) with its secrets in ``CE_USER_SECRET`` and ``CE_ORGANIZATION_SECRET``. Credentials are rendered
-only when a command needs the API (never by ``validate``), and only for the targets some instance uses.
+"""Resolve the manifest's targets (a base URL, the user and organization secrets) into API endpoints and
+credentials. Without ``targets:``, one target, ``default``: ``CE_API_URL`` or the US production API, with
+``CE_USER_SECRET`` and ``CE_ORGANIZATION_SECRET``. Credentials are rendered only when a command needs the
+API (never by ``validate``), and only for the targets some instance uses.
 """
 
 from __future__ import annotations
@@ -21,6 +19,11 @@ from .render import Renderer, RenderError
 # C0 and C1 control characters, DEL and Unicode line separators: never valid in a URL or a header
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ENV_REFERENCE = re.compile(r"env(?:\.([A-Za-z_][A-Za-z0-9_]*)|\[\s*['\"]([^'\"]+)['\"]\s*\])")
+_DEFAULTS = {  # a target's fields when the manifest does not write them
+    "url": "{{ env.CE_API_URL | default('" + DEFAULT_URL + "', true) }}",
+    "userSecret": "{{ env.CE_USER_SECRET }}",
+    "organizationSecret": "{{ env.CE_ORGANIZATION_SECRET }}",
+}
 
 
 @dataclass(frozen=True)
@@ -49,18 +52,12 @@ def resolve_targets(manifest: Manifest, renderer: Renderer, names: set[str]) -> 
     return targets, problems
 
 
-_DEFAULTS = {  # a target's fields when the manifest does not write them
-    "url": "{{ env.CE_API_URL | default('" + DEFAULT_URL + "', true) }}",
-    "userSecret": "{{ env.CE_USER_SECRET }}",
-    "organizationSecret": "{{ env.CE_ORGANIZATION_SECRET }}",
-}
-
-
 def _field(
     name: str, raw: dict, key: str, manifest: Manifest, renderer: Renderer, problems: list, unrendered: list
 ) -> Any:
     """A target's url or secret rendered and checked; None (the problem added) if unusable."""
-    at = _at(manifest, raw, name, key)
+    line_of = getattr(raw, "line_of", lambda _key: manifest.data.line_of("targets") if manifest.targets else None)
+    at = Location(manifest.display, line_of(key), path=f"targets.{name}.{key}")
     try:
         value = renderer.value(raw.get(key, _DEFAULTS[key]), renderer.context(), at)
     except RenderError as exc:
@@ -79,11 +76,6 @@ def url_problems(manifest: Manifest, renderer: Renderer) -> list[Problem]:
         if isinstance(raw, dict):  # else reported by the structure check
             _field(name, raw, "url", manifest, renderer, problems, [])
     return problems
-
-
-def _at(manifest: Manifest, raw: dict, name: str, key: str) -> Location:
-    line_of = getattr(raw, "line_of", lambda _key: manifest.data.line_of("targets") if manifest.targets else None)
-    return Location(manifest.display, line_of(key), path=f"targets.{name}.{key}")
 
 
 def _value_problem(name: str, key: str, value: object, sources: str, at: Location) -> Problem | None:

@@ -1,9 +1,7 @@
-"""Load YAML safely, and remember where every key and item came from.
-
-Only plain YAML is accepted, and in a manifest the one tag of our own, ``!env NAME`` (``EnvRef``),
-from UTF-8 text under a size cap, with aliases capped (billion laughs). ``YDict`` and ``YList`` carry
-the line of each key and item, so that a later error (a JSON Schema path, a rendering error) is
-reported at ``file:line``. Problems a user can fix are collected, not raised.
+"""Load YAML safely, and remember where every key and item came from (``YDict``, ``YList``), so that a
+later error is reported at ``file:line``. Only plain YAML is accepted (and in a manifest ``!env NAME``,
+``EnvRef``), as UTF-8 text under a size cap, with aliases capped (billion laughs). Problems a user can
+fix are collected, not raised.
 """
 
 from __future__ import annotations
@@ -65,9 +63,8 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class EnvRef(str):
-    """``!env NAME`` in a manifest: the value of environment variable NAME, read when the manifest is
-    rendered, as ``{{ env.NAME }}`` is, but without a template (so ``literal: true`` accepts it). Its
-    text is NAME, so the manifest's schema sees a string."""
+    """``!env NAME``: the value of environment variable NAME, read at rendering as ``{{ env.NAME }}`` is but
+    without a template (so ``literal: true`` accepts it). Its text is NAME: the schema sees a string."""
 
     line: int = 0
 
@@ -77,8 +74,7 @@ class EnvRef(str):
 
 @dataclass
 class Loaded:
-    """The result of loading one file: the data (None if unusable), every problem found, and each
-    ``!env`` reference made (when the loader was asked to accept them)."""
+    """One file loaded: its data (None if unusable), every problem found, and the ``!env`` references made."""
 
     data: Any
     problems: list[Problem] = field(default_factory=list)
@@ -96,35 +92,31 @@ _KINDS = (
 
 
 def read_capped(path: str, max_bytes: int) -> bytes:
-    """The bytes of a regular file of at most ``max_bytes`` (else a UserError), never waiting and never reading more
-    than ``max_bytes + 1``: the file is opened without blocking (a FIFO with no writer would wait
-    forever) and refused unless it is a regular file (/dev/zero, a pipe, a directory)."""
+    """The bytes of a regular file of at most ``max_bytes`` (else a UserError), reading at most one byte more
+    and never waiting: opened without blocking (a FIFO with no writer), refused unless regular (/dev/zero)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
+                raise UserError(
+                    f"cannot read file: it is {kind}, not a regular file",
+                    hint="give a regular file (save the output of a command to a file first)",
+                )
+            if info.st_size > max_bytes:
+                raise UserError(f"file is {info.st_size} bytes, over the limit of {max_bytes} bytes", hint=_TOO_LARGE)
+            chunks, size = [], 0
+            while size <= max_bytes:
+                chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise UserError(f"cannot read file: {exc.strerror or exc}", hint="check the path") from None
-    try:
-        info = os.fstat(fd)
-        mode = info.st_mode
-        if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-            raise UserError(
-                f"cannot read file: it is {kind}, not a regular file",
-                hint="give a regular file (save the output of a command to a file first)",
-            )
-        if info.st_size > max_bytes:
-            raise UserError(f"file is {info.st_size} bytes, over the limit of {max_bytes} bytes", hint=_TOO_LARGE)
-        chunks, size = [], 0
-        while size <= max_bytes:
-            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as exc:
-        raise UserError(f"cannot read file: {exc.strerror or exc}", hint="check the path") from None
-    finally:
-        os.close(fd)
     if size > max_bytes:  # it grew after fstat, or it does not report its size
         raise UserError(f"file is over the limit of {max_bytes} bytes", hint=_TOO_LARGE)
     return b"".join(chunks)

@@ -47,14 +47,14 @@ CONFIG = {
 }
 
 
-def seed(db: Path, n: int) -> None:
-    """The stack's N instances, named as the benchmark manifest declares them, straight into the store."""
+def seed(db: Path, n: int, owned: bool = True) -> None:
+    """N instances named as the benchmark manifest declares them, straight into the store: the stack's
+    (``owned``), or unmanaged ones (no stack marker)."""
     store = Store(db, secret_keys=default_catalog().secret_keys)
+    tags = [stack_marker("bench")] if owned else []
     try:
         for i in range(n):
-            store.create_instance(
-                f"helpdesk-c{i:06d}", "connectwisehd", "connectwisehd", [stack_marker("bench")], CONFIG
-            )
+            store.create_instance(f"helpdesk-c{i:06d}", "connectwisehd", "connectwisehd", tags, CONFIG)
     finally:
         store.close()
 

@@ -32,17 +32,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from health import seed  # noqa: E402
 from run import PAGE_SIZE, EmulatorProcess, base_env, write_workload  # noqa: E402  (benchmarks/, next to this)
 
-from provisioner.emulator.api import default_catalog  # noqa: E402
-from provisioner.emulator.store import Store  # noqa: E402
-
-CONFIG = {
-    "helpdesk.connectwise.username": "api-1",
-    "helpdesk.connectwise.password": "bench-password",
-    "helpdesk.connectwise.server.url": "api-na.myconnectwise.net",
-    "helpdesk.connectwise.company": "company",
-}
 BARE_YAML = (
     "import sys, yaml\n"
     "class L(yaml.CSafeLoader): pass\n"
@@ -75,12 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(args.keep or tmp)
         work.mkdir(exist_ok=True)
         write_workload(work, 0)  # manifest.yaml: its apiVersion and stack are what import copies
-        store = Store(work / "emulator.db", secret_keys=default_catalog().secret_keys)
-        try:
-            for i in range(n):
-                store.create_instance(f"helpdesk-c{i:06d}", "connectwisehd", "connectwisehd", [], CONFIG)
-        finally:
-            store.close()
+        seed(work / "emulator.db", n, owned=False)
         emulator = EmulatorProcess(work / "emulator.db", args.latency_ms, work / "emulator.log")
         try:
             env = {**base_env(), "CE_API_URL": emulator.url}

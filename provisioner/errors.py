@@ -8,15 +8,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .closedsets import StrEnum
-
-
-class Severity(StrEnum):
-    """An error stops the command before anything is sent; a warning is reported and the run goes on."""
-
-    ERROR = "error"
-    WARNING = "warning"
-
 
 @dataclass(frozen=True)
 class Location:
@@ -47,7 +38,6 @@ class Problem:
     message: str
     location: Location = field(default_factory=Location)
     hint: str | None = None
-    severity: Severity = Severity.ERROR
 
     def format(self) -> str:
         where = self.location.format()
@@ -58,7 +48,7 @@ class Problem:
 
     def to_json(self) -> dict:
         where = {"templateLine" if k == "template_line" else k: v for k, v in asdict(self.location).items()}
-        return {"severity": self.severity, "message": self.message, "hint": self.hint, **where}
+        return {"severity": "error", "message": self.message, "hint": self.hint, **where}
 
 
 class ProvisionerError(Exception):
@@ -83,7 +73,7 @@ class ValidationFailed(UserError):
 
     def __init__(self, problems: list[Problem]):
         self.problems = problems
-        super().__init__(f"{sum(p.severity == Severity.ERROR for p in problems)} problem(s) found")
+        super().__init__(f"{len(problems)} problem(s) found")
 
     def __str__(self) -> str:
         return "\n".join(p.format() for p in self.problems)

@@ -13,7 +13,6 @@ from provisioner.engine.apply import Status
 from provisioner.engine.diff import DiffOp
 from provisioner.engine.drift import CATEGORIES
 from provisioner.engine.plan import ACTIONS, REFUSALS, WRITES, Action
-from provisioner.errors import Severity
 
 # The values of the documented JSON format (README "JSON output"), in the order of its summaries.
 DOCUMENTED = [
@@ -24,7 +23,6 @@ DOCUMENTED = [
     ),
     (Status, ["ok", "failed", "skipped"]),
     (DiffOp, ["add", "change", "remove"]),
-    (Severity, ["error", "warning"]),
 ]
 
 

@@ -59,7 +59,7 @@ def validate(run: Run, args: ValidateArgs) -> int:
 
     def one(source: Source) -> int:
         validated = run.validated(source)
-        run.reporter.validated(validated.manifest.display, len(validated.desired), validated.problems)
+        run.reporter.validated(validated.manifest.display, len(validated.desired))
         return EXIT_OK
 
     return max(run.finish(functools.partial(one, args.source(manifest))) for manifest in args.manifest)

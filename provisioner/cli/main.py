@@ -72,7 +72,3 @@ def _crash(exc: BaseException) -> int:
         "please attach it to a bug report.\n"
     )
     return EXIT_ERROR
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -20,7 +20,7 @@ from ..engine.apply import ApplyResult, ChangeResult, Status
 from ..engine.diff import DiffOp, FieldDiff
 from ..engine.drift import DriftField, DriftReport
 from ..engine.plan import REFUSALS, WRITES, Action, Change, Plan
-from ..errors import Problem, Severity
+from ..errors import Problem
 from ..secret import MASK, MIN_REDACT_LENGTH, REDACTOR, SENSITIVE, Secret, escape
 
 FORMAT_VERSION = 1
@@ -141,8 +141,8 @@ class JsonReporter:
         self.out.write(json.dumps(printable(document), indent=2) + "\n")
         self.out.flush()
 
-    def validated(self, manifest: str, count: int, problems: Iterable[Problem]) -> None:
-        self._emit("validate", True, manifest=manifest, instances=count, problems=[p.to_json() for p in problems])
+    def validated(self, manifest: str, count: int) -> None:
+        self._emit("validate", True, manifest=manifest, instances=count, problems=[])
 
     def problems(self, command: str, problems: list[Problem]) -> None:
         self._emit(command, False, problems=[p.to_json() for p in problems])
@@ -215,17 +215,13 @@ class TextReporter:
         self.verbose = verbose
         self.warned: set[str] = set()  # apply's warnings, once shown with its plan
 
-    def validated(self, manifest: str, count: int, problems: Iterable[Problem]) -> None:
-        for problem in problems:
-            self.err.print("warning: " + problem.format())
+    def validated(self, manifest: str, count: int) -> None:
         self.out.print(f"{manifest}: valid ({plural(count, 'instance')})")
 
     def problems(self, command: str, problems: list[Problem]) -> None:
         for problem in problems:
-            style = "red" if problem.severity == Severity.ERROR else "yellow"
-            self.err.print(f"{problem.severity}: {problem.format()}", style=style)
-        errors = sum(1 for p in problems if p.severity == Severity.ERROR)
-        self.err.print(f"{plural(errors, 'problem')} found; nothing was sent to the API.")
+            self.err.print(f"error: {problem.format()}", style="red")
+        self.err.print(f"{plural(len(problems), 'problem')} found; nothing was sent to the API.")
 
     def plan(self, plan: Plan, command: str = "plan") -> None:
         listed = [c for c in plan.changes if c.action != Action.NOOP or c.warning or self.verbose]

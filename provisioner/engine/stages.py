@@ -16,7 +16,7 @@ from ..api.client import Client, ClientSettings, ReadOnlyClient
 from ..api.live import LiveInstance, read_live
 from ..api.ratelimit import RateBudget
 from ..api.stats import RequestStats
-from ..errors import CredentialsRefused, Problem, Severity, Unauthorized, UserError, ValidationFailed
+from ..errors import CredentialsRefused, Problem, Unauthorized, UserError, ValidationFailed
 from ..interrupt import StopFlag
 from ..manifest.desired import DesiredInstance, build_desired
 from ..manifest.elements import ElementRegistry
@@ -54,7 +54,6 @@ class Validated:
     registry: ElementRegistry
     renderer: Renderer
     desired: list[DesiredInstance]
-    problems: list[Problem]
 
 
 def validate(options: Options) -> Validated:
@@ -68,9 +67,9 @@ def validate(options: Options) -> Validated:
     broken = frozenset((int(m[1]), m[2]) for p in problems if (m := _ENTRY.match(p.location.path or "")))
     desired, render_problems = build_desired(manifest, registry, renderer, options.limits, broken)
     problems.extend([*render_problems, *url_problems(manifest, renderer)])
-    if any(p.severity == Severity.ERROR for p in problems):
+    if problems:
         raise ValidationFailed(_sorted(problems))
-    return Validated(manifest, registry, renderer, desired, problems)
+    return Validated(manifest, registry, renderer, desired)
 
 
 def _sorted(problems: list[Problem]) -> list[Problem]:

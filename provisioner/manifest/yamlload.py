@@ -28,11 +28,8 @@ from ..errors import Location, Problem, UserError
 
 if TYPE_CHECKING:  # both construct alike (SafeConstructor); the type check reads the pure Python one
     _BaseLoader = yaml.SafeLoader
-else:
-    try:  # libyaml is an order of magnitude faster on large inputs files
-        _BaseLoader = yaml.CSafeLoader
-    except AttributeError:  # pragma: no cover - pure Python fallback
-        _BaseLoader = yaml.SafeLoader
+else:  # libyaml's, an order of magnitude faster on large input files, where PyYAML was built with it
+    _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_ALIAS_NODES = 100_000

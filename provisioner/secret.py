@@ -289,7 +289,10 @@ def _mask_run(run: str, words: set[str], by_prefix: dict[str, set[int]], shortes
     if view in words:
         return MASK
     end = len(run) - shortest
-    if by_prefix.keys().isdisjoint([view[i : i + _PREFIX] for i in range(end + 1)]):  # most runs: no form starts here
+    if len(by_prefix) <= end:  # few forms: search the run for the first characters of each
+        if not any(prefix in view for prefix in by_prefix):
+            return run
+    elif by_prefix.keys().isdisjoint([view[i : i + _PREFIX] for i in range(end + 1)]):  # many: look up each position
         return run
     out: list[str] = []
     start = index = 0

@@ -102,6 +102,25 @@ def outputs(tmp_path) -> dict:
     return json.loads((tmp_path / "work" / "out.json").read_text())["instances"]
 
 
+@pytest.mark.parametrize("body", [b'[{"id": 1', b"", b'{"id": 1}'], ids=["cut", "empty", "object"])
+def test_a_count_whose_page_is_not_a_list_is_not_trusted_and_the_stack_is_listed(tmp_path, body):
+    """The final check's count (a page of one item) announces the right total, but its page is cut short
+    or not a list: the header of such an answer is not trusted, and the stack is listed instead."""
+    api = FakeApi()
+
+    def answer(r: Received) -> Any:
+        if r.method == "GET" and r.query.get("pageSize") == ["1"]:
+            return Reply(200, {"elements-total-count": str(len(api.instances))}, body)
+        return api(r)
+
+    with ScriptedServer(default=answer) as srv:
+        result = apply(tmp_path, srv, count=3)
+        after = [r.query for r in srv.requests if r.method == "GET"][-2:]
+    assert result.returncode == 0, result.stderr
+    assert after[0].get("pageSize") == ["1"] and after[1].get("pageSize") != ["1"]  # the count, then the listing
+    assert api.names() == Counter({f"helpdesk-{n}": 1 for n in range(3)})
+
+
 # -- point 3: every create ends in exactly one instance or a clear report -------------------------
 
 ODD = {

@@ -156,9 +156,15 @@ class ReadOnlyClient:
 
     def instance_total(self, tags: Sequence[str] = ()) -> int | None:
         """How many instances the listing with ``tags`` holds, as the API announces it
-        (``elements-total-count`` on a page of one item); None when it announces nothing."""
+        (``elements-total-count`` on a page of one item); None when it announces nothing, or when the page
+        itself is not a JSON list (an answer cut short or garbled is not trusted for its header either)."""
         answer = self._page([("tags[]", t) for t in tags] + [("hydrate", "false")], "", page_size=1)
-        return 0 if answer is None else announced_total(answer)
+        if answer is None:
+            return 0
+        try:
+            return announced_total(answer) if isinstance(loads(answer.content), list) else None
+        except ValueError:
+            return None
 
     def get_instance(self, instance_id: int | str) -> dict:  # NotFound if there is no such instance
         return self._json("GET", _instance_path(instance_id))

@@ -155,9 +155,8 @@ class ReadOnlyClient:
             )
 
     def instance_total(self, tags: Sequence[str] = ()) -> int | None:
-        """How many instances the listing with ``tags`` holds, as the API announces it
-        (``elements-total-count`` on a page of one item); None when it announces nothing, or when the page
-        itself is not a JSON list (an answer cut short or garbled is not trusted for its header either)."""
+        """How many instances the listing with ``tags`` holds, as ``elements-total-count`` on a page of one item
+        announces it; None when none is announced or the page is not a JSON list (a cut answer is not trusted)."""
         answer = self._page([("tags[]", t) for t in tags] + [("hydrate", "false")], "", page_size=1)
         if answer is None:
             return 0

@@ -372,3 +372,34 @@ def test_misuse_of_the_command_line_exits_1_never_2(cli, args):
     proc = cli.run(*args)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_item_keys_named_like_the_loaders_own_attributes_reach_the_instance(cli, db):
+    """``item.line`` is the input's key, not the line the YAML loader recorded (nor ``item.lines``); an
+    attribute the input lacks is the usual undefined error, never a number of the loader's."""
+    inputs = "customers:\n  - id: a\n    line: premium\n    lines: two\n    line_of: three\n"
+    write(cli.cwd, "customers.yaml", inputs)
+    entry = (
+        "- forEach: '{{ inputs.customers }}'\n"
+        "  name: 'hd-{{ item.id }}-{{ item.line }}-{{ item.lines }}-{{ item.line_of }}'\n"
+        "  element: connectwisehd\n"
+        "  configuration:\n"
+        "    helpdesk.connectwise.username: u\n"
+        "    helpdesk.connectwise.password: p\n"
+        "    helpdesk.connectwise.server.url: api.example.com\n"
+        "    helpdesk.connectwise.company: '{{ inputs.customers.line | default(\"none\") }}'\n"
+    )
+    manifest = write(cli.cwd, "m.yaml", "apiVersion: provisioner/v1\nstack: tests\ninstances:\n" + entry)
+    done = cli.run("apply", manifest, "--inputs", "customers.yaml")
+    assert done.returncode == 0, done.stderr
+    (row,) = db.instances()
+    assert row["name"] == "hd-a-premium-two-three"
+    assert row["configuration"]["helpdesk.connectwise.company"] == "none"  # a list has no key "line"
+    write(
+        cli.cwd,
+        "m.yaml",
+        "apiVersion: provisioner/v1\nstack: tests\ninstances:\n" + entry.replace("line_of", "lineage"),
+    )
+    refused = cli.run("validate", manifest, "--inputs", "customers.yaml")
+    assert refused.returncode == 1
+    assert "name: key 'lineage' is not defined" in refused.stderr

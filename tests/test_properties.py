@@ -106,10 +106,10 @@ def template_dir(tmp_path_factory):
 def test_an_env_value_reaches_an_inline_value_byte_for_byte(value, template_dir):
     renderer = Renderer(str(template_dir), {"X": value}, {})
     scope = renderer.context()
-    whole = renderer.value("{{ env.X }}", scope, WHERE)
+    whole = renderer.value("{{ env.X }}", scope)
     assert type(whole) is str and whole.encode("utf-8") == value.encode("utf-8")
-    assert renderer.value("pre-{{ env.X }}-post", scope, WHERE) == f"pre-{value}-post"
-    assert renderer.value({"configuration": {"k": "{{ env.X }}"}, "tags": ["{{ env.X }}"]}, scope, WHERE) == {
+    assert renderer.value("pre-{{ env.X }}-post", scope) == f"pre-{value}-post"
+    assert renderer.value({"configuration": {"k": "{{ env.X }}"}, "tags": ["{{ env.X }}"]}, scope) == {
         "configuration": {"k": value},
         "tags": [value],
     }
@@ -119,8 +119,8 @@ def test_an_env_value_reaches_an_inline_value_byte_for_byte(value, template_dir)
 @given(value=TEXT)
 def test_an_input_and_an_item_reach_an_inline_value_byte_for_byte(value, template_dir):
     renderer = Renderer(str(template_dir), {}, {"v": value})
-    assert renderer.value("{{ inputs.v }}", renderer.context(), WHERE) == value
-    assert renderer.value("{{ item.v }}-{{ item.v }}", renderer.context({"v": value}), WHERE) == value + "-" + value
+    assert renderer.value("{{ inputs.v }}", renderer.context()) == value
+    assert renderer.value("{{ item.v }}-{{ item.v }}", renderer.context({"v": value})) == value + "-" + value
 
 
 @SETTINGS

@@ -77,9 +77,9 @@ def _items(entry: YDict, renderer: Renderer, limits: Limits, where: Location, pr
         return [_NO_ITEM]
     at = Location(where.file, entry.line_of("forEach"), path="forEach")
     try:
-        items = renderer.value(entry["forEach"], renderer.context(), at)
+        items = renderer.value(entry["forEach"], renderer.context())
     except RenderError as exc:
-        problems.append(exc.problem)
+        problems.append(exc.at(at))
         return []
     if isinstance(items, Mapping):
         items = [{"key": k, "value": v} for k, v in items.items()]
@@ -122,9 +122,9 @@ class _Entry:
         if self.literal:
             return raw
         try:
-            return self.renderer.value(raw, scope, self.at(key))
+            return self.renderer.value(raw, scope)
         except RenderError as exc:
-            self.problems.append(exc.problem)
+            self.problems.append(exc.at(self.at(key)))
             return _UNKNOWN
 
     def field(self, key: str, scope: dict) -> Any:
@@ -206,11 +206,11 @@ def _configuration(one: _Entry, scope: dict) -> Any:
         if one.literal and not isinstance(value, EnvRef):
             rendered[key] = value
             continue
-        at = Location(one.file, raw.line_of(key), instance=one.name, path=f"configuration.{key}")
         try:
-            rendered[key] = one.renderer.value(value, scope, at)
+            rendered[key] = one.renderer.value(value, scope)
         except RenderError as exc:
-            one.problems.append(exc.problem)
+            at = Location(one.file, raw.line_of(key), instance=one.name, path=f"configuration.{key}")
+            one.problems.append(exc.at(at))
             failed.add(key)
     return _Partial(rendered, frozenset(failed)) if failed else rendered
 

@@ -35,14 +35,19 @@ from .yamlload import (
 
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
 _HAS_JINJA = re.compile(r"\{[{%#]")
+_NOWHERE = Location()  # an inline value's problem, located by the caller
 
 
 class RenderError(Exception):
-    """A value or template could not be rendered; carries the problem to report."""
+    """A value or template could not be rendered; carries the problem to report (an inline value's
+    without a location: ``at`` gives it the caller's, built only when something failed)."""
 
     def __init__(self, problem: Problem):
         super().__init__(problem.message)
         self.problem = problem
+
+    def at(self, where: Location) -> Problem:
+        return replace(self.problem, location=where)
 
 
 class EnvMapping(dict):
@@ -161,20 +166,21 @@ class Renderer:
 
     # -- inline values -------------------------------------------------------------------------
 
-    def value(self, raw: Any, scope: dict[str, Any], where: Location) -> Any:
-        """Render one manifest value: strings are templates, containers are rendered item by item."""
-        if isinstance(raw, EnvRef):  # !env NAME; unset, the located error an unset {{ env.NAME }} gives
+    def value(self, raw: Any, scope: dict[str, Any]) -> Any:
+        """Render one manifest value: strings are templates, containers are rendered item by item. A
+        failure raises a RenderError the caller locates (``exc.at(where)``)."""
+        if isinstance(raw, EnvRef):  # !env NAME; unset, the error an unset {{ env.NAME }} gives
             value = self.env.get(raw)
             if value is None:
                 hint = f"set the variable in the environment: export {raw}=..."
-                raise RenderError(Problem(f"environment variable {raw} is not set", where, hint))
+                raise RenderError(Problem(f"environment variable {raw} is not set", hint=hint))
             return value
         if isinstance(raw, str):
-            return self._string(raw, scope, where)
+            return self._string(raw, scope)
         if isinstance(raw, dict):
-            return {key: self.value(v, scope, where) for key, v in raw.items()}
+            return {key: self.value(v, scope) for key, v in raw.items()}
         if isinstance(raw, list):
-            return [self.value(v, scope, where) for v in raw]
+            return [self.value(v, scope) for v in raw]
         return raw
 
     def scrub(self, problem: Problem) -> Problem:
@@ -191,13 +197,13 @@ class Renderer:
                 message = message.replace(value, "(value from the environment)")
         return problem if message == problem.message else Problem(message, problem.location, problem.hint)
 
-    def _string(self, raw: str, scope: dict[str, Any], where: Location) -> Any:
+    def _string(self, raw: str, scope: dict[str, Any]) -> Any:
         if not _HAS_JINJA.search(raw):
             return raw  # no Jinja syntax: not a template, the text is the value
         invariant = "item" not in raw  # env and inputs are fixed for the run: such a string renders once
         if invariant and raw in self._invariant:
             return self._invariant[raw]
-        value = self._budgeted(raw, where, None, lambda: self._compile("string", raw)(scope))
+        value = self._budgeted(raw, _NOWHERE, None, lambda: self._compile("string", raw)(scope))
         if invariant:
             self._invariant[raw] = value
         return value

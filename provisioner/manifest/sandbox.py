@@ -119,8 +119,16 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
         return "".join(parts)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
+        """``a.b``; on a mapping or a list, what Jinja gives for a plain ``dict`` or ``list``: their methods,
+        else the key (the loader's own attributes, such as a YDict's ``line``, are not the user's data)."""
         self.check_budget()
-        return super().getattr(obj, attribute)
+        plain = dict if isinstance(obj, dict) else list if isinstance(obj, list) else None
+        if plain is None or hasattr(plain, attribute):
+            return super().getattr(obj, attribute)
+        try:
+            return obj[attribute]
+        except (TypeError, LookupError):
+            return self.undefined(obj=obj, name=attribute)
 
     def getitem(self, obj: Any, argument: Any) -> Any:
         self.check_budget()

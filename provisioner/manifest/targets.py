@@ -59,9 +59,9 @@ def _field(
     line_of = getattr(raw, "line_of", lambda _key: manifest.data.line_of("targets") if manifest.targets else None)
     at = Location(manifest.display, line_of(key), path=f"targets.{name}.{key}")
     try:
-        value = renderer.value(raw.get(key, _DEFAULTS[key]), renderer.context(), at)
+        value = renderer.value(raw.get(key, _DEFAULTS[key]), renderer.context())
     except RenderError as exc:
-        unrendered.append(exc.problem)
+        unrendered.append(exc.at(at))
         return None
     problem = _value_problem(name, key, value, _sources(raw, key), at)
     problems.extend([problem] if problem else [])

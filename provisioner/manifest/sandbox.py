@@ -119,8 +119,7 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
         return "".join(parts)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
-        """``a.b``; on a mapping or a list, what Jinja gives for a plain ``dict`` or ``list``: their methods,
-        else the key (the loader's own attributes, such as a YDict's ``line``, are not the user's data)."""
+        """``a.b`` of a mapping or list is what it is of a plain dict or list (a YDict's ``line`` is no key)."""
         self.check_budget()
         plain = dict if isinstance(obj, dict) else list if isinstance(obj, list) else None
         if plain is None or hasattr(plain, attribute):

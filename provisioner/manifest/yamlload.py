@@ -187,6 +187,8 @@ class _Reader:
         self.expanded = 0  # nodes read so far, each alias counted as what it stands for
         self.aliased = 0  # of those, the nodes aliases added
         self.root_line = 0
+        self.tags: dict[str, str] = {}  # of plain text: the tag the resolver gives it
+        self.scalars: dict[tuple[str, str], Any] = {}  # (tag, text): its value (immutable), built once
 
     def document(self) -> Any:
         self.parser.get_event()  # the stream's start
@@ -235,14 +237,20 @@ class _Reader:
             self.problems.append(problem)
         if tag is None or tag == "!":
             resolved = event.implicit[0] and text[:1] in _RESOLVED_FIRST
-            tag = self.parser.resolve(yaml.ScalarNode, text, event.implicit) if resolved else _STR_TAG
+            if resolved and text not in self.tags:  # a plain scalar's tag depends on its text alone
+                self.tags[text] = self.parser.resolve(yaml.ScalarNode, text, event.implicit)
+            tag = self.tags[text] if resolved else _STR_TAG
         if tag == _STR_TAG:
             return text
         if tag == _MERGE_TAG and key:
             return _MERGE
+        if (tag, text) in self.scalars:
+            return self.scalars[tag, text]
         where = Location(self.display, event.start_mark.line + 1)
         try:
-            return self.parser.construct_object(yaml.ScalarNode(tag, text, event.start_mark), deep=True)
+            value = self.parser.construct_object(yaml.ScalarNode(tag, text, event.start_mark), deep=True)
+            self.scalars[tag, text] = value
+            return value
         except ValueError as exc:
             if "digits" in str(exc):
                 self.problems.append(too_long_number(exc, where))

@@ -90,7 +90,6 @@ _TOKEN = re.compile(r"[A-Za-z0-9+/=_\-]+")  # base64 (either alphabet): what the
 # the same with quote_plus (space as +). Hex case is folded by _normalized.
 _URL_SAFE_SETS = ("", "/", "/:@!$&'()*+,;=")
 _TOKEN_TEXT = re.compile(r"[A-Za-z0-9+/=._~-]+")  # base64 of either alphabet, and the other unreserved characters
-_BASE64_URL_TABLES = [str.maketrans({c: f"%{ord(c):02X}" for c in "+/=" if c not in safe}) for safe in _URL_SAFE_SETS]
 # Characters HTML escaping touches, and the ones JSON encoders commonly write as \u00XX (Go: <>&).
 _HTML_SPECIAL = "&<>\"'"
 _NUMERIC = ("{}", "x{:x}", "x{:X}")  # decimal, and hexadecimal in either case
@@ -124,7 +123,8 @@ def _html_forms(value: str) -> list[str]:
 
 def _url_forms(value: str) -> list[str]:
     if _TOKEN_TEXT.fullmatch(value):  # a token: only + / = can change, the same in quote and quote_plus
-        return [value.translate(table) for table in _BASE64_URL_TABLES]
+        kept = value.replace("+", "%2B").replace("=", "%3D")  # by safe set: none, "/", all three
+        return [kept.replace("/", "%2F"), kept, value]
     return [
         encode(value, safe=safe, errors="surrogatepass") for safe in _URL_SAFE_SETS for encode in (quote, quote_plus)
     ]

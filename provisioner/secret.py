@@ -125,9 +125,8 @@ def _url_forms(value: str) -> list[str]:
     if _TOKEN_TEXT.fullmatch(value):  # a token: only + / = can change, the same in quote and quote_plus
         kept = value.replace("+", "%2B").replace("=", "%3D")  # by safe set: none, "/", all three
         return [kept.replace("/", "%2F"), kept, value]
-    return [
-        encode(value, safe=safe, errors="surrogatepass") for safe in _URL_SAFE_SETS for encode in (quote, quote_plus)
-    ]
+    encoders = (quote, quote_plus) if " " in value else (quote,)  # without a space, quote_plus is quote
+    return [encode(value, safe=safe, errors="surrogatepass") for safe in _URL_SAFE_SETS for encode in encoders]
 
 
 def _repr_forms(value: str) -> list[str]:

@@ -119,7 +119,7 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
         return "".join(parts)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
-        """``a.b`` of a mapping or list is what it is of a plain dict or list (a YDict's ``line`` is no key)."""
+        """``a.b`` of a mapping or list as of a plain dict or list: never the loader's own ``YDict.line``."""
         self.check_budget()
         plain = dict if isinstance(obj, dict) else list if isinstance(obj, list) else None
         if plain is None or hasattr(plain, attribute):

@@ -62,10 +62,8 @@ def _direct_url(venv: Path) -> dict | None:
     return json.loads(found[0].read_text()) if found else None
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    """A git copy of the working tree (branch main), its wheel, and a fresh venv with the README's install."""
-    root = tmp_path_factory.mktemp("install")
+def _git_copy(source: Path) -> Path:
+    """A copy of the working tree committed to a fresh git repository at ``source`` (branch main)."""
     files = (
         subprocess.run(
             ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
@@ -73,14 +71,21 @@ def installed(tmp_path_factory):
         .stdout.decode()
         .split("\0")
     )
-    source = root / "source"
     for name in filter(None, files):
         if (REPO / name).is_file():
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, source / name)
-    env = _env()
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "release"]):
-        _run([*GIT, *args], env, source)
+        _run([*GIT, *args], _env(), source)
+    return source
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """A git copy of the working tree (branch main), its wheel, and a fresh venv with the README's install."""
+    root = tmp_path_factory.mktemp("install")
+    source = _git_copy(root / "source")
+    env = _env()
     wheels = root / "wheels"
     pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-w", str(wheels)]
     _run([*pip_wheel, str(source)], env, root)
@@ -225,7 +230,8 @@ def test_the_gitlab_template_installs_the_archive_of_the_included_ref(installed,
     assert _direct_url(venv) is None and _run(["provisioner", "--version"], env, tmp_path).stdout.strip() == version
 
 
-def test_the_release_workflow_builds_checks_and_tests_the_distributions(installed, tmp_path):
+@pytest.mark.xdist_group("release")  # needs no installed venv: runs beside the install group
+def test_the_release_workflow_builds_checks_and_tests_the_distributions(tmp_path):
     """The release workflow's build job, its shell steps verbatim in a clean checkout: python -m build,
     twine check, the wheel in a fresh venv outside the checkout (publishing needs the index: not here)."""
     workflow = yaml.safe_load((REPO / ".github" / "workflows" / "release.yml").read_text())
@@ -234,7 +240,7 @@ def test_the_release_workflow_builds_checks_and_tests_the_distributions(installe
     assert publish["steps"][-1]["uses"] == "pypa/gh-action-pypi-publish@release/v1"
     assert "startsWith(github.ref, 'refs/tags/v')" in publish["if"]
     checkout = tmp_path / "checkout"
-    _run(["git", "clone", "-q", str(installed["source"]), str(checkout)], _env(), tmp_path)
+    _run(["git", "clone", "-q", str(_git_copy(tmp_path / "source")), str(checkout)], _env(), tmp_path)
     env = _venv(tmp_path / "runner-python", _env())  # build and twine: from the test extra, or the index
     env = {**env, "GITHUB_REF_TYPE": "tag", "GITHUB_REF_NAME": f"v{__version__}", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     for step in workflow["jobs"]["build"]["steps"]:

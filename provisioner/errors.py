@@ -54,8 +54,6 @@ class Problem:
 class ProvisionerError(Exception):
     """Base of every error provisioner raises on purpose."""
 
-    exit_code = 1
-
 
 class UserError(ProvisionerError):
     """Bad input or bad usage: message, location, hint. Never shown with a traceback."""
@@ -74,9 +72,6 @@ class ValidationFailed(UserError):
     def __init__(self, problems: list[Problem]):
         self.problems = problems
         super().__init__(f"{len(problems)} problem(s) found")
-
-    def __str__(self) -> str:
-        return "\n".join(p.format() for p in self.problems)
 
 
 class Interrupted(ProvisionerError):
@@ -135,14 +130,12 @@ class ServerError(ApiError):  # 5xx
 
 
 class WaitTooLong(RateLimited):
-    """The API asked every request to wait (Retry-After) longer than the run's retry budget: the run
-    stops at once. ``sent`` is False when the request never left (the wait was already in force)."""
+    """The API asked every request to wait (Retry-After) longer than the run's retry budget: the run stops at once."""
 
-    def __init__(self, wait: float, budget: float, method: str, path: str, sent: bool):
+    def __init__(self, wait: float, budget: float, method: str, path: str):
         message = f"the API asked to wait {wait:.0f} s (Retry-After), longer than the retry budget of {budget:g} s"
         super().__init__(429, message, None, method, path)
         self.retry_after = float("inf")
-        self.sent = sent
 
 
 class TransportError(ProvisionerError):
@@ -183,7 +176,6 @@ class InconsistentListing(ProvisionerError):
 
     def __init__(self, message: str):
         super().__init__(f"the instance listing is inconsistent: {message}")
-        self.message = message
 
 
 class CredentialsRefused(UserError):
@@ -195,4 +187,3 @@ class CredentialsRefused(UserError):
             f"target {target!r}: the API refused the credentials (HTTP {cause.status}{request})",
             hint=f"check {sources}",
         )
-        self.cause = cause

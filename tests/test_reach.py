@@ -304,7 +304,7 @@ def test_schemas_pull_all_from_the_api_then_validate_and_apply_with_them(cli, db
     registry = ElementRegistry.load([str(out)])
     assert registry.problems == []
     sfdc = registry.get("sfdc")
-    assert sfdc.is_oauth and {"oauth.api.key", "oauth.api.secret", "oauth.user.refresh_token"} <= sfdc.secret_keys
+    assert sfdc.oauth and {"oauth.api.key", "oauth.api.secret", "oauth.user.refresh_token"} <= sfdc.secret_keys
     zendesk = json.loads((out / "zendesk.json").read_text())
     assert "zendesk.subdomain" in zendesk["required"] and "oauth.user.token" not in zendesk["properties"]
     servicenow = json.loads((out / "servicenow.json").read_text())

@@ -274,7 +274,7 @@ class ReadOnlyClient:
             error.hint = NETWORK_HINT
         wait = getattr(error, "retry_after", None)
         if isinstance(error, ApiError) and wait and wait > settings.max_retry_time:
-            raise WaitTooLong(wait, settings.max_retry_time, error.method, error.path, sent=True) from error.__cause__
+            raise WaitTooLong(wait, settings.max_retry_time, error.method, error.path) from error.__cause__
         raise error from error.__cause__
 
     def _send(
@@ -289,7 +289,7 @@ class ReadOnlyClient:
                 acquired = self.budget.acquire(wait=self.stop.wait, deadline=budget_ends)
             if not acquired and self.budget.paused_until > budget_ends:
                 wait = self.budget.paused_until - time.monotonic()
-                raise WaitTooLong(wait, settings.max_retry_time, method, shown, sent=False)
+                raise WaitTooLong(wait, settings.max_retry_time, method, shown)
             self.stop.check(sent=False)
         except Interrupted as exc:  # a signal while waiting: the request never left
             exc.sent = False
@@ -385,12 +385,9 @@ class Client(ReadOnlyClient):
         return True
 
 
-def _segment(value: int | str) -> str:
-    """One URL path segment, percent-encoded."""
-    text = str(value)
-    if not text:
-        raise ValueError("an empty id or key cannot be used in a URL path")
-    return quote(text, safe="")
+def _segment(value: str) -> str:
+    """One URL path segment, percent-encoded (every caller has checked that it is not empty)."""
+    return quote(value, safe="")
 
 
 def _instance_path(instance_id: Any) -> str:

@@ -69,11 +69,9 @@ def read_live(
     hydrate: Callable[[LiveInstance], bool] | None = None,
     configuration: bool = True,
 ) -> list[LiveInstance]:
-    """All instances of the target (or only those the stack owns), with configuration (``configuration=False``:
-    without it, never hydrated). A listing that cannot be trusted (``_checked``, ``instance_pages``) is read
-    again, as other writers may shift pages, within the retry limits and LISTING_TRIES, then raises
-    InconsistentListing. An API whose list answers omit ``configuration`` costs one ``GET /instances/{id}``
-    per owned instance and per other one ``hydrate`` asks for (those ``import`` and ``--adopt`` take over)."""
+    """All instances of the target (or only those the stack owns), with configuration unless ``configuration=False``.
+    An untrusted listing is read again (docs/reliability.md), then raises InconsistentListing; a list without
+    configuration costs a GET per owned instance and per other one ``hydrate`` asks for (docs/limits.md)."""
     instances: list[LiveInstance] = []
     started, limits = time.monotonic(), client.settings
     for attempt in range(1, LISTING_TRIES + 1):

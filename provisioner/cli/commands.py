@@ -17,7 +17,7 @@ from ..engine import savedplan
 from ..engine import stages as engine
 from ..engine.health import check as check_health
 from ..engine.outputs import write_outputs
-from ..engine.plan import Action, Plan
+from ..engine.plan import Plan
 from ..errors import UserError
 from ..manifest.load import DEFAULT_MAX_FOREACH
 from ..manifest.yamlload import DEFAULT_MAX_BYTES
@@ -155,9 +155,9 @@ def _apply_like(run: Run, args: ApplyArgs | DestroyArgs, saved: savedplan.SavedP
         the_plan = engine.plan(validated, connection, options)
         if saved is not None:
             the_plan = savedplan.check_plan(saved, the_plan, validated, connection)
-        if the_plan.has_changes and not _confirmed(run, the_plan, args, reviewed=saved is not None):
-            return EXIT_ERROR
         writes = sum(1 for c in the_plan.changes if c.is_write)
+        if writes and not _confirmed(run, the_plan, args, writes, reviewed=saved is not None):
+            return EXIT_ERROR
         with ProgressReporter(sys.stderr, writes, run.command, enabled=args.progress) as progress:
             result = engine.apply(validated, connection, the_plan, options, run.stop, progress)
         if args.outputs_path:
@@ -198,7 +198,7 @@ def _from_saved(saved: savedplan.SavedPlan, args: ApplyArgs) -> ApplyArgs:
     )
 
 
-def _confirmed(run: Run, the_plan: Plan, args: ApplyArgs | DestroyArgs, reviewed: bool) -> bool:
+def _confirmed(run: Run, the_plan: Plan, args: ApplyArgs | DestroyArgs, writes: int, reviewed: bool) -> bool:
     """Show the plan before any write (apply's text output always: the log records each diff) and, on a
     terminal, go on only after 'yes'; a saved plan was reviewed. destroy needs --yes without a terminal."""
     destroy = isinstance(args, DestroyArgs)
@@ -208,14 +208,12 @@ def _confirmed(run: Run, the_plan: Plan, args: ApplyArgs | DestroyArgs, reviewed
     if (text and not destroy) or ask:  # -o json/markdown: stdout keeps one document, the plan goes to stderr
         (run.reporter if text else TextReporter(sys.stderr, sys.stderr)).plan(the_plan, run.command)
     if destroy and not args.yes and not terminal:
-        count = the_plan.counts()[Action.DELETE]
-        raise UserError(
-            f"destroy would delete {count} instance(s) of stack {the_plan.stack!r} and needs confirmation",
+        raise UserError(  # destroy's only writes are deletions
+            f"destroy would delete {writes} instance(s) of stack {the_plan.stack!r} and needs confirmation",
             hint="pass --yes to confirm when there is no terminal",
         )
     if not ask:
         return True
-    writes = sum(1 for c in the_plan.changes if c.is_write)
     question = f"Delete {writes} instance(s)" if destroy else f"Make these {writes} change(s)"
     question += f" in stack {the_plan.stack!r}? Only 'yes' is accepted"
     confirmed = click.prompt(question, default="", show_default=False, err=True).strip() == "yes"

@@ -1,9 +1,6 @@
-"""Stage 6: execute a plan, and nothing else; the guarantees are told in docs/reliability.md.
-
-Writes run in ``parallelism`` workers that return what they learned; only the main thread records it.
-A create is sent again only after an attempt the server refused (never after a 2xx); the creates of
-unknown outcome are looked up in rounds, and the final check settles every created name on its oldest
-copy, deleting only the extra copies this run made.
+"""Stage 6: execute a plan, and nothing else: writes run in ``parallelism`` workers that return what they
+learned, and only the main thread records it. The guarantees (a create sent again only after a refusal, each
+created name settled on its oldest copy) are told in docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -358,9 +355,8 @@ class Applier:
     # -- the final check -----------------------------------------------------------------------
 
     def _final_check(self) -> list[str]:
-        """List the stack once more and settle every created name on its oldest copy. A name with no copy
-        left was deleted under the run (a concurrent destroy); if the listing fails, the created names
-        fail too: success is never reported while a copy may be left behind."""
+        """List the stack once more and settle every created name on its oldest copy (docs/reliability.md:
+        the final check); if the listing fails, the created names fail too."""
         created: dict[str, dict[str, Change]] = {}  # by target and name: the creates sent and not skipped
         for c in (r.change for r in self._results.values() if r.status != Status.SKIPPED):
             if c.action in (Action.CREATE, Action.REPLACE) and (c.target, c.name) in self._posted:
@@ -386,9 +382,8 @@ class Applier:
         return notes
 
     def _count_agrees(self, target: str, created: Iterable[Change]) -> bool:
-        """Whether the final listing of ``target`` can be spared: every write there succeeded, each create
-        was sent once and answered with its instance and token, and the API counts exactly the plan's
-        listing plus the creates minus the deletes, so no other writer added a copy meanwhile."""
+        """Whether the final listing of ``target`` can be spared: the API's count proves that no other writer
+        added a copy (docs/reliability.md, when the count proves there is nothing to settle)."""
         writes = [c for c in self.plan.changes if c.target == target and c.is_write]
         listed = self.plan.listed.get(target)
         if listed is None or any(self._results[id(c)].status != Status.OK for c in writes):

@@ -27,7 +27,7 @@ def create_body(desired: DesiredInstance, schema: ElementSchema, fp: Fingerprint
     """The create body: the full instance, with ``run``, the creating run's tag (see ``ownership.run_tag``)."""
     body = put_body(desired, schema, fp, (), ())
     body["tags"].append(run)
-    if schema.is_oauth and desired.configuration.get(OAUTH_REFRESH_TOKEN) not in (None, ""):
+    if schema.oauth and desired.configuration.get(OAUTH_REFRESH_TOKEN) not in (None, ""):
         body["externalAuthentication"] = "initial"  # an existing refresh token: no browser redirect
     return body
 

@@ -1,8 +1,5 @@
-"""``provisioner check``: does each declared instance work, not only exist? (docs/health.md)
-
-One listing of the stack's instances (no configuration) gives each declared instance its status from
-the API's ``valid`` and ``disabled`` fields, and what to run when it is not fine; ``--ping`` also pings
-each one that exists and is not declared disabled, in apply's workers. It only reads (``ReadOnlyClient``).
+"""``provisioner check`` (docs/health.md): each declared instance's status from one listing of the stack's
+instances, and what to run when it is not fine; ``--ping`` pings them in apply's workers. It only reads.
 """
 
 from __future__ import annotations
@@ -130,7 +127,7 @@ def _assess(
 
 
 def ping_all(report: HealthReport, clients: Mapping[str, Any], parallelism: int, stop: StopFlag) -> HealthReport:
-    """Ping the instances the module docstring says, in ``parallelism`` workers. After a signal, Interrupted."""
+    """Ping each existing instance not disabled as declared, in ``parallelism`` workers; after a signal, Interrupted."""
     hubs: dict[tuple[str, str | None], str | None] = {}  # an API whose listing leaves the hub out: one read per element
     todo: dict[int, str | None] = {}  # the index of each entry to ping: its hub
     for i, h in enumerate(report.instances):

@@ -36,7 +36,6 @@ class ElementSchema:
 
     key: str
     schema: dict
-    source: str
     reported_keys: frozenset[str] = field(default_factory=frozenset)
 
     @cached_property
@@ -55,18 +54,14 @@ class ElementSchema:
     def defaults(self) -> dict[str, Any]:
         return {k: p["default"] for k, p in self.properties.items() if isinstance(p, dict) and "default" in p}
 
-    @property
-    def is_oauth(self) -> bool:
-        return bool(self._oauth)
-
     @cached_property
-    def _oauth(self) -> Any:
+    def oauth(self) -> Any:  # x-provisioner.oauth: true, or {"when": ...}; None for other elements
         meta = self.schema.get("x-provisioner")
         return meta.get("oauth") if isinstance(meta, dict) else None
 
     def uses_oauth(self, configuration: Mapping[str, Any]) -> bool:
         """Whether this configuration authenticates with OAuth (``x-provisioner.oauth``, if its ``when`` holds)."""
-        when = self._oauth.get("when", {}) if isinstance(self._oauth, dict) else {} if self._oauth else None
+        when = self.oauth.get("when", {}) if isinstance(self.oauth, dict) else {} if self.oauth else None
         return when is not None and all(
             self.effective(key, configuration.get(key)) in [self.normalize(key, v) for v in values]
             for key, values in when.items()
@@ -192,7 +187,7 @@ class ElementRegistry:
             return
         key = meta["element"]
         reported = frozenset(meta.get("reportedKeys", [])) | {key}
-        self._by_key[key] = ElementSchema(key, schema, source, reported)
+        self._by_key[key] = ElementSchema(key, schema, reported)
 
     def get(self, key: str) -> ElementSchema | None:
         return self._by_key.get(key)

@@ -19,7 +19,6 @@ from ..errors import Location, Problem
 from .elements import builtin_schemas
 from .schemacheck import ShapeValidator, problems_from_errors
 from .yamlload import (
-    DEFAULT_MAX_ALIAS_NODES,
     DEFAULT_MAX_BYTES,
     ENV_TAG,
     EnvRef,
@@ -42,7 +41,6 @@ class Limits:
     """Caps on hostile or runaway input, all configurable from the command line."""
 
     max_file_bytes: int = DEFAULT_MAX_BYTES
-    max_alias_nodes: int = DEFAULT_MAX_ALIAS_NODES
     max_foreach: int = DEFAULT_MAX_FOREACH
 
 
@@ -87,7 +85,7 @@ def load_manifest(
     text, problems = read_text(path, display, limits.max_file_bytes)
     if text is None:
         return None, problems
-    loaded = load_yaml(text, display, limits.max_alias_nodes, env_tags=True)
+    loaded = load_yaml(text, display, env_tags=True)
     problems = list(loaded.problems)
     data = loaded.data
     if data is None and not problems:
@@ -172,7 +170,7 @@ def layer_inputs(
         problems.extend(read_problems)
         if text is None:
             continue
-        loaded = load_yaml(text, path, limits.max_alias_nodes)
+        loaded = load_yaml(text, path)
         problems.extend(loaded.problems)
         if loaded.data is None:
             continue

@@ -89,6 +89,11 @@ class RateBudget:
             if self.limit >= (self._max_rate or 2.0 * self._cut_to):
                 self.limit, self._cut_to = self._max_rate, None
 
+    @property
+    def throttled(self) -> bool:
+        """True while a cut is being recovered from."""
+        return self._cut_to is not None
+
     def _judge(self, now: float, accepted: int, refused: int) -> None:
         """Count one answer; when a window has passed, judge it (called with the lock held)."""
         start, ok, refusals = self._window

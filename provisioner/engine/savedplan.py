@@ -21,6 +21,7 @@ from .. import __version__
 from ..errors import UserError
 from ..manifest.elements import builtin_schemas
 from ..manifest.schemacheck import shown
+from ..manifest.yamlload import read_capped
 from ..ownership import fingerprint
 from ..privatefile import write_private
 from ..secret import REDACTOR, masked
@@ -94,12 +95,11 @@ def load_if_plan(path: str, max_bytes: int) -> SavedPlan | None:
     """The saved plan at ``path``, or None when it is something else (a manifest). Untrusted input: it
     is checked against schemas/saved-plan.schema.json before any use; its defects are one UserError."""
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(max_bytes + 1)
-    except OSError:
-        return None  # the manifest loader reports a missing file
-    if not head.lstrip().startswith(b"{") or len(head) > max_bytes:
-        return None  # not JSON, or over the size cap, which the manifest loader reports with its limit
+        head = read_capped(path, max_bytes)  # never waits on a FIFO, never reads a device
+    except UserError:
+        return None  # missing, not a regular file or too large: the manifest loader reports it
+    if not head.lstrip().startswith(b"{"):
+        return None  # not JSON: a manifest
     try:
         data = json.loads(head)
     except RecursionError:

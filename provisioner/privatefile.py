@@ -17,9 +17,14 @@ _KINDS = (
     (stat.S_ISDIR, "a directory"),
     (stat.S_ISCHR, "a character device"),
     (stat.S_ISBLK, "a block device"),
-    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
     (stat.S_ISSOCK, "a socket"),
 )
+
+
+def kind_of(mode: int) -> str:
+    """What a file that is not a regular one is, in words ("a directory", "a FIFO (named pipe)" ...)."""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
 def checked_path(path: str, what: str) -> str:
@@ -41,9 +46,8 @@ def checked_path(path: str, what: str) -> str:
     except OSError as exc:
         raise UserError(f"cannot write the {what} {path}: {exc.strerror or exc}") from None
     if mode is not None and not stat.S_ISREG(mode):
-        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
         raise UserError(
-            f"refusing to write the {what} to {path}: it is {kind}",
+            f"refusing to write the {what} to {path}: it is {kind_of(mode)}",
             hint="name a regular file (it is replaced whole), or a new one",
         )
     parent = os.path.dirname(target)

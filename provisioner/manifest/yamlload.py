@@ -25,6 +25,7 @@ from yaml import (
 )
 
 from ..errors import Location, Problem, UserError
+from ..privatefile import kind_of
 
 if TYPE_CHECKING:  # both construct alike (SafeConstructor); the type check reads the pure Python one
     _BaseLoader = yaml.SafeLoader
@@ -79,13 +80,6 @@ class Loaded:
 
 
 _TOO_LARGE = "split the file, or raise the limit with --max-file-bytes"
-_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
 
 
 def read_capped(path: str, max_bytes: int) -> bytes:
@@ -96,9 +90,8 @@ def read_capped(path: str, max_bytes: int) -> bytes:
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
-                kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
                 raise UserError(
-                    f"cannot read file: it is {kind}, not a regular file",
+                    f"cannot read file: it is {kind_of(info.st_mode)}, not a regular file",
                     hint="give a regular file (save the output of a command to a file first)",
                 )
             if info.st_size > max_bytes:

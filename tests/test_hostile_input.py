@@ -29,7 +29,7 @@ def _no_requests(db) -> None:
 # -- files that are not regular files ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["validate", "plan", "apply", "destroy"])
+@pytest.mark.parametrize("command", ["validate", "plan", "apply", "destroy", "show"])
 def test_a_fifo_manifest_is_refused_without_waiting(cli, db, command):
     fifo = cli.cwd / "m.yaml"
     os.mkfifo(fifo)

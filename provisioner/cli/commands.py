@@ -108,7 +108,7 @@ def show(run: Run, args: ShowArgs) -> int:
 
     What the plan was made from (manifest, inputs, options, targets, time) goes to stderr.
     """
-    saved = savedplan.load_if_plan(args.file, DEFAULT_MAX_BYTES)
+    saved = savedplan.load_if_plan(args.file, DEFAULT_MAX_BYTES, required=True)
     if saved is None:
         raise UserError(f"{args.file}: not a saved plan", hint="make one with: provisioner plan MANIFEST --out FILE")
     run.reporter.plan(saved.as_plan())

@@ -18,7 +18,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from .. import __version__
-from ..errors import UserError
+from ..errors import Location, UserError
 from ..manifest.elements import builtin_schemas
 from ..manifest.schemacheck import shown
 from ..manifest.yamlload import read_capped
@@ -91,13 +91,16 @@ class SavedPlan:
         return PlanOptions(**{field: _listed(saved[key]) for field, (key, _) in OPTIONS.items() if key in saved})
 
 
-def load_if_plan(path: str, max_bytes: int) -> SavedPlan | None:
+def load_if_plan(path: str, max_bytes: int, required: bool = False) -> SavedPlan | None:
     """The saved plan at ``path``, or None when it is something else (a manifest). Untrusted input: it
-    is checked against schemas/saved-plan.schema.json before any use; its defects are one UserError."""
+    is checked against schemas/saved-plan.schema.json before any use; its defects are one UserError.
+    A file that cannot be read (missing, not regular, too large) is None, or with ``required`` a UserError."""
     try:
         head = read_capped(path, max_bytes)  # never waits on a FIFO, never reads a device
-    except UserError:
-        return None  # missing, not a regular file or too large: the manifest loader reports it
+    except UserError as exc:
+        if required:
+            raise UserError(exc.problem.message, Location(path), exc.problem.hint) from None
+        return None  # the manifest loader reports it
     if not head.lstrip().startswith(b"{"):
         return None  # not JSON: a manifest
     try:

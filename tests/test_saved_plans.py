@@ -227,7 +227,7 @@ def test_show_prints_a_saved_plan_as_plan_did_offline(cli, db):
     bad = cli.run("show", manifest)
     assert bad.returncode == 1 and "m.yaml: not a saved plan" in bad.stderr and not bad.stdout
     missing = cli.run("show", "nothing.json")
-    assert missing.returncode == 1 and "nothing.json: not a saved plan" in missing.stderr
+    assert missing.returncode == 1 and "nothing.json: cannot read file: No such file or directory" in missing.stderr
 
 
 def test_apply_file_keeps_the_plans_options_and_needs_the_same_set_options(cli, db):

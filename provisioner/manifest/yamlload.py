@@ -180,8 +180,8 @@ class _Reader:
         self.expanded = 0  # nodes read so far, each alias counted as what it stands for
         self.aliased = 0  # of those, the nodes aliases added
         self.root_line = 0
-        self.tags: dict[str, str] = {}  # of plain text: the tag the resolver gives it
-        self.scalars: dict[tuple[str, str], Any] = {}  # (tag, text): its value (immutable), built once
+        self.tags: dict[str, str] = {}  # of plain text: the tag the resolver gives it (some: _remember)
+        self.scalars: dict[tuple[str, str], Any] = {}  # (tag, text): its value, immutable (some: _remember)
 
     def document(self) -> Any:
         self.parser.get_event()  # the stream's start
@@ -228,21 +228,22 @@ class _Reader:
         text = event.value
         if self.curly and (problem := _curly_problem(event, self.display)):
             self.problems.append(problem)
-        if tag is None or tag == "!":
-            resolved = event.implicit[0] and text[:1] in _RESOLVED_FIRST
-            if resolved and text not in self.tags:  # a plain scalar's tag depends on its text alone
-                self.tags[text] = self.parser.resolve(yaml.ScalarNode, text, event.implicit)
-            tag = self.tags[text] if resolved else _STR_TAG
+        if (tag is None or tag == "!") and not (event.implicit[0] and text[:1] in _RESOLVED_FIRST):
+            tag = _STR_TAG  # quoted, or plain text that no implicit resolver can claim
+        elif tag is None or tag == "!":  # a plain scalar's tag depends on its text alone
+            tag = self.tags.get(text) or self.parser.resolve(yaml.ScalarNode, text, event.implicit)
+            _remember(self.tags, text, tag)
         if tag == _STR_TAG:
             return text
         if tag == _MERGE_TAG and key:
             return _MERGE
-        if (tag, text) in self.scalars:
-            return self.scalars[tag, text]
+        value = self.scalars.get((tag, text), _UNREAD)
+        if value is not _UNREAD:
+            return value
         where = Location(self.display, event.start_mark.line + 1)
         try:
             value = self.parser.construct_object(yaml.ScalarNode(tag, text, event.start_mark), deep=True)
-            self.scalars[tag, text] = value
+            _remember(self.scalars, (tag, text), value)
             return value
         except ValueError as exc:
             if "digits" in str(exc):
@@ -330,6 +331,15 @@ class _Reader:
         ref.line = line
         self.env_refs.append(ref)
         return ref
+
+
+_REMEMBERED = 1024  # distinct texts: enough for the values every entry repeats (false, 15), not for every id
+_UNREAD = object()
+
+
+def _remember(memo: dict, key: Any, value: Any) -> None:
+    if len(memo) < _REMEMBERED:
+        memo[key] = value
 
 
 def _merged(own: YDict, merges: list[tuple[Any, Any]]) -> YDict:

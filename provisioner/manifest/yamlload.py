@@ -240,17 +240,17 @@ class _Reader:
         value = self.scalars.get((tag, text), _UNREAD)
         if value is not _UNREAD:
             return value
-        where = Location(self.display, event.start_mark.line + 1)
         try:
             value = self.parser.construct_object(yaml.ScalarNode(tag, text, event.start_mark), deep=True)
             _remember(self.scalars, (tag, text), value)
             return value
         except ValueError as exc:
             if "digits" in str(exc):
-                self.problems.append(too_long_number(exc, where))
+                self.problems.append(too_long_number(exc, Location(self.display, event.start_mark.line + 1)))
                 return None
         except (KeyError, TypeError, ArithmeticError):  # an explicit tag on text it cannot read (!!bool maybe)
             pass
+        where = Location(self.display, event.start_mark.line + 1)  # built only for a problem: ids are many
         hint = "remove the tag, or quote the value to keep it as a string"
         self.problems.append(Problem(f"{short(text)} cannot be read as {tag.rsplit(':', 1)[-1]}", where, hint))
         return None

@@ -241,7 +241,7 @@ class _Reader:
         if value is not _UNREAD:
             return value
         try:
-            value = self.parser.construct_object(yaml.ScalarNode(tag, text, event.start_mark), deep=True)
+            value = self.parser.construct_document(yaml.ScalarNode(tag, text, event.start_mark))
             _remember(self.scalars, (tag, text), value)
             return value
         except ValueError as exc:

@@ -403,3 +403,7 @@ def test_item_keys_named_like_the_loaders_own_attributes_reach_the_instance(cli,
     refused = cli.run("validate", manifest, "--inputs", "customers.yaml")
     assert refused.returncode == 1
     assert "name: key 'lineage' is not defined" in refused.stderr
+    listed = entry.replace('| default("none") ', "")  # a list read from YAML: what a list has, named a list
+    write(cli.cwd, "m.yaml", "apiVersion: provisioner/v1\nstack: tests\ninstances:\n" + listed)
+    refused = cli.run("validate", manifest, "--inputs", "customers.yaml")
+    assert refused.returncode == 1 and "list has no attribute 'line'" in refused.stderr, refused.stderr

@@ -84,7 +84,7 @@ def _missing_message(obj: Any, name: Any) -> str | None:
         more = f"did you mean {close[0]!r}?" if close else f"keys there: {', '.join(keys[:10]) or 'none'}"
         return f"key {name!r} is not defined ({more})"
     if obj is not jinja2.utils.missing:
-        return f"{type(obj).__name__} has no attribute {name!r}"
+        return f"{'list' if isinstance(obj, list) else type(obj).__name__} has no attribute {name!r}"
     return f"{name!r} is undefined"
 
 

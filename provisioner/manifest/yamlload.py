@@ -228,11 +228,12 @@ class _Reader:
         text = event.value
         if self.curly and (problem := _curly_problem(event, self.display)):
             self.problems.append(problem)
-        if (tag is None or tag == "!") and not (event.implicit[0] and text[:1] in _RESOLVED_FIRST):
-            tag = _STR_TAG  # quoted, or plain text that no implicit resolver can claim
-        elif tag is None or tag == "!":  # a plain scalar's tag depends on its text alone
-            tag = self.tags.get(text) or self.parser.resolve(yaml.ScalarNode, text, event.implicit)
-            _remember(self.tags, text, tag)
+        if tag is None or tag == "!":
+            if event.implicit[0] and text[:1] in _RESOLVED_FIRST:  # plain: its tag depends on its text alone
+                tag = self.tags.get(text) or self.parser.resolve(yaml.ScalarNode, text, event.implicit)
+                _remember(self.tags, text, tag)
+            else:
+                tag = _STR_TAG  # quoted, or plain text that no implicit resolver can claim
         if tag == _STR_TAG:
             return text
         if tag == _MERGE_TAG and key:
@@ -244,16 +245,14 @@ class _Reader:
             value = self.parser.construct_document(yaml.ScalarNode(tag, text, event.start_mark))
             _remember(self.scalars, (tag, text), value)
             return value
-        except ValueError as exc:
-            if "digits" in str(exc):
-                self.problems.append(too_long_number(exc, Location(self.display, event.start_mark.line + 1)))
-                return None
-        except (KeyError, TypeError, ArithmeticError):  # an explicit tag on text it cannot read (!!bool maybe)
-            pass
-        where = Location(self.display, event.start_mark.line + 1)  # built only for a problem: ids are many
-        hint = "remove the tag, or quote the value to keep it as a string"
-        self.problems.append(Problem(f"{short(text)} cannot be read as {tag.rsplit(':', 1)[-1]}", where, hint))
-        return None
+        except (ValueError, KeyError, TypeError, ArithmeticError) as exc:  # an explicit tag on text it cannot read
+            where = Location(self.display, event.start_mark.line + 1)  # built only for a problem: ids are many
+            if isinstance(exc, ValueError) and "digits" in str(exc):
+                self.problems.append(too_long_number(exc, where))
+            else:
+                hint = "remove the tag, or quote the value to keep it as a string"
+                self.problems.append(Problem(f"{short(text)} cannot be read as {tag.rsplit(':', 1)[-1]}", where, hint))
+            return None
 
     def alias(self, event: Any) -> Any:
         if event.anchor not in self.anchored:

@@ -170,6 +170,15 @@ class AmbiguousCreate(ProvisionerError):
         self.answered = answered
 
 
+class SendLater(ProvisionerError):
+    """A create the API refused with 429 (so not made): to be sent again once ``at`` (``time.monotonic()``)
+    has passed, from the back of the queue, its worker free meanwhile. ``attempt``: attempts since ``started``."""
+
+    def __init__(self, attempt: int, started: float, at: float):
+        super().__init__(f"refused with 429 at attempt {attempt}: sent again later")
+        self.attempt, self.started, self.at = attempt, started, at
+
+
 class InconsistentListing(ProvisionerError):
     """A listing that cannot be trusted (repeated ids or pages, malformed items, a wrong count): nothing
     may be created, replaced or deleted from it."""

@@ -30,6 +30,7 @@ from provisioner.errors import (
     Interrupted,
     NotFound,
     RateLimited,
+    SendLater,
     ServerError,
     TransportError,
     Unauthorized,
@@ -238,10 +239,53 @@ def test_post_read_timeout_is_ambiguous(server, client):
     assert len(server.requests) == 1
 
 
-def test_post_429_is_retried(server, client):
+def test_post_429_is_retried_in_place_while_refusals_may_follow_the_rate(server, client):
     server.add(Reply(429, {"Retry-After": "0.05"}), Reply(200, body={"id": 9, "token": "tk-9"}))
     assert client.create_instance({"name": "crm"}) == {"id": 9, "token": "tk-9"}
     assert methods(server) == ["POST", "POST"]
+
+
+def random_refusals() -> RateBudget:
+    """A rate budget that found the API's 429s random: 4 s of answers, a third refused whatever the rate."""
+    now = [0.0]
+    budget = RateBudget(clock=lambda: now[0])
+    for i in range(400):
+        budget.on_throttle(1.0) if i % 3 == 0 else budget.on_success()
+        now[0] += 0.01
+    assert budget.refusals_random and budget.limit is None
+    return budget
+
+
+def test_post_429_is_sent_again_later_after_its_retry_after(server, lines):
+    """Once 429s are known not to follow the rate, a create refused with one is not retried in place (its
+    worker takes other work): SendLater says when it may go again, and the call given it waits until then
+    and counts on from its attempts."""
+    server.add(Reply(429, {"Retry-After": "0.3"}), Reply(200, body={"id": 9, "token": "tk-9"}))
+    with make_client(server.base_url, lines, budget=random_refusals()) as client:
+        before = time.monotonic()
+        with pytest.raises(SendLater) as later:
+            client.create_instance({"name": "crm"})
+        assert later.value.attempt == 1 and later.value.at >= before + 0.3
+        assert methods(server) == ["POST"]
+        assert client.create_instance({"name": "crm"}, later.value) == {"id": 9, "token": "tk-9"}
+        assert time.monotonic() >= before + 0.3  # not sent again before its Retry-After
+    assert methods(server) == ["POST", "POST"]
+    assert client.stats.as_dict()["retries"] == 1
+
+
+def test_post_429_counts_its_attempts_across_sends(server, lines):
+    settings = ClientSettings(**{**FAST.__dict__, "max_attempts": 3})
+    server.add(*[Reply(429, {"Retry-After": "0"}) for _ in range(3)])
+    with make_client(server.base_url, lines, settings, budget=random_refusals()) as cli:
+        with pytest.raises(SendLater) as first:
+            cli.create_instance({"name": "crm"})
+        with pytest.raises(SendLater) as second:
+            cli.create_instance({"name": "crm"}, first.value)
+        assert second.value.attempt == 2 and second.value.started == first.value.started
+        with pytest.raises(RateLimited):  # the third attempt was the last
+            cli.create_instance({"name": "crm"}, second.value)
+    assert methods(server) == ["POST"] * 3
+    assert "giving up after 3 attempts" in lines[-1]
 
 
 def test_post_400_is_not_retried(server, client):

@@ -131,6 +131,7 @@ def test_a_token_bucket_is_tracked_closely():
     assert seen["refused_share"] < 0.10
     assert seen["accepted_rate"] > 0.8 * 50
     assert budget.throttled and budget.limit < 70
+    assert not budget.refusals_random  # a create refused by this server waits in place (client._call)
 
 
 def test_random_refusals_do_not_collapse_the_rate():
@@ -139,7 +140,7 @@ def test_random_refusals_do_not_collapse_the_rate():
     dice = random.Random(7)
     seen = drive(budget, clock, lambda: dice.random() >= 0.3, 20)
     assert seen["accepted_rate"] > 0.6 * 0.7 * 200
-    assert budget.limit is None
+    assert budget.limit is None and budget.refusals_random
 
 
 def test_refusals_at_a_steady_share_never_collapse_the_rate_and_never_pause():
@@ -152,6 +153,22 @@ def test_refusals_at_a_steady_share_never_collapse_the_rate_and_never_pause():
     assert seen["accepted_rate"] > 0.8 * 0.93 * 200
     assert budget.limit is None or budget.limit > 150
     assert budget.paused_until == -float("inf")
+
+
+def test_a_quiet_window_after_a_cut_does_not_end_its_judging():
+    """A lull (an apply between two rounds) after a cut is no evidence either way: the next busy window,
+    refused as much below the cut rate, still shows that the refusals do not follow the rate."""
+    budget, clock = make()
+    dice = random.Random(11)
+    drive(budget, clock, lambda: dice.random() >= 0.3, 2.02)  # the first cut (not judged), then a second one
+    cut = budget.limit
+    assert cut is not None and not budget.refusals_random
+    for _ in range(5):  # a quiet window: five answers in 1.5 s
+        budget.on_success()
+        clock.advance(0.3)
+    assert budget.throttled and not budget.refusals_random  # still cut, still being judged
+    drive(budget, clock, lambda: dice.random() >= 0.3, 1.1, want=cut)
+    assert budget.limit is None and budget.refusals_random
 
 
 def test_a_few_answers_are_no_evidence():

@@ -115,6 +115,24 @@ def test_a_faulted_apply_converges_in_one_run_with_no_duplicate_and_no_lost_toke
     assert h.leaks() == []
 
 
+def test_creates_refused_at_random_with_429_free_their_workers_and_converge(h):
+    # 30% of POSTs answered 429 whatever the rate: once the rate budget has found that, a refused create
+    # frees its worker and is sent again in a later round (each after its Retry-After: test_client.py)
+    count = 400
+    h.write_manifest(count)
+    h.faults(FaultConfig(throttle_rate=0.3, retry_after=0.2, methods=("POST",), seed=3))
+    run = h.run("apply", "--parallelism", "4", "--outputs", OUT, "-v")
+    h.faults(None)
+    assert run.returncode == 0, run.stderr[-2000:]
+    later = [line for line in run.stderr.splitlines() if "sent again after the other writes" in line]
+    in_place = [line for line in run.stderr.splitlines() if "POST /instances -> 429" in line and "retrying" in line]
+    assert later and in_place, "both ways were taken: in place at first, freed once the refusals were judged"
+    posts = [r for r in h.db.requests() if r["method"] == "POST"]
+    assert len(posts) == count + sum(r["status"] == 429 for r in posts)  # one more POST per refusal, no other
+    h.assert_converged(names(count))
+    assert h.leaks() == []
+
+
 def test_a_create_committed_late_within_settle_leaves_one_copy_and_delivers_its_token(h):
     # every POST is committed 2.5 s after it arrived, its answer never comes (--timeout 1): the lookup
     # at once misses it, so it is sent again (--max-attempts 2); the final check waits --settle (2.5 s

@@ -23,6 +23,7 @@ from ..errors import (
     Interrupted,
     NotFound,
     RateLimited,
+    SendLater,
     ServerError,
     TransportError,
     WaitTooLong,
@@ -213,10 +214,12 @@ class ReadOnlyClient:
         body: Any = None,
         create: bool = False,
         element: Secret | None = None,
+        later: SendLater | None = None,
     ) -> Answer:
         """One API call's 2xx answer, or raise. 429, 5xx and most transport errors are retried after a
         full-jitter backoff (at least Retry-After) within the retry limits, unless the run is stopping or
-        it is a create of unknown outcome (AmbiguousCreate). A request that never left is not counted."""
+        it is a create of unknown outcome (AmbiguousCreate); a create refused with 429 raises SendLater, and
+        is tried again by a call given that ``later`` (its attempts go on). A request that never left is not counted."""
         if method != "GET" and not self._WRITES_ALLOWED:
             raise RuntimeError(f"a read-only client cannot send {method}")
         data = None if body is None else json.dumps(body, default=json_default).encode("utf-8")
@@ -226,6 +229,10 @@ class ReadOnlyClient:
             authorization += f", Element {element.reveal()}"
         url = self.base_url + path + (f"?{urlencode(params)}" if params else "")
         settings, started, attempt = self.settings, time.monotonic(), 0
+        if later is not None:  # its Retry-After first, then its attempts go on
+            started, attempt = later.started, later.attempt
+            if self.stop.wait(later.at - time.monotonic()):
+                self.stop.check(sent=False)
         while True:
             attempt += 1
             t0 = time.monotonic()
@@ -248,8 +255,13 @@ class ReadOnlyClient:
                 self._emit(f"{line}; not retried: the run is stopping")
             else:
                 self._give_up(outcome, attempt, started, delay, line)  # raises unless it may be retried
-                self._emit(f"{line}; retrying in {delay:.2f} s (attempt {attempt + 1}/{settings.max_attempts})")
+                # A create refused (not made) frees its worker, but waits in place while the run slows down.
+                later_create = create and isinstance(outcome, RateLimited) and self.budget.refusals_random
+                again = "sent again after the other writes, at least" if later_create else "retrying"
+                self._emit(f"{line}; {again} in {delay:.2f} s (attempt {attempt + 1}/{settings.max_attempts})")
                 self._retrying(method, shown, outcome, attempt, started)
+                if later_create:
+                    raise SendLater(attempt, started, time.monotonic() + delay)
                 if not self.stop.wait(delay):
                     continue
             # Stopping. ``sent`` False when the server provably did nothing with the last attempt (a 429,
@@ -348,10 +360,10 @@ class Client(ReadOnlyClient):
 
     _WRITES_ALLOWED = True
 
-    def create_instance(self, body: dict) -> dict:
+    def create_instance(self, body: dict, later: SendLater | None = None) -> dict:
         """``POST /instances``; AmbiguousCreate when the outcome cannot be known (a 2xx answer too, if it
-        is not an instance with an id and a token)."""
-        answer = self._call("POST", "/instances", body=body, create=True)
+        is not an instance with an id and a token); SendLater when refused with 429 (``later``: sent again)."""
+        answer = self._call("POST", "/instances", body=body, create=True, later=later)
         try:
             data = self._parsed(answer, "POST", "/instances")
         except ApiError as exc:

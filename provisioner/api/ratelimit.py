@@ -6,8 +6,9 @@ throttle by rate (a token bucket per organization):
   ``LONG_PAUSE`` or more pauses every worker); it fails at once if the pause outlasts the deadline.
 * Decrease: more than ``THRESHOLD`` of 429s in a window cuts the limit to ``CUT`` times the rate the
   server accepted in it. If the next window is refused as much below that rate, the refusals do not
-  follow the rate: the cuts are undone and that share cuts no more (not so after a first cut: a token
-  bucket starts full, its burst hides its rate).
+  follow the rate (``refusals_random``): the cuts are undone and that share cuts no more (not so after a
+  first cut: a token bucket starts full, its burst hides its rate). A window of fewer than
+  ``MIN_ANSWERS`` answers is no evidence: a cut being judged waits for the next one.
 * Increase: each window adds ``1 - CUT`` of the rate the cut set, up to twice that (or ``max_rate``).
 """
 
@@ -90,6 +91,11 @@ class RateBudget:
                 self.limit, self._cut_to = self._max_rate, None
 
     @property
+    def refusals_random(self) -> bool:
+        """True once the API's 429s were found not to follow the request rate: waiting in place does not help."""
+        return self._random_share > 0
+
+    @property
     def throttled(self) -> bool:
         """True while a cut is being recovered from."""
         return self._cut_to is not None
@@ -104,9 +110,11 @@ class RateBudget:
             return
         self._window = (now, accepted, refused)
         answered = ok + refusals
-        share = refusals / answered if answered else 0.0
+        if answered < MIN_ANSWERS:  # no evidence either way: a cut still being judged waits for the next window
+            return
+        share = refusals / answered
         judging, self._judging = self._judging, False
-        if answered < MIN_ANSWERS or share <= max(THRESHOLD, 2.0 * self._random_share):
+        if share <= max(THRESHOLD, 2.0 * self._random_share):
             return
         if judging:  # refused as before, below the rate the server accepted: not about the rate
             self._random_share = share

@@ -23,6 +23,7 @@ from ..errors import (
     InconsistentListing,
     Interrupted,
     ProvisionerError,
+    SendLater,
     TransportError,
     Unauthorized,
     WaitTooLong,
@@ -77,6 +78,7 @@ class _Outcome:
     unanswered: float | None = None  # when an attempt of unknown outcome ended with no answer (time.monotonic())
     resendable: bool = True  # False after a 2xx answer: never sent again
     abort: str | None = None
+    later: SendLater | None = None  # refused with 429: the create is sent again in the next round
 
 
 Step = Callable[[Change, Any, _Outcome], tuple[Any, Secret | None]]  # one change's requests: the id and token left
@@ -163,6 +165,7 @@ class Applier:
         self.aborted: str | None = None
         self._results: dict[int, ChangeResult] = {}  # by id() of the plan's change
         self._unknown: list[_Outcome] = []  # creates of unknown outcome, not looked up yet
+        self._later: list[_Outcome] = []  # creates refused with 429 in this round: sent again in the next
         self._posted: Counter[tuple[str, str]] = Counter()  # names a create was sent for: how many times
         self._made: set[tuple[str, str, str]] = set()  # (target, name, id) of the copies this run was told it made
         self._settle_until = -math.inf  # an attempt that got no answer was not found: wait for it until then
@@ -178,8 +181,11 @@ class Applier:
                 self._results[id(change)] = ChangeResult(change, Status.SKIPPED, error=change.reason, id=change.id)
             else:
                 writes.append(change)
-        self._run_batch(writes, self._dispatch)
-        self._resolve_unknown()
+        self._round(writes, self._dispatch)
+        while self._unknown or self._later:  # the creates to send again, in rounds (docs/reliability.md)
+            later, self._later = self._later, []
+            step = functools.partial(self._create, later={id(o.change): o.later for o in later})
+            self._round([*self._not_found(), *(o.change for o in later)], step)
         notes = self._final_check()
         results = [self._results[id(c)] for c in self.plan.changes]
         if self.aborted:
@@ -194,7 +200,7 @@ class Applier:
 
     # -- the pool ------------------------------------------------------------------------------
 
-    def _run_batch(self, writes: list[Change], step: Step) -> None:
+    def _round(self, writes: list[Change], step: Step) -> None:
         """Run ``step`` for each change in the workers and record each outcome here, in order."""
         work = functools.partial(self._execute, step=step)
         for change, outcome in in_workers(work, writes, self.settings.parallelism, self.stop):
@@ -217,6 +223,9 @@ class Applier:
             self._posted[key] += 1
         if outcome.abort is not None:
             self._stop_run(outcome.abort)
+        if outcome.later is not None:
+            self._later.append(outcome)
+            return
         result = outcome.result
         if result is None:
             self._unknown.append(outcome)
@@ -234,6 +243,8 @@ class Applier:
         try:
             id_, token = step(change, self.clients[change.target], outcome)
             outcome.result = ChangeResult(change, Status.OK, id=id_, token=token)
+        except SendLater as exc:  # refused with 429, so not made
+            outcome.posted, outcome.later = False, exc
         except AmbiguousCreate as exc:
             outcome.unanswered = None if exc.answered else time.monotonic()
             outcome.resendable = not (isinstance(exc.cause, ApiError) and exc.cause.status < 300)  # 2xx: never again
@@ -288,10 +299,12 @@ class Applier:
             client.set_enabled(change.id, desired.enabled)
         return change.id, _token(data) or _live_token(change)
 
-    def _create(self, change: Change, client: Any, outcome: _Outcome) -> tuple[Any, Secret | None]:
+    def _create(
+        self, change: Change, client: Any, outcome: _Outcome, later: Mapping[int, SendLater | None] | None = None
+    ) -> tuple[Any, Secret | None]:
         desired, schema, fp = self._body_parts(change)
         outcome.posted = True
-        data = client.create_instance(create_body(desired, schema, fp, self.run_tag))
+        data = client.create_instance(create_body(desired, schema, fp, self.run_tag), (later or {}).get(id(change)))
         if not desired.enabled:  # declared disabled from the start
             client.set_enabled(data["id"], False)
         return data["id"], _token(data)
@@ -304,34 +317,34 @@ class Applier:
 
     # -- creates whose outcome is unknown ------------------------------------------------------
 
-    def _resolve_unknown(self) -> None:
-        """Look up the creates of unknown outcome in rounds, one listing per target a round."""
-        while self._unknown:
-            batch, self._unknown = self._unknown, []
-            resend = []
-            for target in sorted({u.change.target for u in batch}):
-                mine = [u for u in batch if u.change.target == target]
-                found = {} if self.stop.is_set() else self._owned_new(target, [u.change for u in mine])
-                if found is None:  # the lookup failed: each change says why
+    def _not_found(self) -> list[Change]:
+        """Look up the creates of unknown outcome, one listing per target: record those found (or failed),
+        and return those to send again."""
+        batch, self._unknown = self._unknown, []
+        resend = []
+        for target in sorted({u.change.target for u in batch}):
+            mine = [u for u in batch if u.change.target == target]
+            found = {} if self.stop.is_set() else self._owned_new(target, [u.change for u in mine])
+            if found is None:  # the lookup failed: each change says why
+                continue
+            attempts = self.clients[target].settings.max_attempts
+            for u in mine:
+                live = found.get(u.change.name)
+                several = self._posted[(target, u.change.name)] > 1  # the copy found may be an earlier one
+                if u.unanswered is not None and (live is None or several):
+                    self._settle_until = max(self._settle_until, u.unanswered + self.settings.settle_seconds)
+                if self.stop.is_set():
+                    result = ChangeResult(u.change, Status.SKIPPED, error=IN_FLIGHT)
+                elif live is not None:
+                    result = ChangeResult(u.change, Status.OK, id=live.id, token=live.token)
+                elif u.resendable and self._posted[(target, u.change.name)] < attempts:
+                    resend.append(u.change)
                     continue
-                attempts = self.clients[target].settings.max_attempts
-                for u in mine:
-                    live = found.get(u.change.name)
-                    several = self._posted[(target, u.change.name)] > 1  # the copy found may be an earlier one
-                    if u.unanswered is not None and (live is None or several):
-                        self._settle_until = max(self._settle_until, u.unanswered + self.settings.settle_seconds)
-                    if self.stop.is_set():
-                        result = ChangeResult(u.change, Status.SKIPPED, error=IN_FLIGHT)
-                    elif live is not None:
-                        result = ChangeResult(u.change, Status.OK, id=live.id, token=live.token)
-                    elif u.resendable and self._posted[(target, u.change.name)] < attempts:
-                        resend.append(u.change)
-                        continue
-                    else:
-                        result = ChangeResult(u.change, Status.FAILED, error=UNKNOWN if u.resendable else ANSWERED)
-                    self._results[id(u.change)] = result
-                    self.progress(result)
-            self._run_batch(resend, self._create)
+                else:
+                    result = ChangeResult(u.change, Status.FAILED, error=UNKNOWN if u.resendable else ANSWERED)
+                self._results[id(u.change)] = result
+                self.progress(result)
+        return resend
 
     def _owned_new(self, target: str, changes: list[Change]) -> dict[str, LiveInstance | None] | None:
         """The oldest instance per name that the stack owns and that is new since the plan; None when

@@ -11,7 +11,8 @@ median of ``--repeats`` real ``python -m provisioner`` child processes:
 
 beside two floors measured in the same run: the process start (``--version``) and a bare
 ``yaml.load`` of the same file with PyYAML's C loader (the library the manifest is read with). The
-issue's targets: validate under 1 s; the no-op plan under 2.5 s with at most ceil(N / 200) + 1 requests.
+issue's targets: validate under 1 s; the no-op plan under 2.5 s with at most ceil(N / 200) + 1 requests;
+peak RSS under 150 MB.
 
     python benchmarks/literal.py [--instances 10000] [--repeats 5]
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,16 +43,19 @@ BARE_YAML = (
 )
 
 
-def timed(command: list[str], cwd: Path, env: dict, expect: int = 0) -> tuple[float, float]:
-    """(wall, CPU) seconds of one child process; it must exit ``expect``."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+def timed(command: list[str], cwd: Path, env: dict, expect: int = 0) -> tuple[float, float, float]:
+    """(wall s, CPU s, peak RSS MB) of one child process; it must exit ``expect``."""
     started = time.perf_counter()
-    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != expect:
-        raise SystemExit(f"{' '.join(command[2:])}: exit {proc.returncode}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        if proc.returncode != expect:
+            text = out.read().decode(errors="replace")
+            raise SystemExit(f"{' '.join(command[2:])}: exit {proc.returncode}\n{text[-4000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         size = os.path.getsize(work / "literal.yaml")
     print(f"{n} literal instances ({size / 1e6:.1f} MB as import writes them), medians of {args.repeats} runs:")
     for name, runs in rows.items():
-        wall, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
-        print(f"  {name:16s} wall {wall:6.2f} s   cpu {cpu:6.2f} s   (walls {[round(r[0], 2) for r in runs]})")
+        wall, cpu, rss = (statistics.median(r[i] for r in runs) for i in range(3))
+        walls = [round(r[0], 2) for r in runs]
+        print(f"  {name:16s} wall {wall:6.2f} s   cpu {cpu:6.2f} s   peak RSS {rss:4.0f} MB   (walls {walls})")
     print(f"  plan-noop made {requests} requests (at most {math.ceil(n / PAGE_SIZE) + 1})")
     return 0
 

@@ -50,7 +50,7 @@ class Options:
 
 @dataclass
 class Validated:
-    manifest: Manifest
+    manifest: Manifest  # without its instance entries: ``desired`` holds what they declare
     registry: ElementRegistry
     renderer: Renderer
     desired: list[DesiredInstance]
@@ -69,6 +69,7 @@ def validate(options: Options) -> Validated:
     problems.extend([*render_problems, *url_problems(manifest, renderer)])
     if problems:
         raise ValidationFailed(_sorted(problems))
+    manifest.data.pop("instances", None)  # read into ``desired``: a third of a run's memory at 10,000 entries
     return Validated(manifest, registry, renderer, desired)
 
 

@@ -107,6 +107,34 @@ def test_a_signal_stops_new_requests_delivers_what_was_done_and_the_next_apply_c
     assert h.leaks() == []
 
 
+def test_sigterm_while_refused_creates_wait_for_a_later_round_skips_them_and_the_next_apply_converges(h):
+    """30% of POSTs refused with 429 at random: once the budget has found that, refused creates wait for
+    a later round (their workers free); a signal then ends the run at once, those creates not sent again."""
+    h.write_manifest(COUNT)
+    h.faults(FaultConfig(latency_ms=50, throttle_rate=0.3, retry_after=1.0, methods=("POST",), seed=5))
+    args = ("apply", *FLAGS, "--parallelism", "16", "-v", "--output", "json")  # enough answers a second to judge
+    started = time.monotonic()
+    proc = h.popen(*args)
+    trace = h.root / f"run{len(h.procs) - 1}.err"
+    while "sent again after the other writes" not in trace.read_text(encoding="utf-8"):  # the rounds have begun
+        assert proc.poll() is None and time.monotonic() < started + 60, "no create was left for a later round"
+        time.sleep(0.02)
+    moment = time.time()
+    proc.send_signal(signal.SIGTERM)
+    run = h.record(proc, args, time.monotonic() - started)
+    assert run.returncode == 143, run.stderr[-3000:]
+    late = h.requests_started_after(moment)
+    assert len(late) <= 16 and all(r["start"] < moment + 0.5 for r in late), late
+    doc = run.json()
+    assert doc["interrupted"] == signal.SIGTERM and doc["status"]["skipped"] > 0
+    h.assert_tokens_match(h.outputs_document())
+    h.faults(None)
+    again = h.run("apply", *FLAGS)
+    assert again.returncode == 0, again.stderr[-3000:]
+    h.assert_converged(names(COUNT))
+    assert h.leaks() == []
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_sigkill_at_a_random_moment_then_apply_converges_and_every_token_is_retrievable(h, seed):
     """Killed while creates are in flight, some of them committed with their answer lost."""

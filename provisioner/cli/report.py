@@ -257,7 +257,8 @@ class TextReporter:
         for f in report.findings:
             style = "red" if f.kind == "drift" else "yellow"
             lines.append((style, f"{f.kind}: {f.category} {_named(f.name, f.element, f.id)}: {f.detail}"))
-            lines += [("", "    ~ {}: live {}, manifest {}".format(d.path, *drift_values(d))) for d in f.fields]
+            for d in f.fields:
+                lines.append(("", f"    ~ {d.path}: live {shown(d, d.live)}, manifest {shown(d, d.manifest)}"))
         self.out.lines(lines)
         self.out.print(drift_summary(report))
 
@@ -305,13 +306,6 @@ def drift_summary(report: DriftReport) -> str:
     )
 
 
-def drift_values(field: DriftField) -> tuple[str, str]:
-    """A drift field's live and manifest values as printed: JSON, or ``(sensitive)`` for a secret's."""
-    if field.sensitive:
-        return SENSITIVE, SENSITIVE
-    return json.dumps(field.live, default=str), json.dumps(field.manifest, default=str)
-
-
 def _named(name: str, element: str | None, ident: Any) -> str:
     """``name (element) id 7``."""
     return name + (f" ({element})" if element else "") + (f" id {ident}" if ident is not None else "")
@@ -339,9 +333,9 @@ def _request(r: ChangeResult) -> str:
     return f" (requestId {r.request_id})" if r.request_id else ""
 
 
-def shown(diff: FieldDiff, value: Any) -> str:
-    """A value of a field diff as printed: JSON, or ``(sensitive)`` for a secret's."""
-    return SENSITIVE if diff.sensitive and value is not None else json.dumps(value, default=str)
+def shown(field: FieldDiff | DriftField, value: Any) -> str:
+    """A value of a field diff or drift field as printed: JSON, or ``(sensitive)`` for a secret's."""
+    return SENSITIVE if field.sensitive else json.dumps(value, default=str)
 
 
 def _diff_line(diff: FieldDiff) -> str:

@@ -18,7 +18,7 @@ import yaml
 from ..api.live import LiveInstance
 from ..manifest.elements import ElementRegistry, ElementSchema
 from ..manifest.load import API_VERSION, Manifest
-from ..manifest.yamlload import ENV_TAG, EnvRef
+from ..manifest.yamlload import ENV_TAG, EnvRef, YDict, YList
 from ..ownership import is_unmanaged, user_tags
 from ..secret import MASK
 
@@ -63,10 +63,16 @@ def import_manifest(
 
 
 class _Dumper(yaml.SafeDumper):
-    """Safe YAML, with a secret's ``EnvRef`` written as ``!env NAME``."""
+    """Safe YAML, with a secret's ``EnvRef`` written as ``!env NAME`` and the manifest's own mappings and
+    lists (its targets) as plain ones, written out where the manifest shared them through an alias."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 _Dumper.add_representer(EnvRef, lambda dumper, ref: dumper.represent_scalar(ENV_TAG, str(ref)))
+_Dumper.add_representer(YDict, yaml.SafeDumper.represent_dict)
+_Dumper.add_representer(YList, yaml.SafeDumper.represent_list)
 
 
 def _chosen(
@@ -140,16 +146,8 @@ def _header(manifest: Manifest, out_path: str) -> dict[str, Any]:
     """apiVersion, stack, targets (unrendered: credentials stay expressions) and schema directories."""
     header: dict[str, Any] = {"apiVersion": API_VERSION, "stack": manifest.stack}
     if manifest.targets:
-        header["targets"] = _plain(manifest.targets)
+        header["targets"] = manifest.targets
     if manifest.schema_dirs:
         out_dir = os.path.dirname(os.path.abspath(out_path))
         header["schemas"] = [os.path.relpath(path, out_dir) for path in manifest.schema_dirs]
     return header
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value

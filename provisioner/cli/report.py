@@ -1,8 +1,6 @@
 """Reporters, not prints: text and JSON here (Markdown in ``markdown.py``), a method per outcome of a
-command, chosen by ``--output`` (``run.REPORTERS``). Results go to stdout, problems and logs to stderr.
-Every byte passes through the redactor (a JSON document string by string, before it is encoded), then
-``escape``: no non-printable character from a server reaches a terminal, nothing can fail to encode.
-Colour, from rich, only on a terminal (rich is not imported otherwise), never reading markup or emoji.
+command, chosen by ``--output`` (``run.REPORTERS``). Results go to stdout, problems and logs to stderr,
+every byte redacted, then escaped (``RedactingWriter``, ``printable``); colour, from rich, only on a terminal.
 """
 
 from __future__ import annotations

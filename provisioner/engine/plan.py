@@ -1,7 +1,6 @@
 """Stage 5: the plan is a value. ``make_plan`` compares the desired instances with the live ones of
 each target, without I/O, and returns an immutable ``Plan``: one ``Change`` per instance with its
-action, its reason (every noop says why) and its field diff. The rules (identity, unmanaged namesakes,
-duplicates, prune, renames, protection) are told in docs/ownership.md.
+action, its reason (every noop says why) and its field diff, by the rules of docs/ownership.md.
 """
 
 from __future__ import annotations

@@ -87,9 +87,8 @@ class StopFlag:
         return future
 
     def settle(self, future: futures.Future[Any]) -> bool:
-        """Wait for a submitted future, a short while at a time (signals stay handled). False when the
-        main thread stops waiting: the flag was set, or its worker's request passed its deadline,
-        ``STOP_GRACE`` ago. Such a worker is lost to the run, its outcome unknown."""
+        """Wait for a submitted future, a short while at a time (signals stay handled); False once the flag was
+        set, or its worker's request passed its deadline, ``STOP_GRACE`` ago: that worker is lost to the run."""
         worker = self._workers.pop(future, [])
         while not future.done():
             ends = self._ends.get(worker[0], math.inf) if worker else math.inf

@@ -1,6 +1,5 @@
 """``--local``: an embedded emulator whose state persists in ``.provisioner/emulator.db`` (no account
-needed). The directory sits in the user's working tree, so it is kept private and out of version control:
-mode 0700, every file in it 0600 (SQLite's journal files too), a ``.gitignore`` that ignores everything.
+needed), in the user's working tree: kept private and out of version control (docs/secrets.md).
 """
 
 from __future__ import annotations

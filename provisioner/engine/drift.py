@@ -1,7 +1,6 @@
-"""``provisioner drift``: what changed behind provisioner's back (drift), apart from what changed in
-the manifest (pending); docs/ownership.md (Drift reports) tells the categories. A pure function over a
-plan made with default options and the live listing: a changed field is pending when its live value's
-digest is in the ``provisioner:applied`` record (``applied.py``), drift otherwise.
+"""``provisioner drift`` (docs/ownership.md, Drift reports): what changed behind provisioner's back (drift)
+apart from what changed in the manifest (pending), a pure function over a plan made with default options
+and the live listing: a changed field is pending when its live value's digest is in the applied record.
 """
 
 from __future__ import annotations

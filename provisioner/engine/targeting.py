@@ -1,6 +1,5 @@
-"""``--target`` and ``--exclude``: restrict a plan to some of the declared instances (docs/commands.md,
-Targeting). Declared instances match on what the manifest declares, undeclared owned ones on what the
-server holds; the live copies of a declared instance left out are never touched.
+"""``--target`` and ``--exclude`` (docs/commands.md, Targeting): declared instances match on what the
+manifest declares, undeclared owned ones on what the server holds; a left-out one's live copies stay untouched.
 """
 
 from __future__ import annotations

@@ -349,8 +349,7 @@ def _diff_line(diff: FieldDiff) -> str:
 
 
 def _status_counts(results: Iterable[ChangeResult]) -> dict[Status, int]:
-    counts = Counter(r.status for r in results)
-    return {status: counts[status] for status in Status}
+    return dict.fromkeys(Status, 0) | Counter(r.status for r in results)
 
 
 def done_counts(result: ApplyResult) -> dict[Action, int]:

@@ -1,7 +1,5 @@
-"""``provisioner import`` (docs/commands.md): a manifest declaring the unmanaged instances a target
-already has, each with ``adopt: <id>`` for ``plan --adopt``. Text from the API is data, never a
-template: every entry is ``literal: true`` (sent back byte for byte), and each secret key becomes
-``!env NAME`` (``env_name``, listed by the caller), never a value.
+"""``provisioner import`` (docs/commands.md): a manifest declaring a target's unmanaged instances, each with
+``adopt: <id>``; text from the API is data (``literal: true``), a secret key an ``!env NAME``, never a value.
 """
 
 from __future__ import annotations
@@ -83,8 +81,7 @@ def _chosen(
     skipped: list[str],
 ) -> list[tuple[LiveInstance, ElementSchema]]:
     """Unmanaged instances that pass the filters, the oldest of each name (names identify instances)."""
-    seen: dict[str, LiveInstance] = {}
-    chosen = []
+    chosen: dict[str, tuple[LiveInstance, ElementSchema]] = {}  # by name
     for instance in sorted(instances, key=lambda i: i.age_key):
         if not is_unmanaged(instance.tags) or (name_glob and not fnmatch.fnmatchcase(instance.name, name_glob)):
             continue
@@ -92,24 +89,22 @@ def _chosen(
         if element and (schema is None or schema.key != element):
             continue
         if schema is None:
-            skipped.append(
-                f"{instance.name} (id {instance.id}): no schema for element {instance.element!r} "
+            why = (
+                f"no schema for element {instance.element!r} "
                 f"(hint: provisioner schemas pull {instance.element}, then --schemas DIR)"
             )
         elif not instance.name.isprintable():  # a manifest refuses it: it could forge or hide output
-            skipped.append(
-                f"{instance.name} (id {instance.id}): the name holds a non-printable character; "
-                "rename it in the console"
-            )
-        elif instance.name in seen:
-            skipped.append(
-                f"{instance.name} (id {instance.id}): another unmanaged instance has this name "
-                f"(id {seen[instance.name].id} is imported); rename one of them in the console"
+            why = "the name holds a non-printable character; rename it in the console"
+        elif instance.name in chosen:
+            why = (
+                f"another unmanaged instance has this name (id {chosen[instance.name][0].id} is imported); "
+                "rename one of them in the console"
             )
         else:
-            seen[instance.name] = instance
-            chosen.append((instance, schema))
-    return chosen
+            chosen[instance.name] = (instance, schema)
+            continue
+        skipped.append(f"{instance.name} (id {instance.id}): {why}")
+    return list(chosen.values())
 
 
 def _schema_of(registry: ElementRegistry, reported: str | None) -> ElementSchema | None:

@@ -142,8 +142,7 @@ def make_plan(
         planner = _Target(stack, target, registry, fingerprints.get(target), options)
         changes += planner.changes([d for d in desired if d.target == target], live_by_target.get(target, []))
     if options.reauthenticate:
-        wanted = set(options.reauthenticate)
-        changes = [_reauthenticated(c) if c.desired is not None and c.name in wanted else c for c in changes]
+        changes = [_reauthenticated(c) if c.desired and c.name in options.reauthenticate else c for c in changes]
     return Plan(stack, tuple(changes), options, left_out, listed)
 
 

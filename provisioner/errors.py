@@ -41,10 +41,8 @@ class Problem:
 
     def format(self) -> str:
         where = self.location.format()
-        text = f"{where}: {self.message}" if where else self.message
-        if self.hint:
-            text += f" (hint: {self.hint})"
-        return text
+        hint = f" (hint: {self.hint})" if self.hint else ""
+        return (f"{where}: {self.message}" if where else self.message) + hint
 
     def to_json(self) -> dict:
         where = {"templateLine" if k == "template_line" else k: v for k, v in asdict(self.location).items()}
@@ -101,12 +99,9 @@ class ApiError(ProvisionerError):
         self.raw_message = ""  # the API's own message, unshortened (for "No instances found")
 
     def __str__(self) -> str:
-        text = f"{self.method} {self.path}: HTTP {self.status}: {self.message}"
-        if self.request_id:
-            text += f" (requestId {self.request_id})"
-        if self.hint:
-            text += f" (hint: {self.hint})"
-        return text
+        request = f" (requestId {self.request_id})" if self.request_id else ""
+        hint = f" (hint: {self.hint})" if self.hint else ""
+        return f"{self.method} {self.path}: HTTP {self.status}: {self.message}{request}{hint}"
 
 
 class BadRequest(ApiError): ...  # 400

@@ -1,9 +1,8 @@
 """Cooperative interruption and deadlines (docs/reliability.md): SIGINT/SIGTERM set a flag, no request
-starts once it is set, and none outlives its deadline by more than ``STOP_GRACE``. Every request runs
-inside ``StopFlag.waiting``: in the main thread a signal raises ``Interrupted`` there, and an alarm
-``TimeoutError`` at the deadline, even in a blocking read of headers. A worker checks the flag between
-the pieces of its answer; the main thread stops waiting for it ``STOP_GRACE`` after the signal or its
-deadline (``settle``), and exits without waiting for a worker still blocked (``exit_process``).
+starts once it is set, none outlives its deadline by more than ``STOP_GRACE``. Inside ``StopFlag.waiting``
+the main thread gets ``Interrupted`` at a signal and an alarm's ``TimeoutError`` at the deadline, even in a
+blocking read of headers; a worker checks the flag between the pieces of its answer, and the main thread
+stops waiting for it ``STOP_GRACE`` later (``settle``), exiting without it if blocked (``exit_process``).
 """
 
 from __future__ import annotations
@@ -88,9 +87,8 @@ class StopFlag:
         return future
 
     def settle(self, future: futures.Future[Any]) -> bool:
-        """Wait for a submitted future, a short while at a time (signals stay handled). False when the
-        main thread stops waiting: the flag was set, or its worker's request passed its deadline,
-        ``STOP_GRACE`` ago. Such a worker is lost to the run, its outcome unknown."""
+        """Wait for a submitted future, a short while at a time (signals stay handled); False once the flag was
+        set, or its worker's request passed its deadline, ``STOP_GRACE`` ago: that worker is lost to the run."""
         worker = self._workers.pop(future, [])
         while not future.done():
             ends = self._ends.get(worker[0], math.inf) if worker else math.inf

@@ -1,7 +1,5 @@
 """The tags provisioner writes on the instances it owns (the table is in docs/ownership.md): identity is
-the stack marker plus the name. A secret value's fingerprint is an HMAC-SHA256 keyed from the organization
-secret (or ``PROVISIONER_FINGERPRINT_KEY``) over stack, name, key and value: neither the secret nor an
-unkeyed hash of it leaves the machine, and one password on two instances gives two digests.
+the stack marker plus the name; a secret value shows only as its keyed fingerprint (docs/secrets.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
-"""Files the user names (outputs, saved plans, imported manifests), written safely. The path must be a
-regular file (a symlink is followed only to one) or a new one in an existing directory, checked before
-anything is written and again before the rename (``--outputs /dev/null`` as root must not replace the
-device). The text goes to a temporary file with the final mode, fsynced, then renamed: no reader sees half.
+"""Files the user names (outputs, saved plans, imported manifests), written safely (docs/commands.md,
+Tokens): the path, a regular file or a new one, is checked before anything is written and again before
+the rename of a fsynced temporary file with the final mode (``--outputs /dev/null`` as root keeps the device).
 """
 
 from __future__ import annotations

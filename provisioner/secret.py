@@ -85,11 +85,10 @@ def masked(value: Any, mask: str = MASK) -> Any:
 _WORD_CHARS = r"A-Za-z0-9+/=_\-.~%\\"
 _WORD_SECRET = re.compile(f"[{_WORD_CHARS}]+")
 _PREFIX = MIN_REDACT_LENGTH  # forms are indexed by their first characters
-_TOKEN = re.compile(r"[A-Za-z0-9+/=_\-]+")  # base64 (either alphabet): what the API's tokens are made of
 # URL encodings: quote() with nothing kept, with "/" kept, and with every RFC 3986 sub-delimiter kept;
 # the same with quote_plus (space as +). Hex case is folded by _normalized.
 _URL_SAFE_SETS = ("", "/", "/:@!$&'()*+,;=")
-_TOKEN_TEXT = re.compile(r"[A-Za-z0-9+/=._~-]+")  # base64 of either alphabet, and the other unreserved characters
+_TOKEN_TEXT = re.compile(r"[A-Za-z0-9+/=._~-]+")  # the API's tokens (base64, either alphabet) and unreserved characters
 # Characters HTML escaping touches, and the ones JSON encoders commonly write as \u00XX (Go: <>&).
 _HTML_SPECIAL = "&<>\"'"
 _NUMERIC = ("{}", "x{:x}", "x{:X}")  # decimal, and hexadecimal in either case
@@ -210,7 +209,7 @@ class Redactor:
         forms of ``token_forms`` (cheaper for the 10,000 of a large listing) unless it is not token-like."""
         if not isinstance(value, str) or len(value) < MIN_REDACT_LENGTH or value in self._known:
             return
-        token = token and bool(_TOKEN.fullmatch(value))
+        token = token and bool(_TOKEN_TEXT.fullmatch(value))
         forms = token_forms(value) if token else encoded_forms(value)
         words_only = token or _UNRESERVED.fullmatch(value)  # then every form is made of word characters
         words = {f for f in forms if words_only or _WORD_SECRET.fullmatch(f)}

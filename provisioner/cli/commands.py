@@ -4,7 +4,6 @@ one typed value, calls the engine's stages in order and turns the result into ou
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shlex
 import sys
@@ -16,7 +15,7 @@ import yaml
 from ..engine import savedplan
 from ..engine import stages as engine
 from ..engine.health import check as check_health
-from ..engine.outputs import write_outputs
+from ..engine.outputs import format_json
 from ..engine.plan import Plan
 from ..errors import UserError
 from ..manifest.load import DEFAULT_MAX_FOREACH
@@ -161,7 +160,8 @@ def _apply_like(run: Run, args: ApplyArgs | DestroyArgs, saved: savedplan.SavedP
         with ProgressReporter(sys.stderr, writes, run.command, enabled=args.progress) as progress:
             result = engine.apply(validated, connection, the_plan, options, run.stop, progress)
         if args.outputs_path:
-            write_outputs(args.outputs_path, engine.instance_outputs(validated, result, connection))
+            outputs = engine.instance_outputs(validated, result, connection)
+            write_private(args.outputs_path, format_json(outputs), "outputs file")
         run.reporter.applied(result, connection.stats.as_dict(), run.command, args.outputs_path)
         if result.interrupted:
             return 128 + result.interrupted
@@ -320,13 +320,9 @@ def render(run: Run, args: Source) -> int:
     """
     validated = run.validated(args)
     requests = rendered(validated.manifest.stack, validated.desired, validated.registry)
-    text = (
-        json.dumps(requests, indent=2, ensure_ascii=False)
-        if args.output == "json"
-        else f"# {AT_APPLY_NOTE}\n" + yaml.safe_dump(requests, sort_keys=False, allow_unicode=True, width=1000)
-    ).rstrip("\n")
     data = {"stack": validated.manifest.stack, "requests": requests, "computedAtApply": AT_APPLY_NOTE}
-    run.reporter.document(run.command, data, text.split("\n") if requests else [])
+    text = f"# {AT_APPLY_NOTE}\n" + yaml.safe_dump(requests, sort_keys=False, allow_unicode=True, width=1000)
+    run.reporter.document(run.command, data, text.rstrip("\n").split("\n") if requests else [])  # -o json prints data
     return EXIT_OK
 
 

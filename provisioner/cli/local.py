@@ -1,11 +1,9 @@
 """``--local``: an embedded emulator whose state persists in ``.provisioner/emulator.db`` (no account
-needed). The directory sits in the user's working tree, so it is kept private and out of version control:
-mode 0700, every file in it 0600 (SQLite's journal files too), a ``.gitignore`` that ignores everything.
+needed), in the user's working tree: kept private and out of version control (docs/secrets.md).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,9 +67,12 @@ def prepare_state_dir(state_dir: str) -> None:
                 f"{path} is not a regular file (a symlink, device, FIFO or directory)",
                 hint=f"remove it; provisioner writes only regular files in {STATE_DIR}/",
             )
-    _write_private(os.path.join(state_dir, ".gitignore"), GITIGNORE)
     # O_NOFOLLOW: a symlink planted in the state directory between the check and here is not followed
-    os.close(os.open(os.path.join(state_dir, DB_NAME), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+    ignore = os.open(os.path.join(state_dir, ".gitignore"), flags | os.O_TRUNC, 0o600)
+    with os.fdopen(ignore, "w", encoding="utf-8") as handle:
+        handle.write(GITIGNORE)
+    os.close(os.open(os.path.join(state_dir, DB_NAME), flags, 0o600))
     private_files(state_dir)
 
 
@@ -84,12 +85,3 @@ def private_files(state_dir: str) -> None:
         path = os.path.join(state_dir, name)
         if os.path.isfile(path) and not os.path.islink(path):
             os.chmod(path, 0o600)
-
-
-def _write_private(path: str, text: str) -> None:
-    with contextlib.suppress(OSError), open(path, encoding="utf-8") as handle:
-        if handle.read() == text:
-            return
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)

@@ -17,9 +17,8 @@ from ..engine.diff import DiffOp, FieldDiff
 from ..engine.drift import CATEGORIES, DriftReport, Finding
 from ..engine.plan import ACTIONS, REFUSALS, WRITES, Action, Change, Plan
 from ..secret import escape
-from .report import _PAST, _SYMBOLS, LIST_LIMIT, TextReporter, _request, done_counts, drift_summary, drift_values, shown
+from .report import _PAST, _SYMBOLS, LIST_LIMIT, TextReporter, _request, done_counts, drift_summary, shown
 
-_LABELS = {"noop": "unchanged", "conflict": "conflict"}
 T = TypeVar("T")
 
 
@@ -78,7 +77,7 @@ def _finding_section(finding: Finding) -> str:
     parts = [_heading((finding.kind, finding.category, finding.name), finding.element, finding.id), ""]
     parts.append(cell(finding.detail))
     if finding.fields:
-        rows = [(f.path, *drift_values(f), f.kind) for f in finding.fields]
+        rows = [(f.path, shown(f, f.live), shown(f, f.manifest), f.kind) for f in finding.fields]
         parts += ["", table(("field", "live", "manifest", "kind"), rows)]
     return "\n".join(parts)
 
@@ -112,7 +111,7 @@ class MarkdownReporter(TextReporter):
             "No changes: the instances match the manifest."
             if not plan.has_changes and not plan.has_refusals
             else f"{sum(counts[a] for a in WRITES)} change(s) pending.",
-            table(("action", "instances"), [(_LABELS.get(a, a), counts[a]) for a in ACTIONS]),
+            table(("action", "instances"), [("unchanged" if a == Action.NOOP else a, counts[a]) for a in ACTIONS]),
             *_warnings(plan.warnings),
             *_capped(changed, _change_section, self.verbose, "change"),
         )
@@ -155,18 +154,17 @@ class MarkdownReporter(TextReporter):
         )
 
     def health(self, report: health.HealthReport, stats: dict[str, Any]) -> None:
-        headers = ("instance", "element", "id", "status", "detail", "run")
-
-        def rows(entries: Sequence[health.Health]) -> list[tuple[Any, ...]]:
-            return [
+        def listed(entries: Sequence[health.Health]) -> str:
+            rows = [
                 (h.name, h.element, "" if h.id is None else h.id, h.status, h.detail, h.command or "") for h in entries
             ]
+            return table(("instance", "element", "id", "status", "detail", "run"), rows)
 
         verdict = health.summary_line(report)
         blocks = [f"### provisioner check: stack {code(report.stack)}", verdict if report.healthy else f"**{verdict}**"]
-        blocks.append(table(headers, rows(report.instances)))
+        blocks.append(listed(report.instances))
         if report.undeclared:
-            blocks += ["Owned by the stack, no longer declared:", table(headers, rows(report.undeclared))]
+            blocks += ["Owned by the stack, no longer declared:", listed(report.undeclared)]
         self._write(*blocks, f"Read only: {_traffic(stats)}")
 
 

@@ -1,8 +1,6 @@
 """Reporters, not prints: text and JSON here (Markdown in ``markdown.py``), a method per outcome of a
-command, chosen by ``--output`` (``run.REPORTERS``). Results go to stdout, problems and logs to stderr.
-Every byte passes through the redactor (a JSON document string by string, before it is encoded), then
-``escape``: no non-printable character from a server reaches a terminal, nothing can fail to encode.
-Colour, from rich, only on a terminal (rich is not imported otherwise), never reading markup or emoji.
+command, chosen by ``--output`` (``run.REPORTERS``). Results go to stdout, problems and logs to stderr,
+every byte redacted, then escaped (``RedactingWriter``, ``printable``); colour, from rich, only on a terminal.
 """
 
 from __future__ import annotations
@@ -257,7 +255,8 @@ class TextReporter:
         for f in report.findings:
             style = "red" if f.kind == "drift" else "yellow"
             lines.append((style, f"{f.kind}: {f.category} {_named(f.name, f.element, f.id)}: {f.detail}"))
-            lines += [("", "    ~ {}: live {}, manifest {}".format(d.path, *drift_values(d))) for d in f.fields]
+            for d in f.fields:
+                lines.append(("", f"    ~ {d.path}: live {shown(d, d.live)}, manifest {shown(d, d.manifest)}"))
         self.out.lines(lines)
         self.out.print(drift_summary(report))
 
@@ -305,13 +304,6 @@ def drift_summary(report: DriftReport) -> str:
     )
 
 
-def drift_values(field: DriftField) -> tuple[str, str]:
-    """A drift field's live and manifest values as printed: JSON, or ``(sensitive)`` for a secret's."""
-    if field.sensitive:
-        return SENSITIVE, SENSITIVE
-    return json.dumps(field.live, default=str), json.dumps(field.manifest, default=str)
-
-
 def _named(name: str, element: str | None, ident: Any) -> str:
     """``name (element) id 7``."""
     return name + (f" ({element})" if element else "") + (f" id {ident}" if ident is not None else "")
@@ -339,9 +331,9 @@ def _request(r: ChangeResult) -> str:
     return f" (requestId {r.request_id})" if r.request_id else ""
 
 
-def shown(diff: FieldDiff, value: Any) -> str:
-    """A value of a field diff as printed: JSON, or ``(sensitive)`` for a secret's."""
-    return SENSITIVE if diff.sensitive and value is not None else json.dumps(value, default=str)
+def shown(field: FieldDiff | DriftField, value: Any) -> str:
+    """A value of a field diff or drift field as printed: JSON, or ``(sensitive)`` for a secret's."""
+    return SENSITIVE if field.sensitive else json.dumps(value, default=str)
 
 
 def _diff_line(diff: FieldDiff) -> str:
@@ -357,8 +349,7 @@ def _diff_line(diff: FieldDiff) -> str:
 
 
 def _status_counts(results: Iterable[ChangeResult]) -> dict[Status, int]:
-    counts = Counter(r.status for r in results)
-    return {status: counts[status] for status in Status}
+    return dict.fromkeys(Status, 0) | Counter(r.status for r in results)
 
 
 def done_counts(result: ApplyResult) -> dict[Action, int]:

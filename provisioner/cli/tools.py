@@ -116,7 +116,9 @@ def emulator(run: Run, args: EmulatorArgs) -> int:
         raise UserError(f"bad fault specification: {exc}", hint="see provisioner emulator --help") from None
     faults = faults.merged(latency_ms=args.latency_ms, seed=args.seed)  # None: not given
     try:
-        _private_db(args.db_path)
+        if args.db_path != ":memory:":  # a new directory 0700, the file 0600 before SQLite opens it: it may hold tokens
+            os.makedirs(os.path.dirname(os.path.abspath(args.db_path)), mode=0o700, exist_ok=True)
+            os.close(os.open(args.db_path, os.O_WRONLY | os.O_CREAT, 0o600))  # SQLite's journal files get its mode
         server = Emulator(
             args.db_path,
             args.user_secret,
@@ -139,14 +141,6 @@ def emulator(run: Run, args: EmulatorArgs) -> int:
     finally:
         server.stop()
     return EXIT_OK
-
-
-def _private_db(db_path: str) -> None:
-    """A new database directory is made 0700 and the database file 0600 before SQLite opens it
-    (its journal files get the same mode): it may hold tokens."""
-    if db_path != ":memory:":
-        os.makedirs(os.path.dirname(os.path.abspath(db_path)), mode=0o700, exist_ok=True)
-        os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 def _emulator_start_error(exc: Exception, args: EmulatorArgs) -> UserError:

@@ -1,7 +1,6 @@
-"""What provisioner last applied, recorded on the instance itself (no state file; docs/ownership.md):
-every write carries ``provisioner:applied=<digests>``, 24 bits of keyed BLAKE2b per non-secret field as
-written, in effective form (``"15"`` and ``15`` are one value), by which ``drift`` tells pending from
-drift; secrets have their fingerprint tags. The same digest, longer, gives a saved plan's field digests.
+"""What provisioner last applied, recorded on the instance itself: ``provisioner:applied=<digests>``, a
+short keyed digest per non-secret field as written, in effective form (docs/ownership.md, Drift reports).
+The same digest, longer, gives a saved plan's field digests.
 """
 
 from __future__ import annotations

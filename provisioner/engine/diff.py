@@ -73,9 +73,8 @@ def diff_configuration(
 ) -> list[FieldDiff]:
     live = live or {}
     diffs: list[FieldDiff] = []
-    secret_keys = schema.secret_keys
     for key in sorted(set(desired) | set(schema.defaults)):  # declared keys and schema defaults
-        if key in secret_keys:
+        if key in schema.secret_keys:
             value = desired.get(key)
             if value is not None and live_fingerprints.get(key) != fingerprint(fp.key, fp.stack, name, key, value):
                 known = key in live_fingerprints or live.get(key) not in (None, "")

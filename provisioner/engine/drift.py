@@ -1,7 +1,6 @@
-"""``provisioner drift``: what changed behind provisioner's back (drift), apart from what changed in
-the manifest (pending); docs/ownership.md (Drift reports) tells the categories. A pure function over a
-plan made with default options and the live listing: a changed field is pending when its live value's
-digest is in the ``provisioner:applied`` record (``applied.py``), drift otherwise.
+"""``provisioner drift`` (docs/ownership.md, Drift reports): what changed behind provisioner's back (drift)
+apart from what changed in the manifest (pending), a pure function over a plan made with default options
+and the live listing: a changed field is pending when its live value's digest is in the applied record.
 """
 
 from __future__ import annotations
@@ -121,21 +120,20 @@ def _findings(change: Change, registry: ElementRegistry, fp: FingerprintContext 
     if change.action == Action.RENAME:
         old = change.live.name if change.live is not None else "?"
         found.append(Finding("renamed", "pending", detail=f"owned as {old!r}; apply renames it", **common))
-    for diff in change.diff:
-        if diff.path.section == "enabled":
-            state, declared = ("disabled", "enabled") if diff.new else ("enabled", "disabled (enabled: false)")
-            detail = f"{state} on the server behind provisioner's back; the manifest declares it {declared}"
-            found.append(Finding(cast(Category, state), "drift", detail=detail, **common))
     live = change.live
-    if live is None or change.desired is None or fp is None:
+    if live is None or change.desired is None or fp is None:  # then it has no field diff either
         return found
     schema, record = registry.get(change.desired.element), applied_record(live.tags)
     plain: dict[Kind, list[DriftField]] = {"pending": [], "drift": []}
     secrets = []
     for diff in change.diff:
-        if diff.sensitive:
+        if diff.path.section == "enabled":
+            state, declared = ("disabled", "enabled") if diff.new else ("enabled", "disabled (enabled: false)")
+            detail = f"{state} on the server behind provisioner's back; the manifest declares it {declared}"
+            found.append(Finding(cast(Category, state), "drift", detail=detail, **common))
+        elif diff.sensitive:
             secrets.append(_secret(diff, live, common))
-        elif diff.path.section not in ("name", "enabled"):
+        elif diff.path.section != "name":
             of_element = diff.path.section == "element"
             value = _canonical_element(registry, live.element) if of_element else live_value(live, diff.path, schema)
             kind: Kind = "pending" if record_digest(fp, diff.path, value) in record else "drift"

@@ -1,7 +1,5 @@
-"""``provisioner import`` (docs/commands.md): a manifest declaring the unmanaged instances a target
-already has, each with ``adopt: <id>`` for ``plan --adopt``. Text from the API is data, never a
-template: every entry is ``literal: true`` (sent back byte for byte), and each secret key becomes
-``!env NAME`` (``env_name``, listed by the caller), never a value.
+"""``provisioner import`` (docs/commands.md): a manifest declaring a target's unmanaged instances, each with
+``adopt: <id>``; text from the API is data (``literal: true``), a secret key an ``!env NAME``, never a value.
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ import yaml
 from ..api.live import LiveInstance
 from ..manifest.elements import ElementRegistry, ElementSchema
 from ..manifest.load import API_VERSION, Manifest
-from ..manifest.yamlload import ENV_TAG, EnvRef
+from ..manifest.yamlload import ENV_TAG, EnvRef, YDict, YList
 from ..ownership import is_unmanaged, user_tags
 from ..secret import MASK
 
@@ -63,10 +61,16 @@ def import_manifest(
 
 
 class _Dumper(yaml.SafeDumper):
-    """Safe YAML, with a secret's ``EnvRef`` written as ``!env NAME``."""
+    """Safe YAML, with a secret's ``EnvRef`` written as ``!env NAME`` and the manifest's own mappings and
+    lists (its targets) as plain ones, written out where the manifest shared them through an alias."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 _Dumper.add_representer(EnvRef, lambda dumper, ref: dumper.represent_scalar(ENV_TAG, str(ref)))
+_Dumper.add_representer(YDict, yaml.SafeDumper.represent_dict)
+_Dumper.add_representer(YList, yaml.SafeDumper.represent_list)
 
 
 def _chosen(
@@ -77,8 +81,7 @@ def _chosen(
     skipped: list[str],
 ) -> list[tuple[LiveInstance, ElementSchema]]:
     """Unmanaged instances that pass the filters, the oldest of each name (names identify instances)."""
-    seen: dict[str, LiveInstance] = {}
-    chosen = []
+    chosen: dict[str, tuple[LiveInstance, ElementSchema]] = {}  # by name
     for instance in sorted(instances, key=lambda i: i.age_key):
         if not is_unmanaged(instance.tags) or (name_glob and not fnmatch.fnmatchcase(instance.name, name_glob)):
             continue
@@ -86,24 +89,22 @@ def _chosen(
         if element and (schema is None or schema.key != element):
             continue
         if schema is None:
-            skipped.append(
-                f"{instance.name} (id {instance.id}): no schema for element {instance.element!r} "
+            why = (
+                f"no schema for element {instance.element!r} "
                 f"(hint: provisioner schemas pull {instance.element}, then --schemas DIR)"
             )
         elif not instance.name.isprintable():  # a manifest refuses it: it could forge or hide output
-            skipped.append(
-                f"{instance.name} (id {instance.id}): the name holds a non-printable character; "
-                "rename it in the console"
-            )
-        elif instance.name in seen:
-            skipped.append(
-                f"{instance.name} (id {instance.id}): another unmanaged instance has this name "
-                f"(id {seen[instance.name].id} is imported); rename one of them in the console"
+            why = "the name holds a non-printable character; rename it in the console"
+        elif instance.name in chosen:
+            why = (
+                f"another unmanaged instance has this name (id {chosen[instance.name][0].id} is imported); "
+                "rename one of them in the console"
             )
         else:
-            seen[instance.name] = instance
-            chosen.append((instance, schema))
-    return chosen
+            chosen[instance.name] = (instance, schema)
+            continue
+        skipped.append(f"{instance.name} (id {instance.id}): {why}")
+    return list(chosen.values())
 
 
 def _schema_of(registry: ElementRegistry, reported: str | None) -> ElementSchema | None:
@@ -140,16 +141,8 @@ def _header(manifest: Manifest, out_path: str) -> dict[str, Any]:
     """apiVersion, stack, targets (unrendered: credentials stay expressions) and schema directories."""
     header: dict[str, Any] = {"apiVersion": API_VERSION, "stack": manifest.stack}
     if manifest.targets:
-        header["targets"] = _plain(manifest.targets)
+        header["targets"] = manifest.targets
     if manifest.schema_dirs:
         out_dir = os.path.dirname(os.path.abspath(out_path))
         header["schemas"] = [os.path.relpath(path, out_dir) for path in manifest.schema_dirs]
     return header
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value

@@ -1,5 +1,5 @@
-"""Deliver instance tokens: the outputs file of ``apply --outputs`` (atomic, mode 0600) and
-``provisioner output``, the only places where tokens are revealed.
+"""Deliver instance tokens: the outputs file of ``apply --outputs`` (``write_private``: atomic, mode 0600)
+and ``provisioner output``, the only places where tokens are revealed.
 """
 
 from __future__ import annotations
@@ -11,12 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import UserError
-from ..privatefile import write_private
 from ..secret import reveal
-
-
-def write_outputs(path: str, entries: Mapping[str, Mapping[str, Any]]) -> None:
-    write_private(path, format_json(entries), "outputs file")
 
 
 def env_name(name: str) -> str:

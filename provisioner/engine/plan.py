@@ -1,7 +1,6 @@
 """Stage 5: the plan is a value. ``make_plan`` compares the desired instances with the live ones of
 each target, without I/O, and returns an immutable ``Plan``: one ``Change`` per instance with its
-action, its reason (every noop says why) and its field diff. The rules (identity, unmanaged namesakes,
-duplicates, prune, renames, protection) are told in docs/ownership.md.
+action, its reason (every noop says why) and its field diff, by the rules of docs/ownership.md.
 """
 
 from __future__ import annotations
@@ -143,8 +142,7 @@ def make_plan(
         planner = _Target(stack, target, registry, fingerprints.get(target), options)
         changes += planner.changes([d for d in desired if d.target == target], live_by_target.get(target, []))
     if options.reauthenticate:
-        wanted = set(options.reauthenticate)
-        changes = [_reauthenticated(c) if c.desired is not None and c.name in wanted else c for c in changes]
+        changes = [_reauthenticated(c) if c.desired and c.name in options.reauthenticate else c for c in changes]
     return Plan(stack, tuple(changes), options, left_out, listed)
 
 

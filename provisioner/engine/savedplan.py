@@ -222,9 +222,8 @@ def desired_digests(validated: Validated, connection: Connection, options: PlanO
         fields = {str(p): v for p, v in desired_fields(desired, schema).items()}
         fields |= {"previousNames": list(desired.previous_names), "enabled": desired.enabled}
         for key in sorted(schema.secret_keys & set(desired.configuration)):
-            fields[str(FieldPath.config(key))] = fingerprint(
-                fp.key, fp.stack, desired.name, key, desired.configuration[key]
-            )
+            value = desired.configuration[key]
+            fields[str(FieldPath.config(key))] = fingerprint(fp.key, fp.stack, desired.name, key, value)
         found[f"{desired.target}/{desired.name}"] = field_digests(fp.key, fields)
     return found
 

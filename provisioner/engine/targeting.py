@@ -1,12 +1,11 @@
-"""``--target`` and ``--exclude``: restrict a plan to some of the declared instances (docs/commands.md,
-Targeting). Declared instances match on what the manifest declares, undeclared owned ones on what the
-server holds; the live copies of a declared instance left out are never touched.
+"""``--target`` and ``--exclude`` (docs/commands.md, Targeting): declared instances match on what the
+manifest declares, undeclared owned ones on what the server holds; a left-out one's live copies stay untouched.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +18,7 @@ class Pattern:
     kind: str  # "name", "element" or "tag"
     value: str
 
-    def matches(self, name: str, element: str | None, tags: Iterable[str], aliases: frozenset[str]) -> bool:
+    def matches(self, name: str, element: str | None, tags: Collection[str], aliases: frozenset[str]) -> bool:
         if self.kind == "element":
             return element == self.value or self.value in aliases
         if self.kind == "tag":
@@ -51,8 +50,7 @@ class Selection:
     def active(self) -> bool:
         return bool(self.targets or self.excludes)
 
-    def _selects(self, name: str, element: str | None, tags: Iterable[str], aliases: frozenset[str]) -> bool:
-        tags = list(tags)
+    def _selects(self, name: str, element: str | None, tags: Collection[str], aliases: frozenset[str]) -> bool:
         wanted = not self.targets or any(p.matches(name, element, tags, aliases) for p in self.targets)
         return wanted and not any(p.matches(name, element, tags, aliases) for p in self.excludes)
 

@@ -230,8 +230,10 @@ class _Reader:
             self.problems.append(problem)
         if tag is None or tag == "!":
             if event.implicit[0] and text[:1] in _RESOLVED_FIRST:  # plain: its tag depends on its text alone
-                tag = self.tags.get(text) or self.parser.resolve(yaml.ScalarNode, text, event.implicit)
-                _remember(self.tags, text, tag)
+                tag = self.tags.get(text)
+                if tag is None:
+                    tag = self.parser.resolve(yaml.ScalarNode, text, event.implicit)
+                    _remember(self.tags, text, tag)
             else:
                 tag = _STR_TAG  # quoted, or plain text that no implicit resolver can claim
         if tag == _STR_TAG:

@@ -255,7 +255,7 @@ class ReadOnlyClient:
                 self._emit(f"{line}; not retried: the run is stopping")
             else:
                 self._give_up(outcome, attempt, started, delay, line)  # raises unless it may be retried
-                # A create refused (not made) frees its worker, but waits in place while the run slows down.
+                # A create refused (not made) waits in place until 429s are known not to follow the rate.
                 later_create = create and isinstance(outcome, RateLimited) and self.budget.refusals_random
                 again = "sent again after the other writes, at least" if later_create else "retrying"
                 self._emit(f"{line}; {again} in {delay:.2f} s (attempt {attempt + 1}/{settings.max_attempts})")

@@ -13,7 +13,7 @@ import json
 import re
 import threading
 from typing import Any, NoReturn
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
 
 # How a secret shows: the eight stars the API answers in place of a secret value (plan and import know them).
 MASK = "********"
@@ -80,14 +80,15 @@ def masked(value: Any, mask: str = MASK) -> Any:
     return value
 
 
-# Characters of "word" forms: base64 (both alphabets), URL-encoding (% and +), JSON and repr escapes (\\)
-# and token punctuation; a form made only of these is found by looking up the text's runs of them.
-_WORD_CHARS = r"A-Za-z0-9+/=_\-.~%\\"
-_WORD_SECRET = re.compile(f"[{_WORD_CHARS}]+")
+# A form is looked up inside the text's runs of characters other than whitespace (whole lines once a form
+# holds whitespace); only a form holding a line break (a multi-line secret, each line a form too) is left to a regex.
+_LINE_BREAK = re.compile(r"[\r\n]")
+_SPACE = re.compile(r"\s")
 _PREFIX = MIN_REDACT_LENGTH  # forms are indexed by their first characters
 # URL encodings: quote() with nothing kept, with "/" kept, and with every RFC 3986 sub-delimiter kept;
 # the same with quote_plus (space as +). Hex case is folded by _normalized.
 _URL_SAFE_SETS = ("", "/", "/:@!$&'()*+,;=")
+_URL_ESCAPES = {char: f"%{ord(char):02X}" for char in _URL_SAFE_SETS[-1]}
 _TOKEN_TEXT = re.compile(r"[A-Za-z0-9+/=._~-]+")  # the API's tokens (base64, either alphabet) and unreserved characters
 # Characters HTML escaping touches, and the ones JSON encoders commonly write as \u00XX (Go: <>&).
 _HTML_SPECIAL = "&<>\"'"
@@ -98,11 +99,12 @@ _JSON_U_SPECIAL = "<>&'\"="
 def _json_forms(value: str) -> list[str]:
     """JSON string escapes: ASCII-only and not, "/" as "\\/", and <>&'"= as \\u00XX (either case)."""
     escaped = json.dumps(value)[1:-1]
+    cases = "xX" if not set(_JSON_U_SPECIAL).isdisjoint(escaped) else ""  # else both are ``escaped``
     return [
         escaped,
         json.dumps(value, ensure_ascii=False)[1:-1],
         escaped.replace("/", "\\/"),
-        *("".join(f"\\u{ord(c):04{hexcase}}" if c in _JSON_U_SPECIAL else c for c in escaped) for hexcase in "xX"),
+        *("".join(f"\\u{ord(c):04{hexcase}}" if c in _JSON_U_SPECIAL else c for c in escaped) for hexcase in cases),
     ]
 
 
@@ -124,8 +126,14 @@ def _url_forms(value: str) -> list[str]:
     if _TOKEN_TEXT.fullmatch(value):  # a token: only + / = can change, the same in quote and quote_plus
         kept = value.replace("+", "%2B").replace("=", "%3D")  # by safe set: none, "/", all three
         return [kept.replace("/", "%2F"), kept, value]
-    encoders = (quote, quote_plus) if " " in value else (quote,)  # without a space, quote_plus is quote
-    return [encode(value, safe=safe, errors="surrogatepass") for safe in _URL_SAFE_SETS for encode in encoders]
+    forms = []
+    for spaces in ("", " ") if " " in value else ("",):  # with a space: also as quote_plus spells it ("+")
+        encoded = quote(value, safe=spaces, errors="surrogatepass").replace(" ", "+")
+        for kept in _URL_SAFE_SETS:  # quote() keeping more characters: their escapes undone
+            for char in kept if "%" in encoded else ():
+                encoded = encoded.replace(_URL_ESCAPES[char], char)
+            forms.append(encoded)
+    return forms
 
 
 def _repr_forms(value: str) -> list[str]:
@@ -145,8 +153,7 @@ def _base64_forms(data: bytes) -> list[str]:
     return [aligned[0], *(text[(8 * k + 5) // 6 : 8 * (k + len(data)) // 6] for k, text in enumerate(aligned))]
 
 
-_LOWER_HEX = re.compile(r"%[0-9a-f][0-9a-fA-F]|%[0-9A-F][a-f]")
-_URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
+_LOWER_HEX = re.compile(r"%(?:[a-f][0-9a-fA-F]|[0-9A-F][a-f])")  # a lower-case hex digit: the rest is left alone
 
 
 def _normalized(text: str) -> str:
@@ -154,7 +161,7 @@ def _normalized(text: str) -> str:
     so a match in it is a match at the same place; forms are registered normalized too."""
     if "%" in text:
         text = _LOWER_HEX.sub(lambda m: m.group().upper(), text)
-    return text.translate(_URLSAFE_TO_STANDARD) if "-" in text or "_" in text else text
+    return text.replace("-", "+").replace("_", "/")
 
 
 _UNRESERVED = re.compile(r"[A-Za-z0-9._~-]+")  # the characters no escaping changes
@@ -184,8 +191,8 @@ def token_forms(value: str) -> set[str]:
 
 class Redactor:
     """Knows every secret value of this process and masks them, in all their encodings, in text, in time
-    linear in the text however many secrets (10,000 tokens): forms of word characters by one scan of the
-    text's word runs through an index of their first characters, the few others by one regex."""
+    linear in the text however many secrets (10,000 tokens or passwords): forms by one scan of the text's
+    runs through an index of their first characters, the few that hold a line break by one regex."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -196,6 +203,7 @@ class Redactor:
             self._words: set[str] = set()
             self._by_prefix: dict[str, set[int]] = {}  # first characters -> lengths of the forms
             self._shortest = 0
+            self._spaced = False  # a form holds whitespace: runs are whole lines
             self._others: set[str] = set()
             self._pattern: re.Pattern[str] | None = None
             self._known: set[str] = set()  # values add() has registered with all their forms
@@ -211,14 +219,15 @@ class Redactor:
             return
         token = token and bool(_TOKEN_TEXT.fullmatch(value))
         forms = token_forms(value) if token else encoded_forms(value)
-        words_only = token or _UNRESERVED.fullmatch(value)  # then every form is made of word characters
-        words = {f for f in forms if words_only or _WORD_SECRET.fullmatch(f)}
+        broken = not token and _LINE_BREAK.search(value)  # then some forms hold the line break
+        words = {f for f in forms if not _LINE_BREAK.search(f)} if broken else forms  # found in a run of text
         indexed = [_normalized(f) for f in words]
         with self._lock:
             unusual = forms - words - self._others
             self._words.update(indexed)
             for form in indexed:
                 self._by_prefix.setdefault(form[:_PREFIX], set()).add(len(form))
+            self._spaced = self._spaced or not token and bool(_SPACE.search(value))  # then some forms hold it
             if indexed:
                 shortest = min(map(len, indexed))
                 self._shortest = min(self._shortest, shortest) if self._shortest else shortest
@@ -240,10 +249,11 @@ class Redactor:
             if edges:
                 self._index_edges()
             pattern, words, by_prefix, shortest = self._pattern, self._words, self._by_prefix, self._shortest
+            run = r"[^\r\n]" if self._spaced else r"\S"  # a run holds every form without a line break (or a space)
         if pattern is not None:
             text = pattern.sub(MASK, text)
         if words:
-            runs = re.compile(f"[{_WORD_CHARS}]{{{shortest},}}")  # re caches it; shorter runs hold no form
+            runs = re.compile(f"{run}{{{shortest},}}")  # re caches it; shorter runs hold no form
             text = runs.sub(lambda m: _mask_run(m.group(), words, by_prefix, shortest), text)
         return self._mask_fragments(text) if edges and self._heads else text
 
@@ -281,7 +291,7 @@ class Redactor:
 
 
 def _mask_run(run: str, words: set[str], by_prefix: dict[str, set[int]], shortest: int) -> str:
-    """Mask every secret form inside one run of word characters (longest first, left to right), with
+    """Mask every secret form inside one run of the text (longest first, left to right), with
     one index lookup per position of its normalized spelling."""
     view = _normalized(run)
     if view in words:
@@ -320,7 +330,7 @@ _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u20
 def sanitize(text: str) -> str:
     """Server text on one line, ANSI sequences and controls removed, line breaks as spaces: a server
     cannot forge a line of our output, clear the screen or recolour the terminal."""
-    if not text:
+    if not text or text.isprintable():  # nothing a terminal acts on, and no line break
         return text
     text = _ANSI.sub("", text)
     text = _LINE_BREAKS.sub(" ", text)

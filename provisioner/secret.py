@@ -110,7 +110,7 @@ def _json_forms(value: str) -> list[str]:
 
 def _html_forms(value: str) -> list[str]:
     """HTML: named entities (with and without quotes escaped), decimal and hex numeric entities."""
-    if not any(c in _HTML_SPECIAL for c in value):
+    if set(_HTML_SPECIAL).isdisjoint(value):
         return []
     named = html.escape(value, quote=True)
     return [
@@ -164,14 +164,17 @@ def _normalized(text: str) -> str:
     return text.replace("-", "+").replace("_", "/")
 
 
-_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]+")  # the characters no escaping changes
+# Printable ASCII but for space, quotes, backslash, "/" and the characters HTML or JSON may escape (<>&=):
+# the JSON, HTML, repr and whitespace forms of such a value are the value itself, only URL and base64 differ.
+_PLAIN = re.compile(r"[A-Za-z0-9!#$%()*+,\-.:;?@\[\]^_`{|}~]+")
 
 
 def encoded_forms(value: str) -> set[str]:
     """Every form a secret may be printed in (docs/secrets.md), a list that does not depend on the hash
     seed; also the same encodings of its JSON-escaped form (a request body echoed back)."""
-    if _UNRESERVED.fullmatch(value):  # every escaping leaves it as it is: only base64 changes it
-        return {form for form in (value, *_base64_forms(value.encode())) if len(form) >= MIN_REDACT_LENGTH}
+    if _PLAIN.fullmatch(value):
+        forms = [value, *_url_forms(value), *_base64_forms(value.encode())]
+        return {form for form in forms if len(form) >= MIN_REDACT_LENGTH}
     bases = [value, " ".join(value.split()), sanitize(value), *value.splitlines(), *_json_forms(value)]
     forms = list(bases)
     for base in dict.fromkeys(bases):

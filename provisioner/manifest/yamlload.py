@@ -229,9 +229,9 @@ class _Reader:
         if self.curly and (problem := _curly_problem(event, self.display)):
             self.problems.append(problem)
         if tag is None or tag == "!":
-            if event.implicit[0] and text.isdigit() and text.isascii() and text[0] != "0" and len(text) < 4300:
-                return int(text)  # an id: a decimal integer, as the resolver and constructor read it (no memo)
             if event.implicit[0] and text[:1] in _RESOLVED_FIRST:  # plain: its tag depends on its text alone
+                if text.isdigit() and text.isascii() and text[0] != "0" and len(text) < 4300:
+                    return int(text)  # an id: a decimal integer, as the resolver and constructor read it
                 tag = self.tags.get(text)
                 if tag is None:
                     tag = self.parser.resolve(yaml.ScalarNode, text, event.implicit)

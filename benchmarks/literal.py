@@ -12,9 +12,10 @@ median of ``--repeats`` real ``python -m provisioner`` child processes:
 beside two floors measured in the same run: the process start (``--version``) and a bare
 ``yaml.load`` of the same file with PyYAML's C loader (the library the manifest is read with). The
 issue's targets: validate under 1 s; the no-op plan under 2.5 s with at most ceil(N / 200) + 1 requests;
-peak RSS under 150 MB.
+peak RSS under 150 MB. Each instance has its own password (``--passwords distinct``, as in an organization:
+10,000 secrets to register with the redactor), or all the same one (``--passwords same``).
 
-    python benchmarks/literal.py [--instances 10000] [--repeats 5]
+    python benchmarks/literal.py [--instances 10000] [--repeats 5] [--passwords distinct|same]
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ BARE_YAML = (
 )
 
 
+def password(i: int) -> str:
+    """Instance i's password: letters, digits and symbols, as a person or a generator picks them."""
+    return f"S3cr3t!p@ss#{i}"
+
+
 def timed(command: list[str], cwd: Path, env: dict, expect: int = 0) -> tuple[float, float, float]:
     """(wall s, CPU s, peak RSS MB) of one child process; it must exit ``expect``."""
     started = time.perf_counter()
@@ -64,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--keep", help="work in this (new) directory and keep it, instead of a temporary one")
+    parser.add_argument(
+        "--passwords",
+        choices=["distinct", "same"],
+        default="distinct",
+        help="each instance's own password (as in an organization; each is a secret to register) or one for all",
+    )
     args = parser.parse_args(argv)
     n, cli = args.instances, [sys.executable, "-m", "provisioner"]
     with tempfile.TemporaryDirectory(prefix="provisioner-literal-bench-") as tmp:
@@ -75,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             env = {**base_env(), "CE_API_URL": emulator.url}
             timed([*cli, "import", "manifest.yaml", "--out", "literal.yaml"], work, env)
-            env |= {f"HELPDESK_C{i:06d}_HELPDESK_CONNECTWISE_PASSWORD": "bench-password" for i in range(n)}
+            same = args.passwords == "same"
+            env |= {f"HELPDESK_C{i:06d}_HELPDESK_CONNECTWISE_PASSWORD": password(0 if same else i) for i in range(n)}
             timed([*cli, "apply", "literal.yaml", "--adopt", "--parallelism", "16", "--no-progress"], work, env)
             rows: dict[str, list[tuple[float, float]]] = {"startup": [], "bare yaml.load": [], "validate": []}
             rows["plan-noop"] = []
@@ -89,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             emulator.stop()
         size = os.path.getsize(work / "literal.yaml")
-    print(f"{n} literal instances ({size / 1e6:.1f} MB as import writes them), medians of {args.repeats} runs:")
+    print(
+        f"{n} literal instances ({size / 1e6:.1f} MB as import writes them), {args.passwords} passwords,"
+        f" medians of {args.repeats} runs:"
+    )
     for name, runs in rows.items():
         wall, cpu, rss = (statistics.median(r[i] for r in runs) for i in range(3))
         walls = [round(r[0], 2) for r in runs]

@@ -11,6 +11,7 @@ import base64
 import html
 import json
 import re
+import sys
 import threading
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -210,6 +211,8 @@ class Redactor:
             self._others: set[str] = set()
             self._pattern: re.Pattern[str] | None = None
             self._known: set[str] = set()  # values add() has registered with all their forms
+            self._tokens: list[str] = []  # tokens not indexed yet, and the length of the shortest
+            self._token_length = sys.maxsize
             self._heads: dict[str, list[str]] = {}  # first FRAGMENT characters -> forms (fragments at edges)
             self._tails: dict[str, list[str]] = {}  # last FRAGMENT characters -> forms
             self._unedged: list[str] = []  # forms registered since, not yet in _heads and _tails
@@ -217,28 +220,37 @@ class Redactor:
 
     def add(self, value: Any, token: bool = False) -> None:
         """Register a secret in every form it may be printed in; ``token``: an instance token, in the fewer
-        forms of ``token_forms`` (cheaper for the 10,000 of a large listing) unless it is not token-like."""
+        forms of ``token_forms`` unless it is not token-like, and only once a text could hold one: each of
+        its forms is a run of non-space characters at least as long as the token (the 10,000 of a large
+        listing are never indexed by a run that prints none of them)."""
         if not isinstance(value, str) or len(value) < MIN_REDACT_LENGTH or value in self._known:
             return
-        token = token and bool(_TOKEN_TEXT.fullmatch(value))
-        forms = token_forms(value) if token else encoded_forms(value)
+        forms = None if token and _TOKEN_TEXT.fullmatch(value) else encoded_forms(value)
+        with self._lock:
+            if forms is None:
+                self._tokens.append(value)
+                self._token_length = min(self._token_length, len(value))
+            else:
+                self._index(value, forms)
+            self._known.add(value)
+
+    def _index(self, value: str, forms: set[str], token: bool = False) -> None:
+        """Index the forms of one secret (under the lock)."""
         broken = not token and _LINE_BREAK.search(value)  # then some forms hold the line break
         words = {f for f in forms if not _LINE_BREAK.search(f)} if broken else forms  # found in a run of text
         indexed = [_normalized(f) for f in words]
-        with self._lock:
-            unusual = forms - words - self._others
-            self._words.update(indexed)
-            for form in indexed:
-                self._by_prefix.setdefault(form[:_PREFIX], set()).add(len(form))
-            self._spaced = self._spaced or not token and bool(_SPACE.search(value))  # then some forms hold it
-            if indexed:
-                shortest = min(map(len, indexed))
-                self._shortest = min(self._shortest, shortest) if self._shortest else shortest
-            if unusual:
-                self._others |= unusual
-                self._pattern = None
-            self._unedged += forms  # indexed by the next redact(edges=True): most runs never need them
-            self._known.add(value)
+        self._words.update(indexed)
+        for form in indexed:
+            self._by_prefix.setdefault(form[:_PREFIX], set()).add(len(form))
+        self._spaced = self._spaced or not token and bool(_SPACE.search(value))  # then some forms hold it
+        if indexed:
+            shortest = min(map(len, indexed))
+            self._shortest = min(self._shortest, shortest) if self._shortest else shortest
+        unusual = forms - words - self._others
+        if unusual:
+            self._others |= unusual
+            self._pattern = None
+        self._unedged += forms  # indexed by the next redact(edges=True): most runs never need them
 
     def redact(self, text: str, edges: bool = False) -> str:
         """``text`` with every form of every secret masked; ``edges`` (server text, possibly cut inside a secret):
@@ -246,6 +258,10 @@ class Redactor:
         if not text:
             return text
         with self._lock:
+            if self._tokens and (edges or re.search(f"\\S{{{self._token_length},}}", text)):
+                for token in self._tokens:
+                    self._index(token, token_forms(token), token=True)
+                self._tokens, self._token_length = [], sys.maxsize
             if self._others and self._pattern is None:
                 ordered = sorted(self._others, key=len, reverse=True)
                 self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
@@ -301,7 +317,7 @@ def _mask_run(run: str, words: set[str], by_prefix: dict[str, set[int]], shortes
         return MASK
     end = len(run) - shortest
     if len(by_prefix) <= end:  # few forms: search the run for the first characters of each
-        if not any(prefix in view for prefix in by_prefix):
+        if not any(prefix in view for prefix in list(by_prefix)):  # (a copy: add() may grow it meanwhile)
             return run
     elif by_prefix.keys().isdisjoint([view[i : i + _PREFIX] for i in range(end + 1)]):  # many: look up each position
         return run

@@ -159,6 +159,14 @@ def test_many_secrets_still_redact(make):
     out = redactor.redact(text)
     for secret in secrets[::300]:
         assert not leaks(out, secret, encodings(secret)), out
+    if make is not _symbol_secret:  # tokens of a listing: indexed once a text has a non-space run that long
+        tokens = Redactor()
+        for secret in secrets:
+            tokens.add(secret, token=True)
+        assert tokens.redact("No changes. 3000 unchanged.") == "No changes. 3000 unchanged."
+        assert len(tokens._tokens) == 3000  # a short line did not need them
+        out = tokens.redact(text)
+        assert not tokens._tokens and all(not leaks(out, s, encodings(s)) for s in secrets[::300]), out
     multi_line = Redactor()
     multi_line.add("first line\nsecond line")
     assert multi_line._others and multi_line.redact("x first line\nsecond line y") == f"x {MASK} y"

@@ -90,6 +90,7 @@ class _Observed:
         self.bounds: set[float] = set()  # a number at least, and over, each
         self.constants: set[Any] = set()  # of enum and const
         self.strings: dict[str, tuple] = {}  # the shape of each string seen
+        self.scalars: dict[tuple, tuple] = {}  # of each other scalar seen, by type and value
 
     @classmethod
     def of(cls, schema: Any) -> _Observed | None:
@@ -137,11 +138,17 @@ class _Observed:
             return (dict, *value, *map(self.shape, value.values()))
         if isinstance(value, list):
             return (list, *map(self.shape, value))
-        constant = value if isinstance(value, _SCALARS) and value in self.constants else None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            whole = isinstance(value, int) or value.is_integer()
-            return (type(value), constant, whole, *((value >= n, value > n) for n in self.bounds))
-        return type(value), value if isinstance(value, _SCALARS) else None
+        if not isinstance(value, _SCALARS):
+            return type(value), None
+        known = self.scalars.get((type(value), value))  # by type: True == 1, and they differ
+        if known is None:
+            constant = value if value in self.constants else None
+            known = (type(value), constant)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                whole = isinstance(value, int) or value.is_integer()
+                known = (*known, whole, *((value >= n, value > n) for n in self.bounds))
+            self.scalars[(type(value), value)] = known
+        return known
 
 
 def problems_from_errors(

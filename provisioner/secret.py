@@ -81,9 +81,8 @@ def masked(value: Any, mask: str = MASK) -> Any:
     return value
 
 
-# A form is looked up inside the text's runs of characters other than whitespace (whole lines once a form
-# holds whitespace); only a form holding a line break (a multi-line secret, each line a form too) is left to a regex.
-_LINE_BREAK = re.compile(r"[\r\n]")
+# A form is looked up inside the text's runs of characters other than whitespace (whole lines once a secret
+# holds whitespace): a multi-line secret is masked line by line, each of its lines being a form.
 _SPACE = re.compile(r"\s")
 _PREFIX = MIN_REDACT_LENGTH  # forms are indexed by their first characters
 # URL encodings: quote() with nothing kept, with "/" kept, and with every RFC 3986 sub-delimiter kept;
@@ -124,9 +123,6 @@ def _html_forms(value: str) -> list[str]:
 
 
 def _url_forms(value: str) -> list[str]:
-    if _TOKEN_TEXT.fullmatch(value):  # a token: only + / = can change, the same in quote and quote_plus
-        kept = value.replace("+", "%2B").replace("=", "%3D")  # by safe set: none, "/", all three
-        return [kept.replace("/", "%2F"), kept, value]
     forms = []
     for spaces in ("", " ") if " " in value else ("",):  # with a space: also as quote_plus spells it ("+")
         encoded = quote(value, safe=spaces, errors="surrogatepass").replace(" ", "+")
@@ -174,15 +170,12 @@ def encoded_forms(value: str) -> set[str]:
     """Every form a secret may be printed in (docs/secrets.md), a list that does not depend on the hash
     seed; also the same encodings of its JSON-escaped form (a request body echoed back)."""
     if _PLAIN.fullmatch(value):
-        forms = [value, *_url_forms(value), *_base64_forms(value.encode())]
-        return {form for form in forms if len(form) >= MIN_REDACT_LENGTH}
+        return {f for f in (value, *_url_forms(value), *_base64_forms(value.encode())) if len(f) >= MIN_REDACT_LENGTH}
     bases = [value, " ".join(value.split()), sanitize(value), *value.splitlines(), *_json_forms(value)]
     forms = list(bases)
     for base in dict.fromkeys(bases):
-        forms += _url_forms(base)
-        forms += _base64_forms(base.encode("utf-8", "surrogatepass"))
-        forms += _html_forms(base)
-        forms += _repr_forms(base)
+        forms += [*_url_forms(base), *_base64_forms(base.encode("utf-8", "surrogatepass"))]
+        forms += [*_html_forms(base), *_repr_forms(base)]
     return {form for form in forms if len(form) >= MIN_REDACT_LENGTH}
 
 
@@ -195,8 +188,8 @@ def token_forms(value: str) -> set[str]:
 
 class Redactor:
     """Knows every secret value of this process and masks them, in all their encodings, in text, in time
-    linear in the text however many secrets (10,000 tokens or passwords): forms by one scan of the text's
-    runs through an index of their first characters, the few that hold a line break by one regex."""
+    linear in the text however many secrets (10,000 tokens or passwords): one scan of the text's runs
+    through an index of the forms' first characters."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -206,10 +199,8 @@ class Redactor:
         with self._lock:
             self._words: set[str] = set()
             self._by_prefix: dict[str, set[int]] = {}  # first characters -> lengths of the forms
-            self._shortest = 0
+            self._shortest = sys.maxsize
             self._spaced = False  # a form holds whitespace: runs are whole lines
-            self._others: set[str] = set()
-            self._pattern: re.Pattern[str] | None = None
             self._known: set[str] = set()  # values add() has registered with all their forms
             self._tokens: list[str] = []  # tokens not indexed yet, and the length of the shortest
             self._token_length = sys.maxsize
@@ -219,10 +210,8 @@ class Redactor:
             self._longest = 0
 
     def add(self, value: Any, token: bool = False) -> None:
-        """Register a secret in every form it may be printed in; ``token``: an instance token, in the fewer
-        forms of ``token_forms`` unless it is not token-like, and only once a text could hold one: each of
-        its forms is a run of non-space characters at least as long as the token (the 10,000 of a large
-        listing are never indexed by a run that prints none of them)."""
+        """Register a secret in every form it may be printed in; ``token``: an instance token (its forms, each a
+        run of non-space characters as long or longer, are indexed once a text holds such a run)."""
         if not isinstance(value, str) or len(value) < MIN_REDACT_LENGTH or value in self._known:
             return
         forms = None if token and _TOKEN_TEXT.fullmatch(value) else encoded_forms(value)
@@ -231,25 +220,17 @@ class Redactor:
                 self._tokens.append(value)
                 self._token_length = min(self._token_length, len(value))
             else:
-                self._index(value, forms)
+                self._index(forms, spaced=bool(_SPACE.search(value)))
             self._known.add(value)
 
-    def _index(self, value: str, forms: set[str], token: bool = False) -> None:
-        """Index the forms of one secret (under the lock)."""
-        broken = not token and _LINE_BREAK.search(value)  # then some forms hold the line break
-        words = {f for f in forms if not _LINE_BREAK.search(f)} if broken else forms  # found in a run of text
-        indexed = [_normalized(f) for f in words]
+    def _index(self, forms: set[str], spaced: bool = False) -> None:
+        """Index the forms of one secret (under the lock); ``spaced``: it holds whitespace, so may they."""
+        indexed = [_normalized(f) for f in forms]
         self._words.update(indexed)
         for form in indexed:
             self._by_prefix.setdefault(form[:_PREFIX], set()).add(len(form))
-        self._spaced = self._spaced or not token and bool(_SPACE.search(value))  # then some forms hold it
-        if indexed:
-            shortest = min(map(len, indexed))
-            self._shortest = min(self._shortest, shortest) if self._shortest else shortest
-        unusual = forms - words - self._others
-        if unusual:
-            self._others |= unusual
-            self._pattern = None
+        self._shortest = min([self._shortest, *map(len, indexed)])
+        self._spaced = self._spaced or spaced
         self._unedged += forms  # indexed by the next redact(edges=True): most runs never need them
 
     def redact(self, text: str, edges: bool = False) -> str:
@@ -260,17 +241,12 @@ class Redactor:
         with self._lock:
             if self._tokens and (edges or re.search(f"\\S{{{self._token_length},}}", text)):
                 for token in self._tokens:
-                    self._index(token, token_forms(token), token=True)
+                    self._index(token_forms(token))
                 self._tokens, self._token_length = [], sys.maxsize
-            if self._others and self._pattern is None:
-                ordered = sorted(self._others, key=len, reverse=True)
-                self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
             if edges:
                 self._index_edges()
-            pattern, words, by_prefix, shortest = self._pattern, self._words, self._by_prefix, self._shortest
+            words, by_prefix, shortest = self._words, self._by_prefix, self._shortest
             run = r"[^\r\n]" if self._spaced else r"\S"  # a run holds every form without a line break (or a space)
-        if pattern is not None:
-            text = pattern.sub(MASK, text)
         if words:
             runs = re.compile(f"{run}{{{shortest},}}")  # re caches it; shorter runs hold no form
             text = runs.sub(lambda m: _mask_run(m.group(), words, by_prefix, shortest), text)

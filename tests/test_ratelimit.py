@@ -47,7 +47,7 @@ def test_unlimited_budget_never_waits():
     for _ in range(100):
         assert budget.acquire() is True
     assert clock.sleeps == []
-    assert budget.limit is None and not budget.throttled
+    assert budget.limit is None and budget._cut_to is None
 
 
 def test_max_rate_spaces_starts():
@@ -130,7 +130,7 @@ def test_a_token_bucket_is_tracked_closely():
     seen = drive(budget, clock, Bucket(clock, 50, 50), 30)
     assert seen["refused_share"] < 0.10
     assert seen["accepted_rate"] > 0.8 * 50
-    assert budget.throttled and budget.limit < 70
+    assert budget._cut_to is not None and budget.limit < 70
     assert not budget.refusals_random  # a create refused by this server waits in place (client._call)
 
 
@@ -166,7 +166,7 @@ def test_a_quiet_window_after_a_cut_does_not_end_its_judging():
     for _ in range(5):  # a quiet window: five answers in 1.5 s
         budget.on_success()
         clock.advance(0.3)
-    assert budget.throttled and not budget.refusals_random  # still cut, still being judged
+    assert budget._cut_to is not None and not budget.refusals_random  # still cut, still being judged
     drive(budget, clock, lambda: dice.random() >= 0.3, 1.1, want=cut)
     assert budget.limit is None and budget.refusals_random
 
@@ -199,9 +199,9 @@ def test_a_burst_of_throttles_cuts_once_per_window():
 def test_recovery_returns_to_max_rate():
     budget, clock = make(max_rate=100)
     drive(budget, clock, Bucket(clock, 40, 40), 5, want=100)
-    assert budget.throttled and budget.limit < 60
+    assert budget._cut_to is not None and budget.limit < 60
     drive(budget, clock, lambda: True, 120, want=100)  # the limit was lifted on the server
-    assert not budget.throttled and budget.limit == 100
+    assert budget._cut_to is None and budget.limit == 100
 
 
 def test_wait_function_can_abandon_the_acquire():

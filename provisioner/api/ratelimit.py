@@ -95,11 +95,6 @@ class RateBudget:
         """True once the API's 429s were found not to follow the request rate: waiting in place does not help."""
         return self._random_share > 0
 
-    @property
-    def throttled(self) -> bool:
-        """True while a cut is being recovered from."""
-        return self._cut_to is not None
-
     def _judge(self, now: float, accepted: int, refused: int) -> None:
         """Count one answer; when a window has passed, judge it (called with the lock held)."""
         start, ok, refusals = self._window

@@ -142,8 +142,7 @@ class _Observed:
             return type(value), None
         known = self.scalars.get((type(value), value))  # by type: True == 1, and they differ
         if known is None:
-            constant = value if value in self.constants else None
-            known = (type(value), constant)
+            known = (type(value), value if value in self.constants else None)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 whole = isinstance(value, int) or value.is_integer()
                 known = (*known, whole, *((value >= n, value > n) for n in self.bounds))

@@ -242,14 +242,14 @@ def _checked(one: _Entry, body: dict, manifest: Manifest, registry: ElementRegis
         return None
     if schema is None:
         return None
-    locate = _config_locator(one)
-    _secrets(one, schema, configuration, locate)
+    _secrets(one, schema, configuration)
     errors = schema.validator.iter_errors(dict(configuration))
     unknown = configuration.unknown if isinstance(configuration, _Partial) else frozenset()
     if isinstance(configuration, _Partial) and not unknown:  # the template's part is unknown: none is missing
         errors = [e for e in errors if e.validator != "required"]
     if errors:
         expressions = _from_expressions(one, configuration)
+        locate = _config_locator(one)
         found = problems_from_errors(errors, locate, schema.secret_keys, "configuration", unknown, expressions)
         problems.extend(one.renderer.scrub(p) for p in found)  # values from the environment are never echoed
     if len(problems) > before or isinstance(configuration, _Partial):
@@ -264,21 +264,21 @@ def _checked(one: _Entry, body: dict, manifest: Manifest, registry: ElementRegis
     return DesiredInstance(name, schema.key, target, tag_tuple, config, here, adopt, protect, previous, enabled)
 
 
-def _secrets(one: _Entry, schema: ElementSchema, configuration: Mapping, locate: Callable) -> None:
+def _secrets(one: _Entry, schema: ElementSchema, configuration: Mapping) -> None:
     """Register the secret values (masked in any message from here on); under ``literal: true`` a
     secret that looks like a template (as import wrote them before ``!env``) would be sent as text."""
     for key in schema.secret_keys & set(configuration):
         REDACTOR.add(configuration[key])
         if one.literal and "{{" in str(configuration[key]):
-            at = replace(locate((key,)), path=f"configuration.{key}")
+            at = replace(_config_locator(one)((key,)), path=f"configuration.{key}")
             hint = f"under literal: true a value is text, never a template: write {key}: {ENV_TAG} NAME"
             one.problems.append(Problem("this secret is a template, taken as text", at, hint))
 
 
 def _adopt_id(one: _Entry, value: Any) -> int | str | None:
     """``adopt: <id>``: which unmanaged instance ``--adopt`` takes over (an id, as the API gives it)."""
-    if value is None:
-        return None
+    if value is None or type(value) is int and value >= 0:  # none, or an id as import writes it
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
         hint = "write the numeric id of the unmanaged instance to take over, e.g. adopt: 1234"
         one.add("adopt", f"adopt must be an instance id, got {value!r}", hint)

@@ -85,6 +85,7 @@ def masked(value: Any, mask: str = MASK) -> Any:
 # holds whitespace): a multi-line secret is masked line by line, each of its lines being a form.
 _SPACE = re.compile(r"\s")
 _PREFIX = MIN_REDACT_LENGTH  # forms are indexed by their first characters
+_FEW, _PIECE = 32, 65536  # up to _FEW, a run is searched for each; else each position is looked up, by pieces
 # URL encodings: quote() with nothing kept, with "/" kept, and with every RFC 3986 sub-delimiter kept;
 # the same with quote_plus (space as +). Hex case is folded by _normalized.
 _URL_SAFE_SETS = ("", "/", "/:@!$&'()*+,;=")
@@ -292,10 +293,13 @@ def _mask_run(run: str, words: set[str], by_prefix: dict[str, set[int]], shortes
     if view in words:
         return MASK
     end = len(run) - shortest
-    if len(by_prefix) <= end:  # few forms: search the run for the first characters of each
+    if len(by_prefix) <= _FEW:  # few forms: search the run for the first characters of each
         if not any(prefix in view for prefix in list(by_prefix)):  # (a copy: add() may grow it meanwhile)
             return run
-    elif by_prefix.keys().isdisjoint([view[i : i + _PREFIX] for i in range(end + 1)]):  # many: look up each position
+    elif all(  # many: look up each position, a bounded piece of a long run at a time
+        by_prefix.keys().isdisjoint([view[i : i + _PREFIX] for i in range(start, min(start + _PIECE, end + 1))])
+        for start in range(0, end + 1, _PIECE)
+    ):
         return run
     out: list[str] = []
     start = index = 0

@@ -170,6 +170,17 @@ def test_many_secrets_still_redact(make):
     assert multi_line.redact("x first line\r\nsecond line y") == f"x {MASK}\r\n{MASK} y"
 
 
+def test_a_secret_anywhere_in_a_long_run_is_masked():
+    """A run of text is looked up by pieces (a hostile API's name of megabytes costs time linear in it):
+    a token on either side of a piece's edge is still found."""
+    redactor = Redactor()
+    tokens = [base64.b64encode(bytes([i]) * 32).decode() for i in range(100)]  # many: each position looked up
+    for token in tokens:
+        redactor.add(token, token=True)
+    for at in (0, 65_530, 65_536, 200_000):
+        assert redactor.redact("x" * at + tokens[42] + "y" * 99) == "x" * at + MASK + "y" * 99
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=40), st.sampled_from(["", "\n"]))
 def test_property_escaped_text_is_printable_and_encodes(text, keep):

@@ -249,3 +249,22 @@ def test_a_signal_ends_the_run_even_while_the_server_drips(tmp_path, command, si
     assert proc.returncode == code, stderr
     assert took < 5, f"the run took {took:.1f} s to end after the signal (designed for 2 s)"
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("command", ["drift", "plan"])
+def test_a_listed_token_echoed_as_a_name_or_a_message_never_reaches_the_output(tmp_path, command):
+    """A listing's tokens are indexed by the redactor only once a text could hold one: an API that
+    echoes one as another instance's name (drift lists it; plan warns of it) or inside server text
+    still gets it masked, in text and in JSON."""
+    token = "Tk9ULUEtUkVBTC1UT0tFTi1idXQtbG9va3MtbGlrZS1vbmU="
+    listing = [
+        item(1, "helpdesk-0", token=token),
+        item(2, token),  # an owned, undeclared instance named after the token
+        item(3, f"helpdesk-1 ({token})", owned=False),
+    ]
+    with ScriptedServer(default=Reply(200, {"elements-next-page-token": ""}, listing)) as srv:
+        for output in ([], ["-o", "json"]):
+            result = run_cli(tmp_path, srv.base_url, command, *output, *FAST)
+            assert "Traceback" not in result.stderr and result.returncode in (0, 1, 2), result.stderr
+            assert token not in result.stdout + result.stderr
+            assert "********" in result.stdout + result.stderr, result.stdout + result.stderr

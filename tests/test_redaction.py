@@ -157,15 +157,27 @@ def test_many_secrets_still_redact(make):
     out = redactor.redact(text)
     for secret in secrets[::300]:
         assert not leaks(out, secret, encodings(secret)), out
-    if make is not _symbol_secret:  # tokens of a listing: indexed once a text has a non-space run that long
-        tokens = Redactor()
-        for secret in secrets:
-            tokens.add(secret, token=True)
-        assert tokens.redact("No changes. 3000 unchanged.") == "No changes. 3000 unchanged."
-        assert len(tokens._tokens) == 3000  # a short line did not need them
-        out = tokens.redact(text)
-        assert not tokens._tokens and all(not leaks(out, s, encodings(s)) for s in secrets[::300]), out
-    multi_line = Redactor()  # line by line: each line of a secret is a form
+
+
+def test_a_listings_tokens_are_indexed_once_a_text_could_hold_one():
+    """A token's forms are runs of non-space characters at least as long as it: a short line does not
+    need the 3,000 tokens of a listing indexed; a text holding one does, and masks it."""
+    secrets = [base64.b64encode(bytes([i % 256, i // 256]) * 16).decode() for i in range(3000)]
+    text = "\n".join(
+        f"id={i} secret={s} b64={base64.b64encode(s.encode()).decode()} json={json.dumps(s)}"
+        for i, s in enumerate(secrets[::300])
+    )
+    tokens = Redactor()
+    for secret in secrets:
+        tokens.add(secret, token=True)
+    assert tokens.redact("No changes. 3000 unchanged.") == "No changes. 3000 unchanged."
+    assert len(tokens._tokens) == 3000  # a short line did not need them
+    out = tokens.redact(text)
+    assert not tokens._tokens and all(not leaks(out, s, encodings(s)) for s in secrets[::300]), out
+
+
+def test_a_multi_line_secret_is_masked_line_by_line():
+    multi_line = Redactor()  # each line of a secret is a form
     multi_line.add("first line\r\nsecond line")
     assert multi_line.redact("x first line\r\nsecond line y") == f"x {MASK}\r\n{MASK} y"
 
